@@ -1,0 +1,203 @@
+"""Typed configuration: dataclass defaults, a YAML file on top, then dotted ``key=value`` overrides.
+
+Every command reads its settings through :func:`load_config`, so one YAML file (or ``--set data.clip.frames=16``)
+means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xdc.errors import UserError
+
+
+@dataclass
+class ClipConfig:
+    frames: int = 8
+    fps: float = 8.0
+    # Audio seconds per clip; None means the video clip's own span (frames / fps), as the SPEC asks.
+    audio_seconds: float | None = None
+    sample_rate: int = 16000
+    # Frames are resized while decoding so that their short side is this many pixels (0 keeps the source size):
+    # scaling in the decoder is much cheaper than decoding full-size frames and scaling them later.
+    decode_short_side: int = 128
+    crop: int = 112
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.fps
+
+    @property
+    def audio_span(self) -> float:
+        return self.seconds if self.audio_seconds is None else self.audio_seconds
+
+
+@dataclass
+class MelConfig:
+    n_mels: int = 40
+    window_ms: float = 16.0
+    hop_ms: float = 10.0
+    n_fft: int = 256
+    f_min: float = 0.0
+    f_max: float | None = None  # None: half the sample rate
+
+
+@dataclass
+class AugmentConfig:
+    # Training-time scale jitter: the short side is resized to a random size in [scale_min, scale_max]
+    # before the random crop.
+    scale_min: int = 128
+    scale_max: int = 160
+    flip: bool = True
+    gain_db: float = 6.0  # random audio gain in [-gain_db, +gain_db]
+    time_mask: int = 0  # max width of one SpecAugment time mask, in spectrogram frames (0: off)
+    freq_mask: int = 0  # max width of one frequency mask, in mel bands (0: off)
+
+
+@dataclass
+class DataConfig:
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    mel: MelConfig = field(default_factory=MelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    missing_audio: str = "skip"  # skip: drop videos without audio from audio-visual datasets; zeros: silent audio
+    retries: int = 3  # other clips of the same video tried before the video is recorded as failed
+    max_fail_fraction: float = 0.05  # stop the run when more than this fraction of items failed
+    eval_clips: int = 10  # evenly spaced clips per video for evaluation
+    workers: int = 2  # DataLoader worker processes
+
+    def __post_init__(self) -> None:
+        if self.missing_audio not in ("skip", "zeros"):
+            raise UserError(f"data.missing_audio must be 'skip' or 'zeros', not {self.missing_audio!r}")
+
+
+@dataclass
+class SyntheticConfig:
+    width: int = 64
+    height: int = 64
+    fps: int = 16
+    seconds: float = 3.0
+    sample_rate: int = 16000
+    offscreen_fraction: float = 0.1  # clips whose sound comes from another class (off-screen sound)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key.sub=value`` overrides (values parsed as YAML)."""
+    cfg = Config()
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise UserError(f"cannot read config {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise UserError(f"config {path} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"config {path} must be a mapping of settings, got {type(loaded).__name__}")
+        _apply_mapping(cfg, loaded or {}, prefix="")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not of the form key=value (e.g. data.clip.frames=16)")
+        _set_dotted(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    _revalidate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _apply_mapping(obj: Any, mapping: dict, prefix: str) -> None:
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dataclasses.is_dataclass(getattr(obj, str(key), None)):
+            _apply_mapping(getattr(obj, key), value, prefix=dotted + ".")
+        else:
+            _set_dotted(obj, str(key), value, shown=dotted)
+
+
+def _set_dotted(root: Any, key: str, value: Any, shown: str | None = None) -> None:
+    shown = shown or key
+    *parents, leaf = key.split(".")
+    obj = root
+    for part in parents:
+        child = getattr(obj, part, None)
+        if not dataclasses.is_dataclass(child):
+            raise UserError(f"unknown setting {shown!r}{_choices(obj)}")
+        obj = child
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if leaf not in fields:
+        raise UserError(f"unknown setting {shown!r}{_choices(obj)}")
+    hint = typing.get_type_hints(type(obj))[leaf]
+    if dataclasses.is_dataclass(getattr(obj, leaf)):
+        raise UserError(f"{shown!r} is a section; set one of its keys, e.g. {shown}.<key>=...")
+    setattr(obj, leaf, _coerce(value, hint, shown))
+
+
+def _choices(obj: Any) -> str:
+    return "; valid keys here: " + ", ".join(f.name for f in dataclasses.fields(obj))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        items = [v if item is Any else _coerce(v, item, key) for v in value]
+        return origin(items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key} must be true or false, not {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{key} must be an integer, not {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{key} must be a number, not {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key} must be a string, not {value!r}")
+    return value
+
+
+def _revalidate(obj: Any) -> None:
+    """Run ``__post_init__`` checks again after values were set by attribute."""
+    for f in dataclasses.fields(obj):
+        child = getattr(obj, f.name)
+        if dataclasses.is_dataclass(child):
+            _revalidate(child)
+    post = getattr(obj, "__post_init__", None)
+    if post is not None:
+        post()

@@ -1,0 +1,54 @@
+"""Write real audio-visual files (H.264 + AAC in MP4) with PyAV, for the synthetic dataset and for tests."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def write_av(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    crf: int = 20,
+    gop: int | None = None,
+) -> None:
+    """Encode ``frames`` (uint8, T x H x W x 3, even H and W) and optional ``audio`` (float32 in [-1, 1],
+    shape (n,) for mono or (channels, n)) into one file. ``gop`` is the keyframe interval in frames
+    (None: the encoder's default)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 T x H x W x 3, got {frames.dtype} {frames.shape}")
+    height, width = frames.shape[1:3]
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        options = {"crf": str(crf), "preset": "veryfast"}
+        if gop is not None:
+            options.update({"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
+        video.options = options
+        video.codec_context.thread_count = 1  # many small files are written in parallel processes instead
+        astream = None
+        if audio is not None:
+            audio = np.asarray(audio, dtype=np.float32)
+            audio = audio[None] if audio.ndim == 1 else audio
+            astream = container.add_stream("aac", rate=sample_rate)
+            astream.layout = "mono" if audio.shape[0] == 1 else "stereo"
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        if astream is not None:
+            chunk = 1024
+            for start in range(0, audio.shape[1], chunk):
+                piece = np.ascontiguousarray(audio[:, start : start + chunk])
+                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=astream.layout.name)
+                frame.sample_rate, frame.pts = sample_rate, start
+                frame.time_base = Fraction(1, sample_rate)
+                container.mux(astream.encode(frame))
+            container.mux(astream.encode())
