@@ -72,6 +72,9 @@ class Manifest:
     def path(self, i: int) -> str:
         return self.paths[i].decode()
 
+    def subset(self, mask: np.ndarray) -> Manifest:
+        return Manifest(self.paths[mask], self.durations[mask], self.has_audio[mask], self.labels[mask], self.classes)
+
     @classmethod
     def from_rows(cls, rows: list[dict], require_audio: bool = False) -> Manifest:
         """Keep the usable rows (status ok, or no_audio unless ``require_audio``)."""

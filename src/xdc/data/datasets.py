@@ -1,0 +1,131 @@
+"""Datasets of aligned audio-visual clips over a manifest.
+
+``TrainClips`` draws one random clip of a video per access (temporal jitter, random augmentation);
+``EvalClips`` serves N evenly spaced clips of every video without augmentation. Items are dicts with
+``video`` (C x T x H x W), ``audio`` (1 x n_mels x frames), ``index`` (video index in the manifest),
+``start`` (seconds) and ``label`` (-1 when unlabelled). An item that cannot be read is a failure record
+``{"failure": {...}}``, which :func:`collate_clips` takes out of the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from xdc.config import DataConfig
+from xdc.data.decode import DecodeError, read_clip
+from xdc.data.manifest import Manifest
+from xdc.data.transforms import AudioTransform, VideoTransform
+
+MODALITIES = ("video", "audio")
+_SEED_SPACE = 2**63 - 1
+
+
+class _ClipDataset(Dataset):
+    def __init__(self, manifest: Manifest, cfg: DataConfig, train: bool, modalities: tuple[str, ...] = MODALITIES):
+        unknown = set(modalities) - set(MODALITIES)
+        if unknown or not modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {modalities}")
+        self.video = "video" in modalities
+        self.audio = "audio" in modalities
+        if self.audio and cfg.missing_audio == "skip":
+            manifest = manifest.subset(manifest.has_audio)
+        self.manifest = manifest
+        self.cfg = cfg
+        span = max(cfg.clip.seconds, cfg.clip.audio_span) if self.video else cfg.clip.audio_span
+        self.max_start = np.maximum(0.0, manifest.durations - span)  # latest start whose clip fits in the file
+        self.video_transform = VideoTransform(cfg, train) if self.video else None
+        self.audio_transform = AudioTransform(cfg, train) if self.audio else None
+
+    def _load(self, i: int, start: float) -> dict:
+        has_audio = bool(self.manifest.has_audio[i])
+        clip = read_clip(self.manifest.path(i), start, self.cfg.clip, video=self.video, audio=self.audio and has_audio)
+        item = {"index": i, "start": float(start), "label": int(self.manifest.labels[i])}
+        if self.video:
+            item["video"] = self.video_transform(clip.video)
+        if self.audio:
+            wave = clip.audio if has_audio else np.zeros(round(self.cfg.clip.audio_span * self.cfg.clip.sample_rate), np.float32)
+            item["audio"] = self.audio_transform(wave)
+        return item
+
+    def _failure(self, i: int, start: float, reason: str) -> dict:
+        return {"failure": {"index": i, "path": self.manifest.path(i), "start": float(start), "reason": reason}}
+
+
+class TrainClips(_ClipDataset):
+    """One random clip per access. A key is a video index, or ``(index, seed)`` to fix the draw.
+
+    With a seed, the clip's start, the retries and every augmentation depend on the seed alone, so a run is
+    reproducible whatever the number of loader workers; a bare index draws its seed from the worker's RNG.
+    """
+
+    def __init__(self, manifest: Manifest, cfg: DataConfig, modalities: tuple[str, ...] = MODALITIES):
+        super().__init__(manifest, cfg, train=True, modalities=modalities)
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        i = int(i)
+        if seed is None:
+            seed = int(torch.randint(_SEED_SPACE, ()))
+        rng = np.random.default_rng(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed % _SEED_SPACE)
+            for _ in range(1 + self.cfg.retries):  # a failed window is retried at other offsets of the same video
+                start = rng.uniform(0.0, self.max_start[i])
+                try:
+                    return self._load(i, start)
+                except DecodeError as e:
+                    reason = str(e)
+        return self._failure(i, start, reason)
+
+
+class EvalClips(_ClipDataset):
+    """``clips`` evenly spaced clips per video (one centred clip when ``clips`` is 1), no augmentation."""
+
+    def __init__(
+        self, manifest: Manifest, cfg: DataConfig, clips: int | None = None, modalities: tuple[str, ...] = MODALITIES
+    ):
+        super().__init__(manifest, cfg, train=False, modalities=modalities)
+        self.clips = clips or cfg.eval_clips
+
+    def __len__(self) -> int:
+        return len(self.manifest) * self.clips
+
+    def start(self, i: int, j: int) -> float:
+        if self.clips == 1:
+            return float(self.max_start[i] / 2)
+        return float(self.max_start[i] * j / (self.clips - 1))
+
+    def __getitem__(self, k: int) -> dict:
+        i, j = divmod(int(k), self.clips)
+        start = self.start(i, j)
+        try:
+            item = self._load(i, start)
+        except DecodeError as e:
+            return self._failure(i, start, str(e))
+        item["clip"] = j
+        return item
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Stack the items that loaded; list the failures under ``failures``; ``size`` counts both."""
+    ok = [x for x in items if "failure" not in x]
+    batch = default_collate(ok) if ok else {"index": torch.empty(0, dtype=torch.long)}
+    batch["failures"] = [x["failure"] for x in items if "failure" in x]
+    batch["size"] = len(items)
+    return batch
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0, sampler=None
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+        num_workers=workers, collate_fn=collate_clips, generator=generator,
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+    )  # fmt: skip

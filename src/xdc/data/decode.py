@@ -1,0 +1,238 @@
+"""Decode one time-aligned clip (video frames + mono audio) from a media file.
+
+The reader seeks to the clip, demuxes once for both streams and stops as soon as both windows are covered, so
+the cost depends on the clip, not on the file's length. Frames are picked by timestamp (the frame on screen at
+each target time), which handles variable frame rates and any source fps; audio is cut by sample position from
+frame timestamps, so both modalities cover the same span of the container's timeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from xdc.config import ClipConfig
+
+_EPS = 1e-3  # seconds: timestamps are rounded to the container's time base
+_MAX_BAD_PACKETS = 8
+
+
+class DecodeError(Exception):
+    """A file (or a window of it) could not be decoded; the message is a one-line reason."""
+
+
+@dataclass
+class Clip:
+    video: np.ndarray | None  # uint8, T x H x W x 3, upright (rotation metadata applied)
+    audio: np.ndarray | None  # float32 mono samples at the requested rate
+    start: float  # seconds from the start of the file
+    video_padded: float = 0.0  # seconds of the clip past the end of the video (last frame repeated)
+    audio_padded: float = 0.0  # seconds of silence added where the audio track starts late or ends early
+
+
+def read_clip(
+    path: str, start: float, spec: ClipConfig, video: bool = True, audio: bool = True, threads: int = 1
+) -> Clip:
+    """Read ``spec.frames`` frames at ``spec.fps`` and ``spec.audio_span`` seconds of audio from ``start``.
+
+    ``threads`` is the video decoder's thread count: 1 suits loader workers, which parallelise across clips.
+    Raises :class:`DecodeError` with a one-line reason for any failure of the file.
+    """
+    try:
+        with av.open(path) as container:
+            return _read(container, start, spec, video, audio, threads)
+    except DecodeError:
+        raise
+    except Exception as e:  # PyAV raises many types (FFmpegError, OSError, ValueError, ...) for broken files
+        raise DecodeError(_reason(e)) from e
+
+
+def _decode(packet, bad_packets: list[str]) -> list:
+    # A seek can land inside a packet (MPEG program streams) and a file can hold a few damaged packets: skip
+    # such packets, as players do, and fail the clip only when there are many (see _MAX_BAD_PACKETS).
+    try:
+        return packet.decode()
+    except av.error.InvalidDataError as e:
+        bad_packets.append(_reason(e))
+        return []
+
+
+def _reason(e: BaseException) -> str:
+    # FFmpeg errors carry the file name and errno in str(e); the reader already knows the file.
+    text = (e.strerror if isinstance(e, av.error.FFmpegError) and e.strerror else str(e)).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _read(container, start: float, spec: ClipConfig, want_video: bool, want_audio: bool, threads: int) -> Clip:
+    vstream = container.streams.video[0] if want_video and container.streams.video else None
+    astream = container.streams.audio[0] if want_audio and container.streams.audio else None
+    if want_video and vstream is None:
+        raise DecodeError("no video stream")
+    if want_audio and astream is None:
+        raise DecodeError("no audio stream")
+    origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+    t0 = origin + start
+    video = _VideoWindow(vstream, t0, spec) if vstream is not None else None
+    audio = _AudioWindow(astream, t0, spec.audio_span) if astream is not None else None
+    if vstream is not None:
+        vstream.codec_context.thread_count = threads
+
+    anchor = vstream if vstream is not None else astream
+    if start > 0:
+        # Backward seek lands on the keyframe at or before t0 (for audio, the packet at or before t0).
+        container.seek(max(0, int(t0 / anchor.time_base)), stream=anchor, backward=True, any_frame=False)
+    streams = [s for s in (vstream, astream) if s is not None]
+    bad_packets: list[str] = []
+    for packet in container.demux(*streams):
+        if video is not None and packet.stream is vstream and not video.done:
+            for frame in _decode(packet, bad_packets):
+                video.add(frame)
+        elif audio is not None and packet.stream is astream and not audio.done:
+            if packet.dts is not None and audio.before_window(packet):
+                continue  # not needed: skip without decoding
+            for frame in _decode(packet, bad_packets):
+                audio.add(frame)
+        if (video is None or video.done) and (audio is None or audio.done):
+            break
+    if len(bad_packets) > _MAX_BAD_PACKETS:
+        raise DecodeError(f"{len(bad_packets)} packets failed to decode ({bad_packets[0]})")
+    return Clip(
+        video=video.result() if video is not None else None,
+        audio=audio.result(spec.sample_rate) if audio is not None else None,
+        start=start,
+        video_padded=video.padded_seconds if video is not None else 0.0,
+        audio_padded=audio.padded_seconds if audio is not None else 0.0,
+    )
+
+
+class _VideoWindow:
+    """Collects, for each target time, the last frame whose timestamp is not after it."""
+
+    def __init__(self, stream, t0: float, spec: ClipConfig):
+        self.targets = t0 + np.arange(spec.frames) / spec.fps
+        self.fps = spec.fps
+        self.short_side = spec.decode_short_side
+        self.rate = float(stream.average_rate or stream.guessed_rate or 25)
+        self.out: list[np.ndarray | None] = [None] * spec.frames
+        self.next = 0  # index of the first target still without a frame
+        self.prev = None  # (frame, its array or None until converted)
+        self.last_time: float | None = None
+        self.rotation = 0
+
+    @property
+    def done(self) -> bool:
+        return self.next >= len(self.targets)
+
+    def add(self, frame) -> None:
+        if self.done:
+            return
+        t = frame.time
+        if t is None:  # no timestamp: assume a constant rate after the previous frame
+            t = (self.last_time + 1.0 / self.rate) if self.last_time is not None else self.targets[0]
+        self.last_time = t
+        self.rotation = getattr(frame, "rotation", 0) or 0
+        while not self.done and t > self.targets[self.next] + _EPS:
+            # Frame t starts after this target: the target shows the previous frame (or this one if the window
+            # begins before the first frame of the stream).
+            self.out[self.next] = self._array(self.prev) if self.prev is not None else self._convert(frame)
+            self.next += 1
+        self.prev = [frame, None]
+
+    def _array(self, prev: list) -> np.ndarray:
+        if prev[1] is None:  # convert lazily: most decoded frames are never used
+            prev[1] = self._convert(prev[0])
+        return prev[1]
+
+    def _convert(self, frame) -> np.ndarray:
+        width, height = frame.width, frame.height
+        if self.short_side and min(width, height) != self.short_side:
+            scale = self.short_side / min(width, height)
+            width, height = max(1, round(width * scale)), max(1, round(height * scale))
+        image = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+        quarter_turns = round(self.rotation / 90) % 4
+        return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
+
+    @property
+    def padded_seconds(self) -> float:
+        return (len(self.targets) - self.next) / self.fps if self.prev is not None else 0.0
+
+    def result(self) -> np.ndarray:
+        if self.prev is None:
+            raise DecodeError("no video frame decoded in the window")
+        fill = self._array(self.prev)
+        filled = self.next
+        frames = [f if f is not None else fill for f in self.out]
+        self.next = filled  # keep padded_seconds meaningful after result()
+        return np.stack(frames)
+
+
+class _AudioWindow:
+    """Copies decoded samples into a buffer spanning [t0, t0 + seconds) at the stream's native rate."""
+
+    def __init__(self, stream, t0: float, seconds: float):
+        self.rate = stream.codec_context.sample_rate or stream.rate
+        if not self.rate:
+            raise DecodeError("audio stream has no sample rate")
+        self.t0, self.t1 = t0, t0 + seconds
+        self.seconds = seconds
+        self.buffer = np.zeros(round(seconds * self.rate), dtype=np.float32)
+        self.covered = np.zeros(len(self.buffer), dtype=bool)
+        self.next_time: float | None = None
+        self.done = False
+
+    def before_window(self, packet) -> bool:
+        # Decode from a little before t0: codecs such as AAC need the previous frame to reconstruct a frame.
+        end = (packet.dts + (packet.duration or 0)) * packet.time_base
+        return float(end) < self.t0 - 0.1
+
+    def add(self, frame) -> None:
+        t = frame.time if frame.time is not None else self.next_time
+        if t is None:
+            t = self.t0
+        samples = _mono(frame)
+        self.next_time = t + len(samples) / self.rate
+        if t >= self.t1 - _EPS:
+            self.done = True
+            return
+        offset = round((t - self.t0) * self.rate)
+        lo, hi = max(0, offset), min(len(self.buffer), offset + len(samples))
+        if hi > lo:
+            self.buffer[lo:hi] = samples[lo - offset : hi - offset]
+            self.covered[lo:hi] = True
+        if offset + len(samples) >= len(self.buffer):
+            self.done = True
+
+    @property
+    def padded_seconds(self) -> float:
+        return float((~self.covered).sum()) / self.rate
+
+    def result(self, rate: int) -> np.ndarray:
+        if not self.covered.any():
+            raise DecodeError("no audio decoded in the window")
+        if self.rate == rate:
+            return self.buffer
+        out = AF.resample(torch.from_numpy(self.buffer), self.rate, rate).numpy()
+        n = round(self.seconds * rate)
+        return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+
+
+_SCALE = {"s16": 32768.0, "s16p": 32768.0, "s32": 2147483648.0, "s32p": 2147483648.0}
+
+
+def _mono(frame) -> np.ndarray:
+    """Float32 mono samples of an audio frame, whatever its sample format and layout."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    fmt = frame.format.name
+    if not frame.format.is_planar:  # packed: one row of interleaved samples
+        data = data.reshape(-1, channels).T
+    data = data.astype(np.float32)
+    if fmt in _SCALE:
+        data /= _SCALE[fmt]
+    elif fmt in ("u8", "u8p"):
+        data = (data - 128.0) / 128.0
+    return data.mean(axis=0) if channels > 1 else data[0]
