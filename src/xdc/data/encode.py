@@ -17,10 +17,15 @@ def write_av(
     sample_rate: int = 16000,
     crf: int = 20,
     gop: int | None = None,
+    times: np.ndarray | None = None,
+    audio_start: float = 0.0,
+    rotation: int = 0,
 ) -> None:
     """Encode ``frames`` (uint8, T x H x W x 3, even H and W) and optional ``audio`` (float32 in [-1, 1],
     shape (n,) for mono or (channels, n)) into one file. ``gop`` is the keyframe interval in frames
-    (None: the encoder's default)."""
+    (None: the encoder's default). ``times`` gives each frame's timestamp in seconds (variable frame rate;
+    default i / fps); ``audio_start`` delays the audio track; ``rotation`` (degrees) is written as display
+    metadata, as phones do."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 T x H x W x 3, got {frames.dtype} {frames.shape}")
@@ -33,22 +38,28 @@ def write_av(
             options.update({"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
         video.options = options
         video.codec_context.thread_count = 1  # many small files are written in parallel processes instead
+        if times is not None:
+            video.codec_context.time_base = video.time_base = Fraction(1, 1000)
+        if rotation:
+            video.set_display_rotation(rotation)
         astream = None
         if audio is not None:
             audio = np.asarray(audio, dtype=np.float32)
             audio = audio[None] if audio.ndim == 1 else audio
             astream = container.add_stream("aac", rate=sample_rate)
             astream.layout = "mono" if audio.shape[0] == 1 else "stereo"
-        for image in frames:
+        for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = round(times[i] * 1000), Fraction(1, 1000)
             container.mux(video.encode(frame))
         container.mux(video.encode())
         if astream is not None:
-            chunk = 1024
+            chunk, offset = 1024, round(audio_start * sample_rate)
             for start in range(0, audio.shape[1], chunk):
                 piece = np.ascontiguousarray(audio[:, start : start + chunk])
                 frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=astream.layout.name)
-                frame.sample_rate, frame.pts = sample_rate, start
+                frame.sample_rate, frame.pts = sample_rate, offset + start
                 frame.time_base = Fraction(1, sample_rate)
                 container.mux(astream.encode(frame))
             container.mux(astream.encode())

@@ -1,0 +1,24 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test with the reason when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"../shared/data/{name} is absent (real-data test; the project's own media cover the core)")
+    return path
+
+
+def gray_frames(n: int, height: int = 32, width: int = 48, step: int = 4) -> np.ndarray:
+    """Frames whose uniform gray level encodes their index (level = step * i), to identify decoded frames."""
+    levels = (np.arange(n) * step).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (n, height, width, 3)).copy()
+
+
+def frame_index(frames: np.ndarray, step: int = 4) -> np.ndarray:
+    return np.round(frames.reshape(len(frames), -1).mean(axis=1) / step).astype(int)

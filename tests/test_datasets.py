@@ -1,0 +1,103 @@
+"""Datasets over generated media: clip sampling, missing-audio policy, failure handling through a real loader."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import gray_frames
+from xdc.config import DataConfig
+from xdc.data.datasets import EvalClips, TrainClips, collate_clips, make_loader
+from xdc.data.encode import write_av
+from xdc.data.failures import FailureLog, TooManyFailures
+from xdc.data.manifest import Manifest
+
+
+def small_cfg(**kw) -> DataConfig:
+    cfg = DataConfig(**kw)
+    cfg.clip.frames, cfg.clip.fps, cfg.clip.crop, cfg.clip.decode_short_side = 4, 8.0, 24, 32
+    cfg.augment.scale_min, cfg.augment.scale_max = 32, 40
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """Three good audio-visual files, one without audio, one that is garbage."""
+    root = tmp_path_factory.mktemp("media")
+    rows = []
+    for i in range(3):
+        path = root / f"av{i}.mp4"
+        write_av(path, gray_frames(48, 32, 48), 16, 0.1 * np.ones(48000, np.float32), 16000)
+        rows.append(dict(path=str(path), status="ok", duration_s="3.0", has_audio="1", label=f"c{i % 2}"))
+    silent = root / "silent.mp4"
+    write_av(silent, gray_frames(48, 32, 48), 16, None)
+    rows.append(dict(path=str(silent), status="no_audio", duration_s="3.0", has_audio="0", label="c0"))
+    junk = root / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 100)
+    rows.append(dict(path=str(junk), status="ok", duration_s="3.0", has_audio="1", label="c1"))  # lies: broke later
+    return rows
+
+
+def test_train_item_shapes_and_seeded_draws_are_reproducible(collection):
+    ds = TrainClips(Manifest.from_rows(collection[:3]), small_cfg())
+    a, b, c = ds[(1, 7)], ds[(1, 7)], ds[(1, 8)]
+    assert a["video"].shape == (3, 4, 24, 24) and a["audio"].shape == (1, 40, 50)
+    assert a["index"] == 1 and a["label"] == 1 and 0 <= a["start"] <= 3.0 - 0.5
+    assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"]) and a["start"] == b["start"]
+    assert a["start"] != c["start"]
+
+
+def test_eval_clips_are_evenly_spaced_and_cover_every_video(collection):
+    ds = EvalClips(Manifest.from_rows(collection[:3]), small_cfg(), clips=5)
+    assert len(ds) == 15
+    starts = [ds[k]["start"] for k in range(5)]
+    np.testing.assert_allclose(starts, np.linspace(0, 2.5, 5))
+    assert [ds[k]["index"] for k in range(0, 15, 5)] == [0, 1, 2]
+    assert EvalClips(Manifest.from_rows(collection[:1]), small_cfg(), clips=1)[0]["start"] == pytest.approx(1.25)
+
+
+def test_missing_audio_policy(collection):
+    manifest = Manifest.from_rows(collection[:4])
+    skip = TrainClips(manifest, small_cfg(missing_audio="skip"))
+    assert len(skip) == 3
+    zeros = TrainClips(manifest, small_cfg(missing_audio="zeros"))
+    assert len(zeros) == 4
+    item = zeros[(3, 0)]
+    assert torch.all(item["audio"] == item["audio"].min())  # log of the floor: silence
+    assert len(TrainClips(manifest, small_cfg(), modalities=("video",))) == 4  # video-only methods keep it
+
+
+def test_a_broken_file_is_retried_then_reported_never_substituted(collection):
+    manifest = Manifest.from_rows(collection)
+    ds = TrainClips(manifest, small_cfg(missing_audio="zeros", retries=2))
+    junk = len(manifest) - 1
+    item = ds[(junk, 3)]
+    assert set(item) == {"failure"}
+    assert item["failure"]["path"].endswith("junk.mp4") and item["failure"]["reason"]
+
+    batches = list(make_loader(ds, batch_size=5, workers=2, shuffle=False))
+    assert len(batches) == 1
+    batch = batches[0]
+    assert batch["size"] == 5 and batch["video"].shape[0] == 4
+    assert sorted(batch["index"].tolist()) == [0, 1, 2, 3]  # the junk file is absent, not replaced
+    assert [f["path"] for f in batch["failures"]] == [manifest.path(junk)]
+
+
+def test_failure_log_stops_the_run_and_saves_the_list(collection, tmp_path):
+    manifest = Manifest.from_rows(collection)
+    ds = TrainClips(manifest, small_cfg(missing_audio="zeros", retries=0))
+    junk = len(manifest) - 1
+    log = FailureLog(max_fraction=0.25, min_items=5)
+    log.update(collate_clips([ds[(i, 0)] for i in range(5)]))  # 1 of 5 failed: 20%, tolerated
+    log.save(tmp_path / "skipped.csv")
+    rows = list(csv.DictReader(open(tmp_path / "skipped.csv")))
+    assert [(r["path"], r["failures"]) for r in rows] == [(manifest.path(junk), "1")]
+    with pytest.raises(TooManyFailures, match="2 of 7 clips failed"):
+        log.update(collate_clips([ds[(junk, 1)], ds[(0, 1)]]))
+
+
+def test_all_failed_batch_still_collates(collection):
+    ds = TrainClips(Manifest.from_rows(collection[4:]), small_cfg(retries=0))
+    batch = collate_clips([ds[(0, 0)], ds[(0, 1)]])
+    assert batch["index"].numel() == 0 and len(batch["failures"]) == 2 and "video" not in batch

@@ -1,0 +1,148 @@
+"""The clip reader on files the project writes itself, plus every file of the shared media zoo."""
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import frame_index, gray_frames, shared_data
+from xdc.config import ClipConfig, MelConfig
+from xdc.data.audio import LogMel
+from xdc.data.decode import DecodeError, read_clip
+from xdc.data.encode import write_av
+
+
+def spec(**kw) -> ClipConfig:
+    kw.setdefault("decode_short_side", 0)
+    return ClipConfig(**kw)
+
+
+def test_round_trip_frames_timestamps_and_audio_length(tmp_path):
+    path = tmp_path / "a.mp4"
+    fps, seconds, rate = 16, 3, 16000
+    write_av(path, gray_frames(fps * seconds), fps, np.zeros(rate * seconds, np.float32), rate)
+
+    with av.open(str(path)) as c:
+        times = [f.time for f in c.decode(video=0)]
+    with av.open(str(path)) as c:
+        samples = sum(f.samples for f in c.decode(audio=0))
+    assert len(times) == fps * seconds
+    np.testing.assert_allclose(times, np.arange(fps * seconds) / fps, atol=1e-3)
+    assert abs(samples - rate * seconds) <= 1024  # AAC pads to whole 1024-sample frames
+
+    clip = read_clip(str(path), 1.0, spec(frames=16, fps=16))
+    assert clip.video.shape == (16, 32, 48, 3) and clip.video.dtype == np.uint8
+    np.testing.assert_array_equal(frame_index(clip.video), np.arange(16, 32))
+    assert clip.audio.shape == (16000,) and clip.audio.dtype == np.float32
+    assert clip.video_padded == 0 and clip.audio_padded == 0
+
+
+def test_target_fps_resamples_by_timestamp(tmp_path):
+    path = tmp_path / "a.mp4"
+    write_av(path, gray_frames(48), 16, None)
+    clip = read_clip(str(path), 0.5, spec(frames=8, fps=8), audio=False)
+    np.testing.assert_array_equal(frame_index(clip.video), 8 + 2 * np.arange(8))  # every other source frame
+    assert clip.audio is None
+
+
+def test_variable_frame_rate_picks_the_frame_on_screen(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    gaps = np.where(np.arange(19) % 2, 0.02, 0.1)  # frames at 0, .1, .12, .22, .24, ...
+    times = np.concatenate([[0.0], np.cumsum(gaps)])
+    write_av(path, gray_frames(20), 10, None, times=times)
+    clip = read_clip(str(path), 0.0, spec(frames=10, fps=10), audio=False)
+    targets = np.arange(10) / 10
+    expected = [np.flatnonzero(times <= t + 1e-6)[-1] for t in targets]
+    np.testing.assert_array_equal(frame_index(clip.video), expected)
+
+
+def test_flash_and_click_are_aligned_within_one_frame(tmp_path):
+    fps, rate, flash_t = 25, 44100, 1.2
+    frames = np.zeros((75, 48, 64, 3), np.uint8)
+    frames[round(flash_t * fps)] = 255
+    audio = np.zeros((2, 3 * rate), np.float32)  # stereo at 44.1 kHz: exercises downmix and resampling
+    click = round(flash_t * rate)
+    audio[:, click : click + 200] = 0.9
+    path = tmp_path / "flash.mp4"
+    write_av(path, frames, fps, audio, rate)
+
+    start = 0.8
+    clip = read_clip(str(path), start, spec(frames=25, fps=25, sample_rate=16000))
+    flash_at = np.argmax(clip.video.reshape(25, -1).mean(axis=1)) / fps
+    click_at = np.argmax(np.abs(clip.audio)) / 16000
+    assert abs(flash_at - (flash_t - start)) < 1e-6
+    assert abs(click_at - flash_at) <= 1 / fps
+
+
+def test_audio_starting_late_and_ending_early_is_padded_and_reported(tmp_path):
+    path = tmp_path / "late.mp4"
+    rate = 16000
+    write_av(path, gray_frames(48), 16, 0.5 * np.ones(rate, np.float32), rate, audio_start=1.0)  # audio 1 s..2 s
+    before = read_clip(str(path), 0.5, spec(frames=8, fps=8))
+    assert before.audio_padded == pytest.approx(0.5, abs=0.07)  # AAC priming may start it one frame early
+    assert np.abs(before.audio[: rate // 4]).max() < 1e-3
+    after = read_clip(str(path), 1.75, spec(frames=8, fps=8))
+    assert after.audio_padded == pytest.approx(0.75, abs=0.07)
+    assert np.abs(after.audio[-rate // 4 :]).max() < 1e-3
+
+
+def test_clip_past_the_end_repeats_the_last_frame_and_says_so(tmp_path):
+    path = tmp_path / "short.mp4"
+    write_av(path, gray_frames(16), 16, np.zeros(16000, np.float32))
+    clip = read_clip(str(path), 0.5, spec(frames=8, fps=8))
+    assert clip.video_padded == pytest.approx(0.5)
+    np.testing.assert_array_equal(frame_index(clip.video), [8, 10, 12, 14, 15, 15, 15, 15])
+
+
+def test_rotation_metadata_and_decode_resize(tmp_path):
+    path = tmp_path / "rot.mp4"
+    write_av(path, gray_frames(8, height=32, width=64), 8, None, rotation=90)
+    clip = read_clip(str(path), 0.0, spec(frames=4, fps=8), audio=False)
+    assert clip.video.shape[1:3] == (64, 32)  # displayed upright: portrait
+    small = read_clip(str(path), 0.0, spec(frames=4, fps=8, decode_short_side=16), audio=False)
+    assert small.video.shape[1:3] == (32, 16)
+
+
+def test_odd_size_and_multichannel(tmp_path):
+    path = tmp_path / "odd.mp4"
+    left = np.sin(np.arange(32000) * 0.05).astype(np.float32) * 0.5
+    write_av(path, gray_frames(32, height=50, width=66), 16, np.stack([left, -left]), 16000)
+    clip = read_clip(str(path), 0.5, spec(frames=8, fps=8, decode_short_side=37))
+    assert clip.video.shape == (8, 37, 49, 3)
+    assert np.abs(clip.audio).max() < 0.05  # opposite channels cancel in the mono mix
+
+
+def test_missing_streams_and_garbage_raise_decode_error(tmp_path):
+    video_only = tmp_path / "v.mp4"
+    write_av(video_only, gray_frames(8), 8, None)
+    with pytest.raises(DecodeError, match="no audio stream"):
+        read_clip(str(video_only), 0.0, spec())
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(DecodeError) as err:
+        read_clip(str(junk), 0.0, spec())
+    assert "\n" not in str(err.value) and str(junk) not in str(err.value)
+
+
+def test_logmel_shape_follows_the_spec():
+    mel = LogMel(MelConfig(), 16000)
+    assert mel(torch.randn(16000)).shape == (40, 100)
+    assert mel(torch.randn(3, 8000)).shape == (3, 40, 50)
+    assert torch.isfinite(mel(torch.zeros(16000))).all()
+
+
+def test_every_shared_media_file_decodes_or_gives_a_reason():
+    media = shared_data("media")
+    outcomes = {}
+    for path in sorted(media.iterdir()):
+        try:
+            clip = read_clip(str(path), 0.5, ClipConfig(), audio=False)
+            assert clip.video.ndim == 4 and clip.video.shape[-1] == 3
+            outcomes[path.name] = "ok"
+        except DecodeError as e:
+            assert str(e) and "\n" not in str(e)
+            outcomes[path.name] = str(e)
+    for good in ("chaplin.mp4", "test.avi", "grid_bbaf2n.mpg", "big_buck_bunny_432_433.webm", "video_90.mov"):
+        assert outcomes[good] == "ok", (good, outcomes[good])
+    for bad in ("empty.mp4", "random_bytes.mp4", "not_a_video.avi"):
+        assert outcomes[bad] != "ok"
