@@ -8,12 +8,13 @@ frame timestamps, so both modalities cover the same span of the container's time
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import av
 import numpy as np
 import torch
-import torchaudio.functional as AF
+import torchaudio.transforms as AT
 
 from xdc.config import ClipConfig
 
@@ -163,11 +164,10 @@ class _VideoWindow:
     def result(self) -> np.ndarray:
         if self.prev is None:
             raise DecodeError("no video frame decoded in the window")
-        fill = self._array(self.prev)
-        filled = self.next
-        frames = [f if f is not None else fill for f in self.out]
-        self.next = filled  # keep padded_seconds meaningful after result()
-        return np.stack(frames)
+        if not self.done:  # the video ended inside the window: repeat its last frame
+            fill = self._array(self.prev)
+            self.out = [f if f is not None else fill for f in self.out]
+        return np.stack(self.out)
 
 
 class _AudioWindow:
@@ -179,8 +179,8 @@ class _AudioWindow:
             raise DecodeError("audio stream has no sample rate")
         self.t0, self.t1 = t0, t0 + seconds
         self.seconds = seconds
-        self.buffer = np.zeros(round(seconds * self.rate), dtype=np.float32)
-        self.covered = np.zeros(len(self.buffer), dtype=bool)
+        self.buffer = np.zeros((stream.codec_context.channels or 1, round(seconds * self.rate)), dtype=np.float32)
+        self.covered = np.zeros(self.buffer.shape[1], dtype=bool)
         self.next_time: float | None = None
         self.done = False
 
@@ -193,17 +193,19 @@ class _AudioWindow:
         t = frame.time if frame.time is not None else self.next_time
         if t is None:
             t = self.t0
-        samples = _mono(frame)
-        self.next_time = t + len(samples) / self.rate
+        self.next_time = t + frame.samples / self.rate
         if t >= self.t1 - _EPS:
             self.done = True
             return
-        offset = round((t - self.t0) * self.rate)
-        lo, hi = max(0, offset), min(len(self.buffer), offset + len(samples))
+        samples = _float_planar(frame)
+        if samples.shape[0] != self.buffer.shape[0]:  # the layout changed mid-stream: mix down
+            samples = np.broadcast_to(samples.mean(axis=0), (self.buffer.shape[0], samples.shape[1]))
+        offset, n = round((t - self.t0) * self.rate), samples.shape[1]
+        lo, hi = max(0, offset), min(self.buffer.shape[1], offset + n)
         if hi > lo:
-            self.buffer[lo:hi] = samples[lo - offset : hi - offset]
+            self.buffer[:, lo:hi] = samples[:, lo - offset : hi - offset]
             self.covered[lo:hi] = True
-        if offset + len(samples) >= len(self.buffer):
+        if offset + n >= self.buffer.shape[1]:
             self.done = True
 
     @property
@@ -213,26 +215,31 @@ class _AudioWindow:
     def result(self, rate: int) -> np.ndarray:
         if not self.covered.any():
             raise DecodeError("no audio decoded in the window")
+        mono = self.buffer.mean(axis=0) if self.buffer.shape[0] > 1 else self.buffer[0]
         if self.rate == rate:
-            return self.buffer
-        out = AF.resample(torch.from_numpy(self.buffer), self.rate, rate).numpy()
+            return mono
+        with torch.inference_mode():
+            out = _resampler(self.rate, rate)(torch.from_numpy(mono)).numpy()
         n = round(self.seconds * rate)
         return out[:n] if len(out) >= n else np.pad(out, (0, n - len(out)))
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler(source: int, target: int) -> AT.Resample:
+    return AT.Resample(source, target)  # the sinc kernel is built once per rate pair, not per clip
 
 
 _SCALE = {"s16": 32768.0, "s16p": 32768.0, "s32": 2147483648.0, "s32p": 2147483648.0}
 
 
-def _mono(frame) -> np.ndarray:
-    """Float32 mono samples of an audio frame, whatever its sample format and layout."""
+def _float_planar(frame) -> np.ndarray:
+    """Float32 samples of an audio frame as channels x samples, whatever its sample format."""
     data = frame.to_ndarray()
-    channels = len(frame.layout.channels)
     fmt = frame.format.name
     if not frame.format.is_planar:  # packed: one row of interleaved samples
-        data = data.reshape(-1, channels).T
-    data = data.astype(np.float32)
+        data = data.reshape(-1, len(frame.layout.channels)).T
     if fmt in _SCALE:
-        data /= _SCALE[fmt]
-    elif fmt in ("u8", "u8p"):
-        data = (data - 128.0) / 128.0
-    return data.mean(axis=0) if channels > 1 else data[0]
+        return data.astype(np.float32) / _SCALE[fmt]
+    if fmt in ("u8", "u8p"):
+        return (data.astype(np.float32) - 128.0) / 128.0
+    return data.astype(np.float32, copy=False)
