@@ -39,6 +39,13 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from xdc.demo import run_demo
+
+    run_demo(args.out, _config(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xdc", description="Cross-modal deep clustering for audio-visual learning")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -58,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel writers (default: CPU count)")
     _add_config_options(p)
     p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser("demo", help="run the built-in job on generated data (a few minutes on a laptop CPU)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

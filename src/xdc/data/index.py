@@ -1,0 +1,519 @@
+"""``xdc index``: find the media files of a collection, probe each one with PyAV and write the manifest.
+
+Every file found gets one row, usable or not, so a collection's problems are visible in one place instead of
+surfacing as crashes during training. See docs/index.md for the columns, statuses, caching and label rules.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import stat
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+
+import av
+from tqdm import tqdm
+
+from xdc.data.manifest import read_rows, write_rows
+from xdc.errors import UserError
+
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .flv .wmv .ts .3gp .ogv".split()
+)  # fmt: skip
+AUDIO_EXTENSIONS = frozenset(".wav .flac .mp3 .ogg .m4a .aac .opus".split())
+MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
+LIST_EXTENSIONS = frozenset({".csv", ".txt", ".lst"})
+
+# The tail check decodes from the keyframe before the last TAIL_SECONDS to the end: damage and truncation
+# usually show there (a single-GOP file is then parsed whole). The packet cap bounds the cost of huge GOPs.
+TAIL_SECONDS = 1.0
+TAIL_MAX_PACKETS = 1500
+
+
+@dataclass
+class IndexSummary:
+    """Counts of one ``xdc index`` run; ``with_audio`` counts the ok rows (usable audio, audio-only included)."""
+
+    files: int
+    usable: int
+    with_audio: int
+    unusable: int
+    probed: int  # files opened with PyAV this run (the rest came from the cache or do not exist)
+    labelled: int | None = None  # None when no labels file was given
+
+    def line(self) -> str:
+        text = f"{self.files} files: {self.usable} usable ({self.with_audio} with audio), {self.unusable} unusable"
+        if self.labelled is not None:
+            text += f"\n{self.labelled} of {self.files} files labelled"
+        return text
+
+
+def build_manifest(
+    paths: list[str], out: Path, labels: Path | None = None, workers: int | None = None
+) -> IndexSummary:
+    """Probe every media file under ``paths`` (folders or lists of files) and write the manifest ``out``.
+    Rows of an existing ``out`` whose (path, size, mtime) still match are reused without opening the file."""
+    out = Path(out)
+    workers = _check_workers(workers)
+    label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
+    collection = find_media(paths)
+    _check_out(out)
+    cache = {row["path"]: row for row in read_rows(out)} if out.exists() else {}
+
+    rows: dict[str, dict] = {}
+    todo: dict[str, dict] = {}
+    for path in collection.files:
+        row = _stat_row(path)
+        cached = cache.get(path)
+        if "status" in row:
+            rows[path] = row
+        elif cached is not None and (cached.get("size"), cached.get("mtime")) == (str(row["size"]), row["mtime"]):
+            rows[path] = dict(cached)
+        else:
+            todo[path] = row
+    for path, probe in probe_files(list(todo), workers).items():
+        rows[path] = {**todo[path], **probe}
+
+    labelled = None
+    if label_index is not None:
+        names = Counter(Path(p).name for p in rows)
+        stems = Counter(Path(p).stem for p in rows)
+        for path, row in rows.items():
+            row["label"] = label_index.lookup(path, collection.roots, names, stems)
+        labelled = sum(1 for row in rows.values() if row["label"])
+    else:
+        for row in rows.values():
+            row["label"] = ""
+
+    ordered = [rows[p] for p in sorted(rows)]
+    try:
+        write_rows(out, ordered)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    statuses = Counter(row["status"] for row in ordered)
+    return IndexSummary(
+        files=len(ordered),
+        usable=statuses["ok"] + statuses["no_audio"],
+        with_audio=statuses["ok"],
+        unusable=statuses["error"],
+        probed=len(todo),
+        labelled=labelled,
+    )
+
+
+def _check_workers(workers: int | None) -> int:
+    if workers is None:
+        return os.cpu_count() or 1
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    return workers
+
+
+def _check_out(out: Path) -> None:
+    """Fail before probing (which can take long) when the manifest could not be written anyway."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a CSV file path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder of --out {out}: {e.strerror or e}") from None
+
+
+# --- finding the files -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Collection:
+    files: dict[str, None] = field(default_factory=dict)  # absolute resolved paths: an ordered set
+    roots: list[Path] = field(default_factory=list)  # the folders searched (for relative label paths)
+
+    def add_file(self, path: Path) -> None:
+        self.files.setdefault(str(path))
+
+    def add_folder(self, folder: Path) -> None:
+        self.roots.append(folder)
+        for dirpath, dirnames, filenames in os.walk(folder):
+            # Hidden entries are skipped: they are tools' partial writes and metadata, not the collection.
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTENSIONS:
+                    self.add_file(Path(dirpath, name).resolve())
+
+
+def find_media(paths: list[str]) -> Collection:
+    """Expand PATH arguments: a folder is searched recursively for media files, a .csv/.txt/.lst file lists
+    files (which need not have a media extension, and need not exist: missing ones become error rows)."""
+    collection = Collection()
+    for arg in paths:
+        path = Path(arg).expanduser()
+        if not path.exists():
+            raise UserError(f"path not found: {arg}")
+        path = path.resolve()
+        if path.is_dir():
+            collection.add_folder(path)
+        elif path.suffix.lower() in LIST_EXTENSIONS:
+            for entry in read_file_list(path):
+                if entry.is_dir():
+                    collection.add_folder(entry)
+                else:
+                    collection.add_file(entry)
+        elif path.suffix.lower() in MEDIA_EXTENSIONS:
+            collection.add_file(path)
+        else:
+            raise UserError(f"{arg} is not a folder, a media file or a list of files (.csv, .txt, .lst)")
+    if not collection.files:
+        extensions = " ".join(sorted(MEDIA_EXTENSIONS))
+        raise UserError(f"no media files found in {', '.join(paths)} (extensions: {extensions})")
+    return collection
+
+
+def read_file_list(path: Path) -> list[Path]:
+    """Entries of a list file, resolved (relative entries against the list's folder)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            if path.suffix.lower() == ".csv":
+                reader = csv.DictReader(f)
+                if "path" not in (reader.fieldnames or ()):
+                    raise UserError(f"{path}: a CSV list of files needs a 'path' column")
+                entries = [row["path"] or "" for row in reader]
+            else:
+                entries = [line for line in f.read().splitlines() if not line.lstrip().startswith("#")]
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text list of files (not UTF-8)") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    return [(path.parent / Path(e.strip()).expanduser()).resolve() for e in entries if e.strip()]
+
+
+# --- probing -----------------------------------------------------------------------------------------------
+
+
+def _stat_row(path: str) -> dict:
+    """The file's cache key (size, mtime), or an error row (with a status) when it cannot be probed at all."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {"path": path, **_failed("file not found")}
+    except OSError as e:
+        return {"path": path, **_failed(f"cannot read: {e.strerror or e}")}
+    if not stat.S_ISREG(st.st_mode):
+        return {"path": path, **_failed("not a regular file")}  # a FIFO or device would block the probe
+    # Exact decimal seconds: a float printed by the manifest writer would round and defeat the cache.
+    mtime = f"{st.st_mtime_ns // 1_000_000_000}.{st.st_mtime_ns % 1_000_000_000:09d}"
+    return {"path": path, "size": st.st_size, "mtime": mtime}
+
+
+def probe_files(paths: list[str], workers: int) -> dict[str, dict]:
+    """Probe files in worker processes. A decoder crash kills its worker and breaks the pool; the files not yet
+    probed are then probed one per fresh process, and a file that kills its process is marked as such."""
+    results: dict[str, dict] = {}
+    if not paths:
+        return results
+    with tqdm(total=len(paths), desc="probing", unit="file", file=sys.stderr, disable=None) as progress:
+        _probe_in_pool(paths, workers, results, progress)
+        for path in paths:
+            if path not in results:
+                results[path] = _probe_isolated(path)
+                progress.update()
+    return results
+
+
+def _probe_in_pool(paths: list[str], workers: int, results: dict[str, dict], progress: tqdm) -> None:
+    """Fill ``results``; returns early, leaving files out, when a worker process dies."""
+    pool = ProcessPoolExecutor(min(workers, len(paths)), initializer=_init_worker)
+    try:
+        futures = {pool.submit(_probe_job, path): path for path in paths}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            progress.update()
+    except BrokenProcessPool:
+        return
+    finally:
+        pool.shutdown(cancel_futures=True)  # on Ctrl-C, do not wait for the files still queued
+
+
+def _probe_isolated(path: str) -> dict:
+    try:
+        with ProcessPoolExecutor(1, initializer=_init_worker) as pool:
+            return pool.submit(_probe_job, path).result()
+    except BrokenProcessPool:
+        return _failed("decoder crashed")
+
+
+def _init_worker() -> None:
+    # At ERROR level PyAV keeps FFmpeg's last message on the exception (e.g. "moov atom not found"), which makes
+    # reasons precise; the log lines themselves are dropped so they do not clutter the terminal.
+    av.logging.set_level(av.logging.ERROR)
+    logger = logging.getLogger("libav")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+
+
+def _probe_job(path: str) -> dict:
+    """Worker entry point: one bad file must become a row, never an exception that ends the run."""
+    try:
+        return probe_file(path)
+    except Exception as e:  # noqa: BLE001 - recorded as the file's reason
+        return _failed(f"probe failed: {type(e).__name__}: {_first_line(e)}")
+
+
+def probe_file(path: str) -> dict:
+    """Open ``path``, read its metadata and prove that its streams decode. Returns the manifest fields
+    status, reason, duration_s, fps, width, height, rotation, has_audio, sample_rate, channels."""
+    if os.path.getsize(path) == 0:
+        return _failed("empty file")
+    try:
+        container = av.open(path)
+    except av.FFmpegError as e:
+        return _failed(f"cannot open: {_describe(e)}")
+    with container:
+        return _probe_container(container)
+
+
+def _probe_container(container) -> dict:
+    attached = av.stream.Disposition.attached_pic  # cover art of music files is not a video
+    video = next((s for s in container.streams.video if not s.disposition & attached), None)
+    audio = next(iter(container.streams.audio), None)
+    streams = [s for s in (video, audio) if s is not None]
+    if not streams:
+        return _failed("no video or audio stream")
+    for s in streams:
+        if s.codec_context is not None:
+            s.codec_context.thread_count = 1  # parallelism is across files; threads only delay the first frame
+
+    duration = _header_duration(container, streams)
+    first, errors, scanned = _decode_first_frames(container, streams, scan_to_end=duration is None)
+    if duration is None:
+        duration = scanned
+    if duration > 0:
+        for index, reason in _tail_errors(container, [s for s in streams if s.index not in errors], duration).items():
+            errors.setdefault(index, reason)
+    usable = {s.index for s in streams} - set(errors)
+
+    result = _failed("")
+    result["duration_s"] = duration
+    if video is not None and video.index in first:
+        frame = first[video.index]
+        rate = video.average_rate or video.guessed_rate
+        result.update(
+            fps=float(rate) if rate else 0.0,
+            width=frame.width,
+            height=frame.height,
+            rotation=round(-frame.rotation) % 360,  # clockwise degrees to turn the frame for display
+        )
+    if audio is not None and audio.index in usable:
+        frame = first[audio.index]
+        result.update(has_audio=1, sample_rate=frame.sample_rate, channels=frame.layout.nb_channels)
+
+    if video is not None and video.index not in usable:
+        result["reason"] = f"video stream {errors[video.index]}"
+    elif video is None and audio.index not in usable:
+        result["reason"] = f"audio stream {errors[audio.index]}"
+    elif duration <= 0:
+        result["reason"] = "zero duration"
+    elif audio is None:
+        result.update(status="no_audio", reason="no audio stream")
+    elif audio.index not in usable:
+        result.update(status="no_audio", reason=f"audio stream {errors[audio.index]}")
+    else:
+        result.update(status="ok", reason="")
+    return result
+
+
+def _header_duration(container, streams) -> float | None:
+    if container.duration:
+        return container.duration / av.time_base
+    for s in streams:
+        if s.duration:
+            return float(s.duration * s.time_base)
+    return None
+
+
+class _Decoding:
+    """One stream's decoding during one pass over the file. A pass can start inside a frame (after a seek in
+    MPEG-PS, which has no exact index, or in a TS cut from a broadcast), so an error before the stream's first
+    packet that decodes is held back: it only counts when nothing decodes after it."""
+
+    def __init__(self) -> None:
+        self.first = None  # first decoded frame
+        self.frames = 0
+        self.packets = 0  # packets with data decoded without error
+        self.early = ""
+        self.error = ""
+
+    def feed(self, packet) -> None:
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as e:
+            reason = f"failed to decode at {_packet_time(packet):.1f}s: {_describe(e)}"
+            if self.packets:
+                self.error = reason
+            else:
+                self.early = self.early or reason
+            return
+        self.packets += packet.size > 0  # not the empty packet that flushes the decoder at the end
+        self.frames += len(frames)
+        if self.first is None and frames:
+            self.first = frames[0]
+
+    def failure(self, nothing: str, frames_required: bool = True) -> str:
+        """Why the stream is unusable ("" when it is not); ``nothing`` is the reason when nothing decoded.
+        Without ``frames_required``, packets that decode without error suffice."""
+        if self.error:
+            return self.error
+        return "" if (self.frames if frames_required else self.packets) else self.early or nothing
+
+
+def _decode_first_frames(container, streams, scan_to_end: bool) -> tuple[dict, dict, float]:
+    """Decode the first frame of each stream. Returns (first frame by stream index, failure by stream index,
+    end of the last packet seen in seconds). With ``scan_to_end`` it goes on demuxing (not decoding) to the
+    end of the file, for containers that do not state their duration."""
+    decoding = {s.index: _Decoding() for s in streams}
+    pending = set(decoding)
+    end = 0.0
+    try:
+        for packet in container.demux(streams):
+            end = max(end, _packet_end(packet))
+            index = packet.stream.index
+            if index in pending:
+                decoding[index].feed(packet)
+                if decoding[index].first is not None or decoding[index].error:
+                    pending.discard(index)
+            if not pending and not scan_to_end:
+                break
+    except av.FFmpegError as e:
+        for index in pending:
+            decoding[index].error = f"failed to read: {_describe(e)}"
+    first = {i: d.first for i, d in decoding.items() if d.first is not None}
+    errors = {i: reason for i, d in decoding.items() if (reason := d.failure("has no decodable frame"))}
+    return first, errors, end
+
+
+def _tail_errors(container, streams, duration: float) -> dict[int, str]:
+    """Decode the end of each stream; a stream that fails there, or yields nothing (a truncated file whose
+    header promises more than is there), is broken for clips sampled near its end. Video is decoded with
+    non-key pictures skipped: FFmpeg still parses every packet, which is where damaged streams fail (h264
+    conceals errors inside pictures rather than raising), at a fraction of the cost."""
+    if not streams:
+        return {}
+    for s in streams:
+        if s.type == "video" and s.codec_context is not None:
+            s.codec_context.skip_frame = "NONKEY"
+    anchor = streams[0]
+    target = (anchor.start_time or 0) + int(max(duration - TAIL_SECONDS, 0) / anchor.time_base)
+    decoding = {s.index: _Decoding() for s in streams}
+    try:
+        container.seek(target, stream=anchor, backward=True)
+        for n, packet in enumerate(container.demux(streams)):
+            if n >= TAIL_MAX_PACKETS:
+                break
+            if not decoding[packet.stream.index].error:
+                decoding[packet.stream.index].feed(packet)
+    except av.FFmpegError as e:
+        for d in decoding.values():
+            d.error = d.error or f"failed to read near the end: {_describe(e)}"
+    # A seek may land after the last keyframe (MPEG-TS seeks by timestamp only): packets that decode without
+    # error then yield no picture, which is fine; no packet at all means the data stops before the end.
+    nothing = f"has no data in its last {TAIL_SECONDS:g}s (truncated?)"
+    return {i: reason for i, d in decoding.items() if (reason := d.failure(nothing, frames_required=False))}
+
+
+def _packet_end(packet) -> float:
+    if packet.pts is None or packet.time_base is None:
+        return 0.0
+    start = packet.stream.start_time or 0
+    return float((packet.pts + (packet.duration or 0) - start) * packet.time_base)
+
+
+def _packet_time(packet) -> float:
+    if packet.pts is None or packet.time_base is None:
+        return 0.0
+    return float((packet.pts - (packet.stream.start_time or 0)) * packet.time_base)
+
+
+def _failed(reason: str) -> dict:
+    return {
+        "status": "error", "reason": reason, "duration_s": 0.0, "fps": 0.0, "width": 0, "height": 0,
+        "rotation": 0, "has_audio": 0, "sample_rate": 0, "channels": 0,
+    }  # fmt: skip
+
+
+def _describe(e: av.FFmpegError) -> str:
+    """FFmpeg's error text without the file name, plus its last log message when it says more."""
+    text = e.strerror or _first_line(e)
+    log = getattr(e, "log", None)
+    detail = log[2].strip() if log else ""
+    return f"{text} ({detail})" if detail and detail not in text else text
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+# --- labels ------------------------------------------------------------------------------------------------
+
+_AMBIGUOUS = object()  # a key that label rows give different labels: matches nothing
+
+
+@dataclass
+class LabelIndex:
+    """Label rows indexed by each way a row can name a file (see docs/index.md, "Labels")."""
+
+    by_abs: dict[str, object]
+    by_rel: dict[str, object]
+    by_name: dict[str, object]
+    by_stem: dict[str, object]
+
+    @classmethod
+    def from_csv(cls, path: Path) -> LabelIndex:
+        index = cls({}, {}, {}, {})
+        base = path.resolve().parent
+        for raw, label in read_label_rows(path):
+            entry = PurePath(raw)
+            index._add(index.by_abs, str((base / Path(raw).expanduser()).resolve()), label)
+            index._add(index.by_rel, PurePath(os.path.normpath(raw)).as_posix(), label)
+            index._add(index.by_name, entry.name, label)
+            index._add(index.by_stem, entry.stem, label)
+        return index
+
+    @staticmethod
+    def _add(table: dict[str, object], key: str, label: str) -> None:
+        table[key] = label if table.get(key, label) == label else _AMBIGUOUS
+
+    def lookup(self, path: str, roots: list[Path], names: Counter, stems: Counter) -> str:
+        """The label of absolute ``path``; ``names``/``stems`` count the collection's basenames and stems,
+        since only a basename or stem unique in the collection identifies a file."""
+        candidates = [self.by_abs.get(path)]
+        p = Path(path)
+        candidates += [self.by_rel.get(p.relative_to(root).as_posix()) for root in roots if p.is_relative_to(root)]
+        if names[p.name] == 1:
+            candidates.append(self.by_name.get(p.name))
+        if stems[p.stem] == 1:
+            candidates.append(self.by_stem.get(p.stem))
+        return next((c for c in candidates if isinstance(c, str)), "")
+
+
+def read_label_rows(path: Path) -> list[tuple[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in reader.fieldnames or ()]
+            if not {"path", "label"} <= set(columns):
+                found = ", ".join(columns) or "nothing"
+                raise UserError(f"{path}: a labels CSV needs a header with columns path and label (found: {found})")
+            reader.fieldnames = columns
+            rows = [((row["path"] or "").strip(), (row["label"] or "").strip()) for row in reader]
+    except FileNotFoundError:
+        raise UserError(f"labels file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text CSV (not UTF-8)") from None
+    except OSError as e:
+        raise UserError(f"cannot read labels {path}: {e.strerror or e}") from None
+    return [(p, label) for p, label in rows if p and label]

@@ -1,0 +1,328 @@
+"""``xdc index``: statuses and reasons, summary, cache, labels, list inputs, user errors, crash isolation."""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing
+import os
+import shutil
+import signal
+import wave
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from xdc.cli import main
+from xdc.data import index
+from xdc.data.encode import write_av
+from xdc.data.index import IndexSummary, build_manifest
+from xdc.data.manifest import COLUMNS, read_rows
+from xdc.errors import UserError
+
+SHARED_MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "media"
+
+
+def _frames(n: int = 25, size: int = 64, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _tone(seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def _write_wav(path: Path, rate: int = 16000) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((_tone(1.0, rate) * 32767).astype("<i2").tobytes())
+
+
+def _faststart_copy(src: Path, dst: Path) -> None:
+    """Remux with the index (moov) first, as streaming sites serve MP4: a truncated copy then still opens."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    """A small collection with one file of each kind the index must tell apart."""
+    root = tmp_path_factory.mktemp("media")
+    (root / "sub").mkdir()
+    write_av(root / "good.mp4", _frames(), 25, _tone(), 16000, gop=5)
+    write_av(root / "sub" / "video_only.mp4", _frames(seed=1), 25, None)
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "text.mp4").write_text("this is not a video\n")
+    (root / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    good = (root / "good.mp4").read_bytes()
+    (root / "truncated.mp4").write_bytes(good[: len(good) // 2])  # moov atom at the end: cut off
+    _faststart_copy(root / "good.mp4", root / "faststart.mp4")
+    fast = (root / "faststart.mp4").read_bytes()
+    (root / "cut_tail.mp4").write_bytes(fast[: int(len(fast) * 0.6)])  # opens, but its end is missing
+    (root / "faststart.mp4").unlink()
+    _write_wav(root / "sub" / "tone.wav")
+    (root / "notes.txt").write_text("not media: skipped by the folder search\n")
+    return root
+
+
+@pytest.fixture
+def collection(media: Path, tmp_path: Path) -> Path:
+    """A private copy of ``media`` that a test may change."""
+    return Path(shutil.copytree(media, tmp_path / "collection"))
+
+
+def _rows(manifest: Path) -> dict[str, dict]:
+    return {Path(r["path"]).name: r for r in read_rows(manifest)}
+
+
+def test_statuses_reasons_and_summary(media: Path, tmp_path: Path) -> None:
+    out = tmp_path / "manifest.csv"
+    summary = build_manifest([str(media)], out, workers=2)
+    rows = _rows(out)
+
+    assert set(rows) == {
+        "good.mp4", "video_only.mp4", "empty.mp4", "text.mp4", "random.mp4", "truncated.mp4", "cut_tail.mp4",
+        "tone.wav",
+    }  # fmt: skip
+    status = {name: r["status"] for name, r in rows.items()}
+    assert status == {
+        "good.mp4": "ok", "video_only.mp4": "no_audio", "tone.wav": "ok", "empty.mp4": "error",
+        "text.mp4": "error", "random.mp4": "error", "truncated.mp4": "error", "cut_tail.mp4": "error",
+    }  # fmt: skip
+    assert rows["good.mp4"]["reason"] == ""
+    assert rows["video_only.mp4"]["reason"] == "no audio stream"
+    assert rows["empty.mp4"]["reason"] == "empty file"
+    assert rows["text.mp4"]["reason"].startswith("cannot open: Invalid data")
+    assert rows["random.mp4"]["reason"].startswith("cannot open: Invalid data")
+    moov_missing = "cannot open: Invalid data found when processing input (moov atom not found)"
+    assert rows["truncated.mp4"]["reason"] == moov_missing
+    assert rows["cut_tail.mp4"]["reason"].startswith("video stream ")
+    for r in rows.values():
+        assert "\n" not in r["reason"] and str(media) not in r["reason"]
+
+    good = rows["good.mp4"]
+    assert (good["width"], good["height"], good["fps"], good["rotation"]) == ("64", "64", "25", "0")
+    assert (good["has_audio"], good["sample_rate"], good["channels"]) == ("1", "16000", "1")
+    assert float(good["duration_s"]) == pytest.approx(1.0, abs=0.1)
+    wav = rows["tone.wav"]  # audio-only: usable, no picture
+    assert (wav["width"], wav["height"], wav["fps"], wav["has_audio"]) == ("0", "0", "0", "1")
+    assert float(wav["duration_s"]) == pytest.approx(1.0, abs=0.01)
+    assert rows["video_only.mp4"]["has_audio"] == "0"
+
+    written = read_rows(out)
+    assert [r["path"] for r in written] == sorted(r["path"] for r in written)
+    assert all(Path(r["path"]).is_absolute() for r in written)
+    assert list(written[0]) == list(COLUMNS)
+    assert summary == IndexSummary(files=8, usable=3, with_audio=2, unusable=5, probed=8)
+    assert summary.line() == "8 files: 3 usable (2 with audio), 5 unusable"
+
+
+def test_inexact_seeks_are_not_reported_as_damage(tmp_path: Path) -> None:
+    """MPEG-TS seeks by timestamp, not to keyframes, and a stream cut from a broadcast starts mid-picture:
+    neither may make a sound file look broken."""
+    ts = tmp_path / "clip.ts"
+    write_av(ts, _frames(75), 25, _tone(3.0), 16000, gop=25)
+    data = ts.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[(len(data) // 3 // 188 + 3) * 188 :])  # starts at a TS packet inside a GOP
+    for path in (ts, cut):
+        row = index.probe_file(str(path))
+        assert (row["status"], row["reason"], row["has_audio"]) == ("ok", "", 1), path.name
+
+
+def test_cache_reuses_unchanged_files(collection: Path, tmp_path: Path) -> None:
+    out = tmp_path / "manifest.csv"
+    assert build_manifest([str(collection)], out, workers=2).probed == 8
+    first = out.read_text()
+
+    rerun = build_manifest([str(collection)], out, workers=2)
+    assert rerun.probed == 0
+    assert out.read_text() == first
+
+    good = collection / "good.mp4"
+    st = good.stat()
+    os.utime(good, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # 1 ms later: still a change
+    assert build_manifest([str(collection)], out, workers=2).probed == 1
+
+    (collection / "text.mp4").unlink()
+    write_av(collection / "new.mp4", _frames(seed=2), 25, _tone(), 16000)
+    summary = build_manifest([str(collection)], out, workers=2)
+    assert summary.probed == 1
+    rows = _rows(out)
+    assert "text.mp4" not in rows and rows["new.mp4"]["status"] == "ok"
+    assert summary.line() == "8 files: 4 usable (3 with audio), 4 unusable"
+
+
+def test_labels_matching_rules(collection: Path, tmp_path: Path) -> None:
+    labels_dir = tmp_path / "meta"
+    labels_dir.mkdir()
+    rel_to_csv = os.path.relpath(collection / "good.mp4", labels_dir)
+    (collection / "other").mkdir()
+    write_av(collection / "other" / "clip.mp4", _frames(seed=3), 25, None)
+    write_av(collection / "sub" / "clip.mp4", _frames(seed=4), 25, None)
+    (labels_dir / "labels.csv").write_text(
+        "path,label\n"
+        f"{rel_to_csv},speech\n"  # relative to the labels CSV's folder
+        "sub/video_only.mp4,silent\n"  # relative to the indexed folder
+        "tone.wav,beep\n"  # unique basename
+        "empty,nothing\n"  # unique stem
+        "clip.mp4,ambiguous\n"  # two files are called clip.mp4: matches neither
+        "missing.mp4,ghost\n"
+    )
+    out = tmp_path / "manifest.csv"
+    summary = build_manifest([str(collection)], out, labels=labels_dir / "labels.csv", workers=2)
+    rows = read_rows(out)
+    labels = {Path(r["path"]).name: r["label"] for r in rows}
+    assert labels["good.mp4"] == "speech"
+    assert labels["video_only.mp4"] == "silent"
+    assert labels["tone.wav"] == "beep"
+    assert labels["empty.mp4"] == "nothing"
+    assert [r["label"] for r in rows if Path(r["path"]).name == "clip.mp4"] == ["", ""]
+    assert labels["random.mp4"] == ""
+    assert summary.labelled == 4
+    assert summary.line().splitlines() == ["10 files: 5 usable (2 with audio), 5 unusable", "4 of 10 files labelled"]
+
+
+def test_labels_without_path_and_label_columns_is_a_user_error(media: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "labels.csv"
+    bad.write_text("file,class\ngood.mp4,speech\n")
+    with pytest.raises(UserError, match="path and label"):
+        build_manifest([str(media)], tmp_path / "manifest.csv", labels=bad, workers=1)
+
+
+def test_list_inputs(media: Path, tmp_path: Path) -> None:
+    csv_list = media.parent / "list.csv"  # relative paths resolve against the list's folder
+    with open(csv_list, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerows([["path", "split"], [f"{media.name}/good.mp4", "train"], ["gone.mp4", "test"]])
+    txt_list = tmp_path / "list.txt"
+    txt_list.write_text(f"# clips\n{media / 'sub' / 'tone.wav'}\n\n{media / 'good.mp4'}\n")
+    out = tmp_path / "manifest.csv"
+
+    summary = build_manifest([str(csv_list), str(txt_list)], out, workers=2)
+    rows = _rows(out)
+    assert set(rows) == {"good.mp4", "gone.mp4", "tone.wav"}  # good.mp4 is listed twice, indexed once
+    assert rows["gone.mp4"]["status"] == "error" and rows["gone.mp4"]["reason"] == "file not found"
+    assert summary.line() == "3 files: 2 usable (2 with audio), 1 unusable"
+    assert summary.probed == 2
+
+
+def test_cli_index_prints_the_summary(media: Path, tmp_path: Path, capsys) -> None:
+    assert main(["index", str(media), "--out", str(tmp_path / "m.csv"), "--workers", "2"]) == 0
+    assert capsys.readouterr().out == "8 files: 3 usable (2 with audio), 5 unusable\n"
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d: [str(d / "nope")], "path not found"),
+        (lambda d: [str(d / "x.json")], "is not a folder, a media file or a list"),
+        (lambda d: [str(d / "empty_dir")], "no media files found"),
+        (lambda d: [str(d / "list.csv")], "needs a 'path' column"),
+        (lambda d: [str(d / "empty_dir"), "--labels", str(d / "nope.csv")], "labels file not found"),
+        (lambda d: [str(d / "empty_dir"), "--workers", "0"], "--workers must be at least 1"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path: Path, capsys, make_args, message: str) -> None:
+    (tmp_path / "x.json").write_text("{}")
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "list.csv").write_text("file\na.mp4\n")
+    code = main(["index", *make_args(tmp_path), "--out", str(tmp_path / "m.csv")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("xdc: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_out_must_be_a_manifest_path(media: Path, tmp_path: Path, capsys) -> None:
+    not_manifest = tmp_path / "notes.csv"
+    not_manifest.write_text("name,value\na,1\n")
+    for out, message in ((tmp_path, "is a folder"), (not_manifest, "is not an xdc manifest")):
+        assert main(["index", str(media), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("xdc: error: ") and message in err and err.count("\n") == 1
+    assert not_manifest.read_text() == "name,value\na,1\n"
+
+
+def _probe_or_die(path: str) -> dict:
+    """Stands in for a decoder that segfaults on one file: the worker process dies without a Python error."""
+    if "crash" in Path(path).name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return index.probe_file(path)
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the stand-in reaches workers by fork")
+def test_a_file_that_kills_its_worker_is_reported(media: Path, tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for name in ("a.mp4", "crash.mp4", "b.mp4", "c.mp4"):
+        shutil.copy(media / "good.mp4", folder / name)
+    monkeypatch.setattr(index, "_probe_job", _probe_or_die)
+    out = tmp_path / "manifest.csv"
+    summary = build_manifest([str(folder)], out, workers=2)
+    rows = _rows(out)
+    assert (rows["crash.mp4"]["status"], rows["crash.mp4"]["reason"]) == ("error", "decoder crashed")
+    assert all(rows[n]["status"] == "ok" for n in ("a.mp4", "b.mp4", "c.mp4"))
+    assert summary.line() == "4 files: 3 usable (3 with audio), 1 unusable"
+
+
+# What each file of ../shared/data/media really is (checked with a full decode): (status, reason prefix).
+SHARED_EXPECTED = {
+    "big_buck_bunny_432_433.webm": ("ok", ""),  # vp8 + vorbis
+    "bitmap.mp4": ("no_audio", "no audio stream"),  # 1x1 h264
+    "chaplin.mp4": ("ok", ""),
+    "corrupted.mp4": ("error", "video stream failed to decode at 3.0s: "),  # first 28 frames decode
+    "empty.mp4": ("error", "empty file"),
+    "fire2.mp4": ("ok", ""),  # rotated by 180 degrees
+    "flipping_a_pancake.mkv": ("ok", ""),  # h264 + opus
+    "grid_bbaf2n.mpg": ("ok", ""),  # mpeg1 + mp2 in MPEG-PS
+    "no_duration.webm": ("ok", ""),  # the container states no duration
+    "not_a_video.avi": ("error", "cannot open: Invalid data found"),  # 20 bytes of text
+    "random_bytes.mp4": ("error", "cannot open: Invalid data found"),
+    "test.avi": ("ok", ""),  # mpeg4 + mp3
+    "test.wav": ("ok", ""),  # audio only
+    "transparent.webm": ("ok", ""),  # vp9 with alpha + vorbis
+    "truncated_chaplin.mp4": ("error", "cannot open: Invalid data found when processing input (moov atom not found)"),
+    "video_90.mov": ("no_audio", "no audio stream"),  # rotated by 90 degrees
+    "video_with_failing_audio.mp4": ("ok", ""),  # its mp3 track decodes to the end with FFmpeg
+}
+
+
+def test_every_shared_media_file_decodes_or_is_reported(tmp_path: Path) -> None:
+    if not SHARED_MEDIA.is_dir():
+        pytest.skip(f"../shared/data absent: {SHARED_MEDIA} not found (real media robustness test)")
+    out = tmp_path / "manifest.csv"
+    summary = build_manifest([str(SHARED_MEDIA)], out, workers=2)
+    rows = _rows(out)
+    on_disk = {p.name for p in SHARED_MEDIA.iterdir() if p.suffix.lower() in index.MEDIA_EXTENSIONS}
+    assert set(rows) == on_disk
+    for name, row in rows.items():
+        assert row["status"] in ("ok", "no_audio", "error")
+        assert (row["reason"] == "") == (row["status"] == "ok"), name
+        assert "\n" not in row["reason"]
+    for name, (status, reason) in SHARED_EXPECTED.items():
+        if name in rows:
+            assert (rows[name]["status"], rows[name]["reason"][: len(reason)]) == (status, reason), name
+    if {"video_90.mov", "fire2.mp4", "no_duration.webm", "test.wav"} <= set(rows):
+        assert rows["video_90.mov"]["rotation"] == "90" and rows["fire2.mp4"]["rotation"] == "180"
+        assert float(rows["no_duration.webm"]["duration_s"]) == pytest.approx(4.938, abs=0.01)
+        assert (rows["test.wav"]["width"], rows["test.wav"]["has_audio"]) == ("0", "1")
+    assert summary.files == len(rows) and summary.usable + summary.unusable == summary.files
+
+
+def test_hidden_files_and_folders_are_not_indexed(collection: Path, tmp_path: Path) -> None:
+    (collection / ".000001.partial.mp4").write_bytes((collection / "good.mp4").read_bytes())
+    (collection / ".cache").mkdir()
+    (collection / ".cache" / "thumb.mp4").write_bytes(b"")
+    out = tmp_path / "manifest.csv"
+    build_manifest([str(collection)], out, workers=1)
+    assert not any(name.startswith(".") or "/.cache/" in row["path"] for name, row in _rows(out).items())
+    assert len(_rows(out)) == 8
