@@ -85,6 +85,8 @@ class SyntheticConfig:
     seconds: float = 3.0
     sample_rate: int = 16000
     offscreen_fraction: float = 0.1  # clips whose sound comes from another class (off-screen sound)
+    audio_noise: float = 0.05  # largest RMS of the background noise (full scale 1); each clip draws below it
+    pixel_noise: float = 0.02  # largest std of per-pixel noise (pixel range 1); each clip draws below it
 
 
 @dataclass
