@@ -101,3 +101,19 @@ def test_all_failed_batch_still_collates(collection):
     ds = TrainClips(Manifest.from_rows(collection[4:]), small_cfg(retries=0))
     batch = collate_clips([ds[(0, 0)], ds[(0, 1)]])
     assert batch["index"].numel() == 0 and len(batch["failures"]) == 2 and "video" not in batch
+
+
+def test_audio_only_files_serve_audio_datasets_only(tmp_path):
+    import wave
+
+    path = tmp_path / "tone.wav"
+    samples = (0.5 * np.sin(2 * np.pi * 440 * np.arange(12000) / 8000) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:  # 8 kHz 16-bit, like FSDD
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(samples.tobytes())
+    manifest = Manifest.from_rows([dict(path=str(path), status="ok", duration_s="1.5", has_audio="1", width="0")])
+    audio = TrainClips(manifest, small_cfg(), modalities=("audio",))
+    item = audio[(0, 0)]
+    assert item["audio"].shape == (1, 40, 50)
+    peak_band = item["audio"][0].mean(dim=1).argmax().item()
+    assert 3 <= peak_band <= 12  # 440 Hz sits low among 40 mel bands up to 8 kHz
+    assert len(TrainClips(manifest, small_cfg())) == 0  # no pictures to decode

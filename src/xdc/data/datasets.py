@@ -29,6 +29,8 @@ class _ClipDataset(Dataset):
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {modalities}")
         self.video = "video" in modalities
         self.audio = "audio" in modalities
+        if self.video:
+            manifest = manifest.subset(manifest.has_video)  # audio-only files serve audio-only datasets
         if self.audio and cfg.missing_audio == "skip":
             manifest = manifest.subset(manifest.has_audio)
         self.manifest = manifest

@@ -63,6 +63,7 @@ class Manifest:
     paths: np.ndarray  # bytes, fixed width ('S'): no per-item Python objects
     durations: np.ndarray  # float64 seconds
     has_audio: np.ndarray  # bool
+    has_video: np.ndarray  # bool: False for audio-only files (wav, flac, ...)
     labels: np.ndarray  # int64 index into ``classes``, -1 where unlabelled
     classes: tuple[str, ...]
 
@@ -73,7 +74,10 @@ class Manifest:
         return self.paths[i].decode()
 
     def subset(self, mask: np.ndarray) -> Manifest:
-        return Manifest(self.paths[mask], self.durations[mask], self.has_audio[mask], self.labels[mask], self.classes)
+        return Manifest(
+            self.paths[mask], self.durations[mask], self.has_audio[mask], self.has_video[mask], self.labels[mask],
+            self.classes,
+        )  # fmt: skip
 
     @classmethod
     def from_rows(cls, rows: list[dict], require_audio: bool = False) -> Manifest:
@@ -86,6 +90,7 @@ class Manifest:
             paths=np.array([r["path"].encode() for r in kept], dtype="S") if kept else np.array([], dtype="S1"),
             durations=np.array([float(r["duration_s"]) for r in kept], dtype=np.float64),
             has_audio=np.array([r["has_audio"] in ("1", "True", "true") for r in kept], dtype=bool),
+            has_video=np.array([float(r.get("width") or 1) > 0 for r in kept], dtype=bool),
             labels=np.array([index.get(r.get("label") or "", -1) for r in kept], dtype=np.int64),
             classes=classes,
         )
