@@ -1,0 +1,49 @@
+import pytest
+
+from xdc.cli import main
+from xdc.config import load_config
+from xdc.errors import UserError
+
+
+def test_defaults_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 3\ndata:\n  clip: {frames: 16, fps: 16}\n  missing_audio: zeros\n")
+    cfg = load_config(path, ["data.clip.fps=8", "data.clip.audio_seconds=2", "data.augment.flip=false"])
+    assert cfg.seed == 3 and cfg.data.clip.frames == 16 and cfg.data.clip.fps == 8.0
+    assert cfg.data.clip.seconds == 2.0 and cfg.data.clip.audio_span == 2.0
+    assert cfg.data.missing_audio == "zeros" and cfg.data.augment.flip is False
+    assert load_config().data.clip.audio_span == 1.0  # default: audio spans the video clip
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.clip.frame=3", "unknown setting 'data.clip.frame'; valid keys here: frames"),
+        ("data.clip.frames=abc", "must be an integer"),
+        ("data.clip.frames=2.5", "must be an integer"),
+        ("data.augment.flip=yes please", "must be true or false"),
+        ("data.missing_audio=drop", "must be 'skip' or 'zeros'"),
+        ("data.clip=3", "is a section"),
+        ("frames", "key=value"),
+    ],
+)
+def test_bad_overrides_are_user_errors(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_yaml_files(tmp_path):
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "broken.yaml").write_text("data: {clip: [\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    with pytest.raises(UserError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    code = main(["make-synthetic", str(tmp_path / "x"), "--videos", "1", "--set", "synthetic.fps=fast"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("xdc: error: synthetic.fps must be") and err.count("\n") == 1
