@@ -1,0 +1,121 @@
+"""The two encoders of XDC: R(2+1)D-18 on video clips and ResNet-18 on log-mel spectrograms.
+
+Both return the pooled feature (B x feature_dim, feature_dim = 8 * width) with no classifier: the clustering
+reads it directly and each round trains a fresh head on top (xdc.models.heads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.video import resnet as video_resnet
+
+from xdc.config import ModelConfig
+
+
+class VideoEncoder(nn.Module):
+    """R(2+1)D on B x 3 x T x H x W normalised clips (xdc.data.transforms.VideoTransform).
+
+    Built from torchvision's own blocks with the attribute names of ``VideoResNet``, so at width 64 and layers
+    (2, 2, 2, 2) the state dict equals ``torchvision.models.video.r2plus1d_18()``'s without ``fc.*``. Narrower
+    widths scale every stage; the (2+1)D middle widths follow from torchvision's BasicBlock formula.
+    """
+
+    def __init__(self, width: int = 64, layers: Sequence[int] = (2, 2, 2, 2)):
+        super().__init__()
+        # torchvision's stem hard-codes 45 middle channels for 64 outputs; keep that ratio at other widths.
+        mid = max(1, 45 * width // 64)
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, mid, kernel_size=(1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+            nn.BatchNorm3d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(mid, width, kernel_size=(3, 1, 1), stride=(1, 1, 1), padding=(1, 0, 0), bias=False),
+            nn.BatchNorm3d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.inplanes = width
+        self.layer1 = self._make_layer(width, layers[0], stride=1)
+        self.layer2 = self._make_layer(2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(8 * width, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        self.feature_dim = 8 * width
+        for m in self.modules():  # VideoResNet's initialisation
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(
+                nn.Conv3d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm3d(planes)
+            )
+        conv = video_resnet.Conv2Plus1D
+        stage = [video_resnet.BasicBlock(self.inplanes, planes, conv, stride, downsample)]
+        stage += [video_resnet.BasicBlock(planes, planes, conv) for _ in range(1, blocks)]
+        self.inplanes = planes
+        return nn.Sequential(*stage)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
+
+
+class AudioEncoder(nn.Module):
+    """ResNet-18 on B x 1 x n_mels x frames log-mel spectrograms (xdc.data.transforms.AudioTransform).
+
+    Stem: BatchNorm on the input, then a 7x7 stride-2 conv and no max-pool. The log-mel values sit far from zero
+    (log of power, floor -13.8), so the input BatchNorm centres them and zero padding stops reading as a loud edge;
+    without the max-pool a 40 x 100 input still has a 3 x 7 map in layer4 instead of 2 x 4, keeping some frequency
+    resolution at the cost of more compute in layer1 (20 x 50).
+    """
+
+    def __init__(self, width: int = 64, layers: Sequence[int] = (2, 2, 2, 2)):
+        super().__init__()
+        self.input_norm = nn.BatchNorm2d(1)
+        self.conv1 = nn.Conv2d(1, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.inplanes = width
+        self.layer1 = self._make_layer(width, layers[0], stride=1)
+        self.layer2 = self._make_layer(2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(8 * width, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = 8 * width
+        for m in self.modules():  # torchvision ResNet's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(resnet.conv1x1(self.inplanes, planes, stride), nn.BatchNorm2d(planes))
+        stage = [resnet.BasicBlock(self.inplanes, planes, stride, downsample)]
+        stage += [resnet.BasicBlock(planes, planes) for _ in range(1, blocks)]
+        self.inplanes = planes
+        return nn.Sequential(*stage)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(self.input_norm(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
+
+
+def build_encoder(modality: str, cfg: ModelConfig) -> VideoEncoder | AudioEncoder:
+    """The encoder of ``modality`` ("video" or "audio") with the widths and depths of ``cfg``."""
+    if modality == "video":
+        return VideoEncoder(cfg.video_width, cfg.video_layers)
+    if modality == "audio":
+        return AudioEncoder(cfg.audio_width, cfg.audio_layers)
+    raise ValueError(f"modality must be 'video' or 'audio', not {modality!r}")
