@@ -1,0 +1,35 @@
+"""Features for clustering: PCA-whitening to a fixed size, then L2 normalisation (DeepCluster's recipe)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps: float = 1e-5) -> np.ndarray:
+    """PCA to ``dim`` dimensions (whitened if ``whiten``), then unit L2 norm per row; float32 (N, D) in and out.
+
+    PCA needs more dimensions and more samples than ``dim`` to mean anything, so it is skipped otherwise and
+    only the normalisation runs. ``eps`` is relative: whitening divides component j by
+    sqrt(lambda_j + eps * lambda_max), so directions with no variance (rank-deficient features, e.g. dead ReLU
+    units) stay small instead of turning float noise (zero or negative eigenvalues) into NaN or huge values.
+    All-zero rows stay zero. Non-finite input raises ``ValueError``.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D array (N, D), got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
+    n, d = x.shape
+    if d > dim and n > dim:
+        pca = faiss.PCAMatrix(d, dim, -0.5 if whiten else 0.0)
+        pca.train(x)
+        if whiten:
+            # faiss scales by (eigenvalue + epsilon) ** -0.5: regularise relative to the top eigenvalue, rebuild
+            top = float(faiss.vector_to_array(pca.eigenvalues).max())
+            pca.epsilon = eps * top if top > 0 else 1.0  # constant features: every component is zero anyway
+            pca.prepare_Ab()
+        x = pca.apply(x)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norms > 0, norms, 1.0)
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,122 @@
+"""DeepCluster's sampler: every epoch draws the same number of clips from every non-empty cluster.
+
+Without it, a network trained on its own clusters is rewarded for putting everything in one big cluster;
+sampling uniformly over clusters makes a big cluster no more present in the loss than a small one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+_MASK63 = np.uint64(2**63 - 1)
+
+
+class ClusterBalancedSampler(Sampler[tuple[int, int]]):
+    """Yields ``(video_index, draw_seed)`` keys for :class:`xdc.data.datasets.TrainClips`.
+
+    The epoch (``epoch_size`` draws in all ranks together) is split evenly over the label sets (MDC trains two
+    heads, one per modality's clusters), and each set's share evenly over its non-empty clusters (labels >= 0
+    that occur; -1 is never drawn), the remainder going to random clusters. A cluster with enough videos gives
+    distinct ones; a smaller one gives all its videos, each repeated as evenly as possible. The draws are
+    shuffled together. The draw seed of global position p is a bijection of p (so the seeds of one epoch are
+    distinct), keyed by (seed, round, epoch): the clip and augmentation of every draw are reproducible.
+
+    Everything depends on (seed, round, epoch) only, not on global RNG state. With ``world_size`` > 1 the
+    sequence is padded cyclically from its start to a multiple of ``world_size`` and rank r takes positions
+    r, r + world_size, ...; the padding draws repeat a video, with the seed of their own position.
+    :meth:`set_epoch` resets the start to 0, so call :meth:`set_start` after it to resume mid-epoch.
+    """
+
+    def __init__(
+        self, label_sets: Sequence[np.ndarray], epoch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
+        super().__init__()
+        if not label_sets:
+            raise ValueError("the sampler needs at least one set of cluster labels")
+        if epoch_size < 1:
+            raise ValueError(f"epoch_size must be >= 1, got {epoch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.clusters = [_cluster_members(np.asarray(labels)) for labels in label_sets]
+        self.epoch_size = epoch_size
+        self.seed = seed % 2**64  # SeedSequence takes non-negative entropy
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.round = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, round: int = 0) -> None:
+        if epoch < 0 or round < 0:
+            raise ValueError(f"epoch and round must be >= 0, got epoch={epoch}, round={round}")
+        self.epoch, self.round, self.start = epoch, round, 0
+
+    def set_start(self, position: int) -> None:
+        """Skip the first ``position`` items of this rank's sequence of the current epoch.
+
+        A position past the end leaves nothing (a resume after the epoch's last, partial batch).
+        """
+        if position < 0:
+            raise ValueError(f"start position must be >= 0, got {position}")
+        self.start = min(position, self._rank_length())
+
+    def __len__(self) -> int:
+        return self._rank_length() - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        videos, seeds = self.global_sequence()
+        mine = slice(self.rank + self.start * self.world_size, None, self.world_size)
+        for video, seed in zip(videos[mine].tolist(), seeds[mine].tolist()):
+            yield video, seed
+
+    def global_sequence(self) -> tuple[np.ndarray, np.ndarray]:
+        """Video indices (int64) and draw seeds (uint64 < 2**63) of all ranks' draws this epoch, padded."""
+        entropy = np.random.SeedSequence([self.seed, self.round, self.epoch])
+        rng = np.random.default_rng(entropy)
+        n_sets = len(self.clusters)
+        shares = [self.epoch_size // n_sets + (i < self.epoch_size % n_sets) for i in range(n_sets)]
+        videos = np.concatenate([_balanced_draws(c, share, rng) for c, share in zip(self.clusters, shares)])
+        videos = videos[rng.permutation(videos.size)]
+        padded = self._rank_length() * self.world_size
+        key = entropy.generate_state(1, np.uint64)[0] & _MASK63
+        positions = np.arange(padded, dtype=np.uint64)
+        return np.resize(videos, padded), _mix63((key + positions) & _MASK63)
+
+    def _rank_length(self) -> int:
+        return -(-self.epoch_size // self.world_size)
+
+
+def _cluster_members(labels: np.ndarray) -> list[np.ndarray]:
+    """Indices of the items of each label that occurs (labels >= 0), in label order."""
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"cluster labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
+    items = np.flatnonzero(labels >= 0)
+    if items.size == 0:
+        raise ValueError("a set of cluster labels has no labelled item (all -1): nothing to sample")
+    items = items[np.argsort(labels[items], kind="stable")]
+    _, first = np.unique(labels[items], return_index=True)
+    return np.split(items, first[1:])
+
+
+def _balanced_draws(clusters: list[np.ndarray], total: int, rng: np.random.Generator) -> np.ndarray:
+    """``total`` items, an equal number (±1, the extras to random clusters) from every cluster."""
+    counts = np.full(len(clusters), total // len(clusters))
+    counts[rng.choice(len(clusters), total % len(clusters), replace=False)] += 1
+    draws = []
+    for members, count in zip(clusters, counts):
+        repeats, rest = divmod(int(count), members.size)
+        # a small cluster gives each member `repeats` times: fewer duplicates than independent draws
+        draws += [np.tile(members, repeats), rng.choice(members, rest, replace=False)]
+    return np.concatenate(draws).astype(np.int64)
+
+
+def _mix63(x: np.ndarray) -> np.ndarray:
+    """A bijection of [0, 2**63) that scatters consecutive inputs (xor-shifts and odd multipliers, mod 2**63)."""
+    x = x ^ (x >> np.uint64(31))
+    x = (x * np.uint64(0xBF58476D1CE4E5B9)) & _MASK63
+    x = x ^ (x >> np.uint64(29))
+    x = (x * np.uint64(0x94D049BB133111EB)) & _MASK63
+    return x ^ (x >> np.uint64(32))

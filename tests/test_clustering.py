@@ -1,0 +1,286 @@
+"""Clustering: feature preprocessing, k-means, Sinkhorn, cluster statistics, the cluster-balanced sampler."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from xdc.clustering import kmeans as kmeans_module
+from xdc.clustering.features import preprocess_features
+from xdc.clustering.kmeans import assign_to_centroids, kmeans
+from xdc.clustering.metrics import cluster_stats, nmi
+from xdc.clustering.sampler import ClusterBalancedSampler
+from xdc.clustering.sinkhorn import balanced_assign, sinkhorn
+
+
+def _blobs(sizes: list[int], dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs (unit variance) around centres of scale ``spread``; points and their blob labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(sizes), dim)) * spread
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return (centres[labels] + rng.standard_normal((labels.size, dim))).astype(np.float32), labels
+
+
+# ---- features
+
+
+def test_pca_whitening_makes_features_isotropic():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3000, 300)) * np.linspace(1, 20, 300)).astype(np.float32)  # very anisotropic
+    out = preprocess_features(x, dim=256)
+    assert out.shape == (3000, 256) and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # whitened Gaussian data normalised to the sphere has covariance I / dim
+    assert np.abs(np.cov(out.T) * 256 - np.eye(256)).max() < 0.2
+    plain = preprocess_features(x, dim=256, whiten=False)
+    assert np.abs(np.cov(plain.T) * 256 - np.eye(256)).max() > 1.0
+
+
+def test_pca_of_rank_deficient_features_stays_finite():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1000, 10)) @ rng.standard_normal((10, 300))).astype(np.float32)  # rank 10
+    out = preprocess_features(x, dim=256)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(500, 100), (200, 300), (256, 300), (500, 256)])
+def test_pca_skipped_without_more_dims_and_samples_than_dim(shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = preprocess_features(x, dim=256)
+    np.testing.assert_allclose(out, x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-5)
+
+
+def test_pca_reduces_to_dim_and_zero_rows_stay_zero():
+    x = np.random.default_rng(0).standard_normal((100, 16)).astype(np.float32)
+    x[3] = 0
+    out = preprocess_features(x, dim=8)
+    assert out.shape == (100, 8)
+    out = preprocess_features(x, dim=32)  # no PCA: the zero row survives normalisation as zeros
+    assert np.isfinite(out).all() and not out[3].any()
+
+
+def test_non_finite_features_are_rejected():
+    x = np.ones((10, 4), np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        preprocess_features(x)
+
+
+# ---- k-means
+
+
+def test_kmeans_recovers_separated_blobs_and_is_deterministic():
+    x, truth = _blobs([120, 100, 80, 60], dim=16, spread=10)
+    # random initialisation (DeepCluster's) can merge two blobs; the lowest loss over a few seeds must not
+    a = min((kmeans(x, 4, seed=s) for s in range(8)), key=lambda r: r.loss)
+    assert nmi(a.assignments, truth) > 0.99
+    assert a.assignments.dtype == np.int64 and a.sizes.dtype == np.int64 and a.centroids.dtype == np.float32
+    assert a.centroids.shape == (4, 16) and sorted(a.sizes) == [60, 80, 100, 120]
+    expected = ((x - a.centroids[a.assignments]) ** 2).sum()
+    assert a.loss == pytest.approx(expected, rel=1e-4)
+    a, b = kmeans(x, 4, seed=3), kmeans(x, 4, seed=3)
+    np.testing.assert_array_equal(a.assignments, b.assignments)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+
+
+def test_kmeans_seeds_differ_on_unstructured_data():
+    x = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    runs = [kmeans(x, 10, seed=s).assignments for s in range(3)]
+    assert any(nmi(runs[0], r) < 0.99 for r in runs[1:])
+
+
+def test_kmeans_uses_every_point_for_the_given_iterations(monkeypatch):
+    built = []
+
+    class Spy(faiss.Kmeans):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(kmeans_module.faiss, "Kmeans", Spy)
+    k, n = 4, 100 * 4 * 256  # far above faiss's default of 256 points per centroid
+    x = np.random.default_rng(0).standard_normal((n, 2)).astype(np.float32)
+    result = kmeans(x, k, seed=0, iters=7)
+    (km,) = built
+    assert km.cp.max_points_per_centroid * k >= n and km.cp.niter == 7 and len(km.obj) == 7
+    assert not km.cp.spherical and result.sizes.sum() == n
+
+
+def test_kmeans_rejects_bad_k():
+    x = np.zeros((5, 3), np.float32)
+    with pytest.raises(ValueError, match="k >= 2"):
+        kmeans(x, 1, seed=0)
+    with pytest.raises(ValueError, match="5 points for k=6"):
+        kmeans(x, 6, seed=0)
+
+
+def test_assign_to_centroids_is_the_nearest():
+    rng = np.random.default_rng(0)
+    x, c = rng.standard_normal((200, 5)).astype(np.float32), rng.standard_normal((7, 5)).astype(np.float32)
+    expected = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1)
+    got = assign_to_centroids(x, c)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
+
+
+# ---- Sinkhorn
+
+
+def test_sinkhorn_marginals():
+    scores = torch.randn(600, 12, generator=torch.Generator().manual_seed(0)) * 0.5
+    q = sinkhorn(scores, epsilon=0.05, iters=50)
+    assert q.shape == (600, 12) and q.dtype == scores.dtype and (q >= 0).all()
+    torch.testing.assert_close(q.sum(1), torch.ones(600), rtol=0, atol=1e-5)
+    torch.testing.assert_close(q.sum(0), torch.full((12,), 50.0), rtol=1e-2, atol=0)
+    torch.testing.assert_close(sinkhorn(scores).sum(1), torch.ones(600), rtol=0, atol=1e-5)  # rows last
+    assert torch.isfinite(sinkhorn(scores * 1e4)).all()  # exp(2e5) overflows without the log domain
+
+
+def test_balanced_assign_balances_what_kmeans_leaves_skewed():
+    x, _ = _blobs([1000, 20, 20, 20], dim=8, spread=4)
+    x = preprocess_features(x)
+    k, fair = 4, len(x) / 4
+    plain = kmeans(x, k, seed=0)
+    balanced = balanced_assign(x, k, seed=0)
+    assert plain.sizes.min() < 0.3 * fair
+    assert 0.9 * fair < balanced.sizes.min() and balanced.sizes.max() <= np.ceil(fair)
+    assert balanced.sizes.sum() == len(x) and balanced.assignments.dtype == np.int64
+    np.testing.assert_array_equal(balanced.centroids, plain.centroids)
+    assert balanced.loss >= plain.loss  # balance costs distortion
+
+
+@pytest.mark.parametrize("noise", [1e-3, 0.0])
+def test_balanced_assign_cannot_collapse_on_degenerate_features(noise):
+    # a collapsed encoder: (nearly) the same feature for every clip, so Q is almost uniform and its plain
+    # argmax piles most points into a few clusters; the capacity ceil(N/k) still holds
+    rng = np.random.default_rng(0)
+    x = preprocess_features((rng.standard_normal(64) + noise * rng.standard_normal((3000, 64))).astype(np.float32))
+    result = balanced_assign(x, 16, seed=0)
+    assert result.sizes.max() <= -(-3000 // 16) and result.sizes.sum() == 3000
+    if noise:
+        sq_dist = torch.cdist(torch.from_numpy(x).double(), torch.from_numpy(result.centroids).double()) ** 2
+        plain_argmax = sinkhorn(-sq_dist, 0.05, 50).argmax(1)
+        assert torch.bincount(plain_argmax, minlength=16).max() > 2 * 3000 / 16
+        assert result.sizes.min() > 0.8 * 3000 / 16
+
+
+# ---- statistics
+
+
+def test_cluster_stats_detects_collapse():
+    assignments = np.array([0] * 90 + [3] * 6 + [7] * 4)
+    s = cluster_stats(assignments, k=10)
+    assert (s.k, s.non_empty, s.largest, s.smallest_non_empty, s.median) == (10, 3, 90, 4, 6.0)
+    assert s.largest_fraction == pytest.approx(0.9) and s.collapsed
+    assert 0 < s.entropy_ratio < 0.25
+    assert s.to_dict()["collapsed"] is True
+    assert not cluster_stats(assignments, k=10, collapse_fraction=0.95).collapsed
+
+
+def test_cluster_stats_of_a_balanced_assignment():
+    s = cluster_stats(np.arange(100) % 4, k=4)
+    assert s.non_empty == 4 and s.largest_fraction == 0.25 and not s.collapsed
+    assert s.entropy_ratio == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        cluster_stats(np.array([0, 4]), k=4)
+
+
+def test_nmi():
+    a = np.arange(300) % 3
+    assert nmi(a, (a + 1) % 3) == pytest.approx(1.0)  # a relabelling
+    assert nmi(a, np.random.default_rng(0).integers(0, 3, 300)) < 0.05
+
+
+# ---- sampler
+
+
+def _videos(sampler: ClusterBalancedSampler) -> list[int]:
+    return [v for v, _ in sampler]
+
+
+def test_sampler_draws_every_cluster_equally_and_skips_unlabelled():
+    labels = np.full(400, -1)
+    labels[:200] = 0  # large
+    labels[200:290] = 2  # label 1 never occurs: an empty cluster
+    labels[290:293] = 5  # small
+    sampler = ClusterBalancedSampler([labels], epoch_size=301, seed=0)
+    videos = _videos(sampler)
+    assert len(videos) == len(sampler) == 301
+    per_cluster = Counter(labels[videos].tolist())
+    assert set(per_cluster) == {0, 2, 5}  # no -1, no absent label
+    assert max(per_cluster.values()) - min(per_cluster.values()) <= 1
+    large = [v for v in videos if labels[v] == 0]
+    assert len(set(large)) == len(large)  # ~100 draws from 200 videos: no repeats
+    small = Counter(v for v in videos if labels[v] == 5)
+    assert set(small) == {290, 291, 292} and max(small.values()) - min(small.values()) <= 1  # repeated evenly
+
+
+def test_sampler_splits_the_epoch_over_label_sets():
+    video_clusters = np.where(np.arange(200) < 100, np.arange(200) % 5, -1)
+    audio_clusters = np.where(np.arange(200) >= 100, np.arange(200) % 3, -1)
+    videos = np.array(_videos(ClusterBalancedSampler([video_clusters, audio_clusters], epoch_size=120, seed=1)))
+    assert (videos < 100).sum() == 60 and (videos >= 100).sum() == 60
+    assert set(Counter(video_clusters[videos[videos < 100]]).values()) == {12}
+    assert set(Counter(audio_clusters[videos[videos >= 100]]).values()) == {20}
+
+
+def test_sampler_is_deterministic_per_seed_round_epoch():
+    labels = np.arange(1000) % 10
+
+    def draws(seed: int, epoch: int, round: int) -> list[tuple[int, int]]:
+        sampler = ClusterBalancedSampler([labels], epoch_size=500, seed=seed)
+        sampler.set_epoch(epoch, round)
+        return list(sampler)
+
+    first = draws(0, 2, 1)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    assert draws(0, 2, 1) == first
+    assert draws(0, 3, 1) != first and draws(0, 2, 2) != first and draws(1, 2, 1) != first
+    seeds = [s for _, s in first]
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**63 for s in seeds)
+    assert all(isinstance(v, int) and isinstance(s, int) for v, s in first)
+
+
+def test_sampler_set_start_yields_the_tail():
+    sampler = ClusterBalancedSampler([np.arange(100) % 7], epoch_size=90, seed=4)
+    sampler.set_epoch(5, 2)
+    full = list(sampler)
+    sampler.set_start(37)
+    assert len(sampler) == 53 and list(sampler) == full[37:]
+    sampler.set_start(96)  # past the end, e.g. resuming after a partial last batch: nothing left
+    assert len(sampler) == 0 and list(sampler) == []
+    sampler.set_epoch(6, 2)  # a new epoch starts from its beginning
+    assert len(sampler) == 90
+    with pytest.raises(ValueError):
+        sampler.set_start(-1)
+
+
+def test_sampler_ranks_interleave_the_padded_global_sequence():
+    labels = np.arange(50) % 4
+    ranks = [ClusterBalancedSampler([labels], epoch_size=41, seed=2, rank=r, world_size=2) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(3)
+    videos, seeds = ranks[0].global_sequence()
+    assert len(videos) == 42 and videos[41] == videos[0]  # padded from the start
+    parts = [list(s) for s in ranks]
+    assert len(parts[0]) == len(parts[1]) == len(ranks[1]) == 21
+    for r, part in enumerate(parts):
+        assert part == list(zip(videos[r::2].tolist(), seeds[r::2].tolist()))
+    single = ClusterBalancedSampler([labels], epoch_size=41, seed=2)
+    single.set_epoch(3)
+    assert [v for v, _ in single] == videos[:41].tolist()
+    ranks[1].set_start(5)
+    assert list(ranks[1]) == parts[1][5:]
+
+
+def test_sampler_rejects_bad_input():
+    with pytest.raises(ValueError, match="no labelled item"):
+        ClusterBalancedSampler([np.full(10, -1)], epoch_size=5, seed=0)
+    with pytest.raises(ValueError, match="rank"):
+        ClusterBalancedSampler([np.zeros(10, int)], epoch_size=5, seed=0, rank=2, world_size=2)
