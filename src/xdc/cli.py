@@ -18,8 +18,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _config(args: argparse.Namespace):
-    return load_config(args.config, args.overrides)
+def _config(args: argparse.Namespace, extra: tuple[str, ...] = ()):
+    return load_config(args.config, [*extra, *args.overrides], preset=getattr(args, "preset", None))
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -36,6 +36,17 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     cfg = _config(args)
     labels = make_synthetic(args.out, args.videos, args.classes, seed=args.seed, cfg=cfg.synthetic, workers=args.workers)
     print(f"wrote {args.videos} clips of {args.classes} classes and {labels}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from xdc.training.distributed import init_distributed
+    from xdc.training.pretrain import pretrain
+
+    shortcuts = [f"train.{key}={value}" for key in ("method", "k", "rounds") if (value := getattr(args, key)) is not None]
+    cfg = _config(args, tuple(shortcuts))
+    encoders = pretrain(cfg, args.data, args.out, resume=args.resume, ctx=init_distributed())
+    print(f"encoders: {encoders}")
     return 0
 
 
@@ -65,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="parallel writers (default: CPU count)")
     _add_config_options(p)
     p.set_defaults(func=cmd_make_synthetic)
+
+    p = sub.add_parser("pretrain", help="self-supervised pretraining (XDC and family); scales with torchrun")
+    p.add_argument("--data", type=Path, required=True, help="manifest CSV written by xdc index")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, encoders)")
+    p.add_argument("--method", help="xdc (default), sdc-video, sdc-audio, mdc, cdc, xdc-video-video, "
+                   "xdc-audio-audio, scratch, supervised")  # fmt: skip
+    p.add_argument("--preset", help="paper, small or tiny (input sizes and encoder widths)")
+    p.add_argument("--k", type=int, help="clusters per label set (train.k)")
+    p.add_argument("--rounds", type=int, help="cluster-then-train rounds (train.rounds)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("demo", help="run the built-in job on generated data (a few minutes on a laptop CPU)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")

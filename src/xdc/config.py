@@ -7,6 +7,7 @@ means the same thing everywhere.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -78,6 +79,24 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    # Channels of the first stage; stages are width, 2w, 4w, 8w (torchvision's R(2+1)D-18 / ResNet-18: 64).
+    video_width: int = 64
+    audio_width: int = 64
+    video_layers: tuple[int, ...] = (2, 2, 2, 2)  # residual blocks per stage (ResNet-18: 2 each)
+    audio_layers: tuple[int, ...] = (2, 2, 2, 2)
+
+    def __post_init__(self) -> None:
+        for name in ("video_width", "audio_width"):
+            if getattr(self, name) < 1:
+                raise UserError(f"model.{name} must be a positive integer, not {getattr(self, name)}")
+        for name in ("video_layers", "audio_layers"):
+            layers = getattr(self, name)
+            if len(layers) != 4 or min(layers) < 1:
+                raise UserError(f"model.{name} must be 4 positive block counts, e.g. [2, 2, 2, 2], not {layers}")
+
+
+@dataclass
 class SyntheticConfig:
     width: int = 64
     height: int = 64
@@ -90,15 +109,57 @@ class SyntheticConfig:
 
 
 @dataclass
+class TrainConfig:
+    method: str = "xdc"
+    k: int = 64  # clusters per label set
+    rounds: int = 5  # cluster-then-train rounds
+    epochs: int = 1  # epochs per round (with recluster=plateau: the most epochs per round)
+    epoch_size: int = 0  # clips drawn per epoch; 0: one per usable video
+    batch_size: int = 32  # global batch (split across ranks)
+    # Split each batch into this many interleaved parts with one backward each (gradient accumulation). One
+    # process with accumulate=W makes the same parameter updates as W DDP ranks (BatchNorm statistics included).
+    accumulate: int = 1
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    recluster: str = "epochs"  # epochs: after `epochs` epochs; plateau: when the held-back loss stops improving
+    holdout_fraction: float = 0.1  # videos held back to watch the pseudo-label loss (recluster=plateau)
+    assign: str = "kmeans"  # kmeans: nearest centroid; sinkhorn: balanced assignment
+    pca_dim: int = 256
+    kmeans_iters: int = 20
+    collapse_fraction: float = 0.5  # warn when one cluster holds more than this fraction of the clips
+    checkpoint_every: int = 0  # also checkpoint every N training steps (0: after each round only)
+    log_every: int = 10  # steps between log lines
+
+    def __post_init__(self) -> None:
+        if self.recluster not in ("epochs", "plateau"):
+            raise UserError(f"train.recluster must be 'epochs' or 'plateau', not {self.recluster!r}")
+        if self.assign not in ("kmeans", "sinkhorn"):
+            raise UserError(f"train.assign must be 'kmeans' or 'sinkhorn', not {self.assign!r}")
+        for name in ("k", "rounds", "epochs", "batch_size"):
+            if getattr(self, name) < (2 if name == "k" else 1):
+                raise UserError(f"train.{name} must be at least {2 if name == 'k' else 1}")
+
+
+@dataclass
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``key.sub=value`` overrides (values parsed as YAML)."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None
+) -> Config:
+    """Defaults, then a named preset, then the YAML file at ``path``, then ``key.sub=value`` overrides (values
+    parsed as YAML)."""
     cfg = Config()
+    if preset is not None:
+        from xdc.presets import preset_path
+
+        _apply_mapping(cfg, yaml.safe_load(preset_path(preset).read_text()) or {}, prefix="")
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text())
@@ -119,7 +180,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def config_to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain dicts, lists and scalars (safe for YAML and JSON)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def _apply_mapping(obj: Any, mapping: dict, prefix: str) -> None:

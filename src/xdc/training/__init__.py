@@ -1,0 +1,1 @@
+"""Pretraining: the cluster-then-train rounds, checkpoints, distributed helpers and run logs."""

@@ -1,0 +1,166 @@
+"""Pretraining: the method routing, a short real run, exact resume after a kill, and DDP equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xdc.clustering.features import preprocess_features
+from xdc.clustering.kmeans import kmeans
+from xdc.clustering.metrics import nmi
+from xdc.config import load_config
+from xdc.data.index import build_manifest
+from xdc.data.synthetic import make_synthetic
+from xdc.methods import METHODS
+from xdc.training.checkpoint import load
+from xdc.training.distributed import Dist
+from xdc.training.pretrain import Pretrainer, pretrain
+
+TINY = ["train.batch_size=8", "train.k=4", "data.workers=0"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain")
+    labels = make_synthetic(root / "data", 24, 4, seed=0, workers=2)
+    build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
+    return root / "manifest.csv"
+
+
+def cfg_for(method: str, *extra: str):
+    return load_config(None, [*TINY, f"train.method={method}", *extra], preset="tiny")
+
+
+def two_rules(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Video features that cluster by index parity, audio features that cluster by first/second half."""
+    rng = np.random.default_rng(0)
+    parity, half = np.arange(n) % 2, (np.arange(n) >= n // 2).astype(int)
+    video = rng.normal(0, 0.05, (n, 16)) + 5 * np.eye(16)[parity]
+    audio = rng.normal(0, 0.05, (n, 16)) + 5 * np.eye(16)[2 + half]
+    return video.astype(np.float32), audio.astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["xdc", "mdc", "cdc", "sdc-video"])
+def test_routing_of_pseudo_labels_to_heads(method, manifest, tmp_path):
+    """XDC's video head learns the audio clusters and vice versa (a swapped 'XDC' silently becomes SDC)."""
+    trainer = Pretrainer(cfg_for(method, "train.k=2"), manifest, tmp_path, Dist())
+    n = len(trainer.videos)
+    video, audio = two_rules(n)
+    parity, half = np.arange(n) % 2, (np.arange(n) >= n // 2).astype(int)
+    features = {"video": torch.from_numpy(video), "audio": torch.from_numpy(audio)}
+    trainer.progress.labels = trainer._cluster({e: features[e] for e in {"video", "audio"}})
+    targets = trainer.head_targets(torch.arange(n))
+
+    def learns(encoder: str) -> list[str]:
+        rules = []
+        for key, y in targets.items():
+            if key.startswith(encoder + "__"):
+                y = y.numpy()
+                rules.append("video-clusters" if nmi(y, parity) > 0.99 else "audio-clusters" if nmi(y, half) > 0.99
+                             else "joint" if nmi(y, parity * 2 + half) > 0.99 else "other")  # fmt: skip
+        return sorted(rules)
+
+    if method == "xdc":
+        assert learns("video") == ["audio-clusters"] and learns("audio") == ["video-clusters"]
+    elif method == "mdc":
+        assert learns("video") == learns("audio") == ["audio-clusters", "video-clusters"]
+    elif method == "cdc":  # one clustering of the concatenated features trains both encoders
+        trainer.cfg.train.k = 4
+        trainer.progress.labels = trainer._cluster(features)
+        targets = trainer.head_targets(torch.arange(n))
+        joint = kmeans(preprocess_features(np.concatenate([video, audio], 1)), 4, seed=trainer.cluster_seed(0))
+        assert torch.equal(targets["video__joint"], targets["audio__joint"])
+        assert nmi(targets["video__joint"].numpy(), joint.assignments) == pytest.approx(1.0)
+    else:
+        assert learns("video") == ["video-clusters"] and learns("audio") == []
+
+
+def test_every_method_has_a_consistent_table():
+    for m in METHODS.values():
+        for encoder, label_set in m.heads:
+            assert encoder in m.encoders and label_set in m.label_sets
+        for encoders in m.label_sets.values():
+            assert set(encoders) <= set(m.encoders)
+    assert METHODS["xdc"].heads == (("video", "audio"), ("audio", "video"))
+
+
+def test_short_run_lowers_the_pseudo_label_loss(manifest, tmp_path):
+    cfg = cfg_for("xdc", "train.rounds=1", "train.epochs=4", "train.log_every=1", "train.lr=0.1")
+    out = tmp_path / "run"
+    pretrain(cfg, manifest, out, resume=False, ctx=Dist())
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    first = np.mean([r["loss"] for r in steps if r["epoch"] == 0])
+    last = np.mean([r["loss"] for r in steps if r["epoch"] == 3])
+    assert last < first - 0.05, (first, last)
+    assert {r["kind"] for r in records} >= {"cluster", "step", "round"}
+    assert (out / "labels" / "round_000.npz").exists() and any((out / "tb").iterdir())
+    saved = load(out / "encoders.pt")
+    assert set(saved["encoders"]) == {"video", "audio"} and saved["method"] == "xdc"
+
+
+def _cli(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "xdc.cli", "pretrain", "--data", str(manifest), "--out", str(out), "--preset", "tiny",
+        "--method", "xdc", "--k", "4", "--rounds", "2", *(f"--set={s}" for s in TINY),
+        "--set=train.epochs=2", "--set=train.checkpoint_every=1", "--set=train.log_every=1", *extra,
+    ]  # fmt: skip
+
+
+def _final_weights(out: Path) -> dict:
+    return load(out / "encoders.pt")["encoders"]
+
+
+def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(manifest, straight), check=True, capture_output=True, env=env)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(manifest, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill in the middle of round 1's training
+        log = killed / "log.jsonl"
+        steps = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        if any(r["kind"] == "step" and r["round"] == 1 and r["epoch"] == 0 for r in steps):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "encoders.pt").exists(), "the run finished before it could be killed"
+    subprocess.run(_cli(manifest, killed, "--resume"), check=True, capture_output=True, env=env)
+
+    a, b = _final_weights(straight), _final_weights(killed)
+    for encoder in a:
+        for name in a[encoder]:
+            assert torch.equal(a[encoder][name], b[encoder][name]), f"{encoder}.{name} differs after resume"
+
+
+def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
+    """Same pseudo-labels, and the same parameters as one process accumulating the two ranks' half-batches."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    common = ["--set=train.rounds=1", "--set=train.checkpoint_every=0"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    subprocess.run(_cli(manifest, single, *common, "--set=train.accumulate=2"), check=True, capture_output=True,
+                   env=env)  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    result = subprocess.run([*torchrun, *_cli(manifest, ddp, *common)[1:]], capture_output=True, env=env, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    labels_single = np.load(single / "labels" / "round_000.npz")
+    labels_ddp = np.load(ddp / "labels" / "round_000.npz")
+    for name in labels_single.files:
+        np.testing.assert_array_equal(labels_single[name], labels_ddp[name])
+    a, b = _final_weights(single), _final_weights(ddp)
+    for encoder in a:
+        for name, value in a[encoder].items():
+            if "running" in name or "num_batches" in name:
+                continue  # BatchNorm running statistics: DDP keeps rank 0's, see docs/pretrain.md
+            torch.testing.assert_close(value, b[encoder][name], rtol=1e-4, atol=1e-5, msg=f"{encoder}.{name}")
