@@ -164,3 +164,73 @@ def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
             if "running" in name or "num_batches" in name:
                 continue  # BatchNorm running statistics: DDP keeps rank 0's, see docs/pretrain.md
             torch.testing.assert_close(value, b[encoder][name], rtol=1e-4, atol=1e-5, msg=f"{encoder}.{name}")
+
+
+def collapsed_features(n: int) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(1)
+    x = np.ones((n, 8), np.float32) + rng.normal(0, 1e-3, (n, 8)).astype(np.float32)
+    x[:3] = rng.normal(0, 1, (3, 8))  # a few outliers; the rest is one blob
+    return {"video": torch.from_numpy(x)}
+
+
+def test_collapse_is_warned_and_sinkhorn_balances(manifest, tmp_path, capsys):
+    trainer = Pretrainer(cfg_for("sdc-video", "train.k=2"), manifest, tmp_path, Dist())
+    n = len(trainer.videos)
+    labels = trainer._cluster(collapsed_features(n))["video"]
+    assert np.bincount(labels).max() > n / 2
+    assert "WARNING: clustering collapse in round 0, label set 'video'" in capsys.readouterr().err
+
+    balanced = Pretrainer(cfg_for("sdc-video", "train.k=2", "train.assign=sinkhorn"), manifest, tmp_path / "b", Dist())
+    labels = balanced._cluster(collapsed_features(n))["video"]
+    assert np.bincount(labels).max() <= int(np.ceil(n / 2))
+    assert "collapse" not in capsys.readouterr().err
+
+
+def test_plateau_reclusters_when_the_held_back_loss_stops_improving(manifest, tmp_path):
+    cfg = cfg_for("xdc", "train.rounds=2", "train.epochs=6", "train.recluster=plateau", "train.lr=0.0",
+                  "train.holdout_fraction=0.25", "train.log_every=1", "train.plateau_delta=0.05")  # fmt: skip
+    out = tmp_path / "run"
+    pretrain(cfg, manifest, out, resume=False, ctx=Dist())
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    stopped_early = 0
+    for r in (0, 1):
+        losses = [x["loss"] for x in records if x["kind"] == "holdout" and x["round"] == r]
+        epochs = max(x["epoch"] for x in records if x["kind"] == "step" and x["round"] == r) + 1
+        assert len(losses) == epochs  # the held-back loss is measured after every epoch
+        worse = [e for e in range(1, len(losses)) if losses[e] >= min(losses[:e]) * 0.95]
+        assert epochs == (worse[0] + 1 if worse else 6)  # the round ends at the first epoch that did not improve
+        stopped_early += epochs < 6
+    assert stopped_early == 2  # lr 0: the loss cannot drop by 5%, so each round ends after its second epoch
+
+
+def test_a_broken_file_is_skipped_and_listed(manifest, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 4000)
+    lines = manifest.read_text().splitlines()
+    header = lines[0].split(",")
+    row = dict.fromkeys(header, "")
+    row.update(path=str(junk), status="ok", duration_s="3.0", has_audio="1", width="64", label="class00")
+    broken = tmp_path / "manifest.csv"
+    broken.write_text("\n".join([*lines, ",".join(row[h] for h in header)]) + "\n")
+    cfg = cfg_for("xdc", "train.rounds=1", "data.max_fail_fraction=0.3", "data.retries=1")
+    pretrain(cfg, broken, tmp_path / "run", resume=False, ctx=Dist())
+    skipped = (tmp_path / "run" / "skipped.csv").read_text()
+    assert str(junk) in skipped and "\n" in skipped
+    labels = np.load(tmp_path / "run" / "labels" / "round_000.npz")
+    assert labels["video"][-1] == -1 and (labels["video"][:-1] >= 0).all()  # no features, no label, never drawn
+
+
+def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
+    from xdc.cli import main
+
+    base = ["pretrain", "--data", str(manifest), "--preset", "tiny", "--k", "4", "--rounds", "1",
+            *(f"--set={s}" for s in TINY)]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a"), "--method", "xdcc"]) == 2
+    assert "unknown method 'xdcc'" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "c"), "--method", "scratch"]) == 0
+    assert main([*base, "--out", str(tmp_path / "c"), "--method", "scratch"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "d"), "--set=train.k=1000"]) == 2
+    assert "fewer than train.k=1000" in capsys.readouterr().err

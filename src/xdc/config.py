@@ -124,6 +124,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     recluster: str = "epochs"  # epochs: after `epochs` epochs; plateau: when the held-back loss stops improving
     holdout_fraction: float = 0.1  # videos held back to watch the pseudo-label loss (recluster=plateau)
+    plateau_delta: float = 0.001  # relative decrease of the held-back loss that counts as an improvement
     assign: str = "kmeans"  # kmeans: nearest centroid; sinkhorn: balanced assignment
     pca_dim: int = 256
     kmeans_iters: int = 20

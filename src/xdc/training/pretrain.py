@@ -351,7 +351,7 @@ class Pretrainer:
             torch.distributed.all_reduce(total)
         loss = (total[0] / total[1].clamp(min=1)).item()
         self.log.write("holdout", p.global_step, round=p.round, epoch=p.epoch, loss=loss)
-        if loss < p.best_holdout - 1e-4:
+        if loss < p.best_holdout * (1 - self.cfg.train.plateau_delta):
             p.best_holdout, p.bad_epochs = loss, 0
             return False
         p.bad_epochs += 1

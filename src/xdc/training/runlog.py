@@ -14,6 +14,7 @@ class RunLog:
             return
         from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
+        out.mkdir(parents=True, exist_ok=True)
         self.file = open(out / "log.jsonl", "a")
         self.tb = SummaryWriter(str(out / "tb"))
 
