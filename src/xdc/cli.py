@@ -43,7 +43,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from xdc.training.distributed import init_distributed
     from xdc.training.pretrain import pretrain
 
-    shortcuts = [f"train.{key}={value}" for key in ("method", "k", "rounds") if (value := getattr(args, key)) is not None]
+    shortcuts = [
+        f"train.{key}={value}" for key in ("method", "k", "rounds", "assign") if (value := getattr(args, key)) is not None
+    ]
     cfg = _config(args, tuple(shortcuts))
     encoders = pretrain(cfg, args.data, args.out, resume=args.resume, ctx=init_distributed())
     print(f"encoders: {encoders}")
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="paper, small or tiny (input sizes and encoder widths)")
     p.add_argument("--k", type=int, help="clusters per label set (train.k)")
     p.add_argument("--rounds", type=int, help="cluster-then-train rounds (train.rounds)")
+    p.add_argument("--assign", choices=("kmeans", "sinkhorn"), help="nearest-centroid or balanced assignment")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _add_config_options(p)
     p.set_defaults(func=cmd_pretrain)
