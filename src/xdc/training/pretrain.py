@@ -61,7 +61,7 @@ class Progress:
     previous: dict[str, np.ndarray] = field(default_factory=dict)  # last round's, for NMI
 
 
-class Heads(nn.Module):
+class EncodersWithHeads(nn.Module):
     """Encoders plus this round's heads, as one module so that DDP sees every parameter."""
 
     def __init__(self, encoders: nn.ModuleDict, method: Method, feature_dims: dict[str, int], sizes: dict[str, int]):
@@ -104,7 +104,7 @@ class Pretrainer:
         self.optimizer = self._sgd(self.encoders.parameters())
         self.holdout = self._holdout_mask()
         self.progress = Progress()
-        self.model: Heads | None = None
+        self.model: EncodersWithHeads | None = None
         self.head_optimizer: torch.optim.Optimizer | None = None
         self.failures = FailureLog(cfg.data.max_fail_fraction)
         self.log = RunLog(out, enabled=ctx.main)
@@ -242,7 +242,7 @@ class Pretrainer:
     def _new_heads(self) -> None:
         torch.manual_seed(self.cfg.seed * 7919 + self.progress.round)  # heads differ per round, reproducibly
         sizes = {name: self._classes(name) for name in self.method.label_sets}
-        model = Heads(self.encoders, self.method, self.feature_dims, sizes).to(self.ctx.device)
+        model = EncodersWithHeads(self.encoders, self.method, self.feature_dims, sizes).to(self.ctx.device)
         self.model = model
         self.head_optimizer = self._sgd(model.heads.parameters())
 
