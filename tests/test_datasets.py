@@ -117,3 +117,20 @@ def test_audio_only_files_serve_audio_datasets_only(tmp_path):
     peak_band = item["audio"][0].mean(dim=1).argmax().item()
     assert 3 <= peak_band <= 12  # 440 Hz sits low among 40 mel bands up to 8 kHz
     assert len(TrainClips(manifest, small_cfg())) == 0  # no pictures to decode
+
+
+def test_sliding_window_and_segments(collection):
+    manifest = Manifest.from_rows(collection[:2])
+    windows = EvalClips(manifest, small_cfg(), stride=1.0)  # 3 s files, 0.5 s clips: starts 0, 1, 2
+    assert len(windows) == 6
+    assert [windows[k]["start"] for k in range(3)] == [0.0, 1.0, 2.0] and windows[4]["clip"] == 1
+
+    # A row standing for a segment (e.g. a word): clips come from inside [offset, offset + duration).
+    segment = manifest.subset(np.array([True, False]))
+    segment.offsets[:] = 2.0
+    segment.durations[:] = 1.0
+    whole = EvalClips(manifest.subset(np.array([True, False])), small_cfg(missing_audio="zeros"), clips=1)
+    inside = EvalClips(segment, small_cfg(missing_audio="zeros"), clips=1)
+    assert inside[0]["start"] == pytest.approx(0.25)  # relative to the segment
+    # The gray level encodes the frame index: the segment's clip shows later frames than the file's centre.
+    assert inside[0]["video"].mean() != whole[0]["video"].mean()

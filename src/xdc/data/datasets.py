@@ -42,7 +42,10 @@ class _ClipDataset(Dataset):
 
     def _load(self, i: int, start: float) -> dict:
         has_audio = bool(self.manifest.has_audio[i])
-        clip = read_clip(self.manifest.path(i), start, self.cfg.clip, video=self.video, audio=self.audio and has_audio)
+        clip = read_clip(
+            self.manifest.path(i), self.manifest.offsets[i] + start, self.cfg.clip, video=self.video,
+            audio=self.audio and has_audio,
+        )  # fmt: skip
         item = {"index": i, "start": float(start), "label": int(self.manifest.labels[i])}
         if self.video:
             item["video"] = self.video_transform(clip.video)
@@ -86,30 +89,41 @@ class TrainClips(_ClipDataset):
 
 
 class EvalClips(_ClipDataset):
-    """``clips`` evenly spaced clips per video (one centred clip when ``clips`` is 1), no augmentation."""
+    """Deterministic clips without augmentation: ``clips`` evenly spaced clips per video (one centred clip when
+    ``clips`` is 1), or, with ``stride`` seconds, a sliding window over each video (per-video feature sequences).
+    Items also carry ``clip``, the clip's number within its video."""
 
     def __init__(
-        self, manifest: Manifest, cfg: DataConfig, clips: int | None = None, modalities: tuple[str, ...] = MODALITIES
-    ):
+        self, manifest: Manifest, cfg: DataConfig, clips: int | None = None, modalities: tuple[str, ...] = MODALITIES,
+        stride: float | None = None,
+    ):  # fmt: skip
         super().__init__(manifest, cfg, train=False, modalities=modalities)
-        self.clips = clips or cfg.eval_clips
+        videos = np.arange(len(self.manifest))
+        # Flat arrays (video, clip number, start) rather than per-item objects: cheap to share with workers.
+        if stride is not None:
+            if stride <= 0:
+                raise ValueError(f"stride must be positive, got {stride}")
+            counts = np.floor(self.max_start / stride + 1e-9).astype(np.int64) + 1
+            self.video_of = np.repeat(videos, counts)
+            self.clip_of = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, np.int64)
+            self.starts = self.clip_of * stride
+        else:
+            n = clips or cfg.eval_clips
+            self.video_of = np.repeat(videos, n)
+            self.clip_of = np.tile(np.arange(n), len(videos))
+            latest = self.max_start[self.video_of]
+            self.starts = latest / 2 if n == 1 else latest * self.clip_of / (n - 1)
 
     def __len__(self) -> int:
-        return len(self.manifest) * self.clips
-
-    def start(self, i: int, j: int) -> float:
-        if self.clips == 1:
-            return float(self.max_start[i] / 2)
-        return float(self.max_start[i] * j / (self.clips - 1))
+        return len(self.video_of)
 
     def __getitem__(self, k: int) -> dict:
-        i, j = divmod(int(k), self.clips)
-        start = self.start(i, j)
+        i, start = int(self.video_of[k]), float(self.starts[k])
         try:
             item = self._load(i, start)
         except DecodeError as e:
             return self._failure(i, start, str(e))
-        item["clip"] = j
+        item["clip"] = int(self.clip_of[k])
         return item
 
 

@@ -7,6 +7,7 @@ workers then share those pages with the parent instead of copying them as refere
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +59,15 @@ def _cell(value) -> str:
 
 @dataclass
 class Manifest:
-    """The usable files of a manifest as flat arrays (index i is video i everywhere)."""
+    """The usable files of a manifest as flat arrays (index i is video i everywhere).
+
+    A row may stand for a segment of its file (e.g. a window around a spoken word): clips are then drawn from
+    ``[offsets[i], offsets[i] + durations[i])``; for whole files the offset is 0.
+    """
 
     paths: np.ndarray  # bytes, fixed width ('S'): no per-item Python objects
-    durations: np.ndarray  # float64 seconds
+    durations: np.ndarray  # float64 seconds (of the segment)
+    offsets: np.ndarray  # float64 seconds from the start of the file
     has_audio: np.ndarray  # bool
     has_video: np.ndarray  # bool: False for audio-only files (wav, flac, ...)
     labels: np.ndarray  # int64 index into ``classes``, -1 where unlabelled
@@ -74,10 +80,8 @@ class Manifest:
         return self.paths[i].decode()
 
     def subset(self, mask: np.ndarray) -> Manifest:
-        return Manifest(
-            self.paths[mask], self.durations[mask], self.has_audio[mask], self.has_video[mask], self.labels[mask],
-            self.classes,
-        )  # fmt: skip
+        arrays = {f.name: getattr(self, f.name)[mask] for f in dataclasses.fields(self) if f.name != "classes"}
+        return dataclasses.replace(self, **arrays)
 
     @classmethod
     def from_rows(cls, rows: list[dict], require_audio: bool = False) -> Manifest:
@@ -89,6 +93,7 @@ class Manifest:
         return cls(
             paths=np.array([r["path"].encode() for r in kept], dtype="S") if kept else np.array([], dtype="S1"),
             durations=np.array([float(r["duration_s"]) for r in kept], dtype=np.float64),
+            offsets=np.zeros(len(kept), dtype=np.float64),
             has_audio=np.array([r["has_audio"] in ("1", "True", "true") for r in kept], dtype=bool),
             has_video=np.array([float(r.get("width") or 1) > 0 for r in kept], dtype=bool),
             labels=np.array([index.get(r.get("label") or "", -1) for r in kept], dtype=np.int64),
