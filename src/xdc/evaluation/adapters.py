@@ -1,0 +1,395 @@
+"""Dataset adapters: public evaluation datasets, in their official on-disk layouts, as one standard labelled table.
+
+``load_dataset(kind, root, split, **options)`` returns sorted ``Item``s (absolute path, label, split, fold, time
+window, averaging group); ``write_table``/``read_table`` store them as CSV. Adapters read only names and lists,
+never media, so they are fast and testable on placeholder files. Audio-only files (wav, flac, ...) are ordinary
+items. Layouts, options and split semantics: docs/datasets.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import astuple, dataclass
+from pathlib import Path
+
+from xdc.data.index import MEDIA_EXTENSIONS
+from xdc.errors import UserError
+
+SPLITS = ("train", "test", "val", "")
+COLUMNS = ("path", "label", "split", "fold", "start_s", "end_s", "group")
+MISSING = ("error", "skip")
+
+
+@dataclass(frozen=True, order=True)
+class Item:
+    """One labelled example. ``end_s == 0`` means "to the end of the file"; ``group`` defaults to ``path``."""
+
+    path: str  # absolute, symbolic links resolved (as in the manifest of ``xdc index``)
+    label: str
+    split: str = ""  # "train", "test", "val", or "" when the dataset states none
+    fold: int = 0  # cross-validation fold (ESC-50: 1..5); 0 when none
+    start_s: float = 0.0
+    end_s: float = 0.0
+    group: str = ""  # the id predictions are averaged over (the video or recording)
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            object.__setattr__(self, "group", self.path)
+
+
+def load_dataset(kind: str, root: str | Path, split: int | None = None, **options: object) -> list[Item]:
+    """The items of dataset ``kind`` stored at ``root`` (for ``csv``: the CSV file), sorted.
+
+    ``split`` is the official split number of the datasets that have them (UCF101, HMDB51: 1, 2 or 3); the
+    other kinds refuse it. Every mistake in the layout or the options is a ``UserError`` with one line.
+    """
+    adapter = ADAPTERS.get(kind)
+    if adapter is None:
+        raise UserError(f"unknown dataset kind {kind!r}; kinds: {', '.join(ADAPTERS)}")
+    params = list(inspect.signature(adapter).parameters)[1:]
+    allowed = [p for p in params if p != "split"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(unknown)} for {kind}; options: {', '.join(allowed) or 'none'}")
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{kind}: {root} not found")
+    if kind != "csv" and not root.is_dir():
+        raise UserError(f"{kind}: {root} is not a folder (the dataset's root folder)")
+    if "split" in params:
+        options["split"] = split
+    elif split is not None:
+        raise UserError(f"{kind} has no numbered official splits; leave split out (items carry their split or fold)")
+    items = adapter(root, **options)
+    if not items:
+        raise UserError(f"{kind}: no items found in {root}")
+    return sorted(items)
+
+
+def load_ucf101(
+    root: Path, split: int | None, splits_dir: str | Path | None = None, missing: str = "error"
+) -> list[Item]:
+    """UCF101: class folders of videos + ``ucfTrainTestlist/`` (classInd.txt, trainlist0N.txt, testlist0N.txt)."""
+    n = _split_number(split, "ucf101")
+    lists = _splits_folder(root, splits_dir, "ucfTrainTestlist")
+    names = _ucf_classes(lists / "classInd.txt")
+    known = set(names.values())
+    items = []
+    train = lists / f"trainlist0{n}.txt"
+    for line, fields in _read_lines(train):
+        if len(fields) != 2 or not fields[1].isdigit() or int(fields[1]) not in names:
+            raise UserError(f"{train} line {line}: expected 'Class/video.avi <index in classInd.txt>', "
+                            f"got {' '.join(fields)!r}")  # fmt: skip
+        label = names[int(fields[1])]
+        if _class_folder(fields[0]) != label:
+            raise UserError(f"{train} line {line}: class {fields[1]} is {label} in classInd.txt, "
+                            f"but the video is not in {label}/")  # fmt: skip
+        items.append(Item(_abs(root / fields[0]), label, "train"))
+    test = lists / f"testlist0{n}.txt"
+    for line, fields in _read_lines(test):
+        label = _class_folder(fields[0])
+        if len(fields) != 1 or label not in known:
+            raise UserError(f"{test} line {line}: expected 'Class/video.avi' with a class of classInd.txt, "
+                            f"got {' '.join(fields)!r}")  # fmt: skip
+        items.append(Item(_abs(root / fields[0]), label, "test"))
+    return _drop_missing(items, missing, f"{train.name} and {test.name} of {lists}")
+
+
+def load_hmdb51(
+    root: Path, split: int | None, splits_dir: str | Path | None = None, missing: str = "error"
+) -> list[Item]:
+    """HMDB51: class folders of videos + ``testTrainMulti_7030_splits/<class>_test_split<N>.txt`` (1 train, 2 test)."""
+    n = _split_number(split, "hmdb51")
+    lists = _splits_folder(root, splits_dir, "testTrainMulti_7030_splits")
+    suffix = f"_test_split{n}.txt"
+    files = sorted(lists.glob(f"*{suffix}"))
+    if not files:
+        raise UserError(f"{lists}: no <class>{suffix} split files")
+    items = []
+    for file in files:
+        label = file.name[: -len(suffix)]  # class names contain underscores (brush_hair): cut the known suffix
+        for line, fields in _read_lines(file):
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise UserError(f"{file} line {line}: expected '<video>.avi <0|1|2>', got {' '.join(fields)!r}")
+            if fields[1] != "0":  # 0: in neither split
+                items.append(Item(_abs(root / label / fields[0]), label, "train" if fields[1] == "1" else "test"))
+    return _drop_missing(items, missing, f"the *{suffix} files of {lists}")
+
+
+def load_esc50(root: Path, esc10: bool = False, missing: str = "error") -> list[Item]:
+    """ESC-50: ``audio/*.wav`` + ``meta/esc50.csv``; label = category, fold = the official fold (1..5)."""
+    meta = root / "meta" / "esc50.csv"
+    items = []
+    for line, row in _read_csv(meta, ("filename", "fold", "category") + (("esc10",) if esc10 else ())):
+        where = f"{meta} line {line}"
+        if esc10 and not _esc10(row["esc10"], where):
+            continue
+        fold = _number(int, row["fold"], "fold", where)
+        if fold < 1 or not row["filename"] or not row["category"]:
+            raise UserError(f"{where}: needs a filename, a category and a fold of 1 or more")
+        items.append(Item(_abs(root / "audio" / row["filename"]), row["category"], fold=fold))
+    return _drop_missing(items, missing, str(meta))
+
+
+def load_dcase(root: Path) -> list[Item]:
+    """DCASE-style ``<class>/<file>`` folders; with ``train/`` and ``test/`` (and optional ``val/``) as splits."""
+    splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    if not splits:
+        return _class_folders(root, "")
+    if not {"train", "test"} <= set(splits):  # a lone train/ is a layout mistake more likely than a class
+        raise UserError(f"{root}: has {'/, '.join(splits)}/ but split folders need both train/ and test/")
+    return [item for s in splits for item in _class_folders(root / s, s)]
+
+
+def load_fsdd(root: Path) -> list[Item]:
+    """FSDD: ``recordings/{digit}_{speaker}_{index}.wav`` (or in ``root``); index 0-4 is test, 5-49 train."""
+    folder = root / "recordings" if (root / "recordings").is_dir() else root
+    items = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() != ".wav":
+            continue
+        match = re.fullmatch(r"(\d)_([^_]+)_(\d+)\.wav", path.name, flags=re.IGNORECASE)
+        if match is None:
+            raise UserError(f"{path}: not an FSDD file name ({{digit}}_{{speaker}}_{{index}}.wav)")
+        items.append(Item(_abs(path), match[1], "test" if int(match[3]) < 5 else "train"))
+    return items
+
+
+def load_grid_words(
+    root: Path,
+    slot: str | None = None,
+    window_s: float = 1.0,
+    duration_s: float = 3.0,
+    split_by: str = "sentence",
+    missing: str = "error",
+) -> list[Item]:
+    """GRID word clips: one item per ``words.csv`` row of ``slot``, a ``window_s`` window centred on the word."""
+    words = root / "words.csv"
+    rows = _read_csv(words, ("path", "slot", "word", "start_s", "end_s"))
+    slots = list(dict.fromkeys(row["slot"] for _, row in rows))
+    if slot not in slots:
+        raise UserError(f"grid-words needs option slot, one of: {', '.join(slots)} (from {words}); got {slot!r}")
+    if not (window_s > 0 and duration_s > 0):
+        raise UserError(f"grid-words: window_s and duration_s must be positive, got {window_s} and {duration_s}")
+    if split_by not in ("sentence", "none"):
+        raise UserError(f"grid-words: split_by must be 'sentence' or 'none', got {split_by!r}")
+    items = []
+    for line, row in rows:
+        if row["slot"] != slot:
+            continue
+        where = f"{words} line {line}"
+        start, end = (_number(float, row[c], c, where) for c in ("start_s", "end_s"))
+        if not 0 <= start <= end or not row["word"]:
+            raise UserError(f"{where}: needs a word and 0 <= start_s <= end_s")
+        path = _abs(root / row["path"])
+        split = _sentence_split(path) if split_by == "sentence" else ""
+        window = _window((start + end) / 2, window_s, duration_s)
+        items.append(Item(path, row["word"], split, 0, *window, group=f"{path}#{slot}"))
+    return _drop_missing(items, missing, str(words))
+
+
+def load_csv(root: Path, missing: str = "error") -> list[Item]:
+    """A CSV with columns path,label and optional split, fold, start_s, end_s, group; paths relative to it."""
+    if root.is_dir():
+        raise UserError(f"csv: {root} is a folder; give the CSV file")
+    base = root.resolve().parent
+    rows = _read_csv(root, ("path", "label"))
+    items = [_row_item(row, _abs(base / row["path"]), f"{root} line {line}") for line, row in rows]
+    return _drop_missing(items, missing, str(root))
+
+
+ADAPTERS: dict[str, Callable[..., list[Item]]] = {
+    "ucf101": load_ucf101,
+    "hmdb51": load_hmdb51,
+    "esc50": load_esc50,
+    "dcase": load_dcase,
+    "fsdd": load_fsdd,
+    "grid-words": load_grid_words,
+    "csv": load_csv,
+}
+
+
+def write_table(items: Iterable[Item], path: str | Path) -> None:
+    """Write the standard table (``COLUMNS``); ``read_table`` gives back the same items."""
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            writer.writerows(astuple(item) for item in items)  # str(float) round-trips exactly
+    except OSError as e:
+        raise UserError(f"cannot write table {path}: {e.strerror or e}") from None
+
+
+def read_table(path: str | Path) -> list[Item]:
+    """Read a table written by ``write_table`` (every column present, absolute paths), in its row order."""
+    items = []
+    for line, row in _read_csv(Path(path), COLUMNS, strip=False):
+        where = f"{path} line {line}"
+        if not os.path.isabs(row["path"]):
+            raise UserError(f"{where}: path {row['path']!r} is not absolute (a hand-written CSV loads as kind 'csv')")
+        items.append(_row_item(row, row["path"], where))
+    return items
+
+
+def split_items(items: Iterable[Item], split: str) -> list[Item]:
+    """The items of one split ("" selects items without one)."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; splits: train, test, val, or '' for none")
+    return [item for item in items if item.split == split]
+
+
+def classes(items: Iterable[Item]) -> list[str]:
+    """The sorted distinct labels: a label's index in this list is its class index."""
+    return sorted({item.label for item in items})
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+
+
+def _abs(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _split_number(split: int | None, kind: str) -> int:
+    if split not in (1, 2, 3):
+        raise UserError(f"{kind} needs split 1, 2 or 3 (its official train/test splits), got {split!r}")
+    return int(split)
+
+
+def _splits_folder(root: Path, splits_dir: str | Path | None, name: str) -> Path:
+    folder = Path(splits_dir) if splits_dir is not None else root / name
+    if not folder.is_dir():
+        raise UserError(f"split folder {folder} not found (option splits_dir gives its location)")
+    return folder
+
+
+def _ucf_classes(path: Path) -> dict[int, str]:
+    names = {}
+    for line, fields in _read_lines(path):
+        if len(fields) != 2 or not fields[0].isdigit():
+            raise UserError(f"{path} line {line}: expected '<index> <class>', got {' '.join(fields)!r}")
+        names[int(fields[0])] = fields[1]
+    return names
+
+
+def _class_folder(relative: str) -> str:
+    parts = relative.split("/")
+    return parts[0] if len(parts) > 1 else ""
+
+
+def _class_folders(folder: Path, split: str) -> list[Item]:
+    """Media files anywhere under each ``folder/<class>/``, labelled with the class folder's name."""
+    items = []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTENSIONS:
+                    items.append(Item(_abs(Path(dirpath) / name), class_dir.name, split))
+    return items
+
+
+def _sentence_split(path: str) -> str:
+    """About 20% test, by a stable hash of the file stem: the GRID sentence id, the same for every speaker."""
+    digest = hashlib.sha1(Path(path).stem.encode()).digest()
+    return "test" if int.from_bytes(digest[:8], "big") % 5 == 0 else "train"
+
+
+def _window(centre: float, width: float, duration: float) -> tuple[float, float]:
+    """A ``width`` window centred on ``centre``, slid (not cut) to lie in [0, duration]: all windows equal."""
+    width = min(width, duration)
+    start = min(max(centre - width / 2, 0.0), duration - width)
+    return round(start, 6), round(start + width, 6)
+
+
+def _row_item(row: dict[str, str], path: str, where: str) -> Item:
+    """An item from a table row; the optional columns may be absent or empty."""
+    split, fold, start_s, end_s = (row.get(c, "") for c in ("split", "fold", "start_s", "end_s"))
+    if not row["path"] or not row["label"]:
+        raise UserError(f"{where}: empty path or label")
+    if split not in SPLITS:
+        raise UserError(f"{where}: split {split!r} is not train, test, val or empty")
+    item = Item(
+        path,
+        row["label"],
+        split,
+        _number(int, fold, "fold", where) if fold else 0,
+        _number(float, start_s, "start_s", where) if start_s else 0.0,
+        _number(float, end_s, "end_s", where) if end_s else 0.0,
+        row.get("group", ""),
+    )
+    if item.fold < 0 or item.start_s < 0 or (item.end_s and item.end_s <= item.start_s):
+        raise UserError(f"{where}: needs fold >= 0, start_s >= 0 and end_s 0 (whole file) or after start_s")
+    return item
+
+
+def _number(kind: type[int] | type[float], text: str, column: str, where: str) -> int | float:
+    try:
+        value = kind(text)
+        if not math.isfinite(value):  # float("nan") parses, but is no time
+            raise ValueError
+        return value
+    except ValueError:
+        raise UserError(f"{where}: {column} {text!r} is not a{'n integer' if kind is int else ' number'}") from None
+
+
+def _esc10(text: str, where: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise UserError(f"{where}: esc10 {text!r} is not True or False")
+    return text.lower() in ("true", "1")
+
+
+def _drop_missing(items: list[Item], missing: str, source: str) -> list[Item]:
+    """Listed files absent on disk: one error naming how many and the first, or (``missing="skip"``) dropped."""
+    if missing not in MISSING:
+        raise UserError(f"option missing must be 'error' or 'skip', got {missing!r}")
+    paths = list(dict.fromkeys(item.path for item in items))
+    absent = [p for p in paths if not os.path.isfile(p)]
+    if not absent:
+        return items
+    text = f"{len(absent)} of {len(paths)} files listed in {source} not found, the first: {absent[0]}"
+    if missing == "error":
+        raise UserError(f"{text} (option missing='skip' drops them)")
+    warnings.warn(f"{text}; dropped", stacklevel=4)  # at the caller of load_dataset
+    gone = set(absent)
+    return [item for item in items if item.path not in gone]
+
+
+def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, whitespace-separated fields) of the non-blank lines of a split list."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return [(n, line.split()) for n, line in enumerate(f, 1) if line.strip()]
+    except FileNotFoundError:
+        raise UserError(f"{path} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def _read_csv(path: Path, required: Iterable[str], strip: bool = True) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV with a header holding the ``required`` columns; absent cells read as ""."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() if strip else c for c in reader.fieldnames or []]
+            absent = [c for c in required if c not in columns]
+            if absent:
+                found = ", ".join(columns) or "no header"
+                raise UserError(f"{path}: missing column(s) {', '.join(absent)} (found: {found})")
+            reader.fieldnames = columns
+            rows = []
+            for row in reader:  # line_num after each row: its last line (a quoted cell may span lines)
+                cells = {k: v or "" for k, v in row.items() if k is not None}  # None: cells past the header
+                rows.append((reader.line_num, {k: v.strip() for k, v in cells.items()} if strip else cells))
+            return rows
+    except FileNotFoundError:
+        raise UserError(f"{path} not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read {path}: {e}") from None

@@ -1,0 +1,421 @@
+"""Dataset adapters on small fixtures in each official layout (placeholder media: adapters never decode)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from xdc.evaluation.adapters import (
+    COLUMNS,
+    Item,
+    classes,
+    load_dataset,
+    read_table,
+    split_items,
+    write_table,
+)
+from xdc.errors import UserError
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"xdc")
+    return path
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _raises(match: str):
+    return pytest.raises(UserError, match=match)
+
+
+def _one_line(error: pytest.ExceptionInfo) -> str:
+    text = str(error.value)
+    assert "\n" not in text
+    return text
+
+
+# --- UCF101 --------------------------------------------------------------------------------------------------
+
+UCF_CLASSES = ("ApplyEyeMakeup", "Archery", "YoYo")
+
+
+def _ucf(root: Path) -> Path:
+    """3 classes x 2 groups x 2 clips; group g01 is test, g02 train (as the official lists split by group)."""
+    train, test = [], []
+    for index, name in enumerate(UCF_CLASSES, 1):
+        for group in (1, 2):
+            for clip in (1, 2):
+                rel = f"{name}/v_{name}_g{group:02d}_c{clip:02d}.avi"
+                _touch(root / rel)
+                (test.append(rel) if group == 1 else train.append(f"{rel} {index}"))
+    lists = root / "ucfTrainTestlist"
+    # CRLF line endings, as in the official archive.
+    _write(lists / "classInd.txt", "".join(f"{i} {n}\r\n" for i, n in enumerate(UCF_CLASSES, 1)))
+    _write(lists / "trainlist01.txt", "".join(f"{line}\r\n" for line in train))
+    _write(lists / "testlist01.txt", "".join(f"{line}\r\n" for line in test))
+    return root
+
+
+def test_ucf101_labels_and_splits(tmp_path):
+    root = _ucf(tmp_path / "UCF-101")
+    items = load_dataset("ucf101", root, split=1)
+    assert len(items) == 12 and items == sorted(items)
+    assert Counter(i.split for i in items) == {"train": 6, "test": 6}
+    assert classes(items) == sorted(UCF_CLASSES)
+    for item in items:
+        assert os.path.isabs(item.path) and os.path.isfile(item.path)
+        assert Path(item.path).parent.name == item.label
+        assert item.split == ("test" if "_g01_" in item.path else "train")
+        assert item.group == item.path and (item.fold, item.start_s, item.end_s) == (0, 0.0, 0.0)
+    assert len(split_items(items, "test")) == 6
+
+
+def test_ucf101_splits_dir_option(tmp_path):
+    root = _ucf(tmp_path / "UCF-101")
+    moved = tmp_path / "lists"
+    (root / "ucfTrainTestlist").rename(moved)
+    with _raises("option splits_dir") as e:
+        load_dataset("ucf101", root, split=1)
+    _one_line(e)
+    assert len(load_dataset("ucf101", root, split=1, splits_dir=moved)) == 12
+
+
+def test_ucf101_missing_videos_one_error_or_skipped(tmp_path):
+    root = _ucf(tmp_path / "UCF-101")
+    (root / "Archery/v_Archery_g01_c02.avi").unlink()
+    (root / "YoYo/v_YoYo_g02_c01.avi").unlink()
+    with _raises("2 of 12 files listed in trainlist01.txt and testlist01.txt") as e:
+        load_dataset("ucf101", root, split=1)
+    assert "v_YoYo_g02_c01.avi" in _one_line(e)  # the first missing one, in list order (train list first)
+    with pytest.warns(UserWarning, match="2 of 12 files .* dropped"):
+        items = load_dataset("ucf101", root, split=1, missing="skip")
+    assert len(items) == 10
+    with _raises("missing must be 'error' or 'skip'"):
+        load_dataset("ucf101", root, split=1, missing="ignore")
+
+
+@pytest.mark.parametrize("split", [None, 0, 4])
+def test_ucf101_needs_split_1_to_3(tmp_path, split):
+    with _raises("ucf101 needs split 1, 2 or 3") as e:
+        load_dataset("ucf101", _ucf(tmp_path / "UCF-101"), split=split)
+    _one_line(e)
+
+
+def test_ucf101_malformed_lists(tmp_path):
+    root = _ucf(tmp_path / "UCF-101")
+    lists = root / "ucfTrainTestlist"
+    with _raises("trainlist02.txt not found"):
+        load_dataset("ucf101", root, split=2)
+    _write(lists / "trainlist01.txt", "Archery/v_Archery_g02_c01.avi 9\n")
+    with _raises(r"trainlist01.txt line 1: expected"):
+        load_dataset("ucf101", root, split=1)
+    _write(lists / "trainlist01.txt", "Archery/v_Archery_g02_c01.avi 1\n")  # 1 is ApplyEyeMakeup
+    with _raises("not in ApplyEyeMakeup/"):
+        load_dataset("ucf101", root, split=1)
+    _write(lists / "trainlist01.txt", "")
+    _write(lists / "testlist01.txt", "Unknown/v_x.avi\n")
+    with _raises(r"testlist01.txt line 1: .*classInd"):
+        load_dataset("ucf101", root, split=1)
+
+
+# --- HMDB51 --------------------------------------------------------------------------------------------------
+
+
+def test_hmdb51_markers(tmp_path):
+    root = tmp_path / "hmdb51"
+    lists = root / "testTrainMulti_7030_splits"
+    for name in ("brush_hair", "ride_bike"):  # underscores in class names
+        videos = [f"{name}_{i}.avi" for i in range(6)]
+        for video in videos:
+            _touch(root / name / video)
+        markers = [1, 1, 1, 2, 2, 0]
+        _write(lists / f"{name}_test_split1.txt", "".join(f"{v} {m} \n" for v, m in zip(videos, markers)))
+        swapped = [3 - m if m else 0 for m in markers]
+        _write(lists / f"{name}_test_split2.txt", "".join(f"{v} {m} \n" for v, m in zip(videos, swapped)))
+    items = load_dataset("hmdb51", root, split=1)
+    assert len(items) == 10  # marker 0 dropped
+    assert classes(items) == ["brush_hair", "ride_bike"]
+    assert Counter((i.label, i.split) for i in items) == {
+        ("brush_hair", "train"): 3, ("brush_hair", "test"): 2, ("ride_bike", "train"): 3, ("ride_bike", "test"): 2
+    }  # fmt: skip
+    assert all(Path(i.path).parent.name == i.label for i in items)
+    assert not any(i.path.endswith("_5.avi") for i in items)
+    assert Counter(i.split for i in load_dataset("hmdb51", root, split=2)) == {"train": 4, "test": 6}
+    with _raises("no <class>_test_split3.txt split files"):
+        load_dataset("hmdb51", root, split=3)
+    _write(lists / "ride_bike_test_split1.txt", "ride_bike_0.avi 3\n")
+    with _raises(r"ride_bike_test_split1.txt line 1: expected '<video>.avi <0\|1\|2>'"):
+        load_dataset("hmdb51", root, split=1)
+
+
+# --- ESC-50 --------------------------------------------------------------------------------------------------
+
+
+def _esc50(root: Path) -> Path:
+    rows = [("1-100032-A-0.wav", 1, 0, "dog", "True"), ("1-100038-A-14.wav", 1, 14, "chirping_birds", "False"),
+            ("2-100648-A-43.wav", 2, 43, "car_horn", "False"), ("3-102583-A-0.wav", 3, 0, "dog", "True"),
+            ("5-103415-A-1.wav", 5, 1, "rooster", "True")]  # fmt: skip
+    lines = ["filename,fold,target,category,esc10,src_file,take"]
+    for name, fold, target, category, esc10 in rows:
+        _touch(root / "audio" / name)
+        lines.append(f"{name},{fold},{target},{category},{esc10},{name.split('-')[1]},A")
+    _write(root / "meta" / "esc50.csv", "\n".join(lines) + "\n")
+    return root
+
+
+def test_esc50_folds_and_esc10(tmp_path):
+    root = _esc50(tmp_path / "ESC-50")
+    items = load_dataset("esc50", root)
+    assert len(items) == 5 and {i.split for i in items} == {""}
+    assert {Path(i.path).name: (i.label, i.fold) for i in items}["5-103415-A-1.wav"] == ("rooster", 5)
+    assert sorted({i.fold for i in items}) == [1, 2, 3, 5]
+    assert all(Path(i.path).parent == (root / "audio").resolve() and i.group == i.path for i in items)
+    esc10 = load_dataset("esc50", root, esc10=True)
+    assert classes(esc10) == ["dog", "rooster"] and len(esc10) == 3
+
+
+def test_esc50_errors(tmp_path):
+    root = _esc50(tmp_path / "ESC-50")
+    with _raises("ESC-50 not found"):
+        load_dataset("esc50", tmp_path / "nope" / "ESC-50")
+    with _raises("esc50 has no numbered official splits"):
+        load_dataset("esc50", root, split=1)
+    meta = root / "meta" / "esc50.csv"
+    meta.write_text("filename,target,category\nx.wav,0,dog\n")
+    with _raises(r"esc50.csv: missing column\(s\) fold") as e:
+        load_dataset("esc50", root)
+    _one_line(e)
+    meta.write_text("filename,fold,category\n1-100032-A-0.wav,one,dog\n")
+    with _raises(r"esc50.csv line 2: fold 'one' is not an integer"):
+        load_dataset("esc50", root)
+    (root / "meta" / "esc50.csv").unlink()
+    with _raises("esc50.csv not found"):
+        load_dataset("esc50", root)
+
+
+# --- DCASE-style class folders -------------------------------------------------------------------------------
+
+
+def test_dcase_class_folders(tmp_path):
+    root = tmp_path / "scenes"
+    for name in ("bus/a.wav", "bus/b.flac", "park/c.wav", "park/sub/d.mp4", "park/notes.txt", "park/.e.wav"):
+        _touch(root / name)
+    _touch(root / "readme.wav")  # not in a class folder: ignored
+    items = load_dataset("dcase", root)
+    assert [(Path(i.path).name, i.label, i.split) for i in items] == [
+        ("a.wav", "bus", ""), ("b.flac", "bus", ""), ("c.wav", "park", ""), ("d.mp4", "park", "")
+    ]  # fmt: skip
+
+
+def test_dcase_split_folders(tmp_path):
+    root = tmp_path / "dcase2014"
+    for name in ("train/bus/a.wav", "train/park/b.wav", "test/bus/c.wav", "test/park/d.wav", "val/bus/e.wav"):
+        _touch(root / name)
+    items = load_dataset("dcase", root)
+    assert Counter(i.split for i in items) == {"train": 2, "test": 2, "val": 1}
+    assert {(Path(i.path).stem, i.label, i.split) for i in items} >= {("c", "bus", "test"), ("e", "bus", "val")}
+    (root / "test/bus/c.wav").unlink()
+    (root / "test/park/d.wav").unlink()
+    assert len(load_dataset("dcase", root)) == 3
+    for name in ("test/bus", "test/park", "test"):
+        (root / name).rmdir()
+    with _raises("split folders need both train/ and test/"):
+        load_dataset("dcase", root)
+    with _raises("dcase: no items found"):
+        load_dataset("dcase", _write(tmp_path / "empty" / "bus" / "x.txt", "").parents[1])
+
+
+# --- FSDD ----------------------------------------------------------------------------------------------------
+
+
+def test_fsdd_labels_and_official_split(tmp_path):
+    root = tmp_path / "fsdd"
+    for digit in (3, 7):
+        for index in (0, 4, 5, 49):
+            _touch(root / "recordings" / f"{digit}_jackson_{index}.wav")
+    items = load_dataset("fsdd", root)
+    assert len(items) == 8 and classes(items) == ["3", "7"]
+    assert {Path(i.path).stem: i.split for i in items if i.label == "3"} == {
+        "3_jackson_0": "test", "3_jackson_4": "test", "3_jackson_5": "train", "3_jackson_49": "train"
+    }  # fmt: skip
+    flat = tmp_path / "flat"  # the recordings directly in root
+    _touch(flat / "0_theo_1.wav")
+    assert [(i.label, i.split) for i in load_dataset("fsdd", flat)] == [("0", "test")]
+    _touch(flat / "hello.wav")
+    with _raises(r"hello.wav: not an FSDD file name"):
+        load_dataset("fsdd", flat)
+
+
+# --- GRID word clips -----------------------------------------------------------------------------------------
+
+
+def _grid(root: Path, stems: list[str]) -> Path:
+    words = ["path,slot,word,start_s,end_s"]
+    clips = ["path,sentence,command,color,preposition,letter,digit,adverb"]
+    for n, stem in enumerate(stems):
+        _touch(root / "videos" / f"{stem}.mp4")
+        clips.append(f"videos/{stem}.mp4,bin blue at f two now,bin,blue,at,f,two,now")
+        spans = [("command", "bin", 0.1, 0.3), ("color", "blue", 0.3, 0.5), ("preposition", "at", 1.0, 1.2),
+                 ("letter", "f", 1.2, 1.4), ("digit", ("two", "nine")[n % 2], 1.4, 1.6),
+                 ("adverb", "now", 2.7, 2.95)]  # fmt: skip
+        words += [f"videos/{stem}.mp4,{slot},{word},{a:.3f},{b:.3f}" for slot, word, a, b in spans]
+    _write(root / "clips.csv", "\n".join(clips) + "\n")
+    _write(root / "words.csv", "\n".join(words) + "\n")
+    return root
+
+
+def test_grid_words_windows_and_clamping(tmp_path):
+    root = _grid(tmp_path / "grid", ["bbaf2n", "bbaf9a"])
+    digits = load_dataset("grid-words", root, slot="digit")
+    assert [(i.label, i.start_s, i.end_s) for i in digits] == [("two", 1.0, 2.0), ("nine", 1.0, 2.0)]
+    assert [i.group for i in digits] == [f"{i.path}#digit" for i in digits]
+    # Near the edges the window slides inside [0, duration], keeping its length.
+    assert {(i.start_s, i.end_s) for i in load_dataset("grid-words", root, slot="command")} == {(0.0, 1.0)}
+    assert {(i.start_s, i.end_s) for i in load_dataset("grid-words", root, slot="adverb")} == {(2.0, 3.0)}
+    wide = load_dataset("grid-words", root, slot="adverb", window_s=0.5, duration_s=2.9)
+    assert {(i.start_s, i.end_s) for i in wide} == {(2.4, 2.9)}
+    assert {(i.start_s, i.end_s) for i in load_dataset("grid-words", root, slot="digit", window_s=5.0)} == {(0.0, 3.0)}
+    assert {i.split for i in load_dataset("grid-words", root, slot="digit", split_by="none")} == {""}
+
+
+def test_grid_words_sentence_split_is_per_video(tmp_path):
+    stems = [f"s{n:03d}" for n in range(200)]
+    root = _grid(tmp_path / "grid", stems)
+    items = [i for slot in ("command", "digit", "adverb") for i in load_dataset("grid-words", root, slot=slot)]
+    splits = {}
+    for item in items:
+        splits.setdefault(item.path, set()).add(item.split)
+    assert all(len(s) == 1 for s in splits.values())  # no video in both splits, whatever the slot
+    test = sum(s == {"test"} for s in splits.values())
+    assert 25 <= test <= 55  # about 20% of 200
+    again = _grid(tmp_path / "copy", stems)  # the same sentence ids elsewhere get the same splits
+    assert [i.split for i in load_dataset("grid-words", again, slot="digit")] == [
+        i.split for i in load_dataset("grid-words", root, slot="digit")
+    ]
+
+
+def test_grid_words_errors(tmp_path):
+    root = _grid(tmp_path / "grid", ["bbaf2n"])
+    with _raises("slot, one of: command, color, preposition, letter, digit, adverb") as e:
+        load_dataset("grid-words", root)
+    _one_line(e)
+    with _raises("split_by must be"):
+        load_dataset("grid-words", root, slot="digit", split_by="speaker")
+    with _raises("window_s and duration_s must be positive"):
+        load_dataset("grid-words", root, slot="digit", window_s=0)
+    with _raises(r"unknown option\(s\) slots for grid-words; options: slot, window_s"):
+        load_dataset("grid-words", root, slots="digit")
+    (root / "videos" / "bbaf2n.mp4").unlink()
+    with _raises("1 of 1 files listed in .*words.csv not found"):
+        load_dataset("grid-words", root, slot="digit")
+
+
+# --- generic CSV and the standard table ----------------------------------------------------------------------
+
+
+def test_generic_csv_relative_paths_and_optional_columns(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    for name in ("a.wav", "b.mp4", "sub/c.flac"):
+        _touch(data / name)
+    _touch(tmp_path / "elsewhere.wav")
+    _write(data / "labels.csv", "path,label,split,fold,start_s,end_s,group\n"
+                   "a.wav,cat,train,2,,,\n"
+                   "b.mp4, dog ,test,,1.5,2.5,rec1\n"
+                   f"{tmp_path / 'elsewhere.wav'},cat,,,,,\n"
+                   "sub/c.flac,dog,val,,,,\n")  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # relative paths resolve against the CSV's folder, not the working directory
+    items = {Path(i.path).name: i for i in load_dataset("csv", "data/labels.csv")}
+    a = str((data / "a.wav").resolve())
+    assert items["a.wav"] == Item(a, "cat", "train", 2, 0.0, 0.0, a)
+    assert items["b.mp4"] == Item(str((data / "b.mp4").resolve()), "dog", "test", 0, 1.5, 2.5, "rec1")
+    assert items["elsewhere.wav"].split == "" and items["c.flac"].split == "val"
+    minimal = _write(data / "minimal.csv", "label,path\ncat,a.wav\n")
+    assert load_dataset("csv", minimal) == [Item(a, "cat")]
+    with _raises("is a folder; give the CSV file"):
+        load_dataset("csv", data)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("path,split\na.wav,train\n", r"missing column\(s\) label"),
+        ("path,label,split\na.wav,cat,dev\n", "line 2: split 'dev' is not train, test, val or empty"),
+        ("path,label\na.wav,\n", "line 2: empty path or label"),
+        ("path,label,fold\na.wav,cat,x\n", "line 2: fold 'x' is not an integer"),
+        ("path,label,start_s,end_s\na.wav,cat,2,1\n", "line 2: needs fold >= 0, start_s >= 0"),
+        ("path,label\nnope.wav,cat\n", "1 of 1 files listed in .* not found"),
+    ],
+)
+def test_generic_csv_errors(tmp_path, text, message):
+    _touch(tmp_path / "a.wav")
+    with _raises(message) as e:
+        load_dataset("csv", _write(tmp_path / "t.csv", text))
+    assert "t.csv" in _one_line(e)
+
+
+def test_table_round_trip(tmp_path):
+    items = [
+        Item("/data/x y/a,b.mp4", 'say "hi"', "train", 3, 0.1 + 0.2, 1 / 3, "/data/x y/a,b.mp4#digit"),
+        Item("/data/b.wav", "dog", "", 0, 0.0, 0.0),
+        Item("/data/c.wav", " spaced label ", "val", 0, 1e-7, 2.5, "rec"),
+    ]
+    path = tmp_path / "table.csv"
+    write_table(items, path)
+    with open(path, newline="") as f:
+        assert tuple(next(csv.reader(f))) == COLUMNS
+    assert read_table(path) == items
+    write_table([], path)
+    assert read_table(path) == []
+    with _raises("cannot write table"):
+        write_table(items, tmp_path / "no" / "table.csv")
+    _write(path, "path,label,split,fold,start_s,end_s,group\nrel.wav,a,,0,0,0,\n")
+    with _raises("line 2: path 'rel.wav' is not absolute"):
+        read_table(path)
+
+
+def test_helpers_and_unknown_kind(tmp_path):
+    items = [Item("/b", "z", "train"), Item("/a", "y", "test"), Item("/c", "z")]
+    assert [i.path for i in split_items(items, "train")] == ["/b"]
+    assert [i.path for i in split_items(items, "")] == ["/c"]
+    assert classes(items) == ["y", "z"]
+    with _raises("unknown split 'dev'"):
+        split_items(items, "dev")
+    with _raises("unknown dataset kind 'kinetics'; kinds: ucf101, hmdb51, esc50, dcase, fsdd, grid-words, csv"):
+        load_dataset("kinetics", tmp_path)
+
+
+# --- real data (../shared/data) ------------------------------------------------------------------------------
+
+
+def _shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"../shared/data/{name} is absent (real-data test; the fixtures above cover the adapters)")
+    return path
+
+
+def test_real_fsdd_and_grid_digits():
+    fsdd = load_dataset("fsdd", _shared("fsdd"))
+    assert len(fsdd) == 3000 and len(split_items(fsdd, "test")) == 300
+    assert classes(fsdd) == [str(d) for d in range(10)]
+    grid = _shared("grid-s1")
+    digits = load_dataset("grid-words", grid, slot="digit")
+    with open(grid / "clips.csv", newline="") as f:
+        clips = list(csv.DictReader(f))
+    assert len(digits) == len(clips) and len({i.path for i in digits}) == len(clips)
+    assert classes(digits) == sorted("zero one two three four five six seven eight nine".split())
+    by_path = {Path(i.path).name: i.label for i in digits}
+    assert all(by_path[Path(c["path"]).name] == c["digit"] for c in clips)
+    assert all(abs(i.end_s - i.start_s - 1.0) < 1e-6 and 0 <= i.start_s and i.end_s <= 3.0 for i in digits)
+    assert 0.1 < len(split_items(digits, "test")) / len(digits) < 0.3
