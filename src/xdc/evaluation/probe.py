@@ -1,0 +1,228 @@
+"""Linear probes on frozen features: a linear classifier (logistic regression or linear SVM) whose
+regularisation is chosen on a validation split of the training set, evaluated per clip and per video, and
+the k-fold protocol of ESC-50 / DCASE built on it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.special import softmax
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from xdc.evaluation.metrics import average_by_group, group_index, topk_accuracy
+
+CLASSIFIERS = ("logreg", "svm")
+# lbfgs on standardised 512-d features with C up to 100 needs a few hundred iterations; sklearn's 100 stops early.
+LOGREG_MAX_ITER = 1000
+SVM_MAX_ITER = 10000
+
+
+@dataclass
+class ProbeResult:
+    top1: float  # per video when test groups are given, else per clip
+    top5: float  # same level as top1; 1.0 when there are at most 5 classes
+    clip_top1: float
+    n_train: int  # training clips (validation included)
+    n_test: int  # test clips
+    classifier: str
+    c: float  # regularisation chosen on validation, then refitted on the whole training set
+    val_top1: float  # validation accuracy at c, at the level of top1 (per video when train groups are given)
+    n_test_videos: int  # test groups; n_test when no groups are given
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_val_split(
+    labels: np.ndarray, groups: np.ndarray | None = None, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(fit, val)`` of a split of a training set for choosing hyperparameters.
+
+    The units split are the groups (videos) when given, so the clips of one video never straddle fit and
+    validation, else the items. Stratified per class: a class with n >= 2 units sends round(val_fraction * n)
+    of them, at least 1 and at most n - 1, to validation; a class with a single unit stays in fit, so the
+    classifier fitted for selection still knows every class.
+    """
+    labels = np.asarray(labels)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    index, first = group_index(groups if groups is not None else np.arange(len(labels)))
+    unit_labels = labels[first]
+    if (labels != unit_labels[index]).any():
+        raise ValueError("clips of one training group have different labels")
+    rng = np.random.default_rng(seed)
+    val_units = []
+    for cls in np.unique(unit_labels):
+        members = np.flatnonzero(unit_labels == cls)
+        if len(members) >= 2:
+            n_val = min(len(members) - 1, max(1, round(val_fraction * len(members))))
+            val_units.append(rng.permutation(members)[:n_val])
+    if not val_units:
+        raise ValueError("too few training items to hold out a validation split: every class has a single unit")
+    is_val = np.isin(index, np.concatenate(val_units))
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    test_groups: np.ndarray | None = None,
+    classifier: str = "logreg",
+    cs: Sequence[float] = (0.01, 0.1, 1, 10, 100),
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    train_groups: np.ndarray | None = None,
+) -> ProbeResult:
+    """Train a linear classifier on standardised training features, test it per clip and per video.
+
+    The C of ``cs`` with the best validation top-1 (ties: the smallest C, the most regularised) is chosen on
+    ``train_val_split`` of the training set, then the classifier is refitted on the whole training set.
+    Labels may be any sortable values; the classes are those of the training set, and a test item whose label
+    never occurs in training counts as wrong. ``classifier`` is ``"logreg"`` (multinomial logistic regression,
+    scores are its probabilities) or ``"svm"`` (one-vs-rest linear SVM as in the AVTS ESC-50/DCASE protocol,
+    scores are the softmax of its margins so clips can be averaged like probabilities; that is a choice, the
+    margins are not calibrated). Deterministic for a given ``seed``.
+    """
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
+    if not cs or min(cs) <= 0:
+        raise ValueError(f"cs must be a non-empty sequence of positive values, got {cs!r}")
+    train_x, test_x = _features(train_x, train_y, "train"), _features(test_x, test_y, "test")
+    if train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"train and test features differ in width: {train_x.shape[1]} and {test_x.shape[1]}")
+    classes, train_labels = np.unique(np.asarray(train_y), return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError("the training set needs at least two classes")
+    c, val_top1 = _select_c(train_x, train_labels, train_groups, classifier, sorted(cs), val_fraction, seed)
+    model = _fit(train_x, train_labels, classifier, c, seed)
+    # The test set is used only from here on, after the last fit.
+    test_labels = _encode(np.asarray(test_y), classes)
+    scores = _scores(model, test_x)
+    top1, top5, n_videos = _video_accuracy(scores, test_labels, test_groups)
+    return ProbeResult(
+        top1=top1,
+        top5=top5,
+        clip_top1=topk_accuracy(scores, test_labels, 1),
+        n_train=len(train_x),
+        n_test=len(test_x),
+        classifier=classifier,
+        c=float(c),
+        val_top1=val_top1,
+        n_test_videos=n_videos,
+    )
+
+
+def kfold_probe(
+    x: np.ndarray, y: np.ndarray, folds: np.ndarray, groups: np.ndarray | None = None, **probe_kwargs
+) -> dict:
+    """Cross-validation over predefined folds (ESC-50's 5 official folds): each fold in turn is the test set
+    and the others train, C being chosen on a validation split of those others only.
+
+    ``probe_kwargs`` go to ``linear_probe``. Returns ``folds`` (ids in sorted order), ``results`` (one
+    ``ProbeResult`` per fold), ``mean_top1``, ``std_top1`` (population standard deviation over folds, ddof=0)
+    and ``mean_top5``. A group (e.g. the sub-clips of one recording) must lie in a single fold.
+    """
+    x, y, folds = np.asarray(x), np.asarray(y), np.asarray(folds)
+    if not len(x) == len(y) == len(folds):
+        raise ValueError(f"x, y and folds differ in length: {len(x)}, {len(y)}, {len(folds)}")
+    if groups is not None:
+        groups = np.asarray(groups)
+        index, first = group_index(groups)
+        if (folds != folds[first][index]).any():
+            raise ValueError("a group spans several folds: its clips would be both trained and tested on")
+    fold_ids = np.unique(folds)
+    if len(fold_ids) < 2:
+        raise ValueError("k-fold evaluation needs at least two folds")
+    results = []
+    for fold in fold_ids:
+        test = folds == fold
+        train = ~test  # linear_probe fits and validates on train only, so the test fold never reaches training
+        results.append(
+            linear_probe(
+                x[train],
+                y[train],
+                x[test],
+                y[test],
+                test_groups=None if groups is None else groups[test],
+                train_groups=None if groups is None else groups[train],
+                **probe_kwargs,
+            )
+        )
+    top1 = np.array([r.top1 for r in results])
+    return {
+        "folds": fold_ids.tolist(),
+        "results": results,
+        "mean_top1": float(top1.mean()),
+        "std_top1": float(top1.std()),
+        "mean_top5": float(np.mean([r.top5 for r in results])),
+    }
+
+
+def _features(x: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or len(x) == 0 or len(np.asarray(y)) != len(x):
+        raise ValueError(f"{name} features must be (N, D) with N >= 1 and one label each, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} features contain NaN or infinity")
+    return x
+
+
+def _encode(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Class index of each label, -1 for a label not among ``classes`` (sorted)."""
+    position = np.minimum(np.searchsorted(classes, labels), len(classes) - 1)
+    return np.where(classes[position] == labels, position, -1)
+
+
+def _fit(x: np.ndarray, labels: np.ndarray, classifier: str, c: float, seed: int) -> Pipeline:
+    # The scaler is part of the model, so it is fitted on exactly the data the classifier is fitted on.
+    if classifier == "logreg":
+        model = LogisticRegression(C=c, max_iter=LOGREG_MAX_ITER)
+    else:
+        model = LinearSVC(C=c, max_iter=SVM_MAX_ITER, random_state=seed)
+    return make_pipeline(StandardScaler(), model).fit(x, labels)
+
+
+def _scores(model: Pipeline, x: np.ndarray) -> np.ndarray:
+    """Class scores (N, C) that sum to 1 per row; classes are 0..C-1, all present in the fitted data."""
+    if isinstance(model[-1], LogisticRegression):
+        return model.predict_proba(x)
+    margins = model.decision_function(x)
+    if margins.ndim == 1:  # binary LinearSVC: one margin, positive for class 1
+        margins = np.stack([-margins, margins], axis=1)
+    return softmax(margins, axis=1)
+
+
+def _video_accuracy(
+    scores: np.ndarray, labels: np.ndarray, groups: np.ndarray | None
+) -> tuple[float, float, int]:
+    """Top-1, top-5 and count of the videos (clip scores averaged per group), or of the clips without groups."""
+    if groups is not None:
+        scores, labels, _ = average_by_group(scores, groups, labels)
+    return topk_accuracy(scores, labels, 1), topk_accuracy(scores, labels, 5), len(labels)
+
+
+def _select_c(
+    x: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    classifier: str,
+    cs: Sequence[float],
+    val_fraction: float,
+    seed: int,
+) -> tuple[float, float]:
+    """The C of ``cs`` (ascending) with the best validation top-1, and that accuracy; the first wins ties."""
+    fit, val = train_val_split(labels, groups, val_fraction, seed)
+    val_groups = None if groups is None else np.asarray(groups)[val]
+    accuracies = [
+        _video_accuracy(_scores(_fit(x[fit], labels[fit], classifier, c, seed), x[val]), labels[val], val_groups)[0]
+        for c in cs
+    ]
+    best = int(np.argmax(accuracies))
+    return cs[best], accuracies[best]
