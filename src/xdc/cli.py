@@ -52,6 +52,34 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    import json
+
+    from xdc.evaluation.adapters import load_dataset
+    from xdc.evaluation.extract import extract_features
+
+    options = dict(o.split("=", 1) for o in args.option)
+    items = load_dataset(args.dataset, args.data, split=args.split, **options)
+    summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride)
+    print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped")
+    for skip in summary["skipped"][:10]:
+        print(f"  skipped {skip['path']}: {skip['reason']}")
+    Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from xdc.evaluation import commands
+
+    if args.protocol == "linear":
+        commands.eval_linear(args.features, args.test_features, args.classifier, args.out)
+    elif args.protocol == "kfold":
+        commands.eval_kfold(args.features, args.classifier, args.out)
+    else:
+        commands.eval_clusters(args.run, args.out)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from xdc.demo import run_demo
 
@@ -91,6 +119,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _add_config_options(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("extract", help="features of a trained encoder for every clip of a labelled dataset")
+    p.add_argument("--run", type=Path, required=True, help="an xdc pretrain run folder")
+    p.add_argument("--encoder", required=True, help="video or audio (or video2/audio2 of same-modality runs)")
+    p.add_argument("--data", type=Path, required=True, help="dataset root, or a CSV (manifest or table)")
+    p.add_argument("--dataset", default="csv", help="csv (default), ucf101, hmdb51, esc50, dcase, fsdd, grid-words")
+    p.add_argument("--split", type=int, help="official split 1-3 (ucf101, hmdb51)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="adapter option, e.g. --option slot=digit for grid-words")  # fmt: skip
+    clips = p.add_mutually_exclusive_group()
+    clips.add_argument("--clips", type=int, help="evenly spaced clips per item (default: data.eval_clips)")
+    clips.add_argument("--stride", type=float, help="sliding window every STRIDE seconds (feature sequences)")
+    p.add_argument("--out", type=Path, required=True, help="features .npz (a .json summary is written beside it)")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("eval", help="evaluate features or a run: linear, kfold, clusters")
+    evals = p.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+    for name, text in (("linear", "linear probe on the train split, video-level test accuracy"),
+                       ("kfold", "cross-validated linear probe over the fold column (ESC-50)")):  # fmt: skip
+        q = evals.add_parser(name, help=text)
+        q.add_argument("--features", type=Path, required=True, help="features .npz from xdc extract")
+        if name == "linear":
+            q.add_argument("--test-features", type=Path, help="test on these instead of the 'test' split")
+        q.add_argument("--classifier", choices=("logreg", "svm"), default="logreg")
+        q.add_argument("--out", type=Path, help="result JSON")
+        q.set_defaults(func=cmd_eval, test_features=None)
+    q = evals.add_parser("clusters", help="NMI, ARI, purity, Hungarian accuracy of a run's clusters vs labels")
+    q.add_argument("--run", type=Path, required=True)
+    q.add_argument("--out", type=Path, help="result JSON")
+    q.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="run the built-in job on generated data (a few minutes on a laptop CPU)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")

@@ -14,6 +14,7 @@ Which features are clustered and which labels train which head is the method's t
 
 from __future__ import annotations
 
+import csv
 import math
 import sys
 import time
@@ -95,6 +96,15 @@ class Pretrainer:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
             raise UserError(f"method supervised needs labels in the manifest ({manifest_path} has none)")
+
+        if ctx.main:  # the run's index space: labels/round_*.npz row i is this file's row i
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "videos.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["path", "label"])
+                for i in range(len(self.videos)):
+                    label = self.videos.labels[i]
+                    writer.writerow([self.videos.path(i), self.videos.classes[label] if label >= 0 else ""])
 
         torch.manual_seed(cfg.seed)
         self.encoders = nn.ModuleDict(

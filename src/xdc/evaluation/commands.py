@@ -1,0 +1,96 @@
+"""The ``xdc eval`` commands: load features or a run, evaluate, print a table, write JSON with the settings."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from xdc.errors import UserError
+from xdc.evaluation.metrics import cluster_metrics
+from xdc.evaluation.probe import kfold_probe, linear_probe
+from xdc.tables import format_table
+
+
+def load_features(path: str | Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read features {path}: {e}") from None
+
+
+def eval_linear(features: Path, test_features: Path | None, classifier: str, out: Path | None) -> dict:
+    """Train on the 'train' split and test on the 'test' split of ``features`` (or on all of
+    ``test_features``); video-level accuracy averages the clips of each group."""
+    train = load_features(features)
+    if test_features is not None:  # e.g. GRID: train on one set of speakers, test on another
+        test = load_features(test_features)
+        has_split = (train["split"] == "train").any()
+        train_mask = train["split"] == "train" if has_split else np.ones(len(train["label"]), bool)
+        test_mask = np.ones(len(test["label"]), bool)
+    else:
+        test = train
+        train_mask, test_mask = train["split"] == "train", train["split"] == "test"
+        if not train_mask.any() or not test_mask.any():
+            raise UserError(f"{features} has no train/test split: pass --test-features, or use `xdc eval kfold`")
+    try:
+        result = linear_probe(
+            train["features"][train_mask], train["label"][train_mask], test["features"][test_mask],
+            test["label"][test_mask], test_groups=test["group"][test_mask], classifier=classifier,
+            train_groups=train["group"][train_mask],
+        )  # fmt: skip
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    record = {"command": "eval linear", "features": str(features), "test_features": str(test_features or ""),
+              **result.to_dict()}  # fmt: skip
+    return _emit(record, [result.to_dict()], out)
+
+
+def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
+    data = load_features(features)
+    if len(np.unique(data["fold"])) < 2:
+        raise UserError(f"{features} has no fold column with two or more folds (e.g. ESC-50's 5 folds)")
+    try:
+        result = kfold_probe(data["features"], data["label"], data["fold"], groups=data["group"], classifier=classifier)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    rows = [{"fold": f, **r.to_dict()} for f, r in zip(result["folds"], result["results"])]
+    summary = {k: result[k] for k in ("mean_top1", "std_top1", "mean_top5")}
+    rows.append({"fold": "mean", "top1": summary["mean_top1"], "top5": summary["mean_top5"]})
+    record = {"command": "eval kfold", "features": str(features), "classifier": classifier, **summary,
+              "folds": rows[:-1]}  # fmt: skip
+    return _emit(record, rows, out)
+
+
+def eval_clusters(run: Path, out: Path | None) -> dict:
+    """NMI, ARI, purity and Hungarian accuracy of every round's clusters against the run's manifest labels."""
+    videos = run / "videos.csv"
+    if not videos.exists():
+        raise UserError(f"{run} has no videos.csv: is it an `xdc pretrain` run folder?")
+    with open(videos, newline="") as f:
+        labels = np.array([row["label"] for row in csv.DictReader(f)])
+    if not (labels != "").any():
+        raise UserError(f"the manifest of {run} has no labels to compare the clusters with")
+    known = np.unique(labels[labels != ""])
+    label_ids = np.where(labels != "", np.searchsorted(known, labels), -1)
+    rows = []
+    for path in sorted((run / "labels").glob("round_*.npz")):
+        with np.load(path) as assigned:
+            for name in assigned.files:
+                rows.append({"round": int(path.stem.split("_")[1]), "label_set": name,
+                             **cluster_metrics(assigned[name], label_ids)})  # fmt: skip
+    if not rows:
+        raise UserError(f"{run} has no cluster assignments yet (labels/round_*.npz)")
+    return _emit({"command": "eval clusters", "run": str(run), "rounds": rows}, rows, out)
+
+
+def _emit(record: dict, rows: list[dict], out: Path | None) -> dict:
+    print(format_table(rows))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2, default=str))
+        print(f"wrote {out}")
+    return record

@@ -1,0 +1,94 @@
+"""xdc extract and xdc eval on a real (tiny) pretraining run over generated media."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xdc.cli import main
+from xdc.config import load_config
+from xdc.data.index import build_manifest
+from xdc.data.synthetic import make_synthetic
+from xdc.evaluation.adapters import Item, write_table
+from xdc.evaluation.extract import extract_features
+from xdc.training.distributed import Dist
+from xdc.training.pretrain import pretrain
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    labels = make_synthetic(root / "data", 24, 3, seed=1, workers=2)
+    build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
+    cfg = load_config(None, ["train.batch_size=8", "train.k=3", "train.rounds=1", "data.workers=0"], preset="tiny")
+    pretrain(cfg, root / "manifest.csv", root / "run", resume=False, ctx=Dist())
+    return root, root / "run"
+
+
+def items_of(root: Path) -> list[Item]:
+    with open(root / "data" / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [Item(str(root / "data" / r["path"]), r["label"], "test" if i % 3 == 0 else "train", i % 2 + 1)
+            for i, r in enumerate(rows)]  # fmt: skip
+
+
+def test_extract_clips_segments_and_skips(run, tmp_path):
+    root, run_dir = run
+    items = items_of(root)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"nothing")
+    segment = Item(items[0].path, items[0].label, "train", 1, start_s=1.0, end_s=2.0, group="seg")
+    summary = extract_features(run_dir, "video", [*items, segment, Item(str(broken), "x")], tmp_path / "f.npz", clips=2)
+    data = np.load(tmp_path / "f.npz")
+    assert data["features"].shape == (2 * 25, 64)  # 24 files + 1 segment, 2 clips each; tiny video width 8 x 8
+    assert summary["skipped"] and summary["skipped"][0]["path"] == str(broken)
+    seg = data["group"] == "seg"
+    assert seg.sum() == 2 and (data["start"][seg] >= 1.0).all() and (data["start"][seg] <= 2.0).all()
+    assert set(data["split"]) == {"train", "test"} and data["label"].dtype.kind == "U"
+
+
+def test_sliding_window_gives_per_item_sequences(run, tmp_path):
+    root, run_dir = run
+    extract_features(run_dir, "audio", items_of(root)[:2], tmp_path / "seq.npz", stride=0.5)
+    data = np.load(tmp_path / "seq.npz")
+    for item in (0, 1):  # 3 s clips, 1 s audio windows every 0.5 s: starts 0, 0.5, ..., 2.0
+        np.testing.assert_allclose(np.sort(data["start"][data["item"] == item]), [0, 0.5, 1, 1.5, 2])
+
+
+def test_eval_commands_write_json(run, tmp_path, capsys):
+    root, run_dir = run
+    table = tmp_path / "table.csv"
+    write_table(items_of(root), table)
+    feats = tmp_path / "audio.npz"
+    assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(table), "--clips", "2",
+                 "--out", str(feats)]) == 0  # fmt: skip
+    assert main(["eval", "linear", "--features", str(feats), "--out", str(tmp_path / "l.json")]) == 0
+    linear = json.loads((tmp_path / "l.json").read_text())
+    assert 0 <= linear["top1"] <= 1 and linear["n_test_videos"] == 8 and linear["command"] == "eval linear"
+    assert main(["eval", "kfold", "--features", str(feats), "--out", str(tmp_path / "k.json")]) == 0
+    kfold = json.loads((tmp_path / "k.json").read_text())
+    assert len(kfold["folds"]) == 2 and 0 <= kfold["mean_top1"] <= 1
+    assert main(["eval", "clusters", "--run", str(run_dir), "--out", str(tmp_path / "c.json")]) == 0
+    clusters = json.loads((tmp_path / "c.json").read_text())
+    assert {r["label_set"] for r in clusters["rounds"]} == {"video", "audio"}
+    assert "nmi" in capsys.readouterr().out
+
+
+def test_eval_user_errors_are_one_line(run, tmp_path, capsys):
+    root, run_dir = run
+    items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column
+    write_table(items, tmp_path / "t.csv")
+    feats = tmp_path / "nosplit.npz"
+    main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"), "--clips", "1",
+          "--out", str(feats)])  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", "linear", "--features", str(feats)]) == 2
+    assert "no train/test split" in capsys.readouterr().err
+    assert main(["extract", "--run", str(tmp_path), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
+                 "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
+    assert "no encoders.pt" in capsys.readouterr().err
+    assert main(["extract", "--run", str(run_dir), "--encoder", "video2", "--data", str(tmp_path / "t.csv"),
+                 "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
+    assert "has no encoder 'video2'" in capsys.readouterr().err
