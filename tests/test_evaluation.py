@@ -92,3 +92,41 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys):
     assert main(["extract", "--run", str(run_dir), "--encoder", "video2", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
     assert "has no encoder 'video2'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["fc", "full"])
+def test_finetune_modes(run, tmp_path, mode):
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    cfg = FinetuneConfig(epochs=2, batch_size=8, lr=0.05, test_clips=2)
+    result = finetune(run_dir, "video", items_of(root), mode, cfg, tmp_path, workers=0)
+    assert 0 <= result["top1"] <= 1 and result["n_test"] == 8 and result["classes"] == 3
+    assert result["top5"] == 1.0  # 3 classes: the true one is always in the top 5
+    assert result["first_loss"] > 0 and result["last_loss"] > 0
+
+
+def test_fc_only_freezes_the_encoder_and_full_updates_it(run, tmp_path, monkeypatch):
+    """The wrapper below only keeps a handle on the real encoder that training updates; nothing is faked."""
+    import torch
+
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation import finetune as module
+
+    root, run_dir = run
+    used = {}
+    original = module.load_run_encoder
+
+    def keep(run, name):  # keep a handle on the encoder that training updates
+        encoder, modality, cfg = original(run, name)
+        used["encoder"], used["before"] = encoder, {k: v.clone() for k, v in encoder.state_dict().items()}
+        return encoder, modality, cfg
+
+    monkeypatch.setattr(module, "load_run_encoder", keep)
+    cfg = FinetuneConfig(epochs=1, batch_size=8, lr=0.05, test_clips=1)
+    for mode, changed in (("fc", False), ("full", True)):
+        module.finetune(run_dir, "video", items_of(root), mode, cfg, tmp_path / mode, workers=0)
+        after = used["encoder"].state_dict()
+        same = all(torch.equal(after[k], used["before"][k]) for k in after)
+        assert same is not changed, mode

@@ -75,6 +75,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         commands.eval_linear(args.features, args.test_features, args.classifier, args.out)
     elif args.protocol == "kfold":
         commands.eval_kfold(args.features, args.classifier, args.out)
+    elif args.protocol == "finetune":
+        options = dict(o.split("=", 1) for o in args.option)
+        commands.eval_finetune(args.run, args.encoder, args.dataset, args.data, args.split, args.mode, _config(args),
+                               args.out, options)  # fmt: skip
     else:
         commands.eval_clusters(args.run, args.out)
     return 0
@@ -145,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--classifier", choices=("logreg", "svm"), default="logreg")
         q.add_argument("--out", type=Path, help="result JSON")
         q.set_defaults(func=cmd_eval, test_features=None)
+    q = evals.add_parser("finetune", help="full finetuning or fc-only on train/test splits, video-level accuracy")
+    q.add_argument("--run", type=Path, required=True, help="an xdc pretrain run folder")
+    q.add_argument("--encoder", required=True, help="video or audio")
+    q.add_argument("--data", type=Path, required=True, help="dataset root, or a CSV table with a split column")
+    q.add_argument("--dataset", default="csv", help="csv (default), ucf101, hmdb51, esc50, dcase, fsdd, grid-words")
+    q.add_argument("--split", choices=("1", "2", "3", "all"), help="official split (ucf101, hmdb51); all: mean of 1-3")
+    q.add_argument("--mode", choices=("full", "fc"), default="full", help="full finetuning or frozen encoder + fc")
+    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
+    q.add_argument("--out", type=Path, help="result JSON")
+    _add_config_options(q)
+    q.set_defaults(func=cmd_eval)
+
     q = evals.add_parser("clusters", help="NMI, ARI, purity, Hungarian accuracy of a run's clusters vs labels")
     q.add_argument("--run", type=Path, required=True)
     q.add_argument("--out", type=Path, help="result JSON")

@@ -143,11 +143,27 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine: cosine decay to 0 over all steps; constant: no decay
+    test_clips: int = 10  # evenly spaced clips per test video, softmax averaged
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise UserError(f"finetune.schedule must be 'cosine' or 'constant', not {self.schedule!r}")
+
+
+@dataclass
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xdc.config import Config, config_to_dict
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import kfold_probe, linear_probe
@@ -63,6 +64,30 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
     record = {"command": "eval kfold", "features": str(features), "classifier": classifier, **summary,
               "folds": rows[:-1]}  # fmt: skip
     return _emit(record, rows, out)
+
+
+def eval_finetune(
+    run: Path, encoder: str, dataset: str, data: Path, split: str | None, mode: str, cfg: Config, out: Path | None,
+    options: dict,
+) -> dict:  # fmt: skip
+    """Finetune on one official split, or on each of 1-3 (``split='all'``) and report the mean."""
+    from xdc.evaluation.adapters import load_dataset
+    from xdc.evaluation.finetune import finetune
+
+    splits = [1, 2, 3] if split == "all" else [int(split)] if split else [None]
+    rows = []
+    for number in splits:
+        items = load_dataset(dataset, data, split=number, **options)
+        work = (out.parent if out is not None else Path(".")) / f".finetune-probe-{dataset}"
+        result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed)
+        rows.append({"split": number or "-", **{k: v for k, v in result.items() if k != "skipped"}})
+        for skip in result["skipped"][:5]:
+            print(f"skipped {skip['path']}: {skip['reason']}")
+    record = {"command": "eval finetune", "run": str(run), "dataset": dataset, "data": str(data), "mode": mode,
+              "splits": rows, "mean_top1": float(np.mean([r["top1"] for r in rows])),
+              "config": config_to_dict(cfg.finetune)}  # fmt: skip
+    table = [*rows, {"split": "mean", "top1": record["mean_top1"]}] if len(rows) > 1 else rows
+    return _emit(record, table, out)
 
 
 def eval_clusters(run: Path, out: Path | None) -> dict:
