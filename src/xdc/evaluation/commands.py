@@ -15,6 +15,9 @@ from xdc.evaluation.probe import kfold_probe, linear_probe
 from xdc.tables import format_table
 
 
+PROBE = {"cs": [0.01, 0.1, 1.0, 10.0, 100.0], "val_fraction": 0.2, "seed": 0}  # recorded with every result
+
+
 def load_features(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as data:
@@ -41,12 +44,12 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
         result = linear_probe(
             train["features"][train_mask], train["label"][train_mask], test["features"][test_mask],
             test["label"][test_mask], test_groups=test["group"][test_mask], classifier=classifier,
-            train_groups=train["group"][train_mask],
+            train_groups=train["group"][train_mask], **PROBE,
         )  # fmt: skip
     except ValueError as e:
         raise UserError(str(e)) from None
     record = {"command": "eval linear", "features": str(features), "test_features": str(test_features or ""),
-              **result.to_dict()}  # fmt: skip
+              **result.to_dict(), "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
     return _emit(record, [result.to_dict()], out)
 
 
@@ -55,14 +58,16 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
     if len(np.unique(data["fold"])) < 2:
         raise UserError(f"{features} has no fold column with two or more folds (e.g. ESC-50's 5 folds)")
     try:
-        result = kfold_probe(data["features"], data["label"], data["fold"], groups=data["group"], classifier=classifier)
+        result = kfold_probe(
+            data["features"], data["label"], data["fold"], groups=data["group"], classifier=classifier, **PROBE
+        )
     except ValueError as e:
         raise UserError(str(e)) from None
     rows = [{"fold": f, **r.to_dict()} for f, r in zip(result["folds"], result["results"])]
     summary = {k: result[k] for k in ("mean_top1", "std_top1", "mean_top5")}
     rows.append({"fold": "mean", "top1": summary["mean_top1"], "top5": summary["mean_top5"]})
-    record = {"command": "eval kfold", "features": str(features), "classifier": classifier, **summary,
-              "folds": rows[:-1]}  # fmt: skip
+    record = {"command": "eval kfold", "features": str(features), **summary, "folds": rows[:-1],
+              "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
     return _emit(record, rows, out)
 
 

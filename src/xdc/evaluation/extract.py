@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from xdc.config import Config, load_config
+from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, make_loader
 from xdc.data.failures import FailureLog
 from xdc.data.index import build_manifest
@@ -105,5 +105,6 @@ def extract_features(
         path=np.array([items[i].path for i in item]),
     )  # fmt: skip
     skipped += failures.failures
-    return {"out": str(out), "clips": int(len(item)), "items": len(items), "encoder": encoder_name,
-            "modality": modality, "skipped": [{"path": p, "reason": r} for p, r in skipped]}  # fmt: skip
+    return {"out": str(out), "run": str(run), "clips": int(len(item)), "items": len(items), "encoder": encoder_name,
+            "modality": modality, "clips_per_item": clips, "stride": stride, "data": config_to_dict(cfg.data),
+            "skipped": [{"path": p, "reason": r} for p, r in skipped]}  # fmt: skip
