@@ -190,6 +190,8 @@ def test_linear_probe_rejects_bad_input():
         linear_probe(x, y, x[:, :10], y)
     with pytest.raises(ValueError):
         linear_probe(x, y, x, y, cs=())
+    with pytest.raises(ValueError, match="test_groups"):
+        linear_probe(x, y, x, y, test_groups=np.arange(99))
 
 
 def test_train_val_split_keeps_groups_whole_and_stratifies():
