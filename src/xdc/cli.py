@@ -87,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from xdc.demo import run_demo
 
-    run_demo(args.out, _config(args))
+    run_demo(args.out, _config(args), videos=args.videos, overrides=tuple(args.overrides))
     return 0
 
 
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the built-in job on generated data (a few minutes on a laptop CPU)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    p.add_argument("--videos", type=int, default=128, help="synthetic videos to generate (default 128)")
     _add_config_options(p)
     p.set_defaults(func=cmd_demo)
     return parser
