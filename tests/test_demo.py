@@ -18,3 +18,4 @@ def test_demo_runs_every_method_and_writes_the_table(tmp_path, capsys):
     assert json.loads((tmp_path / "demo.json").read_text())["rows"] == result["rows"]
     out = capsys.readouterr().out
     assert "24 files: 24 usable (24 with audio), 0 unusable" in out and "video_top1" in out
+    assert (tmp_path / "runs" / "xdc" / "report.html").stat().st_size > 10_000

@@ -84,6 +84,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from xdc.grid_benchmark import grid_benchmark
+
+    ks = tuple(int(k) for k in args.k.split(",")) if args.k else ()
+    grid_benchmark(args.data, args.out, args.test_data, args.fsdd, preset=args.preset, ks=ks,
+                   overrides=tuple(args.overrides))  # fmt: skip
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from xdc.report import write_report
+
+    print(f"wrote {write_report(args.run, args.out)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from xdc.demo import run_demo
 
@@ -165,6 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", type=Path, required=True)
     q.add_argument("--out", type=Path, help="result JSON")
     q.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("benchmark", help="benchmarks on real data: grid")
+    benchmarks = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    q = benchmarks.add_parser("grid", help="all methods on GRID videos, probes on word clips (and FSDD)")
+    q.add_argument("--data", type=Path, required=True, help="a folder in the layout of GRID (videos/, clips.csv, words.csv)")
+    q.add_argument("--test-data", type=Path, help="test the probes on this set (same layout) instead of a split")
+    q.add_argument("--fsdd", type=Path, help="FSDD folder: also probe the audio encoders on its official split")
+    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--preset", default="small", help="paper, small (default) or tiny")
+    q.add_argument("--k", help="comma-separated cluster counts for an XDC sweep, e.g. 16,32,64")
+    _add_config_options(q)
+    q.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("report", help="one self-contained HTML page about a pretraining run")
+    p.add_argument("run", type=Path, help="an xdc pretrain run folder")
+    p.add_argument("--out", type=Path, help="HTML file to write (default: RUN/report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="run the built-in job on generated data (a few minutes on a laptop CPU)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")

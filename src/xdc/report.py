@@ -1,0 +1,598 @@
+"""``xdc report RUN``: one self-contained HTML page that describes a pretraining run.
+
+The page reads what the run folder holds (config.yaml, videos.csv, labels/round_*.npz, log.jsonl, skipped.csv)
+and says what is missing instead of failing. In order: the run's settings, a summary table per round and label
+set, plots (loss, pseudo-label accuracy, NMI across rounds, cluster sizes, time per round), then galleries of
+the last round's clusters: sample clips as frame strips (a log-mel image for audio-only runs) with their audio.
+Images are base64 PNG data URIs and audio base64 WAV data URIs: the file stands alone (no scripts, no links).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import html
+import io
+import json
+import wave
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from xdc.clustering.metrics import nmi
+from xdc.config import Config, load_config
+from xdc.data.audio import LogMel
+from xdc.data.decode import Clip, DecodeError, read_clip
+from xdc.errors import UserError
+from xdc.evaluation.metrics import cluster_metrics
+from xdc.methods import MANIFEST_LABELS, Method, get_method
+
+MAX_FRAMES = 8  # frames per strip
+MAX_WIDTH = 480  # pixels: strips and mel images are downscaled to this width
+DISPLAY_HEIGHT = 96  # pixels: small images are shown enlarged (nearest neighbour) to about this height
+
+
+# --- the run folder ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    folder: Path
+    cfg: Config
+    method: Method | None
+    videos: list[dict] = field(default_factory=list)  # rows of videos.csv: path, label
+    rounds: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)  # (round, label sets)
+    log: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # what the folder lacks, in words
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({row["label"] for row in self.videos} - {""})
+
+    @property
+    def truth(self) -> np.ndarray | None:
+        """Class index per video (-1: unlabelled), or None when the run has no labels."""
+        if not self.classes:
+            return None
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index.get(row["label"], -1) for row in self.videos], dtype=np.int64)
+
+    def records(self, kind: str) -> list[dict]:
+        return [r for r in self.log if r.get("kind") == kind]
+
+
+def load_run(folder: Path) -> RunData:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder (expected an `xdc pretrain` run folder)")
+    missing: list[str] = []
+    cfg = _load_config(folder / "config.yaml", missing)
+    try:
+        method = get_method(cfg.train.method)
+    except UserError as e:
+        method = None
+        missing.append(str(e))
+    return RunData(
+        folder, cfg, method,
+        videos=[{"path": r.get("path") or "", "label": r.get("label") or ""}
+                for r in _read_csv(folder / "videos.csv", missing)],
+        rounds=_load_rounds(folder / "labels", missing),
+        log=_read_log(folder / "log.jsonl", missing),
+        skipped=_read_csv(folder / "skipped.csv", None),
+        missing=missing,
+    )  # fmt: skip
+
+
+def _load_config(path: Path, missing: list[str]) -> Config:
+    if not path.exists():
+        missing.append("no config.yaml: default settings assumed")
+        return Config()
+    try:
+        return load_config(path)
+    except UserError as e:
+        missing.append(f"config.yaml unreadable ({e}): default settings assumed")
+        return Config()
+
+
+def _read_csv(path: Path, missing: list[str] | None) -> list[dict]:
+    if not path.exists():
+        if missing is not None:
+            missing.append(f"no {path.name}")
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _load_rounds(folder: Path, missing: list[str]) -> list[tuple[int, dict[str, np.ndarray]]]:
+    rounds = []
+    for path in sorted(folder.glob("round_*.npz")):
+        try:
+            with np.load(path) as arrays:
+                rounds.append((int(path.stem.split("_")[1]), {k: arrays[k] for k in arrays.files}))
+        except Exception as e:  # a truncated or foreign file: report it, keep the rest
+            missing.append(f"labels/{path.name} unreadable ({_reason(e)})")
+    if not rounds:
+        missing.append("no labels/round_*.npz: no round has finished, or the method clusters nothing")
+    return rounds
+
+
+def _read_log(path: Path, missing: list[str]) -> list[dict]:
+    if not path.exists():
+        missing.append("no log.jsonl")
+        return []
+    records, bad = [], 0
+    for line in filter(str.strip, path.read_text().splitlines()):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None  # e.g. the half-written last line of a running run
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
+    if bad:
+        missing.append(f"log.jsonl: {bad} unreadable line(s) skipped")
+    if not records:
+        missing.append("log.jsonl has no lines yet")
+    return records
+
+
+# --- numbers ----------------------------------------------------------------------------------------------------
+
+
+def round_metrics(data: RunData) -> list[dict]:
+    """One row per (round, label set): cluster counts, NMI with the previous round, and scores against labels."""
+    rows, previous, truth = [], {}, data.truth
+    for r, sets in data.rounds:
+        for name, assigned in sets.items():
+            valid = assigned >= 0
+            sizes = np.bincount(assigned[valid]) if valid.any() else np.zeros(0, dtype=np.int64)
+            row = {"round": r, "set": name, "non_empty": int((sizes > 0).sum()),
+                   "largest_fraction": sizes.max() / valid.sum() if valid.any() else None}  # fmt: skip
+            before = previous.get(name)
+            if before is not None and len(before) == len(assigned):
+                both = valid & (before >= 0)
+                row["nmi_previous"] = nmi(assigned[both], before[both]) if both.any() else None
+            if truth is not None and len(truth) == len(assigned):
+                try:
+                    row["vs_labels"] = cluster_metrics(assigned, truth)
+                except ValueError:  # no video has both a label and a cluster
+                    pass
+            rows.append(row)
+        previous = sets
+    return rows
+
+
+# --- plots ------------------------------------------------------------------------------------------------------
+
+
+def _figure(width: float = 6.0, height: float = 2.6) -> Figure:
+    return Figure(figsize=(width, height), dpi=80, layout="constrained")
+
+
+def _figure_uri(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _smooth(y: np.ndarray) -> np.ndarray:
+    """Trailing mean over about 1/25 of the points: per-batch values are noisy."""
+    w = max(1, len(y) // 25)
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    hi = np.arange(1, len(y) + 1)
+    lo = np.maximum(0, hi - w)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def _round_lines(ax, steps: list[dict]) -> None:
+    for prev, rec in zip(steps, steps[1:]):
+        if rec.get("round") != prev.get("round"):
+            ax.axvline(rec["step"], color="0.6", linestyle="--", linewidth=0.8)
+            ax.text(rec["step"], 1.0, f" round {rec['round']}", transform=ax.get_xaxis_transform(), va="top",
+                    fontsize=7, color="0.4")  # fmt: skip
+
+
+def plot_loss(data: RunData) -> Figure | None:
+    steps = [r for r in data.records("step") if "loss" in r]
+    if not steps:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    x, y = np.array([r["step"] for r in steps]), np.array([r["loss"] for r in steps], dtype=float)
+    ax.plot(x, y, color="C0", alpha=0.3, linewidth=0.8)
+    ax.plot(x, _smooth(y), color="C0", label="training loss")
+    holdout = data.records("holdout")
+    if holdout:
+        ax.plot([r["step"] for r in holdout], [r["loss"] for r in holdout], "o", color="C3", label="held-back loss")
+    _round_lines(ax, steps)
+    ax.set(xlabel="step", ylabel="cross-entropy", title="Loss")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def plot_accuracy(data: RunData) -> Figure | None:
+    steps = data.records("step")
+    keys = sorted({k for r in steps for k in r if k.startswith("acc/")})
+    if not keys:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, key in enumerate(keys):
+        rows = [r for r in steps if key in r]
+        x, y = np.array([r["step"] for r in rows]), np.array([r[key] for r in rows], dtype=float)
+        ax.plot(x, y, color=f"C{i}", alpha=0.2, linewidth=0.8)
+        ax.plot(x, _smooth(y), color=f"C{i}", label=_head_name(key))
+    _round_lines(ax, steps)
+    ax.set(xlabel="step", ylabel="accuracy", title="Pseudo-label accuracy per head (encoder \u2190 label set)",
+           ylim=(0, 1.02))  # fmt: skip
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def _head_name(key: str) -> str:
+    encoder, _, label_set = key.removeprefix("acc/").partition("__")
+    return f"{encoder} \u2190 {label_set}"
+
+
+def plot_nmi(rows: list[dict]) -> Figure | None:
+    lines = {}
+    for row in rows:
+        if row.get("nmi_previous") is not None:
+            lines.setdefault((row["set"], "previous round"), []).append((row["round"], row["nmi_previous"]))
+        if "vs_labels" in row:
+            lines.setdefault((row["set"], "labels"), []).append((row["round"], row["vs_labels"]["nmi"]))
+    if not lines:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    colours = {s: f"C{i}" for i, s in enumerate(sorted({s for s, _ in lines}))}
+    for (label_set, against), points in sorted(lines.items()):
+        r, v = zip(*points)
+        ax.plot(r, v, "o-" if against == "previous round" else "s--", color=colours[label_set],
+                label=f"{label_set} vs {against}")  # fmt: skip
+    ax.set(xlabel="round", ylabel="NMI", ylim=(0, 1.02), title="NMI across rounds")
+    _round_ticks(ax, [row["round"] for row in rows])
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+def _round_ticks(ax, rounds) -> None:
+    """Integer round ticks, and room around a single round's point or bar."""
+    rounds = sorted(set(int(r) for r in rounds))
+    if len(rounds) <= 12:
+        ax.set_xticks(rounds)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlim(rounds[0] - 0.6, rounds[-1] + 0.6)
+
+
+def plot_sizes(data: RunData) -> Figure | None:
+    if not data.rounds:
+        return None
+    r, sets = data.rounds[-1]
+    fig = _figure(min(9.0, 3.2 * len(sets)) if len(sets) > 1 else 6.0)
+    axes = fig.subplots(1, len(sets), squeeze=False)[0]
+    for ax, (name, assigned) in zip(axes, sets.items()):
+        valid = assigned[assigned >= 0]
+        sizes = np.sort(np.bincount(valid, minlength=_clusters(data, name)))[::-1] if len(valid) else np.zeros(1)
+        ax.bar(np.arange(len(sizes)), sizes, width=1.0 if len(sizes) > 40 else 0.8, color="C0")
+        ax.axhline(len(valid) / len(sizes), color="C3", linestyle="--", linewidth=0.8, label="equal sizes")
+        ax.set(xlabel="cluster (by size)", ylabel="videos", title=f"{name}: round {r}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=7)
+    fig.suptitle("Cluster sizes, last round", fontsize=10)
+    return fig
+
+
+def _clusters(data: RunData, label_set: str) -> int:
+    return len(data.classes) if label_set == MANIFEST_LABELS else data.cfg.train.k
+
+
+def plot_times(data: RunData) -> Figure | None:
+    parts = ("extract_s", "cluster_s", "train_s")
+    times: dict[int, np.ndarray] = {}  # round -> seconds per part, summed (a resumed round logs twice)
+    for r in data.records("round"):
+        times[r["step"]] = times.get(r["step"], 0) + np.array([r.get(part, 0.0) for part in parts])
+    if not times:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    x, bottom = np.array(sorted(times)), np.zeros(len(times))
+    for i, part in enumerate(parts):
+        seconds = np.array([times[r][i] for r in x])
+        ax.bar(x, seconds, bottom=bottom, color=f"C{i}", label=part.removesuffix("_s"))
+        bottom += seconds
+    ax.set(xlabel="round", ylabel="seconds", title="Time per round")
+    _round_ticks(ax, x)
+    ax.legend(fontsize=7)
+    return fig
+
+
+# --- sample clips -----------------------------------------------------------------------------------------------
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    if isinstance(e, DecodeError):
+        return text[0] if text else "decode error"
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def decode_sample(path: str, cfg: Config, want_video: bool) -> Clip:
+    """The clip at the centre of the file: frames (when wanted and present) and audio (when present)."""
+    with av.open(path) as container:
+        duration = container.duration / av.time_base if container.duration else 0.0
+        has_video, has_audio = bool(container.streams.video), bool(container.streams.audio)
+    if not (has_audio or (want_video and has_video)):
+        raise DecodeError("no stream to show")
+    spec = cfg.data.clip
+    start = max(0.0, (duration - max(spec.seconds, spec.audio_span)) / 2)
+    return read_clip(path, start, spec, video=want_video and has_video, audio=has_audio)
+
+
+def frame_strip(video: np.ndarray) -> np.ndarray:
+    """Up to MAX_FRAMES evenly spaced frames side by side, 2 white pixels apart."""
+    picks = np.unique(np.linspace(0, len(video) - 1, min(MAX_FRAMES, len(video))).round().astype(int))
+    gap = np.full((video.shape[1], 2, 3), 255, dtype=np.uint8)
+    parts = [p for i in picks for p in (video[i], gap)][:-1]
+    return np.concatenate(parts, axis=1)
+
+
+def mel_image(audio: np.ndarray, cfg: Config) -> np.ndarray:
+    """Log-mel spectrogram as an RGB image, low frequencies at the bottom."""
+    with torch.inference_mode():
+        mel = LogMel(cfg.data.mel, cfg.data.clip.sample_rate)(torch.from_numpy(audio)).numpy()
+    span = mel.max() - mel.min()
+    scaled = (mel - mel.min()) / span if span > 0 else np.zeros_like(mel)
+    return (matplotlib.colormaps["magma"](scaled[::-1])[..., :3] * 255).astype(np.uint8)
+
+
+def _image_tag(rgb: np.ndarray, alt: str) -> str:
+    image = Image.fromarray(rgb)
+    if image.width > MAX_WIDTH:
+        image = image.resize((MAX_WIDTH, max(1, round(image.height * MAX_WIDTH / image.width))), Image.LANCZOS)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    zoom = max(1, min(DISPLAY_HEIGHT // image.height, MAX_WIDTH // image.width))
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return (f'<img src="{uri}" width="{image.width * zoom}" height="{image.height * zoom}" '
+            f'alt="{html.escape(alt)}">')  # fmt: skip
+
+
+def wav_uri(audio: np.ndarray, rate: int) -> str:
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def sample_html(data: RunData, i: int) -> str:
+    """A figure for video i: its frame strip (or log-mel) and audio player, or a placeholder with the reason."""
+    row = data.videos[i] if i < len(data.videos) else None
+    name = Path(row["path"]).name if row else f"video {i}"
+    caption = html.escape(name + (f" ({row['label']})" if row and row["label"] else ""))
+    if row is None:
+        return _placeholder(caption, f"no row {i} in videos.csv")
+    want_video = data.method is None or "video" in data.method.modalities
+    try:
+        clip = decode_sample(row["path"], data.cfg, want_video)
+        parts = []
+        if clip.video is not None:
+            parts.append(_image_tag(frame_strip(clip.video), f"frames of {name}"))
+        elif clip.audio is not None:
+            parts.append(_image_tag(mel_image(clip.audio, data.cfg), f"log-mel of {name}"))
+        if clip.audio is not None:
+            parts.append(f'<audio controls src="{wav_uri(clip.audio, data.cfg.data.clip.sample_rate)}">'
+                         "</audio>")  # fmt: skip
+        else:
+            parts.append('<p class="note">no audio stream</p>')
+    except Exception as e:  # any broken file becomes a placeholder, never a failed report
+        return _placeholder(caption, _reason(e))
+    return f'<figure class="sample">{"".join(parts)}<figcaption>{caption}</figcaption></figure>'
+
+
+def _placeholder(caption: str, reason: str) -> str:
+    return (f'<figure class="sample failed"><div class="placeholder">could not show this clip:<br>'
+            f"{html.escape(reason)}</div><figcaption>{caption}</figcaption></figure>")  # fmt: skip
+
+
+# --- galleries --------------------------------------------------------------------------------------------------
+
+
+def gallery_html(data: RunData, label_set: str, assigned: np.ndarray, samples: int, max_clusters: int) -> str:
+    valid = assigned >= 0
+    sizes = np.bincount(assigned[valid]) if valid.any() else np.zeros(0, dtype=np.int64)
+    order = sorted(np.flatnonzero(sizes), key=lambda c: (-sizes[c], c))
+    notes = [f"{len(order)} non-empty clusters of {int(valid.sum())} videos"]
+    if len(order) > max_clusters:
+        notes.append(f"the {max_clusters} largest shown")
+    if (~valid).any():
+        notes.append(f"{int((~valid).sum())} videos without a cluster (their clip failed)")
+    parts = [f'<section class="label-set" data-label-set="{html.escape(label_set)}">',
+             f"<h3>Label set <code>{html.escape(label_set)}</code></h3><p>{'; '.join(notes)}.</p>"]  # fmt: skip
+    for c in order[:max_clusters]:
+        parts.append(_cluster_html(data, label_set, int(c), np.flatnonzero(assigned == c), int(valid.sum()), samples))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _cluster_html(data: RunData, label_set: str, c: int, members: np.ndarray, total: int, samples: int) -> str:
+    rng = np.random.default_rng(c)  # the same clips on every report of the run
+    chosen = np.sort(rng.choice(members, size=min(samples, len(members)), replace=False))
+    head = f"Cluster {c}: {len(members)} videos ({len(members) / total:.0%})"
+    composition = _composition(data, members)
+    return "\n".join([
+        f'<section class="cluster" data-label-set="{html.escape(label_set)}" data-cluster="{c}">',
+        f"<h4>{head}</h4>",
+        f'<p class="composition">{composition}</p>' if composition else "",
+        '<div class="samples">', *(sample_html(data, int(i)) for i in chosen), "</div>", "</section>",
+    ])  # fmt: skip
+
+
+def _composition(data: RunData, members: np.ndarray) -> str:
+    """Top 3 labels of the cluster's videos with their share, when the run has labels."""
+    if not data.classes:
+        return ""
+    labels = Counter(data.videos[i]["label"] or "(unlabelled)" for i in members if i < len(data.videos))
+    top = [f"{html.escape(label)} {n / len(members):.0%}" for label, n in labels.most_common(3)]
+    return "labels: " + " \u00b7 ".join(top)
+
+
+# --- the page ---------------------------------------------------------------------------------------------------
+
+
+def _header(data: RunData) -> str:
+    cfg, method = data.cfg, data.method
+    clip, train, model = cfg.data.clip, cfg.train, cfg.model
+    planned = 1 if method is not None and method.supervised else train.rounds
+    labelled = sum(1 for row in data.videos if row["label"])
+    items = {
+        "method": f"{train.method}" + (f" ({method.description})" if method else ""),
+        "k (clusters per label set)": train.k if method is None or not method.supervised
+                                      else f"none: the {len(data.classes)} classes of the manifest",
+        "rounds": f"{len(data.rounds)} finished of {planned}" if method is None or method.trains
+                  else "none: the method trains nothing",
+        "assignment": f"{train.assign}, re-cluster on {train.recluster}, {train.epochs} epoch(s) per round",
+        "batch / lr": f"{train.batch_size} / {train.lr}",
+        "clip": f"{clip.frames} frames at {clip.fps:g} fps, {clip.audio_span:g} s of audio at {clip.sample_rate} Hz",
+        "frames": f"short side {clip.decode_short_side}, crop {clip.crop}",
+        "encoders": f"video width {model.video_width}, audio width {model.audio_width}",
+        "data": f"{len(data.videos)} videos, {labelled} labelled, {len(data.classes)} classes, "
+                f"{len(data.skipped)} skipped",
+        "run started": _run_date(data),
+        "report written": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    }  # fmt: skip
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items.items())
+    title = f"<h1>XDC run <code>{html.escape(str(data.folder.resolve()))}</code></h1>"
+    page = f'{title}<table class="settings">{rows}</table>'
+    if data.missing:
+        missing = "".join(f"<li>{html.escape(m)}</li>" for m in data.missing)
+        page += f'<div class="missing"><b>Missing from this run folder:</b><ul>{missing}</ul></div>'
+    return page
+
+
+def _run_date(data: RunData) -> str:
+    times = [r["time"] for r in data.log if isinstance(r.get("time"), (int, float))]
+    config = data.folder / "config.yaml"
+    stamp = min(times) if times else config.stat().st_mtime if config.exists() else None
+    return datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M") if stamp else "unknown"
+
+
+def _summary(data: RunData, rows: list[dict]) -> str:
+    if not rows:
+        return f'<h2>Summary</h2><p class="note">{_no_clusters(data)}</p>'
+    labelled = any("vs_labels" in r for r in rows)
+    head = ["round", "label set", "clusters non-empty", "largest fraction", "NMI with previous round"]
+    if labelled:
+        head += ["NMI vs labels", "purity", "ARI", "Hungarian accuracy"]
+    body = []
+    for r in rows:
+        collapsed = (r["largest_fraction"] or 0) > data.cfg.train.collapse_fraction
+        cells = [(r["round"], ""), (r["set"], "text"), (f"{r['non_empty']} of {_clusters(data, r['set'])}", ""),
+                 (_num(r["largest_fraction"]), "collapsed" if collapsed else ""), (_num(r.get("nmi_previous")), "")]
+        if labelled:
+            scores = r.get("vs_labels", {})
+            cells += [(_num(scores.get(k)), "") for k in ("nmi", "purity", "ari", "hungarian_accuracy")]
+        body.append("<tr>" + "".join(f'<td class="{c}">{html.escape(str(v))}</td>' for v, c in cells) + "</tr>")
+    note = (f"Largest fractions above train.collapse_fraction={data.cfg.train.collapse_fraction:g} are in red "
+            "(a collapse).")
+    if not labelled:
+        note += " No labels in videos.csv: purity and the scores against labels are not available."
+    return ('<h2>Summary</h2><table class="summary"><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+            + "".join(body) + f'</table><p class="note">{note}</p>')  # fmt: skip
+
+
+def _num(value) -> str:
+    return "\u2013" if value is None else f"{value:.3f}"
+
+
+def _no_clusters(data: RunData) -> str:
+    if data.method is not None and not data.method.label_sets:
+        return f"There are no clusters: method {data.method.name} clusters nothing."
+    return "There are no clusters yet: no round has finished (labels/round_*.npz is absent)."
+
+
+def _plots(data: RunData, rows: list[dict]) -> str:
+    plots = [
+        (plot_loss(data), f"no training steps in log.jsonl (one line every train.log_every="
+                          f"{data.cfg.train.log_every} steps)"),
+        (plot_accuracy(data), "no pseudo-label accuracy in log.jsonl"),
+        (plot_nmi(rows), "NMI needs two finished rounds or labels"),
+        (plot_sizes(data), "no finished round: no cluster sizes"),
+        (plot_times(data), "no finished round in log.jsonl: no times"),
+    ]
+    images = "".join(f'<img class="plot" src="{_figure_uri(fig)}" alt="plot">' for fig, _ in plots if fig is not None)
+    notes = "".join(f"<li>{html.escape(missing)}</li>" for fig, missing in plots if fig is None)
+    return (f'<h2>Plots</h2><div class="plots">{images}</div>'
+            + (f'<ul class="note plot-missing">{notes}</ul>' if notes else ""))  # fmt: skip
+
+
+def _galleries(data: RunData, samples: int, max_clusters: int) -> str:
+    if not data.rounds:
+        return f"<h2>Clusters</h2><p class=\"note\">{_no_clusters(data)}</p>"
+    r, sets = data.rounds[-1]
+    intro = (f"<h2>Clusters of round {r}</h2><p>Clusters sorted by size; {samples} sample clip(s) each, taken at "
+             "the centre of the file.</p>")  # fmt: skip
+    return intro + "\n".join(gallery_html(data, name, a, samples, max_clusters) for name, a in sets.items())
+
+
+def _skipped(data: RunData) -> str:
+    if not data.skipped:
+        return ""
+    columns = ("path", "failures", "reason")
+    cells = ("".join(f"<td>{html.escape(str(row.get(k, '')))}</td>" for k in columns) for row in data.skipped)
+    rows = "".join(f"<tr>{c}</tr>" for c in cells)
+    return (f"<h2>Skipped files</h2><details><summary>{len(data.skipped)} file(s) failed to decode during the run"
+            f"</summary><table><tr><th>path</th><th>failures</th><th>reason</th></tr>{rows}</table></details>")
+
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0; } th, td { border: 1px solid #ccc; padding: 2px 8px; }
+th { background: #f3f3f3; text-align: left; } .summary td { text-align: right; } .summary td.text { text-align: left; }
+.summary td.collapsed { color: #b00; font-weight: bold; }
+.missing { background: #fff4e0; border: 1px solid #e0b060; padding: 0.3em 1em; margin: 1em 0; }
+.note { color: #666; font-style: italic; }
+.plots { display: flex; flex-wrap: wrap; gap: 8px; } .plot { border: 1px solid #ddd; }
+.cluster { border-top: 1px solid #ddd; margin: 0.5em 0; } .cluster h4 { margin: 0.4em 0 0.1em; }
+.composition { margin: 0 0 0.3em; color: #444; }
+.samples { display: flex; flex-wrap: wrap; gap: 10px; }
+.sample { margin: 0; display: flex; flex-direction: column; align-items: flex-start; gap: 3px; }
+.sample img { image-rendering: pixelated; } .sample audio { height: 28px; width: 220px; }
+.sample figcaption { font-size: 12px; color: #555; }
+.placeholder { width: 220px; min-height: 60px; padding: 6px; background: #fbe9e9; border: 1px dashed #c66;
+               font-size: 12px; color: #833; }
+"""
+
+
+def write_report(run: Path, out: Path | None = None, samples_per_cluster: int = 4, max_clusters: int = 32) -> Path:
+    """Write the run's report as one self-contained HTML file (default ``run/report.html``); returns its path."""
+    data = load_run(Path(run))
+    out = Path(out) if out is not None else data.folder / "report.html"
+    rows = round_metrics(data)
+    body = [_header(data), _summary(data, rows), _plots(data, rows),
+            _galleries(data, samples_per_cluster, max_clusters), _skipped(data)]  # fmt: skip
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>XDC report: '
+            f"{html.escape(data.folder.resolve().name)}</title><style>{_STYLE}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out

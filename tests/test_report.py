@@ -1,0 +1,175 @@
+"""`xdc report`: the HTML page of a real tiny run, parsed; broken clips and runs with missing pieces."""
+
+import base64
+import csv
+import io
+import shutil
+import wave
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xdc.config import load_config
+from xdc.data.index import build_manifest
+from xdc.data.synthetic import make_synthetic
+from xdc.report import write_report
+from xdc.training.distributed import Dist
+from xdc.training.pretrain import pretrain
+
+TINY = ["train.batch_size=8", "train.k=3", "train.rounds=2", "data.workers=0", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """(manifest, run folder of a 2-round XDC run)."""
+    root = tmp_path_factory.mktemp("report")
+    labels = make_synthetic(root / "data", 24, 3, seed=0, workers=2)
+    build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
+    pretrain(load_config(None, TINY, preset="tiny"), root / "manifest.csv", root / "run", resume=False, ctx=Dist())
+    return root / "manifest.csv", root / "run"
+
+
+class Page(HTMLParser):
+    """Cluster sections with the media of each sample figure; plots; all text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.clusters: dict[tuple[str, int], list[dict]] = {}
+        self.plots: list[str] = []
+        self.text: list[str] = []
+        self._cluster = self._sample = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        if tag == "section" and "cluster" in classes:
+            self._cluster = self.clusters.setdefault((a["data-label-set"], int(a["data-cluster"])), [])
+        elif tag == "figure" and self._cluster is not None:
+            self._sample = {"img": [], "audio": [], "failed": "failed" in classes}
+            self._cluster.append(self._sample)
+        elif tag == "img" and "plot" in classes:
+            self.plots.append(a["src"])
+        elif tag in ("img", "audio") and self._sample is not None:
+            self._sample[tag].append(a["src"])
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self._sample = None
+        elif tag == "section":
+            self._cluster = None  # cluster sections hold no nested sections
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    @property
+    def all_text(self) -> str:
+        return " ".join(" ".join(self.text).split())
+
+
+def payload(uri: str, mime: str) -> bytes:
+    prefix = f"data:{mime};base64,"
+    assert uri.startswith(prefix), uri[:40]
+    return base64.b64decode(uri[len(prefix) :], validate=True)
+
+
+def assert_png(uri: str) -> None:
+    assert payload(uri, "image/png").startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def assert_wav(uri: str, rate: int) -> None:
+    data = payload(uri, "audio/wav")
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    with wave.open(io.BytesIO(data)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, rate)
+        assert w.getnframes() == rate  # tiny preset: 1 s of audio per clip
+
+
+def last_round(run: Path) -> dict[str, np.ndarray]:
+    with np.load(sorted((run / "labels").glob("round_*.npz"))[-1]) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_galleries_plots_and_scores(built):
+    _, run = built
+    path = write_report(run, samples_per_cluster=2)
+    assert path == run / "report.html"
+    page = Page(path.read_text())
+    expected = {(name, int(c)) for name, a in last_round(run).items() for c in np.unique(a[a >= 0])}
+    assert set(page.clusters) == expected and {s for s, _ in expected} == {"video", "audio"}
+    for samples in page.clusters.values():
+        assert 1 <= len(samples) <= 2
+        for sample in samples:
+            assert not sample["failed"] and len(sample["img"]) == 1 and len(sample["audio"]) == 1
+            assert_png(sample["img"][0])
+            assert_wav(sample["audio"][0], 16000)
+    assert len(page.plots) == 5  # loss, accuracy, NMI, sizes, times
+    for uri in page.plots:
+        assert_png(uri)
+    text = page.all_text
+    assert "purity" in text and "Hungarian accuracy" in text and "labels: class" in text
+    assert "<script" not in path.read_text()
+
+
+def test_choice_of_samples_is_deterministic(built, tmp_path):
+    _, run = built
+    a = Page(write_report(run, tmp_path / "a.html", samples_per_cluster=1).read_text())
+    b = Page(write_report(run, tmp_path / "b.html", samples_per_cluster=1).read_text())
+    assert a.clusters == b.clusters
+
+
+def test_broken_clip_is_a_placeholder(built, tmp_path):
+    _, run = built
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "tb", "encoders.pt"))
+    with open(copy / "videos.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[0]["path"] = str(tmp_path / "gone.mp4")
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all")
+    rows[1]["path"] = str(tmp_path / "junk.mp4")
+    with open(copy / "videos.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (copy / "skipped.csv").write_text(f"path,failures,reason\n{tmp_path / 'junk.mp4'},4,InvalidDataError\n")
+    page = Page(write_report(copy, max_clusters=1, samples_per_cluster=100).read_text())  # every member shown
+    failed = [s for samples in page.clusters.values() for s in samples if s["failed"]]
+    assert len(page.clusters) == 2 and failed  # one cluster per label set
+    assert all(not s["img"] and not s["audio"] for s in failed)
+    text = page.all_text
+    assert "could not show this clip" in text and "No such file" in text
+    assert "1 file(s) failed to decode during the run" in text
+
+
+def test_without_labels_there_is_no_purity(built, tmp_path):
+    _, run = built
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "tb", "encoders.pt"))
+    with open(copy / "videos.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(copy / "videos.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label"])
+        writer.writeheader()
+        writer.writerows({"path": r["path"], "label": ""} for r in rows)
+    page = Page(write_report(copy, samples_per_cluster=1).read_text())
+    text = page.all_text
+    assert page.clusters and "No labels in videos.csv" in text
+    assert "Hungarian accuracy" not in text and "labels: " not in text  # no score columns, no composition
+
+
+def test_scratch_run_has_no_clusters(built, tmp_path):
+    manifest, _ = built
+    cfg = load_config(None, [*TINY, "train.method=scratch"], preset="tiny")
+    pretrain(cfg, manifest, tmp_path / "scratch", resume=False, ctx=Dist())
+    page = Page(write_report(tmp_path / "scratch").read_text())
+    assert not page.clusters and not page.plots
+    assert "There are no clusters: method scratch clusters nothing" in page.all_text
+
+
+def test_empty_folder_says_what_is_missing(tmp_path):
+    page = Page(write_report(tmp_path).read_text())
+    text = page.all_text
+    assert "no config.yaml" in text and "no videos.csv" in text and "no log.jsonl" in text
+    assert "There are no clusters yet" in text
