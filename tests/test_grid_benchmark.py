@@ -1,0 +1,50 @@
+"""xdc benchmark grid on a small folder in GRID's layout, made from generated media."""
+
+import csv
+import json
+
+import pytest
+
+from xdc.data.synthetic import make_synthetic
+from xdc.errors import UserError
+from xdc.grid_benchmark import grid_benchmark
+
+DIGITS = ("one", "two", "three")
+
+
+@pytest.fixture(scope="module")
+def grid_like(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gridlike")
+    labels = make_synthetic(root, 18, 3, seed=2, workers=2)
+    with open(labels) as f:
+        rows = list(csv.DictReader(f))
+    with open(root / "clips.csv", "w", newline="") as f, open(root / "words.csv", "w", newline="") as g:
+        clips, words = csv.writer(f), csv.writer(g)
+        clips.writerow(["path", "sentence", "command", "color", "digit"])
+        words.writerow(["path", "slot", "word", "start_s", "end_s"])
+        for i, row in enumerate(rows):
+            digit = DIGITS[int(row["label"][-2:])]  # the visual class plays the spoken digit's role
+            command, color = ("bin", "lay", "set")[i % 3], ("blue", "red")[i // 3 % 2]
+            clips.writerow([row["path"], f"s{i}", command, color, digit])
+            for slot, word, start in (("command", command, 0.2), ("color", color, 1.0), ("digit", digit, 1.8)):
+                words.writerow([row["path"], slot, word, start, start + 0.5])
+    return root
+
+
+def test_grid_benchmark_table(grid_like, tmp_path):
+    result = grid_benchmark(
+        grid_like, tmp_path, preset="tiny", methods=("scratch", "supervised", "xdc"), ks=(2,),
+        overrides=("train.rounds=1", "train.k=3", "train.batch_size=6", "data.workers=0"),
+    )  # fmt: skip
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["scratch", "supervised", "xdc", "xdc k=2"]
+    for row in rows.values():
+        for key in ("video/digit", "audio/digit", "video/color"):
+            assert 0 <= row[key] <= 100
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == result["rows"]
+    assert (tmp_path / "results.md").read_text().startswith("| method |")
+
+
+def test_a_folder_without_grid_layout_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not have the GRID layout"):
+        grid_benchmark(tmp_path, tmp_path / "out")
