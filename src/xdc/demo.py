@@ -40,7 +40,7 @@ def run_demo(out: Path, cfg: Config, videos: int = 128, classes: int = 8, overri
     print(build_manifest([str(data / "videos")], manifest, labels=labels).line())
     table = _probe_table(labels, out / "probe.csv")
 
-    rows, results = [], {}
+    rows = []
     for method in METHODS:
         method_cfg = load_config(None, [*DEMO_SETTINGS, f"train.method={method}", f"seed={cfg.seed}", *overrides],
                                  preset="tiny")  # fmt: skip

@@ -347,7 +347,7 @@ class Pretrainer:
         self.model.eval()
         held = np.flatnonzero(self.holdout)
         shard = Subset(self.eval_set, held[self.ctx.rank :: self.ctx.world_size].tolist())
-        total, count = torch.zeros(2, device=self.ctx.device), 0
+        total = torch.zeros(2, device=self.ctx.device)  # summed loss, labelled clips
         for batch in make_loader(shard, self._batch_per_rank(), self.cfg.data.workers):
             if batch["index"].numel() == 0:
                 continue
