@@ -120,19 +120,27 @@ def test_choice_of_samples_is_deterministic(built, tmp_path):
     assert a.clusters == b.clusters
 
 
-def test_broken_clip_is_a_placeholder(built, tmp_path):
-    _, run = built
-    copy = tmp_path / "run"
+def copy_run(run: Path, copy: Path, edit) -> Path:
+    """A copy of the run folder whose videos.csv rows went through ``edit(rows)``."""
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "tb", "encoders.pt"))
     with open(copy / "videos.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    rows[0]["path"] = str(tmp_path / "gone.mp4")
-    (tmp_path / "junk.mp4").write_bytes(b"not a video at all")
-    rows[1]["path"] = str(tmp_path / "junk.mp4")
+        rows = edit(list(csv.DictReader(f)))
     with open(copy / "videos.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "label"])
         writer.writeheader()
         writer.writerows(rows)
+    return copy
+
+
+def test_broken_clip_is_a_placeholder(built, tmp_path):
+    _, run = built
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all")
+
+    def break_two(rows):
+        rows[0]["path"], rows[1]["path"] = str(tmp_path / "gone.mp4"), str(tmp_path / "junk.mp4")
+        return rows
+
+    copy = copy_run(run, tmp_path / "run", break_two)
     (copy / "skipped.csv").write_text(f"path,failures,reason\n{tmp_path / 'junk.mp4'},4,InvalidDataError\n")
     page = Page(write_report(copy, max_clusters=1, samples_per_cluster=100).read_text())  # every member shown
     failed = [s for samples in page.clusters.values() for s in samples if s["failed"]]
@@ -145,14 +153,7 @@ def test_broken_clip_is_a_placeholder(built, tmp_path):
 
 def test_without_labels_there_is_no_purity(built, tmp_path):
     _, run = built
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "tb", "encoders.pt"))
-    with open(copy / "videos.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    with open(copy / "videos.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label"])
-        writer.writeheader()
-        writer.writerows({"path": r["path"], "label": ""} for r in rows)
+    copy = copy_run(run, tmp_path / "run", lambda rows: [{"path": r["path"], "label": ""} for r in rows])
     page = Page(write_report(copy, samples_per_cluster=1).read_text())
     text = page.all_text
     assert page.clusters and "No labels in videos.csv" in text

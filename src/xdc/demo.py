@@ -19,6 +19,7 @@ from xdc.config import Config, config_to_dict, load_config
 from xdc.data.index import build_manifest
 from xdc.data.synthetic import make_synthetic
 from xdc.evaluation.adapters import Item, write_table
+from xdc.evaluation.commands import run_label_ids
 from xdc.evaluation.extract import extract_features
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import linear_probe
@@ -98,9 +99,7 @@ def _nmi(run: Path) -> str:
     rounds = sorted((run / "labels").glob("round_*.npz"))
     if not rounds:
         return "-"
-    with open(run / "videos.csv", newline="") as f:
-        names = np.array([r["label"] for r in csv.DictReader(f)])
-    ids = np.unique(names, return_inverse=True)[1]
+    ids = run_label_ids(run)
     with np.load(rounds[-1]) as assigned:
         return " ".join(f"{k[0]}:{cluster_metrics(assigned[k], ids)['nmi']:.2f}" for k in assigned.files)
 

@@ -95,17 +95,22 @@ def eval_finetune(
     return _emit(record, table, out)
 
 
-def eval_clusters(run: Path, out: Path | None) -> dict:
-    """NMI, ARI, purity and Hungarian accuracy of every round's clusters against the run's manifest labels."""
+def run_label_ids(run: Path) -> np.ndarray:
+    """The manifest label of each video of a run (the rows of its label files) as class ids, -1 when none."""
     videos = run / "videos.csv"
     if not videos.exists():
         raise UserError(f"{run} has no videos.csv: is it an `xdc pretrain` run folder?")
     with open(videos, newline="") as f:
         labels = np.array([row["label"] for row in csv.DictReader(f)])
-    if not (labels != "").any():
-        raise UserError(f"the manifest of {run} has no labels to compare the clusters with")
     known = np.unique(labels[labels != ""])
-    label_ids = np.where(labels != "", np.searchsorted(known, labels), -1)
+    return np.where(labels != "", np.searchsorted(known, labels), -1)
+
+
+def eval_clusters(run: Path, out: Path | None) -> dict:
+    """NMI, ARI, purity and Hungarian accuracy of every round's clusters against the run's manifest labels."""
+    label_ids = run_label_ids(run)
+    if not (label_ids >= 0).any():
+        raise UserError(f"the manifest of {run} has no labels to compare the clusters with")
     rows = []
     for path in sorted((run / "labels").glob("round_*.npz")):
         with np.load(path) as assigned:
