@@ -10,6 +10,7 @@ from xdc.config import ClipConfig, MelConfig
 from xdc.data.audio import LogMel
 from xdc.data.decode import DecodeError, read_clip
 from xdc.data.encode import write_av
+from xdc.errors import UserError
 
 
 def spec(**kw) -> ClipConfig:
@@ -101,6 +102,42 @@ def test_rotation_metadata_and_decode_resize(tmp_path):
     assert clip.video.shape[1:3] == (64, 32)  # displayed upright: portrait
     small = read_clip(str(path), 0.0, spec(frames=4, fps=8, decode_short_side=16), audio=False)
     assert small.video.shape[1:3] == (32, 16)
+
+
+def _quadrants(frames: int, height: int, width: int) -> np.ndarray:
+    """Red top-left, green top-right, blue bottom-left, white bottom-right."""
+    image = np.zeros((height, width, 3), np.uint8)
+    h, w = height // 2, width // 2
+    image[:h, :w, 0] = image[:h, w:, 1] = image[h:, :w, 2] = 255
+    image[h:, w:] = 255
+    return np.repeat(image[None], frames, axis=0)
+
+
+def test_crop_box_cuts_the_region_before_scaling(tmp_path):
+    path = tmp_path / "quad.mp4"
+    write_av(path, _quadrants(8, 64, 96), 8, None)
+    box = (0.5, 0.0, 1.0, 0.5)  # top-right quadrant: 48 x 32 pixels
+    clip = read_clip(str(path), 0.0, spec(frames=2, fps=8, crop_box=box), audio=False)
+    assert clip.video.shape == (2, 32, 48, 3)
+    centre = clip.video[:, 4:-4, 4:-4].reshape(-1, 3).mean(axis=0)
+    assert centre[1] > 200 and centre[0] < 40 and centre[2] < 40  # all green
+    scaled = read_clip(str(path), 0.0, spec(frames=2, fps=8, crop_box=box, decode_short_side=16), audio=False)
+    assert scaled.video.shape == (2, 16, 24, 3)
+    # The box is in displayed coordinates: a file rotated by 90 degrees shows another quadrant there.
+    rotated = tmp_path / "quad_rot.mp4"
+    write_av(rotated, _quadrants(8, 64, 96), 8, None, rotation=90)
+    upright = read_clip(str(rotated), 0.0, spec(frames=2, fps=8), audio=False).video[0]
+    cut = read_clip(str(rotated), 0.0, spec(frames=2, fps=8, crop_box=box), audio=False).video[0]
+    assert cut.shape == (48, 32, 3)
+    expected = upright[:48, 32:].reshape(-1, 3).mean(axis=0)
+    assert np.abs(cut.reshape(-1, 3).mean(axis=0) - expected).max() < 10
+
+
+def test_crop_box_is_validated():
+    with pytest.raises(UserError, match="crop_box"):
+        ClipConfig(crop_box=(0.6, 0.0, 0.4, 1.0))
+    with pytest.raises(UserError, match="crop_box"):
+        ClipConfig(crop_box=(0.0, 0.0, 1.0))
 
 
 def test_odd_size_and_multichannel(tmp_path):

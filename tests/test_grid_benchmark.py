@@ -37,12 +37,30 @@ def test_grid_benchmark_table(grid_like, tmp_path):
         overrides=("train.rounds=1", "train.k=3", "train.batch_size=6", "data.workers=0"),
     )  # fmt: skip
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["scratch", "supervised", "xdc", "xdc k=2"]
+    assert list(rows) == ["scratch", "supervised (digit)", "xdc", "xdc k=2"]
     for row in rows.values():
         for key in ("video/digit", "audio/digit", "video/color"):
             assert 0 <= row[key] <= 100
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == result["rows"]
     assert (tmp_path / "results.md").read_text().startswith("| method |")
+
+
+def test_supervised_slot_and_changed_settings(grid_like, tmp_path):
+    settings = ("train.rounds=1", "train.k=3", "train.batch_size=6", "data.workers=0")
+    result = grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("supervised",), overrides=settings,
+                            supervised_slot="color")  # fmt: skip
+    assert [r["method"] for r in result["rows"]] == ["supervised (color)"]
+    with open(tmp_path / "clip_labels.csv") as f:
+        assert {row["label"] for row in csv.DictReader(f)} == {"blue", "red"}
+    # The finished run is reused with the same settings, and refused with others rather than silently reused.
+    again = grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("supervised",), overrides=settings,
+                           supervised_slot="color")  # fmt: skip
+    assert again["rows"][0]["pretrain_s"] == result["rows"][0]["pretrain_s"]
+    with pytest.raises(UserError, match="other settings"):
+        grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("supervised",), supervised_slot="color",
+                       overrides=(*settings[:1], "train.k=4", *settings[2:]))  # fmt: skip
+    with pytest.raises(UserError, match="unknown slot"):
+        grid_benchmark(grid_like, tmp_path, supervised_slot="colour")
 
 
 def test_a_folder_without_grid_layout_is_a_user_error(tmp_path):

@@ -88,8 +88,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from xdc.grid_benchmark import grid_benchmark
 
     ks = tuple(int(k) for k in args.k.split(",")) if args.k else ()
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
     grid_benchmark(args.data, args.out, args.test_data, args.fsdd, preset=args.preset, ks=ks,
-                   overrides=tuple(args.overrides))  # fmt: skip
+                   overrides=tuple(args.overrides), supervised_slot=args.supervised_slot,
+                   **({"methods": methods} if methods else {}))  # fmt: skip
     return 0
 
 
@@ -191,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--preset", default="small", help="paper, small (default) or tiny")
     q.add_argument("--k", help="comma-separated cluster counts for an XDC sweep, e.g. 16,32,64")
+    q.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
+    q.add_argument("--supervised-slot", default="digit", help="the word slot the supervised baseline trains on")
     _add_config_options(q)
     q.set_defaults(func=cmd_benchmark)
 

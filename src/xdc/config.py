@@ -30,6 +30,18 @@ class ClipConfig:
     # scaling in the decoder is much cheaper than decoding full-size frames and scaling them later.
     decode_short_side: int = 128
     crop: int = 112
+    # Region of interest, e.g. a mouth for lip reading: (left, top, right, bottom) as fractions of the displayed
+    # frame. The decoder cuts it out before scaling, so decode_short_side and the crops apply to the region.
+    crop_box: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop_box is not None:
+            box = self.crop_box
+            if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+                raise UserError(
+                    "data.clip.crop_box must be [left, top, right, bottom] fractions of the frame with "
+                    f"0 <= left < right <= 1 and 0 <= top < bottom <= 1, not {list(box)}"
+                )
 
     @property
     def seconds(self) -> float:

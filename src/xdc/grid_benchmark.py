@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xdc.config import load_config
+from xdc.config import config_to_dict, load_config
 from xdc.data.index import build_manifest
 from xdc.errors import UserError
 from xdc.evaluation.adapters import load_dataset, split_items
@@ -31,6 +31,7 @@ from xdc.training.pretrain import pretrain
 
 METHODS = ("scratch", "supervised", "sdc-video", "sdc-audio", "mdc", "cdc", "xdc")
 SLOTS = ("command", "color", "digit")
+ALL_SLOTS = ("command", "color", "preposition", "letter", "digit", "adverb")
 
 
 def grid_benchmark(
@@ -40,10 +41,18 @@ def grid_benchmark(
 ) -> dict:  # fmt: skip
     if not (data / "videos").is_dir() or not (data / "words.csv").exists():
         raise UserError(f"{data} does not have the GRID layout (videos/, clips.csv, words.csv)")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if supervised_slot not in ALL_SLOTS:
+        raise UserError(f"unknown slot {supervised_slot!r}; choose from {', '.join(ALL_SLOTS)}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     manifest = _manifest(data, out, supervised_slot)
-    runs = {m: _pretrain(m, manifest, out / "runs" / m, preset, overrides) for m in methods}
+    runs = {}
+    for m in methods:
+        name, folder = (f"supervised ({supervised_slot})", f"supervised-{supervised_slot}") if m == "supervised" else (m, m)
+        runs[name] = _pretrain(m, manifest, out / "runs" / folder, preset, overrides)
     for k in ks:
         runs[f"xdc k={k}"] = _pretrain("xdc", manifest, out / "runs" / f"xdc-k{k}", preset, (*overrides, f"train.k={k}"))
 
@@ -88,9 +97,12 @@ def _manifest(data: Path, out: Path, slot: str) -> Path:
 
 
 def _pretrain(method: str, manifest: Path, run: Path, preset: str, overrides: tuple[str, ...]) -> Path:
+    """Pretrain into ``run``, resuming an interrupted run and reusing a finished one made with the same settings."""
+    cfg = load_config(None, [f"train.method={method}", *overrides], preset=preset)
+    if (run / "config.yaml").exists() and config_to_dict(load_config(run / "config.yaml")) != config_to_dict(cfg):
+        raise UserError(f"{run} was pretrained with other settings; choose another --out for this benchmark")
     if not (run / "encoders.pt").exists():
         t = time.perf_counter()
-        cfg = load_config(None, [f"train.method={method}", *overrides], preset=preset)
         pretrain(cfg, manifest, run, resume=(run / "checkpoints" / "last.pt").exists(), ctx=Dist())
         (run / "timing.json").write_text(json.dumps({"seconds": time.perf_counter() - t}))
     return run

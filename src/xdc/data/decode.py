@@ -117,6 +117,7 @@ class _VideoWindow:
         self.targets = t0 + np.arange(spec.frames) / spec.fps
         self.fps = spec.fps
         self.short_side = spec.decode_short_side
+        self.crop_box = spec.crop_box
         self.rate = float(stream.average_rate or stream.guessed_rate or 25)
         self.out: list[np.ndarray | None] = [None] * spec.frames
         self.next = 0  # index of the first target still without a frame
@@ -149,6 +150,8 @@ class _VideoWindow:
         return prev[1]
 
     def _convert(self, frame) -> np.ndarray:
+        if self.crop_box is not None:
+            return self._convert_region(frame)
         width, height = frame.width, frame.height
         if self.short_side and min(width, height) != self.short_side:
             scale = self.short_side / min(width, height)
@@ -156,6 +159,24 @@ class _VideoWindow:
         image = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
         quarter_turns = round(self.rotation / 90) % 4
         return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
+
+    def _convert_region(self, frame) -> np.ndarray:
+        # The box is in displayed coordinates, so rotate first; then cut, then scale only the region.
+        image = frame.to_ndarray(format="rgb24")
+        quarter_turns = round(self.rotation / 90) % 4
+        if quarter_turns:
+            image = np.rot90(image, quarter_turns)
+        h, w = image.shape[:2]
+        left, top, right, bottom = self.crop_box
+        x0, x1 = min(int(left * w), w - 1), max(int(left * w) + 1, round(right * w))
+        y0, y1 = min(int(top * h), h - 1), max(int(top * h) + 1, round(bottom * h))
+        region = np.ascontiguousarray(image[y0:y1, x0:x1])
+        height, width = region.shape[:2]
+        if not self.short_side or min(width, height) == self.short_side:
+            return region
+        scale = self.short_side / min(width, height)
+        size = {"width": max(1, round(width * scale)), "height": max(1, round(height * scale))}
+        return av.VideoFrame.from_ndarray(region, format="rgb24").reformat(**size).to_ndarray()
 
     @property
     def padded_seconds(self) -> float:
