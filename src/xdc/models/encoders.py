@@ -16,16 +16,33 @@ from torchvision.models.video import resnet as video_resnet
 from xdc.config import ModelConfig
 
 
+def per_conv_2plus1d(in_planes: int, out_planes: int, midplanes: int, stride: int = 1, padding: int = 1) -> nn.Module:
+    """torchvision's Conv2Plus1D, but with the middle width of this conv alone, (in*out*27) // (in*9 + 3*out),
+    instead of the ``midplanes`` that BasicBlock computes once per block (the two differ in each stage's first
+    block: e.g. 230 and 288 in layer2, where torchvision uses 230 for both)."""
+    del midplanes  # BasicBlock's shared value, replaced by this conv's own
+    mid = (in_planes * out_planes * 27) // (in_planes * 9 + 3 * out_planes)
+    return video_resnet.Conv2Plus1D(in_planes, out_planes, mid, stride, padding)
+
+
 class VideoEncoder(nn.Module):
     """R(2+1)D on B x 3 x T x H x W normalised clips (xdc.data.transforms.VideoTransform).
 
     Built from torchvision's own blocks with the attribute names of ``VideoResNet``, so at width 64 and layers
     (2, 2, 2, 2) the state dict equals ``torchvision.models.video.r2plus1d_18()``'s without ``fc.*``. Narrower
     widths scale every stage; the (2+1)D middle widths follow from torchvision's BasicBlock formula.
+
+    ``mid_width="per_conv"`` and ``bn_eps=1e-3`` give the variant of the released XDC weights (VMZ's R(2+1)D,
+    xdc.models.official): same keys, but each (2+1)D conv takes its own middle width from its in/out channels.
     """
 
-    def __init__(self, width: int = 64, layers: Sequence[int] = (2, 2, 2, 2)):
+    def __init__(
+        self, width: int = 64, layers: Sequence[int] = (2, 2, 2, 2), mid_width: str = "block", bn_eps: float = 1e-5
+    ):
         super().__init__()
+        if mid_width not in ("block", "per_conv"):
+            raise ValueError(f"mid_width must be 'block' or 'per_conv', not {mid_width!r}")
+        self.conv_builder = video_resnet.Conv2Plus1D if mid_width == "block" else per_conv_2plus1d
         # torchvision's stem hard-codes 45 middle channels for 64 outputs; keep that ratio at other widths.
         mid = max(1, 45 * width // 64)
         self.stem = nn.Sequential(
@@ -49,6 +66,7 @@ class VideoEncoder(nn.Module):
             elif isinstance(m, nn.BatchNorm3d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+                m.eps = bn_eps
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
@@ -56,9 +74,8 @@ class VideoEncoder(nn.Module):
             downsample = nn.Sequential(
                 nn.Conv3d(self.inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm3d(planes)
             )
-        conv = video_resnet.Conv2Plus1D
-        stage = [video_resnet.BasicBlock(self.inplanes, planes, conv, stride, downsample)]
-        stage += [video_resnet.BasicBlock(planes, planes, conv) for _ in range(1, blocks)]
+        stage = [video_resnet.BasicBlock(self.inplanes, planes, self.conv_builder, stride, downsample)]
+        stage += [video_resnet.BasicBlock(planes, planes, self.conv_builder) for _ in range(1, blocks)]
         self.inplanes = planes
         return nn.Sequential(*stage)
 

@@ -1,0 +1,329 @@
+"""``xdc export``: a finished run's encoders as safetensors files with a model card, and ``load_encoder``.
+
+Each encoder becomes DIR/<name>.safetensors: its state dict, plus string metadata (modality, model settings,
+the clip and log-mel settings that feed it, the video normalisation) from which ``load_encoder`` rebuilds it
+without the run folder or a config file. DIR/README.md is the model card: method, widths, training data,
+rounds and k, the last round's cluster statistics, evaluation results passed with ``--metrics``, and how to load.
+The released XDC checkpoints are a different format: load those with ``xdc.models.load_official_xdc``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from xdc import __version__
+from xdc.config import Config, ModelConfig, config_to_dict, load_config
+from xdc.data.audio import LogMel
+from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
+from xdc.errors import UserError
+from xdc.evaluation.extract import load_run_encoder
+from xdc.methods import Method, get_method
+from xdc.models.encoders import build_encoder
+from xdc.presets import PRESETS
+from xdc.training import checkpoint
+
+FORMAT = "xdc-encoder"
+FORMAT_VERSION = "1"
+_JSON_FIELDS = ("model", "data", "input_shape", "video_mean", "video_std")  # metadata values stored as JSON
+CARD = "README.md"
+
+
+# --- loading ------------------------------------------------------------------------------------------------
+
+
+def load_encoder(path: str | Path, name: str | None = None) -> nn.Module:
+    """An encoder written by ``xdc export``, in eval mode with its weights loaded.
+
+    ``path`` is one ``<name>.safetensors`` file, or an export folder with ``name`` choosing the encoder (it may
+    be left out when the folder holds one). For the released XDC checkpoints use
+    ``xdc.models.load_official_xdc``.
+    """
+    file = _encoder_file(Path(path), name)
+    meta = read_metadata(file)
+    encoder = build_encoder(meta["modality"], _model_config(meta["model"], file))
+    try:
+        encoder.load_state_dict(load_file(file))
+    except RuntimeError as e:  # torch lists the mismatches on the lines after its first
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])[:500]
+        raise UserError(f"{file}: the weights do not fit the {meta['modality']} encoder its metadata describes: "
+                        f"{detail}") from None  # fmt: skip
+    return encoder.eval()
+
+
+def read_metadata(path: str | Path, name: str | None = None) -> dict:
+    """The metadata of an exported encoder (file, or folder and ``name``), with the JSON values decoded:
+    name, modality, method, model, feature_dim, input_shape, data {clip, mel, eval_short_side}, and for video
+    video_mean / video_std."""
+    file = _encoder_file(Path(path), name)
+    try:
+        with safe_open(file, framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"cannot read {file} as a safetensors file: {e}") from None
+    if raw.get("format") != FORMAT:
+        raise UserError(f"{file} was not written by `xdc export` (no {FORMAT!r} metadata); "
+                        "for the released XDC checkpoints use xdc.models.load_official_xdc")  # fmt: skip
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{file} is export format version {raw.get('format_version')}; this xdc reads "
+                        f"version {FORMAT_VERSION}")  # fmt: skip
+    meta: dict = {k: json.loads(v) if k in _JSON_FIELDS else v for k, v in raw.items()}
+    meta["feature_dim"] = int(meta["feature_dim"])
+    return meta
+
+
+def _encoder_file(path: Path, name: str | None) -> Path:
+    if path.is_file():
+        if name is not None and path.stem != name:
+            raise UserError(f"{path} holds the encoder {path.stem!r}, not {name!r}")
+        return path
+    if not path.is_dir():
+        raise UserError(f"{path}: no such file or folder (expected a .safetensors file or an `xdc export` folder)")
+    files = sorted(path.glob("*.safetensors"))
+    names = [f.stem for f in files]
+    if not files:
+        raise UserError(f"{path} holds no .safetensors files: is it an `xdc export` folder?")
+    if name is None:
+        if len(files) > 1:
+            raise UserError(f"{path} holds several encoders ({', '.join(names)}): choose one with name=")
+        return files[0]
+    if name not in names:
+        raise UserError(f"{path} has no encoder {name!r}; it has: {', '.join(names)}")
+    return path / f"{name}.safetensors"
+
+
+def _model_config(values: dict, file: Path) -> ModelConfig:
+    try:
+        return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    except TypeError as e:
+        raise UserError(f"{file}: model settings this xdc does not know: {e}") from None
+
+
+# --- writing ------------------------------------------------------------------------------------------------
+
+
+def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tuple = ()) -> list[Path]:
+    """Write every encoder of the finished run ``run`` and a model card into ``out``; returns the files."""
+    run, out = Path(run), Path(out)
+    if not (run / "encoders.pt").exists():
+        raise UserError(f"{run} has no encoders.pt: export needs a finished `xdc pretrain` run")
+    results = [_read_result(Path(m)) for m in metrics]  # every input is checked before anything is written
+    _prepare_out(out)
+    saved = checkpoint.load(run / "encoders.pt")
+    cfg = load_config(run / "config.yaml")
+    encoders, files = {}, []
+    for name in saved["encoders"]:
+        encoder, modality, _ = load_run_encoder(run, name)
+        path = out / f"{name}.safetensors"
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        meta = encoder_metadata(name, modality, saved["method"], encoder, cfg)
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+        encoders[name] = encoder
+        files.append(path)
+    (out / CARD).write_text(model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results))
+    return [*files, out / CARD]
+
+
+def encoder_metadata(name: str, modality: str, method: str, encoder: nn.Module, cfg: Config) -> dict[str, str]:
+    """safetensors metadata (strings only) that is enough to rebuild the encoder and feed it."""
+    data = {"clip": config_to_dict(cfg.data.clip), "mel": config_to_dict(cfg.data.mel),
+            "eval_short_side": cfg.data.augment.scale_min}  # fmt: skip
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "xdc_version": __version__, "name": name,
+            "modality": modality, "method": method, "feature_dim": str(encoder.feature_dim),
+            "model": config_to_dict(cfg.model), "data": data, "input_shape": input_shape(modality, cfg)}  # fmt: skip
+    if modality == "video":
+        meta.update(video_mean=list(VIDEO_MEAN), video_std=list(VIDEO_STD))
+    return {k: json.dumps(v) if k in _JSON_FIELDS else v for k, v in meta.items()}
+
+
+def input_shape(modality: str, cfg: Config) -> list[int]:
+    """One clip's input: C x T x H x W for video, 1 x n_mels x frames for audio."""
+    clip = cfg.data.clip
+    if modality == "video":
+        return [3, clip.frames, clip.crop, clip.crop]
+    frames = LogMel(cfg.data.mel, clip.sample_rate).frames(round(clip.audio_span * clip.sample_rate))
+    return [1, cfg.data.mel.n_mels, frames]
+
+
+def _prepare_out(out: Path) -> None:
+    """``out`` may be new, empty, or a previous export (whose files are replaced); anything else is refused."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not is_export(out):
+            raise UserError(f"--out {out} is not empty and not a previous `xdc export`: choose a new folder")
+        for entry in out.iterdir():  # only our own files are here (is_export); stale encoders must not linger
+            entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def is_export(folder: Path) -> bool:
+    """True when ``folder`` holds only a model card and encoder files written by ``xdc export``."""
+    entries = list(folder.iterdir())
+    encoders = [e for e in entries if e.suffix == ".safetensors"]
+    if not encoders or any(e.name != CARD and e not in encoders for e in entries):
+        return False
+    try:
+        return all(e.is_file() and read_metadata(e) for e in encoders)
+    except UserError:
+        return False
+
+
+def _read_result(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"cannot read metrics {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"metrics {path} is not JSON: {e}") from None
+    if not isinstance(record, dict) or not str(record.get("command", "")).startswith("eval "):
+        raise UserError(f"metrics {path} is not a result file of `xdc eval ... --out` (no 'command' field)")
+    return {"file": path.name, **record}
+
+
+# --- the model card -----------------------------------------------------------------------------------------
+
+
+def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Module], modalities: dict[str, str],
+               results: list[dict]) -> str:  # fmt: skip
+    """The README.md of an export: what the encoders are, how they were trained and evaluated, how to feed them."""
+    train = cfg.train
+    lines = [
+        f"# {method.name} encoders from `{run.name}`",
+        "",
+        f"Self-supervised encoders trained with `xdc pretrain` (xdc {__version__}), method **{method.name}**: "
+        f"{method.description}. Exported with `xdc export` from `{run}`.",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "import xdc",
+        "",
+        *(f'{name} = xdc.load_encoder("{name}.safetensors")  # this folder\'s file; eval mode, B x '
+          f"{encoder.feature_dim} features" for name, encoder in encoders.items()),  # fmt: skip
+        "```",
+        "",
+        "## Encoders",
+        "",
+        "| name | modality | file | network | blocks per stage | input per clip | feature | parameters |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, encoder in encoders.items():
+        modality = modalities[name]
+        width, layers = getattr(cfg.model, f"{modality}_width"), getattr(cfg.model, f"{modality}_layers")
+        network = "R(2+1)D" if modality == "video" else "ResNet on log-mel"
+        params = sum(p.numel() for p in encoder.parameters())
+        lines.append(f"| {name} | {modality} | `{name}.safetensors` | {network}, width {width} | "
+                     f"{', '.join(map(str, layers))} | {' x '.join(map(str, input_shape(modality, cfg)))} | "
+                     f"{encoder.feature_dim} | {params / 1e6:.3f} M |")  # fmt: skip
+    lines += ["", f"Preset: {_preset(cfg)}.", "", "## Training", "", f"- data: {_data_line(run)}"]
+    rounds_done = len(list((run / "labels").glob("round_*.npz")))
+    if not method.trains:
+        lines.append(f"- rounds: none (method {method.name} trains nothing)")
+    else:
+        k = "" if method.supervised else f"; k = {train.k} clusters per label set"
+        lines += [f"- rounds: {rounds_done} of {1 if method.supervised else train.rounds}{k}",
+                  f"- per round: {train.epochs} epoch(s) of {_epoch(train.epoch_size)}, "
+                  f"re-cluster on {train.recluster}, assignment {train.assign}",
+                  f"- optimiser: SGD lr {train.lr}, momentum {train.momentum}, weight decay {train.weight_decay}, "
+                  f"batch {train.batch_size}; seed {cfg.seed}"]  # fmt: skip
+    lines += ["", "### Last round's clusters", "", *_cluster_lines(run, method)]
+    lines += ["", "## Evaluation", "", *_metric_lines(results)]
+    lines += ["", "## Input", "", *_input_lines(cfg, set(modalities.values()))]
+    return "\n".join(lines) + "\n"
+
+
+def _epoch(size: int) -> str:
+    return f"{size} clips" if size else "one clip per video"
+
+
+def _preset(cfg: Config) -> str:
+    """The preset whose model and clip settings the run uses, if any."""
+    for name in PRESETS:
+        preset = load_config(None, preset=name)
+        if preset.model == cfg.model and preset.data.clip == cfg.data.clip:
+            return f"`{name}` (model and clip settings as in the preset)"
+    return "none (custom model or clip settings)"
+
+
+def _data_line(run: Path) -> str:
+    videos = run / "videos.csv"
+    if not videos.exists():
+        return "not recorded (the run has no videos.csv)"
+    with open(videos, newline="") as f:
+        paths = [row["path"] for row in csv.DictReader(f)]
+    where = f", under `{os.path.commonpath([str(Path(p).parent) for p in paths])}`" if paths else ""
+    return f"{len(paths)} videos (listed in the run's videos.csv{where})"
+
+
+def _cluster_lines(run: Path, method: Method) -> list[str]:
+    if not method.trains or method.supervised:
+        return [f"None: method {method.name} does not cluster."]
+    try:
+        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return ["Not available (log.jsonl is missing or unreadable)."]
+    clusters = [r for r in records if r.get("kind") == "cluster"]
+    if not clusters:
+        return ["Not available (log.jsonl has no cluster records)."]
+    last = max(r["step"] for r in clusters)
+    merged = {k: v for r in clusters if r["step"] == last for k, v in r.items()}
+    lines = [f"Round {last} (log.jsonl).", "",
+             "| label set | non-empty clusters | largest | size entropy / log k | NMI with previous round | collapsed |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in method.label_sets:
+        if f"{name}/k" not in merged:
+            continue
+        nmi = merged.get(f"{name}/nmi_previous")
+        lines.append(f"| {name} | {merged[f'{name}/non_empty']} of {merged[f'{name}/k']} | "
+                     f"{merged[f'{name}/largest_fraction']:.1%} | {merged[f'{name}/entropy_ratio']:.3f} | "
+                     f"{'-' if nmi is None else f'{nmi:.3f}'} | {'yes' if merged[f'{name}/collapsed'] else 'no'} |")
+    return lines
+
+
+def _metric_lines(results: list[dict]) -> list[str]:
+    if not results:
+        return ["No results were given (`xdc export RUN --out DIR --metrics result.json`, from `xdc eval ... --out`)."]
+    lines = ["| file | command | evaluated | results |", "|---|---|---|---|"]
+    for r in results:
+        subject = r.get("dataset") or r.get("features") or r.get("run") or ""
+        numbers = _accuracies(r)
+        lines.append(f"| `{r['file']}` | {r['command']} | `{subject}` | "
+                     f"{', '.join(f'{k} {v:.4g}' for k, v in numbers.items()) or '-'} |")  # fmt: skip
+    return lines
+
+
+def _accuracies(record: dict) -> dict[str, float]:
+    """The headline numbers of an `xdc eval` result: top-level accuracies, or the last round's cluster scores."""
+    if record["command"] == "eval clusters" and record.get("rounds"):
+        last = max(row["round"] for row in record["rounds"])
+        return {f"{key} ({row['label_set']})": row[key] for row in record["rounds"] if row["round"] == last
+                for key in ("nmi", "purity", "hungarian_accuracy") if key in row}  # fmt: skip
+    return {k: v for k, v in record.items()
+            if ("top" in k or "accuracy" in k) and isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
+
+
+def _input_lines(cfg: Config, modalities: set[str]) -> list[str]:
+    clip, mel = cfg.data.clip, cfg.data.mel
+    lines = []
+    if "video" in modalities:
+        box = f", cut to the region {list(clip.crop_box)} (left, top, right, bottom fractions)" if clip.crop_box else ""
+        lines.append(f"- video: {clip.frames} RGB frames at {clip.fps:g} fps{box}; short side resized to "
+                     f"{cfg.data.augment.scale_min} px, centre crop {clip.crop} x {clip.crop}; values in [0, 1], "
+                     f"normalised with mean {list(VIDEO_MEAN)} and std {list(VIDEO_STD)} "
+                     "(`xdc.data.transforms.VideoTransform`), as a B x 3 x T x H x W tensor.")  # fmt: skip
+    if "audio" in modalities:
+        f_max = mel.f_max if mel.f_max is not None else clip.sample_rate / 2
+        lines.append(f"- audio: {clip.audio_span:g} s of mono audio at {clip.sample_rate} Hz as a log-mel spectrogram: "
+                     f"{mel.n_mels} mel bands ({mel.f_min:g}-{f_max:g} Hz), {mel.window_ms:g} ms Hann window, "
+                     f"{mel.n_fft}-point FFT, {mel.hop_ms:g} ms hop (`xdc.data.transforms.AudioTransform`), as a "
+                     "B x 1 x mels x frames tensor; no further normalisation (the encoder's input BatchNorm does it).")
+    lines += ["", "The same settings are in each file's metadata: `xdc.export.read_metadata(path)`."]
+    return lines

@@ -1,0 +1,78 @@
+"""The released XDC video weights (Alwassel et al. 2020) as a ready ``VideoEncoder``.
+
+The authors published R(2+1)D-18 state dicts (r2plus1d_18_xdc_ig65m_kinetics, r2plus1d_18_xdc_ig65m_random,
+r2plus1d_18_xdc_audioset, and the fully supervised r2plus1d_18_fs_kinetics / r2plus1d_18_fs_imagenet) built with
+VMZ's R(2+1)D: torchvision's key names, but each (2+1)D conv has its own middle width and every BatchNorm uses
+eps 1e-3, so they do not load into torchvision's r2plus1d_18. Their ``fc`` layer is meaningless (a leftover
+classifier) and is ignored.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from xdc.errors import UserError
+from xdc.models.encoders import VideoEncoder
+from xdc.training import checkpoint
+
+OFFICIAL_BN_EPS = 1e-3
+_WRAPPERS = ("state_dict", "model")  # keys under which training scripts commonly nest the weights
+_PREFIX = "module."  # added by DataParallel / DistributedDataParallel
+
+
+def official_xdc_architecture() -> VideoEncoder:
+    """R(2+1)D-18 laid out like the released weights (random initialisation)."""
+    return VideoEncoder(64, (2, 2, 2, 2), mid_width="per_conv", bn_eps=OFFICIAL_BN_EPS)
+
+
+def load_official_xdc(path: str | Path) -> VideoEncoder:
+    """The released XDC (or fully supervised) R(2+1)D-18 file at ``path`` as a VideoEncoder in eval mode.
+
+    It returns the 512-d pooled feature of B x 3 x T x H x W clips normalised like ``xdc.data.transforms``
+    (RGB in [0, 1], VIDEO_MEAN / VIDEO_STD). The file may hold a bare state dict or one nested under
+    "state_dict" or "model", with or without "module." prefixes. Every key must match in name and shape, except
+    ``fc.*`` (ignored) and BatchNorm ``num_batches_tracked`` counters (unused in eval mode; older files lack them).
+    """
+    path = Path(path)
+    state = _state_dict(path)
+    encoder = official_xdc_architecture()
+    expected = encoder.state_dict()
+    given = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in given.items()
+             if k in expected and v.shape != expected[k].shape]  # fmt: skip
+    found = {"missing keys": missing, "unexpected keys": unexpected, "wrong shapes": wrong}
+    problems = [f"{what}: {_listing(keys)}" for what, keys in found.items() if keys]
+    if problems:
+        raise UserError(f"{path} is not an XDC R(2+1)D-18 checkpoint; " + "; ".join(problems))
+    encoder.load_state_dict(given, strict=False)  # the checks above leave only num_batches_tracked to default
+    return encoder.eval()
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        obj = checkpoint.load(path)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read {path} as a PyTorch weights file: {first_line}") from None
+    if isinstance(obj, dict) and not _is_state_dict(obj):
+        obj = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), obj)
+    if not isinstance(obj, dict) or not _is_state_dict(obj):
+        raise UserError(f"{path} holds no state dict (a mapping of names to tensors, bare or under "
+                        f"{' or '.join(repr(k) for k in _WRAPPERS)})")  # fmt: skip
+    return {k.removeprefix(_PREFIX): v for k, v in obj.items()}
+
+
+def _is_state_dict(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _listing(keys: list[str], shown: int = 6) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more

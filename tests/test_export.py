@@ -1,0 +1,140 @@
+"""xdc export and xdc.load_encoder on a real tiny XDC run: same outputs as the run, metadata, model card, errors."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import xdc
+from xdc.cli import main
+from xdc.config import config_to_dict, load_config
+from xdc.data.index import build_manifest
+from xdc.data.synthetic import make_synthetic
+from xdc.errors import UserError
+from xdc.evaluation.adapters import Item, write_table
+from xdc.evaluation.extract import load_run_encoder
+from xdc.export import read_metadata
+from xdc.training.distributed import Dist
+from xdc.training.pretrain import pretrain
+
+SETTINGS = ["train.batch_size=8", "train.k=3", "train.rounds=2", "data.workers=0"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    labels = make_synthetic(root / "data", 12, 3, seed=2, workers=2)
+    build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
+    pretrain(load_config(None, SETTINGS, preset="tiny"), root / "manifest.csv", root / "run", resume=False, ctx=Dist())
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory) -> tuple[Path, dict, dict]:
+    """An export citing a linear probe and the cluster quality in its model card: (folder, probe, clusters)."""
+    root = tmp_path_factory.mktemp("exported")
+    with open(run.parent / "data" / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    items = [Item(str(run.parent / "data" / r["path"]), r["label"], "test" if i % 3 == 0 else "train")
+             for i, r in enumerate(rows)]  # fmt: skip
+    write_table(items, root / "table.csv")
+    assert main(["extract", "--run", str(run), "--encoder", "audio", "--data", str(root / "table.csv"),
+                 "--clips", "1", "--out", str(root / "audio.npz")]) == 0  # fmt: skip
+    assert main(["eval", "linear", "--features", str(root / "audio.npz"), "--out", str(root / "linear.json")]) == 0
+    assert main(["eval", "clusters", "--run", str(run), "--out", str(root / "clusters.json")]) == 0
+    assert main(["export", str(run), "--out", str(root / "out"), "--metrics", str(root / "linear.json"),
+                 "--metrics", str(root / "clusters.json")]) == 0  # fmt: skip
+    results = [json.loads((root / f"{name}.json").read_text()) for name in ("linear", "clusters")]
+    return root / "out", *results
+
+
+def inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"video": torch.randn(2, 3, 4, 32, 32, generator=g), "audio": torch.randn(2, 1, 40, 100, generator=g)}
+
+
+def test_loaded_encoders_match_the_run_exactly(run, exported):
+    out, _, _ = exported
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "audio.safetensors", "video.safetensors"]
+    for name in ("video", "audio"):
+        own, modality, _ = load_run_encoder(run, name)
+        for loaded in (xdc.load_encoder(out / f"{name}.safetensors"), xdc.load_encoder(out, name=name)):
+            assert not loaded.training
+            assert all(torch.equal(v, own.state_dict()[k]) for k, v in loaded.state_dict().items())
+            with torch.no_grad():
+                assert torch.equal(loaded(inputs()[modality]), own(inputs()[modality]))
+
+
+def test_metadata_is_enough_to_feed_the_encoders(run, exported):
+    out, _, _ = exported
+    cfg = load_config(run / "config.yaml")
+    video, audio = read_metadata(out / "video.safetensors"), read_metadata(out, name="audio")
+    assert (video["modality"], audio["modality"], video["method"]) == ("video", "audio", "xdc")
+    assert video["model"] == audio["model"] == config_to_dict(cfg.model)
+    assert video["data"] == {"clip": config_to_dict(cfg.data.clip), "mel": config_to_dict(cfg.data.mel),
+                             "eval_short_side": 36}  # fmt: skip
+    assert video["input_shape"] == [3, 4, 32, 32] and audio["input_shape"] == [1, 40, 100]
+    assert video["video_mean"] == [0.43216, 0.394666, 0.37645] and "video_mean" not in audio
+    assert video["feature_dim"] == audio["feature_dim"] == 64
+
+
+def test_model_card(exported):
+    out, linear, clusters = exported
+    card = (out / "README.md").read_text()
+    assert "method **xdc**" in card and "k = 3 clusters" in card and "rounds: 2 of 2" in card
+    assert "12 videos" in card and "Preset: `tiny`" in card and "Round 1 (log.jsonl)" in card
+    assert "| video |" in card and "| audio |" in card  # the last round's two label sets
+    last = [r for r in clusters["rounds"] if r["round"] == 1 and r["label_set"] == "video"][0]
+    assert f"nmi (video) {last['nmi']:.4g}" in card and "`clusters.json` | eval clusters" in card
+    assert f"top1 {linear['top1']:.4g}, top5 {linear['top5']:.4g}, clip_top1 {linear['clip_top1']:.4g}" in card
+    assert 'xdc.load_encoder("video.safetensors")' in card and "mean [0.43216, 0.394666, 0.37645]" in card
+
+
+def test_export_refuses_unfinished_runs_and_foreign_folders(run, tmp_path, capsys):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((run / "config.yaml").read_text())
+    assert main(["export", str(unfinished), "--out", str(tmp_path / "a")]) == 2
+    assert "no encoders.pt" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert main(["export", str(run), "--out", str(busy)]) == 2
+    assert "not empty and not a previous `xdc export`" in capsys.readouterr().err
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["export", str(run), "--out", str(tmp_path / "b"), "--metrics", str(tmp_path / "bad.json")]) == 2
+    assert "not a result file of `xdc eval" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_export_replaces_a_previous_export_whole(run, tmp_path):
+    out = tmp_path / "out"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    (out / "video.safetensors").rename(out / "stale.safetensors")  # an encoder this run does not have
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "audio.safetensors", "video.safetensors"]
+    assert "No results were given" in (out / "README.md").read_text()
+
+
+def test_load_encoder_errors(exported, tmp_path):
+    out, _, _ = exported
+    with pytest.raises(UserError, match=r"several encoders \(audio, video\): choose one with name="):
+        xdc.load_encoder(out)
+    with pytest.raises(UserError, match="has no encoder 'video2'; it has: audio, video"):
+        xdc.load_encoder(out, name="video2")
+    with pytest.raises(UserError, match="no such file or folder"):
+        xdc.load_encoder(tmp_path / "absent.safetensors")
+    save_file({"w": torch.zeros(2)}, tmp_path / "foreign.safetensors")
+    with pytest.raises(UserError, match="not written by `xdc export`.*load_official_xdc"):
+        xdc.load_encoder(tmp_path / "foreign.safetensors")
+    (tmp_path / "text.safetensors").write_text("not a tensor file")
+    with pytest.raises(UserError, match="cannot read .* as a safetensors file"):
+        xdc.load_encoder(tmp_path / "text.safetensors")
+    meta = read_metadata(out / "video.safetensors")
+    raw = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in meta.items()}
+    save_file({"stem.0.weight": torch.zeros(1)}, tmp_path / "video.safetensors", metadata=raw)
+    with pytest.raises(UserError, match="do not fit the video encoder its metadata describes: .*Missing key"):
+        xdc.load_encoder(tmp_path / "video.safetensors")
