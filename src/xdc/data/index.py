@@ -60,7 +60,7 @@ def build_manifest(
     """Probe every media file under ``paths`` (folders or lists of files) and write the manifest ``out``.
     Rows of an existing ``out`` whose (path, size, mtime) still match are reused without opening the file."""
     out = Path(out)
-    workers = _check_workers(workers)
+    workers = check_workers(workers)
     label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
     collection = find_media(paths)
     _check_out(out)
@@ -69,7 +69,7 @@ def build_manifest(
     rows: dict[str, dict] = {}
     todo: dict[str, dict] = {}
     for path in collection.files:
-        row = _stat_row(path)
+        row = stat_row(path)
         cached = cache.get(path)
         if "status" in row:
             rows[path] = row
@@ -107,7 +107,7 @@ def build_manifest(
     )
 
 
-def _check_workers(workers: int | None) -> int:
+def check_workers(workers: int | None) -> int:
     if workers is None:
         return os.cpu_count() or 1
     if workers < 1:
@@ -194,7 +194,7 @@ def read_file_list(path: Path) -> list[Path]:
 # --- probing -----------------------------------------------------------------------------------------------
 
 
-def _stat_row(path: str) -> dict:
+def stat_row(path: str) -> dict:
     """The file's cache key (size, mtime), or an error row (with a status) when it cannot be probed at all."""
     try:
         st = os.stat(path)
@@ -226,7 +226,7 @@ def probe_files(paths: list[str], workers: int) -> dict[str, dict]:
 
 def _probe_in_pool(paths: list[str], workers: int, results: dict[str, dict], progress: tqdm) -> None:
     """Fill ``results``; returns early, leaving files out, when a worker process dies."""
-    pool = ProcessPoolExecutor(min(workers, len(paths)), initializer=_init_worker)
+    pool = ProcessPoolExecutor(min(workers, len(paths)), initializer=init_worker)
     try:
         futures = {pool.submit(_probe_job, path): path for path in paths}
         for future in as_completed(futures):
@@ -240,13 +240,13 @@ def _probe_in_pool(paths: list[str], workers: int, results: dict[str, dict], pro
 
 def _probe_isolated(path: str) -> dict:
     try:
-        with ProcessPoolExecutor(1, initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(1, initializer=init_worker) as pool:
             return pool.submit(_probe_job, path).result()
     except BrokenProcessPool:
         return _failed("decoder crashed")
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     # At ERROR level PyAV keeps FFmpeg's last message on the exception (e.g. "moov atom not found"), which makes
     # reasons precise; the log lines themselves are dropped so they do not clutter the terminal.
     av.logging.set_level(av.logging.ERROR)

@@ -1,0 +1,503 @@
+"""``xdc prepare``: transcode a collection into a form that is cheap to train on.
+
+Training reads short random clips at low resolution. Typical user files are large frames with a keyframe every
+few seconds and 44.1/48 kHz stereo audio, so every clip decodes far more than it uses: all frames since the last
+keyframe, at full size, then resamples the audio. A prepared copy (short side 128, a keyframe every few frames,
+16 kHz mono AAC) makes each clip cost about what it uses. See docs/prepare.md for the layout, the report and
+the measured gain.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import math
+import os
+import sys
+import time
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path, PurePath
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+from tqdm import tqdm
+
+from xdc.data.index import (
+    Collection, LabelIndex, check_workers, find_media, init_worker, probe_file, stat_row,
+)  # fmt: skip
+from xdc.errors import UserError
+
+REPORT = "prepared.csv"
+LABELS = "labels.csv"
+COLUMNS = ("source", "output", "status", "reason", "seconds", "duration_s", "size", "mtime", "settings")
+PARTIAL_GLOB = ".*.partial.mp4"  # outputs being written; the * is the output's file name
+# AAC's standard sample rates (the encoder refuses others).
+SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+TIME_BASE = Fraction(1, 90000)  # output video timestamps: fine enough to keep any source's frame times
+MAX_BAD_PACKETS = 8  # damaged packets skipped per stream before the file counts as broken (as read_clip does)
+REORDER_FRAMES = 4  # frames held back to put mislabelled timestamps in order (more than B-frame depths in use)
+SAVE_EVERY_S = 5.0  # the report is rewritten this often during a run, so an interrupted run can resume
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    short_side: int = 128  # pixels of the output's shorter displayed side (smaller sources are not enlarged)
+    gop: int = 16  # the most frames between two keyframes
+    fps: float | None = None  # cap on the frame rate; None keeps the source's
+    sample_rate: int = 16000
+    crf: int = 23  # x264 quality (lower: better and larger)
+
+    def check(self) -> None:
+        if self.short_side < 16 or self.short_side % 2:
+            raise UserError(f"--short-side must be an even number of pixels, at least 16, got {self.short_side}")
+        if self.gop < 1:
+            raise UserError(f"--gop must be at least 1 frame, got {self.gop}")
+        if self.fps is not None and not self.fps > 0:
+            raise UserError(f"--fps must be positive, got {self.fps}")
+        if self.sample_rate not in SAMPLE_RATES:
+            rates = ", ".join(map(str, SAMPLE_RATES))
+            raise UserError(f"--sample-rate must be one of AAC's rates ({rates}), got {self.sample_rate}")
+        if not 0 <= self.crf <= 51:
+            raise UserError(f"--crf must be between 0 and 51, got {self.crf}")
+
+    def key(self) -> str:
+        """The settings as one string, stored per file: a re-run with other settings redoes the file."""
+        fps = "source" if self.fps is None else f"{self.fps:g}"
+        return f"short_side={self.short_side} gop={self.gop} fps={fps} sample_rate={self.sample_rate} crf={self.crf}"
+
+
+@dataclass
+class PrepareSummary:
+    files: int
+    prepared: int  # outputs in place: transcoded this run or kept from an earlier one
+    kept: int  # of which were kept from an earlier run (source and settings unchanged)
+    skipped: int  # unusable sources (the probe's reason, as in xdc index)
+    failed: int  # usable sources whose transcoding failed
+    labelled: int | None = None  # None when no labels file was given
+    problems: list[dict] = field(default_factory=list)  # the skipped and failed rows
+
+    def line(self) -> str:
+        text = f"{self.files} files: {self.prepared} prepared ({self.kept} already done), {self.skipped} skipped"
+        text += f", {self.failed} failed"
+        if self.labelled is not None:
+            text += f"\n{self.labelled} of {self.prepared} prepared files labelled"
+        return text
+
+
+def prepare(
+    paths: list[str], out: Path, options: PrepareOptions | None = None, labels: Path | None = None,
+    workers: int | None = None,
+) -> PrepareSummary:  # fmt: skip
+    """Transcode every media file under ``paths`` (folders, lists of files or files) into the folder ``out``,
+    keeping each file's path relative to the inputs' common folder, and write ``out/prepared.csv``.
+    Files whose source size, mtime and settings match an ``ok`` row of an earlier report are not redone."""
+    options = options or PrepareOptions()
+    options.check()
+    workers = check_workers(workers)
+    label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
+    collection = find_media(paths)
+    out = Path(out).expanduser().resolve()
+    _check_out(out, collection)
+    report = out / REPORT
+    previous = {row["source"]: row for row in read_report(report)} if report.exists() else {}
+    for partial in out.rglob(PARTIAL_GLOB):  # left by an interrupted run
+        partial.unlink(missing_ok=True)
+
+    settings = options.key()
+    rows: dict[str, dict] = {}
+    todo: list[str] = []
+    claimed: set[str] = set()
+    for source, output in plan_outputs(collection).items():
+        row = {"source": source, "output": output, "settings": settings, "seconds": 0.0, "duration_s": 0.0}
+        found = stat_row(source)
+        if "status" in found:  # missing or unreadable: what xdc index reports for it
+            rows[source] = {**row, "status": "skipped", "reason": found["reason"], "size": "", "mtime": ""}
+            continue
+        row.update(size=str(found["size"]), mtime=found["mtime"])
+        old = previous.get(source)
+        if output in claimed:  # only when a name like clip.avi.mp4 is also a source's own name: never overwrite
+            rows[source] = {**row, "status": "error", "reason": f"output name {output} is taken by another file"}
+        elif old is not None and old["status"] == "ok" and (out / output).is_file() and all(
+            old[k] == row[k] for k in ("output", "size", "mtime", "settings")
+        ):
+            rows[source] = {**old, "kept": True}
+        else:
+            rows[source] = row
+            todo.append(source)
+        claimed.add(output)
+
+    def save() -> None:
+        # Files not reached yet keep their earlier row (an interrupted run must not forget finished outputs).
+        current = {s: r if "status" in r else previous.get(s) for s, r in rows.items()}
+        write_report(report, [r for _, r in sorted(current.items()) if r is not None])
+
+    try:
+        _run_jobs(todo, rows, out, options, workers, save)
+    finally:
+        save()
+    summary = _summarise(list(rows.values()))
+    if label_index is not None:
+        summary.labelled = _write_labels(out / LABELS, rows, label_index, collection)
+    return summary
+
+
+def _check_out(out: Path, collection: Collection) -> None:
+    """Outputs must never land among the inputs: a later index of the input folder would find them, and an
+    output path could be an input file."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    for root in collection.roots:
+        if out.is_relative_to(root):
+            raise UserError(f"--out {out} is inside the input folder {root}; choose a folder outside it")
+        if root.is_relative_to(out):
+            raise UserError(f"the input folder {root} is inside --out {out}; choose another --out")
+    for source in collection.files:
+        if Path(source).is_relative_to(out):
+            raise UserError(f"the input file {source} is inside --out {out}; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {out}: {e.strerror or e}") from None
+
+
+def plan_outputs(collection: Collection) -> dict[str, str]:
+    """Output path (relative to the output folder, POSIX) of each source: its path relative to the folder that
+    holds all inputs, with the suffix .mp4. Two sources that would share a name (clip.avi and clip.mp4) keep
+    their suffix in it: clip.mp4 stays clip.mp4, clip.avi becomes clip.avi.mp4."""
+    sources = list(collection.files)
+    root = Path(os.path.commonpath([*map(str, collection.roots), *(str(Path(s).parent) for s in sources)]))
+    relative = {s: PurePath(s).relative_to(root) for s in sources}
+    claims = Counter(rel.with_suffix(".mp4").as_posix() for rel in relative.values())
+    plan = {}
+    for source, rel in relative.items():
+        name = rel.with_suffix(".mp4").as_posix()
+        plan[source] = name if claims[name] == 1 or rel.suffix == ".mp4" else rel.as_posix() + ".mp4"
+    return plan
+
+
+# --- the report --------------------------------------------------------------------------------------------
+
+
+def write_report(path: Path, rows: list[dict]) -> None:
+    """Write the report atomically (a reader never sees half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                cells = {k: _cell(row.get(k)) for k in COLUMNS}
+                if row["status"] != "ok":
+                    cells["output"] = ""  # nothing was written for it
+                writer.writerow(cells)
+        tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def read_report(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(COLUMNS) - set(reader.fieldnames or ())
+            if missing:
+                raise UserError(f"{path} is not an xdc prepare report (missing columns: {', '.join(sorted(missing))})")
+            return list(reader)
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not an xdc prepare report (not UTF-8 text)") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _summarise(rows: list[dict]) -> PrepareSummary:
+    statuses = Counter(row["status"] for row in rows)
+    return PrepareSummary(
+        files=len(rows),
+        prepared=statuses["ok"],
+        kept=sum(1 for row in rows if row.get("kept")),
+        skipped=statuses["skipped"],
+        failed=statuses["error"],
+        problems=[row for row in sorted(rows, key=lambda r: r["source"]) if row["status"] != "ok"],
+    )
+
+
+def _write_labels(path: Path, rows: dict[str, dict], label_index: LabelIndex, collection: Collection) -> int:
+    """Label the prepared files by their sources (the rules of xdc index) and write them with paths relative
+    to the output folder: ``xdc index OUT --labels OUT/labels.csv`` then matches every one."""
+    names = Counter(Path(s).name for s in rows)
+    stems = Counter(Path(s).stem for s in rows)
+    labelled = []
+    for source, row in sorted(rows.items()):
+        label = label_index.lookup(source, collection.roots, names, stems)
+        if row["status"] == "ok" and label:
+            labelled.append((row["output"], label))
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(("path", "label"))
+            writer.writerows(labelled)
+        tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    return len(labelled)
+
+
+# --- running the jobs --------------------------------------------------------------------------------------
+
+
+def _run_jobs(todo: list[str], rows: dict[str, dict], out: Path, options: PrepareOptions, workers: int, save) -> None:
+    """Transcode in worker processes. A decoder crash kills its worker and breaks the pool; the files not yet
+    done are then transcoded one per fresh process, and a file that kills its process is marked as such."""
+    if not todo:
+        return
+    saved = time.monotonic()
+
+    def finish(source: str, result: dict) -> None:
+        nonlocal saved
+        rows[source].update(result)
+        progress.update()
+        if time.monotonic() - saved > SAVE_EVERY_S:
+            save()
+            saved = time.monotonic()
+
+    with tqdm(total=len(todo), desc="preparing", unit="file", file=sys.stderr, disable=None) as progress:
+        pool = ProcessPoolExecutor(min(workers, len(todo)), initializer=init_worker)
+        try:
+            futures = {pool.submit(prepare_job, s, str(out / rows[s]["output"]), options): s for s in todo}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+        except BrokenProcessPool:
+            pass
+        finally:
+            pool.shutdown(cancel_futures=True)  # on Ctrl-C, do not wait for the files still queued
+        for source in todo:
+            if "status" not in rows[source]:
+                finish(source, _prepare_isolated(source, str(out / rows[source]["output"]), options))
+
+
+def _prepare_isolated(source: str, output: str, options: PrepareOptions) -> dict:
+    try:
+        with ProcessPoolExecutor(1, initializer=init_worker) as pool:
+            return pool.submit(prepare_job, source, output, options).result()
+    except BrokenProcessPool:
+        return {"status": "error", "reason": "decoder crashed"}
+
+
+def prepare_job(source: str, output: str, options: PrepareOptions) -> dict:
+    """Worker entry point: one bad file must become a row, never an exception that ends the run."""
+    start = time.perf_counter()
+    try:
+        result = prepare_file(source, Path(output), options)
+    except Exception as e:  # noqa: BLE001 - recorded as the file's reason
+        lines = str(e).strip().splitlines()
+        result = {"status": "error", "reason": f"transcoding failed: {type(e).__name__}: {lines[0] if lines else ''}"}
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+# --- transcoding one file ----------------------------------------------------------------------------------
+
+
+class _Broken(Exception):
+    """A stream has too many damaged packets; the message is the reason."""
+
+
+def prepare_file(source: str, output: Path, options: PrepareOptions) -> dict:
+    """Probe ``source`` as xdc index does, then transcode its usable streams into ``output`` (written under a
+    hidden temporary name, then renamed). Returns status, reason and duration_s."""
+    probe = probe_file(source)
+    if probe["status"] == "error":
+        return {"status": "skipped", "reason": probe["reason"], "duration_s": probe["duration_s"]}
+    has_video, has_audio = probe["width"] > 0, bool(probe["has_audio"])
+    # A video whose audio fails to decode keeps its pictures; the loss is said in the reason.
+    note = f"audio dropped: {probe['reason']}" if not has_audio and probe["reason"] != "no audio stream" else ""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(PARTIAL_GLOB.replace("*", output.name))
+    try:
+        skipped = _transcode(source, tmp, probe, options, has_video, has_audio)
+        tmp.replace(output)
+    except _Broken as e:
+        return {"status": "error", "reason": str(e), "duration_s": probe["duration_s"]}
+    finally:
+        tmp.unlink(missing_ok=True)
+    if skipped:
+        note = "; ".join(filter(None, [note, f"{skipped} damaged packet{'s' * (skipped > 1)} skipped"]))
+    return {"status": "ok", "reason": note, "duration_s": probe["duration_s"]}
+
+
+def _transcode(source: str, dest: Path, probe: dict, options: PrepareOptions, has_video: bool, has_audio: bool) -> int:
+    """Decode once, encode both streams into ``dest``; returns the number of damaged packets skipped."""
+    with av.open(source) as src, av.open(str(dest), mode="w", format="mp4") as dst:
+        attached = av.stream.Disposition.attached_pic  # the same streams as the probe picked
+        vin = next(s for s in src.streams.video if not s.disposition & attached) if has_video else None
+        ain = src.streams.audio[0] if has_audio else None
+        # Both tracks are shifted by the same origin, so their relative timing (the A/V sync) is unchanged.
+        origin = src.start_time / av.time_base if src.start_time is not None else 0.0
+        tracks = {}
+        if vin is not None:
+            tracks[vin.index] = _VideoTrack(vin, dst, probe, options, origin)
+        if ain is not None:
+            tracks[ain.index] = _AudioTrack(ain, dst, options, origin)
+        for packet in src.demux([s for s in (vin, ain) if s is not None]):
+            track = tracks[packet.stream.index]
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError as e:
+                track.damaged(packet, e)
+                continue
+            for frame in frames:
+                track.add(frame)
+        for track in tracks.values():
+            track.close()
+        return sum(track.bad for track in tracks.values())
+
+
+class _Track:
+    kind = ""
+
+    def __init__(self, stream, container, origin: float):
+        stream.codec_context.thread_count = 1  # parallelism is across files
+        self.out = None  # set by subclasses
+        self.container = container
+        self.origin = origin
+        self.bad = 0
+        self.first_error = ""
+
+    def damaged(self, packet, error: Exception) -> None:
+        # Players skip a damaged packet; so does read_clip, up to the same limit.
+        self.bad += 1
+        if not self.first_error:
+            seconds = float(packet.pts * packet.time_base) - self.origin if packet.pts is not None else 0.0
+            self.first_error = f"at {seconds:.1f}s: {error.strerror or error}"
+        if self.bad > MAX_BAD_PACKETS:
+            more = f"more than {MAX_BAD_PACKETS} damaged packets"
+            raise _Broken(f"{self.kind} stream has {more} (the first {self.first_error})")
+
+    def encode(self, frame) -> None:
+        self.container.mux(self.out.encode(frame))
+
+
+class _VideoTrack(_Track):
+    """Scales (and turns upright) each frame, keeps its timestamp, and drops frames beyond the fps cap."""
+
+    kind = "video"
+
+    def __init__(self, stream, container, probe: dict, options: PrepareOptions, origin: float):
+        super().__init__(stream, container, origin)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        self.slot = 0.0  # with an fps cap: keep the first frame of each 1/fps slot of time
+        if options.fps is not None and rate > options.fps:
+            rate, self.slot = Fraction(options.fps).limit_denominator(1001), 1.0 / options.fps
+        sideways = probe["rotation"] in (90, 270)
+        width, height = output_size(
+            probe["height"] if sideways else probe["width"], probe["width"] if sideways else probe["height"],
+            options.short_side,
+        )  # fmt: skip
+        self.size = (height, width) if sideways else (width, height)  # before turning upright
+        self.out = container.add_stream("libx264", rate=rate)
+        self.out.width, self.out.height, self.out.pix_fmt = width, height, "yuv420p"
+        self.out.codec_context.time_base = self.out.time_base = TIME_BASE
+        self.out.options = {"crf": str(options.crf), "preset": "veryfast", "tune": "fastdecode", "g": str(options.gop),
+                            "x264-params": "cpu-independent=1"}  # the same bytes on every CPU (see data/encode.py)
+        self.out.codec_context.thread_count = 1
+        # Reused converters: frame.reformat would set up a new scaling context for every frame (most of its cost).
+        self.scaler, self.to_yuv = VideoReformatter(), VideoReformatter()
+        self.period = 1.0 / float(rate)
+        self.last_time: float | None = None
+        self.held: deque = deque()  # decoded frames not yet encoded, oldest first
+        self.times: list[float] = []  # heap of their timestamps
+        self.last_pts = -1
+        self.last_slot = -1
+
+    def add(self, frame) -> None:
+        t = frame.time
+        if t is None:  # no timestamp: assume the nominal rate after the previous frame
+            t = self.last_time + self.period if self.last_time is not None else self.origin
+        self.last_time = t
+        # Frames come out of the decoder in display order, but some containers label them with shuffled times
+        # (AVI with packed B-frames: 1, 2, 4, 3, ...): the held-back frames take the smallest pending times.
+        heapq.heappush(self.times, t)
+        self.held.append(frame)
+        if len(self.held) > REORDER_FRAMES:
+            self._emit(self.held.popleft(), heapq.heappop(self.times))
+
+    def _emit(self, frame, t: float) -> None:
+        t = max(0.0, t - self.origin)
+        if self.slot:
+            slot = math.floor(t / self.slot + 1e-6)
+            if slot <= self.last_slot:
+                return
+            self.last_slot = slot
+        pts = round(t / TIME_BASE)
+        if pts <= self.last_pts:  # a repeated timestamp shows nothing new (and the encoder needs them increasing)
+            return
+        self.last_pts = pts
+        width, height = self.size
+        turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # as read_clip turns frames upright
+        if turns:
+            image = self.scaler.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
+            upright = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(image, turns)), format="rgb24")
+            scaled = self.to_yuv.reformat(upright, format="yuv420p")
+        else:
+            scaled = self.scaler.reformat(frame, width=width, height=height, format="yuv420p")
+        scaled.pts, scaled.time_base = pts, TIME_BASE
+        self.encode(scaled)
+
+    def close(self) -> None:
+        while self.held:
+            self._emit(self.held.popleft(), heapq.heappop(self.times))
+        self.encode(None)
+
+
+class _AudioTrack(_Track):
+    """Resamples to the target rate, mixes down to mono by averaging channels (as read_clip does), keeps the
+    timestamps (the resampler carries them through), and encodes AAC."""
+
+    kind = "audio"
+
+    def __init__(self, stream, container, options: PrepareOptions, origin: float):
+        super().__init__(stream, container, origin)
+        self.rate = options.sample_rate
+        self.out = container.add_stream("aac", rate=self.rate)
+        self.out.layout = "mono"
+        self.out.bit_rate = 3 * self.rate  # 48 kb/s at 16 kHz: transparent for log-mel features
+        self.resampler = av.AudioResampler(format="fltp", rate=self.rate)  # keeps the channels: mixed below
+        self.next_time: float | None = None
+
+    def add(self, frame) -> None:
+        t = frame.time if frame.time is not None else self.next_time
+        t = self.origin if t is None else t
+        self.next_time = t + frame.samples / frame.sample_rate
+        frame.pts, frame.time_base = round((t - self.origin) * frame.sample_rate), Fraction(1, frame.sample_rate)
+        for resampled in self.resampler.resample(frame):
+            self._mix_and_encode(resampled)
+
+    def _mix_and_encode(self, frame) -> None:
+        samples = frame.to_ndarray()
+        mono = samples.mean(axis=0, keepdims=True) if samples.shape[0] > 1 else samples
+        out = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono, dtype=np.float32), format="fltp", layout="mono")
+        out.sample_rate, out.pts, out.time_base = self.rate, frame.pts, Fraction(1, self.rate)
+        self.encode(out)
+
+    def close(self) -> None:
+        for resampled in self.resampler.resample(None):
+            self._mix_and_encode(resampled)
+        self.encode(None)
+
+
+def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Displayed size scaled so that the short side is ``short_side`` (never enlarged), both sides even."""
+    scale = min(1.0, short_side / min(width, height))
+    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))

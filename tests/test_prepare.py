@@ -1,0 +1,327 @@
+"""``xdc prepare``: output geometry, audio, keyframes, A/V sync, reported bad files, resume, labels, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import multiprocessing
+import os
+import signal
+import wave
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import shared_data
+from xdc.cli import main
+from xdc.config import ClipConfig
+from xdc.data import prepare
+from xdc.data.decode import read_clip
+from xdc.data.encode import write_av
+from xdc.data.index import build_manifest
+from xdc.data.manifest import read_rows
+
+FPS, RATE, FLASH_T = 25, 44100, 1.2
+GOP = 8
+
+
+def _scene(n: int, height: int, width: int, seed: int) -> np.ndarray:
+    """Dark frames with a bright block in the top-left corner: shows which way is up."""
+    frames = np.random.default_rng(seed).integers(0, 40, (n, height, width, 3), dtype=np.uint8)
+    frames[:, : height // 3, : width // 3] = 220
+    return frames
+
+
+def _flash_and_click(seconds: float = 2.0) -> tuple[np.ndarray, int, np.ndarray]:
+    """Black frames at FPS with one white frame at FLASH_T, and stereo silence with a click at FLASH_T."""
+    frames = np.zeros((round(seconds * FPS), 180, 320, 3), np.uint8)
+    frames[round(FLASH_T * FPS)] = 255
+    audio = np.zeros((2, round(seconds * RATE)), np.float32)
+    audio[:, round(FLASH_T * RATE) : round(FLASH_T * RATE) + 200] = 0.9
+    return frames, FPS, audio
+
+
+def _write_wav(path: Path, seconds: float = 1.0, rate: int = RATE) -> None:
+    t = np.arange(round(seconds * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.repeat(tone, 2).tobytes())  # interleaved stereo
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sources")
+    (root / "sub").mkdir()
+    write_av(root / "wide.mp4", *_flash_and_click(), RATE)  # the encoder's default (long) GOP
+    tone = (0.2 * np.sin(np.linspace(0, 2000, 16000))).astype(np.float32)
+    write_av(root / "sub" / "odd.mp4", _scene(30, 146, 202, 1), 30, tone, 16000)  # 128/146 * 202 = 177.1
+    write_av(root / "sub" / "rotated.mp4", _scene(25, 144, 192, 2), FPS, tone, 16000, rotation=90)  # a phone
+    write_av(root / "silent.mp4", _scene(20, 160, 160, 3), FPS, None)
+    _write_wav(root / "silent.wav")  # audio only, and the same stem as silent.mp4
+    (root / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    write_av(root / "cut.mp4", _scene(50, 128, 128, 4), FPS, tone, 16000)
+    cut = (root / "cut.mp4").read_bytes()
+    (root / "cut.mp4").write_bytes(cut[: len(cut) // 2])  # an interrupted download: its index (moov) is lost
+    (root / "labels.csv").write_text("path,label\nwide.mp4,a\nodd,b\nsilent.wav,c\n")  # by path, stem, name
+    return root
+
+
+def _run(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["prepare", *args])
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def prepared(sources: Path, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("prepared") / "out"
+    code, stdout = _run(str(sources), "--out", str(out), "--gop", str(GOP), "--labels", str(sources / "labels.csv"),
+                        "--workers", "2")  # fmt: skip
+    assert code == 0
+    return out, stdout
+
+
+def _report(out: Path) -> dict[str, dict]:
+    with open(out / "prepared.csv", newline="") as f:
+        return {Path(r["source"]).name: r for r in csv.DictReader(f)}
+
+
+def _streams(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        video = c.streams.video[0] if c.streams.video else None
+        audio = c.streams.audio[0] if c.streams.audio else None
+        return {
+            "size": (video.codec_context.width, video.codec_context.height) if video else None,
+            "fps": float(video.average_rate) if video else None,
+            "audio": (audio.codec_context.sample_rate, audio.codec_context.channels, audio.codec_context.name)
+            if audio else None,
+        }  # fmt: skip
+
+
+def test_report_and_summary(prepared, sources: Path) -> None:
+    out, stdout = prepared
+    assert stdout.splitlines()[-2:] == ["7 files: 5 prepared (0 already done), 2 skipped, 0 failed",
+                                        "3 of 5 prepared files labelled"]  # fmt: skip
+    rows = _report(out)
+    assert {n: (r["status"], r["output"]) for n, r in rows.items()} == {
+        "wide.mp4": ("ok", "wide.mp4"), "odd.mp4": ("ok", "sub/odd.mp4"), "rotated.mp4": ("ok", "sub/rotated.mp4"),
+        "silent.mp4": ("ok", "silent.mp4"), "silent.wav": ("ok", "silent.wav.mp4"),
+        "garbage.mp4": ("skipped", ""), "cut.mp4": ("skipped", ""),
+    }  # fmt: skip
+    # The reasons are those of xdc index, and the printed lines name the file.
+    assert rows["garbage.mp4"]["reason"].startswith("cannot open: Invalid data found")
+    assert rows["cut.mp4"]["reason"] == "cannot open: Invalid data found when processing input (moov atom not found)"
+    assert f"skipped {sources / 'garbage.mp4'}: cannot open" in stdout
+    for r in rows.values():
+        assert r["size"] == str(os.path.getsize(r["source"])) and r["settings"].startswith("short_side=128 gop=8")
+    assert float(rows["wide.mp4"]["duration_s"]) == pytest.approx(2.0, abs=0.05)
+    assert not list(out.rglob("*.partial.mp4"))
+
+
+def test_video_is_small_upright_and_keeps_its_frame_rate(prepared, sources: Path) -> None:
+    out, _ = prepared
+    assert _streams(out / "wide.mp4")["size"] == (228, 128)
+    assert _streams(out / "sub" / "odd.mp4")["size"] == (178, 128)  # even, aspect kept
+    assert _streams(out / "sub" / "rotated.mp4")["size"] == (128, 170)  # displayed 144 x 192: turned upright
+    assert _streams(out / "silent.mp4")["size"] == (128, 128)
+    assert _streams(out / "sub" / "odd.mp4")["fps"] == pytest.approx(30, abs=0.1)
+    assert _streams(out / "wide.mp4")["fps"] == pytest.approx(25, abs=0.1)
+    with av.open(str(out / "sub" / "rotated.mp4")) as c:
+        assert next(c.decode(video=0)).rotation == 0  # no display rotation left to apply
+
+    spec = ClipConfig(frames=4, fps=8, decode_short_side=64)
+    for name in ("sub/rotated.mp4", "sub/odd.mp4"):
+        before = read_clip(str(sources / name), 0.2, spec, audio=False).video.astype(float)
+        after = read_clip(str(out / name), 0.2, spec, audio=False).video.astype(float)
+        assert after.shape == before.shape
+        assert np.abs(after - before).mean() < 10  # the same picture the loader showed, the same way up
+        assert np.abs(after - before[:, ::-1, ::-1]).mean() > 30  # (upside down, the bright corner would differ)
+
+
+def test_audio_is_16k_mono_and_kept_only_where_present(prepared) -> None:
+    out, _ = prepared
+    for name in ("wide.mp4", "sub/odd.mp4", "sub/rotated.mp4", "silent.wav.mp4"):
+        assert _streams(out / name)["audio"] == (16000, 1, "aac")
+    assert _streams(out / "silent.mp4")["audio"] is None  # no audio stream invented
+    wav = _streams(out / "silent.wav.mp4")
+    assert wav["size"] is None  # audio only
+    clip = read_clip(str(out / "silent.wav.mp4"), 0.25, ClipConfig(frames=4, fps=8), video=False)
+    stereo = read_clip(str(Path(_report(out)["silent.wav"]["source"])), 0.25, ClipConfig(frames=4, fps=8), video=False)
+    assert np.sqrt(np.mean(clip.audio**2)) == pytest.approx(np.sqrt(np.mean(stereo.audio**2)), rel=0.1)
+
+
+def test_keyframes_at_most_gop_frames_apart(prepared, sources: Path) -> None:
+    out, _ = prepared
+
+    def keyframes(path: Path) -> list[int]:
+        with av.open(str(path)) as c:
+            packets = [p for p in c.demux(video=0) if p.size]
+        return [i for i, p in enumerate(sorted(packets, key=lambda p: p.dts)) if p.is_keyframe]
+
+    assert keyframes(sources / "wide.mp4") == [0]  # the source: one keyframe in 50 frames
+    for name in ("wide.mp4", "sub/odd.mp4", "sub/rotated.mp4", "silent.mp4"):
+        keys = keyframes(out / name)
+        assert keys[0] == 0 and max(np.diff(keys)) <= GOP
+
+
+def test_flash_and_click_stay_within_one_frame(prepared) -> None:
+    out, _ = prepared
+    start = 0.8
+    clip = read_clip(str(out / "wide.mp4"), start, ClipConfig(frames=25, fps=FPS, decode_short_side=0))
+    flash_at = np.argmax(clip.video.reshape(25, -1).mean(axis=1)) / FPS
+    click_at = np.argmax(np.abs(clip.audio)) / 16000
+    assert abs(flash_at - (FLASH_T - start)) < 1e-6
+    assert abs(click_at - flash_at) <= 1 / FPS
+
+
+def test_prepared_folder_indexes_and_reads_with_its_labels(prepared, tmp_path: Path) -> None:
+    out, _ = prepared
+    with open(out / "labels.csv", newline="") as f:
+        assert sorted(map(tuple, csv.reader(f))) == [("path", "label"), ("silent.wav.mp4", "c"), ("sub/odd.mp4", "b"),
+                                                     ("wide.mp4", "a")]  # fmt: skip
+    summary = build_manifest([str(out)], tmp_path / "m.csv", labels=out / "labels.csv", workers=2)
+    assert summary.line() == "5 files: 5 usable (4 with audio), 0 unusable\n3 of 5 files labelled"
+    for row in read_rows(tmp_path / "m.csv"):
+        assert row["rotation"] == "0"
+        clip = read_clip(row["path"], 0.1, ClipConfig(), video=row["width"] != "0", audio=row["has_audio"] == "1")
+        assert clip.video is None or clip.video.shape == (8, int(row["height"]), int(row["width"]), 3)  # no resize
+
+
+def test_rerun_keeps_done_files_and_redoes_changed_ones(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for i in range(2):
+        write_av(src / f"{i}.mp4", _scene(10, 64, 96, i), FPS, None)
+    assert _run(str(src), "--out", str(out), "--workers", "2")[0] == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+    (out / ".0.mp4.partial.mp4").write_bytes(b"left by an interrupted run")
+
+    code, stdout = _run(str(src), "--out", str(out), "--workers", "2")
+    assert code == 0 and stdout.endswith("2 files: 2 prepared (2 already done), 0 skipped, 0 failed\n")
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == first  # not rewritten
+    assert not (out / ".0.mp4.partial.mp4").exists()
+
+    write_av(src / "1.mp4", _scene(10, 96, 64, 9), FPS, None)  # changed: now portrait
+    code, stdout = _run(str(src), "--out", str(out), "--workers", "2")
+    assert stdout.endswith("2 files: 2 prepared (1 already done), 0 skipped, 0 failed\n")
+    assert (out / "0.mp4").stat().st_mtime_ns == first["0.mp4"]
+    assert (out / "1.mp4").stat().st_mtime_ns != first["1.mp4"] and _streams(out / "1.mp4")["size"] == (64, 96)
+
+    code, stdout = _run(str(src), "--out", str(out), "--workers", "2", "--short-side", "32")  # other settings
+    assert stdout.endswith("2 files: 2 prepared (0 already done), 0 skipped, 0 failed\n")
+    assert _streams(out / "0.mp4")["size"] == (48, 32)
+
+
+def test_fps_cap_keeps_sync(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    write_av(tmp_path / "src" / "a.mp4", *_flash_and_click(), RATE)
+    assert _run(str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--fps", "10", "--workers", "1")[0] == 0
+    with av.open(str(tmp_path / "out" / "a.mp4")) as c:
+        times = [f.time for f in c.decode(video=0)]
+    # At most one frame per 0.1 s, each the first source frame (0.04 s apart) of its 0.1 s slot.
+    assert len(times) == 20 and np.diff(times).min() >= 0.08 - 1e-3 and np.diff(times).max() <= 0.12 + 1e-3
+    clip = read_clip(str(tmp_path / "out" / "a.mp4"), 0.8, ClipConfig(frames=10, fps=10))
+    flash_at = np.argmax(clip.video.reshape(10, -1).mean(axis=1)) / 10
+    assert abs(np.argmax(np.abs(clip.audio)) / 16000 - flash_at) <= 1 / 10
+
+
+def test_damaged_packets_are_skipped_up_to_a_limit(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write_av(src / "clean.mp4", _scene(100, 64, 64, 5), FPS, None, gop=5)
+    data = (src / "clean.mp4").read_bytes()
+    with av.open(str(src / "clean.mp4")) as c:
+        starts = [p.pos for p in c.demux(video=0) if p.size]
+    for name, count in (("few.mp4", 2), ("many.mp4", 12)):
+        damaged = bytearray(data)
+        # Zeroed NAL length fields in frames 30-63: packets that fail to decode between the parts the probe reads.
+        for k in range(count):
+            damaged[starts[30 + 3 * k] : starts[30 + 3 * k] + 16] = bytes(16)
+        (src / name).write_bytes(damaged)
+    summary = prepare.prepare([str(src)], tmp_path / "out", workers=2)
+    rows = _report(tmp_path / "out")
+    assert (rows["clean.mp4"]["status"], rows["clean.mp4"]["reason"]) == ("ok", "")
+    assert (rows["few.mp4"]["status"], rows["few.mp4"]["reason"]) == ("ok", "2 damaged packets skipped")
+    assert rows["many.mp4"]["status"] == "error"
+    assert rows["many.mp4"]["reason"].startswith("video stream has more than 8 damaged packets (the first at 1.2s: ")
+    assert summary.failed == 1 and not (tmp_path / "out" / "many.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d: [str(d / "nope"), "--out", str(d / "o")], "path not found"),
+        (lambda d: [str(d / "in"), "--out", str(d / "in" / "o")], "is inside the input folder"),
+        (lambda d: [str(d / "in"), "--out", str(d)], "is inside --out"),
+        (lambda d: [str(d / "in"), "--out", str(d / "in" / "a.mp4")], "is a file"),
+        (lambda d: [str(d / "in"), "--out", str(d / "o"), "--short-side", "127"], "--short-side must be an even"),
+        (lambda d: [str(d / "in"), "--out", str(d / "o"), "--sample-rate", "16001"], "--sample-rate must be one"),
+        (lambda d: [str(d / "in"), "--out", str(d / "o"), "--gop", "0"], "--gop must be at least 1"),
+        (lambda d: [str(d / "in"), "--out", str(d / "o"), "--workers", "0"], "--workers must be at least 1"),
+        (lambda d: [str(d / "in"), "--out", str(d / "bad")], "is not an xdc prepare report"),
+        (lambda d: [str(d / "bad"), "--out", str(d / "o")], "no media files found"),
+        (lambda d: [str(d / "in"), "--out", str(d / "o"), "--labels", str(d / "nope.csv")], "labels file not found"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path: Path, capsys, make_args, message: str) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.mp4").write_bytes(b"not checked before the arguments are")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "prepared.csv").write_text("name,value\n")
+    code = main(["prepare", *make_args(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("xdc: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+_PREPARE_JOB = prepare.prepare_job
+
+
+def _prepare_or_die(source: str, output: str, options) -> dict:
+    """Stands in for a decoder that segfaults on one file: the worker process dies without a Python error."""
+    if "crash" in Path(source).name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _PREPARE_JOB(source, output, options)
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the stand-in reaches workers by fork")
+def test_a_file_that_kills_its_worker_is_reported(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.mp4", "crash.mp4", "b.mp4"):
+        write_av(src / name, _scene(5, 32, 32, 0), FPS, None)
+    monkeypatch.setattr(prepare, "prepare_job", _prepare_or_die)
+    summary = prepare.prepare([str(src)], tmp_path / "out", workers=2)
+    rows = _report(tmp_path / "out")
+    assert (rows["crash.mp4"]["status"], rows["crash.mp4"]["reason"]) == ("error", "decoder crashed")
+    assert rows["a.mp4"]["status"] == rows["b.mp4"]["status"] == "ok"
+    assert summary.line() == "3 files: 2 prepared (0 already done), 0 skipped, 1 failed"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "b.mp4", "prepared.csv"]
+
+
+def test_shared_media_rotations_shuffled_timestamps_and_damage(tmp_path: Path) -> None:
+    """Real files: a 180-degree phone video, a 90-degree one, an AVI whose frames carry shuffled timestamps
+    (packed B-frames), and a file damaged in the middle (skipped with the reason xdc index gives)."""
+    media = shared_data("media")
+    names = ("fire2.mp4", "video_90.mov", "test.avi", "corrupted.mp4")
+    (tmp_path / "list.txt").write_text("\n".join(str(media / n) for n in names))
+    assert _run(str(tmp_path / "list.txt"), "--out", str(tmp_path / "out"), "--workers", "2")[0] == 0
+    rows = _report(tmp_path / "out")
+    assert rows["corrupted.mp4"]["status"] == "skipped"
+    assert rows["corrupted.mp4"]["reason"].startswith("video stream failed to decode at 3.0s")
+    spec = ClipConfig(frames=4, fps=4, decode_short_side=64)
+    for name in names[:3]:
+        output = tmp_path / "out" / rows[name]["output"]
+        before = read_clip(str(media / name), 0.0, spec, audio=False).video.astype(float)
+        after = read_clip(str(output), 0.0, spec, audio=False).video.astype(float)
+        assert np.abs(after - before).mean() < 6, name
+    with av.open(str(tmp_path / "out" / "test.mp4")) as c:
+        assert float(c.streams.video[0].average_rate) == pytest.approx(25, abs=0.1)  # no frame lost
