@@ -30,6 +30,20 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from xdc.data.prepare import PrepareOptions, prepare
+
+    options = PrepareOptions(short_side=args.short_side, gop=args.gop, fps=args.fps, sample_rate=args.sample_rate,
+                             crf=args.crf)  # fmt: skip
+    summary = prepare(args.paths, args.out, options, labels=args.labels, workers=args.workers)
+    for row in summary.problems[:10]:
+        print(f"  {row['status']} {row['source']}: {row['reason']}")
+    if len(summary.problems) > 10:
+        print(f"  ... {len(summary.problems) - 10} more in {args.out / 'prepared.csv'}")
+    print(summary.line())
+    return 0
+
+
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
     from xdc.data.synthetic import make_synthetic
 
@@ -102,6 +116,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from xdc.export import export_run
+
+    for path in export_run(args.run, args.out, metrics=args.metrics):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from xdc.demo import run_demo
 
@@ -119,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help="CSV with columns path,label")
     p.add_argument("--workers", type=int, default=None, help="parallel probes (default: CPU count)")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("prepare", help="transcode a collection for fast training (small frames, short GOP, 16 kHz)")
+    p.add_argument("paths", nargs="+", help="folders (searched recursively), CSV/text lists of files, or files")
+    p.add_argument("--out", type=Path, required=True, help="output folder (outside the inputs); re-runs resume")
+    p.add_argument("--short-side", type=int, default=128, help="pixels of the shorter side (default 128)")
+    p.add_argument("--gop", type=int, default=16, help="most frames between keyframes (default 16)")
+    p.add_argument("--fps", type=float, default=None, help="cap the frame rate (default: keep the source's)")
+    p.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate, mono (default 16000)")
+    p.add_argument("--crf", type=int, default=23, help="x264 quality, lower is better (default 23)")
+    p.add_argument("--labels", type=Path, help="CSV with columns path,label, rewritten for the copies to OUT/labels.csv")
+    p.add_argument("--workers", type=int, default=None, help="parallel transcodes (default: CPU count)")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("make-synthetic", help="write the built-in synthetic audio-visual dataset")
     p.add_argument("out", type=Path, help="output folder")
@@ -202,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="an xdc pretrain run folder")
     p.add_argument("--out", type=Path, help="HTML file to write (default: RUN/report.html)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="a finished run's encoders as .safetensors files with a model card")
+    p.add_argument("run", type=Path, help="an xdc pretrain run folder")
+    p.add_argument("--out", type=Path, required=True, help="folder to write: new, empty, or a previous export")
+    p.add_argument("--metrics", type=Path, action="append", default=[], metavar="FILE.json",
+                   help="a result of `xdc eval ... --out` to cite in the model card (repeatable)")  # fmt: skip
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="run the built-in job on generated data (a few minutes on a laptop CPU)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
