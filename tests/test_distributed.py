@@ -1,13 +1,18 @@
 """Feature gathering and label broadcast across 2 real gloo processes."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from xdc.config import load_config
+from xdc.data.index import build_manifest
+from xdc.data.synthetic import make_synthetic
 from xdc.training.distributed import Dist, broadcast_labels, gather_rows
+from xdc.training.pretrain import FeatureShard, Pretrainer
 
 
 def _worker(rank: int, world: int, port: int, out: dict) -> None:
@@ -42,3 +47,45 @@ def test_single_process_needs_no_group():
     gathered = gather_rows(torch.ones(2, 3), torch.tensor([2, 0]), 4, Dist())
     assert torch.isnan(gathered[[1, 3]]).all() and (gathered[[0, 2]] == 1).all()
     assert broadcast_labels(np.array([1, 2]), Dist()).tolist() == [1, 2]
+
+
+def _cluster_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    ctx = Dist(rank=rank, world_size=world)
+    result = {}
+    for mode in ("rank0", "shards"):
+        trainer = Pretrainer(_cluster_cfg(mode), manifest, root / mode, ctx)
+        features = trainer._extract()
+        rows = len(features.index) if isinstance(features, FeatureShard) else None
+        result[mode] = (rows, trainer._cluster(features))
+        trainer.log.close()
+    out[rank] = result
+    dist.destroy_process_group()
+
+
+def _cluster_cfg(mode: str):
+    # PCA to 8 of the 64 feature dimensions, so that the sharded PCA runs too
+    return load_config(None, ["train.batch_size=8", "train.k=4", "data.workers=0", "train.pca_dim=8",
+                              f"train.cluster_on={mode}"], preset="tiny")  # fmt: skip
+
+
+def test_sharded_clustering_gives_the_pseudo_labels_of_rank0(tmp_path):
+    """2 gloo ranks: cluster_on=shards (features never leave their rank) labels every video as cluster_on=rank0
+    (features gathered, faiss k-means on rank 0) and as one process does, from the same seed."""
+    labels = make_synthetic(tmp_path / "data", 24, 4, seed=0, workers=2)
+    manifest = tmp_path / "manifest.csv"
+    build_manifest([str(tmp_path / "data" / "videos")], manifest, labels=labels, workers=2)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_cluster_worker, args=(2, 29547, manifest, tmp_path, out), nprocs=2, join=True)
+        results = dict(out)
+    single = Pretrainer(_cluster_cfg("shards"), manifest, tmp_path / "single", Dist())
+    expected = single._cluster(single._extract())
+    assert set(expected) == {"video", "audio"} and all((v >= 0).all() for v in expected.values())
+    for rank in (0, 1):
+        (rows_rank0, by_rank0), (rows_shards, by_shards) = results[rank]["rank0"], results[rank]["shards"]
+        assert rows_rank0 is None and rows_shards == 12  # this rank's half of the 24 videos, nothing more
+        for name in expected:
+            np.testing.assert_array_equal(by_shards[name], expected[name])
+            np.testing.assert_array_equal(by_rank0[name], expected[name])

@@ -140,15 +140,27 @@ class TrainConfig:
     assign: str = "kmeans"  # kmeans: nearest centroid; sinkhorn: balanced assignment
     pca_dim: int = 256
     kmeans_iters: int = 20
+    # rank0: features gathered, clustered on rank 0; shards: each rank keeps its rows, PCA and k-means all-reduce
+    cluster_on: str = "rank0"
     collapse_fraction: float = 0.5  # warn when one cluster holds more than this fraction of the clips
     checkpoint_every: int = 0  # also checkpoint every N training steps (0: after each round only)
     log_every: int = 10  # steps between log lines
+    # Device path (docs/pretrain.md "On GPUs"); the defaults keep CPU runs exactly as before.
+    precision: str = "fp32"  # fp32, or bf16: forward and loss under bfloat16 autocast, float32 weights and optimizer
+    channels_last: bool = False  # channels-last (N, T, H, W, C) memory layout for the video encoder and its clips
+    compile: bool = False  # torch.compile the training model (the first step of each process compiles it)
 
     def __post_init__(self) -> None:
         if self.recluster not in ("epochs", "plateau"):
             raise UserError(f"train.recluster must be 'epochs' or 'plateau', not {self.recluster!r}")
         if self.assign not in ("kmeans", "sinkhorn"):
             raise UserError(f"train.assign must be 'kmeans' or 'sinkhorn', not {self.assign!r}")
+        if self.cluster_on not in ("rank0", "shards"):
+            raise UserError(f"train.cluster_on must be 'rank0' or 'shards', not {self.cluster_on!r}")
+        if self.cluster_on == "shards" and self.assign == "sinkhorn":
+            raise UserError("train.assign=sinkhorn needs every feature in one process: use train.cluster_on=rank0")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"train.precision must be 'fp32' or 'bf16', not {self.precision!r}")
         for name in ("k", "rounds", "epochs", "batch_size"):
             if getattr(self, name) < (2 if name == "k" else 1):
                 raise UserError(f"train.{name} must be at least {2 if name == 'k' else 1}")

@@ -30,6 +30,7 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
             pca.epsilon = eps * top if top > 0 else 1.0  # constant features: every component is zero anyway
             pca.prepare_Ab()
         x = pca.apply(x)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = x / np.where(norms > 0, norms, 1.0)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    else:
+        x = x.copy()  # normalised in place below: never the caller's array
+    faiss.normalize_L2(x)  # in place, without an N x dim temporary; all-zero rows stay zero
+    return x

@@ -1,40 +1,53 @@
-"""k-means as DeepCluster runs it: faiss, a fixed number of iterations, every point used, nearest-centroid labels."""
+"""k-means as DeepCluster runs it: faiss, a fixed number of iterations, every point used, nearest-centroid labels.
+
+faiss runs on the GPU where this faiss build reports GPUs (faiss-gpu: ``faiss.get_num_gpus() > 0``), else on the
+CPU (faiss-cpu). The initial centroids are drawn by :func:`init_keys`, the same rule the sharded k-means
+(:mod:`xdc.clustering.sharded`) uses, so both start from the same points for the same seed.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import faiss
 import numpy as np
 
+from xdc.clustering.sampler import MASK63, mix63
+
 
 @dataclass
 class KMeansResult:
-    assignments: np.ndarray  # int64 (N,): cluster of each point
+    assignments: np.ndarray  # int64 (N,): cluster of each point (sharded k-means: of this rank's points)
     centroids: np.ndarray  # float32 (k, d)
     sizes: np.ndarray  # int64 (k,): points per cluster; 0 for a cluster that stayed empty
     loss: float  # sum of squared distances of the points to their assigned centroids
+    iterations: int = 0  # Lloyd iterations run: fewer than asked once the assignment stopped changing
 
 
-def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20) -> KMeansResult:
+def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20, ids: np.ndarray | None = None) -> KMeansResult:
     """Cluster the rows of ``x`` (N, d) into ``k`` clusters with faiss, ``iters`` Lloyd iterations.
 
     faiss would otherwise train on a subsample of 256 points per centroid; DeepCluster clusters all of them.
+    The initial centroids are k distinct rows drawn by ``seed``: those whose ``ids`` (distinct non-negative
+    integers naming the rows, e.g. video indices; default: row numbers) have the smallest :func:`init_keys`.
+    The draw does not depend on the order of the rows, nor on which process holds them.
     Clusters that become empty during training are re-seeded by faiss (it splits a large one); ``sizes``
-    reports any still empty after the final assignment. The seed is reduced to faiss's 31-bit range.
+    reports any still empty after the final assignment. faiss stops before ``iters`` once the objective stops
+    decreasing (``iterations`` says how many ran).
     """
     x = _as_points(x)
     n, d = x.shape
-    if k < 2:
-        raise ValueError(f"k-means needs k >= 2 clusters, got k={k}")
-    if n < k:
-        raise ValueError(f"k-means needs at least as many points as clusters: {n} points for k={k}")
+    check_k(n, k)
+    if ids is not None and len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} points")
+    init = x[smallest_keys(init_keys(np.arange(n) if ids is None else ids, seed), k)]
     km = faiss.Kmeans(
-        d, k, niter=iters, seed=seed % 2**31, verbose=False, spherical=False,
+        d, k, niter=iters, seed=seed % 2**31, verbose=False, spherical=False, gpu=faiss.get_num_gpus() > 0,
         max_points_per_centroid=-(-n // k) + 1,  # never subsample
         min_points_per_centroid=1,  # few points per cluster is legitimate here; only silences faiss's warning
     )  # fmt: skip
-    km.train(x)
+    km.train(x, init_centroids=init)
     centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
     distances, assignments = _nearest(x, centroids)
     return KMeansResult(
@@ -42,12 +55,52 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20) -> KMeansResult:
         centroids=centroids,
         sizes=np.bincount(assignments, minlength=k).astype(np.int64),
         loss=float(distances.sum(dtype=np.float64)),
+        iterations=len(km.obj),
     )
 
 
 def assign_to_centroids(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index (int64) of the nearest centroid (Euclidean) of every row of ``x``."""
     return _nearest(_as_points(x), np.ascontiguousarray(centroids, dtype=np.float32))[1]
+
+
+def init_keys(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A pseudo-random key in [0, 2**63) per id, keyed by ``seed`` (int64); distinct ids get distinct keys.
+
+    The k points with the smallest keys are k-means' initial centroids: a uniform draw of k distinct points
+    that any process can evaluate for the ids it holds.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids.size and ids.min() < 0):
+        raise ValueError("point ids must be a 1-D array of non-negative integers")
+    key = np.random.SeedSequence([seed % 2**63, 0x6B6D65616E73]).generate_state(1, np.uint64)[0] & MASK63
+    return mix63((key + ids.astype(np.uint64)) & MASK63).astype(np.int64)  # a bijection of the id
+
+
+def smallest_keys(keys: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest ``keys``, smallest first."""
+    part = np.argpartition(keys, k - 1)[:k] if k < keys.size else np.arange(keys.size)
+    return part[np.argsort(keys[part], kind="stable")]
+
+
+def check_k(n: int, k: int) -> None:
+    if k < 2:
+        raise ValueError(f"k-means needs k >= 2 clusters, got k={k}")
+    if n < k:
+        raise ValueError(f"k-means needs at least as many points as clusters: {n} points for k={k}")
+
+
+def flat_index(d: int, gpu: int = 0) -> faiss.Index:
+    """An exact L2 index: on GPU ``gpu`` where this faiss build has GPUs, else on the CPU."""
+    index = faiss.IndexFlatL2(d)
+    if faiss.get_num_gpus() > 0:  # only faiss-gpu builds; untested on the project's CPU-only CI
+        index = faiss.index_cpu_to_gpu(_gpu_resources(), gpu, index)
+    return index
+
+
+@cache
+def _gpu_resources() -> faiss.StandardGpuResources:
+    return faiss.StandardGpuResources()  # one per process: it reserves scratch memory on creation
 
 
 def _as_points(x: np.ndarray) -> np.ndarray:
@@ -59,7 +112,7 @@ def _as_points(x: np.ndarray) -> np.ndarray:
 def _nearest(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if centroids.ndim != 2 or centroids.shape[1] != x.shape[1]:
         raise ValueError(f"centroids of shape {centroids.shape} do not match points of dimension {x.shape[1]}")
-    index = faiss.IndexFlatL2(x.shape[1])
+    index = flat_index(x.shape[1])
     index.add(centroids)
     distances, labels = index.search(x, 1)
     return distances[:, 0], labels[:, 0].astype(np.int64)

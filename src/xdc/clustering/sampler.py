@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-_MASK63 = np.uint64(2**63 - 1)
+MASK63 = np.uint64(2**63 - 1)
 
 
 class ClusterBalancedSampler(Sampler[tuple[int, int]]):
@@ -81,9 +81,9 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
         videos = np.concatenate([_balanced_draws(c, share, rng) for c, share in zip(self.clusters, shares)])
         videos = videos[rng.permutation(videos.size)]
         padded = self._rank_length() * self.world_size
-        key = entropy.generate_state(1, np.uint64)[0] & _MASK63
+        key = entropy.generate_state(1, np.uint64)[0] & MASK63
         positions = np.arange(padded, dtype=np.uint64)
-        return np.resize(videos, padded), _mix63((key + positions) & _MASK63)
+        return np.resize(videos, padded), mix63((key + positions) & MASK63)
 
     def _rank_length(self) -> int:
         return -(-self.epoch_size // self.world_size)
@@ -113,10 +113,10 @@ def _balanced_draws(clusters: list[np.ndarray], total: int, rng: np.random.Gener
     return np.concatenate(draws).astype(np.int64)
 
 
-def _mix63(x: np.ndarray) -> np.ndarray:
+def mix63(x: np.ndarray) -> np.ndarray:
     """A bijection of [0, 2**63) that scatters consecutive inputs (xor-shifts and odd multipliers, mod 2**63)."""
     x = x ^ (x >> np.uint64(31))
-    x = (x * np.uint64(0xBF58476D1CE4E5B9)) & _MASK63
+    x = (x * np.uint64(0xBF58476D1CE4E5B9)) & MASK63
     x = x ^ (x >> np.uint64(29))
-    x = (x * np.uint64(0x94D049BB133111EB)) & _MASK63
+    x = (x * np.uint64(0x94D049BB133111EB)) & MASK63
     return x ^ (x >> np.uint64(32))

@@ -42,6 +42,7 @@ def balanced_assign(
         centroids=result.centroids,
         sizes=np.bincount(assignments, minlength=k).astype(np.int64),
         loss=float(sq_dist.numpy()[np.arange(len(assignments)), assignments].sum()),
+        iterations=result.iterations,
     )
 
 

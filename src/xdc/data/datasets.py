@@ -137,11 +137,14 @@ def collate_clips(items: list[dict]) -> dict:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0, sampler=None
+    dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0, sampler=None,
+    pin_memory: bool = False,
 ) -> DataLoader:
+    """Batches of :func:`collate_clips`. ``pin_memory`` (for a CUDA consumer) puts them in page-locked memory, so
+    that ``.to(device, non_blocking=True)`` copies asynchronously while the device computes."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-        num_workers=workers, collate_fn=collate_clips, generator=generator,
+        num_workers=workers, collate_fn=collate_clips, generator=generator, pin_memory=pin_memory,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
     )  # fmt: skip

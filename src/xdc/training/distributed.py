@@ -37,7 +37,10 @@ def init_distributed() -> Dist:
     if world == 1:
         return Dist(device=device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # binding the rank's GPU up front lets NCCL collectives (barrier too) use it
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 

@@ -27,13 +27,14 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.metrics import cluster_stats, nmi
 from xdc.clustering.sampler import ClusterBalancedSampler
+from xdc.clustering.sharded import assemble_labels, global_count, sharded_kmeans, sharded_preprocess_features
 from xdc.clustering.sinkhorn import balanced_assign
 from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
@@ -83,6 +84,14 @@ def _key(encoder: str, label_set: str) -> str:
     return f"{encoder}__{label_set}"
 
 
+@dataclass
+class FeatureShard:
+    """This rank's extracted features (train.cluster_on=shards): rows of the videos ``index`` only."""
+
+    index: np.ndarray  # int64 dataset indices of the rows
+    rows: dict[str, torch.Tensor]  # per encoder: (len(index), feature dim)
+
+
 class Pretrainer:
     def __init__(self, cfg: Config, manifest_path: Path, out: Path, ctx: Dist):
         self.cfg, self.out, self.ctx = cfg, out, ctx
@@ -106,16 +115,32 @@ class Pretrainer:
                     label = self.videos.labels[i]
                     writer.writerow([self.videos.path(i), self.videos.classes[label] if label >= 0 else ""])
 
+        if ctx.device.type == "cuda":  # clip shapes are fixed: let cuDNN time its kernels once and keep the fastest
+            torch.backends.cudnn.benchmark = True
+        if cfg.train.precision == "bf16" and ctx.device.type == "cpu" and ctx.main:
+            print(
+                "WARNING: train.precision=bf16 on a CPU: slower than fp32 here, and oneDNN's bf16 Conv3d gave NaN "
+                "gradients at random on an AVX512-BF16 CPU (torch 2.14.1). Use train.precision=fp32 on CPUs.",
+                file=sys.stderr,
+            )
         torch.manual_seed(cfg.seed)
         self.encoders = nn.ModuleDict(
             {name: build_encoder(modality, cfg.model) for name, modality in self.method.encoders.items()}
         ).to(ctx.device)
+        if cfg.train.channels_last:  # conv weights in the layout of the clips (see _layout)
+            for name, modality in self.method.encoders.items():
+                if modality == "video":
+                    self.encoders[name].to(memory_format=torch.channels_last_3d)
         self.feature_dims = {name: enc.feature_dim for name, enc in self.encoders.items()}
         self.optimizer = self._sgd(self.encoders.parameters())
         self.holdout = self._holdout_mask()
         self.progress = Progress()
         self.model: EncodersWithHeads | None = None
+        self.train_model: nn.Module | None = None  # self.model as the training steps call it (_wrap)
         self.head_optimizer: torch.optim.Optimizer | None = None
+        # torch.compile's backend with train.compile; the tests pick "eager" (graph capture without code generation,
+        # which takes about a minute per model on a 2-core CPU).
+        self.compile_backend = "inductor"
         self.failures = FailureLog(cfg.data.max_fail_fraction)
         self.log = RunLog(out, enabled=ctx.main)
 
@@ -179,7 +204,9 @@ class Pretrainer:
     # --- 1. extract ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _extract(self) -> dict[str, torch.Tensor]:
+    def _extract(self) -> dict[str, torch.Tensor] | FeatureShard:
+        """Features of every usable video, gathered in dataset order on every rank (NaN rows: failed clips);
+        with train.cluster_on=shards, only this rank's rows, which never leave it."""
         clustered = sorted({e for encoders in self.method.label_sets.values() for e in encoders})
         if not clustered:
             return {}
@@ -199,40 +226,68 @@ class Pretrainer:
                 rows[e].append(self.encoders[e](batch[modality].to(self.ctx.device)).float().cpu())
         self.encoders.train()
         index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
-        return {
-            e: gather_rows(torch.cat(r) if r else torch.empty(0, self.feature_dims[e]), index, len(self.videos), self.ctx)
-            for e, r in rows.items()
-        }
+        # one encoder at a time, each list of per-batch pieces dropped once joined: never all features twice
+        mine = {e: torch.cat(rows.pop(e)) if rows[e] else torch.empty(0, self.feature_dims[e]) for e in clustered}
+        if self.cfg.train.cluster_on == "shards":
+            return FeatureShard(index.numpy(), mine)
+        return {e: gather_rows(v, index, len(self.videos), self.ctx) for e, v in mine.items()}
 
     # --- 2. cluster ---------------------------------------------------------------------------------------
 
-    def _cluster(self, features: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    def _cluster(self, features: dict[str, torch.Tensor] | FeatureShard) -> dict[str, np.ndarray]:
         labels = {}
         for i, (name, encoders) in enumerate(self.method.label_sets.items()):
             if name == MANIFEST_LABELS:
                 labels[name] = self.videos.labels.copy()
-                continue
-            assigned = self._cluster_one(name, encoders, features, seed_offset=i) if self.ctx.main else None
-            labels[name] = broadcast_labels(assigned, self.ctx)
+            elif isinstance(features, FeatureShard):  # every rank clusters its rows together with the others'
+                labels[name] = self._cluster_one(name, encoders, features.rows, features.index, i, sharded=True)
+            else:
+                everything = np.arange(len(self.videos))
+                assigned = self._cluster_one(name, encoders, features, everything, i) if self.ctx.main else None
+                labels[name] = broadcast_labels(assigned, self.ctx)
         return labels
 
-    def _cluster_one(self, name: str, encoders: tuple[str, ...], features: dict, seed_offset: int) -> np.ndarray:
-        cfg, p = self.cfg.train, self.progress
-        x = torch.cat([features[e] for e in encoders], dim=1).numpy()
+    def _cluster_one(
+        self, name: str, encoders: tuple[str, ...], features: dict, index: np.ndarray, seed_offset: int,
+        sharded: bool = False,
+    ) -> np.ndarray:  # fmt: skip
+        """One label set's labels for every video (-1: no features) from the feature rows of videos ``index``:
+        all of them (on rank 0), or this rank's share, clustered together with the other ranks' (sharded).
+
+        Both draw the initial centroids from the video indices and the seed, so they start from the same
+        videos; see docs/clustering.md "At scale" for when their labels can still differ.
+        """
+        cfg, p, device = self.cfg.train, self.progress, self.ctx.device
+        x = (features[encoders[0]] if len(encoders) == 1 else torch.cat([features[e] for e in encoders], 1)).numpy()
         valid = ~np.isnan(x).any(axis=1)
-        if valid.sum() < cfg.k:
-            raise UserError(f"only {valid.sum()} videos gave features, fewer than train.k={cfg.k}")
-        x = preprocess_features(np.ascontiguousarray(x[valid], dtype=np.float32), dim=cfg.pca_dim)
-        assign = balanced_assign if cfg.assign == "sinkhorn" else kmeans
-        result = assign(x, cfg.k, seed=self.cluster_seed(seed_offset), iters=cfg.kmeans_iters)
-        labels = np.full(len(valid), -1, dtype=np.int64)
-        labels[valid] = result.assignments
-        stats = cluster_stats(result.assignments, cfg.k, collapse_fraction=cfg.collapse_fraction)
+        if not valid.all():  # copies only when rows are missing: at scale x is the largest array of the step
+            x = x[valid]
+        ids = index[valid]
+        seed = self.cluster_seed(seed_offset)
+        count = global_count(len(ids), device) if sharded else len(ids)
+        if count < cfg.k:
+            raise UserError(f"only {count} videos gave features, fewer than train.k={cfg.k}")
+        if sharded:
+            x = sharded_preprocess_features(x, dim=cfg.pca_dim, device=device)
+            result = sharded_kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters, ids=ids, device=device)
+            labels = assemble_labels(result.assignments, ids, len(self.videos), device)
+        else:
+            x = preprocess_features(x, dim=cfg.pca_dim)
+            if cfg.assign == "sinkhorn":
+                result = balanced_assign(x, cfg.k, seed=seed, iters=cfg.kmeans_iters)
+            else:
+                result = kmeans(x, cfg.k, seed=seed, iters=cfg.kmeans_iters, ids=ids)
+            labels = np.full(len(self.videos), -1, dtype=np.int64)
+            labels[ids] = result.assignments
+        if not self.ctx.main:  # the log and the warning are rank 0's
+            return labels
+        stats = cluster_stats(labels[labels >= 0], cfg.k, collapse_fraction=cfg.collapse_fraction)
         record = {f"{name}/{k}": v for k, v in stats.to_dict().items() if isinstance(v, (int, float))}
         if name in p.previous:
             both = (labels >= 0) & (p.previous[name] >= 0)
             record[f"{name}/nmi_previous"] = nmi(labels[both], p.previous[name][both])
         record[f"{name}/kmeans_loss"] = float(result.loss)
+        record[f"{name}/kmeans_iterations"] = result.iterations
         self.log.write("cluster", p.round, **record)
         if stats.collapsed:
             print(
@@ -254,7 +309,20 @@ class Pretrainer:
         sizes = {name: self._classes(name) for name in self.method.label_sets}
         model = EncodersWithHeads(self.encoders, self.method, self.feature_dims, sizes).to(self.ctx.device)
         self.model = model
+        self.train_model = self._wrap(model)
         self.head_optimizer = self._sgd(model.heads.parameters())
+
+    def _wrap(self, model: EncodersWithHeads) -> nn.Module:
+        """DDP across ranks, then torch.compile (as PyTorch advises, so that compiled graphs split at DDP's
+        gradient buckets). Both wrap ``model`` without changing it: checkpoints, which save ``self.encoders`` and
+        ``self.model.heads``, keep the plain key names (no ``module.`` or ``_orig_mod.`` prefix). The new heads of
+        a later round have the same shapes, so the compiled graph is reused, not compiled again."""
+        if self.ctx.enabled:
+            cuda = self.ctx.device.type == "cuda"
+            model = DistributedDataParallel(model, device_ids=[self.ctx.device.index] if cuda else None)
+        if self.cfg.train.compile:
+            model = torch.compile(model, backend=self.compile_backend)
+        return model
 
     def _classes(self, label_set: str) -> int:
         return len(self.videos.classes) if label_set == MANIFEST_LABELS else self.cfg.train.k
@@ -279,10 +347,10 @@ class Pretrainer:
 
     def _train_epoch(self) -> None:
         p, cfg = self.progress, self.cfg.train
-        model = DistributedDataParallel(self.model) if self.ctx.enabled else self.model
+        model = self.train_model
         model.train()
-        loader = make_loader(self.train_set, self._batch_per_rank(), self.cfg.data.workers, sampler=self._sampler())
-        bar = tqdm(loader, desc=f"round {p.round} epoch {p.epoch}", disable=not self.ctx.main, leave=False)
+        bar = tqdm(self._train_loader(), desc=f"round {p.round} epoch {p.epoch}", disable=not self.ctx.main,
+                   leave=False)  # fmt: skip
         t, clips = time.perf_counter(), 0
         for batch in bar:
             self.failures.update(batch)
@@ -290,10 +358,11 @@ class Pretrainer:
             p.step += 1
             p.global_step += 1
             clips += batch["index"].numel()
-            if p.global_step % cfg.log_every == 0:
+            if p.global_step % cfg.log_every == 0:  # .item() waits for the device: only on the steps that log
                 rate = clips * self.ctx.world_size / (time.perf_counter() - t)
+                loss = loss.item()
                 self.log.write("step", p.global_step, round=p.round, epoch=p.epoch, loss=loss, clips_per_s=rate,
-                               **accuracy)  # fmt: skip
+                               **{key: value.item() for key, value in accuracy.items()})  # fmt: skip
                 bar.set_postfix(loss=f"{loss:.3f}")
             if cfg.checkpoint_every and p.global_step % cfg.checkpoint_every == 0:
                 self._save()
@@ -302,33 +371,59 @@ class Pretrainer:
         """The pseudo-labels each head is trained on for these videos: the routing of the method's table."""
         return {_key(e, s): torch.from_numpy(self.progress.labels[s])[index] for e, s in self.method.heads}
 
-    def _step(self, model, batch: dict) -> tuple[float, dict]:
+    def _train_loader(self) -> DataLoader:
+        pin = self.ctx.device.type == "cuda"
+        return make_loader(self.train_set, self._batch_per_rank(), self.cfg.data.workers, sampler=self._sampler(),
+                           pin_memory=pin)  # fmt: skip
+
+    def _step(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimizer step. Returns the loss and each head's pseudo-label accuracy as 0-d device tensors: nothing
+        here waits for the device, so the host queues the next batch's work while this one computes."""
         self.optimizer.zero_grad(set_to_none=True)
         self.head_optimizer.zero_grad(set_to_none=True)
         index = batch["index"]
+        total = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
         if index.numel() == 0:
             # Every clip of this batch failed. Under DDP the other ranks still wait for this rank's gradients:
             # contribute zeros rather than skipping the step.
             sum(p.sum() * 0.0 for p in self.model.parameters()).backward()
-            return 0.0, {}
+            return total, {}
         parts = [torch.arange(i, len(index), self.cfg.train.accumulate) for i in range(self.cfg.train.accumulate)]
         parts = [part for part in parts if len(part)]
-        total, correct = 0.0, {}
+        clips = self._inputs(batch)
+        correct = {}
         for part in parts:
-            inputs = {m: batch[m][part].to(self.ctx.device, non_blocking=True) for m in self.method.modalities}
-            logits = model(inputs)
-            targets = self.head_targets(index[part])
-            losses = []
-            for key, y in targets.items():
-                y = y.to(self.ctx.device)
-                losses.append(F.cross_entropy(logits[key], y, ignore_index=-1))
-                correct[key] = correct.get(key, 0.0) + (logits[key].argmax(1) == y).sum().item()
-            loss = torch.stack(losses).mean() / len(parts)
+            inputs = {m: self._layout(m, x if len(parts) == 1 else x[part.to(x.device)]) for m, x in clips.items()}
+            targets = {k: y.to(self.ctx.device, non_blocking=True) for k, y in self.head_targets(index[part]).items()}
+            with self._autocast():
+                logits = model(inputs)
+                # the loss in float32 whatever the precision of the logits
+                loss = torch.stack(
+                    [F.cross_entropy(logits[key].float(), y, ignore_index=-1) for key, y in targets.items()]
+                ).mean() / len(parts)
             loss.backward()
-            total += loss.item()
+            total += loss.detach()
+            for key, y in targets.items():
+                correct[key] = correct.get(key, 0) + (logits[key].detach().argmax(1) == y).sum()
         self.optimizer.step()
         self.head_optimizer.step()
-        return total, {f"acc/{key}": c / len(index) for key, c in correct.items()}
+        return total, {f"acc/{key}": c.double() / len(index) for key, c in correct.items()}
+
+    def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The batch's clips on the device; asynchronous copies (from page-locked memory on CUDA)."""
+        return {m: batch[m].to(self.ctx.device, non_blocking=True) for m in self.method.modalities}
+
+    def _layout(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Video clips in channels-last layout when configured, matching the video encoders' weights: cuDNN's
+        bf16/tf32 convolution kernels are written for it (on GPUs, not yet measured here; docs/pretrain.md)."""
+        if modality == "video" and self.cfg.train.channels_last:
+            return x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+    def _autocast(self) -> torch.autocast:
+        """bfloat16 autocast for train.precision=bf16 (weights, gradients and optimizer state stay float32)."""
+        bf16 = self.cfg.train.precision == "bf16"
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     # --- recluster on plateau ----------------------------------------------------------------------------
 
@@ -348,13 +443,15 @@ class Pretrainer:
         held = np.flatnonzero(self.holdout)
         shard = Subset(self.eval_set, held[self.ctx.rank :: self.ctx.world_size].tolist())
         total = torch.zeros(2, device=self.ctx.device)  # summed loss, labelled clips
-        for batch in make_loader(shard, self._batch_per_rank(), self.cfg.data.workers):
+        pin = self.ctx.device.type == "cuda"
+        for batch in make_loader(shard, self._batch_per_rank(), self.cfg.data.workers, pin_memory=pin):
             if batch["index"].numel() == 0:
                 continue
-            logits = self.model({m: batch[m].to(self.ctx.device) for m in self.method.modalities})
+            with self._autocast():
+                logits = self.model({m: self._layout(m, x) for m, x in self._inputs(batch).items()})
             for e, s in self.method.heads:
-                y = torch.from_numpy(p.labels[s])[batch["index"]].to(self.ctx.device)
-                total[0] += F.cross_entropy(logits[_key(e, s)], y, ignore_index=-1, reduction="sum")
+                y = torch.from_numpy(p.labels[s])[batch["index"]].to(self.ctx.device, non_blocking=True)
+                total[0] += F.cross_entropy(logits[_key(e, s)].float(), y, ignore_index=-1, reduction="sum")
                 total[1] += (y >= 0).sum()
         self.model.train()
         if self.ctx.enabled:

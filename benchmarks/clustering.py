@@ -1,0 +1,197 @@
+"""Clustering at scale: feature PCA + k-means as the Pretrainer runs it against a bare faiss call on the same data.
+
+For every N x k: (a) xdc's path, ``preprocess_features`` (PCA-whitening to 256 + L2) then ``kmeans`` (20 Lloyd
+iterations, no subsampling, final nearest-centroid assignment); (b) the bare faiss calls that do the same
+(PCAMatrix, normalize_L2, faiss.Kmeans without subsampling, a search for the labels); (c) the sharded
+PCA + Lloyd k-means of ``xdc.clustering.sharded`` in one process, from the same initial centroids as (a);
+(d) the per-iteration cost of faiss's k-means and the sharded Lloyd k-means, alternated in one process on the
+same features from the same initial centroids. Features: a seeded mixture of 2,000 anisotropic Gaussian
+groups in 512-d, float32.
+
+Each path runs in a fresh process that first builds the features: its time excludes that, and its memory is
+the peak resident memory it adds on top of the features (the kernel's high-water mark, reset after the
+features are built), untouched by what other paths allocated and freed. Wall and CPU seconds (all threads)
+are the fastest of ``--repeats`` interleaved runs. On a shared machine, ``--threads 1`` gives the steadiest
+comparison: with several threads, waiting threads spin and charge CPU time whenever a peer is descheduled.
+
+    .venv/bin/python benchmarks/clustering.py --sizes 100000 --ks 256 1024 --repeats 5
+    .venv/bin/python benchmarks/clustering.py --sizes 100000 --ks 256 1024 --repeats 3 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import faiss
+import numpy as np
+import torch
+
+from common import report
+from xdc.clustering.features import preprocess_features
+from xdc.clustering.kmeans import kmeans
+from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
+
+MIB = 2**20
+
+
+def features(n: int, dim: int, seed: int, groups: int = 2000) -> np.ndarray:
+    """Gaussian mixture with a decaying spectrum (a few directions dominate, as in encoder features)."""
+    rng = np.random.default_rng(seed)
+    scale = np.linspace(3.0, 0.3, dim, dtype=np.float32)
+    centres = rng.standard_normal((groups, dim), dtype=np.float32) * scale * 2
+    x = np.empty((n, dim), np.float32)
+    for start in range(0, n, 65536):
+        rows = min(65536, n - start)
+        x[start : start + rows] = centres[rng.integers(0, groups, rows)]
+        x[start : start + rows] += rng.standard_normal((rows, dim), dtype=np.float32) * scale
+    return x
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+class Clock:
+    """Wall and CPU seconds (all threads of the process) of consecutive steps."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self.last = (time.perf_counter(), time.process_time())
+
+    def lap(self, step: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.times[f"{step}_s"], self.times[f"{step}_cpu_s"] = now[0] - self.last[0], now[1] - self.last[1]
+        self.last = now
+
+
+def ours(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
+    z = preprocess_features(x, dim=pca_dim)
+    clock.lap("pca")
+    clock.times["iterations"] = kmeans(z, k, seed=seed, iters=iters).iterations
+    clock.lap("kmeans")
+
+
+def bare_faiss(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
+    pca = faiss.PCAMatrix(x.shape[1], pca_dim, -0.5)
+    pca.train(x)
+    z = pca.apply(x)
+    faiss.normalize_L2(z)
+    clock.lap("pca")
+    km = faiss.Kmeans(pca_dim, k, niter=iters, seed=seed, max_points_per_centroid=-(-len(x) // k) + 1,
+                      min_points_per_centroid=1)  # fmt: skip
+    km.train(z)
+    km.index.search(z, 1)  # the labels; the index holds the final centroids after training
+    clock.times["iterations"] = len(km.obj)
+    clock.lap("kmeans")
+
+
+def sharded(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
+    z = sharded_preprocess_features(x, dim=pca_dim)
+    clock.lap("pca")
+    clock.times["iterations"] = sharded_kmeans(z, k, seed=seed, iters=iters).iterations
+    clock.lap("kmeans")
+
+
+def lloyd(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
+    """faiss k-means (``kmeans``) and the sharded Lloyd k-means in one process, on the same features from the
+    same initial centroids, alternated twice: their per-iteration cost under the same load."""
+    z = preprocess_features(x, dim=pca_dim)
+    clock.lap("setup")
+    for r in range(2):
+        for name in ("faiss", "sharded")[:: 1 if r == 0 else -1]:
+            result = (kmeans if name == "faiss" else sharded_kmeans)(z, k, seed=seed, iters=iters)
+            clock.times[f"{name}_iterations"] = result.iterations
+            clock.lap(f"{name}{r}")
+
+
+PATHS = {"ours": ours, "faiss": bare_faiss, "sharded": sharded, "lloyd": lloyd}
+
+
+def child(args: argparse.Namespace) -> None:
+    """One path on freshly built features; prints its timings and added peak memory as one JSON line."""
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    x = features(args.n, args.dim, args.seed)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (the peak resident set) to the current resident set
+    base = _status("VmRSS")
+    clock = Clock()
+    PATHS[args.child](x, args.k, args.pca_dim, args.iters, args.seed, clock)
+    t = clock.times
+    if "pca_s" in t:
+        t["total_s"], t["total_cpu_s"] = t["pca_s"] + t["kmeans_s"], t["pca_cpu_s"] + t["kmeans_cpu_s"]
+    print(json.dumps({**t, "peak_mib": (_status("VmHWM") - base) / MIB}))
+
+
+def run_child(path: str, n: int, k: int, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--child", path, "--n", str(n), "--k", str(k), "--dim", str(args.dim),
+               "--pca-dim", str(args.pca_dim), "--iters", str(args.iters), "--seed", str(args.seed),
+               "--threads", str(args.threads)]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def fastest(runs: list[dict], key: str) -> float:
+    return min(r[key] for r in runs)
+
+
+def lloyd_iter(times: dict, name: str, unit: str) -> str:
+    """Seconds per search (iterations run + the final assignment) of the faster of the two runs."""
+    return f"{min(times[f'{name}{r}{unit}'] for r in range(2)) / (times[f'{name}_iterations'] + 1):.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--ks", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--pca-dim", type=int, default=256)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each path, interleaved; the fastest counts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="faiss and torch threads (0: their default, all cores)")
+    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    rows = []
+    paths = ["ours", "faiss", "sharded"]
+    for n in args.sizes:
+        for k in args.ks:
+            runs = {path: [] for path in paths}
+            for r in range(args.repeats):  # interleaved, in rotating order: load on a shared machine hits all alike
+                for path in paths[r % 3 :] + paths[: r % 3]:
+                    runs[path].append(run_child(path, n, k, args))
+            a, b, c = runs["ours"], runs["faiss"], runs["sharded"]
+            it = run_child("lloyd", n, k, args)
+            rows.append({
+                "N": n, "k": k, "ours_s": round(fastest(a, "total_s"), 2), "faiss_s": round(fastest(b, "total_s"), 2),
+                "ratio": round(fastest(a, "total_s") / fastest(b, "total_s"), 3),
+                "ours_cpu_s": round(fastest(a, "total_cpu_s"), 1), "faiss_cpu_s": round(fastest(b, "total_cpu_s"), 1),
+                "cpu_ratio": round(fastest(a, "total_cpu_s") / fastest(b, "total_cpu_s"), 3),
+                "pca_cpu_s": f"{fastest(a, 'pca_cpu_s'):.1f} / {fastest(b, 'pca_cpu_s'):.1f}",
+                "kmeans_cpu_s": f"{fastest(a, 'kmeans_cpu_s'):.1f} / {fastest(b, 'kmeans_cpu_s'):.1f}",
+                "iters": f"{min(r['iterations'] for r in a)}/{min(r['iterations'] for r in b)}/"
+                         f"{min(r['iterations'] for r in c)}",
+                "iter_s": f"{lloyd_iter(it, 'faiss', '_s')} / {lloyd_iter(it, 'sharded', '_s')}",
+                "iter_cpu_s": f"{lloyd_iter(it, 'faiss', '_cpu_s')} / {lloyd_iter(it, 'sharded', '_cpu_s')}",
+                "sharded_pca_cpu_s": round(fastest(c, "pca_cpu_s"), 1),
+                "features_mib": round(n * args.dim * 4 / MIB),
+                "peak_mib": "/".join(str(round(min(r["peak_mib"] for r in runs[p]))) for p in paths),
+            })  # fmt: skip
+            print(rows[-1], flush=True)
+    name = "clustering" + (f"_threads{args.threads}" if args.threads else "")
+    report(name, rows, {"args": vars(args), "faiss": faiss.__version__, "faiss_gpus": faiss.get_num_gpus()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Clips/s of one XDC training step, model-only and end-to-end from real files, with model FLOPs and MFU.
+
+    python benchmarks/train_step.py                                   # paper preset, bf16 on a GPU
+    python benchmarks/train_step.py --preset tiny --device cpu --steps 10
+    python benchmarks/train_step.py --preset paper --channels-last --compile --batch 128 --data DIR
+
+The step is the Pretrainer's own (xdc.training.pretrain): both encoders, the two cross-modal heads (k clusters),
+cross-entropy against pseudo-labels, backward, and the SGD steps of encoders and heads, under the configured
+precision, memory layout and torch.compile. Three measurements:
+  model-only   random clips already on the device: the compute ceiling; FLOPs of a step (forward + backward,
+               torch.utils.flop_counter) give TFLOP/s and MFU against the device's dense bf16 peak;
+  end-to-end   the same step fed by the training loader (TrainClips over real video files through make_loader,
+               the cluster-balanced sampler, --workers processes; page-locked batches on CUDA);
+  loader only  the same loader with no model (batches copied to the device): what the files can supply.
+Without --data, a synthetic set (xdc make-synthetic) is written to a temporary folder with frames whose short
+side is the preset's decode size, at 25 fps (decoding cost grows with the source frame rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import report
+from xdc.config import Config, SyntheticConfig, load_config
+from xdc.data.index import build_manifest
+from xdc.data.synthetic import make_synthetic
+from xdc.errors import UserError
+from xdc.training.distributed import Dist
+from xdc.training.flops import count_flops, mfu, peak_tflops
+from xdc.training.pretrain import Pretrainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of each measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (the first one compiles)")
+    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' dense bf16)")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: CPU cores")
+    parser.add_argument("--data", type=Path, help="folder of video files (default: a generated synthetic set)")
+    args = parser.parse_args()
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1")
+
+    device = torch.device(args.device)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    cfg = load_config(None, [
+        f"train.k={args.k}", f"train.batch_size={args.batch}", f"train.precision={precision}",
+        f"train.channels_last={str(args.channels_last).lower()}", f"train.compile={str(args.compile).lower()}",
+        f"data.workers={args.workers}", f"train.epoch_size={(args.warmup + args.steps) * args.batch}",
+    ], preset=args.preset)  # fmt: skip
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = args.peak_tflops or (peak_tflops(device_name) if precision == "bf16" else None)
+
+    tmp = Path(tempfile.mkdtemp(prefix="xdc-bench-train-step-"))
+    try:
+        manifest = tmp / "manifest.csv"
+        build_manifest([str(args.data or synthetic_set(cfg, tmp / "data", args.k))], manifest)
+        trainer = Pretrainer(cfg, manifest, tmp / "run", Dist(device=device))
+        n = len(trainer.videos)
+        # Balanced pseudo-labels (all k clusters occupied), as after a round's clustering.
+        trainer.progress.labels = {s: np.random.default_rng(i).permutation(n) % args.k
+                                   for i, s in enumerate(trainer.method.label_sets)}  # fmt: skip
+        trainer._new_heads()
+        trainer.train_model.train()
+
+        def step(batch: dict) -> None:
+            trainer._step(trainer.train_model, batch)
+
+        random_batch = random_clips(trainer, args.batch, device)
+        first_s, model_s, model_clips = timed(step, itertools.repeat(random_batch), args.warmup, args.steps, device)
+        flops = count_flops(lambda: trainer._step(trainer.model, random_batch))  # uncompiled: the counter sees ops
+        e2e_s, e2e_clips = timed(step, iter(trainer._train_loader()), args.warmup, args.steps, device)[1:]
+        loader_s, loader_clips = timed(trainer._inputs, iter(trainer._train_loader()), args.warmup, args.steps,
+                                       device)[1:]  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    model_rate = model_clips / model_s
+    rows = []
+    for measure, seconds, clips in [("model-only", model_s, model_clips), ("end-to-end", e2e_s, e2e_clips),
+                                    ("loader only", loader_s, loader_clips)]:  # fmt: skip
+        row = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / args.steps,
+               "vs_model_only": clips / seconds / model_rate}  # fmt: skip
+        if measure != "loader only":
+            row["tflop_per_s"] = flops * args.steps / seconds / 1e12
+            if peak:
+                row["mfu_percent"] = 100 * mfu(flops, seconds / args.steps, peak)
+        rows.append(row)
+    setting = {
+        "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
+        "channels_last": args.channels_last, "compile": args.compile, "batch": args.batch, "k": args.k,
+        "steps": args.steps, "warmup": args.warmup, "workers": args.workers, "videos": n,
+        "data": str(args.data) if args.data else "synthetic", "gflop_per_step": flops / 1e9,
+        "first_step_s": first_s, "peak_tflops": peak, "load_average_1m": os.getloadavg()[0],
+    }  # fmt: skip
+    print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()))
+    if peak is None:
+        print("MFU: no peak known for this device and precision (pass --peak-tflops)")
+    report("train_step", rows, setting)
+
+
+def synthetic_set(cfg: Config, out: Path, videos: int) -> Path:
+    """At least ``videos`` clips whose frames have the preset's decode size (4:3), twice a clip's span long."""
+    short = cfg.data.clip.decode_short_side or cfg.data.clip.crop
+    span = max(cfg.data.clip.seconds, cfg.data.clip.audio_span)
+    synthetic = SyntheticConfig(width=2 * round(short * 2 / 3), height=short, fps=25, seconds=2 * span)
+    make_synthetic(out, max(videos, 64), 8, seed=0, cfg=synthetic)
+    return out / "videos"
+
+
+def random_clips(trainer: Pretrainer, batch: int, device: torch.device) -> dict:
+    """A batch shaped like the loader's (shapes read from one real item), generated on the device."""
+    item = trainer.train_set[(0, 0)]
+    if "failure" in item:
+        raise UserError(f"cannot read a clip of {item['failure']['path']}: {item['failure']['reason']}")
+    clips = {m: torch.randn(batch, *item[m].shape, device=device) for m in trainer.method.modalities}
+    return {"index": torch.arange(batch) % len(trainer.videos), **clips}
+
+
+def timed(
+    step: Callable[[dict], object], batches: Iterator[dict], warmup: int, steps: int, device: torch.device
+) -> tuple[float, float, int]:
+    """Seconds of the first step, then seconds and clips of ``steps`` steps after ``warmup`` untimed ones."""
+    t = time.perf_counter()
+    step(next(batches))
+    sync(device)
+    first = time.perf_counter() - t
+    for _ in range(warmup - 1):
+        step(next(batches))
+    sync(device)
+    t, clips = time.perf_counter(), 0
+    for _ in range(steps):
+        batch = next(batches)
+        step(batch)
+        clips += batch["index"].numel()
+    sync(device)
+    return first, time.perf_counter() - t, clips
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work: its kernels run asynchronously to the host."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        raise SystemExit(f"train_step: error: {e}") from None

@@ -1,0 +1,216 @@
+"""Sharded PCA-whitening and k-means: 2 real gloo processes with different, uneven shards against one process
+holding every row, and the single-process path against faiss from the same initial centroids."""
+
+import os
+
+import faiss
+import numpy as np
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from xdc.clustering.features import preprocess_features
+from xdc.clustering.kmeans import init_keys, kmeans, smallest_keys
+from xdc.clustering.sharded import (
+    assemble_labels,
+    sharded_initial_centroids,
+    sharded_kmeans,
+    sharded_preprocess_features,
+)
+from xdc.config import load_config
+from xdc.errors import UserError
+
+
+def _mixture(n: int, dim: int, groups: int, seed: int = 0):
+    """Anisotropic Gaussian groups: few directions dominate, as in encoder features."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((groups, dim)) * 4
+    x = centres[rng.integers(0, groups, n)] + rng.standard_normal((n, dim))
+    return (x * np.linspace(0.5, 3, dim) + 2).astype(np.float32)
+
+
+def _blobs_2d():
+    """Three tight blobs of 200 points in 4-d, and initial centroids that leave two clusters empty: a
+    duplicate of the first centre (ties go to the lower index) and a point far from everything."""
+    rng = np.random.default_rng(1)
+    centres = np.array([[0, 0, 0, 0], [10, 0, 0, 0], [0, 10, 5, 0]], np.float32)
+    y = (np.repeat(centres, 200, axis=0) + rng.standard_normal((600, 4))).astype(np.float32)
+    init = np.concatenate([centres, centres[:1] + 1.5, centres[:1], [[500, 500, 500, 500]]]).astype(np.float32)
+    return y, init
+
+
+N, D, DIM, K, SEED, ITERS = 2000, 80, 32, 16, 3, 15
+
+
+def _split(rank: int) -> np.ndarray:
+    """Uneven shards of shuffled ids: rank 0 holds 1300 rows, rank 1 700."""
+    perm = np.random.default_rng(7).permutation(N)
+    return np.sort(perm[:1300]) if rank == 0 else perm[1300:]
+
+
+def _worker(rank: int, world: int, port: int, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    res = {}
+    ids = _split(rank)
+    z = sharded_preprocess_features(_mixture(N, D, 12)[ids], dim=DIM)
+    r = sharded_kmeans(z, K, seed=SEED, iters=ITERS, ids=ids)
+    res["mixture"] = (ids, z, r, assemble_labels(r.assignments, ids, N + 5))
+
+    y, init = _blobs_2d()
+    shard = y[:350] if rank == 0 else y[350:]  # default ids: positions in rank order
+    res["empty"] = (sharded_kmeans(shard, len(init), seed=0, iters=5, init=init),
+                    sharded_initial_centroids(shard, 6, seed=11))  # fmt: skip
+    res["empty_rank"] = sharded_kmeans(y if rank == 0 else y[:0], 3, seed=2, iters=4)
+
+    bad = _mixture(300, D, 4)
+    if rank == 1:
+        bad[5, 3] = np.nan
+    try:
+        sharded_preprocess_features(bad, dim=DIM)
+        res["nan"] = None
+    except ValueError as e:
+        res["nan"] = str(e)
+    out[rank] = res
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks() -> dict:
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(2, 29541, out), nprocs=2, join=True)
+        return dict(out)
+
+
+def _aligned(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``b`` with each column's sign flipped to match ``a`` (PCA components are defined up to sign)."""
+    return b * np.sign((a * b).sum(0))
+
+
+def test_two_ranks_match_one_process(two_ranks):
+    x = _mixture(N, D, 12)
+    z_ref = sharded_preprocess_features(x, dim=DIM)
+    ref = sharded_kmeans(z_ref, K, seed=SEED, iters=ITERS, ids=np.arange(N))
+    z = np.zeros_like(z_ref)
+    assignments = np.full(N, -1)
+    for rank in (0, 1):
+        ids, z_rank, r, labels = two_ranks[rank]["mixture"]
+        z[ids], assignments[ids] = z_rank, r.assignments
+        np.testing.assert_array_equal(r.centroids, two_ranks[0]["mixture"][2].centroids)  # bitwise, all ranks
+        np.testing.assert_allclose(r.centroids, ref.centroids, atol=1e-6)
+        np.testing.assert_array_equal(r.sizes, ref.sizes)
+        assert r.loss == pytest.approx(ref.loss, rel=1e-6)  # float32 distances to near-identical centroids
+        np.testing.assert_array_equal(labels[:N], ref.assignments)  # assembled on every rank
+        assert (labels[N:] == -1).all()  # ids no rank holds
+    np.testing.assert_allclose(z, z_ref, atol=1e-6)
+    np.testing.assert_array_equal(assignments, ref.assignments)
+    assert ref.sizes.sum() == N and (ref.sizes > 0).all()
+
+
+def test_sharded_pca_is_preprocess_features():
+    x = _mixture(N, D, 12)
+    ours, faiss_pca = sharded_preprocess_features(x, dim=DIM), preprocess_features(x, dim=DIM)
+    assert ours.shape == (N, DIM) and ours.dtype == np.float32
+    # faiss forms the covariance in float32 (sum of x x^T minus n mean mean^T): its weakest whitened
+    # components carry ~1e-4 of rounding, ours (float64) far less
+    np.testing.assert_allclose(_aligned(faiss_pca, ours), faiss_pca, atol=1e-3)
+    small = x[:20]  # no more rows than dim: normalisation only, as preprocess_features
+    np.testing.assert_allclose(sharded_preprocess_features(small, dim=DIM), preprocess_features(small, dim=DIM))
+    rank_deficient = np.repeat(x[:, :10], 8, axis=1)  # 80 columns of rank 10: relative eps keeps it finite
+    assert np.isfinite(sharded_preprocess_features(rank_deficient, dim=DIM)).all()
+
+
+def test_sharded_kmeans_is_faiss_kmeans_from_the_same_start():
+    z = preprocess_features(_mixture(N, D, 12), dim=DIM)
+    init = z[smallest_keys(init_keys(np.arange(N), SEED), K)]
+    np.testing.assert_array_equal(sharded_initial_centroids(z, K, SEED), init)  # kmeans's draw
+    km = faiss.Kmeans(DIM, K, niter=ITERS, max_points_per_centroid=N, min_points_per_centroid=1)
+    km.train(z, init_centroids=init)
+    assert sum(s["nsplit"] for s in km.iteration_stats) == 0  # no empty cluster: both are plain Lloyd here
+    ours = sharded_kmeans(z, K, seed=SEED, iters=ITERS)
+    np.testing.assert_allclose(ours.centroids, km.centroids, atol=1e-5)  # faiss sums in float32
+    np.testing.assert_array_equal(ours.assignments, km.assign(z)[1])
+    np.testing.assert_array_equal(ours.assignments, kmeans(z, K, seed=SEED, iters=ITERS).assignments)
+
+
+def test_empty_clusters_are_split_identically_on_every_rank(two_ranks):
+    y, init = _blobs_2d()
+    ref = sharded_kmeans(y, len(init), seed=0, iters=5, init=init)
+    for rank in (0, 1):
+        r, _ = two_ranks[rank]["empty"]
+        np.testing.assert_array_equal(r.centroids, two_ranks[0]["empty"][0].centroids)
+        np.testing.assert_allclose(r.centroids, ref.centroids, atol=1e-6)
+        np.testing.assert_array_equal(r.sizes, ref.sizes)
+    assert (ref.sizes > 0).all()  # both empty clusters were re-seeded and took points
+    # one iteration by hand: clusters 4 (a duplicate) and 5 (far away) are empty; each takes half of the
+    # largest cluster at that moment, its centroid perturbed by 1/1024 in alternating directions
+    one = sharded_kmeans(y, len(init), seed=0, iters=1, init=init)
+    labels = ((y[:, None] - init[None]) ** 2).sum(-1).argmin(1)
+    means = np.stack([y[labels == c].astype(np.float64).mean(0) for c in range(4)])
+    counts = np.bincount(labels, minlength=6)
+    assert counts[4] == counts[5] == 0
+    sign = np.array([1, -1, 1, -1]) / 1024
+    first = int(np.argmax(counts))  # split for cluster 4
+    expected = np.concatenate([means, np.zeros((2, 4))])
+    expected[4], expected[first] = means[first] * (1 + sign), means[first] * (1 - sign)
+    counts[4], counts[first] = counts[first] // 2, counts[first] - counts[first] // 2
+    second = int(np.argmax(counts))  # split for cluster 5, from the updated counts
+    expected[5], expected[second] = expected[second] * (1 + sign), expected[second] * (1 - sign)
+    np.testing.assert_allclose(one.centroids, expected, rtol=1e-6)
+
+
+def test_initial_centroids_do_not_depend_on_the_split(two_ranks):
+    y, _ = _blobs_2d()
+    single = sharded_initial_centroids(y, 6, seed=11)
+    np.testing.assert_array_equal(single, y[smallest_keys(init_keys(np.arange(600), 11), 6)])
+    for rank in (0, 1):
+        np.testing.assert_array_equal(two_ranks[rank]["empty"][1], single)
+
+
+def test_a_rank_without_rows_takes_part(two_ranks):
+    y, _ = _blobs_2d()
+    ref = sharded_kmeans(y, 3, seed=2, iters=4)
+    np.testing.assert_array_equal(two_ranks[0]["empty_rank"].assignments, ref.assignments)
+    assert two_ranks[1]["empty_rank"].assignments.shape == (0,)
+    np.testing.assert_array_equal(two_ranks[1]["empty_rank"].centroids, ref.centroids)
+
+
+def test_nan_on_one_rank_raises_on_every_rank(two_ranks):
+    for rank in (0, 1):
+        assert "NaN" in two_ranks[rank]["nan"]
+
+
+def test_single_process_is_deterministic_and_checks_k():
+    z = preprocess_features(_mixture(500, 16, 5), dim=8)
+    a, b = sharded_kmeans(z, 8, seed=4, iters=6), sharded_kmeans(z, 8, seed=4, iters=6)
+    np.testing.assert_array_equal(a.assignments, b.assignments)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    assert a.loss == b.loss
+    assert not np.array_equal(a.assignments, sharded_kmeans(z, 8, seed=5, iters=6).assignments)
+    with pytest.raises(ValueError, match="k >= 2"):
+        sharded_kmeans(z, 1, seed=0)
+    with pytest.raises(ValueError, match="500 points for k=501"):
+        sharded_kmeans(z, 501, seed=0)
+    with pytest.raises(ValueError, match="init must be"):
+        sharded_kmeans(z, 8, seed=0, init=z[:7])
+
+
+def test_cluster_on_is_validated():
+    assert load_config(None, ["train.cluster_on=shards"]).train.cluster_on == "shards"
+    with pytest.raises(UserError, match="'rank0' or 'shards'"):
+        load_config(None, ["train.cluster_on=everywhere"])
+    with pytest.raises(UserError, match="sinkhorn needs every feature in one process"):
+        load_config(None, ["train.cluster_on=shards", "train.assign=sinkhorn"])
+
+
+def test_it_stops_at_a_fixed_point():
+    y, init = _blobs_2d()  # three tight blobs: the assignment settles within a few iterations
+    result = sharded_kmeans(y, 3, seed=0, iters=50, init=init[:3])
+    assert 1 <= result.iterations < 50
+    # another Lloyd step by hand changes neither the labels nor the centroids
+    labels = ((y[:, None] - result.centroids[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(labels, result.assignments)
+    means = np.stack([y[labels == c].astype(np.float64).mean(0) for c in range(3)])
+    np.testing.assert_allclose(means, result.centroids, atol=1e-6)
+    assert sharded_kmeans(y, 3, seed=0, iters=0, init=init[:3]).iterations == 0
