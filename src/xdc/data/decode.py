@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 import torchaudio.transforms as AT
@@ -124,6 +125,8 @@ class _VideoWindow:
         self.prev = None  # (frame, its array or None until converted)
         self.last_time: float | None = None
         self.rotation = 0
+        # One converter for the window: frame.reformat would build a new scaling context for every frame.
+        self.reformatter = VideoReformatter()
 
     @property
     def done(self) -> bool:
@@ -156,7 +159,7 @@ class _VideoWindow:
         if self.short_side and min(width, height) != self.short_side:
             scale = self.short_side / min(width, height)
             width, height = max(1, round(width * scale)), max(1, round(height * scale))
-        image = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+        image = self.reformatter.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
         quarter_turns = round(self.rotation / 90) % 4
         return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
@@ -176,7 +179,7 @@ class _VideoWindow:
             return region
         scale = self.short_side / min(width, height)
         size = {"width": max(1, round(width * scale)), "height": max(1, round(height * scale))}
-        return av.VideoFrame.from_ndarray(region, format="rgb24").reformat(**size).to_ndarray()
+        return self.reformatter.reformat(av.VideoFrame.from_ndarray(region, format="rgb24"), **size).to_ndarray()
 
     @property
     def padded_seconds(self) -> float:
