@@ -193,3 +193,16 @@ def test_peak_and_mfu():
 def test_precision_is_validated():
     with pytest.raises(UserError, match="train.precision must be 'fp32' or 'bf16'"):
         load_config(None, ["train.precision=fp16"])
+
+
+def test_extraction_runs_in_the_training_precision(manifest, tmp_path):
+    fp32 = trainer_for(manifest, tmp_path / "fp32")
+    bf16 = trainer_for(manifest, tmp_path / "bf16", "train.precision=bf16")  # the same seed: the same weights
+    with torch.backends.mkldnn.flags(enabled=False):  # see test_bf16_trains_with_float32_weights
+        a, b = fp32._extract(), bf16._extract()
+    assert a.keys() == b.keys() == {"video", "audio"}
+    for name in a:
+        assert b[name].dtype == torch.float32 and torch.isfinite(b[name]).all()
+        assert not torch.equal(a[name], b[name])  # bf16 did run
+        cosine = torch.nn.functional.cosine_similarity(a[name], b[name], dim=1)
+        assert cosine.min() > 0.98, f"{name}: {cosine.min():.4f}"  # the same features, at bf16's precision

@@ -212,7 +212,8 @@ class Pretrainer:
             return {}
         self.encoders.eval()
         shard = Subset(self.eval_set, range(self.ctx.rank, len(self.eval_set), self.ctx.world_size))
-        loader = make_loader(shard, self._batch_per_rank(), self.cfg.data.workers)
+        pin = self.ctx.device.type == "cuda"
+        loader = make_loader(shard, self._batch_per_rank(), self.cfg.data.workers, pin_memory=pin)
         rows: dict[str, list] = {e: [] for e in clustered}
         indices = []
         for batch in tqdm(loader, desc=f"round {self.progress.round}: extract", disable=not self.ctx.main,
@@ -221,9 +222,11 @@ class Pretrainer:
             if batch["index"].numel() == 0:
                 continue
             indices.append(batch["index"])
-            for e in clustered:
+            clips = self._inputs(batch)
+            for e in clustered:  # in train.precision, as training runs; the features are stored in float32
                 modality = self.method.encoders[e]
-                rows[e].append(self.encoders[e](batch[modality].to(self.ctx.device)).float().cpu())
+                with self._autocast():
+                    rows[e].append(self.encoders[e](self._layout(modality, clips[modality])).float().cpu())
         self.encoders.train()
         index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
         # one encoder at a time, each list of per-batch pieces dropped once joined: never all features twice
