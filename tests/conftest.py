@@ -22,3 +22,13 @@ def gray_frames(n: int, height: int = 32, width: int = 48, step: int = 4) -> np.
 
 def frame_index(frames: np.ndarray, step: int = 4) -> np.ndarray:
     return np.round(frames.reshape(len(frames), -1).mean(axis=1) / step).astype(int)
+
+
+def synthetic_manifest(root: Path, videos: int, classes: int, seed: int) -> Path:
+    """The built-in synthetic dataset written under root/data and indexed, labels included: root/manifest.csv."""
+    from xdc.data.index import build_manifest
+    from xdc.data.synthetic import make_synthetic
+
+    labels = make_synthetic(root / "data", videos, classes, seed=seed, workers=2)
+    build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
+    return root / "manifest.csv"

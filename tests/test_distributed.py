@@ -8,9 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import synthetic_manifest
 from xdc.config import load_config
-from xdc.data.index import build_manifest
-from xdc.data.synthetic import make_synthetic
 from xdc.training.distributed import Dist, broadcast_labels, gather_rows
 from xdc.training.pretrain import FeatureShard, Pretrainer
 
@@ -73,9 +72,7 @@ def _cluster_cfg(mode: str):
 def test_sharded_clustering_gives_the_pseudo_labels_of_rank0(tmp_path):
     """2 gloo ranks: cluster_on=shards (features never leave their rank) labels every video as cluster_on=rank0
     (features gathered, faiss k-means on rank 0) and as one process does, from the same seed."""
-    labels = make_synthetic(tmp_path / "data", 24, 4, seed=0, workers=2)
-    manifest = tmp_path / "manifest.csv"
-    build_manifest([str(tmp_path / "data" / "videos")], manifest, labels=labels, workers=2)
+    manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_cluster_worker, args=(2, 29547, manifest, tmp_path, out), nprocs=2, join=True)

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import synthetic_manifest
 from xdc.cli import main
 from xdc.config import load_config
-from xdc.data.index import build_manifest
-from xdc.data.synthetic import make_synthetic
 from xdc.evaluation.adapters import Item, write_table
 from xdc.evaluation.extract import extract_features
 from xdc.training.distributed import Dist
@@ -20,8 +19,7 @@ from xdc.training.pretrain import pretrain
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("eval")
-    labels = make_synthetic(root / "data", 24, 3, seed=1, workers=2)
-    build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
+    synthetic_manifest(root, 24, 3, seed=1)
     cfg = load_config(None, ["train.batch_size=8", "train.k=3", "train.rounds=1", "data.workers=0"], preset="tiny")
     pretrain(cfg, root / "manifest.csv", root / "run", resume=False, ctx=Dist())
     return root, root / "run"

@@ -9,10 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 import xdc
+from conftest import synthetic_manifest
 from xdc.cli import main
 from xdc.config import config_to_dict, load_config
-from xdc.data.index import build_manifest
-from xdc.data.synthetic import make_synthetic
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, write_table
 from xdc.evaluation.extract import load_run_encoder
@@ -26,9 +25,8 @@ SETTINGS = ["train.batch_size=8", "train.k=3", "train.rounds=2", "data.workers=0
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
-    labels = make_synthetic(root / "data", 12, 3, seed=2, workers=2)
-    build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
-    pretrain(load_config(None, SETTINGS, preset="tiny"), root / "manifest.csv", root / "run", resume=False, ctx=Dist())
+    manifest = synthetic_manifest(root, 12, 3, seed=2)
+    pretrain(load_config(None, SETTINGS, preset="tiny"), manifest, root / "run", resume=False, ctx=Dist())
     return root / "run"
 
 

@@ -14,9 +14,8 @@ from torch import nn
 from torch._dynamo.eval_frame import OptimizedModule
 from torch._dynamo.utils import counters
 
+from conftest import synthetic_manifest
 from xdc.config import load_config
-from xdc.data.index import build_manifest
-from xdc.data.synthetic import make_synthetic
 from xdc.errors import UserError
 from xdc.models.encoders import build_encoder
 from xdc.training.checkpoint import load
@@ -29,10 +28,7 @@ TINY = ["train.batch_size=8", "train.k=4", "data.workers=0", "train.log_every=1"
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("gpu-path")
-    labels = make_synthetic(root / "data", 16, 4, seed=0, workers=2)
-    build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
-    return root / "manifest.csv"
+    return synthetic_manifest(tmp_path_factory.mktemp("gpu-path"), 16, 4, seed=0)
 
 
 def trainer_for(manifest: Path, out: Path, *extra: str, compile_backend: str = "inductor") -> Pretrainer:

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import synthetic_manifest
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.metrics import nmi
 from xdc.config import load_config
-from xdc.data.index import build_manifest
-from xdc.data.synthetic import make_synthetic
 from xdc.methods import METHODS
 from xdc.training.checkpoint import load
 from xdc.training.distributed import Dist
@@ -28,10 +27,7 @@ TINY = ["train.batch_size=8", "train.k=4", "data.workers=0"]
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pretrain")
-    labels = make_synthetic(root / "data", 24, 4, seed=0, workers=2)
-    build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
-    return root / "manifest.csv"
+    return synthetic_manifest(tmp_path_factory.mktemp("pretrain"), 24, 4, seed=0)
 
 
 def cfg_for(method: str, *extra: str):

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import synthetic_manifest
 from xdc.config import load_config
-from xdc.data.index import build_manifest
-from xdc.data.synthetic import make_synthetic
 from xdc.report import write_report
 from xdc.training.distributed import Dist
 from xdc.training.pretrain import pretrain
@@ -25,8 +24,7 @@ TINY = ["train.batch_size=8", "train.k=3", "train.rounds=2", "data.workers=0", "
 def built(tmp_path_factory) -> tuple[Path, Path]:
     """(manifest, run folder of a 2-round XDC run)."""
     root = tmp_path_factory.mktemp("report")
-    labels = make_synthetic(root / "data", 24, 3, seed=0, workers=2)
-    build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
+    synthetic_manifest(root, 24, 3, seed=0)
     pretrain(load_config(None, TINY, preset="tiny"), root / "manifest.csv", root / "run", resume=False, ctx=Dist())
     return root / "manifest.csv", root / "run"
 
