@@ -10,9 +10,13 @@ Needs ../shared/data/grid-s1. Finished runs are reused when the script is run ag
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from common import SHARED_DATA, report
 
@@ -35,6 +39,29 @@ SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = 
 COLUMNS = ("video/command", "video/color", "video/digit", "audio/command", "audio/color", "audio/digit")
 
 
+def training_summary(run: Path) -> dict:
+    """From the run's log: how well the last round fitted its pseudo-labels (mean logged loss and head accuracy,
+    and ln k, the loss of a uniform guess) and the last clustering's largest cluster (fraction of the clips,
+    worst label set) and NMI with the round before (lowest label set). Blank for runs that do not cluster."""
+    log = run / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    clusters = [r for r in records if r["kind"] == "cluster"]
+    if not clusters:
+        return {"loss": "-", "ln_k": "-", "pseudo_acc": "-", "largest": "-", "nmi_prev": "-"}
+    last = max(r.get("round", 0) for r in records if r["kind"] == "step")
+    steps = [r for r in records if r["kind"] == "step" and r["round"] == last]
+    accuracy = [v for r in steps for key, v in r.items() if key.startswith("acc/")]
+    cluster = clusters[-1]
+    k = next(v for key, v in cluster.items() if key.endswith("/k"))
+    fractions = [v for key, v in cluster.items() if key.endswith("/largest_fraction")]
+    nmis = [v for key, v in cluster.items() if key.endswith("/nmi_previous")]
+    return {
+        "loss": round(float(np.mean([r["loss"] for r in steps])), 2), "ln_k": round(math.log(k), 2),
+        "pseudo_acc": round(float(np.mean(accuracy)), 2), "largest": round(max(fractions), 2),
+        "nmi_prev": round(min(nmis), 2) if nmis else "-",
+    }  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -51,8 +78,9 @@ def main() -> int:
         result = grid_benchmark(data, args.out / name, preset="tiny", methods=methods, ks=ks, overrides=overrides)
         print(f"{name}: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
         for row in result["rows"]:
+            run = args.out / name / "runs" / row["method"].replace(" k=", "-k")
             rows.append({"setting": name, "method": row["method"], **{c: row[c] for c in COLUMNS},
-                         "pretrain_s": row["pretrain_s"]})  # fmt: skip
+                         **training_summary(run), "pretrain_s": row["pretrain_s"]})  # fmt: skip
     report("grid_study", rows, {"settings": {n: list(SETTINGS[n][0]) for n in names}, "preset": "tiny"})
     return 0
 
