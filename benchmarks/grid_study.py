@@ -20,6 +20,7 @@ import numpy as np
 
 from common import SHARED_DATA, report
 
+from xdc.clustering.metrics import nmi
 from xdc.grid_benchmark import grid_benchmark
 
 METHODS = ("scratch", "sdc-video", "sdc-audio", "xdc")
@@ -47,7 +48,8 @@ def training_summary(run: Path) -> dict:
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     clusters = [r for r in records if r["kind"] == "cluster"]
     if not clusters:
-        return {"loss": "-", "ln_k": "-", "pseudo_acc": "-", "largest": "-", "nmi_prev": "-"}
+        return {"loss": "-", "ln_k": "-", "pseudo_acc": "-", "largest": "-", "nmi_prev": "-", "xmodal_nmi": "-",
+                "chance_nmi": "-"}  # fmt: skip
     last = max(r.get("round", 0) for r in records if r["kind"] == "step")
     steps = [r for r in records if r["kind"] == "step" and r["round"] == last]
     accuracy = [v for r in steps for key, v in r.items() if key.startswith("acc/")]
@@ -58,8 +60,24 @@ def training_summary(run: Path) -> dict:
     return {
         "loss": round(float(np.mean([r["loss"] for r in steps])), 2), "ln_k": round(math.log(k), 2),
         "pseudo_acc": round(float(np.mean(accuracy)), 2), "largest": round(max(fractions), 2),
-        "nmi_prev": round(min(nmis), 2) if nmis else "-",
+        "nmi_prev": round(min(nmis), 2) if nmis else "-", **cross_modal_agreement(run),
     }  # fmt: skip
+
+
+def cross_modal_agreement(run: Path) -> dict:
+    """NMI between the last round's video and audio clusters (XDC's two label sets), and its chance level: the
+    mean NMI after shuffling one side (20 draws). XDC's heads can only learn what the other modality's clusters
+    share with their own input; at chance level the cross-modal targets are unpredictable."""
+    rounds = sorted((run / "labels").glob("round_*.npz"))
+    labels = np.load(rounds[-1]) if rounds else {}
+    if not {"video", "audio"} <= set(labels):
+        return {"xmodal_nmi": "-", "chance_nmi": "-"}
+    v, a = labels["video"], labels["audio"]
+    both = (v >= 0) & (a >= 0)
+    v, a = v[both], a[both]
+    rng = np.random.default_rng(0)
+    chance = np.mean([nmi(v, rng.permutation(a)) for _ in range(20)])
+    return {"xmodal_nmi": round(nmi(v, a), 3), "chance_nmi": round(float(chance), 3)}
 
 
 def main() -> int:
