@@ -46,6 +46,7 @@ def first_batch(trainer: Pretrainer) -> dict:
     return next(iter(trainer._train_loader()))
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # said by mkldnn.flags
 def test_bf16_trains_with_float32_weights(manifest, tmp_path, capsys):
     trainer = trainer_for(manifest, tmp_path, "train.precision=bf16")
     assert "bf16 on a CPU" in capsys.readouterr().err
@@ -191,6 +192,7 @@ def test_precision_is_validated():
         load_config(None, ["train.precision=fp16"])
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # said by mkldnn.flags
 def test_extraction_runs_in_the_training_precision(manifest, tmp_path):
     fp32 = trainer_for(manifest, tmp_path / "fp32")
     bf16 = trainer_for(manifest, tmp_path / "bf16", "train.precision=bf16")  # the same seed: the same weights
