@@ -12,7 +12,7 @@ import torch
 from xdc.clustering import kmeans as kmeans_module
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import assign_to_centroids, kmeans
-from xdc.clustering.metrics import cluster_stats, nmi
+from xdc.clustering.metrics import agreement, cluster_stats, nmi
 from xdc.clustering.sampler import ClusterBalancedSampler
 from xdc.clustering.sinkhorn import balanced_assign, sinkhorn
 
@@ -194,6 +194,21 @@ def test_nmi():
     a = np.arange(300) % 3
     assert nmi(a, (a + 1) % 3) == pytest.approx(1.0)  # a relabelling
     assert nmi(a, np.random.default_rng(0).integers(0, 3, 300)) < 0.05
+
+
+def test_agreement_against_its_chance_level():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 32, 400)  # many clusters for few points: chance NMI is far from 0
+    same, chance = agreement(a, (a + 5) % 32)
+    assert same == pytest.approx(1.0) and 0.2 < chance < 0.5
+    independent, chance = agreement(a, rng.integers(0, 32, 400))
+    assert independent == pytest.approx(chance, abs=0.03)
+    assert agreement(a, rng.integers(0, 32, 400), seed=3)[1] == pytest.approx(chance, abs=0.02)
+    b = a.copy()
+    b[:200] = -1  # unassigned points are left out, not counted as a cluster
+    assert agreement(a, b)[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no point"):
+        agreement(np.full(5, -1), np.zeros(5, dtype=int))
 
 
 # ---- sampler

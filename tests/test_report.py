@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_manifest
+from xdc.clustering.metrics import nmi
 from xdc.config import load_config
 from xdc.report import write_report
 from xdc.training.distributed import Dist
@@ -108,6 +109,12 @@ def test_galleries_plots_and_scores(built):
         assert_png(uri)
     text = page.all_text
     assert "purity" in text and "Hungarian accuracy" in text and "labels: class" in text
+    # XDC's two label sets: their NMI per round, and the chance level of the last round
+    rounds = sorted((run / "labels").glob("round_*.npz"))
+    assert text.count("audio ~ video") == len(rounds) >= 2
+    video, audio = last_round(run)["video"], last_round(run)["audio"]
+    both = (audio >= 0) & (video >= 0)
+    assert f"{nmi(audio[both], video[both]):.3f}" in text and "Chance level: " in text
     assert "<script" not in path.read_text()
 
 

@@ -27,7 +27,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from xdc.clustering.metrics import nmi
+from xdc.clustering.metrics import agreement, nmi
 from xdc.config import Config, load_config
 from xdc.data.audio import LogMel
 from xdc.data.decode import Clip, DecodeError, read_clip
@@ -518,6 +518,25 @@ def _summary(data: RunData, rows: list[dict]) -> str:
             + "".join(body) + f'</table><p class="note">{note}</p>')  # fmt: skip
 
 
+def _agreement(data: RunData) -> str:
+    """NMI between the label sets of each round (XDC, MDC: video and audio clusters) and its chance level."""
+    pairs = []
+    for r, sets in data.rounds:
+        names = sorted(n for n in sets if n != MANIFEST_LABELS)
+        pairs += [(r, a, b, sets[a], sets[b]) for i, a in enumerate(names) for b in names[i + 1 :]]
+    if not pairs:
+        return ""
+    rows = "".join(f'<tr><td>{r}</td><td class="text">{html.escape(f"{a} ~ {b}")}</td><td>{_num(nmi(x[(x >= 0) & (y >= 0)], y[(x >= 0) & (y >= 0)]))}</td></tr>'
+                   for r, a, b, x, y in pairs)  # fmt: skip
+    r, a, b, x, y = pairs[-1]
+    _, chance = agreement(x, y)
+    return ("<h2>Agreement between label sets</h2><table class=\"summary\"><tr><th>round</th><th>label sets</th>"
+            f"<th>NMI</th></tr>{rows}</table><p class=\"note\">Chance level: {_num(chance)} (round {r}'s "
+            f"{html.escape(b)} clusters shuffled against its {html.escape(a)} clusters, mean of 20 draws). XDC trains "
+            "each encoder to predict the other modality's clusters: at the chance level those targets are "
+            "unpredictable, and its pseudo-label loss cannot fall below ln k (RESULTS.md, GRID study).</p>")  # fmt: skip
+
+
 def _num(value) -> str:
     return "\u2013" if value is None else f"{value:.3f}"
 
@@ -586,7 +605,7 @@ def write_report(run: Path, out: Path | None = None, samples_per_cluster: int = 
     data = load_run(Path(run))
     out = Path(out) if out is not None else data.folder / "report.html"
     rows = round_metrics(data)
-    body = [_header(data), _summary(data, rows), _plots(data, rows),
+    body = [_header(data), _summary(data, rows), _agreement(data), _plots(data, rows),
             _galleries(data, samples_per_cluster, max_clusters), _skipped(data)]  # fmt: skip
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>XDC report: '
             f"{html.escape(data.folder.resolve().name)}</title><style>{_STYLE}</style></head>\n<body>\n"
