@@ -1,6 +1,6 @@
 """Why does XDC not beat SDC or scratch on GRID at CPU size? One `xdc benchmark grid` per setting, varying one
-thing at a time (crop box, training length and learning rate, clip length, k), with the methods that answer
-the question. Prints one table over all settings and writes results/grid_study.json.
+thing at a time (crop box, training length and learning rate, clip length, k, encoder size), with the methods
+that answer the question. Prints one table over all settings and writes results/grid_study.json.
 
     python benchmarks/grid_study.py --out /tmp/gridstudy [--only mouth,mouth-long]
 
@@ -30,13 +30,16 @@ BASE = ("train.rounds=2", "train.k=16")
 LONG = ("train.rounds=8", "train.k=16", "train.lr=0.01")
 
 SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = {
-    # name: (overrides on the tiny preset, methods, extra XDC k values)
+    # name: (overrides on the preset (PRESETS, default tiny), methods, extra XDC k values)
     "base": (BASE, METHODS, ()),
     "mouth": ((*BASE, MOUTH), METHODS, ()),
     "mouth-long": ((*LONG, MOUTH), METHODS, ()),
     "mouth-long-8f": ((*LONG, MOUTH, "data.clip.frames=8", "data.clip.fps=8"), METHODS, ()),
     "mouth-long-k": ((*LONG, MOUTH), ("xdc",), (4, 64)),
+    # the small preset: 8 frames at 8 fps, 56x56 crops, encoders of width 32 (ResNet-10 depth)
+    "mouth-small": (("train.rounds=4", "train.k=16", MOUTH), METHODS, ()),
 }
+PRESETS = {"mouth-small": "small"}  # the others: tiny
 COLUMNS = ("video/command", "video/color", "video/digit", "audio/command", "audio/color", "audio/digit")
 
 
@@ -89,13 +92,14 @@ def main() -> int:
     for name in names:
         overrides, methods, ks = SETTINGS[name]
         t = time.perf_counter()
-        result = grid_benchmark(data, args.out / name, preset="tiny", methods=methods, ks=ks, overrides=overrides)
+        preset = PRESETS.get(name, "tiny")
+        result = grid_benchmark(data, args.out / name, preset=preset, methods=methods, ks=ks, overrides=overrides)
         print(f"{name}: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
         for row in result["rows"]:
             run = args.out / name / "runs" / row["method"].replace(" k=", "-k")
             rows.append({"setting": name, "method": row["method"], **{c: row[c] for c in COLUMNS},
                          **training_summary(run), "pretrain_s": row["pretrain_s"]})  # fmt: skip
-    report("grid_study", rows, {"settings": {n: list(SETTINGS[n][0]) for n in names}, "preset": "tiny"})
+    report("grid_study", rows, {"settings": {n: [f"preset={PRESETS.get(n, 'tiny')}", *SETTINGS[n][0]] for n in names}})
     return 0
 
 

@@ -526,15 +526,19 @@ def _agreement(data: RunData) -> str:
         pairs += [(r, a, b, sets[a], sets[b]) for i, a in enumerate(names) for b in names[i + 1 :]]
     if not pairs:
         return ""
-    rows = "".join(f'<tr><td>{r}</td><td class="text">{html.escape(f"{a} ~ {b}")}</td><td>{_num(nmi(x[(x >= 0) & (y >= 0)], y[(x >= 0) & (y >= 0)]))}</td></tr>'
-                   for r, a, b, x, y in pairs)  # fmt: skip
+    rows = []
+    for r, a, b, x, y in pairs:
+        both = (x >= 0) & (y >= 0)
+        cells = (r, html.escape(f"{a} ~ {b}"), _num(nmi(x[both], y[both])))
+        rows.append('<tr><td>{}</td><td class="text">{}</td><td>{}</td></tr>'.format(*cells))
     r, a, b, x, y = pairs[-1]
-    _, chance = agreement(x, y)
-    return ("<h2>Agreement between label sets</h2><table class=\"summary\"><tr><th>round</th><th>label sets</th>"
-            f"<th>NMI</th></tr>{rows}</table><p class=\"note\">Chance level: {_num(chance)} (round {r}'s "
-            f"{html.escape(b)} clusters shuffled against its {html.escape(a)} clusters, mean of 20 draws). XDC trains "
-            "each encoder to predict the other modality's clusters: at the chance level those targets are "
-            "unpredictable, and its pseudo-label loss cannot fall below ln k (RESULTS.md, GRID study).</p>")  # fmt: skip
+    chance = agreement(x, y)[1]
+    note = (f"Chance level: {_num(chance)} (round {r}'s {html.escape(b)} clusters shuffled against its "
+            f"{html.escape(a)} clusters, mean of 20 draws). XDC trains each encoder to predict the other modality's "
+            "clusters: at the chance level those targets are unpredictable, and its pseudo-label loss cannot fall "
+            "below ln k (RESULTS.md, GRID study).")
+    return ('<h2>Agreement between label sets</h2><table class="summary"><tr><th>round</th><th>label sets</th>'
+            f'<th>NMI</th></tr>{"".join(rows)}</table><p class="note">{note}</p>')  # fmt: skip
 
 
 def _num(value) -> str:
