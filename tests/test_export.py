@@ -117,6 +117,16 @@ def test_export_replaces_a_previous_export_whole(run, tmp_path):
     assert "No results were given" in (out / "README.md").read_text()
 
 
+def test_export_after_a_killed_export(run, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".video.safetensors.tmp4242").write_bytes(b"half a file")  # killed while writing the first encoder
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    (out / ".audio.safetensors.tmp77").write_bytes(b"half")  # killed during a re-export
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "audio.safetensors", "video.safetensors"]
+
+
 def test_load_encoder_errors(exported, tmp_path):
     out, _, _ = exported
     with pytest.raises(UserError, match=r"several encoders \(audio, video\): choose one with name="):

@@ -121,14 +121,26 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
     for name in saved["encoders"]:
         encoder, modality, _ = load_run_encoder(run, name)
         path = out / f"{name}.safetensors"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp = _partial(path)
         meta = encoder_metadata(name, modality, saved["method"], encoder, cfg)
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp, metadata=meta)
         os.replace(tmp, path)
         encoders[name] = encoder
         files.append(path)
-    (out / CARD).write_text(model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results))
+    card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results)
+    tmp = _partial(out / CARD)
+    tmp.write_text(card)
+    os.replace(tmp, out / CARD)
     return [*files, out / CARD]
+
+
+def _partial(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place; left behind only by a killed export."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _is_partial(entry: Path) -> bool:
+    return entry.name.startswith(".") and ".tmp" in entry.name and entry.name.rsplit(".tmp", 1)[1].isdigit()
 
 
 def encoder_metadata(name: str, modality: str, method: str, encoder: nn.Module, cfg: Config) -> dict[str, str]:
@@ -157,7 +169,7 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
-        if not is_export(out):
+        if not all(_is_partial(e) for e in out.iterdir()) and not is_export(out):
             raise UserError(f"--out {out} is not empty and not a previous `xdc export`: choose a new folder")
         for entry in out.iterdir():  # only our own files are here (is_export); stale encoders must not linger
             entry.unlink()
@@ -166,7 +178,7 @@ def _prepare_out(out: Path) -> None:
 
 def is_export(folder: Path) -> bool:
     """True when ``folder`` holds only a model card and encoder files written by ``xdc export``."""
-    entries = list(folder.iterdir())
+    entries = [e for e in folder.iterdir() if not _is_partial(e)]  # a killed export's leftovers are ours too
     encoders = [e for e in entries if e.suffix == ".safetensors"]
     if not encoders or any(e.name != CARD and e not in encoders for e in entries):
         return False
