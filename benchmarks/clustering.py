@@ -69,11 +69,16 @@ class Clock:
         self.last = now
 
 
-def ours(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
-    z = preprocess_features(x, dim=pca_dim)
-    clock.lap("pca")
-    clock.times["iterations"] = kmeans(z, k, seed=seed, iters=iters).iterations
-    clock.lap("kmeans")
+def pipeline(preprocess, cluster):
+    """A path of PCA-whitening + L2 (``preprocess``) then k-means (``cluster``), timed step by step."""
+
+    def run(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
+        z = preprocess(x, dim=pca_dim)
+        clock.lap("pca")
+        clock.times["iterations"] = cluster(z, k, seed=seed, iters=iters).iterations
+        clock.lap("kmeans")
+
+    return run
 
 
 def bare_faiss(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
@@ -90,13 +95,6 @@ def bare_faiss(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock
     clock.lap("kmeans")
 
 
-def sharded(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
-    z = sharded_preprocess_features(x, dim=pca_dim)
-    clock.lap("pca")
-    clock.times["iterations"] = sharded_kmeans(z, k, seed=seed, iters=iters).iterations
-    clock.lap("kmeans")
-
-
 def lloyd(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
     """faiss k-means (``kmeans``) and the sharded Lloyd k-means in one process, on the same features from the
     same initial centroids, alternated twice: their per-iteration cost under the same load."""
@@ -109,7 +107,12 @@ def lloyd(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clo
             clock.lap(f"{name}{r}")
 
 
-PATHS = {"ours": ours, "faiss": bare_faiss, "sharded": sharded, "lloyd": lloyd}
+PATHS = {
+    "ours": pipeline(preprocess_features, kmeans),  # what a round runs
+    "faiss": bare_faiss,
+    "sharded": pipeline(sharded_preprocess_features, sharded_kmeans),  # train.cluster_on=shards, one process
+    "lloyd": lloyd,
+}
 
 
 def child(args: argparse.Namespace) -> None:
