@@ -185,16 +185,25 @@ def plan_outputs(collection: Collection) -> dict[str, str]:
 
 def write_report(path: Path, rows: list[dict]) -> None:
     """Write the report atomically (a reader never sees half a file)."""
+
+    def write(f) -> None:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            cells = {k: _cell(row.get(k)) for k in COLUMNS}
+            if row["status"] != "ok":
+                cells["output"] = ""  # nothing was written for it
+            writer.writerow(cells)
+
+    _write_atomic(path, write)
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Call ``write`` on a temporary text file beside ``path``, then rename it into place."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                cells = {k: _cell(row.get(k)) for k in COLUMNS}
-                if row["status"] != "ok":
-                    cells["output"] = ""  # nothing was written for it
-                writer.writerow(cells)
+            write(f)
         tmp.replace(path)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
@@ -242,15 +251,7 @@ def _write_labels(path: Path, rows: dict[str, dict], label_index: LabelIndex, co
         label = label_index.lookup(source, collection.roots, names, stems)
         if row["status"] == "ok" and label:
             labelled.append((row["output"], label))
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(("path", "label"))
-            writer.writerows(labelled)
-        tmp.replace(path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    _write_atomic(path, lambda f: csv.writer(f).writerows([("path", "label"), *labelled]))
     return len(labelled)
 
 
