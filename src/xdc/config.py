@@ -88,6 +88,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.missing_audio not in ("skip", "zeros"):
             raise UserError(f"data.missing_audio must be 'skip' or 'zeros', not {self.missing_audio!r}")
+        aug, crop = self.augment, self.clip.crop
+        if not crop <= aug.scale_min <= aug.scale_max:
+            raise UserError(
+                f"need data.clip.crop <= data.augment.scale_min <= data.augment.scale_max (frames are resized to a "
+                f"short side in [scale_min, scale_max], then cropped), got {crop}, {aug.scale_min}, {aug.scale_max}"
+            )
 
 
 @dataclass
