@@ -130,7 +130,9 @@ def random_clips(trainer: Pretrainer, batch: int, device: torch.device) -> dict:
     item = trainer.train_set[(0, 0)]
     if "failure" in item:
         raise UserError(f"cannot read a clip of {item['failure']['path']}: {item['failure']['reason']}")
-    clips = {m: torch.randn(batch, *item[m].shape, device=device) for m in trainer.method.modalities}
+    clips = {m: torch.randn(batch, *item[m].shape, device=device) if item[m].is_floating_point()
+             else torch.randint(0, 256, (batch, *item[m].shape), dtype=item[m].dtype, device=device)
+             for m in trainer.method.modalities}  # fmt: skip
     return {"index": torch.arange(batch) % len(trainer.videos), **clips}
 
 

@@ -12,6 +12,7 @@ from xdc.data.datasets import EvalClips, TrainClips, collate_clips, make_loader
 from xdc.data.encode import write_av
 from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.manifest import Manifest
+from xdc.data.transforms import NormalizeVideo
 
 
 def small_cfg(**kw) -> DataConfig:
@@ -46,6 +47,20 @@ def test_train_item_shapes_and_seeded_draws_are_reproducible(collection):
     assert a["index"] == 1 and a["label"] == 1 and 0 <= a["start"] <= 3.0 - 0.5
     assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"]) and a["start"] == b["start"]
     assert a["start"] != c["start"]
+
+
+def test_raw_video_is_the_same_clip_normalised_later(collection):
+    # The training loop ships uint8 clips and normalises them on its device: the same numbers as normalising here.
+    manifest = Manifest.from_rows(collection[:3])
+    for dataset, key in [(TrainClips, (2, 11)), (EvalClips, 2)]:
+        raw, ready = dataset(manifest, small_cfg(), raw_video=True)[key], dataset(manifest, small_cfg())[key]
+        assert raw["video"].dtype == torch.uint8 and raw["video"].shape == ready["video"].shape == (3, 4, 24, 24)
+        assert raw["video"].float().std() > 0  # not a blank clip: the comparison means something
+        assert torch.equal(NormalizeVideo()(raw["video"]), ready["video"])
+        assert torch.equal(raw["audio"], ready["audio"]) and raw["start"] == ready["start"]
+    batch = collate_clips([TrainClips(manifest, small_cfg(), raw_video=True)[(i, 3)] for i in range(3)])
+    ready = collate_clips([TrainClips(manifest, small_cfg())[(i, 3)] for i in range(3)])
+    assert torch.equal(NormalizeVideo()(batch["video"]), ready["video"])  # batches too (B x C x T x H x W)
 
 
 def test_eval_clips_are_evenly_spaced_and_cover_every_video(collection):

@@ -16,6 +16,7 @@ from torch._dynamo.utils import counters
 
 from conftest import synthetic_manifest
 from xdc.config import load_config
+from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
 from xdc.models.encoders import build_encoder
 from xdc.training.checkpoint import load
@@ -204,3 +205,17 @@ def test_extraction_runs_in_the_training_precision(manifest, tmp_path):
         assert not torch.equal(a[name], b[name])  # bf16 did run
         cosine = torch.nn.functional.cosine_similarity(a[name], b[name], dim=1)
         assert cosine.min() > 0.98, f"{name}: {cosine.min():.4f}"  # the same features, at bf16's precision
+
+
+def test_the_loader_ships_uint8_video_normalised_on_the_device(manifest, tmp_path):
+    trainer = trainer_for(manifest, tmp_path / "run")
+    batch = first_batch(trainer)
+    assert batch["video"].dtype == torch.uint8  # a quarter of a float batch's bytes through shared/pinned memory
+    assert batch["audio"].dtype == torch.float32
+    inputs = trainer._inputs(batch)
+    assert inputs["video"].dtype == torch.float32 and inputs["video"].shape == batch["video"].shape
+    raw = batch["video"].float() / 255
+    mean = torch.tensor(VIDEO_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(VIDEO_STD).view(3, 1, 1, 1)
+    torch.testing.assert_close(inputs["video"], (raw - mean) / std)
+    assert torch.equal(inputs["audio"], batch["audio"])

@@ -2,8 +2,9 @@
 
 ``TrainClips`` draws one random clip of a video per access (temporal jitter, random augmentation);
 ``EvalClips`` serves N evenly spaced clips of every video without augmentation. Items are dicts with
-``video`` (C x T x H x W), ``audio`` (1 x n_mels x frames), ``index`` (video index in the manifest),
-``start`` (seconds) and ``label`` (-1 when unlabelled). An item that cannot be read is a failure record
+``video`` (float C x T x H x W, normalised; with ``raw_video`` the uint8 pixels, for
+:class:`xdc.data.transforms.NormalizeVideo` on the consumer's side), ``audio`` (1 x n_mels x frames), ``index``
+(video index in the manifest), ``start`` (seconds) and ``label`` (-1 when unlabelled). An item that cannot be read is a failure record
 ``{"failure": {...}}``, which :func:`collate_clips` takes out of the batch.
 """
 
@@ -23,7 +24,10 @@ _SEED_SPACE = 2**63 - 1
 
 
 class _ClipDataset(Dataset):
-    def __init__(self, manifest: Manifest, cfg: DataConfig, train: bool, modalities: tuple[str, ...] = MODALITIES):
+    def __init__(
+        self, manifest: Manifest, cfg: DataConfig, train: bool, modalities: tuple[str, ...] = MODALITIES,
+        raw_video: bool = False,
+    ):  # fmt: skip
         unknown = set(modalities) - set(MODALITIES)
         if unknown or not modalities:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {modalities}")
@@ -37,7 +41,7 @@ class _ClipDataset(Dataset):
         self.cfg = cfg
         span = max(cfg.clip.seconds, cfg.clip.audio_span) if self.video else cfg.clip.audio_span
         self.max_start = np.maximum(0.0, manifest.durations - span)  # latest start whose clip fits in the file
-        self.video_transform = VideoTransform(cfg, train) if self.video else None
+        self.video_transform = VideoTransform(cfg, train, normalize=not raw_video) if self.video else None
         self.audio_transform = AudioTransform(cfg, train) if self.audio else None
 
     def _load(self, i: int, start: float) -> dict:
@@ -65,8 +69,10 @@ class TrainClips(_ClipDataset):
     reproducible whatever the number of loader workers; a bare index draws its seed from the worker's RNG.
     """
 
-    def __init__(self, manifest: Manifest, cfg: DataConfig, modalities: tuple[str, ...] = MODALITIES):
-        super().__init__(manifest, cfg, train=True, modalities=modalities)
+    def __init__(
+        self, manifest: Manifest, cfg: DataConfig, modalities: tuple[str, ...] = MODALITIES, raw_video: bool = False
+    ):  # fmt: skip
+        super().__init__(manifest, cfg, train=True, modalities=modalities, raw_video=raw_video)
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -78,7 +84,9 @@ class TrainClips(_ClipDataset):
             seed = int(torch.randint(_SEED_SPACE, ()))
         rng = np.random.default_rng(seed)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed % _SEED_SPACE)
+            # The CPU generator alone: torch.manual_seed also queues seeds for CUDA, XPU and MTIA with a formatted
+            # stack trace each, about 10% of a small clip's time in a loader worker.
+            torch.default_generator.manual_seed(seed % _SEED_SPACE)
             for _ in range(1 + self.cfg.retries):  # a failed window is retried at other offsets of the same video
                 start = rng.uniform(0.0, self.max_start[i])
                 try:
@@ -95,9 +103,9 @@ class EvalClips(_ClipDataset):
 
     def __init__(
         self, manifest: Manifest, cfg: DataConfig, clips: int | None = None, modalities: tuple[str, ...] = MODALITIES,
-        stride: float | None = None,
+        stride: float | None = None, raw_video: bool = False,
     ):  # fmt: skip
-        super().__init__(manifest, cfg, train=False, modalities=modalities)
+        super().__init__(manifest, cfg, train=False, modalities=modalities, raw_video=raw_video)
         videos = np.arange(len(self.manifest))
         # Flat arrays (video, clip number, start) rather than per-item objects: cheap to share with workers.
         if stride is not None:

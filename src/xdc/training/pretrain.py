@@ -40,6 +40,7 @@ from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog
 from xdc.data.manifest import Manifest
+from xdc.data.transforms import NormalizeVideo
 from xdc.errors import UserError
 from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.models.encoders import build_encoder
@@ -98,8 +99,10 @@ class Pretrainer:
         self.method = get_method(cfg.train.method)
         manifest = Manifest.load(manifest_path)
         modalities = self.method.modalities
-        self.train_set = TrainClips(manifest, cfg.data, modalities=modalities)
-        self.eval_set = EvalClips(manifest, cfg.data, clips=1, modalities=modalities)
+        # uint8 video from the loader, normalised on the device (_inputs): a quarter of the bytes to move
+        self.train_set = TrainClips(manifest, cfg.data, modalities=modalities, raw_video=True)
+        self.eval_set = EvalClips(manifest, cfg.data, clips=1, modalities=modalities, raw_video=True)
+        self.normalize_video = NormalizeVideo(ctx.device)
         self.videos = self.train_set.manifest  # after the missing-audio policy: the index space of the run
         if len(self.videos) < cfg.train.k and not self.method.supervised and self.method.trains:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
@@ -413,8 +416,12 @@ class Pretrainer:
         return total, {f"acc/{key}": c.double() / len(index) for key, c in correct.items()}
 
     def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        """The batch's clips on the device; asynchronous copies (from page-locked memory on CUDA)."""
-        return {m: batch[m].to(self.ctx.device, non_blocking=True) for m in self.method.modalities}
+        """The batch's clips on the device, video normalised there; asynchronous copies (from page-locked memory
+        on CUDA)."""
+        clips = {m: batch[m].to(self.ctx.device, non_blocking=True) for m in self.method.modalities}
+        if "video" in clips:
+            clips["video"] = self.normalize_video(clips["video"])
+        return clips
 
     def _layout(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         """Video clips in channels-last layout when configured, matching the video encoders' weights: cuDNN's
