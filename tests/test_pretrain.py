@@ -230,3 +230,23 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "d"), "--set=train.k=1000"]) == 2
     assert "fewer than train.k=1000" in capsys.readouterr().err
+
+
+def test_one_loader_per_round_serves_all_its_epochs(manifest, tmp_path):
+    trainer = Pretrainer(cfg_for("xdc", "train.rounds=2", "train.epochs=2", "data.workers=1"), manifest, tmp_path, Dist())
+    used = []  # (round, epoch, loader, first draw of the epoch)
+    make = trainer._train_loader
+
+    def spy():
+        loader = make()
+        p = trainer.progress
+        used.append((p.round, p.epoch, loader, next(iter(loader.sampler))))
+        return loader
+
+    trainer._train_loader = spy
+    trainer.run()
+    assert [(r, e) for r, e, _, _ in used] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert used[0][2] is used[1][2] and used[2][2] is used[3][2]  # its workers persist through the round
+    assert used[1][2] is not used[2][2]  # a new round's labels: a new loader
+    assert len({draw for _, _, _, draw in used}) == 4  # every epoch draws anew
+    assert trainer.loader is None  # the last round's workers are gone
