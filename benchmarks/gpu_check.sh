@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU measurements of BENCHMARKS.md in one run on a CUDA machine, each step under its own time limit, so a
+# step that fails or hangs leaves the others' results. From the repository root:
+#
+#   bash benchmarks/gpu_check.sh OUT_DIR
+#
+# A wheels/ folder of the repository root (made by benchmarks/gpu_wheels.sh), if present, is installed first
+# into /tmp/xdc-site: for machines whose Python has torch but not PyAV or faiss. Steps, most important first:
+#   env         GPU, driver, CPU cores, package versions
+#   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last on cuDNN, pinned batches, resume)
+#   eager       benchmarks/train_step.py, paper preset, batch 128, bf16: model-only, end-to-end, loader-only
+#   cl          the same with channels-last
+#   clustering  benchmarks/clustering.py at 1M x 512-d, k 1024 (faiss as installed: GPU or CPU)
+#   compile     the same train_step with channels-last and torch.compile (inductor; compiling takes minutes)
+# OUT_DIR gets gpu_check.log and one JSON per measuring step.
+set -u
+out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
+mkdir -p "$out"
+exec > >(tee -a "$out/gpu_check.log") 2>&1
+cd "$(dirname "$0")/.."
+if [ -d wheels ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/xdc-site \
+        wheels/*.whl || exit 1
+fi
+export PYTHONPATH="$PWD/src:/tmp/xdc-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log its exit status and duration
+    local name=$1 limit=$2 start=$SECONDS status
+    shift 2
+    echo "=== $name (limit ${limit} s): $*"
+    timeout --kill-after=10 "$limit" "$@"
+    status=$?
+    echo "=== $name: exit $status after $((SECONDS - start)) s"
+    return $status
+}
+
+train_step() {  # train_step NAME LIMIT FLAGS...
+    local name=$1 limit=$2
+    shift 2
+    step "$name" "$limit" python3 benchmarks/train_step.py --preset paper --batch 128 --steps 50 --warmup 10 "$@" &&
+        cp benchmarks/results/train_step.json "$out/train_step_$name.json"
+}
+
+step env 60 bash -c 'nvidia-smi; nproc; free -g; df -h /dev/shm /tmp; python3 -c "
+import sys, time, torch, torchvision, torchaudio, av, faiss
+print(sys.version.split()[0], torch.__version__, torchvision.__version__, torchaudio.__version__, av.__version__,
+      faiss.__version__, torch.cuda.get_device_name(), \"faiss GPUs:\", faiss.get_num_gpus())
+a = torch.randn(8192, 8192, device=\"cuda\", dtype=torch.bfloat16)
+for _ in range(3): a @ a
+torch.cuda.synchronize(); t = time.perf_counter()
+for _ in range(10): a @ a
+torch.cuda.synchronize()
+print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
+step tests 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+train_step eager 240
+train_step cl 180 --channels-last
+step clustering 180 python3 benchmarks/clustering.py --sizes 1000000 --ks 1024 --repeats 1 &&
+    cp benchmarks/results/clustering.json "$out/clustering.json"
+train_step compile 420 --channels-last --compile
+echo "=== done after $SECONDS s"

@@ -1,0 +1,93 @@
+"""The CUDA path on a real GPU: skipped without one (CI has none); run by benchmarks/gpu_check.sh where one is lent.
+
+What the CPU tests cannot reach: bf16 autocast and channels-last convolutions on cuDNN (with its autotuner),
+page-locked batches copied asynchronously, uint8 video normalised on the GPU, checkpoints written from GPU
+modules and resumed onto them, and the NCCL-free single-GPU setup of ``init_distributed``.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_manifest
+from xdc.config import load_config
+from xdc.data.transforms import NormalizeVideo
+from xdc.training.checkpoint import load
+from xdc.training.distributed import init_distributed
+from xdc.training.pretrain import Pretrainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
+
+GPU = ["train.batch_size=8", "train.k=4", "data.workers=2", "train.precision=bf16", "train.channels_last=true"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return synthetic_manifest(tmp_path_factory.mktemp("cuda"), 24, 4, seed=0)
+
+
+def test_video_is_normalised_on_the_gpu_as_on_the_cpu():
+    x = torch.randint(0, 256, (2, 3, 4, 16, 16), dtype=torch.uint8)
+    on_gpu = NormalizeVideo("cuda")(x.cuda())
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float32
+    torch.testing.assert_close(on_gpu.cpu(), NormalizeVideo()(x), rtol=0, atol=1e-6)
+
+
+def test_batches_are_pinned_and_a_step_runs_in_bf16(manifest, tmp_path):
+    ctx = init_distributed()
+    assert ctx.device.type == "cuda" and not ctx.enabled
+    trainer = Pretrainer(load_config(None, GPU, preset="tiny"), manifest, tmp_path / "run", ctx)
+    n = len(trainer.videos)
+    trainer.progress.labels = {s: np.arange(n) % 4 for s in trainer.method.label_sets}
+    trainer._new_heads()
+    batch = next(iter(trainer._train_loader()))
+    assert batch["video"].dtype == torch.uint8 and batch["video"].is_pinned() and batch["audio"].is_pinned()
+    inputs = trainer._inputs(batch)
+    assert inputs["video"].is_cuda and inputs["video"].dtype == torch.float32
+    before = [p.detach().clone() for p in trainer.encoders.parameters()]
+    loss, accuracy = trainer._step(trainer.train_model, batch)
+    assert loss.is_cuda and torch.isfinite(loss) and accuracy
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in trainer.encoders.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.encoders.parameters()))
+    assert torch.backends.cudnn.benchmark  # fixed clip shapes: cuDNN picks its kernels once
+
+
+def _cli(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "xdc.cli", "pretrain", "--data", str(manifest), "--out", str(out), "--preset", "tiny",
+        "--method", "xdc", "--rounds", "2", *(f"--set={s}" for s in GPU), "--set=train.epochs=2",
+        "--set=train.epoch_size=96", "--set=train.checkpoint_every=1", "--set=train.log_every=1", *extra,
+    ]  # fmt: skip
+
+
+def test_a_run_killed_on_the_gpu_resumes_and_finishes(manifest, tmp_path):
+    # Not bit-exact here (cuDNN's autotuned kernels are not deterministic): the resume must work and finish.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli(manifest, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 180
+    log = out / "log.jsonl"
+    while time.time() < deadline and proc.poll() is None:  # kill in the middle of round 1's training
+        steps = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        if any(r["kind"] == "step" and r["round"] == 1 for r in steps):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(_cli(manifest, out, "--resume"), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    records = [json.loads(x) for x in log.read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "step"]
+    assert losses and all(np.isfinite(losses))
+    assert {r["step"] for r in records if r["kind"] == "round"} == {0, 1}  # both rounds ended
+    saved = load(out / "encoders.pt")  # written from GPU modules, loaded onto the CPU
+    assert all(t.device.type == "cpu" for state in saved["encoders"].values() for t in state.values())
