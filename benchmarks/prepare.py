@@ -1,6 +1,7 @@
 """What `xdc prepare` buys: training-loader clips/s per core on original files vs prepared copies, and its cost.
 
     python benchmarks/prepare.py [--videos 3] [--seconds 10] [--sizes 640x360 1280x720] [--gops 8 16 32 64] [--clips 50]
+                                 [--fps-caps 8]
     python benchmarks/prepare.py --data ../shared/data/grid-s1/videos
 
 Sources are generated to look like user uploads (a camera pan over a textured scene with moving objects,
@@ -85,8 +86,9 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.mp4"))
 
 
-def measure(sources: Path, tmp: Path, gops: list[int], clips: int) -> list[dict]:
-    """Rows for the originals in ``sources`` and for a prepared copy at each keyframe interval."""
+def measure(sources: Path, tmp: Path, gops: list[int], clips: int, fps_caps: list[float]) -> list[dict]:
+    """Rows for the originals in ``sources`` and for a prepared copy at each keyframe interval, at the source's
+    frame rate, then at each of ``fps_caps``."""
     summary = build_manifest([str(sources)], tmp / "sources.csv", workers=1)
     manifest = Manifest.load(tmp / "sources.csv", require_audio=True)
     source_seconds = float(manifest.durations.sum())
@@ -96,18 +98,20 @@ def measure(sources: Path, tmp: Path, gops: list[int], clips: int) -> list[dict]
     rows = [{"files": "original", "prepare_s_per_source_s": 0.0,
              "kb_per_source_s": folder_bytes(sources) / 1000 / source_seconds, "clips_per_s": original,
              "speedup": 1.0}]  # fmt: skip
-    for gop in gops:
-        out = tmp / f"gop{gop}"
-        t = time.perf_counter()
-        result = prepare([str(sources)], out, PrepareOptions(gop=gop), workers=1)
-        cost = time.perf_counter() - t
-        if result.prepared != summary.usable:
-            raise RuntimeError(f"prepare left files out: {result.problems}")
-        build_manifest([str(out)], tmp / f"gop{gop}.csv", workers=1)
-        rate = clips_per_s(tmp / f"gop{gop}.csv", draws)
-        rows.append({"files": f"prepared, gop {gop}", "prepare_s_per_source_s": cost / source_seconds,
-                     "kb_per_source_s": folder_bytes(out) / 1000 / source_seconds, "clips_per_s": rate,
-                     "speedup": rate / original})  # fmt: skip
+    for fps in [None, *fps_caps]:
+        for gop in gops:
+            name = f"gop {gop}" + (f", fps {fps:g}" if fps else "")
+            out = tmp / name.replace(" ", "").replace(",", "-")
+            t = time.perf_counter()
+            result = prepare([str(sources)], out, PrepareOptions(gop=gop, fps=fps), workers=1)
+            cost = time.perf_counter() - t
+            if result.prepared != summary.usable:
+                raise RuntimeError(f"prepare left files out: {result.problems}")
+            build_manifest([str(out)], out.with_suffix(".csv"), workers=1)
+            rate = clips_per_s(out.with_suffix(".csv"), draws)
+            rows.append({"files": f"prepared, {name}", "prepare_s_per_source_s": cost / source_seconds,
+                         "kb_per_source_s": folder_bytes(out) / 1000 / source_seconds, "clips_per_s": rate,
+                         "speedup": rate / original})  # fmt: skip
     return rows
 
 
@@ -121,6 +125,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=44100, help="audio sample rate of generated sources")
     parser.add_argument("--gops", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--clips", type=int, default=50, help="clips read from each copy")
+    parser.add_argument("--fps-caps", type=float, nargs="*", default=[], help="also prepare at these frame rates")
     args = parser.parse_args()
     torch.set_num_threads(1)  # like one loader worker: one clip at a time on one core
 
@@ -135,7 +140,7 @@ def main() -> None:
                 width, height = map(int, name.split("x"))
                 sources = tmp / "sources"
                 make_sources(sources, args.videos, args.seconds, (width, height), args.fps, args.rate)
-            rows += [{"sources": name, **row} for row in measure(sources, tmp, args.gops, args.clips)]
+            rows += [{"sources": name, **row} for row in measure(sources, tmp, args.gops, args.clips, args.fps_caps)]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     generated = (f"{args.videos} files of {args.seconds:g} s per size, H.264 at {args.fps} fps with the encoder's "
