@@ -233,7 +233,8 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
 
 
 def test_one_loader_per_round_serves_all_its_epochs(manifest, tmp_path):
-    trainer = Pretrainer(cfg_for("xdc", "train.rounds=2", "train.epochs=2", "data.workers=1"), manifest, tmp_path, Dist())
+    cfg = cfg_for("xdc", "train.rounds=2", "train.epochs=2", "data.workers=1")
+    trainer = Pretrainer(cfg, manifest, tmp_path, Dist())
     used = []  # (round, epoch, loader, first draw of the epoch)
     make = trainer._train_loader
 
