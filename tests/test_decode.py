@@ -1,5 +1,7 @@
 """The clip reader on files the project writes itself, plus every file of the shared media zoo."""
 
+import multiprocessing
+
 import av
 import numpy as np
 import pytest
@@ -183,3 +185,19 @@ def test_every_shared_media_file_decodes_or_gives_a_reason():
         assert outcomes[good] == "ok", (good, outcomes[good])
     for bad in ("empty.mp4", "random_bytes.mp4", "not_a_video.avi"):
         assert outcomes[bad] != "ok"
+
+
+def _frame_numbers(path: str) -> list[int]:
+    return frame_index(read_clip(path, 1.0, spec(frames=8, fps=16), audio=False).video).tolist()
+
+
+@pytest.mark.parametrize("threads", [1, 0])
+def test_a_forked_child_reads_clips_after_its_parent_did(tmp_path, threads):
+    # The single-threaded frame converter is kept per thread between clips. One with slice threads (threads=0)
+    # must not be: a forked child (a loader worker) would inherit it without its threads and hang freeing it.
+    path = str(tmp_path / "a.mp4")
+    write_av(path, gray_frames(48), 16, None)
+    parent = read_clip(path, 1.0, spec(frames=8, fps=16), audio=False, threads=threads)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_frame_numbers, (path,)).get(timeout=60) == frame_index(parent.video).tolist()
+    assert frame_index(parent.video).tolist() == list(range(16, 24))
