@@ -11,7 +11,8 @@ precision, memory layout and torch.compile. Three measurements:
                torch.utils.flop_counter) give TFLOP/s and MFU against the device's dense bf16 peak;
   end-to-end   the same step fed by the training loader (TrainClips over real video files through make_loader,
                the cluster-balanced sampler, --workers processes; page-locked batches on CUDA);
-  loader only  the same loader with no model (batches copied to the device): what the files can supply.
+  loader only  the same loader with no model (batches copied to the device): what the files can supply;
+               --loader-steps batches (it is cheap: more than the model steps, for a steadier rate).
 Without --data, a synthetic set (xdc make-synthetic) is written to a temporary folder with frames whose short
 side is the preset's decode size, at 25 fps (decoding cost grows with the source frame rate).
 """
@@ -51,19 +52,22 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30, help="timed steps of each measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (the first one compiles)")
+    parser.add_argument("--loader-steps", type=int, default=30,
+                        help="timed batches of the loader-only measurement (cheap: no model)")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' dense bf16)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: CPU cores")
     parser.add_argument("--data", type=Path, help="folder of video files (default: a generated synthetic set)")
     args = parser.parse_args()
-    if args.warmup < 1 or args.steps < 1:
-        parser.error("--warmup and --steps must be at least 1")
+    if min(args.warmup, args.steps, args.loader_steps) < 1:
+        parser.error("--warmup, --steps and --loader-steps must be at least 1")
 
     device = torch.device(args.device)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     cfg = load_config(None, [
         f"train.k={args.k}", f"train.batch_size={args.batch}", f"train.precision={precision}",
         f"train.channels_last={str(args.channels_last).lower()}", f"train.compile={str(args.compile).lower()}",
-        f"data.workers={args.workers}", f"train.epoch_size={(args.warmup + args.steps) * args.batch}",
+        f"data.workers={args.workers}",
+        f"train.epoch_size={(args.warmup + max(args.steps, args.loader_steps)) * args.batch}",
     ], preset=args.preset)  # fmt: skip
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or (peak_tflops(device_name) if precision == "bf16" else None)
@@ -87,16 +91,18 @@ def main() -> None:
         first_s, model_s, model_clips = timed(step, itertools.repeat(random_batch), args.warmup, args.steps, device)
         flops = count_flops(lambda: trainer._step(trainer.model, random_batch))  # uncompiled: the counter sees ops
         e2e_s, e2e_clips = timed(step, iter(trainer._train_loader()), args.warmup, args.steps, device)[1:]
-        loader_s, loader_clips = timed(trainer._inputs, iter(trainer._train_loader()), args.warmup, args.steps,
-                                       device)[1:]  # fmt: skip
+        loader_s, loader_clips = timed(trainer._inputs, iter(trainer._train_loader()), args.warmup,
+                                       args.loader_steps, device)[1:]  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     model_rate = model_clips / model_s
     rows = []
-    for measure, seconds, clips in [("model-only", model_s, model_clips), ("end-to-end", e2e_s, e2e_clips),
-                                    ("loader only", loader_s, loader_clips)]:  # fmt: skip
-        row = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / args.steps,
+    for measure, seconds, clips, steps in [
+        ("model-only", model_s, model_clips, args.steps), ("end-to-end", e2e_s, e2e_clips, args.steps),
+        ("loader only", loader_s, loader_clips, args.loader_steps),
+    ]:  # fmt: skip
+        row = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / steps,
                "vs_model_only": clips / seconds / model_rate}  # fmt: skip
         if measure != "loader only":
             row["tflop_per_s"] = flops * args.steps / seconds / 1e12
@@ -106,7 +112,8 @@ def main() -> None:
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
         "channels_last": args.channels_last, "compile": args.compile, "batch": args.batch, "k": args.k,
-        "steps": args.steps, "warmup": args.warmup, "workers": args.workers, "videos": n,
+        "steps": args.steps, "loader_steps": args.loader_steps, "warmup": args.warmup, "workers": args.workers,
+        "videos": n,
         "data": str(args.data) if args.data else "synthetic", "gflop_per_step": flops / 1e9,
         "first_step_s": first_s, "peak_tflops": peak, "load_average_1m": os.getloadavg()[0],
     }  # fmt: skip
