@@ -60,6 +60,33 @@ def test_batches_are_pinned_and_a_step_runs_in_bf16(manifest, tmp_path):
     assert torch.backends.cudnn.benchmark  # fixed clip shapes: cuDNN picks its kernels once
 
 
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_training_step_does_not_wait_for_the_device(manifest, tmp_path, accumulate):
+    # The host must queue step n + 1 while step n computes. Anything that waits for the device (a copy from
+    # pageable memory, .item(), a sync) would make the host wait here behind a ~1 s spin of the GPU.
+    cfg = load_config(None, [*GPU, f"train.accumulate={accumulate}"], preset="tiny")
+    trainer = Pretrainer(cfg, manifest, tmp_path / "run", init_distributed())
+    n = len(trainer.videos)
+    trainer.progress.labels = {s: np.arange(n) % 4 for s in trainer.method.label_sets}
+    trainer._new_heads()
+    batch = next(iter(trainer._train_loader()))
+    for _ in range(3):  # cuDNN autotuning and the allocator's first requests do wait: not in the timed step
+        trainer._step(trainer.train_model, batch)
+    torch.cuda.synchronize()
+    start = torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(2_000_000_000)  # about a second of GPU clock cycles
+    t = time.perf_counter()
+    trainer._step(trainer.train_model, batch)
+    host = time.perf_counter() - t
+    end = torch.cuda.Event(enable_timing=True)
+    end.record()
+    end.synchronize()
+    device = start.elapsed_time(end) / 1000
+    assert device > 0.3, f"the spin took only {device:.2f} s: the test proves nothing"
+    assert host < device / 3, f"the step took {host:.2f} s of host time behind a {device:.2f} s device queue"
+
+
 def _cli(manifest: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "xdc.cli", "pretrain", "--data", str(manifest), "--out", str(out), "--preset", "tiny",

@@ -400,13 +400,18 @@ class Pretrainer:
             # contribute zeros rather than skipping the step.
             sum(p.sum() * 0.0 for p in self.model.parameters()).backward()
             return total, {}
-        parts = [torch.arange(i, len(index), self.cfg.train.accumulate) for i in range(self.cfg.train.accumulate)]
-        parts = [part for part in parts if len(part)]
+        every = self.cfg.train.accumulate
+        parts = range(min(every, len(index)))  # part i: rows i, i + every, ...
         clips = self._inputs(batch)
         correct = {}
-        for part in parts:
-            inputs = {m: self._layout(m, x if len(parts) == 1 else x[part.to(x.device)]) for m, x in clips.items()}
-            targets = {k: y.to(self.ctx.device, non_blocking=True) for k, y in self.head_targets(index[part]).items()}
+        for i in parts:
+            if len(parts) == 1:
+                inputs = clips
+            else:  # the rows made on the device (an arange, not a copy from the host: see _to_device)
+                rows = torch.arange(i, len(index), every, device=self.ctx.device)
+                inputs = {m: x[rows] for m, x in clips.items()}
+            inputs = {m: self._layout(m, x) for m, x in inputs.items()}
+            targets = {k: self._to_device(y) for k, y in self.head_targets(index[i::every]).items()}
             with self._autocast():
                 logits = model(inputs)
                 # the loss in float32 whatever the precision of the logits
@@ -420,6 +425,14 @@ class Pretrainer:
         self.optimizer.step()
         self.head_optimizer.step()
         return total, {f"acc/{key}": c.double() / len(index) for key, c in correct.items()}
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A small host tensor made in this process (pseudo-labels) on the device without waiting for it: a copy
+        from pageable memory makes the host wait for all the work queued on the stream (CUDA's memcpy rules),
+        which would stop it from queueing the next step while this one computes. Page-locked first."""
+        if self.ctx.device.type == "cuda":
+            x = x.pin_memory()
+        return x.to(self.ctx.device, non_blocking=True)
 
     def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         """The batch's clips on the device, video normalised there; asynchronous copies (from page-locked memory
@@ -466,7 +479,7 @@ class Pretrainer:
             with self._autocast():
                 logits = self.model({m: self._layout(m, x) for m, x in self._inputs(batch).items()})
             for e, s in self.method.heads:
-                y = torch.from_numpy(p.labels[s])[batch["index"]].to(self.ctx.device, non_blocking=True)
+                y = self._to_device(torch.from_numpy(p.labels[s])[batch["index"]])
                 total[0] += F.cross_entropy(logits[_key(e, s)].float(), y, ignore_index=-1, reduction="sum")
                 total[1] += (y >= 0).sum()
         self.model.train()
