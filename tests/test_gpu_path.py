@@ -22,6 +22,7 @@ from xdc.models.encoders import build_encoder
 from xdc.training.checkpoint import load
 from xdc.training.distributed import Dist
 from xdc.training.flops import count_flops, mfu, peak_tflops
+from xdc.training import pretrain
 from xdc.training.pretrain import Pretrainer
 
 TINY = ["train.batch_size=8", "train.k=4", "data.workers=0", "train.log_every=1"]
@@ -219,3 +220,15 @@ def test_the_loader_ships_uint8_video_normalised_on_the_device(manifest, tmp_pat
     std = torch.tensor(VIDEO_STD).view(3, 1, 1, 1)
     torch.testing.assert_close(inputs["video"], (raw - mean) / std)
     assert torch.equal(inputs["audio"], batch["audio"])
+
+
+def test_extraction_gives_the_same_features_however_often_it_copies_to_the_host(manifest, tmp_path, monkeypatch):
+    trainer = trainer_for(manifest, tmp_path / "run", "train.batch_size=2")  # 8 batches
+    once = trainer._extract()
+    monkeypatch.setattr(pretrain, "EXTRACT_SYNC_EVERY", 3)  # copies after batches 3 and 6, and at the end
+    assert pretrain.EXTRACT_SYNC_EVERY == 3
+    chunked = trainer._extract()
+    assert once.keys() == chunked.keys() == {"video", "audio"}
+    for name in once:
+        assert once[name].shape == (len(trainer.videos), trainer.feature_dims[name])
+        assert torch.isfinite(once[name]).all() and torch.equal(once[name], chunked[name])
