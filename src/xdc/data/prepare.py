@@ -448,11 +448,11 @@ class _VideoTrack(_Track):
         width, height = self.size
         turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # as read_clip turns frames upright
         if turns:
-            image = self.scaler.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
+            image = self.scaler.reformat(frame, width=width, height=height, format="rgb24", threads=1).to_ndarray()
             upright = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(image, turns)), format="rgb24")
-            scaled = self.to_yuv.reformat(upright, format="yuv420p")
+            scaled = self.to_yuv.reformat(upright, format="yuv420p", threads=1)
         else:
-            scaled = self.scaler.reformat(frame, width=width, height=height, format="yuv420p")
+            scaled = self.scaler.reformat(frame, width=width, height=height, format="yuv420p", threads=1)
         scaled.pts, scaled.time_base = pts, TIME_BASE
         self.encode(scaled)
 
