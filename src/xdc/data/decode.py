@@ -201,11 +201,11 @@ _local = threading.local()
 
 
 def _reformatter(threads: int) -> VideoReformatter:
-    """A frame converter for one clip. frame.reformat builds a new scaling context for every frame, and a new
-    converter per clip one per clip (about 0.4 ms, 10% of a prepared clip); a single-threaded one is kept per
-    thread and reuses its context while the frames' size and format stay the same (sws_getCachedContext).
-    One with slice threads (threads != 1) is never kept: a forked child (a loader worker) would inherit it
-    without its threads, and freeing it there waits for them forever."""
+    """A frame converter for a clip. frame.reformat would build a new scaling context for every frame, and a new
+    converter builds one per clip (with its swscale threads: about 0.4 ms, 10% of a prepared clip), so a
+    single-threaded converter is kept per thread: it reuses its context while the frames' size and format stay
+    the same (sws_getCachedContext). One with slice threads (threads != 1) is never kept: a forked child (a
+    loader worker) would inherit it without its threads, and freeing it there waits for them forever."""
     if threads != 1:
         return VideoReformatter()
     if not hasattr(_local, "reformatter"):
