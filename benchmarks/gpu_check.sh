@@ -15,7 +15,7 @@
 # OUT_DIR gets gpu_check.log and one JSON per measuring step.
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
-mkdir -p "$out"
+out=$(mkdir -p "$out" && cd "$out" && pwd) || exit 1  # absolute: the script changes directory below
 exec > >(tee -a "$out/gpu_check.log") 2>&1
 cd "$(dirname "$0")/.."
 if [ -d wheels ]; then
