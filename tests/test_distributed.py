@@ -1,6 +1,7 @@
 """Feature gathering and label broadcast across 2 real gloo processes."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,35 @@ def test_sharded_clustering_gives_the_pseudo_labels_of_rank0(tmp_path):
         for name in expected:
             np.testing.assert_array_equal(by_shards[name], expected[name])
             np.testing.assert_array_equal(by_rank0[name], expected[name])
+
+
+def _empty_batch_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    trainer = Pretrainer(_cluster_cfg("rank0"), manifest, root / "run", Dist(rank=rank, world_size=world))
+    n = len(trainer.videos)
+    trainer.progress.labels = {s: np.arange(n) % 4 for s in trainer.method.label_sets}
+    trainer._new_heads()
+    batch = next(iter(trainer._train_loader()))
+    if rank == 1:  # every clip of this rank's batch failed
+        batch = {"index": torch.empty(0, dtype=torch.long), "failures": [], "size": len(batch["index"])}
+    before = [p.detach().clone() for p in trainer.encoders.parameters()]
+    trainer._step(trainer.train_model, batch)
+    after = [p.detach().clone() for p in trainer.encoders.parameters()]
+    out[rank] = (before, after)
+    trainer.log.close()
+    dist.destroy_process_group()
+
+
+def test_a_rank_whose_whole_batch_failed_still_takes_the_step(tmp_path):
+    """DDP: the other rank waits for this rank's gradients, and every rank must step alike to stay in sync."""
+    manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_empty_batch_worker, args=(2, 29561, manifest, tmp_path, out), nprocs=2, join=True)
+        results = dict(out)
+    (before0, after0), (before1, after1) = results[0], results[1]
+    assert all(torch.equal(a, b) for a, b in zip(before0, before1))  # DDP starts both ranks from rank 0's weights
+    assert any(not torch.equal(a, b) for a, b in zip(before0, after0))  # the step learned from rank 0's clips
+    for a, b in zip(after0, after1):
+        assert torch.equal(a, b)  # and both ranks took it

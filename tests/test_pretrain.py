@@ -251,3 +251,16 @@ def test_one_loader_per_round_serves_all_its_epochs(manifest, tmp_path):
     assert used[1][2] is not used[2][2]  # a new round's labels: a new loader
     assert len({draw for _, _, _, draw in used}) == 4  # every epoch draws anew
     assert trainer.loader is None  # the last round's workers are gone
+
+
+@pytest.mark.parametrize("method", ["xdc", "sdc-video", "sdc-audio"])
+def test_the_empty_batch_of_a_failed_step_is_shaped_like_the_loaders(manifest, tmp_path, method):
+    # A DDP rank whose whole batch failed runs the model on it (tests/test_distributed.py): shapes must match.
+    trainer = Pretrainer(cfg_for(method), manifest, tmp_path, Dist())
+    n = len(trainer.videos)
+    trainer.progress.labels = {s: np.arange(n) % 4 for s in trainer.method.label_sets}
+    batch = next(iter(trainer._train_loader()))
+    empty = trainer._empty_inputs()
+    assert set(empty) == set(trainer.method.modalities)
+    for modality, x in empty.items():
+        assert x.shape == (0, *batch[modality].shape[1:]) and x.dtype == torch.float32

@@ -411,10 +411,17 @@ class Pretrainer:
         self.head_optimizer.zero_grad(set_to_none=True)
         index = batch["index"]
         total = torch.zeros((), dtype=torch.float64, device=self.ctx.device)
-        if index.numel() == 0:
-            # Every clip of this batch failed. Under DDP the other ranks still wait for this rank's gradients:
-            # contribute zeros rather than skipping the step.
-            sum(p.sum() * 0.0 for p in self.model.parameters()).backward()
+        if index.numel() == 0:  # every clip of this batch failed
+            if not self.ctx.enabled:
+                return total, {}  # nothing to learn from: no step
+            # Under DDP the other ranks run this step's collectives (buffer broadcast, gradient all-reduce) and
+            # step their optimizers: take part with an empty batch (every parameter in the graph, zero gradients)
+            # and step alike, so that the ranks stay identical.
+            with self._autocast():
+                logits = model(self._empty_inputs())
+            (sum(x.float().sum() for x in logits.values()) * 0.0).backward()
+            self.optimizer.step()
+            self.head_optimizer.step()
             return total, {}
         every = self.cfg.train.accumulate
         parts = range(min(every, len(index)))  # part i: rows i, i + every, ...
@@ -441,6 +448,16 @@ class Pretrainer:
         self.optimizer.step()
         self.head_optimizer.step()
         return total, {f"acc/{key}": c.double() / len(index) for key, c in correct.items()}
+
+    def _empty_inputs(self) -> dict[str, torch.Tensor]:
+        """A batch of no clips, shaped like the loader's, on the device."""
+        clip = self.cfg.data.clip
+        shapes = {"video": (3, clip.frames, clip.crop, clip.crop)}
+        if self.train_set.audio:
+            samples = round(clip.audio_span * clip.sample_rate)
+            shapes["audio"] = (1, self.cfg.data.mel.n_mels, self.train_set.audio_transform.logmel.frames(samples))
+        inputs = {m: torch.zeros(0, *shapes[m], device=self.ctx.device) for m in self.method.modalities}
+        return {m: self._layout(m, x) for m, x in inputs.items()}
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         """A small host tensor made in this process (pseudo-labels) on the device without waiting for it: a copy
