@@ -119,3 +119,41 @@ def test_a_rank_whose_whole_batch_failed_still_takes_the_step(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before0, after0))  # the step learned from rank 0's clips
     for a, b in zip(after0, after1):
         assert torch.equal(a, b)  # and both ranks took it
+
+
+def _accumulate_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    result = {}
+    for accumulate, compiled in [(1, False), (3, False), (3, True)]:
+        cfg = load_config(None, ["train.batch_size=12", "train.k=4", "data.workers=0", f"train.accumulate={accumulate}",
+                                 f"train.compile={str(compiled).lower()}"], preset="tiny")  # fmt: skip
+        trainer = Pretrainer(cfg, manifest, root / f"run{accumulate}{compiled}", Dist(rank=rank, world_size=world))
+        trainer.compile_backend = "eager"
+        n = len(trainer.videos)
+        trainer.progress.labels = {s: np.arange(n) % 4 for s in trainer.method.label_sets}
+        trainer._new_heads()
+        calls = []
+        ddp = trainer.train_model._orig_mod if compiled else trainer.train_model
+        ddp.register_comm_hook(None, lambda state, bucket: calls.append(1) or allreduce_hook(state, bucket))
+        trainer._step(trainer.train_model, next(iter(trainer._train_loader())))
+        result[(accumulate, compiled)] = (len(calls), [p.detach().clone() for p in trainer.encoders.parameters()])
+        trainer.log.close()
+    out[rank] = result
+    dist.destroy_process_group()
+
+
+def test_accumulated_parts_all_reduce_once_per_step(tmp_path):
+    manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_accumulate_worker, args=(2, 29577, manifest, tmp_path, out), nprocs=2, join=True)
+        results = dict(out)
+    once = results[0][(1, False)][0]
+    assert once >= 1
+    for key in [(3, False), (3, True)]:
+        assert results[0][key][0] == results[1][key][0] == once  # not 3 x: the first two parts only accumulate
+        for a, b in zip(results[0][key][1], results[1][key][1]):
+            assert torch.equal(a, b)  # the ranks stepped alike

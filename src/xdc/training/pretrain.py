@@ -14,6 +14,7 @@ Which features are clustered and which labels train which head is the method's t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import sys
@@ -435,13 +436,16 @@ class Pretrainer:
                 inputs = {m: x[rows] for m, x in clips.items()}
             inputs = {m: self._layout(m, x) for m, x in inputs.items()}
             targets = {k: self._to_device(y) for k, y in self.head_targets(index[i::every]).items()}
-            with self._autocast():
-                logits = model(inputs)
-                # the loss in float32 whatever the precision of the logits
-                loss = torch.stack(
-                    [F.cross_entropy(logits[key].float(), y, ignore_index=-1) for key, y in targets.items()]
-                ).mean() / len(parts)
-            loss.backward()
+            # DDP all-reduces the gradients once, in the last part's backward; the parts before add up locally
+            sync = not self.ctx.enabled or i == len(parts) - 1
+            with contextlib.nullcontext() if sync else model.no_sync():
+                with self._autocast():
+                    logits = model(inputs)
+                    # the loss in float32 whatever the precision of the logits
+                    loss = torch.stack(
+                        [F.cross_entropy(logits[key].float(), y, ignore_index=-1) for key, y in targets.items()]
+                    ).mean() / len(parts)
+                loss.backward()
             total += loss.detach()
             for key, y in targets.items():
                 correct[key] = correct.get(key, 0) + (logits[key].detach().argmax(1) == y).sum()
