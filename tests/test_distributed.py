@@ -89,13 +89,32 @@ def test_sharded_clustering_gives_the_pseudo_labels_of_rank0(tmp_path):
             np.testing.assert_array_equal(by_rank0[name], expected[name])
 
 
-def _empty_batch_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
+def _join(rank: int, world: int, port: int) -> Dist:
+    """A spawned test rank joins the gloo group (a minute's timeout: a rank left waiting fails the test)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
-    trainer = Pretrainer(_cluster_cfg("rank0"), manifest, root / "run", Dist(rank=rank, world_size=world))
-    n = len(trainer.videos)
-    trainer.progress.labels = {s: np.arange(n) % 4 for s in trainer.method.label_sets}
+    return Dist(rank=rank, world_size=world)
+
+
+def _ready_to_step(cfg, manifest: Path, out: Path, ctx: Dist) -> Pretrainer:
+    """A trainer with this round's heads on fixed pseudo-labels (video i in cluster i % 4)."""
+    trainer = Pretrainer(cfg, manifest, out, ctx)
+    trainer.compile_backend = "eager"
+    trainer.progress.labels = {s: np.arange(len(trainer.videos)) % 4 for s in trainer.method.label_sets}
     trainer._new_heads()
+    return trainer
+
+
+def _two_ranks(worker, port: int, *args) -> dict:
+    """Run ``worker(rank, 2, port, *args, out)`` on 2 processes; their ``out[rank]`` entries."""
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(worker, args=(2, port, *args, out), nprocs=2, join=True)
+        return dict(out)
+
+
+def _empty_batch_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
+    trainer = _ready_to_step(_cluster_cfg("rank0"), manifest, root / "run", _join(rank, world, port))
     batch = next(iter(trainer._train_loader()))
     if rank == 1:  # every clip of this rank's batch failed
         batch = {"index": torch.empty(0, dtype=torch.long), "failures": [], "size": len(batch["index"])}
@@ -110,10 +129,7 @@ def _empty_batch_worker(rank: int, world: int, port: int, manifest: Path, root: 
 def test_a_rank_whose_whole_batch_failed_still_takes_the_step(tmp_path):
     """DDP: the other rank waits for this rank's gradients, and every rank must step alike to stay in sync."""
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_empty_batch_worker, args=(2, 29561, manifest, tmp_path, out), nprocs=2, join=True)
-        results = dict(out)
+    results = _two_ranks(_empty_batch_worker, 29561, manifest, tmp_path)
     (before0, after0), (before1, after1) = results[0], results[1]
     assert all(torch.equal(a, b) for a, b in zip(before0, before1))  # DDP starts both ranks from rank 0's weights
     assert any(not torch.equal(a, b) for a, b in zip(before0, after0))  # the step learned from rank 0's clips
@@ -124,17 +140,12 @@ def test_a_rank_whose_whole_batch_failed_still_takes_the_step(tmp_path):
 def _accumulate_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    ctx = _join(rank, world, port)
     result = {}
     for accumulate, compiled in [(1, False), (3, False), (3, True)]:
         cfg = load_config(None, ["train.batch_size=12", "train.k=4", "data.workers=0", f"train.accumulate={accumulate}",
                                  f"train.compile={str(compiled).lower()}"], preset="tiny")  # fmt: skip
-        trainer = Pretrainer(cfg, manifest, root / f"run{accumulate}{compiled}", Dist(rank=rank, world_size=world))
-        trainer.compile_backend = "eager"
-        n = len(trainer.videos)
-        trainer.progress.labels = {s: np.arange(n) % 4 for s in trainer.method.label_sets}
-        trainer._new_heads()
+        trainer = _ready_to_step(cfg, manifest, root / f"run{accumulate}{compiled}", ctx)
         calls = []
         ddp = trainer.train_model._orig_mod if compiled else trainer.train_model
         ddp.register_comm_hook(None, lambda state, bucket: calls.append(1) or allreduce_hook(state, bucket))
@@ -147,10 +158,7 @@ def _accumulate_worker(rank: int, world: int, port: int, manifest: Path, root: P
 
 def test_accumulated_parts_all_reduce_once_per_step(tmp_path):
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_accumulate_worker, args=(2, 29577, manifest, tmp_path, out), nprocs=2, join=True)
-        results = dict(out)
+    results = _two_ranks(_accumulate_worker, 29577, manifest, tmp_path)
     once = results[0][(1, False)][0]
     assert once >= 1
     for key in [(3, False), (3, True)]:
