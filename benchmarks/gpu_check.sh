@@ -7,7 +7,8 @@
 # A wheels/ folder of the repository root (made by benchmarks/gpu_wheels.sh), if present, is installed first
 # into /tmp/xdc-site: for machines whose Python has torch but not PyAV or faiss. Steps, most important first:
 #   env         GPU, driver, CPU cores, package versions
-#   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last on cuDNN, pinned batches, resume)
+#   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last on cuDNN, pinned batches, a step that does
+#               not wait for the GPU, a killed run resumed)
 #   eager       benchmarks/train_step.py, paper preset, batch 128, bf16: model-only, end-to-end, loader-only
 #   cl          the same with channels-last
 #   clustering  benchmarks/clustering.py at 1M x 512-d, k 1024 (faiss as installed: GPU or CPU)
