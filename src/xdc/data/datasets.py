@@ -54,9 +54,21 @@ class _ClipDataset(Dataset):
         if self.video:
             item["video"] = self.video_transform(clip.video)
         if self.audio:
-            wave = clip.audio if has_audio else np.zeros(round(self.cfg.clip.audio_span * self.cfg.clip.sample_rate), np.float32)
+            wave = clip.audio if has_audio else np.zeros(self._audio_samples(), np.float32)
             item["audio"] = self.audio_transform(wave)
         return item
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each modality's tensor in an item (a batch stacks them)."""
+        clip, shapes = self.cfg.clip, {}
+        if self.video:
+            shapes["video"] = (3, clip.frames, clip.crop, clip.crop)
+        if self.audio:
+            shapes["audio"] = (1, self.cfg.mel.n_mels, self.audio_transform.logmel.frames(self._audio_samples()))
+        return shapes
+
+    def _audio_samples(self) -> int:
+        return round(self.cfg.clip.audio_span * self.cfg.clip.sample_rate)
 
     def _failure(self, i: int, start: float, reason: str) -> dict:
         return {"failure": {"index": i, "path": self.manifest.path(i), "start": float(start), "reason": reason}}

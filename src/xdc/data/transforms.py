@@ -63,8 +63,8 @@ class VideoTransform:
 
 
 class NormalizeVideo:
-    """uint8 clips (C x T x H x W, or batches of them) -> float32 in [0, 1], normalised with the released XDC
-    weights' mean and std, on ``device``: the training loop sends uint8 batches (a quarter of the bytes through
+    """uint8 clips (C x T x H x W, or batches of them) -> float32, scaled to [0, 1] and normalised with the
+    released XDC weights' mean and std, on ``device``: the training loop sends uint8 batches (a quarter of the bytes through
     worker shared memory, pinned memory and the host-to-device copy) and normalises them on arrival."""
 
     def __init__(self, device: torch.device | str = "cpu"):

@@ -455,13 +455,8 @@ class Pretrainer:
 
     def _empty_inputs(self) -> dict[str, torch.Tensor]:
         """A batch of no clips, shaped like the loader's, on the device."""
-        clip = self.cfg.data.clip
-        shapes = {"video": (3, clip.frames, clip.crop, clip.crop)}
-        if self.train_set.audio:
-            samples = round(clip.audio_span * clip.sample_rate)
-            shapes["audio"] = (1, self.cfg.data.mel.n_mels, self.train_set.audio_transform.logmel.frames(samples))
-        inputs = {m: torch.zeros(0, *shapes[m], device=self.ctx.device) for m in self.method.modalities}
-        return {m: self._layout(m, x) for m, x in inputs.items()}
+        shapes = self.train_set.shapes()
+        return {m: self._layout(m, torch.zeros(0, *shape, device=self.ctx.device)) for m, shape in shapes.items()}
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         """A small host tensor made in this process (pseudo-labels) on the device without waiting for it: a copy
