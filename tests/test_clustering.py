@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 
 from xdc.clustering import kmeans as kmeans_module
 from xdc.clustering.features import preprocess_features
@@ -194,6 +195,19 @@ def test_nmi():
     a = np.arange(300) % 3
     assert nmi(a, (a + 1) % 3) == pytest.approx(1.0)  # a relabelling
     assert nmi(a, np.random.default_rng(0).integers(0, 3, 300)) < 0.05
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+@pytest.mark.parametrize("sizes", [(1, 1), (1, 6), (4, 4), (60, 9), (3000, 3000)])
+def test_nmi_is_scikit_learns(n, sizes):
+    """Counted directly (a dense table, or the pairs that occur when it would be large), with scikit-learn's
+    limit cases, for any labels: small integers used as they are, others (large, negative, strings) renumbered."""
+    rng = np.random.default_rng(n + sizes[0])
+    a, b = rng.integers(0, sizes[0], n), rng.integers(0, sizes[1], n)
+    pairs = [(a, b), (a, (3 * a + 1) % sizes[1]), (a.astype(np.int32) * 10**6, -b), (a.astype(str), np.char.add("c", b.astype(str)))]
+    for x, y in pairs:
+        expected = normalized_mutual_info_score(x, y, average_method="arithmetic")
+        assert nmi(x, y) == pytest.approx(expected, abs=1e-12)
 
 
 def test_agreement_against_its_chance_level():
