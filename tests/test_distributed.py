@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import synthetic_manifest
+from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.config import load_config
 from xdc.training.distributed import Dist, broadcast_labels, gather_rows
 from xdc.training.pretrain import FeatureShard, Pretrainer
@@ -41,6 +42,7 @@ def test_gather_in_dataset_order_and_broadcast():
         expected[3] = np.nan
         np.testing.assert_array_equal(gathered, expected)
         np.testing.assert_array_equal(labels, [5, 4, 3, 2, 1, 0, -1])
+        assert labels.dtype == LABEL_DTYPE
 
 
 def test_single_process_needs_no_group():
@@ -87,6 +89,7 @@ def test_sharded_clustering_gives_the_pseudo_labels_of_rank0(tmp_path):
         for name in expected:
             np.testing.assert_array_equal(by_shards[name], expected[name])
             np.testing.assert_array_equal(by_rank0[name], expected[name])
+            assert by_shards[name].dtype == by_rank0[name].dtype == expected[name].dtype == LABEL_DTYPE
 
 
 def _join(rank: int, world: int, port: int) -> Dist:

@@ -264,3 +264,38 @@ def test_the_empty_batch_of_a_failed_step_is_shaped_like_the_loaders(manifest, t
     assert set(empty) == set(trainer.method.modalities)
     for modality, x in empty.items():
         assert x.shape == (0, *batch[modality].shape[1:]) and x.dtype == torch.float32
+
+
+def test_every_videos_labels_are_int32_and_last_rounds_are_freed_once_compared(manifest, tmp_path):
+    """Per-video state held on every rank, 4 B per video and label set: at 65M videos the part of a rank's memory
+    that more ranks do not shrink (docs/clustering.md "Memory per rank at 65M clips")."""
+    cfg = cfg_for("xdc", "train.rounds=2", "train.epochs=1", "train.log_every=1")
+    trainer = Pretrainer(cfg, manifest, tmp_path / "run", Dist())
+    seen = []  # at the start of each epoch's training: the label dtypes, last round's label sets still held
+    make = trainer._train_loader
+
+    def spy():
+        p = trainer.progress
+        seen.append(({v.dtype for v in p.labels.values()}, set(p.previous)))
+        return make()
+
+    trainer._train_loader = spy
+    trainer.run()
+    assert seen == [({np.dtype(np.int32)}, set())] * 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    compared = [r for r in records if r["kind"] == "cluster" and "audio/nmi_previous" in r]
+    assert [r["step"] for r in compared] == [1]  # round 1's labels were compared with round 0's first
+    saved = np.load(tmp_path / "run" / "labels" / "round_001.npz")
+    assert {saved[s].dtype for s in saved.files} == {np.dtype(np.int32)}
+    assert set(load(tmp_path / "run" / "checkpoints" / "last.pt")["previous"]) == {"audio", "video"}  # next round's
+
+
+def test_a_checkpoint_with_int64_labels_resumes_with_int32(manifest, tmp_path):
+    trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
+    n = len(trainer.videos)
+    trainer.progress.labels = {s: np.arange(n, dtype=np.int64) % 4 for s in ("audio", "video")}
+    trainer._save()  # as versions before the int32 labels wrote them
+    resumed = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
+    resumed.resume()
+    for s, v in resumed.progress.labels.items():
+        assert v.dtype == np.int32 and (v == np.arange(n) % 4).all()

@@ -16,6 +16,9 @@ import numpy as np
 from xdc.clustering.sampler import MASK63, mix63
 
 
+LABEL_DTYPE = np.int32  # every video's pseudo-label, which every rank holds: 4 B per video (-1: none)
+
+
 @dataclass
 class KMeansResult:
     assignments: np.ndarray  # int64 (N,): cluster of each point (sharded k-means: of this rank's points)

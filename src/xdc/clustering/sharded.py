@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from scipy.sparse import csr_matrix
 
-from xdc.clustering.kmeans import KMeansResult, check_k, flat_index, init_keys, smallest_keys
+from xdc.clustering.kmeans import LABEL_DTYPE, KMeansResult, check_k, flat_index, init_keys, smallest_keys
 
 _CHUNK = 16384  # rows per float64 block: bounds the temporary memory to ~CHUNK x D x 8 bytes
 _SPLIT_EPS = 1 / 1024  # relative perturbation of a split centroid (faiss uses the same)
@@ -132,11 +132,12 @@ def sharded_initial_centroids(
 def assemble_labels(
     labels: np.ndarray, ids: np.ndarray, total: int, device: torch.device | str = "cpu"
 ) -> np.ndarray:
-    """Every rank's ``labels`` of rows ``ids`` (int64 in [0, total)) as one int64 vector of length ``total``
-    on every rank, -1 where no rank had the id. An all-reduce (max) of ``total`` int64: 8 bytes per id."""
-    full = torch.full((total,), -1, dtype=torch.int64, device=torch.device(device))
+    """Every rank's ``labels`` of rows ``ids`` (int64 in [0, total)) as one ``LABEL_DTYPE`` (int32) vector of
+    length ``total`` on every rank, -1 where no rank had the id. An all-reduce (max) of ``total`` int32: 4 bytes
+    per id."""
+    full = torch.full((total,), -1, dtype=torch.int32, device=torch.device(device))
     full[torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(full.device)] = torch.from_numpy(
-        np.asarray(labels, dtype=np.int64)
+        np.asarray(labels, dtype=LABEL_DTYPE)
     ).to(full.device)
     if _distributed():
         dist.all_reduce(full, op=dist.ReduceOp.MAX)  # each id is owned by one rank; the others hold -1

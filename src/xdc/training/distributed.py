@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from xdc.clustering.kmeans import LABEL_DTYPE
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -74,15 +76,15 @@ def gather_rows(values: torch.Tensor, indices: torch.Tensor, total: int, ctx: Di
 
 
 def broadcast_labels(labels: np.ndarray | None, ctx: Dist) -> np.ndarray:
-    """Rank 0's int64 array on every rank (the other ranks pass None)."""
+    """Rank 0's pseudo-labels (int32: ``LABEL_DTYPE``) on every rank (the other ranks pass None)."""
     if not ctx.enabled:
         return labels
     length = torch.tensor([len(labels) if ctx.main else 0], device=ctx.device)
     dist.broadcast(length, 0)
     if ctx.main:
-        tensor = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(ctx.device)
+        tensor = torch.from_numpy(np.asarray(labels, dtype=LABEL_DTYPE)).to(ctx.device)
     else:
-        tensor = torch.empty(int(length.item()), dtype=torch.long, device=ctx.device)
+        tensor = torch.empty(int(length.item()), dtype=torch.int32, device=ctx.device)
     dist.broadcast(tensor, 0)
     return tensor.cpu().numpy()
 

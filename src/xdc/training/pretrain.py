@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from xdc.clustering.features import preprocess_features
-from xdc.clustering.kmeans import kmeans
+from xdc.clustering.kmeans import LABEL_DTYPE, kmeans
 from xdc.clustering.metrics import cluster_stats, nmi
 from xdc.clustering.sampler import ClusterBalancedSampler
 from xdc.clustering.sharded import assemble_labels, global_count, sharded_kmeans, sharded_preprocess_features
@@ -67,7 +67,7 @@ class Progress:
     best_holdout: float = math.inf
     bad_epochs: int = 0
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # this round's label sets (empty: not clustered)
-    previous: dict[str, np.ndarray] = field(default_factory=dict)  # last round's, for NMI
+    previous: dict[str, np.ndarray] = field(default_factory=dict)  # last round's until this round's exist (NMI)
 
 
 class EncodersWithHeads(nn.Module):
@@ -171,6 +171,7 @@ class Pretrainer:
                 times["extract_s"] = time.perf_counter() - t
                 t = time.perf_counter()
                 p.labels = self._cluster(features)
+                p.previous = {}  # only its NMI with the new labels was needed: N x 4 B per set freed for training
                 times["cluster_s"] = time.perf_counter() - t
                 self._new_heads()
                 self._save()
@@ -262,7 +263,7 @@ class Pretrainer:
         labels = {}
         for i, (name, encoders) in enumerate(self.method.label_sets.items()):
             if name == MANIFEST_LABELS:
-                labels[name] = self.videos.labels.copy()
+                labels[name] = self.videos.labels.astype(LABEL_DTYPE)
             elif isinstance(features, FeatureShard):  # every rank clusters its rows together with the others'
                 labels[name] = self._cluster_one(name, encoders, features.rows, features.index, i, sharded=True)
             else:
@@ -301,7 +302,7 @@ class Pretrainer:
                 result = balanced_assign(x, cfg.k, seed=seed, iters=cfg.kmeans_iters)
             else:
                 result = kmeans(x, cfg.k, seed=seed, iters=cfg.kmeans_iters, ids=ids)
-            labels = np.full(len(self.videos), -1, dtype=np.int64)
+            labels = np.full(len(self.videos), -1, dtype=LABEL_DTYPE)
             labels[ids] = result.assignments
         if not self.ctx.main:  # the log and the warning are rank 0's
             return labels
@@ -390,7 +391,7 @@ class Pretrainer:
 
     def head_targets(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The pseudo-labels each head is trained on for these videos: the routing of the method's table."""
-        return {_key(e, s): torch.from_numpy(self.progress.labels[s])[index] for e, s in self.method.heads}
+        return {_key(e, s): torch.from_numpy(self.progress.labels[s])[index].long() for e, s in self.method.heads}
 
     def _train_loader(self) -> DataLoader:
         """This round's loader, its sampler at the current epoch and step. One loader per round (the sampler holds
@@ -510,9 +511,9 @@ class Pretrainer:
                 continue
             with self._autocast():
                 logits = self.model({m: self._layout(m, x) for m, x in self._inputs(batch).items()})
-            for e, s in self.method.heads:
-                y = self._to_device(torch.from_numpy(p.labels[s])[batch["index"]])
-                total[0] += F.cross_entropy(logits[_key(e, s)].float(), y, ignore_index=-1, reduction="sum")
+            for key, y in self.head_targets(batch["index"]).items():
+                y = self._to_device(y)
+                total[0] += F.cross_entropy(logits[key].float(), y, ignore_index=-1, reduction="sum")
                 total[1] += (y >= 0).sum()
         self.model.train()
         if self.ctx.enabled:
@@ -557,8 +558,9 @@ class Pretrainer:
         p = self.progress
         for k, v in state["progress"].items():
             setattr(p, k, v)
-        p.labels = {k: v.numpy() for k, v in state["labels"].items()}
-        p.previous = {k: v.numpy() for k, v in state["previous"].items()}
+        # older checkpoints hold int64
+        p.labels = {k: v.numpy().astype(LABEL_DTYPE, copy=False) for k, v in state["labels"].items()}
+        p.previous = {k: v.numpy().astype(LABEL_DTYPE, copy=False) for k, v in state["previous"].items()}
         if state["heads"] is not None:
             self._new_heads()
             self.model.heads.load_state_dict(state["heads"])
