@@ -245,6 +245,7 @@ def test_sampler_draws_every_cluster_equally_and_skips_unlabelled():
     assert max(per_cluster.values()) - min(per_cluster.values()) <= 1
     large = [v for v in videos if labels[v] == 0]
     assert len(set(large)) == len(large)  # ~100 draws from 200 videos: no repeats
+    assert {m.dtype for m in sampler.clusters[0]} == {np.dtype(np.int32)}  # 4 B per video held, not 8
     small = Counter(v for v in videos if labels[v] == 5)
     assert set(small) == {290, 291, 292} and max(small.values()) - min(small.values()) <= 1  # repeated evenly
 
