@@ -1,11 +1,13 @@
 """Pretraining: the method routing, a short real run, exact resume after a kill, and DDP equivalence."""
 
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +301,33 @@ def test_a_checkpoint_with_int64_labels_resumes_with_int32(manifest, tmp_path):
     resumed.resume()
     for s, v in resumed.progress.labels.items():
         assert v.dtype == np.int32 and (v == np.arange(n) % 4).all()
+
+
+@pytest.mark.parametrize("method", ["xdc", "cdc"])
+def test_features_are_freed_once_their_last_label_set_is_clustered(manifest, tmp_path, method):
+    """Extracted features are the largest arrays of a round (N x 512 x 4 B per encoder): XDC clusters its second
+    label set without the first set's features, and training runs without any."""
+    trainer = Pretrainer(cfg_for(method, "train.rounds=1", "train.epochs=1"), manifest, tmp_path, Dist())
+    extract, cluster_one, make = trainer._extract, trainer._cluster_one, trainer._train_loader
+    alive, held = [], []
+
+    def spy_extract():
+        features = extract()
+        alive.extend(weakref.ref(x) for x in features.values())
+        return features
+
+    def spy_cluster_one(name, encoders, features, *args, **kwargs):
+        held.append((name, sorted(features)))
+        return cluster_one(name, encoders, features, *args, **kwargs)
+
+    def spy_loader():
+        gc.collect()
+        assert len(alive) == 2 and all(ref() is None for ref in alive), "features outlived the clustering"
+        return make()
+
+    trainer._extract, trainer._cluster_one, trainer._train_loader = spy_extract, spy_cluster_one, spy_loader
+    trainer.run()
+    if method == "xdc":
+        assert held == [("video", ["audio", "video"]), ("audio", ["audio"])]
+    else:  # one label set of both encoders' features
+        assert held == [("joint", ["audio", "video"])]

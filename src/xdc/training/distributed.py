@@ -46,13 +46,14 @@ def init_distributed() -> Dist:
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
-def gather_rows(values: torch.Tensor, indices: torch.Tensor, total: int, ctx: Dist) -> torch.Tensor:
-    """Assemble per-rank rows into one ``total x D`` tensor ordered by dataset index, on every rank.
+def gather_rows(values: torch.Tensor, indices: torch.Tensor, total: int, ctx: Dist) -> torch.Tensor | None:
+    """Assemble per-rank rows into one ``total x D`` tensor ordered by dataset index, on rank 0 (which alone
+    clusters them); the other ranks get None and hold no copy.
 
     Rows a rank could not compute (failed clips) are simply absent from its shard and stay NaN: nothing is
     dropped or duplicated, whatever ``total`` is relative to the world size.
     """
-    out = torch.full((total, values.shape[1]), float("nan"), dtype=values.dtype)
+    out = torch.full((total, values.shape[1]), float("nan"), dtype=values.dtype) if ctx.main else None
     if not ctx.enabled:
         out[indices] = values
         return out
@@ -65,13 +66,14 @@ def gather_rows(values: torch.Tensor, indices: torch.Tensor, total: int, ctx: Di
     padded_values[: len(indices)] = values.to(ctx.device)
     padded_indices = torch.full((longest,), -1, dtype=torch.long, device=ctx.device)
     padded_indices[: len(indices)] = indices.to(ctx.device)
-    all_values = [torch.zeros_like(padded_values) for _ in range(ctx.world_size)]
-    all_indices = [torch.zeros_like(padded_indices) for _ in range(ctx.world_size)]
-    dist.all_gather(all_values, padded_values)
-    dist.all_gather(all_indices, padded_indices)
-    for v, i, c in zip(all_values, all_indices, counts):
-        n = int(c.item())
-        out[i[:n].cpu()] = v[:n].cpu()
+    all_values = [torch.zeros_like(padded_values) for _ in range(ctx.world_size)] if ctx.main else None
+    all_indices = [torch.zeros_like(padded_indices) for _ in range(ctx.world_size)] if ctx.main else None
+    dist.gather(padded_values, all_values, dst=0)
+    dist.gather(padded_indices, all_indices, dst=0)
+    if ctx.main:
+        for v, i, c in zip(all_values, all_indices, counts):
+            n = int(c.item())
+            out[i[:n].cpu()] = v[:n].cpu()
     return out
 
 

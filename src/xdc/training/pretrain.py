@@ -2,9 +2,10 @@
 
 A round, as numbered steps:
   1. extract  - features of every usable video (one fixed clip, eval mode, no augmentation), sharded over ranks
-                and gathered in dataset order;
+                and gathered in dataset order on rank 0 (train.cluster_on=shards: left on their ranks);
   2. cluster  - per label set of the method: PCA-whiten + L2, k-means (or balanced Sinkhorn) with a new seed, on
-                rank 0; labels broadcast; NMI against the previous round and cluster-size statistics logged;
+                rank 0 with labels broadcast (shards: on all ranks together); NMI against the previous round and
+                cluster-size statistics logged;
   3. heads    - a fresh linear head per (encoder, label set) with its own optimizer;
   4. train    - epochs of clips drawn uniformly over clusters, cross-entropy against the pseudo-labels, until
                 `train.epochs` or (recluster=plateau) until the held-back loss stops improving;
@@ -170,8 +171,8 @@ class Pretrainer:
                 features = self._extract()
                 times["extract_s"] = time.perf_counter() - t
                 t = time.perf_counter()
-                p.labels = self._cluster(features)
-                p.previous = {}  # only its NMI with the new labels was needed: N x 4 B per set freed for training
+                p.labels = self._cluster(features)  # which frees the features as it goes
+                p.previous = {}  # last round's labels were kept only to compare the new ones with
                 times["cluster_s"] = time.perf_counter() - t
                 self._new_heads()
                 self._save()
@@ -216,8 +217,8 @@ class Pretrainer:
 
     @torch.no_grad()
     def _extract(self) -> dict[str, torch.Tensor] | FeatureShard:
-        """Features of every usable video, gathered in dataset order on every rank (NaN rows: failed clips);
-        with train.cluster_on=shards, only this rank's rows, which never leave it."""
+        """Features of every usable video, gathered in dataset order on rank 0 (NaN rows: failed clips; the other
+        ranks get None); with train.cluster_on=shards, only this rank's rows, which never leave it."""
         clustered = sorted({e for encoders in self.method.label_sets.values() for e in encoders})
         if not clustered:
             return {}
@@ -260,8 +261,12 @@ class Pretrainer:
     # --- 2. cluster ---------------------------------------------------------------------------------------
 
     def _cluster(self, features: dict[str, torch.Tensor] | FeatureShard) -> dict[str, np.ndarray]:
+        """Every label set's labels of every video. Consumes ``features``: each encoder's rows are dropped after
+        the last label set that clusters them (XDC's second set runs without the first set's features)."""
         labels = {}
-        for i, (name, encoders) in enumerate(self.method.label_sets.items()):
+        rows = features.rows if isinstance(features, FeatureShard) else features
+        sets = list(self.method.label_sets.items())
+        for i, (name, encoders) in enumerate(sets):
             if name == MANIFEST_LABELS:
                 labels[name] = self.videos.labels.astype(LABEL_DTYPE)
             elif isinstance(features, FeatureShard):  # every rank clusters its rows together with the others'
@@ -270,6 +275,9 @@ class Pretrainer:
                 everything = np.arange(len(self.videos))
                 assigned = self._cluster_one(name, encoders, features, everything, i) if self.ctx.main else None
                 labels[name] = broadcast_labels(assigned, self.ctx)
+            later = {e for _, needed in sets[i + 1 :] for e in needed}
+            for e in [e for e in rows if e not in later]:
+                del rows[e]
         return labels
 
     def _cluster_one(
@@ -361,7 +369,8 @@ class Pretrainer:
     def _sampler(self) -> ClusterBalancedSampler:
         p = self.progress
         sets = sorted({s for _, s in self.method.heads})
-        label_sets = [np.where(self.holdout, -1, p.labels[s]) for s in sets]
+        hide = self.holdout.any()  # a copy of each label set only when videos are held back
+        label_sets = [np.where(self.holdout, -1, p.labels[s]) if hide else p.labels[s] for s in sets]
         return ClusterBalancedSampler(
             label_sets, self.cfg.train.epoch_size or len(self.videos), seed=self.cfg.seed,
             rank=self.ctx.rank, world_size=self.ctx.world_size,
