@@ -15,7 +15,7 @@ def nmi(a: np.ndarray, b: np.ndarray) -> float:
     DeepCluster logs it between consecutive rounds: near 1 means the pseudo-labels have stopped changing.
     The value of scikit-learn's ``normalized_mutual_info_score``, with its limit cases (1 when neither labeling
     splits the points, 0 when one does not), from the pairs of labels counted directly: at tens of millions
-    of points scikit-learn's path holds about nine copies of the labels at once, this one two.
+    of points scikit-learn's path holds about eight copies of the labels at once, this one two.
     """
     a, b = np.asarray(a), np.asarray(b)
     if len(a) != len(b):
