@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import wave
@@ -123,6 +124,24 @@ def test_statuses_reasons_and_summary(media: Path, tmp_path: Path) -> None:
     assert summary == IndexSummary(files=8, usable=3, with_audio=2, unusable=5, probed=8)
     assert summary.line() == "8 files: 3 usable (2 with audio), 5 unusable"
 
+
+
+def test_a_cut_matroska_file_is_unusable_but_not_one_whose_audio_outlasts_its_video(tmp_path: Path) -> None:
+    """Matroska states its duration up front, and a seek past the data lands on the last keyframe there, so a
+    cut file still decodes "near its end": what gives it away is that no stream reaches its last second."""
+    write_av(tmp_path / "whole.mkv", _frames(100), 25, _tone(4.0), 16000, gop=12)
+    data = (tmp_path / "whole.mkv").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: int(len(data) * 0.4)])
+    (tmp_path / "last_bytes_cut.mkv").write_bytes(data[: int(len(data) * 0.95)])  # within the last second
+    write_av(tmp_path / "long_audio.mkv", _frames(60), 25, _tone(4.0), 16000, gop=12)  # sound after the picture
+    build_manifest([str(tmp_path)], tmp_path / "manifest.csv")
+    rows = _rows(tmp_path / "manifest.csv")
+    assert {name: r["status"] for name, r in rows.items()} == {
+        "whole.mkv": "ok", "cut.mkv": "error", "last_bytes_cut.mkv": "ok", "long_audio.mkv": "ok",
+    }  # fmt: skip
+    cut = re.fullmatch(r"video stream ends at (\d+\.\d)s of the 4\.\ds its header states \(truncated\?\)",
+                       rows["cut.mkv"]["reason"])  # fmt: skip
+    assert cut and float(cut[1]) < 2.5, rows["cut.mkv"]["reason"]
 
 def test_inexact_seeks_are_not_reported_as_damage(tmp_path: Path) -> None:
     """MPEG-TS seeks by timestamp, not to keyframes, and a stream cut from a broadcast starts mid-picture:

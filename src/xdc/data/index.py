@@ -396,10 +396,12 @@ def _decode_first_frames(container, streams, scan_to_end: bool) -> tuple[dict, d
 
 
 def _tail_errors(container, streams, duration: float) -> dict[int, str]:
-    """Decode the end of each stream; a stream that fails there, or yields nothing (a truncated file whose
-    header promises more than is there), is broken for clips sampled near its end. Video is decoded with
-    non-key pictures skipped: FFmpeg still parses every packet, which is where damaged streams fail (h264
-    conceals errors inside pictures rather than raising), at a fraction of the cost."""
+    """Decode the end of each stream; a stream that fails there, or yields nothing, is broken for clips sampled
+    near its end. So is every stream when none reaches the last second (a truncated file whose header promises
+    more than is there: Matroska states its duration first, and a seek past the data lands on the last
+    keyframe that is there). Video is decoded with non-key pictures skipped: FFmpeg still parses every packet,
+    which is where damaged streams fail (h264 conceals errors inside pictures rather than raising), at a
+    fraction of the cost."""
     if not streams:
         return {}
     for s in streams:
@@ -408,11 +410,14 @@ def _tail_errors(container, streams, duration: float) -> dict[int, str]:
     anchor = streams[0]
     target = (anchor.start_time or 0) + int(max(duration - TAIL_SECONDS, 0) / anchor.time_base)
     decoding = {s.index: _Decoding() for s in streams}
+    end, read_to_end = 0.0, True
     try:
         container.seek(target, stream=anchor, backward=True)
         for n, packet in enumerate(container.demux(streams)):
             if n >= TAIL_MAX_PACKETS:
+                read_to_end = False
                 break
+            end = max(end, _packet_end(packet))
             if not decoding[packet.stream.index].error:
                 decoding[packet.stream.index].feed(packet)
     except av.FFmpegError as e:
@@ -421,6 +426,10 @@ def _tail_errors(container, streams, duration: float) -> dict[int, str]:
     # A seek may land after the last keyframe (MPEG-TS seeks by timestamp only): packets that decode without
     # error then yield no picture, which is fine; no packet at all means the data stops before the end.
     nothing = f"has no data in its last {TAIL_SECONDS:g}s (truncated?)"
+    if read_to_end and 0 < end < duration - TAIL_SECONDS:  # 0: no packet had a timestamp, nothing to compare
+        nothing = f"ends at {end:.1f}s of the {duration:.1f}s its header states (truncated?)"
+        for d in decoding.values():
+            d.error = d.error or nothing
     return {i: reason for i, d in decoding.items() if (reason := d.failure(nothing, frames_required=False))}
 
 
