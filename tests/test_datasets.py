@@ -13,6 +13,7 @@ from xdc.data.encode import write_av
 from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.manifest import Manifest
 from xdc.data.transforms import NormalizeVideo
+from xdc.errors import UserError
 
 
 def small_cfg(**kw) -> DataConfig:
@@ -149,3 +150,30 @@ def test_sliding_window_and_segments(collection):
     assert inside[0]["start"] == pytest.approx(0.25)  # relative to the segment
     # The gray level encodes the frame index: the segment's clip shows later frames than the file's centre.
     assert inside[0]["video"].mean() != whole[0]["video"].mean()
+
+
+def test_a_manifest_is_read_in_chunks_as_one(tmp_path, monkeypatch):
+    """Manifest.load reads a few rows at a time (65M rows as dicts would not fit in memory): labels first seen in
+    later chunks, classes sorted across all of them, unusable rows and short rows anywhere."""
+    monkeypatch.setattr("xdc.data.manifest._CHUNK_ROWS", 2)
+    path = tmp_path / "videos.csv"
+    path.write_text(
+        "path,status,reason,duration_s,has_audio,width,label\n"
+        "b.mp4,ok,,2.5,1,64,zebra\n"
+        '"c, d.mp4",no_audio,"no audio stream",1,0,64,\n'  # a comma in a quoted path; no label
+        "e.mp4,error,broken,0,0,0,yak\n"  # unusable: its label is not a class
+        "f.wav,ok,,3,1,0,ant\n"  # audio only
+        "g.mp4,ok,,0,1,64,ant\n"  # zero duration: unusable
+        "h.mp4,ok,,4,True,64,zebra\n"
+        "i.mp4,ok\n"  # a short row: no duration, unusable
+    )
+    m = Manifest.load(path)
+    assert m.paths.tolist() == [b"b.mp4", b"c, d.mp4", b"f.wav", b"h.mp4"]
+    assert m.classes == ("ant", "zebra") and m.labels.tolist() == [1, -1, 0, 1]
+    assert m.durations.tolist() == [2.5, 1.0, 3.0, 4.0] and m.offsets.tolist() == [0.0] * 4
+    assert m.has_audio.tolist() == [True, False, True, True] and m.has_video.tolist() == [True, True, False, True]
+    with_audio = Manifest.load(path, require_audio=True)
+    assert with_audio.paths.tolist() == [b"b.mp4", b"f.wav", b"h.mp4"] and with_audio.labels.tolist() == [1, 0, 1]
+    path.write_text("path,status,duration_s\nb.mp4,ok,2\n")
+    with pytest.raises(UserError, match="missing columns: has_audio"):
+        Manifest.load(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class Manifest:
     offsets: np.ndarray  # float64 seconds from the start of the file
     has_audio: np.ndarray  # bool
     has_video: np.ndarray  # bool: False for audio-only files (wav, flac, ...)
-    labels: np.ndarray  # int64 index into ``classes``, -1 where unlabelled
+    labels: np.ndarray  # int32 index into ``classes``, -1 where unlabelled
     classes: tuple[str, ...]
 
     def __len__(self) -> int:
@@ -86,23 +87,83 @@ class Manifest:
     @classmethod
     def from_rows(cls, rows: list[dict], require_audio: bool = False) -> Manifest:
         """Keep the usable rows (status ok, or no_audio unless ``require_audio``)."""
-        allowed = ("ok",) if require_audio else ("ok", "no_audio")
-        kept = [r for r in rows if r["status"] in allowed and float(r["duration_s"] or 0) > 0]
-        classes = tuple(sorted({r.get("label") or "" for r in kept} - {""}))
-        index = {c: i for i, c in enumerate(classes)}
-        return cls(
-            paths=np.array([r["path"].encode() for r in kept], dtype="S") if kept else np.array([], dtype="S1"),
-            durations=np.array([float(r["duration_s"]) for r in kept], dtype=np.float64),
-            offsets=np.zeros(len(kept), dtype=np.float64),
-            has_audio=np.array([r["has_audio"] in ("1", "True", "true") for r in kept], dtype=bool),
-            has_video=np.array([float(r.get("width") or 1) > 0 for r in kept], dtype=bool),
-            labels=np.array([index.get(r.get("label") or "", -1) for r in kept], dtype=np.int64),
-            classes=classes,
-        )
+        columns = {name: i for i, name in enumerate(_READ)}
+        cells = [[r.get(name) or "" for name in _READ] for r in rows]
+        codes: dict[str, int] = {}
+        return _join([_parse(cells, columns, _allowed(require_audio), codes)], codes)
 
     @classmethod
     def load(cls, path: str | Path, require_audio: bool = False) -> Manifest:
-        manifest = cls.from_rows(read_rows(path), require_audio=require_audio)
+        """The usable rows of the manifest file ``path``, read a chunk of rows at a time: at tens of millions
+        of rows, a list of every row as a dict (about 1 KB each) would not fit in memory."""
+        path = Path(path)
+        codes: dict[str, int] = {}
+        parts = []
+        try:
+            with open(path, newline="") as f:
+                reader = csv.reader(f)
+                columns = _columns(path, next(reader, []))
+                width = max(columns.values()) + 1
+                while chunk := list(itertools.islice(reader, _CHUNK_ROWS)):
+                    chunk = [row if len(row) >= width else row + [""] * (width - len(row)) for row in chunk]
+                    parts.append(_parse(chunk, columns, _allowed(require_audio), codes))
+        except FileNotFoundError:
+            raise UserError(f"manifest not found: {path}") from None
+        manifest = _join(parts, codes)
         if len(manifest) == 0:
             raise UserError(f"{path}: no usable files" + (" with audio" if require_audio else ""))
         return manifest
+
+
+_READ = ("path", "status", "duration_s", "has_audio", "width", "label")  # what a Manifest keeps of a row
+_REQUIRED = ("path", "status", "duration_s", "has_audio")
+_CHUNK_ROWS = 65536
+
+
+def _columns(path: Path, header: list[str]) -> dict[str, int]:
+    """Position of each column of _READ in ``header``; width and label may be absent (then read as "")."""
+    missing = set(_REQUIRED) - set(header)
+    if missing:
+        raise UserError(f"{path} is not an xdc manifest (missing columns: {', '.join(sorted(missing))})")
+    return {name: header.index(name) for name in _READ if name in header}
+
+
+def _allowed(require_audio: bool) -> tuple[str, ...]:
+    return ("ok",) if require_audio else ("ok", "no_audio")
+
+
+def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, ...], codes: dict[str, int]) -> Manifest:
+    """The usable rows of ``rows`` (lists of cells); labels as codes in order of first appearance in ``codes``."""
+
+    def column(name: str, default: str) -> list[str]:
+        i = columns.get(name)
+        return [row[i] or default for row in rows] if i is not None else [default] * len(rows)
+
+    durations = np.array(column("duration_s", "0"), dtype=np.float64)
+    keep = np.flatnonzero(np.isin(np.array(column("status", "")), allowed) & (durations > 0))
+    pick = keep.tolist()
+    paths, labels = column("path", ""), column("label", "")
+    return Manifest(
+        paths=np.array([paths[i].encode() for i in pick], dtype="S") if pick else np.array([], dtype="S1"),
+        durations=durations[keep],
+        offsets=np.zeros(keep.size, dtype=np.float64),
+        has_audio=np.isin(np.array(column("has_audio", ""))[keep], ("1", "True", "true")),
+        has_video=np.array(column("width", "1"), dtype=np.float64)[keep] > 0,
+        labels=np.array([codes.setdefault(labels[i], len(codes)) if labels[i] else -1 for i in pick], dtype=np.int32),
+        classes=(),
+    )
+
+
+def _join(parts: list[Manifest], codes: dict[str, int]) -> Manifest:
+    """One manifest of the parts, with the classes sorted by name (label codes renumbered accordingly)."""
+    classes = tuple(sorted(codes))
+    rank = np.zeros(len(codes) + 1, dtype=np.int32)  # the last entry maps -1 (unlabelled) to -1
+    rank[[codes[c] for c in classes]] = np.arange(len(classes), dtype=np.int32)
+    rank[-1] = -1
+    arrays = {}
+    for field in dataclasses.fields(Manifest):
+        if field.name != "classes":
+            pieces = [getattr(p, field.name) for p in parts]
+            arrays[field.name] = np.concatenate(pieces) if pieces else getattr(_parse([], {}, (), {}), field.name)
+    arrays["labels"] = rank[arrays["labels"]]
+    return Manifest(**arrays, classes=classes)
