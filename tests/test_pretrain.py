@@ -331,3 +331,8 @@ def test_features_are_freed_once_their_last_label_set_is_clustered(manifest, tmp
         assert held == [("video", ["audio", "video"]), ("audio", ["audio"])]
     else:  # one label set of both encoders' features
         assert held == [("joint", ["audio", "video"])]
+
+
+def test_training_and_extraction_share_one_manifest(manifest, tmp_path):
+    trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
+    assert trainer.eval_set.manifest is trainer.train_set.manifest is trainer.videos

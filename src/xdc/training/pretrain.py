@@ -104,11 +104,11 @@ class Pretrainer:
     def __init__(self, cfg: Config, manifest_path: Path, out: Path, ctx: Dist):
         self.cfg, self.out, self.ctx = cfg, out, ctx
         self.method = get_method(cfg.train.method)
-        manifest = Manifest.load(manifest_path)
         modalities = self.method.modalities
         # uint8 video from the loader, normalised on the device (_inputs): a quarter of the bytes to move
-        self.train_set = TrainClips(manifest, cfg.data, modalities=modalities, raw_video=True)
-        self.eval_set = EvalClips(manifest, cfg.data, clips=1, modalities=modalities, raw_video=True)
+        self.train_set = TrainClips(Manifest.load(manifest_path), cfg.data, modalities=modalities, raw_video=True)
+        # the same videos in the same order (the run's index space) from the same arrays: one manifest per rank
+        self.eval_set = EvalClips(self.train_set.manifest, cfg.data, clips=1, modalities=modalities, raw_video=True)
         self.normalize_video = NormalizeVideo(ctx.device)
         self.videos = self.train_set.manifest  # after the missing-audio policy: the index space of the run
         if len(self.videos) < cfg.train.k and not self.method.supervised and self.method.trains:
