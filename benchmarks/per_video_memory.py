@@ -1,15 +1,18 @@
-"""Host memory of the per-video label state one rank holds through a round, at the paper's scale.
+"""Host memory of the per-video state one rank holds through a round, at the paper's scale.
 
-What does not shrink with the number of ranks under ``train.cluster_on=shards`` is every video's pseudo-label
-on every rank (docs/clustering.md "Memory per rank at 65M clips"). This walks one rank through the steps of
-a round that touch those vectors, with the library's own functions, for XDC's two label sets of N videos:
+What does not shrink with the number of ranks under ``train.cluster_on=shards`` is what every rank holds for
+every video: the manifest and the pseudo-labels (docs/clustering.md "Memory per rank at 65M clips"). This
+walks one rank through the steps of a round that touch them, with the library's own functions, for a
+manifest of N videos (Kinetics-like paths of 63 characters) and XDC's two label sets:
 
+m. manifest  - ``Manifest.load`` of the N-row manifest (written beforehand to a temporary folder)
 0. previous  - last round's labels of every video (as 1.), which a round keeps until it has compared them
 1. assemble  - ``assemble_labels`` of every rank's share (N / W videos each, random assignments) into every
                video's label on every rank, for each set, over a gloo group of ``--world-size`` processes
 2. stats     - rank 0's log: ``cluster_stats`` and ``nmi`` against the previous round's labels, which are
                then dropped
-3. sampler   - the training loader's ``ClusterBalancedSampler`` (holdout masked as the trainer does)
+3. sampler   - the training loader's ``ClusterBalancedSampler`` (``--holdout`` videos masked as the trainer
+               does)
 4. epoch     - an epoch's iterator over this rank's keys (the loader holds it through the epoch), one batch
                taken
 5. targets   - the pseudo-labels of one batch for each head, as the training step looks them up
@@ -17,10 +20,10 @@ a round that touch those vectors, with the library's own functions, for XDC's tw
 7. end       - the round's labels saved as ``labels/round_NNN.npz``
 
 For each step, on rank 0: the resident memory held after it and its peak (the kernel's high-water mark,
-reset before the step), both above what the process held before it had any labels. Times are wall seconds. The rank's
-share of the epoch (N / W keys) is what makes ``--world-size`` matter beyond the assembly.
+reset before the step), both above what the process held before it had any of this state. Times are wall
+seconds. The rank's share of the epoch (N / W keys) is what makes ``--world-size`` matter beyond the assembly.
 
-    .venv/bin/python benchmarks/labels_memory.py --videos 65000000 --k 1024 --world-size 2
+    .venv/bin/python benchmarks/per_video_memory.py --videos 65000000 --k 1024 --world-size 2
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from common import report
 from xdc.clustering.metrics import cluster_stats, nmi
 from xdc.clustering.sampler import ClusterBalancedSampler
 from xdc.clustering.sharded import assemble_labels
+from xdc.data.manifest import COLUMNS, Manifest
 from xdc.training import checkpoint
 
 MIB = 2**20
@@ -85,6 +89,10 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
     mine = np.arange(rank, n, w)  # this rank's videos, as extraction shards them
     holdout = np.random.default_rng(args.seed).random(n) < args.holdout
     meter = Meter()
+    if rank == 0:  # every rank loads it; one measures
+        manifest = Manifest.load(args.manifest)
+        assert len(manifest) == n
+        meter.step("manifest")
 
     previous = {s: assemble_labels(rng.integers(0, k, mine.size), mine, n) for s in sets}  # kept for the NMI
     meter.step("previous")
@@ -101,8 +109,10 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
     previous = {}  # the trainer keeps last round's labels only until they are compared
     if rank == 0:
         meter.step("stats")
-        sampler = ClusterBalancedSampler([np.where(holdout, -1, labels[s]) for s in sets], n, seed=args.seed,
-                                         rank=rank, world_size=w)  # fmt: skip
+        hide = holdout.any()
+        label_sets = [np.where(holdout, -1, labels[s]) if hide else labels[s] for s in sets]
+        sampler = ClusterBalancedSampler(label_sets, n, seed=args.seed, rank=rank, world_size=w)
+        del label_sets
         meter.step("sampler")
         sampler.set_epoch(0)
         keys = iter(sampler)  # the loader holds this iterator through the epoch
@@ -118,8 +128,8 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
             meter.step("save")
             np.savez(Path(tmp) / "round_000.npz", **labels)
             meter.step("end")
-        report("labels_memory", meter.rows, {"videos": n, "k": k, "world_size": w,
-                                             "label_dtype": str(labels[sets[0]].dtype)})  # fmt: skip
+        report("per_video_memory", meter.rows, {"videos": n, "k": k, "world_size": w, "holdout": args.holdout,
+                                                "label_dtype": str(labels[sets[0]].dtype)})  # fmt: skip
     dist.barrier()
     dist.destroy_process_group()
 
@@ -134,7 +144,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=29611)
     args = parser.parse_args()
-    mp.spawn(rank_main, args=(args,), nprocs=args.world_size, join=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        args.manifest = Path(tmp) / "videos.csv"
+        t = time.perf_counter()
+        write_manifest(args.manifest, args.videos)
+        print(f"wrote a {args.videos:,}-row manifest in {time.perf_counter() - t:.0f} s", flush=True)
+        mp.spawn(rank_main, args=(args,), nprocs=args.world_size, join=True)
+
+
+def write_manifest(path: Path, n: int) -> None:
+    """N usable rows as ``xdc index`` writes them: Kinetics-like paths of 63 characters, 400 classes."""
+    with open(path, "w") as f:
+        f.write(",".join(COLUMNS) + "\n")
+        for start in range(0, n, 1 << 20):
+            f.write("".join(
+                f"/data/kinetics400/train/class_{i % 400:03d}/{i:011d}_000010_000020.mp4,ok,,10.01,29.97,340,256,0,1,"
+                f"44100,2,class_{i % 400:03d},1234567,1700000000.123456789\n"
+                for i in range(start, min(n, start + (1 << 20)))
+            ))  # fmt: skip
 
 
 if __name__ == "__main__":
