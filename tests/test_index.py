@@ -128,7 +128,9 @@ def test_statuses_reasons_and_summary(media: Path, tmp_path: Path) -> None:
 
 def test_a_cut_matroska_file_is_unusable_but_not_one_whose_audio_outlasts_its_video(tmp_path: Path) -> None:
     """Matroska states its duration up front, and a seek past the data lands on the last keyframe there, so a
-    cut file still decodes "near its end": what gives it away is that no stream reaches its last second."""
+    cut file still decodes "near its end": what gives it away is that no stream reaches its last second. Sound
+    going on after the last picture is fine, but clips come only from where there are pictures (they would
+    show the last one frozen)."""
     write_av(tmp_path / "whole.mkv", _frames(100), 25, _tone(4.0), 16000, gop=12)
     data = (tmp_path / "whole.mkv").read_bytes()
     (tmp_path / "cut.mkv").write_bytes(data[: int(len(data) * 0.4)])
@@ -142,6 +144,8 @@ def test_a_cut_matroska_file_is_unusable_but_not_one_whose_audio_outlasts_its_vi
     cut = re.fullmatch(r"video stream ends at (\d+\.\d)s of the 4\.\ds its header states \(truncated\?\)",
                        rows["cut.mkv"]["reason"])  # fmt: skip
     assert cut and float(cut[1]) < 2.5, rows["cut.mkv"]["reason"]
+    assert float(rows["long_audio.mkv"]["duration_s"]) == pytest.approx(2.4, abs=0.05)  # 60 frames at 25 fps
+    assert float(rows["whole.mkv"]["duration_s"]) == pytest.approx(4.0, abs=0.1)
 
 def test_inexact_seeks_are_not_reported_as_damage(tmp_path: Path) -> None:
     """MPEG-TS seeks by timestamp, not to keyframes, and a stream cut from a broadcast starts mid-picture:

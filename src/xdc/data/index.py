@@ -292,8 +292,12 @@ def _probe_container(container) -> dict:
     if duration is None:
         duration = scanned
     if duration > 0:
-        for index, reason in _tail_errors(container, [s for s in streams if s.index not in errors], duration).items():
+        tail, ends = _tail_errors(container, [s for s in streams if s.index not in errors], duration)
+        for index, reason in tail.items():
             errors.setdefault(index, reason)
+        picture_end = ends.get(video.index, 0.0) if video is not None and video.index not in errors else 0.0
+        if 0 < picture_end < duration - TAIL_SECONDS:  # sound goes on after the last picture: clips where both are
+            duration = picture_end
     usable = {s.index for s in streams} - set(errors)
 
     result = _failed("")
@@ -395,29 +399,31 @@ def _decode_first_frames(container, streams, scan_to_end: bool) -> tuple[dict, d
     return first, errors, end
 
 
-def _tail_errors(container, streams, duration: float) -> dict[int, str]:
+def _tail_errors(container, streams, duration: float) -> tuple[dict[int, str], dict[int, float]]:
     """Decode the end of each stream; a stream that fails there, or yields nothing, is broken for clips sampled
     near its end. So is every stream when none reaches the last second (a truncated file whose header promises
     more than is there: Matroska states its duration first, and a seek past the data lands on the last
     keyframe that is there). Video is decoded with non-key pictures skipped: FFmpeg still parses every packet,
     which is where damaged streams fail (h264 conceals errors inside pictures rather than raising), at a
-    fraction of the cost."""
+    fraction of the cost. Returns each broken stream's reason, and where each stream's data ends (seconds;
+    empty when the pass stopped before the end of the file)."""
     if not streams:
-        return {}
+        return {}, {}
     for s in streams:
         if s.type == "video" and s.codec_context is not None:
             s.codec_context.skip_frame = "NONKEY"
     anchor = streams[0]
     target = (anchor.start_time or 0) + int(max(duration - TAIL_SECONDS, 0) / anchor.time_base)
     decoding = {s.index: _Decoding() for s in streams}
-    end, read_to_end = 0.0, True
+    ends = dict.fromkeys(decoding, 0.0)
+    read_to_end = True
     try:
         container.seek(target, stream=anchor, backward=True)
         for n, packet in enumerate(container.demux(streams)):
             if n >= TAIL_MAX_PACKETS:
                 read_to_end = False
                 break
-            end = max(end, _packet_end(packet))
+            ends[packet.stream.index] = max(ends[packet.stream.index], _packet_end(packet))
             if not decoding[packet.stream.index].error:
                 decoding[packet.stream.index].feed(packet)
     except av.FFmpegError as e:
@@ -426,11 +432,13 @@ def _tail_errors(container, streams, duration: float) -> dict[int, str]:
     # A seek may land after the last keyframe (MPEG-TS seeks by timestamp only): packets that decode without
     # error then yield no picture, which is fine; no packet at all means the data stops before the end.
     nothing = f"has no data in its last {TAIL_SECONDS:g}s (truncated?)"
+    end = max(ends.values())
     if read_to_end and 0 < end < duration - TAIL_SECONDS:  # 0: no packet had a timestamp, nothing to compare
         nothing = f"ends at {end:.1f}s of the {duration:.1f}s its header states (truncated?)"
         for d in decoding.values():
             d.error = d.error or nothing
-    return {i: reason for i, d in decoding.items() if (reason := d.failure(nothing, frames_required=False))}
+    errors = {i: reason for i, d in decoding.items() if (reason := d.failure(nothing, frames_required=False))}
+    return errors, ends if read_to_end else {}
 
 
 def _packet_end(packet) -> float:
