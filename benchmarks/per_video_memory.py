@@ -16,7 +16,7 @@ m. manifest  - ``Manifest.load`` of the N-row manifest (written beforehand to a 
 4. epoch     - an epoch's iterator over this rank's keys (the loader holds it through the epoch), one batch
                taken
 5. targets   - the pseudo-labels of one batch for each head, as the training step looks them up
-6. save      - the checkpoint (this round's and last round's labels) written atomically
+6. save      - the checkpoint (this round's labels; last round's are gone by then) written atomically
 7. end       - the round's labels saved as ``labels/round_NNN.npz``
 
 For each step, on rank 0: the resident memory held after it and its peak (the kernel's high-water mark,

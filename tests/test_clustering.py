@@ -204,7 +204,8 @@ def test_nmi_is_scikit_learns(n, sizes):
     limit cases, for any labels: small integers used as they are, others (large, negative, strings) renumbered."""
     rng = np.random.default_rng(n + sizes[0])
     a, b = rng.integers(0, sizes[0], n), rng.integers(0, sizes[1], n)
-    pairs = [(a, b), (a, (3 * a + 1) % sizes[1]), (a.astype(np.int32) * 10**6, -b), (a.astype(str), np.char.add("c", b.astype(str)))]
+    strings = (a.astype(str), np.char.add("c", b.astype(str)))
+    pairs = [(a, b), (a, (3 * a + 1) % sizes[1]), (a.astype(np.int32) * 10**6, -b), strings]
     for x, y in pairs:
         expected = normalized_mutual_info_score(x, y, average_method="arithmetic")
         assert nmi(x, y) == pytest.approx(expected, abs=1e-12)
