@@ -189,3 +189,15 @@ def test_a_dataset_keeps_the_manifest_itself_when_it_drops_no_row(collection):
     kept = TrainClips(mixed, small_cfg(missing_audio="skip")).manifest
     assert kept is not mixed and kept.paths.tolist() == mixed.paths[:3].tolist()
     assert EvalClips(kept, small_cfg(missing_audio="skip"), clips=1).manifest is kept
+
+
+def test_a_saved_manifest_opens_memory_mapped_and_equal(collection, tmp_path):
+    manifest = Manifest.from_rows(collection)
+    manifest.save(tmp_path / "videos")
+    manifest.save(tmp_path / "videos")  # replaces the folder whole
+    opened = Manifest.open(tmp_path / "videos")
+    assert opened.classes == manifest.classes == ("c0", "c1")
+    for name in ("paths", "durations", "offsets", "has_audio", "has_video", "labels"):
+        saved, read = getattr(manifest, name), getattr(opened, name)
+        assert isinstance(read, np.memmap) and read.dtype == saved.dtype and (read == saved).all()
+    assert not (tmp_path / "videos.tmp").exists()

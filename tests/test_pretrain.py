@@ -1,8 +1,10 @@
 """Pretraining: the method routing, a short real run, exact resume after a kill, and DDP equivalence."""
 
+import csv
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.metrics import nmi
 from xdc.config import load_config
+from xdc.data.manifest import write_rows
+from xdc.errors import UserError
 from xdc.methods import METHODS
 from xdc.training.checkpoint import load
 from xdc.training.distributed import Dist
@@ -336,3 +340,27 @@ def test_features_are_freed_once_their_last_label_set_is_clustered(manifest, tmp
 def test_training_and_extraction_share_one_manifest(manifest, tmp_path):
     trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
     assert trainer.eval_set.manifest is trainer.train_set.manifest is trainer.videos
+
+
+def test_a_resumed_run_keeps_its_videos_when_the_manifest_file_changes(manifest, tmp_path):
+    """Row i of every label set is video i of the run: a re-indexed collection (files added, removed, reordered)
+    must not shift the labels of a run that resumes. The run keeps its videos, mapped read-only by every rank."""
+    cfg = cfg_for("xdc", "train.rounds=1", "train.epochs=1")
+    out = tmp_path / "run"
+    first = Pretrainer(cfg, manifest, out, Dist())
+    first.run()
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    changed = tmp_path / "reindexed.csv"
+    write_rows(changed, rows[:0:-1])  # one file fewer, the rest in reverse order
+    resumed = Pretrainer(cfg, changed, out, Dist(), resume=True)
+    resumed.resume()
+    assert resumed.videos.paths.tolist() == first.videos.paths.tolist()
+    assert isinstance(resumed.videos.paths, np.memmap) and not resumed.videos.paths.flags.writeable
+    assert resumed.train_set.manifest is resumed.eval_set.manifest is resumed.videos
+    fresh = Pretrainer(cfg, changed, tmp_path / "new", Dist())  # a new run takes the manifest as it is now
+    assert fresh.videos.paths.tolist() == first.videos.paths[:0:-1].tolist()
+
+    shutil.rmtree(out / "videos")  # a run from before runs kept their videos: the manifest must still match
+    with pytest.raises(UserError, match="has labels for 24 videos, the manifest now gives 23"):
+        Pretrainer(cfg, changed, out, Dist(), resume=True).resume()

@@ -101,29 +101,19 @@ class FeatureShard:
 
 
 class Pretrainer:
-    def __init__(self, cfg: Config, manifest_path: Path, out: Path, ctx: Dist):
+    def __init__(self, cfg: Config, manifest_path: Path, out: Path, ctx: Dist, resume: bool = False):
         self.cfg, self.out, self.ctx = cfg, out, ctx
         self.method = get_method(cfg.train.method)
         modalities = self.method.modalities
+        self.videos = self._index_space(manifest_path, resume)
         # uint8 video from the loader, normalised on the device (_inputs): a quarter of the bytes to move
-        self.train_set = TrainClips(Manifest.load(manifest_path), cfg.data, modalities=modalities, raw_video=True)
-        # the same videos in the same order (the run's index space) from the same arrays: one manifest per rank
-        self.eval_set = EvalClips(self.train_set.manifest, cfg.data, clips=1, modalities=modalities, raw_video=True)
+        self.train_set = TrainClips(self.videos, cfg.data, modalities=modalities, raw_video=True)
+        self.eval_set = EvalClips(self.videos, cfg.data, clips=1, modalities=modalities, raw_video=True)
         self.normalize_video = NormalizeVideo(ctx.device)
-        self.videos = self.train_set.manifest  # after the missing-audio policy: the index space of the run
         if len(self.videos) < cfg.train.k and not self.method.supervised and self.method.trains:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
             raise UserError(f"method supervised needs labels in the manifest ({manifest_path} has none)")
-
-        if ctx.main:  # the run's index space: labels/round_*.npz row i is this file's row i
-            out.mkdir(parents=True, exist_ok=True)
-            with open(out / "videos.csv", "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["path", "label"])
-                for i in range(len(self.videos)):
-                    label = self.videos.labels[i]
-                    writer.writerow([self.videos.path(i), self.videos.classes[label] if label >= 0 else ""])
 
         if ctx.device.type == "cuda":  # clip shapes are fixed: let cuDNN time its kernels once and keep the fastest
             torch.backends.cudnn.benchmark = True
@@ -154,6 +144,29 @@ class Pretrainer:
         self.compile_backend = "inductor"
         self.failures = FailureLog(cfg.data.max_fail_fraction)
         self.log = RunLog(out, enabled=ctx.main)
+
+    def _index_space(self, manifest_path: Path, resume: bool) -> Manifest:
+        """The run's videos: row i of every label set is video i. Made once, from the manifest after the
+        datasets' policies (audio-only files out of video datasets, data.missing_audio), and saved in the run
+        folder (``videos/``; readable copy ``videos.csv``): a resumed run keeps it even if the manifest file has
+        changed since. Every rank maps the saved arrays read-only, so the ranks of a node and their loader
+        workers share one copy of every path."""
+        folder = self.out / "videos"
+        if not (resume and folder.exists()):  # a new run, or one started before runs kept their videos
+            loaded = Manifest.load(manifest_path)
+            modalities = self.method.modalities
+            kept = TrainClips(loaded, self.cfg.data, modalities=modalities).manifest
+            if self.ctx.main:
+                kept.save(folder)
+                with open(self.out / "videos.csv", "w", newline="") as f:
+                    writer = csv.writer(f)
+                    writer.writerow(["path", "label"])
+                    for i in range(len(kept)):
+                        label = kept.labels[i]
+                        writer.writerow([kept.path(i), kept.classes[label] if label >= 0 else ""])
+            del loaded, kept
+        barrier(self.ctx)
+        return Manifest.open(folder)
 
     # --- the run ------------------------------------------------------------------------------------------
 
@@ -570,6 +583,12 @@ class Pretrainer:
         # older checkpoints hold int64
         p.labels = {k: v.numpy().astype(LABEL_DTYPE, copy=False) for k, v in state["labels"].items()}
         p.previous = {k: v.numpy().astype(LABEL_DTYPE, copy=False) for k, v in state["previous"].items()}
+        for name, labels in {**p.labels, **p.previous}.items():
+            if len(labels) != len(self.videos):  # a run from before runs kept their videos, manifest since changed
+                raise UserError(
+                    f"{path} has labels for {len(labels)} videos, the manifest now gives {len(self.videos)}: the run "
+                    "cannot go on with other videos; index the collection as it was, or start a new run"
+                )
         if state["heads"] is not None:
             self._new_heads()
             self.model.heads.load_state_dict(state["heads"])
@@ -592,7 +611,7 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist) ->
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     barrier(ctx)
-    trainer = Pretrainer(cfg, manifest, out, ctx)
+    trainer = Pretrainer(cfg, manifest, out, ctx, resume=resume)
     if resume:
         trainer.resume()
     trainer.run()
