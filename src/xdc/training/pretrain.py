@@ -151,11 +151,9 @@ class Pretrainer:
         folder (``videos/``; readable copy ``videos.csv``): a resumed run keeps it even if the manifest file has
         changed since. Every rank maps the saved arrays read-only, so the ranks of a node and their loader
         workers share one copy of every path."""
-        folder = self.out / "videos"
+        folder, kept = self.out / "videos", None
         if not (resume and folder.exists()):  # a new run, or one started before runs kept their videos
-            loaded = Manifest.load(manifest_path)
-            modalities = self.method.modalities
-            kept = TrainClips(loaded, self.cfg.data, modalities=modalities).manifest
+            kept = TrainClips(Manifest.load(manifest_path), self.cfg.data, modalities=self.method.modalities).manifest
             if self.ctx.main:
                 kept.save(folder)
                 with open(self.out / "videos.csv", "w", newline="") as f:
@@ -164,8 +162,9 @@ class Pretrainer:
                     for i in range(len(kept)):
                         label = kept.labels[i]
                         writer.writerow([kept.path(i), kept.classes[label] if label >= 0 else ""])
-            del loaded, kept
         barrier(self.ctx)
+        if kept is not None and not folder.exists():  # a node that does not see rank 0's run folder: its own copy
+            return kept
         return Manifest.open(folder)
 
     # --- the run ------------------------------------------------------------------------------------------
