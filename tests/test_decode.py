@@ -97,6 +97,15 @@ def test_clip_past_the_end_repeats_the_last_frame_and_says_so(tmp_path):
     np.testing.assert_array_equal(frame_index(clip.video), [8, 10, 12, 14, 15, 15, 15, 15])
 
 
+def test_a_clip_starting_after_the_last_picture_is_an_error_not_a_frozen_frame(tmp_path):
+    # Sound that outlasts the pictures, or a header that overstates the duration: the window has no picture.
+    path = tmp_path / "long_sound.mp4"
+    write_av(path, gray_frames(16), 16, np.zeros(48000, np.float32))  # 1 s of video, 3 s of audio
+    with pytest.raises(DecodeError, match=r"the clip at 1\.50s starts after the video's end at 1\.00s"):
+        read_clip(str(path), 1.5, spec(frames=8, fps=8))
+    assert read_clip(str(path), 1.5, spec(frames=8, fps=8), video=False).audio.shape == (16000,)  # audio alone
+
+
 def test_rotation_metadata_and_decode_resize(tmp_path):
     path = tmp_path / "rot.mp4"
     write_av(path, gray_frames(8, height=32, width=64), 8, None, rotation=90)
@@ -181,8 +190,11 @@ def test_every_shared_media_file_decodes_or_gives_a_reason():
         except DecodeError as e:
             assert str(e) and "\n" not in str(e)
             outcomes[path.name] = str(e)
-    for good in ("chaplin.mp4", "test.avi", "grid_bbaf2n.mpg", "big_buck_bunny_432_433.webm", "video_90.mov"):
+    for good in ("chaplin.mp4", "test.avi", "grid_bbaf2n.mpg", "big_buck_bunny_432_433.webm"):
         assert outcomes[good] == "ok", (good, outcomes[good])
+    # video_90.mov has 3 frames (0.1 s): a clip at 0.5 s would be its last picture frozen; from 0 it pads the end
+    assert outcomes["video_90.mov"] == "the clip at 0.50s starts after the video's end at 0.10s"
+    assert read_clip(str(media / "video_90.mov"), 0.0, ClipConfig(), audio=False).video_padded > 0
     for bad in ("empty.mp4", "random_bytes.mp4", "not_a_video.avi"):
         assert outcomes[bad] != "ok"
 

@@ -191,6 +191,9 @@ class _VideoWindow:
     def result(self) -> np.ndarray:
         if self.prev is None:
             raise DecodeError("no video frame decoded in the window")
+        end = self.last_time + 1.0 / self.rate  # when the last picture stops showing
+        if self.targets[0] >= end - _EPS:  # every frame would be that picture, frozen: not a clip of the video
+            raise DecodeError(f"the clip at {self.targets[0]:.2f}s starts after the video's end at {end:.2f}s")
         if not self.done:  # the video ended inside the window: repeat its last frame
             fill = self._array(self.prev)
             self.out = [f if f is not None else fill for f in self.out]
