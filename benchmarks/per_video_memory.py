@@ -5,7 +5,9 @@ every video: the manifest and the pseudo-labels (docs/clustering.md "Memory per 
 walks one rank through the steps of a round that touch them, with the library's own functions, for a
 manifest of N videos (Kinetics-like paths of 63 characters) and XDC's two label sets:
 
-m. manifest  - ``Manifest.load`` of the N-row manifest (written beforehand to a temporary folder)
+m. manifest  - ``Manifest.load`` of the N-row manifest (written beforehand to a temporary folder), then
+   saved       its rows saved as a run's ``videos/`` folder and the loaded copy dropped, and
+   mapped      every rank's ``Manifest.open`` of that folder, every page read: shared by the ranks (see PSS)
 0. previous  - last round's labels of every video (as 1.), which a round keeps until it has compared them
 1. assemble  - ``assemble_labels`` of every rank's share (N / W videos each, random assignments) into every
                video's label on every rank, for each set, over a gloo group of ``--world-size`` processes
@@ -16,11 +18,12 @@ m. manifest  - ``Manifest.load`` of the N-row manifest (written beforehand to a 
 4. epoch     - an epoch's iterator over this rank's keys (the loader holds it through the epoch), one batch
                taken
 5. targets   - the pseudo-labels of one batch for each head, as the training step looks them up
-6. save      - the checkpoint (this round's labels; last round's are gone by then) written atomically
-7. end       - the round's labels saved as ``labels/round_NNN.npz``
+6. checkpoint - the checkpoint (this round's labels; last round's are gone by then) written atomically
+7. npz       - the round's labels saved as ``labels/round_NNN.npz``
 
 For each step, on rank 0: the resident memory held after it and its peak (the kernel's high-water mark,
-reset before the step), both above what the process held before it had any of this state. Times are wall
+reset before the step), both above what the process held before it had any of this state, and the
+proportional set size (PSS: a page shared by W processes counts 1/W). Times are wall
 seconds. The rank's share of the epoch (N / W keys) is what makes ``--world-size`` matter beyond the assembly.
 
     .venv/bin/python benchmarks/per_video_memory.py --videos 65000000 --k 1024 --world-size 2
@@ -50,8 +53,8 @@ from xdc.training import checkpoint
 MIB = 2**20
 
 
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
+def _status(field: str, source: str = "/proc/self/status") -> int:
+    with open(source) as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
@@ -60,7 +63,7 @@ class Meter:
 
     def __init__(self):
         self.rows: list[dict] = []
-        self.base = _status("VmRSS")
+        self.base, self.base_pss = _status("VmRSS"), _status("Pss", "/proc/self/smaps_rollup")
         self._start()
 
     def _start(self) -> None:
@@ -74,6 +77,8 @@ class Meter:
             "seconds": round(time.perf_counter() - self.t, 2),
             "held_mib": round((_status("VmRSS") - self.base) / MIB),
             "peak_mib": round((_status("VmHWM") - self.base) / MIB),
+            # this process's share of its resident pages: pages mapped by both ranks count half
+            "pss_mib": round((_status("Pss", "/proc/self/smaps_rollup") - self.base_pss) / MIB),
         })  # fmt: skip
         print(self.rows[-1], flush=True)
         self._start()
@@ -89,10 +94,21 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
     mine = np.arange(rank, n, w)  # this rank's videos, as extraction shards them
     holdout = np.random.default_rng(args.seed).random(n) < args.holdout
     meter = Meter()
-    if rank == 0:  # every rank loads it; one measures
+    videos = args.manifest.with_name("videos")
+    if rank == 0:  # as a new run: the manifest read (by every rank; one measures), the run's videos saved
         manifest = Manifest.load(args.manifest)
         assert len(manifest) == n
         meter.step("manifest")
+        manifest.save(videos)
+        del manifest
+        meter.step("saved")
+    dist.barrier()
+    mapped = Manifest.open(videos)  # then every rank maps the saved arrays and reads every page
+    for field in ("paths", "durations", "offsets", "has_audio", "has_video", "labels"):
+        np.asarray(getattr(mapped, field)).view(np.uint8).sum()
+    dist.barrier()
+    if rank == 0:
+        meter.step("mapped")
 
     previous = {s: assemble_labels(rng.integers(0, k, mine.size), mine, n) for s in sets}  # kept for the NMI
     meter.step("previous")
@@ -125,9 +141,9 @@ def rank_main(rank: int, args: argparse.Namespace) -> None:
             state = {"labels": {s: torch.from_numpy(v) for s, v in labels.items()}, "previous": {}}
             checkpoint.save_atomic(state, Path(tmp) / "last.pt")
             del state
-            meter.step("save")
+            meter.step("checkpoint")
             np.savez(Path(tmp) / "round_000.npz", **labels)
-            meter.step("end")
+            meter.step("npz")
         report("per_video_memory", meter.rows, {"videos": n, "k": k, "world_size": w, "holdout": args.holdout,
                                                 "label_dtype": str(labels[sets[0]].dtype)})  # fmt: skip
     dist.barrier()
