@@ -19,7 +19,7 @@ from xdc.cli import main
 from xdc.data import index
 from xdc.data.encode import write_av
 from xdc.data.index import IndexSummary, build_manifest
-from xdc.data.manifest import COLUMNS, read_rows
+from xdc.data.manifest import COLUMNS, read_rows, write_rows
 from xdc.errors import UserError
 
 SHARED_MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "media"
@@ -181,6 +181,18 @@ def test_cache_reuses_unchanged_files(collection: Path, tmp_path: Path) -> None:
     rows = _rows(out)
     assert "text.mp4" not in rows and rows["new.mp4"]["status"] == "ok"
     assert summary.line() == "8 files: 4 usable (3 with audio), 4 unusable"
+
+
+def test_rows_made_by_other_checks_are_probed_again(collection: Path, tmp_path: Path) -> None:
+    """The cache must not keep the verdicts of older checks (e.g. a cut Matroska file once passed as ok)."""
+    out = tmp_path / "manifest.csv"
+    build_manifest([str(collection)], out, workers=2)
+    rows = read_rows(out)
+    assert {r["probe"] for r in rows} == {index.PROBE_VERSION}
+    rows[0]["probe"] = ""  # as a manifest written before the column existed
+    write_rows(out, rows)
+    assert build_manifest([str(collection)], out, workers=2).probed == 1
+    assert {r["probe"] for r in read_rows(out)} == {index.PROBE_VERSION}
 
 
 def test_labels_matching_rules(collection: Path, tmp_path: Path) -> None:

@@ -34,6 +34,9 @@ LIST_EXTENSIONS = frozenset({".csv", ".txt", ".lst"})
 # usually show there (a single-GOP file is then parsed whole). The packet cap bounds the cost of huge GOPs.
 TAIL_SECONDS = 1.0
 TAIL_MAX_PACKETS = 1500
+# The checks' version, written in every probed row: a cached row made by other checks is probed again.
+# 2: a cut Matroska file is an error; duration_s ends with the pictures when sound goes on after them.
+PROBE_VERSION = "2"
 
 
 @dataclass
@@ -73,12 +76,14 @@ def build_manifest(
         cached = cache.get(path)
         if "status" in row:
             rows[path] = row
-        elif cached is not None and (cached.get("size"), cached.get("mtime")) == (str(row["size"]), row["mtime"]):
+        elif cached is not None and (cached.get("size"), cached.get("mtime"), cached.get("probe")) == (
+            str(row["size"]), row["mtime"], PROBE_VERSION
+        ):
             rows[path] = dict(cached)
         else:
             todo[path] = row
     for path, probe in probe_files(list(todo), workers).items():
-        rows[path] = {**todo[path], **probe}
+        rows[path] = {**todo[path], **probe, "probe": PROBE_VERSION}
 
     labelled = None
     if label_index is not None:

@@ -20,7 +20,7 @@ from xdc.errors import UserError
 
 COLUMNS = (
     "path", "status", "reason", "duration_s", "fps", "width", "height", "rotation",
-    "has_audio", "sample_rate", "channels", "label", "size", "mtime",
+    "has_audio", "sample_rate", "channels", "label", "size", "mtime", "probe",
 )  # fmt: skip
 STATUSES = ("ok", "no_audio", "error")
 
