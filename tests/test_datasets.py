@@ -11,7 +11,7 @@ from xdc.config import DataConfig
 from xdc.data.datasets import EvalClips, TrainClips, collate_clips, make_loader
 from xdc.data.encode import write_av
 from xdc.data.failures import FailureLog, TooManyFailures
-from xdc.data.manifest import Manifest
+from xdc.data.manifest import Manifest, read_videos
 from xdc.data.transforms import NormalizeVideo
 from xdc.errors import UserError
 
@@ -201,3 +201,21 @@ def test_a_saved_manifest_opens_memory_mapped_and_equal(collection, tmp_path):
         saved, read = getattr(manifest, name), getattr(opened, name)
         assert isinstance(read, np.memmap) and read.dtype == saved.dtype and (read == saved).all()
     assert not (tmp_path / "videos.tmp").exists()
+
+
+def test_the_runs_videos_are_read_as_arrays_across_chunks(tmp_path, monkeypatch):
+    """videos.csv of a large run (65M rows as dicts would be about 20 GB): labels first seen in later chunks,
+    classes sorted across all of them, unlabelled rows and short rows."""
+    monkeypatch.setattr("xdc.data.manifest._CHUNK_ROWS", 3000)
+    monkeypatch.setattr("xdc.data.manifest._CHUNKS_PER_BLOCK", 1)
+    path = tmp_path / "videos.csv"
+    names = ["b", "", "a", "c, d"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows([f"/v/{i}.mp4", names[i % 4] if i < 9000 else "late"] for i in range(10_000))
+        f.write("/v/short.mp4\n")  # no label cell
+    videos = read_videos(path)
+    assert len(videos) == 10_001 and videos.classes == ("a", "b", "c, d", "late")
+    assert [videos.label(i) for i in range(4)] == ["b", "", "a", "c, d"] and videos.label(9_999) == "late"
+    assert videos.path(9_999) == "/v/9999.mp4" and videos.label(10_000) == "" and videos.labels.dtype == np.int32

@@ -179,3 +179,4 @@ def test_empty_folder_says_what_is_missing(tmp_path):
     text = page.all_text
     assert "no config.yaml" in text and "no videos.csv" in text and "no log.jsonl" in text
     assert "There are no clusters yet" in text
+

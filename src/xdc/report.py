@@ -31,6 +31,7 @@ from xdc.clustering.metrics import agreement, nmi
 from xdc.config import Config, load_config
 from xdc.data.audio import LogMel
 from xdc.data.decode import Clip, DecodeError, read_clip
+from xdc.data.manifest import NO_VIDEOS, Videos, read_videos
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.methods import MANIFEST_LABELS, Method, get_method
@@ -48,23 +49,20 @@ class RunData:
     folder: Path
     cfg: Config
     method: Method | None
-    videos: list[dict] = field(default_factory=list)  # rows of videos.csv: path, label
+    videos: Videos = field(default_factory=lambda: NO_VIDEOS)
     rounds: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)  # (round, label sets)
     log: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # what the folder lacks, in words
 
     @property
-    def classes(self) -> list[str]:
-        return sorted({row["label"] for row in self.videos} - {""})
+    def classes(self) -> tuple[str, ...]:
+        return self.videos.classes
 
     @property
     def truth(self) -> np.ndarray | None:
         """Class index per video (-1: unlabelled), or None when the run has no labels."""
-        if not self.classes:
-            return None
-        index = {c: i for i, c in enumerate(self.classes)}
-        return np.array([index.get(row["label"], -1) for row in self.videos], dtype=np.int64)
+        return self.videos.labels if self.classes else None
 
     def records(self, kind: str) -> list[dict]:
         return [r for r in self.log if r.get("kind") == kind]
@@ -83,8 +81,7 @@ def load_run(folder: Path) -> RunData:
         missing.append(str(e))
     return RunData(
         folder, cfg, method,
-        videos=[{"path": r.get("path") or "", "label": r.get("label") or ""}
-                for r in _read_csv(folder / "videos.csv", missing)],
+        videos=_read_videos(folder / "videos.csv", missing),
         rounds=_load_rounds(folder / "labels", missing),
         log=_read_log(folder / "log.jsonl", missing),
         skipped=_read_csv(folder / "skipped.csv", None),
@@ -101,6 +98,13 @@ def _load_config(path: Path, missing: list[str]) -> Config:
     except UserError as e:
         missing.append(f"config.yaml unreadable ({e}): default settings assumed")
         return Config()
+
+
+def _read_videos(path: Path, missing: list[str]) -> Videos:
+    if not path.exists():
+        missing.append(f"no {path.name}")
+        return NO_VIDEOS
+    return read_videos(path)
 
 
 def _read_csv(path: Path, missing: list[str] | None) -> list[dict]:
@@ -384,14 +388,15 @@ def wav_uri(audio: np.ndarray, rate: int) -> str:
 
 def sample_html(data: RunData, i: int) -> str:
     """A figure for video i: its frame strip (or log-mel) and audio player, or a placeholder with the reason."""
-    row = data.videos[i] if i < len(data.videos) else None
-    name = Path(row["path"]).name if row else f"video {i}"
-    caption = html.escape(name + (f" ({row['label']})" if row and row["label"] else ""))
-    if row is None:
+    known = i < len(data.videos)
+    path, label = (data.videos.path(i), data.videos.label(i)) if known else ("", "")
+    name = Path(path).name if known else f"video {i}"
+    caption = html.escape(name + (f" ({label})" if label else ""))
+    if not known:
         return _placeholder(caption, f"no row {i} in videos.csv")
     want_video = data.method is None or "video" in data.method.modalities
     try:
-        clip = decode_sample(row["path"], data.cfg, want_video)
+        clip = decode_sample(path, data.cfg, want_video)
         parts = []
         if clip.video is not None:
             parts.append(_image_tag(frame_strip(clip.video), f"frames of {name}"))
@@ -449,7 +454,7 @@ def _composition(data: RunData, members: np.ndarray) -> str:
     """Top 3 labels of the cluster's videos with their share, when the run has labels."""
     if not data.classes:
         return ""
-    labels = Counter(data.videos[i]["label"] or "(unlabelled)" for i in members if i < len(data.videos))
+    labels = Counter(data.videos.label(i) or "(unlabelled)" for i in members if i < len(data.videos))
     top = [f"{html.escape(label)} {n / len(members):.0%}" for label, n in labels.most_common(3)]
     return "labels: " + " \u00b7 ".join(top)
 
@@ -461,7 +466,7 @@ def _header(data: RunData) -> str:
     cfg, method = data.cfg, data.method
     clip, train, model = cfg.data.clip, cfg.train, cfg.model
     planned = 1 if method is not None and method.supervised else train.rounds
-    labelled = sum(1 for row in data.videos if row["label"])
+    labelled = int((data.videos.labels >= 0).sum())
     items = {
         "method": f"{train.method}" + (f" ({method.description})" if method else ""),
         "k (clusters per label set)": train.k if method is None or not method.supervised

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
 from xdc.config import Config, config_to_dict
+from xdc.data.manifest import read_videos
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import kfold_probe, linear_probe
@@ -100,10 +100,7 @@ def run_label_ids(run: Path) -> np.ndarray:
     videos = run / "videos.csv"
     if not videos.exists():
         raise UserError(f"{run} has no videos.csv: is it an `xdc pretrain` run folder?")
-    with open(videos, newline="") as f:
-        labels = np.array([row["label"] for row in csv.DictReader(f)])
-    known = np.unique(labels[labels != ""])
-    return np.where(labels != "", np.searchsorted(known, labels), -1)
+    return read_videos(videos).labels
 
 
 def eval_clusters(run: Path, out: Path | None) -> dict:
