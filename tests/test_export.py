@@ -15,7 +15,7 @@ from xdc.config import config_to_dict, load_config
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, write_table
 from xdc.evaluation.extract import load_run_encoder
-from xdc.export import read_metadata
+from xdc.export import _data_line, read_metadata
 from xdc.training.distributed import Dist
 from xdc.training.pretrain import pretrain
 
@@ -146,3 +146,10 @@ def test_load_encoder_errors(exported, tmp_path):
     save_file({"stem.0.weight": torch.zeros(1)}, tmp_path / "video.safetensors", metadata=raw)
     with pytest.raises(UserError, match="do not fit the video encoder its metadata describes: .*Missing key"):
         xdc.load_encoder(tmp_path / "video.safetensors")
+
+
+def test_the_card_names_the_folder_all_videos_share(tmp_path):
+    (tmp_path / "videos.csv").write_text("path,label\n/data/k/b/2.mp4,x\n/data/k/a/1.mp4,\n/data/k/a/c/3.mp4,y\n")
+    assert _data_line(tmp_path) == "3 videos (listed in the run's videos.csv, under `/data/k`)"
+    (tmp_path / "videos.csv").write_text("path,label\n/data/k/a/1.mp4,\n/data/k/a/2.mp4,\n")
+    assert _data_line(tmp_path) == "2 videos (listed in the run's videos.csv, under `/data/k/a`)"

@@ -9,7 +9,6 @@ The released XDC checkpoints are a different format: load those with ``xdc.model
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import nn
 from xdc import __version__
 from xdc.config import Config, ModelConfig, config_to_dict, load_config
 from xdc.data.audio import LogMel
+from xdc.data.manifest import read_videos
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
 from xdc.evaluation.extract import load_run_encoder
@@ -269,9 +269,12 @@ def _data_line(run: Path) -> str:
     videos = run / "videos.csv"
     if not videos.exists():
         return "not recorded (the run has no videos.csv)"
-    with open(videos, newline="") as f:
-        paths = [row["path"] for row in csv.DictReader(f)]
-    where = f", under `{os.path.commonpath([str(Path(p).parent) for p in paths])}`" if paths else ""
+    paths = read_videos(videos).paths
+    where = ""
+    if len(paths):  # every path sorts between the first and the last: their common folder is everyone's
+        chunks = [paths[i : i + 65536].tolist() for i in range(0, len(paths), 65536)]
+        first, last = min(min(c) for c in chunks), max(max(c) for c in chunks)
+        where = f", under `{os.path.commonpath([os.path.dirname(p.decode()) for p in (first, last)])}`"
     return f"{len(paths)} videos (listed in the run's videos.csv{where})"
 
 
