@@ -1,6 +1,7 @@
 """Datasets over generated media: clip sampling, missing-audio policy, failure handling through a real loader."""
 
 import csv
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -219,3 +220,19 @@ def test_the_runs_videos_are_read_as_arrays_across_chunks(tmp_path, monkeypatch)
     assert len(videos) == 10_001 and videos.classes == ("a", "b", "c, d", "late")
     assert [videos.label(i) for i in range(4)] == ["b", "", "a", "c, d"] and videos.label(9_999) == "late"
     assert videos.path(9_999) == "/v/9999.mp4" and videos.label(10_000) == "" and videos.labels.dtype == np.int32
+
+
+def test_datasets_keep_nothing_per_video_beyond_the_manifest():
+    """At 65M videos every 8-byte array per video is 520 MB per rank (per-video latest starts, per-clip video
+    numbers and starts were five of them)."""
+    n = 200_000
+    manifest = Manifest(
+        paths=np.full(n, b"/v/x.mp4"), durations=np.linspace(0.5, 20, n), offsets=np.zeros(n),
+        has_audio=np.ones(n, bool), has_video=np.ones(n, bool), labels=np.full(n, -1, np.int32), classes=(),
+    )  # fmt: skip
+    tracemalloc.start()
+    datasets = TrainClips(manifest, small_cfg()), EvalClips(manifest, small_cfg(), clips=1)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < n, f"{peak} bytes for {n} videos"  # under a byte per video
+    assert len(datasets[1]) == n and datasets[1].latest_start(n - 1) == pytest.approx(20 - 0.5)

@@ -39,10 +39,14 @@ class _ClipDataset(Dataset):
             manifest = manifest.subset(manifest.has_audio)
         self.manifest = manifest
         self.cfg = cfg
-        span = max(cfg.clip.seconds, cfg.clip.audio_span) if self.video else cfg.clip.audio_span
-        self.max_start = np.maximum(0.0, manifest.durations - span)  # latest start whose clip fits in the file
+        self.span = max(cfg.clip.seconds, cfg.clip.audio_span) if self.video else cfg.clip.audio_span
         self.video_transform = VideoTransform(cfg, train, normalize=not raw_video) if self.video else None
         self.audio_transform = AudioTransform(cfg, train) if self.audio else None
+
+    def latest_start(self, i):
+        """The latest start whose clip fits in video ``i`` (an index or an array of them), 0 for shorter ones.
+        Computed when asked rather than kept per video: nothing of size N beyond the manifest itself."""
+        return np.maximum(0.0, self.manifest.durations[i] - self.span)
 
     def _load(self, i: int, start: float) -> dict:
         has_audio = bool(self.manifest.has_audio[i])
@@ -100,7 +104,7 @@ class TrainClips(_ClipDataset):
             # stack trace each, about 10% of a small clip's time in a loader worker.
             torch.default_generator.manual_seed(seed % _SEED_SPACE)
             for _ in range(1 + self.cfg.retries):  # a failed window is retried at other offsets of the same video
-                start = rng.uniform(0.0, self.max_start[i])
+                start = rng.uniform(0.0, self.latest_start(i))
                 try:
                     return self._load(i, start)
                 except DecodeError as e:
@@ -118,32 +122,32 @@ class EvalClips(_ClipDataset):
         stride: float | None = None, raw_video: bool = False,
     ):  # fmt: skip
         super().__init__(manifest, cfg, train=False, modalities=modalities, raw_video=raw_video)
-        videos = np.arange(len(self.manifest))
-        # Flat arrays (video, clip number, start) rather than per-item objects: cheap to share with workers.
-        if stride is not None:
+        self.per_video = clips or cfg.eval_clips  # the same number of clips for every video: item k is arithmetic
+        self.video_of = self.clip_of = None
+        if stride is not None:  # a number of clips per video: flat arrays (video, clip number), shared with workers
             if stride <= 0:
                 raise ValueError(f"stride must be positive, got {stride}")
-            counts = np.floor(self.max_start / stride + 1e-9).astype(np.int64) + 1
-            self.video_of = np.repeat(videos, counts)
+            self.stride = stride
+            counts = np.floor(self.latest_start(slice(None)) / stride + 1e-9).astype(np.int64) + 1
+            self.video_of = np.repeat(np.arange(len(self.manifest)), counts)
             self.clip_of = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, np.int64)
-            self.starts = self.clip_of * stride
-        else:
-            n = clips or cfg.eval_clips
-            self.video_of = np.repeat(videos, n)
-            self.clip_of = np.tile(np.arange(n), len(videos))
-            latest = self.max_start[self.video_of]
-            self.starts = latest / 2 if n == 1 else latest * self.clip_of / (n - 1)
 
     def __len__(self) -> int:
-        return len(self.video_of)
+        return len(self.manifest) * self.per_video if self.video_of is None else len(self.video_of)
 
     def __getitem__(self, k: int) -> dict:
-        i, start = int(self.video_of[k]), float(self.starts[k])
+        if self.video_of is None:
+            i, clip = divmod(int(k), self.per_video)
+            latest, n = float(self.latest_start(i)), self.per_video
+            start = latest / 2 if n == 1 else latest * clip / (n - 1)
+        else:
+            i, clip = int(self.video_of[k]), int(self.clip_of[k])
+            start = float(clip * self.stride)
         try:
             item = self._load(i, start)
         except DecodeError as e:
             return self._failure(i, start, str(e))
-        item["clip"] = int(self.clip_of[k])
+        item["clip"] = clip
         return item
 
 
