@@ -8,12 +8,13 @@ import faiss
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import normalized_mutual_info_score
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
 
 from xdc.clustering import kmeans as kmeans_module
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import assign_to_centroids, kmeans
-from xdc.clustering.metrics import agreement, cluster_stats, nmi
+from xdc.clustering.metrics import agreement, ari_of_table, cluster_stats, contingency, nmi, nmi_of_table
 from xdc.clustering.sampler import ClusterBalancedSampler
 from xdc.clustering.sinkhorn import balanced_assign, sinkhorn
 
@@ -199,7 +200,7 @@ def test_nmi():
 
 @pytest.mark.parametrize("n", [0, 1, 7, 5000])
 @pytest.mark.parametrize("sizes", [(1, 1), (1, 6), (4, 4), (60, 9), (3000, 3000)])
-def test_nmi_is_scikit_learns(n, sizes):
+def test_nmi_ari_and_contingency_are_scikit_learns(n, sizes):
     """Counted directly (a dense table, or the pairs that occur when it would be large), with scikit-learn's
     limit cases, for any labels: small integers used as they are, others (large, negative, strings) renumbered."""
     rng = np.random.default_rng(n + sizes[0])
@@ -209,6 +210,19 @@ def test_nmi_is_scikit_learns(n, sizes):
     for x, y in pairs:
         expected = normalized_mutual_info_score(x, y, average_method="arithmetic")
         assert nmi(x, y) == pytest.approx(expected, abs=1e-12)
+        table = contingency(x, y)
+        np.testing.assert_array_equal(table, contingency_matrix(x, y))
+        assert nmi_of_table(table) == pytest.approx(expected, abs=1e-12)
+        assert ari_of_table(table) == pytest.approx(adjusted_rand_score(x, y), abs=1e-12)
+
+
+def test_ari_does_not_overflow():
+    # Pair counts near N^2 multiply to about N^4: past int64 from N = 55,000 on (here 1e21). scikit-learn takes
+    # Python integers, so must we.
+    table = np.array([[100_000, 20_000], [10_000, 170_000]])
+    x = np.repeat([0, 0, 1, 1], table.ravel())
+    y = np.repeat([0, 1, 0, 1], table.ravel())
+    assert ari_of_table(table) == pytest.approx(adjusted_rand_score(x, y), abs=1e-12)
 
 
 def test_agreement_against_its_chance_level():
