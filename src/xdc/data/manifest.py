@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from xdc.errors import UserError
 
@@ -119,15 +120,19 @@ class Manifest:
         return _join([_parse(cells, columns, _allowed(require_audio), codes)], codes)
 
     @classmethod
-    def load(cls, path: str | Path, require_audio: bool = False) -> Manifest:
+    def load(cls, path: str | Path, require_audio: bool = False, progress: bool = False) -> Manifest:
         """The usable rows of the manifest file ``path``, read a chunk of rows at a time: at tens of millions
-        of rows, a list of every row as a dict (about 1 KB each) would not fit in memory."""
+        of rows, a list of every row as a dict (about 1 KB each) would not fit in memory. With ``progress``, a
+        progress bar on a terminal for files of ``_PROGRESS_BYTES`` or more (65M rows take about two minutes)."""
         path = Path(path)
         codes: dict[str, int] = {}
         blocks, parts = [], []
         try:
-            with open(path, newline="") as f:
-                reader = csv.reader(f)
+            size = path.stat().st_size
+            quiet = True if not progress or size < _PROGRESS_BYTES else None  # None: shown on a terminal only
+            with open(path, newline="") as f, tqdm(total=size, desc=f"reading {path.name}", unit="B",
+                                                    unit_scale=True, disable=quiet, leave=False) as bar:  # fmt: skip
+                reader = csv.reader(_counted(f, bar))
                 columns = _columns(path, next(reader, []))
                 width = max(columns.values()) + 1
                 while chunk := list(itertools.islice(reader, _CHUNK_ROWS)):
@@ -152,6 +157,18 @@ _CHUNK_ROWS = 1024  # rows parsed at a time: small lists stay in cache (1.3 s pe
 # holds a chunk's small arrays is reused by the next chunk instead of growing with the manifest, and the
 # blocks are handed back to the system as they are joined into the result.
 _CHUNKS_PER_BLOCK = 64
+_PROGRESS_BYTES = 64 * 2**20  # about half a million rows
+
+
+def _counted(lines, bar):
+    """The lines, counting their characters into ``bar`` (a tqdm in bytes: equal for ASCII paths)."""
+    for count, line in enumerate(lines, 1):
+        bar.n += len(line)
+        if count % 65536 == 0:
+            bar.refresh()
+        yield line
+    bar.n = bar.total
+    bar.refresh()
 
 
 def _columns(path: Path, header: list[str]) -> dict[str, int]:

@@ -153,7 +153,9 @@ class Pretrainer:
         workers share one copy of every path."""
         folder, kept = self.out / "videos", None
         if not (resume and folder.exists()):  # a new run, or one started before runs kept their videos
-            kept = TrainClips(Manifest.load(manifest_path), self.cfg.data, modalities=self.method.modalities).manifest
+            loaded = Manifest.load(manifest_path, progress=self.ctx.main)
+            kept = TrainClips(loaded, self.cfg.data, modalities=self.method.modalities).manifest
+            del loaded
             if self.ctx.main:
                 kept.save(folder)
                 with open(self.out / "videos.csv", "w", newline="") as f:
