@@ -158,12 +158,18 @@ class Pretrainer:
             del loaded
             if self.ctx.main:
                 kept.save(folder)
-                with open(self.out / "videos.csv", "w", newline="") as f:
+                names = [*kept.classes, ""]  # label -1 (none) picks the last
+                quiet = True if len(kept) < 500_000 else None  # a bar on a terminal for runs of minutes' writing
+                with open(self.out / "videos.csv", "w", newline="") as f, tqdm(
+                    total=len(kept), desc="writing videos.csv", unit="video", disable=quiet, leave=False
+                ) as bar:  # fmt: skip
                     writer = csv.writer(f)
                     writer.writerow(["path", "label"])
-                    for i in range(len(kept)):
-                        label = kept.labels[i]
-                        writer.writerow([kept.path(i), kept.classes[label] if label >= 0 else ""])
+                    for start in range(0, len(kept), 65536):
+                        part = slice(start, start + 65536)
+                        paths = [p.decode() for p in kept.paths[part].tolist()]
+                        writer.writerows(zip(paths, (names[c] for c in kept.labels[part].tolist())))
+                        bar.update(len(paths))
         barrier(self.ctx)
         if kept is not None and not folder.exists():  # a node that does not see rank 0's run folder: its own copy
             return kept
