@@ -12,7 +12,7 @@ from xdc.config import DataConfig
 from xdc.data.datasets import EvalClips, TrainClips, collate_clips, make_loader
 from xdc.data.encode import write_av
 from xdc.data.failures import FailureLog, TooManyFailures
-from xdc.data.manifest import Manifest, read_videos
+from xdc.data.manifest import Manifest, read_videos, write_videos
 from xdc.data.transforms import NormalizeVideo
 from xdc.errors import UserError
 
@@ -220,6 +220,9 @@ def test_the_runs_videos_are_read_as_arrays_across_chunks(tmp_path, monkeypatch)
     assert len(videos) == 10_001 and videos.classes == ("a", "b", "c, d", "late")
     assert [videos.label(i) for i in range(4)] == ["b", "", "a", "c, d"] and videos.label(9_999) == "late"
     assert videos.path(9_999) == "/v/9999.mp4" and videos.label(10_000) == "" and videos.labels.dtype == np.int32
+    again = tmp_path / "again.csv"
+    write_videos(again, videos)  # what it reads, it writes back
+    assert again.read_text() == path.read_text().replace("/v/short.mp4\n", "/v/short.mp4,\n")
 
 
 def test_datasets_keep_nothing_per_video_beyond_the_manifest():

@@ -87,7 +87,7 @@ class Manifest:
         """The rows where ``mask`` (bool) is True; ``self`` itself, not a copy, when that is every row."""
         if mask.dtype == bool and mask.all():
             return self
-        arrays = {f.name: getattr(self, f.name)[mask] for f in dataclasses.fields(self) if f.name != "classes"}
+        arrays = {field: getattr(self, field)[mask] for field in _ARRAYS}
         return dataclasses.replace(self, **arrays)
 
     def save(self, folder: str | Path) -> None:
@@ -258,6 +258,22 @@ class Videos:
 
 
 NO_VIDEOS = Videos(np.array([], dtype="S1"), np.array([], dtype=np.int32), ())
+
+
+def write_videos(path: str | Path, videos: Manifest | Videos, progress: bool = False) -> None:
+    """A run's ``videos.csv``: the path and label of each of ``videos``, in order (what :func:`read_videos`
+    reads). With ``progress``, a progress bar on a terminal from half a million videos on."""
+    names = [*videos.classes, ""]  # label -1 (none) picks the last
+    rows = _CHUNK_ROWS * _CHUNKS_PER_BLOCK
+    quiet = True if not progress or len(videos) < 500_000 else None  # None: shown on a terminal only
+    with open(path, "w", newline="") as f, tqdm(total=len(videos), desc=f"writing {Path(path).name}", unit="video",
+                                                 disable=quiet, leave=False) as bar:  # fmt: skip
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        for start in range(0, len(videos), rows):
+            paths = [p.decode() for p in videos.paths[start : start + rows].tolist()]
+            writer.writerows(zip(paths, (names[c] for c in videos.labels[start : start + rows].tolist())))
+            bar.update(len(paths))
 
 
 def read_videos(path: str | Path) -> Videos:

@@ -16,7 +16,6 @@ Which features are clustered and which labels train which head is the method's t
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import sys
 import time
@@ -41,7 +40,7 @@ from xdc.clustering.sinkhorn import balanced_assign
 from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog
-from xdc.data.manifest import Manifest
+from xdc.data.manifest import Manifest, write_videos
 from xdc.data.transforms import NormalizeVideo
 from xdc.errors import UserError
 from xdc.methods import MANIFEST_LABELS, Method, get_method
@@ -158,18 +157,7 @@ class Pretrainer:
             del loaded
             if self.ctx.main:
                 kept.save(folder)
-                names = [*kept.classes, ""]  # label -1 (none) picks the last
-                quiet = True if len(kept) < 500_000 else None  # a bar on a terminal for runs of minutes' writing
-                with open(self.out / "videos.csv", "w", newline="") as f, tqdm(
-                    total=len(kept), desc="writing videos.csv", unit="video", disable=quiet, leave=False
-                ) as bar:  # fmt: skip
-                    writer = csv.writer(f)
-                    writer.writerow(["path", "label"])
-                    for start in range(0, len(kept), 65536):
-                        part = slice(start, start + 65536)
-                        paths = [p.decode() for p in kept.paths[part].tolist()]
-                        writer.writerows(zip(paths, (names[c] for c in kept.labels[part].tolist())))
-                        bar.update(len(paths))
+                write_videos(self.out / "videos.csv", kept, progress=True)
         barrier(self.ctx)
         if kept is not None and not folder.exists():  # a node that does not see rank 0's run folder: its own copy
             return kept
