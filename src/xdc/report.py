@@ -388,12 +388,11 @@ def wav_uri(audio: np.ndarray, rate: int) -> str:
 
 def sample_html(data: RunData, i: int) -> str:
     """A figure for video i: its frame strip (or log-mel) and audio player, or a placeholder with the reason."""
-    known = i < len(data.videos)
-    path, label = (data.videos.path(i), data.videos.label(i)) if known else ("", "")
-    name = Path(path).name if known else f"video {i}"
+    if i >= len(data.videos):
+        return _placeholder(f"video {i}", f"no row {i} in videos.csv")
+    path, label = data.videos.path(i), data.videos.label(i)
+    name = Path(path).name
     caption = html.escape(name + (f" ({label})" if label else ""))
-    if not known:
-        return _placeholder(caption, f"no row {i} in videos.csv")
     want_video = data.method is None or "video" in data.method.modalities
     try:
         clip = decode_sample(path, data.cfg, want_video)

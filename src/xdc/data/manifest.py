@@ -134,9 +134,7 @@ class Manifest:
                                                     unit_scale=True, disable=quiet, leave=False) as bar:  # fmt: skip
                 reader = csv.reader(_counted(f, bar))
                 columns = _columns(path, next(reader, []))
-                width = max(columns.values()) + 1
                 while chunk := list(itertools.islice(reader, _CHUNK_ROWS)):
-                    chunk = [row if len(row) >= width else row + [""] * (width - len(row)) for row in chunk]
                     parts.append(_parse(chunk, columns, _allowed(require_audio), codes))
                     if len(parts) == _CHUNKS_PER_BLOCK:
                         blocks.append(_concat(parts))
@@ -184,11 +182,14 @@ def _allowed(require_audio: bool) -> tuple[str, ...]:
 
 
 def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, ...], codes: dict[str, int]) -> Manifest:
-    """The usable rows of ``rows`` (lists of cells); labels as codes in order of first appearance in ``codes``."""
+    """The usable rows of ``rows`` (lists of cells; a short row's missing cells are empty); labels as codes in
+    order of first appearance in ``codes``."""
 
     def column(name: str, default: str) -> list[str]:
         i = columns.get(name)
-        return [row[i] or default for row in rows] if i is not None else [default] * len(rows)
+        if i is None:
+            return [default] * len(rows)
+        return [(row[i] if i < len(row) else "") or default for row in rows]
 
     durations = np.array(column("duration_s", "0"), dtype=np.float64)
     keep = np.flatnonzero(np.isin(np.array(column("status", "")), allowed) & (durations > 0))
