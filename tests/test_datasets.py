@@ -12,7 +12,7 @@ from xdc.config import DataConfig
 from xdc.data.datasets import EvalClips, TrainClips, collate_clips, make_loader
 from xdc.data.encode import write_av
 from xdc.data.failures import FailureLog, TooManyFailures
-from xdc.data.manifest import Manifest, read_videos, write_videos
+from xdc.data.manifest import Manifest, read_videos, run_videos, write_videos
 from xdc.data.transforms import NormalizeVideo
 from xdc.errors import UserError
 
@@ -202,6 +202,21 @@ def test_a_saved_manifest_opens_memory_mapped_and_equal(collection, tmp_path):
         saved, read = getattr(manifest, name), getattr(opened, name)
         assert isinstance(read, np.memmap) and read.dtype == saved.dtype and (read == saved).all()
     assert not (tmp_path / "videos.tmp").exists()
+
+
+def test_a_runs_videos_are_its_arrays_else_its_csv(collection, tmp_path):
+    assert run_videos(tmp_path) is None  # not a run folder
+    manifest = Manifest.from_rows(collection)
+    write_videos(tmp_path / "videos.csv", manifest)
+    from_csv = run_videos(tmp_path)  # a run from before runs kept videos/
+    assert not isinstance(from_csv.paths, np.memmap) and from_csv.paths.tolist() == manifest.paths.tolist()
+    manifest.save(tmp_path / "videos")
+    mapped = run_videos(tmp_path)
+    assert isinstance(mapped.paths, np.memmap) and isinstance(mapped.labels, np.memmap)
+    for videos in (from_csv, mapped):
+        assert videos.classes == manifest.classes and videos.labels.tolist() == manifest.labels.tolist()
+    (tmp_path / "videos" / "classes.json").write_text("{not json")  # damaged: the readable copy says the same
+    assert run_videos(tmp_path).labels.tolist() == manifest.labels.tolist()
 
 
 def test_the_runs_videos_are_read_as_arrays_across_chunks(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import xdc
 from conftest import synthetic_manifest
 from xdc.cli import main
 from xdc.config import config_to_dict, load_config
+from xdc.data.manifest import Manifest
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, write_table
 from xdc.evaluation.extract import load_run_encoder
@@ -153,3 +154,8 @@ def test_the_card_names_the_folder_all_videos_share(tmp_path):
     assert _data_line(tmp_path) == "3 videos (listed in the run's videos.csv, under `/data/k`)"
     (tmp_path / "videos.csv").write_text("path,label\n/data/k/a/1.mp4,\n/data/k/a/2.mp4,\n")
     assert _data_line(tmp_path) == "2 videos (listed in the run's videos.csv, under `/data/k/a`)"
+    (tmp_path / "videos.csv").write_text("path,label\n/data/k\u00e9/1.mp4,\n/data/k\u00e8/2.mp4,\n", encoding="utf-8")
+    assert _data_line(tmp_path) == "2 videos (listed in the run's videos.csv, under `/data`)"  # é, è: 1 byte shared
+    rows = [f"/data/k/{i % 7}/{i}.mp4" for i in range(70_000)] + ["/data/kinetics/x.mp4"]  # past one block of rows
+    Manifest.from_rows([{"path": p, "status": "ok", "duration_s": "1"} for p in rows]).save(tmp_path / "videos")
+    assert _data_line(tmp_path) == "70001 videos (listed in the run's videos.csv, under `/data`)"  # videos/ first

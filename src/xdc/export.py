@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -20,7 +21,7 @@ from torch import nn
 from xdc import __version__
 from xdc.config import Config, ModelConfig, config_to_dict, load_config
 from xdc.data.audio import LogMel
-from xdc.data.manifest import read_videos
+from xdc.data.manifest import run_videos
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
 from xdc.evaluation.extract import load_run_encoder
@@ -266,16 +267,24 @@ def _preset(cfg: Config) -> str:
 
 
 def _data_line(run: Path) -> str:
-    videos = run / "videos.csv"
-    if not videos.exists():
+    videos = run_videos(run)
+    if videos is None:
         return "not recorded (the run has no videos.csv)"
-    paths = read_videos(videos).paths
-    where = ""
-    if len(paths):  # every path sorts between the first and the last: their common folder is everyone's
-        chunks = [paths[i : i + 65536].tolist() for i in range(0, len(paths), 65536)]
-        first, last = min(min(c) for c in chunks), max(max(c) for c in chunks)
-        where = f", under `{os.path.commonpath([os.path.dirname(p.decode()) for p in (first, last)])}`"
-    return f"{len(paths)} videos (listed in the run's videos.csv{where})"
+    where = f", under `{_common_folder(videos.paths)}`" if len(videos) else ""
+    return f"{len(videos)} videos (listed in the run's videos.csv{where})"
+
+
+def _common_folder(paths: np.ndarray) -> str:
+    """The folder of the longest prefix that all ``paths`` (fixed-width bytes) share, compared as byte columns a
+    block of rows at a time (65M paths as Python strings would be several GB)."""
+    width = paths.dtype.itemsize
+    first = np.ascontiguousarray(paths[:1]).view(np.uint8)
+    differs = np.zeros(width, dtype=bool)
+    for start in range(0, len(paths), 65536):
+        block = np.ascontiguousarray(paths[start : start + 65536]).view(np.uint8).reshape(-1, width)
+        differs |= (block != first).any(axis=0)
+    shared = int(np.argmax(differs)) if differs.any() else width
+    return os.path.dirname(first[:shared].tobytes().rstrip(b"\0")).decode()  # cut at a slash: whole characters
 
 
 def _cluster_lines(run: Path, method: Method) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from xdc.config import Config, config_to_dict
-from xdc.data.manifest import read_videos
+from xdc.data.manifest import run_videos
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import kfold_probe, linear_probe
@@ -97,10 +97,10 @@ def eval_finetune(
 
 def run_label_ids(run: Path) -> np.ndarray:
     """The manifest label of each video of a run (the rows of its label files) as class ids, -1 when none."""
-    videos = run / "videos.csv"
-    if not videos.exists():
+    videos = run_videos(run)
+    if videos is None:
         raise UserError(f"{run} has no videos.csv: is it an `xdc pretrain` run folder?")
-    return read_videos(videos).labels
+    return videos.labels
 
 
 def eval_clusters(run: Path, out: Path | None) -> dict:
