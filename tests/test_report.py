@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import dataclasses
 import io
 import shutil
 import wave
@@ -14,6 +15,7 @@ import pytest
 from conftest import synthetic_manifest
 from xdc.clustering.metrics import nmi
 from xdc.config import load_config
+from xdc.data.manifest import Manifest
 from xdc.report import write_report
 from xdc.training.distributed import Dist
 from xdc.training.pretrain import pretrain
@@ -108,7 +110,14 @@ def test_galleries_plots_and_scores(built):
     for uri in page.plots:
         assert_png(uri)
     text = page.all_text
-    assert "purity" in text and "Hungarian accuracy" in text and "labels: class" in text
+    assert "purity" in text and "Hungarian accuracy" in text
+    videos = Manifest.open(run / "videos")
+    for name, assigned in last_round(run).items():  # each cluster's top labels, counted here from the arrays
+        for c in np.unique(assigned[assigned >= 0]):
+            members = videos.labels[assigned == c]
+            counts = sorted(((-np.sum(members == i), i) for i in np.unique(members)))[:3]
+            top = " \u00b7 ".join(f"{videos.classes[i]} {-n / len(members):.0%}" for n, i in counts)
+            assert f"labels: {top}" in text, (name, c)
     # XDC's two label sets: their NMI per round, and the chance level of the last round
     rounds = sorted((run / "labels").glob("round_*.npz"))
     assert text.count("audio ~ video") == len(rounds) >= 2
@@ -126,7 +135,8 @@ def test_choice_of_samples_is_deterministic(built, tmp_path):
 
 
 def copy_run(run: Path, copy: Path, edit) -> Path:
-    """A copy of the run folder whose videos.csv rows went through ``edit(rows)``."""
+    """A copy of the run folder whose videos (rows of videos.csv: path, label) went through ``edit(rows)``, in
+    both places the run keeps them: the arrays of ``videos/`` (what the report reads) and ``videos.csv``."""
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "tb", "encoders.pt"))
     with open(copy / "videos.csv", newline="") as f:
         rows = edit(list(csv.DictReader(f)))
@@ -134,6 +144,13 @@ def copy_run(run: Path, copy: Path, edit) -> Path:
         writer = csv.DictWriter(f, fieldnames=["path", "label"])
         writer.writeheader()
         writer.writerows(rows)
+    classes = sorted({r["label"] for r in rows} - {""})
+    edited = dataclasses.replace(
+        Manifest.open(copy / "videos"), paths=np.array([r["path"].encode() for r in rows]),
+        labels=np.array([classes.index(r["label"]) if r["label"] else -1 for r in rows], dtype=np.int32),
+        classes=tuple(classes),
+    )  # fmt: skip
+    edited.save(copy / "videos")
     return copy
 
 
@@ -163,6 +180,22 @@ def test_without_labels_there_is_no_purity(built, tmp_path):
     text = page.all_text
     assert page.clusters and "No labels in videos.csv" in text
     assert "Hungarian accuracy" not in text and "labels: " not in text  # no score columns, no composition
+
+
+def test_videos_come_from_the_arrays_and_bad_label_files_are_named(built, tmp_path):
+    _, run = built
+    copy = copy_run(run, tmp_path / "run", lambda rows: rows)
+    (copy / "videos.csv").unlink()  # the readable copy: the page needs only videos/
+    good = sorted((copy / "labels").glob("round_*.npz"))
+    (copy / "labels" / "round_007.npz").write_bytes(good[-1].read_bytes()[:100])  # cut short
+    (copy / "labels" / "round_x.npz").write_bytes(good[-1].read_bytes())
+    page = Page(write_report(copy, samples_per_cluster=1).read_text())
+    text = page.all_text
+    assert "no videos.csv" not in text and f"{len(Manifest.open(copy / 'videos'))} videos, 24 labelled" in text
+    assert "labels/round_007.npz unreadable" in text and "labels/round_x.npz: not a round's labels" in text
+    assert f"rounds {len(good)} finished of 2" in text
+    expected = {(name, int(c)) for name, a in last_round(run).items() for c in np.unique(a[a >= 0])}
+    assert set(page.clusters) == expected  # the last readable round's clusters
 
 
 def test_scratch_run_has_no_clusters(built, tmp_path):

@@ -1,10 +1,12 @@
 """``xdc report RUN``: one self-contained HTML page that describes a pretraining run.
 
-The page reads what the run folder holds (config.yaml, videos.csv, labels/round_*.npz, log.jsonl, skipped.csv)
-and says what is missing instead of failing. In order: the run's settings, a summary table per round and label
-set, plots (loss, pseudo-label accuracy, NMI across rounds, cluster sizes, time per round), then galleries of
-the last round's clusters: sample clips as frame strips (a log-mel image for audio-only runs) with their audio.
-Images are base64 PNG data URIs and audio base64 WAV data URIs: the file stands alone (no scripts, no links).
+The page reads what the run folder holds (config.yaml, videos/ or videos.csv, labels/round_*.npz, log.jsonl,
+skipped.csv) and says what is missing instead of failing. In order: the run's settings, a summary table per
+round and label set, plots (loss, pseudo-label accuracy, NMI across rounds, cluster sizes, time per round),
+then galleries of the last round's clusters: sample clips as frame strips (a log-mel image for audio-only runs)
+with their audio. Images are base64 PNG data URIs and audio base64 WAV data URIs: the file stands alone (no
+scripts, no links). It holds the labels of two rounds at a time, so that a run of tens of millions of videos
+and many rounds fits in memory.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import html
 import io
 import json
 import wave
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,12 +28,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
+from tqdm import tqdm
 
 from xdc.clustering.metrics import agreement, nmi
 from xdc.config import Config, load_config
 from xdc.data.audio import LogMel
 from xdc.data.decode import Clip, DecodeError, read_clip
-from xdc.data.manifest import NO_VIDEOS, Videos, read_videos
+from xdc.data.manifest import NO_VIDEOS, Videos, run_videos
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.methods import MANIFEST_LABELS, Method, get_method
@@ -39,6 +42,11 @@ from xdc.methods import MANIFEST_LABELS, Method, get_method
 MAX_FRAMES = 8  # frames per strip
 MAX_WIDTH = 480  # pixels: strips and mel images are downscaled to this width
 DISPLAY_HEIGHT = 96  # pixels: small images are shown enlarged (nearest neighbour) to about this height
+# Shuffles for the chance-level NMI: 20, fewer from 1M videos on (at least 2): its spread falls with the number of
+# videos (below 1e-4 at 1M, k = 256) while each draw costs about a second per 10M.
+CHANCE_POINTS = 20_000_000
+
+Round = tuple[int, dict[str, np.ndarray]]  # a finished round: its number, its label sets (name -> cluster per video)
 
 
 # --- the run folder ---------------------------------------------------------------------------------------------
@@ -50,7 +58,7 @@ class RunData:
     cfg: Config
     method: Method | None
     videos: Videos = field(default_factory=lambda: NO_VIDEOS)
-    rounds: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)  # (round, label sets)
+    label_files: list[tuple[int, Path]] = field(default_factory=list)  # (round, labels/round_NNN.npz)
     log: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # what the folder lacks, in words
@@ -67,6 +75,19 @@ class RunData:
     def records(self, kind: str) -> list[dict]:
         return [r for r in self.log if r.get("kind") == kind]
 
+    def label_sets(self) -> Iterator[Round]:
+        """Each round's label sets (name -> cluster per video, -1: none), read one round at a time (XDC at 65M
+        videos: 0.5 GB a round); an unreadable file is noted in ``missing`` and passed over."""
+        quiet = True if len(self.label_files) < 2 or len(self.videos) < 1_000_000 else None  # None: on a terminal
+        for r, path in tqdm(self.label_files, desc="reading rounds", unit="round", disable=quiet, leave=False):
+            try:
+                with np.load(path) as arrays:
+                    sets = {k: arrays[k] for k in arrays.files}
+            except Exception as e:  # a truncated or foreign file: report it, keep the rest
+                self.missing.append(f"labels/{path.name} unreadable ({_reason(e)})")
+                continue
+            yield r, sets
+
 
 def load_run(folder: Path) -> RunData:
     folder = Path(folder)
@@ -81,8 +102,8 @@ def load_run(folder: Path) -> RunData:
         missing.append(str(e))
     return RunData(
         folder, cfg, method,
-        videos=_read_videos(folder / "videos.csv", missing),
-        rounds=_load_rounds(folder / "labels", missing),
+        videos=_read_videos(folder, missing),
+        label_files=_label_files(folder / "labels", missing),
         log=_read_log(folder / "log.jsonl", missing),
         skipped=_read_csv(folder / "skipped.csv", None),
         missing=missing,
@@ -100,11 +121,12 @@ def _load_config(path: Path, missing: list[str]) -> Config:
         return Config()
 
 
-def _read_videos(path: Path, missing: list[str]) -> Videos:
-    if not path.exists():
-        missing.append(f"no {path.name}")
+def _read_videos(folder: Path, missing: list[str]) -> Videos:
+    videos = run_videos(folder)
+    if videos is None:
+        missing.append("no videos.csv")
         return NO_VIDEOS
-    return read_videos(path)
+    return videos
 
 
 def _read_csv(path: Path, missing: list[str] | None) -> list[dict]:
@@ -116,17 +138,16 @@ def _read_csv(path: Path, missing: list[str] | None) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _load_rounds(folder: Path, missing: list[str]) -> list[tuple[int, dict[str, np.ndarray]]]:
-    rounds = []
+def _label_files(folder: Path, missing: list[str]) -> list[tuple[int, Path]]:
+    files = []
     for path in sorted(folder.glob("round_*.npz")):
         try:
-            with np.load(path) as arrays:
-                rounds.append((int(path.stem.split("_")[1]), {k: arrays[k] for k in arrays.files}))
-        except Exception as e:  # a truncated or foreign file: report it, keep the rest
-            missing.append(f"labels/{path.name} unreadable ({_reason(e)})")
-    if not rounds:
+            files.append((int(path.stem.split("_")[1]), path))
+        except ValueError:
+            missing.append(f"labels/{path.name}: not a round's labels (expected round_NNN.npz)")
+    if not files:
         missing.append("no labels/round_*.npz: no round has finished, or the method clusters nothing")
-    return rounds
+    return files
 
 
 def _read_log(path: Path, missing: list[str]) -> list[dict]:
@@ -153,10 +174,26 @@ def _read_log(path: Path, missing: list[str]) -> list[dict]:
 # --- numbers ----------------------------------------------------------------------------------------------------
 
 
-def round_metrics(data: RunData) -> list[dict]:
-    """One row per (round, label set): cluster counts, NMI with the previous round, and scores against labels."""
-    rows, previous, truth = [], {}, data.truth
-    for r, sets in data.rounds:
+@dataclass
+class Rounds:
+    """What the page shows of the label files, from one pass over them."""
+
+    rows: list[dict]  # per (round, label set): cluster counts, NMI with the previous round, scores against labels
+    agreement: list[tuple[int, str, str, float]]  # per round and pair of clustered label sets: their NMI
+    last: Round | None  # the last readable round
+    finished: int  # readable rounds
+
+
+def read_rounds(data: RunData) -> Rounds:
+    rows, pairs, previous, last, finished, truth = [], [], {}, None, 0, data.truth
+    for r, sets in data.label_sets():
+        finished += 1
+        last = r, sets
+        names = sorted(n for n in sets if n != MANIFEST_LABELS)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                both = (sets[a] >= 0) & (sets[b] >= 0)
+                pairs.append((r, a, b, nmi(sets[a][both], sets[b][both])))
         for name, assigned in sets.items():
             valid = assigned >= 0
             sizes = np.bincount(assigned[valid]) if valid.any() else np.zeros(0, dtype=np.int64)
@@ -173,7 +210,7 @@ def round_metrics(data: RunData) -> list[dict]:
                     pass
             rows.append(row)
         previous = sets
-    return rows
+    return Rounds(rows, pairs, last, finished)
 
 
 # --- plots ------------------------------------------------------------------------------------------------------
@@ -282,10 +319,10 @@ def _round_ticks(ax, rounds) -> None:
     ax.set_xlim(rounds[0] - 0.6, rounds[-1] + 0.6)
 
 
-def plot_sizes(data: RunData) -> Figure | None:
-    if not data.rounds:
+def plot_sizes(data: RunData, last: Round | None) -> Figure | None:
+    if last is None:
         return None
-    r, sets = data.rounds[-1]
+    r, sets = last
     fig = _figure(min(9.0, 3.2 * len(sets)) if len(sets) > 1 else 6.0)
     axes = fig.subplots(1, len(sets), squeeze=False)[0]
     for ax, (name, assigned) in zip(axes, sets.items()):
@@ -453,15 +490,17 @@ def _composition(data: RunData, members: np.ndarray) -> str:
     """Top 3 labels of the cluster's videos with their share, when the run has labels."""
     if not data.classes:
         return ""
-    labels = Counter(data.videos.label(i) or "(unlabelled)" for i in members if i < len(data.videos))
-    top = [f"{html.escape(label)} {n / len(members):.0%}" for label, n in labels.most_common(3)]
+    counts = np.bincount(data.videos.labels[members[members < len(data.videos)]] + 1, minlength=len(data.classes) + 1)
+    names = ("(unlabelled)", *data.classes)  # code -1 + 1
+    top = [f"{html.escape(names[c])} {counts[c] / len(members):.0%}"
+           for c in sorted(np.flatnonzero(counts), key=lambda c: (-counts[c], c))[:3]]  # fmt: skip
     return "labels: " + " \u00b7 ".join(top)
 
 
 # --- the page ---------------------------------------------------------------------------------------------------
 
 
-def _header(data: RunData) -> str:
+def _header(data: RunData, rounds: Rounds) -> str:
     cfg, method = data.cfg, data.method
     clip, train, model = cfg.data.clip, cfg.train, cfg.model
     planned = 1 if method is not None and method.supervised else train.rounds
@@ -470,7 +509,7 @@ def _header(data: RunData) -> str:
         "method": f"{train.method}" + (f" ({method.description})" if method else ""),
         "k (clusters per label set)": train.k if method is None or not method.supervised
                                       else f"none: the {len(data.classes)} classes of the manifest",
-        "rounds": f"{len(data.rounds)} finished of {planned}" if method is None or method.trains
+        "rounds": f"{rounds.finished} finished of {planned}" if method is None or method.trains
                   else "none: the method trains nothing",
         "assignment": f"{train.assign}, re-cluster on {train.recluster}, {train.epochs} epoch(s) per round",
         "batch / lr": f"{train.batch_size} / {train.lr}",
@@ -522,27 +561,22 @@ def _summary(data: RunData, rows: list[dict]) -> str:
             + "".join(body) + f'</table><p class="note">{note}</p>')  # fmt: skip
 
 
-def _agreement(data: RunData) -> str:
+def _agreement(rounds: Rounds) -> str:
     """NMI between the label sets of each round (XDC, MDC: video and audio clusters) and its chance level."""
-    pairs = []
-    for r, sets in data.rounds:
-        names = sorted(n for n in sets if n != MANIFEST_LABELS)
-        pairs += [(r, a, b, sets[a], sets[b]) for i, a in enumerate(names) for b in names[i + 1 :]]
-    if not pairs:
+    if not rounds.agreement:
         return ""
-    rows = []
-    for r, a, b, x, y in pairs:
-        both = (x >= 0) & (y >= 0)
-        cells = (r, html.escape(f"{a} ~ {b}"), _num(nmi(x[both], y[both])))
-        rows.append('<tr><td>{}</td><td class="text">{}</td><td>{}</td></tr>'.format(*cells))
-    r, a, b, x, y = pairs[-1]
-    chance = agreement(x, y)[1]
+    rows = "".join('<tr><td>{}</td><td class="text">{}</td><td>{}</td></tr>'.format(r, html.escape(f"{a} ~ {b}"),
+                   _num(value)) for r, a, b, value in rounds.agreement)  # fmt: skip
+    r, a, b, _ = rounds.agreement[-1]
+    x, y = rounds.last[1][a], rounds.last[1][b]
+    draws = min(20, max(2, CHANCE_POINTS // len(x)))
+    chance = agreement(x, y, shuffles=draws)[1]
     note = (f"Chance level: {_num(chance)} (round {r}'s {html.escape(b)} clusters shuffled against its "
-            f"{html.escape(a)} clusters, mean of 20 draws). XDC trains each encoder to predict the other modality's "
-            "clusters: at the chance level those targets are unpredictable, and its pseudo-label loss cannot fall "
-            "below ln k (RESULTS.md, GRID study).")
+            f"{html.escape(a)} clusters, mean of {draws} draws). XDC trains each encoder to predict the other "
+            "modality's clusters: at the chance level those targets are unpredictable, and its pseudo-label loss "
+            "cannot fall below ln k (RESULTS.md, GRID study).")
     return ('<h2>Agreement between label sets</h2><table class="summary"><tr><th>round</th><th>label sets</th>'
-            f'<th>NMI</th></tr>{"".join(rows)}</table><p class="note">{note}</p>')  # fmt: skip
+            f'<th>NMI</th></tr>{rows}</table><p class="note">{note}</p>')  # fmt: skip
 
 
 def _num(value) -> str:
@@ -555,13 +589,13 @@ def _no_clusters(data: RunData) -> str:
     return "There are no clusters yet: no round has finished (labels/round_*.npz is absent)."
 
 
-def _plots(data: RunData, rows: list[dict]) -> str:
+def _plots(data: RunData, rounds: Rounds) -> str:
     plots = [
         (plot_loss(data), f"no training steps in log.jsonl (one line every train.log_every="
                           f"{data.cfg.train.log_every} steps)"),
         (plot_accuracy(data), "no pseudo-label accuracy in log.jsonl"),
-        (plot_nmi(rows), "NMI needs two finished rounds or labels"),
-        (plot_sizes(data), "no finished round: no cluster sizes"),
+        (plot_nmi(rounds.rows), "NMI needs two finished rounds or labels"),
+        (plot_sizes(data, rounds.last), "no finished round: no cluster sizes"),
         (plot_times(data), "no finished round in log.jsonl: no times"),
     ]
     images = "".join(f'<img class="plot" src="{_figure_uri(fig)}" alt="plot">' for fig, _ in plots if fig is not None)
@@ -570,10 +604,10 @@ def _plots(data: RunData, rows: list[dict]) -> str:
             + (f'<ul class="note plot-missing">{notes}</ul>' if notes else ""))  # fmt: skip
 
 
-def _galleries(data: RunData, samples: int, max_clusters: int) -> str:
-    if not data.rounds:
+def _galleries(data: RunData, last: Round | None, samples: int, max_clusters: int) -> str:
+    if last is None:
         return f"<h2>Clusters</h2><p class=\"note\">{_no_clusters(data)}</p>"
-    r, sets = data.rounds[-1]
+    r, sets = last
     intro = (f"<h2>Clusters of round {r}</h2><p>Clusters sorted by size; {samples} sample clip(s) each, taken at "
              "the centre of the file.</p>")  # fmt: skip
     return intro + "\n".join(gallery_html(data, name, a, samples, max_clusters) for name, a in sets.items())
@@ -612,9 +646,9 @@ def write_report(run: Path, out: Path | None = None, samples_per_cluster: int = 
     """Write the run's report as one self-contained HTML file (default ``run/report.html``); returns its path."""
     data = load_run(Path(run))
     out = Path(out) if out is not None else data.folder / "report.html"
-    rows = round_metrics(data)
-    body = [_header(data), _summary(data, rows), _agreement(data), _plots(data, rows),
-            _galleries(data, samples_per_cluster, max_clusters), _skipped(data)]  # fmt: skip
+    rounds = read_rounds(data)  # first: it notes unreadable label files for the header
+    body = [_header(data, rounds), _summary(data, rounds.rows), _agreement(rounds), _plots(data, rounds),
+            _galleries(data, rounds.last, samples_per_cluster, max_clusters), _skipped(data)]  # fmt: skip
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>XDC report: '
             f"{html.escape(data.folder.resolve().name)}</title><style>{_STYLE}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
