@@ -26,8 +26,9 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         indices = indices[indices != 3]  # a clip that failed on this rank: its row must stay missing
     values = indices.float().unsqueeze(1) * torch.tensor([[1.0, -1.0]])
     gathered = gather_rows(values, indices, total, ctx)
+    in_steps = gather_rows(values, indices, total, ctx, step_bytes=1)  # a row per rank at a time: 4 steps
     labels = broadcast_labels(np.array([5, 4, 3, 2, 1, 0, -1]) if rank == 0 else None, ctx)
-    out[rank] = (None if gathered is None else gathered.numpy(), labels)
+    out[rank] = [None if g is None else g.numpy() for g in (gathered, in_steps)], labels
     dist.destroy_process_group()
 
 
@@ -38,8 +39,9 @@ def test_gather_in_dataset_order_and_broadcast():
         results = dict(out)
     expected = np.arange(7, dtype=np.float32)[:, None] * np.array([[1.0, -1.0]], dtype=np.float32)
     expected[3] = np.nan
-    np.testing.assert_array_equal(results[0][0], expected)
-    assert results[1][0] is None  # only rank 0 clusters: no other rank holds a copy
+    for gathered in results[0][0]:
+        np.testing.assert_array_equal(gathered, expected)
+    assert results[1][0] == [None, None]  # only rank 0 clusters: no other rank holds a copy
     for rank in (0, 1):
         labels = results[rank][1]
         np.testing.assert_array_equal(labels, [5, 4, 3, 2, 1, 0, -1])
