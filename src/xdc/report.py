@@ -42,8 +42,8 @@ from xdc.methods import MANIFEST_LABELS, Method, get_method
 MAX_FRAMES = 8  # frames per strip
 MAX_WIDTH = 480  # pixels: strips and mel images are downscaled to this width
 DISPLAY_HEIGHT = 96  # pixels: small images are shown enlarged (nearest neighbour) to about this height
-# Shuffles for the chance-level NMI: 20, fewer from 1M videos on (at least 2): its spread falls with the number of
-# videos (below 1e-4 at 1M, k = 256) while each draw costs about a second per 10M.
+# Shuffles for the chance-level NMI: 20, fewer above 1M videos (at least 2): one draw's spread falls with the number
+# of videos (standard deviation 4e-5 to 6e-5 at 1M, k = 256 to 1,024), and each draw costs about 0.5 s per 10M.
 CHANCE_POINTS = 20_000_000
 
 Round = tuple[int, dict[str, np.ndarray]]  # a finished round: its number, its label sets (name -> cluster per video)
@@ -185,6 +185,7 @@ class Rounds:
 
 
 def read_rounds(data: RunData) -> Rounds:
+    """One pass over the label files, holding two rounds at a time (this one, and the previous for its NMI)."""
     rows, pairs, previous, last, finished, truth = [], [], {}, None, 0, data.truth
     for r, sets in data.label_sets():
         finished += 1
