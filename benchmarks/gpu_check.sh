@@ -2,20 +2,25 @@
 # The GPU measurements of BENCHMARKS.md in one run on a CUDA machine, each step under its own time limit, so a
 # step that fails or hangs leaves the others' results. From the repository root:
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR
+#   bash benchmarks/gpu_check.sh OUT_DIR [SECONDS]
 #
-# A wheels/ folder of the repository root (made by benchmarks/gpu_wheels.sh), if present, is installed first
-# into /tmp/xdc-site: for machines whose Python has torch but not PyAV or faiss. Steps, most important first:
-#   env         GPU, driver, CPU cores, package versions
+# SECONDS (optional) is a deadline for the whole run: each step's limit is cut to what is left, and a step with
+# under 20 s left is skipped. A wheels/ folder of the repository root (made by benchmarks/gpu_wheels.sh), if
+# present, is installed first into /tmp/xdc-site: for machines whose Python has torch but not PyAV or faiss.
+# Steps, most important first:
+#   env         GPU, driver, CPU cores, package versions, a bf16 matrix-product ceiling
+#   eager       benchmarks/train_step.py, paper preset, batch 128, bf16: model-only, end-to-end, loader-only,
+#               and a profile of 5 model-only steps (ops by device time)
+#   cl          the same with channels-last
+#   cl2d        the same with channels-last and train.conv_as_2d
+#   compile     the faster of cl and cl2d (model-only) with torch.compile (inductor; compiling takes minutes)
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last on cuDNN, pinned batches, a step that does
 #               not wait for the GPU, a killed run resumed)
-#   eager       benchmarks/train_step.py, paper preset, batch 128, bf16: model-only, end-to-end, loader-only
-#   cl          the same with channels-last
 #   clustering  benchmarks/clustering.py at 1M x 512-d, k 1024 (faiss as installed: GPU or CPU)
-#   compile     the same train_step with channels-last and torch.compile (inductor; compiling takes minutes)
-# OUT_DIR gets gpu_check.log and one JSON per measuring step.
+# OUT_DIR gets gpu_check.log, one JSON per measuring step and the profiles.
 set -u
-out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
+out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS]}
+deadline=${2:-0}
 out=$(mkdir -p "$out" && cd "$out" && pwd) || exit 1  # absolute: the script changes directory below
 exec > >(tee -a "$out/gpu_check.log") 2>&1
 cd "$(dirname "$0")/.."
@@ -28,6 +33,13 @@ export PYTHONPATH="$PWD/src:/tmp/xdc-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBU
 step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log its exit status and duration
     local name=$1 limit=$2 start=$SECONDS status
     shift 2
+    if [ "$deadline" -gt 0 ]; then
+        if [ $((deadline - SECONDS)) -lt 20 ]; then
+            echo "=== $name: skipped, $((deadline - SECONDS)) s left of the deadline"
+            return 1
+        fi
+        limit=$((limit < deadline - SECONDS - 5 ? limit : deadline - SECONDS - 5))
+    fi
     echo "=== $name (limit ${limit} s): $*"
     timeout --kill-after=10 "$limit" "$@"
     status=$?
@@ -38,7 +50,8 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log it
 train_step() {  # train_step NAME LIMIT FLAGS...
     local name=$1 limit=$2
     shift 2
-    step "$name" "$limit" python3 benchmarks/train_step.py --preset paper --batch 128 --steps 50 --warmup 10 "$@" &&
+    step "$name" "$limit" python3 benchmarks/train_step.py --preset paper --batch 128 --steps 50 --warmup 10 \
+        --loader-steps 100 "$@" &&
         cp benchmarks/results/train_step.json "$out/train_step_$name.json"
 }
 
@@ -52,10 +65,19 @@ torch.cuda.synchronize(); t = time.perf_counter()
 for _ in range(10): a @ a
 torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
-step tests 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-train_step eager 240
-train_step cl 180 --channels-last
-step clustering 180 python3 benchmarks/clustering.py --sizes 1000000 --ks 1024 --repeats 1 &&
+train_step eager 110 --profile "$out/profile_eager.txt"
+train_step cl 90 --channels-last --profile "$out/profile_cl.txt"
+train_step cl2d 90 --channels-last --conv-as-2d --profile "$out/profile_cl2d.txt"
+faster=$(python3 -c '
+import json, sys
+def rate(path):  # model-only clips/s of a train_step JSON, 0 where that step failed
+    try:
+        return next(r["clips_per_s"] for r in json.load(open(path))["rows"] if r["measure"] == "model-only")
+    except (OSError, ValueError, KeyError, StopIteration):
+        return 0
+print("--conv-as-2d" if rate(sys.argv[2]) > rate(sys.argv[1]) else "")' "$out/train_step_cl.json" "$out/train_step_cl2d.json")
+train_step compile 180 --channels-last $faster --compile
+step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step clustering 90 python3 benchmarks/clustering.py --sizes 1000000 --ks 1024 --repeats 1 &&
     cp benchmarks/results/clustering.json "$out/clustering.json"
-train_step compile 420 --channels-last --compile
 echo "=== done after $SECONDS s"

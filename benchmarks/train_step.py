@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                                   # paper preset, bf16 on a GPU
     python benchmarks/train_step.py --preset tiny --device cpu --steps 10
     python benchmarks/train_step.py --preset paper --channels-last --compile --batch 128 --data DIR
+    python benchmarks/train_step.py --preset paper --channels-last --conv-as-2d --profile profile.txt
 
 The step is the Pretrainer's own (xdc.training.pretrain): both encoders, the two cross-modal heads (k clusters),
 cross-entropy against pseudo-labels, backward, and the SGD steps of encoders and heads, under the configured
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--conv-as-2d", action="store_true", help="train.conv_as_2d (needs --channels-last)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--k", type=int, default=64)
@@ -57,6 +59,8 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' dense bf16)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: CPU cores")
     parser.add_argument("--data", type=Path, help="folder of video files (default: a generated synthetic set)")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="also profile 5 model-only steps: the ops by device time, as a table in FILE")
     args = parser.parse_args()
     if min(args.warmup, args.steps, args.loader_steps) < 1:
         parser.error("--warmup, --steps and --loader-steps must be at least 1")
@@ -66,6 +70,7 @@ def main() -> None:
     cfg = load_config(None, [
         f"train.k={args.k}", f"train.batch_size={args.batch}", f"train.precision={precision}",
         f"train.channels_last={str(args.channels_last).lower()}", f"train.compile={str(args.compile).lower()}",
+        f"train.conv_as_2d={str(args.conv_as_2d).lower()}",
         f"data.workers={args.workers}",
         f"train.epoch_size={(args.warmup + max(args.steps, args.loader_steps)) * args.batch}",
     ], preset=args.preset)  # fmt: skip
@@ -90,32 +95,40 @@ def main() -> None:
         random_batch = random_clips(trainer, args.batch, device)
         first_s, model_s, model_clips = timed(step, itertools.repeat(random_batch), args.warmup, args.steps, device)
         flops = count_flops(lambda: trainer._step(trainer.model, random_batch))  # uncompiled: the counter sees ops
-        e2e_s, e2e_clips = timed(step, iter(trainer._train_loader()), args.warmup, args.steps, device)[1:]
-        loader_s, loader_clips = timed(trainer._inputs, iter(trainer._train_loader()), args.warmup,
-                                       args.loader_steps, device)[1:]  # fmt: skip
+
+        def row(measure: str, seconds: float, clips: int, steps: int) -> dict:
+            r = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / steps,
+                 "vs_model_only": clips / seconds / (model_clips / model_s)}  # fmt: skip
+            if measure != "loader only":
+                r["tflop_per_s"] = flops * steps / seconds / 1e12
+                if peak:
+                    r["mfu_percent"] = 100 * mfu(flops, seconds / steps, peak)
+            print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+            return r  # printed as it comes: a run stopped later keeps what it measured in its log
+
+        rows = [row("model-only", model_s, model_clips, args.steps)]
+        if args.profile:
+            profile(step, random_batch, device, args.profile)
+        failed = {}
+        fed = [("end-to-end", step, args.steps), ("loader only", trainer._inputs, args.loader_steps)]
+        for measure, run, steps in fed:
+            try:
+                seconds, clips = timed(run, iter(trainer._train_loader()), args.warmup, steps, device)[1:]
+                rows.append(row(measure, seconds, clips, steps))
+            except RuntimeError as e:  # e.g. a loader worker killed (too little shared memory): keep the rest
+                print(f"{measure} failed: {e}")
+                failed[measure] = str(e)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    model_rate = model_clips / model_s
-    rows = []
-    for measure, seconds, clips, steps in [
-        ("model-only", model_s, model_clips, args.steps), ("end-to-end", e2e_s, e2e_clips, args.steps),
-        ("loader only", loader_s, loader_clips, args.loader_steps),
-    ]:  # fmt: skip
-        row = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / steps,
-               "vs_model_only": clips / seconds / model_rate}  # fmt: skip
-        if measure != "loader only":
-            row["tflop_per_s"] = flops * args.steps / seconds / 1e12
-            if peak:
-                row["mfu_percent"] = 100 * mfu(flops, seconds / args.steps, peak)
-        rows.append(row)
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
-        "channels_last": args.channels_last, "compile": args.compile, "batch": args.batch, "k": args.k,
+        "channels_last": args.channels_last, "conv_as_2d": args.conv_as_2d, "compile": args.compile,
+        "batch": args.batch, "k": args.k,
         "steps": args.steps, "loader_steps": args.loader_steps, "warmup": args.warmup, "workers": args.workers,
         "videos": n,
         "data": str(args.data) if args.data else "synthetic", "gflop_per_step": flops / 1e9,
-        "first_step_s": first_s, "peak_tflops": peak, "load_average_1m": os.getloadavg()[0],
+        "first_step_s": first_s, "peak_tflops": peak, "load_average_1m": os.getloadavg()[0], "failed": failed,
     }  # fmt: skip
     print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()))
     if peak is None:
@@ -161,6 +174,22 @@ def timed(
         clips += batch["index"].numel()
     sync(device)
     return first, time.perf_counter() - t, clips
+
+
+def profile(step: Callable[[dict], object], batch: dict, device: torch.device, path: Path, steps: int = 5) -> None:
+    """Profile ``steps`` steps on ``batch``; write the ops sorted by their own device time (CPU time on a CPU) to
+    ``path`` and print the top of it: where a step's time goes, for the MFU gap."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(batch)
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=60)
+    path.write_text(f"{steps} model-only steps\n{table}")
+    print("\n".join(table.splitlines()[:18]))
 
 
 def sync(device: torch.device) -> None:
