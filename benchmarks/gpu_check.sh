@@ -17,7 +17,7 @@
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last on cuDNN, pinned batches, a step that does
 #               not wait for the GPU, a killed run resumed)
 #   clustering  benchmarks/clustering.py at 1M x 512-d, k 1024 (faiss as installed: GPU or CPU)
-# OUT_DIR gets gpu_check.log, one JSON per measuring step and the profiles.
+# OUT_DIR gets gpu_check.log, one JSON per measuring step and profiles.txt (7 files).
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS]}
 deadline=${2:-0}
@@ -65,9 +65,9 @@ torch.cuda.synchronize(); t = time.perf_counter()
 for _ in range(10): a @ a
 torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
-train_step eager 110 --profile "$out/profile_eager.txt"
-train_step cl 90 --channels-last --profile "$out/profile_cl.txt"
-train_step cl2d 90 --channels-last --conv-as-2d --profile "$out/profile_cl2d.txt"
+train_step eager 110 --profile "$out/profiles.txt"
+train_step cl 90 --channels-last --profile "$out/profiles.txt"
+train_step cl2d 90 --channels-last --conv-as-2d --profile "$out/profiles.txt"
 faster=$(python3 -c '
 import json, sys
 def rate(path):  # model-only clips/s of a train_step JSON, 0 where that step failed

@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: CPU cores")
     parser.add_argument("--data", type=Path, help="folder of video files (default: a generated synthetic set)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
-                        help="also profile 5 model-only steps: the ops by device time, as a table in FILE")
+                        help="also profile 5 model-only steps: the ops by device time, as a table appended to FILE")
     args = parser.parse_args()
     if min(args.warmup, args.steps, args.loader_steps) < 1:
         parser.error("--warmup, --steps and --loader-steps must be at least 1")
@@ -108,7 +108,8 @@ def main() -> None:
 
         rows = [row("model-only", model_s, model_clips, args.steps)]
         if args.profile:
-            profile(step, random_batch, device, args.profile)
+            profile(step, random_batch, device, args.profile, f"{args.preset}, batch {args.batch}, {precision}, "
+                    f"channels_last={args.channels_last}, conv_as_2d={args.conv_as_2d}, compile={args.compile}")
         failed = {}
         fed = [("end-to-end", step, args.steps), ("loader only", trainer._inputs, args.loader_steps)]
         for measure, run, steps in fed:
@@ -176,9 +177,11 @@ def timed(
     return first, time.perf_counter() - t, clips
 
 
-def profile(step: Callable[[dict], object], batch: dict, device: torch.device, path: Path, steps: int = 5) -> None:
-    """Profile ``steps`` steps on ``batch``; write the ops sorted by their own device time (CPU time on a CPU) to
-    ``path`` and print the top of it: where a step's time goes, for the MFU gap."""
+def profile(
+    step: Callable[[dict], object], batch: dict, device: torch.device, path: Path, title: str, steps: int = 5
+) -> None:
+    """Profile ``steps`` steps on ``batch``; append the ops sorted by their own device time (CPU time on a CPU) to
+    ``path`` under ``title``, and print the top of it: where a step's time goes, for the MFU gap."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -188,7 +191,8 @@ def profile(step: Callable[[dict], object], batch: dict, device: torch.device, p
         sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=60)
-    path.write_text(f"{steps} model-only steps\n{table}")
+    with path.open("a") as f:
+        f.write(f"== {title}: {steps} model-only steps\n{table}\n")
     print("\n".join(table.splitlines()[:18]))
 
 
