@@ -2,25 +2,26 @@
 # The GPU measurements of BENCHMARKS.md in one run on a CUDA machine, each step under its own time limit, so a
 # step that fails or hangs leaves the others' results. From the repository root:
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR [SECONDS]
+#   bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]
 #
-# SECONDS (optional) is a deadline for the whole run: each step's limit is cut to what is left, and a step with
-# under 20 s left is skipped. A wheels/ folder of the repository root (made by benchmarks/gpu_wheels.sh), if
-# present, is installed first into /tmp/xdc-site: for machines whose Python has torch but not PyAV or faiss.
+# SECONDS (optional, 0 for none) is a deadline for the whole run: each step's limit is cut to what is left, and a
+# step with under 20 s left is skipped. STEPs (optional) run only those steps. A wheels/ folder of the repository
+# root (made by benchmarks/gpu_wheels.sh), if present, is installed first into /tmp/xdc-site: for machines whose
+# Python has torch but not PyAV or faiss.
 # Steps, most important first:
 #   env         GPU, driver, CPU cores, package versions, a bf16 matrix-product ceiling
 #   eager       benchmarks/train_step.py, paper preset, batch 128, bf16: model-only, end-to-end, loader-only,
 #               and a profile of 5 model-only steps (ops by device time)
 #   cl          the same with channels-last
-#   cl2d        the same with channels-last and train.conv_as_2d
-#   compile     the faster of cl and cl2d (model-only) with torch.compile (inductor; compiling takes minutes)
+#   compile     the same with channels-last and torch.compile (inductor; compiling takes a minute)
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last on cuDNN, pinned batches, a step that does
 #               not wait for the GPU, a killed run resumed)
-#   clustering  benchmarks/clustering.py at 1M x 512-d, k 1024 (faiss as installed: GPU or CPU)
-# OUT_DIR gets gpu_check.log, one JSON per measuring step and profiles.txt (7 files).
+#   clustering  benchmarks/clustering.py at 100k x 512-d, k 256 and 1024 (faiss as installed: GPU or CPU)
+# OUT_DIR gets gpu_check.log, one JSON per measuring step and profiles.txt (6 files).
 set -u
-out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS]}
+out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]}
 deadline=${2:-0}
+only=" ${*:3} "
 out=$(mkdir -p "$out" && cd "$out" && pwd) || exit 1  # absolute: the script changes directory below
 exec > >(tee -a "$out/gpu_check.log") 2>&1
 cd "$(dirname "$0")/.."
@@ -33,6 +34,9 @@ export PYTHONPATH="$PWD/src:/tmp/xdc-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBU
 step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log its exit status and duration
     local name=$1 limit=$2 start=$SECONDS status
     shift 2
+    if [ "$only" != "  " ] && [[ "$only" != *" $name "* ]]; then
+        return 1
+    fi
     if [ "$deadline" -gt 0 ]; then
         if [ $((deadline - SECONDS)) -lt 20 ]; then
             echo "=== $name: skipped, $((deadline - SECONDS)) s left of the deadline"
@@ -67,17 +71,8 @@ torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
 train_step eager 110 --profile "$out/profiles.txt"
 train_step cl 90 --channels-last --profile "$out/profiles.txt"
-train_step cl2d 90 --channels-last --conv-as-2d --profile "$out/profiles.txt"
-faster=$(python3 -c '
-import json, sys
-def rate(path):  # model-only clips/s of a train_step JSON, 0 where that step failed
-    try:
-        return next(r["clips_per_s"] for r in json.load(open(path))["rows"] if r["measure"] == "model-only")
-    except (OSError, ValueError, KeyError, StopIteration):
-        return 0
-print("--conv-as-2d" if rate(sys.argv[2]) > rate(sys.argv[1]) else "")' "$out/train_step_cl.json" "$out/train_step_cl2d.json")
-train_step compile 180 --channels-last $faster --compile
+train_step compile 180 --channels-last --compile --profile "$out/profiles.txt"
 step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step clustering 90 python3 benchmarks/clustering.py --sizes 1000000 --ks 1024 --repeats 1 &&
+step clustering 90 python3 benchmarks/clustering.py --sizes 100000 --ks 256 1024 --repeats 1 &&
     cp benchmarks/results/clustering.json "$out/clustering.json"
 echo "=== done after $SECONDS s"

@@ -3,7 +3,7 @@
     python benchmarks/train_step.py                                   # paper preset, bf16 on a GPU
     python benchmarks/train_step.py --preset tiny --device cpu --steps 10
     python benchmarks/train_step.py --preset paper --channels-last --compile --batch 128 --data DIR
-    python benchmarks/train_step.py --preset paper --channels-last --conv-as-2d --profile profile.txt
+    python benchmarks/train_step.py --preset paper --channels-last --compile --profile profile.txt
 
 The step is the Pretrainer's own (xdc.training.pretrain): both encoders, the two cross-modal heads (k clusters),
 cross-entropy against pseudo-labels, backward, and the SGD steps of encoders and heads, under the configured
@@ -48,7 +48,6 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--conv-as-2d", action="store_true", help="train.conv_as_2d (needs --channels-last)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--k", type=int, default=64)
@@ -70,7 +69,6 @@ def main() -> None:
     cfg = load_config(None, [
         f"train.k={args.k}", f"train.batch_size={args.batch}", f"train.precision={precision}",
         f"train.channels_last={str(args.channels_last).lower()}", f"train.compile={str(args.compile).lower()}",
-        f"train.conv_as_2d={str(args.conv_as_2d).lower()}",
         f"data.workers={args.workers}",
         f"train.epoch_size={(args.warmup + max(args.steps, args.loader_steps)) * args.batch}",
     ], preset=args.preset)  # fmt: skip
@@ -109,7 +107,7 @@ def main() -> None:
         rows = [row("model-only", model_s, model_clips, args.steps)]
         if args.profile:
             profile(step, random_batch, device, args.profile, f"{args.preset}, batch {args.batch}, {precision}, "
-                    f"channels_last={args.channels_last}, conv_as_2d={args.conv_as_2d}, compile={args.compile}")
+                    f"channels_last={args.channels_last}, compile={args.compile}")
         failed = {}
         fed = [("end-to-end", step, args.steps), ("loader only", trainer._inputs, args.loader_steps)]
         for measure, run, steps in fed:
@@ -124,7 +122,7 @@ def main() -> None:
 
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
-        "channels_last": args.channels_last, "conv_as_2d": args.conv_as_2d, "compile": args.compile,
+        "channels_last": args.channels_last, "compile": args.compile,
         "batch": args.batch, "k": args.k,
         "steps": args.steps, "loader_steps": args.loader_steps, "warmup": args.warmup, "workers": args.workers,
         "videos": n,

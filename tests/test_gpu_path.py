@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch._dynamo.eval_frame import OptimizedModule
 from torch._dynamo.utils import counters
 
@@ -19,7 +18,7 @@ from conftest import synthetic_manifest
 from xdc.config import load_config
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
-from xdc.models.encoders import Conv3dAs2d, build_encoder, convs_as_2d
+from xdc.models.encoders import build_encoder
 from xdc.training.checkpoint import load
 from xdc.training.distributed import Dist
 from xdc.training.flops import count_flops, mfu, peak_tflops
@@ -123,68 +122,6 @@ def test_channels_last_step_feeds_channels_last_clips_and_trains_alike(manifest,
     torch.testing.assert_close(loss_last, loss_plain, rtol=1e-5, atol=1e-6)
     for (name, p), q, w in zip(plain.encoders.named_parameters(), last.encoders.parameters(), before):
         assert relative_error(q - w, p - w) < 0.02, name  # the SGD updates (see the test above on ReLU kinks)
-
-
-class CountConvs(TorchFunctionMode):
-    """Counts the 2D and 3D convolutions a forward calls."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = {"conv2d": 0, "conv3d": 0}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in self.calls:
-            self.calls[name] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def test_convs_as_2d_compute_the_same_function_with_the_same_weights():
-    torch.manual_seed(0)
-    last = build_encoder("video", load_config(None, preset="tiny").model).to(memory_format=torch.channels_last_3d)
-    flat = copy.deepcopy(last)
-    # every (2+1)D conv and the stem's two; not the strided 1x1x1 shortcut convs, which stay 3D
-    shortcuts = sum(1 for name, _ in last.named_modules() if name.endswith("downsample.0"))
-    assert shortcuts == 3
-    convs = sum(isinstance(m, nn.Conv3d) for m in last.modules())
-    assert convs_as_2d(flat) == convs - shortcuts
-    assert sum(type(m) is Conv3dAs2d for m in flat.modules()) == convs - shortcuts
-    assert flat.state_dict().keys() == last.state_dict().keys()
-    for (name, a), b in zip(last.state_dict().items(), flat.state_dict().values()):
-        assert torch.equal(a, b), name
-    x = torch.randn(2, 3, 4, 32, 32).contiguous(memory_format=torch.channels_last_3d)
-    with CountConvs() as counted:
-        b = flat(x)
-    assert counted.calls == {"conv2d": convs - shortcuts, "conv3d": shortcuts}
-    a = last(x)
-    assert b.is_contiguous()
-    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
-    a.square().sum().backward()
-    b.square().sum().backward()
-    for (name, p), q in zip(last.named_parameters(), flat.parameters()):
-        assert relative_error(q.grad, p.grad) < 0.02, name  # see the ReLU-kink note above
-    plain = copy.deepcopy(flat).to(memory_format=torch.contiguous_format)
-    with CountConvs() as counted:  # another layout: the plain 3D convolutions, same function
-        c = plain(x.contiguous())
-    assert counted.calls == {"conv2d": 0, "conv3d": convs}
-    torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
-
-
-def test_conv_as_2d_steps_like_channels_last_and_needs_it(manifest, tmp_path):
-    with pytest.raises(UserError, match="train.conv_as_2d=true needs train.channels_last=true"):
-        load_config(None, ["train.conv_as_2d=true"])
-    last = trainer_for(manifest, tmp_path / "last", "train.channels_last=true")
-    flat = trainer_for(manifest, tmp_path / "flat", "train.channels_last=true", "train.conv_as_2d=true")
-    assert any(type(m) is Conv3dAs2d for m in flat.encoders["video"].modules())
-    assert not any(type(m) is Conv3dAs2d for m in last.encoders["video"].modules())
-    batch = first_batch(last)
-    before = [p.detach().clone() for p in last.encoders.parameters()]
-    loss_last, _ = last._step(last.train_model, batch)
-    loss_flat, _ = flat._step(flat.train_model, batch)
-    torch.testing.assert_close(loss_flat, loss_last, rtol=1e-5, atol=1e-6)
-    for (name, p), q, w in zip(last.encoders.named_parameters(), flat.encoders.parameters(), before):
-        assert relative_error(q - w, p - w) < 0.02, name  # every parameter reached the optimizer and moved alike
-    assert flat.encoders.state_dict().keys() == last.encoders.state_dict().keys()
 
 
 def test_compile_keeps_checkpoint_keys_and_trains_alike(manifest, tmp_path):

@@ -154,7 +154,6 @@ class TrainConfig:
     # Device path (docs/pretrain.md "On GPUs"); the defaults keep CPU runs exactly as before.
     precision: str = "fp32"  # fp32, or bf16: forward and loss under bfloat16 autocast, float32 weights and optimizer
     channels_last: bool = False  # channels-last (N, T, H, W, C) memory layout for the video encoder and its clips
-    conv_as_2d: bool = False  # the video encoder's (1,k,k) and (k,1,1) convs as 2D convs (needs channels_last)
     compile: bool = False  # torch.compile the training model (the first step of each process compiles it)
 
     def __post_init__(self) -> None:
@@ -166,8 +165,6 @@ class TrainConfig:
             raise UserError(f"train.cluster_on must be 'rank0' or 'shards', not {self.cluster_on!r}")
         if self.cluster_on == "shards" and self.assign == "sinkhorn":
             raise UserError("train.assign=sinkhorn needs every feature in one process: use train.cluster_on=rank0")
-        if self.conv_as_2d and not self.channels_last:
-            raise UserError("train.conv_as_2d=true needs train.channels_last=true (its 2D views are of that layout)")
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"train.precision must be 'fp32' or 'bf16', not {self.precision!r}")
         for name in ("k", "rounds", "epochs", "batch_size"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.video import resnet as video_resnet
@@ -24,53 +23,6 @@ def per_conv_2plus1d(in_planes: int, out_planes: int, midplanes: int, stride: in
     del midplanes  # BasicBlock's shared value, replaced by this conv's own
     mid = (in_planes * out_planes * 27) // (in_planes * 9 + 3 * out_planes)
     return video_resnet.Conv2Plus1D(in_planes, out_planes, mid, stride, padding)
-
-
-class Conv3dAs2d(nn.Conv3d):
-    """A Conv3d flat in time (1 x k x k, temporal stride 1, no temporal padding) or in space (k x 1 x 1, spatial
-    stride 1, no spatial padding), computed on a channels-last input as a 2D convolution over a view of it: the
-    frames as a batch of images, or time as the height and the pixels as the width. Both views are free in the
-    channels-last layout (N x T x H x W x C in memory), and 2D kernels are the most tuned in cuDNN. Same weights,
-    same state dict, same function; any other input layout or kernel runs the plain Conv3d."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_contiguous(memory_format=torch.channels_last_3d):
-            return super().forward(x)
-        n, c, t, h, w = x.shape
-        if _flat_in(self, 0):  # spatial: (N*T) frames of C x H x W
-            frames = x.transpose(1, 2).reshape(n * t, c, h, w)
-            y = F.conv2d(frames, self.weight.squeeze(2), self.bias, self.stride[1:], self.padding[1:],
-                         self.dilation[1:])  # fmt: skip
-            return y.reshape(n, t, *y.shape[1:]).transpose(1, 2)
-        # temporal: N maps of C x T x (H*W)
-        y = F.conv2d(x.reshape(n, c, t, h * w), self.weight.squeeze(4), self.bias, (self.stride[0], 1),
-                     (self.padding[0], 0), (self.dilation[0], 1))  # fmt: skip
-        return y.reshape(n, y.shape[1], y.shape[2], h, w)
-
-
-def _flat_in(conv: nn.Conv3d, dim: int) -> bool:
-    """Whether ``conv`` leaves axis ``dim`` alone (0: time, 1 and 2: height and width): kernel 1, stride 1, no
-    padding."""
-    return conv.kernel_size[dim] == 1 and conv.stride[dim] == 1 and conv.padding[dim] == 0
-
-
-def convs_as_2d(encoder: nn.Module) -> int:
-    """Swap each Conv3d of ``encoder`` that is flat in time or in space for a Conv3dAs2d holding the same
-    parameters (in place; the state dict keeps its keys). Returns how many were swapped."""
-    swapped = 0
-    for parent in list(encoder.modules()):
-        for name, conv in parent.named_children():
-            if type(conv) is not nn.Conv3d or conv.groups != 1 or conv.padding_mode != "zeros":
-                continue
-            if not (_flat_in(conv, 0) or (_flat_in(conv, 1) and _flat_in(conv, 2))):
-                continue
-            new = Conv3dAs2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                             conv.dilation, bias=False, device="meta")  # fmt: skip
-            new.weight, new.bias = conv.weight, conv.bias
-            new.train(conv.training)
-            setattr(parent, name, new)
-            swapped += 1
-    return swapped
 
 
 class VideoEncoder(nn.Module):

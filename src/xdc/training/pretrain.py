@@ -44,7 +44,7 @@ from xdc.data.manifest import Manifest, write_videos
 from xdc.data.transforms import NormalizeVideo
 from xdc.errors import UserError
 from xdc.methods import MANIFEST_LABELS, Method, get_method
-from xdc.models.encoders import build_encoder, convs_as_2d
+from xdc.models.encoders import build_encoder
 from xdc.models.heads import LinearHead
 from xdc.training import checkpoint
 from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_rows
@@ -130,8 +130,6 @@ class Pretrainer:
             for name, modality in self.method.encoders.items():
                 if modality == "video":
                     self.encoders[name].to(memory_format=torch.channels_last_3d)
-                    if cfg.train.conv_as_2d:  # same parameters: before the optimizer is made, after the layout
-                        convs_as_2d(self.encoders[name])
         self.feature_dims = {name: enc.feature_dim for name, enc in self.encoders.items()}
         self.optimizer = self._sgd(self.encoders.parameters())
         self.holdout = self._holdout_mask()
