@@ -445,11 +445,12 @@ class Pretrainer:
         every = self.cfg.train.accumulate
         parts = range(min(every, len(index)))  # part i: rows i, i + every, ...
         clips = self._inputs(batch)
+        batch_targets = self._targets_on_device(index)
         correct = {}
         for i in parts:
             # rows i, i + every, ... as strided views: no index tensor and no gather kernel to queue
             inputs = {m: self._layout(m, x[i::every]) for m, x in clips.items()}
-            targets = {k: self._to_device(y) for k, y in self.head_targets(index[i::every]).items()}
+            targets = {k: y[i::every] for k, y in batch_targets.items()}
             # DDP all-reduces the gradients once, in the last part's backward; the parts before add up locally
             sync = not self.ctx.enabled or i == len(parts) - 1
             with contextlib.nullcontext() if sync else model.no_sync():
@@ -472,13 +473,17 @@ class Pretrainer:
         shapes = self.train_set.shapes()
         return {m: self._layout(m, torch.zeros(0, *shape, device=self.ctx.device)) for m, shape in shapes.items()}
 
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """A small host tensor made in this process (pseudo-labels) on the device without waiting for it: a copy
-        from pageable memory makes the host wait for all the work queued on the stream (CUDA's memcpy rules),
-        which would stop it from queueing the next step while this one computes. Page-locked first."""
+    def _targets_on_device(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``head_targets`` on the device without waiting for it, every head's in one copy. A copy from pageable
+        memory makes the host wait for all the work queued on the stream (CUDA's memcpy rules), which would stop
+        it from queueing the next step while this one computes: page-locked first. One page-locked buffer per
+        batch, not one per head and accumulated part: PyTorch reuses a page-locked buffer only once its copy has
+        run, else it allocates one, and CUDA lists page-locked allocation among the calls that synchronize."""
+        targets = self.head_targets(index)
+        stacked = torch.stack(list(targets.values()))
         if self.ctx.device.type == "cuda":
-            x = x.pin_memory()
-        return x.to(self.ctx.device, non_blocking=True)
+            stacked = stacked.pin_memory()
+        return dict(zip(targets, stacked.to(self.ctx.device, non_blocking=True)))
 
     def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         """The batch's clips on the device, video normalised there; asynchronous copies (from page-locked memory
@@ -525,8 +530,7 @@ class Pretrainer:
                 continue
             with self._autocast():
                 logits = self.model({m: self._layout(m, x) for m, x in self._inputs(batch).items()})
-            for key, y in self.head_targets(batch["index"]).items():
-                y = self._to_device(y)
+            for key, y in self._targets_on_device(batch["index"]).items():
                 total[0] += F.cross_entropy(logits[key].float(), y, ignore_index=-1, reduction="sum")
                 total[1] += (y >= 0).sum()
         self.model.train()
