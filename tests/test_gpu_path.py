@@ -189,9 +189,22 @@ def test_peak_and_mfu():
     assert mfu(500e12, 1.0, 1000.0) == pytest.approx(0.5)
 
 
-def test_precision_is_validated():
-    with pytest.raises(UserError, match="train.precision must be 'fp32' or 'bf16'"):
+def test_device_path_settings_are_validated_and_auto_means_on_cuda(manifest, tmp_path):
+    with pytest.raises(UserError, match="train.precision must be 'auto', 'fp32' or 'bf16'"):
         load_config(None, ["train.precision=fp16"])
+    with pytest.raises(UserError, match="train.channels_last must be true, false or auto"):
+        load_config(None, ["train.channels_last=sometimes"])
+    auto = load_config(None).train
+    assert (auto.precision, auto.channels_last) == ("auto", "auto")
+    assert (auto.bf16_on("cuda"), auto.channels_last_on("cuda")) == (True, True)
+    assert (auto.bf16_on("cpu"), auto.channels_last_on("cpu")) == (False, False)
+    off = load_config(None, ["train.precision=fp32", "train.channels_last=false"]).train
+    assert (off.bf16_on("cuda"), off.channels_last_on("cuda")) == (False, False)
+    on = load_config(None, ["train.precision=bf16", "train.channels_last=true"]).train
+    assert (on.bf16_on("cpu"), on.channels_last_on("cpu")) == (True, True)
+    trainer = trainer_for(manifest, tmp_path)  # the defaults on this CPU: float32, the default layout
+    assert not trainer.bf16 and not trainer.channels_last and not trainer._autocast()._enabled
+    assert not trainer.encoders["video"].stem[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # said by mkldnn.flags

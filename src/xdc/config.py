@@ -151,9 +151,9 @@ class TrainConfig:
     collapse_fraction: float = 0.5  # warn when one cluster holds more than this fraction of the clips
     checkpoint_every: int = 0  # also checkpoint every N training steps (0: after each round only)
     log_every: int = 10  # steps between log lines
-    # Device path (docs/pretrain.md "On GPUs"); the defaults keep CPU runs exactly as before.
-    precision: str = "fp32"  # fp32, or bf16: forward and loss under bfloat16 autocast, float32 weights and optimizer
-    channels_last: bool = False  # channels-last (N, T, H, W, C) memory layout for the video encoder and its clips
+    # Device path (docs/pretrain.md "On GPUs"); auto: the measured fast path on CUDA, CPU runs as before.
+    precision: str = "auto"  # auto (bf16 on CUDA, else fp32), fp32, or bf16: forward and loss under bfloat16 autocast
+    channels_last: bool | str = "auto"  # auto (on CUDA), true or false: N, T, H, W, C layout of video encoder and clips
     compile: bool = False  # torch.compile the training model (the first step of each process compiles it)
 
     def __post_init__(self) -> None:
@@ -165,11 +165,22 @@ class TrainConfig:
             raise UserError(f"train.cluster_on must be 'rank0' or 'shards', not {self.cluster_on!r}")
         if self.cluster_on == "shards" and self.assign == "sinkhorn":
             raise UserError("train.assign=sinkhorn needs every feature in one process: use train.cluster_on=rank0")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"train.precision must be 'fp32' or 'bf16', not {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UserError(f"train.precision must be 'auto', 'fp32' or 'bf16', not {self.precision!r}")
+        if self.channels_last not in (True, False, "auto"):
+            raise UserError(f"train.channels_last must be true, false or auto, not {self.channels_last!r}")
         for name in ("k", "rounds", "epochs", "batch_size"):
             if getattr(self, name) < (2 if name == "k" else 1):
                 raise UserError(f"train.{name} must be at least {2 if name == 'k' else 1}")
+
+    def bf16_on(self, device_type: str) -> bool:
+        """Whether steps run under bfloat16 autocast on this kind of device ("cuda", "cpu"): auto means on CUDA."""
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
+    def channels_last_on(self, device_type: str) -> bool:
+        """Whether the video encoder and its clips are channels-last on this kind of device: auto means on CUDA,
+        where it measured 1.65x the clips/s of the default layout (BENCHMARKS.md "Training step")."""
+        return self.channels_last is True or (self.channels_last == "auto" and device_type == "cuda")
 
 
 @dataclass

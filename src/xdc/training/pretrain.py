@@ -116,7 +116,9 @@ class Pretrainer:
 
         if ctx.device.type == "cuda":  # clip shapes are fixed: let cuDNN time its kernels once and keep the fastest
             torch.backends.cudnn.benchmark = True
-        if cfg.train.precision == "bf16" and ctx.device.type == "cpu" and ctx.main:
+        self.bf16 = cfg.train.bf16_on(ctx.device.type)
+        self.channels_last = cfg.train.channels_last_on(ctx.device.type)
+        if self.bf16 and ctx.device.type == "cpu" and ctx.main:
             print(
                 "WARNING: train.precision=bf16 on a CPU: slower than fp32 here, and oneDNN's bf16 Conv3d gave NaN "
                 "gradients at random on an AVX512-BF16 CPU (torch 2.14.1). Use train.precision=fp32 on CPUs.",
@@ -126,7 +128,7 @@ class Pretrainer:
         self.encoders = nn.ModuleDict(
             {name: build_encoder(modality, cfg.model) for name, modality in self.method.encoders.items()}
         ).to(ctx.device)
-        if cfg.train.channels_last:  # conv weights in the layout of the clips (see _layout)
+        if self.channels_last:  # conv weights in the layout of the clips (see _layout)
             for name, modality in self.method.encoders.items():
                 if modality == "video":
                     self.encoders[name].to(memory_format=torch.channels_last_3d)
@@ -497,14 +499,14 @@ class Pretrainer:
         """Video clips in channels-last layout when configured, matching the video encoders' weights: cuDNN's
         bf16 convolution kernels are written for it (1.65x the clips/s of the default layout on an H200,
         BENCHMARKS.md "Training step")."""
-        if modality == "video" and self.cfg.train.channels_last:
+        if modality == "video" and self.channels_last:
             return x.contiguous(memory_format=torch.channels_last_3d)
         return x.contiguous()  # a strided part of an accumulated batch (_step) made dense: the kernels' own layout
 
     def _autocast(self) -> torch.autocast:
-        """bfloat16 autocast for train.precision=bf16 (weights, gradients and optimizer state stay float32)."""
-        bf16 = self.cfg.train.precision == "bf16"
-        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=bf16)
+        """bfloat16 autocast when train.precision says so for this device (weights, gradients and optimizer state
+        stay float32)."""
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # --- recluster on plateau ----------------------------------------------------------------------------
 
