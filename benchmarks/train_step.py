@@ -122,8 +122,7 @@ def main() -> None:
 
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
-        "channels_last": args.channels_last, "compile": args.compile,
-        "batch": args.batch, "k": args.k,
+        "channels_last": args.channels_last, "compile": args.compile, "batch": args.batch, "k": args.k,
         "steps": args.steps, "loader_steps": args.loader_steps, "warmup": args.warmup, "workers": args.workers,
         "videos": n,
         "data": str(args.data) if args.data else "synthetic", "gflop_per_step": flops / 1e9,
