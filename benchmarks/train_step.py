@@ -13,7 +13,9 @@ precision, memory layout and torch.compile. Three measurements:
   end-to-end   the same step fed by the training loader (TrainClips over real video files through make_loader,
                the cluster-balanced sampler, --workers processes; page-locked batches on CUDA);
   loader only  the same loader with no model (batches copied to the device): what the files can supply;
-               --loader-steps batches (it is cheap: more than the model steps, for a steadier rate).
+               --loader-steps batches (it is cheap: more than the model steps, for a steadier rate);
+  one process  the loader's items read one after another in this process with one thread, no loader: what
+               one core makes, so that loader only / (workers x this) shows what the loader's processes cost.
 Without --data, a synthetic set (xdc make-synthetic) is written to a temporary folder with frames whose short
 side is the preset's decode size, at 25 fps (decoding cost grows with the source frame rate).
 """
@@ -34,6 +36,7 @@ import torch
 
 from common import report
 from xdc.config import Config, SyntheticConfig, load_config
+from xdc.data.datasets import TrainClips
 from xdc.data.index import build_manifest
 from xdc.data.synthetic import make_synthetic
 from xdc.errors import UserError
@@ -97,7 +100,7 @@ def main() -> None:
         def row(measure: str, seconds: float, clips: int, steps: int) -> dict:
             r = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / steps,
                  "vs_model_only": clips / seconds / (model_clips / model_s)}  # fmt: skip
-            if measure != "loader only":
+            if measure in ("model-only", "end-to-end"):
                 r["tflop_per_s"] = flops * steps / seconds / 1e12
                 if peak:
                     r["mfu_percent"] = 100 * mfu(flops, seconds / steps, peak)
@@ -117,6 +120,7 @@ def main() -> None:
             except RuntimeError as e:  # e.g. a loader worker killed (too little shared memory): keep the rest
                 print(f"{measure} failed: {e}")
                 failed[measure] = str(e)
+        rows.append(row("one process", *read_items(trainer.train_set, n, 2 * args.batch), 2))  # 2 batches
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -172,6 +176,21 @@ def timed(
         clips += batch["index"].numel()
     sync(device)
     return first, time.perf_counter() - t, clips
+
+
+def read_items(dataset: TrainClips, videos: int, items: int) -> tuple[float, int]:
+    """Seconds and clips of reading ``items`` training items in this process with one thread, as a loader worker
+    does (a worker's torch also runs one thread), after one untimed item."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dataset[(0, 0)]
+        t = time.perf_counter()
+        for i in range(items):
+            dataset[(i % videos, i + 1)]
+        return time.perf_counter() - t, items
+    finally:
+        torch.set_num_threads(threads)
 
 
 def profile(
