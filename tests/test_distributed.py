@@ -171,3 +171,42 @@ def test_accumulated_parts_all_reduce_once_per_step(tmp_path):
         assert results[0][key][0] == results[1][key][0] == once  # not 3 x: the first two parts only accumulate
         for a, b in zip(results[0][key][1], results[1][key][1]):
             assert torch.equal(a, b)  # the ranks stepped alike
+
+
+def _videos_worker(rank: int, world: int, port: int, manifest: Path, bad: Path, root: Path, out: dict) -> None:
+    from xdc.data.manifest import Manifest
+    from xdc.errors import UserError
+
+    ctx = _join(rank, world, port)
+    loads = []
+    load = Manifest.load
+    Manifest.load = lambda *args, **kwargs: loads.append(1) or load(*args, **kwargs)  # counts the parses
+    cfg = load_config(None, ["train.k=4", "data.workers=0"], preset="tiny")
+    result = {}
+    # rank 1 on rank 0's run folder (one node, or a shared file system), then on a folder of its own (a node
+    # that does not see rank 0's files), then both on a manifest that cannot be read
+    for case, out_of_rank in [("shared", {0: "shared", 1: "shared"}), ("apart", {0: "apart", 1: "elsewhere"})]:
+        loads.clear()
+        trainer = Pretrainer(cfg, manifest, root / out_of_rank[rank], ctx)
+        result[case] = (len(loads), trainer.videos.paths.tolist(), (root / out_of_rank[rank] / "videos").exists())
+        trainer.log.close()
+    try:
+        Pretrainer(cfg, bad, root / "bad", ctx)
+        result["bad"] = None
+    except UserError as e:
+        result["bad"] = str(e)
+    out[rank] = result
+    dist.destroy_process_group()
+
+
+def test_only_rank0_parses_the_manifest_and_its_errors_stop_every_rank(tmp_path):
+    manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,size\na.mp4,3\n")  # no path column
+    results = _two_ranks(_videos_worker, 29583, manifest, bad, tmp_path)
+    zero, one = results[0], results[1]
+    assert zero["shared"][0] == 1 and one["shared"][0] == 0  # rank 1 mapped rank 0's saved videos
+    assert one["shared"][1] == zero["shared"][1] and len(zero["shared"][1]) == 24
+    assert one["apart"][0] == 1 and one["apart"][1] == zero["apart"][1]  # its own copy, the same videos
+    assert zero["apart"][2] and not one["apart"][2]  # which it did not save: only rank 0 writes the run folder
+    assert zero["bad"] and one["bad"] == zero["bad"]  # rank 1 stopped with rank 0's error, not at a collective

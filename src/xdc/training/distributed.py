@@ -100,6 +100,16 @@ def broadcast_labels(labels: np.ndarray | None, ctx: Dist) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
+def broadcast_failure(failure: tuple[str, str] | None, ctx: Dist) -> tuple[str, str] | None:
+    """Rank 0's outcome of work the other ranks wait for: None, or (kind, message) of what went wrong, so that
+    every rank stops with rank 0's error instead of waiting for it at the next collective."""
+    if not ctx.enabled:
+        return failure
+    box = [failure]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(ctx: Dist) -> None:
     if ctx.enabled:
         dist.barrier()

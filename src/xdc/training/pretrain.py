@@ -47,7 +47,7 @@ from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.models.heads import LinearHead
 from xdc.training import checkpoint
-from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_rows
+from xdc.training.distributed import Dist, barrier, broadcast_failure, broadcast_labels, gather_rows
 from xdc.training.runlog import RunLog
 
 
@@ -147,23 +147,36 @@ class Pretrainer:
         self.log = RunLog(out, enabled=ctx.main)
 
     def _index_space(self, manifest_path: Path, resume: bool) -> Manifest:
-        """The run's videos: row i of every label set is video i. Made once, from the manifest after the
-        datasets' policies (audio-only files out of video datasets, data.missing_audio), and saved in the run
+        """The run's videos: row i of every label set is video i. Made once, by rank 0, from the manifest after
+        the datasets' policies (audio-only files out of video datasets, data.missing_audio), and saved in the run
         folder (``videos/``; readable copy ``videos.csv``): a resumed run keeps it even if the manifest file has
         changed since. Every rank maps the saved arrays read-only, so the ranks of a node and their loader
-        workers share one copy of every path."""
-        folder, kept = self.out / "videos", None
-        if not (resume and folder.exists()):  # a new run, or one started before runs kept their videos
-            loaded = Manifest.load(manifest_path, progress=self.ctx.main)
-            kept = TrainClips(loaded, self.cfg.data, modalities=self.method.modalities).manifest
-            del loaded
-            if self.ctx.main:
+        workers share one copy of every path, and only rank 0 pays for parsing the manifest (at 65M videos
+        about 2 minutes and 7 GB). A rank that does not see rank 0's run folder (another node without a shared
+        file system) makes its own copy afterwards."""
+        folder, failure = self.out / "videos", None
+        if self.ctx.main and not (resume and folder.exists()):  # new, or started before runs kept videos/
+            try:
+                kept = self._usable_videos(manifest_path, progress=True)
                 kept.save(folder)
                 write_videos(self.out / "videos.csv", kept, progress=True)
-        barrier(self.ctx)
-        if kept is not None and not folder.exists():  # a node that does not see rank 0's run folder: its own copy
-            return kept
-        return Manifest.open(folder)
+                del kept  # before mapping the saved copy below: at 65M videos the paths alone are 4 GB
+            except Exception as e:
+                failure = ("user" if isinstance(e, UserError) else type(e).__name__, str(e))
+                broadcast_failure(failure, self.ctx)  # the other ranks wait for the folder: they stop too
+                raise
+        failure = broadcast_failure(failure, self.ctx)
+        if failure is not None:
+            kind, message = failure
+            raise UserError(message) if kind == "user" else RuntimeError(f"rank 0 failed: {kind}: {message}")
+        if folder.exists():
+            return Manifest.open(folder)
+        return self._usable_videos(manifest_path, progress=False)
+
+    def _usable_videos(self, manifest_path: Path, progress: bool) -> Manifest:
+        """The manifest's videos that the training clips can use (the rest are dropped by TrainClips' policy)."""
+        loaded = Manifest.load(manifest_path, progress=progress)
+        return TrainClips(loaded, self.cfg.data, modalities=self.method.modalities).manifest
 
     # --- the run ------------------------------------------------------------------------------------------
 
