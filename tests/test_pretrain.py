@@ -102,7 +102,9 @@ def test_short_run_lowers_the_pseudo_label_loss(manifest, tmp_path):
     first = np.mean([r["loss"] for r in steps if r["epoch"] == 0])
     last = np.mean([r["loss"] for r in steps if r["epoch"] == 3])
     assert last < first - 0.05, (first, last)
-    assert {r["kind"] for r in records} >= {"cluster", "step", "round"}
+    assert {r["kind"] for r in records} >= {"start", "cluster", "step", "round"}
+    start = next(r for r in records if r["kind"] == "start")  # what the auto device settings became on this CPU
+    assert (start["device"], start["ranks"], start["bf16"], start["channels_last"]) == ("cpu", 1, False, False)
     assert (out / "labels" / "round_000.npz").exists() and any((out / "tb").iterdir())
     saved = load(out / "encoders.pt")
     assert set(saved["encoders"]) == {"video", "audio"} and saved["method"] == "xdc"

@@ -182,6 +182,9 @@ class Pretrainer:
 
     def run(self) -> None:
         cfg = self.cfg.train
+        # what train.precision=auto and channels_last=auto became here: the config says auto, the log says what ran
+        self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
+                       bf16=self.bf16, channels_last=self.channels_last, compile=cfg.compile)  # fmt: skip
         rounds = 1 if self.method.supervised else cfg.rounds
         if not self.method.trains:
             self._finish()
