@@ -154,7 +154,7 @@ class Pretrainer:
         workers share one copy of every path, and only rank 0 pays for parsing the manifest (at 65M videos
         about 2 minutes and 7 GB). A rank that does not see rank 0's run folder (another node without a shared
         file system) makes its own copy afterwards."""
-        folder, failure = self.out / "videos", None
+        folder, error = self.out / "videos", None
         if self.ctx.main and not (resume and folder.exists()):  # new, or started before runs kept videos/
             try:
                 kept = self._usable_videos(manifest_path, progress=True)
@@ -162,10 +162,13 @@ class Pretrainer:
                 write_videos(self.out / "videos.csv", kept, progress=True)
                 del kept  # before mapping the saved copy below: at 65M videos the paths alone are 4 GB
             except Exception as e:
-                failure = ("user" if isinstance(e, UserError) else type(e).__name__, str(e))
-                broadcast_failure(failure, self.ctx)  # the other ranks wait for the folder: they stop too
-                raise
+                error = e
+        # the other ranks wait for the folder: when rank 0 failed, they stop with its error
+        failure = None if error is None else ("user" if isinstance(error, UserError) else type(error).__name__,
+                                              str(error))  # fmt: skip
         failure = broadcast_failure(failure, self.ctx)
+        if error is not None:
+            raise error
         if failure is not None:
             kind, message = failure
             raise UserError(message) if kind == "user" else RuntimeError(f"rank 0 failed: {kind}: {message}")
