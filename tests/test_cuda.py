@@ -2,7 +2,8 @@
 
 What the CPU tests cannot reach: bf16 autocast and channels-last convolutions on cuDNN (with its autotuner),
 page-locked batches copied asynchronously, uint8 video normalised on the GPU, checkpoints written from GPU
-modules and resumed onto them, and the NCCL-free single-GPU setup of ``init_distributed``.
+modules and resumed onto them, the NCCL-free single-GPU setup of ``init_distributed``, and k-means searched by
+torch on the GPU (faiss-cpu beside CUDA).
 """
 
 import json
@@ -13,11 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
 
 from conftest import synthetic_manifest
+from xdc.clustering.features import preprocess_features
+from xdc.clustering.sharded import sharded_kmeans
 from xdc.config import load_config
 from xdc.data.transforms import NormalizeVideo
 from xdc.training.checkpoint import load
@@ -120,5 +124,22 @@ def test_a_run_killed_on_the_gpu_resumes_and_finishes(manifest, tmp_path):
     losses = [r["loss"] for r in records if r["kind"] == "step"]
     assert losses and all(np.isfinite(losses))
     assert {r["step"] for r in records if r["kind"] == "round"} == {0, 1}  # both rounds ended
+    start = next(r for r in records if r["kind"] == "start")
+    assert start["kmeans_search"] == ("faiss-gpu" if faiss.get_num_gpus() > 0 else "torch")
     saved = load(out / "encoders.pt")  # written from GPU modules, loaded onto the CPU
     assert all(t.device.type == "cpu" for state in saved["encoders"].values() for t in state.values())
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_kmeans_searched_on_the_gpu_is_faiss_kmeans(monkeypatch, resident):
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 64)).astype(np.float32) * 3
+    z = preprocess_features(centres[rng.integers(0, 40, 50_000)] + rng.standard_normal((50_000, 64), np.float32))
+    if not resident:  # no room on the device: the rows move to it block by block at every iteration
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 1 << 40))
+    on_gpu = sharded_kmeans(z, 32, seed=1, iters=10, device="cuda", search="torch")
+    on_cpu = sharded_kmeans(z, 32, seed=1, iters=10, search="faiss")
+    np.testing.assert_array_equal(on_gpu.assignments, on_cpu.assignments)
+    np.testing.assert_allclose(on_gpu.centroids, on_cpu.centroids, atol=1e-6)
+    assert on_gpu.iterations == on_cpu.iterations
+    assert on_gpu.loss == pytest.approx(on_cpu.loss, rel=1e-5)

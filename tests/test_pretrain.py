@@ -105,6 +105,7 @@ def test_short_run_lowers_the_pseudo_label_loss(manifest, tmp_path):
     assert {r["kind"] for r in records} >= {"start", "cluster", "step", "round"}
     start = next(r for r in records if r["kind"] == "start")  # what the auto device settings became on this CPU
     assert (start["device"], start["ranks"], start["bf16"], start["channels_last"]) == ("cpu", 1, False, False)
+    assert start["kmeans_search"] == "faiss-cpu"
     assert (out / "labels" / "round_000.npz").exists() and any((out / "tb").iterdir())
     saved = load(out / "encoders.pt")
     assert set(saved["encoders"]) == {"video", "audio"} and saved["method"] == "xdc"

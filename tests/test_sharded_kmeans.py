@@ -1,5 +1,6 @@
 """Sharded PCA-whitening and k-means: 2 real gloo processes with different, uneven shards against one process
-holding every row, and the single-process path against faiss from the same initial centroids."""
+holding every row, the single-process path against faiss from the same initial centroids, and the torch search
+(what runs on a GPU without faiss-gpu; here on the CPU) against faiss's."""
 
 import os
 
@@ -56,6 +57,11 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
     z = sharded_preprocess_features(_mixture(N, D, 12)[ids], dim=DIM)
     r = sharded_kmeans(z, K, seed=SEED, iters=ITERS, ids=ids)
     res["mixture"] = (ids, z, r, assemble_labels(r.assignments, ids, N + 5))
+    res["torch"] = sharded_kmeans(z, K, seed=SEED, iters=ITERS, ids=ids, search="torch")
+    if rank == 0:  # rank 0 clusters every row by itself while rank 1 goes on to the next collective
+        x = _mixture(N, D, 12)
+        z_all = sharded_preprocess_features(x, dim=DIM, alone=True)
+        res["alone"] = (z_all, sharded_kmeans(z_all, K, seed=SEED, iters=ITERS, alone=True, search="torch"))
 
     y, init = _blobs_2d()
     shard = y[:350] if rank == 0 else y[350:]  # default ids: positions in rank order
@@ -106,6 +112,24 @@ def test_two_ranks_match_one_process(two_ranks):
     np.testing.assert_allclose(z, z_ref, atol=1e-6)
     np.testing.assert_array_equal(assignments, ref.assignments)
     assert ref.sizes.sum() == N and (ref.sizes > 0).all()
+    torch_labels = np.full(N, -1)
+    for rank in (0, 1):  # the torch search over the same shards: the same k-means
+        ids, r = two_ranks[rank]["mixture"][0], two_ranks[rank]["torch"]
+        torch_labels[ids] = r.assignments
+        np.testing.assert_allclose(r.centroids, ref.centroids, atol=1e-6)
+        assert r.iterations == ref.iterations
+    np.testing.assert_array_equal(torch_labels, ref.assignments)
+
+
+def test_alone_clusters_every_row_inside_a_process_group(two_ranks):
+    """alone=True on rank 0 only: no collective (rank 1 would have hung or mixed in its rows), one process's result."""
+    z_all, r = two_ranks[0]["alone"]
+    x = _mixture(N, D, 12)
+    np.testing.assert_array_equal(z_all, sharded_preprocess_features(x, dim=DIM))
+    ref = sharded_kmeans(z_all, K, seed=SEED, iters=ITERS, search="torch")
+    np.testing.assert_array_equal(r.assignments, ref.assignments)
+    np.testing.assert_array_equal(r.centroids, ref.centroids)
+    assert "alone" not in two_ranks[1]
 
 
 def test_sharded_pca_is_preprocess_features():
@@ -132,6 +156,25 @@ def test_sharded_kmeans_is_faiss_kmeans_from_the_same_start():
     np.testing.assert_allclose(ours.centroids, km.centroids, atol=1e-5)  # faiss sums in float32
     np.testing.assert_array_equal(ours.assignments, km.assign(z)[1])
     np.testing.assert_array_equal(ours.assignments, kmeans(z, K, seed=SEED, iters=ITERS).assignments)
+
+
+def test_the_torch_search_is_the_faiss_search():
+    z = preprocess_features(_mixture(N, D, 12), dim=DIM)
+    by_faiss, by_torch = (sharded_kmeans(z, K, seed=SEED, iters=ITERS, search=s) for s in ("faiss", "torch"))
+    np.testing.assert_array_equal(by_torch.assignments, by_faiss.assignments)
+    np.testing.assert_allclose(by_torch.centroids, by_faiss.centroids, atol=1e-6)  # float64 sums, other order
+    np.testing.assert_array_equal(by_torch.sizes, by_faiss.sizes)
+    assert by_torch.iterations == by_faiss.iterations > 1
+    assert by_torch.loss == pytest.approx(by_faiss.loss, rel=1e-5)
+    y, init = _blobs_2d()  # two clusters go empty and are split: the same rule on both paths
+    by_faiss, by_torch = (sharded_kmeans(y, 6, seed=0, iters=5, init=init, search=s) for s in ("faiss", "torch"))
+    np.testing.assert_array_equal(by_torch.assignments, by_faiss.assignments)
+    np.testing.assert_allclose(by_torch.centroids, by_faiss.centroids, atol=1e-6)
+    # ties go to the lower index, as in faiss: the duplicate centroid (index 4 of the first centre) starts empty
+    tied = sharded_kmeans(y, len(init), seed=0, iters=0, init=init, search="torch")
+    assert tied.sizes[4] == 0 and tied.sizes[0] > 0
+    with pytest.raises(ValueError, match="search must be"):
+        sharded_kmeans(z, K, seed=SEED, search="cuda")
 
 
 def test_empty_clusters_are_split_identically_on_every_rank(two_ranks):

@@ -5,16 +5,18 @@ need only sums over the rows, so every rank reduces its rows to small statistics
 
 - PCA: the row count, the column sums and the D x D scatter matrix (float64); rank 0 eigendecomposes it and
   broadcasts the projection, so every rank applies exactly the same one to its rows.
-- Lloyd k-means: every rank assigns its rows to the nearest centroid (faiss flat L2 search, on the GPU where
-  faiss has GPUs) and the per-cluster sums and counts are all-reduced (float64); every rank then computes the
-  same centroids from the same numbers. Empty clusters are re-seeded by splitting the largest one, the same
-  way on every rank.
+- Lloyd k-means: every rank assigns its rows to the nearest centroid and the per-cluster sums and counts are
+  all-reduced (float64); every rank then computes the same centroids from the same numbers. Empty clusters are
+  re-seeded by splitting the largest one, the same way on every rank. The search is faiss's flat L2 search
+  (on the GPU where faiss has GPUs), or torch matrix products on a CUDA device when faiss has none
+  (:func:`torch_search`): faiss-gpu is not needed to cluster on the GPU.
 
 Nothing of size N crosses the network except the final labels (:func:`assemble_labels`). Everything works
 without a process group (one process holding every row) and then matches the single-process functions:
 :func:`sharded_preprocess_features` is ``preprocess_features``, and :func:`sharded_kmeans` starts from the same
-points as ``kmeans`` for the same seed and ids. Collectives use the default group; pass ``device`` = the rank's
-CUDA device under NCCL (tensors must live there), the CPU under gloo.
+points as ``kmeans`` for the same seed and ids. ``alone=True`` does the same inside a process group: this
+process holds every row and calls no collective (rank 0 clustering by itself). Collectives use the default
+group; pass ``device`` = the rank's CUDA device under NCCL (tensors must live there), the CPU under gloo.
 """
 
 from __future__ import annotations
@@ -27,36 +29,47 @@ from scipy.sparse import csr_matrix
 
 from xdc.clustering.kmeans import LABEL_DTYPE, KMeansResult, check_k, flat_index, init_keys, smallest_keys
 
-_CHUNK = 16384  # rows per float64 block: bounds the temporary memory to ~CHUNK x D x 8 bytes
+_CHUNK = 16384  # rows per block: bounds the temporaries to ~CHUNK x max(D, k) x 8 bytes
 _SPLIT_EPS = 1 / 1024  # relative perturbation of a split centroid (faiss uses the same)
 _NO_KEY = torch.iinfo(torch.int64).max  # padding of a rank's candidate keys: larger than every real key
 
 
+def torch_search(device: torch.device | str) -> bool:
+    """Whether ``sharded_kmeans(search="auto")`` on ``device`` searches with torch: on a CUDA device when this
+    faiss build has no GPUs (faiss-cpu). faiss's own GPU search is used where it has them, the CPU's otherwise."""
+    return torch.device(device).type == "cuda" and faiss.get_num_gpus() == 0
+
+
 def sharded_preprocess_features(
-    x: np.ndarray, dim: int = 256, whiten: bool = True, eps: float = 1e-5, device: torch.device | str = "cpu"
-) -> np.ndarray:
+    x: np.ndarray, dim: int = 256, whiten: bool = True, eps: float = 1e-5, device: torch.device | str = "cpu",
+    alone: bool = False,
+) -> np.ndarray:  # fmt: skip
     """``preprocess_features`` of the rows of all ranks together; each rank passes and gets back its own rows.
 
     Same semantics: PCA to ``dim`` (whitened, ``eps`` relative to the largest eigenvalue) only when the
     features have more dimensions and the ranks together more rows than ``dim``, then unit L2 rows; float32.
     Non-finite values on any rank raise ``ValueError`` on every rank (none is left waiting in a collective).
     Whitened components have unit variance here (faiss's have 1/N); the normalisation removes the difference.
+    The scatter matrix is summed on ``device``.
     """
     if x.ndim != 2:
         raise ValueError(f"features must be a 2-D array (N, D), got shape {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    device = torch.device(device)
-    n, bad = _all_sum(torch.tensor([len(x), int(not np.isfinite(x).all())], device=device)).tolist()
+    device, ranks = torch.device(device), _Ranks(alone)
+    n, bad = ranks.sum(torch.tensor([len(x), int(not np.isfinite(x).all())], device=device)).tolist()
     if bad:
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
-    out = _apply(x, _projection(x, n, dim, whiten, eps, device)) if x.shape[1] > dim and n > dim else x.copy()
+    if x.shape[1] > dim and n > dim:
+        out = _apply(x, _projection(x, n, dim, whiten, eps, device, ranks))
+    else:
+        out = x.copy()
     faiss.normalize_L2(out)  # in place, as preprocess_features
     return out
 
 
 def sharded_kmeans(
     x: np.ndarray, k: int, seed: int, iters: int = 20, *, ids: np.ndarray | None = None,
-    init: np.ndarray | None = None, device: torch.device | str = "cpu",
+    init: np.ndarray | None = None, device: torch.device | str = "cpu", search: str = "auto", alone: bool = False,
 ) -> KMeansResult:  # fmt: skip
     """Lloyd k-means of the rows of all ranks together, ``iters`` iterations, then a final assignment.
 
@@ -68,65 +81,80 @@ def sharded_kmeans(
     ``init`` (k, d), the same on every rank, or else the rows with the smallest ``init_keys(ids, seed)`` over
     all ranks, as ``kmeans`` draws them. Returns this rank's ``assignments``; ``centroids``, ``sizes`` and
     ``loss`` are global and identical on every rank.
+
+    ``search``: ``"faiss"`` (flat L2 search; faiss's GPU if it has one), ``"torch"`` (matrix products on
+    ``device``) or ``"auto"`` (:func:`torch_search` decides). Both give the same labels up to float rounding.
     """
     if x.ndim != 2:
         raise ValueError(f"points must be a 2-D array (N, d), got shape {x.shape}")
+    if search not in ("auto", "faiss", "torch"):
+        raise ValueError(f"search must be 'auto', 'faiss' or 'torch', not {search!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    device = torch.device(device)
-    counts = _rank_counts(len(x), device)
+    device, ranks = torch.device(device), _Ranks(alone)
+    counts = ranks.counts(len(x), device)
     check_k(int(counts.sum()), k)  # the same global numbers everywhere: every rank raises, or none does
     if init is None:
-        centroids = sharded_initial_centroids(x, k, seed, ids=ids, device=device, counts=counts)
+        centroids = _initial_centroids(x, k, seed, ids, device, ranks, counts)
     else:
         centroids = np.ascontiguousarray(init, dtype=np.float32)
         if centroids.shape != (k, x.shape[1]):
             raise ValueError(f"init must be {k} x {x.shape[1]} centroids, got shape {centroids.shape}")
-    index = flat_index(x.shape[1], gpu=(device.index or 0) if device.type == "cuda" else 0)
-    previous, done = None, 0
-    while done < iters:
-        distances, assignments = _nearest(index, x, centroids)
-        sums, moved = _cluster_sums(x, assignments, previous, k, device)
-        if moved == 0:  # no point changed cluster: the update would give the same centroids, a fixed point
+    use_torch = search == "torch" or (search == "auto" and torch_search(device))
+    rows = _TorchRows(x, device) if use_torch else _FaissRows(x, device)
+    done = 0
+    while True:
+        moved = rows.assign(centroids)
+        if done == iters:
             break
-        centroids, previous, done = _update(sums), assignments, done + 1
-    else:
-        distances, assignments = _nearest(index, x, centroids)
+        stats = torch.zeros(k + 1, x.shape[1] + 1, dtype=torch.float64, device=device)
+        stats[:k] = rows.sums(k)
+        stats[k, 0] = moved
+        stats = ranks.sum(stats).cpu().numpy()  # one all-reduce per iteration
+        if stats[k, 0] == 0:  # no point changed cluster: the update would give the same centroids, a fixed point
+            break
+        centroids, done = _update(stats[:k]), done + 1
+    assignments, loss = rows.result()
     tail = torch.zeros(k + 1, dtype=torch.float64, device=device)  # sizes, then the loss: one all-reduce
     tail[:k] = torch.from_numpy(np.bincount(assignments, minlength=k).astype(np.float64)).to(device)
-    tail[k] = float(distances.sum(dtype=np.float64))
-    tail = _all_sum(tail).cpu().numpy()
+    tail[k] = loss
+    tail = ranks.sum(tail).cpu().numpy()
     return KMeansResult(assignments=assignments, centroids=centroids, sizes=tail[:k].astype(np.int64),
                         loss=float(tail[k]), iterations=done)  # fmt: skip
 
 
 def sharded_initial_centroids(
     x: np.ndarray, k: int, seed: int, ids: np.ndarray | None = None, device: torch.device | str = "cpu",
-    counts: np.ndarray | None = None,
+    alone: bool = False,
 ) -> np.ndarray:  # fmt: skip
     """The k rows of all ranks with the smallest ``init_keys(ids, seed)``, smallest first, on every rank.
 
     No rank sees another's rows: each offers the keys of its k best candidates (an all-gather of W x k
     int64), every rank finds the same global k smallest, and each owner writes its chosen rows into a zeroed
-    k x d buffer that is summed over the ranks. ``counts`` (rows per rank) saves a collective if known.
+    k x d buffer that is summed over the ranks.
     """
-    device = torch.device(device)
+    device, ranks = torch.device(device), _Ranks(alone)
+    return _initial_centroids(x, k, seed, ids, device, ranks, ranks.counts(len(x), device))
+
+
+def _initial_centroids(
+    x: np.ndarray, k: int, seed: int, ids: np.ndarray | None, device: torch.device, ranks: _Ranks,
+    counts: np.ndarray,
+) -> np.ndarray:  # fmt: skip
     if ids is None:
-        rank = dist.get_rank() if _distributed() else 0
-        counts = _rank_counts(len(x), device) if counts is None else counts
-        ids = int(counts[:rank].sum()) + np.arange(len(x))
+        ids = int(counts[: ranks.rank].sum()) + np.arange(len(x))
     if len(ids) != len(x):
         raise ValueError(f"{len(ids)} ids for {len(x)} rows")
     keys = init_keys(ids, seed)
     mine = smallest_keys(keys, min(k, len(x)))
     offered = torch.full((k,), _NO_KEY, dtype=torch.int64, device=device)
     offered[: mine.size] = torch.from_numpy(keys[mine]).to(device)
-    best = np.sort(torch.cat(_all_gather(offered)).cpu().numpy())[:k]
+    best = np.sort(torch.cat(ranks.gather(offered)).cpu().numpy())[:k]
     slot = np.searchsorted(best, keys[mine])  # keys are distinct: a key among the best sits at its own slot
     chosen = slot < k
     chosen[chosen] = best[slot[chosen]] == keys[mine[chosen]]
     buffer = torch.zeros(k, x.shape[1], dtype=torch.float32, device=device)
     buffer[torch.from_numpy(slot[chosen])] = torch.from_numpy(x[mine[chosen]]).to(device)
-    return _all_sum(buffer).cpu().numpy()  # adding zeros is exact: each row arrives unchanged
+    return ranks.sum(buffer).cpu().numpy()  # adding zeros is exact: each row arrives unchanged
 
 
 def assemble_labels(
@@ -139,20 +167,22 @@ def assemble_labels(
     full[torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(full.device)] = torch.from_numpy(
         np.asarray(labels, dtype=LABEL_DTYPE)
     ).to(full.device)
-    if _distributed():
+    if _Ranks().active:
         dist.all_reduce(full, op=dist.ReduceOp.MAX)  # each id is owned by one rank; the others hold -1
     return full.cpu().numpy()
 
 
 def global_count(n: int, device: torch.device | str = "cpu") -> int:
     """``n`` summed over the ranks."""
-    return int(_all_sum(torch.tensor([n], device=torch.device(device))).item())
+    return int(_Ranks().sum(torch.tensor([n], device=torch.device(device))).item())
 
 
 # --- PCA ------------------------------------------------------------------------------------------------------
 
 
-def _projection(x: np.ndarray, n: int, dim: int, whiten: bool, eps: float, device: torch.device) -> np.ndarray:
+def _projection(
+    x: np.ndarray, n: int, dim: int, whiten: bool, eps: float, device: torch.device, ranks: _Ranks
+) -> np.ndarray:
     """(dim, D + 1) float64: the PCA matrix A, then the bias column b = -A mean; rank 0's, on every rank."""
     d = x.shape[1]
     stats = torch.zeros(d + 1, d, dtype=torch.float64, device=device)  # row 0: column sums; rows 1..D: scatter
@@ -160,9 +190,9 @@ def _projection(x: np.ndarray, n: int, dim: int, whiten: bool, eps: float, devic
         block = torch.from_numpy(x[start : start + _CHUNK]).to(device, torch.float64)
         stats[0] += block.sum(0)
         stats[1:].addmm_(block.T, block)
-    stats = _all_sum(stats).cpu().numpy()
+    stats = ranks.sum(stats).cpu().numpy()
     packed = np.zeros((dim, d + 1))
-    if not _distributed() or dist.get_rank() == 0:
+    if ranks.rank == 0:
         mean = stats[0] / n
         values, vectors = np.linalg.eigh(stats[1:] / n - np.outer(mean, mean))  # ascending
         values, vectors = values[::-1][:dim], vectors[:, ::-1][:, :dim]
@@ -171,11 +201,8 @@ def _projection(x: np.ndarray, n: int, dim: int, whiten: bool, eps: float, devic
             top = float(values[0])
             matrix = matrix / np.sqrt(np.maximum(values, 0.0) + (eps * top if top > 0 else 1.0))[:, None]
         packed[:, :d], packed[:, d] = matrix, -matrix @ mean
-    if _distributed():  # degenerate eigenvalues leave the basis to LAPACK: one rank's choice for every rank
-        shared = torch.from_numpy(packed).to(device)
-        dist.broadcast(shared, 0)
-        packed = shared.cpu().numpy()
-    return packed
+    # degenerate eigenvalues leave the basis to LAPACK: one rank's choice for every rank
+    return ranks.broadcast(torch.from_numpy(packed).to(device)).cpu().numpy()
 
 
 def _apply(x: np.ndarray, packed: np.ndarray) -> np.ndarray:
@@ -189,37 +216,91 @@ def _apply(x: np.ndarray, packed: np.ndarray) -> np.ndarray:
 # --- Lloyd ----------------------------------------------------------------------------------------------------
 
 
-def _nearest(index, x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if not len(x):  # a rank without rows still takes part in every collective
-        return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    index.reset()
-    index.add(centroids)
-    distances, labels = index.search(x, 1)
-    return distances[:, 0], labels[:, 0].astype(np.int64)
+class _FaissRows:
+    """This rank's rows in host memory, searched by faiss (its GPU where it has one) and summed by scipy."""
+
+    def __init__(self, x: np.ndarray, device: torch.device):
+        self.x, self.device = x, device
+        self.index = flat_index(x.shape[1], gpu=(device.index or 0) if device.type == "cuda" else 0)
+        self.labels, self.distances = np.full(len(x), -1, np.int64), np.zeros(len(x), np.float32)
+
+    def assign(self, centroids: np.ndarray) -> int:
+        """Each row's nearest centroid; returns how many rows changed cluster (all of them the first time)."""
+        if not len(self.x):  # a rank without rows still takes part in every collective
+            return 0
+        self.index.reset()
+        self.index.add(centroids)
+        distances, labels = self.index.search(self.x, 1)
+        moved = np.count_nonzero(labels[:, 0] != self.labels)
+        self.distances, self.labels = distances[:, 0], labels[:, 0].astype(np.int64)
+        return moved
+
+    def sums(self, k: int) -> torch.Tensor:
+        """(k, d + 1) float64 on the device: per-cluster sums of the rows, then the counts.
+
+        A sparse k x rows membership matrix times the rows: scipy multiplies in float64, in row order, about
+        ten times faster here than torch's index_add_/scatter_add_ on the CPU.
+        """
+        d = self.x.shape[1]
+        sums = np.zeros((k, d + 1))
+        for start in range(0, len(self.x), _CHUNK):
+            labels = self.labels[start : start + _CHUNK]
+            members = csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
+            sums[:, :d] += members @ self.x[start : start + _CHUNK]
+        sums[:, d] = np.bincount(self.labels, minlength=k)
+        return torch.from_numpy(sums).to(self.device)
+
+    def result(self) -> tuple[np.ndarray, float]:
+        return self.labels, float(self.distances.sum(dtype=np.float64))
 
 
-def _cluster_sums(
-    x: np.ndarray, assignments: np.ndarray, previous: np.ndarray | None, k: int, device: torch.device
-) -> tuple[np.ndarray, int]:
-    """(k, d + 1) float64 over all ranks: per-cluster sums of the rows, then the counts; and the number of
-    points (over all ranks) whose cluster differs from ``previous`` (-1 without one). One all-reduce.
+class _TorchRows:
+    """This rank's rows as float32 on ``device``, searched and summed by matrix products there.
 
-    A sparse k x rows membership matrix times the rows: scipy multiplies in float64, in row order, about ten
-    times faster here than torch's index_add_/scatter_add_ on the CPU.
+    Squared distances are |x|^2 - 2 x.c + |c|^2 (float32, as faiss's own BLAS search computes them), per block
+    of rows. The per-cluster sums are a one-hot membership matrix times the rows in float64: deterministic,
+    unlike atomic scatter-adds on a GPU. The rows move to a CUDA device once when they take at most a quarter
+    of its free memory, else block by block at every iteration.
     """
-    d = x.shape[1]
-    sums = np.zeros((k + 1, d + 1))  # the last row carries the count of moved points
-    for start in range(0, len(x), _CHUNK):
-        labels = assignments[start : start + _CHUNK]
-        members = csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
-        sums[:k, :d] += members @ x[start : start + _CHUNK]
-    sums[:k, d] = np.bincount(assignments, minlength=k)
-    sums[k, 0] = -1 if previous is None else np.count_nonzero(assignments != previous)
-    sums = _all_sum(torch.from_numpy(sums).to(device)).cpu().numpy()
-    return sums[:k], -1 if previous is None else int(sums[k, 0])
+
+    def __init__(self, x: np.ndarray, device: torch.device):
+        self.device, self.dim = device, x.shape[1]
+        rows = torch.from_numpy(x)
+        if device.type != "cuda" or x.nbytes <= torch.cuda.mem_get_info(device)[0] // 4:
+            rows = rows.to(device)
+        self.blocks = rows.split(_CHUNK)
+        self.labels = torch.full((len(x),), -1, dtype=torch.int64, device=device)
+        self.distances = torch.zeros(len(x), dtype=torch.float32, device=device)
+
+    def assign(self, centroids: np.ndarray) -> int:
+        c = torch.from_numpy(centroids).to(self.device)
+        c_sq = c.square().sum(1)
+        moved = torch.zeros((), dtype=torch.int64, device=self.device)
+        with torch.autocast(self.device.type, enabled=False):  # distances in float32 whatever the caller set
+            for start, block in zip(range(0, len(self.labels), _CHUNK), self.blocks):
+                block = block.to(self.device)
+                best, labels = torch.addmm(c_sq, block, c.T, alpha=-2).min(1)  # lowest index on ties
+                rows = slice(start, start + len(block))
+                moved += (labels != self.labels[rows]).sum()
+                self.labels[rows] = labels
+                self.distances[rows] = (best + block.square().sum(1)).clamp_(min=0)
+        return int(moved)
+
+    def sums(self, k: int) -> torch.Tensor:
+        d = self.dim
+        sums = torch.zeros(k, d + 1, dtype=torch.float64, device=self.device)
+        for start, block in zip(range(0, len(self.labels), _CHUNK), self.blocks):
+            members = torch.nn.functional.one_hot(self.labels[start : start + len(block)], k).to(torch.float64)
+            sums[:, :d].addmm_(members.T, block.to(self.device, torch.float64))
+        sums[:, d] = torch.bincount(self.labels, minlength=k).to(torch.float64)
+        return sums
+
+    def result(self) -> tuple[np.ndarray, float]:
+        return self.labels.cpu().numpy(), float(self.distances.sum(dtype=torch.float64))
 
 
 def _update(sums: np.ndarray) -> np.ndarray:
+
     """Centroids (float32) from the global sums and counts; each empty cluster takes half of the largest.
 
     Like faiss, the empty cluster copies the centroid of the one it splits, and the two move apart by a
@@ -240,31 +321,39 @@ def _update(sums: np.ndarray) -> np.ndarray:
     return centroids.astype(np.float32)
 
 
-# --- collectives (no-ops without a process group) --------------------------------------------------------------
+# --- collectives ----------------------------------------------------------------------------------------------
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+class _Ranks:
+    """The default process group's collectives, or none: without a group, or ``alone`` (this process holds every
+    row, e.g. rank 0 clustering by itself while the others wait)."""
 
+    def __init__(self, alone: bool = False):
+        self.active = not alone and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.active else 0
 
-def _all_sum(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        dist.all_reduce(t)  # ring/tree reductions hand every rank the same bits of the result
-    return t
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            dist.all_reduce(t)  # ring/tree reductions hand every rank the same bits of the result
+        return t
 
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        if not self.active:
+            return [t]
+        out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, t)
+        return out
 
-def _all_gather(t: torch.Tensor) -> list[torch.Tensor]:
-    if not _distributed():
-        return [t]
-    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t)
-    return out
+    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``t`` on every rank."""
+        if self.active:
+            dist.broadcast(t, 0)
+        return t
 
-
-def _rank_counts(n: int, device: torch.device) -> np.ndarray:
-    """Rows per rank (int64, W), on every rank."""
-    if not _distributed():
-        return np.array([n], dtype=np.int64)
-    counts = torch.zeros(dist.get_world_size(), dtype=torch.int64, device=device)
-    counts[dist.get_rank()] = n
-    return _all_sum(counts).cpu().numpy()
+    def counts(self, n: int, device: torch.device) -> np.ndarray:
+        """Rows per rank (int64, W), on every rank."""
+        if not self.active:
+            return np.array([n], dtype=np.int64)
+        counts = torch.zeros(dist.get_world_size(), dtype=torch.int64, device=device)
+        counts[self.rank] = n
+        return self.sum(counts).cpu().numpy()

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,13 @@ from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import LABEL_DTYPE, kmeans
 from xdc.clustering.metrics import cluster_stats, nmi
 from xdc.clustering.sampler import ClusterBalancedSampler
-from xdc.clustering.sharded import assemble_labels, global_count, sharded_kmeans, sharded_preprocess_features
+from xdc.clustering.sharded import (
+    assemble_labels,
+    global_count,
+    sharded_kmeans,
+    sharded_preprocess_features,
+    torch_search,
+)
 from xdc.clustering.sinkhorn import balanced_assign
 from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
@@ -118,6 +125,13 @@ class Pretrainer:
             torch.backends.cudnn.benchmark = True
         self.bf16 = cfg.train.bf16_on(ctx.device.type)
         self.channels_last = cfg.train.channels_last_on(ctx.device.type)
+        # k-means' nearest-centroid search: faiss on its GPUs, else torch on this rank's GPU, else faiss on the CPU
+        if faiss.get_num_gpus() > 0:
+            self.kmeans_on = "faiss-gpu"
+        elif torch_search(ctx.device) and cfg.train.assign == "kmeans":  # balanced_assign is faiss's k-means
+            self.kmeans_on = "torch"
+        else:
+            self.kmeans_on = "faiss-cpu"
         if self.bf16 and ctx.device.type == "cpu" and ctx.main:
             print(
                 "WARNING: train.precision=bf16 on a CPU: slower than fp32 here, and oneDNN's bf16 Conv3d gave NaN "
@@ -187,7 +201,8 @@ class Pretrainer:
         cfg = self.cfg.train
         # what train.precision=auto and channels_last=auto became here: the config says auto, the log says what ran
         self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
-                       bf16=self.bf16, channels_last=self.channels_last, compile=cfg.compile)  # fmt: skip
+                       bf16=self.bf16, channels_last=self.channels_last, compile=cfg.compile,
+                       kmeans_search=self.kmeans_on)  # fmt: skip
         rounds = 1 if self.method.supervised else cfg.rounds
         if not self.method.trains:
             self._finish()
@@ -329,16 +344,16 @@ class Pretrainer:
         count = global_count(len(ids), device) if sharded else len(ids)
         if count < cfg.k:
             raise UserError(f"only {count} videos gave features, fewer than train.k={cfg.k}")
+        if sharded or self.kmeans_on == "torch":  # the torch search: rank 0 alone, unless sharded
+            x = sharded_preprocess_features(x, dim=cfg.pca_dim, device=device, alone=not sharded)
+            result = sharded_kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters, ids=ids, device=device, alone=not sharded)
+        elif cfg.assign == "sinkhorn":
+            result = balanced_assign(preprocess_features(x, dim=cfg.pca_dim), cfg.k, seed, iters=cfg.kmeans_iters)
+        else:
+            result = kmeans(preprocess_features(x, dim=cfg.pca_dim), cfg.k, seed, iters=cfg.kmeans_iters, ids=ids)
         if sharded:
-            x = sharded_preprocess_features(x, dim=cfg.pca_dim, device=device)
-            result = sharded_kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters, ids=ids, device=device)
             labels = assemble_labels(result.assignments, ids, len(self.videos), device)
         else:
-            x = preprocess_features(x, dim=cfg.pca_dim)
-            if cfg.assign == "sinkhorn":
-                result = balanced_assign(x, cfg.k, seed=seed, iters=cfg.kmeans_iters)
-            else:
-                result = kmeans(x, cfg.k, seed=seed, iters=cfg.kmeans_iters, ids=ids)
             labels = np.full(len(self.videos), -1, dtype=LABEL_DTYPE)
             labels[ids] = result.assignments
         if not self.ctx.main:  # the log and the warning are rank 0's
