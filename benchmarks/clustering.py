@@ -5,26 +5,32 @@ iterations, no subsampling, final nearest-centroid assignment); (b) the bare fai
 (PCAMatrix, normalize_L2, faiss.Kmeans without subsampling, a search for the labels); (c) the sharded
 PCA + Lloyd k-means of ``xdc.clustering.sharded`` in one process, from the same initial centroids as (a);
 (d) the per-iteration cost of faiss's k-means and the sharded Lloyd k-means, alternated in one process on the
-same features from the same initial centroids. Features: a seeded mixture of 2,000 anisotropic Gaussian
-groups in 512-d, float32.
+same features from the same initial centroids; (e) the sharded path with the torch search on a CUDA device
+(what a round runs on a GPU when faiss has none; on the CPU where there is no GPU, for comparison only).
+Features: a seeded mixture of 2,000 anisotropic Gaussian groups in 512-d, float32.
 
-Each path runs in a fresh process that first builds the features: its time excludes that, and its memory is
-the peak resident memory it adds on top of the features (the kernel's high-water mark, reset after the
-features are built), untouched by what other paths allocated and freed. Wall and CPU seconds (all threads)
-are the fastest of ``--repeats`` interleaved runs. On a shared machine, ``--threads 1`` gives the steadiest
-comparison: with several threads, waiting threads spin and charge CPU time whenever a peer is descheduled.
+Each path runs in a fresh process that first reads the features (built once, cached in the temporary folder):
+its time excludes that, and its memory is the peak resident memory it adds on top of the features (the
+kernel's high-water mark, reset after the features are read), untouched by what other paths allocated and freed (on a GPU also the peak device memory).
+Wall and CPU seconds (all threads) are the fastest of ``--repeats`` interleaved runs. On a shared machine,
+``--threads 1`` gives the steadiest comparison: with several threads, waiting threads spin and charge CPU time whenever a peer is descheduled.
 
     .venv/bin/python benchmarks/clustering.py --sizes 100000 --ks 256 1024 --repeats 5
     .venv/bin/python benchmarks/clustering.py --sizes 100000 --ks 256 1024 --repeats 3 --threads 1
+    python3 benchmarks/clustering.py --sizes 1000000 --ks 256 1024 --paths ours torch   # on a GPU machine
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
+from functools import partial
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -36,6 +42,7 @@ from xdc.clustering.kmeans import kmeans
 from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
 
 MIB = 2**20
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # of the torch path
 
 
 def features(n: int, dim: int, seed: int, groups: int = 2000) -> np.ndarray:
@@ -49,6 +56,17 @@ def features(n: int, dim: int, seed: int, groups: int = 2000) -> np.ndarray:
         x[start : start + rows] = centres[rng.integers(0, groups, rows)]
         x[start : start + rows] += rng.standard_normal((rows, dim), dtype=np.float32) * scale
     return x
+
+
+def cached_features(n: int, dim: int, seed: int) -> Path:
+    """``features`` saved once in the temporary folder, which every child then reads (building 1M rows takes
+    10-20 s on one core, reading them back about 1 s)."""
+    path = Path(tempfile.gettempdir()) / f"xdc-clustering-features-{n}x{dim}-seed{seed}.npy"
+    if not path.exists():
+        partial_path = path.with_suffix(f".{os.getpid()}.npy")
+        np.save(partial_path, features(n, dim, seed))
+        partial_path.rename(path)  # atomic: a killed run leaves no truncated cache behind
+    return path
 
 
 def _status(field: str) -> int:
@@ -111,6 +129,8 @@ PATHS = {
     "ours": pipeline(preprocess_features, kmeans),  # what a round runs
     "faiss": bare_faiss,
     "sharded": pipeline(sharded_preprocess_features, sharded_kmeans),  # train.cluster_on=shards, one process
+    "torch": pipeline(partial(sharded_preprocess_features, device=DEVICE),  # a round on a GPU without faiss-gpu
+                      partial(sharded_kmeans, device=DEVICE, search="torch")),  # fmt: skip
     "lloyd": lloyd,
 }
 
@@ -120,7 +140,9 @@ def child(args: argparse.Namespace) -> None:
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
-    x = features(args.n, args.dim, args.seed)
+    x = np.load(cached_features(args.n, args.dim, args.seed))
+    if args.child == "torch" and DEVICE == "cuda":
+        torch.zeros(1, device=DEVICE)  # CUDA's start-up is not clustering time
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM (the peak resident set) to the current resident set
     base = _status("VmRSS")
@@ -129,6 +151,8 @@ def child(args: argparse.Namespace) -> None:
     t = clock.times
     if "pca_s" in t:
         t["total_s"], t["total_cpu_s"] = t["pca_s"] + t["kmeans_s"], t["pca_cpu_s"] + t["kmeans_cpu_s"]
+    if args.child == "torch" and DEVICE == "cuda":
+        t["device_peak_mib"] = torch.cuda.max_memory_allocated() / MIB
     print(json.dumps({**t, "peak_mib": (_status("VmHWM") - base) / MIB}))
 
 
@@ -159,6 +183,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each path, interleaved; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="faiss and torch threads (0: their default, all cores)")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=["ours", "faiss", "sharded", "lloyd"],
+                        help="paths to time (torch: the torch search on %s here)" % DEVICE)
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
@@ -167,33 +193,34 @@ def main() -> None:
         child(args)
         return
     rows = []
-    paths = ["ours", "faiss", "sharded"]
+    paths = [p for p in args.paths if p != "lloyd"]
     for n in args.sizes:
         for k in args.ks:
             runs = {path: [] for path in paths}
             for r in range(args.repeats):  # interleaved, in rotating order: load on a shared machine hits all alike
-                for path in paths[r % 3 :] + paths[: r % 3]:
+                for path in paths[r % len(paths) :] + paths[: r % len(paths)]:
                     runs[path].append(run_child(path, n, k, args))
-            a, b, c = runs["ours"], runs["faiss"], runs["sharded"]
-            it = run_child("lloyd", n, k, args)
-            rows.append({
-                "N": n, "k": k, "ours_s": round(fastest(a, "total_s"), 2), "faiss_s": round(fastest(b, "total_s"), 2),
-                "ratio": round(fastest(a, "total_s") / fastest(b, "total_s"), 3),
-                "ours_cpu_s": round(fastest(a, "total_cpu_s"), 1), "faiss_cpu_s": round(fastest(b, "total_cpu_s"), 1),
-                "cpu_ratio": round(fastest(a, "total_cpu_s") / fastest(b, "total_cpu_s"), 3),
-                "pca_cpu_s": f"{fastest(a, 'pca_cpu_s'):.1f} / {fastest(b, 'pca_cpu_s'):.1f}",
-                "kmeans_cpu_s": f"{fastest(a, 'kmeans_cpu_s'):.1f} / {fastest(b, 'kmeans_cpu_s'):.1f}",
-                "iters": f"{min(r['iterations'] for r in a)}/{min(r['iterations'] for r in b)}/"
-                         f"{min(r['iterations'] for r in c)}",
-                "iter_s": f"{lloyd_iter(it, 'faiss', '_s')} / {lloyd_iter(it, 'sharded', '_s')}",
-                "iter_cpu_s": f"{lloyd_iter(it, 'faiss', '_cpu_s')} / {lloyd_iter(it, 'sharded', '_cpu_s')}",
-                "sharded_pca_cpu_s": round(fastest(c, "pca_cpu_s"), 1),
-                "features_mib": round(n * args.dim * 4 / MIB),
-                "peak_mib": "/".join(str(round(min(r["peak_mib"] for r in runs[p]))) for p in paths),
-            })  # fmt: skip
+            row = {"N": n, "k": k, "features_mib": round(n * args.dim * 4 / MIB)}
+            for path, got in runs.items():
+                keys = ("total_s", "total_cpu_s", "pca_s", "kmeans_s")
+                row |= {f"{path}_{key}": round(fastest(got, key), 2) for key in keys}
+                row |= {f"{path}_pca_cpu_s": round(fastest(got, "pca_cpu_s"), 1),
+                        f"{path}_iters": min(r["iterations"] for r in got),
+                        f"{path}_peak_mib": round(fastest(got, "peak_mib"))}  # fmt: skip
+                if "device_peak_mib" in got[0]:
+                    row[f"{path}_device_peak_mib"] = round(fastest(got, "device_peak_mib"))
+            if "ours" in runs and "faiss" in runs:
+                row["ratio"] = round(row["ours_total_s"] / row["faiss_total_s"], 3)
+                row["cpu_ratio"] = round(row["ours_total_cpu_s"] / row["faiss_total_cpu_s"], 3)
+            if "lloyd" in args.paths:
+                it = run_child("lloyd", n, k, args)
+                row["iter_s"] = f"{lloyd_iter(it, 'faiss', '_s')} / {lloyd_iter(it, 'sharded', '_s')}"
+                row["iter_cpu_s"] = f"{lloyd_iter(it, 'faiss', '_cpu_s')} / {lloyd_iter(it, 'sharded', '_cpu_s')}"
+            rows.append(row)
             print(rows[-1], flush=True)
     name = "clustering" + (f"_threads{args.threads}" if args.threads else "")
-    report(name, rows, {"args": vars(args), "faiss": faiss.__version__, "faiss_gpus": faiss.get_num_gpus()})
+    report(name, rows, {"args": vars(args), "faiss": faiss.__version__, "faiss_gpus": faiss.get_num_gpus(),
+                       "torch_device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"})
 
 
 if __name__ == "__main__":

@@ -8,16 +8,19 @@
 # step with under 20 s left is skipped. STEPs (optional) run only those steps. A wheels/ folder of the repository
 # root (made by benchmarks/gpu_wheels.sh), if present, is installed first into /tmp/xdc-site: for machines whose
 # Python has torch but not PyAV or faiss.
-# Steps, most important first:
+# Steps, in the order they run (most wanted first; eager and cl were measured on 2026-11-29, see BENCHMARKS.md):
 #   env         GPU, driver, CPU cores, package versions, a bf16 matrix-product ceiling
-#   eager       benchmarks/train_step.py, paper preset, batch 128, bf16: model-only, end-to-end, loader-only,
-#               and a profile of 5 model-only steps (ops by device time)
-#   cl          the same with channels-last
-#   compile     the same with channels-last and torch.compile (inductor; compiling takes a minute)
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last on cuDNN, pinned batches, a step that does
-#               not wait for the GPU, a killed run resumed)
-#   clustering  benchmarks/clustering.py at 100k x 512-d, k 256 and 1024 (faiss as installed: GPU or CPU)
-# OUT_DIR gets gpu_check.log, one JSON per measuring step and profiles.txt (6 files).
+#               not wait for the GPU, a killed run resumed, k-means searched by torch on the GPU)
+#   compile     benchmarks/train_step.py, paper preset, batch 128, bf16, channels-last, torch.compile (inductor;
+#               compiling takes a minute): model-only, end-to-end, loader-only, one process, and a profile of 5
+#               model-only steps (ops by device time)
+#   pad8        the same, model-only, with the middle widths padded to multiples of 8 (--pad-widths 8)
+#   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024: xdc's round on the CPU (faiss as
+#               installed) and the torch search on the GPU
+#   eager       as compile, without torch.compile and channels-last
+#   cl          as compile, without torch.compile
+# OUT_DIR gets gpu_check.log, one JSON per measuring step and profiles.txt (at most 8 files).
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]}
 deadline=${2:-0}
@@ -69,10 +72,11 @@ torch.cuda.synchronize(); t = time.perf_counter()
 for _ in range(10): a @ a
 torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
+step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+train_step compile 180 --channels-last --compile --profile "$out/profiles.txt"
+train_step pad8 120 --channels-last --compile --model-only --pad-widths 8 --profile "$out/profiles.txt"
+step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 --paths ours torch &&
+    cp benchmarks/results/clustering.json "$out/clustering.json"
 train_step eager 110 --profile "$out/profiles.txt"
 train_step cl 90 --channels-last --profile "$out/profiles.txt"
-train_step compile 180 --channels-last --compile --profile "$out/profiles.txt"
-step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step clustering 90 python3 benchmarks/clustering.py --sizes 100000 --ks 256 1024 --repeats 1 &&
-    cp benchmarks/results/clustering.json "$out/clustering.json"
 echo "=== done after $SECONDS s"

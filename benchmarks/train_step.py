@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --preset tiny --device cpu --steps 10
     python benchmarks/train_step.py --preset paper --channels-last --compile --batch 128 --data DIR
     python benchmarks/train_step.py --preset paper --channels-last --compile --profile profile.txt
+    python benchmarks/train_step.py --preset paper --channels-last --compile --pad-widths 8
 
 The step is the Pretrainer's own (xdc.training.pretrain): both encoders, the two cross-modal heads (k clusters),
 cross-entropy against pseudo-labels, backward, and the SGD steps of encoders and heads, under the configured
@@ -16,6 +17,9 @@ precision, memory layout and torch.compile. Three measurements:
                --loader-steps batches (it is cheap: more than the model steps, for a steadier rate);
   one process  the loader's items read one after another in this process with one thread, no loader: what
                one core makes, so that loader only / (workers x this) shows what the loader's processes cost.
+--pad-widths M widens the video encoder's middle widths to multiples of M (at width 64, 45, 230, 460 and 921 are
+not multiples of 8; cuDNN pads them itself in every step) with channels that stay exactly zero: zero filters in,
+zero BatchNorm shift, zero weights out. The same function up to float rounding; MFU counts the unpadded FLOPs.
 Without --data, a synthetic set (xdc make-synthetic) is written to a temporary folder with frames whose short
 side is the preset's decode size, at 25 fps (decoding cost grows with the source frame rate).
 """
@@ -33,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from common import report
 from xdc.config import Config, SyntheticConfig, load_config
@@ -61,6 +66,9 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' dense bf16)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: CPU cores")
     parser.add_argument("--data", type=Path, help="folder of video files (default: a generated synthetic set)")
+    parser.add_argument("--model-only", action="store_true", help="skip the measurements that read files")
+    parser.add_argument("--pad-widths", type=int, default=0, metavar="M",
+                        help="widen the video encoder's middle widths to multiples of M with zero channels")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also profile 5 model-only steps: the ops by device time, as a table appended to FILE")
     args = parser.parse_args()
@@ -89,13 +97,19 @@ def main() -> None:
                                    for i, s in enumerate(trainer.method.label_sets)}  # fmt: skip
         trainer._new_heads()
         trainer.train_model.train()
+        random_batch = random_clips(trainer, args.batch, device)
+        flops = count_flops(lambda: trainer._step(trainer.model, random_batch))  # uncompiled: the counter sees ops
+        if args.pad_widths:
+            padded = {name: pad_middle_widths(enc, args.pad_widths) for name, enc in trainer.encoders.items()}
+            print(f"padded middle widths to multiples of {args.pad_widths}: {padded} convs")
+            if trainer.channels_last:
+                trainer.encoders.to(memory_format=torch.channels_last_3d)
+            trainer.optimizer = trainer._sgd(trainer.encoders.parameters())  # the new parameters
 
         def step(batch: dict) -> None:
             trainer._step(trainer.train_model, batch)
 
-        random_batch = random_clips(trainer, args.batch, device)
         first_s, model_s, model_clips = timed(step, itertools.repeat(random_batch), args.warmup, args.steps, device)
-        flops = count_flops(lambda: trainer._step(trainer.model, random_batch))  # uncompiled: the counter sees ops
 
         def row(measure: str, seconds: float, clips: int, steps: int) -> dict:
             r = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / steps,
@@ -113,20 +127,22 @@ def main() -> None:
                     f"channels_last={args.channels_last}, compile={args.compile}")
         failed = {}
         fed = [("end-to-end", step, args.steps), ("loader only", trainer._inputs, args.loader_steps)]
-        for measure, run, steps in fed:
+        for measure, run, steps in [] if args.model_only else fed:
             try:
                 seconds, clips = timed(run, iter(trainer._train_loader()), args.warmup, steps, device)[1:]
                 rows.append(row(measure, seconds, clips, steps))
             except RuntimeError as e:  # e.g. a loader worker killed (too little shared memory): keep the rest
                 print(f"{measure} failed: {e}")
                 failed[measure] = str(e)
-        rows.append(row("one process", *read_items(trainer.train_set, n, 2 * args.batch), 2))  # 2 batches
+        if not args.model_only:
+            rows.append(row("one process", *read_items(trainer.train_set, n, 2 * args.batch), 2))  # 2 batches
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
-        "channels_last": args.channels_last, "compile": args.compile, "batch": args.batch, "k": args.k,
+        "channels_last": args.channels_last, "compile": args.compile, "pad_widths": args.pad_widths,
+        "batch": args.batch, "k": args.k,
         "steps": args.steps, "loader_steps": args.loader_steps, "warmup": args.warmup, "workers": args.workers,
         "videos": n,
         "data": str(args.data) if args.data else "synthetic", "gflop_per_step": flops / 1e9,
@@ -145,6 +161,46 @@ def synthetic_set(cfg: Config, out: Path, videos: int) -> Path:
     synthetic = SyntheticConfig(width=2 * round(short * 2 / 3), height=short, fps=25, seconds=2 * span)
     make_synthetic(out, max(videos, 64), 8, seed=0, cfg=synthetic)
     return out / "videos"
+
+
+def pad_middle_widths(encoder: nn.Module, multiple: int) -> int:
+    """Widen every conv -> BatchNorm -> ReLU -> conv chain whose middle width is not a multiple of ``multiple`` (the
+    (2+1)D convs and the stem) with channels that are zero and stay zero under SGD: their filters and BatchNorm
+    shift are zero, so they normalise to 0 and ReLU passes 0 with zero gradient, and the next conv's weights on
+    them are zero and receive none. Returns the number of chains widened."""
+    widened = 0
+    for chain in [m for m in encoder.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(chain) - 3):
+            first, norm, relu, second = (chain[i + j] for j in range(4))
+            kinds = (nn.Conv3d, nn.BatchNorm3d, nn.ReLU, nn.Conv3d)
+            if not all(isinstance(m, kind) for m, kind in zip((first, norm, relu, second), kinds)):
+                continue
+            mid = first.out_channels
+            wide = -(-mid // multiple) * multiple
+            if wide == mid:
+                continue
+            chain[i] = _widened_conv(first, first.in_channels, wide)
+            chain[i + 1] = _widened_norm(norm, wide)
+            chain[i + 3] = _widened_conv(second, wide, second.out_channels)
+            widened += 1
+    return widened
+
+
+def _widened_conv(conv: nn.Conv3d, cin: int, cout: int) -> nn.Conv3d:
+    wide = nn.Conv3d(cin, cout, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    wide = wide.to(conv.weight.device, conv.weight.dtype)
+    with torch.no_grad():
+        wide.weight.zero_()
+        wide.weight[: conv.out_channels, : conv.in_channels] = conv.weight
+    return wide
+
+
+def _widened_norm(norm: nn.BatchNorm3d, width: int) -> nn.BatchNorm3d:
+    wide = nn.BatchNorm3d(width, eps=norm.eps, momentum=norm.momentum).to(norm.weight.device)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(wide, name)[: norm.num_features] = getattr(norm, name)
+    return wide  # new channels: scale 1, shift 0, running mean 0 and variance 1
 
 
 def random_clips(trainer: Pretrainer, batch: int, device: torch.device) -> dict:
