@@ -16,11 +16,12 @@
 #               compiling takes a minute): model-only, end-to-end, loader-only, one process, and a profile of 5
 #               model-only steps (ops by device time)
 #   pad8        the same, model-only, with the middle widths padded to multiples of 8 (--pad-widths 8)
+#   b256        compile's model-only step at batch 256
 #   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024: xdc's round on the CPU (faiss as
 #               installed) and the torch search on the GPU
 #   eager       as compile, without torch.compile and channels-last
 #   cl          as compile, without torch.compile
-# OUT_DIR gets gpu_check.log, one JSON per measuring step and profiles.txt (at most 8 files).
+# OUT_DIR gets gpu_check.log, one JSON per measuring step and profiles.txt (8 files).
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]}
 deadline=${2:-0}
@@ -77,6 +78,7 @@ train_step compile 180 --channels-last --compile --profile "$out/profiles.txt"
 train_step pad8 120 --channels-last --compile --model-only --pad-widths 8 --profile "$out/profiles.txt"
 step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 --paths ours torch &&
     cp benchmarks/results/clustering.json "$out/clustering.json"
+train_step b256 120 --channels-last --compile --model-only --batch 256
 train_step eager 110 --profile "$out/profiles.txt"
 train_step cl 90 --channels-last --profile "$out/profiles.txt"
 echo "=== done after $SECONDS s"
