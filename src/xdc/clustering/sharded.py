@@ -307,7 +307,6 @@ def _free_device_memory(device: torch.device) -> int:
 
 
 def _update(sums: np.ndarray) -> np.ndarray:
-
     """Centroids (float32) from the global sums and counts; each empty cluster takes half of the largest.
 
     Like faiss, the empty cluster copies the centroid of the one it splits, and the two move apart by a
