@@ -9,7 +9,8 @@
 # root (made by benchmarks/gpu_wheels.sh), if present, is installed first into /tmp/xdc-site: for machines whose
 # Python has torch but not PyAV or faiss.
 # Steps, in the order they run (most wanted first; eager and cl were measured on 2026-11-29, see BENCHMARKS.md):
-#   env         GPU, driver, CPU cores, package versions, a bf16 matrix-product ceiling
+#   env         GPU, driver, CPU cores and model (and any CPU quota), package versions, a bf16 matrix-product
+#               ceiling
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last on cuDNN, pinned batches, a step that does
 #               not wait for the GPU, a killed run resumed, k-means searched by torch on the GPU)
 #   compile     benchmarks/train_step.py, paper preset, batch 128, bf16, channels-last, torch.compile (inductor;
@@ -63,7 +64,8 @@ train_step() {  # train_step NAME LIMIT FLAGS...
         cp benchmarks/results/train_step.json "$out/train_step_$name.json"
 }
 
-step env 60 bash -c 'nvidia-smi; nproc; free -g; df -h /dev/shm /tmp; python3 -c "
+step env 60 bash -c 'nvidia-smi; nproc; lscpu | grep -E "Model name|MHz|Thread|Socket|Hypervisor"
+cat /sys/fs/cgroup/cpu.max 2>/dev/null; free -g; df -h /dev/shm /tmp; python3 -c "
 import sys, time, torch, torchvision, torchaudio, av, faiss
 print(sys.version.split()[0], torch.__version__, torchvision.__version__, torchaudio.__version__, av.__version__,
       faiss.__version__, torch.cuda.get_device_name(), \"faiss GPUs:\", faiss.get_num_gpus())
