@@ -84,6 +84,24 @@ def test_routing_of_pseudo_labels_to_heads(method, manifest, tmp_path):
         assert learns("video") == ["video-clusters"] and learns("audio") == []
 
 
+def test_clustering_with_the_torch_search_gives_faiss_labels(manifest, tmp_path):
+    """What a round runs on a CUDA device with faiss-cpu (rank 0 alone, the torch search), here on the CPU."""
+    trainer = Pretrainer(cfg_for("xdc", "train.k=4"), manifest, tmp_path, Dist())
+    video, audio = two_rules(len(trainer.videos))
+    video[3] = np.nan  # the clip of video 3 failed: it gets no label
+
+    def labels(search: str) -> dict[str, np.ndarray]:
+        trainer.kmeans_on = search
+        return trainer._cluster({"video": torch.from_numpy(video.copy()), "audio": torch.from_numpy(audio.copy())})
+
+    by_faiss, by_torch = labels("faiss-cpu"), labels("torch")
+    assert set(by_torch) == set(by_faiss) == set(trainer.method.label_sets)
+    for name in by_faiss:
+        np.testing.assert_array_equal(by_torch[name], by_faiss[name])
+        assert by_torch[name].dtype == np.int32 and len(np.unique(by_torch[name][by_torch[name] >= 0])) == 4
+    assert by_torch["video"][3] == -1 and (np.delete(by_torch["video"], 3) >= 0).all()
+
+
 def test_every_method_has_a_consistent_table():
     for m in METHODS.values():
         for encoder, label_set in m.heads:

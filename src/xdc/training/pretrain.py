@@ -345,8 +345,10 @@ class Pretrainer:
         if count < cfg.k:
             raise UserError(f"only {count} videos gave features, fewer than train.k={cfg.k}")
         if sharded or self.kmeans_on == "torch":  # the torch search: rank 0 alone, unless sharded
+            search = "torch" if self.kmeans_on == "torch" else "faiss"
             x = sharded_preprocess_features(x, dim=cfg.pca_dim, device=device, alone=not sharded)
-            result = sharded_kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters, ids=ids, device=device, alone=not sharded)
+            result = sharded_kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters, ids=ids, device=device, search=search,
+                                    alone=not sharded)  # fmt: skip
         elif cfg.assign == "sinkhorn":
             result = balanced_assign(preprocess_features(x, dim=cfg.pca_dim), cfg.k, seed, iters=cfg.kmeans_iters)
         else:
