@@ -18,11 +18,12 @@
 #               model-only steps (ops by device time)
 #   pad8        the same, model-only, with the middle widths padded to multiples of 8 (--pad-widths 8)
 #   b256        compile's model-only step at batch 256
+#   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN)
 #   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024: xdc's round on the CPU (faiss as
 #               installed) and the torch search on the GPU
-#   eager       as compile, without torch.compile and channels-last
-#   cl          as compile, without torch.compile
-# OUT_DIR gets gpu_check.log, one JSON per measuring step and profiles.txt (8 files).
+#   eager       as compile, without torch.compile and channels-last (its JSON is not kept: the log has its rows)
+#   cl          as compile, without torch.compile (the same)
+# OUT_DIR gets gpu_check.log, profiles.txt and one JSON per other measuring step (7 files).
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]}
 deadline=${2:-0}
@@ -56,12 +57,14 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log it
     return $status
 }
 
-train_step() {  # train_step NAME LIMIT FLAGS...
+train_step() {  # train_step NAME LIMIT FLAGS...: the JSON is kept unless NAME is eager or cl (at most 8 files)
     local name=$1 limit=$2
     shift 2
     step "$name" "$limit" python3 benchmarks/train_step.py --preset paper --batch 128 --steps 50 --warmup 10 \
         --loader-steps 100 "$@" &&
-        cp benchmarks/results/train_step.json "$out/train_step_$name.json"
+        if [ "$name" != eager ] && [ "$name" != cl ]; then
+            cp benchmarks/results/train_step.json "$out/train_step_$name.json"
+        fi
 }
 
 step env 60 bash -c 'nvidia-smi; nproc; lscpu | grep -E "Model name|MHz|Thread|Socket|Hypervisor"
@@ -81,6 +84,8 @@ train_step pad8 120 --channels-last --compile --model-only --pad-widths 8 --prof
 step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 --paths ours torch &&
     cp benchmarks/results/clustering.json "$out/clustering.json"
 train_step b256 120 --channels-last --compile --model-only --batch 256
+train_step autotune 300 --channels-last --compile-mode max-autotune-no-cudagraphs --model-only \
+    --profile "$out/profiles.txt"
 train_step eager 110 --profile "$out/profiles.txt"
 train_step cl 90 --channels-last --profile "$out/profiles.txt"
 echo "=== done after $SECONDS s"

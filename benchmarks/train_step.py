@@ -5,6 +5,7 @@
     python benchmarks/train_step.py --preset paper --channels-last --compile --batch 128 --data DIR
     python benchmarks/train_step.py --preset paper --channels-last --compile --profile profile.txt
     python benchmarks/train_step.py --preset paper --channels-last --compile --pad-widths 8
+    python benchmarks/train_step.py --preset paper --channels-last --compile-mode max-autotune-no-cudagraphs
 
 The step is the Pretrainer's own (xdc.training.pretrain): both encoders, the two cross-modal heads (k clusters),
 cross-entropy against pseudo-labels, backward, and the SGD steps of encoders and heads, under the configured
@@ -60,6 +61,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", help="torch.compile's mode, e.g. max-autotune-no-cudagraphs (implies "
+                        "--compile; Inductor's Triton templates then compete with cuDNN for the convolutions)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30, help="timed steps of each measurement")
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also profile 5 model-only steps: the ops by device time, as a table appended to FILE")
     args = parser.parse_args()
+    args.compile = args.compile or bool(args.compile_mode)
     if min(args.warmup, args.steps, args.loader_steps) < 1:
         parser.error("--warmup, --steps and --loader-steps must be at least 1")
 
@@ -110,6 +114,8 @@ def main() -> None:
             if trainer.channels_last:
                 trainer.encoders.to(memory_format=torch.channels_last_3d)
             trainer.optimizer = trainer._sgd(trainer.encoders.parameters())  # the new parameters
+        if args.compile_mode:  # the trainer's own wrapper compiles in the default mode; it has not run yet
+            trainer.train_model = torch.compile(trainer.model, mode=args.compile_mode)
 
         def step(batch: dict) -> None:
             trainer._step(trainer.train_model, batch)
@@ -129,7 +135,8 @@ def main() -> None:
         rows = [row("model-only", model_s, model_clips, args.steps)]
         if args.profile:
             profile(step, random_batch, device, args.profile, f"{args.preset}, batch {args.batch}, {precision}, "
-                    f"channels_last={args.channels_last}, compile={args.compile}")
+                    f"channels_last={args.channels_last}, compile={args.compile_mode or args.compile}, "
+                    f"pad_widths={args.pad_widths}")
         failed = {}
         fed = [("end-to-end", step, args.steps), ("loader only", trainer._inputs, args.loader_steps)]
         for measure, run, steps in [] if args.model_only else fed:
@@ -146,7 +153,8 @@ def main() -> None:
 
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
-        "channels_last": args.channels_last, "compile": args.compile, "pad_widths": args.pad_widths,
+        "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
+        "pad_widths": args.pad_widths,
         "batch": args.batch, "k": args.k,
         "steps": args.steps, "loader_steps": args.loader_steps, "warmup": args.warmup, "workers": args.workers,
         "videos": n,
