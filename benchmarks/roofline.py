@@ -55,8 +55,10 @@ class OpCosts(TorchDispatchMode):
         tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
         counter = flop_registry.get(func.overloadpacket)
         flops = counter(*args, **kwargs, out_val=out) if counter else 0
-        self.ops.append({"op": func.overloadpacket.__name__, "module": self.module, "flops": flops,
-                         "bytes": sum(t.numel() * t.element_size() for t in tensors)})  # fmt: skip
+        moved = sum(t.numel() * t.element_size() for t in tensors)
+        if func.overloadpacket is torch.ops.aten.convolution_backward and all(args[-1][:2]):
+            moved += args[0].numel() * args[0].element_size()  # data and weight gradients: two passes over it
+        self.ops.append({"op": func.overloadpacket.__name__, "module": self.module, "flops": flops, "bytes": moved})
         return out
 
 
