@@ -154,10 +154,8 @@ def main() -> None:
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
         "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
-        "pad_widths": args.pad_widths,
-        "batch": args.batch, "k": args.k,
-        "steps": args.steps, "loader_steps": args.loader_steps, "warmup": args.warmup, "workers": args.workers,
-        "videos": n,
+        "pad_widths": args.pad_widths, "batch": args.batch, "k": args.k, "steps": args.steps,
+        "loader_steps": args.loader_steps, "warmup": args.warmup, "workers": args.workers, "videos": n,
         "data": str(args.data) if args.data else "synthetic" if args.unprepared else "synthetic, prepared",
         "gflop_per_step": flops / 1e9,
         "first_step_s": first_s, "peak_tflops": peak, "load_average_1m": os.getloadavg()[0], "failed": failed,

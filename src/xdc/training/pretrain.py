@@ -344,7 +344,8 @@ class Pretrainer:
         count = global_count(len(ids), device) if sharded else len(ids)
         if count < cfg.k:
             raise UserError(f"only {count} videos gave features, fewer than train.k={cfg.k}")
-        if sharded or self.kmeans_on == "torch":  # the torch search: rank 0 alone, unless sharded
+        # xdc.clustering.sharded's Lloyd k-means: over all ranks (shards), or rank 0 alone for the torch search
+        if sharded or self.kmeans_on == "torch":
             search = "torch" if self.kmeans_on == "torch" else "faiss"
             x = sharded_preprocess_features(x, dim=cfg.pca_dim, device=device, alone=not sharded)
             result = sharded_kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters, ids=ids, device=device, search=search,
