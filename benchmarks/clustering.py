@@ -197,7 +197,7 @@ def main() -> None:
     for n in args.sizes:
         for k in args.ks:
             runs = {path: [] for path in paths}
-            for r in range(args.repeats):  # interleaved, in rotating order: load on a shared machine hits all alike
+            for r in range(args.repeats if paths else 0):  # interleaved, rotating: load on a shared machine hits all
                 for path in paths[r % len(paths) :] + paths[: r % len(paths)]:
                     runs[path].append(run_child(path, n, k, args))
             row = {"N": n, "k": k, "features_mib": round(n * args.dim * 4 / MIB)}
