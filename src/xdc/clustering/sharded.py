@@ -290,7 +290,8 @@ class _TorchRows:
         d = self.dim
         sums = torch.zeros(k, d + 1, dtype=torch.float64, device=self.device)
         for start, block in zip(range(0, len(self.labels), _CHUNK), self.blocks):
-            members = torch.nn.functional.one_hot(self.labels[start : start + len(block)], k).to(torch.float64)
+            labels = self.labels[start : start + len(block), None]
+            members = torch.zeros(len(block), k, dtype=torch.float64, device=self.device).scatter_(1, labels, 1.0)
             sums[:, :d].addmm_(members.T, block.to(self.device, torch.float64))
         sums[:, d] = torch.bincount(self.labels, minlength=k).to(torch.float64)
         return sums
