@@ -16,14 +16,16 @@
 #   compile     benchmarks/train_step.py, paper preset, batch 128, bf16, channels-last, torch.compile (inductor;
 #               compiling takes a minute): model-only, end-to-end, loader-only, one process, and a profile of 5
 #               model-only steps (ops by device time)
-#   pad8        the same, model-only, with the middle widths padded to multiples of 8 (--pad-widths 8)
-#   b256        compile's model-only step at batch 256
-#   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN)
+#   convs       benchmarks/conv_shapes.py: every convolution of the encoders alone, forward + backward, against its
+#               roofline, as called and as 2-D or channel-padded equivalents
+#   pad8        compile's model-only step with the middle widths padded to multiples of 8 (--pad-widths 8)
 #   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024: xdc's round on the CPU (faiss as
 #               installed) and the torch search on the GPU
+#   b256        compile's model-only step at batch 256
+#   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN)
 #   eager       as compile, without torch.compile and channels-last (its JSON is not kept: the log has its rows)
 #   cl          as compile, without torch.compile (the same)
-# OUT_DIR gets gpu_check.log, profiles.txt and one JSON per other measuring step (7 files).
+# OUT_DIR gets gpu_check.log, profiles.txt and one JSON per other measuring step (8 files).
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]}
 deadline=${2:-0}
@@ -80,6 +82,7 @@ torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
 step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 train_step compile 180 --channels-last --compile --profile "$out/profiles.txt"
+step convs 150 python3 benchmarks/conv_shapes.py && cp benchmarks/results/conv_shapes.json "$out/conv_shapes.json"
 train_step pad8 120 --channels-last --compile --model-only --pad-widths 8 --profile "$out/profiles.txt"
 step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 --paths ours torch &&
     cp benchmarks/results/clustering.json "$out/clustering.json"

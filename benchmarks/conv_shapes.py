@@ -1,0 +1,171 @@
+"""Every convolution of a preset's encoders timed on its own, forward + backward, against its roofline, in the
+formulations that compute the same thing: where the MFU of a training step is lost, layer by layer.
+
+    python benchmarks/conv_shapes.py                                  # paper preset, batch 128, bf16, on CUDA
+    python benchmarks/conv_shapes.py --device cpu --batch 2 --reps 2  # a smoke run
+
+The shapes come from one forward pass of both encoders on the meta device (no data). Each distinct shape runs in
+channels-last bf16 (as a training step on CUDA does) with cuDNN's autotuner on, as
+  native  the convolution as the model calls it;
+  2d      a (1, k, k) convolution without temporal stride as a 2-D one over the frames (N x T images), and a
+          (k, 1, 1) one without spatial stride as a 2-D one over (T, H x W): free views of the channels-last
+          tensor, the same weights;
+  pad8    input and output channels rounded up to multiples of 8 (what cuDNN otherwise pads on every call).
+Backward computes the weight gradient, and the input gradient except for a clip's first convolution. The
+roofline of a shape is max(FLOPs / peak, bytes / bandwidth) per pass (benchmarks/roofline.py); "of roofline" is
+that time over the measured one. Totals weigh each shape by how often the encoders use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from common import report
+from xdc.config import load_config
+from xdc.data.datasets import TrainClips
+from xdc.data.manifest import Manifest
+from xdc.methods import METHODS
+from xdc.models.encoders import build_encoder
+from xdc.training.flops import peak_tflops
+
+
+class ConvCalls(TorchDispatchMode):
+    """The shape of every convolution run under it: (input shape, weight shape, stride, padding), counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default:
+            x, w, _, stride, padding = args[:5]
+            self.calls[(tuple(x.shape), tuple(w.shape), tuple(stride), tuple(padding))] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def model_convs(preset: str, batch: int) -> tuple[Counter, set[tuple[int, ...]]]:
+    """The convolutions of XDC's encoders at ``batch``, and the shapes of the clips they take."""
+    cfg = load_config(None, [], preset=preset)
+    method = METHODS["xdc"]
+    shapes = TrainClips(Manifest.from_rows([]), cfg.data, modalities=method.modalities).shapes()
+    calls = ConvCalls()
+    with torch.device("meta"), torch.no_grad(), calls:
+        for name, modality in method.encoders.items():
+            build_encoder(modality, cfg.model)(torch.empty(batch, *shapes[modality]))
+    return calls.calls, {(batch, *shape) for shape in shapes.values()}
+
+
+def formulations(xs, ws, stride, padding) -> dict[str, tuple]:
+    """(input shape, weight shape, stride, padding, conv function) per formulation of one convolution."""
+    conv = F.conv3d if len(ws) == 5 else F.conv2d
+    out = {"native": (xs, ws, stride, padding, conv)}
+    if len(ws) == 5:
+        n, c, t, h, w = xs
+        co, ci, kt, kh, kw = ws
+        if kt == 1 and stride[0] == 1 and padding[0] == 0:  # spatial: the frames as a batch of images
+            out["2d"] = ((n * t, c, h, w), (co, ci, kh, kw), stride[1:], padding[1:], F.conv2d)
+        elif kh == kw == 1 and stride[1:] == (1, 1) and padding[1:] == (0, 0):  # temporal: time x pixels
+            out["2d"] = ((n, c, t, h * w), (co, ci, kt, 1), (stride[0], 1), (padding[0], 0), F.conv2d)
+    rounded = (-(-xs[1] // 8) * 8, -(-ws[0] // 8) * 8)
+    if rounded != (xs[1], ws[0]):
+        out["pad8"] = ((xs[0], rounded[0], *xs[2:]), (rounded[1], rounded[0], *ws[2:]), stride, padding, conv)
+    return out
+
+
+def timed(xs, ws, stride, padding, conv, input_grad: bool, device: torch.device, reps: int) -> tuple[float, float]:
+    """Seconds of one forward and of one backward of ``conv`` on channels-last bf16 tensors of these shapes."""
+    layout = torch.channels_last_3d if len(xs) == 5 else torch.channels_last
+    x = torch.randn(xs, device=device, dtype=torch.bfloat16).contiguous(memory_format=layout)
+    w = torch.randn(ws, device=device, dtype=torch.bfloat16).contiguous(memory_format=layout)
+    x.requires_grad_(input_grad)
+    w.requires_grad_(True)
+    wanted = (x, w) if input_grad else (w,)
+
+    grad = torch.ones_like(conv(x, w, stride=stride, padding=padding))
+
+    def run(backward: bool) -> None:
+        y = conv(x, w, stride=stride, padding=padding)
+        if backward:
+            torch.autograd.grad(y, wanted, grad)
+
+    seconds = []
+    for backward in (False, True):
+        for _ in range(2):  # the autotuner times its kernels on the first call
+            run(backward)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            run(backward)
+        sync(device)
+        seconds.append((time.perf_counter() - start) / reps)
+    return seconds[0], max(seconds[1] - seconds[0], 0.0)
+
+
+def roofline(xs, ws, stride, padding, input_grad: bool, peak: float, bandwidth: float) -> tuple[float, float]:
+    """Least seconds of the forward and the backward of this convolution (bf16, 2 bytes an element)."""
+    y = F.conv3d if len(ws) == 5 else F.conv2d
+    with torch.device("meta"):
+        ys = y(torch.empty(xs), torch.empty(ws), stride=stride, padding=padding).shape
+    numel = lambda shape: torch.Size(shape).numel()  # noqa: E731
+    flops = 2 * numel(ys) * numel(ws[1:])
+    fwd_bytes = 2 * (numel(xs) + numel(ws) + numel(ys))
+    passes = 2 if input_grad else 1  # the output gradient is read once per gradient computed
+    # weight gradient: reads the output gradient and the input, writes the weights' shape; input gradient: reads
+    # the output gradient and the weights, writes the input's shape
+    bwd_bytes = 2 * (passes * numel(ys) + numel(xs) + numel(ws) + (numel(ws) + numel(xs) if input_grad else 0))
+    return max(flops / peak, fwd_bytes / bandwidth), max(passes * flops / peak, bwd_bytes / bandwidth)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reps", type=int, default=20, help="timed calls of each pass")
+    parser.add_argument("--peak-tflops", type=float, help="dense bf16 (default: the GPU's by name, else 989)")
+    parser.add_argument("--bandwidth", type=float, default=4.8, help="memory TB/s (H200: 4.8, H100 SXM: 3.35)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = (args.peak_tflops or peak_tflops(name) or 989.0) * 1e12
+    torch.backends.cudnn.benchmark = True
+
+    calls, clips = model_convs(args.preset, args.batch)
+    rows, totals = [], Counter()
+    for (xs, ws, stride, padding), count in calls.items():
+        input_grad = xs not in clips
+        best_fwd, best_bwd = roofline(xs, ws, stride, padding, input_grad, peak, args.bandwidth * 1e12)
+        row = {"input": "x".join(map(str, xs[1:])), "kernel": "x".join(map(str, ws[2:])),
+               "out": ws[0], "stride": "x".join(map(str, stride)), "uses": count,
+               "roofline_ms": 1e3 * (best_fwd + best_bwd)}  # fmt: skip
+        totals["roofline"] += count * (best_fwd + best_bwd)
+        measured = {}
+        for variant, (vx, vw, vs, vp, conv) in formulations(xs, ws, stride, padding).items():
+            fwd, bwd = timed(vx, vw, vs, vp, conv, input_grad, device, args.reps)
+            measured[variant] = fwd + bwd
+            row[f"{variant}_ms"] = 1e3 * (fwd + bwd)
+        row["native_of_roofline"] = (best_fwd + best_bwd) / measured["native"]
+        row["best"] = min(measured, key=measured.get)
+        totals["native"] += count * measured["native"]
+        totals["best"] += count * measured[row["best"]]
+        rows.append(row)
+        print(row, flush=True)
+    rows.append({"input": "all, weighted by uses", "roofline_ms": 1e3 * totals["roofline"],
+                 "native_ms": 1e3 * totals["native"], "native_of_roofline": totals["roofline"] / totals["native"],
+                 "best": f"{1e3 * totals['best']:.1f} ms with the best formulation of each"})  # fmt: skip
+    report("conv_shapes", rows, {**vars(args), "device_name": name, "peak_tflops": peak / 1e12})
+
+
+if __name__ == "__main__":
+    main()
