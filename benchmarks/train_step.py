@@ -109,10 +109,11 @@ def main() -> None:
         random_batch = random_clips(trainer, args.batch, device)
         flops = count_flops(lambda: trainer._step(trainer.model, random_batch))  # uncompiled: the counter sees ops
         if args.pad_widths:
-            padded = {name: pad_middle_widths(enc, args.pad_widths) for name, enc in trainer.encoders.items()}
-            print(f"padded middle widths to multiples of {args.pad_widths}: {padded} convs")
-            if trainer.channels_last:
-                trainer.encoders.to(memory_format=torch.channels_last_3d)
+            videos = [trainer.encoders[e] for e, m in trainer.method.encoders.items() if m == "video"]
+            padded = sum(pad_middle_widths(encoder, args.pad_widths) for encoder in videos)
+            print(f"padded the middle widths of {padded} convolution pairs to multiples of {args.pad_widths}")
+            for encoder in videos if trainer.channels_last else []:
+                encoder.to(memory_format=torch.channels_last_3d)  # the new weights too, as the trainer does
             trainer.optimizer = trainer._sgd(trainer.encoders.parameters())  # the new parameters
         if args.compile_mode:  # the trainer's own wrapper compiles in the default mode; it has not run yet
             trainer.train_model = torch.compile(trainer.model, mode=args.compile_mode)
