@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from common import report
+from roofline import OpCosts, least_seconds
 from xdc.config import load_config
 from xdc.data.datasets import TrainClips
 from xdc.data.manifest import Manifest
@@ -107,19 +108,19 @@ def timed(xs, ws, stride, padding, conv, input_grad: bool, device: torch.device,
     return seconds[0], max(seconds[1] - seconds[0], 0.0)
 
 
-def roofline(xs, ws, stride, padding, input_grad: bool, peak: float, bandwidth: float) -> tuple[float, float]:
-    """Least seconds of the forward and the backward of this convolution (bf16, 2 bytes an element)."""
-    y = F.conv3d if len(ws) == 5 else F.conv2d
+def roofline(xs, ws, stride, padding, input_grad: bool, peak: float, bandwidth: float) -> float:
+    """Least seconds of this convolution's forward and backward in bf16, counted as benchmarks/roofline.py
+    counts a whole step (the same ops on the meta device)."""
+    conv = F.conv3d if len(ws) == 5 else F.conv2d
     with torch.device("meta"):
-        ys = y(torch.empty(xs), torch.empty(ws), stride=stride, padding=padding).shape
-    numel = lambda shape: torch.Size(shape).numel()  # noqa: E731
-    flops = 2 * numel(ys) * numel(ws[1:])
-    fwd_bytes = 2 * (numel(xs) + numel(ws) + numel(ys))
-    passes = 2 if input_grad else 1  # the output gradient is read once per gradient computed
-    # weight gradient: reads the output gradient and the input, writes the weights' shape; input gradient: reads
-    # the output gradient and the weights, writes the input's shape
-    bwd_bytes = 2 * (passes * numel(ys) + numel(xs) + numel(ws) + (numel(ws) + numel(xs) if input_grad else 0))
-    return max(flops / peak, fwd_bytes / bandwidth), max(passes * flops / peak, bwd_bytes / bandwidth)
+        x = torch.empty(xs, dtype=torch.bfloat16, requires_grad=input_grad)
+        w = torch.empty(ws, dtype=torch.bfloat16, requires_grad=True)
+        grad = torch.empty(conv(x.detach(), w.detach(), stride=stride, padding=padding).shape, dtype=torch.bfloat16)
+    costs = OpCosts()
+    with costs:
+        y = conv(x, w, stride=stride, padding=padding)
+        torch.autograd.grad(y, (x, w) if input_grad else (w,), grad)
+    return sum(least_seconds(op, peak, bandwidth) for op in costs.ops if op["flops"])
 
 
 def sync(device: torch.device) -> None:
@@ -145,17 +146,17 @@ def main() -> None:
     rows, totals = [], Counter()
     for (xs, ws, stride, padding), count in calls.items():
         input_grad = xs not in clips
-        best_fwd, best_bwd = roofline(xs, ws, stride, padding, input_grad, peak, args.bandwidth * 1e12)
+        least = roofline(xs, ws, stride, padding, input_grad, peak, args.bandwidth * 1e12)
         row = {"input": "x".join(map(str, xs[1:])), "kernel": "x".join(map(str, ws[2:])),
                "out": ws[0], "stride": "x".join(map(str, stride)), "uses": count,
-               "roofline_ms": 1e3 * (best_fwd + best_bwd)}  # fmt: skip
-        totals["roofline"] += count * (best_fwd + best_bwd)
+               "roofline_ms": 1e3 * least}  # fmt: skip
+        totals["roofline"] += count * least
         measured = {}
         for variant, (vx, vw, vs, vp, conv) in formulations(xs, ws, stride, padding).items():
             fwd, bwd = timed(vx, vw, vs, vp, conv, input_grad, device, args.reps)
             measured[variant] = fwd + bwd
             row[f"{variant}_ms"] = 1e3 * (fwd + bwd)
-        row["native_of_roofline"] = (best_fwd + best_bwd) / measured["native"]
+        row["native_of_roofline"] = least / measured["native"]
         row["best"] = min(measured, key=measured.get)
         totals["native"] += count * measured["native"]
         totals["best"] += count * measured[row["best"]]

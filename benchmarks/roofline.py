@@ -62,6 +62,11 @@ class OpCosts(TorchDispatchMode):
         return out
 
 
+def least_seconds(op: dict, peak: float, bandwidth: float) -> float:
+    """An op's time at the peak or at the memory's speed, whichever binds (FLOP/s and bytes/s)."""
+    return max(op["flops"] / peak, op["bytes"] / bandwidth)
+
+
 def stage_hooks(model: torch.nn.Module, costs: OpCosts) -> None:
     """Label the ops with the encoder stage that runs them (forward; the backward keeps the last label, so the
     backward of a stage is not told apart: the table's stages are forward-only, the totals are not)."""
@@ -99,7 +104,7 @@ def main() -> None:
 
     peak, bandwidth = args.peak_tflops * 1e12, args.bandwidth * 1e12
     total_flops = sum(op["flops"] for op in costs.ops)
-    conv_s = sum(max(op["flops"] / peak, op["bytes"] / bandwidth) for op in costs.ops if op["flops"])
+    conv_s = sum(least_seconds(op, peak, bandwidth) for op in costs.ops if op["flops"])
     other_s = sum(op["bytes"] / bandwidth for op in costs.ops if not op["flops"])
     stages = defaultdict(lambda: {"flops": 0, "bytes": 0, "seconds": 0.0})
     for op in costs.ops:
@@ -107,7 +112,7 @@ def main() -> None:
             stage = stages[op["module"]]
             stage["flops"] += op["flops"]
             stage["bytes"] += op["bytes"]
-            stage["seconds"] += max(op["flops"] / peak, op["bytes"] / bandwidth)
+            stage["seconds"] += least_seconds(op, peak, bandwidth)
     rows = [{"stage": name, "gflop": s["flops"] / 1e9, "gb": s["bytes"] / 1e9, "flop_per_byte": s["flops"] / s["bytes"],
              "ceiling_percent": 100 * s["flops"] / peak / s["seconds"]} for name, s in stages.items()]  # fmt: skip
     rows += [
