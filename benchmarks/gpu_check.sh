@@ -23,9 +23,10 @@
 #               installed) and the torch search on the GPU
 #   b256        compile's model-only step at batch 256
 #   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN)
-#   eager       as compile, without torch.compile and channels-last (its JSON is not kept: the log has its rows)
-#   cl          as compile, without torch.compile (the same)
-# OUT_DIR gets gpu_check.log, profiles.txt and one JSON per other measuring step (8 files).
+#   eager       as compile, without torch.compile and channels-last
+#   cl          as compile, without torch.compile
+# OUT_DIR gets gpu_check.log, profiles.txt, train_step.jsonl (a line per train_step run), conv_shapes.json and
+# clustering.json: 5 files, within the 8 that a lent machine sends back.
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]}
 deadline=${2:-0}
@@ -59,14 +60,13 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log it
     return $status
 }
 
-train_step() {  # train_step NAME LIMIT FLAGS...: the JSON is kept unless NAME is eager or cl (at most 8 files)
+train_step() {  # train_step NAME LIMIT FLAGS...: its JSON becomes one line of train_step.jsonl, named NAME
     local name=$1 limit=$2
     shift 2
     step "$name" "$limit" python3 benchmarks/train_step.py --preset paper --batch 128 --steps 50 --warmup 10 \
         --loader-steps 100 "$@" &&
-        if [ "$name" != eager ] && [ "$name" != cl ]; then
-            cp benchmarks/results/train_step.json "$out/train_step_$name.json"
-        fi
+        python3 -c 'import json, sys; print(json.dumps({"step": sys.argv[1], **json.load(open(sys.argv[2]))}))' \
+            "$name" benchmarks/results/train_step.json >>"$out/train_step.jsonl"
 }
 
 step env 60 bash -c 'nvidia-smi; nproc; lscpu | grep -E "Model name|MHz|Thread|Socket|Hypervisor"
