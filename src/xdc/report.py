@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
-from tqdm import tqdm
 
 from xdc.clustering.metrics import agreement, nmi
 from xdc.config import Config, load_config
@@ -38,6 +37,7 @@ from xdc.data.manifest import NO_VIDEOS, Videos, run_videos
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.methods import MANIFEST_LABELS, Method, get_method
+from xdc.progress import progress_bar
 
 MAX_FRAMES = 8  # frames per strip
 MAX_WIDTH = 480  # pixels: strips and mel images are downscaled to this width
@@ -78,8 +78,8 @@ class RunData:
     def label_sets(self) -> Iterator[Round]:
         """Each round's label sets (name -> cluster per video, -1: none), read one round at a time (XDC at 65M
         videos: 0.5 GB a round); an unreadable file is noted in ``missing`` and passed over."""
-        quiet = True if len(self.label_files) < 2 or len(self.videos) < 1_000_000 else None  # None: on a terminal
-        for r, path in tqdm(self.label_files, desc="reading rounds", unit="round", disable=quiet, leave=False):
+        show = len(self.label_files) >= 2 and len(self.videos) >= 1_000_000
+        for r, path in progress_bar(self.label_files, desc="reading rounds", unit="round", show=show, leave=False):
             try:
                 with np.load(path) as arrays:
                     sets = {k: arrays[k] for k in arrays.files}

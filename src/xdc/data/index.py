@@ -10,7 +10,6 @@ import csv
 import logging
 import os
 import stat
-import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from xdc.data.manifest import read_rows, write_rows
 from xdc.errors import UserError
+from xdc.progress import progress_bar
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .flv .wmv .ts .3gp .ogv".split()
@@ -220,7 +220,7 @@ def probe_files(paths: list[str], workers: int) -> dict[str, dict]:
     results: dict[str, dict] = {}
     if not paths:
         return results
-    with tqdm(total=len(paths), desc="probing", unit="file", file=sys.stderr, disable=None) as progress:
+    with progress_bar(total=len(paths), desc="probing", unit="file") as progress:
         _probe_in_pool(paths, workers, results, progress)
         for path in paths:
             if path not in results:

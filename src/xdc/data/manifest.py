@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from xdc.errors import UserError
+from xdc.progress import progress_bar
 
 COLUMNS = (
     "path", "status", "reason", "duration_s", "fps", "width", "height", "rotation",
@@ -122,16 +122,18 @@ class Manifest:
     @classmethod
     def load(cls, path: str | Path, require_audio: bool = False, progress: bool = False) -> Manifest:
         """The usable rows of the manifest file ``path``, read a chunk of rows at a time: at tens of millions
-        of rows, a list of every row as a dict (about 1 KB each) would not fit in memory. With ``progress``, a
-        progress bar on a terminal for files of ``_PROGRESS_BYTES`` or more (65M rows take about two minutes)."""
+        of rows, a list of every row as a dict (about 1 KB each) would not fit in memory. With ``progress``,
+        progress on stderr (:mod:`xdc.progress`) for files of ``_PROGRESS_BYTES`` or more (65M rows take about two
+        minutes)."""
         path = Path(path)
         codes: dict[str, int] = {}
         blocks, parts = [], []
         try:
             size = path.stat().st_size
-            quiet = True if not progress or size < _PROGRESS_BYTES else None  # None: shown on a terminal only
-            with open(path, newline="") as f, tqdm(total=size, desc=f"reading {path.name}", unit="B",
-                                                    unit_scale=True, disable=quiet, leave=False) as bar:  # fmt: skip
+            show = progress and size >= _PROGRESS_BYTES
+            with open(path, newline="") as f, progress_bar(
+                total=size, desc=f"reading {path.name}", unit="B", unit_scale=True, show=show, leave=False
+            ) as bar:
                 reader = csv.reader(_counted(f, bar))
                 columns = _columns(path, next(reader, []))
                 while chunk := list(itertools.islice(reader, _CHUNK_ROWS)):
@@ -263,12 +265,13 @@ NO_VIDEOS = Videos(np.array([], dtype="S1"), np.array([], dtype=np.int32), ())
 
 def write_videos(path: str | Path, videos: Manifest | Videos, progress: bool = False) -> None:
     """A run's ``videos.csv``: the path and label of each of ``videos``, in order (what :func:`read_videos`
-    reads). With ``progress``, a progress bar on a terminal from half a million videos on."""
+    reads). With ``progress``, progress on stderr (:mod:`xdc.progress`) from half a million videos on."""
     names = [*videos.classes, ""]  # label -1 (none) picks the last
     rows = _CHUNK_ROWS * _CHUNKS_PER_BLOCK
-    quiet = True if not progress or len(videos) < 500_000 else None  # None: shown on a terminal only
-    with open(path, "w", newline="") as f, tqdm(total=len(videos), desc=f"writing {Path(path).name}", unit="video",
-                                                 disable=quiet, leave=False) as bar:  # fmt: skip
+    show = progress and len(videos) >= 500_000
+    with open(path, "w", newline="") as f, progress_bar(
+        total=len(videos), desc=f"writing {Path(path).name}", unit="video", show=show, leave=False
+    ) as bar:
         writer = csv.writer(f)
         writer.writerow(["path", "label"])
         for start in range(0, len(videos), rows):

@@ -13,7 +13,6 @@ import csv
 import heapq
 import math
 import os
-import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,12 +24,12 @@ from pathlib import Path, PurePath
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-from tqdm import tqdm
 
 from xdc.data.index import (
     Collection, LabelIndex, check_workers, find_media, init_worker, probe_file, stat_row,
 )  # fmt: skip
 from xdc.errors import UserError
+from xdc.progress import progress_bar
 
 REPORT = "prepared.csv"
 LABELS = "labels.csv"
@@ -273,7 +272,7 @@ def _run_jobs(todo: list[str], rows: dict[str, dict], out: Path, options: Prepar
             save()
             saved = time.monotonic()
 
-    with tqdm(total=len(todo), desc="preparing", unit="file", file=sys.stderr, disable=None) as progress:
+    with progress_bar(total=len(todo), desc="preparing", unit="file") as progress:
         pool = ProcessPoolExecutor(min(workers, len(todo)), initializer=init_worker)
         try:
             futures = {pool.submit(prepare_job, s, str(out / rows[s]["output"]), options): s for s in todo}

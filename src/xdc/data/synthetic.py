@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from xdc.config import SyntheticConfig
 from xdc.data.encode import write_av
 from xdc.errors import UserError
+from xdc.progress import progress_bar
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "bar")
 COLOURS = {  # saturated hues 60 degrees apart, so that they stand out from the greyish backgrounds
@@ -356,14 +355,14 @@ def make_synthetic(
     jobs = [
         _Job(out, i, f"{i:0{digits}d}.mp4", clip_label(seed, i, classes), classes, seed, cfg) for i in range(videos)
     ]
-    bar = dict(total=videos, unit="clip", desc="make-synthetic", disable=not sys.stderr.isatty())
+    bar = dict(total=videos, unit="clip", desc="make-synthetic")
     workers = min(workers, videos)
     if workers == 1:
-        rows = [_write_clip(job) for job in tqdm(jobs, **bar)]
+        rows = [_write_clip(job) for job in progress_bar(jobs, **bar)]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             try:
-                rows = list(tqdm(pool.map(_write_clip, jobs, chunksize=4), **bar))
+                rows = list(progress_bar(pool.map(_write_clip, jobs, chunksize=4), **bar))
             except BaseException:
                 # Ctrl-C or a failed clip: drop the queued clips rather than wait for all of them to be written.
                 pool.shutdown(wait=False, cancel_futures=True)

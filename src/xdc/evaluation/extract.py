@@ -7,13 +7,11 @@ and embedded clip by clip in eval mode: N evenly spaced clips per item, or a sli
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, make_loader
@@ -23,6 +21,7 @@ from xdc.data.manifest import Manifest, read_rows
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item
 from xdc.models.encoders import build_encoder
+from xdc.progress import progress_bar
 from xdc.training import checkpoint
 
 
@@ -82,7 +81,7 @@ def extract_features(
     loader = make_loader(dataset, batch_size, cfg.data.workers if workers is None else workers)
     failures = FailureLog(max_fraction=1.0)  # evaluation records every failed clip but never stops
     features, rows, clip_numbers, starts = [], [], [], []
-    for batch in tqdm(loader, desc=f"extract {encoder_name}", file=sys.stderr, disable=None):
+    for batch in progress_bar(loader, desc=f"extract {encoder_name}", unit="batch"):
         failures.update(batch)
         if batch["index"].numel() == 0:
             continue

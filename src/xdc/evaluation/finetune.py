@@ -4,14 +4,12 @@ frozen (fc-only) or updating everything (full finetuning), and report multi-clip
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from xdc.config import FinetuneConfig
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
@@ -20,6 +18,7 @@ from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, split_items
 from xdc.evaluation.extract import items_to_manifest, load_run_encoder
 from xdc.evaluation.metrics import average_by_group, topk_accuracy
+from xdc.progress import progress_bar
 
 MODES = ("full", "fc")
 
@@ -57,7 +56,7 @@ def finetune(
         if mode == "fc":
             encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
         loader = make_loader(train_set, cfg.batch_size, workers, shuffle=True, seed=seed * 1000 + epoch)
-        for batch in tqdm(loader, desc=f"finetune epoch {epoch}", file=sys.stderr, disable=None, leave=False):
+        for batch in progress_bar(loader, desc=f"finetune epoch {epoch}", unit="batch", leave=False):
             failures.update(batch)
             if batch["index"].numel() == 0:
                 continue

@@ -30,7 +30,6 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import LABEL_DTYPE, kmeans
@@ -53,6 +52,7 @@ from xdc.errors import UserError
 from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.models.heads import LinearHead
+from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.distributed import Dist, barrier, broadcast_failure, broadcast_labels, gather_rows
 from xdc.training.runlog import RunLog
@@ -280,8 +280,8 @@ class Pretrainer:
                     on_device[e].clear()
 
         indices = []
-        for batch in tqdm(loader, desc=f"round {self.progress.round}: extract", disable=not self.ctx.main,
-                          leave=False):  # fmt: skip
+        desc = f"round {self.progress.round}: extract"
+        for batch in progress_bar(loader, desc=desc, unit="batch", show=self.ctx.main, leave=False):
             self.failures.update(batch)
             if batch["index"].numel() == 0:
                 continue
@@ -427,8 +427,8 @@ class Pretrainer:
         p, cfg = self.progress, self.cfg.train
         model = self.train_model
         model.train()
-        bar = tqdm(self._train_loader(), desc=f"round {p.round} epoch {p.epoch}", disable=not self.ctx.main,
-                   leave=False)  # fmt: skip
+        desc = f"round {p.round} epoch {p.epoch}"
+        bar = progress_bar(self._train_loader(), desc=desc, unit="batch", show=self.ctx.main, leave=False)
         t, clips = time.perf_counter(), 0
         for batch in bar:
             self.failures.update(batch)
@@ -441,7 +441,7 @@ class Pretrainer:
                 loss = loss.item()
                 self.log.write("step", p.global_step, round=p.round, epoch=p.epoch, loss=loss, clips_per_s=rate,
                                **{key: value.item() for key, value in accuracy.items()})  # fmt: skip
-                bar.set_postfix(loss=f"{loss:.3f}")
+                bar.set_postfix(loss=f"{loss:.3f}", clips_per_s=f"{rate:.0f}")
             if cfg.checkpoint_every and p.global_step % cfg.checkpoint_every == 0:
                 self._save()
 

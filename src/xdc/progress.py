@@ -1,0 +1,54 @@
+"""Progress of the long steps, on stderr: a tqdm bar on a terminal; elsewhere (a batch job's log file, a scheduler
+or torchrun capturing the output) a plain line every ``LINE_EVERY_S`` seconds once a step has run that long, and a
+last line when it ends. A bar redraws itself with carriage returns, which a log file keeps: a day-long run would
+leave one line of megabytes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+from tqdm import tqdm
+
+LINE_EVERY_S = 60.0
+
+
+class _Lines:
+    """A stream for tqdm that writes each redraw of the bar as a line of its own."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+class _LineBar(tqdm):
+    """A bar that is drawn only on its schedule: a new postfix or description waits for the next line."""
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_description(self, desc=None, refresh: bool = True) -> None:
+        super().set_description(desc, refresh=False)
+
+
+def progress_bar(iterable: Iterable | None = None, *, desc: str, show: bool = True, **options) -> tqdm:
+    """``tqdm(iterable, desc=desc, **options)`` as described above; ``show=False`` (another rank than the first,
+    a step too small to be worth a bar) keeps it silent everywhere."""
+    stream = sys.stderr
+    if not show:
+        return tqdm(iterable, desc=desc, disable=True, **options)
+    if stream.isatty():
+        return tqdm(iterable, desc=desc, file=stream, **options)
+    every = LINE_EVERY_S
+    # The last line says how the step ended (printed only after a first one). Position 0: a bar still open
+    # elsewhere (one left by an exception) would otherwise move this one down with cursor escapes.
+    options.update(leave=True, position=0)
+    return _LineBar(iterable, desc=desc, file=_Lines(stream), ascii=True, delay=every, mininterval=every,
+                    maxinterval=every, **options)  # fmt: skip

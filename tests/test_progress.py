@@ -1,0 +1,63 @@
+"""Progress output: a redrawn bar on a terminal, plain timed lines in a log."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import struct
+import sys
+import termios
+import time
+
+import pytest
+from tqdm import tqdm
+
+from xdc import progress
+
+
+def _run(steps: int, pause: float, **options) -> None:
+    bar = progress.progress_bar(range(steps), desc="round 0 epoch 0", unit="batch", **options)
+    for i in bar:
+        time.sleep(pause)
+        bar.set_postfix(loss=f"{i:.3f}")
+
+
+def test_off_a_terminal_a_short_step_prints_nothing(capsys):
+    _run(5, 0.0)
+    assert capsys.readouterr().err == ""
+
+
+def test_off_a_terminal_a_long_step_prints_timed_lines(capsys, monkeypatch):
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.3)
+    left_open = tqdm(total=2, file=io.StringIO())  # a bar an exception left open, say
+    _run(12, 0.04)
+    left_open.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err  # no redraws, no cursor moves below the open bar
+    lines = err.splitlines()
+    # a line per 0.3 s, not one per postfix update, and the step's end as the last line
+    assert 2 <= len(lines) < 12
+    assert all(line.startswith("round 0 epoch 0:") for line in lines)
+    assert "12/12" in lines[-1] and "loss=11.000" in lines[-1]
+    assert not any("12/12" in line for line in lines[:-1])
+
+
+def test_hidden_bar_prints_nothing_even_when_long(capsys, monkeypatch):
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.05)
+    _run(4, 0.05, show=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch):
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    with os.fdopen(slave, "w") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        _run(3, 0.0, position=0)  # the top line whatever bars other tests left open
+        terminal.flush()
+        out = os.read(master, 1 << 16).decode()
+    os.close(master)
+    assert out.count("\r") >= 2 and "3/3" in out  # redrawn over itself, not a line per update
+    assert out.count("\n") <= 1
