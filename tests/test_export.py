@@ -2,8 +2,12 @@
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -16,7 +20,7 @@ from xdc.data.manifest import Manifest
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, write_table
 from xdc.evaluation.extract import load_run_encoder
-from xdc.export import _data_line, read_metadata
+from xdc.export import _data_line, export_run, read_metadata
 from xdc.training.distributed import Dist
 from xdc.training.pretrain import pretrain
 
@@ -159,3 +163,57 @@ def test_the_card_names_the_folder_all_videos_share(tmp_path):
     rows = [f"/data/k/{i % 7}/{i}.mp4" for i in range(70_000)] + ["/data/kinetics/x.mp4"]  # past one block of rows
     Manifest.from_rows([{"path": p, "status": "ok", "duration_s": "1"} for p in rows]).save(tmp_path / "videos")
     assert _data_line(tmp_path) == "70001 videos (listed in the run's videos.csv, under `/data`)"  # videos/ first
+
+
+RUN_WITHOUT_XDC = """
+import sys
+sys.modules["xdc"] = None  # any import of this library fails: the files must run without it
+import json, numpy as np, onnxruntime, torch
+folder, result = sys.argv[1], {}
+for name, x in np.load(folder + "/inputs.npz").items():
+    session = onnxruntime.InferenceSession(f"{folder}/{name}.onnx", providers=["CPUExecutionProvider"])
+    result[f"{name}.onnx"] = session.run(["features"], {"clips": x})[0]
+    extra = {"xdc.json": ""}
+    program = torch.export.load(f"{folder}/{name}.pt2", extra_files=extra)
+    result[f"{name}.pt2"] = program.module()(torch.from_numpy(x)).detach().numpy()
+    result[f"{name}.pt2 modality"] = np.array(json.loads(extra["xdc.json"])["modality"])
+np.savez(folder + "/outputs.npz", **result)
+"""
+
+
+def test_programs_run_without_xdc_for_any_batch(run, tmp_path):
+    out = tmp_path / "out"
+    assert main(["export", str(run), "--out", str(out), "--also", "onnx", "pt2"]) == 0
+    names = ["README.md", "audio.onnx", "audio.pt2", "audio.safetensors", "video.onnx", "video.pt2", "video.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == names
+    modes = {p.stat().st_mode for p in out.iterdir()}
+    assert len(modes) == 1  # every file as the umask makes them (safetensors alone would be owner-only)
+    g = torch.Generator().manual_seed(1)
+    x = {"video": torch.randn(3, 3, 4, 32, 32, generator=g), "audio": torch.randn(5, 1, 40, 100, generator=g)}
+    np.savez(out / "inputs.npz", **{k: v.numpy() for k, v in x.items()})  # batches of 3 and 5; exported with 2
+    subprocess.run([sys.executable, "-c", RUN_WITHOUT_XDC, str(out)], check=True)
+    with np.load(out / "outputs.npz") as outputs:
+        for name in ("video", "audio"):
+            own, _, _ = load_run_encoder(run, name)
+            with torch.no_grad():
+                expected = own(x[name]).numpy()
+            np.testing.assert_allclose(outputs[f"{name}.onnx"], expected, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(outputs[f"{name}.pt2"], expected, rtol=1e-5, atol=1e-6)
+            assert str(outputs[f"{name}.pt2 modality"]) == name
+    meta = {p.key: p.value for p in onnx.load(out / "video.onnx").metadata_props}
+    assert json.loads(meta["input_shape"]) == [3, 4, 32, 32] and meta["format"] == "xdc-encoder"
+    card = (out / "README.md").read_text()
+    assert 'onnxruntime.InferenceSession("video.onnx")' in card and 'torch.export.load("video.pt2")' in card
+    (out / "inputs.npz").unlink()
+    (out / "outputs.npz").unlink()
+    assert main(["export", str(run), "--out", str(out)]) == 0  # a re-export without them leaves none behind
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "audio.safetensors", "video.safetensors"]
+
+
+def test_unknown_program_format(run, tmp_path, capsys):
+    with pytest.raises(UserError, match="unknown export format tflite: choose from onnx, pt2"):
+        export_run(run, tmp_path / "a", also=["tflite"])
+    with pytest.raises(SystemExit):
+        main(["export", str(run), "--out", str(tmp_path / "b"), "--also", "tflite"])
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -119,7 +119,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from xdc.export import export_run
 
-    for path in export_run(args.run, args.out, metrics=args.metrics):
+    for path in export_run(args.run, args.out, metrics=args.metrics, also=args.also):
         print(f"wrote {path}")
     return 0
 
@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder to write: new, empty, or a previous export")
     p.add_argument("--metrics", type=Path, action="append", default=[], metavar="FILE.json",
                    help="a result of `xdc eval ... --out` to cite in the model card (repeatable)")  # fmt: skip
+    p.add_argument("--also", nargs="+", choices=("onnx", "pt2"), default=[], metavar="FORMAT",
+                   help="also write each encoder as a program that runs without xdc: onnx, pt2 (torch.export)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="run the built-in job on generated data (a few minutes on a laptop CPU)")

@@ -4,16 +4,22 @@ Each encoder becomes DIR/<name>.safetensors: its state dict, plus string metadat
 the clip and log-mel settings that feed it, the video normalisation) from which ``load_encoder`` rebuilds it
 without the run folder or a config file. DIR/README.md is the model card: method, widths, training data,
 rounds and k, the last round's cluster statistics, evaluation results passed with ``--metrics``, and how to load.
-The released XDC checkpoints are a different format: load those with ``xdc.models.load_official_xdc``.
+On request the encoders are also written as programs that run without this library, for any batch size, with
+the same metadata: DIR/<name>.onnx (ONNX, for onnxruntime and other runtimes) and DIR/<name>.pt2
+(``torch.export``). The released XDC checkpoints are a different format: load those with
+``xdc.models.load_official_xdc``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -34,6 +40,8 @@ FORMAT = "xdc-encoder"
 FORMAT_VERSION = "1"
 _JSON_FIELDS = ("model", "data", "input_shape", "video_mean", "video_std")  # metadata values stored as JSON
 CARD = "README.md"
+PROGRAMS = ("onnx", "pt2")  # the formats --also can add; each file is <name>.<format>
+PT2_METADATA = "xdc.json"  # the metadata's entry among a .pt2 file's extra files
 
 
 # --- loading ------------------------------------------------------------------------------------------------
@@ -109,12 +117,15 @@ def _model_config(values: dict, file: Path) -> ModelConfig:
 # --- writing ------------------------------------------------------------------------------------------------
 
 
-def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tuple = ()) -> list[Path]:
-    """Write every encoder of the finished run ``run`` and a model card into ``out``; returns the files."""
+def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tuple = (),
+               also: list[str] | tuple = ()) -> list[Path]:  # fmt: skip
+    """Write every encoder of the finished run ``run`` and a model card into ``out``, and each encoder as the
+    programs of ``also`` (formats of ``PROGRAMS``); returns the files."""
     run, out = Path(run), Path(out)
     if not (run / "encoders.pt").exists():
         raise UserError(f"{run} has no encoders.pt: export needs a finished `xdc pretrain` run")
-    results = [_read_result(Path(m)) for m in metrics]  # every input is checked before anything is written
+    _check_programs(also)  # every input is checked before anything is written
+    results = [_read_result(Path(m)) for m in metrics]
     _prepare_out(out)
     saved = checkpoint.load(run / "encoders.pt")
     cfg = load_config(run / "config.yaml")
@@ -125,14 +136,54 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
         tmp = _partial(path)
         meta = encoder_metadata(name, modality, saved["method"], encoder, cfg)
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp, metadata=meta)
+        _as_created(tmp)
         os.replace(tmp, path)
         encoders[name] = encoder
         files.append(path)
-    card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results)
+        for fmt in dict.fromkeys(also):
+            files.append(write_program(encoder, meta, out / f"{name}.{fmt}"))
+    card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results, also)
     tmp = _partial(out / CARD)
     tmp.write_text(card)
     os.replace(tmp, out / CARD)
     return [*files, out / CARD]
+
+
+def _check_programs(formats: list[str] | tuple) -> None:
+    unknown = sorted(set(formats) - set(PROGRAMS))
+    if unknown:
+        raise UserError(f"unknown export format {', '.join(unknown)}: choose from {', '.join(PROGRAMS)}")
+    missing = [m for m in ("onnx", "onnxscript") if "onnx" in formats and importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs the packages {' and '.join(missing)}: pip install 'xdc[onnx]'")
+
+
+def write_program(encoder: nn.Module, meta: dict[str, str], path: Path) -> Path:
+    """The encoder (in eval mode) as a program for any batch size, with ``meta`` (as ``encoder_metadata`` makes
+    it) attached: ONNX for ``.onnx`` (input ``clips``, output ``features``), ``torch.export`` for ``.pt2``."""
+    example = (torch.zeros(2, *json.loads(meta["input_shape"])),)  # 2: a batch of 1 would be fixed as 1
+    shapes = ({0: torch.export.Dim("batch")},)
+    tmp = _partial(path)
+    if path.suffix == ".onnx":
+        program = torch.onnx.export(encoder, example, dynamo=True, input_names=["clips"], output_names=["features"],
+                                    dynamic_shapes=shapes, verbose=False)  # fmt: skip
+        program.model.metadata_props.update(meta)
+        program.save(tmp)
+    else:
+        program = torch.export.export(encoder, example, dynamic_shapes=shapes)
+        buffer = io.BytesIO()  # torch.export.save wants a buffer or a name ending in .pt2, not the temporary name
+        torch.export.save(program, buffer, extra_files={PT2_METADATA: json.dumps(meta)})
+        tmp.write_bytes(buffer.getbuffer())
+    os.replace(tmp, path)
+    return path
+
+
+def _as_created(path: Path) -> None:
+    """The mode a new file gets from the umask: safetensors writes its files readable by their owner only, which
+    keeps an export from the colleagues it is for."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _partial(path: Path) -> Path:
@@ -178,10 +229,12 @@ def _prepare_out(out: Path) -> None:
 
 
 def is_export(folder: Path) -> bool:
-    """True when ``folder`` holds only a model card and encoder files written by ``xdc export``."""
+    """True when ``folder`` holds only a model card, encoder files written by ``xdc export`` and programs of
+    those encoders."""
     entries = [e for e in folder.iterdir() if not _is_partial(e)]  # a killed export's leftovers are ours too
     encoders = [e for e in entries if e.suffix == ".safetensors"]
-    if not encoders or any(e.name != CARD and e not in encoders for e in entries):
+    ours = {CARD, *(e.name for e in encoders), *(f"{e.stem}.{fmt}" for e in encoders for fmt in PROGRAMS)}
+    if not encoders or any(e.name not in ours for e in entries):
         return False
     try:
         return all(e.is_file() and read_metadata(e) for e in encoders)
@@ -205,7 +258,7 @@ def _read_result(path: Path) -> dict:
 
 
 def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Module], modalities: dict[str, str],
-               results: list[dict]) -> str:  # fmt: skip
+               results: list[dict], programs: list[str] | tuple = ()) -> str:  # fmt: skip
     """The README.md of an export: what the encoders are, how they were trained and evaluated, how to feed them."""
     train = cfg.train
     lines = [
@@ -222,6 +275,7 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
         *(f'{name} = xdc.load_encoder("{name}.safetensors")  # this folder\'s file; eval mode, B x '
           f"{encoder.feature_dim} features" for name, encoder in encoders.items()),  # fmt: skip
         "```",
+        *_program_lines(list(encoders)[0], programs),
         "",
         "## Encoders",
         "",
@@ -251,6 +305,21 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
     lines += ["", "## Evaluation", "", *_metric_lines(results)]
     lines += ["", "## Input", "", *_input_lines(cfg, set(modalities.values()))]
     return "\n".join(lines) + "\n"
+
+
+def _program_lines(name: str, programs: list[str] | tuple) -> list[str]:
+    """How to run the .onnx / .pt2 copies, which need neither this library nor the network's code."""
+    lines = []
+    if "onnx" in programs:
+        lines += ["", "Without xdc, with onnxruntime (input `clips`, output `features`, any batch size):", "",
+                  "```python", "import onnxruntime", "",
+                  f'session = onnxruntime.InferenceSession("{name}.onnx")',
+                  'features = session.run(["features"], {"clips": clips})[0]  # clips: a float32 numpy array',
+                  "```"]  # fmt: skip
+    if "pt2" in programs:
+        lines += ["", "Without xdc, with PyTorch alone (`torch.export`, any batch size):", "", "```python",
+                  "import torch", "", f'{name} = torch.export.load("{name}.pt2").module()', "```"]  # fmt: skip
+    return lines
 
 
 def _epoch(size: int) -> str:
