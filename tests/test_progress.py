@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import select
 import struct
 import sys
 import termios
@@ -56,8 +57,16 @@ def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch):
     with os.fdopen(slave, "w") as terminal:
         monkeypatch.setattr(sys, "stderr", terminal)
         _run(3, 0.0, position=0)  # the top line whatever bars other tests left open
-        terminal.flush()
-        out = os.read(master, 1 << 16).decode()
+    out = b""
+    while select.select([master], [], [], 2.0)[0]:  # a pty hands the writes over in pieces, asynchronously
+        try:
+            piece = os.read(master, 1 << 16)
+        except OSError:  # EIO: read past the end of the closed terminal
+            break
+        if not piece:
+            break
+        out += piece
     os.close(master)
+    out = out.decode()
     assert out.count("\r") >= 2 and "3/3" in out  # redrawn over itself, not a line per update
     assert out.count("\n") <= 1
