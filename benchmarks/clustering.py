@@ -6,7 +6,9 @@ iterations, no subsampling, final nearest-centroid assignment); (b) the bare fai
 PCA + Lloyd k-means of ``xdc.clustering.sharded`` in one process, from the same initial centroids as (a);
 (d) the per-iteration cost of faiss's k-means and the sharded Lloyd k-means, alternated in one process on the
 same features from the same initial centroids; (e) the sharded path with the torch search on a CUDA device
-(what a round runs on a GPU when faiss has none; on the CPU where there is no GPU, for comparison only).
+(what a round runs on a GPU when faiss has none; on the CPU where there is no GPU, for comparison only);
+(f) ``train.assign=sinkhorn``: the same PCA, then ``balanced_assign`` (k-means, then a Sinkhorn-balanced
+assignment), only when named in ``--paths``.
 Features: a seeded mixture of 2,000 anisotropic Gaussian groups in 512-d, float32.
 
 Each path runs in a fresh process that first reads the features (built once, cached in the temporary folder):
@@ -40,6 +42,7 @@ from common import report
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
+from xdc.clustering.sinkhorn import balanced_assign
 
 MIB = 2**20
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # of the torch path
@@ -132,6 +135,7 @@ PATHS = {
     "torch": pipeline(partial(sharded_preprocess_features, device=DEVICE),  # a round on a GPU without faiss-gpu
                       partial(sharded_kmeans, device=DEVICE, search="torch")),  # fmt: skip
     "lloyd": lloyd,
+    "sinkhorn": pipeline(preprocess_features, balanced_assign),  # train.assign=sinkhorn
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import faiss
@@ -12,6 +13,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
 from xdc.clustering import kmeans as kmeans_module
+from xdc.clustering import sinkhorn as sinkhorn_module
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import assign_to_centroids, kmeans
 from xdc.clustering.metrics import agreement, ari_of_table, cluster_stats, contingency, nmi, nmi_of_table
@@ -141,6 +143,24 @@ def test_sinkhorn_marginals():
     torch.testing.assert_close(q.sum(0), torch.full((12,), 50.0), rtol=1e-2, atol=0)
     torch.testing.assert_close(sinkhorn(scores).sum(1), torch.ones(600), rtol=0, atol=1e-5)  # rows last
     assert torch.isfinite(sinkhorn(scores * 1e4)).all()  # exp(2e5) overflows without the log domain
+
+
+def test_sinkhorn_in_blocks_of_rows_is_the_whole_matrix_computation(monkeypatch):
+    scores = torch.randn(300, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    log_q = scores / 0.05  # the textbook form, each log-sum-exp over the whole matrix
+    for _ in range(20):
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(7)
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - math.log(300)
+    expected = log_q.exp() * 300
+    monkeypatch.setattr(sinkhorn_module, "BLOCK_ROWS", 32)  # 10 blocks, the last one partial
+    torch.testing.assert_close(sinkhorn(scores, 0.05, 20), expected, rtol=1e-12, atol=1e-15)
+    x, _ = _blobs([200, 60, 40], dim=8, spread=4)
+    x = preprocess_features(x)
+    blocked = balanced_assign(x, 3, seed=0)
+    monkeypatch.setattr(sinkhorn_module, "BLOCK_ROWS", 1 << 20)
+    whole = balanced_assign(x, 3, seed=0)
+    np.testing.assert_array_equal(blocked.assignments, whole.assignments)
+    assert blocked.loss == pytest.approx(whole.loss, rel=1e-12)
 
 
 def test_balanced_assign_balances_what_kmeans_leaves_skewed():

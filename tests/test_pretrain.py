@@ -209,6 +209,13 @@ def test_collapse_is_warned_and_sinkhorn_balances(manifest, tmp_path, capsys):
     assert "collapse" not in capsys.readouterr().err
 
 
+def test_sinkhorn_that_cannot_fit_in_memory_is_refused_at_the_start(manifest, tmp_path):
+    k = 10**12  # a videos x k float64 matrix of petabytes; checked before the "fewer videos than k" error
+    with pytest.raises(UserError, match=rf"train.assign=sinkhorn on \d+ videos at train.k={k} needs about .* GiB"):
+        Pretrainer(cfg_for("xdc", f"train.k={k}", "train.assign=sinkhorn"), manifest, tmp_path / "run", Dist())
+    assert not (tmp_path / "run" / "videos").exists()  # refused before anything was written
+
+
 def test_plateau_reclusters_when_the_held_back_loss_stops_improving(manifest, tmp_path):
     cfg = cfg_for("xdc", "train.rounds=2", "train.epochs=6", "train.recluster=plateau", "train.lr=0.0",
                   "train.holdout_fraction=0.25", "train.log_every=1", "train.plateau_delta=0.05")  # fmt: skip

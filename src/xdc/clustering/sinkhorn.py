@@ -10,6 +10,8 @@ import torch
 
 from xdc.clustering.kmeans import KMeansResult, kmeans
 
+BLOCK_ROWS = 16_384  # rows per block of the passes over N x K: temporaries of BLOCK_ROWS x K, not N x K
+
 
 def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iters: int = 3) -> torch.Tensor:
     """Soft assignment Q (N, K) of N points to K clusters from logits ``scores`` (N, K).
@@ -19,7 +21,11 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iters: int = 3) -> tor
     normalisation is a log-sum-exp, i.e. with max subtraction), so no entry overflows and no row or column
     underflows to all zeros, however large scores / epsilon gets. Returned in the dtype of ``scores``.
     """
-    return (_log_sinkhorn(scores, epsilon, iters).exp_() * scores.shape[0]).to(scores.dtype)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be a 2-D tensor (N, K), got shape {tuple(scores.shape)}")
+    _check(epsilon, iters)
+    log_q = _log_sinkhorn(scores.detach().to(torch.float64) / epsilon, iters)
+    return (log_q.exp_() * scores.shape[0]).to(scores.dtype)
 
 
 def balanced_assign(
@@ -32,31 +38,54 @@ def balanced_assign(
     points: plain argmax of Q is only balanced on average and does collapse when features are nearly
     identical (Q is then almost uniform) or centroids coincide. ``centroids`` are the k-means ones; ``sizes``
     and ``loss`` describe the balanced labels.
+
+    Memory: one N x K float64 matrix (``memory_bytes``), which every step updates in place.
     """
+    _check(epsilon, sinkhorn_iters)
     result = kmeans(x, k, seed, iters)
-    points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.float64)
-    sq_dist = torch.cdist(points, torch.from_numpy(result.centroids).to(torch.float64)).square_()
-    assignments = _capacity_argmax(_log_sinkhorn(-sq_dist, epsilon, sinkhorn_iters).numpy())
+    points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(BLOCK_ROWS)  # views, not copies
+    centroids = torch.from_numpy(result.centroids).to(torch.float64)
+    log_q = torch.empty(len(x), k, dtype=torch.float64)
+    for block, out in zip(points, log_q.split(BLOCK_ROWS)):  # scores / epsilon: -distance^2 / epsilon
+        out.copy_(torch.cdist(block.double(), centroids).square_().mul_(-1 / epsilon))
+    assignments = _capacity_argmax(_log_sinkhorn(log_q, sinkhorn_iters).numpy())
+    del log_q
+    labels = torch.from_numpy(assignments).split(BLOCK_ROWS)
+    loss = sum(float((p.double() - centroids[a]).square_().sum()) for p, a in zip(points, labels))
     return KMeansResult(
         assignments=assignments,
         centroids=result.centroids,
         sizes=np.bincount(assignments, minlength=k).astype(np.int64),
-        loss=float(sq_dist.numpy()[np.arange(len(assignments)), assignments].sum()),
+        loss=loss,
         iterations=result.iterations,
     )
 
 
-def _log_sinkhorn(scores: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
-    """log(Q / N) in float64: rows sum (in Q / N) to 1/N after the last step, columns to about 1/K."""
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be a 2-D tensor (N, K), got shape {tuple(scores.shape)}")
+def memory_bytes(n: int, k: int, dim: int) -> int:
+    """What ``balanced_assign`` of ``n`` points of ``dim`` features into ``k`` clusters holds at its peak, beyond
+    its input: the N x K float64 matrix, the labels and the blocks' temporaries (k-means' own memory aside)."""
+    return 8 * (n * k + n) + 8 * min(n, BLOCK_ROWS) * (3 * k + 2 * dim)
+
+
+def _check(epsilon: float, iters: int) -> None:
     if epsilon <= 0 or iters < 1:
         raise ValueError(f"sinkhorn needs epsilon > 0 and iters >= 1, got epsilon={epsilon}, iters={iters}")
-    n, k = scores.shape
-    log_q = scores.detach().to(torch.float64) / epsilon
-    for _ in range(iters):  # in place: N x K float64 is the memory that matters
-        log_q -= torch.logsumexp(log_q, dim=0, keepdim=True) + math.log(k)
-        log_q -= torch.logsumexp(log_q, dim=1, keepdim=True) + math.log(n)
+
+
+def _log_sinkhorn(log_q: torch.Tensor, iters: int) -> torch.Tensor:
+    """``log_q`` (N, K) float64 = scores / epsilon, turned in place into log(Q / N): rows sum (in Q / N) to 1/N
+    after the last step, columns to about 1/K. Each log-sum-exp runs over blocks of rows, so that its
+    temporaries are blocks, not copies of the matrix."""
+    n, k = log_q.shape
+    blocks = log_q.split(BLOCK_ROWS)
+    for _ in range(iters):
+        top = log_q.amax(dim=0, keepdim=True)  # per column, for the exponentials of the column sums
+        total = torch.zeros_like(top)
+        for block in blocks:
+            total += (block - top).exp_().sum(dim=0, keepdim=True)
+        log_q -= total.log_().add_(top).add_(math.log(k))
+        for block in blocks:
+            block -= torch.logsumexp(block, dim=1, keepdim=True) + math.log(n)
     return log_q
 
 
@@ -75,10 +104,7 @@ def _capacity_argmax(log_q: np.ndarray, max_rounds: int = 20) -> np.ndarray:
     for _ in range(max_rounds):
         if not todo.size:
             break
-        proposals = log_q[todo]  # a copy: full columns are masked in it only
-        proposals[:, room == 0] = -np.inf
-        best = proposals.argmax(axis=1)
-        confidence = proposals[np.arange(todo.size), best]
+        best, confidence = _best_with_room(log_q, todo, room == 0)
         order = np.lexsort((-confidence, best))  # by column, most confident first
         best = best[order]
         rank = np.arange(todo.size) - np.searchsorted(best, best)  # position among the column's proposals
@@ -88,3 +114,15 @@ def _capacity_argmax(log_q: np.ndarray, max_rounds: int = 20) -> np.ndarray:
         todo = todo[order[~kept]]
     labels[todo] = np.repeat(np.arange(k), room)[: todo.size]
     return labels
+
+
+def _best_with_room(log_q: np.ndarray, rows: np.ndarray, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``rows``, its best column that is not ``full``, and that column's score. A block of rows at a
+    time: full columns are masked in a copy of the block, never of the matrix."""
+    best, confidence = np.empty(rows.size, np.int64), np.empty(rows.size, log_q.dtype)
+    for start in range(0, rows.size, BLOCK_ROWS):
+        block = log_q[rows[start : start + BLOCK_ROWS]]
+        block[:, full] = -np.inf
+        best[start : start + len(block)] = block.argmax(axis=1)
+        confidence[start : start + len(block)] = block[np.arange(len(block)), best[start : start + len(block)]]
+    return best, confidence

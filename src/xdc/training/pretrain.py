@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from xdc.clustering.sharded import (
     torch_search,
 )
 from xdc.clustering.sinkhorn import balanced_assign
+from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
 from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog
@@ -172,6 +174,7 @@ class Pretrainer:
         if self.ctx.main and not (resume and folder.exists()):  # new, or started before runs kept videos/
             try:
                 kept = self._usable_videos(manifest_path, progress=True)
+                self._check_memory(len(kept))
                 kept.save(folder)
                 write_videos(self.out / "videos.csv", kept, progress=True)
                 del kept  # before mapping the saved copy below: at 65M videos the paths alone are 4 GB
@@ -189,6 +192,20 @@ class Pretrainer:
         if folder.exists():
             return Manifest.open(folder)
         return self._usable_videos(manifest_path, progress=False)
+
+    def _check_memory(self, videos: int) -> None:
+        """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0: refuse at the start what would run
+        out of memory at the first clustering, after a whole extraction."""
+        cfg = self.cfg.train
+        if cfg.assign != "sinkhorn" or self.method.supervised or not self.method.trains:
+            return
+        need = sinkhorn_memory(videos, cfg.k, cfg.pca_dim)
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > have:
+            raise UserError(f"train.assign=sinkhorn on {videos} videos at train.k={cfg.k} needs about "
+                            f"{need / 2**30:.1f} GiB on rank 0 (a videos x k float64 matrix), more than this "
+                            f"machine's {have / 2**30:.1f} GiB: use train.assign=kmeans or a smaller "
+                            "train.k")  # fmt: skip
 
     def _usable_videos(self, manifest_path: Path, progress: bool) -> Manifest:
         """The manifest's videos that the training clips can use (the rest are dropped by TrainClips' policy)."""
