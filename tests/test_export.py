@@ -210,9 +210,12 @@ def test_programs_run_without_xdc_for_any_batch(run, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "audio.safetensors", "video.safetensors"]
 
 
-def test_unknown_program_format(run, tmp_path, capsys):
+def test_unknown_program_format_or_missing_onnx(run, tmp_path, capsys, monkeypatch):
     with pytest.raises(UserError, match="unknown export format tflite: choose from onnx, pt2"):
         export_run(run, tmp_path / "a", also=["tflite"])
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    assert main(["export", str(run), "--out", str(tmp_path / "a"), "--also", "onnx"]) == 2
+    assert "ONNX export needs the package(s) onnxscript: pip install 'xdc[onnx]'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(run), "--out", str(tmp_path / "b"), "--also", "tflite"])
     assert "invalid choice: 'tflite'" in capsys.readouterr().err

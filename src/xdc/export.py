@@ -155,7 +155,7 @@ def _check_programs(formats: list[str] | tuple) -> None:
         raise UserError(f"unknown export format {', '.join(unknown)}: choose from {', '.join(PROGRAMS)}")
     missing = [m for m in ("onnx", "onnxscript") if "onnx" in formats and importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"ONNX export needs the packages {' and '.join(missing)}: pip install 'xdc[onnx]'")
+        raise UserError(f"ONNX export needs the package(s) {' and '.join(missing)}: pip install 'xdc[onnx]'")
 
 
 def write_program(encoder: nn.Module, meta: dict[str, str], path: Path) -> Path:
