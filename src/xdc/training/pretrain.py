@@ -174,7 +174,7 @@ class Pretrainer:
         if self.ctx.main and not (resume and folder.exists()):  # new, or started before runs kept videos/
             try:
                 kept = self._usable_videos(manifest_path, progress=True)
-                self._check_memory(len(kept))
+                self._check_sinkhorn_memory(len(kept))
                 kept.save(folder)
                 write_videos(self.out / "videos.csv", kept, progress=True)
                 del kept  # before mapping the saved copy below: at 65M videos the paths alone are 4 GB
@@ -193,7 +193,7 @@ class Pretrainer:
             return Manifest.open(folder)
         return self._usable_videos(manifest_path, progress=False)
 
-    def _check_memory(self, videos: int) -> None:
+    def _check_sinkhorn_memory(self, videos: int) -> None:
         """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0: refuse at the start what would run
         out of memory at the first clustering, after a whole extraction."""
         cfg = self.cfg.train
