@@ -35,6 +35,11 @@ class Method:
     def supervised(self) -> bool:
         return MANIFEST_LABELS in self.label_sets
 
+    @property
+    def clusters(self) -> bool:
+        """Trains on pseudo-labels from clustering (not the manifest's labels, and not "no training")."""
+        return self.trains and not self.supervised
+
 
 _AV = {"video": "video", "audio": "audio"}
 

@@ -123,6 +123,7 @@ def _best_with_room(log_q: np.ndarray, rows: np.ndarray, full: np.ndarray) -> tu
     for start in range(0, rows.size, BLOCK_ROWS):
         block = log_q[rows[start : start + BLOCK_ROWS]]
         block[:, full] = -np.inf
-        best[start : start + len(block)] = block.argmax(axis=1)
-        confidence[start : start + len(block)] = block[np.arange(len(block)), best[start : start + len(block)]]
+        choice = best[start : start + len(block)]  # a view: filled in place
+        choice[:] = block.argmax(axis=1)
+        confidence[start : start + len(block)] = block[np.arange(len(block)), choice]
     return best, confidence

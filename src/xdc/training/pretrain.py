@@ -118,7 +118,7 @@ class Pretrainer:
         self.train_set = TrainClips(self.videos, cfg.data, modalities=modalities, raw_video=True)
         self.eval_set = EvalClips(self.videos, cfg.data, clips=1, modalities=modalities, raw_video=True)
         self.normalize_video = NormalizeVideo(ctx.device)
-        if len(self.videos) < cfg.train.k and not self.method.supervised and self.method.trains:
+        if len(self.videos) < cfg.train.k and self.method.clusters:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
             raise UserError(f"method supervised needs labels in the manifest ({manifest_path} has none)")
@@ -197,7 +197,7 @@ class Pretrainer:
         """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0: refuse at the start what would run
         out of memory at the first clustering, after a whole extraction."""
         cfg = self.cfg.train
-        if cfg.assign != "sinkhorn" or self.method.supervised or not self.method.trains:
+        if cfg.assign != "sinkhorn" or not self.method.clusters:
             return
         need = sinkhorn_memory(videos, cfg.k, cfg.pca_dim)
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
