@@ -155,6 +155,8 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, else fp32), fp32, or bf16: forward and loss under bfloat16 autocast
     channels_last: bool | str = "auto"  # auto (on CUDA), true or false: N, T, H, W, C layout of video encoder and clips
     compile: bool = False  # torch.compile the training model (the first step of each process compiles it)
+    # auto (8 on CUDA, else 0) or N: video middle widths run at multiples of N with zero channels (xdc.models.padding)
+    pad_widths: int | str = "auto"
 
     def __post_init__(self) -> None:
         if self.recluster not in ("epochs", "plateau"):
@@ -169,6 +171,8 @@ class TrainConfig:
             raise UserError(f"train.precision must be 'auto', 'fp32' or 'bf16', not {self.precision!r}")
         if self.channels_last not in (True, False, "auto"):
             raise UserError(f"train.channels_last must be true, false or auto, not {self.channels_last!r}")
+        if self.pad_widths != "auto" and not (type(self.pad_widths) is int and self.pad_widths >= 0):
+            raise UserError(f"train.pad_widths must be auto or a whole number >= 0 (0: off), not {self.pad_widths!r}")
         for name in ("k", "rounds", "epochs", "batch_size"):
             if getattr(self, name) < (2 if name == "k" else 1):
                 raise UserError(f"train.{name} must be at least {2 if name == 'k' else 1}")
@@ -181,6 +185,13 @@ class TrainConfig:
         """Whether the video encoder and its clips are channels-last on this kind of device: auto means on CUDA,
         where it measured 1.65x the clips/s of the default layout (BENCHMARKS.md "Training step")."""
         return self.channels_last is True or (self.channels_last == "auto" and device_type == "cuda")
+
+    def pad_widths_on(self, device_type: str) -> int:
+        """The multiple the video encoders' middle widths run at on this kind of device (0: as they are): auto
+        means 8 on CUDA, where it measured 1.11x the clips/s of a compiled step (BENCHMARKS.md "Training step")."""
+        if self.pad_widths == "auto":
+            return 8 if device_type == "cuda" else 0
+        return self.pad_widths
 
 
 @dataclass

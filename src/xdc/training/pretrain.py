@@ -54,6 +54,7 @@ from xdc.errors import UserError
 from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.models.heads import LinearHead
+from xdc.models.padding import pad_middle_widths
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.distributed import Dist, barrier, broadcast_failure, broadcast_labels, gather_rows
@@ -144,10 +145,12 @@ class Pretrainer:
         self.encoders = nn.ModuleDict(
             {name: build_encoder(modality, cfg.model) for name, modality in self.method.encoders.items()}
         ).to(ctx.device)
-        if self.channels_last:  # conv weights in the layout of the clips (see _layout)
-            for name, modality in self.method.encoders.items():
-                if modality == "video":
-                    self.encoders[name].to(memory_format=torch.channels_last_3d)
+        self.pad_widths = cfg.train.pad_widths_on(ctx.device.type)
+        for name, modality in self.method.encoders.items():
+            if modality == "video" and self.channels_last:  # conv weights in the layout of the clips (see _layout)
+                self.encoders[name].to(memory_format=torch.channels_last_3d)
+            if modality == "video" and self.pad_widths:  # the same parameters, faster kernels (xdc.models.padding)
+                pad_middle_widths(self.encoders[name], self.pad_widths)
         self.feature_dims = {name: enc.feature_dim for name, enc in self.encoders.items()}
         self.optimizer = self._sgd(self.encoders.parameters())
         self.holdout = self._holdout_mask()
@@ -216,10 +219,10 @@ class Pretrainer:
 
     def run(self) -> None:
         cfg = self.cfg.train
-        # what train.precision=auto and channels_last=auto became here: the config says auto, the log says what ran
+        # what the train settings left at auto became here: the config says auto, the log says what ran
         self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
-                       bf16=self.bf16, channels_last=self.channels_last, compile=cfg.compile,
-                       kmeans_search=self.kmeans_on)  # fmt: skip
+                       bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
+                       compile=cfg.compile, kmeans_search=self.kmeans_on)  # fmt: skip
         rounds = 1 if self.method.supervised else cfg.rounds
         if not self.method.trains:
             self._finish()
