@@ -8,21 +8,24 @@
 # step with under 20 s left is skipped. STEPs (optional) run only those steps. A wheels/ folder of the repository
 # root (made by benchmarks/gpu_wheels.sh), if present, is installed first into /tmp/xdc-site: for machines whose
 # Python has torch but not PyAV or faiss.
-# Steps, in the order they run (most wanted first; eager and cl were measured on 2026-11-29, see BENCHMARKS.md):
+# Steps, in the order they run (most wanted first; padded widths, convs and clustering were measured on
+# 2026-11-29, eager and cl before that, see BENCHMARKS.md):
 #   env         GPU, driver, CPU cores and model (and any CPU quota), package versions, a bf16 matrix-product
 #               ceiling
-#   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last on cuDNN, pinned batches, a step that does
-#               not wait for the GPU, a killed run resumed, k-means searched by torch on the GPU)
-#   compile     benchmarks/train_step.py, paper preset, batch 128, bf16, channels-last, torch.compile (inductor;
-#               compiling takes a minute): model-only, end-to-end, loader-only, one process, and a profile of 5
-#               model-only steps (ops by device time)
+#   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last + padded widths on cuDNN, pinned batches,
+#               a step that does not wait for the GPU, a killed run resumed, k-means searched by torch on the GPU)
+#   compile     benchmarks/train_step.py, paper preset, batch 128, bf16, channels-last, middle widths padded to 8
+#               (the trainer's default on CUDA), torch.compile (inductor; compiling takes a minute): model-only,
+#               end-to-end, loader-only (each after a warm-up of the batches the loader holds in flight), one
+#               process, and a profile of 5 model-only steps (ops by device time)
+#   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN;
+#               over 250 s: it times about 18 kernels for each of 36 convolution shapes)
+#   b256        compile's model-only step at batch 256
 #   convs       benchmarks/conv_shapes.py: every convolution of the encoders alone, forward + backward, against its
 #               roofline, as called and as 2-D or channel-padded equivalents
-#   pad8        compile's model-only step with the middle widths padded to multiples of 8 (--pad-widths 8)
 #   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024: xdc's round on the CPU (faiss as
 #               installed) and the torch search on the GPU
-#   b256        compile's model-only step at batch 256
-#   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN)
+#   nopad       compile's model-only step without padded widths (--pad-widths 0)
 #   eager       as compile, without torch.compile and channels-last
 #   cl          as compile, without torch.compile
 # OUT_DIR gets gpu_check.log, profiles.txt, train_step.jsonl (a line per train_step run), conv_shapes.json and
@@ -81,14 +84,14 @@ for _ in range(10): a @ a
 torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
 step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-train_step compile 180 --channels-last --compile --profile "$out/profiles.txt"
+train_step compile 240 --channels-last --compile --profile "$out/profiles.txt"
+train_step autotune 420 --channels-last --compile-mode max-autotune-no-cudagraphs --model-only \
+    --profile "$out/profiles.txt"
+train_step b256 120 --channels-last --compile --model-only --batch 256
 step convs 150 python3 benchmarks/conv_shapes.py && cp benchmarks/results/conv_shapes.json "$out/conv_shapes.json"
-train_step pad8 120 --channels-last --compile --model-only --pad-widths 8 --profile "$out/profiles.txt"
 step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 --paths ours torch &&
     cp benchmarks/results/clustering.json "$out/clustering.json"
-train_step b256 120 --channels-last --compile --model-only --batch 256
-train_step autotune 300 --channels-last --compile-mode max-autotune-no-cudagraphs --model-only \
-    --profile "$out/profiles.txt"
+train_step nopad 120 --channels-last --compile --model-only --pad-widths 0
 train_step eager 110 --profile "$out/profiles.txt"
 train_step cl 90 --channels-last --profile "$out/profiles.txt"
 echo "=== done after $SECONDS s"

@@ -4,7 +4,7 @@
     python benchmarks/train_step.py --preset tiny --device cpu --steps 10
     python benchmarks/train_step.py --preset paper --channels-last --compile --batch 128 --data DIR
     python benchmarks/train_step.py --preset paper --channels-last --compile --profile profile.txt
-    python benchmarks/train_step.py --preset paper --channels-last --compile --pad-widths 8
+    python benchmarks/train_step.py --preset paper --channels-last --compile --pad-widths 0
     python benchmarks/train_step.py --preset paper --channels-last --compile-mode max-autotune-no-cudagraphs
 
 The step is the Pretrainer's own (xdc.training.pretrain): both encoders, the two cross-modal heads (k clusters),
@@ -18,9 +18,13 @@ precision, memory layout and torch.compile. Three measurements:
                --loader-steps batches (it is cheap: more than the model steps, for a steadier rate);
   one process  the loader's items read one after another in this process with one thread, no loader: what
                one core makes, so that loader only / (workers x this) shows what the loader's processes cost.
---pad-widths M widens the video encoder's middle widths to multiples of M (at width 64, 45, 230, 460 and 921 are
-not multiples of 8; cuDNN pads them itself in every step) with channels that stay exactly zero: zero filters in,
-zero BatchNorm shift, zero weights out. The same function up to float rounding; MFU counts the unpadded FLOPs.
+--pad-widths (auto: 8 on CUDA, as train.pad_widths) runs the video encoder's middle widths at multiples of M (at
+width 64, 45, 230, 460 and 921 are not multiples of 8, and cuDNN pads them itself in every step) with channels that
+are always zero (xdc.models.padding): the same model up to float rounding; MFU counts the unpadded FLOPs.
+The fed measurements first run as many untimed batches as the loader holds in flight (PREFETCH x workers; at
+least --warmup): until then its workers start up together and page-locked buffers are still being allocated,
+which stalls the device at each allocation. They also report wait_ms, the time per step this process waited for
+the loader's next batch: near 0 when the loader keeps up and the step itself is slower than model-only.
 Without --data, a synthetic set (xdc make-synthetic) is written to a temporary folder with frames whose short
 side is the preset's decode size, at 25 fps (decoding cost grows with the source frame rate), then transcoded by
 xdc prepare as the docs advise for training (a keyframe every 16 frames, 16 kHz mono); --unprepared reads the
@@ -40,15 +44,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from common import report
 from xdc.config import Config, SyntheticConfig, load_config
-from xdc.data.datasets import TrainClips
+from xdc.data.datasets import PREFETCH, TrainClips
 from xdc.data.index import build_manifest
 from xdc.data.prepare import prepare
 from xdc.data.synthetic import make_synthetic
 from xdc.errors import UserError
+from xdc.models.padding import pad_middle_widths
 from xdc.training.distributed import Dist
 from xdc.training.flops import count_flops, mfu, peak_tflops
 from xdc.training.pretrain import Pretrainer
@@ -74,8 +78,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="folder of video files (default: a generated synthetic set)")
     parser.add_argument("--unprepared", action="store_true", help="the synthetic set without xdc prepare")
     parser.add_argument("--model-only", action="store_true", help="skip the measurements that read files")
-    parser.add_argument("--pad-widths", type=int, default=0, metavar="M",
-                        help="widen the video encoder's middle widths to multiples of M with zero channels")
+    parser.add_argument("--pad-widths", default="auto", metavar="M",
+                        help="the video encoder's middle widths at multiples of M (0: off; default: auto, 8 on CUDA)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also profile 5 model-only steps: the ops by device time, as a table appended to FILE")
     args = parser.parse_args()
@@ -84,13 +88,16 @@ def main() -> None:
         parser.error("--warmup, --steps and --loader-steps must be at least 1")
 
     device = torch.device(args.device)
+    fed_warmup = max(args.warmup, PREFETCH * args.workers)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     cfg = load_config(None, [
         f"train.k={args.k}", f"train.batch_size={args.batch}", f"train.precision={precision}",
         f"train.channels_last={str(args.channels_last).lower()}", f"train.compile={str(args.compile).lower()}",
-        f"data.workers={args.workers}",
-        f"train.epoch_size={(args.warmup + max(args.steps, args.loader_steps)) * args.batch}",
+        f"data.workers={args.workers}", f"train.pad_widths={args.pad_widths}",
+        f"train.epoch_size={(fed_warmup + max(args.steps, args.loader_steps)) * args.batch}",
     ], preset=args.preset)  # fmt: skip
+    pad_widths = cfg.train.pad_widths_on(device.type)
+    cfg.train.pad_widths = 0  # padded below, once the FLOPs of the plain model are counted
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or (peak_tflops(device_name) if precision == "bf16" else None)
 
@@ -108,24 +115,23 @@ def main() -> None:
         trainer.train_model.train()
         random_batch = random_clips(trainer, args.batch, device)
         flops = count_flops(lambda: trainer._step(trainer.model, random_batch))  # uncompiled: the counter sees ops
-        if args.pad_widths:
+        if pad_widths:
             videos = [trainer.encoders[e] for e, m in trainer.method.encoders.items() if m == "video"]
-            padded = sum(pad_middle_widths(encoder, args.pad_widths) for encoder in videos)
-            print(f"padded the middle widths of {padded} convolution pairs to multiples of {args.pad_widths}")
-            for encoder in videos if trainer.channels_last else []:
-                encoder.to(memory_format=torch.channels_last_3d)  # the new weights too, as the trainer does
-            trainer.optimizer = trainer._sgd(trainer.encoders.parameters())  # the new parameters
+            padded = sum(pad_middle_widths(encoder, pad_widths) for encoder in videos)
+            print(f"padded the middle widths of {padded} convolution pairs to multiples of {pad_widths}")
         if args.compile_mode:  # the trainer's own wrapper compiles in the default mode; it has not run yet
             trainer.train_model = torch.compile(trainer.model, mode=args.compile_mode)
 
         def step(batch: dict) -> None:
             trainer._step(trainer.train_model, batch)
 
-        first_s, model_s, model_clips = timed(step, itertools.repeat(random_batch), args.warmup, args.steps, device)
+        first_s, model_s, model_clips, _ = timed(step, itertools.repeat(random_batch), args.warmup, args.steps, device)
 
-        def row(measure: str, seconds: float, clips: int, steps: int) -> dict:
+        def row(measure: str, seconds: float, clips: int, steps: int, waited: float | None = None) -> dict:
             r = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / steps,
                  "vs_model_only": clips / seconds / (model_clips / model_s)}  # fmt: skip
+            if waited is not None:
+                r["wait_ms"] = 1000 * waited / steps
             if measure in ("model-only", "end-to-end"):
                 r["tflop_per_s"] = flops * steps / seconds / 1e12
                 if peak:
@@ -142,8 +148,8 @@ def main() -> None:
         fed = [("end-to-end", step, args.steps), ("loader only", trainer._inputs, args.loader_steps)]
         for measure, run, steps in [] if args.model_only else fed:
             try:
-                seconds, clips = timed(run, iter(trainer._train_loader()), args.warmup, steps, device)[1:]
-                rows.append(row(measure, seconds, clips, steps))
+                seconds, clips, waited = timed(run, iter(trainer._train_loader()), fed_warmup, steps, device)[1:]
+                rows.append(row(measure, seconds, clips, steps, waited))
             except RuntimeError as e:  # e.g. a loader worker killed (too little shared memory): keep the rest
                 print(f"{measure} failed: {e}")
                 failed[measure] = str(e)
@@ -155,8 +161,9 @@ def main() -> None:
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
         "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
-        "pad_widths": args.pad_widths, "batch": args.batch, "k": args.k, "steps": args.steps,
-        "loader_steps": args.loader_steps, "warmup": args.warmup, "workers": args.workers, "videos": n,
+        "pad_widths": pad_widths, "batch": args.batch, "k": args.k, "steps": args.steps,
+        "loader_steps": args.loader_steps, "warmup": args.warmup, "fed_warmup": fed_warmup, "workers": args.workers,
+        "videos": n,
         "data": str(args.data) if args.data else "synthetic" if args.unprepared else "synthetic, prepared",
         "gflop_per_step": flops / 1e9,
         "first_step_s": first_s, "peak_tflops": peak, "load_average_1m": os.getloadavg()[0], "failed": failed,
@@ -183,46 +190,6 @@ def synthetic_set(cfg: Config, out: Path, videos: int, prepared: bool = True) ->
     return out / "prepared"
 
 
-def pad_middle_widths(encoder: nn.Module, multiple: int) -> int:
-    """Widen every conv -> BatchNorm -> ReLU -> conv chain whose middle width is not a multiple of ``multiple`` (the
-    (2+1)D convs and the stem) with channels that are zero and stay zero under SGD: their filters and BatchNorm
-    shift are zero, so they normalise to 0 and ReLU passes 0 with zero gradient, and the next conv's weights on
-    them are zero and receive none. Returns the number of chains widened."""
-    widened = 0
-    for chain in [m for m in encoder.modules() if isinstance(m, nn.Sequential)]:
-        for i in range(len(chain) - 3):
-            first, norm, relu, second = (chain[i + j] for j in range(4))
-            kinds = (nn.Conv3d, nn.BatchNorm3d, nn.ReLU, nn.Conv3d)
-            if not all(isinstance(m, kind) for m, kind in zip((first, norm, relu, second), kinds)):
-                continue
-            mid = first.out_channels
-            wide = -(-mid // multiple) * multiple
-            if wide == mid:
-                continue
-            chain[i] = _widened_conv(first, first.in_channels, wide)
-            chain[i + 1] = _widened_norm(norm, wide)
-            chain[i + 3] = _widened_conv(second, wide, second.out_channels)
-            widened += 1
-    return widened
-
-
-def _widened_conv(conv: nn.Conv3d, cin: int, cout: int) -> nn.Conv3d:
-    wide = nn.Conv3d(cin, cout, conv.kernel_size, conv.stride, conv.padding, bias=False)
-    wide = wide.to(conv.weight.device, conv.weight.dtype)
-    with torch.no_grad():
-        wide.weight.zero_()
-        wide.weight[: conv.out_channels, : conv.in_channels] = conv.weight
-    return wide
-
-
-def _widened_norm(norm: nn.BatchNorm3d, width: int) -> nn.BatchNorm3d:
-    wide = nn.BatchNorm3d(width, eps=norm.eps, momentum=norm.momentum).to(norm.weight.device)
-    with torch.no_grad():
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(wide, name)[: norm.num_features] = getattr(norm, name)
-    return wide  # new channels: scale 1, shift 0, running mean 0 and variance 1
-
-
 def random_clips(trainer: Pretrainer, batch: int, device: torch.device) -> dict:
     """A batch shaped like the loader's (shapes read from one real item), generated on the device."""
     item = trainer.train_set[(0, 0)]
@@ -236,8 +203,9 @@ def random_clips(trainer: Pretrainer, batch: int, device: torch.device) -> dict:
 
 def timed(
     step: Callable[[dict], object], batches: Iterator[dict], warmup: int, steps: int, device: torch.device
-) -> tuple[float, float, int]:
-    """Seconds of the first step, then seconds and clips of ``steps`` steps after ``warmup`` untimed ones."""
+) -> tuple[float, float, int, float]:
+    """Seconds of the first step, then seconds and clips of ``steps`` steps after ``warmup`` untimed ones, and the
+    seconds of those spent waiting for ``batches``."""
     t = time.perf_counter()
     step(next(batches))
     sync(device)
@@ -245,13 +213,15 @@ def timed(
     for _ in range(warmup - 1):
         step(next(batches))
     sync(device)
-    t, clips = time.perf_counter(), 0
+    t, clips, waited = time.perf_counter(), 0, 0.0
     for _ in range(steps):
+        asked = time.perf_counter()
         batch = next(batches)
+        waited += time.perf_counter() - asked
         step(batch)
         clips += batch["index"].numel()
     sync(device)
-    return first, time.perf_counter() - t, clips
+    return first, time.perf_counter() - t, clips, waited
 
 
 def read_items(dataset: TrainClips, videos: int, items: int) -> tuple[float, int]:

@@ -160,6 +160,9 @@ def collate_clips(items: list[dict]) -> dict:
     return batch
 
 
+PREFETCH = 4  # batches each loader worker prepares ahead
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0, sampler=None,
     pin_memory: bool = False,
@@ -170,5 +173,5 @@ def make_loader(
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
         num_workers=workers, collate_fn=collate_clips, generator=generator, pin_memory=pin_memory,
-        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=workers > 0, prefetch_factor=PREFETCH if workers > 0 else None,
     )  # fmt: skip
