@@ -121,3 +121,22 @@ def test_pad_widths_is_validated_and_auto_means_8_on_cuda():
     assert (auto.pad_widths_on("cuda"), auto.pad_widths_on("cpu")) == (8, 0)
     assert load_config(None, ["train.pad_widths=0"]).train.pad_widths_on("cuda") == 0
     assert load_config(None, ["train.pad_widths=16"]).train.pad_widths_on("cpu") == 16
+
+
+def test_a_compiled_padded_encoder_updates_its_statistics():
+    """Through torch.compile's graph capture and functionalization (the aot_eager backend: Inductor's code
+    generation is what the GPU run adds), the in-place copies of the running statistics survive."""
+    plain = tiny_video_encoder()
+    padded = copy.deepcopy(plain)
+    pad_middle_widths(padded, 8)
+    compiled = torch.compile(padded, backend="aot_eager")
+    x = torch.randn(4, 3, 4, 32, 32)
+    for model in (plain, compiled):
+        model(x).square().mean().backward()
+    state = padded.state_dict()
+    assert state["stem.1.num_batches_tracked"] == 1
+    assert not torch.equal(state["stem.1.running_mean"], torch.zeros_like(state["stem.1.running_mean"]))
+    assert_states_close(state, plain.state_dict())
+    for (name, p), q in zip(plain.named_parameters(), padded.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    torch._dynamo.reset()
