@@ -18,6 +18,8 @@
 #               (the trainer's default on CUDA), torch.compile (inductor; compiling takes a minute): model-only,
 #               end-to-end, loader-only (each after a warm-up of the batches the loader holds in flight), one
 #               process, and a profile of 5 model-only steps (ops by device time)
+#   cudagraphs  as compile, in mode reduce-overhead (CUDA graphs: the step's kernels replayed with almost no host
+#               time, which matters when the loader's workers take every core)
 #   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN;
 #               over 250 s: it times about 18 kernels for each of 36 convolution shapes)
 #   b256        compile's model-only step at batch 256
@@ -85,6 +87,7 @@ torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
 step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 train_step compile 240 --channels-last --compile --profile "$out/profiles.txt"
+train_step cudagraphs 240 --channels-last --compile-mode reduce-overhead
 train_step autotune 420 --channels-last --compile-mode max-autotune-no-cudagraphs --model-only \
     --profile "$out/profiles.txt"
 train_step b256 120 --channels-last --compile --model-only --batch 256

@@ -23,8 +23,10 @@ width 64, 45, 230, 460 and 921 are not multiples of 8, and cuDNN pads them itsel
 are always zero (xdc.models.padding): the same model up to float rounding; MFU counts the unpadded FLOPs.
 The fed measurements first run as many untimed batches as the loader holds in flight (PREFETCH x workers; at
 least --warmup): until then its workers start up together and page-locked buffers are still being allocated,
-which stalls the device at each allocation. They also report wait_ms, the time per step this process waited for
-the loader's next batch: near 0 when the loader keeps up and the step itself is slower than model-only.
+which stalls the device at each allocation. Each measurement also reports wait_ms, the time per step this process
+waited for the loader's next batch (near 0 when the loader keeps up and the step itself is slower than
+model-only), and cpu_ms, this process's CPU time per step, all its threads (launching the step's kernels, the
+loader's page-locked copies): more than ms_per_step means it takes cores from the loader's workers.
 Without --data, a synthetic set (xdc make-synthetic) is written to a temporary folder with frames whose short
 side is the preset's decode size, at 25 fps (decoding cost grows with the source frame rate), then transcoded by
 xdc prepare as the docs advise for training (a keyframe every 16 frames, 16 kHz mono); --unprepared reads the
@@ -125,13 +127,14 @@ def main() -> None:
         def step(batch: dict) -> None:
             trainer._step(trainer.train_model, batch)
 
-        first_s, model_s, model_clips, _ = timed(step, itertools.repeat(random_batch), args.warmup, args.steps, device)
+        first_s, *model = timed(step, itertools.repeat(random_batch), args.warmup, args.steps, device)
+        model_s, model_clips = model[:2]
 
-        def row(measure: str, seconds: float, clips: int, steps: int, waited: float | None = None) -> dict:
+        def row(measure: str, seconds: float, clips: int, steps: int, waited: float = 0.0, cpu: float = 0.0) -> dict:
             r = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / steps,
                  "vs_model_only": clips / seconds / (model_clips / model_s)}  # fmt: skip
-            if waited is not None:
-                r["wait_ms"] = 1000 * waited / steps
+            if measure != "one process":
+                r["wait_ms"], r["cpu_ms"] = 1000 * waited / steps, 1000 * cpu / steps
             if measure in ("model-only", "end-to-end"):
                 r["tflop_per_s"] = flops * steps / seconds / 1e12
                 if peak:
@@ -139,7 +142,7 @@ def main() -> None:
             print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
             return r  # printed as it comes: a run stopped later keeps what it measured in its log
 
-        rows = [row("model-only", model_s, model_clips, args.steps)]
+        rows = [row("model-only", model_s, model_clips, args.steps, *model[2:])]
         if args.profile:
             profile(step, random_batch, device, args.profile, f"{args.preset}, batch {args.batch}, {precision}, "
                     f"channels_last={args.channels_last}, compile={args.compile_mode or args.compile}, "
@@ -148,8 +151,8 @@ def main() -> None:
         fed = [("end-to-end", step, args.steps), ("loader only", trainer._inputs, args.loader_steps)]
         for measure, run, steps in [] if args.model_only else fed:
             try:
-                seconds, clips, waited = timed(run, iter(trainer._train_loader()), fed_warmup, steps, device)[1:]
-                rows.append(row(measure, seconds, clips, steps, waited))
+                seconds, clips, waited, cpu = timed(run, iter(trainer._train_loader()), fed_warmup, steps, device)[1:]
+                rows.append(row(measure, seconds, clips, steps, waited, cpu))
             except RuntimeError as e:  # e.g. a loader worker killed (too little shared memory): keep the rest
                 print(f"{measure} failed: {e}")
                 failed[measure] = str(e)
@@ -203,9 +206,9 @@ def random_clips(trainer: Pretrainer, batch: int, device: torch.device) -> dict:
 
 def timed(
     step: Callable[[dict], object], batches: Iterator[dict], warmup: int, steps: int, device: torch.device
-) -> tuple[float, float, int, float]:
-    """Seconds of the first step, then seconds and clips of ``steps`` steps after ``warmup`` untimed ones, and the
-    seconds of those spent waiting for ``batches``."""
+) -> tuple[float, float, int, float, float]:
+    """Seconds of the first step, then seconds and clips of ``steps`` steps after ``warmup`` untimed ones, the
+    seconds of those spent waiting for ``batches``, and this process's CPU seconds over them (all its threads)."""
     t = time.perf_counter()
     step(next(batches))
     sync(device)
@@ -213,7 +216,7 @@ def timed(
     for _ in range(warmup - 1):
         step(next(batches))
     sync(device)
-    t, clips, waited = time.perf_counter(), 0, 0.0
+    t, cpu, clips, waited = time.perf_counter(), time.process_time(), 0, 0.0
     for _ in range(steps):
         asked = time.perf_counter()
         batch = next(batches)
@@ -221,7 +224,7 @@ def timed(
         step(batch)
         clips += batch["index"].numel()
     sync(device)
-    return first, time.perf_counter() - t, clips, waited
+    return first, time.perf_counter() - t, clips, waited, time.process_time() - cpu
 
 
 def read_items(dataset: TrainClips, videos: int, items: int) -> tuple[float, int]:
