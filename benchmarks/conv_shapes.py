@@ -10,7 +10,10 @@ channels-last bf16 (as a training step on CUDA does) with cuDNN's autotuner on, 
   2d      a (1, k, k) convolution without temporal stride as a 2-D one over the frames (N x T images), and a
           (k, 1, 1) one without spatial stride as a 2-D one over (T, H x W): free views of the channels-last
           tensor, the same weights;
-  pad8    input and output channels rounded up to multiples of 8 (what cuDNN otherwise pads on every call).
+  pad8    input and output channels rounded up to multiples of 8 (what cuDNN otherwise pads on every call);
+  s2d     a (1, k, k) convolution with spatial stride 2 on fewer than 8 channels (the video stem, 3 -> 45) as a
+          stride-1 one with kernel (k + 1) / 2 over 2 x 2 blocks of pixels (pixel_unshuffle: 4x the channels,
+          1.3x the FLOPs for k = 7), its input rearranged in each call.
 Backward computes the weight gradient, and the input gradient except for a clip's first convolution. The
 roofline of a shape is max(FLOPs / peak, bytes / bandwidth) per pass (benchmarks/roofline.py); "of roofline" is
 that time over the measured one. Totals weigh each shape by how often the encoders use it.
@@ -73,17 +76,34 @@ def formulations(xs, ws, stride, padding) -> dict[str, tuple]:
             out["2d"] = ((n * t, c, h, w), (co, ci, kh, kw), stride[1:], padding[1:], F.conv2d)
         elif kh == kw == 1 and stride[1:] == (1, 1) and padding[1:] == (0, 0):  # temporal: time x pixels
             out["2d"] = ((n, c, t, h * w), (co, ci, kt, 1), (stride[0], 1), (padding[0], 0), F.conv2d)
+        even = (h + 2 * padding[1]) % 2 == 0 and (w + 2 * padding[2]) % 2 == 0
+        if kt == 1 and stride == (1, 2, 2) and padding[0] == 0 and kh == kw and kh % 2 and c < 8 and even:
+            k2 = (kh + 1) // 2
+            out["s2d"] = (xs, (co, 4 * ci, k2, k2), stride, padding, space_to_depth_conv)
     rounded = (-(-xs[1] // 8) * 8, -(-ws[0] // 8) * 8)
     if rounded != (xs[1], ws[0]):
         out["pad8"] = ((xs[0], rounded[0], *xs[2:]), (rounded[1], rounded[0], *ws[2:]), stride, padding, conv)
     return out
 
 
+def space_to_depth_conv(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> torch.Tensor:
+    """The "s2d" form: ``weight`` (out, 4 x in, k2, k2) holds the taps of a (1, k, k) kernel, k = 2 x k2 - 1,
+    with a zero tap added: ``[o, 4c + 2i + j, a, b] = kernel[o, c, 0, 2a + i, 2b + j]`` (0 where 2a + i = k).
+    Frames of the channels-last clip as images (a free view), padded as the convolution pads, then each 2 x 2
+    block of pixels as 4 channels: stride 1 over blocks is stride 2 over pixels."""
+    n, c, t, h, w = x.shape
+    frames = F.pad(x.transpose(1, 2).reshape(n * t, c, h, w), (padding[2], padding[2], padding[1], padding[1]))
+    blocks = F.pixel_unshuffle(frames, 2).contiguous(memory_format=torch.channels_last)
+    return F.conv2d(blocks, weight)
+
+
 def timed(xs, ws, stride, padding, conv, input_grad: bool, device: torch.device, reps: int) -> tuple[float, float]:
     """Seconds of one forward and of one backward of ``conv`` on channels-last bf16 tensors of these shapes."""
-    layout = torch.channels_last_3d if len(xs) == 5 else torch.channels_last
-    x = torch.randn(xs, device=device, dtype=torch.bfloat16).contiguous(memory_format=layout)
-    w = torch.randn(ws, device=device, dtype=torch.bfloat16).contiguous(memory_format=layout)
+    def layout(shape) -> torch.memory_format:
+        return torch.channels_last_3d if len(shape) == 5 else torch.channels_last
+
+    x = torch.randn(xs, device=device, dtype=torch.bfloat16).contiguous(memory_format=layout(xs))
+    w = torch.randn(ws, device=device, dtype=torch.bfloat16).contiguous(memory_format=layout(ws))
     x.requires_grad_(input_grad)
     w.requires_grad_(True)
     wanted = (x, w) if input_grad else (w,)
