@@ -188,7 +188,8 @@ class TrainConfig:
 
     def pad_widths_on(self, device_type: str) -> int:
         """The multiple the video encoders' middle widths run at on this kind of device (0: as they are): auto
-        means 8 on CUDA, where it measured 1.11x the clips/s of a compiled step (BENCHMARKS.md "Training step")."""
+        means 8 on CUDA, where widened middle widths gave 1.11x the clips/s of a compiled step (BENCHMARKS.md
+        "Training step")."""
         if self.pad_widths == "auto":
             return 8 if device_type == "cuda" else 0
         return self.pad_widths
