@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from xdc.models.padding import pad_middle_widths
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.distributed import Dist, barrier, broadcast_failure, broadcast_labels, gather_rows
+from xdc.training.memory import usable_memory_bytes
 from xdc.training.runlog import RunLog
 
 
@@ -203,12 +203,12 @@ class Pretrainer:
         if cfg.assign != "sinkhorn" or not self.method.clusters:
             return
         need = sinkhorn_memory(videos, cfg.k, cfg.pca_dim)
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        have = usable_memory_bytes()
         if need > have:
             raise UserError(f"train.assign=sinkhorn on {videos} videos at train.k={cfg.k} needs about "
-                            f"{need / 2**30:.1f} GiB on rank 0 (a videos x k float64 matrix), more than this "
-                            f"machine's {have / 2**30:.1f} GiB: use train.assign=kmeans or a smaller "
-                            "train.k")  # fmt: skip
+                            f"{need / 2**30:.1f} GiB on rank 0 (a videos x k float64 matrix), more than the "
+                            f"{have / 2**30:.1f} GiB this process may use (the machine's memory or its cgroup's "
+                            "limit): use train.assign=kmeans or a smaller train.k")  # fmt: skip
 
     def _usable_videos(self, manifest_path: Path, progress: bool) -> Manifest:
         """The manifest's videos that the training clips can use (the rest are dropped by TrainClips' policy)."""
