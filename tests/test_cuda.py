@@ -185,3 +185,32 @@ def test_kmeans_searched_on_the_gpu_is_faiss_kmeans(monkeypatch, resident):
     again = sharded_kmeans(z, 32, seed=1, iters=10, device="cuda", search="torch")  # deterministic on the GPU
     np.testing.assert_array_equal(again.assignments, on_gpu.assignments)
     np.testing.assert_array_equal(again.centroids, on_gpu.centroids)
+
+
+def test_evaluation_runs_on_the_gpu_in_bf16_like_on_the_cpu(manifest, tmp_path):
+    import csv
+
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.adapters import Item
+    from xdc.evaluation.extract import extract_features
+    from xdc.evaluation.finetune import finetune
+    from xdc.training.distributed import Dist
+    from xdc.training.pretrain import pretrain
+
+    cfg = load_config(None, ["train.batch_size=8", "train.k=4", "train.rounds=1", "data.workers=0"], preset="tiny")
+    pretrain(cfg, manifest, tmp_path / "run", resume=False, ctx=Dist())  # on the CPU: the run is only the input
+    with open(manifest.parent / "data" / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    items = [Item(str(manifest.parent / "data" / r["path"]), r["label"], "test" if i % 3 == 0 else "train")
+             for i, r in enumerate(rows)]  # fmt: skip
+    features = {}
+    for device in ("cpu", "cuda"):
+        summary = extract_features(tmp_path / "run", "video", items, tmp_path / f"{device}.npz", clips=2,
+                                   device=device)  # fmt: skip
+        assert summary["bf16"] == (device == "cuda") and summary["device"].startswith(device)
+        features[device] = torch.from_numpy(np.load(tmp_path / f"{device}.npz")["features"])
+    cosine = torch.nn.functional.cosine_similarity(features["cuda"], features["cpu"], dim=1)
+    assert cosine.min() > 0.98, f"{cosine.min():.4f}"  # the same features, at bf16's precision
+    result = finetune(tmp_path / "run", "video", items, "full", FinetuneConfig(epochs=1, batch_size=8, test_clips=2),
+                      tmp_path / "finetune", workers=2, device="cuda")  # fmt: skip
+    assert result["device"] == "cuda" and result["bf16"] and np.isfinite(result["last_loss"])

@@ -11,7 +11,9 @@ from conftest import synthetic_manifest
 from xdc.cli import main
 from xdc.config import load_config
 from xdc.evaluation.adapters import Item, write_table
-from xdc.evaluation.extract import extract_features
+from xdc.data.datasets import EvalClips
+from xdc.errors import UserError
+from xdc.evaluation.extract import extract_features, items_to_manifest
 from xdc.training.distributed import Dist
 from xdc.training.pretrain import pretrain
 
@@ -128,3 +130,33 @@ def test_fc_only_freezes_the_encoder_and_full_updates_it(run, tmp_path, monkeypa
         after = used["encoder"].state_dict()
         same = all(torch.equal(after[k], used["before"][k]) for k in after)
         assert same is not changed, mode
+
+
+def test_evaluation_runs_where_asked_and_says_so(run, tmp_path, capsys):
+    import torch
+
+    from xdc.evaluation.device import pick_device
+    from xdc.evaluation.extract import load_run_encoder
+
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for name, reason in (("mps", "runs on cpu or cuda"), ("gpu0", "unknown device"), ("cuda:99", "CUDA device")):
+        with pytest.raises(UserError, match=reason):
+            pick_device(name)
+    root, run_dir = run
+    items = items_of(root)[:3]
+    summary = extract_features(run_dir, "video", items, tmp_path / "f.npz", clips=2, device="cpu")
+    assert (summary["device"], summary["bf16"]) == ("cpu", False)
+    # The loader now sends uint8 video, normalised after the copy: the features of the dataset's own normalised
+    # clips, computed here by hand, come out the same.
+    encoder, _, cfg = load_run_encoder(run_dir, "video")
+    manifest = items_to_manifest(items, tmp_path / "probe.csv", "video")[0]
+    clips = torch.stack([EvalClips(manifest, cfg.data, clips=2, modalities=("video",))[k]["video"] for k in range(6)])
+    with torch.no_grad():
+        expected = encoder(clips).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "f.npz")["features"], expected, rtol=1e-5, atol=1e-6)
+    if not torch.cuda.is_available():
+        write_table(items, tmp_path / "t.csv")
+        assert main(["extract", "--run", str(run_dir), "--encoder", "video", "--data", str(tmp_path / "t.csv"),
+                     "--out", str(tmp_path / "x.npz"), "--device", "cuda"]) == 2  # fmt: skip
+        assert "this machine has no CUDA device" in capsys.readouterr().err

@@ -9,6 +9,9 @@ from pathlib import Path
 from xdc.config import load_config
 from xdc.errors import UserError
 
+DEVICE_HELP = ("where the encoder runs: auto (the first GPU where there is one, else the CPU), cpu, cuda or cuda:N; "
+               "on CUDA in the run's train.precision and layout (bf16, channels-last by default)")
+
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file of settings (see docs/config.md)")
@@ -74,7 +77,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     options = dict(o.split("=", 1) for o in args.option)
     items = load_dataset(args.dataset, args.data, split=args.split, **options)
-    summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride)
+    summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
+                               device=args.device)  # fmt: skip
     print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped")
     for skip in summary["skipped"][:10]:
         print(f"  skipped {skip['path']}: {skip['reason']}")
@@ -92,7 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.protocol == "finetune":
         options = dict(o.split("=", 1) for o in args.option)
         commands.eval_finetune(args.run, args.encoder, args.dataset, args.data, args.split, args.mode, _config(args),
-                               args.out, options)  # fmt: skip
+                               args.out, options, device=args.device)  # fmt: skip
     else:
         commands.eval_clusters(args.run, args.out)
     return 0
@@ -188,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     clips.add_argument("--clips", type=int, help="evenly spaced clips per item (default: data.eval_clips)")
     clips.add_argument("--stride", type=float, help="sliding window every STRIDE seconds (feature sequences)")
     p.add_argument("--out", type=Path, required=True, help="features .npz (a .json summary is written beside it)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("eval", help="evaluate features or a run: linear, kfold, clusters")
@@ -210,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mode", choices=("full", "fc"), default="full", help="full finetuning or frozen encoder + fc")
     q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
     q.add_argument("--out", type=Path, help="result JSON")
+    q.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_config_options(q)
     q.set_defaults(func=cmd_eval)
 

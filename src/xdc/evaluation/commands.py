@@ -73,7 +73,7 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
 
 def eval_finetune(
     run: Path, encoder: str, dataset: str, data: Path, split: str | None, mode: str, cfg: Config, out: Path | None,
-    options: dict,
+    options: dict, device: str = "auto",
 ) -> dict:  # fmt: skip
     """Finetune on one official split, or on each of 1-3 (``split='all'``) and report the mean."""
     from xdc.evaluation.adapters import load_dataset
@@ -84,7 +84,7 @@ def eval_finetune(
     for number in splits:
         items = load_dataset(dataset, data, split=number, **options)
         work = (out.parent if out is not None else Path(".")) / f".finetune-probe-{dataset}"
-        result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed)
+        result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed, device=device)
         rows.append({"split": number or "-", **{k: v for k, v in result.items() if k != "skipped"}})
         for skip in result["skipped"][:5]:
             print(f"skipped {skip['path']}: {skip['reason']}")

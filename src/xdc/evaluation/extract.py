@@ -20,6 +20,7 @@ from xdc.data.index import build_manifest
 from xdc.data.manifest import Manifest, read_rows
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item
+from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.models.encoders import build_encoder
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
@@ -69,23 +70,29 @@ def items_to_manifest(items: list[Item], probe_cache: Path, modality: str) -> tu
 def extract_features(
     run: str | Path, encoder_name: str, items: list[Item], out: str | Path, clips: int | None = None,
     stride: float | None = None, workers: int | None = None, batch_size: int = 32, cfg: Config | None = None,
+    device: str = "auto",
 ) -> dict:  # fmt: skip
-    """Embed every clip of ``items``; writes ``out`` (.npz) and returns a summary."""
+    """Embed every clip of ``items`` on ``device`` (xdc.evaluation.device); writes ``out`` (.npz) and returns a
+    summary."""
     out = Path(out)
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
     cfg = cfg or run_cfg
+    place = EvalDevice(pick_device(device), cfg.train, modality)
+    encoder = place.module(encoder)
     manifest, item_of_row, skipped = items_to_manifest(items, out.with_name(out.stem + ".probe.csv"), modality)
     if len(manifest) == 0:
         raise UserError(f"none of the {len(items)} items has a readable {modality} stream")
-    dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,))
-    loader = make_loader(dataset, batch_size, cfg.data.workers if workers is None else workers)
+    dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,), raw_video=True)
+    loader = make_loader(dataset, batch_size, cfg.data.workers if workers is None else workers,
+                         pin_memory=place.pin_memory)  # fmt: skip
     failures = FailureLog(max_fraction=1.0)  # evaluation records every failed clip but never stops
     features, rows, clip_numbers, starts = [], [], [], []
     for batch in progress_bar(loader, desc=f"extract {encoder_name}", unit="batch"):
         failures.update(batch)
         if batch["index"].numel() == 0:
             continue
-        features.append(encoder(batch[modality]).float().numpy())
+        with place.autocast():
+            features.append(encoder(place.inputs(batch[modality])).float().cpu().numpy())
         rows.append(batch["index"].numpy())
         clip_numbers.append(batch["clip"].numpy())
         starts.append(batch["start"].numpy())
@@ -105,5 +112,6 @@ def extract_features(
     )  # fmt: skip
     skipped += failures.failures
     return {"out": str(out), "run": str(run), "clips": int(len(item)), "items": len(items), "encoder": encoder_name,
-            "modality": modality, "clips_per_item": clips, "stride": stride, "data": config_to_dict(cfg.data),
+            "modality": modality, "clips_per_item": clips, "stride": stride, "device": str(place.device),
+            "bf16": place.bf16, "data": config_to_dict(cfg.data),
             "skipped": [{"path": p, "reason": r} for p, r in skipped]}  # fmt: skip

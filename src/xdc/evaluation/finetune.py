@@ -16,6 +16,7 @@ from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, split_items
+from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.extract import items_to_manifest, load_run_encoder
 from xdc.evaluation.metrics import average_by_group, topk_accuracy
 from xdc.progress import progress_bar
@@ -25,9 +26,10 @@ MODES = ("full", "fc")
 
 def finetune(
     run: Path, encoder_name: str, items: list[Item], mode: str, cfg: FinetuneConfig, work: Path, seed: int = 0,
-    workers: int | None = None,
+    workers: int | None = None, device: str = "auto",
 ) -> dict:  # fmt: skip
-    """Train on the items of split 'train', test on split 'test'; returns the numbers and the settings."""
+    """Train on the items of split 'train', test on split 'test', on ``device`` (xdc.evaluation.device); returns
+    the numbers and the settings."""
     if mode not in MODES:
         raise UserError(f"mode must be one of {MODES}, not {mode!r}")
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
@@ -40,43 +42,49 @@ def finetune(
     if len(classes) < 2 or len(test) == 0:
         raise UserError(f"finetuning needs >= 2 classes in 'train' and a 'test' split ({len(classes)}, {len(test)})")
 
+    place = EvalDevice(pick_device(device), run_cfg.train, modality)
     torch.manual_seed(seed)
-    model = nn.Sequential(encoder, nn.Linear(encoder.feature_dim, len(classes)))
+    model = nn.Sequential(place.module(encoder), nn.Linear(encoder.feature_dim, len(classes)).to(place.device))
     trained = model if mode == "full" else model[1]
     optimizer = torch.optim.SGD(trained.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    train_set = TrainClips(train, data_cfg, modalities=(modality,))
+    train_set = TrainClips(train, data_cfg, modalities=(modality,), raw_video=True)
     steps = cfg.epochs * math.ceil(len(train_set) / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if cfg.schedule == "cosine" else (lambda s: 1.0)
     )  # fmt: skip
     failures = FailureLog(data_cfg.max_fail_fraction)
-    losses = []
+    losses = []  # on the device: reading each loss would make the host wait for every step
     for epoch in range(cfg.epochs):
         model.train()
         if mode == "fc":
             encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
-        loader = make_loader(train_set, cfg.batch_size, workers, shuffle=True, seed=seed * 1000 + epoch)
+        loader = make_loader(train_set, cfg.batch_size, workers, shuffle=True, seed=seed * 1000 + epoch,
+                             pin_memory=place.pin_memory)  # fmt: skip
         for batch in progress_bar(loader, desc=f"finetune epoch {epoch}", unit="batch", leave=False):
             failures.update(batch)
             if batch["index"].numel() == 0:
                 continue
-            if mode == "fc":
-                with torch.no_grad():
-                    features = encoder(batch[modality])
-                logits = model[1](features)
-            else:
-                logits = model(batch[modality])
-            loss = F.cross_entropy(logits, batch["label"])
+            clips, labels = place.inputs(batch[modality]), batch["label"].to(place.device, non_blocking=True)
+            with place.autocast():
+                if mode == "fc":
+                    with torch.no_grad():
+                        features = encoder(clips)
+                    logits = model[1](features)
+                else:
+                    logits = model(clips)
+                loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())
+    losses = torch.stack(losses).tolist() if losses else []
 
-    scores, labels, groups = _test(model, test, test_rows, test_items, classes, modality, data_cfg, cfg, workers)
+    scores, labels, groups = _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers)
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
     return {
-        "mode": mode, "encoder": encoder_name, "classes": len(classes), "n_train": len(train), "n_test": len(test),
+        "mode": mode, "encoder": encoder_name, "device": str(place.device), "bf16": place.bf16,
+        "classes": len(classes), "n_train": len(train), "n_test": len(test),
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
         "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": losses[0] if losses else None,
         "last_loss": float(np.mean(losses[-5:])) if losses else None,
@@ -85,16 +93,19 @@ def finetune(
 
 
 @torch.no_grad()
-def _test(model, test, test_rows, test_items, classes, modality, data_cfg, cfg, workers):
+def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers):
     """Clip softmax scores, labels (train class index, -1 if unseen) and groups of every test clip."""
     model.eval()
     index = {c: i for i, c in enumerate(classes)}
-    dataset = EvalClips(test, data_cfg, clips=cfg.test_clips, modalities=(modality,))
+    modality = place.modality
+    dataset = EvalClips(test, data_cfg, clips=cfg.test_clips, modalities=(modality,), raw_video=True)
     scores, labels, groups = [], [], []
-    for batch in make_loader(dataset, cfg.batch_size, workers):
+    for batch in make_loader(dataset, cfg.batch_size, workers, pin_memory=place.pin_memory):
         if batch["index"].numel() == 0:
             continue
-        scores.append(F.softmax(model(batch[modality]), dim=1).numpy())
+        with place.autocast():
+            logits = model(place.inputs(batch[modality]))
+        scores.append(F.softmax(logits.float(), dim=1).cpu().numpy())
         for row in batch["index"].tolist():
             item = test_items[test_rows[row]]
             labels.append(index.get(item.label, -1))

@@ -1,0 +1,69 @@
+"""Where an evaluation runs an encoder: the device asked for (a GPU where there is one), with the run's own
+device settings (train.precision, train.channels_last, train.pad_widths: bf16, channels-last video and padded
+middle widths on CUDA by default; docs/pretrain.md "On GPUs"), and the loader's uint8 video normalised after the
+copy to the device, as pretraining does."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xdc.config import TrainConfig
+from xdc.data.transforms import NormalizeVideo
+from xdc.errors import UserError
+from xdc.models.padding import pad_middle_widths
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: the first GPU where CUDA has one, else the CPU; otherwise a device name such as cuda:1."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {name!r}: evaluation runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r}: this machine has no CUDA device (torch.cuda.is_available() is false)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+class EvalDevice:
+    """One encoder's device path: ``module`` moves (and lays out) the encoder, ``inputs`` a batch's clips, and
+    ``autocast`` wraps the forward."""
+
+    def __init__(self, device: torch.device, train: TrainConfig, modality: str):
+        self.device, self.modality = device, modality
+        self.bf16 = train.bf16_on(device.type)
+        video = modality == "video"
+        self.channels_last = video and train.channels_last_on(device.type)
+        self.pad_widths = train.pad_widths_on(device.type) if video else 0
+        self.normalize = NormalizeVideo(device) if video else None
+        if device.type == "cuda":  # a few clip shapes (the last batch is smaller): cuDNN times each once
+            torch.backends.cudnn.benchmark = True
+
+    @property
+    def pin_memory(self) -> bool:
+        """Whether the loader should hand over page-locked batches (copied to a GPU without waiting)."""
+        return self.device.type == "cuda"
+
+    def module(self, encoder: nn.Module) -> nn.Module:
+        encoder.to(self.device)
+        if self.channels_last:
+            encoder.to(memory_format=torch.channels_last_3d)
+        if self.pad_widths:
+            pad_middle_widths(encoder, self.pad_widths)
+        return encoder
+
+    def inputs(self, clips: torch.Tensor) -> torch.Tensor:
+        """A batch of one modality's clips (uint8 video from a ``raw_video`` dataset) ready for the encoder."""
+        x = clips.to(self.device, non_blocking=True)
+        if self.normalize is not None:
+            x = self.normalize(x)
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
