@@ -4,6 +4,7 @@ The CUDA-only parts (NCCL, page-locked batches, cuDNN autotuning) cannot run her
 """
 
 import copy
+import os
 import json
 from pathlib import Path
 
@@ -244,3 +245,18 @@ def test_extraction_gives_the_same_features_however_often_it_copies_to_the_host(
     for name in once:
         assert once[name].shape == (len(trainer.videos), trainer.feature_dims[name])
         assert torch.isfinite(once[name]).all() and torch.equal(once[name], chunked[name])
+
+
+def test_loader_workers_auto_means_the_cores_on_cuda_and_two_on_a_cpu(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    auto = load_config(None).data
+    assert auto.workers == "auto" and auto.workers_on("cpu") == 2
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto.workers_on("cuda") == max(1, cores - 1)  # one core left for the training process
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun, 8 ranks on this node: each its share of the cores
+    assert auto.workers_on("cuda") == max(1, cores // 8 - 1)
+    assert load_config(None, ["data.workers=5"]).data.workers_on("cuda") == 5
+    assert load_config(None, ["data.workers=0"]).data.workers_on("cpu") == 0
+    for bad in ("-1", "many", "2.5"):
+        with pytest.raises(UserError, match="data.workers must be auto or a whole number"):
+            load_config(None, [f"data.workers={bad}"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -83,9 +84,14 @@ class DataConfig:
     retries: int = 3  # other clips of the same video tried before the video is recorded as failed
     max_fail_fraction: float = 0.05  # stop the run when more than this fraction of items failed
     eval_clips: int = 10  # evenly spaced clips per video for evaluation
-    workers: int = 2  # DataLoader worker processes
+    # DataLoader worker processes per process; auto: 2 on a CPU, and on CUDA every core this process may use
+    # (shared with the other ranks on the node) but one for the training process
+    workers: int | str = "auto"
 
     def __post_init__(self) -> None:
+        if self.workers != "auto" and not (type(self.workers) is int and self.workers >= 0):
+            raise UserError(f"data.workers must be auto or a whole number >= 0 (0: load in the main process), "
+                            f"not {self.workers!r}")  # fmt: skip
         if self.missing_audio not in ("skip", "zeros"):
             raise UserError(f"data.missing_audio must be 'skip' or 'zeros', not {self.missing_audio!r}")
         aug, crop = self.augment, self.clip.crop
@@ -94,6 +100,18 @@ class DataConfig:
                 f"need data.clip.crop <= data.augment.scale_min <= data.augment.scale_max (frames are resized to a "
                 f"short side in [scale_min, scale_max], then cropped), got {crop}, {aug.scale_min}, {aug.scale_max}"
             )
+
+    def workers_on(self, device_type: str) -> int:
+        """Loader workers of this process on this kind of device ("cuda", "cpu"). auto: on CUDA, the cores this
+        process may use (its CPU affinity) divided among the node's ranks (torchrun's LOCAL_WORLD_SIZE), less
+        one for the training process itself: a compiled paper-preset step on an H200 took about 16 cores'
+        worth of loading (BENCHMARKS.md "Training step"). On a CPU, 2: the workers share the cores with training."""
+        if self.workers != "auto":
+            return self.workers
+        if device_type != "cuda":
+            return 2
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return max(1, len(os.sched_getaffinity(0)) // max(ranks, 1) - 1)
 
 
 @dataclass

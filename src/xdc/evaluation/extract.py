@@ -83,7 +83,7 @@ def extract_features(
     if len(manifest) == 0:
         raise UserError(f"none of the {len(items)} items has a readable {modality} stream")
     dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,), raw_video=True)
-    loader = make_loader(dataset, batch_size, cfg.data.workers if workers is None else workers,
+    loader = make_loader(dataset, batch_size, cfg.data.workers_on(place.device.type) if workers is None else workers,
                          pin_memory=place.pin_memory)  # fmt: skip
     failures = FailureLog(max_fraction=1.0)  # evaluation records every failed clip but never stops
     features, rows, clip_numbers, starts = [], [], [], []

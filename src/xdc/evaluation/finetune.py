@@ -34,7 +34,6 @@ def finetune(
         raise UserError(f"mode must be one of {MODES}, not {mode!r}")
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
     data_cfg = run_cfg.data
-    workers = data_cfg.workers if workers is None else workers
     train_items, test_items = split_items(items, "train"), split_items(items, "test")
     train, _, skipped = items_to_manifest(train_items, work / "train.probe.csv", modality)
     test, test_rows, test_skipped = items_to_manifest(test_items, work / "test.probe.csv", modality)
@@ -43,6 +42,7 @@ def finetune(
         raise UserError(f"finetuning needs >= 2 classes in 'train' and a 'test' split ({len(classes)}, {len(test)})")
 
     place = EvalDevice(pick_device(device), run_cfg.train, modality)
+    workers = data_cfg.workers_on(place.device.type) if workers is None else workers
     torch.manual_seed(seed)
     model = nn.Sequential(place.module(encoder), nn.Linear(encoder.feature_dim, len(classes)).to(place.device))
     trained = model if mode == "full" else model[1]

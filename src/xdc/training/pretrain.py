@@ -146,6 +146,7 @@ class Pretrainer:
             {name: build_encoder(modality, cfg.model) for name, modality in self.method.encoders.items()}
         ).to(ctx.device)
         self.pad_widths = cfg.train.pad_widths_on(ctx.device.type)
+        self.workers = cfg.data.workers_on(ctx.device.type)  # loader processes of this rank
         for name, modality in self.method.encoders.items():
             if modality == "video" and self.channels_last:  # conv weights in the layout of the clips (see _layout)
                 self.encoders[name].to(memory_format=torch.channels_last_3d)
@@ -222,7 +223,7 @@ class Pretrainer:
         # what the train settings left at auto became here: the config says auto, the log says what ran
         self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
                        bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
-                       compile=cfg.compile, kmeans_search=self.kmeans_on)  # fmt: skip
+                       compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on)  # fmt: skip
         rounds = 1 if self.method.supervised else cfg.rounds
         if not self.method.trains:
             self._finish()
@@ -289,7 +290,7 @@ class Pretrainer:
         self.encoders.eval()
         shard = Subset(self.eval_set, range(self.ctx.rank, len(self.eval_set), self.ctx.world_size))
         pin = self.ctx.device.type == "cuda"
-        loader = make_loader(shard, self._batch_per_rank(), self.cfg.data.workers, pin_memory=pin)
+        loader = make_loader(shard, self._batch_per_rank(), self.workers, pin_memory=pin)
         rows: dict[str, list] = {e: [] for e in clustered}
         on_device: dict[str, list] = {e: [] for e in clustered}
 
@@ -476,7 +477,7 @@ class Pretrainer:
         p = self.progress
         if self.loader is None:
             pin = self.ctx.device.type == "cuda"
-            self.loader = make_loader(self.train_set, self._batch_per_rank(), self.cfg.data.workers,
+            self.loader = make_loader(self.train_set, self._batch_per_rank(), self.workers,
                                       sampler=self._sampler(), pin_memory=pin)  # fmt: skip
         self.loader.sampler.set_epoch(p.epoch, round=p.round)
         self.loader.sampler.set_start(p.step * self._batch_per_rank())
@@ -584,7 +585,7 @@ class Pretrainer:
         shard = Subset(self.eval_set, held[self.ctx.rank :: self.ctx.world_size].tolist())
         total = torch.zeros(2, device=self.ctx.device)  # summed loss, labelled clips
         pin = self.ctx.device.type == "cuda"
-        for batch in make_loader(shard, self._batch_per_rank(), self.cfg.data.workers, pin_memory=pin):
+        for batch in make_loader(shard, self._batch_per_rank(), self.workers, pin_memory=pin):
             if batch["index"].numel() == 0:
                 continue
             with self._autocast():
