@@ -216,6 +216,15 @@ def test_sinkhorn_that_cannot_fit_in_memory_is_refused_at_the_start(manifest, tm
     assert not (tmp_path / "run" / "videos").exists()  # refused before anything was written
 
 
+def test_loaders_that_would_overflow_shared_memory_are_refused_at_the_start(manifest, tmp_path):
+    free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
+    item = 3 * 4 * 32 * 32 + 4 * 40 * 100  # the tiny preset's clip: uint8 video, float32 log-mel
+    fit = free // (4 * 8 * item)  # workers whose batches (4 of 8 clips each in flight) fill /dev/shm
+    with pytest.raises(UserError, match=rf"need about .* MiB of shared memory .*data.workers={2 * fit} .*--shm-size"):
+        Pretrainer(cfg_for("xdc", f"data.workers={2 * fit}"), manifest, tmp_path / "run", Dist())
+    Pretrainer(cfg_for("xdc", f"data.workers={fit // 2}"), manifest, tmp_path / "ok", Dist())  # fits: no error
+
+
 def test_plateau_reclusters_when_the_held_back_loss_stops_improving(manifest, tmp_path):
     cfg = cfg_for("xdc", "train.rounds=2", "train.epochs=6", "train.recluster=plateau", "train.lr=0.0",
                   "train.holdout_fraction=0.25", "train.log_every=1", "train.plateau_delta=0.05")  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from xdc.clustering.sharded import (
 from xdc.clustering.sinkhorn import balanced_assign
 from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
 from xdc.config import Config, config_to_dict, load_config
-from xdc.data.datasets import EvalClips, TrainClips, make_loader
+from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog
 from xdc.data.manifest import Manifest, write_videos
 from xdc.data.transforms import NormalizeVideo
@@ -147,6 +148,7 @@ class Pretrainer:
         ).to(ctx.device)
         self.pad_widths = cfg.train.pad_widths_on(ctx.device.type)
         self.workers = cfg.data.workers_on(ctx.device.type)  # loader processes of this rank
+        self._check_shared_memory()
         for name, modality in self.method.encoders.items():
             if modality == "video" and self.channels_last:  # conv weights in the layout of the clips (see _layout)
                 self.encoders[name].to(memory_format=torch.channels_last_3d)
@@ -210,6 +212,25 @@ class Pretrainer:
                             f"{need / 2**30:.1f} GiB on rank 0 (a videos x k float64 matrix), more than the "
                             f"{have / 2**30:.1f} GiB this process may use (the machine's memory or its cgroup's "
                             "limit): use train.assign=kmeans or a smaller train.k")  # fmt: skip
+
+    def _check_shared_memory(self) -> None:
+        """Loader workers hand their batches over in shared memory (/dev/shm), PREFETCH batches per worker at a
+        time, for every rank of the node. A container's default (Docker's is 64 MiB) holds far less than a GPU
+        run's: refuse at the start what would kill the workers with a bus error at their first batches."""
+        try:
+            stat = os.statvfs("/dev/shm")
+        except OSError:
+            return  # not Linux: no such file system to check
+        free = stat.f_bavail * stat.f_frsize
+        # uint8 video (raw_video), float32 audio
+        item = sum(math.prod(shape) * (1 if m == "video" else 4) for m, shape in self.train_set.shapes().items())
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        need = ranks * self.workers * PREFETCH * self._batch_per_rank() * item
+        if need > free:
+            raise UserError(f"the loaders of this node need about {need / 2**20:,.0f} MiB of shared memory ({ranks} "
+                            f"rank(s) x data.workers={self.workers} x {PREFETCH} batches of {self._batch_per_rank()} "
+                            f"clips) and /dev/shm has {free / 2**20:,.0f} MiB free: give the container more (docker "
+                            "run --shm-size=16g) or set fewer data.workers")  # fmt: skip
 
     def _usable_videos(self, manifest_path: Path, progress: bool) -> Manifest:
         """The manifest's videos that the training clips can use (the rest are dropped by TrainClips' policy)."""
