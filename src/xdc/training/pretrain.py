@@ -214,9 +214,10 @@ class Pretrainer:
                             "limit): use train.assign=kmeans or a smaller train.k")  # fmt: skip
 
     def _check_shared_memory(self) -> None:
-        """Loader workers hand their batches over in shared memory (/dev/shm), PREFETCH batches per worker at a
-        time, for every rank of the node. A container's default (Docker's is 64 MiB) holds far less than a GPU
-        run's: refuse at the start what would kill the workers with a bus error at their first batches."""
+        """Loader workers hand their batches over in shared memory (/dev/shm), for every rank of the node: up to
+        PREFETCH batches per worker waiting there on a CPU; on CUDA, where a thread of the training process copies
+        each batch into page-locked memory as it comes, about one. A container's default (Docker's is 64 MiB)
+        holds far less than a GPU run needs: refuse at the start what would kill the workers with a bus error."""
         try:
             stat = os.statvfs("/dev/shm")
         except OSError:
@@ -225,10 +226,11 @@ class Pretrainer:
         # uint8 video (raw_video), float32 audio
         item = sum(math.prod(shape) * (1 if m == "video" else 4) for m, shape in self.train_set.shapes().items())
         ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        need = ranks * self.workers * PREFETCH * self._batch_per_rank() * item
+        waiting = 1 if self.ctx.device.type == "cuda" else PREFETCH
+        need = ranks * self.workers * waiting * self._batch_per_rank() * item
         if need > free:
             raise UserError(f"the loaders of this node need about {need / 2**20:,.0f} MiB of shared memory ({ranks} "
-                            f"rank(s) x data.workers={self.workers} x {PREFETCH} batches of {self._batch_per_rank()} "
+                            f"rank(s) x data.workers={self.workers} x {waiting} batch(es) of {self._batch_per_rank()} "
                             f"clips) and /dev/shm has {free / 2**20:,.0f} MiB free: give the container more (docker "
                             "run --shm-size=16g) or set fewer data.workers")  # fmt: skip
 
