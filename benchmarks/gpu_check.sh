@@ -85,7 +85,7 @@ torch.cuda.synchronize(); t = time.perf_counter()
 for _ in range(10): a @ a
 torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
-step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 train_step compile 240 --channels-last --compile --profile "$out/profiles.txt"
 train_step cudagraphs 240 --channels-last --compile-mode reduce-overhead
 train_step autotune 420 --channels-last --compile-mode max-autotune-no-cudagraphs --model-only \
