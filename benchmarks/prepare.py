@@ -1,7 +1,7 @@
 """What `xdc prepare` buys: training-loader clips/s per core on original files vs prepared copies, and its cost.
 
     python benchmarks/prepare.py [--videos 3] [--seconds 10] [--sizes 640x360 1280x720] [--gops 8 16 32 64] [--clips 50]
-                                 [--fps-caps 8]
+                                 [--fps-caps 8] [--rounds 4]
     python benchmarks/prepare.py --data ../shared/data/grid-s1/videos
 
 Sources are generated to look like user uploads (a camera pan over a textured scene with moving objects,
@@ -86,9 +86,10 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.mp4"))
 
 
-def measure(sources: Path, tmp: Path, gops: list[int], clips: int, fps_caps: list[float]) -> list[dict]:
+def measure(sources: Path, tmp: Path, gops: list[int], clips: int, fps_caps: list[float], rounds: int) -> list[dict]:
     """Rows for the originals in ``sources`` and for a prepared copy at each keyframe interval, at the source's
-    frame rate, then at each of ``fps_caps``."""
+    frame rate, then at each of ``fps_caps``. The prepared copies are read in ``rounds`` alternating rounds (the
+    median is reported): a machine whose speed drifts by 10% over minutes would otherwise favour one copy."""
     summary = build_manifest([str(sources)], tmp / "sources.csv", workers=1)
     manifest = Manifest.load(tmp / "sources.csv", require_audio=True)
     source_seconds = float(manifest.durations.sum())
@@ -98,6 +99,7 @@ def measure(sources: Path, tmp: Path, gops: list[int], clips: int, fps_caps: lis
     rows = [{"files": "original", "prepare_s_per_source_s": 0.0,
              "kb_per_source_s": folder_bytes(sources) / 1000 / source_seconds, "clips_per_s": original,
              "speedup": 1.0}]  # fmt: skip
+    copies = []
     for fps in [None, *fps_caps]:
         for gop in gops:
             name = f"gop {gop}" + (f", fps {fps:g}" if fps else "")
@@ -108,10 +110,13 @@ def measure(sources: Path, tmp: Path, gops: list[int], clips: int, fps_caps: lis
             if result.prepared != summary.usable:
                 raise RuntimeError(f"prepare left files out: {result.problems}")
             build_manifest([str(out)], out.with_suffix(".csv"), workers=1)
-            rate = clips_per_s(out.with_suffix(".csv"), draws)
-            rows.append({"files": f"prepared, {name}", "prepare_s_per_source_s": cost / source_seconds,
-                         "kb_per_source_s": folder_bytes(out) / 1000 / source_seconds, "clips_per_s": rate,
-                         "speedup": rate / original})  # fmt: skip
+            copies.append((name, out, cost))
+    rates = [[clips_per_s(out.with_suffix(".csv"), draws) for _, out, _ in copies] for _ in range(rounds)]
+    for i, (name, out, cost) in enumerate(copies):
+        rate = float(np.median([r[i] for r in rates]))
+        rows.append({"files": f"prepared, {name}", "prepare_s_per_source_s": cost / source_seconds,
+                     "kb_per_source_s": folder_bytes(out) / 1000 / source_seconds, "clips_per_s": rate,
+                     "speedup": rate / original, "rounds": ", ".join(f"{r[i]:.0f}" for r in rates)})  # fmt: skip
     return rows
 
 
@@ -126,6 +131,7 @@ def main() -> None:
     parser.add_argument("--gops", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--clips", type=int, default=50, help="clips read from each copy")
     parser.add_argument("--fps-caps", type=float, nargs="*", default=[], help="also prepare at these frame rates")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds over the prepared copies (median)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # like one loader worker: one clip at a time on one core
 
@@ -140,12 +146,14 @@ def main() -> None:
                 width, height = map(int, name.split("x"))
                 sources = tmp / "sources"
                 make_sources(sources, args.videos, args.seconds, (width, height), args.fps, args.rate)
-            rows += [{"sources": name, **row} for row in measure(sources, tmp, args.gops, args.clips, args.fps_caps)]
+            rows += [{"sources": name, **row} for row in measure(sources, tmp, args.gops, args.clips, args.fps_caps,
+                                                                   args.rounds)]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     generated = (f"{args.videos} files of {args.seconds:g} s per size, H.264 at {args.fps} fps with the encoder's "
                  f"default GOP (250 frames), {args.rate} Hz stereo AAC")  # fmt: skip
     report("prepare", rows, {"data": str(args.data) if args.data else generated, "clips": args.clips,
+                             "rounds": args.rounds,
                              "clip": "TrainClips, default DataConfig: 8 frames at 8 fps, short side 128, crop 112, "
                                      "1 s log-mel; one process, one thread"})  # fmt: skip
 

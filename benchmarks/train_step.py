@@ -29,8 +29,9 @@ model-only), and cpu_ms, this process's CPU time per step, all its threads (laun
 loader's page-locked copies): more than ms_per_step means it takes cores from the loader's workers.
 Without --data, a synthetic set (xdc make-synthetic) is written to a temporary folder with frames whose short
 side is the preset's decode size, at 25 fps (decoding cost grows with the source frame rate), then transcoded by
-xdc prepare as the docs advise for training (a keyframe every 16 frames, 16 kHz mono); --unprepared reads the
-make-synthetic files themselves (one keyframe per file, 44.1 kHz stereo: about half the clips/s per core).
+xdc prepare as the docs advise for pretraining (a keyframe every 16 frames, the preset's clip frame rate, 16 kHz
+mono); --unprepared reads the make-synthetic files themselves (one keyframe per file, 44.1 kHz stereo: about half
+the clips/s per core).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from common import report
 from xdc.config import Config, SyntheticConfig, load_config
 from xdc.data.datasets import PREFETCH, TrainClips
 from xdc.data.index import build_manifest
-from xdc.data.prepare import prepare
+from xdc.data.prepare import PrepareOptions, prepare
 from xdc.data.synthetic import make_synthetic
 from xdc.errors import UserError
 from xdc.models.padding import pad_middle_widths
@@ -179,14 +180,14 @@ def main() -> None:
 
 def synthetic_set(cfg: Config, out: Path, videos: int, prepared: bool = True) -> Path:
     """At least ``videos`` clips whose frames have the preset's decode size (4:3), twice a clip's span long,
-    transcoded by ``xdc prepare`` (its defaults) unless ``prepared`` is false."""
+    transcoded by ``xdc prepare`` at the preset's clip frame rate unless ``prepared`` is false."""
     short = cfg.data.clip.decode_short_side or cfg.data.clip.crop
     span = max(cfg.data.clip.seconds, cfg.data.clip.audio_span)
     synthetic = SyntheticConfig(width=2 * round(short * 2 / 3), height=short, fps=25, seconds=2 * span)
     make_synthetic(out, max(videos, 64), 8, seed=0, cfg=synthetic)
     if not prepared:
         return out / "videos"
-    summary = prepare([str(out / "videos")], out / "prepared")
+    summary = prepare([str(out / "videos")], out / "prepared", PrepareOptions(fps=cfg.data.clip.fps))
     if summary.problems:
         first = summary.problems[0]
         raise UserError(f"xdc prepare failed on the synthetic set: {first['source']}: {first['reason']}")
