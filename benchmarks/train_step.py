@@ -128,8 +128,9 @@ def main() -> None:
         def step(batch: dict) -> None:
             trainer._step(trainer.train_model, batch)
 
-        first_s, *model = timed(step, itertools.repeat(random_batch), args.warmup, args.steps, device)
-        model_s, model_clips = model[:2]
+        first_s, model_s, model_clips, model_wait, model_cpu = timed(
+            step, itertools.repeat(random_batch), args.warmup, args.steps, device
+        )
 
         def row(measure: str, seconds: float, clips: int, steps: int, waited: float = 0.0, cpu: float = 0.0) -> dict:
             r = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / steps,
@@ -143,7 +144,7 @@ def main() -> None:
             print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
             return r  # printed as it comes: a run stopped later keeps what it measured in its log
 
-        rows = [row("model-only", model_s, model_clips, args.steps, *model[2:])]
+        rows = [row("model-only", model_s, model_clips, args.steps, model_wait, model_cpu)]
         if args.profile:
             profile(step, random_batch, device, args.profile, f"{args.preset}, batch {args.batch}, {precision}, "
                     f"channels_last={args.channels_last}, compile={args.compile_mode or args.compile}, "
