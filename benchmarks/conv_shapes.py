@@ -3,6 +3,7 @@ formulations that compute the same thing: where the MFU of a training step is lo
 
     python benchmarks/conv_shapes.py                                  # paper preset, batch 128, bf16, on CUDA
     python benchmarks/conv_shapes.py --device cpu --batch 2 --reps 2  # a smoke run
+    python benchmarks/conv_shapes.py --cudnn-limit 0                  # cuDNN times every algorithm it has
 
 The shapes come from one forward pass of both encoders on the meta device (no data). Each distinct shape runs in
 channels-last bf16 (as a training step on CUDA does) with cuDNN's autotuner on, as
@@ -156,11 +157,15 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20, help="timed calls of each pass")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 (default: the GPU's by name, else 989)")
     parser.add_argument("--bandwidth", type=float, default=4.8, help="memory TB/s (H200: 4.8, H100 SXM: 3.35)")
+    parser.add_argument("--cudnn-limit", type=int, metavar="N",
+                        help="cuDNN algorithms timed per shape (0: all; default: PyTorch's, 10)")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = (args.peak_tflops or peak_tflops(name) or 989.0) * 1e12
     torch.backends.cudnn.benchmark = True
+    if args.cudnn_limit is not None:
+        torch.backends.cudnn.benchmark_limit = args.cudnn_limit
 
     calls, clips = model_convs(args.preset, args.batch)
     rows, totals = [], Counter()

@@ -18,6 +18,10 @@
 #               (the trainer's default on CUDA), torch.compile (inductor; compiling takes a minute): model-only,
 #               end-to-end, loader-only (each after a warm-up of the batches the loader holds in flight), one
 #               process, and a profile of 5 model-only steps (ops by device time)
+#   cudnnall    compile's model-only step with --cudnn-limit 0 (cuDNN's autotuner times every algorithm for each
+#               convolution shape, not the 10 its heuristics rank first), profiled
+#   cdtune      compile's model-only step with --inductor-tune (coordinate-descent tuning of the Triton kernels'
+#               block sizes: the BatchNorm reductions ran at about half the memory bandwidth), profiled
 #   cudagraphs  as compile, in mode reduce-overhead (CUDA graphs: the step's kernels replayed with almost no host
 #               time, which matters when the loader's workers take every core)
 #   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN;
@@ -25,13 +29,14 @@
 #   b256        compile's model-only step at batch 256
 #   convs       benchmarks/conv_shapes.py: every convolution of the encoders alone, forward + backward, against its
 #               roofline, as called and as 2-D or channel-padded equivalents
+#   convsall    convs with --cudnn-limit 0 (to conv_shapes_all.json)
 #   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024: xdc's round on the CPU (faiss as
 #               installed) and the torch search on the GPU
 #   nopad       compile's model-only step without padded widths (--pad-widths 0)
 #   eager       as compile, without torch.compile and channels-last
 #   cl          as compile, without torch.compile
-# OUT_DIR gets gpu_check.log, profiles.txt, train_step.jsonl (a line per train_step run), conv_shapes.json and
-# clustering.json: 5 files, within the 8 that a lent machine sends back.
+# OUT_DIR gets gpu_check.log, profiles.txt, train_step.jsonl (a line per train_step run), conv_shapes.json,
+# conv_shapes_all.json and clustering.json: 6 files, within the 8 that a lent machine sends back.
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]}
 deadline=${2:-0}
@@ -87,11 +92,15 @@ torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
 step tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 train_step compile 240 --channels-last --compile --profile "$out/profiles.txt"
+train_step cudnnall 180 --channels-last --compile --model-only --cudnn-limit 0 --profile "$out/profiles.txt"
+train_step cdtune 240 --channels-last --inductor-tune --model-only --profile "$out/profiles.txt"
 train_step cudagraphs 240 --channels-last --compile-mode reduce-overhead
 train_step autotune 420 --channels-last --compile-mode max-autotune-no-cudagraphs --model-only \
     --profile "$out/profiles.txt"
 train_step b256 120 --channels-last --compile --model-only --batch 256
 step convs 150 python3 benchmarks/conv_shapes.py && cp benchmarks/results/conv_shapes.json "$out/conv_shapes.json"
+step convsall 200 python3 benchmarks/conv_shapes.py --cudnn-limit 0 &&
+    cp benchmarks/results/conv_shapes.json "$out/conv_shapes_all.json"
 step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 --paths ours torch &&
     cp benchmarks/results/clustering.json "$out/clustering.json"
 train_step nopad 120 --channels-last --compile --model-only --pad-widths 0

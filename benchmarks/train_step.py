@@ -6,6 +6,7 @@
     python benchmarks/train_step.py --preset paper --channels-last --compile --profile profile.txt
     python benchmarks/train_step.py --preset paper --channels-last --compile --pad-widths 0
     python benchmarks/train_step.py --preset paper --channels-last --compile-mode max-autotune-no-cudagraphs
+    python benchmarks/train_step.py --preset paper --channels-last --compile --cudnn-limit 0 --inductor-tune
 
 The step is the Pretrainer's own (xdc.training.pretrain): both encoders, the two cross-modal heads (k clusters),
 cross-entropy against pseudo-labels, backward, and the SGD steps of encoders and heads, under the configured
@@ -32,6 +33,10 @@ side is the preset's decode size, at 25 fps (decoding cost grows with the source
 xdc prepare as the docs advise for pretraining (a keyframe every 16 frames, the preset's clip frame rate, 16 kHz
 mono); --unprepared reads the make-synthetic files themselves (one keyframe per file, 44.1 kHz stereo: about half
 the clips/s per core).
+Two searches for faster kernels, off by default as in PyTorch: --cudnn-limit 0 lets cuDNN's autotuner time every
+algorithm it has for each convolution shape (PyTorch's default times the 10 its heuristics rank first), and
+--inductor-tune tunes the block sizes of Inductor's Triton kernels (BatchNorm, ReLU and the residual adds fused;
+its coordinate-descent search), at the cost of a longer first step.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._inductor.config
 
 from common import report
 from xdc.config import Config, SyntheticConfig, load_config
@@ -83,14 +89,22 @@ def main() -> None:
     parser.add_argument("--model-only", action="store_true", help="skip the measurements that read files")
     parser.add_argument("--pad-widths", default="auto", metavar="M",
                         help="the video encoder's middle widths at multiples of M (0: off; default: auto, 8 on CUDA)")
+    parser.add_argument("--cudnn-limit", type=int, metavar="N",
+                        help="cuDNN algorithms timed per convolution shape (0: all; default: PyTorch's, 10)")
+    parser.add_argument("--inductor-tune", action="store_true",
+                        help="tune the block sizes of the compiled step's Triton kernels (implies --compile)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also profile 5 model-only steps: the ops by device time, as a table appended to FILE")
     args = parser.parse_args()
-    args.compile = args.compile or bool(args.compile_mode)
+    args.compile = args.compile or bool(args.compile_mode) or args.inductor_tune
     if min(args.warmup, args.steps, args.loader_steps) < 1:
         parser.error("--warmup, --steps and --loader-steps must be at least 1")
 
     device = torch.device(args.device)
+    if args.cudnn_limit is not None:  # before any convolution runs: cuDNN keeps its first choice per shape
+        torch.backends.cudnn.benchmark_limit = args.cudnn_limit
+    if args.inductor_tune:
+        torch._inductor.config.coordinate_descent_tuning = True
     fed_warmup = max(args.warmup, PREFETCH * args.workers)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     cfg = load_config(None, [
@@ -148,7 +162,8 @@ def main() -> None:
         if args.profile:
             profile(step, random_batch, device, args.profile, f"{args.preset}, batch {args.batch}, {precision}, "
                     f"channels_last={args.channels_last}, compile={args.compile_mode or args.compile}, "
-                    f"pad_widths={args.pad_widths}")
+                    f"pad_widths={args.pad_widths}, cudnn_limit={args.cudnn_limit}, "
+                    f"inductor_tune={args.inductor_tune}")
         failed = {}
         fed = [("end-to-end", step, args.steps), ("loader only", trainer._inputs, args.loader_steps)]
         for measure, run, steps in [] if args.model_only else fed:
@@ -166,7 +181,8 @@ def main() -> None:
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
         "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
-        "pad_widths": pad_widths, "batch": args.batch, "k": args.k, "steps": args.steps,
+        "pad_widths": pad_widths, "cudnn_limit": args.cudnn_limit, "inductor_tune": args.inductor_tune,
+        "batch": args.batch, "k": args.k, "steps": args.steps,
         "loader_steps": args.loader_steps, "warmup": args.warmup, "fed_warmup": fed_warmup, "workers": args.workers,
         "videos": n,
         "data": str(args.data) if args.data else "synthetic" if args.unprepared else "synthetic, prepared",
