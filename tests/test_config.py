@@ -47,3 +47,18 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     code = main(["make-synthetic", str(tmp_path / "x"), "--videos", "1", "--set", "synthetic.fps=fast"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("xdc: error: synthetic.fps must be") and err.count("\n") == 1
+
+
+def test_crops_on_is_validated_and_auto_means_the_device_on_cuda_where_the_resize_enlarges():
+    with pytest.raises(UserError, match="data.crops_on must be auto, workers or device"):
+        load_config(None, ["data.crops_on=gpu"])
+    # the tiny preset decodes at a short side of 40 and may resize to 36: a shrink, which needs antialiasing
+    with pytest.raises(UserError, match="data.crops_on=device needs"):
+        load_config(None, ["data.crops_on=device"], preset="tiny")
+    assert not load_config(None, [], preset="tiny").data.crops_on_device("cuda")
+    for preset in ("paper", "small"):  # decoded at scale_min: every resize enlarges
+        data = load_config(None, [], preset=preset).data
+        assert (data.crops_on_device("cuda"), data.crops_on_device("cpu")) == (True, False)
+    assert not load_config(None, ["data.crops_on=workers"], preset="paper").data.crops_on_device("cuda")
+    assert load_config(None, ["data.crops_on=device"], preset="paper").data.crops_on_device("cpu")
+    assert not load_config(None, ["data.clip.decode_short_side=0"], preset="paper").data.crops_on_device("cuda")

@@ -1,9 +1,9 @@
 """The CUDA path on a real GPU: skipped without one (CI has none); run by benchmarks/gpu_check.sh where one is lent.
 
 What the CPU tests cannot reach: bf16 autocast and channels-last convolutions on cuDNN (with its autotuner),
-page-locked batches copied asynchronously, uint8 video normalised on the GPU, checkpoints written from GPU
-modules and resumed onto them, the NCCL-free single-GPU setup of ``init_distributed``, and k-means searched by
-torch on the GPU (faiss-cpu beside CUDA).
+page-locked batches copied asynchronously, uint8 video normalised and training clips cropped on the GPU,
+checkpoints written from GPU modules and resumed onto them, the NCCL-free single-GPU setup of
+``init_distributed``, and k-means searched by torch on the GPU (faiss-cpu beside CUDA).
 """
 
 import json
@@ -24,14 +24,17 @@ from xdc.clustering.features import preprocess_features
 from xdc.clustering import sharded
 from xdc.clustering.sharded import sharded_kmeans
 from xdc.config import load_config
-from xdc.data.transforms import NormalizeVideo
+from xdc.data.transforms import DeviceCrops, NormalizeVideo, VideoTransform
 from xdc.training.checkpoint import load
 from xdc.training.distributed import init_distributed
 from xdc.training.pretrain import Pretrainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
 
-GPU = ["train.batch_size=8", "train.k=4", "data.workers=2", "train.precision=bf16", "train.channels_last=true"]
+# Scales that only enlarge the frames tiny decodes (short side 40): data.crops_on=auto then crops on the GPU, as it
+# does for the paper preset.
+GPU = ["train.batch_size=8", "train.k=4", "data.workers=2", "train.precision=bf16", "train.channels_last=true",
+       "data.augment.scale_min=40", "data.augment.scale_max=44"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,17 @@ def test_video_is_normalised_on_the_gpu_as_on_the_cpu():
     torch.testing.assert_close(on_gpu.cpu(), NormalizeVideo()(x), rtol=0, atol=1e-6)
 
 
+def test_training_clips_are_cropped_on_the_gpu_as_on_the_cpu():
+    cfg = load_config(None, [], preset="paper")
+    transform = VideoTransform(cfg.data, train=True, normalize=False)
+    frames = np.random.default_rng(0).integers(0, 256, (4, 128, 228, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    parts, grids = map(torch.stack, zip(*[transform.plan(frames) for _ in range(6)]))
+    on_gpu = DeviceCrops(112, "cuda")(parts.cuda(), grids.cuda())
+    assert on_gpu.is_cuda and on_gpu.shape == (6, 3, 4, 112, 112)
+    torch.testing.assert_close(on_gpu.cpu(), DeviceCrops(112)(parts, grids), rtol=0, atol=1e-3)
+
+
 def test_batches_are_pinned_and_a_step_runs_in_bf16(manifest, tmp_path):
     ctx = init_distributed()
     assert ctx.device.type == "cuda" and not ctx.enabled
@@ -55,6 +69,7 @@ def test_batches_are_pinned_and_a_step_runs_in_bf16(manifest, tmp_path):
     trainer._new_heads()
     batch = next(iter(trainer._train_loader()))
     assert batch["video"].dtype == torch.uint8 and batch["video"].is_pinned() and batch["audio"].is_pinned()
+    assert batch["video_grid"].is_pinned()  # data.crops_on=auto: the GPU crops
     assert "zero channels added" in repr(trainer.encoders["video"])  # train.pad_widths=auto: 8 on CUDA
     inputs = trainer._inputs(batch)
     assert inputs["video"].is_cuda and inputs["video"].dtype == torch.float32

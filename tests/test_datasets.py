@@ -13,7 +13,7 @@ from xdc.data.datasets import EvalClips, TrainClips, collate_clips, make_loader
 from xdc.data.encode import write_av
 from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.manifest import Manifest, read_videos, run_videos, write_videos
-from xdc.data.transforms import NormalizeVideo
+from xdc.data.transforms import VIDEO_STD, DeviceCrops, NormalizeVideo
 from xdc.errors import UserError
 
 
@@ -63,6 +63,29 @@ def test_raw_video_is_the_same_clip_normalised_later(collection):
     batch = collate_clips([TrainClips(manifest, small_cfg(), raw_video=True)[(i, 3)] for i in range(3)])
     ready = collate_clips([TrainClips(manifest, small_cfg())[(i, 3)] for i in range(3)])
     assert torch.equal(NormalizeVideo()(batch["video"]), ready["video"])  # batches too (B x C x T x H x W)
+
+
+def test_device_crops_serve_the_clips_the_workers_crop(tmp_path):
+    # data.crops_on=device: workers send the part of the frames a crop samples, the consumer crops a batch at once.
+    yy, xx = np.mgrid[0:32, 0:48]
+    pattern = np.stack([4 * xx + 2 * yy, 255 - 5 * xx, 7 * yy], axis=-1)  # smooth in space: survives H.264
+    frames = np.stack([(pattern + 8 * t) % 256 for t in range(24)]).astype(np.uint8)
+    write_av(tmp_path / "a.mp4", frames, 8, 0.1 * np.ones(48000, np.float32), 16000, crf=10)
+    manifest = Manifest.from_rows([dict(path=str(tmp_path / "a.mp4"), status="ok", duration_s="3.0", has_audio="1")])
+    cfg = small_cfg()  # frames decoded at short side 32 = scale_min: every resize enlarges
+    on_device = TrainClips(manifest, cfg, raw_video=True, device_crops=True)
+    in_workers = TrainClips(manifest, cfg, raw_video=True)
+    keys = [(0, seed) for seed in range(12)]
+    parts, cropped = collate_clips([on_device[k] for k in keys]), collate_clips([in_workers[k] for k in keys])
+    assert parts["video"].shape == (12, 4, 26, 26, 3) and parts["video_grid"].shape == (12, 4)
+    assert torch.equal(parts["audio"], cropped["audio"]) and torch.equal(parts["start"], cropped["start"])
+    got, want = DeviceCrops(24)(parts["video"], parts["video_grid"]), NormalizeVideo()(cropped["video"])
+    torch.testing.assert_close(got, want, rtol=0, atol=1.01 / 255 / min(VIDEO_STD))  # the workers' uint8 rounding
+    assert len({round(float(x), 3) for x in got.sum((1, 2, 3, 4))}) > 6  # the draws differ: scales, crops, flips
+    audio = 40 * 50 * 4
+    assert (on_device.item_bytes(), in_workers.item_bytes()) == (4 * 26 * 26 * 3 + audio, 3 * 4 * 24 * 24 + audio)
+    with pytest.raises(ValueError, match="device_crops needs"):
+        TrainClips(manifest, cfg, device_crops=True)  # normalised float clips
 
 
 def test_eval_clips_are_evenly_spaced_and_cover_every_video(collection):

@@ -107,6 +107,29 @@ def test_finetune_modes(run, tmp_path, mode):
     assert result["first_loss"] > 0 and result["last_loss"] > 0
 
 
+def test_finetune_crops_its_training_clips_where_the_runs_data_settings_say(run, tmp_path):
+    import shutil
+
+    import yaml
+
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    cropping = tmp_path / "run"  # the run, saved with settings whose training resize only enlarges the frames
+    cropping.mkdir()
+    shutil.copy(run_dir / "encoders.pt", cropping)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["data"]["augment"].update(scale_min=40, scale_max=44)
+    saved["data"]["crops_on"] = "device"
+    (cropping / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = FinetuneConfig(epochs=1, batch_size=8, lr=0.05, test_clips=1)
+    result = finetune(cropping, "video", items_of(root), "full", cfg, tmp_path, workers=0)
+    assert result["crops_on"] == "device" and result["last_loss"] > 0 and result["n_test"] == 8
+    plain = finetune(run_dir, "video", items_of(root), "fc", cfg, tmp_path / "plain", workers=0)
+    assert plain["crops_on"] == "workers"  # tiny's resize may shrink (40 -> 36): the workers crop
+
+
 def test_fc_only_freezes_the_encoder_and_full_updates_it(run, tmp_path, monkeypatch):
     """The wrapper below only keeps a handle on the real encoder that training updates; nothing is faked."""
     import torch

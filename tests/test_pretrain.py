@@ -22,6 +22,7 @@ from xdc.clustering.kmeans import kmeans
 from xdc.clustering.metrics import nmi
 from xdc.config import load_config
 from xdc.data.manifest import write_rows
+from xdc.data.transforms import VIDEO_STD
 from xdc.errors import UserError
 from xdc.methods import METHODS
 from xdc.training.checkpoint import load
@@ -127,6 +128,31 @@ def test_short_run_lowers_the_pseudo_label_loss(manifest, tmp_path):
     assert (out / "labels" / "round_000.npz").exists() and any((out / "tb").iterdir())
     saved = load(out / "encoders.pt")
     assert set(saved["encoders"]) == {"video", "audio"} and saved["method"] == "xdc"
+
+
+def test_training_clips_cropped_on_the_device_are_the_workers_clips(manifest, tmp_path):
+    # data.crops_on=device (auto on CUDA where possible) moves the scale jitter, crop and flip from the loader's
+    # workers to the device: the same draws, so the same clips up to the workers' uint8 rounding after the resize.
+    enlarging = ["data.augment.scale_min=40", "data.augment.scale_max=44"]  # tiny decodes at a short side of 40
+    trainers = {where: Pretrainer(cfg_for("xdc", *enlarging, f"data.crops_on={where}", "data.workers=1"), manifest,
+                                  tmp_path / where, Dist()) for where in ("device", "workers")}  # fmt: skip
+    inputs = {}
+    for where, trainer in trainers.items():
+        trainer.progress.labels = {s: np.arange(len(trainer.videos)) % 4 for s in trainer.method.label_sets}
+        batch = next(iter(trainer._train_loader()))
+        assert ("video_grid" in batch) == (where == "device")
+        inputs[where] = trainer._inputs(batch)
+        trainer.loader = None  # its worker stops
+    assert torch.equal(inputs["device"]["audio"], inputs["workers"]["audio"])
+    torch.testing.assert_close(inputs["device"]["video"], inputs["workers"]["video"], rtol=0,
+                               atol=1.01 / 255 / min(VIDEO_STD))  # fmt: skip
+    assert inputs["device"]["video"].shape == (8, 3, 4, 32, 32)
+
+    out = tmp_path / "run"
+    pretrain(cfg_for("xdc", *enlarging, "data.crops_on=device", "train.rounds=1", "train.epochs=1"), manifest, out,
+             resume=False, ctx=Dist())  # fmt: skip
+    start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert start["kind"] == "start" and start["crops_on"] == "device" and (out / "encoders.pt").exists()
 
 
 def _cli(manifest: Path, out: Path, *extra: str) -> list[str]:

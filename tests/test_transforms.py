@@ -1,13 +1,15 @@
-"""The clip transforms against torchvision's v2 pipeline, which they reimplement on plain tensors for speed."""
+"""The clip transforms against torchvision's v2 pipeline, which they reimplement on plain tensors for speed, and the
+training geometry computed on a batch (DeviceCrops) against the same."""
 
 import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from xdc.config import load_config
-from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD, VideoTransform
+from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD, DeviceCrops, NormalizeVideo, VideoTransform
 from xdc.errors import UserError
 
 
@@ -73,3 +75,64 @@ def test_scales_that_cannot_give_the_crop_are_refused(scale):
     overrides = [f"data.augment.scale_min={scale[0]}", f"data.augment.scale_max={scale[1]}"]
     with pytest.raises(UserError, match="crop <= data.augment.scale_min <= data.augment.scale_max"):
         load_config(None, overrides)
+
+
+def float_reference(transform: VideoTransform, frames: np.ndarray, seed: int) -> torch.Tensor:
+    """The training geometry computed in float32 by torchvision (no uint8 rounding after the resize), normalised."""
+    torch.manual_seed(seed)
+    h, w, top, left, flip = transform._draw(*frames.shape[1:3])
+    x = F.resize(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), [h, w], antialias=True)
+    x = x[..., top : top + transform.crop, left : left + transform.crop]
+    return NormalizeVideo()((x.flip(-1) if flip else x).permute(1, 0, 2, 3))
+
+
+def test_device_crops_compute_the_training_geometry_for_a_batch_of_frame_sizes():
+    cfg = load_config(None, [], preset="paper")  # short side 128 = scale_min: every resize enlarges or keeps
+    transform, crops = VideoTransform(cfg.data, train=True, normalize=False), DeviceCrops(112)
+    normalized = VideoTransform(cfg.data, train=True)
+    rng = np.random.default_rng(0)
+    shapes = [(4, 128, 228), (4, 228, 128), (4, 128, 128), (4, 96, 128), (4, 128, 171)]  # 16:9 to 3:4, 96p
+    frames = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for shape in shapes]
+    unit = 1 / 255 / min(VIDEO_STD)  # one uint8 level, normalised
+    for seed in range(8):  # several draws: sizes, crops at the frames' edges, flips
+        parts, grids = [], []
+        for i, f in enumerate(frames):
+            torch.manual_seed(seed * 10 + i)
+            part, grid = transform.plan(f)
+            after_plan = torch.rand(())
+            torch.manual_seed(seed * 10 + i)
+            normalized(f)
+            assert torch.rand(()) == after_plan  # the same draws as the workers' transform, in number and order
+            assert part.shape == (4, 114, 114, 3) and part.dtype == torch.uint8 and grid.dtype == torch.float64
+            parts.append(part)
+            grids.append(grid)
+        got = crops(torch.stack(parts), torch.stack(grids))
+        assert got.shape == (len(frames), 3, 4, 112, 112) and got.dtype == torch.float32 and got.is_contiguous()
+        for i, f in enumerate(frames):
+            # torchvision's float resize, to float rounding; its uint8 resize (the workers'), to its rounding
+            torch.testing.assert_close(got[i], float_reference(transform, f, seed * 10 + i), rtol=0, atol=0.02 * unit)
+            torch.manual_seed(seed * 10 + i)
+            torch.testing.assert_close(got[i], normalized(f), rtol=0, atol=1.01 * unit)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_device_crops_of_an_unscaled_whole_frame_are_the_frame(flip):
+    # Crop = scale = frame size: no resize, the crop at the frame's edges, where plan() repeats edge pixels.
+    cfg = load_config(None, ["data.augment.scale_min=112", "data.augment.scale_max=112"], preset="paper")
+    frames = np.random.default_rng(1).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    transform = VideoTransform(cfg.data, train=True, normalize=False)
+    torch.manual_seed(0)
+    while True:
+        part, grid = transform.plan(frames)
+        if (grid[3] < 0) == flip:
+            break
+    got = DeviceCrops(112)(part[None], grid[None])[0]
+    want = NormalizeVideo()(torch.from_numpy(frames).permute(3, 0, 1, 2))
+    torch.testing.assert_close(got, want.flip(-1) if flip else want, rtol=0, atol=1e-4)  # float32 grid rounding
+
+
+def test_plan_is_only_for_frames_the_resize_enlarges():
+    cfg = load_config(None, [], preset="paper")
+    frames = np.zeros((2, 240, 320, 3), np.uint8)
+    with pytest.raises(ValueError, match="would be shrunk"):
+        VideoTransform(cfg.data, train=True, normalize=False).plan(frames)

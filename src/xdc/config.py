@@ -87,6 +87,10 @@ class DataConfig:
     # DataLoader worker processes per process; auto: 2 on a CPU, and on CUDA every core this process may use
     # (shared with the other ranks on the node) but one for the training process
     workers: int | str = "auto"
+    # Where training clips are scaled, cropped and flipped: "workers" (the loader's processes), "device" (a batch
+    # at a time where it trains: the workers send the part of the frames the crop samples), or auto: device on
+    # CUDA where possible (device_crops_possible), else workers.
+    crops_on: str = "auto"
 
     def __post_init__(self) -> None:
         if self.workers != "auto" and not (type(self.workers) is int and self.workers >= 0):
@@ -100,6 +104,27 @@ class DataConfig:
                 f"need data.clip.crop <= data.augment.scale_min <= data.augment.scale_max (frames are resized to a "
                 f"short side in [scale_min, scale_max], then cropped), got {crop}, {aug.scale_min}, {aug.scale_max}"
             )
+        if self.crops_on not in ("auto", "workers", "device"):
+            raise UserError(f"data.crops_on must be auto, workers or device, not {self.crops_on!r}")
+        if self.crops_on == "device" and not self.device_crops_possible:
+            raise UserError(
+                "data.crops_on=device needs frames that the training resize only enlarges: data.clip.decode_short_side "
+                f"between 1 and data.augment.scale_min, got {self.clip.decode_short_side} and {aug.scale_min}"
+            )
+
+    @property
+    def device_crops_possible(self) -> bool:
+        """Whether every training resize enlarges the decoded frames (their short side is decode_short_side, at most
+        scale_min): there the device's bilinear sampling computes what torchvision's resize does."""
+        return 0 < self.clip.decode_short_side <= self.augment.scale_min
+
+    def crops_on_device(self, device_type: str) -> bool:
+        """Whether training clips are cropped where they train, on this kind of device ("cuda", "cpu"): auto means
+        on CUDA where possible. There the loader's workers skip the resize: 1.17-1.18x the paper-preset clips per
+        core (BENCHMARKS.md "Training clips cropped on the device")."""
+        return self.crops_on == "device" or (
+            self.crops_on == "auto" and device_type == "cuda" and self.device_crops_possible
+        )
 
     def workers_on(self, device_type: str) -> int:
         """Loader workers of this process on this kind of device ("cuda", "cpu"). auto: on CUDA, the cores this

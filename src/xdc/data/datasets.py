@@ -3,12 +3,16 @@
 ``TrainClips`` draws one random clip of a video per access (temporal jitter, random augmentation);
 ``EvalClips`` serves N evenly spaced clips of every video without augmentation. Items are dicts with
 ``video`` (float C x T x H x W, normalised; with ``raw_video`` the uint8 pixels, for
-:class:`xdc.data.transforms.NormalizeVideo` on the consumer's side), ``audio`` (1 x n_mels x frames), ``index``
+:class:`xdc.data.transforms.NormalizeVideo` on the consumer's side; with ``device_crops`` the uint8 part of the
+frames that the crop samples and its ``video_grid``, for :class:`xdc.data.transforms.DeviceCrops`), ``audio`` (1 x
+n_mels x frames), ``index``
 (video index in the manifest), ``start`` (seconds) and ``label`` (-1 when unlabelled). An item that cannot be
 read is a failure record ``{"failure": {...}}``, which :func:`collate_clips` takes out of the batch.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -26,7 +30,7 @@ _SEED_SPACE = 2**63 - 1
 class _ClipDataset(Dataset):
     def __init__(
         self, manifest: Manifest, cfg: DataConfig, train: bool, modalities: tuple[str, ...] = MODALITIES,
-        raw_video: bool = False,
+        raw_video: bool = False, device_crops: bool = False,
     ):  # fmt: skip
         unknown = set(modalities) - set(MODALITIES)
         if unknown or not modalities:
@@ -41,6 +45,9 @@ class _ClipDataset(Dataset):
         self.cfg = cfg
         self.span = max(cfg.clip.seconds, cfg.clip.audio_span) if self.video else cfg.clip.audio_span
         self.video_transform = VideoTransform(cfg, train, normalize=not raw_video) if self.video else None
+        self.device_crops = device_crops and self.video
+        if self.device_crops and not (raw_video and cfg.device_crops_possible):
+            raise ValueError("device_crops needs raw_video and frames that the training resize enlarges")
         self.audio_transform = AudioTransform(cfg, train) if self.audio else None
 
     def latest_start(self, i):
@@ -55,7 +62,9 @@ class _ClipDataset(Dataset):
             audio=self.audio and has_audio,
         )  # fmt: skip
         item = {"index": i, "start": float(start), "label": int(self.manifest.labels[i])}
-        if self.video:
+        if self.device_crops:
+            item["video"], item["video_grid"] = self.video_transform.plan(clip.video)
+        elif self.video:
             item["video"] = self.video_transform(clip.video)
         if self.audio:
             wave = clip.audio if has_audio else np.zeros(self._audio_samples(), np.float32)
@@ -70,6 +79,17 @@ class _ClipDataset(Dataset):
         if self.audio:
             shapes["audio"] = (1, self.cfg.mel.n_mels, self.audio_transform.logmel.frames(self._audio_samples()))
         return shapes
+
+    def item_bytes(self) -> int:
+        """Bytes of an item's clips as the loader's workers hand them over."""
+        shapes, size = self.shapes(), 0
+        if self.video:
+            t, crop = self.cfg.clip.frames, self.cfg.clip.crop
+            pixels = t * (crop + 2) ** 2 * 3 if self.device_crops else math.prod(shapes["video"])
+            size += pixels * (1 if self.video_transform.normalize is None else 4)
+        if self.audio:
+            size += math.prod(shapes["audio"]) * 4
+        return size
 
     def _audio_samples(self) -> int:
         return round(self.cfg.clip.audio_span * self.cfg.clip.sample_rate)
@@ -86,9 +106,11 @@ class TrainClips(_ClipDataset):
     """
 
     def __init__(
-        self, manifest: Manifest, cfg: DataConfig, modalities: tuple[str, ...] = MODALITIES, raw_video: bool = False
+        self, manifest: Manifest, cfg: DataConfig, modalities: tuple[str, ...] = MODALITIES, raw_video: bool = False,
+        device_crops: bool = False,
     ):  # fmt: skip
-        super().__init__(manifest, cfg, train=True, modalities=modalities, raw_video=raw_video)
+        super().__init__(manifest, cfg, train=True, modalities=modalities, raw_video=raw_video,
+                         device_crops=device_crops)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.manifest)

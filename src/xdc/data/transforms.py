@@ -2,14 +2,18 @@
 
 Video: uint8 T x H x W x 3 -> float C x T x H x W, normalised like the released XDC weights (or, with
 ``normalize=False``, the uint8 crops, to be normalised by :class:`NormalizeVideo` where the batch lands). One set
-of random parameters per clip: all frames get the same crop and flip.
+of random parameters per clip: all frames get the same crop and flip. A training transform can also leave the
+geometry to the device (:meth:`VideoTransform.plan` in the loader's workers, :class:`DeviceCrops` on a batch).
 Audio: float waveform -> 1 x n_mels x frames log-mel, with optional gain and SpecAugment-style masking.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F_nn
 import torchaudio.transforms as AT
 from torchvision.transforms.v2 import functional as F
 
@@ -40,32 +44,59 @@ class VideoTransform:
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T x C x H x W, a view: resize reads channels-last fast
         if self.train:
-            x = self._random_geometry(x)
+            h, w, top, left, flip = self._draw(*x.shape[-2:])
+            x = F.resize(x, [h, w], antialias=True)  # both sides >= crop: DataConfig checks scale_min >= crop
+            x = x[..., top : top + self.crop, left : left + self.crop]
+            if flip:
+                x = x.flip(-1)
         else:
             x = F.center_crop(F.resize(x, [self.sizes[0]], antialias=True), [self.crop])
         x = x.permute(1, 0, 2, 3)  # C x T x H x W
         return self.normalize(x) if self.normalize is not None else x.contiguous()
 
-    def _random_geometry(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+    def _draw(self, h: int, w: int) -> tuple[int, int, int, int, bool]:
+        """A training clip's random geometry for frames of h x w: the resized size, the crop's top left corner
+        in it, and whether to flip."""
         short = self.sizes[int(torch.randint(len(self.sizes), ()))]
         r = short / min(h, w)
         # The short side exactly `short` (v2 computes int(side * r), which can come out one pixel short: 125 for
         # 126 on a 360p frame, or a failed crop when scale_min equals the crop); the long side as v2 does.
         h, w = (short, max(short, int(w * r))) if h <= w else (max(short, int(h * r)), short)
-        x = F.resize(x, [h, w], antialias=True)  # both sides >= crop: DataConfig checks scale_min >= crop
         top = int(torch.randint(0, h - self.crop + 1, ())) if h > self.crop else 0
         left = int(torch.randint(0, w - self.crop + 1, ())) if w > self.crop else 0
-        x = x[..., top : top + self.crop, left : left + self.crop]
-        if self.flip and torch.rand(1) < 0.5:
-            x = x.flip(-1)
-        return x
+        return h, w, top, left, bool(self.flip and torch.rand(1) < 0.5)
+
+    def plan(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training clip's geometry, drawn as ``__call__`` draws it, left to :class:`DeviceCrops`: the part of
+        the frames that the crop samples, uint8 T x (crop + 2) x (crop + 2) x 3 (edge pixels repeated beyond the
+        frame), and the sampling grid, float64 (y0, dy, x0, dx): output row i samples row y0 + i dy of that part,
+        column j column x0 + j dx (dx < 0: flipped). Only for frames that the resize enlarges (short side <=
+        scale_min, as data.clip.decode_short_side makes them; :meth:`DataConfig.crops_on`): there torchvision's
+        antialiased resize is bilinear interpolation with edge pixels repeated, which :class:`DeviceCrops`
+        computes on a whole batch, and the loader's worker does no resize."""
+        t, fh, fw = frames.shape[:3]
+        if min(fh, fw) > self.sizes[0]:
+            raise ValueError(f"frames of {fh} x {fw} would be shrunk: plan() is for frames the resize enlarges")
+        h, w, top, left, flip = self._draw(fh, fw)
+        # torchvision's sample point of output pixel i: (i + 0.5) x in / out - 0.5, in input pixels
+        dy, dx = fh / h, fw / w
+        y, x = (top + 0.5) * dy - 0.5, (left + 0.5) * dx - 0.5
+        if flip:  # output column j is the crop's column crop - 1 - j
+            x, dx = x + (self.crop - 1) * dx, -dx
+        y0, x0 = max(0, math.floor(y)), max(0, math.floor(min(x, x + (self.crop - 1) * dx)))
+        size = self.crop + 2  # (crop - 1) x d + 2 rows and columns at most, d <= 1
+        part = frames[:, y0 : y0 + size, x0 : x0 + size]
+        if part.shape[1:3] != (size, size):  # at the frame's bottom or right edge
+            part = np.pad(part, ((0, 0), (0, size - part.shape[1]), (0, size - part.shape[2]), (0, 0)), mode="edge")
+        grid = torch.tensor([y - y0, dy, x - x0, dx], dtype=torch.float64)
+        return torch.from_numpy(np.ascontiguousarray(part)), grid
 
 
 class NormalizeVideo:
-    """uint8 clips (C x T x H x W, or batches of them) -> float32, scaled to [0, 1] and normalised with the
-    released XDC weights' mean and std, on ``device``: the training loop sends uint8 batches (a quarter of the bytes through
-    worker shared memory, pinned memory and the host-to-device copy) and normalises them on arrival."""
+    """uint8 clips (C x T x H x W, or batches of them; or float ones in [0, 255]) -> float32, scaled to [0, 1] and
+    normalised with the released XDC weights' mean and std, on ``device``: the training loop sends uint8 batches (a
+    quarter of the bytes through worker shared memory, pinned memory and the host-to-device copy) and normalises
+    them on arrival."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.mean = torch.tensor(VIDEO_MEAN, device=device).view(3, 1, 1, 1)
@@ -75,6 +106,29 @@ class NormalizeVideo:
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # contiguous, whatever x's strides
         out.copy_(x)
         return out.mul_(1.0 / 255).sub_(self.mean).div_(self.std)
+
+
+class DeviceCrops:
+    """:meth:`VideoTransform.plan`'s parts and grids (a batch: B x T x S x S x 3 uint8, B x 4) -> the clips, float32
+    B x 3 x T x crop x crop normalised as :class:`NormalizeVideo` does, on the batch's device: one bilinear
+    sampling (grid_sample) for the whole batch. Rows and columns sampled outside a part take its edge pixels,
+    which plan() repeated from the frame's edge."""
+
+    def __init__(self, crop: int, device: torch.device | str = "cpu"):
+        self.crop = crop
+        self.normalize = NormalizeVideo(device)
+        self.steps = torch.arange(crop, dtype=torch.float64, device=device)
+
+    def __call__(self, parts: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+        b, t, size = parts.shape[:3]
+        grids = grids.to(parts.device, torch.float64)
+        # part pixel p at grid_sample's normalised coordinate (2p + 1) / size - 1 (align_corners=False)
+        ys = (2 * (grids[:, 0:1] + grids[:, 1:2] * self.steps) + 1) / size - 1  # B x crop
+        xs = (2 * (grids[:, 2:3] + grids[:, 3:4] * self.steps) + 1) / size - 1
+        where = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1).float()
+        frames = parts.permute(0, 1, 4, 2, 3).reshape(b, t * 3, size, size).float()
+        out = F_nn.grid_sample(frames, where, mode="bilinear", padding_mode="border", align_corners=False)
+        return self.normalize(out.view(b, t, 3, self.crop, self.crop).transpose(1, 2))
 
 
 class AudioTransform:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xdc.config import TrainConfig
-from xdc.data.transforms import NormalizeVideo
+from xdc.config import DataConfig, TrainConfig
+from xdc.data.transforms import DeviceCrops, NormalizeVideo
 from xdc.errors import UserError
 from xdc.models.padding import pad_middle_widths
 
@@ -35,13 +35,17 @@ class EvalDevice:
     """One encoder's device path: ``module`` moves (and lays out) the encoder, ``inputs`` a batch's clips, and
     ``autocast`` wraps the forward."""
 
-    def __init__(self, device: torch.device, train: TrainConfig, modality: str):
+    def __init__(self, device: torch.device, train: TrainConfig, modality: str, data: DataConfig | None = None):
+        """``data``: the run's data settings, where training clips are loaded (finetuning): ``device_crops`` then
+        says whether data.crops_on puts their scale jitter, crop and flip here (``TrainClips(device_crops=...)``)."""
         self.device, self.modality = device, modality
         self.bf16 = train.bf16_on(device.type)
         video = modality == "video"
         self.channels_last = video and train.channels_last_on(device.type)
         self.pad_widths = train.pad_widths_on(device.type) if video else 0
         self.normalize = NormalizeVideo(device) if video else None
+        self.device_crops = video and data is not None and data.crops_on_device(device.type)
+        self.crops = DeviceCrops(data.clip.crop, device) if self.device_crops else None
         if device.type == "cuda":  # a few clip shapes (the last batch is smaller): cuDNN times each once
             torch.backends.cudnn.benchmark = True
 
@@ -58,10 +62,13 @@ class EvalDevice:
             pad_middle_widths(encoder, self.pad_widths)
         return encoder
 
-    def inputs(self, clips: torch.Tensor) -> torch.Tensor:
-        """A batch of one modality's clips (uint8 video from a ``raw_video`` dataset) ready for the encoder."""
+    def inputs(self, clips: torch.Tensor, grids: torch.Tensor | None = None) -> torch.Tensor:
+        """A batch of one modality's clips (uint8 video from a ``raw_video`` dataset; with ``grids``, the parts of
+        frames of training clips, see ``device_crops``) ready for the encoder."""
         x = clips.to(self.device, non_blocking=True)
-        if self.normalize is not None:
+        if grids is not None:
+            x = self.crops(x, grids.to(self.device, non_blocking=True))
+        elif self.normalize is not None:
             x = self.normalize(x)
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
 

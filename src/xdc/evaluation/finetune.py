@@ -41,13 +41,14 @@ def finetune(
     if len(classes) < 2 or len(test) == 0:
         raise UserError(f"finetuning needs >= 2 classes in 'train' and a 'test' split ({len(classes)}, {len(test)})")
 
-    place = EvalDevice(pick_device(device), run_cfg.train, modality)
+    place = EvalDevice(pick_device(device), run_cfg.train, modality, data=data_cfg)
     workers = data_cfg.workers_on(place.device.type) if workers is None else workers
     torch.manual_seed(seed)
     model = nn.Sequential(place.module(encoder), nn.Linear(encoder.feature_dim, len(classes)).to(place.device))
     trained = model if mode == "full" else model[1]
     optimizer = torch.optim.SGD(trained.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    train_set = TrainClips(train, data_cfg, modalities=(modality,), raw_video=True)
+    train_set = TrainClips(train, data_cfg, modalities=(modality,), raw_video=True,
+                           device_crops=place.device_crops)  # fmt: skip
     steps = cfg.epochs * math.ceil(len(train_set) / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if cfg.schedule == "cosine" else (lambda s: 1.0)
@@ -64,7 +65,8 @@ def finetune(
             failures.update(batch)
             if batch["index"].numel() == 0:
                 continue
-            clips, labels = place.inputs(batch[modality]), batch["label"].to(place.device, non_blocking=True)
+            clips = place.inputs(batch[modality], batch.get("video_grid"))
+            labels = batch["label"].to(place.device, non_blocking=True)
             with place.autocast():
                 if mode == "fc":
                     with torch.no_grad():
@@ -84,6 +86,7 @@ def finetune(
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
     return {
         "mode": mode, "encoder": encoder_name, "device": str(place.device), "bf16": place.bf16,
+        **({"crops_on": "device" if place.device_crops else "workers"} if modality == "video" else {}),
         "classes": len(classes), "n_train": len(train), "n_test": len(test),
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
         "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": losses[0] if losses else None,

@@ -49,7 +49,7 @@ from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog
 from xdc.data.manifest import Manifest, write_videos
-from xdc.data.transforms import NormalizeVideo
+from xdc.data.transforms import DeviceCrops, NormalizeVideo
 from xdc.errors import UserError
 from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.models.encoders import build_encoder
@@ -116,10 +116,14 @@ class Pretrainer:
         self.method = get_method(cfg.train.method)
         modalities = self.method.modalities
         self.videos = self._index_space(manifest_path, resume)
-        # uint8 video from the loader, normalised on the device (_inputs): a quarter of the bytes to move
-        self.train_set = TrainClips(self.videos, cfg.data, modalities=modalities, raw_video=True)
+        # uint8 video from the loader, normalised on the device (_inputs): a quarter of the bytes to move; with
+        # data.crops_on at device, the training clips are also scaled, cropped and flipped there
+        self.crops_on_device = cfg.data.crops_on_device(ctx.device.type) and "video" in modalities
+        self.train_set = TrainClips(self.videos, cfg.data, modalities=modalities, raw_video=True,
+                                    device_crops=self.crops_on_device)  # fmt: skip
         self.eval_set = EvalClips(self.videos, cfg.data, clips=1, modalities=modalities, raw_video=True)
         self.normalize_video = NormalizeVideo(ctx.device)
+        self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device)
         if len(self.videos) < cfg.train.k and self.method.clusters:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
@@ -223,8 +227,7 @@ class Pretrainer:
         except OSError:
             return  # not Linux: no such file system to check
         free = stat.f_bavail * stat.f_frsize
-        # uint8 video (raw_video), float32 audio
-        item = sum(math.prod(shape) * (1 if m == "video" else 4) for m, shape in self.train_set.shapes().items())
+        item = self.train_set.item_bytes()
         ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         waiting = 1 if self.ctx.device.type == "cuda" else PREFETCH
         need = ranks * self.workers * waiting * self._batch_per_rank() * item
@@ -246,7 +249,8 @@ class Pretrainer:
         # what the train settings left at auto became here: the config says auto, the log says what ran
         self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
                        bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
-                       compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on)  # fmt: skip
+                       compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on,
+                       crops_on="device" if self.crops_on_device else "workers")  # fmt: skip
         rounds = 1 if self.method.supervised else cfg.rounds
         if not self.method.trains:
             self._finish()
@@ -572,7 +576,10 @@ class Pretrainer:
         """The batch's clips on the device, video normalised there; asynchronous copies (from page-locked memory
         on CUDA)."""
         clips = {m: batch[m].to(self.ctx.device, non_blocking=True) for m in self.method.modalities}
-        if "video" in clips:
+        if "video_grid" in batch:  # a training batch with data.crops_on at device
+            grids = batch["video_grid"].to(self.ctx.device, non_blocking=True)
+            clips["video"] = self.device_crops(clips["video"], grids)
+        elif "video" in clips:
             clips["video"] = self.normalize_video(clips["video"])
         return clips
 
