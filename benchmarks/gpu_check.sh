@@ -13,9 +13,11 @@
 #   env         GPU, driver, CPU cores and model (and any CPU quota), package versions, a bf16 matrix-product
 #               ceiling
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last + padded widths on cuDNN, pinned batches,
-#               a step that does not wait for the GPU, a killed run resumed, k-means searched by torch on the GPU)
+#               crops on the GPU, a step that does not wait for it, a killed run resumed, k-means searched by torch
+#               on the GPU)
 #   compile     benchmarks/train_step.py, paper preset, batch 128, bf16, channels-last, middle widths padded to 8
-#               (the trainer's default on CUDA), torch.compile (inductor; compiling takes a minute): model-only,
+#               and training crops made on the GPU (the trainer's defaults on CUDA), torch.compile (inductor;
+#               compiling takes a minute): model-only,
 #               end-to-end, loader-only (each after a warm-up of the batches the loader holds in flight), one
 #               process, and a profile of 5 model-only steps (ops by device time)
 #   cudnnall    compile's model-only step with --cudnn-limit 0 (cuDNN's autotuner times every algorithm for each
@@ -30,6 +32,8 @@
 #   convs       benchmarks/conv_shapes.py: every convolution of the encoders alone, forward + backward, against its
 #               roofline, as called and as 2-D or channel-padded equivalents
 #   convsall    convs with --cudnn-limit 0 (to conv_shapes_all.json)
+#   crops       benchmarks/crops.py: a worker's items per core with the crops in the workers or on the GPU, and
+#               what the GPU pays per batch of 128 (data.crops_on)
 #   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024: xdc's round on the CPU (faiss as
 #               installed) and the torch search on the GPU
 #   nopad       compile's model-only step without padded widths (--pad-widths 0)
@@ -101,6 +105,7 @@ train_step b256 120 --channels-last --compile --model-only --batch 256
 step convs 150 python3 benchmarks/conv_shapes.py && cp benchmarks/results/conv_shapes.json "$out/conv_shapes.json"
 step convsall 200 python3 benchmarks/conv_shapes.py --cudnn-limit 0 &&
     cp benchmarks/results/conv_shapes.json "$out/conv_shapes_all.json"
+step crops 120 python3 benchmarks/crops.py --rounds 3
 step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 --paths ours torch &&
     cp benchmarks/results/clustering.json "$out/clustering.json"
 train_step nopad 120 --channels-last --compile --model-only --pad-widths 0

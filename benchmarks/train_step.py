@@ -89,6 +89,9 @@ def main() -> None:
     parser.add_argument("--model-only", action="store_true", help="skip the measurements that read files")
     parser.add_argument("--pad-widths", default="auto", metavar="M",
                         help="the video encoder's middle widths at multiples of M (0: off; default: auto, 8 on CUDA)")
+    parser.add_argument("--crops-on", choices=["auto", "workers", "device"], default="auto",
+                        help="where training clips are scaled, cropped and flipped (data.crops_on; auto: the device "
+                        "on CUDA where the resize only enlarges)")
     parser.add_argument("--cudnn-limit", type=int, metavar="N",
                         help="cuDNN algorithms timed per convolution shape (0: all; default: PyTorch's, 10)")
     parser.add_argument("--inductor-tune", action="store_true",
@@ -110,7 +113,7 @@ def main() -> None:
     cfg = load_config(None, [
         f"train.k={args.k}", f"train.batch_size={args.batch}", f"train.precision={precision}",
         f"train.channels_last={str(args.channels_last).lower()}", f"train.compile={str(args.compile).lower()}",
-        f"data.workers={args.workers}", f"train.pad_widths={args.pad_widths}",
+        f"data.workers={args.workers}", f"train.pad_widths={args.pad_widths}", f"data.crops_on={args.crops_on}",
         f"train.epoch_size={(fed_warmup + max(args.steps, args.loader_steps)) * args.batch}",
     ], preset=args.preset)  # fmt: skip
     pad_widths = cfg.train.pad_widths_on(device.type)
@@ -181,7 +184,8 @@ def main() -> None:
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
         "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
-        "pad_widths": pad_widths, "cudnn_limit": args.cudnn_limit, "inductor_tune": args.inductor_tune,
+        "pad_widths": pad_widths, "crops_on": "device" if trainer.crops_on_device else "workers",
+        "cudnn_limit": args.cudnn_limit, "inductor_tune": args.inductor_tune,
         "batch": args.batch, "k": args.k, "steps": args.steps,
         "loader_steps": args.loader_steps, "warmup": args.warmup, "fed_warmup": fed_warmup, "workers": args.workers,
         "videos": n,
@@ -219,6 +223,8 @@ def random_clips(trainer: Pretrainer, batch: int, device: torch.device) -> dict:
     clips = {m: torch.randn(batch, *item[m].shape, device=device) if item[m].is_floating_point()
              else torch.randint(0, 256, (batch, *item[m].shape), dtype=item[m].dtype, device=device)
              for m in trainer.method.modalities}  # fmt: skip
+    if "video_grid" in item:  # data.crops_on at device: the step crops the clips (all with this item's geometry)
+        clips["video_grid"] = item["video_grid"].expand(batch, -1).to(device)
     return {"index": torch.arange(batch) % len(trainer.videos), **clips}
 
 

@@ -1,0 +1,103 @@
+"""What data.crops_on=device buys: a loader worker's training items per second when it leaves the scale jitter,
+crop and flip to the device, and what the device pays for them per batch.
+
+    python benchmarks/crops.py [--videos 4] [--items 300] [--rounds 4] [--batch 128] [--device cuda]
+
+Sources are generated as in benchmarks/prepare.py (640 x 360 camera-like H.264, 44.1 kHz stereo AAC), then
+prepared as the docs advise for the paper preset (`xdc prepare --fps 8`: short side 128, a keyframe every 16
+frames, 16 kHz mono). Items are the paper preset's training items as the trainer's loader makes them (uint8
+video), read in one process with one thread (what one worker makes per core), the same (video, seed) draws for
+both settings, in alternating rounds (the median is reported). The device's cost is DeviceCrops on a batch of
+those items, already on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import report
+from prepare import make_sources
+from xdc.config import load_config
+from xdc.data.datasets import TrainClips, collate_clips
+from xdc.data.index import build_manifest
+from xdc.data.manifest import Manifest
+from xdc.data.prepare import PrepareOptions, prepare
+from xdc.data.transforms import DeviceCrops
+
+
+def items_per_s(dataset: TrainClips, draws: list[tuple[int, int]]) -> float:
+    t = time.perf_counter()
+    for key in draws:
+        if "failure" in dataset[key]:
+            raise RuntimeError(f"a clip failed: {dataset[key]['failure']}")
+    return len(draws) / (time.perf_counter() - t)
+
+
+def device_ms(dataset: TrainClips, draws: list[tuple[int, int]], batch: int, device: torch.device) -> float:
+    """Milliseconds of DeviceCrops on one batch already on ``device``."""
+    items = collate_clips([dataset[draws[i % len(draws)]] for i in range(batch)])
+    parts, grids = items["video"].to(device), items["video_grid"].to(device)
+    crops = DeviceCrops(dataset.cfg.clip.crop, device)
+    for _ in range(3):
+        crops(parts, grids)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t, reps = time.perf_counter(), 20 if device.type == "cuda" else 3
+    for _ in range(reps):
+        crops(parts, grids)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1000 * (time.perf_counter() - t) / reps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--items", type=int, default=300, help="items read per setting and round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # like one loader worker
+    cfg = load_config(None, [], preset="paper").data
+    tmp = Path(tempfile.mkdtemp(prefix="xdc-bench-crops-"))
+    try:
+        make_sources(tmp / "sources", args.videos, args.seconds, (640, 360), 25, 44100)
+        prepare([str(tmp / "sources")], tmp / "prepared", PrepareOptions(fps=cfg.clip.fps), workers=1)
+        build_manifest([str(tmp / "prepared")], tmp / "manifest.csv", workers=1)
+        manifest = Manifest.load(tmp / "manifest.csv", require_audio=True)
+        datasets = {where: TrainClips(manifest, cfg, raw_video=True, device_crops=where == "device")
+                    for where in ("workers", "device")}  # fmt: skip
+        rng = np.random.default_rng(0)
+        draws = [(int(i), int(s)) for i, s in zip(rng.integers(0, len(manifest), args.items), range(args.items))]
+        for dataset in datasets.values():
+            dataset[draws[0]]  # codec initialisation
+        rates = {where: [] for where in datasets}
+        for _ in range(args.rounds):
+            for where, dataset in datasets.items():
+                rates[where].append(items_per_s(dataset, draws))
+        device = torch.device(args.device)
+        crop_ms = device_ms(datasets["device"], draws, args.batch, device)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = float(np.median(rates["workers"]))
+    rows = [{"crops_on": where, "items_per_s_per_core": float(np.median(r)), "vs_workers": float(np.median(r)) / base,
+             "rounds": ", ".join(f"{x:.0f}" for x in r),
+             "bytes_per_item": datasets[where].item_bytes(),
+             "device_ms_per_batch": crop_ms if where == "device" else 0.0} for where, r in rates.items()]  # fmt: skip
+    report("crops", rows, {"videos": args.videos, "items": args.items, "rounds": args.rounds, "batch": args.batch,
+                           "device": str(device), "device_name": torch.cuda.get_device_name(device)
+                           if device.type == "cuda" else "cpu",
+                           "data": "640 x 360 generated sources, xdc prepare --fps 8"})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
