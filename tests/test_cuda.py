@@ -22,7 +22,7 @@ import torch
 from conftest import synthetic_manifest
 from xdc.clustering.features import preprocess_features
 from xdc.clustering import sharded
-from xdc.clustering.sharded import sharded_kmeans
+from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
 from xdc.config import load_config
 from xdc.data.transforms import DeviceCrops, NormalizeVideo, VideoTransform
 from xdc.training.checkpoint import load
@@ -181,6 +181,16 @@ def test_a_run_killed_on_the_gpu_resumes_and_finishes(manifest, tmp_path):
     assert start["pad_widths"] == 8  # auto on CUDA: the checkpoints hold the plain model all the same
     saved = load(out / "encoders.pt")  # written from GPU modules, loaded onto the CPU
     assert all(t.device.type == "cpu" for state in saved["encoders"].values() for t in state.values())
+
+
+def test_pca_on_the_gpu_is_the_cpus():
+    # The scatter matrix and the projection computed on the GPU; the eigendecomposition stays on the CPU.
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((40_000, 128)) * np.linspace(3, 0.1, 128)).astype(np.float32)  # distinct variances
+    on_gpu = sharded_preprocess_features(x, dim=32, device="cuda")
+    on_cpu = sharded_preprocess_features(x, dim=32)
+    signs = np.sign((on_gpu * on_cpu).sum(0))  # an eigenvector's sign is LAPACK's choice: align them
+    np.testing.assert_allclose(on_gpu * signs, on_cpu, atol=1e-4)
 
 
 @pytest.mark.parametrize("resident", [True, False])
