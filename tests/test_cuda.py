@@ -6,6 +6,7 @@ checkpoints written from GPU modules and resumed onto them, the NCCL-free single
 ``init_distributed``, and k-means searched by torch on the GPU (faiss-cpu beside CUDA).
 """
 
+import copy
 import json
 import os
 import signal
@@ -25,6 +26,9 @@ from xdc.clustering import sharded
 from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
 from xdc.config import load_config
 from xdc.data.transforms import DeviceCrops, NormalizeVideo, VideoTransform
+from xdc.models.encoders import build_encoder
+from xdc.models.padding import pad_middle_widths
+from xdc.models.stem import space_to_depth_stem
 from xdc.training.checkpoint import load
 from xdc.training.distributed import init_distributed
 from xdc.training.pretrain import Pretrainer
@@ -58,6 +62,24 @@ def test_training_clips_are_cropped_on_the_gpu_as_on_the_cpu():
     on_gpu = DeviceCrops(112, "cuda")(parts.cuda(), grids.cuda())
     assert on_gpu.is_cuda and on_gpu.shape == (6, 3, 4, 112, 112)
     torch.testing.assert_close(on_gpu.cpu(), DeviceCrops(112)(parts, grids), rtol=0, atol=1e-3)
+
+
+def test_the_stem_over_pixel_blocks_runs_on_cudnn_like_the_plain_one():
+    torch.manual_seed(0)
+    plain = build_encoder("video", load_config(None, preset="small").model).cuda()
+    blocks = copy.deepcopy(plain)
+    for encoder in (plain, blocks):
+        encoder.to(memory_format=torch.channels_last_3d)
+        pad_middle_widths(encoder, 8)
+    space_to_depth_stem(blocks, (56, 56))
+    x = torch.randn(4, 3, 8, 56, 56, device="cuda").contiguous(memory_format=torch.channels_last_3d)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        outputs = [encoder(x) for encoder in (plain, blocks)]
+    for out in outputs:
+        out.float().square().mean().backward()
+    grads = [encoder.stem[0].weight.grad for encoder in (plain, blocks)]
+    for a, b in (outputs, grads):  # bf16 rounds the two differently; a wrong rearrangement would not come close
+        assert torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0) > 0.99
 
 
 def test_batches_are_pinned_and_a_step_runs_in_bf16(manifest, tmp_path):

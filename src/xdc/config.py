@@ -200,6 +200,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training model (the first step of each process compiles it)
     # auto (8 on CUDA, else 0) or N: video middle widths run at multiples of N with zero channels (xdc.models.padding)
     pad_widths: int | str = "auto"
+    # the video stem's 7 x 7 stride-2 convolution computed over 2 x 2 pixel blocks: same model (xdc.models.stem)
+    s2d_stem: bool = False
 
     def __post_init__(self) -> None:
         if self.recluster not in ("epochs", "plateau"):
@@ -261,6 +263,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.s2d_stem and self.data.clip.crop % 2:  # crop + the stem's padding of 3 on each side
+            raise UserError(f"train.s2d_stem needs an even data.clip.crop (2 x 2 blocks), not {self.data.clip.crop}")
 
 
 def load_config(

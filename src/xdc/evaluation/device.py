@@ -1,17 +1,18 @@
 """Where an evaluation runs an encoder: the device asked for (a GPU where there is one), with the run's own
-device settings (train.precision, train.channels_last, train.pad_widths: bf16, channels-last video and padded
-middle widths on CUDA by default; docs/pretrain.md "On GPUs"), and the loader's uint8 video normalised after the
-copy to the device, as pretraining does."""
+device settings (train.precision, train.channels_last, train.pad_widths, train.s2d_stem: bf16, channels-last video
+and padded middle widths on CUDA by default; docs/pretrain.md "On GPUs"), and the loader's uint8 video normalised
+(finetuning's training clips also cropped, data.crops_on) after the copy to the device, as pretraining does."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from xdc.config import DataConfig, TrainConfig
+from xdc.config import Config
 from xdc.data.transforms import DeviceCrops, NormalizeVideo
 from xdc.errors import UserError
 from xdc.models.padding import pad_middle_widths
+from xdc.models.stem import space_to_depth_stem
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -35,16 +36,18 @@ class EvalDevice:
     """One encoder's device path: ``module`` moves (and lays out) the encoder, ``inputs`` a batch's clips, and
     ``autocast`` wraps the forward."""
 
-    def __init__(self, device: torch.device, train: TrainConfig, modality: str, data: DataConfig | None = None):
-        """``data``: the run's data settings, where training clips are loaded (finetuning): ``device_crops`` then
-        says whether data.crops_on puts their scale jitter, crop and flip here (``TrainClips(device_crops=...)``)."""
+    def __init__(self, device: torch.device, run: Config, modality: str, training_clips: bool = False):
+        """``run``: the run's configuration. ``training_clips`` (finetuning): ``device_crops`` then says whether
+        data.crops_on puts their scale jitter, crop and flip here (``TrainClips(device_crops=...)``)."""
+        train, data = run.train, run.data
         self.device, self.modality = device, modality
         self.bf16 = train.bf16_on(device.type)
         video = modality == "video"
         self.channels_last = video and train.channels_last_on(device.type)
         self.pad_widths = train.pad_widths_on(device.type) if video else 0
+        self.s2d_stem, self.crop = video and train.s2d_stem, data.clip.crop
         self.normalize = NormalizeVideo(device) if video else None
-        self.device_crops = video and data is not None and data.crops_on_device(device.type)
+        self.device_crops = video and training_clips and data.crops_on_device(device.type)
         self.crops = DeviceCrops(data.clip.crop, device) if self.device_crops else None
         if device.type == "cuda":  # a few clip shapes (the last batch is smaller): cuDNN times each once
             torch.backends.cudnn.benchmark = True
@@ -60,6 +63,8 @@ class EvalDevice:
             encoder.to(memory_format=torch.channels_last_3d)
         if self.pad_widths:
             pad_middle_widths(encoder, self.pad_widths)
+        if self.s2d_stem:
+            space_to_depth_stem(encoder, (self.crop, self.crop))
         return encoder
 
     def inputs(self, clips: torch.Tensor, grids: torch.Tensor | None = None) -> torch.Tensor:

@@ -77,7 +77,7 @@ def extract_features(
     out = Path(out)
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
     cfg = cfg or run_cfg
-    place = EvalDevice(pick_device(device), cfg.train, modality)
+    place = EvalDevice(pick_device(device), cfg, modality)
     encoder = place.module(encoder)
     manifest, item_of_row, skipped = items_to_manifest(items, out.with_name(out.stem + ".probe.csv"), modality)
     if len(manifest) == 0:

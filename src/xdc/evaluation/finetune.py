@@ -41,7 +41,7 @@ def finetune(
     if len(classes) < 2 or len(test) == 0:
         raise UserError(f"finetuning needs >= 2 classes in 'train' and a 'test' split ({len(classes)}, {len(test)})")
 
-    place = EvalDevice(pick_device(device), run_cfg.train, modality, data=data_cfg)
+    place = EvalDevice(pick_device(device), run_cfg, modality, training_clips=True)
     workers = data_cfg.workers_on(place.device.type) if workers is None else workers
     torch.manual_seed(seed)
     model = nn.Sequential(place.module(encoder), nn.Linear(encoder.feature_dim, len(classes)).to(place.device))

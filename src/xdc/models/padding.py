@@ -24,11 +24,16 @@ class _WideOutputConv3d(nn.Conv3d):
 
     extra_in = extra_out = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def padded_weight(self) -> torch.Tensor:
+        if not (self.extra_in or self.extra_out):
+            return self.weight
         weight = F.pad(self.weight, (0, 0, 0, 0, 0, 0, 0, self.extra_in, 0, self.extra_out))
         if self.weight.is_contiguous(memory_format=torch.channels_last_3d):
             weight = weight.contiguous(memory_format=torch.channels_last_3d)  # the layout cuDNN was given
-        return self._conv_forward(x, weight, self.bias)
+        return weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.padded_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, zero channels added: {self.extra_in} in, {self.extra_out} out"

@@ -55,6 +55,7 @@ from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.models.heads import LinearHead
 from xdc.models.padding import pad_middle_widths
+from xdc.models.stem import space_to_depth_stem
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.distributed import Dist, barrier, broadcast_failure, broadcast_labels, gather_rows
@@ -158,6 +159,8 @@ class Pretrainer:
                 self.encoders[name].to(memory_format=torch.channels_last_3d)
             if modality == "video" and self.pad_widths:  # the same parameters, faster kernels (xdc.models.padding)
                 pad_middle_widths(self.encoders[name], self.pad_widths)
+            if modality == "video" and cfg.train.s2d_stem:  # the same again, for the stem (xdc.models.stem)
+                space_to_depth_stem(self.encoders[name], (cfg.data.clip.crop,) * 2)
         self.feature_dims = {name: enc.feature_dim for name, enc in self.encoders.items()}
         self.optimizer = self._sgd(self.encoders.parameters())
         self.holdout = self._holdout_mask()
@@ -250,7 +253,7 @@ class Pretrainer:
         self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
                        bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
                        compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on,
-                       crops_on="device" if self.crops_on_device else "workers")  # fmt: skip
+                       crops_on="device" if self.crops_on_device else "workers", s2d_stem=cfg.s2d_stem)  # fmt: skip
         rounds = 1 if self.method.supervised else cfg.rounds
         if not self.method.trains:
             self._finish()
