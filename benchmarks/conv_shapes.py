@@ -13,8 +13,8 @@ channels-last bf16 (as a training step on CUDA does) with cuDNN's autotuner on, 
           tensor, the same weights;
   pad8    input and output channels rounded up to multiples of 8 (what cuDNN otherwise pads on every call);
   s2d     a (1, k, k) convolution with spatial stride 2 on fewer than 8 channels (the video stem, 3 -> 45) as a
-          stride-1 one with kernel (k + 1) / 2 over 2 x 2 blocks of pixels (pixel_unshuffle: 4x the channels,
-          1.3x the FLOPs for k = 7), its input rearranged in each call.
+          stride-1 one with kernel (1, (k + 1) / 2, (k + 1) / 2) over 2 x 2 blocks of pixels (pixel_unshuffle: 4x
+          the channels, 1.3x the FLOPs for k = 7), its input rearranged in each call: train.s2d_stem's form.
 Backward computes the weight gradient, and the input gradient except for a clip's first convolution. The
 roofline of a shape is max(FLOPs / peak, bytes / bandwidth) per pass (benchmarks/roofline.py); "of roofline" is
 that time over the measured one. Totals weigh each shape by how often the encoders use it.
@@ -80,7 +80,7 @@ def formulations(xs, ws, stride, padding) -> dict[str, tuple]:
         even = (h + 2 * padding[1]) % 2 == 0 and (w + 2 * padding[2]) % 2 == 0
         if kt == 1 and stride == (1, 2, 2) and padding[0] == 0 and kh == kw and kh % 2 and c < 8 and even:
             k2 = (kh + 1) // 2
-            out["s2d"] = (xs, (co, 4 * ci, k2, k2), stride, padding, space_to_depth_conv)
+            out["s2d"] = (xs, (co, 4 * ci, 1, k2, k2), stride, padding, space_to_depth_conv)
     rounded = (-(-xs[1] // 8) * 8, -(-ws[0] // 8) * 8)
     if rounded != (xs[1], ws[0]):
         out["pad8"] = ((xs[0], rounded[0], *xs[2:]), (rounded[1], rounded[0], *ws[2:]), stride, padding, conv)
@@ -88,14 +88,14 @@ def formulations(xs, ws, stride, padding) -> dict[str, tuple]:
 
 
 def space_to_depth_conv(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> torch.Tensor:
-    """The "s2d" form: ``weight`` (out, 4 x in, k2, k2) holds the taps of a (1, k, k) kernel, k = 2 x k2 - 1,
-    with a zero tap added: ``[o, 4c + 2i + j, a, b] = kernel[o, c, 0, 2a + i, 2b + j]`` (0 where 2a + i = k).
-    Frames of the channels-last clip as images (a free view), padded as the convolution pads, then each 2 x 2
-    block of pixels as 4 channels: stride 1 over blocks is stride 2 over pixels."""
-    n, c, t, h, w = x.shape
-    frames = F.pad(x.transpose(1, 2).reshape(n * t, c, h, w), (padding[2], padding[2], padding[1], padding[1]))
-    blocks = F.pixel_unshuffle(frames, 2).contiguous(memory_format=torch.channels_last)
-    return F.conv2d(blocks, weight)
+    """The "s2d" form, as ``train.s2d_stem`` computes it (xdc.models.stem): ``weight`` (out, 4 x in, 1, k2, k2)
+    holds the taps of a (1, k, k) kernel, k = 2 x k2 - 1, with a zero tap added:
+    ``[o, 4c + 2i + j, 0, a, b] = kernel[o, c, 0, 2a + i, 2b + j]`` (0 where 2a + i = k). Each frame, padded as
+    the convolution pads, has its 2 x 2 blocks of pixels as 4 channels: stride 1 over blocks is stride 2 over
+    pixels."""
+    pad = padding[1]
+    blocks = F.pixel_unshuffle(F.pad(x.transpose(1, 2), (pad, pad, pad, pad)), 2).transpose(1, 2)
+    return F.conv3d(blocks.contiguous(memory_format=torch.channels_last_3d), weight)
 
 
 def timed(xs, ws, stride, padding, conv, input_grad: bool, device: torch.device, reps: int) -> tuple[float, float]:

@@ -24,6 +24,8 @@
 #               convolution shape, not the 10 its heuristics rank first), profiled
 #   cdtune      compile's model-only step with --inductor-tune (coordinate-descent tuning of the Triton kernels'
 #               block sizes: the BatchNorm reductions ran at about half the memory bandwidth), profiled
+#   s2d         compile's model-only step with the video stem over 2 x 2 pixel blocks (--s2d-stem: the stem's
+#               convolution ran at 3% of its roofline), profiled
 #   cudagraphs  as compile, in mode reduce-overhead (CUDA graphs: the step's kernels replayed with almost no host
 #               time, which matters when the loader's workers take every core)
 #   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN;
@@ -98,6 +100,7 @@ step tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 train_step compile 240 --channels-last --compile --profile "$out/profiles.txt"
 train_step cudnnall 180 --channels-last --compile --model-only --cudnn-limit 0 --profile "$out/profiles.txt"
 train_step cdtune 240 --channels-last --inductor-tune --model-only --profile "$out/profiles.txt"
+train_step s2d 150 --channels-last --compile --model-only --s2d-stem --profile "$out/profiles.txt"
 train_step cudagraphs 240 --channels-last --compile-mode reduce-overhead
 train_step autotune 420 --channels-last --compile-mode max-autotune-no-cudagraphs --model-only \
     --profile "$out/profiles.txt"

@@ -7,6 +7,7 @@
     python benchmarks/train_step.py --preset paper --channels-last --compile --pad-widths 0
     python benchmarks/train_step.py --preset paper --channels-last --compile-mode max-autotune-no-cudagraphs
     python benchmarks/train_step.py --preset paper --channels-last --compile --cudnn-limit 0 --inductor-tune
+    python benchmarks/train_step.py --preset paper --channels-last --compile --s2d-stem
 
 The step is the Pretrainer's own (xdc.training.pretrain): both encoders, the two cross-modal heads (k clusters),
 cross-entropy against pseudo-labels, backward, and the SGD steps of encoders and heads, under the configured
@@ -62,6 +63,7 @@ from xdc.data.prepare import PrepareOptions, prepare
 from xdc.data.synthetic import make_synthetic
 from xdc.errors import UserError
 from xdc.models.padding import pad_middle_widths
+from xdc.models.stem import space_to_depth_stem
 from xdc.training.distributed import Dist
 from xdc.training.flops import count_flops, mfu, peak_tflops
 from xdc.training.pretrain import Pretrainer
@@ -92,6 +94,8 @@ def main() -> None:
     parser.add_argument("--crops-on", choices=["auto", "workers", "device"], default="auto",
                         help="where training clips are scaled, cropped and flipped (data.crops_on; auto: the device "
                         "on CUDA where the resize only enlarges)")
+    parser.add_argument("--s2d-stem", action="store_true",
+                        help="the video stem over 2 x 2 pixel blocks (train.s2d_stem; MFU counts the plain stem)")
     parser.add_argument("--cudnn-limit", type=int, metavar="N",
                         help="cuDNN algorithms timed per convolution shape (0: all; default: PyTorch's, 10)")
     parser.add_argument("--inductor-tune", action="store_true",
@@ -117,7 +121,7 @@ def main() -> None:
         f"train.epoch_size={(fed_warmup + max(args.steps, args.loader_steps)) * args.batch}",
     ], preset=args.preset)  # fmt: skip
     pad_widths = cfg.train.pad_widths_on(device.type)
-    cfg.train.pad_widths = 0  # padded below, once the FLOPs of the plain model are counted
+    cfg.train.pad_widths = 0  # padded (and the stem changed) below, once the FLOPs of the plain model are counted
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or (peak_tflops(device_name) if precision == "bf16" else None)
 
@@ -135,10 +139,13 @@ def main() -> None:
         trainer.train_model.train()
         random_batch = random_clips(trainer, args.batch, device)
         flops = count_flops(lambda: trainer._step(trainer.model, random_batch))  # uncompiled: the counter sees ops
+        videos = [trainer.encoders[e] for e, m in trainer.method.encoders.items() if m == "video"]
         if pad_widths:
-            videos = [trainer.encoders[e] for e, m in trainer.method.encoders.items() if m == "video"]
             padded = sum(pad_middle_widths(encoder, pad_widths) for encoder in videos)
             print(f"padded the middle widths of {padded} convolution pairs to multiples of {pad_widths}")
+        if args.s2d_stem:  # after padding, as the trainer does
+            for encoder in videos:
+                space_to_depth_stem(encoder, (cfg.data.clip.crop,) * 2)
         if args.compile_mode:  # the trainer's own wrapper compiles in the default mode; it has not run yet
             trainer.train_model = torch.compile(trainer.model, mode=args.compile_mode)
 
@@ -165,7 +172,7 @@ def main() -> None:
         if args.profile:
             profile(step, random_batch, device, args.profile, f"{args.preset}, batch {args.batch}, {precision}, "
                     f"channels_last={args.channels_last}, compile={args.compile_mode or args.compile}, "
-                    f"pad_widths={args.pad_widths}, cudnn_limit={args.cudnn_limit}, "
+                    f"pad_widths={args.pad_widths}, s2d_stem={args.s2d_stem}, cudnn_limit={args.cudnn_limit}, "
                     f"inductor_tune={args.inductor_tune}")
         failed = {}
         fed = [("end-to-end", step, args.steps), ("loader only", trainer._inputs, args.loader_steps)]
@@ -184,8 +191,9 @@ def main() -> None:
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
         "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
-        "pad_widths": pad_widths, "crops_on": "device" if trainer.crops_on_device else "workers",
-        "cudnn_limit": args.cudnn_limit, "inductor_tune": args.inductor_tune,
+        "pad_widths": pad_widths, "s2d_stem": args.s2d_stem,
+        "crops_on": "device" if trainer.crops_on_device else "workers", "cudnn_limit": args.cudnn_limit,
+        "inductor_tune": args.inductor_tune,
         "batch": args.batch, "k": args.k, "steps": args.steps,
         "loader_steps": args.loader_steps, "warmup": args.warmup, "fed_warmup": fed_warmup, "workers": args.workers,
         "videos": n,
