@@ -8,8 +8,8 @@
 # step with under 20 s left is skipped. STEPs (optional) run only those steps. A wheels/ folder of the repository
 # root (made by benchmarks/gpu_wheels.sh), if present, is installed first into /tmp/xdc-site: for machines whose
 # Python has torch but not PyAV or faiss.
-# Steps, in the order they run (most wanted first; padded widths, convs and clustering were measured on
-# 2026-11-29, eager and cl before that, see BENCHMARKS.md):
+# Steps, in the order they run (what is not yet known first; padded widths, convs and clustering were measured
+# on 2026-11-29, eager and cl before that, see BENCHMARKS.md):
 #   env         GPU, driver, CPU cores and model (and any CPU quota), package versions, a bf16 matrix-product
 #               ceiling
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last + padded widths on cuDNN, pinned batches,
@@ -17,32 +17,31 @@
 #               on the GPU)
 #   compile     benchmarks/train_step.py, paper preset, batch 128, bf16, channels-last, middle widths padded to 8
 #               and training crops made on the GPU (the trainer's defaults on CUDA), torch.compile (inductor;
-#               compiling takes a minute): model-only,
-#               end-to-end, loader-only (each after a warm-up of the batches the loader holds in flight), one
-#               process, and a profile of 5 model-only steps (ops by device time)
+#               compiling takes a minute): model-only, end-to-end, loader-only (each after a warm-up of the
+#               batches the loader holds in flight), one process, and a profile of 5 model-only steps
+#   crops       benchmarks/crops.py: a worker's items per core with the crops in the workers or on the GPU, and
+#               what the GPU pays per batch of 128 (data.crops_on)
+#   s2d         compile's model-only step with the video stem over 2 x 2 pixel blocks (--s2d-stem: the stem's
+#               convolution ran at 3% of its roofline), profiled
 #   cudnnall    compile's model-only step with --cudnn-limit 0 (cuDNN's autotuner times every algorithm for each
 #               convolution shape, not the 10 its heuristics rank first), profiled
 #   cdtune      compile's model-only step with --inductor-tune (coordinate-descent tuning of the Triton kernels'
 #               block sizes: the BatchNorm reductions ran at about half the memory bandwidth), profiled
-#   s2d         compile's model-only step with the video stem over 2 x 2 pixel blocks (--s2d-stem: the stem's
-#               convolution ran at 3% of its roofline), profiled
 #   cudagraphs  as compile, in mode reduce-overhead (CUDA graphs: the step's kernels replayed with almost no host
 #               time, which matters when the loader's workers take every core)
-#   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN;
-#               over 250 s: it times about 18 kernels for each of 36 convolution shapes)
-#   b256        compile's model-only step at batch 256
 #   convs       benchmarks/conv_shapes.py: every convolution of the encoders alone, forward + backward, against its
 #               roofline, as called and as 2-D or channel-padded equivalents
 #   convsall    convs with --cudnn-limit 0 (to conv_shapes_all.json)
-#   crops       benchmarks/crops.py: a worker's items per core with the crops in the workers or on the GPU, and
-#               what the GPU pays per batch of 128 (data.crops_on)
 #   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024: xdc's round on the CPU (faiss as
 #               installed) and the torch search on the GPU
+#   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN;
+#               over 250 s: it times about 18 kernels for each of 36 convolution shapes)
+#   b256        compile's model-only step at batch 256
 #   nopad       compile's model-only step without padded widths (--pad-widths 0)
 #   eager       as compile, without torch.compile and channels-last
 #   cl          as compile, without torch.compile
 # OUT_DIR gets gpu_check.log, profiles.txt, train_step.jsonl (a line per train_step run), conv_shapes.json,
-# conv_shapes_all.json and clustering.json: 6 files, within the 8 that a lent machine sends back.
+# conv_shapes_all.json, crops.json and clustering.json: 7 files, within the 8 that a lent machine sends back.
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]}
 deadline=${2:-0}
@@ -98,19 +97,19 @@ torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
 step tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 train_step compile 240 --channels-last --compile --profile "$out/profiles.txt"
+step crops 120 python3 benchmarks/crops.py --rounds 3 && cp benchmarks/results/crops.json "$out/crops.json"
+train_step s2d 150 --channels-last --compile --model-only --s2d-stem --profile "$out/profiles.txt"
 train_step cudnnall 180 --channels-last --compile --model-only --cudnn-limit 0 --profile "$out/profiles.txt"
 train_step cdtune 240 --channels-last --inductor-tune --model-only --profile "$out/profiles.txt"
-train_step s2d 150 --channels-last --compile --model-only --s2d-stem --profile "$out/profiles.txt"
 train_step cudagraphs 240 --channels-last --compile-mode reduce-overhead
-train_step autotune 420 --channels-last --compile-mode max-autotune-no-cudagraphs --model-only \
-    --profile "$out/profiles.txt"
-train_step b256 120 --channels-last --compile --model-only --batch 256
 step convs 150 python3 benchmarks/conv_shapes.py && cp benchmarks/results/conv_shapes.json "$out/conv_shapes.json"
 step convsall 200 python3 benchmarks/conv_shapes.py --cudnn-limit 0 &&
     cp benchmarks/results/conv_shapes.json "$out/conv_shapes_all.json"
-step crops 120 python3 benchmarks/crops.py --rounds 3
 step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 --paths ours torch &&
     cp benchmarks/results/clustering.json "$out/clustering.json"
+train_step autotune 420 --channels-last --compile-mode max-autotune-no-cudagraphs --model-only \
+    --profile "$out/profiles.txt"
+train_step b256 120 --channels-last --compile --model-only --batch 256
 train_step nopad 120 --channels-last --compile --model-only --pad-widths 0
 train_step eager 110 --profile "$out/profiles.txt"
 train_step cl 90 --channels-last --profile "$out/profiles.txt"
