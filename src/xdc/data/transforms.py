@@ -71,10 +71,10 @@ class VideoTransform:
         the frames that the crop samples, uint8 T x (crop + 2) x (crop + 2) x 3 (edge pixels repeated beyond the
         frame), and the sampling grid, float64 (y0, dy, x0, dx): output row i samples row y0 + i dy of that part,
         column j column x0 + j dx (dx < 0: flipped). Only for frames that the resize enlarges (short side <=
-        scale_min, as data.clip.decode_short_side makes them; :meth:`DataConfig.crops_on`): there torchvision's
-        antialiased resize is bilinear interpolation with edge pixels repeated, which :class:`DeviceCrops`
-        computes on a whole batch, and the loader's worker does no resize."""
-        t, fh, fw = frames.shape[:3]
+        scale_min, as data.clip.decode_short_side makes them; :attr:`DataConfig.device_crops_possible`): there
+        torchvision's antialiased resize is bilinear interpolation with edge pixels repeated, which
+        :class:`DeviceCrops` computes on a whole batch, and the loader's worker does no resize."""
+        fh, fw = frames.shape[1:3]
         if min(fh, fw) > self.sizes[0]:
             raise ValueError(f"frames of {fh} x {fw} would be shrunk: plan() is for frames the resize enlarges")
         h, w, top, left, flip = self._draw(fh, fw)

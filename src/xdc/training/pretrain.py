@@ -124,7 +124,7 @@ class Pretrainer:
                                     device_crops=self.crops_on_device)  # fmt: skip
         self.eval_set = EvalClips(self.videos, cfg.data, clips=1, modalities=modalities, raw_video=True)
         self.normalize_video = NormalizeVideo(ctx.device)
-        self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device)
+        self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device) if self.crops_on_device else None
         if len(self.videos) < cfg.train.k and self.method.clusters:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
