@@ -106,20 +106,47 @@ def test_channels_last_video_encoder_matches_contiguous():
         assert relative_error(q.grad, p.grad) < 0.02, name
 
 
-def test_channels_last_step_feeds_channels_last_clips_and_trains_alike(manifest, tmp_path):
+def test_channels_last_audio_encoder_matches_contiguous():
+    torch.manual_seed(0)
+    contiguous = build_encoder("audio", load_config(None, preset="tiny").model)
+    last = copy.deepcopy(contiguous).to(memory_format=torch.channels_last)
+    conv = "layer1.0.conv1.weight"  # not conv1's: with one input channel both layouts are the same
+    assert last.get_parameter(conv).is_contiguous(memory_format=torch.channels_last)
+    assert not contiguous.get_parameter(conv).is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 40, 100)
+    a, b = contiguous(x), last(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    grads = [torch.cat([p.grad.flatten() for p in m.parameters()]) for m in (contiguous, last)]
+    assert relative_error(grads[1], grads[0]) < 0.02  # see the test above on ReLU kinks
+    largest = max(p.grad.norm() for p in contiguous.parameters())
+    for (name, p), q in zip(contiguous.named_parameters(), last.parameters()):
+        # gradients that nearly cancel (the input BatchNorm's scale: 4e-5) keep only their rounding
+        if p.grad.norm() > 0.01 * largest:
+            assert relative_error(q.grad, p.grad) < 0.02, name
+
+
+def test_channels_last_step_feeds_channels_last_inputs_and_trains_alike(manifest, tmp_path):
     plain = trainer_for(manifest, tmp_path / "plain")
     last = trainer_for(manifest, tmp_path / "last", "train.channels_last=true")
     layouts = {}
     for label, trainer in (("plain", plain), ("last", last)):
-        trainer.encoders["video"].register_forward_pre_hook(
-            lambda module, inputs, label=label: layouts.update(
-                {label: inputs[0].is_contiguous(memory_format=torch.channels_last_3d)})
-        )  # fmt: skip
+        # the clips as fed, and the spectrograms' activations after the first convolution (one input channel is
+        # channels-last in either layout)
+        watched = (("video", trainer.encoders["video"], torch.channels_last_3d),
+                   ("audio", trainer.encoders["audio"].layer1, torch.channels_last))  # fmt: skip
+        for name, module, layout in watched:
+            module.register_forward_pre_hook(
+                lambda module, inputs, key=(label, name), layout=layout: layouts.update(
+                    {key: inputs[0].is_contiguous(memory_format=layout)})
+            )  # fmt: skip
     batch = first_batch(plain)
     before = [p.detach().clone() for p in plain.encoders.parameters()]
     loss_plain, _ = plain._step(plain.train_model, batch)
     loss_last, _ = last._step(last.train_model, batch)
-    assert layouts == {"plain": False, "last": True}
+    assert layouts == {("plain", "video"): False, ("plain", "audio"): False, ("last", "video"): True,
+                       ("last", "audio"): True}  # fmt: skip
     torch.testing.assert_close(loss_last, loss_plain, rtol=1e-5, atol=1e-6)
     for (name, p), q, w in zip(plain.encoders.named_parameters(), last.encoders.parameters(), before):
         assert relative_error(q - w, p - w) < 0.02, name  # the SGD updates (see the test above on ReLU kinks)

@@ -196,7 +196,7 @@ class TrainConfig:
     log_every: int = 10  # steps between log lines
     # Device path (docs/pretrain.md "On GPUs"); auto: the measured fast path on CUDA, CPU runs as before.
     precision: str = "auto"  # auto (bf16 on CUDA, else fp32), fp32, or bf16: forward and loss under bfloat16 autocast
-    channels_last: bool | str = "auto"  # auto (on CUDA), true or false: N, T, H, W, C layout of video encoder and clips
+    channels_last: bool | str = "auto"  # auto (on CUDA), true or false: channels-last layout of encoders and inputs
     compile: bool = False  # torch.compile the training model (the first step of each process compiles it)
     # auto (8 on CUDA, else 0) or N: video middle widths run at multiples of N with zero channels (xdc.models.padding)
     pad_widths: int | str = "auto"
@@ -227,8 +227,8 @@ class TrainConfig:
         return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
 
     def channels_last_on(self, device_type: str) -> bool:
-        """Whether the video encoder and its clips are channels-last on this kind of device: auto means on CUDA,
-        where it measured 1.65x the clips/s of the default layout (BENCHMARKS.md "Training step")."""
+        """Whether the encoders and their inputs are channels-last on this kind of device: auto means on CUDA,
+        where it measured 1.65x the clips/s of the default layout for video (BENCHMARKS.md "Training step")."""
         return self.channels_last is True or (self.channels_last == "auto" and device_type == "cuda")
 
     def pad_widths_on(self, device_type: str) -> int:

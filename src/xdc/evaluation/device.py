@@ -1,6 +1,6 @@
 """Where an evaluation runs an encoder: the device asked for (a GPU where there is one), with the run's own
-device settings (train.precision, train.channels_last, train.pad_widths, train.s2d_stem: bf16, channels-last video
-and padded middle widths on CUDA by default; docs/pretrain.md "On GPUs"), and the loader's uint8 video normalised
+device settings (train.precision, train.channels_last, train.pad_widths, train.s2d_stem: bf16, channels-last
+inputs and padded middle widths on CUDA by default; docs/pretrain.md "On GPUs"), and the loader's uint8 video normalised
 (finetuning's training clips also cropped, data.crops_on) after the copy to the device, as pretraining does."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from torch import nn
 from xdc.config import Config
 from xdc.data.transforms import DeviceCrops, NormalizeVideo
 from xdc.errors import UserError
+from xdc.models.encoders import LAYOUTS
 from xdc.models.padding import pad_middle_widths
 from xdc.models.stem import space_to_depth_stem
 
@@ -43,7 +44,7 @@ class EvalDevice:
         self.device, self.modality = device, modality
         self.bf16 = train.bf16_on(device.type)
         video = modality == "video"
-        self.channels_last = video and train.channels_last_on(device.type)
+        self.channels_last = train.channels_last_on(device.type)
         self.pad_widths = train.pad_widths_on(device.type) if video else 0
         self.s2d_stem, self.crop = video and train.s2d_stem, data.clip.crop
         self.normalize = NormalizeVideo(device) if video else None
@@ -60,7 +61,7 @@ class EvalDevice:
     def module(self, encoder: nn.Module) -> nn.Module:
         encoder.to(self.device)
         if self.channels_last:
-            encoder.to(memory_format=torch.channels_last_3d)
+            encoder.to(memory_format=LAYOUTS[self.modality])
         if self.pad_widths:
             pad_middle_widths(encoder, self.pad_widths)
         if self.s2d_stem:
@@ -75,7 +76,7 @@ class EvalDevice:
             x = self.crops(x, grids.to(self.device, non_blocking=True))
         elif self.normalize is not None:
             x = self.normalize(x)
-        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+        return x.contiguous(memory_format=LAYOUTS[self.modality]) if self.channels_last else x
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)

@@ -129,6 +129,10 @@ class AudioEncoder(nn.Module):
         return self.avgpool(x).flatten(1)
 
 
+# Each modality's channels-last memory format: N x T x H x W x C for clips, N x H x W x C for spectrograms.
+LAYOUTS = {"video": torch.channels_last_3d, "audio": torch.channels_last}
+
+
 def build_encoder(modality: str, cfg: ModelConfig) -> VideoEncoder | AudioEncoder:
     """The encoder of ``modality`` ("video" or "audio") with the widths and depths of ``cfg``."""
     if modality == "video":

@@ -52,7 +52,7 @@ from xdc.data.manifest import Manifest, write_videos
 from xdc.data.transforms import DeviceCrops, NormalizeVideo
 from xdc.errors import UserError
 from xdc.methods import MANIFEST_LABELS, Method, get_method
-from xdc.models.encoders import build_encoder
+from xdc.models.encoders import LAYOUTS, build_encoder
 from xdc.models.heads import LinearHead
 from xdc.models.padding import pad_middle_widths
 from xdc.models.stem import space_to_depth_stem
@@ -155,8 +155,8 @@ class Pretrainer:
         self.workers = cfg.data.workers_on(ctx.device.type)  # loader processes of this rank
         self._check_shared_memory()
         for name, modality in self.method.encoders.items():
-            if modality == "video" and self.channels_last:  # conv weights in the layout of the clips (see _layout)
-                self.encoders[name].to(memory_format=torch.channels_last_3d)
+            if self.channels_last:  # conv weights in the layout of the clips (see _layout)
+                self.encoders[name].to(memory_format=LAYOUTS[modality])
             if modality == "video" and self.pad_widths:  # the same parameters, faster kernels (xdc.models.padding)
                 pad_middle_widths(self.encoders[name], self.pad_widths)
             if modality == "video" and cfg.train.s2d_stem:  # the same again, for the stem (xdc.models.stem)
@@ -587,11 +587,11 @@ class Pretrainer:
         return clips
 
     def _layout(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """Video clips in channels-last layout when configured, matching the video encoders' weights: cuDNN's
-        bf16 convolution kernels are written for it (1.65x the clips/s of the default layout on an H200,
-        BENCHMARKS.md "Training step")."""
-        if modality == "video" and self.channels_last:
-            return x.contiguous(memory_format=torch.channels_last_3d)
+        """Clips in channels-last layout when configured, matching the encoders' weights: cuDNN's bf16 convolution
+        kernels are written for it (1.65x the clips/s of the default layout on an H200 for video, BENCHMARKS.md
+        "Training step"; the log-mel spectrograms too, which cuDNN otherwise transposes at every convolution)."""
+        if self.channels_last:
+            return x.contiguous(memory_format=LAYOUTS[modality])
         return x.contiguous()  # a strided part of an accumulated batch (_step) made dense: the kernels' own layout
 
     def _autocast(self) -> torch.autocast:
