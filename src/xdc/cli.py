@@ -57,14 +57,19 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from xdc.training.distributed import init_distributed
+    from xdc.training.distributed import init_distributed, leave_distributed
     from xdc.training.pretrain import pretrain
 
     shortcuts = [
         f"train.{key}={value}" for key in ("method", "k", "rounds", "assign") if (value := getattr(args, key)) is not None
     ]
     cfg = _config(args, tuple(shortcuts))
-    encoders = pretrain(cfg, args.data, args.out, resume=args.resume, ctx=init_distributed())
+    finished = False
+    try:
+        encoders = pretrain(cfg, args.data, args.out, resume=args.resume, ctx=init_distributed())
+        finished = True
+    finally:
+        leave_distributed(finished)
     print(f"encoders: {encoders}")
     return 0
 
