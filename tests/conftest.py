@@ -32,3 +32,18 @@ def synthetic_manifest(root: Path, videos: int, classes: int, seed: int) -> Path
     labels = make_synthetic(root / "data", videos, classes, seed=seed, workers=2)
     build_manifest([str(root / "data" / "videos")], root / "manifest.csv", labels=labels, workers=2)
     return root / "manifest.csv"
+
+
+def ready_trainer(manifest: Path, out: Path, *settings: str):
+    """A tiny-preset Pretrainer (batch 8, k = 4, no loader workers) ready to step: every video in one of 4
+    pseudo-label clusters, fresh heads, training mode."""
+    from xdc.config import load_config
+    from xdc.training.distributed import Dist
+    from xdc.training.pretrain import Pretrainer
+
+    cfg = load_config(None, ["train.batch_size=8", "train.k=4", "data.workers=0", *settings], preset="tiny")
+    trainer = Pretrainer(cfg, manifest, out, Dist())
+    trainer.progress.labels = {s: np.arange(len(trainer.videos)) % 4 for s in trainer.method.label_sets}
+    trainer._new_heads()
+    trainer.train_model.train()
+    return trainer

@@ -3,19 +3,16 @@
 import copy
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import synthetic_manifest
+from conftest import ready_trainer, synthetic_manifest
 from xdc.config import load_config
 from xdc.errors import UserError
 from xdc.models.encoders import build_encoder
 from xdc.models.padding import pad_middle_widths
 from xdc.training.checkpoint import load
-from xdc.training.distributed import Dist
-from xdc.training.pretrain import Pretrainer
 
 TINY_MIDDLE_WIDTHS = [5, 18, 18, 28, 28, 57, 57, 115, 115]  # the stem's, then the (2+1)D convs' of each block
 
@@ -77,16 +74,8 @@ def manifest(tmp_path_factory) -> Path:
 
 
 def test_the_trainer_pads_on_request_and_saves_the_plain_model(manifest, tmp_path):
-    settings = ["train.batch_size=8", "train.k=4", "data.workers=0"]
-    trainers = {}
-    for name, pad in (("plain", "auto"), ("padded", "8")):  # auto: off on this CPU
-        cfg = load_config(None, [*settings, f"train.pad_widths={pad}"], preset="tiny")
-        trainer = Pretrainer(cfg, manifest, tmp_path / name, Dist())
-        trainer.progress.labels = {s: np.arange(len(trainer.videos)) % 4 for s in trainer.method.label_sets}
-        trainer._new_heads()
-        trainer.train_model.train()
-        trainers[name] = trainer
-    plain, padded = trainers["plain"], trainers["padded"]
+    plain, padded = (ready_trainer(manifest, tmp_path / name, f"train.pad_widths={pad}")
+                     for name, pad in (("plain", "auto"), ("padded", "8")))  # auto: off on this CPU
     assert (plain.pad_widths, padded.pad_widths) == (0, 8)
     assert "zero channels" in repr(padded.encoders["video"]) and "zero channels" not in repr(plain.encoders)
     assert "zero channels" not in repr(padded.encoders["audio"])  # 2-D convolutions: video only

@@ -3,19 +3,16 @@
 import copy
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_manifest
+from conftest import ready_trainer, synthetic_manifest
 from xdc.config import load_config
 from xdc.errors import UserError
 from xdc.models.encoders import build_encoder
 from xdc.models.padding import pad_middle_widths
 from xdc.models.stem import space_to_depth_stem
 from xdc.training.checkpoint import load
-from xdc.training.distributed import Dist
-from xdc.training.pretrain import Pretrainer
 
 
 def tiny_video_encoder() -> torch.nn.Module:
@@ -70,16 +67,8 @@ def manifest(tmp_path_factory) -> Path:
 
 
 def test_the_trainer_computes_the_stem_over_blocks_on_request_and_saves_the_plain_model(manifest, tmp_path):
-    settings = ["train.batch_size=8", "train.k=4", "data.workers=0", "train.pad_widths=8"]
-    trainers = {}
-    for name, s2d in (("plain", "false"), ("blocks", "true")):
-        cfg = load_config(None, [*settings, f"train.s2d_stem={s2d}"], preset="tiny")
-        trainer = Pretrainer(cfg, manifest, tmp_path / name, Dist())
-        trainer.progress.labels = {s: np.arange(len(trainer.videos)) % 4 for s in trainer.method.label_sets}
-        trainer._new_heads()
-        trainer.train_model.train()
-        trainers[name] = trainer
-    plain, blocks = trainers["plain"], trainers["blocks"]
+    plain, blocks = (ready_trainer(manifest, tmp_path / name, "train.pad_widths=8", f"train.s2d_stem={s2d}")
+                     for name, s2d in (("plain", "false"), ("blocks", "true")))  # fmt: skip
     assert "pixel blocks" in repr(blocks.encoders["video"]) and "pixel blocks" not in repr(plain.encoders)
     batch = next(iter(plain._train_loader()))
     losses = [trainer._step(trainer.train_model, batch)[0] for trainer in (plain, blocks)]
