@@ -12,6 +12,8 @@ channels-last bf16 (as a training step on CUDA does) with cuDNN's autotuner on, 
           (k, 1, 1) one without spatial stride as a 2-D one over (T, H x W): free views of the channels-last
           tensor, the same weights;
   pad8    input and output channels rounded up to multiples of 8 (what cuDNN otherwise pads on every call);
+  pad64   the same to multiples of 64 (cuDNN's tiles span 64 or 128 channels: 144 = 2.25 x 64 may run as 192),
+          more FLOPs, so slower unless the kernel wins more than it adds;
   s2d     a (1, k, k) convolution with spatial stride 2 on fewer than 8 channels (the video stem, 3 -> 45) as a
           stride-1 one with kernel (1, (k + 1) / 2, (k + 1) / 2) over 2 x 2 blocks of pixels (pixel_unshuffle: 4x
           the channels, 1.3x the FLOPs for k = 7), its input rearranged in each call: train.s2d_stem's form.
@@ -81,9 +83,11 @@ def formulations(xs, ws, stride, padding) -> dict[str, tuple]:
         if kt == 1 and stride == (1, 2, 2) and padding[0] == 0 and kh == kw and kh % 2 and c < 8 and even:
             k2 = (kh + 1) // 2
             out["s2d"] = (xs, (co, 4 * ci, 1, k2, k2), stride, padding, space_to_depth_conv)
-    rounded = (-(-xs[1] // 8) * 8, -(-ws[0] // 8) * 8)
-    if rounded != (xs[1], ws[0]):
-        out["pad8"] = ((xs[0], rounded[0], *xs[2:]), (rounded[1], rounded[0], *ws[2:]), stride, padding, conv)
+    for multiple in (8, 64):
+        rounded = (-(-xs[1] // multiple) * multiple, -(-ws[0] // multiple) * multiple)
+        if rounded != (xs[1], ws[0]) and (multiple == 8 or xs[1] > 8):  # not the 3-channel clip to 64
+            out[f"pad{multiple}"] = ((xs[0], rounded[0], *xs[2:]), (rounded[1], rounded[0], *ws[2:]), stride,
+                                     padding, conv)  # fmt: skip
     return out
 
 

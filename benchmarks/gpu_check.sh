@@ -30,7 +30,7 @@
 #   cudagraphs  as compile, in mode reduce-overhead (CUDA graphs: the step's kernels replayed with almost no host
 #               time, which matters when the loader's workers take every core)
 #   convs       benchmarks/conv_shapes.py: every convolution of the encoders alone, forward + backward, against its
-#               roofline, as called and as 2-D or channel-padded equivalents
+#               roofline, as called and as 2-D, pixel-block or channel-padded (to 8 and to 64) equivalents
 #   convsall    convs with --cudnn-limit 0 (to conv_shapes_all.json)
 #   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024: xdc's round on the CPU (faiss as
 #               installed) and the torch search on the GPU
@@ -102,7 +102,7 @@ train_step s2d 150 --channels-last --compile --model-only --s2d-stem --profile "
 train_step cudnnall 180 --channels-last --compile --model-only --cudnn-limit 0 --profile "$out/profiles.txt"
 train_step cdtune 240 --channels-last --inductor-tune --model-only --profile "$out/profiles.txt"
 train_step cudagraphs 240 --channels-last --compile-mode reduce-overhead
-step convs 150 python3 benchmarks/conv_shapes.py && cp benchmarks/results/conv_shapes.json "$out/conv_shapes.json"
+step convs 200 python3 benchmarks/conv_shapes.py && cp benchmarks/results/conv_shapes.json "$out/conv_shapes.json"
 step convsall 200 python3 benchmarks/conv_shapes.py --cudnn-limit 0 &&
     cp benchmarks/results/conv_shapes.json "$out/conv_shapes_all.json"
 step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 --paths ours torch &&
