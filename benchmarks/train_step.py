@@ -192,7 +192,7 @@ def main() -> None:
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
         "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
         "pad_widths": pad_widths, "s2d_stem": args.s2d_stem,
-        "crops_on": "device" if trainer.crops_on_device else "workers", "cudnn_limit": args.cudnn_limit,
+        "crops_on": "device" if trainer.device_crops else "workers", "cudnn_limit": args.cudnn_limit,
         "inductor_tune": args.inductor_tune,
         "batch": args.batch, "k": args.k, "steps": args.steps,
         "loader_steps": args.loader_steps, "warmup": args.warmup, "fed_warmup": fed_warmup, "workers": args.workers,

@@ -135,8 +135,12 @@ class DataConfig:
             return self.workers
         if device_type != "cuda":
             return 2
-        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        return max(1, len(os.sched_getaffinity(0)) // max(ranks, 1) - 1)
+        return max(1, len(os.sched_getaffinity(0)) // node_ranks() - 1)
+
+
+def node_ranks() -> int:
+    """The processes of this run on this node: torchrun's LOCAL_WORLD_SIZE, 1 without torchrun."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 @dataclass

@@ -84,8 +84,8 @@ class _ClipDataset(Dataset):
         """Bytes of an item's clips as the loader's workers hand them over."""
         shapes, size = self.shapes(), 0
         if self.video:
-            t, crop = self.cfg.clip.frames, self.cfg.clip.crop
-            pixels = t * (crop + 2) ** 2 * 3 if self.device_crops else math.prod(shapes["video"])
+            part = self.video_transform.part
+            pixels = self.cfg.clip.frames * part * part * 3 if self.device_crops else math.prod(shapes["video"])
             size += pixels * (1 if self.video_transform.normalize is None else 4)
         if self.audio:
             size += math.prod(shapes["audio"]) * 4

@@ -40,6 +40,7 @@ class VideoTransform:
         self.train, self.crop, self.flip = train, cfg.clip.crop, aug.flip
         self.sizes = list(range(aug.scale_min, aug.scale_max + 1))
         self.normalize = NormalizeVideo() if normalize else None
+        self.part = self.crop + 2  # rows and columns of plan()'s parts: (crop - 1) x d + 2 at most, d <= 1
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T x C x H x W, a view: resize reads channels-last fast
@@ -84,7 +85,7 @@ class VideoTransform:
         if flip:  # output column j is the crop's column crop - 1 - j
             x, dx = x + (self.crop - 1) * dx, -dx
         y0, x0 = max(0, math.floor(y)), max(0, math.floor(min(x, x + (self.crop - 1) * dx)))
-        size = self.crop + 2  # (crop - 1) x d + 2 rows and columns at most, d <= 1
+        size = self.part
         part = frames[:, y0 : y0 + size, x0 : x0 + size]
         if part.shape[1:3] != (size, size):  # at the frame's bottom or right edge
             part = np.pad(part, ((0, 0), (0, size - part.shape[1]), (0, size - part.shape[2]), (0, 0)), mode="edge")

@@ -48,10 +48,15 @@ class EvalDevice:
         self.pad_widths = train.pad_widths_on(device.type) if video else 0
         self.s2d_stem, self.crop = video and train.s2d_stem, data.clip.crop
         self.normalize = NormalizeVideo(device) if video else None
-        self.device_crops = video and training_clips and data.crops_on_device(device.type)
-        self.crops = DeviceCrops(data.clip.crop, device) if self.device_crops else None
+        crops = video and training_clips and data.crops_on_device(device.type)
+        self.crops = DeviceCrops(data.clip.crop, device) if crops else None
         if device.type == "cuda":  # a few clip shapes (the last batch is smaller): cuDNN times each once
             torch.backends.cudnn.benchmark = True
+
+    @property
+    def device_crops(self) -> bool:
+        """Whether this device crops the training clips (``TrainClips(device_crops=...)``)."""
+        return self.crops is not None
 
     @property
     def pin_memory(self) -> bool:

@@ -45,7 +45,7 @@ from xdc.clustering.sharded import (
 )
 from xdc.clustering.sinkhorn import balanced_assign
 from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
-from xdc.config import Config, config_to_dict, load_config
+from xdc.config import Config, config_to_dict, load_config, node_ranks
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog
 from xdc.data.manifest import Manifest, write_videos
@@ -119,12 +119,11 @@ class Pretrainer:
         self.videos = self._index_space(manifest_path, resume)
         # uint8 video from the loader, normalised on the device (_inputs): a quarter of the bytes to move; with
         # data.crops_on at device, the training clips are also scaled, cropped and flipped there
-        self.crops_on_device = cfg.data.crops_on_device(ctx.device.type) and "video" in modalities
         self.train_set = TrainClips(self.videos, cfg.data, modalities=modalities, raw_video=True,
-                                    device_crops=self.crops_on_device)  # fmt: skip
+                                    device_crops=cfg.data.crops_on_device(ctx.device.type))  # fmt: skip
         self.eval_set = EvalClips(self.videos, cfg.data, clips=1, modalities=modalities, raw_video=True)
         self.normalize_video = NormalizeVideo(ctx.device)
-        self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device) if self.crops_on_device else None
+        self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device) if self.train_set.device_crops else None
         if len(self.videos) < cfg.train.k and self.method.clusters:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
@@ -231,7 +230,7 @@ class Pretrainer:
             return  # not Linux: no such file system to check
         free = stat.f_bavail * stat.f_frsize
         item = self.train_set.item_bytes()
-        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        ranks = node_ranks()
         waiting = 1 if self.ctx.device.type == "cuda" else PREFETCH
         need = ranks * self.workers * waiting * self._batch_per_rank() * item
         if need > free:
@@ -253,7 +252,7 @@ class Pretrainer:
         self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
                        bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
                        compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on,
-                       crops_on="device" if self.crops_on_device else "workers", s2d_stem=cfg.s2d_stem)  # fmt: skip
+                       crops_on="device" if self.device_crops else "workers", s2d_stem=cfg.s2d_stem)  # fmt: skip
         rounds = 1 if self.method.supervised else cfg.rounds
         if not self.method.trains:
             self._finish()
