@@ -7,8 +7,9 @@ PCA + Lloyd k-means of ``xdc.clustering.sharded`` in one process, from the same 
 (d) the per-iteration cost of faiss's k-means and the sharded Lloyd k-means, alternated in one process on the
 same features from the same initial centroids; (e) the sharded path with the torch search on a CUDA device
 (what a round runs on a GPU when faiss has none; on the CPU where there is no GPU, for comparison only);
-(f) ``train.assign=sinkhorn``: the same PCA, then ``balanced_assign`` (k-means, then a Sinkhorn-balanced
-assignment), only when named in ``--paths``.
+(f) ``train.assign=sinkhorn``: the same PCA and k-means as (a), then ``balance`` (a Sinkhorn-balanced
+assignment) on the CPU; (g) the same as a round on a CUDA device runs it: the torch path of (e), then ``balance``
+on the device. (f) and (g) only when named in ``--paths``.
 Features: a seeded mixture of 2,000 anisotropic Gaussian groups in 512-d, float32.
 
 Each path runs in a fresh process that first reads the features (built once, cached in the temporary folder):
@@ -20,6 +21,7 @@ Wall and CPU seconds (all threads) are the fastest of ``--repeats`` interleaved 
     .venv/bin/python benchmarks/clustering.py --sizes 100000 --ks 256 1024 --repeats 5
     .venv/bin/python benchmarks/clustering.py --sizes 100000 --ks 256 1024 --repeats 3 --threads 1
     python3 benchmarks/clustering.py --sizes 1000000 --ks 256 1024 --paths ours torch   # on a GPU machine
+    python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 1024 --paths sinkhorn-torch  # on a GPU machine
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from common import report
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
-from xdc.clustering.sinkhorn import balanced_assign
+from xdc.clustering.sinkhorn import balance
 
 MIB = 2**20
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # of the torch path
@@ -90,14 +92,23 @@ class Clock:
         self.last = now
 
 
-def pipeline(preprocess, cluster):
-    """A path of PCA-whitening + L2 (``preprocess``) then k-means (``cluster``), timed step by step."""
+def pipeline(preprocess, cluster, balance_on: str | None = None):
+    """A path of PCA-whitening + L2 (``preprocess``) then k-means (``cluster``), then with ``balance_on`` a
+    Sinkhorn-balanced assignment on that device (train.assign=sinkhorn), timed step by step."""
 
     def run(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
         z = preprocess(x, dim=pca_dim)
         clock.lap("pca")
-        clock.times["iterations"] = cluster(z, k, seed=seed, iters=iters).iterations
-        clock.lap("kmeans")
+        clusters = cluster(z, k, seed=seed, iters=iters)
+        clock.times["iterations"] = clusters.iterations
+        if balance_on:
+            if balance_on == "cuda":
+                torch.cuda.synchronize()
+            clock.lap("kmeans")
+            balance(z, clusters, device=balance_on)
+            clock.lap("balance")
+        else:
+            clock.lap("kmeans")
 
     return run
 
@@ -135,8 +146,11 @@ PATHS = {
     "torch": pipeline(partial(sharded_preprocess_features, device=DEVICE),  # a round on a GPU without faiss-gpu
                       partial(sharded_kmeans, device=DEVICE, search="torch")),  # fmt: skip
     "lloyd": lloyd,
-    "sinkhorn": pipeline(preprocess_features, balanced_assign),  # train.assign=sinkhorn
+    "sinkhorn": pipeline(preprocess_features, kmeans, balance_on="cpu"),  # train.assign=sinkhorn on a CPU
+    "sinkhorn-torch": pipeline(partial(sharded_preprocess_features, device=DEVICE),  # the same on a GPU
+                               partial(sharded_kmeans, device=DEVICE, search="torch"), balance_on=DEVICE),
 }
+ON_DEVICE = {"torch", "sinkhorn-torch"}  # paths that run on DEVICE
 
 
 def child(args: argparse.Namespace) -> None:
@@ -145,7 +159,7 @@ def child(args: argparse.Namespace) -> None:
         faiss.omp_set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
     x = np.load(cached_features(args.n, args.dim, args.seed))
-    if args.child == "torch" and DEVICE == "cuda":
+    if args.child in ON_DEVICE and DEVICE == "cuda":
         torch.zeros(1, device=DEVICE)  # CUDA's start-up is not clustering time
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM (the peak resident set) to the current resident set
@@ -154,8 +168,9 @@ def child(args: argparse.Namespace) -> None:
     PATHS[args.child](x, args.k, args.pca_dim, args.iters, args.seed, clock)
     t = clock.times
     if "pca_s" in t:
-        t["total_s"], t["total_cpu_s"] = t["pca_s"] + t["kmeans_s"], t["pca_cpu_s"] + t["kmeans_cpu_s"]
-    if args.child == "torch" and DEVICE == "cuda":
+        steps = [step for step in ("pca", "kmeans", "balance") if f"{step}_s" in t]
+        t["total_s"], t["total_cpu_s"] = sum(t[f"{s}_s"] for s in steps), sum(t[f"{s}_cpu_s"] for s in steps)
+    if args.child in ON_DEVICE and DEVICE == "cuda":
         t["device_peak_mib"] = torch.cuda.max_memory_allocated() / MIB
     print(json.dumps({**t, "peak_mib": (_status("VmHWM") - base) / MIB}))
 
@@ -206,8 +221,8 @@ def main() -> None:
                     runs[path].append(run_child(path, n, k, args))
             row = {"N": n, "k": k, "features_mib": round(n * args.dim * 4 / MIB)}
             for path, got in runs.items():
-                keys = ("total_s", "total_cpu_s", "pca_s", "kmeans_s")
-                row |= {f"{path}_{key}": round(fastest(got, key), 2) for key in keys}
+                keys = ("total_s", "total_cpu_s", "pca_s", "kmeans_s", "balance_s")
+                row |= {f"{path}_{key}": round(fastest(got, key), 2) for key in keys if key in got[0]}
                 row |= {f"{path}_pca_cpu_s": round(fastest(got, "pca_cpu_s"), 1),
                         f"{path}_iters": min(r["iterations"] for r in got),
                         f"{path}_peak_mib": round(fastest(got, "peak_mib"))}  # fmt: skip

@@ -14,7 +14,7 @@
 #               ceiling
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last + padded widths on cuDNN, pinned batches,
 #               crops on the GPU, a step that does not wait for it, a killed run resumed, k-means searched by torch
-#               on the GPU)
+#               on the GPU, Sinkhorn balanced on the GPU)
 #   compile     benchmarks/train_step.py, paper preset, batch 128, bf16, channels-last, middle widths padded to 8
 #               and training crops made on the GPU (the trainer's defaults on CUDA), torch.compile (inductor;
 #               compiling takes a minute): model-only, end-to-end, loader-only (each after a warm-up of the
@@ -32,8 +32,9 @@
 #   convs       benchmarks/conv_shapes.py: every convolution of the encoders alone, forward + backward, against its
 #               roofline, as called and as 2-D, pixel-block or channel-padded (to 8 and to 64) equivalents
 #   convsall    convs with --cudnn-limit 0 (to conv_shapes_all.json)
-#   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024: xdc's round on the CPU (faiss as
-#               installed) and the torch search on the GPU
+#   clustering  benchmarks/clustering.py at 100k and 1M x 512-d, k 256 and 1024, as a round on the GPU runs it with
+#               faiss-cpu: PCA and k-means with the torch search, and train.assign=sinkhorn (the same, then the
+#               balancing on the GPU); faiss-cpu's own round was measured on 2026-11-29 (path ours)
 #   autotune    compile's model-only step in mode max-autotune-no-cudagraphs (Triton templates against cuDNN;
 #               over 250 s: it times about 18 kernels for each of 36 convolution shapes)
 #   b256        compile's model-only step at batch 256
@@ -105,8 +106,8 @@ train_step cudagraphs 240 --channels-last --compile-mode reduce-overhead
 step convs 200 python3 benchmarks/conv_shapes.py && cp benchmarks/results/conv_shapes.json "$out/conv_shapes.json"
 step convsall 200 python3 benchmarks/conv_shapes.py --cudnn-limit 0 &&
     cp benchmarks/results/conv_shapes.json "$out/conv_shapes_all.json"
-step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 --paths ours torch &&
-    cp benchmarks/results/clustering.json "$out/clustering.json"
+step clustering 180 python3 benchmarks/clustering.py --sizes 100000 1000000 --ks 256 1024 \
+    --paths torch sinkhorn-torch && cp benchmarks/results/clustering.json "$out/clustering.json"
 train_step autotune 420 --channels-last --compile-mode max-autotune-no-cudagraphs --model-only \
     --profile "$out/profiles.txt"
 train_step b256 120 --channels-last --compile --model-only --batch 256

@@ -22,8 +22,10 @@ import torch
 
 from conftest import synthetic_manifest
 from xdc.clustering.features import preprocess_features
+from xdc.clustering.kmeans import kmeans
 from xdc.clustering import sharded
 from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
+from xdc.clustering.sinkhorn import balance
 from xdc.config import load_config
 from xdc.data.transforms import DeviceCrops, NormalizeVideo, VideoTransform
 from xdc.models.encoders import build_encoder
@@ -31,6 +33,7 @@ from xdc.models.padding import pad_middle_widths
 from xdc.models.stem import space_to_depth_stem
 from xdc.training.checkpoint import load
 from xdc.training.distributed import init_distributed
+from xdc.training import pretrain
 from xdc.training.pretrain import Pretrainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
@@ -227,7 +230,7 @@ def test_kmeans_searched_on_the_gpu_is_faiss_kmeans(monkeypatch, resident):
     centres = rng.standard_normal((40, 64)).astype(np.float32) * 3
     z = preprocess_features(centres[rng.integers(0, 40, 50_000)] + rng.standard_normal((50_000, 64), np.float32))
     if not resident:  # no room on the device: the rows move to it block by block at every iteration
-        monkeypatch.setattr(sharded, "_free_device_memory", lambda device: 0)
+        monkeypatch.setattr(sharded, "free_device_memory", lambda device: 0)
     assert sharded._TorchRows(z, torch.device("cuda")).blocks[0].device.type == ("cuda" if resident else "cpu")
     on_gpu = sharded_kmeans(z, 32, seed=1, iters=10, device="cuda", search="torch")
     on_cpu = sharded_kmeans(z, 32, seed=1, iters=10, search="faiss")
@@ -238,6 +241,26 @@ def test_kmeans_searched_on_the_gpu_is_faiss_kmeans(monkeypatch, resident):
     again = sharded_kmeans(z, 32, seed=1, iters=10, device="cuda", search="torch")  # deterministic on the GPU
     np.testing.assert_array_equal(again.assignments, on_gpu.assignments)
     np.testing.assert_array_equal(again.centroids, on_gpu.centroids)
+
+
+def test_sinkhorn_balances_on_the_gpu_as_on_the_cpu():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 64)).astype(np.float32) * 3
+    z = preprocess_features(centres[rng.integers(0, 40, 30_000)] + rng.standard_normal((30_000, 64), np.float32))
+    clusters = kmeans(z, 32, seed=1, iters=10)
+    on_gpu, on_cpu = balance(z, clusters, device="cuda"), balance(z, clusters)
+    assert (on_gpu.assignments != on_cpu.assignments).mean() < 1e-3  # distances round differently on the GPU
+    assert on_gpu.sizes.sum() == len(z) and on_gpu.sizes.max() <= -(-len(z) // 32)
+    assert on_gpu.loss == pytest.approx(on_cpu.loss, rel=1e-4)
+
+
+def test_sinkhorn_balances_on_the_cpu_where_its_matrix_does_not_fit_the_gpu(manifest, tmp_path, monkeypatch, capsys):
+    cfg = load_config(None, [*GPU, "train.assign=sinkhorn"], preset="tiny")
+    trainer = Pretrainer(cfg, manifest, tmp_path / "run", init_distributed())
+    assert trainer._sinkhorn_device(1_000).type == "cuda"
+    monkeypatch.setattr(pretrain, "free_device_memory", lambda device: 0)
+    assert trainer._sinkhorn_device(1_000).type == "cpu"
+    assert "balances on the CPU" in capsys.readouterr().err
 
 
 def test_evaluation_runs_on_the_gpu_in_bf16_like_on_the_cpu(manifest, tmp_path):

@@ -235,6 +235,14 @@ def test_collapse_is_warned_and_sinkhorn_balances(manifest, tmp_path, capsys):
     assert "collapse" not in capsys.readouterr().err
 
 
+def test_sinkhorn_balances_after_the_kmeans_that_searches_with_torch(manifest, tmp_path):
+    # what a CUDA device with faiss-cpu runs (sharded_kmeans with torch's search), here on the CPU
+    trainer = Pretrainer(cfg_for("sdc-video", "train.k=2", "train.assign=sinkhorn"), manifest, tmp_path, Dist())
+    trainer.kmeans_on = "torch"
+    n = len(trainer.videos)
+    assert np.bincount(trainer._cluster(collapsed_features(n))["video"]).max() <= int(np.ceil(n / 2))
+
+
 def test_sinkhorn_that_cannot_fit_in_memory_is_refused_at_the_start(manifest, tmp_path):
     k = 10**12  # a videos x k float64 matrix of petabytes; checked before the "fewer videos than k" error
     with pytest.raises(UserError, match=rf"train.assign=sinkhorn on \d+ videos at train.k={k} needs about .* GiB"):

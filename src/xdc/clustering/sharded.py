@@ -269,13 +269,13 @@ class _TorchRows:
     Squared distances are |x|^2 - 2 x.c + |c|^2 (float32, as faiss's own BLAS search computes them), per block
     of rows. The per-cluster sums are a one-hot membership matrix times the rows in float64: deterministic,
     unlike atomic scatter-adds on a GPU. The rows move to a CUDA device once when they take at most a quarter
-    of its free memory (:func:`_free_device_memory`), else block by block at every iteration.
+    of its free memory (:func:`free_device_memory`), else block by block at every iteration.
     """
 
     def __init__(self, x: np.ndarray, device: torch.device):
         self.device, self.dim = device, x.shape[1]
         rows = torch.from_numpy(x)
-        if device.type != "cuda" or x.nbytes <= _free_device_memory(device) // 4:
+        if device.type != "cuda" or x.nbytes <= free_device_memory(device) // 4:
             rows = rows.to(device)
         self.blocks = rows.split(_CHUNK)
         self.labels = torch.full((len(x),), -1, dtype=torch.int64, device=device)
@@ -309,7 +309,7 @@ class _TorchRows:
         return self.labels.cpu().numpy(), float(self.distances.sum(dtype=torch.float64))
 
 
-def _free_device_memory(device: torch.device) -> int:
+def free_device_memory(device: torch.device) -> int:
     """Bytes free on a CUDA device, counting what PyTorch's allocator has cached but not handed out (e.g. the
     activations of the feature extraction just before), which the rows can reuse."""
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)

@@ -29,35 +29,51 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iters: int = 3) -> tor
 
 
 def balanced_assign(
-    x: np.ndarray, k: int, seed: int, iters: int = 20, epsilon: float = 0.05, sinkhorn_iters: int = 50
-) -> KMeansResult:
-    """k-means centroids, then labels from a Sinkhorn-balanced assignment instead of the nearest centroid.
+    x: np.ndarray, k: int, seed: int, iters: int = 20, epsilon: float = 0.05, sinkhorn_iters: int = 50,
+    device: torch.device | str = "cpu",
+) -> KMeansResult:  # fmt: skip
+    """k-means centroids (faiss), then labels from a Sinkhorn-balanced assignment (:func:`balance`) on
+    ``device``."""
+    _check(epsilon, sinkhorn_iters)
+    return balance(x, kmeans(x, k, seed, iters), epsilon, sinkhorn_iters, device)
+
+
+def balance(
+    x: np.ndarray, clusters: KMeansResult, epsilon: float = 0.05, sinkhorn_iters: int = 50,
+    device: torch.device | str = "cpu",
+) -> KMeansResult:  # fmt: skip
+    """Labels of the points ``x`` (N, d) from a Sinkhorn-balanced assignment to the centroids of ``clusters``
+    (k-means' result for ``x``), instead of the nearest centroid.
 
     Scores are negative squared distances to the centroids (without balancing, the best score is the nearest
     centroid). Each point takes its most probable cluster under Q, but no cluster takes more than ceil(N/k)
     points: plain argmax of Q is only balanced on average and does collapse when features are nearly
-    identical (Q is then almost uniform) or centroids coincide. ``centroids`` are the k-means ones; ``sizes``
-    and ``loss`` describe the balanced labels.
+    identical (Q is then almost uniform) or centroids coincide. ``centroids`` and ``iterations`` are k-means';
+    ``sizes`` and ``loss`` describe the balanced labels.
 
-    Memory: one N x K float64 matrix (``memory_bytes``), which every step updates in place.
+    Memory: one N x K float64 matrix on ``device`` (``memory_bytes``), which every step updates in place; the
+    points go there a block of rows at a time. The arithmetic is the same on every device; where a distance or
+    a sum rounds differently, a point at a near-tie can take another cluster.
     """
     _check(epsilon, sinkhorn_iters)
-    result = kmeans(x, k, seed, iters)
+    device = torch.device(device)
     points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(BLOCK_ROWS)  # views, not copies
-    centroids = torch.from_numpy(result.centroids).to(torch.float64)
-    log_q = torch.empty(len(x), k, dtype=torch.float64)
+    centroids = torch.from_numpy(clusters.centroids).to(device, torch.float64)
+    k = len(centroids)
+    log_q = torch.empty(len(x), k, dtype=torch.float64, device=device)
     for block, out in zip(points, log_q.split(BLOCK_ROWS)):  # scores / epsilon: -distance^2 / epsilon
-        out.copy_(torch.cdist(block.double(), centroids).square_().mul_(-1 / epsilon))
-    assignments = _capacity_argmax(_log_sinkhorn(log_q, sinkhorn_iters).numpy())
+        out.copy_(torch.cdist(block.to(device).double(), centroids).square_().mul_(-1 / epsilon))
+    labels = _capacity_argmax(_log_sinkhorn(log_q, sinkhorn_iters))
     del log_q
-    labels = torch.from_numpy(assignments).split(BLOCK_ROWS)
-    loss = sum(float((p.double() - centroids[a]).square_().sum()) for p, a in zip(points, labels))
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    for block, assigned in zip(points, labels.split(BLOCK_ROWS)):
+        loss += (block.to(device).double() - centroids[assigned]).square_().sum()
     return KMeansResult(
-        assignments=assignments,
-        centroids=result.centroids,
-        sizes=np.bincount(assignments, minlength=k).astype(np.int64),
-        loss=loss,
-        iterations=result.iterations,
+        assignments=labels.cpu().numpy(),
+        centroids=clusters.centroids,
+        sizes=torch.bincount(labels, minlength=k).cpu().numpy().astype(np.int64),
+        loss=float(loss),
+        iterations=clusters.iterations,
     )
 
 
@@ -89,8 +105,9 @@ def _log_sinkhorn(log_q: torch.Tensor, iters: int) -> torch.Tensor:
     return log_q
 
 
-def _capacity_argmax(log_q: np.ndarray, max_rounds: int = 20) -> np.ndarray:
-    """Row-wise argmax of ``log_q`` (N, K) where no column takes more than ceil(N/K) rows (int64 labels).
+def _capacity_argmax(log_q: torch.Tensor, max_rounds: int = 20) -> torch.Tensor:
+    """Row-wise argmax of ``log_q`` (N, K) where no column takes more than ceil(N/K) rows (int64 labels, on
+    ``log_q``'s device).
 
     In rounds: every unplaced row proposes to its best column that still has room, each column keeps its most
     confident proposals up to its room, the rest propose again. After Sinkhorn a handful of rounds places
@@ -98,32 +115,33 @@ def _capacity_argmax(log_q: np.ndarray, max_rounds: int = 20) -> np.ndarray:
     those fill the remaining room in column order.
     """
     n, k = log_q.shape
-    room = np.full(k, -(-n // k))
-    labels = np.empty(n, np.int64)
-    todo = np.arange(n)
+    device = log_q.device
+    room = torch.full((k,), -(-n // k), dtype=torch.int64, device=device)
+    labels = torch.empty(n, dtype=torch.int64, device=device)
+    todo = torch.arange(n, device=device)
     for _ in range(max_rounds):
-        if not todo.size:
+        if not todo.numel():
             break
         best, confidence = _best_with_room(log_q, todo, room == 0)
-        order = np.lexsort((-confidence, best))  # by column, most confident first
+        # by column, the most confident first (two stable sorts: equal proposals keep the rows' order)
+        order = torch.sort(confidence, descending=True, stable=True).indices
+        order = order[torch.sort(best[order], stable=True).indices]
         best = best[order]
-        rank = np.arange(todo.size) - np.searchsorted(best, best)  # position among the column's proposals
+        rank = torch.arange(todo.numel(), device=device) - torch.searchsorted(best, best)  # among the column's
         kept = rank < room[best]
         labels[todo[order[kept]]] = best[kept]
-        room -= np.bincount(best[kept], minlength=k)
+        room -= torch.bincount(best[kept], minlength=k)
         todo = todo[order[~kept]]
-    labels[todo] = np.repeat(np.arange(k), room)[: todo.size]
+    labels[todo] = torch.repeat_interleave(torch.arange(k, device=device), room)[: todo.numel()]
     return labels
 
 
-def _best_with_room(log_q: np.ndarray, rows: np.ndarray, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _best_with_room(log_q: torch.Tensor, rows: torch.Tensor, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For each of ``rows``, its best column that is not ``full``, and that column's score. A block of rows at a
     time: full columns are masked in a copy of the block, never of the matrix."""
-    best, confidence = np.empty(rows.size, np.int64), np.empty(rows.size, log_q.dtype)
-    for start in range(0, rows.size, BLOCK_ROWS):
-        block = log_q[rows[start : start + BLOCK_ROWS]]
-        block[:, full] = -np.inf
-        choice = best[start : start + len(block)]  # a view: filled in place
-        choice[:] = block.argmax(axis=1)
-        confidence[start : start + len(block)] = block[np.arange(len(block)), choice]
+    best = torch.empty(rows.numel(), dtype=torch.int64, device=log_q.device)
+    confidence = torch.empty(rows.numel(), dtype=log_q.dtype, device=log_q.device)
+    for start in range(0, rows.numel(), BLOCK_ROWS):
+        block = log_q[rows[start : start + BLOCK_ROWS]].masked_fill_(full, -math.inf)
+        torch.max(block, dim=1, out=(confidence[start : start + len(block)], best[start : start + len(block)]))
     return best, confidence

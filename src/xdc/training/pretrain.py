@@ -41,9 +41,10 @@ from xdc.clustering.sharded import (
     global_count,
     sharded_kmeans,
     sharded_preprocess_features,
+    free_device_memory,
     torch_search,
 )
-from xdc.clustering.sinkhorn import balanced_assign
+from xdc.clustering.sinkhorn import balance
 from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
 from xdc.config import Config, config_to_dict, load_config, node_ranks
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader
@@ -136,7 +137,7 @@ class Pretrainer:
         # k-means' nearest-centroid search: faiss on its GPUs, else torch on this rank's GPU, else faiss on the CPU
         if faiss.get_num_gpus() > 0:
             self.kmeans_on = "faiss-gpu"
-        elif torch_search(ctx.device) and cfg.train.assign == "kmeans":  # balanced_assign is faiss's k-means
+        elif torch_search(ctx.device):
             self.kmeans_on = "torch"
         else:
             self.kmeans_on = "faiss-cpu"
@@ -206,18 +207,35 @@ class Pretrainer:
         return self._usable_videos(manifest_path, progress=False)
 
     def _check_sinkhorn_memory(self, videos: int) -> None:
-        """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0: refuse at the start what would run
-        out of memory at the first clustering, after a whole extraction."""
+        """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0, on its GPU where it fits there
+        (_sinkhorn_device), else in its host memory: refuse at the start what would fit in neither, which would
+        run out of memory at the first clustering, after a whole extraction."""
         cfg = self.cfg.train
         if cfg.assign != "sinkhorn" or not self.method.clusters:
             return
         need = sinkhorn_memory(videos, cfg.k, cfg.pca_dim)
         have = usable_memory_bytes()
-        if need > have:
+        gpu = free_device_memory(self.ctx.device) if self.ctx.device.type == "cuda" else 0
+        if need > max(have, gpu):
+            on_gpu = f" or the {gpu / 2**30:.1f} GiB free on its GPU" if gpu else ""
             raise UserError(f"train.assign=sinkhorn on {videos} videos at train.k={cfg.k} needs about "
                             f"{need / 2**30:.1f} GiB on rank 0 (a videos x k float64 matrix), more than the "
                             f"{have / 2**30:.1f} GiB this process may use (the machine's memory or its cgroup's "
-                            "limit): use train.assign=kmeans or a smaller train.k")  # fmt: skip
+                            f"limit){on_gpu}: use train.assign=kmeans or a smaller train.k")  # fmt: skip
+
+    def _sinkhorn_device(self, points: int) -> torch.device:
+        """Where train.assign=sinkhorn balances: on a CUDA device where its matrix fits in the memory free there
+        (about 100 passes of exponentials over the matrix: minutes on a CPU at a million videos), else on the
+        CPU."""
+        device = self.ctx.device
+        if device.type != "cuda":
+            return device
+        need, free = sinkhorn_memory(points, self.cfg.train.k, self.cfg.train.pca_dim), free_device_memory(device)
+        if need <= free:
+            return device
+        print(f"NOTE: train.assign=sinkhorn balances on the CPU: its {need / 2**30:.1f} GiB matrix does not fit "
+              f"in the {free / 2**30:.1f} GiB free on {device}", file=sys.stderr)  # fmt: skip
+        return torch.device("cpu")
 
     def _check_shared_memory(self) -> None:
         """Loader workers hand their batches over in shared memory (/dev/shm), for every rank of the node: up to
@@ -400,10 +418,11 @@ class Pretrainer:
             x = sharded_preprocess_features(x, dim=cfg.pca_dim, device=device, alone=not sharded)
             result = sharded_kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters, ids=ids, device=device, search=search,
                                     alone=not sharded)  # fmt: skip
-        elif cfg.assign == "sinkhorn":
-            result = balanced_assign(preprocess_features(x, dim=cfg.pca_dim), cfg.k, seed, iters=cfg.kmeans_iters)
         else:
-            result = kmeans(preprocess_features(x, dim=cfg.pca_dim), cfg.k, seed, iters=cfg.kmeans_iters, ids=ids)
+            x = preprocess_features(x, dim=cfg.pca_dim)
+            result = kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters, ids=ids)
+        if cfg.assign == "sinkhorn":  # on rank 0 alone (train.cluster_on=shards refuses it)
+            result = balance(x, result, device=self._sinkhorn_device(len(x)))
         if sharded:
             labels = assemble_labels(result.assignments, ids, len(self.videos), device)
         else:
