@@ -56,7 +56,7 @@ import torch
 import torch._inductor.config
 
 from common import report
-from xdc.config import Config, SyntheticConfig, load_config
+from xdc.config import Config, DataConfig, SyntheticConfig, load_config
 from xdc.data.datasets import PREFETCH, TrainClips
 from xdc.data.index import build_manifest
 from xdc.data.prepare import PrepareOptions, prepare
@@ -85,7 +85,9 @@ def main() -> None:
     parser.add_argument("--loader-steps", type=int, default=30,
                         help="timed batches of the loader-only measurement (cheap: no model)")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' dense bf16)")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: CPU cores")
+    parser.add_argument("--workers", type=int,
+                        help="loader workers (default: the trainer's data.workers=auto: on CUDA the CPU cores less "
+                        "one for the training process, on a CPU 2)")
     parser.add_argument("--data", type=Path, help="folder of video files (default: a generated synthetic set)")
     parser.add_argument("--unprepared", action="store_true", help="the synthetic set without xdc prepare")
     parser.add_argument("--model-only", action="store_true", help="skip the measurements that read files")
@@ -112,12 +114,13 @@ def main() -> None:
         torch.backends.cudnn.benchmark_limit = args.cudnn_limit
     if args.inductor_tune:
         torch._inductor.config.coordinate_descent_tuning = True
-    fed_warmup = max(args.warmup, PREFETCH * args.workers)
+    workers = args.workers if args.workers is not None else DataConfig().workers_on(device.type)
+    fed_warmup = max(args.warmup, PREFETCH * workers)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     cfg = load_config(None, [
         f"train.k={args.k}", f"train.batch_size={args.batch}", f"train.precision={precision}",
         f"train.channels_last={str(args.channels_last).lower()}", f"train.compile={str(args.compile).lower()}",
-        f"data.workers={args.workers}", f"train.pad_widths={args.pad_widths}", f"data.crops_on={args.crops_on}",
+        f"data.workers={workers}", f"train.pad_widths={args.pad_widths}", f"data.crops_on={args.crops_on}",
         f"train.epoch_size={(fed_warmup + max(args.steps, args.loader_steps)) * args.batch}",
     ], preset=args.preset)  # fmt: skip
     pad_widths = cfg.train.pad_widths_on(device.type)
@@ -195,7 +198,7 @@ def main() -> None:
         "crops_on": "device" if trainer.device_crops else "workers", "cudnn_limit": args.cudnn_limit,
         "inductor_tune": args.inductor_tune,
         "batch": args.batch, "k": args.k, "steps": args.steps,
-        "loader_steps": args.loader_steps, "warmup": args.warmup, "fed_warmup": fed_warmup, "workers": args.workers,
+        "loader_steps": args.loader_steps, "warmup": args.warmup, "fed_warmup": fed_warmup, "workers": workers,
         "videos": n,
         "data": str(args.data) if args.data else "synthetic" if args.unprepared else "synthetic, prepared",
         "gflop_per_step": flops / 1e9,
