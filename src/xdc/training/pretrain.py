@@ -38,10 +38,10 @@ from xdc.clustering.metrics import cluster_stats, nmi
 from xdc.clustering.sampler import ClusterBalancedSampler
 from xdc.clustering.sharded import (
     assemble_labels,
+    free_device_memory,
     global_count,
     sharded_kmeans,
     sharded_preprocess_features,
-    free_device_memory,
     torch_search,
 )
 from xdc.clustering.sinkhorn import balance
