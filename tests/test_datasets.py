@@ -1,6 +1,7 @@
 """Datasets over generated media: clip sampling, missing-audio policy, failure handling through a real loader."""
 
 import csv
+import time
 import tracemalloc
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from conftest import gray_frames
 from xdc.config import DataConfig
-from xdc.data.datasets import EvalClips, TrainClips, collate_clips, make_loader
+from xdc.data.datasets import EvalClips, TrainClips, collate_clips, make_loader, with_waits
 from xdc.data.encode import write_av
 from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.manifest import Manifest, read_videos, run_videos, write_videos
@@ -277,3 +278,14 @@ def test_datasets_keep_nothing_per_video_beyond_the_manifest():
     tracemalloc.stop()
     assert peak < n, f"{peak} bytes for {n} videos"  # under a byte per video
     assert len(datasets[1]) == n and datasets[1].latest_start(n - 1) == pytest.approx(20 - 0.5)
+
+
+def test_with_waits_gives_the_time_spent_waiting_for_each_batch():
+    def batches():
+        yield "ready"
+        time.sleep(0.05)  # a loader that has not finished the next batch
+        yield "late"
+
+    got = list(with_waits(batches()))
+    assert [batch for batch, _ in got] == ["ready", "late"]
+    assert got[0][1] < 0.05 <= got[1][1]

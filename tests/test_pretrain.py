@@ -121,6 +121,7 @@ def test_short_run_lowers_the_pseudo_label_loss(manifest, tmp_path):
     first = np.mean([r["loss"] for r in steps if r["epoch"] == 0])
     last = np.mean([r["loss"] for r in steps if r["epoch"] == 3])
     assert last < first - 0.05, (first, last)
+    assert all(0 <= r["data_wait"] <= 1 for r in steps)  # the share of the epoch spent waiting for the loader
     assert {r["kind"] for r in records} >= {"start", "cluster", "step", "round"}
     start = next(r for r in records if r["kind"] == "start")  # what the auto device settings became on this CPU
     assert (start["device"], start["ranks"], start["bf16"], start["channels_last"]) == ("cpu", 1, False, False)
@@ -241,6 +242,12 @@ def test_sinkhorn_balances_after_the_kmeans_that_searches_with_torch(manifest, t
     trainer.kmeans_on = "torch"
     n = len(trainer.videos)
     assert np.bincount(trainer._cluster(collapsed_features(n))["video"]).max() <= int(np.ceil(n / 2))
+
+
+def test_waiting_for_the_loader_is_noted_only_on_a_gpu(manifest, tmp_path, capsys):
+    trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
+    trainer._note_data_wait(0.9, 1.0)  # on a CPU the loader's workers share the cores with training: no advice
+    assert "NOTE" not in capsys.readouterr().err
 
 
 def test_sinkhorn_that_cannot_fit_in_memory_is_refused_at_the_start(manifest, tmp_path):

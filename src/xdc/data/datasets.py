@@ -13,6 +13,8 @@ takes out of the batch.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -197,3 +199,17 @@ def make_loader(
         num_workers=workers, collate_fn=collate_clips, generator=generator, pin_memory=pin_memory,
         persistent_workers=workers > 0, prefetch_factor=PREFETCH if workers > 0 else None,
     )  # fmt: skip
+
+
+def with_waits(batches: Iterable) -> Iterator[tuple[object, float]]:
+    """Each of ``batches`` with the seconds its consumer waited for it: the time in the loader's ``next``. A
+    training loop on a GPU queues its work without waiting for the device, so that is time the loader kept it
+    (and, once the queued work ran out, the GPU) waiting."""
+    batches = iter(batches)
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - t

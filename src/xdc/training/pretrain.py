@@ -47,7 +47,7 @@ from xdc.clustering.sharded import (
 from xdc.clustering.sinkhorn import balance
 from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
 from xdc.config import Config, config_to_dict, load_config, node_ranks
-from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader
+from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog
 from xdc.data.manifest import Manifest, write_videos
 from xdc.data.transforms import DeviceCrops, NormalizeVideo
@@ -173,6 +173,7 @@ class Pretrainer:
         # which takes about a minute per model on a 2-core CPU).
         self.compile_backend = "inductor"
         self.failures = FailureLog(cfg.data.max_fail_fraction)
+        self.noted_data_wait = False  # _note_data_wait says it once per run
         self.log = RunLog(out, enabled=ctx.main)
 
     def _index_space(self, manifest_path: Path, resume: bool) -> Manifest:
@@ -499,20 +500,40 @@ class Pretrainer:
         desc = f"round {p.round} epoch {p.epoch}"
         bar = progress_bar(self._train_loader(), desc=desc, unit="batch", show=self.ctx.main, leave=False)
         t, clips = time.perf_counter(), 0
-        for batch in bar:
+        waited, since = 0.0, None  # the wait for the loader after the epoch's first batch, and since when
+        for batch, wait in with_waits(bar):
+            if since is None:  # the first batch waits for the workers to start the epoch, not for their pace
+                since = time.perf_counter()
+            else:
+                waited += wait
             self.failures.update(batch)
             loss, accuracy = self._step(model, batch)
             p.step += 1
             p.global_step += 1
             clips += batch["index"].numel()
             if p.global_step % cfg.log_every == 0:  # .item() waits for the device: only on the steps that log
-                rate = clips * self.ctx.world_size / (time.perf_counter() - t)
+                now = time.perf_counter()
+                rate, data_wait = clips * self.ctx.world_size / (now - t), waited / max(now - since, 1e-9)
                 loss = loss.item()
                 self.log.write("step", p.global_step, round=p.round, epoch=p.epoch, loss=loss, clips_per_s=rate,
-                               **{key: value.item() for key, value in accuracy.items()})  # fmt: skip
-                bar.set_postfix(loss=f"{loss:.3f}", clips_per_s=f"{rate:.0f}")
+                               data_wait=data_wait, **{key: value.item() for key, value in accuracy.items()})
+                bar.set_postfix(loss=f"{loss:.3f}", clips_per_s=f"{rate:.0f}", data_wait=f"{data_wait:.0%}")
             if cfg.checkpoint_every and p.global_step % cfg.checkpoint_every == 0:
                 self._save()
+        if since is not None:
+            self._note_data_wait(waited, time.perf_counter() - since)
+
+    def _note_data_wait(self, waited: float, seconds: float) -> None:
+        """Say once per run, on a GPU, when an epoch waited for its loader over a tenth of the time: then the
+        loader, not the GPU, sets the pace (BENCHMARKS.md "Training step"), and what helps is on the CPU side."""
+        if self.ctx.device.type != "cuda" or not self.ctx.main or self.noted_data_wait or waited <= 0.1 * seconds:
+            return
+        self.noted_data_wait = True
+        print(f"NOTE: round {self.progress.round} epoch {self.progress.epoch} waited for its clips "
+              f"{waited / seconds:.0%} of the time: the loader's {self.workers} worker(s) are the limit, not the "
+              f"GPU. Transcoding the collection with `xdc prepare` makes clips cheaper to read (docs/prepare.md); "
+              f"more CPU cores per GPU, or data.workers if it is set below them, add workers.",
+              file=sys.stderr)  # fmt: skip
 
     def head_targets(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The pseudo-labels each head is trained on for these videos: the routing of the method's table."""
