@@ -1,6 +1,7 @@
 """Feature gathering and label broadcast across 2 real gloo processes."""
 
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch.multiprocessing as mp
 from conftest import synthetic_manifest
 from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.config import load_config
-from xdc.training.distributed import Dist, broadcast_labels, gather_rows
+from xdc.errors import UserError
+from xdc.training.distributed import Dist, broadcast_labels, gather_rows, init_distributed, on_main
 from xdc.training.pretrain import FeatureShard, Pretrainer
 
 
@@ -210,3 +212,34 @@ def test_only_rank0_parses_the_manifest_and_its_errors_stop_every_rank(tmp_path)
     assert one["apart"][0] == 1 and one["apart"][1] == zero["apart"][1]  # its own copy, the same videos
     assert zero["apart"][2] and not one["apart"][2]  # which it did not save: only rank 0 writes the run folder
     assert zero["bad"] and one["bad"] == zero["bad"]  # rank 1 stopped with rank 0's error, not at a collective
+
+
+def _slow_rank0_worker(rank: int, world: int, port: int, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=2))
+    ctx = init_distributed()  # joins the group above, and adds the one in which ranks wait for rank 0
+
+    def slow() -> int:
+        time.sleep(4)  # twice the default group's timeout
+        return 42
+
+    def fail(error: Exception):
+        def work():
+            raise error
+        return work
+
+    got = [on_main(slow, ctx)]
+    for error in (UserError("no usable videos"), ValueError("bad centroids")):
+        try:
+            on_main(fail(error), ctx)
+        except Exception as e:
+            got.append((type(e).__name__, str(e)))
+    out[rank] = got
+    dist.destroy_process_group()
+
+
+def test_ranks_wait_for_rank0_beyond_the_groups_timeout_and_stop_with_its_errors():
+    results = _two_ranks(_slow_rank0_worker, 29591)
+    assert results[0] == [42, ("UserError", "no usable videos"), ("ValueError", "bad centroids")]
+    assert results[1] == [None, ("UserError", "no usable videos"),
+                          ("RuntimeError", "rank 0 failed: ValueError: bad centroids")]

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from xdc.clustering.kmeans import LABEL_DTYPE
+from xdc.errors import UserError
 
 GATHER_STEP_BYTES = 256 * 2**20  # features that rank 0 receives at once (gather_rows)
+# How long the other ranks wait for work rank 0 does alone (on_main): the run's videos (minutes at 65M videos),
+# clustering under train.cluster_on=rank0 (k-means or Sinkhorn on a CPU can take an hour at tens of millions).
+# The default group's collectives time out after 10 minutes under NCCL (30 under gloo), which would stop a run
+# there after a whole feature extraction; a rank that crashes is still noticed at once (torchrun stops the rest).
+RANK0_WORK_TIMEOUT = timedelta(hours=6)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -19,6 +29,8 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    # the gloo group in which the other ranks wait for rank 0 (on_main); None: the default group
+    waiting: dist.ProcessGroup | None = field(default=None, compare=False, repr=False)
 
     @property
     def main(self) -> bool:
@@ -45,7 +57,8 @@ def init_distributed() -> Dist:
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo")
-    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
+    waiting = dist.new_group(backend="gloo", timeout=RANK0_WORK_TIMEOUT)
+    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, waiting=waiting)
 
 
 def leave_distributed(finished: bool) -> None:
@@ -113,14 +126,26 @@ def broadcast_labels(labels: np.ndarray | None, ctx: Dist) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
-def broadcast_failure(failure: tuple[str, str] | None, ctx: Dist) -> tuple[str, str] | None:
-    """Rank 0's outcome of work the other ranks wait for: None, or (kind, message) of what went wrong, so that
-    every rank stops with rank 0's error instead of waiting for it at the next collective."""
+def on_main(work: Callable[[], T], ctx: Dist) -> T | None:
+    """``work()`` on rank 0 alone; its result there, None on the other ranks. They wait for it in
+    ``ctx.waiting`` (up to RANK0_WORK_TIMEOUT), and when it fails every rank raises rank 0's error (a UserError
+    stays one) rather than wait for rank 0 at the next collective."""
     if not ctx.enabled:
-        return failure
-    box = [failure]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+        return work()
+    result, error = None, None
+    if ctx.main:
+        try:
+            result = work()
+        except Exception as e:
+            error = e
+    box = [None if error is None else ("user" if isinstance(error, UserError) else type(error).__name__, str(error))]
+    dist.broadcast_object_list(box, src=0, group=ctx.waiting)
+    if error is not None:
+        raise error
+    if box[0] is not None:
+        kind, message = box[0]
+        raise UserError(message) if kind == "user" else RuntimeError(f"rank 0 failed: {kind}: {message}")
+    return result
 
 
 def barrier(ctx: Dist) -> None:

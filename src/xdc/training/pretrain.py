@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -59,7 +60,7 @@ from xdc.models.padding import pad_middle_widths
 from xdc.models.stem import space_to_depth_stem
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
-from xdc.training.distributed import Dist, barrier, broadcast_failure, broadcast_labels, gather_rows
+from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_rows, on_main
 from xdc.training.memory import usable_memory_bytes
 from xdc.training.runlog import RunLog
 
@@ -184,25 +185,18 @@ class Pretrainer:
         workers share one copy of every path, and only rank 0 pays for parsing the manifest (at 65M videos
         about 2 minutes and 7 GB). A rank that does not see rank 0's run folder (another node without a shared
         file system) makes its own copy afterwards."""
-        folder, error = self.out / "videos", None
-        if self.ctx.main and not (resume and folder.exists()):  # new, or started before runs kept videos/
-            try:
-                kept = self._usable_videos(manifest_path, progress=True)
-                self._check_sinkhorn_memory(len(kept))
-                kept.save(folder)
-                write_videos(self.out / "videos.csv", kept, progress=True)
-                del kept  # before mapping the saved copy below: at 65M videos the paths alone are 4 GB
-            except Exception as e:
-                error = e
-        # the other ranks wait for the folder: when rank 0 failed, they stop with its error
-        failure = None if error is None else ("user" if isinstance(error, UserError) else type(error).__name__,
-                                              str(error))  # fmt: skip
-        failure = broadcast_failure(failure, self.ctx)
-        if error is not None:
-            raise error
-        if failure is not None:
-            kind, message = failure
-            raise UserError(message) if kind == "user" else RuntimeError(f"rank 0 failed: {kind}: {message}")
+        folder = self.out / "videos"
+
+        def save() -> None:  # a new run's, or one's that started before runs kept videos/
+            if resume and folder.exists():
+                return
+            kept = self._usable_videos(manifest_path, progress=True)
+            self._check_sinkhorn_memory(len(kept))
+            kept.save(folder)
+            write_videos(self.out / "videos.csv", kept, progress=True)
+            # returning frees kept before the saved copy is mapped below: at 65M videos the paths alone are 4 GB
+
+        on_main(save, self.ctx)  # the other ranks wait for the folder; when rank 0 fails, they stop with its error
         if folder.exists():
             return Manifest.open(folder)
         return self._usable_videos(manifest_path, progress=False)
@@ -386,7 +380,7 @@ class Pretrainer:
                 labels[name] = self._cluster_one(name, encoders, features.rows, features.index, i, sharded=True)
             else:
                 everything = np.arange(len(self.videos))
-                assigned = self._cluster_one(name, encoders, features, everything, i) if self.ctx.main else None
+                assigned = on_main(partial(self._cluster_one, name, encoders, features, everything, i), self.ctx)
                 labels[name] = broadcast_labels(assigned, self.ctx)
             later = {e for _, needed in sets[i + 1 :] for e in needed}
             for e in [e for e in rows if e not in later]:
