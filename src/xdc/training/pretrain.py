@@ -187,7 +187,7 @@ class Pretrainer:
         file system) makes its own copy afterwards."""
         folder = self.out / "videos"
 
-        def save() -> None:  # a new run's, or one's that started before runs kept videos/
+        def save() -> None:  # by rank 0, for a new run or one started before runs kept videos/
             if resume and folder.exists():
                 return
             kept = self._usable_videos(manifest_path, progress=True)
@@ -525,8 +525,8 @@ class Pretrainer:
         self.noted_data_wait = True
         print(f"NOTE: round {self.progress.round} epoch {self.progress.epoch} waited for its clips "
               f"{waited / seconds:.0%} of the time: the loader's {self.workers} worker(s) are the limit, not the "
-              f"GPU. Transcoding the collection with `xdc prepare` makes clips cheaper to read (docs/prepare.md); "
-              f"more CPU cores per GPU, or data.workers if it is set below them, add workers.",
+              "GPU. Transcoding the collection with `xdc prepare` makes clips cheaper to read (docs/prepare.md); "
+              "more CPU cores per GPU, or data.workers if it is set below them, add workers.",
               file=sys.stderr)  # fmt: skip
 
     def head_targets(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
