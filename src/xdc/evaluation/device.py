@@ -11,9 +11,8 @@ from torch import nn
 from xdc.config import Config
 from xdc.data.transforms import DeviceCrops, NormalizeVideo
 from xdc.errors import UserError
+from xdc.models.device_form import device_form
 from xdc.models.encoders import LAYOUTS
-from xdc.models.padding import pad_middle_widths
-from xdc.models.stem import space_to_depth_stem
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -41,12 +40,10 @@ class EvalDevice:
         """``run``: the run's configuration. ``training_clips`` (finetuning): ``device_crops`` then says whether
         data.crops_on puts their scale jitter, crop and flip here (``TrainClips(device_crops=...)``)."""
         train, data = run.train, run.data
-        self.device, self.modality = device, modality
+        self.device, self.modality, self.run = device, modality, run
         self.bf16 = train.bf16_on(device.type)
         video = modality == "video"
         self.channels_last = train.channels_last_on(device.type)
-        self.pad_widths = train.pad_widths_on(device.type) if video else 0
-        self.s2d_stem, self.crop = video and train.s2d_stem, data.clip.crop
         self.normalize = NormalizeVideo(device) if video else None
         crops = video and training_clips and data.crops_on_device(device.type)
         self.crops = DeviceCrops(data.clip.crop, device) if crops else None
@@ -64,14 +61,8 @@ class EvalDevice:
         return self.device.type == "cuda"
 
     def module(self, encoder: nn.Module) -> nn.Module:
-        encoder.to(self.device)
-        if self.channels_last:
-            encoder.to(memory_format=LAYOUTS[self.modality])
-        if self.pad_widths:
-            pad_middle_widths(encoder, self.pad_widths)
-        if self.s2d_stem:
-            space_to_depth_stem(encoder, (self.crop, self.crop))
-        return encoder
+        run = self.run
+        return device_form(encoder.to(self.device), self.modality, run.train, run.data.clip.crop, self.device.type)
 
     def inputs(self, clips: torch.Tensor, grids: torch.Tensor | None = None) -> torch.Tensor:
         """A batch of one modality's clips (uint8 video from a ``raw_video`` dataset; with ``grids``, the parts of

@@ -54,10 +54,9 @@ from xdc.data.manifest import Manifest, write_videos
 from xdc.data.transforms import DeviceCrops, NormalizeVideo
 from xdc.errors import UserError
 from xdc.methods import MANIFEST_LABELS, Method, get_method
+from xdc.models.device_form import device_form
 from xdc.models.encoders import LAYOUTS, build_encoder
 from xdc.models.heads import LinearHead
-from xdc.models.padding import pad_middle_widths
-from xdc.models.stem import space_to_depth_stem
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_rows, on_main
@@ -155,13 +154,8 @@ class Pretrainer:
         self.pad_widths = cfg.train.pad_widths_on(ctx.device.type)
         self.workers = cfg.data.workers_on(ctx.device.type)  # loader processes of this rank
         self._check_shared_memory()
-        for name, modality in self.method.encoders.items():
-            if self.channels_last:  # conv weights in the layout of the clips (see _layout)
-                self.encoders[name].to(memory_format=LAYOUTS[modality])
-            if modality == "video" and self.pad_widths:  # the same parameters, faster kernels (xdc.models.padding)
-                pad_middle_widths(self.encoders[name], self.pad_widths)
-            if modality == "video" and cfg.train.s2d_stem:  # the same again, for the stem (xdc.models.stem)
-                space_to_depth_stem(self.encoders[name], (cfg.data.clip.crop,) * 2)
+        for name, modality in self.method.encoders.items():  # the same parameters, faster kernels (see _layout)
+            device_form(self.encoders[name], modality, cfg.train, cfg.data.clip.crop, ctx.device.type)
         self.feature_dims = {name: enc.feature_dim for name, enc in self.encoders.items()}
         self.optimizer = self._sgd(self.encoders.parameters())
         self.holdout = self._holdout_mask()
