@@ -97,7 +97,10 @@ def _read(container, start: float, spec: ClipConfig, want_video: bool, want_audi
         raise DecodeError("no audio stream")
     origin = container.start_time / av.time_base if container.start_time is not None else 0.0
     t0 = origin + start
-    video = _VideoWindow(vstream, t0, spec, threads) if vstream is not None else None
+    # Only containers that store each picture's presentation time: AVI's are guessed and label packets with
+    # pictures they do not hold (packed B-frames), so there the reader cannot tell which pictures are unseen.
+    may_skip = container.format.name.startswith(("mov", "matroska"))
+    video = _VideoWindow(vstream, t0, spec, threads, may_skip) if vstream is not None else None
     audio = _AudioWindow(astream, t0, spec.audio_span) if astream is not None else None
     if vstream is not None:
         vstream.codec_context.thread_count = threads
@@ -110,6 +113,7 @@ def _read(container, start: float, spec: ClipConfig, want_video: bool, want_audi
     bad_packets: list[str] = []
     for packet in container.demux(*streams):
         if video is not None and packet.stream is vstream and not video.done:
+            video.skip_if_unseen(packet)
             for frame in _decode(packet, bad_packets):
                 video.add(frame)
         elif audio is not None and packet.stream is astream and not audio.done:
@@ -133,7 +137,7 @@ def _read(container, start: float, spec: ClipConfig, want_video: bool, want_audi
 class _VideoWindow:
     """Collects, for each target time, the last frame whose timestamp is not after it."""
 
-    def __init__(self, stream, t0: float, spec: ClipConfig, threads: int):
+    def __init__(self, stream, t0: float, spec: ClipConfig, threads: int, may_skip: bool):
         self.targets = t0 + np.arange(spec.frames) / spec.fps
         self.fps = spec.fps
         self.short_side = spec.decode_short_side
@@ -145,10 +149,29 @@ class _VideoWindow:
         self.last_time: float | None = None
         self.rotation = 0
         self.reformatter, self.threads = _reformatter(threads), threads
+        self.codec, self.time_base, self.skipping = stream.codec_context, float(stream.time_base), False
+        self.latest_before_clip = -np.inf  # pts of the latest picture read that starts by targets[0]
+        self.may_skip = may_skip
 
     @property
     def done(self) -> bool:
         return self.next >= len(self.targets)
+
+    def skip_if_unseen(self, packet) -> None:
+        """Let the decoder drop this packet's picture if a later one, already read, is on screen by the clip's first
+        target and no other picture is predicted from this one. The seek lands on a keyframe, often seconds before
+        the clip; of the pictures in between, x264's default B-frames make about a third droppable. (A packet's
+        duration cannot tell instead: with B-frames it is the gap in decoding order, not on screen.)"""
+        if not self.may_skip:
+            return
+        unseen = False
+        if packet.pts is not None:
+            unseen = packet.pts < self.latest_before_clip
+            if packet.pts * self.time_base <= self.targets[0] + _EPS:
+                self.latest_before_clip = max(self.latest_before_clip, packet.pts)
+        if unseen != self.skipping:
+            self.codec.skip_frame = "NONREF" if unseen else "DEFAULT"
+            self.skipping = unseen
 
     def add(self, frame) -> None:
         if self.done:
