@@ -78,6 +78,18 @@ def test_pictures_dropped_before_the_clip_are_never_the_one_on_screen(tmp_path):
         np.testing.assert_array_equal(frame_index(clip.video[:, :, :16]), expected, err_msg=f"clip at {start:.3f} s")
 
 
+def test_a_file_that_is_not_what_its_extension_says_still_reads(tmp_path):
+    # .mp4 files are opened with the mp4 demuxer named, skipping FFmpeg's probe; a Matroska file named .mp4 fails
+    # that open and is probed instead.
+    write_av(tmp_path / "a.mkv", gray_frames(48), 16, np.zeros(16000 * 3, np.float32), 16000)
+    (tmp_path / "a.mkv").rename(tmp_path / "a.mp4")
+    with av.open(str(tmp_path / "a.mp4")) as c:
+        assert c.format.name.startswith("matroska")
+    clip = read_clip(str(tmp_path / "a.mp4"), 1.0, spec(frames=8, fps=16))
+    np.testing.assert_array_equal(frame_index(clip.video), np.arange(16, 24))
+    assert clip.audio.shape == (8000,)  # half a second: 8 frames at 16 fps
+
+
 def test_flash_and_click_are_aligned_within_one_frame(tmp_path):
     fps, rate, flash_t = 25, 44100, 1.2
     frames = np.zeros((75, 48, 64, 3), np.uint8)
