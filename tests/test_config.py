@@ -49,6 +49,15 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     assert code == 2 and err.startswith("xdc: error: synthetic.fps must be") and err.count("\n") == 1
 
 
+def test_logmel_on_is_validated_and_auto_means_the_device_on_cuda():
+    with pytest.raises(UserError, match="data.logmel_on must be auto, workers or device"):
+        load_config(None, ["data.logmel_on=gpu"])
+    auto = load_config(None, [], preset="tiny").data
+    assert (auto.logmel_on_device("cuda"), auto.logmel_on_device("cpu")) == (True, False)
+    assert not load_config(None, ["data.logmel_on=workers"]).data.logmel_on_device("cuda")
+    assert load_config(None, ["data.logmel_on=device"]).data.logmel_on_device("cpu")
+
+
 def test_crops_on_is_validated_and_auto_means_the_device_on_cuda_where_the_resize_enlarges():
     with pytest.raises(UserError, match="data.crops_on must be auto, workers or device"):
         load_config(None, ["data.crops_on=gpu"])

@@ -27,7 +27,7 @@ from xdc.clustering import sharded
 from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
 from xdc.clustering.sinkhorn import balance
 from xdc.config import load_config
-from xdc.data.transforms import DeviceCrops, NormalizeVideo, VideoTransform
+from xdc.data.transforms import AudioTransform, DeviceCrops, DeviceLogMel, NormalizeVideo, VideoTransform
 from xdc.models.encoders import build_encoder
 from xdc.models.padding import pad_middle_widths
 from xdc.models.stem import space_to_depth_stem
@@ -65,6 +65,16 @@ def test_training_clips_are_cropped_on_the_gpu_as_on_the_cpu():
     on_gpu = DeviceCrops(112, "cuda")(parts.cuda(), grids.cuda())
     assert on_gpu.is_cuda and on_gpu.shape == (6, 3, 4, 112, 112)
     torch.testing.assert_close(on_gpu.cpu(), DeviceCrops(112)(parts, grids), rtol=0, atol=1e-3)
+
+
+def test_training_log_mel_on_the_gpu_is_the_cpus():
+    cfg = load_config(None, [], preset="paper").data
+    waves = torch.randn(6, 1, 16000) * 0.1
+    on_gpu = DeviceLogMel(cfg, torch.device("cuda"))(waves.cuda())
+    assert on_gpu.is_cuda and on_gpu.shape == (6, 1, 40, 100)
+    in_workers = AudioTransform(cfg, train=False)
+    torch.testing.assert_close(on_gpu.cpu(), torch.stack([in_workers(w[0].numpy()) for w in waves]), rtol=1e-4,
+                               atol=1e-4)  # fmt: skip
 
 
 def test_the_stem_over_pixel_blocks_runs_on_cudnn_like_the_plain_one():

@@ -156,6 +156,30 @@ def test_training_clips_cropped_on_the_device_are_the_workers_clips(manifest, tm
     assert start["kind"] == "start" and start["crops_on"] == "device" and (out / "encoders.pt").exists()
 
 
+def test_log_mel_on_the_device_is_the_workers_log_mel(manifest, tmp_path):
+    # data.logmel_on=device (auto on CUDA) moves the log-mel of training clips from the loader's workers to the
+    # batch on the device: the workers send the waveform, with the gain drawn from the item's seed as before.
+    trainers = {where: Pretrainer(cfg_for("xdc", f"data.logmel_on={where}", "data.workers=1"), manifest,
+                                  tmp_path / where, Dist()) for where in ("device", "workers")}  # fmt: skip
+    inputs = {}
+    for where, trainer in trainers.items():
+        trainer.progress.labels = {s: np.arange(len(trainer.videos)) % 4 for s in trainer.method.label_sets}
+        batch = next(iter(trainer._train_loader()))
+        assert batch["audio"].shape[1:] == ((1, 16000) if where == "device" else (1, 40, 100))
+        assert trainer.train_set.item_bytes() - 3 * 4 * 32 * 32 == (64000 if where == "device" else 16000)
+        inputs[where] = trainer._inputs(batch)
+        trainer.loader = None  # its worker stops
+    assert torch.equal(inputs["device"]["video"], inputs["workers"]["video"])
+    torch.testing.assert_close(inputs["device"]["audio"], inputs["workers"]["audio"], rtol=1e-4, atol=1e-4)
+
+    masked = Pretrainer(cfg_for("xdc", "data.logmel_on=device", "data.augment.freq_mask=20"), manifest,
+                        tmp_path / "masked", Dist())  # fmt: skip
+    masked.progress.labels = trainers["device"].progress.labels
+    spectra = masked._inputs(next(iter(masked._train_loader())))["audio"]
+    rows = spectra.amax(dim=3) == spectra.amin(dim=3)  # a masked band is constant over time
+    assert rows.any() and not (rows == rows[:1]).all()  # masks are drawn for each clip, not once for the batch
+
+
 def _cli(manifest: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "xdc.cli", "pretrain", "--data", str(manifest), "--out", str(out), "--preset", "tiny",

@@ -91,6 +91,9 @@ class DataConfig:
     # at a time where it trains: the workers send the part of the frames the crop samples), or auto: device on
     # CUDA where possible (device_crops_possible), else workers.
     crops_on: str = "auto"
+    # Where training clips' log-mel spectrograms (and audio masks) are computed: "workers", or "device" (a batch at a
+    # time where it trains: the workers send the waveform), or auto: device on CUDA, else workers.
+    logmel_on: str = "auto"
 
     def __post_init__(self) -> None:
         if self.workers != "auto" and not (type(self.workers) is int and self.workers >= 0):
@@ -104,8 +107,9 @@ class DataConfig:
                 f"need data.clip.crop <= data.augment.scale_min <= data.augment.scale_max (frames are resized to a "
                 f"short side in [scale_min, scale_max], then cropped), got {crop}, {aug.scale_min}, {aug.scale_max}"
             )
-        if self.crops_on not in ("auto", "workers", "device"):
-            raise UserError(f"data.crops_on must be auto, workers or device, not {self.crops_on!r}")
+        for key in ("crops_on", "logmel_on"):
+            if getattr(self, key) not in ("auto", "workers", "device"):
+                raise UserError(f"data.{key} must be auto, workers or device, not {getattr(self, key)!r}")
         if self.crops_on == "device" and not self.device_crops_possible:
             raise UserError(
                 "data.crops_on=device needs frames that the training resize only enlarges: data.clip.decode_short_side "
@@ -125,6 +129,12 @@ class DataConfig:
         return self.crops_on == "device" or (
             self.crops_on == "auto" and device_type == "cuda" and self.device_crops_possible
         )
+
+    def logmel_on_device(self, device_type: str) -> bool:
+        """Whether training clips' log-mel spectrograms are computed where they train, on this kind of device: auto
+        means on CUDA. In a loader worker, just after decoding, it cost 0.3-0.5 ms of a 3.5 ms paper-preset item
+        (BENCHMARKS.md "Log-mel on the device")."""
+        return self.logmel_on == "device" or (self.logmel_on == "auto" and device_type == "cuda")
 
     def workers_on(self, device_type: str) -> int:
         """Loader workers of this process on this kind of device ("cuda", "cpu"). auto: on CUDA, the cores this

@@ -5,7 +5,8 @@
 ``video`` (float C x T x H x W, normalised; with ``raw_video`` the uint8 pixels, for
 :class:`xdc.data.transforms.NormalizeVideo` on the consumer's side; with ``device_crops`` the uint8 part of the
 frames that the crop samples and its ``video_grid``, for :class:`xdc.data.transforms.DeviceCrops`), ``audio``
-(1 x n_mels x frames), ``index`` (video index in the manifest), ``start`` (seconds) and ``label`` (-1 when
+(1 x n_mels x frames; with ``device_logmel`` the 1 x samples waveform, for
+:class:`xdc.data.transforms.DeviceLogMel`), ``index`` (video index in the manifest), ``start`` (seconds) and ``label`` (-1 when
 unlabelled). An item that cannot be read is a failure record ``{"failure": {...}}``, which :func:`collate_clips`
 takes out of the batch.
 """
@@ -32,7 +33,7 @@ _SEED_SPACE = 2**63 - 1
 class _ClipDataset(Dataset):
     def __init__(
         self, manifest: Manifest, cfg: DataConfig, train: bool, modalities: tuple[str, ...] = MODALITIES,
-        raw_video: bool = False, device_crops: bool = False,
+        raw_video: bool = False, device_crops: bool = False, device_logmel: bool = False,
     ):  # fmt: skip
         unknown = set(modalities) - set(MODALITIES)
         if unknown or not modalities:
@@ -50,7 +51,8 @@ class _ClipDataset(Dataset):
         self.device_crops = device_crops and self.video
         if self.device_crops and not (raw_video and cfg.device_crops_possible):
             raise ValueError("device_crops needs raw_video and frames that the training resize enlarges")
-        self.audio_transform = AudioTransform(cfg, train) if self.audio else None
+        self.device_logmel = device_logmel and self.audio
+        self.audio_transform = AudioTransform(cfg, train, logmel=not self.device_logmel) if self.audio else None
 
     def latest_start(self, i):
         """The latest start whose clip fits in video ``i`` (an index or an array of them), 0 for shorter ones.
@@ -74,7 +76,7 @@ class _ClipDataset(Dataset):
         return item
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of each modality's tensor in an item (a batch stacks them)."""
+        """The shape of each modality's clip as its encoder receives it (after any device crops or log-mel)."""
         clip, shapes = self.cfg.clip, {}
         if self.video:
             shapes["video"] = (3, clip.frames, clip.crop, clip.crop)
@@ -90,7 +92,7 @@ class _ClipDataset(Dataset):
             pixels = self.cfg.clip.frames * part * part * 3 if self.device_crops else math.prod(shapes["video"])
             size += pixels * (1 if self.video_transform.normalize is None else 4)
         if self.audio:
-            size += math.prod(shapes["audio"]) * 4
+            size += (self._audio_samples() if self.device_logmel else math.prod(shapes["audio"])) * 4
         return size
 
     def _audio_samples(self) -> int:
@@ -109,10 +111,10 @@ class TrainClips(_ClipDataset):
 
     def __init__(
         self, manifest: Manifest, cfg: DataConfig, modalities: tuple[str, ...] = MODALITIES, raw_video: bool = False,
-        device_crops: bool = False,
+        device_crops: bool = False, device_logmel: bool = False,
     ):  # fmt: skip
         super().__init__(manifest, cfg, train=True, modalities=modalities, raw_video=raw_video,
-                         device_crops=device_crops)  # fmt: skip
+                         device_crops=device_crops, device_logmel=device_logmel)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.manifest)

@@ -4,7 +4,8 @@ Video: uint8 T x H x W x 3 -> float C x T x H x W, normalised like the released 
 ``normalize=False``, the uint8 crops, to be normalised by :class:`NormalizeVideo` where the batch lands). One set
 of random parameters per clip: all frames get the same crop and flip. A training transform can also leave the
 geometry to the device (:meth:`VideoTransform.plan` in the loader's workers, :class:`DeviceCrops` on a batch).
-Audio: float waveform -> 1 x n_mels x frames log-mel, with optional gain and SpecAugment-style masking.
+Audio: float waveform -> 1 x n_mels x frames log-mel, with optional gain and SpecAugment-style masking; a
+training transform can also leave the log-mel and the masks to the device (:class:`DeviceLogMel` on a batch).
 """
 
 from __future__ import annotations
@@ -133,19 +134,43 @@ class DeviceCrops:
 
 
 class AudioTransform:
-    def __init__(self, cfg: DataConfig, train: bool):
+    """Waveform -> 1 x n_mels x frames log-mel: the training gain, the log-mel, the training masks. With
+    ``logmel=False`` only the gain: 1 x samples, for :class:`DeviceLogMel` where the batch trains."""
+
+    def __init__(self, cfg: DataConfig, train: bool, logmel: bool = True):
         self.logmel = LogMel(cfg.mel, cfg.clip.sample_rate)
-        aug = cfg.augment
-        self.gain_db = aug.gain_db if train else 0.0
-        masks = []
-        if train and aug.freq_mask:
-            masks.append(AT.FrequencyMasking(aug.freq_mask))
-        if train and aug.time_mask:
-            masks.append(AT.TimeMasking(aug.time_mask))
-        self.masks = torch.nn.Sequential(*masks)
+        self.gain_db = cfg.augment.gain_db if train else 0.0
+        self.masks = _audio_masks(cfg, train)
+        self.on_waveform = not logmel
 
     def __call__(self, wave: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         if self.gain_db:
             x = x * 10 ** ((torch.rand(()) * 2 - 1) * self.gain_db / 20)
+        if self.on_waveform:
+            return x.unsqueeze(0)
         return self.masks(self.logmel(x).unsqueeze(0))  # 1 x n_mels x frames
+
+
+class DeviceLogMel:
+    """The log-mel spectrograms of a batch of training waveforms where it trains (data.logmel_on=device):
+    B x 1 x samples -> B x 1 x n_mels x frames, then the training masks, each clip its own (drawn from the
+    training process's generator on the device, not from the item's seed as in the workers)."""
+
+    def __init__(self, cfg: DataConfig, device: torch.device):
+        self.logmel = LogMel(cfg.mel, cfg.clip.sample_rate).to(device)
+        self.masks = _audio_masks(cfg, train=True, iid=True)
+
+    @torch.no_grad()
+    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(waves.device.type, enabled=False):  # the FFT and the log in float32 under bf16 runs
+            return self.masks(self.logmel(waves.float()))
+
+
+def _audio_masks(cfg: DataConfig, train: bool, iid: bool = False) -> torch.nn.Sequential:
+    aug, masks = cfg.augment, []
+    if train and aug.freq_mask:
+        masks.append(AT.FrequencyMasking(aug.freq_mask, iid_masks=iid))
+    if train and aug.time_mask:
+        masks.append(AT.TimeMasking(aug.time_mask, iid_masks=iid))
+    return torch.nn.Sequential(*masks)

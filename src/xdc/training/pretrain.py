@@ -51,7 +51,7 @@ from xdc.config import Config, config_to_dict, load_config, node_ranks
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog
 from xdc.data.manifest import Manifest, write_videos
-from xdc.data.transforms import DeviceCrops, NormalizeVideo
+from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.errors import UserError
 from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.models.device_form import device_form
@@ -119,12 +119,15 @@ class Pretrainer:
         modalities = self.method.modalities
         self.videos = self._index_space(manifest_path, resume)
         # uint8 video from the loader, normalised on the device (_inputs): a quarter of the bytes to move; with
-        # data.crops_on at device, the training clips are also scaled, cropped and flipped there
+        # data.crops_on at device, the training clips are also scaled, cropped and flipped there, and with
+        # data.logmel_on at device their log-mel spectrograms computed there
         self.train_set = TrainClips(self.videos, cfg.data, modalities=modalities, raw_video=True,
-                                    device_crops=cfg.data.crops_on_device(ctx.device.type))  # fmt: skip
+                                    device_crops=cfg.data.crops_on_device(ctx.device.type),
+                                    device_logmel=cfg.data.logmel_on_device(ctx.device.type))  # fmt: skip
         self.eval_set = EvalClips(self.videos, cfg.data, clips=1, modalities=modalities, raw_video=True)
         self.normalize_video = NormalizeVideo(ctx.device)
         self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device) if self.train_set.device_crops else None
+        self.device_logmel = DeviceLogMel(cfg.data, ctx.device) if self.train_set.device_logmel else None
         if len(self.videos) < cfg.train.k and self.method.clusters:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
@@ -259,7 +262,8 @@ class Pretrainer:
         self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
                        bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
                        compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on,
-                       crops_on="device" if self.device_crops else "workers", s2d_stem=cfg.s2d_stem)  # fmt: skip
+                       crops_on="device" if self.device_crops else "workers",
+                       logmel_on="device" if self.device_logmel else "workers", s2d_stem=cfg.s2d_stem)  # fmt: skip
         rounds = 1 if self.method.supervised else cfg.rounds
         if not self.method.trains:
             self._finish()
@@ -603,14 +607,17 @@ class Pretrainer:
         return dict(zip(targets, stacked.to(self.ctx.device, non_blocking=True)))
 
     def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        """The batch's clips on the device, video normalised there; asynchronous copies (from page-locked memory
-        on CUDA)."""
+        """The batch's clips on the device, video normalised there (and cropped, and the training waveforms made
+        log-mel spectrograms, where data.crops_on and data.logmel_on say so); asynchronous copies (from page-locked
+        memory on CUDA)."""
         clips = {m: batch[m].to(self.ctx.device, non_blocking=True) for m in self.method.modalities}
         if "video_grid" in batch:  # a training batch with data.crops_on at device
             grids = batch["video_grid"].to(self.ctx.device, non_blocking=True)
             clips["video"] = self.device_crops(clips["video"], grids)
         elif "video" in clips:
             clips["video"] = self.normalize_video(clips["video"])
+        if "audio" in clips and clips["audio"].dim() == 3:  # training waveforms, B x 1 x samples: data.logmel_on
+            clips["audio"] = self.device_logmel(clips["audio"])
         return clips
 
     def _layout(self, modality: str, x: torch.Tensor) -> torch.Tensor:
