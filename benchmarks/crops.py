@@ -1,5 +1,6 @@
-"""What data.crops_on=device buys: a loader worker's training items per second when it leaves the scale jitter,
-crop and flip to the device, and what the device pays for them per batch.
+"""What data.crops_on=device and data.logmel_on=device buy: a loader worker's training items per second when it
+leaves the scale jitter, crop and flip, and then also the log-mel, to the device, and what the device pays for them
+per batch.
 
     python benchmarks/crops.py [--videos 4] [--items 300] [--rounds 4] [--batch 128] [--device cuda]
 
@@ -7,8 +8,8 @@ Sources are generated as in benchmarks/prepare.py (640 x 360 camera-like H.264, 
 prepared as the docs advise for the paper preset (`xdc prepare --fps 8`: short side 128, a keyframe every 16
 frames, 16 kHz mono). Items are the paper preset's training items as the trainer's loader makes them (uint8
 video), read in one process with one thread (what one worker makes per core), the same (video, seed) draws for
-both settings, in alternating rounds (the median is reported). The device's cost is DeviceCrops on a batch of
-those items, already on the device.
+every setting, in alternating rounds (the median is reported). The device's cost is DeviceCrops (and
+DeviceLogMel) on a batch of those items, already on the device.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from xdc.data.datasets import TrainClips, collate_clips
 from xdc.data.index import build_manifest
 from xdc.data.manifest import Manifest
 from xdc.data.prepare import PrepareOptions, prepare
-from xdc.data.transforms import DeviceCrops
+from xdc.data.transforms import DeviceCrops, DeviceLogMel
 
 
 def items_per_s(dataset: TrainClips, draws: list[tuple[int, int]]) -> float:
@@ -41,17 +42,25 @@ def items_per_s(dataset: TrainClips, draws: list[tuple[int, int]]) -> float:
 
 
 def device_ms(dataset: TrainClips, draws: list[tuple[int, int]], batch: int, device: torch.device) -> float:
-    """Milliseconds of DeviceCrops on one batch already on ``device``."""
+    """Milliseconds of what ``dataset`` leaves to the device (DeviceCrops, DeviceLogMel) on one batch already
+    there."""
     items = collate_clips([dataset[draws[i % len(draws)]] for i in range(batch)])
-    parts, grids = items["video"].to(device), items["video_grid"].to(device)
+    parts, grids, waves = items["video"].to(device), items["video_grid"].to(device), items["audio"].to(device)
     crops = DeviceCrops(dataset.cfg.clip.crop, device)
-    for _ in range(3):
+    logmel = DeviceLogMel(dataset.cfg, device) if dataset.device_logmel else None
+
+    def work() -> None:
         crops(parts, grids)
+        if logmel is not None:
+            logmel(waves)
+
+    for _ in range(3):
+        work()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t, reps = time.perf_counter(), 20 if device.type == "cuda" else 3
     for _ in range(reps):
-        crops(parts, grids)
+        work()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return 1000 * (time.perf_counter() - t) / reps
@@ -74,8 +83,11 @@ def main() -> None:
         prepare([str(tmp / "sources")], tmp / "prepared", PrepareOptions(fps=cfg.clip.fps), workers=1)
         build_manifest([str(tmp / "prepared")], tmp / "manifest.csv", workers=1)
         manifest = Manifest.load(tmp / "manifest.csv", require_audio=True)
-        datasets = {where: TrainClips(manifest, cfg, raw_video=True, device_crops=where == "device")
-                    for where in ("workers", "device")}  # fmt: skip
+        datasets = {  # what the device does
+            "nothing": TrainClips(manifest, cfg, raw_video=True),
+            "crops": TrainClips(manifest, cfg, raw_video=True, device_crops=True),
+            "crops, log-mel": TrainClips(manifest, cfg, raw_video=True, device_crops=True, device_logmel=True),
+        }
         rng = np.random.default_rng(0)
         draws = [(int(i), int(s)) for i, s in zip(rng.integers(0, len(manifest), args.items), range(args.items))]
         for dataset in datasets.values():
@@ -85,14 +97,13 @@ def main() -> None:
             for where, dataset in datasets.items():
                 rates[where].append(items_per_s(dataset, draws))
         device = torch.device(args.device)
-        crop_ms = device_ms(datasets["device"], draws, args.batch, device)
+        ms = {where: device_ms(datasets[where], draws, args.batch, device) for where in ("crops", "crops, log-mel")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    base = float(np.median(rates["workers"]))
-    rows = [{"crops_on": where, "items_per_s_per_core": float(np.median(r)), "vs_workers": float(np.median(r)) / base,
-             "rounds": ", ".join(f"{x:.0f}" for x in r),
-             "bytes_per_item": datasets[where].item_bytes(),
-             "device_ms_per_batch": crop_ms if where == "device" else 0.0} for where, r in rates.items()]  # fmt: skip
+    base = float(np.median(rates["nothing"]))
+    rows = [{"on_device": where, "items_per_s_per_core": float(np.median(r)), "vs_workers": float(np.median(r)) / base,
+             "rounds": ", ".join(f"{x:.0f}" for x in r), "bytes_per_item": datasets[where].item_bytes(),
+             "device_ms_per_batch": ms.get(where, 0.0)} for where, r in rates.items()]  # fmt: skip
     report("crops", rows, {"videos": args.videos, "items": args.items, "rounds": args.rounds, "batch": args.batch,
                            "device": str(device), "device_name": torch.cuda.get_device_name(device)
                            if device.type == "cuda" else "cpu",

@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--model-only", action="store_true", help="skip the measurements that read files")
     parser.add_argument("--pad-widths", default="auto", metavar="M",
                         help="the video encoder's middle widths at multiples of M (0: off; default: auto, 8 on CUDA)")
+    parser.add_argument("--logmel-on", choices=["auto", "workers", "device"], default="auto",
+                        help="where training clips' log-mel spectrograms are computed (data.logmel_on; auto: the "
+                             "device on CUDA)")
     parser.add_argument("--crops-on", choices=["auto", "workers", "device"], default="auto",
                         help="where training clips are scaled, cropped and flipped (data.crops_on; auto: the device "
                         "on CUDA where the resize only enlarges)")
@@ -121,6 +124,7 @@ def main() -> None:
         f"train.k={args.k}", f"train.batch_size={args.batch}", f"train.precision={precision}",
         f"train.channels_last={str(args.channels_last).lower()}", f"train.compile={str(args.compile).lower()}",
         f"data.workers={workers}", f"train.pad_widths={args.pad_widths}", f"data.crops_on={args.crops_on}",
+        f"data.logmel_on={args.logmel_on}",
         f"train.epoch_size={(fed_warmup + max(args.steps, args.loader_steps)) * args.batch}",
     ], preset=args.preset)  # fmt: skip
     pad_widths = cfg.train.pad_widths_on(device.type)
@@ -195,7 +199,8 @@ def main() -> None:
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
         "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
         "pad_widths": pad_widths, "s2d_stem": args.s2d_stem,
-        "crops_on": "device" if trainer.device_crops else "workers", "cudnn_limit": args.cudnn_limit,
+        "crops_on": "device" if trainer.device_crops else "workers",
+        "logmel_on": "device" if trainer.device_logmel else "workers", "cudnn_limit": args.cudnn_limit,
         "inductor_tune": args.inductor_tune,
         "batch": args.batch, "k": args.k, "steps": args.steps,
         "loader_steps": args.loader_steps, "warmup": args.warmup, "fed_warmup": fed_warmup, "workers": workers,
