@@ -145,6 +145,19 @@ def test_video_is_small_upright_and_keeps_its_frame_rate(prepared, sources: Path
         assert np.abs(after - before[:, ::-1, ::-1]).mean() > 30  # (upside down, the bright corner would differ)
 
 
+def test_copies_put_their_index_before_their_media(prepared) -> None:
+    # movflags=faststart: a reader opens a copy with one read from its start, no jump to the end and back.
+    copies = sorted(prepared[0].rglob("*.mp4"))
+    assert len(copies) >= 5  # audio + video, video only, audio only among them
+    for copy in copies:
+        data, boxes, at = copy.read_bytes(), [], 0
+        while at < len(data):
+            size = int.from_bytes(data[at : at + 4], "big")
+            boxes.append(data[at + 4 : at + 8].decode())
+            at += size
+        assert boxes.index("moov") < boxes.index("mdat"), (copy.name, boxes)
+
+
 def test_audio_is_16k_mono_and_kept_only_where_present(prepared) -> None:
     out, _ = prepared
     for name in ("wide.mp4", "sub/odd.mp4", "sub/rotated.mp4", "silent.wav.mp4"):

@@ -339,7 +339,9 @@ def prepare_file(source: str, output: Path, options: PrepareOptions) -> dict:
 
 def _transcode(source: str, dest: Path, probe: dict, options: PrepareOptions, has_video: bool, has_audio: bool) -> int:
     """Decode once, encode both streams into ``dest``; returns the number of damaged packets skipped."""
-    with av.open(source) as src, av.open(str(dest), mode="w", format="mp4") as dst:
+    # faststart: the index (moov) before the media, so a reader's open takes one read from the start of the file
+    # instead of a jump to its end and back (2.5 reads and 82 kB per paper clip instead of 4.5 and 119 kB)
+    with av.open(source) as src, av.open(str(dest), mode="w", format="mp4", options={"movflags": "+faststart"}) as dst:
         attached = av.stream.Disposition.attached_pic  # the same streams as the probe picked
         vin = next(s for s in src.streams.video if not s.disposition & attached) if has_video else None
         ain = src.streams.audio[0] if has_audio else None
