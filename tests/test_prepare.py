@@ -245,6 +245,25 @@ def test_fps_cap_keeps_sync(tmp_path: Path) -> None:
     assert abs(np.argmax(np.abs(clip.audio)) / 16000 - flash_at) <= 1 / 10
 
 
+def test_flac_and_pcm_audio_hold_the_same_samples_and_keep_sync(tmp_path: Path) -> None:
+    # --audio flac or pcm: faster to read than AAC, larger. Both store the same 16-bit samples (lossless), the AAC
+    # copy the same sound; the click stays on the flash; a re-run with another codec redoes the file.
+    (tmp_path / "src").mkdir()
+    write_av(tmp_path / "src" / "a.mp4", *_flash_and_click(), RATE)
+    clips = {}
+    for audio in ("aac", "flac", "pcm"):
+        out = tmp_path / audio
+        assert _run(str(tmp_path / "src"), "--out", str(out), "--audio", audio, "--workers", "1")[0] == 0
+        assert _streams(out / "a.mp4")["audio"] == (16000, 1, prepare.AUDIO_CODECS[audio])
+        clips[audio] = read_clip(str(out / "a.mp4"), 0.8, ClipConfig(frames=10, fps=10))
+        flash_at = np.argmax(clips[audio].video.reshape(10, -1).mean(axis=1)) / 10
+        assert abs(np.argmax(np.abs(clips[audio].audio)) / 16000 - flash_at) <= 1 / 10
+    np.testing.assert_array_equal(clips["flac"].audio, clips["pcm"].audio)
+    assert np.corrcoef(clips["flac"].audio, clips["aac"].audio)[0, 1] > 0.9
+    code, stdout = _run(str(tmp_path / "src"), "--out", str(tmp_path / "pcm"), "--audio", "flac", "--workers", "1")
+    assert code == 0 and "(0 already done)" in stdout and _streams(tmp_path / "pcm" / "a.mp4")["audio"][2] == "flac"
+
+
 def test_damaged_packets_are_skipped_up_to_a_limit(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -277,6 +296,7 @@ def test_damaged_packets_are_skipped_up_to_a_limit(tmp_path: Path) -> None:
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--short-side", "127"], "--short-side must be an even"),
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--sample-rate", "16001"], "--sample-rate must be one"),
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--gop", "0"], "--gop must be at least 1"),
+        (lambda d: [str(d / "in"), "--out", str(d / "o"), "--audio", "mp3"], "--audio must be one of aac, flac, pcm"),
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--workers", "0"], "--workers must be at least 1"),
         (lambda d: [str(d / "in"), "--out", str(d / "bad")], "is not an xdc prepare report"),
         (lambda d: [str(d / "bad"), "--out", str(d / "o")], "no media files found"),

@@ -37,7 +37,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from xdc.data.prepare import PrepareOptions, prepare
 
     options = PrepareOptions(short_side=args.short_side, gop=args.gop, fps=args.fps, sample_rate=args.sample_rate,
-                             crf=args.crf)  # fmt: skip
+                             crf=args.crf, audio=args.audio)  # fmt: skip
     summary = prepare(args.paths, args.out, options, labels=args.labels, workers=args.workers)
     for row in summary.problems[:10]:
         print(f"  {row['status']} {row['source']}: {row['reason']}")
@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=None, help="cap the frame rate (default: keep the source's)")
     p.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate, mono (default 16000)")
     p.add_argument("--crf", type=int, default=23, help="x264 quality, lower is better (default 23)")
+    p.add_argument("--audio", default="aac", help="audio codec: aac (smallest, default), flac or pcm (about 1.1x "
+                   "the clips per core for 1.6-2.1x and 2.6x the bytes)")
     p.add_argument("--labels", type=Path, help="CSV with columns path,label, rewritten for the copies to OUT/labels.csv")
     p.add_argument("--workers", type=int, default=None, help="parallel transcodes (default: CPU count)")
     p.set_defaults(func=cmd_prepare)

@@ -37,6 +37,11 @@ COLUMNS = ("source", "output", "status", "reason", "seconds", "duration_s", "siz
 PARTIAL_GLOB = ".*.partial.mp4"  # outputs being written; the * is the output's file name
 # AAC's standard sample rates (the encoder refuses others).
 SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+# --audio: the codec of the copies' audio. AAC makes the smallest copies; FLAC (lossless) and 16-bit PCM skip AAC's
+# decoder start, paid twice per clip (once by the file's open): 1.09-1.12x and 1.14-1.15x the paper-preset items
+# per core (crops and log-mel on the device) for 1.6-2.1x and 2.6x the bytes (BENCHMARKS.md "Audio codec of the
+# copies").
+AUDIO_CODECS = {"aac": "aac", "flac": "flac", "pcm": "pcm_s16le"}
 TIME_BASE = Fraction(1, 90000)  # output video timestamps: fine enough to keep any source's frame times
 MAX_BAD_PACKETS = 8  # damaged packets skipped per stream before the file counts as broken (as read_clip does)
 REORDER_FRAMES = 4  # frames held back to put mislabelled timestamps in order (more than B-frame depths in use)
@@ -50,6 +55,7 @@ class PrepareOptions:
     fps: float | None = None  # cap on the frame rate; None keeps the source's
     sample_rate: int = 16000
     crf: int = 23  # x264 quality (lower: better and larger)
+    audio: str = "aac"  # a key of AUDIO_CODECS
 
     def check(self) -> None:
         if self.short_side < 16 or self.short_side % 2:
@@ -63,11 +69,15 @@ class PrepareOptions:
             raise UserError(f"--sample-rate must be one of AAC's rates ({rates}), got {self.sample_rate}")
         if not 0 <= self.crf <= 51:
             raise UserError(f"--crf must be between 0 and 51, got {self.crf}")
+        if self.audio not in AUDIO_CODECS:
+            raise UserError(f"--audio must be one of {', '.join(AUDIO_CODECS)}, got {self.audio!r}")
 
     def key(self) -> str:
         """The settings as one string, stored per file: a re-run with other settings redoes the file."""
         fps = "source" if self.fps is None else f"{self.fps:g}"
-        return f"short_side={self.short_side} gop={self.gop} fps={fps} sample_rate={self.sample_rate} crf={self.crf}"
+        audio = "" if self.audio == "aac" else f" audio={self.audio}"  # copies made before --audio existed stay done
+        return (f"short_side={self.short_side} gop={self.gop} fps={fps} sample_rate={self.sample_rate} crf={self.crf}"
+                f"{audio}")
 
 
 @dataclass
@@ -465,16 +475,17 @@ class _VideoTrack(_Track):
 
 class _AudioTrack(_Track):
     """Resamples to the target rate, mixes down to mono by averaging channels (as read_clip does), keeps the
-    timestamps (the resampler carries them through), and encodes AAC."""
+    timestamps (the resampler carries them through), and encodes AAC, FLAC or PCM (``options.audio``)."""
 
     kind = "audio"
 
     def __init__(self, stream, container, options: PrepareOptions, origin: float):
         super().__init__(stream, container, origin)
         self.rate = options.sample_rate
-        self.out = container.add_stream("aac", rate=self.rate)
+        self.out = container.add_stream(AUDIO_CODECS[options.audio], rate=self.rate)
         self.out.layout = "mono"
-        self.out.bit_rate = 3 * self.rate  # 48 kb/s at 16 kHz: transparent for log-mel features
+        if options.audio == "aac":
+            self.out.bit_rate = 3 * self.rate  # 48 kb/s at 16 kHz: transparent for log-mel features
         self.resampler = av.AudioResampler(format="fltp", rate=self.rate)  # keeps the channels: mixed below
         self.next_time: float | None = None
 
