@@ -3,13 +3,15 @@ leaves the scale jitter, crop and flip, and then also the log-mel, to the device
 per batch.
 
     python benchmarks/crops.py [--videos 4] [--items 300] [--rounds 4] [--batch 128] [--device cuda]
+                               [--audio aac flac pcm]
 
 Sources are generated as in benchmarks/prepare.py (640 x 360 camera-like H.264, 44.1 kHz stereo AAC), then
 prepared as the docs advise for the paper preset (`xdc prepare --fps 8`: short side 128, a keyframe every 16
 frames, 16 kHz mono). Items are the paper preset's training items as the trainer's loader makes them (uint8
 video), read in one process with one thread (what one worker makes per core), the same (video, seed) draws for
 every setting, in alternating rounds (the median is reported). The device's cost is DeviceCrops (and
-DeviceLogMel) on a batch of those items, already on the device.
+DeviceLogMel) on a batch of those items, already on the device. With more than one --audio codec, copies are also
+made with the others and read with the crops and log-mel on the device (the CUDA defaults).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from xdc.config import load_config
 from xdc.data.datasets import TrainClips, collate_clips
 from xdc.data.index import build_manifest
 from xdc.data.manifest import Manifest
-from xdc.data.prepare import PrepareOptions, prepare
+from xdc.data.prepare import AUDIO_CODECS, PrepareOptions, prepare
 from xdc.data.transforms import DeviceCrops, DeviceLogMel
 
 
@@ -74,36 +76,45 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--audio", nargs="+", default=["aac"], choices=list(AUDIO_CODECS),
+                        help="copies' audio codecs (xdc prepare --audio): every setting on the first, the CUDA "
+                             "defaults (crops and log-mel on the device) on the others")
     args = parser.parse_args()
     torch.set_num_threads(1)  # like one loader worker
     cfg = load_config(None, [], preset="paper").data
     tmp = Path(tempfile.mkdtemp(prefix="xdc-bench-crops-"))
     try:
         make_sources(tmp / "sources", args.videos, args.seconds, (640, 360), 25, 44100)
-        prepare([str(tmp / "sources")], tmp / "prepared", PrepareOptions(fps=cfg.clip.fps), workers=1)
-        build_manifest([str(tmp / "prepared")], tmp / "manifest.csv", workers=1)
-        manifest = Manifest.load(tmp / "manifest.csv", require_audio=True)
-        datasets = {  # what the device does
-            "nothing": TrainClips(manifest, cfg, raw_video=True),
-            "crops": TrainClips(manifest, cfg, raw_video=True, device_crops=True),
-            "crops, log-mel": TrainClips(manifest, cfg, raw_video=True, device_crops=True, device_logmel=True),
-        }
+        datasets, kb_per_s = {}, {}  # keyed by (what the device does, audio codec)
+        for audio in args.audio:
+            out = tmp / f"prepared-{audio}"
+            prepare([str(tmp / "sources")], out, PrepareOptions(fps=cfg.clip.fps, audio=audio), workers=1)
+            build_manifest([str(out)], out.with_suffix(".csv"), workers=1)
+            manifest = Manifest.load(out.with_suffix(".csv"), require_audio=True)
+            kb_per_s[audio] = sum(p.stat().st_size for p in out.glob("*.mp4")) / 1000 / manifest.durations.sum()
+            settings = {"nothing": {}, "crops": {"device_crops": True},
+                        "crops, log-mel": {"device_crops": True, "device_logmel": True}}  # fmt: skip
+            for where, flags in settings.items():
+                if audio == args.audio[0] or where == "crops, log-mel":
+                    datasets[where, audio] = TrainClips(manifest, cfg, raw_video=True, **flags)
         rng = np.random.default_rng(0)
         draws = [(int(i), int(s)) for i, s in zip(rng.integers(0, len(manifest), args.items), range(args.items))]
         for dataset in datasets.values():
             dataset[draws[0]]  # codec initialisation
-        rates = {where: [] for where in datasets}
+        rates = {key: [] for key in datasets}
         for _ in range(args.rounds):
-            for where, dataset in datasets.items():
-                rates[where].append(items_per_s(dataset, draws))
+            for key, dataset in datasets.items():
+                rates[key].append(items_per_s(dataset, draws))
         device = torch.device(args.device)
-        ms = {where: device_ms(datasets[where], draws, args.batch, device) for where in ("crops", "crops, log-mel")}
+        ms = {key: device_ms(datasets[key], draws, args.batch, device) for key in datasets if key[0] != "nothing"
+              and key[1] == args.audio[0]}  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    base = float(np.median(rates["nothing"]))
-    rows = [{"on_device": where, "items_per_s_per_core": float(np.median(r)), "vs_workers": float(np.median(r)) / base,
-             "rounds": ", ".join(f"{x:.0f}" for x in r), "bytes_per_item": datasets[where].item_bytes(),
-             "device_ms_per_batch": ms.get(where, 0.0)} for where, r in rates.items()]  # fmt: skip
+    base = float(np.median(rates["nothing", args.audio[0]]))
+    rows = [{"on_device": where, "audio": audio, "items_per_s_per_core": float(np.median(r)),
+             "vs_workers": float(np.median(r)) / base, "rounds": ", ".join(f"{x:.0f}" for x in r),
+             "kb_per_source_s": kb_per_s[audio], "bytes_per_item": datasets[where, audio].item_bytes(),
+             "device_ms_per_batch": ms.get((where, audio), 0.0)} for (where, audio), r in rates.items()]  # fmt: skip
     report("crops", rows, {"videos": args.videos, "items": args.items, "rounds": args.rounds, "batch": args.batch,
                            "device": str(device), "device_name": torch.cuda.get_device_name(device)
                            if device.type == "cuda" else "cpu",
