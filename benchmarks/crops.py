@@ -85,6 +85,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="xdc-bench-crops-"))
     try:
         make_sources(tmp / "sources", args.videos, args.seconds, (640, 360), 25, 44100)
+        settings = {"nothing": {}, "crops": {"device_crops": True},
+                    "crops, log-mel": {"device_crops": True, "device_logmel": True}}  # what the device does
+        first = args.audio[0]
         datasets, kb_per_s = {}, {}  # keyed by (what the device does, audio codec)
         for audio in args.audio:
             out = tmp / f"prepared-{audio}"
@@ -92,10 +95,8 @@ def main() -> None:
             build_manifest([str(out)], out.with_suffix(".csv"), workers=1)
             manifest = Manifest.load(out.with_suffix(".csv"), require_audio=True)
             kb_per_s[audio] = sum(p.stat().st_size for p in out.glob("*.mp4")) / 1000 / manifest.durations.sum()
-            settings = {"nothing": {}, "crops": {"device_crops": True},
-                        "crops, log-mel": {"device_crops": True, "device_logmel": True}}  # fmt: skip
             for where, flags in settings.items():
-                if audio == args.audio[0] or where == "crops, log-mel":
+                if audio == first or where == "crops, log-mel":
                     datasets[where, audio] = TrainClips(manifest, cfg, raw_video=True, **flags)
         rng = np.random.default_rng(0)
         draws = [(int(i), int(s)) for i, s in zip(rng.integers(0, len(manifest), args.items), range(args.items))]
@@ -106,11 +107,11 @@ def main() -> None:
             for key, dataset in datasets.items():
                 rates[key].append(items_per_s(dataset, draws))
         device = torch.device(args.device)
-        ms = {key: device_ms(datasets[key], draws, args.batch, device) for key in datasets if key[0] != "nothing"
-              and key[1] == args.audio[0]}  # fmt: skip
+        ms = {(where, first): device_ms(datasets[where, first], draws, args.batch, device)
+              for where in ("crops", "crops, log-mel")}  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    base = float(np.median(rates["nothing", args.audio[0]]))
+    base = float(np.median(rates["nothing", first]))
     rows = [{"on_device": where, "audio": audio, "items_per_s_per_core": float(np.median(r)),
              "vs_workers": float(np.median(r)) / base, "rounds": ", ".join(f"{x:.0f}" for x in r),
              "kb_per_source_s": kb_per_s[audio], "bytes_per_item": datasets[where, audio].item_bytes(),
