@@ -1,17 +1,19 @@
 """What data.crops_on=device and data.logmel_on=device buy: a loader worker's training items per second when it
 leaves the scale jitter, crop and flip, and then also the log-mel, to the device, and what the device pays for them
-per batch.
+per batch; and its feature-extraction items (a round's step 1, one centred clip per video) with and without the
+log-mel on the device.
 
     python benchmarks/crops.py [--videos 4] [--items 300] [--rounds 4] [--batch 128] [--device cuda]
                                [--audio aac flac pcm]
 
 Sources are generated as in benchmarks/prepare.py (640 x 360 camera-like H.264, 44.1 kHz stereo AAC), then
 prepared as the docs advise for the paper preset (`xdc prepare --fps 8`: short side 128, a keyframe every 16
-frames, 16 kHz mono). Items are the paper preset's training items as the trainer's loader makes them (uint8
-video), read in one process with one thread (what one worker makes per core), the same (video, seed) draws for
-every setting, in alternating rounds (the median is reported). The device's cost is DeviceCrops (and
-DeviceLogMel) on a batch of those items, already on the device. With more than one --audio codec, copies are also
-made with the others and read with the crops and log-mel on the device (the CUDA defaults).
+frames, 16 kHz mono). Items are the paper preset's training (and extraction) items as the trainer's loader makes
+them (uint8 video), read in one process with one thread (what one worker makes per core), the same (video, seed)
+draws for every setting, in alternating rounds (the median is reported). The device's cost is DeviceCrops and
+DeviceLogMel (the extraction rows: DeviceLogMel alone) on a batch of those items, already on the device. With more
+than one --audio codec, copies are also made with the others and read with the crops and log-mel on the device (the
+CUDA defaults).
 """
 
 from __future__ import annotations
@@ -28,33 +30,55 @@ import torch
 from common import report
 from prepare import make_sources
 from xdc.config import load_config
-from xdc.data.datasets import TrainClips, collate_clips
+from xdc.data.datasets import EvalClips, TrainClips, collate_clips
 from xdc.data.index import build_manifest
 from xdc.data.manifest import Manifest
 from xdc.data.prepare import AUDIO_CODECS, PrepareOptions, prepare
 from xdc.data.transforms import DeviceCrops, DeviceLogMel
 
 
-def items_per_s(dataset: TrainClips, draws: list[tuple[int, int]]) -> float:
+# What the device does -> the dataset and its flags
+SETTINGS = {
+    "nothing": (TrainClips, {}),
+    "crops": (TrainClips, {"device_crops": True}),
+    "crops, log-mel": (TrainClips, {"device_crops": True, "device_logmel": True}),
+    "extraction: nothing": (EvalClips, {}),
+    "extraction: log-mel": (EvalClips, {"device_logmel": True}),
+}
+
+
+def keys(dataset: TrainClips | EvalClips, draws: list[tuple[int, int]]) -> list:
+    """The draws as ``dataset``'s keys: (video, seed) for training items, the video's centred clip for extraction."""
+    return draws if isinstance(dataset, TrainClips) else [i for i, _ in draws]
+
+
+def items_per_s(dataset: TrainClips | EvalClips, draws: list[tuple[int, int]]) -> float:
     t = time.perf_counter()
-    for key in draws:
+    for key in keys(dataset, draws):
         if "failure" in dataset[key]:
             raise RuntimeError(f"a clip failed: {dataset[key]['failure']}")
     return len(draws) / (time.perf_counter() - t)
 
 
-def device_ms(dataset: TrainClips, draws: list[tuple[int, int]], batch: int, device: torch.device) -> float:
+def device_ms(dataset: TrainClips | EvalClips, draws: list[tuple[int, int]], batch: int, device: torch.device
+              ) -> float:  # fmt: skip
     """Milliseconds of what ``dataset`` leaves to the device (DeviceCrops, DeviceLogMel) on one batch already
     there."""
+    draws = keys(dataset, draws)
     items = collate_clips([dataset[draws[i % len(draws)]] for i in range(batch)])
-    parts, grids, waves = items["video"].to(device), items["video_grid"].to(device), items["audio"].to(device)
-    crops = DeviceCrops(dataset.cfg.clip.crop, device)
-    logmel = DeviceLogMel(dataset.cfg, device) if dataset.device_logmel else None
+    steps = []
+    if dataset.device_crops:
+        crops = DeviceCrops(dataset.cfg.clip.crop, device)
+        parts, grids = items["video"].to(device), items["video_grid"].to(device)
+        steps.append(lambda: crops(parts, grids))
+    if dataset.device_logmel:
+        logmel = DeviceLogMel(dataset.cfg, device, train=isinstance(dataset, TrainClips))
+        waves = items["audio"].to(device)
+        steps.append(lambda: logmel(waves))
 
     def work() -> None:
-        crops(parts, grids)
-        if logmel is not None:
-            logmel(waves)
+        for step in steps:
+            step()
 
     for _ in range(3):
         work()
@@ -85,8 +109,6 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="xdc-bench-crops-"))
     try:
         make_sources(tmp / "sources", args.videos, args.seconds, (640, 360), 25, 44100)
-        settings = {"nothing": {}, "crops": {"device_crops": True},
-                    "crops, log-mel": {"device_crops": True, "device_logmel": True}}  # what the device does
         first = args.audio[0]
         datasets, kb_per_s = {}, {}  # keyed by (what the device does, audio codec)
         for audio in args.audio:
@@ -95,25 +117,25 @@ def main() -> None:
             build_manifest([str(out)], out.with_suffix(".csv"), workers=1)
             manifest = Manifest.load(out.with_suffix(".csv"), require_audio=True)
             kb_per_s[audio] = sum(p.stat().st_size for p in out.glob("*.mp4")) / 1000 / manifest.durations.sum()
-            for where, flags in settings.items():
+            for where, (kind, flags) in SETTINGS.items():
                 if audio == first or where == "crops, log-mel":
-                    datasets[where, audio] = TrainClips(manifest, cfg, raw_video=True, **flags)
+                    datasets[where, audio] = kind(manifest, cfg, raw_video=True, **flags)
         rng = np.random.default_rng(0)
         draws = [(int(i), int(s)) for i, s in zip(rng.integers(0, len(manifest), args.items), range(args.items))]
         for dataset in datasets.values():
-            dataset[draws[0]]  # codec initialisation
+            dataset[keys(dataset, draws)[0]]  # codec initialisation
         rates = {key: [] for key in datasets}
         for _ in range(args.rounds):
             for key, dataset in datasets.items():
                 rates[key].append(items_per_s(dataset, draws))
         device = torch.device(args.device)
         ms = {(where, first): device_ms(datasets[where, first], draws, args.batch, device)
-              for where in ("crops", "crops, log-mel")}  # fmt: skip
+              for where in ("crops", "crops, log-mel", "extraction: log-mel")}  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    base = float(np.median(rates["nothing", first]))
+    base = {kind: float(np.median(rates[where, first])) for where, (kind, flags) in SETTINGS.items() if not flags}
     rows = [{"on_device": where, "audio": audio, "items_per_s_per_core": float(np.median(r)),
-             "vs_workers": float(np.median(r)) / base, "rounds": ", ".join(f"{x:.0f}" for x in r),
+             "vs_workers": float(np.median(r)) / base[SETTINGS[where][0]], "rounds": ", ".join(f"{x:.0f}" for x in r),
              "kb_per_source_s": kb_per_s[audio], "bytes_per_item": datasets[where, audio].item_bytes(),
              "device_ms_per_batch": ms.get((where, audio), 0.0)} for (where, audio), r in rates.items()]  # fmt: skip
     report("crops", rows, {"videos": args.videos, "items": args.items, "rounds": args.rounds, "batch": args.batch,

@@ -130,6 +130,36 @@ def test_finetune_crops_its_training_clips_where_the_runs_data_settings_say(run,
     assert plain["crops_on"] == "workers"  # tiny's resize may shrink (40 -> 36): the workers crop
 
 
+def test_audio_clips_log_mel_where_the_runs_data_settings_say(run, tmp_path):
+    import shutil
+
+    import yaml
+
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    items = items_of(root)
+    features, summaries, finetuned = {}, {}, {}
+    for where in ("workers", "device"):  # data.logmel_on: auto is the device on CUDA
+        saved = tmp_path / where  # the run, saved with its log-mel computed where the encoder runs
+        saved.mkdir()
+        shutil.copy(run_dir / "encoders.pt", saved)
+        settings = yaml.safe_load((run_dir / "config.yaml").read_text())
+        settings["data"]["logmel_on"] = where
+        (saved / "config.yaml").write_text(yaml.safe_dump(settings))
+        summaries[where] = extract_features(saved, "audio", items[:6], tmp_path / f"{where}.npz", clips=2, workers=0)
+        features[where] = np.load(tmp_path / f"{where}.npz")["features"]
+        cfg = FinetuneConfig(epochs=1, batch_size=8, lr=0.05, test_clips=1)
+        finetuned[where] = finetune(saved, "audio", items, "full", cfg, tmp_path / f"ft-{where}", workers=0)
+    assert summaries["device"]["logmel_on"] == "device" and summaries["workers"]["logmel_on"] == "workers"
+    np.testing.assert_allclose(features["device"], features["workers"], rtol=1e-3, atol=1e-4)
+    assert finetuned["device"]["logmel_on"] == "device" and finetuned["workers"]["logmel_on"] == "workers"
+    # the same training and test clips, no masks in this run: the same losses within float rounding
+    assert finetuned["device"]["first_loss"] == pytest.approx(finetuned["workers"]["first_loss"], rel=1e-4)
+    assert finetuned["device"]["last_loss"] == pytest.approx(finetuned["workers"]["last_loss"], rel=1e-3)
+
+
 def test_fc_only_freezes_the_encoder_and_full_updates_it(run, tmp_path, monkeypatch):
     """The wrapper below only keeps a handle on the real encoder that training updates; nothing is faked."""
     import torch

@@ -21,6 +21,7 @@ from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.metrics import nmi
 from xdc.config import load_config
+from xdc.data.datasets import make_loader
 from xdc.data.manifest import write_rows
 from xdc.data.transforms import VIDEO_STD
 from xdc.errors import UserError
@@ -171,13 +172,24 @@ def test_log_mel_on_the_device_is_the_workers_log_mel(manifest, tmp_path):
         trainer.loader = None  # its worker stops
     assert torch.equal(inputs["device"]["video"], inputs["workers"]["video"])
     torch.testing.assert_close(inputs["device"]["audio"], inputs["workers"]["audio"], rtol=1e-4, atol=1e-4)
+    # extraction's clips too: its features for clustering are the workers' within float rounding
+    features = {where: trainer._extract() for where, trainer in trainers.items()}
+    assert trainers["device"].eval_set[0]["audio"].shape == (1, 16000)
+    for e in features["workers"]:
+        torch.testing.assert_close(features["device"][e], features["workers"][e], rtol=1e-3, atol=1e-4)
 
     masked = Pretrainer(cfg_for("xdc", "data.logmel_on=device", "data.augment.freq_mask=20"), manifest,
                         tmp_path / "masked", Dist())  # fmt: skip
     masked.progress.labels = trainers["device"].progress.labels
-    spectra = masked._inputs(next(iter(masked._train_loader())))["audio"]
-    rows = spectra.amax(dim=3) == spectra.amin(dim=3)  # a masked band is constant over time
+
+    def constant_bands(batch, train):  # a masked band is constant over time
+        spectra = masked._inputs(batch, train=train)["audio"]
+        return spectra.amax(dim=3) == spectra.amin(dim=3)
+
+    rows = constant_bands(next(iter(masked._train_loader())), train=True)
     assert rows.any() and not (rows == rows[:1]).all()  # masks are drawn for each clip, not once for the batch
+    eval_batch = next(iter(make_loader(masked.eval_set, 8, 0)))
+    assert not constant_bands(eval_batch, train=False).any()  # extraction's clips are not masked
 
 
 def _cli(manifest: Path, out: Path, *extra: str) -> list[str]:

@@ -145,9 +145,10 @@ class EvalClips(_ClipDataset):
 
     def __init__(
         self, manifest: Manifest, cfg: DataConfig, clips: int | None = None, modalities: tuple[str, ...] = MODALITIES,
-        stride: float | None = None, raw_video: bool = False,
+        stride: float | None = None, raw_video: bool = False, device_logmel: bool = False,
     ):  # fmt: skip
-        super().__init__(manifest, cfg, train=False, modalities=modalities, raw_video=raw_video)
+        super().__init__(manifest, cfg, train=False, modalities=modalities, raw_video=raw_video,
+                         device_logmel=device_logmel)  # fmt: skip
         self.per_video = clips or cfg.eval_clips  # the same number of clips for every video: item k is arithmetic
         self.video_of = self.clip_of = None
         if stride is not None:  # a number of clips per video: flat arrays (video, clip number), shared with workers

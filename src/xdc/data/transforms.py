@@ -5,7 +5,8 @@ Video: uint8 T x H x W x 3 -> float C x T x H x W, normalised like the released 
 of random parameters per clip: all frames get the same crop and flip. A training transform can also leave the
 geometry to the device (:meth:`VideoTransform.plan` in the loader's workers, :class:`DeviceCrops` on a batch).
 Audio: float waveform -> 1 x n_mels x frames log-mel, with optional gain and SpecAugment-style masking; a
-training transform can also leave the log-mel and the masks to the device (:class:`DeviceLogMel` on a batch).
+transform can also leave the log-mel (and a training one the masks) to the device (:class:`DeviceLogMel` on a
+batch).
 """
 
 from __future__ import annotations
@@ -153,13 +154,13 @@ class AudioTransform:
 
 
 class DeviceLogMel:
-    """The log-mel spectrograms of a batch of training waveforms where it trains (data.logmel_on=device):
-    B x 1 x samples -> B x 1 x n_mels x frames, then the training masks, each clip its own (drawn from the
-    training process's generator on the device, not from the item's seed as in the workers)."""
+    """The log-mel spectrograms of a batch of waveforms where it runs (data.logmel_on=device): B x 1 x samples ->
+    B x 1 x n_mels x frames; for training clips then the training masks, each clip its own (drawn from the
+    process's generator on the device, not from the item's seed as in the workers)."""
 
-    def __init__(self, cfg: DataConfig, device: torch.device):
+    def __init__(self, cfg: DataConfig, device: torch.device | str, train: bool = True):
         self.logmel = LogMel(cfg.mel, cfg.clip.sample_rate).to(device)
-        self.masks = _audio_masks(cfg, train=True, iid=True)
+        self.masks = _audio_masks(cfg, train=train, iid=True)
 
     @torch.no_grad()
     def __call__(self, waves: torch.Tensor) -> torch.Tensor:

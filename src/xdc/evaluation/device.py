@@ -1,7 +1,8 @@
 """Where an evaluation runs an encoder: the device asked for (a GPU where there is one), with the run's own
 device settings (train.precision, train.channels_last, train.pad_widths, train.s2d_stem: bf16, channels-last
 inputs and padded middle widths on CUDA by default; docs/pretrain.md "On GPUs"), and the loader's uint8 video normalised
-(finetuning's training clips also cropped, data.crops_on) after the copy to the device, as pretraining does."""
+(finetuning's training clips also cropped, data.crops_on) and its waveforms made log-mel spectrograms (data.logmel_on)
+after the copy to the device, as pretraining does."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from xdc.config import Config
-from xdc.data.transforms import DeviceCrops, NormalizeVideo
+from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.errors import UserError
 from xdc.models.device_form import device_form
 from xdc.models.encoders import LAYOUTS
@@ -38,7 +39,9 @@ class EvalDevice:
 
     def __init__(self, device: torch.device, run: Config, modality: str, training_clips: bool = False):
         """``run``: the run's configuration. ``training_clips`` (finetuning): ``device_crops`` then says whether
-        data.crops_on puts their scale jitter, crop and flip here (``TrainClips(device_crops=...)``)."""
+        data.crops_on puts their scale jitter, crop and flip here (``TrainClips(device_crops=...)``). For audio,
+        ``device_logmel`` says whether data.logmel_on puts the clips' log-mel here (``EvalClips`` and
+        ``TrainClips(device_logmel=...)``)."""
         train, data = run.train, run.data
         self.device, self.modality, self.run = device, modality, run
         self.bf16 = train.bf16_on(device.type)
@@ -47,6 +50,9 @@ class EvalDevice:
         self.normalize = NormalizeVideo(device) if video else None
         crops = video and training_clips and data.crops_on_device(device.type)
         self.crops = DeviceCrops(data.clip.crop, device) if crops else None
+        self.logmel = None  # or, keyed by whether the clips are training clips, their DeviceLogMel
+        if modality == "audio" and data.logmel_on_device(device.type):
+            self.logmel = {train: DeviceLogMel(data, device, train) for train in (True, False)}
         if device.type == "cuda":  # a few clip shapes (the last batch is smaller): cuDNN times each once
             torch.backends.cudnn.benchmark = True
 
@@ -54,6 +60,11 @@ class EvalDevice:
     def device_crops(self) -> bool:
         """Whether this device crops the training clips (``TrainClips(device_crops=...)``)."""
         return self.crops is not None
+
+    @property
+    def device_logmel(self) -> bool:
+        """Whether this device computes the audio clips' log-mel (``EvalClips``, ``TrainClips(device_logmel=...)``)."""
+        return self.logmel is not None
 
     @property
     def pin_memory(self) -> bool:
@@ -64,11 +75,14 @@ class EvalDevice:
         run = self.run
         return device_form(encoder.to(self.device), self.modality, run.train, run.data.clip.crop, self.device.type)
 
-    def inputs(self, clips: torch.Tensor, grids: torch.Tensor | None = None) -> torch.Tensor:
+    def inputs(self, clips: torch.Tensor, grids: torch.Tensor | None = None, train: bool = False) -> torch.Tensor:
         """A batch of one modality's clips (uint8 video from a ``raw_video`` dataset; with ``grids``, the parts of
-        frames of training clips, see ``device_crops``) ready for the encoder."""
+        frames of training clips, see ``device_crops``; waveforms, see ``device_logmel``, masked for ``train``
+        clips) ready for the encoder."""
         x = clips.to(self.device, non_blocking=True)
-        if grids is not None:
+        if self.logmel is not None:
+            x = self.logmel[train](x)
+        elif grids is not None:
             x = self.crops(x, grids.to(self.device, non_blocking=True))
         elif self.normalize is not None:
             x = self.normalize(x)

@@ -82,7 +82,8 @@ def extract_features(
     manifest, item_of_row, skipped = items_to_manifest(items, out.with_name(out.stem + ".probe.csv"), modality)
     if len(manifest) == 0:
         raise UserError(f"none of the {len(items)} items has a readable {modality} stream")
-    dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,), raw_video=True)
+    dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,), raw_video=True,
+                        device_logmel=place.device_logmel)  # fmt: skip
     loader = make_loader(dataset, batch_size, cfg.data.workers_on(place.device.type) if workers is None else workers,
                          pin_memory=place.pin_memory)  # fmt: skip
     failures = FailureLog(max_fraction=1.0)  # evaluation records every failed clip but never stops
@@ -113,5 +114,6 @@ def extract_features(
     skipped += failures.failures
     return {"out": str(out), "run": str(run), "clips": int(len(item)), "items": len(items), "encoder": encoder_name,
             "modality": modality, "clips_per_item": clips, "stride": stride, "device": str(place.device),
-            "bf16": place.bf16, "data": config_to_dict(cfg.data),
+            "bf16": place.bf16, **({"logmel_on": "device" if place.device_logmel else "workers"}
+                                   if modality == "audio" else {}), "data": config_to_dict(cfg.data),
             "skipped": [{"path": p, "reason": r} for p, r in skipped]}  # fmt: skip

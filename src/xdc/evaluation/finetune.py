@@ -48,7 +48,7 @@ def finetune(
     trained = model if mode == "full" else model[1]
     optimizer = torch.optim.SGD(trained.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_set = TrainClips(train, data_cfg, modalities=(modality,), raw_video=True,
-                           device_crops=place.device_crops)  # fmt: skip
+                           device_crops=place.device_crops, device_logmel=place.device_logmel)  # fmt: skip
     steps = cfg.epochs * math.ceil(len(train_set) / cfg.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if cfg.schedule == "cosine" else (lambda s: 1.0)
@@ -65,7 +65,7 @@ def finetune(
             failures.update(batch)
             if batch["index"].numel() == 0:
                 continue
-            clips = place.inputs(batch[modality], batch.get("video_grid"))
+            clips = place.inputs(batch[modality], batch.get("video_grid"), train=True)
             labels = batch["label"].to(place.device, non_blocking=True)
             with place.autocast():
                 if mode == "fc":
@@ -86,7 +86,8 @@ def finetune(
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
     return {
         "mode": mode, "encoder": encoder_name, "device": str(place.device), "bf16": place.bf16,
-        **({"crops_on": "device" if place.device_crops else "workers"} if modality == "video" else {}),
+        **({"crops_on": "device" if place.device_crops else "workers"} if modality == "video" else
+           {"logmel_on": "device" if place.device_logmel else "workers"}),
         "classes": len(classes), "n_train": len(train), "n_test": len(test),
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
         "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": losses[0] if losses else None,
@@ -101,7 +102,8 @@ def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, wor
     model.eval()
     index = {c: i for i, c in enumerate(classes)}
     modality = place.modality
-    dataset = EvalClips(test, data_cfg, clips=cfg.test_clips, modalities=(modality,), raw_video=True)
+    dataset = EvalClips(test, data_cfg, clips=cfg.test_clips, modalities=(modality,), raw_video=True,
+                        device_logmel=place.device_logmel)  # fmt: skip
     scores, labels, groups = [], [], []
     for batch in make_loader(dataset, cfg.batch_size, workers, pin_memory=place.pin_memory):
         if batch["index"].numel() == 0:

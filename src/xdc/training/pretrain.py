@@ -120,14 +120,18 @@ class Pretrainer:
         self.videos = self._index_space(manifest_path, resume)
         # uint8 video from the loader, normalised on the device (_inputs): a quarter of the bytes to move; with
         # data.crops_on at device, the training clips are also scaled, cropped and flipped there, and with
-        # data.logmel_on at device their log-mel spectrograms computed there
+        # data.logmel_on at device the log-mel spectrograms of all clips computed there (the training clips' with
+        # their masks), extraction's as well: forward only, it waits for its loader more than training does
+        logmel = cfg.data.logmel_on_device(ctx.device.type)
         self.train_set = TrainClips(self.videos, cfg.data, modalities=modalities, raw_video=True,
-                                    device_crops=cfg.data.crops_on_device(ctx.device.type),
-                                    device_logmel=cfg.data.logmel_on_device(ctx.device.type))  # fmt: skip
-        self.eval_set = EvalClips(self.videos, cfg.data, clips=1, modalities=modalities, raw_video=True)
+                                    device_crops=cfg.data.crops_on_device(ctx.device.type), device_logmel=logmel)
+        self.eval_set = EvalClips(self.videos, cfg.data, clips=1, modalities=modalities, raw_video=True,
+                                  device_logmel=logmel)  # fmt: skip
         self.normalize_video = NormalizeVideo(ctx.device)
         self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device) if self.train_set.device_crops else None
-        self.device_logmel = DeviceLogMel(cfg.data, ctx.device) if self.train_set.device_logmel else None
+        self.device_logmel = None  # or, keyed by whether the clips are training clips, their DeviceLogMel
+        if self.train_set.device_logmel:
+            self.device_logmel = {train: DeviceLogMel(cfg.data, ctx.device, train) for train in (True, False)}
         if len(self.videos) < cfg.train.k and self.method.clusters:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
@@ -565,7 +569,7 @@ class Pretrainer:
             return total, {}
         every = self.cfg.train.accumulate
         parts = range(min(every, len(index)))  # part i: rows i, i + every, ...
-        clips = self._inputs(batch)
+        clips = self._inputs(batch, train=True)
         batch_targets = self._targets_on_device(index)
         correct = {}
         for i in parts:
@@ -606,18 +610,18 @@ class Pretrainer:
             stacked = stacked.pin_memory()
         return dict(zip(targets, stacked.to(self.ctx.device, non_blocking=True)))
 
-    def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        """The batch's clips on the device, video normalised there (and cropped, and the training waveforms made
-        log-mel spectrograms, where data.crops_on and data.logmel_on say so); asynchronous copies (from page-locked
-        memory on CUDA)."""
+    def _inputs(self, batch: dict, train: bool = False) -> dict[str, torch.Tensor]:
+        """The batch's clips on the device, video normalised there (and cropped, and the waveforms made log-mel
+        spectrograms, masked for ``train`` clips, where data.crops_on and data.logmel_on say so); asynchronous
+        copies (from page-locked memory on CUDA)."""
         clips = {m: batch[m].to(self.ctx.device, non_blocking=True) for m in self.method.modalities}
         if "video_grid" in batch:  # a training batch with data.crops_on at device
             grids = batch["video_grid"].to(self.ctx.device, non_blocking=True)
             clips["video"] = self.device_crops(clips["video"], grids)
         elif "video" in clips:
             clips["video"] = self.normalize_video(clips["video"])
-        if "audio" in clips and clips["audio"].dim() == 3:  # training waveforms, B x 1 x samples: data.logmel_on
-            clips["audio"] = self.device_logmel(clips["audio"])
+        if "audio" in clips and clips["audio"].dim() == 3:  # waveforms, B x 1 x samples: data.logmel_on
+            clips["audio"] = self.device_logmel[train](clips["audio"])
         return clips
 
     def _layout(self, modality: str, x: torch.Tensor) -> torch.Tensor:
