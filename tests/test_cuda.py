@@ -276,11 +276,11 @@ def test_sinkhorn_balances_on_the_cpu_where_its_matrix_does_not_fit_the_gpu(mani
 
 def test_an_epoch_that_waited_for_its_loader_is_noted_once(manifest, tmp_path, capsys):
     trainer = Pretrainer(load_config(None, GPU, preset="tiny"), manifest, tmp_path / "run", init_distributed())
-    trainer._note_data_wait(0.05, 1.0)  # a twentieth of the time: the GPU sets the pace
+    trainer._note_data_wait(0.05)  # a twentieth of the time: the GPU sets the pace
     assert "NOTE" not in capsys.readouterr().err
-    trainer._note_data_wait(0.5, 1.0)
-    assert "waited for its clips 50% of the time" in capsys.readouterr().err
-    trainer._note_data_wait(0.5, 1.0)
+    trainer._note_data_wait(0.5)
+    assert "training waited for its clips 50% of the time" in capsys.readouterr().err
+    trainer._note_data_wait(0.5)
     assert "NOTE" not in capsys.readouterr().err  # once per run
 
 

@@ -1,5 +1,6 @@
 """Feature gathering and label broadcast across 2 real gloo processes."""
 
+import json
 import os
 import time
 from datetime import timedelta
@@ -13,6 +14,7 @@ import torch.multiprocessing as mp
 from conftest import synthetic_manifest
 from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.config import load_config
+from xdc.data.datasets import TrainClips
 from xdc.errors import UserError
 from xdc.training.distributed import Dist, broadcast_labels, gather_rows, init_distributed, on_main
 from xdc.training.pretrain import FeatureShard, Pretrainer
@@ -243,3 +245,33 @@ def test_ranks_wait_for_rank0_beyond_the_groups_timeout_and_stop_with_its_errors
     assert results[0] == [42, ("UserError", "no usable videos"), ("ValueError", "bad centroids")]
     assert results[1] == [None, ("UserError", "no usable videos"),
                           ("RuntimeError", "rank 0 failed: ValueError: bad centroids")]
+
+
+class _SlowClips(TrainClips):
+    """Training clips that take a tenth of a second longer each: a rank whose loader falls behind."""
+
+    def __getitem__(self, key):
+        time.sleep(0.1)
+        return super().__getitem__(key)
+
+
+def _slow_loader_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
+    cfg = load_config(None, ["train.batch_size=8", "train.k=4", "data.workers=0", "train.log_every=1"], preset="tiny")
+    trainer = _ready_to_step(cfg, manifest, root / "run", _join(rank, world, port))
+    if rank == 1:
+        trainer.train_set.__class__ = _SlowClips
+    trainer._train_epoch()
+    trainer.log.close()
+    if rank == 0:
+        out[rank] = [r for r in map(json.loads, (root / "run" / "log.jsonl").read_text().splitlines())
+                     if r["kind"] == "step"]  # fmt: skip
+    dist.destroy_process_group()
+
+
+def test_the_logged_wait_for_clips_is_the_slowest_ranks(tmp_path):
+    """Rank 0's own loader keeps up, but its steps wait for rank 1's in the gradient all-reduce: the step records
+    say that the run waits for clips (rank 1's share, over 0.4 s of each 0.5 s), not rank 0's own small share."""
+    manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
+    steps = _two_ranks(_slow_loader_worker, 29597, manifest, tmp_path)[0]
+    assert len(steps) == 3  # 24 videos, 4 clips per rank and step
+    assert steps[-1]["data_wait"] > 0.6

@@ -282,7 +282,7 @@ def test_sinkhorn_balances_after_the_kmeans_that_searches_with_torch(manifest, t
 
 def test_waiting_for_the_loader_is_noted_only_on_a_gpu(manifest, tmp_path, capsys):
     trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
-    trainer._note_data_wait(0.9, 1.0)  # on a CPU the loader's workers share the cores with training: no advice
+    trainer._note_data_wait(0.9)  # on a CPU the loader's workers share the cores with training: no advice
     assert "NOTE" not in capsys.readouterr().err
 
 

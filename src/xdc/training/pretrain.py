@@ -509,25 +509,39 @@ class Pretrainer:
             clips += batch["index"].numel()
             if p.global_step % cfg.log_every == 0:  # .item() waits for the device: only on the steps that log
                 now = time.perf_counter()
-                rate, data_wait = clips * self.ctx.world_size / (now - t), waited / max(now - since, 1e-9)
+                rate = clips * self.ctx.world_size / (now - t)
+                data_wait = self._slowest(waited / max(now - since, 1e-9))
                 loss = loss.item()
                 self.log.write("step", p.global_step, round=p.round, epoch=p.epoch, loss=loss, clips_per_s=rate,
                                data_wait=data_wait, **{key: value.item() for key, value in accuracy.items()})
                 bar.set_postfix(loss=f"{loss:.3f}", clips_per_s=f"{rate:.0f}", data_wait=f"{data_wait:.0%}")
             if cfg.checkpoint_every and p.global_step % cfg.checkpoint_every == 0:
                 self._save()
-        if since is not None:
-            self._note_data_wait(waited, time.perf_counter() - since)
+        share = waited / max(time.perf_counter() - since, 1e-9) if since is not None else 0.0
+        self._note_data_wait(self._slowest(share))  # every rank: a collective
 
-    def _note_data_wait(self, waited: float, seconds: float) -> None:
-        """Say once per run, on a GPU, when an epoch waited for its loader over a tenth of the time: then the
-        loader, not the GPU, sets the pace (BENCHMARKS.md "Training step"), and what helps is on the CPU side."""
-        if self.ctx.device.type != "cuda" or not self.ctx.main or self.noted_data_wait or waited <= 0.1 * seconds:
+    def _slowest(self, data_wait: float) -> float:
+        """The largest of the ranks' ``data_wait``. Under DDP every rank's step waits in the gradient all-reduce for
+        the rank whose loader is slowest; the others count that as step time, not as waiting for clips, so rank 0's
+        own share would hide a loader that holds every rank up. A collective: every rank calls it at the same
+        step."""
+        if not self.ctx.enabled:
+            return data_wait
+        x = torch.tensor([data_wait], dtype=torch.float64, device=self.ctx.device)
+        torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MAX)
+        return x.item()
+
+    def _note_data_wait(self, data_wait: float) -> None:
+        """Say once per run, on a GPU, when an epoch waited for its loader over a tenth of the time (on the slowest
+        rank): then the loader, not the GPU, sets the pace (BENCHMARKS.md "Training step"), and what helps is on
+        the CPU side."""
+        if self.ctx.device.type != "cuda" or not self.ctx.main or self.noted_data_wait or data_wait <= 0.1:
             return
         self.noted_data_wait = True
-        print(f"NOTE: round {self.progress.round} epoch {self.progress.epoch} waited for its clips "
-              f"{waited / seconds:.0%} of the time: the loader's {self.workers} worker(s) are the limit, not the "
-              "GPU. Transcoding the collection with `xdc prepare` makes clips cheaper to read (docs/prepare.md); "
+        who = "the slowest rank" if self.ctx.enabled else "training"
+        print(f"NOTE: round {self.progress.round} epoch {self.progress.epoch}: {who} waited for its clips "
+              f"{data_wait:.0%} of the time: the loader's {self.workers} worker(s) are the limit, not the GPU. "
+              "Transcoding the collection with `xdc prepare` makes clips cheaper to read (docs/prepare.md); "
               "more CPU cores per GPU, or data.workers if it is set below them, add workers.",
               file=sys.stderr)  # fmt: skip
 
