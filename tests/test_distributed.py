@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -64,34 +65,43 @@ def _cluster_worker(rank: int, world: int, port: int, manifest: Path, root: Path
     ctx = Dist(rank=rank, world_size=world)
     result = {}
     for mode in ("rank0", "shards"):
-        trainer = Pretrainer(_cluster_cfg(mode), manifest, root / mode, ctx)
-        features = trainer._extract()
-        rows = len(features.index) if isinstance(features, FeatureShard) else None
-        result[mode] = (rows, trainer._cluster(features))
-        trainer.log.close()
+        for assign in ("kmeans", "sinkhorn"):
+            trainer = Pretrainer(_cluster_cfg(mode, assign), manifest, root / f"{mode}-{assign}", ctx)
+            features = trainer._extract()
+            rows = len(features.index) if isinstance(features, FeatureShard) else None
+            result[mode, assign] = (rows, trainer._cluster(features))
+            trainer.log.close()
     out[rank] = result
     dist.destroy_process_group()
 
 
-def _cluster_cfg(mode: str):
+def _cluster_cfg(mode: str, assign: str = "kmeans"):
     # PCA to 8 of the 64 feature dimensions, so that the sharded PCA runs too
     return load_config(None, ["train.batch_size=8", "train.k=4", "data.workers=0", "train.pca_dim=8",
-                              f"train.cluster_on={mode}"], preset="tiny")  # fmt: skip
+                              f"train.cluster_on={mode}", f"train.assign={assign}"], preset="tiny")  # fmt: skip
 
 
-def test_sharded_clustering_gives_the_pseudo_labels_of_rank0(tmp_path):
+@pytest.fixture(scope="module")
+def cluster_runs(tmp_path_factory) -> tuple[Path, dict]:
+    """The 2-rank clusterings of every (cluster_on, assign) over one manifest: spawning ranks takes seconds."""
+    root = tmp_path_factory.mktemp("clusters")
+    manifest = synthetic_manifest(root, 24, 4, seed=0)
+    return manifest, _two_ranks(_cluster_worker, 29547, manifest, root)
+
+
+@pytest.mark.parametrize("assign", ["kmeans", "sinkhorn"])
+def test_sharded_clustering_gives_the_pseudo_labels_of_rank0(cluster_runs, tmp_path, assign):
     """2 gloo ranks: cluster_on=shards (features never leave their rank) labels every video as cluster_on=rank0
-    (features gathered, faiss k-means on rank 0) and as one process does, from the same seed."""
-    manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_cluster_worker, args=(2, 29547, manifest, tmp_path, out), nprocs=2, join=True)
-        results = dict(out)
-    single = Pretrainer(_cluster_cfg("shards"), manifest, tmp_path / "single", Dist())
+    (features gathered, faiss k-means on rank 0) and as one process does, from the same seed; with
+    train.assign=sinkhorn too (Sinkhorn's column sums and the clusters' capacity choices all-reduced)."""
+    manifest, results = cluster_runs
+    single = Pretrainer(_cluster_cfg("shards", assign), manifest, tmp_path / "single", Dist())
     expected = single._cluster(single._extract())
     assert set(expected) == {"video", "audio"} and all((v >= 0).all() for v in expected.values())
+    if assign == "sinkhorn":  # 24 videos in 4 clusters: at most 6 each
+        assert all(np.bincount(v, minlength=4).max() <= 6 for v in expected.values())
     for rank in (0, 1):
-        (rows_rank0, by_rank0), (rows_shards, by_shards) = results[rank]["rank0"], results[rank]["shards"]
+        (rows_rank0, by_rank0), (rows_shards, by_shards) = (results[rank][mode, assign] for mode in ("rank0", "shards"))
         assert rows_rank0 is None and rows_shards == 12  # this rank's half of the 24 videos, nothing more
         for name in expected:
             np.testing.assert_array_equal(by_shards[name], expected[name])

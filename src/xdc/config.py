@@ -224,8 +224,6 @@ class TrainConfig:
             raise UserError(f"train.assign must be 'kmeans' or 'sinkhorn', not {self.assign!r}")
         if self.cluster_on not in ("rank0", "shards"):
             raise UserError(f"train.cluster_on must be 'rank0' or 'shards', not {self.cluster_on!r}")
-        if self.cluster_on == "shards" and self.assign == "sinkhorn":
-            raise UserError("train.assign=sinkhorn needs every feature in one process: use train.cluster_on=rank0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"train.precision must be 'auto', 'fp32' or 'bf16', not {self.precision!r}")
         if self.channels_last not in (True, False, "auto"):

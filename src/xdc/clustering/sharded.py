@@ -55,7 +55,7 @@ def sharded_preprocess_features(
     if x.ndim != 2:
         raise ValueError(f"features must be a 2-D array (N, D), got shape {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    device, ranks = torch.device(device), _Ranks(alone)
+    device, ranks = torch.device(device), Ranks(alone)
     n, bad = ranks.sum(torch.tensor([len(x), int(not np.isfinite(x).all())], device=device)).tolist()
     if bad:
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
@@ -90,7 +90,7 @@ def sharded_kmeans(
     if search not in ("auto", "faiss", "torch"):
         raise ValueError(f"search must be 'auto', 'faiss' or 'torch', not {search!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    device, ranks = torch.device(device), _Ranks(alone)
+    device, ranks = torch.device(device), Ranks(alone)
     counts = ranks.counts(len(x), device)
     check_k(int(counts.sum()), k)  # the same global numbers everywhere: every rank raises, or none does
     if init is None:
@@ -132,12 +132,12 @@ def sharded_initial_centroids(
     int64), every rank finds the same global k smallest, and each owner writes its chosen rows into a zeroed
     k x d buffer that is summed over the ranks.
     """
-    device, ranks = torch.device(device), _Ranks(alone)
+    device, ranks = torch.device(device), Ranks(alone)
     return _initial_centroids(x, k, seed, ids, device, ranks, ranks.counts(len(x), device))
 
 
 def _initial_centroids(
-    x: np.ndarray, k: int, seed: int, ids: np.ndarray | None, device: torch.device, ranks: _Ranks,
+    x: np.ndarray, k: int, seed: int, ids: np.ndarray | None, device: torch.device, ranks: Ranks,
     counts: np.ndarray,
 ) -> np.ndarray:  # fmt: skip
     if ids is None:
@@ -167,21 +167,21 @@ def assemble_labels(
     full[torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(full.device)] = torch.from_numpy(
         np.asarray(labels, dtype=LABEL_DTYPE)
     ).to(full.device)
-    if _Ranks().active:
+    if Ranks().active:
         dist.all_reduce(full, op=dist.ReduceOp.MAX)  # each id is owned by one rank; the others hold -1
     return full.cpu().numpy()
 
 
 def global_count(n: int, device: torch.device | str = "cpu") -> int:
     """``n`` summed over the ranks."""
-    return int(_Ranks().sum(torch.tensor([n], device=torch.device(device))).item())
+    return int(Ranks().sum(torch.tensor([n], device=torch.device(device))).item())
 
 
 # --- PCA ------------------------------------------------------------------------------------------------------
 
 
 def _projection(
-    x: np.ndarray, n: int, dim: int, whiten: bool, eps: float, device: torch.device, ranks: _Ranks
+    x: np.ndarray, n: int, dim: int, whiten: bool, eps: float, device: torch.device, ranks: Ranks
 ) -> np.ndarray:
     """(dim, D + 1) float64: the PCA matrix A, then the bias column b = -A mean; rank 0's, on every rank."""
     d = x.shape[1]
@@ -340,9 +340,10 @@ def _update(sums: np.ndarray) -> np.ndarray:
 # --- collectives ----------------------------------------------------------------------------------------------
 
 
-class _Ranks:
+class Ranks:
     """The default process group's collectives, or none: without a group, or ``alone`` (this process holds every
-    row, e.g. rank 0 clustering by itself while the others wait)."""
+    row, e.g. rank 0 clustering by itself while the others wait). Tensors must live where the group's backend
+    works (the rank's CUDA device under NCCL)."""
 
     def __init__(self, alone: bool = False):
         self.active = not alone and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -351,6 +352,11 @@ class _Ranks:
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         if self.active:
             dist.all_reduce(t)  # ring/tree reductions hand every rank the same bits of the result
+        return t
+
+    def max(self, t: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t
 
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]:

@@ -203,21 +203,25 @@ class Pretrainer:
         return self._usable_videos(manifest_path, progress=False)
 
     def _check_sinkhorn_memory(self, videos: int) -> None:
-        """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0, on its GPU where it fits there
-        (_sinkhorn_device), else in its host memory: refuse at the start what would fit in neither, which would
-        run out of memory at the first clustering, after a whole extraction."""
+        """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0 (with train.cluster_on=shards, each
+        rank its share of the rows), on its GPU where it fits there (_sinkhorn_device), else in its host memory:
+        refuse at the start what would fit in neither, which would run out of memory at the first clustering,
+        after a whole extraction. Checked by rank 0, for its own share."""
         cfg = self.cfg.train
         if cfg.assign != "sinkhorn" or not self.method.clusters:
             return
-        need = sinkhorn_memory(videos, cfg.k, cfg.pca_dim)
+        ranks = self.ctx.world_size if cfg.cluster_on == "shards" else 1
+        need = sinkhorn_memory(-(-videos // ranks), cfg.k, cfg.pca_dim)
         have = usable_memory_bytes()
         gpu = free_device_memory(self.ctx.device) if self.ctx.device.type == "cuda" else 0
         if need > max(have, gpu):
             on_gpu = f" or the {gpu / 2**30:.1f} GiB free on its GPU" if gpu else ""
+            where = f"on each of the {ranks} ranks (train.cluster_on=shards)" if ranks > 1 else "on rank 0"
+            more = "" if ranks > 1 else ", or train.cluster_on=shards over more ranks"
             raise UserError(f"train.assign=sinkhorn on {videos} videos at train.k={cfg.k} needs about "
-                            f"{need / 2**30:.1f} GiB on rank 0 (a videos x k float64 matrix), more than the "
+                            f"{need / 2**30:.1f} GiB {where} (a videos x k float64 matrix), more than the "
                             f"{have / 2**30:.1f} GiB this process may use (the machine's memory or its cgroup's "
-                            f"limit){on_gpu}: use train.assign=kmeans or a smaller train.k")  # fmt: skip
+                            f"limit){on_gpu}: use train.assign=kmeans or a smaller train.k{more}")  # fmt: skip
 
     def _sinkhorn_device(self, points: int) -> torch.device:
         """Where train.assign=sinkhorn balances: on a CUDA device where its matrix fits in the memory free there
@@ -418,8 +422,9 @@ class Pretrainer:
         else:
             x = preprocess_features(x, dim=cfg.pca_dim)
             result = kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters, ids=ids)
-        if cfg.assign == "sinkhorn":  # on rank 0 alone (train.cluster_on=shards refuses it)
-            result = balance(x, result, device=self._sinkhorn_device(len(x)))
+        if cfg.assign == "sinkhorn":  # over all ranks (shards), or on rank 0 alone
+            result = balance(x, result, device=self._sinkhorn_device(len(x)), ids=ids, sharded=sharded,
+                             comm_device=device)  # fmt: skip
         if sharded:
             labels = assemble_labels(result.assignments, ids, len(self.videos), device)
         else:
