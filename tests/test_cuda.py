@@ -3,7 +3,8 @@
 What the CPU tests cannot reach: bf16 autocast and channels-last convolutions on cuDNN (with its autotuner),
 page-locked batches copied asynchronously, uint8 video normalised and training clips cropped on the GPU,
 checkpoints written from GPU modules and resumed onto them, the NCCL-free single-GPU setup of
-``init_distributed``, and k-means searched by torch on the GPU (faiss-cpu beside CUDA).
+``init_distributed``, k-means searched by torch on the GPU (faiss-cpu beside CUDA), and Sinkhorn's balancing on the
+GPU, in one process and over ranks.
 """
 
 import copy
@@ -263,6 +264,37 @@ def test_sinkhorn_balances_on_the_gpu_as_on_the_cpu():
     assert (on_gpu.assignments != on_cpu.assignments).mean() < 1e-3  # distances round differently on the GPU
     assert on_gpu.sizes.sum() == len(z) and on_gpu.sizes.max() <= -(-len(z) // 32)
     assert on_gpu.loss == pytest.approx(on_cpu.loss, rel=1e-4)
+
+
+def _balance_rank(rank: int, world: int, port: int, x: np.ndarray, clusters, out: dict) -> None:
+    import torch.distributed as dist
+
+    from test_sharded_sinkhorn import _share
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    ids = _share(rank, len(x), empty=False)
+    out[rank] = ids, balance(x[ids], clusters, device="cuda", ids=ids, sharded=True, comm_device="cpu").assignments
+    dist.destroy_process_group()
+
+
+def test_sinkhorn_over_ranks_balances_on_the_gpu_as_one_process():
+    """train.cluster_on=shards with the matrix on the GPU and the collectives through the CPU (gloo: one GPU
+    cannot hold two NCCL ranks), against one process balancing every point on the same GPU."""
+    import torch.multiprocessing as mp
+
+    from test_sharded_sinkhorn import _cases
+
+    x, k = _cases()["skewed"]
+    clusters = kmeans(x, k, seed=1)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_balance_rank, args=(2, 29631, x, clusters, out), nprocs=2, join=True)
+        results = dict(out)
+    labels = np.full(len(x), -1)
+    for ids, assignments in results.values():
+        labels[ids] = assignments
+    np.testing.assert_array_equal(labels, balance(x, clusters, device="cuda").assignments)
 
 
 def test_sinkhorn_balances_on_the_cpu_where_its_matrix_does_not_fit_the_gpu(manifest, tmp_path, monkeypatch, capsys):
