@@ -23,7 +23,7 @@ from xdc.models.encoders import build_encoder
 from xdc.training.checkpoint import load
 from xdc.training.distributed import Dist
 from xdc.training.flops import count_flops, mfu, peak_tflops
-from xdc.training import pretrain
+from xdc.training import to_host
 from xdc.training.pretrain import Pretrainer
 
 TINY = ["train.batch_size=8", "train.k=4", "data.workers=0", "train.log_every=1"]
@@ -266,12 +266,22 @@ def test_the_loader_ships_uint8_video_normalised_on_the_device(manifest, tmp_pat
 def test_extraction_gives_the_same_features_however_often_it_copies_to_the_host(manifest, tmp_path, monkeypatch):
     trainer = trainer_for(manifest, tmp_path / "run", "train.batch_size=2")  # 8 batches
     once = trainer._extract()
-    monkeypatch.setattr(pretrain, "EXTRACT_SYNC_EVERY", 3)  # copies after batches 3 and 6, and at the end
+    monkeypatch.setattr(to_host, "EVERY", 3)  # copies after batches 3 and 6, and at the end
     chunked = trainer._extract()
     assert once.keys() == chunked.keys() == {"video", "audio"}
     for name in once:
         assert once[name].shape == (len(trainer.videos), trainer.feature_dims[name])
         assert torch.isfinite(once[name]).all() and torch.equal(once[name], chunked[name])
+
+
+def test_results_reach_the_host_a_group_of_batches_at_a_time():
+    batches = [torch.full((2, 3), float(i)) for i in range(7)]
+    results = to_host.ToHost(every=3)
+    for i, batch in enumerate(batches):
+        results.add(batch)
+        assert len(results.done) == (i + 1) // 3 and len(results.pending) == (i + 1) % 3  # a copy per 3 batches
+    assert torch.equal(results.result(torch.empty(0, 3)), torch.cat(batches))
+    assert results.result(torch.empty(0, 3)).shape == (0, 3)  # given back once: nothing held afterwards
 
 
 def test_loader_workers_auto_means_the_cores_on_cuda_and_two_on_a_cpu(monkeypatch):

@@ -24,6 +24,7 @@ from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.models.encoders import build_encoder
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
+from xdc.training.to_host import ToHost
 
 
 def load_run_encoder(run: str | Path, name: str) -> tuple[nn.Module, str, Config]:
@@ -87,13 +88,13 @@ def extract_features(
     loader = make_loader(dataset, batch_size, cfg.data.workers_on(place.device.type) if workers is None else workers,
                          pin_memory=place.pin_memory)  # fmt: skip
     failures = FailureLog(max_fraction=1.0)  # evaluation records every failed clip but never stops
-    features, rows, clip_numbers, starts = [], [], [], []
+    features, rows, clip_numbers, starts = ToHost(), [], [], []  # features: one wait for the device per 32 batches
     for batch in progress_bar(loader, desc=f"extract {encoder_name}", unit="batch"):
         failures.update(batch)
         if batch["index"].numel() == 0:
             continue
         with place.autocast():
-            features.append(encoder(place.inputs(batch[modality])).float().cpu().numpy())
+            features.add(encoder(place.inputs(batch[modality])).float())
         rows.append(batch["index"].numpy())
         clip_numbers.append(batch["clip"].numpy())
         starts.append(batch["start"].numpy())
@@ -101,7 +102,7 @@ def extract_features(
     item = item_of_row[row]
     np.savez(
         out,
-        features=np.concatenate(features),
+        features=features.result(torch.empty(0, encoder.feature_dim)).numpy(),
         item=item,
         clip=np.concatenate(clip_numbers),
         start=np.concatenate(starts) + manifest.offsets[row],  # seconds from the start of the file

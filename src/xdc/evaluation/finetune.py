@@ -20,6 +20,7 @@ from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.extract import items_to_manifest, load_run_encoder
 from xdc.evaluation.metrics import average_by_group, topk_accuracy
 from xdc.progress import progress_bar
+from xdc.training.to_host import ToHost
 
 MODES = ("full", "fc")
 
@@ -104,15 +105,15 @@ def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, wor
     modality = place.modality
     dataset = EvalClips(test, data_cfg, clips=cfg.test_clips, modalities=(modality,), raw_video=True,
                         device_logmel=place.device_logmel)  # fmt: skip
-    scores, labels, groups = [], [], []
+    scores, labels, groups = ToHost(), [], []  # scores: one wait for the device per 32 batches
     for batch in make_loader(dataset, cfg.batch_size, workers, pin_memory=place.pin_memory):
         if batch["index"].numel() == 0:
             continue
         with place.autocast():
             logits = model(place.inputs(batch[modality]))
-        scores.append(F.softmax(logits.float(), dim=1).cpu().numpy())
+        scores.add(F.softmax(logits.float(), dim=1))
         for row in batch["index"].tolist():
             item = test_items[test_rows[row]]
             labels.append(index.get(item.label, -1))
             groups.append(item.group)
-    return np.concatenate(scores), np.array(labels), np.array(groups)
+    return scores.result(torch.empty(0, len(classes))).numpy(), np.array(labels), np.array(groups)

@@ -62,11 +62,8 @@ from xdc.training import checkpoint
 from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_rows, on_main
 from xdc.training.memory import usable_memory_bytes
 from xdc.training.runlog import RunLog
+from xdc.training.to_host import ToHost
 
-
-# Feature batches kept on the device before one copy to the host: each copy waits for the device, and a wait per
-# batch would leave the GPU idle while the host fetches and launches the next one. 32 x 128 x 512 float32 = 8 MB.
-EXTRACT_SYNC_EVERY = 32
 
 
 @dataclass
@@ -339,15 +336,7 @@ class Pretrainer:
         shard = Subset(self.eval_set, range(self.ctx.rank, len(self.eval_set), self.ctx.world_size))
         pin = self.ctx.device.type == "cuda"
         loader = make_loader(shard, self._batch_per_rank(), self.workers, pin_memory=pin)
-        rows: dict[str, list] = {e: [] for e in clustered}
-        on_device: dict[str, list] = {e: [] for e in clustered}
-
-        def to_host() -> None:  # one wait for the device per EXTRACT_SYNC_EVERY batches, not one per batch
-            for e in clustered:
-                if on_device[e]:
-                    rows[e].append(torch.cat(on_device[e]).cpu())
-                    on_device[e].clear()
-
+        rows = {e: ToHost() for e in clustered}  # one wait for the device per group of batches, not per batch
         indices = []
         desc = f"round {self.progress.round}: extract"
         for batch in progress_bar(loader, desc=desc, unit="batch", show=self.ctx.main, leave=False):
@@ -359,14 +348,11 @@ class Pretrainer:
             for e in clustered:  # in train.precision, as training runs; the features are stored in float32
                 modality = self.method.encoders[e]
                 with self._autocast():
-                    on_device[e].append(self.encoders[e](self._layout(modality, clips[modality])).float())
-            if len(indices) % EXTRACT_SYNC_EVERY == 0:
-                to_host()
-        to_host()
+                    rows[e].add(self.encoders[e](self._layout(modality, clips[modality])).float())
         self.encoders.train()
         index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
-        # one encoder at a time, each list of per-batch pieces dropped once joined: never all features twice
-        mine = {e: torch.cat(rows.pop(e)) if rows[e] else torch.empty(0, self.feature_dims[e]) for e in clustered}
+        # one encoder at a time, each one's pieces dropped once joined: never all features twice
+        mine = {e: rows.pop(e).result(torch.empty(0, self.feature_dims[e])) for e in clustered}
         if self.cfg.train.cluster_on == "shards":
             return FeatureShard(index.numpy(), mine)
         return {e: gather_rows(v, index, len(self.videos), self.ctx) for e, v in mine.items()}
