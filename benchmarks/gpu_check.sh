@@ -13,12 +13,13 @@
 #   env         GPU, driver, CPU cores and model (and any CPU quota), package versions, a bf16 matrix-product
 #               ceiling
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last + padded widths on cuDNN, pinned batches,
-#               crops on the GPU, a step that does not wait for it, a killed run resumed, k-means searched by torch
-#               on the GPU, Sinkhorn balanced on the GPU)
+#               crops and log-mel on the GPU, a step that does not wait for it, a killed run resumed, k-means
+#               searched by torch on the GPU, Sinkhorn balanced on the GPU in one process and over 2 gloo ranks)
 #   compile     benchmarks/train_step.py, paper preset, batch 128, bf16, channels-last, middle widths padded to 8
 #               and training crops made on the GPU (the trainer's defaults on CUDA), torch.compile (inductor;
 #               compiling takes a minute): model-only, end-to-end, loader-only (each after a warm-up of the
-#               batches the loader holds in flight), one process, and a profile of 5 model-only steps
+#               batches the loader holds in flight), one process, and a profile of 5 model-only steps; then a
+#               round's feature extraction (forward only): model-only, end-to-end from its loader, one process
 #   crops       benchmarks/crops.py: a worker's items per core with the crops, and the log-mel, in the workers or
 #               on the GPU, and what the GPU pays per batch of 128 (data.crops_on, data.logmel_on)
 #   s2d         compile's model-only step with the video stem over 2 x 2 pixel blocks (--s2d-stem: the stem's

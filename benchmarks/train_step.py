@@ -20,6 +20,11 @@ precision, memory layout and torch.compile. Three measurements:
                --loader-steps batches (it is cheap: more than the model steps, for a steadier rate);
   one process  the loader's items read one after another in this process with one thread, no loader: what
                one core makes, so that loader only / (workers x this) shows what the loader's processes cost.
+Then the same for a round's feature extraction (step 1: the clustered encoders forward in eval mode, no
+gradient, as Pretrainer._embed runs them): extraction model-only on random clips on the device, extraction
+end-to-end fed by the extraction loader (EvalClips: the centred clip of each video, read over and over), and
+extraction one process. Their vs_model_only is against extraction model-only. Forward only, extraction needs
+about three times the clips per second of training from the same loader.
 --pad-widths (auto: 8 on CUDA, as train.pad_widths) runs the video encoder's middle widths at multiples of M (at
 width 64, 45, 230, 460 and 921 are not multiples of 8, and cuDNN pads them itself in every step) with channels that
 are always zero (xdc.models.padding): the same model up to float rounding; MFU counts the unpadded FLOPs.
@@ -54,10 +59,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch._inductor.config
+from torch.utils.data import Subset
 
 from common import report
 from xdc.config import Config, DataConfig, SyntheticConfig, load_config
-from xdc.data.datasets import PREFETCH, TrainClips
+from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader
 from xdc.data.index import build_manifest
 from xdc.data.prepare import PrepareOptions, prepare
 from xdc.data.synthetic import make_synthetic
@@ -163,10 +169,11 @@ def main() -> None:
             step, itertools.repeat(random_batch), args.warmup, args.steps, device
         )
 
-        def row(measure: str, seconds: float, clips: int, steps: int, waited: float = 0.0, cpu: float = 0.0) -> dict:
+        def row(measure: str, seconds: float, clips: int, steps: int, waited: float = 0.0, cpu: float = 0.0,
+                base: float | None = None) -> dict:  # fmt: skip
             r = {"measure": measure, "clips_per_s": clips / seconds, "ms_per_step": 1000 * seconds / steps,
-                 "vs_model_only": clips / seconds / (model_clips / model_s)}  # fmt: skip
-            if measure != "one process":
+                 "vs_model_only": clips / seconds / (base or model_clips / model_s)}  # fmt: skip
+            if not measure.endswith("one process"):
                 r["wait_ms"], r["cpu_ms"] = 1000 * waited / steps, 1000 * cpu / steps
             if measure in ("model-only", "end-to-end"):
                 r["tflop_per_s"] = flops * steps / seconds / 1e12
@@ -192,6 +199,7 @@ def main() -> None:
                 failed[measure] = str(e)
         if not args.model_only:
             rows.append(row("one process", *read_items(trainer.train_set, n, 2 * args.batch), 2))  # 2 batches
+        rows += extraction(trainer, args, device, workers, fed_warmup, row)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -231,9 +239,36 @@ def synthetic_set(cfg: Config, out: Path, videos: int, prepared: bool = True) ->
     return out / "prepared"
 
 
-def random_clips(trainer: Pretrainer, batch: int, device: torch.device) -> dict:
-    """A batch shaped like the loader's (shapes read from one real item), generated on the device."""
-    item = trainer.train_set[(0, 0)]
+def extraction(trainer: Pretrainer, args: argparse.Namespace, device: torch.device, workers: int, warmup: int,
+               row: Callable[..., dict]) -> list[dict]:
+    """The extraction rows: model-only, and unless --model-only end-to-end and one process (module docstring)."""
+    clustered = trainer.method.clustered
+    trainer.encoders.eval()
+
+    @torch.no_grad()
+    def embed(batch: dict) -> None:
+        trainer._embed(batch, clustered)
+
+    eval_batch = random_clips(trainer, args.batch, device, trainer.eval_set[0])
+    seconds, clips, waited, cpu = timed(embed, itertools.repeat(eval_batch), args.warmup, args.steps, device)[1:]
+    rows = [row("extraction model-only", seconds, clips, args.steps, waited, cpu, base=clips / seconds)]
+    base = clips / seconds
+    if args.model_only:
+        return rows
+    n = len(trainer.eval_set)  # the centred clip of each video, over and over
+    repeated = Subset(trainer.eval_set, [i % n for i in range((warmup + args.steps) * args.batch)])
+    loader = make_loader(repeated, args.batch, workers, pin_memory=device.type == "cuda")
+    seconds, clips, waited, cpu = timed(embed, iter(loader), warmup, args.steps, device)[1:]
+    rows.append(row("extraction end-to-end", seconds, clips, args.steps, waited, cpu, base=base))
+    seconds, clips = read_items(trainer.eval_set, n, 2 * args.batch)
+    rows.append(row("extraction one process", seconds, clips, 2, base=base))
+    return rows
+
+
+def random_clips(trainer: Pretrainer, batch: int, device: torch.device, item: dict | None = None) -> dict:
+    """A batch shaped like the loader's (shapes read from one real item: by default a training item), generated on
+    the device."""
+    item = item or trainer.train_set[(0, 0)]
     if "failure" in item:
         raise UserError(f"cannot read a clip of {item['failure']['path']}: {item['failure']['reason']}")
     clips = {m: torch.randn(batch, *item[m].shape, device=device) if item[m].is_floating_point()
@@ -267,16 +302,20 @@ def timed(
     return first, time.perf_counter() - t, clips, waited, time.process_time() - cpu
 
 
-def read_items(dataset: TrainClips, videos: int, items: int) -> tuple[float, int]:
-    """Seconds and clips of reading ``items`` training items in this process with one thread, as a loader worker
-    does (a worker's torch also runs one thread), after one untimed item."""
+def read_items(dataset: TrainClips | EvalClips, videos: int, items: int) -> tuple[float, int]:
+    """Seconds and clips of reading ``items`` items in this process with one thread, as a loader worker does (a
+    worker's torch also runs one thread), after one untimed item: training items of drawn clips, or evaluation
+    items (the centred clip of each video)."""
+    def key(i: int):
+        return (i % videos, i) if isinstance(dataset, TrainClips) else i % videos
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        dataset[(0, 0)]
+        dataset[key(0)]
         t = time.perf_counter()
         for i in range(items):
-            dataset[(i % videos, i + 1)]
+            dataset[key(i + 1)]
         return time.perf_counter() - t, items
     finally:
         torch.set_num_threads(threads)

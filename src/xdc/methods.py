@@ -36,6 +36,11 @@ class Method:
         return MANIFEST_LABELS in self.label_sets
 
     @property
+    def clustered(self) -> list[str]:
+        """The encoders whose features some label set clusters (each round extracts those), sorted."""
+        return sorted({e for encoders in self.label_sets.values() for e in encoders})
+
+    @property
     def clusters(self) -> bool:
         """Trains on pseudo-labels from clustering (not the manifest's labels, and not "no training")."""
         return self.trains and not self.supervised

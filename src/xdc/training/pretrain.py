@@ -329,7 +329,7 @@ class Pretrainer:
     def _extract(self) -> dict[str, torch.Tensor] | FeatureShard:
         """Features of every usable video, gathered in dataset order on rank 0 (NaN rows: failed clips; the other
         ranks get None); with train.cluster_on=shards, only this rank's rows, which never leave it."""
-        clustered = sorted({e for encoders in self.method.label_sets.values() for e in encoders})
+        clustered = self.method.clustered
         if not clustered:
             return {}
         self.encoders.eval()
@@ -344,11 +344,8 @@ class Pretrainer:
             if batch["index"].numel() == 0:
                 continue
             indices.append(batch["index"])
-            clips = self._inputs(batch)
-            for e in clustered:  # in train.precision, as training runs; the features are stored in float32
-                modality = self.method.encoders[e]
-                with self._autocast():
-                    rows[e].add(self.encoders[e](self._layout(modality, clips[modality])).float())
+            for e, features in self._embed(batch, clustered).items():
+                rows[e].add(features)
         self.encoders.train()
         index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
         # one encoder at a time, each one's pieces dropped once joined: never all features twice
@@ -356,6 +353,17 @@ class Pretrainer:
         if self.cfg.train.cluster_on == "shards":
             return FeatureShard(index.numpy(), mine)
         return {e: gather_rows(v, index, len(self.videos), self.ctx) for e, v in mine.items()}
+
+    def _embed(self, batch: dict, encoders: list[str]) -> dict[str, torch.Tensor]:
+        """Features of a batch of evaluation clips from each of ``encoders`` (in eval mode), on the device: computed
+        in train.precision, as training runs, and returned in float32, as they are stored."""
+        clips = self._inputs(batch)
+        features = {}
+        for e in encoders:
+            modality = self.method.encoders[e]
+            with self._autocast():
+                features[e] = self.encoders[e](self._layout(modality, clips[modality])).float()
+        return features
 
     # --- 2. cluster ---------------------------------------------------------------------------------------
 
