@@ -72,9 +72,8 @@ def device_ms(dataset: TrainClips | EvalClips, draws: list[tuple[int, int]], bat
         parts, grids = items["video"].to(device), items["video_grid"].to(device)
         steps.append(lambda: crops(parts, grids))
     if dataset.device_logmel:
-        logmel = DeviceLogMel(dataset.cfg, device, train=isinstance(dataset, TrainClips))
-        waves = items["audio"].to(device)
-        steps.append(lambda: logmel(waves))
+        logmel, waves = DeviceLogMel(dataset.cfg, device), items["audio"].to(device)
+        steps.append(lambda: logmel(waves, train=isinstance(dataset, TrainClips)))
 
     def work() -> None:
         for step in steps:

@@ -72,7 +72,7 @@ def test_training_clips_are_cropped_on_the_gpu_as_on_the_cpu():
 def test_log_mel_on_the_gpu_is_the_cpus(train):
     cfg = load_config(None, [], preset="paper").data
     waves = torch.randn(6, 1, 16000) * 0.1
-    on_gpu = DeviceLogMel(cfg, torch.device("cuda"), train)(waves.cuda())
+    on_gpu = DeviceLogMel(cfg, torch.device("cuda"))(waves.cuda(), train=train)
     assert on_gpu.is_cuda and on_gpu.shape == (6, 1, 40, 100)
     in_workers = AudioTransform(cfg, train=False)
     torch.testing.assert_close(on_gpu.cpu(), torch.stack([in_workers(w[0].numpy()) for w in waves]), rtol=1e-4,

@@ -155,17 +155,18 @@ class AudioTransform:
 
 class DeviceLogMel:
     """The log-mel spectrograms of a batch of waveforms where it runs (data.logmel_on=device): B x 1 x samples ->
-    B x 1 x n_mels x frames; for training clips then the training masks, each clip its own (drawn from the
+    B x 1 x n_mels x frames; for ``train`` clips then the training masks, each clip its own (drawn from the
     process's generator on the device, not from the item's seed as in the workers)."""
 
-    def __init__(self, cfg: DataConfig, device: torch.device | str, train: bool = True):
+    def __init__(self, cfg: DataConfig, device: torch.device | str):
         self.logmel = LogMel(cfg.mel, cfg.clip.sample_rate).to(device)
-        self.masks = _audio_masks(cfg, train=train, iid=True)
+        self.masks = _audio_masks(cfg, train=True, iid=True)
 
     @torch.no_grad()
-    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
+    def __call__(self, waves: torch.Tensor, train: bool = True) -> torch.Tensor:
         with torch.autocast(waves.device.type, enabled=False):  # the FFT and the log in float32 under bf16 runs
-            return self.masks(self.logmel(waves.float()))
+            spectra = self.logmel(waves.float())
+        return self.masks(spectra) if train else spectra
 
 
 def _audio_masks(cfg: DataConfig, train: bool, iid: bool = False) -> torch.nn.Sequential:

@@ -50,9 +50,7 @@ class EvalDevice:
         self.normalize = NormalizeVideo(device) if video else None
         crops = video and training_clips and data.crops_on_device(device.type)
         self.crops = DeviceCrops(data.clip.crop, device) if crops else None
-        self.logmel = None  # or, keyed by whether the clips are training clips, their DeviceLogMel
-        if modality == "audio" and data.logmel_on_device(device.type):
-            self.logmel = {train: DeviceLogMel(data, device, train) for train in (True, False)}
+        self.logmel = DeviceLogMel(data, device) if modality == "audio" and data.logmel_on_device(device.type) else None
         if device.type == "cuda":  # a few clip shapes (the last batch is smaller): cuDNN times each once
             torch.backends.cudnn.benchmark = True
 
@@ -81,7 +79,7 @@ class EvalDevice:
         clips) ready for the encoder."""
         x = clips.to(self.device, non_blocking=True)
         if self.logmel is not None:
-            x = self.logmel[train](x)
+            x = self.logmel(x, train=train)
         elif grids is not None:
             x = self.crops(x, grids.to(self.device, non_blocking=True))
         elif self.normalize is not None:

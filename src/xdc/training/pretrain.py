@@ -126,9 +126,7 @@ class Pretrainer:
                                   device_logmel=logmel)  # fmt: skip
         self.normalize_video = NormalizeVideo(ctx.device)
         self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device) if self.train_set.device_crops else None
-        self.device_logmel = None  # or, keyed by whether the clips are training clips, their DeviceLogMel
-        if self.train_set.device_logmel:
-            self.device_logmel = {train: DeviceLogMel(cfg.data, ctx.device, train) for train in (True, False)}
+        self.device_logmel = DeviceLogMel(cfg.data, ctx.device) if self.train_set.device_logmel else None
         if len(self.videos) < cfg.train.k and self.method.clusters:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
@@ -634,7 +632,7 @@ class Pretrainer:
         elif "video" in clips:
             clips["video"] = self.normalize_video(clips["video"])
         if "audio" in clips and clips["audio"].dim() == 3:  # waveforms, B x 1 x samples: data.logmel_on
-            clips["audio"] = self.device_logmel[train](clips["audio"])
+            clips["audio"] = self.device_logmel(clips["audio"], train=train)
         return clips
 
     def _layout(self, modality: str, x: torch.Tensor) -> torch.Tensor:
