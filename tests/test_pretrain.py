@@ -239,6 +239,7 @@ def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
     result = subprocess.run([*torchrun, *_cli(manifest, ddp, *common)[1:]], capture_output=True, env=env, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("encoders: ") == 1  # rank 0 says where they are, not every rank
 
     labels_single = np.load(single / "labels" / "round_000.npz")
     labels_ddp = np.load(ddp / "labels" / "round_000.npz")

@@ -66,11 +66,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = _config(args, tuple(shortcuts))
     finished = False
     try:
-        encoders = pretrain(cfg, args.data, args.out, resume=args.resume, ctx=init_distributed())
+        ctx = init_distributed()
+        encoders = pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx)
         finished = True
     finally:
         leave_distributed(finished)
-    print(f"encoders: {encoders}")
+    if ctx.main:  # under torchrun, once, not once per rank
+        print(f"encoders: {encoders}")
     return 0
 
 
