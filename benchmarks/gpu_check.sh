@@ -43,6 +43,9 @@
 #   nopad       compile's model-only step without padded widths (--pad-widths 0)
 #   eager       as compile, without torch.compile and channels-last
 #   cl          as compile, without torch.compile
+#   faissthreads  faiss-cpu's round at 1M x 1,024 with 2, 4, 8 and 16 threads (in the log only): with all 16 it
+#               was no faster than 2 cores of the CPU machine, for 7-8x their CPU time; what a CPU-only
+#               machine with many cores should cap faiss's threads at
 # OUT_DIR gets gpu_check.log, profiles.txt, train_step.jsonl (a line per train_step run), conv_shapes.json,
 # conv_shapes_all.json, crops.json and clustering.json: 7 files, within the 8 that a lent machine sends back.
 set -u
@@ -117,4 +120,6 @@ train_step b256 120 --channels-last --compile --model-only --batch 256
 train_step nopad 120 --channels-last --compile --model-only --pad-widths 0
 train_step eager 110 --profile "$out/profiles.txt"
 train_step cl 90 --channels-last --profile "$out/profiles.txt"
+step faissthreads 300 bash -c 'for threads in 2 4 8 16; do
+    python3 benchmarks/clustering.py --sizes 1000000 --ks 1024 --paths ours --threads $threads; done'
 echo "=== done after $SECONDS s"
