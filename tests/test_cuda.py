@@ -297,13 +297,43 @@ def test_sinkhorn_over_ranks_balances_on_the_gpu_as_one_process():
     np.testing.assert_array_equal(labels, balance(x, clusters, device="cuda").assignments)
 
 
-def test_sinkhorn_balances_on_the_cpu_where_its_matrix_does_not_fit_the_gpu(manifest, tmp_path, monkeypatch, capsys):
-    cfg = load_config(None, [*GPU, "train.assign=sinkhorn"], preset="tiny")
-    trainer = Pretrainer(cfg, manifest, tmp_path / "run", init_distributed())
-    assert trainer._sinkhorn_device(1_000).type == "cuda"
+def test_sinkhorn_balances_on_the_cpu_where_its_matrix_does_not_fit_the_gpu(monkeypatch, capsys):
+    cfg, ctx = load_config(None, ["train.assign=sinkhorn"], preset="tiny").train, init_distributed()
+    assert pretrain.sinkhorn_device(1_000, cfg, ctx).type == "cuda"
     monkeypatch.setattr(pretrain, "free_device_memory", lambda device: 0)
-    assert trainer._sinkhorn_device(1_000).type == "cpu"
-    assert "balances on the CPU" in capsys.readouterr().err
+    assert pretrain.sinkhorn_device(1_000, cfg, ctx).type == "cpu"
+    assert "balances on the CPU: its matrix needs" in capsys.readouterr().err
+
+
+def _sinkhorn_device_rank(rank: int, world: int, port: int, out: dict) -> None:
+    import io
+
+    import torch.distributed as dist
+
+    from xdc.training.distributed import Dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cfg = load_config(None, ["train.assign=sinkhorn"], preset="tiny").train
+    ctx = Dist(rank=rank, world_size=world, device=torch.device("cuda", 0))
+    sys.stderr = io.StringIO()
+    room = pretrain.sinkhorn_device(1_000, cfg, ctx, sharded=True).type
+    pretrain.free_device_memory = lambda device: 0 if rank == 1 else 2**50  # rank 1's GPU is full
+    full = pretrain.sinkhorn_device(1_000, cfg, ctx, sharded=True).type
+    out[rank] = room, full, sys.stderr.getvalue()
+    dist.destroy_process_group()
+
+
+def test_sinkhorn_over_ranks_balances_on_the_cpu_on_every_rank_when_one_share_does_not_fit():
+    """train.cluster_on=shards: the ranks pick one kind of device together, and only rank 0 says so."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_sinkhorn_device_rank, args=(2, 29632, out), nprocs=2, join=True)
+        results = dict(out)
+    assert [results[r][:2] for r in (0, 1)] == [("cuda", "cpu"), ("cuda", "cpu")]
+    assert "a rank's share of its matrix needs" in results[0][2] and results[1][2] == ""
 
 
 def test_an_epoch_that_waited_for_its_loader_is_noted_once(manifest, tmp_path, capsys):

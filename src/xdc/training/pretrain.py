@@ -47,7 +47,7 @@ from xdc.clustering.sharded import (
 )
 from xdc.clustering.sinkhorn import balance
 from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
-from xdc.config import Config, config_to_dict, load_config, node_ranks
+from xdc.config import Config, TrainConfig, config_to_dict, load_config, node_ranks
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog
 from xdc.data.manifest import Manifest, write_videos
@@ -107,6 +107,29 @@ class FeatureShard:
 
     index: np.ndarray  # int64 dataset indices of the rows
     rows: dict[str, torch.Tensor]  # per encoder: (len(index), feature dim)
+
+
+def sinkhorn_device(points: int, cfg: TrainConfig, ctx: Dist, sharded: bool = False) -> torch.device:
+    """Where train.assign=sinkhorn balances ``points`` rows: on the rank's CUDA device where its matrix fits in the
+    memory free there (about 100 passes of exponentials over the matrix: minutes on a CPU at a million videos), else
+    on the CPU. With train.cluster_on=shards (``sharded``) the ranks decide together, the GPU only if every rank's
+    share fits on its own: one device kind for all, so that each rank's exponentials round as the others' do, and
+    one note, from rank 0. Then a collective: every rank calls it."""
+    device = ctx.device
+    if device.type != "cuda":
+        return device
+    need = sinkhorn_memory(points, cfg.k, cfg.pca_dim)
+    short = torch.tensor([need - free_device_memory(device)], dtype=torch.float64, device=device)
+    if sharded and ctx.enabled:
+        torch.distributed.all_reduce(short, op=torch.distributed.ReduceOp.MAX)
+    short = short.item()
+    if short <= 0:
+        return device
+    if ctx.main:
+        whose = "a rank's share of its matrix" if sharded and ctx.enabled else "its matrix"
+        print(f"NOTE: train.assign=sinkhorn balances on the CPU: {whose} needs {short / 2**30:.1f} GiB more than is "
+              f"free on the GPU", file=sys.stderr)  # fmt: skip
+    return torch.device("cpu")
 
 
 class Pretrainer:
@@ -199,7 +222,7 @@ class Pretrainer:
 
     def _check_sinkhorn_memory(self, videos: int) -> None:
         """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0 (with train.cluster_on=shards, each
-        rank its share of the rows), on its GPU where it fits there (_sinkhorn_device), else in its host memory:
+        rank its share of the rows), on its GPU where it fits there (sinkhorn_device), else in its host memory:
         refuse at the start what would fit in neither, which would run out of memory at the first clustering,
         after a whole extraction. Checked by rank 0, for its own share."""
         cfg = self.cfg.train
@@ -217,20 +240,6 @@ class Pretrainer:
                             f"{need / 2**30:.1f} GiB {where} (a videos x k float64 matrix), more than the "
                             f"{have / 2**30:.1f} GiB this process may use (the machine's memory or its cgroup's "
                             f"limit){on_gpu}: use train.assign=kmeans or a smaller train.k{more}")  # fmt: skip
-
-    def _sinkhorn_device(self, points: int) -> torch.device:
-        """Where train.assign=sinkhorn balances: on a CUDA device where its matrix fits in the memory free there
-        (about 100 passes of exponentials over the matrix: minutes on a CPU at a million videos), else on the
-        CPU."""
-        device = self.ctx.device
-        if device.type != "cuda":
-            return device
-        need, free = sinkhorn_memory(points, self.cfg.train.k, self.cfg.train.pca_dim), free_device_memory(device)
-        if need <= free:
-            return device
-        print(f"NOTE: train.assign=sinkhorn balances on the CPU: its {need / 2**30:.1f} GiB matrix does not fit "
-              f"in the {free / 2**30:.1f} GiB free on {device}", file=sys.stderr)  # fmt: skip
-        return torch.device("cpu")
 
     def _check_shared_memory(self) -> None:
         """Loader workers hand their batches over in shared memory (/dev/shm), for every rank of the node: up to
@@ -415,8 +424,8 @@ class Pretrainer:
             x = preprocess_features(x, dim=cfg.pca_dim)
             result = kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters, ids=ids)
         if cfg.assign == "sinkhorn":  # over all ranks (shards), or on rank 0 alone
-            result = balance(x, result, device=self._sinkhorn_device(len(x)), ids=ids, sharded=sharded,
-                             comm_device=device)  # fmt: skip
+            on = sinkhorn_device(len(x), cfg, self.ctx, sharded)
+            result = balance(x, result, device=on, ids=ids, sharded=sharded, comm_device=device)
         if sharded:
             labels = assemble_labels(result.assignments, ids, len(self.videos), device)
         else:
