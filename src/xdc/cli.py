@@ -8,6 +8,7 @@ from pathlib import Path
 
 from xdc.config import load_config
 from xdc.errors import UserError
+from xdc.limits import fit_threads
 
 DEVICE_HELP = ("where the encoder runs: auto (the first GPU where there is one, else the CPU), cpu, cuda or cuda:N; "
                "on CUDA in the run's train.precision and layout (bf16, channels-last by default)")
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="folders (searched recursively) or CSV/text lists of files")
     p.add_argument("--out", type=Path, required=True, help="manifest CSV to write (re-used as a probe cache)")
     p.add_argument("--labels", type=Path, help="CSV with columns path,label")
-    p.add_argument("--workers", type=int, default=None, help="parallel probes (default: CPU count)")
+    p.add_argument("--workers", type=int, default=None, help="parallel probes (default: the usable CPUs)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("prepare", help="transcode a collection for fast training (small frames, short GOP, 16 kHz)")
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", default="aac", help="audio codec: aac (smallest, default), flac or pcm (about 1.1x "
                    "the clips per core for 1.6-2.1x and 2.6x the bytes)")
     p.add_argument("--labels", type=Path, help="CSV with columns path,label, rewritten for the copies to OUT/labels.csv")
-    p.add_argument("--workers", type=int, default=None, help="parallel transcodes (default: CPU count)")
+    p.add_argument("--workers", type=int, default=None, help="parallel transcodes (default: the usable CPUs)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("make-synthetic", help="write the built-in synthetic audio-visual dataset")
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, default=200)
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="parallel writers (default: CPU count)")
+    p.add_argument("--workers", type=int, default=None, help="parallel writers (default: the usable CPUs)")
     _add_config_options(p)
     p.set_defaults(func=cmd_make_synthetic)
 
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    fit_threads()
     try:
         return args.func(args)
     except UserError as e:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from xdc.errors import UserError
+from xdc.limits import usable_cpus
 
 
 @dataclass
@@ -137,15 +138,16 @@ class DataConfig:
         return self.logmel_on == "device" or (self.logmel_on == "auto" and device_type == "cuda")
 
     def workers_on(self, device_type: str) -> int:
-        """Loader workers of this process on this kind of device ("cuda", "cpu"). auto: on CUDA, the cores this
-        process may use (its CPU affinity) divided among the node's ranks (torchrun's LOCAL_WORLD_SIZE), less
-        one for the training process itself: a compiled paper-preset step on an H200 took about 16 cores'
-        worth of loading (BENCHMARKS.md "Training step"). On a CPU, 2: the workers share the cores with training."""
+        """Loader workers of this process on this kind of device ("cuda", "cpu"). auto: on CUDA, the CPUs this
+        process may use (its affinity, or its control group's CPU quota where that is less: xdc.limits) divided
+        among the node's ranks (torchrun's LOCAL_WORLD_SIZE), less one for the training process itself: a compiled
+        paper-preset step on an H200 took about 16 cores' worth of loading (BENCHMARKS.md "Training step"). On a
+        CPU, 2: the workers share the cores with training."""
         if self.workers != "auto":
             return self.workers
         if device_type != "cuda":
             return 2
-        return max(1, len(os.sched_getaffinity(0)) // node_ranks() - 1)
+        return max(1, usable_cpus() // node_ranks() - 1)
 
 
 def node_ranks() -> int:

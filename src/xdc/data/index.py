@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from xdc.data.manifest import read_rows, write_rows
 from xdc.errors import UserError
+from xdc.limits import usable_cpus
 from xdc.progress import progress_bar
 
 VIDEO_EXTENSIONS = frozenset(
@@ -114,7 +115,7 @@ def build_manifest(
 
 def check_workers(workers: int | None) -> int:
     if workers is None:
-        return os.cpu_count() or 1
+        return usable_cpus()
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     return workers

@@ -12,7 +12,6 @@ neither the number of worker processes nor the number of videos changes it.
 from __future__ import annotations
 
 import csv
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from xdc.config import SyntheticConfig
 from xdc.data.encode import write_av
 from xdc.errors import UserError
+from xdc.limits import usable_cpus
 from xdc.progress import progress_bar
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "bar")
@@ -343,7 +343,7 @@ def make_synthetic(
     path,label,audio_label,offscreen; paths relative to ``out``). Returns the path of labels.csv."""
     out = Path(out)
     cfg = cfg or SyntheticConfig()
-    workers = workers if workers is not None else (os.cpu_count() or 1)
+    workers = workers if workers is not None else usable_cpus()
     _check(out, videos, classes, seed, cfg, workers)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     # A labels.csv left by an earlier run would describe clips this run is about to overwrite; partial files

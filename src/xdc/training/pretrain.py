@@ -60,7 +60,7 @@ from xdc.models.heads import LinearHead
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_rows, on_main
-from xdc.training.memory import usable_memory_bytes
+from xdc.limits import usable_memory_bytes
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
