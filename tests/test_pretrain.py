@@ -230,16 +230,31 @@ def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
 
 
 def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
-    """Same pseudo-labels, and the same parameters as one process accumulating the two ranks' half-batches."""
+    """Same pseudo-labels, and the same parameters as one process accumulating the two ranks' half-batches; and
+    the same run launched as two nodes of one rank each (torchrun --nnodes 2: LOCAL_RANK 0 and LOCAL_WORLD_SIZE 1
+    on both) gives exactly the one-node run."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     common = ["--set=train.rounds=1", "--set=train.checkpoint_every=0"]
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    single, ddp, nodes = tmp_path / "single", tmp_path / "ddp", tmp_path / "nodes"
     subprocess.run(_cli(manifest, single, *common, "--set=train.accumulate=2"), check=True, capture_output=True,
                    env=env)  # fmt: skip
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
     result = subprocess.run([*torchrun, *_cli(manifest, ddp, *common)[1:]], capture_output=True, env=env, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("encoders: ") == 1  # rank 0 says where they are, not every rank
+
+    per_node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--master_addr=127.0.0.1", "--master_port=29518"]  # fmt: skip
+    launches = [subprocess.Popen([*per_node, f"--node_rank={node}", *_cli(manifest, nodes, *common)[1:]], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]  # fmt: skip
+    outputs = [launch.communicate(timeout=300) for launch in launches]
+    for launch, (_, err) in zip(launches, outputs):
+        assert launch.returncode == 0, err[-3000:]
+    assert [out.count("encoders: ") for out, _ in outputs] == [1, 0]  # global rank 0 only, not each node's first
+    for name, value in np.load(ddp / "labels" / "round_000.npz").items():
+        np.testing.assert_array_equal(value, np.load(nodes / "labels" / "round_000.npz")[name])
+    a, b = _final_weights(ddp), _final_weights(nodes)
+    assert all(torch.equal(a[e][name], b[e][name]) for e in a for name in a[e])
 
     labels_single = np.load(single / "labels" / "round_000.npz")
     labels_ddp = np.load(ddp / "labels" / "round_000.npz")
