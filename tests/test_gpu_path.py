@@ -4,7 +4,6 @@ The CUDA-only parts (NCCL, page-locked batches, cuDNN autotuning) cannot run her
 """
 
 import copy
-import os
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from conftest import synthetic_manifest
 from xdc.config import load_config
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
+from xdc.limits import usable_cpus
 from xdc.models.encoders import build_encoder
 from xdc.training.checkpoint import load
 from xdc.training.distributed import Dist
@@ -285,7 +285,7 @@ def test_results_reach_the_host_a_group_of_batches_at_a_time():
 
 
 def test_loader_workers_auto_means_the_cores_on_cuda_and_two_on_a_cpu(monkeypatch):
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cpus()  # the affinity mask, or a CPU quota below it (tests/test_limits.py)
     auto = load_config(None).data
     assert auto.workers == "auto" and auto.workers_on("cpu") == 2
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

@@ -67,6 +67,13 @@ def test_no_cpu_quota_means_the_affinity_mask(tmp_path):
     assert usable_cpus() <= AFFINITY  # this machine, whatever its cgroups say
 
 
+def test_without_an_affinity_mask_the_machines_cpus_count(tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS, Windows
+    assert usable_cpus(tmp_path) == os.cpu_count()
+    half = tree(tmp_path / "half", {"sys/fs/cgroup/cpu.max": "50000 100000\n"})
+    assert usable_cpus(half) == 1
+
+
 def test_a_cpu_quota_is_counted_in_cpus_and_rounded_up(tmp_path):
     v2 = tree(tmp_path / "v2", {"sys/fs/cgroup/cpu.max": "250000 100000\n", "proc/self/cgroup": "0::/\n"})
     assert cpu_quota(v2) == 2.5 and usable_cpus(v2) == min(3, AFFINITY)

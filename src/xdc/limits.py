@@ -27,9 +27,16 @@ def usable_cpus(root: Path = Path("/")) -> int:
     CPU quota (:func:`cpu_quota`, rounded up). A Kubernetes limit of 4 CPUs on a 64-core node shows all 64 to
     ``os.sched_getaffinity``, to OpenMP and to PyTorch; counted from there, 63 loader workers and 64-thread k-means
     would share 4 CPUs' worth of time slices."""
-    cpus = len(os.sched_getaffinity(0))
+    cpus = _affinity_cpus()
     quota = cpu_quota(root)
     return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
+
+
+def _affinity_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the system has one (Linux), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def cpu_quota(root: Path = Path("/")) -> float | None:
@@ -78,7 +85,7 @@ def fit_threads(cpus: int | None = None) -> None:
     if "OMP_NUM_THREADS" in os.environ:
         return
     cpus = usable_cpus() if cpus is None else cpus
-    if cpus < len(os.sched_getaffinity(0)):
+    if cpus < _affinity_cpus():
         import faiss
         import torch
 
