@@ -53,6 +53,7 @@ from xdc.data.failures import FailureLog
 from xdc.data.manifest import Manifest, write_videos
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.errors import UserError
+from xdc.limits import usable_memory_bytes
 from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.models.device_form import device_form
 from xdc.models.encoders import LAYOUTS, build_encoder
@@ -60,10 +61,8 @@ from xdc.models.heads import LinearHead
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_rows, on_main
-from xdc.limits import usable_memory_bytes
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
-
 
 
 @dataclass
