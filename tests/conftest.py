@@ -47,3 +47,14 @@ def ready_trainer(manifest: Path, out: Path, *settings: str):
     trainer._new_heads()
     trainer.train_model.train()
     return trainer
+
+
+def run_two_ranks(worker, port: int, *args) -> dict:
+    """Run ``worker(rank, 2, port, *args, out)`` on 2 spawned processes (each joins a gloo group on ``port``);
+    their ``out[rank]`` entries."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(worker, args=(2, port, *args, out), nprocs=2, join=True)
+        return dict(out)

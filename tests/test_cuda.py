@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_manifest
+from conftest import run_two_ranks, synthetic_manifest
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering import sharded
@@ -281,16 +281,11 @@ def _balance_rank(rank: int, world: int, port: int, x: np.ndarray, clusters, out
 def test_sinkhorn_over_ranks_balances_on_the_gpu_as_one_process():
     """train.cluster_on=shards with the matrix on the GPU and the collectives through the CPU (gloo: one GPU
     cannot hold two NCCL ranks), against one process balancing every point on the same GPU."""
-    import torch.multiprocessing as mp
-
     from test_sharded_sinkhorn import _cases
 
     x, k = _cases()["skewed"]
     clusters = kmeans(x, k, seed=1)
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_balance_rank, args=(2, 29631, x, clusters, out), nprocs=2, join=True)
-        results = dict(out)
+    results = run_two_ranks(_balance_rank, 29631, x, clusters)
     labels = np.full(len(x), -1)
     for ids, assignments in results.values():
         labels[ids] = assignments
@@ -326,12 +321,7 @@ def _sinkhorn_device_rank(rank: int, world: int, port: int, out: dict) -> None:
 
 def test_sinkhorn_over_ranks_balances_on_the_cpu_on_every_rank_when_one_share_does_not_fit():
     """train.cluster_on=shards: the ranks pick one kind of device together, and only rank 0 says so."""
-    import torch.multiprocessing as mp
-
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_sinkhorn_device_rank, args=(2, 29632, out), nprocs=2, join=True)
-        results = dict(out)
+    results = run_two_ranks(_sinkhorn_device_rank, 29632)
     assert [results[r][:2] for r in (0, 1)] == [("cuda", "cpu"), ("cuda", "cpu")]
     assert "a rank's share of its matrix needs" in results[0][2] and results[1][2] == ""
 

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from conftest import synthetic_manifest
+from conftest import run_two_ranks, synthetic_manifest
 from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.config import load_config
 from xdc.data.datasets import TrainClips
@@ -38,10 +37,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
 
 
 def test_gather_in_dataset_order_and_broadcast():
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(2, 29533, out), nprocs=2, join=True)
-        results = dict(out)
+    results = run_two_ranks(_worker, 29533)
     expected = np.arange(7, dtype=np.float32)[:, None] * np.array([[1.0, -1.0]], dtype=np.float32)
     expected[3] = np.nan
     for gathered in results[0][0]:
@@ -86,7 +82,7 @@ def cluster_runs(tmp_path_factory) -> tuple[Path, dict]:
     """The 2-rank clusterings of every (cluster_on, assign) over one manifest: spawning ranks takes seconds."""
     root = tmp_path_factory.mktemp("clusters")
     manifest = synthetic_manifest(root, 24, 4, seed=0)
-    return manifest, _two_ranks(_cluster_worker, 29547, manifest, root)
+    return manifest, run_two_ranks(_cluster_worker, 29547, manifest, root)
 
 
 @pytest.mark.parametrize("assign", ["kmeans", "sinkhorn"])
@@ -125,14 +121,6 @@ def _ready_to_step(cfg, manifest: Path, out: Path, ctx: Dist) -> Pretrainer:
     return trainer
 
 
-def _two_ranks(worker, port: int, *args) -> dict:
-    """Run ``worker(rank, 2, port, *args, out)`` on 2 processes; their ``out[rank]`` entries."""
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(worker, args=(2, port, *args, out), nprocs=2, join=True)
-        return dict(out)
-
-
 def _empty_batch_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
     trainer = _ready_to_step(_cluster_cfg("rank0"), manifest, root / "run", _join(rank, world, port))
     batch = next(iter(trainer._train_loader()))
@@ -149,7 +137,7 @@ def _empty_batch_worker(rank: int, world: int, port: int, manifest: Path, root: 
 def test_a_rank_whose_whole_batch_failed_still_takes_the_step(tmp_path):
     """DDP: the other rank waits for this rank's gradients, and every rank must step alike to stay in sync."""
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
-    results = _two_ranks(_empty_batch_worker, 29561, manifest, tmp_path)
+    results = run_two_ranks(_empty_batch_worker, 29561, manifest, tmp_path)
     (before0, after0), (before1, after1) = results[0], results[1]
     assert all(torch.equal(a, b) for a, b in zip(before0, before1))  # DDP starts both ranks from rank 0's weights
     assert any(not torch.equal(a, b) for a, b in zip(before0, after0))  # the step learned from rank 0's clips
@@ -178,7 +166,7 @@ def _accumulate_worker(rank: int, world: int, port: int, manifest: Path, root: P
 
 def test_accumulated_parts_all_reduce_once_per_step(tmp_path):
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
-    results = _two_ranks(_accumulate_worker, 29577, manifest, tmp_path)
+    results = run_two_ranks(_accumulate_worker, 29577, manifest, tmp_path)
     once = results[0][(1, False)][0]
     assert once >= 1
     for key in [(3, False), (3, True)]:
@@ -217,7 +205,7 @@ def test_only_rank0_parses_the_manifest_and_its_errors_stop_every_rank(tmp_path)
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
     bad = tmp_path / "bad.csv"
     bad.write_text("name,size\na.mp4,3\n")  # no path column
-    results = _two_ranks(_videos_worker, 29583, manifest, bad, tmp_path)
+    results = run_two_ranks(_videos_worker, 29583, manifest, bad, tmp_path)
     zero, one = results[0], results[1]
     assert zero["shared"][0] == 1 and one["shared"][0] == 0  # rank 1 mapped rank 0's saved videos
     assert one["shared"][1] == zero["shared"][1] and len(zero["shared"][1]) == 24
@@ -251,7 +239,7 @@ def _slow_rank0_worker(rank: int, world: int, port: int, out: dict) -> None:
 
 
 def test_ranks_wait_for_rank0_beyond_the_groups_timeout_and_stop_with_its_errors():
-    results = _two_ranks(_slow_rank0_worker, 29591)
+    results = run_two_ranks(_slow_rank0_worker, 29591)
     assert results[0] == [42, ("UserError", "no usable videos"), ("ValueError", "bad centroids")]
     assert results[1] == [None, ("UserError", "no usable videos"),
                           ("RuntimeError", "rank 0 failed: ValueError: bad centroids")]
@@ -283,6 +271,6 @@ def test_the_logged_wait_for_clips_is_the_slowest_ranks(tmp_path):
     say that the run waits for clips (rank 1's share: half a second per batch of 2 clips, against steps of a tiny
     model; the first step's set-up counts too), not rank 0's own small share (0.006 when rank 0 logged it)."""
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
-    steps = _two_ranks(_slow_loader_worker, 29597, manifest, tmp_path)[0]
+    steps = run_two_ranks(_slow_loader_worker, 29597, manifest, tmp_path)[0]
     assert len(steps) == 6  # 24 videos, 2 clips per rank and step
     assert steps[-1]["data_wait"] > 0.25

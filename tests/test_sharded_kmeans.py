@@ -8,8 +8,8 @@ import faiss
 import numpy as np
 import pytest
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import run_two_ranks
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import init_keys, kmeans, smallest_keys
 from xdc.clustering.sharded import (
@@ -83,10 +83,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks() -> dict:
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(2, 29541, out), nprocs=2, join=True)
-        return dict(out)
+    return run_two_ranks(_worker, 29541)
 
 
 def _aligned(a: np.ndarray, b: np.ndarray) -> np.ndarray:

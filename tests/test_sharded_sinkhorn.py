@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import run_two_ranks
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.sinkhorn import _ALONE, _keep, _keep_across_ranks, balance
@@ -54,10 +54,7 @@ def two_ranks() -> tuple[dict, dict]:
         clusters = kmeans(x, k, seed=1)
         cases[name, False] = (x, clusters)
     cases["skewed", True] = cases["skewed", False]  # rank 1 without points
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(2, 29613, cases, out), nprocs=2, join=True)
-        return cases, dict(out)
+    return cases, run_two_ranks(_worker, 29613, cases)
 
 
 @pytest.mark.parametrize("case", [("skewed", False), ("near", False), ("same", False), ("skewed", True)])
