@@ -98,6 +98,8 @@ def test_a_jobs_cpu_quota_is_found_through_proc_self_cgroup(tmp_path):
         "sys/fs/cgroup/cpu/slurm/job_7/cpu.cfs_period_us": "100000\n",
     })  # fmt: skip
     assert cpu_quota(v1) == 0.4 and usable_cpus(v1) == 1
+    odd = tree(tmp_path / "odd", {"proc/self/cgroup": "garbage\n\n0::/a\n", "sys/fs/cgroup/a/cpu.max": "100000 100000"})
+    assert cpu_quota(odd) == 1.0  # lines not of the id:controllers:group form are passed over
 
 
 FIT = """

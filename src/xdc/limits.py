@@ -67,10 +67,11 @@ def _limit_files(root: Path, v2_name: str, v1_controller: str, v1_name: str) -> 
     except OSError:
         return files
     for line in lines:
-        _, controllers, group = line.split(":", 2)
-        group = group.lstrip("/")
+        fields = line.split(":", 2)  # hierarchy id, controllers, group
+        group = fields[2].lstrip("/") if len(fields) == 3 else ""
         if not group:
             continue
+        controllers = fields[1]
         if controllers == "":  # v2: one unified tree
             files.append(cgroup / group / v2_name)
         elif v1_controller in controllers.split(","):
