@@ -33,7 +33,7 @@ from xdc.models.encoders import build_encoder
 from xdc.models.padding import pad_middle_widths
 from xdc.models.stem import space_to_depth_stem
 from xdc.training.checkpoint import load
-from xdc.training.distributed import init_distributed
+from xdc.training.distributed import Dist, init_distributed
 from xdc.training import pretrain
 from xdc.training.pretrain import Pretrainer
 
@@ -304,8 +304,6 @@ def _sinkhorn_device_rank(rank: int, world: int, port: int, out: dict) -> None:
     import io
 
     import torch.distributed as dist
-
-    from xdc.training.distributed import Dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

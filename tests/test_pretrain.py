@@ -238,15 +238,16 @@ def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
     single, ddp, nodes = tmp_path / "single", tmp_path / "ddp", tmp_path / "nodes"
     subprocess.run(_cli(manifest, single, *common, "--set=train.accumulate=2"), check=True, capture_output=True,
                    env=env)  # fmt: skip
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
-    result = subprocess.run([*torchrun, *_cli(manifest, ddp, *common)[1:]], capture_output=True, env=env, text=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    one_node = [*torchrun, "--nproc_per_node=2", "--master_port=29517"]
+    result = subprocess.run([*one_node, *_cli(manifest, ddp, *common)[1:]], capture_output=True, env=env, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("encoders: ") == 1  # rank 0 says where they are, not every rank
 
-    per_node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                "--master_addr=127.0.0.1", "--master_port=29518"]  # fmt: skip
-    launches = [subprocess.Popen([*per_node, f"--node_rank={node}", *_cli(manifest, nodes, *common)[1:]], env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]  # fmt: skip
+    per_node = [*torchrun, "--nnodes=2", "--nproc_per_node=1", "--master_addr=127.0.0.1", "--master_port=29518"]
+    job = _cli(manifest, nodes, *common)[1:]
+    launches = [subprocess.Popen([*per_node, f"--node_rank={node}", *job], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for node in (0, 1)]  # fmt: skip
     outputs = [launch.communicate(timeout=300) for launch in launches]
     for launch, (_, err) in zip(launches, outputs):
         assert launch.returncode == 0, err[-3000:]
