@@ -10,9 +10,9 @@
 # Python has torch but not PyAV or faiss.
 # Steps, in the order they run (what is not yet known first; padded widths, convs and clustering were measured
 # on 2026-11-29, eager and cl before that, see BENCHMARKS.md):
-#   env         GPU, driver, CPU cores, model and SIMD extensions (a loader core of the H200 machine made half the
-#               items of this project's CPU machine's: FFmpeg's decoders pick their kernels by these), any CPU
-#               quota, package versions, a bf16 matrix-product ceiling
+#   env         GPU, driver, CPU cores, model, clock and SIMD extensions (a loader core of the H200 machine made
+#               half the items of this project's CPU machine's; benchmarks/simd.py ruled out hidden extensions),
+#               any CPU quota, package versions with cuDNN's, a bf16 matrix-product ceiling
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last + padded widths on cuDNN, pinned batches,
 #               crops and log-mel on the GPU, a step that does not wait for it, a killed run resumed, k-means
 #               searched by torch on the GPU, Sinkhorn balanced on the GPU in one process and over 2 gloo ranks)
@@ -95,7 +95,8 @@ echo "SIMD: $(grep -m1 "^flags" /proc/cpuinfo | tr " " "\n" | grep -xE "sse4_2|a
 cat /sys/fs/cgroup/cpu.max 2>/dev/null; free -g; df -h /dev/shm /tmp; python3 -c "
 import sys, time, torch, torchvision, torchaudio, av, faiss
 print(sys.version.split()[0], torch.__version__, torchvision.__version__, torchaudio.__version__, av.__version__,
-      faiss.__version__, torch.cuda.get_device_name(), \"faiss GPUs:\", faiss.get_num_gpus())
+      faiss.__version__, \"cuDNN\", torch.backends.cudnn.version(), torch.cuda.get_device_name(), \"faiss GPUs:\",
+      faiss.get_num_gpus())
 a = torch.randn(8192, 8192, device=\"cuda\", dtype=torch.bfloat16)
 for _ in range(3): a @ a
 torch.cuda.synchronize(); t = time.perf_counter()
