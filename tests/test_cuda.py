@@ -222,6 +222,7 @@ def test_a_run_killed_on_the_gpu_resumes_and_finishes(manifest, tmp_path):
     start = next(r for r in records if r["kind"] == "start")
     assert start["kmeans_search"] == ("faiss-gpu" if faiss.get_num_gpus() > 0 else "torch")
     assert start["pad_widths"] == 8  # auto on CUDA: the checkpoints hold the plain model all the same
+    assert (start["torch"], start["cudnn"]) == (torch.__version__, torch.backends.cudnn.version())
     saved = load(out / "encoders.pt")  # written from GPU modules, loaded onto the CPU
     assert all(t.device.type == "cpu" for state in saved["encoders"].values() for t in state.values())
 

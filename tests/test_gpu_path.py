@@ -19,6 +19,7 @@ from xdc.config import load_config
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
+from xdc.models.device_form import cudnn_fault_note
 from xdc.models.encoders import build_encoder
 from xdc.training.checkpoint import load
 from xdc.training.distributed import Dist
@@ -215,6 +216,17 @@ def test_peak_and_mfu():
     assert peak_tflops("NVIDIA L4") == 121.0 and peak_tflops("NVIDIA L40S") == 362.0
     assert peak_tflops("NVIDIA GeForce GTX 1080") is None
     assert mfu(500e12, 1.0, 1000.0) == pytest.approx(0.5)
+
+
+def test_a_cudnn_with_the_3d_bf16_fault_is_named_with_what_it_does_to_this_pytorch():
+    slow = cudnn_fault_note(91002, "2.9.1+cu128", bf16=True)
+    assert "cuDNN 9.10.2" in slow and "without cuDNN" in slow and "9.15 or later" in slow
+    assert "without cuDNN" in cudnn_fault_note(90800, "2.10.0a0+git1234", bf16=True)  # a nightly counts
+    assert "wrong results" in cudnn_fault_note(91400, "2.8.0", bf16=True)  # before 2.9 PyTorch still used it
+    assert cudnn_fault_note(91500, "2.9.1", bf16=True) is None  # fixed
+    assert cudnn_fault_note(90701, "2.9.1", bf16=True) is None  # before the fault
+    assert cudnn_fault_note(91002, "2.9.1", bf16=False) is None  # float32 convolutions are not affected
+    assert cudnn_fault_note(None, "2.9.1", bf16=True) is None  # no cuDNN (a CPU build)
 
 
 def test_device_path_settings_are_validated_and_auto_means_on_cuda(manifest, tmp_path):

@@ -12,7 +12,7 @@ from torch import nn
 from xdc.config import Config
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.errors import UserError
-from xdc.models.device_form import device_form
+from xdc.models.device_form import device_form, warn_cudnn_fault
 from xdc.models.encoders import LAYOUTS
 
 
@@ -53,6 +53,8 @@ class EvalDevice:
         self.logmel = DeviceLogMel(data, device) if modality == "audio" and data.logmel_on_device(device.type) else None
         if device.type == "cuda":  # a few clip shapes (the last batch is smaller): cuDNN times each once
             torch.backends.cudnn.benchmark = True
+            if video:
+                warn_cudnn_fault(self.bf16)
 
     @property
     def device_crops(self) -> bool:

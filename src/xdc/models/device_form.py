@@ -1,10 +1,15 @@
 """An encoder in the form its device runs fastest, with the same parameters and state dict: channels-last weights
 (train.channels_last), the video encoder's middle widths padded (train.pad_widths, xdc.models.padding) and its stem
 over pixel blocks (train.s2d_stem, xdc.models.stem). Pretraining and evaluation both call it, so an encoder runs
-in one form wherever the run's settings send it."""
+in one form wherever the run's settings send it. Both also call ``warn_cudnn_fault``."""
 
 from __future__ import annotations
 
+import functools
+import re
+import sys
+
+import torch
 from torch import nn
 
 from xdc.config import TrainConfig
@@ -23,3 +28,35 @@ def device_form(encoder: nn.Module, modality: str, train: TrainConfig, crop: int
     if modality == "video" and train.s2d_stem:
         space_to_depth_stem(encoder, (crop, crop))
     return encoder
+
+
+# cuDNN 9.8 to 9.14 have a fault in half-precision 3-D convolutions (pytorch/pytorch#163539). Since 2.9 PyTorch runs
+# those convolutions without cuDNN where it finds one of these releases (pytorch/pytorch#163581, #166480).
+_FAULTY_CUDNN = (90800, 91500)
+
+
+def cudnn_fault_note(cudnn: int | None, torch_version: str, bf16: bool) -> str | None:
+    """What a run of a video encoder in bf16 should know about the cuDNN release it found
+    (``torch.backends.cudnn.version()``, e.g. 91002 for 9.10.2), or None when there is nothing to say."""
+    if not bf16 or cudnn is None or not _FAULTY_CUDNN[0] <= cudnn < _FAULTY_CUDNN[1]:
+        return None
+    name = f"{cudnn // 10000}.{cudnn // 100 % 100}.{cudnn % 100}"
+    if tuple(map(int, re.match(r"(\d+)\.(\d+)", torch_version).groups())) >= (2, 9):  # 2.9.0a0 too
+        effect = ("PyTorch then runs them without cuDNN, several times slower and with far more memory "
+                  "(pytorch/pytorch#166122)")  # fmt: skip
+    else:
+        effect = "some shapes can give wrong results there (pytorch/pytorch#163539)"
+    return (f"WARNING: cuDNN {name} has a fault in 3-D convolutions in bf16, the video encoder's: {effect}. Install "
+            f"cuDNN 9.15 or later (the nvidia-cudnn package matching torch.version.cuda), or set "
+            f"train.precision=fp32.")
+
+
+def warn_cudnn_fault(bf16: bool) -> None:
+    """Print ``cudnn_fault_note`` for this process's cuDNN, if any, the first time it applies."""
+    if note := cudnn_fault_note(torch.backends.cudnn.version(), torch.__version__, bf16):
+        _print_once(note)
+
+
+@functools.cache
+def _print_once(text: str) -> None:
+    print(text, file=sys.stderr)

@@ -55,7 +55,7 @@ from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.errors import UserError
 from xdc.limits import usable_memory_bytes
 from xdc.methods import MANIFEST_LABELS, Method, get_method
-from xdc.models.device_form import device_form
+from xdc.models.device_form import device_form, warn_cudnn_fault
 from xdc.models.encoders import LAYOUTS, build_encoder
 from xdc.models.heads import LinearHead
 from xdc.progress import progress_bar
@@ -165,6 +165,8 @@ class Pretrainer:
             self.kmeans_on = "torch"
         else:
             self.kmeans_on = "faiss-cpu"
+        if ctx.device.type == "cuda" and ctx.main and "video" in self.method.encoders.values():
+            warn_cudnn_fault(self.bf16)
         if self.bf16 and ctx.device.type == "cpu" and ctx.main:
             print(
                 "WARNING: train.precision=bf16 on a CPU: slower than fp32 here, and oneDNN's bf16 Conv3d gave NaN "
@@ -270,7 +272,9 @@ class Pretrainer:
     def run(self) -> None:
         cfg = self.cfg.train
         # what the train settings left at auto became here: the config says auto, the log says what ran
+        cudnn = torch.backends.cudnn.version() if self.ctx.device.type == "cuda" else None
         self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
+                       torch=torch.__version__, cudnn=cudnn,
                        bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
                        compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on,
                        crops_on="device" if self.device_crops else "workers",
