@@ -205,6 +205,7 @@ def main() -> None:
 
     setting = {
         "preset": args.preset, "device": str(device), "device_name": device_name, "precision": precision,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "channels_last": args.channels_last, "compile": args.compile, "compile_mode": args.compile_mode,
         "pad_widths": pad_widths, "s2d_stem": args.s2d_stem,
         "crops_on": "device" if trainer.device_crops else "workers",
