@@ -188,7 +188,7 @@ def test_fc_only_freezes_the_encoder_and_full_updates_it(run, tmp_path, monkeypa
 def test_evaluation_runs_where_asked_and_says_so(run, tmp_path, capsys):
     import torch
 
-    from xdc.evaluation.device import pick_device
+    from xdc.evaluation.device import EvalDevice, pick_device
     from xdc.evaluation.extract import load_run_encoder
 
     assert pick_device("cpu") == torch.device("cpu")
@@ -200,6 +200,8 @@ def test_evaluation_runs_where_asked_and_says_so(run, tmp_path, capsys):
     items = items_of(root)[:3]
     summary = extract_features(run_dir, "video", items, tmp_path / "f.npz", clips=2, device="cpu")
     assert (summary["device"], summary["bf16"]) == ("cpu", False)
+    # A run trained with train.precision=bf16 (on its GPUs) is evaluated on a CPU in float32 all the same.
+    assert not EvalDevice(torch.device("cpu"), load_config(None, ["train.precision=bf16"]), "video").bf16
     # The loader now sends uint8 video, normalised after the copy: the features of the dataset's own normalised
     # clips, computed here by hand, come out the same.
     encoder, _, cfg = load_run_encoder(run_dir, "video")

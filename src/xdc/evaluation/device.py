@@ -44,7 +44,9 @@ class EvalDevice:
         ``TrainClips(device_logmel=...)``)."""
         train, data = run.train, run.data
         self.device, self.modality, self.run = device, modality, run
-        self.bf16 = train.bf16_on(device.type)
+        # A run's bf16 is for its GPUs: on a CPU bf16 is many times slower and oneDNN's bf16 convolutions unreliable
+        # (docs/pretrain.md), so a run made with train.precision=bf16 is evaluated there in float32.
+        self.bf16 = device.type == "cuda" and train.bf16_on(device.type)
         video = modality == "video"
         self.channels_last = train.channels_last_on(device.type)
         self.normalize = NormalizeVideo(device) if video else None
