@@ -169,8 +169,9 @@ class Pretrainer:
             warn_cudnn_fault(self.bf16)
         if self.bf16 and ctx.device.type == "cpu" and ctx.main:
             print(
-                "WARNING: train.precision=bf16 on a CPU: slower than fp32 here, and oneDNN's bf16 Conv3d gave NaN "
-                "gradients at random on an AVX512-BF16 CPU (torch 2.14.1). Use train.precision=fp32 on CPUs.",
+                "WARNING: train.precision=bf16 on a CPU: slower than fp32 here, and oneDNN's bf16 convolutions gave "
+                "NaN gradients at random and corrupted memory on AVX512-BF16 CPUs (torch 2.14.1). Use "
+                "train.precision=fp32 on CPUs.",
                 file=sys.stderr,
             )
         torch.manual_seed(cfg.seed)
