@@ -222,8 +222,11 @@ def test_a_cudnn_with_the_3d_bf16_fault_is_named_with_what_it_does_to_this_pytor
     slow = cudnn_fault_note(91002, "2.9.1+cu128", bf16=True)
     assert "cuDNN 9.10.2" in slow and "without cuDNN" in slow and "9.15 or later" in slow
     assert "without cuDNN" in cudnn_fault_note(90800, "2.10.0a0+git1234", bf16=True)  # a nightly counts
-    assert "wrong results" in cudnn_fault_note(91400, "2.8.0", bf16=True)  # before 2.9 PyTorch still used it
+    assert "come out wrong" in cudnn_fault_note(91400, "2.8.0", bf16=True)  # before 2.9 PyTorch still used it
     assert cudnn_fault_note(91500, "2.9.1", bf16=True) is None  # fixed
+    assert cudnn_fault_note(92400, "2.14.1", bf16=True) is None  # the pinned torch's own cuDNN
+    fixed_but_bypassed = cudnn_fault_note(92100, "2.9.0+cu130", bf16=True)  # 2.9.0 bypasses every cuDNN from 9.8
+    assert "PyTorch 2.9.0" in fixed_but_bypassed and "2.9.1 or later" in fixed_but_bypassed
     assert cudnn_fault_note(90701, "2.9.1", bf16=True) is None  # before the fault
     assert cudnn_fault_note(91002, "2.9.1", bf16=False) is None  # float32 convolutions are not affected
     assert cudnn_fault_note(None, "2.9.1", bf16=True) is None  # no cuDNN (a CPU build)

@@ -30,23 +30,29 @@ def device_form(encoder: nn.Module, modality: str, train: TrainConfig, crop: int
     return encoder
 
 
-# cuDNN 9.8 to 9.14 have a fault in half-precision 3-D convolutions (pytorch/pytorch#163539). Since 2.9 PyTorch runs
-# those convolutions without cuDNN where it finds one of these releases (pytorch/pytorch#163581, #166480).
+# cuDNN 9.8 to 9.14 have a fault in half-precision 3-D convolutions (pytorch/pytorch#163539). PyTorch 2.9.0 runs
+# those convolutions without cuDNN from 9.8 on (#163581), later releases only on 9.8 to 9.14 (#166480).
 _FAULTY_CUDNN = (90800, 91500)
 
 
 def cudnn_fault_note(cudnn: int | None, torch_version: str, bf16: bool) -> str | None:
     """What a run of a video encoder in bf16 should know about the cuDNN release it found
-    (``torch.backends.cudnn.version()``, e.g. 91002 for 9.10.2), or None when there is nothing to say."""
-    if not bf16 or cudnn is None or not _FAULTY_CUDNN[0] <= cudnn < _FAULTY_CUDNN[1]:
+    (``torch.backends.cudnn.version()``, e.g. 91002 for 9.10.2) under this PyTorch, or None when nothing."""
+    if not bf16 or cudnn is None or cudnn < _FAULTY_CUDNN[0]:
         return None
+    release = tuple(int(x or 0) for x in re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", torch_version).groups())
     name = f"{cudnn // 10000}.{cudnn // 100 % 100}.{cudnn % 100}"
-    if tuple(map(int, re.match(r"(\d+)\.(\d+)", torch_version).groups())) >= (2, 9):  # 2.9.0a0 too
-        effect = ("PyTorch then runs them without cuDNN, several times slower and with far more memory "
-                  "(pytorch/pytorch#166122)")  # fmt: skip
+    slow = "several times slower, with far more memory (pytorch/pytorch#166122)"
+    if release == (2, 9, 0):  # its nightlies (2.9.0a0) too
+        return (f"WARNING: PyTorch 2.9.0 runs 3-D convolutions in bf16, the video encoder's, without cuDNN (here "
+                f"{name}): {slow}. Use PyTorch 2.9.1 or later with cuDNN 9.15 or later, or set train.precision=fp32.")
+    if cudnn >= _FAULTY_CUDNN[1]:
+        return None
+    if release >= (2, 9):
+        effect = f"so PyTorch runs them without cuDNN: {slow}"
     else:
-        effect = "some shapes can give wrong results there (pytorch/pytorch#163539)"
-    return (f"WARNING: cuDNN {name} has a fault in 3-D convolutions in bf16, the video encoder's: {effect}. Install "
+        effect = "and some shapes can come out wrong (pytorch/pytorch#163539)"
+    return (f"WARNING: cuDNN {name} has a fault in 3-D convolutions in bf16, the video encoder's, {effect}. Install "
             f"cuDNN 9.15 or later (the nvidia-cudnn package matching torch.version.cuda), or set "
             f"train.precision=fp32.")
 
