@@ -38,9 +38,10 @@ LEVELS = {"as detected": None, "up to AVX2": _AVX2, "up to SSE4.2": _SSE42, "SSE
 def _avutil() -> ctypes.CDLL:
     """The libavutil that PyAV loaded (a wheel bundles its own, under av.libs or av/.dylibs)."""
     root = Path(av.__file__).parent
-    for path in [*root.parent.glob("av.libs/libavutil*"), *root.glob(".dylibs/libavutil*")]:
-        return ctypes.CDLL(str(path))
-    raise SystemExit("libavutil of PyAV not found: this benchmark needs PyAV's wheel")
+    paths = [*root.parent.glob("av.libs/libavutil*"), *root.glob(".dylibs/libavutil*")]
+    if not paths:
+        raise SystemExit("libavutil of PyAV not found: this benchmark needs PyAV's wheel")
+    return ctypes.CDLL(str(paths[0]))
 
 
 def child(level: str, manifest_path: str, items: int) -> None:
