@@ -1,6 +1,7 @@
 """The README's main command, shrunk: every method pretrains, every trained encoder is probed."""
 
 import json
+import re
 
 from xdc.config import load_config
 from xdc.demo import METHODS, run_demo
@@ -18,4 +19,11 @@ def test_demo_runs_every_method_and_writes_the_table(tmp_path, capsys):
     assert json.loads((tmp_path / "demo.json").read_text())["rows"] == result["rows"]
     out = capsys.readouterr().out
     assert "24 files: 24 usable (24 with audio), 0 unusable" in out and "video_top1" in out
+    # the rows printed as each method ends line up under the header printed before the first
+    lines = out.splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("method")))
+    live = lines[first : first + 1 + len(METHODS)]
+    assert not any(line.startswith(METHODS[0]) for line in lines[:first])
+    assert [line.split()[0] for line in live] == ["method", *METHODS]
+    assert len({re.match(r"\S+\s+", line).end() for line in live}) == 1
     assert (tmp_path / "runs" / "xdc" / "report.html").stat().st_size > 10_000

@@ -42,6 +42,9 @@ def run_demo(out: Path, cfg: Config, videos: int = 128, classes: int = 8, overri
     table = _probe_table(labels, out / "probe.csv")
 
     rows = []
+    columns = ("method", "video_top1", "audio_top1", "nmi_vs_labels", "seconds")
+    widths = {"method": max(map(len, METHODS)), "nmi_vs_labels": len("v:0.00 a:0.00"), "seconds": 6}
+    print(format_table([dict.fromkeys(columns, "")], widths).splitlines()[0])
     for method in METHODS:
         method_cfg = load_config(None, [*DEMO_SETTINGS, f"train.method={method}", f"seed={cfg.seed}", *overrides],
                                  preset="tiny")  # fmt: skip
@@ -55,7 +58,7 @@ def run_demo(out: Path, cfg: Config, videos: int = 128, classes: int = 8, overri
                 row[f"{encoder}_top1"] = _probe(run, encoder, table, out / "features" / f"{method}-{encoder}.npz")
         row["seconds"] = round(time.perf_counter() - t, 1)
         rows.append(row)
-        print(format_table([row]).splitlines()[-1], flush=True)
+        print(format_table([row], widths).splitlines()[-1], flush=True)
 
     print()
     print(format_table(rows))
