@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from xdc.config import DataConfig
 from xdc.data.decode import DecodeError, read_clip
@@ -53,6 +53,15 @@ class _ClipDataset(Dataset):
             raise ValueError("device_crops needs raw_video and frames that the training resize enlarges")
         self.device_logmel = device_logmel and self.audio
         self.audio_transform = AudioTransform(cfg, train, logmel=not self.device_logmel) if self.audio else None
+        self.crashed: dict[str, str] = {}  # path -> why: files that killed a loader worker, not read again
+        self.reading: torch.Tensor | None = None  # per loader worker, the video it reads (-1: none); see watch()
+
+    def watch(self, workers: int) -> None:
+        """Give each of up to ``workers`` loader workers a slot in shared memory where it keeps the video it is
+        reading, so that the main process can name the file a worker died on (:mod:`xdc.data.worker_deaths`).
+        Before the workers start: they inherit the slots."""
+        if self.reading is None or len(self.reading) < workers:
+            self.reading = torch.full((workers,), -1, dtype=torch.int64).share_memory_()
 
     def latest_start(self, i):
         """The latest start whose clip fits in video ``i`` (an index or an array of them), 0 for shorter ones.
@@ -60,6 +69,18 @@ class _ClipDataset(Dataset):
         return np.maximum(0.0, self.manifest.durations[i] - self.span)
 
     def _load(self, i: int, start: float) -> dict:
+        if self.crashed and self.manifest.path(i) in self.crashed:
+            raise DecodeError(self.crashed[self.manifest.path(i)])
+        worker = get_worker_info() if self.reading is not None else None
+        if worker is not None:
+            self.reading[worker.id] = i
+        try:
+            return self._clip_item(i, start)
+        finally:
+            if worker is not None:
+                self.reading[worker.id] = -1
+
+    def _clip_item(self, i: int, start: float) -> dict:
         has_audio = bool(self.manifest.has_audio[i])
         clip = read_clip(
             self.manifest.path(i), self.manifest.offsets[i] + start, self.cfg.clip, video=self.video,

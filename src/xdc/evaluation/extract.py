@@ -15,6 +15,7 @@ from torch import nn
 
 from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, make_loader
+from xdc.data.worker_deaths import Surviving
 from xdc.data.failures import FailureLog
 from xdc.data.index import build_manifest
 from xdc.data.manifest import Manifest, read_rows
@@ -89,7 +90,7 @@ def extract_features(
                          pin_memory=place.pin_memory)  # fmt: skip
     failures = FailureLog(max_fraction=1.0)  # evaluation records every failed clip but never stops
     features, rows, clip_numbers, starts = ToHost(), [], [], []  # features: one wait for the device per 32 batches
-    for batch in progress_bar(loader, desc=f"extract {encoder_name}", unit="batch"):
+    for batch in progress_bar(Surviving(loader), desc=f"extract {encoder_name}", unit="batch"):
         failures.update(batch)
         if batch["index"].numel() == 0:
             continue

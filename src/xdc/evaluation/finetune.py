@@ -13,6 +13,7 @@ from torch import nn
 
 from xdc.config import FinetuneConfig
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
+from xdc.data.worker_deaths import Surviving
 from xdc.data.failures import FailureLog
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, split_items
@@ -62,7 +63,7 @@ def finetune(
             encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
         loader = make_loader(train_set, cfg.batch_size, workers, shuffle=True, seed=seed * 1000 + epoch,
                              pin_memory=place.pin_memory)  # fmt: skip
-        for batch in progress_bar(loader, desc=f"finetune epoch {epoch}", unit="batch", leave=False):
+        for batch in progress_bar(Surviving(loader), desc=f"finetune epoch {epoch}", unit="batch", leave=False):
             failures.update(batch)
             if batch["index"].numel() == 0:
                 continue
@@ -106,7 +107,7 @@ def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, wor
     dataset = EvalClips(test, data_cfg, clips=cfg.test_clips, modalities=(modality,), raw_video=True,
                         device_logmel=place.device_logmel)  # fmt: skip
     scores, labels, groups = ToHost(), [], []  # scores: one wait for the device per 32 batches
-    for batch in make_loader(dataset, cfg.batch_size, workers, pin_memory=place.pin_memory):
+    for batch in Surviving(make_loader(dataset, cfg.batch_size, workers, pin_memory=place.pin_memory)):
         if batch["index"].numel() == 0:
             continue
         with place.autocast():

@@ -50,6 +50,7 @@ from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
 from xdc.config import Config, TrainConfig, config_to_dict, load_config, node_ranks
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog
+from xdc.data.worker_deaths import Surviving
 from xdc.data.manifest import Manifest, write_videos
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.errors import UserError
@@ -146,6 +147,7 @@ class Pretrainer:
                                     device_crops=cfg.data.crops_on_device(ctx.device.type), device_logmel=logmel)
         self.eval_set = EvalClips(self.videos, cfg.data, clips=1, modalities=modalities, raw_video=True,
                                   device_logmel=logmel)  # fmt: skip
+        self.eval_set.crashed = self.train_set.crashed  # a file that killed a loader worker: one set, checkpointed
         self.normalize_video = NormalizeVideo(ctx.device)
         self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device) if self.train_set.device_crops else None
         self.device_logmel = DeviceLogMel(cfg.data, ctx.device) if self.train_set.device_logmel else None
@@ -350,7 +352,7 @@ class Pretrainer:
         rows = {e: ToHost() for e in clustered}  # one wait for the device per group of batches, not per batch
         indices = []
         desc = f"round {self.progress.round}: extract"
-        for batch in progress_bar(loader, desc=desc, unit="batch", show=self.ctx.main, leave=False):
+        for batch in progress_bar(Surviving(loader), desc=desc, unit="batch", show=self.ctx.main, leave=False):
             self.failures.update(batch)
             if batch["index"].numel() == 0:
                 continue
@@ -504,7 +506,8 @@ class Pretrainer:
         model = self.train_model
         model.train()
         desc = f"round {p.round} epoch {p.epoch}"
-        bar = progress_bar(self._train_loader(), desc=desc, unit="batch", show=self.ctx.main, leave=False)
+        batches = Surviving(self._train_loader())
+        bar = progress_bar(batches, desc=desc, unit="batch", show=self.ctx.main, leave=False)
         t, clips = time.perf_counter(), 0
         waited, since = 0.0, None  # the wait for the loader after the epoch's first batch, and since when
         for batch, wait in with_waits(bar):
@@ -680,7 +683,7 @@ class Pretrainer:
         shard = Subset(self.eval_set, held[self.ctx.rank :: self.ctx.world_size].tolist())
         total = torch.zeros(2, device=self.ctx.device)  # summed loss, labelled clips
         pin = self.ctx.device.type == "cuda"
-        for batch in make_loader(shard, self._batch_per_rank(), self.workers, pin_memory=pin):
+        for batch in Surviving(make_loader(shard, self._batch_per_rank(), self.workers, pin_memory=pin)):
             if batch["index"].numel() == 0:
                 continue
             with self._autocast():
@@ -718,6 +721,7 @@ class Pretrainer:
             "labels": {k: torch.from_numpy(v) for k, v in p.labels.items()},
             "previous": {k: torch.from_numpy(v) for k, v in p.previous.items()},
             "torch_rng": torch.get_rng_state(),
+            "crashed": dict(self.train_set.crashed),
         }
         checkpoint.save_atomic(state, self.out / "checkpoints" / "last.pt")
 
@@ -745,6 +749,7 @@ class Pretrainer:
             self.model.heads.load_state_dict(state["heads"])
             self.head_optimizer.load_state_dict(state["head_optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        self.train_set.crashed.update(state.get("crashed", {}))  # checkpoints before 2026-11-30 have none
         barrier(self.ctx)
 
 

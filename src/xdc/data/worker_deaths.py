@@ -1,0 +1,172 @@
+"""A loader worker that dies costs its file, not the run.
+
+FFmpeg can crash the process that decodes a damaged file, and the kernel kills a worker that runs out of memory.
+PyTorch's DataLoader then raises in the main process, from its SIGCHLD handler, wherever that process is: in the
+middle of a training step or of a checkpoint write. A resumed run meets the same file at the same step and dies
+again. :class:`Surviving` turns that into a skipped file:
+
+1. the death surfaces only where the next batch is fetched (the DataLoader's own check of its workers when it
+   waits for a batch; its signal handler is put back to the default);
+2. each worker keeps the video it is reading in a shared slot (the dataset's ``watch``), so the dead worker's
+   slot names the file; the dataset marks it, and every later read of it is a failure record, counted by the
+   run's FailureLog like any other, without decoding it again;
+3. the pass goes on with new workers from the first batch not yet yielded, in the same order, so every batch is
+   what it would have been (a marked file's items aside).
+
+A death that blames no file (between items, or not a crash: the out-of-memory killer's SIGKILL) is retried a few
+times per pass, then ends the run with a message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from xdc.errors import UserError
+
+UNEXPLAINED_DEATHS = 3  # per pass: deaths that blame no file; the run ends at this many
+# What a crash of the process sends; SIGKILL is the out-of-memory killer's (or a person's), which a worker earns by
+# the memory of all the processes, not by the file it reads.
+CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
+_TORCH_SIGCHLD = "torch.utils.data._utils.signal_handling"
+
+
+class Surviving:
+    """The batches of one pass over ``loader``, as ``iter(loader)`` gives them, through the deaths of its workers;
+    as long as the loader. The loader stays usable: a persistent one starts new workers at its next pass."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict]:
+        return _surviving(self.loader)
+
+
+def _surviving(loader: DataLoader) -> Iterator[dict]:
+    dataset = _clips(loader.dataset)
+    if loader.num_workers == 0 or dataset is None:
+        yield from loader
+        return
+    dataset.watch(loader.num_workers)
+    # A shuffled order comes from the loader's generator: a restart puts it back as it was before the pass. A new
+    # iterator first draws its workers' base seed from it, a persistent loader's next pass does not; nor does a
+    # restart of such a pass.
+    order = loader.generator.get_state() if loader.generator is not None else None
+    fresh = not (loader.persistent_workers and getattr(loader, "_iterator", None) is not None)
+    current, done, unexplained = loader, 0, 0
+    while True:
+        it = None
+        try:
+            it = iter(current)  # persistent workers that died while idle surface here
+            _default_sigchld()
+            for batch in it:
+                yield batch
+                done += 1
+            return
+        except Exception as e:  # RuntimeError from the DataLoader, OSError for a batch whose sender died
+            if it is None:  # iter() itself raised: the persistent loader keeps the iterator
+                it = getattr(current, "_iterator", None)
+            dead = _dead(getattr(it, "_workers", []), wait=2.0 if isinstance(e, OSError) else 0.0)
+            if not dead:
+                raise
+        blamed = False
+        for worker, code in dead:
+            why = _why(code)
+            video = int(dataset.reading[worker])
+            dataset.reading[worker] = -1
+            if video >= 0 and code is not None and -code in CRASHES:
+                path = dataset.manifest.path(video)
+                dataset.crashed[path] = f"a loader worker died reading it ({why})"
+                blamed = True
+                print(f"WARNING: a loader worker died ({why}) reading {path}: the run skips that file from now on "
+                      f"and goes on from batch {done} with new workers", file=sys.stderr)  # fmt: skip
+            else:
+                where = "between files" if video < 0 else f"reading {dataset.manifest.path(video)}, not a crash"
+                print(f"WARNING: a loader worker died ({why}) {where}; going on from batch {done} with new workers",
+                      file=sys.stderr)  # fmt: skip
+        unexplained += not blamed
+        if unexplained >= UNEXPLAINED_DEATHS:
+            raise UserError(
+                f"loader workers died {unexplained} times in this pass without a file to blame (last: {why}; the "
+                "out-of-memory killer sends SIGKILL): try fewer data.workers, or more memory"
+            )
+        _stop(current, it)
+        if order is not None:
+            loader.generator.set_state(order)
+        current = _from_batch(loader, done, seeds=loader.generator if fresh else torch.Generator())
+
+
+def _clips(dataset):
+    """The clip dataset under any ``Subset``s, or None for another kind."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset if hasattr(dataset, "watch") else None
+
+
+def _dead(workers: list, wait: float) -> list[tuple[int, int]]:
+    """(number, exit code) of the workers that ended, waiting up to ``wait`` s for one: a batch can fail to arrive
+    (its tensors' sender gone) a moment before its worker's end is seen."""
+    deadline = time.monotonic() + wait
+    while True:
+        dead = [(i, w.exitcode) for i, w in enumerate(workers) if not w.is_alive()]
+        if dead or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.02)
+
+
+def _why(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
+
+
+def _default_sigchld() -> None:
+    """Put back the default for SIGCHLD where the DataLoader's handler is set: it raises in the main thread at any
+    point, mid-step or mid-checkpoint, and the DataLoader finds a dead worker anyway when it next waits for a
+    batch (within 5 s), which is where :class:`Surviving` can act."""
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        return
+    if getattr(signal.getsignal(signal.SIGCHLD), "__module__", None) == _TORCH_SIGCHLD:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _stop(loader: DataLoader, it) -> None:
+    """End the workers left of a pass that lost one; a persistent loader starts new ones at its next pass."""
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    if getattr(loader, "_iterator", None) is it:
+        loader._iterator = None
+
+
+class _Skip:
+    """A batch sampler's batches from number ``start`` on."""
+
+    def __init__(self, batches, start: int):
+        self.batches, self.start = batches, start
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.start, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.start)
+
+
+def _from_batch(loader: DataLoader, start: int, seeds: torch.Generator | None) -> DataLoader:
+    """A loader like ``loader`` for one pass that begins at its batch ``start``, drawing its workers' base seed from
+    ``seeds`` (None: torch's global generator, as a loader without a generator does)."""
+    return DataLoader(
+        loader.dataset, batch_sampler=_Skip(loader.batch_sampler, start), num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, prefetch_factor=loader.prefetch_factor,
+        worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
+        generator=seeds,
+    )  # fmt: skip

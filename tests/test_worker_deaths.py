@@ -1,0 +1,173 @@
+"""Loader workers that die: real worker processes killed by real signals, as FFmpeg's crashes and the out-of-memory
+killer kill them, while they read real files. What makes a worker die on one file is the test's: a decoder crash
+cannot be made to order."""
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+from torch.utils.data import get_worker_info
+
+from conftest import synthetic_manifest
+from xdc.config import load_config
+from xdc.data import worker_deaths
+from xdc.data.datasets import EvalClips, _ClipDataset, make_loader
+from xdc.data.manifest import Manifest
+from xdc.data.worker_deaths import Surviving
+from xdc.errors import UserError
+from xdc.training import checkpoint
+from xdc.training.distributed import Dist
+from xdc.training.pretrain import Pretrainer, pretrain
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return synthetic_manifest(tmp_path_factory.mktemp("deaths"), 12, 3, seed=0)
+
+
+@pytest.fixture
+def crash_on(monkeypatch):
+    """A worker that reads ``dataset.crash_on`` (a path) dies of SIGSEGV, as a decoder crash kills it (or of
+    ``dataset.crash_signal``), once the file ``dataset.crash_when`` exists (from the start when unset)."""
+    read = _ClipDataset._clip_item
+
+    def clip_item(self, i, start):
+        when = getattr(self, "crash_when", None)
+        if get_worker_info() and self.manifest.path(i) == getattr(self, "crash_on", None):
+            if when is None or os.path.exists(when):
+                os.kill(os.getpid(), getattr(self, "crash_signal", signal.SIGSEGV))
+        return read(self, i, start)
+
+    monkeypatch.setattr(_ClipDataset, "_clip_item", clip_item)
+
+
+def _clips(manifest) -> EvalClips:
+    return EvalClips(Manifest.load(manifest), load_config(None, preset="tiny").data, clips=2, raw_video=True)
+
+
+def _items(batches) -> tuple[list, list]:
+    """(index, clip, video) of every item that loaded, in order, and (index, reason) of every failure."""
+    loaded, failed = [], []
+    for b in batches:
+        loaded += [(int(i), int(c), v) for i, c, v in zip(b["index"], b.get("clip", []), b.get("video", []))]
+        failed += [(f["index"], f["reason"]) for f in b["failures"]]
+    return loaded, failed
+
+
+def _key(item):
+    return item[:2]
+
+
+@pytest.mark.parametrize("shuffle, crash_pass", [(False, 0), (True, 1)])
+def test_a_worker_that_dies_on_a_file_costs_that_file_and_no_other_batch(
+    manifest, crash_on, tmp_path, capsys, shuffle, crash_pass
+):  # fmt: skip
+    # Two passes of a persistent loader; a worker dies reading one file in the first (a new iterator) or the second
+    # (a persistent one's next pass; with a shuffled order, which the restart must replay).
+    reference = make_loader(_clips(manifest), 4, 2, shuffle=shuffle, seed=3)
+    dataset = _clips(manifest)
+    victim = 4
+    dataset.crash_on = dataset.manifest.path(victim)
+    dataset.crash_when = tmp_path / "now"
+    loader = make_loader(dataset, 4, 2, shuffle=shuffle, seed=3)
+    for n in range(3):
+        if n == crash_pass:
+            dataset.crash_when.touch()
+        expected, _ = _items(reference)
+        loaded, failed = _items(Surviving(loader))
+        warnings = capsys.readouterr().err
+        if n < crash_pass:
+            assert not failed and not warnings
+        else:  # from the death on, the file's two clips fail without a read, and no other item changes
+            assert failed == [(victim, "a loader worker died reading it (killed by SIGSEGV)")] * 2
+            assert ("WARNING: a loader worker died (killed by SIGSEGV) reading" in warnings) == (n == crash_pass)
+            expected = [x for x in expected if x[0] != victim]
+        if shuffle and n > crash_pass:  # new workers after the death: a new iterator draws a base seed first
+            loaded, expected = sorted(loaded, key=_key), sorted(expected, key=_key)
+        assert [x[:2] for x in loaded] == [x[:2] for x in expected]
+        assert all(torch.equal(a[2], b[2]) for a, b in zip(loaded, expected))
+    assert dataset.crashed == {dataset.crash_on: "a loader worker died reading it (killed by SIGSEGV)"}
+
+
+def _kill_an_idle_worker(batches, sig=signal.SIGKILL) -> None:
+    """Kill a worker of the pass that ``batches`` (a :class:`Surviving` iteration) is in, once none of them reads
+    (all have their batches ready), as the out-of-memory killer may."""
+    pass_ = batches.gi_frame.f_locals["it"]
+    reading = pass_._dataset.reading if hasattr(pass_._dataset, "reading") else pass_._dataset.dataset.reading
+    for _ in range(200):
+        if (reading < 0).all():
+            time.sleep(0.2)  # between items a slot is clear for a moment; idle, it stays clear
+            if (reading < 0).all():
+                os.kill(pass_._workers[0].pid, sig)
+                return
+        time.sleep(0.05)
+    raise AssertionError("the workers never went idle")
+
+
+def _until_restarted(batches, loader) -> list:
+    """The batches up to the first of a restarted pass."""
+    got = []
+    while batches.gi_frame.f_locals["current"] is loader:
+        got.append(next(batches))
+    return got
+
+
+def test_a_worker_killed_between_files_blames_none_and_too_many_such_deaths_stop_with_a_message(
+    manifest, monkeypatch, capsys
+):  # fmt: skip
+    monkeypatch.setattr(worker_deaths, "UNEXPLAINED_DEATHS", 2)
+    expected, _ = _items(make_loader(_clips(manifest), 4, 0))
+    loader = make_loader(_clips(manifest), 4, 2)
+    batches = iter(Surviving(loader))
+    got = [next(batches)]
+    _kill_an_idle_worker(batches)
+    got += list(batches)  # the live worker's batches, then the dead one's again from new workers
+    loaded, failed = _items(got)
+    assert not failed and not loader.dataset.crashed
+    assert [x[:2] for x in loaded] == [x[:2] for x in expected]
+    assert "WARNING: a loader worker died (killed by SIGKILL) between files; going on from batch" in (
+        capsys.readouterr().err
+    )  # fmt: skip
+
+    batches = iter(Surviving(loader))  # the loader's next pass, with new workers
+    next(batches)
+    _kill_an_idle_worker(batches)
+    _until_restarted(batches, loader)
+    _kill_an_idle_worker(batches)
+    with pytest.raises(UserError, match="loader workers died 2 times in this pass without a file to blame"):
+        list(batches)
+
+
+def test_a_worker_killed_by_sigkill_while_reading_blames_no_file(manifest, crash_on, monkeypatch, capsys):
+    # SIGKILL is the out-of-memory killer's: the memory of all the processes, not the file. So the file is read
+    # again, and here, where it kills its reader each time, the deaths end the pass.
+    monkeypatch.setattr(worker_deaths, "UNEXPLAINED_DEATHS", 2)
+    dataset = _clips(manifest)
+    dataset.crash_on, dataset.crash_signal = dataset.manifest.path(4), signal.SIGKILL
+    with pytest.raises(UserError, match="died 2 times in this pass without a file to blame .last: killed by SIGKILL"):
+        list(Surviving(make_loader(dataset, 4, 2)))
+    assert not dataset.crashed
+    assert f"died (killed by SIGKILL) reading {dataset.crash_on}, not a crash; going on" in capsys.readouterr().err
+
+
+def test_a_pretraining_run_goes_on_past_a_file_that_kills_its_worker_and_a_resume_keeps_it_skipped(
+    manifest, crash_on, tmp_path, capsys
+):  # fmt: skip
+    cfg = load_config(None, ["train.batch_size=8", "train.k=3", "train.rounds=2", "train.epochs=1",
+                             "data.workers=2", "train.method=xdc"], preset="tiny")  # fmt: skip
+    victim = Manifest.load(manifest).path(5)
+    _ClipDataset.crash_on = victim  # every dataset of the run: extraction's and training's
+    try:
+        pretrain(cfg, manifest, tmp_path / "run", resume=False, ctx=Dist())
+    finally:
+        del _ClipDataset.crash_on
+    assert "WARNING: a loader worker died (killed by SIGSEGV) reading" in capsys.readouterr().err
+    rows = (tmp_path / "run" / "skipped.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(victim) and "killed by SIGSEGV" in rows[1]
+    state = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["crashed"] == {victim: "a loader worker died reading it (killed by SIGSEGV)"}
+    again = Pretrainer(cfg, manifest, tmp_path / "run", Dist(), resume=True)
+    again.resume()  # the file stays skipped: read again, it would kill another worker at the same step
+    assert again.train_set.crashed == state["crashed"] and again.eval_set.crashed is again.train_set.crashed
