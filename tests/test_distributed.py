@@ -16,6 +16,7 @@ from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.config import load_config
 from xdc.data.datasets import TrainClips
 from xdc.errors import UserError
+from xdc.training.checkpoint import load
 from xdc.training.distributed import Dist, broadcast_labels, gather_rows, init_distributed, on_main
 from xdc.training.pretrain import FeatureShard, Pretrainer
 
@@ -274,3 +275,32 @@ def test_the_logged_wait_for_clips_is_the_slowest_ranks(tmp_path):
     steps = run_two_ranks(_slow_loader_worker, 29597, manifest, tmp_path)[0]
     assert len(steps) == 6  # 24 videos, 2 clips per rank and step
     assert steps[-1]["data_wait"] > 0.25
+
+
+def _failures_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
+    from xdc.training.pretrain import pretrain
+
+    ctx = _join(rank, world, port)
+    cfg = load_config(None, ["train.k=4", "train.batch_size=8", "train.rounds=1", "train.epochs=1", "data.workers=0",
+                             "data.retries=0", "data.max_fail_fraction=0.5"], preset="tiny")  # fmt: skip
+    pretrain(cfg, manifest, root / "run", resume=False, ctx=ctx)
+    dist.destroy_process_group()
+
+
+def test_skipped_csv_lists_the_files_that_failed_on_every_rank(tmp_path):
+    # Before, each rank counted its own failures and rank 0 saved only its own: another rank's were lost.
+    manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
+    lines = manifest.read_text().splitlines()
+    header = lines[0].split(",")
+    junk = [tmp_path / f"junk{i}.mp4" for i in range(2)]  # videos 24 and 25: the two ranks' extraction halves
+    for path in junk:
+        path.write_bytes(b"\x00" * 4000)
+        row = dict.fromkeys(header, "")
+        row.update(path=str(path), status="ok", duration_s="3.0", has_audio="1", width="64", label="class00")
+        lines.append(",".join(row[h] for h in header))
+    manifest.write_text("\n".join(lines) + "\n")
+    run_two_ranks(_failures_worker, 29591, manifest, tmp_path)
+    skipped = (tmp_path / "run" / "skipped.csv").read_text()
+    assert all(str(path) in skipped for path in junk)
+    ranks = load(tmp_path / "run" / "checkpoints" / "last.pt")["ranks"]
+    assert [list(r["failures"]["files"]) for r in ranks] == [[str(junk[0])], [str(junk[1])]]

@@ -167,7 +167,9 @@ def test_a_pretraining_run_goes_on_past_a_file_that_kills_its_worker_and_a_resum
     rows = (tmp_path / "run" / "skipped.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith(victim) and "killed by SIGSEGV" in rows[1]
     state = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["crashed"] == {victim: "a loader worker died reading it (killed by SIGSEGV)"}
+    crashed = {victim: "a loader worker died reading it (killed by SIGSEGV)"}
+    assert state["ranks"][0]["crashed"] == crashed and list(state["ranks"][0]["failures"]["files"]) == [victim]
     again = Pretrainer(cfg, manifest, tmp_path / "run", Dist(), resume=True)
     again.resume()  # the file stays skipped: read again, it would kill another worker at the same step
-    assert again.train_set.crashed == state["crashed"] and again.eval_set.crashed is again.train_set.crashed
+    assert again.train_set.crashed == crashed and again.eval_set.crashed is again.train_set.crashed
+    assert again.failures.files == state["ranks"][0]["failures"]["files"]  # skipped.csv keeps them after a resume

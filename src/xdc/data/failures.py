@@ -8,7 +8,6 @@ the list with the run.
 from __future__ import annotations
 
 import csv
-from collections import Counter
 from pathlib import Path
 
 from xdc.errors import UserError
@@ -19,32 +18,59 @@ class TooManyFailures(UserError):
 
 
 class FailureLog:
+    """Failed items counted per file: its memory grows with the files that fail, not with the epochs that meet
+    them again."""
+
     def __init__(self, max_fraction: float, min_items: int = 50):
         self.max_fraction = max_fraction
         self.min_items = min_items  # a few early failures must not stop a run before the fraction means anything
         self.items = 0
-        self.failures: list[tuple[str, str]] = []  # (path, reason), one per failed item
+        self.failed = 0  # failed items
+        self.files: dict[str, list] = {}  # path -> [failed items, last reason]
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        """(path, last reason) of each file that failed."""
+        return [(path, reason) for path, (_, reason) in self.files.items()]
 
     def update(self, batch: dict) -> None:
         """Count a collated batch (see ``collate_clips``) and stop the run when too many items failed."""
         self.items += batch["size"]
-        self.failures.extend((f["path"], f["reason"]) for f in batch["failures"])
-        fraction = len(self.failures) / max(1, self.items)
+        for f in batch["failures"]:
+            self._add(f["path"], 1, f["reason"])
+        fraction = self.failed / max(1, self.items)
         if self.items >= self.min_items and fraction > self.max_fraction:
             path, reason = self.failures[-1]
             raise TooManyFailures(
-                f"{len(self.failures)} of {self.items} clips failed to load ({fraction:.1%}, more than "
+                f"{self.failed} of {self.items} clips failed to load ({fraction:.1%}, more than "
                 f"data.max_fail_fraction={self.max_fraction}); last: {path}: {reason}"
             )
 
+    def _add(self, path: str, count: int, reason: str) -> None:
+        self.failed += count
+        entry = self.files.pop(path, [0, reason])  # popped and put back: the last to fail comes last
+        self.files[path] = [entry[0] + count, reason]
+
+    def state(self) -> dict:
+        """What a checkpoint keeps, so that a resumed run counts and lists what failed before."""
+        return {"items": self.items, "failed": self.failed, "files": dict(self.files)}
+
+    def load_state(self, state: dict) -> None:
+        self.items, self.failed, self.files = state["items"], state["failed"], dict(state["files"])
+
+    def merge(self, states: list[dict]) -> None:
+        """Add other logs' counts (other ranks')."""
+        for other in states:
+            self.items += other["items"]
+            for path, (count, reason) in other["files"].items():
+                self._add(path, count, reason)
+
     def save(self, path: str | Path) -> None:
         """Write one row per failed file: path, times it failed, last reason."""
-        counts = Counter(p for p, _ in self.failures)
-        last = dict(self.failures)
         tmp = Path(path).with_name(Path(path).name + ".tmp")
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "failures", "reason"])
-            for p in sorted(counts):
-                writer.writerow([p, counts[p], last[p]])
+            for p in sorted(self.files):
+                writer.writerow([p, *self.files[p]])
         tmp.replace(path)

@@ -148,6 +148,15 @@ def on_main(work: Callable[[], T], ctx: Dist) -> T | None:
     return result
 
 
+def gather_objects(obj: T, ctx: Dist) -> list[T] | None:
+    """Every rank's ``obj`` (picklable, small) on rank 0, in rank order; None on the other ranks."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world_size if ctx.main else None
+    dist.gather_object(obj, out, dst=0, group=ctx.waiting)
+    return out
+
+
 def barrier(ctx: Dist) -> None:
     if ctx.enabled:
         dist.barrier()

@@ -61,7 +61,7 @@ from xdc.models.encoders import LAYOUTS, build_encoder
 from xdc.models.heads import LinearHead
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
-from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_rows, on_main
+from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_objects, gather_rows, on_main
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
@@ -326,14 +326,17 @@ class Pretrainer:
         self._save()
 
     def _finish(self) -> None:
+        ranks = gather_objects(self.failures.state(), self.ctx)  # every rank's failures: skipped.csv lists them all
         if self.ctx.main:
+            failures = FailureLog(self.cfg.data.max_fail_fraction)
+            failures.merge(ranks)
             checkpoint.save_atomic(
                 {"method": self.method.name, "encoders": {n: e.state_dict() for n, e in self.encoders.items()},
                  "modalities": dict(self.method.encoders), "config": config_to_dict(self.cfg)},
                 self.out / "encoders.pt",
             )  # fmt: skip
-            if self.failures.failures:
-                self.failures.save(self.out / "skipped.csv")
+            if failures.files:
+                failures.save(self.out / "skipped.csv")
         self.log.close()
 
     # --- 1. extract ---------------------------------------------------------------------------------------
@@ -708,6 +711,7 @@ class Pretrainer:
         return max(1, self.cfg.train.batch_size // self.ctx.world_size)
 
     def _save(self) -> None:
+        ranks = gather_objects({"failures": self.failures.state(), "crashed": self.train_set.crashed}, self.ctx)
         if not self.ctx.main:
             return
         p = self.progress
@@ -721,7 +725,7 @@ class Pretrainer:
             "labels": {k: torch.from_numpy(v) for k, v in p.labels.items()},
             "previous": {k: torch.from_numpy(v) for k, v in p.previous.items()},
             "torch_rng": torch.get_rng_state(),
-            "crashed": dict(self.train_set.crashed),
+            "ranks": ranks,  # each rank's failed files, and the files that killed its loader workers
         }
         checkpoint.save_atomic(state, self.out / "checkpoints" / "last.pt")
 
@@ -749,7 +753,13 @@ class Pretrainer:
             self.model.heads.load_state_dict(state["heads"])
             self.head_optimizer.load_state_dict(state["head_optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        self.train_set.crashed.update(state.get("crashed", {}))  # checkpoints before 2026-11-30 have none
+        ranks = state.get("ranks", [])  # checkpoints before 2026-11-30 have none
+        for r in ranks:  # a file that killed a worker of any rank is not read again by any
+            self.train_set.crashed.update(r["crashed"])
+        if len(ranks) == self.ctx.world_size:
+            self.failures.load_state(ranks[self.ctx.rank]["failures"])
+        elif ranks and self.ctx.main:  # another number of ranks: rank 0 carries on the count
+            self.failures.merge([r["failures"] for r in ranks])
         barrier(self.ctx)
 
 
