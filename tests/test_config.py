@@ -23,6 +23,7 @@ def test_defaults_yaml_then_overrides(tmp_path):
         ("data.clip.frames=2.5", "must be an integer"),
         ("data.augment.flip=yes please", "must be true or false"),
         ("data.missing_audio=drop", "must be 'skip' or 'zeros'"),
+        ("data.read_timeout_s=-1", "data.read_timeout_s must be >= 0"),
         ("data.clip=3", "is a section"),
         ("frames", "key=value"),
     ],

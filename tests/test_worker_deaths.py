@@ -30,11 +30,14 @@ def manifest(tmp_path_factory):
 @pytest.fixture
 def crash_on(monkeypatch):
     """A worker that reads ``dataset.crash_on`` (a path) dies of SIGSEGV, as a decoder crash kills it (or of
-    ``dataset.crash_signal``), once the file ``dataset.crash_when`` exists (from the start when unset)."""
+    ``dataset.crash_signal``), once the file ``dataset.crash_when`` exists (from the start when unset); one that
+    reads a path of ``dataset.sleep_on`` (path -> seconds) sleeps that long first, as a decoder in a loop would."""
     read = _ClipDataset._clip_item
 
     def clip_item(self, i, start):
         when = getattr(self, "crash_when", None)
+        if get_worker_info() and self.manifest.path(i) in getattr(self, "sleep_on", {}):
+            time.sleep(self.sleep_on[self.manifest.path(i)])
         if get_worker_info() and self.manifest.path(i) == getattr(self, "crash_on", None):
             if when is None or os.path.exists(when):
                 os.kill(os.getpid(), getattr(self, "crash_signal", signal.SIGSEGV))
@@ -43,8 +46,9 @@ def crash_on(monkeypatch):
     monkeypatch.setattr(_ClipDataset, "_clip_item", clip_item)
 
 
-def _clips(manifest) -> EvalClips:
-    return EvalClips(Manifest.load(manifest), load_config(None, preset="tiny").data, clips=2, raw_video=True)
+def _clips(manifest, *settings: str) -> EvalClips:
+    cfg = load_config(None, list(settings), preset="tiny").data
+    return EvalClips(Manifest.load(manifest), cfg, clips=2, raw_video=True)
 
 
 def _items(batches) -> tuple[list, list]:
@@ -97,9 +101,9 @@ def _kill_an_idle_worker(batches, sig=signal.SIGKILL) -> None:
     pass_ = batches.gi_frame.f_locals["it"]
     reading = pass_._dataset.reading if hasattr(pass_._dataset, "reading") else pass_._dataset.dataset.reading
     for _ in range(200):
-        if (reading < 0).all():
+        if (reading[:, 0] < 0).all():
             time.sleep(0.2)  # between items a slot is clear for a moment; idle, it stays clear
-            if (reading < 0).all():
+            if (reading[:, 0] < 0).all():
                 os.kill(pass_._workers[0].pid, sig)
                 return
         time.sleep(0.05)
@@ -150,6 +154,28 @@ def test_a_worker_killed_by_sigkill_while_reading_blames_no_file(manifest, crash
         list(Surviving(make_loader(dataset, 4, 2)))
     assert not dataset.crashed
     assert f"died (killed by SIGKILL) reading {dataset.crash_on}, not a crash; going on" in capsys.readouterr().err
+
+
+def test_a_worker_that_hangs_on_a_file_is_stopped_and_the_file_skipped_but_a_slow_one_waited_for(
+    manifest, crash_on, capsys
+):  # fmt: skip
+    # data.read_timeout_s=6: the DataLoader hands control back every 3 s without a batch. Video 2's clips take 3 s
+    # each (slow, read on), video 4's for ever (hung: killed after 6-9 s).
+    expected, _ = _items(make_loader(_clips(manifest), 4, 0))
+    dataset = _clips(manifest, "data.read_timeout_s=6")
+    slow, hung = dataset.manifest.path(2), dataset.manifest.path(4)
+    dataset.sleep_on = {slow: 3, hung: 3600}
+    t = time.monotonic()
+    loaded, failed = _items(Surviving(make_loader(dataset, 4, 2)))
+    assert time.monotonic() - t < 30
+    assert failed == [(4, "a loader worker hung reading it (over data.read_timeout_s=6 s)")] * 2
+    expected = [x for x in expected if x[0] != 4]
+    assert [x[:2] for x in loaded] == [x[:2] for x in expected]
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(loaded, expected))
+    assert list(dataset.crashed) == [hung]
+    assert f"WARNING: a loader worker hung reading {hung} (over data.read_timeout_s=6 s): stopped" in (
+        capsys.readouterr().err
+    )  # fmt: skip
 
 
 def test_a_pretraining_run_goes_on_past_a_file_that_kills_its_worker_and_a_resume_keeps_it_skipped(

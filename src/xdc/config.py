@@ -84,6 +84,9 @@ class DataConfig:
     missing_audio: str = "skip"  # skip: drop videos without audio from audio-visual datasets; zeros: silent audio
     retries: int = 3  # other clips of the same video tried before the video is recorded as failed
     max_fail_fraction: float = 0.05  # stop the run when more than this fraction of items failed
+    # A loader worker that reads one clip for longer is hung (a decoder in a loop, a stalled network file system):
+    # it is stopped and the file skipped from then on (xdc.data.worker_deaths); 0: wait for ever
+    read_timeout_s: float = 120.0
     eval_clips: int = 10  # evenly spaced clips per video for evaluation
     # DataLoader worker processes per process; auto: 2 on a CPU, and on CUDA every core this process may use
     # (shared with the other ranks on the node) but one for the training process
@@ -100,6 +103,8 @@ class DataConfig:
         if self.workers != "auto" and not (type(self.workers) is int and self.workers >= 0):
             raise UserError(f"data.workers must be auto or a whole number >= 0 (0: load in the main process), "
                             f"not {self.workers!r}")  # fmt: skip
+        if not self.read_timeout_s >= 0:
+            raise UserError(f"data.read_timeout_s must be >= 0 (0: no limit), not {self.read_timeout_s!r}")
         if self.missing_audio not in ("skip", "zeros"):
             raise UserError(f"data.missing_audio must be 'skip' or 'zeros', not {self.missing_audio!r}")
         aug, crop = self.augment, self.clip.crop

@@ -54,14 +54,15 @@ class _ClipDataset(Dataset):
         self.device_logmel = device_logmel and self.audio
         self.audio_transform = AudioTransform(cfg, train, logmel=not self.device_logmel) if self.audio else None
         self.crashed: dict[str, str] = {}  # path -> why: files that killed a loader worker, not read again
-        self.reading: torch.Tensor | None = None  # per loader worker, the video it reads (-1: none); see watch()
+        # per loader worker: the video it reads (-1: none) and since when (time.monotonic, ms); see watch()
+        self.reading: torch.Tensor | None = None
 
     def watch(self, workers: int) -> None:
         """Give each of up to ``workers`` loader workers a slot in shared memory where it keeps the video it is
-        reading, so that the main process can name the file a worker died on (:mod:`xdc.data.worker_deaths`).
-        Before the workers start: they inherit the slots."""
+        reading and since when, so that the main process can name the file a worker died or hung on
+        (:mod:`xdc.data.worker_deaths`). Before the workers start: they inherit the slots."""
         if self.reading is None or len(self.reading) < workers:
-            self.reading = torch.full((workers,), -1, dtype=torch.int64).share_memory_()
+            self.reading = torch.full((workers, 2), -1, dtype=torch.int64).share_memory_()
 
     def latest_start(self, i):
         """The latest start whose clip fits in video ``i`` (an index or an array of them), 0 for shorter ones.
@@ -73,12 +74,13 @@ class _ClipDataset(Dataset):
             raise DecodeError(self.crashed[self.manifest.path(i)])
         worker = get_worker_info() if self.reading is not None else None
         if worker is not None:
-            self.reading[worker.id] = i
+            self.reading[worker.id, 1] = int(time.monotonic() * 1000)  # the time first: never a video with an old one
+            self.reading[worker.id, 0] = i
         try:
             return self._clip_item(i, start)
         finally:
             if worker is not None:
-                self.reading[worker.id] = -1
+                self.reading[worker.id, 0] = -1
 
     def _clip_item(self, i: int, start: float) -> dict:
         has_audio = bool(self.manifest.has_audio[i])

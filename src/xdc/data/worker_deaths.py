@@ -1,16 +1,19 @@
-"""A loader worker that dies costs its file, not the run.
+"""A loader worker that dies or hangs costs its file, not the run.
 
 FFmpeg can crash the process that decodes a damaged file, and the kernel kills a worker that runs out of memory.
 PyTorch's DataLoader then raises in the main process, from its SIGCHLD handler, wherever that process is: in the
 middle of a training step or of a checkpoint write. A resumed run meets the same file at the same step and dies
-again. :class:`Surviving` turns that into a skipped file:
+again. A decoder can also loop for ever on a file (or a network file system stall), and then the run waits for
+ever. :class:`Surviving` turns both into a skipped file:
 
 1. the death surfaces only where the next batch is fetched (the DataLoader's own check of its workers when it
    waits for a batch; its signal handler is put back to the default);
 2. each worker keeps the video it is reading in a shared slot (the dataset's ``watch``), so the dead worker's
    slot names the file; the dataset marks it, and every later read of it is a failure record, counted by the
    run's FailureLog like any other, without decoding it again;
-3. the pass goes on with new workers from the first batch not yet yielded, in the same order, so every batch is
+3. a worker whose slot shows one clip read for over ``data.read_timeout_s`` is hung: it is killed and its file
+   marked in the same way (the DataLoader, given a timeout, hands control back while it waits);
+4. the pass goes on with new workers from the first batch not yet yielded, in the same order, so every batch is
    what it would have been (a marked file's items aside).
 
 A death that blames no file (between items, or not a crash: the out-of-memory killer's SIGKILL) is retried a few
@@ -36,6 +39,7 @@ UNEXPLAINED_DEATHS = 3  # per pass: deaths that blame no file; the run ends at t
 # the memory of all the processes, not by the file it reads.
 CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
 _TORCH_SIGCHLD = "torch.utils.data._utils.signal_handling"
+CHECK_S = 5.0  # the DataLoader's own interval between checks of its workers while it waits (MP_STATUS_CHECK_INTERVAL)
 
 
 class Surviving:
@@ -63,47 +67,82 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
     # restart of such a pass.
     order = loader.generator.get_state() if loader.generator is not None else None
     fresh = not (loader.persistent_workers and getattr(loader, "_iterator", None) is not None)
+    # With a timeout the DataLoader gives control back after that many seconds without a batch, to look for a hung
+    # worker; it then checks for dead ones only at the timeout too, so the timeout is its usual check interval.
+    limit = dataset.cfg.read_timeout_s
+    if limit and not loader.timeout:
+        loader.timeout = min(limit, CHECK_S)
     current, done, unexplained = loader, 0, 0
     while True:
         it = None
         try:
             it = iter(current)  # persistent workers that died while idle surface here
             _default_sigchld()
-            for batch in it:
+            while True:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                except RuntimeError as e:
+                    if not (limit and "timed out" in str(e)):
+                        raise
+                    if _stop_hung(dataset, it._workers, limit, done):
+                        break  # their files marked: new workers below
+                    continue  # slow, not stuck: wait on
                 yield batch
                 done += 1
-            return
         except Exception as e:  # RuntimeError from the DataLoader, OSError for a batch whose sender died
             if it is None:  # iter() itself raised: the persistent loader keeps the iterator
                 it = getattr(current, "_iterator", None)
             dead = _dead(getattr(it, "_workers", []), wait=2.0 if isinstance(e, OSError) else 0.0)
             if not dead:
                 raise
-        blamed = False
-        for worker, code in dead:
-            why = _why(code)
-            video = int(dataset.reading[worker])
-            dataset.reading[worker] = -1
-            if video >= 0 and code is not None and -code in CRASHES:
-                path = dataset.manifest.path(video)
-                dataset.crashed[path] = f"a loader worker died reading it ({why})"
-                blamed = True
-                print(f"WARNING: a loader worker died ({why}) reading {path}: the run skips that file from now on "
-                      f"and goes on from batch {done} with new workers", file=sys.stderr)  # fmt: skip
-            else:
-                where = "between files" if video < 0 else f"reading {dataset.manifest.path(video)}, not a crash"
-                print(f"WARNING: a loader worker died ({why}) {where}; going on from batch {done} with new workers",
-                      file=sys.stderr)  # fmt: skip
-        unexplained += not blamed
-        if unexplained >= UNEXPLAINED_DEATHS:
-            raise UserError(
-                f"loader workers died {unexplained} times in this pass without a file to blame (last: {why}; the "
-                "out-of-memory killer sends SIGKILL): try fewer data.workers, or more memory"
-            )
+            unexplained += not _blame(dataset, dead, done)
+            if unexplained >= UNEXPLAINED_DEATHS:
+                raise UserError(
+                    f"loader workers died {unexplained} times in this pass without a file to blame (last: "
+                    f"{_why(dead[-1][1])}; the out-of-memory killer sends SIGKILL): try fewer data.workers, or more "
+                    "memory"
+                )  # fmt: skip
         _stop(current, it)
         if order is not None:
             loader.generator.set_state(order)
         current = _from_batch(loader, done, seeds=loader.generator if fresh else torch.Generator())
+
+
+def _blame(dataset, dead: list[tuple[int, int]], done: int) -> bool:
+    """Mark the files that crashed the ``dead`` workers (number, exit code); whether any was."""
+    blamed = False
+    for worker, code in dead:
+        why = _why(code)
+        video = int(dataset.reading[worker, 0])
+        dataset.reading[worker, 0] = -1
+        if video >= 0 and code is not None and -code in CRASHES:
+            path = dataset.manifest.path(video)
+            dataset.crashed[path] = f"a loader worker died reading it ({why})"
+            blamed = True
+            print(f"WARNING: a loader worker died ({why}) reading {path}: the run skips that file from now on and "
+                  f"goes on from batch {done} with new workers", file=sys.stderr)  # fmt: skip
+        else:
+            where = "between files" if video < 0 else f"reading {dataset.manifest.path(video)}, not a crash"
+            print(f"WARNING: a loader worker died ({why}) {where}; going on from batch {done} with new workers",
+                  file=sys.stderr)  # fmt: skip
+    return blamed
+
+
+def _stop_hung(dataset, workers: list, limit: float, done: int) -> bool:
+    """Kill the workers that have read one clip for over ``limit`` seconds and mark their files; whether any."""
+    since = time.monotonic() * 1000 - limit * 1000  # a read that began before this, in ms, is hung
+    hung = [(i, w) for i, w in enumerate(workers) if w.is_alive() and 0 <= dataset.reading[i, 0]
+            and dataset.reading[i, 1] < since]  # fmt: skip
+    for i, w in hung:
+        path = dataset.manifest.path(int(dataset.reading[i, 0]))
+        dataset.crashed[path] = f"a loader worker hung reading it (over data.read_timeout_s={limit:g} s)"
+        w.kill()
+        dataset.reading[i, 0] = -1
+        print(f"WARNING: a loader worker hung reading {path} (over data.read_timeout_s={limit:g} s): stopped; the "
+              f"run skips that file from now on and goes on from batch {done} with new workers", file=sys.stderr)
+    return bool(hung)
 
 
 def _clips(dataset):
@@ -168,5 +207,5 @@ def _from_batch(loader: DataLoader, start: int, seeds: torch.Generator | None) -
         loader.dataset, batch_sampler=_Skip(loader.batch_sampler, start), num_workers=loader.num_workers,
         collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, prefetch_factor=loader.prefetch_factor,
         worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
-        generator=seeds,
+        generator=seeds, timeout=loader.timeout,
     )  # fmt: skip
