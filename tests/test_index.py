@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import time
 import wave
 from pathlib import Path
 
@@ -288,9 +289,12 @@ def test_out_must_be_a_manifest_path(media: Path, tmp_path: Path, capsys) -> Non
 
 
 def _probe_or_die(path: str) -> dict:
-    """Stands in for a decoder that segfaults on one file: the worker process dies without a Python error."""
+    """Stands in for a decoder that segfaults on one file (the worker process dies without a Python error), or
+    loops for ever on one while the file ``path + ".stuck"`` exists."""
     if "crash" in Path(path).name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if os.path.exists(path + ".stuck"):
+        time.sleep(3600)
     return index.probe_file(path)
 
 
@@ -304,9 +308,27 @@ def test_a_file_that_kills_its_worker_is_reported(media: Path, tmp_path: Path, m
     out = tmp_path / "manifest.csv"
     summary = build_manifest([str(folder)], out, workers=2)
     rows = _rows(out)
-    assert (rows["crash.mp4"]["status"], rows["crash.mp4"]["reason"]) == ("error", "decoder crashed")
+    assert (rows["crash.mp4"]["status"], rows["crash.mp4"]["reason"]) == ("error", "decoder crashed (SIGSEGV)")
     assert all(rows[n]["status"] == "ok" for n in ("a.mp4", "b.mp4", "c.mp4"))
     assert summary.line() == "4 files: 3 usable (3 with audio), 1 unusable"
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the stand-in reaches workers by fork")
+def test_a_file_that_hangs_its_probe_is_reported_and_probed_again_next_time(media, tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "h"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(media / "good.mp4", folder / name)
+    stuck = tmp_path / "h" / "b.mp4.stuck"  # not a media file: not indexed
+    stuck.touch()
+    monkeypatch.setattr(index, "_probe_job", _probe_or_die)
+    monkeypatch.setattr(index, "PROBE_LIMIT_S", 1.0)
+    out = tmp_path / "manifest.csv"
+    build_manifest([str(folder)], out, workers=2)
+    assert (_rows(out)["b.mp4"]["status"], _rows(out)["b.mp4"]["reason"]) == ("error", "hung (over 1 s)")
+    stuck.unlink()  # e.g. a network file system that stalled
+    summary = build_manifest([str(folder)], out, workers=2)
+    assert _rows(out)["b.mp4"]["status"] == "ok" and summary.probed == 1  # a.mp4 from the cache, b.mp4 again
 
 
 # What each file of ../shared/data/media really is (checked with a full decode): (status, reason prefix).

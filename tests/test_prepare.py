@@ -321,7 +321,7 @@ _PREPARE_JOB = prepare.prepare_job
 def _prepare_or_die(source: str, output: str, options) -> dict:
     """Stands in for a decoder that segfaults on one file: the worker process dies without a Python error."""
     if "crash" in Path(source).name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSEGV)
     return _PREPARE_JOB(source, output, options)
 
 
@@ -334,7 +334,7 @@ def test_a_file_that_kills_its_worker_is_reported(tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(prepare, "prepare_job", _prepare_or_die)
     summary = prepare.prepare([str(src)], tmp_path / "out", workers=2)
     rows = _report(tmp_path / "out")
-    assert (rows["crash.mp4"]["status"], rows["crash.mp4"]["reason"]) == ("error", "decoder crashed")
+    assert (rows["crash.mp4"]["status"], rows["crash.mp4"]["reason"]) == ("error", "decoder crashed (SIGSEGV)")
     assert rows["a.mp4"]["status"] == rows["b.mp4"]["status"] == "ok"
     assert summary.line() == "3 files: 2 prepared (0 already done), 0 skipped, 1 failed"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "b.mp4", "prepared.csv"]

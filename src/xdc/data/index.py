@@ -11,14 +11,12 @@ import logging
 import os
 import stat
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 import av
-from tqdm import tqdm
 
+from xdc.data.jobs import run_jobs
 from xdc.data.manifest import read_rows, write_rows
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
@@ -38,6 +36,9 @@ TAIL_MAX_PACKETS = 1500
 # The checks' version, written in every probed row: a cached row made by other checks is probed again.
 # 2: a cut Matroska file is an error; duration_s ends with the pictures when sound goes on after them.
 PROBE_VERSION = "2"
+# A probe decodes a few packets at a handful of points (807 GRID files: 340 a second on 2 cores). One that takes over
+# two minutes is hung (a decoder in a loop, a stalled network file system); its file gets an error row.
+PROBE_LIMIT_S = 120.0
 
 
 @dataclass
@@ -79,7 +80,7 @@ def build_manifest(
             rows[path] = row
         elif cached is not None and (cached.get("size"), cached.get("mtime"), cached.get("probe")) == (
             str(row["size"]), row["mtime"], PROBE_VERSION
-        ):
+        ) and not cached.get("reason", "").startswith("hung"):  # a stall of the disk, perhaps: probed again
             rows[path] = dict(cached)
         else:
             todo[path] = row
@@ -216,40 +217,20 @@ def stat_row(path: str) -> dict:
 
 
 def probe_files(paths: list[str], workers: int) -> dict[str, dict]:
-    """Probe files in worker processes. A decoder crash kills its worker and breaks the pool; the files not yet
-    probed are then probed one per fresh process, and a file that kills its process is marked as such."""
+    """Probe files in worker processes; a file that crashes or hangs its process gets an error row
+    (:mod:`xdc.data.jobs`), and the others go on."""
     results: dict[str, dict] = {}
     if not paths:
         return results
     with progress_bar(total=len(paths), desc="probing", unit="file") as progress:
-        _probe_in_pool(paths, workers, results, progress)
-        for path in paths:
-            if path not in results:
-                results[path] = _probe_isolated(path)
-                progress.update()
-    return results
 
-
-def _probe_in_pool(paths: list[str], workers: int, results: dict[str, dict], progress: tqdm) -> None:
-    """Fill ``results``; returns early, leaving files out, when a worker process dies."""
-    pool = ProcessPoolExecutor(min(workers, len(paths)), initializer=init_worker)
-    try:
-        futures = {pool.submit(_probe_job, path): path for path in paths}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
+        def done(path: str, row: dict) -> None:
+            results[path] = row
             progress.update()
-    except BrokenProcessPool:
-        return
-    finally:
-        pool.shutdown(cancel_futures=True)  # on Ctrl-C, do not wait for the files still queued
 
-
-def _probe_isolated(path: str) -> dict:
-    try:
-        with ProcessPoolExecutor(1, initializer=init_worker) as pool:
-            return pool.submit(_probe_job, path).result()
-    except BrokenProcessPool:
-        return _failed("decoder crashed")
+        run_jobs(paths, _probe_job, workers, done, failed=_failed, limit_s=lambda path: PROBE_LIMIT_S,
+                 initializer=init_worker)  # fmt: skip
+    return results
 
 
 def init_worker() -> None:

@@ -15,9 +15,8 @@ import math
 import os
 import time
 from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import partial
 from fractions import Fraction
 from pathlib import Path, PurePath
 
@@ -28,6 +27,7 @@ from av.video.reformatter import VideoReformatter
 from xdc.data.index import (
     Collection, LabelIndex, check_workers, find_media, init_worker, probe_file, stat_row,
 )  # fmt: skip
+from xdc.data.jobs import run_jobs
 from xdc.errors import UserError
 from xdc.progress import progress_bar
 
@@ -46,6 +46,10 @@ TIME_BASE = Fraction(1, 90000)  # output video timestamps: fine enough to keep a
 MAX_BAD_PACKETS = 8  # damaged packets skipped per stream before the file counts as broken (as read_clip does)
 REORDER_FRAMES = 4  # frames held back to put mislabelled timestamps in order (more than B-frame depths in use)
 SAVE_EVERY_S = 5.0  # the report is rewritten this often during a run, so an interrupted run can resume
+# A file's transcoding is taken as hung (a decoder in a loop) after 10 minutes plus a second per 250 kB of source:
+# 18x the slowest rate measured (720p: 0.085 s of work per second of a 390 kB/s source) past the 10 minutes. A file
+# cut short gets an error row, which the next run of xdc prepare tries again.
+PREPARE_LIMIT_S, PREPARE_LIMIT_BYTES_PER_S = 600.0, 250e3
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,8 @@ def prepare(
     _check_out(out, collection)
     report = out / REPORT
     previous = {row["source"]: row for row in read_report(report)} if report.exists() else {}
-    for partial in out.rglob(PARTIAL_GLOB):  # left by an interrupted run
-        partial.unlink(missing_ok=True)
+    for leftover in out.rglob(PARTIAL_GLOB):  # left by an interrupted run
+        leftover.unlink(missing_ok=True)
 
     settings = options.key()
     rows: dict[str, dict] = {}
@@ -268,41 +272,31 @@ def _write_labels(path: Path, rows: dict[str, dict], label_index: LabelIndex, co
 
 
 def _run_jobs(todo: list[str], rows: dict[str, dict], out: Path, options: PrepareOptions, workers: int, save) -> None:
-    """Transcode in worker processes. A decoder crash kills its worker and breaks the pool; the files not yet
-    done are then transcoded one per fresh process, and a file that kills its process is marked as such."""
+    """Transcode in worker processes; a file that crashes or hangs its process gets an error row
+    (:mod:`xdc.data.jobs`), and the others go on."""
     if not todo:
         return
     saved = time.monotonic()
 
-    def finish(source: str, result: dict) -> None:
+    def finish(pair: tuple[str, str], result: dict) -> None:
         nonlocal saved
-        rows[source].update(result)
+        rows[pair[0]].update(result)
         progress.update()
         if time.monotonic() - saved > SAVE_EVERY_S:
             save()
             saved = time.monotonic()
 
     with progress_bar(total=len(todo), desc="preparing", unit="file") as progress:
-        pool = ProcessPoolExecutor(min(workers, len(todo)), initializer=init_worker)
-        try:
-            futures = {pool.submit(prepare_job, s, str(out / rows[s]["output"]), options): s for s in todo}
-            for future in as_completed(futures):
-                finish(futures[future], future.result())
-        except BrokenProcessPool:
-            pass
-        finally:
-            pool.shutdown(cancel_futures=True)  # on Ctrl-C, do not wait for the files still queued
-        for source in todo:
-            if "status" not in rows[source]:
-                finish(source, _prepare_isolated(source, str(out / rows[source]["output"]), options))
+        run_jobs(
+            [(s, str(out / rows[s]["output"])) for s in todo], partial(_prepare_pair, options), workers, finish,
+            failed=lambda reason: {"status": "error", "reason": reason},
+            limit_s=lambda pair: PREPARE_LIMIT_S + int(rows[pair[0]]["size"]) / PREPARE_LIMIT_BYTES_PER_S,
+            initializer=init_worker,
+        )  # fmt: skip
 
 
-def _prepare_isolated(source: str, output: str, options: PrepareOptions) -> dict:
-    try:
-        with ProcessPoolExecutor(1, initializer=init_worker) as pool:
-            return pool.submit(prepare_job, source, output, options).result()
-    except BrokenProcessPool:
-        return {"status": "error", "reason": "decoder crashed"}
+def _prepare_pair(options: PrepareOptions, pair: tuple[str, str]) -> dict:
+    return prepare_job(*pair, options)
 
 
 def prepare_job(source: str, output: str, options: PrepareOptions) -> dict:

@@ -1,0 +1,101 @@
+"""One job per file in worker processes, where a file may crash or hang its process (FFmpeg on a damaged file),
+for ``xdc index`` and ``xdc prepare``.
+
+A crash breaks a ``ProcessPoolExecutor``: every job not yet done fails with it. The files that were in its workers
+are the first ones not done (the pool hands out jobs in order, at most one more than it has workers), so those
+are run again one per process, where a death is that file's alone, and the rest go on in a new pool. A job that
+runs over its time limit is ended by an alarm in its process (the default action of SIGALRM: it ends the process
+even inside FFmpeg's C code) and becomes a crash of its own kind: ``hung``.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import signal
+from collections.abc import Callable, Hashable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import EXTRA_QUEUED_CALLS, BrokenProcessPool
+from typing import TypeVar
+
+from xdc.data.worker_deaths import CRASHES
+
+K = TypeVar("K", bound=Hashable)
+
+
+def run_jobs(
+    keys: list[K], job: Callable[[K], dict], workers: int, done: Callable[[K, dict], None],
+    failed: Callable[[str], dict], limit_s: Callable[[K], float], initializer: Callable[[], None],
+) -> None:  # fmt: skip
+    """``done(key, job(key))`` for every key, as results come, with ``job`` run in up to ``workers`` processes
+    (each started with ``initializer``) and ended after ``limit_s(key)`` seconds; a key whose process dies gets
+    ``failed(reason)`` as its result. ``job`` must be picklable (a module-level function, or a partial of one)."""
+    left = list(keys)
+    while left:
+        finished = _in_pool(left, job, workers, done, limit_s, initializer)
+        left = [k for k in left if k not in finished]
+        suspects, left = left[: workers + EXTRA_QUEUED_CALLS], left[workers + EXTRA_QUEUED_CALLS :]
+        for key in suspects:  # the pool broke with these in it: each alone, so a death names its file
+            done(key, _isolated(key, job, limit_s(key), initializer, failed))
+
+
+def _in_pool(keys, job, workers, done, limit_s, initializer) -> set:
+    """Run ``keys`` in a pool until all are done or it breaks; the keys done."""
+    finished = set()
+    pool = ProcessPoolExecutor(max(1, min(workers, len(keys))), initializer=initializer)
+    try:
+        futures = {pool.submit(_timed, job, key, limit_s(key)): key for key in keys}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                break
+            done(futures[future], result)
+            finished.add(futures[future])
+        else:
+            return finished
+        for future, key in futures.items():  # done before the break, not yet taken
+            if key not in finished and future.done() and not future.cancelled() and future.exception() is None:
+                done(key, future.result())
+                finished.add(key)
+    finally:
+        pool.shutdown(cancel_futures=True)  # on Ctrl-C, or when broken, do not wait for the jobs still queued
+    return finished
+
+
+def _timed(job, key, limit: float) -> dict:
+    """``job(key)`` in a worker, which SIGALRM's default action ends after ``limit`` seconds (0, or no SIGALRM on
+    this system: no limit)."""
+    alarm = getattr(signal, "alarm", lambda seconds: None)
+    alarm(math.ceil(limit) if limit > 0 else 0)
+    try:
+        return job(key)
+    finally:
+        alarm(0)
+
+
+def _isolated(key, job, limit: float, initializer, failed) -> dict:
+    """``job(key)`` in a process of its own; a death becomes ``failed(reason)``."""
+    receive, send = multiprocessing.Pipe(duplex=False)
+    process = multiprocessing.Process(target=_child, args=(send, job, key, limit, initializer), daemon=True)
+    process.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:  # it died before sending
+        result = None
+    process.join()
+    if result is not None:
+        return result
+    code = process.exitcode
+    if hasattr(signal, "SIGALRM") and code == -signal.SIGALRM:
+        return failed(f"hung (over {limit:g} s)")
+    if code is not None and -code in CRASHES:
+        return failed(f"decoder crashed ({signal.Signals(-code).name})")
+    why = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    return failed(f"worker process died ({why})")
+
+
+def _child(send, job, key, limit: float, initializer) -> None:
+    initializer()
+    send.send(_timed(job, key, limit))

@@ -1,0 +1,56 @@
+"""Jobs over files in worker processes (xdc index, xdc prepare): a file that crashes or hangs its process costs that
+file only. Real processes, ended by real signals; what makes one crash or hang is the test's job."""
+
+import multiprocessing
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from xdc.data.jobs import run_jobs
+
+pytestmark = pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="test jobs reach workers by fork")
+
+
+def _job(key: tuple[str, str]) -> dict:
+    name, action = key
+    if action == "crash":
+        os.kill(os.getpid(), signal.SIGSEGV)  # as FFmpeg's crash on a damaged file ends the process
+    if action == "hang":
+        time.sleep(3600)  # as a decoder in a loop
+    return {"name": name, "pid": os.getpid()}
+
+
+def _run(keys, workers=2, limit=60.0) -> dict:
+    results = Counter(), {}
+    calls, got = results
+
+    def done(key, result):
+        calls[key] += 1
+        got[key] = result
+
+    run_jobs(keys, _job, workers, done, failed=lambda reason: {"failed": reason}, limit_s=lambda key: limit,
+             initializer=lambda: None)  # fmt: skip
+    assert set(calls) == set(keys) and set(calls.values()) == {1}  # every key once
+    return got
+
+
+def test_a_crash_costs_its_file_and_the_others_stay_in_a_pool():
+    keys = [("a", "ok"), ("b", "crash"), *((f"f{i}", "ok") for i in range(14))]
+    got = _run(keys)
+    assert got[("b", "crash")] == {"failed": "decoder crashed (SIGSEGV)"}
+    ok = [r for k, r in got.items() if k[1] == "ok"]
+    assert all(r["name"] == k[0] for k, r in got.items() if k[1] == "ok")
+    # The pool's 2 workers before the crash, the 3 files that were in it when it broke (each alone), the new pool's
+    # 2: at most 7 processes. Before, every file after a crash had a process of its own (15).
+    assert len({r["pid"] for r in ok}) <= 7
+
+
+def test_a_file_that_hangs_is_ended_after_its_limit_and_the_others_done():
+    t = time.monotonic()
+    got = _run([("a", "ok"), ("b", "hang"), ("c", "ok"), ("d", "ok")], limit=1.0)
+    assert got[("b", "hang")] == {"failed": "hung (over 1 s)"}
+    assert all("pid" in r for k, r in got.items() if k[1] == "ok")
+    assert time.monotonic() - t < 20  # about 2 s: the limit in the pool, then again alone
