@@ -362,3 +362,24 @@ def test_evaluation_runs_on_the_gpu_in_bf16_like_on_the_cpu(manifest, tmp_path):
     result = finetune(tmp_path / "run", "video", items, "full", FinetuneConfig(epochs=1, batch_size=8, test_clips=2),
                       tmp_path / "finetune", workers=2, device="cuda")  # fmt: skip
     assert result["device"] == "cuda" and result["bf16"] and np.isfinite(result["last_loss"])
+
+
+def test_a_pinned_loader_goes_on_past_a_dead_worker(manifest):
+    # The pin-memory thread sits between the workers and the training process on CUDA: a death must still surface
+    # and the pass go on with every batch, pinned.
+    from xdc.data.datasets import EvalClips, make_loader
+    from xdc.data.manifest import Manifest
+    from xdc.data.worker_deaths import Surviving
+
+    cfg = load_config(None, preset="tiny").data
+    dataset = EvalClips(Manifest.load(manifest), cfg, clips=2, raw_video=True)
+    expected = [b["index"].tolist() for b in make_loader(dataset, 4, 0)]
+    batches = iter(Surviving(make_loader(dataset, 4, 2, pin_memory=True)))
+    got = [next(batches)]
+    pass_ = batches.gi_frame.f_locals["it"]
+    while (dataset.reading[:, 0] >= 0).any():  # until both workers have their batches ready
+        time.sleep(0.05)
+    os.kill(pass_._workers[0].pid, signal.SIGKILL)
+    got += list(batches)
+    assert [b["index"].tolist() for b in got] == expected
+    assert all(b["video"].is_pinned() for b in got)
