@@ -15,7 +15,8 @@
 #               any CPU quota, package versions with cuDNN's, a bf16 matrix-product ceiling
 #   tests       tests/test_cuda.py: the CUDA path (bf16 + channels-last + padded widths on cuDNN, pinned batches,
 #               crops and log-mel on the GPU, a step that does not wait for it, a killed run resumed, k-means
-#               searched by torch on the GPU, Sinkhorn balanced on the GPU in one process and over 2 gloo ranks)
+#               searched by torch on the GPU, Sinkhorn balanced on the GPU in one process and over 2 gloo ranks,
+#               a pinned loader going on past a dead worker)
 #   compile     benchmarks/train_step.py, paper preset, batch 128, bf16, channels-last, middle widths padded to 8
 #               and training crops made on the GPU (the trainer's defaults on CUDA), torch.compile (inductor;
 #               compiling takes a minute): model-only, end-to-end, loader-only (each after a warm-up of the
