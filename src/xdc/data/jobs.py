@@ -18,9 +18,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import EXTRA_QUEUED_CALLS, BrokenProcessPool
 from typing import TypeVar
 
-from xdc.data.worker_deaths import CRASHES
-
 K = TypeVar("K", bound=Hashable)
+# What a crash of the process sends. SIGKILL is the out-of-memory killer's (or a person's): a process earns it by the
+# memory of all the processes, not by the file it reads.
+CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
 
 
 def run_jobs(

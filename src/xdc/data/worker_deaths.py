@@ -32,12 +32,10 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from xdc.data.jobs import CRASHES
 from xdc.errors import UserError
 
 UNEXPLAINED_DEATHS = 3  # per pass: deaths that blame no file; the run ends at this many
-# What a crash of the process sends; SIGKILL is the out-of-memory killer's (or a person's), which a worker earns by
-# the memory of all the processes, not by the file it reads.
-CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
 _TORCH_SIGCHLD = "torch.utils.data._utils.signal_handling"
 CHECK_S = 5.0  # the DataLoader's own interval between checks of its workers while it waits (MP_STATUS_CHECK_INTERVAL)
 

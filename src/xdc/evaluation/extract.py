@@ -15,10 +15,10 @@ from torch import nn
 
 from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, make_loader
-from xdc.data.worker_deaths import Surviving
 from xdc.data.failures import FailureLog
 from xdc.data.index import build_manifest
 from xdc.data.manifest import Manifest, read_rows
+from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item
 from xdc.evaluation.device import EvalDevice, pick_device

@@ -13,8 +13,8 @@ from torch import nn
 
 from xdc.config import FinetuneConfig
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
-from xdc.data.worker_deaths import Surviving
 from xdc.data.failures import FailureLog
+from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, split_items
 from xdc.evaluation.device import EvalDevice, pick_device

@@ -50,9 +50,9 @@ from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
 from xdc.config import Config, TrainConfig, config_to_dict, load_config, node_ranks
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog
-from xdc.data.worker_deaths import Surviving
 from xdc.data.manifest import Manifest, write_videos
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
+from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
 from xdc.limits import usable_memory_bytes
 from xdc.methods import MANIFEST_LABELS, Method, get_method
