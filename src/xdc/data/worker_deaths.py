@@ -6,8 +6,8 @@ middle of a training step or of a checkpoint write. A resumed run meets the same
 again. A decoder can also loop for ever on a file (or a network file system stall), and then the run waits for
 ever. :class:`Surviving` turns both into a skipped file:
 
-1. the death surfaces only where the next batch is fetched (the DataLoader's own check of its workers when it
-   waits for a batch; its signal handler is put back to the default);
+1. the death surfaces only where the next batch is awaited (a SIGCHLD handler of this module's own in place of the
+   DataLoader's, which raised anywhere);
 2. each worker keeps the video it is reading in a shared slot (the dataset's ``watch``), so the dead worker's
    slot names the file; the dataset marks it, and every later read of it is a failure record, counted by the
    run's FailureLog like any other, without decoding it again;
@@ -23,6 +23,7 @@ times per pass, then ends the run with a message.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import sys
 import threading
@@ -70,13 +71,15 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
     limit = dataset.cfg.read_timeout_s
     if limit and not loader.timeout:
         loader.timeout = min(limit, CHECK_S)
+    global _waiting
     current, done, unexplained = loader, 0, 0
     while True:
         it = None
         try:
             it = iter(current)  # persistent workers that died while idle surface here
-            _default_sigchld()
+            _own_sigchld(it._workers)
             while True:
+                _waiting = True
                 try:
                     batch = next(it)
                 except StopIteration:
@@ -87,12 +90,14 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
                     if _stop_hung(dataset, it._workers, limit, done):
                         break  # their files marked: new workers below
                     continue  # slow, not stuck: wait on
+                finally:
+                    _waiting = False
                 yield batch
                 done += 1
         except Exception as e:  # RuntimeError from the DataLoader, OSError for a batch whose sender died
             if it is None:  # iter() itself raised: the persistent loader keeps the iterator
                 it = getattr(current, "_iterator", None)
-            dead = _dead(getattr(it, "_workers", []), wait=2.0 if isinstance(e, OSError) else 0.0)
+            dead = _dead(getattr(it, "_workers", []), wait=0.0 if isinstance(e, RuntimeError) else 2.0)
             if not dead:
                 raise
             unexplained += not _blame(dataset, dead, done)
@@ -167,14 +172,40 @@ def _why(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _default_sigchld() -> None:
-    """Put back the default for SIGCHLD where the DataLoader's handler is set: it raises in the main thread at any
-    point, mid-step or mid-checkpoint, and the DataLoader finds a dead worker anyway when it next waits for a
-    batch (within 5 s), which is where :class:`Surviving` can act."""
+class _ChildEnded(Exception):
+    """A child process ended while the main thread waited for a batch (:func:`_on_sigchld`)."""
+
+
+_waiting = False  # the main thread is in a Surviving loader's next()
+_watched: tuple[int, ...] = ()  # the pids of that loader's workers
+
+
+def _on_sigchld(signum, frame) -> None:
+    """Raise while a batch is awaited and one of its workers ended by a signal or an error: that batch may never
+    come. Workers that end normally (at the end of a pass) do not count."""
+    if not _waiting:
+        return
+    for pid in _watched:
+        try:  # WNOWAIT: the DataLoader's own checks still see the worker end
+            ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # already reaped: the DataLoader has seen it
+            continue
+        if ended is not None and (ended.si_code != os.CLD_EXITED or ended.si_status != 0):
+            raise _ChildEnded()
+
+
+def _own_sigchld(workers: list) -> None:
+    """Handle SIGCHLD here rather than as the DataLoader does. Its handler raises in the main thread at any point,
+    mid-step or mid-checkpoint; this one only while the main thread waits for a batch, where :class:`Surviving`
+    acts at once. Without it (no ``os.waitid``: macOS before Python 3.13) the DataLoader's is set back to the
+    default and still finds a dead worker at its next check, within 5 s."""
+    global _watched
+    _watched = tuple(w.pid for w in workers)
     if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
         return
-    if getattr(signal.getsignal(signal.SIGCHLD), "__module__", None) == _TORCH_SIGCHLD:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    handler = signal.getsignal(signal.SIGCHLD)
+    if handler in (signal.SIG_DFL, None) or getattr(handler, "__module__", None) == _TORCH_SIGCHLD:
+        signal.signal(signal.SIGCHLD, _on_sigchld if hasattr(os, "waitid") else signal.SIG_DFL)
 
 
 def _stop(loader: DataLoader, it) -> None:
