@@ -72,6 +72,7 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
     if limit and not loader.timeout:
         loader.timeout = min(limit, CHECK_S)
     global _waiting
+    main = threading.current_thread() is threading.main_thread()  # where signal handlers run
     current, done, unexplained = loader, 0, 0
     while True:
         it = None
@@ -79,7 +80,7 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
             it = iter(current)  # persistent workers that died while idle surface here
             _own_sigchld(it._workers)
             while True:
-                _waiting = True
+                _waiting = main
                 try:
                     batch = next(it)
                 except StopIteration:
