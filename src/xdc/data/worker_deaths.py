@@ -56,6 +56,7 @@ class Surviving:
 
 
 def _surviving(loader: DataLoader) -> Iterator[dict]:
+    global _waiting
     dataset = _clips(loader.dataset)
     if loader.num_workers == 0 or dataset is None:
         yield from loader
@@ -71,7 +72,6 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
     limit = dataset.cfg.read_timeout_s
     if limit and not loader.timeout:
         loader.timeout = min(limit, CHECK_S)
-    global _waiting
     main = threading.current_thread() is threading.main_thread()  # where signal handlers run
     current, done, unexplained = loader, 0, 0
     while True:
@@ -95,7 +95,7 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
                     _waiting = False
                 yield batch
                 done += 1
-        except Exception as e:  # RuntimeError from the DataLoader, OSError for a batch whose sender died
+        except Exception as e:  # the DataLoader's RuntimeError, OSError for a batch whose sender died, _ChildEnded
             if it is None:  # iter() itself raised: the persistent loader keeps the iterator
                 it = getattr(current, "_iterator", None)
             dead = _dead(getattr(it, "_workers", []), wait=0.0 if isinstance(e, RuntimeError) else 2.0)
