@@ -15,6 +15,7 @@ from conftest import run_two_ranks, synthetic_manifest
 from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.config import load_config
 from xdc.data.datasets import TrainClips
+from xdc.data.manifest import Manifest
 from xdc.errors import UserError
 from xdc.training.checkpoint import load
 from xdc.training.distributed import Dist, broadcast_labels, gather_rows, init_distributed, on_main
@@ -304,3 +305,41 @@ def test_skipped_csv_lists_the_files_that_failed_on_every_rank(tmp_path):
     assert all(str(path) in skipped for path in junk)
     ranks = load(tmp_path / "run" / "checkpoints" / "last.pt")["ranks"]
     assert [list(r["failures"]["files"]) for r in ranks] == [[str(junk[0])], [str(junk[1])]]
+
+
+def _crash_worker(rank: int, world: int, port: int, manifest: Path, root: Path, victim: str, out: dict) -> None:
+    import multiprocessing
+    import signal
+
+    from torch.utils.data import get_worker_info
+
+    from xdc.data.datasets import _ClipDataset
+    from xdc.training.pretrain import pretrain
+
+    read = _ClipDataset._clip_item
+
+    def clip_item(self, i, start):  # a loader worker that reads the victim dies, as FFmpeg's crash would end it
+        if get_worker_info() and self.manifest.path(i) == victim:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return read(self, i, start)
+
+    _ClipDataset._clip_item = clip_item  # in this rank's process; its loader workers are forked from it
+    multiprocessing.set_start_method("fork", force=True)  # as under torchrun (mp.spawn left "spawn" set here)
+    ctx = _join(rank, world, port)
+    cfg = load_config(None, ["train.k=4", "train.batch_size=8", "train.rounds=2", "train.epochs=1",
+                             "data.workers=2"], preset="tiny")  # fmt: skip
+    pretrain(cfg, manifest, root / "run", resume=False, ctx=ctx)
+    out[rank] = True
+    dist.destroy_process_group()
+
+
+def test_each_rank_goes_on_past_a_file_that_kills_its_loader_worker(tmp_path):
+    # The other rank waits for the one that restarts its workers in the next collective; both finish the run.
+    manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
+    victim = Manifest.load(manifest).path(3)
+    results = run_two_ranks(_crash_worker, 29597, manifest, tmp_path, victim)
+    assert results == {0: True, 1: True}
+    skipped = (tmp_path / "run" / "skipped.csv").read_text().splitlines()
+    assert len(skipped) == 2 and skipped[1].startswith(victim) and "killed by SIGSEGV" in skipped[1]
+    ranks = load(tmp_path / "run" / "checkpoints" / "last.pt")["ranks"]
+    assert {path for r in ranks for path in r["crashed"]} == {victim}
