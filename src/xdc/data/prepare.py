@@ -16,8 +16,8 @@ import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from functools import partial
 from fractions import Fraction
+from functools import partial
 from pathlib import Path, PurePath
 
 import av
