@@ -8,6 +8,7 @@ import io
 import multiprocessing
 import os
 import signal
+import time
 import wave
 from pathlib import Path
 
@@ -319,9 +320,12 @@ _PREPARE_JOB = prepare.prepare_job
 
 
 def _prepare_or_die(source: str, output: str, options) -> dict:
-    """Stands in for a decoder that segfaults on one file: the worker process dies without a Python error."""
+    """Stands in for a decoder that segfaults on one file (the worker process dies without a Python error), or
+    loops for ever on one."""
     if "crash" in Path(source).name:
         os.kill(os.getpid(), signal.SIGSEGV)
+    if "stuck" in Path(source).name:
+        time.sleep(3600)
     return _PREPARE_JOB(source, output, options)
 
 
@@ -338,6 +342,22 @@ def test_a_file_that_kills_its_worker_is_reported(tmp_path: Path, monkeypatch) -
     assert rows["a.mp4"]["status"] == rows["b.mp4"]["status"] == "ok"
     assert summary.line() == "3 files: 2 prepared (0 already done), 0 skipped, 1 failed"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "b.mp4", "prepared.csv"]
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the stand-in reaches workers by fork")
+def test_a_file_that_hangs_its_transcode_is_reported(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.mp4", "stuck.mp4"):
+        write_av(src / name, _scene(5, 32, 32, 0), FPS, None)
+    monkeypatch.setattr(prepare, "prepare_job", _prepare_or_die)
+    monkeypatch.setattr(prepare, "PREPARE_LIMIT_S", 1.0)
+    monkeypatch.setattr(prepare, "PREPARE_LIMIT_BYTES_PER_S", 1e12)
+    summary = prepare.prepare([str(src)], tmp_path / "out", workers=2)
+    rows = _report(tmp_path / "out")
+    assert (rows["stuck.mp4"]["status"], rows["stuck.mp4"]["reason"]) == ("error", "hung (over 1 s)")
+    assert rows["a.mp4"]["status"] == "ok"
+    assert summary.line() == "2 files: 1 prepared (0 already done), 0 skipped, 1 failed"
 
 
 def test_shared_media_rotations_shuffled_timestamps_and_damage(tmp_path: Path) -> None:
