@@ -1,6 +1,6 @@
 """What a loader worker's death costs a pass (xdc.data.worker_deaths): the same pass of training items with no
 death, and with one worker killed by SIGKILL (as the out-of-memory killer does) after a few batches; the extra
-seconds are the wait until the DataLoader sees the death, new workers, and the batches in flight made again.
+seconds are new workers and the batches they had in flight made again (the death itself is seen at once).
 
     .venv/bin/python benchmarks/worker_deaths.py [--workers 2] [--batches 40] [--rounds 3]
 """

@@ -99,7 +99,7 @@ def _kill_an_idle_worker(batches, sig=signal.SIGKILL) -> None:
     """Kill a worker of the pass that ``batches`` (a :class:`Surviving` iteration) is in, once none of them reads
     (all have their batches ready), as the out-of-memory killer may."""
     pass_ = batches.gi_frame.f_locals["it"]
-    reading = pass_._dataset.reading if hasattr(pass_._dataset, "reading") else pass_._dataset.dataset.reading
+    reading = pass_._dataset.reading
     for _ in range(200):
         if (reading[:, 0] < 0).all():
             time.sleep(0.2)  # between items a slot is clear for a moment; idle, it stays clear

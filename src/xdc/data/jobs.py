@@ -93,8 +93,14 @@ def _isolated(key, job, limit: float, initializer, failed) -> dict:
         return failed(f"hung (over {limit:g} s)")
     if code is not None and -code in CRASHES:
         return failed(f"decoder crashed ({signal.Signals(-code).name})")
-    why = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-    return failed(f"worker process died ({why})")
+    return failed(f"worker process died ({exit_reason(code)})")
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """How a process ended, from its exit code: 'killed by SIGSEGV', 'exit code 1'."""
+    if exitcode is not None and exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
 
 
 def _child(send, job, key, limit: float, initializer) -> None:

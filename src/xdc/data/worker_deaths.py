@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from xdc.data.jobs import CRASHES
+from xdc.data.jobs import CRASHES, exit_reason
 from xdc.errors import UserError
 
 UNEXPLAINED_DEATHS = 3  # per pass: deaths that blame no file; the run ends at this many
@@ -105,7 +105,7 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
             if unexplained >= UNEXPLAINED_DEATHS:
                 raise UserError(
                     f"loader workers died {unexplained} times in this pass without a file to blame (last: "
-                    f"{_why(dead[-1][1])}; the out-of-memory killer sends SIGKILL): try fewer data.workers, or more "
+                    f"{exit_reason(dead[-1][1])}; the out-of-memory killer sends SIGKILL): try fewer data.workers, or more "
                     "memory"
                 )  # fmt: skip
         _stop(current, it)
@@ -118,7 +118,7 @@ def _blame(dataset, dead: list[tuple[int, int]], done: int) -> bool:
     """Mark the files that crashed the ``dead`` workers (number, exit code); whether any was."""
     blamed = False
     for worker, code in dead:
-        why = _why(code)
+        why = exit_reason(code)
         video = int(dataset.reading[worker, 0])
         dataset.reading[worker, 0] = -1
         if video >= 0 and code is not None and -code in CRASHES:
@@ -165,12 +165,6 @@ def _dead(workers: list, wait: float) -> list[tuple[int, int]]:
         if dead or time.monotonic() >= deadline:
             return dead
         time.sleep(0.02)
-
-
-def _why(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        return f"killed by {signal.Signals(-exitcode).name}"
-    return f"exit code {exitcode}"
 
 
 class _ChildEnded(Exception):
