@@ -213,6 +213,9 @@ class TrainConfig:
     # rank0: features gathered, clustered on rank 0; shards: each rank keeps its rows, PCA and k-means all-reduce
     cluster_on: str = "rank0"
     collapse_fraction: float = 0.5  # warn when one cluster holds more than this fraction of the clips
+    # keep each video's extraction clip on disk (RUN/extract_cache) after the first round reads it: later rounds'
+    # extraction reads it back instead of decoding (docs/pretrain.md "Extraction cache")
+    extract_cache: bool = False
     checkpoint_every: int = 0  # also checkpoint every N training steps (0: after each round only)
     log_every: int = 10  # steps between log lines
     # Device path (docs/pretrain.md "On GPUs"); auto: the measured fast path on CUDA, CPU runs as before.

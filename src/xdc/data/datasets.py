@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from xdc.config import DataConfig
+from xdc.data.clip_cache import ClipCache
 from xdc.data.decode import DecodeError, read_clip
 from xdc.data.manifest import Manifest
 from xdc.data.transforms import AudioTransform, VideoTransform
@@ -107,16 +108,20 @@ class _ClipDataset(Dataset):
             shapes["audio"] = (1, self.cfg.mel.n_mels, self.audio_transform.logmel.frames(self._audio_samples()))
         return shapes
 
-    def item_bytes(self) -> int:
-        """Bytes of an item's clips as the loader's workers hand them over."""
-        shapes, size = self.shapes(), 0
+    def item_arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Shape and dtype of an item's clips as the loader's workers hand them over (not the crop grid)."""
+        shapes, arrays = self.shapes(), {}
         if self.video:
             part = self.video_transform.part
-            pixels = self.cfg.clip.frames * part * part * 3 if self.device_crops else math.prod(shapes["video"])
-            size += pixels * (1 if self.video_transform.normalize is None else 4)
+            shape = (self.cfg.clip.frames, part, part, 3) if self.device_crops else shapes["video"]
+            arrays["video"] = (shape, "uint8" if self.video_transform.normalize is None else "float32")
         if self.audio:
-            size += (self._audio_samples() if self.device_logmel else math.prod(shapes["audio"])) * 4
-        return size
+            arrays["audio"] = ((1, self._audio_samples()) if self.device_logmel else shapes["audio"], "float32")
+        return arrays
+
+    def item_bytes(self) -> int:
+        """Bytes of an item's clips as the loader's workers hand them over."""
+        return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in self.item_arrays().values())
 
     def _audio_samples(self) -> int:
         return round(self.cfg.clip.audio_span * self.cfg.clip.sample_rate)
@@ -164,7 +169,8 @@ class TrainClips(_ClipDataset):
 class EvalClips(_ClipDataset):
     """Deterministic clips without augmentation: ``clips`` evenly spaced clips per video (one centred clip when
     ``clips`` is 1), or, with ``stride`` seconds, a sliding window over each video (per-video feature sequences).
-    Items also carry ``clip``, the clip's number within its video."""
+    Items also carry ``clip``, the clip's number within its video. With a ``cache`` (:class:`ClipCache`, keyed
+    by item number) an item it holds is read from it, and one it lacks is decoded and then kept there."""
 
     def __init__(
         self, manifest: Manifest, cfg: DataConfig, clips: int | None = None, modalities: tuple[str, ...] = MODALITIES,
@@ -173,6 +179,7 @@ class EvalClips(_ClipDataset):
         super().__init__(manifest, cfg, train=False, modalities=modalities, raw_video=raw_video,
                          device_logmel=device_logmel)  # fmt: skip
         self.per_video = clips or cfg.eval_clips  # the same number of clips for every video: item k is arithmetic
+        self.cache: ClipCache | None = None
         self.video_of = self.clip_of = None
         if stride is not None:  # a number of clips per video: flat arrays (video, clip number), shared with workers
             if stride <= 0:
@@ -193,10 +200,15 @@ class EvalClips(_ClipDataset):
         else:
             i, clip = int(self.video_of[k]), int(self.clip_of[k])
             start = float(clip * self.stride)
+        kept = self.cache.read(k) if self.cache is not None else None
+        if kept is not None:
+            return {"index": i, "start": start, "label": int(self.manifest.labels[i]), **kept, "clip": clip}
         try:
             item = self._load(i, start)
         except DecodeError as e:
             return self._failure(i, start, str(e))
+        if self.cache is not None:
+            self.cache.write(k, item)
         item["clip"] = clip
         return item
 

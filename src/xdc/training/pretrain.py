@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from xdc.clustering.sharded import (
 from xdc.clustering.sinkhorn import balance
 from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
 from xdc.config import Config, TrainConfig, config_to_dict, load_config, node_ranks
+from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog
 from xdc.data.manifest import Manifest, write_videos
@@ -148,6 +149,8 @@ class Pretrainer:
         self.eval_set = EvalClips(self.videos, cfg.data, clips=1, modalities=modalities, raw_video=True,
                                   device_logmel=logmel)  # fmt: skip
         self.eval_set.crashed = self.train_set.crashed  # a file that killed a loader worker: one set, checkpointed
+        if cfg.train.extract_cache and self.method.clustered:
+            self.eval_set.cache = self._open_cache()
         self.normalize_video = NormalizeVideo(ctx.device)
         self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device) if self.train_set.device_crops else None
         self.device_logmel = DeviceLogMel(cfg.data, ctx.device) if self.train_set.device_logmel else None
@@ -224,6 +227,33 @@ class Pretrainer:
             return Manifest.open(folder)
         return self._usable_videos(manifest_path, progress=False)
 
+    def _open_cache(self) -> ClipCache | None:
+        """train.extract_cache: this rank's file of its extraction clips (videos rank, rank + W, ...) in the run
+        folder, kept across a resume; None, with a warning, where its disk cannot hold it."""
+        folder, rank, ranks = self.out / "extract_cache", self.ctx.rank, self.ctx.world_size
+        if self.ctx.main:  # another number of ranks shared the videos out differently: its files are no use
+            for stale in folder.glob("rank*of*"):
+                if stale.name.split(".")[0].partition("of")[2] != str(ranks):
+                    stale.unlink(missing_ok=True)
+        settings = {"clip": asdict(self.cfg.data.clip), "mel": asdict(self.cfg.data.mel)}
+        cache = ClipCache(folder / f"rank{rank}of{ranks}", range(rank, len(self.eval_set), ranks),
+                          self.eval_set.item_arrays(), settings)  # fmt: skip
+        why = cache.open()
+        if why is None:
+            return cache
+        print(f"WARNING: {why}: rank {rank} runs without train.extract_cache", file=sys.stderr)
+        return None
+
+    @contextlib.contextmanager
+    def _cache_pass(self):
+        """Around a pass over evaluation clips: what it adds to the extraction cache is on disk when it ends."""
+        cache = self.eval_set.cache
+        if cache is not None:
+            cache.begin()
+        yield
+        if cache is not None:
+            cache.end()
+
     def _check_sinkhorn_memory(self, videos: int) -> None:
         """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0 (with train.cluster_on=shards, each
         rank its share of the rows), on its GPU where it fits there (sinkhorn_device), else in its host memory:
@@ -281,7 +311,8 @@ class Pretrainer:
                        bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
                        compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on,
                        crops_on="device" if self.device_crops else "workers",
-                       logmel_on="device" if self.device_logmel else "workers", s2d_stem=cfg.s2d_stem)  # fmt: skip
+                       logmel_on="device" if self.device_logmel else "workers", s2d_stem=cfg.s2d_stem,
+                       extract_cache=self.eval_set.cache is not None)  # fmt: skip
         rounds = 1 if self.method.supervised else cfg.rounds
         if not self.method.trains:
             self._finish()
@@ -355,13 +386,14 @@ class Pretrainer:
         rows = {e: ToHost() for e in clustered}  # one wait for the device per group of batches, not per batch
         indices = []
         desc = f"round {self.progress.round}: extract"
-        for batch in progress_bar(Surviving(loader), desc=desc, unit="batch", show=self.ctx.main, leave=False):
-            self.failures.update(batch)
-            if batch["index"].numel() == 0:
-                continue
-            indices.append(batch["index"])
-            for e, features in self._embed(batch, clustered).items():
-                rows[e].add(features)
+        with self._cache_pass():
+            for batch in progress_bar(Surviving(loader), desc=desc, unit="batch", show=self.ctx.main, leave=False):
+                self.failures.update(batch)
+                if batch["index"].numel() == 0:
+                    continue
+                indices.append(batch["index"])
+                for e, features in self._embed(batch, clustered).items():
+                    rows[e].add(features)
         self.encoders.train()
         index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
         # one encoder at a time, each one's pieces dropped once joined: never all features twice
@@ -683,17 +715,19 @@ class Pretrainer:
         p = self.progress
         self.model.eval()
         held = np.flatnonzero(self.holdout)
-        shard = Subset(self.eval_set, held[self.ctx.rank :: self.ctx.world_size].tolist())
+        # each rank the held videos it extracts: those of its extraction cache (train.extract_cache)
+        shard = Subset(self.eval_set, held[held % self.ctx.world_size == self.ctx.rank].tolist())
         total = torch.zeros(2, device=self.ctx.device)  # summed loss, labelled clips
         pin = self.ctx.device.type == "cuda"
-        for batch in Surviving(make_loader(shard, self._batch_per_rank(), self.workers, pin_memory=pin)):
-            if batch["index"].numel() == 0:
-                continue
-            with self._autocast():
-                logits = self.model({m: self._layout(m, x) for m, x in self._inputs(batch).items()})
-            for key, y in self._targets_on_device(batch["index"]).items():
-                total[0] += F.cross_entropy(logits[key].float(), y, ignore_index=-1, reduction="sum")
-                total[1] += (y >= 0).sum()
+        with self._cache_pass():
+            for batch in Surviving(make_loader(shard, self._batch_per_rank(), self.workers, pin_memory=pin)):
+                if batch["index"].numel() == 0:
+                    continue
+                with self._autocast():
+                    logits = self.model({m: self._layout(m, x) for m, x in self._inputs(batch).items()})
+                for key, y in self._targets_on_device(batch["index"]).items():
+                    total[0] += F.cross_entropy(logits[key].float(), y, ignore_index=-1, reduction="sum")
+                    total[1] += (y >= 0).sum()
         self.model.train()
         if self.ctx.enabled:
             torch.distributed.all_reduce(total)

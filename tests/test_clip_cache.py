@@ -1,0 +1,218 @@
+"""The extraction cache (train.extract_cache): kept clips are the decoded ones, bit for bit, and need no file; a
+record cut short, a cache made for other clips or one a restart may have cut short is not used; a full disk is
+a warning, not a crash; a run with the cache trains exactly as one without, on one rank or two."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_manifest
+from xdc.config import load_config
+from xdc.data.clip_cache import ClipCache, boot_id
+from xdc.data.datasets import EvalClips
+from xdc.data.manifest import Manifest
+from xdc.training.checkpoint import load
+from xdc.training.distributed import Dist
+from xdc.training.pretrain import Pretrainer, pretrain
+
+TINY = ["train.batch_size=8", "train.k=4", "data.workers=0"]
+DESCRIBE = {"clip": "tiny"}
+
+
+@pytest.fixture
+def manifest(tmp_path) -> Path:
+    """Files of its own (tests break them): 12 videos of 3 classes."""
+    return synthetic_manifest(tmp_path / "set", 12, 3, seed=0)
+
+
+def eval_clips(manifest: Path, device_logmel: bool = True) -> EvalClips:
+    cfg = load_config(None, [], preset="tiny").data
+    return EvalClips(Manifest.load(manifest), cfg, clips=1, raw_video=True, device_logmel=device_logmel)
+
+
+def cache_for(clips: EvalClips, stem: Path, keys: range | None = None, describe: dict = DESCRIBE) -> ClipCache:
+    cache = ClipCache(stem, keys if keys is not None else range(len(clips)), clips.item_arrays(), describe)
+    assert cache.open() is None
+    return cache
+
+
+def same(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype if torch.is_tensor(a[k]) else a[k] == b[k]
+               for k in a)  # fmt: skip
+
+
+def break_files(manifest: Path) -> None:
+    videos = Manifest.load(manifest)
+    for i in range(len(videos)):
+        Path(videos.path(i)).write_bytes(b"not a video any more")
+
+
+@pytest.mark.parametrize("device_logmel", [True, False], ids=["waveform", "logmel"])
+def test_kept_clips_are_the_decoded_ones_and_need_no_file(manifest, tmp_path, device_logmel):
+    clips = eval_clips(manifest, device_logmel)
+    decoded = [clips[k] for k in range(len(clips))]
+    clips.cache = cache_for(clips, tmp_path / "c", range(0, len(clips), 2))  # a rank's share: the even videos
+    clips.cache.begin()
+    assert all(same(clips[k], decoded[k]) for k in range(len(clips)))  # decoded, and the even ones kept
+    clips.cache.end()
+    break_files(manifest)
+
+    again = eval_clips(manifest, device_logmel)
+    again.cache = cache_for(again, tmp_path / "c", range(0, len(clips), 2))
+    for k in range(len(clips)):
+        if k % 2 == 0:
+            assert same(again[k], decoded[k]), k  # read back: the file is no longer needed
+        else:
+            assert "failure" in again[k]  # another rank's video: decoded, and its file is broken now
+
+
+def test_a_record_cut_short_is_decoded_again(manifest, tmp_path):
+    clips = eval_clips(manifest)
+    clips.cache = cache = cache_for(clips, tmp_path / "c")
+    decoded = [clips[k] for k in range(len(clips))]
+    last = len(clips) - 1
+    with open(cache.data, "r+b") as f:
+        f.truncate(cache.size - 1)  # the last record lost its last byte: a write cut short
+        f.seek(3 * cache.record + cache.record - 1)
+        f.write(b"\0")  # so did record 3
+    assert cache.read(last) is None and cache.read(3) is None
+    assert cache.read(2) is not None
+    assert same(clips[3], decoded[3]) and same(clips[last], decoded[last])  # decoded again, and kept again
+    assert cache.read(3) is not None and cache.read(last) is not None
+
+
+def test_what_a_reopened_cache_keeps(manifest, tmp_path):
+    clips = eval_clips(manifest)
+    stem = tmp_path / "c"
+
+    def filled() -> ClipCache:
+        cache = cache_for(clips, stem)
+        cache.begin()
+        for k in range(len(clips)):
+            cache.write(k, clips[k])
+        return cache
+
+    def kept(**changes) -> bool:
+        cache = ClipCache(stem, changes.get("keys", range(len(clips))), clips.item_arrays(),
+                          changes.get("describe", DESCRIBE))  # fmt: skip
+        assert cache.open() is None
+        return cache.read(0) is not None
+
+    filled().end()
+    assert kept()  # the last pass ended: its records are on disk
+    assert not kept(describe={"clip": "other settings"})  # and emptied: clips of other settings are not these
+    assert not kept()
+
+    filled()  # a pass that did not end (the process was killed) ...
+    if boot_id():
+        assert kept()  # ... on a machine that has not restarted since: its written records are whole
+    filled()
+    meta = json.loads(cache_for(clips, stem).meta.read_text())
+    stem.with_suffix(".json").write_text(json.dumps({**meta, "synced": False, "boot": "another boot"}))
+    assert not kept()  # after a restart, records of an unfinished pass may not have reached the disk
+    assert cache_for(clips, stem).data.stat().st_size == 0
+    filled().end()
+    assert not kept(keys=range(0, len(clips), 2))  # the videos shared out over another number of ranks
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused(manifest, tmp_path):
+    clips = eval_clips(manifest)
+    why = ClipCache(tmp_path / "c", range(10**13), clips.item_arrays(), DESCRIBE).open()
+    assert why is not None and "GB" in why and str(tmp_path) in why
+
+
+def test_a_write_that_fails_warns_once_and_is_a_miss(manifest, tmp_path):
+    """Past the disk's end (a file-size limit: writes fail with EFBIG, as they would with ENOSPC)."""
+    script = f"""
+import resource, signal, warnings
+from pathlib import Path
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_clip_cache import eval_clips, cache_for
+clips = eval_clips(Path({str(manifest)!r}))
+cache = cache_for(clips, Path({str(tmp_path / "c")!r}))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2 * cache.record, resource.RLIM_INFINITY))
+items = [clips[k] for k in range(5)]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for k in range(5):
+        cache.write(k, items[k])
+print(len(caught), [cache.read(k) is not None for k in range(5)])
+print(caught[0].message)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts, message = result.stdout.splitlines()
+    count, hits = counts.split(" ", 1)
+    assert count == "1" and hits == "[True, True, False, False, False]"
+    assert "extraction cache" in message and "stops writing" in message
+
+
+def test_extraction_reads_back_the_kept_clips(manifest, tmp_path):
+    """With loader workers (each writes its records): the same features as without the cache, and a second
+    extraction needs no file."""
+    settings = ["train.batch_size=8", "train.k=4", "data.workers=2"]
+    plain = Pretrainer(load_config(None, settings, preset="tiny"), manifest, tmp_path / "plain", Dist())
+    cached = Pretrainer(load_config(None, [*settings, "train.extract_cache=true"], preset="tiny"), manifest,
+                        tmp_path / "cached", Dist())  # fmt: skip
+    expected = plain._extract()
+    first = cached._extract()
+    break_files(manifest)
+    second = cached._extract()
+    assert not cached.failures.files
+    for e in expected:
+        assert torch.equal(first[e], expected[e]) and torch.equal(second[e], expected[e])
+    meta = json.loads((tmp_path / "cached" / "extract_cache" / "rank0of1.json").read_text())
+    assert meta["synced"] is True
+
+
+def test_a_run_with_the_cache_trains_as_one_without(manifest, tmp_path):
+    """Re-clustering on a plateau: the held-back videos' clips come from the cache after every epoch too."""
+    common = [*TINY, "train.rounds=2", "train.epochs=2", "train.recluster=plateau", "train.holdout_fraction=0.25"]
+    for name, extra in (("plain", []), ("cached", ["train.extract_cache=true"])):
+        pretrain(load_config(None, [*common, *extra], preset="tiny"), manifest, tmp_path / name, resume=False,
+                 ctx=Dist())  # fmt: skip
+    a, b = (load(tmp_path / name / "encoders.pt")["encoders"] for name in ("plain", "cached"))
+    assert all(torch.equal(a[e][n], b[e][n]) for e in a for n in a[e])
+    start = json.loads((tmp_path / "cached" / "log.jsonl").read_text().splitlines()[0])
+    assert start["kind"] == "start" and start["extract_cache"] is True
+    assert not (tmp_path / "plain" / "extract_cache").exists()
+
+
+def test_two_ranks_keep_their_own_shares(manifest, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    settings = [*TINY, "train.rounds=2", "train.epochs=2", "train.recluster=plateau", "train.holdout_fraction=0.25",
+                "train.extract_cache=true"]  # fmt: skip
+    (out / "extract_cache").mkdir(parents=True)
+    (out / "extract_cache" / "rank0of3.bin").write_bytes(b"from a run on 3 ranks")  # removed: not these shares
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29643", "-m",
+               "xdc.cli", "pretrain", "--data", str(manifest), "--out", str(out), "--preset", "tiny", "--method",
+               "xdc", *(f"--set={s}" for s in settings)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, env=env, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (out / "extract_cache").iterdir()) == [
+        "rank0of2.bin", "rank0of2.json", "rank1of2.bin", "rank1of2.json"]  # fmt: skip
+    clips = eval_clips(manifest, device_logmel=False)  # a run on CPUs makes the log-mel in its workers
+    for rank in (0, 1):
+        assert json.loads((out / "extract_cache" / f"rank{rank}of2.json").read_text())["synced"] is True
+        cache = ClipCache(out / "extract_cache" / f"rank{rank}of2", range(rank, len(clips), 2), clips.item_arrays(),
+                          {})  # fmt: skip
+        for k in range(len(clips)):
+            kept = cache.read(k)
+            if k % 2 != rank:
+                assert kept is None
+            else:
+                item = clips[k]
+                assert kept is not None and all(torch.equal(kept[f], item[f]) for f in kept)
+    holdouts = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"holdout"' in x]
+    assert len(holdouts) >= 2 and all(np.isfinite(h["loss"]) for h in holdouts)
