@@ -48,9 +48,9 @@ class ClipCache:
         self.keys = keys
         self.fields = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in fields.items()}
         # the widest dtype first, so that every array starts aligned in a record read at a page boundary
-        order = sorted(self.fields, key=lambda name: -self.fields[name][1].itemsize)
+        self.order = sorted(self.fields, key=lambda name: -self.fields[name][1].itemsize)
         self.offsets, at = {}, 0
-        for name in order:
+        for name in self.order:
             shape, dtype = self.fields[name]
             self.offsets[name] = at
             at += int(np.prod(shape)) * dtype.itemsize
@@ -107,6 +107,11 @@ class ClipCache:
             os.close(fd)
         self._mark(synced=True)
 
+    def remove(self) -> None:
+        """Delete the files (a finished run has no more use for them)."""
+        self.data.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
     def _mark(self, synced: bool) -> None:
         tmp = self.meta.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"identity": self.identity, "synced": synced, "boot": boot_id()}))
@@ -144,16 +149,16 @@ class ClipCache:
         """Keep ``item``'s arrays as ``key``'s record. A failed write (a full disk) warns once and is a miss."""
         if key not in self.keys or self._write_failed:
             return
-        buffer = bytearray(self.record)
-        for name, (shape, dtype) in self.fields.items():
-            array = np.asarray(item[name])
+        parts = []  # the arrays' own memory, in record order, then the end byte: written with no copy of ours
+        for name in self.order:
+            shape, dtype = self.fields[name]
+            array = np.ascontiguousarray(item[name])
             if array.shape != shape or array.dtype != dtype:
                 raise ValueError(f"{name} is {array.dtype}{list(array.shape)}, the cache holds {dtype}{list(shape)}")
-            start = self.offsets[name]
-            buffer[start : start + array.nbytes] = array.tobytes()
-        buffer[-1] = _WHOLE
+            parts.append(memoryview(array).cast("B"))
+        parts.append(bytes([_WHOLE]))
         try:
-            written = os.pwrite(self._file(), buffer, self.keys.index(key) * self.record)
+            written = os.pwritev(self._file(), parts, self.keys.index(key) * self.record)
             why = None if written == self.record else f"wrote {written} of a record's {self.record} bytes"
         except OSError as e:
             why = e.strerror or str(e)

@@ -357,6 +357,8 @@ class Pretrainer:
         self._save()
 
     def _finish(self) -> None:
+        if self.eval_set.cache is not None:  # no later round will read it: give its disk back
+            self.eval_set.cache.remove()
         ranks = gather_objects(self.failures.state(), self.ctx)  # every rank's failures: skipped.csv lists them all
         if self.ctx.main:
             failures = FailureLog(self.cfg.data.max_fail_fraction)
