@@ -21,7 +21,8 @@
 #               and training crops made on the GPU (the trainer's defaults on CUDA), torch.compile (inductor;
 #               compiling takes a minute): model-only, end-to-end, loader-only (each after a warm-up of the
 #               batches the loader holds in flight), one process, and a profile of 5 model-only steps; then a
-#               round's feature extraction (forward only): model-only, end-to-end from its loader, one process
+#               round's feature extraction (forward only): model-only, end-to-end from its loader, one process,
+#               and the last two again from the clips train.extract_cache keeps
 #   crops       benchmarks/crops.py: a worker's items per core with the crops, and the log-mel, in the workers or
 #               on the GPU, and what the GPU pays per batch of 128 (data.crops_on, data.logmel_on)
 #   s2d         compile's model-only step with the video stem over 2 x 2 pixel blocks (--s2d-stem: the stem's

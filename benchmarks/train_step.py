@@ -24,7 +24,9 @@ Then the same for a round's feature extraction (step 1: the clustered encoders f
 gradient, as Pretrainer._embed runs them): extraction model-only on random clips on the device, extraction
 end-to-end fed by the extraction loader (EvalClips: the centred clip of each video, read over and over), and
 extraction one process. Their vs_model_only is against extraction model-only. Forward only, extraction needs
-about three times the clips per second of training from the same loader.
+about three times the clips per second of training from the same loader. The last two again with the clips kept
+by train.extract_cache (filled first, as the first round does; the file then sits in the page cache, where at
+scale it is read from disk).
 --pad-widths (auto: 8 on CUDA, as train.pad_widths) runs the video encoder's middle widths at multiples of M (at
 width 64, 45, 230, 460 and 921 are not multiples of 8, and cuDNN pads them itself in every step) with channels that
 are always zero (xdc.models.padding): the same model up to float rounding; MFU counts the unpadded FLOPs.
@@ -63,6 +65,7 @@ from torch.utils.data import Subset
 
 from common import report
 from xdc.config import Config, DataConfig, SyntheticConfig, load_config
+from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader
 from xdc.data.index import build_manifest
 from xdc.data.prepare import PrepareOptions, prepare
@@ -199,7 +202,7 @@ def main() -> None:
                 failed[measure] = str(e)
         if not args.model_only:
             rows.append(row("one process", *read_items(trainer.train_set, n, 2 * args.batch), 2))  # 2 batches
-        rows += extraction(trainer, args, device, workers, fed_warmup, row)
+        rows += extraction(trainer, args, device, workers, fed_warmup, row, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -241,8 +244,9 @@ def synthetic_set(cfg: Config, out: Path, videos: int, prepared: bool = True) ->
 
 
 def extraction(trainer: Pretrainer, args: argparse.Namespace, device: torch.device, workers: int, warmup: int,
-               row: Callable[..., dict]) -> list[dict]:
-    """The extraction rows: model-only, and unless --model-only end-to-end and one process (module docstring)."""
+               row: Callable[..., dict], folder: Path) -> list[dict]:
+    """The extraction rows: model-only, and unless --model-only end-to-end and one process, decoded and then kept
+    in an extraction cache in ``folder`` (module docstring)."""
     clustered = trainer.method.clustered
     trainer.encoders.eval()
 
@@ -256,13 +260,23 @@ def extraction(trainer: Pretrainer, args: argparse.Namespace, device: torch.devi
     base = clips / seconds
     if args.model_only:
         return rows
-    n = len(trainer.eval_set)  # the centred clip of each video, over and over
-    repeated = Subset(trainer.eval_set, [i % n for i in range((warmup + args.steps) * args.batch)])
-    loader = make_loader(repeated, args.batch, workers, pin_memory=device.type == "cuda")
-    seconds, clips, waited, cpu = timed(embed, iter(loader), warmup, args.steps, device)[1:]
-    rows.append(row("extraction end-to-end", seconds, clips, args.steps, waited, cpu, base=base))
-    seconds, clips = read_items(trainer.eval_set, n, 2 * args.batch)
-    rows.append(row("extraction one process", seconds, clips, 2, base=base))
+    clips_of = trainer.eval_set
+    n = len(clips_of)  # the centred clip of each video, over and over
+    repeated = Subset(clips_of, [i % n for i in range((warmup + args.steps) * args.batch)])
+    for kept in ("", ", kept clips"):
+        if kept:
+            clips_of.cache = ClipCache(folder / "extract_cache", range(n), clips_of.item_arrays(), {})
+            if clips_of.cache.open() is not None:
+                raise UserError(f"no room for the extraction cache in {folder}")
+            for i in range(n):
+                clips_of[i]
+        loader = make_loader(repeated, args.batch, workers, pin_memory=device.type == "cuda")
+        seconds, clips, waited, cpu = timed(embed, iter(loader), warmup, args.steps, device)[1:]
+        rows.append(row(f"extraction end-to-end{kept}", seconds, clips, args.steps, waited, cpu, base=base))
+        del loader  # its workers
+        seconds, clips = read_items(clips_of, n, 2 * args.batch)
+        rows.append(row(f"extraction one process{kept}", seconds, clips, 2, base=base))
+    clips_of.cache = None
     return rows
 
 
