@@ -4,6 +4,7 @@ a warning, not a crash; a run with the cache trains exactly as one without, on o
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,12 @@ def test_a_cache_the_disk_cannot_hold_is_refused(manifest, tmp_path):
     clips = eval_clips(manifest)
     why = ClipCache(tmp_path / "c", range(10**13), clips.item_arrays(), DESCRIBE).open()
     assert why is not None and "GB" in why and str(tmp_path) in why
+    # a share of about half the free space: room for one rank's, not for those of the two ranks of a node
+    record = ClipCache(tmp_path / "c", range(1), clips.item_arrays(), DESCRIBE).record
+    half = range(int(0.5 * shutil.disk_usage(tmp_path).free / record))
+    assert ClipCache(tmp_path / "c", half, clips.item_arrays(), DESCRIBE).open(sharers=1) is None
+    why = ClipCache(tmp_path / "c", half, clips.item_arrays(), DESCRIBE).open(sharers=2)
+    assert why is not None and "2 ranks x" in why
 
 
 def test_a_write_that_fails_warns_once_and_is_a_miss(manifest, tmp_path):

@@ -25,6 +25,7 @@ import torch
 
 _VERSION = 1
 _WHOLE = 1  # a record's last byte once its arrays are written
+ROOM = 0.9  # of a disk's free space, the most that caches may take: the rest is left for checkpoints and logs
 
 
 def boot_id() -> str:
@@ -70,18 +71,20 @@ class ClipCache:
 
     # --- main process ---------------------------------------------------------------------------------------
 
-    def open(self) -> str | None:
+    def open(self, sharers: int = 1) -> str | None:
         """Keep what a previous pass left when it still holds, else start empty. Returns why the cache cannot be
-        used (not enough free disk for every record), or None."""
+        used, or None: the caches of ``sharers`` ranks (this one's size each) would take more than ROOM of the
+        disk's free space, which checkpoints need too."""
         self.data.parent.mkdir(parents=True, exist_ok=True)
         keep = self._readable()
         if not keep:
             self.data.open("wb").close()
-        held = self.data.stat().st_size
-        free = shutil.disk_usage(self.data.parent).free
-        if free + held < self.size:
-            return (f"the extraction cache needs {self.size / 1e9:.1f} GB at {self.data.parent}, which has "
-                    f"{(free + held) / 1e9:.1f} GB free")  # fmt: skip
+        room = shutil.disk_usage(self.data.parent).free + self.data.stat().st_size
+        need = self.size * sharers
+        if need > ROOM * room:
+            ranks = f" ({sharers} ranks x {self.size / 1e9:.1f} GB)" if sharers > 1 else ""
+            return (f"the extraction cache needs {need / 1e9:.1f} GB{ranks} at {self.data.parent}, more than "
+                    f"{ROOM:.0%} of its {room / 1e9:.1f} GB free")  # fmt: skip
         return None
 
     def _readable(self) -> bool:

@@ -238,7 +238,7 @@ class Pretrainer:
         settings = {"clip": asdict(self.cfg.data.clip), "mel": asdict(self.cfg.data.mel)}
         cache = ClipCache(folder / f"rank{rank}of{ranks}", range(rank, len(self.eval_set), ranks),
                           self.eval_set.item_arrays(), settings)  # fmt: skip
-        why = cache.open()
+        why = cache.open(sharers=node_ranks())  # the node's ranks each fill a file like it, likely on one disk
         if why is None:
             return cache
         print(f"WARNING: {why}: rank {rank} runs without train.extract_cache", file=sys.stderr)
