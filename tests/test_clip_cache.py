@@ -44,8 +44,10 @@ def cache_for(clips: EvalClips, stem: Path, keys: range | None = None, describe:
     return cache
 
 
-def same(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
+def same(a: dict, b: dict, kept: bool | None = None) -> bool:
+    """Items ``a`` (``kept``: whether it says it came from a cache) and ``b`` (read without one) are equal."""
+    a = dict(a)
+    if a.pop("kept", None) is not kept or a.keys() != b.keys():
         return False
     return all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype if torch.is_tensor(a[k]) else a[k] == b[k]
                for k in a)  # fmt: skip
@@ -63,7 +65,7 @@ def test_kept_clips_are_the_decoded_ones_and_need_no_file(manifest, tmp_path, de
     decoded = [clips[k] for k in range(len(clips))]
     clips.cache = cache_for(clips, tmp_path / "c", range(0, len(clips), 2))  # a rank's share: the even videos
     clips.cache.begin()
-    assert all(same(clips[k], decoded[k]) for k in range(len(clips)))  # decoded, and the even ones kept
+    assert all(same(clips[k], decoded[k], kept=False) for k in range(len(clips)))  # decoded; the even ones kept
     clips.cache.end()
     break_files(manifest)
 
@@ -71,15 +73,16 @@ def test_kept_clips_are_the_decoded_ones_and_need_no_file(manifest, tmp_path, de
     again.cache = cache_for(again, tmp_path / "c", range(0, len(clips), 2))
     for k in range(len(clips)):
         if k % 2 == 0:
-            assert same(again[k], decoded[k]), k  # read back: the file is no longer needed
+            assert same(again[k], decoded[k], kept=True), k  # read back: the file is no longer needed
         else:
             assert "failure" in again[k]  # another rank's video: decoded, and its file is broken now
 
 
 def test_a_record_cut_short_is_decoded_again(manifest, tmp_path):
     clips = eval_clips(manifest)
-    clips.cache = cache = cache_for(clips, tmp_path / "c")
     decoded = [clips[k] for k in range(len(clips))]
+    clips.cache = cache = cache_for(clips, tmp_path / "c")
+    assert all(same(clips[k], decoded[k], kept=False) for k in range(len(clips)))
     last = len(clips) - 1
     with open(cache.data, "r+b") as f:
         f.truncate(cache.size - 1)  # the last record lost its last byte: a write cut short
@@ -87,7 +90,7 @@ def test_a_record_cut_short_is_decoded_again(manifest, tmp_path):
         f.write(b"\0")  # so did record 3
     assert cache.read(last) is None and cache.read(3) is None
     assert cache.read(2) is not None
-    assert same(clips[3], decoded[3]) and same(clips[last], decoded[last])  # decoded again, and kept again
+    assert same(clips[3], decoded[3], kept=False) and same(clips[last], decoded[last], kept=False)  # and kept again
     assert cache.read(3) is not None and cache.read(last) is not None
 
 
@@ -191,8 +194,10 @@ def test_a_run_with_the_cache_trains_as_one_without(manifest, tmp_path):
                  ctx=Dist())  # fmt: skip
     a, b = (load(tmp_path / name / "encoders.pt")["encoders"] for name in ("plain", "cached"))
     assert all(torch.equal(a[e][n], b[e][n]) for e in a for n in a[e])
-    start = json.loads((tmp_path / "cached" / "log.jsonl").read_text().splitlines()[0])
-    assert start["kind"] == "start" and start["extract_cache"] is True
+    records = [json.loads(x) for x in (tmp_path / "cached" / "log.jsonl").read_text().splitlines()]
+    assert records[0]["kind"] == "start" and records[0]["extract_cache"] is True
+    videos = len(Manifest.load(manifest))
+    assert [r["extract_kept"] for r in records if r["kind"] == "round"] == [0, videos]  # the log says it worked
     assert list((tmp_path / "cached" / "extract_cache").iterdir()) == []  # the run ended: its disk given back
     assert not (tmp_path / "plain" / "extract_cache").exists()
 
@@ -243,5 +248,8 @@ def test_a_run_on_two_ranks_with_the_cache(manifest, tmp_path):
     result = subprocess.run(command, capture_output=True, env=env, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((out / "extract_cache").iterdir()) == []
-    holdouts = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"holdout"' in x]
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    holdouts = [r for r in records if r["kind"] == "holdout"]
     assert len(holdouts) >= 2 and all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in holdouts)
+    videos = len(Manifest.load(manifest))
+    assert [r["extract_kept"] for r in records if r["kind"] == "round"] == [0, videos]  # both ranks' shares

@@ -170,7 +170,8 @@ class EvalClips(_ClipDataset):
     """Deterministic clips without augmentation: ``clips`` evenly spaced clips per video (one centred clip when
     ``clips`` is 1), or, with ``stride`` seconds, a sliding window over each video (per-video feature sequences).
     Items also carry ``clip``, the clip's number within its video. With a ``cache`` (:class:`ClipCache`, keyed
-    by item number) an item it holds is read from it, and one it lacks is decoded and then kept there."""
+    by item number) an item it holds is read from it, and one it lacks is decoded and then kept there; items then
+    also carry ``kept``, whether they came from the cache."""
 
     def __init__(
         self, manifest: Manifest, cfg: DataConfig, clips: int | None = None, modalities: tuple[str, ...] = MODALITIES,
@@ -202,13 +203,15 @@ class EvalClips(_ClipDataset):
             start = float(clip * self.stride)
         kept = self.cache.read(k) if self.cache is not None else None
         if kept is not None:
-            return {"index": i, "start": start, "label": int(self.manifest.labels[i]), **kept, "clip": clip}
+            return {"index": i, "start": start, "label": int(self.manifest.labels[i]), **kept, "clip": clip,
+                    "kept": True}  # fmt: skip
         try:
             item = self._load(i, start)
         except DecodeError as e:
             return self._failure(i, start, str(e))
         if self.cache is not None:
             self.cache.write(k, item)
+            item["kept"] = False
         item["clip"] = clip
         return item
 

@@ -201,6 +201,7 @@ class Pretrainer:
         self.compile_backend = "inductor"
         self.failures = FailureLog(cfg.data.max_fail_fraction)
         self.noted_data_wait = False  # _note_data_wait says it once per run
+        self.kept_clips = 0  # of the last extraction, read back from train.extract_cache
         self.log = RunLog(out, enabled=ctx.main)
 
     def _index_space(self, manifest_path: Path, resume: bool) -> Manifest:
@@ -324,6 +325,8 @@ class Pretrainer:
                 t = time.perf_counter()
                 features = self._extract()
                 times["extract_s"] = time.perf_counter() - t
+                if self.cfg.train.extract_cache:
+                    times["extract_kept"] = self.kept_clips
                 t = time.perf_counter()
                 p.labels = self._cluster(features)  # which frees the features as it goes
                 p.previous = {}  # last round's labels were kept only to compare the new ones with
@@ -386,7 +389,7 @@ class Pretrainer:
         pin = self.ctx.device.type == "cuda"
         loader = make_loader(shard, self._batch_per_rank(), self.workers, pin_memory=pin)
         rows = {e: ToHost() for e in clustered}  # one wait for the device per group of batches, not per batch
-        indices = []
+        indices, kept = [], 0
         desc = f"round {self.progress.round}: extract"
         with self._cache_pass():
             for batch in progress_bar(Surviving(loader), desc=desc, unit="batch", show=self.ctx.main, leave=False):
@@ -394,9 +397,12 @@ class Pretrainer:
                 if batch["index"].numel() == 0:
                     continue
                 indices.append(batch["index"])
+                kept += int(batch["kept"].sum()) if "kept" in batch else 0
                 for e, features in self._embed(batch, clustered).items():
                     rows[e].add(features)
         self.encoders.train()
+        if self.cfg.train.extract_cache:  # every rank, whether its own cache could open or not
+            self.kept_clips = global_count(kept, self.ctx.device)  # clips read back, all ranks: the round's log
         index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
         # one encoder at a time, each one's pieces dropped once joined: never all features twice
         mine = {e: rows.pop(e).result(torch.empty(0, self.feature_dims[e])) for e in clustered}
