@@ -48,7 +48,7 @@ class ClipCache:
         self.data, self.meta = stem.with_suffix(".bin"), stem.with_suffix(".json")
         self.keys = keys
         self.fields = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in fields.items()}
-        # the widest dtype first, so that every array starts aligned in a record read at a page boundary
+        # the widest dtype first: every array then starts aligned in the buffer a record is read into
         self.order = sorted(self.fields, key=lambda name: -self.fields[name][1].itemsize)
         self.offsets, at = {}, 0
         for name in self.order:
