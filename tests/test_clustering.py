@@ -17,7 +17,7 @@ from xdc.clustering import sinkhorn as sinkhorn_module
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import assign_to_centroids, kmeans
 from xdc.clustering.metrics import agreement, ari_of_table, cluster_stats, contingency, nmi, nmi_of_table
-from xdc.clustering.sampler import ClusterBalancedSampler
+from xdc.clustering.sampler import ClusterBalancedSampler, shuffled_draws
 from xdc.clustering.sinkhorn import balanced_assign, sinkhorn
 
 
@@ -283,6 +283,19 @@ def test_sampler_draws_every_cluster_equally_and_skips_unlabelled():
     assert {m.dtype for m in sampler.clusters[0]} == {np.dtype(np.int32)}  # 4 B per video held, not 8
     small = Counter(v for v in videos if labels[v] == 5)
     assert set(small) == {290, 291, 292} and max(small.values()) - min(small.values()) <= 1  # repeated evenly
+
+
+def test_shuffled_draws_give_every_item_once_per_epoch_and_start_anywhere():
+    sampler = shuffled_draws(37, seed=3)
+    epochs = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        epochs.append(list(sampler))
+        assert sorted(_videos(sampler)) == list(range(37))
+    assert _videos(sampler) != list(range(37)) and epochs[0] != epochs[1]
+    sampler.set_epoch(1)
+    sampler.set_start(10)
+    assert list(sampler) == epochs[1][10:]  # the same videos and draw seeds from position 10 on
 
 
 def test_sampler_splits_the_epoch_over_label_sets():

@@ -215,3 +215,80 @@ def test_evaluation_runs_where_asked_and_says_so(run, tmp_path, capsys):
         assert main(["extract", "--run", str(run_dir), "--encoder", "video", "--data", str(tmp_path / "t.csv"),
                      "--out", str(tmp_path / "x.npz"), "--device", "cuda"]) == 2  # fmt: skip
         assert "this machine has no CUDA device" in capsys.readouterr().err
+
+
+def test_finetuning_draws_the_same_clips_whatever_the_loader_workers(run, tmp_path):
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    cfg = FinetuneConfig(epochs=2, batch_size=4, lr=0.05, test_clips=1)
+    results = [finetune(run_dir, "audio", items_of(root), "full", cfg, tmp_path, workers=w) for w in (0, 2)]
+    assert results[0]["epoch_losses"] == results[1]["epoch_losses"]
+    assert results[0]["clip_top1"] == results[1]["clip_top1"]
+
+
+def _finetune_cli(run_dir: Path, table: Path, out: Path) -> list[str]:
+    settings = ["finetune.epochs=6", "finetune.batch_size=4", "finetune.checkpoint_every=1", "finetune.test_clips=1",
+                "finetune.lr=0.05"]  # fmt: skip
+    return ["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", str(table), "--out", str(out),
+            *(f"--set={s}" for s in settings)]  # fmt: skip
+
+
+def test_finetuning_killed_goes_on_exactly_when_run_again(run, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, run_dir = run
+    table = tmp_path / "table.csv"
+    write_table(items_of(root), table)
+    straight, killed = tmp_path / "straight.json", tmp_path / "killed.json"
+    assert main(_finetune_cli(run_dir, table, straight)) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "xdc.cli", *_finetune_cli(run_dir, table, killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})  # fmt: skip
+    checkpoint = tmp_path / "killed.finetune" / "train-test" / "last.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not killed.exists(), "the finetuning ended before it could be killed"
+    capsys.readouterr()
+    assert main(_finetune_cli(run_dir, table, killed)) == 0
+    assert "train-test: resuming after batch" in capsys.readouterr().out
+    a, b = (json.loads(path.read_text())["splits"][0] for path in (straight, killed))
+    assert len(a["epoch_losses"]) == 6 and a["epoch_losses"] == b["epoch_losses"]  # every batch's loss, bit for bit
+    assert (a["top1"], a["clip_top1"]) == (b["top1"], b["clip_top1"])
+    # Once the result is written only the logs stay: each batch's loss, and the test's accuracy.
+    folder = tmp_path / "killed.finetune"
+    assert sorted(p.name for p in folder.iterdir()) == ["log.jsonl", "tb"]
+    records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    batches = {r["step"]: r["loss"] for r in records if r["kind"] == "train-test"}
+    assert sorted(batches) == list(range(1, 4 * 6 + 1))  # 16 training items in batches of 4, 6 epochs
+    assert [r["kind"] for r in records].count("train-test_test") == 1
+
+
+def test_a_finished_finetuning_is_kept_for_the_same_settings_only(run, tmp_path, capsys):
+    import dataclasses
+
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    cfg = FinetuneConfig(epochs=1, batch_size=8, lr=0.05, test_clips=1)
+    state = tmp_path / "state"
+    first = finetune(run_dir, "audio", items_of(root), "full", cfg, tmp_path, workers=0, state=state)
+    assert [p.name for p in state.iterdir()] == ["result.pt"]
+    capsys.readouterr()
+    again = finetune(run_dir, "audio", items_of(root), "full", cfg, tmp_path, workers=0, state=state)
+    assert again == first and "finished before with the same settings" in capsys.readouterr().out
+    other = dataclasses.replace(cfg, lr=0.01)
+    changed = finetune(run_dir, "audio", items_of(root), "full", other, tmp_path, workers=0, state=state)
+    assert "made with other settings" in capsys.readouterr().err
+    assert changed["epoch_losses"] != first["epoch_losses"]
+    fewer = items_of(root)[:-1]  # other items: started over too
+    finetune(run_dir, "audio", fewer, "full", other, tmp_path, workers=0, state=state)
+    assert "made with other settings" in capsys.readouterr().err

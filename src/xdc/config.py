@@ -271,6 +271,7 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine: cosine decay to 0 over all steps; constant: no decay
     test_clips: int = 10  # evenly spaced clips per test video, softmax averaged
+    checkpoint_every: int = 0  # with a state folder (the CLI's): also keep progress every N batches (0: each epoch)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):

@@ -99,6 +99,13 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
         return -(-self.epoch_size // self.world_size)
 
 
+def shuffled_draws(n: int, seed: int) -> ClusterBalancedSampler:
+    """Each of ``n`` items once per epoch, in a new order every epoch, each draw with a seed of its own: the balanced
+    sampler over a single cluster. Unlike a shuffling DataLoader's, its order and draws depend on (seed, epoch,
+    position) only, whatever the loader's workers, and it can start mid-epoch (``set_start``)."""
+    return ClusterBalancedSampler([np.zeros(n, np.int32)], n, seed)
+
+
 def _cluster_members(labels: np.ndarray) -> list[np.ndarray]:
     """Indices of the items of each label that occurs (labels >= 0), in label order: views of one array of
     int32 indices (int64 from 2**31 items on)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,24 +76,45 @@ def eval_finetune(
     run: Path, encoder: str, dataset: str, data: Path, split: str | None, mode: str, cfg: Config, out: Path | None,
     options: dict, device: str = "auto",
 ) -> dict:  # fmt: skip
-    """Finetune on one official split, or on each of 1-3 (``split='all'``) and report the mean."""
+    """Finetune on one official split, or on each of 1-3 (``split='all'``) and report the mean. Progress, each
+    batch's loss and the test accuracies go to a folder beside ``out`` (``finetune_folder``): the same command run
+    again after a crash goes on from there; once it has written its result, only the logs stay."""
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.finetune import finetune
+    from xdc.training.runlog import RunLog
 
     splits = [1, 2, 3] if split == "all" else [int(split)] if split else [None]
+    folder = finetune_folder(out, dataset)
+    states = [folder / (f"split{number}" if number else "train-test") for number in splits]
+    if not any(state.exists() for state in states):  # nothing to go on with: the logs of an earlier command go
+        shutil.rmtree(folder / "tb", ignore_errors=True)
+        (folder / "log.jsonl").unlink(missing_ok=True)
+    log = RunLog(folder)
     rows = []
-    for number in splits:
+    for number, state in zip(splits, states):
         items = load_dataset(dataset, data, split=number, **options)
         work = (out.parent if out is not None else Path(".")) / f".finetune-probe-{dataset}"
-        result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed, device=device)
+        result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed, device=device, state=state,
+                          log=log, name=state.name)  # fmt: skip
         rows.append({"split": number or "-", **{k: v for k, v in result.items() if k != "skipped"}})
         for skip in result["skipped"][:5]:
             print(f"skipped {skip['path']}: {skip['reason']}")
+    log.close()
     record = {"command": "eval finetune", "run": str(run), "dataset": dataset, "data": str(data), "mode": mode,
               "splits": rows, "mean_top1": float(np.mean([r["top1"] for r in rows])),
-              "config": config_to_dict(cfg.finetune)}  # fmt: skip
-    table = [*rows, {"split": "mean", "top1": record["mean_top1"]}] if len(rows) > 1 else rows
-    return _emit(record, table, out)
+              "config": config_to_dict(cfg.finetune), "log": str(folder)}  # fmt: skip
+    table = [{k: v for k, v in row.items() if k != "epoch_losses"} for row in rows]  # the JSON has them
+    table += [{"split": "mean", "top1": record["mean_top1"]}] if len(rows) > 1 else []
+    emitted = _emit(record, table, out)
+    for state in states:  # the result is out: the checkpoints and kept results have served
+        shutil.rmtree(state, ignore_errors=True)
+    return emitted
+
+
+def finetune_folder(out: Path | None, dataset: str) -> Path:
+    """Where ``eval finetune`` keeps its progress and logs: OUT's name with ``.finetune`` for its extension (beside
+    ``--out``), else ``.finetune-DATASET`` in the working folder."""
+    return out.with_name(f"{out.stem}.finetune") if out is not None else Path(f".finetune-{dataset}")
 
 
 def run_label_ids(run: Path) -> np.ndarray:

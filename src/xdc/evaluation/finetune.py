@@ -1,5 +1,12 @@
 """``xdc eval finetune``: train a linear classifier on top of a pretrained encoder, either with the encoder
-frozen (fc-only) or updating everything (full finetuning), and report multi-clip video-level test accuracy."""
+frozen (fc-only) or updating everything (full finetuning), and report multi-clip video-level test accuracy.
+
+Every epoch visits each training clip's video once, in an order and with clip draws (start, augmentation) that
+depend on (seed, epoch, position) only (:func:`xdc.clustering.sampler.shuffled_draws`), whatever the number of
+loader workers. With a ``state`` folder, progress is kept there (:mod:`xdc.evaluation.resume`): a checkpoint
+after every epoch and every ``finetune.checkpoint_every`` batches, then the result. The same finetuning started
+again continues at the batch after the checkpoint, and ends exactly as if it had not stopped (on a CPU; on a GPU
+up to the nondeterminism of its kernels)."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xdc.clustering.sampler import shuffled_draws
 from xdc.config import FinetuneConfig
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog
@@ -20,7 +28,9 @@ from xdc.evaluation.adapters import Item, split_items
 from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.extract import items_to_manifest, load_run_encoder
 from xdc.evaluation.metrics import average_by_group, topk_accuracy
+from xdc.evaluation.resume import SavedProgress, identity
 from xdc.progress import progress_bar
+from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
 MODES = ("full", "fc")
@@ -28,13 +38,22 @@ MODES = ("full", "fc")
 
 def finetune(
     run: Path, encoder_name: str, items: list[Item], mode: str, cfg: FinetuneConfig, work: Path, seed: int = 0,
-    workers: int | None = None, device: str = "auto",
+    workers: int | None = None, device: str = "auto", state: Path | None = None, log: RunLog | None = None,
+    name: str = "finetune",
 ) -> dict:  # fmt: skip
     """Train on the items of split 'train', test on split 'test', on ``device`` (xdc.evaluation.device); returns
-    the numbers and the settings."""
+    the numbers and the settings. ``work``: where the items' probes are cached. ``state``: where progress is kept
+    (None: nowhere). ``log``: where each batch's loss and learning rate and the test's accuracy go, under ``name``
+    (TensorBoard tags ``NAME/loss``, ...)."""
     if mode not in MODES:
         raise UserError(f"mode must be one of {MODES}, not {mode!r}")
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
+    saved = None
+    if state is not None:
+        saved = SavedProgress(state, identity(run, encoder_name, mode, cfg, seed, run_cfg, items))
+        if (result := saved.result()) is not None:
+            print(f"{name}: finished before with the same settings; its result is kept in {saved.result_path}")
+            return result
     data_cfg = run_cfg.data
     train_items, test_items = split_items(items, "train"), split_items(items, "test")
     train, _, skipped = items_to_manifest(train_items, work / "train.probe.csv", modality)
@@ -51,51 +70,109 @@ def finetune(
     optimizer = torch.optim.SGD(trained.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_set = TrainClips(train, data_cfg, modalities=(modality,), raw_video=True,
                            device_crops=place.device_crops, device_logmel=place.device_logmel)  # fmt: skip
-    steps = cfg.epochs * math.ceil(len(train_set) / cfg.batch_size)
+    per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    steps = cfg.epochs * per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if cfg.schedule == "cosine" else (lambda s: 1.0)
     )  # fmt: skip
     failures = FailureLog(data_cfg.max_fail_fraction)
-    losses = []  # on the device: reading each loss would make the host wait for every step
-    for epoch in range(cfg.epochs):
+    sampler = shuffled_draws(len(train_set), seed)
+    loader = make_loader(train_set, cfg.batch_size, workers, sampler=sampler, pin_memory=place.pin_memory)
+    cuda = place.device.type == "cuda"
+    done, losses = 0, []  # batches taken; the loss of each
+    if saved is not None and (kept := saved.checkpoint()) is not None:
+        model.load_state_dict(kept["model"])
+        optimizer.load_state_dict(kept["optimizer"])
+        schedule.load_state_dict(kept["schedule"])
+        failures.load_state(kept["failures"])
+        train_set.crashed.update(kept["crashed"])
+        done, losses = kept["batches"], kept["losses"]
+        torch.set_rng_state(kept["rng"])  # draws made where the batch lands (log-mel masks on the device)
+        if cuda and kept["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(kept["cuda_rng"], place.device)
+        print(f"{name}: resuming after batch {done} of {steps} from {saved.checkpoint_path}")
+
+    pending = []  # (batch number, learning rate, loss on the device) since the last keep: reading each loss would
+    # make the host wait for every step
+
+    def keep() -> None:
+        """The pending losses to the host and the log, then a checkpoint (after the log: a crash between the two
+        logs those batches again, with the same values, rather than never)."""
+        values = torch.stack([loss for _, _, loss in pending]).tolist() if pending else []
+        losses.extend([math.nan] * (done - len(losses)))  # NaN: a batch whose clips all failed
+        for (number, lr, _), value in zip(pending, values):
+            losses[number - 1] = value
+            if log is not None:
+                log.write(name, number, loss=value, lr=lr)
+        pending.clear()
+        if saved is not None:
+            saved.save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "batches": done, "losses": losses, "failures": failures.state(), "crashed": dict(train_set.crashed),
+                "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(place.device) if cuda else None,
+            })  # fmt: skip
+
+    for epoch in range(done // per_epoch, cfg.epochs):
         model.train()
         if mode == "fc":
             encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
-        loader = make_loader(train_set, cfg.batch_size, workers, shuffle=True, seed=seed * 1000 + epoch,
-                             pin_memory=place.pin_memory)  # fmt: skip
-        for batch in progress_bar(Surviving(loader), desc=f"finetune epoch {epoch}", unit="batch", leave=False):
+        sampler.set_epoch(epoch)
+        sampler.set_start((done - epoch * per_epoch) * cfg.batch_size)
+        for batch in progress_bar(Surviving(loader), desc=f"{name} epoch {epoch}", unit="batch", leave=False):
+            done += 1
             failures.update(batch)
-            if batch["index"].numel() == 0:
-                continue
-            clips = place.inputs(batch[modality], batch.get("video_grid"), train=True)
-            labels = batch["label"].to(place.device, non_blocking=True)
-            with place.autocast():
-                if mode == "fc":
-                    with torch.no_grad():
-                        features = encoder(clips)
-                    logits = model[1](features)
-                else:
-                    logits = model(clips)
-                loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.detach())
-    losses = torch.stack(losses).tolist() if losses else []
+            if batch["index"].numel():
+                lr = schedule.get_last_lr()[0]
+                pending.append((done, lr, _train_step(model, encoder, mode, place, modality, batch, optimizer)))
+                schedule.step()
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done % per_epoch:
+                keep()
+        keep()
+    del loader  # its persistent workers stop before the test's start
 
     scores, labels, groups = _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers)
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
-    return {
+    trained = [x for x in losses if not math.isnan(x)]
+    result = {
         "mode": mode, "encoder": encoder_name, "device": str(place.device), "bf16": place.bf16,
         **({"crops_on": "device" if place.device_crops else "workers"} if modality == "video" else
            {"logmel_on": "device" if place.device_logmel else "workers"}),
         "classes": len(classes), "n_train": len(train), "n_test": len(test),
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
-        "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": losses[0] if losses else None,
-        "last_loss": float(np.mean(losses[-5:])) if losses else None,
+        "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": _mean(trained[:1]),
+        "last_loss": _mean(trained[-5:]),
+        "epoch_losses": [_mean(losses[e * per_epoch : (e + 1) * per_epoch]) for e in range(cfg.epochs)],
         "skipped": [{"path": p, "reason": r} for p, r in [*skipped, *test_skipped, *failures.failures]],
     }  # fmt: skip
+    if log is not None:
+        log.write(f"{name}_test", done, top1=result["top1"], top5=result["top5"], clip_top1=result["clip_top1"])
+    if saved is not None:
+        saved.save_result(result)
+    return result
+
+
+def _mean(values: list[float]) -> float | None:
+    """The mean of the values that are not NaN, or None."""
+    values = [x for x in values if not math.isnan(x)]
+    return float(np.mean(values)) if values else None
+
+
+def _train_step(model, encoder, mode, place, modality, batch, optimizer) -> torch.Tensor:
+    """One SGD step on a batch; its loss, on the device."""
+    clips = place.inputs(batch[modality], batch.get("video_grid"), train=True)
+    labels = batch["label"].to(place.device, non_blocking=True)
+    with place.autocast():
+        if mode == "fc":
+            with torch.no_grad():
+                features = encoder(clips)
+            logits = model[1](features)
+        else:
+            logits = model(clips)
+        loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 @torch.no_grad()
