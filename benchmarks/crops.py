@@ -73,7 +73,8 @@ def device_ms(dataset: TrainClips | EvalClips, draws: list[tuple[int, int]], bat
         steps.append(lambda: crops(parts, grids))
     if dataset.device_logmel:
         logmel, waves = DeviceLogMel(dataset.cfg, device), items["audio"].to(device)
-        steps.append(lambda: logmel(waves, train=isinstance(dataset, TrainClips)))
+        masks = items["audio_masks"].to(device) if "audio_masks" in items else None  # training clips, masks set
+        steps.append(lambda: logmel(waves, masks))
 
     def work() -> None:
         for step in steps:

@@ -68,15 +68,25 @@ def test_training_clips_are_cropped_on_the_gpu_as_on_the_cpu():
     torch.testing.assert_close(on_gpu.cpu(), DeviceCrops(112)(parts, grids), rtol=0, atol=1e-3)
 
 
-@pytest.mark.parametrize("train", [True, False])  # the paper preset has no masks: training and extraction alike
-def test_log_mel_on_the_gpu_is_the_cpus(train):
-    cfg = load_config(None, [], preset="paper").data
-    waves = torch.randn(6, 1, 16000) * 0.1
-    on_gpu = DeviceLogMel(cfg, torch.device("cuda"))(waves.cuda(), train=train)
+@pytest.mark.parametrize("masks", [True, False])
+def test_log_mel_on_the_gpu_is_the_cpus(masks):
+    # With masks: a training batch, masked on the GPU where the workers planned (AudioMasks), as the CPU masks it.
+    settings = ["data.augment.freq_mask=12", "data.augment.time_mask=30"] if masks else []
+    cfg = load_config(None, settings, preset="paper").data
+    waves = np.random.default_rng(0).normal(0, 0.1, (6, 16000)).astype(np.float32)
+    in_workers, planned = [], []
+    for seed, wave in enumerate(waves):
+        torch.manual_seed(seed)
+        in_workers.append(AudioTransform(cfg, train=masks)(wave))
+        torch.manual_seed(seed)
+        planned.append(AudioTransform(cfg, train=masks, logmel=False).plan(wave))
+    batch = torch.stack([w for w, _ in planned]).cuda()
+    intervals = torch.stack([m for _, m in planned]).cuda() if masks else None
+    on_gpu = DeviceLogMel(cfg, torch.device("cuda"))(batch, intervals)
     assert on_gpu.is_cuda and on_gpu.shape == (6, 1, 40, 100)
-    in_workers = AudioTransform(cfg, train=False)
-    torch.testing.assert_close(on_gpu.cpu(), torch.stack([in_workers(w[0].numpy()) for w in waves]), rtol=1e-4,
-                               atol=1e-4)  # fmt: skip
+    expected = torch.stack(in_workers)
+    assert torch.equal(on_gpu.cpu() == 0, expected == 0)
+    torch.testing.assert_close(on_gpu.cpu(), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_the_stem_over_pixel_blocks_runs_on_cudnn_like_the_plain_one():

@@ -178,18 +178,23 @@ def test_log_mel_on_the_device_is_the_workers_log_mel(manifest, tmp_path):
     for e in features["workers"]:
         torch.testing.assert_close(features["device"][e], features["workers"][e], rtol=1e-3, atol=1e-4)
 
-    masked = Pretrainer(cfg_for("xdc", "data.logmel_on=device", "data.augment.freq_mask=20"), manifest,
-                        tmp_path / "masked", Dist())  # fmt: skip
-    masked.progress.labels = trainers["device"].progress.labels
-
-    def constant_bands(batch, train):  # a masked band is constant over time
-        spectra = masked._inputs(batch, train=train)["audio"]
-        return spectra.amax(dim=3) == spectra.amin(dim=3)
-
-    rows = constant_bands(next(iter(masked._train_loader())), train=True)
-    assert rows.any() and not (rows == rows[:1]).all()  # masks are drawn for each clip, not once for the batch
-    eval_batch = next(iter(make_loader(masked.eval_set, 8, 0)))
-    assert not constant_bands(eval_batch, train=False).any()  # extraction's clips are not masked
+    # With masks the workers plan each clip's from its seed (AudioMasks) and the log-mel applies them, in the
+    # workers or on the device: the same masks either way, none drawn from the training process's generator.
+    masks = ("data.augment.freq_mask=20", "data.augment.time_mask=30")
+    masked, spectra = {}, {}
+    for where in ("device", "workers"):
+        masked[where] = Pretrainer(cfg_for("xdc", f"data.logmel_on={where}", *masks, "data.workers=1"), manifest,
+                                   tmp_path / f"masked-{where}", Dist())  # fmt: skip
+        masked[where].progress.labels = trainers["device"].progress.labels
+        spectra[where] = masked[where]._inputs(next(iter(masked[where]._train_loader())))["audio"]
+        masked[where].loader = None
+    zeros = spectra["device"] == 0
+    assert torch.equal(zeros, spectra["workers"] == 0)
+    bands = zeros.all(dim=3)  # mel bins masked over the whole clip
+    assert bands.any() and not (bands == bands[:1]).all()  # masks are drawn for each clip, not once for the batch
+    torch.testing.assert_close(spectra["device"], spectra["workers"], rtol=1e-4, atol=1e-4)
+    eval_batch = next(iter(make_loader(masked["device"].eval_set, 8, 0)))
+    assert not (masked["device"]._inputs(eval_batch)["audio"] == 0).all(dim=3).any()  # extraction's: no masks
 
 
 def _cli(manifest: Path, out: Path, *extra: str) -> list[str]:

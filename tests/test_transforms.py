@@ -136,3 +136,45 @@ def test_plan_is_only_for_frames_the_resize_enlarges():
     frames = np.zeros((2, 240, 320, 3), np.uint8)
     with pytest.raises(ValueError, match="would be shrunk"):
         VideoTransform(cfg.data, train=True, normalize=False).plan(frames)
+
+
+def _masked_cfg():
+    return load_config(None, ["data.augment.freq_mask=12", "data.augment.time_mask=30"], preset="paper").data
+
+
+def test_audio_masks_are_torchaudios_for_the_same_seed():
+    import torchaudio.transforms as AT
+
+    from xdc.data.transforms import AudioTransform
+
+    cfg = _masked_cfg()
+    transform = AudioTransform(cfg, train=True)
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    masked = 0
+    for seed in range(30):
+        torch.manual_seed(seed)
+        ours = transform(wave)
+        torch.manual_seed(seed)  # the transform as it was, with torchaudio's masking modules
+        x = torch.from_numpy(wave) * 10 ** ((torch.rand(()) * 2 - 1) * cfg.augment.gain_db / 20)
+        theirs = AT.TimeMasking(30)(AT.FrequencyMasking(12)(transform.logmel(x).unsqueeze(0)))
+        assert torch.equal(ours, theirs), seed
+        masked += bool((ours == 0).any())
+    assert masked > 20  # the masks were there to compare (a width is drawn below its maximum, sometimes 0)
+
+
+@pytest.mark.parametrize("cfg", [_masked_cfg(), load_config(None, preset="tiny").data], ids=["masks", "none"])
+def test_masks_planned_in_the_workers_come_out_the_same_from_the_batch_log_mel(cfg):
+    from xdc.data.transforms import AudioTransform, DeviceLogMel
+
+    waves = np.random.default_rng(1).normal(0, 0.1, (8, round(cfg.clip.audio_span * cfg.clip.sample_rate)))
+    in_workers, planned = [], []
+    for seed, wave in enumerate(waves.astype(np.float32)):
+        torch.manual_seed(seed)
+        in_workers.append(AudioTransform(cfg, train=True)(wave))
+        torch.manual_seed(seed)
+        planned.append(AudioTransform(cfg, train=True, logmel=False).plan(wave))
+    batch, intervals = torch.stack([w for w, _ in planned]), [m for _, m in planned]
+    on_batch = DeviceLogMel(cfg, "cpu")(batch, torch.stack(intervals) if cfg.augment.freq_mask else None)
+    expected = torch.stack(in_workers)
+    assert torch.equal(on_batch == 0, expected == 0)  # the same masks, bin for bin
+    torch.testing.assert_close(on_batch, expected, rtol=1e-5, atol=1e-5)

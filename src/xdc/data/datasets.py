@@ -6,7 +6,7 @@
 :class:`xdc.data.transforms.NormalizeVideo` on the consumer's side; with ``device_crops`` the uint8 part of the
 frames that the crop samples and its ``video_grid``, for :class:`xdc.data.transforms.DeviceCrops`), ``audio``
 (1 x n_mels x frames; with ``device_logmel`` the 1 x samples waveform, for
-:class:`xdc.data.transforms.DeviceLogMel`), ``index`` (video index in the manifest), ``start`` (seconds) and
+:class:`xdc.data.transforms.DeviceLogMel`, and for a training clip ``audio_masks`` when masks are set), ``index`` (video index in the manifest), ``start`` (seconds) and
 ``label`` (-1 when unlabelled). An item that cannot be read is a failure record ``{"failure": {...}}``, which
 :func:`collate_clips` takes out of the batch.
 """
@@ -96,7 +96,10 @@ class _ClipDataset(Dataset):
             item["video"] = self.video_transform(clip.video)
         if self.audio:
             wave = clip.audio if has_audio else np.zeros(self._audio_samples(), np.float32)
-            item["audio"] = self.audio_transform(wave)
+            if self.device_logmel and self.audio_transform.masks:  # a training clip's masks go with its waveform
+                item["audio"], item["audio_masks"] = self.audio_transform.plan(wave)
+            else:
+                item["audio"] = self.audio_transform(wave)
         return item
 
     def shapes(self) -> dict[str, tuple[int, ...]]:

@@ -16,10 +16,9 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F_nn
-import torchaudio.transforms as AT
 from torchvision.transforms.v2 import functional as F
 
-from xdc.config import DataConfig
+from xdc.config import AugmentConfig, DataConfig
 from xdc.data.audio import LogMel
 
 # Input normalisation of the released XDC R(2+1)D-18 weights (SPEC).
@@ -136,43 +135,77 @@ class DeviceCrops:
 
 class AudioTransform:
     """Waveform -> 1 x n_mels x frames log-mel: the training gain, the log-mel, the training masks. With
-    ``logmel=False`` only the gain: 1 x samples, for :class:`DeviceLogMel` where the batch trains."""
+    ``logmel=False`` only the gain: 1 x samples, for :class:`DeviceLogMel` where the batch lands; a training
+    transform's :meth:`plan` then also draws the clip's masks for it."""
 
     def __init__(self, cfg: DataConfig, train: bool, logmel: bool = True):
         self.logmel = LogMel(cfg.mel, cfg.clip.sample_rate)
+        self.n_mels = cfg.mel.n_mels
         self.gain_db = cfg.augment.gain_db if train else 0.0
-        self.masks = _audio_masks(cfg, train)
+        self.masks = AudioMasks(cfg.augment) if train else None
         self.on_waveform = not logmel
 
     def __call__(self, wave: np.ndarray) -> torch.Tensor:
+        x, intervals = self.plan(wave)
+        if self.on_waveform:
+            return x
+        spectra = self.logmel(x[0])[None, None]  # 1 x 1 x n_mels x frames: a batch of one for AudioMasks
+        return (self.masks.apply(spectra, intervals[None]) if self.masks else spectra)[0]
+
+    def plan(self, wave: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The waveform after the gain (1 x samples) and the intervals its spectrogram's masks cover (see
+        :class:`AudioMasks`; None for an evaluation transform), drawn in that order from the torch generator."""
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         if self.gain_db:
             x = x * 10 ** ((torch.rand(()) * 2 - 1) * self.gain_db / 20)
-        if self.on_waveform:
-            return x.unsqueeze(0)
-        return self.masks(self.logmel(x).unsqueeze(0))  # 1 x n_mels x frames
+        intervals = self.masks.plan(self.n_mels, self.logmel.frames(x.shape[-1])) if self.masks else None
+        return x.unsqueeze(0), intervals
+
+
+class AudioMasks:
+    """SpecAugment's masks: one band of mel bins below data.augment.freq_mask wide, then one span of frames below
+    time_mask wide, each zeroed (a width of 0: none). :meth:`plan` draws a clip's from the torch generator with the
+    calls and arithmetic of torchaudio's FrequencyMasking and TimeMasking, so a seeded item gets the masks those
+    would give it; :meth:`apply` zeroes them in a batch, wherever it is. The loader's workers plan (from the item's
+    seed) and the log-mel applies, in the workers or on the device (:class:`DeviceLogMel`): the same masks either
+    way, and none drawn from the training process's generator, whose state a resumed run would not have."""
+
+    def __init__(self, augment: AugmentConfig):
+        self.widths = [(width, axis) for axis, width in enumerate((augment.freq_mask, augment.time_mask)) if width]
+
+    def __bool__(self) -> bool:
+        return bool(self.widths)
+
+    def plan(self, n_mels: int, frames: int) -> torch.Tensor:
+        """int64 masks x 2: [start, end) of each mask, in mel bins or frames."""
+        sizes, intervals = (n_mels, frames), []
+        for width, axis in self.widths:
+            value = torch.rand(1) * width
+            start = (torch.rand(1) * (sizes[axis] - value)).long()
+            intervals.append(torch.cat([start, start + value.long()]))
+        return torch.stack(intervals) if intervals else torch.zeros(0, 2, dtype=torch.int64)
+
+    def apply(self, spectra: torch.Tensor, intervals: torch.Tensor) -> torch.Tensor:
+        """``spectra`` (B x 1 x n_mels x frames) with the ``intervals`` (B x masks x 2, planned) zeroed."""
+        intervals = intervals.to(spectra.device, non_blocking=True)
+        for j, (_, axis) in enumerate(self.widths):
+            positions = torch.arange(spectra.shape[2 + axis], device=spectra.device)
+            inside = (positions >= intervals[:, j, :1]) & (positions < intervals[:, j, 1:])  # B x size
+            spectra = spectra.masked_fill(inside[:, None, :, None] if axis == 0 else inside[:, None, None, :], 0.0)
+        return spectra
 
 
 class DeviceLogMel:
     """The log-mel spectrograms of a batch of waveforms where it runs (data.logmel_on=device): B x 1 x samples ->
-    B x 1 x n_mels x frames; for ``train`` clips then the training masks, each clip its own (drawn from the
-    process's generator on the device, not from the item's seed as in the workers)."""
+    B x 1 x n_mels x frames; for training clips then their masks, as the workers planned them (``masks``: the
+    batch's ``audio_masks``, see :class:`AudioMasks`)."""
 
     def __init__(self, cfg: DataConfig, device: torch.device | str):
         self.logmel = LogMel(cfg.mel, cfg.clip.sample_rate).to(device)
-        self.masks = _audio_masks(cfg, train=True, iid=True)
+        self.masks = AudioMasks(cfg.augment)
 
     @torch.no_grad()
-    def __call__(self, waves: torch.Tensor, train: bool = True) -> torch.Tensor:
+    def __call__(self, waves: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(waves.device.type, enabled=False):  # the FFT and the log in float32 under bf16 runs
             spectra = self.logmel(waves.float())
-        return self.masks(spectra) if train else spectra
-
-
-def _audio_masks(cfg: DataConfig, train: bool, iid: bool = False) -> torch.nn.Sequential:
-    aug, masks = cfg.augment, []
-    if train and aug.freq_mask:
-        masks.append(AT.FrequencyMasking(aug.freq_mask, iid_masks=iid))
-    if train and aug.time_mask:
-        masks.append(AT.TimeMasking(aug.time_mask, iid_masks=iid))
-    return torch.nn.Sequential(*masks)
+        return self.masks.apply(spectra, masks) if masks is not None and self.masks else spectra

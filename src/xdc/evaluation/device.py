@@ -77,13 +77,14 @@ class EvalDevice:
         run = self.run
         return device_form(encoder.to(self.device), self.modality, run.train, run.data.clip.crop, self.device.type)
 
-    def inputs(self, clips: torch.Tensor, grids: torch.Tensor | None = None, train: bool = False) -> torch.Tensor:
-        """A batch of one modality's clips (uint8 video from a ``raw_video`` dataset; with ``grids``, the parts of
-        frames of training clips, see ``device_crops``; waveforms, see ``device_logmel``, masked for ``train``
-        clips) ready for the encoder."""
-        x = clips.to(self.device, non_blocking=True)
+    def inputs(self, batch: dict) -> torch.Tensor:
+        """A batch's clips of this modality (uint8 video from a ``raw_video`` dataset; for training clips with
+        ``video_grid``, the parts of frames, see ``device_crops``; waveforms, see ``device_logmel``, with their
+        ``audio_masks`` for training clips where masks are set) ready for the encoder."""
+        x = batch[self.modality].to(self.device, non_blocking=True)
+        grids = batch.get("video_grid")
         if self.logmel is not None:
-            x = self.logmel(x, train=train)
+            x = self.logmel(x, batch.get("audio_masks"))
         elif grids is not None:
             x = self.crops(x, grids.to(self.device, non_blocking=True))
         elif self.normalize is not None:

@@ -95,7 +95,7 @@ def extract_features(
         if batch["index"].numel() == 0:
             continue
         with place.autocast():
-            features.add(encoder(place.inputs(batch[modality])).float())
+            features.add(encoder(place.inputs(batch)).float())
         rows.append(batch["index"].numpy())
         clip_numbers.append(batch["clip"].numpy())
         starts.append(batch["start"].numpy())

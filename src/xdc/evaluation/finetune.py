@@ -78,7 +78,6 @@ def finetune(
     failures = FailureLog(data_cfg.max_fail_fraction)
     sampler = shuffled_draws(len(train_set), seed)
     loader = make_loader(train_set, cfg.batch_size, workers, sampler=sampler, pin_memory=place.pin_memory)
-    cuda = place.device.type == "cuda"
     done, losses = 0, []  # batches taken; the loss of each
     if saved is not None and (kept := saved.checkpoint()) is not None:
         model.load_state_dict(kept["model"])
@@ -87,9 +86,6 @@ def finetune(
         failures.load_state(kept["failures"])
         train_set.crashed.update(kept["crashed"])
         done, losses = kept["batches"], kept["losses"]
-        torch.set_rng_state(kept["rng"])  # draws made where the batch lands (log-mel masks on the device)
-        if cuda and kept["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(kept["cuda_rng"], place.device)
         print(f"{name}: resuming after batch {done} of {steps} from {saved.checkpoint_path}")
 
     pending = []  # (batch number, learning rate, loss on the device) since the last keep: reading each loss would
@@ -109,7 +105,6 @@ def finetune(
             saved.save_checkpoint({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "batches": done, "losses": losses, "failures": failures.state(), "crashed": dict(train_set.crashed),
-                "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(place.device) if cuda else None,
             })  # fmt: skip
 
     for epoch in range(done // per_epoch, cfg.epochs):
@@ -123,7 +118,7 @@ def finetune(
             failures.update(batch)
             if batch["index"].numel():
                 lr = schedule.get_last_lr()[0]
-                pending.append((done, lr, _train_step(model, encoder, mode, place, modality, batch, optimizer)))
+                pending.append((done, lr, _train_step(model, encoder, mode, place, batch, optimizer)))
                 schedule.step()
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done % per_epoch:
                 keep()
@@ -157,9 +152,9 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _train_step(model, encoder, mode, place, modality, batch, optimizer) -> torch.Tensor:
+def _train_step(model, encoder, mode, place, batch, optimizer) -> torch.Tensor:
     """One SGD step on a batch; its loss, on the device."""
-    clips = place.inputs(batch[modality], batch.get("video_grid"), train=True)
+    clips = place.inputs(batch)
     labels = batch["label"].to(place.device, non_blocking=True)
     with place.autocast():
         if mode == "fc":
@@ -188,7 +183,7 @@ def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, wor
         if batch["index"].numel() == 0:
             continue
         with place.autocast():
-            logits = model(place.inputs(batch[modality]))
+            logits = model(place.inputs(batch))
         scores.add(F.softmax(logits.float(), dim=1))
         for row in batch["index"].tolist():
             item = test_items[test_rows[row]]

@@ -639,7 +639,7 @@ class Pretrainer:
             return total, {}
         every = self.cfg.train.accumulate
         parts = range(min(every, len(index)))  # part i: rows i, i + every, ...
-        clips = self._inputs(batch, train=True)
+        clips = self._inputs(batch)
         batch_targets = self._targets_on_device(index)
         correct = {}
         for i in parts:
@@ -680,10 +680,10 @@ class Pretrainer:
             stacked = stacked.pin_memory()
         return dict(zip(targets, stacked.to(self.ctx.device, non_blocking=True)))
 
-    def _inputs(self, batch: dict, train: bool = False) -> dict[str, torch.Tensor]:
+    def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         """The batch's clips on the device, video normalised there (and cropped, and the waveforms made log-mel
-        spectrograms, masked for ``train`` clips, where data.crops_on and data.logmel_on say so); asynchronous
-        copies (from page-locked memory on CUDA)."""
+        spectrograms, masked as the workers planned for training clips, where data.crops_on and data.logmel_on say
+        so); asynchronous copies (from page-locked memory on CUDA)."""
         clips = {m: batch[m].to(self.ctx.device, non_blocking=True) for m in self.method.modalities}
         if "video_grid" in batch:  # a training batch with data.crops_on at device
             grids = batch["video_grid"].to(self.ctx.device, non_blocking=True)
@@ -691,7 +691,7 @@ class Pretrainer:
         elif "video" in clips:
             clips["video"] = self.normalize_video(clips["video"])
         if "audio" in clips and clips["audio"].dim() == 3:  # waveforms, B x 1 x samples: data.logmel_on
-            clips["audio"] = self.device_logmel(clips["audio"], train=train)
+            clips["audio"] = self.device_logmel(clips["audio"], batch.get("audio_masks"))
         return clips
 
     def _layout(self, modality: str, x: torch.Tensor) -> torch.Tensor:
