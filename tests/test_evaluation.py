@@ -228,14 +228,15 @@ def test_finetuning_draws_the_same_clips_whatever_the_loader_workers(run, tmp_pa
     assert results[0]["clip_top1"] == results[1]["clip_top1"]
 
 
-def _finetune_cli(run_dir: Path, table: Path, out: Path) -> list[str]:
+def _finetune_cli(run_dir: Path, table: Path, out: Path, mode: str) -> list[str]:
     settings = ["finetune.epochs=6", "finetune.batch_size=4", "finetune.checkpoint_every=1", "finetune.test_clips=1",
                 "finetune.lr=0.05"]  # fmt: skip
     return ["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", str(table), "--out", str(out),
-            *(f"--set={s}" for s in settings)]  # fmt: skip
+            "--mode", mode, *(f"--set={s}" for s in settings)]  # fmt: skip
 
 
-def test_finetuning_killed_goes_on_exactly_when_run_again(run, tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["full", "fc"])
+def test_finetuning_killed_goes_on_exactly_when_run_again(run, tmp_path, capsys, mode):
     import os
     import signal
     import subprocess
@@ -246,8 +247,8 @@ def test_finetuning_killed_goes_on_exactly_when_run_again(run, tmp_path, capsys)
     table = tmp_path / "table.csv"
     write_table(items_of(root), table)
     straight, killed = tmp_path / "straight.json", tmp_path / "killed.json"
-    assert main(_finetune_cli(run_dir, table, straight)) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "xdc.cli", *_finetune_cli(run_dir, table, killed)],
+    assert main(_finetune_cli(run_dir, table, straight, mode)) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "xdc.cli", *_finetune_cli(run_dir, table, killed, mode)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})  # fmt: skip
     checkpoint = tmp_path / "killed.finetune" / "train-test" / "last.pt"
     deadline = time.time() + 120
@@ -256,8 +257,12 @@ def test_finetuning_killed_goes_on_exactly_when_run_again(run, tmp_path, capsys)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.exists() and not killed.exists(), "the finetuning ended before it could be killed"
+    from xdc.training.checkpoint import load
+
+    kept = set(load(checkpoint)["trained"])  # fc-only keeps the linear layer alone: the encoder is the run's
+    assert kept == {"weight", "bias"} if mode == "fc" else len(kept) > 2
     capsys.readouterr()
-    assert main(_finetune_cli(run_dir, table, killed)) == 0
+    assert main(_finetune_cli(run_dir, table, killed, mode)) == 0
     assert "train-test: resuming after batch" in capsys.readouterr().out
     a, b = (json.loads(path.read_text())["splits"][0] for path in (straight, killed))
     assert len(a["epoch_losses"]) == 6 and a["epoch_losses"] == b["epoch_losses"]  # every batch's loss, bit for bit

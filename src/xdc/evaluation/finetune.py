@@ -80,7 +80,7 @@ def finetune(
     loader = make_loader(train_set, cfg.batch_size, workers, sampler=sampler, pin_memory=place.pin_memory)
     done, losses = 0, []  # batches taken; the loss of each
     if saved is not None and (kept := saved.checkpoint()) is not None:
-        model.load_state_dict(kept["model"])
+        trained.load_state_dict(kept["trained"])
         optimizer.load_state_dict(kept["optimizer"])
         schedule.load_state_dict(kept["schedule"])
         failures.load_state(kept["failures"])
@@ -103,7 +103,9 @@ def finetune(
         pending.clear()
         if saved is not None:
             saved.save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                # fc-only: the frozen encoder, BatchNorm statistics included, is the run's (its digest is in the
+                # identity): only the fc layer is kept
+                "trained": trained.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "batches": done, "losses": losses, "failures": failures.state(), "crashed": dict(train_set.crashed),
             })  # fmt: skip
 
