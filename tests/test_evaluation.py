@@ -76,7 +76,7 @@ def test_eval_commands_write_json(run, tmp_path, capsys):
     assert "nmi" in capsys.readouterr().out
 
 
-def test_eval_user_errors_are_one_line(run, tmp_path, capsys):
+def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column
     write_table(items, tmp_path / "t.csv")
@@ -92,6 +92,10 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys):
     assert main(["extract", "--run", str(run_dir), "--encoder", "video2", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
     assert "has no encoder 'video2'" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: every rank would write the same file
+    assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
+                 "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
+    assert "launch it without torchrun" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["fc", "full"])
@@ -297,3 +301,67 @@ def test_a_finished_finetuning_is_kept_for_the_same_settings_only(run, tmp_path,
     fewer = items_of(root)[:-1]  # other items: started over too
     finetune(run_dir, "audio", fewer, "full", other, tmp_path, workers=0, state=state)
     assert "made with other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode,port", [("fc", 29661), ("full", 29663)])
+def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode, port):
+    """torchrun with 2 processes: each rank takes every other clip of each batch, DDP averages the gradients, the
+    test clips are shared out and gathered. fc-only matches one process (the frozen encoder is in eval mode, so two
+    half-batches' mean gradient is the batch's): the same losses within float rounding, the same accuracy."""
+    import os
+    import subprocess
+    import sys
+
+    root, run_dir = run
+    table = tmp_path / "table.csv"
+    write_table(items_of(root), table)
+    single, ddp = tmp_path / "single.json", tmp_path / "ddp.json"
+    assert main(_finetune_cli(run_dir, table, single, mode)) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    # "--": torchrun's parser would take --run for an abbreviation of its own --run-path (docs/evaluation.md)
+    job = [*torchrun, "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, ddp, mode)]
+    done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(f"wrote {ddp}") == 1  # rank 0 alone writes
+    a, b = (json.loads(path.read_text())["splits"][0] for path in (single, ddp))
+    assert (a["ranks"], b["ranks"], b["n_test"]) == (1, 2, a["n_test"])
+    assert len(b["epoch_losses"]) == 6 and all(np.isfinite(b["epoch_losses"]))
+    if mode == "fc":
+        np.testing.assert_allclose(b["epoch_losses"], a["epoch_losses"], rtol=1e-5)
+        assert (b["top1"], b["clip_top1"]) == (a["top1"], a["clip_top1"])
+    assert sorted(p.name for p in (tmp_path / "ddp.finetune").iterdir()) == ["log.jsonl", "tb"]
+
+
+def test_a_finetuning_killed_on_two_ranks_goes_on_in_one_process(run, tmp_path, capsys):
+    """The checkpoint counts batches of the whole job: another number of ranks takes it up at the same clip."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from xdc.training.checkpoint import load
+
+    root, run_dir = run
+    table = tmp_path / "table.csv"
+    write_table(items_of(root), table)
+    straight, killed = tmp_path / "straight.json", tmp_path / "killed.json"
+    assert main(_finetune_cli(run_dir, table, straight, "fc")) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29665", "-m", "--"]
+    proc = subprocess.Popen([*torchrun, "xdc.cli", *_finetune_cli(run_dir, table, killed, "fc")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    checkpoint = tmp_path / "killed.finetune" / "train-test" / "last.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    proc.wait()
+    assert checkpoint.exists() and not killed.exists(), "the finetuning ended before it could be killed"
+    assert len(load(checkpoint)["failures"]) == 2  # each rank's count of failed clips
+    capsys.readouterr()
+    assert main(_finetune_cli(run_dir, table, killed, "fc")) == 0
+    assert "resuming after batch" in capsys.readouterr().out
+    a, b = (json.loads(path.read_text())["splits"][0] for path in (straight, killed))
+    np.testing.assert_allclose(b["epoch_losses"], a["epoch_losses"], rtol=1e-5)
+    assert (b["top1"], b["clip_top1"]) == (a["top1"], a["clip_top1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -83,6 +84,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import extract_features
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the same file
+        raise UserError("xdc extract runs as one process: launch it without torchrun (--device picks the GPU)")
     options = dict(o.split("=", 1) for o in args.option)
     items = load_dataset(args.dataset, args.data, split=args.split, **options)
     summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
@@ -102,12 +105,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.protocol == "kfold":
         commands.eval_kfold(args.features, args.classifier, args.out)
     elif args.protocol == "finetune":
-        options = dict(o.split("=", 1) for o in args.option)
-        commands.eval_finetune(args.run, args.encoder, args.dataset, args.data, args.split, args.mode, _config(args),
-                               args.out, options, device=args.device)  # fmt: skip
+        _finetune(args)
     else:
         commands.eval_clusters(args.run, args.out)
     return 0
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    """``eval finetune``, in one process or as one rank of a torchrun job (DDP, like pretraining)."""
+    from xdc.evaluation import commands
+    from xdc.training.distributed import init_distributed, leave_distributed
+
+    options = dict(o.split("=", 1) for o in args.option)
+    cfg = _config(args)
+    finished = False
+    try:
+        ctx = init_distributed()
+        if ctx.enabled and args.device != "auto":
+            raise UserError("under torchrun each rank runs on its own device (its GPU, else the CPU): leave --device "
+                            "at auto")  # fmt: skip
+        commands.eval_finetune(args.run, args.encoder, args.dataset, args.data, args.split, args.mode, cfg, args.out,
+                               options, device=args.device, ctx=ctx)  # fmt: skip
+        finished = True
+    finally:
+        leave_distributed(finished)
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

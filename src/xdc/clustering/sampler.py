@@ -99,11 +99,12 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
         return -(-self.epoch_size // self.world_size)
 
 
-def shuffled_draws(n: int, seed: int) -> ClusterBalancedSampler:
+def shuffled_draws(n: int, seed: int, rank: int = 0, world_size: int = 1) -> ClusterBalancedSampler:
     """Each of ``n`` items once per epoch, in a new order every epoch, each draw with a seed of its own: the balanced
     sampler over a single cluster. Unlike a shuffling DataLoader's, its order and draws depend on (seed, epoch,
-    position) only, whatever the loader's workers, and it can start mid-epoch (``set_start``)."""
-    return ClusterBalancedSampler([np.zeros(n, np.int32)], n, seed)
+    position) only, whatever the loader's workers, it can start mid-epoch (``set_start``), and under DDP rank r
+    takes positions r, r + world_size, ... of the same sequence."""
+    return ClusterBalancedSampler([np.zeros(n, np.int32)], n, seed, rank=rank, world_size=world_size)
 
 
 def _cluster_members(labels: np.ndarray) -> list[np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import kfold_probe, linear_probe
 from xdc.tables import format_table
+
+if TYPE_CHECKING:  # torch, imported when finetuning starts
+    from xdc.training.distributed import Dist
 
 
 PROBE = {"cs": [0.01, 0.1, 1.0, 10.0, 100.0], "val_fraction": 0.2, "seed": 0}  # recorded with every result
@@ -74,32 +78,39 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
 
 def eval_finetune(
     run: Path, encoder: str, dataset: str, data: Path, split: str | None, mode: str, cfg: Config, out: Path | None,
-    options: dict, device: str = "auto",
-) -> dict:  # fmt: skip
+    options: dict, device: str = "auto", ctx: Dist | None = None,
+) -> dict | None:  # fmt: skip
     """Finetune on one official split, or on each of 1-3 (``split='all'``) and report the mean. Progress, each
     batch's loss and the test accuracies go to a folder beside ``out`` (``finetune_folder``): the same command run
-    again after a crash goes on from there; once it has written its result, only the logs stay."""
+    again after a crash goes on from there; once it has written its result, only the logs stay. Under torchrun
+    (``ctx``) every rank trains and tests its share, and rank 0 alone writes and returns the record."""
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.finetune import finetune
+    from xdc.training.distributed import Dist
     from xdc.training.runlog import RunLog
 
+    ctx = ctx or Dist()
     splits = [1, 2, 3] if split == "all" else [int(split)] if split else [None]
     folder = finetune_folder(out, dataset)
     states = [folder / (f"split{number}" if number else "train-test") for number in splits]
-    if not any(state.exists() for state in states):  # nothing to go on with: the logs of an earlier command go
+    if ctx.main and not any(state.exists() for state in states):  # nothing to go on with: earlier logs go
         shutil.rmtree(folder / "tb", ignore_errors=True)
         (folder / "log.jsonl").unlink(missing_ok=True)
-    log = RunLog(folder)
+    log = RunLog(folder, enabled=ctx.main)
     rows = []
     for number, state in zip(splits, states):
         items = load_dataset(dataset, data, split=number, **options)
         work = (out.parent if out is not None else Path(".")) / f".finetune-probe-{dataset}"
         result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed, device=device, state=state,
-                          log=log, name=state.name)  # fmt: skip
+                          log=log, name=state.name, ctx=ctx)  # fmt: skip
+        if not ctx.main:
+            continue
         rows.append({"split": number or "-", **{k: v for k, v in result.items() if k != "skipped"}})
         for skip in result["skipped"][:5]:
             print(f"skipped {skip['path']}: {skip['reason']}")
     log.close()
+    if not ctx.main:
+        return None
     record = {"command": "eval finetune", "run": str(run), "dataset": dataset, "data": str(data), "mode": mode,
               "splits": rows, "mean_top1": float(np.mean([r["top1"] for r in rows])),
               "config": config_to_dict(cfg.finetune), "log": str(folder)}  # fmt: skip

@@ -6,7 +6,12 @@ depend on (seed, epoch, position) only (:func:`xdc.clustering.sampler.shuffled_d
 loader workers. With a ``state`` folder, progress is kept there (:mod:`xdc.evaluation.resume`): a checkpoint
 after every epoch and every ``finetune.checkpoint_every`` batches, then the result. The same finetuning started
 again continues at the batch after the checkpoint, and ends exactly as if it had not stopped (on a CPU; on a GPU
-up to the nondeterminism of its kernels)."""
+up to the nondeterminism of its kernels).
+
+Under torchrun (``ctx``) each rank takes its share of every batch (positions r, r + W, ... of the epoch's
+sequence, ``finetune.batch_size`` // W clips) on its own device, and DDP averages the gradients, as pretraining
+does; each rank's BatchNorm normalises its own share. The test clips are shared out the same way and their scores
+gathered on rank 0, which alone writes the checkpoints, the log and the result."""
 
 from __future__ import annotations
 
@@ -15,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Subset
 
 from xdc.clustering.sampler import shuffled_draws
 from xdc.config import FinetuneConfig
@@ -30,6 +38,7 @@ from xdc.evaluation.extract import items_to_manifest, load_run_encoder
 from xdc.evaluation.metrics import average_by_group, topk_accuracy
 from xdc.evaluation.resume import SavedProgress, identity
 from xdc.progress import progress_bar
+from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
@@ -39,107 +48,143 @@ MODES = ("full", "fc")
 def finetune(
     run: Path, encoder_name: str, items: list[Item], mode: str, cfg: FinetuneConfig, work: Path, seed: int = 0,
     workers: int | None = None, device: str = "auto", state: Path | None = None, log: RunLog | None = None,
-    name: str = "finetune",
-) -> dict:  # fmt: skip
-    """Train on the items of split 'train', test on split 'test', on ``device`` (xdc.evaluation.device); returns
-    the numbers and the settings. ``work``: where the items' probes are cached. ``state``: where progress is kept
-    (None: nowhere). ``log``: where each batch's loss and learning rate and the test's accuracy go, under ``name``
-    (TensorBoard tags ``NAME/loss``, ...)."""
+    name: str = "finetune", ctx: Dist | None = None,
+) -> dict | None:  # fmt: skip
+    """Train on the items of split 'train', test on split 'test', on ``device`` (xdc.evaluation.device; under
+    torchrun the rank's own); returns the numbers and the settings (None on ranks other than 0). ``work``: where
+    the items' probes are cached. ``state``: where progress is kept (None: nowhere). ``log``: where each batch's
+    loss and learning rate and the test's accuracy go, under ``name`` (TensorBoard tags ``NAME/loss``, ...)."""
+    ctx = ctx or Dist()
     if mode not in MODES:
         raise UserError(f"mode must be one of {MODES}, not {mode!r}")
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
     saved = None
-    if state is not None:
-        saved = SavedProgress(state, identity(run, encoder_name, mode, cfg, seed, run_cfg, items))
+    if state is not None:  # every rank reads the folder (a resume needs it on every node); rank 0 alone writes
+        saved = SavedProgress(state, identity(run, encoder_name, mode, cfg, seed, run_cfg, items), quiet=not ctx.main)
         if (result := saved.result()) is not None:
-            print(f"{name}: finished before with the same settings; its result is kept in {saved.result_path}")
-            return result
+            if ctx.main:
+                print(f"{name}: finished before with the same settings; its result is kept in {saved.result_path}")
+            return result if ctx.main else None
     data_cfg = run_cfg.data
     train_items, test_items = split_items(items, "train"), split_items(items, "test")
-    train, _, skipped = items_to_manifest(train_items, work / "train.probe.csv", modality)
-    test, test_rows, test_skipped = items_to_manifest(test_items, work / "test.probe.csv", modality)
+    # probed once, by rank 0 (the probes' cache is one file), then handed to the others
+    probed = on_main(lambda: (items_to_manifest(train_items, work / "train.probe.csv", modality),
+                              items_to_manifest(test_items, work / "test.probe.csv", modality)), ctx)  # fmt: skip
+    (train, _, skipped), (test, test_rows, test_skipped) = broadcast_object(probed, ctx)
     classes = train.classes
     if len(classes) < 2 or len(test) == 0:
         raise UserError(f"finetuning needs >= 2 classes in 'train' and a 'test' split ({len(classes)}, {len(test)})")
 
-    place = EvalDevice(pick_device(device), run_cfg, modality, training_clips=True)
+    place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), run_cfg, modality, training_clips=True)
     workers = data_cfg.workers_on(place.device.type) if workers is None else workers
     torch.manual_seed(seed)
     model = nn.Sequential(place.module(encoder), nn.Linear(encoder.feature_dim, len(classes)).to(place.device))
     trained = model if mode == "full" else model[1]
+    net = trained  # what the training batches go through: DDP's wrapper under torchrun
+    if ctx.enabled:
+        cuda = place.device.type == "cuda"
+        net = DistributedDataParallel(trained, device_ids=[place.device.index] if cuda else None)
     optimizer = torch.optim.SGD(trained.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_set = TrainClips(train, data_cfg, modalities=(modality,), raw_video=True,
                            device_crops=place.device_crops, device_logmel=place.device_logmel)  # fmt: skip
-    per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    sampler = shuffled_draws(len(train_set), seed, ctx.rank, ctx.world_size)
+    per_rank = max(1, cfg.batch_size // ctx.world_size)
+    per_epoch = math.ceil(len(sampler) / per_rank)
     steps = cfg.epochs * per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if cfg.schedule == "cosine" else (lambda s: 1.0)
     )  # fmt: skip
     failures = FailureLog(data_cfg.max_fail_fraction)
-    sampler = shuffled_draws(len(train_set), seed)
-    loader = make_loader(train_set, cfg.batch_size, workers, sampler=sampler, pin_memory=place.pin_memory)
+    loader = make_loader(train_set, per_rank, workers, sampler=sampler, pin_memory=place.pin_memory)
+    empty = torch.zeros(0, *train_set.shapes()[modality], device=place.device)  # see _train_step
     done, losses = 0, []  # batches taken; the loss of each
     if saved is not None and (kept := saved.checkpoint()) is not None:
         trained.load_state_dict(kept["trained"])
         optimizer.load_state_dict(kept["optimizer"])
         schedule.load_state_dict(kept["schedule"])
-        failures.load_state(kept["failures"])
+        ranks = kept["failures"]  # each rank's; with another number of ranks rank 0 carries on their count
+        if len(ranks) == ctx.world_size:
+            failures.load_state(ranks[ctx.rank])
+        elif ctx.main:
+            failures.merge(ranks)
         train_set.crashed.update(kept["crashed"])
         done, losses = kept["batches"], kept["losses"]
-        print(f"{name}: resuming after batch {done} of {steps} from {saved.checkpoint_path}")
+        if ctx.main:
+            print(f"{name}: resuming after batch {done} of {steps} from {saved.checkpoint_path}")
 
-    pending = []  # (batch number, learning rate, loss on the device) since the last keep: reading each loss would
-    # make the host wait for every step
+    pending = []  # (batch number, learning rate, loss on the device, whether this rank had clips) since the last
+    # keep: reading each loss would make the host wait for every step
 
     def keep() -> None:
-        """The pending losses to the host and the log, then a checkpoint (after the log: a crash between the two
-        logs those batches again, with the same values, rather than never)."""
-        values = torch.stack([loss for _, _, loss in pending]).tolist() if pending else []
+        """The pending losses (averaged over the ranks that had clips) to the host and the log, then a checkpoint
+        (after the log: a crash between the two logs those batches again, with the same values, rather than
+        never). A collective under torchrun: every rank calls it after the same batches."""
+        if pending:
+            sums = torch.stack([loss.float() for _, _, loss, _ in pending])
+            counts = torch.tensor([float(had) for *_, had in pending], device=sums.device)
+            if ctx.enabled:
+                dist.all_reduce(sums)
+                dist.all_reduce(counts)
+            values = (sums / counts).tolist()  # NaN where every rank's clips failed
+        else:
+            values = []
         losses.extend([math.nan] * (done - len(losses)))  # NaN: a batch whose clips all failed
-        for (number, lr, _), value in zip(pending, values):
+        for (number, lr, *_), value in zip(pending, values):
             losses[number - 1] = value
-            if log is not None:
+            if log is not None and not math.isnan(value):
                 log.write(name, number, loss=value, lr=lr)
         pending.clear()
-        if saved is not None:
-            saved.save_checkpoint({
-                # fc-only: the frozen encoder, BatchNorm statistics included, is the run's (its digest is in the
-                # identity): only the fc layer is kept
-                "trained": trained.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "batches": done, "losses": losses, "failures": failures.state(), "crashed": dict(train_set.crashed),
-            })  # fmt: skip
+        if saved is None:
+            return
+        ranks, crashed = gather_objects(failures.state(), ctx), gather_objects(dict(train_set.crashed), ctx)
+        if not ctx.main:
+            return
+        saved.save_checkpoint({
+            # fc-only: the frozen encoder, BatchNorm statistics included, is the run's (its digest is in the
+            # identity): only the fc layer is kept
+            "trained": trained.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "batches": done, "losses": losses, "failures": ranks,
+            "crashed": {path: why for rank in crashed for path, why in rank.items()},  # files that killed a worker
+        })  # fmt: skip
 
     for epoch in range(done // per_epoch, cfg.epochs):
         model.train()
         if mode == "fc":
             encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
         sampler.set_epoch(epoch)
-        sampler.set_start((done - epoch * per_epoch) * cfg.batch_size)
-        for batch in progress_bar(Surviving(loader), desc=f"{name} epoch {epoch}", unit="batch", leave=False):
+        sampler.set_start((done - epoch * per_epoch) * per_rank)
+        bar = progress_bar(Surviving(loader), desc=f"{name} epoch {epoch}", unit="batch", leave=False, show=ctx.main)
+        for batch in bar:
             done += 1
             failures.update(batch)
-            if batch["index"].numel():
+            had = bool(batch["index"].numel())
+            if had or ctx.enabled:  # under DDP every rank steps: the gradients are all-reduced
                 lr = schedule.get_last_lr()[0]
-                pending.append((done, lr, _train_step(model, encoder, mode, place, batch, optimizer)))
+                pending.append((done, lr, _train_step(net, encoder, mode, place, batch, optimizer, empty), had))
                 schedule.step()
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done % per_epoch:
                 keep()
         keep()
     del loader  # its persistent workers stop before the test's start
 
-    scores, labels, groups = _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers)
+    tested = _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers, ctx)
+    every_failure = gather_objects(failures.failures, ctx)
+    if not ctx.main:
+        return None
+    scores, labels, groups = tested
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
-    trained = [x for x in losses if not math.isnan(x)]
+    trained_losses = [x for x in losses if not math.isnan(x)]
     result = {
         "mode": mode, "encoder": encoder_name, "device": str(place.device), "bf16": place.bf16,
         **({"crops_on": "device" if place.device_crops else "workers"} if modality == "video" else
            {"logmel_on": "device" if place.device_logmel else "workers"}),
-        "classes": len(classes), "n_train": len(train), "n_test": len(test),
+        "ranks": ctx.world_size, "classes": len(classes), "n_train": len(train), "n_test": len(test),
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
-        "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": _mean(trained[:1]),
-        "last_loss": _mean(trained[-5:]),
+        "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": _mean(trained_losses[:1]),
+        "last_loss": _mean(trained_losses[-5:]),
         "epoch_losses": [_mean(losses[e * per_epoch : (e + 1) * per_epoch]) for e in range(cfg.epochs)],
-        "skipped": [{"path": p, "reason": r} for p, r in [*skipped, *test_skipped, *failures.failures]],
+        "skipped": [{"path": p, "reason": r}
+                    for p, r in [*skipped, *test_skipped, *(f for rank in every_failure for f in rank)]],
     }  # fmt: skip
     if log is not None:
         log.write(f"{name}_test", done, top1=result["top1"], top5=result["top5"], clip_top1=result["clip_top1"])
@@ -154,18 +199,21 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _train_step(model, encoder, mode, place, batch, optimizer) -> torch.Tensor:
-    """One SGD step on a batch; its loss, on the device."""
-    clips = place.inputs(batch)
-    labels = batch["label"].to(place.device, non_blocking=True)
+def _train_step(net, encoder, mode, place, batch, optimizer, empty: torch.Tensor) -> torch.Tensor:
+    """One SGD step on a batch; its loss, on the device. A batch whose clips all failed (under DDP, where this rank
+    must still take part in the gradient all-reduce) goes through as ``empty`` inputs, with a loss of 0."""
+    if batch["index"].numel():
+        clips, labels = place.inputs(batch), batch["label"].to(place.device, non_blocking=True)
+    else:
+        clips, labels = empty, torch.zeros(0, dtype=torch.long, device=place.device)
     with place.autocast():
         if mode == "fc":
             with torch.no_grad():
                 features = encoder(clips)
-            logits = model[1](features)
+            logits = net(features)
         else:
-            logits = model(clips)
-        loss = F.cross_entropy(logits.float(), labels)
+            logits = net(clips)
+        loss = F.cross_entropy(logits.float(), labels) if len(labels) else logits.float().sum() * 0.0
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -173,22 +221,32 @@ def _train_step(model, encoder, mode, place, batch, optimizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers):
-    """Clip softmax scores, labels (train class index, -1 if unseen) and groups of every test clip."""
+def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers, ctx):
+    """Clip softmax scores, labels (train class index, -1 if unseen) and groups of every test clip, in the order of
+    the test clips; under torchrun each rank scores every W-th clip and rank 0 gets them all (the others None)."""
     model.eval()
     index = {c: i for i, c in enumerate(classes)}
     modality = place.modality
     dataset = EvalClips(test, data_cfg, clips=cfg.test_clips, modalities=(modality,), raw_video=True,
                         device_logmel=place.device_logmel)  # fmt: skip
-    scores, labels, groups = ToHost(), [], []  # scores: one wait for the device per 32 batches
+    if ctx.enabled:
+        dataset = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
+    scores, rows, clips = ToHost(), [], []  # scores: one wait for the device per 32 batches
     for batch in Surviving(make_loader(dataset, cfg.batch_size, workers, pin_memory=place.pin_memory)):
         if batch["index"].numel() == 0:
             continue
         with place.autocast():
             logits = model(place.inputs(batch))
         scores.add(F.softmax(logits.float(), dim=1))
-        for row in batch["index"].tolist():
-            item = test_items[test_rows[row]]
-            labels.append(index.get(item.label, -1))
-            groups.append(item.group)
-    return scores.result(torch.empty(0, len(classes))).numpy(), np.array(labels), np.array(groups)
+        rows.append(batch["index"].numpy())
+        clips.append(batch["clip"].numpy())
+    mine = (scores.result(torch.empty(0, len(classes))).numpy(), np.concatenate(rows or [np.zeros(0, np.int64)]),
+            np.concatenate(clips or [np.zeros(0, np.int64)]))  # fmt: skip
+    ranks = gather_objects(mine, ctx)
+    if not ctx.main:
+        return None
+    scores, rows, clips = (np.concatenate(parts) for parts in zip(*ranks))
+    order = np.lexsort((clips, rows))
+    scores, rows = scores[order], rows[order]
+    items = [test_items[test_rows[row]] for row in rows]
+    return scores, np.array([index.get(item.label, -1) for item in items]), np.array([item.group for item in items])

@@ -43,9 +43,11 @@ def _digest(path: Path) -> str:
 
 
 class SavedProgress:
-    def __init__(self, folder: Path, identity: str):
+    def __init__(self, folder: Path, identity: str, quiet: bool = False):
+        """``quiet``: say nothing of a folder started over (ranks other than 0 under torchrun)."""
         self.folder = Path(folder)
         self.identity = identity
+        self.quiet = quiet
         self.checkpoint_path = self.folder / "last.pt"
         self.result_path = self.folder / "result.pt"
 
@@ -75,10 +77,13 @@ class SavedProgress:
         try:
             saved = checkpoint.load(path)
         except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # not a whole checkpoint: start over
-            print(f"NOTE: {path} cannot be read ({type(e).__name__}: {e}); starting over", file=sys.stderr)
+            self._note(f"{path} cannot be read ({type(e).__name__}: {e}); starting over")
             return None
         if saved.get("identity") != self.identity:
-            print(f"NOTE: {path} was made with other settings (run, data, mode, finetune.* or seed); starting over",
-                  file=sys.stderr)  # fmt: skip
+            self._note(f"{path} was made with other settings (run, data, mode, finetune.* or seed); starting over")
             return None
         return saved
+
+    def _note(self, message: str) -> None:
+        if not self.quiet:
+            print(f"NOTE: {message}", file=sys.stderr)

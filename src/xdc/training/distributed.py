@@ -157,6 +157,15 @@ def gather_objects(obj: T, ctx: Dist) -> list[T] | None:
     return out
 
 
+def broadcast_object(obj: T | None, ctx: Dist) -> T:
+    """Rank 0's ``obj`` (picklable) on every rank; the other ranks pass anything (None)."""
+    if not ctx.enabled:
+        return obj
+    box = [obj if ctx.main else None]
+    dist.broadcast_object_list(box, src=0, group=ctx.waiting)
+    return box[0]
+
+
 def barrier(ctx: Dist) -> None:
     if ctx.enabled:
         dist.barrier()
