@@ -7,11 +7,13 @@ and embedded clip by clip in eval mode: N evenly spaced clips per item, or a sli
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, make_loader
@@ -22,6 +24,7 @@ from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item
 from xdc.evaluation.device import EvalDevice, pick_device
+from xdc.evaluation.resume import KeptParts, identity
 from xdc.models.encoders import build_encoder
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
@@ -75,7 +78,8 @@ def extract_features(
     device: str = "auto",
 ) -> dict:  # fmt: skip
     """Embed every clip of ``items`` on ``device`` (xdc.evaluation.device); writes ``out`` (.npz) and returns a
-    summary."""
+    summary. A long extraction keeps its parts in ``OUT.parts/`` as it goes (every PART_BATCHES batches): the same
+    call made again after a crash goes on after the last part, and the folder goes once ``out`` is written."""
     out = Path(out)
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
     cfg = cfg or run_cfg
@@ -86,36 +90,89 @@ def extract_features(
         raise UserError(f"none of the {len(items)} items has a readable {modality} stream")
     dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,), raw_video=True,
                         device_logmel=place.device_logmel)  # fmt: skip
-    loader = make_loader(dataset, batch_size, cfg.data.workers_on(place.device.type) if workers is None else workers,
-                         pin_memory=place.pin_memory)  # fmt: skip
+    # the device and precision too: parts from a GPU in bf16 and from a CPU in float32 would not make one file
+    made = identity(run, cfg, items, encoder=encoder_name, clips=clips, stride=stride, device=place.device.type,
+                    bf16=place.bf16)  # fmt: skip
+    kept = KeptParts(out.with_name(out.stem + ".parts"), made)
+    parts = kept.load()
+    start = sum(part["items"] for part in parts)  # the dataset's clips the kept parts cover
     failures = FailureLog(max_fraction=1.0)  # evaluation records every failed clip but never stops
-    features, rows, clip_numbers, starts = ToHost(), [], [], []  # features: one wait for the device per 32 batches
+    if parts:
+        failures.load_state(parts[-1]["failures"])
+        print(f"extract {encoder_name}: going on after the {start} of {len(dataset)} clips kept in {kept.folder}")
+    todo = Subset(dataset, range(start, len(dataset))) if start else dataset
+    loader = make_loader(todo, batch_size, cfg.data.workers_on(place.device.type) if workers is None else workers,
+                         pin_memory=place.pin_memory)  # fmt: skip
+    part = _Part(encoder.feature_dim)
     for batch in progress_bar(Surviving(loader), desc=f"extract {encoder_name}", unit="batch"):
         failures.update(batch)
-        if batch["index"].numel() == 0:
-            continue
-        with place.autocast():
-            features.add(encoder(place.inputs(batch)).float())
-        rows.append(batch["index"].numpy())
-        clip_numbers.append(batch["clip"].numpy())
-        starts.append(batch["start"].numpy())
-    row = np.concatenate(rows)
+        part.items += batch["size"]
+        if batch["index"].numel():
+            with place.autocast():
+                part.features.add(encoder(place.inputs(batch)).float())
+            part.add(batch)
+        part.batches += 1
+        if part.batches == PART_BATCHES:
+            parts.append(part.kept(failures))
+            kept.add(len(parts) - 1, parts[-1])
+            part = _Part(encoder.feature_dim)
+    parts.append(part.kept(failures))
+    row = torch.cat([p["rows"] for p in parts]).numpy()
     item = item_of_row[row]
-    np.savez(
+    _save_npz(
         out,
-        features=features.result(torch.empty(0, encoder.feature_dim)).numpy(),
+        features=torch.cat([p["features"] for p in parts]).numpy(),
         item=item,
-        clip=np.concatenate(clip_numbers),
-        start=np.concatenate(starts) + manifest.offsets[row],  # seconds from the start of the file
+        clip=torch.cat([p["clips"] for p in parts]).numpy(),
+        start=torch.cat([p["starts"] for p in parts]).numpy() + manifest.offsets[row],  # seconds from the file's start
         label=np.array([items[i].label for i in item]),
         split=np.array([items[i].split for i in item]),
         fold=np.array([items[i].fold for i in item], dtype=np.int64),
         group=np.array([items[i].group for i in item]),
         path=np.array([items[i].path for i in item]),
     )  # fmt: skip
+    kept.clear()
     skipped += failures.failures
     return {"out": str(out), "run": str(run), "clips": int(len(item)), "items": len(items), "encoder": encoder_name,
             "modality": modality, "clips_per_item": clips, "stride": stride, "device": str(place.device),
             "bf16": place.bf16, **({"logmel_on": "device" if place.device_logmel else "workers"}
                                    if modality == "audio" else {}), "data": config_to_dict(cfg.data),
             "skipped": [{"path": p, "reason": r} for p, r in skipped]}  # fmt: skip
+
+
+PART_BATCHES = 256  # batches of a kept part of an extraction: at most what a crash costs
+
+
+class _Part:
+    """What a stretch of an extraction computed: its features (on the device until kept), video rows, clip numbers
+    and starts, and how many of the dataset's clips it covers (those that failed too)."""
+
+    def __init__(self, dim: int):
+        self.features = ToHost()  # one wait for the device per 32 batches
+        self.dim = dim
+        self.rows, self.clips, self.starts = [], [], []
+        self.items = self.batches = 0
+
+    def add(self, batch: dict) -> None:
+        self.rows.append(batch["index"])
+        self.clips.append(batch["clip"])
+        self.starts.append(batch["start"])
+
+    def kept(self, failures: FailureLog) -> dict:
+        """As a part file holds it (tensors, weights-only), with the failures counted up to its end."""
+        return {"items": self.items, "features": self.features.result(torch.empty(0, self.dim)),
+                "rows": _cat(self.rows, torch.int64), "clips": _cat(self.clips, torch.int64),
+                "starts": _cat(self.starts, torch.float64), "failures": failures.state()}  # fmt: skip
+
+
+def _cat(pieces: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    return torch.cat(pieces).to(dtype) if pieces else torch.zeros(0, dtype=dtype)
+
+
+def _save_npz(out: Path, **arrays) -> None:
+    """``np.savez`` through a temporary file and a rename: a crash leaves the old file or the new one."""
+    out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # where np.savez would write
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, out)

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
 from xdc.clustering.sampler import shuffled_draws
-from xdc.config import FinetuneConfig
+from xdc.config import FinetuneConfig, config_to_dict
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog
 from xdc.data.worker_deaths import Surviving
@@ -60,7 +60,10 @@ def finetune(
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
     saved = None
     if state is not None:  # every rank reads the folder (a resume needs it on every node); rank 0 alone writes
-        saved = SavedProgress(state, identity(run, encoder_name, mode, cfg, seed, run_cfg, items), quiet=not ctx.main)
+        # checkpoint_every changes how often progress is kept, not what is computed: a resume may change it
+        settings = {k: v for k, v in config_to_dict(cfg).items() if k != "checkpoint_every"}
+        made = identity(run, run_cfg, items, encoder=encoder_name, mode=mode, finetune=settings, seed=seed)
+        saved = SavedProgress(state, made, quiet=not ctx.main)
         if (result := saved.result()) is not None:
             if ctx.main:
                 print(f"{name}: finished before with the same settings; its result is kept in {saved.result_path}")

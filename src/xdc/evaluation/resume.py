@@ -1,7 +1,8 @@
-"""Where an evaluation that trains (finetuning) keeps its progress, so that running the same command again after a
-crash continues it: a folder with the checkpoint of the last kept step (``last.pt``) and, once the test is done,
-the result (``result.pt``). Both carry the settings that made them (:func:`identity`); a folder made with other
-settings is started over, with a note. Files are written atomically and read weights-only."""
+"""Where a long evaluation keeps its progress, so that running the same command again after a crash continues it.
+Finetuning (:class:`SavedProgress`): a folder with the checkpoint of the last kept step (``last.pt``) and, once the
+test is done, the result (``result.pt``). Extraction (:class:`KeptParts`): a folder of the parts computed so far.
+Every file carries the settings that made it (:func:`identity`); a folder made with other settings is started
+over, with a note. Files are written atomically and read weights-only."""
 
 from __future__ import annotations
 
@@ -13,24 +14,19 @@ import shutil
 import sys
 from pathlib import Path
 
-from xdc.config import Config, FinetuneConfig, config_to_dict
+from xdc.config import Config, config_to_dict
 from xdc.evaluation.adapters import Item
 from xdc.training import checkpoint
 
-# Settings that change how often progress is kept, not what is computed: a resume may change them.
-NOT_IDENTITY = ("checkpoint_every",)
 
-
-def identity(run: Path, encoder: str, mode: str, cfg: FinetuneConfig, seed: int, run_cfg: Config,
-             items: list[Item]) -> str:  # fmt: skip
-    """What a finetuning's numbers depend on: the run's weights (their file's digest) and settings, the encoder, the
-    mode, the finetune.* settings, the seed and every item (path, label, split, window). Not the device or the
-    number of loader workers: every draw comes from (seed, epoch, position)."""
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_IDENTITY}
+def identity(run: Path, run_cfg: Config, items: list[Item], **settings) -> str:
+    """What a pass over ``items`` with a run's encoder computes depends on: the run's weights (their file's digest)
+    and settings, every item (path, label, split, window), and ``settings`` (JSON-able: the encoder, the mode, ...).
+    Not the number of loader workers: every draw comes from (seed, epoch, position)."""
     return json.dumps({
-        "weights": _digest(Path(run) / "encoders.pt"), "run": config_to_dict(run_cfg), "encoder": encoder,
-        "mode": mode, "finetune": settings, "seed": seed,
+        "weights": _digest(Path(run) / "encoders.pt"), "run": config_to_dict(run_cfg),
         "items": hashlib.sha256(json.dumps([dataclasses.astuple(i) for i in items]).encode()).hexdigest(),
+        **settings,
     }, sort_keys=True)  # fmt: skip
 
 
@@ -68,22 +64,48 @@ class SavedProgress:
         checkpoint.save_atomic({"result": result, "identity": self.identity}, self.result_path)
         self.checkpoint_path.unlink(missing_ok=True)
 
+    def _load(self, path: Path) -> dict | None:
+        saved, why = _read(path, self.identity)
+        if why and not self.quiet:
+            print(f"NOTE: {why}; starting over", file=sys.stderr)
+        return saved
+
+
+class KeptParts:
+    """The parts of a long pass, kept as it goes (``xdc extract``): ``part-00000.pt``, ``part-00001.pt``, ... in a
+    folder, each a dict of tensors and lists."""
+
+    def __init__(self, folder: Path, identity: str):
+        self.folder = Path(folder)
+        self.identity = identity
+
+    def load(self) -> list[dict]:
+        """The parts an earlier run with the same settings kept, in order; a folder with any other is emptied."""
+        parts = []
+        for path in sorted(self.folder.glob("part-*.pt")):
+            saved, why = _read(path, self.identity)
+            if why:
+                print(f"NOTE: {why}; starting over", file=sys.stderr)
+                self.clear()
+                return []
+            parts.append(saved)
+        return parts
+
+    def add(self, number: int, part: dict) -> None:
+        checkpoint.save_atomic({**part, "identity": self.identity}, self.folder / f"part-{number:05d}.pt")
+
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _load(self, path: Path) -> dict | None:
-        if not path.exists():
-            return None
-        try:
-            saved = checkpoint.load(path)
-        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # not a whole checkpoint: start over
-            self._note(f"{path} cannot be read ({type(e).__name__}: {e}); starting over")
-            return None
-        if saved.get("identity") != self.identity:
-            self._note(f"{path} was made with other settings (run, data, mode, finetune.* or seed); starting over")
-            return None
-        return saved
 
-    def _note(self, message: str) -> None:
-        if not self.quiet:
-            print(f"NOTE: {message}", file=sys.stderr)
+def _read(path: Path, identity: str) -> tuple[dict | None, str | None]:
+    """A file's contents if it exists, is whole and was made with ``identity``; else None, and why when it exists."""
+    if not path.exists():
+        return None, None
+    try:
+        saved = checkpoint.load(path)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # not a whole file
+        return None, f"{path} cannot be read ({type(e).__name__}: {e})"
+    if saved.get("identity") != identity:
+        return None, f"{path} was made with other settings (run, data, items or command options)"
+    return saved, None
