@@ -6,8 +6,8 @@
 :class:`xdc.data.transforms.NormalizeVideo` on the consumer's side; with ``device_crops`` the uint8 part of the
 frames that the crop samples and its ``video_grid``, for :class:`xdc.data.transforms.DeviceCrops`), ``audio``
 (1 x n_mels x frames; with ``device_logmel`` the 1 x samples waveform, for
-:class:`xdc.data.transforms.DeviceLogMel`, and for a training clip ``audio_masks`` when masks are set), ``index`` (video index in the manifest), ``start`` (seconds) and
-``label`` (-1 when unlabelled). An item that cannot be read is a failure record ``{"failure": {...}}``, which
+:class:`xdc.data.transforms.DeviceLogMel`, and for a training clip its ``audio_masks`` when masks are set),
+``index`` (video index in the manifest), ``start`` (seconds) and ``label`` (-1 when unlabelled). An item that cannot be read is a failure record ``{"failure": {...}}``, which
 :func:`collate_clips` takes out of the batch.
 """
 
