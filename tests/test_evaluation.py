@@ -332,6 +332,19 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode, port):
     assert sorted(p.name for p in (tmp_path / "ddp.finetune").iterdir()) == ["log.jsonl", "tb"]
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:  # ended meanwhile
+            continue
+        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def test_a_finetuning_killed_on_two_ranks_goes_on_in_one_process(run, tmp_path, capsys):
     """The checkpoint counts batches of the whole job: another number of ranks takes it up at the same clip."""
     import os
@@ -349,15 +362,18 @@ def test_a_finetuning_killed_on_two_ranks_goes_on_in_one_process(run, tmp_path, 
     assert main(_finetune_cli(run_dir, table, straight, "fc")) == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29665", "-m", "--"]
     proc = subprocess.Popen([*torchrun, "xdc.cli", *_finetune_cli(run_dir, table, killed, "fc")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     checkpoint = tmp_path / "killed.finetune" / "train-test" / "last.pt"
     deadline = time.time() + 300
     while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    ranks = _children(proc.pid)  # each in a session of its own: killing torchrun's group would leave them running
+    for pid in [*ranks, proc.pid]:
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
     assert checkpoint.exists() and not killed.exists(), "the finetuning ended before it could be killed"
+    assert len(ranks) == 2
     assert len(load(checkpoint)["failures"]) == 2  # each rank's count of failed clips
     capsys.readouterr()
     assert main(_finetune_cli(run_dir, table, killed, "fc")) == 0
