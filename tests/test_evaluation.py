@@ -389,3 +389,51 @@ def test_a_finetuning_killed_goes_on_with_another_number_of_ranks(run, tmp_path,
     a, b = (json.loads(path.read_text())["splits"][0] for path in (straight, killed))
     np.testing.assert_allclose(b["epoch_losses"], a["epoch_losses"], rtol=1e-5)
     assert (b["top1"], b["clip_top1"], b["ranks"]) == (a["top1"], a["clip_top1"], then)
+
+
+def test_an_extraction_killed_goes_on_after_its_kept_parts(run, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from xdc.evaluation import extract
+
+    root, run_dir = run
+    items = items_of(root)
+    table = tmp_path / "table.csv"
+    write_table(items, table)
+    monkeypatch.setattr(extract, "PART_BATCHES", 1)  # a part per batch, where a real one keeps 256
+    options = dict(clips=4, batch_size=4, workers=0)
+    extract.extract_features(run_dir, "video", items, tmp_path / "straight.npz", **options)
+    assert not (tmp_path / "straight.parts").exists()
+    driver = (f"import sys; from xdc.evaluation import extract; from xdc.evaluation.adapters import load_dataset; "
+              f"extract.PART_BATCHES = 1; extract.extract_features(sys.argv[1], 'video', load_dataset('csv', "
+              f"sys.argv[2]), sys.argv[3], **{options!r})")  # fmt: skip
+    killed = tmp_path / "killed.npz"
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(run_dir), str(table), str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})  # fmt: skip
+    parts = tmp_path / "killed.parts"
+    deadline = time.time() + 120
+    while not list(parts.glob("part-*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(parts.glob("part-*.pt")) and not killed.exists(), "the extraction ended before it could be killed"
+    capsys.readouterr()
+    extract.extract_features(run_dir, "video", items, killed, **options)
+    assert "going on after the" in capsys.readouterr().out
+    a, b = np.load(tmp_path / "straight.npz"), np.load(killed)
+    assert a["features"].shape == (96, 64)
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert not parts.exists()
+    # parts made with other settings are not mixed in: the folder starts over
+    parts.mkdir()
+    torch.save({"identity": "other settings", "items": 4}, parts / "part-00000.pt")
+    extract.extract_features(run_dir, "video", items, killed, **options)
+    assert "made with other settings" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(killed)["features"], a["features"])
