@@ -332,6 +332,17 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode, port):
     assert sorted(p.name for p in (tmp_path / "ddp.finetune").iterdir()) == ["log.jsonl", "tb"]
 
 
+def test_finetuning_batches_must_share_out_evenly_over_the_ranks(run, tmp_path):
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+    from xdc.training.distributed import Dist
+
+    root, run_dir = run
+    cfg = FinetuneConfig(batch_size=5)
+    with pytest.raises(UserError, match=r"batch_size \(5\) must be a multiple of the 2 ranks"):
+        finetune(run_dir, "audio", items_of(root), "full", cfg, tmp_path, ctx=Dist(rank=0, world_size=2))
+
+
 def _children(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (Linux /proc)."""
     found = []

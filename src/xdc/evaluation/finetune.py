@@ -9,7 +9,7 @@ again continues at the batch after the checkpoint, and ends exactly as if it had
 up to the nondeterminism of its kernels).
 
 Under torchrun (``ctx``) each rank takes its share of every batch (positions r, r + W, ... of the epoch's
-sequence, ``finetune.batch_size`` // W clips) on its own device, and DDP averages the gradients, as pretraining
+sequence, ``finetune.batch_size`` / W clips) on its own device, and DDP averages the gradients, as pretraining
 does; each rank's BatchNorm normalises its own share. The test clips are shared out the same way and their scores
 gathered on rank 0, which alone writes the checkpoints, the log and the result."""
 
@@ -57,6 +57,8 @@ def finetune(
     ctx = ctx or Dist()
     if mode not in MODES:
         raise UserError(f"mode must be one of {MODES}, not {mode!r}")
+    if cfg.batch_size % ctx.world_size:  # else the ranks' shares would make another batch, and resumes drift
+        raise UserError(f"finetune.batch_size ({cfg.batch_size}) must be a multiple of the {ctx.world_size} ranks")
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
     saved = None
     if state is not None:  # every rank reads the folder (a resume needs it on every node); rank 0 alone writes
@@ -91,7 +93,7 @@ def finetune(
     train_set = TrainClips(train, data_cfg, modalities=(modality,), raw_video=True,
                            device_crops=place.device_crops, device_logmel=place.device_logmel)  # fmt: skip
     sampler = shuffled_draws(len(train_set), seed, ctx.rank, ctx.world_size)
-    per_rank = max(1, cfg.batch_size // ctx.world_size)
+    per_rank = cfg.batch_size // ctx.world_size
     per_epoch = math.ceil(len(sampler) / per_rank)
     steps = cfg.epochs * per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
