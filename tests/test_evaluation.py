@@ -448,3 +448,65 @@ def test_an_extraction_killed_goes_on_after_its_kept_parts(run, tmp_path, capsys
     extract.extract_features(run_dir, "video", items, killed, **options)
     assert "made with other settings" in capsys.readouterr().err
     np.testing.assert_array_equal(np.load(killed)["features"], a["features"])
+
+
+def _ucf_layout(root: Path, folder: Path) -> Path:
+    """The run fixture's 24 generated videos in UCF101's layout: class folders, classInd.txt and 3 official splits
+    (split k tests group k of 4)."""
+    import shutil
+
+    with open(root / "data" / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    classes = sorted({r["label"] for r in rows})
+    seen, train, test = {}, {1: [], 2: [], 3: []}, {1: [], 2: [], 3: []}
+    for r in rows:
+        n = seen[r["label"]] = seen.get(r["label"], 0) + 1
+        group, clip = (n - 1) // 2 + 1, (n - 1) % 2 + 1
+        rel = f"{r['label']}/v_{r['label']}_g{group:02d}_c{clip:02d}.mp4"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "data" / r["path"], folder / rel)
+        for split in (1, 2, 3):
+            (test[split].append(rel) if group == split else train[split].append(f"{rel} {classes.index(r['label']) + 1}"))
+    lists = folder / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(classes, 1)))
+    for split in (1, 2, 3):
+        (lists / f"trainlist0{split}.txt").write_text("".join(f"{x}\n" for x in train[split]))
+        (lists / f"testlist0{split}.txt").write_text("".join(f"{x}\n" for x in test[split]))
+    return folder
+
+
+def test_all_three_splits_killed_in_the_second_go_on_with_the_first_kept(run, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, run_dir = run
+    ucf = _ucf_layout(root, tmp_path / "UCF-101")
+    settings = ["finetune.epochs=6", "finetune.batch_size=4", "finetune.test_clips=1", "finetune.lr=0.05"]
+
+    def command(out: Path) -> list[str]:
+        return ["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--dataset", "ucf101", "--data",
+                str(ucf), "--split", "all", "--out", str(out), *(f"--set={s}" for s in settings)]  # fmt: skip
+
+    straight, killed = tmp_path / "straight.json", tmp_path / "killed.json"
+    assert main(command(straight)) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "xdc.cli", *command(killed)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ})  # fmt: skip
+    second = tmp_path / "killed.finetune" / "split2" / "last.pt"
+    deadline = time.time() + 180
+    while not second.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert second.exists() and not killed.exists(), "the finetuning ended before it could be killed in split 2"
+    assert (tmp_path / "killed.finetune" / "split1" / "result.pt").exists()
+    capsys.readouterr()
+    assert main(command(killed)) == 0
+    said = capsys.readouterr().out
+    assert "split1: finished before with the same settings" in said and "split2: resuming after batch" in said
+    a, b = (json.loads(path.read_text()) for path in (straight, killed))
+    assert [s["split"] for s in b["splits"]] == [1, 2, 3] and b["mean_top1"] == a["mean_top1"]
+    assert [s["epoch_losses"] for s in a["splits"]] == [s["epoch_losses"] for s in b["splits"]]
