@@ -465,8 +465,9 @@ def _ucf_layout(root: Path, folder: Path) -> Path:
         rel = f"{r['label']}/v_{r['label']}_g{group:02d}_c{clip:02d}.mp4"
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / "data" / r["path"], folder / rel)
+        number = classes.index(r["label"]) + 1
         for split in (1, 2, 3):
-            (test[split].append(rel) if group == split else train[split].append(f"{rel} {classes.index(r['label']) + 1}"))
+            (test[split].append(rel) if group == split else train[split].append(f"{rel} {number}"))
     lists = folder / "ucfTrainTestlist"
     lists.mkdir()
     (lists / "classInd.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(classes, 1)))
