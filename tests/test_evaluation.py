@@ -2,6 +2,11 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -241,25 +246,13 @@ def _finetune_cli(run_dir: Path, table: Path, out: Path, mode: str) -> list[str]
 
 @pytest.mark.parametrize("mode", ["full", "fc"])
 def test_finetuning_killed_goes_on_exactly_when_run_again(run, tmp_path, capsys, mode):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     root, run_dir = run
     table = tmp_path / "table.csv"
     write_table(items_of(root), table)
     straight, killed = tmp_path / "straight.json", tmp_path / "killed.json"
     assert main(_finetune_cli(run_dir, table, straight, mode)) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "xdc.cli", *_finetune_cli(run_dir, table, killed, mode)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})  # fmt: skip
     checkpoint = tmp_path / "killed.finetune" / "train-test" / "last.pt"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _start_and_kill([sys.executable, "-m", "xdc.cli", *_finetune_cli(run_dir, table, killed, mode)], checkpoint)
     assert checkpoint.exists() and not killed.exists(), "the finetuning ended before it could be killed"
     from xdc.training.checkpoint import load
 
@@ -308,10 +301,6 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode, port):
     """torchrun with 2 processes: each rank takes every other clip of each batch, DDP averages the gradients, the
     test clips are shared out and gathered. fc-only matches one process (the frozen encoder is in eval mode, so two
     half-batches' mean gradient is the batch's): the same losses within float rounding, the same accuracy."""
-    import os
-    import subprocess
-    import sys
-
     root, run_dir = run
     table = tmp_path / "table.csv"
     write_table(items_of(root), table)
@@ -343,6 +332,21 @@ def test_finetuning_batches_must_share_out_evenly_over_the_ranks(run, tmp_path):
         finetune(run_dir, "audio", items_of(root), "full", cfg, tmp_path, ctx=Dist(rank=0, world_size=2))
 
 
+def _start_and_kill(command: list[str], kept: Path, env: dict | None = None) -> list[int]:
+    """Start ``command``; once a file matching ``kept`` (a glob pattern in its folder) exists, SIGKILL it and its
+    child processes: under torchrun, the ranks, each in a session of its own, so killing torchrun's process group
+    would leave them running. Returns the children's pids."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env or {**os.environ})
+    deadline = time.time() + 300
+    while not list(kept.parent.glob(kept.name)) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    children = _children(proc.pid)
+    for pid in [*children, proc.pid]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    return children
+
+
 def _children(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (Linux /proc)."""
     found = []
@@ -360,12 +364,6 @@ def _children(pid: int) -> list[int]:
 def test_a_finetuning_killed_goes_on_with_another_number_of_ranks(run, tmp_path, first, then):
     """The checkpoint counts batches of the whole job: another number of ranks takes it up at the same clip (fc-only,
     where 2 ranks train as one process does)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from xdc.training.checkpoint import load
 
     root, run_dir = run
@@ -382,17 +380,10 @@ def test_a_finetuning_killed_goes_on_with_another_number_of_ranks(run, tmp_path,
                 "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, killed, "fc")]  # fmt: skip
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(launch(first), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     checkpoint = tmp_path / "killed.finetune" / "train-test" / "last.pt"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    ranks = _children(proc.pid) if first > 1 else []  # each in a session of its own: torchrun's group is not theirs
-    for pid in [*ranks, proc.pid]:
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
+    killed_too = _start_and_kill(launch(first), checkpoint, env)
     assert checkpoint.exists() and not killed.exists(), "the finetuning ended before it could be killed"
-    assert len(ranks) == (first if first > 1 else 0)
+    assert len(killed_too) == (first if first > 1 else 0)  # torchrun's ranks
     assert len(load(checkpoint)["failures"]) == first  # each rank's count of failed clips
     resumed = subprocess.run(launch(then), capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -403,12 +394,6 @@ def test_a_finetuning_killed_goes_on_with_another_number_of_ranks(run, tmp_path,
 
 
 def test_an_extraction_killed_goes_on_after_its_kept_parts(run, tmp_path, capsys, monkeypatch):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import torch
 
     from xdc.evaluation import extract
@@ -425,14 +410,8 @@ def test_an_extraction_killed_goes_on_after_its_kept_parts(run, tmp_path, capsys
               f"extract.PART_BATCHES = 1; extract.extract_features(sys.argv[1], 'video', load_dataset('csv', "
               f"sys.argv[2]), sys.argv[3], **{options!r})")  # fmt: skip
     killed = tmp_path / "killed.npz"
-    proc = subprocess.Popen([sys.executable, "-c", driver, str(run_dir), str(table), str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})  # fmt: skip
     parts = tmp_path / "killed.parts"
-    deadline = time.time() + 120
-    while not list(parts.glob("part-*.pt")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _start_and_kill([sys.executable, "-c", driver, str(run_dir), str(table), str(killed)], parts / "part-*.pt")
     assert list(parts.glob("part-*.pt")) and not killed.exists(), "the extraction ended before it could be killed"
     capsys.readouterr()
     extract.extract_features(run_dir, "video", items, killed, **options)
@@ -478,12 +457,6 @@ def _ucf_layout(root: Path, folder: Path) -> Path:
 
 
 def test_all_three_splits_killed_in_the_second_go_on_with_the_first_kept(run, tmp_path, capsys):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     root, run_dir = run
     ucf = _ucf_layout(root, tmp_path / "UCF-101")
     settings = ["finetune.epochs=6", "finetune.batch_size=4", "finetune.test_clips=1", "finetune.lr=0.05"]
@@ -494,14 +467,8 @@ def test_all_three_splits_killed_in_the_second_go_on_with_the_first_kept(run, tm
 
     straight, killed = tmp_path / "straight.json", tmp_path / "killed.json"
     assert main(command(straight)) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "xdc.cli", *command(killed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ})  # fmt: skip
     second = tmp_path / "killed.finetune" / "split2" / "last.pt"
-    deadline = time.time() + 180
-    while not second.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _start_and_kill([sys.executable, "-m", "xdc.cli", *command(killed)], second)
     assert second.exists() and not killed.exists(), "the finetuning ended before it could be killed in split 2"
     assert (tmp_path / "killed.finetune" / "split1" / "result.pt").exists()
     capsys.readouterr()
