@@ -170,6 +170,9 @@ def finetune(
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done % per_epoch:
                 keep()
         keep()
+        if ctx.main:  # a line per epoch that stays (the batch bar goes)
+            mean = _mean(losses[epoch * per_epoch : (epoch + 1) * per_epoch])
+            print(f"{name} epoch {epoch + 1}/{cfg.epochs}: loss {mean if mean is not None else float('nan'):.4f}")
     del loader  # its persistent workers stop before the test's start
 
     tested = _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers, ctx)
