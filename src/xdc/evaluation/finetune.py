@@ -152,13 +152,17 @@ def finetune(
             "crashed": {path: why for rank in crashed for path, why in rank.items()},  # files that killed a worker
         })  # fmt: skip
 
+    def epoch_loss(epoch: int) -> float | None:
+        return _mean(losses[epoch * per_epoch : (epoch + 1) * per_epoch])
+
     for epoch in range(done // per_epoch, cfg.epochs):
         model.train()
         if mode == "fc":
             encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
         sampler.set_epoch(epoch)
         sampler.set_start((done - epoch * per_epoch) * per_rank)
-        bar = progress_bar(Surviving(loader), desc=f"{name} epoch {epoch}", unit="batch", leave=False, show=ctx.main)
+        desc = f"{name} epoch {epoch + 1}/{cfg.epochs}"
+        bar = progress_bar(Surviving(loader), desc=desc, unit="batch", leave=False, show=ctx.main)
         for batch in bar:
             done += 1
             failures.update(batch)
@@ -171,8 +175,8 @@ def finetune(
                 keep()
         keep()
         if ctx.main:  # a line per epoch that stays (the batch bar goes)
-            mean = _mean(losses[epoch * per_epoch : (epoch + 1) * per_epoch])
-            print(f"{name} epoch {epoch + 1}/{cfg.epochs}: loss {mean if mean is not None else float('nan'):.4f}")
+            mean = epoch_loss(epoch)
+            print(f"{desc}: loss " + (f"{mean:.4f}" if mean is not None else "- (every clip failed)"))
     del loader  # its persistent workers stop before the test's start
 
     tested = _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers, ctx)
@@ -190,7 +194,7 @@ def finetune(
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
         "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": _mean(trained_losses[:1]),
         "last_loss": _mean(trained_losses[-5:]),
-        "epoch_losses": [_mean(losses[e * per_epoch : (e + 1) * per_epoch]) for e in range(cfg.epochs)],
+        "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)],
         "skipped": [{"path": p, "reason": r}
                     for p, r in [*skipped, *test_skipped, *(f for rank in every_failure for f in rank)]],
     }  # fmt: skip
