@@ -97,10 +97,6 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert main(["extract", "--run", str(run_dir), "--encoder", "video2", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
     assert "has no encoder 'video2'" in capsys.readouterr().err
-    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: every rank would write the same file
-    assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
-                 "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
-    assert "launch it without torchrun" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["fc", "full"])
@@ -393,7 +389,35 @@ def test_a_finetuning_killed_goes_on_with_another_number_of_ranks(run, tmp_path,
     assert (b["top1"], b["clip_top1"], b["ranks"]) == (a["top1"], a["clip_top1"], then)
 
 
-def test_an_extraction_killed_goes_on_after_its_kept_parts(run, tmp_path, capsys, monkeypatch):
+def _extract_cli(run_dir: Path, table: Path, out: Path) -> list[str]:
+    return ["extract", "--run", str(run_dir), "--encoder", "video", "--data", str(table), "--clips", "4",
+            "--batch-size", "4", "--out", str(out)]  # fmt: skip
+
+
+def _extract_launch(tmp_path: Path, ranks: int, port: int, arguments: list[str]) -> list[str]:
+    """``xdc extract`` with a part per batch (a real part keeps 16 to 256), in one process or under torchrun."""
+    driver = tmp_path / "driver.py"
+    driver.write_text("import sys\nfrom xdc.evaluation import extract\nfrom xdc.cli import main\n"
+                      "extract.PART_BATCHES = 1\nsys.exit(main(sys.argv[1:]))\n")  # fmt: skip
+    if ranks == 1:
+        return [sys.executable, str(driver), *arguments]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={port}",
+            "--", str(driver), *arguments]  # fmt: skip
+
+
+def _same_features(a: Path, b: Path) -> None:
+    a, b = np.load(a), np.load(b)
+    assert a["features"].shape == (96, 64) and a.files == b.files
+    for name in a.files:  # the same batches; the ranks run their convolutions on one thread, the test process on two
+        if name == "features":
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_an_extraction_killed_on_two_ranks_goes_on_in_one_process(run, tmp_path, capsys, monkeypatch):
+    """The parts are numbered by their clips, not by rank: what 2 ranks kept before a SIGKILL, one process finishes,
+    with the same arrays as one process straight through."""
     import torch
 
     from xdc.evaluation import extract
@@ -402,31 +426,43 @@ def test_an_extraction_killed_goes_on_after_its_kept_parts(run, tmp_path, capsys
     items = items_of(root)
     table = tmp_path / "table.csv"
     write_table(items, table)
-    monkeypatch.setattr(extract, "PART_BATCHES", 1)  # a part per batch, where a real one keeps 256
-    options = dict(clips=4, batch_size=4, workers=0)
-    extract.extract_features(run_dir, "video", items, tmp_path / "straight.npz", **options)
+    monkeypatch.setattr(extract, "PART_BATCHES", 1)
+    extract.extract_features(run_dir, "video", items, tmp_path / "straight.npz", clips=4, batch_size=4, workers=0)
     assert not (tmp_path / "straight.parts").exists()
-    driver = (f"import sys; from xdc.evaluation import extract; from xdc.evaluation.adapters import load_dataset; "
-              f"extract.PART_BATCHES = 1; extract.extract_features(sys.argv[1], 'video', load_dataset('csv', "
-              f"sys.argv[2]), sys.argv[3], **{options!r})")  # fmt: skip
-    killed = tmp_path / "killed.npz"
-    parts = tmp_path / "killed.parts"
-    _start_and_kill([sys.executable, "-c", driver, str(run_dir), str(table), str(killed)], parts / "part-*.pt")
-    assert list(parts.glob("part-*.pt")) and not killed.exists(), "the extraction ended before it could be killed"
+    killed, parts = tmp_path / "killed.npz", tmp_path / "killed.parts"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks = _start_and_kill(_extract_launch(tmp_path, 2, 29668, _extract_cli(run_dir, table, killed)),
+                            parts / "part-*.pt", env)  # fmt: skip
+    assert len(ranks) == 2 and list(parts.glob("part-*.pt")), "the extraction ended before it could be killed"
+    assert not killed.exists()
     capsys.readouterr()
-    extract.extract_features(run_dir, "video", items, killed, **options)
-    assert "going on after the" in capsys.readouterr().out
-    a, b = np.load(tmp_path / "straight.npz"), np.load(killed)
-    assert a["features"].shape == (96, 64)
-    for name in a.files:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert main(_extract_cli(run_dir, table, killed)) == 0
+    assert "parts kept in" in capsys.readouterr().out
+    _same_features(tmp_path / "straight.npz", killed)
     assert not parts.exists()
     # parts made with other settings are not mixed in: the folder starts over
     parts.mkdir()
-    torch.save({"identity": "other settings", "items": 4}, parts / "part-00000.pt")
-    extract.extract_features(run_dir, "video", items, killed, **options)
+    torch.save({"identity": "other settings"}, parts / "part-00000.pt")
+    assert main(_extract_cli(run_dir, table, killed)) == 0
     assert "made with other settings" in capsys.readouterr().err
-    np.testing.assert_array_equal(np.load(killed)["features"], a["features"])
+    _same_features(tmp_path / "straight.npz", killed)
+
+
+def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeypatch):
+    """torchrun with 2 processes: the ranks share out the parts, rank 0 joins them (the other's from its files) and
+    alone writes the features and the summary."""
+    root, run_dir = run
+    table = tmp_path / "table.csv"
+    write_table(items_of(root), table)
+    single, ddp = tmp_path / "single.npz", tmp_path / "ddp.npz"
+    assert main(_extract_cli(run_dir, table, single)) == 0
+    done = subprocess.run(_extract_launch(tmp_path, 2, 29669, _extract_cli(run_dir, table, ddp)), capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count(f"-> {ddp}") == 1  # rank 0 alone says it and writes
+    _same_features(single, ddp)
+    assert json.loads(ddp.with_suffix(".json").read_text())["ranks"] == 2
+    assert not (tmp_path / "ddp.parts").exists()
 
 
 def _ucf_layout(root: Path, folder: Path) -> Path:

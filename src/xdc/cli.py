@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xdc.config import load_config
 from xdc.errors import UserError
 from xdc.limits import fit_threads
+
+if TYPE_CHECKING:  # torch, imported by the commands that need it
+    from xdc.training.distributed import Dist
 
 DEVICE_HELP = ("where the encoder runs: auto (the first GPU where there is one, else the CPU), cpu, cuda or cuda:N; "
                "on CUDA in the run's train.precision and layout (bf16, channels-last by default)")
@@ -79,22 +82,37 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    """``xdc extract``, in one process or as one rank of a torchrun job (the ranks share out the clips)."""
     import json
 
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import extract_features
+    from xdc.training.distributed import init_distributed, leave_distributed
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the same file
-        raise UserError("xdc extract runs as one process: launch it without torchrun (--device picks the GPU)")
     options = dict(o.split("=", 1) for o in args.option)
-    items = load_dataset(args.dataset, args.data, split=args.split, **options)
-    summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
-                               device=args.device)  # fmt: skip
+    finished = False
+    try:
+        ctx = init_distributed()
+        _device_under_torchrun(args.device, ctx)
+        items = load_dataset(args.dataset, args.data, split=args.split, **options)
+        summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
+                                   batch_size=args.batch_size, device=args.device, ctx=ctx)  # fmt: skip
+        finished = True
+    finally:
+        leave_distributed(finished)
+    if summary is None:  # another rank than the first: rank 0 writes and says
+        return 0
     print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped")
     for skip in summary["skipped"][:10]:
         print(f"  skipped {skip['path']}: {skip['reason']}")
     Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return 0
+
+
+def _device_under_torchrun(device: str, ctx: Dist) -> None:
+    if ctx.enabled and device != "auto":
+        raise UserError("under torchrun each rank runs on its own device (its GPU, else the CPU): leave --device at "
+                        "auto")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -121,9 +139,7 @@ def _finetune(args: argparse.Namespace) -> None:
     finished = False
     try:
         ctx = init_distributed()
-        if ctx.enabled and args.device != "auto":
-            raise UserError("under torchrun each rank runs on its own device (its GPU, else the CPU): leave --device "
-                            "at auto")  # fmt: skip
+        _device_under_torchrun(args.device, ctx)
         commands.eval_finetune(args.run, args.encoder, args.dataset, args.data, args.split, args.mode, cfg, args.out,
                                options, device=args.device, ctx=ctx)  # fmt: skip
         finished = True
@@ -223,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     clips.add_argument("--clips", type=int, help="evenly spaced clips per item (default: data.eval_clips)")
     clips.add_argument("--stride", type=float, help="sliding window every STRIDE seconds (feature sequences)")
     p.add_argument("--out", type=Path, required=True, help="features .npz (a .json summary is written beside it)")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass, per rank (default 32)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_extract)
 

@@ -8,6 +8,7 @@ and embedded clip by clip in eval mode: N evenly spaced clips per item, or a sli
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from xdc.evaluation.resume import KeptParts, identity
 from xdc.models.encoders import build_encoder
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
+from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main
 from xdc.training.to_host import ToHost
 
 
@@ -75,48 +77,65 @@ def items_to_manifest(items: list[Item], probe_cache: Path, modality: str) -> tu
 def extract_features(
     run: str | Path, encoder_name: str, items: list[Item], out: str | Path, clips: int | None = None,
     stride: float | None = None, workers: int | None = None, batch_size: int = 32, cfg: Config | None = None,
-    device: str = "auto",
-) -> dict:  # fmt: skip
+    device: str = "auto", ctx: Dist | None = None,
+) -> dict | None:  # fmt: skip
     """Embed every clip of ``items`` on ``device`` (xdc.evaluation.device); writes ``out`` (.npz) and returns a
-    summary. A long extraction keeps its parts in ``OUT.parts/`` as it goes (every PART_BATCHES batches): the same
-    call made again after a crash goes on after the last part, and the folder goes once ``out`` is written."""
+    summary. The clips are cut into parts (``_part_batches``) kept in ``OUT.parts/`` as they are done: the same call
+    made again after a crash computes only the missing parts, and the folder goes once ``out`` is written. Under
+    torchrun (``ctx``) the ranks share out the parts, rank 0 alone probes, joins the parts, writes and returns
+    the summary (None on the others); ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
+    ctx = ctx or Dist()
     out = Path(out)
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
     cfg = cfg or run_cfg
-    place = EvalDevice(pick_device(device), cfg, modality)
+    place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), cfg, modality)
     encoder = place.module(encoder)
-    manifest, item_of_row, skipped = items_to_manifest(items, out.with_name(out.stem + ".probe.csv"), modality)
+    probe = out.with_name(out.stem + ".probe.csv")
+    manifest, item_of_row, skipped = broadcast_object(on_main(lambda: items_to_manifest(items, probe, modality), ctx),
+                                                      ctx)  # fmt: skip
     if len(manifest) == 0:
         raise UserError(f"none of the {len(items)} items has a readable {modality} stream")
     dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,), raw_video=True,
                         device_logmel=place.device_logmel)  # fmt: skip
+    # Whole batches, so that every batch holds the same clips however the parts are shared out: the features do
+    # not depend on the number of ranks or on where a run was cut short.
+    per_part = batch_size * _part_batches(-(-len(dataset) // batch_size))
+    spans = [range(start, min(start + per_part, len(dataset))) for start in range(0, len(dataset), per_part)]
     # the device and precision too: parts from a GPU in bf16 and from a CPU in float32 would not make one file
     made = identity(run, cfg, items, encoder=encoder_name, clips=clips, stride=stride, device=place.device.type,
-                    bf16=place.bf16)  # fmt: skip
+                    bf16=place.bf16, part_clips=per_part)  # fmt: skip
     kept = KeptParts(out.with_name(out.stem + ".parts"), made)
-    parts = kept.load()
-    start = sum(part["items"] for part in parts)  # the dataset's clips the kept parts cover
-    failures = FailureLog(max_fraction=1.0)  # evaluation records every failed clip but never stops
-    if parts:
-        failures.load_state(parts[-1]["failures"])
-        print(f"extract {encoder_name}: going on after the {start} of {len(dataset)} clips kept in {kept.folder}")
-    todo = Subset(dataset, range(start, len(dataset))) if start else dataset
-    loader = make_loader(todo, batch_size, cfg.data.workers_on(place.device.type) if workers is None else workers,
-                         pin_memory=place.pin_memory)  # fmt: skip
-    part = _Part(encoder.feature_dim)
-    for batch in progress_bar(Surviving(loader), desc=f"extract {encoder_name}", unit="batch"):
-        failures.update(batch)
-        part.items += batch["size"]
-        if batch["index"].numel():
-            with place.autocast():
-                part.features.add(encoder(place.inputs(batch)).float())
-            part.add(batch)
-        part.batches += 1
-        if part.batches == PART_BATCHES:
-            parts.append(part.kept(failures))
-            kept.add(len(parts) - 1, parts[-1])
-            part = _Part(encoder.feature_dim)
-    parts.append(part.kept(failures))
+    parts = on_main(kept.load, ctx) or {}
+    done = broadcast_object(sorted(parts), ctx)
+    if done and ctx.main:
+        print(f"extract {encoder_name}: {len(done)} of {len(spans)} parts kept in {kept.folder}; computing the rest")
+    mine = [j for j in range(len(spans)) if j not in set(done)][ctx.rank :: ctx.world_size]
+    work = [spans[j] for j in mine]
+    for number, part in _embed(encoder, place, dataset, work, batch_size, cfg, workers, f"extract {encoder_name}", ctx):
+        kept.add(mine[number], part)
+        if ctx.main:
+            parts[mine[number]] = part
+    others = gather_objects(mine, ctx)  # waits for every rank's parts
+
+    def write() -> dict:
+        for j in (j for rank in others[1:] for j in rank):
+            parts[j] = kept.read(j)
+        written, failed = _write(out, [parts[j] for j in range(len(spans))], manifest, item_of_row, items)
+        kept.clear()
+        return {"out": str(out), "run": str(run), "clips": written, "items": len(items), "encoder": encoder_name,
+                "modality": modality, "clips_per_item": clips, "stride": stride, "device": str(place.device),
+                "ranks": ctx.world_size, "bf16": place.bf16, **({"logmel_on": "device" if place.device_logmel else
+                                                                 "workers"} if modality == "audio" else {}),
+                "data": config_to_dict(cfg.data),
+                "skipped": [{"path": p, "reason": r} for p, r in [*skipped, *failed]]}  # fmt: skip
+
+    return on_main(write, ctx)  # the other ranks wait as long as it takes (a barrier under NCCL would time out)
+
+
+def _write(out: Path, parts: list[dict], manifest: Manifest, item_of_row: np.ndarray, items: list[Item]):
+    """Join the parts into ``out``; returns the clips it holds and the (path, reason) of the files that failed."""
+    failures = FailureLog(max_fraction=1.0)
+    failures.merge([part["failures"] for part in parts])
     row = torch.cat([p["rows"] for p in parts]).numpy()
     item = item_of_row[row]
     _save_npz(
@@ -131,38 +150,58 @@ def extract_features(
         group=np.array([items[i].group for i in item]),
         path=np.array([items[i].path for i in item]),
     )  # fmt: skip
-    kept.clear()
-    skipped += failures.failures
-    return {"out": str(out), "run": str(run), "clips": int(len(item)), "items": len(items), "encoder": encoder_name,
-            "modality": modality, "clips_per_item": clips, "stride": stride, "device": str(place.device),
-            "bf16": place.bf16, **({"logmel_on": "device" if place.device_logmel else "workers"}
-                                   if modality == "audio" else {}), "data": config_to_dict(cfg.data),
-            "skipped": [{"path": p, "reason": r} for p, r in skipped]}  # fmt: skip
+    return int(len(item)), failures.failures
 
 
-PART_BATCHES = 256  # batches of a kept part of an extraction: at most what a crash costs
+PART_BATCHES = 256  # the most batches of a part: at most what a crash costs
+PARTS = 64  # parts of an extraction, at least, where that leaves 16 batches or more to a part: enough to share out
+# evenly over many GPUs, and no more files than that for a small extraction
+
+
+def _part_batches(batches: int) -> int:
+    return min(PART_BATCHES, max(16, -(-batches // PARTS)))
+
+
+def _embed(encoder, place, dataset, spans, batch_size, cfg, workers, desc, ctx) -> Iterator[tuple[int, dict]]:
+    """(number, part) for each of ``spans`` (ranges of the dataset's clips, whole batches), in order, through one
+    loader: each part's features, video rows, clip numbers and starts, and its failed clips."""
+    if not spans:
+        return
+    loader = make_loader(Subset(dataset, [i for span in spans for i in span]), batch_size,
+                         cfg.data.workers_on(place.device.type) if workers is None else workers,
+                         pin_memory=place.pin_memory)  # fmt: skip
+    number, part = 0, _Part(encoder.feature_dim)
+    for batch in progress_bar(Surviving(loader), desc=desc, unit="batch", show=ctx.main):
+        part.failures.update(batch)
+        if batch["index"].numel():
+            with place.autocast():
+                part.features.add(encoder(place.inputs(batch)).float())
+            part.add(batch)
+        if part.failures.items == len(spans[number]):
+            yield number, part.kept()
+            number, part = number + 1, _Part(encoder.feature_dim)
 
 
 class _Part:
-    """What a stretch of an extraction computed: its features (on the device until kept), video rows, clip numbers
-    and starts, and how many of the dataset's clips it covers (those that failed too)."""
+    """What a part of an extraction computed: its features (on the device until kept), video rows, clip numbers
+    and starts, and its failed clips."""
 
     def __init__(self, dim: int):
         self.features = ToHost()  # one wait for the device per 32 batches
         self.dim = dim
         self.rows, self.clips, self.starts = [], [], []
-        self.items = self.batches = 0
+        self.failures = FailureLog(max_fraction=1.0)  # evaluation records every failed clip but never stops
 
     def add(self, batch: dict) -> None:
         self.rows.append(batch["index"])
         self.clips.append(batch["clip"])
         self.starts.append(batch["start"])
 
-    def kept(self, failures: FailureLog) -> dict:
-        """As a part file holds it (tensors, weights-only), with the failures counted up to its end."""
-        return {"items": self.items, "features": self.features.result(torch.empty(0, self.dim)),
-                "rows": _cat(self.rows, torch.int64), "clips": _cat(self.clips, torch.int64),
-                "starts": _cat(self.starts, torch.float64), "failures": failures.state()}  # fmt: skip
+    def kept(self) -> dict:
+        """As a part file holds it (tensors, weights-only)."""
+        return {"features": self.features.result(torch.empty(0, self.dim)), "rows": _cat(self.rows, torch.int64),
+                "clips": _cat(self.clips, torch.int64), "starts": _cat(self.starts, torch.float64),
+                "failures": self.failures.state()}  # fmt: skip
 
 
 def _cat(pieces: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

@@ -72,30 +72,40 @@ class SavedProgress:
 
 
 class KeptParts:
-    """The parts of a long pass, kept as it goes (``xdc extract``): ``part-00000.pt``, ``part-00001.pt``, ... in a
-    folder, each a dict of tensors and lists."""
+    """The parts of a long pass, kept as they are done (``xdc extract``): ``part-00000.pt``, ``part-00001.pt``, ... in
+    a folder, each a dict of tensors and lists, numbered by their place in the pass (not the order they were done)."""
 
     def __init__(self, folder: Path, identity: str):
         self.folder = Path(folder)
         self.identity = identity
 
-    def load(self) -> list[dict]:
-        """The parts an earlier run with the same settings kept, in order; a folder with any other is emptied."""
-        parts = []
+    def load(self) -> dict[int, dict]:
+        """The parts an earlier run with the same settings kept, by number; a folder with any other is emptied."""
+        parts = {}
         for path in sorted(self.folder.glob("part-*.pt")):
             saved, why = _read(path, self.identity)
             if why:
                 print(f"NOTE: {why}; starting over", file=sys.stderr)
                 self.clear()
-                return []
-            parts.append(saved)
+                return {}
+            parts[int(path.stem.split("-")[1])] = saved
         return parts
 
     def add(self, number: int, part: dict) -> None:
-        checkpoint.save_atomic({**part, "identity": self.identity}, self.folder / f"part-{number:05d}.pt")
+        checkpoint.save_atomic({**part, "identity": self.identity}, self._path(number))
+
+    def read(self, number: int) -> dict:
+        """A part that this run added (another rank, under torchrun)."""
+        saved, why = _read(self._path(number), self.identity)
+        if saved is None:
+            raise RuntimeError(why or f"{self._path(number)} is missing: is the folder on a filesystem all ranks see?")
+        return saved
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _path(self, number: int) -> Path:
+        return self.folder / f"part-{number:05d}.pt"
 
 
 def _read(path: Path, identity: str) -> tuple[dict | None, str | None]:
