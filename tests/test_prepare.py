@@ -7,7 +7,10 @@ import csv
 import io
 import multiprocessing
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 import wave
 from pathlib import Path
@@ -231,6 +234,45 @@ def test_rerun_keeps_done_files_and_redoes_changed_ones(tmp_path: Path) -> None:
     code, stdout = _run(str(src), "--out", str(out), "--workers", "2", "--short-side", "32")  # other settings
     assert stdout.endswith("2 files: 2 prepared (0 already done), 0 skipped, 0 failed\n")
     assert _streams(out / "0.mp4")["size"] == (48, 32)
+
+
+def test_two_gloo_ranks_share_out_the_files_and_make_one_report(prepared, sources: Path, tmp_path: Path) -> None:
+    """torchrun with 2 processes (as 2 nodes would run it): each rank transcodes every other file, rank 0 joins the
+    ranks' reports into one and writes the labels; the same report, labels and copies as one process."""
+    out = tmp_path / "out"
+    job = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29671", "-m", "--",
+           "xdc.cli", "prepare", str(sources), "--out", str(out), "--gop", str(GOP), "--labels",
+           str(sources / "labels.csv"), "--workers", "1"]  # fmt: skip
+    done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single, said = prepared
+    assert done.stdout.count("7 files: 5 prepared (0 already done), 2 skipped, 0 failed") == 1  # rank 0 says it
+    assert done.stdout.splitlines()[-3:] == said.splitlines()[-3:]
+    timing = ("seconds",)  # each transcode's own time
+
+    def rows(folder: Path) -> dict:
+        return {n: {k: v for k, v in r.items() if k not in timing} for n, r in _report(folder).items()}
+
+    assert rows(out) == rows(single)
+    assert (out / "labels.csv").read_text() == (single / "labels.csv").read_text()
+    assert not list(out.glob(".prepared.rank*")) and not list(out.rglob("*.partial.mp4"))
+    for name in ("wide.mp4", "sub/odd.mp4", "silent.wav.mp4"):
+        assert _streams(out / name) == _streams(single / name)
+
+
+def test_the_reports_of_ranks_cut_short_are_joined_by_the_next_run(prepared, sources: Path, tmp_path: Path) -> None:
+    """A torchrun job killed before rank 0 joined the reports leaves each rank's: the next run, with any number of
+    ranks, takes the files they list as done."""
+    single = prepared[0]
+    out = tmp_path / "out"
+    shutil.copytree(single, out)
+    rows = prepare.read_report(out / "prepared.csv")
+    (out / "prepared.csv").unlink()  # rank 0 never got to write it
+    prepare.write_report(out / ".prepared.rank0.csv", rows[::2])
+    prepare.write_report(out / ".prepared.rank1.csv", rows[1::2])
+    code, stdout = _run(str(sources), "--out", str(out), "--gop", str(GOP))
+    assert code == 0 and stdout.endswith("7 files: 5 prepared (5 already done), 2 skipped, 0 failed\n")
+    assert not list(out.glob(".prepared.rank*")) and len(_report(out)) == 7
 
 
 def test_fps_cap_keeps_sync(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from xdc.config import load_config
 from xdc.errors import UserError
@@ -14,6 +16,7 @@ from xdc.limits import fit_threads
 if TYPE_CHECKING:  # torch, imported by the commands that need it
     from xdc.training.distributed import Dist
 
+T = TypeVar("T")
 DEVICE_HELP = ("where the encoder runs: auto (the first GPU where there is one, else the CPU), cpu, cuda or cuda:N; "
                "on CUDA in the run's train.precision and layout (bf16, channels-last by default)")
 
@@ -43,7 +46,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     options = PrepareOptions(short_side=args.short_side, gop=args.gop, fps=args.fps, sample_rate=args.sample_rate,
                              crf=args.crf, audio=args.audio)  # fmt: skip
-    summary = prepare(args.paths, args.out, options, labels=args.labels, workers=args.workers)
+
+    def run(ctx: Dist | None = None):
+        return prepare(args.paths, args.out, options, labels=args.labels, workers=args.workers, ctx=ctx)
+
+    # Under torchrun the ranks (one per node, say) share out the files; alone, prepare needs no torch to import.
+    summary = _as_rank(run) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else run()
+    if summary is None:  # another rank than the first: rank 0 writes and says
+        return 0
     for row in summary.problems[:10]:
         print(f"  {row['status']} {row['source']}: {row['reason']}")
     if len(summary.problems) > 10:
@@ -62,23 +72,30 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from xdc.training.distributed import init_distributed, leave_distributed
     from xdc.training.pretrain import pretrain
 
     shortcuts = [
         f"train.{key}={value}" for key in ("method", "k", "rounds", "assign") if (value := getattr(args, key)) is not None
     ]
     cfg = _config(args, tuple(shortcuts))
+    main, encoders = _as_rank(lambda ctx: (ctx.main, pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx)))
+    if main:  # under torchrun, once, not once per rank
+        print(f"encoders: {encoders}")
+    return 0
+
+
+def _as_rank(work: Callable[[Dist], T]) -> T:
+    """``work(ctx)`` as one rank of the torchrun job that started this process (its process group joined, and left
+    after the other ranks once ``work`` is done), or in a process alone."""
+    from xdc.training.distributed import init_distributed, leave_distributed
+
     finished = False
     try:
-        ctx = init_distributed()
-        encoders = pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx)
+        result = work(init_distributed())
         finished = True
     finally:
         leave_distributed(finished)
-    if ctx.main:  # under torchrun, once, not once per rank
-        print(f"encoders: {encoders}")
-    return 0
+    return result
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -87,19 +104,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import extract_features
-    from xdc.training.distributed import init_distributed, leave_distributed
 
     options = dict(o.split("=", 1) for o in args.option)
-    finished = False
-    try:
-        ctx = init_distributed()
+
+    def run(ctx: Dist) -> dict | None:
         _device_under_torchrun(args.device, ctx)
         items = load_dataset(args.dataset, args.data, split=args.split, **options)
-        summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
-                                   batch_size=args.batch_size, device=args.device, ctx=ctx)  # fmt: skip
-        finished = True
-    finally:
-        leave_distributed(finished)
+        return extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
+                                batch_size=args.batch_size, device=args.device, ctx=ctx)  # fmt: skip
+
+    summary = _as_rank(run)
     if summary is None:  # another rank than the first: rank 0 writes and says
         return 0
     print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped")
@@ -132,19 +146,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> None:
     """``eval finetune``, in one process or as one rank of a torchrun job (DDP, like pretraining)."""
     from xdc.evaluation import commands
-    from xdc.training.distributed import init_distributed, leave_distributed
 
     options = dict(o.split("=", 1) for o in args.option)
     cfg = _config(args)
-    finished = False
-    try:
-        ctx = init_distributed()
+
+    def run(ctx: Dist) -> None:
         _device_under_torchrun(args.device, ctx)
         commands.eval_finetune(args.run, args.encoder, args.dataset, args.data, args.split, args.mode, cfg, args.out,
                                options, device=args.device, ctx=ctx)  # fmt: skip
-        finished = True
-    finally:
-        leave_distributed(finished)
+
+    _as_rank(run)
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path, PurePath
 
 import av
 
+from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import read_rows, write_rows
 from xdc.errors import UserError
@@ -115,8 +116,9 @@ def build_manifest(
 
 
 def check_workers(workers: int | None) -> int:
+    """The worker processes of ``--workers``; by default the usable CPUs, shared among the node's torchrun ranks."""
     if workers is None:
-        return usable_cpus()
+        return max(1, usable_cpus() // node_ranks())
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     return workers

@@ -10,6 +10,7 @@ the measured gain.
 from __future__ import annotations
 
 import csv
+import hashlib
 import heapq
 import math
 import os
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
 from pathlib import Path, PurePath
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -30,6 +33,9 @@ from xdc.data.index import (
 from xdc.data.jobs import run_jobs
 from xdc.errors import UserError
 from xdc.progress import progress_bar
+
+if TYPE_CHECKING:  # torch, imported under torchrun only
+    from xdc.training.distributed import Dist
 
 REPORT = "prepared.csv"
 LABELS = "labels.csv"
@@ -104,28 +110,38 @@ class PrepareSummary:
 
 def prepare(
     paths: list[str], out: Path, options: PrepareOptions | None = None, labels: Path | None = None,
-    workers: int | None = None,
-) -> PrepareSummary:  # fmt: skip
+    workers: int | None = None, ctx: Dist | None = None,
+) -> PrepareSummary | None:  # fmt: skip
     """Transcode every media file under ``paths`` (folders, lists of files or files) into the folder ``out``,
     keeping each file's path relative to the inputs' common folder, and write ``out/prepared.csv``.
-    Files whose source size, mtime and settings match an ``ok`` row of an earlier report are not redone."""
+    Files whose source size, mtime and settings match an ``ok`` row of an earlier report are not redone.
+
+    Under torchrun (``ctx``, e.g. one rank per node) every rank lists the inputs and takes every W-th file; it
+    keeps its rows in a report of its own (``.prepared.rankN.csv``), which rank 0 joins into ``prepared.csv`` at the
+    end, and at the start of the next run where that end was not reached. Rank 0 writes the labels and returns the
+    summary, the other ranks None. ``out`` and the inputs must be on filesystems every rank sees."""
+    on_main, broadcast_object, gather_objects = _collectives(ctx)
+    ctx = ctx or ALONE
     options = options or PrepareOptions()
     options.check()
     workers = check_workers(workers)
     label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
     collection = find_media(paths)
     out = Path(out).expanduser().resolve()
-    _check_out(out, collection)
+    on_main(lambda: _start(out, collection), ctx)
+    _same_listing(collection, ctx, broadcast_object)
     report = out / REPORT
     previous = {row["source"]: row for row in read_report(report)} if report.exists() else {}
-    for leftover in out.rglob(PARTIAL_GLOB):  # left by an interrupted run
-        leftover.unlink(missing_ok=True)
 
     settings = options.key()
     rows: dict[str, dict] = {}
     todo: list[str] = []
     claimed: set[str] = set()
-    for source, output in plan_outputs(collection).items():
+    for n, (source, output) in enumerate(plan_outputs(collection).items()):
+        taken = output in claimed  # only when a name like clip.avi.mp4 is also a source's own name: never overwrite
+        claimed.add(output)
+        if n % ctx.world_size != ctx.rank:  # another rank's
+            continue
         row = {"source": source, "output": output, "settings": settings, "seconds": 0.0, "duration_s": 0.0}
         found = stat_row(source)
         if "status" in found:  # missing or unreadable: what xdc index reports for it
@@ -133,7 +149,7 @@ def prepare(
             continue
         row.update(size=str(found["size"]), mtime=found["mtime"])
         old = previous.get(source)
-        if output in claimed:  # only when a name like clip.avi.mp4 is also a source's own name: never overwrite
+        if taken:
             rows[source] = {**row, "status": "error", "reason": f"output name {output} is taken by another file"}
         elif old is not None and old["status"] == "ok" and (out / output).is_file() and all(
             old[k] == row[k] for k in ("output", "size", "mtime", "settings")
@@ -142,21 +158,75 @@ def prepare(
         else:
             rows[source] = row
             todo.append(source)
-        claimed.add(output)
+
+    mine = out / RANK_REPORT.format(ctx.rank) if ctx.enabled else report
 
     def save() -> None:
         # Files not reached yet keep their earlier row (an interrupted run must not forget finished outputs).
         current = {s: r if "status" in r else previous.get(s) for s, r in rows.items()}
-        write_report(report, [r for _, r in sorted(current.items()) if r is not None])
+        write_report(mine, [r for _, r in sorted(current.items()) if r is not None])
 
     try:
-        _run_jobs(todo, rows, out, options, workers, save)
+        _run_jobs(todo, rows, out, options, workers, save, show=ctx.main)
     finally:
         save()
-    summary = _summarise(list(rows.values()))
-    if label_index is not None:
-        summary.labelled = _write_labels(out / LABELS, rows, label_index, collection)
-    return summary
+    summaries = gather_objects(_summarise(list(rows.values())), ctx)
+
+    def finish() -> PrepareSummary:
+        every = _join_rank_reports(out, []) if ctx.enabled else rows  # every rank's rows, of the files listed now
+        summary = _add(summaries)
+        if label_index is not None:
+            summary.labelled = _write_labels(out / LABELS, every, label_index, collection)
+        return summary
+
+    return on_main(finish, ctx)
+
+
+RANK_REPORT = ".prepared.rank{}.csv"  # a torchrun rank's rows, until rank 0 joins them into the report
+ALONE = SimpleNamespace(rank=0, world_size=1, main=True, enabled=False)  # a Dist without torch: one process
+
+
+def _collectives(ctx: Dist | None) -> tuple:
+    """(on_main, broadcast_object, gather_objects): xdc.training.distributed's under torchrun, their one-process
+    forms otherwise, so that a plain ``xdc prepare`` does not import torch (2 s and 600 MB more in each run)."""
+    if ctx is not None and ctx.enabled:
+        from xdc.training import distributed
+
+        return distributed.on_main, distributed.broadcast_object, distributed.gather_objects
+    return (lambda work, _: work()), (lambda obj, _: obj), (lambda obj, _: [obj])
+
+
+def _start(out: Path, collection: Collection) -> None:
+    """Before any rank starts: check ``out``, join the reports of the ranks of a run that did not get to its end
+    into the report, and remove the outputs that such a run left half written."""
+    _check_out(out, collection)
+    if list(out.glob(RANK_REPORT.format("*"))):
+        report = out / REPORT
+        _join_rank_reports(out, read_report(report) if report.exists() else [])
+    for leftover in out.rglob(PARTIAL_GLOB):
+        leftover.unlink(missing_ok=True)
+
+
+def _join_rank_reports(out: Path, base: list[dict]) -> dict[str, dict]:
+    """Write ``base``'s rows, replaced and added to by those of the ranks' reports, as the report, then remove the
+    ranks' reports (a crash in between leaves them to be joined again); returns the rows by source."""
+    rows = {row["source"]: row for row in base}
+    ranks = sorted(out.glob(RANK_REPORT.format("*")))
+    for path in ranks:
+        rows.update((row["source"], row) for row in read_report(path))
+    write_report(out / REPORT, [row for _, row in sorted(rows.items())])
+    for path in ranks:
+        path.unlink()
+    return rows
+
+
+def _same_listing(collection: Collection, ctx: Dist, broadcast_object) -> None:
+    """Every rank must share out the same list of files: one that listed others (a file added meanwhile, another
+    mount) would prepare some twice and others never."""
+    digest = hashlib.sha256("\n".join(collection.files).encode()).hexdigest()
+    if broadcast_object(digest, ctx) != digest:
+        raise UserError(f"rank {ctx.rank} found other input files than rank 0 ({len(collection.files)} files): are "
+                        "the inputs on a filesystem every rank sees, and unchanged during the run?")  # fmt: skip
 
 
 def _check_out(out: Path, collection: Collection) -> None:
@@ -254,6 +324,14 @@ def _summarise(rows: list[dict]) -> PrepareSummary:
     )
 
 
+def _add(summaries: list[PrepareSummary]) -> PrepareSummary:
+    """The ranks' summaries as one."""
+    total = PrepareSummary(*(sum(getattr(s, name) for s in summaries) for name in ("files", "prepared", "kept",
+                                                                                  "skipped", "failed")))  # fmt: skip
+    total.problems = sorted((row for s in summaries for row in s.problems), key=lambda r: r["source"])
+    return total
+
+
 def _write_labels(path: Path, rows: dict[str, dict], label_index: LabelIndex, collection: Collection) -> int:
     """Label the prepared files by their sources (the rules of xdc index) and write them with paths relative
     to the output folder: ``xdc index OUT --labels OUT/labels.csv`` then matches every one."""
@@ -271,7 +349,9 @@ def _write_labels(path: Path, rows: dict[str, dict], label_index: LabelIndex, co
 # --- running the jobs --------------------------------------------------------------------------------------
 
 
-def _run_jobs(todo: list[str], rows: dict[str, dict], out: Path, options: PrepareOptions, workers: int, save) -> None:
+def _run_jobs(
+    todo: list[str], rows: dict[str, dict], out: Path, options: PrepareOptions, workers: int, save, show: bool
+) -> None:
     """Transcode in worker processes; a file that crashes or hangs its process gets an error row
     (:mod:`xdc.data.jobs`), and the others go on."""
     if not todo:
@@ -286,7 +366,7 @@ def _run_jobs(todo: list[str], rows: dict[str, dict], out: Path, options: Prepar
             save()
             saved = time.monotonic()
 
-    with progress_bar(total=len(todo), desc="preparing", unit="file") as progress:
+    with progress_bar(total=len(todo), desc="preparing", unit="file", show=show) as progress:
         run_jobs(
             [(s, str(out / rows[s]["output"])) for s in todo], partial(_prepare_pair, options), workers, finish,
             failed=lambda reason: {"status": "error", "reason": reason},
