@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 import wave
 from pathlib import Path
@@ -182,6 +184,48 @@ def test_cache_reuses_unchanged_files(collection: Path, tmp_path: Path) -> None:
     rows = _rows(out)
     assert "text.mp4" not in rows and rows["new.mp4"]["status"] == "ok"
     assert summary.line() == "8 files: 4 usable (3 with audio), 4 unusable"
+
+
+def test_a_run_cut_short_keeps_what_it_probed(tmp_path: Path) -> None:
+    """SIGKILLed while probing: the rows probed so far are in the side file, and the next run probes only the rest,
+    for the manifest of a run straight through."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(24):
+        write_av(folder / f"{i:02d}.mp4", _frames(n=10, size=32, seed=i), 25, _tone(0.4), 16000)
+    straight, cut = tmp_path / "straight.csv", tmp_path / "cut.csv"
+    build_manifest([str(folder)], straight, workers=1)
+    driver = ("import sys; from xdc.data import index, shares; shares.SAVE_EVERY_S = 0; "
+              "index.build_manifest([sys.argv[1]], sys.argv[2], workers=1)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(folder), str(cut)])
+    side = tmp_path / ".cut.csv.rank0.csv"
+    deadline = time.time() + 120
+    while not side.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert side.exists() and not cut.exists(), "the index ended before it could be killed"
+    kept = len(read_rows(side))
+    summary = build_manifest([str(folder)], cut, workers=1)
+    assert 0 < kept < 24 and summary.probed == 24 - kept
+    assert cut.read_text() == straight.read_text() and not side.exists()
+
+
+def test_two_gloo_ranks_share_out_the_probes_and_write_one_manifest(media: Path, tmp_path: Path) -> None:
+    """torchrun with 2 processes (as 2 nodes would run it): each rank probes every other file, rank 0 joins the
+    rows, labels them and writes the manifest a single process writes."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\ngood.mp4,speech\ntone.wav,beep\n")
+    single, ddp = tmp_path / "single.csv", tmp_path / "ddp.csv"
+    build_manifest([str(media)], single, labels=labels, workers=1)
+    job = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29672", "-m", "xdc.cli",
+           "index", str(media), "--out", str(ddp), "--labels", str(labels), "--workers", "1"]  # fmt: skip
+    done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("8 files: 3 usable (2 with audio), 5 unusable") == 1  # rank 0 says it
+    assert "2 of 8 files labelled" in done.stdout
+    assert ddp.read_text() == single.read_text()
+    assert not list(tmp_path.glob(".*.rank*.csv"))
 
 
 def test_rows_made_by_other_checks_are_probed_again(collection: Path, tmp_path: Path) -> None:

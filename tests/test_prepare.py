@@ -255,7 +255,7 @@ def test_two_gloo_ranks_share_out_the_files_and_make_one_report(prepared, source
 
     assert rows(out) == rows(single)
     assert (out / "labels.csv").read_text() == (single / "labels.csv").read_text()
-    assert not list(out.glob(".prepared.rank*")) and not list(out.rglob("*.partial.mp4"))
+    assert not list(out.glob(".prepared.csv.rank*")) and not list(out.rglob("*.partial.mp4"))
     for name in ("wide.mp4", "sub/odd.mp4", "silent.wav.mp4"):
         assert _streams(out / name) == _streams(single / name)
 
@@ -268,11 +268,11 @@ def test_the_reports_of_ranks_cut_short_are_joined_by_the_next_run(prepared, sou
     shutil.copytree(single, out)
     rows = prepare.read_report(out / "prepared.csv")
     (out / "prepared.csv").unlink()  # rank 0 never got to write it
-    prepare.write_report(out / ".prepared.rank0.csv", rows[::2])
-    prepare.write_report(out / ".prepared.rank1.csv", rows[1::2])
+    prepare.write_report(out / ".prepared.csv.rank0.csv", rows[::2])
+    prepare.write_report(out / ".prepared.csv.rank1.csv", rows[1::2])
     code, stdout = _run(str(sources), "--out", str(out), "--gop", str(GOP))
     assert code == 0 and stdout.endswith("7 files: 5 prepared (5 already done), 2 skipped, 0 failed\n")
-    assert not list(out.glob(".prepared.rank*")) and len(_report(out)) == 7
+    assert not list(out.glob(".prepared.csv.rank*")) and len(_report(out)) == 7
 
 
 def test_fps_cap_keeps_sync(tmp_path: Path) -> None:

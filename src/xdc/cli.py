@@ -36,8 +36,12 @@ def _config(args: argparse.Namespace, extra: tuple[str, ...] = ()):
 def cmd_index(args: argparse.Namespace) -> int:
     from xdc.data.index import build_manifest
 
-    summary = build_manifest(args.paths, args.out, labels=args.labels, workers=args.workers)
-    print(summary.line())
+    def run(ctx: Dist | None = None):
+        return build_manifest(args.paths, args.out, labels=args.labels, workers=args.workers, ctx=ctx)
+
+    summary = _on_ranks(run)
+    if summary is not None:  # None: another rank than the first, under torchrun
+        print(summary.line())
     return 0
 
 
@@ -50,8 +54,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     def run(ctx: Dist | None = None):
         return prepare(args.paths, args.out, options, labels=args.labels, workers=args.workers, ctx=ctx)
 
-    # Under torchrun the ranks (one per node, say) share out the files; alone, prepare needs no torch to import.
-    summary = _as_rank(run) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else run()
+    summary = _on_ranks(run)
     if summary is None:  # another rank than the first: rank 0 writes and says
         return 0
     for row in summary.problems[:10]:
@@ -60,6 +63,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(f"  ... {len(summary.problems) - 10} more in {args.out / 'prepared.csv'}")
     print(summary.line())
     return 0
+
+
+def _on_ranks(work: Callable[[Dist | None], T]) -> T:
+    """``work(ctx)`` for a command that shares files out over torchrun's ranks (one per node, say: ``xdc.data.shares``)
+    where torchrun started this process; ``work(None)`` otherwise, without importing torch."""
+    return _as_rank(work) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else work(None)
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:

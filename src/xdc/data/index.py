@@ -11,17 +11,23 @@ import logging
 import os
 import stat
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
 import av
 
 from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import read_rows, write_rows
+from xdc.data.shares import Every, check_same_files, collectives, rank_file, rank_files
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
 from xdc.progress import progress_bar
+
+if TYPE_CHECKING:  # torch, imported under torchrun only
+    from xdc.training.distributed import Dist
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .flv .wmv .ts .3gp .ogv".split()
@@ -61,20 +67,31 @@ class IndexSummary:
 
 
 def build_manifest(
-    paths: list[str], out: Path, labels: Path | None = None, workers: int | None = None
-) -> IndexSummary:
+    paths: list[str], out: Path, labels: Path | None = None, workers: int | None = None, ctx: Dist | None = None
+) -> IndexSummary | None:
     """Probe every media file under ``paths`` (folders or lists of files) and write the manifest ``out``.
-    Rows of an existing ``out`` whose (path, size, mtime) still match are reused without opening the file."""
+    Rows of an existing ``out`` whose (path, size, mtime) still match are reused without opening the file.
+
+    The rows probed so far are kept in a side file (``.OUT.rank0.csv``) as the probes go, so that a run cut short
+    loses at most a few seconds of probing: the next run reuses them as it reuses ``out``'s rows. Under torchrun
+    (``ctx``) every rank lists the inputs, probes every W-th file and keeps its own side file; rank 0 joins them,
+    labels the rows, writes ``out`` and returns the summary (the other ranks None)."""
+    ctx, on_main, broadcast_object, gather_objects = collectives(ctx)
     out = Path(out)
     workers = check_workers(workers)
     label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
     collection = find_media(paths)
-    _check_out(out)
-    cache = {row["path"]: row for row in read_rows(out)} if out.exists() else {}
+    on_main(lambda: _check_out(out), ctx)
+    check_same_files(collection.files, ctx, broadcast_object)
+    cache = {}
+    for path in [out, *rank_files(out)] if out.exists() else rank_files(out):  # side files: newer than out
+        cache.update((row["path"], row) for row in read_rows(path))
 
     rows: dict[str, dict] = {}
     todo: dict[str, dict] = {}
-    for path in collection.files:
+    for n, path in enumerate(collection.files):
+        if n % ctx.world_size != ctx.rank:  # another rank's
+            continue
         row = stat_row(path)
         cached = cache.get(path)
         if "status" in row:
@@ -85,9 +102,33 @@ def build_manifest(
             rows[path] = dict(cached)
         else:
             todo[path] = row
-    for path, probe in probe_files(list(todo), workers).items():
+    mine = rank_file(out, ctx.rank)
+
+    def save() -> None:
+        write_rows(mine, [rows[p] for p in sorted(rows)])
+
+    def probed(path: str, probe: dict) -> None:
         rows[path] = {**todo[path], **probe, "probe": PROBE_VERSION}
 
+    try:
+        probe_files(list(todo), workers, probed, Every(save).maybe, show=ctx.main)
+    finally:
+        save()
+    counts = gather_objects(len(todo), ctx)
+
+    def finish() -> IndexSummary:
+        every = rows
+        if ctx.enabled:  # this run's side files: one of a run with more ranks may be left, and be older
+            every = {row["path"]: row for r in range(ctx.world_size) for row in read_rows(rank_file(out, r))}
+        summary = _write_manifest(out, every, label_index, collection, probed=sum(counts))
+        for path in rank_files(out):
+            path.unlink()
+        return summary
+
+    return on_main(finish, ctx)
+
+
+def _write_manifest(out: Path, rows: dict[str, dict], label_index, collection, probed: int) -> IndexSummary:
     labelled = None
     if label_index is not None:
         names = Counter(Path(p).name for p in rows)
@@ -110,7 +151,7 @@ def build_manifest(
         usable=statuses["ok"] + statuses["no_audio"],
         with_audio=statuses["ok"],
         unusable=statuses["error"],
-        probed=len(todo),
+        probed=probed,
         labelled=labelled,
     )
 
@@ -218,21 +259,22 @@ def stat_row(path: str) -> dict:
     return {"path": path, "size": st.st_size, "mtime": mtime}
 
 
-def probe_files(paths: list[str], workers: int) -> dict[str, dict]:
-    """Probe files in worker processes; a file that crashes or hangs its process gets an error row
-    (:mod:`xdc.data.jobs`), and the others go on."""
-    results: dict[str, dict] = {}
+def probe_files(
+    paths: list[str], workers: int, done: Callable[[str, dict], None], then: Callable[[], None], show: bool = True
+) -> None:
+    """Probe files in worker processes, calling ``done(path, row)`` for each and ``then()`` after it; a file that
+    crashes or hangs its process gets an error row (:mod:`xdc.data.jobs`), and the others go on."""
     if not paths:
-        return results
-    with progress_bar(total=len(paths), desc="probing", unit="file") as progress:
+        return
+    with progress_bar(total=len(paths), desc="probing", unit="file", show=show) as progress:
 
-        def done(path: str, row: dict) -> None:
-            results[path] = row
+        def finished(path: str, row: dict) -> None:
+            done(path, row)
             progress.update()
+            then()
 
-        run_jobs(paths, _probe_job, workers, done, failed=_failed, limit_s=lambda path: PROBE_LIMIT_S,
+        run_jobs(paths, _probe_job, workers, finished, failed=_failed, limit_s=lambda path: PROBE_LIMIT_S,
                  initializer=init_worker)  # fmt: skip
-    return results
 
 
 def init_worker() -> None:

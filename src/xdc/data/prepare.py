@@ -10,7 +10,6 @@ the measured gain.
 from __future__ import annotations
 
 import csv
-import hashlib
 import heapq
 import math
 import os
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
 from pathlib import Path, PurePath
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import av
@@ -31,6 +29,7 @@ from xdc.data.index import (
     Collection, LabelIndex, check_workers, find_media, init_worker, probe_file, stat_row,
 )  # fmt: skip
 from xdc.data.jobs import run_jobs
+from xdc.data.shares import Every, check_same_files, collectives, rank_file, rank_files
 from xdc.errors import UserError
 from xdc.progress import progress_bar
 
@@ -51,7 +50,6 @@ AUDIO_CODECS = {"aac": "aac", "flac": "flac", "pcm": "pcm_s16le"}
 TIME_BASE = Fraction(1, 90000)  # output video timestamps: fine enough to keep any source's frame times
 MAX_BAD_PACKETS = 8  # damaged packets skipped per stream before the file counts as broken (as read_clip does)
 REORDER_FRAMES = 4  # frames held back to put mislabelled timestamps in order (more than B-frame depths in use)
-SAVE_EVERY_S = 5.0  # the report is rewritten this often during a run, so an interrupted run can resume
 # A file's transcoding is taken as hung (a decoder in a loop) after 10 minutes plus a second per 250 kB of source:
 # 18x the slowest rate measured (720p: 0.085 s of work per second of a 390 kB/s source) past the 10 minutes. A file
 # cut short gets an error row, which the next run of xdc prepare tries again.
@@ -117,11 +115,10 @@ def prepare(
     Files whose source size, mtime and settings match an ``ok`` row of an earlier report are not redone.
 
     Under torchrun (``ctx``, e.g. one rank per node) every rank lists the inputs and takes every W-th file; it
-    keeps its rows in a report of its own (``.prepared.rankN.csv``), which rank 0 joins into ``prepared.csv`` at the
+    keeps its rows in a report of its own (``.prepared.csv.rankN.csv``), which rank 0 joins into ``prepared.csv`` at the
     end, and at the start of the next run where that end was not reached. Rank 0 writes the labels and returns the
     summary, the other ranks None. ``out`` and the inputs must be on filesystems every rank sees."""
-    on_main, broadcast_object, gather_objects = _collectives(ctx)
-    ctx = ctx or ALONE
+    ctx, on_main, broadcast_object, gather_objects = collectives(ctx)
     options = options or PrepareOptions()
     options.check()
     workers = check_workers(workers)
@@ -129,7 +126,7 @@ def prepare(
     collection = find_media(paths)
     out = Path(out).expanduser().resolve()
     on_main(lambda: _start(out, collection), ctx)
-    _same_listing(collection, ctx, broadcast_object)
+    check_same_files(collection.files, ctx, broadcast_object)
     report = out / REPORT
     previous = {row["source"]: row for row in read_report(report)} if report.exists() else {}
 
@@ -159,7 +156,7 @@ def prepare(
             rows[source] = row
             todo.append(source)
 
-    mine = out / RANK_REPORT.format(ctx.rank) if ctx.enabled else report
+    mine = rank_file(report, ctx.rank) if ctx.enabled else report
 
     def save() -> None:
         # Files not reached yet keep their earlier row (an interrupted run must not forget finished outputs).
@@ -182,26 +179,12 @@ def prepare(
     return on_main(finish, ctx)
 
 
-RANK_REPORT = ".prepared.rank{}.csv"  # a torchrun rank's rows, until rank 0 joins them into the report
-ALONE = SimpleNamespace(rank=0, world_size=1, main=True, enabled=False)  # a Dist without torch: one process
-
-
-def _collectives(ctx: Dist | None) -> tuple:
-    """(on_main, broadcast_object, gather_objects): xdc.training.distributed's under torchrun, their one-process
-    forms otherwise, so that a plain ``xdc prepare`` does not import torch (2 s and 600 MB more in each run)."""
-    if ctx is not None and ctx.enabled:
-        from xdc.training import distributed
-
-        return distributed.on_main, distributed.broadcast_object, distributed.gather_objects
-    return (lambda work, _: work()), (lambda obj, _: obj), (lambda obj, _: [obj])
-
-
 def _start(out: Path, collection: Collection) -> None:
     """Before any rank starts: check ``out``, join the reports of the ranks of a run that did not get to its end
     into the report, and remove the outputs that such a run left half written."""
     _check_out(out, collection)
-    if list(out.glob(RANK_REPORT.format("*"))):
-        report = out / REPORT
+    report = out / REPORT
+    if rank_files(report):
         _join_rank_reports(out, read_report(report) if report.exists() else [])
     for leftover in out.rglob(PARTIAL_GLOB):
         leftover.unlink(missing_ok=True)
@@ -211,22 +194,13 @@ def _join_rank_reports(out: Path, base: list[dict]) -> dict[str, dict]:
     """Write ``base``'s rows, replaced and added to by those of the ranks' reports, as the report, then remove the
     ranks' reports (a crash in between leaves them to be joined again); returns the rows by source."""
     rows = {row["source"]: row for row in base}
-    ranks = sorted(out.glob(RANK_REPORT.format("*")))
+    ranks = rank_files(out / REPORT)
     for path in ranks:
         rows.update((row["source"], row) for row in read_report(path))
     write_report(out / REPORT, [row for _, row in sorted(rows.items())])
     for path in ranks:
         path.unlink()
     return rows
-
-
-def _same_listing(collection: Collection, ctx: Dist, broadcast_object) -> None:
-    """Every rank must share out the same list of files: one that listed others (a file added meanwhile, another
-    mount) would prepare some twice and others never."""
-    digest = hashlib.sha256("\n".join(collection.files).encode()).hexdigest()
-    if broadcast_object(digest, ctx) != digest:
-        raise UserError(f"rank {ctx.rank} found other input files than rank 0 ({len(collection.files)} files): are "
-                        "the inputs on a filesystem every rank sees, and unchanged during the run?")  # fmt: skip
 
 
 def _check_out(out: Path, collection: Collection) -> None:
@@ -356,15 +330,12 @@ def _run_jobs(
     (:mod:`xdc.data.jobs`), and the others go on."""
     if not todo:
         return
-    saved = time.monotonic()
+    saving = Every(save)  # so that an interrupted run can resume
 
     def finish(pair: tuple[str, str], result: dict) -> None:
-        nonlocal saved
         rows[pair[0]].update(result)
         progress.update()
-        if time.monotonic() - saved > SAVE_EVERY_S:
-            save()
-            saved = time.monotonic()
+        saving.maybe()
 
     with progress_bar(total=len(todo), desc="preparing", unit="file", show=show) as progress:
         run_jobs(
