@@ -113,7 +113,8 @@ def build_manifest(
     try:
         probe_files(list(todo), workers, probed, Every(save).maybe, show=ctx.main)
     finally:
-        save()
+        if todo or ctx.enabled:  # rank 0 joins the ranks' side files; alone, with nothing probed, there is no news
+            save()
     counts = gather_objects(len(todo), ctx)
 
     def finish() -> IndexSummary:
