@@ -98,6 +98,28 @@ def test_eval_clips_are_evenly_spaced_and_cover_every_video(collection):
     assert EvalClips(Manifest.from_rows(collection[:1]), small_cfg(), clips=1)[0]["start"] == pytest.approx(1.25)
 
 
+@pytest.mark.parametrize("modality", ["video", "audio"])
+def test_a_batch_of_eval_clips_opens_each_video_once_where_that_reads_the_same(collection, modality, monkeypatch):
+    """The DataLoader asks for a batch at once: a video's clips in it share one open of its file when only pictures
+    are read (read_clips), and the items are those read one by one, the broken file's failures included."""
+    from xdc.data import decode
+
+    opened = []
+    real_open = decode._open
+    monkeypatch.setattr(decode, "_open", lambda path: opened.append(path) or real_open(path))
+    ds = EvalClips(Manifest.from_rows(collection), small_cfg(missing_audio="zeros"), clips=3, modalities=(modality,))
+    alone = [ds[k] for k in range(len(ds))]
+    opened.clear()
+    batch = ds.__getitems__(list(range(len(ds))))
+    # junk.mp4 fails to open, and each of its clips tries again; the silent file's sound is zeros, never read
+    assert len(opened) == (4 + 3 if modality == "video" else 3 * 3 + 3)
+    assert [sorted(b) for b in batch] == [sorted(a) for a in alone]
+    for a, b in zip(alone, batch):
+        for key, value in a.items():
+            assert torch.equal(value, b[key]) if isinstance(value, torch.Tensor) else value == b[key], key
+    assert sum("failure" in b for b in batch) == 3  # junk.mp4's clips
+
+
 def test_missing_audio_policy(collection):
     manifest = Manifest.from_rows(collection[:4])
     skip = TrainClips(manifest, small_cfg(missing_audio="skip"))

@@ -10,7 +10,7 @@ import torch
 from conftest import frame_index, gray_frames, shared_data
 from xdc.config import ClipConfig, MelConfig
 from xdc.data.audio import LogMel
-from xdc.data.decode import DecodeError, read_clip
+from xdc.data.decode import DecodeError, read_clip, read_clips
 from xdc.data.encode import write_av
 from xdc.errors import UserError
 
@@ -240,6 +240,34 @@ def test_clips_after_a_seek_match_one_clip_read_from_the_start(name):
     for k in range(1, 40):
         clip = read_clip(path, k / 8, spec(frames=8, fps=8), audio=False).video
         np.testing.assert_array_equal(clip, whole[k : k + 8], err_msg=f"{name}: clip at {k / 8} s")
+
+
+@pytest.mark.parametrize("name", ["generated", "test.avi", "chaplin.mp4", "flipping_a_pancake.mkv"])
+def test_clips_read_with_one_open_are_the_clips_read_alone(tmp_path, name):
+    """read_clips reaches every clip after the first through a seek of the open file (which flushes its decoders):
+    the pictures of one read_clip each, B-frames and all. A clip that fails (past the end) is that clip's error and
+    the next one reads. With audio every clip opens the file afresh: AAC's decoder keeps state through a seek."""
+    if name == "generated":
+        path = str(tmp_path / "a.mp4")
+        write_av(path, gray_frames(64), 16, (0.3 * np.sin(np.arange(64000) / 5)).astype(np.float32), 16000)
+    else:
+        path = str(shared_data("media") / name)
+    starts, cfg = [0.0, 0.7, 1.3, 2.9, 60.0, 1.0], spec(frames=8, fps=8)
+    for audio in (False, True):
+        for start, got in zip(starts, read_clips(path, starts, cfg, audio=audio)):
+            try:
+                want = read_clip(path, start, cfg, audio=audio)
+            except DecodeError as e:
+                assert isinstance(got, DecodeError) and str(got) == str(e), (start, audio)
+                continue
+            assert not isinstance(got, DecodeError), (start, audio, got)
+            np.testing.assert_array_equal(got.video, want.video, err_msg=f"{name} at {start} s")
+            if audio:
+                np.testing.assert_array_equal(got.audio, want.audio, err_msg=f"{name} at {start} s")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 100)
+    errors = read_clips(str(junk), starts[:3], cfg)
+    assert all(isinstance(e, DecodeError) and str(e).startswith("InvalidDataError") for e in errors)
 
 
 def _frame_numbers(path: str) -> list[int]:

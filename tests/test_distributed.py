@@ -316,14 +316,14 @@ def _crash_worker(rank: int, world: int, port: int, manifest: Path, root: Path, 
     from xdc.data.datasets import _ClipDataset
     from xdc.training.pretrain import pretrain
 
-    read = _ClipDataset._clip_item
+    read = _ClipDataset._read_clips
 
-    def clip_item(self, i, start):  # a loader worker that reads the victim dies, as FFmpeg's crash would end it
+    def read_clips(self, i, starts):  # a loader worker that reads the victim dies, as FFmpeg's crash would end it
         if get_worker_info() and self.manifest.path(i) == victim:
             os.kill(os.getpid(), signal.SIGSEGV)
-        return read(self, i, start)
+        return read(self, i, starts)
 
-    _ClipDataset._clip_item = clip_item  # in this rank's process; its loader workers are forked from it
+    _ClipDataset._read_clips = read_clips  # in this rank's process; its loader workers are forked from it
     multiprocessing.set_start_method("fork", force=True)  # as under torchrun (mp.spawn left "spawn" set here)
     ctx = _join(rank, world, port)
     cfg = load_config(None, ["train.k=4", "train.batch_size=8", "train.rounds=2", "train.epochs=1",

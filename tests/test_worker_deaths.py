@@ -32,18 +32,18 @@ def crash_on(monkeypatch):
     """A worker that reads ``dataset.crash_on`` (a path) dies of SIGSEGV, as a decoder crash kills it (or of
     ``dataset.crash_signal``), once the file ``dataset.crash_when`` exists (from the start when unset); one that
     reads a path of ``dataset.sleep_on`` (path -> seconds) sleeps that long first, as a decoder in a loop would."""
-    read = _ClipDataset._clip_item
+    read = _ClipDataset._read_clips
 
-    def clip_item(self, i, start):
+    def read_clips(self, i, starts):
         when = getattr(self, "crash_when", None)
         if get_worker_info() and self.manifest.path(i) in getattr(self, "sleep_on", {}):
             time.sleep(self.sleep_on[self.manifest.path(i)])
         if get_worker_info() and self.manifest.path(i) == getattr(self, "crash_on", None):
             if when is None or os.path.exists(when):
                 os.kill(os.getpid(), getattr(self, "crash_signal", signal.SIGSEGV))
-        return read(self, i, start)
+        return read(self, i, starts)
 
-    monkeypatch.setattr(_ClipDataset, "_clip_item", clip_item)
+    monkeypatch.setattr(_ClipDataset, "_read_clips", read_clips)
 
 
 def _clips(manifest, *settings: str) -> EvalClips:
