@@ -20,12 +20,10 @@ from pathlib import Path
 import torch
 
 from common import report
-from train_step import synthetic_set
+from train_step import synthetic_manifest
 from xdc.config import load_config
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import EvalClips
-from xdc.data.index import build_manifest
-from xdc.data.manifest import Manifest
 
 
 def read_all(clips: EvalClips) -> float:
@@ -47,9 +45,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="xdc-bench-extract-cache-"))
     rows = []
     try:
-        folder = synthetic_set(cfg, tmp / "set", args.videos)
-        build_manifest([str(folder)], tmp / "m.csv")
-        manifest = Manifest.load(tmp / "m.csv")
+        manifest = synthetic_manifest(cfg, tmp, args.videos)
         for logmel_on in ("device", "workers"):
             clips = EvalClips(manifest, cfg.data, clips=1, raw_video=True, device_logmel=logmel_on == "device")
             clips[0]

@@ -68,6 +68,7 @@ from xdc.config import Config, DataConfig, SyntheticConfig, load_config
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader
 from xdc.data.index import build_manifest
+from xdc.data.manifest import Manifest
 from xdc.data.prepare import PrepareOptions, prepare
 from xdc.data.synthetic import make_synthetic
 from xdc.errors import UserError
@@ -241,6 +242,12 @@ def synthetic_set(cfg: Config, out: Path, videos: int, prepared: bool = True) ->
         first = summary.problems[0]
         raise UserError(f"xdc prepare failed on the synthetic set: {first['source']}: {first['reason']}")
     return out / "prepared"
+
+
+def synthetic_manifest(cfg: Config, folder: Path, videos: int) -> Manifest:
+    """The usable videos of ``synthetic_set`` (prepared) in ``folder``, indexed."""
+    build_manifest([str(synthetic_set(cfg, folder / "set", videos))], folder / "m.csv")
+    return Manifest.load(folder / "m.csv")
 
 
 def extraction(trainer: Pretrainer, args: argparse.Namespace, device: torch.device, workers: int, warmup: int,
