@@ -68,7 +68,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def _on_ranks(work: Callable[[Dist | None], T]) -> T:
     """``work(ctx)`` for a command that shares files out over torchrun's ranks (one per node, say: ``xdc.data.shares``)
     where torchrun started this process; ``work(None)`` otherwise, without importing torch."""
-    return _as_rank(work) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else work(None)
+    return _as_rank(work, gpus=False) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else work(None)
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
@@ -93,14 +93,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_rank(work: Callable[[Dist], T]) -> T:
+def _as_rank(work: Callable[[Dist], T], gpus: bool = True) -> T:
     """``work(ctx)`` as one rank of the torchrun job that started this process (its process group joined, and left
-    after the other ranks once ``work`` is done), or in a process alone."""
+    after the other ranks once ``work`` is done), or in a process alone. ``gpus``: see init_distributed."""
     from xdc.training.distributed import init_distributed, leave_distributed
 
     finished = False
     try:
-        result = work(init_distributed())
+        result = work(init_distributed(gpus))
         finished = True
     finally:
         leave_distributed(finished)

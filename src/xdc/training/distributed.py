@@ -41,10 +41,11 @@ class Dist:
         return self.world_size > 1
 
 
-def init_distributed() -> Dist:
-    """Join the process group that torchrun describes in the environment (NCCL on GPU, gloo on CPU)."""
+def init_distributed(gpus: bool = True) -> Dist:
+    """Join the process group that torchrun describes in the environment (NCCL on GPU, gloo on CPU). ``gpus``
+    false: gloo and the CPU even where there are GPUs (work on files: ``xdc index``, ``xdc prepare``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if torch.cuda.is_available():
+    if gpus and torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
