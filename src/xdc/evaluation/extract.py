@@ -109,7 +109,8 @@ def extract_features(
     done = broadcast_object(sorted(parts), ctx)
     if done and ctx.main:
         print(f"extract {encoder_name}: {len(done)} of {len(spans)} parts kept in {kept.folder}; computing the rest")
-    mine = [j for j in range(len(spans)) if j not in set(done)][ctx.rank :: ctx.world_size]
+    todo = sorted(set(range(len(spans))) - set(done))
+    mine = todo[ctx.rank :: ctx.world_size]
     work = [spans[j] for j in mine]
     for number, part in _embed(encoder, place, dataset, work, batch_size, cfg, workers, f"extract {encoder_name}", ctx):
         kept.add(mine[number], part)
@@ -154,12 +155,12 @@ def _write(out: Path, parts: list[dict], manifest: Manifest, item_of_row: np.nda
 
 
 PART_BATCHES = 256  # the most batches of a part: at most what a crash costs
-PARTS = 64  # parts of an extraction, at least, where that leaves 16 batches or more to a part: enough to share out
-# evenly over many GPUs, and no more files than that for a small extraction
 
 
 def _part_batches(batches: int) -> int:
-    return min(PART_BATCHES, max(16, -(-batches // PARTS)))
+    """Batches per part of an extraction of ``batches``: a 64th of them, for even shares over many GPUs; at least
+    16, so that a small extraction writes few files; at most PART_BATCHES."""
+    return min(PART_BATCHES, max(16, -(-batches // 64)))
 
 
 def _embed(encoder, place, dataset, spans, batch_size, cfg, workers, desc, ctx) -> Iterator[tuple[int, dict]]:
