@@ -228,6 +228,21 @@ def test_two_gloo_ranks_share_out_the_probes_and_write_one_manifest(media: Path,
     assert not list(tmp_path.glob(".*.rank*.csv"))
 
 
+def test_a_rank_whose_side_file_rank_0_cannot_see_is_a_user_error(tmp_path: Path) -> None:
+    """Ranks on machines that do not share --out's folder: rank 0 must not write a manifest without their rows."""
+    from types import SimpleNamespace
+
+    from xdc.data.shares import rank_file, this_run_files
+
+    out = tmp_path / "manifest.csv"
+    write_rows(rank_file(out, 0), [])
+    with pytest.raises(UserError, match=r"\.manifest\.csv\.rank1\.csv is missing: rank 1 wrote it; are .* on "
+                                        r"filesystems every rank sees"):  # fmt: skip
+        this_run_files(out, SimpleNamespace(world_size=2))
+    write_rows(rank_file(out, 1), [])
+    assert this_run_files(out, SimpleNamespace(world_size=2)) == [rank_file(out, 0), rank_file(out, 1)]
+
+
 def test_rows_made_by_other_checks_are_probed_again(collection: Path, tmp_path: Path) -> None:
     """The cache must not keep the verdicts of older checks (e.g. a cut Matroska file once passed as ok)."""
     out = tmp_path / "manifest.csv"

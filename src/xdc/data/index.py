@@ -21,7 +21,7 @@ import av
 from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import read_rows, write_rows
-from xdc.data.shares import Every, check_same_files, collectives, rank_file, rank_files
+from xdc.data.shares import Every, check_same_files, collectives, rank_file, rank_files, this_run_files
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
 from xdc.progress import progress_bar
@@ -120,7 +120,7 @@ def build_manifest(
     def finish() -> IndexSummary:
         every = rows
         if ctx.enabled:  # this run's side files: one of a run with more ranks may be left, and be older
-            every = {row["path"]: row for r in range(ctx.world_size) for row in read_rows(rank_file(out, r))}
+            every = {row["path"]: row for file in this_run_files(out, ctx) for row in read_rows(file)}
         summary = _write_manifest(out, every, label_index, collection, probed=sum(counts))
         for path in rank_files(out):
             path.unlink()

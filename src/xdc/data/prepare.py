@@ -29,7 +29,7 @@ from xdc.data.index import (
     Collection, LabelIndex, check_workers, find_media, init_worker, probe_file, stat_row,
 )  # fmt: skip
 from xdc.data.jobs import run_jobs
-from xdc.data.shares import Every, check_same_files, collectives, rank_file, rank_files
+from xdc.data.shares import Every, check_same_files, collectives, rank_file, rank_files, this_run_files
 from xdc.errors import UserError
 from xdc.progress import progress_bar
 
@@ -170,7 +170,8 @@ def prepare(
     summaries = gather_objects(_summarise(list(rows.values())), ctx)
 
     def finish() -> PrepareSummary:
-        every = _join_rank_reports(out, []) if ctx.enabled else rows  # every rank's rows, of the files listed now
+        # every rank's rows, of the files listed now
+        every = _join_rank_reports(out, [], this_run_files(report, ctx)) if ctx.enabled else rows
         summary = _add(summaries)
         if label_index is not None:
             summary.labelled = _write_labels(out / LABELS, every, label_index, collection)
@@ -185,16 +186,15 @@ def _start(out: Path, collection: Collection) -> None:
     _check_out(out, collection)
     report = out / REPORT
     if rank_files(report):
-        _join_rank_reports(out, read_report(report) if report.exists() else [])
+        _join_rank_reports(out, read_report(report) if report.exists() else [], rank_files(report))
     for leftover in out.rglob(PARTIAL_GLOB):
         leftover.unlink(missing_ok=True)
 
 
-def _join_rank_reports(out: Path, base: list[dict]) -> dict[str, dict]:
-    """Write ``base``'s rows, replaced and added to by those of the ranks' reports, as the report, then remove the
-    ranks' reports (a crash in between leaves them to be joined again); returns the rows by source."""
+def _join_rank_reports(out: Path, base: list[dict], ranks: list[Path]) -> dict[str, dict]:
+    """Write ``base``'s rows, replaced and added to by those of the ranks' reports ``ranks``, as the report, then
+    remove the ranks' reports (a crash in between leaves them to be joined again); returns the rows by source."""
     rows = {row["source"]: row for row in base}
-    ranks = rank_files(out / REPORT)
     for path in ranks:
         rows.update((row["source"], row) for row in read_report(path))
     write_report(out / REPORT, [row for _, row in sorted(rows.items())])

@@ -45,6 +45,16 @@ def rank_file(path: Path, rank: int | str) -> Path:
     return path.with_name(f".{path.name}.rank{rank}.csv")
 
 
+def this_run_files(path: Path, ctx: Dist) -> list[Path]:
+    """Every rank's side file of ``path`` in this run, for rank 0 to join; a UserError where one is missing."""
+    files = [rank_file(path, rank) for rank in range(ctx.world_size)]
+    for file in files:
+        if not file.exists():
+            raise UserError(f"{file} is missing: rank {files.index(file)} wrote it; are {path.parent} and the inputs "
+                            "on filesystems every rank sees?")  # fmt: skip
+    return files
+
+
 def rank_files(path: Path) -> list[Path]:
     """Every rank's side file of ``path`` there is, of this run or of one cut short."""
     return sorted(path.parent.glob(rank_file(path, "*").name))

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from xdc.config import Config, config_to_dict
+from xdc.errors import UserError
 from xdc.evaluation.adapters import Item
 from xdc.training import checkpoint
 
@@ -97,8 +98,9 @@ class KeptParts:
     def read(self, number: int) -> dict:
         """A part that this run added (another rank, under torchrun)."""
         saved, why = _read(self._path(number), self.identity)
-        if saved is None:
-            raise RuntimeError(why or f"{self._path(number)} is missing: is the folder on a filesystem all ranks see?")
+        if saved is None:  # the ranks' machines do not share the folder, or something else writes there
+            raise UserError(f"{why or f'{self._path(number)} is missing'}: another rank wrote it; is {self.folder} "
+                            "on a filesystem every rank sees, and used by this command alone?")  # fmt: skip
         return saved
 
     def clear(self) -> None:
