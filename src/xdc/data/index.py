@@ -7,11 +7,12 @@ surfacing as crashes during training. See docs/index.md for the columns, statuse
 from __future__ import annotations
 
 import csv
+import heapq
 import logging
 import os
 import stat
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ import av
 
 from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
-from xdc.data.manifest import read_rows, write_rows
+from xdc.data.manifest import iter_rows, read_rows, write_rows
 from xdc.data.shares import Every, check_same_files, collectives, rank_file, rank_files, this_run_files
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
@@ -118,9 +119,16 @@ def build_manifest(
     counts = gather_objects(len(todo), ctx)
 
     def finish() -> IndexSummary:
-        every = rows
-        if ctx.enabled:  # this run's side files: one of a run with more ranks may be left, and be older
-            every = {row["path"]: row for file in this_run_files(out, ctx) for row in read_rows(file)}
+        if ctx.enabled:  # this run's side files (one of a run with more ranks may be left, and be older), merged
+            files = this_run_files(out, ctx)  # as they stream: rank 0 never holds more than its own share of rows
+
+            def every() -> Iterator[dict]:
+                return heapq.merge(*(iter_rows(file) for file in files), key=lambda row: row["path"])
+        else:
+
+            def every() -> Iterator[dict]:
+                return (rows[p] for p in sorted(rows))
+
         summary = _write_manifest(out, every, label_index, collection, probed=sum(counts))
         for path in rank_files(out):
             path.unlink()
@@ -129,31 +137,36 @@ def build_manifest(
     return on_main(finish, ctx)
 
 
-def _write_manifest(out: Path, rows: dict[str, dict], label_index, collection, probed: int) -> IndexSummary:
-    labelled = None
+def _write_manifest(
+    out: Path, rows: Callable[[], Iterator[dict]], label_index: LabelIndex | None, collection: Collection, probed: int
+) -> IndexSummary:
+    """Write the manifest of ``rows()`` (sorted by path; called twice where labels are matched: once to count the
+    collection's names and stems), labelled, one row at a time."""
+    names = stems = None
     if label_index is not None:
-        names = Counter(Path(p).name for p in rows)
-        stems = Counter(Path(p).stem for p in rows)
-        for path, row in rows.items():
-            row["label"] = label_index.lookup(path, collection.roots, names, stems)
-        labelled = sum(1 for row in rows.values() if row["label"])
-    else:
-        for row in rows.values():
-            row["label"] = ""
+        names, stems = label_index.count_names(row["path"] for row in rows())
+    statuses: Counter = Counter()
+    labelled = 0
 
-    ordered = [rows[p] for p in sorted(rows)]
+    def labelled_rows() -> Iterator[dict]:
+        nonlocal labelled
+        for row in rows():
+            row["label"] = "" if names is None else label_index.lookup(row["path"], collection.roots, names, stems)
+            labelled += bool(row["label"])
+            statuses[row["status"]] += 1
+            yield row
+
     try:
-        write_rows(out, ordered)
+        write_rows(out, labelled_rows())
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
-    statuses = Counter(row["status"] for row in ordered)
     return IndexSummary(
-        files=len(ordered),
+        files=sum(statuses.values()),
         usable=statuses["ok"] + statuses["no_audio"],
         with_audio=statuses["ok"],
         unusable=statuses["error"],
         probed=probed,
-        labelled=labelled,
+        labelled=labelled if label_index is not None else None,
     )
 
 
@@ -535,6 +548,18 @@ class LabelIndex:
     @staticmethod
     def _add(table: dict[str, object], key: str, label: str) -> None:
         table[key] = label if table.get(key, label) == label else _AMBIGUOUS
+
+    def count_names(self, paths: Iterable[str]) -> tuple[Counter, Counter]:
+        """How many of ``paths`` have each basename and each stem that a label row names (``lookup``'s ``names`` and
+        ``stems``): only those, so that the counts take the labels' memory, not the collection's."""
+        names, stems = Counter(), Counter()
+        for path in paths:
+            p = PurePath(path)
+            if p.name in self.by_name:
+                names[p.name] += 1
+            if p.stem in self.by_stem:
+                stems[p.stem] += 1
+        return names, stems
 
     def lookup(self, path: str, roots: list[Path], names: Counter, stems: Counter) -> str:
         """The label of absolute ``path``; ``names``/``stems`` count the collection's basenames and stems,

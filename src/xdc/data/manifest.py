@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ COLUMNS = (
 STATUSES = ("ok", "no_audio", "error")
 
 
-def write_rows(path: str | Path, rows: list[dict]) -> None:
+def write_rows(path: str | Path, rows: Iterable[dict]) -> None:
     """Write manifest rows atomically (a reader never sees half a file)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -39,6 +40,11 @@ def write_rows(path: str | Path, rows: list[dict]) -> None:
 
 
 def read_rows(path: str | Path) -> list[dict]:
+    return list(iter_rows(path))
+
+
+def iter_rows(path: str | Path) -> Iterator[dict]:
+    """The rows of a manifest one at a time: a reader holds one row, however long the file."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -46,7 +52,7 @@ def read_rows(path: str | Path) -> list[dict]:
             missing = {"path", "status", "duration_s", "has_audio"} - set(reader.fieldnames or ())
             if missing:
                 raise UserError(f"{path} is not an xdc manifest (missing columns: {', '.join(sorted(missing))})")
-            return list(reader)
+            yield from reader
     except FileNotFoundError:
         raise UserError(f"manifest not found: {path}") from None
 

@@ -309,8 +309,7 @@ def _add(summaries: list[PrepareSummary]) -> PrepareSummary:
 def _write_labels(path: Path, rows: dict[str, dict], label_index: LabelIndex, collection: Collection) -> int:
     """Label the prepared files by their sources (the rules of xdc index) and write them with paths relative
     to the output folder: ``xdc index OUT --labels OUT/labels.csv`` then matches every one."""
-    names = Counter(Path(s).name for s in rows)
-    stems = Counter(Path(s).stem for s in rows)
+    names, stems = label_index.count_names(rows)
     labelled = []
     for source, row in sorted(rows.items()):
         label = label_index.lookup(source, collection.roots, names, stems)
