@@ -22,7 +22,7 @@ from xdc.cli import main
 from xdc.data import index
 from xdc.data.encode import write_av
 from xdc.data.index import IndexSummary, build_manifest
-from xdc.data.manifest import COLUMNS, read_rows, write_rows
+from xdc.data.manifest import COLUMNS, iter_rows, read_rows, write_rows
 from xdc.errors import UserError
 
 SHARED_MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "media"
@@ -241,6 +241,21 @@ def test_a_rank_whose_side_file_rank_0_cannot_see_is_a_user_error(tmp_path: Path
         this_run_files(out, SimpleNamespace(world_size=2))
     write_rows(rank_file(out, 1), [])
     assert this_run_files(out, SimpleNamespace(world_size=2)) == [rank_file(out, 0), rank_file(out, 1)]
+
+
+def test_side_files_merge_as_they_stream_the_later_file_winning(tmp_path: Path) -> None:
+    from xdc.data.shares import merged
+
+    base, rank0, rank1 = (tmp_path / f"{name}.csv" for name in ("base", "rank0", "rank1"))
+    write_rows(base, [{"path": p, "status": "error"} for p in ("a", "b", "c", "e")])
+    write_rows(rank0, [{"path": p, "status": "ok"} for p in ("b", "d")])
+    write_rows(rank1, [{"path": p, "status": "no_audio"} for p in ("a", "f")])
+    rows = list(merged([base, rank0, rank1], iter_rows, "path"))
+    assert [(r["path"], r["status"]) for r in rows] == [("a", "no_audio"), ("b", "ok"), ("c", "error"), ("d", "ok"),
+                                                         ("e", "error"), ("f", "no_audio")]  # fmt: skip
+    write_rows(rank0, [{"path": p, "status": "ok"} for p in ("d", "b")])  # edited by hand
+    with pytest.raises(UserError, match=r"rank0\.csv is not sorted by path"):
+        list(merged([base, rank0], iter_rows, "path"))
 
 
 def test_rows_made_by_other_checks_are_probed_again(collection: Path, tmp_path: Path) -> None:

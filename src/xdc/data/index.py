@@ -7,7 +7,6 @@ surfacing as crashes during training. See docs/index.md for the columns, statuse
 from __future__ import annotations
 
 import csv
-import heapq
 import logging
 import os
 import stat
@@ -21,8 +20,8 @@ import av
 
 from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
-from xdc.data.manifest import iter_rows, read_rows, write_rows
-from xdc.data.shares import Every, check_same_files, collectives, rank_file, rank_files, this_run_files
+from xdc.data.manifest import iter_rows, write_rows
+from xdc.data.shares import Every, check_same_files, collectives, merged, rank_file, rank_files, this_run_files
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
 from xdc.progress import progress_bar
@@ -84,14 +83,15 @@ def build_manifest(
     collection = find_media(paths)
     on_main(lambda: _check_out(out), ctx)
     check_same_files(collection.files, ctx, broadcast_object)
-    cache = {}
+    share = {path for n, path in enumerate(collection.files) if n % ctx.world_size == ctx.rank}
+    cache = {}  # of this rank's share: every rank holding every row would not scale
     for path in [out, *rank_files(out)] if out.exists() else rank_files(out):  # side files: newer than out
-        cache.update((row["path"], row) for row in read_rows(path))
+        cache.update((row["path"], row) for row in iter_rows(path) if row["path"] in share)
 
     rows: dict[str, dict] = {}
     todo: dict[str, dict] = {}
-    for n, path in enumerate(collection.files):
-        if n % ctx.world_size != ctx.rank:  # another rank's
+    for path in collection.files:
+        if path not in share:  # another rank's
             continue
         row = stat_row(path)
         cached = cache.get(path)
@@ -123,7 +123,7 @@ def build_manifest(
             files = this_run_files(out, ctx)  # as they stream: rank 0 never holds more than its own share of rows
 
             def every() -> Iterator[dict]:
-                return heapq.merge(*(iter_rows(file) for file in files), key=lambda row: row["path"])
+                return merged(files, iter_rows, "path")
         else:
 
             def every() -> Iterator[dict]:

@@ -15,6 +15,7 @@ import math
 import os
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
@@ -29,7 +30,7 @@ from xdc.data.index import (
     Collection, LabelIndex, check_workers, find_media, init_worker, probe_file, stat_row,
 )  # fmt: skip
 from xdc.data.jobs import run_jobs
-from xdc.data.shares import Every, check_same_files, collectives, rank_file, rank_files, this_run_files
+from xdc.data.shares import Every, check_same_files, collectives, merged, rank_file, rank_files, this_run_files
 from xdc.errors import UserError
 from xdc.progress import progress_bar
 
@@ -128,16 +129,19 @@ def prepare(
     on_main(lambda: _start(out, collection), ctx)
     check_same_files(collection.files, ctx, broadcast_object)
     report = out / REPORT
-    previous = {row["source"]: row for row in read_report(report)} if report.exists() else {}
+    plan = plan_outputs(collection)
+    share = {source for n, source in enumerate(plan) if n % ctx.world_size == ctx.rank}
+    # this rank's share of the earlier rows: every rank holding every row would not scale
+    previous = {row["source"]: row for row in iter_report(report) if row["source"] in share} if report.exists() else {}
 
     settings = options.key()
     rows: dict[str, dict] = {}
     todo: list[str] = []
     claimed: set[str] = set()
-    for n, (source, output) in enumerate(plan_outputs(collection).items()):
+    for source, output in plan.items():
         taken = output in claimed  # only when a name like clip.avi.mp4 is also a source's own name: never overwrite
         claimed.add(output)
-        if n % ctx.world_size != ctx.rank:  # another rank's
+        if source not in share:  # another rank's
             continue
         row = {"source": source, "output": output, "settings": settings, "seconds": 0.0, "duration_s": 0.0}
         found = stat_row(source)
@@ -170,10 +174,11 @@ def prepare(
     summaries = gather_objects(_summarise(list(rows.values())), ctx)
 
     def finish() -> PrepareSummary:
-        # every rank's rows, of the files listed now
-        every = _join_rank_reports(out, [], this_run_files(report, ctx)) if ctx.enabled else rows
+        if ctx.enabled:  # every rank's rows, of the files listed now
+            _join_rank_reports(report, this_run_files(report, ctx), with_base=False)
         summary = _add(summaries)
-        if label_index is not None:
+        if label_index is not None:  # from the whole report, as it streams, where the ranks made it
+            every = (lambda: iter_report(report)) if ctx.enabled else (lambda: (rows[s] for s in sorted(rows)))
             summary.labelled = _write_labels(out / LABELS, every, label_index, collection)
         return summary
 
@@ -186,21 +191,19 @@ def _start(out: Path, collection: Collection) -> None:
     _check_out(out, collection)
     report = out / REPORT
     if rank_files(report):
-        _join_rank_reports(out, read_report(report) if report.exists() else [], rank_files(report))
+        _join_rank_reports(report, rank_files(report), with_base=True)
     for leftover in out.rglob(PARTIAL_GLOB):
         leftover.unlink(missing_ok=True)
 
 
-def _join_rank_reports(out: Path, base: list[dict], ranks: list[Path]) -> dict[str, dict]:
-    """Write ``base``'s rows, replaced and added to by those of the ranks' reports ``ranks``, as the report, then
-    remove the ranks' reports (a crash in between leaves them to be joined again); returns the rows by source."""
-    rows = {row["source"]: row for row in base}
-    for path in ranks:
-        rows.update((row["source"], row) for row in read_report(path))
-    write_report(out / REPORT, [row for _, row in sorted(rows.items())])
+def _join_rank_reports(report: Path, ranks: list[Path], with_base: bool) -> None:
+    """Write the rows of ``report`` (``with_base``), replaced and added to by those of the ranks' reports ``ranks``,
+    as the report, merged as they stream (``merged``), then remove the ranks' reports (a crash in between leaves
+    them to be joined again)."""
+    files = [report] if with_base and report.exists() else []
+    write_report(report, merged([*files, *ranks], iter_report, "source"))
     for path in ranks:
         path.unlink()
-    return rows
 
 
 def _check_out(out: Path, collection: Collection) -> None:
@@ -240,7 +243,7 @@ def plan_outputs(collection: Collection) -> dict[str, str]:
 # --- the report --------------------------------------------------------------------------------------------
 
 
-def write_report(path: Path, rows: list[dict]) -> None:
+def write_report(path: Path, rows: Iterable[dict]) -> None:
     """Write the report atomically (a reader never sees half a file)."""
 
     def write(f) -> None:
@@ -267,13 +270,18 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def read_report(path: Path) -> list[dict]:
+    return list(iter_report(path))
+
+
+def iter_report(path: Path) -> Iterator[dict]:
+    """The rows of a report one at a time: a reader holds one row, however long the file."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             missing = set(COLUMNS) - set(reader.fieldnames or ())
             if missing:
                 raise UserError(f"{path} is not an xdc prepare report (missing columns: {', '.join(sorted(missing))})")
-            return list(reader)
+            yield from reader
     except UnicodeDecodeError:
         raise UserError(f"{path} is not an xdc prepare report (not UTF-8 text)") from None
     except OSError as e:
@@ -306,13 +314,16 @@ def _add(summaries: list[PrepareSummary]) -> PrepareSummary:
     return total
 
 
-def _write_labels(path: Path, rows: dict[str, dict], label_index: LabelIndex, collection: Collection) -> int:
+def _write_labels(
+    path: Path, rows: Callable[[], Iterator[dict]], label_index: LabelIndex, collection: Collection
+) -> int:
     """Label the prepared files by their sources (the rules of xdc index) and write them with paths relative
-    to the output folder: ``xdc index OUT --labels OUT/labels.csv`` then matches every one."""
-    names, stems = label_index.count_names(rows)
+    to the output folder: ``xdc index OUT --labels OUT/labels.csv`` then matches every one. ``rows()``: the report's
+    rows, sorted by source (called twice: once to count the names and stems the labels use)."""
+    names, stems = label_index.count_names(row["source"] for row in rows())
     labelled = []
-    for source, row in sorted(rows.items()):
-        label = label_index.lookup(source, collection.roots, names, stems)
+    for row in rows():
+        label = label_index.lookup(row["source"], collection.roots, names, stems)
         if row["status"] == "ok" and label:
             labelled.append((row["output"], label))
     _write_atomic(path, lambda f: csv.writer(f).writerows([("path", "label"), *labelled]))

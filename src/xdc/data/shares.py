@@ -5,8 +5,10 @@ joins at the end. A plain run is rank 0 of 1 and imports no torch (2 s and 600 M
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -58,6 +60,25 @@ def this_run_files(path: Path, ctx: Dist) -> list[Path]:
 def rank_files(path: Path) -> list[Path]:
     """Every rank's side file of ``path`` there is, of this run or of one cut short."""
     return sorted(path.parent.glob(rank_file(path, "*").name))
+
+
+def merged(files: list[Path], read: Callable[[Path], Iterator[dict]], key: str) -> Iterator[dict]:
+    """The rows of ``files`` (each sorted by ``key``, as xdc writes them) in one sorted stream, one row of each
+    file held at a time; of rows with the same key the one from the later file. A file out of order (edited by
+    hand) is a UserError rather than a join with rows twice."""
+
+    def ordered(n: int, path: Path) -> Iterator[tuple[str, int, dict]]:
+        last = None
+        for row in read(path):
+            if last is not None and row[key] < last:
+                raise UserError(f"{path} is not sorted by {key} (edited?): sort it, or delete it to start over")
+            last = row[key]
+            yield row[key], n, row
+
+    rows = heapq.merge(*(ordered(n, path) for n, path in enumerate(files)))
+    for _, group in itertools.groupby(rows, key=lambda item: item[0]):
+        *_, (_, _, row) = group
+        yield row
 
 
 class Every:
