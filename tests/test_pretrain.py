@@ -234,6 +234,46 @@ def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
             assert torch.equal(a[encoder][name], b[encoder][name]), f"{encoder}.{name} differs after resume"
 
 
+def test_a_run_killed_in_an_extraction_goes_on_after_its_kept_parts_bit_exact(manifest, tmp_path):
+    """Killed in round 1's extraction after it kept a part (a part per batch here, where a real one holds 256):
+    the resumed run computes only the rest, and ends with the weights of a run straight through."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_cli(manifest, straight), check=True, capture_output=True, env=env)
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys, time\nfrom xdc.training import checkpoint, pretrain\nfrom xdc.cli import main\n"
+        "pretrain.EXTRACTION_PART_BATCHES = 1\nadd = checkpoint.KeptParts.add\n"
+        "def add_then_wait(self, number, part):  # round 1's first part kept: the test kills the run here\n"
+        "    add(self, number, part)\n    if self.identity.startswith('round 1'):\n        time.sleep(60)\n"
+        "checkpoint.KeptParts.add = add_then_wait\nsys.exit(main(sys.argv[1:]))\n"
+    )  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(driver), *_cli(manifest, killed)[3:]], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    part = killed / "extract_parts" / "rank0" / "part-00000.pt"
+
+    def made_in() -> str:
+        try:
+            return load(part)["identity"]
+        except FileNotFoundError:  # none yet, or round 0's, gone with its round
+            return ""
+
+    deadline = time.time() + 120
+    while not made_in().startswith("round 1") and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert part.exists() and not (killed / "encoders.pt").exists(), "the run was not killed in round 1's extraction"
+    resumed = subprocess.run(_cli(manifest, killed, "--resume"), check=True, capture_output=True, env=env, text=True)
+    assert "round 1: extraction goes on after the parts kept in" in resumed.stdout
+    assert not (killed / "extract_parts").exists()
+    for name in ("round_000.npz", "round_001.npz"):
+        a, b = np.load(straight / "labels" / name), np.load(killed / "labels" / name)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    a, b = _final_weights(straight), _final_weights(killed)
+    assert all(torch.equal(a[e][name], b[e][name]) for e in a for name in a[e])
+
+
 def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
     """Same pseudo-labels, and the same parameters as one process accumulating the two ranks' half-batches; and
     the same run launched as two nodes of one rank each (torchrun --nnodes 2: LOCAL_RANK 0 and LOCAL_WORLD_SIZE 1

@@ -25,10 +25,11 @@ from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item
 from xdc.evaluation.device import EvalDevice, pick_device
-from xdc.evaluation.resume import KeptParts, identity
+from xdc.evaluation.resume import identity
 from xdc.models.encoders import build_encoder
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
+from xdc.training.checkpoint import KeptParts
 from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main
 from xdc.training.to_host import ToHost
 

@@ -1,23 +1,21 @@
 """Where a long evaluation keeps its progress, so that running the same command again after a crash continues it.
 Finetuning (:class:`SavedProgress`): a folder with the checkpoint of the last kept step (``last.pt``) and, once the
-test is done, the result (``result.pt``). Extraction (:class:`KeptParts`): a folder of the parts computed so far.
-Every file carries the settings that made it (:func:`identity`); a folder made with other settings is started
-over, with a note. Files are written atomically and read weights-only."""
+test is done, the result (``result.pt``). Extraction (:class:`xdc.training.checkpoint.KeptParts`): a folder of the
+parts computed so far. Every file carries the settings that made it (:func:`identity`); a folder made with other
+settings is started over, with a note. Files are written atomically and read weights-only."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import pickle
-import shutil
 import sys
 from pathlib import Path
 
 from xdc.config import Config, config_to_dict
-from xdc.errors import UserError
 from xdc.evaluation.adapters import Item
 from xdc.training import checkpoint
+from xdc.training.checkpoint import read_made_with
 
 
 def identity(run: Path, run_cfg: Config, items: list[Item], **settings) -> str:
@@ -66,58 +64,7 @@ class SavedProgress:
         self.checkpoint_path.unlink(missing_ok=True)
 
     def _load(self, path: Path) -> dict | None:
-        saved, why = _read(path, self.identity)
+        saved, why = read_made_with(path, self.identity)
         if why and not self.quiet:
             print(f"NOTE: {why}; starting over", file=sys.stderr)
         return saved
-
-
-class KeptParts:
-    """The parts of a long pass, kept as they are done (``xdc extract``): ``part-00000.pt``, ``part-00001.pt``, ... in
-    a folder, each a dict of tensors and lists, numbered by their place in the pass (not the order they were done)."""
-
-    def __init__(self, folder: Path, identity: str):
-        self.folder = Path(folder)
-        self.identity = identity
-
-    def load(self) -> dict[int, dict]:
-        """The parts an earlier run with the same settings kept, by number; a folder with any other is emptied."""
-        parts = {}
-        for path in sorted(self.folder.glob("part-*.pt")):
-            saved, why = _read(path, self.identity)
-            if why:
-                print(f"NOTE: {why}; starting over", file=sys.stderr)
-                self.clear()
-                return {}
-            parts[int(path.stem.split("-")[1])] = saved
-        return parts
-
-    def add(self, number: int, part: dict) -> None:
-        checkpoint.save_atomic({**part, "identity": self.identity}, self._path(number))
-
-    def read(self, number: int) -> dict:
-        """A part that this run added (another rank, under torchrun)."""
-        saved, why = _read(self._path(number), self.identity)
-        if saved is None:  # the ranks' machines do not share the folder, or something else writes there
-            raise UserError(f"{why or f'{self._path(number)} is missing'}: another rank wrote it; is {self.folder} "
-                            "on a filesystem every rank sees, and used by this command alone?")  # fmt: skip
-        return saved
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def _path(self, number: int) -> Path:
-        return self.folder / f"part-{number:05d}.pt"
-
-
-def _read(path: Path, identity: str) -> tuple[dict | None, str | None]:
-    """A file's contents if it exists, is whole and was made with ``identity``; else None, and why when it exists."""
-    if not path.exists():
-        return None, None
-    try:
-        saved = checkpoint.load(path)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # not a whole file
-        return None, f"{path} cannot be read ({type(e).__name__}: {e})"
-    if saved.get("identity") != identity:
-        return None, f"{path} was made with other settings (run, data, items or command options)"
-    return saved, None

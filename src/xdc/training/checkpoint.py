@@ -1,11 +1,16 @@
-"""Atomic checkpoint writes and weights-only loads."""
+"""Atomic checkpoint writes and weights-only loads, and the parts a long pass keeps as it goes."""
 
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
+import sys
 from pathlib import Path
 
 import torch
+
+from xdc.errors import UserError
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
@@ -24,3 +29,56 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 def load(path: str | Path) -> dict:
     # weights_only: a checkpoint is data, never code to run.
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_made_with(path: Path, identity: str) -> tuple[dict | None, str | None]:
+    """A file's contents if it exists, is whole and was made with ``identity`` (its ``identity`` key); else None,
+    and why when it exists."""
+    if not path.exists():
+        return None, None
+    try:
+        saved = load(path)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # not a whole file
+        return None, f"{path} cannot be read ({type(e).__name__}: {e})"
+    if saved.get("identity") != identity:
+        return None, f"{path} was made with other settings (run, data, items or command options)"
+    return saved, None
+
+
+class KeptParts:
+    """The parts of a long pass, kept as they are done (``xdc extract``, a pretraining round's extraction):
+    ``part-00000.pt``, ``part-00001.pt``, ... in a folder, each a dict of tensors and lists, numbered by their place
+    in the pass (not the order they were done), each tagged with the settings that made it."""
+
+    def __init__(self, folder: Path, identity: str):
+        self.folder = Path(folder)
+        self.identity = identity
+
+    def load(self) -> dict[int, dict]:
+        """The parts an earlier run with the same settings kept, by number; a folder with any other is emptied."""
+        parts = {}
+        for path in sorted(self.folder.glob("part-*.pt")):
+            saved, why = read_made_with(path, self.identity)
+            if why:
+                print(f"NOTE: {why}; starting over", file=sys.stderr)
+                self.clear()
+                return {}
+            parts[int(path.stem.split("-")[1])] = saved
+        return parts
+
+    def add(self, number: int, part: dict) -> None:
+        save_atomic({**part, "identity": self.identity}, self._path(number))
+
+    def read(self, number: int) -> dict:
+        """A part that this run added (another rank, under torchrun)."""
+        saved, why = read_made_with(self._path(number), self.identity)
+        if saved is None:  # the ranks' machines do not share the folder, or something else writes there
+            raise UserError(f"{why or f'{self._path(number)} is missing'}: another rank wrote it; is {self.folder} "
+                            "on a filesystem every rank sees, and used by this command alone?")  # fmt: skip
+        return saved
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _path(self, number: int) -> Path:
+        return self.folder / f"part-{number:05d}.pt"

@@ -16,8 +16,10 @@ Which features are clustered and which labels train which head is the method's t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -62,6 +64,7 @@ from xdc.models.encoders import LAYOUTS, build_encoder
 from xdc.models.heads import LinearHead
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
+from xdc.training.checkpoint import KeptParts
 from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_objects, gather_rows, on_main
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
@@ -333,6 +336,7 @@ class Pretrainer:
                 times["cluster_s"] = time.perf_counter() - t
                 self._new_heads()
                 self._save()
+                self._extraction_parts().clear()  # the round's labels are in the checkpoint
             t = time.perf_counter()
             epochs = cfg.epochs * (cfg.rounds if self.method.supervised else 1)
             while p.epoch < epochs:
@@ -362,6 +366,8 @@ class Pretrainer:
     def _finish(self) -> None:
         if self.eval_set.cache is not None:  # no later round will read it: give its disk back
             self.eval_set.cache.remove()
+        if self.ctx.main:  # each rank's parts went with its round; the folder that held them goes too
+            shutil.rmtree(self.out / "extract_parts", ignore_errors=True)
         ranks = gather_objects(self.failures.state(), self.ctx)  # every rank's failures: skipped.csv lists them all
         if self.ctx.main:
             failures = FailureLog(self.cfg.data.max_fail_fraction)
@@ -380,35 +386,57 @@ class Pretrainer:
     @torch.no_grad()
     def _extract(self) -> dict[str, torch.Tensor] | FeatureShard:
         """Features of every usable video, gathered in dataset order on rank 0 (NaN rows: failed clips; the other
-        ranks get None); with train.cluster_on=shards, only this rank's rows, which never leave it."""
+        ranks get None); with train.cluster_on=shards, only this rank's rows, which never leave it. Each rank keeps
+        its rows in parts as it goes (``_extraction_parts``): a run resumed in the middle of an extraction
+        computes only what no part holds."""
         clustered = self.method.clustered
         if not clustered:
             return {}
         self.encoders.eval()
-        shard = Subset(self.eval_set, range(self.ctx.rank, len(self.eval_set), self.ctx.world_size))
+        kept_parts = self._extraction_parts()
+        parts = _leading(kept_parts.load())
+        done = sum(part["positions"] for part in parts)  # of this rank's shard: whole batches
+        if parts:  # what the run had counted by then, the extraction's failures and files that killed a worker
+            self.failures.load_state(parts[-1]["failures"])
+            self.train_set.crashed.update(parts[-1]["crashed"])
+            if self.ctx.main:
+                print(f"round {self.progress.round}: extraction goes on after the parts kept in {kept_parts.folder} "
+                      f"({done} of this rank's videos)")  # fmt: skip
+        shard = Subset(self.eval_set, range(self.ctx.rank, len(self.eval_set), self.ctx.world_size)[done:])
         pin = self.ctx.device.type == "cuda"
         loader = make_loader(shard, self._batch_per_rank(), self.workers, pin_memory=pin)
-        rows = {e: ToHost() for e in clustered}  # one wait for the device per group of batches, not per batch
-        indices, kept = [], 0
+        part = _ExtractionPart(clustered, self.feature_dims)
         desc = f"round {self.progress.round}: extract"
         with self._cache_pass():
             for batch in progress_bar(Surviving(loader), desc=desc, unit="batch", show=self.ctx.main, leave=False):
                 self.failures.update(batch)
-                if batch["index"].numel() == 0:
-                    continue
-                indices.append(batch["index"])
-                kept += int(batch["kept"].sum()) if "kept" in batch else 0
-                for e, features in self._embed(batch, clustered).items():
-                    rows[e].add(features)
+                part.positions += batch["size"]
+                part.batches += 1
+                if batch["index"].numel():
+                    part.add(batch, self._embed(batch, clustered))
+                if part.batches == EXTRACTION_PART_BATCHES:
+                    parts.append(part.kept(self.failures, self.train_set.crashed))
+                    kept_parts.add(len(parts) - 1, parts[-1])
+                    part = _ExtractionPart(clustered, self.feature_dims)
+        parts.append(part.kept(self.failures, self.train_set.crashed))
         self.encoders.train()
         if self.cfg.train.extract_cache:  # every rank, whether its own cache could open or not
-            self.kept_clips = global_count(kept, self.ctx.device)  # clips read back, all ranks: the round's log
-        index = torch.cat(indices) if indices else torch.empty(0, dtype=torch.long)
+            cached = sum(p["cached"] for p in parts)
+            self.kept_clips = global_count(cached, self.ctx.device)  # clips read back, all ranks: the round's log
+        index = _joined([p["index"] for p in parts])
         # one encoder at a time, each one's pieces dropped once joined: never all features twice
-        mine = {e: rows.pop(e).result(torch.empty(0, self.feature_dims[e])) for e in clustered}
+        mine = {e: _joined([p["features"].pop(e) for p in parts]) for e in clustered}
         if self.cfg.train.cluster_on == "shards":
             return FeatureShard(index.numpy(), mine)
-        return {e: gather_rows(v, index, len(self.videos), self.ctx) for e, v in mine.items()}
+        return {e: gather_rows(mine.pop(e), index, len(self.videos), self.ctx) for e in clustered}
+
+    def _extraction_parts(self) -> KeptParts:
+        """Where this rank keeps the parts of this round's extraction (``extract_parts/`` in the run folder), made
+        with this round's weights (its global step) and shard (rank, ranks, batch): with other ones, a run starts
+        the extraction over."""
+        made = (f"round {self.progress.round} step {self.progress.global_step} rank {self.ctx.rank} of "
+                f"{self.ctx.world_size} batch {self._batch_per_rank()}")  # fmt: skip
+        return KeptParts(self.out / "extract_parts" / f"rank{self.ctx.rank}", made)
 
     def _embed(self, batch: dict, encoders: list[str]) -> dict[str, torch.Tensor]:
         """Features of a batch of evaluation clips from each of ``encoders`` (in eval mode), on the device: computed
@@ -803,6 +831,43 @@ class Pretrainer:
         elif ranks and self.ctx.main:  # another number of ranks: rank 0 carries on the count
             self.failures.merge([r["failures"] for r in ranks])
         barrier(self.ctx)
+
+
+EXTRACTION_PART_BATCHES = 256  # batches of a kept part of a round's extraction: at most what a crash costs there
+
+
+class _ExtractionPart:
+    """What a stretch of a rank's extraction computed: each encoder's features (on the device until kept), the
+    videos' indices, the clips read back from train.extract_cache (cached), and the shard's positions it covers."""
+
+    def __init__(self, encoders: list[str], dims: dict[str, int]):
+        self.features = {e: ToHost() for e in encoders}  # one wait for the device per group of batches
+        self.dims = dims
+        self.indices: list[torch.Tensor] = []
+        self.cached = self.positions = self.batches = 0
+
+    def add(self, batch: dict, features: dict[str, torch.Tensor]) -> None:
+        self.indices.append(batch["index"])
+        self.cached += int(batch["kept"].sum()) if "kept" in batch else 0
+        for e, rows in features.items():
+            self.features[e].add(rows)
+
+    def kept(self, failures: FailureLog, crashed: dict[str, str]) -> dict:
+        """As a part file holds it (tensors, weights-only), with the run's failures and crashed files by its end."""
+        return {
+            "features": {e: rows.result(torch.empty(0, self.dims[e])) for e, rows in self.features.items()},
+            "index": torch.cat(self.indices) if self.indices else torch.empty(0, dtype=torch.long),
+            "cached": self.cached, "positions": self.positions, "failures": failures.state(), "crashed": dict(crashed),
+        }  # fmt: skip
+
+
+def _joined(pieces: list[torch.Tensor]) -> torch.Tensor:
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _leading(parts: dict[int, dict]) -> list[dict]:
+    """Parts 0, 1, ... up to the first missing one: a rank writes them in order, so there is none after a gap."""
+    return list(itertools.takewhile(lambda part: part is not None, (parts.get(n) for n in range(len(parts) + 1))))
 
 
 def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist) -> Path:
