@@ -235,7 +235,7 @@ def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
 
 
 def test_a_run_killed_in_an_extraction_goes_on_after_its_kept_parts_bit_exact(manifest, tmp_path):
-    """Killed in round 1's extraction after it kept a part (a part per batch here, where a real one holds 256):
+    """Killed in round 1's extraction after it kept a part (a part per batch here, where a real one is 5 minutes):
     the resumed run computes only the rest, and ends with the weights of a run straight through."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -243,7 +243,7 @@ def test_a_run_killed_in_an_extraction_goes_on_after_its_kept_parts_bit_exact(ma
     driver = tmp_path / "driver.py"
     driver.write_text(
         "import sys, time\nfrom xdc.training import checkpoint, pretrain\nfrom xdc.cli import main\n"
-        "pretrain.EXTRACTION_PART_BATCHES = 1\nadd = checkpoint.KeptParts.add\n"
+        "pretrain.EXTRACTION_PART_S = 0\nadd = checkpoint.KeptParts.add\n"
         "def add_then_wait(self, number, part):  # round 1's first part kept: the test kills the run here\n"
         "    add(self, number, part)\n    if self.identity.startswith('round 1'):\n        time.sleep(60)\n"
         "checkpoint.KeptParts.add = add_then_wait\nsys.exit(main(sys.argv[1:]))\n"
