@@ -50,13 +50,24 @@ def load_run_encoder(run: str | Path, name: str) -> tuple[nn.Module, str, Config
     return encoder.eval(), modality, cfg
 
 
-def items_to_manifest(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manifest, np.ndarray, list]:
-    """Manifest rows for the items that ``modality`` can read; returns (manifest, item index per row, skipped)."""
-    paths = sorted({item.path for item in items})
-    probe_cache.parent.mkdir(parents=True, exist_ok=True)
+def items_to_manifest(
+    items: list[Item], probe_cache: Path, modality: str, ctx: Dist | None = None
+) -> tuple[Manifest, np.ndarray, list]:
+    """Manifest rows for the items that ``modality`` can read; returns (manifest, item index per row, skipped).
+    Under torchrun (``ctx``) the ranks share out the probes (``xdc index``'s way) and every rank gets the result."""
+    ctx = ctx or Dist()
     listing = probe_cache.with_suffix(".txt")
-    listing.write_text("\n".join(paths) + "\n")
-    build_manifest([str(listing)], probe_cache)
+
+    def write_listing() -> None:
+        probe_cache.parent.mkdir(parents=True, exist_ok=True)
+        listing.write_text("\n".join(sorted({item.path for item in items})) + "\n")
+
+    on_main(write_listing, ctx)
+    build_manifest([str(listing)], probe_cache, ctx=ctx if ctx.enabled else None)
+    return broadcast_object(on_main(lambda: _usable(items, probe_cache, modality), ctx), ctx)
+
+
+def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manifest, np.ndarray, list]:
     probes = {row["path"]: row for row in read_rows(probe_cache)}
     rows, kept, skipped = [], [], []
     for i, item in enumerate(items):
@@ -83,17 +94,15 @@ def extract_features(
     """Embed every clip of ``items`` on ``device`` (xdc.evaluation.device); writes ``out`` (.npz) and returns a
     summary. The clips are cut into parts (``_part_batches``) kept in ``OUT.parts/`` as they are done: the same call
     made again after a crash computes only the missing parts, and the folder goes once ``out`` is written. Under
-    torchrun (``ctx``) the ranks share out the parts, rank 0 alone probes, joins the parts, writes and returns
-    the summary (None on the others); ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
+    torchrun (``ctx``) the ranks share out the probes and the parts; rank 0 joins the parts, writes and returns the
+    summary (None on the others); ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
     ctx = ctx or Dist()
     out = Path(out)
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
     cfg = cfg or run_cfg
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), cfg, modality)
     encoder = place.module(encoder)
-    probe = out.with_name(out.stem + ".probe.csv")
-    manifest, item_of_row, skipped = broadcast_object(on_main(lambda: items_to_manifest(items, probe, modality), ctx),
-                                                      ctx)  # fmt: skip
+    manifest, item_of_row, skipped = items_to_manifest(items, out.with_name(out.stem + ".probe.csv"), modality, ctx)
     if len(manifest) == 0:
         raise UserError(f"none of the {len(items)} items has a readable {modality} stream")
     dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,), raw_video=True,

@@ -38,7 +38,7 @@ from xdc.evaluation.extract import items_to_manifest, load_run_encoder
 from xdc.evaluation.metrics import average_by_group, topk_accuracy
 from xdc.evaluation.resume import SavedProgress, identity
 from xdc.progress import progress_bar
-from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main
+from xdc.training.distributed import Dist, gather_objects
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
@@ -72,10 +72,9 @@ def finetune(
             return result if ctx.main else None
     data_cfg = run_cfg.data
     train_items, test_items = split_items(items, "train"), split_items(items, "test")
-    # probed once, by rank 0 (the probes' cache is one file), then handed to the others
-    probed = on_main(lambda: (items_to_manifest(train_items, work / "train.probe.csv", modality),
-                              items_to_manifest(test_items, work / "test.probe.csv", modality)), ctx)  # fmt: skip
-    (train, _, skipped), (test, test_rows, test_skipped) = broadcast_object(probed, ctx)
+    # probed once, the ranks sharing out the probes, and handed to every rank
+    train, _, skipped = items_to_manifest(train_items, work / "train.probe.csv", modality, ctx)
+    test, test_rows, test_skipped = items_to_manifest(test_items, work / "test.probe.csv", modality, ctx)
     classes = train.classes
     if len(classes) < 2 or len(test) == 0:
         raise UserError(f"finetuning needs >= 2 classes in 'train' and a 'test' split ({len(classes)}, {len(test)})")
