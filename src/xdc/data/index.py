@@ -21,7 +21,7 @@ import av
 from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import iter_rows, write_rows
-from xdc.data.shares import Every, check_same_files, collectives, merged, rank_file, rank_files, this_run_files
+from xdc.data.shares import Every, collectives, merged, my_share, rank_file, rank_files, this_run_files
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
 from xdc.progress import progress_bar
@@ -82,8 +82,7 @@ def build_manifest(
     label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
     collection = find_media(paths)
     on_main(lambda: _check_out(out), ctx)
-    check_same_files(collection.files, ctx, broadcast_object)
-    share = {path for n, path in enumerate(collection.files) if n % ctx.world_size == ctx.rank}
+    share = my_share(collection.files, ctx, broadcast_object)
     cache = {}  # of this rank's share: every rank holding every row would not scale
     for path in [out, *rank_files(out)] if out.exists() else rank_files(out):  # side files: newer than out
         cache.update((row["path"], row) for row in iter_rows(path) if row["path"] in share)
@@ -119,16 +118,10 @@ def build_manifest(
     counts = gather_objects(len(todo), ctx)
 
     def finish() -> IndexSummary:
-        if ctx.enabled:  # this run's side files (one of a run with more ranks may be left, and be older), merged
-            files = this_run_files(out, ctx)  # as they stream: rank 0 never holds more than its own share of rows
-
-            def every() -> Iterator[dict]:
-                return merged(files, iter_rows, "path")
-        else:
-
-            def every() -> Iterator[dict]:
-                return (rows[p] for p in sorted(rows))
-
+        # this run's side files (one of a run with more ranks may be left, and be older), merged as they stream:
+        # rank 0 never holds more than its own share of rows
+        files = this_run_files(out, ctx) if ctx.enabled else []
+        every = (lambda: merged(files, iter_rows, "path")) if files else (lambda: (rows[p] for p in sorted(rows)))
         summary = _write_manifest(out, every, label_index, collection, probed=sum(counts))
         for path in rank_files(out):
             path.unlink()

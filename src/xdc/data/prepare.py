@@ -30,7 +30,7 @@ from xdc.data.index import (
     Collection, LabelIndex, check_workers, find_media, init_worker, probe_file, stat_row,
 )  # fmt: skip
 from xdc.data.jobs import run_jobs
-from xdc.data.shares import Every, check_same_files, collectives, merged, rank_file, rank_files, this_run_files
+from xdc.data.shares import Every, collectives, merged, my_share, rank_file, rank_files, this_run_files
 from xdc.errors import UserError
 from xdc.progress import progress_bar
 
@@ -127,10 +127,9 @@ def prepare(
     collection = find_media(paths)
     out = Path(out).expanduser().resolve()
     on_main(lambda: _start(out, collection), ctx)
-    check_same_files(collection.files, ctx, broadcast_object)
+    share = my_share(collection.files, ctx, broadcast_object)  # the plan's sources, in the same order
     report = out / REPORT
     plan = plan_outputs(collection)
-    share = {source for n, source in enumerate(plan) if n % ctx.world_size == ctx.rank}
     # this rank's share of the earlier rows: every rank holding every row would not scale
     previous = {row["source"]: row for row in iter_report(report) if row["source"] in share} if report.exists() else {}
 

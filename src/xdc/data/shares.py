@@ -33,13 +33,14 @@ def collectives(ctx: Dist | None) -> tuple:
     return ALONE, (lambda work, _: work()), (lambda obj, _: obj), (lambda obj, _: [obj])
 
 
-def check_same_files(files: list[str] | dict[str, None], ctx: Dist, broadcast_object: Callable) -> None:
-    """Every rank must share out the same list: one that listed other files (a file added meanwhile, another
-    mount) would do some twice and others never."""
+def my_share(files: list[str] | dict[str, None], ctx: Dist, broadcast_object: Callable) -> set[str]:
+    """This rank's files: every W-th of ``files``, starting at its rank. Every rank must share out the same list:
+    one that listed other files (a file added meanwhile, another mount) would do some twice and others never."""
     digest = hashlib.sha256("\n".join(files).encode()).hexdigest()
     if broadcast_object(digest, ctx) != digest:
         raise UserError(f"rank {ctx.rank} found other input files than rank 0 ({len(files)} files): are the inputs "
                         "on a filesystem every rank sees, and unchanged during the run?")  # fmt: skip
+    return {path for n, path in enumerate(files) if n % ctx.world_size == ctx.rank}
 
 
 def rank_file(path: Path, rank: int | str) -> Path:

@@ -63,7 +63,7 @@ def items_to_manifest(
         listing.write_text("\n".join(sorted({item.path for item in items})) + "\n")
 
     on_main(write_listing, ctx)
-    build_manifest([str(listing)], probe_cache, ctx=ctx if ctx.enabled else None)
+    build_manifest([str(listing)], probe_cache, ctx=ctx)
     return broadcast_object(on_main(lambda: _usable(items, probe_cache, modality), ctx), ctx)
 
 
