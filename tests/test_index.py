@@ -225,7 +225,7 @@ def test_two_gloo_ranks_share_out_the_probes_and_write_one_manifest(media: Path,
     assert done.stdout.count("8 files: 3 usable (2 with audio), 5 unusable") == 1  # rank 0 says it
     assert "2 of 8 files labelled" in done.stdout
     assert ddp.read_text() == single.read_text()
-    assert not list(tmp_path.glob(".*.rank*.csv"))
+    assert not list(tmp_path.glob(".*.rank*.csv")) and not list(tmp_path.glob(".*.share*"))
 
 
 def test_a_rank_whose_side_file_rank_0_cannot_see_is_a_user_error(tmp_path: Path) -> None:
@@ -241,6 +241,40 @@ def test_a_rank_whose_side_file_rank_0_cannot_see_is_a_user_error(tmp_path: Path
         this_run_files(out, SimpleNamespace(world_size=2))
     write_rows(rank_file(out, 1), [])
     assert this_run_files(out, SimpleNamespace(world_size=2)) == [rank_file(out, 0), rank_file(out, 1)]
+
+
+def test_rank_0_lists_once_and_hands_each_rank_its_share_in_a_file(tmp_path: Path) -> None:
+    """Under torchrun only rank 0 walks the inputs; each rank reads back every W-th entry, names no text file
+    could hold on a line (a newline, bytes that are not UTF-8) included, and nothing else."""
+    from types import SimpleNamespace
+
+    from xdc.data.shares import my_share, remove_share_files, share_file
+
+    out = tmp_path / "manifest[1].csv"  # glob's brackets in the name: left-over share files are still found
+    stale = share_file(out, 5)
+    stale.write_text('"of a run with 6 ranks"\n')
+    odd = ["/v/a.mp4", "/v/line\nbreak.mp4", "/v/\udcff.mp4", "/v/d.mp4", "/v/e.mp4"]
+    listed = []
+
+    def listing() -> list[str]:
+        listed.append(True)
+        return odd
+
+    def rank(n: int) -> SimpleNamespace:
+        return SimpleNamespace(rank=n, world_size=2, main=n == 0, enabled=True)
+
+    def only_rank_0_works(work, ctx) -> None:
+        if ctx.main:
+            work()
+
+    assert my_share(listing, out, rank(0), only_rank_0_works) == odd[0::2]
+    assert my_share(listing, out, rank(1), only_rank_0_works) == odd[1::2]
+    assert len(listed) == 1 and not stale.exists()
+    remove_share_files(out)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(UserError, match=r"share1\.jsonl is missing: rank 0 wrote it; is .* on a filesystem every "
+                                        r"rank sees"):  # fmt: skip
+        my_share(listing, out, rank(1), only_rank_0_works)
 
 
 def test_side_files_merge_as_they_stream_the_later_file_winning(tmp_path: Path) -> None:

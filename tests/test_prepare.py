@@ -255,7 +255,7 @@ def test_two_gloo_ranks_share_out_the_files_and_make_one_report(prepared, source
 
     assert rows(out) == rows(single)
     assert (out / "labels.csv").read_text() == (single / "labels.csv").read_text()
-    assert not list(out.glob(".prepared.csv.rank*")) and not list(out.rglob("*.partial.mp4"))
+    assert not list(out.glob(".prepared.csv.*")) and not list(out.rglob("*.partial.mp4"))
     for name in ("wide.mp4", "sub/odd.mp4", "silent.wav.mp4"):
         assert _streams(out / name) == _streams(single / name)
 

@@ -21,7 +21,9 @@ import av
 from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import iter_rows, write_rows
-from xdc.data.shares import Every, collectives, merged, my_share, rank_file, rank_files, this_run_files
+from xdc.data.shares import (
+    Every, collectives, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
+)  # fmt: skip
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
 from xdc.progress import progress_bar
@@ -74,24 +76,30 @@ def build_manifest(
 
     The rows probed so far are kept in a side file (``.OUT.rank0.csv``) as the probes go, so that a run cut short
     loses at most a few seconds of probing: the next run reuses them as it reuses ``out``'s rows. Under torchrun
-    (``ctx``) every rank lists the inputs, probes every W-th file and keeps its own side file; rank 0 joins them,
-    labels the rows, writes ``out`` and returns the summary (the other ranks None)."""
-    ctx, on_main, broadcast_object, gather_objects = collectives(ctx)
+    (``ctx``) rank 0 lists the inputs, every rank probes every W-th file and keeps its own side file; rank 0 joins
+    them, labels the rows, writes ``out`` and returns the summary (the other ranks None)."""
+    ctx, on_main, _, gather_objects = collectives(ctx)
     out = Path(out)
     workers = check_workers(workers)
     label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
-    collection = find_media(paths)
-    on_main(lambda: _check_out(out), ctx)
-    share = my_share(collection.files, ctx, broadcast_object)
+    check_paths(paths)  # on every rank: rank 0 alone lists what is under them
+    collection = None  # rank 0's
+
+    def listing() -> list[str]:
+        nonlocal collection
+        collection = find_media(paths)
+        _check_out(out)
+        return list(collection.files)
+
+    share = my_share(listing, out, ctx, on_main)
+    mine = set(share)
     cache = {}  # of this rank's share: every rank holding every row would not scale
     for path in [out, *rank_files(out)] if out.exists() else rank_files(out):  # side files: newer than out
-        cache.update((row["path"], row) for row in iter_rows(path) if row["path"] in share)
+        cache.update((row["path"], row) for row in iter_rows(path) if row["path"] in mine)
 
     rows: dict[str, dict] = {}
     todo: dict[str, dict] = {}
-    for path in collection.files:
-        if path not in share:  # another rank's
-            continue
+    for path in share:
         row = stat_row(path)
         cached = cache.get(path)
         if "status" in row:
@@ -102,10 +110,10 @@ def build_manifest(
             rows[path] = dict(cached)
         else:
             todo[path] = row
-    mine = rank_file(out, ctx.rank)
+    side = rank_file(out, ctx.rank)
 
     def save() -> None:
-        write_rows(mine, [rows[p] for p in sorted(rows)])
+        write_rows(side, [rows[p] for p in sorted(rows)])
 
     def probed(path: str, probe: dict) -> None:
         rows[path] = {**todo[path], **probe, "probe": PROBE_VERSION}
@@ -125,6 +133,7 @@ def build_manifest(
         summary = _write_manifest(out, every, label_index, collection, probed=sum(counts))
         for path in rank_files(out):
             path.unlink()
+        remove_share_files(out)
         return summary
 
     return on_main(finish, ctx)
@@ -230,6 +239,12 @@ def find_media(paths: list[str]) -> Collection:
     return collection
 
 
+def check_paths(paths: list[str]) -> None:
+    for arg in paths:
+        if not Path(arg).expanduser().exists():
+            raise UserError(f"path not found: {arg}")
+
+
 def read_file_list(path: Path) -> list[Path]:
     """Entries of a list file, resolved (relative entries against the list's folder)."""
     try:
@@ -245,7 +260,8 @@ def read_file_list(path: Path) -> list[Path]:
         raise UserError(f"{path}: not a text list of files (not UTF-8)") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    return [(path.parent / Path(e.strip()).expanduser()).resolve() for e in entries if e.strip()]
+    # realpath, not Path.resolve: a link in a loop stays as it is (an error row) rather than raise
+    return [Path(os.path.realpath(path.parent / Path(e.strip()).expanduser())) for e in entries if e.strip()]
 
 
 # --- probing -----------------------------------------------------------------------------------------------

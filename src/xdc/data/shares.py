@@ -1,12 +1,13 @@
-"""A collection's files shared out over the ranks of a torchrun job (``xdc index``, ``xdc prepare``): every rank
-lists the inputs and takes every W-th file; each keeps its rows in a side file of its own as it goes, which rank 0
-joins at the end. A plain run is rank 0 of 1 and imports no torch (2 s and 600 MB more in every run)."""
+"""A collection's files shared out over the ranks of a torchrun job (``xdc index``, ``xdc prepare``): rank 0 lists
+the inputs and hands every rank every W-th file; each keeps its rows in a side file of its own as it goes, which
+rank 0 joins at the end. A plain run is rank 0 of 1 and imports no torch (2 s and 600 MB more in every run)."""
 
 from __future__ import annotations
 
-import hashlib
+import glob
 import heapq
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,14 +34,49 @@ def collectives(ctx: Dist | None) -> tuple:
     return ALONE, (lambda work, _: work()), (lambda obj, _: obj), (lambda obj, _: [obj])
 
 
-def my_share(files: list[str] | dict[str, None], ctx: Dist, broadcast_object: Callable) -> set[str]:
-    """This rank's files: every W-th of ``files``, starting at its rank. Every rank must share out the same list:
-    one that listed other files (a file added meanwhile, another mount) would do some twice and others never."""
-    digest = hashlib.sha256("\n".join(files).encode()).hexdigest()
-    if broadcast_object(digest, ctx) != digest:
-        raise UserError(f"rank {ctx.rank} found other input files than rank 0 ({len(files)} files): are the inputs "
-                        "on a filesystem every rank sees, and unchanged during the run?")  # fmt: skip
-    return {path for n, path in enumerate(files) if n % ctx.world_size == ctx.rank}
+def my_share(listing: Callable[[], list], path: Path, ctx: Dist, on_main: Callable) -> list:
+    """This rank's entries of the collection's ``listing()`` (JSON values, e.g. paths): every W-th, starting at its
+    rank. Rank 0 alone lists: a walk of millions of files once, not once per rank on the same filesystem, and
+    every rank shares out the same list. It writes each rank's share to a hidden file beside ``path``, which that
+    rank reads back, so no other rank holds more than its share of the listing."""
+    if not ctx.enabled:
+        return listing()
+
+    def write() -> None:
+        remove_share_files(path)  # of a run cut short, perhaps with more ranks
+        entries = listing()
+        for rank in range(ctx.world_size):
+            _write_lines(share_file(path, rank), (json.dumps(entry) for entry in entries[rank :: ctx.world_size]))
+
+    on_main(write, ctx)
+    mine = share_file(path, ctx.rank)
+    try:
+        with open(mine, encoding="ascii") as f:
+            return [json.loads(line) for line in f]
+    except FileNotFoundError:
+        raise UserError(f"{mine} is missing: rank 0 wrote it; is {path.parent} on a filesystem every rank "
+                        "sees?") from None  # fmt: skip
+
+
+def share_file(path: Path, rank: int | str) -> Path:
+    """The file in which rank 0 hands a rank its share of the listing (hidden, as the side files)."""
+    return path.with_name(f".{path.name}.share{rank}.jsonl")
+
+
+def remove_share_files(path: Path) -> None:
+    for file in _of_every_rank(path, share_file):
+        file.unlink()
+
+
+def _write_lines(path: Path, lines: Iterator[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="ascii") as f:  # json.dumps escapes the rest, undecodable names' bytes too
+            for line in lines:
+                f.write(line + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def rank_file(path: Path, rank: int | str) -> Path:
@@ -60,7 +96,13 @@ def this_run_files(path: Path, ctx: Dist) -> list[Path]:
 
 def rank_files(path: Path) -> list[Path]:
     """Every rank's side file of ``path`` there is, of this run or of one cut short."""
-    return sorted(path.parent.glob(rank_file(path, "*").name))
+    return _of_every_rank(path, rank_file)
+
+
+def _of_every_rank(path: Path, name: Callable[[Path, str], Path]) -> list[Path]:
+    """The files ``name(path, rank)`` there are, of any rank (``path``'s name may hold glob's [ ] * ?)."""
+    before, after = name(path, "\0").name.split("\0")
+    return sorted(path.parent.glob(glob.escape(before) + "*" + glob.escape(after)))
 
 
 def merged(files: list[Path], read: Callable[[Path], Iterator[dict]], key: str) -> Iterator[dict]:
