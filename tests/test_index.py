@@ -491,3 +491,28 @@ def test_hidden_files_and_folders_are_not_indexed(collection: Path, tmp_path: Pa
     build_manifest([str(collection)], out, workers=1)
     assert not any(name.startswith(".") or "/.cache/" in row["path"] for name, row in _rows(out).items())
     assert len(_rows(out)) == 8
+
+
+def test_links_are_followed_to_files_but_not_into_folders_and_a_loop_is_an_error_row(tmp_path: Path, capsys) -> None:
+    """The walk resolves only the paths that are links: a link to a file is indexed as its target, a link to a
+    folder is not walked (a loop, or files twice), and links that lead nowhere become error rows, not a crash."""
+    root, elsewhere = tmp_path / "videos", tmp_path / "elsewhere"
+    (root / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    write_av(root / "sub" / "a.mp4", _frames(n=5, size=16), 25, None)
+    write_av(elsewhere / "b.mp4", _frames(n=5, size=16), 25, None)
+    (root / "b_link.mp4").symlink_to(elsewhere / "b.mp4")
+    (root / "folder_link").symlink_to(elsewhere, target_is_directory=True)
+    (root / "broken.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (root / "loop.mp4").symlink_to(root / "loop.mp4")
+    out = tmp_path / "manifest.csv"
+    build_manifest([str(root)], out, workers=1)
+    rows = {row["path"]: row for row in read_rows(out)}
+    assert set(rows) == {str(p) for p in (root / "sub" / "a.mp4", elsewhere / "b.mp4", tmp_path / "nowhere.mp4",
+                                          root / "loop.mp4")}  # fmt: skip
+    assert rows[str(elsewhere / "b.mp4")]["status"] == "no_audio"
+    assert rows[str(tmp_path / "nowhere.mp4")]["reason"] == "file not found"
+    assert rows[str(root / "loop.mp4")]["status"] == "error"
+    assert list(index.media_under(str(tmp_path / "gone"))) == []
+    assert re.search(r"cannot read the folder .*gone \(No such file or directory\): its files are left out",
+                     capsys.readouterr().err)  # fmt: skip

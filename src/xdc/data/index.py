@@ -10,6 +10,7 @@ import csv
 import logging
 import os
 import stat
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -204,23 +205,49 @@ class Collection:
 
     def add_folder(self, folder: Path) -> None:
         self.roots.append(folder)
-        for dirpath, dirnames, filenames in os.walk(folder):
-            # Hidden entries are skipped: they are tools' partial writes and metadata, not the collection.
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTENSIONS:
-                    self.add_file(Path(dirpath, name).resolve())
+        for path in media_under(str(folder)):
+            self.files.setdefault(path)
+
+
+def media_under(folder: str) -> Iterator[str]:
+    """The media files under the resolved ``folder``, in os.walk's order: a folder's files by name, then each of
+    its subfolders' in name order. Hidden entries are skipped: they are tools' partial writes and metadata, not
+    the collection; so are links to folders (a loop, or files counted twice). Only links need resolving: the
+    folders walked are real, and resolving every path (22 us a file) made the walk 40 times slower."""
+    folders = [folder]
+    while folders:
+        current = folders.pop()
+        try:
+            with os.scandir(current) as found:
+                entries = sorted((e for e in found if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as e:
+            print(f"WARNING: cannot read the folder {current} ({e.strerror or e}): its files are left out",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        subfolders = []
+        for entry in entries:
+            if _is_folder(entry):
+                if not entry.is_symlink():
+                    subfolders.append(entry.path)
+            elif Path(entry.name).suffix.lower() in MEDIA_EXTENSIONS:
+                yield os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+        folders.extend(reversed(subfolders))
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # as os.walk: what cannot be looked at is not walked into
+        return False
 
 
 def find_media(paths: list[str]) -> Collection:
     """Expand PATH arguments: a folder is searched recursively for media files, a .csv/.txt/.lst file lists
     files (which need not have a media extension, and need not exist: missing ones become error rows)."""
+    check_paths(paths)
     collection = Collection()
     for arg in paths:
-        path = Path(arg).expanduser()
-        if not path.exists():
-            raise UserError(f"path not found: {arg}")
-        path = path.resolve()
+        path = Path(arg).expanduser().resolve()
         if path.is_dir():
             collection.add_folder(path)
         elif path.suffix.lower() in LIST_EXTENSIONS:
@@ -548,7 +575,7 @@ class LabelIndex:
         base = path.resolve().parent
         for raw, label in read_label_rows(path):
             entry = PurePath(raw)
-            index._add(index.by_abs, str((base / Path(raw).expanduser()).resolve()), label)
+            index._add(index.by_abs, os.path.realpath(base / Path(raw).expanduser()), label)
             index._add(index.by_rel, PurePath(os.path.normpath(raw)).as_posix(), label)
             index._add(index.by_name, entry.name, label)
             index._add(index.by_stem, entry.stem, label)
