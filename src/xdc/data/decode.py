@@ -62,15 +62,18 @@ def read_clips(
     """``read_clip`` at each of ``starts``, opening the file once: for the clips of one video in an evaluation,
     where opening a prepared copy is about a third of reading a clip's frames. Each start gets its clip, or the
     DecodeError that ``read_clip`` would raise there: a clip that fails reopens the file for the next one, whose
-    decoders then start as ``read_clip``'s do. Only video-only reads share the open file: the pictures are those of
+    decoders then start as ``read_clip``'s do, and a file that does not open fails the rest with one try. Only video-only reads share the open file: the pictures are those of
     ``read_clip`` (bit for bit on 1,643 files, prepared and not: BENCHMARKS.md), the sound would not be."""
     clips: list[Clip | DecodeError] = []
     container = None
     try:
-        for start in starts:
-            try:
-                if container is None:
+        for n, start in enumerate(starts):
+            if container is None:
+                try:
                     container, used = _open(path), False
+                except Exception as e:  # a file that does not open fails every clip: not opened once per clip
+                    return clips + [DecodeError(_reason(e))] * (len(starts) - n)
+            try:
                 clips.append(_read(container, start, spec, video, audio, threads, used))
                 used = True
                 if audio:  # AAC's decoder keeps state through a seek: its samples would differ (up to 4e-3)
