@@ -82,12 +82,12 @@ def build_manifest(
     ctx, on_main, _, gather_objects = collectives(ctx)
     out = Path(out)
     workers = check_workers(workers)
-    label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
     check_paths(paths)  # on every rank: rank 0 alone lists what is under them
-    collection = None  # rank 0's
+    collection = label_index = None  # rank 0's, made as it lists
 
     def listing() -> list[str]:
-        nonlocal collection
+        nonlocal collection, label_index
+        label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
         collection = find_media(paths)
         _check_out(out)
         return list(collection.files)

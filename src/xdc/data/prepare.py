@@ -125,14 +125,14 @@ def prepare(
     options = options or PrepareOptions()
     options.check()
     workers = check_workers(workers)
-    label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
     out = Path(out).expanduser().resolve()
     report = out / REPORT
     check_paths(paths)  # on every rank: rank 0 alone lists what is under them
-    collection = None  # rank 0's
+    collection = label_index = None  # rank 0's, made as it lists
 
     def listing() -> list[tuple[str, str, bool]]:
-        nonlocal collection
+        nonlocal collection, label_index
+        label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
         collection = find_media(paths)
         _start(out, collection)
         return plan_outputs(collection)
