@@ -516,3 +516,25 @@ def test_links_are_followed_to_files_but_not_into_folders_and_a_loop_is_an_error
     assert list(index.media_under(str(tmp_path / "gone"))) == []
     assert re.search(r"cannot read the folder .*gone \(No such file or directory\): its files are left out",
                      capsys.readouterr().err)  # fmt: skip
+
+
+def test_label_paths_resolve_as_realpath_with_each_folder_resolved_once(tmp_path: Path) -> None:
+    """Labels name files by absolute path after links are resolved: the folder cache must give realpath's answer
+    for links to folders and files, relative links, .. after a link, loops and paths that lead nowhere."""
+    import random
+
+    root = tmp_path.resolve()
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "c").mkdir()
+    (root / "a" / "f.mp4").write_bytes(b"")
+    (root / "c" / "g.mp4").write_bytes(b"")
+    (root / "a" / "to_c").symlink_to(root / "c")
+    (root / "a" / "b" / "rel").symlink_to("../../c")
+    (root / "a" / "b" / "g_link.mp4").symlink_to(root / "c" / "g.mp4")
+    (root / "a" / "b" / "loop.mp4").symlink_to(root / "a" / "b" / "loop.mp4")
+    (root / "a" / "broken").symlink_to(root / "nowhere")
+    parts = ["a", "b", "c", "to_c", "rel", "broken", "f.mp4", "g.mp4", "g_link.mp4", "loop.mp4", ".", "..", "x", ""]
+    draw, resolve = random.Random(0), index._FolderResolver()
+    for _ in range(3000):
+        path = f"{root}/" + "/".join(draw.choice(parts) for _ in range(draw.randint(1, 5)))
+        assert resolve(path) == os.path.realpath(path), path
