@@ -4,8 +4,9 @@ hands each rank its share in a file; the other ranks read only that.
     .venv/bin/python benchmarks/listing.py [--files 200000] [--ranks 8]
 
 Makes a tree of --files empty .mp4 files in 400 folders, then times and weighs (tracemalloc: the Python objects
-still held after the step) each step: the walk (``find_media``), prepare's plan of output names, the share files
-written for --ranks ranks, and one rank's share read back. The last columns scale the numbers to 65M files.
+still held after the step) each step: the walk (``find_media``), prepare's plan of output names, a labels file
+of a row per file, the share files written for --ranks ranks, and one rank's share read back. The last columns
+scale the numbers to 65M files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from common import report
-from xdc.data.index import find_media
+from xdc.data.index import LabelIndex, find_media
 from xdc.data.prepare import plan_outputs
 from xdc.data.shares import my_share
 
@@ -70,6 +71,11 @@ def main() -> None:
         plan, *measures = measured(lambda: plan_outputs(collection))
         row("prepare's output names (plan)", "before: every rank; now: rank 0", *measures)
         del plan
+        labels = Path(tmp) / "labels.csv"
+        labels.write_text("path,label\n" + "".join(f"{Path(p).relative_to(root)},c{n % 400}\n"
+                                                  for n, p in enumerate(collection.files)))  # fmt: skip
+        _, *measures = measured(lambda: LabelIndex.from_csv(labels))
+        row("read --labels (a row per file)", "before: every rank; now: rank 0", *measures)
 
         def rank(n: int) -> SimpleNamespace:
             return SimpleNamespace(rank=n, world_size=args.ranks, main=n == 0, enabled=True)
