@@ -335,6 +335,7 @@ def test_damaged_packets_are_skipped_up_to_a_limit(tmp_path: Path) -> None:
         (lambda d: [str(d / "nope"), "--out", str(d / "o")], "path not found"),
         (lambda d: [str(d / "in"), "--out", str(d / "in" / "o")], "is inside the input folder"),
         (lambda d: [str(d / "in"), "--out", str(d)], "is inside --out"),
+        (lambda d: [str(d / "in" / "a.mp4"), "--out", str(d / "in")], "the input file"),
         (lambda d: [str(d / "in"), "--out", str(d / "in" / "a.mp4")], "is a file"),
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--short-side", "127"], "--short-side must be an even"),
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--sample-rate", "16001"], "--sample-rate must be one"),

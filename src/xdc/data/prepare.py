@@ -220,8 +220,9 @@ def _check_out(out: Path, collection: Collection) -> None:
             raise UserError(f"--out {out} is inside the input folder {root}; choose a folder outside it")
         if root.is_relative_to(out):
             raise UserError(f"the input folder {root} is inside --out {out}; choose another --out")
+    inside = str(out).rstrip("/") + "/"  # a string test: a path object per source took 5 us (5 minutes at 65M)
     for source in collection.files:
-        if Path(source).is_relative_to(out):
+        if source.startswith(inside) or source == str(out):
             raise UserError(f"the input file {source} is inside --out {out}; choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
