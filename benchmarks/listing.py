@@ -4,9 +4,9 @@ hands each rank its share in a file; the other ranks read only that.
     .venv/bin/python benchmarks/listing.py [--files 200000] [--ranks 8]
 
 Makes a tree of --files empty .mp4 files in 400 folders, then times and weighs (tracemalloc: the Python objects
-still held after the step) each step: the walk (``find_media``), prepare's plan of output names, a labels file
-of a row per file, the share files written for --ranks ranks, and one rank's share read back. The last columns
-scale the numbers to 65M files.
+still held after the step) each step: the walk (``find_media``), prepare's plan of output names, a list of the files
+as input, a labels file of a row per file, the share files written for --ranks ranks, and one rank's share read
+back. The last columns scale the numbers to 65M files.
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ def main() -> None:
         plan, *measures = measured(lambda: plan_outputs(collection))
         row("prepare's output names (plan)", "before: every rank; now: rank 0", *measures)
         del plan
+        listed = Path(tmp) / "files.txt"
+        listed.write_text("".join(f"{Path(p).relative_to(tmp)}\n" for p in collection.files))
+        _, *measures = measured(lambda: find_media([str(listed)]))
+        row("read a list of the files (.txt)", "before: every rank; now: rank 0", *measures)
         labels = Path(tmp) / "labels.csv"
         labels.write_text("path,label\n" + "".join(f"{Path(p).relative_to(root)},c{n % 400}\n"
                                                   for n, p in enumerate(collection.files)))  # fmt: skip

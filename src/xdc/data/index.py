@@ -200,7 +200,7 @@ class Collection:
     files: dict[str, None] = field(default_factory=dict)  # absolute resolved paths: an ordered set
     roots: list[Path] = field(default_factory=list)  # the folders searched (for relative label paths)
 
-    def add_file(self, path: Path) -> None:
+    def add_file(self, path: str | Path) -> None:
         self.files.setdefault(str(path))
 
     def add_folder(self, folder: Path) -> None:
@@ -252,8 +252,8 @@ def find_media(paths: list[str]) -> Collection:
             collection.add_folder(path)
         elif path.suffix.lower() in LIST_EXTENSIONS:
             for entry in read_file_list(path):
-                if entry.is_dir():
-                    collection.add_folder(entry)
+                if os.path.isdir(entry):
+                    collection.add_folder(Path(entry))
                 else:
                     collection.add_file(entry)
         elif path.suffix.lower() in MEDIA_EXTENSIONS:
@@ -272,7 +272,7 @@ def check_paths(paths: list[str]) -> None:
             raise UserError(f"path not found: {arg}")
 
 
-def read_file_list(path: Path) -> list[Path]:
+def read_file_list(path: Path) -> list[str]:
     """Entries of a list file, resolved (relative entries against the list's folder)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -287,8 +287,9 @@ def read_file_list(path: Path) -> list[Path]:
         raise UserError(f"{path}: not a text list of files (not UTF-8)") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    # realpath, not Path.resolve: a link in a loop stays as it is (an error row) rather than raise
-    return [Path(os.path.realpath(path.parent / Path(e.strip()).expanduser())) for e in entries if e.strip()]
+    # as realpath, not Path.resolve: a link in a loop stays as it is (an error row) rather than raise
+    base, resolve = str(path.parent), _FolderResolver()
+    return [resolve(os.path.join(base, os.path.expanduser(e.strip()))) for e in entries if e.strip()]
 
 
 # --- probing -----------------------------------------------------------------------------------------------
