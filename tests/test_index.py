@@ -538,3 +538,19 @@ def test_label_paths_resolve_as_realpath_with_each_folder_resolved_once(tmp_path
     for _ in range(3000):
         path = f"{root}/" + "/".join(draw.choice(parts) for _ in range(draw.randint(1, 5)))
         assert resolve(path) == os.path.realpath(path), path
+
+
+def test_a_long_listing_shows_its_progress(media: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Tens of millions of files take minutes to list (hours on a network filesystem): the files found so far go
+    to stderr, in a log as timed lines; a quick listing says nothing."""
+    from xdc import progress
+
+    listed = tmp_path / "files.txt"
+    listed.write_text(f"{media / 'good.mp4'}\n{media / 'sub'}\n")
+    index.find_media([str(media), str(listed)])
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(index, "LISTING_BAR_AFTER_S", 0.0)
+    collection = index.find_media([str(media), str(listed)])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(collection.files) == 8 and lines and lines[-1].startswith("listing: 11 files [")  # 3 found twice

@@ -49,6 +49,6 @@ def progress_bar(iterable: Iterable | None = None, *, desc: str, show: bool = Tr
     every = LINE_EVERY_S
     # The last line says how the step ended (printed only after a first one). Position 0: a bar still open
     # elsewhere (one left by an exception) would otherwise move this one down with cursor escapes.
-    options.update(leave=True, position=0)
-    return _LineBar(iterable, desc=desc, file=_Lines(stream), ascii=True, delay=every, mininterval=every,
-                    maxinterval=every, **options)  # fmt: skip
+    options.update(leave=True, position=0, delay=max(every, options.get("delay", 0.0)))
+    return _LineBar(iterable, desc=desc, file=_Lines(stream), ascii=True, mininterval=every, maxinterval=every,
+                    **options)  # fmt: skip

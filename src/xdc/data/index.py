@@ -39,6 +39,8 @@ AUDIO_EXTENSIONS = frozenset(".wav .flac .mp3 .ogg .m4a .aac .opus".split())
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
 LIST_EXTENSIONS = frozenset({".csv", ".txt", ".lst"})
 
+LISTING_BAR_AFTER_S = 2.0  # a listing that takes longer shows its progress (on a terminal; a log: every minute)
+
 # The tail check decodes from the keyframe before the last TAIL_SECONDS to the end: damage and truncation
 # usually show there (a single-GOP file is then parsed whole). The packet cap bounds the cost of huge GOPs.
 TAIL_SECONDS = 1.0
@@ -203,34 +205,37 @@ class Collection:
     def add_file(self, path: str | Path) -> None:
         self.files.setdefault(str(path))
 
-    def add_folder(self, folder: Path) -> None:
+    def add_folder(self, folder: Path, found: Callable[[int], object] = lambda n: None) -> None:
         self.roots.append(folder)
-        for path in media_under(str(folder)):
+        for path in media_under(str(folder), found):
             self.files.setdefault(path)
 
 
-def media_under(folder: str) -> Iterator[str]:
+def media_under(folder: str, found: Callable[[int], object] = lambda n: None) -> Iterator[str]:
     """The media files under the resolved ``folder``, in os.walk's order: a folder's files by name, then each of
     its subfolders' in name order. Hidden entries are skipped: they are tools' partial writes and metadata, not
     the collection; so are links to folders (a loop, or files counted twice). Only links need resolving: the
-    folders walked are real, and resolving every path (22 us a file) made the walk 40 times slower."""
+    folders walked are real, and resolving every path (22 us a file) made the walk 40 times slower. ``found(n)``
+    after each folder: its n media files (for a progress bar: tens of millions of files take minutes)."""
     folders = [folder]
     while folders:
         current = folders.pop()
         try:
-            with os.scandir(current) as found:
-                entries = sorted((e for e in found if not e.name.startswith(".")), key=lambda e: e.name)
+            with os.scandir(current) as listed:
+                entries = sorted((e for e in listed if not e.name.startswith(".")), key=lambda e: e.name)
         except OSError as e:
             print(f"WARNING: cannot read the folder {current} ({e.strerror or e}): its files are left out",
                   file=sys.stderr)  # fmt: skip
             continue
-        subfolders = []
+        subfolders, media = [], 0
         for entry in entries:
             if _is_folder(entry):
                 if not entry.is_symlink():
                     subfolders.append(entry.path)
             elif Path(entry.name).suffix.lower() in MEDIA_EXTENSIONS:
+                media += 1
                 yield os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+        found(media)
         folders.extend(reversed(subfolders))
 
 
@@ -243,23 +248,26 @@ def _is_folder(entry: os.DirEntry) -> bool:
 
 def find_media(paths: list[str]) -> Collection:
     """Expand PATH arguments: a folder is searched recursively for media files, a .csv/.txt/.lst file lists
-    files (which need not have a media extension, and need not exist: missing ones become error rows)."""
+    files (which need not have a media extension, and need not exist: missing ones become error rows). Progress
+    on stderr once that takes over LISTING_BAR_AFTER_S."""
     check_paths(paths)
     collection = Collection()
-    for arg in paths:
-        path = Path(arg).expanduser().resolve()
-        if path.is_dir():
-            collection.add_folder(path)
-        elif path.suffix.lower() in LIST_EXTENSIONS:
-            for entry in read_file_list(path):
-                if os.path.isdir(entry):
-                    collection.add_folder(Path(entry))
-                else:
-                    collection.add_file(entry)
-        elif path.suffix.lower() in MEDIA_EXTENSIONS:
-            collection.add_file(path)
-        else:
-            raise UserError(f"{arg} is not a folder, a media file or a list of files (.csv, .txt, .lst)")
+    with progress_bar(desc="listing", unit=" files", delay=LISTING_BAR_AFTER_S) as bar:
+        for arg in paths:
+            path = Path(arg).expanduser().resolve()
+            if path.is_dir():
+                collection.add_folder(path, bar.update)
+            elif path.suffix.lower() in LIST_EXTENSIONS:
+                for entry in read_file_list(path):
+                    if os.path.isdir(entry):
+                        collection.add_folder(Path(entry), bar.update)
+                    else:
+                        collection.add_file(entry)
+                        bar.update()
+            elif path.suffix.lower() in MEDIA_EXTENSIONS:
+                collection.add_file(path)
+            else:
+                raise UserError(f"{arg} is not a folder, a media file or a list of files (.csv, .txt, .lst)")
     if not collection.files:
         extensions = " ".join(sorted(MEDIA_EXTENSIONS))
         raise UserError(f"no media files found in {', '.join(paths)} (extensions: {extensions})")
@@ -272,7 +280,7 @@ def check_paths(paths: list[str]) -> None:
             raise UserError(f"path not found: {arg}")
 
 
-def read_file_list(path: Path) -> list[str]:
+def read_file_list(path: Path) -> Iterator[str]:
     """Entries of a list file, resolved (relative entries against the list's folder)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -289,7 +297,7 @@ def read_file_list(path: Path) -> list[str]:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     # as realpath, not Path.resolve: a link in a loop stays as it is (an error row) rather than raise
     base, resolve = str(path.parent), _FolderResolver()
-    return [resolve(os.path.join(base, os.path.expanduser(e.strip()))) for e in entries if e.strip()]
+    return (resolve(os.path.join(base, os.path.expanduser(e.strip()))) for e in entries if e.strip())
 
 
 # --- probing -----------------------------------------------------------------------------------------------
