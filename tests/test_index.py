@@ -540,9 +540,9 @@ def test_label_paths_resolve_as_realpath_with_each_folder_resolved_once(tmp_path
         assert resolve(path) == os.path.realpath(path), path
 
 
-def test_a_long_listing_shows_its_progress(media: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    """Tens of millions of files take minutes to list (hours on a network filesystem): the files found so far go
-    to stderr, in a log as timed lines; a quick listing says nothing."""
+def test_long_listings_and_passes_over_rows_show_their_progress(media: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Tens of millions of files take minutes to list (hours on a network filesystem) and to write: the files found
+    and the rows written so far go to stderr, in a log as timed lines; a quick listing says nothing."""
     from xdc import progress
 
     listed = tmp_path / "files.txt"
@@ -550,7 +550,14 @@ def test_a_long_listing_shows_its_progress(media: Path, tmp_path: Path, capsys, 
     index.find_media([str(media), str(listed)])
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
-    monkeypatch.setattr(index, "LISTING_BAR_AFTER_S", 0.0)
+    monkeypatch.setattr(progress, "QUIET_S", 0.0)
     collection = index.find_media([str(media), str(listed)])
     lines = capsys.readouterr().err.splitlines()
     assert len(collection.files) == 8 and lines and lines[-1].startswith("listing: 11 files [")  # 3 found twice
+    labels = tmp_path / "labels.csv"  # rank 0's passes over every row at the end: 20 minutes at 65M rows
+    labels.write_text("path,label\ngood.mp4,speech\n")
+    build_manifest([str(media)], tmp_path / "m.csv", labels=labels, workers=1)
+    ends = [line.split("|")[0] + line.split("|")[-1].split("[")[0] for line in capsys.readouterr().err.splitlines()
+            if "100%" in line]  # fmt: skip
+    assert list(dict.fromkeys(ends)) == [f"{step}: 100% 8/8 " for step in ("probing", "matching labels",
+                                                                           "writing m.csv")]  # fmt: skip

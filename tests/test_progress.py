@@ -70,3 +70,13 @@ def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch):
     out = out.decode()
     assert out.count("\r") >= 2 and "3/3" in out  # redrawn over itself, not a line per update
     assert out.count("\n") <= 1
+
+
+def test_a_quiet_pass_shows_only_once_it_takes_long(capsys, monkeypatch):
+    """``counted``: passes over rows that take a blink at a thousand rows and minutes at tens of millions."""
+    assert list(progress.counted(range(5), "joining")) == list(range(5))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(progress, "QUIET_S", 0.0)
+    assert list(progress.counted(range(5), "joining", total=5)) == list(range(5))
+    assert capsys.readouterr().err.splitlines()[-1].startswith("joining: 100%|")

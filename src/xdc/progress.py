@@ -6,11 +6,14 @@ leave one line of megabytes."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from tqdm import tqdm
 
 LINE_EVERY_S = 60.0
+QUIET_S = 2.0  # steps that only sometimes take long (at tens of millions of files) show nothing for this long
+T = TypeVar("T")
 
 
 class _Lines:
@@ -38,17 +41,28 @@ class _LineBar(tqdm):
         super().set_description(desc, refresh=False)
 
 
-def progress_bar(iterable: Iterable | None = None, *, desc: str, show: bool = True, **options) -> tqdm:
+def progress_bar(
+    iterable: Iterable | None = None, *, desc: str, show: bool = True, quiet: bool = False, **options
+) -> tqdm:
     """``tqdm(iterable, desc=desc, **options)`` as described above; ``show=False`` (another rank than the first,
-    a step too small to be worth a bar) keeps it silent everywhere."""
+    a step too small to be worth a bar) keeps it silent everywhere, ``quiet`` until the step has taken QUIET_S."""
     stream = sys.stderr
     if not show:
         return tqdm(iterable, desc=desc, disable=True, **options)
     if stream.isatty():
-        return tqdm(iterable, desc=desc, file=stream, **options)
+        return tqdm(iterable, desc=desc, file=stream, delay=QUIET_S if quiet else 0.0, **options)
     every = LINE_EVERY_S
     # The last line says how the step ended (printed only after a first one). Position 0: a bar still open
     # elsewhere (one left by an exception) would otherwise move this one down with cursor escapes.
-    options.update(leave=True, position=0, delay=max(every, options.get("delay", 0.0)))
+    options.update(leave=True, position=0, delay=max(every, QUIET_S if quiet else 0.0))
     return _LineBar(iterable, desc=desc, file=_Lines(stream), ascii=True, mininterval=every, maxinterval=every,
                     **options)  # fmt: skip
+
+
+def counted(items: Iterable[T], desc: str, total: int | None = None, unit: str = " rows") -> Iterator[T]:
+    """``items`` as they go, counted on a bar (``progress_bar``) that shows only once they take over QUIET_S: for
+    passes over files of rows, a blink at a thousand rows and many minutes at tens of millions."""
+    with progress_bar(desc=desc, total=total, unit=unit, quiet=True) as bar:
+        for item in items:
+            yield item
+            bar.update()

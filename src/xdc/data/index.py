@@ -27,7 +27,7 @@ from xdc.data.shares import (
 )  # fmt: skip
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
-from xdc.progress import progress_bar
+from xdc.progress import counted, progress_bar
 
 if TYPE_CHECKING:  # torch, imported under torchrun only
     from xdc.training.distributed import Dist
@@ -38,8 +38,6 @@ VIDEO_EXTENSIONS = frozenset(
 AUDIO_EXTENSIONS = frozenset(".wav .flac .mp3 .ogg .m4a .aac .opus".split())
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
 LIST_EXTENSIONS = frozenset({".csv", ".txt", ".lst"})
-
-LISTING_BAR_AFTER_S = 2.0  # a listing that takes longer shows its progress (on a terminal; a log: every minute)
 
 # The tail check decodes from the keyframe before the last TAIL_SECONDS to the end: damage and truncation
 # usually show there (a single-GOP file is then parsed whole). The packet cap bounds the cost of huge GOPs.
@@ -146,16 +144,16 @@ def _write_manifest(
     out: Path, rows: Callable[[], Iterator[dict]], label_index: LabelIndex | None, collection: Collection, probed: int
 ) -> IndexSummary:
     """Write the manifest of ``rows()`` (sorted by path; called twice where labels are matched: once to count the
-    collection's names and stems), labelled, one row at a time."""
-    names = stems = None
+    collection's names and stems), labelled, one row at a time: as many as the collection's files."""
+    names, stems, total = None, None, len(collection.files) or None
     if label_index is not None:
-        names, stems = label_index.count_names(row["path"] for row in rows())
+        names, stems = label_index.count_names(row["path"] for row in counted(rows(), "matching labels", total))
     statuses: Counter = Counter()
     labelled = 0
 
     def labelled_rows() -> Iterator[dict]:
         nonlocal labelled
-        for row in rows():
+        for row in counted(rows(), f"writing {out.name}", total):
             row["label"] = "" if names is None else label_index.lookup(row["path"], collection.roots, names, stems)
             labelled += bool(row["label"])
             statuses[row["status"]] += 1
@@ -249,10 +247,10 @@ def _is_folder(entry: os.DirEntry) -> bool:
 def find_media(paths: list[str]) -> Collection:
     """Expand PATH arguments: a folder is searched recursively for media files, a .csv/.txt/.lst file lists
     files (which need not have a media extension, and need not exist: missing ones become error rows). Progress
-    on stderr once that takes over LISTING_BAR_AFTER_S."""
+    on stderr once that takes over a few seconds."""
     check_paths(paths)
     collection = Collection()
-    with progress_bar(desc="listing", unit=" files", delay=LISTING_BAR_AFTER_S) as bar:
+    with progress_bar(desc="listing", unit=" files", quiet=True) as bar:
         for arg in paths:
             path = Path(arg).expanduser().resolve()
             if path.is_dir():

@@ -34,7 +34,7 @@ from xdc.data.shares import (
     Every, collectives, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
 )  # fmt: skip
 from xdc.errors import UserError
-from xdc.progress import progress_bar
+from xdc.progress import counted, progress_bar
 
 if TYPE_CHECKING:  # torch, imported under torchrun only
     from xdc.training.distributed import Dist
@@ -205,7 +205,7 @@ def _join_rank_reports(report: Path, ranks: list[Path], with_base: bool) -> None
     as the report, merged as they stream (``merged``), then remove the ranks' reports (a crash in between leaves
     them to be joined again)."""
     files = [report] if with_base and report.exists() else []
-    write_report(report, merged([*files, *ranks], iter_report, "source"))
+    write_report(report, counted(merged([*files, *ranks], iter_report, "source"), f"joining {REPORT}"))
     for path in ranks:
         path.unlink()
 
@@ -345,9 +345,10 @@ def _write_labels(
     """Label the prepared files by their sources (the rules of xdc index) and write them with paths relative
     to the output folder: ``xdc index OUT --labels OUT/labels.csv`` then matches every one. ``rows()``: the report's
     rows, sorted by source (called twice: once to count the names and stems the labels use)."""
-    names, stems = label_index.count_names(row["source"] for row in rows())
+    total = len(collection.files)  # the rows: one per source
+    names, stems = label_index.count_names(row["source"] for row in counted(rows(), "matching labels", total))
     labelled = []
-    for row in rows():
+    for row in counted(rows(), f"labelling {path.name}", total):
         label = label_index.lookup(row["source"], collection.roots, names, stems)
         if row["status"] == "ok" and label:
             labelled.append((row["output"], label))
