@@ -561,3 +561,16 @@ def test_long_listings_and_passes_over_rows_show_their_progress(media: Path, tmp
             if "100%" in line]  # fmt: skip
     assert list(dict.fromkeys(ends)) == [f"{step}: 100% 8/8 " for step in ("probing", "matching labels",
                                                                            "writing m.csv")]  # fmt: skip
+
+
+def test_manifest_rows_round_trip_whatever_their_paths_hold(tmp_path: Path) -> None:
+    """Rows are written as lists of cells: a path with commas, quotes, a newline or non-ASCII letters reads back
+    as it was; numbers and flags as the manifest spells them; missing cells empty; unknown keys left out."""
+    odd = ['/v/a, "b".mp4', "/v/line\nbreak.mp4", "/v/été.mp4"]
+    rows = [{"path": p, "status": "ok", "duration_s": 10 / 3, "has_audio": n != 1, "size": 12345, "extra": "x"}
+            for n, p in enumerate(odd)]  # fmt: skip
+    write_rows(tmp_path / "m.csv", rows)
+    back = read_rows(tmp_path / "m.csv")
+    assert [r["path"] for r in back] == odd and all(list(r) == list(COLUMNS) for r in back)
+    assert [(r["duration_s"], r["has_audio"], r["size"], r["fps"]) for r in back] == [
+        ("3.33333", "1", "12345", ""), ("3.33333", "0", "12345", ""), ("3.33333", "1", "12345", "")]

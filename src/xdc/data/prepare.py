@@ -272,13 +272,11 @@ def write_report(path: Path, rows: Iterable[dict]) -> None:
     """Write the report atomically (a reader never sees half a file)."""
 
     def write(f) -> None:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
+        writer = csv.writer(f)  # lists, not csv.DictWriter's dicts: a rank rewrites millions of rows as it goes
+        writer.writerow(COLUMNS)
         for row in rows:
-            cells = {k: _cell(row.get(k)) for k in COLUMNS}
-            if row["status"] != "ok":
-                cells["output"] = ""  # nothing was written for it
-            writer.writerow(cells)
+            ok = row["status"] == "ok"  # else nothing was written for it: no output
+            writer.writerow([_cell(row.get(k)) if ok or k != "output" else "" for k in COLUMNS])
 
     _write_atomic(path, write)
 
@@ -314,6 +312,8 @@ def iter_report(path: Path) -> Iterator[dict]:
 
 
 def _cell(value) -> str:
+    if type(value) is str:  # most cells: rows read back from a report
+        return value
     if value is None:
         return ""
     return f"{value:.6g}" if isinstance(value, float) else str(value)
