@@ -27,7 +27,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from xdc.data.index import (
-    Collection, LabelIndex, check_paths, check_workers, find_media, init_worker, probe_file, stat_row,
+    Collection, LabelIndex, check_paths, check_workers, find_media, init_worker, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
 from xdc.data.jobs import run_jobs
 from xdc.data.shares import (
@@ -254,10 +254,9 @@ def plan_outputs(collection: Collection) -> list[tuple[str, str, bool]]:
 
 
 def _suffix(path: str) -> str:
-    """PurePath(path).suffix: the name's last dot and what follows, where the dot neither starts nor ends it."""
-    name = path[path.rfind("/") + 1 :]
-    dot = name.rfind(".")
-    return name[dot:] if 0 < dot < len(name) - 1 else ""
+    """PurePath(path).suffix."""
+    name, stem = name_and_stem(path)
+    return name[len(stem) :]
 
 
 def _as_mp4(path: str) -> str:
