@@ -1,14 +1,14 @@
 """Datasets of aligned audio-visual clips over a manifest.
 
-``TrainClips`` draws one random clip of a video per access (temporal jitter, random augmentation);
-``EvalClips`` serves N evenly spaced clips of every video without augmentation. Items are dicts with
-``video`` (float C x T x H x W, normalised; with ``raw_video`` the uint8 pixels, for
-:class:`xdc.data.transforms.NormalizeVideo` on the consumer's side; with ``device_crops`` the uint8 part of the
-frames that the crop samples and its ``video_grid``, for :class:`xdc.data.transforms.DeviceCrops`), ``audio``
-(1 x n_mels x frames; with ``device_logmel`` the 1 x samples waveform, for
-:class:`xdc.data.transforms.DeviceLogMel`, and for a training clip its ``audio_masks`` when masks are set),
-``index`` (video index in the manifest), ``start`` (seconds) and ``label`` (-1 when unlabelled). An item that cannot be read is a failure record ``{"failure": {...}}``, which
-:func:`collate_clips` takes out of the batch.
+``TrainClips`` draws one random clip of a video per access (temporal jitter, random augmentation); ``EvalClips``
+serves N evenly spaced clips of every video without augmentation. Items are dicts with ``video`` (float C x T x H x
+W, normalised; with ``raw_video`` the uint8 pixels, for :class:`xdc.data.transforms.NormalizeVideo` on the
+consumer's side; with ``device_crops`` the uint8 part of the frames that the crop samples and its ``video_grid``,
+for :class:`xdc.data.transforms.DeviceCrops`), ``audio`` (1 x n_mels x frames; with ``device_logmel`` the 1 x
+samples waveform, for :class:`xdc.data.transforms.DeviceLogMel`, and for a training clip its ``audio_masks`` when
+masks are set), ``index`` (video index in the manifest), ``start`` (seconds) and ``label`` (-1 when unlabelled). An
+item that cannot be read is a failure record ``{"failure": {...}}``, which :func:`collate_clips` takes out of the
+batch.
 """
 
 from __future__ import annotations

@@ -62,8 +62,9 @@ def read_clips(
     """``read_clip`` at each of ``starts``, opening the file once: for the clips of one video in an evaluation,
     where opening a prepared copy is about a third of reading a clip's frames. Each start gets its clip, or the
     DecodeError that ``read_clip`` would raise there: a clip that fails reopens the file for the next one, whose
-    decoders then start as ``read_clip``'s do, and a file that does not open fails the rest with one try. Only video-only reads share the open file: the pictures are those of
-    ``read_clip`` (bit for bit on 1,643 files, prepared and not: BENCHMARKS.md), the sound would not be."""
+    decoders then start as ``read_clip``'s do, and a file that does not open fails the rest with one try. Only
+    video-only reads share the open file: the pictures are those of ``read_clip`` (bit for bit on 1,643 files,
+    prepared and not: BENCHMARKS.md), the sound would not be."""
     clips: list[Clip | DecodeError] = []
     container = None
     try:
