@@ -288,6 +288,28 @@ def test_fps_cap_keeps_sync(tmp_path: Path) -> None:
     assert abs(np.argmax(np.abs(clip.audio)) / 16000 - flash_at) <= 1 / 10
 
 
+def test_the_fps_cap_skips_decoding_pictures_it_drops_and_the_copy_is_the_same(tmp_path: Path, monkeypatch) -> None:
+    """With --fps, a picture that the cap drops and that no other picture is predicted from is not decoded (x264's
+    B-frames): fewer pictures leave the decoder, and the copy is byte for byte the one made decoding them all."""
+    frames = np.random.default_rng(0).integers(0, 60, (75, 96, 160, 3), dtype=np.uint8)
+    for n in range(len(frames)):  # a block moving across a textured scene: x264 predicts it with B-frames
+        frames[n, 30:60, 2 * n : 2 * n + 30] = 230
+    write_av(tmp_path / "moving.mp4", frames, FPS, None)
+    decoded = []
+    add = prepare._VideoTrack.add
+    monkeypatch.setattr(prepare._VideoTrack, "add", lambda track, frame: decoded.append(frame.pts) or add(track, frame))
+    copies = {}
+    for skipping in (True, False):
+        if not skipping:  # as for a container whose packets do not carry their pictures' times
+            monkeypatch.setattr(prepare, "TIMED_DEMUXERS", frozenset())
+        decoded.clear()
+        out = tmp_path / f"skipping-{skipping}.mp4"
+        assert prepare.prepare_file(str(tmp_path / "moving.mp4"), out, prepare.PrepareOptions(fps=8))["status"] == "ok"
+        copies[skipping] = (len(decoded), out.read_bytes())
+    assert copies[False][0] == 75 and copies[True][0] < 60
+    assert copies[True][1] == copies[False][1]
+
+
 def test_flac_and_pcm_audio_hold_the_same_samples_and_keep_sync(tmp_path: Path) -> None:
     # --audio flac or pcm: faster to read than AAC, larger. Both store the same 16-bit samples (lossless), the AAC
     # copy the same sound; the click stays on the flash; a re-run with another codec redoes the file.

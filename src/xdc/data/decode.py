@@ -95,7 +95,7 @@ def read_clips(
 # they skip FFmpeg's format probe, which tries every demuxer on the file's first bytes (0.1 ms of the 0.5 ms that
 # opening a prepared copy takes). A file that is not what its extension says fails that open and is probed.
 _DEMUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "matroska"}
-_TIMED_DEMUXERS = {"mov", "mp4", "matroska", "webm"}  # each packet carries its picture's presentation time
+TIMED_DEMUXERS = {"mov", "mp4", "matroska", "webm"}  # each packet carries its picture's presentation time
 
 
 def _open(path: str):
@@ -139,7 +139,7 @@ def _read(
     t0 = origin + start
     # Only containers that store each picture's presentation time: AVI's are guessed and label packets with
     # pictures they do not hold (packed B-frames), so there the reader cannot tell which pictures are unseen.
-    may_skip = not _TIMED_DEMUXERS.isdisjoint(container.format.name.split(","))  # "mp4" when named in _open
+    may_skip = not TIMED_DEMUXERS.isdisjoint(container.format.name.split(","))  # "mp4" when named in _open
     video = _VideoWindow(vstream, t0, spec, threads, may_skip) if vstream is not None else None
     audio = _AudioWindow(astream, t0, spec.audio_span) if astream is not None else None
     if vstream is not None and not used:

@@ -29,6 +29,7 @@ from av.video.reformatter import VideoReformatter
 from xdc.data.index import (
     Collection, LabelIndex, check_paths, check_workers, find_media, init_worker, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
+from xdc.data.decode import TIMED_DEMUXERS
 from xdc.data.jobs import run_jobs
 from xdc.data.shares import (
     Every, collectives, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
@@ -439,16 +440,19 @@ def _transcode(source: str, dest: Path, probe: dict, options: PrepareOptions, ha
         origin = src.start_time / av.time_base if src.start_time is not None else 0.0
         tracks = {}
         if vin is not None:
-            tracks[vin.index] = _VideoTrack(vin, dst, probe, options, origin)
+            timed = not TIMED_DEMUXERS.isdisjoint(src.format.name.split(","))
+            tracks[vin.index] = _VideoTrack(vin, dst, probe, options, origin, timed)
         if ain is not None:
             tracks[ain.index] = _AudioTrack(ain, dst, options, origin)
         for packet in src.demux([s for s in (vin, ain) if s is not None]):
             track = tracks[packet.stream.index]
             try:
+                track.before_decode(packet)
                 frames = packet.decode()
             except av.error.InvalidDataError as e:
                 track.damaged(packet, e)
                 continue
+            track.decoded(packet)
             for frame in frames:
                 track.add(frame)
         for track in tracks.values():
@@ -480,18 +484,29 @@ class _Track:
     def encode(self, frame) -> None:
         self.container.mux(self.out.encode(frame))
 
+    def before_decode(self, packet) -> None:
+        pass
+
+    def decoded(self, packet) -> None:
+        pass
+
 
 class _VideoTrack(_Track):
     """Scales (and turns upright) each frame, keeps its timestamp, and drops frames beyond the fps cap."""
 
     kind = "video"
 
-    def __init__(self, stream, container, probe: dict, options: PrepareOptions, origin: float):
+    def __init__(self, stream, container, probe: dict, options: PrepareOptions, origin: float, timed: bool):
         super().__init__(stream, container, origin)
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         self.slot = 0.0  # with an fps cap: keep the first frame of each 1/fps slot of time
         if options.fps is not None and rate > options.fps:
             rate, self.slot = Fraction(options.fps).limit_denominator(1001), 1.0 / options.fps
+        # With the cap, pictures that it drops need no decoding where nothing is predicted from them (skip_frame):
+        # known before decoding only where each packet carries its picture's time (timed containers).
+        self.codec, self.time_base = stream.codec_context, stream.time_base
+        self.may_skip, self.skipping = bool(self.slot) and timed, False
+        self.first_in_slot: dict[int, int] = {}  # slot -> the earliest pts decoded in it so far
         sideways = probe["rotation"] in (90, 270)
         width, height = output_size(
             probe["height"] if sideways else probe["width"], probe["width"] if sideways else probe["height"],
@@ -513,6 +528,28 @@ class _VideoTrack(_Track):
         self.last_pts = -1
         self.last_slot = -1
 
+    def before_decode(self, packet) -> None:
+        """Let the decoder drop this packet's picture when an earlier one of its slot was decoded: the cap keeps
+        only a slot's earliest picture. The decoder drops only pictures that no other is predicted from (x264's
+        default B-frames: 2 of every 4 pictures), so the copy is the same, byte for byte."""
+        unseen = False
+        if self.may_skip and packet.pts is not None:
+            first = self.first_in_slot.get(self._slot_of(packet.pts))
+            unseen = first is not None and first < packet.pts
+        if unseen != self.skipping:
+            self.codec.skip_frame = "NONREF" if unseen else "DEFAULT"
+            self.skipping = unseen
+
+    def decoded(self, packet) -> None:
+        # after the decode, so that a damaged packet, whose picture never comes, takes no slot
+        if self.may_skip and packet.pts is not None:
+            slot = self._slot_of(packet.pts)
+            self.first_in_slot[slot] = min(packet.pts, self.first_in_slot.get(slot, packet.pts))
+
+    def _slot_of(self, pts: int) -> int:
+        t = float(pts) * self.time_base.numerator / self.time_base.denominator  # as PyAV's frame.time, to the bit
+        return math.floor(max(0.0, t - self.origin) / self.slot + 1e-6)
+
     def add(self, frame) -> None:
         t = frame.time
         if t is None:  # no timestamp: assume the nominal rate after the previous frame
@@ -528,7 +565,7 @@ class _VideoTrack(_Track):
     def _emit(self, frame, t: float) -> None:
         t = max(0.0, t - self.origin)
         if self.slot:
-            slot = math.floor(t / self.slot + 1e-6)
+            slot = math.floor(t / self.slot + 1e-6)  # as _slot_of
             if slot <= self.last_slot:
                 return
             self.last_slot = slot
