@@ -32,7 +32,7 @@ def write_rows(path: str | Path, rows: Iterable[dict]) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)  # lists, not csv.DictWriter's dicts: 4 -> 2.4 us a row (rank 0 writes 65M)
+        writer = csv.writer(f)  # lists, not csv.DictWriter's dicts: 4 -> 2.2 us a row (rank 0 writes 65M)
         writer.writerow(COLUMNS)
         for row in rows:
             writer.writerow([_cell(row.get(k)) for k in COLUMNS])
