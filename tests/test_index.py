@@ -574,3 +574,16 @@ def test_manifest_rows_round_trip_whatever_their_paths_hold(tmp_path: Path) -> N
     assert [r["path"] for r in back] == odd and all(list(r) == list(COLUMNS) for r in back)
     assert [(r["duration_s"], r["has_audio"], r["size"], r["fps"]) for r in back] == [
         ("3.33333", "1", "12345", ""), ("3.33333", "0", "12345", ""), ("3.33333", "1", "12345", "")]
+
+
+def test_rows_read_back_as_dictreader_gives_them_and_a_share_picks_only_its_own(tmp_path: Path) -> None:
+    """Manifests are read with a plain csv.reader (faster) into csv.DictReader's dicts, odd rows included (blank
+    lines, missing and extra cells, a quoted newline); a rank's share of an earlier manifest skips the others."""
+    text = ("path,status,duration_s,has_audio\r\n/a.mp4,ok,1,1\r\n\r\n/b.mp4,error\r\n/c.mp4,ok,2,0,extra,more\r\n"
+            '"/d\nnewline.mp4",no_audio,3,0\r\n/e.mp4,ok,4,1\r\n')  # fmt: skip
+    (tmp_path / "m.csv").write_text(text, newline="")
+    with open(tmp_path / "m.csv", newline="") as f:
+        expected = list(csv.DictReader(f))
+    assert list(iter_rows(tmp_path / "m.csv")) == expected and len(expected) == 5
+    share = {"/b.mp4", "/d\nnewline.mp4", "/nowhere.mp4"}
+    assert list(iter_rows(tmp_path / "m.csv", keep=share)) == [r for r in expected if r["path"] in share]

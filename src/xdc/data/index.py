@@ -96,7 +96,7 @@ def build_manifest(
     mine = set(share)
     cache = {}  # of this rank's share: every rank holding every row would not scale
     for path in [out, *rank_files(out)] if out.exists() else rank_files(out):  # side files: newer than out
-        cache.update((row["path"], row) for row in iter_rows(path) if row["path"] in mine)
+        cache.update((row["path"], row) for row in iter_rows(path, keep=mine))
 
     rows: dict[str, dict] = {}
     todo: dict[str, dict] = {}

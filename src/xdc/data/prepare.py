@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
@@ -31,6 +31,7 @@ from xdc.data.index import (
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS
 from xdc.data.jobs import run_jobs
+from xdc.data.manifest import dict_rows
 from xdc.data.shares import (
     Every, collectives, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
 )  # fmt: skip
@@ -141,7 +142,7 @@ def prepare(
     share = my_share(listing, report, ctx, on_main)
     mine = {source for source, _, _ in share}
     # this rank's share of the earlier rows: every rank holding every row would not scale
-    previous = {row["source"]: row for row in iter_report(report) if row["source"] in mine} if report.exists() else {}
+    previous = {row["source"]: row for row in iter_report(report, keep=mine)} if report.exists() else {}
 
     settings = options.key()
     rows: dict[str, dict] = {}
@@ -296,15 +297,17 @@ def read_report(path: Path) -> list[dict]:
     return list(iter_report(path))
 
 
-def iter_report(path: Path) -> Iterator[dict]:
-    """The rows of a report one at a time: a reader holds one row, however long the file."""
+def iter_report(path: Path, keep: Container[str] | None = None) -> Iterator[dict]:
+    """The rows of a report one at a time: a reader holds one row, however long the file. With ``keep``, only
+    those whose source is in it (``dict_rows``)."""
     try:
         with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = set(COLUMNS) - set(reader.fieldnames or ())
+            reader = csv.reader(f)
+            header = next(reader, [])
+            missing = set(COLUMNS) - set(header)
             if missing:
                 raise UserError(f"{path} is not an xdc prepare report (missing columns: {', '.join(sorted(missing))})")
-            yield from reader
+            yield from dict_rows(reader, header, "source", keep)
     except UnicodeDecodeError:
         raise UserError(f"{path} is not an xdc prepare report (not UTF-8 text)") from None
     except OSError as e:
