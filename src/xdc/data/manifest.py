@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import json
 import shutil
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,18 @@ def write_rows(path: str | Path, rows: Iterable[dict]) -> None:
         for row in rows:
             writer.writerow([_cell(row.get(k)) for k in COLUMNS])
     tmp.replace(path)
+
+
+def write_atomic(path: Path, write: Callable) -> None:
+    """Call ``write`` on a temporary text file beside ``path``, then rename it into place (a reader never sees
+    half a file); a UserError where it cannot be written."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            write(f)
+        tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def read_rows(path: str | Path) -> list[dict]:

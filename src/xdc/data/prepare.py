@@ -31,7 +31,7 @@ from xdc.data.index import (
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS
 from xdc.data.jobs import run_jobs
-from xdc.data.manifest import dict_rows
+from xdc.data.manifest import dict_rows, write_atomic
 from xdc.data.shares import (
     Every, collectives, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
 )  # fmt: skip
@@ -279,18 +279,7 @@ def write_report(path: Path, rows: Iterable[dict]) -> None:
             ok = row["status"] == "ok"  # else nothing was written for it: no output
             writer.writerow([_cell(row.get(k)) if ok or k != "output" else "" for k in COLUMNS])
 
-    _write_atomic(path, write)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Call ``write`` on a temporary text file beside ``path``, then rename it into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            write(f)
-        tmp.replace(path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    write_atomic(path, write)
 
 
 def read_report(path: Path) -> list[dict]:
@@ -355,7 +344,7 @@ def _write_labels(
         label = label_index.lookup(row["source"], collection.roots, names, stems)
         if row["status"] == "ok" and label:
             labelled.append((row["output"], label))
-    _write_atomic(path, lambda f: csv.writer(f).writerows([("path", "label"), *labelled]))
+    write_atomic(path, lambda f: csv.writer(f).writerows([("path", "label"), *labelled]))
     return len(labelled)
 
 

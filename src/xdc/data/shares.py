@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+from xdc.data.manifest import write_atomic
 from xdc.errors import UserError
 
 if TYPE_CHECKING:  # torch, imported under torchrun only
@@ -46,7 +47,8 @@ def my_share(listing: Callable[[], list], path: Path, ctx: Dist, on_main: Callab
         remove_share_files(path)  # of a run cut short, perhaps with more ranks
         entries = listing()
         for rank in range(ctx.world_size):
-            _write_lines(share_file(path, rank), (json.dumps(entry) for entry in entries[rank :: ctx.world_size]))
+            share = entries[rank :: ctx.world_size]  # JSON lines: ASCII, whatever bytes a name holds
+            write_atomic(share_file(path, rank), lambda f: f.writelines(json.dumps(entry) + "\n" for entry in share))
 
     on_main(write, ctx)
     mine = share_file(path, ctx.rank)
@@ -66,17 +68,6 @@ def share_file(path: Path, rank: int | str) -> Path:
 def remove_share_files(path: Path) -> None:
     for file in _of_every_rank(path, share_file):
         file.unlink()
-
-
-def _write_lines(path: Path, lines: Iterator[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="ascii") as f:  # json.dumps escapes the rest, undecodable names' bytes too
-            for line in lines:
-                f.write(line + "\n")
-        tmp.replace(path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def rank_file(path: Path, rank: int | str) -> Path:
