@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import wave
 from pathlib import Path
@@ -226,6 +227,41 @@ def test_two_gloo_ranks_share_out_the_probes_and_write_one_manifest(media: Path,
     assert "2 of 8 files labelled" in done.stdout
     assert ddp.read_text() == single.read_text()
     assert not list(tmp_path.glob(".*.rank*.csv")) and not list(tmp_path.glob(".*.share*"))
+
+
+def test_a_rank_reading_slowly_still_finds_its_rows_in_another_ranks_side_file(media: Path, tmp_path: Path) -> None:
+    """A run cut short left rows in a side file that is now another rank's (the shares moved: files added, another
+    number of ranks). That rank rewrites its side file with its own rows as soon as it saves; a rank still
+    reading (rank 0 here, 3 s late, as on a busy network filesystem) must not lose its rows to that rewrite and
+    probe them again."""
+    from xdc.data.shares import rank_file
+
+    out = tmp_path / "manifest.csv"
+    build_manifest([str(media)], out, workers=1)
+    rank_file(out, 1).write_text(out.read_text())  # every row left in rank 1's side file, none in the manifest
+    out.unlink()
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent("""\
+        import sys, time
+        from xdc.cli import _as_rank
+        from xdc.data import index
+
+        def run(ctx):
+            if ctx.rank == 0:
+                read = index.iter_rows
+                index.iter_rows = lambda *args, **kwargs: (time.sleep(3), read(*args, **kwargs))[1]
+            summary = index.build_manifest([sys.argv[1]], sys.argv[2], workers=1, ctx=ctx)
+            if summary is not None:
+                print("probed", summary.probed)
+
+        _as_rank(run, gpus=False)
+    """))
+    job = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29674", str(driver),
+           str(media), str(out)]  # fmt: skip
+    done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "probed 0" in done.stdout
+    assert not list(tmp_path.glob(".*.rank*.csv"))
 
 
 def test_a_rank_whose_side_file_rank_0_cannot_see_is_a_user_error(tmp_path: Path) -> None:

@@ -97,6 +97,10 @@ def build_manifest(
     cache = {}  # of this rank's share: every rank holding every row would not scale
     for path in [out, *rank_files(out)] if out.exists() else rank_files(out):  # side files: newer than out
         cache.update((row["path"], row) for row in iter_rows(path, keep=mine))
+    # A rank's first save rewrites its side file with its own rows alone. Where the shares moved since the run cut
+    # short (files added, another number of ranks) that file also held rows of other ranks' shares, which a rank
+    # still reading it would probe again: so no rank saves before every rank has read.
+    gather_objects(None, ctx)
 
     rows: dict[str, dict] = {}
     todo: dict[str, dict] = {}
