@@ -1,0 +1,54 @@
+"""The benchmark scripts still run against the library as it is now, each at its smallest setting on the CPU.
+They are what a lent GPU machine runs (benchmarks/gpu_check.sh) and what BENCHMARKS.md is re-measured with, and
+nothing else calls them: a script broken by a change would otherwise be found only on the next GPU lease, whose
+minutes are few. Timings are not checked here, only that each script ends and writes its table as JSON.
+Left out: decode.py (reads GRID from ../shared/data), grid_study.py (minutes of training), simd.py and
+offline_tools.py (about 16 s each at their smallest)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_STEP = ["--preset", "tiny", "--device", "cpu", "--batch", "4", "--steps", "2", "--warmup", "1"]
+
+# (script, arguments, the JSON file it writes): the flags of gpu_check.sh's steps, at sizes a CPU runs in seconds
+RUNS = [
+    ("train_step", [*TINY_STEP, "--loader-steps", "2"], "train_step"),
+    ("train_step", [*TINY_STEP, "--model-only", "--channels-last", "--s2d-stem", "--pad-widths", "8",
+                    "--cudnn-limit", "0", "--profile", "{tmp}/profiles.txt"], "train_step"),  # fmt: skip
+    ("crops", ["--videos", "2", "--seconds", "2", "--items", "8", "--rounds", "1", "--batch", "4", "--device", "cpu"],
+     "crops"),  # fmt: skip
+    ("conv_shapes", ["--preset", "tiny", "--device", "cpu", "--batch", "2", "--reps", "1"], "conv_shapes"),
+    ("roofline", ["--preset", "tiny", "--batch", "2"], "roofline"),
+    ("clustering", ["--sizes", "2000", "--ks", "16", "--repeats", "1", "--paths", "ours", "faiss", "sharded", "torch",
+                    "lloyd", "sinkhorn", "sinkhorn-torch"], "clustering"),  # fmt: skip
+    ("sinkhorn_ranks", ["--n", "2000", "--k", "16", "--ranks", "2", "--repeats", "1"], "sinkhorn_ranks_2000x16"),
+    ("prepare", ["--videos", "1", "--seconds", "2", "--sizes", "320x180", "--gops", "16", "--clips", "4"], "prepare"),
+    ("eval_clips", ["--preset", "tiny", "--videos", "3", "--clips", "2", "--rounds", "1"], "eval_clips"),
+    ("extract_cache", ["--preset", "tiny", "--videos", "3", "--rounds", "1"], "extract_cache"),
+    ("pretrain", ["--presets", "tiny", "--videos", "8"], "pretrain"),
+    ("listing", ["--files", "300", "--ranks", "2"], "listing"),
+    ("rank_joins", ["--rows", "500", "--ranks", "2"], "rank_joins"),
+    ("per_video_memory", ["--videos", "200", "--k", "8", "--world-size", "2", "--batch", "4"], "per_video_memory"),
+    ("worker_deaths", ["--workers", "1", "--batches", "2", "--batch", "4", "--rounds", "1"], "worker_deaths"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "name"), RUNS, ids=[f"{s}-{i}" for i, (s, _, _) in enumerate(RUNS)])
+def test_benchmark_script_runs_and_writes_its_table(script: str, args: list[str], name: str, tmp_path: Path) -> None:
+    env = {**os.environ, "XDC_BENCHMARK_RESULTS": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *(a.format(tmp=tmp_path) for a in args)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    written = json.loads((tmp_path / f"{name}.json").read_text())
+    assert written["rows"] and written["machine"]["torch"], written
+    assert f"wrote {tmp_path / name}.json" in done.stdout
+    if "--profile" in args:
+        assert (tmp_path / "profiles.txt").read_text().strip()
