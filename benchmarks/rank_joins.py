@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/rank_joins.py [--rows 500000] [--ranks 2]
 
 Writes --ranks side files of --rows rows each (paths like a collection of 400 folders), then times rank 0's join:
-the index's (a sorted merge, labels matched from a labels file, the manifest written) and prepare's (the earlier
-report merged with the ranks' reports). Peak memory is the process's maximum resident size after the files were
-written against after the join: a join that streams leaves it flat.
+the index's (a sorted merge, labels matched from a labels file, the manifest written) and prepare's (the ranks'
+reports merged). Peak memory is the process's maximum resident size after the files were written against after
+the join: a join that streams leaves it flat. Then what a rank pays to keep its side file as it goes: a row added
+at a time (``RowLog``, a write each), against a rewrite of the whole file (how the side files were kept until
+2026-11-30, at most every 5 s and 5% of the time).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from pathlib import Path
 
 from common import report
 from xdc.data.index import Collection, LabelIndex, _write_manifest
-from xdc.data.manifest import iter_rows, write_rows
-from xdc.data.prepare import _join_rank_reports, write_report
-from xdc.data.shares import merged, rank_file
+from xdc.data.manifest import COLUMNS, iter_rows, row_cells, write_rows
+from xdc.data.prepare import join_reports, write_report
+from xdc.data.shares import RowLog, merged, rank_file
 
 MANIFEST_ROW = dict(status="ok", reason="", duration_s="10", fps="25", width="340", height="256", rotation="0",
                     has_audio="1", sample_rate="44100", channels="2", label="", size="1234567",
@@ -47,9 +49,7 @@ def main() -> None:
         out, prepared = Path(tmp) / "manifest.csv", Path(tmp) / "prepared.csv"
         for r in range(args.ranks):
             write_rows(rank_file(out, r), ({**MANIFEST_ROW, "path": p} for p in paths(args.rows, r)))
-            write_report(rank_file(prepared, r), ({**REPORT_ROW, "source": p} for p in paths(args.rows, r)[::2]))
-        earlier = sorted(p for r in range(args.ranks) for p in paths(args.rows, r))
-        write_report(prepared, ({**REPORT_ROW, "source": p} for p in earlier))
+            write_report(rank_file(prepared, r), ({**REPORT_ROW, "source": p} for p in paths(args.rows, r)))
         labels = Path(tmp) / "labels.csv"
         labels.write_text("path,label\nv000000001_0.mp4,a\nc007/v000000007_1.mp4,b\n")
         files = [rank_file(out, r) for r in range(args.ranks)]
@@ -63,13 +63,27 @@ def main() -> None:
                      "peak MB after": round(peak_mb())})  # fmt: skip
 
         ranks = [rank_file(prepared, r) for r in range(args.ranks)]
-        read = len(earlier) + sum(len(paths(args.rows, r)[::2]) for r in range(args.ranks))
+        read = args.ranks * args.rows
         before, t = peak_mb(), time.perf_counter()
-        _join_rank_reports(prepared, ranks, with_base=True)
+        join_reports(prepared, ranks)
         seconds = time.perf_counter() - t
-        rows.append({"join": "prepare: earlier report + ranks' reports", "rows": read, "s": round(seconds, 1),
+        rows.append({"join": "prepare: ranks' reports", "rows": read, "s": round(seconds, 1),
                      "rows/s": round(read / seconds), "peak MB before": round(before),
                      "peak MB after": round(peak_mb())})  # fmt: skip
+
+        mine = [{**MANIFEST_ROW, "path": p} for p in paths(args.rows, 0)]
+        log = Path(tmp) / "log.csv"
+        t = time.perf_counter()
+        with RowLog(log, COLUMNS, row_cells) as rank_log:
+            for row in mine:
+                rank_log.add([row])
+        added = time.perf_counter() - t
+        t = time.perf_counter()
+        write_rows(log, mine)
+        whole = time.perf_counter() - t
+        for how, seconds in (("a row added at a time", added), ("rewritten whole, once", whole)):
+            rows.append({"join": f"a rank's side file: {how}", "rows": len(mine), "s": round(seconds, 2),
+                         "rows/s": round(len(mine) / seconds)})  # fmt: skip
     report("rank_joins", rows, {"ranks": args.ranks, "rows_per_rank": args.rows})
 
 

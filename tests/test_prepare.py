@@ -236,6 +236,36 @@ def test_rerun_keeps_done_files_and_redoes_changed_ones(tmp_path: Path) -> None:
     assert _streams(out / "0.mp4")["size"] == (48, 32)
 
 
+def test_a_run_killed_keeps_every_copy_it_finished(tmp_path: Path) -> None:
+    """SIGKILLed while transcoding: each finished copy's row is in the side file as soon as it is made, so the next
+    run redoes none of them, and its report is that of a run straight through."""
+    src, out, straight = tmp_path / "src", tmp_path / "out", tmp_path / "straight"
+    src.mkdir()
+    for i in range(12):
+        write_av(src / f"{i:02d}.mp4", _scene(10, 48, 64, i), FPS, None)
+    assert _run(str(src), "--out", str(straight), "--workers", "1")[0] == 0
+    driver = "import sys; from xdc.cli import main; main(['prepare', *sys.argv[1:]])"
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(src), "--out", str(out), "--workers", "1"])
+    side = out / ".prepared.csv.rank0.csv"
+    deadline = time.time() + 120
+    while not (side.exists() and side.read_text().count("\n") > 3) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)  # the header and 3 rows
+    proc.kill()
+    proc.wait()
+    assert side.exists() and not (out / "prepared.csv").exists(), "prepare ended before it could be killed"
+    done = [row["source"] for row in prepare.read_report(side)]
+    mtimes = {s: (out / Path(s).name).stat().st_mtime_ns for s in done}
+    code, stdout = _run(str(src), "--out", str(out), "--workers", "1")
+    assert code == 0 and 3 <= len(done) < 12
+    assert stdout.endswith(f"12 files: 12 prepared ({len(done)} already done), 0 skipped, 0 failed\n")
+    assert {s: (out / Path(s).name).stat().st_mtime_ns for s in done} == mtimes  # not made again
+    timing = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in timing} for r in prepare.read_report(out / "prepared.csv")] == [
+        {k: v for k, v in r.items() if k not in timing} for r in prepare.read_report(straight / "prepared.csv")
+    ]
+    assert not side.exists()
+
+
 def test_two_gloo_ranks_share_out_the_files_and_make_one_report(prepared, sources: Path, tmp_path: Path) -> None:
     """torchrun with 2 processes (as 2 nodes would run it): each rank transcodes every other file, rank 0 joins the
     ranks' reports into one and writes the labels; the same report, labels and copies as one process."""
@@ -260,7 +290,7 @@ def test_two_gloo_ranks_share_out_the_files_and_make_one_report(prepared, source
         assert _streams(out / name) == _streams(single / name)
 
 
-def test_the_reports_of_ranks_cut_short_are_joined_by_the_next_run(prepared, sources: Path, tmp_path: Path) -> None:
+def test_the_reports_of_ranks_cut_short_are_taken_by_the_next_run(prepared, sources: Path, tmp_path: Path) -> None:
     """A torchrun job killed before rank 0 joined the reports leaves each rank's: the next run, with any number of
     ranks, takes the files they list as done."""
     single = prepared[0]

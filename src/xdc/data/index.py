@@ -21,9 +21,9 @@ import av
 
 from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
-from xdc.data.manifest import iter_rows, write_rows
+from xdc.data.manifest import COLUMNS, iter_rows, row_cells, write_rows
 from xdc.data.shares import (
-    Every, collectives, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
+    RowLog, collectives, earlier_rows, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
 )  # fmt: skip
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
@@ -75,10 +75,10 @@ def build_manifest(
     """Probe every media file under ``paths`` (folders or lists of files) and write the manifest ``out``.
     Rows of an existing ``out`` whose (path, size, mtime) still match are reused without opening the file.
 
-    The rows probed so far are kept in a side file (``.OUT.rank0.csv``) as the probes go, so that a run cut short
-    loses at most a few seconds of probing: the next run reuses them as it reuses ``out``'s rows. Under torchrun
-    (``ctx``) rank 0 lists the inputs, every rank probes every W-th file and keeps its own side file; rank 0 joins
-    them, labels the rows, writes ``out`` and returns the summary (the other ranks None)."""
+    Each row probed is added to a side file (``.OUT.rank0.csv``) as it comes, so that a run cut short loses no
+    probe made: the next run reuses those rows as it reuses ``out``'s. Under torchrun (``ctx``) rank 0 lists the
+    inputs, every rank probes every W-th file and keeps its own side file; rank 0 joins them, labels the rows,
+    writes ``out`` and returns the summary (the other ranks None)."""
     ctx, on_main, _, gather_objects = collectives(ctx)
     out = Path(out)
     workers = check_workers(workers)
@@ -93,15 +93,7 @@ def build_manifest(
         return list(collection.files)
 
     share = my_share(listing, out, ctx, on_main)
-    mine = set(share)
-    cache = {}  # of this rank's share: every rank holding every row would not scale
-    for path in [out, *rank_files(out)] if out.exists() else rank_files(out):  # side files: newer than out
-        cache.update((row["path"], row) for row in iter_rows(path, keep=mine))
-    # A rank's first save rewrites its side file with its own rows alone. Where the shares moved since the run cut
-    # short (files added, another number of ranks) that file also held rows of other ranks' shares, which a rank
-    # still reading it would probe again: so no rank saves before every rank has read.
-    gather_objects(None, ctx)
-
+    cache, theirs = earlier_rows(out, ctx, iter_rows, "path", set(share))  # of this rank's share: not every row
     rows: dict[str, dict] = {}
     todo: dict[str, dict] = {}
     for path in share:
@@ -116,18 +108,17 @@ def build_manifest(
         else:
             todo[path] = row
     side = rank_file(out, ctx.rank)
+    if todo or theirs:  # each probe kept in the side file as it comes, for the next run should this one not end
+        with RowLog(side, COLUMNS, row_cells) as log:
+            log.add(theirs)
 
-    def save() -> None:
+            def probed(path: str, probe: dict) -> None:
+                rows[path] = {**todo[path], **probe, "probe": PROBE_VERSION}
+                log.add([rows[path]])
+
+            probe_files(list(todo), workers, probed, show=ctx.main)
+    if ctx.enabled:  # every row of the share, sorted, for rank 0's join (alone, the rows are at hand)
         write_rows(side, [rows[p] for p in sorted(rows)])
-
-    def probed(path: str, probe: dict) -> None:
-        rows[path] = {**todo[path], **probe, "probe": PROBE_VERSION}
-
-    try:
-        probe_files(list(todo), workers, probed, Every(save).maybe, show=ctx.main)
-    finally:
-        if todo or ctx.enabled:  # rank 0 joins the ranks' side files; alone, with nothing probed, there is no news
-            save()
     counts = gather_objects(len(todo), ctx)
 
     def finish() -> IndexSummary:
@@ -320,11 +311,9 @@ def stat_row(path: str) -> dict:
     return {"path": path, "size": st.st_size, "mtime": mtime}
 
 
-def probe_files(
-    paths: list[str], workers: int, done: Callable[[str, dict], None], then: Callable[[], None], show: bool = True
-) -> None:
-    """Probe files in worker processes, calling ``done(path, row)`` for each and ``then()`` after it; a file that
-    crashes or hangs its process gets an error row (:mod:`xdc.data.jobs`), and the others go on."""
+def probe_files(paths: list[str], workers: int, done: Callable[[str, dict], None], show: bool = True) -> None:
+    """Probe files in worker processes, calling ``done(path, row)`` for each; a file that crashes or hangs its
+    process gets an error row (:mod:`xdc.data.jobs`), and the others go on."""
     if not paths:
         return
     with progress_bar(total=len(paths), desc="probing", unit="file", show=show) as progress:
@@ -332,7 +321,6 @@ def probe_files(
         def finished(path: str, row: dict) -> None:
             done(path, row)
             progress.update()
-            then()
 
         run_jobs(paths, _probe_job, workers, finished, failed=_failed, limit_s=lambda path: PROBE_LIMIT_S,
                  initializer=init_worker)  # fmt: skip

@@ -34,9 +34,13 @@ def write_rows(path: str | Path, rows: Iterable[dict]) -> None:
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)  # lists, not csv.DictWriter's dicts: 4 -> 2.2 us a row (rank 0 writes 65M)
         writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow([_cell(row.get(k)) for k in COLUMNS])
+        writer.writerows(map(row_cells, rows))
     tmp.replace(path)
+
+
+def row_cells(row: dict) -> list[str]:
+    """A manifest row's cells, in the order of COLUMNS."""
+    return [_cell(row.get(k)) for k in COLUMNS]
 
 
 def write_atomic(path: Path, write: Callable) -> None:

@@ -33,7 +33,7 @@ from xdc.data.decode import TIMED_DEMUXERS
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import dict_rows, write_atomic
 from xdc.data.shares import (
-    Every, collectives, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
+    RowLog, collectives, earlier_rows, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
 )  # fmt: skip
 from xdc.errors import UserError
 from xdc.progress import counted, progress_bar
@@ -118,11 +118,13 @@ def prepare(
     """Transcode every media file under ``paths`` (folders, lists of files or files) into the folder ``out``,
     keeping each file's path relative to the inputs' common folder, and write ``out/prepared.csv``.
     Files whose source size, mtime and settings match an ``ok`` row of an earlier report are not redone.
+    Each row is added to a side file (``.prepared.csv.rank0.csv``) as its copy is made, so that a run cut short
+    loses no finished copy: the next run reads those rows as it reads the report's.
 
-    Under torchrun (``ctx``, e.g. one rank per node) rank 0 lists the inputs and every rank takes every W-th file;
-    it keeps its rows in a report of its own (``.prepared.csv.rankN.csv``), which rank 0 joins into ``prepared.csv``
-    at the end, and at the start of the next run where that end was not reached. Rank 0 writes the labels and
-    returns the summary, the other ranks None. ``out`` and the inputs must be on filesystems every rank sees."""
+    Under torchrun (``ctx``, e.g. one rank per node) rank 0 lists the inputs and every rank takes every W-th file
+    and keeps its own side file (``.prepared.csv.rankN.csv``), which rank 0 joins into ``prepared.csv`` at the end.
+    Rank 0 writes the labels and returns the summary, the other ranks None. ``out`` and the inputs must be on
+    filesystems every rank sees."""
     ctx, on_main, _, gather_objects = collectives(ctx)
     options = options or PrepareOptions()
     options.check()
@@ -140,9 +142,8 @@ def prepare(
         return plan_outputs(collection)
 
     share = my_share(listing, report, ctx, on_main)
-    mine = {source for source, _, _ in share}
     # this rank's share of the earlier rows: every rank holding every row would not scale
-    previous = {row["source"]: row for row in iter_report(report, keep=mine)} if report.exists() else {}
+    previous, theirs = earlier_rows(report, ctx, iter_report, "source", {source for source, _, _ in share})
 
     settings = options.key()
     rows: dict[str, dict] = {}
@@ -165,23 +166,23 @@ def prepare(
             rows[source] = row
             todo.append(source)
 
-    mine = rank_file(report, ctx.rank) if ctx.enabled else report
-
-    def save() -> None:
-        # Files not reached yet keep their earlier row (an interrupted run must not forget finished outputs).
-        current = {s: r if "status" in r else previous.get(s) for s, r in rows.items()}
-        write_report(mine, [r for _, r in sorted(current.items()) if r is not None])
-
-    try:
-        _run_jobs(todo, rows, out, options, workers, save, show=ctx.main)
-    finally:
-        save()
+    side = rank_file(report, ctx.rank)
+    if todo or theirs:  # each copy's row kept in the side file as it comes, for the next run should this one not end
+        with RowLog(side, COLUMNS, _report_cells) as log:
+            log.add(theirs)
+            _run_jobs(todo, rows, out, options, workers, log, show=ctx.main)
+    if ctx.enabled:  # every row of the share, sorted, for rank 0's join (alone, the rows are at hand)
+        write_report(side, [rows[s] for s in sorted(rows)])
     summaries = gather_objects(_summarise(list(rows.values())), ctx)
 
     def finish() -> PrepareSummary:
         if ctx.enabled:  # every rank's rows, of the files listed now
-            _join_rank_reports(report, this_run_files(report, ctx), with_base=False)
-            remove_share_files(report)
+            join_reports(report, this_run_files(report, ctx))
+        else:
+            write_report(report, [rows[s] for s in sorted(rows)])
+        for path in rank_files(report):  # this run's, and any of a run cut short (their rows were read)
+            path.unlink()
+        remove_share_files(report)
         summary = _add(summaries)
         if label_index is not None:  # from the whole report, as it streams, where the ranks made it
             every = (lambda: iter_report(report)) if ctx.enabled else (lambda: (rows[s] for s in sorted(rows)))
@@ -191,25 +192,17 @@ def prepare(
     return on_main(finish, ctx)
 
 
+def join_reports(report: Path, files: list[Path]) -> None:
+    """Write the rows of ``files`` (the ranks' side files, each sorted) as ``report``, merged as they stream: rank 0
+    holds one row of each file at a time, however many rows there are."""
+    write_report(report, counted(merged(files, iter_report, "source"), f"joining {REPORT}"))
+
+
 def _start(out: Path, collection: Collection) -> None:
-    """Before any rank starts: check ``out``, join the reports of the ranks of a run that did not get to its end
-    into the report, and remove the outputs that such a run left half written."""
+    """Before any rank starts: check ``out`` and remove the outputs that a run cut short left half written."""
     _check_out(out, collection)
-    report = out / REPORT
-    if rank_files(report):
-        _join_rank_reports(report, rank_files(report), with_base=True)
     for leftover in out.rglob(PARTIAL_GLOB):
         leftover.unlink(missing_ok=True)
-
-
-def _join_rank_reports(report: Path, ranks: list[Path], with_base: bool) -> None:
-    """Write the rows of ``report`` (``with_base``), replaced and added to by those of the ranks' reports ``ranks``,
-    as the report, merged as they stream (``merged``), then remove the ranks' reports (a crash in between leaves
-    them to be joined again)."""
-    files = [report] if with_base and report.exists() else []
-    write_report(report, counted(merged([*files, *ranks], iter_report, "source"), f"joining {REPORT}"))
-    for path in ranks:
-        path.unlink()
 
 
 def _check_out(out: Path, collection: Collection) -> None:
@@ -273,13 +266,16 @@ def write_report(path: Path, rows: Iterable[dict]) -> None:
     """Write the report atomically (a reader never sees half a file)."""
 
     def write(f) -> None:
-        writer = csv.writer(f)  # lists, not csv.DictWriter's dicts: a rank rewrites millions of rows as it goes
+        writer = csv.writer(f)  # lists, not csv.DictWriter's dicts: rank 0 writes millions of rows
         writer.writerow(COLUMNS)
-        for row in rows:
-            ok = row["status"] == "ok"  # else nothing was written for it: no output
-            writer.writerow([_cell(row.get(k)) if ok or k != "output" else "" for k in COLUMNS])
+        writer.writerows(map(_report_cells, rows))
 
     write_atomic(path, write)
+
+
+def _report_cells(row: dict) -> list[str]:
+    ok = row["status"] == "ok"  # else nothing was written for it: no output
+    return [_cell(row.get(k)) if ok or k != "output" else "" for k in COLUMNS]
 
 
 def read_report(path: Path) -> list[dict]:
@@ -352,18 +348,17 @@ def _write_labels(
 
 
 def _run_jobs(
-    todo: list[str], rows: dict[str, dict], out: Path, options: PrepareOptions, workers: int, save, show: bool
+    todo: list[str], rows: dict[str, dict], out: Path, options: PrepareOptions, workers: int, log: RowLog, show: bool
 ) -> None:
-    """Transcode in worker processes; a file that crashes or hangs its process gets an error row
-    (:mod:`xdc.data.jobs`), and the others go on."""
+    """Transcode in worker processes, each row added to ``log`` as it comes; a file that crashes or hangs its
+    process gets an error row (:mod:`xdc.data.jobs`), and the others go on."""
     if not todo:
         return
-    saving = Every(save)  # so that an interrupted run can resume
 
     def finish(pair: tuple[str, str], result: dict) -> None:
         rows[pair[0]].update(result)
+        log.add([rows[pair[0]]])
         progress.update()
-        saving.maybe()
 
     with progress_bar(total=len(todo), desc="preparing", unit="file", show=show) as progress:
         run_jobs(
