@@ -1,3 +1,5 @@
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,18 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"../shared/data/{name} is absent (real-data test; the project's own media cover the core)")
     return path
+
+
+def kill_once_rows_are_kept(command: list[str], side: Path, rows: int = 3) -> None:
+    """Start ``command`` and SIGKILL it once its side file ``side`` holds ``rows`` rows after the header (or when
+    it ends first, which the caller's assertions then catch)."""
+    proc, deadline = subprocess.Popen(command), time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if side.exists() and side.read_text().count("\n") > rows:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
 
 
 def gray_frames(n: int, height: int = 32, width: int = 48, step: int = 4) -> np.ndarray:

@@ -19,6 +19,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import kill_once_rows_are_kept
 from xdc.cli import main
 from xdc.data import index
 from xdc.data.encode import write_av
@@ -197,13 +198,8 @@ def test_a_run_cut_short_keeps_what_it_probed(tmp_path: Path) -> None:
     straight, cut = tmp_path / "straight.csv", tmp_path / "cut.csv"
     build_manifest([str(folder)], straight, workers=1)
     driver = "import sys; from xdc.data import index; index.build_manifest([sys.argv[1]], sys.argv[2], workers=1)"
-    proc = subprocess.Popen([sys.executable, "-c", driver, str(folder), str(cut)])
     side = tmp_path / ".cut.csv.rank0.csv"
-    deadline = time.time() + 120
-    while not (side.exists() and side.read_text().count("\n") > 3) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)  # the header and 3 rows
-    proc.kill()
-    proc.wait()
+    kill_once_rows_are_kept([sys.executable, "-c", driver, str(folder), str(cut)], side)
     assert side.exists() and not cut.exists(), "the index ended before it could be killed"
     kept = len(read_rows(side))
     summary = build_manifest([str(folder)], cut, workers=1)

@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import shared_data
+from conftest import kill_once_rows_are_kept, shared_data
 from xdc.cli import main
 from xdc.config import ClipConfig
 from xdc.data import prepare
@@ -245,13 +245,8 @@ def test_a_run_killed_keeps_every_copy_it_finished(tmp_path: Path) -> None:
         write_av(src / f"{i:02d}.mp4", _scene(10, 48, 64, i), FPS, None)
     assert _run(str(src), "--out", str(straight), "--workers", "1")[0] == 0
     driver = "import sys; from xdc.cli import main; main(['prepare', *sys.argv[1:]])"
-    proc = subprocess.Popen([sys.executable, "-c", driver, str(src), "--out", str(out), "--workers", "1"])
     side = out / ".prepared.csv.rank0.csv"
-    deadline = time.time() + 120
-    while not (side.exists() and side.read_text().count("\n") > 3) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)  # the header and 3 rows
-    proc.kill()
-    proc.wait()
+    kill_once_rows_are_kept([sys.executable, "-c", driver, str(src), "--out", str(out), "--workers", "1"], side)
     assert side.exists() and not (out / "prepared.csv").exists(), "prepare ended before it could be killed"
     done = [row["source"] for row in prepare.read_report(side)]
     mtimes = {s: (out / Path(s).name).stat().st_mtime_ns for s in done}
