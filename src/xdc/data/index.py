@@ -154,10 +154,7 @@ def _write_manifest(
             statuses[row["status"]] += 1
             yield row
 
-    try:
-        write_rows(out, labelled_rows())
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    write_rows(out, labelled_rows())
     return IndexSummary(
         files=sum(statuses.values()),
         usable=statuses["ok"] + statuses["no_audio"],
