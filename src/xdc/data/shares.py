@@ -168,10 +168,8 @@ def _header(path: Path) -> list[str] | None:
 
 
 def _ends_a_line(path: Path) -> bool:
+    """Whether the last byte of ``path`` (not empty) is a newline."""
     with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() == 0:
-            return True
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
 
