@@ -25,6 +25,7 @@ from xdc.data import index
 from xdc.data.encode import write_av
 from xdc.data.index import IndexSummary, build_manifest
 from xdc.data.manifest import COLUMNS, iter_rows, read_rows, write_rows
+from xdc.data.shares import rank_file
 from xdc.errors import UserError
 
 SHARED_MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "media"
@@ -171,7 +172,7 @@ def test_cache_reuses_unchanged_files(collection: Path, tmp_path: Path) -> None:
     first = out.read_text()
 
     rerun = build_manifest([str(collection)], out, workers=2)
-    assert rerun.probed == 0
+    assert (rerun.probed, rerun.reused) == (0, 8)
     assert out.read_text() == first
 
     good = collection / "good.mp4"
@@ -185,7 +186,23 @@ def test_cache_reuses_unchanged_files(collection: Path, tmp_path: Path) -> None:
     assert summary.probed == 1
     rows = _rows(out)
     assert "text.mp4" not in rows and rows["new.mp4"]["status"] == "ok"
-    assert summary.line() == "8 files: 4 usable (3 with audio), 4 unusable"
+    assert summary.line() == (
+        "8 files: 4 usable (3 with audio), 4 unusable; 7 unchanged since an earlier run, not probed again"
+    )
+
+
+def test_a_stale_row_read_after_a_current_one_does_not_make_the_file_probed_again(collection, tmp_path) -> None:
+    """Runs cut short with 11 ranks, then 3: the side files' names (rank10 before rank2) do not tell which rows are
+    older, and rank 2's may hold rows of the files as they were before they changed."""
+    out = tmp_path / "manifest.csv"
+    build_manifest([str(collection)], out, workers=2)
+    first = out.read_text()
+    rows = list(iter_rows(out))
+    out.unlink()
+    write_rows(rank_file(out, 10), rows)
+    write_rows(rank_file(out, 2), [{**row, "size": str(int(row["size"]) + 1), "status": "error"} for row in rows])
+    summary = build_manifest([str(collection)], out, workers=2)
+    assert (summary.probed, summary.reused) == (0, 8) and out.read_text() == first
 
 
 def test_a_run_cut_short_keeps_what_it_probed(tmp_path: Path) -> None:
@@ -229,7 +246,6 @@ def test_a_rank_reading_slowly_still_finds_its_rows_in_another_ranks_side_file(m
     number of ranks). That rank rewrites its side file with its own rows as soon as it saves; a rank still
     reading (rank 0 here, 3 s late, as on a busy network filesystem) must not lose its rows to that rewrite and
     probe them again."""
-    from xdc.data.shares import rank_file
 
     out = tmp_path / "manifest.csv"
     build_manifest([str(media)], out, workers=1)
@@ -263,7 +279,7 @@ def test_a_rank_whose_side_file_rank_0_cannot_see_is_a_user_error(tmp_path: Path
     """Ranks on machines that do not share --out's folder: rank 0 must not write a manifest without their rows."""
     from types import SimpleNamespace
 
-    from xdc.data.shares import rank_file, this_run_files
+    from xdc.data.shares import this_run_files
 
     out = tmp_path / "manifest.csv"
     write_rows(rank_file(out, 0), [])

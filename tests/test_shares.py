@@ -60,8 +60,29 @@ def test_earlier_rows_are_the_newest_of_the_share_and_those_only_another_rank_of
     write_rows(rank_file(out, 1), [_row("b.mp4", size=3)])  # newer than rank 0's: a later file wins
     write_rows(rank_file(out, 2), [_row("c.mp4", size=4), _row("y.mp4", size=4)])
     mine = {f"/videos/{n}" for n in ("a.mp4", "b.mp4", "c.mp4")}
-    rows, theirs = earlier_rows(out, SimpleNamespace(rank=1, world_size=2, enabled=False), iter_rows, "path", mine)
+    rows, theirs = earlier_rows(out, _rank(1, of=2), iter_rows, "path", mine, current=lambda row: True)
     assert {p: r["size"] for p, r in rows.items()} == {"/videos/a.mp4": "2", "/videos/b.mp4": "3", "/videos/c.mp4": "4"}
     assert [(r["path"], r["size"]) for r in theirs] == [("/videos/a.mp4", "2")]
-    alone = earlier_rows(out, SimpleNamespace(rank=0, world_size=1, enabled=False), iter_rows, "path", mine)
+    alone = earlier_rows(out, _rank(0, of=1), iter_rows, "path", mine, current=lambda row: True)
     assert alone[0] == rows and alone[1] == []  # no other rank rewrites a file
+
+
+def test_of_the_earlier_rows_for_a_file_one_that_still_holds_wins(tmp_path: Path) -> None:
+    """Side files of runs with different numbers of ranks: the names' order (rank10 before rank2) is not the rows'
+    age, so a row that is no longer current must not displace one that is, wherever each is read."""
+    out = tmp_path / "manifest.csv"
+    write_rows(out, [_row("a.mp4", size=1), _row("b.mp4", size=1), _row("c.mp4", size=1)])
+    write_rows(rank_file(out, 10), [_row("a.mp4", size=5), _row("b.mp4", size=2), _row("c.mp4", size=2)])
+    write_rows(rank_file(out, 2), [_row("a.mp4", size=2), _row("b.mp4", size=5), _row("c.mp4", size=3)])
+    mine = {f"/videos/{n}" for n in ("a.mp4", "b.mp4", "c.mp4")}
+    current = {"/videos/a.mp4": "5", "/videos/b.mp4": "5", "/videos/c.mp4": "9"}  # each file's size now
+    rows, theirs = earlier_rows(
+        out, _rank(0, of=3), iter_rows, "path", mine, current=lambda row: row["size"] == current[row["path"]]
+    )
+    sizes = {p: r["size"] for p, r in rows.items()}
+    assert sizes == {"/videos/a.mp4": "5", "/videos/b.mp4": "5", "/videos/c.mp4": "3"}  # c: none holds, the last
+    assert [(r["path"], r["size"]) for r in theirs] == [("/videos/b.mp4", "5"), ("/videos/c.mp4", "3")]  # rank 2's
+
+
+def _rank(rank: int, of: int) -> SimpleNamespace:  # a Dist's fields, without a process group
+    return SimpleNamespace(rank=rank, world_size=of, enabled=False)

@@ -60,10 +60,13 @@ class IndexSummary:
     with_audio: int
     unusable: int
     probed: int  # files opened with PyAV this run (the rest came from the cache or do not exist)
+    reused: int = 0  # rows of an earlier run (the manifest, or the side files of a run cut short) still current
     labelled: int | None = None  # None when no labels file was given
 
     def line(self) -> str:
         text = f"{self.files} files: {self.usable} usable ({self.with_audio} with audio), {self.unusable} unusable"
+        if self.reused:  # a re-run: say how much of it was not probed again
+            text += f"; {self.reused} unchanged since an earlier run, not probed again"
         if self.labelled is not None:
             text += f"\n{self.labelled} of {self.files} files labelled"
         return text
@@ -93,18 +96,20 @@ def build_manifest(
         return list(collection.files)
 
     share = my_share(listing, out, ctx, on_main)
-    cache, theirs = earlier_rows(out, ctx, iter_rows, "path", set(share))  # of this rank's share: not every row
+    stats = {path: stat_row(path) for path in share}
+    cache, theirs = earlier_rows(  # of this rank's share: not every row
+        out, ctx, iter_rows, "path", stats, lambda row: _current(row, stats[row["path"]])
+    )
     rows: dict[str, dict] = {}
     todo: dict[str, dict] = {}
-    for path in share:
-        row = stat_row(path)
+    reused = 0
+    for path, row in stats.items():
         cached = cache.get(path)
         if "status" in row:
             rows[path] = row
-        elif cached is not None and (cached.get("size"), cached.get("mtime"), cached.get("probe")) == (
-            str(row["size"]), row["mtime"], PROBE_VERSION
-        ) and not cached.get("reason", "").startswith("hung"):  # a stall of the disk, perhaps: probed again
+        elif cached is not None and _current(cached, row):
             rows[path] = dict(cached)
+            reused += 1
         else:
             todo[path] = row
     side = rank_file(out, ctx.rank)
@@ -119,14 +124,15 @@ def build_manifest(
             probe_files(list(todo), workers, probed, show=ctx.main)
     if ctx.enabled:  # every row of the share, sorted, for rank 0's join (alone, the rows are at hand)
         write_rows(side, [rows[p] for p in sorted(rows)])
-    counts = gather_objects(len(todo), ctx)
+    counts = gather_objects((len(todo), reused), ctx)
 
     def finish() -> IndexSummary:
         # this run's side files (one of a run with more ranks may be left, and be older), merged as they stream:
         # rank 0 never holds more than its own share of rows
         files = this_run_files(out, ctx) if ctx.enabled else []
         every = (lambda: merged(files, iter_rows, "path")) if files else (lambda: (rows[p] for p in sorted(rows)))
-        summary = _write_manifest(out, every, label_index, collection, probed=sum(counts))
+        summary = _write_manifest(out, every, label_index, collection, probed=sum(n for n, _ in counts),
+                                  reused=sum(n for _, n in counts))
         for path in rank_files(out):
             path.unlink()
         remove_share_files(out)
@@ -135,8 +141,20 @@ def build_manifest(
     return on_main(finish, ctx)
 
 
+def _current(cached: dict, stat: dict) -> bool:
+    """Whether the row ``cached`` of an earlier run still holds for its file, whose ``stat_row`` is ``stat``: the
+    same size and mtime, probed by these checks, and not cut short as hung (a stall of the disk, perhaps)."""
+    return (
+        "status" not in stat
+        and (cached.get("size"), cached.get("mtime"), cached.get("probe"))
+        == (str(stat["size"]), stat["mtime"], PROBE_VERSION)
+        and not cached.get("reason", "").startswith("hung")
+    )
+
+
 def _write_manifest(
-    out: Path, rows: Callable[[], Iterator[dict]], label_index: LabelIndex | None, collection: Collection, probed: int
+    out: Path, rows: Callable[[], Iterator[dict]], label_index: LabelIndex | None, collection: Collection, probed: int,
+    reused: int,
 ) -> IndexSummary:
     """Write the manifest of ``rows()`` (sorted by path; called twice where labels are matched: once to count the
     collection's names and stems), labelled, one row at a time: as many as the collection's files."""
@@ -161,6 +179,7 @@ def _write_manifest(
         with_audio=statuses["ok"],
         unusable=statuses["error"],
         probed=probed,
+        reused=reused,
         labelled=labelled if label_index is not None else None,
     )
 

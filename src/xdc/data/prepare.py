@@ -142,25 +142,31 @@ def prepare(
         return plan_outputs(collection)
 
     share = my_share(listing, report, ctx, on_main)
-    # this rank's share of the earlier rows: every rank holding every row would not scale
-    previous, theirs = earlier_rows(report, ctx, iter_report, "source", {source for source, _, _ in share})
-
     settings = options.key()
+    found = {source: (output, stat_row(source)) for source, output, _ in share}
+
+    def current(old: dict) -> bool:  # whether an earlier row still holds for its source, with these options
+        output, stat = found[old["source"]]
+        return (
+            old["status"] == "ok" and "status" not in stat and old["settings"] == settings
+            and (old["output"], old["size"], old["mtime"]) == (output, str(stat["size"]), stat["mtime"])
+        )  # fmt: skip
+
+    # this rank's share of the earlier rows: every rank holding every row would not scale
+    previous, theirs = earlier_rows(report, ctx, iter_report, "source", found, current)
     rows: dict[str, dict] = {}
     todo: list[str] = []
     for source, output, taken in share:
         row = {"source": source, "output": output, "settings": settings, "seconds": 0.0, "duration_s": 0.0}
-        found = stat_row(source)
-        if "status" in found:  # missing or unreadable: what xdc index reports for it
-            rows[source] = {**row, "status": "skipped", "reason": found["reason"], "size": "", "mtime": ""}
+        stat = found[source][1]
+        if "status" in stat:  # missing or unreadable: what xdc index reports for it
+            rows[source] = {**row, "status": "skipped", "reason": stat["reason"], "size": "", "mtime": ""}
             continue
-        row.update(size=str(found["size"]), mtime=found["mtime"])
+        row.update(size=str(stat["size"]), mtime=stat["mtime"])
         old = previous.get(source)
         if taken:
             rows[source] = {**row, "status": "error", "reason": f"output name {output} is taken by another file"}
-        elif old is not None and old["status"] == "ok" and (out / output).is_file() and all(
-            old[k] == row[k] for k in ("output", "size", "mtime", "settings")
-        ):
+        elif old is not None and current(old) and (out / output).is_file():
             rows[source] = {**old, "kept": True}
         else:
             rows[source] = row

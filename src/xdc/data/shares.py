@@ -11,7 +11,7 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -174,17 +174,26 @@ def _ends_a_line(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def earlier_rows(path: Path, ctx: Dist, read: Callable[..., Iterator[dict]], key: str, mine: set) -> tuple[dict, list]:
+def earlier_rows(
+    path: Path, ctx: Dist, read: Callable[..., Iterator[dict]], key: str, mine: Container, current: Callable[[dict], bool]
+) -> tuple[dict, list]:
     """The rows of this rank's share (``mine``: the values of ``key``) that ``path`` and the side files of runs cut
-    short hold (a side file is newer than ``path``: its rows win), and those of them that only the side file of
-    another rank of this run holds: that rank rewrites its file with its own rows at its end, so this rank must
-    keep them in its own. Every rank reads before any goes on (a barrier): no rank rewrites a file another reads."""
+    short hold, and those of them that only the side file of another rank of this run holds: that rank rewrites its
+    file with its own rows at its end, so this rank must keep them in its own. Every rank reads before any goes on
+    (a barrier): no rank rewrites a file another reads.
+
+    Of the rows for one key, a side file's win over ``path``'s (a side file is newer), and one that is
+    ``current(row)`` (it still holds for its file) over one that is not: after runs with different numbers of
+    ranks, several side files may hold rows for the same file, and the order of their names is not their age."""
     rows: dict[str, dict] = {}
-    elsewhere: set[str] = set()  # the keys whose newest row is in the side file of another rank of this run
+    elsewhere: set[str] = set()  # the keys whose chosen row is in the side file of another rank of this run
     others = {rank_file(path, rank) for rank in range(ctx.world_size) if rank != ctx.rank}
     for file in [path, *rank_files(path)] if path.exists() else rank_files(path):
         theirs = file in others
         for row in read(file, keep=mine):
+            chosen = rows.get(row[key])
+            if chosen is not None and current(chosen) and not current(row):
+                continue  # a stale row read later: the file would be done again for nothing
             rows[row[key]] = row
             if theirs:
                 elsewhere.add(row[key])
