@@ -56,7 +56,7 @@ def main() -> None:
 
         before, t = peak_mb(), time.perf_counter()
         summary = _write_manifest(out, lambda: merged(files, iter_rows, "path"), LabelIndex.from_csv(labels),
-                                  Collection(roots=[Path("/data/videos")]), probed=0)  # fmt: skip
+                                  Collection(roots=[Path("/data/videos")]), probed=0, reused=0)  # fmt: skip
         seconds = time.perf_counter() - t
         rows.append({"join": "index: merge, labels, manifest", "rows": summary.files, "s": round(seconds, 1),
                      "rows/s": round(summary.files / seconds), "peak MB before": round(before),

@@ -131,8 +131,8 @@ def build_manifest(
         # rank 0 never holds more than its own share of rows
         files = this_run_files(out, ctx) if ctx.enabled else []
         every = (lambda: merged(files, iter_rows, "path")) if files else (lambda: (rows[p] for p in sorted(rows)))
-        summary = _write_manifest(out, every, label_index, collection, probed=sum(n for n, _ in counts),
-                                  reused=sum(n for _, n in counts))
+        all_probed, all_reused = (sum(column) for column in zip(*counts))  # over the ranks
+        summary = _write_manifest(out, every, label_index, collection, all_probed, all_reused)
         for path in rank_files(out):
             path.unlink()
         remove_share_files(out)
