@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from common import report
-from xdc.data.index import Collection, LabelIndex, _write_manifest
+from xdc.data.index import LabelIndex, _write_manifest
 from xdc.data.manifest import COLUMNS, iter_rows, row_cells, write_rows
 from xdc.data.prepare import join_reports, write_report
 from xdc.data.shares import RowLog, merged, rank_file
@@ -56,7 +56,7 @@ def main() -> None:
 
         before, t = peak_mb(), time.perf_counter()
         summary = _write_manifest(out, lambda: merged(files, iter_rows, "path"), LabelIndex.from_csv(labels),
-                                  Collection(roots=[Path("/data/videos")]), probed=0, reused=0)  # fmt: skip
+                                  [Path("/data/videos")], args.ranks * args.rows, probed=0, reused=0)  # fmt: skip
         seconds = time.perf_counter() - t
         rows.append({"join": "index: merge, labels, manifest", "rows": summary.files, "s": round(seconds, 1),
                      "rows/s": round(summary.files / seconds), "peak MB before": round(before),

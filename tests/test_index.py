@@ -225,14 +225,17 @@ def test_a_run_cut_short_keeps_what_it_probed(tmp_path: Path) -> None:
 
 
 def test_two_gloo_ranks_share_out_the_probes_and_write_one_manifest(media: Path, tmp_path: Path) -> None:
-    """torchrun with 2 processes (as 2 nodes would run it): each rank probes every other file, rank 0 joins the
-    rows, labels them and writes the manifest a single process writes."""
+    """torchrun with 2 processes (as 2 nodes would run it): each rank probes its share of the files, rank 0 joins
+    the rows, labels them and writes the manifest a single process writes. A file named twice (by its folder and
+    by a list) is one row."""
     labels = tmp_path / "labels.csv"
     labels.write_text("path,label\ngood.mp4,speech\ntone.wav,beep\n")
+    twice = tmp_path / "twice.txt"
+    twice.write_text(f"{media / 'good.mp4'}\n")
     single, ddp = tmp_path / "single.csv", tmp_path / "ddp.csv"
-    build_manifest([str(media)], single, labels=labels, workers=1)
+    build_manifest([str(media), str(twice)], single, labels=labels, workers=1)
     job = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29672", "-m", "xdc.cli",
-           "index", str(media), "--out", str(ddp), "--labels", str(labels), "--workers", "1"]  # fmt: skip
+           "index", str(media), str(twice), "--out", str(ddp), "--labels", str(labels), "--workers", "1"]  # fmt: skip
     done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("8 files: 3 usable (2 with audio), 5 unusable") == 1  # rank 0 says it
@@ -290,38 +293,70 @@ def test_a_rank_whose_side_file_rank_0_cannot_see_is_a_user_error(tmp_path: Path
     assert this_run_files(out, SimpleNamespace(world_size=2)) == [rank_file(out, 0), rank_file(out, 1)]
 
 
-def test_rank_0_lists_once_and_hands_each_rank_its_share_in_a_file(tmp_path: Path) -> None:
-    """Under torchrun only rank 0 walks the inputs; each rank reads back every W-th entry, names no text file
-    could hold on a line (a newline, bytes that are not UTF-8) included, and nothing else."""
+def test_rank_0_lists_once_and_hands_each_rank_its_share_in_a_file(tmp_path: Path, monkeypatch) -> None:
+    """Under torchrun only rank 0 walks the inputs, streaming them into the ranks' share files in batches. The shares
+    are the listing, each entry once (a path named twice included), in its order, split by a hash of each entry's
+    group: a group is whole on one rank. Names no text file could hold on a line (a newline, bytes that are not
+    UTF-8) come back as they were."""
     from types import SimpleNamespace
 
+    from xdc.data import shares
     from xdc.data.shares import my_share, remove_share_files, share_file
 
+    monkeypatch.setattr(shares, "SHARE_BATCH", 3)  # several batches of a short listing
     out = tmp_path / "manifest[1].csv"  # glob's brackets in the name: left-over share files are still found
     stale = share_file(out, 5)
     stale.write_text('"of a run with 6 ranks"\n')
-    odd = ["/v/a.mp4", "/v/line\nbreak.mp4", "/v/\udcff.mp4", "/v/d.mp4", "/v/e.mp4"]
-    listed = []
+    odd = ["/v/line\nbreak.mp4", "/v/\udcff.mp4"]
+    listed = [f"/v/{n % 7}.{n}.mp4" for n in range(40)] + odd + ["/v/3.3.mp4", "/v/line\nbreak.mp4"]  # twice
+    lists = []
 
     def listing() -> list[str]:
-        listed.append(True)
-        return odd
+        lists.append(True)
+        return iter(listed)
 
     def rank(n: int) -> SimpleNamespace:
-        return SimpleNamespace(rank=n, world_size=2, main=n == 0, enabled=True)
+        return SimpleNamespace(rank=n, world_size=3, main=n == 0, enabled=True)
 
     def only_rank_0_works(work, ctx) -> None:
         if ctx.main:
             work()
 
-    assert my_share(listing, out, rank(0), only_rank_0_works) == odd[0::2]
-    assert my_share(listing, out, rank(1), only_rank_0_works) == odd[1::2]
-    assert len(listed) == 1 and not stale.exists()
+    def group(path: str) -> str:
+        return path.split(".")[0]
+
+    got = [my_share(listing, out, rank(n), only_rank_0_works, group) for n in range(3)]
+    assert len(lists) == 1 and not stale.exists()
+    assert sorted(sum(got, [])) == sorted(set(listed))  # each entry on one rank, once
+    for share in got:
+        assert share == [path for path in dict.fromkeys(listed) if path in share]  # in the listing's order
+    assert {group(path): n for n, share in enumerate(got) for path in share} == {  # a group on one rank
+        group(path): n for n, share in reversed(list(enumerate(got))) for path in share
+    }
+    assert all(len(share) >= 5 for share in got)  # the 9 groups spread over the ranks
     remove_share_files(out)
     assert not list(tmp_path.iterdir())
     with pytest.raises(UserError, match=r"share1\.jsonl is missing: rank 0 wrote it; is .* on a filesystem every "
                                         r"rank sees"):  # fmt: skip
         my_share(listing, out, rank(1), only_rank_0_works)
+
+
+def test_a_listing_that_fails_leaves_no_share_files(tmp_path: Path, monkeypatch) -> None:
+    """Rank 0's walk stopped by a bad argument after some batches were written: none of them is left."""
+    from types import SimpleNamespace
+
+    from xdc.data import shares
+
+    monkeypatch.setattr(shares, "SHARE_BATCH", 2)
+
+    def listing():
+        yield from (f"/v/{n}.mp4" for n in range(5))
+        raise UserError("not a folder, a media file or a list of files")
+
+    ctx = SimpleNamespace(rank=0, world_size=2, main=True, enabled=True)
+    with pytest.raises(UserError, match="not a folder"):
+        shares.my_share(listing, tmp_path / "manifest.csv", ctx, lambda work, _: work())
+    assert not list(tmp_path.iterdir())
 
 
 def test_side_files_merge_as_they_stream_the_later_file_winning(tmp_path: Path) -> None:

@@ -300,6 +300,43 @@ def test_the_reports_of_ranks_cut_short_are_taken_by_the_next_run(prepared, sour
     assert not list(out.glob(".prepared.csv.rank*")) and len(_report(out)) == 7
 
 
+def test_each_rank_plans_the_names_of_its_share_as_the_whole_collection_would(tmp_path: Path) -> None:
+    """Copies that could share a name (clip.avi and clip.mp4; clip.avi.mp4, whose name the copy of clip.avi takes)
+    land on one rank, which plans them alone: with any number of ranks, the plans of the shares are the plan of
+    the whole collection. (Shared out by the path, or by the name its copy would have, they are not.)"""
+    from types import SimpleNamespace
+
+    from xdc.data.shares import my_share, remove_share_files
+
+    sources = [f"/in/{folder}/{name}" for folder in ("a", "b", "a/c") for name in (
+        "clip.avi", "clip.mp4", "clip.avi.mp4", "x.wav", "x.mkv", "y.mp4", "noext", "noext.mp4", "v.1.avi", "v.1.mp4",
+    )]  # fmt: skip
+    whole = {source: (output, taken) for source, output, taken in prepare.plan_outputs(sources, "/in")}
+    assert whole["/in/a/clip.avi"] == ("a/clip.avi.mp4", False) and whole["/in/a/clip.mp4"] == ("a/clip.mp4", False)
+    assert whole["/in/a/clip.avi.mp4"] == ("a/clip.avi.mp4", True)  # never overwritten
+    assert whole["/in/b/noext"] == ("b/noext.mp4", False) and whole["/in/b/noext.mp4"] == ("b/noext.mp4", True)
+
+    def planned(ranks: int) -> dict:
+        plans = {}
+        for rank in range(ranks):
+            ctx = SimpleNamespace(rank=rank, world_size=ranks, main=rank == 0, enabled=True)
+            run_once = (lambda work, ctx: work()) if rank == 0 else (lambda work, ctx: None)
+            share = my_share(lambda: iter(sources), tmp_path / "prepared.csv", ctx, run_once, prepare.name_group)
+            plans.update({source: (output, taken) for source, output, taken in prepare.plan_outputs(share, "/in")})
+        remove_share_files(tmp_path / "prepared.csv")
+        return plans
+
+    for ranks in range(1, 8):
+        assert planned(ranks) == whole, ranks
+
+
+def test_the_folder_that_holds_the_inputs_is_found_as_they_are_listed() -> None:
+    folders = ["/data/a/x", "/data/a/x", "/data/a/x/y", "/data/ab", "/data/a"]
+    for n in range(1, len(folders) + 1):
+        assert prepare._common_folder(None, *folders[:n]) == os.path.commonpath(folders[:n])
+    assert prepare._common_folder("/data", "/other") == "/" and prepare._common_folder("/", "/data") == "/"
+
+
 def test_fps_cap_keeps_sync(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     write_av(tmp_path / "src" / "a.mp4", *_flash_and_click(), RATE)

@@ -80,20 +80,19 @@ def build_manifest(
 
     Each row probed is added to a side file (``.OUT.rank0.csv``) as it comes, so that a run cut short loses no
     probe made: the next run reuses those rows as it reuses ``out``'s. Under torchrun (``ctx``) rank 0 lists the
-    inputs, every rank probes every W-th file and keeps its own side file; rank 0 joins them, labels the rows,
-    writes ``out`` and returns the summary (the other ranks None)."""
+    inputs, every rank probes its share of the files (``my_share``) and keeps its own side file; rank 0 joins them,
+    labels the rows, writes ``out`` and returns the summary (the other ranks None)."""
     ctx, on_main, _, gather_objects = collectives(ctx)
     out = Path(out)
     workers = check_workers(workers)
     check_paths(paths)  # on every rank: rank 0 alone lists what is under them
-    collection = label_index = None  # rank 0's, made as it lists
+    label_index, roots = None, []  # rank 0's, made as it lists
 
-    def listing() -> list[str]:
-        nonlocal collection, label_index
+    def listing() -> Iterator[str]:
+        nonlocal label_index
         label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
-        collection = find_media(paths)
         _check_out(out)
-        return list(collection.files)
+        return list_media(paths, roots)
 
     share = my_share(listing, out, ctx, on_main)
     stats = {path: stat_row(path) for path in share}
@@ -124,15 +123,15 @@ def build_manifest(
             probe_files(list(todo), workers, probed, show=ctx.main)
     if ctx.enabled:  # every row of the share, sorted, for rank 0's join (alone, the rows are at hand)
         write_rows(side, [rows[p] for p in sorted(rows)])
-    counts = gather_objects((len(todo), reused), ctx)
+    counts = gather_objects((len(stats), len(todo), reused), ctx)
 
     def finish() -> IndexSummary:
         # this run's side files (one of a run with more ranks may be left, and be older), merged as they stream:
         # rank 0 never holds more than its own share of rows
         files = this_run_files(out, ctx) if ctx.enabled else []
         every = (lambda: merged(files, iter_rows, "path")) if files else (lambda: (rows[p] for p in sorted(rows)))
-        all_probed, all_reused = (sum(column) for column in zip(*counts))  # over the ranks
-        summary = _write_manifest(out, every, label_index, collection, all_probed, all_reused)
+        listed, probed, reused = (sum(column) for column in zip(*counts))  # over the ranks
+        summary = _write_manifest(out, every, label_index, roots, listed, probed, reused)
         for path in rank_files(out):
             path.unlink()
         remove_share_files(out)
@@ -153,12 +152,13 @@ def _current(cached: dict, stat: dict) -> bool:
 
 
 def _write_manifest(
-    out: Path, rows: Callable[[], Iterator[dict]], label_index: LabelIndex | None, collection: Collection, probed: int,
-    reused: int,
+    out: Path, rows: Callable[[], Iterator[dict]], label_index: LabelIndex | None, roots: list[Path], files: int,
+    probed: int, reused: int,
 ) -> IndexSummary:
     """Write the manifest of ``rows()`` (sorted by path; called twice where labels are matched: once to count the
-    collection's names and stems), labelled, one row at a time: as many as the collection's files."""
-    names, stems, total = None, None, len(collection.files) or None
+    collection's names and stems), labelled, one row at a time: as many as the collection's ``files``. ``roots``:
+    the folders searched (for relative label paths)."""
+    names, stems, total = None, None, files or None
     if label_index is not None:
         names, stems = label_index.count_names(row["path"] for row in counted(rows(), "matching labels", total))
     statuses: Counter = Counter()
@@ -167,7 +167,7 @@ def _write_manifest(
     def labelled_rows() -> Iterator[dict]:
         nonlocal labelled
         for row in counted(rows(), f"writing {out.name}", total):
-            row["label"] = "" if names is None else label_index.lookup(row["path"], collection.roots, names, stems)
+            row["label"] = "" if names is None else label_index.lookup(row["path"], roots, names, stems)
             labelled += bool(row["label"])
             statuses[row["status"]] += 1
             yield row
@@ -211,14 +211,6 @@ class Collection:
     files: dict[str, None] = field(default_factory=dict)  # absolute resolved paths: an ordered set
     roots: list[Path] = field(default_factory=list)  # the folders searched (for relative label paths)
 
-    def add_file(self, path: str | Path) -> None:
-        self.files.setdefault(str(path))
-
-    def add_folder(self, folder: Path, found: Callable[[int], object] = lambda n: None) -> None:
-        self.roots.append(folder)
-        for path in media_under(str(folder), found):
-            self.files.setdefault(path)
-
 
 def media_under(folder: str, found: Callable[[int], object] = lambda n: None) -> Iterator[str]:
     """The media files under the resolved ``folder``, in os.walk's order: a folder's files by name, then each of
@@ -256,31 +248,52 @@ def _is_folder(entry: os.DirEntry) -> bool:
 
 
 def find_media(paths: list[str]) -> Collection:
-    """Expand PATH arguments: a folder is searched recursively for media files, a .csv/.txt/.lst file lists
-    files (which need not have a media extension, and need not exist: missing ones become error rows). Progress
-    on stderr once that takes over a few seconds."""
-    check_paths(paths)
+    """The collection under PATH arguments (``list_media``), each file once, in the order found."""
     collection = Collection()
+    collection.files = dict.fromkeys(list_media(paths, collection.roots))
+    return collection
+
+
+def list_media(paths: list[str], roots: list[Path]) -> Iterator[str]:
+    """The media files under PATH arguments, as found, holding none: a folder is searched recursively for media
+    files, a .csv/.txt/.lst file lists files (which need not have a media extension, and need not exist: missing
+    ones become error rows). A file named twice (its folder and a list) comes twice. Each folder searched is added
+    to ``roots`` (for relative label paths) as it is reached. Progress on stderr once that takes over a few
+    seconds; a UserError at the end when there was none."""
+    check_paths(paths)
+    found = 0
     with progress_bar(desc="listing", unit=" files", quiet=True) as bar:
+
+        def under(folder: Path) -> Iterator[str]:
+            roots.append(folder)
+            yield from media_under(str(folder), bar.update)
+
         for arg in paths:
             path = Path(arg).expanduser().resolve()
             if path.is_dir():
-                collection.add_folder(path, bar.update)
+                files: Iterable[str] = under(path)
             elif path.suffix.lower() in LIST_EXTENSIONS:
-                for entry in read_file_list(path):
-                    if os.path.isdir(entry):
-                        collection.add_folder(Path(entry), bar.update)
-                    else:
-                        collection.add_file(entry)
-                        bar.update()
+                files = _listed(path, under, bar.update)
             elif path.suffix.lower() in MEDIA_EXTENSIONS:
-                collection.add_file(path)
+                files = [str(path)]
             else:
                 raise UserError(f"{arg} is not a folder, a media file or a list of files (.csv, .txt, .lst)")
-    if not collection.files:
+            for file in files:
+                found += 1
+                yield file
+    if not found:
         extensions = " ".join(sorted(MEDIA_EXTENSIONS))
         raise UserError(f"no media files found in {', '.join(paths)} (extensions: {extensions})")
-    return collection
+
+
+def _listed(path: Path, under: Callable[[Path], Iterator[str]], listed: Callable[[], object]) -> Iterator[str]:
+    """The files a list file names: each entry, or the media under it where it is a folder."""
+    for entry in read_file_list(path):
+        if os.path.isdir(entry):
+            yield from under(Path(entry))
+        else:
+            listed()
+            yield entry
 
 
 def check_paths(paths: list[str]) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from xdc.data.index import (
-    Collection, LabelIndex, check_paths, check_workers, find_media, init_worker, name_and_stem, probe_file, stat_row,
+    LabelIndex, check_paths, check_workers, init_worker, list_media, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS
 from xdc.data.jobs import run_jobs
@@ -121,27 +121,40 @@ def prepare(
     Each row is added to a side file (``.prepared.csv.rank0.csv``) as its copy is made, so that a run cut short
     loses no finished copy: the next run reads those rows as it reads the report's.
 
-    Under torchrun (``ctx``, e.g. one rank per node) rank 0 lists the inputs and every rank takes every W-th file
-    and keeps its own side file (``.prepared.csv.rankN.csv``), which rank 0 joins into ``prepared.csv`` at the end.
+    Under torchrun (``ctx``, e.g. one rank per node) rank 0 lists the inputs and every rank takes its share of the
+    files (``my_share``: those whose copies could share a name on one rank), plans their copies' names and keeps its
+    own side file (``.prepared.csv.rankN.csv``), which rank 0 joins into ``prepared.csv`` at the end.
     Rank 0 writes the labels and returns the summary, the other ranks None. ``out`` and the inputs must be on
     filesystems every rank sees."""
-    ctx, on_main, _, gather_objects = collectives(ctx)
+    ctx, on_main, broadcast_object, gather_objects = collectives(ctx)
     options = options or PrepareOptions()
     options.check()
     workers = check_workers(workers)
     out = Path(out).expanduser().resolve()
     report = out / REPORT
     check_paths(paths)  # on every rank: rank 0 alone lists what is under them
-    collection = label_index = None  # rank 0's, made as it lists
+    label_index, roots, common = None, [], None  # rank 0's, made as it lists
 
-    def listing() -> list[tuple[str, str, bool]]:
-        nonlocal collection, label_index
+    def listing() -> Iterator[str]:
+        nonlocal label_index, common
         label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
-        collection = find_media(paths)
-        _start(out, collection)
-        return plan_outputs(collection)
+        _check_out(out)
+        inside = str(out).rstrip("/") + "/"  # a string test: a path object per source took 5 us (5 minutes at 65M)
+        checked = 0
+        for source in list_media(paths, roots):
+            if len(roots) > checked:  # a folder reached: checked before any file of it is shared out
+                _check_roots(out, roots[checked:])
+                checked = len(roots)
+            if source.startswith(inside) or source == str(out):
+                raise UserError(f"the input file {source} is inside --out {out}; choose another --out")
+            common = _common_folder(common, os.path.dirname(source))
+            yield source
+        _check_roots(out, roots[checked:])
+        _start(out)
 
-    share = my_share(listing, report, ctx, on_main)
+    sources = my_share(listing, report, ctx, on_main, group=name_group)
+    common = broadcast_object(common, ctx)
+    share = plan_outputs(sources, _common_folder(common, *map(str, broadcast_object(roots, ctx))))
     settings = options.key()
     found = {source: (output, stat_row(source)) for source, output, _ in share}
 
@@ -192,7 +205,7 @@ def prepare(
         summary = _add(summaries)
         if label_index is not None:  # from the whole report, as it streams, where the ranks made it
             every = (lambda: iter_report(report)) if ctx.enabled else (lambda: (rows[s] for s in sorted(rows)))
-            summary.labelled = _write_labels(out / LABELS, every, label_index, collection)
+            summary.labelled = _write_labels(out / LABELS, every, label_index, roots, summary.files)
         return summary
 
     return on_main(finish, ctx)
@@ -204,47 +217,66 @@ def join_reports(report: Path, files: list[Path]) -> None:
     write_report(report, counted(merged(files, iter_report, "source"), f"joining {REPORT}"))
 
 
-def _start(out: Path, collection: Collection) -> None:
-    """Before any rank starts: check ``out`` and remove the outputs that a run cut short left half written."""
-    _check_out(out, collection)
-    for leftover in out.rglob(PARTIAL_GLOB):
-        leftover.unlink(missing_ok=True)
-
-
-def _check_out(out: Path, collection: Collection) -> None:
-    """Outputs must never land among the inputs: a later index of the input folder would find them, and an
-    output path could be an input file."""
+def _check_out(out: Path) -> None:
+    """Outputs must never land among the inputs: a later index of the input folder would find them, and an output
+    path could be an input file. Checked before the inputs are listed, then as they are (``_check_roots``)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
-    for root in collection.roots:
+
+
+def _check_roots(out: Path, roots: list[Path]) -> None:
+    """``out`` and the folders searched must not hold one another."""
+    for root in roots:
         if out.is_relative_to(root):
             raise UserError(f"--out {out} is inside the input folder {root}; choose a folder outside it")
         if root.is_relative_to(out):
             raise UserError(f"the input folder {root} is inside --out {out}; choose another --out")
-    inside = str(out).rstrip("/") + "/"  # a string test: a path object per source took 5 us (5 minutes at 65M)
-    for source in collection.files:
-        if source.startswith(inside) or source == str(out):
-            raise UserError(f"the input file {source} is inside --out {out}; choose another --out")
+
+
+def _start(out: Path) -> None:
+    """Once the inputs are listed, before any rank starts: create ``out`` and remove the outputs that a run cut
+    short left half written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create --out {out}: {e.strerror or e}") from None
+    for leftover in out.rglob(PARTIAL_GLOB):
+        leftover.unlink(missing_ok=True)
 
 
-def plan_outputs(collection: Collection) -> list[tuple[str, str, bool]]:
-    """(source, output, taken) of each source in the collection's order. The output path (relative to the output
-    folder, POSIX) is the source's path relative to the folder that holds all inputs, with the suffix .mp4; two
-    sources that would share a name (clip.avi and clip.mp4) keep their suffix in it: clip.mp4 stays clip.mp4,
-    clip.avi becomes clip.avi.mp4. ``taken``: an earlier source has the output's name, as when a name like
-    clip.avi.mp4 is also a source's own (never overwritten). Done on strings: path objects took 17 us and, at
-    the peak, 500 bytes a file (19 minutes and 33 GB at 65M files)."""
-    folders = {*map(str, collection.roots), *map(os.path.dirname, collection.files)}  # few: commonpath is slow
-    root = os.path.commonpath(folders)
-    start = len(root.rstrip("/")) + 1  # the sources' paths are absolute and normalised: under root, or root "/"
-    claims = Counter(_as_mp4(source[start:]) for source in collection.files)
+def _common_folder(common: str | None, *folders: str) -> str | None:
+    """The folder that holds ``common`` and ``folders`` (absolute, normalised); only where one is outside it does it
+    take ``commonpath``, which is slow: a file's folder is most often the one before it."""
+    for folder in folders:
+        if common is None:
+            common = folder
+        elif folder != common and not folder.startswith(common.rstrip("/") + "/"):
+            common = os.path.commonpath([common, folder])
+    return common
+
+
+def name_group(source: str) -> str:
+    """``source`` up to the first dot of its name: what every name its copy could get starts with (the source's
+    relative path with .mp4 for its suffix, or with .mp4 added), so that copies that could share a name are planned
+    together, on one rank."""
+    name = source.rfind("/") + 1
+    dot = source.find(".", name)
+    return source if dot < 0 else source[:dot]
+
+
+def plan_outputs(sources: list[str], root: str) -> list[tuple[str, str, bool]]:
+    """(source, output, taken) of each of ``sources`` (absolute, normalised, each once), in their order. The output
+    path (relative to the output folder, POSIX) is the source's path relative to ``root``, the folder that holds all
+    inputs, with the suffix .mp4; two sources that would share a name (clip.avi and clip.mp4) keep their suffix in
+    it: clip.mp4 stays clip.mp4, clip.avi becomes clip.avi.mp4. ``taken``: an earlier source has the output's name,
+    as when a name like clip.avi.mp4 is also a source's own (never overwritten). The plan of every ``name_group``
+    is whole in ``sources`` or absent: then a rank's share plans as the whole collection would. Done on strings:
+    path objects took 17 us and, at the peak, 500 bytes a file (19 minutes and 33 GB at 65M files)."""
+    start = len(root.rstrip("/")) + 1  # the sources' paths are under root, or root is "/"
+    claims = Counter(_as_mp4(source[start:]) for source in sources)
     claimed: set[str] = set()
     plan = []
-    for source in collection.files:
+    for source in sources:
         relative = source[start:]
         output = _as_mp4(relative)
         if claims[output] > 1 and _suffix(relative) != ".mp4":
@@ -334,16 +366,16 @@ def _add(summaries: list[PrepareSummary]) -> PrepareSummary:
 
 
 def _write_labels(
-    path: Path, rows: Callable[[], Iterator[dict]], label_index: LabelIndex, collection: Collection
+    path: Path, rows: Callable[[], Iterator[dict]], label_index: LabelIndex, roots: list[Path], total: int
 ) -> int:
     """Label the prepared files by their sources (the rules of xdc index) and write them with paths relative
     to the output folder: ``xdc index OUT --labels OUT/labels.csv`` then matches every one. ``rows()``: the report's
-    rows, sorted by source (called twice: once to count the names and stems the labels use)."""
-    total = len(collection.files)  # the rows: one per source
+    rows, sorted by source (called twice: once to count the names and stems the labels use), ``total`` of them;
+    ``roots``: the folders searched (for relative label paths)."""
     names, stems = label_index.count_names(row["source"] for row in counted(rows(), "matching labels", total))
     labelled = []
     for row in counted(rows(), f"labelling {path.name}", total):
-        label = label_index.lookup(row["source"], collection.roots, names, stems)
+        label = label_index.lookup(row["source"], roots, names, stems)
         if row["status"] == "ok" and label:
             labelled.append((row["output"], label))
     write_atomic(path, lambda f: csv.writer(f).writerows([("path", "label"), *labelled]))
