@@ -1,12 +1,13 @@
 """What listing a collection costs under torchrun (``xdc index``, ``xdc prepare``): rank 0 walks the inputs and
-hands each rank its share in a file; the other ranks read only that.
+streams each rank its share into a file; every rank reads only its own.
 
     .venv/bin/python benchmarks/listing.py [--files 200000] [--ranks 8]
 
 Makes a tree of --files empty .mp4 files in 400 folders, then times and weighs (tracemalloc: the Python objects
-still held after the step) each step: the walk (``find_media``), prepare's plan of output names, a list of the files
-as input, a labels file of a row per file, the share files written for --ranks ranks, and one rank's share read
-back. The last columns scale the numbers to 65M files.
+still held after the step, and at its peak) each step: the walk into one list (``find_media``, a plain run), rank
+0's walk streamed into the share files (by path, as index; by name group, as prepare), a rank's share read back,
+prepare's plan of output names for a share and for the whole collection, a list of the files as input and a labels
+file of a row per file. The last columns scale the numbers to 65M files.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from common import report
-from xdc.data.index import LabelIndex, find_media
-from xdc.data.prepare import plan_outputs
+from xdc.data.index import LabelIndex, find_media, list_media
+from xdc.data.prepare import name_group, plan_outputs
 from xdc.data.shares import my_share
 
 PAPER_FILES = 65_000_000
@@ -55,41 +56,51 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
 
-    def row(step: str, who: str, seconds: float, held: float, peak: float) -> None:
-        scale = PAPER_FILES / args.files
+    scale = PAPER_FILES / args.files
+
+    def row(step: str, who: str, seconds: float, held: float, peak: float, linear: bool = True) -> None:
+        """``linear``: the memory grows with the files; rank 0's streaming holds a batch, whatever their number."""
+        at_65m = {"at 65M: GB held": round(held * scale / 1024, 1), "at 65M: GB peak": round(peak * scale / 1024, 1)}
         rows.append({"step": step, "who": who, "files": args.files, "s": round(seconds, 2), "MB held": round(held),
                      "MB peak": round(peak), "at 65M: s": round(seconds * scale),
-                     "at 65M: GB held": round(held * scale / 1024, 1),
-                     "at 65M: GB peak": round(peak * scale / 1024, 1)})  # fmt: skip
+                     **(at_65m if linear else dict.fromkeys(at_65m, ""))})  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="xdc-bench-listing-") as tmp:
         root, out = Path(tmp) / "videos", Path(tmp) / "manifest.csv"
         root.mkdir()
         make_tree(root, args.files)
         collection, *measures = measured(lambda: find_media([str(root)]))
-        row("walk the inputs (find_media)", "before: every rank; now: rank 0", *measures)
-        plan, *measures = measured(lambda: plan_outputs(collection))
-        row("prepare's output names (plan)", "before: every rank; now: rank 0", *measures)
-        del plan
-        listed = Path(tmp) / "files.txt"
-        listed.write_text("".join(f"{Path(p).relative_to(tmp)}\n" for p in collection.files))
-        _, *measures = measured(lambda: find_media([str(listed)]))
-        row("read a list of the files (.txt)", "before: every rank; now: rank 0", *measures)
-        labels = Path(tmp) / "labels.csv"
-        labels.write_text("path,label\n" + "".join(f"{Path(p).relative_to(root)},c{n % 400}\n"
-                                                  for n, p in enumerate(collection.files)))  # fmt: skip
-        _, *measures = measured(lambda: LabelIndex.from_csv(labels))
-        row("read --labels (a row per file)", "before: every rank; now: rank 0", *measures)
+        row("walk the inputs into one list (find_media)", "a plain run (before: rank 0)", *measures)
 
         def rank(n: int) -> SimpleNamespace:
             return SimpleNamespace(rank=n, world_size=args.ranks, main=n == 0, enabled=True)
 
-        listing = list(collection.files)
-        t = time.perf_counter()
-        my_share(lambda: listing, out, rank(0), lambda work, _: work())
-        row(f"write {args.ranks} share files", "now: rank 0", time.perf_counter() - t, 0, 0)
-        _, *measures = measured(lambda: my_share(lambda: listing, out, rank(1), lambda work, _: None))
-        row("read a rank's share", "now: ranks 1..W-1", *measures)
+        def rank_0(group=str) -> list[str]:
+            return my_share(lambda: list_media([str(root)], []), out, rank(0), lambda work, _: work(), group)
+
+        _, *streamed = measured(rank_0)
+        row(f"walk, stream {args.ranks} shares by path, read its own", "rank 0 (index)", *streamed, linear=False)
+        share, *measures = measured(lambda: rank_0(name_group))
+        row(f"walk, stream {args.ranks} shares by name group, read its own", "rank 0 (prepare)", *measures,
+            linear=False)  # fmt: skip
+        _, *read = measured(lambda: my_share(lambda: [], out, rank(1), lambda work, _: None))
+        row("read a rank's share", "ranks 1..W-1", *read)
+        batch = streamed[2] - read[2]  # rank 0's peak less its share's: the batch it streams, a fixed size
+        rows.append({"step": "rank 0 at 65M: a batch and its share", "who": "rank 0 (index)",
+                     "at 65M: GB peak": round((batch + read[2] * scale) / 1024, 1)})  # fmt: skip
+        _, *measures = measured(lambda: plan_outputs(share, str(root)))
+        row("prepare's output names, of a share", "every rank", *measures)
+        _, *measures = measured(lambda: plan_outputs(list(collection.files), str(root)))
+        row("prepare's output names, of the whole collection", "a plain run (before: rank 0)", *measures)
+        listed = Path(tmp) / "files.txt"
+        listed.write_text("".join(f"{Path(p).relative_to(tmp)}\n" for p in collection.files))
+        _, *measures = measured(lambda: find_media([str(listed)]))
+        row("read a list of the files (.txt) into one list", "a plain run (before: rank 0)", *measures)
+        labels = Path(tmp) / "labels.csv"
+        labels.write_text("path,label\n" + "".join(f"{Path(p).relative_to(root)},c{n % 400}\n"
+                                                  for n, p in enumerate(collection.files)))  # fmt: skip
+        _, *measures = measured(lambda: LabelIndex.from_csv(labels))
+        row("read --labels (a row per file)", "rank 0", *measures)
     report("listing", rows, {"ranks": args.ranks})
 
 
