@@ -81,6 +81,33 @@ def test_eval_commands_write_json(run, tmp_path, capsys):
     assert "nmi" in capsys.readouterr().out
 
 
+def test_eval_clusters_takes_labels_given_after_pretraining(run, tmp_path, capsys):
+    """A labels CSV matched to the run's videos as xdc index matches: rows by basename and by path relative to the
+    videos' folder. Labels that are a round's own video clusters score NMI and purity 1 for that label set."""
+    from xdc.data.manifest import run_videos
+
+    root, run_dir = run
+    paths = [path.decode() for path in run_videos(run_dir).paths]
+    first = sorted((run_dir / "labels").glob("round_*.npz"))[0]
+    with np.load(first) as assigned:
+        clusters = assigned["video"]
+    folder = os.path.commonpath([os.path.dirname(path) for path in paths])
+    names = [os.path.basename(p) if n % 2 else os.path.relpath(p, folder) for n, p in enumerate(paths)]
+    labels = tmp_path / "later.csv"
+    labels.write_text("path,label\n" + "".join(f"{name},c{c}\n" for name, c in zip(names, clusters)) + "gone.mp4,x\n")
+    assert main(["eval", "clusters", "--run", str(run_dir), "--labels", str(labels), "--out",
+                 str(tmp_path / "c.json")]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["labelled"] == result["videos"] == len(paths) == 24 and result["labels"] == str(labels)
+    own = next(r for r in result["rounds"] if r["label_set"] == "video" and r["round"] == int(first.stem.split("_")[1]))
+    assert own["nmi"] == pytest.approx(1.0) and own["purity"] == 1.0
+    assert f"24 of 24 videos labelled by {labels}" in capsys.readouterr().out
+    labels.write_text("path,label\nelsewhere/gone.mp4,x\n")
+    assert main(["eval", "clusters", "--run", str(run_dir), "--labels", str(labels)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xdc: error: no row of") and "names one of the 24 videos" in err and err.count("\n") == 1
+
+
 def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column

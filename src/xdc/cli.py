@@ -148,7 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.protocol == "finetune":
         _finetune(args)
     else:
-        commands.eval_clusters(args.run, args.out)
+        commands.eval_clusters(args.run, args.out, args.labels)
     return 0
 
 
@@ -289,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = evals.add_parser("clusters", help="NMI, ARI, purity, Hungarian accuracy of a run's clusters vs labels")
     q.add_argument("--run", type=Path, required=True)
+    q.add_argument("--labels", type=Path, help="a labels CSV (path, label), matched to the run's videos as xdc index "
+                   "--labels matches; default: the labels of the manifest the run was trained from")  # fmt: skip
     q.add_argument("--out", type=Path, help="result JSON")
     q.set_defaults(func=cmd_eval)
 

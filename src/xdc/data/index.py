@@ -642,6 +642,16 @@ class LabelIndex:
         return next((c for c in candidates if isinstance(c, str)), "")
 
 
+def match_labels(paths: list[str], labels: Path) -> list[str]:
+    """The label of each of ``paths`` (absolute, normalised: a manifest's) by the rows of the labels CSV ``labels``
+    and xdc index's rules, a relative row taken against the labels file's folder or the folder that holds every one
+    of ``paths`` (for a manifest of one folder, the folder searched); "" where no row matches."""
+    label_index = LabelIndex.from_csv(labels)
+    roots = [Path(os.path.commonpath({os.path.dirname(path) for path in paths}))] if paths else []
+    names, stems = label_index.count_names(paths)
+    return [label_index.lookup(path, roots, names, stems) for path in paths]
+
+
 def name_and_stem(path: str) -> tuple[str, str]:
     """PurePath(path).name and .stem of a normalised path (no trailing /, no . parts), without the path object:
     the stem drops the name's last dot and what follows, where the dot neither starts nor ends the name."""

@@ -128,19 +128,33 @@ def finetune_folder(out: Path | None, dataset: str) -> Path:
     return out.with_name(f"{out.stem}.finetune") if out is not None else Path(f".finetune-{dataset}")
 
 
-def run_label_ids(run: Path) -> np.ndarray:
-    """The manifest label of each video of a run (the rows of its label files) as class ids, -1 when none."""
+def run_label_ids(run: Path, labels: Path | None = None) -> np.ndarray:
+    """The label of each video of a run (the rows of its label files) as class ids, -1 when none: its manifest's,
+    or those that the labels CSV ``labels`` gives its videos' paths (matched as ``xdc index --labels`` matches)."""
     videos = run_videos(run)
     if videos is None:
         raise UserError(f"{run} has no videos.csv: is it an `xdc pretrain` run folder?")
-    return videos.labels
+    if labels is None:
+        return videos.labels
+    from xdc.data.index import match_labels  # PyAV with it: not for the other commands
+
+    names = match_labels([path.decode() for path in videos.paths], labels)
+    codes: dict[str, int] = {}
+    return np.array([codes.setdefault(name, len(codes)) if name else -1 for name in names], dtype=np.int32)
 
 
-def eval_clusters(run: Path, out: Path | None) -> dict:
-    """NMI, ARI, purity and Hungarian accuracy of every round's clusters against the run's manifest labels."""
-    label_ids = run_label_ids(run)
-    if not (label_ids >= 0).any():
-        raise UserError(f"the manifest of {run} has no labels to compare the clusters with")
+def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> dict:
+    """NMI, ARI, purity and Hungarian accuracy of every round's clusters against the labels of the run's manifest,
+    or of the labels CSV ``labels`` (for a run pretrained without them)."""
+    label_ids = run_label_ids(run, labels)
+    labelled = int((label_ids >= 0).sum())
+    if not labelled:
+        if labels is None:
+            raise UserError(f"the manifest of {run} has no labels to compare the clusters with: give a labels CSV "
+                            "with --labels")  # fmt: skip
+        raise UserError(f"no row of {labels} names one of the {len(label_ids)} videos of {run} (by its path, its "
+                        "path relative to the labels file or to the videos' folder, or a basename or stem that "
+                        "one video alone has)")  # fmt: skip
     rows = []
     for path in sorted((run / "labels").glob("round_*.npz")):
         with np.load(path) as assigned:
@@ -149,7 +163,10 @@ def eval_clusters(run: Path, out: Path | None) -> dict:
                              **cluster_metrics(assigned[name], label_ids)})  # fmt: skip
     if not rows:
         raise UserError(f"{run} has no cluster assignments yet (labels/round_*.npz)")
-    return _emit({"command": "eval clusters", "run": str(run), "rounds": rows}, rows, out)
+    print(f"{labelled} of {len(label_ids)} videos labelled" + (f" by {labels}" if labels is not None else ""))
+    record = {"command": "eval clusters", "run": str(run), "labels": None if labels is None else str(labels),
+              "labelled": labelled, "videos": len(label_ids), "rounds": rows}  # fmt: skip
+    return _emit(record, rows, out)
 
 
 def _emit(record: dict, rows: list[dict], out: Path | None) -> dict:
