@@ -24,7 +24,7 @@ from xdc.errors import UserError
 if TYPE_CHECKING:  # torch, imported under torchrun only
     from xdc.training.distributed import Dist
 
-SHARE_BATCH = 100_000  # entries rank 0 holds before it adds them to the share files (about 15 MB)
+SHARE_BATCH = 100_000  # entries rank 0 holds before it adds them to the share files (about 11 MB)
 ALONE = SimpleNamespace(rank=0, world_size=1, main=True, enabled=False)  # a Dist without torch: one process
 
 
