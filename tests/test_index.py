@@ -416,6 +416,21 @@ def test_labels_matching_rules(collection: Path, tmp_path: Path) -> None:
     assert summary.line().splitlines() == ["10 files: 5 usable (2 with audio), 5 unusable", "4 of 10 files labelled"]
 
 
+def test_a_labels_csv_is_read_by_its_header_whatever_the_order_of_its_columns(tmp_path: Path) -> None:
+    """Columns in any order, a BOM and spaces in the header; rows without a path or a label (short, blank, empty
+    cells) are skipped; paths are normalised; each label is one object however many rows give it."""
+    labels = tmp_path / "labels.csv"
+    rows = "split, label ,path\ntrain,a,x/./one.mp4\n\ntest,b\n,c,two.mp4\ntrain,,three.mp4\ntest,a,y/../four\n"
+    labels.write_bytes(("\ufeff" + rows).encode())
+    read = index.LabelIndex.from_csv(labels)
+    assert read.by_rel == {"x/one.mp4": "a", "two.mp4": "c", "four": "a"}
+    assert read.by_name == {"one.mp4": "a", "two.mp4": "c", "four": "a"}
+    assert read.by_stem == {"one": "a", "two": "c", "four": "a"}
+    folder = str(tmp_path.resolve())
+    assert read.by_abs == {f"{folder}/x/one.mp4": "a", f"{folder}/two.mp4": "c", f"{folder}/four": "a"}
+    assert read.by_rel["x/one.mp4"] is read.by_rel["four"]
+
+
 def test_labels_without_path_and_label_columns_is_a_user_error(media: Path, tmp_path: Path) -> None:
     bad = tmp_path / "labels.csv"
     bad.write_text("file,class\ngood.mp4,speech\n")
