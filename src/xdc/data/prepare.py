@@ -373,13 +373,19 @@ def _write_labels(
     rows, sorted by source (called twice: once to count the names and stems the labels use), ``total`` of them;
     ``roots``: the folders searched (for relative label paths)."""
     names, stems = label_index.count_names(row["source"] for row in counted(rows(), "matching labels", total))
-    labelled = []
-    for row in counted(rows(), f"labelling {path.name}", total):
-        label = label_index.lookup(row["source"], roots, names, stems)
-        if row["status"] == "ok" and label:
-            labelled.append((row["output"], label))
-    write_atomic(path, lambda f: csv.writer(f).writerows([("path", "label"), *labelled]))
-    return len(labelled)
+    labelled = 0
+
+    def labelled_rows() -> Iterator[tuple[str, str]]:  # written as they come: 65M (path, label) pairs are 10 GB
+        nonlocal labelled
+        yield "path", "label"
+        for row in counted(rows(), f"labelling {path.name}", total):
+            label = label_index.lookup(row["source"], roots, names, stems)
+            if row["status"] == "ok" and label:
+                labelled += 1
+                yield row["output"], label
+
+    write_atomic(path, lambda f: csv.writer(f).writerows(labelled_rows()))
+    return labelled
 
 
 # --- running the jobs --------------------------------------------------------------------------------------
