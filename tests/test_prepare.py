@@ -337,6 +337,19 @@ def test_the_folder_that_holds_the_inputs_is_found_as_they_are_listed() -> None:
     assert prepare._common_folder("/data", "/other") == "/" and prepare._common_folder("/", "/data") == "/"
 
 
+def test_the_summary_names_the_first_ten_problems_and_counts_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    for n in range(12):
+        (tmp_path / "src" / f"bad{n:02d}.mp4").write_bytes(b"not a video")
+    code, stdout = _run(str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--workers", "1")
+    lines = stdout.splitlines()
+    assert code == 0 and lines[-1] == "12 files: 0 prepared (0 already done), 12 skipped, 0 failed"
+    assert [line.split(":")[0] for line in lines[-12:-2]] == [
+        f"  skipped {tmp_path / 'src'}/bad{n:02d}.mp4" for n in range(10)
+    ]
+    assert lines[-2] == f"  ... 2 more in {tmp_path / 'out' / 'prepared.csv'}"
+
+
 def test_fps_cap_keeps_sync(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     write_av(tmp_path / "src" / "a.mp4", *_flash_and_click(), RATE)

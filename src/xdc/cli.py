@@ -57,10 +57,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     summary = _on_ranks(run)
     if summary is None:  # another rank than the first: rank 0 writes and says
         return 0
-    for row in summary.problems[:10]:
+    for row in summary.problems:
         print(f"  {row['status']} {row['source']}: {row['reason']}")
-    if len(summary.problems) > 10:
-        print(f"  ... {len(summary.problems) - 10} more in {args.out / 'prepared.csv'}")
+    if summary.skipped + summary.failed > len(summary.problems):
+        print(f"  ... {summary.skipped + summary.failed - len(summary.problems)} more in {args.out / 'prepared.csv'}")
     print(summary.line())
     return 0
 

@@ -45,6 +45,7 @@ REPORT = "prepared.csv"
 LABELS = "labels.csv"
 COLUMNS = ("source", "output", "status", "reason", "seconds", "duration_s", "size", "mtime", "settings")
 PARTIAL_GLOB = ".*.partial.mp4"  # outputs being written; the * is the output's file name
+PROBLEMS = 10  # skipped and failed files that the summary names (each rank sends rank 0 its first, not all)
 # AAC's standard sample rates (the encoder refuses others).
 SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # --audio: the codec of the copies' audio. AAC makes the smallest copies; FLAC (lossless) and 16-bit PCM skip AAC's
@@ -101,7 +102,7 @@ class PrepareSummary:
     skipped: int  # unusable sources (the probe's reason, as in xdc index)
     failed: int  # usable sources whose transcoding failed
     labelled: int | None = None  # None when no labels file was given
-    problems: list[dict] = field(default_factory=list)  # the skipped and failed rows
+    problems: list[dict] = field(default_factory=list)  # the first PROBLEMS skipped and failed rows, by source
 
     def line(self) -> str:
         text = f"{self.files} files: {self.prepared} prepared ({self.kept} already done), {self.skipped} skipped"
@@ -353,7 +354,7 @@ def _summarise(rows: list[dict]) -> PrepareSummary:
         kept=sum(1 for row in rows if row.get("kept")),
         skipped=statuses["skipped"],
         failed=statuses["error"],
-        problems=[row for row in sorted(rows, key=lambda r: r["source"]) if row["status"] != "ok"],
+        problems=heapq.nsmallest(PROBLEMS, (row for row in rows if row["status"] != "ok"), key=lambda r: r["source"]),
     )
 
 
@@ -361,7 +362,7 @@ def _add(summaries: list[PrepareSummary]) -> PrepareSummary:
     """The ranks' summaries as one."""
     total = PrepareSummary(*(sum(getattr(s, name) for s in summaries) for name in ("files", "prepared", "kept",
                                                                                   "skipped", "failed")))  # fmt: skip
-    total.problems = sorted((row for s in summaries for row in s.problems), key=lambda r: r["source"])
+    total.problems = sorted((row for s in summaries for row in s.problems), key=lambda r: r["source"])[:PROBLEMS]
     return total
 
 
