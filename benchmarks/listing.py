@@ -5,9 +5,9 @@ streams each rank its share into a file; every rank reads only its own.
 
 Makes a tree of --files empty .mp4 files in 400 folders, then times and weighs (tracemalloc: the Python objects
 still held after the step, and at its peak) each step: the walk into one list (``find_media``, a plain run), rank
-0's walk streamed into the share files (by path, as index; by name group, as prepare), a rank's share read back,
-prepare's plan of output names for a share and for the whole collection, a list of the files as input and a labels
-file of a row per file. The last columns scale the numbers to 65M files.
+0's walk streamed into the share files (by path, as index; by path without its suffix, as prepare), a rank's share
+read back, prepare's plan of output names for a share and for the whole collection, a list of the files as input and
+a labels file of a row per file. The last columns scale the numbers to 65M files.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
         _, *streamed = measured(rank_0)
         row(f"walk, stream {args.ranks} shares by path, read its own", "rank 0 (index)", *streamed, linear=False)
         share, *measures = measured(lambda: rank_0(name_group))
-        row(f"walk, stream {args.ranks} shares by name group, read its own", "rank 0 (prepare)", *measures,
+        row(f"walk, stream {args.ranks} shares by path without suffix, read its own", "rank 0 (prepare)", *measures,
             linear=False)  # fmt: skip
         _, *read = measured(lambda: my_share(lambda: [], out, rank(1), lambda work, _: None))
         row("read a rank's share", "ranks 1..W-1", *read)

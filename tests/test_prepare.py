@@ -301,33 +301,45 @@ def test_the_reports_of_ranks_cut_short_are_taken_by_the_next_run(prepared, sour
 
 
 def test_each_rank_plans_the_names_of_its_share_as_the_whole_collection_would(tmp_path: Path) -> None:
-    """Copies that could share a name (clip.avi and clip.mp4; clip.avi.mp4, whose name the copy of clip.avi takes)
-    land on one rank, which plans them alone: with any number of ranks, the plans of the shares are the plan of
-    the whole collection. (Shared out by the path, or by the name its copy would have, they are not.)"""
+    """Copies that would share a name (clip.avi and clip.mp4) land on one rank, which plans them alone; a source
+    whose own name another's renamed copy takes (clip.avi.mp4) learns it from the rank of that source. With any
+    number of ranks the plans of the shares are the plan of the whole collection, and files whose names have
+    dots in them (dates) are spread over the ranks."""
     from types import SimpleNamespace
 
-    from xdc.data.shares import my_share, remove_share_files
+    from xdc.data.shares import hand_over, handed, my_share, remove_share_files
 
     sources = [f"/in/{folder}/{name}" for folder in ("a", "b", "a/c") for name in (
         "clip.avi", "clip.mp4", "clip.avi.mp4", "x.wav", "x.mkv", "y.mp4", "noext", "noext.mp4", "v.1.avi", "v.1.mp4",
-    )]  # fmt: skip
-    whole = {source: (output, taken) for source, output, taken in prepare.plan_outputs(sources, "/in")}
+    )] + [f"/in/talks/2021.03.{day:02d}.mp4" for day in range(1, 31)]  # fmt: skip
+
+    def plans(ranks: int) -> tuple[dict, list[int]]:
+        report = tmp_path / "prepared.csv"
+        ctx = [SimpleNamespace(rank=r, world_size=ranks, main=r == 0, enabled=True) for r in range(ranks)]
+        run_once = [(lambda work, ctx: work())] + [(lambda work, ctx: None)] * (ranks - 1)
+        group = prepare.name_group
+        shares = [my_share(lambda: iter(sources), report, ctx[r], run_once[r], group) for r in range(ranks)]
+        planned = [prepare.plan_outputs(share, "/in") for share in shares]
+        for r in range(ranks):  # every rank writes before any reads, as route's barrier makes them
+            hand_over(report, r, [source for source, _, moved in planned[r] if moved])
+        whole = {}
+        for r in range(ranks):
+            renamed = handed(report, ctx[r])
+            whole.update({s: (out, not moved and prepare.name_group(s) in renamed) for s, out, moved in planned[r]})
+        remove_share_files(report)
+        assert not list(tmp_path.iterdir())
+        return whole, [sum("/talks/" in source for source in share) for share in shares]
+
+    whole, _ = plans(1)
     assert whole["/in/a/clip.avi"] == ("a/clip.avi.mp4", False) and whole["/in/a/clip.mp4"] == ("a/clip.mp4", False)
     assert whole["/in/a/clip.avi.mp4"] == ("a/clip.avi.mp4", True)  # never overwritten
     assert whole["/in/b/noext"] == ("b/noext.mp4", False) and whole["/in/b/noext.mp4"] == ("b/noext.mp4", True)
-
-    def planned(ranks: int) -> dict:
-        plans = {}
-        for rank in range(ranks):
-            ctx = SimpleNamespace(rank=rank, world_size=ranks, main=rank == 0, enabled=True)
-            run_once = (lambda work, ctx: work()) if rank == 0 else (lambda work, ctx: None)
-            share = my_share(lambda: iter(sources), tmp_path / "prepared.csv", ctx, run_once, prepare.name_group)
-            plans.update({source: (output, taken) for source, output, taken in prepare.plan_outputs(share, "/in")})
-        remove_share_files(tmp_path / "prepared.csv")
-        return plans
-
-    for ranks in range(1, 8):
-        assert planned(ranks) == whole, ranks
+    assert whole["/in/a/v.1.avi"] == ("a/v.1.avi.mp4", False) and whole["/in/talks/2021.03.07.mp4"][1] is False
+    assert sum(taken for _, taken in whole.values()) == 6
+    for ranks in range(2, 8):
+        planned, sizes = plans(ranks)
+        assert planned == whole, ranks
+        assert max(sizes) <= 15, sizes  # the 30 dated files spread over the ranks, not all on one
 
 
 def test_the_folder_that_holds_the_inputs_is_found_as_they_are_listed() -> None:

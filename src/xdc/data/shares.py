@@ -56,7 +56,7 @@ def my_share(
         held = 0
         try:
             for entry in listing():
-                shares[zlib.crc32(os.fsencode(group(entry))) % ctx.world_size].append(json.dumps(entry) + "\n")
+                shares[owner(group(entry), ctx.world_size)].append(json.dumps(entry) + "\n")
                 held += 1
                 if held == SHARE_BATCH:
                     _append_shares(path, shares)
@@ -74,6 +74,40 @@ def my_share(
     except FileNotFoundError:
         raise UserError(f"{mine} is missing: rank 0 wrote it; is {path.parent} on a filesystem every rank "
                         "sees?") from None  # fmt: skip
+
+
+def owner(key: str, world_size: int) -> int:
+    """The rank that a hash of ``key`` picks: the same on every rank, in every run."""
+    return zlib.crc32(os.fsencode(key)) % world_size
+
+
+def route(path: Path, ctx: Dist, entries: list[str]) -> set[str]:
+    """Of every rank's ``entries`` (paths, few), those whose ``owner`` this rank is: each rank writes its entries in
+    a hidden file beside ``path`` (``hand_over``) and, once all have (a barrier), reads back its own (``handed``)."""
+    if not ctx.enabled:
+        return set(entries)
+    hand_over(path, ctx.rank, entries)
+    gather_objects = collectives(ctx)[3]
+    gather_objects(None, ctx)  # a barrier: every rank's file is written before any is read
+    return handed(path, ctx)
+
+
+def hand_over(path: Path, rank: int, entries: list[str]) -> None:
+    write_atomic(handover_file(path, rank), lambda f: f.writelines(json.dumps(entry) + "\n" for entry in entries))
+
+
+def handed(path: Path, ctx: Dist) -> set[str]:
+    """The entries of this run's hand-over files (one per rank) whose ``owner`` this rank is."""
+    mine = set()
+    for rank in range(ctx.world_size):
+        file = handover_file(path, rank)
+        try:
+            with open(file, encoding="ascii") as f:
+                mine.update(entry for entry in map(json.loads, f) if owner(entry, ctx.world_size) == ctx.rank)
+        except FileNotFoundError:
+            raise UserError(f"{file} is missing: rank {rank} wrote it; is {path.parent} on a filesystem every rank "
+                            "sees?") from None  # fmt: skip
+    return mine
 
 
 def _append_shares(path: Path, shares: list[list[str]]) -> None:
@@ -98,8 +132,14 @@ def share_file(path: Path, rank: int | str) -> Path:
     return path.with_name(f".{path.name}.share{rank}.jsonl")
 
 
+def handover_file(path: Path, rank: int | str) -> Path:
+    """The file in which a rank hands the other ranks entries of theirs (``route``)."""
+    return path.with_name(f".{path.name}.handover{rank}.jsonl")
+
+
 def remove_share_files(path: Path) -> None:
-    for file in _of_every_rank(path, share_file):
+    """The share and hand-over files of ``path``, of any rank."""
+    for file in _of_every_rank(path, share_file) + _of_every_rank(path, handover_file):
         file.unlink()
 
 
