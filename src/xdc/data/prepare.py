@@ -157,7 +157,7 @@ def prepare(
     sources = my_share(listing, report, ctx, on_main, group=name_group)
     common = broadcast_object(common, ctx)
     plan = plan_outputs(sources, _common_folder(common, *map(str, broadcast_object(roots, ctx))))
-    renamed = route(report, ctx, [source for source, _, moved in plan if moved])  # those whose name_group is here
+    renamed = route(report, ctx, [source for source, _, moved in plan if moved])  # of every rank: those it may clash
     share = [(source, output, not moved and name_group(source) in renamed) for source, output, moved in plan]
     settings = options.key()
     found = {source: (output, stat_row(source)) for source, output, _ in share}
@@ -271,10 +271,11 @@ def plan_outputs(sources: list[str], root: str) -> list[tuple[str, str, bool]]:
     """(source, output, renamed) of each of ``sources`` (absolute, normalised, each once), in their order. The
     output path (relative to the output folder, POSIX) is the source's path relative to ``root``, the folder that
     holds all inputs, with the suffix .mp4; two sources that would share a name (clip.avi and clip.mp4) keep their
-    suffix in it: clip.mp4 stays clip.mp4, clip.avi becomes clip.avi.mp4 (``renamed``). A source whose own name
-    that is (clip.avi.mp4) has its name taken: never overwritten, it is not copied. The plan of every ``name_group``
-    is whole in ``sources`` or absent: then a rank's share plans as the whole collection would. Done on strings:
-    path objects took 17 us and, at the peak, 500 bytes a file (19 minutes and 33 GB at 65M files)."""
+    suffix in it: clip.mp4 stays clip.mp4, clip.avi becomes clip.avi.mp4 (``renamed``). A source named like such a
+    copy (clip.avi.mp4) finds its name taken and is not copied (never overwritten: ``name_group``, ``route``). The
+    plan of every ``name_group`` is whole in ``sources`` or absent: then a rank's share plans as the whole collection
+    would. Done on strings: path objects took 17 us and, at the peak, 500 bytes a file (19 minutes and 33 GB at 65M
+    files)."""
     start = len(root.rstrip("/")) + 1  # the sources' paths are under root, or root is "/"
     claims = Counter(_as_mp4(source[start:]) for source in sources)
     plan = []
