@@ -157,7 +157,8 @@ def prepare(
     sources = my_share(listing, report, ctx, on_main, group=name_group)
     common = broadcast_object(common, ctx)
     plan = plan_outputs(sources, _common_folder(common, *map(str, broadcast_object(roots, ctx))))
-    renamed = route(report, ctx, [source for source, _, moved in plan if moved])  # of every rank: those it may clash
+    # of every rank's renamed sources, those whose copies' names a source here could have: its name_group
+    renamed = route(report, ctx, [source for source, _, moved in plan if moved])
     share = [(source, output, not moved and name_group(source) in renamed) for source, output, moved in plan]
     settings = options.key()
     found = {source: (output, stat_row(source)) for source, output, _ in share}
