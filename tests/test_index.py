@@ -342,7 +342,8 @@ def test_rank_0_lists_once_and_hands_each_rank_its_share_in_a_file(tmp_path: Pat
 
 
 def test_a_listing_that_fails_leaves_no_share_files(tmp_path: Path, monkeypatch) -> None:
-    """Rank 0's walk stopped by a bad argument after some batches were written: none of them is left."""
+    """Rank 0's walk stopped by a bad argument after some batches were written: none of them is left, nor a
+    folder made for them."""
     from types import SimpleNamespace
 
     from xdc.data import shares
@@ -356,6 +357,9 @@ def test_a_listing_that_fails_leaves_no_share_files(tmp_path: Path, monkeypatch)
     ctx = SimpleNamespace(rank=0, world_size=2, main=True, enabled=True)
     with pytest.raises(UserError, match="not a folder"):
         shares.my_share(listing, tmp_path / "manifest.csv", ctx, lambda work, _: work())
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(UserError, match="not a folder"):  # nor the folder it made for them (prepare's --out)
+        shares.my_share(listing, tmp_path / "out" / "prepared.csv", ctx, lambda work, _: work())
     assert not list(tmp_path.iterdir())
 
 

@@ -5,6 +5,7 @@ a side file of its own as it goes, which rank 0 joins at the end. A plain run is
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import heapq
@@ -53,7 +54,7 @@ def my_share(
     def write() -> None:
         remove_share_files(path)  # of a run cut short, perhaps with more ranks
         shares: list[list[str]] = [[] for _ in range(ctx.world_size)]
-        held = 0
+        held, made = 0, not path.parent.exists()
         try:
             for entry in listing():
                 shares[owner(group(entry), ctx.world_size)].append(json.dumps(entry) + "\n")
@@ -64,6 +65,9 @@ def my_share(
             _append_shares(path, shares)
         except BaseException:  # a listing that fails (a bad argument) leaves no shares of half of it
             remove_share_files(path)
+            if made:  # nor the folder made for them (prepare's --out, found to be among the inputs)
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
             raise
 
     on_main(write, ctx)
