@@ -4,7 +4,7 @@ streams each rank its share into a file; every rank reads only its own.
     .venv/bin/python benchmarks/listing.py [--files 200000] [--ranks 8]
 
 Makes a tree of --files empty .mp4 files in 400 folders, then times and weighs (tracemalloc: the Python objects
-still held after the step, and at its peak) each step: the walk into one list (``find_media``, a plain run), rank
+still held after the step, and at its peak) each step: the walk into one list (a plain run's ``my_share``), rank
 0's walk streamed into the share files (by path, as index; by path without its suffix, as prepare), a rank's share
 read back, prepare's plan of output names for a share and for the whole collection, a list of the files as input and
 a labels file of a row per file. The last columns scale the numbers to 65M files.
@@ -21,9 +21,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from common import report
-from xdc.data.index import LabelIndex, find_media, list_media
+from xdc.data.index import LabelIndex, list_media
 from xdc.data.prepare import name_group, plan_outputs
-from xdc.data.shares import my_share
+from xdc.data.shares import ALONE, my_share
 
 PAPER_FILES = 65_000_000
 
@@ -69,8 +69,11 @@ def main() -> None:
         root, out = Path(tmp) / "videos", Path(tmp) / "manifest.csv"
         root.mkdir()
         make_tree(root, args.files)
-        collection, *measures = measured(lambda: find_media([str(root)]))
-        row("walk the inputs into one list (find_media)", "a plain run (before: rank 0)", *measures)
+        def one_list(path: Path) -> list[str]:  # a plain run's listing: each file once
+            return my_share(lambda: list_media([str(path)], []), out, ALONE, lambda work, _: work())
+
+        files, *measures = measured(lambda: one_list(root))
+        row("walk the inputs into one list", "a plain run (before: rank 0)", *measures)
 
         def rank(n: int) -> SimpleNamespace:
             return SimpleNamespace(rank=n, world_size=args.ranks, main=n == 0, enabled=True)
@@ -90,15 +93,15 @@ def main() -> None:
                      "at 65M: GB peak": round((batch + read[2] * scale) / 1024, 1)})  # fmt: skip
         _, *measures = measured(lambda: plan_outputs(share, str(root)))
         row("prepare's output names, of a share", "every rank", *measures)
-        _, *measures = measured(lambda: plan_outputs(list(collection.files), str(root)))
+        _, *measures = measured(lambda: plan_outputs(files, str(root)))
         row("prepare's output names, of the whole collection", "a plain run (before: rank 0)", *measures)
         listed = Path(tmp) / "files.txt"
-        listed.write_text("".join(f"{Path(p).relative_to(tmp)}\n" for p in collection.files))
-        _, *measures = measured(lambda: find_media([str(listed)]))
+        listed.write_text("".join(f"{Path(p).relative_to(tmp)}\n" for p in files))
+        _, *measures = measured(lambda: one_list(listed))
         row("read a list of the files (.txt) into one list", "a plain run (before: rank 0)", *measures)
         labels = Path(tmp) / "labels.csv"
         labels.write_text("path,label\n" + "".join(f"{Path(p).relative_to(root)},c{n % 400}\n"
-                                                  for n, p in enumerate(collection.files)))  # fmt: skip
+                                                  for n, p in enumerate(files)))  # fmt: skip
         _, *measures = measured(lambda: LabelIndex.from_csv(labels))
         row("read --labels (a row per file)", "rank 0", *measures)
     report("listing", rows, {"ranks": args.ranks})

@@ -13,7 +13,7 @@ import stat
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -206,12 +206,6 @@ def _check_out(out: Path) -> None:
 # --- finding the files -------------------------------------------------------------------------------------
 
 
-@dataclass
-class Collection:
-    files: dict[str, None] = field(default_factory=dict)  # absolute resolved paths: an ordered set
-    roots: list[Path] = field(default_factory=list)  # the folders searched (for relative label paths)
-
-
 def media_under(folder: str, found: Callable[[int], object] = lambda n: None) -> Iterator[str]:
     """The media files under the resolved ``folder``, in os.walk's order: a folder's files by name, then each of
     its subfolders' in name order. Hidden entries are skipped: they are tools' partial writes and metadata, not
@@ -245,13 +239,6 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return entry.is_dir()
     except OSError:  # as os.walk: what cannot be looked at is not walked into
         return False
-
-
-def find_media(paths: list[str]) -> Collection:
-    """The collection under PATH arguments (``list_media``), each file once, in the order found."""
-    collection = Collection()
-    collection.files = dict.fromkeys(list_media(paths, collection.roots))
-    return collection
 
 
 def list_media(paths: list[str], roots: list[Path]) -> Iterator[str]:
