@@ -71,13 +71,7 @@ def my_share(
             raise
 
     on_main(write, ctx)
-    mine = share_file(path, ctx.rank)
-    try:
-        with open(mine, encoding="ascii") as f:
-            return list(dict.fromkeys(json.loads(line) for line in f))
-    except FileNotFoundError:
-        raise UserError(f"{mine} is missing: rank 0 wrote it; is {path.parent} on a filesystem every rank "
-                        "sees?") from None  # fmt: skip
+    return list(dict.fromkeys(_entries(share_file(path, ctx.rank), 0)))
 
 
 def owner(key: str, world_size: int) -> int:
@@ -102,16 +96,18 @@ def hand_over(path: Path, rank: int, entries: list[str]) -> None:
 
 def handed(path: Path, ctx: Dist) -> set[str]:
     """The entries of this run's hand-over files (one per rank) whose ``owner`` this rank is."""
-    mine = set()
-    for rank in range(ctx.world_size):
-        file = handover_file(path, rank)
-        try:
-            with open(file, encoding="ascii") as f:
-                mine.update(entry for entry in map(json.loads, f) if owner(entry, ctx.world_size) == ctx.rank)
-        except FileNotFoundError:
-            raise UserError(f"{file} is missing: rank {rank} wrote it; is {path.parent} on a filesystem every rank "
-                            "sees?") from None  # fmt: skip
-    return mine
+    every = (_entries(handover_file(path, rank), rank) for rank in range(ctx.world_size))
+    return {entry for entry in itertools.chain.from_iterable(every) if owner(entry, ctx.world_size) == ctx.rank}
+
+
+def _entries(file: Path, writer: int) -> Iterator[str]:
+    """The JSON lines of ``file``, which rank ``writer`` wrote, one at a time."""
+    try:
+        with open(file, encoding="ascii") as f:
+            yield from map(json.loads, f)
+    except FileNotFoundError:
+        raise UserError(f"{file} is missing: rank {writer} wrote it; is {file.parent} on a filesystem every rank "
+                        "sees?") from None  # fmt: skip
 
 
 def _append_shares(path: Path, shares: list[list[str]]) -> None:
