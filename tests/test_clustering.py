@@ -16,7 +16,15 @@ from xdc.clustering import kmeans as kmeans_module
 from xdc.clustering import sinkhorn as sinkhorn_module
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import assign_to_centroids, kmeans
-from xdc.clustering.metrics import agreement, ari_of_table, cluster_stats, contingency, nmi, nmi_of_table
+from xdc.clustering.metrics import (
+    agreement,
+    ari_of_table,
+    cluster_stats,
+    collapse_threshold,
+    contingency,
+    nmi,
+    nmi_of_table,
+)
 from xdc.clustering.sampler import ClusterBalancedSampler, shuffled_draws
 from xdc.clustering.sinkhorn import balanced_assign, sinkhorn
 
@@ -202,6 +210,15 @@ def test_cluster_stats_detects_collapse():
     assert 0 < s.entropy_ratio < 0.25
     assert s.to_dict()["collapsed"] is True
     assert not cluster_stats(assignments, k=10, collapse_fraction=0.95).collapsed
+
+
+def test_a_collapse_is_judged_against_an_even_split_at_small_k():
+    # at k = 2 an even split is already half of the points: 56/44 is no collapse, 80/20 is
+    assert not cluster_stats(np.array([0] * 56 + [1] * 44), k=2).collapsed
+    assert cluster_stats(np.array([0] * 80 + [1] * 20), k=2).collapsed
+    assert cluster_stats(np.zeros(50, dtype=int), k=2).collapsed
+    assert collapse_threshold(2, 0.5) == 0.75 and collapse_threshold(1000, 0.5) == pytest.approx(0.5005)
+    assert not cluster_stats(np.zeros(50, dtype=int), k=1).collapsed  # one cluster: nothing to balance
 
 
 def test_cluster_stats_of_a_balanced_assignment():

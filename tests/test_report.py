@@ -4,6 +4,7 @@ import base64
 import csv
 import dataclasses
 import io
+import re
 import shutil
 import wave
 from html.parser import HTMLParser
@@ -171,6 +172,26 @@ def test_broken_clip_is_a_placeholder(built, tmp_path):
     text = page.all_text
     assert "could not show this clip" in text and "No such file" in text
     assert "1 file(s) failed to decode during the run" in text
+
+
+def test_a_collapse_is_red_by_the_runs_k(built, tmp_path):
+    # k = 3: a collapse is more than 2/3 of the clips in one cluster (half-way from an even split to all in one)
+    _, run = built
+    copy = copy_run(run, tmp_path / "run", lambda rows: rows)
+    last = sorted((copy / "labels").glob("round_*.npz"))[-1]
+    n = len(last_round(run)["video"])
+    most = n * 5 // 8  # over half (red at a bare 0.5), under 2/3
+    video = np.array([0] * most + [1] * (n - most), dtype=np.int32)
+    audio = np.array([2] * (n - 2) + [0, 1], dtype=np.int32)
+    np.savez(last, video=video, audio=audio)
+    html = write_report(copy, samples_per_cluster=1).read_text()
+    round_ = f'<td class="">{last.stem.removeprefix("round_").lstrip("0") or 0}</td>'
+    cell = '<td class="([^"]*)">([^<]*)<'  # the largest fraction's: its class and its text
+    largest = {name: re.search(f'{round_}<td class="text">{name}</td><td class="">[^<]*</td>{cell}', html).groups()
+               for name in ("video", "audio")}  # fmt: skip
+    assert 0.5 < most / n < 2 / 3 and largest["video"] == ("", f"{most / n:.3f}")
+    assert largest["audio"] == ("collapsed", f"{(n - 2) / n:.3f}")
+    assert "(0.667 at k = 3)" in Page(html).all_text
 
 
 def test_without_labels_there_is_no_purity(built, tmp_path):

@@ -212,7 +212,7 @@ class TrainConfig:
     kmeans_iters: int = 20
     # rank0: features gathered, clustered on rank 0; shards: each rank keeps its rows, PCA and k-means all-reduce
     cluster_on: str = "rank0"
-    collapse_fraction: float = 0.5  # warn when one cluster holds more than this fraction of the clips
+    collapse_fraction: float = 0.5  # warn above this share of the way from an even split to one cluster
     # keep each video's extraction clip on disk (RUN/extract_cache) after the first round reads it: later rounds'
     # extraction reads it back instead of decoding (docs/pretrain.md "Extraction cache")
     extract_cache: bool = False

@@ -29,7 +29,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from xdc.clustering.metrics import agreement, nmi
+from xdc.clustering.metrics import agreement, collapse_threshold, nmi
 from xdc.config import Config, load_config
 from xdc.data.audio import LogMel
 from xdc.data.decode import Clip, DecodeError, read_clip
@@ -547,15 +547,18 @@ def _summary(data: RunData, rows: list[dict]) -> str:
         head += ["NMI vs labels", "purity", "ARI", "Hungarian accuracy"]
     body = []
     for r in rows:
-        collapsed = (r["largest_fraction"] or 0) > data.cfg.train.collapse_fraction
+        limit = collapse_threshold(_clusters(data, r["set"]), data.cfg.train.collapse_fraction)
+        collapsed = (r["largest_fraction"] or 0) > limit
         cells = [(r["round"], ""), (r["set"], "text"), (f"{r['non_empty']} of {_clusters(data, r['set'])}", ""),
                  (_num(r["largest_fraction"]), "collapsed" if collapsed else ""), (_num(r.get("nmi_previous")), "")]
         if labelled:
             scores = r.get("vs_labels", {})
             cells += [(_num(scores.get(k)), "") for k in ("nmi", "purity", "ari", "hungarian_accuracy")]
         body.append("<tr>" + "".join(f'<td class="{c}">{html.escape(str(v))}</td>' for v, c in cells) + "</tr>")
-    note = (f"Largest fractions above train.collapse_fraction={data.cfg.train.collapse_fraction:g} are in red "
-            "(a collapse).")
+    fraction = data.cfg.train.collapse_fraction
+    note = (f"Largest fractions in red are a collapse: more than train.collapse_fraction={fraction:g} of the way from "
+            f"an even split to one cluster holding all ({collapse_threshold(data.cfg.train.k, fraction):.3g} at "
+            f"k = {data.cfg.train.k}).")
     if not labelled:
         note += " No labels in videos.csv: purity and the scores against labels are not available."
     return ('<h2>Summary</h2><table class="summary"><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr>"

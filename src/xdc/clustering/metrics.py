@@ -128,15 +128,24 @@ class ClusterStats:
     smallest_non_empty: int
     median: float  # median size of the non-empty clusters
     entropy_ratio: float  # entropy of the size distribution / log k: 1 when all clusters are equal
-    collapsed: bool  # largest_fraction > the collapse fraction
+    collapsed: bool  # largest_fraction > collapse_threshold(k, the collapse fraction)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def collapse_threshold(k: int, collapse_fraction: float) -> float:
+    """The largest cluster's share of the points above which a clustering into ``k`` has collapsed:
+    ``collapse_fraction`` of the way from an even split (1/k each) to one cluster holding all. About
+    ``collapse_fraction`` itself at k of tens and more; at k = 2 an even split is already half of the points,
+    so a bare fraction of 0.5 would call nearly every split a collapse."""
+    return 1 / k + collapse_fraction * (1 - 1 / k)
+
+
 def cluster_stats(assignments: np.ndarray, k: int, collapse_fraction: float = 0.5) -> ClusterStats:
     """Size statistics of ``assignments`` (labels in [0, k)); collapsed when one cluster holds more than
-    ``collapse_fraction`` of the points, the degenerate solution DeepCluster's balanced sampling fights."""
+    ``collapse_threshold(k, collapse_fraction)`` of the points, the degenerate solution DeepCluster's balanced
+    sampling fights. k = 1 never collapses: there is nothing to balance."""
     assignments = np.asarray(assignments)
     if k < 1 or assignments.size == 0:
         raise ValueError(f"cluster_stats needs k >= 1 and at least one point, got k={k}, {assignments.size} points")
@@ -155,5 +164,5 @@ def cluster_stats(assignments: np.ndarray, k: int, collapse_fraction: float = 0.
         smallest_non_empty=int(present.min()),
         median=float(np.median(present)),
         entropy_ratio=entropy / math.log(k) if k > 1 else 1.0,
-        collapsed=largest / assignments.size > collapse_fraction,
+        collapsed=k > 1 and largest / assignments.size > collapse_threshold(k, collapse_fraction),
     )

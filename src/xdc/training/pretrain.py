@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Subset
 
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import LABEL_DTYPE, kmeans
-from xdc.clustering.metrics import cluster_stats, nmi
+from xdc.clustering.metrics import cluster_stats, collapse_threshold, nmi
 from xdc.clustering.sampler import ClusterBalancedSampler
 from xdc.clustering.sharded import (
     assemble_labels,
@@ -520,7 +520,8 @@ class Pretrainer:
         if stats.collapsed:
             print(
                 f"WARNING: clustering collapse in round {p.round}, label set {name!r}: one cluster holds "
-                f"{stats.largest_fraction:.0%} of the clips ({stats.non_empty} of {cfg.k} clusters non-empty). "
+                f"{stats.largest_fraction:.0%} of the clips ({stats.non_empty} of {cfg.k} clusters non-empty; "
+                f"more than {collapse_threshold(cfg.k, cfg.collapse_fraction):.0%} is a collapse at k = {cfg.k}). "
                 "Consider train.assign=sinkhorn, a smaller train.k, or a lower train.lr.",
                 file=sys.stderr,
             )
