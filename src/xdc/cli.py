@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("eval", help="evaluate features or a run: linear, kfold, clusters")
+    p = sub.add_parser("eval", help="evaluate features or a run: linear, kfold, finetune, clusters")
     evals = p.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     for name, text in (("linear", "linear probe on the train split, video-level test accuracy"),
                        ("kfold", "cross-validated linear probe over the fold column (ESC-50)")):  # fmt: skip
