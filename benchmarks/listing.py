@@ -6,8 +6,8 @@ streams each rank its share into a file; every rank reads only its own.
 Makes a tree of --files empty .mp4 files in 400 folders, then times and weighs (tracemalloc: the Python objects
 still held after the step, and at its peak) each step: the walk into one list (a plain run's ``my_share``), rank
 0's walk streamed into the share files (by path, as index; by path without its suffix, as prepare), a rank's share
-read back, prepare's plan of output names for a share and for the whole collection, a list of the files as input and
-a labels file of a row per file. The last columns scale the numbers to 65M files.
+read back, prepare's plan of output names for a share and for the whole collection, a list of the files as input,
+a labels file of a row per file, and that file matched to the collection (what rank 0 holds at the end). The last columns scale the numbers to 65M files.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from common import report
-from xdc.data.index import LabelIndex, list_media
+from xdc.data.index import LabelIndex, list_media, match_labels
 from xdc.data.prepare import name_group, plan_outputs
 from xdc.data.shares import ALONE, my_share
 
@@ -104,6 +104,8 @@ def main() -> None:
                                                   for n, p in enumerate(files)))  # fmt: skip
         _, *measures = measured(lambda: LabelIndex.from_csv(labels))
         row("read --labels (a row per file)", "rank 0", *measures)
+        _, *measures = measured(lambda: match_labels(files, labels))
+        row("read --labels, count names and stems, label every file", "rank 0", *measures)
     report("listing", rows, {"ranks": args.ranks})
 
 

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 import wave
+from collections import Counter
 from pathlib import Path
 
 import av
@@ -422,17 +423,87 @@ def test_labels_matching_rules(collection: Path, tmp_path: Path) -> None:
 
 def test_a_labels_csv_is_read_by_its_header_whatever_the_order_of_its_columns(tmp_path: Path) -> None:
     """Columns in any order, a BOM and spaces in the header; rows without a path or a label (short, blank, empty
-    cells) are skipped; paths are normalised; each label is one object however many rows give it."""
+    cells) are skipped; paths are normalised; each label is kept once however many rows give it."""
     labels = tmp_path / "labels.csv"
     rows = "split, label ,path\ntrain,a,x/./one.mp4\n\ntest,b\n,c,two.mp4\ntrain,,three.mp4\ntest,a,y/../four\n"
     labels.write_bytes(("\ufeff" + rows).encode())
     read = index.LabelIndex.from_csv(labels)
-    assert read.by_rel == {"x/one.mp4": "a", "two.mp4": "c", "four": "a"}
-    assert read.by_name == {"one.mp4": "a", "two.mp4": "c", "four": "a"}
-    assert read.by_stem == {"one": "a", "two": "c", "four": "a"}
-    folder = str(tmp_path.resolve())
-    assert read.by_abs == {f"{folder}/x/one.mp4": "a", f"{folder}/two.mp4": "c", f"{folder}/four": "a"}
-    assert read.by_rel["x/one.mp4"] is read.by_rel["four"]
+    assert read.labels == ["a", "c"]
+    named = ["x/one.mp4", "two.mp4", "four", "three.mp4"]
+    folder, elsewhere = str(tmp_path.resolve()), "/elsewhere"
+    for paths, roots in (([f"{folder}/{p}" for p in named], []), ([f"{elsewhere}/{p}" for p in named], [elsewhere])):
+        twice = read.count_names(paths + paths)  # no name is unique: by the absolute or the relative path alone
+        assert read.lookup(paths, [Path(r) for r in roots], twice) == ["a", "c", "a", ""]
+    by_name = ["/other/one.mp4", "/other/two.mkv", "/other/four.mp4", "/other/x/one.mkv"]  # basename, stem, stem, -
+    assert read.lookup(by_name, [], read.count_names(by_name)) == ["a", "c", "a", ""]
+
+
+def dict_labels(rows: list[tuple[str, str]], base: str, paths: list[str], roots: list[str]) -> list[str]:
+    """The labels rules of docs/index.md on plain dicts of the keys as strings (how LabelIndex held them until
+    2026-11-30): the reference for its hashes."""
+    tables: dict[str, dict] = {kind: {} for kind in ("abs", "rel", "name", "stem")}
+    ambiguous = object()
+    for raw, label in rows:
+        relative = os.path.normpath(raw)
+        keys = (os.path.realpath(os.path.join(base, raw)), relative, *index.name_and_stem(relative))
+        for table, key in zip(tables.values(), keys):
+            table[key] = label if table.get(key, label) == label else ambiguous
+    names = Counter(index.name_and_stem(path)[0] for path in paths)
+    stems = Counter(index.name_and_stem(path)[1] for path in paths)
+    found = []
+    for path in paths:
+        name, stem = index.name_and_stem(path)
+        candidates = [tables["abs"].get(path)]
+        candidates += [tables["rel"].get(path[len(root) + 1 :]) for root in roots if path.startswith(root + "/")]
+        candidates += [tables["name"].get(name)] if names[name] == 1 else []
+        candidates += [tables["stem"].get(stem)] if stems[stem] == 1 else []
+        found.append(next((c for c in candidates if isinstance(c, str)), ""))
+    return found
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_labels_by_hashes_match_the_rules_on_strings(tmp_path: Path, seed: int) -> None:
+    """Random label rows (relative to the labels' folder or to a folder searched, absolute, with .. and ./, rows
+    that agree and rows that conflict) against random collections in which names and stems repeat."""
+    import random
+
+    draw = random.Random(seed)
+    base, one, two = (str(tmp_path.resolve() / name) for name in ("labels", "one", "two"))
+    os.mkdir(base)
+    folders, stems, suffixes = ["", "f/", "g/h/", "f/./", "g/x/../"], ["a1", "b2", "c3", "d4.x", "e5"], [".mp4", ""]
+    for trial in range(25):
+        def named() -> str:
+            return draw.choice(folders) + draw.choice(stems) + draw.choice(suffixes)
+
+        where = ["", "", f"{one}/", f"{two}/", "../one/"]  # the labels' folder, absolute, out of the labels' folder
+        rows = [(draw.choice(where) + named(), draw.choice("xyz")) for _ in range(12)]
+        paths = sorted({os.path.normpath(f"{draw.choice([one, two, base])}/{named()}") for _ in range(20)})
+        labels = Path(base) / "labels.csv"
+        labels.write_text("path,label\n" + "".join(f"{raw},{label}\n" for raw, label in rows))
+        read = index.LabelIndex.from_csv(labels)
+        expected = dict_labels(rows, base, paths, [one, two])
+        assert read.lookup(paths, [Path(one), Path(two)], read.count_names(paths)) == expected, (trial, rows, paths)
+        common = os.path.commonpath({os.path.dirname(path) for path in paths})  # match_labels' one folder searched
+        assert index.match_labels(paths, labels) == dict_labels(rows, base, paths, [common])
+
+
+def test_keys_whose_first_halves_agree_are_told_apart_by_the_second() -> None:
+    from array import array
+
+    hi, lo = np.array([5, 5, 5, 9]), np.array([1, 2, 3, 0])
+    keys = index._Keys(hi, lo, np.arange(4, dtype=np.int32))
+    asked = np.array([[5, 3], [5, 1], [5, 4], [9, 0], [1, 1], [10, 0], [9, 1]])
+    asked_for = []
+
+    def second(ask: np.ndarray) -> np.ndarray:
+        asked_for.append(ask.tolist())
+        return asked[ask, 1]
+
+    assert keys.positions(asked[:, 0], second).tolist() == [2, 0, -1, 3, -1, -1, -1]
+    assert asked_for == [[0, 1, 2, 3, 6]]  # not of the keys whose first half the table lacks
+    made = index._Keys.of(array("q", asked[[0, 1, 0, 3, 1]].ravel().tolist()), np.array([7, 8, 7, 6, 9]))
+    assert made.positions(asked[:, 0], lambda ask: asked[ask, 1]).tolist() == [1, 0, -1, 2, -1, -1, -1]
+    assert made.label.tolist() == [index._NONE, 7, 6]  # [5, 1] was given 8 and 9: it matches nothing
 
 
 def test_labels_without_path_and_label_columns_is_a_user_error(media: Path, tmp_path: Path) -> None:

@@ -7,10 +7,12 @@ surfacing as crashes during training. See docs/index.md for the columns, statuse
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import os
 import stat
 import sys
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import av
+import numpy as np
 
 from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
@@ -158,19 +161,22 @@ def _write_manifest(
     """Write the manifest of ``rows()`` (sorted by path; called twice where labels are matched: once to count the
     collection's names and stems), labelled, one row at a time: as many as the collection's ``files``. ``roots``:
     the folders searched (for relative label paths)."""
-    names, stems, total = None, None, files or None
+    counts, total = None, files or None
     if label_index is not None:
-        names, stems = label_index.count_names(row["path"] for row in counted(rows(), "matching labels", total))
+        counts = label_index.count_names(row["path"] for row in counted(rows(), "matching labels", total))
     statuses: Counter = Counter()
     labelled = 0
 
     def labelled_rows() -> Iterator[dict]:
         nonlocal labelled
-        for row in counted(rows(), f"writing {out.name}", total):
-            row["label"] = "" if names is None else label_index.lookup(row["path"], roots, names, stems)
-            labelled += bool(row["label"])
-            statuses[row["status"]] += 1
-            yield row
+        for chunk in chunks(counted(rows(), f"writing {out.name}", total)):
+            paths = [row["path"] for row in chunk]
+            found = [""] * len(chunk) if label_index is None else label_index.lookup(paths, roots, counts)
+            for row, label in zip(chunk, found):
+                row["label"] = label
+                labelled += bool(label)
+                statuses[row["status"]] += 1
+                yield row
 
     write_rows(out, labelled_rows())
     return IndexSummary(
@@ -572,66 +578,140 @@ def _first_line(e: BaseException) -> str:
 
 # --- labels ------------------------------------------------------------------------------------------------
 
-_AMBIGUOUS = object()  # a key that label rows give different labels: matches nothing
+# The ways a label row names a file, in the order a file's label is looked for: its absolute path (after links),
+# its path relative to a folder searched, its basename and its stem (those two where unique in the collection).
+_KINDS = ("abs", "rel", "name", "stem")
+_NONE = -1  # the label id of a key that no row gives, or that rows give different labels: it matches nothing
+_CHUNK = 4096  # paths labelled at a time: a chunk's keys are looked up together
+
+
+def _second_half(key: str) -> int:
+    """A key's 128 bits are hash(key) and this. Python's string hash is SipHash under a secret drawn per process:
+    the two halves are as good as independent, and fast (a third of a blake2b digest's time), and the tables
+    never leave the process that made them. The chance that two of 100M keys share both halves is about 10^-23."""
+    return hash(key + "\0")
+
+
+@dataclass
+class _Keys:
+    """The keys of one kind as their two 64-bit halves, sorted, each with its label id."""
+
+    hi: np.ndarray  # int64
+    lo: np.ndarray  # int64
+    label: np.ndarray  # int32; _NONE where rows give the key different labels
+
+    @classmethod
+    def of(cls, halves: array, labels: np.ndarray) -> _Keys:
+        """The table of ``halves`` (hi, lo of each row's key), row i labelled ``labels[i]``; a key of several rows
+        keeps their label where they all give the same one."""
+        pairs = np.frombuffer(halves, dtype=np.int64).reshape(-1, 2)
+        order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+        hi, lo, labels = pairs[order, 0], pairs[order, 1], labels[order]
+        new = np.ones(len(hi), dtype=bool)
+        new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        starts = np.flatnonzero(new)
+        if not len(starts):
+            return cls(hi, lo, labels.astype(np.int32))
+        agree = np.minimum.reduceat(labels, starts) == np.maximum.reduceat(labels, starts)
+        return cls(hi[starts], lo[starts], np.where(agree, labels[starts], _NONE).astype(np.int32))
+
+    def find(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(position in the table, label id) of each of ``keys``: -1 and _NONE where the table does not have it."""
+
+        def second(ask: np.ndarray) -> np.ndarray:
+            return np.fromiter((_second_half(keys[i]) for i in ask), dtype=np.int64, count=len(ask))
+
+        at = self.positions(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)), second)
+        return at, np.where(at >= 0, self.label[np.maximum(at, 0)] if len(self.label) else _NONE, _NONE)
+
+    def positions(self, hi: np.ndarray, second: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """The position in the table of each key with the first half ``hi``, -1 where it is not there.
+        ``second(i)``: the second halves of the keys ``i``, asked only of keys whose first half is in the table."""
+        if not len(self.hi):
+            return np.full(len(hi), -1)
+        at = np.searchsorted(self.hi, hi)  # the first of the table's keys with that first half, if any
+        ask = np.flatnonzero((at < len(self.hi)) & (self.hi[np.minimum(at, len(self.hi) - 1)] == hi))
+        lo = second(ask)
+        found = np.zeros(len(hi), dtype=bool)
+        found[ask] = self.lo[at[ask]] == lo
+        for i, low in zip(ask[~found[ask]], lo[~found[ask]]):  # keys whose first halves agree: look along their run
+            j = at[i] + 1
+            while j < len(self.hi) and self.hi[j] == hi[i] and self.lo[j] != low:
+                j += 1
+            if j < len(self.hi) and self.hi[j] == hi[i]:
+                at[i], found[i] = j, True
+        return np.where(found, at, -1)
+
+
+@dataclass
+class NameCounts:
+    """How many files of the collection have each basename and each stem that a label row names, by the
+    positions of LabelIndex.keys["name"] and ["stem"]: only a basename or stem unique in the collection names a
+    file."""
+
+    name: np.ndarray  # int32
+    stem: np.ndarray
 
 
 @dataclass
 class LabelIndex:
-    """Label rows indexed by each way a row can name a file (see docs/index.md, "Labels")."""
+    """Label rows indexed by each way a row can name a file (see docs/index.md, "Labels"), the keys kept as
+    128-bit hashes in sorted arrays: 80 bytes a row, and 8 more for the counts of names and stems. Dicts of the
+    strings took 430, and the counts' Counters up to 200 more: at 65M rows, 27 GB and 39 at the peak of
+    matching, where these take 4.9 and 8.7 (BENCHMARKS.md, "Listing a collection")."""
 
-    by_abs: dict[str, object]
-    by_rel: dict[str, object]
-    by_name: dict[str, object]
-    by_stem: dict[str, object]
+    labels: list[str]  # by id
+    keys: dict[str, _Keys]  # by kind
 
     @classmethod
     def from_csv(cls, path: Path) -> LabelIndex:
-        """The rows of the labels CSV ``path``, read one at a time. On strings (``PurePath`` was 40% of the time),
-        with one object for each label, not for each row."""
-        index = cls({}, {}, {}, {})
+        """The rows of the labels CSV ``path``, read one at a time."""
         base, resolve = path.resolve().parent, _FolderResolver()
-        labels: dict[str, str] = {}
+        ids: dict[str, int] = {}
+        halves = {kind: array("q") for kind in _KINDS}
+        label_ids = array("i")
         for raw, label in read_label_rows(path):
-            label = labels.setdefault(label, label)
+            label_ids.append(ids.setdefault(label, len(ids)))
             relative = os.path.normpath(raw)  # a row naming a folder ("a/..") names no file whichever way it is read
             name, stem = name_and_stem(relative)
-            index._add(index.by_abs, resolve(os.path.join(base, os.path.expanduser(raw))), label)
-            index._add(index.by_rel, relative, label)
-            index._add(index.by_name, name, label)
-            index._add(index.by_stem, stem, label)
-        return index
+            absolute = resolve(os.path.join(base, os.path.expanduser(raw)))
+            for kind, key in zip(_KINDS, (absolute, relative, name, stem)):
+                halves[kind].extend((hash(key), _second_half(key)))
+        rows = np.frombuffer(label_ids, dtype=np.intc)  # array("i") holds C ints
+        return cls(list(ids), {kind: _Keys.of(halves.pop(kind), rows) for kind in _KINDS})  # each freed once sorted
 
-    @staticmethod
-    def _add(table: dict[str, object], key: str, label: str) -> None:
-        table[key] = label if table.get(key, label) == label else _AMBIGUOUS
+    def count_names(self, paths: Iterable[str]) -> NameCounts:
+        """NameCounts of the collection ``paths``: only of the names and stems label rows give, so that the counts
+        take the labels' memory, not the collection's."""
+        counts = NameCounts(*(np.zeros(len(self.keys[kind].hi), dtype=np.int32) for kind in ("name", "stem")))
+        for chunk in chunks(paths):
+            names = [name_and_stem(path) for path in chunk]
+            for i, kind in enumerate(("name", "stem")):
+                at, _ = self.keys[kind].find([named[i] for named in names])
+                np.add.at(getattr(counts, kind), at[at >= 0], 1)
+        return counts
 
-    def count_names(self, paths: Iterable[str]) -> tuple[Counter, Counter]:
-        """How many of ``paths`` have each basename and each stem that a label row names (``lookup``'s ``names`` and
-        ``stems``): only those, so that the counts take the labels' memory, not the collection's."""
-        names, stems = Counter(), Counter()
-        for path in paths:
-            name, stem = name_and_stem(path)
-            if name in self.by_name:
-                names[name] += 1
-            if stem in self.by_stem:
-                stems[stem] += 1
-        return names, stems
+    def lookup(self, paths: list[str], roots: list[Path], counts: NameCounts) -> list[str]:
+        """The label of each of the absolute, normalised ``paths`` ("" for none): that of the first way of naming
+        it (_KINDS; relative to each of the ``roots`` in turn) that one label alone gives."""
+        found = np.full(len(paths), _NONE, dtype=np.int32)
+        every = np.arange(len(paths))
 
-    def lookup(self, path: str, roots: list[Path], names: Counter, stems: Counter) -> str:
-        """The label of absolute, normalised ``path``; ``names``/``stems`` count the collection's basenames and
-        stems, since only a basename or stem unique in the collection identifies a file. On strings: path objects
-        were half of rank 0's join of the ranks' rows (10 of 20 minutes at 65M rows)."""
-        candidates = [self.by_abs.get(path)]
+        def take(rows: np.ndarray, label: np.ndarray) -> None:  # rows not yet labelled get ``label``'s labels
+            free = (found[rows] == _NONE) & (label != _NONE)
+            found[rows[free]] = label[free]
+
+        take(every, self.keys["abs"].find(paths)[1])
         for root in roots:
             inside = str(root).rstrip("/") + "/"
-            if path.startswith(inside):
-                candidates.append(self.by_rel.get(path[len(inside) :]))
-        name, stem = name_and_stem(path)
-        if names[name] == 1:
-            candidates.append(self.by_name.get(name))
-        if stems[stem] == 1:
-            candidates.append(self.by_stem.get(stem))
-        return next((c for c in candidates if isinstance(c, str)), "")
+            rows = np.array([i for i, path in enumerate(paths) if path.startswith(inside)], dtype=np.int64)
+            take(rows, self.keys["rel"].find([paths[i][len(inside) :] for i in rows])[1])
+        names = [name_and_stem(path) for path in paths]
+        for i, kind in enumerate(("name", "stem")):
+            at, label = self.keys[kind].find([named[i] for named in names])
+            unique = (at >= 0) & (getattr(counts, kind)[np.maximum(at, 0)] == 1)
+            take(every, np.where(unique, label, _NONE))
+        return [self.labels[i] if i != _NONE else "" for i in found.tolist()]
 
 
 def match_labels(paths: list[str], labels: Path) -> list[str]:
@@ -640,8 +720,15 @@ def match_labels(paths: list[str], labels: Path) -> list[str]:
     of ``paths`` (for a manifest of one folder, the folder searched); "" where no row matches."""
     label_index = LabelIndex.from_csv(labels)
     roots = [Path(os.path.commonpath({os.path.dirname(path) for path in paths}))] if paths else []
-    names, stems = label_index.count_names(paths)
-    return [label_index.lookup(path, roots, names, stems) for path in paths]
+    counts = label_index.count_names(paths)
+    return [label for chunk in chunks(paths) for label in label_index.lookup(chunk, roots, counts)]
+
+
+def chunks(items: Iterable, size: int = _CHUNK) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last shorter)."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def name_and_stem(path: str) -> tuple[str, str]:

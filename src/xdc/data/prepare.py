@@ -27,7 +27,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from xdc.data.index import (
-    LabelIndex, check_paths, check_workers, init_worker, list_media, name_and_stem, probe_file, stat_row,
+    LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS
 from xdc.data.jobs import run_jobs
@@ -374,17 +374,17 @@ def _write_labels(
     to the output folder: ``xdc index OUT --labels OUT/labels.csv`` then matches every one. ``rows()``: the report's
     rows, sorted by source (called twice: once to count the names and stems the labels use), ``total`` of them;
     ``roots``: the folders searched (for relative label paths)."""
-    names, stems = label_index.count_names(row["source"] for row in counted(rows(), "matching labels", total))
+    counts = label_index.count_names(row["source"] for row in counted(rows(), "matching labels", total))
     labelled = 0
 
     def labelled_rows() -> Iterator[tuple[str, str]]:  # written as they come: 65M (path, label) pairs are 10 GB
         nonlocal labelled
         yield "path", "label"
-        for row in counted(rows(), f"labelling {path.name}", total):
-            label = label_index.lookup(row["source"], roots, names, stems)
-            if row["status"] == "ok" and label:
-                labelled += 1
-                yield row["output"], label
+        for chunk in chunks(counted(rows(), f"labelling {path.name}", total)):
+            for row, label in zip(chunk, label_index.lookup([row["source"] for row in chunk], roots, counts)):
+                if row["status"] == "ok" and label:
+                    labelled += 1
+                    yield row["output"], label
 
     write_atomic(path, lambda f: csv.writer(f).writerows(labelled_rows()))
     return labelled
