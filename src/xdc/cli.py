@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Callable
@@ -333,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fit_threads()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not UTF-8, printed as its escapes (as stderr)
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return args.func(args)
     except UserError as e:

@@ -27,7 +27,7 @@ from torch import nn
 from xdc import __version__
 from xdc.config import Config, ModelConfig, config_to_dict, load_config
 from xdc.data.audio import LogMel
-from xdc.data.manifest import run_videos
+from xdc.data.manifest import decode_paths, run_videos
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
 from xdc.evaluation.extract import load_run_encoder
@@ -144,7 +144,7 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
             files.append(write_program(encoder, meta, out / f"{name}.{fmt}"))
     card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results, also)
     tmp = _partial(out / CARD)
-    tmp.write_text(card)
+    tmp.write_text(card, encoding="utf-8", errors="backslashreplace")  # a file name that is not UTF-8, shown
     os.replace(tmp, out / CARD)
     return [*files, out / CARD]
 
@@ -353,7 +353,7 @@ def _common_folder(paths: np.ndarray) -> str:
         block = np.ascontiguousarray(paths[start : start + 65536]).view(np.uint8).reshape(-1, width)
         differs |= (block != first).any(axis=0)
     shared = int(np.argmax(differs)) if differs.any() else width
-    return os.path.dirname(first[:shared].tobytes().rstrip(b"\0")).decode()  # cut at a slash: whole characters
+    return os.path.dirname(decode_paths(first[:shared].tobytes().rstrip(b"\0")))  # cut at a slash: whole characters
 
 
 def _cluster_lines(run: Path, method: Method) -> list[str]:

@@ -33,7 +33,7 @@ from xdc.clustering.metrics import agreement, collapse_threshold, nmi
 from xdc.config import Config, load_config
 from xdc.data.audio import LogMel
 from xdc.data.decode import Clip, DecodeError, read_clip
-from xdc.data.manifest import NO_VIDEOS, Videos, run_videos
+from xdc.data.manifest import NO_VIDEOS, Videos, open_text, run_videos
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.methods import MANIFEST_LABELS, Method, get_method
@@ -134,7 +134,7 @@ def _read_csv(path: Path, missing: list[str] | None) -> list[dict]:
         if missing is not None:
             missing.append(f"no {path.name}")
         return []
-    with open(path, newline="") as f:
+    with open_text(path) as f:
         return list(csv.DictReader(f))
 
 
@@ -658,6 +658,6 @@ def write_report(run: Path, out: Path | None = None, samples_per_cluster: int = 
             + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
+    tmp.write_text(page, encoding="utf-8", errors="backslashreplace")  # a file name that is not UTF-8, shown
     tmp.replace(out)
     return out

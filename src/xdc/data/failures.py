@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from xdc.data.manifest import open_text
 from xdc.errors import UserError
 
 
@@ -68,7 +69,7 @@ class FailureLog:
     def save(self, path: str | Path) -> None:
         """Write one row per failed file: path, times it failed, last reason."""
         tmp = Path(path).with_name(Path(path).name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with open_text(tmp, "w") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "failures", "reason"])
             for p in sorted(self.files):

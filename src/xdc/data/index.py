@@ -296,9 +296,13 @@ def check_paths(paths: list[str]) -> None:
 
 
 def read_file_list(path: Path) -> Iterator[str]:
-    """Entries of a list file, resolved (relative entries against the list's folder)."""
+    """Entries of a list file, resolved (relative entries against the list's folder). Names that are not UTF-8
+    are read as the bytes they are (``find > files.txt`` writes them so)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            if "\0" in f.read(4096):
+                raise UserError(f"{path}: not a text list of files")
+            f.seek(0)
             if path.suffix.lower() == ".csv":
                 reader = csv.DictReader(f)
                 if "path" not in (reader.fieldnames or ()):
@@ -306,8 +310,6 @@ def read_file_list(path: Path) -> Iterator[str]:
                 entries = [row["path"] or "" for row in reader]
             else:
                 entries = [line for line in f.read().splitlines() if not line.lstrip().startswith("#")]
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text list of files (not UTF-8)") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     # as realpath, not Path.resolve: a link in a loop stays as it is (an error row) rather than raise
@@ -759,9 +761,10 @@ class _FolderResolver:
 
 
 def read_label_rows(path: Path) -> Iterator[tuple[str, str]]:
-    """(path, label) of each row of the labels CSV ``path`` that has both, one row at a time."""
+    """(path, label) of each row of the labels CSV ``path`` that has both, one row at a time. Names that are not
+    UTF-8 are read as the bytes they are, as in a manifest."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.reader(f)
             columns = [c.strip() for c in next(reader, [])]
             if not {"path", "label"} <= set(columns):
@@ -774,7 +777,5 @@ def read_label_rows(path: Path) -> Iterator[tuple[str, str]]:
                     yield raw, label
     except FileNotFoundError:
         raise UserError(f"labels file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text CSV (not UTF-8)") from None
     except OSError as e:
         raise UserError(f"cannot read labels {path}: {e.strerror or e}") from None

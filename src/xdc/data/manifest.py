@@ -27,6 +27,24 @@ COLUMNS = (
 STATUSES = ("ok", "no_audio", "error")
 
 
+# A file name is bytes. Python hands the bytes of a name that are not UTF-8 over as lone surrogates (os.fsdecode),
+# and "surrogateescape" writes them back as the same bytes: such a file keeps its name through every file that
+# holds paths (manifests, reports, side files, a run's videos), which are UTF-8 whatever the locale.
+def open_text(path: str | Path, mode: str = "r"):
+    """A text file that holds paths, for csv (newline="")."""
+    return open(path, mode, newline="", encoding="utf-8", errors="surrogateescape")
+
+
+def encode_paths(text: str) -> bytes:
+    """Text that holds paths as bytes (a path in the arrays of :class:`Manifest`, rows for a side file)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def decode_paths(raw: bytes) -> str:
+    """The text of ``encode_paths``."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def write_rows(path: str | Path, rows: Iterable[dict]) -> None:
     """Write manifest rows atomically (a reader never sees half a file); a UserError where it cannot be written."""
 
@@ -48,7 +66,7 @@ def write_atomic(path: Path, write: Callable) -> None:
     half a file); a UserError where it cannot be written."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w", newline="") as f:
+        with open_text(tmp, "w") as f:
             write(f)
         tmp.replace(path)
     except OSError as e:
@@ -64,7 +82,7 @@ def iter_rows(path: str | Path, keep: Container[str] | None = None) -> Iterator[
     those whose path is in it (``dict_rows``)."""
     path = Path(path)
     try:
-        with open(path, newline="") as f:
+        with open_text(path) as f:
             reader = csv.reader(f)
             header = next(reader, [])
             missing = {"path", "status", "duration_s", "has_audio"} - set(header)
@@ -124,7 +142,7 @@ class Manifest:
         return len(self.paths)
 
     def path(self, i: int) -> str:
-        return self.paths[i].decode()
+        return decode_paths(self.paths[i])
 
     def subset(self, mask: np.ndarray) -> Manifest:
         """The rows where ``mask`` (bool) is True; ``self`` itself, not a copy, when that is every row."""
@@ -174,7 +192,7 @@ class Manifest:
         try:
             size = path.stat().st_size
             show = progress and size >= _PROGRESS_BYTES
-            with open(path, newline="") as f, progress_bar(
+            with open_text(path) as f, progress_bar(
                 total=size, desc=f"reading {path.name}", unit="B", unit_scale=True, show=show, leave=False
             ) as bar:
                 reader = csv.reader(_counted(f, bar))
@@ -241,7 +259,7 @@ def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, .
     pick = keep.tolist()
     paths, labels = column("path", ""), column("label", "")
     return Manifest(
-        paths=np.array([paths[i].encode() for i in pick], dtype="S") if pick else np.array([], dtype="S1"),
+        paths=np.array([encode_paths(paths[i]) for i in pick], dtype="S") if pick else np.array([], dtype="S1"),
         durations=durations[keep],
         offsets=np.zeros(keep.size, dtype=np.float64),
         has_audio=np.isin(np.array(column("has_audio", ""))[keep], ("1", "True", "true")),
@@ -297,7 +315,7 @@ class Videos:
         return len(self.paths)
 
     def path(self, i: int) -> str:
-        return self.paths[i].decode()
+        return decode_paths(self.paths[i])
 
     def label(self, i: int) -> str:
         return self.classes[self.labels[i]] if self.labels[i] >= 0 else ""
@@ -312,13 +330,13 @@ def write_videos(path: str | Path, videos: Manifest | Videos, progress: bool = F
     names = [*videos.classes, ""]  # label -1 (none) picks the last
     rows = _CHUNK_ROWS * _CHUNKS_PER_BLOCK
     show = progress and len(videos) >= 500_000
-    with open(path, "w", newline="") as f, progress_bar(
+    with open_text(path, "w") as f, progress_bar(
         total=len(videos), desc=f"writing {Path(path).name}", unit="video", show=show, leave=False
     ) as bar:
         writer = csv.writer(f)
         writer.writerow(["path", "label"])
         for start in range(0, len(videos), rows):
-            paths = [p.decode() for p in videos.paths[start : start + rows].tolist()]
+            paths = [decode_paths(p) for p in videos.paths[start : start + rows].tolist()]
             writer.writerows(zip(paths, (names[c] for c in videos.labels[start : start + rows].tolist())))
             bar.update(len(paths))
 
@@ -339,13 +357,13 @@ def read_videos(path: str | Path) -> Videos:
     """A run's ``videos.csv``, read in chunks of rows whose arrays are large enough to go back to the system once
     joined (see ``_CHUNKS_PER_BLOCK``)."""
     paths, labels, codes = [], [], {}
-    with open(path, newline="") as f:
+    with open_text(path) as f:
         reader = csv.reader(f)
         header = next(reader, [])
         where = [header.index(name) if name in header else None for name in ("path", "label")]
         for chunk in iter(lambda: list(itertools.islice(reader, _CHUNK_ROWS * _CHUNKS_PER_BLOCK)), []):
             rows = [[row[i] if i is not None and i < len(row) else "" for i in where] for row in chunk]
-            paths.append(np.array([p.encode() for p, _ in rows], dtype="S"))
+            paths.append(np.array([encode_paths(p) for p, _ in rows], dtype="S"))
             labels.append(np.array([codes.setdefault(c, len(codes)) if c else -1 for _, c in rows], dtype=np.int32))
     if not paths:
         return NO_VIDEOS

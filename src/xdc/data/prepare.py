@@ -31,7 +31,7 @@ from xdc.data.index import (
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS
 from xdc.data.jobs import run_jobs
-from xdc.data.manifest import dict_rows, write_atomic
+from xdc.data.manifest import dict_rows, open_text, write_atomic
 from xdc.data.shares import (
     RowLog, collectives, earlier_rows, merged, my_share, rank_file, rank_files, remove_share_files, route,
     this_run_files,
@@ -326,15 +326,13 @@ def iter_report(path: Path, keep: Container[str] | None = None) -> Iterator[dict
     """The rows of a report one at a time: a reader holds one row, however long the file. With ``keep``, only
     those whose source is in it (``dict_rows``)."""
     try:
-        with open(path, newline="") as f:
+        with open_text(path) as f:
             reader = csv.reader(f)
             header = next(reader, [])
             missing = set(COLUMNS) - set(header)
             if missing:
                 raise UserError(f"{path} is not an xdc prepare report (missing columns: {', '.join(sorted(missing))})")
             yield from dict_rows(reader, header, "source", keep)
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not an xdc prepare report (not UTF-8 text)") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from xdc.data.manifest import write_atomic
+from xdc.data.manifest import open_text, encode_paths, write_atomic
 from xdc.errors import UserError
 
 if TYPE_CHECKING:  # torch, imported under torchrun only
@@ -200,7 +200,7 @@ class RowLog:
         try:
             header = _header(path)
             if header is not None and header != list(columns):  # left by another release of xdc
-                with open(path, newline="") as f:
+                with open_text(path) as f:
                     rows = [dict(zip(header, row)) for row in itertools.islice(csv.reader(f), 1, None)]
                 write_atomic(path, lambda f: csv.writer(f).writerows([columns, *map(cells, rows)]))
             self.file = open(path, "ab", buffering=0)
@@ -217,7 +217,7 @@ class RowLog:
     def _write(self, rows: list[list[str]]) -> None:
         text = io.StringIO()
         csv.writer(text).writerows(rows)
-        data = text.getvalue().encode()
+        data = encode_paths(text.getvalue())
         try:
             while data:  # one write for whole rows, so a process killed between writes leaves no half row
                 data = data[self.file.write(data) :]
@@ -234,7 +234,7 @@ class RowLog:
 def _header(path: Path) -> list[str] | None:
     """The first row of the CSV file ``path``; None where it is missing or empty."""
     try:
-        with open(path, newline="") as f:
+        with open_text(path) as f:
             return next(csv.reader(f), None)
     except FileNotFoundError:
         return None

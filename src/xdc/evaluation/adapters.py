@@ -20,6 +20,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from xdc.data.index import MEDIA_EXTENSIONS
+from xdc.data.manifest import open_text
 from xdc.errors import UserError
 
 SPLITS = ("train", "test", "val", "")
@@ -219,7 +220,7 @@ ADAPTERS: dict[str, Callable[..., list[Item]]] = {
 def write_table(items: Iterable[Item], path: str | Path) -> None:
     """Write the standard table (``COLUMNS``); ``read_table`` gives back the same items."""
     try:
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with open_text(path, "w") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
             writer.writerows(astuple(item) for item in items)  # str(float) round-trips exactly
@@ -376,7 +377,7 @@ def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
 def _read_csv(path: Path, required: Iterable[str], strip: bool = True) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) of a CSV with a header holding the ``required`` columns; absent cells read as ""."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:  # paths as in open_text
             reader = csv.DictReader(f)
             columns = [c.strip() if strip else c for c in reader.fieldnames or []]
             absent = [c for c in required if c not in columns]
@@ -391,5 +392,5 @@ def _read_csv(path: Path, required: Iterable[str], strip: bool = True) -> list[t
             return rows
     except FileNotFoundError:
         raise UserError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except (OSError, csv.Error) as e:
         raise UserError(f"cannot read {path}: {e}") from None

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xdc.config import Config, config_to_dict
-from xdc.data.manifest import run_videos
+from xdc.data.manifest import decode_paths, run_videos
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import kfold_probe, linear_probe
@@ -138,7 +138,7 @@ def run_label_ids(run: Path, labels: Path | None = None) -> np.ndarray:
         return videos.labels
     from xdc.data.index import match_labels  # PyAV with it: not for the other commands
 
-    names = match_labels([path.decode() for path in videos.paths], labels)
+    names = match_labels([decode_paths(path) for path in videos.paths], labels)
     codes: dict[str, int] = {}
     return np.array([codes.setdefault(name, len(codes)) if name else -1 for name in names], dtype=np.int32)
 

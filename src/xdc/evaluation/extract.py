@@ -20,7 +20,7 @@ from xdc.config import Config, config_to_dict, load_config
 from xdc.data.datasets import EvalClips, make_loader
 from xdc.data.failures import FailureLog
 from xdc.data.index import build_manifest
-from xdc.data.manifest import Manifest, read_rows
+from xdc.data.manifest import Manifest, open_text, read_rows
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item
@@ -60,7 +60,8 @@ def items_to_manifest(
 
     def write_listing() -> None:
         probe_cache.parent.mkdir(parents=True, exist_ok=True)
-        listing.write_text("\n".join(sorted({item.path for item in items})) + "\n")
+        with open_text(listing, "w") as f:
+            f.write("\n".join(sorted({item.path for item in items})) + "\n")
 
     on_main(write_listing, ctx)
     build_manifest([str(listing)], probe_cache, ctx=ctx)
