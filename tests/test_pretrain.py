@@ -22,7 +22,7 @@ from xdc.clustering.kmeans import kmeans
 from xdc.clustering.metrics import nmi
 from xdc.config import load_config
 from xdc.data.datasets import make_loader
-from xdc.data.manifest import write_rows
+from xdc.data.manifest import read_rows, write_rows
 from xdc.data.transforms import VIDEO_STD
 from xdc.errors import UserError
 from xdc.methods import METHODS
@@ -412,6 +412,13 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "d"), "--set=train.k=1000"]) == 2
     assert "fewer than train.k=1000" in capsys.readouterr().err
+    silent = tmp_path / "silent.csv"  # every file without audio: XDC has nothing to read, SDC on video does
+    write_rows(silent, [{**row, "status": "no_audio", "has_audio": "0"} for row in read_rows(manifest)])
+    base[2] = str(silent)
+    assert main([*base, "--out", str(tmp_path / "e")]) == 2
+    assert ("silent.csv: none of its 24 usable files has video and audio, which method xdc reads "
+            "(data.missing_audio=skip)") in capsys.readouterr().err  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video"]) == 0
 
 
 def test_one_loader_per_round_serves_all_its_epochs(manifest, tmp_path):

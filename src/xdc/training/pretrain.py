@@ -302,7 +302,12 @@ class Pretrainer:
     def _usable_videos(self, manifest_path: Path, progress: bool) -> Manifest:
         """The manifest's videos that the training clips can use (the rest are dropped by TrainClips' policy)."""
         loaded = Manifest.load(manifest_path, progress=progress)
-        return TrainClips(loaded, self.cfg.data, modalities=self.method.modalities).manifest
+        kept = TrainClips(loaded, self.cfg.data, modalities=self.method.modalities).manifest
+        if not len(kept):  # files without audio (or without pictures) left out: say so, not "0 videos"
+            reads = " and ".join(self.method.modalities)
+            raise UserError(f"{manifest_path}: none of its {len(loaded)} usable files has {reads}, which method "
+                            f"{self.cfg.train.method} reads (data.missing_audio={self.cfg.data.missing_audio})")
+        return kept
 
     # --- the run ------------------------------------------------------------------------------------------
 
