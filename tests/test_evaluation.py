@@ -124,6 +124,15 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert main(["extract", "--run", str(run_dir), "--encoder", "video2", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
     assert "has no encoder 'video2'" in capsys.readouterr().err
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    (tmp_path / "text.npz").write_text("not numpy at all\n")
+    for name, why in [("other.npz", "(no features, label, split, fold, group in it)"), ("text.npz", "(not an .npz)"),
+                      ("one.npy", "(one array, not an .npz of them)")]:  # fmt: skip
+        for protocol in ("linear", "kfold"):
+            assert main(["eval", protocol, "--features", str(tmp_path / name)]) == 2
+            err = capsys.readouterr().err
+            assert err == f"xdc: error: {tmp_path / name} is not a features file of xdc extract {why}\n", err
 
 
 @pytest.mark.parametrize("mode", ["fc", "full"])

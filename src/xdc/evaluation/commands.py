@@ -21,14 +21,25 @@ if TYPE_CHECKING:  # torch, imported when finetuning starts
 
 
 PROBE = {"cs": [0.01, 0.1, 1.0, 10.0, 100.0], "val_fraction": 0.2, "seed": 0}  # recorded with every result
+FEATURE_ARRAYS = ("features", "label", "split", "fold", "group")  # of xdc extract's .npz, read by the probes
 
 
 def load_features(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a features file of ``xdc extract``; a one-line UserError for anything else."""
+    not_features = f"{path} is not a features file of xdc extract"
     try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read features {path}: {e}") from None
+        data = np.load(path, allow_pickle=False)
+    except OSError as e:
+        raise UserError(f"cannot read features {path}: {e.strerror or e}") from None
+    except ValueError:  # not a NumPy file at all (numpy takes it for a pickle, and refuses that)
+        raise UserError(f"{not_features} (not an .npz)") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):  # a single array (.npy)
+        raise UserError(f"{not_features} (one array, not an .npz of them)")
+    with data:
+        missing = [name for name in FEATURE_ARRAYS if name not in data.files]
+        if missing:
+            raise UserError(f"{not_features} (no {', '.join(missing)} in it)")
+        return {k: data[k] for k in data.files}
 
 
 def eval_linear(features: Path, test_features: Path | None, classifier: str, out: Path | None) -> dict:
