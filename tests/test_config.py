@@ -26,6 +26,20 @@ def test_defaults_yaml_then_overrides(tmp_path):
         ("data.read_timeout_s=-1", "data.read_timeout_s must be >= 0"),
         ("data.clip=3", "is a section"),
         ("frames", "key=value"),
+        # values out of range: before, a traceback later (log_every, weight_decay, epoch_size), a crash of faiss
+        # (pca_dim), or a run that trained nothing (accumulate)
+        ("train.log_every=0", r"train.log_every must be at least 1, not 0$"),
+        ("train.pca_dim=0", r"train.pca_dim must be at least 1, not 0$"),
+        ("train.accumulate=0", r"train.accumulate must be at least 1, not 0$"),
+        ("train.weight_decay=-1", r"train.weight_decay must be at least 0, not -1.0$"),
+        ("train.lr=-0.1", r"train.lr must be at least 0, not -0.1$"),
+        ("train.momentum=1", r"train.momentum must be at least 0 and below 1, not 1.0$"),
+        ("train.k=1", r"train.k must be at least 2, not 1$"),
+        ("data.clip.frames=0", r"data.clip.frames must be at least 1, not 0$"),
+        ("data.clip.audio_seconds=0", r"data.clip.audio_seconds must be above 0, not 0.0$"),
+        ("data.mel.f_max=0", r"data.mel.f_max must be above data.mel.f_min \(0.0\), not 0.0$"),
+        ("data.max_fail_fraction=1.5", r"data.max_fail_fraction must be between 0 and 1, not 1.5$"),
+        ("finetune.test_clips=0", r"finetune.test_clips must be at least 1, not 0$"),
     ],
 )
 def test_bad_overrides_are_user_errors(override, message):

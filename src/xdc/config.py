@@ -21,6 +21,29 @@ from xdc.errors import UserError
 from xdc.limits import usable_cpus
 
 
+# Range checks of numeric settings, so that a value out of range is a one-line error at the start rather than a
+# traceback (or a crash of faiss: train.pca_dim=0), or a run that silently does nothing (train.accumulate=0), later.
+def _at_least(low: float, section: str, obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value >= low:
+            raise UserError(f"{section}.{name} must be at least {low}, not {value!r}")
+
+
+def _above_zero(section: str, obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value > 0:
+            raise UserError(f"{section}.{name} must be above 0, not {value!r}")
+
+
+def _fraction(section: str, obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not 0 <= value < 1:
+            raise UserError(f"{section}.{name} must be at least 0 and below 1, not {value!r}")
+
+
 @dataclass
 class ClipConfig:
     frames: int = 8
@@ -37,6 +60,9 @@ class ClipConfig:
     crop_box: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        _at_least(1, "data.clip", self, "frames", "sample_rate", "crop")
+        _at_least(0, "data.clip", self, "decode_short_side")
+        _above_zero("data.clip", self, "fps", "audio_seconds")
         if self.crop_box is not None:
             box = self.crop_box
             if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
@@ -63,6 +89,13 @@ class MelConfig:
     f_min: float = 0.0
     f_max: float | None = None  # None: half the sample rate
 
+    def __post_init__(self) -> None:
+        _at_least(1, "data.mel", self, "n_mels", "n_fft")
+        _above_zero("data.mel", self, "window_ms", "hop_ms")
+        _at_least(0, "data.mel", self, "f_min")
+        if self.f_max is not None and not self.f_max > self.f_min:
+            raise UserError(f"data.mel.f_max must be above data.mel.f_min ({self.f_min}), not {self.f_max!r}")
+
 
 @dataclass
 class AugmentConfig:
@@ -74,6 +107,9 @@ class AugmentConfig:
     gain_db: float = 6.0  # random audio gain in [-gain_db, +gain_db]
     time_mask: int = 0  # max width of one SpecAugment time mask, in spectrogram frames (0: off)
     freq_mask: int = 0  # max width of one frequency mask, in mel bands (0: off)
+
+    def __post_init__(self) -> None:
+        _at_least(0, "data.augment", self, "gain_db", "time_mask", "freq_mask")
 
 
 @dataclass
@@ -100,6 +136,10 @@ class DataConfig:
     logmel_on: str = "auto"
 
     def __post_init__(self) -> None:
+        _at_least(0, "data", self, "retries")
+        _at_least(1, "data", self, "eval_clips")
+        if not 0 <= self.max_fail_fraction <= 1:
+            raise UserError(f"data.max_fail_fraction must be between 0 and 1, not {self.max_fail_fraction!r}")
         if self.workers != "auto" and not (type(self.workers) is int and self.workers >= 0):
             raise UserError(f"data.workers must be auto or a whole number >= 0 (0: load in the main process), "
                             f"not {self.workers!r}")  # fmt: skip
@@ -188,6 +228,7 @@ class SyntheticConfig:
     offscreen_fraction: float = 0.1  # clips whose sound comes from another class (off-screen sound)
     audio_noise: float = 0.05  # largest RMS of the background noise (full scale 1); each clip draws below it
     pixel_noise: float = 0.02  # largest std of per-pixel noise (pixel range 1); each clip draws below it
+    # (checked by make_synthetic, which takes a SyntheticConfig of its own too)
 
 
 @dataclass
@@ -240,9 +281,11 @@ class TrainConfig:
             raise UserError(f"train.channels_last must be true, false or auto, not {self.channels_last!r}")
         if self.pad_widths != "auto" and not (type(self.pad_widths) is int and self.pad_widths >= 0):
             raise UserError(f"train.pad_widths must be auto or a whole number >= 0 (0: off), not {self.pad_widths!r}")
-        for name in ("k", "rounds", "epochs", "batch_size"):
-            if getattr(self, name) < (2 if name == "k" else 1):
-                raise UserError(f"train.{name} must be at least {2 if name == 'k' else 1}")
+        _at_least(2, "train", self, "k")
+        _at_least(1, "train", self, "rounds", "epochs", "batch_size", "accumulate", "pca_dim", "kmeans_iters",
+                  "log_every")  # fmt: skip
+        _at_least(0, "train", self, "lr", "epoch_size", "weight_decay", "plateau_delta", "checkpoint_every")
+        _fraction("train", self, "momentum", "holdout_fraction", "collapse_fraction")
 
     def bf16_on(self, device_type: str) -> bool:
         """Whether steps run under bfloat16 autocast on this kind of device ("cuda", "cpu"): auto means on CUDA."""
@@ -274,6 +317,9 @@ class FinetuneConfig:
     checkpoint_every: int = 0  # with a state folder (the CLI's): also keep progress every N batches (0: each epoch)
 
     def __post_init__(self) -> None:
+        _at_least(1, "finetune", self, "epochs", "batch_size", "test_clips")
+        _at_least(0, "finetune", self, "lr", "weight_decay", "checkpoint_every")
+        _fraction("finetune", self, "momentum")
         if self.schedule not in ("cosine", "constant"):
             raise UserError(f"finetune.schedule must be 'cosine' or 'constant', not {self.schedule!r}")
 
