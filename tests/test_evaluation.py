@@ -124,6 +124,10 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert main(["extract", "--run", str(run_dir), "--encoder", "video2", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
     assert "has no encoder 'video2'" in capsys.readouterr().err
+    assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
+                 "--out", str(tmp_path / "f.json")]) == 2  # fmt: skip
+    assert capsys.readouterr().err == ("xdc: error: finetuning needs items in split 'train' and in split 'test' (their "
+                                       "split column); the dataset's splits: none\n")  # fmt: skip
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     np.save(tmp_path / "one.npy", np.zeros(3))
     (tmp_path / "text.npz").write_text("not numpy at all\n")

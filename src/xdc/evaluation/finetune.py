@@ -72,6 +72,10 @@ def finetune(
             return result if ctx.main else None
     data_cfg = run_cfg.data
     train_items, test_items = split_items(items, "train"), split_items(items, "test")
+    if not train_items or not test_items:  # before any probe: an empty list of files is not the user's mistake
+        found = sorted({item.split or "none" for item in items})
+        raise UserError(f"finetuning needs items in split 'train' and in split 'test' (their split column); "
+                        f"the dataset's splits: {', '.join(found) or 'no items'}")  # fmt: skip
     # probed once, the ranks sharing out the probes, and handed to every rank
     train, _, skipped = items_to_manifest(train_items, work / "train.probe.csv", modality, ctx)
     test, test_rows, test_skipped = items_to_manifest(test_items, work / "test.probe.csv", modality, ctx)
