@@ -3,8 +3,11 @@
 import json
 import re
 
+import pytest
+
 from xdc.config import load_config
 from xdc.demo import METHODS, run_demo
+from xdc.errors import UserError
 
 
 def test_demo_runs_every_method_and_writes_the_table(tmp_path, capsys):
@@ -27,3 +30,9 @@ def test_demo_runs_every_method_and_writes_the_table(tmp_path, capsys):
     assert [line.split()[0] for line in live] == ["method", *METHODS]
     assert len({re.match(r"\S+\s+", line).end() for line in live}) == 1
     assert (tmp_path / "runs" / "xdc" / "report.html").stat().st_size > 10_000
+
+
+def test_too_few_videos_for_the_probes_is_a_user_error_before_any_work(tmp_path):
+    with pytest.raises(UserError, match="--videos must be at least 16, two per class, got 15"):
+        run_demo(tmp_path / "demo", load_config(), videos=15, classes=8)
+    assert not (tmp_path / "demo").exists()

@@ -124,6 +124,12 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert main(["extract", "--run", str(run_dir), "--encoder", "video2", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
     assert "has no encoder 'video2'" in capsys.readouterr().err
+    for flag, value, why in [("--clips", "0", "--clips must be at least 1, got 0"),
+                             ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
+                             ("--stride", "-1", "--stride must be above 0 seconds, got -1.0")]:  # fmt: skip
+        assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
+                     "--out", str(tmp_path / "x.npz"), flag, value]) == 2  # fmt: skip
+        assert capsys.readouterr().err == f"xdc: error: {why}\n"
     assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "f.json")]) == 2  # fmt: skip
     assert capsys.readouterr().err == ("xdc: error: finetuning needs items in split 'train' and in split 'test' (their "

@@ -18,6 +18,7 @@ import numpy as np
 from xdc.config import Config, config_to_dict, load_config
 from xdc.data.index import build_manifest
 from xdc.data.synthetic import make_synthetic
+from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, write_table
 from xdc.evaluation.commands import run_label_ids
 from xdc.evaluation.extract import extract_features
@@ -33,6 +34,8 @@ DEMO_SETTINGS = ("train.k=8", "train.rounds=3", "train.epochs=2", "train.batch_s
 
 
 def run_demo(out: Path, cfg: Config, videos: int = 128, classes: int = 8, overrides: tuple[str, ...] = ()) -> dict:
+    if videos < 2 * classes:  # the probes train and test on videos of every class
+        raise UserError(f"--videos must be at least {2 * classes}, two per class, got {videos}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = out / "synthetic"

@@ -99,6 +99,11 @@ def extract_features(
     summary (None on the others); ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
     ctx = ctx or Dist()
     out = Path(out)
+    for flag, value in (("--batch-size", batch_size), ("--clips", clips)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if stride is not None and not stride > 0:
+        raise UserError(f"--stride must be above 0 seconds, got {stride}")
     encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
     cfg = cfg or run_cfg
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), cfg, modality)
