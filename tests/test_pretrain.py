@@ -419,6 +419,10 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     assert ("silent.csv: none of its 24 usable files has video and audio, which method xdc reads "
             "(data.missing_audio=skip)") in capsys.readouterr().err  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video"]) == 0
+    capsys.readouterr()
+    (tmp_path / "a_file").write_text("")  # --out where no folder can be made: the path and why, no traceback
+    assert main([*base, "--out", str(tmp_path / "a_file" / "run")]) == 2
+    assert capsys.readouterr().err == f"xdc: error: {tmp_path / 'a_file' / 'run'}: Not a directory\n"
 
 
 def test_one_loader_per_round_serves_all_its_epochs(manifest, tmp_path):

@@ -341,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"xdc: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.filename is None:
+            raise
+        # the machine's, not the code's: a folder that cannot be made, a full disk, a file gone from under the run
+        print(f"xdc: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("xdc: interrupted", file=sys.stderr)
         return 130
