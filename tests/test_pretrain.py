@@ -381,7 +381,7 @@ def test_plateau_reclusters_when_the_held_back_loss_stops_improving(manifest, tm
     assert stopped_early == 2  # lr 0: the loss cannot drop by 5%, so each round ends after its second epoch
 
 
-def test_a_broken_file_is_skipped_and_listed(manifest, tmp_path):
+def test_a_broken_file_is_skipped_and_listed(manifest, tmp_path, capsys):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00" * 4000)
     lines = manifest.read_text().splitlines()
@@ -394,6 +394,8 @@ def test_a_broken_file_is_skipped_and_listed(manifest, tmp_path):
     pretrain(cfg, broken, tmp_path / "run", resume=False, ctx=Dist())
     skipped = (tmp_path / "run" / "skipped.csv").read_text()
     assert str(junk) in skipped and "\n" in skipped
+    assert f"1 file(s) failed to load during the run and were left out, each with its reason in {tmp_path / 'run'}" \
+           in capsys.readouterr().err  # fmt: skip
     labels = np.load(tmp_path / "run" / "labels" / "round_000.npz")
     assert labels["video"][-1] == -1 and (labels["video"][:-1] >= 0).all()  # no features, no label, never drawn
 

@@ -384,6 +384,8 @@ class Pretrainer:
             )  # fmt: skip
             if failures.files:
                 failures.save(self.out / "skipped.csv")
+                print(f"{len(failures.files)} file(s) failed to load during the run and were left out, each with its "
+                      f"reason in {self.out / 'skipped.csv'}", file=sys.stderr)  # fmt: skip
         self.log.close()
 
     # --- 1. extract ---------------------------------------------------------------------------------------
