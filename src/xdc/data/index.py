@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import av
 import numpy as np
@@ -296,13 +296,9 @@ def check_paths(paths: list[str]) -> None:
 
 
 def read_file_list(path: Path) -> Iterator[str]:
-    """Entries of a list file, resolved (relative entries against the list's folder). Names that are not UTF-8
-    are read as the bytes they are (``find > files.txt`` writes them so)."""
+    """Entries of a list file, resolved (relative entries against the list's folder)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-            if "\0" in f.read(4096):
-                raise UserError(f"{path}: not a text list of files")
-            f.seek(0)
+        with open_paths_file(path, "list of files") as f:
             if path.suffix.lower() == ".csv":
                 reader = csv.DictReader(f)
                 if "path" not in (reader.fieldnames or ()):
@@ -760,11 +756,22 @@ class _FolderResolver:
         return os.path.realpath(path) if os.path.islink(path) else path
 
 
+def open_paths_file(path: Path, what: str) -> TextIO:
+    """A text file of paths that a user gives (a list of files, a labels CSV), for csv: a BOM skipped, names that
+    are not UTF-8 read as the bytes they are (``find > files.txt`` writes them so), as in a manifest. A binary
+    file is a UserError naming ``what`` it should have been."""
+    f = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+    if "\0" in f.read(4096):
+        f.close()
+        raise UserError(f"{path}: not a text {what}")
+    f.seek(0)
+    return f
+
+
 def read_label_rows(path: Path) -> Iterator[tuple[str, str]]:
-    """(path, label) of each row of the labels CSV ``path`` that has both, one row at a time. Names that are not
-    UTF-8 are read as the bytes they are, as in a manifest."""
+    """(path, label) of each row of the labels CSV ``path`` that has both, one row at a time."""
     try:
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        with open_paths_file(path, "labels CSV") as f:
             reader = csv.reader(f)
             columns = [c.strip() for c in next(reader, [])]
             if not {"path", "label"} <= set(columns):
