@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from xdc.data.index import MEDIA_EXTENSIONS
+from xdc.data.index import MEDIA_EXTENSIONS, open_paths_file
 from xdc.data.manifest import open_text
 from xdc.errors import UserError
 
@@ -377,7 +377,7 @@ def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
 def _read_csv(path: Path, required: Iterable[str], strip: bool = True) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) of a CSV with a header holding the ``required`` columns; absent cells read as ""."""
     try:
-        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:  # paths as in open_text
+        with open_paths_file(path, "CSV") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() if strip else c for c in reader.fieldnames or []]
             absent = [c for c in required if c not in columns]
