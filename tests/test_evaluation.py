@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,11 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
                  "--out", str(tmp_path / "f.json")]) == 2  # fmt: skip
     assert capsys.readouterr().err == ("xdc: error: finetuning needs items in split 'train' and in split 'test' (their "
                                        "split column); the dataset's splits: none\n")  # fmt: skip
+    unclustered = tmp_path / "unclustered"  # a run whose first round did not finish (or a scratch run)
+    shutil.copytree(run_dir, unclustered, ignore=shutil.ignore_patterns("labels"))
+    assert main(["eval", "clusters", "--run", str(unclustered)]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: {unclustered} has no cluster assignments (labels/round_*.npz): "
+                                       "no round has finished, or its method clusters nothing\n")  # fmt: skip
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     np.save(tmp_path / "one.npy", np.zeros(3))
     (tmp_path / "text.npz").write_text("not numpy at all\n")

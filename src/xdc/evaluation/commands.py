@@ -157,7 +157,11 @@ def run_label_ids(run: Path, labels: Path | None = None) -> np.ndarray:
 def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> dict:
     """NMI, ARI, purity and Hungarian accuracy of every round's clusters against the labels of the run's manifest,
     or of the labels CSV ``labels`` (for a run pretrained without them)."""
-    label_ids = run_label_ids(run, labels)
+    label_ids = run_label_ids(run, labels)  # a folder that is no run is an error here
+    rounds = sorted((run / "labels").glob("round_*.npz"))
+    if not rounds:  # before asking for labels: they would not help
+        raise UserError(f"{run} has no cluster assignments (labels/round_*.npz): no round has finished, or its "
+                        "method clusters nothing")  # fmt: skip
     labelled = int((label_ids >= 0).sum())
     if not labelled:
         if labels is None:
@@ -167,13 +171,11 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
                         "path relative to the labels file or to the videos' folder, or a basename or stem that "
                         "one video alone has)")  # fmt: skip
     rows = []
-    for path in sorted((run / "labels").glob("round_*.npz")):
+    for path in rounds:
         with np.load(path) as assigned:
             for name in assigned.files:
                 rows.append({"round": int(path.stem.split("_")[1]), "label_set": name,
                              **cluster_metrics(assigned[name], label_ids)})  # fmt: skip
-    if not rows:
-        raise UserError(f"{run} has no cluster assignments yet (labels/round_*.npz)")
     print(f"{labelled} of {len(label_ids)} videos labelled" + (f" by {labels}" if labels is not None else ""))
     record = {"command": "eval clusters", "run": str(run), "labels": None if labels is None else str(labels),
               "labelled": labelled, "videos": len(label_ids), "rounds": rows}  # fmt: skip
