@@ -422,6 +422,10 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
             "(data.missing_audio=skip)") in capsys.readouterr().err  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video"]) == 0
     capsys.readouterr()
+    # settings given with --resume that the run does not use are named (the run's own: 1 round, the same k)
+    assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume", "--rounds", "3"]) == 0
+    assert (f"WARNING: a resumed run keeps the settings it started with ({tmp_path / 'f' / 'config.yaml'}); not used: "
+            "train.rounds=3 (the run's: 1)\n") in capsys.readouterr().err  # fmt: skip
     (tmp_path / "a_file").write_text("")  # --out where no folder can be made: the path and why, no traceback
     assert main([*base, "--out", str(tmp_path / "a_file" / "run")]) == 2
     assert capsys.readouterr().err == f"xdc: error: {tmp_path / 'a_file' / 'run'}: Not a directory\n"

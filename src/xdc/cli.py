@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import sys
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from xdc.config import load_config
+from xdc.config import Config, load_config
 from xdc.errors import UserError
 from xdc.limits import fit_threads
 
@@ -88,10 +89,30 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"train.{key}={value}" for key in ("method", "k", "rounds", "assign") if (value := getattr(args, key)) is not None
     ]
     cfg = _config(args, tuple(shortcuts))
+    if args.resume and int(os.environ.get("RANK", "0")) == 0:
+        _warn_unused_on_resume(cfg, [*shortcuts, *args.overrides], args.out / "config.yaml")
     main, encoders = _as_rank(lambda ctx: (ctx.main, pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx)))
     if main:  # under torchrun, once, not once per rank
         print(f"encoders: {encoders}")
     return 0
+
+
+def _warn_unused_on_resume(cfg: Config, given: list[str], saved: Path) -> None:
+    """A resumed run keeps the settings it started with: say which of those ``given`` now (key=value) it does not
+    use, rather than let --rounds 10 --resume end after the run's own 5 rounds without a word."""
+    if not saved.exists():  # nothing to resume: pretrain says so
+        return
+    run = load_config(saved)
+
+    def value(config: Config, key: str):
+        return functools.reduce(getattr, key.split("."), config)
+
+    keys = dict.fromkeys(item.partition("=")[0].strip() for item in given)
+    unused = [f"{key}={value(cfg, key)!r} (the run's: {value(run, key)!r})" for key in keys
+              if value(cfg, key) != value(run, key)]  # fmt: skip
+    if unused:
+        print(f"WARNING: a resumed run keeps the settings it started with ({saved}); not used: {', '.join(unused)}",
+              file=sys.stderr)
 
 
 def _as_rank(work: Callable[[Dist], T], gpus: bool = True) -> T:
