@@ -538,9 +538,17 @@ def test_list_inputs(media: Path, tmp_path: Path) -> None:
     assert summary.probed == 2
 
 
-def test_cli_index_prints_the_summary(media: Path, tmp_path: Path, capsys) -> None:
-    assert main(["index", str(media), "--out", str(tmp_path / "m.csv"), "--workers", "2"]) == 0
-    assert capsys.readouterr().out == "8 files: 3 usable (2 with audio), 5 unusable\n"
+def test_cli_index_prints_the_summary(media: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """The unusable files first, by path, with their reasons, as many as index.PROBLEMS, then the counts."""
+    out = tmp_path / "m.csv"
+    assert main(["index", str(media), "--out", str(out), "--workers", "2"]) == 0
+    unusable = [f"  unusable {row['path']}: {row['reason']}" for row in read_rows(out) if row["status"] == "error"]
+    assert capsys.readouterr().out.splitlines() == [*unusable, "8 files: 3 usable (2 with audio), 5 unusable"]
+    monkeypatch.setattr(index, "PROBLEMS", 2)
+    assert main(["index", str(media), "--out", str(out), "--workers", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [*unusable[:2], f"  ... 3 more in {out}",
+                                                    "8 files: 3 usable (2 with audio), 5 unusable; 8 unchanged since "
+                                                    "an earlier run, not probed again"]  # fmt: skip
 
 
 @pytest.mark.parametrize(

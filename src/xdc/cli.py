@@ -42,8 +42,13 @@ def cmd_index(args: argparse.Namespace) -> int:
         return build_manifest(args.paths, args.out, labels=args.labels, workers=args.workers, ctx=ctx)
 
     summary = _on_ranks(run)
-    if summary is not None:  # None: another rank than the first, under torchrun
-        print(summary.line())
+    if summary is None:  # another rank than the first, under torchrun
+        return 0
+    for row in summary.problems:
+        print(f"  unusable {row['path']}: {row['reason']}")
+    if summary.unusable > len(summary.problems):
+        print(f"  ... {summary.unusable - len(summary.problems)} more in {args.out}")
+    print(summary.line())
     return 0
 
 

@@ -15,7 +15,7 @@ import sys
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -52,6 +52,7 @@ PROBE_VERSION = "2"
 # A probe decodes a few packets at a handful of points (807 GRID files: 340 a second on 2 cores). One that takes over
 # two minutes is hung (a decoder in a loop, a stalled network file system); its file gets an error row.
 PROBE_LIMIT_S = 120.0
+PROBLEMS = 10  # unusable files that the summary names, with their reasons (the manifest has them all)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class IndexSummary:
     probed: int  # files opened with PyAV this run (the rest came from the cache or do not exist)
     reused: int = 0  # rows of an earlier run (the manifest, or the side files of a run cut short) still current
     labelled: int | None = None  # None when no labels file was given
+    problems: list[dict] = field(default_factory=list)  # the first PROBLEMS unusable rows, by path
 
     def line(self) -> str:
         text = f"{self.files} files: {self.usable} usable ({self.with_audio} with audio), {self.unusable} unusable"
@@ -166,6 +168,7 @@ def _write_manifest(
         counts = label_index.count_names(row["path"] for row in counted(rows(), "matching labels", total))
     statuses: Counter = Counter()
     labelled = 0
+    problems: list[dict] = []  # the rows come sorted by path: the first are the first by path
 
     def labelled_rows() -> Iterator[dict]:
         nonlocal labelled
@@ -176,6 +179,8 @@ def _write_manifest(
                 row["label"] = label
                 labelled += bool(label)
                 statuses[row["status"]] += 1
+                if row["status"] == "error" and len(problems) < PROBLEMS:
+                    problems.append({"path": row["path"], "reason": row["reason"]})
                 yield row
 
     write_rows(out, labelled_rows())
@@ -187,6 +192,7 @@ def _write_manifest(
         probed=probed,
         reused=reused,
         labelled=labelled if label_index is not None else None,
+        problems=problems,
     )
 
 
