@@ -128,7 +128,8 @@ def test_statuses_reasons_and_summary(media: Path, tmp_path: Path) -> None:
     assert [r["path"] for r in written] == sorted(r["path"] for r in written)
     assert all(Path(r["path"]).is_absolute() for r in written)
     assert list(written[0]) == list(COLUMNS)
-    assert summary == IndexSummary(files=8, usable=3, with_audio=2, unusable=5, probed=8)
+    problems = [{"path": r["path"], "reason": r["reason"]} for r in written if r["status"] == "error"]  # by path
+    assert summary == IndexSummary(files=8, usable=3, with_audio=2, unusable=5, probed=8, problems=problems)
     assert summary.line() == "8 files: 3 usable (2 with audio), 5 unusable"
 
 
