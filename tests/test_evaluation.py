@@ -69,7 +69,8 @@ def test_eval_commands_write_json(run, tmp_path, capsys):
     write_table(items_of(root), table)
     feats = tmp_path / "audio.npz"
     assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(table), "--clips", "2",
-                 "--out", str(feats)]) == 0  # fmt: skip
+                 "--out", str(tmp_path / "audio")]) == 0  # fmt: skip
+    assert f"-> {feats};" in capsys.readouterr().out  # np.savez adds .npz: the line names the file it wrote
     assert main(["eval", "linear", "--features", str(feats), "--out", str(tmp_path / "l.json")]) == 0
     linear = json.loads((tmp_path / "l.json").read_text())
     assert 0 <= linear["top1"] <= 1 and linear["n_test_videos"] == 8 and linear["command"] == "eval linear"

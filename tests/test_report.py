@@ -17,6 +17,7 @@ from conftest import synthetic_manifest
 from xdc.clustering.metrics import nmi
 from xdc.config import load_config
 from xdc.data.manifest import Manifest
+from xdc.errors import UserError
 from xdc.report import write_report
 from xdc.training.distributed import Dist
 from xdc.training.pretrain import pretrain
@@ -226,6 +227,13 @@ def test_scratch_run_has_no_clusters(built, tmp_path):
     page = Page(write_report(tmp_path / "scratch").read_text())
     assert not page.clusters and not page.plots
     assert "There are no clusters: method scratch clusters nothing" in page.all_text
+
+
+def test_an_out_that_is_a_folder_is_a_user_error(built, tmp_path):
+    _, run = built
+    with pytest.raises(UserError, match="is a folder; give the path of an .html file"):
+        write_report(run, tmp_path)
+    assert not list(tmp_path.iterdir())  # no temporary file left beside it
 
 
 def test_empty_folder_says_what_is_missing(tmp_path):

@@ -650,6 +650,8 @@ def write_report(run: Path, out: Path | None = None, samples_per_cluster: int = 
     """Write the run's report as one self-contained HTML file (default ``run/report.html``); returns its path."""
     data = load_run(Path(run))
     out = Path(out) if out is not None else data.folder / "report.html"
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the path of an .html file")
     rounds = read_rounds(data)  # first: it notes unreadable label files for the header
     body = [_header(data, rounds), _summary(data, rounds.rows), _agreement(rounds), _plots(data, rounds),
             _galleries(data, rounds.last, samples_per_cluster, max_clusters), _skipped(data)]  # fmt: skip

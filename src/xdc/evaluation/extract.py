@@ -99,6 +99,7 @@ def extract_features(
     summary (None on the others); ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
     ctx = ctx or Dist()
     out = Path(out)
+    out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # what np.savez would write, said so
     for flag, value in (("--batch-size", batch_size), ("--clips", clips)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
@@ -227,7 +228,6 @@ def _cat(pieces: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
 
 def _save_npz(out: Path, **arrays) -> None:
     """``np.savez`` through a temporary file and a rename: a crash leaves the old file or the new one."""
-    out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # where np.savez would write
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
