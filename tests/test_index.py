@@ -507,6 +507,20 @@ def test_keys_whose_first_halves_agree_are_told_apart_by_the_second() -> None:
     assert made.label.tolist() == [index._NONE, 7, 6]  # [5, 1] was given 8 and 9: it matches nothing
 
 
+def test_a_label_index_is_used_only_by_the_process_that_made_it(tmp_path: Path) -> None:
+    """Its keys are hashed with the string hash of the process that made it: one sent to a process with another
+    PYTHONHASHSEED would match nothing, or the wrong files, without a word."""
+    import dataclasses
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.mp4,x\n")
+    made = index.LabelIndex.from_csv(labels)
+    assert made.lookup(["/v/a.mp4"], [], made.count_names(["/v/a.mp4"])) == ["x"]
+    elsewhere = dataclasses.replace(made, salt=made.salt + 1)  # as another process's hash would make it
+    with pytest.raises(RuntimeError, match="another process"):
+        elsewhere.count_names(["/v/a.mp4"])
+
+
 def test_labels_without_path_and_label_columns_is_a_user_error(media: Path, tmp_path: Path) -> None:
     bad = tmp_path / "labels.csv"
     bad.write_text("file,class\ngood.mp4,speech\n")

@@ -666,6 +666,14 @@ class LabelIndex:
 
     labels: list[str]  # by id
     keys: dict[str, _Keys]  # by kind
+    # The string hash of this process: another process (another PYTHONHASHSEED) would hash the keys otherwise and
+    # match nothing, or the wrong files. The index is made and used by one process; this makes sure of it.
+    salt: int = field(default_factory=lambda: hash("xdc labels"))
+
+    def _check_process(self) -> None:
+        if hash("xdc labels") != self.salt:
+            raise RuntimeError("a LabelIndex is used by another process than the one that made it (its keys are "
+                               "hashed with that process's string hash)")  # fmt: skip
 
     @classmethod
     def from_csv(cls, path: Path) -> LabelIndex:
@@ -687,6 +695,7 @@ class LabelIndex:
     def count_names(self, paths: Iterable[str]) -> NameCounts:
         """NameCounts of the collection ``paths``: only of the names and stems label rows give, so that the counts
         take the labels' memory, not the collection's."""
+        self._check_process()
         counts = NameCounts(*(np.zeros(len(self.keys[kind].hi), dtype=np.int32) for kind in ("name", "stem")))
         for chunk in chunks(paths):
             names = [name_and_stem(path) for path in chunk]
@@ -698,6 +707,7 @@ class LabelIndex:
     def lookup(self, paths: list[str], roots: list[Path], counts: NameCounts) -> list[str]:
         """The label of each of the absolute, normalised ``paths`` ("" for none): that of the first way of naming
         it (_KINDS; relative to each of the ``roots`` in turn) that one label alone gives."""
+        self._check_process()
         found = np.full(len(paths), _NONE, dtype=np.int32)
         every = np.arange(len(paths))
 
