@@ -779,7 +779,7 @@ def open_paths_file(path: Path, what: str) -> TextIO:
     f = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
     if "\0" in f.read(4096):
         f.close()
-        raise UserError(f"{path}: not a text {what}")
+        raise UserError(f"{path}: not a text {what} (a binary file, or text in UTF-16: save it as UTF-8)")
     f.seek(0)
     return f
 
