@@ -547,9 +547,9 @@ def _summary(data: RunData, rows: list[dict]) -> str:
         head += ["NMI vs labels", "purity", "ARI", "Hungarian accuracy"]
     body = []
     for r in rows:
-        limit = collapse_threshold(_clusters(data, r["set"]), data.cfg.train.collapse_fraction)
-        collapsed = (r["largest_fraction"] or 0) > limit
-        cells = [(r["round"], ""), (r["set"], "text"), (f"{r['non_empty']} of {_clusters(data, r['set'])}", ""),
+        k = _clusters(data, r["set"])
+        collapsed = (r["largest_fraction"] or 0) > collapse_threshold(k, data.cfg.train.collapse_fraction)
+        cells = [(r["round"], ""), (r["set"], "text"), (f"{r['non_empty']} of {k}", ""),
                  (_num(r["largest_fraction"]), "collapsed" if collapsed else ""), (_num(r.get("nmi_previous")), "")]
         if labelled:
             scores = r.get("vs_labels", {})

@@ -17,14 +17,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
 from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
-from xdc.data.manifest import COLUMNS, iter_rows, row_cells, write_rows
+from xdc.data.manifest import COLUMNS, iter_rows, open_paths_file, row_cells, write_rows
 from xdc.data.shares import (
     RowLog, collectives, earlier_rows, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
 )  # fmt: skip
@@ -770,18 +770,6 @@ class _FolderResolver:
             real = self.folders[folder] = os.path.realpath(folder)
         path = os.path.join(real, name)
         return os.path.realpath(path) if os.path.islink(path) else path
-
-
-def open_paths_file(path: Path, what: str) -> TextIO:
-    """A text file of paths that a user gives (a list of files, a labels CSV), for csv: a BOM skipped, names that
-    are not UTF-8 read as the bytes they are (``find > files.txt`` writes them so), as in a manifest. A binary
-    file is a UserError naming ``what`` it should have been."""
-    f = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
-    if "\0" in f.read(4096):
-        f.close()
-        raise UserError(f"{path}: not a text {what} (a binary file, or text in UTF-16: save it as UTF-8)")
-    f.seek(0)
-    return f
 
 
 def read_label_rows(path: Path) -> Iterator[tuple[str, str]]:

@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -33,6 +34,18 @@ STATUSES = ("ok", "no_audio", "error")
 def open_text(path: str | Path, mode: str = "r"):
     """A text file that holds paths, for csv (newline="")."""
     return open(path, mode, newline="", encoding="utf-8", errors="surrogateescape")
+
+
+def open_paths_file(path: Path, what: str) -> TextIO:
+    """A text file of paths that a user gives (a list of files, a labels CSV, a table; open_text is for xdc's
+    own), for csv: a BOM skipped, names that are not UTF-8 read as the bytes they are (``find > files.txt`` writes
+    them so). A binary file is a UserError naming ``what`` it should have been."""
+    f = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
+    if "\0" in f.read(4096):
+        f.close()
+        raise UserError(f"{path}: not a text {what} (a binary file, or text in UTF-16: save it as UTF-8)")
+    f.seek(0)
+    return f
 
 
 def encode_paths(text: str) -> bytes:

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from xdc.data.manifest import open_text, encode_paths, write_atomic
+from xdc.data.manifest import encode_paths, open_text, write_atomic
 from xdc.errors import UserError
 
 if TYPE_CHECKING:  # torch, imported under torchrun only

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from xdc.data.index import MEDIA_EXTENSIONS, open_paths_file
-from xdc.data.manifest import open_text
+from xdc.data.index import MEDIA_EXTENSIONS
+from xdc.data.manifest import open_paths_file, open_text
 from xdc.errors import UserError
 
 SPLITS = ("train", "test", "val", "")
