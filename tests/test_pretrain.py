@@ -274,6 +274,42 @@ def test_a_run_killed_in_an_extraction_goes_on_after_its_kept_parts_bit_exact(ma
     assert all(torch.equal(a[e][name], b[e][name]) for e in a for name in a[e])
 
 
+def test_more_rounds_on_resume_extend_a_finished_run_as_if_planned_from_the_start(manifest, tmp_path, capsys):
+    """``--resume --rounds 3`` on a finished 2-round run: round 2 runs, and the run ends with the labels and weights
+    of a 3-round run straight through (its extraction cache, gone with the 2-round run's end, made again). The new
+    number is the run's from then on; fewer rounds than it has begun, or rounds for a run without any, are refused."""
+    from xdc.cli import main
+
+    def run(out: Path, rounds: int, *extra: str) -> int:
+        return main([*_cli(manifest, out, "--rounds", str(rounds), "--set=train.epochs=1",
+                           "--set=train.extract_cache=true", *extra)[3:]])  # fmt: skip
+
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    assert run(straight, 3) == 0 and run(extended, 2) == 0
+    assert (extended / "encoders.pt").exists() and not (extended / "labels" / "round_002.npz").exists()
+    capsys.readouterr()
+    assert run(extended, 3, "--resume") == 0
+    captured = capsys.readouterr()
+    assert "the run goes on to 3 rounds (2 planned before; 2 done)" in captured.out
+    assert "WARNING" not in captured.err  # --rounds is used, not ignored
+    assert load_config(extended / "config.yaml").train.rounds == 3
+    for name in ("round_000.npz", "round_001.npz", "round_002.npz"):
+        a, b = np.load(straight / "labels" / name), np.load(extended / "labels" / name)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files), name
+    a, b = _final_weights(straight), _final_weights(extended)
+    assert all(torch.equal(a[e][name], b[e][name]) for e in a for name in a[e])
+
+    assert run(extended, 2, "--resume") == 2
+    assert capsys.readouterr().err == (f"xdc: error: {extended / 'checkpoints' / 'last.pt'}: the run has begun 3 "
+                                       "rounds; train.rounds=2 cannot end it before them: ask for 3 or more\n")
+    assert load_config(extended / "config.yaml").train.rounds == 3  # a refused number is not kept
+    supervised = tmp_path / "supervised"
+    assert run(supervised, 1, "--method", "supervised") == 0
+    capsys.readouterr()
+    assert run(supervised, 2, "--method", "supervised", "--resume") == 2
+    assert "is a supervised run, which has no rounds to add or drop" in capsys.readouterr().err
+
+
 def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
     """Same pseudo-labels, and the same parameters as one process accumulating the two ranks' half-batches; and
     the same run launched as two nodes of one rank each (torchrun --nnodes 2: LOCAL_RANK 0 and LOCAL_WORLD_SIZE 1
@@ -422,10 +458,10 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
             "(data.missing_audio=skip)") in capsys.readouterr().err  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video"]) == 0
     capsys.readouterr()
-    # settings given with --resume that the run does not use are named (the run's own: 1 round, the same k)
-    assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume", "--rounds", "3"]) == 0
+    # settings given with --resume that the run does not use are named (the run's own: seed 0, the same k)
+    assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume", "--set", "seed=3"]) == 0
     assert (f"WARNING: a resumed run keeps the settings it started with ({tmp_path / 'f' / 'config.yaml'}); not used: "
-            "train.rounds=3 (the run's: 1)\n") in capsys.readouterr().err  # fmt: skip
+            "seed=3 (the run's: 0)\n") in capsys.readouterr().err  # fmt: skip
     (tmp_path / "a_file").write_text("")  # --out where no folder can be made: the path and why, no traceback
     assert main([*base, "--out", str(tmp_path / "a_file" / "run")]) == 2
     assert capsys.readouterr().err == f"xdc: error: {tmp_path / 'a_file' / 'run'}: Not a directory\n"

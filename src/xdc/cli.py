@@ -94,17 +94,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"train.{key}={value}" for key in ("method", "k", "rounds", "assign") if (value := getattr(args, key)) is not None
     ]
     cfg = _config(args, tuple(shortcuts))
+    given = [item.partition("=")[0].strip() for item in [*shortcuts, *args.overrides]]
+    rounds = cfg.train.rounds if args.resume and "train.rounds" in given else None  # extends or shortens the run
     if args.resume and int(os.environ.get("RANK", "0")) == 0:
-        _warn_unused_on_resume(cfg, [*shortcuts, *args.overrides], args.out / "config.yaml")
-    main, encoders = _as_rank(lambda ctx: (ctx.main, pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx)))
+        _warn_unused_on_resume(cfg, [key for key in given if key != "train.rounds"], args.out / "config.yaml")
+    main, encoders = _as_rank(
+        lambda ctx: (ctx.main, pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx, rounds=rounds))
+    )
     if main:  # under torchrun, once, not once per rank
         print(f"encoders: {encoders}")
     return 0
 
 
 def _warn_unused_on_resume(cfg: Config, given: list[str], saved: Path) -> None:
-    """A resumed run keeps the settings it started with: say which of those ``given`` now (key=value) it does not
-    use, rather than let --rounds 10 --resume end after the run's own 5 rounds without a word."""
+    """A resumed run keeps the settings it started with: say which of the keys ``given`` now it does not use, rather
+    than let --k 64 --resume go on with the run's own k without a word."""
     if not saved.exists():  # nothing to resume: pretrain says so
         return
     run = load_config(saved)
@@ -112,8 +116,7 @@ def _warn_unused_on_resume(cfg: Config, given: list[str], saved: Path) -> None:
     def value(config: Config, key: str):
         return functools.reduce(getattr, key.split("."), config)
 
-    keys = dict.fromkeys(item.partition("=")[0].strip() for item in given)
-    unused = [f"{key}={value(cfg, key)!r} (the run's: {value(run, key)!r})" for key in keys
+    unused = [f"{key}={value(cfg, key)!r} (the run's: {value(run, key)!r})" for key in dict.fromkeys(given)
               if value(cfg, key) != value(run, key)]  # fmt: skip
     if unused:
         print(f"WARNING: a resumed run keeps the settings it started with ({saved}); not used: {', '.join(unused)}",

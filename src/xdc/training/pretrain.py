@@ -53,7 +53,7 @@ from xdc.config import Config, TrainConfig, config_to_dict, load_config, node_ra
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog
-from xdc.data.manifest import Manifest, write_videos
+from xdc.data.manifest import Manifest, write_atomic, write_videos
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
@@ -816,6 +816,10 @@ class Pretrainer:
         p = self.progress
         for k, v in state["progress"].items():
             setattr(p, k, v)
+        begun = p.round + bool(p.labels or p.epoch or p.step)  # a round has begun once its labels are in
+        if self.method.clusters and self.cfg.train.rounds < begun:
+            raise UserError(f"{path}: the run has begun {begun} rounds; train.rounds={self.cfg.train.rounds} cannot "
+                            f"end it before them: ask for {begun} or more")  # fmt: skip
         # older checkpoints hold int64
         p.labels = {k: v.numpy().astype(LABEL_DTYPE, copy=False) for k, v in state["labels"].items()}
         p.previous = {k: v.numpy().astype(LABEL_DTYPE, copy=False) for k, v in state["previous"].items()}
@@ -881,23 +885,40 @@ def _leading(parts: dict[int, dict]) -> list[dict]:
     return list(itertools.takewhile(lambda part: part is not None, (parts.get(n) for n in range(len(parts) + 1))))
 
 
-def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist) -> Path:
-    """Run (or resume) a pretraining run in ``out``; returns the path of the final encoders."""
+def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, rounds: int | None = None) -> Path:
+    """Run (or resume) a pretraining run in ``out``; returns the path of the final encoders. A resumed run keeps the
+    configuration it started with, except ``rounds`` where given: more extends the run, finished or not, as if it
+    had been planned so from the start; fewer ends it after the round it is in."""
     out = Path(out)
     last = out / "checkpoints" / "last.pt"
+    planned = None
     if resume:
         if not last.exists():
             raise UserError(f"nothing to resume in {out} (no checkpoints/last.pt)")
-        cfg = load_config(out / "config.yaml")  # a resumed run keeps the configuration it started with
+        cfg = load_config(out / "config.yaml")
+        if rounds is not None and rounds != cfg.train.rounds:
+            if not get_method(cfg.train.method).clusters:
+                raise UserError(f"{out} is a {cfg.train.method} run, which has no rounds to add or drop; start a "
+                                "new run for another train.rounds")  # fmt: skip
+            planned = cfg.train.rounds
+            cfg = load_config(out / "config.yaml", [f"train.rounds={rounds}"])
     elif last.exists() or (out / "encoders.pt").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        if not resume:
+            _write_config(cfg, out)
     barrier(ctx)
     trainer = Pretrainer(cfg, manifest, out, ctx, resume=resume)
     if resume:
-        trainer.resume()
+        trainer.resume()  # which refuses fewer rounds than the run has begun
+    if planned is not None and ctx.main:
+        _write_config(cfg, out)  # a later --resume, the report and the model card see the new number
+        print(f"the run goes on to {cfg.train.rounds} rounds ({planned} planned before; {trainer.progress.round} done)")
     trainer.run()
     return out / "encoders.pt"
+
+
+def _write_config(cfg: Config, out: Path) -> None:
+    write_atomic(out / "config.yaml", lambda f: f.write(yaml.safe_dump(config_to_dict(cfg), sort_keys=False)))
 
