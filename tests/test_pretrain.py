@@ -276,8 +276,9 @@ def test_a_run_killed_in_an_extraction_goes_on_after_its_kept_parts_bit_exact(ma
 
 def test_more_rounds_on_resume_extend_a_finished_run_as_if_planned_from_the_start(manifest, tmp_path, capsys):
     """``--resume --rounds 3`` on a finished 2-round run: round 2 runs, and the run ends with the labels and weights
-    of a 3-round run straight through (its extraction cache, gone with the 2-round run's end, made again). The new
-    number is the run's from then on; fewer rounds than it has begun, or rounds for a run without any, are refused."""
+    of a 3-round run straight through (its extraction cache, gone with the 2-round run's end, made again); the
+    encoders of the 2 rounds are kept under another name. The new number is the run's from then on; fewer rounds
+    than it has begun, or rounds for a run without any, are refused."""
     from xdc.cli import main
 
     def run(out: Path, rounds: int, *extra: str) -> int:
@@ -286,11 +287,14 @@ def test_more_rounds_on_resume_extend_a_finished_run_as_if_planned_from_the_star
 
     straight, extended = tmp_path / "straight", tmp_path / "extended"
     assert run(straight, 3) == 0 and run(extended, 2) == 0
-    assert (extended / "encoders.pt").exists() and not (extended / "labels" / "round_002.npz").exists()
+    assert not (extended / "labels" / "round_002.npz").exists()
+    after_two = _final_weights(extended)
     capsys.readouterr()
     assert run(extended, 3, "--resume") == 0
     captured = capsys.readouterr()
     assert "the run goes on to 3 rounds (2 planned before; 2 done)" in captured.out
+    kept = load(extended / "encoders-2-rounds.pt")["encoders"]  # moved aside while the run is not finished
+    assert all(torch.equal(after_two[e][name], kept[e][name]) for e in kept for name in kept[e])
     assert "WARNING" not in captured.err  # --rounds is used, not ignored
     assert load_config(extended / "config.yaml").train.rounds == 3
     for name in ("round_000.npz", "round_001.npz", "round_002.npz"):

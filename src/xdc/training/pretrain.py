@@ -914,7 +914,11 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, ro
         trainer.resume()  # which refuses fewer rounds than the run has begun
     if planned is not None and ctx.main:
         _write_config(cfg, out)  # a later --resume, the report and the model card see the new number
-        print(f"the run goes on to {cfg.train.rounds} rounds ({planned} planned before; {trainer.progress.round} done)")
+        done = trainer.progress.round
+        print(f"the run goes on to {cfg.train.rounds} rounds ({planned} planned before; {done} done)")
+        if (out / "encoders.pt").exists():  # encoders.pt means the run is finished: export and eval --run read it
+            os.replace(out / "encoders.pt", out / f"encoders-{done}-rounds.pt")
+            print(f"its encoders after {done} rounds are kept as {out / f'encoders-{done}-rounds.pt'}")
     trainer.run()
     return out / "encoders.pt"
 
