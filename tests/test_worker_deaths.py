@@ -2,6 +2,7 @@
 killer kill them, while they read real files. What makes a worker die on one file is the test's: a decoder crash
 cannot be made to order."""
 
+import multiprocessing
 import os
 import signal
 import time
@@ -176,6 +177,33 @@ def test_a_worker_that_hangs_on_a_file_is_stopped_and_the_file_skipped_but_a_slo
     assert f"WARNING: a loader worker hung reading {hung} (over data.read_timeout_s=6 s): stopped" in (
         capsys.readouterr().err
     )  # fmt: skip
+
+
+def test_a_worker_end_interrupts_a_wait_once_and_past_generic_exception_handlers():
+    """Two workers end with an error while a batch is awaited: the first end interrupts the wait, through the
+    DataLoader's ``except Exception`` (which would otherwise run its open-files check, there to be interrupted by the
+    second end), and the second end interrupts nothing, however soon it comes."""
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    workers = [ctx.Process(target=lambda: (go.wait(), os._exit(3))) for _ in range(2)]
+    for w in workers:
+        w.start()
+    before = signal.signal(signal.SIGCHLD, worker_deaths._on_sigchld)
+    worker_deaths._watched, worker_deaths._waiting = tuple(w.pid for w in workers), True
+    try:
+        with pytest.raises(worker_deaths._ChildEnded):
+            try:
+                go.set()
+                time.sleep(30)
+            except Exception:
+                pytest.fail("an `except Exception` took the end of a worker")
+        assert not worker_deaths._waiting
+        for w in workers:
+            w.join(10)  # the second end's signal comes in here or before; it must raise nothing
+        assert [w.exitcode for w in workers] == [3, 3]
+    finally:
+        signal.signal(signal.SIGCHLD, before)
+        worker_deaths._watched, worker_deaths._waiting = (), False
 
 
 def test_a_pretraining_run_goes_on_past_a_file_that_kills_its_worker_and_a_resume_keeps_it_skipped(

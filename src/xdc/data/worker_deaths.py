@@ -86,6 +86,7 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
                 except StopIteration:
                     return
                 except RuntimeError as e:
+                    _waiting = False  # the end of a worker _stop_hung kills must not raise in its bookkeeping
                     if not (limit and "timed out" in str(e)):
                         raise
                     if _stop_hung(dataset, it._workers, limit, done):
@@ -95,7 +96,7 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
                     _waiting = False
                 yield batch
                 done += 1
-        except Exception as e:  # the DataLoader's RuntimeError, OSError for a batch whose sender died, _ChildEnded
+        except (Exception, _ChildEnded) as e:  # the DataLoader's RuntimeError, OSError for a batch whose sender died
             if it is None:  # iter() itself raised: the persistent loader keeps the iterator
                 it = getattr(current, "_iterator", None)
             dead = _dead(getattr(it, "_workers", []), wait=0.0 if isinstance(e, RuntimeError) else 2.0)
@@ -167,8 +168,11 @@ def _dead(workers: list, wait: float) -> list[tuple[int, int]]:
         time.sleep(0.02)
 
 
-class _ChildEnded(Exception):
-    """A child process ended while the main thread waited for a batch (:func:`_on_sigchld`)."""
+class _ChildEnded(BaseException):
+    """A child process ended while the main thread waited for a batch (:func:`_on_sigchld`). Raised from a signal
+    handler anywhere in the DataLoader's code, so, like KeyboardInterrupt, not an Exception: the DataLoader's
+    ``except Exception`` would take it for a failed read and run its open-files check (ten temporary files), where
+    the next worker's end could interrupt it half-way."""
 
 
 _waiting = False  # the main thread is in a Surviving loader's next()
@@ -178,6 +182,7 @@ _watched: tuple[int, ...] = ()  # the pids of that loader's workers
 def _on_sigchld(signum, frame) -> None:
     """Raise while a batch is awaited and one of its workers ended by a signal or an error: that batch may never
     come. Workers that end normally (at the end of a pass) do not count."""
+    global _waiting
     if not _waiting:
         return
     for pid in _watched:
@@ -186,6 +191,7 @@ def _on_sigchld(signum, frame) -> None:
         except ChildProcessError:  # already reaped: the DataLoader has seen it
             continue
         if ended is not None and (ended.si_code != os.CLD_EXITED or ended.si_status != 0):
+            _waiting = False  # once per wait: the other workers' ends must not interrupt what this starts
             raise _ChildEnded()
 
 
