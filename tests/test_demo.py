@@ -30,6 +30,15 @@ def test_demo_runs_every_method_and_writes_the_table(tmp_path, capsys):
     assert [line.split()[0] for line in live] == ["method", *METHODS]
     assert len({re.match(r"\S+\s+", line).end() for line in live}) == 1
     assert (tmp_path / "runs" / "xdc" / "report.html").stat().st_size > 10_000
+    # a re-run with other settings would show the finished runs' results as its own: refused before any work
+    with pytest.raises(UserError) as refused:
+        run_demo(tmp_path, load_config(), videos=32, classes=3, overrides=(*fast, "train.lr=0.1"))
+    assert str(refused.value) == (
+        f"{tmp_path} holds a demo made with other settings (videos 24, now 32; set train.rounds=1 train.epochs=1 "
+        f"train.k=3 data.workers=0, now train.rounds=1 train.epochs=1 train.k=3 data.workers=0 train.lr=0.1): "
+        f"choose another --out, or delete {tmp_path}"
+    )
+    assert len(list((tmp_path / "synthetic" / "videos").iterdir())) == 24
 
 
 def test_too_few_videos_for_the_probes_is_a_user_error_before_any_work(tmp_path):

@@ -31,12 +31,13 @@ from xdc.training.pretrain import pretrain
 
 METHODS = ("scratch", "sdc-video", "sdc-audio", "mdc", "cdc", "xdc")
 DEMO_SETTINGS = ("train.k=8", "train.rounds=3", "train.epochs=2", "train.batch_size=16", "train.lr=0.05")
+SETTINGS_FILE = "demo-settings.json"  # in --out: what the demo there was made with
 
 
 def run_demo(out: Path, cfg: Config, videos: int = 128, classes: int = 8, overrides: tuple[str, ...] = ()) -> dict:
     if videos < 2 * classes:  # the probes train and test on videos of every class
         raise UserError(f"--videos must be at least {2 * classes}, two per class, got {videos}")
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(out, {"videos": videos, "classes": classes, "seed": cfg.seed, "set": list(overrides)})
     started = time.perf_counter()
     data = out / "synthetic"
     labels = make_synthetic(data, videos, classes, seed=cfg.seed, cfg=cfg.synthetic, workers=None)
@@ -72,6 +73,27 @@ def run_demo(out: Path, cfg: Config, videos: int = 128, classes: int = 8, overri
     (out / "demo.json").write_text(json.dumps(result, indent=2))
     print(f"\n{time.perf_counter() - started:.0f} s. Wrote {out / 'demo.json'} and {report}")
     return result
+
+
+def _claim(out: Path, settings: dict) -> None:
+    """Make ``out`` this demo's folder, or check that it is: a re-run goes on with the runs that finished (they are
+    not trained again), so one with other settings would print their results as the new settings' (and fewer
+    --videos would leave the earlier clips beside the new ones). Refused, naming what differs."""
+    path = out / SETTINGS_FILE
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings))
+        return
+    before = json.loads(path.read_text())
+
+    def shown(value) -> str:
+        return " ".join(value) or "none" if isinstance(value, list) else str(value)
+
+    changed = [f"{key} {shown(before.get(key))}, now {shown(value)}" for key, value in settings.items()
+               if before.get(key) != value]  # fmt: skip
+    if changed:
+        raise UserError(f"{out} holds a demo made with other settings ({'; '.join(changed)}): choose another --out, "
+                        f"or delete {out}")  # fmt: skip
 
 
 def _probe_table(labels: Path, path: Path) -> list[Item]:
