@@ -56,7 +56,7 @@ def test_supervised_slot_and_changed_settings(grid_like, tmp_path):
     again = grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("supervised",), overrides=settings,
                            supervised_slot="color")  # fmt: skip
     assert again["rows"][0]["pretrain_s"] == result["rows"][0]["pretrain_s"]
-    with pytest.raises(UserError, match="other settings"):
+    with pytest.raises(UserError, match=r"other settings \(train.k 3, now 4\); choose another --out"):
         grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("supervised",), supervised_slot="color",
                        overrides=(*settings[:1], "train.k=4", *settings[2:]))  # fmt: skip
     with pytest.raises(UserError, match="unknown slot"):

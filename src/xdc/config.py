@@ -372,6 +372,19 @@ def config_to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def config_differences(before: Config, now: Config) -> list[str]:
+    """``key before, now value`` for each setting that differs, dotted keys in the order of the config."""
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        items = {}
+        for key, value in tree.items():
+            items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return items
+
+    old, new = flat(config_to_dict(before)), flat(config_to_dict(now))
+    return [f"{key} {old.get(key)!r}, now {new[key]!r}" for key in new if old.get(key) != new[key]]
+
+
 def _apply_mapping(obj: Any, mapping: dict, prefix: str) -> None:
     for key, value in mapping.items():
         dotted = f"{prefix}{key}"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xdc.config import config_to_dict, load_config
+from xdc.config import config_differences, load_config
 from xdc.data.index import build_manifest
 from xdc.errors import UserError
 from xdc.evaluation.adapters import load_dataset, split_items
@@ -99,8 +99,9 @@ def _manifest(data: Path, out: Path, slot: str) -> Path:
 def _pretrain(method: str, manifest: Path, run: Path, preset: str, overrides: tuple[str, ...]) -> Path:
     """Pretrain into ``run``, resuming an interrupted run and reusing a finished one made with the same settings."""
     cfg = load_config(None, [f"train.method={method}", *overrides], preset=preset)
-    if (run / "config.yaml").exists() and config_to_dict(load_config(run / "config.yaml")) != config_to_dict(cfg):
-        raise UserError(f"{run} was pretrained with other settings; choose another --out for this benchmark")
+    if (run / "config.yaml").exists() and (changed := config_differences(load_config(run / "config.yaml"), cfg)):
+        raise UserError(f"{run} was pretrained with other settings ({'; '.join(changed)}); choose another --out for "
+                        "this benchmark")  # fmt: skip
     if not (run / "encoders.pt").exists():
         t = time.perf_counter()
         pretrain(cfg, manifest, run, resume=(run / "checkpoints" / "last.pt").exists(), ctx=Dist())
