@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from xdc.cli import build_parser
 from xdc.config import load_config
@@ -58,3 +59,22 @@ def test_a_documented_command_parses_and_its_settings_load(page, number, text, c
     except SystemExit:
         pytest.fail(f"{page.name}:{number}: xdc {text}\n{capsys.readouterr().err}")
     load_config(None, getattr(args, "overrides", []), preset=getattr(args, "preset", None))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # its 4 workers, on 2 cores
+def test_the_readme_python_example_runs_as_written_and_gives_the_shapes_it_names(tmp_path, monkeypatch):
+    """The README's data-layer example, unchanged, on a generated collection in a folder with its my.yaml and
+    manifest.csv: its batches have the shapes its comments give and name no failed file."""
+    from conftest import synthetic_manifest
+
+    example = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert "make_loader" in example
+    synthetic_manifest(tmp_path, 6, 2, seed=0)
+    (tmp_path / "my.yaml").write_text("seed: 0\n")
+    monkeypatch.chdir(tmp_path)
+    names: dict = {}
+    exec(compile(example, "README.md", "exec"), names)
+    batch = names["batch"]
+    assert batch["video"].shape == (6, 3, 8, 112, 112) and batch["video"].dtype == torch.float32
+    assert batch["audio"].shape == (6, 1, 40, 100)
+    assert batch["failures"] == []
