@@ -271,9 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "xdc-audio-audio, scratch, supervised")  # fmt: skip
     p.add_argument("--preset", help="paper, small or tiny (input sizes and encoder widths)")
     p.add_argument("--k", type=int, help="clusters per label set (train.k)")
-    p.add_argument("--rounds", type=int, help="cluster-then-train rounds (train.rounds)")
+    p.add_argument("--rounds", type=int, help="cluster-then-train rounds (train.rounds); with --resume, the run's "
+                   "new number: more extend it, finished or not")  # fmt: skip
     p.add_argument("--assign", choices=("kmeans", "sinkhorn"), help="nearest-centroid or balanced assignment")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
+                   "with the settings it started with (but --rounds)")  # fmt: skip
     _add_config_options(p)
     p.set_defaults(func=cmd_pretrain)
 
