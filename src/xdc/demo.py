@@ -87,7 +87,7 @@ def _claim(out: Path, settings: dict) -> None:
     before = json.loads(path.read_text())
 
     def shown(value) -> str:
-        return " ".join(value) or "none" if isinstance(value, list) else str(value)
+        return (" ".join(value) or "none") if isinstance(value, list) else str(value)
 
     changed = [f"{key} {shown(before.get(key))}, now {shown(value)}" for key, value in settings.items()
                if before.get(key) != value]  # fmt: skip

@@ -916,7 +916,7 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, ro
         _write_config(cfg, out)  # a later --resume, the report and the model card see the new number
         done = trainer.progress.round
         print(f"the run goes on to {cfg.train.rounds} rounds ({planned} planned before; {done} done)")
-        if (out / "encoders.pt").exists():  # encoders.pt means the run is finished: export and eval --run read it
+        if (out / "encoders.pt").exists():  # encoders.pt means a finished run to export, extract, finetune
             os.replace(out / "encoders.pt", out / f"encoders-{done}-rounds.pt")
             print(f"its encoders after {done} rounds are kept as {out / f'encoders-{done}-rounds.pt'}")
     trainer.run()
