@@ -314,6 +314,29 @@ def test_more_rounds_on_resume_extend_a_finished_run_as_if_planned_from_the_star
     assert "is a supervised run, which has no rounds to add or drop" in capsys.readouterr().err
 
 
+def test_commands_that_need_a_finished_run_say_what_the_folder_is_instead(tmp_path):
+    from xdc.evaluation.extract import load_run_encoder
+    from xdc.export import export_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def refused(match: str) -> None:
+        for command in (lambda: export_run(run, tmp_path / "export"), lambda: load_run_encoder(run, "video")):
+            with pytest.raises(UserError, match=match):
+                command()
+        assert not (tmp_path / "export").exists()
+
+    refused("has no encoders.pt: is it an `xdc pretrain` run folder")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    refused(f"has not finished \\(no encoders.pt yet\\): go on with `xdc pretrain --resume --out {run}`")
+    for rounds in (2, 10):  # extended twice: the later
+        (run / f"encoders-{rounds}-rounds.pt").write_bytes(b"")
+    refused(f"is being extended by more rounds and has no encoders.pt until they end; its encoders before them are "
+            f"in {run / 'encoders-10-rounds.pt'}")  # fmt: skip
+
+
 def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
     """Same pseudo-labels, and the same parameters as one process accumulating the two ranks' half-batches; and
     the same run launched as two nodes of one rank each (torchrun --nnodes 2: LOCAL_RANK 0 and LOCAL_WORLD_SIZE 1

@@ -122,12 +122,11 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
     """Write every encoder of the finished run ``run`` and a model card into ``out``, and each encoder as the
     programs of ``also`` (formats of ``PROGRAMS``); returns the files."""
     run, out = Path(run), Path(out)
-    if not (run / "encoders.pt").exists():
-        raise UserError(f"{run} has no encoders.pt: export needs a finished `xdc pretrain` run")
+    encoders_file = checkpoint.finished_encoders(run)
     _check_programs(also)  # every input is checked before anything is written
     results = [_read_result(Path(m)) for m in metrics]
     _prepare_out(out)
-    saved = checkpoint.load(run / "encoders.pt")
+    saved = checkpoint.load(encoders_file)
     cfg = load_config(run / "config.yaml")
     encoders, files = {}, []
     for name in saved["encoders"]:

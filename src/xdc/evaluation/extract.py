@@ -37,10 +37,7 @@ from xdc.training.to_host import ToHost
 def load_run_encoder(run: str | Path, name: str) -> tuple[nn.Module, str, Config]:
     """The encoder ``name`` of a pretraining run (eval mode), its modality and the run's configuration."""
     run = Path(run)
-    path = run / "encoders.pt"
-    if not path.exists():
-        raise UserError(f"{run} has no encoders.pt: is it a finished `xdc pretrain` run?")
-    saved = checkpoint.load(path)
+    saved = checkpoint.load(checkpoint.finished_encoders(run))
     if name not in saved["encoders"]:
         raise UserError(f"{run} has no encoder {name!r}; it has: {', '.join(saved['encoders'])}")
     cfg = load_config(run / "config.yaml")

@@ -31,6 +31,25 @@ def load(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def earlier_encoders(run: Path, rounds: int) -> Path:
+    """Where a finished run that more rounds extend keeps the encoders of its first ``rounds`` rounds."""
+    return run / f"encoders-{rounds}-rounds.pt"
+
+
+def finished_encoders(run: Path) -> Path:
+    """The encoders.pt of the finished pretraining run ``run``; else a UserError that says what the folder is."""
+    path = run / "encoders.pt"
+    if path.exists():
+        return path
+    earlier = {int(p.name.split("-")[1]): p for p in run.glob("encoders-*-rounds.pt") if p.name.split("-")[1].isdigit()}
+    if earlier:
+        raise UserError(f"{run} is being extended by more rounds and has no encoders.pt until they end; its encoders "
+                        f"before them are in {earlier[max(earlier)]}")  # fmt: skip
+    if (run / "checkpoints" / "last.pt").exists():
+        raise UserError(f"{run} has not finished (no encoders.pt yet): go on with `xdc pretrain --resume --out {run}`")
+    raise UserError(f"{run} has no encoders.pt: is it an `xdc pretrain` run folder?")
+
+
 def read_made_with(path: Path, identity: str) -> tuple[dict | None, str | None]:
     """A file's contents if it exists, is whole and was made with ``identity`` (its ``identity`` key); else None,
     and why when it exists."""
