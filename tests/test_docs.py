@@ -1,5 +1,6 @@
 """The commands that README.md and docs/ show are ones the CLI takes: each parses with the real parser, and its
-preset and --set settings load. A renamed option or setting fails here, not in a user's first copied command."""
+preset and --set settings load; and the README's Python example runs. A renamed option, setting or function fails
+here, not in a user's first copied command."""
 
 import re
 import shlex

@@ -41,10 +41,10 @@ def finished_encoders(run: Path) -> Path:
     path = run / "encoders.pt"
     if path.exists():
         return path
-    earlier = {int(p.name.split("-")[1]): p for p in run.glob("encoders-*-rounds.pt") if p.name.split("-")[1].isdigit()}
-    if earlier:
+    rounds = [int(r) for p in run.glob("encoders-*-rounds.pt") if (r := p.name.split("-")[1]).isdigit()]
+    if rounds:
         raise UserError(f"{run} is being extended by more rounds and has no encoders.pt until they end; its encoders "
-                        f"before them are in {earlier[max(earlier)]}")  # fmt: skip
+                        f"before them are in {earlier_encoders(run, max(rounds))}")  # fmt: skip
     if (run / "checkpoints" / "last.pt").exists():
         raise UserError(f"{run} has not finished (no encoders.pt yet): go on with `xdc pretrain --resume --out {run}`")
     raise UserError(f"{run} has no encoders.pt: is it an `xdc pretrain` run folder?")

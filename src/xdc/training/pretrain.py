@@ -917,8 +917,9 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, ro
         done = trainer.progress.round
         print(f"the run goes on to {cfg.train.rounds} rounds ({planned} planned before; {done} done)")
         if (out / "encoders.pt").exists():  # encoders.pt means a finished run to export, extract, finetune
-            os.replace(out / "encoders.pt", checkpoint.earlier_encoders(out, done))
-            print(f"its encoders after {done} rounds are kept as {checkpoint.earlier_encoders(out, done)}")
+            kept = checkpoint.earlier_encoders(out, done)
+            os.replace(out / "encoders.pt", kept)
+            print(f"its encoders after {done} rounds are kept as {kept}")
     trainer.run()
     return out / "encoders.pt"
 
