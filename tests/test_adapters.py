@@ -307,9 +307,11 @@ def test_grid_words_sentence_split_is_per_video(tmp_path):
 
 def test_grid_words_errors(tmp_path):
     root = _grid(tmp_path / "grid", ["bbaf2n"])
-    with _raises("slot, one of: command, color, preposition, letter, digit, adverb") as e:
+    with _raises(r"needs --option slot=NAME; the slots of .*: command, color, preposition, letter, digit, adverb") as e:
         load_dataset("grid-words", root)
     _one_line(e)
+    with _raises("has no slot 'digits'; the slots of"):
+        load_dataset("grid-words", root, slot="digits")
     with _raises("split_by must be"):
         load_dataset("grid-words", root, slot="digit", split_by="speaker")
     with _raises("window_s and duration_s must be positive"):

@@ -485,6 +485,11 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
             "(data.missing_audio=skip)") in capsys.readouterr().err  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video"]) == 0
     capsys.readouterr()
+    base[2] = str(manifest.parent)  # the videos' folder for the manifest: how to make one
+    assert main([*base, "--out", str(tmp_path / "g")]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: {manifest.parent} is a folder, not a manifest: make one with "
+                                       f"`xdc index {manifest.parent} --out manifest.csv`\n")  # fmt: skip
+    base[2] = str(silent)
     # settings given with --resume that the run does not use are named (the run's own: seed 0, the same k)
     assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume", "--set", "seed=3"]) == 0
     assert (f"WARNING: a resumed run keeps the settings it started with ({tmp_path / 'f' / 'config.yaml'}); not used: "

@@ -217,6 +217,9 @@ class Manifest:
                         parts = []
         except FileNotFoundError:
             raise UserError(f"manifest not found: {path}") from None
+        except IsADirectoryError:
+            raise UserError(f"{path} is a folder, not a manifest: make one with `xdc index {path} --out "
+                            f"manifest.csv`") from None  # fmt: skip
         manifest = _join(blocks + parts, codes)
         if len(manifest) == 0:
             raise UserError(f"{path}: no usable files" + (" with audio" if require_audio else ""))

@@ -176,7 +176,8 @@ def load_grid_words(
     rows = _read_csv(words, ("path", "slot", "word", "start_s", "end_s"))
     slots = list(dict.fromkeys(row["slot"] for _, row in rows))
     if slot not in slots:
-        raise UserError(f"grid-words needs option slot, one of: {', '.join(slots)} (from {words}); got {slot!r}")
+        given = "needs --option slot=NAME" if slot is None else f"has no slot {slot!r}"
+        raise UserError(f"grid-words {given}; the slots of {words}: {', '.join(slots)}")
     if not (window_s > 0 and duration_s > 0):
         raise UserError(f"grid-words: window_s and duration_s must be positive, got {window_s} and {duration_s}")
     if split_by not in ("sentence", "none"):
