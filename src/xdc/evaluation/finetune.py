@@ -38,6 +38,7 @@ from xdc.evaluation.extract import items_to_manifest, load_run_encoder
 from xdc.evaluation.metrics import average_by_group, topk_accuracy
 from xdc.evaluation.resume import SavedProgress, identity
 from xdc.progress import progress_bar
+from xdc.training import checkpoint
 from xdc.training.distributed import Dist, gather_objects
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
@@ -119,6 +120,7 @@ def finetune(
         done, losses = kept["batches"], kept["losses"]
         if ctx.main:
             print(f"{name}: resuming after batch {done} of {steps} from {saved.checkpoint_path}")
+            checkpoint.warn_threads(kept.get("threads"), place.device)  # checkpoints before 2026-11-30: none
 
     pending = []  # (batch number, learning rate, loss on the device, whether this rank had clips) since the last
     # keep: reading each loss would make the host wait for every step
@@ -151,7 +153,7 @@ def finetune(
             # fc-only: the frozen encoder, BatchNorm statistics included, is the run's (its digest is in the
             # identity): only the fc layer is kept
             "trained": trained.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "batches": done, "losses": losses, "failures": ranks,
+            "batches": done, "losses": losses, "failures": ranks, "threads": torch.get_num_threads(),
             "crashed": {path: why for rank in crashed for path, why in rank.items()},  # files that killed a worker
         })  # fmt: skip
 

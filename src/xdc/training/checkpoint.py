@@ -31,6 +31,19 @@ def load(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def warn_threads(before: int | None, device: torch.device) -> None:
+    """Warn that a pass resumed on the CPU with another thread count than the ``before`` its checkpoint recorded
+    (None: an older checkpoint) no longer matches a pass straight through. The thread count sets how the CPU splits
+    a float sum, so the last bits of every step; over a pretraining's rounds they can move a clip to another
+    cluster. (On a GPU, cuDNN's kernels already vary the last bits: docs/pretrain.md.)"""
+    now = torch.get_num_threads()
+    if device.type == "cpu" and before is not None and before != now:
+        threads = f"{before} CPU thread" + "s" * (before != 1)
+        print(f"WARNING: this run computed with {threads} and goes on with {now}: its results will differ in the last "
+              f"bits from a run with one thread count throughout (OMP_NUM_THREADS={before} keeps them)",
+              file=sys.stderr)  # fmt: skip
+
+
 def earlier_encoders(run: Path, rounds: int) -> Path:
     """Where a finished run that more rounds extend keeps the encoders of its first ``rounds`` rounds."""
     return run / f"encoders-{rounds}-rounds.pt"

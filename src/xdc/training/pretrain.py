@@ -835,7 +835,8 @@ class Pretrainer:
             self.model.heads.load_state_dict(state["heads"])
             self.head_optimizer.load_state_dict(state["head_optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        self._warn_threads(state.get("threads"))  # checkpoints before 2026-11-30 have none
+        if self.ctx.main:
+            checkpoint.warn_threads(state.get("threads"), self.ctx.device)  # checkpoints before 2026-11-30: none
         ranks = state.get("ranks", [])  # checkpoints before 2026-11-30 have none
         for r in ranks:  # a file that killed a worker of any rank is not read again by any
             self.train_set.crashed.update(r["crashed"])
@@ -844,17 +845,6 @@ class Pretrainer:
         elif ranks and self.ctx.main:  # another number of ranks: rank 0 carries on the count
             self.failures.merge([r["failures"] for r in ranks])
         barrier(self.ctx)
-
-    def _warn_threads(self, before: int | None) -> None:
-        """On the CPU, how a float sum is split over threads changes its last bits, and over the rounds those bits
-        can move a clip to another cluster: a resumed run matches a run straight through only with the thread
-        count it computed with. (On a GPU, cuDNN's kernels already vary the last bits: docs/pretrain.md.)"""
-        now = torch.get_num_threads()
-        if self.ctx.main and self.ctx.device.type == "cpu" and before is not None and before != now:
-            threads = f"{before} CPU thread" + "s" * (before != 1)
-            print(f"WARNING: this run computed with {threads} and goes on with {now}: its results will "
-                  f"differ in the last bits from a run with one thread count throughout (OMP_NUM_THREADS={before} "
-                  "keeps them)", file=sys.stderr)  # fmt: skip
 
 
 # A rank keeps a part of a round's extraction every 5 minutes: at most what a crash costs there. Its batches are
