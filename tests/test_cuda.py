@@ -374,6 +374,28 @@ def test_evaluation_runs_on_the_gpu_in_bf16_like_on_the_cpu(manifest, tmp_path):
     assert result["device"] == "cuda" and result["bf16"] and np.isfinite(result["last_loss"])
 
 
+def test_the_released_weights_run_on_the_gpu_as_evaluation_places_them(tmp_path):
+    # Their per-conv middle widths (230, 460, 921, ...) padded to multiples of 8, channels-last, bf16: the
+    # features of the fp32 CPU network at bf16's precision.
+    from test_official import official_state_dict
+    from xdc.evaluation.device import EvalDevice
+    from xdc.evaluation.sources import load_source
+
+    torch.save(official_state_dict(), tmp_path / "released.pth")
+    source = load_source(tmp_path / "released.pth", "video")
+    x = torch.randn(4, 3, 8, 112, 112)
+    with torch.no_grad():
+        expected = source.encoder(x)  # before the module moves to the GPU
+        place = EvalDevice(torch.device("cuda"), source.cfg, "video")
+        assert place.bf16 and place.channels_last
+        encoder = place.module(source.encoder)
+        with place.autocast():
+            got = encoder(x.cuda().contiguous(memory_format=torch.channels_last_3d))
+    assert any(getattr(m, "extra_out", 0) for m in source.encoder.modules())  # the widths were padded
+    cosine = torch.nn.functional.cosine_similarity(got.float().cpu(), expected, dim=1)
+    assert cosine.min() > 0.98, f"{cosine.min():.4f}"
+
+
 def test_a_pinned_loader_goes_on_past_a_dead_worker(manifest):
     # The pin-memory thread sits between the workers and the training process on CUDA: a death must still surface
     # and the pass go on with every batch, pinned.

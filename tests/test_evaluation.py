@@ -227,14 +227,14 @@ def test_fc_only_freezes_the_encoder_and_full_updates_it(run, tmp_path, monkeypa
 
     root, run_dir = run
     used = {}
-    original = module.load_run_encoder
+    original = module.load_source
 
-    def keep(run, name):  # keep a handle on the encoder that training updates
-        encoder, modality, cfg = original(run, name)
-        used["encoder"], used["before"] = encoder, {k: v.clone() for k, v in encoder.state_dict().items()}
-        return encoder, modality, cfg
+    def keep(run, name, settings):  # keep a handle on the encoder that training updates
+        source = original(run, name, settings)
+        used["encoder"], used["before"] = source.encoder, {k: v.clone() for k, v in source.encoder.state_dict().items()}
+        return source
 
-    monkeypatch.setattr(module, "load_run_encoder", keep)
+    monkeypatch.setattr(module, "load_source", keep)
     cfg = FinetuneConfig(epochs=1, batch_size=8, lr=0.05, test_clips=1)
     for mode, changed in (("fc", False), ("full", True)):
         module.finetune(run_dir, "video", items_of(root), mode, cfg, tmp_path / mode, workers=0)
@@ -245,7 +245,7 @@ def test_fc_only_freezes_the_encoder_and_full_updates_it(run, tmp_path, monkeypa
 
 def test_evaluation_runs_where_asked_and_says_so(run, tmp_path, capsys):
     from xdc.evaluation.device import EvalDevice, pick_device
-    from xdc.evaluation.extract import load_run_encoder
+    from xdc.evaluation.sources import load_run_encoder
 
     assert pick_device("cpu") == torch.device("cpu")
     assert pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")

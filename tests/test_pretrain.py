@@ -315,7 +315,7 @@ def test_more_rounds_on_resume_extend_a_finished_run_as_if_planned_from_the_star
 
 
 def test_commands_that_need_a_finished_run_say_what_the_folder_is_instead(tmp_path):
-    from xdc.evaluation.extract import load_run_encoder
+    from xdc.evaluation.sources import load_run_encoder
     from xdc.export import export_run
 
     run = tmp_path / "run"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import os
 import sys
@@ -11,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from xdc.config import Config, load_config
+from xdc.config import Config, given_keys, load_config, setting
 from xdc.errors import UserError
 from xdc.limits import fit_threads
 
@@ -23,12 +22,16 @@ DEVICE_HELP = ("where the encoder runs: auto (the first GPU where there is one, 
                "on CUDA in the run's train.precision and layout (bf16, channels-last by default)")
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def _add_config_options(parser: argparse.ArgumentParser,
+                        set_help: str = "override one setting, e.g. --set data.clip.frames=16 (repeatable)") -> None:
     parser.add_argument("--config", type=Path, help="YAML file of settings (see docs/config.md)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one setting, e.g. --set data.clip.frames=16 (repeatable)",
-    )  # fmt: skip
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+
+
+RUN_HELP = ("an xdc pretrain run folder, an xdc export folder or .safetensors file, or a file of the released XDC "
+            "weights (.pth)")  # fmt: skip
+SETTINGS_HELP = ("a data.* setting over the encoder's own, e.g. --set data.clip.frames=32 (the paper's finetuning "
+                 "clips) (repeatable)")  # fmt: skip
 
 
 def _config(args: argparse.Namespace, extra: tuple[str, ...] = ()):
@@ -112,12 +115,8 @@ def _warn_unused_on_resume(cfg: Config, given: list[str], saved: Path) -> None:
     if not saved.exists():  # nothing to resume: pretrain says so
         return
     run = load_config(saved)
-
-    def value(config: Config, key: str):
-        return functools.reduce(getattr, key.split("."), config)
-
-    unused = [f"{key}={value(cfg, key)!r} (the run's: {value(run, key)!r})" for key in dict.fromkeys(given)
-              if value(cfg, key) != value(run, key)]  # fmt: skip
+    unused = [f"{key}={setting(cfg, key)!r} (the run's: {setting(run, key)!r})" for key in dict.fromkeys(given)
+              if setting(cfg, key) != setting(run, key)]  # fmt: skip
     if unused:
         print(f"WARNING: a resumed run keeps the settings it started with ({saved}); not used: {', '.join(unused)}",
               file=sys.stderr)
@@ -145,12 +144,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from xdc.evaluation.extract import extract_features
 
     options = dict(o.split("=", 1) for o in args.option)
+    settings = _encoder_settings(args, "extract")
 
     def run(ctx: Dist) -> dict | None:
         _device_under_torchrun(args.device, ctx)
         items = load_dataset(args.dataset, args.data, split=args.split, **options)
         return extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
-                                batch_size=args.batch_size, device=args.device, ctx=ctx)  # fmt: skip
+                                batch_size=args.batch_size, settings=settings, device=args.device, ctx=ctx)  # fmt: skip
 
     summary = _as_rank(run)
     if summary is None:  # another rank than the first: rank 0 writes and says
@@ -160,6 +160,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"  skipped {skip['path']}: {skip['reason']}")
     Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return 0
+
+
+def _encoder_settings(args: argparse.Namespace, command: str, own: tuple[str, ...] = ()) -> dict:
+    """The ``data.*`` settings given (``--config``, ``--set``), which change the clips that the encoder of ``--run``
+    is fed, over its own: e.g. the paper's 32-frame finetuning. The command's ``own`` keys (prefixes) are its to
+    use; a warning names any other, which the encoder's own settings decide."""
+    cfg = _config(args)
+    keys = given_keys(args.config, args.overrides)
+    unused = [key for key in keys if not key.startswith(("data.", *own))]
+    if unused and int(os.environ.get("RANK", "0")) == 0:
+        print(f"WARNING: xdc {command} takes the encoder's model and train settings from --run; not used: "
+              f"{', '.join(unused)}", file=sys.stderr)  # fmt: skip
+    return {key: setting(cfg, key) for key in keys if key.startswith("data.")}
 
 
 def _device_under_torchrun(device: str, ctx: Dist) -> None:
@@ -188,11 +201,12 @@ def _finetune(args: argparse.Namespace) -> None:
 
     options = dict(o.split("=", 1) for o in args.option)
     cfg = _config(args)
+    settings = _encoder_settings(args, "eval finetune", own=("finetune.", "seed"))
 
     def run(ctx: Dist) -> None:
         _device_under_torchrun(args.device, ctx)
         commands.eval_finetune(args.run, args.encoder, args.dataset, args.data, args.split, args.mode, cfg, args.out,
-                               options, device=args.device, ctx=ctx)  # fmt: skip
+                               options, device=args.device, settings=settings, ctx=ctx)  # fmt: skip
 
     _as_rank(run)
 
@@ -280,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("extract", help="features of a trained encoder for every clip of a labelled dataset")
-    p.add_argument("--run", type=Path, required=True, help="an xdc pretrain run folder")
+    p.add_argument("--run", type=Path, required=True, help=RUN_HELP)
     p.add_argument("--encoder", required=True, help="video or audio (or video2/audio2 of same-modality runs)")
     p.add_argument("--data", type=Path, required=True, help="dataset root, or a CSV (manifest or table)")
     p.add_argument("--dataset", default="csv", help="csv (default), ucf101, hmdb51, esc50, dcase, fsdd, grid-words")
@@ -293,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="features .npz (a .json summary is written beside it)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass, per rank (default 32)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _add_config_options(p, SETTINGS_HELP)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("eval", help="evaluate features or a run: linear, kfold, finetune, clusters")
@@ -307,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--out", type=Path, help="result JSON")
         q.set_defaults(func=cmd_eval, test_features=None)
     q = evals.add_parser("finetune", help="full finetuning or fc-only on train/test splits, video-level accuracy")
-    q.add_argument("--run", type=Path, required=True, help="an xdc pretrain run folder")
+    q.add_argument("--run", type=Path, required=True, help=RUN_HELP)
     q.add_argument("--encoder", required=True, help="video or audio")
     q.add_argument("--data", type=Path, required=True, help="dataset root, or a CSV table with a split column")
     q.add_argument("--dataset", default="csv", help="csv (default), ucf101, hmdb51, esc50, dcase, fsdd, grid-words")
@@ -316,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
     q.add_argument("--out", type=Path, help="result JSON")
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
-    _add_config_options(q)
+    _add_config_options(q, SETTINGS_HELP.replace("(repeatable)", "; finetune.*, seed (repeatable)"))
     q.set_defaults(func=cmd_eval)
 
     q = evals.add_parser("clusters", help="NMI, ARI, purity, Hungarian accuracy of a run's clusters vs labels")

@@ -6,7 +6,9 @@ means the same thing everywhere.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -339,25 +341,20 @@ class Config:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None
-) -> Config:
-    """Defaults, then a named preset, then the YAML file at ``path``, then ``key.sub=value`` overrides (values
-    parsed as YAML)."""
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), preset: str | None = None,
+    mapping: dict | None = None,
+) -> Config:  # fmt: skip
+    """Defaults, then a named preset, then ``mapping`` (nested settings, as in a YAML file), then the YAML file at
+    ``path``, then ``key.sub=value`` overrides (values parsed as YAML)."""
     cfg = Config()
     if preset is not None:
         from xdc.presets import preset_path
 
         _apply_mapping(cfg, yaml.safe_load(preset_path(preset).read_text()) or {}, prefix="")
+    if mapping is not None:
+        _apply_mapping(cfg, mapping, prefix="")
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise UserError(f"cannot read config {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise UserError(f"config {path} is not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UserError(f"config {path} must be a mapping of settings, got {type(loaded).__name__}")
-        _apply_mapping(cfg, loaded or {}, prefix="")
+        _apply_mapping(cfg, _read_yaml(path), prefix="")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -367,6 +364,46 @@ def load_config(
     return cfg
 
 
+def _read_yaml(path: str | Path) -> dict:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"config {path} is not valid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise UserError(f"config {path} must be a mapping of settings, got {type(loaded).__name__}")
+    return loaded or {}
+
+
+def given_keys(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The dotted keys that the YAML file at ``path`` and the ``key=value`` overrides set, in that order, once each
+    (what a user asked for, whether or not it differs from the defaults)."""
+    keys = list(_flat(_read_yaml(path))) if path is not None else []
+    return list(dict.fromkeys(keys + [item.partition("=")[0].strip() for item in overrides]))
+
+
+def setting(cfg: Any, key: str) -> Any:
+    """The value of the dotted ``key`` in ``cfg``."""
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+def with_settings(cfg: Config, settings: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with each dotted key of ``settings`` set to its value, checked as load_config checks."""
+    cfg = copy.deepcopy(cfg)
+    for key, value in settings.items():
+        _set_dotted(cfg, key, value)
+    _revalidate(cfg)
+    return cfg
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    items = {}
+    for key, value in tree.items():
+        items.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return items
+
+
 def config_to_dict(cfg: Any) -> dict:
     """Plain dicts, lists and scalars (safe for YAML and JSON)."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
@@ -374,14 +411,7 @@ def config_to_dict(cfg: Any) -> dict:
 
 def config_differences(before: Config, now: Config) -> list[str]:
     """``key before, now value`` for each setting that differs, dotted keys in the order of the config."""
-
-    def flat(tree: dict, prefix: str = "") -> dict:
-        items = {}
-        for key, value in tree.items():
-            items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return items
-
-    old, new = flat(config_to_dict(before)), flat(config_to_dict(now))
+    old, new = _flat(config_to_dict(before)), _flat(config_to_dict(now))
     return [f"{key} {old.get(key)!r}, now {new[key]!r}" for key in new if old.get(key) != new[key]]
 
 

@@ -30,7 +30,7 @@ from xdc.data.audio import LogMel
 from xdc.data.manifest import decode_paths, run_videos
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
-from xdc.evaluation.extract import load_run_encoder
+from xdc.evaluation.sources import load_run_encoder
 from xdc.methods import Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.presets import PRESETS
@@ -54,7 +54,7 @@ def load_encoder(path: str | Path, name: str | None = None) -> nn.Module:
     be left out when the folder holds one). For the released XDC checkpoints use
     ``xdc.models.load_official_xdc``.
     """
-    file = _encoder_file(Path(path), name)
+    file = encoder_file(Path(path), name)
     meta = read_metadata(file)
     encoder = build_encoder(meta["modality"], _model_config(meta["model"], file))
     try:
@@ -70,7 +70,7 @@ def read_metadata(path: str | Path, name: str | None = None) -> dict:
     """The metadata of an exported encoder (file, or folder and ``name``), with the JSON values decoded:
     name, modality, method, model, feature_dim, input_shape, data {clip, mel, eval_short_side}, and for video
     video_mean / video_std."""
-    file = _encoder_file(Path(path), name)
+    file = encoder_file(Path(path), name)
     try:
         with safe_open(file, framework="pt") as f:
             raw = f.metadata() or {}
@@ -87,7 +87,8 @@ def read_metadata(path: str | Path, name: str | None = None) -> dict:
     return meta
 
 
-def _encoder_file(path: Path, name: str | None) -> Path:
+def encoder_file(path: Path, name: str | None) -> Path:
+    """The ``.safetensors`` file that ``path`` (the file, or an export folder and ``name``) names."""
     if path.is_file():
         if name is not None and path.stem != name:
             raise UserError(f"{path} holds the encoder {path.stem!r}, not {name!r}")
@@ -197,7 +198,7 @@ def _is_partial(entry: Path) -> bool:
 def encoder_metadata(name: str, modality: str, method: str, encoder: nn.Module, cfg: Config) -> dict[str, str]:
     """safetensors metadata (strings only) that is enough to rebuild the encoder and feed it."""
     data = {"clip": config_to_dict(cfg.data.clip), "mel": config_to_dict(cfg.data.mel),
-            "eval_short_side": cfg.data.augment.scale_min}  # fmt: skip
+            "eval_short_side": cfg.data.augment.scale_min, "augment": config_to_dict(cfg.data.augment)}  # fmt: skip
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "xdc_version": __version__, "name": name,
             "modality": modality, "method": method, "feature_dim": str(encoder.feature_dim),
             "model": config_to_dict(cfg.model), "data": data, "input_shape": input_shape(modality, cfg)}  # fmt: skip

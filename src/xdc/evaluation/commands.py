@@ -89,9 +89,11 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
 
 def eval_finetune(
     run: Path, encoder: str, dataset: str, data: Path, split: str | None, mode: str, cfg: Config, out: Path | None,
-    options: dict, device: str = "auto", ctx: Dist | None = None,
+    options: dict, device: str = "auto", settings: dict | None = None, ctx: Dist | None = None,
 ) -> dict | None:  # fmt: skip
-    """Finetune on one official split, or on each of 1-3 (``split='all'``) and report the mean. Progress, each
+    """Finetune the encoder ``encoder`` of ``run`` (a run folder, an export or the released weights, with
+    ``settings`` over its own: xdc.evaluation.sources) on one official split, or on each of 1-3 (``split='all'``)
+    and report the mean. Progress, each
     batch's loss and the test accuracies go to a folder beside ``out`` (``finetune_folder``): the same command run
     again after a crash goes on from there; once it has written its result, only the logs stay. Under torchrun
     (``ctx``) every rank trains and tests its share, and rank 0 alone writes and returns the record."""
@@ -113,24 +115,28 @@ def eval_finetune(
         items = load_dataset(dataset, data, split=number, **options)
         work = (out.parent if out is not None else Path(".")) / f".finetune-probe-{dataset}"
         result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed, device=device, state=state,
-                          log=log, name=state.name, ctx=ctx)  # fmt: skip
+                          log=log, name=state.name, settings=settings, ctx=ctx)  # fmt: skip
         if not ctx.main:
             continue
-        rows.append({"split": number or "-", **{k: v for k, v in result.items() if k != "skipped"}})
+        rows.append({"split": number or "-", **{k: v for k, v in result.items() if k not in _ONCE}})
         for skip in result["skipped"][:5]:
             print(f"skipped {skip['path']}: {skip['reason']}")
     log.close()
     if not ctx.main:
         return None
-    record = {"command": "eval finetune", "run": str(run), "dataset": dataset, "data": str(data), "mode": mode,
-              "splits": rows, "mean_top1": float(np.mean([r["top1"] for r in rows])),
-              "config": config_to_dict(cfg.finetune), "log": str(folder)}  # fmt: skip
+    record = {"command": "eval finetune", "run": str(run), "source": result["source"], "clip": result["clip"],
+              "settings": settings or {}, "dataset": dataset, "data": str(data), "mode": mode, "splits": rows,
+              "mean_top1": float(np.mean([r["top1"] for r in rows])), "config": config_to_dict(cfg.finetune),
+              "log": str(folder)}  # fmt: skip
     table = [{k: v for k, v in row.items() if k != "epoch_losses"} for row in rows]  # the JSON has them
     table += [{"split": "mean", "top1": record["mean_top1"]}] if len(rows) > 1 else []
     emitted = _emit(record, table, out)
     for state in states:  # the result is out: the checkpoints and kept results have served
         shutil.rmtree(state, ignore_errors=True)
     return emitted
+
+
+_ONCE = ("skipped", "source", "clip")  # of a split's result: not in its row (printed apart, or the same for all)
 
 
 def finetune_folder(out: Path | None, dataset: str) -> Path:

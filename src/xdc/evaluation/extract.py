@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Subset
 
-from xdc.config import Config, config_to_dict, load_config
+from xdc.config import config_to_dict
 from xdc.data.datasets import EvalClips, make_loader
 from xdc.data.failures import FailureLog
 from xdc.data.index import build_manifest
@@ -26,25 +26,11 @@ from xdc.errors import UserError
 from xdc.evaluation.adapters import Item
 from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.resume import identity
-from xdc.models.encoders import build_encoder
+from xdc.evaluation.sources import load_source
 from xdc.progress import progress_bar
-from xdc.training import checkpoint
 from xdc.training.checkpoint import KeptParts
 from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main
 from xdc.training.to_host import ToHost
-
-
-def load_run_encoder(run: str | Path, name: str) -> tuple[nn.Module, str, Config]:
-    """The encoder ``name`` of a pretraining run (eval mode), its modality and the run's configuration."""
-    run = Path(run)
-    saved = checkpoint.load(checkpoint.finished_encoders(run))
-    if name not in saved["encoders"]:
-        raise UserError(f"{run} has no encoder {name!r}; it has: {', '.join(saved['encoders'])}")
-    cfg = load_config(run / "config.yaml")
-    modality = saved["modalities"][name]
-    encoder = build_encoder(modality, cfg.model)
-    encoder.load_state_dict(saved["encoders"][name])
-    return encoder.eval(), modality, cfg
 
 
 def items_to_manifest(
@@ -86,14 +72,16 @@ def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manife
 @torch.no_grad()
 def extract_features(
     run: str | Path, encoder_name: str, items: list[Item], out: str | Path, clips: int | None = None,
-    stride: float | None = None, workers: int | None = None, batch_size: int = 32, cfg: Config | None = None,
-    device: str = "auto", ctx: Dist | None = None,
+    stride: float | None = None, workers: int | None = None, batch_size: int = 32,
+    settings: dict[str, Any] | None = None, device: str = "auto", ctx: Dist | None = None,
 ) -> dict | None:  # fmt: skip
-    """Embed every clip of ``items`` on ``device`` (xdc.evaluation.device); writes ``out`` (.npz) and returns a
-    summary. The clips are cut into parts (``_part_batches``) kept in ``OUT.parts/`` as they are done: the same call
-    made again after a crash computes only the missing parts, and the folder goes once ``out`` is written. Under
-    torchrun (``ctx``) the ranks share out the probes and the parts; rank 0 joins the parts, writes and returns the
-    summary (None on the others); ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
+    """Embed every clip of ``items`` with the encoder ``encoder_name`` of ``run`` (a run folder, an export or the
+    released weights: xdc.evaluation.sources, with ``settings`` over its own) on ``device``
+    (xdc.evaluation.device); writes ``out`` (.npz) and returns a summary. The clips are cut into parts
+    (``_part_batches``) kept in ``OUT.parts/`` as they are done: the same call made again after a crash computes
+    only the missing parts, and the folder goes once ``out`` is written. Under torchrun (``ctx``) the ranks share
+    out the probes and the parts; rank 0 joins the parts, writes and returns the summary (None on the others);
+    ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
     ctx = ctx or Dist()
     out = Path(out)
     out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # what np.savez would write, said so
@@ -102,8 +90,8 @@ def extract_features(
             raise UserError(f"{flag} must be at least 1, got {value}")
     if stride is not None and not stride > 0:
         raise UserError(f"--stride must be above 0 seconds, got {stride}")
-    encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
-    cfg = cfg or run_cfg
+    source = load_source(run, encoder_name, settings)
+    encoder, modality, cfg = source.encoder, source.modality, source.cfg
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), cfg, modality)
     encoder = place.module(encoder)
     manifest, item_of_row, skipped = items_to_manifest(items, out.with_name(out.stem + ".probe.csv"), modality, ctx)
@@ -116,8 +104,8 @@ def extract_features(
     per_part = batch_size * _part_batches(-(-len(dataset) // batch_size))
     spans = [range(start, min(start + per_part, len(dataset))) for start in range(0, len(dataset), per_part)]
     # the device and precision too: parts from a GPU in bf16 and from a CPU in float32 would not make one file
-    made = identity(run, cfg, items, encoder=encoder_name, clips=clips, stride=stride, device=place.device.type,
-                    bf16=place.bf16, part_clips=per_part)  # fmt: skip
+    made = identity(source.weights, cfg, items, encoder=encoder_name, clips=clips, stride=stride,
+                    device=place.device.type, bf16=place.bf16, part_clips=per_part)  # fmt: skip
     kept = KeptParts(out.with_name(out.stem + ".parts"), made)
     parts = on_main(kept.load, ctx) or {}
     done = broadcast_object(sorted(parts), ctx)
@@ -137,8 +125,9 @@ def extract_features(
             parts[j] = kept.read(j)
         written, failed = _write(out, [parts[j] for j in range(len(spans))], manifest, item_of_row, items)
         kept.clear()
-        return {"out": str(out), "run": str(run), "clips": written, "items": len(items), "encoder": encoder_name,
-                "modality": modality, "clips_per_item": clips, "stride": stride, "device": str(place.device),
+        return {"out": str(out), "run": str(run), "source": source.kind, "clips": written, "items": len(items),
+                "encoder": encoder_name, "modality": modality, "clips_per_item": clips, "stride": stride,
+                "device": str(place.device),
                 "ranks": ctx.world_size, "bf16": place.bf16, **({"logmel_on": "device" if place.device_logmel else
                                                                  "workers"} if modality == "audio" else {}),
                 "data": config_to_dict(cfg.data),

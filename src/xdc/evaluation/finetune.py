@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +35,10 @@ from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, split_items
 from xdc.evaluation.device import EvalDevice, pick_device
-from xdc.evaluation.extract import items_to_manifest, load_run_encoder
+from xdc.evaluation.extract import items_to_manifest
 from xdc.evaluation.metrics import average_by_group, topk_accuracy
 from xdc.evaluation.resume import SavedProgress, identity
+from xdc.evaluation.sources import load_source
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.distributed import Dist, gather_objects
@@ -49,10 +51,12 @@ MODES = ("full", "fc")
 def finetune(
     run: Path, encoder_name: str, items: list[Item], mode: str, cfg: FinetuneConfig, work: Path, seed: int = 0,
     workers: int | None = None, device: str = "auto", state: Path | None = None, log: RunLog | None = None,
-    name: str = "finetune", ctx: Dist | None = None,
+    name: str = "finetune", settings: dict[str, Any] | None = None, ctx: Dist | None = None,
 ) -> dict | None:  # fmt: skip
-    """Train on the items of split 'train', test on split 'test', on ``device`` (xdc.evaluation.device; under
-    torchrun the rank's own); returns the numbers and the settings (None on ranks other than 0). ``work``: where
+    """Train the encoder ``encoder_name`` of ``run`` (a run folder, an export or the released weights:
+    xdc.evaluation.sources, with ``settings`` over its own) on the items of split 'train', test on split 'test', on
+    ``device`` (xdc.evaluation.device; under torchrun the rank's own); returns the numbers and the settings (None on
+    ranks other than 0). ``work``: where
     the items' probes are cached. ``state``: where progress is kept (None: nowhere). ``log``: where each batch's
     loss and learning rate and the test's accuracy go, under ``name`` (TensorBoard tags ``NAME/loss``, ...)."""
     ctx = ctx or Dist()
@@ -60,12 +64,13 @@ def finetune(
         raise UserError(f"mode must be one of {MODES}, not {mode!r}")
     if cfg.batch_size % ctx.world_size:  # else the ranks' shares would make another batch, and resumes drift
         raise UserError(f"finetune.batch_size ({cfg.batch_size}) must be a multiple of the {ctx.world_size} ranks")
-    encoder, modality, run_cfg = load_run_encoder(run, encoder_name)
+    source = load_source(run, encoder_name, settings)
+    encoder, modality, run_cfg = source.encoder, source.modality, source.cfg
     saved = None
     if state is not None:  # every rank reads the folder (a resume needs it on every node); rank 0 alone writes
         # checkpoint_every changes how often progress is kept, not what is computed: a resume may change it
         settings = {k: v for k, v in config_to_dict(cfg).items() if k != "checkpoint_every"}
-        made = identity(run, run_cfg, items, encoder=encoder_name, mode=mode, finetune=settings, seed=seed)
+        made = identity(source.weights, run_cfg, items, encoder=encoder_name, mode=mode, finetune=settings, seed=seed)
         saved = SavedProgress(state, made, quiet=not ctx.main)
         if (result := saved.result()) is not None:
             if ctx.main:
@@ -199,7 +204,8 @@ def finetune(
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
         "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": _mean(trained_losses[:1]),
         "last_loss": _mean(trained_losses[-5:]),
-        "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)],
+        "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)], "source": source.kind,
+        "clip": config_to_dict(data_cfg.clip),
         "skipped": [{"path": p, "reason": r}
                     for p, r in [*skipped, *test_skipped, *(f for rank in every_failure for f in rank)]],
     }  # fmt: skip

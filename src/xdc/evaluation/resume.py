@@ -18,12 +18,12 @@ from xdc.training import checkpoint
 from xdc.training.checkpoint import read_made_with
 
 
-def identity(run: Path, run_cfg: Config, items: list[Item], **settings) -> str:
-    """What a pass over ``items`` with a run's encoder computes depends on: the run's weights (their file's digest)
-    and settings, every item (path, label, split, window), and ``settings`` (JSON-able: the encoder, the mode, ...).
-    Not the number of loader workers: every draw comes from (seed, epoch, position)."""
+def identity(weights: Path, run_cfg: Config, items: list[Item], **settings) -> str:
+    """What a pass over ``items`` with an encoder computes depends on: its weights (the digest of their file
+    ``weights``) and settings, every item (path, label, split, window), and ``settings`` (JSON-able: the encoder,
+    the mode, ...). Not the number of loader workers: every draw comes from (seed, epoch, position)."""
     return json.dumps({
-        "weights": _digest(Path(run) / "encoders.pt"), "run": config_to_dict(run_cfg),
+        "weights": _digest(weights), "run": config_to_dict(run_cfg),
         "items": hashlib.sha256(json.dumps([dataclasses.astuple(i) for i in items]).encode()).hexdigest(),
         **settings,
     }, sort_keys=True)  # fmt: skip

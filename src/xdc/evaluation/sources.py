@@ -1,0 +1,100 @@
+"""What ``--run`` of ``xdc extract`` and ``xdc eval finetune`` may name: an encoder to evaluate, with the settings
+that make its clips and place it on a device.
+
+- a pretraining run folder: the encoder of its ``encoders.pt``, with the run's ``config.yaml``;
+- an ``xdc export`` folder or one of its ``.safetensors`` files: the settings in the file's metadata;
+- a file of the released XDC weights (``.pth``, ``.pt``): the video encoder, with the paper preset's settings
+  (8 frames at 8 fps, 112 x 112 crops of frames scaled to a short side of 128), which ``data.*`` settings change
+  (the paper finetunes on 32 frames: ``data.clip.frames=32``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from xdc.config import Config, load_config, with_settings
+from xdc.errors import UserError
+from xdc.models.encoders import build_encoder
+from xdc.training import checkpoint
+
+KINDS = ("run", "export", "released")
+
+
+@dataclass
+class Source:
+    encoder: nn.Module  # in eval mode
+    modality: str
+    cfg: Config  # data: the clips it is fed; train: how it runs on a GPU (precision, layout)
+    weights: Path  # the file whose digest says, in kept progress, which weights made it
+    kind: str  # one of KINDS
+
+
+def load_source(path: str | Path, name: str, settings: dict[str, Any] | None = None) -> Source:
+    """The encoder ``name`` of ``path`` (a run folder, an export or the released weights; see the module), with its
+    settings, then ``settings`` (dotted keys: values) over them."""
+    path = Path(path)
+    if path.is_dir() and not _is_run(path) and any(path.glob("*.safetensors")):
+        source = _export(path, name)
+    elif path.is_dir():
+        source = _run(path, name)
+    elif path.suffix == ".safetensors":
+        source = _export(path, name)
+    elif path.is_file() and _is_run(path.parent):
+        raise UserError(f"{path} is a file of the run {path.parent}: give the run's folder")
+    elif path.is_file():
+        source = _released(path, name)
+    else:
+        raise UserError(f"{path}: no such file or folder (a pretraining run folder, an `xdc export` folder or file, "
+                        "or the released XDC weights)")  # fmt: skip
+    if settings:
+        source.cfg = with_settings(source.cfg, settings)
+    return source
+
+
+def load_run_encoder(run: str | Path, name: str) -> tuple[nn.Module, str, Config]:
+    """The encoder ``name`` of a pretraining run (eval mode), its modality and the run's configuration."""
+    source = _run(Path(run), name)
+    return source.encoder, source.modality, source.cfg
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "config.yaml").exists() or (folder / "checkpoints").is_dir()
+
+
+def _run(run: Path, name: str) -> Source:
+    weights = checkpoint.finished_encoders(run)
+    saved = checkpoint.load(weights)
+    if name not in saved["encoders"]:
+        raise UserError(f"{run} has no encoder {name!r}; it has: {', '.join(saved['encoders'])}")
+    cfg = load_config(run / "config.yaml")
+    modality = saved["modalities"][name]
+    encoder = build_encoder(modality, cfg.model)
+    encoder.load_state_dict(saved["encoders"][name])
+    return Source(encoder.eval(), modality, cfg, weights, "run")
+
+
+def _export(path: Path, name: str) -> Source:
+    from xdc.export import encoder_file, load_encoder, read_metadata
+
+    file = encoder_file(path, name)
+    meta = read_metadata(file)
+    data = meta["data"]
+    # Exports before 2026-11-30 lack the training jitter: the short side clips are scaled to, then up to 1.25x it
+    # (the paper preset's 128-160), which finetuning's training clips draw from.
+    short = data["eval_short_side"]
+    augment = data.get("augment", {"scale_min": short, "scale_max": round(short * 1.25)})
+    cfg = load_config(mapping={"model": meta["model"],
+                               "data": {"clip": data["clip"], "mel": data["mel"], "augment": augment}})  # fmt: skip
+    return Source(load_encoder(file), meta["modality"], cfg, file, "export")
+
+
+def _released(path: Path, name: str) -> Source:
+    from xdc.models.official import load_official_xdc
+
+    if name != "video":
+        raise UserError(f"{path}: the released XDC weights are a video encoder: use --encoder video, not {name!r}")
+    return Source(load_official_xdc(path), "video", load_config(preset="paper"), path, "released")

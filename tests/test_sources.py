@@ -1,0 +1,151 @@
+"""What --run of `xdc extract` and `xdc eval finetune` takes besides a run folder: an `xdc export` (folder or file)
+and the released XDC weights; and the data.* settings given over an encoder's own (xdc.evaluation.sources)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_manifest
+from test_official import official_state_dict
+from xdc.cli import main
+from xdc.config import load_config
+from xdc.data.datasets import EvalClips
+from xdc.evaluation.adapters import Item, write_table
+from xdc.evaluation.extract import items_to_manifest
+from xdc.evaluation.sources import load_source
+from xdc.export import export_run
+from xdc.models.official import load_official_xdc
+from xdc.training.distributed import Dist
+from xdc.training.pretrain import pretrain
+
+# The released weights are R(2+1)D-18 at full width: clips of 2 frames of 32 x 32 keep the tests quick.
+SMALL_CLIPS = ["data.clip.frames=2", "data.clip.fps=2", "data.clip.crop=32", "data.clip.decode_short_side=40",
+               "data.augment.scale_min=36", "data.augment.scale_max=40"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    """A finished tiny run, its export, a released-weights file, and a table of its videos."""
+    root = tmp_path_factory.mktemp("sources")
+    synthetic_manifest(root, 12, 2, seed=2)
+    cfg = load_config(None, ["train.batch_size=4", "train.k=2", "train.rounds=1", "data.workers=0"], preset="tiny")
+    pretrain(cfg, root / "manifest.csv", root / "run", resume=False, ctx=Dist())
+    export_run(root / "run", root / "export")
+    torch.save(official_state_dict(), root / "r2plus1d_18_xdc_ig65m_kinetics.pth")
+    with open(root / "data" / "labels.csv") as f:
+        items = [Item(str(root / "data" / r["path"]), r["label"], "test" if i % 3 == 0 else "train")
+                 for i, r in enumerate(csv.DictReader(f))]  # fmt: skip
+    write_table(items, root / "table.csv")
+    return {"root": root, "run": root / "run", "export": root / "export", "released": root / "r2plus1d_18_xdc_ig65m_"
+            "kinetics.pth", "table": root / "table.csv"}  # fmt: skip
+
+
+def _features(summary_out: Path) -> np.ndarray:
+    return np.load(summary_out)["features"]
+
+
+def test_an_export_gives_its_runs_features_and_finetuning(made, tmp_path):
+    for name in ("video", "audio"):
+        outs = {}
+        for kind, path in (("run", made["run"]), ("export", made["export"]),
+                           ("export", made["export"] / f"{name}.safetensors")):  # fmt: skip
+            out = tmp_path / f"{name}-{path.name}.npz"
+            assert main(["extract", "--run", str(path), "--encoder", name, "--data", str(made["table"]), "--out",
+                         str(out), "--clips", "2"]) == 0  # fmt: skip
+            assert json.loads(out.with_suffix(".json").read_text())["source"] == kind
+            outs[path] = _features(out)
+        first, *others = outs.values()
+        for other in others:
+            np.testing.assert_array_equal(first, other)
+    # the export's metadata carries the run's training jitter, which finetuning draws its clips from
+    assert load_source(made["export"], "video").cfg.data.augment == load_source(made["run"], "video").cfg.data.augment
+    results = []
+    for path in (made["run"], made["export"]):
+        out = tmp_path / f"ft-{path.name}.json"
+        assert main(["eval", "finetune", "--run", str(path), "--encoder", "audio", "--data", str(made["table"]),
+                     "--mode", "full", "--out", str(out), "--set", "finetune.epochs=2",
+                     "--set", "finetune.batch_size=4", "--set", "finetune.test_clips=1"]) == 0  # fmt: skip
+        results.append(json.loads(out.read_text()))
+    assert [r["source"] for r in results] == ["run", "export"]
+    assert results[0]["splits"][0]["epoch_losses"] == results[1]["splits"][0]["epoch_losses"]
+
+
+def test_an_export_from_before_the_jitter_was_kept_scales_to_a_quarter_more(made, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    old = tmp_path / "video.safetensors"
+    with safe_open(made["export"] / "video.safetensors", framework="pt") as f:
+        meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    data = json.loads(meta["data"])
+    del data["augment"]
+    save_file(weights, old, metadata={**meta, "data": json.dumps(data)})
+    augment = load_source(old, "video").cfg.data.augment
+    assert (augment.scale_min, augment.scale_max) == (36, 45)  # tiny's short side 36, then up to 1.25x
+
+
+def test_the_released_weights_extract_with_the_paper_clips_and_data_settings_over_them(made, tmp_path, capsys):
+    out = tmp_path / "released.npz"
+    settings = [f"--set={s}" for s in SMALL_CLIPS]
+    assert main(["extract", "--run", str(made["released"]), "--encoder", "video", "--data", str(made["table"]),
+                 "--out", str(out), "--clips", "1", *settings]) == 0  # fmt: skip
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["source"] == "released" and summary["data"]["clip"]["frames"] == 2
+    assert summary["data"]["mel"] == json.loads(json.dumps(load_config(preset="paper").data.mel.__dict__))
+    features = _features(out)
+    assert features.shape == (12, 512)
+    # the features are those of the released network on the clips those settings make, computed here by hand
+    cfg = load_config(None, SMALL_CLIPS, preset="paper")
+    table = load_source(made["released"], "video").cfg
+    assert table.data.clip.frames == 8 and table.data.clip.crop == 112  # the paper preset's, without settings
+    items = [Item(str(made["root"] / "data" / "videos" / "000000.mp4"), "x")]
+    manifest = items_to_manifest(items, tmp_path / "probe.csv", "video")[0]
+    clip = EvalClips(manifest, cfg.data, clips=1, modalities=("video",))[0]["video"]
+    assert clip.shape == (3, 2, 32, 32)
+    with torch.no_grad():
+        expected = load_official_xdc(made["released"])(clip[None]).numpy()
+    paths = np.load(out)["path"]
+    np.testing.assert_allclose(features[paths == items[0].path], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_finetuning_the_released_weights_on_clips_of_another_length(made, tmp_path):
+    out = tmp_path / "ft.json"
+    settings = [f"--set={s}" for s in [*SMALL_CLIPS, "data.clip.frames=3", "finetune.epochs=1",
+                                       "finetune.batch_size=4", "finetune.test_clips=1"]]  # fmt: skip
+    assert main(["eval", "finetune", "--run", str(made["released"]), "--encoder", "video", "--data",
+                 str(made["table"]), "--mode", "fc", "--out", str(out), *settings]) == 0  # fmt: skip
+    record = json.loads(out.read_text())
+    assert record["source"] == "released" and record["clip"]["frames"] == 3 and record["clip"]["crop"] == 32
+    assert record["settings"]["data.clip.frames"] == 3
+    assert "source" not in record["splits"][0] and record["splits"][0]["n_train"] == 8
+
+
+def test_settings_the_encoder_decides_are_named_and_mistakes_are_one_line(made, tmp_path, capsys):
+    base = ["extract", "--encoder", "video", "--data", str(made["table"]), "--clips", "1"]
+    assert main([*base, "--run", str(made["run"]), "--out", str(tmp_path / "a"), "--set", "train.k=9",
+                 "--set", "model.video_width=16", "--set", "data.eval_clips=2"]) == 0  # fmt: skip
+    assert ("WARNING: xdc extract takes the encoder's model and train settings from --run; not used: train.k, "
+            "model.video_width\n") in capsys.readouterr().err  # fmt: skip
+    config = tmp_path / "settings.yaml"
+    config.write_text("seed: 3\nfinetune: {epochs: 1, batch_size: 4, test_clips: 1}\ndata: {eval_clips: 1}\n")
+    assert main(["eval", "finetune", "--run", str(made["run"]), "--encoder", "audio", "--data", str(made["table"]),
+                 "--mode", "fc", "--config", str(config), "--out", str(tmp_path / "ft.json")]) == 0  # fmt: skip
+    assert "WARNING" not in capsys.readouterr().err  # seed and finetune.* are finetuning's own
+    for run, encoder, message in (
+        (made["released"], "audio", "the released XDC weights are a video encoder: use --encoder video"),
+        (made["run"] / "encoders.pt", "video", f"is a file of the run {made['run']}: give the run's folder"),
+        (made["root"] / "nothing", "video", "no such file or folder (a pretraining run folder, an `xdc export`"),
+        (made["export"], "video2", "has no encoder 'video2'; it has: audio, video"),
+        (made["export"] / "audio.safetensors", "video", "holds the encoder 'audio', not 'video'"),
+    ):  # fmt: skip
+        assert main([*base[:1], "--encoder", encoder, *base[3:], "--run", str(run), "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert main([*base, "--run", str(made["run"]), "--out", str(tmp_path / "c"), "--set", "data.clip.crop=500"]) == 2
+    assert "need data.clip.crop <= data.augment.scale_min" in capsys.readouterr().err
