@@ -85,6 +85,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     from xdc.data.synthetic import make_synthetic
 
     cfg = _config(args)
+    _warn_unused(args, ("synthetic.",), "xdc make-synthetic reads only synthetic.* settings")
     labels = make_synthetic(args.out, args.videos, args.classes, seed=args.seed, cfg=cfg.synthetic, workers=args.workers)
     print(f"wrote {args.videos} clips of {args.classes} classes and {labels}")
     return 0
@@ -167,12 +168,16 @@ def _encoder_settings(args: argparse.Namespace, command: str, own: tuple[str, ..
     is fed, over its own: e.g. the paper's 32-frame finetuning. The command's ``own`` keys (prefixes) are its to
     use; a warning names any other, which the encoder's own settings decide."""
     cfg = _config(args)
-    keys = given_keys(args.config, args.overrides)
-    unused = [key for key in keys if not key.startswith(("data.", *own))]
+    _warn_unused(args, ("data.", *own), f"xdc {command} takes the encoder's model and train settings from --run")
+    return {key: setting(cfg, key) for key in given_keys(args.config, args.overrides) if key.startswith("data.")}
+
+
+def _warn_unused(args: argparse.Namespace, used: tuple[str, ...], why: str) -> None:
+    """Name the settings given (``--config``, ``--set``) that the command does not read: those that start with none
+    of ``used``."""
+    unused = [key for key in given_keys(args.config, args.overrides) if not key.startswith(used)]
     if unused and int(os.environ.get("RANK", "0")) == 0:
-        print(f"WARNING: xdc {command} takes the encoder's model and train settings from --run; not used: "
-              f"{', '.join(unused)}", file=sys.stderr)  # fmt: skip
-    return {key: setting(cfg, key) for key in keys if key.startswith("data.")}
+        print(f"WARNING: {why}; not used: {', '.join(unused)}", file=sys.stderr)
 
 
 def _device_under_torchrun(device: str, ctx: Dist) -> None:
