@@ -149,3 +149,71 @@ def test_settings_the_encoder_decides_are_named_and_mistakes_are_one_line(made, 
         assert message in err and err.count("\n") == 1, err
     assert main([*base, "--run", str(made["run"]), "--out", str(tmp_path / "c"), "--set", "data.clip.crop=500"]) == 2
     assert "need data.clip.crop <= data.augment.scale_min" in capsys.readouterr().err
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_pretraining_starts_from_a_run_an_export_or_the_released_weights(made, tmp_path, capsys):
+    from xdc.evaluation.sources import load_run_encoder
+    from xdc.training.pretrain import Pretrainer
+
+    manifest = made["root"] / "manifest.csv"
+    own = {name: _state(load_run_encoder(made["run"], name)[0]) for name in ("video", "audio")}
+    tiny = ["train.batch_size=4", "train.k=2", "data.workers=0"]
+    for init in (made["run"], made["export"], made["export"] / "video.safetensors"):
+        cfg = load_config(None, [*tiny, "train.method=xdc", f"train.init={init}"], preset="tiny")
+        trainer = Pretrainer(cfg, manifest, tmp_path / "a", Dist())
+        for name in ("video", "audio") if init.is_dir() else ("video",):
+            assert all(torch.equal(v, own[name][k]) for k, v in trainer.encoders[name].state_dict().items()), init
+        if not init.is_dir():  # the file holds the video encoder alone
+            audio = trainer.encoders["audio"].state_dict()
+            assert not any(torch.equal(v, own["audio"][k]) for k, v in audio.items() if k.endswith("conv1.weight"))
+            assert "from random weights: audio (not in it)" in capsys.readouterr().out
+    # the released weights: into a run with their model settings, the video encoder; audio starts at random
+    released = ["train.method=xdc", f"train.init={made['released']}", "model.video_width=64",
+                "model.video_layers=[2,2,2,2]", "model.video_mid_width=per_conv", "model.video_bn_eps=0.001"]
+    trainer = Pretrainer(load_config(None, [*tiny, *released], preset="tiny"), manifest, tmp_path / "b", Dist())
+    expected = load_official_xdc(made["released"]).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in trainer.encoders["video"].state_dict().items())
+    assert {m.eps for m in trainer.encoders["video"].modules() if isinstance(m, torch.nn.BatchNorm3d)} == {0.001}
+    assert "from random weights: audio (not in it)" in capsys.readouterr().out
+
+
+def test_a_pretraining_init_that_does_not_fit_is_one_line(made, tmp_path, capsys):
+    base = ["pretrain", "--data", str(made["root"] / "manifest.csv"), "--preset", "tiny", "--k", "2", "--rounds", "1",
+            "--set", "train.batch_size=4", "--set", "data.workers=0"]  # fmt: skip
+    for settings, message in (
+        ([f"train.init={made['released']}"], "train.init " + str(made["released"]) + ": its video encoder is built "
+         "otherwise than this run's; for its model settings: --set model.video_width=64 --set "
+         "model.video_layers=[2,2,2,2] --set model.video_mid_width=per_conv --set model.video_bn_eps=0.001"),
+        ([f"train.init={made['export'] / 'audio.safetensors'}", "train.method=sdc-video"],
+         "has none of the encoders of method sdc-video, video (video); it has audio (audio)"),
+        ([f"train.init={made['root'] / 'none.pth'}"], "none.pth: no such file or folder"),
+        (["train.init=" + str(made["root"] / "data" / "labels.csv")], "cannot read"),
+    ):  # fmt: skip
+        out = tmp_path / f"run{len(message)}"
+        assert main([*base, "--out", str(out), *(f"--set={s}" for s in settings)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_a_run_started_from_another_keeps_where_from_and_resumes_without_it(made, tmp_path, capsys):
+    import shutil
+
+    start = tmp_path / "start"
+    shutil.copytree(made["run"], start)
+    out = tmp_path / "run"
+    base = ["pretrain", "--data", str(made["root"] / "manifest.csv"), "--out", str(out), "--preset", "tiny", "--k", "2",
+            "--set", "train.batch_size=4", "--set", "data.workers=0"]  # fmt: skip
+    assert main([*base, "--rounds", "1", "--set", f"train.init={start}"]) == 0
+    assert f"encoders from {start}: video, audio" in capsys.readouterr().out
+    assert load_config(out / "config.yaml").train.init == str(start.resolve())
+    first = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert first["kind"] == "start" and first["init"] == str(start.resolve())
+    shutil.rmtree(start)  # a resumed run's weights are its checkpoint's: the init is not read again
+    assert main([*base, "--resume", "--rounds", "2"]) == 0
+    export_run(out, tmp_path / "export")
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert f"- initial weights: `{start.resolve()}` (train.init;" in card

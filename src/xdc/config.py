@@ -209,11 +209,19 @@ class ModelConfig:
     audio_width: int = 64
     video_layers: tuple[int, ...] = (2, 2, 2, 2)  # residual blocks per stage (ResNet-18: 2 each)
     audio_layers: tuple[int, ...] = (2, 2, 2, 2)
+    # The (2+1)D convs' middle widths: "block" (torchvision's, one per block) or "per_conv" (each its own, as in the
+    # released XDC weights, whose BatchNorms also use eps 1e-3: xdc.models.official)
+    video_mid_width: str = "block"
+    video_bn_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         for name in ("video_width", "audio_width"):
             if getattr(self, name) < 1:
                 raise UserError(f"model.{name} must be a positive integer, not {getattr(self, name)}")
+        if self.video_mid_width not in ("block", "per_conv"):
+            raise UserError(f"model.video_mid_width must be 'block' or 'per_conv', not {self.video_mid_width!r}")
+        if not self.video_bn_eps > 0:
+            raise UserError(f"model.video_bn_eps must be above 0, not {self.video_bn_eps!r}")
         for name in ("video_layers", "audio_layers"):
             layers = getattr(self, name)
             if len(layers) != 4 or min(layers) < 1:
@@ -269,6 +277,9 @@ class TrainConfig:
     pad_widths: int | str = "auto"
     # the video stem's 7 x 7 stride-2 convolution computed over 2 x 2 pixel blocks: same model (xdc.models.stem)
     s2d_stem: bool = False
+    # start the encoders from these weights instead of random ones: a run folder, an `xdc export`, or the released
+    # XDC weights (xdc.evaluation.sources); each encoder the file has of the same name, modality and model settings
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.recluster not in ("epochs", "plateau"):

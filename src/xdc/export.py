@@ -301,6 +301,8 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
                   f"re-cluster on {train.recluster}, assignment {train.assign}",
                   f"- optimiser: SGD lr {train.lr}, momentum {train.momentum}, weight decay {train.weight_decay}, "
                   f"batch {train.batch_size}; seed {cfg.seed}"]  # fmt: skip
+    if train.init is not None:
+        lines.append(f"- initial weights: `{train.init}` (train.init; an encoder it does not hold started at random)")
     lines += ["", "### Last round's clusters", "", *_cluster_lines(run, method)]
     lines += ["", "## Evaluation", "", *_metric_lines(results)]
     lines += ["", "## Input", "", *_input_lines(cfg, set(modalities.values()))]

@@ -22,6 +22,7 @@ from xdc.models.encoders import build_encoder
 from xdc.training import checkpoint
 
 KINDS = ("run", "export", "released")
+RELEASED_MODEL = {"video_mid_width": "per_conv", "video_bn_eps": 1e-3}  # the paper preset's model otherwise
 
 
 @dataclass
@@ -37,19 +38,7 @@ def load_source(path: str | Path, name: str, settings: dict[str, Any] | None = N
     """The encoder ``name`` of ``path`` (a run folder, an export or the released weights; see the module), with its
     settings, then ``settings`` (dotted keys: values) over them."""
     path = Path(path)
-    if path.is_dir() and not _is_run(path) and any(path.glob("*.safetensors")):
-        source = _export(path, name)
-    elif path.is_dir():
-        source = _run(path, name)
-    elif path.suffix == ".safetensors":
-        source = _export(path, name)
-    elif path.is_file() and _is_run(path.parent):
-        raise UserError(f"{path} is a file of the run {path.parent}: give the run's folder")
-    elif path.is_file():
-        source = _released(path, name)
-    else:
-        raise UserError(f"{path}: no such file or folder (a pretraining run folder, an `xdc export` folder or file, "
-                        "or the released XDC weights)")  # fmt: skip
+    source = {"run": _run, "export": _export, "released": _released}[_kind(path)](path, name)
     if settings:
         source.cfg = with_settings(source.cfg, settings)
     return source
@@ -59,6 +48,34 @@ def load_run_encoder(run: str | Path, name: str) -> tuple[nn.Module, str, Config
     """The encoder ``name`` of a pretraining run (eval mode), its modality and the run's configuration."""
     source = _run(Path(run), name)
     return source.encoder, source.modality, source.cfg
+
+
+def encoder_modalities(path: str | Path) -> dict[str, str]:
+    """The encoders that ``path`` (as for load_source) holds: name -> modality."""
+    path = Path(path)
+    kind = _kind(path)
+    if kind == "run":
+        return dict(checkpoint.load(checkpoint.finished_encoders(path))["modalities"])
+    if kind == "export":
+        from xdc.export import read_metadata
+
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        return {file.stem: read_metadata(file)["modality"] for file in files}
+    return {"video": "video"}
+
+
+def _kind(path: Path) -> str:
+    """Which of KINDS ``path`` is, by its form (what is in it is checked as it loads)."""
+    if path.is_dir():
+        return "export" if not _is_run(path) and any(path.glob("*.safetensors")) else "run"
+    if path.suffix == ".safetensors":
+        return "export"
+    if path.is_file() and _is_run(path.parent):
+        raise UserError(f"{path} is a file of the run {path.parent}: give the run's folder")
+    if path.is_file():
+        return "released"
+    raise UserError(f"{path}: no such file or folder (a pretraining run folder, an `xdc export` folder or file, or "
+                    "the released XDC weights)")  # fmt: skip
 
 
 def _is_run(folder: Path) -> bool:
@@ -97,4 +114,6 @@ def _released(path: Path, name: str) -> Source:
 
     if name != "video":
         raise UserError(f"{path}: the released XDC weights are a video encoder: use --encoder video, not {name!r}")
-    return Source(load_official_xdc(path), "video", load_config(preset="paper"), path, "released")
+    return Source(load_official_xdc(path), "video", load_config(preset="paper", mapping={"model": RELEASED_MODEL}),
+                  path, "released")  # fmt: skip
+

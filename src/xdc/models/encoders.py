@@ -136,7 +136,7 @@ LAYOUTS = {"video": torch.channels_last_3d, "audio": torch.channels_last}
 def build_encoder(modality: str, cfg: ModelConfig) -> VideoEncoder | AudioEncoder:
     """The encoder of ``modality`` ("video" or "audio") with the widths and depths of ``cfg``."""
     if modality == "video":
-        return VideoEncoder(cfg.video_width, cfg.video_layers)
+        return VideoEncoder(cfg.video_width, cfg.video_layers, cfg.video_mid_width, cfg.video_bn_eps)
     if modality == "audio":
         return AudioEncoder(cfg.audio_width, cfg.audio_layers)
     raise ValueError(f"modality must be 'video' or 'audio', not {modality!r}")

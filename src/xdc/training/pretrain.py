@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import os
 import shutil
@@ -49,7 +50,7 @@ from xdc.clustering.sharded import (
 )
 from xdc.clustering.sinkhorn import balance
 from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
-from xdc.config import Config, TrainConfig, config_to_dict, load_config, node_ranks
+from xdc.config import Config, TrainConfig, config_to_dict, load_config, node_ranks, with_settings
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog
@@ -185,7 +186,10 @@ class Pretrainer:
         torch.manual_seed(cfg.seed)
         self.encoders = nn.ModuleDict(
             {name: build_encoder(modality, cfg.model) for name, modality in self.method.encoders.items()}
-        ).to(ctx.device)
+        )
+        if cfg.train.init is not None and not resume:  # a resumed run's weights are its checkpoint's
+            self._start_from(Path(cfg.train.init))
+        self.encoders.to(ctx.device)
         self.pad_widths = cfg.train.pad_widths_on(ctx.device.type)
         self.workers = cfg.data.workers_on(ctx.device.type)  # loader processes of this rank
         self._check_shared_memory()
@@ -206,6 +210,34 @@ class Pretrainer:
         self.noted_data_wait = False  # _note_data_wait says it once per run
         self.kept_clips = 0  # of the last extraction, read back from train.extract_cache
         self.log = RunLog(out, enabled=ctx.main)
+
+    def _start_from(self, init: Path) -> None:
+        """train.init: each encoder of ``init`` (a run, an export or the released weights) that has the name, the
+        modality and the model settings of one of this run's takes its place; the others stay random."""
+        from xdc.evaluation.sources import encoder_modalities, load_source
+
+        given = encoder_modalities(init)
+        taken = [name for name, modality in self.method.encoders.items() if given.get(name) == modality]
+        if not taken:
+            have = ", ".join(f"{name} ({modality})" for name, modality in given.items())
+            want = ", ".join(f"{name} ({modality})" for name, modality in self.method.encoders.items())
+            raise UserError(f"train.init {init} has none of the encoders of method {self.method.name}, {want}; "
+                            f"it has {have}")  # fmt: skip
+        for name in taken:
+            source = load_source(init, name)
+            modality = source.modality
+            fields = [f"{modality}_{field}" for field in ("width", "layers", "mid_width", "bn_eps")
+                      if hasattr(self.cfg.model, f"{modality}_{field}")]  # fmt: skip
+            differ = [f for f in fields if getattr(source.cfg.model, f) != getattr(self.cfg.model, f)]
+            if differ:
+                sets = " ".join(f"--set model.{f}={_set_value(getattr(source.cfg.model, f))}" for f in differ)
+                raise UserError(f"train.init {init}: its {name} encoder is built otherwise than this run's; for its "
+                                f"model settings: {sets}")  # fmt: skip
+            self.encoders[name].load_state_dict(source.encoder.state_dict())
+        if self.ctx.main:
+            rest = [name for name in self.method.encoders if name not in taken]
+            print(f"encoders from {init}: {', '.join(taken)}" + (f"; from random weights: {', '.join(rest)} (not in "
+                  "it)" if rest else ""))  # fmt: skip
 
     def _index_space(self, manifest_path: Path, resume: bool) -> Manifest:
         """The run's videos: row i of every label set is video i. Made once, by rank 0, from the manifest after
@@ -316,7 +348,7 @@ class Pretrainer:
         # what the train settings left at auto became here: the config says auto, the log says what ran
         cudnn = torch.backends.cudnn.version() if self.ctx.device.type == "cuda" else None
         self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
-                       threads=torch.get_num_threads(), torch=torch.__version__, cudnn=cudnn,
+                       threads=torch.get_num_threads(), init=cfg.init, torch=torch.__version__, cudnn=cudnn,
                        bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
                        compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on,
                        crops_on="device" if self.device_crops else "workers",
@@ -907,6 +939,8 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, ro
             cfg = load_config(out / "config.yaml", [f"train.rounds={rounds}"])
     elif last.exists() or (out / "encoders.pt").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    elif cfg.train.init is not None:  # the run's config.yaml names it wherever the run is resumed from
+        cfg = with_settings(cfg, {"train.init": str(Path(cfg.train.init).expanduser().resolve())})
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -925,6 +959,11 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, ro
             print(f"its encoders after {done} rounds are kept as {kept}")
     trainer.run()
     return out / "encoders.pt"
+
+
+def _set_value(value) -> str:
+    """A setting's value as --set takes it in a shell: [2,2,2,2] for a tuple."""
+    return json.dumps(list(value), separators=(",", ":")) if isinstance(value, (tuple, list)) else str(value)
 
 
 def _write_config(cfg: Config, out: Path) -> None:
