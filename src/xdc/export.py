@@ -68,7 +68,7 @@ def load_encoder(path: str | Path, name: str | None = None) -> nn.Module:
 
 def read_metadata(path: str | Path, name: str | None = None) -> dict:
     """The metadata of an exported encoder (file, or folder and ``name``), with the JSON values decoded:
-    name, modality, method, model, feature_dim, input_shape, data {clip, mel, eval_short_side}, and for video
+    name, modality, method, model, feature_dim, input_shape, data {clip, mel, eval_short_side, augment}, and for video
     video_mean / video_std."""
     file = encoder_file(Path(path), name)
     try:

@@ -93,10 +93,10 @@ def eval_finetune(
 ) -> dict | None:  # fmt: skip
     """Finetune the encoder ``encoder`` of ``run`` (a run folder, an export or the released weights, with
     ``settings`` over its own: xdc.evaluation.sources) on one official split, or on each of 1-3 (``split='all'``)
-    and report the mean. Progress, each
-    batch's loss and the test accuracies go to a folder beside ``out`` (``finetune_folder``): the same command run
-    again after a crash goes on from there; once it has written its result, only the logs stay. Under torchrun
-    (``ctx``) every rank trains and tests its share, and rank 0 alone writes and returns the record."""
+    and report the mean. Progress, each batch's loss and the test accuracies go to a folder beside ``out``
+    (``finetune_folder``): the same command run again after a crash goes on from there; once it has written its
+    result, only the logs stay. Under torchrun (``ctx``) every rank trains and tests its share, and rank 0 alone
+    writes and returns the record."""
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.finetune import finetune
     from xdc.training.distributed import Dist

@@ -127,9 +127,8 @@ def extract_features(
         kept.clear()
         return {"out": str(out), "run": str(run), "source": source.kind, "clips": written, "items": len(items),
                 "encoder": encoder_name, "modality": modality, "clips_per_item": clips, "stride": stride,
-                "device": str(place.device),
-                "ranks": ctx.world_size, "bf16": place.bf16, **({"logmel_on": "device" if place.device_logmel else
-                                                                 "workers"} if modality == "audio" else {}),
+                "device": str(place.device), "ranks": ctx.world_size, "bf16": place.bf16,
+                **({"logmel_on": "device" if place.device_logmel else "workers"} if modality == "audio" else {}),
                 "data": config_to_dict(cfg.data),
                 "skipped": [{"path": p, "reason": r} for p, r in [*skipped, *failed]]}  # fmt: skip
 

@@ -56,9 +56,9 @@ def finetune(
     """Train the encoder ``encoder_name`` of ``run`` (a run folder, an export or the released weights:
     xdc.evaluation.sources, with ``settings`` over its own) on the items of split 'train', test on split 'test', on
     ``device`` (xdc.evaluation.device; under torchrun the rank's own); returns the numbers and the settings (None on
-    ranks other than 0). ``work``: where
-    the items' probes are cached. ``state``: where progress is kept (None: nowhere). ``log``: where each batch's
-    loss and learning rate and the test's accuracy go, under ``name`` (TensorBoard tags ``NAME/loss``, ...)."""
+    ranks other than 0). ``work``: where the items' probes are cached. ``state``: where progress is kept (None:
+    nowhere). ``log``: where each batch's loss and learning rate and the test's accuracy go, under ``name``
+    (TensorBoard tags ``NAME/loss``, ...)."""
     ctx = ctx or Dist()
     if mode not in MODES:
         raise UserError(f"mode must be one of {MODES}, not {mode!r}")

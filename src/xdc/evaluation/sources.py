@@ -1,5 +1,5 @@
-"""What ``--run`` of ``xdc extract`` and ``xdc eval finetune`` may name: an encoder to evaluate, with the settings
-that make its clips and place it on a device.
+"""What ``--run`` of ``xdc extract`` and ``xdc eval finetune``, and pretraining's ``train.init``, may name: an
+encoder, with the settings that make its clips and place it on a device.
 
 - a pretraining run folder: the encoder of its ``encoders.pt``, with the run's ``config.yaml``;
 - an ``xdc export`` folder or one of its ``.safetensors`` files: the settings in the file's metadata;
@@ -116,4 +116,3 @@ def _released(path: Path, name: str) -> Source:
         raise UserError(f"{path}: the released XDC weights are a video encoder: use --encoder video, not {name!r}")
     return Source(load_official_xdc(path), "video", load_config(preset="paper", mapping={"model": RELEASED_MODEL}),
                   path, "released")  # fmt: skip
-
