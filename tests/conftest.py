@@ -48,6 +48,20 @@ def synthetic_manifest(root: Path, videos: int, classes: int, seed: int) -> Path
     return root / "manifest.csv"
 
 
+def tiny_run(root: Path, videos: int, classes: int, seed: int, batch: int, k: int) -> Path:
+    """A finished one-round XDC run of the tiny preset (no loader workers) on synthetic_manifest(root, ...):
+    root/run."""
+    from xdc.config import load_config
+    from xdc.training.distributed import Dist
+    from xdc.training.pretrain import pretrain
+
+    synthetic_manifest(root, videos, classes, seed=seed)
+    cfg = load_config(None, [f"train.batch_size={batch}", f"train.k={k}", "train.rounds=1", "data.workers=0"],
+                      preset="tiny")  # fmt: skip
+    pretrain(cfg, root / "manifest.csv", root / "run", resume=False, ctx=Dist())
+    return root / "run"
+
+
 def ready_trainer(manifest: Path, out: Path, *settings: str):
     """A tiny-preset Pretrainer (batch 8, k = 4, no loader workers) ready to step: every video in one of 4
     pseudo-label clusters, fresh heads, training mode."""

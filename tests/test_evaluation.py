@@ -14,24 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_manifest
+from conftest import tiny_run
 from xdc.cli import main
 from xdc.config import load_config
 from xdc.evaluation.adapters import Item, write_table
 from xdc.data.datasets import EvalClips
 from xdc.errors import UserError
 from xdc.evaluation.extract import extract_features, items_to_manifest
-from xdc.training.distributed import Dist
-from xdc.training.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("eval")
-    synthetic_manifest(root, 24, 3, seed=1)
-    cfg = load_config(None, ["train.batch_size=8", "train.k=3", "train.rounds=1", "data.workers=0"], preset="tiny")
-    pretrain(cfg, root / "manifest.csv", root / "run", resume=False, ctx=Dist())
-    return root, root / "run"
+    return root, tiny_run(root, 24, 3, seed=1, batch=8, k=3)
 
 
 def items_of(root: Path) -> list[Item]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_manifest
+from conftest import tiny_run
 from test_official import official_state_dict
 from xdc.cli import main
 from xdc.config import load_config
@@ -22,7 +22,6 @@ from xdc.evaluation.sources import load_source
 from xdc.export import export_run
 from xdc.models.official import load_official_xdc
 from xdc.training.distributed import Dist
-from xdc.training.pretrain import pretrain
 
 # The released weights are R(2+1)D-18 at full width: clips of 2 frames of 32 x 32 keep the tests quick.
 SMALL_CLIPS = ["data.clip.frames=2", "data.clip.fps=2", "data.clip.crop=32", "data.clip.decode_short_side=40",
@@ -33,10 +32,7 @@ SMALL_CLIPS = ["data.clip.frames=2", "data.clip.fps=2", "data.clip.crop=32", "da
 def made(tmp_path_factory) -> dict[str, Path]:
     """A finished tiny run, its export, a released-weights file, and a table of its videos."""
     root = tmp_path_factory.mktemp("sources")
-    synthetic_manifest(root, 12, 2, seed=2)
-    cfg = load_config(None, ["train.batch_size=4", "train.k=2", "train.rounds=1", "data.workers=0"], preset="tiny")
-    pretrain(cfg, root / "manifest.csv", root / "run", resume=False, ctx=Dist())
-    export_run(root / "run", root / "export")
+    export_run(tiny_run(root, 12, 2, seed=2, batch=4, k=2), root / "export")
     torch.save(official_state_dict(), root / "r2plus1d_18_xdc_ig65m_kinetics.pth")
     with open(root / "data" / "labels.csv") as f:
         items = [Item(str(root / "data" / r["path"]), r["label"], "test" if i % 3 == 0 else "train")
