@@ -213,3 +213,7 @@ def test_a_run_started_from_another_keeps_where_from_and_resumes_without_it(made
     export_run(out, tmp_path / "export")
     card = (tmp_path / "export" / "README.md").read_text()
     assert f"- initial weights: `{start.resolve()}` (train.init;" in card
+    from xdc.report import write_report
+
+    write_report(out, tmp_path / "report.html")
+    assert f"initial weights from {start.resolve()}" in (tmp_path / "report.html").read_text()

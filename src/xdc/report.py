@@ -516,7 +516,8 @@ def _header(data: RunData, rounds: Rounds) -> str:
         "batch / lr": f"{train.batch_size} / {train.lr}",
         "clip": f"{clip.frames} frames at {clip.fps:g} fps, {clip.audio_span:g} s of audio at {clip.sample_rate} Hz",
         "frames": f"short side {clip.decode_short_side}, crop {clip.crop}",
-        "encoders": f"video width {model.video_width}, audio width {model.audio_width}",
+        "encoders": f"video width {model.video_width}, audio width {model.audio_width}"
+                    + (f"; initial weights from {train.init}" if train.init is not None else ""),
         "data": f"{len(data.videos)} videos, {labelled} labelled, {len(data.classes)} classes, "
                 f"{len(data.skipped)} skipped",
         "run started": _run_date(data),
