@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_run
 from test_official import official_state_dict
 from xdc.cli import main
-from xdc.config import load_config
+from xdc.config import config_to_dict, load_config
 from xdc.data.datasets import EvalClips
 from xdc.evaluation.adapters import Item, write_table
 from xdc.evaluation.extract import items_to_manifest
@@ -42,8 +42,8 @@ def made(tmp_path_factory) -> dict[str, Path]:
             "kinetics.pth", "table": root / "table.csv"}  # fmt: skip
 
 
-def _features(summary_out: Path) -> np.ndarray:
-    return np.load(summary_out)["features"]
+def _features(npz: Path) -> np.ndarray:
+    return np.load(npz)["features"]
 
 
 def test_an_export_gives_its_runs_features_and_finetuning(made, tmp_path):
@@ -86,20 +86,20 @@ def test_an_export_from_before_the_jitter_was_kept_scales_to_a_quarter_more(made
     assert (augment.scale_min, augment.scale_max) == (36, 45)  # tiny's short side 36, then up to 1.25x
 
 
-def test_the_released_weights_extract_with_the_paper_clips_and_data_settings_over_them(made, tmp_path, capsys):
+def test_the_released_weights_extract_with_the_paper_clips_and_data_settings_over_them(made, tmp_path):
     out = tmp_path / "released.npz"
     settings = [f"--set={s}" for s in SMALL_CLIPS]
     assert main(["extract", "--run", str(made["released"]), "--encoder", "video", "--data", str(made["table"]),
                  "--out", str(out), "--clips", "1", *settings]) == 0  # fmt: skip
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["source"] == "released" and summary["data"]["clip"]["frames"] == 2
-    assert summary["data"]["mel"] == json.loads(json.dumps(load_config(preset="paper").data.mel.__dict__))
+    assert summary["data"]["mel"] == config_to_dict(load_config(preset="paper").data.mel)
     features = _features(out)
     assert features.shape == (12, 512)
     # the features are those of the released network on the clips those settings make, computed here by hand
     cfg = load_config(None, SMALL_CLIPS, preset="paper")
-    table = load_source(made["released"], "video").cfg
-    assert table.data.clip.frames == 8 and table.data.clip.crop == 112  # the paper preset's, without settings
+    own = load_source(made["released"], "video").cfg.data.clip
+    assert own.frames == 8 and own.crop == 112  # the paper preset's, without settings
     items = [Item(str(made["root"] / "data" / "videos" / "000000.mp4"), "x")]
     manifest = items_to_manifest(items, tmp_path / "probe.csv", "video")[0]
     clip = EvalClips(manifest, cfg.data, clips=1, modalities=("video",))[0]["video"]
