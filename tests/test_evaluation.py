@@ -118,7 +118,7 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert "no train/test split" in capsys.readouterr().err
     assert main(["extract", "--run", str(tmp_path), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
-    assert "no encoders.pt" in capsys.readouterr().err
+    assert "is neither a pretraining run folder (no config.yaml or checkpoints/)" in capsys.readouterr().err
     assert main(["extract", "--run", str(run_dir), "--encoder", "video2", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
     assert "has no encoder 'video2'" in capsys.readouterr().err

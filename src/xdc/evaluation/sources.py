@@ -67,7 +67,12 @@ def encoder_modalities(path: str | Path) -> dict[str, str]:
 def _kind(path: Path) -> str:
     """Which of KINDS ``path`` is, by its form (what is in it is checked as it loads)."""
     if path.is_dir():
-        return "export" if not _is_run(path) and any(path.glob("*.safetensors")) else "run"
+        if _is_run(path):
+            return "run"
+        if any(path.glob("*.safetensors")):
+            return "export"
+        raise UserError(f"{path} is neither a pretraining run folder (no config.yaml or checkpoints/) nor an `xdc "
+                        "export` folder (no .safetensors files)")  # fmt: skip
     if path.suffix == ".safetensors":
         return "export"
     if path.is_file() and _is_run(path.parent):
