@@ -19,7 +19,7 @@ from xdc.data.datasets import EvalClips
 from xdc.evaluation.adapters import Item, write_table
 from xdc.evaluation.extract import items_to_manifest
 from xdc.evaluation.sources import load_source
-from xdc.export import export_run
+from xdc.export import export_run, load_encoder
 from xdc.models.official import load_official_xdc
 from xdc.training.distributed import Dist
 
@@ -218,3 +218,31 @@ def test_a_run_started_from_another_keeps_where_from_and_resumes_without_it(made
 
     write_report(out, tmp_path / "report.html")
     assert f"initial weights from {start.resolve()}" in (tmp_path / "report.html").read_text()
+
+
+def test_the_released_weights_export_like_a_run_and_serve_from_there(made, tmp_path, capsys):
+    out = tmp_path / "released"
+    assert main(["export", str(made["released"]), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "video.safetensors"]
+    loaded, expected = load_encoder(out / "video.safetensors"), load_official_xdc(made["released"])
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in loaded.state_dict().items())
+    card = (out / "README.md").read_text()
+    assert "# The released XDC video encoder `r2plus1d_18_xdc_ig65m_kinetics.pth`" in card
+    assert "per-conv middle widths, BatchNorm eps 0.001), width 64 | 2, 2, 2, 2 | 3 x 8 x 112 x 112 | 512" in card
+    # xdc extract from the export: the features of the file itself
+    settings = [f"--set={s}" for s in SMALL_CLIPS]
+    for run, npz in ((made["released"], tmp_path / "a.npz"), (out, tmp_path / "b.npz")):
+        assert main(["extract", "--run", str(run), "--encoder", "video", "--data", str(made["table"]), "--out",
+                     str(npz), "--clips", "1", *settings]) == 0  # fmt: skip
+    np.testing.assert_array_equal(_features(tmp_path / "a.npz"), _features(tmp_path / "b.npz"))
+    # and a pretraining's start: the export carries the model settings the run must share
+    from xdc.training.pretrain import Pretrainer
+
+    released = [f"train.init={out}", "model.video_width=64", "model.video_layers=[2,2,2,2]",
+                "model.video_mid_width=per_conv", "model.video_bn_eps=0.001", "train.k=2", "data.workers=0"]
+    trainer = Pretrainer(load_config(None, released, preset="tiny"), made["root"] / "manifest.csv", tmp_path / "r",
+                         Dist())  # fmt: skip
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in trainer.encoders["video"].state_dict().items())
+    capsys.readouterr()
+    assert main(["export", str(out / "video.safetensors"), "--out", str(tmp_path / "again")]) == 2
+    assert "is an export already: xdc export takes a run folder or the released XDC weights" in capsys.readouterr().err

@@ -36,6 +36,7 @@ from xdc.models.encoders import build_encoder
 from xdc.presets import PRESETS
 from xdc.training import checkpoint
 
+RELEASED = "released"  # the metadata's method of the released XDC weights (xdc or fully supervised: not known)
 FORMAT = "xdc-encoder"
 FORMAT_VERSION = "1"
 _JSON_FIELDS = ("model", "data", "input_shape", "video_mean", "video_std")  # metadata values stored as JSON
@@ -121,8 +122,11 @@ def _model_config(values: dict, file: Path) -> ModelConfig:
 def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tuple = (),
                also: list[str] | tuple = ()) -> list[Path]:  # fmt: skip
     """Write every encoder of the finished run ``run`` and a model card into ``out``, and each encoder as the
-    programs of ``also`` (formats of ``PROGRAMS``); returns the files."""
+    programs of ``also`` (formats of ``PROGRAMS``); returns the files. ``run`` may also be a file of the released
+    XDC weights (``export_released``)."""
     run, out = Path(run), Path(out)
+    if run.is_file():
+        return export_released(run, out, metrics, also)
     encoders_file = checkpoint.finished_encoders(run)
     _check_programs(also)  # every input is checked before anything is written
     results = [_read_result(Path(m)) for m in metrics]
@@ -132,21 +136,47 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
     encoders, files = {}, []
     for name in saved["encoders"]:
         encoder, modality, _ = load_run_encoder(run, name)
-        path = out / f"{name}.safetensors"
-        tmp = _partial(path)
-        meta = encoder_metadata(name, modality, saved["method"], encoder, cfg)
-        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp, metadata=meta)
-        _as_created(tmp)
-        os.replace(tmp, path)
+        files += _write_encoder(out, name, encoder_metadata(name, modality, saved["method"], encoder, cfg), encoder,
+                                also)  # fmt: skip
         encoders[name] = encoder
-        files.append(path)
-        for fmt in dict.fromkeys(also):
-            files.append(write_program(encoder, meta, out / f"{name}.{fmt}"))
     card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results, also)
+    return [*files, _write_card(out, card)]
+
+
+def export_released(path: Path, out: Path, metrics: list[str | Path] | tuple = (),
+                    also: list[str] | tuple = ()) -> list[Path]:  # fmt: skip
+    """The released XDC weights of ``path`` as an export: ``video.safetensors`` (and its programs) with the
+    metadata of the paper preset's clips and of their network (per-conv middle widths, BatchNorm eps 1e-3), so
+    that ``load_encoder``, ``xdc extract`` and ONNX runtimes take them like a run's; and a model card."""
+    from xdc.evaluation.sources import load_source
+
+    source = load_source(path, "video")  # the file is checked before anything is written
+    if source.kind != "released":
+        raise UserError(f"{path} is an export already: xdc export takes a run folder or the released XDC weights")
+    _check_programs(also)
+    results = [_read_result(Path(m)) for m in metrics]
+    _prepare_out(out)
+    meta = encoder_metadata("video", "video", RELEASED, source.encoder, source.cfg)
+    files = _write_encoder(out, "video", meta, source.encoder, also)
+    return [*files, _write_card(out, released_card(path, source.encoder, source.cfg, results, also))]
+
+
+def _write_encoder(out: Path, name: str, meta: dict[str, str], encoder: nn.Module, also: list[str] | tuple
+                   ) -> list[Path]:  # fmt: skip
+    """``out/<name>.safetensors`` (atomically, with ``meta``), then the programs of ``also``; returns the files."""
+    path = out / f"{name}.safetensors"
+    tmp = _partial(path)
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp, metadata=meta)
+    _as_created(tmp)
+    os.replace(tmp, path)
+    return [path, *(write_program(encoder, meta, out / f"{name}.{fmt}") for fmt in dict.fromkeys(also))]
+
+
+def _write_card(out: Path, card: str) -> Path:
     tmp = _partial(out / CARD)
     tmp.write_text(card, encoding="utf-8", errors="backslashreplace")  # a file name that is not UTF-8, shown
     os.replace(tmp, out / CARD)
-    return [*files, out / CARD]
+    return out / CARD
 
 
 def _check_programs(formats: list[str] | tuple) -> None:
@@ -277,19 +307,8 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
         "```",
         *_program_lines(list(encoders)[0], programs),
         "",
-        "## Encoders",
-        "",
-        "| name | modality | file | network | blocks per stage | input per clip | feature | parameters |",
-        "|---|---|---|---|---|---|---|---|",
+        *_encoder_lines(encoders, modalities, cfg),
     ]
-    for name, encoder in encoders.items():
-        modality = modalities[name]
-        width, layers = getattr(cfg.model, f"{modality}_width"), getattr(cfg.model, f"{modality}_layers")
-        network = "R(2+1)D" if modality == "video" else "ResNet on log-mel"
-        params = sum(p.numel() for p in encoder.parameters())
-        lines.append(f"| {name} | {modality} | `{name}.safetensors` | {network}, width {width} | "
-                     f"{', '.join(map(str, layers))} | {' x '.join(map(str, input_shape(modality, cfg)))} | "
-                     f"{encoder.feature_dim} | {params / 1e6:.3f} M |")  # fmt: skip
     lines += ["", f"Preset: {_preset(cfg)}.", "", "## Training", "", f"- data: {_data_line(run)}"]
     rounds_done = len(list((run / "labels").glob("round_*.npz")))
     if not method.trains:
@@ -307,6 +326,60 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
     lines += ["", "## Evaluation", "", *_metric_lines(results)]
     lines += ["", "## Input", "", *_input_lines(cfg, set(modalities.values()))]
     return "\n".join(lines) + "\n"
+
+
+def released_card(path: Path, encoder: nn.Module, cfg: Config, results: list[dict],
+                  programs: list[str] | tuple = ()) -> str:  # fmt: skip
+    """The README.md of an export of the released XDC weights."""
+    return "\n".join([
+        f"# The released XDC video encoder `{path.name}`",
+        "",
+        "R(2+1)D-18 weights released by the authors of *Self-Supervised Learning by Cross-Modal Audio-Video "
+        "Clustering* (Alwassel et al., NeurIPS 2020), not trained by this library: the file does not say how they "
+        f"were trained (XDC or fully supervised; see its name). Exported with `xdc export` (xdc {__version__}) from "
+        f"`{path}`, in the layout of those files (each (2+1)D convolution with its own middle width, BatchNorm eps "
+        "1e-3).",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "import xdc",
+        "",
+        f'video = xdc.load_encoder("video.safetensors")  # this folder\'s file; eval mode, B x {encoder.feature_dim} '
+        "features",
+        "```",
+        *_program_lines("video", programs),
+        "",
+        *_encoder_lines({"video": encoder}, {"video": "video"}, cfg),
+        "",
+        "## Evaluation",
+        "",
+        *_metric_lines(results),
+        "",
+        "## Input",
+        "",
+        "The paper preset's clips, the usual pretraining setting (the authors finetuned on 32 frames; any number "
+        "works).",
+        "",
+        *_input_lines(cfg, {"video"}),
+    ]) + "\n"
+
+
+def _encoder_lines(encoders: dict[str, nn.Module], modalities: dict[str, str], cfg: Config) -> list[str]:
+    lines = ["## Encoders", "",
+             "| name | modality | file | network | blocks per stage | input per clip | feature | parameters |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, encoder in encoders.items():
+        modality = modalities[name]
+        width, layers = getattr(cfg.model, f"{modality}_width"), getattr(cfg.model, f"{modality}_layers")
+        network = "R(2+1)D" if modality == "video" else "ResNet on log-mel"
+        if modality == "video" and cfg.model.video_mid_width == "per_conv":
+            network += f" (per-conv middle widths, BatchNorm eps {cfg.model.video_bn_eps:g})"
+        params = sum(p.numel() for p in encoder.parameters())
+        lines.append(f"| {name} | {modality} | `{name}.safetensors` | {network}, width {width} | "
+                     f"{', '.join(map(str, layers))} | {' x '.join(map(str, input_shape(modality, cfg)))} | "
+                     f"{encoder.feature_dim} | {params / 1e6:.3f} M |")  # fmt: skip
+    return lines
 
 
 def _program_lines(name: str, programs: list[str] | tuple) -> list[str]:
