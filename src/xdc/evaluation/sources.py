@@ -22,7 +22,6 @@ from xdc.models.encoders import build_encoder
 from xdc.training import checkpoint
 
 KINDS = ("run", "export", "released")
-RELEASED_MODEL = {"video_mid_width": "per_conv", "video_bn_eps": 1e-3}  # the paper preset's model otherwise
 
 
 @dataclass
@@ -115,7 +114,7 @@ def _export(path: Path, name: str) -> Source:
 
 
 def _released(path: Path, name: str) -> Source:
-    from xdc.models.official import load_official_xdc
+    from xdc.models.official import RELEASED_MODEL, load_official_xdc
 
     if name != "video":
         raise UserError(f"{path}: the released XDC weights are a video encoder: use --encoder video, not {name!r}")

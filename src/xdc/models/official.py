@@ -14,18 +14,21 @@ from pathlib import Path
 
 import torch
 
+from xdc.config import ModelConfig
 from xdc.errors import UserError
-from xdc.models.encoders import VideoEncoder
+from xdc.models.encoders import VideoEncoder, build_encoder
 from xdc.training import checkpoint
 
-OFFICIAL_BN_EPS = 1e-3
+# The released network as model settings (the paper preset's widths and depths otherwise): a run with them can
+# start from the weights (train.init), and an export of them rebuilds it (xdc.load_encoder).
+RELEASED_MODEL = {"video_mid_width": "per_conv", "video_bn_eps": 1e-3}
 _WRAPPERS = ("state_dict", "model")  # keys under which training scripts commonly nest the weights
 _PREFIX = "module."  # added by DataParallel / DistributedDataParallel
 
 
 def official_xdc_architecture() -> VideoEncoder:
     """R(2+1)D-18 laid out like the released weights (random initialisation)."""
-    return VideoEncoder(64, (2, 2, 2, 2), mid_width="per_conv", bn_eps=OFFICIAL_BN_EPS)
+    return build_encoder("video", ModelConfig(**RELEASED_MODEL))
 
 
 def load_official_xdc(path: str | Path) -> VideoEncoder:
