@@ -297,15 +297,7 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
         f"Self-supervised encoders trained with `xdc pretrain` (xdc {__version__}), method **{method.name}**: "
         f"{method.description}. Exported with `xdc export` from `{run}`.",
         "",
-        "## Load",
-        "",
-        "```python",
-        "import xdc",
-        "",
-        *(f'{name} = xdc.load_encoder("{name}.safetensors")  # this folder\'s file; eval mode, B x '
-          f"{encoder.feature_dim} features" for name, encoder in encoders.items()),  # fmt: skip
-        "```",
-        *_program_lines(list(encoders)[0], programs),
+        *_load_lines(encoders, programs),
         "",
         *_encoder_lines(encoders, modalities, cfg),
     ]
@@ -340,15 +332,7 @@ def released_card(path: Path, encoder: nn.Module, cfg: Config, results: list[dic
         f"`{path}`, in the layout of those files (each (2+1)D convolution with its own middle width, BatchNorm eps "
         "1e-3).",
         "",
-        "## Load",
-        "",
-        "```python",
-        "import xdc",
-        "",
-        f'video = xdc.load_encoder("video.safetensors")  # this folder\'s file; eval mode, B x {encoder.feature_dim} '
-        "features",
-        "```",
-        *_program_lines("video", programs),
+        *_load_lines({"video": encoder}, programs),
         "",
         *_encoder_lines({"video": encoder}, {"video": "video"}, cfg),
         "",
@@ -363,6 +347,14 @@ def released_card(path: Path, encoder: nn.Module, cfg: Config, results: list[dic
         "",
         *_input_lines(cfg, {"video"}),
     ]) + "\n"
+
+
+def _load_lines(encoders: dict[str, nn.Module], programs: list[str] | tuple) -> list[str]:
+    """How to load the export's encoders: with xdc, then (the first one) as the programs of ``programs``."""
+    return ["## Load", "", "```python", "import xdc", "",
+            *(f'{name} = xdc.load_encoder("{name}.safetensors")  # this folder\'s file; eval mode, B x '
+              f"{encoder.feature_dim} features" for name, encoder in encoders.items()),
+            "```", *_program_lines(list(encoders)[0], programs)]  # fmt: skip
 
 
 def _encoder_lines(encoders: dict[str, nn.Module], modalities: dict[str, str], cfg: Config) -> list[str]:
