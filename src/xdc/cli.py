@@ -31,7 +31,7 @@ def _add_config_options(parser: argparse.ArgumentParser,
 RUN_HELP = ("an xdc pretrain run folder, an xdc export folder or .safetensors file, or a file of the released XDC "
             "weights (.pth)")  # fmt: skip
 SETTINGS_HELP = ("a data.* setting over the encoder's own, e.g. --set data.clip.frames=32 (the paper's finetuning "
-                 "clips) (repeatable)")  # fmt: skip
+                 "clips){} (repeatable)")  # fmt: skip
 
 
 def _config(args: argparse.Namespace, extra: tuple[str, ...] = ()):
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="features .npz (a .json summary is written beside it)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass, per rank (default 32)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    _add_config_options(p, SETTINGS_HELP)
+    _add_config_options(p, SETTINGS_HELP.format(""))
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("eval", help="evaluate features or a run: linear, kfold, finetune, clusters")
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
     q.add_argument("--out", type=Path, help="result JSON")
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
-    _add_config_options(q, SETTINGS_HELP.replace("(repeatable)", "; finetune.*, seed (repeatable)"))
+    _add_config_options(q, SETTINGS_HELP.format(", or a finetune.* setting, or seed"))
     q.set_defaults(func=cmd_eval)
 
     q = evals.add_parser("clusters", help="NMI, ARI, purity, Hungarian accuracy of a run's clusters vs labels")
