@@ -98,7 +98,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"train.{key}={value}" for key in ("method", "k", "rounds", "assign") if (value := getattr(args, key)) is not None
     ]
     cfg = _config(args, tuple(shortcuts))
-    given = [item.partition("=")[0].strip() for item in [*shortcuts, *args.overrides]]
+    given = given_keys(None, [*shortcuts, *args.overrides])
     rounds = cfg.train.rounds if args.resume and "train.rounds" in given else None  # extends or shortens the run
     if args.resume and int(os.environ.get("RANK", "0")) == 0:
         _warn_unused_on_resume(cfg, [key for key in given if key != "train.rounds"], args.out / "config.yaml")
@@ -116,7 +116,7 @@ def _warn_unused_on_resume(cfg: Config, given: list[str], saved: Path) -> None:
     if not saved.exists():  # nothing to resume: pretrain says so
         return
     run = load_config(saved)
-    unused = [f"{key}={setting(cfg, key)!r} (the run's: {setting(run, key)!r})" for key in dict.fromkeys(given)
+    unused = [f"{key}={setting(cfg, key)!r} (the run's: {setting(run, key)!r})" for key in given
               if setting(cfg, key) != setting(run, key)]  # fmt: skip
     if unused:
         print(f"WARNING: a resumed run keeps the settings it started with ({saved}); not used: {', '.join(unused)}",

@@ -69,8 +69,8 @@ def finetune(
     saved = None
     if state is not None:  # every rank reads the folder (a resume needs it on every node); rank 0 alone writes
         # checkpoint_every changes how often progress is kept, not what is computed: a resume may change it
-        settings = {k: v for k, v in config_to_dict(cfg).items() if k != "checkpoint_every"}
-        made = identity(source.weights, run_cfg, items, encoder=encoder_name, mode=mode, finetune=settings, seed=seed)
+        computed = {k: v for k, v in config_to_dict(cfg).items() if k != "checkpoint_every"}
+        made = identity(source.weights, run_cfg, items, encoder=encoder_name, mode=mode, finetune=computed, seed=seed)
         saved = SavedProgress(state, made, quiet=not ctx.main)
         if (result := saved.result()) is not None:
             if ctx.main:
