@@ -28,7 +28,7 @@ from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.resume import identity
 from xdc.evaluation.sources import load_source
 from xdc.progress import progress_bar
-from xdc.training.checkpoint import KeptParts
+from xdc.training.checkpoint import KeptParts, warn_threads
 from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main
 from xdc.training.to_host import ToHost
 
@@ -111,6 +111,9 @@ def extract_features(
     done = broadcast_object(sorted(parts), ctx)
     if done and ctx.main:
         print(f"extract {encoder_name}: {len(done)} of {len(spans)} parts kept in {kept.folder}; computing the rest")
+        now = torch.get_num_threads()
+        other = [t for part in parts.values() if (t := part.get("threads")) not in (None, now)]  # None: older parts
+        warn_threads(other[0] if other else None, place.device)
     todo = sorted(set(range(len(spans))) - set(done))
     mine = todo[ctx.rank :: ctx.world_size]
     work = [spans[j] for j in mine]

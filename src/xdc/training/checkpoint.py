@@ -99,7 +99,7 @@ class KeptParts:
         return parts
 
     def add(self, number: int, part: dict) -> None:
-        save_atomic({**part, "identity": self.identity}, self._path(number))
+        save_atomic({**part, "identity": self.identity, "threads": torch.get_num_threads()}, self._path(number))
 
     def read(self, number: int) -> dict:
         """A part that this run added (another rank, under torchrun)."""
