@@ -123,28 +123,41 @@ def _ready_to_step(cfg, manifest: Path, out: Path, ctx: Dist) -> Pretrainer:
     return trainer
 
 
-def _empty_batch_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
-    trainer = _ready_to_step(_cluster_cfg("rank0"), manifest, root / "run", _join(rank, world, port))
-    batch = next(iter(trainer._train_loader()))
-    if rank == 1:  # every clip of this rank's batch failed
-        batch = {"index": torch.empty(0, dtype=torch.long), "failures": [], "size": len(batch["index"])}
-    before = [p.detach().clone() for p in trainer.encoders.parameters()]
-    trainer._step(trainer.train_model, batch)
-    after = [p.detach().clone() for p in trainer.encoders.parameters()]
-    out[rank] = (before, after)
-    trainer.log.close()
+def _failed_clips_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
+    from torch._dynamo.utils import counters
+
+    ctx = _join(rank, world, port)
+    result = {}
+    for compiled, kept in [(False, 0), (True, 0), (True, 3)]:
+        torch._dynamo.reset()
+        counters.clear()
+        cfg = _cluster_cfg("rank0")
+        cfg.train.compile = compiled
+        trainer = _ready_to_step(cfg, manifest, root / f"run-{compiled}-{kept}", ctx)
+        batch = next(iter(trainer._train_loader()))
+        if rank == 1:  # every clip of this rank's batch failed but the first `kept`
+            batch = {**{k: v[:kept] for k, v in batch.items() if torch.is_tensor(v) and v.dim()}, "failures": []}
+        before = [p.detach().clone() for p in trainer.encoders.parameters()]
+        trainer._step(trainer.train_model, batch)
+        after = [p.detach().clone() for p in trainer.encoders.parameters()]
+        result[compiled, kept] = (before, after, counters["stats"]["unique_graphs"])
+        trainer.log.close()
+    out[rank] = result
     dist.destroy_process_group()
 
 
-def test_a_rank_whose_whole_batch_failed_still_takes_the_step(tmp_path):
-    """DDP: the other rank waits for this rank's gradients, and every rank must step alike to stay in sync."""
+def test_a_rank_whose_batch_failed_still_takes_the_step(tmp_path):
+    """DDP: the other rank waits for this rank's gradients, and every rank must step alike to stay in sync, with
+    the training model compiled too (the short batch runs uncompiled; rank 0's full one, compiled)."""
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
-    results = run_two_ranks(_empty_batch_worker, 29561, manifest, tmp_path)
-    (before0, after0), (before1, after1) = results[0], results[1]
-    assert all(torch.equal(a, b) for a, b in zip(before0, before1))  # DDP starts both ranks from rank 0's weights
-    assert any(not torch.equal(a, b) for a, b in zip(before0, after0))  # the step learned from rank 0's clips
-    for a, b in zip(after0, after1):
-        assert torch.equal(a, b)  # and both ranks took it
+    results = run_two_ranks(_failed_clips_worker, 29561, manifest, tmp_path)
+    for case in [(False, 0), (True, 0), (True, 3)]:
+        (before0, after0, graphs0), (before1, after1, graphs1) = results[0][case], results[1][case]
+        assert all(torch.equal(a, b) for a, b in zip(before0, before1))  # DDP starts both from rank 0's weights
+        assert any(not torch.equal(a, b) for a, b in zip(before0, after0))  # the step learned from the clips
+        for a, b in zip(after0, after1):
+            assert torch.equal(a, b), case  # and both ranks took it
+        assert (graphs0, graphs1) == ((1, 0) if case[0] else (0, 0)), case  # rank 1 compiled nothing
 
 
 def _accumulate_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:

@@ -174,7 +174,6 @@ def test_compile_keeps_checkpoint_keys_and_trains_alike(manifest, tmp_path):
     compiled._new_heads()
     compiled._step(compiled.train_model, batch)
     assert counters["stats"]["unique_graphs"] == graphs
-
     for trainer in (plain, compiled):
         trainer._save()
         trainer._finish()
@@ -182,6 +181,35 @@ def test_compile_keeps_checkpoint_keys_and_trains_alike(manifest, tmp_path):
         keys = nested_keys(load(tmp_path / "compiled" / file))
         assert keys == nested_keys(load(tmp_path / "plain" / file))
         assert "encoders.video.stem.0.weight" in keys and not any("_orig_mod" in k for k in keys)
+    torch._dynamo.reset()
+
+
+def _short(batch: dict, clips: int) -> dict:
+    """``batch`` as if all but its first ``clips`` clips had failed."""
+    return {k: v[:clips] if torch.is_tensor(v) and v.dim() else v for k, v in batch.items()}
+
+
+def test_a_batch_that_lost_clips_runs_uncompiled_and_full_ones_keep_their_graph(manifest, tmp_path):
+    """Another batch size would make TorchDynamo compile again, with a symbolic size, and run every later batch
+    through that graph: a batch that lost clips (or an epoch's last) takes the uncompiled model instead."""
+    torch._dynamo.reset()
+    counters.clear()
+    runs = []
+
+    def counted(graph, example_inputs):  # a backend that runs the captured graph as it is, counting its runs
+        return lambda *args: runs.append(1) or graph.forward(*args)
+
+    plain = trainer_for(manifest, tmp_path / "plain")
+    compiled = trainer_for(manifest, tmp_path / "compiled", "train.compile=true", compile_backend=counted)
+    full = first_batch(plain)
+    for batch in (full, _short(full, 5), full):
+        before = len(runs)
+        losses = [trainer._step(trainer.train_model, batch)[0] for trainer in (plain, compiled)]
+        torch.testing.assert_close(losses[1], losses[0])
+        assert len(runs) > before if len(batch["index"]) == 8 else len(runs) == before
+    assert counters["stats"]["unique_graphs"] == 1  # compiled once, for the full batch
+    for p, q in zip(plain.model.parameters(), compiled.model.parameters()):
+        torch.testing.assert_close(q, p)
     torch._dynamo.reset()
 
 

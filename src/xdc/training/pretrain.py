@@ -699,7 +699,7 @@ class Pretrainer:
             # step their optimizers: take part with an empty batch (every parameter in the graph, zero gradients)
             # and step alike, so that the ranks stay identical.
             with self._autocast():
-                logits = model(self._empty_inputs())
+                logits = self._for_size(model, 0)(self._empty_inputs())
             (sum(x.float().sum() for x in logits.values()) * 0.0).backward()
             self.optimizer.step()
             self.head_optimizer.step()
@@ -713,11 +713,12 @@ class Pretrainer:
             # rows i, i + every, ... as strided views: no index tensor and no gather kernel to queue
             inputs = {m: self._layout(m, x[i::every]) for m, x in clips.items()}
             targets = {k: y[i::every] for k, y in batch_targets.items()}
+            net = self._for_size(model, len(index[i::every]))
             # DDP all-reduces the gradients once, in the last part's backward; the parts before add up locally
             sync = not self.ctx.enabled or i == len(parts) - 1
-            with contextlib.nullcontext() if sync else model.no_sync():
+            with contextlib.nullcontext() if sync else net.no_sync():
                 with self._autocast():
-                    logits = model(inputs)
+                    logits = net(inputs)
                     # the loss in float32 whatever the precision of the logits
                     loss = torch.stack(
                         [F.cross_entropy(logits[key].float(), y, ignore_index=-1) for key, y in targets.items()]
@@ -729,6 +730,14 @@ class Pretrainer:
         self.optimizer.step()
         self.head_optimizer.step()
         return total, {f"acc/{key}": c.double() / len(index) for key, c in correct.items()}
+
+    def _for_size(self, model: nn.Module, clips: int) -> nn.Module:
+        """``model`` for a part of a full batch; its uncompiled form, the same parameters, for a part of any other
+        size (a batch that lost clips, an epoch's last, accumulated parts of unequal sizes). Given another size,
+        TorchDynamo would compile the model again with a symbolic batch size (about a minute on an H200, while
+        the other ranks wait) and serve every later batch from that graph, full ones too: not the one measured."""
+        full = -(-self._batch_per_rank() // self.cfg.train.accumulate)
+        return model if clips == full else getattr(model, "_orig_mod", model)
 
     def _empty_inputs(self) -> dict[str, torch.Tensor]:
         """A batch of no clips, shaped like the loader's, on the device."""
