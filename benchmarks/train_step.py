@@ -64,7 +64,7 @@ import torch._inductor.config
 from torch.utils.data import Subset
 
 from common import report
-from xdc.config import Config, DataConfig, SyntheticConfig, load_config
+from xdc.config import COMPILE_MODES, Config, DataConfig, SyntheticConfig, load_config
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader
 from xdc.data.index import build_manifest
@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--compile-mode", help="torch.compile's mode, e.g. max-autotune-no-cudagraphs (implies "
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES,
+                        help="torch.compile's mode (train.compile=MODE), e.g. max-autotune-no-cudagraphs (implies "
                         "--compile; Inductor's Triton templates then compete with cuDNN for the convolutions)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--k", type=int, default=64)
@@ -132,7 +133,8 @@ def main() -> None:
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     cfg = load_config(None, [
         f"train.k={args.k}", f"train.batch_size={args.batch}", f"train.precision={precision}",
-        f"train.channels_last={str(args.channels_last).lower()}", f"train.compile={str(args.compile).lower()}",
+        f"train.channels_last={str(args.channels_last).lower()}",
+        f"train.compile={args.compile_mode or str(args.compile).lower()}",
         f"data.workers={workers}", f"train.pad_widths={args.pad_widths}", f"data.crops_on={args.crops_on}",
         f"data.logmel_on={args.logmel_on}",
         f"train.epoch_size={(fed_warmup + max(args.steps, args.loader_steps)) * args.batch}",
@@ -163,8 +165,6 @@ def main() -> None:
         if args.s2d_stem:  # after padding, as the trainer does
             for encoder in videos:
                 space_to_depth_stem(encoder, (cfg.data.clip.crop,) * 2)
-        if args.compile_mode:  # the trainer's own wrapper compiles in the default mode; it has not run yet
-            trainer.train_model = torch.compile(trainer.model, mode=args.compile_mode)
 
         def step(batch: dict) -> None:
             trainer._step(trainer.train_model, batch)

@@ -40,11 +40,17 @@ def test_defaults_yaml_then_overrides(tmp_path):
         ("data.mel.f_max=0", r"data.mel.f_max must be above data.mel.f_min \(0.0\), not 0.0$"),
         ("data.max_fail_fraction=1.5", r"data.max_fail_fraction must be between 0 and 1, not 1.5$"),
         ("finetune.test_clips=0", r"finetune.test_clips must be at least 1, not 0$"),
+        ("train.compile=fast", r"train.compile must be true, false or a mode \(default, reduce-overhead, .*'fast'$"),
     ],
 )
 def test_bad_overrides_are_user_errors(override, message):
     with pytest.raises(UserError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("value, mode", [("false", None), ("true", "default"), ("reduce-overhead", "reduce-overhead")])
+def test_compile_is_off_on_or_a_mode(value, mode):
+    assert load_config(None, [f"train.compile={value}"]).train.compile_mode() == mode
 
 
 def test_bad_yaml_files(tmp_path):

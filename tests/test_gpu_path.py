@@ -184,6 +184,20 @@ def test_compile_keeps_checkpoint_keys_and_trains_alike(manifest, tmp_path):
     torch._dynamo.reset()
 
 
+def test_a_compile_mode_reaches_torch_compile(manifest, tmp_path):
+    torch._dynamo.reset()
+    modes = []
+
+    def backend(graph, example_inputs, **options):  # a backend that runs the captured graph, noting its options
+        modes.append(options.get("mode", "default"))
+        return graph.forward
+
+    trainer = trainer_for(manifest, tmp_path, "train.compile=max-autotune-no-cudagraphs", compile_backend=backend)
+    trainer._step(trainer.train_model, first_batch(trainer))
+    assert modes and set(modes) == {"max-autotune-no-cudagraphs"}
+    torch._dynamo.reset()
+
+
 def _short(batch: dict, clips: int) -> dict:
     """``batch`` as if all but its first ``clips`` clips had failed."""
     return {k: v[:clips] if torch.is_tensor(v) and v.dim() else v for k, v in batch.items()}

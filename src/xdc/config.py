@@ -241,6 +241,11 @@ class SyntheticConfig:
     # (checked by make_synthetic, which takes a SyntheticConfig of its own too)
 
 
+# torch.compile's modes: reduce-overhead replays each step's kernels as CUDA graphs; max-autotune also times Triton
+# kernels against cuDNN's for each convolution (minutes)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainConfig:
     method: str = "xdc"
@@ -272,7 +277,9 @@ class TrainConfig:
     # Device path (docs/pretrain.md "On GPUs"); auto: the measured fast path on CUDA, CPU runs as before.
     precision: str = "auto"  # auto (bf16 on CUDA, else fp32), fp32, or bf16: forward and loss under bfloat16 autocast
     channels_last: bool | str = "auto"  # auto (on CUDA), true or false: channels-last layout of encoders and inputs
-    compile: bool = False  # torch.compile the training model (the first step of each process compiles it)
+    # torch.compile the training model (the first step of each process compiles it): true (Inductor's default
+    # mode), false, or one of COMPILE_MODES
+    compile: bool | str = False
     # auto (8 on CUDA, else 0) or N: video middle widths run at multiples of N with zero channels (xdc.models.padding)
     pad_widths: int | str = "auto"
     # the video stem's 7 x 7 stride-2 convolution computed over 2 x 2 pixel blocks: same model (xdc.models.stem)
@@ -290,6 +297,9 @@ class TrainConfig:
             raise UserError(f"train.cluster_on must be 'rank0' or 'shards', not {self.cluster_on!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"train.precision must be 'auto', 'fp32' or 'bf16', not {self.precision!r}")
+        if self.compile not in (True, False, *COMPILE_MODES):
+            raise UserError(f"train.compile must be true, false or a mode ({', '.join(COMPILE_MODES)}), "
+                            f"not {self.compile!r}")
         if self.channels_last not in (True, False, "auto"):
             raise UserError(f"train.channels_last must be true, false or auto, not {self.channels_last!r}")
         if self.pad_widths != "auto" and not (type(self.pad_widths) is int and self.pad_widths >= 0):
@@ -303,6 +313,10 @@ class TrainConfig:
     def bf16_on(self, device_type: str) -> bool:
         """Whether steps run under bfloat16 autocast on this kind of device ("cuda", "cpu"): auto means on CUDA."""
         return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
+    def compile_mode(self) -> str | None:
+        """torch.compile's mode for the training model; None: not compiled."""
+        return "default" if self.compile is True else self.compile or None
 
     def channels_last_on(self, device_type: str) -> bool:
         """Whether the encoders and their inputs are channels-last on this kind of device: auto means on CUDA,

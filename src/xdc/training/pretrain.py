@@ -588,8 +588,9 @@ class Pretrainer:
         if self.ctx.enabled:
             cuda = self.ctx.device.type == "cuda"
             model = DistributedDataParallel(model, device_ids=[self.ctx.device.index] if cuda else None)
-        if self.cfg.train.compile:
-            model = torch.compile(model, backend=self.compile_backend)
+        mode = self.cfg.train.compile_mode()
+        if mode:
+            model = torch.compile(model, backend=self.compile_backend, mode=None if mode == "default" else mode)
         return model
 
     def _classes(self, label_set: str) -> int:
