@@ -227,6 +227,17 @@ def test_a_batch_that_lost_clips_runs_uncompiled_and_full_ones_keep_their_graph(
     torch._dynamo.reset()
 
 
+def test_accumulated_parts_of_unequal_sizes_compile_once_and_say_so(manifest, tmp_path, capsys):
+    torch._dynamo.reset()
+    counters.clear()
+    trainer = trainer_for(manifest, tmp_path, "train.compile=true", "train.accumulate=3", compile_backend="eager")
+    assert "train.accumulate=3 does not divide the 8 clips of a batch per rank: the parts of 2 clips run " in (
+        capsys.readouterr().err)
+    trainer._step(trainer.train_model, first_batch(trainer))  # parts of 3, 3 and 2 clips
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 

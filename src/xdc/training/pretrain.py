@@ -183,6 +183,11 @@ class Pretrainer:
                 "train.precision=fp32 on CPUs.",
                 file=sys.stderr,
             )
+        per_rank, every = self._batch_per_rank(), cfg.train.accumulate
+        if cfg.train.compile and per_rank % every and per_rank > every and ctx.main:
+            print(f"NOTE: train.accumulate={every} does not divide the {per_rank} clips of a batch per rank: the "
+                  f"parts of {per_rank // every} clips run uncompiled (train.compile compiles for one size)",
+                  file=sys.stderr)  # fmt: skip
         torch.manual_seed(cfg.seed)
         self.encoders = nn.ModuleDict(
             {name: build_encoder(modality, cfg.model) for name, modality in self.method.encoders.items()}
