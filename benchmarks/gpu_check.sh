@@ -27,6 +27,8 @@
 #               on the GPU, and what the GPU pays per batch of 128 (data.crops_on, data.logmel_on)
 #   s2d         compile's model-only step with the video stem over 2 x 2 pixel blocks (--s2d-stem: the stem's
 #               convolution ran at 3% of its roofline), profiled
+#   pad64       compile's model-only step with every middle width padded to a multiple of 64 (--pad-widths 64:
+#               layer1's 144 channels as 192; cuDNN's tiles of 64 or 128 channels leave a quarter of 144 idle)
 #   cudnnall    compile's model-only step with --cudnn-limit 0 (cuDNN's autotuner times every algorithm for each
 #               convolution shape, not the 10 its heuristics rank first), profiled
 #   cdtune      compile's model-only step with --inductor-tune (coordinate-descent tuning of the Triton kernels'
@@ -109,6 +111,7 @@ step tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 train_step compile 240 --channels-last --compile --profile "$out/profiles.txt"
 step crops 120 python3 benchmarks/crops.py --rounds 3 && cp benchmarks/results/crops.json "$out/crops.json"
 train_step s2d 150 --channels-last --compile --model-only --s2d-stem --profile "$out/profiles.txt"
+train_step pad64 150 --channels-last --compile --model-only --pad-widths 64 --profile "$out/profiles.txt"
 train_step cudnnall 180 --channels-last --compile --model-only --cudnn-limit 0 --profile "$out/profiles.txt"
 train_step cdtune 240 --channels-last --inductor-tune --model-only --profile "$out/profiles.txt"
 train_step cudagraphs 240 --channels-last --compile-mode reduce-overhead
