@@ -25,6 +25,8 @@
 #               and the last two again from the clips train.extract_cache keeps
 #   crops       benchmarks/crops.py: a worker's items per core with the crops, and the log-mel, in the workers or
 #               on the GPU, and what the GPU pays per batch of 128 (data.crops_on, data.logmel_on)
+#   compiledrun tests/test_cuda.py's compiled run: two rounds of a tiny pretraining with train.compile=true, short
+#               batches included, without a recompilation (the condition for compiling by default)
 #   s2d         compile's model-only step with the video stem over 2 x 2 pixel blocks (--s2d-stem: the stem's
 #               convolution ran at 3% of its roofline), profiled
 #   pad64       compile's model-only step with every middle width padded to a multiple of 64 (--pad-widths 64:
@@ -107,9 +109,10 @@ torch.cuda.synchronize(); t = time.perf_counter()
 for _ in range(10): a @ a
 torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
-step tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not compiled_run"
 train_step compile 240 --channels-last --compile --profile "$out/profiles.txt"
 step crops 120 python3 benchmarks/crops.py --rounds 3 && cp benchmarks/results/crops.json "$out/crops.json"
+step compiledrun 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k compiled_run
 train_step s2d 150 --channels-last --compile --model-only --s2d-stem --profile "$out/profiles.txt"
 train_step pad64 150 --channels-last --compile --model-only --pad-widths 64 --profile "$out/profiles.txt"
 train_step cudnnall 180 --channels-last --compile --model-only --cudnn-limit 0 --profile "$out/profiles.txt"

@@ -335,6 +335,20 @@ def test_sinkhorn_over_ranks_balances_on_the_cpu_on_every_rank_when_one_share_do
     assert "a rank's share of its matrix needs" in results[0][2] and results[1][2] == ""
 
 
+def test_a_compiled_run_compiles_once(manifest, tmp_path):
+    """train.compile with Inductor on the GPU: two rounds (new heads each) whose epochs end in a batch of 4 clips
+    after two of 8, with no recompilation (which would take the run off the graph that benchmarks/train_step.py
+    measures). Compiling takes a minute or more: gpu_check.sh runs it as its own step."""
+    cfg = load_config(None, [*GPU, "train.compile=true", "train.epoch_size=20", "train.rounds=2"], preset="tiny")
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        Pretrainer(cfg, manifest, tmp_path / "run", init_distributed()).run()
+    records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in records if r["kind"] == "round"} == {0, 1}
+    assert [r["compile"] for r in records if r["kind"] == "start"] == [True]
+    torch._dynamo.reset()
+
+
 def test_an_epoch_that_waited_for_its_loader_is_noted_once(manifest, tmp_path, capsys):
     trainer = Pretrainer(load_config(None, GPU, preset="tiny"), manifest, tmp_path / "run", init_distributed())
     trainer._note_data_wait(0.05)  # a twentieth of the time: the GPU sets the pace

@@ -227,6 +227,22 @@ def test_a_batch_that_lost_clips_runs_uncompiled_and_full_ones_keep_their_graph(
     torch._dynamo.reset()
 
 
+def test_a_compiled_run_never_compiles_again(manifest, tmp_path):
+    """Two rounds (new heads each) of epochs that end in a batch of 4 clips after two of 8: TorchDynamo would raise
+    at a recompilation. (tests/test_cuda.py runs the same with Inductor on a GPU.)"""
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = load_config(None, [*TINY, "train.compile=true", "train.epoch_size=20", "train.rounds=2"], preset="tiny")
+    trainer = Pretrainer(cfg, manifest, tmp_path, Dist())
+    trainer.compile_backend = "eager"
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        trainer.run()
+    records = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "round"] == [0, 1]
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
 def test_accumulated_parts_of_unequal_sizes_compile_once_and_say_so(manifest, tmp_path, capsys):
     torch._dynamo.reset()
     counters.clear()
