@@ -185,8 +185,9 @@ class Pretrainer:
             )
         per_rank, every = self._batch_per_rank(), cfg.train.accumulate
         if cfg.train.compile and per_rank % every and per_rank > every and ctx.main:
+            smaller = per_rank // every
             print(f"NOTE: train.accumulate={every} does not divide the {per_rank} clips of a batch per rank: the "
-                  f"parts of {per_rank // every} clips run uncompiled (train.compile compiles for one size)",
+                  f"parts of {smaller} clip{'s' * (smaller != 1)} run uncompiled (train.compile compiles for one size)",
                   file=sys.stderr)  # fmt: skip
         torch.manual_seed(cfg.seed)
         self.encoders = nn.ModuleDict(
