@@ -1,3 +1,5 @@
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +28,29 @@ def kill_once_rows_are_kept(command: list[str], side: Path, rows: int = 3) -> No
         time.sleep(0.01)
     proc.kill()
     proc.wait()
+
+
+def kill_with_children(proc: subprocess.Popen) -> list[int]:
+    """SIGKILL ``proc`` and its child processes: under torchrun, the ranks, each in a session of its own, so that
+    killing torchrun's process group would leave them running. Returns the children's pids."""
+    children = child_pids(proc.pid)
+    for pid in [*children, proc.pid]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    return children
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:  # ended meanwhile
+            continue
+        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 def gray_frames(n: int, height: int = 32, width: int = 48, step: int = 4) -> np.ndarray:

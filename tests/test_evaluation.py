@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_run
+from conftest import kill_with_children, tiny_run
 from xdc.cli import main
 from xdc.config import load_config
 from xdc.evaluation.adapters import Item, write_table
@@ -381,30 +380,12 @@ def test_finetuning_batches_must_share_out_evenly_over_the_ranks(run, tmp_path):
 
 def _start_and_kill(command: list[str], kept: Path, env: dict | None = None) -> list[int]:
     """Start ``command``; once a file matching ``kept`` (a glob pattern in its folder) exists, SIGKILL it and its
-    child processes: under torchrun, the ranks, each in a session of its own, so killing torchrun's process group
-    would leave them running. Returns the children's pids."""
+    child processes (``kill_with_children``). Returns the children's pids."""
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env or {**os.environ})
     deadline = time.time() + 300
     while not list(kept.parent.glob(kept.name)) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
-    children = _children(proc.pid)
-    for pid in [*children, proc.pid]:
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    return children
-
-
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:  # ended meanwhile
-            continue
-        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
+    return kill_with_children(proc)
 
 
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_manifest
+from conftest import kill_with_children, synthetic_manifest
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.metrics import nmi
@@ -375,6 +375,34 @@ def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
             if "running" in name or "num_batches" in name:
                 continue  # BatchNorm running statistics: DDP keeps rank 0's, see docs/pretrain.md
             torch.testing.assert_close(value, b[encoder][name], rtol=1e-4, atol=1e-5, msg=f"{encoder}.{name}")
+
+
+def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path):
+    """torchrun with 2 gloo ranks, killed with SIGKILL (ranks and torchrun) in round 1's training and resumed on 2
+    ranks: the labels and weights of the same run straight through, to the bit."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    two_ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    result = subprocess.run([*two_ranks, *_cli(manifest, straight)[1:]], capture_output=True, env=env, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    proc = subprocess.Popen([*two_ranks, *_cli(manifest, killed)[1:]], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    deadline, log = time.time() + 300, killed / "log.jsonl"
+    while time.time() < deadline and proc.poll() is None:  # kill in the middle of round 1's training
+        steps = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        if any(r["kind"] == "step" and r["round"] == 1 and r["epoch"] == 0 for r in steps):
+            break
+        time.sleep(0.05)
+    assert len(kill_with_children(proc)) == 2, "the ranks ended before they could be killed"
+    assert not (killed / "encoders.pt").exists()
+    result = subprocess.run([*two_ranks, *_cli(manifest, killed, "--resume")[1:]], capture_output=True, env=env,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for round_file in ("round_000.npz", "round_001.npz"):
+        a, b = np.load(straight / "labels" / round_file), np.load(killed / "labels" / round_file)
+        assert a.files == b.files and all(np.array_equal(a[name], b[name]) for name in a.files)
+    a, b = _final_weights(straight), _final_weights(killed)
+    assert all(torch.equal(a[e][name], b[e][name]) for e in a for name in a[e])
 
 
 def collapsed_features(n: int) -> dict[str, torch.Tensor]:
