@@ -18,7 +18,14 @@ from xdc.data.datasets import TrainClips
 from xdc.data.manifest import Manifest
 from xdc.errors import UserError
 from xdc.training.checkpoint import load
-from xdc.training.distributed import Dist, broadcast_labels, gather_rows, init_distributed, on_main
+from xdc.training.distributed import (
+    Dist,
+    broadcast_buffers,
+    broadcast_labels,
+    gather_rows,
+    init_distributed,
+    on_main,
+)
 from xdc.training.pretrain import FeatureShard, Pretrainer
 
 
@@ -34,7 +41,12 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
     gathered = gather_rows(values, indices, total, ctx)
     in_steps = gather_rows(values, indices, total, ctx, step_bytes=1)  # a row per rank at a time: 4 steps
     labels = broadcast_labels(np.array([5, 4, 3, 2, 1, 0, -1]) if rank == 0 else None, ctx)
-    out[rank] = [None if g is None else g.numpy() for g in (gathered, in_steps)], labels
+    torch.manual_seed(0)
+    norm = torch.nn.BatchNorm1d(2)
+    norm(torch.randn(4, 2) + rank)  # a training forward on this rank's own clips: its own running statistics
+    own = norm.running_mean.clone()
+    broadcast_buffers(norm, ctx)
+    out[rank] = [None if g is None else g.numpy() for g in (gathered, in_steps)], labels, (own, norm.running_mean)
     dist.destroy_process_group()
 
 
@@ -49,6 +61,9 @@ def test_gather_in_dataset_order_and_broadcast():
         labels = results[rank][1]
         np.testing.assert_array_equal(labels, [5, 4, 3, 2, 1, 0, -1])
         assert labels.dtype == LABEL_DTYPE
+    (own0, after0), (own1, after1) = results[0][2], results[1][2]
+    assert not torch.equal(own0, own1)  # the ranks' statistics differed, and now both are rank 0's
+    assert torch.equal(after0, own0) and torch.equal(after1, own0)
 
 
 def test_single_process_needs_no_group():

@@ -41,7 +41,7 @@ from xdc.evaluation.resume import SavedProgress, identity
 from xdc.evaluation.sources import load_source
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
-from xdc.training.distributed import Dist, gather_objects
+from xdc.training.distributed import Dist, broadcast_buffers, gather_objects
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
@@ -246,7 +246,9 @@ def _train_step(net, encoder, mode, place, batch, optimizer, empty: torch.Tensor
 @torch.no_grad()
 def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers, ctx):
     """Clip softmax scores, labels (train class index, -1 if unseen) and groups of every test clip, in the order of
-    the test clips; under torchrun each rank scores every W-th clip and rank 0 gets them all (the others None)."""
+    the test clips; under torchrun each rank scores every W-th clip and rank 0 gets them all (the others None),
+    every rank with rank 0's BatchNorm statistics: one model scores them all, whatever the number of ranks."""
+    broadcast_buffers(model, ctx)
     model.eval()
     index = {c: i for i, c in enumerate(classes)}
     modality = place.modality

@@ -127,6 +127,16 @@ def broadcast_labels(labels: np.ndarray | None, ctx: Dist) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
+def broadcast_buffers(module: torch.nn.Module, ctx: Dist) -> None:
+    """Rank 0's buffers of ``module`` (BatchNorm's running statistics) on every rank. DDP sends them at the start
+    of each training forward, after which each rank's forward updates its own copy from its own clips: after
+    training, the ranks' statistics differ. Rank 0's are the ones checkpointed and exported, so a pass in eval mode
+    on every rank (a round's feature extraction) takes them first."""
+    if ctx.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def on_main(work: Callable[[], T], ctx: Dist) -> T | None:
     """``work()`` on rank 0 alone; its result there, None on the other ranks. They wait for it in
     ``ctx.waiting`` (up to RANK0_WORK_TIMEOUT), and when it fails every rank raises rank 0's error (a UserError

@@ -66,7 +66,15 @@ from xdc.models.heads import LinearHead
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.checkpoint import KeptParts
-from xdc.training.distributed import Dist, barrier, broadcast_labels, gather_objects, gather_rows, on_main
+from xdc.training.distributed import (
+    Dist,
+    barrier,
+    broadcast_buffers,
+    broadcast_labels,
+    gather_objects,
+    gather_rows,
+    on_main,
+)
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
@@ -437,6 +445,7 @@ class Pretrainer:
         clustered = self.method.clustered
         if not clustered:
             return {}
+        broadcast_buffers(self.encoders, self.ctx)  # every rank's features from the statistics a checkpoint keeps
         self.encoders.eval()
         kept_parts = self._extraction_parts()
         parts = _leading(kept_parts.load())
@@ -804,6 +813,7 @@ class Pretrainer:
     def _plateaued(self) -> bool:
         """Loss of the current heads on the held-back videos' pseudo-labels; True when it stopped improving."""
         p = self.progress
+        broadcast_buffers(self.model, self.ctx)  # as in _extract
         self.model.eval()
         held = np.flatnonzero(self.holdout)
         # each rank the held videos it extracts: those of its extraction cache (train.extract_cache)
