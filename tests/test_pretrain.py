@@ -377,15 +377,22 @@ def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
             torch.testing.assert_close(value, b[encoder][name], rtol=1e-4, atol=1e-5, msg=f"{encoder}.{name}")
 
 
-@pytest.mark.parametrize("when", ["training", "extraction"])
-def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when):
+SPREAD = ["--set=train.cluster_on=shards", "--set=train.assign=sinkhorn", "--set=train.extract_cache=true",
+          "--set=train.recluster=plateau", "--set=train.holdout_fraction=0.25"]  # fmt: skip
+
+
+@pytest.mark.parametrize("when, settings", [("training", []), ("extraction", []), ("extraction", SPREAD)],
+                         ids=["training", "extraction", "extraction-shards-sinkhorn-cache-plateau"])  # fmt: skip
+def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when, settings):
     """torchrun with 2 gloo ranks, killed with SIGKILL (ranks and torchrun) in round 1's training, or in its
     extraction once each rank kept a part, and resumed on 2 ranks: the labels and weights of the same run straight
-    through, to the bit."""
+    through, to the bit; also with everything that keeps state on each rank (clustering over the ranks' shards,
+    the Sinkhorn balancing, the extraction cache, the held-back videos)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     two_ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    result = subprocess.run([*two_ranks, *_cli(manifest, straight)[1:]], capture_output=True, env=env, text=True)
+    result = subprocess.run([*two_ranks, *_cli(manifest, straight, *settings)[1:]], capture_output=True, env=env,
+                            text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     driver = tmp_path / "driver.py"
     driver.write_text(  # a part per batch (a real one is 5 minutes), round 1's first one kept before a long wait
@@ -395,7 +402,8 @@ def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when):
         "    add(self, number, part)\n    if self.identity.startswith('round 1'):\n        time.sleep(60)\n"
         "checkpoint.KeptParts.add = add_then_wait\nsys.exit(main(sys.argv[1:]))\n"
     )  # fmt: skip
-    command = _cli(manifest, killed)[1:] if when == "training" else [str(driver), *_cli(manifest, killed)[3:]]
+    job = _cli(manifest, killed, *settings)
+    command = job[1:] if when == "training" else [str(driver), *job[3:]]
     proc = subprocess.Popen([*two_ranks, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     log, parts = killed / "log.jsonl", [killed / "extract_parts" / f"rank{r}" / "part-00000.pt" for r in (0, 1)]
 
@@ -410,8 +418,8 @@ def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when):
         time.sleep(0.05)
     assert len(kill_with_children(proc)) == 2, "the ranks ended before they could be killed"
     assert kill_now() and not (killed / "encoders.pt").exists()
-    result = subprocess.run([*two_ranks, *_cli(manifest, killed, "--resume")[1:]], capture_output=True, env=env,
-                            text=True)  # fmt: skip
+    result = subprocess.run([*two_ranks, *_cli(manifest, killed, *settings, "--resume")[1:]], capture_output=True,
+                            env=env, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert ("extraction goes on after the parts kept in" in result.stdout) == (when == "extraction")
     for round_file in ("round_000.npz", "round_001.npz"):
