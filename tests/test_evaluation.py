@@ -388,35 +388,41 @@ def _start_and_kill(command: list[str], kept: Path, env: dict | None = None) -> 
     return kill_with_children(proc)
 
 
-@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
-def test_a_finetuning_killed_goes_on_with_another_number_of_ranks(run, tmp_path, first, then):
+@pytest.mark.parametrize("first,then,mode", [(2, 1, "fc"), (1, 2, "fc"), (2, 2, "full")])
+def test_a_finetuning_killed_goes_on_with_another_number_of_ranks(run, tmp_path, first, then, mode):
     """The checkpoint counts batches of the whole job: another number of ranks takes it up at the same clip (fc-only,
-    where 2 ranks train as one process does)."""
+    where 2 ranks train as one process does); and full finetuning killed on 2 ranks goes on on 2 exactly as the
+    same job straight through (every rank's BatchNorm normalising its own clips, and testing with rank 0's
+    statistics)."""
     from xdc.training.checkpoint import load
 
     root, run_dir = run
     table = tmp_path / "table.csv"
     write_table(items_of(root), table)
     straight, killed = tmp_path / "straight.json", tmp_path / "killed.json"
-    assert main(_finetune_cli(run_dir, table, straight, "fc")) == 0
 
-    def launch(ranks: int) -> list[str]:
+    def launch(ranks: int, out: Path) -> list[str]:
         if ranks == 1:
-            return [sys.executable, "-m", "xdc.cli", *_finetune_cli(run_dir, table, killed, "fc")]
-        port = 29665 + first  # a port of its own per test case
+            return [sys.executable, "-m", "xdc.cli", *_finetune_cli(run_dir, table, out, mode)]
+        port = 29665 + first + 2 * (mode == "full")  # a port of its own per test case
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={port}",
-                "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, killed, "fc")]  # fmt: skip
+                "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, out, mode)]  # fmt: skip
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launch(1 if mode == "fc" else then, straight), capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = tmp_path / "killed.finetune" / "train-test" / "last.pt"
-    killed_too = _start_and_kill(launch(first), checkpoint, env)
+    killed_too = _start_and_kill(launch(first, killed), checkpoint, env)
     assert checkpoint.exists() and not killed.exists(), "the finetuning ended before it could be killed"
     assert len(killed_too) == (first if first > 1 else 0)  # torchrun's ranks
     assert len(load(checkpoint)["failures"]) == first  # each rank's count of failed clips
-    resumed = subprocess.run(launch(then), capture_output=True, text=True, env=env, timeout=600)
+    resumed = subprocess.run(launch(then, killed), capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.count("resuming after batch") == 1  # rank 0 says it
     a, b = (json.loads(path.read_text())["splits"][0] for path in (straight, killed))
+    if mode == "full":  # the same ranks: every loss to the bit
+        assert b["epoch_losses"] == a["epoch_losses"]
     np.testing.assert_allclose(b["epoch_losses"], a["epoch_losses"], rtol=1e-5)
     assert (b["top1"], b["clip_top1"], b["ranks"]) == (a["top1"], a["clip_top1"], then)
 
