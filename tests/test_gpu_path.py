@@ -174,6 +174,7 @@ def test_compile_keeps_checkpoint_keys_and_trains_alike(manifest, tmp_path):
     compiled._new_heads()
     compiled._step(compiled.train_model, batch)
     assert counters["stats"]["unique_graphs"] == graphs
+
     for trainer in (plain, compiled):
         trainer._save()
         trainer._finish()
