@@ -381,13 +381,18 @@ SPREAD = ["--set=train.cluster_on=shards", "--set=train.assign=sinkhorn", "--set
           "--set=train.recluster=plateau", "--set=train.holdout_fraction=0.25"]  # fmt: skip
 
 
-@pytest.mark.parametrize("when, settings", [("training", []), ("extraction", []), ("extraction", SPREAD)],
-                         ids=["training", "extraction", "extraction-shards-sinkhorn-cache-plateau"])  # fmt: skip
-def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when, settings):
+@pytest.mark.parametrize(
+    "when, settings, then",
+    [("training", [], 2), ("extraction", [], 2), ("extraction", SPREAD, 2), ("training", [], 1)],
+    ids=["training", "extraction", "extraction-shards-sinkhorn-cache-plateau", "training-then-one-process"],
+)
+def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when, settings, then):
     """torchrun with 2 gloo ranks, killed with SIGKILL (ranks and torchrun) in round 1's training, or in its
     extraction once each rank kept a part, and resumed on 2 ranks: the labels and weights of the same run straight
     through, to the bit; also with everything that keeps state on each rank (clustering over the ranks' shards,
-    the Sinkhorn balancing, the extraction cache, the held-back videos)."""
+    the Sinkhorn balancing, the extraction cache, the held-back videos). Resumed in one process, the run ends with
+    round 1's labels and as many steps: each process's BatchNorm then normalises the whole batch rather than a
+    half, so its weights are its own."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     two_ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -418,8 +423,9 @@ def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when, s
         time.sleep(0.05)
     assert len(kill_with_children(proc)) == 2, "the ranks ended before they could be killed"
     assert kill_now() and not (killed / "encoders.pt").exists()
-    result = subprocess.run([*two_ranks, *_cli(manifest, killed, *settings, "--resume")[1:]], capture_output=True,
-                            env=env, text=True)  # fmt: skip
+    resume = _cli(manifest, killed, *settings, "--resume")
+    result = subprocess.run([*two_ranks, *resume[1:]] if then == 2 else resume, capture_output=True, env=env,
+                            text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert ("extraction goes on after the parts kept in" in result.stdout) == (when == "extraction")
     for round_file in ("round_000.npz", "round_001.npz"):
@@ -428,7 +434,12 @@ def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when, s
         for name in a.files:  # before every rank took rank 0's BatchNorm statistics to extract: 5 of 24 differed
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"{round_file}: {name}")
     a, b = _final_weights(straight), _final_weights(killed)
-    assert all(torch.equal(a[e][name], b[e][name]) for e in a for name in a[e])
+    if then == 1:
+        logs = [(out / "log.jsonl").read_text().splitlines() for out in (straight, killed)]
+        assert {json.loads(x)["step"] for x in logs[0]} == {json.loads(x)["step"] for x in logs[1]}
+        assert any(not torch.equal(a[e][name], b[e][name]) for e in a for name in a[e])
+    else:
+        assert all(torch.equal(a[e][name], b[e][name]) for e in a for name in a[e])
 
 
 def collapsed_features(n: int) -> dict[str, torch.Tensor]:
@@ -463,6 +474,14 @@ def test_waiting_for_the_loader_is_noted_only_on_a_gpu(manifest, tmp_path, capsy
     trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
     trainer._note_data_wait(0.9)  # on a CPU the loader's workers share the cores with training: no advice
     assert "NOTE" not in capsys.readouterr().err
+
+
+def test_a_batch_that_the_ranks_cannot_share_evenly_is_refused_at_the_start(manifest, tmp_path):
+    # else 3 ranks would train on batches of 30 for train.batch_size=32, and a resume on another number of ranks
+    # would start at another clip than the one the run had reached
+    with pytest.raises(UserError, match=r"train.batch_size \(32\) must be a multiple of the 3 ranks"):
+        Pretrainer(cfg_for("xdc", "train.batch_size=32"), manifest, tmp_path / "run", Dist(rank=0, world_size=3))
+    assert not (tmp_path / "run").exists()
 
 
 def test_sinkhorn_that_cannot_fit_in_memory_is_refused_at_the_start(manifest, tmp_path):

@@ -147,6 +147,9 @@ def sinkhorn_device(points: int, cfg: TrainConfig, ctx: Dist, sharded: bool = Fa
 
 class Pretrainer:
     def __init__(self, cfg: Config, manifest_path: Path, out: Path, ctx: Dist, resume: bool = False):
+        if cfg.train.batch_size % ctx.world_size:  # else the ranks would make another batch, and resumes drift
+            raise UserError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of the {ctx.world_size} "
+                            "ranks: it is the batch of all ranks together, split evenly")  # fmt: skip
         self.cfg, self.out, self.ctx = cfg, out, ctx
         self.method = get_method(cfg.train.method)
         modalities = self.method.modalities
@@ -843,7 +846,7 @@ class Pretrainer:
     # --- 5. save / resume ---------------------------------------------------------------------------------
 
     def _batch_per_rank(self) -> int:
-        return max(1, self.cfg.train.batch_size // self.ctx.world_size)
+        return self.cfg.train.batch_size // self.ctx.world_size  # a multiple: checked at the start
 
     def _save(self) -> None:
         ranks = gather_objects({"failures": self.failures.state(), "crashed": self.train_set.crashed}, self.ctx)
