@@ -195,7 +195,7 @@ class Pretrainer:
                 file=sys.stderr,
             )
         per_rank, every = self._batch_per_rank(), cfg.train.accumulate
-        if cfg.train.compile and per_rank % every and per_rank > every and ctx.main:
+        if cfg.train.compile_mode() and per_rank % every and per_rank > every and ctx.main:
             smaller = per_rank // every
             print(f"NOTE: train.accumulate={every} does not divide the {per_rank} clips of a batch per rank: the "
                   f"parts of {smaller} clip{'s' * (smaller != 1)} run uncompiled (train.compile compiles for one size)",
