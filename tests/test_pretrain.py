@@ -234,20 +234,27 @@ def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
             assert torch.equal(a[encoder][name], b[encoder][name]), f"{encoder}.{name} differs after resume"
 
 
+def _waiting_driver(folder: Path) -> Path:
+    """A script that runs ``xdc`` with a part of the extraction kept per batch (a real one is 5 minutes) and, once
+    a rank kept round 1's first part, waits a minute: the test kills the run there."""
+    driver = folder / "driver.py"
+    driver.write_text(
+        "import sys, time\nfrom xdc.training import checkpoint, pretrain\nfrom xdc.cli import main\n"
+        "pretrain.EXTRACTION_PART_S = 0\nadd = checkpoint.KeptParts.add\n"
+        "def add_then_wait(self, number, part):\n"
+        "    add(self, number, part)\n    if self.identity.startswith('round 1'):\n        time.sleep(60)\n"
+        "checkpoint.KeptParts.add = add_then_wait\nsys.exit(main(sys.argv[1:]))\n"
+    )  # fmt: skip
+    return driver
+
+
 def test_a_run_killed_in_an_extraction_goes_on_after_its_kept_parts_bit_exact(manifest, tmp_path):
     """Killed in round 1's extraction after it kept a part (a part per batch here, where a real one is 5 minutes):
     the resumed run computes only the rest, and ends with the weights of a run straight through."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_cli(manifest, straight), check=True, capture_output=True, env=env)
-    driver = tmp_path / "driver.py"
-    driver.write_text(
-        "import sys, time\nfrom xdc.training import checkpoint, pretrain\nfrom xdc.cli import main\n"
-        "pretrain.EXTRACTION_PART_S = 0\nadd = checkpoint.KeptParts.add\n"
-        "def add_then_wait(self, number, part):  # round 1's first part kept: the test kills the run here\n"
-        "    add(self, number, part)\n    if self.identity.startswith('round 1'):\n        time.sleep(60)\n"
-        "checkpoint.KeptParts.add = add_then_wait\nsys.exit(main(sys.argv[1:]))\n"
-    )  # fmt: skip
+    driver = _waiting_driver(tmp_path)
     proc = subprocess.Popen([sys.executable, str(driver), *_cli(manifest, killed)[3:]], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     part = killed / "extract_parts" / "rank0" / "part-00000.pt"
@@ -399,14 +406,7 @@ def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when, s
     result = subprocess.run([*two_ranks, *_cli(manifest, straight, *settings)[1:]], capture_output=True, env=env,
                             text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    driver = tmp_path / "driver.py"
-    driver.write_text(  # a part per batch (a real one is 5 minutes), round 1's first one kept before a long wait
-        "import sys, time\nfrom xdc.training import checkpoint, pretrain\nfrom xdc.cli import main\n"
-        "pretrain.EXTRACTION_PART_S = 0\nadd = checkpoint.KeptParts.add\n"
-        "def add_then_wait(self, number, part):\n"
-        "    add(self, number, part)\n    if self.identity.startswith('round 1'):\n        time.sleep(60)\n"
-        "checkpoint.KeptParts.add = add_then_wait\nsys.exit(main(sys.argv[1:]))\n"
-    )  # fmt: skip
+    driver = _waiting_driver(tmp_path)
     job = _cli(manifest, killed, *settings)
     command = job[1:] if when == "training" else [str(driver), *job[3:]]
     proc = subprocess.Popen([*two_ranks, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
