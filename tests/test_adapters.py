@@ -183,6 +183,11 @@ def test_esc50_folds_and_esc10(tmp_path):
     assert all(Path(i.path).parent == (root / "audio").resolve() and i.group == i.path for i in items)
     esc10 = load_dataset("esc50", root, esc10=True)
     assert classes(esc10) == ["dog", "rooster"] and len(esc10) == 3
+    # As text (--option esc10=...): "False" is false, not a non-empty string.
+    assert load_dataset("esc50", root, esc10="False") == items
+    assert load_dataset("esc50", root, esc10="true") == esc10
+    with _raises("esc50 option esc10: 'no' is not True or False"):
+        load_dataset("esc50", root, esc10="no")
 
 
 def test_esc50_errors(tmp_path):
@@ -287,6 +292,10 @@ def test_grid_words_windows_and_clamping(tmp_path):
     assert {(i.start_s, i.end_s) for i in wide} == {(2.4, 2.9)}
     assert {(i.start_s, i.end_s) for i in load_dataset("grid-words", root, slot="digit", window_s=5.0)} == {(0.0, 3.0)}
     assert {i.split for i in load_dataset("grid-words", root, slot="digit", split_by="none")} == {""}
+    # As text (--option window_s=0.5): numbers.
+    assert load_dataset("grid-words", root, slot="adverb", window_s="0.5", duration_s="2.9") == wide
+    with _raises("grid-words option window_s: value 'half' is not a number"):
+        load_dataset("grid-words", root, slot="digit", window_s="half")
 
 
 def test_grid_words_sentence_split_is_per_video(tmp_path):

@@ -127,6 +127,11 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
         assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
                      "--out", str(tmp_path / "x.npz"), flag, value]) == 2  # fmt: skip
         assert capsys.readouterr().err == f"xdc: error: {why}\n"
+    for command in (["extract"], ["eval", "finetune"]):
+        with pytest.raises(SystemExit) as e:  # argparse's own usage error
+            main([*command, "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
+                  "--out", str(tmp_path / "x.npz"), "--option", "missing"])  # fmt: skip
+        assert e.value.code == 2 and "argument --option: 'missing' is not KEY=VALUE" in capsys.readouterr().err
     assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "f.json")]) == 2  # fmt: skip
     assert capsys.readouterr().err == ("xdc: error: finetuning needs items in split 'train' and in split 'test' (their "

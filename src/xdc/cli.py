@@ -137,6 +137,14 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True) -> T:
     return result
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    """``--option KEY=VALUE`` as a pair; argparse names the mistake of a missing ``=``."""
+    key, eq, value = text.partition("=")
+    if not key or not eq:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     """``xdc extract``, in one process or as one rank of a torchrun job (the ranks share out the clips)."""
     import json
@@ -144,7 +152,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import extract_features
 
-    options = dict(o.split("=", 1) for o in args.option)
+    options = dict(args.option)
     settings = _encoder_settings(args, "extract")
 
     def run(ctx: Dist) -> dict | None:
@@ -204,7 +212,7 @@ def _finetune(args: argparse.Namespace) -> None:
     """``eval finetune``, in one process or as one rank of a torchrun job (DDP, like pretraining)."""
     from xdc.evaluation import commands
 
-    options = dict(o.split("=", 1) for o in args.option)
+    options = dict(args.option)
     cfg = _config(args)
     settings = _encoder_settings(args, "eval finetune", own=("finetune.", "seed"))
 
@@ -304,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset root, or a CSV (manifest or table)")
     p.add_argument("--dataset", default="csv", help="csv (default), ucf101, hmdb51, esc50, dcase, fsdd, grid-words")
     p.add_argument("--split", type=int, help="official split 1-3 (ucf101, hmdb51)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--option", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
                    help="adapter option, e.g. --option slot=digit for grid-words")  # fmt: skip
     clips = p.add_mutually_exclusive_group()
     clips.add_argument("--clips", type=int, help="evenly spaced clips per item (default: data.eval_clips)")
@@ -333,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", default="csv", help="csv (default), ucf101, hmdb51, esc50, dcase, fsdd, grid-words")
     q.add_argument("--split", choices=("1", "2", "3", "all"), help="official split (ucf101, hmdb51); all: mean of 1-3")
     q.add_argument("--mode", choices=("full", "fc"), default="full", help="full finetuning or frozen encoder + fc")
-    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="adapter option")
+    q.add_argument("--option", action="append", default=[], type=_key_value, metavar="KEY=VALUE", help="adapter option")
     q.add_argument("--out", type=Path, help="result JSON")
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_config_options(q, SETTINGS_HELP.format(", or a finetune.* setting, or seed"))

@@ -59,6 +59,8 @@ def load_dataset(kind: str, root: str | Path, split: int | None = None, **option
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(unknown)} for {kind}; options: {', '.join(allowed) or 'none'}")
+    defaults = {name: p.default for name, p in inspect.signature(adapter).parameters.items()}
+    options = {key: _option(kind, key, value, defaults[key]) for key, value in options.items()}
     root = Path(root)
     if not root.exists():
         raise UserError(f"{kind}: {root} not found")
@@ -130,7 +132,7 @@ def load_esc50(root: Path, esc10: bool = False, missing: str = "error") -> list[
     items = []
     for line, row in _read_csv(meta, ("filename", "fold", "category") + (("esc10",) if esc10 else ())):
         where = f"{meta} line {line}"
-        if esc10 and not _esc10(row["esc10"], where):
+        if esc10 and not _boolean(row["esc10"], f"{where}: esc10"):
             continue
         fold = _number(int, row["fold"], "fold", where)
         if fold < 1 or not row["filename"] or not row["category"]:
@@ -342,9 +344,22 @@ def _number(kind: type[int] | type[float], text: str, column: str, where: str) -
         raise UserError(f"{where}: {column} {text!r} is not a{'n integer' if kind is int else ' number'}") from None
 
 
-def _esc10(text: str, where: str) -> bool:
+def _option(kind: str, key: str, value: object, default: object) -> object:
+    """An option as the adapter takes it: text (``--option KEY=VALUE``) becomes the type of the option's default,
+    so that ``esc10=False`` is false and ``window_s=0.5`` a number."""
+    if not isinstance(value, str):
+        return value
+    where = f"{kind} option {key}"
+    if isinstance(default, bool):
+        return _boolean(value, where)
+    if isinstance(default, float):
+        return _number(float, value, "value", where)
+    return value
+
+
+def _boolean(text: str, where: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0"):
-        raise UserError(f"{where}: esc10 {text!r} is not True or False")
+        raise UserError(f"{where}: {text!r} is not True or False")
     return text.lower() in ("true", "1")
 
 
