@@ -41,10 +41,14 @@ def test_extract_clips_segments_and_skips(run, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"nothing")
     segment = Item(items[0].path, items[0].label, "train", 1, start_s=1.0, end_s=2.0, group="seg")
-    summary = extract_features(run_dir, "video", [*items, segment, Item(str(broken), "x")], tmp_path / "f.npz", clips=2)
+    late = Item(items[1].path, items[1].label, "train", 1, start_s=50.0, group="late")  # to the end of a 3 s file
+    summary = extract_features(run_dir, "video", [*items, segment, late, Item(str(broken), "x")], tmp_path / "f.npz",
+                               clips=2)  # fmt: skip
     data = np.load(tmp_path / "f.npz")
     assert data["features"].shape == (2 * 25, 64)  # 24 files + 1 segment, 2 clips each; tiny video width 8 x 8
-    assert summary["skipped"] and summary["skipped"][0]["path"] == str(broken)
+    reasons = {skip["path"]: skip["reason"] for skip in summary["skipped"]}
+    assert len(summary["skipped"]) == 2 and reasons[str(broken)].startswith("cannot open")
+    assert reasons[items[1].path] == "its window starts at 50s, at or after the file's end at 3s"
     seg = data["group"] == "seg"
     assert seg.sum() == 2 and (data["start"][seg] >= 1.0).all() and (data["start"][seg] <= 2.0).all()
     assert set(data["split"]) == {"train", "test"} and data["label"].dtype.kind == "U"
@@ -150,6 +154,38 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
             assert main(["eval", protocol, "--features", str(tmp_path / name)]) == 2
             err = capsys.readouterr().err
             assert err == f"xdc: error: {tmp_path / name} is not a features file of xdc extract {why}\n", err
+
+
+def test_finetune_reports_the_test_videos_it_could_not_score(run, tmp_path, capsys):
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    items = items_of(root)  # 8 test videos of 3 s
+    late = Item(items[1].path, items[1].label, "test", start_s=5.0, end_s=9.0, group="late")  # after the file's end
+    # its one test clip, centred in the window, starts at 10.5 s: it fails to load, and the video goes unscored
+    long = Item(items[2].path, items[2].label, "test", start_s=2.0, end_s=20.0, group="long")
+    broken = [tmp_path / f"broken{n}.mp4" for n in range(4)]
+    for path in broken:
+        path.write_bytes(b"nothing")
+    table, out = tmp_path / "table.csv", tmp_path / "ft.json"
+    write_table([*items, late, long, *(Item(str(path), items[0].label, "test") for path in broken)], table)
+    assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "video", "--data", str(table), "--out",
+                 str(out), "--mode", "fc", "--set", "finetune.epochs=1", "--set", "finetune.batch_size=8", "--set",
+                 "finetune.test_clips=1", "--set", "seed=3"]) == 0  # fmt: skip
+    assert "... and 1 more skipped (the JSON lists them all)" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["seed"] == 3
+    assert (record["splits"][0]["n_test"], record["splits"][0]["n_test_scored"]) == (9, 8)
+    reasons = {skip["path"]: skip["reason"] for skip in record["skipped"]}
+    assert len(record["skipped"]) == 6 and set(reasons) == {items[1].path, items[2].path, *map(str, broken)}
+    assert reasons[items[1].path] == "its window starts at 5s, at or after the file's end at 3s"
+    assert reasons[items[2].path] == "the clip at 10.50s starts after the video's end at 3.00s"
+    # one group, one prediction: its items must share a label (an error before any training)
+    twin = Item(items[4].path, "another", "test", group=items[0].group)
+    cfg = FinetuneConfig(epochs=1, batch_size=8, test_clips=1)
+    with pytest.raises(UserError, match=f"test items of group {items[0].path} have different labels"):
+        finetune(run_dir, "video", [*items, twin], "fc", cfg, tmp_path, workers=0)
 
 
 @pytest.mark.parametrize("mode", ["fc", "full"])

@@ -110,7 +110,7 @@ def eval_finetune(
         shutil.rmtree(folder / "tb", ignore_errors=True)
         (folder / "log.jsonl").unlink(missing_ok=True)
     log = RunLog(folder, enabled=ctx.main)
-    rows = []
+    rows, skipped = [], []
     for number, state in zip(splits, states):
         items = load_dataset(dataset, data, split=number, **options)
         work = (out.parent if out is not None else Path(".")) / f".finetune-probe-{dataset}"
@@ -119,15 +119,18 @@ def eval_finetune(
         if not ctx.main:
             continue
         rows.append({"split": number or "-", **{k: v for k, v in result.items() if k not in _ONCE}})
+        skipped += [{"split": number or "-", **skip} for skip in result["skipped"]]
         for skip in result["skipped"][:5]:
             print(f"skipped {skip['path']}: {skip['reason']}")
+        if len(result["skipped"]) > 5:
+            print(f"... and {len(result['skipped']) - 5} more skipped (the JSON lists them all)")
     log.close()
     if not ctx.main:
         return None
     record = {"command": "eval finetune", "run": str(run), "source": result["source"], "clip": result["clip"],
               "settings": settings or {}, "dataset": dataset, "data": str(data), "mode": mode, "splits": rows,
               "mean_top1": float(np.mean([r["top1"] for r in rows])), "config": config_to_dict(cfg.finetune),
-              "log": str(folder)}  # fmt: skip
+              "seed": cfg.seed, "log": str(folder), "skipped": skipped}  # fmt: skip
     table = [{k: v for k, v in row.items() if k != "epoch_losses"} for row in rows]  # the JSON has them
     table += [{"split": "mean", "top1": record["mean_top1"]}] if len(rows) > 1 else []
     emitted = _emit(record, table, out)
@@ -136,7 +139,7 @@ def eval_finetune(
     return emitted
 
 
-_ONCE = ("skipped", "source", "clip")  # of a split's result: not in its row (printed apart, or the same for all)
+_ONCE = ("skipped", "source", "clip")  # of a split's result: not in its row (listed apart, or the same for all)
 
 
 def finetune_folder(out: Path | None, dataset: str) -> Path:

@@ -61,7 +61,12 @@ def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manife
         if not readable:
             skipped.append((item.path, row.get("reason") or f"no {modality} stream"))
             continue
-        end = item.end_s or float(row["duration_s"])
+        duration = float(row["duration_s"])
+        if item.start_s >= duration:  # no clip of it can be read (and no row may have a duration of 0 or less)
+            skipped.append((item.path, f"its window starts at {item.start_s:g}s, at or after the file's end at "
+                                       f"{duration:g}s"))  # fmt: skip
+            continue
+        end = item.end_s or duration
         rows.append({**row, "duration_s": str(end - item.start_s), "label": item.label})
         kept.append(i)
     manifest = Manifest.from_rows(rows)

@@ -82,6 +82,7 @@ def finetune(
         found = sorted({item.split or "none" for item in items})
         raise UserError(f"finetuning needs items in split 'train' and in split 'test' (their split column); "
                         f"the dataset's splits: {', '.join(found) or 'no items'}")  # fmt: skip
+    _check_groups(test_items)  # before training: the test averages each group's scores into one prediction
     # probed once, the ranks sharing out the probes, and handed to every rank
     train, _, skipped = items_to_manifest(train_items, work / "train.probe.csv", modality, ctx)
     test, test_rows, test_skipped = items_to_manifest(test_items, work / "test.probe.csv", modality, ctx)
@@ -193,7 +194,11 @@ def finetune(
     every_failure = gather_objects(failures.failures, ctx)
     if not ctx.main:
         return None
-    scores, labels, groups = tested
+    scores, labels, groups, test_failures = tested
+    if not len(scores):
+        first = test_failures[0] if test_failures else ("", "no clips")
+        raise UserError(f"no test clip could be read ({len(test_failures)} files failed; the first: "
+                        f"{first[0]}: {first[1]})")  # fmt: skip
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
     trained_losses = [x for x in losses if not math.isnan(x)]
     result = {
@@ -201,13 +206,15 @@ def finetune(
         **({"crops_on": "device" if place.device_crops else "workers"} if modality == "video" else
            {"logmel_on": "device" if place.device_logmel else "workers"}),
         "ranks": ctx.world_size, "classes": len(classes), "n_train": len(train), "n_test": len(test),
+        "n_test_scored": len(video_labels),  # test videos (groups) with a clip read: those the accuracies count
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
         "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": _mean(trained_losses[:1]),
         "last_loss": _mean(trained_losses[-5:]),
         "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)], "source": source.kind,
         "clip": config_to_dict(data_cfg.clip),
         "skipped": [{"path": p, "reason": r}
-                    for p, r in [*skipped, *test_skipped, *(f for rank in every_failure for f in rank)]],
+                    for p, r in [*skipped, *test_skipped, *(f for rank in every_failure for f in rank),
+                                 *test_failures]],
     }  # fmt: skip
     if log is not None:
         log.write(f"{name}_test", done, top1=result["top1"], top5=result["top5"], clip_top1=result["clip_top1"])
@@ -220,6 +227,16 @@ def _mean(values: list[float]) -> float | None:
     """The mean of the values that are not NaN, or None."""
     values = [x for x in values if not math.isnan(x)]
     return float(np.mean(values)) if values else None
+
+
+def _check_groups(items: list[Item]) -> None:
+    """The test averages the scores of each group's clips into one prediction: its items must share a label."""
+    labels: dict[str, str] = {}
+    for item in items:
+        if labels.setdefault(item.group, item.label) != item.label:
+            raise UserError(f"test items of group {item.group} have different labels ({labels[item.group]!r} and "
+                            f"{item.label!r}), but one prediction is made per group: give each its own group "
+                            "(the group column)")  # fmt: skip
 
 
 def _train_step(net, encoder, mode, place, batch, optimizer, empty: torch.Tensor) -> torch.Tensor:
@@ -245,9 +262,10 @@ def _train_step(net, encoder, mode, place, batch, optimizer, empty: torch.Tensor
 
 @torch.no_grad()
 def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers, ctx):
-    """Clip softmax scores, labels (train class index, -1 if unseen) and groups of every test clip, in the order of
-    the test clips; under torchrun each rank scores every W-th clip and rank 0 gets them all (the others None),
-    every rank with rank 0's BatchNorm statistics: one model scores them all, whatever the number of ranks."""
+    """Clip softmax scores, labels (train class index, -1 if unseen) and groups of every test clip read, in the
+    order of the test clips, and the (path, reason) of the test files that failed; under torchrun each rank scores
+    every W-th clip and rank 0 gets them all (the others None), every rank with rank 0's BatchNorm statistics: one
+    model scores them all, whatever the number of ranks."""
     broadcast_buffers(model, ctx)
     model.eval()
     index = {c: i for i, c in enumerate(classes)}
@@ -257,7 +275,9 @@ def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, wor
     if ctx.enabled:
         dataset = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
     scores, rows, clips = ToHost(), [], []  # scores: one wait for the device per 32 batches
+    failures = FailureLog(max_fraction=1.0)  # recorded, never a reason to stop: the result says what was scored
     for batch in Surviving(make_loader(dataset, cfg.batch_size, workers, pin_memory=place.pin_memory)):
+        failures.update(batch)
         if batch["index"].numel() == 0:
             continue
         with place.autocast():
@@ -267,11 +287,12 @@ def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, wor
         clips.append(batch["clip"].numpy())
     mine = (scores.result(torch.empty(0, len(classes))).numpy(), np.concatenate(rows or [np.zeros(0, np.int64)]),
             np.concatenate(clips or [np.zeros(0, np.int64)]))  # fmt: skip
-    ranks = gather_objects(mine, ctx)
+    ranks, failed = gather_objects(mine, ctx), gather_objects(failures.failures, ctx)
     if not ctx.main:
         return None
     scores, rows, clips = (np.concatenate(parts) for parts in zip(*ranks))
     order = np.lexsort((clips, rows))
     scores, rows = scores[order], rows[order]
     items = [test_items[test_rows[row]] for row in rows]
-    return scores, np.array([index.get(item.label, -1) for item in items]), np.array([item.group for item in items])
+    labels = np.array([index.get(item.label, -1) for item in items], dtype=np.int64)
+    return scores, labels, np.array([item.group for item in items]), [f for rank in failed for f in rank]
