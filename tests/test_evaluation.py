@@ -66,10 +66,11 @@ def test_eval_commands_write_json(run, tmp_path, capsys):
     root, run_dir = run
     table = tmp_path / "table.csv"
     write_table(items_of(root), table)
-    feats = tmp_path / "audio.npz"
+    feats = tmp_path / "audio.split1.npz"
     assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(table), "--clips", "2",
-                 "--out", str(tmp_path / "audio")]) == 0  # fmt: skip
+                 "--out", str(tmp_path / "audio.split1")]) == 0  # fmt: skip
     assert f"-> {feats};" in capsys.readouterr().out  # np.savez adds .npz: the line names the file it wrote
+    assert json.loads((tmp_path / "audio.split1.json").read_text())["out"] == str(feats)  # OUT.json beside OUT.npz
     assert main(["eval", "linear", "--features", str(feats), "--out", str(tmp_path / "l.json")]) == 0
     linear = json.loads((tmp_path / "l.json").read_text())
     assert 0 <= linear["top1"] <= 1 and linear["n_test_videos"] == 8 and linear["command"] == "eval linear"
@@ -531,6 +532,30 @@ def test_an_extraction_killed_on_two_ranks_goes_on_in_one_process(run, tmp_path,
     assert main(_extract_cli(run_dir, table, killed)) == 0
     assert "made with other settings" in capsys.readouterr().err
     _same_features(tmp_path / "straight.npz", killed)
+
+
+def test_extraction_parts_of_another_batch_size_are_not_mixed_in(run, tmp_path, monkeypatch, capsys):
+    """Parts of 8 clips whether batches hold 4 or 2: the batch size changes the kernels' rounding, so a part kept
+    at one size is not joined to parts computed at the other."""
+    from xdc.evaluation import extract
+
+    root, run_dir = run
+    items, out = items_of(root)[:6], tmp_path / "f.npz"
+    monkeypatch.setattr(extract, "_part_batches", lambda batches: 8 // (-(-24 // batches)))  # 24 clips: 4 per item
+    embed = extract._embed
+
+    def one_part_then_stop(*args):
+        yield next(embed(*args))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract, "_embed", one_part_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        extract.extract_features(run_dir, "video", items, out, clips=4, batch_size=4, workers=0)
+    assert len(list((tmp_path / "f.parts").glob("part-*.pt"))) == 1
+    monkeypatch.setattr(extract, "_embed", embed)
+    capsys.readouterr()
+    extract.extract_features(run_dir, "video", items, out, clips=4, batch_size=2, workers=0)
+    assert "made with other settings" in capsys.readouterr().err
 
 
 def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeypatch):

@@ -167,7 +167,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped")
     for skip in summary["skipped"][:10]:
         print(f"  skipped {skip['path']}: {skip['reason']}")
-    Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    Path(summary["out"]).with_suffix(".json").write_text(json.dumps(summary, indent=2))  # OUT.npz's OUT
     return 0
 
 
