@@ -149,8 +149,14 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     np.save(tmp_path / "one.npy", np.zeros(3))
     (tmp_path / "text.npz").write_text("not numpy at all\n")
+    columns = {name: np.zeros(3, int) for name in ("label", "split", "fold", "group")}
+    np.savez(tmp_path / "short.npz", features=np.zeros((4, 2)), **columns)
+    np.savez(tmp_path / "objects.npz", features=np.zeros((3, 2)), **{**columns, "label": np.array([1, "a", None])})
     for name, why in [("other.npz", "(no features, label, split, fold, group in it)"), ("text.npz", "(not an .npz)"),
-                      ("one.npy", "(one array, not an .npz of them)")]:  # fmt: skip
+                      ("one.npy", "(one array, not an .npz of them)"),
+                      ("short.npz", "(it needs features of clips x width and one entry per clip in the others: "
+                                    "features (4, 2), label (3,), split (3,), fold (3,), group (3,))"),
+                      ("objects.npz", "(Object arrays cannot be loaded when allow_pickle=False)")]:  # fmt: skip
         for protocol in ("linear", "kfold"):
             assert main(["eval", protocol, "--features", str(tmp_path / name)]) == 2
             err = capsys.readouterr().err

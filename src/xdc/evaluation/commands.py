@@ -39,7 +39,17 @@ def load_features(path: str | Path) -> dict[str, np.ndarray]:
         missing = [name for name in FEATURE_ARRAYS if name not in data.files]
         if missing:
             raise UserError(f"{not_features} (no {', '.join(missing)} in it)")
-        return {k: data[k] for k in data.files}
+        try:
+            arrays = {k: data[k] for k in data.files}
+        except ValueError as e:  # e.g. an array of Python objects, which needs a pickle
+            raise UserError(f"{not_features} ({e})") from None
+    columns = [arrays[name] for name in FEATURE_ARRAYS[1:]]
+    if (arrays["features"].ndim != 2 or any(a.ndim != 1 for a in columns)
+            or any(len(a) != len(arrays["features"]) for a in columns)):  # fmt: skip
+        shapes = ", ".join(f"{name} {arrays[name].shape}" for name in FEATURE_ARRAYS)
+        raise UserError(f"{not_features} (it needs features of clips x width and one entry per clip in the others: "
+                        f"{shapes})")  # fmt: skip
+    return arrays
 
 
 def eval_linear(features: Path, test_features: Path | None, classifier: str, out: Path | None) -> dict:
