@@ -3,6 +3,7 @@
 import csv
 import json
 import subprocess
+import shutil
 import sys
 from pathlib import Path
 
@@ -96,6 +97,21 @@ def test_model_card(exported):
     assert 'xdc.load_encoder("video.safetensors")' in card and "mean [0.43216, 0.394666, 0.37645]" in card
 
 
+def test_the_card_says_what_trained_the_encoders(run):
+    from xdc.export import model_card
+    from xdc.methods import get_method
+
+    cfg = load_config(run / "config.yaml")
+    encoders = {name: load_run_encoder(run, name)[0] for name in ("video", "audio")}
+    card = {name: model_card(run, get_method(name), cfg, encoders, {"video": "video", "audio": "audio"}, [])
+            for name in ("xdc", "supervised", "scratch")}  # fmt: skip
+    assert "Self-supervised encoders trained with `xdc pretrain`" in card["xdc"] and "re-cluster on" in card["xdc"]
+    assert "Encoders trained on the manifest's labels with `xdc pretrain`" in card["supervised"]
+    assert "re-cluster" not in card["supervised"] and "assignment" not in card["supervised"]
+    assert "Untrained encoders (random weights, a baseline)" in card["scratch"]
+    assert "Self-supervised" not in card["supervised"] + card["scratch"]
+
+
 def test_export_refuses_unfinished_runs_and_foreign_folders(run, tmp_path, capsys):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
@@ -111,6 +127,28 @@ def test_export_refuses_unfinished_runs_and_foreign_folders(run, tmp_path, capsy
     (tmp_path / "bad.json").write_text("{}")
     assert main(["export", str(run), "--out", str(tmp_path / "b"), "--metrics", str(tmp_path / "bad.json")]) == 2
     assert "not a result file of `xdc eval" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_a_run_that_cannot_load_leaves_a_previous_export_alone(run, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    whole = (run / "encoders.pt").read_bytes()
+    (damaged / "encoders.pt").write_bytes(whole[: len(whole) // 2])
+    assert main(["export", str(damaged), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"xdc: error: cannot read {damaged / 'encoders.pt'} as a run's encoders: ") and err.count(
+        "\n") == 1  # fmt: skip
+    (damaged / "encoders.pt").write_bytes(whole)  # whole weights, but config.yaml describes another model
+    config = (damaged / "config.yaml").read_text()
+    assert "video_width: 8" in config
+    (damaged / "config.yaml").write_text(config.replace("video_width: 8", "video_width: 16"))
+    assert main(["export", str(damaged), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the encoder 'video' does not fit the model that" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_export_replaces_a_previous_export_whole(run, tmp_path):
@@ -144,7 +182,7 @@ def test_load_encoder_errors(exported, tmp_path):
     with pytest.raises(UserError, match="not written by `xdc export`.*load_official_xdc"):
         xdc.load_encoder(tmp_path / "foreign.safetensors")
     (tmp_path / "text.safetensors").write_text("not a tensor file")
-    with pytest.raises(UserError, match="cannot read .* as a safetensors file"):
+    with pytest.raises(UserError, match="cannot read .* as a safetensors file: .*use xdc.models.load_official_xdc"):
         xdc.load_encoder(tmp_path / "text.safetensors")
     meta = read_metadata(out / "video.safetensors")
     raw = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in meta.items()}

@@ -141,6 +141,12 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "text.pth").write_text("not a checkpoint")
     with pytest.raises(UserError, match="cannot read .*text.pth as a PyTorch weights file"):
         load_official_xdc(tmp_path / "text.pth")
+    # torch's unpickler fails on other text with KeyError, IndexError, ...: each is the same one-line error
+    for n, text in enumerate(["hello\n", "abc", '{"weights": [1, 2]}\n']):
+        (tmp_path / f"{n}.pth").write_text(text)
+        with pytest.raises(UserError, match=f"cannot read .*{n}.pth as a PyTorch weights file: ") as e:
+            load_official_xdc(tmp_path / f"{n}.pth")
+        assert "\n" not in str(e.value) and "weights_only" not in str(e.value)  # not torch's advice to unpickle
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(UserError, match="holds no state dict"):
         load_official_xdc(tmp_path / "list.pth")

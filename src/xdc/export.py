@@ -76,7 +76,8 @@ def read_metadata(path: str | Path, name: str | None = None) -> dict:
         with safe_open(file, framework="pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read {file} as a safetensors file: {e}") from None
+        raise UserError(f"cannot read {file} as a safetensors file: {e}; for the released XDC checkpoints use "
+                        "xdc.models.load_official_xdc") from None  # fmt: skip
     if raw.get("format") != FORMAT:
         raise UserError(f"{file} was not written by `xdc export` (no {FORMAT!r} metadata); "
                         "for the released XDC checkpoints use xdc.models.load_official_xdc")  # fmt: skip
@@ -128,17 +129,17 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
     if run.is_file():
         return export_released(run, out, metrics, also)
     encoders_file = checkpoint.finished_encoders(run)
-    _check_programs(also)  # every input is checked before anything is written
+    _check_programs(also)  # every input is checked (and the encoders loaded) before anything is written
     results = [_read_result(Path(m)) for m in metrics]
-    _prepare_out(out)
-    saved = checkpoint.load(encoders_file)
+    saved = checkpoint.read(encoders_file, "a run's encoders")
     cfg = load_config(run / "config.yaml")
-    encoders, files = {}, []
-    for name in saved["encoders"]:
-        encoder, modality, _ = load_run_encoder(run, name)
+    loaded = {name: load_run_encoder(run, name)[:2] for name in saved["encoders"]}
+    _prepare_out(out)
+    files = []
+    for name, (encoder, modality) in loaded.items():
         files += _write_encoder(out, name, encoder_metadata(name, modality, saved["method"], encoder, cfg), encoder,
                                 also)  # fmt: skip
-        encoders[name] = encoder
+    encoders = {name: encoder for name, (encoder, _) in loaded.items()}
     card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results, also)
     return [*files, _write_card(out, card)]
 
@@ -294,7 +295,7 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
     lines = [
         f"# {method.name} encoders from `{run.name}`",
         "",
-        f"Self-supervised encoders trained with `xdc pretrain` (xdc {__version__}), method **{method.name}**: "
+        f"{_kind_of_encoders(method)} with `xdc pretrain` (xdc {__version__}), method **{method.name}**: "
         f"{method.description}. Exported with `xdc export` from `{run}`.",
         "",
         *_load_lines(encoders, programs),
@@ -307,9 +308,9 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
         lines.append(f"- rounds: none (method {method.name} trains nothing)")
     else:
         k = "" if method.supervised else f"; k = {train.k} clusters per label set"
+        clustering = "" if method.supervised else f", re-cluster on {train.recluster}, assignment {train.assign}"
         lines += [f"- rounds: {rounds_done} of {1 if method.supervised else train.rounds}{k}",
-                  f"- per round: {train.epochs} epoch(s) of {_epoch(train.epoch_size)}, "
-                  f"re-cluster on {train.recluster}, assignment {train.assign}",
+                  f"- per round: {train.epochs} epoch(s) of {_epoch(train.epoch_size)}{clustering}",
                   f"- optimiser: SGD lr {train.lr}, momentum {train.momentum}, weight decay {train.weight_decay}, "
                   f"batch {train.batch_size}; seed {cfg.seed}"]  # fmt: skip
     if train.init is not None:
@@ -318,6 +319,12 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
     lines += ["", "## Evaluation", "", *_metric_lines(results)]
     lines += ["", "## Input", "", *_input_lines(cfg, set(modalities.values()))]
     return "\n".join(lines) + "\n"
+
+
+def _kind_of_encoders(method: Method) -> str:
+    if not method.trains:
+        return "Untrained encoders (random weights, a baseline) made"
+    return "Encoders trained on the manifest's labels" if method.supervised else "Self-supervised encoders trained"
 
 
 def released_card(path: Path, encoder: nn.Module, cfg: Config, results: list[dict],

@@ -54,7 +54,7 @@ def encoder_modalities(path: str | Path) -> dict[str, str]:
     path = Path(path)
     kind = _kind(path)
     if kind == "run":
-        return dict(checkpoint.load(checkpoint.finished_encoders(path))["modalities"])
+        return dict(checkpoint.read(checkpoint.finished_encoders(path), "a run's encoders")["modalities"])
     if kind == "export":
         from xdc.export import read_metadata
 
@@ -88,13 +88,18 @@ def _is_run(folder: Path) -> bool:
 
 def _run(run: Path, name: str) -> Source:
     weights = checkpoint.finished_encoders(run)
-    saved = checkpoint.load(weights)
+    saved = checkpoint.read(weights, "a run's encoders")
     if name not in saved["encoders"]:
         raise UserError(f"{run} has no encoder {name!r}; it has: {', '.join(saved['encoders'])}")
     cfg = load_config(run / "config.yaml")
     modality = saved["modalities"][name]
     encoder = build_encoder(modality, cfg.model)
-    encoder.load_state_dict(saved["encoders"][name])
+    try:
+        encoder.load_state_dict(saved["encoders"][name])
+    except RuntimeError as e:  # torch lists the mismatches on the lines after its first
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])[:500]
+        raise UserError(f"{weights}: the encoder {name!r} does not fit the model that {run / 'config.yaml'} "
+                        f"describes: {detail}") from None  # fmt: skip
     return Source(encoder.eval(), modality, cfg, weights, "run")
 
 

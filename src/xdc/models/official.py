@@ -9,7 +9,6 @@ classifier) and is ignored.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -59,11 +58,7 @@ def load_official_xdc(path: str | Path) -> VideoEncoder:
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    try:
-        obj = checkpoint.load(path)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read {path} as a PyTorch weights file: {first_line}") from None
+    obj = checkpoint.read(path, "a PyTorch weights file")
     if isinstance(obj, dict) and not _is_state_dict(obj):
         obj = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not _is_state_dict(obj):

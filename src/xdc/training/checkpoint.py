@@ -31,6 +31,27 @@ def load(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def read(path: str | Path, what: str) -> dict:
+    """``load``, for a file that a user names (or that a run keeps for them): any failure to read it is a one-line
+    error naming the file and ``what`` it should be."""
+    try:
+        return load(path)
+    except Exception as e:  # torch's unpickler raises many kinds (KeyError, IndexError, ...) on a file of another kind
+        raise UserError(f"cannot read {path} as {what}: {_why_unreadable(e)}") from None
+
+
+def _why_unreadable(error: Exception) -> str:
+    """What torch's message says is wrong: the line after its "WeightsUnpickler error:" if any (the lines before
+    it advise weights_only=False, which would run a file's code), else its first line. Errors that torch's reader
+    does not word (a KeyError of a byte value, ...) come from a file that torch.save did not write."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    elif not isinstance(error, (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError)):
+        return f"not a file that torch.save writes ({type(error).__name__}: {text})"
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+
+
 def warn_threads(before: int | None, device: torch.device) -> None:
     """Warn that a pass resumed on the CPU with another thread count than the ``before`` its checkpoint recorded
     (None: an older checkpoint) no longer matches a pass straight through. The thread count sets how the CPU splits
@@ -70,8 +91,8 @@ def read_made_with(path: Path, identity: str) -> tuple[dict | None, str | None]:
         return None, None
     try:
         saved = load(path)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:  # not a whole file
-        return None, f"{path} cannot be read ({type(e).__name__}: {e})"
+    except Exception as e:  # not a whole file: torch's unpickler raises many kinds
+        return None, f"{path} cannot be read ({type(e).__name__}: {_why_unreadable(e)})"
     if saved.get("identity") != identity:
         return None, f"{path} was made with other settings (run, data, items or command options)"
     return saved, None
