@@ -236,6 +236,27 @@ def test_rerun_keeps_done_files_and_redoes_changed_ones(tmp_path: Path) -> None:
     assert _streams(out / "0.mp4")["size"] == (48, 32)
 
 
+def test_a_link_to_a_file_elsewhere_is_copied_where_the_link_is(tmp_path: Path) -> None:
+    """The copies' names come from the input folder: a link in it to a file outside it (a shared store) must not
+    move them all under the folder that holds both (here DIR/<tmp_path>/src/...). A link to a file inside the
+    folder is that file, found twice, as xdc index takes it: copied once, under its own name."""
+    src, store, out = tmp_path / "src", tmp_path / "store", tmp_path / "out"
+    (src / "cats").mkdir(parents=True)
+    store.mkdir()
+    write_av(src / "cats" / "a.mp4", _scene(10, 64, 96, 0), FPS, None)
+    write_av(store / "elsewhere.mp4", _scene(10, 64, 96, 1), FPS, None)
+    os.symlink(store / "elsewhere.mp4", src / "b.mp4")
+    os.symlink(src / "cats" / "a.mp4", src / "again.mp4")
+    code, stdout = _run(str(src), "--out", str(out), "--workers", "1")
+    assert code == 0 and stdout.endswith("2 files: 2 prepared (0 already done), 0 skipped, 0 failed\n")
+    made = sorted(str(p.relative_to(out)) for p in out.rglob("*.mp4"))
+    assert made == ["b.mp4", "cats/a.mp4"]
+    report = _report(out)
+    assert {name: (r["source"], r["output"]) for name, r in report.items()} == {
+        "b.mp4": (str(src / "b.mp4"), "b.mp4"), "a.mp4": (str(src / "cats" / "a.mp4"), "cats/a.mp4")}
+    assert _streams(out / "b.mp4")["size"] == (96, 64)  # read through the link
+
+
 def test_a_run_killed_keeps_every_copy_it_finished(tmp_path: Path) -> None:
     """SIGKILLed while transcoding: each finished copy's row is in the side file as soon as it is made, so the next
     run redoes none of them, and its report is that of a run straight through."""

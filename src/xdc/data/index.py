@@ -218,12 +218,17 @@ def _check_out(out: Path) -> None:
 # --- finding the files -------------------------------------------------------------------------------------
 
 
-def media_under(folder: str, found: Callable[[int], object] = lambda n: None) -> Iterator[str]:
+def media_under(
+    folder: str, found: Callable[[int], object] = lambda n: None, outside_links: str = "resolve"
+) -> Iterator[str]:
     """The media files under the resolved ``folder``, in os.walk's order: a folder's files by name, then each of
     its subfolders' in name order. Hidden entries are skipped: they are tools' partial writes and metadata, not
     the collection; so are links to folders (a loop, or files counted twice). Only links need resolving: the
-    folders walked are real, and resolving every path (22 us a file) made listing 9 times slower. ``found(n)``
-    after each folder: its n media files (for a progress bar: tens of millions of files take minutes)."""
+    folders walked are real, and resolving every path (22 us a file) made listing 9 times slower. A link to a
+    file outside ``folder`` stays the link's own path where ``outside_links`` is "keep" (xdc prepare names its
+    copy by where it is found, not by a folder elsewhere). ``found(n)`` after each folder: its n media files (for
+    a progress bar: tens of millions of files take minutes)."""
+    inside = folder.rstrip("/") + "/"
     folders = [folder]
     while folders:
         current = folders.pop()
@@ -241,7 +246,11 @@ def media_under(folder: str, found: Callable[[int], object] = lambda n: None) ->
                     subfolders.append(entry.path)
             elif Path(entry.name).suffix.lower() in MEDIA_EXTENSIONS:
                 media += 1
-                yield os.path.realpath(entry.path) if entry.is_symlink() else entry.path
+                if not entry.is_symlink():
+                    yield entry.path
+                    continue
+                real = os.path.realpath(entry.path)
+                yield entry.path if outside_links == "keep" and not real.startswith(inside) else real
         found(media)
         folders.extend(reversed(subfolders))
 
@@ -253,19 +262,20 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return False
 
 
-def list_media(paths: list[str], roots: list[Path]) -> Iterator[str]:
+def list_media(paths: list[str], roots: list[Path], outside_links: str = "resolve") -> Iterator[str]:
     """The media files under PATH arguments, as found, holding none: a folder is searched recursively for media
     files, a .csv/.txt/.lst file lists files (which need not have a media extension, and need not exist: missing
     ones become error rows). A file named twice (its folder and a list) comes twice. Each folder searched is added
-    to ``roots`` (for relative label paths) as it is reached. Progress on stderr once that takes over a few
-    seconds; a UserError at the end when there was none."""
+    to ``roots`` (for relative label paths) as it is reached. Paths are absolute, links resolved, except links in
+    a folder to files outside it with ``outside_links="keep"`` (``media_under``). Progress on stderr once that
+    takes over a few seconds; a UserError at the end when there was none."""
     check_paths(paths)
     found = 0
     with progress_bar(desc="listing", unit=" files", quiet=True) as bar:
 
         def under(folder: Path) -> Iterator[str]:
             roots.append(folder)
-            yield from media_under(str(folder), bar.update)
+            yield from media_under(str(folder), bar.update, outside_links)
 
         for arg in paths:
             path = Path(arg).expanduser().resolve()

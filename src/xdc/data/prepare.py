@@ -143,7 +143,7 @@ def prepare(
         _check_out(out)
         inside = str(out).rstrip("/") + "/"  # a string test: a path object per source took 5 us (5 minutes at 65M)
         checked = 0
-        for source in list_media(paths, roots):
+        for source in list_media(paths, roots, outside_links="keep"):  # its copy goes where the link is
             if len(roots) > checked:  # a folder reached: checked before any file of it is shared out
                 _check_roots(out, roots[checked:])
                 checked = len(roots)
