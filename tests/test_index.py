@@ -526,6 +526,10 @@ def test_labels_without_path_and_label_columns_is_a_user_error(media: Path, tmp_
     bad.write_text("file,class\ngood.mp4,speech\n")
     with pytest.raises(UserError, match="path and label"):
         build_manifest([str(media)], tmp_path / "manifest.csv", labels=bad, workers=1)
+    for text in ("path,label\n", "path,label\nfoo.mp4,\n,bar\n"):  # no row to label a file with
+        bad.write_text(text)
+        with pytest.raises(UserError, match=f"^{re.escape(str(bad))} has no row with both a path and a label$"):
+            build_manifest([str(media)], tmp_path / "manifest.csv", labels=bad, workers=1)
     binary = tmp_path / "features.npz"  # a binary file given by mistake: named as such, not dumped as its header
     np.savez(binary, x=np.zeros(3))
     with pytest.raises(UserError, match=f"^{re.escape(str(binary))}: not a text labels CSV \\(a binary file, or "):

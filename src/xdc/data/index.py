@@ -699,6 +699,8 @@ class LabelIndex:
             absolute = resolve(os.path.join(base, os.path.expanduser(raw)))
             for kind, key in zip(_KINDS, (absolute, relative, name, stem)):
                 halves[kind].extend((hash(key), _second_half(key)))
+        if not label_ids:  # before any file is probed or copied with no label to give it
+            raise UserError(f"{path} has no row with both a path and a label")
         rows = np.frombuffer(label_ids, dtype=np.intc)  # array("i") holds C ints
         return cls(list(ids), {kind: _Keys.of(halves.pop(kind), rows) for kind in _KINDS})  # each freed once sorted
 
