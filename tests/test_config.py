@@ -13,6 +13,10 @@ def test_defaults_yaml_then_overrides(tmp_path):
     assert cfg.data.clip.seconds == 2.0 and cfg.data.clip.audio_span == 2.0
     assert cfg.data.missing_audio == "zeros" and cfg.data.augment.flip is False
     assert load_config().data.clip.audio_span == 1.0  # default: audio spans the video clip
+    # YAML 1.1 reads 1e-5 (no dot) as text: a number setting takes it as the number it writes
+    path.write_text("train:\n  weight_decay: 1e-5\n")
+    cfg = load_config(path, ["train.lr=2E-3", "model.video_bn_eps=1e-3"])
+    assert (cfg.train.weight_decay, cfg.train.lr, cfg.model.video_bn_eps) == (1e-5, 2e-3, 1e-3)
 
 
 @pytest.mark.parametrize(
@@ -26,6 +30,10 @@ def test_defaults_yaml_then_overrides(tmp_path):
         ("data.read_timeout_s=-1", "data.read_timeout_s must be >= 0"),
         ("data.clip=3", "is a section"),
         ("frames", "key=value"),
+        ("train.lr=nan", "train.lr must be a number, not 'nan'"),
+        ("train.k=[3", r"override 'train.k=\[3': the value is not valid YAML \(expected ',' or '\]', but got "
+                       r"'<stream end>' at line 1, column 3\)$"),
+        ("train.k=@x", "found character '@' that cannot start any token at line 1, column 1"),
         # values out of range: before, a traceback later (log_every, weight_decay, epoch_size), a crash of faiss
         # (pca_dim), or a run that trained nothing (accumulate)
         ("train.log_every=0", r"train.log_every must be at least 1, not 0$"),
@@ -58,7 +66,8 @@ def test_bad_yaml_files(tmp_path):
     (tmp_path / "broken.yaml").write_text("data: {clip: [\n")
     with pytest.raises(UserError, match="mapping"):
         load_config(tmp_path / "list.yaml")
-    with pytest.raises(UserError, match="not valid YAML"):
+    with pytest.raises(UserError, match="not valid YAML: expected the node content, but found .* at line 2, "
+                                        "column 1$"):  # one line: where, not PyYAML's drawing
         load_config(tmp_path / "broken.yaml")
     with pytest.raises(UserError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")

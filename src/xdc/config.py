@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import functools
 import json
+import math
 import os
 import types
 import typing
@@ -384,9 +385,21 @@ def load_config(
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"override {item!r} is not of the form key=value (e.g. data.clip.frames=16)")
-        _set_dotted(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise UserError(f"override {item!r}: the value is not valid YAML ({_yaml_error(e)})") from None
+        _set_dotted(cfg, key.strip(), value)
     _revalidate(cfg)
     return cfg
+
+
+def _yaml_error(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where (its message spans several, with a caret drawing)."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
 def _read_yaml(path: str | Path) -> dict:
@@ -395,7 +408,7 @@ def _read_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise UserError(f"cannot read config {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"config {path} is not valid YAML: {e}") from None
+        raise UserError(f"config {path} is not valid YAML: {_yaml_error(e)}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise UserError(f"config {path} must be a mapping of settings, got {type(loaded).__name__}")
     return loaded or {}
@@ -504,12 +517,23 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _decimal(value) is not None:  # YAML 1.1 reads 1e-5 (no dot) as text
+            return _decimal(value)
         raise UserError(f"{key} must be a number, not {value!r}")
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise UserError(f"{key} must be a string, not {value!r}")
     return value
+
+
+def _decimal(text: str) -> float | None:
+    """The finite number ``text`` writes (1e-5, 2E3), or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _revalidate(obj: Any) -> None:
