@@ -214,6 +214,8 @@ def test_a_manifest_is_read_in_chunks_as_one(tmp_path, monkeypatch):
         "g.mp4,ok,,0,1,64,ant\n"  # zero duration: unusable
         "h.mp4,ok,,4,True,64,zebra\n"
         "i.mp4,ok\n"  # a short row: no duration, unusable
+        "path,status,reason,duration_s,has_audio,width,label\n"  # a second manifest joined whole: its header is
+        "j.mp4,error,cannot open,,0,,\n"  # unusable, as are the numbers of unusable rows
     )
     m = Manifest.load(path)
     assert m.paths.tolist() == [b"b.mp4", b"c, d.mp4", b"f.wav", b"h.mp4"]
@@ -222,6 +224,15 @@ def test_a_manifest_is_read_in_chunks_as_one(tmp_path, monkeypatch):
     assert m.has_audio.tolist() == [True, False, True, True] and m.has_video.tolist() == [True, True, False, True]
     with_audio = Manifest.load(path, require_audio=True)
     assert with_audio.paths.tolist() == [b"b.mp4", b"f.wav", b"h.mp4"] and with_audio.labels.tolist() == [1, 0, 1]
+    lines = path.read_text().splitlines()
+    lines[6] = "h.mp4,ok,,4 s,True,64,zebra"  # a hand edit in a usable row: named with its line, in the third chunk
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=f"^{path} line 7: duration_s '4 s' is not a number$"):
+        Manifest.load(path)
+    lines[6] = "h.mp4,ok,,4,True,wide,zebra"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=f"^{path} line 7: width 'wide' is not a number$"):
+        Manifest.load(path)
     path.write_text("path,status,duration_s\nb.mp4,ok,2\n")
     with pytest.raises(UserError, match="missing columns: has_audio"):
         Manifest.load(path)

@@ -8,6 +8,9 @@ from pathlib import Path
 import av
 import numpy as np
 
+# AAC's standard sample rates up to 48 kHz (FFmpeg's encoder refuses others).
+AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
 
 def write_av(
     path: str | Path,

@@ -211,7 +211,11 @@ class Manifest:
                 reader = csv.reader(_counted(f, bar))
                 columns = _columns(path, next(reader, []))
                 while chunk := list(itertools.islice(reader, _CHUNK_ROWS)):
-                    parts.append(_parse(chunk, columns, _allowed(require_audio), codes))
+                    try:
+                        parts.append(_parse(chunk, columns, _allowed(require_audio), codes))
+                    except NotANumber as e:  # a hand edit, or files joined with their headers (docs/index.md)
+                        line = reader.line_num - (len(chunk) - 1 - e.row)
+                        raise UserError(f"{path} line {line}: {e}") from None
                     if len(parts) == _CHUNKS_PER_BLOCK:
                         blocks.append(_concat(parts))
                         parts = []
@@ -270,19 +274,42 @@ def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, .
             return [default] * len(rows)
         return [(row[i] if i < len(row) else "") or default for row in rows]
 
-    durations = np.array(column("duration_s", "0"), dtype=np.float64)
-    keep = np.flatnonzero(np.isin(np.array(column("status", "")), allowed) & (durations > 0))
+    usable = np.flatnonzero(np.isin(np.array(column("status", "")), allowed))  # the numbers of others are not read
+    durations = _numbers(column("duration_s", "0"), usable, "duration_s")
+    keep = usable[durations > 0]
     pick = keep.tolist()
     paths, labels = column("path", ""), column("label", "")
     return Manifest(
         paths=np.array([encode_paths(paths[i]) for i in pick], dtype="S") if pick else np.array([], dtype="S1"),
-        durations=durations[keep],
+        durations=durations[durations > 0],
         offsets=np.zeros(keep.size, dtype=np.float64),
         has_audio=np.isin(np.array(column("has_audio", ""))[keep], ("1", "True", "true")),
-        has_video=np.array(column("width", "1"), dtype=np.float64)[keep] > 0,
+        has_video=_numbers(column("width", "1"), keep, "width") > 0,
         labels=np.array([codes.setdefault(labels[i], len(codes)) if labels[i] else -1 for i in pick], dtype=np.int32),
         classes=(),
     )
+
+
+class NotANumber(ValueError):
+    """A usable row's cell that should hold a number: its column, its row in the parsed rows and its text."""
+
+    def __init__(self, column: str, row: int, cell: str):
+        super().__init__(f"{column} {cell!r} is not a number")
+        self.row = row
+
+
+def _numbers(cells: list[str], rows: np.ndarray, column: str) -> np.ndarray:
+    """The cells of ``rows`` as float64; NotANumber names the first that is not one."""
+    picked = cells if len(rows) == len(cells) else [cells[i] for i in rows.tolist()]  # most often every row
+    try:
+        return np.array(picked, dtype=np.float64)
+    except ValueError:
+        for i, cell in zip(rows.tolist(), picked):
+            try:
+                float(cell)
+            except ValueError:
+                raise NotANumber(column, i, cell) from None
+        raise
 
 
 def _join(parts: list[Manifest], codes: dict[str, int]) -> Manifest:

@@ -30,6 +30,7 @@ from xdc.data.index import (
     LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS
+from xdc.data.encode import AAC_SAMPLE_RATES
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import dict_rows, open_text, write_atomic
 from xdc.data.shares import (
@@ -47,8 +48,6 @@ LABELS = "labels.csv"
 COLUMNS = ("source", "output", "status", "reason", "seconds", "duration_s", "size", "mtime", "settings")
 PARTIAL_GLOB = ".*.partial.mp4"  # outputs being written; the * is the output's file name
 PROBLEMS = 10  # skipped and failed files that the summary names (each rank sends rank 0 its first, not all)
-# AAC's standard sample rates (the encoder refuses others).
-SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # --audio: the codec of the copies' audio. AAC makes the smallest copies; FLAC (lossless) and 16-bit PCM skip AAC's
 # decoder start, paid twice per clip (once by the file's open): 1.09-1.12x and 1.14-1.15x the paper-preset items
 # per core (crops and log-mel on the device) for 1.6-2.1x and 2.6x the bytes (BENCHMARKS.md "Audio codec of the
@@ -79,8 +78,8 @@ class PrepareOptions:
             raise UserError(f"--gop must be at least 1 frame, got {self.gop}")
         if self.fps is not None and not self.fps > 0:
             raise UserError(f"--fps must be positive, got {self.fps}")
-        if self.sample_rate not in SAMPLE_RATES:
-            rates = ", ".join(map(str, SAMPLE_RATES))
+        if self.sample_rate not in AAC_SAMPLE_RATES:
+            rates = ", ".join(map(str, AAC_SAMPLE_RATES))
             raise UserError(f"--sample-rate must be one of AAC's rates ({rates}), got {self.sample_rate}")
         if not 0 <= self.crf <= 51:
             raise UserError(f"--crf must be between 0 and 51, got {self.crf}")

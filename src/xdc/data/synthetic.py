@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from xdc.config import SyntheticConfig
-from xdc.data.encode import write_av
+from xdc.data.encode import AAC_SAMPLE_RATES, write_av
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
 from xdc.progress import progress_bar
@@ -321,8 +321,9 @@ def _check(out: Path, videos: int, classes: int, seed: int, cfg: SyntheticConfig
         raise UserError(f"synthetic.width and .height must be even and at least 16, not {cfg.width}x{cfg.height}")
     if cfg.fps <= 0 or cfg.seconds <= 0:
         raise UserError("synthetic.fps and synthetic.seconds must be positive")
-    if cfg.sample_rate < 8000:
-        raise UserError(f"synthetic.sample_rate must be at least 8000, not {cfg.sample_rate}")
+    if cfg.sample_rate not in AAC_SAMPLE_RATES:
+        rates = ", ".join(map(str, AAC_SAMPLE_RATES))
+        raise UserError(f"synthetic.sample_rate must be one of AAC's rates ({rates}), not {cfg.sample_rate}")
     if not 0.0 <= cfg.offscreen_fraction <= 1.0:
         raise UserError(f"synthetic.offscreen_fraction must be in [0, 1], not {cfg.offscreen_fraction}")
     if cfg.offscreen_fraction > 0 and classes < 2:
