@@ -4,6 +4,8 @@ file only. Real processes, ended by real signals; what makes one crash or hang i
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -54,3 +56,40 @@ def test_a_file_that_hangs_is_ended_after_its_limit_and_the_others_done():
     assert got[("b", "hang")] == {"failed": "hung (over 1 s)"}
     assert all("pid" in r for k, r in got.items() if k[1] == "ok")
     assert time.monotonic() - t < 20  # about 2 s: the limit in the pool, then again alone
+
+
+DRIVER = """
+import time
+from xdc.data.jobs import run_jobs
+
+
+def job(key):
+    time.sleep(3600)
+
+
+run_jobs([1, 2], job, 2, done=print, failed=print, limit_s=lambda key: 0, initializer=lambda: None)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="finds the workers in Linux's /proc")
+def test_workers_end_with_a_process_killed_with_sigkill(tmp_path):
+    """A pool's workers wait on its queue; killed with the process that started them (prctl), not left running."""
+    from conftest import child_pids
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    proc = subprocess.Popen([sys.executable, str(driver)])
+    deadline = time.time() + 60
+    while len(workers := child_pids(proc.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2, "the pool did not start its workers"
+    time.sleep(0.5)  # their initializer has run: each is in its job
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "the workers outlived the process that started them"

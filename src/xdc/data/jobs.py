@@ -10,9 +10,13 @@ even inside FFmpeg's C code) and becomes a crash of its own kind: ``hung``.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import multiprocessing
+import os
 import signal
+import sys
 from collections.abc import Callable, Hashable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import EXTRA_QUEUED_CALLS, BrokenProcessPool
@@ -31,6 +35,7 @@ def run_jobs(
     """``done(key, job(key))`` for every key, as results come, with ``job`` run in up to ``workers`` processes
     (each started with ``initializer``) and ended after ``limit_s(key)`` seconds; a key whose process dies gets
     ``failed(reason)`` as its result. ``job`` must be picklable (a module-level function, or a partial of one)."""
+    initializer = functools.partial(_start_worker, initializer, os.getpid())
     left = list(keys)
     while left:
         finished = _in_pool(left, job, workers, done, limit_s, initializer)
@@ -62,6 +67,20 @@ def _in_pool(keys, job, workers, done, limit_s, initializer) -> set:
     finally:
         pool.shutdown(cancel_futures=True)  # on Ctrl-C, or when broken, do not wait for the jobs still queued
     return finished
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+
+
+def _start_worker(initializer: Callable[[], None], parent: int) -> None:
+    """A worker's start: on Linux it is killed with the process that started it. Otherwise a parent killed with
+    SIGKILL (the out-of-memory killer, a job scheduler) would leave its pool's workers waiting on the pool's queue
+    for good, each with the modules and memory of a worker (over 300 MB with torch imported)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # it died before the call
+            os._exit(1)
+    initializer()
 
 
 def _timed(job, key, limit: float) -> dict:
