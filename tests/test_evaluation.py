@@ -110,6 +110,29 @@ def test_eval_clusters_takes_labels_given_after_pretraining(run, tmp_path, capsy
     assert err.startswith("xdc: error: no row of") and "names one of the 24 videos" in err and err.count("\n") == 1
 
 
+def test_linear_probe_on_another_file_of_test_features(tmp_path, capsys):
+    """--test-features: train on one file (its train split, or all of it), test on all of another."""
+    rng = np.random.default_rng(0)
+
+    def features(path: Path, labels: list[str], split: str) -> Path:
+        x = rng.normal(size=(len(labels), 8)) + np.array([[3.0 * (label[-1] == "b")] for label in labels])
+        np.savez(path, features=x.astype(np.float32), label=np.array(labels), split=np.array([split] * len(labels)),
+                 fold=np.zeros(len(labels), np.int64), group=np.array([f"{path.stem}{i}" for i in range(len(labels))]))
+        return path
+
+    train = features(tmp_path / "speakers1.npz", ["a", "b"] * 10, "")
+    test = features(tmp_path / "speakers2.npz", ["a", "b"] * 4, "")
+    assert main(["eval", "linear", "--features", str(train), "--test-features", str(test), "--out",
+                 str(tmp_path / "l.json")]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "l.json").read_text())
+    assert result["n_test_videos"] == 8 and result["top1"] >= 0.75 and result["test_features"] == str(test)
+    other = features(tmp_path / "other.npz", ["xa", "xb"] * 4, "")  # another dataset's labels: all answers wrong
+    capsys.readouterr()
+    assert main(["eval", "linear", "--features", str(train), "--test-features", str(other)]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: no label of {other} is a class of {train}'s training clips: are "
+                                       "they features of one dataset's labels?\n")  # fmt: skip
+
+
 def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column

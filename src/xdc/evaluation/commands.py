@@ -61,6 +61,9 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
         has_split = (train["split"] == "train").any()
         train_mask = train["split"] == "train" if has_split else np.ones(len(train["label"]), bool)
         test_mask = np.ones(len(test["label"]), bool)
+        if not np.isin(test["label"], train["label"][train_mask]).any():  # every answer would be wrong
+            raise UserError(f"no label of {test_features} is a class of {features}'s training clips: are they "
+                            "features of one dataset's labels?")  # fmt: skip
     else:
         test = train
         train_mask, test_mask = train["split"] == "train", train["split"] == "test"
