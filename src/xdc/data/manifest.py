@@ -213,7 +213,7 @@ class Manifest:
                 while chunk := list(itertools.islice(reader, _CHUNK_ROWS)):
                     try:
                         parts.append(_parse(chunk, columns, _allowed(require_audio), codes))
-                    except NotANumber as e:  # a hand edit, or files joined with their headers (docs/index.md)
+                    except _NotANumber as e:  # a hand edit, or files joined with their headers (docs/index.md)
                         line = reader.line_num - (len(chunk) - 1 - e.row)
                         raise UserError(f"{path} line {line}: {e}") from None
                     if len(parts) == _CHUNKS_PER_BLOCK:
@@ -290,7 +290,7 @@ def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, .
     )
 
 
-class NotANumber(ValueError):
+class _NotANumber(ValueError):
     """A usable row's cell that should hold a number: its column, its row in the parsed rows and its text."""
 
     def __init__(self, column: str, row: int, cell: str):
@@ -299,7 +299,7 @@ class NotANumber(ValueError):
 
 
 def _numbers(cells: list[str], rows: np.ndarray, column: str) -> np.ndarray:
-    """The cells of ``rows`` as float64; NotANumber names the first that is not one."""
+    """The cells of ``rows`` as float64; _NotANumber names the first that is not one."""
     picked = cells if len(rows) == len(cells) else [cells[i] for i in rows.tolist()]  # most often every row
     try:
         return np.array(picked, dtype=np.float64)
@@ -308,7 +308,7 @@ def _numbers(cells: list[str], rows: np.ndarray, column: str) -> np.ndarray:
             try:
                 float(cell)
             except ValueError:
-                raise NotANumber(column, i, cell) from None
+                raise _NotANumber(column, i, cell) from None
         raise
 
 

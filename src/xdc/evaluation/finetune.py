@@ -195,10 +195,9 @@ def finetune(
     if not ctx.main:
         return None
     scores, labels, groups, test_failures = tested
-    if not len(scores):
-        first = test_failures[0] if test_failures else ("", "no clips")
-        raise UserError(f"no test clip could be read ({len(test_failures)} files failed; the first: "
-                        f"{first[0]}: {first[1]})")  # fmt: skip
+    if not len(scores):  # there were test files (checked above): each failed
+        path, reason = test_failures[0]
+        raise UserError(f"no test clip could be read ({len(test_failures)} files failed; the first: {path}: {reason})")
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
     trained_losses = [x for x in losses if not math.isnan(x)]
     result = {
