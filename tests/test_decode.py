@@ -284,3 +284,113 @@ def test_a_forked_child_reads_clips_after_its_parent_did(tmp_path, threads):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(_frame_numbers, (path,)).get(timeout=60) == frame_index(parent.video).tolist()
     assert frame_index(parent.video).tolist() == list(range(16, 24))
+
+
+def _whole_track(path) -> np.ndarray:
+    """The first channel of the audio track decoded in one pass from the file's start: what each clip's sound must
+    equal, wherever the clip starts."""
+    from xdc.data.decode import _float_planar
+
+    with av.open(str(path)) as c:
+        return np.concatenate([_float_planar(f) for f in c.decode(c.streams.audio[0])], axis=1)[0]
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_a_clips_sound_is_the_whole_tracks_with_or_without_pictures(tmp_path, rate):
+    """AAC rebuilds each frame from the one before: the first frame decoded after a seek is wrong, so the reader
+    decodes from at least one whole frame before the clip (at 8 kHz a frame is 128 ms, more than the 0.1 s it
+    kept before 2026-11-30, and sound read alone was decoded from the clip's own first frame)."""
+    path = tmp_path / "tones.mp4"
+    t = np.arange(4 * rate) / rate
+    sound = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1234.5 * t)).astype(np.float32)
+    write_av(path, gray_frames(100), 25, sound, rate)  # a keyframe every 12 frames (x264's default is longer)
+    whole = _whole_track(path)
+    for start in (0.37, 1.0, 1.51, 2.0):
+        first = round(start * rate)
+        for pictures in (True, False):
+            clip = read_clip(str(path), start, spec(frames=8, fps=8, sample_rate=rate), video=pictures)
+            np.testing.assert_allclose(clip.audio, whole[first : first + rate], atol=1e-6,
+                                       err_msg=f"start {start}, pictures {pictures}")  # fmt: skip
+
+
+def test_the_sound_fills_the_window_to_its_last_sample(tmp_path):
+    """A frame of sound that starts less than a millisecond before the window's end still fills its last samples."""
+    path = tmp_path / "tone.mp4"
+    rate = 16000
+    sound = (0.5 * np.sin(2 * np.pi * 500 * np.arange(2 * rate) / rate)).astype(np.float32)
+    write_av(path, gray_frames(50), 25, sound, rate)
+    whole = _whole_track(path)
+    for start in (0.2805, 0.2809):  # windows [start, start + 1 s) whose end falls just after a frame's start
+        clip = read_clip(str(path), start, spec(frames=8, fps=8), video=False)
+        assert clip.audio_padded == 0
+        np.testing.assert_allclose(clip.audio[-32:], whole[round(start * rate) + rate - 32 : round(start * rate) + rate],
+                                   atol=1e-6)  # fmt: skip
+
+
+def _mpeg_program_stream(path, frames: int, fps: int = 25, rate: int = 44100) -> None:
+    """MPEG-1 video (a group every 12 pictures, B-frames) and MP2 sound in an MPEG program stream (.mpg), as old
+    cameras and corpora (GRID) store them: FFmpeg seeks in it by byte position."""
+    images = gray_frames(frames, 96, 128)
+    t = np.arange(frames * rate // fps) / rate
+    sound = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    chunk = rate // fps
+    with av.open(str(path), "w", format="mpeg") as c:
+        video = c.add_stream("mpeg1video", rate=fps)
+        video.width, video.height, video.pix_fmt = 128, 96, "yuv420p"
+        video.codec_context.gop_size, video.codec_context.max_b_frames = 12, 2
+        audio = c.add_stream("mp2", rate=rate)
+        audio.layout = "mono"
+        for i, image in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            c.mux(video.encode(frame))
+            samples = av.AudioFrame.from_ndarray(sound[None, i * chunk : (i + 1) * chunk], format="flt", layout="mono")
+            samples.sample_rate, samples.pts = rate, i * chunk
+            c.mux(audio.encode(samples))
+        c.mux(video.encode())
+        c.mux(audio.encode())
+
+
+def test_a_container_whose_seeks_land_after_the_clip_is_read_from_earlier(tmp_path):
+    """In an MPEG program stream a seek to a time can land a group of pictures after it; the reader then seeks
+    again, further back (before 2026-11-30 it repeated the first picture it got over the clip's start and left
+    its sound silent there)."""
+    path = tmp_path / "old.mpg"
+    _mpeg_program_stream(path, 60)
+    with av.open(str(path)) as c:
+        origin = c.start_time / av.time_base
+        pictures = [(f.time - origin, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]  # all, in order
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        c.seek(int((origin + 0.7) / stream.time_base), stream=stream, backward=True, any_frame=False)
+        assert next(c.decode(stream)).time - origin > 0.7 + 0.04  # lands late: what this test is about
+    for start in (0.3, 0.7, 0.8, 1.7):
+        clip = read_clip(str(path), start, spec(frames=8, fps=25, sample_rate=16000))
+        for k, got in enumerate(clip.video):  # the picture on screen at each target
+            shown = max(i for i, (t, _) in enumerate(pictures) if t <= start + k / 25 + 1e-3)
+            np.testing.assert_array_equal(got, pictures[shown][1], err_msg=f"start {start}, frame {k}")
+        assert clip.audio_padded == 0 and np.abs(clip.audio[:400]).max() > 0.1
+        (again,) = read_clips(str(path), [start], spec(frames=8, fps=25), audio=False)
+        np.testing.assert_array_equal(again.video, clip.video)
+
+
+def test_video_padded_counts_the_clip_after_the_last_picture_only(tmp_path):
+    path = tmp_path / "two_seconds.mp4"
+    write_av(path, gray_frames(16), 8, None)  # pictures at 0, 0.125, ..., 1.875 s: the last shows until 2 s
+    assert read_clip(str(path), 1.0, spec(frames=8, fps=8), audio=False).video_padded == 0
+    assert read_clip(str(path), 1.5, spec(frames=8, fps=8), audio=False).video_padded == 0.5
+
+
+def test_a_real_mpeg_file_whose_seeks_land_late_even_at_its_start():
+    """GRID's original .mpg: a seek to any time before 0.48 s lands there, so clips that start earlier are read
+    from a new open of the file, without a seek."""
+    path = str(shared_data("media") / "grid_bbaf2n.mpg")
+    with av.open(path) as c:
+        origin = c.start_time / av.time_base
+        pictures = [(f.time - origin, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    for start in (0.2, 1.0, 2.9):
+        clip = read_clip(path, start, spec(frames=8, fps=8, sample_rate=16000))
+        for k, got in enumerate(clip.video):
+            shown = max(i for i, (t, _) in enumerate(pictures) if t <= start + k / 8 + 1e-3)
+            np.testing.assert_array_equal(got, pictures[shown][1], err_msg=f"start {start}, frame {k}")
+        assert np.abs(clip.audio[:400]).max() > 0  # no silence where the seek landed after the start

@@ -23,6 +23,9 @@ from xdc.config import ClipConfig
 
 _EPS = 1e-3  # seconds: timestamps are rounded to the container's time base
 _MAX_BAD_PACKETS = 8
+# Sound decoded before a clip's: AAC and MP3 rebuild each frame from the one before, so the first frame decoded
+# after a seek is wrong. Two AAC frames at 8 kHz take 0.26 s.
+_AUDIO_PREROLL_S = 0.3
 
 
 class DecodeError(Exception):
@@ -49,7 +52,12 @@ def read_clip(
     """
     try:
         with _open(path) as container:
-            return _read(container, start, spec, video, audio, threads, used=False)
+            try:
+                return _read(container, start, spec, video, audio, threads, used=False)
+            except _SeeksLate:
+                pass
+        with _open(path) as container:
+            return _read(container, start, spec, video, audio, threads, used=False, seek=False)
     except DecodeError:
         raise
     except Exception as e:  # PyAV raises many types (FFmpegError, OSError, ValueError, ...) for broken files
@@ -75,7 +83,13 @@ def read_clips(
                 except Exception as e:  # a file that does not open fails every clip: not opened once per clip
                     return clips + [DecodeError(_reason(e))] * (len(starts) - n)
             try:
-                clips.append(_read(container, start, spec, video, audio, threads, used))
+                try:
+                    clip = _read(container, start, spec, video, audio, threads, used)
+                except _SeeksLate:  # as read_clip: from a new open, without a seek
+                    container.close()
+                    container = _open(path)
+                    clip = _read(container, start, spec, video, audio, threads, used=False, seek=False)
+                clips.append(clip)
                 used = True
                 if audio:  # AAC's decoder keeps state through a seek: its samples would differ (up to 4e-3)
                     container.close()
@@ -124,11 +138,18 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
+class _SeeksLate(Exception):
+    """The container's seeks land after the clip even when asked for its stream's start (MPEG program streams seek
+    by byte position, and resume at the next picture that starts a group): read from a new open, without a seek."""
+
+
 def _read(
-    container, start: float, spec: ClipConfig, want_video: bool, want_audio: bool, threads: int, used: bool
-) -> Clip:
+    container, start: float, spec: ClipConfig, want_video: bool, want_audio: bool, threads: int, used: bool,
+    seek: bool = True,
+) -> Clip:  # fmt: skip
     """One clip from an open ``container``; ``used``: an earlier clip was read from it, so its decoders are open
-    and it must seek even to the start (the seek flushes the decoders)."""
+    and it must seek even to the start (the seek flushes the decoders). ``seek`` False: decode from where the
+    container stands (a new open: the file's start)."""
     vstream = container.streams.video[0] if want_video and container.streams.video else None
     astream = container.streams.audio[0] if want_audio and container.streams.audio else None
     if want_video and vstream is None:
@@ -140,31 +161,23 @@ def _read(
     # Only containers that store each picture's presentation time: AVI's are guessed and label packets with
     # pictures they do not hold (packed B-frames), so there the reader cannot tell which pictures are unseen.
     may_skip = not TIMED_DEMUXERS.isdisjoint(container.format.name.split(","))  # "mp4" when named in _open
-    video = _VideoWindow(vstream, t0, spec, threads, may_skip) if vstream is not None else None
-    audio = _AudioWindow(astream, t0, spec.audio_span) if astream is not None else None
     if vstream is not None and not used:
         vstream.codec_context.thread_count = threads  # fixed once the decoder is open
-    elif vstream is not None:
-        vstream.codec_context.skip_frame = "DEFAULT"  # as the last clip may have left it (skip_if_unseen)
 
-    anchor = vstream if vstream is not None else astream
-    if start > 0 or used:
-        # Backward seek lands on the keyframe at or before t0 (for audio, the packet at or before t0).
-        container.seek(max(0, int(t0 / anchor.time_base)), stream=anchor, backward=True, any_frame=False)
-    streams = [s for s in (vstream, astream) if s is not None]
-    bad_packets: list[str] = []
-    for packet in container.demux(*streams):
-        if video is not None and packet.stream is vstream and not video.done:
-            video.skip_if_unseen(packet)
-            for frame in _decode(packet, bad_packets):
-                video.add(frame)
-        elif audio is not None and packet.stream is astream and not audio.done:
-            if packet.dts is not None and audio.before_window(packet):
-                continue  # not needed: skip without decoding
-            for frame in _decode(packet, bad_packets):
-                audio.add(frame)
-        if (video is None or video.done) and (audio is None or audio.done):
-            break
+    def windows() -> tuple[_VideoWindow | None, _AudioWindow | None]:
+        if vstream is not None:
+            vstream.codec_context.skip_frame = "DEFAULT"  # as a last pass may have left it (skip_if_unseen)
+        return (_VideoWindow(vstream, t0, spec, threads, may_skip) if vstream is not None else None,
+                _AudioWindow(astream, t0, spec.audio_span, origin) if astream is not None else None)  # fmt: skip
+
+    # Backward seek lands on the keyframe at or before t0; sound alone, on the packet at or before its pre-roll.
+    anchor, lead = (vstream, 0.0) if vstream is not None else (astream, _AUDIO_PREROLL_S)
+    video, audio, bad_packets = _seek_and_demux(container, anchor, t0 - lead, seek and (start > 0 or used),
+                                                windows, origin)  # fmt: skip
+    if seek and video is not None and audio is not None and audio.late:  # the keyframe was too close for sound
+        _, audio, more = _seek_and_demux(container, astream, t0 - _AUDIO_PREROLL_S, seek,
+                                         lambda: (None, _AudioWindow(astream, t0, spec.audio_span, origin)), origin)
+        bad_packets += more
     if len(bad_packets) > _MAX_BAD_PACKETS:
         raise DecodeError(f"{len(bad_packets)} packets failed to decode ({bad_packets[0]})")
     return Clip(
@@ -176,10 +189,53 @@ def _read(
     )
 
 
+def _seek_and_demux(container, anchor, target: float, sought: bool, windows, origin: float):
+    """Seek ``anchor`` backward to ``target`` (if ``sought``), then demux into new ``windows()`` until they are
+    covered; returns them and the reasons of the packets that failed. Where the seek landed after the anchor's
+    window starts, seek again 1, 2, 4, ... s earlier; _SeeksLate where even a seek to the stream's start does."""
+    back = 0.0
+    while True:
+        video, audio = windows()
+        if sought:
+            container.seek(max(0, int((target - back) / anchor.time_base)), stream=anchor, backward=True,
+                           any_frame=False)  # fmt: skip
+        bad_packets = _demux(container, video, audio)
+        window = video if video is not None else audio
+        if not sought or not window.late:
+            return video, audio, bad_packets
+        begins = anchor.start_time * anchor.time_base if anchor.start_time is not None else origin
+        if target - back <= begins + _EPS:
+            raise _SeeksLate
+        back = max(1.0, 2 * back)
+
+
+def _demux(container, video: _VideoWindow | None, audio: _AudioWindow | None) -> list[str]:
+    """One pass over the packets of the windows' streams from where the container stands, until both are covered;
+    the reasons of the packets that failed to decode."""
+    vstream = video.stream if video is not None else None
+    astream = audio.stream if audio is not None else None
+    bad_packets: list[str] = []
+    for packet in container.demux(*(s for s in (vstream, astream) if s is not None)):
+        if video is not None and packet.stream is vstream and not video.done:
+            video.skip_if_unseen(packet)
+            for frame in _decode(packet, bad_packets):
+                video.add(frame)
+        elif audio is not None and packet.stream is astream and not audio.done:
+            if packet.dts is not None and audio.before_window(packet):
+                continue  # not needed: skip without decoding
+            audio.decoding(packet)
+            for frame in _decode(packet, bad_packets):
+                audio.add(frame)
+        if (video is None or video.done) and (audio is None or audio.done):
+            break
+    return bad_packets
+
+
 class _VideoWindow:
     """Collects, for each target time, the last frame whose timestamp is not after it."""
 
     def __init__(self, stream, t0: float, spec: ClipConfig, threads: int, may_skip: bool):
+        self.stream = stream
         self.targets = t0 + np.arange(spec.frames) / spec.fps
         self.fps = spec.fps
         self.short_side = spec.decode_short_side
@@ -189,6 +245,7 @@ class _VideoWindow:
         self.next = 0  # index of the first target still without a frame
         self.prev = None  # (frame, its array or None until converted)
         self.last_time: float | None = None
+        self.first_time: float | None = None
         self.rotation = 0
         self.reformatter, self.threads = _reformatter(threads), threads
         self.codec, self.time_base, self.skipping = stream.codec_context, float(stream.time_base), False
@@ -198,6 +255,15 @@ class _VideoWindow:
     @property
     def done(self) -> bool:
         return self.next >= len(self.targets)
+
+    @property
+    def late(self) -> bool:
+        """Whether the pass began after the clip: no picture, or a first picture after the first target that is not
+        the stream's first (which the clip may begin before)."""
+        if self.first_time is None:
+            return True
+        begins = self.stream.start_time * self.time_base if self.stream.start_time is not None else -np.inf
+        return self.first_time > self.targets[0] + _EPS and self.first_time > begins + _EPS
 
     def skip_if_unseen(self, packet) -> None:
         """Let the decoder drop this packet's picture if a later one, already read, is on screen by the clip's first
@@ -222,6 +288,8 @@ class _VideoWindow:
         if t is None:  # no timestamp: assume a constant rate after the previous frame
             t = (self.last_time + 1.0 / self.rate) if self.last_time is not None else self.targets[0]
         self.last_time = t
+        if self.first_time is None:
+            self.first_time = t
         self.rotation = getattr(frame, "rotation", 0) or 0
         while not self.done and t > self.targets[self.next] + _EPS:
             # Frame t starts after this target: the target shows the previous frame (or this one if the window
@@ -268,7 +336,11 @@ class _VideoWindow:
 
     @property
     def padded_seconds(self) -> float:
-        return (len(self.targets) - self.next) / self.fps if self.prev is not None else 0.0
+        """The clip's seconds after its last picture stops showing (one per target there)."""
+        if self.done or self.prev is None:
+            return 0.0
+        end = self.last_time + 1.0 / self.rate
+        return float((self.targets >= end - _EPS).sum()) / self.fps
 
     def result(self) -> np.ndarray:
         if self.prev is None:
@@ -301,34 +373,49 @@ def _reformatter(threads: int) -> VideoReformatter:
 class _AudioWindow:
     """Copies decoded samples into a buffer spanning [t0, t0 + seconds) at the stream's native rate."""
 
-    def __init__(self, stream, t0: float, seconds: float):
+    def __init__(self, stream, t0: float, seconds: float, origin: float):
+        self.stream = stream
         self.rate = stream.codec_context.sample_rate or stream.rate
         if not self.rate:
             raise DecodeError("audio stream has no sample rate")
-        self.t0, self.t1 = t0, t0 + seconds
+        self.t0 = t0
         self.seconds = seconds
         self.time_base = float(stream.time_base)  # a packet's own is a new Fraction each time: 0.05 ms a clip
         self.buffer = np.zeros((stream.codec_context.channels or 1, round(seconds * self.rate)), dtype=np.float32)
         self.covered = np.zeros(self.buffer.shape[1], dtype=bool)
         self.next_time: float | None = None
         self.done = False
+        self.begins = stream.start_time * self.time_base if stream.start_time is not None else origin
+        self.started = False  # whether a packet was decoded
+        self.late = False  # whether the first packet decoded ends inside the window, the stream begun before it
 
     def before_window(self, packet) -> bool:
-        # Decode from a little before t0: codecs such as AAC need the previous frame to reconstruct a frame.
-        return (packet.dts + (packet.duration or 0)) * self.time_base < self.t0 - 0.1
+        """Whether a packet ends before the two before the window's: not decoded. The first decoded after a seek
+        comes out wrong (AAC and MP3 rebuild a frame from the one before), so one whole packet must precede t0."""
+        duration = (packet.duration or 0) * self.time_base
+        return packet.dts * self.time_base + duration < self.t0 - max(0.1, 2 * duration)
+
+    def decoding(self, packet) -> None:
+        """Note the first packet decoded (its timestamps, if any)."""
+        if not self.started and packet.dts is not None:
+            start = packet.dts * self.time_base
+            end = start + (packet.duration or 0) * self.time_base
+            self.late = end > self.t0 + _EPS and start > self.begins + _EPS
+        self.started = True
 
     def add(self, frame) -> None:
         t = frame.time if frame.time is not None else self.next_time
         if t is None:
             t = self.t0
         self.next_time = t + frame.samples / self.rate
-        if t >= self.t1 - _EPS:
+        offset = round((t - self.t0) * self.rate)
+        if offset >= self.buffer.shape[1]:  # starts after the window's last sample
             self.done = True
             return
         samples = _float_planar(frame)
         if samples.shape[0] != self.buffer.shape[0]:  # the layout changed mid-stream: mix down
             samples = np.broadcast_to(samples.mean(axis=0), (self.buffer.shape[0], samples.shape[1]))
-        offset, n = round((t - self.t0) * self.rate), samples.shape[1]
+        n = samples.shape[1]
         lo, hi = max(0, offset), min(self.buffer.shape[1], offset + n)
         if hi > lo:
             self.buffer[:, lo:hi] = samples[:, lo - offset : hi - offset]
