@@ -60,11 +60,19 @@ def test_pca_of_rank_deficient_features_stays_finite():
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(500, 100), (200, 300), (256, 300), (500, 256)])
-def test_pca_skipped_without_more_dims_and_samples_than_dim(shape):
+@pytest.mark.parametrize("shape", [(500, 100), (200, 300), (256, 300), (256, 256)])
+def test_pca_skipped_with_fewer_dims_than_dim_or_no_more_samples(shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     out = preprocess_features(x, dim=256)
     np.testing.assert_allclose(out, x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-5)
+
+
+def test_features_of_exactly_dim_dimensions_are_whitened():
+    """SPEC: PCA is skipped with fewer dimensions than 256, not at 256 (the small preset's features)."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3000, 256)) * np.linspace(1, 20, 256)).astype(np.float32)  # very anisotropic
+    out = preprocess_features(x, dim=256)
+    assert out.shape == (3000, 256) and np.abs(np.cov(out.T) * 256 - np.eye(256)).max() < 0.2
 
 
 def test_pca_reduces_to_dim_and_zero_rows_stay_zero():

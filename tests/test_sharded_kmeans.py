@@ -136,6 +136,10 @@ def test_sharded_pca_is_preprocess_features():
     # faiss forms the covariance in float32 (sum of x x^T minus n mean mean^T): its weakest whitened
     # components carry ~1e-4 of rounding, ours (float64) far less
     np.testing.assert_allclose(_aligned(faiss_pca, ours), faiss_pca, atol=1e-3)
+    square = x[:, :DIM]  # exactly dim columns: whitened, not reduced, as preprocess_features
+    ours, faiss_pca = sharded_preprocess_features(square, dim=DIM), preprocess_features(square, dim=DIM)
+    np.testing.assert_allclose(_aligned(faiss_pca, ours), faiss_pca, atol=1e-3)
+    assert np.abs(ours - square / np.linalg.norm(square, axis=1, keepdims=True)).max() > 0.1  # not normalised only
     small = x[:20]  # no more rows than dim: normalisation only, as preprocess_features
     np.testing.assert_allclose(sharded_preprocess_features(small, dim=DIM), preprocess_features(small, dim=DIM))
     rank_deficient = np.repeat(x[:, :10], 8, axis=1)  # 80 columns of rank 10: relative eps keeps it finite

@@ -9,8 +9,8 @@ import numpy as np
 def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps: float = 1e-5) -> np.ndarray:
     """PCA to ``dim`` dimensions (whitened if ``whiten``), then unit L2 norm per row; float32 (N, D) in and out.
 
-    PCA needs more dimensions and more samples than ``dim`` to mean anything, so it is skipped otherwise and
-    only the normalisation runs. ``eps`` is relative: whitening divides component j by
+    PCA needs at least ``dim`` dimensions (at ``dim`` it only rotates and whitens) and more samples than ``dim`` to
+    mean anything, so it is skipped otherwise and only the normalisation runs (SPEC: skipped when fewer). ``eps`` is relative: whitening divides component j by
     sqrt(lambda_j + eps * lambda_max), so directions with no variance (rank-deficient features, e.g. dead ReLU
     units) stay small instead of turning float noise (zero or negative eigenvalues) into NaN or huge values.
     All-zero rows stay zero. Non-finite input raises ``ValueError``.
@@ -21,7 +21,7 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
     if not np.isfinite(x).all():
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
     n, d = x.shape
-    if d > dim and n > dim:
+    if d >= dim and n > dim:
         pca = faiss.PCAMatrix(d, dim, -0.5 if whiten else 0.0)
         pca.train(x)
         if whiten:

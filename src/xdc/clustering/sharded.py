@@ -59,7 +59,7 @@ def sharded_preprocess_features(
     n, bad = ranks.sum(torch.tensor([len(x), int(not np.isfinite(x).all())], device=device)).tolist()
     if bad:
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
-    if x.shape[1] > dim and n > dim:
+    if x.shape[1] >= dim and n > dim:
         out = _apply(x, _projection(x, n, dim, whiten, eps, device, ranks), device)
     else:
         out = x.copy()
