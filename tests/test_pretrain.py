@@ -567,6 +567,13 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume", "--set", "seed=3"]) == 0
     assert (f"WARNING: a resumed run keeps the settings it started with ({tmp_path / 'f' / 'config.yaml'}); not used: "
             "seed=3 (the run's: 0)\n") in capsys.readouterr().err  # fmt: skip
+    other = tmp_path / "other.yaml"  # and so are those of a --config file, and a --preset's
+    other.write_text("train:\n  lr: 0.2\n")
+    assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume", "--config", str(other)]) == 0
+    assert "; not used: train.lr=0.2 (the run's: 0.05)\n" in capsys.readouterr().err
+    small = [*base[:3], "--preset", "small", *base[5:]]
+    assert main([*small, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume"]) == 0
+    assert "data.clip.frames=8 (the run's: 4), " in capsys.readouterr().err
     (tmp_path / "a_file").write_text("")  # --out where no folder can be made: the path and why, no traceback
     assert main([*base, "--out", str(tmp_path / "a_file" / "run")]) == 2
     assert capsys.readouterr().err == f"xdc: error: {tmp_path / 'a_file' / 'run'}: Not a directory\n"

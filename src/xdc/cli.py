@@ -98,10 +98,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"train.{key}={value}" for key in ("method", "k", "rounds", "assign") if (value := getattr(args, key)) is not None
     ]
     cfg = _config(args, tuple(shortcuts))
-    given = given_keys(None, [*shortcuts, *args.overrides])
+    given = given_keys(args.config, [*shortcuts, *args.overrides])
     rounds = cfg.train.rounds if args.resume and "train.rounds" in given else None  # extends or shortens the run
     if args.resume and int(os.environ.get("RANK", "0")) == 0:
-        _warn_unused_on_resume(cfg, [key for key in given if key != "train.rounds"], args.out / "config.yaml")
+        from xdc.presets import preset_path
+
+        keys = given_keys(preset_path(args.preset), given) if args.preset else given  # the preset's, then the rest
+        _warn_unused_on_resume(cfg, [key for key in keys if key != "train.rounds" or rounds is None],
+                               args.out / "config.yaml")  # fmt: skip
     main, encoders = _as_rank(
         lambda ctx: (ctx.main, pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx, rounds=rounds))
     )
