@@ -101,3 +101,18 @@ def test_crops_on_is_validated_and_auto_means_the_device_on_cuda_where_the_resiz
     assert not load_config(None, ["data.crops_on=workers"], preset="paper").data.crops_on_device("cuda")
     assert load_config(None, ["data.crops_on=device"], preset="paper").data.crops_on_device("cpu")
     assert not load_config(None, ["data.clip.decode_short_side=0"], preset="paper").data.crops_on_device("cuda")
+
+
+def test_a_config_file_reaches_every_run_of_the_demo_and_the_grid_benchmark(tmp_path):
+    """They make each run's settings themselves: a --config file's settings come to them as --set ones, before
+    the --set ones given (which win)."""
+    from xdc.cli import _as_overrides, build_parser
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  k: 5\n  lr: 1e-3\ndata:\n  clip: {frames: 6}\n")
+    for command in (["demo"], ["benchmark", "grid", "--data", "x", "--out", "y"]):
+        args = build_parser().parse_args([*command, "--config", str(path), "--set", "train.k=7"])
+        overrides = _as_overrides(args)
+        assert overrides == ("train.k=7", "train.lr=0.001", "data.clip.frames=6", "train.k=7")
+        cfg = load_config(None, overrides, preset="tiny")
+        assert (cfg.train.k, cfg.train.lr, cfg.data.clip.frames) == (7, 0.001, 6)

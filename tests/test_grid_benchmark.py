@@ -61,6 +61,19 @@ def test_supervised_slot_and_changed_settings(grid_like, tmp_path):
                        overrides=(*settings[:1], "train.k=4", *settings[2:]))  # fmt: skip
     with pytest.raises(UserError, match="unknown slot"):
         grid_benchmark(grid_like, tmp_path, supervised_slot="colour")
+    # a run finished by xdc pretrain --resume has no timing of its own: reported as unknown, not a failure
+    (tmp_path / "runs" / "supervised-color" / "timing.json").unlink()
+    again = grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("supervised",), overrides=settings,
+                           supervised_slot="color")  # fmt: skip
+    assert again["rows"][0]["pretrain_s"] == "-"
+
+
+def test_benchmark_command_errors(grid_like, tmp_path, capsys):
+    from xdc.cli import main
+
+    command = ["benchmark", "grid", "--data", str(grid_like), "--out", str(tmp_path), "--preset", "tiny"]
+    assert main([*command, "--k", "16,x"]) == 2
+    assert capsys.readouterr().err == "xdc: error: --k takes whole numbers separated by commas, e.g. 16,64; got '16,x'\n"
 
 
 def test_a_folder_without_grid_layout_is_a_user_error(tmp_path):

@@ -38,6 +38,15 @@ def _config(args: argparse.Namespace, extra: tuple[str, ...] = ()):
     return load_config(args.config, [*extra, *args.overrides], preset=getattr(args, "preset", None))
 
 
+def _as_overrides(args: argparse.Namespace) -> tuple[str, ...]:
+    """The settings of ``--config`` (as ``key=value``, in JSON, which YAML reads) and then ``--set``: for commands
+    that make several runs' settings of their own and apply the user's over each."""
+    import json
+
+    cfg = load_config(args.config, args.overrides)
+    return (*(f"{key}={json.dumps(setting(cfg, key))}" for key in given_keys(args.config, ())), *args.overrides)
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from xdc.data.index import build_manifest
 
@@ -231,10 +240,13 @@ def _finetune(args: argparse.Namespace) -> None:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from xdc.grid_benchmark import grid_benchmark
 
-    ks = tuple(int(k) for k in args.k.split(",")) if args.k else ()
+    try:
+        ks = tuple(int(k) for k in args.k.split(",")) if args.k else ()
+    except ValueError:
+        raise UserError(f"--k takes whole numbers separated by commas, e.g. 16,64; got {args.k!r}") from None
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
     grid_benchmark(args.data, args.out, args.test_data, args.fsdd, preset=args.preset, ks=ks,
-                   overrides=tuple(args.overrides), supervised_slot=args.supervised_slot,
+                   overrides=_as_overrides(args), supervised_slot=args.supervised_slot,
                    **({"methods": methods} if methods else {}))  # fmt: skip
     return 0
 
@@ -257,7 +269,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from xdc.demo import run_demo
 
-    run_demo(args.out, _config(args), videos=args.videos, overrides=tuple(args.overrides))
+    run_demo(args.out, _config(args), videos=args.videos, overrides=_as_overrides(args))
     return 0
 
 

@@ -68,7 +68,8 @@ def grid_benchmark(
         for encoder, task, train, test in tasks:
             stem = out / "features" / f"{run.name}-{encoder}-{task}"
             row[f"{encoder}/{task}"] = _probe(run, encoder, train, test, stem) if encoder in encoders else "-"
-        row["pretrain_s"] = round(json.loads((run / "timing.json").read_text())["seconds"], 1)
+        timing = run / "timing.json"  # absent where the run was finished by xdc pretrain --resume
+        row["pretrain_s"] = round(json.loads(timing.read_text())["seconds"], 1) if timing.exists() else "-"
         rows.append(row)
         print(format_table([row]).splitlines()[-1], flush=True)
 
