@@ -390,8 +390,9 @@ class _AudioWindow:
         self.late = False  # whether the first packet decoded ends inside the window, the stream begun before it
 
     def before_window(self, packet) -> bool:
-        """Whether a packet ends before the two before the window's: not decoded. The first decoded after a seek
-        comes out wrong (AAC and MP3 rebuild a frame from the one before), so one whole packet must precede t0."""
+        """Whether a packet ends more than two packets' time (at least 0.1 s) before the window: not decoded. The
+        first packet decoded after a seek comes out wrong (AAC and MP3 rebuild a frame from the one before), so a
+        whole one must be decoded before the window's."""
         duration = (packet.duration or 0) * self.time_base
         return packet.dts * self.time_base + duration < self.t0 - max(0.1, 2 * duration)
 
