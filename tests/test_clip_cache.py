@@ -253,3 +253,67 @@ def test_a_run_on_two_ranks_with_the_cache(manifest, tmp_path):
     assert len(holdouts) >= 2 and all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in holdouts)
     videos = len(Manifest.load(manifest))
     assert [r["extract_kept"] for r in records if r["kind"] == "round"] == [0, videos]  # both ranks' shares
+
+
+def test_a_new_run_does_not_read_the_cache_of_a_run_started_there_before(manifest, tmp_path):
+    """A run killed before its first checkpoint leaves its cache; a new run in that folder (not --resume) may list
+    other videos at the same rows, so it starts with an empty cache. A resumed run keeps it."""
+    settings = load_config(None, [*TINY, "train.extract_cache=true"], preset="tiny")
+    first = Pretrainer(settings, manifest, tmp_path / "run", Dist())
+    first._extract()
+    assert first.kept_clips == 0 and first.eval_set.cache.read(0) is not None
+    again = Pretrainer(settings, manifest, tmp_path / "run", Dist())  # a new run in the same folder
+    again._extract()
+    assert again.kept_clips == 0
+    resumed = Pretrainer(settings, manifest, tmp_path / "run", Dist(), resume=True)
+    resumed._extract()
+    assert resumed.kept_clips == len(resumed.eval_set)
+
+
+def test_a_resumed_cache_needs_room_only_for_what_it_lacks(manifest, tmp_path):
+    clips = eval_clips(manifest)
+    cache = cache_for(clips, tmp_path / "c")
+    cache.begin()
+    for k in range(len(clips)):
+        cache.write(k, clips[k])
+    cache.end()
+    # whole: it needs no more room, however many ranks of the node share the disk (each counted its own file only)
+    assert ClipCache(tmp_path / "c", range(len(clips)), clips.item_arrays(), DESCRIBE).open(sharers=10**12) is None
+
+
+def test_a_cache_that_cannot_be_used_gives_its_disk_back(manifest, tmp_path, monkeypatch, capsys):
+    """Refused for room at the start, or its disk failing at the end of a pass (full): the rank goes on without
+    it, with a warning, and its files go."""
+    import xdc.data.clip_cache as clip_cache
+
+    settings = load_config(None, [*TINY, "train.extract_cache=true"], preset="tiny")
+    files = tmp_path / "run" / "extract_cache"
+    monkeypatch.setattr(clip_cache, "ROOM", 1e-30)
+    refused = Pretrainer(settings, manifest, tmp_path / "run", Dist())
+    assert refused.eval_set.cache is None and not list(files.iterdir())
+    assert "rank 0 runs without train.extract_cache" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    def full_disk(self) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ClipCache, "end", full_disk)
+    trainer = Pretrainer(settings, manifest, tmp_path / "run", Dist())
+    features = trainer._extract()
+    assert trainer.eval_set.cache is None and not list(files.iterdir())
+    assert all(not v.isnan().any() for v in features.values())
+    assert ("WARNING: the extraction cache's disk failed (No space left on device): rank 0 goes on without "
+            "train.extract_cache") in capsys.readouterr().err  # fmt: skip
+
+
+def test_a_new_run_clears_what_a_start_that_never_checkpointed_left(manifest, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "extract_parts" / "rank0").mkdir(parents=True)
+    (out / "extract_parts" / "rank0" / "part-00000.pt").write_bytes(b"rows of another run")
+    (out / "log.jsonl").write_text('{"kind": "start", "step": 0}\n')
+    pretrain(load_config(None, [*TINY, "train.rounds=1", "train.epochs=1"], preset="tiny"), manifest, out,
+             resume=False, ctx=Dist())  # fmt: skip
+    assert "holds the start of a run that never reached a checkpoint; its log.jsonl, extract_parts removed" in (
+        capsys.readouterr().err)  # fmt: skip
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records].count("start") == 1 and "device" in records[0]

@@ -79,11 +79,12 @@ class ClipCache:
         keep = self._readable()
         if not keep:
             self.data.open("wb").close()
-        room = shutil.disk_usage(self.data.parent).free + self.data.stat().st_size
-        need = self.size * sharers
+        # what each of the node's ranks still has to write (a resumed run's files hold their records already)
+        more = max(0, self.size - self.data.stat().st_blocks * 512) if keep else self.size
+        room, need = shutil.disk_usage(self.data.parent).free, more * sharers
         if need > ROOM * room:
-            ranks = f" ({sharers} ranks x {self.size / 1e9:.1f} GB)" if sharers > 1 else ""
-            return (f"the extraction cache needs {need / 1e9:.1f} GB{ranks} at {self.data.parent}, more than "
+            ranks = f" ({sharers} ranks x {more / 1e9:.1f} GB)" if sharers > 1 else ""
+            return (f"the extraction cache needs {need / 1e9:.1f} GB more{ranks} at {self.data.parent}, more than "
                     f"{ROOM:.0%} of its {room / 1e9:.1f} GB free")  # fmt: skip
         return None
 

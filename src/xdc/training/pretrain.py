@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -165,7 +166,7 @@ class Pretrainer:
                                   device_logmel=logmel)  # fmt: skip
         self.eval_set.crashed = self.train_set.crashed  # a file that killed a loader worker: one set, checkpointed
         if cfg.train.extract_cache and self.method.clustered:
-            self.eval_set.cache = self._open_cache()
+            self.eval_set.cache = self._open_cache(resume)
         self.normalize_video = NormalizeVideo(ctx.device)
         self.device_crops = DeviceCrops(cfg.data.clip.crop, ctx.device) if self.train_set.device_crops else None
         self.device_logmel = DeviceLogMel(cfg.data, ctx.device) if self.train_set.device_logmel else None
@@ -280,7 +281,7 @@ class Pretrainer:
             return Manifest.open(folder)
         return self._usable_videos(manifest_path, progress=False)
 
-    def _open_cache(self) -> ClipCache | None:
+    def _open_cache(self, resume: bool) -> ClipCache | None:
         """train.extract_cache: this rank's file of its extraction clips (videos rank, rank + W, ...) in the run
         folder, kept across a resume; None, with a warning, where its disk cannot hold it."""
         folder, rank, ranks = self.out / "extract_cache", self.ctx.rank, self.ctx.world_size
@@ -291,21 +292,34 @@ class Pretrainer:
         settings = {"clip": asdict(self.cfg.data.clip), "mel": asdict(self.cfg.data.mel)}
         cache = ClipCache(folder / f"rank{rank}of{ranks}", range(rank, len(self.eval_set), ranks),
                           self.eval_set.item_arrays(), settings)  # fmt: skip
+        if not resume:  # left by a run started here that never reached a checkpoint: its records are other videos'
+            cache.remove()
         why = cache.open(sharers=node_ranks())  # the node's ranks each fill a file like it, likely on one disk
         if why is None:
             return cache
+        cache.remove()  # its disk is given back rather than held until the run ends
         print(f"WARNING: {why}: rank {rank} runs without train.extract_cache", file=sys.stderr)
         return None
 
     @contextlib.contextmanager
     def _cache_pass(self):
-        """Around a pass over evaluation clips: what it adds to the extraction cache is on disk when it ends."""
+        """Around a pass over evaluation clips: what it adds to the extraction cache is on disk when it ends. Where
+        its disk fails it (full), the rank goes on without the cache, as where it could not open."""
         cache = self.eval_set.cache
         if cache is not None:
-            cache.begin()
+            self._cache_step(cache.begin)
         yield
-        if cache is not None:
-            cache.end()
+        if self.eval_set.cache is not None:
+            self._cache_step(cache.end)
+
+    def _cache_step(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except OSError as e:
+            self.eval_set.cache.remove()  # records whose pass did not end are never trusted: none kept
+            self.eval_set.cache = None
+            print(f"WARNING: the extraction cache's disk failed ({e.strerror or e}): rank {self.ctx.rank} goes on "
+                  "without train.extract_cache", file=sys.stderr)  # fmt: skip
 
     def _check_sinkhorn_memory(self, videos: int) -> None:
         """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0 (with train.cluster_on=shards, each
@@ -973,6 +987,7 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, ro
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
+            _clear_unfinished_start(out)
             _write_config(cfg, out)
     barrier(ctx)
     trainer = Pretrainer(cfg, manifest, out, ctx, resume=resume)
@@ -988,6 +1003,19 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, ro
             print(f"its encoders after {done} rounds are kept as {kept}")
     trainer.run()
     return out / "encoders.pt"
+
+
+def _clear_unfinished_start(out: Path) -> None:
+    """A new run where one started but never reached its first checkpoint: that one's logs and extraction parts
+    would pass for this run's (the parts name rows, not videos). Its cached clips go as each rank opens its cache."""
+    found = [name for name in ("log.jsonl", "tb", "extract_parts") if (out / name).exists()]
+    if not found:
+        return
+    print(f"NOTE: {out} holds the start of a run that never reached a checkpoint; its {', '.join(found)} removed",
+          file=sys.stderr)  # fmt: skip
+    (out / "log.jsonl").unlink(missing_ok=True)
+    shutil.rmtree(out / "tb", ignore_errors=True)
+    shutil.rmtree(out / "extract_parts", ignore_errors=True)
 
 
 def _set_value(value) -> str:
