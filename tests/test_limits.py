@@ -102,6 +102,23 @@ def test_a_jobs_cpu_quota_is_found_through_proc_self_cgroup(tmp_path):
     assert cpu_quota(odd) == 1.0  # lines not of the id:controllers:group form are passed over
 
 
+def test_a_limit_on_a_group_above_the_process_holds_too(tmp_path):
+    """SLURM under cgroup v2 puts the job's limits on job_N and runs its tasks in groups below it."""
+    slurm = tree(tmp_path / "v2", {
+        "proc/self/cgroup": "0::/system.slice/slurmstepd.scope/job_7/step_0/user/task_0\n",
+        "sys/fs/cgroup/system.slice/slurmstepd.scope/job_7/memory.max": f"{GIB}\n",
+        "sys/fs/cgroup/system.slice/slurmstepd.scope/job_7/cpu.max": "200000 100000\n",
+        "sys/fs/cgroup/system.slice/slurmstepd.scope/job_7/step_0/user/task_0/memory.max": "max\n",
+        "sys/fs/cgroup/system.slice/slurmstepd.scope/job_7/step_0/user/task_0/cpu.max": "max 100000\n",
+    })  # fmt: skip
+    assert usable_memory_bytes(slurm) == min(GIB, PHYSICAL) and cpu_quota(slurm) == 2.0
+    v1 = tree(tmp_path / "v1", {
+        "proc/self/cgroup": "4:memory:/slurm/uid_0/job_7/step_0\n",
+        "sys/fs/cgroup/memory/slurm/uid_0/job_7/memory.limit_in_bytes": f"{GIB // 2}\n",
+    })  # fmt: skip
+    assert usable_memory_bytes(v1) == min(GIB // 2, PHYSICAL)
+
+
 FIT = """
 import sys, faiss, torch
 from xdc.limits import fit_threads

@@ -58,8 +58,9 @@ def cpu_quota(root: Path = Path("/")) -> float | None:
 
 def _limit_files(root: Path, v2_name: str, v1_controller: str, v1_name: str) -> list[Path]:
     """A limit's files in the cgroup roots as this process sees them (a container's own) and in the groups that
-    /proc/self/cgroup names (a job's group inside a host's tree): ``v2_name`` in the unified tree, ``v1_name`` under
-    the v1 hierarchy of ``v1_controller``."""
+    /proc/self/cgroup names (a job's group inside a host's tree) and each of their ancestors, whose limits hold for
+    the groups below them (SLURM sets a job's on ``job_N``, its tasks run in ``job_N/step_M/...``): ``v2_name`` in the
+    unified tree, ``v1_name`` under the v1 hierarchy of ``v1_controller``."""
     cgroup = root / "sys/fs/cgroup"
     files = [cgroup / v2_name, cgroup / v1_controller / v1_name]
     try:
@@ -71,11 +72,12 @@ def _limit_files(root: Path, v2_name: str, v1_controller: str, v1_name: str) -> 
         group = fields[2].lstrip("/") if len(fields) == 3 else ""
         if not group:
             continue
-        controllers = fields[1]
+        controllers, parts = fields[1], group.split("/")
+        groups = ["/".join(parts[: n + 1]) for n in range(len(parts))]  # the group and every group above it
         if controllers == "":  # v2: one unified tree
-            files.append(cgroup / group / v2_name)
+            files += [cgroup / g / v2_name for g in groups]
         elif v1_controller in controllers.split(","):
-            files.append(cgroup / v1_controller / group / v1_name)
+            files += [cgroup / v1_controller / g / v1_name for g in groups]
     return files
 
 
