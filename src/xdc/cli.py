@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", default="csv", help="csv (default), ucf101, hmdb51, esc50, dcase, fsdd, grid-words")
     q.add_argument("--split", choices=("1", "2", "3", "all"), help="official split (ucf101, hmdb51); all: mean of 1-3")
     q.add_argument("--mode", choices=("full", "fc"), default="full", help="full finetuning or frozen encoder + fc")
-    q.add_argument("--option", action="append", default=[], type=_key_value, metavar="KEY=VALUE", help="adapter option")
+    q.add_argument("--option", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                   help="adapter option")  # fmt: skip
     q.add_argument("--out", type=Path, help="result JSON")
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_config_options(q, SETTINGS_HELP.format(", or a finetune.* setting, or seed"))

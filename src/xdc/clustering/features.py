@@ -10,9 +10,10 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
     """PCA to ``dim`` dimensions (whitened if ``whiten``), then unit L2 norm per row; float32 (N, D) in and out.
 
     PCA needs at least ``dim`` dimensions (at ``dim`` it only rotates and whitens) and more samples than ``dim`` to
-    mean anything, so it is skipped otherwise and only the normalisation runs (SPEC: skipped when fewer). ``eps`` is relative: whitening divides component j by
-    sqrt(lambda_j + eps * lambda_max), so directions with no variance (rank-deficient features, e.g. dead ReLU
-    units) stay small instead of turning float noise (zero or negative eigenvalues) into NaN or huge values.
+    mean anything, so it is skipped otherwise and only the normalisation runs (SPEC: skipped when fewer).
+    ``eps`` is relative: whitening divides component j by sqrt(lambda_j + eps * lambda_max), so directions with
+    no variance (rank-deficient features, e.g. dead ReLU units) stay small instead of turning float noise (zero or
+    negative eigenvalues) into NaN or huge values.
     All-zero rows stay zero. Non-finite input raises ``ValueError``.
     """
     if x.ndim != 2:

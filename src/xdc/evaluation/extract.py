@@ -111,7 +111,8 @@ def extract_features(
     # the device and precision too: parts from a GPU in bf16 and from a CPU in float32 would not make one file; and
     # the batch size, which changes the kernels' rounding (per_part alone is the same for several sizes)
     made = identity(source.weights, cfg, items, encoder=encoder_name, clips=clips, stride=stride,
-                    device=place.device.type, bf16=place.bf16, part_clips=per_part, batch_size=batch_size)  # fmt: skip
+                    device=place.device.type, bf16=place.bf16, part_clips=per_part,
+                    batch_size=batch_size)  # fmt: skip
     kept = KeptParts(out.with_name(out.stem + ".parts"), made)
     parts = on_main(kept.load, ctx) or {}
     done = broadcast_object(sorted(parts), ctx)
