@@ -2,8 +2,8 @@
 
 import csv
 import json
-import subprocess
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
