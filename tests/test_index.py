@@ -557,6 +557,25 @@ def test_list_inputs(media: Path, tmp_path: Path) -> None:
     assert summary.probed == 2
 
 
+def test_names_with_spaces_around_them_or_form_feeds_are_listed_and_labelled_as_spelled(tmp_path: Path) -> None:
+    """A list or labels entry names the file spelled so, spaces around it kept, and a list's lines end at \\n alone
+    (``find > files.txt``); an entry typed with stray spaces still names the file without them."""
+    folder = tmp_path / "c"
+    folder.mkdir()
+    names = [" lead.mp4", "trail.mp4 ", "form\x0cfeed.mp4", "para\u2029graph.mp4", "plain.mp4"]
+    for i, name in enumerate(names):
+        write_av(folder / "made.mp4", _frames(5, 16, seed=i), 25, None)
+        (folder / "made.mp4").rename(folder / name)  # FFmpeg tells a format by the name's end
+    (tmp_path / "files.txt").write_text("".join(f"{folder / name}\n" for name in names[:4]) + f"  {folder}/plain.mp4\r\n")
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label"], *[[name, f"L{i}"] for i, name in enumerate(names[:4])],
+                                 [" plain.mp4 ", "L4"]])  # fmt: skip
+    out = tmp_path / "m.csv"
+    summary = build_manifest([str(tmp_path / "files.txt")], out, labels=tmp_path / "labels.csv", workers=1)
+    assert summary.line().splitlines()[0] == "5 files: 5 usable (0 with audio), 0 unusable"
+    assert {Path(r["path"]).name: r["label"] for r in read_rows(out)} == {n: f"L{i}" for i, n in enumerate(names)}
+
+
 def test_cli_index_prints_the_summary(media: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """The unusable files first, by path, with their reasons, as many as index.PROBLEMS, then the counts."""
     out = tmp_path / "m.csv"

@@ -321,12 +321,24 @@ def read_file_list(path: Path) -> Iterator[str]:
                     raise UserError(f"{path}: a CSV list of files needs a 'path' column")
                 entries = [row["path"] or "" for row in reader]
             else:
-                entries = [line for line in f.read().splitlines() if not line.lstrip().startswith("#")]
+                # lines end at \n (or \r\n) alone: str.splitlines also splits at form feeds, U+2028 ..., which
+                # a name may hold
+                lines = (line.removesuffix("\r") for line in f.read().split("\n"))
+                entries = [line for line in lines if not line.lstrip().startswith("#")]
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     # as realpath, not Path.resolve: a link in a loop stays as it is (an error row) rather than raise
     base, resolve = str(path.parent), _FolderResolver()
-    return (resolve(os.path.join(base, os.path.expanduser(e.strip()))) for e in entries if e.strip())
+    return (resolve(spelled(base, e)) for e in entries if e.strip())
+
+
+def spelled(base: str, entry: str) -> str:
+    """The path a list's or labels CSV's ``entry`` names, taken against the folder ``base``: as written where
+    that exists, so that a name may start or end with spaces, else without the spaces around it (typed by hand)."""
+    path = os.path.join(base, os.path.expanduser(entry))
+    if entry != entry.strip() and not os.path.lexists(path):
+        return os.path.join(base, os.path.expanduser(entry.strip()))
+    return path
 
 
 # --- probing -----------------------------------------------------------------------------------------------
@@ -693,12 +705,14 @@ class LabelIndex:
         halves = {kind: array("q") for kind in _KINDS}
         label_ids = array("i")
         for raw, label in read_label_rows(path):
-            label_ids.append(ids.setdefault(label, len(ids)))
-            relative = os.path.normpath(raw)  # a row naming a folder ("a/..") names no file whichever way it is read
-            name, stem = name_and_stem(relative)
-            absolute = resolve(os.path.join(base, os.path.expanduser(raw)))
-            for kind, key in zip(_KINDS, (absolute, relative, name, stem)):
-                halves[kind].extend((hash(key), _second_half(key)))
+            # a path with spaces around it names the file spelled so, or, typed by hand, the one without them
+            for spelling in dict.fromkeys((raw, raw.strip())):
+                label_ids.append(ids.setdefault(label, len(ids)))
+                relative = os.path.normpath(spelling)  # a row naming a folder ("a/..") names no file either way
+                name, stem = name_and_stem(relative)
+                absolute = resolve(os.path.join(base, os.path.expanduser(spelling)))
+                for kind, key in zip(_KINDS, (absolute, relative, name, stem)):
+                    halves[kind].extend((hash(key), _second_half(key)))
         if not label_ids:  # before any file is probed or copied with no label to give it
             raise UserError(f"{path} has no row with both a path and a label")
         rows = np.frombuffer(label_ids, dtype=np.intc)  # array("i") holds C ints
@@ -785,7 +799,8 @@ class _FolderResolver:
 
 
 def read_label_rows(path: Path) -> Iterator[tuple[str, str]]:
-    """(path, label) of each row of the labels CSV ``path`` that has both, one row at a time."""
+    """(path, label) of each row of the labels CSV ``path`` that has both, one row at a time: the path as written
+    (spaces around it kept), the label without spaces around it."""
     try:
         with open_paths_file(path, "labels CSV") as f:
             reader = csv.reader(f)
@@ -795,9 +810,9 @@ def read_label_rows(path: Path) -> Iterator[tuple[str, str]]:
                 raise UserError(f"{path}: a labels CSV needs a header with columns path and label (found: {found})")
             where = columns.index("path"), columns.index("label")
             for row in reader:
-                raw, label = (row[i].strip() if i < len(row) else "" for i in where)
-                if raw and label:
-                    yield raw, label
+                raw, label = (row[i] if i < len(row) else "" for i in where)
+                if raw.strip() and label.strip():
+                    yield raw, label.strip()
     except FileNotFoundError:
         raise UserError(f"labels file not found: {path}") from None
     except OSError as e:
