@@ -289,10 +289,10 @@ def test_a_forked_child_reads_clips_after_its_parent_did(tmp_path, threads):
 def _whole_track(path) -> np.ndarray:
     """The first channel of the audio track decoded in one pass from the file's start: what each clip's sound must
     equal, wherever the clip starts."""
-    from xdc.data.decode import _float_planar
+    from xdc.data.decode import float_samples
 
     with av.open(str(path)) as c:
-        return np.concatenate([_float_planar(f) for f in c.decode(c.streams.audio[0])], axis=1)[0]
+        return np.concatenate([float_samples(f) for f in c.decode(c.streams.audio[0])], axis=1)[0]
 
 
 @pytest.mark.parametrize("rate", [16000, 8000])

@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass
 
 import av
+from av.audio.frame import format_dtypes
+from av.audio.plane import AudioPlane
 from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
@@ -413,7 +415,7 @@ class _AudioWindow:
         if offset >= self.buffer.shape[1]:  # starts after the window's last sample
             self.done = True
             return
-        samples = _float_planar(frame)
+        samples = float_samples(frame)
         if samples.shape[0] != self.buffer.shape[0]:  # the layout changed mid-stream: mix down
             samples = np.broadcast_to(samples.mean(axis=0), (self.buffer.shape[0], samples.shape[1]))
         n = samples.shape[1]
@@ -448,12 +450,17 @@ def _resampler(source: int, target: int) -> AT.Resample:
 _SCALE = {"s16": 32768.0, "s16p": 32768.0, "s32": 2147483648.0, "s32p": 2147483648.0}
 
 
-def _float_planar(frame) -> np.ndarray:
+def float_samples(frame) -> np.ndarray:
     """Float32 samples of an audio frame as channels x samples, whatever its sample format."""
-    data = frame.to_ndarray()
     fmt = frame.format.name
-    if not frame.format.is_planar:  # packed: one row of interleaved samples
-        data = data.reshape(-1, len(frame.layout.channels)).T
+    if frame.format.is_planar:
+        # a plane per channel, taken one by one: PyAV's frame.planes (and so to_ndarray) counts planes up to a
+        # NULL pointer, which a frame of 8 channels lacks, and reads the memory after the last (7.1 sound crashed)
+        dtype = np.dtype(format_dtypes[fmt])
+        count = len(frame.layout.channels)
+        data = np.stack([np.frombuffer(AudioPlane(frame, i), dtype, frame.samples) for i in range(count)])
+    else:  # one plane of interleaved samples
+        data = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).T
     if fmt in _SCALE:
         return data.astype(np.float32) / _SCALE[fmt]
     if fmt in ("u8", "u8p"):

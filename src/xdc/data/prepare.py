@@ -29,7 +29,7 @@ from av.video.reformatter import VideoReformatter
 from xdc.data.index import (
     LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
-from xdc.data.decode import TIMED_DEMUXERS
+from xdc.data.decode import TIMED_DEMUXERS, float_samples
 from xdc.data.encode import AAC_SAMPLE_RATES
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import dict_rows, open_text, write_atomic
@@ -645,7 +645,7 @@ class _AudioTrack(_Track):
             self._mix_and_encode(resampled)
 
     def _mix_and_encode(self, frame) -> None:
-        samples = frame.to_ndarray()
+        samples = float_samples(frame)
         mono = samples.mean(axis=0, keepdims=True) if samples.shape[0] > 1 else samples
         out = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono, dtype=np.float32), format="fltp", layout="mono")
         out.sample_rate, out.pts, out.time_base = self.rate, frame.pts, Fraction(1, self.rate)
