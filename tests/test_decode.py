@@ -313,6 +313,23 @@ def test_a_clips_sound_is_the_whole_tracks_with_or_without_pictures(tmp_path, ra
                                        err_msg=f"start {start}, pictures {pictures}")  # fmt: skip
 
 
+@pytest.mark.parametrize("pictures", [True, False])
+def test_sound_in_matroska_follows_on_whatever_its_millisecond_timestamps(tmp_path, pictures):
+    """Matroska keeps times in milliseconds, and AAC frames at 44.1 kHz last 23.2 ms: a frame placed by its
+    rounded time overlapped the one before or left a gap (until 2026-12-01). Frames that follow on are placed
+    back to back: the clip is the whole track's, shifted by at most the first frame's rounding."""
+    rate = 44100
+    path = tmp_path / "tones.mkv"
+    t = np.arange(4 * rate) / rate
+    write_av(path, gray_frames(100), 25, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate)
+    whole = _whole_track(path)
+    for start in (0.37, 1.51, 2.0):
+        clip = read_clip(str(path), start, spec(frames=8, fps=8, sample_rate=rate), video=pictures).audio
+        first = round(start * rate)
+        errors = [np.abs(clip[30:-30] - whole[first + lag + 30 : first + lag + rate - 30]).max() for lag in range(-25, 26)]
+        assert min(errors) < 1e-5, f"start {start}: off the track by {min(errors):.3f} at every shift within 0.5 ms"
+
+
 def test_the_sound_fills_the_window_to_its_last_sample(tmp_path):
     """A frame of sound that starts less than a millisecond before the window's end still fills its last samples."""
     path = tmp_path / "tone.mp4"

@@ -385,7 +385,8 @@ class _AudioWindow:
         self.time_base = float(stream.time_base)  # a packet's own is a new Fraction each time: 0.05 ms a clip
         self.buffer = np.zeros((stream.codec_context.channels or 1, round(seconds * self.rate)), dtype=np.float32)
         self.covered = np.zeros(self.buffer.shape[1], dtype=bool)
-        self.next_time: float | None = None
+        self.next_time: float | None = None  # where the last frame added ends: its next sample, and that time
+        self.next_offset = 0
         self.done = False
         self.begins = stream.start_time * self.time_base if stream.start_time is not None else origin
         self.started = False  # whether a packet was decoded
@@ -410,8 +411,15 @@ class _AudioWindow:
         t = frame.time if frame.time is not None else self.next_time
         if t is None:
             t = self.t0
-        self.next_time = t + frame.samples / self.rate
-        offset = round((t - self.t0) * self.rate)
+        if self.next_time is not None and abs(t - self.next_time) <= self.time_base + 1e-6:
+            # the frame follows on from the last: its time is the sample after it, rounded to the time base
+            # (Matroska's 1 ms is 44 samples at 44.1 kHz, where frames last 23.2 ms: placed by their times, they
+            # overlapped or left gaps)
+            offset = self.next_offset
+        else:
+            offset = round((t - self.t0) * self.rate)
+        self.next_offset = offset + frame.samples
+        self.next_time = self.t0 + self.next_offset / self.rate
         if offset >= self.buffer.shape[1]:  # starts after the window's last sample
             self.done = True
             return
