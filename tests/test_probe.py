@@ -215,25 +215,25 @@ def leaky_folds(n: int = 1000, classes: int = 5, folds: int = 5):
     fold use: a classifier that saw a fold's items would read its labels off that block."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, classes, n)
-    fold = np.arange(n) % folds
+    fold = np.arange(n) % folds + 1  # ids from 1: 0 is no fold
     leak = np.zeros((n, folds * classes))
-    leak[np.arange(n), fold * classes + y] = 10.0
+    leak[np.arange(n), (fold - 1) * classes + y] = 10.0
     return np.hstack([rng.normal(size=(n, 8)), leak]), y, fold
 
 
 def test_kfold_never_trains_on_the_test_fold():
     x, y, folds = leaky_folds()
     out = kfold_probe(x, y, folds, cs=(1.0,))
-    assert out["folds"] == [0, 1, 2, 3, 4] and len(out["results"]) == 5
+    assert out["folds"] == [1, 2, 3, 4, 5] and len(out["results"]) == 5 and out["train_only"] == 0
     assert out["mean_top1"] < 0.35  # chance is 0.2; a leak would give 1.0
     # The same features with the fold used in training: the leak is read, the test is meaningful.
-    mixed = linear_probe(x, y, x[folds == 0], y[folds == 0], cs=(1.0,))
+    mixed = linear_probe(x, y, x[folds == 1], y[folds == 1], cs=(1.0,))
     assert mixed.top1 == 1.0
 
 
 def test_kfold_passes_only_the_other_folds_to_training(monkeypatch):
     x, y = blobs(200)
-    folds, groups = np.arange(200) % 4, np.arange(200)
+    folds, groups = np.arange(200) % 5, np.arange(200)  # fold 0: no fold
     x = np.hstack([x, groups[:, None]])  # last column: item id
     calls = []
 
@@ -243,16 +243,17 @@ def test_kfold_passes_only_the_other_folds_to_training(monkeypatch):
 
     monkeypatch.setattr(probe, "linear_probe", spy)
     out = kfold_probe(x, y, folds, groups=groups)
-    assert len(calls) == 4 and out["std_top1"] == 0.0
-    for fold, (train_ids, test_ids, train_groups, test_groups) in enumerate(calls):
+    assert len(calls) == 4 and out["std_top1"] == 0.0 and out["folds"] == [1, 2, 3, 4] and out["train_only"] == 40
+    for fold, (train_ids, test_ids, train_groups, test_groups) in enumerate(calls, start=1):
         assert set(folds[test_ids.astype(int)]) == {fold}
         assert not set(train_ids) & set(test_ids) and len(train_ids) + len(test_ids) == 200
+        assert set(np.flatnonzero(folds == 0)) <= set(train_ids)  # items of no fold train in every fold
         assert not set(train_groups) & set(test_groups)
 
 
 def test_kfold_mean_and_population_std():
     x, y = blobs(500, spread=8.0)
-    folds = np.arange(500) % 5
+    folds = np.arange(500) % 5 + 1
     out = kfold_probe(x, y, folds, cs=(0.1, 1), classifier="svm")
     top1 = [r.top1 for r in out["results"]]
     assert out["mean_top1"] == pytest.approx(np.mean(top1))
@@ -263,4 +264,10 @@ def test_kfold_mean_and_population_std():
 def test_kfold_rejects_a_group_spanning_folds():
     x, y = blobs(20)
     with pytest.raises(ValueError, match="spans"):
-        kfold_probe(x, y, np.arange(20) % 2, groups=np.arange(20) // 4)
+        kfold_probe(x, y, np.arange(20) % 2 + 1, groups=np.arange(20) // 4)
+
+
+def test_kfold_needs_two_folds_besides_fold_0():
+    x, y = blobs(20)
+    with pytest.raises(ValueError, match="at least two folds"):
+        kfold_probe(x, y, np.arange(20) % 2)  # fold 1 and items of no fold

@@ -84,8 +84,8 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
 
 def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
     data = load_features(features)
-    if len(np.unique(data["fold"])) < 2:
-        raise UserError(f"{features} has no fold column with two or more folds (e.g. ESC-50's 5 folds)")
+    if len(np.unique(data["fold"][data["fold"] != 0])) < 2:
+        raise UserError(f"{features} has no fold column with two or more folds (e.g. ESC-50's 5 folds; 0 is none)")
     try:
         result = kfold_probe(
             data["features"], data["label"], data["fold"], groups=data["group"], classifier=classifier, **PROBE
@@ -93,7 +93,7 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
     except ValueError as e:
         raise UserError(str(e)) from None
     rows = [{"fold": f, **r.to_dict()} for f, r in zip(result["folds"], result["results"])]
-    summary = {k: result[k] for k in ("mean_top1", "std_top1", "mean_top5")}
+    summary = {k: result[k] for k in ("mean_top1", "std_top1", "mean_top5", "train_only")}
     rows.append({"fold": "mean", "top1": summary["mean_top1"], "top5": summary["mean_top5"]})
     record = {"command": "eval kfold", "features": str(features), **summary, "folds": rows[:-1],
               "probe": {"classifier": classifier, **PROBE}}  # fmt: skip

@@ -130,11 +130,13 @@ def kfold_probe(
     x: np.ndarray, y: np.ndarray, folds: np.ndarray, groups: np.ndarray | None = None, **probe_kwargs
 ) -> dict:
     """Cross-validation over predefined folds (ESC-50's 5 official folds): each fold in turn is the test set
-    and the others train, C being chosen on a validation split of those others only.
+    and the others train, C being chosen on a validation split of those others only. Fold 0 is no fold (an item
+    of a table without one): its items train in every fold and are never tested.
 
     ``probe_kwargs`` go to ``linear_probe``. Returns ``folds`` (ids in sorted order), ``results`` (one
-    ``ProbeResult`` per fold), ``mean_top1``, ``std_top1`` (population standard deviation over folds, ddof=0)
-    and ``mean_top5``. A group (e.g. the sub-clips of one recording) must lie in a single fold.
+    ``ProbeResult`` per fold), ``mean_top1``, ``std_top1`` (population standard deviation over folds, ddof=0),
+    ``mean_top5`` and ``train_only`` (the items of fold 0). A group (e.g. the sub-clips of one recording) must
+    lie in a single fold.
     """
     x, y, folds = np.asarray(x), np.asarray(y), np.asarray(folds)
     if not len(x) == len(y) == len(folds):
@@ -144,9 +146,9 @@ def kfold_probe(
         index, first = group_index(groups)
         if (folds != folds[first][index]).any():
             raise ValueError("a group spans several folds: its clips would be both trained and tested on")
-    fold_ids = np.unique(folds)
+    fold_ids = np.unique(folds[folds != 0])
     if len(fold_ids) < 2:
-        raise ValueError("k-fold evaluation needs at least two folds")
+        raise ValueError("k-fold evaluation needs at least two folds (fold 0 is none)")
     results = []
     for fold in fold_ids:
         test = folds == fold
@@ -169,6 +171,7 @@ def kfold_probe(
         "mean_top1": float(top1.mean()),
         "std_top1": float(top1.std()),
         "mean_top5": float(np.mean([r.top5 for r in results])),
+        "train_only": int((folds == 0).sum()),
     }
 
 
