@@ -110,6 +110,25 @@ def test_eval_clusters_takes_labels_given_after_pretraining(run, tmp_path, capsy
     assert err.startswith("xdc: error: no row of") and "names one of the 24 videos" in err and err.count("\n") == 1
 
 
+def test_eval_clusters_skips_an_unreadable_round_and_names_it(run, tmp_path, capsys):
+    root, run_dir = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.copy(copy / "labels" / "round_000.npz", copy / "labels" / "round_001.npz")
+    rounds = sorted((copy / "labels").glob("round_*.npz"))
+    rounds[0].write_bytes(rounds[0].read_bytes()[:300])  # cut short, as a kill mid-write left it before 2026-12-01
+    assert main(["eval", "clusters", "--run", str(copy), "--out", str(tmp_path / "c.json")]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert {r["round"] for r in result["rounds"]} == {int(path.stem[-3:]) for path in rounds[1:]}
+    assert len(result["unreadable"]) == 1 and result["unreadable"][0].startswith(f"labels/{rounds[0].name}: ")
+    assert f"skipped labels/{rounds[0].name}: " in capsys.readouterr().err
+    for path in rounds[1:]:
+        path.write_bytes(b"junk")
+    assert main(["eval", "clusters", "--run", str(copy)]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"xdc: error: no cluster assignments of {copy} can be read (labels/round_*.npz); ")
+
+
 def test_linear_probe_on_another_file_of_test_features(tmp_path, capsys):
     """--test-features: train on one file (its train split, or all of it), test on all of another."""
     rng = np.random.default_rng(0)

@@ -220,6 +220,21 @@ def test_videos_come_from_the_arrays_and_bad_label_files_are_named(built, tmp_pa
     assert set(page.clusters) == expected  # the last readable round's clusters
 
 
+def test_a_round_after_an_unreadable_one_has_no_nmi_with_the_previous(built, tmp_path):
+    """Its "previous" round is unreadable: until 2026-12-01 the round before that stood in for it, unsaid."""
+    from xdc.report import load_run, read_rounds
+
+    _, run = built
+    copy = copy_run(run, tmp_path / "run", lambda rows: rows)
+    shutil.copy(copy / "labels" / "round_000.npz", copy / "labels" / "round_002.npz")
+    (copy / "labels" / "round_001.npz").write_bytes(b"not an npz")
+    rows = read_rounds(load_run(copy)).rows
+    assert [r["round"] for r in rows if "nmi_previous" in r] == []
+    assert {r["round"] for r in rows} == {0, 2}
+    rows = read_rounds(load_run(run)).rows  # both rounds readable: the second is compared with the first
+    assert {r["round"] for r in rows if r.get("nmi_previous") is not None} == {1}
+
+
 def test_scratch_run_has_no_clusters(built, tmp_path):
     manifest, _ = built
     cfg = load_config(None, [*TINY, "train.method=scratch"], preset="tiny")

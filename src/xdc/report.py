@@ -188,6 +188,8 @@ def read_rounds(data: RunData) -> Rounds:
     """One pass over the label files, holding two rounds at a time (this one, and the previous for its NMI)."""
     rows, pairs, previous, last, finished, truth = [], [], {}, None, 0, data.truth
     for r, sets in data.label_sets():
+        if last is not None and last[0] != r - 1:  # the round before is unreadable: nothing to compare with
+            previous = {}
         finished += 1
         last = r, sets
         names = sorted(n for n in sets if n != MANIFEST_LABELS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -192,15 +193,23 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
         raise UserError(f"no row of {labels} names one of the {len(label_ids)} videos of {run} (by its path, its "
                         "path relative to the labels file or to the videos' folder, or a basename or stem that "
                         "one video alone has)")  # fmt: skip
-    rows = []
+    rows, unreadable = [], []
     for path in rounds:
-        with np.load(path) as assigned:
-            for name in assigned.files:
-                rows.append({"round": int(path.stem.split("_")[1]), "label_set": name,
-                             **cluster_metrics(assigned[name], label_ids)})  # fmt: skip
+        try:
+            with np.load(path) as arrays:
+                sets = {name: arrays[name] for name in arrays.files}
+        except Exception as e:  # a truncated or foreign file (a run killed while writing it, before 2026-12-01)
+            unreadable.append(f"labels/{path.name}: {type(e).__name__}: {e}".splitlines()[0])
+            print(f"skipped {unreadable[-1]}", file=sys.stderr)
+            continue
+        rows += [{"round": int(path.stem.split("_")[1]), "label_set": name, **cluster_metrics(assigned, label_ids)}
+                 for name, assigned in sets.items()]  # fmt: skip
+    if not rows:
+        raise UserError(f"no cluster assignments of {run} can be read (labels/round_*.npz)"
+                        + "".join(f"; {entry}" for entry in unreadable[:1]))
     print(f"{labelled} of {len(label_ids)} videos labelled" + (f" by {labels}" if labels is not None else ""))
     record = {"command": "eval clusters", "run": str(run), "labels": None if labels is None else str(labels),
-              "labelled": labelled, "videos": len(label_ids), "rounds": rows}  # fmt: skip
+              "labelled": labelled, "videos": len(label_ids), "rounds": rows, "unreadable": unreadable}  # fmt: skip
     return _emit(record, rows, out)
 
 

@@ -7,7 +7,6 @@ and embedded clip by clip in eval mode: N evenly spaced clips per item, or a sli
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.resume import identity
 from xdc.evaluation.sources import load_source
 from xdc.progress import progress_bar
-from xdc.training.checkpoint import KeptParts, warn_threads
+from xdc.training.checkpoint import KeptParts, save_npz, warn_threads
 from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main
 from xdc.training.to_host import ToHost
 
@@ -151,7 +150,7 @@ def _write(out: Path, parts: list[dict], manifest: Manifest, item_of_row: np.nda
     failures.merge([part["failures"] for part in parts])
     row = torch.cat([p["rows"] for p in parts]).numpy()
     item = item_of_row[row]
-    _save_npz(
+    save_npz(
         out,
         features=torch.cat([p["features"] for p in parts]).numpy(),
         item=item,
@@ -219,11 +218,3 @@ class _Part:
 
 def _cat(pieces: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     return torch.cat(pieces).to(dtype) if pieces else torch.zeros(0, dtype=dtype)
-
-
-def _save_npz(out: Path, **arrays) -> None:
-    """``np.savez`` through a temporary file and a rename: a crash leaves the old file or the new one."""
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, out)

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from xdc.errors import UserError
@@ -24,6 +25,15 @@ def save_atomic(obj: dict, path: str | Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_npz(file: Path, /, **arrays) -> None:
+    """``np.savez`` through a temporary file and a rename: a crash leaves the old file or the new one. (Any
+    array name may be given, "path" and "file" too.)"""
+    tmp = file.with_name(f".{file.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, file)
 
 
 def load(path: str | Path) -> dict:

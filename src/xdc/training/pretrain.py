@@ -66,7 +66,7 @@ from xdc.models.encoders import LAYOUTS, build_encoder
 from xdc.models.heads import LinearHead
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
-from xdc.training.checkpoint import KeptParts
+from xdc.training.checkpoint import KeptParts, save_npz
 from xdc.training.distributed import (
     Dist,
     barrier,
@@ -423,7 +423,7 @@ class Pretrainer:
         if self.ctx.main:
             labels_dir = self.out / "labels"
             labels_dir.mkdir(exist_ok=True)
-            np.savez(labels_dir / f"round_{p.round:03d}.npz", **p.labels)
+            save_npz(labels_dir / f"round_{p.round:03d}.npz", **p.labels)  # a reader never sees half of one
         p.previous = p.labels
         p.labels = {}
         p.round, p.epoch, p.step = p.round + 1, 0, 0
