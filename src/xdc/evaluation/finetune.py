@@ -124,9 +124,13 @@ def finetune(
             failures.merge(ranks)
         train_set.crashed.update(kept["crashed"])
         done, losses = kept["batches"], kept["losses"]
+        if log is not None and "log_records" in kept:  # checkpoints before 2026-12-01 have none
+            log.keep(lambda number, _: number < kept["log_records"])
         if ctx.main:
             print(f"{name}: resuming after batch {done} of {steps} from {saved.checkpoint_path}")
             checkpoint.warn_threads(kept.get("threads"), place.device)  # checkpoints before 2026-11-30: none
+    elif log is not None:  # started over: an earlier start's records of this split go (kept until 2026-12-01)
+        log.keep(lambda _, record: record["kind"] not in (name, f"{name}_test"))
 
     pending = []  # (batch number, learning rate, loss on the device, whether this rank had clips) since the last
     # keep: reading each loss would make the host wait for every step
@@ -161,6 +165,7 @@ def finetune(
             "trained": trained.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "batches": done, "losses": losses, "failures": ranks, "threads": torch.get_num_threads(),
             "crashed": {path: why for rank in crashed for path, why in rank.items()},  # files that killed a worker
+            "log_records": log.records if log is not None else 0,  # what is logged after it a resume logs again
         })  # fmt: skip
 
     def epoch_loss(epoch: int) -> float | None:

@@ -879,6 +879,7 @@ class Pretrainer:
             "torch_rng": torch.get_rng_state(),
             "ranks": ranks,  # each rank's failed files, and the files that killed its loader workers
             "threads": torch.get_num_threads(),  # on the CPU the bits depend on it (resume warns)
+            "log_records": self.log.records,  # what is logged after this checkpoint a resumed run logs again
         }
         checkpoint.save_atomic(state, self.out / "checkpoints" / "last.pt")
 
@@ -910,6 +911,8 @@ class Pretrainer:
             self.model.heads.load_state_dict(state["heads"])
             self.head_optimizer.load_state_dict(state["head_optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        if "log_records" in state:  # checkpoints before 2026-12-01 have none: their resumes logged twice
+            self.log.keep(lambda number, _: number < state["log_records"])
         if self.ctx.main:
             checkpoint.warn_threads(state.get("threads"), self.ctx.device)  # checkpoints before 2026-11-30: none
         ranks = state.get("ranks", [])  # checkpoints before 2026-11-30 have none

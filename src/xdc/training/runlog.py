@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
 class RunLog:
+    """``records``: how many records log.jsonl holds, those of earlier runs in the folder included. A run that goes
+    on from a checkpoint keeps that number in it, and ``keep`` then drops what was logged after the checkpoint,
+    which the run logs again."""
+
     def __init__(self, out: Path, enabled: bool = True):
         self.enabled = enabled
+        self.records = 0
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
-
         out.mkdir(parents=True, exist_ok=True)
-        self.file = open(out / "log.jsonl", "a")
-        self.tb = SummaryWriter(str(out / "tb"))
+        self.path, self.tb_path = out / "log.jsonl", out / "tb"
+        lines = self._lines()
+        if self.path.exists() and self.path.read_text() != "".join(line + "\n" for line in lines):
+            self._rewrite(lines)  # a record cut short by a kill: the next would be written onto its end
+        self.records = len(lines)
+        self.file = open(self.path, "a")
+        self.tb = self._writer()
 
     def write(self, kind: str, step: int, **values) -> None:
         if not self.enabled:
@@ -24,11 +34,58 @@ class RunLog:
         record = {"kind": kind, "step": step, "time": time.time(), **values}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.tb.add_scalar(f"{kind}/{key}", value, step)
+        self.records += 1
+        self._scalars(record)
+
+    def keep(self, select: Callable[[int, dict], bool]) -> None:
+        """Keep only the records for which ``select(number, record)`` holds (numbered from 0, in the order
+        written), in log.jsonl and TensorBoard alike: TensorBoard's files are written again from those records."""
+        if not self.enabled:
+            return
+        records = [json.loads(line) for line in self._lines()]
+        kept = [record for number, record in enumerate(records) if select(number, record)]
+        if len(kept) == len(records):
+            return
+        self.file.close()
+        self.tb.close()
+        self._rewrite([json.dumps(record) for record in kept])
+        shutil.rmtree(self.tb_path, ignore_errors=True)
+        self.records = len(kept)
+        self.file = open(self.path, "a")
+        self.tb = self._writer()
+        for record in kept:
+            self._scalars(record)
+        self.tb.flush()
 
     def close(self) -> None:
         if self.enabled:
             self.file.close()
             self.tb.close()
+
+    def _lines(self) -> list[str]:
+        """The whole records of log.jsonl: not a last line that a kill cut short."""
+        if not self.path.exists():
+            return []
+        lines = []
+        for line in self.path.read_text().splitlines():
+            try:
+                json.loads(line)
+            except ValueError:
+                continue
+            lines.append(line)
+        return lines
+
+    def _rewrite(self, lines: list[str]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.replace(self.path)
+
+    def _writer(self):
+        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+        return SummaryWriter(str(self.tb_path))
+
+    def _scalars(self, record: dict) -> None:
+        for key, value in record.items():
+            if key not in ("kind", "step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"], walltime=record["time"])
