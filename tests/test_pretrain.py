@@ -254,27 +254,29 @@ def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
     assert [json.loads(line)["kind"] for line in (killed / "log.jsonl").read_text().splitlines()].count("start") == 2
 
 
-def _waiting_driver(folder: Path) -> Path:
+def _waiting_driver(folder: Path, round_: int = 1) -> Path:
     """A script that runs ``xdc`` with a part of the extraction kept per batch (a real one is 5 minutes) and, once
-    a rank kept round 1's first part, waits a minute: the test kills the run there."""
+    a rank kept the first part of round ``round_``, waits a minute: the test kills the run there."""
     driver = folder / "driver.py"
     driver.write_text(
         "import sys, time\nfrom xdc.training import checkpoint, pretrain\nfrom xdc.cli import main\n"
         "pretrain.EXTRACTION_PART_S = 0\nadd = checkpoint.KeptParts.add\n"
         "def add_then_wait(self, number, part):\n"
-        "    add(self, number, part)\n    if self.identity.startswith('round 1'):\n        time.sleep(60)\n"
+        f"    add(self, number, part)\n    if self.identity.startswith('round {round_}'):\n        time.sleep(60)\n"
         "checkpoint.KeptParts.add = add_then_wait\nsys.exit(main(sys.argv[1:]))\n"
     )  # fmt: skip
     return driver
 
 
-def test_a_run_killed_in_an_extraction_goes_on_after_its_kept_parts_bit_exact(manifest, tmp_path):
-    """Killed in round 1's extraction after it kept a part (a part per batch here, where a real one is 5 minutes):
-    the resumed run computes only the rest, and ends with the weights of a run straight through."""
+@pytest.mark.parametrize("round_", [0, 1])
+def test_a_run_killed_in_an_extraction_goes_on_after_its_kept_parts_bit_exact(manifest, tmp_path, round_):
+    """Killed in a round's extraction after it kept a part (a part per batch here, where a real one is 5 minutes):
+    the resumed run computes only the rest, and ends with the weights of a run straight through. In the first round
+    too: until 2026-12-01 a run had no checkpoint before its first round's end, and could not be resumed there."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_cli(manifest, straight), check=True, capture_output=True, env=env)
-    driver = _waiting_driver(tmp_path)
+    driver = _waiting_driver(tmp_path, round_)
     proc = subprocess.Popen([sys.executable, str(driver), *_cli(manifest, killed)[3:]], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     part = killed / "extract_parts" / "rank0" / "part-00000.pt"
@@ -286,13 +288,13 @@ def test_a_run_killed_in_an_extraction_goes_on_after_its_kept_parts_bit_exact(ma
             return ""
 
     deadline = time.time() + 120
-    while not made_in().startswith("round 1") and time.time() < deadline:
+    while not made_in().startswith(f"round {round_}") and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert part.exists() and not (killed / "encoders.pt").exists(), "the run was not killed in round 1's extraction"
+    assert part.exists() and not (killed / "encoders.pt").exists(), f"the run was not killed in round {round_}"
     resumed = subprocess.run(_cli(manifest, killed, "--resume"), check=True, capture_output=True, env=env, text=True)
-    assert "round 1: extraction goes on after the parts kept in" in resumed.stdout
+    assert f"round {round_}: extraction goes on after the parts kept in" in resumed.stdout
     assert not (killed / "extract_parts").exists()
     for name in ("round_000.npz", "round_001.npz"):
         a, b = np.load(straight / "labels" / name), np.load(killed / "labels" / name)

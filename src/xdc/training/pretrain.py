@@ -996,6 +996,8 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, ro
     trainer = Pretrainer(cfg, manifest, out, ctx, resume=resume)
     if resume:
         trainer.resume()  # which refuses fewer rounds than the run has begun
+    else:  # a checkpoint before the first round: a run killed in its extraction or clustering can go on
+        trainer._save()
     if planned is not None and ctx.main:
         _write_config(cfg, out)  # a later --resume, the report and the model card see the new number
         done = trainer.progress.round
