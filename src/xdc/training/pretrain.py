@@ -228,6 +228,7 @@ class Pretrainer:
         self.noted_data_wait = False  # _note_data_wait says it once per run
         self.kept_clips = 0  # of the last extraction, read back from train.extract_cache
         self.log = RunLog(out, enabled=ctx.main)
+        self.new = not resume  # checkpoints once begun (run): until 2026-12-01, a kill in round 0 could not resume
 
     def _start_from(self, init: Path) -> None:
         """train.init: each encoder of ``init`` (a run, an export or the released weights) that has the name, the
@@ -389,6 +390,8 @@ class Pretrainer:
         if not self.method.trains:
             self._finish()
             return
+        if self.new:  # a checkpoint before the first round: a run killed in its extraction or clustering goes on
+            self._save()
         while self.progress.round < rounds:
             p = self.progress
             times = {}
@@ -996,8 +999,6 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, ro
     trainer = Pretrainer(cfg, manifest, out, ctx, resume=resume)
     if resume:
         trainer.resume()  # which refuses fewer rounds than the run has begun
-    else:  # a checkpoint before the first round: a run killed in its extraction or clustering can go on
-        trainer._save()
     if planned is not None and ctx.main:
         _write_config(cfg, out)  # a later --resume, the report and the model card see the new number
         done = trainer.progress.round
