@@ -382,6 +382,22 @@ def test_sampler_ranks_interleave_the_padded_global_sequence():
     assert list(ranks[1]) == parts[1][5:]
 
 
+def test_shuffled_draws_on_ranks_are_the_one_process_sequence_unpadded():
+    """Finetuning's draws: each item once per epoch in all ranks together, as in one process (the padding of the
+    balanced sampler drew a training video twice per epoch on 2 ranks until 2026-12-01)."""
+    single = shuffled_draws(31, seed=4)
+    single.set_epoch(2)
+    expected = list(single)
+    ranks = [shuffled_draws(31, seed=4, rank=r, world_size=3) for r in range(3)]
+    for s in ranks:
+        s.set_epoch(2)
+    assert [len(s) for s in ranks] == [11, 10, 10]
+    assert [list(s) for s in ranks] == [expected[r::3] for r in range(3)]
+    assert np.array_equal(ranks[2].global_sequence()[0], [v for v, _ in expected])
+    ranks[1].set_start(4)
+    assert list(ranks[1]) == expected[1::3][4:] and len(ranks[1]) == 6
+
+
 def test_sampler_rejects_bad_input():
     with pytest.raises(ValueError, match="no labelled item"):
         ClusterBalancedSampler([np.full(10, -1)], epoch_size=5, seed=0)

@@ -16,7 +16,7 @@ import torch
 from conftest import kill_with_children, tiny_run
 from xdc.cli import main
 from xdc.config import load_config
-from xdc.evaluation.adapters import Item, write_table
+from xdc.evaluation.adapters import Item, split_items, write_table
 from xdc.data.datasets import EvalClips
 from xdc.errors import UserError
 from xdc.evaluation.extract import extract_features, items_to_manifest
@@ -444,20 +444,38 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode, port):
     """torchrun with 2 processes: each rank takes every other clip of each batch, DDP averages the gradients, the
     test clips are shared out and gathered. fc-only matches one process (the frozen encoder is in eval mode, so two
     half-batches' mean gradient is the batch's): the same losses within float rounding, the same accuracy."""
+    from xdc.evaluation.extract import items_to_manifest
+
     root, run_dir = run
+    items = items_of(root)
+    if mode == "fc":  # a 17th training file, which fails to read after its probe: the ranks have draws 9 and 8,
+        # and the clips of each step that survive fall unevenly on them
+        broken = tmp_path / "broken.mp4"
+        shutil.copy(items[1].path, broken)
+        items.append(Item(str(broken), items[1].label, "train", 1))
+        items_to_manifest(split_items(items, "train"), tmp_path / ".finetune-probe-csv" / "train.probe.csv", "audio")
+        kept = broken.stat()
+        with open(broken, "r+b") as f:
+            f.write(bytes(4096))  # header gone: every read fails; size and time kept, so the probe stands
+        os.utime(broken, ns=(kept.st_atime_ns, kept.st_mtime_ns))
     table = tmp_path / "table.csv"
-    write_table(items_of(root), table)
+    write_table(items, table)
     single, ddp = tmp_path / "single.json", tmp_path / "ddp.json"
-    assert main(_finetune_cli(run_dir, table, single, mode)) == 0
+    tolerant = ["--set=data.max_fail_fraction=0.5"]
+    assert main([*_finetune_cli(run_dir, table, single, mode), *tolerant]) == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
     # "--": torchrun's parser would take --run for an abbreviation of its own --run-path (docs/evaluation.md)
-    job = [*torchrun, "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, ddp, mode)]
+    job = [*torchrun, "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, ddp, mode), *tolerant]
     done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(f"wrote {ddp}") == 1  # rank 0 alone writes
     a, b = (json.loads(path.read_text())["splits"][0] for path in (single, ddp))
     assert (a["ranks"], b["ranks"], b["n_test"]) == (1, 2, a["n_test"])
     assert len(b["epoch_losses"]) == 6 and all(np.isfinite(b["epoch_losses"]))
+    if mode == "fc":  # listed once, though both ranks failed to read it (until 2026-12-01: once per rank)
+        listed = [[skip["path"] for skip in json.loads(path.read_text())["skipped"]] for path in (single, ddp)]
+        assert listed == [[str(broken)], [str(broken)]]
+        assert done.stdout.count(f"skipped {broken}") == 1
     if mode == "fc":
         np.testing.assert_allclose(b["epoch_losses"], a["epoch_losses"], rtol=1e-5)
         assert (b["top1"], b["clip_top1"]) == (a["top1"], a["clip_top1"])

@@ -25,15 +25,17 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
     shuffled together. The draw seed of global position p is a bijection of p (so the seeds of one epoch are
     distinct), keyed by (seed, round, epoch): the clip and augmentation of every draw are reproducible.
 
-    Everything depends on (seed, round, epoch) only, not on global RNG state. With ``world_size`` > 1 the
-    sequence is padded cyclically from its start to a multiple of ``world_size`` and rank r takes positions
-    r, r + world_size, ...; the padding draws repeat a video, with the seed of their own position.
-    :meth:`set_epoch` resets the start to 0, so call :meth:`set_start` after it to resume mid-epoch.
+    Everything depends on (seed, round, epoch) only, not on global RNG state. With ``world_size`` > 1 rank r
+    takes positions r, r + world_size, ... of the sequence, padded cyclically from its start to a multiple of
+    ``world_size`` (the padding draws repeat a video, with the seed of their own position), or with ``pad`` False
+    not padded: ranks past the last position then have one draw fewer. :meth:`set_epoch` resets the start to 0,
+    so call :meth:`set_start` after it to resume mid-epoch.
     """
 
     def __init__(
-        self, label_sets: Sequence[np.ndarray], epoch_size: int, seed: int, rank: int = 0, world_size: int = 1
-    ):
+        self, label_sets: Sequence[np.ndarray], epoch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+        pad: bool = True,
+    ):  # fmt: skip
         super().__init__()
         if not label_sets:
             raise ValueError("the sampler needs at least one set of cluster labels")
@@ -46,6 +48,7 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
         self.seed = seed % 2**64  # SeedSequence takes non-negative entropy
         self.rank = rank
         self.world_size = world_size
+        self.pad = pad
         self.epoch = 0
         self.round = 0
         self.start = 0
@@ -80,9 +83,10 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
             yield from zip(mine[start : start + _CHUNK].tolist(), seeds[start : start + _CHUNK].tolist())
 
     def global_sequence(self) -> tuple[np.ndarray, np.ndarray]:
-        """Video indices and draw seeds (uint64 < 2**63) of all ranks' draws this epoch, padded."""
+        """Video indices and draw seeds (uint64 < 2**63) of all ranks' draws this epoch, padded where ``pad``."""
         videos, key = self._epoch()
-        positions = np.arange(self._rank_length() * self.world_size, dtype=np.uint64)
+        total = -(-self.epoch_size // self.world_size) * self.world_size if self.pad else self.epoch_size
+        positions = np.arange(total, dtype=np.uint64)
         return np.resize(videos, positions.size), mix63((key + positions) & MASK63)
 
     def _epoch(self) -> tuple[np.ndarray, np.uint64]:
@@ -96,15 +100,17 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
         return videos, entropy.generate_state(1, np.uint64)[0] & MASK63
 
     def _rank_length(self) -> int:
-        return -(-self.epoch_size // self.world_size)
+        if self.pad:
+            return -(-self.epoch_size // self.world_size)
+        return -(-(self.epoch_size - self.rank) // self.world_size)
 
 
 def shuffled_draws(n: int, seed: int, rank: int = 0, world_size: int = 1) -> ClusterBalancedSampler:
     """Each of ``n`` items once per epoch, in a new order every epoch, each draw with a seed of its own: the balanced
     sampler over a single cluster. Unlike a shuffling DataLoader's, its order and draws depend on (seed, epoch,
     position) only, whatever the loader's workers, it can start mid-epoch (``set_start``), and under DDP rank r
-    takes positions r, r + world_size, ... of the same sequence."""
-    return ClusterBalancedSampler([np.zeros(n, np.int32)], n, seed, rank=rank, world_size=world_size)
+    takes positions r, r + world_size, ... of the same sequence, not padded: each item once in all ranks."""
+    return ClusterBalancedSampler([np.zeros(n, np.int32)], n, seed, rank=rank, world_size=world_size, pad=False)
 
 
 def _cluster_members(labels: np.ndarray) -> list[np.ndarray]:

@@ -15,6 +15,7 @@ gathered on rank 0, which alone writes the checkpoints, the log and the result."
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ def finetune(
                            device_crops=place.device_crops, device_logmel=place.device_logmel)  # fmt: skip
     sampler = shuffled_draws(len(train_set), seed, ctx.rank, ctx.world_size)
     per_rank = cfg.batch_size // ctx.world_size
-    per_epoch = math.ceil(len(sampler) / per_rank)
+    per_epoch = math.ceil(len(train_set) / cfg.batch_size)  # steps of every rank: a rank with a draw fewer may
+    # run out of batches one step early, and takes part in the last with none (_train_step)
     steps = cfg.epochs * per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if cfg.schedule == "cosine" else (lambda s: 1.0)
@@ -136,16 +138,16 @@ def finetune(
     # keep: reading each loss would make the host wait for every step
 
     def keep() -> None:
-        """The pending losses (averaged over the ranks that had clips) to the host and the log, then a checkpoint
-        (after the log: a crash between the two logs those batches again, with the same values, rather than
-        never). A collective under torchrun: every rank calls it after the same batches."""
+        """The pending losses (the mean over every rank's clips: the sum of the ranks' shares) to the host and the
+        log, then a checkpoint (after the log: a crash between the two logs those batches again, with the same
+        values, rather than never). A collective under torchrun: every rank calls it after the same batches."""
         if pending:
-            sums = torch.stack([loss.float() for _, _, loss, _ in pending])
+            sums = torch.stack([share.float() for _, _, share, _ in pending])
             counts = torch.tensor([float(had) for *_, had in pending], device=sums.device)
             if ctx.enabled:
                 dist.all_reduce(sums)
                 dist.all_reduce(counts)
-            values = (sums / counts).tolist()  # NaN where every rank's clips failed
+            values = torch.where(counts > 0, sums, math.nan).tolist()  # NaN where every rank's clips failed
         else:
             values = []
         losses.extend([math.nan] * (done - len(losses)))  # NaN: a batch whose clips all failed
@@ -178,15 +180,20 @@ def finetune(
         sampler.set_epoch(epoch)
         sampler.set_start((done - epoch * per_epoch) * per_rank)
         desc = f"{name} epoch {epoch + 1}/{cfg.epochs}"
-        bar = progress_bar(Surviving(loader), desc=desc, unit="batch", leave=False, show=ctx.main)
+        left = per_epoch - (done - epoch * per_epoch)
+        batches = itertools.islice(itertools.chain(Surviving(loader), itertools.repeat(None)), left)
+        bar = progress_bar(batches, desc=desc, total=left, unit="batch", leave=False, show=ctx.main)
         for batch in bar:
             done += 1
-            failures.update(batch)
-            had = bool(batch["index"].numel())
-            if had or ctx.enabled:  # under DDP every rank steps: the gradients are all-reduced
-                lr = schedule.get_last_lr()[0]
-                pending.append((done, lr, _train_step(net, encoder, mode, place, batch, optimizer, empty), had))
-                schedule.step()
+            if batch is not None:
+                failures.update(batch)
+            had = batch is not None and bool(batch["index"].numel())
+            # a step for every batch, even one whose clips all failed (its gradient 0: momentum and weight decay
+            # go on), so that one process and any number of ranks step alike, and the schedule with them
+            lr = schedule.get_last_lr()[0]
+            share = _train_step(net, encoder, mode, place, batch if had else None, optimizer, empty, ctx)
+            pending.append((done, lr, share, had))
+            schedule.step()
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done % per_epoch:
                 keep()
         keep()
@@ -204,6 +211,9 @@ def finetune(
         path, reason = test_failures[0]
         raise UserError(f"no test clip could be read ({len(test_failures)} files failed; the first: {path}: {reason})")
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
+    failed: dict[str, str] = {}  # each file once, with its first reason: under torchrun, each rank that read it failed
+    for path, reason in [*skipped, *test_skipped, *(f for rank in every_failure for f in rank), *test_failures]:
+        failed.setdefault(path, reason)
     trained_losses = [x for x in losses if not math.isnan(x)]
     result = {
         "mode": mode, "encoder": encoder_name, "device": str(place.device), "bf16": place.bf16,
@@ -216,9 +226,7 @@ def finetune(
         "last_loss": _mean(trained_losses[-5:]),
         "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)], "source": source.kind,
         "clip": config_to_dict(data_cfg.clip),
-        "skipped": [{"path": p, "reason": r}
-                    for p, r in [*skipped, *test_skipped, *(f for rank in every_failure for f in rank),
-                                 *test_failures]],
+        "skipped": [{"path": p, "reason": r} for p, r in failed.items()],
     }  # fmt: skip
     if log is not None:
         log.write(f"{name}_test", done, top1=result["top1"], top5=result["top5"], clip_top1=result["clip_top1"])
@@ -243,10 +251,15 @@ def _check_groups(items: list[Item]) -> None:
                             "(the group column)")  # fmt: skip
 
 
-def _train_step(net, encoder, mode, place, batch, optimizer, empty: torch.Tensor) -> torch.Tensor:
-    """One SGD step on a batch; its loss, on the device. A batch whose clips all failed (under DDP, where this rank
-    must still take part in the gradient all-reduce) goes through as ``empty`` inputs, with a loss of 0."""
-    if batch["index"].numel():
+def _train_step(net, encoder, mode, place, batch: dict | None, optimizer, empty: torch.Tensor, ctx: Dist
+                ) -> torch.Tensor:  # fmt: skip
+    """One SGD step on a batch, whose loss is the mean over the clips of every rank; this rank's share of it (its
+    clips' losses over all ranks' clips), on the device. Without clips (``batch`` None: they all failed, or under
+    DDP the epoch's draws ran out one step early on this rank) it goes through with ``empty`` inputs and a share
+    of 0, and under DDP takes part in the gradient all-reduce. Each rank's loss is its share times the ranks, as DDP averages the
+    gradients: the mean over the clips of all ranks, as one process takes it, however the failed clips fall
+    (a mean of each rank's mean weighted a rank's clips by how few it had, until 2026-12-01)."""
+    if batch is not None:
         clips, labels = place.inputs(batch), batch["label"].to(place.device, non_blocking=True)
     else:
         clips, labels = empty, torch.zeros(0, dtype=torch.long, device=place.device)
@@ -257,11 +270,14 @@ def _train_step(net, encoder, mode, place, batch, optimizer, empty: torch.Tensor
             logits = net(features)
         else:
             logits = net(clips)
-        loss = F.cross_entropy(logits.float(), labels) if len(labels) else logits.float().sum() * 0.0
+    count = torch.tensor(float(len(labels)), device=place.device)
+    if ctx.enabled:
+        dist.all_reduce(count)
+    share = F.cross_entropy(logits.float(), labels, reduction="sum") / count.clamp(min=1.0)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (share * ctx.world_size).backward()
     optimizer.step()
-    return loss.detach()
+    return share.detach()
 
 
 @torch.no_grad()
