@@ -242,7 +242,10 @@ def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "encoders.pt").exists(), "the run finished before it could be killed"
+    orphan = killed / "checkpoints" / ".last.pt.tmp99999"  # as a kill between a write and its rename leaves it
+    orphan.write_bytes(b"half a checkpoint")
     subprocess.run(_cli(manifest, killed, rounds_only, "--resume"), check=True, capture_output=True, env=env)
+    assert not orphan.exists()
 
     a, b = _final_weights(straight), _final_weights(killed)
     for encoder in a:

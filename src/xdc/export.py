@@ -166,7 +166,7 @@ def _write_encoder(out: Path, name: str, meta: dict[str, str], encoder: nn.Modul
                    ) -> list[Path]:  # fmt: skip
     """``out/<name>.safetensors`` (atomically, with ``meta``), then the programs of ``also``; returns the files."""
     path = out / f"{name}.safetensors"
-    tmp = _partial(path)
+    tmp = checkpoint.partial_path(path)
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp, metadata=meta)
     _as_created(tmp)
     os.replace(tmp, path)
@@ -174,7 +174,7 @@ def _write_encoder(out: Path, name: str, meta: dict[str, str], encoder: nn.Modul
 
 
 def _write_card(out: Path, card: str) -> Path:
-    tmp = _partial(out / CARD)
+    tmp = checkpoint.partial_path(out / CARD)
     tmp.write_text(card, encoding="utf-8", errors="backslashreplace")  # a file name that is not UTF-8, shown
     os.replace(tmp, out / CARD)
     return out / CARD
@@ -194,7 +194,7 @@ def write_program(encoder: nn.Module, meta: dict[str, str], path: Path) -> Path:
     it) attached: ONNX for ``.onnx`` (input ``clips``, output ``features``), ``torch.export`` for ``.pt2``."""
     example = (torch.zeros(2, *json.loads(meta["input_shape"])),)  # 2: a batch of 1 would be fixed as 1
     shapes = ({0: torch.export.Dim("batch")},)
-    tmp = _partial(path)
+    tmp = checkpoint.partial_path(path)
     if path.suffix == ".onnx":
         program = torch.onnx.export(encoder, example, dynamo=True, input_names=["clips"], output_names=["features"],
                                     dynamic_shapes=shapes, verbose=False)  # fmt: skip
@@ -215,15 +215,6 @@ def _as_created(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
-
-
-def _partial(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place; left behind only by a killed export."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def _is_partial(entry: Path) -> bool:
-    return entry.name.startswith(".") and ".tmp" in entry.name and entry.name.rsplit(".tmp", 1)[1].isdigit()
 
 
 def encoder_metadata(name: str, modality: str, method: str, encoder: nn.Module, cfg: Config) -> dict[str, str]:
@@ -252,7 +243,7 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
-        if not all(_is_partial(e) for e in out.iterdir()) and not is_export(out):
+        if not all(checkpoint.is_partial(e) for e in out.iterdir()) and not is_export(out):
             raise UserError(f"--out {out} is not empty and not a previous `xdc export`: choose a new folder")
         for entry in out.iterdir():  # only our own files are here (is_export); stale encoders must not linger
             entry.unlink()
@@ -262,7 +253,7 @@ def _prepare_out(out: Path) -> None:
 def is_export(folder: Path) -> bool:
     """True when ``folder`` holds only a model card, encoder files written by ``xdc export`` and programs of
     those encoders."""
-    entries = [e for e in folder.iterdir() if not _is_partial(e)]  # a killed export's leftovers are ours too
+    entries = [e for e in folder.iterdir() if not checkpoint.is_partial(e)]  # a killed export's leftovers: ours
     encoders = [e for e in entries if e.suffix == ".safetensors"]
     ours = {CARD, *(e.name for e in encoders), *(f"{e.stem}.{fmt}" for e in encoders for fmt in PROGRAMS)}
     if not encoders or any(e.name not in ours for e in entries):

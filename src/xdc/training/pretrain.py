@@ -441,6 +441,8 @@ class Pretrainer:
             shutil.rmtree(self.out / "extract_parts", ignore_errors=True)
         ranks = gather_objects(self.failures.state(), self.ctx)  # every rank's failures: skipped.csv lists them all
         if self.ctx.main:
+            with contextlib.suppress(OSError):  # every rank's cache files are gone (gather_objects waited for them)
+                (self.out / "extract_cache").rmdir()
             failures = FailureLog(self.cfg.data.max_fail_fraction)
             failures.merge(ranks)
             checkpoint.save_atomic(
@@ -992,6 +994,8 @@ def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, ro
         cfg = with_settings(cfg, {"train.init": str(Path(cfg.train.init).expanduser().resolve())})
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
+        for folder in ("checkpoints", "labels"):  # what a kill left half written: a checkpoint's size each
+            checkpoint.remove_partials(out / folder)
         if not resume:
             _clear_unfinished_start(out)
             _write_config(cfg, out)
