@@ -45,3 +45,10 @@ def test_too_few_videos_for_the_probes_is_a_user_error_before_any_work(tmp_path)
     with pytest.raises(UserError, match="--videos must be at least 16, two per class, got 15"):
         run_demo(tmp_path / "demo", load_config(), videos=15, classes=8)
     assert not (tmp_path / "demo").exists()
+
+
+def test_an_out_that_is_a_file_is_a_user_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is a file, not a folder"):  # until 2026-12-01: "File exists"
+        run_demo(tmp_path / "notes.txt", load_config(), videos=16, classes=8)
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -602,6 +602,12 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     (tmp_path / "a_file").write_text("")  # --out where no folder can be made: the path and why, no traceback
     assert main([*base, "--out", str(tmp_path / "a_file" / "run")]) == 2
     assert capsys.readouterr().err == f"xdc: error: {tmp_path / 'a_file' / 'run'}: Not a directory\n"
+    assert main([*base, "--out", str(tmp_path / "a_file")]) == 2  # until 2026-12-01: "File exists"
+    assert capsys.readouterr().err == f"xdc: error: --out {tmp_path / 'a_file'} is a file, not a run folder\n"
+    assert main([*base[:1], *base[3:], "--out", str(tmp_path / "h")]) == 2  # no --data for a new run
+    assert capsys.readouterr().err.startswith("xdc: error: --data is needed: the manifest CSV written by xdc index")
+    # a resume goes on with the run's own videos/: --data may be left out, as "has not finished" messages say
+    assert main([*base[:1], *base[3:], "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume"]) == 0
 
 
 def test_one_loader_per_round_serves_all_its_epochs(manifest, tmp_path):

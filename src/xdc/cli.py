@@ -103,6 +103,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from xdc.training.pretrain import pretrain
 
+    if args.data is None and not args.resume:
+        raise UserError("--data is needed: the manifest CSV written by xdc index (only --resume goes without it)")
     shortcuts = [
         f"train.{key}={value}" for key in ("method", "k", "rounds", "assign") if (value := getattr(args, key)) is not None
     ]
@@ -308,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_synthetic)
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining (XDC and family); scales with torchrun")
-    p.add_argument("--data", type=Path, required=True, help="manifest CSV written by xdc index")
+    p.add_argument("--data", type=Path, help="manifest CSV written by xdc index (a resume uses the run's videos/)")
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, encoders)")
     p.add_argument("--method", help="xdc (default), sdc-video, sdc-audio, mdc, cdc, xdc-video-video, "
                    "xdc-audio-audio, scratch, supervised")  # fmt: skip

@@ -79,6 +79,8 @@ def _claim(out: Path, settings: dict) -> None:
     """Make ``out`` this demo's folder, or check that it is: a re-run goes on with the runs that finished (they are
     not trained again), so one with other settings would print their results as the new settings' (and fewer
     --videos would leave the earlier clips beside the new ones). Refused, naming what differs."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
     path = out / SETTINGS_FILE
     if not path.exists():
         out.mkdir(parents=True, exist_ok=True)

@@ -147,7 +147,7 @@ def sinkhorn_device(points: int, cfg: TrainConfig, ctx: Dist, sharded: bool = Fa
 
 
 class Pretrainer:
-    def __init__(self, cfg: Config, manifest_path: Path, out: Path, ctx: Dist, resume: bool = False):
+    def __init__(self, cfg: Config, manifest_path: Path | None, out: Path, ctx: Dist, resume: bool = False):
         if cfg.train.batch_size % ctx.world_size:  # else the ranks would make another batch, and resumes drift
             raise UserError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of the {ctx.world_size} "
                             "ranks: it is the batch of all ranks together, split evenly")  # fmt: skip
@@ -173,7 +173,7 @@ class Pretrainer:
         if len(self.videos) < cfg.train.k and self.method.clusters:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
-            raise UserError(f"method supervised needs labels in the manifest ({manifest_path} has none)")
+            raise UserError(f"method supervised needs labels in the manifest ({manifest_path or out / 'videos'} has none)")
 
         if ctx.device.type == "cuda":  # clip shapes are fixed: let cuDNN time its kernels once and keep the fastest
             torch.backends.cudnn.benchmark = True
@@ -258,7 +258,7 @@ class Pretrainer:
             print(f"encoders from {init}: {', '.join(taken)}" + (f"; from random weights: {', '.join(rest)} (not in "
                   "it)" if rest else ""))  # fmt: skip
 
-    def _index_space(self, manifest_path: Path, resume: bool) -> Manifest:
+    def _index_space(self, manifest_path: Path | None, resume: bool) -> Manifest:
         """The run's videos: row i of every label set is video i. Made once, by rank 0, from the manifest after
         the datasets' policies (audio-only files out of video datasets, data.missing_audio), and saved in the run
         folder (``videos/``; readable copy ``videos.csv``): a resumed run keeps it even if the manifest file has
@@ -363,8 +363,11 @@ class Pretrainer:
                             f"clips) and /dev/shm has {free / 2**20:,.0f} MiB free: give the container more (docker "
                             "run --shm-size=16g) or set fewer data.workers")  # fmt: skip
 
-    def _usable_videos(self, manifest_path: Path, progress: bool) -> Manifest:
+    def _usable_videos(self, manifest_path: Path | None, progress: bool) -> Manifest:
         """The manifest's videos that the training clips can use (the rest are dropped by TrainClips' policy)."""
+        if manifest_path is None:  # resumed without --data
+            raise UserError(f"{self.out} was started before runs kept their videos (videos/): resume it with --data "
+                            "and the manifest it was started with")  # fmt: skip
         loaded = Manifest.load(manifest_path, progress=progress)
         kept = TrainClips(loaded, self.cfg.data, modalities=self.method.modalities).manifest
         if not len(kept):  # files without audio (or without pictures) left out: say so, not "0 videos"
@@ -971,11 +974,14 @@ def _leading(parts: dict[int, dict]) -> list[dict]:
     return list(itertools.takewhile(lambda part: part is not None, (parts.get(n) for n in range(len(parts) + 1))))
 
 
-def pretrain(cfg: Config, manifest: Path, out: Path, resume: bool, ctx: Dist, rounds: int | None = None) -> Path:
+def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: Dist, rounds: int | None = None
+             ) -> Path:  # fmt: skip
     """Run (or resume) a pretraining run in ``out``; returns the path of the final encoders. A resumed run keeps the
     configuration it started with, except ``rounds`` where given: more extends the run, finished or not, as if it
     had been planned so from the start; fewer ends it after the round it is in."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a run folder")
     last = out / "checkpoints" / "last.pt"
     planned = None
     if resume:
