@@ -251,9 +251,25 @@ def test_an_out_that_is_a_folder_is_a_user_error(built, tmp_path):
     assert not list(tmp_path.iterdir())  # no temporary file left beside it
 
 
-def test_empty_folder_says_what_is_missing(tmp_path):
+def test_a_run_folder_with_pieces_missing_says_which(tmp_path):
+    (tmp_path / "log.jsonl").write_text("")
     page = Page(write_report(tmp_path).read_text())
     text = page.all_text
-    assert "no config.yaml" in text and "no videos.csv" in text and "no log.jsonl" in text
+    assert "no config.yaml" in text and "no videos.csv" in text
     assert "There are no clusters yet" in text
+
+
+def test_a_folder_that_is_no_run_and_an_out_that_is_no_report_are_refused(built, tmp_path):
+    """Until 2026-12-01 a data folder got a page of default settings, and --out replaced any file."""
+    _, run = built
+    with pytest.raises(UserError, match="is not an `xdc pretrain` run folder"):
+        write_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.mp4,x\n")
+    with pytest.raises(UserError, match="exists and is not a report of xdc"):
+        write_report(run, out=labels, samples_per_cluster=1)
+    assert labels.read_text() == "path,label\na.mp4,x\n"
+    page = write_report(run, out=tmp_path / "r.html", samples_per_cluster=1)
+    assert write_report(run, out=page, samples_per_cluster=1) == page  # a report of xdc is written over
 

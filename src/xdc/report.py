@@ -89,10 +89,16 @@ class RunData:
             yield r, sets
 
 
+_RUN_FILES = ("config.yaml", "videos", "videos.csv", "log.jsonl", "labels", "checkpoints")
+_TITLE = "<title>XDC report: "  # what tells a report written here from any other file
+
+
 def load_run(folder: Path) -> RunData:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder (expected an `xdc pretrain` run folder)")
+    if not any((folder / name).exists() for name in _RUN_FILES):  # a data folder would get a page of defaults
+        raise UserError(f"{folder} is not an `xdc pretrain` run folder (none of {', '.join(_RUN_FILES)} in it)")
     missing: list[str] = []
     cfg = _load_config(folder / "config.yaml", missing)
     try:
@@ -649,16 +655,23 @@ th { background: #f3f3f3; text-align: left; } .summary td { text-align: right; }
 """
 
 
+def _is_report(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return _TITLE in f.read(300).decode("utf-8", "replace")
+
+
 def write_report(run: Path, out: Path | None = None, samples_per_cluster: int = 4, max_clusters: int = 32) -> Path:
     """Write the run's report as one self-contained HTML file (default ``run/report.html``); returns its path."""
     data = load_run(Path(run))
     out = Path(out) if out is not None else data.folder / "report.html"
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the path of an .html file")
+    if out.exists() and not _is_report(out):
+        raise UserError(f"--out {out} exists and is not a report of xdc: give a new path (or remove it)")
     rounds = read_rounds(data)  # first: it notes unreadable label files for the header
     body = [_header(data, rounds), _summary(data, rounds.rows), _agreement(rounds), _plots(data, rounds),
             _galleries(data, rounds.last, samples_per_cluster, max_clusters), _skipped(data)]  # fmt: skip
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>XDC report: '
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{_TITLE}'
             f"{html.escape(data.folder.resolve().name)}</title><style>{_STYLE}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
