@@ -74,6 +74,8 @@ def test_benchmark_command_errors(grid_like, tmp_path, capsys):
     command = ["benchmark", "grid", "--data", str(grid_like), "--out", str(tmp_path), "--preset", "tiny"]
     assert main([*command, "--k", "16,x"]) == 2
     assert capsys.readouterr().err == "xdc: error: --k takes whole numbers separated by commas, e.g. 16,64; got '16,x'\n"
+    assert main([*command, "--fsdd", str(tmp_path / "nowhere")]) == 2  # before any training
+    assert "nowhere" in capsys.readouterr().err and not (tmp_path / "runs").exists()
 
 
 def test_a_folder_without_grid_layout_is_a_user_error(tmp_path):

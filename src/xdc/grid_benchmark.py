@@ -46,6 +46,9 @@ def grid_benchmark(
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if supervised_slot not in ALL_SLOTS:
         raise UserError(f"unknown slot {supervised_slot!r}; choose from {', '.join(ALL_SLOTS)}")
+    # the probes' items before any training: a wrong --test-data or --fsdd is said at once, not after hours
+    probes = {slot: _slot_items(data, test_data, slot) for slot in SLOTS}
+    fsdd_items = load_dataset("fsdd", fsdd) if fsdd is not None else None
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     manifest = _manifest(data, out, supervised_slot)
@@ -56,8 +59,6 @@ def grid_benchmark(
     for k in ks:
         runs[f"xdc k={k}"] = _pretrain("xdc", manifest, out / "runs" / f"xdc-k{k}", preset, (*overrides, f"train.k={k}"))
 
-    probes = {slot: _slot_items(data, test_data, slot) for slot in SLOTS}
-    fsdd_items = load_dataset("fsdd", fsdd) if fsdd is not None else None
     rows = []
     for name, run in runs.items():
         encoders = list(load(run / "encoders.pt")["encoders"])

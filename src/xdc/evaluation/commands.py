@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xdc.config import Config, config_to_dict
-from xdc.data.manifest import decode_paths, run_videos
+from xdc.data.manifest import decode_paths, run_videos, write_atomic
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import kfold_probe, linear_probe
@@ -56,6 +56,7 @@ def load_features(path: str | Path) -> dict[str, np.ndarray]:
 def eval_linear(features: Path, test_features: Path | None, classifier: str, out: Path | None) -> dict:
     """Train on the 'train' split and test on the 'test' split of ``features`` (or on all of
     ``test_features``); video-level accuracy averages the clips of each group."""
+    check_out(out)
     train = load_features(features)
     if test_features is not None:  # e.g. GRID: train on one set of speakers, test on another
         test = load_features(test_features)
@@ -84,6 +85,7 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
 
 
 def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
+    check_out(out)
     data = load_features(features)
     if len(np.unique(data["fold"][data["fold"] != 0])) < 2:
         raise UserError(f"{features} has no fold column with two or more folds (e.g. ESC-50's 5 folds; 0 is none)")
@@ -116,6 +118,7 @@ def eval_finetune(
     from xdc.training.distributed import Dist
     from xdc.training.runlog import RunLog
 
+    check_out(out)
     ctx = ctx or Dist()
     splits = [1, 2, 3] if split == "all" else [int(split)] if split else [None]
     folder = finetune_folder(out, dataset)
@@ -180,6 +183,7 @@ def run_label_ids(run: Path, labels: Path | None = None) -> np.ndarray:
 def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> dict:
     """NMI, ARI, purity and Hungarian accuracy of every round's clusters against the labels of the run's manifest,
     or of the labels CSV ``labels`` (for a run pretrained without them)."""
+    check_out(out)
     label_ids = run_label_ids(run, labels)  # a folder that is no run is an error here
     rounds = sorted((run / "labels").glob("round_*.npz"))
     if not rounds:  # before asking for labels: they would not help
@@ -213,10 +217,16 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
     return _emit(record, rows, out)
 
 
+def check_out(out: Path | None) -> None:
+    """Before any work: an ``--out`` the result cannot be written to, named."""
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the path of a .json file")
+
+
 def _emit(record: dict, rows: list[dict], out: Path | None) -> dict:
     print(format_table(rows))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2, default=str))
+        write_atomic(out, lambda f: f.write(json.dumps(record, indent=2, default=str)))
         print(f"wrote {out}")
     return record
