@@ -237,6 +237,40 @@ def test_rerun_keeps_done_files_and_redoes_changed_ones(tmp_path: Path) -> None:
     assert _streams(out / "0.mp4")["size"] == (48, 32)
 
 
+def test_a_rerun_removes_the_copies_of_its_sources_that_are_no_longer_theirs(tmp_path: Path) -> None:
+    """clip.avi is copied as clip.avi.mp4 beside clip.mp4; once clip.mp4 is gone it is copied as clip.mp4, and its
+    old copy goes (xdc index of the folder trained on it twice). A source that now fails loses its old copy (of
+    another content); a source no longer given keeps its copy, as does one listed but removed (the copy may be all
+    that is left). Copies named with a leading dot are said: xdc index of the folder skips them. Until 2026-12-01
+    every earlier copy stayed, unsaid."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for i, name in enumerate(["clip.avi", "clip.mp4", "broken.mp4", "given.mp4", "removed.mp4", ".hidden.mp4"]):
+        write_av(tmp_path / "made.mp4", _scene(10, 64, 96, i), FPS, None)
+        (tmp_path / "made.mp4").rename(src / name)
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(f"{src / name}\n" for name in ["clip.avi", "clip.mp4", "broken.mp4", "given.mp4",
+                                                               "removed.mp4", ".hidden.mp4"]))  # fmt: skip
+    code, stdout = _run(str(listed), "--out", str(out), "--workers", "1")
+    assert code == 0 and "6 prepared" in stdout
+    assert "1 copy named with a leading '.', as its source (xdc index of the folder skips hidden files; list them " \
+           "instead): .hidden.mp4" in stdout
+    assert {p.name for p in out.glob("*.mp4")} == {"clip.avi.mp4", "clip.mp4", "broken.mp4", "given.mp4",
+                                                   "removed.mp4", ".hidden.mp4"}  # fmt: skip
+    (src / "clip.mp4").unlink()
+    (src / "removed.mp4").unlink()
+    (src / "broken.mp4").write_bytes(b"no longer a video")
+    listed.write_text("".join(f"{src / name}\n" for name in ["clip.avi", "broken.mp4", "removed.mp4"]))
+    code, stdout = _run(str(listed), "--out", str(out), "--workers", "1")
+    assert code == 0
+    assert "removed 2 earlier copies of sources now copied under another name or failed: broken.mp4, " \
+           "clip.avi.mp4" in stdout
+    assert "3 earlier copies of sources not given now kept (xdc index of the folder takes them): .hidden.mp4, " \
+           "given.mp4, removed.mp4" in stdout
+    assert {p.name for p in out.glob("*.mp4")} == {"clip.mp4", "given.mp4", "removed.mp4", ".hidden.mp4"}
+    assert not (out / prepare.BEFORE).exists()
+
+
 def test_a_link_to_a_file_elsewhere_is_copied_where_the_link_is(tmp_path: Path) -> None:
     """The copies' names come from the input folder: a link in it to a file outside it (a shared store) must not
     move them all under the folder that holds both (here DIR/<tmp_path>/src/...). A link to a file inside the

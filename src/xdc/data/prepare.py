@@ -14,6 +14,7 @@ import heapq
 import math
 import os
 import time
+from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from xdc.data.index import (
-    LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file, stat_row,
+    NOT_FOUND, LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file,
+    stat_row,
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS, float_samples
 from xdc.data.encode import AAC_SAMPLE_RATES
@@ -44,6 +46,7 @@ if TYPE_CHECKING:  # torch, imported under torchrun only
     from xdc.training.distributed import Dist
 
 REPORT = "prepared.csv"
+BEFORE = ".prepared.csv.before"  # the earlier report, while the new one is written
 LABELS = "labels.csv"
 COLUMNS = ("source", "output", "status", "reason", "seconds", "duration_s", "size", "mtime", "settings")
 PARTIAL_GLOB = ".*.partial.mp4"  # outputs being written; the * is the output's file name
@@ -103,12 +106,43 @@ class PrepareSummary:
     failed: int  # usable sources whose transcoding failed
     labelled: int | None = None  # None when no labels file was given
     problems: list[dict] = field(default_factory=list)  # the first PROBLEMS skipped and failed rows, by source
+    copies: Copies | None = None  # what the output folder holds besides this run's copies (rank 0's: _reconcile)
 
     def line(self) -> str:
         text = f"{self.files} files: {self.prepared} prepared ({self.kept} already done), {self.skipped} skipped"
         text += f", {self.failed} failed"
         if self.labelled is not None:
             text += f"\n{self.labelled} of {self.prepared} prepared files labelled"
+        if self.copies is not None:
+            text += self.copies.lines()
+        return text
+
+
+@dataclass
+class Copies:
+    """The output folder's copies that are not this run's: earlier copies of sources now copied under another name
+    or failed (removed: ``xdc index OUT`` would train on old versions, or twice on one source), copies of sources
+    not listed now (kept: the sources may have been removed once copied), and this run's copies whose names are
+    hidden (a source's name starts with "."), which ``xdc index OUT`` skips. With a few paths of each."""
+
+    removed: list[str] = field(default_factory=list)
+    orphans: int = 0
+    orphan_examples: list[str] = field(default_factory=list)
+    hidden: int = 0
+    hidden_examples: list[str] = field(default_factory=list)
+
+    def lines(self) -> str:
+        text = ""
+        if self.removed:
+            text += (f"\nremoved {len(self.removed)} earlier cop{'ies' if len(self.removed) > 1 else 'y'} of sources "
+                     f"now copied under another name or failed: {', '.join(self.removed[:3])}")  # fmt: skip
+        if self.orphans:
+            text += (f"\n{self.orphans} earlier cop{'ies' if self.orphans > 1 else 'y'} of sources not given now "
+                     f"kept (xdc index of the folder takes them): {', '.join(self.orphan_examples)}")  # fmt: skip
+        if self.hidden:
+            text += (f"\n{self.hidden} cop{'ies' if self.hidden > 1 else 'y'} named with a leading '.', as "
+                     f"{'their sources' if self.hidden > 1 else 'its source'} (xdc index of the folder skips hidden "
+                     f"files; list them instead): {', '.join(self.hidden_examples)}")  # fmt: skip
         return text
 
 
@@ -199,6 +233,9 @@ def prepare(
     summaries = gather_objects(_summarise(list(rows.values())), ctx)
 
     def finish() -> PrepareSummary:
+        before = out / BEFORE
+        if report.exists():  # kept until the copies it names are compared with the new report's
+            os.replace(report, before)
         if ctx.enabled:  # every rank's rows, of the files listed now
             join_reports(report, this_run_files(report, ctx))
         else:
@@ -207,6 +244,8 @@ def prepare(
             path.unlink()
         remove_share_files(report)
         summary = _add(summaries)
+        summary.copies = _reconcile(out, before, report)
+        before.unlink(missing_ok=True)
         if label_index is not None:  # from the whole report, as it streams, where the ranks made it
             every = (lambda: iter_report(report)) if ctx.enabled else (lambda: (rows[s] for s in sorted(rows)))
             summary.labelled = _write_labels(out / LABELS, every, label_index, roots, summary.files)
@@ -246,6 +285,55 @@ def _start(out: Path) -> None:
         raise UserError(f"cannot create --out {out}: {e.strerror or e}") from None
     for leftover in out.rglob(PARTIAL_GLOB):
         leftover.unlink(missing_ok=True)
+    if (out / BEFORE).exists():  # a run that stopped between setting its report aside and writing the new one
+        if (out / REPORT).exists():
+            (out / BEFORE).unlink()
+        else:
+            os.replace(out / BEFORE, out / REPORT)
+
+
+def _reconcile(out: Path, before: Path, report: Path, examples: int = 3) -> Copies:
+    """Compare the earlier report ``before`` (absent on a first run) with this run's ``report``, both sorted by
+    source, as they stream: a row of each at a time, the outputs to remove (few), and a hash of each earlier copy
+    whose source is gone (8 bytes: 0.5 GB for 65M), whose name a source of this run may have taken."""
+    copies = Copies()
+    stale: set[str] = set()
+    gone, named = array("q"), []  # hashes of the copies of sources gone; the first few of them by name
+    if before.exists():
+        current = iter_report(report)
+        now = next(current, None)
+        for old in iter_report(before):
+            if old["status"] != "ok":
+                continue
+            while now is not None and now["source"] < old["source"]:
+                now = next(current, None)
+            if now is None or now["source"] != old["source"] or now["reason"] == NOT_FOUND:
+                gone.append(hash(old["output"]))  # not listed now, or listed and removed: the copy may be all
+                if len(named) < 8 * examples:  # that is left of it
+                    named.append(old["output"])
+            elif now["status"] != "ok" or now["output"] != old["output"]:
+                stale.add(old["output"])
+    hashes = np.sort(np.frombuffer(gone, dtype=np.int64))
+    taken = np.zeros(len(hashes), dtype=bool)  # gone copies whose name a copy of this run has now
+    for row in iter_report(report):
+        if row["status"] != "ok":
+            continue
+        stale.discard(row["output"])  # another source's copy has the name now
+        at = np.searchsorted(hashes, hash(row["output"]))
+        if at < len(hashes) and hashes[at] == hash(row["output"]):
+            taken[at] = True
+            if row["output"] in named:
+                named.remove(row["output"])
+        if any(part.startswith(".") for part in row["output"].split("/")):
+            copies.hidden += 1
+            if len(copies.hidden_examples) < examples:
+                copies.hidden_examples.append(row["output"])
+    copies.orphans, copies.orphan_examples = int((~taken).sum()), named[:examples]
+    for output in sorted(stale):
+        if (out / output).is_file():
+            (out / output).unlink()
+            copies.removed.append(output)
+    return copies
 
 
 def _common_folder(common: str | None, *folders: str) -> str | None:
