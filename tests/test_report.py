@@ -273,3 +273,18 @@ def test_a_folder_that_is_no_run_and_an_out_that_is_no_report_are_refused(built,
     page = write_report(run, out=tmp_path / "r.html", samples_per_cluster=1)
     assert write_report(run, out=page, samples_per_cluster=1) == page  # a report of xdc is written over
 
+
+
+def test_the_sizes_of_many_clusters_are_one_outline_not_a_bar_each(built):
+    """k = 50,000: a bar per cluster took a minute to draw (until 2026-12-01); the sizes are one outline now."""
+    from xdc.config import with_settings
+    from xdc.report import load_run, plot_sizes
+
+    _, run = built
+    data = load_run(run)
+    big = dataclasses.replace(data, cfg=with_settings(data.cfg, {"train.k": 50_000}))
+    assigned = np.random.default_rng(0).integers(0, 50_000, 2000).astype(np.int32)
+    axes = plot_sizes(big, (3, {"video": assigned})).axes
+    assert len(axes[0].patches) == 1 and axes[0].patches[0].get_data().values.sum() == 2000
+    small = plot_sizes(data, (3, {"video": assigned % 3})).axes  # the run's k = 3: a bar each
+    assert len(small[0].patches) == 3
