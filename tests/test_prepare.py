@@ -621,3 +621,11 @@ def test_shared_media_rotations_shuffled_timestamps_and_damage(tmp_path: Path) -
         assert np.abs(after - before).mean() < 6, name
     with av.open(str(tmp_path / "out" / "test.mp4")) as c:
         assert float(c.streams.video[0].average_rate) == pytest.approx(25, abs=0.1)  # no frame lost
+
+
+def test_output_sizes_are_even_and_keep_the_aspect_of_small_sources() -> None:
+    assert prepare.output_size(1920, 1080, 128) == (228, 128)
+    assert prepare.output_size(640, 480, 128) == (170, 128)
+    assert prepare.output_size(5, 3, 128) == (6, 4)  # not 4 x 4, as rounding halves to even made it
+    assert prepare.output_size(1, 1, 128) == (2, 2)
+    assert prepare.output_size(90, 64, 128) == (90, 64)  # smaller sources keep their size

@@ -746,6 +746,11 @@ class _AudioTrack(_Track):
 
 
 def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """Displayed size scaled so that the short side is ``short_side`` (never enlarged), both sides even."""
+    """Displayed size scaled so that the short side is ``short_side`` (never enlarged), both sides even: rounded
+    to the nearest even number, halves up (Python's round takes halves to even: 5 pixels became 4, 3 became 4)."""
     scale = min(1.0, short_side / min(width, height))
-    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
+
+    def even(side: int) -> int:
+        return max(2, 2 * math.floor(side * scale / 2 + 0.5))
+
+    return even(width), even(height)
