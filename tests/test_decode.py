@@ -326,7 +326,8 @@ def test_sound_in_matroska_follows_on_whatever_its_millisecond_timestamps(tmp_pa
     for start in (0.37, 1.51, 2.0):
         clip = read_clip(str(path), start, spec(frames=8, fps=8, sample_rate=rate), video=pictures).audio
         first = round(start * rate)
-        errors = [np.abs(clip[30:-30] - whole[first + lag + 30 : first + lag + rate - 30]).max() for lag in range(-25, 26)]
+        errors = [np.abs(clip[30:-30] - whole[first + lag + 30 : first + lag + rate - 30]).max()
+                  for lag in range(-25, 26)]  # fmt: skip
         assert min(errors) < 1e-5, f"start {start}: off the track by {min(errors):.3f} at every shift within 0.5 ms"
 
 

@@ -164,9 +164,10 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert "no train/test split" in capsys.readouterr().err
     folder = tmp_path / "folder"
     folder.mkdir()
+    table = str(tmp_path / "t.csv")
     for command in (["eval", "linear", "--features", str(feats)], ["eval", "kfold", "--features", str(feats)],
                     ["eval", "clusters", "--run", str(run_dir)],
-                    ["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv")]):
+                    ["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", table]):
         assert main([*command, "--out", str(folder)]) == 2  # before any work (until 2026-12-01: after it)
         assert capsys.readouterr().err == f"xdc: error: --out {folder} is a folder; give the path of a .json file\n"
     assert main(["extract", "--run", str(tmp_path), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),

@@ -566,7 +566,8 @@ def test_names_with_spaces_around_them_or_form_feeds_are_listed_and_labelled_as_
     for i, name in enumerate(names):
         write_av(folder / "made.mp4", _frames(5, 16, seed=i), 25, None)
         (folder / "made.mp4").rename(folder / name)  # FFmpeg tells a format by the name's end
-    (tmp_path / "files.txt").write_text("".join(f"{folder / name}\n" for name in names[:4]) + f"  {folder}/plain.mp4\r\n")
+    listed = "".join(f"{folder / name}\n" for name in names[:4]) + f"  {folder}/plain.mp4\r\n"  # typed by hand
+    (tmp_path / "files.txt").write_text(listed)
     with open(tmp_path / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([["path", "label"], *[[name, f"L{i}"] for i, name in enumerate(names[:4])],
                                  [" plain.mp4 ", "L4"]])  # fmt: skip

@@ -256,9 +256,9 @@ def _train_step(net, encoder, mode, place, batch: dict | None, optimizer, empty:
     """One SGD step on a batch, whose loss is the mean over the clips of every rank; this rank's share of it (its
     clips' losses over all ranks' clips), on the device. Without clips (``batch`` None: they all failed, or under
     DDP the epoch's draws ran out one step early on this rank) it goes through with ``empty`` inputs and a share
-    of 0, and under DDP takes part in the gradient all-reduce. Each rank's loss is its share times the ranks, as DDP averages the
-    gradients: the mean over the clips of all ranks, as one process takes it, however the failed clips fall
-    (a mean of each rank's mean weighted a rank's clips by how few it had, until 2026-12-01)."""
+    of 0, and under DDP takes part in the gradient all-reduce. Each rank's loss is its share times the ranks, as
+    DDP averages the gradients: the mean over the clips of all ranks, as one process takes it, however the failed
+    clips fall (a mean of each rank's mean weighted a rank's clips by how few it had, until 2026-12-01)."""
     if batch is not None:
         clips, labels = place.inputs(batch), batch["label"].to(place.device, non_blocking=True)
     else:

@@ -173,7 +173,8 @@ class Pretrainer:
         if len(self.videos) < cfg.train.k and self.method.clusters:
             raise UserError(f"{len(self.videos)} usable videos is fewer than train.k={cfg.train.k} clusters")
         if self.method.supervised and (self.videos.labels < 0).all():
-            raise UserError(f"method supervised needs labels in the manifest ({manifest_path or out / 'videos'} has none)")
+            source = manifest_path or out / "videos"  # a resume without --data: the run's own videos
+            raise UserError(f"method supervised needs labels in the manifest ({source} has none)")
 
         if ctx.device.type == "cuda":  # clip shapes are fixed: let cuDNN time its kernels once and keep the fastest
             torch.backends.cudnn.benchmark = True
