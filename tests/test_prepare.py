@@ -507,6 +507,19 @@ def test_eight_channel_sound_is_read_and_prepared(tmp_path: Path) -> None:
     assert np.corrcoef(original.audio, copy.audio)[0, 1] > 0.99
 
 
+def test_sound_in_matroska_is_copied_back_to_back_whatever_its_millisecond_times(tmp_path: Path) -> None:
+    """Matroska rounds times to 1 ms, and 44.1 kHz AAC frames last 23.2 ms: placed by those times, the copy's frames
+    overlapped or left gaps (until 2026-12-01), which read_clip then spliced. The copy's sound is the original's."""
+    (tmp_path / "src").mkdir()
+    t = np.arange(3 * 44100) / 44100
+    write_av(tmp_path / "src" / "tone.mkv", _scene(48, 48, 64, 0), 16, (0.3 * np.sin(2 * np.pi * 440 * t)), 44100)
+    assert _run(str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--workers", "1")[0] == 0
+    spec = ClipConfig(frames=8, fps=8, sample_rate=16000)
+    original = read_clip(str(tmp_path / "src" / "tone.mkv"), 0.5, spec).audio
+    copy = read_clip(str(tmp_path / "out" / "tone.mp4"), 0.5, spec).audio
+    assert np.corrcoef(original, copy)[0, 1] > 0.99
+
+
 def test_damaged_packets_are_skipped_up_to_a_limit(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -722,13 +722,20 @@ class _AudioTrack(_Track):
         if options.audio == "aac":
             self.out.bit_rate = 3 * self.rate  # 48 kb/s at 16 kHz: transparent for log-mel features
         self.resampler = av.AudioResampler(format="fltp", rate=self.rate)  # keeps the channels: mixed below
-        self.next_time: float | None = None
+        self.time_base = float(stream.time_base)
+        self.next_pts: int | None = None  # the sample after the last frame, at the source's rate
 
     def add(self, frame) -> None:
-        t = frame.time if frame.time is not None else self.next_time
-        t = self.origin if t is None else t
-        self.next_time = t + frame.samples / frame.sample_rate
-        frame.pts, frame.time_base = round((t - self.origin) * frame.sample_rate), Fraction(1, frame.sample_rate)
+        rate = frame.sample_rate
+        follows = self.next_pts is not None and (
+            frame.time is None or abs(frame.time - self.origin - self.next_pts / rate) <= self.time_base + 1e-6
+        )  # fmt: skip
+        if follows:  # a frame whose time is the last one's end within the time base follows on from it, as read_clip
+            pts = self.next_pts  # places it (Matroska's times in ms spliced 44.1 kHz sound every frame)
+        else:
+            pts = round(((self.origin if frame.time is None else frame.time) - self.origin) * rate)
+        self.next_pts = pts + frame.samples
+        frame.pts, frame.time_base = pts, Fraction(1, rate)
         for resampled in self.resampler.resample(frame):
             self._mix_and_encode(resampled)
 
