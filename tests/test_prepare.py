@@ -237,7 +237,7 @@ def test_rerun_keeps_done_files_and_redoes_changed_ones(tmp_path: Path) -> None:
     assert _streams(out / "0.mp4")["size"] == (48, 32)
 
 
-def test_a_rerun_removes_the_copies_of_its_sources_that_are_no_longer_theirs(tmp_path: Path) -> None:
+def test_a_rerun_removes_the_copies_of_its_sources_that_are_no_longer_theirs(tmp_path: Path, monkeypatch) -> None:
     """clip.avi is copied as clip.avi.mp4 beside clip.mp4; once clip.mp4 is gone it is copied as clip.mp4, and its
     old copy goes (xdc index of the folder trained on it twice). A source that now fails loses its old copy (of
     another content); a source no longer given keeps its copy, as does one listed but removed (the copy may be all
@@ -261,6 +261,14 @@ def test_a_rerun_removes_the_copies_of_its_sources_that_are_no_longer_theirs(tmp
     (src / "removed.mp4").unlink()
     (src / "broken.mp4").write_bytes(b"no longer a video")
     listed.write_text("".join(f"{src / name}\n" for name in ["clip.avi", "broken.mp4", "removed.mp4"]))
+    def killed(*args) -> None:
+        raise SystemExit(9)
+
+    with monkeypatch.context() as m:  # stopped before the new report takes the old one's place: compared again
+        m.setattr(prepare, "_reconcile", killed)
+        with pytest.raises(SystemExit):
+            _run(str(listed), "--out", str(out), "--workers", "1")
+    assert (out / prepare.NEXT).exists()
     code, stdout = _run(str(listed), "--out", str(out), "--workers", "1")
     assert code == 0
     assert "removed 2 earlier copies of sources now copied under another name or failed: broken.mp4, " \
@@ -268,7 +276,7 @@ def test_a_rerun_removes_the_copies_of_its_sources_that_are_no_longer_theirs(tmp
     assert "3 earlier copies of sources not given now kept (xdc index of the folder takes them): .hidden.mp4, " \
            "given.mp4, removed.mp4" in stdout
     assert {p.name for p in out.glob("*.mp4")} == {"clip.mp4", "given.mp4", "removed.mp4", ".hidden.mp4"}
-    assert not (out / prepare.BEFORE).exists()
+    assert not (out / prepare.NEXT).exists()
 
 
 def test_a_link_to_a_file_elsewhere_is_copied_where_the_link_is(tmp_path: Path) -> None:

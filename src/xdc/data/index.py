@@ -344,15 +344,12 @@ def spelled(base: str, entry: str) -> str:
 # --- probing -----------------------------------------------------------------------------------------------
 
 
-NOT_FOUND = "file not found"  # the reason of a path with no file
-
-
 def stat_row(path: str) -> dict:
     """The file's cache key (size, mtime), or an error row (with a status) when it cannot be probed at all."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return {"path": path, **_failed(NOT_FOUND)}
+        return {"path": path, **_failed("file not found")}
     except OSError as e:
         return {"path": path, **_failed(f"cannot read: {e.strerror or e}")}
     if not stat.S_ISREG(st.st_mode):

@@ -28,8 +28,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from xdc.data.index import (
-    NOT_FOUND, LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file,
-    stat_row,
+    LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS, float_samples
 from xdc.data.encode import AAC_SAMPLE_RATES
@@ -46,7 +45,7 @@ if TYPE_CHECKING:  # torch, imported under torchrun only
     from xdc.training.distributed import Dist
 
 REPORT = "prepared.csv"
-BEFORE = ".prepared.csv.before"  # the earlier report, while the new one is written
+NEXT = ".prepared.csv.next"  # the new report, until the copies it no longer names are removed
 LABELS = "labels.csv"
 COLUMNS = ("source", "output", "status", "reason", "seconds", "duration_s", "size", "mtime", "settings")
 PARTIAL_GLOB = ".*.partial.mp4"  # outputs being written; the * is the output's file name
@@ -125,7 +124,8 @@ class Copies:
     not listed now (kept: the sources may have been removed once copied), and this run's copies whose names are
     hidden (a source's name starts with "."), which ``xdc index OUT`` skips. With a few paths of each."""
 
-    removed: list[str] = field(default_factory=list)
+    removed: int = 0
+    removed_examples: list[str] = field(default_factory=list)
     orphans: int = 0
     orphan_examples: list[str] = field(default_factory=list)
     hidden: int = 0
@@ -134,8 +134,8 @@ class Copies:
     def lines(self) -> str:
         text = ""
         if self.removed:
-            text += (f"\nremoved {len(self.removed)} earlier cop{'ies' if len(self.removed) > 1 else 'y'} of sources "
-                     f"now copied under another name or failed: {', '.join(self.removed[:3])}")  # fmt: skip
+            text += (f"\nremoved {self.removed} earlier cop{'ies' if self.removed > 1 else 'y'} of sources now "
+                     f"copied under another name or failed: {', '.join(self.removed_examples)}")  # fmt: skip
         if self.orphans:
             text += (f"\n{self.orphans} earlier cop{'ies' if self.orphans > 1 else 'y'} of sources not given now "
                      f"kept (xdc index of the folder takes them): {', '.join(self.orphan_examples)}")  # fmt: skip
@@ -233,19 +233,19 @@ def prepare(
     summaries = gather_objects(_summarise(list(rows.values())), ctx)
 
     def finish() -> PrepareSummary:
-        before = out / BEFORE
-        if report.exists():  # kept until the copies it names are compared with the new report's
-            os.replace(report, before)
+        new = out / NEXT
         if ctx.enabled:  # every rank's rows, of the files listed now
-            join_reports(report, this_run_files(report, ctx))
+            join_reports(new, this_run_files(report, ctx))
         else:
-            write_report(report, [rows[s] for s in sorted(rows)])
+            write_report(new, [rows[s] for s in sorted(rows)])
+        summary = _add(summaries)
+        # before the new report takes the old one's place: a run killed meanwhile leaves the old, and the next
+        # run compares again
+        summary.copies = _reconcile(out, report, new)
+        os.replace(new, report)
         for path in rank_files(report):  # this run's, and any of a run cut short (their rows were read)
             path.unlink()
         remove_share_files(report)
-        summary = _add(summaries)
-        summary.copies = _reconcile(out, before, report)
-        before.unlink(missing_ok=True)
         if label_index is not None:  # from the whole report, as it streams, where the ranks made it
             every = (lambda: iter_report(report)) if ctx.enabled else (lambda: (rows[s] for s in sorted(rows)))
             summary.labelled = _write_labels(out / LABELS, every, label_index, roots, summary.files)
@@ -285,54 +285,52 @@ def _start(out: Path) -> None:
         raise UserError(f"cannot create --out {out}: {e.strerror or e}") from None
     for leftover in out.rglob(PARTIAL_GLOB):
         leftover.unlink(missing_ok=True)
-    if (out / BEFORE).exists():  # a run that stopped between setting its report aside and writing the new one
-        if (out / REPORT).exists():
-            (out / BEFORE).unlink()
-        else:
-            os.replace(out / BEFORE, out / REPORT)
+    (out / NEXT).unlink(missing_ok=True)  # the report of a run killed before it took the old one's place
 
 
-def _reconcile(out: Path, before: Path, report: Path, examples: int = 3) -> Copies:
-    """Compare the earlier report ``before`` (absent on a first run) with this run's ``report``, both sorted by
-    source, as they stream: a row of each at a time, the outputs to remove (few), and a hash of each earlier copy
-    whose source is gone (8 bytes: 0.5 GB for 65M), whose name a source of this run may have taken."""
+def _reconcile(out: Path, earlier: Path, report: Path, examples: int = 3) -> Copies:
+    """Compare the ``earlier`` report (absent on a first run) with this run's ``report``, both sorted by source, as
+    they stream, a row of each at a time, and remove the copies that are no longer their sources' (``Copies``).
+    Holds a hash of each copy of this run: 8 bytes, 0.5 GB for 65M."""
     copies = Copies()
-    stale: set[str] = set()
-    gone, named = array("q"), []  # hashes of the copies of sources gone; the first few of them by name
-    if before.exists():
-        current = iter_report(report)
-        now = next(current, None)
-        for old in iter_report(before):
-            if old["status"] != "ok":
-                continue
-            while now is not None and now["source"] < old["source"]:
-                now = next(current, None)
-            if now is None or now["source"] != old["source"] or now["reason"] == NOT_FOUND:
-                gone.append(hash(old["output"]))  # not listed now, or listed and removed: the copy may be all
-                if len(named) < 8 * examples:  # that is left of it
-                    named.append(old["output"])
-            elif now["status"] != "ok" or now["output"] != old["output"]:
-                stale.add(old["output"])
-    hashes = np.sort(np.frombuffer(gone, dtype=np.int64))
-    taken = np.zeros(len(hashes), dtype=bool)  # gone copies whose name a copy of this run has now
+    outputs = array("q")
     for row in iter_report(report):
-        if row["status"] != "ok":
+        if row["status"] == "ok":
+            outputs.append(hash(row["output"]))
+            if any(part.startswith(".") for part in row["output"].split("/")):
+                copies.hidden += 1
+                if len(copies.hidden_examples) < examples:
+                    copies.hidden_examples.append(row["output"])
+    if not earlier.exists():
+        return copies
+    hashes = np.sort(np.frombuffer(outputs, dtype=np.int64))
+    del outputs
+
+    def taken(output: str) -> bool:  # a copy of this run has the name (a hash collision keeps a file, never the reverse)
+        key = hash(output)
+        at = np.searchsorted(hashes, key)
+        return bool(at < len(hashes) and hashes[at] == key)
+
+    current = iter_report(report)
+    now = next(current, None)
+    for old in iter_report(earlier):
+        if old["status"] != "ok":
             continue
-        stale.discard(row["output"])  # another source's copy has the name now
-        at = np.searchsorted(hashes, hash(row["output"]))
-        if at < len(hashes) and hashes[at] == hash(row["output"]):
-            taken[at] = True
-            if row["output"] in named:
-                named.remove(row["output"])
-        if any(part.startswith(".") for part in row["output"].split("/")):
-            copies.hidden += 1
-            if len(copies.hidden_examples) < examples:
-                copies.hidden_examples.append(row["output"])
-    copies.orphans, copies.orphan_examples = int((~taken).sum()), named[:examples]
-    for output in sorted(stale):
-        if (out / output).is_file():
-            (out / output).unlink()
-            copies.removed.append(output)
+        while now is not None and now["source"] < old["source"]:
+            now = next(current, None)
+        if taken(old["output"]):
+            continue
+        # not given now, or given but not there or unreadable (no size: a mount gone, a permission): the copy may be
+        # all that is left of its source, kept
+        if now is None or now["source"] != old["source"] or (now["status"] == "skipped" and not now["size"]):
+            copies.orphans += 1
+            if len(copies.orphan_examples) < examples:
+                copies.orphan_examples.append(old["output"])
+        elif (now["status"] != "ok" or now["output"] != old["output"]) and (out / old["output"]).is_file():
+            (out / old["output"]).unlink()  # the source is copied under another name now, or no longer can be
+            copies.removed += 1
+            if len(copies.removed_examples) < examples:
+                copies.removed_examples.append(old["output"])
     return copies
 
 
