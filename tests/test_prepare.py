@@ -647,6 +647,7 @@ def test_shared_media_rotations_shuffled_timestamps_and_damage(tmp_path: Path) -
 def test_output_sizes_are_even_and_keep_the_aspect_of_small_sources() -> None:
     assert prepare.output_size(1920, 1080, 128) == (228, 128)
     assert prepare.output_size(640, 480, 128) == (170, 128)
-    assert prepare.output_size(5, 3, 128) == (6, 4)  # not 4 x 4, as rounding halves to even made it
-    assert prepare.output_size(1, 1, 128) == (2, 2)
+    assert prepare.output_size(5, 3, 128) == (4, 2)  # never enlarged: odd sides lose a pixel (was 4 x 4)
+    assert prepare.output_size(641, 361, 720) == (640, 360)  # was 642 x 362
+    assert prepare.output_size(1, 1, 128) == (2, 2)  # the least x264 takes
     assert prepare.output_size(90, 64, 128) == (90, 64)  # smaller sources keep their size

@@ -751,11 +751,12 @@ class _AudioTrack(_Track):
 
 
 def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """Displayed size scaled so that the short side is ``short_side`` (never enlarged), both sides even: rounded
-    to the nearest even number, halves up (Python's round takes halves to even: 5 pixels became 4, 3 became 4)."""
-    scale = min(1.0, short_side / min(width, height))
+    """Displayed size scaled so that the short side is ``short_side``, both sides even: a scaled side rounded to the
+    nearest even number, halves up; a source no larger kept, an odd side one pixel less (never enlarged, but to 2).
+    Until 2026-12-01 Python's round took halves to even: a 5 x 3 source became 4 x 4, 641 x 361 became 642 x 362."""
+    scale = short_side / min(width, height)
 
     def even(side: int) -> int:
-        return max(2, 2 * math.floor(side * scale / 2 + 0.5))
+        return max(2, 2 * math.floor(side * scale / 2 + 0.5) if scale < 1 else side - side % 2)
 
     return even(width), even(height)
