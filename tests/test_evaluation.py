@@ -129,6 +129,18 @@ def test_eval_clusters_skips_an_unreadable_round_and_names_it(run, tmp_path, cap
     assert err.startswith(f"xdc: error: no cluster assignments of {copy} can be read (labels/round_*.npz); ")
 
 
+def test_kfold_says_the_clips_of_fold_0_were_never_tested(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = np.array(["a", "b"] * 15)
+    x = (rng.normal(size=(30, 4)) + 3.0 * (labels == "b")[:, None]).astype(np.float32)
+    np.savez(tmp_path / "f.npz", features=x, label=labels, split=np.array([""] * 30), fold=np.arange(30) % 3,
+             group=np.array([str(i) for i in range(30)]))  # fmt: skip
+    assert main(["eval", "kfold", "--features", str(tmp_path / "f.npz"), "--out", str(tmp_path / "k.json")]) == 0
+    assert "10 clips of fold 0 (no fold) trained in every fold and were never tested" in capsys.readouterr().out
+    result = json.loads((tmp_path / "k.json").read_text())
+    assert [f["fold"] for f in result["folds"]] == [1, 2] and result["train_only"] == 10
+
+
 def test_linear_probe_on_another_file_of_test_features(tmp_path, capsys):
     """--test-features: train on one file (its train split, or all of it), test on all of another."""
     rng = np.random.default_rng(0)

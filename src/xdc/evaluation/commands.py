@@ -97,6 +97,8 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
         raise UserError(str(e)) from None
     rows = [{"fold": f, **r.to_dict()} for f, r in zip(result["folds"], result["results"])]
     summary = {k: result[k] for k in ("mean_top1", "std_top1", "mean_top5", "train_only")}
+    if result["train_only"]:  # a table that numbers its folds from 0 would lose one: said, not only in the JSON
+        print(f"{result['train_only']} clips of fold 0 (no fold) trained in every fold and were never tested")
     rows.append({"fold": "mean", "top1": summary["mean_top1"], "top5": summary["mean_top5"]})
     record = {"command": "eval kfold", "features": str(features), **summary, "folds": rows[:-1],
               "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
