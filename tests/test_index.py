@@ -502,9 +502,12 @@ def test_keys_whose_first_halves_agree_are_told_apart_by_the_second() -> None:
 
     assert keys.positions(asked[:, 0], second).tolist() == [2, 0, -1, 3, -1, -1, -1]
     assert asked_for == [[0, 1, 2, 3, 6]]  # not of the keys whose first half the table lacks
-    made = index._Keys.of(array("q", asked[[0, 1, 0, 3, 1]].ravel().tolist()), np.array([7, 8, 7, 6, 9]))
+    rows = array("q", asked[[0, 1, 0, 3, 1]].ravel().tolist())
+    made = index._Keys.of(rows, np.array([7, 8, 7, 6, 9]), np.zeros(5, np.int8))
     assert made.positions(asked[:, 0], lambda ask: asked[ask, 1]).tolist() == [1, 0, -1, 2, -1, -1, -1]
     assert made.label.tolist() == [index._NONE, 7, 6]  # [5, 1] was given 8 and 9: it matches nothing
+    trimmed = index._Keys.of(rows, np.array([7, 8, 7, 6, 9]), np.array([0, 1, 0, 0, 0], np.int8))
+    assert trimmed.label.tolist() == [9, 7, 6]  # 8 came from a row's path without its spaces: 9 spells it
 
 
 def test_a_label_index_is_used_only_by_the_process_that_made_it(tmp_path: Path) -> None:
@@ -575,6 +578,12 @@ def test_names_with_spaces_around_them_or_form_feeds_are_listed_and_labelled_as_
     summary = build_manifest([str(tmp_path / "files.txt")], out, labels=tmp_path / "labels.csv", workers=1)
     assert summary.line().splitlines()[0] == "5 files: 5 usable (0 with audio), 0 unusable"
     assert {Path(r["path"]).name: r["label"] for r in read_rows(out)} == {n: f"L{i}" for i, n in enumerate(names)}
+    write_av(folder / "lead.mp4", _frames(5, 16, seed=9), 25, None)  # beside " lead.mp4", labelled by its own row
+    with open(tmp_path / "labels.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["lead.mp4", "L9"])
+    build_manifest([str(folder)], out, labels=tmp_path / "labels.csv", workers=1)
+    labels = {Path(r["path"]).name: r["label"] for r in read_rows(out)}
+    assert (labels[" lead.mp4"], labels["lead.mp4"]) == ("L0", "L9")  # the row spelled so wins over a trimmed one
 
 
 def test_cli_index_prints_the_summary(media: Path, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -627,14 +627,17 @@ class _Keys:
     label: np.ndarray  # int32; _NONE where rows give the key different labels
 
     @classmethod
-    def of(cls, halves: array, labels: np.ndarray) -> _Keys:
+    def of(cls, halves: array, labels: np.ndarray, trimmed: np.ndarray) -> _Keys:
         """The table of ``halves`` (hi, lo of each row's key), row i labelled ``labels[i]``; a key of several rows
-        keeps their label where they all give the same one."""
+        keeps their label where they all give the same one, counting only the rows that spell it as written where
+        any does (``trimmed``: the rows whose key is their path without the spaces around it)."""
         pairs = np.frombuffer(halves, dtype=np.int64).reshape(-1, 2)
-        order = np.lexsort((pairs[:, 1], pairs[:, 0]))
-        hi, lo, labels = pairs[order, 0], pairs[order, 1], labels[order]
+        order = np.lexsort((trimmed, pairs[:, 1], pairs[:, 0]))
+        hi, lo, labels, trimmed = pairs[order, 0], pairs[order, 1], labels[order], trimmed[order]
         new = np.ones(len(hi), dtype=bool)
         new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        keep = trimmed <= trimmed[np.flatnonzero(new)][np.cumsum(new) - 1]  # as its key's first row (the least)
+        hi, lo, labels, new = hi[keep], lo[keep], labels[keep], new[keep]
         starts = np.flatnonzero(new)
         if not len(starts):
             return cls(hi, lo, labels.astype(np.int32))
@@ -703,11 +706,12 @@ class LabelIndex:
         base, resolve = path.resolve().parent, _FolderResolver()
         ids: dict[str, int] = {}
         halves = {kind: array("q") for kind in _KINDS}
-        label_ids = array("i")
+        label_ids, trimmed = array("i"), array("b")
         for raw, label in read_label_rows(path):
             # a path with spaces around it names the file spelled so, or, typed by hand, the one without them
             for spelling in dict.fromkeys((raw, raw.strip())):
                 label_ids.append(ids.setdefault(label, len(ids)))
+                trimmed.append(spelling != raw)
                 relative = os.path.normpath(spelling)  # a row naming a folder ("a/..") names no file either way
                 name, stem = name_and_stem(relative)
                 absolute = resolve(os.path.join(base, os.path.expanduser(spelling)))
@@ -716,7 +720,9 @@ class LabelIndex:
         if not label_ids:  # before any file is probed or copied with no label to give it
             raise UserError(f"{path} has no row with both a path and a label")
         rows = np.frombuffer(label_ids, dtype=np.intc)  # array("i") holds C ints
-        return cls(list(ids), {kind: _Keys.of(halves.pop(kind), rows) for kind in _KINDS})  # each freed once sorted
+        spelled = np.frombuffer(trimmed, dtype=np.int8)
+        keys = {kind: _Keys.of(halves.pop(kind), rows, spelled) for kind in _KINDS}  # each freed once sorted
+        return cls(list(ids), keys)
 
     def count_names(self, paths: Iterable[str]) -> NameCounts:
         """NameCounts of the collection ``paths``: only of the names and stems label rows give, so that the counts
