@@ -98,6 +98,16 @@ def test_eval_clips_are_evenly_spaced_and_cover_every_video(collection):
     assert EvalClips(Manifest.from_rows(collection[:1]), small_cfg(), clips=1)[0]["start"] == pytest.approx(1.25)
 
 
+def test_a_video_no_longer_than_a_clip_gives_one_clip_not_copies_of_one(collection):
+    """A 1 s spoken word, a 1 s clip: its N clips were N copies, counted N times (until 2026-12-01)."""
+    manifest = Manifest.from_rows(collection[:3])
+    manifest.durations[1] = 0.5  # the span of small_cfg's clips (4 frames at 8 fps): one place for a clip
+    ds = EvalClips(manifest, small_cfg(), clips=4)
+    assert len(ds) == 9 and [ds[k]["index"] for k in range(9)] == [0, 0, 0, 0, 1, 2, 2, 2, 2]
+    assert [ds[k]["start"] for k in range(9)] == pytest.approx([0, 2.5 / 3, 5 / 3, 2.5, 0, 0, 2.5 / 3, 5 / 3, 2.5])
+    assert [ds[k]["clip"] for k in range(5)] == [0, 1, 2, 3, 0]
+
+
 @pytest.mark.parametrize("modality", ["video", "audio"])
 def test_a_batch_of_eval_clips_opens_each_video_once_where_that_reads_the_same(collection, modality, monkeypatch):
     """The DataLoader asks for a batch at once: a video's clips in it share one open of its file when only pictures

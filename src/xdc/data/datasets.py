@@ -184,7 +184,7 @@ class TrainClips(_ClipDataset):
 
 class EvalClips(_ClipDataset):
     """Deterministic clips without augmentation: ``clips`` evenly spaced clips per video (one centred clip when
-    ``clips`` is 1), or, with ``stride`` seconds, a sliding window over each video (per-video feature sequences).
+    ``clips`` is 1; one for a video no longer than a clip), or, with ``stride`` seconds, a sliding window over each video (per-video feature sequences).
     Items also carry ``clip``, the clip's number within its video. With a ``cache`` (:class:`ClipCache`, keyed
     by item number) an item it holds is read from it, and one it lacks is decoded and then kept there; items then
     also carry ``kept``, whether they came from the cache. The clips of a video in one batch share one open of
@@ -199,11 +199,17 @@ class EvalClips(_ClipDataset):
         self.per_video = clips or cfg.eval_clips  # the same number of clips for every video: item k is arithmetic
         self.cache: ClipCache | None = None
         self.video_of = self.clip_of = None
+        self.stride = stride
+        counts = None
         if stride is not None:  # a number of clips per video: flat arrays (video, clip number), shared with workers
             if stride <= 0:
                 raise ValueError(f"stride must be positive, got {stride}")
-            self.stride = stride
             counts = np.floor(self.latest_start(slice(None)) / stride + 1e-9).astype(np.int64) + 1
+        elif self.per_video > 1 and (short := self.latest_start(slice(None)) <= 0).any():
+            # a video no longer than a clip has one place for it: its clips would be copies of one (until
+            # 2026-12-01 FSDD's and GRID words' 1 s windows gave 10 equal clips each, counted 10 times)
+            counts = np.where(short, 1, self.per_video)
+        if counts is not None:
             self.video_of = np.repeat(np.arange(len(self.manifest)), counts)
             self.clip_of = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, np.int64)
 
@@ -217,6 +223,8 @@ class EvalClips(_ClipDataset):
             latest, n = float(self.latest_start(i)), self.per_video
             return i, clip, latest / 2 if n == 1 else latest * clip / (n - 1)
         i, clip = int(self.video_of[k]), int(self.clip_of[k])
+        if self.stride is None:  # evenly spaced clips, one where the video is no longer than a clip
+            return i, clip, float(self.latest_start(i)) * clip / (self.per_video - 1)
         return i, clip, float(clip * self.stride)
 
     def __getitem__(self, k: int) -> dict:

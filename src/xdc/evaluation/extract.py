@@ -135,7 +135,8 @@ def extract_features(
         written, failed = _write(out, [parts[j] for j in range(len(spans))], manifest, item_of_row, items)
         kept.clear()
         return {"out": str(out), "run": str(run), "source": source.kind, "clips": written, "items": len(items),
-                "encoder": encoder_name, "modality": modality, "clips_per_item": clips, "stride": stride,
+                "encoder": encoder_name, "modality": modality, "stride": stride,
+                "clips_per_item": None if stride else dataset.per_video,  # at most: one for an item no longer than one
                 "device": str(place.device), "ranks": ctx.world_size, "bf16": place.bf16,
                 **({"logmel_on": "device" if place.device_logmel else "workers"} if modality == "audio" else {}),
                 "data": config_to_dict(cfg.data),
