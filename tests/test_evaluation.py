@@ -45,12 +45,13 @@ def test_extract_clips_segments_and_skips(run, tmp_path):
     summary = extract_features(run_dir, "video", [*items, segment, late, Item(str(broken), "x")], tmp_path / "f.npz",
                                clips=2)  # fmt: skip
     data = np.load(tmp_path / "f.npz")
-    assert data["features"].shape == (2 * 25, 64)  # 24 files + 1 segment, 2 clips each; tiny video width 8 x 8
+    assert data["features"].shape == (2 * 24 + 1, 64)  # 24 files of 2 clips, a 1 s segment of one clip (the tiny
+    # preset's are 1 s); tiny video width 8 x 8
     reasons = {skip["path"]: skip["reason"] for skip in summary["skipped"]}
     assert len(summary["skipped"]) == 2 and reasons[str(broken)].startswith("cannot open")
     assert reasons[items[1].path] == "its window starts at 50s, at or after the file's end at 3s"
     seg = data["group"] == "seg"
-    assert seg.sum() == 2 and (data["start"][seg] >= 1.0).all() and (data["start"][seg] <= 2.0).all()
+    assert seg.sum() == 1 and (data["start"][seg] >= 1.0).all() and (data["start"][seg] <= 2.0).all()
     assert set(data["split"]) == {"train", "test"} and data["label"].dtype.kind == "U"
 
 
