@@ -5,6 +5,8 @@ cannot be made to order."""
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -227,3 +229,24 @@ def test_a_pretraining_run_goes_on_past_a_file_that_kills_its_worker_and_a_resum
     again.resume()  # the file stays skipped: read again, it would kill another worker at the same step
     assert again.train_set.crashed == crashed and again.eval_set.crashed is again.train_set.crashed
     assert again.failures.files == state["ranks"][0]["failures"]["files"]  # skipped.csv keeps them after a resume
+
+
+# A Ctrl-C that arrives while the loader forks its workers: the hook stands in for its timing.
+_INTERRUPTED_IN_A_FORK = """
+import os, signal, sys
+from torch.utils.data import DataLoader
+from xdc.data.worker_deaths import Surviving
+os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
+try:
+    for _ in Surviving(DataLoader(list(range(8)), batch_size=2, num_workers=1)):
+        pass
+except KeyboardInterrupt:
+    sys.exit(7)
+"""
+
+
+def test_a_ctrl_c_while_the_loader_forks_its_workers_stops_the_pass():
+    """Raised in the at-fork hooks, it was printed as ignored and the run went on to its end (until 2026-12-01)."""
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_IN_A_FORK], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 7, done.stderr[-2000:]
+    assert "Exception ignored" not in done.stderr

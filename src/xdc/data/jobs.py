@@ -10,6 +10,7 @@ even inside FFmpeg's C code) and becomes a crash of its own kind: ``hung``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
@@ -17,7 +18,8 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable, Hashable
+import threading
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import EXTRA_QUEUED_CALLS, BrokenProcessPool
 from typing import TypeVar
@@ -26,6 +28,27 @@ K = TypeVar("K", bound=Hashable)
 # What a crash of the process sends. SIGKILL is the out-of-memory killer's (or a person's): a process earns it by the
 # memory of all the processes, not by the file it reads.
 CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
+
+
+@contextlib.contextmanager
+def held_interrupts() -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back while this process forks workers, and raised once it has: one that arrives in a
+    fork is raised in the at-fork hooks (logging's), which print it as ignored and go on, so the run went on to its
+    end (2 of 4 early Ctrl-Cs of a pretraining, until 2026-12-01). The children start with it held back too:
+    ``let_interrupts_in`` undoes that where a child should stop at Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets the signal
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def let_interrupts_in() -> None:
+    """In a child started under ``held_interrupts``: Ctrl-C acts on it again."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def run_jobs(
@@ -50,7 +73,10 @@ def _in_pool(keys, job, workers, done, limit_s, initializer) -> set:
     finished = set()
     pool = ProcessPoolExecutor(max(1, min(workers, len(keys))), initializer=initializer)
     try:
-        futures = {pool.submit(_timed, job, key, limit_s(key)): key for key in keys}
+        futures = {}
+        for n, key in enumerate(keys):
+            with held_interrupts() if n == 0 else contextlib.nullcontext():  # the first forks every worker
+                futures[pool.submit(_timed, job, key, limit_s(key))] = key
         for future in as_completed(futures):
             try:
                 result = future.result()
@@ -76,6 +102,7 @@ def _start_worker(initializer: Callable[[], None], parent: int) -> None:
     """A worker's start: on Linux it is killed with the process that started it. Otherwise a parent killed with
     SIGKILL (the out-of-memory killer, a job scheduler) would leave its pool's workers waiting on the pool's queue
     for good, each with the modules and memory of a worker (over 300 MB with torch imported)."""
+    let_interrupts_in()  # a Ctrl-C ends the job it is in, as it ends the parent (held back while it forked)
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # it died before the call
@@ -98,7 +125,8 @@ def _isolated(key, job, limit: float, initializer, failed) -> dict:
     """``job(key)`` in a process of its own; a death becomes ``failed(reason)``."""
     receive, send = multiprocessing.Pipe(duplex=False)
     process = multiprocessing.Process(target=_child, args=(send, job, key, limit, initializer), daemon=True)
-    process.start()
+    with held_interrupts():
+        process.start()
     send.close()
     try:
         result = receive.recv()

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from xdc.data.jobs import CRASHES, exit_reason
+from xdc.data.jobs import CRASHES, exit_reason, held_interrupts
 from xdc.errors import UserError
 
 UNEXPLAINED_DEATHS = 3  # per pass: deaths that blame no file; the run ends at this many
@@ -59,7 +59,9 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
     global _waiting
     dataset = _clips(loader.dataset)
     if loader.num_workers == 0 or dataset is None:
-        yield from loader
+        with held_interrupts():  # where it starts workers: a Ctrl-C there was lost (jobs.held_interrupts)
+            it = iter(loader)
+        yield from it
         return
     dataset.watch(loader.num_workers)
     # A shuffled order comes from the loader's generator: a restart puts it back as it was before the pass. A new
@@ -77,7 +79,8 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
     while True:
         it = None
         try:
-            it = iter(current)  # persistent workers that died while idle surface here
+            with held_interrupts():  # it starts the workers (a Ctrl-C in their fork was lost)
+                it = iter(current)  # persistent workers that died while idle surface here
             _own_sigchld(it._workers)
             while True:
                 _waiting = main
