@@ -92,6 +92,9 @@ class Progress:
     bad_epochs: int = 0
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # this round's label sets (empty: not clustered)
     previous: dict[str, np.ndarray] = field(default_factory=dict)  # last round's until this round's exist (NMI)
+    # this round's seconds in extraction, clustering and training so far, checkpointed: a resumed round's record
+    # has them all (until 2026-12-01 it had the training after the resume alone)
+    times: dict[str, float] = field(default_factory=dict)
 
 
 class EncodersWithHeads(nn.Module):
@@ -398,7 +401,7 @@ class Pretrainer:
             self._save()
         while self.progress.round < rounds:
             p = self.progress
-            times = {}
+            times = p.times
             if not p.labels:
                 t = time.perf_counter()
                 features = self._extract()
@@ -417,10 +420,11 @@ class Pretrainer:
             while p.epoch < epochs:
                 self._train_epoch()
                 p.epoch, p.step = p.epoch + 1, 0
+                times["train_s"], t = times.get("train_s", 0.0) + time.perf_counter() - t, time.perf_counter()
                 if cfg.recluster == "plateau" and self._plateaued():
                     break
                 self._save()
-            times["train_s"] = time.perf_counter() - t
+            times["train_s"] = times.get("train_s", 0.0) + time.perf_counter() - t
             self.log.write("round", p.round, **times)
             self._end_round()
         self._finish()
@@ -432,7 +436,7 @@ class Pretrainer:
             labels_dir.mkdir(exist_ok=True)
             save_npz(labels_dir / f"round_{p.round:03d}.npz", **p.labels)  # a reader never sees half of one
         p.previous = p.labels
-        p.labels = {}
+        p.labels, p.times = {}, {}
         p.round, p.epoch, p.step = p.round + 1, 0, 0
         p.best_holdout, p.bad_epochs = math.inf, 0
         self.model = self.head_optimizer = self.loader = None  # the loader's workers end with their round
@@ -882,7 +886,8 @@ class Pretrainer:
             "optimizer": self.optimizer.state_dict(),
             "heads": self.model.heads.state_dict() if self.model is not None else None,
             "head_optimizer": self.head_optimizer.state_dict() if self.head_optimizer is not None else None,
-            "progress": {k: getattr(p, k) for k in ("round", "epoch", "step", "global_step", "best_holdout", "bad_epochs")},
+            "progress": {k: getattr(p, k) for k in ("round", "epoch", "step", "global_step", "best_holdout", "bad_epochs",
+                                                    "times")},  # fmt: skip
             "labels": {k: torch.from_numpy(v) for k, v in p.labels.items()},
             "previous": {k: torch.from_numpy(v) for k, v in p.previous.items()},
             "torch_rng": torch.get_rng_state(),
