@@ -423,7 +423,7 @@ def test_finetuning_killed_goes_on_exactly_when_run_again(run, tmp_path, capsys,
     assert (a["top1"], a["clip_top1"]) == (b["top1"], b["clip_top1"])
     # Once the result is written only the logs stay: each batch's loss, and the test's accuracy.
     folder = tmp_path / "killed.finetune"
-    assert sorted(p.name for p in folder.iterdir()) == ["log.jsonl", "tb"]
+    assert sorted(p.name for p in folder.iterdir()) == ["log.jsonl", "probe", "tb"]
     records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     batches = [r["step"] for r in records if r["kind"] == "train-test"]
     assert batches == list(range(1, 4 * 6 + 1))  # 16 training items in batches of 4, 6 epochs; each once
@@ -474,7 +474,9 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode, port):
         broken = tmp_path / "broken.mp4"
         shutil.copy(items[1].path, broken)
         items.append(Item(str(broken), items[1].label, "train", 1))
-        items_to_manifest(split_items(items, "train"), tmp_path / ".finetune-probe-csv" / "train.probe.csv", "audio")
+        for run_name in ("single", "ddp"):  # each command's probes, beside its logs
+            probes = tmp_path / f"{run_name}.finetune" / "probe" / "train.probe.csv"
+            items_to_manifest(split_items(items, "train"), probes, "audio")
         kept = broken.stat()
         with open(broken, "r+b") as f:
             f.write(bytes(4096))  # header gone: every read fails; size and time kept, so the probe stands
@@ -500,7 +502,7 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode, port):
     if mode == "fc":
         np.testing.assert_allclose(b["epoch_losses"], a["epoch_losses"], rtol=1e-5)
         assert (b["top1"], b["clip_top1"]) == (a["top1"], a["clip_top1"])
-    assert sorted(p.name for p in (tmp_path / "ddp.finetune").iterdir()) == ["log.jsonl", "tb"]
+    assert sorted(p.name for p in (tmp_path / "ddp.finetune").iterdir()) == ["log.jsonl", "probe", "tb"]
 
 
 def test_finetuning_batches_must_share_out_evenly_over_the_ranks(run, tmp_path):

@@ -132,7 +132,8 @@ def eval_finetune(
     rows, skipped = [], []
     for number, state in zip(splits, states):
         items = load_dataset(dataset, data, split=number, **options)
-        work = (out.parent if out is not None else Path(".")) / f".finetune-probe-{dataset}"
+        work = folder / "probe"  # the files' probes, for a later run with this --out (until 2026-12-01 in a
+        # hidden folder beside --out, named by dataset kind alone)
         result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed, device=device, state=state,
                           log=log, name=state.name, settings=settings, ctx=ctx)  # fmt: skip
         if not ctx.main:
