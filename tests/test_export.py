@@ -258,3 +258,12 @@ def test_unknown_program_format_or_missing_onnx(run, tmp_path, capsys, monkeypat
         main(["export", str(run), "--out", str(tmp_path / "b"), "--also", "tflite"])
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_card_says_what_a_finetuning_evaluated():
+    from xdc.export import _metric_lines
+
+    record = {"file": "ft.json", "command": "eval finetune", "dataset": "ucf101", "data": "/d/UCF101", "mode": "fc",
+              "splits": [{"encoder": "video", "top1": 0.5}], "mean_top1": 0.5}  # fmt: skip
+    assert _metric_lines([record])[-1] == ("| `ft.json` | eval finetune | `ucf101 /d/UCF101, video encoder, --mode fc` "
+                                            "| mean_top1 0.5 |")  # fmt: skip

@@ -452,6 +452,9 @@ def _metric_lines(results: list[dict]) -> list[str]:
     lines = ["| file | command | evaluated | results |", "|---|---|---|---|"]
     for r in results:
         subject = r.get("dataset") or r.get("features") or r.get("run") or ""
+        if r["command"] == "eval finetune":  # the dataset kind alone said nothing of the data or what was trained
+            encoder = (r.get("splits") or [{}])[0].get("encoder", "?")
+            subject = f"{subject} {r.get('data', '')}, {encoder} encoder, --mode {r.get('mode', '?')}"
         numbers = _accuracies(r)
         lines.append(f"| `{r['file']}` | {r['command']} | `{subject}` | "
                      f"{', '.join(f'{k} {v:.4g}' for k, v in numbers.items()) or '-'} |")  # fmt: skip
