@@ -111,6 +111,7 @@ def pipeline(preprocess, cluster, balance_on: str | None = None):
 
 def bare_faiss(x: np.ndarray, k: int, pca_dim: int, iters: int, seed: int, clock: Clock) -> None:
     pca = faiss.PCAMatrix(x.shape[1], pca_dim, -0.5)
+    pca.max_points_per_d = -(-len(x) // x.shape[1]) + 1  # every row, as xdc's PCA since 2026-12-01
     pca.train(x)
     z = pca.apply(x)
     faiss.normalize_L2(z)

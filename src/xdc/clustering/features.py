@@ -24,6 +24,10 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
     n, d = x.shape
     if d >= dim and n > dim:
         pca = faiss.PCAMatrix(d, dim, -0.5 if whiten else 0.0)
+        # on every row: faiss fits on a sample of 1,000 rows per dimension by default (512k of 1M 512-d features),
+        # where the sharded PCA takes them all, so the two gave other labels past that (until 2026-12-01). At 1M
+        # the whole costs 1 CPU-s more
+        pca.max_points_per_d = -(-n // d) + 1
         pca.train(x)
         if whiten:
             # faiss scales by (eigenvalue + epsilon) ** -0.5: regularise relative to the top eigenvalue, rebuild
