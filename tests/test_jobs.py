@@ -97,8 +97,9 @@ def test_workers_end_with_a_process_killed_with_sigkill(tmp_path):
 
 # A Ctrl-C that arrives while the pool forks its workers: the hook stands in for its timing.
 _INTERRUPTED_IN_A_FORK = """
-import json, os, signal, sys
+import json, os, signal, sys, threading, time
 from xdc.data.jobs import run_jobs
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # as tqdm's: the kernel may pick it
 os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
 try:
     run_jobs(['{"a": 1}'] * 4, json.loads, 2, lambda key, result: None, lambda why: {}, lambda key: 0, int)

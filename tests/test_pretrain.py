@@ -757,3 +757,24 @@ def test_a_resumed_run_keeps_its_videos_when_the_manifest_file_changes(manifest,
     shutil.rmtree(out / "videos")  # a run from before runs kept their videos: the manifest must still match
     with pytest.raises(UserError, match="has labels for 24 videos, the manifest now gives 23"):
         Pretrainer(cfg, changed, out, Dist(), resume=True).resume()
+
+
+def test_every_checkpoint_holds_the_rounds_training_time_so_far(manifest, tmp_path):
+    """Mid-epoch checkpoints too: with one epoch per round, a kill in training lost the round's training time
+    before it (until 2026-12-01), and the resumed round's record told the time after the resume alone."""
+    trainer = Pretrainer(cfg_for("xdc", "train.rounds=1", "train.epochs=1", "train.checkpoint_every=1"), manifest,
+                         tmp_path, Dist())  # fmt: skip
+    saved = []
+    save = trainer._save
+
+    def spy():
+        save()
+        saved.append((trainer.progress.step, dict(trainer.progress.times)))
+
+    trainer._save = spy
+    trainer.run()
+    mid_epoch = [times["train_s"] for step, times in saved if step > 0]
+    assert len(mid_epoch) >= 2 and all(b > a > 0 for a, b in zip(mid_epoch, mid_epoch[1:]))
+    record = next(json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()
+                  if json.loads(line)["kind"] == "round")  # fmt: skip
+    assert record["train_s"] >= mid_epoch[-1]

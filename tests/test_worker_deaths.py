@@ -233,9 +233,10 @@ def test_a_pretraining_run_goes_on_past_a_file_that_kills_its_worker_and_a_resum
 
 # A Ctrl-C that arrives while the loader forks its workers: the hook stands in for its timing.
 _INTERRUPTED_IN_A_FORK = """
-import os, signal, sys
+import os, signal, sys, threading, time
 from torch.utils.data import DataLoader
 from xdc.data.worker_deaths import Surviving
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # as tqdm's: the kernel may pick it
 os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
 try:
     for _ in Surviving(DataLoader(list(range(8)), batch_size=2, num_workers=1)):

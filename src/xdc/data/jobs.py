@@ -34,21 +34,28 @@ CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.
 def held_interrupts() -> Iterator[None]:
     """Ctrl-C (SIGINT) held back while this process forks workers, and raised once it has: one that arrives in a
     fork is raised in the at-fork hooks (logging's), which print it as ignored and go on, so the run went on to its
-    end (2 of 4 early Ctrl-Cs of a pretraining, until 2026-12-01). The children start with it held back too:
-    ``let_interrupts_in`` undoes that where a child should stop at Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread gets the signal
+    end (2 of 4 early Ctrl-Cs of a pretraining, until 2026-12-01). A handler that only notes the signal stands in
+    meanwhile: masking it would not do, as the kernel then hands it to another thread (tqdm's, TensorBoard's),
+    and Python raises it in the main thread all the same. The children start with that handler:
+    ``let_interrupts_in`` undoes it where a child should stop at Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # handlers are set and run there only
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    caught: list[int] = []
+    before = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        signal.signal(signal.SIGINT, before)
+        if caught and callable(before):
+            before(signal.SIGINT, None)  # Python's default: KeyboardInterrupt, here
+        elif caught and before == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
 
 
 def let_interrupts_in() -> None:
-    """In a child started under ``held_interrupts``: Ctrl-C acts on it again."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    """In a child started under ``held_interrupts``: Ctrl-C acts on it again, as Python's default."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_jobs(

@@ -233,6 +233,7 @@ class Pretrainer:
         self.kept_clips = 0  # of the last extraction, read back from train.extract_cache
         self.log = RunLog(out, enabled=ctx.main)
         self.new = not resume  # checkpoints once begun (run): until 2026-12-01, a kill in round 0 could not resume
+        self.training_since: float | None = None  # while a round trains: when its train_s was last counted
 
     def _start_from(self, init: Path) -> None:
         """train.init: each encoder of ``init`` (a run, an export or the released weights) that has the name, the
@@ -415,16 +416,16 @@ class Pretrainer:
                 self._new_heads()
                 self._save()
                 self._extraction_parts().clear()  # the round's labels are in the checkpoint
-            t = time.perf_counter()
+            self.training_since = time.perf_counter()
             epochs = cfg.epochs * (cfg.rounds if self.method.supervised else 1)
             while p.epoch < epochs:
                 self._train_epoch()
                 p.epoch, p.step = p.epoch + 1, 0
-                times["train_s"], t = times.get("train_s", 0.0) + time.perf_counter() - t, time.perf_counter()
                 if cfg.recluster == "plateau" and self._plateaued():
                     break
                 self._save()
-            times["train_s"] = times.get("train_s", 0.0) + time.perf_counter() - t
+            self._count_training()
+            self.training_since = None
             self.log.write("round", p.round, **times)
             self._end_round()
         self._finish()
@@ -875,7 +876,16 @@ class Pretrainer:
     def _batch_per_rank(self) -> int:
         return self.cfg.train.batch_size // self.ctx.world_size  # a multiple: checked at the start
 
+    def _count_training(self) -> None:
+        """Add the training since it was last counted to the round's ``train_s`` (checkpointed with it)."""
+        if self.training_since is not None:
+            now = time.perf_counter()
+            times = self.progress.times
+            times["train_s"] = times.get("train_s", 0.0) + now - self.training_since
+            self.training_since = now
+
     def _save(self) -> None:
+        self._count_training()  # at every checkpoint, mid-epoch ones too: a resumed round's record has it all
         ranks = gather_objects({"failures": self.failures.state(), "crashed": self.train_set.crashed}, self.ctx)
         if not self.ctx.main:
             return
