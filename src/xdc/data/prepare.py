@@ -119,10 +119,11 @@ class PrepareSummary:
 
 @dataclass
 class Copies:
-    """The output folder's copies that are not this run's: earlier copies of sources now copied under another name
-    or failed (removed: ``xdc index OUT`` would train on old versions, or twice on one source), copies of sources
-    not listed now (kept: the sources may have been removed once copied), and this run's copies whose names are
-    hidden (a source's name starts with "."), which ``xdc index OUT`` skips. With a few paths of each."""
+    """The output folder's copies that are not this run's: earlier copies of sources now copied under another name,
+    or changed and failing (removed: ``xdc index OUT`` would train on old versions, or twice on one source), copies
+    of sources not given, gone or unreadable now (kept: the sources may have been removed once copied), and this
+    run's copies whose names are hidden (a source's name starts with "."), which ``xdc index OUT`` skips. With a few
+    paths of each."""
 
     removed: int = 0
     removed_examples: list[str] = field(default_factory=list)
@@ -137,8 +138,9 @@ class Copies:
             text += (f"\nremoved {self.removed} earlier cop{'ies' if self.removed > 1 else 'y'} of sources now "
                      f"copied under another name or failed: {', '.join(self.removed_examples)}")  # fmt: skip
         if self.orphans:
-            text += (f"\n{self.orphans} earlier cop{'ies' if self.orphans > 1 else 'y'} of sources not given now "
-                     f"kept (xdc index of the folder takes them): {', '.join(self.orphan_examples)}")  # fmt: skip
+            text += (f"\n{self.orphans} earlier cop{'ies' if self.orphans > 1 else 'y'} kept whose sources are not "
+                     f"given, gone or unreadable now (xdc index of the folder takes them): "
+                     f"{', '.join(self.orphan_examples)}")  # fmt: skip
         if self.hidden:
             text += (f"\n{self.hidden} cop{'ies' if self.hidden > 1 else 'y'} named with a leading '.', as "
                      f"{'their sources' if self.hidden > 1 else 'its source'} (xdc index of the folder skips hidden "
@@ -320,17 +322,20 @@ def _reconcile(out: Path, earlier: Path, report: Path, examples: int = 3) -> Cop
             now = next(current, None)
         if taken(old["output"]):
             continue
-        # not given now, or given but not there or unreadable (no size: a mount gone, a permission): the copy may be
-        # all that is left of its source, kept
-        if now is None or now["source"] != old["source"] or (now["status"] == "skipped" and not now["size"]):
-            copies.orphans += 1
+        given = now is not None and now["source"] == old["source"]
+        renamed = given and now["status"] == "ok" and now["output"] != old["output"]
+        changed = (given and now["status"] != "ok" and now["size"] != ""  # no size: not there, or not readable
+                   and (now["size"], now["mtime"]) != (old["size"], old["mtime"]))  # fmt: skip
+        if renamed or changed:  # copied under another name now, or changed and no longer copied: not its copy
+            if (out / old["output"]).is_file():
+                (out / old["output"]).unlink()
+                copies.removed += 1
+                if len(copies.removed_examples) < examples:
+                    copies.removed_examples.append(old["output"])
+        elif not given or now["status"] != "ok":  # not given, gone, or unreadable now (a mount gone, a permission):
+            copies.orphans += 1  # the copy may be all that is left of its source, kept
             if len(copies.orphan_examples) < examples:
                 copies.orphan_examples.append(old["output"])
-        elif (now["status"] != "ok" or now["output"] != old["output"]) and (out / old["output"]).is_file():
-            (out / old["output"]).unlink()  # the source is copied under another name now, or no longer can be
-            copies.removed += 1
-            if len(copies.removed_examples) < examples:
-                copies.removed_examples.append(old["output"])
     return copies
 
 
