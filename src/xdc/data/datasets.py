@@ -184,7 +184,8 @@ class TrainClips(_ClipDataset):
 
 class EvalClips(_ClipDataset):
     """Deterministic clips without augmentation: ``clips`` evenly spaced clips per video (one centred clip when
-    ``clips`` is 1; one for a video no longer than a clip), or, with ``stride`` seconds, a sliding window over each video (per-video feature sequences).
+    ``clips`` is 1; one for a video no longer than a clip), or, with ``stride`` seconds, a sliding window over each
+    video (per-video feature sequences).
     Items also carry ``clip``, the clip's number within its video. With a ``cache`` (:class:`ClipCache`, keyed
     by item number) an item it holds is read from it, and one it lacks is decoded and then kept there; items then
     also carry ``kept``, whether they came from the cache. The clips of a video in one batch share one open of

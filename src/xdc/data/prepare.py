@@ -308,7 +308,7 @@ def _reconcile(out: Path, earlier: Path, report: Path, examples: int = 3) -> Cop
     hashes = np.sort(np.frombuffer(outputs, dtype=np.int64))
     del outputs
 
-    def taken(output: str) -> bool:  # a copy of this run has the name (a hash collision keeps a file, never the reverse)
+    def taken(output: str) -> bool:  # a copy of this run has the name (a hash collision keeps a file, not the reverse)
         key = hash(output)
         at = np.searchsorted(hashes, key)
         return bool(at < len(hashes) and hashes[at] == key)

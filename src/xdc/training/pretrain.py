@@ -80,6 +80,9 @@ from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
 
+PROGRESS_SAVED = ("round", "epoch", "step", "global_step", "best_holdout", "bad_epochs", "times")  # in checkpoints
+
+
 @dataclass
 class Progress:
     """Where a run is; with the weights, optimizers and labels, it is everything a resume needs."""
@@ -896,8 +899,7 @@ class Pretrainer:
             "optimizer": self.optimizer.state_dict(),
             "heads": self.model.heads.state_dict() if self.model is not None else None,
             "head_optimizer": self.head_optimizer.state_dict() if self.head_optimizer is not None else None,
-            "progress": {k: getattr(p, k) for k in ("round", "epoch", "step", "global_step", "best_holdout", "bad_epochs",
-                                                    "times")},  # fmt: skip
+            "progress": {k: getattr(p, k) for k in PROGRESS_SAVED},
             "labels": {k: torch.from_numpy(v) for k, v in p.labels.items()},
             "previous": {k: torch.from_numpy(v) for k, v in p.previous.items()},
             "torch_rng": torch.get_rng_state(),
