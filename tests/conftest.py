@@ -1,6 +1,8 @@
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -111,3 +113,19 @@ def run_two_ranks(worker, port: int, *args) -> dict:
         out = manager.dict()
         mp.spawn(worker, args=(2, port, *args, out), nprocs=2, join=True)
         return dict(out)
+
+
+def stopped_by_ctrl_c_in_a_fork(work: str) -> None:
+    """Run the Python statements ``work``, which start worker processes, in a fresh interpreter where every fork
+    sends SIGINT to the parent from inside the fork (standing in for a Ctrl-C timed so) while another thread runs
+    (as tqdm's, which the kernel may hand the signal): the KeyboardInterrupt must reach the code around ``work``,
+    not be printed as ignored by the at-fork hooks."""
+    script = (
+        "import os, signal, sys, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+        f"try:\n{textwrap.indent(work, '    ')}\nexcept KeyboardInterrupt:\n    sys.exit(7)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 7, done.stderr[-2000:]
+    assert "Exception ignored" not in done.stderr

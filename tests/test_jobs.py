@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+from conftest import stopped_by_ctrl_c_in_a_fork
 from xdc.data.jobs import run_jobs
 
 pytestmark = pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="test jobs reach workers by fork")
@@ -95,21 +96,7 @@ def test_workers_end_with_a_process_killed_with_sigkill(tmp_path):
     assert not left, "the workers outlived the process that started them"
 
 
-# A Ctrl-C that arrives while the pool forks its workers: the hook stands in for its timing.
-_INTERRUPTED_IN_A_FORK = """
-import json, os, signal, sys, threading, time
-from xdc.data.jobs import run_jobs
-threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # as tqdm's: the kernel may pick it
-os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
-try:
-    run_jobs(['{"a": 1}'] * 4, json.loads, 2, lambda key, result: None, lambda why: {}, lambda key: 0, int)
-except KeyboardInterrupt:
-    sys.exit(7)
-"""
-
-
 def test_a_ctrl_c_while_the_workers_fork_stops_the_jobs():
     """Raised in the at-fork hooks, it was printed as ignored and the jobs went on (until 2026-12-01)."""
-    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_IN_A_FORK], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 7, done.stderr[-2000:]
-    assert "Exception ignored" not in done.stderr
+    work = "import json\nfrom xdc.data.jobs import run_jobs\n"
+    stopped_by_ctrl_c_in_a_fork(work + "run_jobs(['{}'] * 4, json.loads, 2, print, lambda why: {}, lambda k: 0, int)")

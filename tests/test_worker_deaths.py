@@ -5,15 +5,13 @@ cannot be made to order."""
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from torch.utils.data import get_worker_info
 
-from conftest import synthetic_manifest
+from conftest import stopped_by_ctrl_c_in_a_fork, synthetic_manifest
 from xdc.config import load_config
 from xdc.data import worker_deaths
 from xdc.data.datasets import EvalClips, _ClipDataset, make_loader
@@ -231,23 +229,8 @@ def test_a_pretraining_run_goes_on_past_a_file_that_kills_its_worker_and_a_resum
     assert again.failures.files == state["ranks"][0]["failures"]["files"]  # skipped.csv keeps them after a resume
 
 
-# A Ctrl-C that arrives while the loader forks its workers: the hook stands in for its timing.
-_INTERRUPTED_IN_A_FORK = """
-import os, signal, sys, threading, time
-from torch.utils.data import DataLoader
-from xdc.data.worker_deaths import Surviving
-threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # as tqdm's: the kernel may pick it
-os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
-try:
-    for _ in Surviving(DataLoader(list(range(8)), batch_size=2, num_workers=1)):
-        pass
-except KeyboardInterrupt:
-    sys.exit(7)
-"""
-
-
 def test_a_ctrl_c_while_the_loader_forks_its_workers_stops_the_pass():
     """Raised in the at-fork hooks, it was printed as ignored and the run went on to its end (until 2026-12-01)."""
-    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_IN_A_FORK], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 7, done.stderr[-2000:]
-    assert "Exception ignored" not in done.stderr
+    work = "from torch.utils.data import DataLoader\nfrom xdc.data.worker_deaths import Surviving\n"
+    stopped_by_ctrl_c_in_a_fork(work + "for _ in Surviving(DataLoader(list(range(8)), batch_size=2, num_workers=1)):\n"
+                                "    pass")
