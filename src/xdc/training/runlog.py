@@ -21,8 +21,9 @@ class RunLog:
             return
         out.mkdir(parents=True, exist_ok=True)
         self.path, self.tb_path = out / "log.jsonl", out / "tb"
-        lines = self._lines()
-        if self.path.exists() and self.path.read_text() != "".join(line + "\n" for line in lines):
+        text = self.path.read_text() if self.path.exists() else ""
+        lines = [line for line, _ in _records(text)]
+        if text != "".join(line + "\n" for line in lines):
             self._rewrite(lines)  # a record cut short by a kill: the next would be written onto its end
         self.records = len(lines)
         self.file = open(self.path, "a")
@@ -42,18 +43,18 @@ class RunLog:
         written), in log.jsonl and TensorBoard alike: TensorBoard's files are written again from those records."""
         if not self.enabled:
             return
-        records = [json.loads(line) for line in self._lines()]
-        kept = [record for number, record in enumerate(records) if select(number, record)]
+        records = _records(self.path.read_text())
+        kept = [(line, record) for number, (line, record) in enumerate(records) if select(number, record)]
         if len(kept) == len(records):
             return
         self.file.close()
         self.tb.close()
-        self._rewrite([json.dumps(record) for record in kept])
+        self._rewrite([line for line, _ in kept])
         shutil.rmtree(self.tb_path, ignore_errors=True)
         self.records = len(kept)
         self.file = open(self.path, "a")
         self.tb = self._writer()
-        for record in kept:
+        for _, record in kept:
             self._scalars(record)
         self.tb.flush()
 
@@ -61,19 +62,6 @@ class RunLog:
         if self.enabled:
             self.file.close()
             self.tb.close()
-
-    def _lines(self) -> list[str]:
-        """The whole records of log.jsonl: not a last line that a kill cut short."""
-        if not self.path.exists():
-            return []
-        lines = []
-        for line in self.path.read_text().splitlines():
-            try:
-                json.loads(line)
-            except ValueError:
-                continue
-            lines.append(line)
-        return lines
 
     def _rewrite(self, lines: list[str]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -89,3 +77,15 @@ class RunLog:
         for key, value in record.items():
             if key not in ("kind", "step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"], walltime=record["time"])
+
+
+def _records(text: str) -> list[tuple[str, dict]]:
+    """The whole records of a log.jsonl's ``text``, each as its line and its value: not a line that a kill cut
+    short."""
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append((line, json.loads(line)))
+        except ValueError:
+            continue
+    return records
