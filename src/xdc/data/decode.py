@@ -385,8 +385,7 @@ class _AudioWindow:
         self.time_base = float(stream.time_base)  # a packet's own is a new Fraction each time: 0.05 ms a clip
         self.buffer = np.zeros((stream.codec_context.channels or 1, round(seconds * self.rate)), dtype=np.float32)
         self.covered = np.zeros(self.buffer.shape[1], dtype=bool)
-        self.next_time: float | None = None  # where the last frame added ends: its next sample, and that time
-        self.next_offset = 0
+        self.next_offset: int | None = None  # the sample after the last frame added
         self.done = False
         self.begins = stream.start_time * self.time_base if stream.start_time is not None else origin
         self.started = False  # whether a packet was decoded
@@ -408,18 +407,8 @@ class _AudioWindow:
         self.started = True
 
     def add(self, frame) -> None:
-        t = frame.time if frame.time is not None else self.next_time
-        if t is None:
-            t = self.t0
-        if self.next_time is not None and abs(t - self.next_time) <= self.time_base + 1e-6:
-            # the frame follows on from the last: its time is the sample after it, rounded to the time base
-            # (Matroska's 1 ms is 44 samples at 44.1 kHz, where frames last 23.2 ms: placed by their times, they
-            # overlapped or left gaps)
-            offset = self.next_offset
-        else:
-            offset = round((t - self.t0) * self.rate)
+        offset = sample_position(frame.time, self.t0, self.rate, self.next_offset, self.time_base)
         self.next_offset = offset + frame.samples
-        self.next_time = self.t0 + self.next_offset / self.rate
         if offset >= self.buffer.shape[1]:  # starts after the window's last sample
             self.done = True
             return
@@ -456,6 +445,16 @@ def _resampler(source: int, target: int) -> AT.Resample:
 
 
 _SCALE = {"s16": 32768.0, "s16p": 32768.0, "s32": 2147483648.0, "s32p": 2147483648.0}
+
+
+def sample_position(time: float | None, start: float, rate: int, following: int | None, time_base: float) -> int:
+    """Where a frame of sound with the time ``time`` (None: unknown) starts, in samples at ``rate`` from ``start``:
+    at ``following``, the sample after the frame before, where its time is that one's within the stream's
+    ``time_base``, else at its time rounded. Matroska rounds times to 1 ms, 44 samples at 44.1 kHz, where AAC frames
+    last 23.2 ms: placed by their times, they overlapped or left gaps every frame (until 2026-12-01)."""
+    if following is not None and (time is None or abs(time - start - following / rate) <= time_base + 1e-6):
+        return following
+    return round(((start if time is None else time) - start) * rate)
 
 
 def float_samples(frame) -> np.ndarray:

@@ -30,7 +30,7 @@ from av.video.reformatter import VideoReformatter
 from xdc.data.index import (
     LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
-from xdc.data.decode import TIMED_DEMUXERS, float_samples
+from xdc.data.decode import TIMED_DEMUXERS, float_samples, sample_position
 from xdc.data.encode import AAC_SAMPLE_RATES
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import dict_rows, open_text, write_atomic
@@ -730,13 +730,7 @@ class _AudioTrack(_Track):
 
     def add(self, frame) -> None:
         rate = frame.sample_rate
-        follows = self.next_pts is not None and (
-            frame.time is None or abs(frame.time - self.origin - self.next_pts / rate) <= self.time_base + 1e-6
-        )  # fmt: skip
-        if follows:  # a frame whose time is the last one's end within the time base follows on from it, as read_clip
-            pts = self.next_pts  # places it (Matroska's times in ms spliced 44.1 kHz sound every frame)
-        else:
-            pts = round(((self.origin if frame.time is None else frame.time) - self.origin) * rate)
+        pts = sample_position(frame.time, self.origin, rate, self.next_pts, self.time_base)  # as read_clip places it
         self.next_pts = pts + frame.samples
         frame.pts, frame.time_base = pts, Fraction(1, rate)
         for resampled in self.resampler.resample(frame):
