@@ -118,6 +118,25 @@ class PrepareSummary:
 
 
 @dataclass
+class Tally:
+    """How many copies, and the first few by name."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, name: str, examples: int = 3) -> None:
+        self.count += 1
+        if len(self.examples) < examples:
+            self.examples.append(name)
+
+    def copies(self, kind: str = "") -> str:
+        return f"{self.count} {kind}cop{'ies' if self.count > 1 else 'y'}"
+
+    def named(self) -> str:
+        return f": {', '.join(self.examples)}"
+
+
+@dataclass
 class Copies:
     """The output folder's copies that are not this run's: earlier copies of sources now copied under another name,
     or changed and failing (removed: ``xdc index OUT`` would train on old versions, or twice on one source), copies
@@ -125,26 +144,24 @@ class Copies:
     run's copies whose names are hidden (a source's name starts with "."), which ``xdc index OUT`` skips. With a few
     paths of each."""
 
-    removed: int = 0
-    removed_examples: list[str] = field(default_factory=list)
-    orphans: int = 0
-    orphan_examples: list[str] = field(default_factory=list)
-    hidden: int = 0
-    hidden_examples: list[str] = field(default_factory=list)
+    removed: Tally = field(default_factory=Tally)
+    orphans: Tally = field(default_factory=Tally)
+    hidden: Tally = field(default_factory=Tally)
 
     def lines(self) -> str:
         text = ""
-        if self.removed:
-            text += (f"\nremoved {self.removed} earlier cop{'ies' if self.removed > 1 else 'y'} of sources now "
-                     f"copied under another name or failed: {', '.join(self.removed_examples)}")  # fmt: skip
-        if self.orphans:
-            text += (f"\n{self.orphans} earlier cop{'ies' if self.orphans > 1 else 'y'} kept whose sources are not "
-                     f"given, gone or unreadable now (xdc index of the folder takes them): "
-                     f"{', '.join(self.orphan_examples)}")  # fmt: skip
-        if self.hidden:
-            text += (f"\n{self.hidden} cop{'ies' if self.hidden > 1 else 'y'} named with a leading '.', as "
-                     f"{'their sources' if self.hidden > 1 else 'its source'} (xdc index of the folder skips hidden "
-                     f"files; list them instead): {', '.join(self.hidden_examples)}")  # fmt: skip
+        if self.removed.count:
+            text += f"\nremoved {self.removed.copies('earlier ')} of sources now copied under another name or failed"
+            text += self.removed.named()
+        if self.orphans.count:
+            text += (f"\n{self.orphans.copies('earlier ')} kept whose sources are not given, gone or unreadable now "
+                     f"(xdc index of the folder takes them)")  # fmt: skip
+            text += self.orphans.named()
+        if self.hidden.count:
+            sources = "their sources" if self.hidden.count > 1 else "its source"
+            text += (f"\n{self.hidden.copies()} named with a leading '.', as {sources} (xdc index of the folder skips "
+                     "hidden files; list them instead)")  # fmt: skip
+            text += self.hidden.named()
         return text
 
 
@@ -290,7 +307,7 @@ def _start(out: Path) -> None:
     (out / NEXT).unlink(missing_ok=True)  # the report of a run killed before it took the old one's place
 
 
-def _reconcile(out: Path, earlier: Path, report: Path, examples: int = 3) -> Copies:
+def _reconcile(out: Path, earlier: Path, report: Path) -> Copies:
     """Compare the ``earlier`` report (absent on a first run) with this run's ``report``, both sorted by source, as
     they stream, a row of each at a time, and remove the copies that are no longer their sources' (``Copies``).
     Holds a hash of each copy of this run: 8 bytes, 0.5 GB for 65M."""
@@ -300,9 +317,7 @@ def _reconcile(out: Path, earlier: Path, report: Path, examples: int = 3) -> Cop
         if row["status"] == "ok":
             outputs.append(hash(row["output"]))
             if any(part.startswith(".") for part in row["output"].split("/")):
-                copies.hidden += 1
-                if len(copies.hidden_examples) < examples:
-                    copies.hidden_examples.append(row["output"])
+                copies.hidden.add(row["output"])
     if not earlier.exists():
         return copies
     hashes = np.sort(np.frombuffer(outputs, dtype=np.int64))
@@ -329,13 +344,9 @@ def _reconcile(out: Path, earlier: Path, report: Path, examples: int = 3) -> Cop
         if renamed or changed:  # copied under another name now, or changed and no longer copied: not its copy
             if (out / old["output"]).is_file():
                 (out / old["output"]).unlink()
-                copies.removed += 1
-                if len(copies.removed_examples) < examples:
-                    copies.removed_examples.append(old["output"])
+                copies.removed.add(old["output"])
         elif not given or now["status"] != "ok":  # not given, gone, or unreadable now (a mount gone, a permission):
-            copies.orphans += 1  # the copy may be all that is left of its source, kept
-            if len(copies.orphan_examples) < examples:
-                copies.orphan_examples.append(old["output"])
+            copies.orphans.add(old["output"])  # the copy may be all that is left of its source, kept
     return copies
 
 
