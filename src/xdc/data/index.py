@@ -720,8 +720,8 @@ class LabelIndex:
         if not label_ids:  # before any file is probed or copied with no label to give it
             raise UserError(f"{path} has no row with both a path and a label")
         rows = np.frombuffer(label_ids, dtype=np.intc)  # array("i") holds C ints
-        spelled = np.frombuffer(trimmed, dtype=np.int8)
-        keys = {kind: _Keys.of(halves.pop(kind), rows, spelled) for kind in _KINDS}  # each freed once sorted
+        trims = np.frombuffer(trimmed, dtype=np.int8)
+        keys = {kind: _Keys.of(halves.pop(kind), rows, trims) for kind in _KINDS}  # each freed once sorted
         return cls(list(ids), keys)
 
     def count_names(self, paths: Iterable[str]) -> NameCounts:
