@@ -316,6 +316,30 @@ def test_a_link_to_a_file_elsewhere_is_copied_where_the_link_is(tmp_path: Path) 
     assert _streams(out / "b.mp4")["size"] == (96, 64)  # read through the link
 
 
+def test_a_file_whose_copy_would_be_named_like_a_folder_keeps_its_suffix(tmp_path: Path) -> None:
+    """x.avi beside a folder x.mp4: the copies of the folder's files need x.mp4 for their folder, so x.avi's copy is
+    x.avi.mp4, whichever is transcoded first (one of them used to fail with IsADirectoryError or FileExistsError).
+    A file without a suffix (from a list file), y beside a folder y.mp4, has no other name: it is reported, and its
+    copy not made."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    for folder in ("x.mp4", "y.mp4"):
+        (src / folder).mkdir(parents=True)
+        write_av(src / folder / "clip.mp4", _scene(10, 64, 96, 0), FPS, None)
+    write_av(src / "x.avi", _scene(10, 64, 96, 1), FPS, None)  # an MP4 inside: the name is what matters
+    shutil.copy(src / "x.avi", src / "y")
+    (tmp_path / "list.txt").write_text(f"{src / 'y'}\n")
+    for workers in ("1", "2"):
+        shutil.rmtree(out, ignore_errors=True)
+        code, stdout = _run(str(src), str(tmp_path / "list.txt"), "--out", str(out), "--workers", workers)
+        assert code == 0 and "4 files: 3 prepared (0 already done), 0 skipped, 1 failed" in stdout, stdout
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*.mp4") if p.is_file()) == [
+            "x.avi.mp4", "x.mp4/clip.mp4", "y.mp4/clip.mp4"]  # fmt: skip
+        report = _report(out)
+        assert report["x.avi"]["output"] == "x.avi.mp4" and report["x.avi"]["status"] == "ok"
+        assert report["y"]["status"] == "error" and report["y"]["reason"] == "output name y.mp4 is taken by a folder"
+        assert _streams(out / "x.avi.mp4")["size"] == (96, 64)
+
+
 def test_a_run_killed_keeps_every_copy_it_finished(tmp_path: Path) -> None:
     """SIGKILLed while transcoding: each finished copy's row is in the side file as soon as it is made, so the next
     run redoes none of them, and its report is that of a run straight through."""
