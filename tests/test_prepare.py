@@ -340,6 +340,18 @@ def test_a_file_whose_copy_would_be_named_like_a_folder_keeps_its_suffix(tmp_pat
         assert _streams(out / "x.avi.mp4")["size"] == (96, 64)
 
 
+def test_a_file_named_with_the_longest_names_the_disk_takes_is_copied(tmp_path: Path) -> None:
+    """The copy is written under a hidden name first: with 13 bytes more than its own, a name of 243-255 bytes, which
+    xdc index reads, failed with "File name too long"."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    name = "v" * 246 + ".mp4"
+    write_av(src / name, _scene(10, 64, 96, 0), FPS, None)
+    code, stdout = _run(str(src), "--out", str(out), "--workers", "1")
+    assert code == 0 and stdout.endswith("1 files: 1 prepared (0 already done), 0 skipped, 0 failed\n"), stdout
+    assert [p.name for p in out.iterdir() if p.suffix == ".mp4"] == [name]
+
+
 def test_a_run_killed_keeps_every_copy_it_finished(tmp_path: Path) -> None:
     """SIGKILLed while transcoding: each finished copy's row is in the side file as soon as it is made, so the next
     run redoes none of them, and its report is that of a run straight through."""

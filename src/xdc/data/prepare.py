@@ -10,6 +10,7 @@ the measured gain.
 from __future__ import annotations
 
 import csv
+import hashlib
 import heapq
 import math
 import os
@@ -559,7 +560,7 @@ def prepare_file(source: str, output: Path, options: PrepareOptions) -> dict:
     # A video whose audio fails to decode keeps its pictures; the loss is said in the reason.
     note = f"audio dropped: {probe['reason']}" if not has_audio and probe["reason"] != "no audio stream" else ""
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(PARTIAL_GLOB.replace("*", output.name))
+    tmp = output.with_name(_partial_name(output.name))
     try:
         skipped = _transcode(source, tmp, probe, options, has_video, has_audio)
         tmp.replace(output)
@@ -570,6 +571,15 @@ def prepare_file(source: str, output: Path, options: PrepareOptions) -> dict:
     if skipped:
         note = "; ".join(filter(None, [note, f"{skipped} damaged packet{'s' * (skipped > 1)} skipped"]))
     return {"status": "ok", "reason": note, "duration_s": probe["duration_s"]}
+
+
+def _partial_name(name: str) -> str:
+    """The hidden name a copy is written under, matched by PARTIAL_GLOB: the copy's own where it fits in a file
+    name's 255 bytes, else a hash of it (a source named with 243-255 bytes got "File name too long")."""
+    partial = PARTIAL_GLOB.replace("*", name)
+    if len(os.fsencode(partial)) <= 255:
+        return partial
+    return PARTIAL_GLOB.replace("*", hashlib.sha1(os.fsencode(name)).hexdigest())
 
 
 def _transcode(source: str, dest: Path, probe: dict, options: PrepareOptions, has_video: bool, has_audio: bool) -> int:
