@@ -578,6 +578,13 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "d"), "--set=train.k=1000"]) == 2
     assert "fewer than train.k=1000" in capsys.readouterr().err
+    moved = tmp_path / "moved.csv"  # the collection moved after indexing: the message says why none gave features
+    rows = read_rows(manifest)
+    write_rows(moved, [{**row, "path": row["path"].replace("/videos/", "/gone/")} for row in rows])
+    assert main([*base[:2], str(moved), *base[3:], "--out", str(tmp_path / "m")]) == 2
+    last = rows[-1]["path"].replace("/videos/", "/gone/")
+    assert (f"only 0 of 24 videos gave features, fewer than train.k=4; 24 file(s) failed to load here, the last "
+            f"{last}: ") in capsys.readouterr().err  # fmt: skip
     silent = tmp_path / "silent.csv"  # every file without audio: XDC has nothing to read, SDC on video does
     write_rows(silent, [{**row, "status": "no_audio", "has_audio": "0"} for row in read_rows(manifest)])
     base[2] = str(silent)
@@ -593,8 +600,11 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     base[2] = str(silent)
     # settings given with --resume that the run does not use are named (the run's own: seed 0, the same k)
     assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume", "--set", "seed=3"]) == 0
+    err = capsys.readouterr().err
     assert (f"WARNING: a resumed run keeps the settings it started with ({tmp_path / 'f' / 'config.yaml'}); not used: "
-            "seed=3 (the run's: 0)\n") in capsys.readouterr().err  # fmt: skip
+            "seed=3 (the run's: 0)\n") in err  # fmt: skip
+    assert (f"WARNING: a resumed run reads the videos it started with ({tmp_path / 'f' / 'videos.csv'}); not used: "
+            f"--data {silent} (start a new run to train on it)\n") in err  # fmt: skip
     other = tmp_path / "other.yaml"  # and so are those of a --config file, and a --preset's
     other.write_text("train:\n  lr: 0.2\n")
     assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume", "--config", str(other)]) == 0

@@ -114,6 +114,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.resume and int(os.environ.get("RANK", "0")) == 0:
         from xdc.presets import preset_path
 
+        if args.data is not None and (args.out / "videos").is_dir():
+            print(f"WARNING: a resumed run reads the videos it started with ({args.out / 'videos.csv'}); not used: "
+                  f"--data {args.data} (start a new run to train on it)", file=sys.stderr)  # fmt: skip
+
         keys = given_keys(preset_path(args.preset), given) if args.preset else given  # the preset's, then the rest
         _warn_unused_on_resume(cfg, [key for key in keys if key != "train.rounds" or rounds is None],
                                args.out / "config.yaml")  # fmt: skip

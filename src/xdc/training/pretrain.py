@@ -577,7 +577,12 @@ class Pretrainer:
         seed = self.cluster_seed(seed_offset)
         count = global_count(len(ids), device) if sharded else len(ids)
         if count < cfg.k:
-            raise UserError(f"only {count} videos gave features, fewer than train.k={cfg.k}")
+            failed = ""
+            if self.failures.files:  # this rank's: why the others gave none (a moved collection: "file not found")
+                path, reason = self.failures.failures[-1]
+                failed = f"; {len(self.failures.files)} file(s) failed to load here, the last {path}: {reason}"
+            raise UserError(f"only {count} of {len(self.videos)} videos gave features, fewer than train.k={cfg.k}"
+                            f"{failed}")  # fmt: skip
         # xdc.clustering.sharded's Lloyd k-means: over all ranks (shards), or rank 0 alone for the torch search
         if sharded or self.kmeans_on == "torch":
             search = "torch" if self.kmeans_on == "torch" else "faiss"
