@@ -211,3 +211,9 @@ def test_cli(tmp_path, capsys):
     assert printed.err == "WARNING: xdc make-synthetic reads only synthetic.* settings; not used: train.k\n"
     assert main(["make-synthetic", str(out), "--videos", "0"]) == 2
     assert "--videos" in capsys.readouterr().err
+    # fewer clips into the same folder: the earlier run's others stay, and index would take them in (a warning)
+    assert main(["make-synthetic", str(out), "--videos", "2", "--classes", "2", "--set", "synthetic.fps=8"]) == 0
+    assert len(_rows(out / "labels.csv")) == 2 and len(list((out / "videos").iterdir())) == 4
+    assert capsys.readouterr().err == (
+        f"WARNING: {out / 'videos'} also holds 2 file(s) this run did not write, which labels.csv does not list "
+        f"(e.g. 000002.mp4); xdc index of the folder would take them: use a fresh folder\n")  # fmt: skip

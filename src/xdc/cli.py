@@ -91,12 +91,21 @@ def _on_ranks(work: Callable[[Dist | None], T]) -> T:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    import csv
+
     from xdc.data.synthetic import make_synthetic
 
     cfg = _config(args)
     _warn_unused(args, ("synthetic.",), "xdc make-synthetic reads only synthetic.* settings")
     labels = make_synthetic(args.out, args.videos, args.classes, seed=args.seed, cfg=cfg.synthetic, workers=args.workers)
     print(f"wrote {args.videos} clips of {args.classes} classes and {labels}")
+    with open(labels, newline="") as f:
+        written = {row["path"] for row in csv.DictReader(f)}
+    others = sorted(p.name for p in (args.out / "videos").iterdir() if f"videos/{p.name}" not in written)
+    if others:  # an earlier, larger run's clips: xdc index of the folder would take them in, unlabelled
+        print(f"WARNING: {args.out / 'videos'} also holds {len(others)} file(s) this run did not write, which "
+              f"labels.csv does not list (e.g. {others[0]}); xdc index of the folder would take them: use a fresh "
+              f"folder", file=sys.stderr)  # fmt: skip
     return 0
 
 
