@@ -369,7 +369,7 @@ def test_commands_that_need_a_finished_run_say_what_the_folder_is_instead(tmp_pa
     for rounds in (2, 10):  # extended twice: the later
         (run / f"encoders-{rounds}-rounds.pt").write_bytes(b"")
     refused(f"is being extended by more rounds and has no encoders.pt until they end; its encoders before them are "
-            f"in {run / 'encoders-10-rounds.pt'}")  # fmt: skip
+            f"in {run / 'encoders-10-rounds.pt'} \\(give that file as the run\\)")  # fmt: skip
 
 
 def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
@@ -603,8 +603,13 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     err = capsys.readouterr().err
     assert (f"WARNING: a resumed run keeps the settings it started with ({tmp_path / 'f' / 'config.yaml'}); not used: "
             "seed=3 (the run's: 0)\n") in err  # fmt: skip
-    assert (f"WARNING: a resumed run reads the videos it started with ({tmp_path / 'f' / 'videos.csv'}); not used: "
-            f"--data {silent} (start a new run to train on it)\n") in err  # fmt: skip
+    assert "was written after this run started" not in err  # the manifest the run started from: nothing to say
+    later = (tmp_path / "f" / "videos.csv").stat().st_mtime + 10  # indexed again since: --data is not what it reads
+    os.utime(silent, (later, later))
+    assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume"]) == 0
+    assert f"WARNING: {silent} was written after this run started; a resumed run reads the videos it started " \
+        f"with ({tmp_path / 'f' / 'videos.csv'}), not --data: start a new run to train on it\n" \
+        in capsys.readouterr().err  # fmt: skip
     other = tmp_path / "other.yaml"  # and so are those of a --config file, and a --preset's
     other.write_text("train:\n  lr: 0.2\n")
     assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume", "--config", str(other)]) == 0

@@ -123,9 +123,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.resume and int(os.environ.get("RANK", "0")) == 0:
         from xdc.presets import preset_path
 
-        if args.data is not None and (args.out / "videos").is_dir():
-            print(f"WARNING: a resumed run reads the videos it started with ({args.out / 'videos.csv'}); not used: "
-                  f"--data {args.data} (start a new run to train on it)", file=sys.stderr)  # fmt: skip
+        _warn_newer_data(args.data, args.out / "videos.csv")
 
         keys = given_keys(preset_path(args.preset), given) if args.preset else given  # the preset's, then the rest
         _warn_unused_on_resume(cfg, [key for key in keys if key != "train.rounds" or rounds is None],
@@ -136,6 +134,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if main:  # under torchrun, once, not once per rank
         print(f"encoders: {encoders}")
     return 0
+
+
+def _warn_newer_data(data: Path | None, videos: Path) -> None:
+    """A resumed run reads its own videos: say so where ``data`` (its --data) was written after the run's list of
+    them (``videos``), e.g. a collection moved and indexed again, rather than let the user think it is used."""
+    try:
+        newer = data is not None and data.stat().st_mtime > videos.stat().st_mtime
+    except OSError:  # no such files: pretrain says what is missing
+        return
+    if newer:
+        print(f"WARNING: {data} was written after this run started; a resumed run reads the videos it started with "
+              f"({videos}), not --data: start a new run to train on it", file=sys.stderr)
 
 
 def _warn_unused_on_resume(cfg: Config, given: list[str], saved: Path) -> None:
