@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,21 @@ def test_an_export_gives_its_runs_features_and_finetuning(made, tmp_path):
     assert results[0]["splits"][0]["epoch_losses"] == results[1]["splits"][0]["epoch_losses"]
 
 
+def test_the_encoders_kept_while_more_rounds_extend_a_run_are_a_source(made, tmp_path, capsys):
+    """While ``--resume --rounds`` extends a finished run, its encoders.pt waits as encoders-N-rounds.pt: the error
+    names that file, and extract takes it (until 2026-12-01 every command refused it as "a file of the run")."""
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+    base = ["extract", "--encoder", "audio", "--data", str(made["table"]), "--clips", "2"]
+    assert main([*base, "--run", str(run / "encoders.pt"), "--out", str(tmp_path / "a.npz")]) == 0
+    (run / "encoders.pt").rename(run / "encoders-1-rounds.pt")
+    assert main([*base, "--run", str(run), "--out", str(tmp_path / "b.npz")]) == 2
+    assert f"its encoders before them are in {run / 'encoders-1-rounds.pt'} (give that file as the run)" in \
+        capsys.readouterr().err  # fmt: skip
+    assert main([*base, "--run", str(run / "encoders-1-rounds.pt"), "--out", str(tmp_path / "b.npz")]) == 0
+    np.testing.assert_array_equal(_features(tmp_path / "a.npz"), _features(tmp_path / "b.npz"))
+
+
 def test_an_export_from_before_the_jitter_was_kept_scales_to_a_quarter_more(made, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -135,7 +151,8 @@ def test_settings_the_encoder_decides_are_named_and_mistakes_are_one_line(made, 
     assert "WARNING" not in capsys.readouterr().err  # seed and finetune.* are finetuning's own
     for run, encoder, message in (
         (made["released"], "audio", "the released XDC weights are a video encoder: use --encoder video"),
-        (made["run"] / "encoders.pt", "video", f"is a file of the run {made['run']}: give the run's folder"),
+        (made["run"] / "config.yaml", "video",
+         f"is a file of the run {made['run']}: give the run's folder or its encoders.pt"),
         (made["root"] / "nothing", "video", "no such file or folder (a pretraining run folder, an `xdc export`"),
         (made["root"] / "data", "video", "is neither a pretraining run folder (no config.yaml or checkpoints/) nor"),
         (made["export"], "video2", "has no encoder 'video2'; it has: audio, video"),

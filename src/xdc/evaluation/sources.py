@@ -1,7 +1,8 @@
 """What ``--run`` of ``xdc extract`` and ``xdc eval finetune``, and pretraining's ``train.init``, may name: an
 encoder, with the settings that make its clips and place it on a device.
 
-- a pretraining run folder: the encoder of its ``encoders.pt``, with the run's ``config.yaml``;
+- a pretraining run folder: the encoder of its ``encoders.pt``, with the run's ``config.yaml``; or one of the run's
+  encoders files, e.g. ``encoders-1-rounds.pt`` while more rounds extend it;
 - an ``xdc export`` folder or one of its ``.safetensors`` files: the settings in the file's metadata;
 - a file of the released XDC weights (``.pth``, ``.pt``): the video encoder, with the paper preset's settings
   (8 frames at 8 fps, 112 x 112 crops of frames scaled to a short side of 128), which ``data.*`` settings change
@@ -54,7 +55,7 @@ def encoder_modalities(path: str | Path) -> dict[str, str]:
     path = Path(path)
     kind = _kind(path)
     if kind == "run":
-        return dict(checkpoint.read(checkpoint.finished_encoders(path), "a run's encoders")["modalities"])
+        return dict(checkpoint.read(run_and_encoders(path)[1], "a run's encoders")["modalities"])
     if kind == "export":
         from xdc.export import read_metadata
 
@@ -75,7 +76,9 @@ def _kind(path: Path) -> str:
     if path.suffix == ".safetensors":
         return "export"
     if path.is_file() and _is_run(path.parent):
-        raise UserError(f"{path} is a file of the run {path.parent}: give the run's folder")
+        if checkpoint.is_encoders_file(path):  # encoders-N-rounds.pt: the encoders before an extension's rounds
+            return "run"
+        raise UserError(f"{path} is a file of the run {path.parent}: give the run's folder or its encoders.pt")
     if path.is_file():
         return "released"
     raise UserError(f"{path}: no such file or folder (a pretraining run folder, an `xdc export` folder or file, or "
@@ -86,8 +89,16 @@ def _is_run(folder: Path) -> bool:
     return (folder / "config.yaml").exists() or (folder / "checkpoints").is_dir()
 
 
-def _run(run: Path, name: str) -> Source:
-    weights = checkpoint.finished_encoders(run)
+def run_and_encoders(path: Path) -> tuple[Path, Path]:
+    """The run folder and encoders file of ``path``: a run folder (its finished encoders.pt) or one of a run's
+    encoders files (``checkpoint.is_encoders_file``)."""
+    if path.is_file():
+        return path.parent, path
+    return path, checkpoint.finished_encoders(path)
+
+
+def _run(path: Path, name: str) -> Source:
+    run, weights = run_and_encoders(path)
     saved = checkpoint.read(weights, "a run's encoders")
     if name not in saved["encoders"]:
         raise UserError(f"{run} has no encoder {name!r}; it has: {', '.join(saved['encoders'])}")

@@ -98,6 +98,13 @@ def earlier_encoders(run: Path, rounds: int) -> Path:
     return run / f"encoders-{rounds}-rounds.pt"
 
 
+def is_encoders_file(path: Path) -> bool:
+    """Whether ``path`` is named as a run's encoders are: encoders.pt, or earlier_encoders' encoders-N-rounds.pt."""
+    name = path.name
+    return name == "encoders.pt" or (name.startswith("encoders-") and name.endswith("-rounds.pt")
+                                     and name[len("encoders-") : -len("-rounds.pt")].isdigit())  # fmt: skip
+
+
 def finished_encoders(run: Path) -> Path:
     """The encoders.pt of the finished pretraining run ``run``; else a UserError that says what the folder is."""
     path = run / "encoders.pt"
@@ -106,7 +113,7 @@ def finished_encoders(run: Path) -> Path:
     rounds = [int(r) for p in run.glob("encoders-*-rounds.pt") if (r := p.name.split("-")[1]).isdigit()]
     if rounds:
         raise UserError(f"{run} is being extended by more rounds and has no encoders.pt until they end; its encoders "
-                        f"before them are in {earlier_encoders(run, max(rounds))}")  # fmt: skip
+                        f"before them are in {earlier_encoders(run, max(rounds))} (give that file as the run)")
     if (run / "checkpoints" / "last.pt").exists():
         raise UserError(f"{run} has not finished (no encoders.pt yet): go on with `xdc pretrain --resume --out {run}`")
     raise UserError(f"{run} has no encoders.pt: is it an `xdc pretrain` run folder?")
