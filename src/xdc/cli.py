@@ -28,8 +28,8 @@ def _add_config_options(parser: argparse.ArgumentParser,
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
 
-RUN_HELP = ("an xdc pretrain run folder, an xdc export folder or .safetensors file, or a file of the released XDC "
-            "weights (.pth)")  # fmt: skip
+RUN_HELP = ("an xdc pretrain run folder (or its encoders.pt or encoders-N-rounds.pt), an xdc export folder or "
+            ".safetensors file, or a file of the released XDC weights (.pth)")  # fmt: skip
 SETTINGS_HELP = ("a data.* setting over the encoder's own, e.g. --set data.clip.frames=32 (the paper's finetuning "
                  "clips){} (repeatable)")  # fmt: skip
 
