@@ -58,6 +58,11 @@ set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]}
 deadline=${2:-0}
 only=" ${*:3} "
+known=" env tests compile crops compiledrun s2d pad64 cudnnall cdtune cudagraphs convs convsall clustering "
+known+="autotune b256 nopad eager cl faissthreads "
+for name in "${@:3}"; do  # a misspelt step would cost a lent machine's call its results, with exit 0
+    [[ "$known" == *" $name "* ]] || { echo "gpu_check.sh: no step '$name'; the steps:$known" >&2; exit 2; }
+done
 out=$(mkdir -p "$out" && cd "$out" && pwd) || exit 1  # absolute: the script changes directory below
 exec > >(tee -a "$out/gpu_check.log") 2>&1
 cd "$(dirname "$0")/.."
@@ -66,6 +71,7 @@ if [ -d wheels ]; then
         wheels/*.whl || exit 1
 fi
 export PYTHONPATH="$PWD/src:/tmp/xdc-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+failed=""
 
 step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log its exit status and duration
     local name=$1 limit=$2 start=$SECONDS status
@@ -84,6 +90,7 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log it
     timeout --kill-after=10 "$limit" "$@"
     status=$?
     echo "=== $name: exit $status after $((SECONDS - start)) s"
+    [ $status -eq 0 ] || failed="$failed $name"
     return $status
 }
 
@@ -109,6 +116,12 @@ torch.cuda.synchronize(); t = time.perf_counter()
 for _ in range(10): a @ a
 torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
+# after env's diagnostics: the scripts fall back to the CPU without CUDA, where paper-size steps would run until
+# their limits
+python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || {
+    echo "gpu_check.sh: torch sees no CUDA device here (torch.cuda.is_available() is False)"
+    exit 1
+}
 step tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not compiled_run"
 train_step compile 240 --channels-last --compile --profile "$out/profiles.txt"
 step crops 120 python3 benchmarks/crops.py --rounds 3 && cp benchmarks/results/crops.json "$out/crops.json"
@@ -131,4 +144,5 @@ train_step eager 110 --profile "$out/profiles.txt"
 train_step cl 90 --channels-last --profile "$out/profiles.txt"
 step faissthreads 300 bash -c 'for threads in 2 4 8 16; do
     python3 benchmarks/clustering.py --sizes 1000000 --ks 1024 --paths ours --threads $threads; done'
-echo "=== done after $SECONDS s"
+echo "=== done after $SECONDS s${failed:+; failed:$failed}"
+[ -z "$failed" ]
