@@ -165,6 +165,8 @@ def main() -> None:
                         help="cuDNN algorithms timed per shape (0: all; default: PyTorch's, 10)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = (args.peak_tflops or peak_tflops(name) or 989.0) * 1e12
     torch.backends.cudnn.benchmark = True

@@ -88,6 +88,8 @@ def main() -> int:
     if not data.is_dir():
         sys.exit(f"needs {data} (the shared GRID data); not found")
     names = args.only.split(",") if args.only else list(SETTINGS)
+    if unknown := [name for name in names if name not in SETTINGS]:
+        parser.error(f"--only: no setting {', '.join(unknown)}; the settings: {', '.join(SETTINGS)}")
     rows = []
     for name in names:
         overrides, methods, ks = SETTINGS[name]

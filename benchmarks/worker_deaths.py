@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--kill-after", type=int, default=5, help="kill a worker after this many batches")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if not 0 <= args.kill_after < args.batches:  # else the "one SIGKILL" pass kills nothing
+        ap.error(f"--kill-after ({args.kill_after}) must be below --batches ({args.batches})")
     cfg = load_config(None, preset="tiny")
     with tempfile.TemporaryDirectory() as tmp:
         labels = make_synthetic(Path(tmp), 64, 4, seed=0, cfg=cfg.synthetic, workers=None)

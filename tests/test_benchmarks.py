@@ -37,7 +37,8 @@ RUNS = [
     ("listing", ["--files", "300", "--ranks", "2"], "listing"),
     ("rank_joins", ["--rows", "500", "--ranks", "2"], "rank_joins"),
     ("per_video_memory", ["--videos", "200", "--k", "8", "--world-size", "2", "--batch", "4"], "per_video_memory"),
-    ("worker_deaths", ["--workers", "1", "--batches", "2", "--batch", "4", "--rounds", "1"], "worker_deaths"),
+    ("worker_deaths", ["--workers", "1", "--batches", "3", "--kill-after", "1", "--batch", "4", "--rounds", "1"],
+     "worker_deaths"),  # fmt: skip
 ]
 
 
