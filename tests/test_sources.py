@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +265,18 @@ def test_the_released_weights_export_like_a_run_and_serve_from_there(made, tmp_p
     capsys.readouterr()
     assert main(["export", str(out / "video.safetensors"), "--out", str(tmp_path / "again")]) == 2
     assert "is an export already: xdc export takes a run folder or the released XDC weights" in capsys.readouterr().err
+
+
+def test_files_dropped_from_a_table_are_one_warning_line(made, tmp_path):
+    """missing=skip drops listed files that are gone with a warning: the commands print it as their other warnings,
+    not as Python's "path:line: UserWarning:" with a line of xdc's source under it."""
+    table = tmp_path / "table.csv"
+    rows = made["table"].read_text().splitlines()
+    gone = str(made["root"] / "data" / "gone.mp4")
+    table.write_text("\n".join([*rows, f"{gone},{rows[1].split(',')[1]},test"]) + "\n")
+    done = subprocess.run([sys.executable, "-m", "xdc.cli", "extract", "--run", str(made["run"]), "--encoder", "audio",
+                           "--data", str(table), "--option", "missing=skip", "--clips", "1", "--out",
+                           str(tmp_path / "f.npz")], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"WARNING: 1 of {len(rows)} files listed in {table} not found, the first: {gone}; dropped\n" in done.stderr
+    assert "UserWarning" not in done.stderr

@@ -6,6 +6,7 @@ import argparse
 import io
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -432,9 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning) -> str:
+    """xdc's own warnings (files dropped, a cache given up) as the commands' other warnings print, not as Python's
+    "path:line: UserWarning: ..." followed by a line of its source."""
+    if category is UserWarning and f"{os.sep}xdc{os.sep}" in filename:
+        return f"WARNING: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fit_threads()
+    warnings.formatwarning = _one_line_warning
     if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not UTF-8, printed as its escapes (as stderr)
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
