@@ -226,6 +226,37 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
             assert err == f"xdc: error: {tmp_path / name} is not a features file of xdc extract {why}\n", err
 
 
+def test_eval_out_replaces_only_an_earlier_result(run, tmp_path, capsys):
+    """--out refuses, before any work, a file that is not a result of xdc eval: its own input given by mistake
+    became JSON text (until 2026-12-01). An earlier result, of this protocol or another, old or new, is replaced."""
+    root, run_dir = run
+    rng = np.random.default_rng(0)
+    labels = np.array(["a", "b"] * 10)
+    feats = tmp_path / "f.npz"
+    np.savez(feats, features=rng.normal(size=(20, 4)).astype(np.float32) + 3.0 * (labels == "b")[:, None],
+             label=labels, split=np.array(["train"] * 12 + ["test"] * 8), fold=np.arange(20) // 2 % 2 + 1,
+             group=np.array([f"g{i}" for i in range(20)]))  # fmt: skip
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}\n')  # JSON, but not a result
+    write_table([Item(i.path, i.label) for i in items_of(root)[:6]], tmp_path / "t.csv")
+    finetune = ["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv")]
+    for out in (feats, notes):
+        before = out.read_bytes()
+        for command in (["eval", "linear", "--features", str(feats)], ["eval", "kfold", "--features", str(feats)],
+                        ["eval", "clusters", "--run", str(run_dir)], finetune):
+            assert main([*command, "--out", str(out)]) == 2
+            captured = capsys.readouterr()
+            assert captured.err == (f"xdc: error: --out {out} exists and is not a result of xdc eval: give a new "
+                                    "path (or remove it)\n") and captured.out == ""  # fmt: skip
+            assert out.read_bytes() == before and not out.with_name(f"{out.stem}.finetune").exists()
+    result = tmp_path / "r.json"
+    result.write_text('{"command": "eval linear", "top1": 0.5}')  # compact, as another tool may save one
+    for command in (["eval", "linear", "--features", str(feats)], ["eval", "linear", "--features", str(feats)],
+                    ["eval", "kfold", "--features", str(feats)], ["eval", "clusters", "--run", str(run_dir)]):
+        assert main([*command, "--out", str(result)]) == 0
+        assert json.loads(result.read_text())["command"] == " ".join(command[:2])
+
+
 def test_finetune_reports_the_test_videos_it_could_not_score(run, tmp_path, capsys):
     from xdc.config import FinetuneConfig
     from xdc.evaluation.finetune import finetune

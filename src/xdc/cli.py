@@ -31,6 +31,7 @@ def _add_config_options(parser: argparse.ArgumentParser,
 
 RUN_HELP = ("an xdc pretrain run folder (or its encoders.pt or encoders-N-rounds.pt), an xdc export folder or "
             ".safetensors file, or a file of the released XDC weights (.pth)")  # fmt: skip
+OUT_HELP = "result JSON (an existing file only if it is an earlier result of xdc eval, which it replaces)"
 SETTINGS_HELP = ("a data.* setting over the encoder's own, e.g. --set data.clip.frames=32 (the paper's finetuning "
                  "clips){} (repeatable)")  # fmt: skip
 
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "linear":
             q.add_argument("--test-features", type=Path, help="test on these instead of the 'test' split")
         q.add_argument("--classifier", choices=("logreg", "svm"), default="logreg")
-        q.add_argument("--out", type=Path, help="result JSON")
+        q.add_argument("--out", type=Path, help=OUT_HELP)
         q.set_defaults(func=cmd_eval, test_features=None)
     q = evals.add_parser("finetune", help="full finetuning or fc-only on train/test splits, video-level accuracy")
     q.add_argument("--run", type=Path, required=True, help=RUN_HELP)
@@ -385,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mode", choices=("full", "fc"), default="full", help="full finetuning or frozen encoder + fc")
     q.add_argument("--option", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
                    help="adapter option")  # fmt: skip
-    q.add_argument("--out", type=Path, help="result JSON")
+    q.add_argument("--out", type=Path, help=OUT_HELP)
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_config_options(q, SETTINGS_HELP.format(", or a finetune.* setting, or seed"))
     q.set_defaults(func=cmd_eval)
@@ -394,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", type=Path, required=True)
     q.add_argument("--labels", type=Path, help="a labels CSV (path, label), matched to the run's videos as xdc index "
                    "--labels matches; default: the labels of the manifest the run was trained from")  # fmt: skip
-    q.add_argument("--out", type=Path, help="result JSON")
+    q.add_argument("--out", type=Path, help=OUT_HELP)
     q.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("benchmark", help="benchmarks on real data: grid")

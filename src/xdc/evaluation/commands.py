@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -221,9 +222,25 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
 
 
 def check_out(out: Path | None) -> None:
-    """Before any work: an ``--out`` the result cannot be written to, named."""
+    """Before any work: an ``--out`` the result cannot be written to, named. An existing file is replaced only when
+    it is an earlier result of ``xdc eval`` (a features file or a run's file given there by mistake is kept)."""
     if out is not None and out.is_dir():
         raise UserError(f"--out {out} is a folder; give the path of a .json file")
+    if out is not None and out.exists() and not is_result(out):
+        raise UserError(f"--out {out} exists and is not a result of xdc eval: give a new path (or remove it)")
+
+
+_RESULT_START = re.compile(rb'\s*\{\s*"command":\s*"eval ')  # how every result of _emit begins, since the first
+
+
+def is_result(path: Path) -> bool:
+    """Whether ``path`` is a result file of ``xdc eval ... --out``: told by its start alone, so that a big file
+    given by mistake is not read whole."""
+    try:
+        with open(path, "rb") as f:
+            return _RESULT_START.match(f.read(4096)) is not None
+    except OSError:
+        return False
 
 
 def _emit(record: dict, rows: list[dict], out: Path | None) -> dict:
