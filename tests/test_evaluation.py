@@ -226,6 +226,25 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
             assert err == f"xdc: error: {tmp_path / name} is not a features file of xdc extract {why}\n", err
 
 
+def test_a_features_file_cut_short_or_damaged_is_a_one_line_error(tmp_path, capsys):
+    """A copy cut short, an empty file or damaged bytes: named with the reason, no traceback (until 2026-12-01:
+    zipfile.BadZipFile, EOFError)."""
+    whole = tmp_path / "whole.npz"
+    np.savez(whole, features=np.zeros((500, 64), np.float32), label=np.zeros(500, int), split=np.array([""] * 500),
+             fold=np.zeros(500, int), group=np.array(["g"] * 500))  # fmt: skip
+    (tmp_path / "cut.npz").write_bytes(whole.read_bytes()[:50_000])
+    (tmp_path / "empty.npz").write_bytes(b"")
+    damaged = bytearray(whole.read_bytes())
+    damaged[2000:6000] = bytes(b ^ 0x55 for b in damaged[2000:6000])  # inside the features' bytes
+    (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
+    for name, why in [("cut.npz", "File is not a zip file (a truncated or damaged .npz)"),
+                      ("empty.npz", "the file is empty"),
+                      ("damaged.npz", "Bad CRC-32 for file 'features.npy' (a truncated or damaged .npz)")]:
+        for protocol in ("linear", "kfold"):
+            assert main(["eval", protocol, "--features", str(tmp_path / name)]) == 2
+            assert capsys.readouterr().err == f"xdc: error: cannot read {tmp_path / name} as features: {why}\n"
+
+
 def test_eval_out_replaces_only_an_earlier_result(run, tmp_path, capsys):
     """--out refuses, before any work, a file that is not a result of xdc eval: its own input given by mistake
     became JSON text (until 2026-12-01). An earlier result, of this protocol or another, old or new, is replaced."""

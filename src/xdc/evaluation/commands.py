@@ -6,6 +6,8 @@ import json
 import re
 import shutil
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:  # torch, imported when finetuning starts
 
 PROBE = {"cs": [0.01, 0.1, 1.0, 10.0, 100.0], "val_fraction": 0.2, "seed": 0}  # recorded with every result
 FEATURE_ARRAYS = ("features", "label", "split", "fold", "group")  # of xdc extract's .npz, read by the probes
+DAMAGED_NPZ = (zipfile.BadZipFile, zlib.error)  # what numpy lets through from an .npz that is not whole
 
 
 def load_features(path: str | Path) -> dict[str, np.ndarray]:
@@ -32,9 +35,13 @@ def load_features(path: str | Path) -> dict[str, np.ndarray]:
     try:
         data = np.load(path, allow_pickle=False)
     except OSError as e:
-        raise UserError(f"cannot read features {path}: {e.strerror or e}") from None
+        raise UserError(f"cannot read {path} as features: {e.strerror or e}") from None
+    except EOFError:  # numpy's word for a file of no bytes
+        raise UserError(f"cannot read {path} as features: the file is empty") from None
     except ValueError:  # not a NumPy file at all (numpy takes it for a pickle, and refuses that)
         raise UserError(f"{not_features} (not an .npz)") from None
+    except DAMAGED_NPZ as e:  # an .npz cut short (a copy or an extract killed): no table of its arrays at the end
+        raise UserError(f"cannot read {path} as features: {e} (a truncated or damaged .npz)") from None
     if not isinstance(data, np.lib.npyio.NpzFile):  # a single array (.npy)
         raise UserError(f"{not_features} (one array, not an .npz of them)")
     with data:
@@ -45,6 +52,8 @@ def load_features(path: str | Path) -> dict[str, np.ndarray]:
             arrays = {k: data[k] for k in data.files}
         except ValueError as e:  # e.g. an array of Python objects, which needs a pickle
             raise UserError(f"{not_features} ({e})") from None
+        except (*DAMAGED_NPZ, EOFError) as e:  # an array's bytes damaged or cut short
+            raise UserError(f"cannot read {path} as features: {e} (a truncated or damaged .npz)") from None
     columns = [arrays[name] for name in FEATURE_ARRAYS[1:]]
     if (arrays["features"].ndim != 2 or any(a.ndim != 1 for a in columns)
             or any(len(a) != len(arrays["features"]) for a in columns)):  # fmt: skip
