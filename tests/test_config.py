@@ -73,6 +73,24 @@ def test_bad_yaml_files(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_a_config_that_is_not_utf8_is_named_in_one_line(tmp_path):
+    """A Latin-1 editor's accent or PowerShell's UTF-16: said so (until 2026-12-01: UnicodeDecodeError); UTF-8
+    with the BOM that Windows tools write is read."""
+    (tmp_path / "latin1.yaml").write_bytes("# réglages\ntrain:\n  k: 4\n".encode("latin-1"))
+    (tmp_path / "utf16.yaml").write_bytes("train:\n  k: 4\n".encode("utf-16"))
+    (tmp_path / "bom.yaml").write_bytes("# réglages\ntrain:\n  k: 4\n".encode("utf-8-sig"))
+    with pytest.raises(UserError, match=r"^config .*latin1.yaml is not UTF-8 text \(byte 0xe9 on line 1\): save it "
+                                        r"as UTF-8$"):  # fmt: skip
+        load_config(tmp_path / "latin1.yaml")
+    with pytest.raises(UserError, match=r"^config .*utf16.yaml is not UTF-8 text \(a binary file, or text in UTF-16: "
+                                        r"save it as UTF-8\)$"):  # fmt: skip
+        load_config(tmp_path / "utf16.yaml")
+    assert load_config(tmp_path / "bom.yaml").train.k == 4
+    (tmp_path / "bom-latin1.yaml").write_bytes(b"\xef\xbb\xbftrain:\n  k: 4\n# r\xe9glages\n")
+    with pytest.raises(UserError, match=r"\(byte 0xe9 on line 3\)"):  # counted past the BOM
+        load_config(tmp_path / "bom-latin1.yaml")
+
+
 def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     code = main(["make-synthetic", str(tmp_path / "x"), "--videos", "1", "--set", "synthetic.fps=fast"])
     err = capsys.readouterr().err

@@ -129,6 +129,22 @@ def test_export_refuses_unfinished_runs_and_foreign_folders(run, tmp_path, capsy
     assert "not a result file of `xdc eval" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
+def test_metrics_that_are_not_utf8_are_named_in_one_line(run, tmp_path, capsys):
+    """A result saved again by PowerShell's > (UTF-16) or a Latin-1 editor: said so, before any export (until
+    2026-12-01: UnicodeDecodeError); UTF-8 with a BOM is read."""
+    result = '{"command": "eval linear", "top1": 0.5, "features": "caf\u00e9.npz"}'
+    (tmp_path / "utf16.json").write_bytes(result.encode("utf-16"))
+    (tmp_path / "latin1.json").write_bytes(result.encode("latin-1"))
+    for name, why in [("utf16.json", "(a binary file, or text in UTF-16: save it as UTF-8)"),
+                      ("latin1.json", "(byte 0xe9 on line 1): save it as UTF-8")]:  # fmt: skip
+        assert main(["export", str(run), "--out", str(tmp_path / "e"), "--metrics", str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err == f"xdc: error: metrics {tmp_path / name} is not UTF-8 text {why}\n"
+        assert not (tmp_path / "e").exists()
+    (tmp_path / "bom.json").write_bytes(result.encode("utf-8-sig"))
+    assert main(["export", str(run), "--out", str(tmp_path / "e"), "--metrics", str(tmp_path / "bom.json")]) == 0
+    assert "0.5" in (tmp_path / "e" / "README.md").read_text()
+
+
 def test_a_run_that_cannot_load_leaves_a_previous_export_alone(run, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["export", str(run), "--out", str(out)]) == 0

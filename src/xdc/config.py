@@ -22,6 +22,7 @@ import yaml
 
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
+from xdc.textfiles import read_text
 
 
 # Range checks of numeric settings, so that a value out of range is a one-line error at the start rather than a
@@ -404,9 +405,7 @@ def _yaml_error(error: yaml.YAMLError) -> str:
 
 def _read_yaml(path: str | Path) -> dict:
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"cannot read config {path}: {e.strerror}") from None
+        loaded = yaml.safe_load(read_text(path, "config"))
     except yaml.YAMLError as e:
         raise UserError(f"config {path} is not valid YAML: {_yaml_error(e)}") from None
     if loaded is not None and not isinstance(loaded, dict):

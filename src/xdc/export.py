@@ -34,6 +34,7 @@ from xdc.evaluation.sources import load_run_encoder
 from xdc.methods import Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.presets import PRESETS
+from xdc.textfiles import read_text
 from xdc.training import checkpoint
 
 RELEASED = "released"  # the metadata's method of the released XDC weights (xdc or fully supervised: not known)
@@ -266,9 +267,7 @@ def is_export(folder: Path) -> bool:
 
 def _read_result(path: Path) -> dict:
     try:
-        record = json.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"cannot read metrics {path}: {e.strerror}") from None
+        record = json.loads(read_text(path, "metrics"))
     except json.JSONDecodeError as e:
         raise UserError(f"metrics {path} is not JSON: {e}") from None
     if not isinstance(record, dict) or not str(record.get("command", "")).startswith("eval "):
