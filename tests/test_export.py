@@ -145,6 +145,16 @@ def test_metrics_that_are_not_utf8_are_named_in_one_line(run, tmp_path, capsys):
     assert "0.5" in (tmp_path / "e" / "README.md").read_text()
 
 
+def test_a_damaged_line_of_the_log_costs_the_card_that_line_only(run, tmp_path):
+    """Until 2026-12-01 a byte that was not UTF-8 was a traceback, and a line that was not JSON lost the clusters."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    with open(copy / "log.jsonl", "ab") as f:
+        f.write(b'{"kind": "note", "text": "r\xe9"}\nnot json\n')
+    assert main(["export", str(copy), "--out", str(tmp_path / "e")]) == 0
+    assert "Round 1 (log.jsonl)" in (tmp_path / "e" / "README.md").read_text()
+
+
 def test_a_run_that_cannot_load_leaves_a_previous_export_alone(run, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["export", str(run), "--out", str(out)]) == 0

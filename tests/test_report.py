@@ -259,6 +259,14 @@ def test_a_run_folder_with_pieces_missing_says_which(tmp_path):
     assert "There are no clusters yet" in text
 
 
+def test_a_log_with_a_line_that_is_not_utf8_costs_that_line_only(tmp_path):
+    """Until 2026-12-01 one byte that is not UTF-8 anywhere in log.jsonl was a UnicodeDecodeError traceback."""
+    record = '{"kind": "round", "step": 0, "time": 1.0, "extract_s": 1.0, "cluster_s": 1.0, "train_s": 1.0}\n'
+    (tmp_path / "log.jsonl").write_bytes(record.encode() + b'{"note": "r\xe9"}\n' + record.encode() + b"\xff")
+    text = Page(write_report(tmp_path).read_text()).all_text
+    assert "log.jsonl: 2 unreadable line(s) skipped" in text and "log.jsonl has no lines yet" not in text
+
+
 def test_a_folder_that_is_no_run_and_an_out_that_is_no_report_are_refused(built, tmp_path):
     """Until 2026-12-01 a data folder got a page of default settings, and --out replaced any file."""
     _, run = built

@@ -29,3 +29,27 @@ def test_a_record_cut_short_is_dropped_and_keep_rewrites_both_logs(tmp_path):
     assert [(r["kind"], r["step"]) for r in records] == [("step", 1), ("step", 2), ("step", 3), ("step", 6),
                                                          ("holdout", 7)]  # fmt: skip
     assert _scalars(tmp_path) == {"step/loss": [(1, 1.0), (2, 0.5), (3, 0.25), (6, 0.5)], "holdout/loss": [(7, 0.25)]}
+
+
+def test_a_damaged_line_is_named_and_dropped_and_the_log_goes_on(tmp_path, capsys):
+    """A byte that is not UTF-8 (or a line that is not JSON) stopped a resume with a traceback until 2026-12-01:
+    now that line alone is dropped, and named; a last line that a kill cut short is dropped without a word."""
+    log = RunLog(tmp_path)
+    for step in range(1, 4):
+        log.write("step", step, loss=1.0)
+    log.close()
+    lines = (tmp_path / "log.jsonl").read_bytes().splitlines(keepends=True)
+    damaged = [lines[0], b'{"kind": "step", "step": 9, "note": "r\xe9"}\n', lines[1], b"not json\n", lines[2]]
+    (tmp_path / "log.jsonl").write_bytes(b"".join(damaged) + b'{"kind": "st\xff')
+    log = RunLog(tmp_path)
+    assert log.records == 3
+    assert capsys.readouterr().err == (f"WARNING: {tmp_path / 'log.jsonl'}: dropped 2 damaged line(s), not JSON "
+                                       "records in UTF-8 (line 2, 4)\n")  # fmt: skip
+    log.write("step", 4, loss=0.5)
+    log.close()
+    assert (tmp_path / "log.jsonl").read_bytes() == b"".join([*lines, (tmp_path / "log.jsonl").read_bytes()
+                                                               .splitlines(keepends=True)[-1]])  # fmt: skip
+    from xdc.training.runlog import read_log  # new on 2026-12-01: here, so that the lines above run before it
+
+    assert read_log(tmp_path / "log.jsonl")[1] == 0 and RunLog(tmp_path).records == 4
+    assert capsys.readouterr().err == ""  # a whole log: nothing to say

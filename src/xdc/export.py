@@ -36,6 +36,7 @@ from xdc.models.encoders import build_encoder
 from xdc.presets import PRESETS
 from xdc.textfiles import read_text
 from xdc.training import checkpoint
+from xdc.training.runlog import read_log
 
 RELEASED = "released"  # the metadata's method of the released XDC weights (xdc or fully supervised: not known)
 FORMAT = "xdc-encoder"
@@ -424,8 +425,8 @@ def _cluster_lines(run: Path, method: Method) -> list[str]:
     if not method.trains or method.supervised:
         return [f"None: method {method.name} does not cluster."]
     try:
-        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError):
+        records = read_log(run / "log.jsonl")[0]  # a damaged line costs that line only
+    except OSError:
         return ["Not available (log.jsonl is missing or unreadable)."]
     clusters = [r for r in records if r.get("kind") == "cluster"]
     if not clusters:

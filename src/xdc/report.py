@@ -38,6 +38,7 @@ from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.progress import progress_bar
+from xdc.training.runlog import read_log
 
 MAX_FRAMES = 8  # frames per strip
 MAX_WIDTH = 480  # pixels: strips and mel images are downscaled to this width
@@ -160,16 +161,7 @@ def _read_log(path: Path, missing: list[str]) -> list[dict]:
     if not path.exists():
         missing.append("no log.jsonl")
         return []
-    records, bad = [], 0
-    for line in filter(str.strip, path.read_text().splitlines()):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None  # e.g. the half-written last line of a running run
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            bad += 1
+    records, bad = read_log(path)  # bad: e.g. the half-written last line of a running run, or a damaged byte
     if bad:
         missing.append(f"log.jsonl: {bad} unreadable line(s) skipped")
     if not records:

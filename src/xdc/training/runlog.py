@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +22,12 @@ class RunLog:
             return
         out.mkdir(parents=True, exist_ok=True)
         self.path, self.tb_path = out / "log.jsonl", out / "tb"
-        text = self.path.read_text() if self.path.exists() else ""
-        lines = [line for line, _ in _records(text)]
-        if text != "".join(line + "\n" for line in lines):
+        raw = self.path.read_bytes() if self.path.exists() else b""
+        records, damaged = _records(raw)
+        lines = [line for line, _ in records]
+        if raw != "".join(line + "\n" for line in lines).encode():
             self._rewrite(lines)  # a record cut short by a kill: the next would be written onto its end
+        _warn_damaged(self.path, raw, damaged)
         self.records = len(lines)
         self.file = open(self.path, "a")
         self.tb = self._writer()
@@ -43,7 +46,7 @@ class RunLog:
         written), in log.jsonl and TensorBoard alike: TensorBoard's files are written again from those records."""
         if not self.enabled:
             return
-        records = _records(self.path.read_text())
+        records = _records(self.path.read_bytes())[0]
         kept = [(line, record) for number, (line, record) in enumerate(records) if select(number, record)]
         if len(kept) == len(records):
             return
@@ -65,7 +68,7 @@ class RunLog:
 
     def _rewrite(self, lines: list[str]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in lines))
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         tmp.replace(self.path)
 
     def _writer(self):
@@ -79,13 +82,38 @@ class RunLog:
                 self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"], walltime=record["time"])
 
 
-def _records(text: str) -> list[tuple[str, dict]]:
-    """The whole records of a log.jsonl's ``text``, each as its line and its value: not a line that a kill cut
-    short."""
-    records = []
-    for line in text.splitlines():
-        try:
-            records.append((line, json.loads(line)))
-        except ValueError:
+def read_log(path: Path) -> tuple[list[dict], int]:
+    """The records of the log.jsonl at ``path``, and how many of its lines are none (cut short by a kill, or
+    damaged): for the commands that read a run's log (report, export), which go on without those lines."""
+    records, damaged = _records(path.read_bytes())
+    return [record for _, record in records], len(damaged)
+
+
+def _records(raw: bytes) -> tuple[list[tuple[str, dict]], list[int]]:
+    """The whole records of a log.jsonl's bytes ``raw``, each as its line and its value, and the numbers (from 1)
+    of the lines that are none: not JSON objects in UTF-8 (a line a kill cut short, or bytes damaged on disk).
+    Blank lines are neither. Read as bytes: one damaged byte must not cost the other lines, nor stop a resume."""
+    records, damaged = [], []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
             continue
-    return records
+        try:
+            text = line.decode("utf-8")
+            record = json.loads(text)
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+            record = None
+        if isinstance(record, dict):
+            records.append((text, record))
+        else:
+            damaged.append(number)
+    return records, damaged
+
+
+def _warn_damaged(path: Path, raw: bytes, damaged: list[int]) -> None:
+    """Name the damaged lines that RunLog drops from ``path``; not a last line without its newline, which a kill
+    cut short (the run goes on from a checkpoint and logs that record again)."""
+    cut = len(raw.splitlines()) if raw and not raw.endswith((b"\n", b"\r")) else None
+    shown = [number for number in damaged if number != cut]
+    if shown:
+        print(f"WARNING: {path}: dropped {len(shown)} damaged line(s), not JSON records in UTF-8 (line "
+              f"{', '.join(map(str, shown[:5]))}{', ...' if len(shown) > 5 else ''})", file=sys.stderr)  # fmt: skip
