@@ -129,6 +129,19 @@ def test_export_refuses_unfinished_runs_and_foreign_folders(run, tmp_path, capsy
     assert "not a result file of `xdc eval" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
+def test_metrics_of_another_run_are_refused(run, exported, tmp_path, capsys):
+    """The card cites --metrics as the run's own: a result of another run (by its run, or for a probe by its
+    features' summary) is refused, not listed under this run's name."""
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    root = exported[0].parent
+    for name in ("linear", "clusters"):
+        assert main(["export", str(other), "--out", str(tmp_path / "e"), "--metrics", str(root / f"{name}.json")]) == 2
+        assert capsys.readouterr().err == (f"xdc: error: metrics {name}.json evaluated the run {run}, not {other}: "
+                                           "give this run's results\n")  # fmt: skip
+    assert not (tmp_path / "e").exists()
+
+
 def test_metrics_that_are_not_utf8_are_named_in_one_line(run, tmp_path, capsys):
     """A result saved again by PowerShell's > (UTF-16) or a Latin-1 editor: said so, before any export (until
     2026-12-01: UnicodeDecodeError); UTF-8 with a BOM is read."""

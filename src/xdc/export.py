@@ -133,6 +133,8 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
     encoders_file = checkpoint.finished_encoders(run)
     _check_programs(also)  # every input is checked (and the encoders loaded) before anything is written
     results = [_read_result(Path(m)) for m in metrics]
+    for result in results:
+        _check_evaluated(result, run)
     saved = checkpoint.read(encoders_file, "a run's encoders")
     cfg = load_config(run / "config.yaml")
     loaded = {name: load_run_encoder(run, name)[:2] for name in saved["encoders"]}
@@ -274,6 +276,25 @@ def _read_result(path: Path) -> dict:
     if not isinstance(record, dict) or not str(record.get("command", "")).startswith("eval "):
         raise UserError(f"metrics {path} is not a result file of `xdc eval ... --out` (no 'command' field)")
     return {"file": path.name, **record}
+
+
+def _check_evaluated(result: dict, run: Path) -> None:
+    """A result of another run would be cited in the card as this run's: refused where the result names its run
+    (eval clusters and finetune of a run folder; eval linear and kfold through their features' summary)."""
+    named, summary = result.get("run"), None
+    if named is None and result.get("features"):  # features.json beside the features: where they came from
+        try:
+            summary = json.loads(Path(result["features"]).with_suffix(".json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        named = summary.get("run") if isinstance(summary, dict) else None
+    if not named or (summary or result).get("source", "run") != "run":  # an export or the released weights
+        return
+    evaluated = Path(named)
+    if evaluated.suffix == ".pt":  # a run's encoders file
+        evaluated = evaluated.parent
+    if evaluated.resolve() != run.resolve():
+        raise UserError(f"metrics {result['file']} evaluated the run {evaluated}, not {run}: give this run's results")
 
 
 # --- the model card -----------------------------------------------------------------------------------------
