@@ -111,6 +111,23 @@ def test_eval_clusters_takes_labels_given_after_pretraining(run, tmp_path, capsy
     assert err.startswith("xdc: error: no row of") and "names one of the 24 videos" in err and err.count("\n") == 1
 
 
+def test_eval_clusters_refuses_a_supervised_run(run, tmp_path, capsys):
+    """Its labels/ holds the manifest's labels it trained on: scored against themselves they were all 1, and that went
+    into model cards as the run's cluster quality (until 2026-12-01)."""
+    from xdc.training.distributed import Dist
+    from xdc.training.pretrain import pretrain
+
+    root, _ = run
+    cfg = load_config(None, ["train.method=supervised", "train.batch_size=8", "train.rounds=1", "data.workers=0"],
+                      preset="tiny")  # fmt: skip
+    pretrain(cfg, root / "manifest.csv", tmp_path / "supervised", resume=False, ctx=Dist())
+    assert main(["eval", "clusters", "--run", str(tmp_path / "supervised"), "--out", str(tmp_path / "c.json")]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: {tmp_path / 'supervised'} is a supervised run: its labels/ hold "
+                                       "the manifest's labels it trained on, not clusters (their scores against those "
+                                       "labels would be 1)\n")  # fmt: skip
+    assert not (tmp_path / "c.json").exists()
+
+
 def test_eval_clusters_skips_an_unreadable_round_and_names_it(run, tmp_path, capsys):
     root, run_dir = run
     copy = tmp_path / "run"

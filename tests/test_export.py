@@ -108,6 +108,9 @@ def test_the_card_says_what_trained_the_encoders(run):
     assert "Self-supervised encoders trained with `xdc pretrain`" in card["xdc"] and "re-cluster on" in card["xdc"]
     assert "Encoders trained on the manifest's labels with `xdc pretrain`" in card["supervised"]
     assert "re-cluster" not in card["supervised"] and "assignment" not in card["supervised"]
+    # supervised trains one round of train.epochs x train.rounds epochs (the card said train.epochs until 2026-12-01)
+    epochs = cfg.train.epochs * cfg.train.rounds
+    assert f"- per round: {epochs} epoch(s) (train.epochs x train.rounds) of " in card["supervised"]
     assert "Untrained encoders (random weights, a baseline)" in card["scratch"]
     assert "Self-supervised" not in card["supervised"] + card["scratch"]
 

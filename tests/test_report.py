@@ -244,6 +244,28 @@ def test_scratch_run_has_no_clusters(built, tmp_path):
     assert "There are no clusters: method scratch clusters nothing" in page.all_text
 
 
+def test_a_supervised_run_has_no_clusters_and_says_how_long_it_trained(built, tmp_path):
+    """Its labels/ holds the manifest's labels it trained on: no clusters, no galleries, no scores against themselves
+    (all 1, until 2026-12-01); one round of train.epochs x train.rounds epochs."""
+    manifest, _ = built
+    cfg = load_config(None, [*TINY, "train.method=supervised"], preset="tiny")
+    pretrain(cfg, manifest, tmp_path / "supervised", resume=False, ctx=Dist())
+    page = Page(write_report(tmp_path / "supervised").read_text())
+    assert not page.clusters and "Clusters of round" not in page.all_text
+    assert "There are no clusters: method supervised trains on the manifest's labels" in page.all_text
+    assert "assignment none: 2 epoch(s) on the manifest's labels" in page.all_text
+    assert "rounds 1 finished of 1" in page.all_text and "NMI vs labels" not in page.all_text
+
+
+def test_the_header_names_only_the_methods_modalities(built, tmp_path):
+    manifest, _ = built
+    cfg = load_config(None, [*TINY, "train.method=sdc-audio", "train.rounds=1"], preset="tiny")
+    pretrain(cfg, manifest, tmp_path / "audio", resume=False, ctx=Dist())
+    text = Page(write_report(tmp_path / "audio").read_text()).all_text
+    assert "clip 1 s of audio at 16000 Hz encoders audio width" in text, text[:600]
+    assert "frames short side" not in text and "video width" not in text
+
+
 def test_an_out_that_is_a_folder_is_a_user_error(built, tmp_path):
     _, run = built
     with pytest.raises(UserError, match="is a folder; give the path of an .html file"):

@@ -321,8 +321,10 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
     else:
         k = "" if method.supervised else f"; k = {train.k} clusters per label set"
         clustering = "" if method.supervised else f", re-cluster on {train.recluster}, assignment {train.assign}"
+        epochs = f"{train.epochs} epoch(s)" if not method.supervised else \
+            f"{train.epochs * train.rounds} epoch(s) (train.epochs x train.rounds)"  # fmt: skip
         lines += [f"- rounds: {rounds_done} of {1 if method.supervised else train.rounds}{k}",
-                  f"- per round: {train.epochs} epoch(s) of {_epoch(train.epoch_size)}{clustering}",
+                  f"- per round: {epochs} of {_epoch(train.epoch_size)}{clustering}",
                   f"- optimiser: SGD lr {train.lr}, momentum {train.momentum}, weight decay {train.weight_decay}, "
                   f"batch {train.batch_size}; seed {cfg.seed}"]  # fmt: skip
     if train.init is not None:

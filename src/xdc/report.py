@@ -82,8 +82,8 @@ class RunData:
         show = len(self.label_files) >= 2 and len(self.videos) >= 1_000_000
         for r, path in progress_bar(self.label_files, desc="reading rounds", unit="round", show=show, leave=False):
             try:
-                with np.load(path) as arrays:
-                    sets = {k: arrays[k] for k in arrays.files}
+                with np.load(path) as arrays:  # a supervised run's manifest labels are no clusters
+                    sets = {k: arrays[k] for k in arrays.files if k != MANIFEST_LABELS}
             except Exception as e:  # a truncated or foreign file: report it, keep the rest
                 self.missing.append(f"labels/{path.name} unreadable ({_reason(e)})")
                 continue
@@ -189,8 +189,8 @@ def read_rounds(data: RunData) -> Rounds:
         if last is not None and last[0] != r - 1:  # the round before is unreadable: nothing to compare with
             previous = {}
         finished += 1
-        last = r, sets
-        names = sorted(n for n in sets if n != MANIFEST_LABELS)
+        last = (r, sets) if sets else None
+        names = sorted(sets)
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
                 both = (sets[a] >= 0) & (sets[b] >= 0)
@@ -507,26 +507,36 @@ def _composition(data: RunData, members: np.ndarray) -> str:
 def _header(data: RunData, rounds: Rounds) -> str:
     cfg, method = data.cfg, data.method
     clip, train, model = cfg.data.clip, cfg.train, cfg.model
-    planned = 1 if method is not None and method.supervised else train.rounds
+    supervised, trains = method is not None and method.supervised, method is None or method.trains
+    modalities = method.modalities if method is not None else ("video", "audio")
     labelled = int((data.videos.labels >= 0).sum())
+    if not trains:
+        k = assignment = "none: the method trains nothing"
+    elif supervised:  # one round of epochs x rounds
+        k = f"none: the {len(data.classes)} classes of the manifest"
+        assignment = f"none: {train.epochs * train.rounds} epoch(s) on the manifest's labels"
+    else:
+        k, assignment = train.k, f"{train.assign}, re-cluster on {train.recluster}, {train.epochs} epoch(s) per round"
+    clip_parts = [f"{clip.frames} frames at {clip.fps:g} fps" * ("video" in modalities),
+                  f"{clip.audio_span:g} s of audio at {clip.sample_rate} Hz" * ("audio" in modalities)]  # fmt: skip
     items = {
         "method": f"{train.method}" + (f" ({method.description})" if method else ""),
-        "k (clusters per label set)": train.k if method is None or not method.supervised
-                                      else f"none: the {len(data.classes)} classes of the manifest",
-        "rounds": f"{rounds.finished} finished of {planned}" if method is None or method.trains
+        "k (clusters per label set)": k,
+        "rounds": f"{rounds.finished} finished of {1 if supervised else train.rounds}" if trains
                   else "none: the method trains nothing",
-        "assignment": f"{train.assign}, re-cluster on {train.recluster}, {train.epochs} epoch(s) per round",
+        "assignment": assignment,
         "batch / lr": f"{train.batch_size} / {train.lr}",
-        "clip": f"{clip.frames} frames at {clip.fps:g} fps, {clip.audio_span:g} s of audio at {clip.sample_rate} Hz",
-        "frames": f"short side {clip.decode_short_side}, crop {clip.crop}",
-        "encoders": f"video width {model.video_width}, audio width {model.audio_width}"
+        "clip": ", ".join(filter(None, clip_parts)),
+        "frames": f"short side {clip.decode_short_side}, crop {clip.crop}" if "video" in modalities else None,
+        "encoders": ", ".join(f"{m} width {getattr(model, f'{m}_width')}" for m in modalities)
                     + (f"; initial weights from {train.init}" if train.init is not None else ""),
         "data": f"{len(data.videos)} videos, {labelled} labelled, {len(data.classes)} classes, "
                 f"{len(data.skipped)} skipped",
         "run started": _run_date(data),
         "report written": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }  # fmt: skip
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items.items())
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items.items()
+                   if v is not None)  # fmt: skip
     title = f"<h1>XDC run <code>{html.escape(str(data.folder.resolve()))}</code></h1>"
     page = f'{title}<table class="settings">{rows}</table>'
     if data.missing:
@@ -592,6 +602,8 @@ def _num(value) -> str:
 
 
 def _no_clusters(data: RunData) -> str:
+    if data.method is not None and data.method.supervised:
+        return f"There are no clusters: method {data.method.name} trains on the manifest's labels."
     if data.method is not None and not data.method.label_sets:
         return f"There are no clusters: method {data.method.name} clusters nothing."
     return "There are no clusters yet: no round has finished (labels/round_*.npz is absent)."
@@ -603,7 +615,7 @@ def _plots(data: RunData, rounds: Rounds) -> str:
                           f"{data.cfg.train.log_every} steps)"),
         (plot_accuracy(data), "no pseudo-label accuracy in log.jsonl"),
         (plot_nmi(rounds.rows), "NMI needs two finished rounds or labels"),
-        (plot_sizes(data, rounds.last), "no finished round: no cluster sizes"),
+        (plot_sizes(data, rounds.last), "no cluster sizes: " + _no_clusters(data)),
         (plot_times(data), "no finished round in log.jsonl: no times"),
     ]
     images = "".join(f'<img class="plot" src="{_figure_uri(fig)}" alt="plot">' for fig, _ in plots if fig is not None)

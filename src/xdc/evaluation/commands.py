@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xdc.config import Config, config_to_dict
+from xdc.config import Config, config_to_dict, load_config
 from xdc.data.manifest import decode_paths, run_videos, write_atomic
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import kfold_probe, linear_probe
+from xdc.methods import get_method
 from xdc.tables import format_table
 
 if TYPE_CHECKING:  # torch, imported when finetuning starts
@@ -198,6 +199,9 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
     or of the labels CSV ``labels`` (for a run pretrained without them)."""
     check_out(out)
     label_ids = run_label_ids(run, labels)  # a folder that is no run is an error here
+    if (run / "config.yaml").exists() and get_method(load_config(run / "config.yaml").train.method).supervised:
+        raise UserError(f"{run} is a supervised run: its labels/ hold the manifest's labels it trained on, not "
+                        "clusters (their scores against those labels would be 1)")  # fmt: skip
     rounds = sorted((run / "labels").glob("round_*.npz"))
     if not rounds:  # before asking for labels: they would not help
         raise UserError(f"{run} has no cluster assignments (labels/round_*.npz): no round has finished, or its "
