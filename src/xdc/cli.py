@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=cmd_eval, test_features=None)
     q = evals.add_parser("finetune", help="full finetuning or fc-only on train/test splits, video-level accuracy")
     q.add_argument("--run", type=Path, required=True, help=RUN_HELP)
-    q.add_argument("--encoder", required=True, help="video or audio")
+    q.add_argument("--encoder", required=True, help="video or audio (or video2/audio2 of same-modality runs)")
     q.add_argument("--data", type=Path, required=True, help="dataset root, or a CSV table with a split column")
     q.add_argument("--dataset", default="csv", help="csv (default), ucf101, hmdb51, esc50, dcase, fsdd, grid-words")
     q.add_argument("--split", choices=("1", "2", "3", "all"), help="official split (ucf101, hmdb51); all: mean of 1-3")
