@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import os
 import sys
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # torch, imported by the commands that need it
     from xdc.training.distributed import Dist
 
 T = TypeVar("T")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # an OSError said as one line even where it names no file
 DEVICE_HELP = ("where the encoder runs: auto (the first GPU where there is one, else the CPU), cpu, cuda or cuda:N; "
                "on CUDA in the run's train.precision and layout (bf16, channels-last by default)")
 
@@ -189,6 +191,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     """``xdc extract``, in one process or as one rank of a torchrun job (the ranks share out the clips)."""
     import json
 
+    from xdc.atomic import write_text
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import extract_features
 
@@ -207,7 +210,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped")
     for skip in summary["skipped"][:10]:
         print(f"  skipped {skip['path']}: {skip['reason']}")
-    Path(summary["out"]).with_suffix(".json").write_text(json.dumps(summary, indent=2))  # OUT.npz's OUT
+    write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))  # OUT.npz's OUT
     return 0
 
 
@@ -454,10 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xdc: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.filename is None:
+        if e.filename is None and e.errno not in DISK_FULL:
             raise
         # the machine's, not the code's: a folder that cannot be made, a full disk, a file gone from under the run
-        print(f"xdc: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        # (a write to an open file, a log's, names none; the files xdc replaces say theirs: xdc.atomic)
+        where = "" if e.filename is None else f"{e.filename}: "
+        print(f"xdc: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("xdc: interrupted", file=sys.stderr)

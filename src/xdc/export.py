@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+import safetensors.torch
+from safetensors.torch import load_file
 from torch import nn
 
 from xdc import __version__
+from xdc.atomic import is_partial, replacing, write_text
 from xdc.config import Config, ModelConfig, config_to_dict, load_config
 from xdc.data.audio import LogMel
 from xdc.data.manifest import decode_paths, run_videos
@@ -170,17 +172,14 @@ def _write_encoder(out: Path, name: str, meta: dict[str, str], encoder: nn.Modul
                    ) -> list[Path]:  # fmt: skip
     """``out/<name>.safetensors`` (atomically, with ``meta``), then the programs of ``also``; returns the files."""
     path = out / f"{name}.safetensors"
-    tmp = checkpoint.partial_path(path)
-    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp, metadata=meta)
-    _as_created(tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:  # written by Python, not safetensors' writer: the OS's error if it fails, and the
+        # mode the umask gives (safetensors' own files are readable by their owner only: not by the export's readers)
+        tmp.write_bytes(safetensors.torch.save({k: v.contiguous() for k, v in encoder.state_dict().items()}, meta))
     return [path, *(write_program(encoder, meta, out / f"{name}.{fmt}") for fmt in dict.fromkeys(also))]
 
 
 def _write_card(out: Path, card: str) -> Path:
-    tmp = checkpoint.partial_path(out / CARD)
-    tmp.write_text(card, encoding="utf-8", errors="backslashreplace")  # a file name that is not UTF-8, shown
-    os.replace(tmp, out / CARD)
+    write_text(out / CARD, card)
     return out / CARD
 
 
@@ -198,27 +197,19 @@ def write_program(encoder: nn.Module, meta: dict[str, str], path: Path) -> Path:
     it) attached: ONNX for ``.onnx`` (input ``clips``, output ``features``), ``torch.export`` for ``.pt2``."""
     example = (torch.zeros(2, *json.loads(meta["input_shape"])),)  # 2: a batch of 1 would be fixed as 1
     shapes = ({0: torch.export.Dim("batch")},)
-    tmp = checkpoint.partial_path(path)
     if path.suffix == ".onnx":
         program = torch.onnx.export(encoder, example, dynamo=True, input_names=["clips"], output_names=["features"],
                                     dynamic_shapes=shapes, verbose=False)  # fmt: skip
         program.model.metadata_props.update(meta)
-        program.save(tmp)
+        with replacing(path) as tmp:
+            program.save(tmp)
     else:
         program = torch.export.export(encoder, example, dynamic_shapes=shapes)
         buffer = io.BytesIO()  # torch.export.save wants a buffer or a name ending in .pt2, not the temporary name
         torch.export.save(program, buffer, extra_files={PT2_METADATA: json.dumps(meta)})
-        tmp.write_bytes(buffer.getbuffer())
-    os.replace(tmp, path)
+        with replacing(path) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
     return path
-
-
-def _as_created(path: Path) -> None:
-    """The mode a new file gets from the umask: safetensors writes its files readable by their owner only, which
-    keeps an export from the colleagues it is for."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def encoder_metadata(name: str, modality: str, method: str, encoder: nn.Module, cfg: Config) -> dict[str, str]:
@@ -247,7 +238,7 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
-        if not all(checkpoint.is_partial(e) for e in out.iterdir()) and not is_export(out):
+        if not all(is_partial(e) for e in out.iterdir()) and not is_export(out):
             raise UserError(f"--out {out} is not empty and not a previous `xdc export`: choose a new folder")
         for entry in out.iterdir():  # only our own files are here (is_export); stale encoders must not linger
             entry.unlink()
@@ -257,7 +248,7 @@ def _prepare_out(out: Path) -> None:
 def is_export(folder: Path) -> bool:
     """True when ``folder`` holds only a model card, encoder files written by ``xdc export`` and programs of
     those encoders."""
-    entries = [e for e in folder.iterdir() if not checkpoint.is_partial(e)]  # a killed export's leftovers: ours
+    entries = [e for e in folder.iterdir() if not is_partial(e)]  # a killed export's leftovers: ours
     encoders = [e for e in entries if e.suffix == ".safetensors"]
     ours = {CARD, *(e.name for e in encoders), *(f"{e.stem}.{fmt}" for e in encoders for fmt in PROGRAMS)}
     if not encoders or any(e.name not in ours for e in entries):

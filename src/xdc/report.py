@@ -29,6 +29,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from xdc.atomic import write_text
 from xdc.clustering.metrics import agreement, collapse_threshold, nmi
 from xdc.config import Config, load_config
 from xdc.data.audio import LogMel
@@ -682,7 +683,5 @@ def write_report(run: Path, out: Path | None = None, samples_per_cluster: int = 
             f"{html.escape(data.folder.resolve().name)}</title><style>{_STYLE}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8", errors="backslashreplace")  # a file name that is not UTF-8, shown
-    tmp.replace(out)
+    write_text(out, page)
     return out

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xdc.atomic import replacing
 _VERSION = 1
 _WHOLE = 1  # a record's last byte once its arrays are written
 ROOM = 0.9  # of a disk's free space, the most that caches may take: the rest is left for checkpoints and logs
@@ -117,11 +118,10 @@ class ClipCache:
         self.meta.unlink(missing_ok=True)
 
     def _mark(self, synced: bool) -> None:
-        tmp = self.meta.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"identity": self.identity, "synced": synced, "boot": boot_id()}))
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.meta)
+        with replacing(self.meta, self.meta.with_suffix(".json.tmp")) as tmp:
+            tmp.write_text(json.dumps({"identity": self.identity, "synced": synced, "boot": boot_id()}))
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
 
     # --- any process ----------------------------------------------------------------------------------------
 

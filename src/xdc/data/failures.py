@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from xdc.atomic import replacing
 from xdc.data.manifest import open_text
 from xdc.errors import UserError
 
@@ -68,10 +69,9 @@ class FailureLog:
 
     def save(self, path: str | Path) -> None:
         """Write one row per failed file: path, times it failed, last reason."""
-        tmp = Path(path).with_name(Path(path).name + ".tmp")
-        with open_text(tmp, "w") as f:
+        path = Path(path)
+        with replacing(path, path.with_name(path.name + ".tmp")) as tmp, open_text(tmp, "w") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "failures", "reason"])
             for p in sorted(self.files):
                 writer.writerow([p, *self.files[p]])
-        tmp.replace(path)

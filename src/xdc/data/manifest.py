@@ -18,6 +18,7 @@ from typing import TextIO
 
 import numpy as np
 
+from xdc.atomic import replacing
 from xdc.errors import UserError
 from xdc.progress import progress_bar
 
@@ -76,14 +77,9 @@ def row_cells(row: dict) -> list[str]:
 
 def write_atomic(path: Path, write: Callable) -> None:
     """Call ``write`` on a temporary text file beside ``path``, then rename it into place (a reader never sees
-    half a file); a UserError where it cannot be written."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open_text(tmp, "w") as f:
-            write(f)
-        tmp.replace(path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    half a file); a UserError where it cannot be written (``replacing``)."""
+    with replacing(path, path.with_name(path.name + ".tmp")) as tmp, open_text(tmp, "w") as f:
+        write(f)
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -168,14 +164,13 @@ class Manifest:
         """Write the arrays as ``.npy`` files and the classes as ``classes.json`` into ``folder`` (replaced whole:
         written beside it, then renamed into place)."""
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for field in _ARRAYS:
-            np.save(tmp / f"{field}.npy", getattr(self, field))
-        (tmp / "classes.json").write_text(json.dumps(list(self.classes)))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        with replacing(folder, folder.with_name(folder.name + ".tmp")) as tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for field in _ARRAYS:
+                np.save(tmp / f"{field}.npy", getattr(self, field))
+            (tmp / "classes.json").write_text(json.dumps(list(self.classes)))
+            shutil.rmtree(folder, ignore_errors=True)  # a folder is renamed onto an empty place only
 
     @classmethod
     def open(cls, folder: str | Path) -> Manifest:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xdc.atomic import replacing
 from xdc.config import SyntheticConfig
 from xdc.data.encode import AAC_SAMPLE_RATES, write_av
 from xdc.errors import UserError
@@ -291,13 +292,8 @@ def _write_clip(job: _Job) -> dict:
     final = job.out / "videos" / job.name
     # The temporary name still ends in .mp4 (PyAV picks the container from it) but starts with a dot, and an
     # interrupted write is removed: no half-written file looks like a finished clip.
-    tmp = final.with_name(PARTIAL_GLOB.replace("*", final.stem))
-    try:
+    with replacing(final, final.with_name(PARTIAL_GLOB.replace("*", final.stem))) as tmp:
         write_av(tmp, frames, job.cfg.fps, audio, job.cfg.sample_rate)
-        tmp.replace(final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {
         "path": f"videos/{job.name}",
         "label": class_name(job.label),
@@ -373,10 +369,8 @@ def make_synthetic(
 
 def _write_labels(path: Path, rows: list[dict]) -> Path:
     """Written last and atomically: a labels.csv means every clip it lists is complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with replacing(path, path.with_name(path.name + ".tmp")) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=("path", "label", "audio_label", "offscreen"))
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
     return path

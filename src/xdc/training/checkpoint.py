@@ -11,47 +11,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xdc.atomic import replacing
 from xdc.errors import UserError
-
-
-def partial_path(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place; left behind only by a process killed meanwhile."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def is_partial(entry: Path) -> bool:
-    """Whether ``entry`` is named as a ``partial_path``."""
-    return entry.name.startswith(".") and ".tmp" in entry.name and entry.name.rsplit(".tmp", 1)[1].isdigit()
-
-
-def remove_partials(folder: Path) -> None:
-    """The files in ``folder`` that killed writers left (``partial_path``): each as large as what it was writing."""
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            if is_partial(entry):
-                entry.unlink(missing_ok=True)
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename: a crash leaves either the
-    old checkpoint or the new one, never half of one."""
+    old checkpoint or the new one, never half of one; a full disk, the old one and a one-line error (``replacing``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_npz(file: Path, /, **arrays) -> None:
     """``np.savez`` through a temporary file and a rename: a crash leaves the old file or the new one. (Any
     array name may be given, "path" and "file" too.)"""
-    tmp = partial_path(file)
-    with open(tmp, "wb") as f:
+    with replacing(file) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, file)
 
 
 def load(path: str | Path) -> dict:

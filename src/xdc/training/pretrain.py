@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
+from xdc.atomic import remove_partials
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import LABEL_DTYPE, kmeans
 from xdc.clustering.metrics import cluster_stats, collapse_threshold, nmi
@@ -1024,7 +1025,7 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         for folder in ("checkpoints", "labels"):  # what a kill left half written: a checkpoint's size each
-            checkpoint.remove_partials(out / folder)
+            remove_partials(out / folder)
         if not resume:
             _clear_unfinished_start(out)
             _write_config(cfg, out)

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from xdc.atomic import replacing
+
 
 class RunLog:
     """``records``: how many records log.jsonl holds, those of earlier runs in the folder included. A run that goes
@@ -67,9 +69,8 @@ class RunLog:
             self.tb.close()
 
     def _rewrite(self, lines: list[str]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        tmp.replace(self.path)
+        with replacing(self.path, self.path.with_name(self.path.name + ".tmp")) as tmp:
+            tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
     def _writer(self):
         from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import

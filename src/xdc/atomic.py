@@ -1,0 +1,88 @@
+"""Files replaced whole: written beside their place, then renamed into it. A reader, or the next run after a crash
+or a full disk, finds the old file or the new one, never part of one; a write that fails leaves no temporary file
+(as large as what it was writing, it would keep a full disk full) and says which file it could not write, and why.
+Every writer of xdc that replaces a file goes through ``replacing``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from xdc.errors import UserError
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place; left behind only by a process killed meanwhile."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def is_partial(entry: Path) -> bool:
+    """Whether ``entry`` is named as a ``partial_path``."""
+    return entry.name.startswith(".") and ".tmp" in entry.name and entry.name.rsplit(".tmp", 1)[1].isdigit()
+
+
+def remove_partials(folder: Path) -> None:
+    """The files in ``folder`` that killed writers left (``partial_path``): each as large as what it was writing."""
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if is_partial(entry):
+                entry.unlink(missing_ok=True)
+
+
+@contextmanager
+def replacing(path: str | Path, tmp: Path | None = None) -> Iterator[Path]:
+    """Yield the temporary path (``tmp``, else ``partial_path(path)``) for the block to write, file or folder; then
+    rename it onto ``path``. Where the block or the rename fails the temporary file is removed, and a failure of the
+    machine (a full disk, a file too large, ...) is a UserError naming ``path`` and the reason."""
+    path = Path(path)
+    tmp = partial_path(path) if tmp is None else tmp
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        _remove(tmp)
+        reason = os_reason(e)
+        if reason is None or isinstance(e, UserError):
+            raise
+        raise UserError(f"cannot write {path}: {reason}") from None
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """``text`` as ``path``'s whole content (UTF-8; a file name that is not, shown as its escapes)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
+
+
+def read_json(path: Path, what: str):
+    """The JSON in ``path``, a file xdc wrote; a one-line UserError naming it and ``what`` it is where it cannot be
+    read (cut short by a full disk before writes were atomic, emptied, edited)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path} ({what}): {getattr(e, 'strerror', None) or e}") from None
+
+
+def os_reason(error: BaseException) -> str | None:
+    """The operating system's reason for ``error``: an OSError's own, or that of the OSError behind a writer's
+    error of another kind (torch.save's RuntimeError "unexpected pos" after its write failed); None if none."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error.strerror or str(error)
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _remove(tmp: Path) -> None:
+    try:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    except OSError:  # the error that stopped the write says more than this one would
+        pass

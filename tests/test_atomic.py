@@ -1,0 +1,88 @@
+"""Files replaced whole (xdc.atomic): on a full disk every command says which file it could not write, in one line,
+and leaves no temporary file behind; nothing written before is lost."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_run
+from xdc.errors import UserError
+from xdc.training.checkpoint import load, save_atomic
+
+# The disk fills at ``limit`` bytes per file: RLIMIT_FSIZE (SIGXFSZ ignored) makes every write past it fail with
+# EFBIG as a full disk fails with ENOSPC, from the same system calls (CI cannot mount a small tmpfs).
+LIMITED = """import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from xdc.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("atomic")
+    run = tiny_run(root, 24, 4, seed=0, batch=8, k=4)
+    with open(root / "data" / "labels.csv", newline="") as f, open(root / "split.csv", "w", newline="") as g:
+        writer = csv.writer(g)
+        writer.writerow(["path", "label", "split"])
+        for n, row in enumerate(csv.DictReader(f)):
+            writer.writerow([str(root / "data" / row["path"]), row["label"], "test" if n % 4 == 0 else "train"])
+    return root, run
+
+
+def _on_a_full_disk(limit: int, *args: str) -> str:
+    """``xdc ARGS`` where no file can grow past ``limit`` bytes: its stderr, once it has failed as it should."""
+    done = subprocess.run([sys.executable, "-c", LIMITED, str(limit), *args], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stderr
+
+
+def _partials(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+def test_pretraining_on_a_full_disk_names_the_checkpoint_and_keeps_the_last_one(run, tmp_path):
+    root, _ = run
+    out = tmp_path / "run"
+    # 1.5 MB: the round's first checkpoint (1.2 MB) is written, the next, with the heads and optimizer, is not
+    err = _on_a_full_disk(1_500_000, "pretrain", "--data", str(root / "manifest.csv"), "--preset", "tiny", "--k", "4",
+                          "--rounds", "2", "--set=train.batch_size=8", "--set=data.workers=0", "--out", str(out))
+    assert err.splitlines()[-1] == f"xdc: error: cannot write {out / 'checkpoints' / 'last.pt'}: File too large"
+    assert not _partials(out)  # a partial checkpoint would keep a full disk full
+    assert load(out / "checkpoints" / "last.pt")["method"] == "xdc"  # the run can be resumed from it
+
+
+def test_extract_eval_export_and_report_on_a_full_disk_name_the_file(run, tmp_path):
+    root, run_dir = run
+    features = tmp_path / "t.npz"
+    extract = ["extract", "--run", str(run_dir), "--encoder", "audio", "--dataset", "csv", "--data",
+               str(root / "split.csv"), "--set=data.workers=0", "--out"]  # fmt: skip
+    err = _on_a_full_disk(100_000, *extract, str(features))  # the features: 150 kB
+    assert err.splitlines()[-1] == f"xdc: error: cannot write {features}: File too large"
+    assert (tmp_path / "t.parts").is_dir()  # the clips done: a re-run goes on from them
+    err = _on_a_full_disk(100_000, "export", str(run_dir), "--out", str(tmp_path / "exp"))
+    assert err.splitlines()[-1] == f"xdc: error: cannot write {tmp_path / 'exp' / 'video.safetensors'}: File too large"
+    err = _on_a_full_disk(100_000, "report", str(run_dir), "--out", str(tmp_path / "r.html"))
+    assert err.splitlines()[-1] == f"xdc: error: cannot write {tmp_path / 'r.html'}: File too large"
+    subprocess.run([sys.executable, "-m", "xdc.cli", *extract, str(features)], check=True, capture_output=True)
+    err = _on_a_full_disk(200, "eval", "linear", "--features", str(features), "--out", str(tmp_path / "e.json"))
+    assert err.splitlines()[-1] == f"xdc: error: cannot write {tmp_path / 'e.json'}: File too large"
+    assert not _partials(tmp_path) and not _partials(run_dir)
+    with open(tmp_path / "printed.txt", "w") as printed:  # xdc ... > FILE: the print's OSError names no file
+        done = subprocess.run([sys.executable, "-c", LIMITED, "100", "eval", "linear", "--features", str(features)],
+                              stdout=printed, stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and done.stderr == "xdc: error: File too large\n", done.stderr[-3000:]
+
+
+def test_a_write_that_fails_in_the_code_leaves_no_partial_and_keeps_its_error(tmp_path):
+    path = tmp_path / "state.pt"
+    save_atomic({"step": 1}, path)
+    with pytest.raises(Exception) as failed:  # not the disk's: torch's own error, not "cannot write"
+        save_atomic({"step": 2, "code": lambda: None}, path)
+    assert not isinstance(failed.value, UserError)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"] and load(path)["step"] == 1
