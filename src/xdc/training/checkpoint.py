@@ -38,13 +38,13 @@ def load(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def read(path: str | Path, what: str) -> dict:
+def read(path: str | Path, what: str, then: str = "") -> dict:
     """``load``, for a file that a user names (or that a run keeps for them): any failure to read it is a one-line
-    error naming the file and ``what`` it should be."""
+    error naming the file and ``what`` it should be, and ``then`` (what to do about it) where given."""
     try:
         return load(path)
     except Exception as e:  # torch's unpickler raises many kinds (KeyError, IndexError, ...) on a file of another kind
-        raise UserError(f"cannot read {path} as {what}: {_why_unreadable(e)}") from None
+        raise UserError(f"cannot read {path} as {what}: {_why_unreadable(e)}" + (f"; {then}" if then else "")) from None
 
 
 def _why_unreadable(error: Exception) -> str:

@@ -917,7 +917,8 @@ class Pretrainer:
 
     def resume(self) -> None:
         path = self.out / "checkpoints" / "last.pt"
-        state = checkpoint.load(path)
+        state = checkpoint.read(path, "a pretraining checkpoint", f"a run keeps no earlier checkpoint: start it over "
+                                f"(remove {self.out}, or choose another --out)")  # fmt: skip
         if state["method"] != self.method.name:
             raise UserError(f"{path} is a {state['method']} run, not {self.method.name}")
         self.encoders.load_state_dict(state["encoders"])
