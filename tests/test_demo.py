@@ -39,6 +39,19 @@ def test_demo_runs_every_method_and_writes_the_table(tmp_path, capsys):
         f"choose another --out, or delete {tmp_path}"
     )
     assert len(list((tmp_path / "synthetic" / "videos").iterdir())) == 24
+    # files cut short (a full disk, before they were written whole) are named, with what to do, not a traceback
+    settings = tmp_path / "demo-settings.json"
+    kept = settings.read_text()
+    settings.write_text("")
+    with pytest.raises(UserError, match=rf"^cannot read {settings} \(the settings of the demo there\): Expecting value"):
+        run_demo(tmp_path, load_config(), videos=24, classes=3, overrides=fast)
+    settings.write_text(kept)
+    encoders = tmp_path / "runs" / "scratch" / "encoders.pt"
+    with open(encoders, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(UserError, match=rf"^cannot read {encoders} as a run's encoders: .*; remove "
+                                        rf"{encoders.parent} and the demo trains it again$"):  # fmt: skip
+        run_demo(tmp_path, load_config(), videos=24, classes=3, overrides=fast)
 
 
 def test_too_few_videos_for_the_probes_is_a_user_error_before_any_work(tmp_path):

@@ -57,13 +57,17 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
-def read_json(path: Path, what: str):
-    """The JSON in ``path``, a file xdc wrote; a one-line UserError naming it and ``what`` it is where it cannot be
-    read (cut short by a full disk before writes were atomic, emptied, edited)."""
+def read_json(path: Path, what: str, then: str = "") -> dict:
+    """The JSON object in ``path``, a file xdc wrote; where it cannot be read (cut short by a full disk before
+    writes were atomic, emptied, edited), a one-line UserError naming it, ``what`` it is, and ``then`` (what to do)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path} ({what}): {getattr(e, 'strerror', None) or e}") from None
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+        return saved
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise UserError(f"cannot read {path} ({what}): {reason}" + (f"; {then}" if then else "")) from None
 
 
 def os_reason(error: BaseException) -> str | None:

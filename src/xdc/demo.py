@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xdc.atomic import read_json, write_text
 from xdc.config import Config, config_to_dict, load_config
 from xdc.data.index import build_manifest
 from xdc.data.synthetic import make_synthetic
@@ -70,7 +71,7 @@ def run_demo(out: Path, cfg: Config, videos: int = 128, classes: int = 8, overri
     result = {"rows": rows, "videos": videos, "classes": classes, "seconds": time.perf_counter() - started,
               "settings": list(DEMO_SETTINGS), "report": str(report),
               "config": config_to_dict(cfg)}  # fmt: skip
-    (out / "demo.json").write_text(json.dumps(result, indent=2))
+    write_text(out / "demo.json", json.dumps(result, indent=2))
     print(f"\n{time.perf_counter() - started:.0f} s. Wrote {out / 'demo.json'} and {report}")
     return result
 
@@ -84,9 +85,9 @@ def _claim(out: Path, settings: dict) -> None:
     path = out / SETTINGS_FILE
     if not path.exists():
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings))
+        write_text(path, json.dumps(settings))
         return
-    before = json.loads(path.read_text())
+    before = read_json(path, "the settings of the demo there", f"choose another --out, or delete {out}")
 
     def shown(value) -> str:
         return (" ".join(value) or "none") if isinstance(value, list) else str(value)
@@ -109,9 +110,9 @@ def _probe_table(labels: Path, path: Path) -> list[Item]:
 
 
 def _encoders(run: Path) -> list[str]:
-    from xdc.training.checkpoint import load
+    from xdc.training.checkpoint import read
 
-    return list(load(run / "encoders.pt")["encoders"])
+    return list(read(run / "encoders.pt", "a run's encoders", f"remove {run} and the demo trains it again")["encoders"])
 
 
 def _probe(run: Path, encoder: str, items: list[Item], out: Path) -> float:
