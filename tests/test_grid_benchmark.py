@@ -2,6 +2,8 @@
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +31,23 @@ def grid_like(tmp_path_factory):
             for slot, word, start in (("command", command, 0.2), ("color", color, 1.0), ("digit", digit, 1.8)):
                 words.writerow([row["path"], slot, word, start, start + 0.5])
     return root
+
+
+def grid_subset(grid: Path, out: Path, keep) -> Path:
+    """A folder in GRID's layout with the clips of ``grid`` whose number ``keep`` takes (copies: other paths)."""
+    (out / "videos").mkdir(parents=True)
+    with open(grid / "clips.csv", newline="") as f:
+        rows = [row for n, row in enumerate(csv.DictReader(f)) if keep(n)]
+    for row in rows:
+        shutil.copy(grid / row["path"], out / row["path"])
+    with open(grid / "words.csv", newline="") as f:
+        words = [row for row in csv.DictReader(f) if row["path"] in {r["path"] for r in rows}]
+    for name, table in (("clips.csv", rows), ("words.csv", words)):
+        with open(out / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    return out
 
 
 def test_grid_benchmark_table(grid_like, tmp_path):
@@ -66,6 +85,29 @@ def test_supervised_slot_and_changed_settings(grid_like, tmp_path):
     again = grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("supervised",), overrides=settings,
                            supervised_slot="color")  # fmt: skip
     assert again["rows"][0]["pretrain_s"] == "-"
+
+
+def test_a_run_on_other_data_or_with_unreadable_files_is_refused_or_noted(grid_like, tmp_path, capsys):
+    settings = ("train.rounds=1", "train.k=3", "train.batch_size=6", "data.workers=0")
+    grid_a = grid_subset(grid_like, tmp_path / "gridA", lambda n: n % 2 == 0)
+    grid_b = grid_subset(grid_like, tmp_path / "gridB", lambda n: n % 2 == 1)
+    out, run = tmp_path / "bench", tmp_path / "bench" / "runs" / "scratch"
+    grid_benchmark(grid_a, out, preset="tiny", methods=("scratch",), overrides=settings)
+    # a timing is only a record: one that cannot be read (cut short by a full disk) is noted and shown as -
+    (run / "timing.json").write_text("")
+    again = grid_benchmark(grid_a, out, preset="tiny", methods=("scratch",), overrides=settings)
+    assert again["rows"][0]["pretrain_s"] == "-"
+    assert f"NOTE: {run / 'timing.json'} cannot be read (JSONDecodeError: " in capsys.readouterr().err
+    # the encoders of gridA are not reported as trained on gridB: refused as for other settings
+    with pytest.raises(UserError) as refused:
+        grid_benchmark(grid_b, out, preset="tiny", methods=("scratch",), overrides=settings)
+    assert str(refused.value) == (f"{run} was pretrained on other videos than --data's (9 of its 9 are not among them, "
+                                  "9 of --data's not among its); choose another --out for this benchmark")  # fmt: skip
+    with open(run / "encoders.pt", "r+b") as f:  # cut short
+        f.truncate(1000)
+    with pytest.raises(UserError, match=rf"^cannot read {run / 'encoders.pt'} as a run's encoders: .*; remove {run} "
+                                        "and the benchmark trains it again$"):  # fmt: skip
+        grid_benchmark(grid_a, out, preset="tiny", methods=("scratch",), overrides=settings)
 
 
 def test_benchmark_command_errors(grid_like, tmp_path, capsys):

@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from xdc.config import config_differences, load_config
+from xdc.atomic import write_text
+from xdc.config import Config, config_differences, load_config
+from xdc.data.datasets import TrainClips
 from xdc.data.index import build_manifest
+from xdc.data.manifest import Manifest, run_videos
 from xdc.errors import UserError
 from xdc.evaluation.adapters import load_dataset, split_items
 from xdc.evaluation.extract import extract_features
 from xdc.evaluation.probe import linear_probe
+from xdc.methods import get_method
 from xdc.tables import format_table
-from xdc.training.checkpoint import load
+from xdc.training.checkpoint import read
 from xdc.training.distributed import Dist
 from xdc.training.pretrain import pretrain
 
@@ -61,7 +66,8 @@ def grid_benchmark(
 
     rows = []
     for name, run in runs.items():
-        encoders = list(load(run / "encoders.pt")["encoders"])
+        saved = read(run / "encoders.pt", "a run's encoders", f"remove {run} and the benchmark trains it again")
+        encoders = list(saved["encoders"])
         row = {"method": name}
         tasks = [(e, slot, *probes[slot]) for e in ("video", "audio") for slot in SLOTS]
         if fsdd_items is not None:
@@ -69,16 +75,15 @@ def grid_benchmark(
         for encoder, task, train, test in tasks:
             stem = out / "features" / f"{run.name}-{encoder}-{task}"
             row[f"{encoder}/{task}"] = _probe(run, encoder, train, test, stem) if encoder in encoders else "-"
-        timing = run / "timing.json"  # absent where the run was finished by xdc pretrain --resume
-        row["pretrain_s"] = round(json.loads(timing.read_text())["seconds"], 1) if timing.exists() else "-"
+        row["pretrain_s"] = _seconds(run)
         rows.append(row)
         print(format_table([row]).splitlines()[-1], flush=True)
 
     result = {"rows": rows, "data": str(data), "test_data": str(test_data or ""), "fsdd": str(fsdd or ""),
               "preset": preset, "overrides": list(overrides), "ks": list(ks), "supervised_slot": supervised_slot,
               "seconds": time.perf_counter() - started, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    (out / "results.md").write_text(_markdown(rows))
+    write_text(out / "results.json", json.dumps(result, indent=2))
+    write_text(out / "results.md", _markdown(rows))
     print()
     print(format_table(rows))
     print(f"\n{result['seconds'] / 60:.1f} min. Wrote {out / 'results.json'} and {out / 'results.md'}")
@@ -104,11 +109,41 @@ def _pretrain(method: str, manifest: Path, run: Path, preset: str, overrides: tu
     if (run / "config.yaml").exists() and (changed := config_differences(load_config(run / "config.yaml"), cfg)):
         raise UserError(f"{run} was pretrained with other settings ({'; '.join(changed)}); choose another --out for "
                         "this benchmark")  # fmt: skip
+    _check_videos(run, manifest, cfg)
     if not (run / "encoders.pt").exists():
         t = time.perf_counter()
         pretrain(cfg, manifest, run, resume=(run / "checkpoints" / "last.pt").exists(), ctx=Dist())
-        (run / "timing.json").write_text(json.dumps({"seconds": time.perf_counter() - t}))
+        write_text(run / "timing.json", json.dumps({"seconds": time.perf_counter() - t}))
     return run
+
+
+def _check_videos(run: Path, manifest: Path, cfg: Config) -> None:
+    """Refuse a run (finished or not) that trained on other videos than ``manifest``'s: its config does not record
+    the data, so another --data into the same --out would report the encoders of the first as trained on the
+    second. (A run too old to keep its videos cannot be checked.)"""
+    videos = run_videos(run)
+    if videos is None:
+        return
+    had = set(videos.paths.tolist())
+    now = set(TrainClips(Manifest.load(manifest), cfg.data, modalities=get_method(cfg.train.method).modalities)
+              .manifest.paths.tolist())  # fmt: skip
+    if had != now:
+        raise UserError(f"{run} was pretrained on other videos than --data's ({len(had - now)} of its {len(had)} are "
+                        f"not among them, {len(now - had)} of --data's not among its); choose another --out for this "
+                        "benchmark")  # fmt: skip
+
+
+def _seconds(run: Path) -> float | str:
+    """The run's pretraining time that timing.json keeps; "-" where it has none (a run finished by xdc pretrain
+    --resume) or it cannot be read (it is only a record: noted, and the table goes on)."""
+    timing = run / "timing.json"
+    if not timing.exists():
+        return "-"
+    try:
+        return round(float(json.loads(timing.read_text())["seconds"]), 1)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"NOTE: {timing} cannot be read ({type(e).__name__}: {e}); its run's time is shown as -", file=sys.stderr)
+        return "-"
 
 
 def _slot_items(data: Path, test_data: Path | None, slot: str) -> tuple[list, list]:
