@@ -304,6 +304,18 @@ def test_a_cache_that_cannot_be_used_gives_its_disk_back(manifest, tmp_path, mon
     assert all(not v.isnan().any() for v in features.values())
     assert ("WARNING: the extraction cache's disk failed (No space left on device): rank 0 goes on without "
             "train.extract_cache") in capsys.readouterr().err  # fmt: skip
+    monkeypatch.undo()
+
+    def no_space(fd: int) -> None:  # the disk fills as the pass begins: its state file (meta) cannot be written
+        raise OSError(28, "No space left on device")
+
+    trainer = Pretrainer(settings, manifest, tmp_path / "run", Dist())
+    monkeypatch.setattr(os, "fsync", no_space)
+    features = trainer._extract()
+    monkeypatch.undo()
+    assert trainer.eval_set.cache is None and not list(files.iterdir())
+    assert all(not v.isnan().any() for v in features.values())
+    assert "WARNING: the extraction cache's disk failed (cannot write " in capsys.readouterr().err
 
 
 def test_a_new_run_clears_what_a_start_that_never_checkpointed_left(manifest, tmp_path, capsys):

@@ -20,6 +20,11 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+class WriteError(UserError):
+    """A file that the machine could not write (a full disk, ...): a UserError, which the command line says in one
+    line, that code which can go on without the file (a cache) catches as it would the OSError."""
+
+
 def is_partial(entry: Path) -> bool:
     """Whether ``entry`` is named as a ``partial_path``."""
     return entry.name.startswith(".") and ".tmp" in entry.name and entry.name.rsplit(".tmp", 1)[1].isdigit()
@@ -37,7 +42,7 @@ def remove_partials(folder: Path) -> None:
 def replacing(path: str | Path, tmp: Path | None = None) -> Iterator[Path]:
     """Yield the temporary path (``tmp``, else ``partial_path(path)``) for the block to write, file or folder; then
     rename it onto ``path``. Where the block or the rename fails the temporary file is removed, and a failure of the
-    machine (a full disk, a file too large, ...) is a UserError naming ``path`` and the reason."""
+    machine (a full disk, a file too large, ...) is a WriteError naming ``path`` and the reason."""
     path = Path(path)
     tmp = partial_path(path) if tmp is None else tmp
     try:
@@ -48,7 +53,7 @@ def replacing(path: str | Path, tmp: Path | None = None) -> Iterator[Path]:
         reason = os_reason(e)
         if reason is None or isinstance(e, UserError):
             raise
-        raise UserError(f"cannot write {path}: {reason}") from None
+        raise WriteError(f"cannot write {path}: {reason}") from None
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from xdc.atomic import remove_partials
+from xdc.atomic import WriteError, remove_partials
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import LABEL_DTYPE, kmeans
 from xdc.clustering.metrics import cluster_stats, collapse_threshold, nmi
@@ -325,10 +325,10 @@ class Pretrainer:
     def _cache_step(self, step: Callable[[], None]) -> None:
         try:
             step()
-        except OSError as e:
+        except (OSError, WriteError) as e:  # WriteError: its state file's (xdc.atomic)
             self.eval_set.cache.remove()  # records whose pass did not end are never trusted: none kept
             self.eval_set.cache = None
-            print(f"WARNING: the extraction cache's disk failed ({e.strerror or e}): rank {self.ctx.rank} goes on "
+            print(f"WARNING: the extraction cache's disk failed ({getattr(e, 'strerror', None) or e}): rank {self.ctx.rank} goes on "
                   "without train.extract_cache", file=sys.stderr)  # fmt: skip
 
     def _check_sinkhorn_memory(self, videos: int) -> None:
