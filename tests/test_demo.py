@@ -43,7 +43,8 @@ def test_demo_runs_every_method_and_writes_the_table(tmp_path, capsys):
     settings = tmp_path / "demo-settings.json"
     kept = settings.read_text()
     settings.write_text("")
-    with pytest.raises(UserError, match=rf"^cannot read {settings} \(the settings of the demo there\): Expecting value"):
+    unreadable = rf"^cannot read {settings} \(the settings of the demo there\): Expecting value"
+    with pytest.raises(UserError, match=unreadable):
         run_demo(tmp_path, load_config(), videos=24, classes=3, overrides=fast)
     settings.write_text(kept)
     encoders = tmp_path / "runs" / "scratch" / "encoders.pt"

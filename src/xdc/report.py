@@ -16,7 +16,6 @@ import csv
 import datetime
 import html
 import io
-import json
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field

@@ -328,8 +328,9 @@ class Pretrainer:
         except (OSError, WriteError) as e:  # WriteError: its state file's (xdc.atomic)
             self.eval_set.cache.remove()  # records whose pass did not end are never trusted: none kept
             self.eval_set.cache = None
-            print(f"WARNING: the extraction cache's disk failed ({getattr(e, 'strerror', None) or e}): rank {self.ctx.rank} goes on "
-                  "without train.extract_cache", file=sys.stderr)  # fmt: skip
+            why = getattr(e, "strerror", None) or e
+            print(f"WARNING: the extraction cache's disk failed ({why}): rank {self.ctx.rank} goes on without "
+                  "train.extract_cache", file=sys.stderr)  # fmt: skip
 
     def _check_sinkhorn_memory(self, videos: int) -> None:
         """train.assign=sinkhorn holds a videos x k float64 matrix on rank 0 (with train.cluster_on=shards, each
