@@ -100,3 +100,24 @@ def test_a_ctrl_c_while_the_workers_fork_stops_the_jobs():
     """Raised in the at-fork hooks, it was printed as ignored and the jobs went on (until 2026-12-01)."""
     work = "import json\nfrom xdc.data.jobs import run_jobs\n"
     stopped_by_ctrl_c_in_a_fork(work + "run_jobs(['{}'] * 4, json.loads, 2, print, lambda why: {}, lambda k: 0, int)")
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_workers_of_other_start_methods_do_their_jobs(method, tmp_path):
+    """Python 3.14's default on Linux (forkserver) and macOS's (spawn): a forkserver worker's parent is the fork
+    server, not the pool's process, and each such worker took that for its parent's death and exited, so that every
+    file was "worker process died" (until 2026-12-01)."""
+    script = tmp_path / "jobs.py"
+    script.write_text(
+        "import multiprocessing, sys\n"
+        "from xdc.data.jobs import run_jobs\n"
+        "if __name__ == '__main__':\n"
+        "    multiprocessing.set_start_method(sys.argv[1])\n"
+        "    got = {}\n"
+        "    run_jobs(['ab', 'cd', 'ef'], dict.fromkeys, 2, got.__setitem__, lambda reason: {'failed': reason},\n"
+        "             lambda key: 60.0, int)\n"
+        "    print(sorted(got.items()))\n"
+    )
+    done = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([(k, dict.fromkeys(k)) for k in ("ab", "cd", "ef")])

@@ -110,11 +110,22 @@ def _start_worker(initializer: Callable[[], None], parent: int) -> None:
     SIGKILL (the out-of-memory killer, a job scheduler) would leave its pool's workers waiting on the pool's queue
     for good, each with the modules and memory of a worker (over 300 MB with torch imported)."""
     let_interrupts_in()  # a Ctrl-C ends the job it is in, as it ends the parent (held back while it forked)
-    if sys.platform == "linux":
+    if sys.platform == "linux":  # the process that started it: the pool's, or under forkserver (Python 3.14's
+        # default) the fork server, which ends with the pool's process
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # it died before the call
-            os._exit(1)
+        if os.getppid() != parent and not _alive(parent):  # it died before the call (every forkserver worker has
+            os._exit(1)  # another parent: each exited here, and every file was "worker process died", until 2026-12-01)
     initializer()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: a pid taken again since
+        return False
+    return True
 
 
 def _timed(job, key, limit: float) -> dict:
