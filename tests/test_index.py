@@ -633,10 +633,13 @@ def test_out_must_be_a_manifest_path(media: Path, tmp_path: Path, capsys) -> Non
 
 
 def _probe_or_die(path: str) -> dict:
-    """Stands in for a decoder that segfaults on one file (the worker process dies without a Python error), or
-    loops for ever on one while the file ``path + ".stuck"`` exists."""
+    """Stands in for a decoder that segfaults on one file (the worker process dies without a Python error), loops
+    for ever on one while the file ``path + ".stuck"`` exists, or is killed (the out-of-memory killer) while
+    ``path + ".killed"`` exists."""
     if "crash" in Path(path).name:
         os.kill(os.getpid(), signal.SIGSEGV)
+    if os.path.exists(path + ".killed"):
+        os.kill(os.getpid(), signal.SIGKILL)
     if os.path.exists(path + ".stuck"):
         time.sleep(3600)
     return index.probe_file(path)
@@ -658,21 +661,25 @@ def test_a_file_that_kills_its_worker_is_reported(media: Path, tmp_path: Path, m
 
 
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the stand-in reaches workers by fork")
-def test_a_file_that_hangs_its_probe_is_reported_and_probed_again_next_time(media, tmp_path, monkeypatch) -> None:
+def test_a_file_whose_probe_hangs_or_is_killed_is_reported_and_probed_again_next_time(media, tmp_path, monkeypatch) -> None:
     folder = tmp_path / "h"
     folder.mkdir()
-    for name in ("a.mp4", "b.mp4"):
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
         shutil.copy(media / "good.mp4", folder / name)
-    stuck = tmp_path / "h" / "b.mp4.stuck"  # not a media file: not indexed
+    stuck, killed = tmp_path / "h" / "b.mp4.stuck", tmp_path / "h" / "c.mp4.killed"  # not media files: not indexed
     stuck.touch()
+    killed.touch()
     monkeypatch.setattr(index, "_probe_job", _probe_or_die)
     monkeypatch.setattr(index, "PROBE_LIMIT_S", 1.0)
     out = tmp_path / "manifest.csv"
     build_manifest([str(folder)], out, workers=2)
     assert (_rows(out)["b.mp4"]["status"], _rows(out)["b.mp4"]["reason"]) == ("error", "hung (over 1 s)")
+    assert _rows(out)["c.mp4"]["reason"] == "worker process died (killed by SIGKILL)"
     stuck.unlink()  # e.g. a network file system that stalled
+    killed.unlink()  # memory that another run has (a worker's death was kept as the file's until 2026-12-01)
     summary = build_manifest([str(folder)], out, workers=2)
-    assert _rows(out)["b.mp4"]["status"] == "ok" and summary.probed == 1  # a.mp4 from the cache, b.mp4 again
+    assert _rows(out)["b.mp4"]["status"] == _rows(out)["c.mp4"]["status"] == "ok"
+    assert summary.probed == 2  # a.mp4 from the cache, b.mp4 and c.mp4 again
 
 
 # What each file of ../shared/data/media really is (checked with a full decode): (status, reason prefix).

@@ -147,12 +147,14 @@ def build_manifest(
 
 def _current(cached: dict, stat: dict) -> bool:
     """Whether the row ``cached`` of an earlier run still holds for its file, whose ``stat_row`` is ``stat``: the
-    same size and mtime, probed by these checks, and not cut short as hung (a stall of the disk, perhaps)."""
+    same size and mtime, probed by these checks, and not cut short as hung (a stall of the disk, perhaps) or by its
+    worker's death (the out-of-memory killer, perhaps), which another run may not meet."""
+    reason = cached.get("reason", "")
     return (
         "status" not in stat
         and (cached.get("size"), cached.get("mtime"), cached.get("probe"))
         == (str(stat["size"]), stat["mtime"], PROBE_VERSION)
-        and not cached.get("reason", "").startswith("hung")
+        and not reason.startswith(("hung", "worker process died"))
     )
 
 
