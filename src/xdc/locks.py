@@ -1,0 +1,120 @@
+"""One xdc process per output: each command that writes an output holds an exclusive kernel lock on it
+(``flock``) from before its startup checks until it ends, and a second process given the same output is refused
+in one line. Without it both passed the checks ("already holds a run", "not empty", ...) and then removed or
+overwrote each other's files. A kernel lock ends with its process: a killed run (SIGKILL, a node lost) leaves
+none that would block the next. On a platform without ``fcntl`` (Windows) nothing is locked.
+
+A folder's lock is a hidden file in it (``DIR/.xdc.lock``); a file's is a hidden file beside it (``.NAME.lock``),
+so that two outputs in one folder do not block each other. The lock file goes when its holder ends, with the
+folders that were made for it alone (a command refused by its own checks leaves nothing)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from xdc.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+FOLDER_LOCK = ".xdc.lock"
+ATTEMPTS = 20  # a lock file removed by its holder as another opened it: opened again, at most this often
+
+
+def lock_path(out: Path, folder: bool) -> Path:
+    """Where the lock of the output ``out`` lives: inside it for a ``folder``, beside it for a file."""
+    return out / FOLDER_LOCK if folder else out.with_name(f".{out.name}.lock")
+
+
+@contextmanager
+def holding(out: str | Path, command: str, folder: bool = False, choose: str = "--out") -> Iterator[None]:
+    """Hold the lock of the output ``out`` (a ``folder`` or a file) while the block runs; a UserError naming the
+    other process's ``command`` where one holds it (``choose``: what the user would give instead). Where the lock
+    file cannot be made (``out`` a file given for a folder, a folder that cannot be written) the block runs without
+    it: the command's own checks and writes say what is wrong there."""
+    out = Path(out)
+    if fcntl is None or (folder and out.exists() and not out.is_dir()):
+        yield
+        return
+    path = lock_path(out, folder)
+    made = _missing_folders(path.parent)
+    fd = _acquire(path, out, command, choose)
+    try:
+        yield
+    finally:
+        _release(fd, path, made)
+
+
+def _acquire(path: Path, out: Path, command: str, choose: str) -> int | None:
+    """The descriptor of ``path``, locked by this process, with ``command`` written in it; None where the file
+    cannot be made or locked there (``holding``)."""
+    for _ in range(ATTEMPTS):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a folder removed by a holder that made it, as it ended: made again
+            continue
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise UserError(f"{out} is in use by another xdc process{holder}: wait for it to end, or choose another "
+                            f"{choose}") from None  # fmt: skip
+        except OSError:  # a filesystem without locks (ENOLCK)
+            os.close(fd)
+            return None
+        if _same_file(fd, path):  # else a holder removed the file before it let go: this lock guards nothing
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{command}\n{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+    return None
+
+
+def _release(fd: int | None, path: Path, made: list[Path]) -> None:
+    """Remove the lock file while it is still held (one who opens it meanwhile sees it gone: ``_same_file``), then
+    the folders made for it that nothing else went into, then let go."""
+    if fd is None:
+        return
+    try:
+        path.unlink(missing_ok=True)
+        for folder in made:
+            folder.rmdir()
+    except OSError:  # a folder the command wrote into: kept
+        pass
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """`` (COMMAND, pid N)`` of the process that holds the lock of ``fd``, as it wrote it; empty before it has."""
+    try:
+        command, pid = os.pread(fd, 200, 0).decode().splitlines()
+    except (OSError, UnicodeDecodeError, ValueError):
+        return ""
+    return f" ({command}, pid {pid})"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist yet, innermost first."""
+    missing = []
+    for each in (folder, *folder.parents):
+        if each.exists():
+            break
+        missing.append(each)
+    return missing
