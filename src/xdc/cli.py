@@ -8,18 +8,21 @@ import io
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from xdc.config import Config, given_keys, load_config, setting
 from xdc.errors import UserError
 from xdc.limits import fit_threads
+from xdc.locks import holding
 
 if TYPE_CHECKING:  # torch, imported by the commands that need it
     from xdc.training.distributed import Dist
 
 T = TypeVar("T")
+Lock = Callable[[], AbstractContextManager]  # the output's lock (xdc.locks), taken when the command starts
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # an OSError said as one line even where it names no file
 DEVICE_HELP = ("where the encoder runs: auto (the first GPU where there is one, else the CPU), cpu, cuda or cuda:N; "
                "on CUDA in the run's train.precision and layout (bf16, channels-last by default)")
@@ -57,7 +60,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     def run(ctx: Dist | None = None):
         return build_manifest(args.paths, args.out, labels=args.labels, workers=args.workers, ctx=ctx)
 
-    summary = _on_ranks(run)
+    summary = _on_ranks(run, lambda: holding(args.out, "index"))
     if summary is None:  # another rank than the first, under torchrun
         return 0
     for row in summary.problems:
@@ -77,7 +80,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     def run(ctx: Dist | None = None):
         return prepare(args.paths, args.out, options, labels=args.labels, workers=args.workers, ctx=ctx)
 
-    summary = _on_ranks(run)
+    summary = _on_ranks(run, lambda: holding(args.out, "prepare", folder=True))
     if summary is None:  # another rank than the first: rank 0 writes and says
         return 0
     for row in summary.problems:
@@ -88,10 +91,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _on_ranks(work: Callable[[Dist | None], T]) -> T:
+def _on_ranks(work: Callable[[Dist | None], T], lock: Lock) -> T:
     """``work(ctx)`` for a command that shares files out over torchrun's ranks (one per node, say: ``xdc.data.shares``)
-    where torchrun started this process; ``work(None)`` otherwise, without importing torch."""
-    return _as_rank(work, gpus=False) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else work(None)
+    where torchrun started this process; ``work(None)`` otherwise, without importing torch. Under ``lock``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _as_rank(work, gpus=False, lock=lock)
+    with lock():
+        return work(None)
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
@@ -101,11 +107,13 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     _warn_unused(args, ("synthetic.",), "xdc make-synthetic reads only synthetic.* settings")
-    labels = make_synthetic(args.out, args.videos, args.classes, seed=args.seed, cfg=cfg.synthetic, workers=args.workers)
+    with holding(args.out, "make-synthetic", folder=True, choose="output folder"):
+        labels = make_synthetic(args.out, args.videos, args.classes, seed=args.seed, cfg=cfg.synthetic,
+                                workers=args.workers)  # fmt: skip
+        with open(labels, newline="") as f:
+            written = {row["path"] for row in csv.DictReader(f)}
+        others = sorted(p.name for p in (args.out / "videos").iterdir() if f"videos/{p.name}" not in written)
     print(f"wrote {args.videos} clips of {args.classes} classes and {labels}")
-    with open(labels, newline="") as f:
-        written = {row["path"] for row in csv.DictReader(f)}
-    others = sorted(p.name for p in (args.out / "videos").iterdir() if f"videos/{p.name}" not in written)
     if others:  # an earlier, larger run's clips: xdc index of the folder would take them in, unlabelled
         print(f"WARNING: {args.out / 'videos'} also holds {len(others)} file(s) this run did not write, which "
               f"labels.csv does not list (e.g. {others[0]}); xdc index of the folder would take them: use a fresh "
@@ -133,7 +141,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         _warn_unused_on_resume(cfg, [key for key in keys if key != "train.rounds" or rounds is None],
                                args.out / "config.yaml")  # fmt: skip
     main, encoders = _as_rank(
-        lambda ctx: (ctx.main, pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx, rounds=rounds))
+        lambda ctx: (ctx.main, pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx, rounds=rounds)),
+        lock=lambda: holding(args.out, "pretrain", folder=True),
     )
     if main:  # under torchrun, once, not once per rank
         print(f"encoders: {encoders}")
@@ -165,17 +174,21 @@ def _warn_unused_on_resume(cfg: Config, given: list[str], saved: Path) -> None:
               file=sys.stderr)
 
 
-def _as_rank(work: Callable[[Dist], T], gpus: bool = True) -> T:
+def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcontext) -> T:
     """``work(ctx)`` as one rank of the torchrun job that started this process (its process group joined, and left
-    after the other ranks once ``work`` is done), or in a process alone. ``gpus``: see init_distributed."""
-    from xdc.training.distributed import init_distributed, leave_distributed
+    after the other ranks once ``work`` is done), or in a process alone. ``gpus``: see init_distributed. Rank 0
+    holds ``lock`` until every rank is done; where it is refused, every rank stops with its error."""
+    from xdc.training.distributed import init_distributed, leave_distributed, on_main
 
-    finished = False
-    try:
-        result = work(init_distributed(gpus))
-        finished = True
-    finally:
-        leave_distributed(finished)
+    with ExitStack() as held:
+        finished = False
+        try:
+            ctx = init_distributed(gpus)
+            on_main(lambda: held.enter_context(lock()), ctx)
+            result = work(ctx)
+            finished = True
+        finally:
+            leave_distributed(finished)
     return result
 
 
@@ -193,7 +206,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     from xdc.atomic import write_text
     from xdc.evaluation.adapters import load_dataset
-    from xdc.evaluation.extract import extract_features
+    from xdc.evaluation.extract import extract_features, features_path
 
     options = dict(args.option)
     settings = _encoder_settings(args, "extract")
@@ -201,16 +214,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
     def run(ctx: Dist) -> dict | None:
         _device_under_torchrun(args.device, ctx)
         items = load_dataset(args.dataset, args.data, split=args.split, **options)
-        return extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
-                                batch_size=args.batch_size, settings=settings, device=args.device, ctx=ctx)  # fmt: skip
+        summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
+                                   batch_size=args.batch_size, settings=settings, device=args.device, ctx=ctx)
+        if summary is not None:  # rank 0, still holding the lock of OUT.npz, which covers its OUT.json
+            write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))
+        return summary
 
-    summary = _as_rank(run)
+    summary = _as_rank(run, lock=lambda: holding(features_path(args.out), "extract"))
     if summary is None:  # another rank than the first: rank 0 writes and says
         return 0
     print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped")
     for skip in summary["skipped"][:10]:
         print(f"  skipped {skip['path']}: {skip['reason']}")
-    write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))  # OUT.npz's OUT
     return 0
 
 
@@ -240,15 +255,22 @@ def _device_under_torchrun(device: str, ctx: Dist) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from xdc.evaluation import commands
 
-    if args.protocol == "linear":
-        commands.eval_linear(args.features, args.test_features, args.classifier, args.out)
-    elif args.protocol == "kfold":
-        commands.eval_kfold(args.features, args.classifier, args.out)
-    elif args.protocol == "finetune":
+    if args.protocol == "finetune":
         _finetune(args)
-    else:
-        commands.eval_clusters(args.run, args.out, args.labels)
+        return 0
+    with _result_lock(args.out, f"eval {args.protocol}"):
+        if args.protocol == "linear":
+            commands.eval_linear(args.features, args.test_features, args.classifier, args.out)
+        elif args.protocol == "kfold":
+            commands.eval_kfold(args.features, args.classifier, args.out)
+        else:
+            commands.eval_clusters(args.run, args.out, args.labels)
     return 0
+
+
+def _result_lock(out: Path | None, command: str) -> AbstractContextManager:
+    """The lock of an ``xdc eval`` result file; none where it writes none (no --out)."""
+    return nullcontext() if out is None else holding(out, command)
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -264,7 +286,13 @@ def _finetune(args: argparse.Namespace) -> None:
         commands.eval_finetune(args.run, args.encoder, args.dataset, args.data, args.split, args.mode, cfg, args.out,
                                options, device=args.device, settings=settings, ctx=ctx)  # fmt: skip
 
-    _as_rank(run)
+    @contextmanager
+    def lock() -> Iterator[None]:  # the result, and the folder of progress and logs that a re-run goes on from
+        with _result_lock(args.out, "eval finetune"):
+            with holding(commands.finetune_folder(args.out, args.dataset), "eval finetune", folder=True):
+                yield
+
+    _as_rank(run, lock=lock)
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -275,31 +303,38 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--k takes whole numbers separated by commas, e.g. 16,64; got {args.k!r}") from None
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
-    grid_benchmark(args.data, args.out, args.test_data, args.fsdd, preset=args.preset, ks=ks,
-                   overrides=_as_overrides(args), supervised_slot=args.supervised_slot,
-                   **({"methods": methods} if methods else {}))  # fmt: skip
+    with holding(args.out, "benchmark grid", folder=True):
+        grid_benchmark(args.data, args.out, args.test_data, args.fsdd, preset=args.preset, ks=ks,
+                       overrides=_as_overrides(args), supervised_slot=args.supervised_slot,
+                       **({"methods": methods} if methods else {}))  # fmt: skip
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from xdc.report import write_report
 
-    print(f"wrote {write_report(args.run, args.out)}")
+    with holding(args.out or args.run / "report.html", "report"):
+        print(f"wrote {write_report(args.run, args.out)}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from xdc.export import export_run
 
-    for path in export_run(args.run, args.out, metrics=args.metrics, also=args.also):
-        print(f"wrote {path}")
+    # beside the folder, not in it: an export's folder holds its own files alone (is_export), and a new export
+    # removes them all
+    with holding(args.out, "export"):
+        for path in export_run(args.run, args.out, metrics=args.metrics, also=args.also):
+            print(f"wrote {path}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from xdc.demo import run_demo
 
-    run_demo(args.out, _config(args), videos=args.videos, overrides=_as_overrides(args))
+    cfg = _config(args)
+    with holding(args.out, "demo", folder=True):
+        run_demo(args.out, cfg, videos=args.videos, overrides=_as_overrides(args))
     return 0
 
 

@@ -87,8 +87,7 @@ def extract_features(
     out the probes and the parts; rank 0 joins the parts, writes and returns the summary (None on the others);
     ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
     ctx = ctx or Dist()
-    out = Path(out)
-    out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # what np.savez would write, said so
+    out = features_path(out)
     for flag, value in (("--batch-size", batch_size), ("--clips", clips)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
@@ -143,6 +142,12 @@ def extract_features(
                 "skipped": [{"path": p, "reason": r} for p, r in [*skipped, *failed]]}  # fmt: skip
 
     return on_main(write, ctx)  # the other ranks wait as long as it takes (a barrier under NCCL would time out)
+
+
+def features_path(out: str | Path) -> Path:
+    """The file that ``xdc extract --out OUT`` writes: OUT, with ``.npz`` added as np.savez would add it, said so."""
+    out = Path(out)
+    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
 
 
 def _write(out: Path, parts: list[dict], manifest: Manifest, item_of_row: np.ndarray, items: list[Item]):
