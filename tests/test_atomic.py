@@ -86,3 +86,26 @@ def test_a_write_that_fails_in_the_code_leaves_no_partial_and_keeps_its_error(tm
         save_atomic({"step": 2, "code": lambda: None}, path)
     assert not isinstance(failed.value, UserError)
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"] and load(path)["step"] == 1
+
+
+def test_a_manifest_is_written_beside_itself_under_a_name_of_this_process(tmp_path):
+    """Two processes writing one file (two xdc index given one --out, before they were refused) shared OUT.tmp and
+    renamed each other's half-written file into place, or failed at the rename: a name per process."""
+    import os
+
+    from xdc.data.manifest import write_atomic
+
+    seen = []
+    write_atomic(tmp_path / "m.csv", lambda f: seen.append(Path(f.name).name) or f.write("path\n"))
+    assert seen == [f".m.csv.tmp{os.getpid()}"] and (tmp_path / "m.csv").read_text() == "path\n"
+
+
+def test_a_files_leftovers_are_removed_without_those_of_the_files_beside_it(tmp_path):
+    """A killed index's half-written manifest goes when the next index of that --out starts; another output's in
+    the same folder may be another process's, being written now (xdc.locks locks outputs, not folders)."""
+    from xdc.atomic import remove_partials
+
+    for name in (".m.csv.tmp41", ".m.csv.tmp42", ".other.csv.tmp43", ".m.csv.lock", "m.csv.tmp"):
+        (tmp_path / name).write_text("x")
+    remove_partials(tmp_path, of="m.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.csv.lock", ".other.csv.tmp43", "m.csv.tmp"]

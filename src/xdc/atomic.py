@@ -30,11 +30,13 @@ def is_partial(entry: Path) -> bool:
     return entry.name.startswith(".") and ".tmp" in entry.name and entry.name.rsplit(".tmp", 1)[1].isdigit()
 
 
-def remove_partials(folder: Path) -> None:
-    """The files in ``folder`` that killed writers left (``partial_path``): each as large as what it was writing."""
+def remove_partials(folder: Path, of: str | None = None) -> None:
+    """The files in ``folder`` that killed writers left (``partial_path``): each as large as what it was writing.
+    With ``of``, only those of the file of that name: the other files of the folder may be another process's to
+    write (a process holds the lock of its output alone: ``xdc.locks``)."""
     if folder.is_dir():
         for entry in folder.iterdir():
-            if is_partial(entry):
+            if is_partial(entry) and (of is None or entry.name.rsplit(".tmp", 1)[0] == f".{of}"):
                 entry.unlink(missing_ok=True)
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import av
 import numpy as np
 
+from xdc.atomic import remove_partials
 from xdc.config import node_ranks
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import COLUMNS, iter_rows, open_paths_file, row_cells, write_rows
@@ -97,6 +98,7 @@ def build_manifest(
         nonlocal label_index
         label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
         _check_out(out)
+        remove_partials(out.parent, of=out.name)  # a killed run's manifest, half written: as large as a whole one
         return list_media(paths, roots)
 
     share = my_share(listing, out, ctx, on_main)

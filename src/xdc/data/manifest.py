@@ -77,8 +77,9 @@ def row_cells(row: dict) -> list[str]:
 
 def write_atomic(path: Path, write: Callable) -> None:
     """Call ``write`` on a temporary text file beside ``path``, then rename it into place (a reader never sees
-    half a file); a UserError where it cannot be written (``replacing``)."""
-    with replacing(path, path.with_name(path.name + ".tmp")) as tmp, open_text(tmp, "w") as f:
+    half a file); a UserError where it cannot be written (``replacing``). The temporary file is this process's
+    (``partial_path``; until 2026-12-01 ``PATH.tmp``, which two processes writing one path shared)."""
+    with replacing(path) as tmp, open_text(tmp, "w") as f:
         write(f)
 
 

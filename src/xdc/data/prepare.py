@@ -28,6 +28,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from xdc.atomic import remove_partials
 from xdc.data.index import (
     LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
@@ -308,6 +309,8 @@ def _start(out: Path) -> None:
         raise UserError(f"cannot create --out {out}: {e.strerror or e}") from None
     for leftover in out.rglob(PARTIAL_GLOB):
         leftover.unlink(missing_ok=True)
+    for name in (REPORT, LABELS):  # a killed run's, half written: as large as whole ones
+        remove_partials(out, of=name)
     (out / NEXT).unlink(missing_ok=True)  # the report of a run killed before it took the old one's place
 
 

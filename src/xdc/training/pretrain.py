@@ -1028,6 +1028,7 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
         out.mkdir(parents=True, exist_ok=True)
         for folder in ("checkpoints", "labels"):  # what a kill left half written: a checkpoint's size each
             remove_partials(out / folder)
+        remove_partials(out, of="videos.csv")  # 4 GB at 65M videos; the run's other files are small
         if not resume:
             _clear_unfinished_start(out)
             _write_config(cfg, out)
