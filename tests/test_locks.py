@@ -150,18 +150,30 @@ def test_two_prepares_started_together_on_one_folder_one_refused(videos: Path, t
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no partial, no lock left
 
 
+HOLDER = """import multiprocessing, sys, time
+from xdc.locks import holding
+with holding(sys.argv[1], "index"):
+    worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(300,))
+    worker.start()  # a forked worker, which a SIGKILL of its parent leaves running a while
+    print(worker.pid, flush=True)
+    time.sleep(300)
+"""
+
+
 def test_a_killed_holder_does_not_block_the_next_run(videos: Path, tmp_path: Path) -> None:
-    """A run SIGKILLed (its lock file left behind) blocks nothing: the kernel let go of its lock with it."""
+    """A run SIGKILLed (its lock file left behind) blocks nothing: the kernel let go of its lock with it; its
+    forked workers, still running, do not hold it (a fork shares the parent's flock: they close it)."""
     out = tmp_path / "m.csv"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom xdc.locks import holding\n"
-                               f"with holding({str(out)!r}, 'index'):\n    print('held', flush=True)\n"
-                               "    time.sleep(300)"], stdout=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
-    assert holder.stdout.readline() == "held\n"
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
-    assert lock_path(out, folder=False).exists()
-    done = subprocess.run(_xdc("index", str(videos), "--out", str(out), "--workers", "1"), capture_output=True,
-                          text=True, env=ENV, timeout=300)  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=ENV)
+    worker = int(holder.stdout.readline())
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert lock_path(out, folder=False).exists()
+        done = subprocess.run(_xdc("index", str(videos), "--out", str(out), "--workers", "1"), capture_output=True,
+                              text=True, env=ENV, timeout=300)  # fmt: skip
+    finally:
+        os.kill(worker, signal.SIGKILL)
     assert done.returncode == 0, done.stderr
     assert not lock_path(out, folder=False).exists()
 

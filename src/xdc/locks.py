@@ -6,7 +6,10 @@ none that would block the next. On a platform without ``fcntl`` (Windows) nothin
 
 A folder's lock is a hidden file in it (``DIR/.xdc.lock``); a file's is a hidden file beside it (``.NAME.lock``),
 so that two outputs in one folder do not block each other. The lock file goes when its holder ends, with the
-folders that were made for it alone (a command refused by its own checks leaves nothing)."""
+folders that were made for it alone (a command refused by its own checks leaves nothing).
+
+A forked child shares its parent's lock (flock's belongs to the open file, which a fork copies): a worker of a
+run killed with SIGKILL would hold the lock until it noticed, and refuse the next run. Children close it."""
 
 from __future__ import annotations
 
@@ -24,6 +27,17 @@ except ImportError:  # Windows
 
 FOLDER_LOCK = ".xdc.lock"
 ATTEMPTS = 20  # a lock file removed by its holder as another opened it: opened again, at most this often
+_held: set[int] = set()  # the descriptors of the locks this process holds
+
+
+def _close_in_child() -> None:
+    for fd in _held:
+        os.close(fd)  # the parent's lock stays: it lets go only once every descriptor of the file is closed
+    _held.clear()
+
+
+if fcntl is not None:
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 def lock_path(out: Path, folder: bool) -> Path:
@@ -74,6 +88,7 @@ def _acquire(path: Path, out: Path, command: str, choose: str) -> int | None:
         if _same_file(fd, path):  # else a holder removed the file before it let go: this lock guards nothing
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{command}\n{os.getpid()}\n".encode(), 0)
+            _held.add(fd)
             return fd
         os.close(fd)
     return None
@@ -82,8 +97,9 @@ def _acquire(path: Path, out: Path, command: str, choose: str) -> int | None:
 def _release(fd: int | None, path: Path, made: list[Path]) -> None:
     """Remove the lock file while it is still held (one who opens it meanwhile sees it gone: ``_same_file``), then
     the folders made for it that nothing else went into, then let go."""
-    if fd is None:
+    if fd not in _held:  # none, or a forked child's, closed as it started
         return
+    _held.discard(fd)
     try:
         path.unlink(missing_ok=True)
         for folder in made:
