@@ -41,8 +41,12 @@ if fcntl is not None:
 
 
 def lock_path(out: Path, folder: bool) -> Path:
-    """Where the lock of the output ``out`` lives: inside it for a ``folder``, beside it for a file."""
-    return out / FOLDER_LOCK if folder else out.with_name(f".{out.name}.lock")
+    """Where the lock of the output ``out`` lives: inside it for a ``folder``, beside it for a file (or for a
+    folder given as ``.``, ``..``: by its own name)."""
+    if folder:
+        return out / FOLDER_LOCK
+    out = Path(os.path.abspath(out))
+    return out.with_name(f".{out.name}.lock")
 
 
 @contextmanager
@@ -52,7 +56,7 @@ def holding(out: str | Path, command: str, folder: bool = False, choose: str = "
     file cannot be made (``out`` a file given for a folder, a folder that cannot be written) the block runs without
     it: the command's own checks and writes say what is wrong there."""
     out = Path(out)
-    if fcntl is None or (folder and out.exists() and not out.is_dir()):
+    if fcntl is None or (folder and out.exists() and not out.is_dir()) or out.resolve() == Path("/"):
         yield
         return
     path = lock_path(out, folder)
