@@ -34,12 +34,24 @@ def kill_once_rows_are_kept(command: list[str], side: Path, rows: int = 3) -> No
 
 def kill_with_children(proc: subprocess.Popen) -> list[int]:
     """SIGKILL ``proc`` and its child processes: under torchrun, the ranks, each in a session of its own, so that
-    killing torchrun's process group would leave them running. Returns the children's pids."""
+    killing torchrun's process group would leave them running. Returns the children's pids once they have ended:
+    a rank being killed still holds its run's lock (xdc.locks) for a moment, and the next run would be refused."""
     children = child_pids(proc.pid)
     for pid in [*children, proc.pid]:
         os.kill(pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 60
+    while any(_running(pid) for pid in children) and time.time() < deadline:
+        time.sleep(0.01)
     return children
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie has: its files are closed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def child_pids(pid: int) -> list[int]:
