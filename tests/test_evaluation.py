@@ -291,6 +291,14 @@ def test_eval_out_replaces_only_an_earlier_result(run, tmp_path, capsys):
                     ["eval", "kfold", "--features", str(feats)], ["eval", "clusters", "--run", str(run_dir)]):
         assert main([*command, "--out", str(result)]) == 0
         assert json.loads(result.read_text())["command"] == " ".join(command[:2])
+    empty = tmp_path / "tmp.json"  # mktemp's: nothing to lose
+    empty.touch()
+    assert main(["eval", "linear", "--features", str(feats), "--out", str(empty)]) == 0
+    assert json.loads(empty.read_text())["command"] == "eval linear"
+    fifo = tmp_path / "fifo"  # as --out >(cat) is: refused at once, where opening it to look inside waited for ever
+    os.mkfifo(fifo)
+    assert main(["eval", "linear", "--features", str(feats), "--out", str(fifo)]) == 2
+    assert f"--out {fifo} exists and is not a result of xdc eval" in capsys.readouterr().err
 
 
 def test_finetune_reports_the_test_videos_it_could_not_score(run, tmp_path, capsys):

@@ -132,7 +132,7 @@ def test_export_refuses_unfinished_runs_and_foreign_folders(run, tmp_path, capsy
     assert "not a result file of `xdc eval" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
-def test_metrics_of_another_run_are_refused(run, exported, tmp_path, capsys):
+def test_metrics_of_another_run_are_refused(run, exported, tmp_path, capsys, monkeypatch):
     """The card cites --metrics as the run's own: a result of another run (by its run, or for a probe by its
     features' summary) is refused, not listed under this run's name."""
     other = tmp_path / "other"
@@ -143,6 +143,14 @@ def test_metrics_of_another_run_are_refused(run, exported, tmp_path, capsys):
         assert capsys.readouterr().err == (f"xdc: error: metrics {name}.json evaluated the run {run}, not {other}: "
                                            "give this run's results\n")  # fmt: skip
     assert not (tmp_path / "e").exists()
+    # a result made with a relative --run records where that was: the check holds from any folder
+    clusters = tmp_path / "clusters.json"
+    monkeypatch.chdir(other.parent)
+    assert main(["eval", "clusters", "--run", other.name, "--out", str(clusters)]) == 0
+    monkeypatch.chdir(run.parent)
+    assert main(["export", str(other), "--out", str(tmp_path / "e"), "--metrics", str(clusters)]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "f"), "--metrics", str(clusters)]) == 2
+    assert f"metrics clusters.json evaluated the run {other}, not {run}" in capsys.readouterr().err
 
 
 def test_metrics_that_are_not_utf8_are_named_in_one_line(run, tmp_path, capsys):

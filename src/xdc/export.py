@@ -282,6 +282,8 @@ def _check_evaluated(result: dict, run: Path) -> None:
     if not named or (summary or result).get("source", "run") != "run":  # an export or the released weights
         return
     evaluated = Path(named)
+    if not evaluated.is_absolute():  # as typed, by an xdc before 2026-12-01: relative to a folder not recorded
+        return
     if evaluated.suffix == ".pt":  # a run's encoders file
         evaluated = evaluated.parent
     if evaluated.resolve() != run.resolve():

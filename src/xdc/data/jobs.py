@@ -65,7 +65,7 @@ def run_jobs(
     """``done(key, job(key))`` for every key, as results come, with ``job`` run in up to ``workers`` processes
     (each started with ``initializer``) and ended after ``limit_s(key)`` seconds; a key whose process dies gets
     ``failed(reason)`` as its result. ``job`` must be picklable (a module-level function, or a partial of one)."""
-    initializer = functools.partial(_start_worker, initializer, os.getpid())
+    initializer = functools.partial(_start_worker, initializer, os.getpid(), multiprocessing.get_start_method())
     left = list(keys)
     while left:
         finished = _in_pool(left, job, workers, done, limit_s, initializer)
@@ -105,27 +105,21 @@ def _in_pool(keys, job, workers, done, limit_s, initializer) -> set:
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
-def _start_worker(initializer: Callable[[], None], parent: int) -> None:
+def _start_worker(initializer: Callable[[], None], parent: int, method: str = "fork") -> None:
     """A worker's start: on Linux it is killed with the process that started it. Otherwise a parent killed with
     SIGKILL (the out-of-memory killer, a job scheduler) would leave its pool's workers waiting on the pool's queue
     for good, each with the modules and memory of a worker (over 300 MB with torch imported)."""
     let_interrupts_in()  # a Ctrl-C ends the job it is in, as it ends the parent (held back while it forked)
-    if sys.platform == "linux":  # the process that started it: the pool's, or under forkserver (Python 3.14's
-        # default) the fork server, which ends with the pool's process
+    if sys.platform == "linux":  # the process that started it: the pool's (``method`` fork, spawn), or the fork
+        # server (forkserver, Python 3.14's default), which ends with the pool's process
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent and not _alive(parent):  # it died before the call (every forkserver worker has
-            os._exit(1)  # another parent: each exited here, and every file was "worker process died", until 2026-12-01)
+        # whether it died before the call: the worker is another's child now (a forkserver worker's parent is the
+        # fork server from the start: each took that for a death and exited, every file "worker process died",
+        # until 2026-12-01)
+        orphaned = os.getppid() == 1 if method == "forkserver" else os.getppid() != parent
+        if orphaned:
+            os._exit(1)
     initializer()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: a pid taken again since
-        return False
-    return True
 
 
 def _timed(job, key, limit: float) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -158,7 +159,7 @@ def eval_finetune(
     log.close()
     if not ctx.main:
         return None
-    record = {"command": "eval finetune", "run": str(run), "source": result["source"], "clip": result["clip"],
+    record = {"command": "eval finetune", "run": os.path.abspath(run), "source": result["source"], "clip": result["clip"],
               "settings": settings or {}, "dataset": dataset, "data": str(data), "mode": mode, "splits": rows,
               "mean_top1": float(np.mean([r["top1"] for r in rows])), "config": config_to_dict(cfg.finetune),
               "seed": cfg.seed, "log": str(folder), "skipped": skipped}  # fmt: skip
@@ -194,12 +195,21 @@ def run_label_ids(run: Path, labels: Path | None = None) -> np.ndarray:
     return np.array([codes.setdefault(name, len(codes)) if name else -1 for name in names], dtype=np.int32)
 
 
+def _supervised(run: Path) -> bool:
+    """Whether ``run`` trained on its manifest's labels, as its config.yaml says; a config this xdc cannot read
+    (settings of a later version) says nothing, and its labels are scored as they were before 2026-12-01."""
+    try:
+        return get_method(load_config(run / "config.yaml").train.method).supervised
+    except (OSError, UserError):
+        return False
+
+
 def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> dict:
     """NMI, ARI, purity and Hungarian accuracy of every round's clusters against the labels of the run's manifest,
     or of the labels CSV ``labels`` (for a run pretrained without them)."""
     check_out(out)
     label_ids = run_label_ids(run, labels)  # a folder that is no run is an error here
-    if (run / "config.yaml").exists() and get_method(load_config(run / "config.yaml").train.method).supervised:
+    if _supervised(run):
         raise UserError(f"{run} is a supervised run: its labels/ hold the manifest's labels it trained on, not "
                         "clusters (their scores against those labels would be 1)")  # fmt: skip
     rounds = sorted((run / "labels").glob("round_*.npz"))
@@ -229,7 +239,7 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
         raise UserError(f"no cluster assignments of {run} can be read (labels/round_*.npz)"
                         + "".join(f"; {entry}" for entry in unreadable[:1]))
     print(f"{labelled} of {len(label_ids)} videos labelled" + (f" by {labels}" if labels is not None else ""))
-    record = {"command": "eval clusters", "run": str(run), "labels": None if labels is None else str(labels),
+    record = {"command": "eval clusters", "run": os.path.abspath(run), "labels": None if labels is None else str(labels),
               "labelled": labelled, "videos": len(label_ids), "rounds": rows, "unreadable": unreadable}  # fmt: skip
     return _emit(record, rows, out)
 
@@ -247,13 +257,17 @@ _RESULT_START = re.compile(rb'\s*\{\s*"command":\s*"eval ')  # how every result 
 
 
 def is_result(path: Path) -> bool:
-    """Whether ``path`` is a result file of ``xdc eval ... --out``: told by its start alone, so that a big file
-    given by mistake is not read whole."""
+    """Whether ``path`` is a result file of ``xdc eval ... --out`` or an empty file (``mktemp``'s): told by its
+    start alone, so that a big file given by mistake is not read whole. Only a regular file is opened: a pipe or
+    FIFO would wait for a writer (``--out >(cat)`` hung)."""
     try:
+        if not path.is_file():
+            return False
         with open(path, "rb") as f:
-            return _RESULT_START.match(f.read(4096)) is not None
+            start = f.read(4096)
     except OSError:
         return False
+    return not start or _RESULT_START.match(start) is not None
 
 
 def _emit(record: dict, rows: list[dict], out: Path | None) -> dict:

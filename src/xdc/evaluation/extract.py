@@ -7,6 +7,7 @@ and embedded clip by clip in eval mode: N evenly spaced clips per item, or a sli
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ def extract_features(
             parts[j] = kept.read(j)
         written, failed = _write(out, [parts[j] for j in range(len(spans))], manifest, item_of_row, items)
         kept.clear()
-        return {"out": str(out), "run": str(run), "source": source.kind, "clips": written, "items": len(items),
+        return {"out": str(out), "run": os.path.abspath(run), "source": source.kind, "clips": written, "items": len(items),
                 "encoder": encoder_name, "modality": modality, "stride": stride,
                 "clips_per_item": None if stride else dataset.per_video,  # at most: one for an item no longer than one
                 "device": str(place.device), "ranks": ctx.world_size, "bf16": place.bf16,
