@@ -77,7 +77,8 @@ def test_an_export_gives_its_runs_features_and_finetuning(made, tmp_path):
 
 def test_the_encoders_kept_while_more_rounds_extend_a_run_are_a_source(made, tmp_path, capsys):
     """While ``--resume --rounds`` extends a finished run, its encoders.pt waits as encoders-N-rounds.pt: the error
-    names that file, and extract takes it (until 2026-12-01 every command refused it as "a file of the run")."""
+    names that file, and extract and export take it (until 2026-12-01 every command refused it as "a file of the
+    run"; export said "an export already")."""
     run = tmp_path / "run"
     shutil.copytree(made["run"], run)
     base = ["extract", "--encoder", "audio", "--data", str(made["table"]), "--clips", "2"]
@@ -88,6 +89,13 @@ def test_the_encoders_kept_while_more_rounds_extend_a_run_are_a_source(made, tmp
         capsys.readouterr().err  # fmt: skip
     assert main([*base, "--run", str(run / "encoders-1-rounds.pt"), "--out", str(tmp_path / "b.npz")]) == 0
     np.testing.assert_array_equal(_features(tmp_path / "a.npz"), _features(tmp_path / "b.npz"))
+    (run / "labels" / "round_001.npz").write_bytes((run / "labels" / "round_000.npz").read_bytes())  # a new round's
+    assert main(["export", str(run / "encoders-1-rounds.pt"), "--out", str(tmp_path / "export")]) == 0
+    assert "- rounds: 1 of 1;" in (tmp_path / "export" / "README.md").read_text()
+    for name in ("video", "audio"):
+        before = load_encoder(made["export"] / f"{name}.safetensors").state_dict()
+        for key, value in load_encoder(tmp_path / "export" / f"{name}.safetensors").state_dict().items():
+            assert torch.equal(value, before[key])
 
 
 def test_an_export_from_before_the_jitter_was_kept_scales_to_a_quarter_more(made, tmp_path):

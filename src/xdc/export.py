@@ -32,7 +32,7 @@ from xdc.data.audio import LogMel
 from xdc.data.manifest import decode_paths, run_videos
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
-from xdc.evaluation.sources import load_run_encoder
+from xdc.evaluation.sources import load_run_encoder, run_and_encoders
 from xdc.methods import Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.presets import PRESETS
@@ -127,26 +127,30 @@ def _model_config(values: dict, file: Path) -> ModelConfig:
 def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tuple = (),
                also: list[str] | tuple = ()) -> list[Path]:  # fmt: skip
     """Write every encoder of the finished run ``run`` and a model card into ``out``, and each encoder as the
-    programs of ``also`` (formats of ``PROGRAMS``); returns the files. ``run`` may also be a file of the released
-    XDC weights (``export_released``)."""
+    programs of ``also`` (formats of ``PROGRAMS``); returns the files. ``run`` may also be one of a run's encoders
+    files (encoders-N-rounds.pt while more rounds extend it), or a file of the released XDC weights
+    (``export_released``)."""
     run, out = Path(run), Path(out)
-    if run.is_file():
+    if run.is_file() and not (checkpoint.is_encoders_file(run) and (run.parent / "config.yaml").exists()):
         return export_released(run, out, metrics, also)
-    encoders_file = checkpoint.finished_encoders(run)
+    given = run
+    run, encoders_file = run_and_encoders(run)
     _check_programs(also)  # every input is checked (and the encoders loaded) before anything is written
     results = [_read_result(Path(m)) for m in metrics]
     for result in results:
         _check_evaluated(result, run)
     saved = checkpoint.read(encoders_file, "a run's encoders")
     cfg = load_config(run / "config.yaml")
-    loaded = {name: load_run_encoder(run, name)[:2] for name in saved["encoders"]}
+    loaded = {name: load_run_encoder(given, name)[:2] for name in saved["encoders"]}
     _prepare_out(out)
     files = []
     for name, (encoder, modality) in loaded.items():
         files += _write_encoder(out, name, encoder_metadata(name, modality, saved["method"], encoder, cfg), encoder,
                                 also)  # fmt: skip
     encoders = {name: encoder for name, (encoder, _) in loaded.items()}
-    card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results, also)
+    rounds = encoders_file.name.split("-")[1] if encoders_file.name != "encoders.pt" else None  # encoders-N-rounds
+    card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results, also,
+                      rounds_done=None if rounds is None else int(rounds))  # fmt: skip
     return [*files, _write_card(out, card)]
 
 
@@ -294,8 +298,10 @@ def _check_evaluated(result: dict, run: Path) -> None:
 
 
 def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Module], modalities: dict[str, str],
-               results: list[dict], programs: list[str] | tuple = ()) -> str:  # fmt: skip
-    """The README.md of an export: what the encoders are, how they were trained and evaluated, how to feed them."""
+               results: list[dict], programs: list[str] | tuple = (),
+               rounds_done: int | None = None) -> str:  # fmt: skip
+    """The README.md of an export: what the encoders are, how they were trained and evaluated, how to feed them.
+    ``rounds_done``: the rounds of encoders kept while more extend the run (else its finished rounds' label files)."""
     train = cfg.train
     lines = [
         f"# {method.name} encoders from `{run.name}`",
@@ -308,7 +314,8 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
         *_encoder_lines(encoders, modalities, cfg),
     ]
     lines += ["", f"Preset: {_preset(cfg)}.", "", "## Training", "", f"- data: {_data_line(run)}"]
-    rounds_done = len(list((run / "labels").glob("round_*.npz")))
+    if rounds_done is None:
+        rounds_done = len(list((run / "labels").glob("round_*.npz")))
     if not method.trains:
         lines.append(f"- rounds: none (method {method.name} trains nothing)")
     else:
