@@ -101,8 +101,9 @@ def test_a_run_on_other_data_or_with_unreadable_files_is_refused_or_noted(grid_l
     # the encoders of gridA are not reported as trained on gridB: refused as for other settings
     with pytest.raises(UserError) as refused:
         grid_benchmark(grid_b, out, preset="tiny", methods=("scratch",), overrides=settings)
-    assert str(refused.value) == (f"{run} was pretrained on other videos than --data's (9 of its 9 are not among them, "
-                                  "9 of --data's not among its); choose another --out for this benchmark")  # fmt: skip
+    assert str(refused.value) == (f"{run} was pretrained on other videos than --data's, by their paths (9 of its 9 are "
+                                  "not among them, 9 of --data's not among its; data moved since counts as other); "
+                                  "choose another --out for this benchmark")  # fmt: skip
     with open(run / "encoders.pt", "r+b") as f:  # cut short
         f.truncate(1000)
     with pytest.raises(UserError, match=rf"^cannot read {run / 'encoders.pt'} as a run's encoders: .*; remove {run} "

@@ -120,7 +120,8 @@ def _pretrain(method: str, manifest: Path, run: Path, preset: str, overrides: tu
 def _check_videos(run: Path, manifest: Path, cfg: Config) -> None:
     """Refuse a run (finished or not) that trained on other videos than ``manifest``'s: its config does not record
     the data, so another --data into the same --out would report the encoders of the first as trained on the
-    second. (A run too old to keep its videos cannot be checked.)"""
+    second. Videos are told by their paths: the same data moved is other videos (GRID's speakers have files of the
+    same names). (A run too old to keep its videos cannot be checked.)"""
     videos = run_videos(run)
     if videos is None:
         return
@@ -128,9 +129,9 @@ def _check_videos(run: Path, manifest: Path, cfg: Config) -> None:
     now = set(TrainClips(Manifest.load(manifest), cfg.data, modalities=get_method(cfg.train.method).modalities)
               .manifest.paths.tolist())  # fmt: skip
     if had != now:
-        raise UserError(f"{run} was pretrained on other videos than --data's ({len(had - now)} of its {len(had)} are "
-                        f"not among them, {len(now - had)} of --data's not among its); choose another --out for this "
-                        "benchmark")  # fmt: skip
+        raise UserError(f"{run} was pretrained on other videos than --data's, by their paths ({len(had - now)} of its "
+                        f"{len(had)} are not among them, {len(now - had)} of --data's not among its; data moved since "
+                        "counts as other); choose another --out for this benchmark")  # fmt: skip
 
 
 def _seconds(run: Path) -> float | str:
