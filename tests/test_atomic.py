@@ -2,6 +2,7 @@
 and leaves no temporary file behind; nothing written before is lost."""
 
 import csv
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,18 @@ def test_a_files_leftovers_are_removed_without_those_of_the_files_beside_it(tmp_
         (tmp_path / name).write_text("x")
     remove_partials(tmp_path, of="m.csv")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".m.csv.lock", ".other.csv.tmp43", "m.csv.tmp"]
+
+
+def test_a_file_replaced_keeps_its_mode_and_a_link_stays_a_link(tmp_path):
+    """As the writes in place before them did (extract's OUT.json, the demo's and the grid benchmark's JSON): the
+    file a link names is the one replaced, and a mode the user set stays."""
+    from xdc.atomic import write_text
+
+    (tmp_path / "keep").mkdir()
+    target, link = tmp_path / "keep" / "f.json", tmp_path / "f.json"
+    target.write_text("old")
+    target.chmod(0o640)
+    link.symlink_to(target)
+    write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["f.json", "f.json", "keep"]  # no temporary file left

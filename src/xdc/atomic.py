@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,11 +45,17 @@ def remove_partials(folder: Path, of: str | None = None) -> None:
 def replacing(path: str | Path, tmp: Path | None = None) -> Iterator[Path]:
     """Yield the temporary path (``tmp``, else ``partial_path(path)``) for the block to write, file or folder; then
     rename it onto ``path``. Where the block or the rename fails the temporary file is removed, and a failure of the
-    machine (a full disk, a file too large, ...) is a WriteError naming ``path`` and the reason."""
+    machine (a full disk, a file too large, ...) is a WriteError naming ``path`` and the reason. As a write in
+    place would, it keeps the mode of a file it replaces and, by default, replaces the file a link names, not the
+    link."""
     path = Path(path)
-    tmp = partial_path(path) if tmp is None else tmp
+    if tmp is None:
+        path = Path(os.path.realpath(path)) if path.is_symlink() else path
+        tmp = partial_path(path)
     try:
         yield tmp
+        if tmp.is_file() and path.is_file():
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
     except BaseException as e:
         _remove(tmp)
