@@ -802,3 +802,19 @@ def test_every_checkpoint_holds_the_rounds_training_time_so_far(manifest, tmp_pa
     record = next(json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()
                   if json.loads(line)["kind"] == "round")  # fmt: skip
     assert record["train_s"] >= mid_epoch[-1]
+
+
+def test_advice_for_a_damaged_checkpoint_is_not_given_for_a_file_the_machine_cannot_read(tmp_path):
+    """A cut-short checkpoint gets what to do (start the run over: remove it); a failure of the machine (permission,
+    I/O, here a folder where the file should be) does not: a whole file may be behind it."""
+    from xdc.training import checkpoint
+
+    damaged, unreadable = tmp_path / "damaged.pt", tmp_path / "unreadable.pt"
+    damaged.write_bytes(b"PK\x03\x04 cut short")
+    unreadable.mkdir()
+    with pytest.raises(UserError, match=r"; remove the run$"):
+        checkpoint.read(damaged, "a pretraining checkpoint", "remove the run")
+    with pytest.raises(UserError) as refused:
+        checkpoint.read(unreadable, "a pretraining checkpoint", "remove the run")
+    assert str(refused.value).startswith(f"cannot read {unreadable} as a pretraining checkpoint: ")
+    assert "remove the run" not in str(refused.value)

@@ -40,11 +40,14 @@ def load(path: str | Path) -> dict:
 
 def read(path: str | Path, what: str, then: str = "") -> dict:
     """``load``, for a file that a user names (or that a run keeps for them): any failure to read it is a one-line
-    error naming the file and ``what`` it should be, and ``then`` (what to do about it) where given."""
+    error naming the file and ``what`` it should be, and ``then`` (what to do about a damaged file) where given. A
+    failure of the machine (permission, I/O) gets no ``then``: a whole file may be behind it (remove nothing)."""
     try:
         return load(path)
     except Exception as e:  # torch's unpickler raises many kinds (KeyError, IndexError, ...) on a file of another kind
-        raise UserError(f"cannot read {path} as {what}: {_why_unreadable(e)}" + (f"; {then}" if then else "")) from None
+        damaged = then and not isinstance(e, OSError)
+        raise UserError(f"cannot read {path} as {what}: {_why_unreadable(e)}" + (f"; {then}" if damaged else "")) \
+            from None  # fmt: skip
 
 
 def _why_unreadable(error: Exception) -> str:
