@@ -112,16 +112,20 @@ def test_a_files_leftovers_are_removed_without_those_of_the_files_beside_it(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == [".m.csv.lock", ".other.csv.tmp43", "m.csv.tmp"]
 
 
-def test_a_file_replaced_keeps_its_mode_and_a_link_stays_a_link(tmp_path):
-    """As the writes in place before them did (extract's OUT.json, the demo's and the grid benchmark's JSON): the
-    file a link names is the one replaced, and a mode the user set stays."""
+def test_a_file_replaced_keeps_its_mode_and_a_link_is_replaced_not_followed(tmp_path):
+    """A mode the user set stays, as the writes in place before them kept it (extract's OUT.json, the demo's and the
+    grid benchmark's JSON). A link is replaced, not the file it names: a run copied as links and resumed would
+    otherwise write into the run it was copied from."""
     from xdc.atomic import write_text
 
     (tmp_path / "keep").mkdir()
-    target, link = tmp_path / "keep" / "f.json", tmp_path / "f.json"
-    target.write_text("old")
-    target.chmod(0o640)
+    mine, target, link = tmp_path / "mine.json", tmp_path / "keep" / "f.json", tmp_path / "f.json"
+    for path in (mine, target):
+        path.write_text("old")
+        path.chmod(0o640)
     link.symlink_to(target)
+    write_text(mine, "new")
     write_text(link, "new")
-    assert link.is_symlink() and target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o640
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["f.json", "f.json", "keep"]  # no temporary file left
+    assert mine.read_text() == "new" and stat.S_IMODE(mine.stat().st_mode) == 0o640
+    assert not link.is_symlink() and link.read_text() == "new" and target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["f.json", "f.json", "keep", "mine.json"]  # no leftovers

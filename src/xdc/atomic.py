@@ -45,13 +45,11 @@ def remove_partials(folder: Path, of: str | None = None) -> None:
 def replacing(path: str | Path, tmp: Path | None = None) -> Iterator[Path]:
     """Yield the temporary path (``tmp``, else ``partial_path(path)``) for the block to write, file or folder; then
     rename it onto ``path``. Where the block or the rename fails the temporary file is removed, and a failure of the
-    machine (a full disk, a file too large, ...) is a WriteError naming ``path`` and the reason. As a write in
-    place would, it keeps the mode of a file it replaces and, by default, replaces the file a link names, not the
-    link."""
+    machine (a full disk, a file too large, ...) is a WriteError naming ``path`` and the reason. It keeps the mode
+    of a file it replaces, as a write in place would. A link at ``path`` is replaced, not the file it names: a run
+    copied as links (``cp -rs``) and resumed must not write into the run it was copied from."""
     path = Path(path)
-    if tmp is None:
-        path = Path(os.path.realpath(path)) if path.is_symlink() else path
-        tmp = partial_path(path)
+    tmp = partial_path(path) if tmp is None else tmp
     try:
         yield tmp
         if tmp.is_file() and path.is_file():
