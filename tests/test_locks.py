@@ -102,6 +102,23 @@ def test_pretrain_and_resume_touch_nothing_of_a_run_in_use(tmp_path: Path, capsy
     assert (run / "config.yaml").read_text() == "train:\n  rounds: 4\n"
 
 
+def test_a_run_the_demo_trains_is_refused_to_a_resume(tmp_path: Path, capsys) -> None:
+    """The demo (and the GRID benchmark) train runs in folders of their own output: each run's own lock is held
+    too, so that `xdc pretrain --resume` of one is refused (it trained beside the demo until 2026-12-01)."""
+    demo = subprocess.Popen(_xdc("demo", "--out", str(tmp_path / "d"), "--videos", "16", "--set", "train.rounds=100"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, start_new_session=True)
+    run = tmp_path / "d" / "runs" / "sdc-video"
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoints" / "last.pt").exists() and demo.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (run / "checkpoints" / "last.pt").exists(), demo.stderr.read() if demo.poll() is not None else ""
+        _refused(["pretrain", "--out", str(run), "--resume"], capsys)
+    finally:
+        os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait()
+
+
 def test_prepare_in_use_keeps_the_copies_being_written(videos: Path, tmp_path: Path, capsys) -> None:
     """A second prepare into a folder in use must not remove the first's copies being written, nor its report."""
     out = tmp_path / "pp"

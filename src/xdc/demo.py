@@ -25,6 +25,7 @@ from xdc.evaluation.commands import run_label_ids
 from xdc.evaluation.extract import extract_features
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import linear_probe
+from xdc.locks import holding
 from xdc.report import write_report
 from xdc.tables import format_table
 from xdc.training.distributed import Dist
@@ -56,7 +57,8 @@ def run_demo(out: Path, cfg: Config, videos: int = 128, classes: int = 8, overri
         run = out / "runs" / method
         t = time.perf_counter()
         if not (run / "encoders.pt").exists():  # a re-run of the demo continues where it stopped
-            pretrain(method_cfg, manifest, run, resume=(run / "checkpoints" / "last.pt").exists(), ctx=Dist())
+            with holding(run, "demo", folder=True):  # the run's own lock too: `xdc pretrain --resume` of it is refused
+                pretrain(method_cfg, manifest, run, resume=(run / "checkpoints" / "last.pt").exists(), ctx=Dist())
         row = {"method": method, "video_top1": "-", "audio_top1": "-", "nmi_vs_labels": _nmi(run)}
         for encoder in ("video", "audio"):
             if encoder in _encoders(run):

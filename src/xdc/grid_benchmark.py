@@ -28,6 +28,7 @@ from xdc.errors import UserError
 from xdc.evaluation.adapters import load_dataset, split_items
 from xdc.evaluation.extract import extract_features
 from xdc.evaluation.probe import linear_probe
+from xdc.locks import holding
 from xdc.methods import get_method
 from xdc.tables import format_table
 from xdc.training.checkpoint import read
@@ -112,7 +113,8 @@ def _pretrain(method: str, manifest: Path, run: Path, preset: str, overrides: tu
     _check_videos(run, manifest, cfg)
     if not (run / "encoders.pt").exists():
         t = time.perf_counter()
-        pretrain(cfg, manifest, run, resume=(run / "checkpoints" / "last.pt").exists(), ctx=Dist())
+        with holding(run, "benchmark grid", folder=True):  # its own lock: `xdc pretrain --resume` of it is refused
+            pretrain(cfg, manifest, run, resume=(run / "checkpoints" / "last.pt").exists(), ctx=Dist())
         write_text(run / "timing.json", json.dumps({"seconds": time.perf_counter() - t}))
     return run
 
