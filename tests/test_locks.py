@@ -18,6 +18,7 @@ import pytest
 
 from xdc.cli import main
 from xdc.data.encode import write_av
+from xdc.errors import UserError
 from xdc.locks import FOLDER_LOCK, holding, lock_path
 
 IN_USE = "is in use by another xdc process"
@@ -100,6 +101,27 @@ def test_pretrain_and_resume_touch_nothing_of_a_run_in_use(tmp_path: Path, capsy
         _refused(["pretrain", "--data", str(tmp_path / "m.csv"), "--out", str(run)], capsys)
     assert writing.read_bytes() == b"being written"
     assert (run / "config.yaml").read_text() == "train:\n  rounds: 4\n"
+
+
+def test_a_lock_file_this_user_cannot_write_still_locks(tmp_path: Path, monkeypatch) -> None:
+    """A team's shared folder: the lock file is another user's, which this one may not open for writing (the test
+    runs as root, whom no mode stops: the refusal stands in for it). A lock needs no write access; until 2026-12-01
+    the second user's process went on without one."""
+    import xdc.locks
+
+    out = tmp_path / "run"
+    real_open = os.open
+
+    def others_file(path, flags, *mode):
+        if flags & os.O_RDWR and Path(path).exists():
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    with holding(out, "pretrain", folder=True):
+        monkeypatch.setattr(xdc.locks.os, "open", others_file)
+        with pytest.raises(UserError, match=IN_USE):
+            with holding(out, "pretrain", folder=True):
+                pass
 
 
 def test_a_run_the_demo_trains_is_refused_to_a_resume(tmp_path: Path, capsys) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from xdc.errors import UserError
@@ -74,7 +74,7 @@ def _acquire(path: Path, out: Path, command: str, choose: str) -> int | None:
     for _ in range(ATTEMPTS):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open(path)
         except FileNotFoundError:  # a folder removed by a holder that made it, as it ended: made again
             continue
         except OSError:
@@ -90,12 +90,22 @@ def _acquire(path: Path, out: Path, command: str, choose: str) -> int | None:
             os.close(fd)
             return None
         if _same_file(fd, path):  # else a holder removed the file before it let go: this lock guards nothing
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{command}\n{os.getpid()}\n".encode(), 0)
+            with suppress(OSError):  # who holds it, for the refusal's message; a file another user left: read only
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{command}\n{os.getpid()}\n".encode(), 0)
             _held.add(fd)
             return fd
         os.close(fd)
     return None
+
+
+def _open(path: Path) -> int:
+    """The lock file, made writable by the group (a team's shared folder), or opened to read where another user's
+    is there (a lock needs no write access: without it, a second user's process went on unlocked)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
 
 
 def _release(fd: int | None, path: Path, made: list[Path]) -> None:
