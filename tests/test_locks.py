@@ -159,6 +159,9 @@ def test_two_manifests_in_one_folder_do_not_block_each_other(videos: Path, tmp_p
         assert main(["index", str(videos), "--out", str(tmp_path / "b.csv"), "--workers", "1"]) == 0
         assert "6 files: 6 usable" in capsys.readouterr().out
         _refused(["index", str(videos), "--out", str(tmp_path / "a.csv")], capsys)
+        (tmp_path / "link.csv").symlink_to(tmp_path / "a.csv")  # the file it names: held
+        _refused(["index", str(videos), "--out", str(tmp_path / "link.csv")], capsys)
+        (tmp_path / "link.csv").unlink()
     assert not (tmp_path / "a.csv").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.csv"]  # no lock file, nor temporary one, left
 

@@ -41,11 +41,11 @@ if fcntl is not None:
 
 
 def lock_path(out: Path, folder: bool) -> Path:
-    """Where the lock of the output ``out`` lives: inside it for a ``folder``, beside it for a file (or for a
-    folder given as ``.``, ``..``: by its own name)."""
+    """Where the lock of the output ``out`` lives: inside it for a ``folder``, beside it for a file, or beside the
+    file a link names (or for a folder given as ``.``, ``..``: by its own name)."""
     if folder:
         return out / FOLDER_LOCK
-    out = Path(os.path.abspath(out))
+    out = Path(os.path.realpath(out))  # a link to a file held elsewhere is that file: its one lock
     return out.with_name(f".{out.name}.lock")
 
 
@@ -56,8 +56,8 @@ def holding(out: str | Path, command: str, folder: bool = False, choose: str = "
     file cannot be made (``out`` a file given for a folder, a folder that cannot be written) the block runs without
     it: the command's own checks and writes say what is wrong there."""
     out = Path(out)
-    if fcntl is None or (folder and out.exists() and not out.is_dir()) or out.resolve() == Path("/"):
-        yield
+    if fcntl is None or (folder and out.exists() and not out.is_dir()) or os.path.realpath(out) == "/":
+        yield  # (realpath: a loop of links is no error here, where resolve() raised one)
         return
     path = lock_path(out, folder)
     made = _missing_folders(path.parent)
