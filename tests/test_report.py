@@ -302,7 +302,9 @@ def test_a_folder_that_is_no_run_and_an_out_that_is_no_report_are_refused(built,
     assert labels.read_text() == "path,label\na.mp4,x\n"
     page = write_report(run, out=tmp_path / "r.html", samples_per_cluster=1)
     assert write_report(run, out=page, samples_per_cluster=1) == page  # a report of xdc is written over
+    from xdc.cli import main  # a run that is not there: said as such, and not made by the report's lock
 
+    assert main(["report", str(tmp_path / "nowhere")]) == 2 and not (tmp_path / "nowhere").exists()
 
 
 def test_the_sizes_of_many_clusters_are_one_outline_not_a_bar_each(built):

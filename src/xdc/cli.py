@@ -311,8 +311,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from xdc.report import write_report
+    from xdc.report import check_run_folder, write_report
 
+    check_run_folder(args.run)  # before the lock of RUN/report.html, which would make a RUN that is not there
     with holding(args.out or args.run / "report.html", "report"):
         print(f"wrote {write_report(args.run, args.out)}")
     return 0

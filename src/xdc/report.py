@@ -94,12 +94,18 @@ _RUN_FILES = ("config.yaml", "videos", "videos.csv", "log.jsonl", "labels", "che
 _TITLE = "<title>XDC report: "  # what tells a report written here from any other file
 
 
-def load_run(folder: Path) -> RunData:
-    folder = Path(folder)
+def check_run_folder(folder: Path) -> None:
+    """A one-line error where ``folder`` is not a run folder: absent, or a data folder, which would get a page of
+    defaults."""
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder (expected an `xdc pretrain` run folder)")
-    if not any((folder / name).exists() for name in _RUN_FILES):  # a data folder would get a page of defaults
+    if not any((folder / name).exists() for name in _RUN_FILES):
         raise UserError(f"{folder} is not an `xdc pretrain` run folder (none of {', '.join(_RUN_FILES)} in it)")
+
+
+def load_run(folder: Path) -> RunData:
+    folder = Path(folder)
+    check_run_folder(folder)
     missing: list[str] = []
     cfg = _load_config(folder / "config.yaml", missing)
     try:
