@@ -457,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="a finished run's encoders as .safetensors files with a model card")
-    p.add_argument("run", type=Path, help="an xdc pretrain run folder, or a file of the released XDC weights (.pth)")
+    p.add_argument("run", type=Path, help="an xdc pretrain run folder (or its encoders-N-rounds.pt), or a file of the "
+                   "released XDC weights (.pth)")
     p.add_argument("--out", type=Path, required=True, help="folder to write: new, empty, or a previous export")
     p.add_argument("--metrics", type=Path, action="append", default=[], metavar="FILE.json",
                    help="a result of `xdc eval ... --out` to cite in the model card (repeatable)")  # fmt: skip
