@@ -222,7 +222,8 @@ def test_a_killed_holder_does_not_block_the_next_run(videos: Path, tmp_path: Pat
 
 def test_torchrun_pretrain_into_a_run_in_use_stops_every_rank_with_the_refusal(tmp_path: Path) -> None:
     """Rank 0 takes the lock; its refusal reaches rank 1 (which would otherwise wait for it at the first
-    collective) and both end, each with the one line."""
+    collective) and the job ends with the one line, without a hang. (torchrun ends the other rank once one has
+    failed: whether that one still printed the line, and its exit code, depend on which was first.)"""
     run = tmp_path / "run"
     job = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29681", "-m", "xdc.cli",
            "pretrain", "--data", str(tmp_path / "m.csv"), "--out", str(run)]  # fmt: skip
@@ -230,8 +231,8 @@ def test_torchrun_pretrain_into_a_run_in_use_stops_every_rank_with_the_refusal(t
         started = time.monotonic()
         done = subprocess.run(job, capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode != 0
-    assert done.stderr.count(f"xdc: error: {run} {IN_USE} (pretrain, pid {os.getpid()})") == 2, done.stderr[-3000:]
-    assert done.stderr.count("exitcode  : 2") == 2  # each rank's, in torchrun's report of its failed ranks
+    assert f"xdc: error: {run} {IN_USE} (pretrain, pid {os.getpid()})\n" in done.stderr, done.stderr[-3000:]
+    assert "exitcode  : 2" in done.stderr  # in torchrun's report of its failed ranks
     assert f"{os.sep}xdc{os.sep}" not in done.stderr  # no traceback of xdc's (torchrun's report has one of its own)
     assert time.monotonic() - started < 240
     assert not run.exists()
