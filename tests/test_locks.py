@@ -231,7 +231,8 @@ def test_torchrun_pretrain_into_a_run_in_use_stops_every_rank_with_the_refusal(t
         started = time.monotonic()
         done = subprocess.run(job, capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode != 0
-    assert f"xdc: error: {run} {IN_USE} (pretrain, pid {os.getpid()})\n" in done.stderr, done.stderr[-3000:]
+    assert f"xdc: error: {run} {IN_USE} (pretrain, pid {os.getpid()}): wait for it to end, or choose another --out\n" \
+        in done.stderr, done.stderr[-3000:]  # fmt: skip
     assert "exitcode  : 2" in done.stderr  # in torchrun's report of its failed ranks
     assert f"{os.sep}xdc{os.sep}" not in done.stderr  # no traceback of xdc's (torchrun's report has one of its own)
     assert time.monotonic() - started < 240
