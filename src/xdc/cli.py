@@ -313,7 +313,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from xdc.report import check_run_folder, write_report
 
-    check_run_folder(args.run)  # before the lock of RUN/report.html, which would make a RUN that is not there
+    if args.out is None:  # before the lock of RUN/report.html, which would make a RUN that is not there
+        check_run_folder(args.run)
     with holding(args.out or args.run / "report.html", "report"):
         print(f"wrote {write_report(args.run, args.out)}")
     return 0
