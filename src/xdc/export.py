@@ -148,9 +148,8 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
         files += _write_encoder(out, name, encoder_metadata(name, modality, saved["method"], encoder, cfg), encoder,
                                 also)  # fmt: skip
     encoders = {name: encoder for name, (encoder, _) in loaded.items()}
-    rounds = encoders_file.name.split("-")[1] if encoders_file.name != "encoders.pt" else None  # encoders-N-rounds
     card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results, also,
-                      rounds_done=None if rounds is None else int(rounds))  # fmt: skip
+                      rounds_done=checkpoint.encoders_rounds(encoders_file))  # fmt: skip
     return [*files, _write_card(out, card)]
 
 
@@ -288,7 +287,7 @@ def _check_evaluated(result: dict, run: Path) -> None:
     evaluated = Path(named)
     if not evaluated.is_absolute():  # as typed, by an xdc before 2026-12-01: relative to a folder not recorded
         return
-    if evaluated.suffix == ".pt":  # a run's encoders file
+    if checkpoint.is_encoders_file(evaluated):  # given as --run
         evaluated = evaluated.parent
     if evaluated.resolve() != run.resolve():
         raise UserError(f"metrics {result['file']} evaluated the run {evaluated}, not {run}: give this run's results")

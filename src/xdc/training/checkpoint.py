@@ -80,11 +80,16 @@ def earlier_encoders(run: Path, rounds: int) -> Path:
     return run / f"encoders-{rounds}-rounds.pt"
 
 
+def encoders_rounds(path: Path) -> int | None:
+    """The N of an ``earlier_encoders`` file's name (encoders-N-rounds.pt); None for any other name."""
+    name, prefix, suffix = path.name, "encoders-", "-rounds.pt"
+    middle = name[len(prefix) : -len(suffix)]
+    return int(middle) if name.startswith(prefix) and name.endswith(suffix) and middle.isdigit() else None
+
+
 def is_encoders_file(path: Path) -> bool:
     """Whether ``path`` is named as a run's encoders are: encoders.pt, or earlier_encoders' encoders-N-rounds.pt."""
-    name = path.name
-    return name == "encoders.pt" or (name.startswith("encoders-") and name.endswith("-rounds.pt")
-                                     and name[len("encoders-") : -len("-rounds.pt")].isdigit())  # fmt: skip
+    return path.name == "encoders.pt" or encoders_rounds(path) is not None
 
 
 def finished_encoders(run: Path) -> Path:
@@ -92,7 +97,7 @@ def finished_encoders(run: Path) -> Path:
     path = run / "encoders.pt"
     if path.exists():
         return path
-    rounds = [int(r) for p in run.glob("encoders-*-rounds.pt") if (r := p.name.split("-")[1]).isdigit()]
+    rounds = [r for p in run.glob("encoders-*-rounds.pt") if (r := encoders_rounds(p)) is not None]
     if rounds:
         raise UserError(f"{run} is being extended by more rounds and has no encoders.pt until they end; its encoders "
                         f"before them are in {earlier_encoders(run, max(rounds))} (give that file as the run)")
