@@ -47,11 +47,19 @@ def kill_with_children(proc: subprocess.Popen) -> list[int]:
 
 
 def _running(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not ended (a zombie has: its files are closed)."""
+    """Whether ``pid`` is a process that has not ended: one of its threads has not. A zombie has, but its first
+    thread turns zombie before the others end, and its files (the lock) are closed only once the last has."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
+    for thread in threads:
+        try:
+            if (thread / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                return True
+        except OSError:  # ended meanwhile
+            continue
+    return False
 
 
 def child_pids(pid: int) -> list[int]:
