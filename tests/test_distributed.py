@@ -246,7 +246,9 @@ def test_only_rank0_parses_the_manifest_and_its_errors_stop_every_rank(tmp_path)
 
 def _slow_rank0_worker(rank: int, world: int, port: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=2))
+    # the group's 2 s, not the rendezvous's: a rank that started over 2 s after the other failed to join it
+    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=timedelta(seconds=120))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=2))
     ctx = init_distributed()  # joins the group above, and adds the one in which ranks wait for rank 0
 
     def slow() -> int:
