@@ -64,6 +64,26 @@ def test_the_lock_is_refused_while_held_and_leaves_nothing_once_let_go(tmp_path:
         assert lock_path(tmp_path / "a.csv", folder=False).exists()
 
 
+def test_the_refusal_names_a_holder_that_writes_its_name_just_after_it_took_the_lock(tmp_path: Path) -> None:
+    """A holder takes the lock, then writes who it is: one refused in between (two commands started together)
+    waits a moment for the name rather than saying less."""
+    import fcntl
+    import threading
+
+    path = lock_path(tmp_path / "m.csv", folder=False)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, nothing written yet
+    writer = threading.Timer(0.05, os.pwrite, (fd, b"index\n4242\n", 0))
+    writer.start()
+    try:
+        with pytest.raises(UserError, match=rf"{IN_USE} \(index, pid 4242\): wait"):
+            with holding(tmp_path / "m.csv", "index"):
+                pass
+    finally:
+        writer.join()
+        os.close(fd)
+
+
 @pytest.mark.parametrize("command, held, folder", [
     ("pretrain --data m.csv --out run", "run", True),
     ("pretrain --out run --resume", "run", True),

@@ -14,6 +14,7 @@ run killed with SIGKILL would hold the lock until it noticed, and refuse the nex
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -27,6 +28,7 @@ except ImportError:  # Windows
 
 FOLDER_LOCK = ".xdc.lock"
 ATTEMPTS = 20  # a lock file removed by its holder as another opened it: opened again, at most this often
+HOLDER_READS = 20  # read again every 10 ms while the lock file does not say who holds it yet
 _held: set[int] = set()  # the descriptors of the locks this process holds
 
 
@@ -83,6 +85,11 @@ def _acquire(path: Path, out: Path, command: str, choose: str) -> int | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(fd)
+            for _ in range(HOLDER_READS):  # a holder that has just taken it writes who it is right after
+                if holder:
+                    break
+                time.sleep(0.01)
+                holder = _holder(fd)
             os.close(fd)
             raise UserError(f"{out} is in use by another xdc process{holder}: wait for it to end, or choose another "
                             f"{choose}") from None  # fmt: skip
