@@ -645,11 +645,15 @@ def _extract_cli(run_dir: Path, table: Path, out: Path) -> list[str]:
             "--batch-size", "4", "--out", str(out)]  # fmt: skip
 
 
-def _extract_launch(tmp_path: Path, ranks: int, port: int, arguments: list[str]) -> list[str]:
-    """``xdc extract`` with a part per batch (a real part keeps 16 to 256), in one process or under torchrun."""
+def _extract_launch(tmp_path: Path, ranks: int, port: int, arguments: list[str], wait: bool = False) -> list[str]:
+    """``xdc extract`` with a part per batch (a real part keeps 16 to 256), in one process or under torchrun; to
+    ``wait`` a minute once a rank kept its first part, where the test kills it (not a race with its end)."""
     driver = tmp_path / "driver.py"
-    driver.write_text("import sys\nfrom xdc.evaluation import extract\nfrom xdc.cli import main\n"
-                      "extract.PART_BATCHES = 1\nsys.exit(main(sys.argv[1:]))\n")  # fmt: skip
+    driver.write_text("import sys, time\nfrom xdc.evaluation import extract\nfrom xdc.training import checkpoint\n"
+                      "from xdc.cli import main\nextract.PART_BATCHES = 1\nadd = checkpoint.KeptParts.add\n"
+                      "def add_then_wait(self, number, part):\n    add(self, number, part)\n    time.sleep(60)\n"
+                      f"if {wait}:\n    checkpoint.KeptParts.add = add_then_wait\n"
+                      "sys.exit(main(sys.argv[1:]))\n")  # fmt: skip
     if ranks == 1:
         return [sys.executable, str(driver), *arguments]
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={port}",
@@ -681,7 +685,7 @@ def test_an_extraction_killed_on_two_ranks_goes_on_in_one_process(run, tmp_path,
     assert not (tmp_path / "straight.parts").exists()
     killed, parts = tmp_path / "killed.npz", tmp_path / "killed.parts"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ranks = _start_and_kill(_extract_launch(tmp_path, 2, 29668, _extract_cli(run_dir, table, killed)),
+    ranks = _start_and_kill(_extract_launch(tmp_path, 2, 29668, _extract_cli(run_dir, table, killed), wait=True),
                             parts / "part-*.pt", env)  # fmt: skip
     assert len(ranks) == 2 and list(parts.glob("part-*.pt")), "the extraction ended before it could be killed"
     assert not killed.exists()
