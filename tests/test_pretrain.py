@@ -221,6 +221,13 @@ def _logged(out: Path) -> tuple[list[tuple], dict[str, list[tuple[int, float]]]]
     return [(r["kind"], r["step"], r.get("loss")) for r in records if r["kind"] != "start"], scalars
 
 
+def _in_round_1s_training(run: Path) -> bool:
+    """Whether the run logged a training step of round 1 (a line still being written is not read)."""
+    log = run / "log.jsonl"
+    lines = log.read_text().split("\n")[:-1] if log.exists() else []
+    return any(r["kind"] == "step" and r["round"] == 1 and r["epoch"] == 0 for r in map(json.loads, lines))
+
+
 def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
     """Weights, and logs: what the killed run logged after its last checkpoint (the round's start: checkpoints
     at round ends only) is logged once, not twice as until 2026-12-01."""
@@ -230,18 +237,14 @@ def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
 
     killed = tmp_path / "killed"
     rounds_only = "--set=train.checkpoint_every=0"
-    proc = subprocess.Popen(_cli(manifest, killed, rounds_only), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(_step_waiting_driver(tmp_path)), *_cli(manifest, killed,
+                            rounds_only)[3:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     deadline = time.time() + 120
-    while time.time() < deadline:  # kill in the middle of round 1's training
-        log = killed / "log.jsonl"
-        steps = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-        if any(r["kind"] == "step" and r["round"] == 1 and r["epoch"] == 0 for r in steps):
-            break
+    while time.time() < deadline and proc.poll() is None and not _in_round_1s_training(killed):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "encoders.pt").exists(), "the run finished before it could be killed"
+    assert _in_round_1s_training(killed) and not (killed / "encoders.pt").exists(), "not killed in round 1's training"
     orphan = killed / "checkpoints" / ".last.pt.tmp99999"  # as a kill between a write and its rename leaves it
     orphan.write_bytes(b"half a checkpoint")
     subprocess.run(_cli(manifest, killed, rounds_only, "--resume"), check=True, capture_output=True, env=env)
@@ -270,6 +273,19 @@ def _waiting_driver(folder: Path, round_: int = 1) -> Path:
         "def add_then_wait(self, number, part):\n"
         f"    add(self, number, part)\n    if self.identity.startswith('round {round_}'):\n        time.sleep(60)\n"
         "checkpoint.KeptParts.add = add_then_wait\nsys.exit(main(sys.argv[1:]))\n"
+    )  # fmt: skip
+    return driver
+
+
+def _step_waiting_driver(folder: Path) -> Path:
+    """A script that runs ``xdc`` and, once it logged round 1's first training step, waits a minute: the test kills
+    the run there (killed as soon as the test saw it, a loaded machine could let the run end first)."""
+    driver = folder / "step_driver.py"
+    driver.write_text(
+        "import sys, time\nfrom xdc.training.runlog import RunLog\nfrom xdc.cli import main\nwrite = RunLog.write\n"
+        "def write_then_wait(self, kind, step, **values):\n    write(self, kind, step, **values)\n"
+        "    if kind == 'step' and values.get('round') == 1:\n        time.sleep(60)\n"
+        "RunLog.write = write_then_wait\nsys.exit(main(sys.argv[1:]))\n"
     )  # fmt: skip
     return driver
 
@@ -434,17 +450,21 @@ def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when, s
     result = subprocess.run([*two_ranks, *_cli(manifest, straight, *settings)[1:]], capture_output=True, env=env,
                             text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    driver = _waiting_driver(tmp_path)
-    job = _cli(manifest, killed, *settings)
-    command = job[1:] if when == "training" else [str(driver), *job[3:]]
+    driver = _step_waiting_driver(tmp_path) if when == "training" else _waiting_driver(tmp_path)
+    command = [str(driver), *_cli(manifest, killed, *settings)[3:]]
     proc = subprocess.Popen([*two_ranks, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    log, parts = killed / "log.jsonl", [killed / "extract_parts" / f"rank{r}" / "part-00000.pt" for r in (0, 1)]
+    parts = [killed / "extract_parts" / f"rank{r}" / "part-00000.pt" for r in (0, 1)]
+
+    def made_in_round_1(part: Path) -> bool:
+        try:
+            return load(part)["identity"].startswith("round 1")
+        except FileNotFoundError:  # none yet, or round 0's, gone with its round
+            return False
 
     def kill_now() -> bool:
         if when == "extraction":  # each rank kept round 1's first part (round 0's go with their round)
-            return all(part.exists() and load(part)["identity"].startswith("round 1") for part in parts)
-        steps = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-        return any(r["kind"] == "step" and r["round"] == 1 and r["epoch"] == 0 for r in steps)
+            return all(made_in_round_1(part) for part in parts)
+        return _in_round_1s_training(killed)
 
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not kill_now():
