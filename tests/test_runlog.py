@@ -1,6 +1,8 @@
 """Run logs: a record cut short by a kill is dropped, and ``keep`` drops records in log.jsonl and TensorBoard."""
 
 import json
+import subprocess
+import sys
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -53,3 +55,17 @@ def test_a_damaged_line_is_named_and_dropped_and_the_log_goes_on(tmp_path, capsy
 
     assert read_log(tmp_path / "log.jsonl")[1] == 0 and RunLog(tmp_path).records == 4
     assert capsys.readouterr().err == ""  # a whole log: nothing to say
+
+
+def test_a_resume_rewrites_tensorboard_with_what_a_kill_left_unwritten(tmp_path):
+    """TensorBoard's writer keeps its events in memory up to two minutes: a run killed just after a checkpoint lost
+    those logged before it, and a resume that had nothing to drop kept TensorBoard as it was (until 2026-12-01)."""
+    killed = "import os, sys\nfrom pathlib import Path\nfrom xdc.training.runlog import RunLog\n"
+    killed += "log = RunLog(Path(sys.argv[1]))\nfor step in (1, 2, 3):\n    log.write('step', step, loss=0.5)\n"
+    killed += "os._exit(9)  # SIGKILL, just after a checkpoint that kept the 3 records\n"
+    subprocess.run([sys.executable, "-c", killed, str(tmp_path)], check=False)
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 3
+    log = RunLog(tmp_path)
+    log.keep(lambda number, _: number < 3)  # as a resume does with the checkpoint's count
+    log.close()
+    assert _scalars(tmp_path) == {"step/loss": [(1, 0.5), (2, 0.5), (3, 0.5)]}

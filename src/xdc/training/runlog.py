@@ -45,13 +45,12 @@ class RunLog:
 
     def keep(self, select: Callable[[int, dict], bool]) -> None:
         """Keep only the records for which ``select(number, record)`` holds (numbered from 0, in the order
-        written), in log.jsonl and TensorBoard alike: TensorBoard's files are written again from those records."""
+        written), in log.jsonl and TensorBoard alike: TensorBoard's files are written again from those records, also
+        where none is dropped (its writer holds events in memory up to two minutes, which a kill lost)."""
         if not self.enabled:
             return
         records = _records(self.path.read_bytes())[0]
         kept = [(line, record) for number, (line, record) in enumerate(records) if select(number, record)]
-        if len(kept) == len(records):
-            return
         self.file.close()
         self.tb.close()
         self._rewrite([line for line, _ in kept])
