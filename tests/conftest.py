@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -38,15 +39,17 @@ def kill_with_children(proc: subprocess.Popen) -> list[int]:
     a rank being killed still holds its run's lock (xdc.locks) for a moment, and the next run would be refused."""
     children = child_pids(proc.pid)
     for pid in [*children, proc.pid]:
-        os.kill(pid, signal.SIGKILL)
+        with suppress(ProcessLookupError):  # one that had just ended
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 60
-    while any(_running(pid) for pid in children) and time.time() < deadline:
+    while any(still_running(pid) for pid in children) and time.time() < deadline:
         time.sleep(0.01)
+    assert not any(still_running(pid) for pid in children), "a killed rank outlived its SIGKILL by a minute"
     return children
 
 
-def _running(pid: int) -> bool:
+def still_running(pid: int) -> bool:
     """Whether ``pid`` is a process that has not ended: one of its threads has not. A zombie has, but its first
     thread turns zombie before the others end, and its files (the lock) are closed only once the last has."""
     try:

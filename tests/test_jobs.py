@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import stopped_by_ctrl_c_in_a_fork
+from conftest import still_running, stopped_by_ctrl_c_in_a_fork
 from xdc.data.jobs import run_jobs
 
 pytestmark = pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="test jobs reach workers by fork")
@@ -88,9 +88,9 @@ def test_workers_end_with_a_process_killed_with_sigkill(tmp_path):
     proc.kill()
     proc.wait()
     deadline = time.time() + 10
-    while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.time() < deadline:
+    while any(still_running(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.05)
-    left = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+    left = [pid for pid in workers if still_running(pid)]  # (a zombie has ended: an init that reaps late keeps it)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "the workers outlived the process that started them"

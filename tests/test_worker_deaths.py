@@ -168,7 +168,7 @@ def test_a_worker_that_hangs_on_a_file_is_stopped_and_the_file_skipped_but_a_slo
     dataset.sleep_on = {slow: 3, hung: 3600}
     t = time.monotonic()
     loaded, failed = _items(Surviving(make_loader(dataset, 4, 2)))
-    assert time.monotonic() - t < 30
+    assert time.monotonic() - t < 60  # about 12 s of it fixed: the checks' interval, the slow reads, the hang
     assert failed == [(4, "a loader worker hung reading it (over data.read_timeout_s=6 s)")] * 2
     expected = [x for x in expected if x[0] != 4]
     assert [x[:2] for x in loaded] == [x[:2] for x in expected]
