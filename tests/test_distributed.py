@@ -330,7 +330,7 @@ def test_skipped_csv_lists_the_files_that_failed_on_every_rank(tmp_path):
         row.update(path=str(path), status="ok", duration_s="3.0", has_audio="1", width="64", label="class00")
         lines.append(",".join(row[h] for h in header))
     manifest.write_text("\n".join(lines) + "\n")
-    run_two_ranks(_failures_worker, 29591, manifest, tmp_path)
+    run_two_ranks(_failures_worker, 29593, manifest, tmp_path)
     skipped = (tmp_path / "run" / "skipped.csv").read_text()
     assert all(str(path) in skipped for path in junk)
     ranks = load(tmp_path / "run" / "checkpoints" / "last.pt")["ranks"]
@@ -367,7 +367,7 @@ def test_each_rank_goes_on_past_a_file_that_kills_its_loader_worker(tmp_path):
     # The other rank waits for the one that restarts its workers in the next collective; both finish the run.
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
     victim = Manifest.load(manifest).path(3)
-    results = run_two_ranks(_crash_worker, 29597, manifest, tmp_path, victim)
+    results = run_two_ranks(_crash_worker, 29599, manifest, tmp_path, victim)
     assert results == {0: True, 1: True}
     skipped = (tmp_path / "run" / "skipped.csv").read_text().splitlines()
     assert len(skipped) == 2 and skipped[1].startswith(victim) and "killed by SIGSEGV" in skipped[1]

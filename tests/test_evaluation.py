@@ -741,7 +741,7 @@ def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeyp
     write_table(items_of(root), table)
     single, ddp = tmp_path / "single.npz", tmp_path / "ddp.npz"
     assert main(_extract_cli(run_dir, table, single)) == 0
-    done = subprocess.run(_extract_launch(tmp_path, 2, 29669, _extract_cli(run_dir, table, ddp)), capture_output=True,
+    done = subprocess.run(_extract_launch(tmp_path, 2, 29670, _extract_cli(run_dir, table, ddp)), capture_output=True,
                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(f"-> {ddp}") == 1  # rank 0 alone says it and writes
