@@ -748,6 +748,14 @@ def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeyp
     _same_features(single, ddp)
     assert json.loads(ddp.with_suffix(".json").read_text())["ranks"] == 2
     assert not (tmp_path / "ddp.parts").exists()
+    # rank 0 failing to write the summary (a folder is in its place): every rank stops with its one line
+    blocked = tmp_path / "blocked.npz"
+    blocked.with_suffix(".json").mkdir()
+    done = subprocess.run(_extract_launch(tmp_path, 2, 29670, _extract_cli(run_dir, table, blocked)),
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode != 0 and "[rank1]: Traceback" not in done.stderr, done.stderr[-3000:]  # (torchrun's
+    # report of its failed ranks has a traceback of its own)
+    assert f"xdc: error: cannot write {blocked.with_suffix('.json')}" in done.stderr, done.stderr[-3000:]
 
 
 def _ucf_layout(root: Path, folder: Path) -> Path:

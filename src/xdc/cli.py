@@ -207,6 +207,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from xdc.atomic import write_text
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import extract_features, features_path
+    from xdc.training.distributed import on_main
 
     options = dict(args.option)
     settings = _encoder_settings(args, "extract")
@@ -216,8 +217,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
         items = load_dataset(args.dataset, args.data, split=args.split, **options)
         summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
                                    batch_size=args.batch_size, settings=settings, device=args.device, ctx=ctx)
-        if summary is not None:  # rank 0, still holding the lock of OUT.npz, which covers its OUT.json
+        def write() -> None:  # rank 0, still holding the lock of OUT.npz, which covers its OUT.json
             write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))
+
+        on_main(write, ctx)  # a failed write stops every rank with its line (they left at once, with a traceback)
         return summary
 
     summary = _as_rank(run, lock=lambda: holding(features_path(args.out), "extract"))
