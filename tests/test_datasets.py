@@ -1,6 +1,8 @@
 """Datasets over generated media: clip sampling, missing-audio policy, failure handling through a real loader."""
 
 import csv
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -332,3 +334,26 @@ def test_with_waits_gives_the_time_spent_waiting_for_each_batch():
     got = list(with_waits(batches()))
     assert [batch for batch, _ in got] == ["ready", "late"]
     assert got[0][1] < 0.25 and got[1][1] >= 0.5  # (0.25: room for a loaded machine's pause)
+
+
+FORK_SERVER = """
+import multiprocessing, os, sys
+from pathlib import Path
+import torch
+from xdc.data.datasets import make_loader
+multiprocessing.set_start_method("forkserver")
+batches = iter(make_loader(torch.utils.data.TensorDataset(torch.arange(4)), 2, 1))  # starts the fork server
+children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "stat").read_text().rsplit(")", 1)[1]
+            .split()[1] == str(os.getpid())]
+server = next(p for p in children if b"forkserver" in (p / "cmdline").read_bytes())
+maps = (server / "maps").read_text()
+print("libtorch" in maps, "libavcodec" in maps)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the fork server's memory map in /proc")
+def test_the_fork_server_has_imported_torch_and_the_decoder_before_it_forks_loader_workers():
+    """Python 3.14's default on Linux: each worker imported torch and xdc again, 2 s a loader on a 2-core CPU,
+    where it is forked from a server that has (BENCHMARKS.md: xdc demo 134 s, against fork's 37; now 46)."""
+    done = subprocess.run([sys.executable, "-c", FORK_SERVER], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]

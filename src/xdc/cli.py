@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from xdc.config import Config, given_keys, load_config, setting
+from xdc.data.preload import preload_fork_server
 from xdc.errors import UserError
 from xdc.limits import fit_threads
 from xdc.locks import holding
@@ -489,6 +490,7 @@ def _one_line_warning(message, category, filename, lineno, line=None, _default=w
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fit_threads()
+    preload_fork_server()  # before any command's first workers start the server
     warnings.formatwarning = _one_line_warning
     if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not UTF-8, printed as its escapes (as stderr)
         sys.stdout.reconfigure(errors="backslashreplace")

@@ -26,6 +26,7 @@ from xdc.config import DataConfig
 from xdc.data.clip_cache import ClipCache
 from xdc.data.decode import Clip, DecodeError, read_clips
 from xdc.data.manifest import Manifest
+from xdc.data.preload import preload_fork_server
 from xdc.data.transforms import AudioTransform, VideoTransform
 
 MODALITIES = ("video", "audio")
@@ -277,6 +278,8 @@ def make_loader(
     """Batches of :func:`collate_clips`. ``pin_memory`` (for a CUDA consumer) puts them in page-locked memory, so
     that ``.to(device, non_blocking=True)`` copies asynchronously while the device computes."""
     generator = torch.Generator().manual_seed(seed)
+    if workers > 0:
+        preload_fork_server()
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
         num_workers=workers, collate_fn=collate_clips, generator=generator, pin_memory=pin_memory,

@@ -24,6 +24,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import EXTRA_QUEUED_CALLS, BrokenProcessPool
 from typing import TypeVar
 
+from xdc.data.preload import preload_fork_server
+
 K = TypeVar("K", bound=Hashable)
 # What a crash of the process sends. SIGKILL is the out-of-memory killer's (or a person's): a process earns it by the
 # memory of all the processes, not by the file it reads.
@@ -65,6 +67,7 @@ def run_jobs(
     """``done(key, job(key))`` for every key, as results come, with ``job`` run in up to ``workers`` processes
     (each started with ``initializer``) and ended after ``limit_s(key)`` seconds; a key whose process dies gets
     ``failed(reason)`` as its result. ``job`` must be picklable (a module-level function, or a partial of one)."""
+    preload_fork_server()
     initializer = functools.partial(_start_worker, initializer, os.getpid(), multiprocessing.get_start_method())
     left = list(keys)
     while left:

@@ -21,6 +21,7 @@ import numpy as np
 from xdc.atomic import replacing
 from xdc.config import SyntheticConfig
 from xdc.data.encode import AAC_SAMPLE_RATES, write_av
+from xdc.data.preload import preload_fork_server
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
 from xdc.progress import progress_bar
@@ -357,6 +358,7 @@ def make_synthetic(
     if workers == 1:
         rows = [_write_clip(job) for job in progress_bar(jobs, **bar)]
     else:
+        preload_fork_server()
         with ProcessPoolExecutor(max_workers=workers) as pool:
             try:
                 rows = list(progress_bar(pool.map(_write_clip, jobs, chunksize=4), **bar))
