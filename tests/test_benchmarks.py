@@ -39,6 +39,8 @@ RUNS = [
     ("per_video_memory", ["--videos", "200", "--k", "8", "--world-size", "2", "--batch", "4"], "per_video_memory"),
     ("worker_deaths", ["--workers", "1", "--batches", "3", "--kill-after", "1", "--batch", "4", "--rounds", "1"],
      "worker_deaths"),  # fmt: skip
+    ("start_methods", ["--videos", "8", "--rounds", "1", "--workers", "1", "--repeats", "1", "--methods", "fork",
+                       "forkserver"], "start_methods"),  # fmt: skip
 ]
 
 
