@@ -218,6 +218,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         items = load_dataset(args.dataset, args.data, split=args.split, **options)
         summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
                                    batch_size=args.batch_size, settings=settings, device=args.device, ctx=ctx)
+
         def write() -> None:  # rank 0, still holding the lock of OUT.npz, which covers its OUT.json
             write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))
 
