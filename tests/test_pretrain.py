@@ -237,8 +237,8 @@ def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
 
     killed = tmp_path / "killed"
     rounds_only = "--set=train.checkpoint_every=0"
-    proc = subprocess.Popen([sys.executable, str(_step_waiting_driver(tmp_path)), *_cli(manifest, killed,
-                            rounds_only)[3:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    job = [sys.executable, str(_step_waiting_driver(tmp_path)), *_cli(manifest, killed, rounds_only)[3:]]
+    proc = subprocess.Popen(job, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not _in_round_1s_training(killed):
         time.sleep(0.05)
