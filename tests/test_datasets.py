@@ -273,6 +273,20 @@ def test_a_saved_manifest_opens_memory_mapped_and_equal(collection, tmp_path):
     assert not (tmp_path / "videos.tmp").exists()
 
 
+def test_a_runs_videos_csv_cut_short_by_a_kill_is_not_left_half_written(collection, tmp_path, monkeypatch):
+    """4 GB at 65M videos, written in place until 2026-12-01: a kill in it left half a list, which a resume (its
+    videos/ already whole) kept."""
+    import xdc.data.manifest as manifest_module
+
+    def killed(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(manifest_module, "decode_paths", killed)  # after the header, before the first row
+    with pytest.raises(KeyboardInterrupt):
+        write_videos(tmp_path / "videos.csv", Manifest.from_rows(collection))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_runs_videos_are_its_arrays_else_its_csv(collection, tmp_path):
     assert run_videos(tmp_path) is None  # not a run folder
     manifest = Manifest.from_rows(collection)

@@ -365,11 +365,12 @@ NO_VIDEOS = Videos(np.array([], dtype="S1"), np.array([], dtype=np.int32), ())
 
 def write_videos(path: str | Path, videos: Manifest | Videos, progress: bool = False) -> None:
     """A run's ``videos.csv``: the path and label of each of ``videos``, in order (what :func:`read_videos`
-    reads). With ``progress``, progress on stderr (:mod:`xdc.progress`) from half a million videos on."""
+    reads), renamed into place once whole (4 GB at 65M videos: a kill left half of it). With ``progress``,
+    progress on stderr (:mod:`xdc.progress`) from half a million videos on."""
     names = [*videos.classes, ""]  # label -1 (none) picks the last
     rows = _CHUNK_ROWS * _CHUNKS_PER_BLOCK
     show = progress and len(videos) >= 500_000
-    with open_text(path, "w") as f, progress_bar(
+    with replacing(path) as tmp, open_text(tmp, "w") as f, progress_bar(
         total=len(videos), desc=f"writing {Path(path).name}", unit="video", show=show, leave=False
     ) as bar:
         writer = csv.writer(f)

@@ -282,8 +282,8 @@ class Pretrainer:
                 return
             kept = self._usable_videos(manifest_path, progress=True)
             self._check_sinkhorn_memory(len(kept))
+            write_videos(self.out / "videos.csv", kept, progress=True)  # first: videos/ says both are whole
             kept.save(folder)
-            write_videos(self.out / "videos.csv", kept, progress=True)
             # returning frees kept before the saved copy is mapped below: at 65M videos the paths alone are 4 GB
 
         on_main(save, self.ctx)  # the other ranks wait for the folder; when rank 0 fails, they stop with its error
