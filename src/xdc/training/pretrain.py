@@ -282,6 +282,7 @@ class Pretrainer:
                 return
             kept = self._usable_videos(manifest_path, progress=True)
             self._check_sinkhorn_memory(len(kept))
+            self.out.mkdir(parents=True, exist_ok=True)
             write_videos(self.out / "videos.csv", kept, progress=True)  # first: videos/ says both are whole
             kept.save(folder)
             # returning frees kept before the saved copy is mapped below: at 65M videos the paths alone are 4 GB
