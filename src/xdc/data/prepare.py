@@ -309,7 +309,7 @@ def _start(out: Path) -> None:
         raise UserError(f"cannot create --out {out}: {e.strerror or e}") from None
     for leftover in out.rglob(PARTIAL_GLOB):
         leftover.unlink(missing_ok=True)
-    for name in (REPORT, LABELS):  # a killed run's, half written: as large as whole ones
+    for name in (REPORT, NEXT, LABELS):  # a killed run's, half written: as large as whole ones
         remove_partials(out, of=name)
     (out / NEXT).unlink(missing_ok=True)  # the report of a run killed before it took the old one's place
 
