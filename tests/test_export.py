@@ -151,6 +151,13 @@ def test_metrics_of_another_run_are_refused(run, exported, tmp_path, capsys, mon
     assert main(["export", str(other), "--out", str(tmp_path / "e"), "--metrics", str(clusters)]) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "f"), "--metrics", str(clusters)]) == 2
     assert f"metrics clusters.json evaluated the run {other}, not {run}" in capsys.readouterr().err
+    # and a probe's made with relative --features (its summary names the run): until 2026-12-01 export looked for
+    # the summary from its own folder, found none there, and cited the other run's result
+    monkeypatch.chdir(root)
+    assert main(["eval", "linear", "--features", "audio.npz", "--out", str(tmp_path / "linear.json")]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(other), "--out", str(tmp_path / "g"), "--metrics", str(tmp_path / "linear.json")]) == 2
+    assert f"metrics linear.json evaluated the run {run}, not {other}" in capsys.readouterr().err
 
 
 def test_metrics_that_are_not_utf8_are_named_in_one_line(run, tmp_path, capsys):

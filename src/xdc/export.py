@@ -276,7 +276,7 @@ def _check_evaluated(result: dict, run: Path) -> None:
     """A result of another run would be cited in the card as this run's: refused where the result names its run
     (eval clusters and finetune of a run folder; eval linear and kfold through their features' summary)."""
     named, summary = result.get("run"), None
-    if named is None and result.get("features"):  # features.json beside the features: where they came from
+    if named is None and os.path.isabs(result.get("features") or ""):  # features.json beside them: their source
         try:
             summary = json.loads(Path(result["features"]).with_suffix(".json").read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -91,7 +91,9 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
         )  # fmt: skip
     except ValueError as e:
         raise UserError(str(e)) from None
-    record = {"command": "eval linear", "features": str(features), "test_features": str(test_features or ""),
+    # absolute, as the run of eval clusters: export finds the features' summary from any folder
+    record = {"command": "eval linear", "features": os.path.abspath(features),
+              "test_features": os.path.abspath(test_features) if test_features else "",
               **result.to_dict(), "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
     return _emit(record, [result.to_dict()], out)
 
@@ -112,7 +114,7 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
     if result["train_only"]:  # a table that numbers its folds from 0 would lose one: said, not only in the JSON
         print(f"{result['train_only']} clips of fold 0 (no fold) trained in every fold and were never tested")
     rows.append({"fold": "mean", "top1": summary["mean_top1"], "top5": summary["mean_top5"]})
-    record = {"command": "eval kfold", "features": str(features), **summary, "folds": rows[:-1],
+    record = {"command": "eval kfold", "features": os.path.abspath(features), **summary, "folds": rows[:-1],
               "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
     return _emit(record, rows, out)
 
