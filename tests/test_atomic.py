@@ -89,6 +89,31 @@ def test_a_write_that_fails_in_the_code_leaves_no_partial_and_keeps_its_error(tm
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"] and load(path)["step"] == 1
 
 
+def test_only_the_writes_own_failures_are_said_as_cannot_write(tmp_path):
+    """A file the block reads that is gone is named as itself, and a Ctrl-C is one (until 2026-12-01 both were
+    "cannot write PATH: ...", the first without the name of the file that failed)."""
+    from xdc.atomic import replacing
+
+    with pytest.raises(FileNotFoundError, match="gone.csv"):
+        with replacing(tmp_path / "out.csv") as tmp:
+            tmp.write_text("a row\n")
+            (tmp_path / "gone.csv").read_text()
+    with pytest.raises(KeyboardInterrupt):
+        with replacing(tmp_path / "out.csv") as tmp:
+            try:
+                (tmp_path / "gone.csv").read_text()
+            except OSError:
+                raise KeyboardInterrupt from None  # a Ctrl-C while an OSError is handled: the OSError its context
+    with pytest.raises(UserError, match=r"^cannot write .*out.csv: File too large$"):
+        with replacing(tmp_path / "out.csv") as tmp:
+            raise OSError(27, "File too large", str(tmp))  # the write's own: a full disk, a file size limit
+    with pytest.raises(UserError, match=r"^cannot write .*videos: No space left on device$"):
+        with replacing(tmp_path / "videos", tmp_path / "videos.tmp") as tmp:  # a folder, as a run's videos/
+            tmp.mkdir()
+            raise OSError(28, "No space left on device", str(tmp / "paths.npy"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_manifest_is_written_beside_itself_under_a_name_of_this_process(tmp_path):
     """Two processes writing one file (two xdc index given one --out, before they were refused) shared OUT.tmp and
     renamed each other's half-written file into place, or failed at the rename: a name per process."""

@@ -57,10 +57,11 @@ def replacing(path: str | Path, tmp: Path | None = None) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as e:
         _remove(tmp)
-        reason = os_reason(e)
-        if reason is None or isinstance(e, UserError):
+        cause = _os_error(e)
+        # not the write's: Ctrl-C (while an OSError was handled), or a file the block read (which it names)
+        if cause is None or isinstance(e, UserError) or not isinstance(e, Exception) or not _written(cause, tmp, path):
             raise
-        raise WriteError(f"cannot write {path}: {reason}") from None
+        raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from None
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -82,16 +83,25 @@ def read_json(path: Path, what: str, then: str = "") -> dict:
         raise UserError(f"cannot read {path} ({what}): {reason}" + (f"; {then}" if then else "")) from None
 
 
-def os_reason(error: BaseException) -> str | None:
-    """The operating system's reason for ``error``: an OSError's own, or that of the OSError behind a writer's
-    error of another kind (torch.save's RuntimeError "unexpected pos" after its write failed); None if none."""
+def _os_error(error: BaseException) -> OSError | None:
+    """``error`` if an OSError, else the OSError behind a writer's error of another kind (torch.save's
+    RuntimeError "unexpected pos" after its write failed); None if none."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, OSError):
-            return error.strerror or str(error)
+            return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def _written(error: OSError, tmp: Path, path: Path) -> bool:
+    """Whether ``error`` is the write's own: it names no file (a write to an open one), or the temporary file (or
+    one in the temporary folder), or ``path``."""
+    if not isinstance(error.filename, (str, bytes, os.PathLike)):
+        return True
+    named = Path(os.fsdecode(error.filename))
+    return named == path or tmp in (named, *named.parents)
 
 
 def _remove(tmp: Path) -> None:
