@@ -127,6 +127,9 @@ def test_export_refuses_unfinished_runs_and_foreign_folders(run, tmp_path, capsy
     assert main(["export", str(run), "--out", str(busy)]) == 2
     assert "not empty and not a previous `xdc export`" in capsys.readouterr().err
     assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+    assert main(["export", str(run / "videos.csv"), "--out", str(tmp_path / "a")]) == 2  # not the released weights
+    assert capsys.readouterr().err == (f"xdc: error: {run / 'videos.csv'} is a file of the run {run}: give the run's "
+                                       "folder or its encoders.pt\n")  # fmt: skip
     (tmp_path / "bad.json").write_text("{}")
     assert main(["export", str(run), "--out", str(tmp_path / "b"), "--metrics", str(tmp_path / "bad.json")]) == 2
     assert "not a result file of `xdc eval" in capsys.readouterr().err and not (tmp_path / "b").exists()

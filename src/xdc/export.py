@@ -32,7 +32,7 @@ from xdc.data.audio import LogMel
 from xdc.data.manifest import decode_paths, run_videos
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
-from xdc.evaluation.sources import load_run_encoder, run_and_encoders
+from xdc.evaluation.sources import kind, load_run_encoder, run_and_encoders
 from xdc.methods import Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.presets import PRESETS
@@ -131,7 +131,7 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
     files (encoders-N-rounds.pt while more rounds extend it), or a file of the released XDC weights
     (``export_released``)."""
     run, out = Path(run), Path(out)
-    if run.is_file() and not (checkpoint.is_encoders_file(run) and (run.parent / "config.yaml").exists()):
+    if run.is_file() and kind(run) != "run":  # (another file of a run is refused there, as extract refuses it)
         return export_released(run, out, metrics, also)
     given = run
     run, encoders_file = run_and_encoders(run)

@@ -38,7 +38,7 @@ def load_source(path: str | Path, name: str, settings: dict[str, Any] | None = N
     """The encoder ``name`` of ``path`` (a run folder, an export or the released weights; see the module), with its
     settings, then ``settings`` (dotted keys: values) over them."""
     path = Path(path)
-    source = {"run": _run, "export": _export, "released": _released}[_kind(path)](path, name)
+    source = {"run": _run, "export": _export, "released": _released}[kind(path)](path, name)
     if settings:
         source.cfg = with_settings(source.cfg, settings)
     return source
@@ -53,10 +53,10 @@ def load_run_encoder(run: str | Path, name: str) -> tuple[nn.Module, str, Config
 def encoder_modalities(path: str | Path) -> dict[str, str]:
     """The encoders that ``path`` (as for load_source) holds: name -> modality."""
     path = Path(path)
-    kind = _kind(path)
-    if kind == "run":
+    found = kind(path)
+    if found == "run":
         return dict(checkpoint.read(run_and_encoders(path)[1], "a run's encoders")["modalities"])
-    if kind == "export":
+    if found == "export":
         from xdc.export import read_metadata
 
         files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
@@ -64,7 +64,7 @@ def encoder_modalities(path: str | Path) -> dict[str, str]:
     return {"video": "video"}
 
 
-def _kind(path: Path) -> str:
+def kind(path: Path) -> str:
     """Which of KINDS ``path`` is, by its form (what is in it is checked as it loads)."""
     if path.is_dir():
         if _is_run(path):
