@@ -38,6 +38,7 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[3:]))
 """
 CASES = [("fork", "on"), ("forkserver", "on"), ("forkserver", "off"), ("spawn", "on")]
+METHODS = ["fork", "forkserver", "spawn"]
 
 
 def run(tmp: Path, method: str, preload: str, manifest: Path, args: argparse.Namespace) -> float:
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="loader workers (data.workers)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--methods", nargs="+", default=sorted({m for m, _ in CASES}), choices=sorted({m for m, _ in CASES}))
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     args = ap.parse_args()
     cases = [case for case in CASES if case[0] in args.methods]
     with tempfile.TemporaryDirectory() as tmp:
