@@ -334,7 +334,7 @@ def plot_sizes(data: RunData, last: Round | None) -> Figure | None:
     axes = fig.subplots(1, len(sets), squeeze=False)[0]
     for ax, (name, assigned) in zip(axes, sets.items()):
         valid = assigned[assigned >= 0]
-        sizes = np.sort(np.bincount(valid, minlength=_clusters(data, name)))[::-1] if len(valid) else np.zeros(1)
+        sizes = np.sort(np.bincount(valid, minlength=data.cfg.train.k))[::-1] if len(valid) else np.zeros(1)
         if len(sizes) > 256:  # one outline, not a bar per cluster: 50,000 bars took a minute to draw
             ax.stairs(sizes, np.arange(len(sizes) + 1) - 0.5, fill=True, color="C0")
         else:
@@ -345,10 +345,6 @@ def plot_sizes(data: RunData, last: Round | None) -> Figure | None:
         ax.legend(fontsize=7)
     fig.suptitle("Cluster sizes, last round", fontsize=10)
     return fig
-
-
-def _clusters(data: RunData, label_set: str) -> int:
-    return len(data.classes) if label_set == MANIFEST_LABELS else data.cfg.train.k
 
 
 def plot_times(data: RunData) -> Figure | None:
@@ -565,15 +561,15 @@ def _summary(data: RunData, rows: list[dict]) -> str:
     head = ["round", "label set", "clusters non-empty", "largest fraction", "NMI with previous round"]
     if labelled:
         head += ["NMI vs labels", "purity", "ARI", "Hungarian accuracy"]
-    body = []
+    body, k = [], data.cfg.train.k
+    collapse = collapse_threshold(k, data.cfg.train.collapse_fraction)
     for r in rows:
-        k = _clusters(data, r["set"])
-        collapsed = (r["largest_fraction"] or 0) > collapse_threshold(k, data.cfg.train.collapse_fraction)
+        collapsed = (r["largest_fraction"] or 0) > collapse
         cells = [(r["round"], ""), (r["set"], "text"), (f"{r['non_empty']} of {k}", ""),
                  (_num(r["largest_fraction"]), "collapsed" if collapsed else ""), (_num(r.get("nmi_previous")), "")]
         if labelled:
             scores = r.get("vs_labels", {})
-            cells += [(_num(scores.get(k)), "") for k in ("nmi", "purity", "ari", "hungarian_accuracy")]
+            cells += [(_num(scores.get(s)), "") for s in ("nmi", "purity", "ari", "hungarian_accuracy")]
         body.append("<tr>" + "".join(f'<td class="{c}">{html.escape(str(v))}</td>' for v, c in cells) + "</tr>")
     fraction = data.cfg.train.collapse_fraction
     note = (f"Largest fractions in red are a collapse: more than train.collapse_fraction={fraction:g} of the way from "
