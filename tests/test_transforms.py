@@ -1,6 +1,9 @@
 """The clip transforms against torchvision's v2 pipeline, which they reimplement on plain tensors for speed, and the
 training geometry computed on a batch (DeviceCrops) against the same."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -29,10 +32,15 @@ def run_reference(pipeline: v2.Compose, frames: np.ndarray) -> torch.Tensor:
 
 
 # Frame sizes where v2's int(side * r) gives the drawn short side exactly (see the next test for where it does not).
+# torchvision resizes uint8 frames as they are on a CPU with AVX2 or wider, else in float32, rounded: both checked,
+# whatever this CPU is, by what the CPU reports to both.
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("shape", [(4, 128, 171), (4, 171, 128), (3, 288, 360), (2, 96, 128), (2, 130, 200)])
+@pytest.mark.parametrize("shape", [(4, 128, 171), (4, 171, 128), (3, 288, 360), (2, 96, 128), (2, 130, 200), (1, 90, 90)])
 @pytest.mark.parametrize("flip", [True, False])
-def test_video_transform_equals_torchvision_v2(train, shape, flip):
+@pytest.mark.parametrize("capability", ["AVX2", "DEFAULT"])
+def test_video_transform_equals_torchvision_v2(train, shape, flip, capability, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
     cfg = load_config(None, [f"data.augment.flip={str(flip).lower()}"], preset="paper")
     frames = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
     ours, theirs = VideoTransform(cfg.data, train), reference(cfg.data, train)
@@ -47,6 +55,13 @@ def test_video_transform_equals_torchvision_v2(train, shape, flip):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     if not train:
         assert torch.equal(ours(frames), ours(frames))  # evaluation: no randomness
+
+
+def test_a_loader_worker_imports_no_torchvision():
+    """A worker started by spawn (macOS) imports its dataset's modules at every loader's start; torchvision took
+    1.1 of their 2.4 s on the 2-core CPU until 2026-12-01."""
+    code = "import sys, xdc.data.datasets; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
 def test_the_short_side_is_the_drawn_size_where_v2_rounds_it_down():

@@ -12,11 +12,11 @@ batch).
 from __future__ import annotations
 
 import math
+import platform
 
 import numpy as np
 import torch
 import torch.nn.functional as F_nn
-from torchvision.transforms.v2 import functional as F
 
 from xdc.config import AugmentConfig, DataConfig
 from xdc.data.audio import LogMel
@@ -33,7 +33,8 @@ class VideoTransform:
     The parameters, drawn from torch's global RNG, and the arithmetic are those of torchvision's v2 pipeline
     (RandomShortestSize, RandomCrop, RandomHorizontalFlip, ToDtype, Normalize; tests/test_transforms.py compares
     them; one rounding fix, below), but on plain tensors: the v2 classes' tv_tensor wrapping doubled the cost of
-    a clip, which loader workers pay for every training clip.
+    a clip, which loader workers pay for every training clip. Nor does it import torchvision, whose import (1.1 s
+    on the 2-core CPU, half of a worker's imports) a loader worker started by spawn pays at every loader's start.
     """
 
     def __init__(self, cfg: DataConfig, train: bool, normalize: bool = True):
@@ -47,12 +48,12 @@ class VideoTransform:
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T x C x H x W, a view: resize reads channels-last fast
         if self.train:
             h, w, top, left, flip = self._draw(*x.shape[-2:])
-            x = F.resize(x, [h, w], antialias=True)  # both sides >= crop: DataConfig checks scale_min >= crop
+            x = _resize(x, h, w)  # both sides >= crop: DataConfig checks scale_min >= crop
             x = x[..., top : top + self.crop, left : left + self.crop]
             if flip:
                 x = x.flip(-1)
         else:
-            x = F.center_crop(F.resize(x, [self.sizes[0]], antialias=True), [self.crop])
+            x = _centre_crop(_resize_short_side(x, self.sizes[0]), self.crop)
         x = x.permute(1, 0, 2, 3)  # C x T x H x W
         return self.normalize(x) if self.normalize is not None else x.contiguous()
 
@@ -92,6 +93,35 @@ class VideoTransform:
             part = np.pad(part, ((0, 0), (0, size - part.shape[1]), (0, size - part.shape[2]), (0, 0)), mode="edge")
         grid = torch.tensor([y - y0, dy, x - x0, dx], dtype=torch.float64)
         return torch.from_numpy(np.ascontiguousarray(part)), grid
+
+
+def _resize(frames: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Frames (... x C x H x W) resized to h x w as torchvision v2's antialiased bilinear ``resize``: uint8 frames
+    as they are where the CPU has the fast uint8 kernel that torchvision picks (AVX2 or wider, or ARM), else in
+    float32, rounded back."""
+    if tuple(frames.shape[-2:]) == (h, w):
+        return frames
+    native = frames.dtype in (torch.float32, torch.float64) or (
+        frames.dtype == torch.uint8 and frames.device.type == "cpu"
+        and (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64"))
+    )  # fmt: skip
+    x = frames.reshape(-1, *frames.shape[-3:])
+    x = F_nn.interpolate(x if native else x.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    if not native:
+        x = (x if frames.dtype.is_floating_point else x.round_()).to(frames.dtype)
+    return x.reshape(*frames.shape[:-2], h, w)
+
+
+def _resize_short_side(frames: torch.Tensor, short: int) -> torch.Tensor:
+    """The short side to ``short`` and the long one to int(short x long / short side), as torchvision's."""
+    fh, fw = frames.shape[-2:]
+    return _resize(frames, short, int(short * fw / fh)) if fh <= fw else _resize(frames, int(short * fh / fw), short)
+
+
+def _centre_crop(frames: torch.Tensor, crop: int) -> torch.Tensor:
+    """The centre crop x crop of frames at least that large, its corner placed as torchvision's."""
+    top, left = (int(round((side - crop) / 2.0)) for side in frames.shape[-2:])
+    return frames[..., top : top + crop, left : left + crop]
 
 
 class NormalizeVideo:
