@@ -1,5 +1,7 @@
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -127,14 +129,34 @@ def ready_trainer(manifest: Path, out: Path, *settings: str):
     return trainer
 
 
-def run_two_ranks(worker, port: int, *args) -> dict:
-    """Run ``worker(rank, 2, port, *args, out)`` on 2 spawned processes (each joins a gloo group on ``port``);
-    their ``out[rank]`` entries."""
+def free_port() -> int:
+    """A port for a process group of a test, free now, drawn below the ephemeral ports (where Linux, from 32768,
+    and macOS, from 49152, give connections their own ends, which could take it before the group binds it). Each
+    test had a fixed port until 2026-12-01, and two test runs on one host (two checkouts) took each other's."""
+    draw = random.Random()  # from the system's entropy: the tests' seeds would draw the same ports in every run
+    while True:
+        port = draw.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def torchrun_command(ranks: int) -> list[str]:
+    """torchrun starting ``ranks`` processes on this host, its group on a :func:`free_port`."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={free_port()}"]
+
+
+def run_two_ranks(worker, *args) -> dict:
+    """Run ``worker(rank, 2, port, *args, out)`` on 2 spawned processes (each joins a gloo group on a
+    :func:`free_port`); their ``out[rank]`` entries."""
     import torch.multiprocessing as mp
 
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(worker, args=(2, port, *args, out), nprocs=2, join=True)
+        mp.spawn(worker, args=(2, free_port(), *args, out), nprocs=2, join=True)
         return dict(out)
 
 

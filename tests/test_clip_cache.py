@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import run_two_ranks, synthetic_manifest
+from conftest import run_two_ranks, synthetic_manifest, torchrun_command
 from xdc.config import load_config
 from xdc.data.clip_cache import ClipCache, boot_id
 from xdc.data.datasets import EvalClips
@@ -225,7 +225,7 @@ def _extract_twice(rank: int, world: int, port: int, manifest: Path, out: Path, 
 
 
 def test_two_ranks_keep_their_own_shares(manifest, tmp_path):
-    results = run_two_ranks(_extract_twice, 29643, manifest, tmp_path / "run")
+    results = run_two_ranks(_extract_twice, manifest, tmp_path / "run")
     videos = len(Manifest.load(manifest))
     for rank, r in results.items():
         assert r["failures"] == 0 and r["keys"] == list(range(rank, videos, 2))
@@ -242,9 +242,8 @@ def test_a_run_on_two_ranks_with_the_cache(manifest, tmp_path):
                 "train.extract_cache=true"]  # fmt: skip
     (out / "extract_cache").mkdir(parents=True)
     (out / "extract_cache" / "rank0of3.bin").write_bytes(b"from a run on 3 ranks")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29647", "-m",
-               "xdc.cli", "pretrain", "--data", str(manifest), "--out", str(out), "--preset", "tiny", "--method",
-               "xdc", *(f"--set={s}" for s in settings)]  # fmt: skip
+    command = [*torchrun_command(2), "-m", "xdc.cli", "pretrain", "--data", str(manifest), "--out", str(out),
+               "--preset", "tiny", "--method", "xdc", *(f"--set={s}" for s in settings)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, env=env, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (out / "extract_cache").exists()  # the other run's files, then its own, and the folder

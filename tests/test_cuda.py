@@ -296,7 +296,7 @@ def test_sinkhorn_over_ranks_balances_on_the_gpu_as_one_process():
 
     x, k = _cases()["skewed"]
     clusters = kmeans(x, k, seed=1)
-    results = run_two_ranks(_balance_rank, 29631, x, clusters)
+    results = run_two_ranks(_balance_rank, x, clusters)
     labels = np.full(len(x), -1)
     for ids, assignments in results.values():
         labels[ids] = assignments
@@ -330,7 +330,7 @@ def _sinkhorn_device_rank(rank: int, world: int, port: int, out: dict) -> None:
 
 def test_sinkhorn_over_ranks_balances_on_the_cpu_on_every_rank_when_one_share_does_not_fit():
     """train.cluster_on=shards: the ranks pick one kind of device together, and only rank 0 says so."""
-    results = run_two_ranks(_sinkhorn_device_rank, 29632)
+    results = run_two_ranks(_sinkhorn_device_rank)
     assert [results[r][:2] for r in (0, 1)] == [("cuda", "cpu"), ("cuda", "cpu")]
     assert "a rank's share of its matrix needs" in results[0][2] and results[1][2] == ""
 

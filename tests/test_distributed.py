@@ -51,7 +51,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
 
 
 def test_gather_in_dataset_order_and_broadcast():
-    results = run_two_ranks(_worker, 29533)
+    results = run_two_ranks(_worker)
     expected = np.arange(7, dtype=np.float32)[:, None] * np.array([[1.0, -1.0]], dtype=np.float32)
     expected[3] = np.nan
     for gathered in results[0][0]:
@@ -99,7 +99,7 @@ def cluster_runs(tmp_path_factory) -> tuple[Path, dict]:
     """The 2-rank clusterings of every (cluster_on, assign) over one manifest: spawning ranks takes seconds."""
     root = tmp_path_factory.mktemp("clusters")
     manifest = synthetic_manifest(root, 24, 4, seed=0)
-    return manifest, run_two_ranks(_cluster_worker, 29547, manifest, root)
+    return manifest, run_two_ranks(_cluster_worker, manifest, root)
 
 
 @pytest.mark.parametrize("assign", ["kmeans", "sinkhorn"])
@@ -165,7 +165,7 @@ def test_a_rank_whose_batch_failed_still_takes_the_step(tmp_path):
     """DDP: the other rank waits for this rank's gradients, and every rank must step alike to stay in sync, with
     the training model compiled too (the short batch runs uncompiled; rank 0's full one, compiled)."""
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
-    results = run_two_ranks(_failed_clips_worker, 29561, manifest, tmp_path)
+    results = run_two_ranks(_failed_clips_worker, manifest, tmp_path)
     for case in [(False, 0), (True, 0), (True, 3)]:
         (before0, after0, graphs0), (before1, after1, graphs1) = results[0][case], results[1][case]
         assert all(torch.equal(a, b) for a, b in zip(before0, before1))  # DDP starts both from rank 0's weights
@@ -196,7 +196,7 @@ def _accumulate_worker(rank: int, world: int, port: int, manifest: Path, root: P
 
 def test_accumulated_parts_all_reduce_once_per_step(tmp_path):
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
-    results = run_two_ranks(_accumulate_worker, 29577, manifest, tmp_path)
+    results = run_two_ranks(_accumulate_worker, manifest, tmp_path)
     once = results[0][(1, False)][0]
     assert once >= 1
     for key in [(3, False), (3, True)]:
@@ -235,7 +235,7 @@ def test_only_rank0_parses_the_manifest_and_its_errors_stop_every_rank(tmp_path)
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
     bad = tmp_path / "bad.csv"
     bad.write_text("name,size\na.mp4,3\n")  # no path column
-    results = run_two_ranks(_videos_worker, 29583, manifest, bad, tmp_path)
+    results = run_two_ranks(_videos_worker, manifest, bad, tmp_path)
     zero, one = results[0], results[1]
     assert zero["shared"][0] == 1 and one["shared"][0] == 0  # rank 1 mapped rank 0's saved videos
     assert one["shared"][1] == zero["shared"][1] and len(zero["shared"][1]) == 24
@@ -271,7 +271,7 @@ def _slow_rank0_worker(rank: int, world: int, port: int, out: dict) -> None:
 
 
 def test_ranks_wait_for_rank0_beyond_the_groups_timeout_and_stop_with_its_errors():
-    results = run_two_ranks(_slow_rank0_worker, 29591)
+    results = run_two_ranks(_slow_rank0_worker)
     assert results[0] == [42, ("UserError", "no usable videos"), ("ValueError", "bad centroids")]
     assert results[1] == [None, ("UserError", "no usable videos"),
                           ("RuntimeError", "rank 0 failed: ValueError: bad centroids")]
@@ -303,7 +303,7 @@ def test_the_logged_wait_for_clips_is_the_slowest_ranks(tmp_path):
     say that the run waits for clips (rank 1's share: half a second per batch of 2 clips, against steps of a tiny
     model; the first step's set-up counts too), not rank 0's own small share (0.006 when rank 0 logged it)."""
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
-    steps = run_two_ranks(_slow_loader_worker, 29597, manifest, tmp_path)[0]
+    steps = run_two_ranks(_slow_loader_worker, manifest, tmp_path)[0]
     assert len(steps) == 6  # 24 videos, 2 clips per rank and step
     assert steps[-1]["data_wait"] > 0.25
 
@@ -330,7 +330,7 @@ def test_skipped_csv_lists_the_files_that_failed_on_every_rank(tmp_path):
         row.update(path=str(path), status="ok", duration_s="3.0", has_audio="1", width="64", label="class00")
         lines.append(",".join(row[h] for h in header))
     manifest.write_text("\n".join(lines) + "\n")
-    run_two_ranks(_failures_worker, 29593, manifest, tmp_path)
+    run_two_ranks(_failures_worker, manifest, tmp_path)
     skipped = (tmp_path / "run" / "skipped.csv").read_text()
     assert all(str(path) in skipped for path in junk)
     ranks = load(tmp_path / "run" / "checkpoints" / "last.pt")["ranks"]
@@ -367,7 +367,7 @@ def test_each_rank_goes_on_past_a_file_that_kills_its_loader_worker(tmp_path):
     # The other rank waits for the one that restarts its workers in the next collective; both finish the run.
     manifest = synthetic_manifest(tmp_path, 24, 4, seed=0)
     victim = Manifest.load(manifest).path(3)
-    results = run_two_ranks(_crash_worker, 29599, manifest, tmp_path, victim)
+    results = run_two_ranks(_crash_worker, manifest, tmp_path, victim)
     assert results == {0: True, 1: True}
     skipped = (tmp_path / "run" / "skipped.csv").read_text().splitlines()
     assert len(skipped) == 2 and skipped[1].startswith(victim) and "killed by SIGSEGV" in skipped[1]

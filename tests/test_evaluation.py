@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kill_with_children, tiny_run
+from conftest import kill_with_children, tiny_run, torchrun_command
 from xdc.cli import main
 from xdc.config import load_config
 from xdc.evaluation.adapters import Item, split_items, write_table
@@ -535,8 +535,8 @@ def test_a_finished_finetuning_is_kept_for_the_same_settings_only(run, tmp_path,
     assert "made with other settings" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode,port", [("fc", 29661), ("full", 29663)])
-def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode, port):
+@pytest.mark.parametrize("mode", ["fc", "full"])
+def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode):
     """torchrun with 2 processes: each rank takes every other clip of each batch, DDP averages the gradients, the
     test clips are shared out and gathered. fc-only matches one process (the frozen encoder is in eval mode, so two
     half-batches' mean gradient is the batch's): the same losses within float rounding, the same accuracy."""
@@ -561,9 +561,8 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode, port):
     single, ddp = tmp_path / "single.json", tmp_path / "ddp.json"
     tolerant = ["--set=data.max_fail_fraction=0.5"]
     assert main([*_finetune_cli(run_dir, table, single, mode), *tolerant]) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
     # "--": torchrun's parser would take --run for an abbreviation of its own --run-path (docs/evaluation.md)
-    job = [*torchrun, "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, ddp, mode), *tolerant]
+    job = [*torchrun_command(2), "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, ddp, mode), *tolerant]
     done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(f"wrote {ddp}") == 1  # rank 0 alone writes
@@ -617,9 +616,7 @@ def test_a_finetuning_killed_goes_on_with_another_number_of_ranks(run, tmp_path,
     def launch(ranks: int, out: Path) -> list[str]:
         if ranks == 1:
             return [sys.executable, "-m", "xdc.cli", *_finetune_cli(run_dir, table, out, mode)]
-        port = 29665 + first + 2 * (mode == "full")  # a port of its own per test case
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={port}",
-                "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, out, mode)]  # fmt: skip
+        return [*torchrun_command(ranks), "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, out, mode)]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(launch(1 if mode == "fc" else then, straight), capture_output=True, text=True, env=env,
@@ -645,7 +642,7 @@ def _extract_cli(run_dir: Path, table: Path, out: Path) -> list[str]:
             "--batch-size", "4", "--out", str(out)]  # fmt: skip
 
 
-def _extract_launch(tmp_path: Path, ranks: int, port: int, arguments: list[str], wait: bool = False) -> list[str]:
+def _extract_launch(tmp_path: Path, ranks: int, arguments: list[str], wait: bool = False) -> list[str]:
     """``xdc extract`` with a part per batch (a real part keeps 16 to 256), in one process or under torchrun; to
     ``wait`` a minute once a rank kept its first part, where the test kills it (not a race with its end)."""
     driver = tmp_path / "driver.py"
@@ -656,8 +653,7 @@ def _extract_launch(tmp_path: Path, ranks: int, port: int, arguments: list[str],
                       "sys.exit(main(sys.argv[1:]))\n")  # fmt: skip
     if ranks == 1:
         return [sys.executable, str(driver), *arguments]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={port}",
-            "--", str(driver), *arguments]  # fmt: skip
+    return [*torchrun_command(ranks), "--", str(driver), *arguments]
 
 
 def _same_features(a: Path, b: Path) -> None:
@@ -685,7 +681,7 @@ def test_an_extraction_killed_on_two_ranks_goes_on_in_one_process(run, tmp_path,
     assert not (tmp_path / "straight.parts").exists()
     killed, parts = tmp_path / "killed.npz", tmp_path / "killed.parts"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ranks = _start_and_kill(_extract_launch(tmp_path, 2, 29668, _extract_cli(run_dir, table, killed), wait=True),
+    ranks = _start_and_kill(_extract_launch(tmp_path, 2, _extract_cli(run_dir, table, killed), wait=True),
                             parts / "part-*.pt", env)  # fmt: skip
     assert len(ranks) == 2 and list(parts.glob("part-*.pt")), "the extraction ended before it could be killed"
     assert not killed.exists()
@@ -741,7 +737,7 @@ def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeyp
     write_table(items_of(root), table)
     single, ddp = tmp_path / "single.npz", tmp_path / "ddp.npz"
     assert main(_extract_cli(run_dir, table, single)) == 0
-    done = subprocess.run(_extract_launch(tmp_path, 2, 29670, _extract_cli(run_dir, table, ddp)), capture_output=True,
+    done = subprocess.run(_extract_launch(tmp_path, 2, _extract_cli(run_dir, table, ddp)), capture_output=True,
                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count(f"-> {ddp}") == 1  # rank 0 alone says it and writes
@@ -751,7 +747,7 @@ def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeyp
     # rank 0 failing to write the summary (a folder is in its place): every rank stops with its one line
     blocked = tmp_path / "blocked.npz"
     blocked.with_suffix(".json").mkdir()
-    done = subprocess.run(_extract_launch(tmp_path, 2, 29670, _extract_cli(run_dir, table, blocked)),
+    done = subprocess.run(_extract_launch(tmp_path, 2, _extract_cli(run_dir, table, blocked)),
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode != 0 and "[rank1]: Traceback" not in done.stderr, done.stderr[-3000:]  # (torchrun's
     # report of its failed ranks has a traceback of its own)

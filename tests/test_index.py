@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import kill_once_rows_are_kept
+from conftest import kill_once_rows_are_kept, torchrun_command
 from xdc.cli import main
 from xdc.data import index
 from xdc.data.encode import write_av
@@ -236,8 +236,8 @@ def test_two_gloo_ranks_share_out_the_probes_and_write_one_manifest(media: Path,
     twice.write_text(f"{media / 'good.mp4'}\n")
     single, ddp = tmp_path / "single.csv", tmp_path / "ddp.csv"
     build_manifest([str(media), str(twice)], single, labels=labels, workers=1)
-    job = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29672", "-m", "xdc.cli",
-           "index", str(media), str(twice), "--out", str(ddp), "--labels", str(labels), "--workers", "1"]  # fmt: skip
+    job = [*torchrun_command(2), "-m", "xdc.cli", "index", str(media), str(twice), "--out", str(ddp), "--labels",
+           str(labels), "--workers", "1"]  # fmt: skip
     done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("8 files: 3 usable (2 with audio), 5 unusable") == 1  # rank 0 says it
@@ -272,8 +272,7 @@ def test_a_rank_reading_slowly_still_finds_its_rows_in_another_ranks_side_file(m
 
         _as_rank(run, gpus=False)
     """))
-    job = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29674", str(driver),
-           str(media), str(out)]  # fmt: skip
+    job = [*torchrun_command(2), str(driver), str(media), str(out)]
     done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "probed 0" in done.stdout

@@ -16,6 +16,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import torchrun_command
 from xdc.cli import main
 from xdc.data.encode import write_av
 from xdc.errors import UserError
@@ -245,8 +246,7 @@ def test_torchrun_pretrain_into_a_run_in_use_stops_every_rank_with_the_refusal(t
     collective) and the job ends with the one line, without a hang. (torchrun ends the other rank once one has
     failed: whether that one still printed the line, and its exit code, depend on which was first.)"""
     run = tmp_path / "run"
-    job = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29681", "-m", "xdc.cli",
-           "pretrain", "--data", str(tmp_path / "m.csv"), "--out", str(run)]  # fmt: skip
+    job = [*torchrun_command(2), "-m", "xdc.cli", "pretrain", "--data", str(tmp_path / "m.csv"), "--out", str(run)]
     with holding(run, "pretrain", folder=True):
         started = time.monotonic()
         done = subprocess.run(job, capture_output=True, text=True, env=ENV, timeout=300)

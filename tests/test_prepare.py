@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import kill_once_rows_are_kept, shared_data
+from conftest import kill_once_rows_are_kept, shared_data, torchrun_command
 from xdc.cli import main
 from xdc.config import ClipConfig
 from xdc.data import prepare
@@ -382,9 +382,8 @@ def test_two_gloo_ranks_share_out_the_files_and_make_one_report(prepared, source
     """torchrun with 2 processes (as 2 nodes would run it): each rank transcodes every other file, rank 0 joins the
     ranks' reports into one and writes the labels; the same report, labels and copies as one process."""
     out = tmp_path / "out"
-    job = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29671", "-m", "--",
-           "xdc.cli", "prepare", str(sources), "--out", str(out), "--gop", str(GOP), "--labels",
-           str(sources / "labels.csv"), "--workers", "1"]  # fmt: skip
+    job = [*torchrun_command(2), "-m", "--", "xdc.cli", "prepare", str(sources), "--out", str(out), "--gop", str(GOP),
+           "--labels", str(sources / "labels.csv"), "--workers", "1"]  # fmt: skip
     done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     single, said = prepared

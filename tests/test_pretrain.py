@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kill_with_children, synthetic_manifest
+from conftest import free_port, kill_with_children, synthetic_manifest, torchrun_command
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.metrics import nmi
@@ -397,13 +397,13 @@ def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
     single, ddp, nodes = tmp_path / "single", tmp_path / "ddp", tmp_path / "nodes"
     subprocess.run(_cli(manifest, single, *common, "--set=train.accumulate=2"), check=True, capture_output=True,
                    env=env)  # fmt: skip
-    torchrun = [sys.executable, "-m", "torch.distributed.run"]
-    one_node = [*torchrun, "--nproc_per_node=2", "--master_port=29517"]
-    result = subprocess.run([*one_node, *_cli(manifest, ddp, *common)[1:]], capture_output=True, env=env, text=True)
+    result = subprocess.run([*torchrun_command(2), *_cli(manifest, ddp, *common)[1:]], capture_output=True, env=env,
+                            text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("encoders: ") == 1  # rank 0 says where they are, not every rank
 
-    per_node = [*torchrun, "--nnodes=2", "--nproc_per_node=1", "--master_addr=127.0.0.1", "--master_port=29518"]
+    per_node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--master_addr=127.0.0.1", f"--master_port={free_port()}"]  # both nodes' launches: one port
     job = _cli(manifest, nodes, *common)[1:]
     launches = [subprocess.Popen([*per_node, f"--node_rank={node}", *job], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for node in (0, 1)]  # fmt: skip
@@ -445,7 +445,7 @@ def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when, s
     round 1's labels and as many steps: each process's BatchNorm then normalises the whole batch rather than a
     half, so its weights are its own."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    two_ranks = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519"]
+    two_ranks = torchrun_command(2)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     result = subprocess.run([*two_ranks, *_cli(manifest, straight, *settings)[1:]], capture_output=True, env=env,
                             text=True)  # fmt: skip

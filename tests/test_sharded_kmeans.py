@@ -83,7 +83,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks() -> dict:
-    return run_two_ranks(_worker, 29541)
+    return run_two_ranks(_worker)
 
 
 def _aligned(a: np.ndarray, b: np.ndarray) -> np.ndarray:

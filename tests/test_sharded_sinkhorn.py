@@ -54,7 +54,7 @@ def two_ranks() -> tuple[dict, dict]:
         clusters = kmeans(x, k, seed=1)
         cases[name, False] = (x, clusters)
     cases["skewed", True] = cases["skewed", False]  # rank 1 without points
-    return cases, run_two_ranks(_worker, 29613, cases)
+    return cases, run_two_ranks(_worker, cases)
 
 
 @pytest.mark.parametrize("case", [("skewed", False), ("near", False), ("same", False), ("skewed", True)])
