@@ -35,7 +35,9 @@ def run_reference(pipeline: v2.Compose, frames: np.ndarray) -> torch.Tensor:
 # torchvision resizes uint8 frames as they are on a CPU with AVX2 or wider, else in float32, rounded: both checked,
 # whatever this CPU is, by what the CPU reports to both.
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("shape", [(4, 128, 171), (4, 171, 128), (3, 288, 360), (2, 96, 128), (2, 130, 200), (1, 90, 90)])
+@pytest.mark.parametrize(
+    "shape", [(4, 128, 171), (4, 171, 128), (3, 288, 360), (2, 96, 128), (2, 130, 200), (1, 90, 90)]
+)
 @pytest.mark.parametrize("flip", [True, False])
 @pytest.mark.parametrize("capability", ["AVX2", "DEFAULT"])
 def test_video_transform_equals_torchvision_v2(train, shape, flip, capability, monkeypatch):

@@ -101,10 +101,11 @@ def _resize(frames: torch.Tensor, h: int, w: int) -> torch.Tensor:
     float32, rounded back."""
     if tuple(frames.shape[-2:]) == (h, w):
         return frames
+    capability, machine = torch.backends.cpu.get_cpu_capability(), platform.machine()
+    fast_uint8 = capability in ("AVX2", "AVX512") or machine in ("aarch64", "arm64")
     native = frames.dtype in (torch.float32, torch.float64) or (
-        frames.dtype == torch.uint8 and frames.device.type == "cpu"
-        and (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64"))
-    )  # fmt: skip
+        frames.dtype == torch.uint8 and frames.device.type == "cpu" and fast_uint8
+    )
     x = frames.reshape(-1, *frames.shape[-3:])
     x = F_nn.interpolate(x if native else x.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     if not native:
