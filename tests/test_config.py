@@ -49,6 +49,9 @@ def test_defaults_yaml_then_overrides(tmp_path):
         ("data.max_fail_fraction=1.5", r"data.max_fail_fraction must be between 0 and 1, not 1.5$"),
         ("finetune.test_clips=0", r"finetune.test_clips must be at least 1, not 0$"),
         ("train.compile=fast", r"train.compile must be true, false or a mode \(default, reduce-overhead, .*'fast'$"),
+        # a negative seed stopped recluster=plateau runs, a large one every run, with a traceback
+        ("seed=-1", r"seed must be a whole number from 0 to 4294967295, not -1$"),
+        ("seed=10000000000000000", r"seed must be a whole number from 0 to 4294967295, not 10000000000000000$"),
     ],
 )
 def test_bad_overrides_are_user_errors(override, message):

@@ -363,6 +363,10 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
+        # numpy's seed sequences refuse negative seeds and torch's generator 64-bit overflows (the heads' seed is
+        # seed * 7919 + round): both a traceback in the middle of a run
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"seed must be a whole number from 0 to {2**32 - 1}, not {self.seed!r}")
         if self.train.s2d_stem and self.data.clip.crop % 2:  # crop + the stem's padding of 3 on each side
             raise UserError(f"train.s2d_stem needs an even data.clip.crop (2 x 2 blocks), not {self.data.clip.crop}")
 
