@@ -175,6 +175,26 @@ def test_settings_the_encoder_decides_are_named_and_mistakes_are_one_line(made, 
     assert "need data.clip.crop <= data.augment.scale_min" in capsys.readouterr().err
 
 
+def test_data_settings_are_checked_against_the_encoders_own_not_the_defaults(made, tmp_path, capsys):
+    """A tiny encoder's clips resized to 34 (its crop is 32): until 2026-12-01 refused, as below the default crop
+    of 112, by extract and finetune alike."""
+    base = ["--encoder", "video", "--data", str(made["table"]), "--set", "data.augment.scale_min=34"]
+    for run in (made["run"], made["export"]):
+        out = tmp_path / f"{run.name}.npz"
+        assert main(["extract", "--run", str(run), *base, "--clips", "1", "--out", str(out)]) == 0, capsys.readouterr()
+        assert json.loads(out.with_suffix(".json").read_text())["data"]["augment"]["scale_min"] == 34
+    out = tmp_path / "ft.json"
+    assert main(["eval", "finetune", "--run", str(made["run"]), *base, "--mode", "fc", "--out", str(out),
+                 "--set", "finetune.epochs=1", "--set", "finetune.test_clips=1", "--set", "seed=4"]) == 0
+    record = json.loads(out.read_text())
+    assert record["settings"] == {"data.augment.scale_min": 34} and record["seed"] == 4
+    assert record["config"]["epochs"] == 1
+    # what the encoder's settings rule out is still one line, naming its values
+    assert main(["extract", "--run", str(made["export"]), *base[:-1], "data.augment.scale_min=30", "--clips", "1",
+                 "--out", str(tmp_path / "b.npz")]) == 2  # fmt: skip
+    assert capsys.readouterr().err.endswith("got 32, 30, 40\n")
+
+
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.state_dict().items()}
 

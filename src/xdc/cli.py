@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from xdc.config import Config, given_keys, load_config, setting
+from xdc.config import Config, given_keys, given_settings, load_config, setting, with_settings
 from xdc.data.preload import preload_fork_server
 from xdc.errors import UserError
 from xdc.limits import fit_threads
@@ -235,12 +235,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _encoder_settings(args: argparse.Namespace, command: str, own: tuple[str, ...] = ()) -> dict:
-    """The ``data.*`` settings given (``--config``, ``--set``), which change the clips that the encoder of ``--run``
-    is fed, over its own: e.g. the paper's 32-frame finetuning. The command's ``own`` keys (prefixes) are its to
-    use; a warning names any other, which the encoder's own settings decide."""
-    cfg = _config(args)
+    """The settings given (``--config``, ``--set``) that the command reads: ``data.*``, which change the clips that
+    the encoder of ``--run`` is fed, over its own (e.g. the paper's 32-frame finetuning; checked there, as they
+    relate to its other clip settings, not the defaults), and the command's ``own`` keys (prefixes). A warning
+    names any other, which the encoder's own settings decide."""
     _warn_unused(args, ("data.", *own), f"xdc {command} takes the encoder's model and train settings from --run")
-    return {key: setting(cfg, key) for key in given_keys(args.config, args.overrides) if key.startswith("data.")}
+    given = given_settings(args.config, args.overrides)
+    return {key: value for key, value in given.items() if key.startswith(("data.", *own))}
 
 
 def _warn_unused(args: argparse.Namespace, used: tuple[str, ...], why: str) -> None:
@@ -283,8 +284,9 @@ def _finetune(args: argparse.Namespace) -> None:
     from xdc.evaluation import commands
 
     options = dict(args.option)
-    cfg = _config(args)
     settings = _encoder_settings(args, "eval finetune", own=("finetune.", "seed"))
+    cfg = with_settings(Config(), {key: value for key, value in settings.items() if not key.startswith("data.")})
+    settings = {key: value for key, value in settings.items() if key.startswith("data.")}
 
     def run(ctx: Dist) -> None:
         _device_under_torchrun(args.device, ctx)

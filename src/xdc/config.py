@@ -377,6 +377,16 @@ def load_config(
 ) -> Config:  # fmt: skip
     """Defaults, then a named preset, then ``mapping`` (nested settings, as in a YAML file), then the YAML file at
     ``path``, then ``key.sub=value`` overrides (values parsed as YAML)."""
+    cfg = _unchecked(path, overrides, preset, mapping)
+    _revalidate(cfg)
+    return cfg
+
+
+def _unchecked(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...], preset: str | None = None,
+    mapping: dict | None = None,
+) -> Config:  # fmt: skip
+    """load_config's settings, each of its type, not yet checked against their ranges and each other."""
     cfg = Config()
     if preset is not None:
         from xdc.presets import preset_path
@@ -395,7 +405,6 @@ def load_config(
         except yaml.YAMLError as e:
             raise UserError(f"override {item!r}: the value is not valid YAML ({_yaml_error(e)})") from None
         _set_dotted(cfg, key.strip(), value)
-    _revalidate(cfg)
     return cfg
 
 
@@ -422,6 +431,14 @@ def given_keys(path: str | Path | None, overrides: list[str] | tuple[str, ...]) 
     (what a user asked for, whether or not it differs from the defaults)."""
     keys = list(_flat(_read_yaml(path))) if path is not None else []
     return list(dict.fromkeys(keys + [item.partition("=")[0].strip() for item in overrides]))
+
+
+def given_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """The settings that the YAML file at ``path`` and the ``key=value`` overrides set (``given_keys``), with their
+    values typed as load_config types them, to lay over another config with ``with_settings``, which checks them
+    there: not against the defaults (a tiny run's data.augment.scale_min=34 is below the default crop, not its own)."""
+    cfg = _unchecked(path, overrides)
+    return {key: setting(cfg, key) for key in given_keys(path, overrides)}
 
 
 def setting(cfg: Any, key: str) -> Any:
