@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,25 @@ def test_metadata_is_enough_to_feed_the_encoders(run, exported):
     assert video["input_shape"] == [3, 4, 32, 32] and audio["input_shape"] == [1, 40, 100]
     assert video["video_mean"] == [0.43216, 0.394666, 0.37645] and "video_mean" not in audio
     assert video["feature_dim"] == audio["feature_dim"] == 64
+
+
+def test_the_documented_recipe_feeds_an_encoder_of_crops_above_the_default_jitter(tmp_path):
+    """docs/export.md's read_metadata example, as written but for its path, on an export of 160-pixel crops: until
+    2026-12-01 it laid them over the default jitter (128-160) and stopped with a UserError."""
+    from xdc.export import _write_encoder, encoder_metadata
+    from xdc.models import build_encoder
+
+    cfg = load_config(None, ["data.clip.crop=160", "data.augment.scale_min=176", "data.augment.scale_max=200"],
+                      preset="tiny")  # fmt: skip
+    encoder = build_encoder("video", cfg.model)
+    _write_encoder(tmp_path, "video", encoder_metadata("video", "video", "xdc", encoder, cfg), encoder, ())
+    docs = (Path(__file__).parents[1] / "docs" / "export.md").read_text()
+    example = next(block for block in re.findall(r"```python\n(.*?)```", docs, re.S) if "read_metadata(" in block)
+    names: dict = {}
+    exec(example.replace('"exports/xdc/video.safetensors"', repr(str(tmp_path / "video.safetensors"))), names)
+    assert names["data"] == cfg.data
+    clip = names["transform"](np.zeros((4, 180, 240, 3), np.uint8))
+    assert clip.shape == (3, 4, 160, 160)
 
 
 def test_model_card(exported):
