@@ -19,6 +19,20 @@ def test_defaults_yaml_then_overrides(tmp_path):
     assert (cfg.train.weight_decay, cfg.train.lr, cfg.model.video_bn_eps) == (1e-5, 2e-3, 1e-3)
 
 
+def test_a_text_setting_takes_an_override_as_typed():
+    """YAML reads 001 as the number 1 and 2026-11-30 as a date: train.init=001 named the folder 1 until 2026-12-01,
+    and a folder named by its date was refused. null and an empty value still mean none."""
+    for typed in ("001", "2026-11-30", "1.10", "0x1F", "12:30"):
+        assert load_config(None, [f"train.init={typed}"]).train.init == typed
+    assert load_config(None, ["train.init=null"]).train.init is None
+    assert load_config(None, ["train.init="]).train.init is None
+    assert load_config(None, ["train.init='007'"]).train.init == "007"
+    with pytest.raises(UserError, match=r"train.init must be a string, not \['a'\]"):
+        load_config(None, ["train.init=[a]"])
+    cfg = load_config(None, ["train.compile=yes", "data.workers=3"])  # settings not of text alone: as YAML reads them
+    assert cfg.train.compile is True and cfg.data.workers == 3
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -404,7 +404,7 @@ def _unchecked(
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise UserError(f"override {item!r}: the value is not valid YAML ({_yaml_error(e)})") from None
-        _set_dotted(cfg, key.strip(), value)
+        _set_dotted(cfg, key.strip(), value, text=raw.strip())
     return cfg
 
 
@@ -482,7 +482,8 @@ def _apply_mapping(obj: Any, mapping: dict, prefix: str) -> None:
             _set_dotted(obj, str(key), value, shown=dotted)
 
 
-def _set_dotted(root: Any, key: str, value: Any, shown: str | None = None) -> None:
+def _set_dotted(root: Any, key: str, value: Any, shown: str | None = None, text: str | None = None) -> None:
+    """Set the dotted ``key`` to ``value``, of its type; ``text``: the value as typed in an override."""
     shown = shown or key
     *parents, leaf = key.split(".")
     obj = root
@@ -497,6 +498,8 @@ def _set_dotted(root: Any, key: str, value: Any, shown: str | None = None) -> No
     hint = typing.get_type_hints(type(obj))[leaf]
     if dataclasses.is_dataclass(getattr(obj, leaf)):
         raise UserError(f"{shown!r} is a section; set one of its keys, e.g. {shown}.<key>=...")
+    if text is not None and hint in (str, str | None) and not isinstance(value, (str, list, dict, type(None))):
+        value = text  # YAML's number or date would change a name: train.init=001 (a folder) reads as 1
     setattr(obj, leaf, _coerce(value, hint, shown))
 
 
