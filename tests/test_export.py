@@ -183,6 +183,33 @@ def test_metrics_of_another_run_are_refused(run, exported, tmp_path, capsys, mon
     assert f"metrics linear.json evaluated the run {run}, not {other}" in capsys.readouterr().err
 
 
+def test_the_released_weights_and_a_run_do_not_cite_each_others_metrics(run, tmp_path, capsys):
+    """Until 2026-12-01 an export of the released weights cited any result (a run's clusters as theirs), and a run's
+    export the results of the released weights as the run's."""
+    from test_official import official_state_dict
+
+    released, other = tmp_path / "r2plus1d_18_xdc_ig65m_kinetics.pth", tmp_path / "r2plus1d_18_xdc_audioset.pth"
+    torch.save(official_state_dict(), released)
+    results = {"run.json": {"command": "eval clusters", "run": str(run)},
+               "released.json": {"command": "eval finetune", "run": str(released), "source": "released",
+                                 "mean_top1": 0.5},
+               "other.json": {"command": "eval finetune", "run": str(other), "source": "released", "mean_top1": 0.4}}
+    for name, record in results.items():
+        (tmp_path / name).write_text(json.dumps(record))
+    for exported, name, message in [
+        (released, "run.json", f"evaluated the run {run}, not {released}: give these weights' results"),
+        (released, "other.json", f"evaluated the released weights {other}, not {released}: give these weights' "
+                                 "results"),
+        (run, "released.json", f"evaluated the released weights {released}, not {run}: give this run's results"),
+    ]:  # fmt: skip
+        assert main(["export", str(exported), "--out", str(tmp_path / "e"), "--metrics", str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err == f"xdc: error: metrics {name} {message}\n"
+        assert not (tmp_path / "e").exists()
+    assert main(["export", str(released), "--out", str(tmp_path / "e"), "--metrics", str(tmp_path / "released.json")]
+                ) == 0  # fmt: skip
+    assert "mean_top1 0.5" in (tmp_path / "e" / "README.md").read_text()
+
+
 def test_metrics_that_are_not_utf8_are_named_in_one_line(run, tmp_path, capsys):
     """A result saved again by PowerShell's > (UTF-16) or a Latin-1 editor: said so, before any export (until
     2026-12-01: UnicodeDecodeError); UTF-8 with a BOM is read."""

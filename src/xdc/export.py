@@ -165,6 +165,8 @@ def export_released(path: Path, out: Path, metrics: list[str | Path] | tuple = (
         raise UserError(f"{path} is an export already: xdc export takes a run folder or the released XDC weights")
     _check_programs(also)
     results = [_read_result(Path(m)) for m in metrics]
+    for result in results:
+        _check_evaluated(result, path, RELEASED)
     _prepare_out(out)
     meta = encoder_metadata("video", "video", RELEASED, source.encoder, source.cfg)
     files = _write_encoder(out, "video", meta, source.encoder, also)
@@ -272,9 +274,11 @@ def _read_result(path: Path) -> dict:
     return {"file": path.name, **record}
 
 
-def _check_evaluated(result: dict, run: Path) -> None:
-    """A result of another run would be cited in the card as this run's: refused where the result names its run
-    (eval clusters and finetune of a run folder; eval linear and kfold through their features' summary)."""
+def _check_evaluated(result: dict, exported: Path, source: str = "run") -> None:
+    """A result of another encoder would be cited in the card as the exported one's: refused where the result names
+    what it evaluated (eval clusters and finetune; eval linear and kfold through their features' summary) and that
+    is another run, or another file of the released weights, than ``exported`` (a run folder, or such a file for
+    ``source`` RELEASED). An export's results pass: its file does not say which run it came from."""
     named, summary = result.get("run"), None
     if named is None and os.path.isabs(result.get("features") or ""):  # features.json beside them: their source
         try:
@@ -282,15 +286,18 @@ def _check_evaluated(result: dict, run: Path) -> None:
         except (OSError, ValueError):
             return
         named = summary.get("run") if isinstance(summary, dict) else None
-    if not named or (summary or result).get("source", "run") != "run":  # an export or the released weights
+    evaluated_source = (summary or result).get("source", "run")
+    if not named or evaluated_source == "export":
         return
     evaluated = Path(named)
     if not evaluated.is_absolute():  # as typed, by an xdc before 2026-12-01: relative to a folder not recorded
         return
-    if checkpoint.is_encoders_file(evaluated):  # given as --run
+    if evaluated_source == "run" and checkpoint.is_encoders_file(evaluated):  # given as --run
         evaluated = evaluated.parent
-    if evaluated.resolve() != run.resolve():
-        raise UserError(f"metrics {result['file']} evaluated the run {evaluated}, not {run}: give this run's results")
+    if evaluated_source != source or evaluated.resolve() != exported.resolve():
+        what = "the run" if evaluated_source == "run" else "the released weights"
+        mine = "this run's" if source == "run" else "these weights'"
+        raise UserError(f"metrics {result['file']} evaluated {what} {evaluated}, not {exported}: give {mine} results")
 
 
 # --- the model card -----------------------------------------------------------------------------------------
