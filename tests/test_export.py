@@ -135,7 +135,7 @@ def test_the_card_says_what_trained_the_encoders(run):
     assert "Self-supervised" not in card["supervised"] + card["scratch"]
 
 
-def test_export_refuses_unfinished_runs_and_foreign_folders(run, tmp_path, capsys):
+def test_export_refuses_unfinished_runs_and_foreign_folders(run, exported, tmp_path, capsys):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.yaml").write_text((run / "config.yaml").read_text())
@@ -147,6 +147,9 @@ def test_export_refuses_unfinished_runs_and_foreign_folders(run, tmp_path, capsy
     assert main(["export", str(run), "--out", str(busy)]) == 2
     assert "not empty and not a previous `xdc export`" in capsys.readouterr().err
     assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+    assert main(["export", str(exported[0] / "audio.safetensors"), "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: {exported[0] / 'audio.safetensors'} is an export already: xdc "
+                                       "export takes a run folder or the released XDC weights\n")  # fmt: skip
     assert main(["export", str(run / "videos.csv"), "--out", str(tmp_path / "a")]) == 2  # not the released weights
     assert capsys.readouterr().err == (f"xdc: error: {run / 'videos.csv'} is a file of the run {run}: give the run's "
                                        "folder or its encoders.pt\n")  # fmt: skip

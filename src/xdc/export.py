@@ -160,9 +160,9 @@ def export_released(path: Path, out: Path, metrics: list[str | Path] | tuple = (
     that ``load_encoder``, ``xdc extract`` and ONNX runtimes take them like a run's; and a model card."""
     from xdc.evaluation.sources import load_source
 
-    source = load_source(path, "video")  # the file is checked before anything is written
-    if source.kind != "released":
+    if kind(path) != "released":  # before loading: an export's audio.safetensors is no video encoder to load
         raise UserError(f"{path} is an export already: xdc export takes a run folder or the released XDC weights")
+    source = load_source(path, "video")  # the file is checked before anything is written
     _check_programs(also)
     results = [_read_result(Path(m)) for m in metrics]
     for result in results:
