@@ -55,6 +55,17 @@ def test_extract_clips_segments_and_skips(run, tmp_path):
     assert set(data["split"]) == {"train", "test"} and data["label"].dtype.kind == "U"
 
 
+def test_a_window_as_long_as_a_clip_gives_one_clip_whatever_its_float_rounding(run, tmp_path):
+    """GRID words' 1 s windows and the tiny preset's 1 s clips: 2.41 - 1.41 is 1.0000000000000002, and a quarter
+    of GRID's word windows got --clips copies of one clip, weighted that many times in the probes."""
+    root, run_dir = run
+    item = items_of(root)[0]
+    windows = [Item(item.path, item.label, "train", 1, start_s=s, end_s=s + 1.0, group=str(s)) for s in (1.41, 0.0)]
+    assert windows[0].end_s - windows[0].start_s > 1.0
+    extract_features(run_dir, "audio", windows, tmp_path / "w.npz", clips=3)
+    assert sorted(np.load(tmp_path / "w.npz")["group"]) == ["0.0", "1.41"]
+
+
 def test_sliding_window_gives_per_item_sequences(run, tmp_path):
     root, run_dir = run
     extract_features(run_dir, "audio", items_of(root)[:2], tmp_path / "seq.npz", stride=0.5)
