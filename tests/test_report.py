@@ -4,8 +4,10 @@ import base64
 import csv
 import dataclasses
 import io
+import os
 import re
 import shutil
+import threading
 import wave
 from html.parser import HTMLParser
 from pathlib import Path
@@ -305,6 +307,30 @@ def test_a_folder_that_is_no_run_and_an_out_that_is_no_report_are_refused(built,
     from xdc.cli import main  # a run that is not there: said as such, and not made by the report's lock
 
     assert main(["report", str(tmp_path / "nowhere")]) == 2 and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_an_out_that_is_a_pipe_is_refused_rather_than_waited_on(built, tmp_path):
+    """Until 2026-12-01 the check of whether --out was a report read a FIFO's first bytes: it hung for good."""
+    _, run = built
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    raised = []
+
+    def report() -> None:
+        try:
+            write_report(run, out=fifo, samples_per_cluster=1)
+        except UserError as e:
+            raised.append(str(e))
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    thread.join(timeout=20)  # the refusal takes well under a second
+    hung = thread.is_alive()
+    if hung:  # waiting on the FIFO: a writer that closes at once lets it go on
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join()
+    assert not hung and raised and "exists and is not a report of xdc" in raised[0]
 
 
 def test_the_sizes_of_many_clusters_are_one_outline_not_a_bar_each(built):

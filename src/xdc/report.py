@@ -665,6 +665,9 @@ th { background: #f3f3f3; text-align: left; } .summary td { text-align: right; }
 
 
 def _is_report(path: Path) -> bool:
+    """Told by the file's start; only a regular file is opened: a pipe or FIFO would wait for a writer forever."""
+    if not path.is_file():
+        return False
     with open(path, "rb") as f:
         return _TITLE in f.read(300).decode("utf-8", "replace")
 
