@@ -464,6 +464,29 @@ def test_evaluation_runs_where_asked_and_says_so(run, tmp_path, capsys):
         assert "this machine has no CUDA device" in capsys.readouterr().err
 
 
+def test_finetuning_a_video_encoder_on_audio_files_names_why_nothing_is_read(run, tmp_path):
+    """Every file skipped for want of a video stream was told as "needs >= 2 classes in 'train' and a 'test' split
+    (0, 0)" until 2026-12-01, naming neither the files nor why."""
+    import wave
+
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    _, run_dir = run
+    items = []
+    for n, split in enumerate(("train", "train", "test")):
+        path = tmp_path / f"{n}.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(bytes(2 * 16000))
+        items.append(Item(str(path), "ab"[n % 2], split))
+    with pytest.raises(UserError, match="none of the 2 train items has a readable video stream") as error:
+        finetune(run_dir, "video", items, "fc", FinetuneConfig(epochs=1), tmp_path)
+    assert str(error.value).endswith(f"(the first: {items[0].path}: no video stream)")
+
+
 def test_finetuning_draws_the_same_clips_whatever_the_loader_workers(run, tmp_path):
     from xdc.config import FinetuneConfig
     from xdc.evaluation.finetune import finetune

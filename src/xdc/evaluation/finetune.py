@@ -87,9 +87,14 @@ def finetune(
     # probed once, the ranks sharing out the probes, and handed to every rank
     train, _, skipped = items_to_manifest(train_items, work / "train.probe.csv", modality, ctx)
     test, test_rows, test_skipped = items_to_manifest(test_items, work / "test.probe.csv", modality, ctx)
+    for split, manifest, unread in (("train", train, skipped), ("test", test, test_skipped)):
+        if len(manifest) == 0:  # every item skipped (a video encoder on an audio dataset): said, with why
+            path, reason = unread[0]
+            raise UserError(f"none of the {len(unread)} {split} items has a readable {modality} stream (the first: "
+                            f"{path}: {reason})")  # fmt: skip
     classes = train.classes
-    if len(classes) < 2 or len(test) == 0:
-        raise UserError(f"finetuning needs >= 2 classes in 'train' and a 'test' split ({len(classes)}, {len(test)})")
+    if len(classes) < 2:
+        raise UserError(f"finetuning needs >= 2 classes among the readable training items, found {len(classes)}")
 
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), run_cfg, modality, training_clips=True)
     workers = data_cfg.workers_on(place.device.type) if workers is None else workers
