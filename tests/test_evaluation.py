@@ -219,7 +219,9 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert "has no encoder 'video2'" in capsys.readouterr().err
     for flag, value, why in [("--clips", "0", "--clips must be at least 1, got 0"),
                              ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
-                             ("--stride", "-1", "--stride must be above 0 seconds, got -1.0")]:  # fmt: skip
+                             ("--stride", "-1", "--stride must be a finite number of seconds above 0, got -1.0"),
+                             # until 2026-12-01 an empty file, every item "skipped" for a start of NaN
+                             ("--stride", "inf", "--stride must be a finite number of seconds above 0, got inf")]:
         assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
                      "--out", str(tmp_path / "x.npz"), flag, value]) == 2  # fmt: skip
         assert capsys.readouterr().err == f"xdc: error: {why}\n"

@@ -7,6 +7,7 @@ and embedded clip by clip in eval mode: N evenly spaced clips per item, or a sli
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,8 +96,8 @@ def extract_features(
     for flag, value in (("--batch-size", batch_size), ("--clips", clips)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    if stride is not None and not stride > 0:
-        raise UserError(f"--stride must be above 0 seconds, got {stride}")
+    if stride is not None and not 0 < stride < math.inf:  # inf: every clip's start 0 * inf, NaN, failed
+        raise UserError(f"--stride must be a finite number of seconds above 0, got {stride}")
     source = load_source(run, encoder_name, settings)
     encoder, modality, cfg = source.encoder, source.modality, source.cfg
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), cfg, modality)
