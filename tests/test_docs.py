@@ -79,3 +79,13 @@ def test_the_readme_python_example_runs_as_written_and_gives_the_shapes_it_names
     assert batch["video"].shape == (6, 3, 8, 112, 112) and batch["video"].dtype == torch.float32
     assert batch["audio"].shape == (6, 1, 40, 100)
     assert batch["failures"] == []
+
+
+def test_no_documented_result_is_named_as_the_summary_beside_its_features():
+    """`xdc extract --out X.npz` writes its summary to X.json, which `xdc eval ... --features X.npz --out X.json`
+    refuses to replace: the README's ESC-50 commands stopped there, at their second line (until 2026-12-01)."""
+    parser = build_parser()
+    for page, number, text in CASES:
+        args = parser.parse_args(shlex.split(text))
+        if getattr(args, "features", None) is not None and args.out is not None:
+            assert args.out != args.features.with_suffix(".json"), f"{page.name}:{number}: xdc {text}"

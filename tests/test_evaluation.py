@@ -203,6 +203,11 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["eval", "linear", "--features", str(feats)]) == 2
     assert "no train/test split" in capsys.readouterr().err
+    summary = feats.with_suffix(".json")  # extract's, which export reads: not to be replaced, nor removed as told
+    assert main(["eval", "kfold", "--features", str(feats), "--out", str(summary)]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: --out {summary} is the summary that xdc extract wrote beside "
+                                       f"{feats}, which xdc export reads: give the result another name, e.g. "
+                                       "nosplit-result.json\n")  # fmt: skip
     folder = tmp_path / "folder"
     folder.mkdir()
     table = str(tmp_path / "t.csv")
