@@ -494,6 +494,21 @@ def test_finetuning_a_video_encoder_on_audio_files_names_why_nothing_is_read(run
     assert str(error.value).endswith(f"(the first: {items[0].path}: no video stream)")
 
 
+def test_finetuning_counts_test_videos_as_groups_not_items(run, tmp_path):
+    """Two windows of each test file, one group: n_test said 16 (the items) against 8 scored, as if half the test
+    videos had failed to read (until 2026-12-01)."""
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    items = [i for i in items_of(root) if i.split == "train"]
+    items += [Item(i.path, i.label, "test", start_s=s, end_s=s + 1.0) for i in items_of(root) if i.split == "test"
+              for s in (0.0, 1.0)]  # fmt: skip
+    cfg = FinetuneConfig(epochs=1, batch_size=4, test_clips=1)
+    result = finetune(run_dir, "audio", items, "fc", cfg, tmp_path)
+    assert (result["n_test"], result["n_test_scored"]) == (8, 8)
+
+
 def test_finetuning_draws_the_same_clips_whatever_the_loader_workers(run, tmp_path):
     from xdc.config import FinetuneConfig
     from xdc.evaluation.finetune import finetune

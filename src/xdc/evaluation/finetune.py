@@ -224,7 +224,8 @@ def finetune(
         "mode": mode, "encoder": encoder_name, "device": str(place.device), "bf16": place.bf16,
         **({"crops_on": "device" if place.device_crops else "workers"} if modality == "video" else
            {"logmel_on": "device" if place.device_logmel else "workers"}),
-        "ranks": ctx.world_size, "classes": len(classes), "n_train": len(train), "n_test": len(test),
+        "ranks": ctx.world_size, "classes": len(classes), "n_train": len(train),
+        "n_test": len({test_items[i].group for i in test_rows}),  # readable test videos: groups, as scored below
         "n_test_scored": len(video_labels),  # test videos (groups) with a clip read: those the accuracies count
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
         "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": _mean(trained_losses[:1]),
