@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import xdc
 from conftest import synthetic_manifest
 from xdc.cli import main
-from xdc.config import config_to_dict, load_config
+from xdc.config import config_to_dict, load_config, with_settings
 from xdc.data.manifest import Manifest
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, write_table
@@ -132,6 +132,10 @@ def test_the_card_says_what_trained_the_encoders(run):
     epochs = cfg.train.epochs * cfg.train.rounds
     assert f"- per round: {epochs} epoch(s) (train.epochs x train.rounds) of " in card["supervised"]
     assert "Untrained encoders (random weights, a baseline)" in card["scratch"]
+    # with recluster=plateau train.epochs is a cap (the card gave it as the count until 2026-12-01)
+    plateau = with_settings(cfg, {"train.recluster": "plateau"})
+    text = model_card(run, get_method("xdc"), plateau, encoders, {"video": "video", "audio": "audio"}, [])
+    assert f"- per round: up to {cfg.train.epochs} epoch(s) of " in text and "re-cluster on plateau" in text
     assert "Self-supervised" not in card["supervised"] + card["scratch"]
 
 

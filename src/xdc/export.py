@@ -327,8 +327,12 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
     else:
         k = "" if method.supervised else f"; k = {train.k} clusters per label set"
         clustering = "" if method.supervised else f", re-cluster on {train.recluster}, assignment {train.assign}"
-        epochs = f"{train.epochs} epoch(s)" if not method.supervised else \
-            f"{train.epochs * train.rounds} epoch(s) (train.epochs x train.rounds)"  # fmt: skip
+        if method.supervised:
+            epochs = f"{train.epochs * train.rounds} epoch(s) (train.epochs x train.rounds)"
+        elif train.recluster == "plateau":  # a round ends when the held-back loss stops improving: epochs is a cap
+            epochs = f"up to {train.epochs} epoch(s)"
+        else:
+            epochs = f"{train.epochs} epoch(s)"
         lines += [f"- rounds: {rounds_done} of {1 if method.supervised else train.rounds}{k}",
                   f"- per round: {epochs} of {_epoch(train.epoch_size)}{clustering}",
                   f"- optimiser: SGD lr {train.lr}, momentum {train.momentum}, weight decay {train.weight_decay}, "
