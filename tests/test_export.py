@@ -274,12 +274,35 @@ def test_export_replaces_a_previous_export_whole(run, tmp_path):
     assert "No results were given" in (out / "README.md").read_text()
 
 
+def test_a_failed_export_leaves_the_previous_export_whole(run, tmp_path, monkeypatch):
+    """Until 2026-12-01 the previous export's files were removed first: a program writer that failed (ONNX on an
+    unsupported operator), a full disk or Ctrl-C after that lost the export, and left half a new one."""
+    import xdc.export
+
+    out = tmp_path / "out"
+    assert main(["export", str(run), "--out", str(out), "--also", "pt2"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fails(encoder, meta, path):
+        raise KeyboardInterrupt  # after the first encoder's safetensors file was written
+
+    monkeypatch.setattr(xdc.export, "write_program", fails)
+    with pytest.raises(KeyboardInterrupt):
+        xdc.export.export_run(run, out, also=["pt2"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no half-new export, no leftovers
+    monkeypatch.undo()
+    assert main(["export", str(run), "--out", str(out)]) == 0  # without programs: the previous ones go
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "audio.safetensors", "video.safetensors"]
+
+
 def test_export_after_a_killed_export(run, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / ".video.safetensors.tmp4242").write_bytes(b"half a file")  # killed while writing the first encoder
     assert main(["export", str(run), "--out", str(out)]) == 0
     (out / ".audio.safetensors.tmp77").write_bytes(b"half")  # killed during a re-export
+    (out / ".export.tmp78").mkdir()  # killed during a re-export, its files staged there
+    (out / ".export.tmp78" / "video.safetensors").write_bytes(b"whole, not yet moved")
     assert main(["export", str(run), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "audio.safetensors", "video.safetensors"]
 

@@ -16,6 +16,9 @@ import importlib.util
 import io
 import json
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from xdc import __version__
-from xdc.atomic import is_partial, replacing, write_text
+from xdc.atomic import is_partial, partial_path, replacing, write_text
 from xdc.config import Config, ModelConfig, config_to_dict, load_config
 from xdc.data.audio import LogMel
 from xdc.data.manifest import decode_paths, run_videos
@@ -142,15 +145,16 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
     saved = checkpoint.read(encoders_file, "a run's encoders")
     cfg = load_config(run / "config.yaml")
     loaded = {name: load_run_encoder(given, name)[:2] for name in saved["encoders"]}
-    _prepare_out(out)
-    files = []
-    for name, (encoder, modality) in loaded.items():
-        files += _write_encoder(out, name, encoder_metadata(name, modality, saved["method"], encoder, cfg), encoder,
-                                also)  # fmt: skip
     encoders = {name: encoder for name, (encoder, _) in loaded.items()}
     card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results, also,
                       rounds_done=checkpoint.encoders_rounds(encoders_file))  # fmt: skip
-    return [*files, _write_card(out, card)]
+    with _staged(out) as stage:
+        files = []
+        for name, (encoder, modality) in loaded.items():
+            meta = encoder_metadata(name, modality, saved["method"], encoder, cfg)
+            files += _write_encoder(stage, name, meta, encoder, also)
+        files.append(_write_card(stage, card))
+    return [out / f.name for f in files]
 
 
 def export_released(path: Path, out: Path, metrics: list[str | Path] | tuple = (),
@@ -167,10 +171,11 @@ def export_released(path: Path, out: Path, metrics: list[str | Path] | tuple = (
     results = [_read_result(Path(m)) for m in metrics]
     for result in results:
         _check_evaluated(result, path, RELEASED)
-    _prepare_out(out)
     meta = encoder_metadata("video", "video", RELEASED, source.encoder, source.cfg)
-    files = _write_encoder(out, "video", meta, source.encoder, also)
-    return [*files, _write_card(out, released_card(path, source.encoder, source.cfg, results, also))]
+    with _staged(out) as stage:
+        files = _write_encoder(stage, "video", meta, source.encoder, also)
+        files.append(_write_card(stage, released_card(path, source.encoder, source.cfg, results, also)))
+    return [out / f.name for f in files]
 
 
 def _write_encoder(out: Path, name: str, meta: dict[str, str], encoder: nn.Module, also: list[str] | tuple
@@ -238,16 +243,40 @@ def input_shape(modality: str, cfg: Config) -> list[int]:
     return [1, cfg.data.mel.n_mels, frames]
 
 
-def _prepare_out(out: Path) -> None:
-    """``out`` may be new, empty, or a previous export (whose files are replaced); anything else is refused."""
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A hidden folder in ``out`` for the block to write the export's files in, which then replace ``out``'s: a
+    previous export stays whole until every new file is written (an ONNX export can fail on a model, a disk can
+    fill, Ctrl-C), and none of its files lingers after (an encoder or a program the new export lacks).
+    ``out`` may be new, empty, or a previous export; anything else is refused."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         if not all(is_partial(e) for e in out.iterdir()) and not is_export(out):
             raise UserError(f"--out {out} is not empty and not a previous `xdc export`: choose a new folder")
-        for entry in out.iterdir():  # only our own files are here (is_export); stale encoders must not linger
-            entry.unlink()
+        for entry in out.iterdir():  # what killed exports left: ours (is_export)
+            if is_partial(entry):
+                _remove(entry)
     out.mkdir(parents=True, exist_ok=True)
+    stage = partial_path(out / "export")
+    stage.mkdir()
+    try:
+        yield stage
+        written = {entry.name for entry in stage.iterdir()}
+        for name in written:
+            os.replace(stage / name, out / name)
+        for entry in out.iterdir():
+            if entry.name not in written and entry != stage:  # only our own files are here (is_export)
+                _remove(entry)
+    finally:
+        _remove(stage)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
 
 
 def is_export(folder: Path) -> bool:
