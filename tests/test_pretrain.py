@@ -565,6 +565,14 @@ def test_plateau_reclusters_when_the_held_back_loss_stops_improving(manifest, tm
     assert stopped_early == 2  # lr 0: the loss cannot drop by 5%, so each round ends after its second epoch
 
 
+def test_a_holdout_of_every_video_is_refused_at_the_start(manifest, tmp_path):
+    """train.holdout_fraction=0.99 of 24 videos holds back all 24: one line at the start, not a traceback from the
+    sampler at the first epoch, after a whole extraction."""
+    cfg = cfg_for("xdc", "train.rounds=1", "train.recluster=plateau", "train.holdout_fraction=0.99")
+    with pytest.raises(UserError, match="holds back all 24 usable videos"):
+        Pretrainer(cfg, manifest, tmp_path / "run", Dist())
+
+
 def test_a_broken_file_is_skipped_and_listed(manifest, tmp_path, capsys):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00" * 4000)

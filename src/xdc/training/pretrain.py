@@ -848,6 +848,9 @@ class Pretrainer:
         if self.cfg.train.recluster == "plateau":
             rng = np.random.default_rng([self.cfg.seed, 17])
             n = max(1, round(self.cfg.train.holdout_fraction * len(self.videos)))
+            if n == len(self.videos):  # else the sampler, left no labelled video, raised at the first epoch
+                raise UserError(f"train.holdout_fraction={self.cfg.train.holdout_fraction} holds back all "
+                                f"{len(self.videos)} usable videos, leaving none to train on: use a smaller fraction")
             mask[rng.choice(len(self.videos), n, replace=False)] = True
         return mask
 
