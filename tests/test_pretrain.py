@@ -573,6 +573,16 @@ def test_a_holdout_of_every_video_is_refused_at_the_start(manifest, tmp_path):
         Pretrainer(cfg, manifest, tmp_path / "run", Dist())
 
 
+def test_a_diverged_encoder_is_said_to_have_diverged_not_that_its_clips_failed(manifest, tmp_path):
+    """NaN features (train.lr far too high) were taken for failed clips: "only 0 of 24 videos gave features"."""
+    trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path / "run", Dist())
+    with torch.no_grad():
+        next(trainer.encoders["audio"].parameters()).fill_(float("nan"))
+    with pytest.raises(UserError, match=r"round 0: the features of 24 of 24 videos are NaN or infinite: the training "
+                                        r"diverged; start a new run with a lower train.lr"):  # fmt: skip
+        trainer._cluster(trainer._extract())
+
+
 def test_a_broken_file_is_skipped_and_listed(manifest, tmp_path, capsys):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00" * 4000)

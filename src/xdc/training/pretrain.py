@@ -516,6 +516,15 @@ class Pretrainer:
         index = _joined([p["index"] for p in parts])
         # one encoder at a time, each one's pieces dropped once joined: never all features twice
         mine = {e: _joined([p["features"].pop(e) for p in parts]) for e in clustered}
+        # a diverged encoder's rows would pass for failed clips (NaN) in clustering: "only 0 videos gave features"
+        bad = torch.zeros(len(index), dtype=torch.bool)
+        for rows in mine.values():  # every encoder's rows are those of ``index``, in its order
+            bad |= ~rows.isfinite().all(1)
+        bad = global_count(int(bad.sum()), self.ctx.device)
+        if bad:
+            raise UserError(f"round {self.progress.round}: the features of {bad} of {len(self.videos)} videos are NaN "
+                            f"or infinite: the training diverged; start a new run with a lower train.lr (this run's: "
+                            f"{self.cfg.train.lr})")  # fmt: skip
         if self.cfg.train.cluster_on == "shards":
             return FeatureShard(index.numpy(), mine)
         return {e: gather_rows(mine.pop(e), index, len(self.videos), self.ctx) for e in clustered}
