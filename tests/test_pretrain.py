@@ -583,15 +583,21 @@ def test_a_diverged_encoder_is_said_to_have_diverged_not_that_its_clips_failed(m
         trainer._cluster(trainer._extract())
 
 
-def test_a_broken_file_is_skipped_and_listed(manifest, tmp_path, capsys):
-    junk = tmp_path / "junk.mp4"
+def _with_a_broken_file(manifest: Path, folder: Path) -> tuple[Path, Path]:
+    """``manifest`` plus a row of a file of zeros that says it is a usable video; the new manifest and that file."""
+    junk = folder / "junk.mp4"
     junk.write_bytes(b"\x00" * 4000)
     lines = manifest.read_text().splitlines()
     header = lines[0].split(",")
     row = dict.fromkeys(header, "")
     row.update(path=str(junk), status="ok", duration_s="3.0", has_audio="1", width="64", label="class00")
-    broken = tmp_path / "manifest.csv"
+    broken = folder / "manifest.csv"
     broken.write_text("\n".join([*lines, ",".join(row[h] for h in header)]) + "\n")
+    return broken, junk
+
+
+def test_a_broken_file_is_skipped_and_listed(manifest, tmp_path, capsys):
+    broken, junk = _with_a_broken_file(manifest, tmp_path)
     cfg = cfg_for("xdc", "train.rounds=1", "data.max_fail_fraction=0.3", "data.retries=1")
     pretrain(cfg, broken, tmp_path / "run", resume=False, ctx=Dist())
     skipped = (tmp_path / "run" / "skipped.csv").read_text()
@@ -600,6 +606,17 @@ def test_a_broken_file_is_skipped_and_listed(manifest, tmp_path, capsys):
            in capsys.readouterr().err  # fmt: skip
     labels = np.load(tmp_path / "run" / "labels" / "round_000.npz")
     assert labels["video"][-1] == -1 and (labels["video"][:-1] >= 0).all()  # no features, no label, never drawn
+
+
+def test_a_run_stopped_by_too_many_failures_lists_every_failed_file(manifest, tmp_path):
+    """The message names the last file that failed; until 2026-12-01 the others were listed nowhere."""
+    broken, junk = _with_a_broken_file(manifest, tmp_path)
+    cfg = cfg_for("xdc", "train.rounds=1", "data.max_fail_fraction=0.0", "data.retries=1")
+    listed = tmp_path / "run" / "skipped.csv"
+    with pytest.raises(UserError, match=f"more than data.max_fail_fraction=0.0.*the 1 file.s. that failed are listed "
+                                        f"in {listed}"):  # fmt: skip
+        pretrain(cfg, broken, tmp_path / "run", resume=False, ctx=Dist())
+    assert [row["path"] for row in csv.DictReader(listed.open())] == [str(junk)]
 
 
 def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):

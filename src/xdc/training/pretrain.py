@@ -55,7 +55,7 @@ from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
 from xdc.config import Config, TrainConfig, config_to_dict, load_config, node_ranks, with_settings
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
-from xdc.data.failures import FailureLog
+from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.manifest import Manifest, write_atomic, write_videos
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.data.worker_deaths import Surviving
@@ -406,6 +406,19 @@ class Pretrainer:
             return
         if self.new:  # a checkpoint before the first round: a run killed in its extraction or clustering goes on
             self._save()
+        try:
+            self._rounds(rounds)
+        except TooManyFailures as e:
+            if not self.ctx.main:  # skipped.csv is rank 0's, as at the run's end
+                raise
+            listed = self.out / "skipped.csv"  # the message names one file: the rest, to mend or remove, are here
+            self.failures.save(listed)
+            raise TooManyFailures(f"{e}; the {len(self.failures.files)} file(s) that failed are listed in {listed}") \
+                from None  # fmt: skip
+        self._finish()
+
+    def _rounds(self, rounds: int) -> None:
+        cfg = self.cfg.train
         while self.progress.round < rounds:
             p = self.progress
             times = p.times
@@ -434,7 +447,6 @@ class Pretrainer:
             self.training_since = None
             self.log.write("round", p.round, **times)
             self._end_round()
-        self._finish()
 
     def _end_round(self) -> None:
         p = self.progress
