@@ -619,6 +619,29 @@ def test_a_run_stopped_by_too_many_failures_lists_every_failed_file(manifest, tm
     assert [row["path"] for row in csv.DictReader(listed.open())] == [str(junk)]
 
 
+def test_a_resume_takes_the_settings_of_how_the_run_goes(manifest, tmp_path, capsys):
+    """A run stopped by data.max_fail_fraction, its file gone for good, goes on once resumed with a higher one (until
+    2026-12-01 a resume kept the run's, so it stopped again: only a hand edit of config.yaml let it go on); the
+    settings of what it computes stay the run's."""
+    from xdc.cli import main
+
+    broken, junk = _with_a_broken_file(manifest, tmp_path)
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="more than data.max_fail_fraction=0.0"):
+        pretrain(cfg_for("xdc", "train.rounds=1", "data.max_fail_fraction=0.0", "data.retries=1"), broken, run,
+                 resume=False, ctx=Dist())  # fmt: skip
+    capsys.readouterr()
+    assert main(["pretrain", "--out", str(run), "--resume", "--set", "data.max_fail_fraction=0.5", "--k", "3",
+                 "--set", "train.log_every=3"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert "the run goes on with data.max_fail_fraction=0.5 (before: 0.0), train.log_every=3 (before: 10)" in out
+    assert "not used: train.k=3 (the run's: 4)" in err and "max_fail_fraction" not in err
+    saved = load_config(run / "config.yaml")
+    assert (saved.data.max_fail_fraction, saved.train.log_every, saved.train.k) == (0.5, 3, 4)
+    assert [row["path"] for row in csv.DictReader((run / "skipped.csv").open())] == [str(junk)]
+    assert (run / "encoders.pt").exists()
+
+
 def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     from xdc.cli import main
 

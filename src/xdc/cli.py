@@ -123,7 +123,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from xdc.training.pretrain import pretrain
+    from xdc.training.pretrain import RESUME_SETTINGS, pretrain
 
     if args.data is None and not args.resume:
         raise UserError("--data is needed: the manifest CSV written by xdc index (only --resume goes without it)")
@@ -133,16 +133,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = _config(args, tuple(shortcuts))
     given = given_keys(args.config, [*shortcuts, *args.overrides])
     rounds = cfg.train.rounds if args.resume and "train.rounds" in given else None  # extends or shortens the run
+    taken = {key: setting(cfg, key) for key in given if key in RESUME_SETTINGS} if args.resume else None
     if args.resume and int(os.environ.get("RANK", "0")) == 0:
         from xdc.presets import preset_path
 
         _warn_newer_data(args.data, args.out / "videos.csv")
 
         keys = given_keys(preset_path(args.preset), given) if args.preset else given  # the preset's, then the rest
-        _warn_unused_on_resume(cfg, [key for key in keys if key != "train.rounds" or rounds is None],
-                               args.out / "config.yaml")  # fmt: skip
+        _warn_unused_on_resume(cfg, [key for key in keys if (key != "train.rounds" or rounds is None) and key not in
+                                     taken], args.out / "config.yaml")  # fmt: skip
     main, encoders = _as_rank(
-        lambda ctx: (ctx.main, pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx, rounds=rounds)),
+        lambda ctx: (ctx.main, pretrain(cfg, args.data, args.out, resume=args.resume, ctx=ctx, rounds=rounds,
+                                        settings=taken)),  # fmt: skip
         lock=lambda: holding(args.out, "pretrain", folder=True),
     )
     if main:  # under torchrun, once, not once per rank

@@ -52,7 +52,15 @@ from xdc.clustering.sharded import (
 )
 from xdc.clustering.sinkhorn import balance
 from xdc.clustering.sinkhorn import memory_bytes as sinkhorn_memory
-from xdc.config import Config, TrainConfig, config_to_dict, load_config, node_ranks, with_settings
+from xdc.config import (
+    Config,
+    TrainConfig,
+    config_to_dict,
+    load_config,
+    node_ranks,
+    setting,
+    with_settings,
+)
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog, TooManyFailures
@@ -81,6 +89,11 @@ from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
 
+# Settings of how a run goes, not of what it computes (the loader's workers change no weight): a resume takes
+# them where given, e.g. to go on past files gone for good after data.max_fail_fraction stopped the run, which
+# until 2026-12-01 took a hand edit of config.yaml. Every other setting is the run's.
+RESUME_SETTINGS = ("data.workers", "data.max_fail_fraction", "data.read_timeout_s", "train.checkpoint_every",
+                   "train.log_every")  # fmt: skip
 PROGRESS_SAVED = ("round", "epoch", "step", "global_step", "best_holdout", "bad_epochs", "times")  # in checkpoints
 
 
@@ -413,8 +426,9 @@ class Pretrainer:
                 raise
             listed = self.out / "skipped.csv"  # the message names one file: the rest, to mend or remove, are here
             self.failures.save(listed)
-            raise TooManyFailures(f"{e}; the {len(self.failures.files)} file(s) that failed are listed in {listed}") \
-                from None  # fmt: skip
+            raise TooManyFailures(f"{e}; the {len(self.failures.files)} file(s) that failed are listed in {listed}: "
+                                  "to go on without them, --resume --set data.max_fail_fraction=HIGHER"
+                                  ) from None  # fmt: skip
         self._finish()
 
     def _rounds(self, rounds: int) -> None:
@@ -1025,16 +1039,17 @@ def _leading(parts: dict[int, dict]) -> list[dict]:
     return list(itertools.takewhile(lambda part: part is not None, (parts.get(n) for n in range(len(parts) + 1))))
 
 
-def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: Dist, rounds: int | None = None
-             ) -> Path:  # fmt: skip
+def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: Dist, rounds: int | None = None,
+             settings: dict | None = None) -> Path:  # fmt: skip
     """Run (or resume) a pretraining run in ``out``; returns the path of the final encoders. A resumed run keeps the
     configuration it started with, except ``rounds`` where given: more extends the run, finished or not, as if it
-    had been planned so from the start; fewer ends it after the round it is in."""
+    had been planned so from the start; fewer ends it after the round it is in; and ``settings`` (of
+    RESUME_SETTINGS), which it takes."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a run folder")
     last = out / "checkpoints" / "last.pt"
-    planned = None
+    planned, taken = None, {}
     if resume:
         if not last.exists():
             raise UserError(f"nothing to resume in {out} (no checkpoints/last.pt)")
@@ -1045,6 +1060,11 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
                                 "new run for another train.rounds")  # fmt: skip
             planned = cfg.train.rounds
             cfg = load_config(out / "config.yaml", [f"train.rounds={rounds}"])
+        taken = {key: value for key, value in (settings or {}).items() if setting(cfg, key) != value}
+        if unknown := set(taken) - set(RESUME_SETTINGS):
+            raise ValueError(f"a resume takes only {RESUME_SETTINGS}, not {sorted(unknown)}")
+        before = {key: setting(cfg, key) for key in taken}
+        cfg = with_settings(cfg, taken)
     elif last.exists() or (out / "encoders.pt").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     elif cfg.train.init is not None:  # the run's config.yaml names it wherever the run is resumed from
@@ -1061,6 +1081,9 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
     trainer = Pretrainer(cfg, manifest, out, ctx, resume=resume)
     if resume:
         trainer.resume()  # which refuses fewer rounds than the run has begun
+    if taken and ctx.main:
+        _write_config(cfg, out)  # and a later --resume goes on with them
+        print("the run goes on with " + ", ".join(f"{key}={taken[key]!r} (before: {before[key]!r})" for key in taken))
     if planned is not None and ctx.main:
         _write_config(cfg, out)  # a later --resume, the report and the model card see the new number
         done = trainer.progress.round
