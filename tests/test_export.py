@@ -80,7 +80,8 @@ def test_metadata_is_enough_to_feed_the_encoders(run, exported):
     assert (video["modality"], audio["modality"], video["method"]) == ("video", "audio", "xdc")
     assert video["model"] == audio["model"] == config_to_dict(cfg.model)
     assert video["data"] == {"clip": config_to_dict(cfg.data.clip), "mel": config_to_dict(cfg.data.mel),
-                             "eval_short_side": 36, "augment": config_to_dict(cfg.data.augment)}  # fmt: skip
+                             "eval_short_side": 36, "augment": config_to_dict(cfg.data.augment), "eval_clips": 10,
+                             "missing_audio": "skip"}  # fmt: skip
     assert video["input_shape"] == [3, 4, 32, 32] and audio["input_shape"] == [1, 40, 100]
     assert video["video_mean"] == [0.43216, 0.394666, 0.37645] and "video_mean" not in audio
     assert video["feature_dim"] == audio["feature_dim"] == 64

@@ -23,6 +23,7 @@ from xdc.evaluation.adapters import Item, write_table
 from xdc.evaluation.extract import items_to_manifest
 from xdc.evaluation.sources import load_source
 from xdc.export import export_run, load_encoder
+from xdc.models.encoders import build_encoder
 from xdc.models.official import load_official_xdc
 from xdc.training.distributed import Dist
 
@@ -96,6 +97,18 @@ def test_the_encoders_kept_while_more_rounds_extend_a_run_are_a_source(made, tmp
         before = load_encoder(made["export"] / f"{name}.safetensors").state_dict()
         for key, value in load_encoder(tmp_path / "export" / f"{name}.safetensors").state_dict().items():
             assert torch.equal(value, before[key])
+
+
+def test_an_export_keeps_its_runs_clips_per_video_and_missing_audio_policy(tmp_path):
+    """Until 2026-12-01 an export left them out: `xdc extract --run EXPORT` took 10 clips per video and skipped
+    files without audio where `--run RUN` took the run's."""
+    from xdc.export import _write_encoder, encoder_metadata
+
+    cfg = load_config(None, ["data.eval_clips=3", "data.missing_audio=zeros"], preset="tiny")
+    encoder = build_encoder("audio", cfg.model)
+    _write_encoder(tmp_path, "audio", encoder_metadata("audio", "audio", "xdc", encoder, cfg), encoder, ())
+    data = load_source(tmp_path / "audio.safetensors", "audio").cfg.data
+    assert (data.eval_clips, data.missing_audio) == (3, "zeros")
 
 
 def test_an_export_from_before_the_jitter_was_kept_scales_to_a_quarter_more(made, tmp_path):

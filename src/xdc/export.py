@@ -76,8 +76,8 @@ def load_encoder(path: str | Path, name: str | None = None) -> nn.Module:
 
 def read_metadata(path: str | Path, name: str | None = None) -> dict:
     """The metadata of an exported encoder (file, or folder and ``name``), with the JSON values decoded:
-    name, modality, method, model, feature_dim, input_shape, data {clip, mel, eval_short_side, augment}, and for video
-    video_mean / video_std."""
+    name, modality, method, model, feature_dim, input_shape, data {clip, mel, eval_short_side, augment, eval_clips,
+    missing_audio}, and for video video_mean / video_std."""
     file = encoder_file(Path(path), name)
     try:
         with safe_open(file, framework="pt") as f:
@@ -225,7 +225,8 @@ def write_program(encoder: nn.Module, meta: dict[str, str], path: Path) -> Path:
 def encoder_metadata(name: str, modality: str, method: str, encoder: nn.Module, cfg: Config) -> dict[str, str]:
     """safetensors metadata (strings only) that is enough to rebuild the encoder and feed it."""
     data = {"clip": config_to_dict(cfg.data.clip), "mel": config_to_dict(cfg.data.mel),
-            "eval_short_side": cfg.data.augment.scale_min, "augment": config_to_dict(cfg.data.augment)}  # fmt: skip
+            "eval_short_side": cfg.data.augment.scale_min, "augment": config_to_dict(cfg.data.augment),
+            "eval_clips": cfg.data.eval_clips, "missing_audio": cfg.data.missing_audio}  # fmt: skip
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "xdc_version": __version__, "name": name,
             "modality": modality, "method": method, "feature_dim": str(encoder.feature_dim),
             "model": config_to_dict(cfg.model), "data": data, "input_shape": input_shape(modality, cfg)}  # fmt: skip

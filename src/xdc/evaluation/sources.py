@@ -124,8 +124,10 @@ def _export(path: Path, name: str) -> Source:
     # (the paper preset's 128-160), which finetuning's training clips draw from.
     short = data["eval_short_side"]
     augment = data.get("augment", {"scale_min": short, "scale_max": round(short * 1.25)})
-    cfg = load_config(mapping={"model": meta["model"],
-                               "data": {"clip": data["clip"], "mel": data["mel"], "augment": augment}})  # fmt: skip
+    # and those before 2026-12-01 the run's clips per video and missing-audio policy: the defaults stand in
+    kept = {key: data[key] for key in ("eval_clips", "missing_audio") if key in data}
+    data = {"clip": data["clip"], "mel": data["mel"], "augment": augment, **kept}
+    cfg = load_config(mapping={"model": meta["model"], "data": data})
     return Source(load_encoder(file), meta["modality"], cfg, file, "export")
 
 
