@@ -44,7 +44,10 @@ def test_a_text_setting_takes_an_override_as_typed():
         ("data.read_timeout_s=-1", "data.read_timeout_s must be >= 0"),
         ("data.clip=3", "is a section"),
         ("frames", "key=value"),
-        ("train.lr=nan", "train.lr must be a number, not 'nan'"),
+        ("train.lr=nan", "train.lr must be a finite number, not 'nan'"),
+        # YAML's infinity and NaN passed the range checks (until 2026-12-01)
+        ("train.lr=.inf", r"train.lr must be a finite number, not inf$"),
+        ("data.clip.fps=.nan", r"data.clip.fps must be a finite number, not nan$"),
         ("train.k=[3", r"override 'train.k=\[3': the value is not valid YAML \(expected ',' or '\]', but got "
                        r"'<stream end>' at line 1, column 3\)$"),
         ("train.k=@x", "found character '@' that cannot start any token at line 1, column 1"),

@@ -538,11 +538,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise UserError(f"{key} must be an integer, not {value!r}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _decimal(value) is not None:  # YAML 1.1 reads 1e-5 (no dot) as text
-            return _decimal(value)
-        raise UserError(f"{key} must be a number, not {value!r}")
+        # text too: YAML 1.1 reads 1e-5 (no dot) as text. Finite: YAML's .inf and .nan passed range checks written
+        # as comparisons (train.lr=.inf, data.clip.fps=.nan)
+        number = _decimal(str(value)) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+        if number is None:
+            raise UserError(f"{key} must be a finite number, not {value!r}")
+        return number
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
