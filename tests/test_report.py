@@ -291,6 +291,17 @@ def test_a_log_with_a_line_that_is_not_utf8_costs_that_line_only(tmp_path):
     assert "log.jsonl: 2 unreadable line(s) skipped" in text and "log.jsonl has no lines yet" not in text
 
 
+def test_a_data_folder_with_a_videos_folder_of_clips_is_no_run(tmp_path):
+    """make-synthetic's and GRID's layout has videos/ of clips, which until 2026-12-01 passed for a run's videos/
+    arrays: `xdc report data/synth` wrote a page of default settings into the data folder."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "000000.mp4").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text("path,label\nvideos/000000.mp4,a\n")
+    with pytest.raises(UserError, match="is not an `xdc pretrain` run folder"):
+        write_report(tmp_path)
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_a_folder_that_is_no_run_and_an_out_that_is_no_report_are_refused(built, tmp_path):
     """Until 2026-12-01 a data folder got a page of default settings, and --out replaced any file."""
     _, run = built

@@ -90,7 +90,8 @@ class RunData:
             yield r, sets
 
 
-_RUN_FILES = ("config.yaml", "videos", "videos.csv", "log.jsonl", "labels", "checkpoints")
+# videos/ by its arrays: a data folder's videos/ holds the clips themselves (make-synthetic's, GRID's layout)
+_RUN_FILES = ("config.yaml", "videos/paths.npy", "videos.csv", "log.jsonl", "labels", "checkpoints")
 _TITLE = "<title>XDC report: "  # what tells a report written here from any other file
 
 
