@@ -121,6 +121,21 @@ def test_benchmark_command_errors(grid_like, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err and not (tmp_path / "runs").exists()
 
 
+def test_every_run_is_checked_before_the_first_trains(grid_like, tmp_path):
+    """Until 2026-12-01 a bad k of the sweep, or a later method's folder of other settings, was refused only after
+    every run before it had trained (hours with the small preset)."""
+    settings = ("train.rounds=1", "train.k=3", "train.batch_size=6", "data.workers=0")
+    with pytest.raises(UserError, match="train.k must be at least 2"):
+        grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("scratch",), ks=(1,), overrides=settings)
+    assert not (tmp_path / "runs").exists()
+    other = tmp_path / "runs" / "cdc"
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text("train:\n  method: cdc\n  k: 5\n")
+    with pytest.raises(UserError, match=r"cdc was pretrained with other settings \(.*train.k 5, now 3"):
+        grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("scratch", "cdc"), overrides=settings)
+    assert not (tmp_path / "runs" / "scratch").exists()
+
+
 def test_a_folder_without_grid_layout_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not have the GRID layout"):
         grid_benchmark(tmp_path, tmp_path / "out")

@@ -55,15 +55,23 @@ def grid_benchmark(
     # the probes' items before any training: a wrong --test-data or --fsdd is said at once, not after hours
     probes = {slot: _slot_items(data, test_data, slot) for slot in SLOTS}
     fsdd_items = load_dataset("fsdd", fsdd) if fsdd is not None else None
+    # every run's settings, and then its folder, checked before the first trains: a bad --k, or a run folder of other
+    # settings or data, is said at once, not after the runs before it
+    plan = {}  # name -> (run folder, settings)
+    for m in methods:
+        name, folder = (m, m)
+        if m == "supervised":
+            name, folder = f"supervised ({supervised_slot})", f"supervised-{supervised_slot}"
+        plan[name] = out / "runs" / folder, load_config(None, [f"train.method={m}", *overrides], preset=preset)
+    for k in ks:
+        settings = ["train.method=xdc", *overrides, f"train.k={k}"]
+        plan[f"xdc k={k}"] = out / "runs" / f"xdc-k{k}", load_config(None, settings, preset=preset)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     manifest = _manifest(data, out, supervised_slot)
-    runs = {}
-    for m in methods:
-        name, folder = (f"supervised ({supervised_slot})", f"supervised-{supervised_slot}") if m == "supervised" else (m, m)
-        runs[name] = _pretrain(m, manifest, out / "runs" / folder, preset, overrides)
-    for k in ks:
-        runs[f"xdc k={k}"] = _pretrain("xdc", manifest, out / "runs" / f"xdc-k{k}", preset, (*overrides, f"train.k={k}"))
+    for run, cfg in plan.values():
+        _check_run(run, manifest, cfg)
+    runs = {name: _pretrain(manifest, run, cfg) for name, (run, cfg) in plan.items()}
 
     rows = []
     for name, run in runs.items():
@@ -104,13 +112,16 @@ def _manifest(data: Path, out: Path, slot: str) -> Path:
     return manifest
 
 
-def _pretrain(method: str, manifest: Path, run: Path, preset: str, overrides: tuple[str, ...]) -> Path:
-    """Pretrain into ``run``, resuming an interrupted run and reusing a finished one made with the same settings."""
-    cfg = load_config(None, [f"train.method={method}", *overrides], preset=preset)
+def _check_run(run: Path, manifest: Path, cfg: Config) -> None:
+    """Refuse a run folder made with other settings or on other videos than ``cfg`` and ``manifest``'s."""
     if (run / "config.yaml").exists() and (changed := config_differences(load_config(run / "config.yaml"), cfg)):
         raise UserError(f"{run} was pretrained with other settings ({'; '.join(changed)}); choose another --out for "
                         "this benchmark")  # fmt: skip
     _check_videos(run, manifest, cfg)
+
+
+def _pretrain(manifest: Path, run: Path, cfg: Config) -> Path:
+    """Pretrain into ``run``, resuming an interrupted run and reusing a finished one (checked by _check_run)."""
     if not (run / "encoders.pt").exists():
         t = time.perf_counter()
         with holding(run, "benchmark grid", folder=True):  # its own lock: `xdc pretrain --resume` of it is refused
