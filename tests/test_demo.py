@@ -3,10 +3,11 @@
 import json
 import re
 
+import numpy as np
 import pytest
 
 from xdc.config import load_config
-from xdc.demo import METHODS, run_demo
+from xdc.demo import METHODS, _nmi, run_demo
 from xdc.errors import UserError
 
 
@@ -66,3 +67,12 @@ def test_an_out_that_is_a_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="is a file, not a folder"):  # until 2026-12-01: "File exists"
         run_demo(tmp_path / "notes.txt", load_config(), videos=16, classes=8)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_the_nmi_column_reads_the_last_round_by_number(tmp_path):
+    """By name round_999.npz sorts after round_1000.npz: until 2026-12-01 the table scored round 999."""
+    (tmp_path / "videos.csv").write_text("path,label\na.mp4,x\nb.mp4,x\nc.mp4,y\nd.mp4,y\n")
+    (tmp_path / "labels").mkdir()
+    np.savez(tmp_path / "labels" / "round_999.npz", video=np.array([0, 1, 0, 1]))
+    np.savez(tmp_path / "labels" / "round_1000.npz", video=np.array([0, 0, 1, 1]))
+    assert _nmi(tmp_path) == "v:1.00"

@@ -237,6 +237,22 @@ def test_a_round_after_an_unreadable_one_has_no_nmi_with_the_previous(built, tmp
     assert {r["round"] for r in rows if r.get("nmi_previous") is not None} == {1}
 
 
+def test_rounds_from_1000_on_are_read_in_their_order(tmp_path):
+    """By name round_1000.npz sorts before round_101.npz: until 2026-12-01 round 999 was shown as the last round,
+    and rounds 1000 and 999 were compared with no round or the wrong one."""
+    from xdc.report import load_run, read_rounds
+
+    (tmp_path / "labels").mkdir()
+    for r, video in ((998, [0, 0, 1, 1]), (999, [0, 1, 0, 1]), (1000, [0, 1, 1, 1])):
+        np.savez(tmp_path / "labels" / f"round_{r:03d}.npz", video=np.array(video))
+    rounds = read_rounds(load_run(tmp_path))
+    assert rounds.last[0] == 1000
+    assert [(row["round"], row["nmi_previous"]) for row in rounds.rows[1:]] == [
+        (999, nmi(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]))),
+        (1000, nmi(np.array([0, 1, 1, 1]), np.array([0, 1, 0, 1]))),
+    ]
+
+
 def test_scratch_run_has_no_clusters(built, tmp_path):
     manifest, _ = built
     cfg = load_config(None, [*TINY, "train.method=scratch"], preset="tiny")

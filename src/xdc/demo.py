@@ -129,10 +129,11 @@ def _probe(run: Path, encoder: str, items: list[Item], out: Path) -> float:
 
 def _nmi(run: Path) -> str:
     """NMI of the last round's clusters with the (never used) labels, per label set."""
-    rounds = sorted((run / "labels").glob("round_*.npz"))
+    rounds = list((run / "labels").glob("round_*.npz"))
     if not rounds:
         return "-"
     ids = run_label_ids(run)
-    with np.load(rounds[-1]) as assigned:
+    # the last by number: by name, round_999 comes after round_1000
+    with np.load(max(rounds, key=lambda path: int(path.stem.removeprefix("round_")))) as assigned:
         return " ".join(f"{k[0]}:{cluster_metrics(assigned[k], ids)['nmi']:.2f}" for k in assigned.files)
 

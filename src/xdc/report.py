@@ -161,7 +161,7 @@ def _label_files(folder: Path, missing: list[str]) -> list[tuple[int, Path]]:
             missing.append(f"labels/{path.name}: not a round's labels (expected round_NNN.npz)")
     if not files:
         missing.append("no labels/round_*.npz: no round has finished, or the method clusters nothing")
-    return files
+    return sorted(files)  # by round: from round 1000 on, the names' order puts round_1000 before round_101
 
 
 def _read_log(path: Path, missing: list[str]) -> list[dict]:
