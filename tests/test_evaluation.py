@@ -158,6 +158,20 @@ def test_eval_clusters_skips_an_unreadable_round_and_names_it(run, tmp_path, cap
     assert err.startswith(f"xdc: error: no cluster assignments of {copy} can be read (labels/round_*.npz); ")
 
 
+def test_eval_clusters_lists_rounds_in_their_order_from_round_1000_on(run, tmp_path):
+    """By name round_1000.npz sorts before round_101.npz (the order until 2026-12-01); a foreign round_x.npz stopped
+    the command with a traceback."""
+    _, run_dir = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for number in (101, 1000):
+        shutil.copy(copy / "labels" / "round_000.npz", copy / "labels" / f"round_{number}.npz")
+    (copy / "labels" / "round_x.npz").write_bytes(b"not a round")
+    assert main(["eval", "clusters", "--run", str(copy), "--out", str(tmp_path / "c.json")]) == 0
+    rounds = [r["round"] for r in json.loads((tmp_path / "c.json").read_text())["rounds"]]
+    assert rounds == sorted(rounds) and rounds[-1] == 1000
+
+
 def test_kfold_says_the_clips_of_fold_0_were_never_tested(tmp_path, capsys):
     rng = np.random.default_rng(0)
     labels = np.array(["a", "b"] * 15)

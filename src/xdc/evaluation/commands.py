@@ -214,7 +214,9 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
     if _supervised(run):
         raise UserError(f"{run} is a supervised run: its labels/ hold the manifest's labels it trained on, not "
                         "clusters (their scores against those labels would be 1)")  # fmt: skip
-    rounds = sorted((run / "labels").glob("round_*.npz"))
+    # by round number, not name (round_1000 sorts before round_101); a foreign round_x.npz is not a round
+    rounds = sorted((int(path.stem[6:]), path) for path in (run / "labels").glob("round_*.npz")
+                    if path.stem[6:].isdigit())  # fmt: skip
     if not rounds:  # before asking for labels: they would not help
         raise UserError(f"{run} has no cluster assignments (labels/round_*.npz): no round has finished, or its "
                         "method clusters nothing")  # fmt: skip
@@ -227,7 +229,7 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
                         "path relative to the labels file or to the videos' folder, or a basename or stem that "
                         "one video alone has)")  # fmt: skip
     rows, unreadable = [], []
-    for path in rounds:
+    for number, path in rounds:
         try:
             with np.load(path) as arrays:
                 sets = {name: arrays[name] for name in arrays.files}
@@ -235,7 +237,7 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
             unreadable.append(f"labels/{path.name}: {type(e).__name__}: {e}".splitlines()[0])
             print(f"skipped {unreadable[-1]}", file=sys.stderr)
             continue
-        rows += [{"round": int(path.stem.split("_")[1]), "label_set": name, **cluster_metrics(assigned, label_ids)}
+        rows += [{"round": number, "label_set": name, **cluster_metrics(assigned, label_ids)}
                  for name, assigned in sets.items()]  # fmt: skip
     if not rows:
         raise UserError(f"no cluster assignments of {run} can be read (labels/round_*.npz)"
