@@ -14,7 +14,8 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
     ``eps`` is relative: whitening divides component j by sqrt(lambda_j + eps * lambda_max), so directions with
     no variance (rank-deficient features, e.g. dead ReLU units) stay small instead of turning float noise (zero or
     negative eigenvalues) into NaN or huge values.
-    All-zero rows stay zero. Non-finite input raises ``ValueError``.
+    A row of zeros after PCA stays zero (PCA centres the rows: an all-zero input row stays zero only where it is
+    skipped). Non-finite input raises ``ValueError``.
     """
     if x.ndim != 2:
         raise ValueError(f"features must be a 2-D array (N, D), got shape {x.shape}")
