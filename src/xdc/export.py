@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from xdc import __version__
-from xdc.atomic import is_partial, partial_path, replacing, write_text
+from xdc.atomic import WriteError, is_partial, partial_path, replacing, write_text
 from xdc.config import Config, ModelConfig, config_to_dict, load_config
 from xdc.data.audio import LogMel
 from xdc.data.manifest import decode_paths, run_videos
@@ -262,7 +262,10 @@ def _staged(out: Path) -> Iterator[Path]:
     stage = partial_path(out / "export")
     stage.mkdir()
     try:
-        yield stage
+        try:
+            yield stage
+        except WriteError as e:  # named as the file it was to be: "cannot write OUT/video.safetensors: ..."
+            raise WriteError(str(e).replace(str(stage), str(out), 1)) from None
         written = {entry.name for entry in stage.iterdir()}
         for name in written:
             os.replace(stage / name, out / name)
