@@ -177,6 +177,7 @@ def test_interrupted_write_leaves_no_finished_looking_files(tmp_path, monkeypatc
         {"workers": 0},
         {"classes": 1},  # off-screen sound (default fraction) needs a second class
         {"cfg": replace(SMALL, width=33)},
+        {"cfg": replace(SMALL, height=16386)},  # larger than x264 takes: its encoder failed with a traceback
         {"cfg": replace(SMALL, offscreen_fraction=1.5)},
         {"cfg": replace(SMALL, audio_noise=-0.1)},
         {"cfg": replace(SMALL, sample_rate=9000)},  # not one of AAC's: its encoder failed in every worker

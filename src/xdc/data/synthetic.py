@@ -58,6 +58,7 @@ MOTION_HZ = 1.0  # cycles per second of the motion at speed factor 1: about one 
 STEPS_PER_S = 8.0
 RAMP_S = 0.008  # attack/release of the rhythm gate: avoids clicks
 PARTIAL_GLOB = ".*.partial.mp4"  # clips being written; the * is the clip's number
+MAX_SIDE = 16384  # x264's largest frame side: a larger one failed to open the encoder, with a traceback
 
 
 @dataclass(frozen=True)
@@ -314,8 +315,9 @@ def _check(out: Path, videos: int, classes: int, seed: int, cfg: SyntheticConfig
         raise UserError(f"--workers must be at least 1, not {workers}")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
-    if cfg.width < 16 or cfg.height < 16 or cfg.width % 2 or cfg.height % 2:
-        raise UserError(f"synthetic.width and .height must be even and at least 16, not {cfg.width}x{cfg.height}")
+    if not (16 <= cfg.width <= MAX_SIDE and 16 <= cfg.height <= MAX_SIDE) or cfg.width % 2 or cfg.height % 2:
+        raise UserError(f"synthetic.width and .height must be even and from 16 to {MAX_SIDE}, not "
+                        f"{cfg.width}x{cfg.height}")
     if cfg.fps <= 0 or cfg.seconds <= 0:
         raise UserError("synthetic.fps and synthetic.seconds must be positive")
     if cfg.sample_rate not in AAC_SAMPLE_RATES:
