@@ -1,6 +1,7 @@
 """Jobs over files in worker processes (xdc index, xdc prepare): a file that crashes or hangs its process costs that
 file only. Real processes, ended by real signals; what makes one crash or hang is the test's job."""
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -100,6 +101,41 @@ def test_a_ctrl_c_while_the_workers_fork_stops_the_jobs():
     """Raised in the at-fork hooks, it was printed as ignored and the jobs went on (until 2026-12-01)."""
     work = "import json\nfrom xdc.data.jobs import run_jobs\n"
     stopped_by_ctrl_c_in_a_fork(work + "run_jobs(['{}'] * 4, json.loads, 2, print, lambda why: {}, lambda k: 0, int)")
+
+
+def test_a_double_ctrl_c_stops_the_jobs_at_once(tmp_path):
+    """Two Ctrl-Cs to the process group, as a second press or ``timeout -s INT`` (which signals the process, then its
+    group) send: the pool's graceful shutdown, cut short, left a worker waiting on the pool's queue or a future's
+    lock taken, and the exit waited for good (9 of 10 tries of this test, until 2026-12-01)."""
+    script = (
+        "import sys, time\n"
+        "from xdc.data.jobs import run_jobs\n"
+        "keys = [0.2 + n * 1e-6 for n in range(200)]  # 0.2 s each\n"
+        "try:\n"
+        "    run_jobs(keys, time.sleep, 2, lambda key, result: print(key, flush=True), dict, lambda key: 0, int)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(7)\n"
+    )
+    for n, gap in enumerate([0.0, 0.0, 0.05, 0.2]):
+        log = tmp_path / f"stderr{n}"
+        with log.open("w") as stderr:
+            process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=stderr,
+                                       text=True, start_new_session=True)  # fmt: skip
+        assert process.stdout.readline(), log.read_text()  # a job done: the workers are at work
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(gap)
+        with contextlib.suppress(ProcessLookupError):  # all gone already
+            os.killpg(process.pid, signal.SIGINT)
+        try:
+            code = process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"still running 30 s after two Ctrl-Cs {gap} s apart")
+        process.stdout.close()
+        # 7: the KeyboardInterrupt reached the caller; -SIGINT: the second came as Python ended (its default action)
+        assert code in (7, -signal.SIGINT), log.read_text()[-2000:]
+        assert "Process ForkProcess" not in log.read_text()  # no traceback of a worker: they are the parent's to end
 
 
 @pytest.mark.parametrize("method", ["forkserver", "spawn"])

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Hashable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import EXTRA_QUEUED_CALLS, BrokenProcessPool
 from typing import TypeVar
 
@@ -33,31 +33,26 @@ CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.
 
 
 @contextlib.contextmanager
-def held_interrupts() -> Iterator[None]:
+def held_interrupts() -> Iterator[list[int]]:
     """Ctrl-C (SIGINT) held back while this process forks workers, and raised once it has: one that arrives in a
     fork is raised in the at-fork hooks (logging's), which print it as ignored and go on, so the run went on to its
     end (2 of 4 early Ctrl-Cs of a pretraining, until 2026-12-01). A handler that only notes the signal stands in
     meanwhile: masking it would not do, as the kernel then hands it to another thread (tqdm's, TensorBoard's),
-    and Python raises it in the main thread all the same. The children start with that handler:
-    ``let_interrupts_in`` undoes it where a child should stop at Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():  # handlers are set and run there only
-        yield
-        return
+    and Python raises it in the main thread all the same. The children start with that handler. Yields the signals
+    held back so far."""
     caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # handlers are set and run there only
+        yield caught
+        return
     before = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
-        yield
+        yield caught
     finally:
         signal.signal(signal.SIGINT, before)
         if caught and callable(before):
             before(signal.SIGINT, None)  # Python's default: KeyboardInterrupt, here
         elif caught and before == signal.SIG_DFL:
             signal.raise_signal(signal.SIGINT)
-
-
-def let_interrupts_in() -> None:
-    """In a child started under ``held_interrupts``: Ctrl-C acts on it again, as Python's default."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_jobs(
@@ -79,29 +74,44 @@ def run_jobs(
 
 
 def _in_pool(keys, job, workers, done, limit_s, initializer) -> set:
-    """Run ``keys`` in a pool until all are done or it breaks; the keys done."""
+    """Run ``keys`` in a pool until all are done or it breaks; the keys done.
+
+    Ctrl-C is held back all the while and acted on between waits: raised anywhere, it could land in a future's
+    lock (``with f._condition`` in ``as_completed``, the pool's own), which then stayed taken, and the pool's shutdown
+    waited for it for good; one cut short by a second Ctrl-C left a worker waiting on the pool's queue, and the
+    exit waited on that worker (most double Ctrl-Cs of an ``xdc prepare``, until 2026-12-01)."""
     finished = set()
     pool = ProcessPoolExecutor(max(1, min(workers, len(keys))), initializer=initializer)
-    try:
-        futures = {}
-        for n, key in enumerate(keys):
-            with held_interrupts() if n == 0 else contextlib.nullcontext():  # the first forks every worker
-                futures[pool.submit(_timed, job, key, limit_s(key))] = key
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                break
-            done(futures[future], result)
-            finished.add(futures[future])
-        else:
-            return finished
-        for future, key in futures.items():  # done before the break, not yet taken
-            if key not in finished and future.done() and not future.cancelled() and future.exception() is None:
-                done(key, future.result())
-                finished.add(key)
-    finally:
-        pool.shutdown(cancel_futures=True)  # on Ctrl-C, or when broken, do not wait for the jobs still queued
+    failed = False
+    with held_interrupts() as interrupted:
+        try:
+            futures = {pool.submit(_timed, job, key, limit_s(key)): key for key in keys}
+            order = {future: n for n, future in enumerate(futures)}
+            pending, broken = set(futures), False
+            while pending and not interrupted and not broken:
+                ready, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                for future in sorted(ready, key=order.get):
+                    error = future.exception()
+                    if isinstance(error, BrokenProcessPool):
+                        broken = True
+                    elif error is not None:
+                        raise error
+                    else:  # taken even after a Ctrl-C: it is done
+                        done(futures[future], future.result())
+                        finished.add(futures[future])
+            if broken:
+                for future, key in futures.items():  # done before the break, not yet taken
+                    if key not in finished and future.done() and not future.cancelled() and future.exception() is None:
+                        done(key, future.result())
+                        finished.add(key)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            if interrupted or failed:  # its workers are killed: a graceful shutdown waits for the jobs in them
+                for process in list((pool._processes or {}).values()):  # Python 3.14 has pool.kill_workers()
+                    process.kill()
+            pool.shutdown(cancel_futures=True)  # broken: the jobs still queued are run again by the caller
     return finished
 
 
@@ -112,7 +122,9 @@ def _start_worker(initializer: Callable[[], None], parent: int, method: str = "f
     """A worker's start: on Linux it is killed with the process that started it. Otherwise a parent killed with
     SIGKILL (the out-of-memory killer, a job scheduler) would leave its pool's workers waiting on the pool's queue
     for good, each with the modules and memory of a worker (over 300 MB with torch imported)."""
-    let_interrupts_in()  # a Ctrl-C ends the job it is in, as it ends the parent (held back while it forked)
+    # Ctrl-C is the parent's to act on: it kills its workers. Theirs printed a traceback each, or two when a second
+    # one came as the worker took its next job.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform == "linux":  # the process that started it: the pool's (``method`` fork, spawn), or the fork
         # server (forkserver, Python 3.14's default), which ends with the pool's process
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -147,6 +159,11 @@ def _isolated(key, job, limit: float, initializer, failed) -> dict:
         result = receive.recv()
     except EOFError:  # it died before sending
         result = None
+    except BaseException:  # Ctrl-C: it is not waited for
+        with held_interrupts():
+            process.kill()
+            process.join()
+        raise
     process.join()
     if result is not None:
         return result
