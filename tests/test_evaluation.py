@@ -240,7 +240,10 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
                              ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
                              ("--stride", "-1", "--stride must be a finite number of seconds above 0, got -1.0"),
                              # until 2026-12-01 an empty file, every item "skipped" for a start of NaN
-                             ("--stride", "inf", "--stride must be a finite number of seconds above 0, got inf")]:
+                             ("--stride", "inf", "--stride must be a finite number of seconds above 0, got inf"),
+                             ("--stride", "1e-9", "--stride must be at least one audio sample (1/16000 s at data.clip."
+                              "sample_rate), got 1e-09: closer windows start on the same sample and repeat "
+                              "each other")]:
         assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
                      "--out", str(tmp_path / "x.npz"), flag, value]) == 2  # fmt: skip
         assert capsys.readouterr().err == f"xdc: error: {why}\n"

@@ -100,6 +100,10 @@ def extract_features(
         raise UserError(f"--stride must be a finite number of seconds above 0, got {stride}")
     source = load_source(run, encoder_name, settings)
     encoder, modality, cfg = source.encoder, source.modality, source.cfg
+    if stride is not None and stride * cfg.data.clip.sample_rate < 1:  # until 2026-12-01 a MemoryError's traceback
+        raise UserError(f"--stride must be at least one audio sample (1/{cfg.data.clip.sample_rate} s at "
+                        f"data.clip.sample_rate), got {stride}: closer windows start on the same sample and repeat "
+                        "each other")  # fmt: skip
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), cfg, modality)
     encoder = place.module(encoder)
     manifest, item_of_row, skipped = items_to_manifest(items, out.with_name(out.stem + ".probe.csv"), modality, ctx)
