@@ -613,6 +613,8 @@ def test_damaged_packets_are_skipped_up_to_a_limit(tmp_path: Path) -> None:
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--short-side", "127"], "--short-side must be an even"),
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--sample-rate", "16001"], "--sample-rate must be one"),
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--gop", "0"], "--gop must be at least 1"),
+        (lambda d: [str(d / "in"), "--out", str(d / "o"), "--fps", "1e-9"], "--fps must be a finite number of frames"),
+        (lambda d: [str(d / "in"), "--out", str(d / "o"), "--fps", "inf"], "--fps must be a finite number of frames"),
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--audio", "mp3"], "--audio must be one of aac, flac, pcm"),
         (lambda d: [str(d / "in"), "--out", str(d / "o"), "--workers", "0"], "--workers must be at least 1"),
         (lambda d: [str(d / "in"), "--out", str(d / "bad")], "is not an xdc prepare report"),
