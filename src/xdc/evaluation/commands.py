@@ -237,8 +237,13 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
             unreadable.append(f"labels/{path.name}: {type(e).__name__}: {e}".splitlines()[0])
             print(f"skipped {unreadable[-1]}", file=sys.stderr)
             continue
-        rows += [{"round": number, "label_set": name, **cluster_metrics(assigned, label_ids)}
-                 for name, assigned in sets.items()]  # fmt: skip
+        for name, assigned in sets.items():
+            if assigned.shape != label_ids.shape:  # another run's file, or a videos.csv edited since
+                unreadable.append(f"labels/{path.name}: {name} assigns {len(assigned)} videos, the run has "
+                                  f"{len(label_ids)} (videos.csv)")  # fmt: skip
+                print(f"skipped {unreadable[-1]}", file=sys.stderr)
+                continue
+            rows.append({"round": number, "label_set": name, **cluster_metrics(assigned, label_ids)})
     if not rows:
         raise UserError(f"no cluster assignments of {run} can be read (labels/round_*.npz)"
                         + "".join(f"; {entry}" for entry in unreadable[:1]))
