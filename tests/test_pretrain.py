@@ -559,6 +559,9 @@ def test_plateau_reclusters_when_the_held_back_loss_stops_improving(manifest, tm
         losses = [x["loss"] for x in records if x["kind"] == "holdout" and x["round"] == r]
         epochs = max(x["epoch"] for x in records if x["kind"] == "step" and x["round"] == r) + 1
         assert len(losses) == epochs  # the held-back loss is measured after every epoch
+        for n, x in enumerate(records):  # numbered as the epoch it follows, after that epoch's last step
+            if x["kind"] == "holdout" and x["round"] == r:
+                assert x["epoch"] == records[n - 1]["epoch"] and records[n - 1]["kind"] == "step"
         worse = [e for e in range(1, len(losses)) if losses[e] >= min(losses[:e]) * 0.95]
         assert epochs == (worse[0] + 1 if worse else 6)  # the round ends at the first epoch that did not improve
         stopped_early += epochs < 6

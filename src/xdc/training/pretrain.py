@@ -913,7 +913,8 @@ class Pretrainer:
         if self.ctx.enabled:
             torch.distributed.all_reduce(total)
         loss = (total[0] / total[1].clamp(min=1)).item()
-        self.log.write("holdout", p.global_step, round=p.round, epoch=p.epoch, loss=loss)
+        # the epoch just trained, as its steps' records number it (until 2026-12-01 the next one's number)
+        self.log.write("holdout", p.global_step, round=p.round, epoch=p.epoch - 1, loss=loss)
         if loss < p.best_holdout * (1 - self.cfg.train.plateau_delta):
             p.best_holdout, p.bad_epochs = loss, 0
             return False
