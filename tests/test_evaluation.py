@@ -239,6 +239,12 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
                     ["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", table]):
         assert main([*command, "--out", str(folder)]) == 2  # before any work (until 2026-12-01: after it)
         assert capsys.readouterr().err == f"xdc: error: --out {folder} is a folder; give the path of a .json file\n"
+    clash = tmp_path / "x.finetune"
+    assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", table, "--out",
+                 str(clash)]) == 2  # fmt: skip
+    assert capsys.readouterr().err == (f"xdc: error: --out {clash} is the name of the folder where eval finetune keeps "
+                                       "its progress: give the result another name, e.g. x.json\n")  # fmt: skip
+    assert not clash.exists()
     assert main(["extract", "--run", str(tmp_path), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
     assert "is neither a pretraining run folder (no config.yaml or checkpoints/)" in capsys.readouterr().err

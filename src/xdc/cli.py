@@ -286,6 +286,10 @@ def _finetune(args: argparse.Namespace) -> None:
     from xdc.evaluation import commands
 
     options = dict(args.option)
+    if args.out is not None and commands.finetune_folder(args.out, args.dataset) == args.out:
+        # its lock made the folder first, and the one line said "--out X.finetune is a folder" (until 2026-12-01)
+        raise UserError(f"--out {args.out} is the name of the folder where eval finetune keeps its progress: give "
+                        f"the result another name, e.g. {args.out.stem}.json")  # fmt: skip
     settings = _encoder_settings(args, "eval finetune", own=("finetune.", "seed"))
     cfg = with_settings(Config(), {key: value for key, value in settings.items() if not key.startswith("data.")})
     settings = {key: value for key, value in settings.items() if key.startswith("data.")}
