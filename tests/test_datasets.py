@@ -239,12 +239,17 @@ def test_a_manifest_is_read_in_chunks_as_one(tmp_path, monkeypatch):
     lines = path.read_text().splitlines()
     lines[6] = "h.mp4,ok,,4 s,True,64,zebra"  # a hand edit in a usable row: named with its line, in the third chunk
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(UserError, match=f"^{path} line 7: duration_s '4 s' is not a number$"):
+    with pytest.raises(UserError, match=f"^{path} line 7: duration_s '4 s' is not a finite number$"):
         Manifest.load(path)
     lines[6] = "h.mp4,ok,,4,True,wide,zebra"
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(UserError, match=f"^{path} line 7: width 'wide' is not a number$"):
+    with pytest.raises(UserError, match=f"^{path} line 7: width 'wide' is not a finite number$"):
         Manifest.load(path)
+    for duration in ("inf", "nan"):  # until 2026-12-01: the sampler's OverflowError; the row dropped
+        lines[6] = f"h.mp4,ok,,{duration},True,64,zebra"
+        path.write_text("\n".join(lines) + "\n")
+        with pytest.raises(UserError, match=f"^{path} line 7: duration_s '{duration}' is not a finite number$"):
+            Manifest.load(path)
     path.write_text("path,status,duration_s\nb.mp4,ok,2\n")
     with pytest.raises(UserError, match="missing columns: has_audio"):
         Manifest.load(path)

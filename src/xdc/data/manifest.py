@@ -290,15 +290,16 @@ class _NotANumber(ValueError):
     """A usable row's cell that should hold a number: its column, its row in the parsed rows and its text."""
 
     def __init__(self, column: str, row: int, cell: str):
-        super().__init__(f"{column} {cell!r} is not a number")
+        super().__init__(f"{column} {cell!r} is not a finite number")
         self.row = row
 
 
 def _numbers(cells: list[str], rows: np.ndarray, column: str) -> np.ndarray:
-    """The cells of ``rows`` as float64; _NotANumber names the first that is not one."""
+    """The cells of ``rows`` as float64; _NotANumber names the first that is not one, or not finite (a duration of
+    inf stopped the clip sampler with an OverflowError; one of nan dropped its row unsaid: until 2026-12-01)."""
     picked = cells if len(rows) == len(cells) else [cells[i] for i in rows.tolist()]  # most often every row
     try:
-        return np.array(picked, dtype=np.float64)
+        numbers = np.array(picked, dtype=np.float64)
     except ValueError:
         for i, cell in zip(rows.tolist(), picked):
             try:
@@ -306,6 +307,10 @@ def _numbers(cells: list[str], rows: np.ndarray, column: str) -> np.ndarray:
             except ValueError:
                 raise _NotANumber(column, i, cell) from None
         raise
+    if not np.isfinite(numbers).all():
+        first = int(np.flatnonzero(~np.isfinite(numbers))[0])
+        raise _NotANumber(column, int(rows[first]), picked[first])
+    return numbers
 
 
 def _join(parts: list[Manifest], codes: dict[str, int]) -> Manifest:
