@@ -279,7 +279,7 @@ def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, .
         paths=np.array([encode_paths(paths[i]) for i in pick], dtype="S") if pick else np.array([], dtype="S1"),
         durations=durations[durations > 0],
         offsets=np.zeros(keep.size, dtype=np.float64),
-        has_audio=np.isin(np.array(column("has_audio", ""))[keep], ("1", "True", "true")),
+        has_audio=_flags(column("has_audio", "0"), keep, "has_audio"),
         has_video=_numbers(column("width", "1"), keep, "width") > 0,
         labels=np.array([codes.setdefault(labels[i], len(codes)) if labels[i] else -1 for i in pick], dtype=np.int32),
         classes=(),
@@ -289,9 +289,23 @@ def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, .
 class _NotANumber(ValueError):
     """A usable row's cell that should hold a number: its column, its row in the parsed rows and its text."""
 
-    def __init__(self, column: str, row: int, cell: str):
-        super().__init__(f"{column} {cell!r} is not a finite number")
+    def __init__(self, column: str, row: int, cell: str, meant: str = "a finite number"):
+        super().__init__(f"{column} {cell!r} is not {meant}")
         self.row = row
+
+
+_TRUE, _FALSE = ("1", "true", "True", "TRUE", "1.0"), ("0", "false", "False", "FALSE", "0.0")
+
+
+def _flags(cells: list[str], rows: np.ndarray, column: str) -> np.ndarray:
+    """The cells of ``rows`` as booleans: 1/0 or true/false (pandas writes True, and 1.0 where the column held a
+    gap). Other text is named: until 2026-12-02 it read as 0, and "yes" dropped the file from runs that need audio."""
+    picked = np.array([cells[i] for i in rows.tolist()], dtype=str)
+    true, false = np.isin(picked, _TRUE), np.isin(picked, _FALSE)
+    if not (true | false).all():
+        first = int(np.flatnonzero(~(true | false))[0])
+        raise _NotANumber(column, int(rows[first]), str(picked[first]), "0 or 1")
+    return true
 
 
 def _numbers(cells: list[str], rows: np.ndarray, column: str) -> np.ndarray:
