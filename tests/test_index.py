@@ -14,7 +14,9 @@ import textwrap
 import time
 import wave
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -154,6 +156,33 @@ def test_a_cut_matroska_file_is_unusable_but_not_one_whose_audio_outlasts_its_vi
     assert cut and float(cut[1]) < 2.5, rows["cut.mkv"]["reason"]
     assert float(rows["long_audio.mkv"]["duration_s"]) == pytest.approx(2.4, abs=0.05)  # 60 frames at 25 fps
     assert float(rows["whole.mkv"]["duration_s"]) == pytest.approx(4.0, abs=0.1)
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_stream_ends_are_measured_on_the_files_timeline(tmp_path: Path, ext: str) -> None:
+    """A video that starts after its sound ends where its last picture does on the file's timeline, not that far
+    from its own first picture: pictures from 2 s to 6 s over 6 s of sound got duration 4, and pictures from 2 s
+    to 4 s over 6 s of sound got 2 (the end of the pictures taken for the length of the stream)."""
+    both_end = tmp_path / f"both_end_at_6.{ext}"
+    write_av(both_end, _frames(100), 25, _tone(6.0), 16000, gop=12, times=2 + np.arange(100) / 25)
+    sound_outlasts = tmp_path / f"sound_outlasts.{ext}"
+    write_av(sound_outlasts, _frames(50), 25, _tone(6.0), 16000, gop=12, times=2 + np.arange(50) / 25)
+    for path, duration in ((both_end, 6.0), (sound_outlasts, 4.0)):
+        row = index.probe_file(str(path))
+        assert (row["status"], row["reason"]) == ("ok", ""), path.name
+        assert row["duration_s"] == pytest.approx(duration, abs=0.1), path.name
+
+
+def test_a_header_duration_from_the_streams_is_where_the_last_one_ends_on_the_files_timeline() -> None:
+    """Without the container's duration, the streams' are lengths from their own starts."""
+    def stream(start: int | None, duration: int | None) -> SimpleNamespace:
+        return SimpleNamespace(start_time=start, duration=duration, time_base=Fraction(1, 1000))
+
+    container = SimpleNamespace(duration=None, start_time=0)
+    assert index._header_duration(container, [stream(2000, 4000), stream(0, 5000)], 0.0) == pytest.approx(6.0)
+    assert index._header_duration(container, [stream(None, None), stream(None, 5000)], 0.0) == pytest.approx(5.0)
+    assert index._header_duration(container, [stream(None, None)], 0.0) is None
+    assert index._header_duration(container, [stream(1500, 4000)], 1.5) == pytest.approx(4.0)
+
 
 def test_inexact_seeks_are_not_reported_as_damage(tmp_path: Path) -> None:
     """MPEG-TS seeks by timestamp, not to keyframes, and a stream cut from a broadcast starts mid-picture:

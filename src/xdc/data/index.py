@@ -49,7 +49,8 @@ TAIL_SECONDS = 1.0
 TAIL_MAX_PACKETS = 1500
 # The checks' version, written in every probed row: a cached row made by other checks is probed again.
 # 2: a cut Matroska file is an error; duration_s ends with the pictures when sound goes on after them.
-PROBE_VERSION = "2"
+# 3: streams' ends on the file's timeline, not from their own starts (a video starting after its sound got less).
+PROBE_VERSION = "3"
 # A probe decodes a few packets at a handful of points (807 GRID files: 340 a second on 2 cores). One that takes over
 # two minutes is hung (a decoder in a loop, a stalled network file system); its file gets an error row.
 PROBE_LIMIT_S = 120.0
@@ -419,12 +420,15 @@ def _probe_container(container) -> dict:
         if s.codec_context is not None:
             s.codec_context.thread_count = 1  # parallelism is across files; threads only delay the first frame
 
-    duration = _header_duration(container, streams)
-    first, errors, scanned = _decode_first_frames(container, streams, scan_to_end=duration is None)
+    # Times are on the file's timeline, from its start (the earliest stream's), where read_clip's clip starts are:
+    # a stream may begin later than another (a video 2 s after its sound) and end where that one does.
+    origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+    duration = _header_duration(container, streams, origin)
+    first, errors, scanned = _decode_first_frames(container, streams, scan_to_end=duration is None, origin=origin)
     if duration is None:
         duration = scanned
     if duration > 0:
-        tail, ends = _tail_errors(container, [s for s in streams if s.index not in errors], duration)
+        tail, ends = _tail_errors(container, [s for s in streams if s.index not in errors], duration, origin)
         for index, reason in tail.items():
             errors.setdefault(index, reason)
         picture_end = ends.get(video.index, 0.0) if video is not None and video.index not in errors else 0.0
@@ -462,13 +466,18 @@ def _probe_container(container) -> dict:
     return result
 
 
-def _header_duration(container, streams) -> float | None:
+def _header_duration(container, streams, origin: float) -> float | None:
+    """The duration the header states: the container's, else where the last stream with a duration ends on the
+    file's timeline (a stream's duration counts from its own start, ``origin`` is the file's); None if none."""
     if container.duration:
         return container.duration / av.time_base
-    for s in streams:
-        if s.duration:
-            return float(s.duration * s.time_base)
-    return None
+
+    def end(s) -> float:
+        start = float(s.start_time * s.time_base) if s.start_time is not None else origin
+        return start + float(s.duration * s.time_base) - origin
+
+    ends = [end(s) for s in streams if s.duration]
+    return max(ends) if ends else None
 
 
 class _Decoding:
@@ -476,7 +485,8 @@ class _Decoding:
     MPEG-PS, which has no exact index, or in a TS cut from a broadcast), so an error before the stream's first
     packet that decodes is held back: it only counts when nothing decodes after it."""
 
-    def __init__(self) -> None:
+    def __init__(self, origin: float) -> None:
+        self.origin = origin  # the file's start (seconds): times in reasons are from there
         self.first = None  # first decoded frame
         self.frames = 0
         self.packets = 0  # packets with data decoded without error
@@ -487,7 +497,7 @@ class _Decoding:
         try:
             frames = packet.decode()
         except av.FFmpegError as e:
-            reason = f"failed to decode at {_packet_time(packet):.1f}s: {_describe(e)}"
+            reason = f"failed to decode at {_packet_time(packet, self.origin):.1f}s: {_describe(e)}"
             if self.packets:
                 self.error = reason
             else:
@@ -506,16 +516,16 @@ class _Decoding:
         return "" if (self.frames if frames_required else self.packets) else self.early or nothing
 
 
-def _decode_first_frames(container, streams, scan_to_end: bool) -> tuple[dict, dict, float]:
+def _decode_first_frames(container, streams, scan_to_end: bool, origin: float) -> tuple[dict, dict, float]:
     """Decode the first frame of each stream. Returns (first frame by stream index, failure by stream index,
-    end of the last packet seen in seconds). With ``scan_to_end`` it goes on demuxing (not decoding) to the
-    end of the file, for containers that do not state their duration."""
-    decoding = {s.index: _Decoding() for s in streams}
+    end of the last packet seen in seconds from the file's start ``origin``). With ``scan_to_end`` it goes on
+    demuxing (not decoding) to the end of the file, for containers that do not state their duration."""
+    decoding = {s.index: _Decoding(origin) for s in streams}
     pending = set(decoding)
     end = 0.0
     try:
         for packet in container.demux(streams):
-            end = max(end, _packet_end(packet))
+            end = max(end, _packet_end(packet, origin))
             index = packet.stream.index
             if index in pending:
                 decoding[index].feed(packet)
@@ -531,22 +541,22 @@ def _decode_first_frames(container, streams, scan_to_end: bool) -> tuple[dict, d
     return first, errors, end
 
 
-def _tail_errors(container, streams, duration: float) -> tuple[dict[int, str], dict[int, float]]:
+def _tail_errors(container, streams, duration: float, origin: float) -> tuple[dict[int, str], dict[int, float]]:
     """Decode the end of each stream; a stream that fails there, or yields nothing, is broken for clips sampled
     near its end. So is every stream when none reaches the last second (a truncated file whose header promises
     more than is there: Matroska states its duration first, and a seek past the data lands on the last
     keyframe that is there). Video is decoded with non-key pictures skipped: FFmpeg still parses every packet,
     which is where damaged streams fail (h264 conceals errors inside pictures rather than raising), at a
-    fraction of the cost. Returns each broken stream's reason, and where each stream's data ends (seconds;
-    empty when the pass stopped before the end of the file)."""
+    fraction of the cost. Returns each broken stream's reason, and where each stream's data ends (seconds from
+    the file's start ``origin``, as ``duration``; empty when the pass stopped before the end of the file)."""
     if not streams:
         return {}, {}
     for s in streams:
         if s.type == "video" and s.codec_context is not None:
             s.codec_context.skip_frame = "NONKEY"
     anchor = streams[0]
-    target = (anchor.start_time or 0) + int(max(duration - TAIL_SECONDS, 0) / anchor.time_base)
-    decoding = {s.index: _Decoding() for s in streams}
+    target = int((origin + max(duration - TAIL_SECONDS, 0)) / anchor.time_base)
+    decoding = {s.index: _Decoding(origin) for s in streams}
     ends = dict.fromkeys(decoding, 0.0)
     read_to_end = True
     try:
@@ -555,7 +565,7 @@ def _tail_errors(container, streams, duration: float) -> tuple[dict[int, str], d
             if n >= TAIL_MAX_PACKETS:
                 read_to_end = False
                 break
-            ends[packet.stream.index] = max(ends[packet.stream.index], _packet_end(packet))
+            ends[packet.stream.index] = max(ends[packet.stream.index], _packet_end(packet, origin))
             if not decoding[packet.stream.index].error:
                 decoding[packet.stream.index].feed(packet)
     except av.FFmpegError as e:
@@ -573,17 +583,18 @@ def _tail_errors(container, streams, duration: float) -> tuple[dict[int, str], d
     return errors, ends if read_to_end else {}
 
 
-def _packet_end(packet) -> float:
+def _packet_end(packet, origin: float) -> float:
+    """Where the packet ends, in seconds from the file's start ``origin``: not from its stream's own start, which
+    may be later (a video that begins 2 s after its sound and ends with it ended 2 s early)."""
     if packet.pts is None or packet.time_base is None:
         return 0.0
-    start = packet.stream.start_time or 0
-    return float((packet.pts + (packet.duration or 0) - start) * packet.time_base)
+    return float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
 
 
-def _packet_time(packet) -> float:
+def _packet_time(packet, origin: float) -> float:
     if packet.pts is None or packet.time_base is None:
         return 0.0
-    return float((packet.pts - (packet.stream.start_time or 0)) * packet.time_base)
+    return float(packet.pts * packet.time_base) - origin
 
 
 def _failed(reason: str) -> dict:
