@@ -399,6 +399,22 @@ def test_video_padded_counts_the_clip_after_the_last_picture_only(tmp_path):
     assert read_clip(str(path), 1.5, spec(frames=8, fps=8), audio=False).video_padded == 0.5
 
 
+def test_a_clip_before_the_first_picture_is_padding_and_one_wholly_before_it_an_error(tmp_path):
+    """A video that starts after its sound (its duration is the file's, from the sound's start): the clip's
+    seconds before the first picture show it frozen, as those after the last picture show that one."""
+    path = tmp_path / "late_pictures.mp4"
+    write_av(path, gray_frames(16), 8, np.zeros(48000, np.float32), times=1 + np.arange(16) / 8)  # 1 s..3 s
+    for read in (lambda start: read_clip(str(path), start, spec(frames=8, fps=8)),
+                 lambda start: read_clips(str(path), [start], spec(frames=8, fps=8), audio=False)[0]):  # fmt: skip
+        clip = read(0.5)
+        np.testing.assert_array_equal(frame_index(clip.video), [0, 0, 0, 0, 0, 1, 2, 3])
+        assert clip.video_padded == 0.5
+        assert read(1.0).video_padded == 0
+        with pytest.raises(DecodeError, match=r"the clip at 0\.00s ends before the video's first picture at 1\.00s"):
+            clip = read(0.0)
+            raise clip if isinstance(clip, DecodeError) else AssertionError(f"a clip of {clip.video_padded}s padded")
+
+
 def test_a_real_mpeg_file_whose_seeks_land_late_even_at_its_start():
     """GRID's original .mpg: a seek to any time before 0.48 s lands there, so clips that start earlier are read
     from a new open of the file, without a seek."""

@@ -39,7 +39,7 @@ class Clip:
     video: np.ndarray | None  # uint8, T x H x W x 3, upright (rotation metadata applied)
     audio: np.ndarray | None  # float32 mono samples at the requested rate
     start: float  # seconds from the start of the file
-    video_padded: float = 0.0  # seconds of the clip past the end of the video (last frame repeated)
+    video_padded: float = 0.0  # seconds of the clip before the first picture or past the last (that one repeated)
     audio_padded: float = 0.0  # seconds of silence added where the audio track starts late or ends early
 
 
@@ -338,11 +338,13 @@ class _VideoWindow:
 
     @property
     def padded_seconds(self) -> float:
-        """The clip's seconds after its last picture stops showing (one per target there)."""
-        if self.done or self.prev is None:
+        """The clip's seconds before its first picture shows or after its last one stops (one per target there):
+        a video may start after its sound, which the file's timeline, and the clip's start, count from."""
+        if self.prev is None:
             return 0.0
-        end = self.last_time + 1.0 / self.rate
-        return float((self.targets >= end - _EPS).sum()) / self.fps
+        before = (self.targets < self.first_time - _EPS).sum()
+        after = 0 if self.done else (self.targets >= self.last_time + 1.0 / self.rate - _EPS).sum()
+        return float(before + after) / self.fps
 
     def result(self) -> np.ndarray:
         if self.prev is None:
@@ -350,6 +352,9 @@ class _VideoWindow:
         end = self.last_time + 1.0 / self.rate  # when the last picture stops showing
         if self.targets[0] >= end - _EPS:  # every frame would be that picture, frozen: not a clip of the video
             raise DecodeError(f"the clip at {self.targets[0]:.2f}s starts after the video's end at {end:.2f}s")
+        if self.targets[-1] < self.first_time - _EPS:  # every frame would be the first picture, frozen
+            raise DecodeError(f"the clip at {self.targets[0]:.2f}s ends before the video's first picture at "
+                              f"{self.first_time:.2f}s")  # fmt: skip
         if not self.done:  # the video ended inside the window: repeat its last frame
             fill = self._array(self.prev)
             self.out = [f if f is not None else fill for f in self.out]
