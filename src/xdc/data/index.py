@@ -50,7 +50,8 @@ TAIL_MAX_PACKETS = 1500
 # The checks' version, written in every probed row: a cached row made by other checks is probed again.
 # 2: a cut Matroska file is an error; duration_s ends with the pictures when sound goes on after them.
 # 3: streams' ends on the file's timeline, not from their own starts (a video starting after its sound got less).
-PROBE_VERSION = "3"
+# 4: a Matroska file's stated duration less its start: parts cut by FFmpeg's segment muxer were "truncated".
+PROBE_VERSION = "4"
 # A probe decodes a few packets at a handful of points (807 GRID files: 340 a second on 2 cores). One that takes over
 # two minutes is hung (a decoder in a loop, a stalled network file system); its file gets an error row.
 PROBE_LIMIT_S = 120.0
@@ -468,9 +469,13 @@ def _probe_container(container) -> dict:
 
 def _header_duration(container, streams, origin: float) -> float | None:
     """The duration the header states: the container's, else where the last stream with a duration ends on the
-    file's timeline (a stream's duration counts from its own start, ``origin`` is the file's); None if none."""
+    file's timeline (a stream's duration counts from its own start, ``origin`` is the file's); None if none.
+    FFmpeg's Matroska muxer writes as the Segment's Duration where the last frame ends, timestamps counted from 0,
+    and its demuxer reports that as the duration: a file whose timestamps start later (a part cut by FFmpeg's
+    segment muxer, which keeps them) is that much shorter, and it seemed cut short where it ends."""
     if container.duration:
-        return container.duration / av.time_base
+        duration = container.duration / av.time_base
+        return duration - origin if "matroska" in container.format.name.split(",") else duration
 
     def end(s) -> float:
         start = float(s.start_time * s.time_base) if s.start_time is not None else origin
