@@ -9,6 +9,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -88,6 +89,19 @@ def gray_frames(n: int, height: int = 32, width: int = 48, step: int = 4) -> np.
 
 def frame_index(frames: np.ndarray, step: int = 4) -> np.ndarray:
     return np.round(frames.reshape(len(frames), -1).mean(axis=1) / step).astype(int)
+
+
+def segment_parts(src: Path, pattern: Path, seconds: float) -> list[Path]:
+    """Cut ``src`` into parts of about ``seconds`` with FFmpeg's segment muxer, as ``ffmpeg -f segment`` does:
+    each part keeps its timestamps, so all but the first start after 0."""
+    options = {"segment_time": str(seconds), "segment_format": "matroska"}
+    with av.open(str(src)) as inp, av.open(str(pattern), "w", format="segment", options=options) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    return sorted(pattern.parent.glob("part*.mkv"))
 
 
 def synthetic_manifest(root: Path, videos: int, classes: int, seed: int) -> Path:

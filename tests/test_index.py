@@ -22,7 +22,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import kill_once_rows_are_kept, torchrun_command
+from conftest import kill_once_rows_are_kept, segment_parts, torchrun_command
 from xdc.cli import main
 from xdc.data import index
 from xdc.data.encode import write_av
@@ -157,26 +157,13 @@ def test_a_cut_matroska_file_is_unusable_but_not_one_whose_audio_outlasts_its_vi
     assert float(rows["long_audio.mkv"]["duration_s"]) == pytest.approx(2.4, abs=0.05)  # 60 frames at 25 fps
     assert float(rows["whole.mkv"]["duration_s"]) == pytest.approx(4.0, abs=0.1)
 
-def _segment_parts(src: Path, pattern: Path, seconds: float) -> list[Path]:
-    """Cut ``src`` into parts of about ``seconds`` with FFmpeg's segment muxer, as ``ffmpeg -f segment`` does:
-    each part keeps its timestamps, so all but the first start after 0."""
-    options = {"segment_time": str(seconds), "segment_format": "matroska"}
-    with av.open(str(src)) as inp, av.open(str(pattern), "w", format="segment", options=options) as out:
-        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
-        for packet in inp.demux():
-            if packet.dts is not None:
-                packet.stream = streams[packet.stream.index]
-                out.mux(packet)
-    return sorted(pattern.parent.glob("part*.mkv"))
-
-
 def test_matroska_parts_cut_by_ffmpegs_segment_muxer_are_whole_and_as_long_as_they_are(tmp_path: Path) -> None:
     """FFmpeg's Matroska muxer writes as the Segment's Duration where the last frame ends, timestamps counted from
     0, and its demuxer takes that for the length: a part starting at 3 s and ending at 5 s stated 5 s, so the probe
     found it ended 3 s early (truncated?). Its length is 2 s; one cut short in its bytes is still truncated."""
     write_av(tmp_path / "whole.mkv", _frames(150), 25, _tone(6.0), 16000, gop=25)
     (tmp_path / "parts").mkdir()
-    parts = _segment_parts(tmp_path / "whole.mkv", tmp_path / "parts" / "part%03d.mkv", 2.0)
+    parts = segment_parts(tmp_path / "whole.mkv", tmp_path / "parts" / "part%03d.mkv", 2.0)
     assert len(parts) >= 3
     with av.open(str(parts[-1])) as last:
         assert last.start_time / av.time_base > 3.0  # this test's case: a part whose timestamps start late

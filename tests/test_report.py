@@ -12,15 +12,17 @@ import wave
 from html.parser import HTMLParser
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
-from conftest import synthetic_manifest
+from conftest import segment_parts, synthetic_manifest
 from xdc.clustering.metrics import nmi
 from xdc.config import load_config
+from xdc.data.encode import write_av
 from xdc.data.manifest import Manifest
 from xdc.errors import UserError
-from xdc.report import write_report
+from xdc.report import decode_sample, write_report
 from xdc.training.distributed import Dist
 from xdc.training.pretrain import pretrain
 
@@ -373,3 +375,18 @@ def test_the_sizes_of_many_clusters_are_one_outline_not_a_bar_each(built):
     assert len(axes[0].patches) == 1 and axes[0].patches[0].get_data().values.sum() == 2000
     small = plot_sizes(data, (3, {"video": assigned % 3})).axes  # the run's k = 3: a bar each
     assert len(small[0].patches) == 3
+
+
+def test_a_sample_is_the_clip_at_the_centre_of_a_matroska_part_whose_timestamps_start_late(tmp_path: Path) -> None:
+    """A part cut by FFmpeg's segment muxer states as its duration where it ends counted from 0: its centre, taken
+    from that, lay after its end (a placeholder "the clip ... starts after the video's end")."""
+    frames = np.random.default_rng(0).integers(0, 256, (150, 32, 32, 3), dtype=np.uint8)
+    write_av(tmp_path / "whole.mkv", frames, 25, np.zeros(6 * 16000, np.float32), 16000, gop=25)
+    (tmp_path / "parts").mkdir()
+    part = segment_parts(tmp_path / "whole.mkv", tmp_path / "parts" / "part%03d.mkv", 2.0)[1]
+    with av.open(str(part)) as c:
+        start, end = c.start_time / av.time_base, c.duration / av.time_base  # about 3 s and 5 s
+    clip = decode_sample(str(part), load_config(None, TINY, preset="tiny"), want_video=True)
+    span = len(clip.video) / load_config(None, TINY, preset="tiny").data.clip.fps
+    assert clip.start == pytest.approx((end - start - span) / 2, abs=0.01)
+    assert clip.video_padded == 0 and clip.audio_padded == 0

@@ -33,6 +33,7 @@ from xdc.clustering.metrics import agreement, collapse_threshold, nmi
 from xdc.config import Config, load_config
 from xdc.data.audio import LogMel
 from xdc.data.decode import Clip, DecodeError, read_clip
+from xdc.data.index import stated_duration
 from xdc.data.manifest import NO_VIDEOS, Videos, open_text, run_videos
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
@@ -381,7 +382,7 @@ def _reason(e: BaseException) -> str:
 def decode_sample(path: str, cfg: Config, want_video: bool) -> Clip:
     """The clip at the centre of the file: frames (when wanted and present) and audio (when present)."""
     with av.open(path) as container:
-        duration = container.duration / av.time_base if container.duration else 0.0
+        duration = stated_duration(container)  # from the file's start, where read_clip's starts count from
         has_video, has_audio = bool(container.streams.video), bool(container.streams.audio)
     if not (has_audio or (want_video and has_video)):
         raise DecodeError("no stream to show")

@@ -423,7 +423,7 @@ def _probe_container(container) -> dict:
 
     # Times are on the file's timeline, from its start (the earliest stream's), where read_clip's clip starts are:
     # a stream may begin later than another (a video 2 s after its sound) and end where that one does.
-    origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+    origin = file_origin(container)
     duration = _header_duration(container, streams, origin)
     first, errors, scanned = _decode_first_frames(container, streams, scan_to_end=duration is None, origin=origin)
     if duration is None:
@@ -465,6 +465,18 @@ def _probe_container(container) -> dict:
     else:
         result.update(status="ok", reason="")
     return result
+
+
+def file_origin(container) -> float:
+    """Where the open ``container``'s timeline starts, in seconds: its earliest stream's start, read_clip's 0."""
+    return container.start_time / av.time_base if container.start_time is not None else 0.0
+
+
+def stated_duration(container) -> float:
+    """The length the header of the open ``container`` states, in seconds from its start (as ``duration_s``, before
+    the probe checks it against the data); 0.0 where it states none."""
+    streams = [*container.streams.video, *container.streams.audio]
+    return _header_duration(container, streams, file_origin(container)) or 0.0
 
 
 def _header_duration(container, streams, origin: float) -> float | None:
