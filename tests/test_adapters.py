@@ -314,6 +314,23 @@ def test_grid_words_sentence_split_is_per_video(tmp_path):
     ]
 
 
+def test_grid_words_sentence_split_by_listed_name_not_link_target(tmp_path):
+    """Videos that are links to files named otherwise (git-annex, DVC) split by the listed stem, as documented."""
+    stems = [f"s{n:03d}" for n in range(40)]
+    plain = load_dataset("grid-words", _grid(tmp_path / "plain", stems), slot="digit")
+    root = _grid(tmp_path / "annex", stems)
+    for n, stem in enumerate(stems):
+        video = root / "videos" / f"{stem}.mp4"
+        video.rename(_touch(tmp_path / "store" / f"SHA256E-s3--{n:064x}.mp4"))
+        video.symlink_to(tmp_path / "store" / f"SHA256E-s3--{n:064x}.mp4")
+    linked = load_dataset("grid-words", root, slot="digit")
+    assert {Path(i.path).parent.name for i in linked} == {"store"}  # paths resolved, as everywhere
+    by_stem = {Path(i.path).stem: i.split for i in plain}
+    assert sorted(i.split for i in linked) == sorted(by_stem.values()) and "test" in by_stem.values()
+    targets = {f"SHA256E-s3--{n:064x}": stem for n, stem in enumerate(stems)}
+    assert {targets[Path(i.path).stem]: i.split for i in linked} == by_stem
+
+
 def test_grid_words_errors(tmp_path):
     root = _grid(tmp_path / "grid", ["bbaf2n"])
     with _raises(r"needs --option slot=NAME; the slots of .*: command, color, preposition, letter, digit, adverb") as e:

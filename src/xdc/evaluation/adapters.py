@@ -193,7 +193,8 @@ def load_grid_words(
         if not 0 <= start <= end or not row["word"]:
             raise UserError(f"{where}: needs a word and 0 <= start_s <= end_s")
         path = _abs(root / row["path"])
-        split = _sentence_split(path) if split_by == "sentence" else ""
+        # the stem as listed, not the resolved path's: a link's target may be named otherwise (git-annex, DVC)
+        split = _sentence_split(row["path"]) if split_by == "sentence" else ""
         window = _window((start + end) / 2, window_s, duration_s)
         items.append(Item(path, row["word"], split, 0, *window, group=f"{path}#{slot}"))
     return _drop_missing(items, missing, str(words))
