@@ -223,6 +223,17 @@ def test_dcase_class_folders(tmp_path):
     ]  # fmt: skip
 
 
+def test_dcase_links_to_folders_followed_once(tmp_path):
+    """A link to a folder elsewhere is followed; a link back up (a loop) neither repeats files nor walks on."""
+    root = tmp_path / "scenes"
+    _touch(root / "bus" / "a.wav")
+    _touch(tmp_path / "elsewhere" / "b.wav")
+    (root / "bus" / "more").symlink_to(tmp_path / "elsewhere")
+    (root / "bus" / "again").symlink_to(root / "bus")  # e.g. a link to "." or ".."
+    items = load_dataset("dcase", root)
+    assert sorted((Path(i.path).name, i.label) for i in items) == [("a.wav", "bus"), ("b.wav", "bus")]
+
+
 def test_dcase_split_folders(tmp_path):
     root = tmp_path / "dcase2014"
     for name in ("train/bus/a.wav", "train/park/b.wav", "test/bus/c.wav", "test/park/d.wav", "val/bus/e.wav"):

@@ -293,7 +293,12 @@ def _class_folders(folder: Path, split: str) -> list[Item]:
     """Media files anywhere under each ``folder/<class>/``, labelled with the class folder's name."""
     items = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        walked = set()  # real folders: a link back up (a loop) is not walked again, nor its files counted again
         for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            if os.path.realpath(dirpath) in walked:
+                dirnames[:] = []
+                continue
+            walked.add(os.path.realpath(dirpath))
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTENSIONS:
