@@ -159,6 +159,24 @@ def test_hmdb51_markers(tmp_path):
         load_dataset("hmdb51", root, split=1)
 
 
+def test_hidden_files_skipped_by_hmdb51_and_fsdd(tmp_path):
+    """macOS leaves ._NAME metadata beside each file copied to a foreign disk: skipped as xdc index and dcase do."""
+    apple = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
+    root = tmp_path / "hmdb51"
+    _touch(root / "brush_hair" / "a.avi")
+    _touch(root / "brush_hair" / "b.avi")
+    lists = root / "testTrainMulti_7030_splits"
+    _write(lists / "brush_hair_test_split1.txt", "a.avi 1 \nb.avi 2 \n")
+    (lists / "._brush_hair_test_split1.txt").write_bytes(apple)
+    assert [(i.label, i.split) for i in load_dataset("hmdb51", root, split=1)] == [
+        ("brush_hair", "train"), ("brush_hair", "test")
+    ]  # fmt: skip
+    fsdd = tmp_path / "fsdd"
+    _touch(fsdd / "recordings" / "0_theo_1.wav")
+    (fsdd / "recordings" / "._0_theo_1.wav").write_bytes(apple)
+    assert [(i.label, i.split) for i in load_dataset("fsdd", fsdd)] == [("0", "test")]
+
+
 # --- ESC-50 --------------------------------------------------------------------------------------------------
 
 

@@ -112,7 +112,7 @@ def load_hmdb51(
     n = _split_number(split, "hmdb51")
     lists = _splits_folder(root, splits_dir, "testTrainMulti_7030_splits")
     suffix = f"_test_split{n}.txt"
-    files = sorted(lists.glob(f"*{suffix}"))
+    files = sorted(f for f in lists.glob(f"*{suffix}") if not f.name.startswith("."))  # ._x: macOS metadata
     if not files:
         raise UserError(f"{lists}: no <class>{suffix} split files")
     items = []
@@ -156,7 +156,7 @@ def load_fsdd(root: Path) -> list[Item]:
     folder = root / "recordings" if (root / "recordings").is_dir() else root
     items = []
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() != ".wav":
+        if path.suffix.lower() != ".wav" or path.name.startswith("."):  # hidden: metadata (macOS ._x.wav)
             continue
         match = re.fullmatch(r"(\d)_([^_]+)_(\d+)\.wav", path.name, flags=re.IGNORECASE)
         if match is None:
