@@ -1,4 +1,5 @@
-"""Dataset adapters on small fixtures in each official layout (placeholder media: adapters never decode)."""
+"""Dataset adapters on small fixtures in each official layout (placeholder media: adapters never decode; real media
+only where xdc prepare copies a dataset)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from xdc.cli import main
+from xdc.data.encode import write_av
 from xdc.evaluation.adapters import (
     COLUMNS,
     Item,
@@ -103,6 +107,29 @@ def test_ucf101_missing_videos_one_error_or_skipped(tmp_path):
     assert len(items) == 10
     with _raises("missing must be 'error' or 'skip'"):
         load_dataset("ucf101", root, split=1, missing="ignore")
+
+
+def test_ucf101_reads_a_copy_made_by_xdc_prepare_with_the_official_lists(tmp_path):
+    """The lists name .avi files; xdc prepare's copies are .mp4 (x.avi.mp4 where a source x.mp4 took x.mp4)."""
+    root = _ucf(tmp_path / "UCF-101")
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    for path in sorted(root.glob("*/*.avi")):
+        write_av(path, frames, 8)  # real media: prepare decodes them
+    write_av(root / "YoYo/v_YoYo_g01_c01.mp4", frames, 8)  # not listed, but it takes the name v_YoYo_g01_c01.mp4
+    out = tmp_path / "prepared"
+    assert main(["prepare", str(root), "--out", str(out), "--workers", "1"]) == 0
+    lists = root / "ucfTrainTestlist"
+    items = load_dataset("ucf101", out, split=1, splits_dir=lists)
+    originals = load_dataset("ucf101", root, split=1)
+    assert [(i.label, i.split) for i in items] == [(i.label, i.split) for i in originals]
+    for item, original in zip(items, originals):
+        assert item.path == item.group and Path(item.path).parent == out.resolve() / item.label
+        name = Path(original.path)
+        assert Path(item.path).name == (f"{name.name}.mp4" if "YoYo_g01_c01" in name.name else f"{name.stem}.mp4")
+    (out / "Archery/v_Archery_g01_c02.mp4").unlink()  # a copy that is not there is still a missing file
+    with _raises("1 of 12 files listed") as e:
+        load_dataset("ucf101", out, split=1, splits_dir=lists)
+    assert _one_line(e).endswith("v_Archery_g01_c02.avi (option missing='skip' drops them)")
 
 
 @pytest.mark.parametrize("split", [None, 0, 4])

@@ -16,7 +16,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 from xdc.data.index import MEDIA_EXTENSIONS
@@ -373,6 +373,7 @@ def _drop_missing(items: list[Item], missing: str, source: str) -> list[Item]:
     """Listed files absent on disk: one error naming how many and the first, or (``missing="skip"``) dropped."""
     if missing not in MISSING:
         raise UserError(f"option missing must be 'error' or 'skip', got {missing!r}")
+    items = _prepared_copies(items)
     paths = list(dict.fromkeys(item.path for item in items))
     absent = [p for p in paths if not os.path.isfile(p)]
     if not absent:
@@ -383,6 +384,31 @@ def _drop_missing(items: list[Item], missing: str, source: str) -> list[Item]:
     warnings.warn(f"{text}; dropped", stacklevel=4)  # at the caller of load_dataset
     gone = set(absent)
     return [item for item in items if item.path not in gone]
+
+
+def _prepared_copies(items: list[Item]) -> list[Item]:
+    """Each item whose file is absent but whose copy by ``xdc prepare`` is in its place (``a.avi`` -> ``a.avi.mp4``,
+    where ``a.mp4`` was another source's name, else ``a.mp4``) takes the copy: a dataset prepared for fast loading
+    is read with its own split lists."""
+    copies: dict[str, str | None] = {}
+
+    def copy(path: str) -> str | None:
+        if path not in copies:
+            copies[path] = None
+            if not path.lower().endswith(".mp4") and not os.path.isfile(path):
+                for name in (path + ".mp4", str(Path(path).with_suffix(".mp4"))):
+                    if os.path.isfile(name):
+                        copies[path] = _abs(Path(name))
+                        break
+        return copies[path]
+
+    def moved(item: Item) -> Item:
+        to = copy(item.path)
+        if to is None:
+            return item
+        return replace(item, path=to, group=to if item.group == item.path else item.group)
+
+    return [moved(item) for item in items]
 
 
 def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
