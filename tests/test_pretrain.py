@@ -899,3 +899,17 @@ def test_advice_for_a_damaged_checkpoint_is_not_given_for_a_file_the_machine_can
         checkpoint.read(unreadable, "a pretraining checkpoint", "remove the run")
     assert str(refused.value).startswith(f"cannot read {unreadable} as a pretraining checkpoint: ")
     assert "remove the run" not in str(refused.value)
+
+
+def test_a_checkpoint_cut_short_gets_the_advice_for_a_damaged_one(tmp_path):
+    """torch's zip reader says only "[Errno 22] Invalid argument" (an OSError) for a checkpoint cut to its first
+    kilobytes: it is damaged, not unreadable by the machine, and gets what to do (until 2026-12-01 neither)."""
+    from xdc.training import checkpoint
+
+    cut = tmp_path / "last.pt"
+    torch.save({"encoders": {"w": torch.zeros(500_000)}}, cut)
+    os.truncate(cut, 5000)
+    with pytest.raises(UserError) as refused:
+        checkpoint.read(cut, "a pretraining checkpoint", "remove the run")
+    assert str(refused.value) == f"cannot read {cut} as a pretraining checkpoint: cut short or damaged (torch's " \
+        "reader: Invalid argument); remove the run"  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import shutil
@@ -45,7 +46,7 @@ def read(path: str | Path, what: str, then: str = "") -> dict:
     try:
         return load(path)
     except Exception as e:  # torch's unpickler raises many kinds (KeyError, IndexError, ...) on a file of another kind
-        damaged = then and not isinstance(e, OSError)
+        damaged = then and (not isinstance(e, OSError) or _cut_short(e))
         raise UserError(f"cannot read {path} as {what}: {_why_unreadable(e)}" + (f"; {then}" if damaged else "")) \
             from None  # fmt: skip
 
@@ -54,12 +55,20 @@ def _why_unreadable(error: Exception) -> str:
     """What torch's message says is wrong: the line after its "WeightsUnpickler error:" if any (the lines before
     it advise weights_only=False, which would run a file's code), else its first line. Errors that torch's reader
     does not word (a KeyError of a byte value, ...) come from a file that torch.save did not write."""
+    if _cut_short(error):
+        return f"cut short or damaged (torch's reader: {error.strerror})"
     text = str(error)
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
     elif not isinstance(error, (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError)):
         return f"not a file that torch.save writes ({type(error).__name__}: {text})"
     return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+
+
+def _cut_short(error: Exception) -> bool:
+    """Whether ``error`` is the OSError (EINVAL, no file named) that torch's zip reader raises where a file was cut
+    short (at 5 kB to 50 kB of a 2 MB checkpoint: a seek before its start), not a failure of the machine."""
+    return isinstance(error, OSError) and error.errno == errno.EINVAL and error.filename is None
 
 
 def warn_threads(before: int | None, device: torch.device) -> None:
