@@ -913,3 +913,21 @@ def test_a_checkpoint_cut_short_gets_the_advice_for_a_damaged_one(tmp_path):
         checkpoint.read(cut, "a pretraining checkpoint", "remove the run")
     assert str(refused.value) == f"cannot read {cut} as a pretraining checkpoint: cut short or damaged (torch's " \
         "reader: Invalid argument); remove the run"  # fmt: skip
+
+
+@pytest.mark.parametrize("edit", ["model.video_width=16", "train.k=5"])
+def test_a_resume_whose_config_yaml_no_longer_fits_its_checkpoint_says_so_in_one_line(manifest, tmp_path, edit):
+    """config.yaml edited between a kill and the resume (another encoder width; another k, which the heads have):
+    one line that names both files, not torch's list of every mismatched tensor (until 2026-12-01)."""
+    trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
+    trainer.progress.labels = {s: np.arange(len(trainer.videos)) % 4 for s in ("audio", "video")}
+    trainer._new_heads()
+    trainer._save()
+    resumed = Pretrainer(cfg_for("xdc", edit), manifest, tmp_path, Dist())
+    with pytest.raises(UserError) as refused:
+        resumed.resume()
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'checkpoints' / 'last.pt'} does not fit the run's settings in "
+                              f"{tmp_path / 'config.yaml'} (size mismatch for ")  # fmt: skip
+    assert message.endswith("): was it edited since? A resume goes on with the settings the run started with: put "
+                            "them back") and "\n" not in message  # fmt: skip

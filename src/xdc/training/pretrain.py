@@ -962,8 +962,8 @@ class Pretrainer:
                                 f"(remove {self.out}, or choose another --out)")  # fmt: skip
         if state["method"] != self.method.name:
             raise UserError(f"{path} is a {state['method']} run, not {self.method.name}")
-        self.encoders.load_state_dict(state["encoders"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load(path, lambda: (self.encoders.load_state_dict(state["encoders"]),
+                                  self.optimizer.load_state_dict(state["optimizer"])))  # fmt: skip
         p = self.progress
         for k, v in state["progress"].items():
             setattr(p, k, v)
@@ -982,8 +982,8 @@ class Pretrainer:
                 )
         if state["heads"] is not None:
             self._new_heads()
-            self.model.heads.load_state_dict(state["heads"])
-            self.head_optimizer.load_state_dict(state["head_optimizer"])
+            self._load(path, lambda: (self.model.heads.load_state_dict(state["heads"]),
+                                      self.head_optimizer.load_state_dict(state["head_optimizer"])))  # fmt: skip
         torch.set_rng_state(state["torch_rng"])
         if "log_records" in state:  # checkpoints before 2026-12-01 have none: their resumes logged twice
             self.log.keep(lambda number, _: number < state["log_records"])
@@ -997,6 +997,19 @@ class Pretrainer:
         elif ranks and self.ctx.main:  # another number of ranks: rank 0 carries on the count
             self.failures.merge([r["failures"] for r in ranks])
         barrier(self.ctx)
+
+    def _load(self, path: Path, load: Callable[[], object]) -> None:
+        """``load`` the state of checkpoint ``path`` into the modules and optimizers built from config.yaml; where
+        they do not fit (the file edited since: another train.k, model width, ...), one line, not torch's list."""
+        try:
+            load()
+        except (RuntimeError, ValueError) as e:  # load_state_dict's size mismatches and missing keys; an optimizer's
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__).rstrip(".")
+            detail = detail if len(detail) <= 200 else detail[:197] + "..."  # a list of every missing key
+            raise UserError(f"{path} does not fit the run's settings in {self.out / 'config.yaml'} ({detail}): was it "
+                            "edited since? A resume goes on with the settings the run started with: put them back"
+                            ) from None  # fmt: skip
 
 
 # A rank keeps a part of a round's extraction every 5 minutes: at most what a crash costs there. Its batches are
