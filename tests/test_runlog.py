@@ -3,9 +3,13 @@
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from xdc.atomic import WriteError
 from xdc.training.runlog import RunLog
 
 
@@ -69,3 +73,23 @@ def test_a_resume_rewrites_tensorboard_with_what_a_kill_left_unwritten(tmp_path)
     log.keep(lambda number, _: number < 3)  # as a resume does with the checkpoint's count
     log.close()
     assert _scalars(tmp_path) == {"step/loss": [(1, 0.5), (2, 0.5), (3, 0.5)]}
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (Linux's device that is always full)")
+def test_a_full_disk_under_either_log_is_one_line_that_names_it(tmp_path, capsys):
+    """TensorBoard's events and log.jsonl written onto a full disk (/dev/full): a WriteError that names the file, not
+    an OSError that names none and, from TensorBoard's writer thread, a traceback first (until 2026-12-01)."""
+    log = RunLog(tmp_path)
+    log.write("start", 0)
+    log.tb.flush()
+    events = next((tmp_path / "tb").iterdir())
+    events.unlink()
+    events.symlink_to("/dev/full")  # TensorBoard's writer opens its file again at each write
+    with pytest.raises(WriteError, match=f"^cannot write {tmp_path / 'tb'}: No space left on device$"):
+        for step in range(1, 500):  # its thread fails at the first write; a later scalar raises what stopped it
+            log.write("step", step, loss=1.0)
+            time.sleep(0.01)
+    assert "Traceback" not in capsys.readouterr().err
+    log.file = open("/dev/full", "a")
+    with pytest.raises(WriteError, match=f"^cannot write {tmp_path / 'log.jsonl'}: No space left on device$"):
+        log.write("step", 500, loss=1.0)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
-from xdc.atomic import replacing
+from xdc.atomic import WriteError, replacing
 
 
 class RunLog:
@@ -38,8 +40,9 @@ class RunLog:
         if not self.enabled:
             return
         record = {"kind": kind, "step": step, "time": time.time(), **values}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        with _writing(self.path):
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
         self.records += 1
         self._scalars(record)
 
@@ -60,12 +63,15 @@ class RunLog:
         self.tb = self._writer()
         for _, record in kept:
             self._scalars(record)
-        self.tb.flush()
+        with _writing(self.tb_path):
+            self.tb.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self.file.close()
-            self.tb.close()
+            with _writing(self.path):
+                self.file.close()
+            with _writing(self.tb_path):
+                self.tb.close()
 
     def _rewrite(self, lines: list[str]) -> None:
         with replacing(self.path, self.path.with_name(self.path.name + ".tmp")) as tmp:
@@ -74,12 +80,38 @@ class RunLog:
     def _writer(self):
         from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
+        if threading.excepthook is not _quiet_tensorboard_thread:
+            global _excepthook
+            _excepthook, threading.excepthook = threading.excepthook, _quiet_tensorboard_thread
         return SummaryWriter(str(self.tb_path))
 
     def _scalars(self, record: dict) -> None:
-        for key, value in record.items():
-            if key not in ("kind", "step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"], walltime=record["time"])
+        with _writing(self.tb_path):  # TensorBoard's thread writes: its failure is raised at a later scalar
+            for key, value in record.items():
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if key not in ("kind", "step", "time") and number:
+                    self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"], walltime=record["time"])
+
+
+@contextmanager
+def _writing(path: Path):
+    """A failure of the machine (a full disk) while writing the log at ``path``: one line that names it, as for
+    every file xdc writes (``xdc.atomic``), not an OSError that names none (until 2026-12-01)."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+_excepthook = threading.excepthook
+
+
+def _quiet_tensorboard_thread(args) -> None:
+    """TensorBoard's writer thread keeps the OSError that stopped it (a full disk) and raises it at the run's next
+    scalar, which ``_writing`` says in one line: not printed as a traceback of the thread first (until 2026-12-01)."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _excepthook(args)
 
 
 def read_log(path: Path) -> tuple[list[dict], int]:
