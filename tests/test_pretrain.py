@@ -931,3 +931,25 @@ def test_a_resume_whose_config_yaml_no_longer_fits_its_checkpoint_says_so_in_one
                               f"{tmp_path / 'config.yaml'} (size mismatch for ")  # fmt: skip
     assert message.endswith("): was it edited since? A resume goes on with the settings the run started with: put "
                             "them back") and "\n" not in message  # fmt: skip
+
+
+def test_the_bars_of_a_resumed_epoch_and_extraction_count_what_was_done_before(manifest, tmp_path, monkeypatch,
+                                                                               capsys):  # fmt: skip
+    """Resumed after 1 of an epoch's 3 batches, its bar ends at 3/3, not 2/2; an extraction resumed after 2 kept
+    parts (a part per batch here) likewise (until 2026-12-01 they counted from 0 what was left)."""
+    from xdc import progress
+    from xdc.training import pretrain as module
+
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)  # stderr is no terminal here: a line per redraw
+    monkeypatch.setattr(module, "EXTRACTION_PART_S", 0.0)
+    trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
+    trainer._extract()
+    (tmp_path / "extract_parts" / "rank0" / "part-00002.pt").unlink()
+    capsys.readouterr()
+    trainer._extract()
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("round 0: extract: 100%|##########| 3/3 [")
+    trainer.progress.labels = {s: np.arange(len(trainer.videos)) % 4 for s in trainer.method.label_sets}
+    trainer._new_heads()
+    trainer.progress.step = 1
+    trainer._train_epoch()
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("round 0 epoch 0: 100%|##########| 3/3 [")

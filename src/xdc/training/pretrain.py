@@ -524,8 +524,11 @@ class Pretrainer:
         loader = make_loader(shard, self._batch_per_rank(), self.workers, pin_memory=pin)
         part = _ExtractionPart(clustered, self.feature_dims)
         desc = f"round {self.progress.round}: extract"
+        kept = -(-done // self._batch_per_rank())  # a resumed pass's bar counts the batches of its parts too
+        bar = progress_bar(Surviving(loader), desc=desc, unit="batch", show=self.ctx.main, leave=False, initial=kept,
+                           total=kept + len(loader))  # fmt: skip
         with self._cache_pass():
-            for batch in progress_bar(Surviving(loader), desc=desc, unit="batch", show=self.ctx.main, leave=False):
+            for batch in bar:
                 self.failures.update(batch)
                 part.positions += batch["size"]
                 if batch["index"].numel():
@@ -709,8 +712,9 @@ class Pretrainer:
         model = self.train_model
         model.train()
         desc = f"round {p.round} epoch {p.epoch}"
-        batches = Surviving(self._train_loader())
-        bar = progress_bar(batches, desc=desc, unit="batch", show=self.ctx.main, leave=False)
+        batches = Surviving(self._train_loader())  # from step p.step: a resumed epoch's bar counts those before it
+        bar = progress_bar(batches, desc=desc, unit="batch", show=self.ctx.main, leave=False, initial=p.step,
+                           total=p.step + len(batches))  # fmt: skip
         t, clips = time.perf_counter(), 0
         waited, since = 0.0, None  # the wait for the loader after the epoch's first batch, and since when
         for batch, wait in with_waits(bar):
