@@ -953,3 +953,17 @@ def test_the_bars_of_a_resumed_epoch_and_extraction_count_what_was_done_before(m
     trainer.progress.step = 1
     trainer._train_epoch()
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("round 0 epoch 0: 100%|##########| 3/3 [")
+
+
+def test_a_checkpoint_of_zeros_is_refused_without_advice_to_load_it_with_weights_only_off(tmp_path):
+    """A checkpoint whose bytes are zeros (as a crash can leave a file on some file systems) passes torch for a file
+    "saved in the legacy .tar format", and its message, on one line, advised weights_only=False, which runs a file's
+    code: the line says the first sentence alone (until 2026-12-01 all of it)."""
+    from xdc.training import checkpoint
+
+    zeros = tmp_path / "last.pt"
+    zeros.write_bytes(bytes(100_000))
+    with pytest.raises(UserError) as refused:
+        checkpoint.read(zeros, "a pretraining checkpoint", "remove the run")
+    assert str(refused.value) == f"cannot read {zeros} as a pretraining checkpoint: Cannot use ``weights_only=True`` " \
+        "with files saved in the legacy .tar format; remove the run"  # fmt: skip

@@ -53,8 +53,9 @@ def read(path: str | Path, what: str, then: str = "") -> dict:
 
 def _why_unreadable(error: Exception) -> str:
     """What torch's message says is wrong: the line after its "WeightsUnpickler error:" if any (the lines before
-    it advise weights_only=False, which would run a file's code), else its first line. Errors that torch's reader
-    does not word (a KeyError of a byte value, ...) come from a file that torch.save did not write."""
+    it advise weights_only=False, which would run a file's code), else its first line, less that advice where it
+    has it. Errors that torch's reader does not word (a KeyError of a byte value, ...) come from a file that
+    torch.save did not write."""
     if _cut_short(error):
         return f"cut short or damaged (torch's reader: {error.strerror})"
     text = str(error)
@@ -62,7 +63,10 @@ def _why_unreadable(error: Exception) -> str:
         text = text.split("WeightsUnpickler error:", 1)[1]
     elif not isinstance(error, (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError)):
         return f"not a file that torch.save writes ({type(error).__name__}: {text})"
-    return next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    line = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    # a file of zeros "saved in the legacy .tar format": the advice on one line with it goes too
+    head, advice, _ = line.partition(" In PyTorch 2.6, we changed")
+    return head.rstrip(".") if advice else line
 
 
 def _cut_short(error: Exception) -> bool:
