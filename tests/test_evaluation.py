@@ -216,6 +216,28 @@ def test_linear_probe_on_another_file_of_test_features(tmp_path, capsys):
                                        "they features of one dataset's labels?\n")  # fmt: skip
 
 
+def test_linear_probe_refuses_a_video_in_both_splits(tmp_path, capsys):
+    """A video listed in both splits of a table (or the features file given again as --test-features) was trained
+    and tested on, and scored as if unseen (until 2026-12-01); another file's group ids may name other videos."""
+    rng = np.random.default_rng(0)
+    labels = np.array(["a", "b"] * 10)
+    x = (rng.normal(size=(20, 4)) + 3.0 * (labels == "b")[:, None]).astype(np.float32)
+    groups = np.array([f"v{i}" for i in range(16)] + ["v0", "v1", "v16", "v17"])  # v0 and v1 also test videos
+    split = np.array(["train"] * 16 + ["test"] * 4)
+    feats = tmp_path / "f.npz"
+    np.savez(feats, features=x, label=labels, split=split, fold=np.zeros(20, np.int64), group=groups)
+    assert main(["eval", "linear", "--features", str(feats)]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: 2 videos (groups) of {feats}'s test split are in its train split "
+                                       "too, e.g. v0: they would be both trained and tested on\n")  # fmt: skip
+    np.savez(feats, features=x, label=labels, split=np.array([""] * 20), fold=np.zeros(20, np.int64),
+             group=np.array([f"v{i}" for i in range(20)]))  # fmt: skip
+    assert main(["eval", "linear", "--features", str(feats), "--test-features", str(feats)]) == 2
+    assert "20 videos (groups) of --test-features" in capsys.readouterr().err
+    other = tmp_path / "other.npz"  # its own v0..v19: other recordings
+    shutil.copy(feats, other)
+    assert main(["eval", "linear", "--features", str(feats), "--test-features", str(other)]) == 0
+
+
 def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column

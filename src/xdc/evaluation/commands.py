@@ -83,6 +83,15 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
         train_mask, test_mask = train["split"] == "train", train["split"] == "test"
         if not train_mask.any() or not test_mask.any():
             raise UserError(f"{features} has no train/test split: pass --test-features, or use `xdc eval kfold`")
+    # a video of one file both trained and tested on (listed in both splits, or --test-features naming the file
+    # itself) would score what the probe saw in training; two files' group ids (a CSV's own) may name other videos
+    same = test_features is None or os.path.samefile(features, test_features)
+    shared = np.intersect1d(train["group"][train_mask], test["group"][test_mask]) if same else []
+    if len(shared):
+        where = f"{features}'s test split are in its train split too" if test_features is None else \
+            f"--test-features {test_features} are training clips of {features} (the same file)"
+        raise UserError(f"{len(shared)} videos (groups) of {where}, e.g. {shared[0]}: they would be both trained and "
+                        "tested on")  # fmt: skip
     try:
         result = linear_probe(
             train["features"][train_mask], train["label"][train_mask], test["features"][test_mask],
