@@ -238,6 +238,39 @@ def test_linear_probe_refuses_a_video_in_both_splits(tmp_path, capsys):
     assert main(["eval", "linear", "--features", str(feats), "--test-features", str(other)]) == 0
 
 
+def test_probe_errors_name_the_features_file_the_fold_and_the_group(tmp_path, capsys):
+    """Until 2026-12-01 they named none of them: "a group spans several folds", "test features contain NaN or
+    infinity" for a clip of a fold, "the training set needs at least two classes" of no fold said."""
+    rng = np.random.default_rng(0)
+    labels = np.array(["a", "b"] * 10)
+    x = (rng.normal(size=(20, 4)) + 3.0 * (labels == "b")[:, None]).astype(np.float32)
+    folds, groups = np.arange(20) % 2 + 1, np.array([f"v{i}" for i in range(20)])
+    feats = tmp_path / "f.npz"
+
+    def error(command: str, **arrays) -> str:
+        columns = {"features": x, "label": labels, "split": np.array([""] * 20), "fold": folds, "group": groups}
+        np.savez(feats, **{**columns, **arrays})
+        assert main(["eval", command, "--features", str(feats)]) == 2
+        return capsys.readouterr().err
+
+    spanning = groups.copy()
+    spanning[3] = "v0"  # fold 2's clip, of fold 1's video v0
+    assert error("kfold", group=spanning) == (f"xdc: error: {feats}: group 'v0' spans folds 1 and 2: its clips "
+                                              "would be both trained and tested on\n")  # fmt: skip
+    broken = x.copy()
+    broken[[3, 5]] = np.nan
+    assert error("kfold", features=broken) == f"xdc: error: {feats}: the features of 2 clips contain NaN or infinity\n"
+    assert error("kfold", label=np.where(folds == 1, "a", "b")) == (f"xdc: error: {feats}: fold 1: the training set "
+                                                                    "needs at least two classes\n")  # fmt: skip
+    split = np.array(["train"] * 16 + ["test"] * 4)
+    assert error("linear", split=split, features=broken) == (f"xdc: error: {feats}: train features contain NaN or "
+                                                              "infinity\n")  # fmt: skip
+    mixed = groups.copy()
+    mixed[1] = "v0"  # labels a and b
+    assert error("linear", split=split, group=mixed) == (f"xdc: error: {feats}: clips of training group 'v0' have "
+                                                          "different labels\n")  # fmt: skip
+
+
 def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column

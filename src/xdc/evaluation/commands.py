@@ -99,7 +99,8 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
             train_groups=train["group"][train_mask], **PROBE,
         )  # fmt: skip
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{features}" + (f" (--test-features {test_features})" if test_features else "") + f": {e}") \
+            from None
     # absolute, as the run of eval clusters: export finds the features' summary from any folder
     record = {"command": "eval linear", "features": os.path.abspath(features),
               "test_features": os.path.abspath(test_features) if test_features else "",
@@ -117,7 +118,7 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
             data["features"], data["label"], data["fold"], groups=data["group"], classifier=classifier, **PROBE
         )
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{features}: {e}") from None
     rows = [{"fold": f, **r.to_dict()} for f, r in zip(result["folds"], result["results"])]
     summary = {k: result[k] for k in ("mean_top1", "std_top1", "mean_top5", "train_only")}
     if result["train_only"]:  # a table that numbers its folds from 0 would lose one: said, not only in the JSON

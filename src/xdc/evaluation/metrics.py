@@ -63,7 +63,7 @@ def average_by_group(
     group_labels = labels[first]
     conflict = labels != group_labels[index]
     if conflict.any():
-        raise ValueError(f"clips of group {groups[np.argmax(conflict)]!r} have different labels")
+        raise ValueError(f"clips of group {str(groups[np.argmax(conflict)])!r} have different labels")
     sums = np.zeros((len(first), scores.shape[1]))
     np.add.at(sums, index, scores)
     return sums / np.bincount(index)[:, None], group_labels, groups[first]

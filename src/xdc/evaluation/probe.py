@@ -54,8 +54,10 @@ def train_val_split(
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     index, first = group_index(groups if groups is not None else np.arange(len(labels)))
     unit_labels = labels[first]
-    if (labels != unit_labels[index]).any():
-        raise ValueError("clips of one training group have different labels")
+    conflict = labels != unit_labels[index]
+    if conflict.any():  # only where groups are given: an item alone has one label
+        name = str(np.asarray(groups)[np.argmax(conflict)])
+        raise ValueError(f"clips of training group {name!r} have different labels")
     rng = np.random.default_rng(seed)
     val_units = []
     for cls in np.unique(unit_labels):
@@ -144,26 +146,34 @@ def kfold_probe(
     if groups is not None:
         groups = np.asarray(groups)
         index, first = group_index(groups)
-        if (folds != folds[first][index]).any():
-            raise ValueError("a group spans several folds: its clips would be both trained and tested on")
+        spans = folds != folds[first][index]
+        if spans.any():
+            at = np.argmax(spans)
+            raise ValueError(f"group {str(groups[at])!r} spans folds {folds[first][index][at]} and {folds[at]}: its "
+                             "clips would be both trained and tested on")  # fmt: skip
     fold_ids = np.unique(folds[folds != 0])
     if len(fold_ids) < 2:
         raise ValueError("k-fold evaluation needs at least two folds (fold 0 is none)")
+    if x.ndim == 2 and not np.isfinite(x).all():  # named for the whole set, not as one fold's train or test features
+        raise ValueError(f"the features of {int((~np.isfinite(x)).any(axis=1).sum())} clips contain NaN or infinity")
     results = []
     for fold in fold_ids:
         test = folds == fold
         train = ~test  # linear_probe fits and validates on train only, so the test fold never reaches training
-        results.append(
-            linear_probe(
-                x[train],
-                y[train],
-                x[test],
-                y[test],
-                test_groups=None if groups is None else groups[test],
-                train_groups=None if groups is None else groups[train],
-                **probe_kwargs,
+        try:
+            results.append(
+                linear_probe(
+                    x[train],
+                    y[train],
+                    x[test],
+                    y[test],
+                    test_groups=None if groups is None else groups[test],
+                    train_groups=None if groups is None else groups[train],
+                    **probe_kwargs,
+                )
             )
-        )
+        except ValueError as e:  # which fold's training set has one class, or no class of two units
+            raise ValueError(f"fold {fold}: {e}") from None
     top1 = np.array([r.top1 for r in results])
     return {
         "folds": fold_ids.tolist(),
