@@ -271,6 +271,29 @@ def test_probe_errors_name_the_features_file_the_fold_and_the_group(tmp_path, ca
                                                           "different labels\n")  # fmt: skip
 
 
+def test_an_out_of_the_features_read_is_refused_without_telling_to_remove_it(tmp_path, capsys):
+    """--out naming --features itself, --test-features, or the summary beside --test-features said "give a new path
+    (or remove it)" until 2026-12-01: the features, or what xdc export reads of their source."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", features=rng.normal(size=(8, 4)).astype(np.float32),
+                 label=np.array(["x", "y"] * 4), split=np.array([""] * 8), fold=np.zeros(8, np.int64),
+                 group=np.array([f"{name}{i}" for i in range(8)]))  # fmt: skip
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    b.with_suffix(".json").write_text('{\n  "out": "b.npz"\n}')  # xdc extract's summary
+    for command, out in ((["kfold", "--features", str(a)], a), (["linear", "--features", str(a)], a),
+                         (["linear", "--features", str(a), "--test-features", str(b)], b)):  # fmt: skip
+        assert main(["eval", *command, "--out", str(out)]) == 2
+        assert capsys.readouterr().err == (f"xdc: error: --out {out} is the features file {out} that this command "
+                                           f"reads: give the result a .json path, e.g. {out.stem}-result.json\n")
+    summary = b.with_suffix(".json")
+    assert main(["eval", "linear", "--features", str(a), "--test-features", str(b), "--out", str(summary)]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: --out {summary} is the summary that xdc extract wrote beside "
+                                       f"{b}, which xdc export reads: give the result another name, e.g. "
+                                       "b-result.json\n")  # fmt: skip
+    assert a.stat().st_size > 0 and summary.read_text().startswith("{\n  \"out\"")
+
+
 def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column
@@ -387,8 +410,10 @@ def test_eval_out_replaces_only_an_earlier_result(run, tmp_path, capsys):
                         ["eval", "clusters", "--run", str(run_dir)], finetune):
             assert main([*command, "--out", str(out)]) == 2
             captured = capsys.readouterr()
-            assert captured.err == (f"xdc: error: --out {out} exists and is not a result of xdc eval: give a new "
-                                    "path (or remove it)\n") and captured.out == ""  # fmt: skip
+            why = ("exists and is not a result of xdc eval: give a new path (or remove it)" if out == notes
+                   or command[1] in ("clusters", "finetune") else f"is the features file {feats} that this command "
+                   "reads: give the result a .json path, e.g. f-result.json")  # fmt: skip
+            assert captured.err == f"xdc: error: --out {out} {why}\n" and captured.out == ""
             assert out.read_bytes() == before and not out.with_name(f"{out.stem}.finetune").exists()
     result = tmp_path / "r.json"
     result.write_text('{"command": "eval linear", "top1": 0.5}')  # compact, as another tool may save one

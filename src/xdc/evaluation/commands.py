@@ -68,7 +68,7 @@ def load_features(path: str | Path) -> dict[str, np.ndarray]:
 def eval_linear(features: Path, test_features: Path | None, classifier: str, out: Path | None) -> dict:
     """Train on the 'train' split and test on the 'test' split of ``features`` (or on all of
     ``test_features``); video-level accuracy averages the clips of each group."""
-    check_out(out, features)
+    check_out(out, features, test_features)
     train = load_features(features)
     if test_features is not None:  # e.g. GRID: train on one set of speakers, test on another
         test = load_features(test_features)
@@ -263,16 +263,20 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
     return _emit(record, rows, out)
 
 
-def check_out(out: Path | None, features: Path | None = None) -> None:
+def check_out(out: Path | None, *features: Path | None) -> None:
     """Before any work: an ``--out`` the result cannot be written to, named. An existing file is replaced only when
     it is an earlier result of ``xdc eval`` (a features file or a run's file given there by mistake is kept)."""
     if out is not None and out.is_dir():
         raise UserError(f"--out {out} is a folder; give the path of a .json file")
     if out is not None and out.exists() and not is_result(out):
-        if features is not None and out.resolve() == features.with_suffix(".json").resolve():
-            # the natural name next to X.npz; "remove it" would lose what xdc export reads of the features' source
-            raise UserError(f"--out {out} is the summary that xdc extract wrote beside {features}, which xdc "
-                            f"export reads: give the result another name, e.g. {out.stem}-result.json")  # fmt: skip
+        for given in filter(None, features):  # --features, and --test-features (until 2026-12-01 "remove it")
+            if out.resolve() == given.resolve():
+                raise UserError(f"--out {out} is the features file {given} that this command reads: give the result "
+                                f"a .json path, e.g. {out.stem}-result.json")  # fmt: skip
+            if out.resolve() == given.with_suffix(".json").resolve():
+                # the natural name next to X.npz; "remove it" would lose what xdc export reads of the features' source
+                raise UserError(f"--out {out} is the summary that xdc extract wrote beside {given}, which xdc "
+                                f"export reads: give the result another name, e.g. {out.stem}-result.json")  # fmt: skip
         raise UserError(f"--out {out} exists and is not a result of xdc eval: give a new path (or remove it)")
 
 
