@@ -371,6 +371,19 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
             assert err == f"xdc: error: {tmp_path / name} is not a features file of xdc extract {why}\n", err
 
 
+def test_features_of_text_or_complex_numbers_are_a_one_line_error(tmp_path, capsys):
+    """Text features stopped both probes with numpy's TypeError traceback from isfinite until 2026-12-01; complex
+    ones printed scikit-learn's error followed by the whole array."""
+    columns = {"label": np.array(["a", "b"] * 4), "split": np.array(["train"] * 6 + ["test"] * 2),
+               "fold": np.arange(8) % 2 + 1, "group": np.array([str(i) for i in range(8)])}  # fmt: skip
+    for name, x in (("text.npz", np.zeros((8, 2)).astype(str)), ("complex.npz", np.zeros((8, 2), complex))):
+        np.savez(tmp_path / name, features=x, **columns)
+        for protocol in ("linear", "kfold"):
+            assert main(["eval", protocol, "--features", str(tmp_path / name)]) == 2
+            assert capsys.readouterr().err == (f"xdc: error: {tmp_path / name} is not a features file of xdc extract "
+                                               f"(its features are of dtype {x.dtype}, not real numbers)\n")
+
+
 def test_a_features_file_cut_short_or_damaged_is_a_one_line_error(tmp_path, capsys):
     """A copy cut short, an empty file or damaged bytes: named with the reason, no traceback (until 2026-12-01:
     zipfile.BadZipFile, EOFError)."""

@@ -62,6 +62,8 @@ def load_features(path: str | Path) -> dict[str, np.ndarray]:
         shapes = ", ".join(f"{name} {arrays[name].shape}" for name in FEATURE_ARRAYS)
         raise UserError(f"{not_features} (it needs features of clips x width and one entry per clip in the others: "
                         f"{shapes})")  # fmt: skip
+    if arrays["features"].dtype.kind not in "biuf":  # text or complex numbers: no probe fits them
+        raise UserError(f"{not_features} (its features are of dtype {arrays['features'].dtype}, not real numbers)")
     return arrays
 
 
