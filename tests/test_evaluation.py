@@ -218,7 +218,7 @@ def test_linear_probe_on_another_file_of_test_features(tmp_path, capsys):
 
 def test_linear_probe_refuses_a_video_in_both_splits(tmp_path, capsys):
     """A video listed in both splits of a table (or the features file given again as --test-features) was trained
-    and tested on, and scored as if unseen (until 2026-12-01); another file's group ids may name other videos."""
+    and tested on, and scored as if unseen (until 2026-12-02); another file's group ids may name other videos."""
     rng = np.random.default_rng(0)
     labels = np.array(["a", "b"] * 10)
     x = (rng.normal(size=(20, 4)) + 3.0 * (labels == "b")[:, None]).astype(np.float32)
@@ -239,7 +239,7 @@ def test_linear_probe_refuses_a_video_in_both_splits(tmp_path, capsys):
 
 
 def test_probe_errors_name_the_features_file_the_fold_and_the_group(tmp_path, capsys):
-    """Until 2026-12-01 they named none of them: "a group spans several folds", "test features contain NaN or
+    """Until 2026-12-02 they named none of them: "a group spans several folds", "test features contain NaN or
     infinity" for a clip of a fold, "the training set needs at least two classes" of no fold said."""
     rng = np.random.default_rng(0)
     labels = np.array(["a", "b"] * 10)
@@ -273,7 +273,7 @@ def test_probe_errors_name_the_features_file_the_fold_and_the_group(tmp_path, ca
 
 def test_an_out_of_the_features_read_is_refused_without_telling_to_remove_it(tmp_path, capsys):
     """--out naming --features itself, --test-features, or the summary beside --test-features said "give a new path
-    (or remove it)" until 2026-12-01: the features, or what xdc export reads of their source."""
+    (or remove it)" until 2026-12-02: the features, or what xdc export reads of their source."""
     rng = np.random.default_rng(0)
     for name in ("a", "b"):
         np.savez(tmp_path / f"{name}.npz", features=rng.normal(size=(8, 4)).astype(np.float32),
@@ -372,7 +372,7 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
 
 
 def test_features_of_text_or_complex_numbers_are_a_one_line_error(tmp_path, capsys):
-    """Text features stopped both probes with numpy's TypeError traceback from isfinite until 2026-12-01; complex
+    """Text features stopped both probes with numpy's TypeError traceback from isfinite until 2026-12-02; complex
     ones printed scikit-learn's error followed by the whole array."""
     columns = {"label": np.array(["a", "b"] * 4), "split": np.array(["train"] * 6 + ["test"] * 2),
                "fold": np.arange(8) % 2 + 1, "group": np.array([str(i) for i in range(8)])}  # fmt: skip

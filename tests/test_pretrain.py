@@ -903,7 +903,7 @@ def test_advice_for_a_damaged_checkpoint_is_not_given_for_a_file_the_machine_can
 
 def test_a_checkpoint_cut_short_gets_the_advice_for_a_damaged_one(tmp_path):
     """torch's zip reader says only "[Errno 22] Invalid argument" (an OSError) for a checkpoint cut to its first
-    kilobytes: it is damaged, not unreadable by the machine, and gets what to do (until 2026-12-01 neither)."""
+    kilobytes: it is damaged, not unreadable by the machine, and gets what to do (until 2026-12-02 neither)."""
     from xdc.training import checkpoint
 
     cut = tmp_path / "last.pt"
@@ -918,7 +918,7 @@ def test_a_checkpoint_cut_short_gets_the_advice_for_a_damaged_one(tmp_path):
 @pytest.mark.parametrize("edit", ["model.video_width=16", "train.k=5"])
 def test_a_resume_whose_config_yaml_no_longer_fits_its_checkpoint_says_so_in_one_line(manifest, tmp_path, edit):
     """config.yaml edited between a kill and the resume (another encoder width; another k, which the heads have):
-    one line that names both files, not torch's list of every mismatched tensor (until 2026-12-01)."""
+    one line that names both files, not torch's list of every mismatched tensor (until 2026-12-02)."""
     trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
     trainer.progress.labels = {s: np.arange(len(trainer.videos)) % 4 for s in ("audio", "video")}
     trainer._new_heads()
@@ -936,7 +936,7 @@ def test_a_resume_whose_config_yaml_no_longer_fits_its_checkpoint_says_so_in_one
 def test_the_bars_of_a_resumed_epoch_and_extraction_count_what_was_done_before(manifest, tmp_path, monkeypatch,
                                                                                capsys):  # fmt: skip
     """Resumed after 1 of an epoch's 3 batches, its bar ends at 3/3, not 2/2; an extraction resumed after 2 kept
-    parts (a part per batch here) likewise (until 2026-12-01 they counted from 0 what was left)."""
+    parts (a part per batch here) likewise (until 2026-12-02 they counted from 0 what was left)."""
     from xdc import progress
     from xdc.training import pretrain as module
 
@@ -958,7 +958,7 @@ def test_the_bars_of_a_resumed_epoch_and_extraction_count_what_was_done_before(m
 def test_a_checkpoint_of_zeros_is_refused_without_advice_to_load_it_with_weights_only_off(tmp_path):
     """A checkpoint whose bytes are zeros (as a crash can leave a file on some file systems) passes torch for a file
     "saved in the legacy .tar format", and its message, on one line, advised weights_only=False, which runs a file's
-    code: the line says the first sentence alone (until 2026-12-01 all of it)."""
+    code: the line says the first sentence alone (until 2026-12-02 all of it)."""
     from xdc.training import checkpoint
 
     zeros = tmp_path / "last.pt"

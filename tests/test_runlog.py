@@ -78,7 +78,7 @@ def test_a_resume_rewrites_tensorboard_with_what_a_kill_left_unwritten(tmp_path)
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (Linux's device that is always full)")
 def test_a_full_disk_under_either_log_is_one_line_that_names_it(tmp_path, capsys):
     """TensorBoard's events and log.jsonl written onto a full disk (/dev/full): a WriteError that names the file, not
-    an OSError that names none and, from TensorBoard's writer thread, a traceback first (until 2026-12-01)."""
+    an OSError that names none and, from TensorBoard's writer thread, a traceback first (until 2026-12-02)."""
     log = RunLog(tmp_path)
     log.write("start", 0)
     log.tb.flush()

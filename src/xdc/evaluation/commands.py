@@ -271,7 +271,7 @@ def check_out(out: Path | None, *features: Path | None) -> None:
     if out is not None and out.is_dir():
         raise UserError(f"--out {out} is a folder; give the path of a .json file")
     if out is not None and out.exists() and not is_result(out):
-        for given in filter(None, features):  # --features, and --test-features (until 2026-12-01 "remove it")
+        for given in filter(None, features):  # --features, and --test-features (until 2026-12-02 "remove it")
             if out.resolve() == given.resolve():
                 raise UserError(f"--out {out} is the features file {given} that this command reads: give the result "
                                 f"a .json path, e.g. {out.stem}-result.json")  # fmt: skip

@@ -96,7 +96,7 @@ class RunLog:
 @contextmanager
 def _writing(path: Path):
     """A failure of the machine (a full disk) while writing the log at ``path``: one line that names it, as for
-    every file xdc writes (``xdc.atomic``), not an OSError that names none (until 2026-12-01)."""
+    every file xdc writes (``xdc.atomic``), not an OSError that names none (until 2026-12-02)."""
     try:
         yield
     except OSError as e:
@@ -108,7 +108,7 @@ _excepthook = threading.excepthook
 
 def _quiet_tensorboard_thread(args) -> None:
     """TensorBoard's writer thread keeps the OSError that stopped it (a full disk) and raises it at the run's next
-    scalar, which ``_writing`` says in one line: not printed as a traceback of the thread first (until 2026-12-01)."""
+    scalar, which ``_writing`` says in one line: not printed as a traceback of the thread first (until 2026-12-02)."""
     if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
         return
     _excepthook(args)
