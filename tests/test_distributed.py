@@ -373,3 +373,101 @@ def test_each_rank_goes_on_past_a_file_that_kills_its_loader_worker(tmp_path):
     assert len(skipped) == 2 and skipped[1].startswith(victim) and "killed by SIGSEGV" in skipped[1]
     ranks = load(tmp_path / "run" / "checkpoints" / "last.pt")["ranks"]
     assert {path for r in ranks for path in r["crashed"]} == {victim}
+
+
+def _many_videos(root: Path, videos: int, junk: list[int]) -> tuple[Path, list[str]]:
+    """A manifest of ``videos`` rows, copies of 4 synthetic files (no encoding per row), the rows ``junk`` files that
+    fail to load (written after indexing, as a file damaged since); and the junk files' paths."""
+    manifest = synthetic_manifest(root, 4, 4, seed=0)
+    header, *rows = manifest.read_text().splitlines()
+    columns = header.split(",")
+    lines, broken = [header], []
+    for i in range(videos):
+        row = dict(zip(columns, rows[i % len(rows)].split(",")))
+        path = root / "copies" / f"{i:04d}.mp4"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"junk" * 1000 if i in junk else Path(row["path"]).read_bytes())
+        broken += [str(path)] if i in junk else []
+        lines.append(",".join({**row, "path": str(path)}[c] for c in columns))
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, broken
+
+
+def _failure_stop_worker(rank: int, world: int, port: int, manifest: Path, root: Path, out: dict) -> None:
+    from xdc.data.failures import TooManyFailures
+    from xdc.training.pretrain import pretrain
+
+    torch.set_num_threads(1)  # a core each (the tests' machine has 2)
+    ctx = _join(rank, world, port)
+    cfg = load_config(None, ["train.k=4", "train.batch_size=8", "train.rounds=1", "train.epochs=1", "data.workers=0",
+                             "data.retries=0", "train.epoch_size=8"], preset="tiny")  # fmt: skip
+    result = {}
+    try:
+        pretrain(cfg, manifest, root / "run", resume=False, ctx=ctx)
+    except TooManyFailures as e:
+        result["stop"] = str(e)
+        result["stopped_skipped"] = (root / "run" / "skipped.csv").read_text() if rank == 0 else None
+    pretrain(cfg, manifest, root / "run", resume=True, ctx=ctx, settings={"data.max_fail_fraction": 0.5})
+    result["finished"] = True
+    out[rank] = result
+    dist.destroy_process_group()
+
+
+def test_a_stop_for_failures_on_another_rank_lists_them_all_with_one_message_on_every_rank(tmp_path):
+    """Every failed file falls in rank 1's half of the extraction (odd rows). Before, rank 1 crossed
+    data.max_fail_fraction on its own counts and stopped alone, with no skipped.csv, while rank 0 waited in the
+    next collective (torchrun then killed it); rank 0, stopping, listed only its own files. Now the ranks judge
+    their counts together and stop at the same batch with one message, and rank 0 lists every rank's files; a resume
+    with a higher fraction goes on and lists them again."""
+    junk = list(range(1, 24, 2))  # rank 1's first 12 videos (112 rows: 14 batches of 4 per rank)
+    manifest, broken = _many_videos(tmp_path, 112, junk)
+    results = run_two_ranks(_failure_stop_worker, manifest, tmp_path)
+    listed = tmp_path / "run" / "skipped.csv"
+    stop = results[0]["stop"]
+    assert results[1]["stop"] == stop  # one message, from both ranks
+    # judged every 10 batches of a pass: 80 clips of both ranks (50 are needed before any judgement)
+    assert stop.startswith(f"12 of 80 clips failed to load (15.0%, more than data.max_fail_fraction=0.05); last: "
+                           f"{broken[-1]}: ")  # fmt: skip
+    assert stop.endswith(f"; the 12 file(s) that failed are listed in {listed}: to go on without them, --resume "
+                         "--set data.max_fail_fraction=HIGHER")  # fmt: skip
+    rows = results[0]["stopped_skipped"].splitlines()
+    assert rows[0] == "path,failures,reason" and sorted(r.split(",")[0] for r in rows[1:]) == broken
+    assert results[0]["finished"] and results[1]["finished"]
+    assert sorted(r.split(",")[0] for r in listed.read_text().splitlines()[1:]) == broken
+
+
+def _judge_worker(rank: int, world: int, port: int, out: dict) -> None:
+    from types import SimpleNamespace
+
+    from xdc.data.failures import FailureLog, TooManyFailures
+    from xdc.training.pretrain import FAILURE_CHECK_BATCHES, Pretrainer
+
+    ctx = _join(rank, world, port)
+    result = []
+    # batches of 4 clips in a pass: rank 0's 25 (judged at batches 10 and 20, and at its end), rank 1's 3 (at its end
+    # only). Failed clips: none, then one in 20 of rank 0's (5%: not more than data.max_fail_fraction alone) and one
+    # of rank 1's 12: too many together (3 of 52 at rank 0's batch 10)
+    for failing in (False, True):
+        me = SimpleNamespace(ctx=ctx, failures=FailureLog(0.05, alone=False))
+        batches = [25, 3][rank]
+        try:
+            for number in range(1, batches + 1):
+                me.failures.items += 4
+                me.failures.failed = (me.failures.items // 20 if rank == 0 else 1) if failing else 0
+                if number % FAILURE_CHECK_BATCHES == 0:
+                    Pretrainer._judge_failures(me, going=True)
+            number = "end"
+            Pretrainer._judge_failures(me, going=False)
+            result.append("done")
+        except TooManyFailures as e:
+            result.append((number, str(e)))
+    out[rank] = result
+    dist.destroy_process_group()
+
+
+def test_ranks_with_passes_of_unequal_length_judge_their_failures_together():
+    """An extraction's shards can differ in batches (after a resume from its parts, by many): a rank whose pass
+    ended takes part in the others' judgements until all have ended, and all stop at the same one."""
+    results = run_two_ranks(_judge_worker)
+    assert results[0] == ["done", (10, "3 of 52 clips failed to load")]
+    assert results[1] == ["done", ("end", "3 of 52 clips failed to load")]

@@ -23,9 +23,11 @@ class FailureLog:
     """Failed items counted per file: its memory grows with the files that fail, not with the epochs that meet
     them again."""
 
-    def __init__(self, max_fraction: float, min_items: int = 50):
+    def __init__(self, max_fraction: float, min_items: int = 50, alone: bool = True):
         self.max_fraction = max_fraction
         self.min_items = min_items  # a few early failures must not stop a run before the fraction means anything
+        # False: one rank's log of a run under DDP, whose ranks judge their counts together (too_many); it only counts
+        self.alone = alone
         self.items = 0
         self.failed = 0  # failed items
         self.files: dict[str, list] = {}  # path -> [failed items, last reason]
@@ -36,17 +38,22 @@ class FailureLog:
         return [(path, reason) for path, (_, reason) in self.files.items()]
 
     def update(self, batch: dict) -> None:
-        """Count a collated batch (see ``collate_clips``) and stop the run when too many items failed."""
+        """Count a collated batch (see ``collate_clips``) and, alone, stop the run when too many items failed."""
         self.items += batch["size"]
         for f in batch["failures"]:
             self._add(f["path"], 1, f["reason"])
-        fraction = self.failed / max(1, self.items)
-        if self.items >= self.min_items and fraction > self.max_fraction:
-            path, reason = self.failures[-1]
-            raise TooManyFailures(
-                f"{self.failed} of {self.items} clips failed to load ({fraction:.1%}, more than "
-                f"data.max_fail_fraction={self.max_fraction}); last: {path}: {reason}"
-            )
+        if self.alone and self.too_many(self.items, self.failed):
+            raise TooManyFailures(self.summary())
+
+    def too_many(self, items: int, failed: int) -> bool:
+        """Whether ``failed`` of ``items`` (this log's, or all ranks' together) are too many to go on."""
+        return items >= self.min_items and failed / max(1, items) > self.max_fraction
+
+    def summary(self) -> str:
+        """The stop's line: counts, fraction, the last file to fail and why."""
+        path, reason = self.failures[-1]
+        return (f"{self.failed} of {self.items} clips failed to load ({self.failed / max(1, self.items):.1%}, more "
+                f"than data.max_fail_fraction={self.max_fraction}); last: {path}: {reason}")  # fmt: skip
 
     def _add(self, path: str, count: int, reason: str) -> None:
         self.failed += count
