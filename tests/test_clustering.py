@@ -60,6 +60,18 @@ def test_pca_of_rank_deficient_features_stays_finite():
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
+def test_pca_of_features_far_from_the_origin_is_that_of_centred_ones():
+    """A fresh or collapsing encoder's ReLU features: a mean far above their spread. Until 2026-12-02 faiss formed
+    their covariance as x'x - n mean mean' in float32, which cancelled: noise eigenvalues, the negative ones
+    whitened into NaN (and k-means crashed on them)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 32)) * np.geomspace(1, 1e-2, 32)  # a decaying spectrum, as encoders give
+    out = preprocess_features((x + 30).astype(np.float32), dim=32)
+    assert np.isfinite(out).all()
+    centred = preprocess_features((x - x.mean(0)).astype(np.float32), dim=32)
+    np.testing.assert_allclose(out @ out.T, centred @ centred.T, atol=1e-3)  # the same up to a rotation
+
+
 @pytest.mark.parametrize("shape", [(500, 100), (200, 300), (256, 300), (256, 256)])
 def test_pca_skipped_with_fewer_dims_than_dim_or_no_more_samples(shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

@@ -24,6 +24,10 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
     n, d = x.shape
     if d >= dim and n > dim:
+        # centred first: faiss forms the covariance as x'x - n mean mean' in float32, which cancels when the mean
+        # dwarfs the spread (a fresh or collapsing encoder's ReLU features): eigenvalues of rounding noise, and
+        # the negative ones whitened into NaN, so that k-means crashed (until 2026-12-02)
+        x = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
         pca = faiss.PCAMatrix(d, dim, -0.5 if whiten else 0.0)
         # on every row: faiss fits on a sample of 1,000 rows per dimension by default (512k of 1M 512-d features),
         # where the sharded PCA takes them all, so the two gave other labels past that (until 2026-12-01). At 1M
@@ -32,8 +36,10 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
         pca.train(x)
         if whiten:
             # faiss scales by (eigenvalue + epsilon) ** -0.5: regularise relative to the top eigenvalue, rebuild
-            top = float(faiss.vector_to_array(pca.eigenvalues).max())
+            values = faiss.vector_to_array(pca.eigenvalues)
+            top = float(values.max())
             pca.epsilon = eps * top if top > 0 else 1.0  # constant features: every component is zero anyway
+            faiss.copy_array_to_vector(np.maximum(values, 0), pca.eigenvalues)  # float noise below 0: none there
             pca.prepare_Ab()
         x = pca.apply(x)
     else:
