@@ -72,6 +72,19 @@ def test_pca_of_features_far_from_the_origin_is_that_of_centred_ones():
     np.testing.assert_allclose(out @ out.T, centred @ centred.T, atol=1e-3)  # the same up to a rotation
 
 
+@pytest.mark.parametrize("dim", [16, 64])  # PCA, and none (more dimensions asked than there are)
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+def test_features_of_extreme_magnitude_are_those_of_unit_ones(dim, scale):
+    """A diverging encoder's features (1e20, finite): until 2026-12-02 faiss's float32 squares overflowed, into
+    NaN after PCA (k-means crashed) and rows of zeros without; tiny ones underflowed into noise."""
+    from xdc.clustering.sharded import sharded_preprocess_features
+
+    x = np.random.default_rng(0).standard_normal((300, 32)).astype(np.float32)
+    for preprocess in preprocess_features, sharded_preprocess_features:
+        out = preprocess(x * np.float32(scale), dim=dim)
+        np.testing.assert_allclose(out @ out.T, preprocess(x, dim=dim) @ preprocess(x, dim=dim).T, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape", [(500, 100), (200, 300), (256, 300), (256, 256)])
 def test_pca_skipped_with_fewer_dims_than_dim_or_no_more_samples(shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

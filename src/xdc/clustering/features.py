@@ -27,7 +27,7 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
         # centred first: faiss forms the covariance as x'x - n mean mean' in float32, which cancels when the mean
         # dwarfs the spread (a fresh or collapsing encoder's ReLU features): eigenvalues of rounding noise, and
         # the negative ones whitened into NaN, so that k-means crashed (until 2026-12-02)
-        x = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
+        x = scale_to_one(x - x.mean(axis=0, dtype=np.float64).astype(np.float32))
         pca = faiss.PCAMatrix(d, dim, -0.5 if whiten else 0.0)
         # on every row: faiss fits on a sample of 1,000 rows per dimension by default (512k of 1M 512-d features),
         # where the sharded PCA takes them all, so the two gave other labels past that (until 2026-12-01). At 1M
@@ -43,6 +43,20 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
             pca.prepare_Ab()
         x = pca.apply(x)
     else:
-        x = x.copy()  # normalised in place below: never the caller's array
+        x = scale_to_one(x.copy())  # normalised in place below: never the caller's array
     faiss.normalize_L2(x)  # in place, without an N x dim temporary; all-zero rows stay zero
+    return x
+
+
+def scale_to_one(x: np.ndarray) -> np.ndarray:
+    """``x`` (float32) scaled in place by the power of two that brings its largest magnitude into [0.5, 1).
+
+    Exact (no rounding) unless values become subnormal, and PCA-whitening and normalisation ignore the scale; but
+    faiss squares float32 values in its covariance and in normalize_L2, which overflowed past about 1e18 (a
+    diverging encoder's features: NaN, then a faiss traceback in k-means, or rows of zeros) and underflowed below
+    about 1e-20, until 2026-12-02.
+    """
+    top = max(float(x.max()), -float(x.min())) if x.size else 0.0
+    if top > 0:
+        np.ldexp(x, -np.frexp(top)[1], out=x)
     return x

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from scipy.sparse import csr_matrix
 
+from xdc.clustering.features import scale_to_one
 from xdc.clustering.kmeans import LABEL_DTYPE, KMeansResult, check_k, flat_index, init_keys, smallest_keys
 
 _CHUNK = 16384  # rows per block: bounds the temporaries to ~CHUNK x max(D, k) x 8 bytes
@@ -62,7 +63,7 @@ def sharded_preprocess_features(
     if x.shape[1] >= dim and n > dim:
         out = _apply(x, _projection(x, n, dim, whiten, eps, device, ranks), device)
     else:
-        out = x.copy()
+        out = scale_to_one(x.copy())  # each rank its own scale: rows are normalised one by one
     faiss.normalize_L2(out)  # in place, as preprocess_features
     return out
 
