@@ -437,10 +437,8 @@ def test_a_stop_for_failures_on_another_rank_lists_them_all_with_one_message_on_
 
 
 def _judge_worker(rank: int, world: int, port: int, out: dict) -> None:
-    from types import SimpleNamespace
-
     from xdc.data.failures import FailureLog, TooManyFailures
-    from xdc.training.pretrain import FAILURE_CHECK_BATCHES, Pretrainer
+    from xdc.training.distributed import FAILURE_CHECK_BATCHES, judge_failures
 
     ctx = _join(rank, world, port)
     result = []
@@ -448,16 +446,16 @@ def _judge_worker(rank: int, world: int, port: int, out: dict) -> None:
     # only). Failed clips: none, then one in 20 of rank 0's (5%: not more than data.max_fail_fraction alone) and one
     # of rank 1's 12: too many together (3 of 52 at rank 0's batch 10)
     for failing in (False, True):
-        me = SimpleNamespace(ctx=ctx, failures=FailureLog(0.05, alone=False))
+        failures = FailureLog(0.05, alone=False)
         batches = [25, 3][rank]
         try:
             for number in range(1, batches + 1):
-                me.failures.items += 4
-                me.failures.failed = (me.failures.items // 20 if rank == 0 else 1) if failing else 0
+                failures.items += 4
+                failures.failed = (failures.items // 20 if rank == 0 else 1) if failing else 0
                 if number % FAILURE_CHECK_BATCHES == 0:
-                    Pretrainer._judge_failures(me, going=True)
+                    judge_failures(failures, ctx)
             number = "end"
-            Pretrainer._judge_failures(me, going=False)
+            judge_failures(failures, ctx, going=False)
             result.append("done")
         except TooManyFailures as e:
             result.append((number, str(e)))

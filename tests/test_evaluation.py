@@ -760,6 +760,43 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode):
     assert sorted(p.name for p in (tmp_path / "ddp.finetune").iterdir()) == ["log.jsonl", "probe", "tb"]
 
 
+def test_finetuning_on_two_ranks_judges_their_failed_clips_together(run, tmp_path):
+    """Two of the 16 training files fail to read after their probe: 2 failed clips of 16 an epoch, 8 of each rank's.
+    Judged on every rank's counts together, the 50 clips needed before a judgement are there after 4 epochs (64
+    clips, 8 failed: more than data.max_fail_fraction=0.05) and both ranks stop there with one line. Until
+    2026-12-02 each rank judged its own 48 clips of 6 epochs, never enough to judge, and the run went on to the end
+    (and where one rank crossed the fraction alone, it stopped alone while the other waited in the next step)."""
+    root, run_dir = run
+    items = items_of(root)
+    train = split_items(items, "train")
+    broken = sorted(item.path for item in train[:2])
+    copies = []
+    for item in items:  # copies: the run fixture's files stay whole for the other tests
+        copy = tmp_path / "media" / Path(item.path).name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy2(item.path, copy)
+        copies.append(Item(str(copy), item.label, item.split, item.fold))
+    items_to_manifest(split_items(copies, "train"), tmp_path / "ddp.finetune" / "probe" / "train.probe.csv", "audio")
+    for path in broken:
+        copy = tmp_path / "media" / Path(path).name
+        kept = copy.stat()
+        with open(copy, "r+b") as f:
+            f.write(bytes(4096))  # header gone: every read fails; size and time kept, so the probe stands
+        os.utime(copy, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    table = tmp_path / "table.csv"
+    write_table(copies, table)
+    ddp = tmp_path / "ddp.json"
+    job = [*torchrun_command(2), "-m", "--", "xdc.cli", *_finetune_cli(run_dir, table, ddp, "fc")]
+    done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode != 0 and not ddp.exists(), done.stderr[-3000:]
+    stops = [line for line in done.stderr.splitlines() if line.startswith("xdc: error: ")]
+    assert len(stops) == 2 and stops[0] == stops[1], done.stderr[-3000:]  # every rank, the same line
+    assert stops[0].startswith("xdc: error: 8 of 64 clips failed to load (12.5%, more than data.max_fail_fraction=0.05)"
+                               "; last: ")  # fmt: skip
+    assert any(stops[0].startswith(f"xdc: error: 8 of 64 clips failed to load (12.5%, more than data.max_fail_fraction="
+                                   f"0.05); last: {tmp_path / 'media' / Path(path).name}: ") for path in broken)
+
+
 def test_finetuning_batches_must_share_out_evenly_over_the_ranks(run, tmp_path):
     from xdc.config import FinetuneConfig
     from xdc.evaluation.finetune import finetune

@@ -31,7 +31,7 @@ from torch.utils.data import Subset
 from xdc.clustering.sampler import shuffled_draws
 from xdc.config import FinetuneConfig, config_to_dict
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
-from xdc.data.failures import FailureLog
+from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, split_items
@@ -42,7 +42,14 @@ from xdc.evaluation.resume import SavedProgress, identity
 from xdc.evaluation.sources import load_source
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
-from xdc.training.distributed import Dist, broadcast_buffers, gather_objects
+from xdc.training.distributed import (
+    FAILURE_CHECK_BATCHES,
+    Dist,
+    broadcast_buffers,
+    failures_line,
+    gather_objects,
+    judge_failures,
+)
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
@@ -116,7 +123,7 @@ def finetune(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if cfg.schedule == "cosine" else (lambda s: 1.0)
     )  # fmt: skip
-    failures = FailureLog(data_cfg.max_fail_fraction)
+    failures = FailureLog(data_cfg.max_fail_fraction, alone=not ctx.enabled)  # under torchrun: judge_failures
     loader = make_loader(train_set, per_rank, workers, sampler=sampler, pin_memory=place.pin_memory)
     empty = torch.zeros(0, *train_set.shapes()[modality], device=place.device)  # see _train_step
     done, losses = 0, []  # batches taken; the loss of each
@@ -178,33 +185,39 @@ def finetune(
     def epoch_loss(epoch: int) -> float | None:
         return _mean(losses[epoch * per_epoch : (epoch + 1) * per_epoch])
 
-    for epoch in range(done // per_epoch, cfg.epochs):
-        model.train()
-        if mode == "fc":
-            encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
-        sampler.set_epoch(epoch)
-        sampler.set_start((done - epoch * per_epoch) * per_rank)
-        desc = f"{name} epoch {epoch + 1}/{cfg.epochs}"
-        left = per_epoch - (done - epoch * per_epoch)
-        batches = itertools.islice(itertools.chain(Surviving(loader), itertools.repeat(None)), left)
-        bar = progress_bar(batches, desc=desc, total=left, unit="batch", leave=False, show=ctx.main)
-        for batch in bar:
-            done += 1
-            if batch is not None:
-                failures.update(batch)
-            had = batch is not None and bool(batch["index"].numel())
-            # a step for every batch, even one whose clips all failed (its gradient 0: momentum and weight decay
-            # go on), so that one process and any number of ranks step alike, and the schedule with them
-            lr = schedule.get_last_lr()[0]
-            share = _train_step(net, encoder, mode, place, batch if had else None, optimizer, empty, ctx)
-            pending.append((done, lr, share, had))
-            schedule.step()
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done % per_epoch:
-                keep()
-        keep()
-        if ctx.main:  # a line per epoch that stays (the batch bar goes)
-            mean = epoch_loss(epoch)
-            print(f"{desc}: loss " + (f"{mean:.4f}" if mean is not None else "- (every clip failed)"))
+    try:
+        for epoch in range(done // per_epoch, cfg.epochs):
+            model.train()
+            if mode == "fc":
+                encoder.eval()  # a frozen encoder keeps its BatchNorm statistics too
+            sampler.set_epoch(epoch)
+            sampler.set_start((done - epoch * per_epoch) * per_rank)
+            desc = f"{name} epoch {epoch + 1}/{cfg.epochs}"
+            left = per_epoch - (done - epoch * per_epoch)
+            batches = itertools.islice(itertools.chain(Surviving(loader), itertools.repeat(None)), left)
+            bar = progress_bar(batches, desc=desc, total=left, unit="batch", leave=False, show=ctx.main)
+            for batch in bar:
+                done += 1
+                if batch is not None:
+                    failures.update(batch)
+                if done % FAILURE_CHECK_BATCHES == 0:  # every rank takes the same batches
+                    judge_failures(failures, ctx)
+                had = batch is not None and bool(batch["index"].numel())
+                # a step for every batch, even one whose clips all failed (its gradient 0: momentum and weight decay
+                # go on), so that one process and any number of ranks step alike, and the schedule with them
+                lr = schedule.get_last_lr()[0]
+                share = _train_step(net, encoder, mode, place, batch if had else None, optimizer, empty, ctx)
+                pending.append((done, lr, share, had))
+                schedule.step()
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done % per_epoch:
+                    keep()
+            judge_failures(failures, ctx, going=False)
+            keep()
+            if ctx.main:  # a line per epoch that stays (the batch bar goes)
+                mean = epoch_loss(epoch)
+                print(f"{desc}: loss " + (f"{mean:.4f}" if mean is not None else "- (every clip failed)"))
+    except TooManyFailures:  # under torchrun raised on every rank at once (judge_failures): one line for all
+        raise TooManyFailures(failures_line(failures, ctx)) from None
     del loader  # its persistent workers stop before the test's start
 
     tested = _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers, ctx)

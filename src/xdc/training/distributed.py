@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from xdc.clustering.kmeans import LABEL_DTYPE
+from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.errors import UserError
 
 GATHER_STEP_BYTES = 256 * 2**20  # features that rank 0 receives at once (gather_rows)
@@ -175,6 +176,44 @@ def broadcast_object(obj: T | None, ctx: Dist) -> T:
     box = [obj if ctx.main else None]
     dist.broadcast_object_list(box, src=0, group=ctx.waiting)
     return box[0]
+
+
+# Under DDP the ranks judge their failed clips together every so many batches of a pass (judge_failures): a run
+# with too many stops within that many batches of the point where one process alone would, every rank at once.
+FAILURE_CHECK_BATCHES = 10
+
+
+def judge_failures(failures: FailureLog, ctx: Dist, going: bool = True) -> None:
+    """Under DDP, judge the failed clips of all ranks together (each rank's ``failures`` only counts: not alone),
+    every FAILURE_CHECK_BATCHES batches of a pass (``going``) and at its end, and stop every rank at the same point
+    when too many failed (TooManyFailures; the caller words the stop, see failures_line). One all-reduce of three
+    numbers in the ranks' gloo group, on the host: no wait for the device. A collective: a rank whose pass has
+    ended (not ``going``) takes part in the others' judgements until every rank's has (an extraction's shards can
+    differ in batches, also after a resume from its parts). A process alone judges its own counts at every batch
+    (FailureLog.update)."""
+    if not ctx.enabled:
+        return
+    while True:
+        counts = torch.tensor([failures.items, failures.failed, int(going)], dtype=torch.int64)
+        dist.all_reduce(counts, group=ctx.waiting)
+        items, failed, passes = counts.tolist()
+        if failures.too_many(items, failed):
+            raise TooManyFailures(f"{failed} of {items} clips failed to load")
+        if going or not passes:
+            return
+
+
+def failures_line(failures: FailureLog, ctx: Dist, listing: Callable[[FailureLog], str] | None = None) -> str:
+    """The line that stops a run whose clips failed too often, the same on every rank: every rank's ``failures``
+    summed up on rank 0, with what ``listing`` adds there (it may write them down). A collective."""
+    ranks = gather_objects(failures.state(), ctx)
+
+    def line() -> str:
+        every = FailureLog(failures.max_fraction)
+        every.merge(ranks)
+        return every.summary() + (listing(every) if listing is not None else "")
+
+    return broadcast_object(on_main(line, ctx), ctx)
 
 
 def barrier(ctx: Dist) -> None:

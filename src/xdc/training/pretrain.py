@@ -77,13 +77,15 @@ from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.checkpoint import KeptParts, save_npz
 from xdc.training.distributed import (
+    FAILURE_CHECK_BATCHES,
     Dist,
     barrier,
     broadcast_buffers,
-    broadcast_object,
     broadcast_labels,
+    failures_line,
     gather_objects,
     gather_rows,
+    judge_failures,
     on_main,
 )
 from xdc.training.runlog import RunLog
@@ -95,9 +97,6 @@ from xdc.training.to_host import ToHost
 # until 2026-12-01 took a hand edit of config.yaml. Every other setting is the run's.
 RESUME_SETTINGS = ("data.workers", "data.max_fail_fraction", "data.read_timeout_s", "train.checkpoint_every",
                    "train.log_every")  # fmt: skip
-# Under DDP the ranks judge their failed clips together every so many batches of a pass (_judge_failures): a run
-# with too many stops within that many batches of the point where one process alone would, every rank at once.
-FAILURE_CHECK_BATCHES = 10
 PROGRESS_SAVED = ("round", "epoch", "step", "global_step", "best_holdout", "bad_epochs", "times")  # in checkpoints
 
 
@@ -249,7 +248,7 @@ class Pretrainer:
         # torch.compile's backend with train.compile; the tests pick "eager" (graph capture without code generation,
         # which takes about a minute per model on a 2-core CPU).
         self.compile_backend = "inductor"
-        self.failures = FailureLog(cfg.data.max_fail_fraction, alone=not ctx.enabled)  # under DDP: _judge_failures
+        self.failures = FailureLog(cfg.data.max_fail_fraction, alone=not ctx.enabled)  # under DDP: judge_failures
         self.noted_data_wait = False  # _note_data_wait says it once per run
         self.kept_clips = 0  # of the last extraction, read back from train.extract_cache
         self.log = RunLog(out, enabled=ctx.main)
@@ -425,42 +424,21 @@ class Pretrainer:
             self._save()
         try:
             self._rounds(rounds)
-        except TooManyFailures:  # raised on every rank at once (_judge_failures): each takes part in the listing
+        except TooManyFailures:  # raised on every rank at once (judge_failures): each takes part in the listing
             raise self._listed_failures() from None
         self._finish()
 
     def _listed_failures(self) -> TooManyFailures:
         """The stop of a run whose clips failed too often: every rank's failed files listed in skipped.csv (by rank 0,
         as at the run's end), and the line that says so, the same on every rank. A collective."""
-        ranks = gather_objects(self.failures.state(), self.ctx)
 
-        def listing() -> str:
-            failures = FailureLog(self.cfg.data.max_fail_fraction)
-            failures.merge(ranks)
+        def listing(failures: FailureLog) -> str:
             listed = self.out / "skipped.csv"  # the line names one file: the rest, to mend or remove, are here
             failures.save(listed)
-            return (f"{failures.summary()}; the {len(failures.files)} file(s) that failed are listed in {listed}: "
-                    "to go on without them, --resume --set data.max_fail_fraction=HIGHER")  # fmt: skip
+            return (f"; the {len(failures.files)} file(s) that failed are listed in {listed}: to go on without them, "
+                    "--resume --set data.max_fail_fraction=HIGHER")  # fmt: skip
 
-        return TooManyFailures(broadcast_object(on_main(listing, self.ctx), self.ctx))
-
-    def _judge_failures(self, going: bool) -> None:
-        """Under DDP, judge the failed clips of all ranks together, every FAILURE_CHECK_BATCHES batches of a pass
-        (``going``) and at its end, and stop every rank at the same point when too many failed (TooManyFailures,
-        listed by ``run``). One all-reduce of three numbers in the ranks' gloo group, on the host: no wait for the
-        device. A collective: a rank whose pass has ended (not ``going``) takes part in the others' judgements
-        until every rank's has (an extraction's shards can differ in batches, also after a resume from its parts).
-        A process alone judges its own counts at every batch (FailureLog.update)."""
-        if not self.ctx.enabled:
-            return
-        while True:
-            counts = torch.tensor([self.failures.items, self.failures.failed, int(going)], dtype=torch.int64)
-            torch.distributed.all_reduce(counts, group=self.ctx.waiting)
-            items, failed, passes = counts.tolist()
-            if self.failures.too_many(items, failed):
-                raise TooManyFailures(f"{failed} of {items} clips failed to load")  # the message: _listed_failures
-            if going or not passes:
-                return
+        return TooManyFailures(failures_line(self.failures, self.ctx, listing))
 
     def _rounds(self, rounds: int) -> None:
         cfg = self.cfg.train
@@ -562,7 +540,7 @@ class Pretrainer:
             for number, batch in enumerate(bar, 1):
                 self.failures.update(batch)
                 if number % FAILURE_CHECK_BATCHES == 0:
-                    self._judge_failures(going=True)
+                    judge_failures(self.failures, self.ctx)
                 part.positions += batch["size"]
                 if batch["index"].numel():
                     part.add(batch, self._embed(batch, clustered))
@@ -570,7 +548,7 @@ class Pretrainer:
                     parts.append(part.kept(self.failures, self.train_set.crashed))
                     kept_parts.add(len(parts) - 1, parts[-1])
                     part = _ExtractionPart(clustered, self.feature_dims)
-        self._judge_failures(going=False)
+        judge_failures(self.failures, self.ctx, going=False)
         parts.append(part.kept(self.failures, self.train_set.crashed))
         self.encoders.train()
         if self.cfg.train.extract_cache:  # every rank, whether its own cache could open or not
@@ -758,7 +736,7 @@ class Pretrainer:
                 waited += wait
             self.failures.update(batch)
             if (p.global_step + 1) % FAILURE_CHECK_BATCHES == 0:  # every rank takes the same steps
-                self._judge_failures(going=True)
+                judge_failures(self.failures, self.ctx)
             loss, accuracy = self._step(model, batch)
             p.step += 1
             p.global_step += 1
@@ -773,7 +751,7 @@ class Pretrainer:
                 bar.set_postfix(loss=f"{loss:.3f}", clips_per_s=f"{rate:.0f}", data_wait=f"{data_wait:.0%}")
             if cfg.checkpoint_every and p.global_step % cfg.checkpoint_every == 0:
                 self._save()
-        self._judge_failures(going=False)
+        judge_failures(self.failures, self.ctx, going=False)
         share = waited / max(time.perf_counter() - since, 1e-9) if since is not None else 0.0
         self._note_data_wait(self._slowest(share))  # every rank: a collective
 
