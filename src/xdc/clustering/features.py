@@ -24,28 +24,45 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
     n, d = x.shape
     if d >= dim and n > dim:
-        # centred first: faiss forms the covariance as x'x - n mean mean' in float32, which cancels when the mean
-        # dwarfs the spread (a fresh or collapsing encoder's ReLU features): eigenvalues of rounding noise, and
-        # the negative ones whitened into NaN, so that k-means crashed (until 2026-12-02)
-        x = scale_to_one(x - x.mean(axis=0, dtype=np.float64).astype(np.float32))
-        pca = faiss.PCAMatrix(d, dim, -0.5 if whiten else 0.0)
-        # on every row: faiss fits on a sample of 1,000 rows per dimension by default (512k of 1M 512-d features),
-        # where the sharded PCA takes them all, so the two gave other labels past that (until 2026-12-01). At 1M
-        # the whole costs 1 CPU-s more
-        pca.max_points_per_d = -(-n // d) + 1
-        pca.train(x)
-        if whiten:
-            # faiss scales by (eigenvalue + epsilon) ** -0.5: regularise relative to the top eigenvalue, rebuild
-            values = faiss.vector_to_array(pca.eigenvalues)
-            top = float(values.max())
-            pca.epsilon = eps * top if top > 0 else 1.0  # constant features: every component is zero anyway
-            faiss.copy_array_to_vector(np.maximum(values, 0), pca.eigenvalues)  # float noise below 0: none there
-            pca.prepare_Ab()
-        x = pca.apply(x)
+        x = scale_to_one(_fit_pca(x, dim, whiten, eps).apply(x))  # a new array: normalised in place below
     else:
         x = scale_to_one(x.copy())  # normalised in place below: never the caller's array
     faiss.normalize_L2(x)  # in place, without an N x dim temporary; all-zero rows stay zero
     return x
+
+
+_BLOCK = 16384  # rows centred at a time for the covariance: 32 MB at 512-d
+
+
+def _fit_pca(x: np.ndarray, dim: int, whiten: bool, eps: float) -> faiss.PCAMatrix:
+    """faiss's PCA matrix of every row of ``x``, fitted here. faiss forms the covariance as x'x - n mean mean' in
+    float32, which cancels where the mean dwarfs the spread (a fresh or collapsing encoder's ReLU features: a mean
+    10 times the spread): eigenvalues of rounding noise, the negative ones whitened into NaN, and k-means crashed
+    on them; and its squares overflowed float32 past about 1e18 (a diverging encoder's finite features). Until
+    2026-12-02. Here the rows are centred a block at a time, at a power-of-two scale (exact) that keeps them below 1,
+    and the scatter matrix is summed in float32 as faiss's is (the same time; no N x D copy); eigenvalues below
+    zero count as zero. faiss's eigenvalues are those of the scatter matrix (N times the covariance's) and so are
+    these, so that whitened components keep faiss's variance of 1/N (at that scale)."""
+    n, d = x.shape
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    top = max(float(x.max()), -float(x.min()))
+    scale = np.float32(np.ldexp(1.0, -int(np.frexp(top)[1]) - 1) if top > 0 else 1.0)  # |centred| < 2 top
+    scatter = np.zeros((d, d), dtype=np.float32)
+    for start in range(0, n, _BLOCK):
+        block = (x[start : start + _BLOCK] - mean) * scale
+        scatter += block.T @ block
+    values, vectors = np.linalg.eigh(scatter.astype(np.float64))  # ascending
+    values, vectors = np.maximum(values[::-1], 0.0), vectors[:, ::-1]
+    pca = faiss.PCAMatrix(d, dim, -0.5 if whiten else 0.0)
+    faiss.copy_array_to_vector(mean, pca.mean)
+    faiss.copy_array_to_vector(values.astype(np.float32), pca.eigenvalues)
+    faiss.copy_array_to_vector(np.ascontiguousarray(vectors.T, dtype=np.float32).ravel(), pca.PCAMat)  # rows
+    pca.is_trained = True
+    if whiten:
+        # faiss scales by (eigenvalue + epsilon) ** -0.5: regularised relative to the top eigenvalue
+        pca.epsilon = float(eps * values[0]) if values[0] > 0 else 1.0  # constant features: every component is zero
+    pca.prepare_Ab()
+    return pca
 
 
 def scale_to_one(x: np.ndarray) -> np.ndarray:
