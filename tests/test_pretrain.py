@@ -365,6 +365,20 @@ def test_more_rounds_on_resume_extend_a_finished_run_as_if_planned_from_the_star
     assert "is a supervised run, which has no rounds to add or drop" in capsys.readouterr().err
 
 
+def test_a_resume_of_a_finished_run_says_it_has_nothing_to_train(manifest, tmp_path, capsys):
+    """``--resume`` of a run that has finished says so, and how to add rounds: until 2026-12-02 it printed only
+    "encoders: ...", as if it had trained."""
+    from xdc.cli import main
+
+    out = tmp_path / "run"
+    command = [*_cli(manifest, out, "--rounds", "1", "--set=train.epochs=1")[3:]]
+    assert main(command) == 0
+    capsys.readouterr()
+    assert main([*command, "--resume"]) == 0
+    assert capsys.readouterr().out == (f"{out} finished its 1 round(s) before: nothing to train (--rounds N adds "
+                                       f"rounds)\nencoders: {out / 'encoders.pt'}\n")
+
+
 def test_commands_that_need_a_finished_run_say_what_the_folder_is_instead(tmp_path):
     from xdc.evaluation.sources import load_run_encoder
     from xdc.export import export_run

@@ -1125,6 +1125,9 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
             kept = checkpoint.earlier_encoders(out, done)
             os.replace(out / "encoders.pt", kept)
             print(f"its encoders after {done} rounds are kept as {kept}")
+    elif resume and ctx.main and (out / "encoders.pt").exists():  # until 2026-12-02 it said only "encoders: ..."
+        rounds = f" its {cfg.train.rounds} round(s)" if get_method(cfg.train.method).clusters else ""
+        print(f"{out} finished{rounds} before: nothing to train" + (" (--rounds N adds rounds)" if rounds else ""))
     trainer.run()
     return out / "encoders.pt"
 
