@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("index", help="probe a video collection and write a manifest CSV")
-    p.add_argument("paths", nargs="+", help="folders (searched recursively) or CSV/text lists of files")
+    p.add_argument("paths", nargs="+", help="folders (searched recursively), CSV/text lists of files, or media files")
     p.add_argument("--out", type=Path, required=True, help="manifest CSV to write (re-used as a probe cache)")
     p.add_argument("--labels", type=Path, help="CSV with columns path,label")
     p.add_argument("--workers", type=int, default=None, help="parallel probes (default: the usable CPUs)")
