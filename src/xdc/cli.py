@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each encoder as a program that runs without xdc: onnx, pt2 (torch.export)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="run the built-in job on generated data (a few minutes on a laptop CPU)")
+    p = sub.add_parser("demo", help="run the built-in job on generated data (about a minute on a laptop CPU)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     p.add_argument("--videos", type=int, default=128, help="synthetic videos to generate (default 128)")
     _add_config_options(p)
