@@ -797,6 +797,21 @@ def test_finetuning_on_two_ranks_judges_their_failed_clips_together(run, tmp_pat
                                    f"0.05); last: {tmp_path / 'media' / Path(path).name}: ") for path in broken)
 
 
+def test_finetuning_refuses_a_video_in_both_splits(run, tmp_path):
+    """Until 2026-12-02 a file listed in both splits was trained on and then scored as unseen."""
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    items = items_of(root)
+    test = split_items(items, "test")[0]
+    leaked = [*items, Item(test.path, test.label, "train")]
+    with pytest.raises(UserError, match=f"^1 test videos \\(groups\\) are in split 'train' too, e.g. {test.path}: "):
+        finetune(run_dir, "audio", leaked, "full", FinetuneConfig(), tmp_path)
+    windows = [*items, Item(test.path, test.label, "train", end_s=1.0, group=f"{test.path}#start")]  # its own group
+    assert finetune(run_dir, "audio", windows, "fc", FinetuneConfig(epochs=1), tmp_path, workers=0)["n_train"] == 17
+
+
 def test_finetuning_batches_must_share_out_evenly_over_the_ranks(run, tmp_path):
     from xdc.config import FinetuneConfig
     from xdc.evaluation.finetune import finetune

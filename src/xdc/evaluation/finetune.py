@@ -91,6 +91,7 @@ def finetune(
         raise UserError(f"finetuning needs items in split 'train' and in split 'test' (their split column); "
                         f"the dataset's splits: {', '.join(found) or 'no items'}")  # fmt: skip
     _check_groups(test_items)  # before training: the test averages each group's scores into one prediction
+    _check_apart(train_items, test_items)
     # probed once, the ranks sharing out the probes, and handed to every rank
     train, _, skipped = items_to_manifest(train_items, work / "train.probe.csv", modality, ctx)
     test, test_rows, test_skipped = items_to_manifest(test_items, work / "test.probe.csv", modality, ctx)
@@ -268,6 +269,16 @@ def _check_groups(items: list[Item]) -> None:
             raise UserError(f"test items of group {item.group} have different labels ({labels[item.group]!r} and "
                             f"{item.label!r}), but one prediction is made per group: give each its own group "
                             "(the group column)")  # fmt: skip
+
+
+def _check_apart(train: list[Item], test: list[Item]) -> None:
+    """No video (group) both trained and tested on: a file in both splits (a table's mistake) would be scored as
+    unseen (until 2026-12-02), as eval linear now refuses too."""
+    shared = sorted({item.group for item in train} & {item.group for item in test})
+    if shared:
+        raise UserError(f"{len(shared)} test videos (groups) are in split 'train' too, e.g. {shared[0]}: they would be "
+                        "both trained and tested on (different parts of one file: give each its own group, the group "
+                        "column)")  # fmt: skip
 
 
 def _train_step(net, encoder, mode, place, batch: dict | None, optimizer, empty: torch.Tensor, ctx: Dist
