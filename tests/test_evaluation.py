@@ -717,6 +717,14 @@ def test_a_finished_finetuning_is_kept_for_the_same_settings_only(run, tmp_path,
     assert "made with other settings" in capsys.readouterr().err
 
 
+def _break_after_probe(path: Path) -> None:
+    """Its header gone, every read of ``path`` fails; its size and time are kept, so its cached probe stands."""
+    kept = path.stat()
+    with open(path, "r+b") as f:
+        f.write(bytes(4096))
+    os.utime(path, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+
+
 @pytest.mark.parametrize("mode", ["fc", "full"])
 def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode):
     """torchrun with 2 processes: each rank takes every other clip of each batch, DDP averages the gradients, the
@@ -734,10 +742,7 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode):
         for run_name in ("single", "ddp"):  # each command's probes, beside its logs
             probes = tmp_path / f"{run_name}.finetune" / "probe" / "train.probe.csv"
             items_to_manifest(split_items(items, "train"), probes, "audio")
-        kept = broken.stat()
-        with open(broken, "r+b") as f:
-            f.write(bytes(4096))  # header gone: every read fails; size and time kept, so the probe stands
-        os.utime(broken, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+        _break_after_probe(broken)
     table = tmp_path / "table.csv"
     write_table(items, table)
     single, ddp = tmp_path / "single.json", tmp_path / "ddp.json"
@@ -779,11 +784,7 @@ def test_finetuning_on_two_ranks_judges_their_failed_clips_together(run, tmp_pat
         copies.append(Item(str(copy), item.label, item.split, item.fold))
     items_to_manifest(split_items(copies, "train"), tmp_path / "ddp.finetune" / "probe" / "train.probe.csv", "audio")
     for path in broken:
-        copy = tmp_path / "media" / Path(path).name
-        kept = copy.stat()
-        with open(copy, "r+b") as f:
-            f.write(bytes(4096))  # header gone: every read fails; size and time kept, so the probe stands
-        os.utime(copy, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+        _break_after_probe(tmp_path / "media" / Path(path).name)
     table = tmp_path / "table.csv"
     write_table(copies, table)
     ddp = tmp_path / "ddp.json"
