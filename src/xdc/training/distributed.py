@@ -32,6 +32,9 @@ class Dist:
     device: torch.device = torch.device("cpu")
     # the gloo group in which the other ranks wait for rank 0 (on_main); None: the default group
     waiting: dist.ProcessGroup | None = field(default=None, compare=False, repr=False)
+    # a gloo group with gloo's default timeout (30 minutes) for small collectives on the host in the middle of a pass
+    # (judge_failures): a rank that hangs there stops the others then, not after RANK0_WORK_TIMEOUT; None: the default
+    host: dist.ProcessGroup | None = field(default=None, compare=False, repr=False)
 
     @property
     def main(self) -> bool:
@@ -60,7 +63,8 @@ def init_distributed(gpus: bool = True) -> Dist:
         else:
             dist.init_process_group("gloo")
     waiting = dist.new_group(backend="gloo", timeout=RANK0_WORK_TIMEOUT)
-    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, waiting=waiting)
+    host = dist.new_group(backend="gloo")
+    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, waiting=waiting, host=host)
 
 
 def leave_distributed(finished: bool) -> None:
@@ -187,15 +191,15 @@ def judge_failures(failures: FailureLog, ctx: Dist, going: bool = True) -> None:
     """Under DDP, judge the failed clips of all ranks together (each rank's ``failures`` only counts: not alone),
     every FAILURE_CHECK_BATCHES batches of a pass (``going``) and at its end, and stop every rank at the same point
     when too many failed (TooManyFailures; the caller words the stop, see failures_line). One all-reduce of three
-    numbers in the ranks' gloo group, on the host: no wait for the device. A collective: a rank whose pass has
-    ended (not ``going``) takes part in the others' judgements until every rank's has (an extraction's shards can
-    differ in batches, also after a resume from its parts). A process alone judges its own counts at every batch
-    (FailureLog.update)."""
+    numbers in the ranks' gloo group ``ctx.host``, on the host: no wait for the device. A collective: a rank whose
+    pass has ended (not ``going``) takes part in the others' judgements until every rank's has (an extraction's
+    shards can differ in batches, also after a resume from its parts). A process alone judges its own counts at
+    every batch (FailureLog.update)."""
     if not ctx.enabled:
         return
     while True:
         counts = torch.tensor([failures.items, failures.failed, int(going)], dtype=torch.int64)
-        dist.all_reduce(counts, group=ctx.waiting)
+        dist.all_reduce(counts, group=ctx.host)
         items, failed, passes = counts.tolist()
         if failures.too_many(items, failed):
             raise TooManyFailures(f"{failed} of {items} clips failed to load")
