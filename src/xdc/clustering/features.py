@@ -41,12 +41,11 @@ def _fit_pca(x: np.ndarray, dim: int, whiten: bool, eps: float) -> faiss.PCAMatr
     on them; and its squares overflowed float32 past about 1e18 (a diverging encoder's finite features). Until
     2026-12-02. Here the rows are centred a block at a time, at a power-of-two scale (exact) that keeps them below 1,
     and the scatter matrix is summed in float32 as faiss's is (the same time; no N x D copy); eigenvalues below
-    zero count as zero. faiss's eigenvalues are those of the scatter matrix (N times the covariance's) and so are
-    these, so that whitened components keep faiss's variance of 1/N (at that scale)."""
+    zero count as zero. The eigenvalues are those of the scaled rows' scatter matrix, as faiss's are of its rows':
+    whitened components have faiss's variance of 1/N over the square of the scale, which the normalisation removes."""
     n, d = x.shape
     mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    top = max(float(x.max()), -float(x.min()))
-    scale = np.float32(np.ldexp(1.0, -int(np.frexp(top)[1]) - 1) if top > 0 else 1.0)  # |centred| < 2 top
+    scale = np.float32(np.ldexp(1.0, -_exponent(x) - 1))  # centred values are below twice the largest magnitude
     scatter = np.zeros((d, d), dtype=np.float32)
     for start in range(0, n, _BLOCK):
         block = (x[start : start + _BLOCK] - mean) * scale
@@ -73,7 +72,11 @@ def scale_to_one(x: np.ndarray) -> np.ndarray:
     diverging encoder's features: NaN, then a faiss traceback in k-means, or rows of zeros) and underflowed below
     about 1e-20, until 2026-12-02.
     """
-    top = max(float(x.max()), -float(x.min())) if x.size else 0.0
-    if top > 0:
-        np.ldexp(x, -np.frexp(top)[1], out=x)
+    np.ldexp(x, -_exponent(x), out=x)
     return x
+
+
+def _exponent(x: np.ndarray) -> int:
+    """The power of two just above the largest magnitude in ``x`` (0 where all are zero)."""
+    top = max(float(x.max()), -float(x.min())) if x.size else 0.0
+    return int(np.frexp(top)[1]) if top > 0 else 0

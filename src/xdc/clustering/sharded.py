@@ -61,7 +61,7 @@ def sharded_preprocess_features(
     if bad:
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
     if x.shape[1] >= dim and n > dim:
-        out = _apply(x, _projection(x, n, dim, whiten, eps, device, ranks), device)
+        out = scale_to_one(_apply(x, _projection(x, n, dim, whiten, eps, device, ranks), device))
     else:
         out = scale_to_one(x.copy())  # each rank its own scale: rows are normalised one by one
     faiss.normalize_L2(out)  # in place, as preprocess_features
