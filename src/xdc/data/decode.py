@@ -43,6 +43,12 @@ class Clip:
     audio_padded: float = 0.0  # seconds of silence added where the audio track starts late or ends early
 
 
+def file_origin(container) -> float:
+    """Where the open ``container``'s timeline starts, in seconds: its earliest stream's start, where clip starts
+    count from (``xdc index`` measures durations from there too)."""
+    return container.start_time / av.time_base if container.start_time is not None else 0.0
+
+
 def read_clip(
     path: str, start: float, spec: ClipConfig, video: bool = True, audio: bool = True, threads: int = 1
 ) -> Clip:
@@ -158,7 +164,7 @@ def _read(
         raise DecodeError("no video stream")
     if want_audio and astream is None:
         raise DecodeError("no audio stream")
-    origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+    origin = file_origin(container)
     t0 = origin + start
     # Only containers that store each picture's presentation time: AVI's are guessed and label packets with
     # pictures they do not hold (packed B-frames), so there the reader cannot tell which pictures are unseen.

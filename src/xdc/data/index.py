@@ -24,6 +24,7 @@ import numpy as np
 
 from xdc.atomic import remove_partials
 from xdc.config import node_ranks
+from xdc.data.decode import file_origin
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import COLUMNS, iter_rows, open_paths_file, row_cells, write_rows
 from xdc.data.shares import (
@@ -465,11 +466,6 @@ def _probe_container(container) -> dict:
     else:
         result.update(status="ok", reason="")
     return result
-
-
-def file_origin(container) -> float:
-    """Where the open ``container``'s timeline starts, in seconds: its earliest stream's start, read_clip's 0."""
-    return container.start_time / av.time_base if container.start_time is not None else 0.0
 
 
 def stated_duration(container) -> float:
