@@ -250,13 +250,13 @@ def test_a_manifest_is_read_in_chunks_as_one(tmp_path, monkeypatch):
         path.write_text("\n".join(lines) + "\n")
         with pytest.raises(UserError, match=f"^{path} line 7: duration_s '{duration}' is not a finite number$"):
             Manifest.load(path)
-    for flag, audio in (("TRUE", True), ("1.0", True), ("false", False)):  # pandas' True; 1.0 in a float column
+    for flag, audio in (("TRUE", True), ("1.0", True), (" false", False)):  # pandas' True; 1.0 in a float column
         lines[6] = f"h.mp4,ok,,4,{flag},64,zebra"
         path.write_text("\n".join(lines) + "\n")
         assert Manifest.load(path).has_audio[-1] == audio
     lines[6] = "h.mp4,ok,,4,yes,64,zebra"  # until 2026-12-02: read as no audio, dropped from audio runs unsaid
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(UserError, match=f"^{path} line 7: has_audio 'yes' is not 0 or 1$"):
+    with pytest.raises(UserError, match=f"^{path} line 7: has_audio 'yes' is not 1/0 or true/false$"):
         Manifest.load(path)
     path.write_text("path,status,duration_s\nb.mp4,ok,2\n")
     with pytest.raises(UserError, match="missing columns: has_audio"):

@@ -300,11 +300,11 @@ _TRUE, _FALSE = ("1", "true", "True", "TRUE", "1.0"), ("0", "false", "False", "F
 def _flags(cells: list[str], rows: np.ndarray, column: str) -> np.ndarray:
     """The cells of ``rows`` as booleans: 1/0 or true/false (pandas writes True, and 1.0 where the column held a
     gap). Other text is named: until 2026-12-02 it read as 0, and "yes" dropped the file from runs that need audio."""
-    picked = np.array([cells[i] for i in rows.tolist()], dtype=str)
+    picked = np.char.strip(np.array([cells[i] for i in rows.tolist()], dtype=str))  # as float() takes " 1"
     true, false = np.isin(picked, _TRUE), np.isin(picked, _FALSE)
     if not (true | false).all():
         first = int(np.flatnonzero(~(true | false))[0])
-        raise _NotANumber(column, int(rows[first]), str(picked[first]), "0 or 1")
+        raise _NotANumber(column, int(rows[first]), cells[int(rows[first])], "1/0 or true/false")
     return true
 
 
