@@ -1023,6 +1023,8 @@ class Pretrainer:
         try:
             load()
         except (RuntimeError, ValueError) as e:  # load_state_dict's size mismatches and missing keys; an optimizer's
+            if isinstance(e, RuntimeError) and "Error(s) in loading state_dict" not in str(e):
+                raise  # not a mismatch (a CUDA error, out of memory): as it is
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__).rstrip(".")
             detail = detail if len(detail) <= 200 else detail[:197] + "..."  # a list of every missing key
@@ -1126,8 +1128,8 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
             os.replace(out / "encoders.pt", kept)
             print(f"its encoders after {done} rounds are kept as {kept}")
     elif resume and ctx.main and (out / "encoders.pt").exists():  # until 2026-12-02 it said only "encoders: ..."
-        rounds = f" its {cfg.train.rounds} round(s)" if get_method(cfg.train.method).clusters else ""
-        print(f"{out} finished{rounds} before: nothing to train" + (" (--rounds N adds rounds)" if rounds else ""))
+        said = f" its {cfg.train.rounds} round(s)" if get_method(cfg.train.method).clusters else ""
+        print(f"{out} finished{said} before: nothing to train" + (" (--rounds N adds rounds)" if said else ""))
     trainer.run()
     return out / "encoders.pt"
 

@@ -54,8 +54,7 @@ class RunLog:
             return
         records = _records(self.path.read_bytes())[0]
         kept = [(line, record) for number, (line, record) in enumerate(records) if select(number, record)]
-        self.file.close()
-        self.tb.close()
+        self.close()
         self._rewrite([line for line, _ in kept])
         shutil.rmtree(self.tb_path, ignore_errors=True)
         self.records = len(kept)
@@ -68,10 +67,12 @@ class RunLog:
 
     def close(self) -> None:
         if self.enabled:
-            with _writing(self.path):
-                self.file.close()
-            with _writing(self.tb_path):
-                self.tb.close()
+            try:
+                with _writing(self.path):
+                    self.file.close()
+            finally:
+                with _writing(self.tb_path):
+                    self.tb.close()
 
     def _rewrite(self, lines: list[str]) -> None:
         with replacing(self.path, self.path.with_name(self.path.name + ".tmp")) as tmp:
@@ -80,9 +81,7 @@ class RunLog:
     def _writer(self):
         from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
-        if threading.excepthook is not _quiet_tensorboard_thread:
-            global _excepthook
-            _excepthook, threading.excepthook = threading.excepthook, _quiet_tensorboard_thread
+        _quiet_tensorboard_threads()
         return SummaryWriter(str(self.tb_path))
 
     def _scalars(self, record: dict) -> None:
@@ -103,7 +102,14 @@ def _writing(path: Path):
         raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-_excepthook = threading.excepthook
+_excepthook = threading.excepthook  # the hook before _quiet_tensorboard_threads, which others go to
+
+
+def _quiet_tensorboard_threads() -> None:
+    """Install _quiet_tensorboard_thread as threading's hook, once."""
+    global _excepthook
+    if threading.excepthook is not _quiet_tensorboard_thread:
+        _excepthook, threading.excepthook = threading.excepthook, _quiet_tensorboard_thread
 
 
 def _quiet_tensorboard_thread(args) -> None:
