@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import wave
 from collections import Counter
 from pathlib import Path
 
@@ -447,6 +448,86 @@ def test_generic_csv_errors(tmp_path, text, message):
     with _raises(message) as e:
         load_dataset("csv", _write(tmp_path / "t.csv", text))
     assert "t.csv" in _one_line(e)
+
+
+# --- a file listed twice -------------------------------------------------------------------------------------
+
+
+def _real_media(root: Path) -> Path:
+    """The placeholders under ``root`` made real media (video: H.264; .wav: PCM), as a downloaded dataset's."""
+    for path in root.rglob("*"):
+        if path.suffix in (".avi", ".mp4"):
+            write_av(path, np.zeros((4, 32, 32, 3), np.uint8), 8)
+        elif path.suffix == ".wav":
+            with wave.open(str(path), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(16000)
+                w.writeframes(bytes(2 * 1600))
+    return root
+
+
+def test_a_file_listed_twice_is_refused_naming_both_lines(tmp_path):
+    """A repeated line (lists concatenated, a row pasted twice) made an item twice: trained on twice an epoch, or
+    scored twice (until 2026-12-02). Now one line names the file and both places, in one split or two."""
+    ucf = _real_media(_ucf(tmp_path / "UCF-101"))
+    lists = ucf / "ucfTrainTestlist"
+    official = {name: (lists / name).read_text() for name in ("trainlist01.txt", "testlist01.txt")}
+    assert len(load_dataset("ucf101", ucf, split=1)) == 12
+    (lists / "trainlist01.txt").write_text(official["trainlist01.txt"] + "YoYo/v_YoYo_g02_c01.avi 3\r\n")
+    twice = r"YoYo/v_YoYo_g02_c01.avi appears twice: \S*trainlist01.txt line 5 and \S*trainlist01.txt line 7 \(keep"
+    with _raises(twice) as e:
+        load_dataset("ucf101", ucf, split=1)
+    _one_line(e)
+    (lists / "trainlist01.txt").write_text(official["trainlist01.txt"])
+    (lists / "testlist01.txt").write_text(official["testlist01.txt"] + "YoYo/v_YoYo_g02_c01.avi\r\n")
+    with _raises(r"appears twice: \S*trainlist01.txt line 5 and \S*testlist01.txt line 7"):
+        load_dataset("ucf101", ucf, split=1)
+
+    hmdb = tmp_path / "hmdb51"
+    _touch(hmdb / "brush_hair" / "a.avi")
+    _touch(hmdb / "brush_hair" / "b.avi")
+    split1 = _write(hmdb / "testTrainMulti_7030_splits" / "brush_hair_test_split1.txt", "a.avi 1\nb.avi 2\na.avi 1\n")
+    _real_media(hmdb)
+    with _raises(r"brush_hair/a.avi appears twice: \S*split1.txt line 1 and \S*split1.txt line 3"):
+        load_dataset("hmdb51", hmdb, split=1)
+    split1.write_text("a.avi 1\nb.avi 2\na.avi 0\n")  # 0: in neither split, not an item
+    assert len(load_dataset("hmdb51", hmdb, split=1)) == 2
+
+    esc = _real_media(_esc50(tmp_path / "ESC-50"))
+    meta = esc / "meta" / "esc50.csv"
+    meta.write_text(meta.read_text() + "1-100032-A-0.wav,2,0,dog,True,100032,A\n")  # another fold: in test and train
+    with _raises(r"1-100032-A-0.wav appears twice: \S*esc50.csv line 2 and \S*esc50.csv line 7"):
+        load_dataset("esc50", esc)
+
+    grid = _real_media(_grid(tmp_path / "grid", ["bbaf2n", "bbaf9a"]))
+    words = grid / "words.csv"
+    words.write_text(words.read_text() + "videos/bbaf9a.mp4,digit,nine,1.400,1.600\n")
+    with _raises(r"bbaf9a.mp4 from 1 s to 2 s appears twice: \S*words.csv line 12 and \S*words.csv line 14"):
+        load_dataset("grid-words", grid, slot="digit")
+    assert len(load_dataset("grid-words", grid, slot="color")) == 2  # other slots read as before
+
+    table = tmp_path / "table"
+    for name in ("a.wav", "b.wav"):
+        _touch(table / name)
+    _real_media(table)
+    labels = _write(table / "labels.csv", "path,label,start_s,end_s\na.wav,cat,,\nb.wav,dog,,\na.wav,cat,0.5,\n")
+    assert len(load_dataset("csv", labels)) == 3  # another part of a.wav: another item
+    labels.write_text(labels.read_text() + "a.wav,dog,0.5,\n")
+    with _raises(r"a.wav from 0.5 s to its end appears twice: \S*labels.csv line 4 and \S*labels.csv line 5"):
+        load_dataset("csv", labels)
+
+
+def test_a_file_found_twice_in_class_folders_is_refused(tmp_path):
+    """A link to a file of another class (or two links to one file) made one file two items."""
+    root = tmp_path / "scenes"
+    for name in ("bus/a.wav", "park/b.wav"):
+        _touch(root / name)
+    _real_media(root)
+    (root / "park" / "c.wav").symlink_to(root / "bus" / "a.wav")
+    with _raises(r"bus/a.wav appears twice: \S*scenes/bus/a.wav and \S*scenes/park/c.wav \(keep one\)") as e:
+        load_dataset("dcase", root)
+    _one_line(e)
 
 
 def test_table_round_trip(tmp_path):

@@ -84,7 +84,7 @@ def load_ucf101(
     lists = _splits_folder(root, splits_dir, "ucfTrainTestlist")
     names = _ucf_classes(lists / "classInd.txt")
     known = set(names.values())
-    items = []
+    listed = []
     train = lists / f"trainlist0{n}.txt"
     for line, fields in _read_lines(train):
         if len(fields) != 2 or not fields[1].isdigit() or int(fields[1]) not in names:
@@ -94,15 +94,15 @@ def load_ucf101(
         if _class_folder(fields[0]) != label:
             raise UserError(f"{train} line {line}: class {fields[1]} is {label} in classInd.txt, "
                             f"but the video is not in {label}/")  # fmt: skip
-        items.append(Item(_abs(root / fields[0]), label, "train"))
+        listed.append((f"{train} line {line}", Item(_abs(root / fields[0]), label, "train")))
     test = lists / f"testlist0{n}.txt"
     for line, fields in _read_lines(test):
         label = _class_folder(fields[0])
         if len(fields) != 1 or label not in known:
             raise UserError(f"{test} line {line}: expected 'Class/video.avi' with a class of classInd.txt, "
                             f"got {' '.join(fields)!r}")  # fmt: skip
-        items.append(Item(_abs(root / fields[0]), label, "test"))
-    return _drop_missing(items, missing, f"{train.name} and {test.name} of {lists}")
+        listed.append((f"{test} line {line}", Item(_abs(root / fields[0]), label, "test")))
+    return _drop_missing(_once(listed), missing, f"{train.name} and {test.name} of {lists}")
 
 
 def load_hmdb51(
@@ -115,21 +115,22 @@ def load_hmdb51(
     files = sorted(f for f in lists.glob(f"*{suffix}") if not f.name.startswith("."))  # ._x: macOS metadata
     if not files:
         raise UserError(f"{lists}: no <class>{suffix} split files")
-    items = []
+    listed = []
     for file in files:
         label = file.name[: -len(suffix)]  # class names contain underscores (brush_hair): cut the known suffix
         for line, fields in _read_lines(file):
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
                 raise UserError(f"{file} line {line}: expected '<video>.avi <0|1|2>', got {' '.join(fields)!r}")
             if fields[1] != "0":  # 0: in neither split
-                items.append(Item(_abs(root / label / fields[0]), label, "train" if fields[1] == "1" else "test"))
-    return _drop_missing(items, missing, f"the *{suffix} files of {lists}")
+                split = "train" if fields[1] == "1" else "test"
+                listed.append((f"{file} line {line}", Item(_abs(root / label / fields[0]), label, split)))
+    return _drop_missing(_once(listed), missing, f"the *{suffix} files of {lists}")
 
 
 def load_esc50(root: Path, esc10: bool = False, missing: str = "error") -> list[Item]:
     """ESC-50: ``audio/*.wav`` + ``meta/esc50.csv``; label = category, fold = the official fold (1..5)."""
     meta = root / "meta" / "esc50.csv"
-    items = []
+    listed = []
     for line, row in _read_csv(meta, ("filename", "fold", "category") + (("esc10",) if esc10 else ())):
         where = f"{meta} line {line}"
         if esc10 and not _boolean(row["esc10"], f"{where}: esc10"):
@@ -137,32 +138,32 @@ def load_esc50(root: Path, esc10: bool = False, missing: str = "error") -> list[
         fold = _number(int, row["fold"], "fold", where)
         if fold < 1 or not row["filename"] or not row["category"]:
             raise UserError(f"{where}: needs a filename, a category and a fold of 1 or more")
-        items.append(Item(_abs(root / "audio" / row["filename"]), row["category"], fold=fold))
-    return _drop_missing(items, missing, str(meta))
+        listed.append((where, Item(_abs(root / "audio" / row["filename"]), row["category"], fold=fold)))
+    return _drop_missing(_once(listed), missing, str(meta))
 
 
 def load_dcase(root: Path) -> list[Item]:
     """DCASE-style ``<class>/<file>`` folders; with ``train/`` and ``test/`` (and optional ``val/``) as splits."""
     splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
     if not splits:
-        return _class_folders(root, "")
+        return _once(_class_folders(root, ""))
     if not {"train", "test"} <= set(splits):  # a lone train/ is a layout mistake more likely than a class
         raise UserError(f"{root}: has {'/, '.join(splits)}/ but split folders need both train/ and test/")
-    return [item for s in splits for item in _class_folders(root / s, s)]
+    return _once([pair for s in splits for pair in _class_folders(root / s, s)])
 
 
 def load_fsdd(root: Path) -> list[Item]:
     """FSDD: ``recordings/{digit}_{speaker}_{index}.wav`` (or in ``root``); index 0-4 is test, 5-49 train."""
     folder = root / "recordings" if (root / "recordings").is_dir() else root
-    items = []
+    listed = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() != ".wav" or path.name.startswith("."):  # hidden: metadata (macOS ._x.wav)
             continue
         match = re.fullmatch(r"(\d)_([^_]+)_(\d+)\.wav", path.name, flags=re.IGNORECASE)
         if match is None:
             raise UserError(f"{path}: not an FSDD file name ({{digit}}_{{speaker}}_{{index}}.wav)")
-        items.append(Item(_abs(path), match[1], "test" if int(match[3]) < 5 else "train"))
-    return items
+        listed.append((str(path), Item(_abs(path), match[1], "test" if int(match[3]) < 5 else "train")))
+    return _once(listed)
 
 
 def load_grid_words(
@@ -184,7 +185,7 @@ def load_grid_words(
         raise UserError(f"grid-words: window_s and duration_s must be positive, got {window_s} and {duration_s}")
     if split_by not in ("sentence", "none"):
         raise UserError(f"grid-words: split_by must be 'sentence' or 'none', got {split_by!r}")
-    items = []
+    listed = []
     for line, row in rows:
         if row["slot"] != slot:
             continue
@@ -196,8 +197,8 @@ def load_grid_words(
         # the stem as listed, not the resolved path's: a link's target may be named otherwise (git-annex, DVC)
         split = _sentence_split(row["path"]) if split_by == "sentence" else ""
         window = _window((start + end) / 2, window_s, duration_s)
-        items.append(Item(path, row["word"], split, 0, *window, group=f"{path}#{slot}"))
-    return _drop_missing(items, missing, str(words))
+        listed.append((where, Item(path, row["word"], split, 0, *window, group=f"{path}#{slot}")))
+    return _drop_missing(_once(listed), missing, str(words))
 
 
 def load_csv(root: Path, missing: str = "error") -> list[Item]:
@@ -206,8 +207,9 @@ def load_csv(root: Path, missing: str = "error") -> list[Item]:
         raise UserError(f"csv: {root} is a folder; give the CSV file")
     base = root.resolve().parent
     rows = _read_csv(root, ("path", "label"))
-    items = [_row_item(row, _abs(base / row["path"]), f"{root} line {line}") for line, row in rows]
-    return _drop_missing(items, missing, str(root))
+    listed = [(f"{root} line {line}", _row_item(row, _abs(base / row["path"]), f"{root} line {line}"))
+              for line, row in rows]  # fmt: skip
+    return _drop_missing(_once(listed), missing, str(root))
 
 
 ADAPTERS: dict[str, Callable[..., list[Item]]] = {
@@ -289,9 +291,10 @@ def _class_folder(relative: str) -> str:
     return parts[0] if len(parts) > 1 else ""
 
 
-def _class_folders(folder: Path, split: str) -> list[Item]:
-    """Media files anywhere under each ``folder/<class>/``, labelled with the class folder's name."""
-    items = []
+def _class_folders(folder: Path, split: str) -> list[tuple[str, Item]]:
+    """Media files anywhere under each ``folder/<class>/``, labelled with the class folder's name (with the path
+    each was found at)."""
+    listed = []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         walked = set()  # real folders: a link back up (a loop) is not walked again, nor its files counted again
         for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
@@ -302,8 +305,9 @@ def _class_folders(folder: Path, split: str) -> list[Item]:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTENSIONS:
-                    items.append(Item(_abs(Path(dirpath) / name), class_dir.name, split))
-    return items
+                    found = Path(dirpath) / name
+                    listed.append((str(found), Item(_abs(found), class_dir.name, split)))
+    return listed
 
 
 def _sentence_split(path: str) -> str:
@@ -367,6 +371,21 @@ def _boolean(text: str, where: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0"):
         raise UserError(f"{where}: {text!r} is not True or False")
     return text.lower() in ("true", "1")
+
+
+def _once(listed: list[tuple[str, Item]]) -> list[Item]:
+    """The items of ``listed`` (where each was found, the item), refusing a part of a file listed twice, in one
+    split or two: it would be trained on or scored twice (until 2026-12-02 it was)."""
+    first: dict[tuple[str, float, float], str] = {}
+    for where, item in listed:
+        key = (item.path, item.start_s, item.end_s)
+        if key in first:
+            span = ""
+            if item.start_s or item.end_s:
+                span = f" from {item.start_s:g} s to " + (f"{item.end_s:g} s" if item.end_s else "its end")
+            raise UserError(f"{item.path}{span} appears twice: {first[key]} and {where} (keep one)")
+        first[key] = where
+    return [item for _, item in listed]
 
 
 def _drop_missing(items: list[Item], missing: str, source: str) -> list[Item]:
