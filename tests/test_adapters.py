@@ -157,6 +157,24 @@ def test_ucf101_malformed_lists(tmp_path):
         load_dataset("ucf101", root, split=1)
 
 
+OFFICIAL_INDEX = "".join(f"{i} {name}\n" for i, name in enumerate(UCF_CLASSES, 1))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("1 Archery", "line 4: index 1 is Archery here and ApplyEyeMakeup on line 1"),
+    ("4 Archery", "line 4: class Archery has index 4 here and another on line 2"),
+])  # fmt: skip
+def test_ucf101_class_index_given_twice_is_refused_in_classind(tmp_path, extra, message):
+    """No video was mislabelled (labels are checked against the folders), but an index given twice failed naming a
+    list's line and a video's folder, not the line at fault, and a class given two indices passed (until
+    2026-12-02)."""
+    root = _real_media(_ucf(tmp_path / "UCF-101"))
+    (root / "ucfTrainTestlist" / "classInd.txt").write_text(f"{OFFICIAL_INDEX}{extra}\n")
+    with _raises(f"classInd.txt {message}: one index per class") as e:
+        load_dataset("ucf101", root, split=1)
+    _one_line(e)
+
+
 # --- HMDB51 --------------------------------------------------------------------------------------------------
 
 

@@ -278,11 +278,22 @@ def _splits_folder(root: Path, splits_dir: str | Path | None, name: str) -> Path
 
 
 def _ucf_classes(path: Path) -> dict[int, str]:
-    names = {}
+    """The class of each index. An index or a class given twice is refused here, where the mistake is: each line of
+    the lists was checked against one of the two, and failed naming the video's folder instead."""
+    names: dict[int, str] = {}
+    index_line: dict[int, int] = {}
+    class_line: dict[str, int] = {}
     for line, fields in _read_lines(path):
         if len(fields) != 2 or not fields[0].isdigit():
             raise UserError(f"{path} line {line}: expected '<index> <class>', got {' '.join(fields)!r}")
-        names[int(fields[0])] = fields[1]
+        index, name = int(fields[0]), fields[1]
+        if index in index_line:
+            raise UserError(f"{path} line {line}: index {index} is {name} here and {names[index]} on line "
+                            f"{index_line[index]}: one index per class")  # fmt: skip
+        if name in class_line:
+            raise UserError(f"{path} line {line}: class {name} has index {index} here and another on line "
+                            f"{class_line[name]}: one index per class")  # fmt: skip
+        names[index], index_line[index], class_line[name] = name, line, line
     return names
 
 
