@@ -316,6 +316,40 @@ def test_dcase_split_folders(tmp_path):
         load_dataset("dcase", _write(tmp_path / "empty" / "bus" / "x.txt", "").parents[1])
 
 
+def test_dcase_split_folders_named_in_any_case(tmp_path):
+    """Train/ and Test/ were two classes named Train and Test on Linux, and the splits on macOS (until 2026-12-02)."""
+    root = tmp_path / "scenes"
+    for name in ("Train/bus/a.wav", "Train/park/b.wav", "Test/bus/c.wav", "VAL/park/d.wav", "notes/readme.txt"):
+        _touch(root / name)
+    _real_media(root)
+    items = load_dataset("dcase", root)
+    assert sorted((Path(i.path).stem, i.label, i.split) for i in items) == [
+        ("a", "bus", "train"), ("b", "park", "train"), ("c", "bus", "test"), ("d", "park", "val")
+    ]  # fmt: skip
+    (root / "train").mkdir()
+    with _raises(r"scenes: Train/ and train/ are both split train: keep one") as e:
+        load_dataset("dcase", root)
+    _one_line(e)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["train/bus/a.wav", "test/bus/b.wav", "validation/bus/c.wav"],  # was left out
+     r"scenes/validation/ holds media beside the split folders, but is none of train/, val/, test/"),
+    (["train/Bus/a.wav", "train/car/b.wav", "test/bus/c.wav", "test/car/d.wav"],  # test's bus: never trained on
+     r"scenes: class folders Bus/ and bus/ differ only in case"),
+    (["audio/airport-a.wav", "audio/bus-b.wav", "evaluation_setup/fold1_train.csv"],  # all of class "audio"
+     r"scenes is an official DCASE archive \(audio/, evaluation_setup/\), which kind dcase does not read"),
+])  # fmt: skip
+def test_dcase_layouts_it_would_misread_are_refused(tmp_path, names, message):
+    root = tmp_path / "scenes"
+    for name in names:
+        _touch(root / name)
+    _real_media(root)
+    with _raises(message) as e:
+        load_dataset("dcase", root)
+    _one_line(e)
+
+
 # --- FSDD ----------------------------------------------------------------------------------------------------
 
 

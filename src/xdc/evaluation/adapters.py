@@ -143,13 +143,22 @@ def load_esc50(root: Path, esc10: bool = False, missing: str = "error") -> list[
 
 
 def load_dcase(root: Path) -> list[Item]:
-    """DCASE-style ``<class>/<file>`` folders; with ``train/`` and ``test/`` (and optional ``val/``) as splits."""
-    splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    """DCASE-style ``<class>/<file>`` folders; with ``train/`` and ``test/`` (and optional ``val/``), named in any
+    case (``Train/``), as splits."""
+    if (root / "evaluation_setup").is_dir():  # TUT and TAU archives: all files in audio/, their splits in lists
+        raise UserError(f"{root} is an official DCASE archive (audio/, evaluation_setup/), which kind dcase does "
+                        "not read (it reads class folders): write its lists as a CSV of path,label,split for kind "
+                        "csv")  # fmt: skip
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    splits = _split_folders(root, folders)
     if not splits:
-        return _once(_class_folders(root, ""))
-    if not {"train", "test"} <= set(splits):  # a lone train/ is a layout mistake more likely than a class
-        raise UserError(f"{root}: has {'/, '.join(splits)}/ but split folders need both train/ and test/")
-    return _once([pair for s in splits for pair in _class_folders(root / s, s)])
+        return _one_spelling(root, _once(_class_folders(root, "")))
+    for folder in folders:  # media in another folder (validation/, a class) would be left out unsaid
+        if folder not in splits.values() and _holds_media(folder):
+            raise UserError(f"{folder}/ holds media beside the split folders, but is none of train/, val/, test/ "
+                            "(in any case): rename it or move it out")  # fmt: skip
+    listed = [pair for split, folder in splits.items() for pair in _class_folders(folder, split)]
+    return _one_spelling(root, _once(listed))
 
 
 def load_fsdd(root: Path) -> list[Item]:
@@ -315,10 +324,45 @@ def _class_folders(folder: Path, split: str) -> list[tuple[str, Item]]:
             walked.add(os.path.realpath(dirpath))
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
-                if not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTENSIONS:
+                if _is_media(name):
                     found = Path(dirpath) / name
                     listed.append((str(found), Item(_abs(found), class_dir.name, split)))
     return listed
+
+
+def _split_folders(root: Path, folders: list[Path]) -> dict[str, Path]:
+    """The split folders among ``folders``, by name in any case: a case-insensitive file system (macOS) found
+    ``Train/`` as ``train/`` already; on others it was a class (until 2026-12-02)."""
+    splits: dict[str, Path] = {}
+    for folder in folders:
+        split = folder.name.lower()
+        if split in ("train", "val", "test"):
+            if split in splits:
+                raise UserError(f"{root}: {splits[split].name}/ and {folder.name}/ are both split {split}: keep one")
+            splits[split] = folder
+    if splits and not {"train", "test"} <= set(splits):  # a lone train/ is a layout mistake more likely than a class
+        raise UserError(f"{root}: has {'/, '.join(p.name for p in splits.values())}/ but split folders need both "
+                        "train/ and test/ (in any case)")  # fmt: skip
+    return {split: splits[split] for split in ("train", "val", "test") if split in splits}
+
+
+def _one_spelling(root: Path, items: list[Item]) -> list[Item]:
+    """``items``, whose class folders must not differ only in case: ``train/Bus/`` and ``test/bus/`` would be two
+    classes, the test's never trained on; ``Bus/`` and ``bus/`` side by side are one folder on macOS."""
+    spellings: dict[str, str] = {}
+    for item in items:
+        if spellings.setdefault(item.label.casefold(), item.label) != item.label:
+            raise UserError(f"{root}: class folders {spellings[item.label.casefold()]}/ and {item.label}/ differ only "
+                            "in case: name them alike (one class) or apart")  # fmt: skip
+    return items
+
+
+def _holds_media(folder: Path) -> bool:
+    return any(_is_media(name) for _, _, names in os.walk(folder) for name in names)
+
+
+def _is_media(name: str) -> bool:
+    return not name.startswith(".") and Path(name).suffix.lower() in MEDIA_EXTENSIONS
 
 
 def _sentence_split(path: str) -> str:
