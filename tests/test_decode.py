@@ -191,6 +191,23 @@ def test_odd_size_and_multichannel(tmp_path):
     assert np.abs(clip.audio).max() < 0.05  # opposite channels cancel in the mono mix
 
 
+@pytest.mark.parametrize("width, height", [(1, 1), (3, 5), (7, 1)])
+def test_tiny_and_odd_sources_decode_to_the_short_side_asked(tmp_path, width, height):
+    """A 1-pixel side scales to the short side asked and nothing else (x264 takes no odd sizes: MPEG-4 Part 2).
+    A 1 x 1 source read at 2 pixels is an ``xdc prepare`` copy: H.264 needs 2 (prepare.output_size)."""
+    path = tmp_path / f"{width}x{height}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(4):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), "rgb24")))
+        container.mux(stream.encode())
+    for short in (0, 1, 16):
+        video = read_clip(str(path), 0.0, spec(frames=2, fps=8, decode_short_side=short), audio=False).video
+        scale = short / min(width, height) if short else 1  # 0: the source's size
+        assert video.shape == (2, round(height * scale), round(width * scale), 3)  # the long side in proportion
+
+
 def test_missing_streams_and_garbage_raise_decode_error(tmp_path):
     video_only = tmp_path / "v.mp4"
     write_av(video_only, gray_frames(8), 8, None)
