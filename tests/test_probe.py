@@ -1,8 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 
 from xdc.evaluation import probe
-from xdc.evaluation.metrics import average_by_group, cluster_metrics, topk_accuracy
+from xdc.evaluation.metrics import average_by_group, class_results, cluster_metrics, topk_accuracy
 from xdc.evaluation.probe import ProbeResult, kfold_probe, linear_probe, train_val_split
 
 CS = (0.01, 0.1, 1, 10, 100)
@@ -109,6 +111,28 @@ def test_cluster_metrics_ignore_negative_labels_and_assignments():
 
 
 # ---------- linear probe ----------
+
+
+def test_class_results_count_each_class_of_the_test_labels_and_of_the_predictions():
+    true = np.array(["cat", "cat", "dog", "dog", "dog", "\u00e9meu", "\u00e9meu"])  # émeu: tested, never predicted
+    predicted = np.array(["cat", "dog", "dog", "dog", "fox", "cat", "cat"])  # fox: predicted, never a test label
+    out = class_results(true, predicted)
+    assert out["confusion"] == {"classes": ["cat", "dog", "fox", "\u00e9meu"],  # sorted as the probe sorts classes
+                                "counts": [[1, 1, 0, 0], [0, 2, 1, 0], [0, 0, 0, 0], [2, 0, 0, 0]]}  # fmt: skip
+    assert out["per_class"] == {"cat": {"n": 2, "top1": 0.5}, "dog": {"n": 3, "top1": 2 / 3},
+                                "\u00e9meu": {"n": 2, "top1": 0.0}}  # fmt: skip
+    counts = np.array(out["confusion"]["counts"])
+    assert np.trace(counts) / counts.sum() == np.mean(true == predicted) == 3 / 7
+    assert json.loads(json.dumps(out, ensure_ascii=False)) == out  # plain Python values: JSON as they are
+
+
+def test_class_results_name_number_labels_in_their_numeric_order():
+    out = class_results(np.array([10, 2, 2, 1]), np.array([10, 2, 1, 1]))
+    assert out["confusion"] == {"classes": ["1", "2", "10"], "counts": [[1, 0, 0], [1, 1, 0], [0, 0, 1]]}
+    assert out["per_class"] == {"1": {"n": 1, "top1": 1.0}, "2": {"n": 2, "top1": 0.5}, "10": {"n": 1, "top1": 1.0}}
+    assert list(out["per_class"]) == ["1", "2", "10"] and json.loads(json.dumps(out)) == out
+    with pytest.raises(ValueError, match="one shape"):
+        class_results(np.array([1, 2]), np.array([1]))
 
 
 def test_linear_probe_separates_blobs():

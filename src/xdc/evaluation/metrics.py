@@ -108,3 +108,28 @@ def cluster_metrics(assignments: np.ndarray, labels: np.ndarray) -> dict:
         "classes": int(table.shape[0]),
         "n": int(len(y)),
     }
+
+
+def class_results(true: np.ndarray, predicted: np.ndarray) -> dict:
+    """Per-class accuracy and confusion matrix of one prediction per test item (video): ``true`` and ``predicted``
+    hold labels as given (any sortable values: strings, numbers), so a true class may be one never predicted, or
+    not among the classifier's classes at all, and a predicted one may be absent from the test labels.
+
+    Returns plain Python values, for JSON: ``per_class``, for each class of the test items by name (``str`` of the
+    label), ``n`` (its items) and ``top1`` (the fraction of them predicted as it); ``confusion``, ``classes`` (the
+    names of every true and predicted label, sorted as their values are: 2 before 10 for numbers) and ``counts``
+    (rows: true class, columns: predicted). The trace of ``counts`` over its sum is the top-1 accuracy.
+    """
+    true, predicted = np.asarray(true), np.asarray(predicted)
+    if true.ndim != 1 or predicted.shape != true.shape:
+        raise ValueError(f"need true and predicted labels of one shape (N,), got {true.shape} and {predicted.shape}")
+    classes, codes = np.unique(np.concatenate([true, predicted]), return_inverse=True)
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(counts, (codes[: len(true)], codes[len(true) :]), 1)
+    names = [str(name) for name in classes.tolist()]
+    n = counts.sum(axis=1)
+    return {
+        "per_class": {name: {"n": int(n[i]), "top1": float(counts[i, i] / n[i])}
+                      for i, name in enumerate(names) if n[i]},
+        "confusion": {"classes": names, "counts": counts.tolist()},
+    }
