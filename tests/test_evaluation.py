@@ -217,6 +217,50 @@ def test_linear_probe_on_another_file_of_test_features(tmp_path, capsys):
                                        "they features of one dataset's labels?\n")  # fmt: skip
 
 
+def test_eval_linear_and_kfold_report_each_class_and_a_confusion_matrix(tmp_path, capsys):
+    """per_class and confusion count the videos (groups of 2 clips) top1 counts: trace / total is top1 exactly. A test
+    class never trained on (z\u00e9) is tested and never predicted; a trained class absent from the test (c) is
+    predicted, its features being z\u00e9's."""
+    rng = np.random.default_rng(0)
+    centres = {"a": 0.0, "b": 2.0, "c": 4.0, "z\u00e9": 4.0, 1: 0.0, 2: 0.5, 10: 1.0}  # 1, 2 and 10 overlap
+
+    def features(path: Path, labels: list, split: str, fold=None) -> Path:
+        labels = np.repeat(labels, 2)  # 2 clips per video
+        x = rng.normal(size=(len(labels), 4)) + np.array([[centres[label]] for label in labels.tolist()])
+        np.savez(path, features=x.astype(np.float32), label=labels, split=np.array([split] * len(labels)),
+                 fold=np.zeros(len(labels), np.int64) if fold is None else np.repeat(fold, 2),
+                 group=np.repeat([f"{path.stem}{i}" for i in range(len(labels) // 2)], 2))  # fmt: skip
+        return path
+
+    train = features(tmp_path / "train.npz", ["a", "b", "c"] * 8, "")
+    test = features(tmp_path / "test.npz", ["a", "b", "z\u00e9"] * 4, "")
+    out = tmp_path / "l.json"
+    assert main(["eval", "linear", "--features", str(train), "--test-features", str(test), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["per_class"]["z\u00e9"] == {"n": 4, "top1": 0.0} and set(result["per_class"]) == {"a", "b", "z\u00e9"}
+    assert result["confusion"]["classes"] == ["a", "b", "c", "z\u00e9"]
+    counts = np.array(result["confusion"]["counts"])
+    assert counts.sum() == result["n_test_videos"] == 12 and counts[2].sum() == 0 and counts[:, 2].sum() >= 3
+    assert np.trace(counts) / counts.sum() == result["top1"] and result["probe"]["seed"] == 0
+    assert "worst classes: z\u00e9 0.00 (0/4)" in printed and "per_class" not in printed and "confusion" not in printed
+    assert '"counts": [\n      [' in out.read_text()  # a row of the matrix to a line, not a number
+
+    # k-fold over labels that are numbers, named in their numeric order; the folds' matrices summed
+    folds = features(tmp_path / "folds.npz", [1, 2, 10] * 10, "", fold=np.arange(30) % 2 + 1)
+    assert main(["eval", "kfold", "--features", str(folds), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["confusion"]["classes"] == ["1", "2", "10"] and list(result["per_class"]) == ["1", "2", "10"]
+    summed = np.zeros((3, 3), dtype=np.int64)
+    for fold in result["folds"]:
+        counts = np.array(fold["confusion"]["counts"])
+        assert fold["confusion"]["classes"] == ["1", "2", "10"] and np.trace(counts) / counts.sum() == fold["top1"]
+        summed += counts
+    assert result["confusion"]["counts"] == summed.tolist() and summed.sum() == 30
+    assert {name: c["n"] for name, c in result["per_class"].items()} == {"1": 10, "2": 10, "10": 10}
+    assert 0 < result["mean_top1"] < 1 and "worst classes over the 2 folds: " in capsys.readouterr().out
+
+
 def test_linear_probe_refuses_a_video_in_both_splits(tmp_path, capsys):
     """A video listed in both splits of a table (or the features file given again as --test-features) was trained
     and tested on, and scored as if unseen (until 2026-12-02); another file's group ids may name other videos."""

@@ -191,11 +191,30 @@ def test_linear_probe_averages_clips_per_video():
 def test_linear_probe_accepts_string_labels_and_counts_unseen_test_classes_as_wrong():
     x, y = blobs(1000)
     names = np.array(["dog", "rain", "siren", "clock", "wind"])[y]
-    test_names = names[500:].copy()
+    test_names = names[500:].astype("U14")  # wide enough for the new name
     test_names[:100] = "crackling_fire"  # never seen in training
     r = linear_probe(x[:500], names[:500], x[500:], test_names)
     assert r.top1 == pytest.approx(r.clip_top1)
     assert 0.78 <= r.top1 <= 0.8  # the 100 unseen items are wrong, the 400 others right
+    record = r.to_dict()
+    assert record["per_class"]["crackling_fire"] == {"n": 100, "top1": 0.0}
+    assert sum(c["n"] for c in record["per_class"].values()) == 500
+
+
+def test_confusion_trace_is_the_video_level_top1_exactly():
+    """The confusion counts the videos top1 counts: clip scores averaged per group, a test class never seen in
+    training wrong, a training class absent from the test labels predicted."""
+    rng = np.random.default_rng(0)
+    groups = np.arange(1200) // 4  # 300 videos of 4 clips
+    y = rng.integers(0, 5, 300)[groups]
+    x = rng.normal(size=(5, 64))[y] + 3.5 * rng.normal(size=(1200, 64))  # noisy: some videos wrong
+    test_y = np.where(y[600:] == 4, 7, y[600:])  # class 4 is only trained, class 7 only tested
+    r = linear_probe(x[:600], y[:600], x[600:], test_y, test_groups=groups[600:], train_groups=groups[:600])
+    confusion = r.to_dict()["confusion"]
+    counts = np.array(confusion["counts"])
+    assert confusion["classes"] == ["0", "1", "2", "3", "4", "7"] and counts.sum() == r.n_test_videos == 150
+    assert counts[4].sum() == 0 and counts[:, 4].sum() > 0 and counts[5, 5] == 0  # 4 predicted, 7 never
+    assert 0.5 < r.top1 < 0.8 and np.trace(counts) / counts.sum() == r.top1
 
 
 def test_linear_probe_is_deterministic():
@@ -263,7 +282,7 @@ def test_kfold_passes_only_the_other_folds_to_training(monkeypatch):
 
     def spy(train_x, train_y, test_x, test_y, **kwargs):
         calls.append((train_x[:, -1], test_x[:, -1], kwargs["train_groups"], kwargs["test_groups"]))
-        return ProbeResult(1.0, 1.0, 1.0, len(train_x), len(test_x), "logreg", 1.0, 1.0, len(test_x))
+        return ProbeResult(1.0, 1.0, 1.0, len(train_x), len(test_x), "logreg", 1.0, 1.0, len(test_x), test_y, test_y)
 
     monkeypatch.setattr(probe, "linear_probe", spy)
     out = kfold_probe(x, y, folds, groups=groups)
@@ -283,6 +302,22 @@ def test_kfold_mean_and_population_std():
     assert out["mean_top1"] == pytest.approx(np.mean(top1))
     assert out["std_top1"] == pytest.approx(np.std(top1, ddof=0))
     assert all(r.classifier == "svm" and r.n_test == 100 for r in out["results"])
+
+
+def test_kfold_sums_the_folds_confusions():
+    x, y = blobs(500, spread=8.0)
+    folds = np.arange(500) % 5 + 1
+    out = kfold_probe(x, np.array(["a", "b", "c", "d", "e"])[y], folds, cs=(0.1,))
+    summed = np.zeros((5, 5), dtype=np.int64)
+    for r in out["results"]:
+        confusion = r.to_dict()["confusion"]
+        counts = np.array(confusion["counts"])
+        assert np.trace(counts) / counts.sum() == r.top1  # each fold's: its top1 exactly
+        index = [out["confusion"]["classes"].index(name) for name in confusion["classes"]]
+        summed[np.ix_(index, index)] += counts
+    assert out["confusion"]["classes"] == ["a", "b", "c", "d", "e"] and out["confusion"]["counts"] == summed.tolist()
+    assert summed.sum() == 500 and np.trace(summed) / 500 == pytest.approx(out["mean_top1"])  # folds of 100 videos
+    assert {name: c["n"] for name, c in out["per_class"].items()} == dict(zip("abcde", np.bincount(y).tolist()))
 
 
 def test_kfold_rejects_a_group_spanning_folds():

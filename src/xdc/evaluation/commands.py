@@ -9,6 +9,7 @@ import shutil
 import sys
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # torch, imported when finetuning starts
 PROBE = {"cs": [0.01, 0.1, 1.0, 10.0, 100.0], "val_fraction": 0.2, "seed": 0}  # recorded with every result
 FEATURE_ARRAYS = ("features", "label", "split", "fold", "group")  # of xdc extract's .npz, read by the probes
 DAMAGED_NPZ = (zipfile.BadZipFile, zlib.error)  # what numpy lets through from an .npz that is not whole
+PER_CLASS = ("per_class", "confusion")  # of a result: in the JSON, not in the printed table (one line names the worst)
 
 
 def load_features(path: str | Path) -> dict[str, np.ndarray]:
@@ -107,7 +109,7 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
     record = {"command": "eval linear", "features": os.path.abspath(features),
               "test_features": os.path.abspath(test_features) if test_features else "",
               **result.to_dict(), "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
-    return _emit(record, [result.to_dict()], out)
+    return _emit(record, [_numbers(result.to_dict())], out, _worst_classes(record["per_class"]))
 
 
 def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
@@ -121,14 +123,14 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
         )
     except ValueError as e:
         raise UserError(f"{features}: {e}") from None
-    rows = [{"fold": f, **r.to_dict()} for f, r in zip(result["folds"], result["results"])]
-    summary = {k: result[k] for k in ("mean_top1", "std_top1", "mean_top5", "train_only")}
+    folds = [{"fold": f, **r.to_dict()} for f, r in zip(result["folds"], result["results"])]
+    summary = {k: result[k] for k in ("mean_top1", "std_top1", "mean_top5", "train_only", *PER_CLASS)}
     if result["train_only"]:  # a table that numbers its folds from 0 would lose one: said, not only in the JSON
         print(f"{result['train_only']} clips of fold 0 (no fold) trained in every fold and were never tested")
-    rows.append({"fold": "mean", "top1": summary["mean_top1"], "top5": summary["mean_top5"]})
-    record = {"command": "eval kfold", "features": os.path.abspath(features), **summary, "folds": rows[:-1],
+    rows = [*map(_numbers, folds), {"fold": "mean", "top1": summary["mean_top1"], "top5": summary["mean_top5"]}]
+    record = {"command": "eval kfold", "features": os.path.abspath(features), **summary, "folds": folds,
               "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
-    return _emit(record, rows, out)
+    return _emit(record, rows, out, _worst_classes(result["per_class"], f" over the {len(folds)} folds"))
 
 
 def eval_finetune(
@@ -299,10 +301,32 @@ def is_result(path: Path) -> bool:
     return not start or _RESULT_START.match(start) is not None
 
 
-def _emit(record: dict, rows: list[dict], out: Path | None) -> dict:
+def _numbers(row: dict) -> dict:
+    """A result's row for the printed table: without its per-class results."""
+    return {k: v for k, v in row.items() if k not in PER_CLASS}
+
+
+def _worst_classes(per_class: dict, where: str = "") -> list[str]:
+    """A line naming the 3 classes of the lowest top-1 (ties in the classes' order), or none where every class's
+    test videos were right."""
+    wrong = sorted((item for item in per_class.items() if item[1]["top1"] < 1), key=lambda item: item[1]["top1"])
+    scores = [f"{name} {c['top1']:.2f} ({round(c['top1'] * c['n'])}/{c['n']})" for name, c in wrong[:3]]
+    return [f"worst classes{where}: " + ", ".join(scores)] if scores else []
+
+
+# A list of integers, one to a line as json.dumps(indent=2) writes it: a confusion matrix's row goes on one line
+# (a JSON string holds no raw line break, so none is changed)
+_INTEGERS = re.compile(r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]")
+
+
+def _emit(record: dict, rows: list[dict], out: Path | None, notes: Sequence[str] = ()) -> dict:
     print(format_table(rows))
+    for line in notes:
+        print(line)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out, lambda f: f.write(json.dumps(record, indent=2, default=str)))
+        text = _INTEGERS.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]",
+                             json.dumps(record, indent=2, default=str))  # fmt: skip
+        write_atomic(out, lambda f: f.write(text))
         print(f"wrote {out}")
     return record

@@ -5,7 +5,7 @@ the k-fold protocol of ESC-50 / DCASE built on it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from scipy.special import softmax
@@ -14,7 +14,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import LinearSVC
 
-from xdc.evaluation.metrics import average_by_group, group_index, topk_accuracy
+from xdc.evaluation.metrics import average_by_group, class_results, group_index, topk_accuracy
 
 CLASSIFIERS = ("logreg", "svm")
 # Caps, not typical counts: lbfgs converges in tens of iterations on 512-d features; liblinear's dual solver
@@ -34,9 +34,15 @@ class ProbeResult:
     c: float  # regularisation chosen on validation, then refitted on the whole training set
     val_top1: float  # validation accuracy at c, at the level of top1 (per video when train groups are given)
     n_test_videos: int  # test groups; n_test when no groups are given
+    # the label of each test video (clip without groups) as given, and the class its mean score ranks first: what
+    # top1 counts, kept for per_class and confusion (kfold_probe sums them over the folds)
+    video_labels: np.ndarray = field(repr=False, compare=False)
+    predicted: np.ndarray = field(repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The numbers, with ``per_class`` and ``confusion`` (metrics.class_results) for the arrays of labels."""
+        numbers = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("video_labels", "predicted")}
+        return {**numbers, **class_results(self.video_labels, self.predicted)}
 
 
 def train_val_split(
@@ -115,6 +121,7 @@ def linear_probe(
     test_labels = _encode(np.asarray(test_y), classes)
     scores = _scores(model, test_x)
     top1, top5, n_videos = _video_accuracy(scores, test_labels, test_groups)
+    video_labels, predicted = _video_predictions(scores, np.asarray(test_y), test_groups, classes)
     return ProbeResult(
         top1=top1,
         top5=top5,
@@ -125,6 +132,8 @@ def linear_probe(
         c=float(c),
         val_top1=val_top1,
         n_test_videos=n_videos,
+        video_labels=video_labels,
+        predicted=predicted,
     )
 
 
@@ -137,8 +146,9 @@ def kfold_probe(
 
     ``probe_kwargs`` go to ``linear_probe``. Returns ``folds`` (ids in sorted order), ``results`` (one
     ``ProbeResult`` per fold), ``mean_top1``, ``std_top1`` (population standard deviation over folds, ddof=0),
-    ``mean_top5`` and ``train_only`` (the items of fold 0). A group (e.g. the sub-clips of one recording) must
-    lie in a single fold.
+    ``mean_top5``, ``train_only`` (the items of fold 0), and ``per_class`` and ``confusion`` of the test videos of
+    every fold together (metrics.class_results: the counts summed over the folds). A group (e.g. the sub-clips of
+    one recording) must lie in a single fold.
     """
     x, y, folds = np.asarray(x), np.asarray(y), np.asarray(folds)
     if not len(x) == len(y) == len(folds):
@@ -175,6 +185,8 @@ def kfold_probe(
         except ValueError as e:  # which fold's training set has one class, or no class of two units
             raise ValueError(f"fold {fold}: {e}") from None
     top1 = np.array([r.top1 for r in results])
+    tested = np.concatenate([r.video_labels for r in results])  # every test video of every fold, once
+    predicted = np.concatenate([r.predicted for r in results])
     return {
         "folds": fold_ids.tolist(),
         "results": results,
@@ -182,6 +194,7 @@ def kfold_probe(
         "std_top1": float(top1.std()),
         "mean_top5": float(np.mean([r.top5 for r in results])),
         "train_only": int((folds == 0).sum()),
+        **class_results(tested, predicted),
     }
 
 
@@ -233,6 +246,16 @@ def _video_accuracy(
     if groups is not None:
         scores, labels, _ = average_by_group(scores, groups, labels)
     return topk_accuracy(scores, labels, 1), topk_accuracy(scores, labels, 5), len(labels)
+
+
+def _video_predictions(
+    scores: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, classes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The label of each video (or clip), as given, and the class of its highest mean score; the lower index on a
+    tie, as topk_accuracy breaks them, so that the videos counted right are those of _video_accuracy's top-1."""
+    if groups is not None:
+        scores, labels, _ = average_by_group(scores, groups, labels)
+    return labels, classes[scores.argmax(axis=1)]
 
 
 def _select_c(
