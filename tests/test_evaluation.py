@@ -506,10 +506,18 @@ def test_finetune_reports_the_test_videos_it_could_not_score(run, tmp_path, caps
     assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "video", "--data", str(table), "--out",
                  str(out), "--mode", "fc", "--set", "finetune.epochs=1", "--set", "finetune.batch_size=8", "--set",
                  "finetune.test_clips=1", "--set", "seed=3"]) == 0  # fmt: skip
-    assert "... and 1 more skipped (the JSON lists them all)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "... and 1 more skipped (the JSON lists them all)" in printed
     record = json.loads(out.read_text())
     assert record["seed"] == 3
     assert (record["splits"][0]["n_test"], record["splits"][0]["n_test_scored"]) == (9, 8)
+    # per class, the 8 test videos scored (the label names of labels.csv), as top1 counts them
+    split = record["splits"][0]
+    counts = np.array(split["confusion"]["counts"])
+    assert set(split["per_class"]) <= set(split["confusion"]["classes"]) <= {item.label for item in items}
+    assert counts.sum() == sum(c["n"] for c in split["per_class"].values()) == 8
+    assert np.trace(counts) / counts.sum() == split["top1"]
+    assert ("worst classes: " in printed) == (split["top1"] < 1) and "per_class" not in printed
     reasons = {skip["path"]: skip["reason"] for skip in record["skipped"]}
     assert len(record["skipped"]) == 6 and set(reasons) == {items[1].path, items[2].path, *map(str, broken)}
     assert reasons[items[1].path] == "its window starts at 5s, at or after the file's end at 3s"
@@ -1080,4 +1088,10 @@ def test_all_three_splits_killed_in_the_second_go_on_with_the_first_kept(run, tm
     assert "split1: finished before with the same settings" in said and "split2: resuming after batch" in said
     a, b = (json.loads(path.read_text()) for path in (straight, killed))
     assert [s["split"] for s in b["splits"]] == [1, 2, 3] and b["mean_top1"] == a["mean_top1"]
+    assert ("worst classes of split 3: " in said) == (b["splits"][2]["top1"] < 1)
+    # each split's classes, the first's kept in its result.pt
+    assert [s["confusion"] for s in a["splits"]] == [s["confusion"] for s in b["splits"]]
+    for split in b["splits"]:
+        counts = np.array(split["confusion"]["counts"])
+        assert np.trace(counts) / counts.sum() == split["top1"] and counts.sum() == split["n_test_scored"]
     assert [s["epoch_losses"] for s in a["splits"]] == [s["epoch_losses"] for s in b["splits"]]

@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--classifier", choices=("logreg", "svm"), default="logreg")
         q.add_argument("--out", type=Path, help=OUT_HELP)
         q.set_defaults(func=cmd_eval, test_features=None)
-    q = evals.add_parser("finetune", help="full finetuning or fc-only on train/test splits, video-level accuracy")
+    q = evals.add_parser("finetune",
+                         help="full finetuning or fc-only on train/test splits, video-level and per-class accuracy")
     q.add_argument("--run", type=Path, required=True, help=RUN_HELP)
     q.add_argument("--encoder", required=True, help="video or audio (or video2/audio2 of same-modality runs)")
     q.add_argument("--data", type=Path, required=True, help="dataset root, or a CSV table with a split column")

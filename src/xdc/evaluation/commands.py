@@ -179,9 +179,11 @@ def eval_finetune(
               "settings": settings or {}, "dataset": dataset, "data": str(data), "mode": mode, "splits": rows,
               "mean_top1": float(np.mean([r["top1"] for r in rows])), "config": config_to_dict(cfg.finetune),
               "seed": cfg.seed, "log": str(folder), "skipped": skipped}  # fmt: skip
-    table = [{k: v for k, v in row.items() if k != "epoch_losses"} for row in rows]  # the JSON has them
+    table = [{k: v for k, v in _numbers(row).items() if k != "epoch_losses"} for row in rows]  # the JSON has them
     table += [{"split": "mean", "top1": record["mean_top1"]}] if len(rows) > 1 else []
-    emitted = _emit(record, table, out)
+    worst = [line for row in rows if row.get("per_class")  # a split's result kept from before 2026-12-02 has none
+             for line in _worst_classes(row["per_class"], f" of split {row['split']}" if split == "all" else "")]
+    emitted = _emit(record, table, out, worst)
     for state in states:  # the result is out: the checkpoints and kept results have served
         shutil.rmtree(state, ignore_errors=True)
     return emitted

@@ -37,7 +37,7 @@ from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, split_items
 from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.extract import items_to_manifest
-from xdc.evaluation.metrics import average_by_group, topk_accuracy
+from xdc.evaluation.metrics import average_by_group, class_results, group_index, topk_accuracy
 from xdc.evaluation.resume import SavedProgress, identity
 from xdc.evaluation.sources import load_source
 from xdc.progress import progress_bar
@@ -225,11 +225,14 @@ def finetune(
     every_failure = gather_objects(failures.failures, ctx)
     if not ctx.main:
         return None
-    scores, labels, groups, test_failures = tested
+    scores, labels, names, groups, test_failures = tested
     if not len(scores):  # there were test files (checked above): each failed
         path, reason = test_failures[0]
         raise UserError(f"no test clip could be read ({len(test_failures)} files failed; the first: {path}: {reason})")
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
+    # per class, the videos top1 counts: each one's label as given (a class with no readable training video keeps
+    # its name) and the class of its highest mean score, the lower index on a tie as topk_accuracy breaks them
+    by_class = class_results(names[group_index(groups)[1]], np.asarray(classes)[video_scores.argmax(axis=1)])
     failed: dict[str, str] = {}  # each file once, with its first reason: under torchrun, each rank that read it failed
     for path, reason in [*skipped, *test_skipped, *(f for rank in every_failure for f in rank), *test_failures]:
         failed.setdefault(path, reason)
@@ -242,7 +245,7 @@ def finetune(
         "n_test": len({test_items[i].group for i in test_rows}),  # readable test videos: groups, as scored below
         "n_test_scored": len(video_labels),  # test videos (groups) with a clip read: those the accuracies count
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
-        "clip_top1": topk_accuracy(scores, labels, 1), "first_loss": _mean(trained_losses[:1]),
+        "clip_top1": topk_accuracy(scores, labels, 1), **by_class, "first_loss": _mean(trained_losses[:1]),
         "last_loss": _mean(trained_losses[-5:]),
         "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)], "source": source.kind,
         "clip": config_to_dict(data_cfg.clip),
@@ -312,10 +315,10 @@ def _train_step(net, encoder, mode, place, batch: dict | None, optimizer, empty:
 
 @torch.no_grad()
 def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers, ctx):
-    """Clip softmax scores, labels (train class index, -1 if unseen) and groups of every test clip read, in the
-    order of the test clips, and the (path, reason) of the test files that failed; under torchrun each rank scores
-    every W-th clip and rank 0 gets them all (the others None), every rank with rank 0's BatchNorm statistics: one
-    model scores them all, whatever the number of ranks."""
+    """Clip softmax scores, labels (train class index, -1 if unseen), label names and groups of every test clip
+    read, in the order of the test clips, and the (path, reason) of the test files that failed; under torchrun each
+    rank scores every W-th clip and rank 0 gets them all (the others None), every rank with rank 0's BatchNorm
+    statistics: one model scores them all, whatever the number of ranks."""
     broadcast_buffers(model, ctx)
     model.eval()
     index = {c: i for i, c in enumerate(classes)}
@@ -345,4 +348,5 @@ def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, wor
     scores, rows = scores[order], rows[order]
     items = [test_items[test_rows[row]] for row in rows]
     labels = np.array([index.get(item.label, -1) for item in items], dtype=np.int64)
-    return scores, labels, np.array([item.group for item in items]), [f for rank in failed for f in rank]
+    names, groups = np.array([item.label for item in items]), np.array([item.group for item in items])
+    return scores, labels, names, groups, [f for rank in failed for f in rank]
