@@ -243,8 +243,9 @@ def test_a_killed_holder_does_not_block_the_next_run(videos: Path, tmp_path: Pat
 
 def test_torchrun_pretrain_into_a_run_in_use_stops_every_rank_with_the_refusal(tmp_path: Path) -> None:
     """Rank 0 takes the lock; its refusal reaches rank 1 (which would otherwise wait for it at the first
-    collective) and the job ends with the one line, without a hang. (torchrun ends the other rank once one has
-    failed: whether that one still printed the line, and its exit code, depend on which was first.)"""
+    collective) and the job ends with the one line, without a hang, said once by rank 0 before either rank ends
+    (torchrun ends the other rank once one has: until 2026-12-02 each rank said it, and the line came once or twice
+    as the other rank was ended before or after saying it)."""
     run = tmp_path / "run"
     job = [*torchrun_command(2), "-m", "xdc.cli", "pretrain", "--data", str(tmp_path / "m.csv"), "--out", str(run)]
     with holding(run, "pretrain", folder=True):
@@ -253,6 +254,7 @@ def test_torchrun_pretrain_into_a_run_in_use_stops_every_rank_with_the_refusal(t
     assert done.returncode != 0
     assert f"xdc: error: {run} {IN_USE} (pretrain, pid {os.getpid()}): wait for it to end, or choose another --out\n" \
         in done.stderr, done.stderr[-3000:]  # fmt: skip
+    assert done.stderr.count("xdc: error:") == 1, done.stderr[-3000:]
     assert "exitcode  : 2" in done.stderr  # in torchrun's report of its failed ranks
     assert f"{os.sep}xdc{os.sep}" not in done.stderr  # no traceback of xdc's (torchrun's report has one of its own)
     assert time.monotonic() - started < 240

@@ -442,6 +442,24 @@ def test_two_gloo_ranks_match_one_process(manifest, tmp_path):
             torch.testing.assert_close(value, b[encoder][name], rtol=1e-4, atol=1e-5, msg=f"{encoder}.{name}")
 
 
+def _failed_launch(manifest: Path, out: Path, *extra: str) -> str:
+    """The stderr of a pretraining run of _cli's on 2 gloo ranks under torchrun that fails."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*torchrun_command(2), *_cli(manifest, out, *extra)[1:]], capture_output=True, env=env,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode != 0
+    return done.stderr
+
+
+def test_an_error_of_each_ranks_own_is_said_by_each_naming_another_rank(manifest, tmp_path):
+    """Refused by each rank on its own, not together: each says it, rank 1 naming itself (a rank's own file or device
+    would be refused on that rank alone). Errors that the ranks raise together, rank 0 alone says: test_locks,
+    test_evaluation."""
+    err = _failed_launch(manifest, tmp_path / "run", "--set=train.batch_size=7")
+    refusal = "train.batch_size (7) must be a multiple of the 2 ranks"
+    assert f"xdc: error: {refusal}" in err and f"xdc: error: rank 1: {refusal}" in err, err[-3000:]
+
+
 SPREAD = ["--set=train.cluster_on=shards", "--set=train.assign=sinkhorn", "--set=train.extract_cache=true",
           "--set=train.recluster=plateau", "--set=train.holdout_fraction=0.25"]  # fmt: skip
 

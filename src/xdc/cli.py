@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from xdc.config import Config, given_keys, given_settings, load_config, setting, with_settings
 from xdc.data.preload import preload_fork_server
-from xdc.errors import UserError
+from xdc.errors import SharedError, UserError
 from xdc.limits import fit_threads
 from xdc.locks import holding
 
@@ -177,21 +177,34 @@ def _warn_unused_on_resume(cfg: Config, given: list[str], saved: Path) -> None:
               file=sys.stderr)
 
 
+class _Said(Exception):
+    """A SharedError that rank 0 of a torchrun job has said for all its ranks (_as_rank)."""
+
+
 def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcontext) -> T:
     """``work(ctx)`` as one rank of the torchrun job that started this process (its process group joined, and left
     after the other ranks once ``work`` is done), or in a process alone. ``gpus``: see init_distributed. Rank 0
-    holds ``lock`` until every rank is done; where it is refused, every rank stops with its error."""
+    holds ``lock`` until every rank is done; where it is refused, every rank stops with its error, said once."""
     from xdc.training.distributed import init_distributed, leave_distributed, on_main
 
     with ExitStack() as held:
-        finished = False
+        together = False  # whether every rank leaves here, after a barrier (else at once: the others may never come)
         try:
             ctx = init_distributed(gpus)
             on_main(lambda: held.enter_context(lock()), ctx)
             result = work(ctx)
-            finished = True
+            together = True
+        except SharedError as e:
+            if not ctx.enabled:
+                raise
+            # every rank raised it: rank 0 says it before any leaves, as torchrun stops a job's processes once one
+            # has ended, which could be before rank 0's line
+            if ctx.main:
+                _say(str(e))
+            together = True
+            raise _Said() from e
         finally:
-            leave_distributed(finished)
+            leave_distributed(together)
     return result
 
 
@@ -497,6 +510,12 @@ def _one_line_warning(message, category, filename, lineno, line=None, _default=w
     return _default(message, category, filename, lineno, line)
 
 
+def _say(error: str) -> None:
+    """An error as one line; under torchrun, from another rank than 0, naming it (its own files, its device)."""
+    rank = int(os.environ.get("RANK", "0"))
+    print(f"xdc: error: {f'rank {rank}: ' if rank else ''}{error}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fit_threads()
@@ -506,8 +525,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return args.func(args)
+    except _Said:
+        return 2
     except UserError as e:
-        print(f"xdc: error: {e}", file=sys.stderr)
+        _say(str(e))
         return 2
     except OSError as e:
         if e.filename is None and e.errno not in DISK_FULL:
@@ -515,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         # the machine's, not the code's: a folder that cannot be made, a full disk, a file gone from under the run
         # (a write to an open file, a log's, names none; the files xdc replaces say theirs: xdc.atomic)
         where = "" if e.filename is None else f"{e.filename}: "
-        print(f"xdc: error: {where}{e.strerror or e}", file=sys.stderr)
+        _say(f"{where}{e.strerror or e}")
         return 2
     except KeyboardInterrupt:
         print("xdc: interrupted", file=sys.stderr)

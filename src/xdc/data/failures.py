@@ -12,11 +12,12 @@ from pathlib import Path
 
 from xdc.atomic import replacing
 from xdc.data.manifest import open_text
-from xdc.errors import UserError
+from xdc.errors import SharedError
 
 
-class TooManyFailures(UserError):
-    pass
+class TooManyFailures(SharedError):
+    """Too many clips failed: under torchrun raised by every rank at once, judged on all their counts
+    (``xdc.training.distributed.judge_failures``)."""
 
 
 class FailureLog:

@@ -67,7 +67,7 @@ from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.manifest import Manifest, write_atomic, write_videos
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.data.worker_deaths import Surviving
-from xdc.errors import UserError
+from xdc.errors import SharedError, UserError
 from xdc.limits import usable_memory_bytes
 from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.models.device_form import device_form, warn_cudnn_fault
@@ -563,9 +563,9 @@ class Pretrainer:
             bad |= ~rows.isfinite().all(1)
         bad = global_count(int(bad.sum()), self.ctx.device)
         if bad:
-            raise UserError(f"round {self.progress.round}: the features of {bad} of {len(self.videos)} videos are NaN "
-                            f"or infinite: the training diverged; start a new run with a lower train.lr (this run's: "
-                            f"{self.cfg.train.lr})")  # fmt: skip
+            raise SharedError(f"round {self.progress.round}: the features of {bad} of {len(self.videos)} videos are "
+                              f"NaN or infinite: the training diverged; start a new run with a lower train.lr (this "
+                              f"run's: {self.cfg.train.lr})")  # fmt: skip
         if self.cfg.train.cluster_on == "shards":
             return FeatureShard(index.numpy(), mine)
         return {e: gather_rows(mine.pop(e), index, len(self.videos), self.ctx) for e in clustered}
