@@ -460,6 +460,24 @@ def test_an_error_of_each_ranks_own_is_said_by_each_naming_another_rank(manifest
     assert f"xdc: error: {refusal}" in err and f"xdc: error: rank 1: {refusal}" in err, err[-3000:]
 
 
+def test_too_few_features_on_two_ranks_is_said_once_with_every_ranks_failed_files(manifest, tmp_path):
+    """All files but two of rank 0's moved away: the ranks stop together at too few videos with features, which
+    rank 0 alone says (until 2026-12-02 every rank said it; under train.cluster_on=shards each its own line),
+    counting, naming and listing the failed files of both ranks (before, the printing rank's alone: "10 file(s)
+    failed to load here", and no skipped.csv)."""
+    rows = read_rows(manifest)
+    gone = [{**row, "path": row["path"].replace("/videos/", "/gone/")} for row in rows]
+    few = tmp_path / "few.csv"
+    write_rows(few, [rows[i] if i in (0, 2) else gone[i] for i in range(len(rows))])  # rank 0 reads rows 0, 2, ...
+    err = _failed_launch(few, tmp_path / "run")
+    listed = tmp_path / "run" / "skipped.csv"
+    assert err.count("xdc: error:") == 1, err[-3000:]
+    assert (f"xdc: error: only 2 of 24 videos gave features, fewer than train.k=4; 22 file(s) failed to load, listed "
+            f"in {listed}, the last {gone[-1]['path']}: FileNotFoundError") in err, err[-3000:]  # fmt: skip
+    with open(listed) as f:
+        assert sorted(row["path"] for row in csv.DictReader(f)) == sorted(row["path"] for row in gone[1:2] + gone[3:])
+
+
 SPREAD = ["--set=train.cluster_on=shards", "--set=train.assign=sinkhorn", "--set=train.extract_cache=true",
           "--set=train.recluster=plateau", "--set=train.holdout_fraction=0.25"]  # fmt: skip
 
@@ -696,8 +714,8 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     write_rows(moved, [{**row, "path": row["path"].replace("/videos/", "/gone/")} for row in rows])
     assert main([*base[:2], str(moved), *base[3:], "--out", str(tmp_path / "m")]) == 2
     last = rows[-1]["path"].replace("/videos/", "/gone/")
-    assert (f"only 0 of 24 videos gave features, fewer than train.k=4; 24 file(s) failed to load here, the last "
-            f"{last}: ") in capsys.readouterr().err  # fmt: skip
+    assert (f"only 0 of 24 videos gave features, fewer than train.k=4; 24 file(s) failed to load, listed in "
+            f"{tmp_path / 'm' / 'skipped.csv'}, the last {last}: ") in capsys.readouterr().err  # fmt: skip
     silent = tmp_path / "silent.csv"  # every file without audio: XDC has nothing to read, SDC on video does
     write_rows(silent, [{**row, "status": "no_audio", "has_audio": "0"} for row in read_rows(manifest)])
     base[2] = str(silent)

@@ -207,15 +207,16 @@ def judge_failures(failures: FailureLog, ctx: Dist, going: bool = True) -> None:
             return
 
 
-def failures_line(failures: FailureLog, ctx: Dist, listing: Callable[[FailureLog], str] | None = None) -> str:
-    """The line that stops a run whose clips failed too often, the same on every rank: every rank's ``failures``
-    summed up on rank 0, with what ``listing`` adds there (it may write them down). A collective."""
+def failures_line(failures: FailureLog, ctx: Dist, say: Callable[[FailureLog], str] = FailureLog.summary) -> str:
+    """A line about the failed clips of every rank, the same on every rank (a run's stop: by default the line of
+    too many, see judge_failures): ``say`` of every rank's ``failures`` summed up on rank 0 (it may write them
+    down there). A collective."""
     ranks = gather_objects(failures.state(), ctx)
 
     def line() -> str:
         every = FailureLog(failures.max_fraction)
         every.merge(ranks)
-        return every.summary() + (listing(every) if listing is not None else "")
+        return say(every)
 
     return broadcast_object(on_main(line, ctx), ctx)
 

@@ -432,13 +432,19 @@ class Pretrainer:
         """The stop of a run whose clips failed too often: every rank's failed files listed in skipped.csv (by rank 0,
         as at the run's end), and the line that says so, the same on every rank. A collective."""
 
-        def listing(failures: FailureLog) -> str:
-            listed = self.out / "skipped.csv"  # the line names one file: the rest, to mend or remove, are here
-            failures.save(listed)
-            return (f"; the {len(failures.files)} file(s) that failed are listed in {listed}: to go on without them, "
-                    "--resume --set data.max_fail_fraction=HIGHER")  # fmt: skip
+        def line(failures: FailureLog) -> str:
+            listed = self._write_skipped(failures)
+            return (f"{failures.summary()}; the {len(failures.files)} file(s) that failed are listed in {listed}: "
+                    "to go on without them, --resume --set data.max_fail_fraction=HIGHER")  # fmt: skip
 
-        return TooManyFailures(failures_line(self.failures, self.ctx, listing))
+        return TooManyFailures(failures_line(self.failures, self.ctx, line))
+
+    def _write_skipped(self, failures: FailureLog) -> Path:
+        """Where rank 0 lists every rank's failed files (``failures``) when they stop the run: a line names one file,
+        the rest, to mend or remove, are there."""
+        listed = self.out / "skipped.csv"
+        failures.save(listed)
+        return listed
 
     def _rounds(self, rounds: int) -> None:
         cfg = self.cfg.train
@@ -566,9 +572,22 @@ class Pretrainer:
             raise SharedError(f"round {self.progress.round}: the features of {bad} of {len(self.videos)} videos are "
                               f"NaN or infinite: the training diverged; start a new run with a lower train.lr (this "
                               f"run's: {self.cfg.train.lr})")  # fmt: skip
+        count = global_count(len(index), self.ctx.device)
+        if count < self.cfg.train.k:
+            raise SharedError(failures_line(self.failures, self.ctx, partial(self._too_few, count)))
         if self.cfg.train.cluster_on == "shards":
             return FeatureShard(index.numpy(), mine)
         return {e: gather_rows(mine.pop(e), index, len(self.videos), self.ctx) for e in clustered}
+
+    def _too_few(self, count: int, failures: FailureLog) -> str:
+        """The stop of a round in which only ``count`` videos, fewer than train.k, gave features: with the files that
+        failed to load on every rank (``failures``), which say why (a moved collection: "file not found")."""
+        line = f"only {count} of {len(self.videos)} videos gave features, fewer than train.k={self.cfg.train.k}"
+        if not failures.files:
+            return line
+        path, reason = failures.failures[-1]
+        listed = self._write_skipped(failures)
+        return f"{line}; {len(failures.files)} file(s) failed to load, listed in {listed}, the last {path}: {reason}"
 
     def _extraction_parts(self) -> KeptParts:
         """Where this rank keeps the parts of this round's extraction (``extract_parts/`` in the run folder), made
@@ -628,14 +647,6 @@ class Pretrainer:
             x = x[valid]
         ids = index[valid]
         seed = self.cluster_seed(seed_offset)
-        count = global_count(len(ids), device) if sharded else len(ids)
-        if count < cfg.k:
-            failed = ""
-            if self.failures.files:  # this rank's: why the others gave none (a moved collection: "file not found")
-                path, reason = self.failures.failures[-1]
-                failed = f"; {len(self.failures.files)} file(s) failed to load here, the last {path}: {reason}"
-            raise UserError(f"only {count} of {len(self.videos)} videos gave features, fewer than train.k={cfg.k}"
-                            f"{failed}")  # fmt: skip
         # xdc.clustering.sharded's Lloyd k-means: over all ranks (shards), or rank 0 alone for the torch search
         if sharded or self.kmeans_on == "torch":
             search = "torch" if self.kmeans_on == "torch" else "faiss"
