@@ -1,10 +1,12 @@
-"""Shared bits of the benchmark scripts: where data lives, machine description, table + JSON output."""
+"""Shared bits of the benchmark scripts: where data lives, machine description, table + JSON output, a port."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import random
+import socket
 import time
 from pathlib import Path
 
@@ -37,3 +39,18 @@ def report(name: str, rows: list[dict], extra: dict | None = None) -> Path:
     out.write_text(json.dumps({"machine": machine(), "rows": rows, **(extra or {})}, indent=2))
     print(f"wrote {out}")
     return out
+
+
+def free_port() -> int:
+    """A port for a process group, free now, drawn below the ephemeral ports (where Linux, from 32768, and macOS,
+    from 49152, give connections their own ends, which could take it before the group binds it), as the tests'
+    (tests/conftest.py). Fixed ports until 2026-12-02: two runs on one host took each other's."""
+    draw = random.Random()  # from the system's entropy: a seeded run would draw the same ports as another
+    while True:
+        port = draw.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port

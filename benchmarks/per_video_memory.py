@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from common import report
+from common import free_port, report
 from xdc.clustering.metrics import cluster_stats, nmi
 from xdc.clustering.sampler import ClusterBalancedSampler
 from xdc.clustering.sharded import assemble_labels
@@ -158,8 +158,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="clips per rank and step")
     parser.add_argument("--holdout", type=float, default=0.0, help="fraction of videos held back (train.holdout)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--port", type=int, default=29611)
+    parser.add_argument("--port", type=int, help="the gloo group's port on this host (default: a free one)")
     args = parser.parse_args()
+    args.port = args.port or free_port()
     with tempfile.TemporaryDirectory() as tmp:
         args.manifest = Path(tmp) / "videos.csv"
         t = time.perf_counter()

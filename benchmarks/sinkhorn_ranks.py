@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clustering import _status, cached_features
-from common import report
+from common import free_port, report
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import KMeansResult, kmeans
 from xdc.clustering.sinkhorn import balance
@@ -79,9 +79,9 @@ def main() -> None:
         settings = {f"one process, {args.ranks} threads": (0, args.ranks), "one process, 1 thread": (0, 1),
                     f"{args.ranks} ranks, 1 thread each": (args.ranks, 1)}  # fmt: skip
         runs: dict[str, list[dict]] = {name: [] for name in settings}
-        for r in range(args.repeats):  # interleaved: load on a shared machine hits every setting
-            for i, (name, (world, threads)) in enumerate(settings.items()):
-                runs[name].append(run(world, threads, data, 29650 + 10 * r + i))
+        for _ in range(args.repeats):  # interleaved: load on a shared machine hits every setting
+            for name, (world, threads) in settings.items():
+                runs[name].append(run(world, threads, data, free_port()))
     reference = np.empty(args.n, np.int64)
     ids, labels = runs[next(iter(settings))][0][0][:2]
     reference[ids] = labels
