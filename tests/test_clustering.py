@@ -254,6 +254,13 @@ def test_a_collapse_is_judged_against_an_even_split_at_small_k():
     assert not cluster_stats(np.zeros(50, dtype=int), k=1).collapsed  # one cluster: nothing to balance
 
 
+def test_the_entropy_of_a_total_collapse_is_zero_not_minus_zero():
+    """-(1 * log 1) is -0.0, which tables, model cards and reports printed as "-0.000" until 2026-12-02."""
+    s = cluster_stats(np.full(50, 3), k=8)
+    assert s.entropy_ratio == 0.0 and math.copysign(1.0, s.entropy_ratio) == 1.0
+    assert f"{s.entropy_ratio:.3f}" == "0.000"
+
+
 def test_cluster_stats_of_a_balanced_assignment():
     s = cluster_stats(np.arange(100) % 4, k=4)
     assert s.non_empty == 4 and s.largest_fraction == 0.25 and not s.collapsed

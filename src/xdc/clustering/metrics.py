@@ -154,7 +154,7 @@ def cluster_stats(assignments: np.ndarray, k: int, collapse_fraction: float = 0.
     sizes = np.bincount(assignments, minlength=k)
     present = sizes[sizes > 0]
     p = present / assignments.size
-    entropy = float(-(p * np.log(p)).sum())
+    entropy = float(-(p * np.log(p)).sum()) + 0.0  # + 0.0: one cluster's -(1 * log 1) is -0.0, printed "-0.000"
     largest = int(present.max())
     return ClusterStats(
         k=k,
