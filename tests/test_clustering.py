@@ -85,6 +85,20 @@ def test_features_of_extreme_magnitude_are_those_of_unit_ones(dim, scale):
         np.testing.assert_allclose(out @ out.T, preprocess(x, dim=dim) @ preprocess(x, dim=dim).T, atol=1e-4)
 
 
+def test_features_near_the_float32_limit_far_from_the_origin_are_those_of_unit_ones():
+    """A diverging, collapsing encoder's finite features: about 1e36, their mean 100 times their spread. Until
+    2026-12-02 faiss applied the whitening to the unscaled rows, whose products overflowed: NaN, on which k-means
+    crashed."""
+    from xdc.clustering.sharded import sharded_preprocess_features
+
+    x = np.random.default_rng(0).standard_normal((1000, 32)) * np.geomspace(1, 1e-2, 32) + 100
+    unit = (x / 128).astype(np.float32)
+    for preprocess in preprocess_features, sharded_preprocess_features:
+        out = preprocess(unit * np.float32(2.0**120), dim=32)  # a power of two: the same rows, scaled exactly
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, preprocess(unit, dim=32), atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(500, 100), (200, 300), (256, 300), (256, 256)])
 def test_pca_skipped_with_fewer_dims_than_dim_or_no_more_samples(shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

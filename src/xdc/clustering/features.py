@@ -24,7 +24,14 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
     n, d = x.shape
     if d >= dim and n > dim:
-        x = scale_to_one(_fit_pca(x, dim, whiten, eps).apply(x))  # a new array: normalised in place below
+        scale = np.float32(np.ldexp(1.0, -_exponent(x) - 1))  # centred values are below twice the largest magnitude
+        pca = _fit_pca(x, dim, whiten, eps, scale)
+        out = np.empty((n, dim), dtype=np.float32)  # normalised in place below
+        block = np.empty((min(n, _BLOCK), d), dtype=np.float32)
+        for start in range(0, n, _BLOCK):  # on the scaled rows: faiss's A x + b overflowed past about 1e36
+            rows = np.multiply(x[start : start + _BLOCK], scale, out=block[: n - start])
+            pca.apply_noalloc(len(rows), faiss.swig_ptr(rows), faiss.swig_ptr(out[start : start + _BLOCK]))
+        x = scale_to_one(out)
     else:
         x = scale_to_one(x.copy())  # normalised in place below: never the caller's array
     faiss.normalize_L2(x)  # in place, without an N x dim temporary; all-zero rows stay zero
@@ -34,21 +41,22 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
 _BLOCK = 16384  # rows centred at a time for the covariance: 32 MB at 512-d
 
 
-def _fit_pca(x: np.ndarray, dim: int, whiten: bool, eps: float) -> faiss.PCAMatrix:
-    """faiss's PCA matrix of every row of ``x``, fitted here. faiss forms the covariance as x'x - n mean mean' in
-    float32, which cancels where the mean dwarfs the spread (a fresh or collapsing encoder's ReLU features: a mean
-    10 times the spread): eigenvalues of rounding noise, the negative ones whitened into NaN, and k-means crashed
-    on them; and its squares overflowed float32 past about 1e18 (a diverging encoder's finite features). Until
-    2026-12-02. Here the rows are centred a block at a time, at a power-of-two scale (exact) that keeps them below 1,
-    and the scatter matrix is summed in float32 as faiss's is (the same time; no N x D copy); eigenvalues below
-    zero count as zero. The eigenvalues are those of the scaled rows' scatter matrix, as faiss's are of its rows':
-    whitened components have faiss's variance of 1/N over the square of the scale, which the normalisation removes."""
+def _fit_pca(x: np.ndarray, dim: int, whiten: bool, eps: float, scale: np.float32) -> faiss.PCAMatrix:
+    """faiss's PCA matrix of every row of ``x`` times ``scale``, fitted here, to apply to rows times ``scale``.
+
+    faiss forms the covariance as x'x - n mean mean' in float32, which cancels where the mean dwarfs the spread (a
+    fresh or collapsing encoder's ReLU features: a mean 10 times the spread): eigenvalues of rounding noise, the
+    negative ones whitened into NaN, and k-means crashed on them; and its squares overflowed float32 past about 1e18
+    (a diverging encoder's finite features). Until 2026-12-02. Here the rows are scaled by a power of two (exact)
+    that keeps them, centred, below 1, centred a block at a time, and the scatter matrix is summed in float32 as
+    faiss's is (the same time; no N x D copy); eigenvalues below zero count as zero. The eigenvalues are those of
+    the scatter matrix, as faiss's are of its rows': whitened components have faiss's variance of 1/N, which the
+    normalisation removes."""
     n, d = x.shape
-    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    scale = np.float32(np.ldexp(1.0, -_exponent(x) - 1))  # centred values are below twice the largest magnitude
+    mean = (x.mean(axis=0, dtype=np.float64) * scale).astype(np.float32)
     scatter = np.zeros((d, d), dtype=np.float32)
     for start in range(0, n, _BLOCK):
-        block = (x[start : start + _BLOCK] - mean) * scale
+        block = x[start : start + _BLOCK] * scale - mean
         scatter += block.T @ block
     values, vectors = np.linalg.eigh(scatter.astype(np.float64))  # ascending
     values, vectors = np.maximum(values[::-1], 0.0), vectors[:, ::-1]
