@@ -26,7 +26,7 @@ from xdc.clustering.metrics import (
     nmi_of_table,
 )
 from xdc.clustering.sampler import ClusterBalancedSampler, shuffled_draws
-from xdc.clustering.sinkhorn import balanced_assign, sinkhorn
+from xdc.clustering.sinkhorn import balance, balanced_assign, sinkhorn
 
 
 def _blobs(sizes: list[int], dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +198,25 @@ def test_sinkhorn_marginals():
     torch.testing.assert_close(q.sum(0), torch.full((12,), 50.0), rtol=1e-2, atol=0)
     torch.testing.assert_close(sinkhorn(scores).sum(1), torch.ones(600), rtol=0, atol=1e-5)  # rows last
     assert torch.isfinite(sinkhorn(scores * 1e4)).all()  # exp(2e5) overflows without the log domain
+
+
+def test_sinkhorn_refuses_scores_that_are_not_finite():
+    """Until 2026-12-02 an infinite or NaN score, or -distance^2 / epsilon overflowing, made Q NaN: labels of
+    nothing."""
+    for bad in (math.inf, math.nan):
+        scores = torch.zeros(6, 3)
+        scores[2, 1] = bad
+        with pytest.raises(ValueError, match="scores / epsilon are NaN or infinite"):
+            sinkhorn(scores)
+    with pytest.raises(ValueError, match="too small an epsilon"):
+        sinkhorn(torch.full((6, 3), 1e30, dtype=torch.float64), epsilon=1e-300)
+    x, _ = _blobs([30, 30, 30], dim=4, spread=5)
+    clusters = kmeans(x, 3, seed=0)
+    with pytest.raises(ValueError, match="too small an epsilon"):
+        balance(x, clusters, epsilon=1e-307)  # squared distances of tens: past the largest float64
+    x[4, 0] = np.inf
+    with pytest.raises(ValueError, match="non-finite points"):
+        balance(x, clusters)
 
 
 def test_sinkhorn_in_blocks_of_rows_is_the_whole_matrix_computation(monkeypatch):

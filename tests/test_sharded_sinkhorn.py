@@ -43,6 +43,14 @@ def _worker(rank: int, world: int, port: int, cases: dict, out: dict) -> None:
         ids = _share(rank, len(x), empty)
         r = balance(x[ids], clusters, ids=ids, sharded=True)
         results[name, empty] = (ids, r.assignments, r.sizes, r.loss)
+    x, clusters = cases["skewed", False]
+    x = x[_share(rank, len(x), False)]
+    if rank == 1:
+        x[3, 2] = np.inf
+    try:
+        balance(x, clusters, sharded=True)
+    except ValueError as e:  # rank 0's points are finite: it raises too, not left waiting in a collective
+        results["inf"] = str(e)
     out[rank] = results
     dist.destroy_process_group()
 
@@ -75,6 +83,11 @@ def test_two_ranks_label_like_one_process(two_ranks, case):
         assert not np.array_equal(ref.assignments, clusters.assignments)  # the capacity moved points
     if case[0] == "same":
         assert (ref.sizes == np.bincount(np.arange(len(x)) // cap, minlength=len(ref.sizes))).all()
+
+
+def test_a_non_finite_point_on_one_rank_raises_on_every_rank(two_ranks):
+    for rank in (0, 1):
+        assert "scores / epsilon are NaN or infinite" in two_ranks[1][rank]["inf"]
 
 
 def test_the_threshold_choice_is_the_sorted_one():

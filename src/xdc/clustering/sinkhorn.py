@@ -21,11 +21,15 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iters: int = 3) -> tor
     times N, so each row sums to 1 and each column to about N/K. Computed in float64 in the log domain (every
     normalisation is a log-sum-exp, i.e. with max subtraction), so no entry overflows and no row or column
     underflows to all zeros, however large scores / epsilon gets. Returned in the dtype of ``scores``.
+    Non-finite scores / epsilon raise ``ValueError`` (they made Q NaN).
     """
     if scores.ndim != 2:
         raise ValueError(f"scores must be a 2-D tensor (N, K), got shape {tuple(scores.shape)}")
     _check(epsilon, iters)
-    log_q = _log_sinkhorn(scores.detach().to(torch.float64) / epsilon, iters)
+    log_q = scores.detach().to(torch.float64) / epsilon
+    if not bool(log_q.isfinite().all()):
+        raise ValueError(_NOT_FINITE)
+    log_q = _log_sinkhorn(log_q, iters)
     return (log_q.exp_() * scores.shape[0]).to(scores.dtype)
 
 
@@ -45,7 +49,8 @@ def balance(
     comm_device: torch.device | str | None = None,
 ) -> KMeansResult:  # fmt: skip
     """Labels of the points ``x`` (N, d) from a Sinkhorn-balanced assignment to the centroids of ``clusters``
-    (k-means' result for ``x``), instead of the nearest centroid.
+    (k-means' result for ``x``), instead of the nearest centroid. Non-finite scores (NaN or infinite points or
+    centroids, or too small an ``epsilon``) raise ``ValueError``, on every rank.
 
     Scores are negative squared distances to the centroids (without balancing, the best score is the nearest
     centroid). Each point takes its most probable cluster under Q, but no cluster takes more than ceil(N/k)
@@ -80,8 +85,12 @@ def balance(
         raise ValueError(f"{len(ids)} ids for {len(x)} points")
     ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device)
     log_q = torch.empty(len(x), k, dtype=torch.float64, device=device)
+    bad = torch.zeros((), dtype=torch.bool, device=device)
     for block, out in zip(points, log_q.split(BLOCK_ROWS)):  # scores / epsilon: -distance^2 / epsilon
         out.copy_(torch.cdist(block.to(device).double(), centroids).square_().mul_(-1 / epsilon))
+        bad |= ~out.isfinite().all()
+    if ranks.count(int(bad)):  # every rank raises, or none: none is left waiting in a collective
+        raise ValueError(_NOT_FINITE)
     n = int(counts.sum())
     labels = _capacity_argmax(_log_sinkhorn(log_q, sinkhorn_iters, ranks, n), ids, n, ranks)
     del log_q
@@ -103,6 +112,9 @@ def memory_bytes(n: int, k: int, dim: int) -> int:
     """What ``balanced_assign`` of ``n`` points of ``dim`` features into ``k`` clusters holds at its peak, beyond
     its input: the N x K float64 matrix, the labels and the blocks' temporaries (k-means' own memory aside)."""
     return 8 * (n * k + n) + 8 * min(n, BLOCK_ROWS) * (3 * k + 2 * dim)
+
+
+_NOT_FINITE = "scores / epsilon are NaN or infinite: non-finite points, centroids or scores, or too small an epsilon"
 
 
 def _check(epsilon: float, iters: int) -> None:
