@@ -626,6 +626,33 @@ def test_a_holdout_of_every_video_is_refused_at_the_start(manifest, tmp_path):
         Pretrainer(cfg, manifest, tmp_path / "run", Dist())
 
 
+def test_a_round_whose_labelled_videos_are_all_held_back_stops_with_one_line(manifest, tmp_path):
+    """recluster=plateau, and every video outside the holdout fails to load (fewer than 50 clips: no failure
+    fraction stops the run): the held-back ones still cluster, but none is left to train on; or, method supervised,
+    only the held-back videos have a class. Until 2026-12-02 the sampler's ValueError was a traceback, after the
+    whole extraction."""
+    cfg = cfg_for("xdc", "train.rounds=1", "train.recluster=plateau", "train.holdout_fraction=0.25")
+    held = Pretrainer(cfg, manifest, tmp_path / "probe", Dist()).holdout
+    assert held.sum() == 6
+    rows = read_rows(manifest)
+    moved = tmp_path / "moved.csv"
+    write_rows(moved, [row if h else {**row, "path": row["path"].replace("/videos/", "/gone/")}
+                       for row, h in zip(rows, held)])  # fmt: skip
+    last = [row["path"] for row, h in zip(rows, held) if not h][-1].replace("/videos/", "/gone/")
+    with pytest.raises(UserError, match=r"^round 0: no video is left to train on: the 6 with 'audio' labels are all "
+                                        r"among the 6 of 24 held back by train.recluster=plateau "
+                                        r"\(train.holdout_fraction=0.25\); 18 file\(s\) failed to load here, the last "
+                                        f"{last}: "):  # fmt: skip
+        pretrain(cfg, moved, tmp_path / "run", resume=False, ctx=Dist())
+    labelled = tmp_path / "labelled.csv"  # method supervised: only the held-back videos have a class
+    write_rows(labelled, [row if h else {**row, "label": ""} for row, h in zip(rows, held)])
+    cfg = cfg_for("supervised", "train.rounds=1", "train.recluster=plateau", "train.holdout_fraction=0.25")
+    with pytest.raises(UserError, match=r"^round 0: no video is left to train on: the 6 labelled in the manifest are "
+                                        r"all among the 6 of 24 held back by train.recluster=plateau "
+                                        r"\(train.holdout_fraction=0.25\)$"):  # fmt: skip
+        pretrain(cfg, labelled, tmp_path / "supervised", resume=False, ctx=Dist())
+
+
 def test_a_diverged_encoder_is_said_to_have_diverged_not_that_its_clips_failed(manifest, tmp_path):
     """NaN features (train.lr far too high) were taken for failed clips: "only 0 of 24 videos gave features"."""
     trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path / "run", Dist())

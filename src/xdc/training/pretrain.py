@@ -684,6 +684,14 @@ class Pretrainer:
             )
         return labels
 
+    def _failed_here(self) -> str:
+        """What failed to load on this rank, for a stop that says why videos are missing (a moved collection: "file
+        not found"); empty when nothing did."""
+        if not self.failures.files:
+            return ""
+        path, reason = self.failures.failures[-1]
+        return f"; {len(self.failures.files)} file(s) failed to load here, the last {path}: {reason}"
+
     def cluster_seed(self, label_set_number: int) -> int:
         """A new k-means seed every round (DeepCluster), reproducible from the run's seed."""
         return (self.cfg.seed * 1_000_003 + self.progress.round * 101 + label_set_number) % (2**31)
@@ -725,6 +733,14 @@ class Pretrainer:
         sets = sorted({s for _, s in self.method.heads})
         hide = self.holdout.any()  # a copy of each label set only when videos are held back
         label_sets = [np.where(self.holdout, -1, p.labels[s]) if hide else p.labels[s] for s in sets]
+        for name, labels in zip(sets, label_sets):
+            if hide and not (labels >= 0).any():  # else the sampler raised: every labelled video is held back
+                which = "labelled in the manifest" if name == MANIFEST_LABELS else f"with {name!r} labels"
+                # every rank raises it (the labels and the holdout are the same on all): rank 0 says it
+                raise SharedError(f"round {p.round}: no video is left to train on: the {(p.labels[name] >= 0).sum()} "
+                                  f"{which} are all among the {self.holdout.sum()} of {len(self.videos)} held back by "
+                                  f"train.recluster=plateau (train.holdout_fraction={self.cfg.train.holdout_fraction})"
+                                  f"{self._failed_here()}")  # fmt: skip
         return ClusterBalancedSampler(
             label_sets, self.cfg.train.epoch_size or len(self.videos), seed=self.cfg.seed,
             rank=self.ctx.rank, world_size=self.ctx.world_size,
