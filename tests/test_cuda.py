@@ -244,7 +244,8 @@ def test_pca_on_the_gpu_is_the_cpus():
     on_gpu = sharded_preprocess_features(x, dim=32, device="cuda")
     on_cpu = sharded_preprocess_features(x, dim=32)
     signs = np.sign((on_gpu * on_cpu).sum(0))  # an eigenvector's sign is LAPACK's choice: align them
-    np.testing.assert_allclose(on_gpu * signs, on_cpu, atol=1e-4)
+    # float32 scatter matrices (since 2026-12-02, as preprocess_features'), their rows added in another order
+    np.testing.assert_allclose(on_gpu * signs, on_cpu, atol=1e-3)
 
 
 @pytest.mark.parametrize("resident", [True, False])

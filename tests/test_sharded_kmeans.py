@@ -7,10 +7,19 @@ import os
 import faiss
 import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
 
 from conftest import run_two_ranks
-from xdc.clustering.features import preprocess_features
+from xdc.clustering import sharded
+from xdc.clustering.features import (
+    centred_scatter,
+    centring_scale,
+    largest_magnitude,
+    pca_matrix,
+    preprocess_features,
+    project,
+)
 from xdc.clustering.kmeans import init_keys, kmeans, smallest_keys
 from xdc.clustering.sharded import (
     assemble_labels,
@@ -55,9 +64,11 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
     res = {}
     ids = _split(rank)
     z = sharded_preprocess_features(_mixture(N, D, 12)[ids], dim=DIM)
-    r = sharded_kmeans(z, K, seed=SEED, iters=ITERS, ids=ids)
+    same = preprocess_features(_mixture(N, D, 12), dim=DIM)[ids]  # k-means apart: the same rows however split
+    r = sharded_kmeans(same, K, seed=SEED, iters=ITERS, ids=ids)
     res["mixture"] = (ids, z, r, assemble_labels(r.assignments, ids, N + 5))
-    res["torch"] = sharded_kmeans(z, K, seed=SEED, iters=ITERS, ids=ids, search="torch")
+    res["torch"] = sharded_kmeans(same, K, seed=SEED, iters=ITERS, ids=ids, search="torch")
+    res["both"] = sharded_kmeans(z, K, seed=SEED, iters=ITERS, ids=ids).assignments  # PCA and k-means over ranks
     if rank == 0:  # rank 0 clusters every row by itself while rank 1 goes on to the next collective
         x = _mixture(N, D, 12)
         z_all = sharded_preprocess_features(x, dim=DIM, alone=True)
@@ -86,28 +97,26 @@ def two_ranks() -> dict:
     return run_two_ranks(_worker)
 
 
-def _aligned(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``b`` with each column's sign flipped to match ``a`` (PCA components are defined up to sign)."""
-    return b * np.sign((a * b).sum(0))
-
-
 def test_two_ranks_match_one_process(two_ranks):
     x = _mixture(N, D, 12)
     z_ref = sharded_preprocess_features(x, dim=DIM)
     ref = sharded_kmeans(z_ref, K, seed=SEED, iters=ITERS, ids=np.arange(N))
     z = np.zeros_like(z_ref)
-    assignments = np.full(N, -1)
+    assignments, both = np.full(N, -1), np.full(N, -1)
     for rank in (0, 1):
         ids, z_rank, r, labels = two_ranks[rank]["mixture"]
-        z[ids], assignments[ids] = z_rank, r.assignments
+        z[ids], assignments[ids], both[ids] = z_rank, r.assignments, two_ranks[rank]["both"]
         np.testing.assert_array_equal(r.centroids, two_ranks[0]["mixture"][2].centroids)  # bitwise, all ranks
         np.testing.assert_allclose(r.centroids, ref.centroids, atol=1e-6)
         np.testing.assert_array_equal(r.sizes, ref.sizes)
         assert r.loss == pytest.approx(ref.loss, rel=1e-6)  # float32 distances to near-identical centroids
         np.testing.assert_array_equal(labels[:N], ref.assignments)  # assembled on every rank
         assert (labels[N:] == -1).all()  # ids no rank holds
-    np.testing.assert_allclose(z, z_ref, atol=1e-6)
+    # float32 scatter matrices (as faiss's and preprocess_features'), their rows added in another order: the
+    # weakest whitened components move by about 1e-4 (until 2026-12-02 float64 ones: 1e-6, three times the time)
+    np.testing.assert_allclose(z, z_ref, atol=1e-3)
     np.testing.assert_array_equal(assignments, ref.assignments)
+    np.testing.assert_array_equal(both, ref.assignments)
     assert ref.sizes.sum() == N and (ref.sizes > 0).all()
     torch_labels = np.full(N, -1)
     for rank in (0, 1):  # the torch search over the same shards: the same k-means
@@ -130,23 +139,37 @@ def test_alone_clusters_every_row_inside_a_process_group(two_ranks):
 
 
 def test_sharded_pca_is_preprocess_features():
+    """One process holding every row computes what preprocess_features does, to the bit (until 2026-12-02 a float64
+    scatter matrix against faiss's float32 one: 1e-4 apart)."""
     x = _mixture(N, D, 12)
-    ours, faiss_pca = sharded_preprocess_features(x, dim=DIM), preprocess_features(x, dim=DIM)
+    ours = sharded_preprocess_features(x, dim=DIM)
     assert ours.shape == (N, DIM) and ours.dtype == np.float32
-    # faiss forms the covariance in float32 (sum of x x^T minus n mean mean^T): its weakest whitened
-    # components carry ~1e-4 of rounding, ours (float64) far less
-    np.testing.assert_allclose(_aligned(faiss_pca, ours), faiss_pca, atol=1e-3)
+    np.testing.assert_array_equal(ours, preprocess_features(x, dim=DIM))
     square = x[:, :DIM]  # exactly dim columns: whitened, not reduced, as preprocess_features
-    ours, faiss_pca = sharded_preprocess_features(square, dim=DIM), preprocess_features(square, dim=DIM)
-    np.testing.assert_allclose(_aligned(faiss_pca, ours), faiss_pca, atol=1e-3)
+    ours = sharded_preprocess_features(square, dim=DIM)
+    np.testing.assert_array_equal(ours, preprocess_features(square, dim=DIM))
     assert np.abs(ours - square / np.linalg.norm(square, axis=1, keepdims=True)).max() > 0.1  # not normalised only
     small = x[:20]  # no more rows than dim: normalisation only, as preprocess_features
     np.testing.assert_allclose(sharded_preprocess_features(small, dim=DIM), preprocess_features(small, dim=DIM))
     rank_deficient = np.repeat(x[:, :10], 8, axis=1)  # 80 columns of rank 10: relative eps keeps it finite
     assert np.isfinite(sharded_preprocess_features(rank_deficient, dim=DIM)).all()
     many = _mixture(3 * 1000 * 8, 8, 12)  # past faiss's default sample of 1,000 rows per dimension: all rows still
-    ours, faiss_pca = sharded_preprocess_features(many, dim=4), preprocess_features(many, dim=4)
-    np.testing.assert_allclose(_aligned(faiss_pca, ours), faiss_pca, atol=1e-3)  # until 2026-12-01: off by 0.06
+    np.testing.assert_array_equal(sharded_preprocess_features(many, dim=4), preprocess_features(many, dim=4))
+
+
+def test_the_gpus_pca_blocks_compute_the_cpus(monkeypatch):
+    """What a CUDA device runs for the PCA (tests/test_cuda.py runs it there), here by torch on the CPU, in blocks
+    (the last one partial): the scatter matrix and the projection that numpy computes."""
+    monkeypatch.setattr(sharded, "_CHUNK", 300)
+    x = _mixture(N, D, 12)
+    scale = centring_scale(largest_magnitude(x))
+    centre = (x.mean(axis=0, dtype=np.float64) * scale).astype(np.float32)
+    scatter = centred_scatter(x, centre, scale)
+    np.testing.assert_allclose(sharded._device_scatter(x, centre, scale, torch.device("cpu")), scatter,
+                               atol=1e-6 * scatter.max())  # float32 sums in another order  # fmt: skip
+    matrix = pca_matrix(scatter, DIM, whiten=True, eps=1e-5)
+    np.testing.assert_allclose(sharded._device_project(x, centre, scale, torch.from_numpy(matrix)),
+                               project(x, centre, scale, matrix), atol=1e-4)  # fmt: skip
 
 
 def test_sharded_kmeans_is_faiss_kmeans_from_the_same_start():

@@ -24,67 +24,85 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
     n, d = x.shape
     if d >= dim and n > dim:
-        scale = np.float32(np.ldexp(1.0, -_exponent(x) - 1))  # centred values are below twice the largest magnitude
-        pca = _fit_pca(x, dim, whiten, eps, scale)
-        out = np.empty((n, dim), dtype=np.float32)  # normalised in place below
-        block = np.empty((min(n, _BLOCK), d), dtype=np.float32)
-        for start in range(0, n, _BLOCK):  # on the scaled rows: faiss's A x + b overflowed past about 1e36
-            rows = np.multiply(x[start : start + _BLOCK], scale, out=block[: n - start])
-            pca.apply_noalloc(len(rows), faiss.swig_ptr(rows), faiss.swig_ptr(out[start : start + _BLOCK]))
-        x = scale_to_one(out)
+        scale = centring_scale(largest_magnitude(x))
+        centre = (x.mean(axis=0, dtype=np.float64) * scale).astype(np.float32)
+        matrix = pca_matrix(centred_scatter(x, centre, scale), dim, whiten, eps)
+        x = scale_to_one(project(x, centre, scale, matrix))  # a new array: normalised in place below
     else:
         x = scale_to_one(x.copy())  # normalised in place below: never the caller's array
     faiss.normalize_L2(x)  # in place, without an N x dim temporary; all-zero rows stay zero
     return x
 
 
-_BLOCK = 16384  # rows centred at a time for the covariance: 32 MB at 512-d
+# The PCA, here and in xdc.clustering.sharded. faiss's PCAMatrix formed the covariance as x'x - n mean mean' in
+# float32, which cancels where the mean dwarfs the spread (a fresh or collapsing encoder's ReLU features: a mean 10
+# times the spread): eigenvalues of rounding noise, the negative ones whitened into NaN, and k-means crashed on
+# them; its squares overflowed float32 past about 1e18, and its projection A x + b past about 1e36 (a diverging
+# encoder's finite features). Until 2026-12-02. Here the rows are scaled by a power of two (exact) that keeps them,
+# centred, below 1, and centred a block at a time (no N x D copy), for the scatter matrix (summed in float32, as
+# faiss's) and for the projection.
+
+_BLOCK = 16384  # rows centred at a time: 32 MB at 512-d
 
 
-def _fit_pca(x: np.ndarray, dim: int, whiten: bool, eps: float, scale: np.float32) -> faiss.PCAMatrix:
-    """faiss's PCA matrix of every row of ``x`` times ``scale``, fitted here, to apply to rows times ``scale``.
+def centred_scatter(x: np.ndarray, centre: np.ndarray, scale: np.float32) -> np.ndarray:
+    """The scatter matrix (float32, D x D) of the rows of ``x`` times ``scale`` minus ``centre``."""
+    scatter = np.zeros((x.shape[1], x.shape[1]), dtype=np.float32)
+    for _, block in _centred_blocks(x, centre, scale):
+        scatter += block.T @ block  # numpy takes it for a symmetric product: half the work of a general one
+    return scatter
 
-    faiss forms the covariance as x'x - n mean mean' in float32, which cancels where the mean dwarfs the spread (a
-    fresh or collapsing encoder's ReLU features: a mean 10 times the spread): eigenvalues of rounding noise, the
-    negative ones whitened into NaN, and k-means crashed on them; and its squares overflowed float32 past about 1e18
-    (a diverging encoder's finite features). Until 2026-12-02. Here the rows are scaled by a power of two (exact)
-    that keeps them, centred, below 1, centred a block at a time, and the scatter matrix is summed in float32 as
-    faiss's is (the same time; no N x D copy); eigenvalues below zero count as zero. The eigenvalues are those of
-    the scatter matrix, as faiss's are of its rows': whitened components have faiss's variance of 1/N, which the
-    normalisation removes."""
-    n, d = x.shape
-    mean = (x.mean(axis=0, dtype=np.float64) * scale).astype(np.float32)
-    scatter = np.zeros((d, d), dtype=np.float32)
-    for start in range(0, n, _BLOCK):
-        block = x[start : start + _BLOCK] * scale - mean
-        scatter += block.T @ block
+
+def pca_matrix(scatter: np.ndarray, dim: int, whiten: bool, eps: float) -> np.ndarray:
+    """(D, dim) float32: the eigenvectors of the ``dim`` largest eigenvalues of ``scatter``, each divided by the
+    square root of its eigenvalue plus ``eps`` times the largest where ``whiten``; eigenvalues below zero count as
+    zero. Whitened components have faiss's variance: 1/N."""
     values, vectors = np.linalg.eigh(scatter.astype(np.float64))  # ascending
-    values, vectors = np.maximum(values[::-1], 0.0), vectors[:, ::-1]
-    pca = faiss.PCAMatrix(d, dim, -0.5 if whiten else 0.0)
-    faiss.copy_array_to_vector(mean, pca.mean)
-    faiss.copy_array_to_vector(values.astype(np.float32), pca.eigenvalues)
-    faiss.copy_array_to_vector(np.ascontiguousarray(vectors.T, dtype=np.float32).ravel(), pca.PCAMat)  # rows
-    pca.is_trained = True
+    values, vectors = np.maximum(values[::-1][:dim], 0.0), vectors[:, ::-1][:, :dim]
     if whiten:
-        # faiss scales by (eigenvalue + epsilon) ** -0.5: regularised relative to the top eigenvalue
-        pca.epsilon = float(eps * values[0]) if values[0] > 0 else 1.0  # constant features: every component is zero
-    pca.prepare_Ab()
-    return pca
+        vectors = vectors / np.sqrt(values + (eps * values[0] if values[0] > 0 else 1.0))  # constant features: 1
+    return vectors.astype(np.float32)
+
+
+def project(x: np.ndarray, centre: np.ndarray, scale: np.float32, matrix: np.ndarray) -> np.ndarray:
+    """The rows of ``x`` times ``scale`` minus ``centre``, times ``matrix``: float32 (N, dim)."""
+    out = np.empty((len(x), matrix.shape[1]), dtype=np.float32)
+    for start, block in _centred_blocks(x, centre, scale):
+        np.matmul(block, matrix, out=out[start : start + _BLOCK])
+    return out
+
+
+def _centred_blocks(x: np.ndarray, centre: np.ndarray, scale: np.float32):
+    """(first row, block) for the blocks of rows of ``x`` times ``scale`` minus ``centre``, in one buffer."""
+    buffer = np.empty((min(len(x), _BLOCK), x.shape[1]), dtype=np.float32)
+    for start in range(0, len(x), _BLOCK):
+        block = np.multiply(x[start : start + _BLOCK], scale, out=buffer[: len(x) - start])
+        block -= centre
+        yield start, block
 
 
 def scale_to_one(x: np.ndarray) -> np.ndarray:
     """``x`` (float32) scaled in place by the power of two that brings its largest magnitude into [0.5, 1).
 
-    Exact (no rounding) unless values become subnormal, and PCA-whitening and normalisation ignore the scale; but
-    faiss squares float32 values in its covariance and in normalize_L2, which overflowed past about 1e18 (a
-    diverging encoder's features: NaN, then a faiss traceback in k-means, or rows of zeros) and underflowed below
-    about 1e-20, until 2026-12-02.
+    Exact (no rounding) unless values become subnormal, and normalisation ignores the scale; but faiss squares
+    float32 values in normalize_L2, which overflowed past about 1e18 (a diverging encoder's features: rows of zeros)
+    and underflowed below about 1e-20, until 2026-12-02.
     """
-    np.ldexp(x, -_exponent(x), out=x)
+    np.ldexp(x, -_exponent(largest_magnitude(x)), out=x)
     return x
 
 
-def _exponent(x: np.ndarray) -> int:
-    """The power of two just above the largest magnitude in ``x`` (0 where all are zero)."""
-    top = max(float(x.max()), -float(x.min())) if x.size else 0.0
+def centring_scale(top: float) -> np.float32:
+    """The power of two that keeps rows whose largest magnitude is ``top``, once centred (below twice that), below 1.
+    """
+    return np.float32(np.ldexp(1.0, -_exponent(top) - 1))
+
+
+def largest_magnitude(x: np.ndarray) -> float:
+    """The largest magnitude in ``x`` (0 where it is empty)."""
+    return max(float(x.max()), -float(x.min())) if x.size else 0.0
+
+
+def _exponent(top: float) -> int:
+    """The exponent of the power of two just above ``top`` >= 0 (0 for 0)."""
     return int(np.frexp(top)[1]) if top > 0 else 0

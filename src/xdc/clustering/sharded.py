@@ -3,7 +3,8 @@
 Beyond one machine's memory (tens of millions of clips) the features cannot be gathered anywhere. Both steps
 need only sums over the rows, so every rank reduces its rows to small statistics that are all-reduced:
 
-- PCA: the row count, the column sums and the D x D scatter matrix (float64); rank 0 eigendecomposes it and
+- PCA: the row count, the largest magnitude and the column sums, then the D x D scatter matrix of the rows
+  centred on the mean of all ranks (float32, as ``preprocess_features`` sums it); rank 0 eigendecomposes it and
   broadcasts the projection, so every rank applies exactly the same one to its rows.
 - Lloyd k-means: every rank assigns its rows to the nearest centroid and the per-cluster sums and counts are
   all-reduced (float64); every rank then computes the same centroids from the same numbers. Empty clusters are
@@ -27,7 +28,14 @@ import torch
 import torch.distributed as dist
 from scipy.sparse import csr_matrix
 
-from xdc.clustering.features import scale_to_one
+from xdc.clustering.features import (
+    centred_scatter,
+    centring_scale,
+    largest_magnitude,
+    pca_matrix,
+    project,
+    scale_to_one,
+)
 from xdc.clustering.kmeans import LABEL_DTYPE, KMeansResult, check_k, flat_index, init_keys, smallest_keys
 
 _CHUNK = 16384  # rows per block: bounds the temporaries to ~CHUNK x max(D, k) x 8 bytes
@@ -50,8 +58,9 @@ def sharded_preprocess_features(
     Same semantics: PCA to ``dim`` (whitened, ``eps`` relative to the largest eigenvalue) only when the
     features have more dimensions and the ranks together more rows than ``dim``, then unit L2 rows; float32.
     Non-finite values on any rank raise ``ValueError`` on every rank (none is left waiting in a collective).
-    Whitened components have unit variance here (faiss's have 1/N); the normalisation removes the difference.
-    The scatter matrix is summed on ``device``.
+    On the CPU one process holding every row (or ``alone``) computes exactly what ``preprocess_features`` does;
+    over ranks the scatter matrix adds the rows in another order (float32 rounding). On a CUDA ``device`` the
+    scatter matrix and the projection are computed there.
     """
     if x.ndim != 2:
         raise ValueError(f"features must be a 2-D array (N, D), got shape {x.shape}")
@@ -61,7 +70,7 @@ def sharded_preprocess_features(
     if bad:
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
     if x.shape[1] >= dim and n > dim:
-        out = scale_to_one(_apply(x, _projection(x, n, dim, whiten, eps, device, ranks), device))
+        out = scale_to_one(_pca(x, n, dim, whiten, eps, device, ranks))
     else:
         out = scale_to_one(x.copy())  # each rank its own scale: rows are normalised one by one
     faiss.normalize_L2(out)  # in place, as preprocess_features
@@ -181,46 +190,49 @@ def global_count(n: int, device: torch.device | str = "cpu") -> int:
 # --- PCA ------------------------------------------------------------------------------------------------------
 
 
-def _projection(
+def _pca(
     x: np.ndarray, n: int, dim: int, whiten: bool, eps: float, device: torch.device, ranks: Ranks
 ) -> np.ndarray:
-    """(dim, D + 1) float64: the PCA matrix A, then the bias column b = -A mean; rank 0's, on every rank."""
-    d = x.shape[1]
-    stats = torch.zeros(d + 1, d, dtype=torch.float64, device=device)  # row 0: column sums; rows 1..D: scatter
-    for start in range(0, len(x), _CHUNK):
-        # float64 on the device: .to(device, float64) would convert on the CPU first, twice the bytes to copy
-        block = torch.from_numpy(x[start : start + _CHUNK]).to(device).double()
-        stats[0] += block.sum(0)
-        stats[1:].addmm_(block.T, block)
-    stats = ranks.sum(stats).cpu().numpy()
-    packed = np.zeros((dim, d + 1))
+    """This rank's rows (float32, N x dim) of the PCA of all ranks' ``n`` rows, fitted as ``preprocess_features``
+    fits it (xdc.clustering.features), from the largest magnitude, the column sums and the scatter matrix of all
+    ranks. Rank 0 decomposes the scatter matrix and broadcasts the projection: every rank applies exactly the same
+    one (degenerate eigenvalues leave the basis to LAPACK). On a CUDA ``device`` the blocks go there."""
+    top = ranks.max(torch.tensor(largest_magnitude(x), dtype=torch.float64, device=device)).item()
+    scale = centring_scale(top)
+    sums = ranks.sum(torch.from_numpy(x.sum(axis=0, dtype=np.float64)).to(device)).cpu().numpy()
+    centre = (sums / n * scale).astype(np.float32)  # the bits of preprocess_features' (mean * scale)
+    cuda = device.type == "cuda"
+    scatter = _device_scatter(x, centre, scale, device) if cuda else torch.from_numpy(centred_scatter(x, centre, scale))
+    scatter = ranks.sum(scatter.to(device, torch.float64)).cpu().numpy()
+    matrix = torch.zeros(x.shape[1], dim, dtype=torch.float32, device=device)
     if ranks.rank == 0:
-        mean = stats[0] / n
-        values, vectors = np.linalg.eigh(stats[1:] / n - np.outer(mean, mean))  # ascending
-        values, vectors = values[::-1][:dim], vectors[:, ::-1][:, :dim]
-        matrix = vectors.T
-        if whiten:  # relative eps as in preprocess_features; clipping float noise below zero changes nothing
-            top = float(values[0])
-            matrix = matrix / np.sqrt(np.maximum(values, 0.0) + (eps * top if top > 0 else 1.0))[:, None]
-        packed[:, :d], packed[:, d] = matrix, -matrix @ mean
-    # degenerate eigenvalues leave the basis to LAPACK: one rank's choice for every rank
-    return ranks.broadcast(torch.from_numpy(packed).to(device)).cpu().numpy()
+        matrix.copy_(torch.from_numpy(pca_matrix(scatter, dim, whiten, eps)))
+    matrix = ranks.broadcast(matrix)
+    return _device_project(x, centre, scale, matrix) if cuda else project(x, centre, scale, matrix.numpy())
 
 
-def _apply(x: np.ndarray, packed: np.ndarray, device: torch.device) -> np.ndarray:
-    """The rows projected, float32, block by block: on ``device`` if it is a GPU (a 1M x 512 projection is 0.27
-    TFLOP, seconds on a few CPU cores), else by numpy."""
-    matrix, bias = packed[:, :-1].T.astype(np.float32), packed[:, -1].astype(np.float32)
-    out = np.empty((len(x), len(bias)), dtype=np.float32)
-    if device.type == "cuda":
-        on_device = torch.from_numpy(matrix).to(device), torch.from_numpy(bias).to(device)
-        for start in range(0, len(x), _CHUNK):
-            block = torch.from_numpy(x[start : start + _CHUNK]).to(device)
-            out[start : start + _CHUNK] = torch.addmm(on_device[1], block, on_device[0]).cpu().numpy()
-        return out
-    for start in range(0, len(x), _CHUNK):
-        out[start : start + _CHUNK] = x[start : start + _CHUNK] @ matrix + bias
+def _device_scatter(x: np.ndarray, centre: np.ndarray, scale: np.float32, device: torch.device) -> torch.Tensor:
+    """``centred_scatter`` computed on ``device`` (and left there)."""
+    scatter = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=device)
+    for block in _device_blocks(x, centre, scale, device):
+        scatter.addmm_(block.T, block)
+    return scatter
+
+
+def _device_project(x: np.ndarray, centre: np.ndarray, scale: np.float32, matrix: torch.Tensor) -> np.ndarray:
+    """``project`` computed on the device of ``matrix``: a 1M x 512 projection is 0.27 TFLOP, seconds on a few CPU
+    cores."""
+    out = np.empty((len(x), matrix.shape[1]), dtype=np.float32)
+    for start, block in zip(range(0, len(x), _CHUNK), _device_blocks(x, centre, scale, matrix.device)):
+        out[start : start + _CHUNK] = (block @ matrix).cpu().numpy()
     return out
+
+
+def _device_blocks(x: np.ndarray, centre: np.ndarray, scale: np.float32, device: torch.device):
+    """The blocks of rows of ``x`` times ``scale`` minus ``centre``, float32 on ``device``."""
+    centre = torch.from_numpy(centre).to(device)
+    for start in range(0, len(x), _CHUNK):
+        yield (torch.from_numpy(x[start : start + _CHUNK]).to(device) * float(scale)).sub_(centre)
 
 
 # --- Lloyd ----------------------------------------------------------------------------------------------------
