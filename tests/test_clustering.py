@@ -99,6 +99,17 @@ def test_features_near_the_float32_limit_far_from_the_origin_are_those_of_unit_o
         np.testing.assert_allclose(out, preprocess(unit, dim=32), atol=1e-5)
 
 
+def test_subnormal_features_are_those_of_unit_ones():
+    """Features that all underflowed below float32's normal range (1e-38): until 2026-12-02 the power of two that
+    scales them for the PCA (2**130 and more) was infinite in float32, and the output NaN."""
+    from xdc.clustering.sharded import sharded_preprocess_features
+
+    tiny = np.ldexp(np.random.default_rng(0).standard_normal((300, 32)).astype(np.float32), -140)
+    exact = np.ldexp(tiny, 140)  # the same values, exactly, in the normal range
+    for preprocess in preprocess_features, sharded_preprocess_features:
+        np.testing.assert_allclose(preprocess(tiny, dim=16), preprocess(exact, dim=16), atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(500, 100), (200, 300), (256, 300), (256, 256)])
 def test_pca_skipped_with_fewer_dims_than_dim_or_no_more_samples(shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

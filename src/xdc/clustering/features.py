@@ -93,9 +93,9 @@ def scale_to_one(x: np.ndarray) -> np.ndarray:
 
 
 def centring_scale(top: float) -> np.float32:
-    """The power of two that keeps rows whose largest magnitude is ``top``, once centred (below twice that), below 1.
-    """
-    return np.float32(np.ldexp(1.0, -_exponent(top) - 1))
+    """The power of two that keeps rows whose largest magnitude is ``top``, once centred (below twice that), below 1:
+    at most 2**127, float32's largest (subnormal rows, below 2**-126, stay above 2**-22)."""
+    return np.float32(np.ldexp(1.0, min(-_exponent(top) - 1, 127)))
 
 
 def largest_magnitude(x: np.ndarray) -> float:
