@@ -329,6 +329,14 @@ def test_load_encoder_errors(exported, tmp_path):
         xdc.load_encoder(tmp_path / "video.safetensors")
 
 
+def test_load_encoder_of_a_run_says_to_export_it(run):
+    # (it said "no .safetensors files", or of encoders.pt "header too large; ... use load_official_xdc")
+    for given, what in ((run, "an"), (run / "encoders.pt", "the encoders of an")):
+        with pytest.raises(UserError, match=re.escape(f"{given} is {what} `xdc pretrain` run, not an export: write one "
+                                                      f"with `xdc export {given} --out DIR`")):  # fmt: skip
+            xdc.load_encoder(given)
+
+
 def test_the_card_names_the_folder_all_videos_share(tmp_path):
     (tmp_path / "videos.csv").write_text("path,label\n/data/k/b/2.mp4,x\n/data/k/a/1.mp4,\n/data/k/a/c/3.mp4,y\n")
     assert _data_line(tmp_path) == "3 videos (listed in the run's videos.csv, under `/data/k`)"

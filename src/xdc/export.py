@@ -35,7 +35,7 @@ from xdc.data.audio import LogMel
 from xdc.data.manifest import decode_paths, run_videos
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
-from xdc.evaluation.sources import kind, load_run_encoder, run_and_encoders
+from xdc.evaluation.sources import is_run_folder, kind, load_run_encoder, run_and_encoders
 from xdc.methods import Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.presets import PRESETS
@@ -98,6 +98,9 @@ def read_metadata(path: str | Path, name: str | None = None) -> dict:
 
 def encoder_file(path: Path, name: str | None) -> Path:
     """The ``.safetensors`` file that ``path`` (the file, or an export folder and ``name``) names."""
+    if (path.is_dir() and is_run_folder(path)) or (path.is_file() and checkpoint.is_encoders_file(path)):
+        what = "an `xdc pretrain` run" if path.is_dir() else "the encoders of an `xdc pretrain` run"
+        raise UserError(f"{path} is {what}, not an export: write one with `xdc export {path} --out DIR`")
     if path.is_file():
         if name is not None and path.stem != name:
             raise UserError(f"{path} holds the encoder {path.stem!r}, not {name!r}")

@@ -67,7 +67,7 @@ def encoder_modalities(path: str | Path) -> dict[str, str]:
 def kind(path: Path) -> str:
     """Which of KINDS ``path`` is, by its form (what is in it is checked as it loads)."""
     if path.is_dir():
-        if _is_run(path):
+        if is_run_folder(path):
             return "run"
         if any(path.glob("*.safetensors")):
             return "export"
@@ -75,7 +75,7 @@ def kind(path: Path) -> str:
                         "export` folder (no .safetensors files)")  # fmt: skip
     if path.suffix == ".safetensors":
         return "export"
-    if path.is_file() and _is_run(path.parent):
+    if path.is_file() and is_run_folder(path.parent):
         if checkpoint.is_encoders_file(path):  # encoders-N-rounds.pt: the encoders before an extension's rounds
             return "run"
         raise UserError(f"{path} is a file of the run {path.parent}: give the run's folder or its encoders.pt")
@@ -85,7 +85,7 @@ def kind(path: Path) -> str:
                     "the released XDC weights)")  # fmt: skip
 
 
-def _is_run(folder: Path) -> bool:
+def is_run_folder(folder: Path) -> bool:
     return (folder / "config.yaml").exists() or (folder / "checkpoints").is_dir()
 
 
