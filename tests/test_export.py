@@ -152,9 +152,10 @@ def test_export_refuses_unfinished_runs_and_foreign_folders(run, exported, tmp_p
     assert main(["export", str(run), "--out", str(busy)]) == 2
     assert "not empty and not a previous `xdc export`" in capsys.readouterr().err
     assert [p.name for p in busy.iterdir()] == ["notes.txt"]
-    assert main(["export", str(exported[0] / "audio.safetensors"), "--out", str(tmp_path / "a")]) == 2
-    assert capsys.readouterr().err == (f"xdc: error: {exported[0] / 'audio.safetensors'} is an export already: xdc "
-                                       "export takes a run folder or the released XDC weights\n")  # fmt: skip
+    for given in (exported[0] / "audio.safetensors", exported[0]):  # the folder: "no encoders.pt: is it a run?"
+        assert main(["export", str(given), "--out", str(tmp_path / "a")]) == 2
+        assert capsys.readouterr().err == (f"xdc: error: {given} is an export already: xdc export takes a run folder "
+                                           "or the released XDC weights\n")  # fmt: skip
     assert main(["export", str(run / "videos.csv"), "--out", str(tmp_path / "a")]) == 2  # not the released weights
     assert capsys.readouterr().err == (f"xdc: error: {run / 'videos.csv'} is a file of the run {run}: give the run's "
                                        "folder or its encoders.pt\n")  # fmt: skip

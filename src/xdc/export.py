@@ -137,7 +137,9 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
     files (encoders-N-rounds.pt while more rounds extend it), or a file of the released XDC weights
     (``export_released``)."""
     run, out = Path(run), Path(out)
-    if run.is_file() and kind(run) != "run":  # (another file of a run is refused there, as extract refuses it)
+    # an export, folder or file, is refused there; another file of a run by kind, as extract refuses it
+    exported = run.is_dir() and not is_run_folder(run) and any(run.glob("*.safetensors"))
+    if exported or (run.is_file() and kind(run) != "run"):
         return export_released(run, out, metrics, also)
     given = run
     run, encoders_file = run_and_encoders(run)
