@@ -459,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_eval)
 
     q = evals.add_parser("clusters", help="NMI, ARI, purity, Hungarian accuracy of a run's clusters vs labels")
-    q.add_argument("--run", type=Path, required=True)
+    q.add_argument("--run", type=Path, required=True, help="an xdc pretrain run folder, finished or not (its labels/)")
     q.add_argument("--labels", type=Path, help="a labels CSV (path, label), matched to the run's videos as xdc index "
                    "--labels matches; default: the labels of the manifest the run was trained from")  # fmt: skip
     q.add_argument("--out", type=Path, help=OUT_HELP)
