@@ -225,11 +225,11 @@ def read_rounds(data: RunData) -> Rounds:
 # --- plots ------------------------------------------------------------------------------------------------------
 
 
-def _figure(width: float = 6.0, height: float = 2.6) -> Figure:
+def figure(width: float = 6.0, height: float = 2.6) -> Figure:
     return Figure(figsize=(width, height), dpi=80, layout="constrained")
 
 
-def _figure_uri(fig: Figure) -> str:
+def figure_uri(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -256,7 +256,7 @@ def plot_loss(data: RunData) -> Figure | None:
     steps = [r for r in data.records("step") if "loss" in r]
     if not steps:
         return None
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     x, y = np.array([r["step"] for r in steps]), np.array([r["loss"] for r in steps], dtype=float)
     ax.plot(x, y, color="C0", alpha=0.3, linewidth=0.8)
@@ -276,7 +276,7 @@ def plot_accuracy(data: RunData) -> Figure | None:
     keys = sorted({k for r in steps for k in r if k.startswith("acc/")})
     if not keys:
         return None
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     for i, key in enumerate(keys):
         rows = [r for r in steps if key in r]
@@ -305,7 +305,7 @@ def plot_nmi(rows: list[dict]) -> Figure | None:
             lines.setdefault((row["set"], "labels"), []).append((row["round"], row["vs_labels"]["nmi"]))
     if not lines:
         return None
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     colours = {s: f"C{i}" for i, s in enumerate(sorted({s for s, _ in lines}))}
     for (label_set, against), points in sorted(lines.items()):
@@ -332,7 +332,7 @@ def plot_sizes(data: RunData, last: Round | None) -> Figure | None:
     if last is None:
         return None
     r, sets = last
-    fig = _figure(min(9.0, 3.2 * len(sets)) if len(sets) > 1 else 6.0)
+    fig = figure(min(9.0, 3.2 * len(sets)) if len(sets) > 1 else 6.0)
     axes = fig.subplots(1, len(sets), squeeze=False)[0]
     for ax, (name, assigned) in zip(axes, sets.items()):
         valid = assigned[assigned >= 0]
@@ -356,7 +356,7 @@ def plot_times(data: RunData) -> Figure | None:
         times[r["step"]] = times.get(r["step"], 0) + np.array([r.get(part, 0.0) for part in parts])
     if not times:
         return None
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     x, bottom = np.array(sorted(times)), np.zeros(len(times))
     for i, part in enumerate(parts):
@@ -622,7 +622,7 @@ def _plots(data: RunData, rounds: Rounds) -> str:
         (plot_sizes(data, rounds.last), "no cluster sizes: " + _no_clusters(data)),
         (plot_times(data), "no finished round in log.jsonl: no times"),
     ]
-    images = "".join(f'<img class="plot" src="{_figure_uri(fig)}" alt="plot">' for fig, _ in plots if fig is not None)
+    images = "".join(f'<img class="plot" src="{figure_uri(fig)}" alt="plot">' for fig, _ in plots if fig is not None)
     notes = "".join(f"<li>{html.escape(missing)}</li>" for fig, missing in plots if fig is None)
     return (f'<h2>Plots</h2><div class="plots">{images}</div>'
             + (f'<ul class="note plot-missing">{notes}</ul>' if notes else ""))  # fmt: skip
@@ -674,20 +674,30 @@ def _is_report(path: Path) -> bool:
         return _TITLE in f.read(300).decode("utf-8", "replace")
 
 
-def write_report(run: Path, out: Path | None = None, samples_per_cluster: int = 4, max_clusters: int = 32) -> Path:
-    """Write the run's report as one self-contained HTML file (default ``run/report.html``); returns its path."""
-    data = load_run(Path(run))
-    out = Path(out) if out is not None else data.folder / "report.html"
+def check_page_out(out: Path) -> None:
+    """A one-line error where ``out`` is a folder, or a file that is not a page of ``xdc report`` (which it
+    replaces): of a run's, or of an eval result's (xdc.evaluation.result_page)."""
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the path of an .html file")
     if out.exists() and not _is_report(out):
         raise UserError(f"--out {out} exists and is not a report of xdc: give a new path (or remove it)")
-    rounds = read_rounds(data)  # first: it notes unreadable label files for the header
-    body = [_header(data, rounds), _summary(data, rounds.rows), _agreement(rounds), _plots(data, rounds),
-            _galleries(data, rounds.last, samples_per_cluster, max_clusters), _skipped(data)]  # fmt: skip
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{_TITLE}'
-            f"{html.escape(data.folder.resolve().name)}</title><style>{_STYLE}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")  # fmt: skip
+
+
+def write_page(out: Path, title: str, body: list[str]) -> Path:
+    """The page of ``body``'s sections, under a title that tells it for a report (``_is_report``), in ``out``."""
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{_TITLE}{html.escape(title)}</title>'
+            f"<style>{_STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, page)
     return out
+
+
+def write_report(run: Path, out: Path | None = None, samples_per_cluster: int = 4, max_clusters: int = 32) -> Path:
+    """Write the run's report as one self-contained HTML file (default ``run/report.html``); returns its path."""
+    data = load_run(Path(run))
+    out = Path(out) if out is not None else data.folder / "report.html"
+    check_page_out(out)
+    rounds = read_rounds(data)  # first: it notes unreadable label files for the header
+    body = [_header(data, rounds), _summary(data, rounds.rows), _agreement(rounds), _plots(data, rounds),
+            _galleries(data, rounds.last, samples_per_cluster, max_clusters), _skipped(data)]  # fmt: skip
+    return write_page(out, data.folder.resolve().name, body)
