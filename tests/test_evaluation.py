@@ -1096,3 +1096,11 @@ def test_all_three_splits_killed_in_the_second_go_on_with_the_first_kept(run, tm
         counts = np.array(split["confusion"]["counts"])
         assert np.trace(counts) / counts.sum() == split["top1"] and counts.sum() == split["n_test_scored"]
     assert [s["epoch_losses"] for s in a["splits"]] == [s["epoch_losses"] for s in b["splits"]]
+    # xdc report's page of the result: a section of each split's; one without per-class results says so
+    del b["splits"][1]["per_class"], b["splits"][1]["confusion"]  # as a split kept from before 2026-12-02
+    killed.write_text(json.dumps(b))
+    assert main(["report", str(straight)]) == 0 and main(["report", str(killed)]) == 0
+    whole, older = (path.with_suffix(".html").read_text() for path in (straight, killed))
+    assert [whole.count(f"<h2>Split {n}</h2>") for n in (1, 2, 3)] == [1, 1, 1] and whole.count("<img ") == 6
+    assert f"{a['mean_top1']:.3f} (mean of the splits)" in whole
+    assert older.count("<img ") == 4 and "No per-class results: this split was tested before 2026-12-02" in older

@@ -337,6 +337,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.run.is_file():  # a result of xdc eval: where its encoder fails (a FIFO is no file: never read)
+        from xdc.evaluation.result_page import default_page, write_result_page
+
+        with holding(args.out or default_page(args.run), "report"):
+            print(f"wrote {write_result_page(args.run, args.out)}")
+        return 0
     from xdc.report import check_run_folder, write_report
 
     if args.out is None:  # before the lock of RUN/report.html, which would make a RUN that is not there
@@ -479,9 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(q)
     q.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("report", help="one self-contained HTML page about a pretraining run")
-    p.add_argument("run", type=Path, help="an xdc pretrain run folder")
-    p.add_argument("--out", type=Path, help="HTML file to write (default: RUN/report.html)")
+    p = sub.add_parser("report", help="one self-contained HTML page about a pretraining run or an eval result")
+    p.add_argument("run", type=Path, metavar="RUN|RESULT", help="an xdc pretrain run folder, or the --out JSON of "
+                   "xdc eval linear, kfold or finetune (its confusion matrix and accuracy per class)")
+    p.add_argument("--out", type=Path, help="HTML file to write (default: RUN/report.html, RESULT.html beside "
+                   "RESULT.json); an existing file only if it is an earlier page of xdc report")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="a finished run's encoders as .safetensors files with a model card")
