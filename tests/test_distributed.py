@@ -1,7 +1,9 @@
-"""Feature gathering and label broadcast across 2 real gloo processes."""
+"""Feature gathering and label broadcast across 2 real gloo processes; what a torchrun job says when it stops."""
 
 import json
 import os
+import subprocess
+import textwrap
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import run_two_ranks, synthetic_manifest
+from conftest import run_two_ranks, synthetic_manifest, torchrun_command
 from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.config import load_config
 from xdc.data.datasets import TrainClips
@@ -470,3 +472,32 @@ def test_ranks_with_passes_of_unequal_length_judge_their_failures_together():
     results = run_two_ranks(_judge_worker)
     assert results[0] == ["done", (10, "3 of 52 clips failed to load")]
     assert results[1] == ["done", ("end", "3 of 52 clips failed to load")]
+
+
+def _index_on_two_ranks(tmp_path: Path, fault: str) -> subprocess.CompletedProcess:
+    """``xdc index`` under torchrun on 2 gloo ranks, run by a script that first runs the Python statements ``fault``
+    (which replace a function of xdc's on the ranks, ``rank`` the rank's number)."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(f"import os, sys\nfrom xdc.cli import main\nrank = int(os.environ['RANK'])\n{fault}\n"
+                      "sys.exit(main(sys.argv[1:]))\n")  # fmt: skip
+    job = [*torchrun_command(2), str(driver), "index", str(tmp_path / "videos"), "--out", str(tmp_path / "m.csv")]
+    return subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300)  # fmt: skip
+
+
+def test_an_error_of_rank0_alone_is_said_before_the_other_rank_stops(tmp_path):
+    """A full disk on rank 0 (writing a checkpoint, say) while rank 1 goes on to the next collective: rank 1 does not
+    wait for gloo's timeout but stops at once, as rank 0 leaves the group, with gloo's error. Until 2026-12-02 rank 0
+    left before it said its line, which came after rank 1's traceback (5 of 5 tries), and torchrun, once rank 1
+    had ended, stopped rank 0 (SIGTERM) at once: the line could be lost."""
+    done = _index_on_two_ranks(tmp_path, textwrap.dedent("""
+        import errno, torch.distributed as dist, xdc.data.index
+        def build_manifest(*args, ctx, **kwargs):
+            if ctx.main:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            dist.barrier()
+        xdc.data.index.build_manifest = build_manifest
+    """))
+    line = "xdc: error: No space left on device\n"
+    assert done.returncode != 0 and line in done.stderr, done.stderr[-3000:]
+    assert "[rank1]" not in done.stderr[: done.stderr.index(line)], done.stderr[-3000:]

@@ -178,7 +178,11 @@ def _warn_unused_on_resume(cfg: Config, given: list[str], saved: Path) -> None:
 
 
 class _Said(Exception):
-    """A SharedError that rank 0 of a torchrun job has said for all its ranks (_as_rank)."""
+    """An error that this rank of a torchrun job said before it left the job (_as_rank); ``status``: its exit status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcontext) -> T:
@@ -188,24 +192,44 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
     from xdc.training.distributed import init_distributed, leave_distributed, on_main
 
     with ExitStack() as held:
-        together = False  # whether every rank leaves here, after a barrier (else at once: the others may never come)
+        ctx, together = None, False  # together: whether every rank leaves here, after a barrier (else at once)
         try:
             ctx = init_distributed(gpus)
             on_main(lambda: held.enter_context(lock()), ctx)
             result = work(ctx)
             together = True
-        except SharedError as e:
-            if not ctx.enabled:
+        except Exception as e:
+            if ctx is None or not ctx.enabled:
                 raise
-            # every rank raised it: rank 0 says it before any leaves, as torchrun stops a job's processes once one
-            # has ended, which could be before rank 0's line
-            if ctx.main:
-                _say(str(e))
-            together = True
-            raise _Said() from e
+            # said before this rank leaves: torchrun stops a job's processes once one has ended, and the others' next
+            # collective fails once this one has left: either could be before its line. An error that every rank
+            # raised, rank 0 alone says, before any leaves (the others may never come where it is not).
+            together = isinstance(e, SharedError)
+            raise _Said(_report(e) if ctx.main or not together else 2) from e
         finally:
             leave_distributed(together)
     return result
+
+
+def _report(e: Exception) -> int:
+    """Say ``e`` as main does (one line, or a bug's traceback) and give the exit status."""
+    line = _line(e)
+    if line is None:
+        sys.excepthook(type(e), e, e.__traceback__)  # under torchrun torch's, which names the rank on every line
+        return 1
+    _say(line)
+    return 2
+
+
+def _line(e: Exception) -> str | None:
+    """The one line that says ``e``: the user's mistake, or the machine's error (a folder that cannot be made, a full
+    disk, a file gone from under the run); None for a bug, which its traceback says."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError) and (e.filename is not None or e.errno in DISK_FULL):
+        # (a write to an open file, a log's, names none; the files xdc replaces say theirs: xdc.atomic)
+        return f"{'' if e.filename is None else f'{e.filename}: '}{e.strerror or e}"
+    return None
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -533,18 +557,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return args.func(args)
-    except _Said:
-        return 2
-    except UserError as e:
-        _say(str(e))
-        return 2
-    except OSError as e:
-        if e.filename is None and e.errno not in DISK_FULL:
+    except _Said as e:
+        return e.status
+    except (UserError, OSError) as e:
+        line = _line(e)
+        if line is None:  # a bug: its traceback
             raise
-        # the machine's, not the code's: a folder that cannot be made, a full disk, a file gone from under the run
-        # (a write to an open file, a log's, names none; the files xdc replaces say theirs: xdc.atomic)
-        where = "" if e.filename is None else f"{e.filename}: "
-        _say(f"{where}{e.strerror or e}")
+        _say(line)
         return 2
     except KeyboardInterrupt:
         print("xdc: interrupted", file=sys.stderr)
