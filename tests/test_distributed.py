@@ -267,17 +267,19 @@ def _slow_rank0_worker(rank: int, world: int, port: int, out: dict) -> None:
         try:
             on_main(fail(error), ctx)
         except Exception as e:
-            got.append((type(e).__name__, str(e)))
+            got.append((type(e).__name__, str(e), repr(e.__cause__)))
     out[rank] = got
     dist.destroy_process_group()
 
 
 def test_ranks_wait_for_rank0_beyond_the_groups_timeout_and_stop_with_its_errors():
     results = run_two_ranks(_slow_rank0_worker)
-    # a UserError stops every rank as a SharedError, which rank 0 alone says (until 2026-12-02 every rank said it)
-    assert results[0] == [42, ("SharedError", "no usable videos"), ("ValueError", "bad centroids")]
-    assert results[1] == [None, ("SharedError", "no usable videos"),
-                          ("RuntimeError", "rank 0 failed: ValueError: bad centroids")]
+    # a UserError stops every rank as a SharedError, which rank 0 alone says (until 2026-12-02 every rank said it),
+    # any other as a RankFailed (until 2026-12-02 rank 0 raised its error, the others a RuntimeError)
+    failed = ("RankFailed", "rank 0 failed (ValueError: bad centroids)")
+    assert results[0] == [42, ("SharedError", "no usable videos", "UserError('no usable videos')"),
+                          (*failed, "ValueError('bad centroids')")]  # fmt: skip
+    assert results[1] == [None, ("SharedError", "no usable videos", "None"), (*failed, "None")]
 
 
 class _SlowClips(TrainClips):
@@ -501,3 +503,28 @@ def test_an_error_of_rank0_alone_is_said_before_the_other_rank_stops(tmp_path):
     line = "xdc: error: No space left on device\n"
     assert done.returncode != 0 and line in done.stderr, done.stderr[-3000:]
     assert "[rank1]" not in done.stderr[: done.stderr.index(line)], done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("fault, said, failed", [
+    ("1 / 0", "[rank0]: ZeroDivisionError: division by zero\n", "ZeroDivisionError: division by zero"),
+    ("raise PermissionError(13, 'Permission denied', str(out))", "xdc: error: {out}: Permission denied\n",
+     "PermissionError: [Errno 13] Permission denied: '{out}'"),
+], ids=["bug", "oserror"])  # fmt: skip
+def test_a_failure_of_rank0s_own_work_stops_the_other_rank_with_one_line(tmp_path, fault, said, failed):
+    """Rank 0's work alone (on_main; here taking the lock) failing with a bug or with the machine's error naming a
+    file: rank 0 says it as one process would (the bug's traceback, the error's one line), then rank 1 that it stopped,
+    in one line. Until 2026-12-02 rank 1 printed the traceback of a RuntimeError("rank 0 failed: ..."), as many as
+    there are other ranks, before rank 0's error (and torchrun then stopped rank 0 with SIGTERM)."""
+    done = _index_on_two_ranks(tmp_path, textwrap.dedent(f"""
+        import contextlib, xdc.cli
+        @contextlib.contextmanager
+        def holding(out, *args, **kwargs):
+            {fault}
+            yield
+        xdc.cli.holding = holding
+    """))
+    said, failed = said.format(out=tmp_path / "m.csv"), failed.format(out=tmp_path / "m.csv")
+    stopped = f"xdc: error: rank 1: stopped: rank 0 failed ({failed}); see its error\n"
+    assert done.returncode != 0 and said in done.stderr and stopped in done.stderr, done.stderr[-3000:]
+    assert done.stderr.index(said) < done.stderr.index(stopped), done.stderr[-3000:]
+    assert "[rank1]" not in done.stderr and done.stderr.count("xdc: error: rank 1:") == 1, done.stderr[-3000:]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from xdc.config import Config, given_keys, given_settings, load_config, setting, with_settings
 from xdc.data.preload import preload_fork_server
-from xdc.errors import SharedError, UserError
+from xdc.errors import RankFailed, SharedError, UserError
 from xdc.limits import fit_threads
 from xdc.locks import holding
 
@@ -189,7 +189,7 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
     """``work(ctx)`` as one rank of the torchrun job that started this process (its process group joined, and left
     after the other ranks once ``work`` is done), or in a process alone. ``gpus``: see init_distributed. Rank 0
     holds ``lock`` until every rank is done; where it is refused, every rank stops with its error, said once."""
-    from xdc.training.distributed import init_distributed, leave_distributed, on_main
+    from xdc.training.distributed import barrier, init_distributed, leave_distributed, on_main
 
     with ExitStack() as held:
         ctx, together = None, False  # together: whether every rank leaves here, after a barrier (else at once)
@@ -204,16 +204,22 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
             # said before this rank leaves: torchrun stops a job's processes once one has ended, and the others' next
             # collective fails once this one has left: either could be before its line. An error that every rank
             # raised, rank 0 alone says, before any leaves (the others may never come where it is not).
-            together = isinstance(e, SharedError)
-            raise _Said(_report(e) if ctx.main or not together else 2) from e
+            together = isinstance(e, (SharedError, RankFailed))
+            status = _report(e) if ctx.main or not together else 2
+            if isinstance(e, RankFailed):  # the others' lines after rank 0's error (a traceback), not inside it
+                barrier(ctx)
+                if not ctx.main:
+                    _say(f"stopped: {e}; see its error")
+                    status = 1
+            raise _Said(status) from e
         finally:
             leave_distributed(together)
     return result
 
 
 def _report(e: Exception) -> int:
-    """Say ``e`` as main does (one line, or a bug's traceback) and give the exit status."""
-    line = _line(e)
+    """Say ``e`` as main does (one line, or a bug's traceback; a RankFailed as its cause) and give the exit status."""
+    line = _line(e.__cause__ if isinstance(e, RankFailed) else e)
     if line is None:
         sys.excepthook(type(e), e, e.__traceback__)  # under torchrun torch's, which names the rank on every line
         return 1

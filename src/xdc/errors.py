@@ -8,3 +8,9 @@ class UserError(Exception):
 class SharedError(UserError):
     """A UserError that every rank of a torchrun job raises together: at a decision the ranks took together (a
     collective), or passing on rank 0's error (``xdc.training.distributed.on_main``). Rank 0 alone says it."""
+
+
+class RankFailed(Exception):
+    """Rank 0's part of a torchrun job (``xdc.training.distributed.on_main``) failed with an error that is not a
+    UserError (a bug, the machine's OSError): every rank raises it together, rank 0's caused by that error, which
+    rank 0 alone says (its traceback, or its one line); the other ranks say that they stopped."""

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.data.failures import FailureLog, TooManyFailures
-from xdc.errors import SharedError, UserError
+from xdc.errors import RankFailed, SharedError, UserError
 
 GATHER_STEP_BYTES = 256 * 2**20  # features that rank 0 receives at once (gather_rows)
 # How long the other ranks wait for work rank 0 does alone (on_main): the run's videos (minutes at 65M videos),
@@ -144,8 +144,9 @@ def broadcast_buffers(module: torch.nn.Module, ctx: Dist) -> None:
 
 def on_main(work: Callable[[], T], ctx: Dist) -> T | None:
     """``work()`` on rank 0 alone; its result there, None on the other ranks. They wait for it in
-    ``ctx.waiting`` (up to RANK0_WORK_TIMEOUT), and when it fails every rank raises rank 0's error (a UserError as
-    a SharedError, which rank 0 alone says) rather than wait for rank 0 at the next collective."""
+    ``ctx.waiting`` (up to RANK0_WORK_TIMEOUT), and when it fails every rank raises rank 0's error rather than wait
+    for rank 0 at the next collective: a UserError as a SharedError, any other as a RankFailed (on rank 0 caused by
+    the error itself), which rank 0 alone says."""
     if not ctx.enabled:
         return work()
     result, error = None, None
@@ -161,7 +162,7 @@ def on_main(work: Callable[[], T], ctx: Dist) -> T | None:
     kind, message = box[0]
     if kind == "user":
         raise SharedError(message) from error
-    raise error if error is not None else RuntimeError(f"rank 0 failed: {kind}: {message}")
+    raise RankFailed(f"rank 0 failed ({kind}: {message})") from error
 
 
 def gather_objects(obj: T, ctx: Dist) -> list[T] | None:
