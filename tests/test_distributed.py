@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import textwrap
 import time
@@ -13,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import run_two_ranks, synthetic_manifest, torchrun_command
+from conftest import kill_with_children, run_two_ranks, synthetic_manifest, torchrun_command
 from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.config import load_config
 from xdc.data.datasets import TrainClips
@@ -476,15 +477,19 @@ def test_ranks_with_passes_of_unequal_length_judge_their_failures_together():
     assert results[1] == ["done", ("end", "3 of 52 clips failed to load")]
 
 
-def _index_on_two_ranks(tmp_path: Path, fault: str) -> subprocess.CompletedProcess:
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _index_job(tmp_path: Path, fault: str) -> list[str]:
     """``xdc index`` under torchrun on 2 gloo ranks, run by a script that first runs the Python statements ``fault``
-    (which replace a function of xdc's on the ranks, ``rank`` the rank's number)."""
+    (which replace a function of xdc's on the ranks)."""
     driver = tmp_path / "driver.py"
-    driver.write_text(f"import os, sys\nfrom xdc.cli import main\nrank = int(os.environ['RANK'])\n{fault}\n"
-                      "sys.exit(main(sys.argv[1:]))\n")  # fmt: skip
-    job = [*torchrun_command(2), str(driver), "index", str(tmp_path / "videos"), "--out", str(tmp_path / "m.csv")]
-    return subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=300)  # fmt: skip
+    driver.write_text(f"import sys\nfrom xdc.cli import main\n{fault}\nsys.exit(main(sys.argv[1:]))\n")
+    return [*torchrun_command(2), str(driver), "index", str(tmp_path / "videos"), "--out", str(tmp_path / "m.csv")]
+
+
+def _index_on_two_ranks(tmp_path: Path, fault: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_index_job(tmp_path, fault), capture_output=True, text=True, env=TORCHRUN_ENV, timeout=300)
 
 
 def test_an_error_of_rank0_alone_is_said_before_the_other_rank_stops(tmp_path):
@@ -528,3 +533,43 @@ def test_a_failure_of_rank0s_own_work_stops_the_other_rank_with_one_line(tmp_pat
     assert done.returncode != 0 and said in done.stderr and stopped in done.stderr, done.stderr[-3000:]
     assert done.stderr.index(said) < done.stderr.index(stopped), done.stderr[-3000:]
     assert "[rank1]" not in done.stderr and done.stderr.count("xdc: error: rank 1:") == 1, done.stderr[-3000:]
+
+
+AT_WORK = """
+import time, torch.distributed as dist, xdc.data.index
+def build_manifest(*args, ctx, **kwargs):  # every rank's work
+    print("at work", flush=True)
+    if {rank0_waits} and ctx.main:
+        dist.barrier()  # for rank 1, which does not come
+    time.sleep(120)
+xdc.data.index.build_manifest = build_manifest
+"""
+ALONE = """
+import contextlib, time, xdc.cli
+@contextlib.contextmanager
+def holding(out, *args, **kwargs):  # the lock, which rank 0 alone takes (on_main): rank 1 waits for it in gloo
+    print("at work", flush=True)
+    time.sleep(120)
+    yield
+xdc.cli.holding = holding
+"""
+
+
+@pytest.mark.parametrize("fault, working", [
+    (AT_WORK.format(rank0_waits=False), 2), (AT_WORK.format(rank0_waits=True), 2), (ALONE, 1),
+], ids=["at-work", "rank0-in-a-collective", "rank0-at-work-alone"])  # fmt: skip
+def test_a_ctrl_c_stops_every_rank_and_is_said_once(tmp_path, fault, working):
+    """A Ctrl-C in the terminal reaches torchrun (its process group; each rank has a session of its own), which
+    passes SIGINT to every rank: the job stops wherever its ranks are (rank 0 or 1 waiting in a gloo collective
+    too), and says it once, rank 0's line. Until 2026-12-02 each rank said it."""
+    process = subprocess.Popen(_index_job(tmp_path, fault), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=TORCHRUN_ENV, start_new_session=True)  # fmt: skip
+    try:
+        assert [process.stdout.readline() for _ in range(working)] == ["at work\n"] * working
+        os.killpg(process.pid, signal.SIGINT)
+        err = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            kill_with_children(process)
+    assert process.returncode != 0
+    assert err.count("xdc: interrupted") == 1 and "[rank" not in err, err[-3000:]

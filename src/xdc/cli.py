@@ -198,12 +198,13 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
             on_main(lambda: held.enter_context(lock()), ctx)
             result = work(ctx)
             together = True
-        except Exception as e:
+        except (Exception, KeyboardInterrupt) as e:
             if ctx is None or not ctx.enabled:
                 raise
             # said before this rank leaves: torchrun stops a job's processes once one has ended, and the others' next
             # collective fails once this one has left: either could be before its line. An error that every rank
-            # raised, rank 0 alone says, before any leaves (the others may never come where it is not).
+            # raised, rank 0 alone says, before any leaves (the others may never come where it is not; nor does a
+            # Ctrl-C wait for them: a rank stuck in a collective would not come).
             together = isinstance(e, (SharedError, RankFailed))
             status = _report(e) if ctx.main or not together else 2
             if isinstance(e, RankFailed):  # the others' lines after rank 0's error (a traceback), not inside it
@@ -217,14 +218,24 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
     return result
 
 
-def _report(e: Exception) -> int:
+def _report(e: Exception | KeyboardInterrupt) -> int:
     """Say ``e`` as main does (one line, or a bug's traceback; a RankFailed as its cause) and give the exit status."""
+    if isinstance(e, KeyboardInterrupt):
+        return _interrupted()
     line = _line(e.__cause__ if isinstance(e, RankFailed) else e)
     if line is None:
         sys.excepthook(type(e), e, e.__traceback__)  # under torchrun torch's, which names the rank on every line
         return 1
     _say(line)
     return 2
+
+
+def _interrupted() -> int:
+    """Say that a Ctrl-C stopped the command, and give the exit status. torchrun passes one to every rank of its node
+    (it starts each in a session of its own, out of the terminal's reach): the node's first rank alone says it."""
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        print("xdc: interrupted", file=sys.stderr)
+    return 130
 
 
 def _line(e: Exception) -> str | None:
@@ -572,8 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(line)
         return 2
     except KeyboardInterrupt:
-        print("xdc: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
 
 
 if __name__ == "__main__":
