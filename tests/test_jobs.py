@@ -157,3 +157,53 @@ def test_workers_of_other_start_methods_do_their_jobs(method, tmp_path):
     done = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str([(k, dict.fromkeys(k)) for k in ("ab", "cd", "ef")])
+
+
+_HANGING_START = """
+import os, signal, sys, time
+from xdc.data import jobs
+
+jobs.START_LIMIT_S = 2.0
+marker = sys.argv[1]
+
+
+def start():  # the next process to start after the marker is made hangs, as a fork that inherited a taken lock
+    try:
+        os.unlink(marker)
+    except FileNotFoundError:
+        return
+    time.sleep(3600)
+
+
+def job(key):
+    if key == "crash":
+        open(marker, "w").close()  # the first process of the files run alone after this crash hangs in its start
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return {"key": key}
+
+
+if __name__ == "__main__":
+    if sys.argv[2] == "pool":
+        open(marker, "w").close()
+    got = {}
+    jobs.run_jobs(sys.argv[3:], job, 1, got.__setitem__, lambda reason: {"failed": reason}, lambda key: 60.0, start)
+    print(sorted(got.items()))
+"""
+
+
+@pytest.mark.parametrize("where", ["pool", "alone"])
+def test_a_worker_that_hangs_before_it_starts_is_killed_and_its_files_run_again(where, tmp_path):
+    """A fork can hang the child before its first line of Python (CPython before 3.11.8, gh-112275: a lock another
+    thread held at the fork), where no alarm of its own ends it: a torchrun xdc prepare test waited for its one
+    worker until killed, on 2026-12-02. A worker of the pool, or a file's own process after a crash, that has not
+    started within START_LIMIT_S is killed, and its files are run again; a file is not failed for it."""
+    script = tmp_path / "jobs.py"
+    script.write_text(_HANGING_START)
+    keys = ["a", "b", "c"] if where == "pool" else ["crash", "a", "b", "c"]
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "hang"), where, *keys], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = {key: {"key": key} for key in ("a", "b", "c")}
+    if where == "alone":
+        expected["crash"] = {"failed": "decoder crashed (SIGSEGV)"}
+    assert done.stdout.strip() == str(sorted(expected.items()))

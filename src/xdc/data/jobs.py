@@ -6,6 +6,11 @@ are the first ones not done (the pool hands out jobs in order, at most one more 
 are run again one per process, where a death is that file's alone, and the rest go on in a new pool. A job that
 runs over its time limit is ended by an alarm in its process (the default action of SIGALRM: it ends the process
 even inside FFmpeg's C code) and becomes a crash of its own kind: ``hung``.
+
+A worker that has not started within START_LIMIT_S is killed too, which breaks its pool as a crash does: a fork
+can leave the child waiting for good on a lock that another thread held at that instant (CPython before 3.11.8,
+gh-112275; seen once in a torchrun ``xdc prepare`` test, which then waited for its worker until killed), and no
+alarm of its own can end it, as none is set before its first line of Python.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import EXTRA_QUEUED_CALLS, BrokenProcessPool
@@ -27,6 +33,9 @@ from typing import TypeVar
 from xdc.data.preload import preload_fork_server
 
 K = TypeVar("K", bound=Hashable)
+# How long a worker may take to start (its initializer included): a fork is at once, a spawn imports the modules
+START_LIMIT_S = 120.0
+START_TRIES = 3  # starts of a file's own process that hung before it counts as failed
 # What a crash of the process sends. SIGKILL is the out-of-memory killer's (or a person's): a process earns it by the
 # memory of all the processes, not by the file it reads.
 CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
@@ -63,18 +72,26 @@ def run_jobs(
     (each started with ``initializer``) and ended after ``limit_s(key)`` seconds; a key whose process dies gets
     ``failed(reason)`` as its result. ``job`` must be picklable (a module-level function, or a partial of one)."""
     preload_fork_server()
-    initializer = functools.partial(_start_worker, initializer, os.getpid(), multiprocessing.get_start_method())
+    started = multiprocessing.SimpleQueue()  # the pid of each worker that has started
+    initializer = functools.partial(_start_worker, initializer, os.getpid(), multiprocessing.get_start_method(),
+                                    started)  # fmt: skip
     left = list(keys)
     while left:
-        finished = _in_pool(left, job, workers, done, limit_s, initializer)
+        finished = _in_pool(left, job, workers, done, limit_s, initializer, started)
         left = [k for k in left if k not in finished]
         suspects, left = left[: workers + EXTRA_QUEUED_CALLS], left[workers + EXTRA_QUEUED_CALLS :]
         for key in suspects:  # the pool broke with these in it: each alone, so a death names its file
-            done(key, _isolated(key, job, limit_s(key), initializer, failed))
+            result = None
+            for _ in range(START_TRIES):  # a start that hung is not the file's doing: once more
+                result = _isolated(key, job, limit_s(key), initializer, started, failed)
+                if result is not None:
+                    break
+            done(key, failed(f"its process hung before it started, {START_TRIES} times") if result is None else result)
 
 
-def _in_pool(keys, job, workers, done, limit_s, initializer) -> set:
-    """Run ``keys`` in a pool until all are done or it breaks; the keys done.
+def _in_pool(keys, job, workers, done, limit_s, initializer, started) -> set:
+    """Run ``keys`` in a pool until all are done or it breaks (a worker that has not put its pid in ``started``
+    within START_LIMIT_S is killed: see above); the keys done.
 
     Ctrl-C is held back all the while and acted on between waits: raised anywhere, it could land in a future's
     lock (``with f._condition`` in ``as_completed``, the pool's own), which then stayed taken, and the pool's shutdown
@@ -87,9 +104,14 @@ def _in_pool(keys, job, workers, done, limit_s, initializer) -> set:
         try:
             futures = {pool.submit(_timed, job, key, limit_s(key)): key for key in keys}
             order = {future: n for n, future in enumerate(futures)}
-            pending, broken = set(futures), False
+            pending, broken, since, up = set(futures), False, time.monotonic(), set()
             while pending and not interrupted and not broken:
                 ready, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                up |= _drained(started)
+                if len(up) < len(pool._processes or ()) and time.monotonic() - since > START_LIMIT_S:
+                    for pid, process in list((pool._processes or {}).items()):
+                        if pid not in up:  # its jobs' files are run again, each alone, as after a crash
+                            process.kill()
                 for future in sorted(ready, key=order.get):
                     error = future.exception()
                     if isinstance(error, BrokenProcessPool):
@@ -118,7 +140,15 @@ def _in_pool(keys, job, workers, done, limit_s, initializer) -> set:
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
-def _start_worker(initializer: Callable[[], None], parent: int, method: str = "fork") -> None:
+def _drained(started) -> set[int]:
+    """The pids in the queue ``started``, which it leaves empty."""
+    pids = set()
+    while not started.empty():
+        pids.add(started.get())
+    return pids
+
+
+def _start_worker(initializer: Callable[[], None], parent: int, method: str, started) -> None:
     """A worker's start: on Linux it is killed with the process that started it. Otherwise a parent killed with
     SIGKILL (the out-of-memory killer, a job scheduler) would leave its pool's workers waiting on the pool's queue
     for good, each with the modules and memory of a worker (over 300 MB with torch imported)."""
@@ -135,6 +165,7 @@ def _start_worker(initializer: Callable[[], None], parent: int, method: str = "f
         if orphaned:
             os._exit(1)
     initializer()
+    started.put(os.getpid())
 
 
 def _timed(job, key, limit: float) -> dict:
@@ -148,15 +179,19 @@ def _timed(job, key, limit: float) -> dict:
         alarm(0)
 
 
-def _isolated(key, job, limit: float, initializer, failed) -> dict:
-    """``job(key)`` in a process of its own; a death becomes ``failed(reason)``."""
+def _isolated(key, job, limit: float, initializer, started, failed) -> dict | None:
+    """``job(key)`` in a process of its own; a death becomes ``failed(reason)``; None where it did not start within
+    START_LIMIT_S (it is killed)."""
     receive, send = multiprocessing.Pipe(duplex=False)
     process = multiprocessing.Process(target=_child, args=(send, job, key, limit, initializer), daemon=True)
     with held_interrupts():
         process.start()
     send.close()
     try:
-        result = receive.recv()
+        hung = not receive.poll(START_LIMIT_S)  # a child says at once that it has started (_child)
+        if hung:
+            process.kill()
+        result = receive.recv() if receive.recv() == "started" else None
     except EOFError:  # it died before sending
         result = None
     except BaseException:  # Ctrl-C: it is not waited for
@@ -165,8 +200,11 @@ def _isolated(key, job, limit: float, initializer, failed) -> dict:
             process.join()
         raise
     process.join()
+    _drained(started)  # its pid: the queue is a pipe, which would fill
     if result is not None:
         return result
+    if hung:
+        return None
     code = process.exitcode
     if hasattr(signal, "SIGALRM") and code == -signal.SIGALRM:
         return failed(f"hung (over {limit:g} s)")
@@ -184,4 +222,5 @@ def exit_reason(exitcode: int | None) -> str:
 
 def _child(send, job, key, limit: float, initializer) -> None:
     initializer()
+    send.send("started")  # within START_LIMIT_S, or _isolated ends it; then the job, which its alarm ends
     send.send(_timed(job, key, limit))
