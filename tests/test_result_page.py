@@ -148,7 +148,7 @@ def test_what_is_no_result_of_eval_linear_kfold_or_finetune_is_refused_in_a_line
         (clusters, f"{clusters} is a result of xdc eval clusters, which predicts no classes"),
         (edited, f"{edited} is not a whole result of xdc eval linear (KeyError: 'probe')"),
         (old, f"{old} is a result of xdc eval linear from before per-class results (2026-12-02): run the eval again"),
-        (tmp_path / "gone.json", f"{tmp_path / 'gone.json'} is not a folder (expected an `xdc pretrain` run folder, "
+        (tmp_path / "gone.json", f"{tmp_path / 'gone.json'} does not exist (expected an `xdc pretrain` run folder, "
                                  "or the result JSON of an xdc eval for its page)"),
     ]:  # fmt: skip
         capsys.readouterr()

@@ -100,8 +100,9 @@ def check_run_folder(folder: Path) -> None:
     """A one-line error where ``folder`` is not a run folder: absent, or a data folder, which would get a page of
     defaults."""
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder (expected an `xdc pretrain` run folder, or the result JSON of "
-                        "an xdc eval for its page)")
+        said = "is not a folder" if folder.exists() else "does not exist"  # until 2026-12-02 both: "not a folder"
+        raise UserError(f"{folder} {said} (expected an `xdc pretrain` run folder, or the result JSON of an xdc eval "
+                        "for its page)")  # fmt: skip
     if not any((folder / name).exists() for name in _RUN_FILES):
         raise UserError(f"{folder} is not an `xdc pretrain` run folder (none of {', '.join(_RUN_FILES)} in it)")
 
