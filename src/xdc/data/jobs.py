@@ -81,12 +81,7 @@ def run_jobs(
         left = [k for k in left if k not in finished]
         suspects, left = left[: workers + EXTRA_QUEUED_CALLS], left[workers + EXTRA_QUEUED_CALLS :]
         for key in suspects:  # the pool broke with these in it: each alone, so a death names its file
-            result = None
-            for _ in range(START_TRIES):  # a start that hung is not the file's doing: once more
-                result = _isolated(key, job, limit_s(key), initializer, started, failed)
-                if result is not None:
-                    break
-            done(key, failed(f"its process hung before it started, {START_TRIES} times") if result is None else result)
+            done(key, _isolated(key, job, limit_s(key), initializer, started, failed))
 
 
 def _in_pool(keys, job, workers, done, limit_s, initializer, started) -> set:
@@ -179,9 +174,18 @@ def _timed(job, key, limit: float) -> dict:
         alarm(0)
 
 
-def _isolated(key, job, limit: float, initializer, started, failed) -> dict | None:
-    """``job(key)`` in a process of its own; a death becomes ``failed(reason)``; None where it did not start within
-    START_LIMIT_S (it is killed)."""
+def _isolated(key, job, limit: float, initializer, started, failed) -> dict:
+    """``job(key)`` in a process of its own; a death becomes ``failed(reason)``. A process that has not started
+    within START_LIMIT_S is killed and another started: that is not the file's doing (START_TRIES in all)."""
+    for _ in range(START_TRIES):
+        result = _alone(key, job, limit, initializer, started, failed)
+        if result is not None:
+            return result
+    return failed(f"its process hung before it started, {START_TRIES} times")
+
+
+def _alone(key, job, limit: float, initializer, started, failed) -> dict | None:
+    """One try of _isolated: None where the process did not start in time."""
     receive, send = multiprocessing.Pipe(duplex=False)
     process = multiprocessing.Process(target=_child, args=(send, job, key, limit, initializer), daemon=True)
     with held_interrupts():
