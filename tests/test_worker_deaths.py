@@ -179,6 +179,69 @@ def test_a_worker_that_hangs_on_a_file_is_stopped_and_the_file_skipped_but_a_slo
     )  # fmt: skip
 
 
+_hang_in_fork: tuple | None = None  # (marker, once): see hung_start
+
+
+def _hang_if_marked() -> None:
+    if _hang_in_fork is None:
+        return
+    marker, once = _hang_in_fork
+    try:
+        marker.unlink() if once else marker.stat()  # unlink: one child only, however close their forks
+    except FileNotFoundError:
+        return
+    time.sleep(3600)
+
+
+os.register_at_fork(after_in_child=_hang_if_marked)  # for good: a hook cannot be taken back
+
+
+@pytest.fixture
+def hung_start(monkeypatch, tmp_path):
+    """``hung_start(once)``: forked children hang before they run anything, as one whose fork hung on a lock does;
+    the first one only, or all. The check is at 2 s, not 120."""
+    global _hang_in_fork
+
+    def hang(once: bool) -> None:
+        global _hang_in_fork
+        marker = tmp_path / "hang"
+        marker.touch()
+        _hang_in_fork = (marker, once)
+
+    monkeypatch.setattr(worker_deaths, "START_LIMIT_S", 2.0)
+    yield hang
+    _hang_in_fork = None
+
+
+@pytest.mark.parametrize("read_timeout", [0, 6])
+def test_a_worker_whose_start_hangs_is_replaced_and_costs_no_batch(manifest, hung_start, capsys, read_timeout):
+    # Until 2026-12-02 the pass waited for its first batch for good (without data.read_timeout_s; with it, the
+    # hung worker read no file, so none was found hung).
+    expected, _ = _items(make_loader(_clips(manifest), 4, 0))
+    dataset = _clips(manifest, f"data.read_timeout_s={read_timeout}")
+    hung_start(once=True)
+    t = time.monotonic()
+    loaded, failed = _items(Surviving(make_loader(dataset, 4, 2)))
+    assert time.monotonic() - t < 60  # a check after 5 s without a batch, then the pass again from batch 0
+    assert not failed and not dataset.crashed
+    assert [x[:2] for x in loaded] == [x[:2] for x in expected]
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(loaded, expected))
+    assert capsys.readouterr().err.splitlines() == [
+        "WARNING: 1 loader worker(s) did not start within 2 s (a fork that hung): stopped; going on from batch 0 with "
+        "new workers"
+    ]  # its end is not taken for a death on top
+
+
+def test_workers_whose_starts_hang_again_and_again_stop_the_pass_with_a_message(
+    manifest, hung_start, monkeypatch, capsys
+):  # fmt: skip
+    monkeypatch.setattr(worker_deaths, "START_FAILURES", 2)
+    hung_start(once=False)
+    with pytest.raises(UserError, match=r"loader workers did not start within 2 s 2 times in this pass: .*gh-112275"):
+        list(Surviving(make_loader(_clips(manifest), 4, 2)))
+    assert capsys.readouterr().err.count("did not start") == 2
+
+
 def test_a_worker_end_interrupts_a_wait_once_and_past_generic_exception_handlers():
     """Two workers end with an error while a batch is awaited: the first end interrupts the wait, through the
     DataLoader's ``except Exception`` (which would otherwise run its open-files check, there to be interrupted by the

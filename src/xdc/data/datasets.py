@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate, get_worker_info
 
 from xdc.config import DataConfig
 from xdc.data.clip_cache import ClipCache
@@ -57,7 +57,7 @@ class _ClipDataset(Dataset):
         self.device_logmel = device_logmel and self.audio
         self.audio_transform = AudioTransform(cfg, train, logmel=not self.device_logmel) if self.audio else None
         self.crashed: dict[str, str] = {}  # path -> why: files that killed a loader worker, not read again
-        # per loader worker: the video it reads (-1: none) and since when (time.monotonic, ms); see watch()
+        # per loader worker: the video it reads (-1: none, NOT_STARTED) and since when (time.monotonic, ms); watch()
         self.reading: torch.Tensor | None = None
 
     def watch(self, workers: int) -> None:
@@ -66,6 +66,12 @@ class _ClipDataset(Dataset):
         (:mod:`xdc.data.worker_deaths`). Before the workers start: they inherit the slots."""
         if self.reading is None or len(self.reading) < workers:
             self.reading = torch.full((workers, 2), -1, dtype=torch.int64).share_memory_()
+
+    def started(self, worker: int) -> None:
+        """A loader worker's first act (``make_loader``'s worker_init_fn): its slot no longer says NOT_STARTED, so
+        the main process can tell a worker that hung in its fork from one that has nothing to read."""
+        if self.reading is not None and worker < len(self.reading):
+            self.reading[worker, 0] = -1
 
     def latest_start(self, i):
         """The latest start whose clip fits in video ``i`` (an index or an array of them), 0 for shorter ones.
@@ -269,6 +275,16 @@ def collate_clips(items: list[dict]) -> dict:
 
 
 PREFETCH = 4  # batches each loader worker prepares ahead
+NOT_STARTED = -2  # a watched slot's video until its worker runs (set by the main process before it starts them)
+
+
+def worker_started(worker: int) -> None:
+    """``make_loader``'s worker_init_fn: tell the clip dataset under any Subsets that this worker runs."""
+    dataset = get_worker_info().dataset
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if hasattr(dataset, "started"):
+        dataset.started(worker)
 
 
 def make_loader(
@@ -284,6 +300,7 @@ def make_loader(
         dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
         num_workers=workers, collate_fn=collate_clips, generator=generator, pin_memory=pin_memory,
         persistent_workers=workers > 0, prefetch_factor=PREFETCH if workers > 0 else None,
+        worker_init_fn=worker_started if workers > 0 else None,
     )  # fmt: skip
 
 

@@ -16,6 +16,10 @@ ever. :class:`Surviving` turns both into a skipped file:
 4. the pass goes on with new workers from the first batch not yet yielded, in the same order, so every batch is
    what it would have been (a marked file's items aside).
 
+A worker of ``make_loader`` that has not started within START_LIMIT_S of its fork (a fork can leave the child
+waiting for good on a lock another thread held: CPython before 3.11.8, gh-112275) is killed too, blaming no file,
+and the pass goes on with new workers in the same way; its slot says NOT_STARTED until the worker's first act.
+
 A death that blames no file (between items, or not a crash: the out-of-memory killer's SIGKILL) is retried a few
 times per pass, then ends the run with a message.
 """
@@ -33,10 +37,12 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from xdc.data.jobs import CRASHES, exit_reason, held_interrupts
+from xdc.data.datasets import NOT_STARTED, worker_started
+from xdc.data.jobs import CRASHES, START_LIMIT_S, exit_reason, held_interrupts
 from xdc.errors import UserError
 
 UNEXPLAINED_DEATHS = 3  # per pass: deaths that blame no file; the run ends at this many
+START_FAILURES = 3  # per pass: starts of workers that hung; the run ends at this many
 _TORCH_SIGCHLD = "torch.utils.data._utils.signal_handling"
 CHECK_S = 5.0  # the DataLoader's own interval between checks of its workers while it waits (MP_STATUS_CHECK_INTERVAL)
 
@@ -72,13 +78,17 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
     # With a timeout the DataLoader gives control back after that many seconds without a batch, to look for a hung
     # worker; it then checks for dead ones only at the timeout too, so the timeout is its usual check interval.
     limit = dataset.cfg.read_timeout_s
-    if limit and not loader.timeout:
-        loader.timeout = min(limit, CHECK_S)
+    starts = loader.worker_init_fn is worker_started  # its workers say when they run: a hung start can be seen
+    if (limit or starts) and not loader.timeout:
+        loader.timeout = min(limit, CHECK_S) if limit else CHECK_S
     main = threading.current_thread() is threading.main_thread()  # where signal handlers run
-    current, done, unexplained = loader, 0, 0
+    current, done, unexplained, hung_starts = loader, 0, 0, 0
     while True:
         it = None
         try:
+            if starts and not (current.persistent_workers and getattr(current, "_iterator", None) is not None):
+                dataset.reading[:, 1] = int(time.monotonic() * 1000)  # iter() below starts new workers
+                dataset.reading[:, 0] = NOT_STARTED
             with held_interrupts():  # it starts the workers (a Ctrl-C in their fork was lost)
                 it = iter(current)  # persistent workers that died while idle surface here
             _own_sigchld(it._workers)
@@ -90,15 +100,26 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
                     return
                 except RuntimeError as e:
                     _waiting = False  # the end of a worker _stop_hung kills must not raise in its bookkeeping
-                    if not (limit and "timed out" in str(e)):
+                    if not (current.timeout and "timed out" in str(e)):
                         raise
-                    if _stop_hung(dataset, it._workers, limit, done):
-                        break  # their files marked: new workers below
+                    hung = bool(limit) and _stop_hung(dataset, it._workers, limit, done)
+                    late = _stop_unstarted(dataset, it._workers, done)
+                    hung_starts += late
+                    if hung_starts >= START_FAILURES:
+                        raise UserError(
+                            f"loader workers did not start within {START_LIMIT_S:g} s {hung_starts} times in this "
+                            "pass: a machine too loaded to start them, or forks that hang (CPython before 3.11.8, "
+                            "gh-112275; a newer Python mends that)"
+                        )  # fmt: skip
+                    if hung or late:
+                        break  # their files marked, or their starts hung: new workers below
                     continue  # slow, not stuck: wait on
                 finally:
                     _waiting = False
                 yield batch
                 done += 1
+        except UserError:
+            raise
         except (Exception, _ChildEnded) as e:  # the DataLoader's RuntimeError, OSError for a batch whose sender died
             if it is None:  # iter() itself raised: the persistent loader keeps the iterator
                 it = getattr(current, "_iterator", None)
@@ -151,6 +172,19 @@ def _stop_hung(dataset, workers: list, limit: float, done: int) -> bool:
         print(f"WARNING: a loader worker hung reading {path} (over data.read_timeout_s={limit:g} s): stopped; the "
               f"run skips that file from now on and goes on from batch {done} with new workers", file=sys.stderr)
     return bool(hung)
+
+
+def _stop_unstarted(dataset, workers: list, done: int) -> bool:
+    """Kill the workers that have not started within START_LIMIT_S of their fork; whether any. No file is theirs."""
+    since = time.monotonic() * 1000 - START_LIMIT_S * 1000
+    late = [w for i, w in enumerate(workers) if w.is_alive() and dataset.reading[i, 0] == NOT_STARTED
+            and dataset.reading[i, 1] < since]  # fmt: skip
+    for w in late:
+        w.kill()
+    if late:
+        print(f"WARNING: {len(late)} loader worker(s) did not start within {START_LIMIT_S:g} s (a fork that hung): "
+              f"stopped; going on from batch {done} with new workers", file=sys.stderr)  # fmt: skip
+    return bool(late)
 
 
 def _clips(dataset):
