@@ -337,8 +337,8 @@ def test_dcase_split_folders_named_in_any_case(tmp_path):
      r"scenes/validation/ holds media beside the split folders, but is none of train/, val/, test/"),
     (["train/Bus/a.wav", "train/car/b.wav", "test/bus/c.wav", "test/car/d.wav"],  # test's bus: never trained on
      r"scenes: class folders Bus/ and bus/ differ only in case"),
-    (["audio/airport-a.wav", "audio/bus-b.wav", "evaluation_setup/fold1_train.csv"],  # all of class "audio"
-     r"scenes is an official DCASE archive \(audio/, evaluation_setup/\), which kind dcase does not read"),
+    (["audio/airport-a.wav", "audio/bus-b.wav", "evaluation_setup/fold1_test.csv"],  # an evaluation set's
+     r"scenes/evaluation_setup: needs fold<k>_train and fold<k>_evaluate lists .* \(.*found: fold1_test.csv\)"),
 ])  # fmt: skip
 def test_dcase_layouts_it_would_misread_are_refused(tmp_path, names, message):
     root = tmp_path / "scenes"
@@ -348,6 +348,200 @@ def test_dcase_layouts_it_would_misread_are_refused(tmp_path, names, message):
     with _raises(message) as e:
         load_dataset("dcase", root)
     _one_line(e)
+
+
+# --- official DCASE archives ---------------------------------------------------------------------------------
+
+DCASE2013_SCENES = ("bus", "park", "tubestation")
+
+
+def _dcase2013(root: Path, sets: tuple[str, ...] = ("scenes_stereo", "scenes_stereo_testset")) -> Path:
+    """DCASE2013 scene folders: <scene><NN>.wav, 3 files a scene in the development set, 2 in the test set."""
+    for name in sets:
+        for scene in DCASE2013_SCENES:
+            for number in ((1, 2, 10) if name == "scenes_stereo" else (1, 3)):
+                _touch(root / name / f"{scene}{number:02d}.wav")
+    if "scenes_stereo" in sets:
+        _write(root / "scenes_stereo" / "readme.txt", "not media\n")  # ignored
+    return _real_media(root)
+
+
+def test_dcase2013_scene_folders_labels_from_file_names_and_splits(tmp_path):
+    """Until 2026-12-02 scenes_stereo/ was one class folder: every file of class scenes_stereo."""
+    root = _dcase2013(tmp_path / "dcase2013")
+    items = load_dataset("dcase", root)
+    assert len(items) == 15 and classes(items) == sorted(DCASE2013_SCENES)
+    assert Counter((i.label, i.split) for i in items) == {
+        **{(scene, "train"): 3 for scene in DCASE2013_SCENES}, **{(scene, "test"): 2 for scene in DCASE2013_SCENES}
+    }  # fmt: skip
+    named = {(Path(i.path).parent.name, Path(i.path).name): i for i in items}
+    assert named[("scenes_stereo", "tubestation10.wav")].label == "tubestation"
+    assert named[("scenes_stereo_testset", "bus03.wav")].split == "test"
+    assert all(i.fold == 0 and i.group == i.path and os.path.isfile(i.path) for i in items)
+    # The development set alone: 5-fold cross-validation has no official folds, so no split and no fold.
+    dev = load_dataset("dcase", _dcase2013(tmp_path / "dev", ("scenes_stereo",)))
+    assert len(dev) == 9 and {(i.split, i.fold) for i in dev} == {("", 0)} and classes(dev) == classes(items)
+    test = load_dataset("dcase", _dcase2013(tmp_path / "test", ("scenes_stereo_testset",)))
+    assert len(test) == 6 and {i.split for i in test} == {""}
+
+
+@pytest.mark.parametrize("name, message", [
+    ("scenes_stereo/bus.wav", r"scenes_stereo/bus.wav: not a DCASE2013 scene file name \(<scene><number>.wav"),
+    ("scenes_stereo/bus_01.flac", r"bus_01.flac: not a DCASE2013 scene file name"),
+    ("scenes_stereo/more/bus04.wav", r"scenes_stereo/more/ holds media, but DCASE2013's scenes_stereo/ has its files"),
+    ("extra/bus05.wav", r"dcase2013/extra/ holds media beside the DCASE2013 folders scenes_stereo, "),
+])  # fmt: skip
+def test_dcase2013_what_it_would_misread_is_refused(tmp_path, name, message):
+    root = _dcase2013(tmp_path / "dcase2013")
+    _touch(root / name)
+    with _raises(message) as e:
+        load_dataset("dcase", root)
+    _one_line(e)
+
+
+TUT_FILES = {  # file -> (scene, fold): two recordings a fold, segments of one recording in one fold
+    "a001_0_10.wav": ("residential_area", 1), "a001_10_20.wav": ("residential_area", 1), "b020_0_10.wav": ("beach", 2),
+    "c003_20_30.wav": ("cafe/restaurant", 2), "b021_0_10.wav": ("beach", 3), "a002_0_10.wav": ("residential_area", 3),
+    "c004_0_10.wav": ("cafe/restaurant", 4), "b022_30_40.wav": ("beach", 4),
+}  # fmt: skip
+
+
+def _tut(root: Path) -> Path:
+    """A TUT Acoustic Scenes 2016/2017 development archive: audio/, meta.txt, evaluation_setup/ of 4 folds."""
+    for name in TUT_FILES:
+        _touch(root / "audio" / name)
+    _write(root / "meta.txt", "".join(f"audio/{n}\t{s}\t{n[:4]}\n" for n, (s, _) in TUT_FILES.items()))
+    for fold in range(1, 5):
+        tested = [(n, s) for n, (s, f) in TUT_FILES.items() if f == fold]
+        trained = [(n, s) for n, (s, f) in TUT_FILES.items() if f != fold]
+        setup = root / "evaluation_setup"
+        _write(setup / f"fold{fold}_train.txt", "".join(f"audio/{n}\t{s}\r\n" for n, s in trained))
+        _write(setup / f"fold{fold}_evaluate.txt", "".join(f"audio/{n}\t{s}\r\n" for n, s in tested))
+        _write(setup / f"fold{fold}_test.txt", "".join(f"audio/{n}\r\n" for n, _ in tested))
+    return _real_media(root)
+
+
+def test_dcase_tut_archive_folds_from_the_evaluate_lists(tmp_path):
+    """Until 2026-12-02 kind dcase refused the official archives (before that: every file of class audio)."""
+    root = _tut(tmp_path / "TUT-acoustic-scenes-2017-development")
+    items = load_dataset("dcase", root)
+    assert len(items) == 8 and classes(items) == ["beach", "cafe/restaurant", "residential_area"]
+    assert {Path(i.path).name: (i.label, i.fold) for i in items} == TUT_FILES
+    assert Counter(i.fold for i in items) == {1: 2, 2: 2, 3: 2, 4: 2}
+    assert all(i.split == "" and Path(i.path).parent == (root / "audio").resolve() for i in items)
+    assert all(i.group == i.path for i in items)
+
+
+def test_dcase_tut_archive_errors(tmp_path):
+    root = _tut(tmp_path / "tut")
+    setup = root / "evaluation_setup"
+    official = {p.name: p.read_text() for p in [*setup.iterdir(), root / "meta.txt"]}
+
+    def restore() -> None:
+        for name, text in official.items():
+            (root / name if name == "meta.txt" else setup / name).write_text(text)
+
+    (root / "audio" / "b021_0_10.wav").unlink()
+    with _raises(r"1 of 8 files listed in the fold lists of \S*tut/evaluation_setup not found, the first: "
+                 r"\S*audio/b021_0_10.wav \(option missing='skip' drops them\)") as e:  # fmt: skip
+        load_dataset("dcase", root)
+    _one_line(e)
+    with pytest.warns(UserWarning, match="1 of 8 files .* dropped"):
+        assert len(load_dataset("dcase", root, missing="skip")) == 7
+    with _raises("missing must be 'error' or 'skip'"):
+        load_dataset("dcase", root, missing="ignore")
+    _real_media(_touch(root / "audio" / "b021_0_10.wav").parent)
+
+    a001 = "audio/a001_0_10.wav\tresidential_area\n"
+    (setup / "fold2_evaluate.txt").write_text(official["fold2_evaluate.txt"] + a001)
+    with _raises(r"audio/a001_0_10.wav appears twice: \S*fold1_evaluate.txt line 1 and \S*fold2_evaluate.txt line 3"):
+        load_dataset("dcase", root)
+    restore()
+    (setup / "fold3_evaluate.txt").write_text("audio/b021_0_10.wav\tbeach\naudio/a002_0_10.wav\n")
+    with _raises(r"fold3_evaluate.txt line 2: expected '<audio file><TAB><scene label>', got 'audio/a002_0_10.wav'"):
+        load_dataset("dcase", root)
+    (setup / "fold3_evaluate.txt").write_text("beach\taudio/b021_0_10.wav\n")  # columns swapped
+    with _raises(r"fold3_evaluate.txt line 1: expected"):
+        load_dataset("dcase", root)
+    restore()
+    (setup / "fold1_train.txt").write_text(official["fold1_train.txt"].replace("0.wav\tbeach", "0.wav\tbus", 1))
+    with _raises(r"audio/b020_0_10.wav is 'beach' in \S*fold2_evaluate.txt line 1 but 'bus' in \S*fold1_train.txt "
+                 r"line 1: one label per file"):  # fmt: skip
+        load_dataset("dcase", root)
+    restore()
+    (root / "meta.txt").write_text(official["meta.txt"].replace("c004_0_10.wav\tcafe/", "c004_0_10.wav\t"))
+    with _raises(r"c004_0_10.wav is 'cafe/restaurant' in \S*fold4_evaluate.txt line 1 but 'restaurant' in \S*meta.txt "
+                 r"line 7"):  # fmt: skip
+        load_dataset("dcase", root)
+    restore()
+    (setup / "fold1_train.txt").write_text(official["fold1_train.txt"] + a001)
+    with _raises(r"fold1_train.txt line 7: audio/a001_0_10.wav is in fold 1's evaluate list too"):
+        load_dataset("dcase", root)
+    (setup / "fold1_train.txt").write_text(official["fold1_train.txt"].split("\n", 1)[1])
+    with _raises(r"fold1_train.txt: leaves out 1 file\(s\) of the other folds' evaluate lists, the first: "
+                 r"audio/b020_0_10.wav"):  # fmt: skip
+        load_dataset("dcase", root)
+    restore()
+    (setup / "fold3_evaluate.txt").unlink()
+    with _raises(r"needs fold<k>_train and fold<k>_evaluate lists .*found: fold1_evaluate.txt, fold1_test.txt"):
+        load_dataset("dcase", root)
+
+
+TAU_FILES = {  # file -> (scene, split); the last is in neither list (left out, as the official setup does)
+    "airport-barcelona-0-0-a.wav": ("airport", "train"), "bus-lyon-1-42-a.wav": ("bus", "train"),
+    "airport-helsinki-4-100-a.wav": ("airport", "test"), "bus-prague-10-406-b.wav": ("bus", "test"),
+    "bus-lyon-1-43-s2.wav": ("bus", None),
+}  # fmt: skip
+
+
+def _tau(root: Path) -> Path:
+    """A TAU Urban Acoustic Scenes 2019/2020 development archive: audio/, meta.csv and one fold, with headers."""
+    meta = ["filename\tscene_label\tidentifier\tsource_label"]
+    lists = {"train": ["filename\tscene_label"], "test": ["filename\tscene_label"]}
+    for name, (scene, split) in TAU_FILES.items():
+        _touch(root / "audio" / name)
+        meta.append(f"audio/{name}\t{scene}\t{'-'.join(name.split('-')[1:3])}\t{name[-5]}")
+        if split:
+            lists[split].append(f"audio/{name}\t{scene}")
+    _write(root / "meta.csv", "\n".join(meta) + "\n")
+    setup = root / "evaluation_setup"
+    _write(setup / "fold1_train.csv", "\n".join(lists["train"]) + "\n")
+    _write(setup / "fold1_evaluate.csv", "\n".join(lists["test"]) + "\n")
+    _write(setup / "fold1_test.csv", "\n".join(["filename"] + [r.split("\t")[0] for r in lists["test"][1:]]) + "\n")
+    return _real_media(root)
+
+
+def test_dcase_tau_archive_one_split(tmp_path):
+    root = _tau(tmp_path / "TAU-urban-acoustic-scenes-2020-mobile-development")
+    items = load_dataset("dcase", root)
+    assert {Path(i.path).name: (i.label, i.split) for i in items} == {
+        name: scene_split for name, scene_split in TAU_FILES.items() if scene_split[1]
+    }  # fmt: skip
+    assert len(items) == 4 and Counter(i.split for i in items) == {"train": 2, "test": 2}
+    assert {i.fold for i in items} == {0} and classes(items) == ["airport", "bus"]
+
+
+def test_dcase_tau_archive_errors(tmp_path):
+    root = _tau(tmp_path / "tau")
+    setup = root / "evaluation_setup"
+    train = (setup / "fold1_train.csv").read_text()
+    (setup / "fold1_train.csv").write_text(train + "audio/bus-prague-10-406-b.wav\tbus\n")
+    with _raises(r"bus-prague-10-406-b.wav appears twice: \S*fold1_train.csv line 4 and \S*fold1_evaluate.csv "
+                 r"line 3"):  # fmt: skip
+        load_dataset("dcase", root)
+    (setup / "fold1_train.csv").write_text(train.replace("bus-lyon-1-42-a.wav\tbus", "bus-lyon-1-42-a.wav\ttram"))
+    with _raises(r"bus-lyon-1-42-a.wav is 'tram' in \S*fold1_train.csv line 3 but 'bus' in \S*meta.csv line 3"):
+        load_dataset("dcase", root)
+    (setup / "fold1_train.csv").write_text(train.replace("scene_label", "label"))
+    with _raises(r"fold1_train.csv line 1: missing column scene_label \(found: filename, label\)"):
+        load_dataset("dcase", root)
+    (setup / "fold1_train.csv").write_text(train)
+    (setup / "fold1_train.txt").write_text(train)
+    with _raises(r"evaluation_setup: fold1_train.csv and fold1_train.txt are both the train list of fold 1"):
+        load_dataset("dcase", root)
+    (setup / "fold1_train.txt").unlink()
+    (root / "audio" / "bus-lyon-1-43-s2.wav").unlink()  # in neither list: not missing
+    assert len(load_dataset("dcase", root)) == 4
 
 
 # --- FSDD ----------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import math
 import os
+import posixpath
 import re
 import warnings
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from xdc.errors import UserError
 SPLITS = ("train", "test", "val", "")
 COLUMNS = ("path", "label", "split", "fold", "start_s", "end_s", "group")
 MISSING = ("error", "skip")
+DCASE2013 = {"scenes_stereo": "train", "scenes_stereo_testset": "test"}  # development and test set: their splits
 
 
 @dataclass(frozen=True, order=True)
@@ -142,14 +144,17 @@ def load_esc50(root: Path, esc10: bool = False, missing: str = "error") -> list[
     return _drop_missing(_once(listed), missing, str(meta))
 
 
-def load_dcase(root: Path) -> list[Item]:
-    """DCASE-style ``<class>/<file>`` folders; with ``train/`` and ``test/`` (and optional ``val/``), named in any
-    case (``Train/``), as splits."""
+def load_dcase(root: Path, missing: str = "error") -> list[Item]:
+    """DCASE acoustic scenes: a TUT/TAU archive (``audio/`` + ``evaluation_setup/`` lists), the DCASE2013 folders
+    (``scenes_stereo/``, ``scenes_stereo_testset/``), or ``<class>/<file>`` folders; with ``train/`` and ``test/``
+    (and optional ``val/``), named in any case (``Train/``), as splits."""
+    if missing not in MISSING:  # the folder layouts list nothing that could be missing, but a typo is still one
+        raise UserError(f"option missing must be 'error' or 'skip', got {missing!r}")
     if (root / "evaluation_setup").is_dir():  # TUT and TAU archives: all files in audio/, their splits in lists
-        raise UserError(f"{root} is an official DCASE archive (audio/, evaluation_setup/), which kind dcase does "
-                        "not read (it reads class folders): write its lists as a CSV of path,label,split for kind "
-                        "csv")  # fmt: skip
+        return _dcase_setup(root, missing)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if any(p.name in DCASE2013 for p in folders):  # as classes, every file would be of class scenes_stereo
+        return _dcase2013(root, folders)
     splits = _split_folders(root, folders)
     if not splits:
         return _one_spelling(root, _once(_class_folders(root, "")))
@@ -357,6 +362,116 @@ def _one_spelling(root: Path, items: list[Item]) -> list[Item]:
     return items
 
 
+def _dcase2013(root: Path, folders: list[Path]) -> list[Item]:
+    """The DCASE2013 scene folders ``scenes_stereo/`` (development) and ``scenes_stereo_testset/`` (test) of
+    ``<scene><number>.wav`` files: split train and test when both are there, else none (no folds are official)."""
+    sets = {folder: DCASE2013[folder.name] for folder in folders if folder.name in DCASE2013}
+    for folder in folders:  # another folder's media would be left out unsaid
+        if folder not in sets and _holds_media(folder):
+            raise UserError(f"{folder}/ holds media beside the DCASE2013 folders {', '.join(DCASE2013)}: "
+                            "move it out")  # fmt: skip
+    listed = []
+    for folder, split in sets.items():
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith("."):  # macOS metadata (._bus01.wav)
+                continue
+            if path.is_dir():
+                if _holds_media(path):
+                    raise UserError(f"{path}/ holds media, but DCASE2013's {folder.name}/ has its files directly "
+                                    "in it: move them up or out")  # fmt: skip
+                continue
+            if not _is_media(path.name):  # a readme
+                continue
+            match = re.fullmatch(r"([a-z]+)(\d+)\.wav", path.name, flags=re.IGNORECASE)
+            if match is None:
+                raise UserError(f"{path}: not a DCASE2013 scene file name (<scene><number>.wav, e.g. bus01.wav)")
+            listed.append((str(path), Item(_abs(path), match[1].lower(), split if len(sets) == 2 else "")))
+    return _once(listed)
+
+
+def _dcase_setup(root: Path, missing: str) -> list[Item]:
+    """A TUT/TAU archive by its ``evaluation_setup/fold<k>_{train,evaluate}`` lists: one fold (TAU 2018 on) is a
+    train/test split, several (TUT 2016, 2017) k-fold cross-validation, each file's fold the evaluate list it is in.
+    ``meta.txt``/``meta.csv`` only check the labels."""
+    setup = root / "evaluation_setup"
+    lists: dict[tuple[int, str], Path] = {}
+    for path in sorted(setup.iterdir()):
+        match = re.fullmatch(r"fold(\d+)_(train|evaluate|test)\.(txt|csv)", path.name)
+        if match:
+            key = (int(match[1]), match[2])
+            if key in lists:
+                raise UserError(f"{setup}: {lists[key].name} and {path.name} are both the {match[2]} list of fold "
+                                f"{key[0]}: keep one")  # fmt: skip
+            lists[key] = path
+    folds = sorted(fold for fold, role in lists if role == "evaluate")
+    if not folds or folds != list(range(1, len(folds) + 1)) or any((fold, "train") not in lists for fold in folds):
+        found = ", ".join(sorted(path.name for path in lists.values())) or "none"
+        raise UserError(f"{setup}: needs fold<k>_train and fold<k>_evaluate lists (.txt or .csv) for folds 1, 2, ... "
+                        f"(a development set's; found: {found}): an evaluation set's archive, with no labelled lists, "
+                        "loads as kind csv with its labels")  # fmt: skip
+    labels: dict[str, tuple[str, str]] = {}  # file as listed -> its label and where that was first read
+    evaluate = {fold: _labelled_list(lists[(fold, "evaluate")], labels) for fold in folds}
+    train = {fold: _labelled_list(lists[(fold, "train")], labels) for fold in folds}
+    for meta in (root / "meta.txt", root / "meta.csv"):
+        if meta.is_file():
+            _labelled_list(meta, labels)
+    if len(folds) == 1:
+        items = _once([(where, Item(_abs(root / name), label, split))
+                       for split, rows in (("train", train[1]), ("test", evaluate[1]))
+                       for where, name, label in rows])  # fmt: skip
+    else:
+        items = _once([(where, Item(_abs(root / name), label, fold=fold))
+                       for fold, rows in evaluate.items() for where, name, label in rows])  # fmt: skip
+        _check_folds(evaluate, train, lists)
+    return _drop_missing(items, missing, f"the fold lists of {setup}")
+
+
+Listed = list[tuple[str, str, str]]  # (where, file as listed, label) of a DCASE list
+
+
+def _check_folds(evaluate: dict[int, Listed], train: dict[int, Listed], lists: dict[tuple[int, str], Path]) -> None:
+    """Each fold's train list must be the other folds' evaluate lists: k-fold over the ``fold`` column trains on
+    exactly those, and a file trained and tested on in one fold would inflate its accuracy."""
+    tested = {name: fold for fold, rows in evaluate.items() for _, name, _ in rows}
+    for fold, rows in train.items():
+        names = set()
+        for where, name, _ in rows:
+            names.add(name)
+            if name not in tested or tested[name] == fold:
+                what = "in no fold's evaluate list" if name not in tested else f"in fold {fold}'s evaluate list too"
+                raise UserError(f"{where}: {name} is {what}, so fold {fold} would not train on it as listed "
+                                "(kind dcase trains each fold on the other folds' evaluate lists)")  # fmt: skip
+        left = sorted(name for name, other in tested.items() if other != fold and name not in names)
+        if left:
+            raise UserError(f"{lists[(fold, 'train')]}: leaves out {len(left)} file(s) of the other folds' evaluate "
+                            f"lists, the first: {left[0]} (kind dcase trains each fold on all of them)")  # fmt: skip
+
+
+def _labelled_list(path: Path, labels: dict[str, tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(where, file as listed, scene label) of a tab-separated list of DCASE files: with a header naming
+    ``filename`` and ``scene_label`` (TAU) or without, file then label (TUT). Each file's label must agree with
+    the one ``labels`` holds from the lists read before."""
+    lines = [(n, line, line.split("\t") if "\t" in line else line.split()) for n, line in _text_lines(path)]
+    file_at, label_at, rows = 0, 1, lines
+    if lines and lines[0][2][0].strip().lower() == "filename":
+        header = [c.strip() for c in lines[0][2]]
+        if "scene_label" not in header:
+            raise UserError(f"{path} line {lines[0][0]}: missing column scene_label (found: {', '.join(header)})")
+        file_at, label_at, rows = header.index("filename"), header.index("scene_label"), lines[1:]
+    out = []
+    for n, line, fields in rows:
+        where = f"{path} line {n}"
+        name, label = (fields[i].strip() if i < len(fields) else "" for i in (file_at, label_at))
+        if not label or not _is_media(Path(name).name):
+            raise UserError(f"{where}: expected '<audio file><TAB><scene label>', got {line!r}")
+        name = posixpath.normpath(name)
+        first = labels.setdefault(name, (label, where))
+        if first[0] != label:
+            raise UserError(f"{name} is {first[0]!r} in {first[1]} but {label!r} in {where}: one label per file")
+        out.append((where, name, label))
+    return out
+
+
 def _holds_media(folder: Path) -> bool:
     return any(_is_media(name) for _, _, names in os.walk(folder) for name in names)
 
@@ -487,9 +602,14 @@ def _prepared_copies(items: list[Item]) -> list[Item]:
 
 def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
     """(line number, whitespace-separated fields) of the non-blank lines of a split list."""
+    return [(n, line.split()) for n, line in _text_lines(path)]
+
+
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line without its end) of the non-blank lines of a text file."""
     try:
         with open(path, encoding="utf-8-sig") as f:
-            return [(n, line.split()) for n, line in enumerate(f, 1) if line.strip()]
+            return [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1) if line.strip()]
     except FileNotFoundError:
         raise UserError(f"{path} not found") from None
     except (OSError, UnicodeDecodeError) as e:
