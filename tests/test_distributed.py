@@ -480,24 +480,28 @@ def test_ranks_with_passes_of_unequal_length_judge_their_failures_together():
 TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _index_job(tmp_path: Path, fault: str) -> list[str]:
-    """``xdc index`` under torchrun on 2 gloo ranks, run by a script that first runs the Python statements ``fault``
-    (which replace a function of xdc's on the ranks)."""
+def _index_job(tmp_path: Path, fault: str, inputs: str | None = None, torchrun: tuple[str, ...] = ()) -> list[str]:
+    """``xdc index`` of ``inputs`` (by default the folder tmp_path/videos) under torchrun (its options ``torchrun``) on
+    2 gloo ranks, run by a script that first runs the Python statements ``fault`` (which replace a function of xdc's
+    on the ranks)."""
     driver = tmp_path / "driver.py"
     driver.write_text(f"import sys\nfrom xdc.cli import main\n{fault}\nsys.exit(main(sys.argv[1:]))\n")
-    return [*torchrun_command(2), str(driver), "index", str(tmp_path / "videos"), "--out", str(tmp_path / "m.csv")]
+    return [*torchrun_command(2), *torchrun, str(driver), "index", inputs or str(tmp_path / "videos"), "--out",
+            str(tmp_path / "m.csv")]  # fmt: skip
 
 
-def _index_on_two_ranks(tmp_path: Path, fault: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_index_job(tmp_path, fault), capture_output=True, text=True, env=TORCHRUN_ENV, timeout=300)
+def _index_on_two_ranks(tmp_path: Path, fault: str, **job) -> subprocess.CompletedProcess:
+    return subprocess.run(_index_job(tmp_path, fault, **job), capture_output=True, text=True, env=TORCHRUN_ENV,
+                          timeout=300, cwd=tmp_path)  # fmt: skip
 
 
 def test_an_error_of_rank0_alone_is_said_before_the_other_rank_stops(tmp_path):
     """A full disk on rank 0 (writing a checkpoint, say) while rank 1 goes on to the next collective: rank 1 does not
-    wait for gloo's timeout but stops at once, as rank 0 leaves the group, with gloo's error. Until 2026-12-02 rank 0
-    left before it said its line, which came after rank 1's traceback (5 of 5 tries), and torchrun, once rank 1
-    had ended, stopped rank 0 (SIGTERM) at once: the line could be lost."""
-    done = _index_on_two_ranks(tmp_path, textwrap.dedent("""
+    wait for gloo's timeout but stops at once, as rank 0 leaves the group, and says so in one line after rank 0's
+    (until 2026-12-02 gloo's error, with a traceback). Until 2026-12-02 rank 0 left before it said its line, which
+    came after rank 1's traceback (5 of 5 tries), and torchrun, once rank 1 had ended, stopped rank 0 (SIGTERM) at
+    once: the line could be lost."""
+    done = _index_on_two_ranks(tmp_path, torchrun=("--monitor-interval=3",), fault=textwrap.dedent("""
         import errno, torch.distributed as dist, xdc.data.index
         def build_manifest(*args, ctx, **kwargs):
             if ctx.main:
@@ -507,7 +511,9 @@ def test_an_error_of_rank0_alone_is_said_before_the_other_rank_stops(tmp_path):
     """))
     line = "xdc: error: No space left on device\n"
     assert done.returncode != 0 and line in done.stderr, done.stderr[-3000:]
-    assert "[rank1]" not in done.stderr[: done.stderr.index(line)], done.stderr[-3000:]
+    stopped = "xdc: error: rank 1: stopped: another rank left the job (gloo: "
+    assert done.stderr.index(line) < done.stderr.index(stopped), done.stderr[-3000:]
+    assert "[rank1]" not in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("fault, said, failed", [
@@ -533,6 +539,67 @@ def test_a_failure_of_rank0s_own_work_stops_the_other_rank_with_one_line(tmp_pat
     assert done.returncode != 0 and said in done.stderr and stopped in done.stderr, done.stderr[-3000:]
     assert done.stderr.index(said) < done.stderr.index(stopped), done.stderr[-3000:]
     assert "[rank1]" not in done.stderr and done.stderr.count("xdc: error: rank 1:") == 1, done.stderr[-3000:]
+
+
+ELSEWHERE = """
+import os
+if os.environ["RANK"] == "1":  # rank 1's node does not see the inputs (its torchrun started elsewhere; a relative path)
+    os.chdir("elsewhere")
+"""
+KILLED = """
+import os, signal, xdc.data.index
+if os.environ["RANK"] == "1":  # rank 1 killed (by the kernel's OOM killer, say) in its work, once it has joined the job
+    xdc.data.index.check_paths = lambda paths: os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("fault, own", [
+    (ELSEWHERE, "xdc: error: rank 1: path not found: videos\n"), (KILLED, "exitcode  : -9"),
+], ids=["user-error", "killed"])  # fmt: skip
+def test_a_rank_that_leaves_on_its_own_stops_the_others_with_one_line(tmp_path, fault, own):
+    """Rank 1 ends alone (its own error, said before it leaves, or a kill) while rank 0 goes on to the job's next
+    collective (the handing out of the files), which fails as gloo finds rank 1 gone: rank 0 says in one line that it
+    stopped for that, after rank 1's error. Until 2026-12-02 it printed gloo's RuntimeError with its traceback.
+    torchrun's --monitor-interval of 3 s, not its 0.1: time to say it before torchrun stops it, on a loaded machine."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"\x00" * 1000)
+    (tmp_path / "elsewhere").mkdir()
+    done = _index_on_two_ranks(tmp_path, fault, inputs="videos", torchrun=("--monitor-interval=3",))
+    err = done.stderr
+    stopped = [line for line in err.splitlines() if "stopped" in line]
+    assert done.returncode != 0 and own in err and len(stopped) == 1, err[-3000:]
+    assert stopped[0].startswith("xdc: error: stopped: another rank left the job (gloo: "), err[-3000:]
+    assert stopped[0].endswith("); its error, or torchrun's report of its end, says why"), err[-3000:]
+    assert err.index(own) < err.index(stopped[0]) or own.startswith("exitcode"), err[-3000:]
+    assert "[rank0]" not in err and "RuntimeError" not in err, err[-3000:]  # no traceback of rank 0's
+
+
+def test_gloos_errors_of_a_peer_gone_are_told_from_other_runtime_errors():
+    """The survivors' one line is for gloo's errors of a rank that left the job (the first message as gloo 2.14's
+    words it; the others as its source words them); any other RuntimeError keeps its traceback: gloo's timeout,
+    another library's broken pipe, and gloo's error raised while this rank handled an error of its own."""
+    from xdc.cli import _peer_left
+
+    place = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] "
+    for message, left in [
+        ("Connection closed by peer [127.0.0.1]:22200. This is typically caused by a remote worker crashing. Check "
+         "the logs of the remote worker before reporting an error. GLHF! \U0001f3d6\ufe0f",
+         "Connection closed by peer [127.0.0.1]:22200"),
+        ("Read error [10.0.0.2]:41162: Connection reset by peer. This is typically caused by a remote worker hanging "
+         "or bugs in the application.", "Read error [10.0.0.2]:41162: Connection reset by peer"),
+        ("writev [10.0.0.2]:41162: Broken pipe", "writev [10.0.0.2]:41162: Broken pipe"),
+    ]:  # fmt: skip
+        assert _peer_left(RuntimeError(place + message)) == left
+        assert _peer_left(ValueError(place + message)) is None
+    assert _peer_left(RuntimeError(place + "Timed out waiting 1800000ms for recv operation to complete")) is None
+    assert _peer_left(RuntimeError("[Errno 32] Broken pipe")) is None
+    try:
+        try:
+            raise UserError("this rank's own")
+        except UserError:
+            raise RuntimeError(place + "Connection closed by peer [127.0.0.1]:22200. This is ...")
+    except RuntimeError as e:
+        assert _peer_left(e) is None
 
 
 AT_WORK = """

@@ -6,6 +6,7 @@ import argparse
 import errno
 import io
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,6 +28,11 @@ Lock = Callable[[], AbstractContextManager]  # the output's lock (xdc.locks), ta
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # an OSError said as one line even where it names no file
 DEVICE_HELP = ("where the encoder runs: auto (the first GPU where there is one, else the CPU), cpu, cuda or cuda:N; "
                "on CUDA in the run's train.precision and layout (bf16, channels-last by default)")
+# gloo's words, in the error of every collective with a rank that has left the job (its own error, a crash, a kill),
+# after the place in gloo's source: "[.../gloo/transport/tcp/pair.cc:561] Connection closed by peer [10.0.0.2]:4523.
+# This is typically ...", "[...] Read error [...]: Connection reset by peer. ...", "[...] writev [...]: Broken pipe"
+PEER_LEFT = re.compile(r"\[[^\]\n]*gloo[^\]\n]*\] ([^\n]*?(?:Connection closed by peer|Connection reset by peer|"
+                       r"Broken pipe)[^\n]*?)(?:\. |\.?$)", re.MULTILINE)  # fmt: skip
 
 
 def _add_config_options(parser: argparse.ArgumentParser,
@@ -219,15 +225,30 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
 
 
 def _report(e: Exception | KeyboardInterrupt) -> int:
-    """Say ``e`` as main does (one line, or a bug's traceback; a RankFailed as its cause) and give the exit status."""
+    """Say ``e`` as main does (one line, or a bug's traceback; a RankFailed as its cause), or that this rank stopped as
+    another left the job (_peer_left), and give the exit status."""
     if isinstance(e, KeyboardInterrupt):
         return _interrupted()
+    left = _peer_left(e)
+    if left is not None:  # not this rank's error but another's, which that rank said before it left
+        _say(f"stopped: another rank left the job (gloo: {left}); its error, or torchrun's report of its end, says why")
+        return 1
     line = _line(e.__cause__ if isinstance(e, RankFailed) else e)
     if line is None:
         sys.excepthook(type(e), e, e.__traceback__)  # under torchrun torch's, which names the rank on every line
         return 1
     _say(line)
     return 2
+
+
+def _peer_left(e: BaseException) -> str | None:
+    """gloo's short reason where ``e`` is the error of a collective that failed as another rank left the job (its
+    peer gone: PEER_LEFT); None for any other error, and for one raised while this rank handled an error of its own,
+    which would be lost in a line (its traceback says both)."""
+    if not isinstance(e, RuntimeError) or (e.__cause__ or (None if e.__suppress_context__ else e.__context__)):
+        return None
+    found = PEER_LEFT.search(str(e))
+    return found and found.group(1)
 
 
 def _interrupted() -> int:
