@@ -366,17 +366,25 @@ def test_more_rounds_on_resume_extend_a_finished_run_as_if_planned_from_the_star
 
 
 def test_a_resume_of_a_finished_run_says_it_has_nothing_to_train(manifest, tmp_path, capsys):
-    """``--resume`` of a run that has finished says so, and how to add rounds: until 2026-12-02 it printed only
-    "encoders: ...", as if it had trained."""
+    """``--resume`` of a run that has finished says so, and how to add rounds, and writes nothing (a job scheduler
+    that runs the finished job again): until 2026-12-02 it printed only "encoders: ...", as if it had trained, and
+    wrote encoders.pt, log.jsonl and tb/ again."""
     from xdc.cli import main
 
     out = tmp_path / "run"
     command = [*_cli(manifest, out, "--rounds", "1", "--set=train.epochs=1")[3:]]
     assert main(command) == 0
     capsys.readouterr()
-    assert main([*command, "--resume"]) == 0
-    assert capsys.readouterr().out == (f"{out} finished its 1 round(s) before: nothing to train (--rounds N adds "
-                                       f"rounds)\nencoders: {out / 'encoders.pt'}\n")
+
+    def files() -> dict[str, tuple[int, bytes]]:
+        return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+
+    before = files()
+    for again in ([], ["--rounds", "1", "--set=data.workers=0"]):  # the same number, a setting of how it goes
+        assert main([*command, "--resume", *again]) == 0
+        assert capsys.readouterr().out == (f"{out} finished its 1 round(s) before: nothing to train (--rounds N adds "
+                                           f"rounds)\nencoders: {out / 'encoders.pt'}\n")
+        assert files() == before
 
 
 def test_commands_that_need_a_finished_run_say_what_the_folder_is_instead(tmp_path):

@@ -501,16 +501,17 @@ class Pretrainer:
                 (self.out / "extract_cache").rmdir()
             failures = FailureLog(self.cfg.data.max_fail_fraction)
             failures.merge(ranks)
+            if failures.files:
+                failures.save(self.out / "skipped.csv")
+                print(f"{len(failures.files)} file(s) failed to load during the run and were left out, each with its "
+                      f"reason in {self.out / 'skipped.csv'}", file=sys.stderr)  # fmt: skip
+        self.log.close()  # the run's other files written before encoders.pt: a resume of a finished run writes none
+        if self.ctx.main:
             checkpoint.save_atomic(
                 {"method": self.method.name, "encoders": {n: e.state_dict() for n, e in self.encoders.items()},
                  "modalities": dict(self.method.encoders), "config": config_to_dict(self.cfg)},
                 self.out / "encoders.pt",
             )  # fmt: skip
-            if failures.files:
-                failures.save(self.out / "skipped.csv")
-                print(f"{len(failures.files)} file(s) failed to load during the run and were left out, each with its "
-                      f"reason in {self.out / 'skipped.csv'}", file=sys.stderr)  # fmt: skip
-        self.log.close()
 
     # --- 1. extract ---------------------------------------------------------------------------------------
 
@@ -1131,6 +1132,11 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
         raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     elif cfg.train.init is not None:  # the run's config.yaml names it wherever the run is resumed from
         cfg = with_settings(cfg, {"train.init": str(Path(cfg.train.init).expanduser().resolve())})
+    if resume and planned is None and (out / "encoders.pt").exists():  # seen by every rank before any writes
+        if ctx.main:  # a re-run of a finished job: until 2026-12-02 it wrote encoders.pt, the log and tb/ again
+            said = f" its {cfg.train.rounds} round(s)" if get_method(cfg.train.method).clusters else ""
+            print(f"{out} finished{said} before: nothing to train" + (" (--rounds N adds rounds)" if said else ""))
+        return out / "encoders.pt"
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         for folder in ("checkpoints", "labels"):  # what a kill left half written: a checkpoint's size each
@@ -1154,9 +1160,6 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
             kept = checkpoint.earlier_encoders(out, done)
             os.replace(out / "encoders.pt", kept)
             print(f"its encoders after {done} rounds are kept as {kept}")
-    elif resume and ctx.main and (out / "encoders.pt").exists():  # until 2026-12-02 it said only "encoders: ..."
-        said = f" its {cfg.train.rounds} round(s)" if get_method(cfg.train.method).clusters else ""
-        print(f"{out} finished{said} before: nothing to train" + (" (--rounds N adds rounds)" if said else ""))
     trainer.run()
     return out / "encoders.pt"
 
