@@ -267,12 +267,19 @@ def test_a_run_that_cannot_load_leaves_a_previous_export_alone(run, tmp_path, ca
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_export_replaces_a_previous_export_whole(run, tmp_path):
+def test_export_replaces_a_previous_export_whole(run, tmp_path, capsys):
+    """And says so, naming the files of the previous export that are gone: until 2026-12-02 a re-run, or another
+    run's export into the folder, printed the same lines as a first export."""
     out = tmp_path / "out"
     assert main(["export", str(run), "--out", str(out)]) == 0
+    assert "replaced" not in capsys.readouterr().out
     (out / "video.safetensors").rename(out / "stale.safetensors")  # an encoder this run does not have
     assert main(["export", str(run), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "audio.safetensors", "video.safetensors"]
+    assert capsys.readouterr().out.splitlines()[-1] == f"replaced the previous export in {out}; removed its " \
+                                                       "stale.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"replaced the previous export in {out}"
     assert "No results were given" in (out / "README.md").read_text()
 
 

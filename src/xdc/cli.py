@@ -415,13 +415,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from xdc.export import export_run
+    from xdc.atomic import is_partial
+    from xdc.export import export_run, is_export
 
     # beside the folder, not in it: an export's folder holds its own files alone (is_export), and a new export
     # removes them all
     with holding(args.out, "export"):
-        for path in export_run(args.run, args.out, metrics=args.metrics, also=args.also):
-            print(f"wrote {path}")
+        before = ({p.name for p in args.out.iterdir() if not is_partial(p)}
+                  if args.out.is_dir() and any(args.out.iterdir()) and is_export(args.out) else None)  # fmt: skip
+        written = export_run(args.run, args.out, metrics=args.metrics, also=args.also)
+    for path in written:
+        print(f"wrote {path}")
+    if before is not None:  # a re-run, or another run's export into its folder: said (until 2026-12-02 it was not)
+        gone = sorted(before - {path.name for path in written})
+        print(f"replaced the previous export in {args.out}" + (f"; removed its {', '.join(gone)}" if gone else ""))
     return 0
 
 
