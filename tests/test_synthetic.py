@@ -212,6 +212,17 @@ def test_cli(tmp_path, capsys):
     assert printed.err == "WARNING: xdc make-synthetic reads only synthetic.* settings; not used: train.k\n"
     assert main(["make-synthetic", str(out), "--videos", "0"]) == 2
     assert "--videos" in capsys.readouterr().err
+    # the same command again (until 2026-12-02 every clip was written again: new times, which xdc index re-probed)
+    stamps = {p.name: p.stat().st_mtime_ns for p in [*out.iterdir(), *(out / "videos").iterdir()]}
+    assert main(["make-synthetic", str(out), "--videos", "4", "--classes", "2", "--seed", "1",
+                 "--set", "synthetic.fps=8", "--workers", "1"]) == 0  # fmt: skip
+    assert capsys.readouterr().out == (f"{out} holds the 4 clips of these settings and {out / 'labels.csv'} already: "
+                                       "nothing written (remove the folder to write them again)\n")  # fmt: skip
+    assert {p.name: p.stat().st_mtime_ns for p in [*out.iterdir(), *(out / "videos").iterdir()]} == stamps
+    (out / "videos" / "000003.mp4").unlink()  # a clip gone: all written again
+    assert main(["make-synthetic", str(out), "--videos", "4", "--classes", "2", "--seed", "1",
+                 "--set", "synthetic.fps=8"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith("wrote 4 clips") and (out / "videos" / "000003.mp4").is_file()
     # fewer clips into the same folder: the earlier run's others stay, and index would take them in (a warning)
     assert main(["make-synthetic", str(out), "--videos", "2", "--classes", "2", "--set", "synthetic.fps=8"]) == 0
     assert len(_rows(out / "labels.csv")) == 2 and len(list((out / "videos").iterdir())) == 4

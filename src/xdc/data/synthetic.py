@@ -12,13 +12,14 @@ neither the number of worker processes nor the number of videos changes it.
 from __future__ import annotations
 
 import csv
+import json
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xdc.atomic import replacing
+from xdc.atomic import replacing, write_text
 from xdc.config import SyntheticConfig
 from xdc.data.encode import AAC_SAMPLE_RATES, write_av
 from xdc.data.preload import preload_fork_server
@@ -37,6 +38,7 @@ COLOURS = {  # saturated hues 60 degrees apart, so that they stand out from the 
 }
 MOTIONS = ("horizontal", "vertical", "circular", "diagonal", "bounce", "zoom")
 # Fundamentals three semitones apart: far more than the per-clip pitch jitter of +-0.3 semitone.
+SETTINGS = "synthetic.json"  # the settings of the clips in the folder: a re-run of them writes nothing
 PITCHES_HZ = tuple(220.0 * 2 ** (3 * k / 12) for k in range(8))
 TIMBRES = {  # relative amplitudes of harmonics 1, 2, 3, ...
     "pure": (1.0, 0.15),
@@ -345,6 +347,8 @@ def make_synthetic(
     cfg = cfg or SyntheticConfig()
     workers = workers if workers is not None else usable_cpus()
     _check(out, videos, classes, seed, cfg, workers)
+    if holds_dataset(out, videos, classes, seed, cfg):  # a re-run: the same bytes again, but new times (xdc index
+        return out / "labels.csv"  # and prepare, keyed on them, would redo every file)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     # A labels.csv left by an earlier run would describe clips this run is about to overwrite; partial files
     # survive only a killed run (SIGKILL), and would otherwise be picked up by `xdc index`.
@@ -368,7 +372,26 @@ def make_synthetic(
                 # Ctrl-C or a failed clip: drop the queued clips rather than wait for all of them to be written.
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+    write_text(out / SETTINGS, json.dumps(_settings(videos, classes, seed, cfg), indent=2))  # before labels.csv
     return _write_labels(out / "labels.csv", rows)
+
+
+def holds_dataset(out: Path, videos: int, classes: int, seed: int, cfg: SyntheticConfig) -> bool:
+    """Whether ``out`` holds the whole dataset of these settings: a labels.csv (written last), the settings that
+    wrote it (``SETTINGS``, written by runs since 2026-12-02) and every clip it lists."""
+    try:
+        if json.loads((out / SETTINGS).read_text(encoding="utf-8")) != _settings(videos, classes, seed, cfg):
+            return False
+        with open(out / "labels.csv", newline="") as f:
+            listed = [row["path"] for row in csv.DictReader(f)]
+    except (OSError, ValueError, KeyError, TypeError):  # none, or damaged: written again
+        return False
+    return len(listed) == videos and all((out / path).is_file() for path in listed)
+
+
+def _settings(videos: int, classes: int, seed: int, cfg: SyntheticConfig) -> dict:
+    """What the clips depend on (not the workers), as JSON reads it back."""
+    return json.loads(json.dumps({"videos": videos, "classes": classes, "seed": seed, "synthetic": asdict(cfg)}))
 
 
 def _write_labels(path: Path, rows: list[dict]) -> Path:
