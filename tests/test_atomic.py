@@ -2,6 +2,7 @@
 and leaves no temporary file behind; nothing written before is lost."""
 
 import csv
+import os
 import stat
 import subprocess
 import sys
@@ -117,13 +118,29 @@ def test_only_the_writes_own_failures_are_said_as_cannot_write(tmp_path):
 def test_a_manifest_is_written_beside_itself_under_a_name_of_this_process(tmp_path):
     """Two processes writing one file (two xdc index given one --out, before they were refused) shared OUT.tmp and
     renamed each other's half-written file into place, or failed at the rename: a name per process."""
-    import os
 
     from xdc.data.manifest import write_atomic
 
     seen = []
     write_atomic(tmp_path / "m.csv", lambda f: seen.append(Path(f.name).name) or f.write("path\n"))
     assert seen == [f".m.csv.tmp{os.getpid()}"] and (tmp_path / "m.csv").read_text() == "path\n"
+
+
+def test_a_file_of_the_same_bytes_is_kept_where_asked_and_a_link_still_replaced(tmp_path):
+    """keep_same: a re-run's manifest that changed nothing keeps its time (xdc index); no leftovers either way."""
+    from xdc.data.manifest import write_atomic
+
+    path, target, link = tmp_path / "m.csv", tmp_path / "target.csv", tmp_path / "link.csv"
+    path.write_text("path\n")
+    target.write_text("path\n")
+    link.symlink_to(target)
+    stamp = path.stat().st_mtime_ns - 10**9
+    os.utime(path, ns=(stamp, stamp))
+    assert not write_atomic(path, lambda f: f.write("path\n"), keep_same=True) and path.stat().st_mtime_ns == stamp
+    assert write_atomic(path, lambda f: f.write("path\n"))  # not asked: written
+    assert write_atomic(path, lambda f: f.write("path,x\n"), keep_same=True) and path.read_text() == "path,x\n"
+    assert write_atomic(link, lambda f: f.write("path\n"), keep_same=True) and not link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "m.csv", "target.csv"]
 
 
 def test_a_files_leftovers_are_removed_without_those_of_the_files_beside_it(tmp_path):

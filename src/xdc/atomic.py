@@ -5,6 +5,7 @@ Every writer of xdc that replaces a file goes through ``replacing``."""
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -42,16 +43,21 @@ def remove_partials(folder: Path, of: str | None = None) -> None:
 
 
 @contextmanager
-def replacing(path: str | Path, tmp: Path | None = None) -> Iterator[Path]:
+def replacing(path: str | Path, tmp: Path | None = None, keep_same: bool = False) -> Iterator[Path]:
     """Yield the temporary path (``tmp``, else ``partial_path(path)``) for the block to write, file or folder; then
-    rename it onto ``path``. Where the block or the rename fails the temporary file is removed, and a failure of the
-    machine (a full disk, a file too large, ...) is a WriteError naming ``path`` and the reason. It keeps the mode
-    of a file it replaces, as a write in place would. A link at ``path`` is replaced, not the file it names: a run
-    copied as links (``cp -rs``) and resumed must not write into the run it was copied from."""
+    rename it onto ``path`` (with ``keep_same``, not where the file at ``path`` has the same bytes: it keeps its
+    time, by which a re-run's output that changed nothing does not pass for new). Where the block or the rename
+    fails the temporary file is removed, and a failure of the machine (a full disk, a file too large, ...) is a
+    WriteError naming ``path`` and the reason. It keeps the mode of a file it replaces, as a write in place would.
+    A link at ``path`` is replaced, not the file it names: a run copied as links (``cp -rs``) and resumed must not
+    write into the run it was copied from."""
     path = Path(path)
     tmp = partial_path(path) if tmp is None else tmp
     try:
         yield tmp
+        if keep_same and tmp.is_file() and path.is_file() and not path.is_symlink() and filecmp.cmp(tmp, path, False):
+            tmp.unlink()
+            return
         if tmp.is_file() and path.is_file():
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)

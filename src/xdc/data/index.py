@@ -71,11 +71,14 @@ class IndexSummary:
     reused: int = 0  # rows of an earlier run (the manifest, or the side files of a run cut short) still current
     labelled: int | None = None  # None when no labels file was given
     problems: list[dict] = field(default_factory=list)  # the first PROBLEMS unusable rows, by path
+    written: bool = True  # False where the manifest had these bytes already: kept as it was, time and all
 
     def line(self) -> str:
         text = f"{self.files} files: {self.usable} usable ({self.with_audio} with audio), {self.unusable} unusable"
         if self.reused:  # a re-run: say how much of it was not probed again
             text += f"; {self.reused} unchanged since an earlier run, not probed again"
+        if not self.written:
+            text += "; the manifest is unchanged, not written"
         if self.labelled is not None:
             text += f"\n{self.labelled} of {self.files} files labelled"
         return text
@@ -190,7 +193,8 @@ def _write_manifest(
                     problems.append({"path": row["path"], "reason": row["reason"]})
                 yield row
 
-    write_rows(out, labelled_rows())
+    # the same bytes keep their file: a re-run of a chain (index, then pretrain) must not make it look newer
+    written = write_rows(out, labelled_rows(), keep_same=True)
     return IndexSummary(
         files=sum(statuses.values()),
         usable=statuses["ok"] + statuses["no_audio"],
@@ -200,6 +204,7 @@ def _write_manifest(
         reused=reused,
         labelled=labelled if label_index is not None else None,
         problems=problems,
+        written=written,
     )
 
 

@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import os
 import shutil
 from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
@@ -59,15 +60,17 @@ def decode_paths(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def write_rows(path: str | Path, rows: Iterable[dict]) -> None:
-    """Write manifest rows atomically (a reader never sees half a file); a UserError where it cannot be written."""
+def write_rows(path: str | Path, rows: Iterable[dict], keep_same: bool = False) -> bool:
+    """Write manifest rows atomically (a reader never sees half a file); a UserError where it cannot be written.
+    With ``keep_same``, a file at ``path`` of the same bytes is kept as it is (``replacing``); returns whether
+    ``path`` was written."""
 
     def write(f) -> None:
         writer = csv.writer(f)  # lists, not csv.DictWriter's dicts: 4 -> 2.2 us a row (rank 0 writes 65M)
         writer.writerow(COLUMNS)
         writer.writerows(map(row_cells, rows))
 
-    write_atomic(Path(path), write)
+    return write_atomic(Path(path), write, keep_same)
 
 
 def row_cells(row: dict) -> list[str]:
@@ -75,12 +78,24 @@ def row_cells(row: dict) -> list[str]:
     return [_cell(row.get(k)) for k in COLUMNS]
 
 
-def write_atomic(path: Path, write: Callable) -> None:
+def write_atomic(path: Path, write: Callable, keep_same: bool = False) -> bool:
     """Call ``write`` on a temporary text file beside ``path``, then rename it into place (a reader never sees
-    half a file); a UserError where it cannot be written (``replacing``). The temporary file is this process's
-    (``partial_path``; until 2026-12-01 ``PATH.tmp``, which two processes writing one path shared)."""
-    with replacing(path) as tmp, open_text(tmp, "w") as f:
+    half a file); a UserError where it cannot be written (``replacing``, which ``keep_same`` is passed to). The
+    temporary file is this process's (``partial_path``; until 2026-12-01 ``PATH.tmp``, which two processes writing
+    one path shared). Returns whether ``path`` was written."""
+    before = _identity(path)
+    with replacing(path, keep_same=keep_same) as tmp, open_text(tmp, "w") as f:
         write(f)
+    return before is None or _identity(path) != before
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """The file at ``path`` (device, inode and time), which a file renamed onto it does not share; None if none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def read_rows(path: str | Path) -> list[dict]:
