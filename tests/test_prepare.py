@@ -219,12 +219,14 @@ def test_rerun_keeps_done_files_and_redoes_changed_ones(tmp_path: Path) -> None:
         write_av(src / f"{i}.mp4", _scene(10, 64, 96, i), FPS, None)
     assert _run(str(src), "--out", str(out), "--workers", "2")[0] == 0
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+    report = (out / "prepared.csv").stat().st_mtime_ns
     (out / ".0.mp4.partial.mp4").write_bytes(b"left by an interrupted run")
     (out / "..prepared.csv.next.tmp99999").write_bytes(b"the next report, half written by a run killed in its join")
 
     code, stdout = _run(str(src), "--out", str(out), "--workers", "2")
     assert code == 0 and stdout.endswith("2 files: 2 prepared (2 already done), 0 skipped, 0 failed\n")
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")} == first  # not rewritten
+    assert (out / "prepared.csv").stat().st_mtime_ns == report  # nor the report (until 2026-12-02 it was)
     assert not (out / ".0.mp4.partial.mp4").exists() and not (out / "..prepared.csv.next.tmp99999").exists()
 
     write_av(src / "1.mp4", _scene(10, 96, 64, 9), FPS, None)  # changed: now portrait

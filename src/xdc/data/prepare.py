@@ -10,6 +10,7 @@ the measured gain.
 from __future__ import annotations
 
 import csv
+import filecmp
 import hashlib
 import heapq
 import math
@@ -268,7 +269,10 @@ def prepare(
         # before the new report takes the old one's place: a run killed meanwhile leaves the old, and the next
         # run compares again
         summary.copies = _reconcile(out, report, new)
-        os.replace(new, report)
+        if report.is_file() and filecmp.cmp(new, report, False):  # a re-run that did nothing: the report keeps its time
+            new.unlink()
+        else:
+            os.replace(new, report)
         for path in rank_files(report):  # this run's, and any of a run cut short (their rows were read)
             path.unlink()
         remove_share_files(report)
@@ -503,7 +507,7 @@ def _write_labels(
                     labelled += 1
                     yield row["output"], label
 
-    write_atomic(path, lambda f: csv.writer(f).writerows(labelled_rows()))
+    write_atomic(path, lambda f: csv.writer(f).writerows(labelled_rows()), keep_same=True)
     return labelled
 
 
