@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 from contextlib import suppress
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -85,6 +86,31 @@ def gray_frames(n: int, height: int = 32, width: int = 48, step: int = 4) -> np.
     """Frames whose uniform gray level encodes their index (level = step * i), to identify decoded frames."""
     levels = (np.arange(n) * step).astype(np.uint8)
     return np.broadcast_to(levels[:, None, None, None], (n, height, width, 3)).copy()
+
+
+def write_square(path: Path, width: int, height: int, sar: Fraction, side: int, rotation: int = 0) -> None:
+    """A file of ``width`` x ``height`` coded pixels of aspect ``sar`` (a pixel's displayed width over its height)
+    showing a white square ``side`` displayed pixels wide and tall on black, centred: ``side / sar`` coded pixels
+    wide. Checks that the file states the aspect (the container's and the bitstream's, as FFmpeg reads them)."""
+    from xdc.data.encode import write_av
+
+    image = np.zeros((height, width, 3), np.uint8)
+    coded = side / sar
+    image[(height - side) // 2 : (height + side) // 2, round((width - coded) / 2) : round((width + coded) / 2)] = 255
+    write_av(path, np.repeat(image[None], 4, axis=0), 8, None, rotation=rotation, sample_aspect=sar)
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        assert (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio) == (sar, sar)
+
+
+def square_geometry(image: np.ndarray) -> tuple[float, float, float, float]:
+    """Width, height, centre column and centre row of a bright square on black, in pixels: its centre of brightness,
+    and the brightness along the row and the column through it over the brightness there (exact through blurred
+    edges)."""
+    level = image.astype(np.float64).mean(axis=-1)
+    y, x = (np.indices(level.shape) * level).reshape(2, -1).sum(axis=1) / level.sum()
+    level /= level[round(y), round(x)]  # white as decoded (YUV's white is a level or two below 255)
+    return level[round(y)].sum(), level[:, round(x)].sum(), x, y
 
 
 def frame_index(frames: np.ndarray, step: int = 4) -> np.ndarray:

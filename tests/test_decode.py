@@ -1,13 +1,14 @@
 """The clip reader on files the project writes itself, plus every file of the shared media zoo."""
 
 import multiprocessing
+from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
 import torch
 
-from conftest import frame_index, gray_frames, shared_data
+from conftest import frame_index, gray_frames, shared_data, square_geometry, write_square
 from xdc.config import ClipConfig, MelConfig
 from xdc.data.audio import LogMel
 from xdc.data.decode import DecodeError, read_clip, read_clips
@@ -173,6 +174,57 @@ def test_crop_box_cuts_the_region_before_scaling(tmp_path):
     assert cut.shape == (48, 32, 3)
     expected = upright[:48, 32:].reshape(-1, 3).mean(axis=0)
     assert np.abs(cut.reshape(-1, 3).mean(axis=0) - expected).max() < 10
+
+
+@pytest.mark.parametrize("width, height, sar, side, shown, at_128", [
+    (720, 480, Fraction(8, 9), 240, (480, 640), (128, 171)),  # NTSC DVD, 4:3
+    (720, 480, Fraction(32, 27), 256, (480, 853), (128, 227)),  # NTSC DVD, 16:9
+    (96, 64, Fraction(4, 3), 32, (64, 128), (128, 256)),  # as 1440 x 1080 HDV: enlarged to the short side
+], ids=["dvd-4:3", "dvd-16:9", "hdv"])  # fmt: skip
+def test_non_square_pixels_are_read_as_displayed(tmp_path, width, height, sar, side, shown, at_128):
+    """Until 2026-12-02 pictures were read at their coded size: a DVD's circles came out as ellipses."""
+    path = tmp_path / "anamorphic.mp4"
+    write_square(path, width, height, sar, side)
+    for short, size in ((0, shown), (128, at_128)):
+        video = read_clip(str(path), 0.0, spec(frames=2, fps=8, decode_short_side=short), audio=False).video
+        assert video.shape == (2, *size, 3)
+        scale = size[0] / height
+        w, h, x, y = square_geometry(video[0])
+        assert abs(w - side * scale) < 0.75 and abs(h - side * scale) < 0.75, (w, h)  # square, as shown
+        assert abs(x - (size[1] - 1) / 2) < 1 and abs(y - (size[0] - 1) / 2) < 1  # centred
+
+
+def test_non_square_pixels_with_a_crop_box_and_rotation(tmp_path):
+    """The crop box is in displayed coordinates, and the pixels' aspect applies to the coded picture, before it is
+    turned upright: a square stays square however the file is turned and cut."""
+    path = tmp_path / "anamorphic.mp4"
+    write_square(path, 96, 64, Fraction(4, 3), 32)  # shown 128 x 64
+    middle = (0.25, 0.0, 0.75, 1.0)  # the middle half of the width: 64 x 64 shown, 48 x 64 coded
+    for short, size in ((0, 64), (16, 16)):
+        video = read_clip(str(path), 0.0, spec(frames=2, fps=8, crop_box=middle, decode_short_side=short),
+                          audio=False).video  # fmt: skip
+        assert video.shape == (2, size, size, 3)
+        w, h, x, y = square_geometry(video[0])
+        assert abs(w - size / 2) < 0.75 and abs(h - size / 2) < 0.75 and abs(x - y) < 1, (w, h, x, y)
+    turned = tmp_path / "turned.mp4"
+    write_square(turned, 96, 64, Fraction(4, 3), 32, rotation=90)  # shown 64 x 128, upright
+    middle = (0.0, 0.25, 1.0, 0.75)  # the middle half of the upright height: 64 x 64
+    for box, short, size in ((None, 0, (128, 64)), (None, 32, (64, 32)), (middle, 0, (64, 64)), (middle, 32, (32, 32))):
+        video = read_clip(str(turned), 0.0, spec(frames=2, fps=8, crop_box=box, decode_short_side=short),
+                          audio=False).video  # fmt: skip
+        assert video.shape == (2, *size, 3)
+        w, h, x, y = square_geometry(video[0])
+        side = 32 * size[1] / 64
+        assert abs(w - side) < 0.75 and abs(h - side) < 0.75, (box, short, w, h)
+        assert abs(x - (size[1] - 1) / 2) < 1 and abs(y - (size[0] - 1) / 2) < 1
+
+
+def test_an_implausible_pixel_aspect_is_taken_for_broken_metadata(tmp_path):
+    path = tmp_path / "broken.mp4"
+    write_av(path, gray_frames(4, height=32, width=48), 8, None, sample_aspect=Fraction(10))
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].sample_aspect_ratio == 10
+    assert read_clip(str(path), 0.0, spec(frames=2, fps=8), audio=False).video.shape == (2, 32, 48, 3)
 
 
 def test_crop_box_is_validated():

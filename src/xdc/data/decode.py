@@ -9,9 +9,11 @@ frame timestamps, so both modalities cover the same span of the container's time
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 from av.audio.frame import format_dtypes
@@ -28,6 +30,9 @@ _MAX_BAD_PACKETS = 8
 # Sound decoded before a clip's: AAC and MP3 rebuild each frame from the one before, so the first frame decoded
 # after a seek is wrong. Two AAC frames at 8 kHz take 0.26 s.
 _AUDIO_PREROLL_S = 0.3
+# Pixel aspects beyond these are taken for broken metadata (real ones run from 8:9 to 2:1): such a "720 x 480" would
+# be read 100 times as wide as it is tall.
+_SAR_RANGE = (Fraction(1, 4), Fraction(4))
 
 
 class DecodeError(Exception):
@@ -36,7 +41,7 @@ class DecodeError(Exception):
 
 @dataclass
 class Clip:
-    video: np.ndarray | None  # uint8, T x H x W x 3, upright (rotation metadata applied)
+    video: np.ndarray | None  # uint8, T x H x W x 3, as displayed: square pixels, upright (rotation applied)
     audio: np.ndarray | None  # float32 mono samples at the requested rate
     start: float  # seconds from the start of the file
     video_padded: float = 0.0  # seconds of the clip before the first picture or past the last (that one repeated)
@@ -47,6 +52,19 @@ def file_origin(container) -> float:
     """Where the open ``container``'s timeline starts, in seconds: its earliest stream's start, where clip starts
     count from (``xdc index`` measures durations from there too)."""
     return container.start_time / av.time_base if container.start_time is not None else 0.0
+
+
+def pixel_aspect(stream) -> Fraction | None:
+    """A video ``stream``'s sample aspect ratio (a pixel's displayed width over its height: 8:9 or 32:27 on NTSC
+    DVDs, 4:3 on 1440 x 1080 HDV) where its pixels are not square, as players take it (the container's, else the
+    bitstream's); None where they are square, it states none, or it states one outside _SAR_RANGE."""
+    sar = stream.sample_aspect_ratio
+    return sar if sar is not None and sar != 1 and _SAR_RANGE[0] <= sar <= _SAR_RANGE[1] else None
+
+
+def displayed_width(width: int, sar: Fraction | None) -> int:
+    """How many square pixels ``width`` pixels of aspect ``sar`` (None: square) are shown as, halves up."""
+    return width if sar is None else max(1, math.floor(width * sar + Fraction(1, 2)))
 
 
 def read_clip(
@@ -255,6 +273,7 @@ class _VideoWindow:
         self.last_time: float | None = None
         self.first_time: float | None = None
         self.rotation = 0
+        self.sar = pixel_aspect(stream)  # applies to the coded picture, before it is turned upright
         self.reformatter, self.threads = _reformatter(threads), threads
         self.codec, self.time_base, self.skipping = stream.codec_context, float(stream.time_base), False
         self.latest_before_clip = -np.inf  # pts of the latest picture read that starts by targets[0]
@@ -314,7 +333,8 @@ class _VideoWindow:
     def _convert(self, frame) -> np.ndarray:
         if self.crop_box is not None:
             return self._convert_region(frame)
-        width, height = frame.width, frame.height
+        # the displayed size, scaled in the same conversion as the short side (square pixels: the coded size)
+        width, height = displayed_width(frame.width, self.sar), frame.height
         if self.short_side and min(width, height) != self.short_side:
             scale = self.short_side / min(width, height)
             width, height = max(1, round(width * scale)), max(1, round(height * scale))
@@ -324,7 +344,9 @@ class _VideoWindow:
         return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
 
     def _convert_region(self, frame) -> np.ndarray:
-        # The box is in displayed coordinates, so rotate first; then cut, then scale only the region.
+        # The box is in displayed coordinates, so rotate first; then cut, then scale only the region. Non-square
+        # pixels stretch the picture along one axis only, so the box's fractions cut the same region of the coded
+        # picture: the region is stretched to its displayed size in the one scaling.
         image = frame.to_ndarray(format="rgb24")
         quarter_turns = round(self.rotation / 90) % 4
         if quarter_turns:
@@ -334,13 +356,18 @@ class _VideoWindow:
         x0, x1 = min(int(left * w), w - 1), max(int(left * w) + 1, round(right * w))
         y0, y1 = min(int(top * h), h - 1), max(int(top * h) + 1, round(bottom * h))
         region = np.ascontiguousarray(image[y0:y1, x0:x1])
-        height, width = region.shape[:2]
-        if not self.short_side or min(width, height) == self.short_side:
+        coded = height, width = region.shape[:2]
+        if quarter_turns % 2:  # turned a quarter: the coded width, which the aspect stretches, is the height now
+            height = displayed_width(height, self.sar)
+        else:
+            width = displayed_width(width, self.sar)
+        if self.short_side and min(width, height) != self.short_side:
+            scale = self.short_side / min(width, height)
+            width, height = max(1, round(width * scale)), max(1, round(height * scale))
+        if (height, width) == coded:
             return region
-        scale = self.short_side / min(width, height)
-        size = {"width": max(1, round(width * scale)), "height": max(1, round(height * scale))}
         region = av.VideoFrame.from_ndarray(region, format="rgb24")
-        return self.reformatter.reformat(region, **size, threads=self.threads).to_ndarray()
+        return self.reformatter.reformat(region, width=width, height=height, threads=self.threads).to_ndarray()
 
     @property
     def padded_seconds(self) -> float:

@@ -23,12 +23,14 @@ def write_av(
     times: np.ndarray | None = None,
     audio_start: float = 0.0,
     rotation: int = 0,
+    sample_aspect: Fraction | None = None,
 ) -> None:
     """Encode ``frames`` (uint8, T x H x W x 3, even H and W) and optional ``audio`` (float32 in [-1, 1],
     shape (n,) for mono or (channels, n)) into one file. ``gop`` is the keyframe interval in frames
     (None: the encoder's default). ``times`` gives each frame's timestamp in seconds (variable frame rate;
     default i / fps); ``audio_start`` delays the audio track; ``rotation`` (degrees) is written as display
-    metadata, as phones do."""
+    metadata, as phones do; ``sample_aspect`` (a pixel's displayed width over its height) is written for
+    pictures with non-square pixels, as DVDs and anamorphic HD have."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 T x H x W x 3, got {frames.dtype} {frames.shape}")
@@ -47,6 +49,8 @@ def write_av(
             video.codec_context.time_base = video.time_base = Fraction(1, 1000)
         if rotation:
             video.set_display_rotation(rotation)
+        if sample_aspect is not None:  # the encoder writes it into the bitstream, the muxer into the container
+            video.codec_context.sample_aspect_ratio = sample_aspect
         astream = None
         if audio is not None:
             audio = np.asarray(audio, dtype=np.float32)
