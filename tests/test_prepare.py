@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import kill_once_rows_are_kept, shared_data, torchrun_command
+from conftest import kill_once_rows_are_kept, shared_data, square_geometry, torchrun_command, write_square
 from xdc.cli import main
 from xdc.config import ClipConfig
 from xdc.data import prepare
@@ -698,6 +698,27 @@ def test_shared_media_rotations_shuffled_timestamps_and_damage(tmp_path: Path) -
         assert np.abs(after - before).mean() < 6, name
     with av.open(str(tmp_path / "out" / "test.mp4")) as c:
         assert float(c.streams.video[0].average_rate) == pytest.approx(25, abs=0.1)  # no frame lost
+
+
+@pytest.mark.parametrize("rotation, size", [(0, (64, 32)), (90, (32, 64))])
+def test_a_copy_of_non_square_pixels_has_square_ones_at_the_displayed_size(tmp_path: Path, rotation, size) -> None:
+    """Until 2026-12-02 a copy kept the coded size and dropped the source's pixel aspect: a DVD's circles became
+    ellipses, for good."""
+    source, copy = tmp_path / "anamorphic.mp4", tmp_path / "copy.mp4"
+    write_square(source, 96, 64, Fraction(4, 3), 32, rotation=rotation)  # shown 128 x 64 (turned: 64 x 128)
+    assert prepare.prepare_file(str(source), copy, prepare.PrepareOptions(short_side=32))["status"] == "ok"
+    with av.open(str(copy)) as c:
+        stream = c.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == size
+        assert stream.sample_aspect_ratio in (None, 1)  # square pixels: the copy states no other aspect
+    spec = ClipConfig(frames=2, fps=8, decode_short_side=0)
+    video = read_clip(str(copy), 0.0, spec, audio=False).video
+    assert video.shape == (2, size[1], size[0], 3)
+    w, h, x, y = square_geometry(video[0])
+    assert abs(w - 16) < 0.75 and abs(h - 16) < 0.75, (w, h)  # square, as shown
+    assert abs(x - (size[0] - 1) / 2) < 1 and abs(y - (size[1] - 1) / 2) < 1
+    before = read_clip(str(source), 0.0, ClipConfig(frames=2, fps=8, decode_short_side=32), audio=False).video
+    assert np.abs(video.astype(float) - before).mean() < 6  # the picture the loader shows of the source
 
 
 def test_output_sizes_are_even_and_keep_the_aspect_of_small_sources() -> None:

@@ -33,7 +33,7 @@ from xdc.atomic import remove_partials
 from xdc.data.index import (
     LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
-from xdc.data.decode import TIMED_DEMUXERS, float_samples, sample_position
+from xdc.data.decode import TIMED_DEMUXERS, displayed_width, float_samples, pixel_aspect, sample_position
 from xdc.data.encode import AAC_SAMPLE_RATES
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import dict_rows, open_text, write_atomic
@@ -655,7 +655,8 @@ class _Track:
 
 
 class _VideoTrack(_Track):
-    """Scales (and turns upright) each frame, keeps its timestamp, and drops frames beyond the fps cap."""
+    """Scales each frame to square pixels (and turns it upright), keeps its timestamp, and drops frames beyond the fps
+    cap."""
 
     kind = "video"
 
@@ -670,11 +671,11 @@ class _VideoTrack(_Track):
         self.codec, self.time_base = stream.codec_context, stream.time_base
         self.may_skip, self.skipping = bool(self.slot) and timed, False
         self.first_in_slot: dict[int, int] = {}  # slot -> the earliest pts decoded in it so far
+        # The copy has square pixels (it states no aspect, which players take as square) at the displayed size: the
+        # source's pixel aspect applies to its coded picture, before it is turned upright.
+        shown = displayed_width(probe["width"], pixel_aspect(stream)), probe["height"]
         sideways = probe["rotation"] in (90, 270)
-        width, height = output_size(
-            probe["height"] if sideways else probe["width"], probe["width"] if sideways else probe["height"],
-            options.short_side,
-        )  # fmt: skip
+        width, height = output_size(*(shown[::-1] if sideways else shown), options.short_side)
         self.size = (height, width) if sideways else (width, height)  # before turning upright
         self.out = container.add_stream("libx264", rate=rate)
         self.out.width, self.out.height, self.out.pix_fmt = width, height, "yuv420p"
