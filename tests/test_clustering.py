@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
+import re
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 import torch
+import xdc
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
@@ -26,6 +32,7 @@ from xdc.clustering.metrics import (
     nmi_of_table,
 )
 from xdc.clustering.sampler import ClusterBalancedSampler, shuffled_draws
+from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
 from xdc.clustering.sinkhorn import balance, balanced_assign, sinkhorn
 
 
@@ -141,6 +148,44 @@ def test_non_finite_features_are_rejected():
         preprocess_features(x)
 
 
+def test_features_all_identical_come_out_finite():
+    for x in (np.ones((50, 8), np.float32), np.zeros((50, 8), np.float32)):
+        assert not preprocess_features(x, dim=4).any()  # PCA: no variance, rows of zeros (not NaN)
+    np.testing.assert_allclose(preprocess_features(np.full((3, 4), 7, np.float32), dim=8), 0.5)  # no PCA
+    assert preprocess_features(np.zeros((0, 8), np.float32)).shape == (0, 8)
+
+
+def _outcome(code: str) -> tuple[int, str]:
+    """Return code and last line of stderr of ``code`` run in a fresh interpreter: a native crash (SIGFPE) there
+    fails the test instead of killing pytest."""
+    env = {**os.environ, "PYTHONPATH": str(Path(xdc.__file__).parents[1])}
+    r = subprocess.run([sys.executable, "-c", "import numpy as np\n" + code], capture_output=True, text=True,
+                       env=env, timeout=120)  # fmt: skip
+    return r.returncode, (r.stderr.strip().splitlines() or [""])[-1]
+
+
+@pytest.mark.parametrize("call", [
+    "from xdc.clustering.kmeans import kmeans; kmeans(np.zeros((5, 0), np.float32), 2, seed=0)",
+    "from xdc.clustering.sinkhorn import balanced_assign; balanced_assign(np.zeros((5, 0), np.float32), 2, seed=0)",
+    "from xdc.clustering.sharded import sharded_kmeans; sharded_kmeans(np.zeros((5, 0), np.float32), 2, seed=0)",
+    "from xdc.clustering.features import preprocess_features; preprocess_features(np.zeros((5, 0), np.float32))",
+    "from xdc.clustering.kmeans import assign_to_centroids as a; a(np.zeros((5, 0), np.float32), np.zeros((2, 0)))",
+])  # fmt: skip
+def test_points_without_dimensions_are_refused_not_a_crash(call):
+    """faiss's k-means of points of no dimension died of SIGFPE (a native crash, no Python error) until
+    2026-12-02; the others clustered them all into cluster 0."""
+    rc, last = _outcome(call)
+    assert (rc, last) == (1, f"ValueError: {'features' if 'preprocess' in call else 'points'} have no dimensions "
+                             "(shape (5, 0)): nothing to cluster by")  # fmt: skip
+
+
+def test_pca_to_less_than_one_dimension_is_refused():
+    x = np.ones((5, 3), np.float32)
+    for preprocess in (preprocess_features, sharded_preprocess_features):
+        with pytest.raises(ValueError, match="PCA needs dim >= 1, got 0"):
+            preprocess(x, dim=0)
+
+
 # ---- k-means
 
 
@@ -189,6 +234,23 @@ def test_kmeans_rejects_bad_k():
         kmeans(x, 6, seed=0)
 
 
+@pytest.mark.parametrize("search", [None, "faiss", "torch"])
+def test_kmeans_refuses_non_finite_points_and_negative_iterations(search):
+    """Until 2026-12-02 faiss's k-means raised a RuntimeError naming its C++ source, the sharded one's faiss
+    search an IndexError, its torch search returned NaN centroids and a NaN loss; iters=-1 ran none (faiss) or
+    ran until nothing moved (sharded)."""
+    run = kmeans if search is None else lambda *a, **kw: sharded_kmeans(*a, search=search, **kw)
+    x = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[4, 1] = bad
+        with pytest.raises(ValueError, match="points contain NaN or infinite values"):
+            run(y, 3, seed=0)
+    with pytest.raises(ValueError, match="iters >= 0, got -1"):
+        run(x, 3, seed=0, iters=-1)
+    assert run(x, 3, seed=0, iters=0).iterations == 0
+
+
 def test_assign_to_centroids_is_the_nearest():
     rng = np.random.default_rng(0)
     x, c = rng.standard_normal((200, 5)).astype(np.float32), rng.standard_normal((7, 5)).astype(np.float32)
@@ -196,6 +258,21 @@ def test_assign_to_centroids_is_the_nearest():
     got = assign_to_centroids(x, c)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, expected)
+
+
+
+def test_assign_to_centroids_refuses_what_it_cannot_label():
+    """faiss labelled every point -1, as if unassigned, without centroids or for NaN points, until 2026-12-02."""
+    x, c = np.ones((4, 3), np.float32), np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="at least one centroid"):
+        assign_to_centroids(x, c[:0])
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match="points contain NaN"):
+        assign_to_centroids(x, c)
+    c[0, 0] = np.inf
+    with pytest.raises(ValueError, match="centroids contain NaN"):
+        assign_to_centroids(x[[0]], c)
+    assert assign_to_centroids(x[:0], c[1:]).shape == (0,)
 
 
 # ---- Sinkhorn
@@ -228,6 +305,18 @@ def test_sinkhorn_refuses_scores_that_are_not_finite():
     x[4, 0] = np.inf
     with pytest.raises(ValueError, match="non-finite points"):
         balance(x, clusters)
+
+
+
+def test_sinkhorn_refuses_no_points_or_no_clusters():
+    """A "math domain error" from log(0) until 2026-12-02."""
+    for shape in ((0, 3), (3, 0)):
+        with pytest.raises(ValueError, match=re.escape(f"of N, K >= 1, got shape {shape}")):
+            sinkhorn(torch.zeros(shape))
+    x, _ = _blobs([30, 30, 30], dim=4, spread=5)
+    with pytest.raises(ValueError, match="got 0 points and 3 centroids"):
+        balance(x[:0], kmeans(x, 3, seed=0))
+    assert torch.equal(sinkhorn(torch.zeros(1, 1)), torch.ones(1, 1))  # one point, one cluster
 
 
 def test_sinkhorn_in_blocks_of_rows_is_the_whole_matrix_computation(monkeypatch):

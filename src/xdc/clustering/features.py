@@ -15,13 +15,16 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
     no variance (rank-deficient features, e.g. dead ReLU units) stay small instead of turning float noise (zero or
     negative eigenvalues) into NaN or huge values.
     A row of zeros after PCA stays zero (PCA centres the rows: an all-zero input row stays zero only where it is
-    skipped). Non-finite input raises ``ValueError``.
+    skipped). Features all identical (no variance) come out as rows of zeros when PCA runs, as identical unit rows
+    otherwise; no rows give no rows. Non-finite input, features without dimensions (N, 0) and ``dim`` < 1 raise
+    ``ValueError``.
     """
-    if x.ndim != 2:
-        raise ValueError(f"features must be a 2-D array (N, D), got shape {x.shape}")
+    check_features_shape(x, dim)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
+    if not x.shape[1]:
+        raise ValueError(f"features have no dimensions (shape {x.shape}): nothing to cluster by")
     n, d = x.shape
     if d >= dim and n > dim:
         scale = centring_scale(largest_magnitude(x))
@@ -32,6 +35,13 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
         x = scale_to_one(x.copy())  # normalised in place below: never the caller's array
     faiss.normalize_L2(x)  # in place, without an N x dim temporary; all-zero rows stay zero
     return x
+
+
+def check_features_shape(x: np.ndarray, dim: int) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D array (N, D), got shape {x.shape}")
+    if dim < 1:  # an IndexError from the PCA, until 2026-12-02
+        raise ValueError(f"PCA needs dim >= 1, got {dim}")
 
 
 # The PCA, here and in xdc.clustering.sharded. faiss's PCAMatrix formed the covariance as x'x - n mean mean' in

@@ -38,10 +38,13 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20, ids: np.ndarray | 
     Clusters that become empty during training are re-seeded by faiss (it splits a large one); ``sizes``
     reports any still empty after the final assignment. faiss stops before ``iters`` once the objective stops
     decreasing (``iterations`` says how many ran).
+    ``ValueError``: k < 2, fewer points than k, points without dimensions (N, 0), non-finite points, ``iters`` < 0.
     """
     x = _as_points(x)
     n, d = x.shape
     check_k(n, k)
+    check_iters(iters)
+    check_finite(x)
     if ids is not None and len(ids) != n:
         raise ValueError(f"{len(ids)} ids for {n} points")
     init = x[smallest_keys(init_keys(np.arange(n) if ids is None else ids, seed), k)]
@@ -63,8 +66,14 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20, ids: np.ndarray | 
 
 
 def assign_to_centroids(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index (int64) of the nearest centroid (Euclidean) of every row of ``x``."""
-    return _nearest(_as_points(x), np.ascontiguousarray(centroids, dtype=np.float32))[1]
+    """Index (int64) of the nearest centroid (Euclidean) of every row of ``x``. ``ValueError`` for no centroids
+    or non-finite points or centroids, which faiss labelled -1 (as if unassigned)."""
+    x, centroids = _as_points(x), np.ascontiguousarray(centroids, dtype=np.float32)
+    if centroids.ndim != 2 or not len(centroids):
+        raise ValueError(f"need at least one centroid (k, d), got shape {centroids.shape}")
+    check_finite(x)
+    check_finite(centroids, "centroids")
+    return _nearest(x, centroids)[1]
 
 
 def init_keys(ids: np.ndarray, seed: int) -> np.ndarray:
@@ -93,6 +102,16 @@ def check_k(n: int, k: int) -> None:
         raise ValueError(f"k-means needs at least as many points as clusters: {n} points for k={k}")
 
 
+def check_iters(iters: int) -> None:
+    if iters < 0:  # faiss ran none, the sharded k-means ran until nothing moved: neither is what was asked
+        raise ValueError(f"k-means needs iters >= 0, got {iters}")
+
+
+def check_finite(x: np.ndarray, what: str = "points") -> None:
+    if not np.isfinite(x).all():  # faiss raised a RuntimeError naming its C++ source, or labelled them -1
+        raise ValueError(f"{what} contain NaN or infinite values")
+
+
 def flat_index(d: int, gpu: int = 0) -> faiss.Index:
     """An exact L2 index: on GPU ``gpu`` where this faiss build has GPUs, else on the CPU."""
     index = faiss.IndexFlatL2(d)
@@ -109,6 +128,8 @@ def _gpu_resources() -> faiss.StandardGpuResources:
 def _as_points(x: np.ndarray) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"points must be a 2-D array (N, d), got shape {x.shape}")
+    if not x.shape[1]:  # faiss's k-means training died of SIGFPE on them, until 2026-12-02
+        raise ValueError(f"points have no dimensions (shape {x.shape}): nothing to cluster by")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

@@ -31,12 +31,22 @@ from scipy.sparse import csr_matrix
 from xdc.clustering.features import (
     centred_scatter,
     centring_scale,
+    check_features_shape,
     largest_magnitude,
     pca_matrix,
     project,
     scale_to_one,
 )
-from xdc.clustering.kmeans import LABEL_DTYPE, KMeansResult, check_k, flat_index, init_keys, smallest_keys
+from xdc.clustering.kmeans import (
+    LABEL_DTYPE,
+    KMeansResult,
+    check_finite,
+    check_iters,
+    check_k,
+    flat_index,
+    init_keys,
+    smallest_keys,
+)
 
 _CHUNK = 16384  # rows per block: bounds the temporaries to ~CHUNK x max(D, k) x 8 bytes
 _SPLIT_EPS = 1 / 1024  # relative perturbation of a split centroid (faiss uses the same)
@@ -57,18 +67,20 @@ def sharded_preprocess_features(
 
     Same semantics: PCA to ``dim`` (whitened, ``eps`` relative to the largest eigenvalue) only when the
     features have more dimensions and the ranks together more rows than ``dim``, then unit L2 rows; float32.
-    Non-finite values on any rank raise ``ValueError`` on every rank (none is left waiting in a collective).
-    On the CPU one process holding every row (or ``alone``) computes exactly what ``preprocess_features`` does;
-    over ranks the scatter matrix adds the rows in another order (float32 rounding). On a CUDA ``device`` the
-    scatter matrix and the projection are computed there.
+    Non-finite values or rows without dimensions (N, 0) on any rank, or ``dim`` < 1, raise ``ValueError`` on every
+    rank (none is left waiting in a collective). On the CPU one process holding every row (or ``alone``) computes
+    exactly what ``preprocess_features`` does; over ranks the scatter matrix adds the rows in another order
+    (float32 rounding). On a CUDA ``device`` the scatter matrix and the projection are computed there.
     """
-    if x.ndim != 2:
-        raise ValueError(f"features must be a 2-D array (N, D), got shape {x.shape}")
+    check_features_shape(x, dim)
     x = np.ascontiguousarray(x, dtype=np.float32)
     device, ranks = torch.device(device), Ranks(alone)
-    n, bad = ranks.sum(torch.tensor([len(x), int(not np.isfinite(x).all())], device=device)).tolist()
+    flags = [len(x), int(not np.isfinite(x).all()), int(len(x) > 0 and not x.shape[1])]
+    n, bad, flat = ranks.sum(torch.tensor(flags, device=device)).tolist()
     if bad:
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
+    if flat:
+        raise ValueError(f"features have no dimensions (shape {x.shape}): nothing to cluster by")
     if x.shape[1] >= dim and n > dim:
         out = scale_to_one(_pca(x, n, dim, whiten, eps, device, ranks))
     else:
@@ -94,21 +106,30 @@ def sharded_kmeans(
 
     ``search``: ``"faiss"`` (flat L2 search; faiss's GPU if it has one), ``"torch"`` (matrix products on
     ``device``) or ``"auto"`` (:func:`torch_search` decides). Both give the same labels up to float rounding.
+
+    ``ValueError``, on every rank: as ``kmeans`` (k < 2, fewer points than k, non-finite points or ``init``,
+    points without dimensions, ``iters`` < 0).
     """
     if x.ndim != 2:
         raise ValueError(f"points must be a 2-D array (N, d), got shape {x.shape}")
+    if not x.shape[1]:  # every rank's points have the same d: every rank raises
+        raise ValueError(f"points have no dimensions (shape {x.shape}): nothing to cluster by")
     if search not in ("auto", "faiss", "torch"):
         raise ValueError(f"search must be 'auto', 'faiss' or 'torch', not {search!r}")
+    check_iters(iters)  # else the loop ran until no point moved
     x = np.ascontiguousarray(x, dtype=np.float32)
     device, ranks = torch.device(device), Ranks(alone)
     counts = ranks.counts(len(x), device)
     check_k(int(counts.sum()), k)  # the same global numbers everywhere: every rank raises, or none does
+    if global_count(int(not np.isfinite(x).all()), device, ranks):  # faiss's search failed on NaN, torch's kept it
+        raise ValueError("points contain NaN or infinite values")
     if init is None:
         centroids = _initial_centroids(x, k, seed, ids, device, ranks, counts)
     else:
         centroids = np.ascontiguousarray(init, dtype=np.float32)
         if centroids.shape != (k, x.shape[1]):
             raise ValueError(f"init must be {k} x {x.shape[1]} centroids, got shape {centroids.shape}")
+        check_finite(centroids, "init centroids")  # the same on every rank
     use_torch = search == "torch" or (search == "auto" and torch_search(device))
     rows = _TorchRows(x, device) if use_torch else _FaissRows(x, device)
     done = 0
@@ -182,9 +203,9 @@ def assemble_labels(
     return full.cpu().numpy()
 
 
-def global_count(n: int, device: torch.device | str = "cpu") -> int:
-    """``n`` summed over the ranks."""
-    return int(Ranks().sum(torch.tensor([n], device=torch.device(device))).item())
+def global_count(n: int, device: torch.device | str = "cpu", ranks: Ranks | None = None) -> int:
+    """``n`` summed over the ranks (of ``ranks``; default: the default group's)."""
+    return int((ranks or Ranks()).sum(torch.tensor([n], device=torch.device(device))).item())
 
 
 # --- PCA ------------------------------------------------------------------------------------------------------

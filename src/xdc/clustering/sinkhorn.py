@@ -21,10 +21,10 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iters: int = 3) -> tor
     times N, so each row sums to 1 and each column to about N/K. Computed in float64 in the log domain (every
     normalisation is a log-sum-exp, i.e. with max subtraction), so no entry overflows and no row or column
     underflows to all zeros, however large scores / epsilon gets. Returned in the dtype of ``scores``.
-    Non-finite scores / epsilon raise ``ValueError`` (they made Q NaN).
+    Non-finite scores / epsilon raise ``ValueError`` (they made Q NaN), as do no points or no clusters.
     """
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be a 2-D tensor (N, K), got shape {tuple(scores.shape)}")
+    if scores.ndim != 2 or not scores.numel():  # empty: a "math domain error" from log(0), until 2026-12-02
+        raise ValueError(f"scores must be a 2-D tensor (N, K) of N, K >= 1, got shape {tuple(scores.shape)}")
     _check(epsilon, iters)
     log_q = scores.detach().to(torch.float64) / epsilon
     if not bool(log_q.isfinite().all()):
@@ -83,6 +83,8 @@ def balance(
         ids = int(counts[: ranks.rank].sum()) + np.arange(len(x))
     if len(ids) != len(x):
         raise ValueError(f"{len(ids)} ids for {len(x)} points")
+    if not counts.sum() or not k:  # the same numbers on every rank: every rank raises
+        raise ValueError(f"balance needs points and centroids, got {int(counts.sum())} points and {k} centroids")
     ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device)
     log_q = torch.empty(len(x), k, dtype=torch.float64, device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
