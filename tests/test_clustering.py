@@ -402,10 +402,38 @@ def test_cluster_stats_of_a_balanced_assignment():
         cluster_stats(np.array([0, 4]), k=4)
 
 
+
+def test_cluster_stats_refuse_labels_that_are_not_cluster_ids():
+    """A numpy TypeError (floats) or UFuncNoLoopError (strings) until 2026-12-02; k = 0 a ZeroDivisionError."""
+    for labels in (np.array([0.0, 1.0]), np.array(["a", "b"])):
+        with pytest.raises(ValueError, match="assignments must be integer cluster ids"):
+            cluster_stats(labels, k=2)
+    with pytest.raises(ValueError, match="k >= 1"):
+        collapse_threshold(0, 0.5)
+
+
 def test_nmi():
     a = np.arange(300) % 3
     assert nmi(a, (a + 1) % 3) == pytest.approx(1.0)  # a relabelling
     assert nmi(a, np.random.default_rng(0).integers(0, 3, 300)) < 0.05
+
+
+
+def test_nmi_of_degenerate_labelings_is_scikit_learns_or_an_error():
+    # no points, one point, both constant: 1 (nothing to disagree on); one constant: 0 (it tells nothing)
+    cases = [([], []), ([3], [7]), ([0] * 5, [4] * 5), ([0] * 5, list(range(5))), (list(range(5)), [1] * 5)]
+    for a, b in cases:
+        assert nmi(a, b) == normalized_mutual_info_score(a, b) == (0.0 if len(set(a)) != len(set(b)) else 1.0)
+    words = np.array(["b", "a", "b", "c"])
+    assert nmi(words, [1, 0, 1, 2]) == pytest.approx(1.0)  # strings are labels like any others
+    # Until 2026-12-02: NaN labels were counted as one more label, silently; the others failed in numpy.
+    with pytest.raises(ValueError, match="labels contain NaN"):
+        nmi(np.array([np.nan, 1.0, np.nan]), np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match="must be 1-D"):
+        nmi(np.zeros((2, 3), int), np.zeros((2, 3), int))
+    with pytest.raises(ValueError, match="one sortable kind"):
+        nmi(np.array(["a", 1], dtype=object), np.array([0, 1]))
+    assert agreement([0, 1, 1], [1, 0, 0], shuffles=2)[0] == pytest.approx(1.0)  # lists, as nmi takes them
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 5000])

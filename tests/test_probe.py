@@ -110,6 +110,23 @@ def test_cluster_metrics_ignore_negative_labels_and_assignments():
         cluster_metrics(np.array([-1, 0]), np.array([0, -1]))
 
 
+
+def test_cluster_metrics_of_one_class_or_one_cluster():
+    both = cluster_metrics(np.zeros(4, int), np.zeros(4, int))
+    assert both == {"nmi": 1.0, "ari": 1.0, "purity": 1.0, "hungarian_accuracy": 1.0, "clusters": 1, "classes": 1,
+                    "n": 4}  # fmt: skip
+    one_class = cluster_metrics(np.arange(4), np.zeros(4, int))
+    assert (one_class["nmi"], one_class["ari"], one_class["purity"], one_class["hungarian_accuracy"]) == (0, 0, 1, 0.25)
+
+
+def test_cluster_metrics_refuse_ids_that_are_not_integers():
+    """Until 2026-12-02 a NaN assignment was dropped as if unassigned, and strings failed inside numpy."""
+    with pytest.raises(ValueError, match="assignments must be integer ids"):
+        cluster_metrics(np.array([0.0, np.nan, 1.0]), np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match="labels must be integer ids"):
+        cluster_metrics(np.array([0, 1]), np.array(["cat", "dog"]))
+
+
 # ---------- linear probe ----------
 
 

@@ -14,8 +14,11 @@ def nmi(a: np.ndarray, b: np.ndarray) -> float:
 
     DeepCluster logs it between consecutive rounds: near 1 means the pseudo-labels have stopped changing.
     The value of scikit-learn's ``normalized_mutual_info_score``, with its limit cases (1 when neither labeling
-    splits the points, 0 when one does not), from the pairs of labels counted directly: at tens of millions
-    of points scikit-learn's path holds about eight copies of the labels at once, this one two.
+    splits the points: both constant, a single point, or no points at all; 0 when only one does not, as it says
+    nothing about the other), from the pairs of labels counted directly: at tens of millions of points
+    scikit-learn's path holds about eight copies of the labels at once, this one two. Labels are any values of
+    one sortable kind (integers, strings, floats); NaN labels, labels that do not sort (a mix of strings and
+    numbers) and labelings that are not 1-D raise ``ValueError``.
     """
     return _nmi(*_pair_counts(*_same_length(a, b)))
 
@@ -56,8 +59,13 @@ def ari_of_table(table: np.ndarray) -> float:
 
 def _same_length(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a), np.asarray(b)
+    if a.ndim != 1 or b.ndim != 1:
+        raise ValueError(f"labelings must be 1-D, got shapes {a.shape} and {b.shape}")
     if len(a) != len(b):
         raise ValueError(f"labelings differ in length: {len(a)} and {len(b)}")
+    for labels in (a, b):  # numpy counts every NaN as one label: a silent cluster of the missing ones
+        if np.issubdtype(labels.dtype, np.inexact) and np.isnan(labels).any():
+            raise ValueError("labels contain NaN")
     return a, b
 
 
@@ -98,7 +106,12 @@ def _codes(labels: np.ndarray) -> np.ndarray:
     small = np.issubdtype(labels.dtype, np.integer) and (
         not labels.size or (labels.min() >= 0 and labels.max() < max(labels.size, 2**20))
     )
-    return labels if small else np.unique(labels, return_inverse=True)[1].reshape(-1)
+    if small:
+        return labels
+    try:
+        return np.unique(labels, return_inverse=True)[1].reshape(-1)
+    except TypeError as e:  # an object array of strings and numbers
+        raise ValueError(f"labels must be of one sortable kind: {e}") from None
 
 
 def _entropy(counts: np.ndarray, n: float) -> float:
@@ -111,6 +124,7 @@ def agreement(a: np.ndarray, b: np.ndarray, shuffles: int = 20, seed: int = 0) -
     after shuffling ``b`` (``shuffles`` seeded draws), which is well above 0 when clusters are many and points
     few. For XDC's video and audio clusters: at chance level, neither modality's clusters are predictable from
     the other, and the cross-modal heads have nothing to learn."""
+    a, b = _same_length(a, b)
     both = (a >= 0) & (b >= 0)
     a, b = a[both], b[both]
     if not len(a):
@@ -139,16 +153,22 @@ def collapse_threshold(k: int, collapse_fraction: float) -> float:
     ``collapse_fraction`` of the way from an even split (1/k each) to one cluster holding all. About
     ``collapse_fraction`` itself at k of tens and more; at k = 2 an even split is already half of the points,
     so a bare fraction of 0.5 would call nearly every split a collapse."""
+    if k < 1:  # a ZeroDivisionError at k = 0, until 2026-12-02
+        raise ValueError(f"a clustering needs k >= 1 clusters, got k={k}")
     return 1 / k + collapse_fraction * (1 - 1 / k)
 
 
 def cluster_stats(assignments: np.ndarray, k: int, collapse_fraction: float = 0.5) -> ClusterStats:
     """Size statistics of ``assignments`` (labels in [0, k)); collapsed when one cluster holds more than
     ``collapse_threshold(k, collapse_fraction)`` of the points, the degenerate solution DeepCluster's balanced
-    sampling fights. k = 1 never collapses: there is nothing to balance."""
+    sampling fights. k = 1 never collapses: there is nothing to balance. Empty clusters count in k (so in
+    ``entropy_ratio``'s log k), not in ``non_empty``, ``median`` or ``smallest_non_empty``. ``ValueError`` for no
+    points, k < 1, labels that are not integers or lie outside [0, k)."""
     assignments = np.asarray(assignments)
     if k < 1 or assignments.size == 0:
         raise ValueError(f"cluster_stats needs k >= 1 and at least one point, got k={k}, {assignments.size} points")
+    if not np.issubdtype(assignments.dtype, np.integer):  # a numpy TypeError from bincount, until 2026-12-02
+        raise ValueError(f"assignments must be integer cluster ids, got dtype {assignments.dtype}")
     if assignments.min() < 0 or assignments.max() >= k:
         raise ValueError(f"assignments must lie in [0, {k}), got [{assignments.min()}, {assignments.max()}]")
     sizes = np.bincount(assignments, minlength=k)

@@ -87,12 +87,17 @@ def cluster_metrics(assignments: np.ndarray, labels: np.ndarray) -> dict:
     ``purity`` (each cluster counted as its majority class), ``hungarian_accuracy`` (best one-to-one matching
     of clusters to classes; items of unmatched clusters or classes count as wrong, so over-clustering is
     penalised here and not in purity), ``clusters`` and ``classes`` (distinct ids among the kept items), ``n``
-    (kept items).
+    (kept items). One cluster and one class: every score 1; one of the two only: NMI and ARI 0 (the one says
+    nothing about the other), as scikit-learn's. Ids must be integers (``ValueError`` otherwise: a float NaN
+    was dropped as if negative, until 2026-12-02), and some item must keep both.
     """
     assignments = np.asarray(assignments)
     labels = np.asarray(labels)
     if assignments.shape != labels.shape or assignments.ndim != 1:
         raise ValueError(f"need assignments and labels of one shape (N,), got {assignments.shape} and {labels.shape}")
+    for name, ids in (("assignments", assignments), ("labels", labels)):
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"{name} must be integer ids (negative: none), got dtype {ids.dtype}")
     keep = (assignments >= 0) & (labels >= 0)
     if not keep.any():
         raise ValueError("no item has both a label and an assignment >= 0")
