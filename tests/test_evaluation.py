@@ -161,6 +161,11 @@ def test_eval_clusters_skips_an_unreadable_round_and_names_it(run, tmp_path, cap
     videos = len(next(iter(sets.values())))
     assert result["unreadable"][1:] == [f"labels/{rounds[1].name}: {name} assigns {videos - 1} videos, the run has "
                                         f"{videos} (videos.csv)" for name in sets]  # fmt: skip
+    capsys.readouterr()
+    np.savez(rounds[2], **{name: assigned.astype(float) for name, assigned in sets.items()})  # not ids: skipped too
+    assert main(["eval", "clusters", "--run", str(copy)]) == 2  # until 2026-12-02 float values were scored
+    err = capsys.readouterr().err
+    assert f"skipped labels/{rounds[2].name}: {list(sets)[0]} holds float64 values, not cluster ids\n" in err
     for path in rounds[1:]:
         path.write_bytes(b"junk")
     assert main(["eval", "clusters", "--run", str(copy)]) == 2
