@@ -108,8 +108,18 @@ def check_iters(iters: int) -> None:
 
 
 def check_finite(x: np.ndarray, what: str = "points") -> None:
-    if not np.isfinite(x).all():  # faiss raised a RuntimeError naming its C++ source, or labelled them -1
+    """``ValueError`` where ``x`` holds NaN or infinity, which faiss refused with a RuntimeError naming its C++
+    source (k-means) or labelled -1 (search)."""
+    if not all_finite(x):
         raise ValueError(f"{what} contain NaN or infinite values")
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether ``x`` holds no NaN or infinity; a block of rows at a time: no N x d mask."""
+    return all(np.isfinite(x[start : start + _CHECK_ROWS]).all() for start in range(0, len(x), _CHECK_ROWS))
+
+
+_CHECK_ROWS = 16384
 
 
 def flat_index(d: int, gpu: int = 0) -> faiss.Index:

@@ -40,6 +40,7 @@ from xdc.clustering.features import (
 from xdc.clustering.kmeans import (
     LABEL_DTYPE,
     KMeansResult,
+    all_finite,
     check_finite,
     check_iters,
     check_k,
@@ -121,7 +122,7 @@ def sharded_kmeans(
     device, ranks = torch.device(device), Ranks(alone)
     counts = ranks.counts(len(x), device)
     check_k(int(counts.sum()), k)  # the same global numbers everywhere: every rank raises, or none does
-    if global_count(int(not np.isfinite(x).all()), device, ranks):  # faiss's search failed on NaN, torch's kept it
+    if global_count(int(not all_finite(x)), device, ranks):  # faiss's search failed on NaN, torch's kept it
         raise ValueError("points contain NaN or infinite values")
     if init is None:
         centroids = _initial_centroids(x, k, seed, ids, device, ranks, counts)
