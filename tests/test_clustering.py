@@ -179,11 +179,13 @@ def test_points_without_dimensions_are_refused_not_a_crash(call):
                              "(shape (5, 0)): nothing to cluster by")  # fmt: skip
 
 
-def test_pca_to_less_than_one_dimension_is_refused():
+def test_pca_to_less_than_one_dimension_and_complex_features_are_refused():
     x = np.ones((5, 3), np.float32)
     for preprocess in (preprocess_features, sharded_preprocess_features):
         with pytest.raises(ValueError, match="PCA needs dim >= 1, got 0"):
             preprocess(x, dim=0)
+        with pytest.raises(ValueError, match="real numbers, got dtype complex64"):
+            preprocess(x.astype(np.complex64))  # its imaginary parts were dropped until 2026-12-02
 
 
 # ---- k-means
@@ -434,6 +436,8 @@ def test_nmi_of_degenerate_labelings_is_scikit_learns_or_an_error():
     with pytest.raises(ValueError, match="one sortable kind"):
         nmi(np.array(["a", 1], dtype=object), np.array([0, 1]))
     assert agreement([0, 1, 1], [1, 0, 0], shuffles=2)[0] == pytest.approx(1.0)  # lists, as nmi takes them
+    with pytest.raises(ValueError, match="integer cluster ids"):
+        agreement(words, words)
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 5000])

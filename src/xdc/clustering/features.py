@@ -16,8 +16,8 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
     negative eigenvalues) into NaN or huge values.
     A row of zeros after PCA stays zero (PCA centres the rows: an all-zero input row stays zero only where it is
     skipped). Features all identical (no variance) come out as rows of zeros when PCA runs, as identical unit rows
-    otherwise; no rows give no rows. Non-finite input, features without dimensions (N, 0) and ``dim`` < 1 raise
-    ``ValueError``.
+    otherwise; no rows give no rows. Non-finite input, features without dimensions (N, 0), complex ones and ``dim``
+    < 1 raise ``ValueError``.
     """
     check_features_shape(x, dim)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -42,6 +42,8 @@ def check_features_shape(x: np.ndarray, dim: int) -> None:
         raise ValueError(f"features must be a 2-D array (N, D), got shape {x.shape}")
     if dim < 1:  # an IndexError from the PCA, until 2026-12-02
         raise ValueError(f"PCA needs dim >= 1, got {dim}")
+    if x.dtype.kind not in "biuf":  # complex ones lost their imaginary parts (a numpy warning) until 2026-12-02
+        raise ValueError(f"features must be real numbers, got dtype {x.dtype}")
 
 
 # The PCA, here and in xdc.clustering.sharded. faiss's PCAMatrix formed the covariance as x'x - n mean mean' in

@@ -125,6 +125,8 @@ def agreement(a: np.ndarray, b: np.ndarray, shuffles: int = 20, seed: int = 0) -
     few. For XDC's video and audio clusters: at chance level, neither modality's clusters are predictable from
     the other, and the cross-modal heads have nothing to learn."""
     a, b = _same_length(a, b)
+    if a.dtype.kind not in "biu" or b.dtype.kind not in "biu":  # strings: a numpy error at ">= 0" until 2026-12-02
+        raise ValueError(f"agreement takes integer cluster ids (-1: unassigned), got dtypes {a.dtype} and {b.dtype}")
     both = (a >= 0) & (b >= 0)
     a, b = a[both], b[both]
     if not len(a):
@@ -167,7 +169,7 @@ def cluster_stats(assignments: np.ndarray, k: int, collapse_fraction: float = 0.
     assignments = np.asarray(assignments)
     if k < 1 or assignments.size == 0:
         raise ValueError(f"cluster_stats needs k >= 1 and at least one point, got k={k}, {assignments.size} points")
-    if not np.issubdtype(assignments.dtype, np.integer):  # a numpy TypeError from bincount, until 2026-12-02
+    if assignments.dtype.kind not in "biu":  # floats and strings: a numpy TypeError from bincount until 2026-12-02
         raise ValueError(f"assignments must be integer cluster ids, got dtype {assignments.dtype}")
     if assignments.min() < 0 or assignments.max() >= k:
         raise ValueError(f"assignments must lie in [0, {k}), got [{assignments.min()}, {assignments.max()}]")

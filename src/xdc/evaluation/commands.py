@@ -259,7 +259,7 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
                                   f"{len(label_ids)} (videos.csv)")  # fmt: skip
                 print(f"skipped {unreadable[-1]}", file=sys.stderr)
                 continue
-            if not np.issubdtype(assigned.dtype, np.integer):  # cluster_metrics' ValueError: a traceback here
+            if assigned.dtype.kind not in "biu":  # cluster_metrics' ValueError: a traceback here
                 unreadable.append(f"labels/{path.name}: {name} holds {assigned.dtype} values, not cluster ids")
                 print(f"skipped {unreadable[-1]}", file=sys.stderr)
                 continue

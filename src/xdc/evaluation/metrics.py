@@ -96,7 +96,7 @@ def cluster_metrics(assignments: np.ndarray, labels: np.ndarray) -> dict:
     if assignments.shape != labels.shape or assignments.ndim != 1:
         raise ValueError(f"need assignments and labels of one shape (N,), got {assignments.shape} and {labels.shape}")
     for name, ids in (("assignments", assignments), ("labels", labels)):
-        if not np.issubdtype(ids.dtype, np.integer):
+        if ids.dtype.kind not in "biu":
             raise ValueError(f"{name} must be integer ids (negative: none), got dtype {ids.dtype}")
     keep = (assignments >= 0) & (labels >= 0)
     if not keep.any():
