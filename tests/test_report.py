@@ -247,7 +247,10 @@ def test_rounds_from_1000_on_are_read_in_their_order(tmp_path):
     (tmp_path / "labels").mkdir()
     for r, video in ((998, [0, 0, 1, 1]), (999, [0, 1, 0, 1]), (1000, [0, 1, 1, 1])):
         np.savez(tmp_path / "labels" / f"round_{r:03d}.npz", video=np.array(video))
-    rounds = read_rounds(load_run(tmp_path))
+    np.savez(tmp_path / "labels" / "round_1001.npz", video=np.array([0.0, 1, 1, 1]))  # not xdc's: float ids
+    run = load_run(tmp_path)
+    rounds = read_rounds(run)
+    assert "labels/round_1001.npz: video holds float64 values of shape (4,), not cluster ids" in run.missing
     assert rounds.last[0] == 1000
     assert [(row["round"], row["nmi_previous"]) for row in rounds.rows[1:]] == [
         (999, nmi(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]))),

@@ -88,6 +88,12 @@ class RunData:
             except Exception as e:  # a truncated or foreign file: report it, keep the rest
                 self.missing.append(f"labels/{path.name} unreadable ({_reason(e)})")
                 continue
+            odd = [k for k, a in sets.items() if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer)]
+            if odd:  # not xdc's (int32 ids): NMI and the scores refuse it, with a traceback until 2026-12-02
+                a = sets[odd[0]]
+                self.missing.append(f"labels/{path.name}: {odd[0]} holds {a.dtype} values of shape {a.shape}, not "
+                                    "cluster ids")  # fmt: skip
+                continue
             yield r, sets
 
 
