@@ -951,6 +951,8 @@ def _same_features(a: Path, b: Path) -> None:
     a, b = np.load(a), np.load(b)
     assert a["features"].shape == (96, 64) and a.files == b.files
     for name in a.files:  # the same batches; the ranks run their convolutions on one thread, the test process on two
+        if name == "made_with":  # what made them: the same, but the parts' size (_extract_launch's PART_BATCHES)
+            continue
         if name == "features":
             np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
         else:
@@ -988,7 +990,9 @@ def test_an_extraction_killed_on_two_ranks_goes_on_in_one_process(run, tmp_path,
     assert "WARNING: this run computed with 1 CPU thread and goes on with 2" in err
     _same_features(tmp_path / "straight.npz", killed)
     assert not parts.exists()
-    # parts made with other settings are not mixed in: the folder starts over
+    # parts made with other settings are not mixed in: the folder starts over (of an extraction not finished: a
+    # finished one with these settings would be kept as it is)
+    killed.unlink()
     parts.mkdir()
     torch.save({"identity": "other settings"}, parts / "part-00000.pt")
     assert main(_extract_cli(run_dir, table, killed)) == 0
@@ -1035,6 +1039,13 @@ def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeyp
     _same_features(single, ddp)
     assert json.loads(ddp.with_suffix(".json").read_text())["ranks"] == 2
     assert not (tmp_path / "ddp.parts").exists()
+    # the same again under torchrun: every rank takes rank 0's word that the files are done, and none writes
+    before = _files_as_they_are(ddp)
+    again = subprocess.run(_extract_launch(tmp_path, 2, _extract_cli(run_dir, table, ddp)), capture_output=True,
+                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already hold these features") == 1 and "clips of" not in again.stdout
+    assert _files_as_they_are(ddp) == before
     # rank 0 failing to write the summary (a folder is in its place): every rank stops, rank 0 says why
     blocked = tmp_path / "blocked.npz"
     blocked.with_suffix(".json").mkdir()
@@ -1044,6 +1055,51 @@ def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeyp
     # report of its failed ranks has a traceback of its own)
     assert f"xdc: error: cannot write {blocked.with_suffix('.json')}" in done.stderr, done.stderr[-3000:]
     assert done.stderr.count("xdc: error:") == 1, done.stderr[-3000:]
+
+
+def _files_as_they_are(npz: Path) -> list[tuple[int, bytes]]:
+    """The modification time and bytes of an extraction's features and summary."""
+    return [(path.stat().st_mtime_ns, path.read_bytes()) for path in (npz, npz.with_suffix(".json"))]
+
+
+def test_extract_again_with_the_same_settings_keeps_its_files(run, tmp_path, capsys):
+    """A finished extraction run again with the same weights, items, files and settings computes nothing and
+    writes nothing (until 2026-12-02 it computed every feature again and replaced both files); with another setting
+    or a file changed in place it extracts again, as before."""
+    root, run_dir = run
+    media = tmp_path / "media"
+    media.mkdir()
+    items = []
+    for item in items_of(root)[:4]:
+        shutil.copy2(item.path, media / Path(item.path).name)
+        items.append(Item(str(media / Path(item.path).name), item.label, item.split, item.fold))
+    table, out = tmp_path / "table.csv", tmp_path / "f.npz"
+    write_table(items, table)
+    assert main(_extract_cli(run_dir, table, out)) == 0
+    assert f"-> {out}" in capsys.readouterr().out
+    before = _files_as_they_are(out)
+    assert main(_extract_cli(run_dir, table, out)) == 0
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1 and f"{out} and its .json already hold these features" in said
+    assert f"remove {out} to extract them again" in said
+    assert _files_as_they_are(out) == before and not (tmp_path / "f.parts").exists()
+    # another batch size: extracted again and replaced, as before
+    assert main([*_extract_cli(run_dir, table, out), "--batch-size", "2"]) == 0
+    assert f"-> {out}" in capsys.readouterr().out
+    after = _files_as_they_are(out)
+    assert after[0][0] != before[0][0] and json.loads(after[1][1])["made_with"] != json.loads(before[1][1])["made_with"]
+    # a file changed in place (same name, label and window): its features may differ, so they are made again
+    os.utime(items[0].path, ns=(time.time_ns(), time.time_ns()))
+    assert main([*_extract_cli(run_dir, table, out), "--batch-size", "2"]) == 0
+    assert f"-> {out}" in capsys.readouterr().out
+    assert _files_as_they_are(out)[0][0] != after[0][0]
+    # a summary of another extraction beside the features (one killed between its two writes): extracted again
+    summary = out.with_suffix(".json")
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "made_with": "another"}))
+    assert main([*_extract_cli(run_dir, table, out), "--batch-size", "2"]) == 0
+    assert f"-> {out}" in capsys.readouterr().out
+    assert main([*_extract_cli(run_dir, table, out), "--batch-size", "2"]) == 0
+    assert "already hold these features" in capsys.readouterr().out
 
 
 def _ucf_layout(root: Path, folder: Path) -> Path:

@@ -302,13 +302,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                    batch_size=args.batch_size, settings=settings, device=args.device, ctx=ctx)
 
         def write() -> None:  # rank 0, still holding the lock of OUT.npz, which covers its OUT.json
-            write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))
+            if not summary.get("kept"):  # kept: both files are as this command would write them
+                write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))
 
         on_main(write, ctx)  # a failed write stops every rank with its line (they left at once, with a traceback)
         return summary
 
     summary = _as_rank(run, lock=lambda: holding(features_path(args.out), "extract"))
     if summary is None:  # another rank than the first: rank 0 writes and says
+        return 0
+    if summary.get("kept"):
+        print(f"{summary['out']} and its .json already hold these features (the same weights, items, files and "
+              f"settings): nothing to do; remove {summary['out']} to extract them again")  # fmt: skip
         return 0
     print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped")
     for skip in summary["skipped"][:10]:

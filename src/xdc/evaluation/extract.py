@@ -7,6 +7,8 @@ and embedded clip by clip in eval mode: N evenly spaced clips per item, or a sli
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -39,20 +41,38 @@ def items_to_manifest(
 ) -> tuple[Manifest, np.ndarray, list]:
     """Manifest rows for the items that ``modality`` can read; returns (manifest, item index per row, skipped).
     Under torchrun (``ctx``) the ranks share out the probes (``xdc index``'s way) and every rank gets the result."""
+    return _probed(items, probe_cache, modality, ctx)[:3]
+
+
+def _probed(items: list[Item], probe_cache: Path, modality: str, ctx: Dist | None = None):
+    """``items_to_manifest``'s result and the digest of the items' files as probed (``_files``)."""
     ctx = ctx or Dist()
     listing = probe_cache.with_suffix(".txt")
 
     def write_listing() -> None:
+        text = "\n".join(sorted({item.path for item in items})) + "\n"
+        if listing.exists():  # the same list again is not written again (a re-run that does nothing changes nothing)
+            with open_text(listing) as f:
+                if f.read() == text:
+                    return
         probe_cache.parent.mkdir(parents=True, exist_ok=True)
         with open_text(listing, "w") as f:
-            f.write("\n".join(sorted({item.path for item in items})) + "\n")
+            f.write(text)
 
     on_main(write_listing, ctx)
     build_manifest([str(listing)], probe_cache, ctx=ctx)
     return broadcast_object(on_main(lambda: _usable(items, probe_cache, modality), ctx), ctx)
 
 
-def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manifest, np.ndarray, list]:
+def _files(items: list[Item], probes: dict[str, dict]) -> str:
+    """The digest of every item's file as probed (size, mtime, status): a file changed in place under the same name
+    changes it, where the items (names, labels, windows) stay the same."""
+    seen = [[path, *(probes.get(path, {}).get(k) for k in ("size", "mtime", "status"))]
+            for path in sorted({item.path for item in items})]  # fmt: skip
+    return hashlib.sha256(json.dumps(seen).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manifest, np.ndarray, list, str]:
     probes = {row["path"]: row for row in read_rows(probe_cache)}
     rows, kept, skipped = [], [], []
     for i, item in enumerate(items):
@@ -75,7 +95,7 @@ def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manife
         kept.append(i)
     manifest = Manifest.from_rows(rows)
     manifest.offsets[:] = [items[i].start_s for i in kept]
-    return manifest, np.array(kept, dtype=np.int64), skipped
+    return manifest, np.array(kept, dtype=np.int64), skipped, _files(items, probes)
 
 
 @torch.no_grad()
@@ -88,9 +108,11 @@ def extract_features(
     released weights: xdc.evaluation.sources, with ``settings`` over its own) on ``device``
     (xdc.evaluation.device); writes ``out`` (.npz) and returns a summary. The clips are cut into parts
     (``_part_batches``) kept in ``OUT.parts/`` as they are done: the same call made again after a crash computes
-    only the missing parts, and the folder goes once ``out`` is written. Under torchrun (``ctx``) the ranks share
-    out the probes and the parts; rank 0 joins the parts, writes and returns the summary (None on the others);
-    ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
+    only the missing parts, and the folder goes once ``out`` is written. Where ``out`` and the summary beside it
+    (``OUT.json``, which ``xdc extract`` writes) were both made with the same weights, items, files and settings
+    (``made_with``), nothing is computed or written: the summary is returned with ``"kept": True``. Under
+    torchrun (``ctx``) the ranks share out the probes and the parts; rank 0 joins the parts, writes and returns
+    the summary (None on the others); ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
     ctx = ctx or Dist()
     out = features_path(out)
     for flag, value in (("--batch-size", batch_size), ("--clips", clips)):
@@ -106,7 +128,7 @@ def extract_features(
                         "each other")  # fmt: skip
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), cfg, modality)
     encoder = place.module(encoder)
-    manifest, item_of_row, skipped = items_to_manifest(items, out.with_name(out.stem + ".probe.csv"), modality, ctx)
+    manifest, item_of_row, skipped, files = _probed(items, out.with_name(out.stem + ".probe.csv"), modality, ctx)
     if len(manifest) == 0:
         raise UserError(f"none of the {len(items)} items has a readable {modality} stream")
     dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,), raw_video=True,
@@ -116,10 +138,17 @@ def extract_features(
     per_part = batch_size * _part_batches(-(-len(dataset) // batch_size))
     spans = [range(start, min(start + per_part, len(dataset))) for start in range(0, len(dataset), per_part)]
     # the device and precision too: parts from a GPU in bf16 and from a CPU in float32 would not make one file; and
-    # the batch size, which changes the kernels' rounding (per_part alone is the same for several sizes)
+    # the batch size, which changes the kernels' rounding (per_part alone is the same for several sizes); and the
+    # files as probed (a file changed in place)
     made = identity(source.weights, cfg, items, encoder=encoder_name, clips=clips, stride=stride,
-                    device=place.device.type, bf16=place.bf16, part_clips=per_part,
-                    batch_size=batch_size)  # fmt: skip
+                    device=place.device.type, bf16=place.bf16, part_clips=per_part, batch_size=batch_size,
+                    files=files)  # fmt: skip
+    made_with = hashlib.sha256(made.encode("utf-8", "surrogateescape")).hexdigest()
+    # decided by rank 0 for all: a finished extraction with all the same is left as it is (until 2026-12-02
+    # computed again and written again)
+    earlier = broadcast_object(on_main(lambda: _finished(out, made_with), ctx), ctx)
+    if earlier is not None:
+        return {**earlier, "out": str(out), "kept": True} if ctx.main else None
     kept = KeptParts(out.with_name(out.stem + ".parts"), made)
     parts = on_main(kept.load, ctx) or {}
     done = broadcast_object(sorted(parts), ctx)
@@ -140,7 +169,7 @@ def extract_features(
     def write() -> dict:
         for j in (j for rank in others[1:] for j in rank):
             parts[j] = kept.read(j)
-        written, failed = _write(out, [parts[j] for j in range(len(spans))], manifest, item_of_row, items)
+        written, failed = _write(out, [parts[j] for j in range(len(spans))], manifest, item_of_row, items, made_with)
         kept.clear()
         return {"out": str(out), "run": os.path.abspath(run), "source": source.kind, "clips": written, "items": len(items),
                 "encoder": encoder_name, "modality": modality, "stride": stride,
@@ -148,7 +177,8 @@ def extract_features(
                 "device": str(place.device), "ranks": ctx.world_size, "bf16": place.bf16,
                 **({"logmel_on": "device" if place.device_logmel else "workers"} if modality == "audio" else {}),
                 "data": config_to_dict(cfg.data),
-                "skipped": [{"path": p, "reason": r} for p, r in [*skipped, *failed]]}  # fmt: skip
+                "skipped": [{"path": p, "reason": r} for p, r in [*skipped, *failed]],
+                "made_with": made_with}  # fmt: skip
 
     return on_main(write, ctx)  # the other ranks wait as long as it takes (a barrier under NCCL would time out)
 
@@ -159,8 +189,25 @@ def features_path(out: str | Path) -> Path:
     return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
 
 
-def _write(out: Path, parts: list[dict], manifest: Manifest, item_of_row: np.ndarray, items: list[Item]):
-    """Join the parts into ``out``; returns the clips it holds and the (path, reason) of the files that failed."""
+def _finished(out: Path, made_with: str) -> dict | None:
+    """The summary (``OUT.json``) of a finished extraction into ``out`` made with ``made_with``, where the features
+    and the summary both say so; else None. Either of another extraction (one killed between the two writes, a
+    summary or features of before 2026-12-02, which record none) is no match."""
+    summary = out.with_suffix(".json")
+    try:
+        with np.load(out, allow_pickle=False) as data:
+            if "made_with" not in data.files or str(data["made_with"]) != made_with:
+                return None
+        saved = json.loads(summary.read_text(encoding="utf-8", errors="surrogateescape"))
+    except Exception:  # missing, unreadable, or not ours: extracted again, as before 2026-12-02
+        return None
+    return saved if isinstance(saved, dict) and saved.get("made_with") == made_with else None
+
+
+def _write(out: Path, parts: list[dict], manifest: Manifest, item_of_row: np.ndarray, items: list[Item],
+           made_with: str):  # fmt: skip
+    """Join the parts into ``out``, with ``made_with`` (the digest of what made them); returns the clips it holds and
+    the (path, reason) of the files that failed."""
     failures = FailureLog(max_fraction=1.0)
     failures.merge([part["failures"] for part in parts])
     row = torch.cat([p["rows"] for p in parts]).numpy()
@@ -176,6 +223,7 @@ def _write(out: Path, parts: list[dict], manifest: Manifest, item_of_row: np.nda
         fold=np.array([items[i].fold for i in item], dtype=np.int64),
         group=np.array([items[i].group for i in item]),
         path=np.array([items[i].path for i in item]),
+        made_with=np.array(made_with),
     )  # fmt: skip
     return int(len(item)), failures.failures
 
