@@ -240,6 +240,49 @@ def test_rerun_keeps_done_files_and_redoes_changed_ones(tmp_path: Path) -> None:
     assert _streams(out / "0.mp4")["size"] == (48, 32)
 
 
+def test_copies_of_another_format_are_made_again_and_those_of_none_are_kept_with_a_warning(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Each copy records the FORMAT of xdc's copies: one of another format (xdc's copies changed, e.g. its even
+    sides on 2026-12-01) is made again and counted (until 2026-12-02 kept as "already done"); one of an earlier xdc,
+    which recorded none, is kept with a warning that names --redo-unknown-format, which makes it again."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for i in range(2):
+        write_av(src / f"{i}.mp4", _scene(5, 32, 48, i), FPS, None)
+    assert _run(str(src), "--out", str(out), "--workers", "1")[0] == 0
+    assert {r["format"] for r in _report(out).values()} == {str(prepare.FORMAT)}
+
+    def times() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+
+    first = times()
+    # an earlier xdc's report: no format column (a side file of one is read the same way)
+    with open(out / "prepared.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(out / "prepared.csv", "w", newline="") as f:
+        csv.writer(f).writerows(row[:-1] for row in rows)
+    code, stdout = _run(str(src), "--out", str(out), "--workers", "1")
+    assert code == 0 and "2 files: 2 prepared (2 already done), 0 skipped, 0 failed" in stdout
+    assert "WARNING: 2 copies kept were made before 2026-12-02, which recorded no format" in stdout
+    assert "--redo-unknown-format makes them again" in stdout and "made again" not in stdout
+    assert times() == first and {r["format"] for r in _report(out).values()} == {""}  # still unknown
+    code, stdout = _run(str(src), "--out", str(out), "--workers", "1", "--redo-unknown-format")
+    assert "2 files: 2 prepared (0 already done), 0 skipped, 0 failed\n2 of them made again: their earlier " \
+        f"copies were of another format of xdc's copies (now {prepare.FORMAT})" in stdout
+    assert "WARNING" not in stdout and all(times()[name] != first[name] for name in first)
+    assert {r["format"] for r in _report(out).values()} == {str(prepare.FORMAT)}
+    second = times()
+    code, stdout = _run(str(src), "--out", str(out), "--workers", "1")
+    assert stdout.endswith("2 files: 2 prepared (2 already done), 0 skipped, 0 failed\n") and times() == second
+    # xdc's copies change: the next run makes every copy again, and says why
+    monkeypatch.setattr(prepare, "FORMAT", prepare.FORMAT + 1)
+    code, stdout = _run(str(src), "--out", str(out), "--workers", "1")
+    assert code == 0 and "2 prepared (0 already done)" in stdout and "2 of them made again" in stdout
+    assert all(times()[name] != second[name] for name in second)
+    assert {r["format"] for r in _report(out).values()} == {str(prepare.FORMAT)}
+
+
 def test_a_rerun_removes_the_copies_of_its_sources_that_are_no_longer_theirs(tmp_path: Path, monkeypatch) -> None:
     """clip.avi is copied as clip.avi.mp4 beside clip.mp4; once clip.mp4 is gone it is copied as clip.mp4, and its
     old copy goes (xdc index of the folder trained on it twice). A source that now fails loses its old copy (of

@@ -85,7 +85,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                              crf=args.crf, audio=args.audio)  # fmt: skip
 
     def run(ctx: Dist | None = None):
-        return prepare(args.paths, args.out, options, labels=args.labels, workers=args.workers, ctx=ctx)
+        return prepare(args.paths, args.out, options, labels=args.labels, workers=args.workers, ctx=ctx,
+                       redo_unknown=args.redo_unknown_format)  # fmt: skip
 
     summary = _on_ranks(run, lambda: holding(args.out, "prepare", folder=True))
     if summary is None:  # another rank than the first: rank 0 writes and says
@@ -474,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the clips per core for 1.6-2.1x and 2.6x the bytes)")
     p.add_argument("--labels", type=Path, help="CSV with columns path,label, rewritten for the copies to OUT/labels.csv")
     p.add_argument("--workers", type=int, default=None, help="parallel transcodes (default: the usable CPUs)")
+    p.add_argument("--redo-unknown-format", action="store_true", help="make again the copies of xdc before "
+                   "2026-12-02, which record no format (kept otherwise, with a warning)")  # fmt: skip
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("make-synthetic", help="write the built-in synthetic audio-visual dataset")

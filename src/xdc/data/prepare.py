@@ -50,7 +50,16 @@ if TYPE_CHECKING:  # torch, imported under torchrun only
 REPORT = "prepared.csv"
 NEXT = ".prepared.csv.next"  # the new report, until the copies it no longer names are removed
 LABELS = "labels.csv"
-COLUMNS = ("source", "output", "status", "reason", "seconds", "duration_s", "size", "mtime", "settings")
+COLUMNS = ("source", "output", "status", "reason", "seconds", "duration_s", "size", "mtime", "settings", "format")
+OPTIONAL = ("format",)  # columns a report of an earlier xdc lacks (read as empty)
+# The format of the copies that this xdc makes, recorded per copy (the report's ``format``): a copy of another
+# format is made again, however its settings match. Bump it only when a copy made now would differ from one made
+# before with the same settings in what training reads (its frames' size, its samples, their times), not for a
+# change of the container's layout that decodes the same (the index placed first, 2026-11-30) or of speed alone.
+# 1: 2026-12-02, the first recorded: sides rounded to even with halves up and never enlarged, Matroska sound
+#    placed back to back (both fixed 2026-12-01). Copies of before 2026-12-02 record none: kept, with a warning,
+#    unless ``redo_unknown`` (docs/prepare.md says why).
+FORMAT = 1
 PARTIAL_GLOB = ".*.partial.mp4"  # outputs being written; the * is the output's file name
 PROBLEMS = 10  # skipped and failed files that the summary names (each rank sends rank 0 its first, not all)
 # --audio: the codec of the copies' audio. AAC makes the smallest copies; FLAC (lossless) and 16-bit PCM skip AAC's
@@ -108,6 +117,8 @@ class PrepareSummary:
     kept: int  # of which were kept from an earlier run (source and settings unchanged)
     skipped: int  # unusable sources (the probe's reason, as in xdc index)
     failed: int  # usable sources whose transcoding failed
+    reformatted: int = 0  # of the prepared: made again as their earlier copies were of another FORMAT
+    unknown: int = 0  # of the kept: copies of before 2026-12-02, which record no format
     labelled: int | None = None  # None when no labels file was given
     problems: list[dict] = field(default_factory=list)  # the first PROBLEMS skipped and failed rows, by source
     copies: Copies | None = None  # what the output folder holds besides this run's copies (rank 0's: _reconcile)
@@ -115,6 +126,13 @@ class PrepareSummary:
     def line(self) -> str:
         text = f"{self.files} files: {self.prepared} prepared ({self.kept} already done), {self.skipped} skipped"
         text += f", {self.failed} failed"
+        if self.reformatted:
+            text += (f"\n{self.reformatted} of them made again: their earlier copies were of another format of xdc's "
+                     f"copies (now {FORMAT})")  # fmt: skip
+        if self.unknown:
+            text += (f"\nWARNING: {self.unknown} copies kept were made before 2026-12-02, which recorded no format: "
+                     "those made before 2026-12-01 may have an odd side one pixel off or Matroska sound spliced; "
+                     "--redo-unknown-format makes them again")  # fmt: skip
         if self.labelled is not None:
             text += f"\n{self.labelled} of {self.prepared} prepared files labelled"
         if self.copies is not None:
@@ -172,11 +190,12 @@ class Copies:
 
 def prepare(
     paths: list[str], out: Path, options: PrepareOptions | None = None, labels: Path | None = None,
-    workers: int | None = None, ctx: Dist | None = None,
+    workers: int | None = None, ctx: Dist | None = None, redo_unknown: bool = False,
 ) -> PrepareSummary | None:  # fmt: skip
     """Transcode every media file under ``paths`` (folders, lists of files or files) into the folder ``out``,
     keeping each file's path relative to the inputs' common folder, and write ``out/prepared.csv``.
-    Files whose source size, mtime and settings match an ``ok`` row of an earlier report are not redone.
+    Files whose source size, mtime and settings match an ``ok`` row of an earlier report are not redone, unless
+    its copy is of another ``FORMAT``, or records none and ``redo_unknown``.
     Each row is added to a side file (``.prepared.csv.rank0.csv``) as its copy is made, so that a run cut short
     loses no finished copy: the next run reads those rows as it reads the report's.
 
@@ -221,7 +240,12 @@ def prepare(
     settings = options.key()
     found = {source: (output, stat_row(source)) for source, output, _ in share}
 
+    formats = {str(FORMAT)} if redo_unknown else {str(FORMAT), ""}  # "": a copy of before 2026-12-02
+
     def current(old: dict) -> bool:  # whether an earlier row still holds for its source, with these options
+        return same_source(old) and (old.get("format") or "") in formats
+
+    def same_source(old: dict) -> bool:  # ... but for the format of its copy
         output, stat = found[old["source"]]
         return (
             old["status"] == "ok" and "status" not in stat and old["settings"] == settings
@@ -233,7 +257,8 @@ def prepare(
     rows: dict[str, dict] = {}
     todo: list[str] = []
     for source, output, taken in share:
-        row = {"source": source, "output": output, "settings": settings, "seconds": 0.0, "duration_s": 0.0}
+        row = {"source": source, "output": output, "settings": settings, "seconds": 0.0, "duration_s": 0.0,
+               "format": FORMAT}  # fmt: skip
         stat = found[source][1]
         if "status" in stat:  # missing or unreadable: what xdc index reports for it
             rows[source] = {**row, "status": "skipped", "reason": stat["reason"], "size": "", "mtime": ""}
@@ -247,7 +272,8 @@ def prepare(
         elif old is not None and current(old) and (out / output).is_file():
             rows[source] = {**old, "kept": True}
         else:
-            rows[source] = row
+            # a copy in place but of another format: made again, and counted (until 2026-12-02 kept without a word)
+            rows[source] = {**row, "reformat": old is not None and same_source(old) and (out / output).is_file()}
             todo.append(source)
 
     side = rank_file(report, ctx.rank)
@@ -437,8 +463,8 @@ def write_report(path: Path, rows: Iterable[dict]) -> None:
 
 
 def _report_cells(row: dict) -> list[str]:
-    ok = row["status"] == "ok"  # else nothing was written for it: no output
-    return [_cell(row.get(k)) if ok or k != "output" else "" for k in COLUMNS]
+    ok = row["status"] == "ok"  # else nothing was written for it: no output, no format
+    return [_cell(row.get(k)) if ok or k not in ("output", "format") else "" for k in COLUMNS]
 
 
 def read_report(path: Path) -> list[dict]:
@@ -452,7 +478,7 @@ def iter_report(path: Path, keep: Container[str] | None = None) -> Iterator[dict
         with open_text(path) as f:
             reader = csv.reader(f)
             header = next(reader, [])
-            missing = set(COLUMNS) - set(header)
+            missing = set(COLUMNS) - set(header) - set(OPTIONAL)  # a report of an earlier xdc is read as it is
             if missing:
                 raise UserError(f"{path} is not an xdc prepare report (missing columns: {', '.join(sorted(missing))})")
             yield from dict_rows(reader, header, "source", keep)
@@ -476,14 +502,16 @@ def _summarise(rows: list[dict]) -> PrepareSummary:
         kept=sum(1 for row in rows if row.get("kept")),
         skipped=statuses["skipped"],
         failed=statuses["error"],
+        reformatted=sum(1 for row in rows if row.get("reformat") and row["status"] == "ok"),
+        unknown=sum(1 for row in rows if row.get("kept") and not row.get("format")),
         problems=heapq.nsmallest(PROBLEMS, (row for row in rows if row["status"] != "ok"), key=lambda r: r["source"]),
     )
 
 
 def _add(summaries: list[PrepareSummary]) -> PrepareSummary:
     """The ranks' summaries as one."""
-    total = PrepareSummary(*(sum(getattr(s, name) for s in summaries) for name in ("files", "prepared", "kept",
-                                                                                  "skipped", "failed")))  # fmt: skip
+    total = PrepareSummary(**{name: sum(getattr(s, name) for s in summaries) for name in (
+        "files", "prepared", "kept", "skipped", "failed", "reformatted", "unknown")})  # fmt: skip
     total.problems = sorted((row for s in summaries for row in s.problems), key=lambda r: r["source"])[:PROBLEMS]
     return total
 
