@@ -57,8 +57,8 @@ OPTIONAL = ("format",)  # columns a report of an earlier xdc lacks (read as empt
 # before with the same settings in what training reads (its frames' size, its samples, their times), not for a
 # change of the container's layout that decodes the same (the index placed first, 2026-11-30) or of speed alone.
 # 1: 2026-12-02, the first recorded: sides rounded to even with halves up and never enlarged, Matroska sound
-#    placed back to back (both fixed 2026-12-01). Copies of before 2026-12-02 record none: kept, with a warning,
-#    unless ``redo_unknown`` (docs/prepare.md says why).
+#    placed back to back (both fixed 2026-12-01), square pixels at the displayed size (2026-12-02). Copies of
+#    before 2026-12-02 record none: kept, with a warning, unless ``redo_unknown`` (docs/prepare.md says why).
 FORMAT = 1
 PARTIAL_GLOB = ".*.partial.mp4"  # outputs being written; the * is the output's file name
 PROBLEMS = 10  # skipped and failed files that the summary names (each rank sends rank 0 its first, not all)
@@ -131,8 +131,8 @@ class PrepareSummary:
                      f"copies (now {FORMAT})")  # fmt: skip
         if self.unknown:
             text += (f"\nWARNING: {self.unknown} copies kept were made before 2026-12-02, which recorded no format: "
-                     "those made before 2026-12-01 may have an odd side one pixel off or Matroska sound spliced; "
-                     "--redo-unknown-format makes them again")  # fmt: skip
+                     "those made before 2026-12-01 may have an odd side one pixel off or Matroska sound spliced, and "
+                     "those of sources with non-square pixels are stretched; --redo-unknown-format makes them again")
         if self.labelled is not None:
             text += f"\n{self.labelled} of {self.prepared} prepared files labelled"
         if self.copies is not None:
