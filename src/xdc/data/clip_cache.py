@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from xdc.atomic import replacing
-_VERSION = 1
+_VERSION = 2  # 2: 2026-12-02, clips of non-square-pixel videos at their displayed size: a cache of 1 starts empty
 _WHOLE = 1  # a record's last byte once its arrays are written
 ROOM = 0.9  # of a disk's free space, the most that caches may take: the rest is left for checkpoints and logs
 
