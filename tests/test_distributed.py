@@ -602,6 +602,36 @@ def test_gloos_errors_of_a_peer_gone_are_told_from_other_runtime_errors():
         assert _peer_left(e) is None
 
 
+KILLED_AT_THE_END = """
+import contextlib, os, signal, torch.distributed as dist, xdc.cli, xdc.data.index
+if os.environ["RANK"] == "1":  # rank 1 killed as the ranks meet to leave the job together (after they stopped, or done)
+    dist.barrier = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+xdc.data.index.build_manifest = lambda *args, **kwargs: None  # every rank's work, done at once
+@contextlib.contextmanager
+def holding(out, *args, **kwargs):  # the lock, which rank 0 alone takes (on_main): every rank stops with its error
+    {fault}
+    yield
+xdc.cli.holding = holding
+"""
+
+
+@pytest.mark.parametrize("fault, said", [
+    ("raise PermissionError(13, 'Permission denied', str(out))", "xdc: error: {out}: Permission denied\n"),
+    ("raise xdc.cli.UserError('no room for ' + str(out))", "xdc: error: no room for {out}\n"),
+    ("pass", "xdc: error: stopped: another rank left the job (gloo: "),
+], ids=["rank0-failed", "shared-error", "done"])  # fmt: skip
+def test_a_rank_killed_as_the_ranks_meet_to_leave_ends_the_others_with_their_line(tmp_path, fault, said):
+    """Every rank stopped with rank 0's error (a RankFailed, a SharedError), or finished its work, and they meet in a
+    barrier to leave the job together, where rank 0 finds rank 1 gone (killed there): rank 0's own error, said before,
+    is the last line of it (a finished rank says in one line that another left). Until 2026-12-02 gloo's error of the
+    barrier followed with a traceback (the error of a second barrier, as the rank left the job, inside it)."""
+    done = _index_on_two_ranks(tmp_path, KILLED_AT_THE_END.format(fault=fault), torchrun=("--monitor-interval=3",))
+    err, said = done.stderr, said.format(out=tmp_path / "m.csv")
+    assert done.returncode != 0 and err.count(said) == 1 and "exitcode  : -9" in err, err[-3000:]
+    assert "[rank0]" not in err and "RuntimeError" not in err, err[-3000:]  # no traceback of rank 0's
+    assert "xdc: error: rank 1" not in err, err[-3000:]
+
+
 AT_WORK = """
 import time, torch.distributed as dist, xdc.data.index
 def build_manifest(*args, ctx, **kwargs):  # every rank's work

@@ -201,15 +201,15 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
     """``work(ctx)`` as one rank of the torchrun job that started this process (its process group joined, and left
     after the other ranks once ``work`` is done), or in a process alone. ``gpus``: see init_distributed. Rank 0
     holds ``lock`` until every rank is done; where it is refused, every rank stops with its error, said once."""
-    from xdc.training.distributed import barrier, init_distributed, leave_distributed, on_main
+    from xdc.training.distributed import init_distributed, leave_distributed, on_main
 
     with ExitStack() as held:
-        ctx, together = None, False  # together: whether every rank leaves here, after a barrier (else at once)
+        ctx = None
         try:
             ctx = init_distributed(gpus)
             on_main(lambda: held.enter_context(lock()), ctx)
             result = work(ctx)
-            together = True
+            leave_distributed(True)  # after the others: gloo's error (below) where one has left the job instead
         except (Exception, KeyboardInterrupt) as e:
             if ctx is None or not ctx.enabled:
                 raise
@@ -219,15 +219,32 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
             # Ctrl-C wait for them: a rank stuck in a collective would not come).
             together = isinstance(e, (SharedError, RankFailed))
             status = _report(e) if ctx.main or not together else 2
-            if isinstance(e, RankFailed):  # the others' lines after rank 0's error (a traceback), not inside it
-                barrier(ctx)
-                if not ctx.main:
+            if together:  # every rank leaves after rank 0 said it: the others' lines after a traceback, not inside
+                met = _meet(ctx)
+                if isinstance(e, RankFailed) and not ctx.main:
                     _say(f"stopped: {e}; see its error")
                     status = 1
+                elif not (met or ctx.main):  # rank 0 may have left before it said the error: said here too
+                    _say(str(e))
             raise _Said(status) from e
         finally:
-            leave_distributed(together)
+            leave_distributed(False)
     return result
+
+
+def _meet(ctx: Dist) -> bool:
+    """Wait for the other ranks (a barrier) where every rank stops with the same error; False where one left the job
+    first (killed, say: gloo's error, PEER_LEFT), which ends this rank's wait without another line: it has said its
+    own error, or will say it now."""
+    from xdc.training.distributed import barrier
+
+    try:
+        barrier(ctx)
+    except RuntimeError as e:
+        if PEER_LEFT.search(str(e)) is None:
+            raise
+        return False
+    return True
 
 
 def _report(e: Exception | KeyboardInterrupt) -> int:
