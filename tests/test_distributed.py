@@ -632,6 +632,27 @@ def test_a_rank_killed_as_the_ranks_meet_to_leave_ends_the_others_with_their_lin
     assert "xdc: error: rank 1" not in err, err[-3000:]
 
 
+def test_rank0s_own_error_is_said_where_the_other_rank_left_as_its_work_failed(tmp_path):
+    """Rank 0's work alone (on_main; here taking the lock) kills rank 1 as it waits (as the kernel's OOM killer would),
+    then fails: rank 0 says its own error, as one process would. Until 2026-12-02 the broadcast of it to rank 1 failed
+    and rank 0 said only that another rank left the job: its own error was lost."""
+    done = _index_on_two_ranks(tmp_path, torchrun=("--monitor-interval=3",), fault=textwrap.dedent("""
+        import contextlib, os, signal, time, xdc.cli
+        if os.environ["RANK"] == "1":
+            open("rank1.pid", "w").write(str(os.getpid()))
+        @contextlib.contextmanager
+        def holding(out, *args, **kwargs):
+            os.kill(int(open("rank1.pid").read()), signal.SIGKILL)
+            time.sleep(0.5)  # gone: its sockets closed
+            raise PermissionError(13, "Permission denied", str(out))
+            yield
+        xdc.cli.holding = holding
+    """))
+    err = done.stderr
+    assert done.returncode != 0 and f"xdc: error: {tmp_path / 'm.csv'}: Permission denied\n" in err, err[-3000:]
+    assert "exitcode  : -9" in err and "stopped" not in err and "RuntimeError" not in err, err[-3000:]
+
+
 AT_WORK = """
 import time, torch.distributed as dist, xdc.data.index
 def build_manifest(*args, ctx, **kwargs):  # every rank's work

@@ -146,7 +146,8 @@ def on_main(work: Callable[[], T], ctx: Dist) -> T | None:
     """``work()`` on rank 0 alone; its result there, None on the other ranks. They wait for it in
     ``ctx.waiting`` (up to RANK0_WORK_TIMEOUT), and when it fails every rank raises rank 0's error rather than wait
     for rank 0 at the next collective: a UserError as a SharedError, any other as a RankFailed (on rank 0 caused by
-    the error itself), which rank 0 alone says."""
+    the error itself), which rank 0 alone says. Where the others have left (killed, say) as rank 0's work failed, rank
+    0 raises its error itself, as one process would: gloo's error of the broadcast would say only that they left."""
     if not ctx.enabled:
         return work()
     result, error = None, None
@@ -156,7 +157,14 @@ def on_main(work: Callable[[], T], ctx: Dist) -> T | None:
         except Exception as e:
             error = e
     box = [None if error is None else ("user" if isinstance(error, UserError) else type(error).__name__, str(error))]
-    dist.broadcast_object_list(box, src=0, group=ctx.waiting)
+    try:
+        dist.broadcast_object_list(box, src=0, group=ctx.waiting)
+    except RuntimeError:
+        if error is None:
+            raise
+        box = None  # another rank left as this one failed (killed, say): its own error, as one process's
+    if box is None:  # raised here, not in the handler above: not "during handling" gloo's error
+        raise error
     if box[0] is None:
         return result
     kind, message = box[0]
