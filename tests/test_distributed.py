@@ -653,6 +653,25 @@ def test_rank0s_own_error_is_said_where_the_other_rank_left_as_its_work_failed(t
     assert "exitcode  : -9" in err and "stopped" not in err and "RuntimeError" not in err, err[-3000:]
 
 
+def test_a_rank_that_never_joins_the_job_is_said_in_one_line(tmp_path):
+    """Rank 1 never joins the group (it ended or hangs before: a --config its node lacks, say; here asleep), and rank 0
+    waits for it until the group's timeout (30 minutes; 3 s here): rank 0 says in one line what it waited for and what
+    to check. Until 2026-12-02 c10d's DistStoreError, with a traceback."""
+    done = _index_on_two_ranks(tmp_path, torchrun=("--monitor-interval=3",), fault=textwrap.dedent("""
+        import functools, os, time, torch.distributed as dist
+        from datetime import timedelta
+        if os.environ["RANK"] == "1":
+            time.sleep(120)
+        dist.init_process_group = functools.partial(dist.init_process_group, timeout=timedelta(seconds=3))
+    """))
+    err = done.stderr
+    line = ("xdc: error: the job's other ranks did not all join it within 3 s (DistStoreError: wait timeout after "
+            "3000ms, keys: ")  # fmt: skip
+    assert done.returncode != 0 and err.count(line) == 1, err[-3000:]
+    assert "torchrun output (a --config or file that node lacks, say)" in err, err[-3000:]
+    assert err.count("DistStoreError") == 1 and "xdc/training/distributed.py" not in err, err[-3000:]  # no traceback
+
+
 AT_WORK = """
 import time, torch.distributed as dist, xdc.data.index
 def build_manifest(*args, ctx, **kwargs):  # every rank's work

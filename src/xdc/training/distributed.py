@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,6 +23,9 @@ GATHER_STEP_BYTES = 256 * 2**20  # features that rank 0 receives at once (gather
 # The default group's collectives time out after 10 minutes under NCCL (30 under gloo), which would stop a run
 # there after a whole feature extraction; a rank that crashes is still noticed at once (torchrun stops the rest).
 RANK0_WORK_TIMEOUT = timedelta(hours=6)
+# c10d's error where this rank waited in vain for another to join the group, as gloo connects them (torch 2.14, seen
+# in a 2-rank torchrun job whose rank 1 never came): "wait timeout after 1800000ms, keys: /default_pg/0//cpu//0/1"
+JOIN_TIMEOUT = re.compile(r"wait timeout after (\d+)ms")
 T = TypeVar("T")
 
 
@@ -57,13 +61,23 @@ def init_distributed(gpus: bool = True) -> Dist:
         device = torch.device("cpu")
     if world == 1:
         return Dist(device=device)
-    if not dist.is_initialized():
-        if device.type == "cuda":  # binding the rank's GPU up front lets NCCL collectives (barrier too) use it
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
-    waiting = dist.new_group(backend="gloo", timeout=RANK0_WORK_TIMEOUT)
-    host = dist.new_group(backend="gloo")
+    try:
+        if not dist.is_initialized():
+            if device.type == "cuda":  # binding the rank's GPU up front lets NCCL collectives (barrier too) use it
+                dist.init_process_group("nccl", device_id=device)
+            else:
+                dist.init_process_group("gloo")
+        waiting = dist.new_group(backend="gloo", timeout=RANK0_WORK_TIMEOUT)
+        host = dist.new_group(backend="gloo")
+    except dist.DistStoreError as e:
+        found = JOIN_TIMEOUT.search(str(e))
+        if found is None or device.type == "cuda":  # NCCL's start left as it was (not tried on GPUs)
+            raise
+        # none of xdc's bugs: a rank that ended, or hangs, before it joined
+        raise UserError(f"the job's other ranks did not all join it within {int(found.group(1)) / 1000:g} s "
+                        f"({type(e).__name__}: {e}): a rank that ended before it joined said why in its node's "
+                        "torchrun output (a --config or file that node lacks, say); one that did not end hangs on its "
+                        "way there (a file system that does not answer, say)") from e
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, waiting=waiting, host=host)
 
 
