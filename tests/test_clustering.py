@@ -21,7 +21,7 @@ from sklearn.metrics.cluster import contingency_matrix
 from xdc.clustering import kmeans as kmeans_module
 from xdc.clustering import sinkhorn as sinkhorn_module
 from xdc.clustering.features import preprocess_features
-from xdc.clustering.kmeans import assign_to_centroids, kmeans
+from xdc.clustering.kmeans import assign_to_centroids, init_keys, kmeans, smallest_keys
 from xdc.clustering.metrics import (
     agreement,
     ari_of_table,
@@ -600,3 +600,23 @@ def test_sampler_rejects_bad_input():
         ClusterBalancedSampler([np.full(10, -1)], epoch_size=5, seed=0)
     with pytest.raises(ValueError, match="rank"):
         ClusterBalancedSampler([np.zeros(10, int)], epoch_size=5, seed=0, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("run", [kmeans, sharded_kmeans])
+def test_kmeans_refuses_duplicate_ids(run):
+    """Until 2026-12-02 duplicate ids were taken: rows sharing an id share its key, so the rows drawn as initial
+    centroids depended on their order (kmeans), or two landed in one centroid's slot and left another at zero
+    (sharded_kmeans)."""
+    x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+    ids = np.arange(40)[::-1].copy()  # any order
+    first = int(ids[smallest_keys(init_keys(ids, 5), 3)[0]])  # the first initial centroid's id, named twice
+    ids[ids == (first + 1) % 40] = first
+    ids[ids == (first + 2) % 40] = first + 40
+    ids[ids == (first + 3) % 40] = first + 40
+    with pytest.raises(ValueError, match=f"^point ids must be distinct: id {first} names more than one point$"):
+        run(x, 3, seed=5, ids=ids)
+    with pytest.raises(ValueError, match="^39 ids for 40 points$"):
+        run(x, 3, seed=5, ids=np.arange(39))
+    with pytest.raises(ValueError, match="non-negative integers"):
+        run(x, 3, seed=5, ids=np.arange(40) - 1)
+    assert run(x, 3, seed=5, ids=np.arange(40)[::-1].copy()).sizes.sum() == 40

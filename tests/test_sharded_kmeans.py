@@ -93,8 +93,27 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         res["nan_kmeans"] = None
     except ValueError as e:
         res["nan_kmeans"] = str(e)
+    res["ids"] = _bad_ids(rank, same, shard)
     out[rank] = res
     dist.destroy_process_group()
+
+
+def _bad_ids(rank: int, x: np.ndarray, y: np.ndarray) -> list[str | None]:
+    """The errors of sharded_kmeans given bad ids on one rank or on both: until 2026-12-02 duplicates within a rank
+    gave an initial centroid of zeros, across ranks one that was the sum of two rows, both without a word; ids of
+    the wrong length raised on their rank alone (the other waited in the all-gather)."""
+    errors = []
+    ids = _split(rank)
+    if rank == 1:
+        ids = np.concatenate([ids[:-1], ids[:1]])  # its first id twice, its last lost
+    both = np.arange(250)  # both ranks name their rows 0, 1, ...: the same candidates on both
+    for rows, names in ((x, ids), (y[:250], both), (x, _split(rank)[rank:])):  # the last: one id short on rank 1
+        try:
+            sharded_kmeans(rows, K, seed=SEED, iters=1, ids=names)
+            errors.append(None)
+        except ValueError as e:
+            errors.append(str(e))
+    return errors
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +274,17 @@ def test_nan_on_one_rank_raises_on_every_rank(two_ranks):
     for rank in (0, 1):
         assert "NaN" in two_ranks[rank]["nan"]
         assert two_ranks[rank]["nan_kmeans"] == "points contain NaN or infinite values"
+
+
+def test_bad_ids_raise_on_every_rank(two_ranks):
+    dup = int(_split(1)[0])
+    first = smallest_keys(init_keys(np.arange(250), SEED), K)
+    for rank in (0, 1):
+        within, across, short = two_ranks[rank]["ids"]
+        assert within == f"point ids must be distinct: id {dup} names more than one point"
+        assert across == f"point ids must be distinct across ranks: id {first.min()} names a row on more than one rank"
+    assert two_ranks[1]["ids"][2] == f"{len(_split(1)) - 1} ids for {len(_split(1))} points"
+    assert two_ranks[0]["ids"][2].startswith("another rank's point ids are not")
 
 
 def test_single_process_is_deterministic_and_checks_k():

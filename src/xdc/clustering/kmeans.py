@@ -34,19 +34,21 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20, ids: np.ndarray | 
     faiss would otherwise train on a subsample of 256 points per centroid; DeepCluster clusters all of them.
     The initial centroids are k distinct rows drawn by ``seed``: those whose ``ids`` (distinct non-negative
     integers naming the rows, e.g. video indices; default: row numbers) have the smallest :func:`init_keys`.
-    The draw does not depend on the order of the rows, nor on which process holds them.
+    The draw does not depend on the order of the rows, nor on which process holds them. Duplicate ids are refused
+    (:func:`check_ids`): their rows share a key, and which of them is drawn depended on the order of the rows.
     Clusters that become empty during training are re-seeded by faiss (it splits a large one); ``sizes``
     reports any still empty after the final assignment. faiss stops before ``iters`` once the objective stops
     decreasing (``iterations`` says how many ran).
-    ``ValueError``: k < 2, fewer points than k, points without dimensions (N, 0), non-finite points, ``iters`` < 0.
+    ``ValueError``: k < 2, fewer points than k, points without dimensions (N, 0), non-finite points, ``iters`` < 0,
+    ``ids`` that are not one distinct non-negative integer per point.
     """
     x = _as_points(x)
     n, d = x.shape
     check_k(n, k)
     check_iters(iters)
     check_finite(x)
-    if ids is not None and len(ids) != n:
-        raise ValueError(f"{len(ids)} ids for {n} points")
+    if ids is not None:
+        check_ids(ids, n)
     init = x[smallest_keys(init_keys(np.arange(n) if ids is None else ids, seed), k)]
     km = faiss.Kmeans(
         d, k, niter=iters, seed=seed % 2**31, verbose=False, spherical=False, gpu=faiss.get_num_gpus() > 0,
@@ -87,6 +89,44 @@ def init_keys(ids: np.ndarray, seed: int) -> np.ndarray:
         raise ValueError("point ids must be a 1-D array of non-negative integers")
     key = np.random.SeedSequence([seed % 2**63, 0x6B6D65616E73]).generate_state(1, np.uint64)[0] & MASK63
     return mix63((key + ids.astype(np.uint64)) & MASK63).astype(np.int64)  # a bijection of the id
+
+
+def check_ids(ids: np.ndarray, n: int) -> None:
+    """``ValueError`` unless ``ids`` are ``n`` distinct non-negative integers (1-D); a duplicate is named."""
+    problem = ids_problem(ids, n)
+    if problem is None and (dup := first_duplicate(ids)) is not None:
+        problem = duplicate_message(dup)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def ids_problem(ids: np.ndarray, n: int) -> str | None:
+    """What makes ``ids`` unfit to name ``n`` points, duplicates aside (:func:`first_duplicate`); None: nothing."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids.size and ids.min() < 0):
+        return "point ids must be a 1-D array of non-negative integers"
+    if len(ids) != n:
+        return f"{len(ids)} ids for {n} points"
+    return None
+
+
+def first_duplicate(ids: np.ndarray) -> int | None:
+    """The smallest id that occurs more than once in ``ids`` (1-D integers), or None.
+
+    Ids in increasing order cost one pass of comparisons (a 1-byte mask per id); others a sorted copy: 8 bytes per
+    int64 id, 0.5 GB at 65M ids on a rank, and about 0.4 s per 10M ids on one CPU core (np.unique took 30 times as
+    long).
+    """
+    ids = np.asarray(ids)
+    if ids.size < 2 or (ids[1:] > ids[:-1]).all():
+        return None
+    ids = np.sort(ids)
+    same = ids[1:] == ids[:-1]
+    return int(ids[1 + same.argmax()]) if same.any() else None
+
+
+def duplicate_message(dup: int) -> str:
+    return f"point ids must be distinct: id {dup} names more than one point"
 
 
 def smallest_keys(keys: np.ndarray, k: int) -> np.ndarray:

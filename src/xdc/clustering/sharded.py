@@ -44,7 +44,10 @@ from xdc.clustering.kmeans import (
     check_finite,
     check_iters,
     check_k,
+    duplicate_message,
+    first_duplicate,
     flat_index,
+    ids_problem,
     init_keys,
     smallest_keys,
 )
@@ -109,7 +112,8 @@ def sharded_kmeans(
     ``device``) or ``"auto"`` (:func:`torch_search` decides). Both give the same labels up to float rounding.
 
     ``ValueError``, on every rank: as ``kmeans`` (k < 2, fewer points than k, non-finite points or ``init``,
-    points without dimensions, ``iters`` < 0).
+    points without dimensions, ``iters`` < 0, ``ids`` that are not one distinct non-negative integer per row:
+    duplicates across ranks only where both rows are candidates for the initial centroids, see :func:`_check_ids`).
     """
     if x.ndim != 2:
         raise ValueError(f"points must be a 2-D array (N, d), got shape {x.shape}")
@@ -174,19 +178,50 @@ def _initial_centroids(
 ) -> np.ndarray:  # fmt: skip
     if ids is None:
         ids = int(counts[: ranks.rank].sum()) + np.arange(len(x))
-    if len(ids) != len(x):
-        raise ValueError(f"{len(ids)} ids for {len(x)} rows")
+    _check_ids(ids, len(x), device, ranks)
     keys = init_keys(ids, seed)
     mine = smallest_keys(keys, min(k, len(x)))
-    offered = torch.full((k,), _NO_KEY, dtype=torch.int64, device=device)
-    offered[: mine.size] = torch.from_numpy(keys[mine]).to(device)
-    best = np.sort(torch.cat(ranks.gather(offered)).cpu().numpy())[:k]
+    offered = torch.full((2, k), _NO_KEY, dtype=torch.int64, device=device)  # the candidates' keys, then their ids
+    offered[0, : mine.size] = torch.from_numpy(keys[mine]).to(device)
+    offered[1, : mine.size] = torch.from_numpy(np.asarray(ids)[mine].astype(np.int64)).to(device)
+    candidates = torch.stack(ranks.gather(offered), 1).flatten(1).cpu().numpy()
+    order = np.argsort(candidates[0], kind="stable")
+    keys_in_order = candidates[0, order]
+    # two ranks offering one key (one id) would add both rows into one centroid and leave another zero; every rank
+    # sees the same candidates, so all raise together. Duplicates across ranks outside the candidates go unseen.
+    twice = (keys_in_order[1:] == keys_in_order[:-1]) & (keys_in_order[1:] != _NO_KEY)
+    if twice.any():
+        dup = int(candidates[1, order][1:][twice].min())
+        raise ValueError(f"point ids must be distinct across ranks: id {dup} names a row on more than one rank")
+    best = keys_in_order[:k]
     slot = np.searchsorted(best, keys[mine])  # keys are distinct: a key among the best sits at its own slot
     chosen = slot < k
     chosen[chosen] = best[slot[chosen]] == keys[mine[chosen]]
     buffer = torch.zeros(k, x.shape[1], dtype=torch.float32, device=device)
     buffer[torch.from_numpy(slot[chosen])] = torch.from_numpy(x[mine[chosen]]).to(device)
     return ranks.sum(buffer).cpu().numpy()  # adding zeros is exact: each row arrives unchanged
+
+
+def _check_ids(ids: np.ndarray, n: int, device: torch.device, ranks: Ranks) -> None:
+    """``kmeans``'s check of this rank's ``ids`` for its ``n`` rows (:func:`check_ids`), raised on every rank.
+
+    A rank with bad ids says why; the others say that another rank's ids are bad. Duplicates within a rank are
+    named on every rank (the smallest over the ranks: an all-reduce of two int64). Duplicates across ranks are
+    only caught among the candidates for the initial centroids (:func:`_initial_centroids`): a full check would
+    move every rank's ids.
+    """
+    problem = ids_problem(ids, n)
+    dup = first_duplicate(ids) if problem is None else None
+    none = torch.iinfo(torch.int64).min  # the max of the negated duplicates is the smallest duplicate
+    flags = torch.tensor([int(problem is not None), none if dup is None else -dup], device=device)
+    bad, smallest = ranks.max(flags).tolist()
+    if problem is not None:
+        raise ValueError(problem)
+    if bad:
+        raise ValueError("another rank's point ids are not one distinct non-negative integer per row (its error "
+                         "says which)")  # fmt: skip
+    if smallest != none:
+        raise ValueError(duplicate_message(-smallest))
 
 
 def assemble_labels(
