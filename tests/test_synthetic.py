@@ -227,5 +227,27 @@ def test_cli(tmp_path, capsys):
     assert main(["make-synthetic", str(out), "--videos", "2", "--classes", "2", "--set", "synthetic.fps=8"]) == 0
     assert len(_rows(out / "labels.csv")) == 2 and len(list((out / "videos").iterdir())) == 4
     assert capsys.readouterr().err == (
+        f"WARNING: replaced the earlier dataset of other settings (videos 4 -> 2, seed 1 -> 0) in {out}: a manifest "
+        f"or run made from its clips no longer matches them (xdc index it again; start runs anew)\n"
         f"WARNING: {out / 'videos'} also holds 2 file(s) this run did not write, which labels.csv does not list "
         f"(e.g. 000002.mp4); xdc index of the folder would take them: use a fresh folder\n")  # fmt: skip
+
+
+def test_cli_says_it_replaced_a_dataset_of_other_settings(tmp_path, capsys):
+    """Until 2026-12-02 a make-synthetic of other settings into a folder holding a dataset (a mistyped OUT, say)
+    replaced its clips without a word; the same settings again, or the clips of a folder that lost one, are no news."""
+    out = tmp_path / "data"
+    base = ["make-synthetic", str(out), "--videos", "2", "--classes", "2", "--workers", "1"]
+    assert main([*base, "--seed", "1"]) == 0
+    (out / "videos" / "000001.mp4").unlink()
+    assert main([*base, "--seed", "1"]) == 0  # written again: the same clips
+    assert capsys.readouterr().err == ""
+    assert main([*base, "--seed", "2", "--set", "synthetic.fps=8", "--set", "synthetic.pixel_noise=0"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith("wrote 2 clips")
+    assert printed.err == (
+        f"WARNING: replaced the earlier dataset of other settings (seed 1 -> 2, synthetic.fps 16 -> 8, "
+        f"synthetic.pixel_noise 0.02 -> 0.0) in {out}: a manifest or run made from its clips no longer matches them "
+        f"(xdc index it again; start runs anew)\n")  # fmt: skip
+    assert main([*base, "--seed", "2", "--set", "synthetic.fps=8", "--set", "synthetic.pixel_noise=0"]) == 0
+    assert capsys.readouterr().err == ""  # the same again: nothing written, nothing replaced

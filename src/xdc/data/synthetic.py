@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -387,6 +388,27 @@ def holds_dataset(out: Path, videos: int, classes: int, seed: int, cfg: Syntheti
     except (OSError, ValueError, KeyError, TypeError):  # none, or damaged: written again
         return False
     return len(listed) == videos and all((out / path).is_file() for path in listed)
+
+
+def replaced_settings(out: Path, videos: int, classes: int, seed: int, cfg: SyntheticConfig) -> list[str]:
+    """How the settings of the dataset in ``out`` (its ``SETTINGS``) differ from these, which would replace it:
+    ``["seed 0 -> 1", "synthetic.fps 16 -> 8"]``; ``[]`` where they are the same or unknown (no ``SETTINGS``, as
+    runs before 2026-12-02 left it, or a damaged one). Read it before the run replaces it."""
+    try:
+        earlier = dict(_flat(json.loads((out / SETTINGS).read_text(encoding="utf-8"))))
+    except (OSError, ValueError, AttributeError):  # none, or damaged (AttributeError: JSON but not an object)
+        return []
+    now = _flat(_settings(videos, classes, seed, cfg))
+    return [f"{key} {earlier.get(key, '?')} -> {value}" for key, value in now if earlier.get(key) != value]
+
+
+def _flat(settings: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """(``synthetic.fps``, 16), ... of nested settings."""
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def _settings(videos: int, classes: int, seed: int, cfg: SyntheticConfig) -> dict:
