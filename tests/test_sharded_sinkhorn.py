@@ -51,6 +51,12 @@ def _worker(rank: int, world: int, port: int, cases: dict, out: dict) -> None:
         balance(x, clusters, sharded=True)
     except ValueError as e:  # rank 0's points are finite: it raises too, not left waiting in a collective
         results["inf"] = str(e)
+    ids = _share(rank, len(cases["skewed", False][0]), False)  # x's
+    for bad in (ids[:-1], np.concatenate([ids[:-1], ids[:1]])):  # rank 1's ids short, then one named twice
+        try:
+            balance(x, clusters, ids=bad if rank == 1 else ids, sharded=True)
+        except ValueError as e:  # until 2026-12-02 rank 1 alone raised at a short list, and rank 0 waited
+            results.setdefault("ids", []).append(str(e))
     out[rank] = results
     dist.destroy_process_group()
 
@@ -88,6 +94,15 @@ def test_two_ranks_label_like_one_process(two_ranks, case):
 def test_a_non_finite_point_on_one_rank_raises_on_every_rank(two_ranks):
     for rank in (0, 1):
         assert "scores / epsilon are NaN or infinite" in two_ranks[1][rank]["inf"]
+
+
+def test_bad_ids_on_one_rank_raise_on_every_rank(two_ranks):
+    _, results = two_ranks
+    n = len(_share(1, len(_cases()["skewed"][0]), False))
+    dup = int(_share(1, len(_cases()["skewed"][0]), False)[0])
+    short, twice = f"{n - 1} ids for {n} points", f"point ids must be distinct: id {dup} names more than one point"
+    assert results[1]["ids"] == [short, twice]
+    assert results[0]["ids"][0].startswith("another rank's point ids are not") and results[0]["ids"][1] == twice
 
 
 def test_the_threshold_choice_is_the_sorted_one():
