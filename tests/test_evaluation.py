@@ -1,6 +1,7 @@
 """xdc extract and xdc eval on a real (tiny) pretraining run over generated media."""
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -772,6 +773,58 @@ def test_a_finished_finetuning_is_kept_for_the_same_settings_only(run, tmp_path,
     fewer = items_of(root)[:-1]  # other items: started over too
     finetune(run_dir, "audio", fewer, "full", other, tmp_path, workers=0, state=state)
     assert "made with other settings" in capsys.readouterr().err
+
+
+def _copied_media(root: Path, folder: Path) -> list[Item]:
+    """The run fixture's items, their files copied into ``folder``: a test may change them in place."""
+    folder.mkdir()
+    items = []
+    for item in items_of(root):
+        shutil.copy2(item.path, folder / Path(item.path).name)
+        items.append(dataclasses.replace(item, path=str(folder / Path(item.path).name)))
+    return items
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_finetuning_resumed_after_a_file_changed_in_place_starts_over(run, tmp_path, capsys):
+    """A training file re-encoded under its name between an interrupted finetuning and its resume: the kept
+    checkpoint trained on the old content, so the finetuning starts over with a note naming the files (until
+    2026-12-02 it went on, mixing the old file's training with the new's), and ends as a straight run on the new
+    files does."""
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+    from xdc.training.runlog import RunLog
+
+    class StopAt(RunLog):  # an interruption (as Ctrl-C would) after the checkpoint of batch 2
+        def write(self, kind: str, step: int, **values) -> None:
+            if step == 3:
+                raise _Interrupted
+            super().write(kind, step, **values)
+
+    root, run_dir = run
+    items = _copied_media(root, tmp_path / "media")
+    cfg = FinetuneConfig(epochs=1, batch_size=4, lr=0.05, test_clips=1, checkpoint_every=1)
+    state = tmp_path / "state"
+    with pytest.raises(_Interrupted):
+        finetune(run_dir, "audio", items, "full", cfg, tmp_path / "work", workers=0, state=state,
+                 log=StopAt(tmp_path / "logs"))  # fmt: skip
+    assert (state / "last.pt").exists()
+    train = [item.path for item in items if item.split == "train"]
+    shutil.copyfile(train[1], train[0])  # another sound under the first's name (and label)
+    capsys.readouterr()
+    resumed = finetune(run_dir, "audio", items, "full", cfg, tmp_path / "work", workers=0, state=state)
+    out, err = capsys.readouterr()
+    assert "resuming after batch" not in out
+    assert f"NOTE: {state / 'last.pt'} was made with other settings (what differs: the items' files as probed: " \
+           "size, mtime or status (one changed in place)); starting over" in err
+    straight = finetune(run_dir, "audio", items, "full", cfg, tmp_path / "work", workers=0)
+    assert resumed["epoch_losses"] == straight["epoch_losses"] and resumed["clip_top1"] == straight["clip_top1"]
+    # finished with the same files: kept as it is
+    assert finetune(run_dir, "audio", items, "full", cfg, tmp_path / "work", workers=0, state=state) == resumed
+    assert "finished before with the same settings" in capsys.readouterr().out
 
 
 def _break_after_probe(path: Path) -> None:

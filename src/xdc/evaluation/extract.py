@@ -41,11 +41,12 @@ def items_to_manifest(
 ) -> tuple[Manifest, np.ndarray, list]:
     """Manifest rows for the items that ``modality`` can read; returns (manifest, item index per row, skipped).
     Under torchrun (``ctx``) the ranks share out the probes (``xdc index``'s way) and every rank gets the result."""
-    return _probed(items, probe_cache, modality, ctx)[:3]
+    return probed_items(items, probe_cache, modality, ctx)[:3]
 
 
-def _probed(items: list[Item], probe_cache: Path, modality: str, ctx: Dist | None = None):
-    """``items_to_manifest``'s result and the digest of the items' files as probed (``_files``)."""
+def probed_items(items: list[Item], probe_cache: Path, modality: str, ctx: Dist | None = None):
+    """``items_to_manifest``'s result and the digest of the items' files as probed (``_files``), which the
+    identities of extract's and finetune's kept progress carry."""
     ctx = ctx or Dist()
     listing = probe_cache.with_suffix(".txt")
 
@@ -128,7 +129,7 @@ def extract_features(
                         "each other")  # fmt: skip
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), cfg, modality)
     encoder = place.module(encoder)
-    manifest, item_of_row, skipped, files = _probed(items, out.with_name(out.stem + ".probe.csv"), modality, ctx)
+    manifest, item_of_row, skipped, files = probed_items(items, out.with_name(out.stem + ".probe.csv"), modality, ctx)
     if len(manifest) == 0:
         raise UserError(f"none of the {len(items)} items has a readable {modality} stream")
     dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,), raw_video=True,

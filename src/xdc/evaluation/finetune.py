@@ -15,6 +15,7 @@ gathered on rank 0, which alone writes the checkpoints, the log and the result."
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from pathlib import Path
@@ -36,10 +37,10 @@ from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, split_items
 from xdc.evaluation.device import EvalDevice, pick_device
-from xdc.evaluation.extract import items_to_manifest
+from xdc.evaluation.extract import probed_items
 from xdc.evaluation.metrics import average_by_group, class_results, group_index, topk_accuracy
 from xdc.evaluation.resume import SavedProgress, identity
-from xdc.evaluation.sources import load_source
+from xdc.evaluation.sources import Source, load_source
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.distributed import (
@@ -74,32 +75,18 @@ def finetune(
         raise UserError(f"finetune.batch_size ({cfg.batch_size}) must be a multiple of the {ctx.world_size} ranks")
     source = load_source(run, encoder_name, settings)
     encoder, modality, run_cfg = source.encoder, source.modality, source.cfg
-    saved = None
+    data_cfg = run_cfg.data
+    test_items = split_items(items, "test")
+    train, skipped, test, test_rows, test_skipped, files = _probed(items, work, modality, ctx)
+    saved, made_with = None, None
     if state is not None:  # every rank reads the folder (a resume needs it on every node); rank 0 alone writes
-        # checkpoint_every changes how often progress is kept, not what is computed: a resume may change it
-        computed = {k: v for k, v in config_to_dict(cfg).items() if k != "checkpoint_every"}
-        made = identity(source.weights, run_cfg, items, encoder=encoder_name, mode=mode, finetune=computed, seed=seed)
+        made = _identity(source, encoder_name, items, mode, cfg, seed, files)
+        made_with = _digest(made)
         saved = SavedProgress(state, made, quiet=not ctx.main)
         if (result := saved.result()) is not None:
             if ctx.main:
                 print(f"{name}: finished before with the same settings; its result is kept in {saved.result_path}")
-            return result if ctx.main else None
-    data_cfg = run_cfg.data
-    train_items, test_items = split_items(items, "train"), split_items(items, "test")
-    if not train_items or not test_items:  # before any probe: an empty list of files is not the user's mistake
-        found = sorted({item.split or "none" for item in items})
-        raise UserError(f"finetuning needs items in split 'train' and in split 'test' (their split column); "
-                        f"the dataset's splits: {', '.join(found) or 'no items'}")  # fmt: skip
-    _check_groups(test_items)  # before training: the test averages each group's scores into one prediction
-    _check_apart(train_items, test_items)
-    # probed once, the ranks sharing out the probes, and handed to every rank
-    train, _, skipped = items_to_manifest(train_items, work / "train.probe.csv", modality, ctx)
-    test, test_rows, test_skipped = items_to_manifest(test_items, work / "test.probe.csv", modality, ctx)
-    for split, manifest, unread in (("train", train, skipped), ("test", test, test_skipped)):
-        if len(manifest) == 0:  # every item skipped (a video encoder on an audio dataset): said, with why
-            path, reason = unread[0]
-            raise UserError(f"none of the {len(unread)} {split} items has a readable {modality} stream (the first: "
-                            f"{path}: {reason})")  # fmt: skip
+            return {**result, "made_with": made_with} if ctx.main else None
     classes = train.classes
     if len(classes) < 2:
         raise UserError(f"finetuning needs >= 2 classes among the readable training items, found {len(classes)}")
@@ -250,12 +237,58 @@ def finetune(
         "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)], "source": source.kind,
         "clip": config_to_dict(data_cfg.clip),
         "skipped": [{"path": p, "reason": r} for p, r in failed.items()],
+        **({"made_with": made_with} if made_with is not None else {}),
     }  # fmt: skip
     if log is not None:
         log.write(f"{name}_test", done, top1=result["top1"], top5=result["top5"], clip_top1=result["clip_top1"])
     if saved is not None:
         saved.save_result(result)
     return result
+
+
+def finetune_made_with(source: Source, encoder_name: str, items: list[Item], mode: str, cfg: FinetuneConfig,
+                       work: Path, seed: int = 0, ctx: Dist | None = None) -> str:  # fmt: skip
+    """The digest of what a finetuning of ``items`` with ``source`` (xdc.evaluation.sources) computes, as its
+    result records it (``made_with``): its kept progress's identity, the items' files as probed included (probed
+    as :func:`finetune` probes them, into ``work``). Under torchrun a collective, as the probes are."""
+    *_, files = _probed(items, work, source.modality, ctx or Dist())
+    return _digest(_identity(source, encoder_name, items, mode, cfg, seed, files))
+
+
+def _probed(items: list[Item], work: Path, modality: str, ctx: Dist):
+    """The items of each split checked and probed (into ``work``; once, the ranks sharing out the probes, and handed
+    to every rank): the train manifest and its skipped items, the test manifest, its rows' items and its skipped
+    items, and the digest of both splits' files as probed (xdc extract's: a file changed in place changes it)."""
+    train_items, test_items = split_items(items, "train"), split_items(items, "test")
+    if not train_items or not test_items:  # before any probe: an empty list of files is not the user's mistake
+        found = sorted({item.split or "none" for item in items})
+        raise UserError(f"finetuning needs items in split 'train' and in split 'test' (their split column); "
+                        f"the dataset's splits: {', '.join(found) or 'no items'}")  # fmt: skip
+    _check_groups(test_items)  # before training: the test averages each group's scores into one prediction
+    _check_apart(train_items, test_items)
+    train, _, skipped, train_files = probed_items(train_items, work / "train.probe.csv", modality, ctx)
+    test, test_rows, test_skipped, test_files = probed_items(test_items, work / "test.probe.csv", modality, ctx)
+    for split, manifest, unread in (("train", train, skipped), ("test", test, test_skipped)):
+        if len(manifest) == 0:  # every item skipped (a video encoder on an audio dataset): said, with why
+            path, reason = unread[0]
+            raise UserError(f"none of the {len(unread)} {split} items has a readable {modality} stream (the first: "
+                            f"{path}: {reason})")  # fmt: skip
+    return train, skipped, test, test_rows, test_skipped, [train_files, test_files]
+
+
+def _identity(source: Source, encoder_name: str, items: list[Item], mode: str, cfg: FinetuneConfig, seed: int,
+              files: list[str]) -> str:  # fmt: skip
+    """What kept progress is tied to: the files as probed too, so that a file changed in place (re-encoded or
+    replaced under its name) starts the finetuning over rather than mix the old content's training with the new
+    (until 2026-12-02 it went on). checkpoint_every changes how often progress is kept, not what is computed: a
+    resume may change it."""
+    computed = {k: v for k, v in config_to_dict(cfg).items() if k != "checkpoint_every"}
+    return identity(source.weights, source.cfg, items, encoder=encoder_name, mode=mode, finetune=computed, seed=seed,
+                    files=files)  # fmt: skip
+
+
+def _digest(made: str) -> str:
+    return hashlib.sha256(made.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _mean(values: list[float]) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import shutil
@@ -129,8 +130,25 @@ def read_made_with(path: Path, identity: str) -> tuple[dict | None, str | None]:
     except Exception as e:  # not a whole file: torch's unpickler raises many kinds
         return None, f"{path} cannot be read ({type(e).__name__}: {_why_unreadable(e)})"
     if saved.get("identity") != identity:
-        return None, f"{path} was made with other settings (run, data, items or command options)"
+        return None, f"{path} was made with other settings ({_what_differs(saved.get('identity'), identity)})"
     return saved, None
+
+
+# what the parts of an identity (xdc.evaluation.resume.identity) stand for, where a note names them
+_PARTS = {"weights": "the run's weights", "run": "the run's settings", "items": "the items",
+          "files": "the items' files as probed: size, mtime or status (one changed in place)"}  # fmt: skip
+
+
+def _what_differs(saved, identity: str) -> str:
+    """The parts of two identities (JSON objects, as xdc.evaluation.resume makes them) that differ; for others (or
+    a file of before 2026-12-02 that recorded no files), what may have."""
+    try:
+        a, b = json.loads(saved), json.loads(identity)
+    except (TypeError, ValueError):
+        a = b = None
+    if not (isinstance(a, dict) and isinstance(b, dict)) or "files" not in a:
+        return "run, data, items or command options"
+    return "what differs: " + ", ".join(_PARTS.get(k, k) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k))
 
 
 class KeptParts:
