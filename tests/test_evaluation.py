@@ -827,6 +827,46 @@ def test_a_finetuning_resumed_after_a_file_changed_in_place_starts_over(run, tmp
     assert "finished before with the same settings" in capsys.readouterr().out
 
 
+def _as_they_are(*paths: Path) -> list[tuple[int, bytes]]:
+    return [(path.stat().st_mtime_ns, path.read_bytes()) for path in paths]
+
+
+def test_eval_finetune_run_again_when_finished_writes_nothing(run, tmp_path, capsys):
+    """A finished eval finetune run again with the same weights, items, files and settings finetunes nothing and
+    writes nothing, its result and logs left as they are (until 2026-12-02 it finetuned again, its logs started
+    over); with another setting or a file changed in place it finetunes again, as before."""
+    root, run_dir = run
+    items = _copied_media(root, tmp_path / "media")
+    table, out = tmp_path / "table.csv", tmp_path / "ft.json"
+    write_table(items, table)
+    command = [*_finetune_cli(run_dir, table, out, "fc"), "--set=finetune.epochs=1", "--set=finetune.batch_size=8"]
+    assert main(command) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    logs = tmp_path / "ft.finetune" / "log.jsonl"
+    before = _as_they_are(out, logs)
+    assert main(command) == 0
+    said = capsys.readouterr().out
+    assert said == (f"{out} already holds these results (the same weights, items, files and settings): nothing to "
+                    f"do; remove {out} to run again\n")  # fmt: skip
+    assert _as_they_are(out, logs) == before
+    assert sorted(p.name for p in (tmp_path / "ft.finetune").iterdir()) == ["log.jsonl", "probe", "tb"]
+    # another setting (how often progress is kept: in the record): finetuned again and written again
+    assert main([*command, "--set=finetune.checkpoint_every=2"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    after = _as_they_are(out)
+    assert json.loads(after[0][1])["made_with"] != json.loads(before[0][1])["made_with"]
+    # a test file changed in place (the same name, label and group): finetuned again
+    test = [item.path for item in items if item.split == "test"]
+    shutil.copyfile(test[1], test[0])
+    assert main([*command, "--set=finetune.checkpoint_every=2"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert _as_they_are(out)[0][0] != after[0][0]
+    # a record of another finetuning in --out (or one of before 2026-12-02, with no made_with): finetuned again
+    out.write_text(json.dumps({**json.loads(out.read_text()), "made_with": "another"}))
+    assert main([*command, "--set=finetune.checkpoint_every=2"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
 def _break_after_probe(path: Path) -> None:
     """Its header gone, every read of ``path`` fails; its size and time are kept, so its cached probe stands."""
     kept = path.stat()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -9,7 +10,7 @@ import shutil
 import sys
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,7 +145,8 @@ def eval_finetune(
     result, only the logs stay. Under torchrun (``ctx``) every rank trains and tests its share, and rank 0 alone
     writes and returns the record."""
     from xdc.evaluation.adapters import load_dataset
-    from xdc.evaluation.finetune import finetune
+    from xdc.evaluation.finetune import finetune, finetune_made_with
+    from xdc.evaluation.sources import load_source
     from xdc.training.distributed import Dist
     from xdc.training.runlog import RunLog
 
@@ -152,14 +154,32 @@ def eval_finetune(
     ctx = ctx or Dist()
     splits = [1, 2, 3] if split == "all" else [int(split)] if split else [None]
     folder = finetune_folder(out, dataset)
+    rest = {"dataset": dataset, "data": str(data), "mode": mode, "config": config_to_dict(cfg.finetune),
+            "seed": cfg.seed, "settings": settings or {}}  # what the record says besides its splits' results
+
+    def items_of(number: int | None) -> list:
+        return load_dataset(dataset, data, split=number, **options)
+
+    def made_now() -> str:  # each split's made_with, as finetune records it, and the rest
+        source = load_source(run, encoder, settings)  # once for every split
+        return _made_with([finetune_made_with(source, encoder, items_of(number), mode, cfg.finetune, folder / "probe",
+                                              seed=cfg.seed, ctx=ctx) for number in splits], rest)  # fmt: skip
+
+    # decided before anything is written (the logs of a finished run stay): a result in --out made with all the
+    # same is left as it is (until 2026-12-02 finetuned again and written again)
+    if (earlier := _finished(out, made_now, ctx)) is not None:
+        if ctx.main:
+            print(f"{out} already holds these results (the same weights, items, files and settings): nothing to "
+                  f"do; remove {out} to run again")  # fmt: skip
+        return earlier if ctx.main else None
     states = [folder / (f"split{number}" if number else "train-test") for number in splits]
     if ctx.main and not any(state.exists() for state in states):  # nothing to go on with: earlier logs go
         shutil.rmtree(folder / "tb", ignore_errors=True)
         (folder / "log.jsonl").unlink(missing_ok=True)
     log = RunLog(folder, enabled=ctx.main)
-    rows, skipped = [], []
+    rows, skipped, made = [], [], []
     for number, state in zip(splits, states):
-        items = load_dataset(dataset, data, split=number, **options)
+        items = items_of(number)
         work = folder / "probe"  # the files' probes, for a later run with this --out (until 2026-12-01 in a
         # hidden folder beside --out, named by dataset kind alone)
         result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed, device=device, state=state,
@@ -167,6 +187,7 @@ def eval_finetune(
         if not ctx.main:
             continue
         rows.append({"split": number or "-", **{k: v for k, v in result.items() if k not in _ONCE}})
+        made.append(result)
         skipped += [{"split": number or "-", **skip} for skip in result["skipped"]]
         for skip in result["skipped"][:5]:
             print(f"skipped {skip['path']}: {skip['reason']}")
@@ -178,7 +199,8 @@ def eval_finetune(
     record = {"command": "eval finetune", "run": os.path.abspath(run), "source": result["source"], "clip": result["clip"],
               "settings": settings or {}, "dataset": dataset, "data": str(data), "mode": mode, "splits": rows,
               "mean_top1": float(np.mean([r["top1"] for r in rows])), "config": config_to_dict(cfg.finetune),
-              "seed": cfg.seed, "log": str(folder), "skipped": skipped}  # fmt: skip
+              "seed": cfg.seed, "log": str(folder), "skipped": skipped,
+              "made_with": _made_with([r["made_with"] for r in made], rest)}  # fmt: skip
     table = [{k: v for k, v in _numbers(row).items() if k != "epoch_losses"} for row in rows]  # the JSON has them
     table += [{"split": "mean", "top1": record["mean_top1"]}] if len(rows) > 1 else []
     worst = [line for row in rows if row.get("per_class")  # a split's result kept from before 2026-12-02 has none
@@ -189,7 +211,33 @@ def eval_finetune(
     return emitted
 
 
-_ONCE = ("skipped", "source", "clip")  # of a split's result: not in its row (listed apart, or the same for all)
+_ONCE = ("skipped", "source", "clip", "made_with")  # of a split's result: not in its row (listed apart, or the same
+# for all, or in the record's made_with)
+
+
+def _made_with(splits: list[str], rest: dict) -> str:
+    """The digest of what made a record of eval finetune: each split's (``made_with`` of
+    xdc.evaluation.finetune: weights, items, files as probed, settings) and the rest the record says."""
+    made = json.dumps({"splits": splits, **rest}, sort_keys=True, default=str)
+    return hashlib.sha256(made.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _finished(out: Path | None, made_now: Callable[[], str], ctx: Dist) -> dict | None:
+    """The record in ``out`` of an eval finetune whose made_with is ``made_now()``'s, else None (a record of
+    before 2026-12-02 records none: finetuned again once). Rank 0 reads ``out``; where it holds such a record every
+    rank calls ``made_now`` (the probes it needs are collectives under torchrun)."""
+    from xdc.training.distributed import broadcast_object, on_main
+
+    def read() -> dict | None:
+        try:
+            saved = json.loads(out.read_text(encoding="utf-8", errors="surrogateescape"))
+        except Exception:  # missing, empty or unreadable: finetuned as before
+            return None
+        ours = isinstance(saved, dict) and saved.get("command") == "eval finetune" and "made_with" in saved
+        return saved if ours else None
+
+    earlier = broadcast_object(on_main(read, ctx), ctx) if out is not None else None
+    return earlier if earlier is not None and earlier["made_with"] == made_now() else None
 
 
 def finetune_folder(out: Path | None, dataset: str) -> Path:
