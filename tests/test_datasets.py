@@ -1,21 +1,24 @@
 """Datasets over generated media: clip sampling, missing-audio policy, failure handling through a real loader."""
 
 import csv
+import os
+import shutil
 import subprocess
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import gray_frames
+from conftest import gray_frames, synthetic_manifest
 from xdc.config import DataConfig
 from xdc.data.datasets import EvalClips, TrainClips, collate_clips, make_loader, with_waits
 from xdc.data.encode import write_av
 from xdc.data.failures import FailureLog, TooManyFailures
-from xdc.data.manifest import Manifest, read_videos, run_videos, write_videos
+from xdc.data.manifest import Manifest, read_rows, read_videos, run_videos, write_rows, write_videos
 from xdc.data.transforms import VIDEO_STD, DeviceCrops, NormalizeVideo
 from xdc.errors import UserError
 
@@ -384,3 +387,95 @@ def test_the_fork_server_has_imported_torch_and_the_decoder_before_it_forks_load
     where it is forked from a server that has (BENCHMARKS.md: xdc demo 134 s, against fork's 37; now 46)."""
     done = subprocess.run([sys.executable, "-c", FORK_SERVER], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
+
+
+def _clips(manifest: Manifest, log: FailureLog | None = None) -> tuple[dict, list]:
+    """A pass of two clips per video through a loader: the clips' pictures by (video, clip) and the failure records;
+    the batches counted into ``log``."""
+    loader = make_loader(EvalClips(manifest, small_cfg(), clips=2), batch_size=4, workers=0)
+    clips, failures = {}, []
+    for batch in loader:
+        if log is not None:
+            log.update(batch)
+        failures += batch["failures"]
+        if "clip" in batch:
+            places = zip(batch["index"].tolist(), batch["clip"].tolist())
+            clips.update({place: video for place, video in zip(places, batch["video"])})
+    return clips, failures
+
+
+def test_a_file_replaced_since_indexing_fails_with_a_reason_and_is_listed(tmp_path, monkeypatch):
+    """A file replaced in place after xdc index (another clip, of another class, as make-synthetic writes into the
+    same folder with other settings) was read with the indexed file's duration and label, unsaid, until
+    2026-12-02: now its size, unlike the indexed one, fails its items, and the other files read as before."""
+    from xdc.data import decode
+
+    manifest = Manifest.load(synthetic_manifest(tmp_path, 6, 2, seed=0))
+    assert manifest.sizes.dtype == np.int64 and (manifest.sizes > 0).all()
+    before, _ = _clips(manifest)
+    replaced, other = manifest.path(2), manifest.path(3)
+    old, new = os.path.getsize(replaced), os.path.getsize(other)
+    assert old == manifest.sizes[2] and old != new
+    with open(replaced, "r+b") as f:  # in place: the same file (inode), other bytes
+        f.truncate(0)
+        f.write(Path(other).read_bytes())
+    reason = f"its size changed since xdc index ({old} -> {new} bytes): run xdc index again"
+    log = FailureLog(max_fraction=0.5, min_items=1)
+    after, failures = _clips(manifest, log)
+    assert [(f["index"], f["path"], f["reason"]) for f in failures] == [(2, replaced, reason)] * 2
+    assert after.keys() == before.keys() - {(2, 0), (2, 1)}
+    assert all(torch.equal(after[key], before[key]) for key in after)  # the other files' clips as before
+    log.save(tmp_path / "skipped.csv")
+    assert list(csv.reader(open(tmp_path / "skipped.csv"))) == [["path", "failures", "reason"], [replaced, "2", reason]]
+    opened = []
+    real_open = decode._open
+    monkeypatch.setattr(decode, "_open", lambda path: opened.append(path) or real_open(path))
+    item = TrainClips(manifest, small_cfg(retries=3))[(2, 5)]  # a training item: no other window of it is tried
+    assert item["failure"]["reason"] == reason and opened == [replaced]
+
+
+def test_a_collection_copied_with_new_mtimes_reads_as_before(tmp_path):
+    """cp or rsync without -t (to node-local scratch, another machine) gives every file a new mtime and the same
+    bytes: no file fails, as it would if the check compared mtimes."""
+    path = synthetic_manifest(tmp_path, 6, 2, seed=0)
+    manifest = Manifest.load(path)
+    before, _ = _clips(manifest)
+    data = tmp_path / "data"
+    shutil.copytree(data, tmp_path / "copy", copy_function=shutil.copyfile)  # new files, mtimes of now
+    shutil.rmtree(data)
+    (tmp_path / "copy").rename(data)
+    later = time.time() + 86_400
+    for i in range(len(manifest)):
+        os.utime(manifest.path(i), (later, later))
+    assert all(int(r["mtime"].replace(".", "")) != os.stat(r["path"]).st_mtime_ns for r in read_rows(path))
+    log = FailureLog(max_fraction=0.0, min_items=1)
+    after, failures = _clips(manifest, log)
+    assert failures == [] and log.failed == 0 and after.keys() == before.keys()
+    assert all(torch.equal(after[key], clip) for key, clip in before.items())
+
+
+def test_a_manifest_without_sizes_reads_the_files_unchecked(tmp_path):
+    """Manifests written before the size column, rows whose size is empty, and runs whose videos/ were saved before
+    2026-12-02 are not checked; a size that is not a whole number of bytes is named."""
+    path = synthetic_manifest(tmp_path, 3, 2, seed=0)
+    rows = read_rows(path)
+    rows[1]["size"] = ""
+    rows[2]["size"] = rows[2]["size"] + ".0"  # pandas' way with a column that has gaps
+    write_rows(path, rows)
+    manifest = Manifest.load(path)
+    assert manifest.sizes.tolist() == [int(rows[0]["size"]), -1, int(rows[2]["size"][:-2])]
+    with open(manifest.path(1), "ab") as f:
+        f.write(b"\0" * 100)  # trailing bytes: the file still decodes
+    assert _clips(manifest)[1] == []
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join(",".join(line.split(",")[:12]) for line in path.read_text().splitlines()) + "\n")
+    assert (Manifest.load(old).sizes == -1).all()
+    manifest.save(tmp_path / "videos")
+    (tmp_path / "videos" / "sizes.npy").unlink()  # a run's videos/ saved before sizes were kept
+    opened = Manifest.open(tmp_path / "videos")
+    assert opened.sizes.tolist() == [-1, -1, -1] and opened.paths.tolist() == manifest.paths.tolist()
+    assert run_videos(tmp_path) is not None
+    rows[0]["size"] = "12kB"
+    write_rows(path, rows)
+    with pytest.raises(UserError, match=r"line 2: size '12kB' is not a whole number of bytes"):
+        Manifest.load(path)

@@ -696,6 +696,27 @@ def test_a_broken_file_is_skipped_and_listed(manifest, tmp_path, capsys):
     assert labels["video"][-1] == -1 and (labels["video"][:-1] >= 0).all()  # no features, no label, never drawn
 
 
+def test_a_file_replaced_since_indexing_is_skipped_and_listed_with_its_sizes(manifest, tmp_path):
+    """The collection copied elsewhere (new mtimes, the same bytes: no file fails), then one file replaced in place by
+    another clip: until 2026-12-02 the run trained on it with the indexed file's duration and label, unsaid."""
+    data = tmp_path / "data"
+    shutil.copytree(manifest.parent / "data", data, copy_function=shutil.copyfile)
+    copied = tmp_path / "manifest.csv"
+    copied.write_text(manifest.read_text().replace(str(manifest.parent / "data"), str(data)))
+    rows = read_rows(copied)
+    replaced, other = rows[5]["path"], rows[6]["path"]
+    assert rows[5]["size"] != rows[6]["size"]
+    Path(replaced).write_bytes(Path(other).read_bytes())  # truncated and written: the same file, other bytes
+    reason = (f"its size changed since xdc index ({rows[5]['size']} -> {rows[6]['size']} bytes): run xdc index "
+              "again")  # fmt: skip
+    pretrain(cfg_for("xdc", "train.rounds=1", "data.max_fail_fraction=0.3"), copied, tmp_path / "run", resume=False,
+             ctx=Dist())  # fmt: skip
+    listed = list(csv.DictReader((tmp_path / "run" / "skipped.csv").open()))
+    assert [(row["path"], row["reason"]) for row in listed] == [(replaced, reason)]
+    labels = np.load(tmp_path / "run" / "labels" / "round_000.npz")["video"]
+    assert labels[5] == -1 and (np.delete(labels, 5) >= 0).all()  # no features, no pseudo-label
+
+
 def test_a_run_stopped_by_too_many_failures_lists_every_failed_file(manifest, tmp_path):
     """The message names the last file that failed; until 2026-12-01 the others were listed nowhere."""
     broken, junk = _with_a_broken_file(manifest, tmp_path)

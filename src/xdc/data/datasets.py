@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate, get_w
 
 from xdc.config import DataConfig
 from xdc.data.clip_cache import ClipCache
-from xdc.data.decode import Clip, DecodeError, read_clips
+from xdc.data.decode import Clip, DecodeError, FileChanged, read_clips
 from xdc.data.manifest import Manifest
 from xdc.data.preload import preload_fork_server
 from xdc.data.transforms import AudioTransform, VideoTransform
@@ -105,8 +105,10 @@ class _ClipDataset(Dataset):
         offset, audio = self.manifest.offsets[i], self.audio and bool(self.manifest.has_audio[i])
         if not (self.video or audio):  # audio alone of a file without sound: its zeros need no reading
             return [Clip(video=None, audio=None, start=offset + start) for start in starts]
+        # its size as indexed, checked against the file that is opened: one replaced since fails, not read with the
+        # old one's duration and label
         return read_clips(self.manifest.path(i), [offset + start for start in starts], self.cfg.clip, video=self.video,
-                          audio=audio)  # fmt: skip
+                          audio=audio, size=int(self.manifest.sizes[i]))  # fmt: skip
 
     def _item(self, i: int, start: float, clip: Clip) -> dict:
         item = {"index": i, "start": float(start), "label": int(self.manifest.labels[i])}
@@ -184,6 +186,9 @@ class TrainClips(_ClipDataset):
                 start = rng.uniform(0.0, self.latest_start(i))
                 try:
                     return self._load(i, start)
+                except FileChanged as e:  # not the file indexed: no other window of it is any better
+                    reason = str(e)
+                    break
                 except DecodeError as e:
                     reason = str(e)
         return self._failure(i, start, reason)

@@ -39,6 +39,24 @@ class DecodeError(Exception):
     """A file (or a window of it) could not be decoded; the message is a one-line reason."""
 
 
+class FileChanged(DecodeError):
+    """The file opened is not the one indexed: its size differs from the manifest's. No other window of it is tried."""
+
+
+def check_size(container, indexed: int | None) -> None:
+    """Raise :class:`FileChanged` where the open ``container``'s file is not ``indexed`` bytes long (None or below 0:
+    unknown, not checked). The size FFmpeg takes from the open file (an fstat: no second look-up of the path, which
+    on a network file system is a round trip), not the mtime: a collection copied to node-local scratch or another
+    machine (cp, rsync without -t) gets new mtimes and the same bytes, while a file of another size is certainly not
+    the one indexed (replaced, re-encoded, a dataset made again in its folder), whose duration and label would be
+    used with the new content."""
+    if indexed is None or indexed < 0:
+        return
+    size = container.size
+    if size >= 0 and size != indexed:  # below 0: FFmpeg cannot tell (not a plain file)
+        raise FileChanged(f"its size changed since xdc index ({indexed} -> {size} bytes): run xdc index again")
+
+
 @dataclass
 class Clip:
     video: np.ndarray | None  # uint8, T x H x W x 3, as displayed: square pixels, upright (rotation applied)
@@ -68,21 +86,22 @@ def displayed_width(width: int, sar: Fraction | None) -> int:
 
 
 def read_clip(
-    path: str, start: float, spec: ClipConfig, video: bool = True, audio: bool = True, threads: int = 1
+    path: str, start: float, spec: ClipConfig, video: bool = True, audio: bool = True, threads: int = 1,
+    size: int | None = None,
 ) -> Clip:
     """Read ``spec.frames`` frames at ``spec.fps`` and ``spec.audio_span`` seconds of audio from ``start``.
 
     ``threads`` is the video decoder's and frame converter's thread count (0: as many as cores): 1 suits loader
-    workers, which parallelise across clips.
+    workers, which parallelise across clips. ``size``: the file's bytes as indexed (``check_size``).
     Raises :class:`DecodeError` with a one-line reason for any failure of the file.
     """
     try:
-        with _open(path) as container:
+        with _open_checked(path, size) as container:
             try:
                 return _read(container, start, spec, video, audio, threads, used=False)
             except _SeeksLate:
                 pass
-        with _open(path) as container:
+        with _open_checked(path, size) as container:
             return _read(container, start, spec, video, audio, threads, used=False, seek=False)
     except DecodeError:
         raise
@@ -91,21 +110,25 @@ def read_clip(
 
 
 def read_clips(
-    path: str, starts: list[float], spec: ClipConfig, video: bool = True, audio: bool = True, threads: int = 1
+    path: str, starts: list[float], spec: ClipConfig, video: bool = True, audio: bool = True, threads: int = 1,
+    size: int | None = None,
 ) -> list[Clip | DecodeError]:
     """``read_clip`` at each of ``starts``, opening the file once: for the clips of one video in an evaluation,
     where opening a prepared copy is about a third of reading a clip's frames. Each start gets its clip, or the
     DecodeError that ``read_clip`` would raise there: a clip that fails reopens the file for the next one, whose
     decoders then start as ``read_clip``'s do, and a file that does not open fails the rest with one try. Only
     video-only reads share the open file: the pictures are those of ``read_clip`` (bit for bit on 1,643 files,
-    prepared and not: BENCHMARKS.md), the sound would not be."""
+    prepared and not: BENCHMARKS.md), the sound would not be. A file not of the indexed ``size`` fails every clip
+    at its first open (``check_size``)."""
     clips: list[Clip | DecodeError] = []
     container = None
     try:
         for n, start in enumerate(starts):
             if container is None:
                 try:
-                    container, used = _open(path), False
+                    container, used = _open_checked(path, size), False
+                except FileChanged as e:
+                    return clips + [e] * (len(starts) - n)
                 except Exception as e:  # a file that does not open fails every clip: not opened once per clip
                     return clips + [DecodeError(_reason(e))] * (len(starts) - n)
             try:
@@ -113,7 +136,7 @@ def read_clips(
                     clip = _read(container, start, spec, video, audio, threads, used)
                 except _SeeksLate:  # as read_clip: from a new open, without a seek
                     container.close()
-                    container = _open(path)
+                    container = _open_checked(path, size)
                     clip = _read(container, start, spec, video, audio, threads, used=False, seek=False)
                 clips.append(clip)
                 used = True
@@ -136,6 +159,17 @@ def read_clips(
 # opening a prepared copy takes). A file that is not what its extension says fails that open and is probed.
 _DEMUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "matroska"}
 TIMED_DEMUXERS = {"mov", "mp4", "matroska", "webm"}  # each packet carries its picture's presentation time
+
+
+def _open_checked(path: str, size: int | None):
+    """The file opened, its size checked against ``size`` (``check_size``)."""
+    container = _open(path)
+    try:
+        check_size(container, size)
+    except FileChanged:
+        container.close()
+        raise
+    return container
 
 
 def _open(path: str):

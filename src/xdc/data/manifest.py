@@ -162,6 +162,14 @@ class Manifest:
     has_video: np.ndarray  # bool: False for audio-only files (wav, flac, ...)
     labels: np.ndarray  # int32 index into ``classes``, -1 where unlabelled
     classes: tuple[str, ...]
+    # int64 bytes of each file as indexed, -1 where unknown (a manifest without the column, an empty cell, a run's
+    # videos/ saved before 2026-12-02): the readers compare it with the file they open (``read_clips``' size).
+    # None: unknown for every row, as one read-only -1 that holds no memory per video.
+    sizes: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.sizes is None:
+            self.sizes = unknown_sizes(len(self.paths))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -193,7 +201,11 @@ class Manifest:
         """A manifest written by :meth:`save`, its arrays memory-mapped read-only: every process that opens the
         folder (the ranks of a node, their loader workers) shares one copy in the page cache."""
         folder = Path(folder)
-        arrays = {field: np.load(folder / f"{field}.npy", mmap_mode="r") for field in _ARRAYS}
+        arrays = {field: np.load(folder / f"{field}.npy", mmap_mode="r") for field in _ARRAYS if field != "sizes"}
+        try:
+            arrays["sizes"] = np.load(folder / "sizes.npy", mmap_mode="r")
+        except FileNotFoundError:  # saved before 2026-12-02: the files are not checked
+            pass
         return cls(**arrays, classes=tuple(json.loads((folder / "classes.json").read_text())))
 
     @classmethod
@@ -241,8 +253,8 @@ class Manifest:
         return manifest
 
 
-_ARRAYS = ("paths", "durations", "offsets", "has_audio", "has_video", "labels")
-_READ = ("path", "status", "duration_s", "has_audio", "width", "label")  # what a Manifest keeps of a row
+_ARRAYS = ("paths", "durations", "offsets", "has_audio", "has_video", "labels", "sizes")
+_READ = ("path", "status", "duration_s", "has_audio", "width", "label", "size")  # what a Manifest keeps of a row
 _REQUIRED = ("path", "status", "duration_s", "has_audio")
 _CHUNK_ROWS = 1024  # rows parsed at a time: small lists stay in cache (1.3 s per million rows here; 2.5 s at 65,536)
 # Parsed chunks are joined into blocks of megabytes, which the allocator maps and unmaps whole: the heap that
@@ -263,8 +275,13 @@ def _counted(lines, bar):
     bar.refresh()
 
 
+def unknown_sizes(n: int) -> np.ndarray:
+    """``n`` sizes of -1 (unknown: not checked), read-only, in the memory of one."""
+    return np.broadcast_to(np.int64(-1), (n,))
+
+
 def _columns(path: Path, header: list[str]) -> dict[str, int]:
-    """Position of each column of _READ in ``header``; width and label may be absent (then read as "")."""
+    """Position of each column of _READ in ``header``; width, label and size may be absent (then read as "")."""
     missing = set(_REQUIRED) - set(header)
     if missing:
         raise UserError(f"{path} is not an xdc manifest (missing columns: {', '.join(sorted(missing))})")
@@ -298,6 +315,7 @@ def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, .
         has_video=_numbers(column("width", "1"), keep, "width") > 0,
         labels=np.array([codes.setdefault(labels[i], len(codes)) if labels[i] else -1 for i in pick], dtype=np.int32),
         classes=(),
+        sizes=_sizes(column("size", ""), keep),
     )
 
 
@@ -306,7 +324,7 @@ class _NotANumber(ValueError):
 
     def __init__(self, column: str, row: int, cell: str, meant: str = "a finite number"):
         super().__init__(f"{column} {cell!r} is not {meant}")
-        self.row = row
+        self.row, self.cell = row, cell
 
 
 _TRUE, _FALSE = ("1", "true", "True", "TRUE", "1.0"), ("0", "false", "False", "FALSE", "0.0")
@@ -340,6 +358,26 @@ def _numbers(cells: list[str], rows: np.ndarray, column: str) -> np.ndarray:
         first = int(np.flatnonzero(~np.isfinite(numbers))[0])
         raise _NotANumber(column, int(rows[first]), picked[first])
     return numbers
+
+
+def _sizes(cells: list[str], rows: np.ndarray) -> np.ndarray:
+    """The cells of ``rows`` as int64 bytes, -1 where empty (not checked); _NotANumber names one that is not a
+    whole number of bytes (pandas writes 1234.0 for a column with gaps: taken)."""
+    picked = [cells[i] for i in rows.tolist()]
+    given = np.array([bool(c.strip()) for c in picked], dtype=bool)
+    sizes = np.full(len(picked), -1, dtype=np.int64)
+    if given.any():
+        where = np.flatnonzero(given)
+        try:
+            numbers = _numbers([picked[i] for i in where.tolist()], rows[where], "size")
+        except _NotANumber as e:
+            raise _NotANumber("size", e.row, e.cell, "a whole number of bytes") from None
+        bad = (numbers < 0) | (numbers != np.floor(numbers)) | (numbers >= 2.0**63)
+        if bad.any():
+            first = int(where[np.flatnonzero(bad)[0]])
+            raise _NotANumber("size", int(rows[first]), picked[first], "a whole number of bytes")
+        sizes[where] = numbers.astype(np.int64)
+    return sizes
 
 
 def _join(parts: list[Manifest], codes: dict[str, int]) -> Manifest:
