@@ -479,3 +479,7 @@ def test_a_manifest_without_sizes_reads_the_files_unchecked(tmp_path):
     write_rows(path, rows)
     with pytest.raises(UserError, match=r"line 2: size '12kB' is not a whole number of bytes"):
         Manifest.load(path)
+    rows[0]["size"], rows[2]["size"] = "", "-5"
+    write_rows(path, rows)
+    with pytest.raises(UserError, match=r"line 4: size '-5' is not a whole number of bytes"):
+        Manifest.load(path)

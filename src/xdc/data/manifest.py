@@ -363,20 +363,18 @@ def _numbers(cells: list[str], rows: np.ndarray, column: str) -> np.ndarray:
 def _sizes(cells: list[str], rows: np.ndarray) -> np.ndarray:
     """The cells of ``rows`` as int64 bytes, -1 where empty (not checked); _NotANumber names one that is not a
     whole number of bytes (pandas writes 1234.0 for a column with gaps: taken)."""
-    picked = [cells[i] for i in rows.tolist()]
-    given = np.array([bool(c.strip()) for c in picked], dtype=bool)
+    picked = cells if len(rows) == len(cells) else [cells[i] for i in rows.tolist()]
+    where = rows if all(picked) else rows[np.array([bool(c) for c in picked], dtype=bool)]  # most often every row
     sizes = np.full(len(picked), -1, dtype=np.int64)
-    if given.any():
-        where = np.flatnonzero(given)
-        try:
-            numbers = _numbers([picked[i] for i in where.tolist()], rows[where], "size")
-        except _NotANumber as e:
-            raise _NotANumber("size", e.row, e.cell, "a whole number of bytes") from None
-        bad = (numbers < 0) | (numbers != np.floor(numbers)) | (numbers >= 2.0**63)
-        if bad.any():
-            first = int(where[np.flatnonzero(bad)[0]])
-            raise _NotANumber("size", int(rows[first]), picked[first], "a whole number of bytes")
-        sizes[where] = numbers.astype(np.int64)
+    try:
+        numbers = _numbers(cells, where, "size")
+    except _NotANumber as e:
+        raise _NotANumber("size", e.row, e.cell, "a whole number of bytes") from None
+    bad = (numbers < 0) | (numbers != np.floor(numbers)) | (numbers >= 2.0**63)
+    if bad.any():
+        first = int(where[np.flatnonzero(bad)[0]])
+        raise _NotANumber("size", first, cells[first], "a whole number of bytes")
+    sizes[np.searchsorted(rows, where)] = numbers.astype(np.int64)
     return sizes
 
 
