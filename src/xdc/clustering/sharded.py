@@ -113,7 +113,8 @@ def sharded_kmeans(
 
     ``ValueError``, on every rank: as ``kmeans`` (k < 2, fewer points than k, non-finite points or ``init``,
     points without dimensions, ``iters`` < 0, ``ids`` that are not one distinct non-negative integer per row:
-    duplicates across ranks only where both rows are candidates for the initial centroids, see :func:`_check_ids`).
+    duplicates across ranks only where both rows are candidates for the initial centroids, see
+    :func:`check_ids_on_ranks`).
     """
     if x.ndim != 2:
         raise ValueError(f"points must be a 2-D array (N, d), got shape {x.shape}")
@@ -178,7 +179,7 @@ def _initial_centroids(
 ) -> np.ndarray:  # fmt: skip
     if ids is None:
         ids = int(counts[: ranks.rank].sum()) + np.arange(len(x))
-    _check_ids(ids, len(x), device, ranks)
+    check_ids_on_ranks(ids, len(x), device, ranks)
     keys = init_keys(ids, seed)
     mine = smallest_keys(keys, min(k, len(x)))
     offered = torch.full((2, k), _NO_KEY, dtype=torch.int64, device=device)  # the candidates' keys, then their ids
@@ -202,7 +203,7 @@ def _initial_centroids(
     return ranks.sum(buffer).cpu().numpy()  # adding zeros is exact: each row arrives unchanged
 
 
-def _check_ids(ids: np.ndarray, n: int, device: torch.device, ranks: Ranks) -> None:
+def check_ids_on_ranks(ids: np.ndarray, n: int, device: torch.device, ranks: Ranks) -> None:
     """``kmeans``'s check of this rank's ``ids`` for its ``n`` rows (:func:`check_ids`), raised on every rank.
 
     A rank with bad ids says why; the others say that another rank's ids are bad. Duplicates within a rank are

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from xdc.clustering.kmeans import KMeansResult, kmeans
-from xdc.clustering.sharded import Ranks, _check_ids
+from xdc.clustering.sharded import Ranks, check_ids_on_ranks
 
 BLOCK_ROWS = 16_384  # rows per block of the passes over N x K: temporaries of BLOCK_ROWS x K, not N x K
 
@@ -81,7 +81,7 @@ def balance(
     counts = ranks.counts(len(x))  # points per rank
     if ids is None:
         ids = int(counts[: ranks.rank].sum()) + np.arange(len(x))
-    _check_ids(np.asarray(ids), len(x), ranks.device, ranks.ranks)  # k-means' check, raised on every rank alike
+    check_ids_on_ranks(np.asarray(ids), len(x), ranks.device, ranks.ranks)  # k-means' check, on every rank alike
     if not counts.sum() or not k:  # the same numbers on every rank: every rank raises
         raise ValueError(f"balance needs points and centroids, got {int(counts.sum())} points and {k} centroids")
     ids = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device)
