@@ -385,6 +385,7 @@ def test_dcase2013_scene_folders_labels_from_file_names_and_splits(tmp_path):
     assert len(test) == 6 and {i.split for i in test} == {""}
 
 
+
 @pytest.mark.parametrize("name, message", [
     ("scenes_stereo/bus.wav", r"scenes_stereo/bus.wav: not a DCASE2013 scene file name \(<scene><number>.wav"),
     ("scenes_stereo/bus_01.flac", r"bus_01.flac: not a DCASE2013 scene file name"),
@@ -542,6 +543,113 @@ def test_dcase_tau_archive_errors(tmp_path):
     (setup / "fold1_train.txt").unlink()
     (root / "audio" / "bus-lyon-1-43-s2.wav").unlink()  # in neither list: not missing
     assert len(load_dataset("dcase", root)) == 4
+
+
+TAU_AV_FILES = {  # recording -> (scene, split); the last is in neither list (left out, as in TAU 2019/2020)
+    "airport-lisbon-1175-44106": ("airport", "train"), "bus-lyon-1001-40001": ("bus", "train"),
+    "airport-prague-1002-40002": ("airport", "test"), "bus-milan-1003-40003": ("bus", "test"),
+    "park-vienna-1004-40004": ("park", None),
+}  # fmt: skip
+TAU_AV_HEADER = "filename_audio\tfilename_video\tscene_label\tidentifier"
+
+
+def _tau_av(root: Path, video: bool = True) -> Path:
+    """A TAU Urban Audio-Visual Scenes 2021 development archive: audio/*.wav, video/*.mp4 (or, with ``video``
+    false, its audio download only), meta.csv and one fold; lists with a header, a file of each modality a line."""
+    rows = {"train": [TAU_AV_HEADER], "test": [TAU_AV_HEADER]}
+    meta = [TAU_AV_HEADER]
+    for name, (scene, split) in TAU_AV_FILES.items():
+        _touch(root / "audio" / f"{name}.wav")
+        if video:
+            _touch(root / "video" / f"{name}.mp4")
+        row = f"audio/{name}.wav\tvideo/{name}.mp4\t{scene}\t{'-'.join(name.split('-')[1:3])}"
+        meta.append(row)
+        if split:
+            rows[split].append(row)
+    _write(root / "meta.csv", "\n".join(meta) + "\n")
+    setup = root / "evaluation_setup"
+    _write(setup / "fold1_train.csv", "\n".join(rows["train"]) + "\n")
+    _write(setup / "fold1_evaluate.csv", "\n".join(rows["test"]) + "\n")
+    tested = ["\t".join(r.split("\t")[:2]) for r in rows["test"]]  # filenames only
+    _write(setup / "fold1_test.csv", "\n".join(["filename_audio\tfilename_video", *tested[1:]]) + "\n")
+    return _real_media(root)
+
+
+def test_dcase_tau_audio_visual_archive_gives_the_files_of_the_encoders_modality(tmp_path):
+    """Until 2026-12-02 refused ("expected '<audio file><TAB><scene label>'" on the header): the audio encoder is
+    scored on filename_audio, the video encoder on filename_video, with the labels and split of each line."""
+    root = _tau_av(tmp_path / "TAU-urban-audio-visual-scenes-2021-development")
+    listed = {name: scene_split for name, scene_split in TAU_AV_FILES.items() if scene_split[1]}
+    for modality, folder, suffix in (("audio", "audio", ".wav"), ("video", "video", ".mp4")):
+        items = load_dataset("dcase", root, modality=modality)
+        assert {Path(i.path).stem: (i.label, i.split) for i in items} == listed
+        assert all(Path(i.path).parent == (root / folder).resolve() and i.path.endswith(suffix) for i in items)
+        assert {(i.fold, i.start_s, i.end_s) for i in items} == {(0, 0.0, 0.0)}
+        assert all(i.group == i.path for i in items)
+        assert Counter(i.split for i in items) == {"train": 2, "test": 2} and classes(items) == ["airport", "bus"]
+    with _raises(r"fold1_evaluate.csv lists a file of each modality \(filename_audio, filename_video\): give "
+                 r"modality='audio' or 'video' to say which the items are") as e:  # fmt: skip
+        load_dataset("dcase", root)
+    _one_line(e)
+    with _raises("modality must be 'video' or 'audio', got 'sound'"):
+        load_dataset("dcase", root, modality="sound")
+
+
+def test_dcase_tau_audio_visual_archive_checks_the_files_of_one_modality(tmp_path):
+    """The audio and the video come as separate downloads: the audio encoder needs no video/ (and the reverse)."""
+    root = _tau_av(tmp_path / "tau-av", video=False)
+    assert len(load_dataset("dcase", root, modality="audio")) == 4
+    with _raises(r"4 of 4 files listed in the fold lists of \S*tau-av/evaluation_setup not found, the first: "
+                 r"\S*tau-av/video/airport-lisbon-1175-44106.mp4 \(option missing='skip' drops them\)") as e:
+        load_dataset("dcase", root, modality="video")
+    _one_line(e)
+    _real_media(_touch(root / "video" / "bus-milan-1003-40003.mp4").parent)
+    with pytest.warns(UserWarning, match="3 of 4 files .* dropped"):
+        items = load_dataset("dcase", root, modality="video", missing="skip")
+    assert [(Path(i.path).name, i.split) for i in items] == [("bus-milan-1003-40003.mp4", "test")]
+
+
+def test_dcase_tau_audio_visual_archive_errors(tmp_path):
+    root = _tau_av(tmp_path / "tau-av")
+    setup = root / "evaluation_setup"
+    train = (setup / "fold1_train.csv").read_text()
+    lines = train.splitlines()
+    for bad, message in [
+        (f"{TAU_AV_HEADER}\n{lines[1]}\naudio/a.wav\t\tbus\tlyon-1\n",  # no video file
+         r"fold1_train.csv line 3: expected a media file under filename_video and a scene_label, got "
+         r"'audio/a.wav\\t\\tbus\\tlyon-1'"),
+        (f"{TAU_AV_HEADER}\n{lines[1]}\naudio/a.wav\tvideo/a.mp4\n",  # no label
+         r"fold1_train.csv line 3: expected a media file under filename_video and a scene_label"),
+        ("airport-lisbon.wav\tairport\n",  # no header: read as TUT's file-label lines, the others are not
+         r"fold1_evaluate.csv lists a file of each modality \(filename_audio, filename_video\) but \S*fold1_train.csv "
+         r"one file a line: the lists of one archive are alike"),
+    ]:  # fmt: skip
+        (setup / "fold1_train.csv").write_text(bad)
+        with _raises(message) as e:
+            load_dataset("dcase", root, modality="video")
+        _one_line(e)
+    (setup / "fold1_train.csv").write_text(train.replace("filename_video", "video", 1))
+    with _raises(r"fold1_train.csv line 1: missing column filename_video \(found: filename_audio, video, "
+                 r"scene_label, identifier\)"):  # fmt: skip
+        load_dataset("dcase", root, modality="video")
+    assert len(load_dataset("dcase", root, modality="audio")) == 4  # its column is there
+    (setup / "fold1_train.csv").write_text(train.replace("mp4\tbus", "mp4\ttram"))
+    with _raises(r"video/bus-lyon-1001-40001.mp4 is 'tram' in \S*fold1_train.csv line 3 but 'bus' in \S*meta.csv "
+                 r"line 3: one label per file"):  # fmt: skip
+        load_dataset("dcase", root, modality="video")
+
+
+def test_dcase_evaluation_set_archives_stay_refused(tmp_path):
+    """An evaluation set's lists have no labels (TAU 2021 audio-visual: fold1_test.csv of filenames only)."""
+    root = tmp_path / "TAU-urban-audio-visual-scenes-2021-evaluation"
+    _write(root / "evaluation_setup" / "fold1_test.csv", "filename_audio\tfilename_video\naudio/0.wav\tvideo/0.mp4\n")
+    _real_media(_touch(root / "audio" / "0.wav").parent)
+    for modality in ("audio", "video", None):
+        with _raises(r"TAU-.*-evaluation/evaluation_setup: needs fold<k>_train and fold<k>_evaluate lists .*"
+                     r"found: fold1_test.csv\): an evaluation set's archive has no labelled lists: write its "
+                     r"labels as a CSV \(path,label\) for kind csv") as e:  # fmt: skip
+            load_dataset("dcase", root, modality=modality)
+        _one_line(e)
 
 
 # --- FSDD ----------------------------------------------------------------------------------------------------

@@ -1258,3 +1258,68 @@ def test_all_three_splits_killed_in_the_second_go_on_with_the_first_kept(run, tm
     assert [whole.count(f"<h2>Split {n}</h2>") for n in (1, 2, 3)] == [1, 1, 1] and whole.count("<img ") == 6
     assert f"{a['mean_top1']:.3f} (mean of the splits)" in whole
     assert older.count("<img ") == 4 and "No per-class results: this split was tested before 2026-12-02" in older
+
+
+def _tau_av_archive(folder: Path) -> Path:
+    """A TAU Urban Audio-Visual Scenes 2021 development archive of real files: audio/*.wav (48 kHz stereo, as
+    the archive's), video/*.mp4 (H.264, no sound), meta.csv and evaluation_setup/fold1_{train,evaluate,test}.csv."""
+    import wave
+
+    from xdc.data.encode import write_av
+
+    header = "filename_audio\tfilename_video\tscene_label\tidentifier"
+    lists: dict[str, list[str]] = {"train": [header], "evaluate": [header]}
+    rng = np.random.default_rng(0)
+    for n, (scene, role) in enumerate([("airport", "train"), ("bus", "train"), ("airport", "train"),
+                                       ("bus", "evaluate"), ("airport", "evaluate")]):  # fmt: skip
+        name = f"{scene}-lisbon-{1000 + n}-{40000 + n}"
+        (folder / "audio").mkdir(parents=True, exist_ok=True)
+        (folder / "video").mkdir(exist_ok=True)
+        with wave.open(str(folder / "audio" / f"{name}.wav"), "wb") as w:
+            w.setnchannels(2)
+            w.setsampwidth(2)
+            w.setframerate(48000)
+            w.writeframes((rng.standard_normal(2 * 72000) * 3000).astype("<i2").tobytes())  # 1.5 s
+        write_av(folder / "video" / f"{name}.mp4", rng.integers(0, 255, (8, 48, 64, 3), dtype=np.uint8), 4)  # 2 s
+        lists[role].append(f"audio/{name}.wav\tvideo/{name}.mp4\t{scene}\tlisbon-{1000 + n}")
+    setup = folder / "evaluation_setup"
+    setup.mkdir()
+    (folder / "meta.csv").write_text("\n".join([header, *lists["train"][1:], *lists["evaluate"][1:]]) + "\n")
+    for role, rows in lists.items():
+        (setup / f"fold1_{role}.csv").write_text("\n".join(rows) + "\n")
+    tested = ["\t".join(row.split("\t")[:2]) for row in lists["evaluate"][1:]]
+    (setup / "fold1_test.csv").write_text("\n".join(["filename_audio\tfilename_video", *tested]) + "\n")
+    return folder
+
+
+def test_both_encoders_of_a_run_on_tau_urban_audio_visual_scenes(run, tmp_path, capsys):
+    """Kind dcase refused TAU Urban Audio-Visual Scenes 2021 until 2026-12-02. Now each encoder reads its own file
+    of every line: the audio encoder the .wav (the official audio), the video encoder the .mp4."""
+    _, run_dir = run
+    data = _tau_av_archive(tmp_path / "TAU-urban-audio-visual-scenes-2021-development")
+    for encoder, suffix in (("audio", ".wav"), ("video", ".mp4")):
+        out = tmp_path / f"{encoder}.npz"
+        assert main(["extract", "--run", str(run_dir), "--encoder", encoder, "--dataset", "dcase", "--data", str(data),
+                     "--clips", "1", "--out", str(out)]) == 0  # fmt: skip
+        assert "5 clips of 5 items" in capsys.readouterr().out
+        with np.load(out) as features:
+            assert {Path(p).parent.name for p in features["path"]} == {encoder}
+            assert all(p.endswith(suffix) for p in features["path"])
+            assert sorted(zip(features["split"], features["label"])) == [
+                ("test", "airport"), ("test", "bus"), ("train", "airport"), ("train", "airport"), ("train", "bus")
+            ]  # fmt: skip
+    result = tmp_path / "ft.json"
+    assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "video", "--dataset", "dcase", "--data",
+                 str(data), "--out", str(result), "--mode", "fc", "--set", "finetune.epochs=1", "--set",
+                 "finetune.batch_size=3", "--set", "finetune.test_clips=1"]) == 0  # fmt: skip
+    split = json.loads(result.read_text())["splits"][0]
+    assert (split["n_test"], split["n_test_scored"]) == (2, 2)
+    # the two keyword arguments the commands give themselves: one line each (until 2026-12-02 --option split=1 was a
+    # traceback, "got multiple values for keyword argument 'split'")
+    for option, why in (("modality=audio", "--option modality: the encoder's modality (--encoder) is the one loaded"),
+                        ("split=1", "--option split: give the official split with --split")):  # fmt: skip
+        for command in (["extract"], ["eval", "finetune"]):
+            assert main([*command, "--run", str(run_dir), "--encoder", "video", "--dataset", "dcase", "--data",
+                         str(data), "--out", str(tmp_path / "x.json"), "--option", option]) == 2  # fmt: skip
+            err = capsys.readouterr().err
+            assert err.startswith(f"xdc: error: {why}") and err.count("\n") == 1, err

@@ -313,14 +313,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from xdc.atomic import write_text
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import extract_features, features_path
+    from xdc.evaluation.sources import encoder_modality
     from xdc.training.distributed import on_main
 
-    options = dict(args.option)
+    options = _dataset_options(args)
     settings = _encoder_settings(args, "extract")
 
     def run(ctx: Dist) -> dict | None:
         _device_under_torchrun(args.device, ctx)
-        items = load_dataset(args.dataset, args.data, split=args.split, **options)
+        modality = encoder_modality(args.run, args.encoder)
+        items = load_dataset(args.dataset, args.data, split=args.split, modality=modality, **options)
         summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
                                    batch_size=args.batch_size, settings=settings, device=args.device, ctx=ctx)
 
@@ -342,6 +344,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
     for skip in summary["skipped"][:10]:
         print(f"  skipped {skip['path']}: {skip['reason']}")
     return 0
+
+
+def _dataset_options(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--option``s of extract and eval finetune, less the two that the command sets (until 2026-12-02 a
+    traceback: "got multiple values for keyword argument 'split'")."""
+    options = dict(args.option)
+    if "split" in options:
+        raise UserError("--option split: give the official split with --split")
+    if "modality" in options:
+        raise UserError("--option modality: the encoder's modality (--encoder) is the one loaded, where a dataset "
+                        "has a file of each")  # fmt: skip
+    return options
 
 
 def _encoder_settings(args: argparse.Namespace, command: str, own: tuple[str, ...] = ()) -> dict:
@@ -393,7 +407,7 @@ def _finetune(args: argparse.Namespace) -> None:
     """``eval finetune``, in one process or as one rank of a torchrun job (DDP, like pretraining)."""
     from xdc.evaluation import commands
 
-    options = dict(args.option)
+    options = _dataset_options(args)
     if args.out is not None and commands.finetune_folder(args.out, args.dataset) == args.out:
         # its lock made the folder first, and the one line said "--out X.finetune is a folder" (until 2026-12-01)
         raise UserError(f"--out {args.out} is the name of the folder where eval finetune keeps its progress: give "

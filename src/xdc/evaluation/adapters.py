@@ -1,7 +1,7 @@
 """Dataset adapters: public evaluation datasets, in their official on-disk layouts, as one standard labelled table.
 
-``load_dataset(kind, root, split, **options)`` returns sorted ``Item``s (absolute path, label, split, fold, time
-window, averaging group); ``write_table``/``read_table`` store them as CSV. Adapters read only names and lists,
+``load_dataset(kind, root, split, modality, **options)`` returns sorted ``Item``s (absolute path, label, split, fold,
+time window, averaging group); ``write_table``/``read_table`` store them as CSV. Adapters read only names and lists,
 never media, so they are fast and testable on placeholder files. Audio-only files (wav, flac, ...) are ordinary
 items. Layouts, options and split semantics: docs/datasets.md.
 """
@@ -27,6 +27,7 @@ from xdc.errors import UserError
 SPLITS = ("train", "test", "val", "")
 COLUMNS = ("path", "label", "split", "fold", "start_s", "end_s", "group")
 MISSING = ("error", "skip")
+MODALITIES = ("video", "audio")
 DCASE2013 = {"scenes_stereo": "train", "scenes_stereo_testset": "test"}  # development and test set: their splits
 
 
@@ -47,17 +48,23 @@ class Item:
             object.__setattr__(self, "group", self.path)
 
 
-def load_dataset(kind: str, root: str | Path, split: int | None = None, **options: object) -> list[Item]:
+def load_dataset(
+    kind: str, root: str | Path, split: int | None = None, modality: str | None = None, **options: object
+) -> list[Item]:
     """The items of dataset ``kind`` stored at ``root`` (for ``csv``: the CSV file), sorted.
 
     ``split`` is the official split number of the datasets that have them (UCF101, HMDB51: 1, 2 or 3); the
-    other kinds refuse it. Every mistake in the layout or the options is a ``UserError`` with one line.
+    other kinds refuse it. ``modality`` ("video" or "audio") is that of the encoder the items are for: where the
+    dataset gives each example a file per modality (TAU Urban Audio-Visual Scenes), the items name that one's; the
+    others ignore it. Every mistake in the layout or the options is a ``UserError`` with one line.
     """
     adapter = ADAPTERS.get(kind)
     if adapter is None:
         raise UserError(f"unknown dataset kind {kind!r}; kinds: {', '.join(ADAPTERS)}")
+    if modality not in (*MODALITIES, None):
+        raise UserError(f"modality must be 'video' or 'audio', got {modality!r}")
     params = list(inspect.signature(adapter).parameters)[1:]
-    allowed = [p for p in params if p != "split"]
+    allowed = [p for p in params if p not in ("split", "modality")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(unknown)} for {kind}; options: {', '.join(allowed) or 'none'}")
@@ -72,6 +79,8 @@ def load_dataset(kind: str, root: str | Path, split: int | None = None, **option
         options["split"] = split
     elif split is not None:
         raise UserError(f"{kind} has no numbered official splits; leave split out (items carry their split or fold)")
+    if "modality" in params:
+        options["modality"] = modality
     items = adapter(root, **options)
     if not items:
         raise UserError(f"{kind}: no items found in {root}")
@@ -144,14 +153,15 @@ def load_esc50(root: Path, esc10: bool = False, missing: str = "error") -> list[
     return _drop_missing(_once(listed), missing, str(meta))
 
 
-def load_dcase(root: Path, missing: str = "error") -> list[Item]:
-    """DCASE acoustic scenes: a TUT/TAU archive (``audio/`` + ``evaluation_setup/`` lists), the DCASE2013 folders
-    (``scenes_stereo/``, ``scenes_stereo_testset/``), or ``<class>/<file>`` folders; with ``train/`` and ``test/``
-    (and optional ``val/``), named in any case (``Train/``), as splits."""
+def load_dcase(root: Path, modality: str | None = None, missing: str = "error") -> list[Item]:
+    """DCASE acoustic scenes: a TUT/TAU archive (``audio/`` + ``evaluation_setup/`` lists; TAU Urban Audio-Visual
+    Scenes with ``video/`` too, its items the files of ``modality``), the DCASE2013 folders (``scenes_stereo/``,
+    ``scenes_stereo_testset/``), or ``<class>/<file>`` folders; with ``train/`` and
+    ``test/`` (and optional ``val/``), named in any case (``Train/``), as splits."""
     if missing not in MISSING:  # the folder layouts list nothing that could be missing, but a typo is still one
         raise UserError(f"option missing must be 'error' or 'skip', got {missing!r}")
     if (root / "evaluation_setup").is_dir():  # TUT and TAU archives: all files in audio/, their splits in lists
-        return _dcase_setup(root, missing)
+        return _dcase_setup(root, missing, modality)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if any(p.name in DCASE2013 for p in folders):  # as classes, every file would be of class scenes_stereo
         return _dcase2013(root, folders)
@@ -389,10 +399,11 @@ def _dcase2013(root: Path, folders: list[Path]) -> list[Item]:
     return _once(listed)
 
 
-def _dcase_setup(root: Path, missing: str) -> list[Item]:
+def _dcase_setup(root: Path, missing: str, modality: str | None) -> list[Item]:
     """A TUT/TAU archive by its ``evaluation_setup/fold<k>_{train,evaluate}`` lists: one fold (TAU 2018 on) is a
     train/test split, several (TUT 2016, 2017) k-fold cross-validation, each file's fold the evaluate list it is in.
-    ``meta.txt``/``meta.csv`` only check the labels."""
+    ``meta.txt``/``meta.csv`` only check the labels. Lists with a file of each modality a line (TAU Urban
+    Audio-Visual Scenes 2021) give the files of ``modality``."""
     setup = root / "evaluation_setup"
     lists: dict[tuple[int, str], Path] = {}
     for path in sorted(setup.iterdir()):
@@ -407,14 +418,15 @@ def _dcase_setup(root: Path, missing: str) -> list[Item]:
     if not folds or folds != list(range(1, len(folds) + 1)) or any((fold, "train") not in lists for fold in folds):
         found = ", ".join(sorted(path.name for path in lists.values())) or "none"
         raise UserError(f"{setup}: needs fold<k>_train and fold<k>_evaluate lists (.txt or .csv) for folds 1, 2, ... "
-                        f"(a development set's; found: {found}): an evaluation set's archive, with no labelled lists, "
-                        "loads as kind csv with its labels")  # fmt: skip
+                        f"(a development set's; found: {found}): an evaluation set's archive has no labelled lists: "
+                        "write its labels as a CSV (path,label) for kind csv")  # fmt: skip
     labels: dict[str, tuple[str, str]] = {}  # file as listed -> its label and where that was first read
-    evaluate = {fold: _labelled_list(lists[(fold, "evaluate")], labels) for fold in folds}
-    train = {fold: _labelled_list(lists[(fold, "train")], labels) for fold in folds}
+    columns: dict[Path, str] = {}  # list -> the column of its files
+    evaluate = {fold: _labelled_list(lists[(fold, "evaluate")], labels, modality, columns) for fold in folds}
+    train = {fold: _labelled_list(lists[(fold, "train")], labels, modality, columns) for fold in folds}
     for meta in (root / "meta.txt", root / "meta.csv"):
         if meta.is_file():
-            _labelled_list(meta, labels)
+            _labelled_list(meta, labels, modality, columns)
     if len(folds) == 1:
         items = _once([(where, Item(_abs(root / name), label, split))
                        for split, rows in (("train", train[1]), ("test", evaluate[1]))
@@ -447,22 +459,44 @@ def _check_folds(evaluate: dict[int, Listed], train: dict[int, Listed], lists: d
                             f"lists, the first: {left[0]} (kind dcase trains each fold on all of them)")  # fmt: skip
 
 
-def _labelled_list(path: Path, labels: dict[str, tuple[str, str]]) -> list[tuple[str, str, str]]:
+AV_COLUMNS = ("filename_audio", "filename_video")  # TAU Urban Audio-Visual Scenes 2021: a file of each modality
+
+
+def _labelled_list(
+    path: Path, labels: dict[str, tuple[str, str]], modality: str | None, columns: dict[Path, str]
+) -> list[tuple[str, str, str]]:
     """(where, file as listed, scene label) of a tab-separated list of DCASE files: with a header naming
-    ``filename`` and ``scene_label`` (TAU) or without, file then label (TUT). Each file's label must agree with
-    the one ``labels`` holds from the lists read before."""
+    ``filename`` and ``scene_label`` (TAU), or ``filename_audio``, ``filename_video`` and ``scene_label`` (TAU
+    audio-visual: the files of ``modality``), or without, file then label (TUT). Each file's label must agree with
+    the one ``labels`` holds from the lists read before, and the lists (``columns``: each one's column of files)
+    must all be audio-visual or none: the lists of one archive would give files of two modalities."""
     lines = [(n, line, line.split("\t") if "\t" in line else line.split()) for n, line in _text_lines(path)]
-    file_at, label_at, rows = 0, 1, lines
-    if lines and lines[0][2][0].strip().lower() == "filename":
-        header = [c.strip() for c in lines[0][2]]
-        if "scene_label" not in header:
-            raise UserError(f"{path} line {lines[0][0]}: missing column scene_label (found: {', '.join(header)})")
-        file_at, label_at, rows = header.index("filename"), header.index("scene_label"), lines[1:]
+    file_at, label_at, rows, column = 0, 1, lines, "filename"
+    if lines and lines[0][2][0].strip().lower() in ("filename", *AV_COLUMNS):
+        header = [c.strip().lower() for c in lines[0][2]]
+        if any(c in header for c in AV_COLUMNS):
+            if modality is None:
+                raise UserError(f"{path} lists a file of each modality ({', '.join(AV_COLUMNS)}): give "
+                                "modality='audio' or 'video' to say which the items are (xdc extract and eval "
+                                "finetune give their encoder's)")  # fmt: skip
+            column = f"filename_{modality}"
+        for needed in (column, "scene_label"):
+            if needed not in header:
+                raise UserError(f"{path} line {lines[0][0]}: missing column {needed} (found: {', '.join(header)})")
+        file_at, label_at, rows = header.index(column), header.index("scene_label"), lines[1:]
+    for other, its in columns.items():
+        if (its in AV_COLUMNS) != (column in AV_COLUMNS):
+            av, plain = (other, path) if its in AV_COLUMNS else (path, other)
+            raise UserError(f"{av} lists a file of each modality ({', '.join(AV_COLUMNS)}) but {plain} one file a "
+                            "line: the lists of one archive are alike")  # fmt: skip
+    columns[path] = column
     out = []
     for n, line, fields in rows:
         where = f"{path} line {n}"
         name, label = (fields[i].strip() if i < len(fields) else "" for i in (file_at, label_at))
         if not label or not _is_media(Path(name).name):
+            if column in AV_COLUMNS:
+                raise UserError(f"{where}: expected a media file under {column} and a scene_label, got {line!r}")
             raise UserError(f"{where}: expected '<audio file><TAB><scene label>', got {line!r}")
         name = posixpath.normpath(name)
         first = labels.setdefault(name, (label, where))

@@ -146,19 +146,20 @@ def eval_finetune(
     writes and returns the record."""
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.finetune import finetune, finetune_made_with
-    from xdc.evaluation.sources import load_source
+    from xdc.evaluation.sources import encoder_modality, load_source
     from xdc.training.distributed import Dist
     from xdc.training.runlog import RunLog
 
     check_out(out)
     ctx = ctx or Dist()
+    modality = encoder_modality(run, encoder)  # the files it reads, of a dataset with a file of each modality
     splits = [1, 2, 3] if split == "all" else [int(split)] if split else [None]
     folder = finetune_folder(out, dataset)
     rest = {"dataset": dataset, "data": str(data), "mode": mode, "config": config_to_dict(cfg.finetune),
             "seed": cfg.seed, "settings": settings or {}}  # what the record says besides its splits' results
 
     def items_of(number: int | None) -> list:
-        return load_dataset(dataset, data, split=number, **options)
+        return load_dataset(dataset, data, split=number, modality=modality, **options)
 
     def made_now() -> str:  # each split's made_with, as finetune records it, and the rest
         source = load_source(run, encoder, settings)  # once for every split

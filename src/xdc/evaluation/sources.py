@@ -64,6 +64,15 @@ def encoder_modalities(path: str | Path) -> dict[str, str]:
     return {"video": "video"}
 
 
+def encoder_modality(path: str | Path, name: str) -> str:
+    """The modality of the encoder ``name`` of ``path`` (as for load_source), without building it: the files to
+    load of a dataset that has one of each modality (TAU Urban Audio-Visual Scenes)."""
+    modalities = encoder_modalities(path)
+    if name not in modalities:
+        load_source(path, name)  # refuses it, saying what ``path`` holds, as the command would after loading the items
+    return modalities[name]
+
+
 def kind(path: Path) -> str:
     """Which of KINDS ``path`` is, by its form (what is in it is checked as it loads)."""
     if path.is_dir():
