@@ -385,6 +385,20 @@ def test_dcase2013_scene_folders_labels_from_file_names_and_splits(tmp_path):
     assert len(test) == 6 and {i.split for i in test} == {""}
 
 
+def test_dcase2013_one_scene_folder_given_as_root(tmp_path, monkeypatch):
+    """scenes_stereo/ itself (its files directly in it, no class folders) gave "no items found" until 2026-12-02:
+    now the items of that set alone, as a root holding only it gives them, its sibling left out."""
+    root = _dcase2013(tmp_path / "dcase2013")
+    for name, count in (("scenes_stereo", 9), ("scenes_stereo_testset", 6)):
+        alone = load_dataset("dcase", root / name)
+        assert len(alone) == count and {(i.split, i.fold) for i in alone} == {("", 0)}
+        assert {Path(i.path).parent.name for i in alone} == {name} and classes(alone) == sorted(DCASE2013_SCENES)
+    monkeypatch.chdir(root / "scenes_stereo")
+    assert len(load_dataset("dcase", ".")) == 9
+    _touch(root / "scenes_stereo" / "bus.wav")  # its files' names are checked as in the parent's layout
+    with _raises(r"scenes_stereo/bus.wav: not a DCASE2013 scene file name"):
+        load_dataset("dcase", root / "scenes_stereo")
+
 
 @pytest.mark.parametrize("name, message", [
     ("scenes_stereo/bus.wav", r"scenes_stereo/bus.wav: not a DCASE2013 scene file name \(<scene><number>.wav"),

@@ -156,12 +156,15 @@ def load_esc50(root: Path, esc10: bool = False, missing: str = "error") -> list[
 def load_dcase(root: Path, modality: str | None = None, missing: str = "error") -> list[Item]:
     """DCASE acoustic scenes: a TUT/TAU archive (``audio/`` + ``evaluation_setup/`` lists; TAU Urban Audio-Visual
     Scenes with ``video/`` too, its items the files of ``modality``), the DCASE2013 folders (``scenes_stereo/``,
-    ``scenes_stereo_testset/``), or ``<class>/<file>`` folders; with ``train/`` and
+    ``scenes_stereo_testset/``, or one of them as ``root``), or ``<class>/<file>`` folders; with ``train/`` and
     ``test/`` (and optional ``val/``), named in any case (``Train/``), as splits."""
     if missing not in MISSING:  # the folder layouts list nothing that could be missing, but a typo is still one
         raise UserError(f"option missing must be 'error' or 'skip', got {missing!r}")
     if (root / "evaluation_setup").is_dir():  # TUT and TAU archives: all files in audio/, their splits in lists
         return _dcase_setup(root, missing, modality)
+    here = root.absolute()  # "." has a name here
+    if here.name in DCASE2013 and any(_is_media(p.name) and p.is_file() for p in here.iterdir()):
+        return _dcase2013(here.parent, [here])  # one DCASE2013 folder given itself (until 2026-12-02: no items)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if any(p.name in DCASE2013 for p in folders):  # as classes, every file would be of class scenes_stereo
         return _dcase2013(root, folders)
