@@ -3,14 +3,16 @@ and leaves no temporary file behind; nothing written before is lost."""
 
 import csv
 import os
+import re
 import stat
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
-from conftest import tiny_run
+from conftest import tiny_run, write_square
 from xdc.errors import UserError
 from xdc.training.checkpoint import load, save_atomic
 
@@ -171,3 +173,123 @@ def test_a_file_replaced_keeps_its_mode_and_a_link_is_replaced_not_followed(tmp_
     assert mine.read_text() == "new" and stat.S_IMODE(mine.stat().st_mode) == 0o640
     assert not link.is_symlink() and link.read_text() == "new" and target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["f.json", "f.json", "keep", "mine.json"]  # no leftovers
+
+
+@pytest.fixture
+def flushes(monkeypatch) -> list[tuple[str, ...]]:
+    """The process's fsyncs and renames, in their order: ("fsync", the file or folder synced) and ("rename", from,
+    to), paths as Linux names them (resolved). The real calls are made."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc/self/fd to name a descriptor's file")
+    events: list[tuple[str, ...]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recorded_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recorded_replace(src, dst, **kwargs) -> None:
+        events.append(("rename", str(Path(src).resolve()), str(Path(dst).resolve())))
+        replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "replace", recorded_replace)
+    return events
+
+
+def test_a_file_is_on_the_disk_before_it_is_renamed_and_its_folder_after(tmp_path, flushes):
+    """A power loss after a rename that reached the disk before the data left an empty checkpoint (ext4, xfs), or
+    lost the rename (its folder never flushed); until 2026-12-02 only checkpoints were flushed, before the rename."""
+    from xdc.atomic import write_text
+    from xdc.data.manifest import write_atomic
+
+    folder = tmp_path.resolve()
+    tmp = str(folder / f".last.pt.tmp{os.getpid()}")
+    save_atomic({"step": 1}, folder / "last.pt")
+    assert flushes == [("fsync", tmp), ("rename", tmp, str(folder / "last.pt")), ("fsync", str(folder))]
+    flushes.clear()
+    write_text(folder / "r.json", "{}")
+    tmp = str(folder / f".r.json.tmp{os.getpid()}")
+    assert flushes == [("fsync", tmp), ("rename", tmp, str(folder / "r.json")), ("fsync", str(folder))]
+    flushes.clear()
+    assert not write_atomic(folder / "r.json", lambda f: f.write("{}"), keep_same=True)  # kept: nothing to flush
+    assert flushes == []
+
+
+def test_a_folder_written_whole_has_each_file_on_the_disk_before_it_is_renamed(tmp_path, flushes):
+    """A run's videos/ (Manifest.save): every file in it and its folders flushed, not a file it links to."""
+    from xdc.atomic import replacing
+
+    folder = tmp_path.resolve()
+    (folder / "elsewhere.txt").write_text("not ours")
+    with replacing(folder / "videos", folder / "videos.tmp") as tmp:
+        (tmp / "sub").mkdir(parents=True)
+        (tmp / "paths.npy").write_bytes(b"x" * 100)
+        (tmp / "sub" / "classes.json").write_text("[]")
+        (tmp / "link").symlink_to(folder / "elsewhere.txt")
+    tmp = folder / "videos.tmp"
+    rename = flushes.index(("rename", str(tmp), str(folder / "videos")))
+    assert sorted(flushes[:rename]) == [("fsync", str(p)) for p in (tmp, tmp / "paths.npy", tmp / "sub",
+                                                                     tmp / "sub" / "classes.json")]  # fmt: skip
+    assert flushes[rename + 1 :] == [("fsync", str(folder))]
+
+
+def test_a_flush_that_fails_is_the_writes_failure_but_a_folder_the_file_system_cannot_flush_is_not(
+        tmp_path, monkeypatch):  # fmt: skip
+    """EIO (or ENOSPC) as the data is flushed: the file never reached the disk whole, the old one stays. A network
+    or FUSE file system that cannot flush a folder (EINVAL) has the file written all the same."""
+    import errno
+
+    from xdc.atomic import write_text
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc/self/fd to name a descriptor's file")
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    fsync, refused = os.fsync, {}  # the path synced -> the error its fsync raises
+
+    def refusing(fd: int) -> None:
+        error = refused.get(os.readlink(f"/proc/self/fd/{fd}"))
+        if error is not None:
+            raise OSError(error, os.strerror(error))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", refusing)
+    folder = tmp_path.resolve()
+    refused = {str(folder / f".results.json.tmp{os.getpid()}"): errno.EIO}
+    with pytest.raises(UserError, match=rf"^cannot write {re.escape(str(path))}: Input/output error$"):
+        write_text(path, "new")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    refused = {str(folder): errno.EIO}  # after the rename: the new file is in place, but may not stay there
+    with pytest.raises(UserError, match=rf"^cannot write {re.escape(str(path))}: Input/output error$"):
+        write_text(path, "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    refused = {str(folder): errno.EINVAL}
+    write_text(path, "newer")
+    assert path.read_text() == "newer" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def _moved_to_stay(flushes: list[tuple[str, ...]], dst: Path) -> None:
+    """``dst`` was renamed into place with its data flushed before (under the name it had) and its folder after."""
+    dst = dst.resolve()
+    rename = next(n for n, event in enumerate(flushes) if event[0] == "rename" and event[2] == str(dst))
+    assert ("fsync", flushes[rename][1]) in flushes[:rename], flushes
+    assert ("fsync", str(dst.parent)) in flushes[rename + 1 :], flushes
+
+
+def test_an_exports_files_and_a_transcoded_copy_are_on_the_disk_before_they_are_moved_into_place(
+        run, tmp_path, flushes):  # fmt: skip
+    """Files written elsewhere, then renamed into place (a staged export's, each copy of xdc prepare) are made to
+    last as replacing's: until 2026-12-02 none was flushed."""
+    from xdc.data import prepare
+    from xdc.export import export_run
+
+    files = export_run(run[1], tmp_path / "exp")
+    assert len(files) == 3  # video and audio encoders, the model card
+    for file in files:
+        _moved_to_stay(flushes, file)
+    source, copy = tmp_path / "source.mp4", tmp_path / "copies" / "copy.mp4"
+    write_square(source, 64, 64, Fraction(1), 32)
+    flushes.clear()
+    assert prepare.prepare_file(str(source), copy, prepare.PrepareOptions(short_side=32))["status"] == "ok"
+    _moved_to_stay(flushes, copy)

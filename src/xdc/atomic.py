@@ -1,10 +1,18 @@
 """Files replaced whole: written beside their place, then renamed into it. A reader, or the next run after a crash
 or a full disk, finds the old file or the new one, never part of one; a write that fails leaves no temporary file
 (as large as what it was writing, it would keep a full disk full) and says which file it could not write, and why.
-Every writer of xdc that replaces a file goes through ``replacing``."""
+Every writer of xdc that replaces a file goes through ``replacing``, or ``move`` for one written elsewhere.
+
+That holds after a power loss or a kernel crash too: the new file's data is flushed to disk (fsync) before the
+rename, and its folder after it, so the rename cannot reach the disk before the data (an empty file under the
+name, on ext4 and xfs) or be lost. Until 2026-12-02 only checkpoints and the clip cache's state were flushed,
+and only before the rename. Files appended to as a run goes (``log.jsonl``, the side files of rows) are not
+renamed, and not flushed: a power loss can lose their last lines, or cut one short, as a kill can, which their
+readers allow for."""
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import json
 import os
@@ -47,8 +55,10 @@ def replacing(path: str | Path, tmp: Path | None = None, keep_same: bool = False
     """Yield the temporary path (``tmp``, else ``partial_path(path)``) for the block to write, file or folder; then
     rename it onto ``path`` (with ``keep_same``, not where the file at ``path`` has the same bytes: it keeps its
     time, by which a re-run's output that changed nothing does not pass for new). Where the block or the rename
-    fails the temporary file is removed, and a failure of the machine (a full disk, a file too large, ...) is a
-    WriteError naming ``path`` and the reason. It keeps the mode of a file it replaces, as a write in place would.
+    fails the temporary file is removed, and a failure of the machine (a full disk, a file too large, an I/O
+    error as the data is flushed, ...) is a WriteError naming ``path`` and the reason. The data reaches the disk
+    before the rename, the rename after it (``flush``): neither a power loss nor a kernel crash undoes it (a file
+    of the same bytes kept is not flushed). It keeps the mode of a file it replaces, as a write in place would.
     A link at ``path`` is replaced, not the file it names: a run copied as links (``cp -rs``) and resumed must not
     write into the run it was copied from."""
     path = Path(path)
@@ -58,9 +68,10 @@ def replacing(path: str | Path, tmp: Path | None = None, keep_same: bool = False
         if keep_same and tmp.is_file() and path.is_file() and not path.is_symlink() and filecmp.cmp(tmp, path, False):
             tmp.unlink()
             return
+        flush(tmp)  # before the mode is set: one that its owner may not read (0o200) could not be opened after
         if tmp.is_file() and path.is_file():
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        os.replace(tmp, path)
+        _rename(tmp, path)
     except BaseException as e:
         _remove(tmp)
         cause = _os_error(e)
@@ -68,6 +79,30 @@ def replacing(path: str | Path, tmp: Path | None = None, keep_same: bool = False
         if cause is None or isinstance(e, UserError) or not isinstance(e, Exception) or not _written(cause, tmp, path):
             raise
         raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from None
+
+
+def move(src: Path, dst: Path) -> None:
+    """``os.replace(src, dst)`` for a file or folder written elsewhere than by ``replacing`` (a staged export's
+    files, a transcoded copy, a kept file under its new name), made to last as ``replacing``'s renames are: its
+    data flushed before, ``dst``'s folder after. A failure is a WriteError naming ``dst``."""
+    try:
+        flush(src)
+        _rename(src, dst)
+    except OSError as e:
+        raise WriteError(f"cannot write {dst}: {e.strerror or e}") from None
+
+
+def flush(path: Path) -> None:
+    """Put ``path``'s data on the disk (fsync): a file's bytes, or a folder's, each file in it and its own entries.
+    Without it, a rename may reach the disk before the data, and a power loss leave an empty file under the name."""
+    if not path.is_dir() or path.is_symlink():
+        _sync(path)
+        return
+    for root, _, names in os.walk(path):
+        for name in names:
+            if stat.S_ISREG(os.lstat(os.path.join(root, name)).st_mode):  # not a link: the file it names is not ours
+                _sync(Path(root, name))
+        _sync(Path(root), folder=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -108,6 +143,36 @@ def _written(error: OSError, tmp: Path, path: Path) -> bool:
         return True
     named = Path(os.fsdecode(error.filename))
     return named == path or tmp in (named, *named.parents)
+
+
+def _rename(tmp: Path, path: Path) -> None:
+    """``os.replace``, then its folder flushed: the rename itself on the disk. (Where ``tmp`` was in another folder,
+    a power loss may leave it there too: a partial, removed as any.)"""
+    os.replace(tmp, path)
+    _sync(path.parent, folder=True)
+
+
+# Windows flushes a file through a handle that may write (its _commit); a folder it does not open at all
+_FILE_FLAGS = os.O_RDWR if os.name == "nt" else os.O_RDONLY
+# a file system that cannot flush a folder (some network and FUSE ones) says so with these; the data was flushed
+_CANNOT_SYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def _sync(path: Path, folder: bool = False) -> None:
+    """fsync ``path``; a folder that cannot be opened (Windows) or flushed (``_CANNOT_SYNC``) is left as it is."""
+    try:
+        fd = os.open(path, (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if folder else _FILE_FLAGS)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if not folder or e.errno not in _CANNOT_SYNC:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _remove(tmp: Path) -> None:

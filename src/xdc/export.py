@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from xdc import __version__
-from xdc.atomic import WriteError, is_partial, partial_path, replacing, write_text
+from xdc.atomic import WriteError, is_partial, move, partial_path, replacing, write_text
 from xdc.config import Config, ModelConfig, config_to_dict, load_config
 from xdc.data.audio import LogMel
 from xdc.data.manifest import decode_paths, run_videos
@@ -273,7 +273,7 @@ def _staged(out: Path) -> Iterator[Path]:
             raise WriteError(str(e).replace(str(stage), str(out), 1)) from None
         written = {entry.name for entry in stage.iterdir()}
         for name in written:
-            os.replace(stage / name, out / name)
+            move(stage / name, out / name)
         for entry in out.iterdir():
             if entry.name not in written and entry != stage:  # only our own files are here (is_export)
                 _remove(entry)

@@ -120,8 +120,6 @@ class ClipCache:
     def _mark(self, synced: bool) -> None:
         with replacing(self.meta, self.meta.with_suffix(".json.tmp")) as tmp:
             tmp.write_text(json.dumps({"identity": self.identity, "synced": synced, "boot": boot_id()}))
-            with tmp.open("rb") as f:
-                os.fsync(f.fileno())
 
     # --- any process ----------------------------------------------------------------------------------------
 

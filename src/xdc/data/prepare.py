@@ -29,7 +29,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from xdc.atomic import remove_partials
+from xdc.atomic import move, remove_partials
 from xdc.data.index import (
     LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file, stat_row,
 )  # fmt: skip
@@ -298,7 +298,7 @@ def prepare(
         if report.is_file() and filecmp.cmp(new, report, False):  # a re-run that did nothing: the report keeps its time
             new.unlink()
         else:
-            os.replace(new, report)
+            move(new, report)
         for path in rank_files(report):  # this run's, and any of a run cut short (their rows were read)
             path.unlink()
         remove_share_files(report)
@@ -600,7 +600,7 @@ def prepare_file(source: str, output: Path, options: PrepareOptions) -> dict:
     tmp = output.with_name(_partial_name(output.name))
     try:
         skipped = _transcode(source, tmp, probe, options, has_video, has_audio)
-        tmp.replace(output)
+        move(tmp, output)
     except _Broken as e:
         return {"status": "error", "reason": str(e), "duration_s": probe["duration_s"]}
     finally:

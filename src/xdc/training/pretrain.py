@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from xdc.atomic import WriteError, remove_partials
+from xdc.atomic import WriteError, move, remove_partials
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import LABEL_DTYPE, kmeans
 from xdc.clustering.metrics import cluster_stats, collapse_threshold, nmi
@@ -1158,7 +1158,7 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
         print(f"the run goes on to {cfg.train.rounds} rounds ({planned} planned before; {done} done)")
         if (out / "encoders.pt").exists():  # encoders.pt means a finished run to export, extract, finetune
             kept = checkpoint.earlier_encoders(out, done)
-            os.replace(out / "encoders.pt", kept)
+            move(out / "encoders.pt", kept)
             print(f"its encoders after {done} rounds are kept as {kept}")
     trainer.run()
     return out / "encoders.pt"
