@@ -93,6 +93,22 @@ def test_bad_yaml_files(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_a_key_given_twice_in_a_config_is_refused(tmp_path):
+    """PyYAML keeps a repeated key's last value: a second train: section dropped the first one's k (until 2026-12-02,
+    without a word). A merge key's values that the mapping sets again are YAML's overrides, not repeats."""
+    (tmp_path / "twice.yaml").write_text("train:\n  k: 5\ndata:\n  retries: 1\ntrain:\n  lr: 0.02\n")
+    with pytest.raises(UserError, match=r"^config .*twice.yaml is not valid YAML: 'train' is given twice \(first at "
+                                        r"line 1\) at line 5, column 1$"):  # fmt: skip
+        load_config(tmp_path / "twice.yaml")
+    (tmp_path / "nested.yaml").write_text("train:\n  lr: 0.01\n  lr: 0.02\n")
+    with pytest.raises(UserError, match=r"'lr' is given twice \(first at line 2\) at line 3, column 3$"):
+        load_config(tmp_path / "nested.yaml")
+    with pytest.raises(UserError, match="'a' is given twice"):
+        load_config(None, ["data.clip.crop_box={a: 1, a: 2}"])
+    (tmp_path / "merge.yaml").write_text("train:\n  <<: {k: 3, lr: 0.02}\n  k: 5\n")
+    assert (load_config(tmp_path / "merge.yaml").train.k, load_config(tmp_path / "merge.yaml").train.lr) == (5, 0.02)
+
+
 def test_a_config_that_is_not_utf8_is_named_in_one_line(tmp_path):
     """A Latin-1 editor's accent or PowerShell's UTF-16: said so (until 2026-12-01: UnicodeDecodeError); UTF-8
     with the BOM that Windows tools write is read."""

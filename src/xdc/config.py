@@ -401,11 +401,32 @@ def _unchecked(
         if not sep or not key:
             raise UserError(f"override {item!r} is not of the form key=value (e.g. data.clip.frames=16)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as e:
             raise UserError(f"override {item!r}: the value is not valid YAML ({_yaml_error(e)})") from None
         _set_dotted(cfg, key.strip(), value, text=raw.strip())
     return cfg
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping, which YAML does not allow: PyYAML keeps the
+    last, so a second ``train:`` section of a config file would drop the first one's settings without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice (first at line {first[key].line + 1})", key_node.start_mark
+                    )
+                first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeys)
 
 
 def _yaml_error(error: yaml.YAMLError) -> str:
@@ -418,7 +439,7 @@ def _yaml_error(error: yaml.YAMLError) -> str:
 
 def _read_yaml(path: str | Path) -> dict:
     try:
-        loaded = yaml.safe_load(read_text(path, "config"))
+        loaded = _load_yaml(read_text(path, "config"))
     except yaml.YAMLError as e:
         raise UserError(f"config {path} is not valid YAML: {_yaml_error(e)}") from None
     if loaded is not None and not isinstance(loaded, dict):
