@@ -64,6 +64,15 @@ def test_a_text_setting_takes_an_override_as_typed():
         ("data.clip.audio_seconds=0", r"data.clip.audio_seconds must be above 0, not 0.0$"),
         ("data.mel.f_max=0", r"data.mel.f_max must be above data.mel.f_min \(0.0\), not 0.0$"),
         ("data.max_fail_fraction=1.5", r"data.max_fail_fraction must be between 0 and 1, not 1.5$"),
+        # log-mel settings out of reach in samples: a traceback of torch or torchaudio in the run (until 2026-12-02)
+        ("data.mel.n_fft=128", r"data.mel.window_ms=16 is 256 samples at data.clip.sample_rate=16000: it must be from "
+                               r"1 to data.mel.n_fft=128 samples$"),
+        ("data.mel.hop_ms=0.01", r"data.mel.hop_ms=0.01 is 0 samples at data.clip.sample_rate=16000: it must be at "
+                                 r"least one sample$"),
+        ("data.mel.f_min=9000", r"data.mel.f_min must be below half data.clip.sample_rate \(8000 Hz, the top of the "
+                                r"mel bands where data.mel.f_max is null\), not 9000.0$"),
+        ("data.clip.audio_seconds=0.001", r"a clip's audio \(0.001 s, 16 samples at data.clip.sample_rate=16000\) must "
+                                          r"be longer than half data.mel.n_fft \(128 samples\) and at least a hop"),
         ("finetune.test_clips=0", r"finetune.test_clips must be at least 1, not 0$"),
         ("train.compile=fast", r"train.compile must be true, false or a mode \(default, reduce-overhead, .*'fast'$"),
         # a negative seed stopped recluster=plateau runs, a large one every run, with a traceback
@@ -74,6 +83,18 @@ def test_a_text_setting_takes_an_override_as_typed():
 def test_bad_overrides_are_user_errors(override, message):
     with pytest.raises(UserError, match=message):
         load_config(None, [override])
+
+
+def test_the_shortest_audio_that_the_log_mel_settings_allow_makes_a_spectrogram():
+    import torch
+
+    from xdc.data.audio import LogMel
+
+    clip = load_config(None, ["data.clip.audio_seconds=0.01"]).data  # 160 samples: one hop, above half n_fft
+    mel = LogMel(clip.mel, clip.clip.sample_rate)(torch.zeros(160))
+    assert mel.shape == (40, 1) and torch.isfinite(mel).all()
+    with pytest.raises(UserError, match="must be longer than half data.mel.n_fft"):
+        load_config(None, ["data.clip.audio_seconds=0.008"])  # 128 samples: torch's reflect padding needs more
 
 
 @pytest.mark.parametrize("value, mode", [("false", None), ("true", "default"), ("reduce-overhead", "reduce-overhead")])

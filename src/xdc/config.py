@@ -157,6 +157,7 @@ class DataConfig:
                 f"need data.clip.crop <= data.augment.scale_min <= data.augment.scale_max (frames are resized to a "
                 f"short side in [scale_min, scale_max], then cropped), got {crop}, {aug.scale_min}, {aug.scale_max}"
             )
+        self._check_logmel()
         for key in ("crops_on", "logmel_on"):
             if getattr(self, key) not in ("auto", "workers", "device"):
                 raise UserError(f"data.{key} must be auto, workers or device, not {getattr(self, key)!r}")
@@ -165,6 +166,26 @@ class DataConfig:
                 "data.crops_on=device needs frames that the training resize only enlarges: data.clip.decode_short_side "
                 f"between 1 and data.augment.scale_min, got {self.clip.decode_short_side} and {aug.scale_min}"
             )
+
+    def _check_logmel(self) -> None:
+        """The log-mel settings in samples of data.clip.sample_rate, as xdc.data.audio.LogMel computes them: out of
+        its reach they were a traceback of torch or torchaudio once the run had started (until 2026-12-02)."""
+        mel, rate = self.mel, self.clip.sample_rate
+        hop, window = round(mel.hop_ms * rate / 1000), round(mel.window_ms * rate / 1000)
+        if hop < 1:
+            raise UserError(f"data.mel.hop_ms={mel.hop_ms:g} is {hop} samples at data.clip.sample_rate={rate}: it "
+                            "must be at least one sample")  # fmt: skip
+        if not 1 <= window <= mel.n_fft:
+            raise UserError(f"data.mel.window_ms={mel.window_ms:g} is {window} samples at data.clip.sample_rate="
+                            f"{rate}: it must be from 1 to data.mel.n_fft={mel.n_fft} samples")  # fmt: skip
+        if mel.f_max is None and not mel.f_min < rate / 2:
+            raise UserError(f"data.mel.f_min must be below half data.clip.sample_rate ({rate / 2:g} Hz, the top of the "
+                            f"mel bands where data.mel.f_max is null), not {mel.f_min!r}")  # fmt: skip
+        samples = round(self.clip.audio_span * rate)
+        if not samples > max(mel.n_fft // 2, hop - 1):
+            raise UserError(f"a clip's audio ({self.clip.audio_span:g} s, {samples} samples at "
+                            f"data.clip.sample_rate={rate}) must be longer than half data.mel.n_fft "
+                            f"({mel.n_fft // 2} samples) and at least a hop ({hop} samples)")  # fmt: skip
 
     @property
     def device_crops_possible(self) -> bool:
