@@ -751,6 +751,24 @@ def test_a_resume_takes_the_settings_of_how_the_run_goes(manifest, tmp_path, cap
     assert (run / "encoders.pt").exists()
 
 
+def test_a_new_run_names_the_settings_it_does_not_read(tmp_path, capsys):
+    """finetune.* and synthetic.* given to xdc pretrain went to config.yaml, read by nothing, without a word (until
+    2026-12-02): xdc eval finetune and make-synthetic take their own, as their warnings say of the others."""
+    import yaml
+
+    from xdc.cli import main
+    from xdc.config import Config, config_to_dict, with_settings
+
+    shared = tmp_path / "shared.yaml"  # every setting, as a run's config.yaml: those at their defaults say nothing
+    shared.write_text(yaml.safe_dump(config_to_dict(with_settings(Config(), {"seed": 1, "finetune.lr": 0.1}))))
+    assert main(["pretrain", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "run"), "--config",
+                 str(shared), "--set", "synthetic.fps=8", "--set", "train.lr=0.1", "--k", "3"]) == 2  # fmt: skip
+    assert capsys.readouterr().err == (
+        "WARNING: xdc pretrain reads no finetune.* or synthetic.* settings (xdc eval finetune and make-synthetic take "
+        f"theirs); not used: finetune.lr, synthetic.fps\nxdc: error: manifest not found: {tmp_path / 'missing.csv'}\n"
+    )
+
+
 def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     from xdc.cli import main
 

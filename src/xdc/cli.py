@@ -148,6 +148,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"train.{key}={value}" for key in ("method", "k", "rounds", "assign") if (value := getattr(args, key)) is not None
     ]
     cfg = _config(args, tuple(shortcuts))
+    # other than their defaults: a run's config.yaml given as --config holds them all (a resume names every setting
+    # it does not use)
+    unread = [key for key in given_keys(args.config, args.overrides)
+              if key.startswith(("finetune.", "synthetic.")) and setting(cfg, key) != setting(Config(), key)]
+    if unread and not args.resume and int(os.environ.get("RANK", "0")) == 0:
+        print("WARNING: xdc pretrain reads no finetune.* or synthetic.* settings (xdc eval finetune and make-synthetic "
+              f"take theirs); not used: {', '.join(unread)}", file=sys.stderr)  # fmt: skip
     given = given_keys(args.config, [*shortcuts, *args.overrides])
     rounds = cfg.train.rounds if args.resume and "train.rounds" in given else None  # extends or shortens the run
     taken = {key: setting(cfg, key) for key in given if key in RESUME_SETTINGS} if args.resume else None
