@@ -154,6 +154,19 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     assert code == 2 and err.startswith("xdc: error: synthetic.fps must be") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", [["pretrain", "--out", "run"], ["make-synthetic", "out"],
+                                     ["extract", "--run", "r", "--encoder", "video", "--data", "d", "--out", "f.npz"]])
+def test_a_second_config_file_is_refused_not_put_in_place_of_the_first(tmp_path, capsys, command):
+    """argparse keeps the last of an option given twice: --config base.yaml --config exp.yaml read exp.yaml alone,
+    and base.yaml's settings were dropped without a word (until 2026-12-02)."""
+    base, exp = tmp_path / "base.yaml", tmp_path / "exp.yaml"
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--config", str(base), "--config", str(exp)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: argument --config: given twice ({base}, {exp}): it takes one "
+                                            "file; give the other settings with --set\n")  # fmt: skip
+
+
 def test_logmel_on_is_validated_and_auto_means_the_device_on_cuda():
     with pytest.raises(UserError, match="data.logmel_on must be auto, workers or device"):
         load_config(None, ["data.logmel_on=gpu"])

@@ -35,9 +35,20 @@ PEER_LEFT = re.compile(r"\[[^\]\n]*gloo[^\]\n]*\] ([^\n]*?(?:Connection closed b
                        r"Broken pipe)[^\n]*?)(?:\. |\.?$)", re.MULTILINE)  # fmt: skip
 
 
+class _Once(argparse.Action):
+    """An option that takes one value: argparse keeps the last of several, so a second --config dropped the first
+    file's settings without a word (until 2026-12-02)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if (given := getattr(namespace, self.dest)) is not None:
+            raise argparse.ArgumentError(self, f"given twice ({given}, {values}): it takes one file; give the other "
+                                         "settings with --set")  # fmt: skip
+        setattr(namespace, self.dest, values)
+
+
 def _add_config_options(parser: argparse.ArgumentParser,
                         set_help: str = "override one setting, e.g. --set data.clip.frames=16 (repeatable)") -> None:
-    parser.add_argument("--config", type=Path, help="YAML file of settings (see docs/config.md)")
+    parser.add_argument("--config", type=Path, action=_Once, help="YAML file of settings (see docs/config.md)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
 
