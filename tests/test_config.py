@@ -71,6 +71,7 @@ def test_a_text_setting_takes_an_override_as_typed():
                                  r"least one sample$"),
         ("data.mel.f_min=9000", r"data.mel.f_min must be below half data.clip.sample_rate \(8000 Hz, the top of the "
                                 r"mel bands where data.mel.f_max is null\), not 9000.0$"),
+        ("data.mel.f_max=9000", r"data.mel.f_max must be at most half data.clip.sample_rate \(8000 Hz\), not 9000.0$"),
         ("data.clip.audio_seconds=0.001", r"a clip's audio \(0.001 s, 16 samples at data.clip.sample_rate=16000\) must "
                                           r"be longer than half data.mel.n_fft \(128 samples\) and at least a hop"),
         ("finetune.test_clips=0", r"finetune.test_clips must be at least 1, not 0$"),

@@ -178,6 +178,9 @@ class DataConfig:
         if not 1 <= window <= mel.n_fft:
             raise UserError(f"data.mel.window_ms={mel.window_ms:g} is {window} samples at data.clip.sample_rate="
                             f"{rate}: it must be from 1 to data.mel.n_fft={mel.n_fft} samples")  # fmt: skip
+        if mel.f_max is not None and mel.f_max > rate / 2:  # bands above it are empty: torchaudio warns, and trains
+            raise UserError(f"data.mel.f_max must be at most half data.clip.sample_rate ({rate / 2:g} Hz), not "
+                            f"{mel.f_max!r}")  # fmt: skip
         if mel.f_max is None and not mel.f_min < rate / 2:
             raise UserError(f"data.mel.f_min must be below half data.clip.sample_rate ({rate / 2:g} Hz, the top of the "
                             f"mel bands where data.mel.f_max is null), not {mel.f_min!r}")  # fmt: skip
