@@ -1092,3 +1092,21 @@ def test_a_checkpoint_of_zeros_is_refused_without_advice_to_load_it_with_weights
         checkpoint.read(zeros, "a pretraining checkpoint", "remove the run")
     assert str(refused.value) == f"cannot read {zeros} as a pretraining checkpoint: Cannot use ``weights_only=True`` " \
         "with files saved in the legacy .tar format; remove the run"  # fmt: skip
+
+
+def test_the_log_is_on_the_disk_before_each_checkpoint_that_counts_its_records(manifest, tmp_path, monkeypatch):
+    """A checkpoint says how many log records it covers, and a resume logs only what came after them: a power loss
+    after the checkpoint reached the disk, but not the log's last records, left a gap (until 2026-12-02)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc/self/fd to name a descriptor's file")
+    events, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd))[1])
+    rename = lambda src, dst: (events.append(("rename", Path(dst).name)), replace(src, dst))[1]  # noqa: E731
+    monkeypatch.setattr(os, "replace", rename)
+    out = tmp_path / "run"
+    pretrain(cfg_for("xdc", "train.rounds=1", "train.epochs=2"), manifest, out, resume=False, ctx=Dist())
+    saved = [n for n, event in enumerate(events) if event == ("rename", "last.pt")]
+    assert len(saved) >= 2
+    log = str((out / "log.jsonl").resolve())
+    for before, at in zip([-1, *saved], saved):
+        assert log in events[before + 1 : at], events[before + 1 : at]

@@ -7,8 +7,8 @@ That holds after a power loss or a kernel crash too: the new file's data is flus
 rename, and its folder after it, so the rename cannot reach the disk before the data (an empty file under the
 name, on ext4 and xfs) or be lost. Until 2026-12-02 only checkpoints and the clip cache's state were flushed,
 and only before the rename. Files appended to as a run goes (``log.jsonl``, the side files of rows) are not
-renamed, and not flushed: a power loss can lose their last lines, or cut one short, as a kill can, which their
-readers allow for."""
+renamed: a power loss can lose their last lines, or cut one short, as a kill can, which their readers allow for
+(``log.jsonl`` is flushed before each checkpoint, whose resume logs again what came after it)."""
 
 from __future__ import annotations
 

@@ -161,6 +161,8 @@ def finetune(
         ranks, crashed = gather_objects(failures.state(), ctx), gather_objects(dict(train_set.crashed), ctx)
         if not ctx.main:
             return
+        if log is not None:
+            log.sync()
         saved.save_checkpoint({
             # fc-only: the frozen encoder, BatchNorm statistics included, is the run's (its digest is in the
             # identity): only the fc layer is kept

@@ -1001,6 +1001,7 @@ class Pretrainer:
             "threads": torch.get_num_threads(),  # on the CPU the bits depend on it (resume warns)
             "log_records": self.log.records,  # what is logged after this checkpoint a resumed run logs again
         }
+        self.log.sync()
         checkpoint.save_atomic(state, self.out / "checkpoints" / "last.pt")
 
     def resume(self) -> None:
