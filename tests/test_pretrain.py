@@ -989,6 +989,24 @@ def test_a_resumed_run_keeps_its_videos_when_the_manifest_file_changes(manifest,
         Pretrainer(cfg, changed, out, Dist(), resume=True).resume()
 
 
+def test_a_file_listed_twice_is_one_video_and_twice_with_two_labels_is_refused(manifest, tmp_path, capsys):
+    """Two manifests joined whole, or overlapping parts: until 2026-12-02 such a file was trained on twice and
+    clustered as two videos, unsaid."""
+    rows = read_rows(manifest)
+    twice = tmp_path / "twice.csv"
+    write_rows(twice, [*rows, *rows[5:], rows[2]])
+    trainer = Pretrainer(cfg_for("xdc"), twice, tmp_path / "run", Dist())
+    assert [trainer.videos.path(i) for i in range(len(trainer.videos))] == [row["path"] for row in rows]
+    assert capsys.readouterr().err == (f"WARNING: {twice}: 20 row(s) of a file listed in an earlier row left out "
+                                       f"(e.g. {rows[5]['path']})\n")  # fmt: skip
+    relabelled = tmp_path / "relabelled.csv"
+    write_rows(relabelled, [*rows, {**rows[3], "label": "other"}])
+    with pytest.raises(UserError) as raised:
+        Pretrainer(cfg_for("xdc"), relabelled, tmp_path / "run2", Dist())
+    assert str(raised.value) == (f"{relabelled}: {rows[3]['path']} is listed twice, with labels {rows[3]['label']} "
+                                 "and other: keep the row with the right one")
+
+
 def test_every_checkpoint_holds_the_rounds_training_time_so_far(manifest, tmp_path):
     """Mid-epoch checkpoints too: with one epoch per round, a kill in training lost the round's training time
     before it (until 2026-12-01), and the resumed round's record told the time after the resume alone."""

@@ -253,6 +253,56 @@ class Manifest:
         return manifest
 
 
+def first_of_each_path(manifest: Manifest, source: str | Path) -> tuple[Manifest, np.ndarray]:
+    """``manifest`` with only the first row of each path, and the rows left out (ascending): a file listed twice (two
+    manifests joined whole, say) would be trained on twice and clustered as two videos. Rows of one path with
+    different labels are a UserError naming ``source``: which label is right is the user's to say. Hashes of the
+    paths find the candidates (at 65M rows, sorting the paths themselves takes minutes); only rows whose hash
+    recurs are compared whole."""
+    hashes = _path_hashes(manifest.paths)
+    ordered = np.sort(hashes)
+    recurring = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(recurring):
+        return manifest, np.array([], dtype=np.int64)
+    rows = np.flatnonzero(np.isin(hashes, recurring))  # ascending: the first row of a path comes first
+    _, first, group = np.unique(manifest.paths[rows], return_index=True, return_inverse=True)
+    firsts = rows[first][group.reshape(-1)]  # for each candidate row, the first row of its path
+    later = firsts != rows
+    if not later.any():  # hashes alike, paths not
+        return manifest, np.array([], dtype=np.int64)
+    later, firsts = rows[later], firsts[later]
+    labels = manifest.labels
+    differ = np.flatnonzero(labels[later] != labels[firsts])
+    if len(differ):
+        row, first_row = int(later[differ[0]]), int(firsts[differ[0]])
+        names = [manifest.classes[labels[i]] if labels[i] >= 0 else "(none)" for i in (first_row, row)]
+        raise UserError(f"{source}: {manifest.path(row)} is listed twice, with labels {names[0]} and {names[1]}: "
+                        "keep the row with the right one")  # fmt: skip
+    keep = np.ones(len(manifest), dtype=bool)
+    keep[later] = False
+    return manifest.subset(keep), np.sort(later)
+
+
+def _path_hashes(paths: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
+    """A 64-bit hash of each path ('S' array), a block of ``rows`` at a time: the paths as 8-byte words, each
+    mixed in with a multiply and a shift (as MurmurHash3's finalizer), with no Python object per path."""
+    width = paths.dtype.itemsize
+    words = -(-width // 8)
+    out = np.empty(len(paths), dtype=np.uint64)
+    k1, k2, shift = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), np.uint64(33)
+    for start in range(0, len(paths), rows):
+        block = np.ascontiguousarray(paths[start : start + rows])
+        padded = np.zeros((len(block), words * 8), dtype=np.uint8)
+        padded[:, :width] = block.view(np.uint8).reshape(len(block), width)
+        h = np.zeros(len(block), dtype=np.uint64)
+        for word in padded.view(np.uint64).T:
+            h = (h ^ word) * k1
+            h ^= h >> shift
+        h *= k2
+        out[start : start + len(block)] = h ^ (h >> shift)
+    return out
+
+
 _ARRAYS = ("paths", "durations", "offsets", "has_audio", "has_video", "labels", "sizes")
 _READ = ("path", "status", "duration_s", "has_audio", "width", "label", "size")  # what a Manifest keeps of a row
 _REQUIRED = ("path", "status", "duration_s", "has_audio")

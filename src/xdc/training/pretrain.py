@@ -64,7 +64,7 @@ from xdc.config import (
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog, TooManyFailures
-from xdc.data.manifest import Manifest, write_atomic, write_videos
+from xdc.data.manifest import Manifest, first_of_each_path, write_atomic, write_videos
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import SharedError, UserError
@@ -396,6 +396,11 @@ class Pretrainer:
             raise UserError(f"{self.out} was started before runs kept their videos (videos/): resume it with --data "
                             "and the manifest it was started with")  # fmt: skip
         loaded = Manifest.load(manifest_path, progress=progress)
+        once, dropped = first_of_each_path(loaded, manifest_path)
+        if len(dropped) and self.ctx.main:  # until 2026-12-02 such a file was trained on twice, unsaid
+            print(f"WARNING: {manifest_path}: {len(dropped)} row(s) of a file listed in an earlier row left out "
+                  f"(e.g. {loaded.path(int(dropped[0]))})", file=sys.stderr)
+        loaded = once
         kept = TrainClips(loaded, self.cfg.data, modalities=self.method.modalities).manifest
         if not len(kept):  # files without audio (or without pictures) left out: say so, not "0 videos"
             reads = " and ".join(self.method.modalities)
