@@ -256,6 +256,21 @@ def test_a_pretraining_init_that_does_not_fit_is_one_line(made, tmp_path, capsys
         assert message in err and err.count("\n") == 1, err
 
 
+def test_a_pretraining_init_that_is_not_there_is_said_before_the_manifest_is_read(made, tmp_path, capsys):
+    """Until 2026-12-02, after rank 0 had read the manifest and written the run's videos (minutes at 65M)."""
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text("")
+    base = ["pretrain", "--data", str(made["root"] / "manifest.csv"), "--preset", "tiny", "--k", "2"]
+    for init, message in ((tmp_path / "none.pth", "none.pth: no such file or folder"),
+                          (unfinished, f"{unfinished} has no encoders.pt")):  # fmt: skip
+        out = tmp_path / f"run-{init.name}"
+        assert main([*base, "--out", str(out), "--set", f"train.init={init}"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not out.exists()
+
+
 def test_a_run_started_from_another_keeps_where_from_and_resumes_without_it(made, tmp_path, capsys):
     import shutil
 

@@ -1137,7 +1137,9 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
     elif last.exists() or (out / "encoders.pt").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     elif cfg.train.init is not None:  # the run's config.yaml names it wherever the run is resumed from
-        cfg = with_settings(cfg, {"train.init": str(Path(cfg.train.init).expanduser().resolve())})
+        init = Path(cfg.train.init).expanduser().resolve()
+        _check_init(init)
+        cfg = with_settings(cfg, {"train.init": str(init)})
     if resume and planned is None and (out / "encoders.pt").exists():  # seen by every rank before any writes
         if ctx.main:  # a re-run of a finished job: until 2026-12-02 it wrote encoders.pt, the log and tb/ again
             said = f" its {cfg.train.rounds} round(s)" if get_method(cfg.train.method).clusters else ""
@@ -1168,6 +1170,16 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
             print(f"its encoders after {done} rounds are kept as {kept}")
     trainer.run()
     return out / "encoders.pt"
+
+
+def _check_init(init: Path) -> None:
+    """train.init's form (it exists, and is a finished run, an export or a file), before rank 0 reads the manifest
+    and writes the run's videos (minutes at 65M videos): until 2026-12-02 a mistyped path was said after that.
+    What it holds is checked as it loads (Pretrainer._start_from)."""
+    from xdc.evaluation.sources import kind, run_and_encoders
+
+    if kind(init) == "run":
+        run_and_encoders(init)
 
 
 def _clear_unfinished_start(out: Path) -> None:
