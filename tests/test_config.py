@@ -168,6 +168,19 @@ def test_a_second_config_file_is_refused_not_put_in_place_of_the_first(tmp_path,
                                             "file; give the other settings with --set\n")  # fmt: skip
 
 
+@pytest.mark.parametrize("command", [["pretrain", "--data", "m.csv", "--out"], ["index", "videos", "--out"],
+                                     ["make-synthetic"], ["export", "run", "--out"]])
+def test_an_empty_out_is_refused_not_taken_as_the_current_folder(tmp_path, capsys, monkeypatch, command):
+    """Path("") is ".": until 2026-12-02 ``--out "$RUN"`` with RUN unset trained a run in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main([*command, ""])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith(": error: argument " + ("out" if command == ["make-synthetic"] else "--out")
+                                            + ": empty: give the path to write\n")
+    assert not any(tmp_path.iterdir())
+
+
 def test_logmel_on_is_validated_and_auto_means_the_device_on_cuda():
     with pytest.raises(UserError, match="data.logmel_on must be auto, workers or device"):
         load_config(None, ["data.logmel_on=gpu"])

@@ -46,6 +46,14 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _out_path(text: str) -> Path:
+    """Where a command writes: an empty one (``--out "$RUN"`` with RUN unset) is refused. Path("") is ".": until
+    2026-12-02 a run trained in the current folder, and other commands wrote there or failed on it."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty: give the path to write")
+    return Path(text)
+
+
 def _add_config_options(parser: argparse.ArgumentParser,
                         set_help: str = "override one setting, e.g. --set data.clip.frames=16 (repeatable)") -> None:
     parser.add_argument("--config", type=Path, action=_Once, help="YAML file of settings (see docs/config.md)")
@@ -512,14 +520,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="probe a video collection and write a manifest CSV")
     p.add_argument("paths", nargs="+", help="folders (searched recursively), CSV/text lists of files, or media files")
-    p.add_argument("--out", type=Path, required=True, help="manifest CSV to write (re-used as a probe cache)")
+    p.add_argument("--out", type=_out_path, required=True, help="manifest CSV to write (re-used as a probe cache)")
     p.add_argument("--labels", type=Path, help="CSV with columns path,label")
     p.add_argument("--workers", type=int, default=None, help="parallel probes (default: the usable CPUs)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("prepare", help="transcode a collection for fast training (small frames, short GOP, 16 kHz)")
     p.add_argument("paths", nargs="+", help="folders (searched recursively), CSV/text lists of files, or files")
-    p.add_argument("--out", type=Path, required=True, help="output folder (outside the inputs); re-runs resume")
+    p.add_argument("--out", type=_out_path, required=True, help="output folder (outside the inputs); re-runs resume")
     p.add_argument("--short-side", type=int, default=128, help="pixels of the shorter side (default 128)")
     p.add_argument("--gop", type=int, default=16, help="most frames between keyframes (default 16)")
     p.add_argument("--fps", type=float, default=None, help="cap the frame rate (default: keep the source's)")
@@ -534,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("make-synthetic", help="write the built-in synthetic audio-visual dataset")
-    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("out", type=_out_path, help="output folder")
     p.add_argument("--videos", type=int, default=200)
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -544,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining (XDC and family); scales with torchrun")
     p.add_argument("--data", type=Path, help="manifest CSV written by xdc index (a resume uses the run's videos/)")
-    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, encoders)")
+    p.add_argument("--out", type=_out_path, required=True, help="run folder (checkpoints, logs, encoders)")
     p.add_argument("--method", help="xdc (default), sdc-video, sdc-audio, mdc, cdc, xdc-video-video, "
                    "xdc-audio-audio, scratch, supervised")  # fmt: skip
     p.add_argument("--preset", help="paper, small or tiny (input sizes and encoder widths)")
@@ -568,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     clips = p.add_mutually_exclusive_group()
     clips.add_argument("--clips", type=int, help="evenly spaced clips per item (default: data.eval_clips)")
     clips.add_argument("--stride", type=float, help="sliding window every STRIDE seconds (feature sequences)")
-    p.add_argument("--out", type=Path, required=True, help="features .npz (a .json summary is written beside it)")
+    p.add_argument("--out", type=_out_path, required=True, help="features .npz (a .json summary is written beside it)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass, per rank (default 32)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_config_options(p, SETTINGS_HELP.format(""))
@@ -583,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "linear":
             q.add_argument("--test-features", type=Path, help="test on these instead of the 'test' split")
         q.add_argument("--classifier", choices=("logreg", "svm"), default="logreg")
-        q.add_argument("--out", type=Path, help=OUT_HELP)
+        q.add_argument("--out", type=_out_path, help=OUT_HELP)
         q.set_defaults(func=cmd_eval, test_features=None)
     q = evals.add_parser("finetune",
                          help="full finetuning or fc-only on train/test splits, video-level and per-class accuracy")
@@ -595,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mode", choices=("full", "fc"), default="full", help="full finetuning or frozen encoder + fc")
     q.add_argument("--option", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
                    help="adapter option")  # fmt: skip
-    q.add_argument("--out", type=Path, help=OUT_HELP)
+    q.add_argument("--out", type=_out_path, help=OUT_HELP)
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_config_options(q, SETTINGS_HELP.format(", or a finetune.* setting, or seed"))
     q.set_defaults(func=cmd_eval)
@@ -604,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run", type=Path, required=True, help="an xdc pretrain run folder, finished or not (its labels/)")
     q.add_argument("--labels", type=Path, help="a labels CSV (path, label), matched to the run's videos as xdc index "
                    "--labels matches; default: the labels of the manifest the run was trained from")  # fmt: skip
-    q.add_argument("--out", type=Path, help=OUT_HELP)
+    q.add_argument("--out", type=_out_path, help=OUT_HELP)
     q.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("benchmark", help="benchmarks on real data: grid")
@@ -613,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", type=Path, required=True, help="a folder in the layout of GRID (videos/, clips.csv, words.csv)")
     q.add_argument("--test-data", type=Path, help="test the probes on this set (same layout) instead of a split")
     q.add_argument("--fsdd", type=Path, help="FSDD folder: also probe the audio encoders on its official split")
-    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--out", type=_out_path, required=True)
     q.add_argument("--preset", default="small", help="paper, small (default) or tiny")
     q.add_argument("--k", help="comma-separated cluster counts for an XDC sweep, e.g. 16,32,64")
     q.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
@@ -624,14 +632,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page about a pretraining run or an eval result")
     p.add_argument("run", type=Path, metavar="RUN|RESULT", help="an xdc pretrain run folder, or the --out JSON of "
                    "xdc eval linear, kfold or finetune (its confusion matrix and accuracy per class)")
-    p.add_argument("--out", type=Path, help="HTML file to write (default: RUN/report.html, RESULT.html beside "
+    p.add_argument("--out", type=_out_path, help="HTML file to write (default: RUN/report.html, RESULT.html beside "
                    "RESULT.json); an existing file only if it is an earlier page of xdc report")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="a finished run's encoders as .safetensors files with a model card")
     p.add_argument("run", type=Path, help="an xdc pretrain run folder (or its encoders-N-rounds.pt), or a file of the "
                    "released XDC weights (.pth)")
-    p.add_argument("--out", type=Path, required=True, help="folder to write: new, empty, or a previous export")
+    p.add_argument("--out", type=_out_path, required=True, help="folder to write: new, empty, or a previous export")
     p.add_argument("--metrics", type=Path, action="append", default=[], metavar="FILE.json",
                    help="a result of `xdc eval ... --out` to cite in the model card (repeatable)")  # fmt: skip
     p.add_argument("--also", nargs="+", choices=("onnx", "pt2"), default=[], metavar="FORMAT",
@@ -639,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="run the built-in job on generated data (about a minute on a laptop CPU)")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    p.add_argument("--out", type=_out_path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     p.add_argument("--videos", type=int, default=128, help="synthetic videos to generate (default 128)")
     _add_config_options(p)
     p.set_defaults(func=cmd_demo)
