@@ -1,6 +1,6 @@
 import pytest
 
-from xdc.cli import main
+from xdc.cli import build_parser, main
 from xdc.config import load_config
 from xdc.errors import UserError
 
@@ -166,6 +166,18 @@ def test_a_second_config_file_is_refused_not_put_in_place_of_the_first(tmp_path,
     assert stop.value.code == 2
     assert capsys.readouterr().err.endswith(f"error: argument --config: given twice ({base}, {exp}): it takes one "
                                             "file; give the other settings with --set\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [["pretrain", "--out", "run"], ["benchmark", "grid", "--data", "d", "--out", "o"]])
+def test_a_second_preset_is_refused_not_put_in_place_of_the_first(capsys, command):
+    """Until 2026-12-02 the last --preset was taken and the first dropped without a word; one given once is taken,
+    where it has a default too (benchmark grid's small)."""
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--preset", "small", "--preset", "paper"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith("error: argument --preset: given twice (small, paper): it takes one "
+                                            "preset; give the other settings with --set\n")  # fmt: skip
+    assert build_parser().parse_args([*command, "--preset", "paper"]).preset == "paper"
 
 
 @pytest.mark.parametrize("command", [["pretrain", "--data", "m.csv", "--out"], ["index", "videos", "--out"],

@@ -36,13 +36,19 @@ PEER_LEFT = re.compile(r"\[[^\]\n]*gloo[^\]\n]*\] ([^\n]*?(?:Connection closed b
 
 
 class _Once(argparse.Action):
-    """An option that takes one value: argparse keeps the last of several, so a second --config dropped the first
-    file's settings without a word (until 2026-12-02)."""
+    """An option that takes one value (one ``what``): argparse keeps the last of several, so a second --config
+    dropped the first file's settings without a word, and a second --preset the first preset (until 2026-12-02)."""
+
+    def __init__(self, *args, what: str = "file", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.what = what
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        if (given := getattr(namespace, self.dest)) is not None:
-            raise argparse.ArgumentError(self, f"given twice ({given}, {values}): it takes one file; give the other "
-                                         "settings with --set")  # fmt: skip
+        given = f"_{self.dest}_given"  # not the value: an option with a default (grid's --preset) has one
+        if getattr(namespace, given, False):
+            raise argparse.ArgumentError(self, f"given twice ({getattr(namespace, self.dest)}, {values}): it takes "
+                                         f"one {self.what}; give the other settings with --set")  # fmt: skip
+        setattr(namespace, given, True)
         setattr(namespace, self.dest, values)
 
 
@@ -555,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_out_path, required=True, help="run folder (checkpoints, logs, encoders)")
     p.add_argument("--method", help="xdc (default), sdc-video, sdc-audio, mdc, cdc, xdc-video-video, "
                    "xdc-audio-audio, scratch, supervised")  # fmt: skip
-    p.add_argument("--preset", help="paper, small or tiny (input sizes and encoder widths)")
+    p.add_argument("--preset", action=_Once, what="preset", help="paper, small or tiny (input sizes and encoder "
+                   "widths)")
     p.add_argument("--k", type=int, help="clusters per label set (train.k)")
     p.add_argument("--rounds", type=int, help="cluster-then-train rounds (train.rounds); with --resume, the run's "
                    "new number: more extend it, finished or not")  # fmt: skip
@@ -622,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--test-data", type=Path, help="test the probes on this set (same layout) instead of a split")
     q.add_argument("--fsdd", type=Path, help="FSDD folder: also probe the audio encoders on its official split")
     q.add_argument("--out", type=_out_path, required=True)
-    q.add_argument("--preset", default="small", help="paper, small (default) or tiny")
+    q.add_argument("--preset", default="small", action=_Once, what="preset", help="paper, small (default) or tiny")
     q.add_argument("--k", help="comma-separated cluster counts for an XDC sweep, e.g. 16,32,64")
     q.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
     q.add_argument("--supervised-slot", default="digit", help="the word slot the supervised baseline trains on")
