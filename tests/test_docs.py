@@ -2,6 +2,7 @@
 preset and --set settings load; and the README's Python example runs. A renamed option, setting or function fails
 here, not in a user's first copied command."""
 
+import dataclasses
 import re
 import shlex
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from xdc.cli import build_parser
-from xdc.config import load_config
+from xdc.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -60,6 +61,37 @@ def test_a_documented_command_parses_and_its_settings_load(page, number, text, c
     except SystemExit:
         pytest.fail(f"{page.name}:{number}: xdc {text}\n{capsys.readouterr().err}")
     load_config(None, getattr(args, "overrides", []), preset=getattr(args, "preset", None))
+
+
+# A setting named in a page's prose, alone in backticks: `train.k`, `data.clip.frames=16`, `finetune.*`, `seed`
+# (not one inside a longer quotation, such as an error message about a mistyped key); `synthetic.json` is a file.
+NAMED_SETTING = re.compile(r"`((?:data|model|train|finetune|synthetic)(?:\.[a-z_]+)+|seed)(?:\.\*|=[^`]*)?`")
+FILE_SUFFIXES = (".json", ".csv", ".yaml", ".npz")
+
+
+def _is_setting(key: str) -> bool:
+    obj = Config()
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
+def test_every_setting_the_docs_name_in_prose_exists():
+    """The commands' --set settings load (above); a setting named in a sentence or a table is checked here: a key
+    renamed or removed in src/xdc/config.py fails here, not in a user's --set copied from the page."""
+    named, wrong = 0, []
+    for page in PAGES:
+        text = page.read_text()
+        for match in NAMED_SETTING.finditer(text):
+            if match.group(1).endswith(FILE_SUFFIXES):
+                continue
+            named += 1
+            if not _is_setting(match.group(1)):
+                wrong.append(f"{page.name}:{text.count(chr(10), 0, match.start()) + 1}: {match.group(0)}")
+    assert named >= 100  # the pattern still finds the pages' settings
+    assert not wrong, "settings that src/xdc/config.py does not have:\n" + "\n".join(wrong)
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # its 4 workers, on 2 cores
