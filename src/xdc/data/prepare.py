@@ -90,7 +90,7 @@ class PrepareOptions:
             raise UserError(f"--short-side must be an even number of pixels, at least 16, got {self.short_side}")
         if self.gop < 1:
             raise UserError(f"--gop must be at least 1 frame, got {self.gop}")
-        # the cap is a fraction of denominator at most 1001 (NTSC's): below a frame per 1000 s it rounded to 0, and
+        # the cap is a fraction of denominator at most 1001 (NTSC's): below a frame per 2002 s it rounded to 0, and
         # every file failed with a ZeroDivisionError (until 2026-12-01)
         if self.fps is not None and not 0.001 <= self.fps < math.inf:
             raise UserError(f"--fps must be a finite number of frames per second, at least 0.001, got {self.fps}")
