@@ -769,6 +769,25 @@ def test_a_new_run_names_the_settings_it_does_not_read(tmp_path, capsys):
     )
 
 
+def test_a_baseline_run_names_the_settings_its_method_does_not_read(tmp_path, capsys):
+    """--k and --assign of a supervised run, or the learning rate of scratch (random weights), were taken without a
+    word (until 2026-12-02): neither clusters, and scratch trains nothing."""
+    from xdc.cli import main
+
+    missing = str(tmp_path / "missing.csv")
+    error = f"xdc: error: manifest not found: {missing}\n"
+    assert main(["pretrain", "--data", missing, "--out", str(tmp_path / "a"), "--method", "supervised", "--k", "3",
+                 "--set", "train.lr=0.1", "--set", "train.pca_dim=256", "--assign", "sinkhorn"]) == 2  # fmt: skip
+    assert capsys.readouterr().err == ("WARNING: --method supervised does not read these settings; not used: "
+                                       f"train.k=3, train.assign='sinkhorn'\n{error}")  # fmt: skip
+    assert main(["pretrain", "--data", missing, "--out", str(tmp_path / "b"), "--method", "scratch", "--rounds", "2",
+                 "--set", "train.lr=0.1", "--set", "seed=3"]) == 2  # fmt: skip
+    assert capsys.readouterr().err == ("WARNING: --method scratch does not read these settings; not used: "
+                                       f"train.rounds=2, train.lr=0.1\n{error}")  # fmt: skip
+    assert main(["pretrain", "--data", missing, "--out", str(tmp_path / "c"), "--k", "3", "--assign", "sinkhorn"]) == 2
+    assert capsys.readouterr().err == error  # xdc reads them
+
+
 def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     from xdc.cli import main
 

@@ -165,6 +165,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from xdc.methods import get_method
     from xdc.training.pretrain import RESUME_SETTINGS, pretrain
 
     if args.data is None and not args.resume:
@@ -181,6 +182,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         print("WARNING: xdc pretrain reads no finetune.* or synthetic.* settings (xdc eval finetune and make-synthetic "
               f"take theirs); not used: {', '.join(unread)}", file=sys.stderr)  # fmt: skip
     given = given_keys(args.config, [*shortcuts, *args.overrides])
+    idle = [f"{key}={setting(cfg, key)!r}" for key in given if key in get_method(cfg.train.method).unread_settings
+            and setting(cfg, key) != setting(Config(), key)]  # fmt: skip
+    if idle and not args.resume and int(os.environ.get("RANK", "0")) == 0:  # until 2026-12-02 without a word
+        print(f"WARNING: --method {cfg.train.method} does not read these settings; not used: {', '.join(idle)}",
+              file=sys.stderr)
     rounds = cfg.train.rounds if args.resume and "train.rounds" in given else None  # extends or shortens the run
     taken = {key: setting(cfg, key) for key in given if key in RESUME_SETTINGS} if args.resume else None
     if args.resume and int(os.environ.get("RANK", "0")) == 0:

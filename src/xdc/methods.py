@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from xdc.errors import UserError
 
 MANIFEST_LABELS = "labels"  # a label set that comes from the manifest instead of clustering
+CLUSTERING_SETTINGS = tuple(f"train.{key}" for key in (
+    "k", "assign", "pca_dim", "kmeans_iters", "cluster_on", "collapse_fraction", "extract_cache"))
+TRAINING_SETTINGS = tuple(f"train.{key}" for key in (
+    "rounds", "epochs", "epoch_size", "batch_size", "accumulate", "lr", "momentum", "weight_decay", "recluster",
+    "holdout_fraction", "plateau_delta", "checkpoint_every"))
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,13 @@ class Method:
     def clustered(self) -> list[str]:
         """The encoders whose features some label set clusters (each round extracts those), sorted."""
         return sorted({e for encoders in self.label_sets.values() for e in encoders})
+
+    @property
+    def unread_settings(self) -> tuple[str, ...]:
+        """The train.* settings this method's runs do not read: those of clustering where it clusters nothing, and
+        those of training too where it trains nothing."""
+        unread = () if self.clusters else CLUSTERING_SETTINGS
+        return unread if self.trains else unread + TRAINING_SETTINGS
 
     @property
     def clusters(self) -> bool:
