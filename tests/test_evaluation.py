@@ -345,6 +345,32 @@ def test_an_out_of_the_features_read_is_refused_without_telling_to_remove_it(tmp
     assert a.stat().st_size > 0 and summary.read_text().startswith("{\n  \"out\"")
 
 
+def test_extract_refuses_an_out_or_summary_it_did_not_write(run, tmp_path, capsys):
+    """Until 2026-12-02 xdc extract replaced any file at --out X.npz and at X.json beside it: a run's labels file, or
+    the result of an eval given the natural name X.json, was lost unsaid."""
+    root, run_dir = run
+    write_table(items_of(root)[:2], tmp_path / "t.csv")
+    command = ["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"), "--clips",
+               "1", "--out"]  # fmt: skip
+    labels, result = tmp_path / "round_000.npz", tmp_path / "x.json"
+    np.savez(labels, video=np.zeros(4, np.int64))
+    result.write_text('{\n  "command": "eval linear",\n  "top1": 0.5\n}')
+    assert main([*command, str(labels)]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: --out {labels} exists and is not a features file of xdc extract: "
+                                       "give a new path (or remove it)\n")  # fmt: skip
+    assert main([*command, str(tmp_path / "x.npz")]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: {result} exists and is not the summary of an xdc extract, which "
+                                       f"--out {tmp_path / 'x.npz'} would write there: give --out another name (or "
+                                       "remove it)\n")  # fmt: skip
+    assert set(np.load(labels).files) == {"video"} and json.loads(result.read_text())["top1"] == 0.5
+    assert not (tmp_path / "x.npz").exists() and not list(tmp_path.glob("*.probe.*"))  # refused before any work
+    empty = tmp_path / "e.npz"
+    empty.touch()  # as mktemp makes one: taken, and again once it holds features
+    for _ in range(2):
+        assert main([*command, str(empty)]) == 0
+        assert np.load(empty)["features"].shape[0] == 2
+
+
 def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column

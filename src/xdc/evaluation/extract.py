@@ -11,9 +11,11 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
+import re
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -121,6 +123,7 @@ def extract_features(
             raise UserError(f"{flag} must be at least 1, got {value}")
     if stride is not None and not 0 < stride < math.inf:  # inf: every clip's start 0 * inf, NaN, failed
         raise UserError(f"--stride must be a finite number of seconds above 0, got {stride}")
+    check_out(out)
     source = load_source(run, encoder_name, settings)
     encoder, modality, cfg = source.encoder, source.modality, source.cfg
     if stride is not None and stride * cfg.data.clip.sample_rate < 1:  # until 2026-12-01 a MemoryError's traceback
@@ -188,6 +191,35 @@ def features_path(out: str | Path) -> Path:
     """The file that ``xdc extract --out OUT`` writes: OUT, with ``.npz`` added as np.savez would add it, said so."""
     out = Path(out)
     return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+
+
+_SUMMARY_START = re.compile(rb'\s*\{\s*"out":')  # how every summary of xdc extract begins, since the first
+
+
+def check_out(out: Path) -> None:
+    """Before any work: ``out`` (.npz) or the summary beside it (``OUT.json``) that is there and not of xdc extract
+    (an eval result, a run's file, notes) is refused rather than replaced (until 2026-12-02 both were, unsaid). An
+    empty file (``mktemp``'s) is taken."""
+    summary = out.with_suffix(".json")
+    if out.exists() and not _ours(out, lambda f: "features.npy" in zipfile.ZipFile(f).namelist()):
+        raise UserError(f"--out {out} exists and is not a features file of xdc extract: give a new path (or remove it)")
+    if summary.exists() and not _ours(summary, lambda f: _SUMMARY_START.match(f.read(4096)) is not None):
+        raise UserError(f"{summary} exists and is not the summary of an xdc extract, which --out {out} would write "
+                        "there: give --out another name (or remove it)")  # fmt: skip
+
+
+def _ours(path: Path, test: Callable[[BinaryIO], bool]) -> bool:
+    """Whether ``path`` is a regular file that is empty or passes ``test`` (of the open file); a pipe is not opened."""
+    try:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            if not f.read(1):
+                return True
+            f.seek(0)
+            return test(f)
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _finished(out: Path, made_with: str) -> dict | None:
