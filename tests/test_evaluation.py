@@ -1052,14 +1052,19 @@ def _extract_cli(run_dir: Path, table: Path, out: Path) -> list[str]:
             "--batch-size", "4", "--out", str(out)]  # fmt: skip
 
 
-def _extract_launch(tmp_path: Path, ranks: int, arguments: list[str], wait: bool = False) -> list[str]:
+def _extract_launch(tmp_path: Path, ranks: int, arguments: list[str], wait: bool = False,
+                    block: bool = False) -> list[str]:  # fmt: skip
     """``xdc extract`` with a part per batch (a real part keeps 16 to 256), in one process or under torchrun; to
-    ``wait`` a minute once a rank kept its first part, where the test kills it (not a race with its end)."""
+    ``wait`` a minute once a rank kept its first part, where the test kills it (not a race with its end); to
+    ``block`` the summary's write with a folder made in its place once the features are written."""
     driver = tmp_path / "driver.py"
     driver.write_text("import sys, time\nfrom xdc.evaluation import extract\nfrom xdc.training import checkpoint\n"
                       "from xdc.cli import main\nextract.PART_BATCHES = 1\nadd = checkpoint.KeptParts.add\n"
                       "def add_then_wait(self, number, part):\n    add(self, number, part)\n    time.sleep(60)\n"
                       f"if {wait}:\n    checkpoint.KeptParts.add = add_then_wait\n"
+                      "write = extract._write\ndef write_then_block(out, *args):\n    written = write(out, *args)\n"
+                      "    out.with_suffix('.json').mkdir()\n    return written\n"
+                      f"if {block}:\n    extract._write = write_then_block\n"
                       "sys.exit(main(sys.argv[1:]))\n")  # fmt: skip
     if ranks == 1:
         return [sys.executable, str(driver), *arguments]
@@ -1165,10 +1170,10 @@ def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeyp
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already hold these features") == 1 and "clips of" not in again.stdout
     assert _files_as_they_are(ddp) == before
-    # rank 0 failing to write the summary (a folder is in its place): every rank stops, rank 0 says why
+    # rank 0 failing to write the summary (a folder made in its place after the check before any work, which
+    # refuses one): every rank stops, rank 0 says why
     blocked = tmp_path / "blocked.npz"
-    blocked.with_suffix(".json").mkdir()
-    done = subprocess.run(_extract_launch(tmp_path, 2, _extract_cli(run_dir, table, blocked)),
+    done = subprocess.run(_extract_launch(tmp_path, 2, _extract_cli(run_dir, table, blocked), block=True),
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode != 0 and "[rank1]: Traceback" not in done.stderr, done.stderr[-3000:]  # (torchrun's
     # report of its failed ranks has a traceback of its own)

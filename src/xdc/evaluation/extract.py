@@ -123,7 +123,7 @@ def extract_features(
             raise UserError(f"{flag} must be at least 1, got {value}")
     if stride is not None and not 0 < stride < math.inf:  # inf: every clip's start 0 * inf, NaN, failed
         raise UserError(f"--stride must be a finite number of seconds above 0, got {stride}")
-    check_out(out)
+    on_main(lambda: check_out(out), ctx)  # under torchrun a refusal is rank 0's line alone
     source = load_source(run, encoder_name, settings)
     encoder, modality, cfg = source.encoder, source.modality, source.cfg
     if stride is not None and stride * cfg.data.clip.sample_rate < 1:  # until 2026-12-01 a MemoryError's traceback
