@@ -371,6 +371,27 @@ def test_extract_refuses_an_out_or_summary_it_did_not_write(run, tmp_path, capsy
         assert np.load(empty)["features"].shape[0] == 2
 
 
+def test_eval_linear_refuses_test_features_of_another_encoder(run, tmp_path, capsys):
+    """Video features given --test-features of the audio encoder (of the same width at a preset) were scored at
+    chance until 2026-12-02, as an accuracy like any other; what the summaries beside them say tells them apart."""
+    root, run_dir = run
+    items = items_of(root)
+    write_table(items[:12], tmp_path / "a.csv")
+    write_table([dataclasses.replace(item, split="") for item in items[12:18]], tmp_path / "b.csv")
+    made = {}
+    for name, encoder, table in (("v", "video", "a"), ("a", "audio", "a"), ("b", "audio", "b")):
+        made[name] = tmp_path / f"{name}.npz"
+        assert main(["extract", "--run", str(run_dir), "--encoder", encoder, "--data", str(tmp_path / f"{table}.csv"),
+                     "--clips", "1", "--out", str(made[name])]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", "linear", "--features", str(made["v"]), "--test-features", str(made["b"])]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: {made['v']} holds features of the video encoder and {made['b']} "
+                                       "of the audio encoder (as the summaries of xdc extract beside them say): a "
+                                       "probe trained on the one cannot be tested on the other; extract both with "
+                                       "one --encoder\n")  # fmt: skip
+    assert main(["eval", "linear", "--features", str(made["a"]), "--test-features", str(made["b"])]) == 0
+
+
 def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column

@@ -83,6 +83,11 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
         if not np.isin(test["label"], train["label"][train_mask]).any():  # every answer would be wrong
             raise UserError(f"no label of {test_features} is a class of {features}'s training clips: are they "
                             "features of one dataset's labels?")  # fmt: skip
+        encoders = [_encoder_of(path, arrays) for path, arrays in ((features, train), (test_features, test))]
+        if None not in encoders and encoders[0] != encoders[1]:  # until 2026-12-02 an accuracy of chance, unsaid
+            raise UserError(f"{features} holds features of the {encoders[0][0]} encoder and {test_features} of the "
+                            f"{encoders[1][0]} encoder (as the summaries of xdc extract beside them say): a probe "
+                            "trained on the one cannot be tested on the other; extract both with one --encoder")
     else:
         test = train
         train_mask, test_mask = train["split"] == "train", train["split"] == "test"
@@ -111,6 +116,20 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
               "test_features": os.path.abspath(test_features) if test_features else "",
               **result.to_dict(), "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
     return _emit(record, [_numbers(result.to_dict())], out, _worst_classes(record["per_class"]))
+
+
+def _encoder_of(features: Path, arrays: dict[str, np.ndarray]) -> tuple[str, str] | None:
+    """The encoder (name, modality) that made ``arrays``, as the summary of xdc extract beside ``features`` says
+    where it is theirs (the same made_with); None where there is no such summary (features made before 2026-12-02,
+    or moved without it)."""
+    try:
+        summary = json.loads(features.with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(summary, dict) and "made_with" in arrays and summary.get("made_with") == str(arrays["made_with"])
+    if not ours:
+        return None
+    return str(summary.get("encoder")), str(summary.get("modality"))
 
 
 def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
