@@ -392,6 +392,21 @@ def test_eval_linear_refuses_test_features_of_another_encoder(run, tmp_path, cap
     assert main(["eval", "linear", "--features", str(made["a"]), "--test-features", str(made["b"])]) == 0
 
 
+def test_eval_linear_says_how_many_clips_of_no_split_it_left_out(tmp_path, capsys):
+    """Clips of split val, or of a table's row whose split cell was left empty, are neither trained nor tested on;
+    until 2026-12-02 they were left out unsaid (eval kfold says so of fold 0)."""
+    rng = np.random.default_rng(0)
+    split = np.array(["train"] * 8 + ["test"] * 4 + ["val"] * 3 + [""])
+    feats, out = tmp_path / "f.npz", tmp_path / "r.json"
+    np.savez(feats, features=rng.normal(size=(16, 4)).astype(np.float32), label=np.array(["x", "y"] * 8),
+             split=split, fold=np.zeros(16, np.int64), group=np.array([f"v{i}" for i in range(16)]))  # fmt: skip
+    assert main(["eval", "linear", "--features", str(feats), "--out", str(out)]) == 0
+    assert ("4 clips of split (none) or val were left out: the probe trains on split train (choosing C on a part of "
+            "it) and tests on split test\n") in capsys.readouterr().out  # fmt: skip
+    record = json.loads(out.read_text())
+    assert (record["left_out"], record["n_train"], record["n_test"]) == (4, 8, 4)
+
+
 def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column

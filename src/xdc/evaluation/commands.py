@@ -93,6 +93,11 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
         train_mask, test_mask = train["split"] == "train", train["split"] == "test"
         if not train_mask.any() or not test_mask.any():
             raise UserError(f"{features} has no train/test split: pass --test-features, or use `xdc eval kfold`")
+    left_out = ~train_mask & ~test_mask if test_features is None else np.zeros(0, bool)
+    if left_out.any():  # split val, or none (a cell left empty): said, not only in the JSON (until 2026-12-02 unsaid)
+        names = " or ".join(name or "(none)" for name in np.unique(train["split"][left_out]))
+        print(f"{int(left_out.sum())} clips of split {names} were left out: the probe trains on split train (choosing "
+              "C on a part of it) and tests on split test")  # fmt: skip
     # a video of one file both trained and tested on (listed in both splits, or --test-features naming the file
     # itself) would score what the probe saw in training; two files' group ids (a CSV's own) may name other videos
     same = test_features is None or os.path.samefile(features, test_features)
@@ -114,7 +119,7 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
     # absolute, as the run of eval clusters: export finds the features' summary from any folder
     record = {"command": "eval linear", "features": os.path.abspath(features),
               "test_features": os.path.abspath(test_features) if test_features else "",
-              **result.to_dict(), "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
+              **result.to_dict(), "left_out": int(left_out.sum()), "probe": {"classifier": classifier, **PROBE}}
     return _emit(record, [_numbers(result.to_dict())], out, _worst_classes(record["per_class"]))
 
 
