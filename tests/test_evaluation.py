@@ -68,6 +68,21 @@ def test_a_window_as_long_as_a_clip_gives_one_clip_whatever_its_float_rounding(r
     assert sorted(np.load(tmp_path / "w.npz")["group"]) == ["0.0", "1.41"]
 
 
+def test_a_window_past_the_files_end_ends_there(run, tmp_path):
+    """A CSV's 2.5-5 s window of a 3 s file spread its clips over 2.5 s that are not there: those past the end
+    failed, and the file was listed as skipped though some of its clips were in the features."""
+    root, run_dir = run
+    item = items_of(root)[0]
+    windows = [Item(item.path, item.label, "train", 1, start_s=2.5, end_s=5.0, group="past"),
+               Item(item.path, item.label, "train", 1, start_s=0.5, end_s=3.0, group="inside")]  # fmt: skip
+    summary = extract_features(run_dir, "audio", windows, tmp_path / "p.npz", clips=3)
+    data = np.load(tmp_path / "p.npz")
+    assert summary["skipped"] == []
+    past = data["group"] == "past"  # 0.5 s to the end: no longer than a clip, so one clip, at its start
+    np.testing.assert_allclose(data["start"][past], [2.5])
+    np.testing.assert_allclose(np.sort(data["start"][~past]), [0.5, 1.25, 2.0])  # a window inside: as before
+
+
 def test_sliding_window_gives_per_item_sequences(run, tmp_path):
     root, run_dir = run
     extract_features(run_dir, "audio", items_of(root)[:2], tmp_path / "seq.npz", stride=0.5)
@@ -564,13 +579,17 @@ def test_finetune_reports_the_test_videos_it_could_not_score(run, tmp_path, caps
     root, run_dir = run
     items = items_of(root)  # 8 test videos of 3 s
     late = Item(items[1].path, items[1].label, "test", start_s=5.0, end_s=9.0, group="late")  # after the file's end
-    # its one test clip, centred in the window, starts at 10.5 s: it fails to load, and the video goes unscored
-    long = Item(items[2].path, items[2].label, "test", start_s=2.0, end_s=20.0, group="long")
+    # a file that fails to read after its probe: its one test clip fails to load, and the video goes unscored
+    unreadable = tmp_path / "unreadable.mp4"
+    shutil.copy(items[2].path, unreadable)
+    long = Item(str(unreadable), items[2].label, "test")
     broken = [tmp_path / f"broken{n}.mp4" for n in range(4)]
     for path in broken:
         path.write_bytes(b"nothing")
     table, out = tmp_path / "table.csv", tmp_path / "ft.json"
     write_table([*items, late, long, *(Item(str(path), items[0].label, "test") for path in broken)], table)
+    items_to_manifest([long], tmp_path / "ft.finetune" / "probe" / "test.probe.csv", "video")  # the command's probe
+    _break_after_probe(unreadable)
     assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "video", "--data", str(table), "--out",
                  str(out), "--mode", "fc", "--set", "finetune.epochs=1", "--set", "finetune.batch_size=8", "--set",
                  "finetune.test_clips=1", "--set", "seed=3"]) == 0  # fmt: skip
@@ -587,9 +606,9 @@ def test_finetune_reports_the_test_videos_it_could_not_score(run, tmp_path, caps
     assert np.trace(counts) / counts.sum() == split["top1"]
     assert ("worst classes: " in printed) == (split["top1"] < 1) and "per_class" not in printed
     reasons = {skip["path"]: skip["reason"] for skip in record["skipped"]}
-    assert len(record["skipped"]) == 6 and set(reasons) == {items[1].path, items[2].path, *map(str, broken)}
+    assert len(record["skipped"]) == 6 and set(reasons) == {items[1].path, str(unreadable), *map(str, broken)}
     assert reasons[items[1].path] == "its window starts at 5s, at or after the file's end at 3s"
-    assert reasons[items[2].path] == "the clip at 10.50s starts after the video's end at 3.00s"
+    assert reasons[str(unreadable)].startswith("InvalidDataError")
     # one group, one prediction: its items must share a label (an error before any training)
     twin = Item(items[4].path, "another", "test", group=items[0].group)
     cfg = FinetuneConfig(epochs=1, batch_size=8, test_clips=1)

@@ -77,7 +77,7 @@ def _files(items: list[Item], probes: dict[str, dict]) -> str:
 
 def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manifest, np.ndarray, list, str]:
     probes = {row["path"]: row for row in read_rows(probe_cache)}
-    rows, kept, skipped = [], [], []
+    rows, kept, skipped, cut = [], [], [], []
     for i, item in enumerate(items):
         row = probes.get(item.path, {"status": "error", "reason": "not probed"})
         usable = row["status"] in ("ok", "no_audio")
@@ -90,7 +90,11 @@ def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manife
             skipped.append((item.path, f"its window starts at {item.start_s:g}s, at or after the file's end at "
                                        f"{duration:g}s"))  # fmt: skip
             continue
-        end = item.end_s or duration
+        # a window that runs past the file's end ends there: its clips were spread over time that is not there, and
+        # those past the end failed (until 2026-12-02)
+        end = min(item.end_s or duration, duration)
+        if item.end_s > duration:
+            cut.append(i)
         # to the microsecond of the adapters' windows (and above 0): 2.41 - 1.41 is 1.0000000000000002, which left
         # a 1 s window room for a second, equal 1 s clip (until 2026-12-01: data.eval_clips copies of one)
         span = max(round(end - item.start_s, 6), 1e-6)
@@ -98,7 +102,10 @@ def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manife
         kept.append(i)
     manifest = Manifest.from_rows(rows)
     manifest.offsets[:] = [items[i].start_s for i in kept]
-    return manifest, np.array(kept, dtype=np.int64), skipped, _files(items, probes)
+    files = _files(items, probes)
+    if cut:  # kept features or progress of before the cut, whose clips were others, are not taken as these
+        files = hashlib.sha256(json.dumps([files, "windows cut at the end", cut]).encode()).hexdigest()
+    return manifest, np.array(kept, dtype=np.int64), skipped, files
 
 
 @torch.no_grad()
