@@ -882,7 +882,36 @@ def test_a_file_listed_twice_is_refused_naming_both_lines(tmp_path):
     labels = _write(table / "labels.csv", "path,label,start_s,end_s\na.wav,cat,,\nb.wav,dog,,\na.wav,cat,0.5,\n")
     assert len(load_dataset("csv", labels)) == 3  # another part of a.wav: another item
     labels.write_text(labels.read_text() + "a.wav,dog,0.5,\n")
-    with _raises(r"a.wav from 0.5 s to its end appears twice: \S*labels.csv line 4 and \S*labels.csv line 5"):
+    with _raises(r"a.wav from 0.5 s to its end is listed twice with label 'cat' and 'dog': \S*labels.csv line 4 and "
+                 r"\S*labels.csv line 5 \(keep the row with the right one\)"):
+        load_dataset("csv", labels)
+
+
+def test_a_csv_row_repeated_whole_is_left_out_with_a_warning(tmp_path):
+    """A labels CSV (or a manifest: two joined whole) with a row twice, all alike: kept once, as a pretraining
+    manifest's repeated file is, with one warning (until 2026-12-02 refused); a repeat that differs in label,
+    split, fold or group is refused, naming the file, both lines and the values."""
+    for name in ("a.wav", "b.wav", "c.avi.mp4"):
+        _touch(tmp_path / name)
+    _real_media(tmp_path)
+    rows = "path,label,split,start_s,end_s\na.wav,cat,train,,\nb.wav,dog,test,1,2\n"
+    labels = _write(tmp_path / "labels.csv", rows + "a.wav,cat,train,,\nb.wav,dog,test,1.0,2\n./a.wav,cat,train,0,\n")
+    with pytest.warns(UserWarning, match=r"labels.csv: 3 row\(s\) repeating an earlier one \(the same part of a "
+                                         r"file, label, split, fold and group\) left out, e.g. \S*labels.csv line 4 "
+                                         r"\(as \S*labels.csv line 2\)") as caught:  # fmt: skip
+        items = load_dataset("csv", labels)
+    assert len(caught) == 1
+    assert [(Path(i.path).name, i.label, i.split, i.start_s, i.end_s) for i in items] == \
+        [("a.wav", "cat", "train", 0.0, 0.0), ("b.wav", "dog", "test", 1.0, 2.0)]  # fmt: skip
+    labels.write_text(rows + "b.wav,dog,train,1,2\n")  # in both splits: trained and tested on
+    with _raises(r"b.wav from 1 s to 2 s is listed twice with split 'test' and 'train': \S*labels.csv line 3 and "
+                 r"\S*labels.csv line 4") as e:  # fmt: skip
+        load_dataset("csv", labels)
+    _one_line(e)
+    # c.avi read from its copy by xdc prepare, which is listed too: the same file (until 2026-12-02 two items)
+    labels.write_text("path,label\nc.avi,cat\nc.avi.mp4,dog\n")
+    with _raises(r"c.avi.mp4 is listed twice with label 'cat' and 'dog': \S*labels.csv line 2 and \S*labels.csv "
+                 "line 3"):  # fmt: skip
         load_dataset("csv", labels)
 
 

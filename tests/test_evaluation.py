@@ -386,6 +386,19 @@ def test_extract_refuses_an_out_or_summary_it_did_not_write(run, tmp_path, capsy
         assert np.load(empty)["features"].shape[0] == 2
 
 
+def test_extract_takes_a_repeated_csv_row_once_and_says_so(run, tmp_path):
+    """A labels CSV with a row twice (two manifests joined): each clip once in the features, and one warning line."""
+    root, run_dir = run
+    items = items_of(root)[:2]
+    write_table([*items, items[0]], tmp_path / "t.csv")
+    with pytest.warns(UserWarning, match=r"t.csv: 1 row\(s\) repeating an earlier one .* left out, e.g. \S*t.csv "
+                                         r"line 4 \(as \S*t.csv line 2\)") as caught:  # fmt: skip
+        assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
+                     "--clips", "1", "--out", str(tmp_path / "x.npz")]) == 0  # fmt: skip
+    assert len(caught) == 1
+    assert sorted(np.load(tmp_path / "x.npz")["path"]) == sorted(item.path for item in items)
+
+
 def test_eval_linear_refuses_test_features_of_another_encoder(run, tmp_path, capsys):
     """Video features given --test-features of the audio encoder (of the same width at a preset) were scored at
     chance until 2026-12-02, as an accuracy like any other; what the summaries beside them say tells them apart."""

@@ -236,7 +236,7 @@ def load_csv(root: Path, missing: str = "error") -> list[Item]:
     rows = _read_csv(root, ("path", "label"))
     listed = [(f"{root} line {line}", _row_item(row, _abs(base / row["path"]), f"{root} line {line}"))
               for line, row in rows]  # fmt: skip
-    return _drop_missing(_once(listed), missing, str(root))
+    return _drop_missing(_once(listed, repeats=str(root)), missing, str(root))
 
 
 ADAPTERS: dict[str, Callable[..., list[Item]]] = {
@@ -580,26 +580,45 @@ def _boolean(text: str, where: str) -> bool:
     return text.lower() in ("true", "1")
 
 
-def _once(listed: list[tuple[str, Item]]) -> list[Item]:
+def _once(listed: list[tuple[str, Item]], repeats: str | None = None) -> list[Item]:
     """The items of ``listed`` (where each was found, the item), refusing a part of a file listed twice, in one
-    split or two: it would be trained on or scored twice (until 2026-12-02 it was)."""
-    first: dict[tuple[str, float, float], str] = {}
+    split or two: it would be trained on or scored twice (until 2026-12-02 it was). With ``repeats`` (kind csv:
+    the CSV, a table or a manifest that may hold a file twice, as a pretraining manifest may) a row the same as an
+    earlier one but for where it is (label, split, fold and group alike) is left out with one warning naming
+    ``repeats``; the two must still agree. A listed file that ``xdc prepare`` copied is its copy here already, so
+    that the copy listed as well is found."""
+    listed = list(zip([where for where, _ in listed], _prepared_copies([item for _, item in listed])))
+    first: dict[tuple[str, float, float], tuple[str, Item]] = {}
+    kept, left_out = [], []
     for where, item in listed:
         key = (item.path, item.start_s, item.end_s)
-        if key in first:
-            span = ""
-            if item.start_s or item.end_s:
-                span = f" from {item.start_s:g} s to " + (f"{item.end_s:g} s" if item.end_s else "its end")
-            raise UserError(f"{item.path}{span} appears twice: {first[key]} and {where} (keep one)")
-        first[key] = where
-    return [item for _, item in listed]
+        if key not in first:
+            first[key] = where, item
+            kept.append(item)
+            continue
+        at, earlier = first[key]
+        span = ""
+        if item.start_s or item.end_s:
+            span = f" from {item.start_s:g} s to " + (f"{item.end_s:g} s" if item.end_s else "its end")
+        differ = [f"{name} {getattr(earlier, name)!r} and {getattr(item, name)!r}"
+                  for name in ("label", "split", "fold", "group") if getattr(earlier, name) != getattr(item, name)]
+        if repeats is None:
+            raise UserError(f"{item.path}{span} appears twice: {at} and {where} (keep one)")
+        if differ:
+            raise UserError(f"{item.path}{span} is listed twice with {', '.join(differ)}: {at} and {where} (keep the "
+                            "row with the right one)")  # fmt: skip
+        left_out.append((where, at))
+    if left_out:  # until 2026-12-02 refused, as a repeat with other values still is
+        where, at = left_out[0]
+        warnings.warn(f"{repeats}: {len(left_out)} row(s) repeating an earlier one (the same part of a file, label, "
+                      f"split, fold and group) left out, e.g. {where} (as {at})", stacklevel=4)  # fmt: skip
+    return kept
 
 
 def _drop_missing(items: list[Item], missing: str, source: str) -> list[Item]:
     """Listed files absent on disk: one error naming how many and the first, or (``missing="skip"``) dropped."""
     if missing not in MISSING:
         raise UserError(f"option missing must be 'error' or 'skip', got {missing!r}")
-    items = _prepared_copies(items)
     paths = list(dict.fromkeys(item.path for item in items))
     absent = [p for p in paths if not os.path.isfile(p)]
     if not absent:
