@@ -399,6 +399,18 @@ def test_extract_takes_a_repeated_csv_row_once_and_says_so(run, tmp_path):
     assert sorted(np.load(tmp_path / "x.npz")["path"]) == sorted(item.path for item in items)
 
 
+@pytest.mark.parametrize("command", [["extract"], ["eval", "finetune"]])
+def test_a_dataset_with_official_splits_given_without_split_names_the_option(run, tmp_path, capsys, command):
+    """Until 2026-12-02: "ucf101 needs split 1, 2 or 3 (its official train/test splits), got None"."""
+    root, run_dir = run
+    ucf = _ucf_layout(root, tmp_path / "UCF-101")
+    assert main([*command, "--run", str(run_dir), "--encoder", "video", "--dataset", "ucf101", "--data", str(ucf),
+                 "--out", str(tmp_path / "out.npz")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give one with --split (eval finetune: or --split all)" in err
+    assert "None" not in err
+
+
 def test_eval_linear_refuses_test_features_of_another_encoder(run, tmp_path, capsys):
     """Video features given --test-features of the audio encoder (of the same width at a preset) were scored at
     chance until 2026-12-02, as an accuracy like any other; what the summaries beside them say tells them apart."""

@@ -292,6 +292,9 @@ def _abs(path: Path) -> str:
 
 
 def _split_number(split: int | None, kind: str) -> int:
+    if split is None:  # until 2026-12-02 "got None", where the command's option is what is missing
+        raise UserError(f"{kind} needs split 1, 2 or 3 (its official train/test splits): give one with --split "
+                        "(eval finetune: or --split all)")  # fmt: skip
     if split not in (1, 2, 3):
         raise UserError(f"{kind} needs split 1, 2 or 3 (its official train/test splits), got {split!r}")
     return int(split)
