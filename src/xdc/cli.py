@@ -7,7 +7,6 @@ import errno
 import io
 import os
 import re
-import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -251,7 +250,6 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
         ctx = None
         try:
             ctx = init_distributed(gpus)
-            interrupted = _noting_interrupts() if ctx.enabled else []
             on_main(lambda: held.enter_context(lock()), ctx)
             result = work(ctx)
             leave_distributed(True)  # after the others: gloo's error (below) where one has left the job instead
@@ -263,7 +261,7 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
             # raised, rank 0 alone says, before any leaves (the others may never come where it is not; nor does a
             # Ctrl-C wait for them: a rank stuck in a collective would not come).
             together = isinstance(e, (SharedError, RankFailed))
-            status = _report(e, bool(interrupted)) if ctx.main or not together else 2
+            status = _report(e) if ctx.main or not together else 2
             if together:  # every rank leaves after rank 0 said it: the others' lines after a traceback, not inside
                 met = _meet(ctx)
                 if isinstance(e, RankFailed) and not ctx.main:
@@ -292,34 +290,12 @@ def _meet(ctx: Dist) -> bool:
     return True
 
 
-def _noting_interrupts() -> list[int]:
-    """Under torchrun, a Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is noted in the list
-    returned. Python ignores one raised in a ``__del__`` (a DataLoader iterator's, joining its workers at an epoch's
-    end), printing its traceback: the rank goes on to its next collective and finds the others gone, as they stopped
-    on it. Noted, it is said there (_report), and its traceback is not."""
-    noted: list[int] = []
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # the process's own choice: kept
-        return noted
-
-    def interrupt(signum: int, frame: object) -> None:
-        noted.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda u: None if isinstance(u.exc_value, KeyboardInterrupt) else hook(u)
-    return noted
-
-
-def _report(e: Exception | KeyboardInterrupt, interrupted: bool = False) -> int:
+def _report(e: Exception | KeyboardInterrupt) -> int:
     """Say ``e`` as main does (one line, or a bug's traceback; a RankFailed as its cause), or that this rank stopped as
-    another left the job (_peer_left; a Ctrl-C, where this rank had one that Python ignored: ``interrupted``), and
-    give the exit status."""
+    another left the job (_peer_left), and give the exit status."""
     if isinstance(e, KeyboardInterrupt):
         return _interrupted()
     left = _peer_left(e)
-    if left is not None and interrupted:  # the others stopped on the Ctrl-C that this rank's __del__ ignored
-        return _interrupted()
     if left is not None:  # not this rank's error but another's, which that rank said before it left
         _say(f"stopped: another rank left the job (gloo: {left}); its error, or torchrun's report of its end, says why")
         return 1
