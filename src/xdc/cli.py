@@ -247,9 +247,10 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
     from xdc.training.distributed import init_distributed, leave_distributed, on_main
 
     with ExitStack() as held:
-        ctx = None
+        ctx, interrupted = None, []
         try:
             ctx = init_distributed(gpus)
+            interrupted = _noting_interrupts() if ctx.enabled else []
             on_main(lambda: held.enter_context(lock()), ctx)
             result = work(ctx)
             leave_distributed(True)  # after the others: gloo's error (below) where one has left the job instead
@@ -261,7 +262,7 @@ def _as_rank(work: Callable[[Dist], T], gpus: bool = True, lock: Lock = nullcont
             # raised, rank 0 alone says, before any leaves (the others may never come where it is not; nor does a
             # Ctrl-C wait for them: a rank stuck in a collective would not come).
             together = isinstance(e, (SharedError, RankFailed))
-            status = _report(e) if ctx.main or not together else 2
+            status = _report(e, bool(interrupted)) if ctx.main or not together else 2
             if together:  # every rank leaves after rank 0 said it: the others' lines after a traceback, not inside
                 met = _meet(ctx)
                 if isinstance(e, RankFailed) and not ctx.main:
@@ -290,12 +291,33 @@ def _meet(ctx: Dist) -> bool:
     return True
 
 
-def _report(e: Exception | KeyboardInterrupt) -> int:
+def _noting_interrupts() -> list[object]:
+    """Under torchrun, note each Ctrl-C that Python ignored in a ``__del__`` (a DataLoader iterator's, joining its
+    workers at an epoch's end) in the list returned, in place of its traceback: the rank goes on to its next
+    collective and finds the others gone, as they stopped on the same Ctrl-C; noted, it is said there (_report).
+    The SIGINT handler stays Python's own."""
+    noted: list[object] = []
+    hook = sys.unraisablehook
+
+    def noting(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            noted.append(unraisable.object)
+        else:
+            hook(unraisable)
+
+    sys.unraisablehook = noting
+    return noted
+
+
+def _report(e: Exception | KeyboardInterrupt, interrupted: bool = False) -> int:
     """Say ``e`` as main does (one line, or a bug's traceback; a RankFailed as its cause), or that this rank stopped as
-    another left the job (_peer_left), and give the exit status."""
+    another left the job (_peer_left; a Ctrl-C, where this rank had one that Python ignored: ``interrupted``), and
+    give the exit status."""
     if isinstance(e, KeyboardInterrupt):
         return _interrupted()
     left = _peer_left(e)
+    if left is not None and interrupted:  # the others stopped on the Ctrl-C that this rank's __del__ ignored
+        return _interrupted()
     if left is not None:  # not this rank's error but another's, which that rank said before it left
         _say(f"stopped: another rank left the job (gloo: {left}); its error, or torchrun's report of its end, says why")
         return 1
