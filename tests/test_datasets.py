@@ -232,13 +232,14 @@ def test_a_manifest_is_read_in_chunks_as_one(tmp_path, monkeypatch):
         "path,status,reason,duration_s,has_audio,width,label\n"  # a second manifest joined whole: its header is
         "j.mp4,error,cannot open,,0,,\n"  # unusable, as are the numbers of unusable rows
     )
+    monkeypatch.chdir(tmp_path)  # relative paths are taken against the current folder, and kept absolute
     m = Manifest.load(path)
-    assert m.paths.tolist() == [b"b.mp4", b"c, d.mp4", b"f.wav", b"h.mp4"]
+    assert m.paths.tolist() == [f"{tmp_path}/{name}".encode() for name in ("b.mp4", "c, d.mp4", "f.wav", "h.mp4")]
     assert m.classes == ("ant", "zebra") and m.labels.tolist() == [1, -1, 0, 1]
     assert m.durations.tolist() == [2.5, 1.0, 3.0, 4.0] and m.offsets.tolist() == [0.0] * 4
     assert m.has_audio.tolist() == [True, False, True, True] and m.has_video.tolist() == [True, True, False, True]
     with_audio = Manifest.load(path, require_audio=True)
-    assert with_audio.paths.tolist() == [b"b.mp4", b"f.wav", b"h.mp4"] and with_audio.labels.tolist() == [1, 0, 1]
+    assert with_audio.paths.tolist() == m.paths[[0, 2, 3]].tolist() and with_audio.labels.tolist() == [1, 0, 1]
     lines = path.read_text().splitlines()
     lines[6] = "h.mp4,ok,,4 s,True,64,zebra"  # a hand edit in a usable row: named with its line, in the third chunk
     path.write_text("\n".join(lines) + "\n")

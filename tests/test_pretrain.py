@@ -1,6 +1,7 @@
 """Pretraining: the method routing, a short real run, exact resume after a kill, and DDP equivalence."""
 
 import csv
+import dataclasses
 import gc
 import json
 import os
@@ -1006,6 +1007,35 @@ def test_a_resumed_run_keeps_its_videos_when_the_manifest_file_changes(manifest,
     shutil.rmtree(out / "videos")  # a run from before runs kept their videos: the manifest must still match
     with pytest.raises(UserError, match="has labels for 24 videos, the manifest now gives 23"):
         Pretrainer(cfg, changed, out, Dist(), resume=True).resume()
+
+
+def test_a_run_on_a_manifest_of_relative_paths_resumes_from_any_folder(manifest, tmp_path, monkeypatch):
+    """Relative paths (a manifest written by hand) resolve against the current folder, as they always did; until
+    2026-12-02 the run kept them as written, and a resume from another folder failed every file after a whole
+    extraction. A run that kept them so is refused at the start when they lead nowhere from here."""
+    rows = read_rows(manifest)
+    relative = tmp_path / "relative.csv"
+    # the last row names the first file again, absolute: one video, as any file listed twice
+    write_rows(relative, [*({**row, "path": os.path.relpath(row["path"], manifest.parent)} for row in rows), rows[0]])
+    cfg, out = cfg_for("xdc"), tmp_path / "run"
+    monkeypatch.chdir(manifest.parent)
+    Pretrainer(cfg, relative, out, Dist())
+    with open(out / "videos.csv", newline="") as f:
+        assert [row["path"] for row in csv.DictReader(f)] == [row["path"] for row in rows]
+    monkeypatch.chdir(tmp_path)
+    resumed = Pretrainer(cfg, None, out, Dist(), resume=True)
+    assert next(iter(make_loader(resumed.eval_set, 8, 0)))["failures"] == []
+
+    videos = resumed.videos
+    kept = [os.path.relpath(resumed.videos.path(i), manifest.parent) for i in range(len(videos))]
+    dataclasses.replace(videos, paths=np.array([p.encode() for p in kept], dtype="S")).save(out / "videos")
+    with pytest.raises(UserError) as raised:
+        Pretrainer(cfg, None, out, Dist(), resume=True)
+    assert str(raised.value) == (f"{out} keeps its videos' paths relative to the folder it was started in (a manifest "
+                                 f"of relative paths, before 2026-12-02), and {kept[0]} is not in {tmp_path}: resume "
+                                 "it from the folder it was started in")  # fmt: skip
+    monkeypatch.chdir(manifest.parent)  # from there it goes on, as before
+    assert Pretrainer(cfg, None, out, Dist(), resume=True).videos.path(0) == kept[0]
 
 
 def test_a_file_listed_twice_is_one_video_and_twice_with_two_labels_is_refused(manifest, tmp_path, capsys):

@@ -344,7 +344,9 @@ def _allowed(require_audio: bool) -> tuple[str, ...]:
 
 def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, ...], codes: dict[str, int]) -> Manifest:
     """The usable rows of ``rows`` (lists of cells; a short row's missing cells are empty); labels as codes in
-    order of first appearance in ``codes``."""
+    order of first appearance in ``codes``. A relative path (a manifest written by hand: ``xdc index`` writes
+    absolute ones) is made absolute against the current folder, which a reader opened it from before too: a run
+    keeps its videos as read here (until 2026-12-02 as written, and a resume from another folder found none)."""
 
     def column(name: str, default: str) -> list[str]:
         i = columns.get(name)
@@ -358,7 +360,8 @@ def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, .
     pick = keep.tolist()
     paths, labels = column("path", ""), column("label", "")
     return Manifest(
-        paths=np.array([encode_paths(paths[i]) for i in pick], dtype="S") if pick else np.array([], dtype="S1"),
+        paths=np.array([encode_paths(p if p[:1] == "/" else _absolute(p)) for p in map(paths.__getitem__, pick)],
+                       dtype="S") if pick else np.array([], dtype="S1"),
         durations=durations[durations > 0],
         offsets=np.zeros(keep.size, dtype=np.float64),
         has_audio=_flags(column("has_audio", "0"), keep, "has_audio"),
@@ -367,6 +370,11 @@ def _parse(rows: list[list[str]], columns: dict[str, int], allowed: tuple[str, .
         classes=(),
         sizes=_sizes(column("size", ""), keep),
     )
+
+
+def _absolute(path: str) -> str:
+    """``path`` made absolute as os.path.abspath makes it; an empty one stays empty (it names no file either way)."""
+    return path if not path or os.path.isabs(path) else os.path.abspath(path)
 
 
 class _NotANumber(ValueError):

@@ -295,6 +295,7 @@ class Pretrainer:
 
         def save() -> None:  # by rank 0, for a new run or one started before runs kept videos/
             if resume and folder.exists():
+                self._check_relative_paths(Manifest.open(folder))
                 return
             kept = self._usable_videos(manifest_path, progress=True)
             self._check_sinkhorn_memory(len(kept))
@@ -307,6 +308,17 @@ class Pretrainer:
         if folder.exists():
             return Manifest.open(folder)
         return self._usable_videos(manifest_path, progress=False)
+
+    def _check_relative_paths(self, videos: Manifest) -> None:
+        """A run started before 2026-12-02 on a manifest of relative paths kept them as written, relative to the
+        folder it was started in: from another, refuse at the start what would fail every file after a whole
+        extraction. Its first video tells (a manifest mixes both kinds rarely, and reading every path of 65M is
+        seconds)."""
+        first = videos.path(0) if len(videos) else ""
+        if first and not os.path.isabs(first) and not os.path.exists(first):
+            raise UserError(f"{self.out} keeps its videos' paths relative to the folder it was started in (a "
+                            f"manifest of relative paths, before 2026-12-02), and {first} is not in {os.getcwd()}: "
+                            "resume it from the folder it was started in")  # fmt: skip
 
     def _open_cache(self, resume: bool) -> ClipCache | None:
         """train.extract_cache: this rank's file of its extraction clips (videos rank, rank + W, ...) in the run
