@@ -635,10 +635,34 @@ def test_finetune_reports_the_test_videos_it_could_not_score(run, tmp_path, caps
     assert reasons[items[1].path] == "its window starts at 5s, at or after the file's end at 3s"
     assert reasons[str(unreadable)].startswith("InvalidDataError")
     # one group, one prediction: its items must share a label (an error before any training)
-    twin = Item(items[4].path, "another", "test", group=items[0].group)
+    twin = Item(items[3].path, "another", "test", start_s=1.0, group=items[0].group)
     cfg = FinetuneConfig(epochs=1, batch_size=8, test_clips=1)
     with pytest.raises(UserError, match=f"test items of group {items[0].path} have different labels"):
         finetune(run_dir, "video", [*items, twin], "fc", cfg, tmp_path, workers=0)
+
+
+def test_a_file_given_twice_to_extract_or_finetune_from_python_is_refused(run, tmp_path):
+    """load_dataset refuses a file its lists hold twice; items made in Python (read_table's, two datasets' joined)
+    reach extract_features and finetune unchecked, which until 2026-12-02 embedded, trained on or scored the file
+    twice, in both splits where it was in both."""
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    items = items_of(root)
+    other = "test" if items[1].split == "train" else "train"
+    for twice in ([*items, items[0]], [*items, dataclasses.replace(items[1], split=other, group="elsewhere")]):
+        again = twice[-1]
+        with pytest.raises(UserError) as raised:
+            extract_features(run_dir, "audio", twice, tmp_path / "f.npz")
+        first = next(i for i, item in enumerate(items) if item.path == again.path)
+        assert str(raised.value) == f"{again.path} appears twice: item {first} and item {len(items)} (keep one)"
+        assert not (tmp_path / "f.npz").exists()
+        with pytest.raises(UserError) as raised:
+            finetune(run_dir, "audio", twice, "fc", FinetuneConfig(epochs=1, batch_size=8), tmp_path, workers=0)
+        assert str(raised.value) == f"{again.path} appears twice: item {first} and item {len(items)} (keep one)"
+    segment = dataclasses.replace(items[0], start_s=1.0, end_s=2.0, group="seg")  # another part of it: no repeat
+    assert extract_features(run_dir, "audio", [*items, segment], tmp_path / "f.npz")["items"] == len(items) + 1
 
 
 @pytest.mark.parametrize("mode", ["fc", "full"])

@@ -591,6 +591,26 @@ def _once(listed: list[tuple[str, Item]], repeats: str | None = None) -> list[It
     ``repeats``; the two must still agree. A listed file that ``xdc prepare`` copied is its copy here already, so
     that the copy listed as well is found."""
     listed = list(zip([where for where, _ in listed], _prepared_copies([item for _, item in listed])))
+    kept, left_out = _first_of_each(listed, same_too=repeats is not None)
+    if left_out:  # until 2026-12-02 refused, as a repeat with other values still is
+        where, at = left_out[0]
+        warnings.warn(f"{repeats}: {len(left_out)} row(s) repeating an earlier one (the same part of a file, label, "
+                      f"split, fold and group) left out, e.g. {where} (as {at})", stacklevel=4)  # fmt: skip
+    return kept
+
+
+def refuse_repeats(items: list[Item]) -> None:
+    """A part of a file that ``items`` hold twice is a UserError naming both, by their positions in the list, as
+    ``load_dataset`` refuses one in a dataset's lists: ``extract_features`` and ``finetune`` take items from Python
+    too (a ``read_table``'s, two datasets' joined), and until 2026-12-02 they embedded, trained on or scored such a
+    file twice, in both splits where it was in both."""
+    _first_of_each([(f"item {i}", item) for i, item in enumerate(items)], same_too=False)
+
+
+def _first_of_each(listed: list[tuple[str, Item]], same_too: bool) -> tuple[list[Item], list[tuple[str, str]]]:
+    """The first item of each part of a file in ``listed`` (where each was found, the item), and (where, where the
+    first was) of each later one. A later one is a UserError naming both, unless ``same_too`` and it is the same
+    as the first (label, split, fold and group alike)."""
     first: dict[tuple[str, float, float], tuple[str, Item]] = {}
     kept, left_out = [], []
     for where, item in listed:
@@ -605,17 +625,13 @@ def _once(listed: list[tuple[str, Item]], repeats: str | None = None) -> list[It
             span = f" from {item.start_s:g} s to " + (f"{item.end_s:g} s" if item.end_s else "its end")
         differ = [f"{name} {getattr(earlier, name)!r} and {getattr(item, name)!r}"
                   for name in ("label", "split", "fold", "group") if getattr(earlier, name) != getattr(item, name)]
-        if repeats is None:
+        if not same_too:
             raise UserError(f"{item.path}{span} appears twice: {at} and {where} (keep one)")
         if differ:
             raise UserError(f"{item.path}{span} is listed twice with {', '.join(differ)}: {at} and {where} (keep the "
                             "row with the right one)")  # fmt: skip
         left_out.append((where, at))
-    if left_out:  # until 2026-12-02 refused, as a repeat with other values still is
-        where, at = left_out[0]
-        warnings.warn(f"{repeats}: {len(left_out)} row(s) repeating an earlier one (the same part of a file, label, "
-                      f"split, fold and group) left out, e.g. {where} (as {at})", stacklevel=4)  # fmt: skip
-    return kept
+    return kept, left_out
 
 
 def _drop_missing(items: list[Item], missing: str, source: str) -> list[Item]:

@@ -28,7 +28,7 @@ from xdc.data.index import build_manifest
 from xdc.data.manifest import Manifest, open_text, read_rows
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
-from xdc.evaluation.adapters import Item
+from xdc.evaluation.adapters import Item, refuse_repeats
 from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.resume import identity
 from xdc.evaluation.sources import load_source
@@ -131,6 +131,7 @@ def extract_features(
     if stride is not None and not 0 < stride < math.inf:  # inf: every clip's start 0 * inf, NaN, failed
         raise UserError(f"--stride must be a finite number of seconds above 0, got {stride}")
     on_main(lambda: check_out(out), ctx)  # under torchrun a refusal is rank 0's line alone
+    on_main(lambda: refuse_repeats(items), ctx)  # load_dataset's items pass; a list made in Python may not
     source = load_source(run, encoder_name, settings)
     encoder, modality, cfg = source.encoder, source.modality, source.cfg
     if stride is not None and stride * cfg.data.clip.sample_rate < 1:  # until 2026-12-01 a MemoryError's traceback

@@ -35,7 +35,7 @@ from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
-from xdc.evaluation.adapters import Item, split_items
+from xdc.evaluation.adapters import Item, refuse_repeats, split_items
 from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.extract import probed_items
 from xdc.evaluation.metrics import average_by_group, class_results, group_index, topk_accuracy
@@ -268,6 +268,7 @@ def _probed(items: list[Item], work: Path, modality: str, ctx: Dist):
                         f"the dataset's splits: {', '.join(found) or 'no items'}")  # fmt: skip
     _check_groups(test_items)  # before training: the test averages each group's scores into one prediction
     _check_apart(train_items, test_items)
+    refuse_repeats(items)  # load_dataset's items pass; a list made in Python may not
     train, _, skipped, train_files = probed_items(train_items, work / "train.probe.csv", modality, ctx)
     test, test_rows, test_skipped, test_files = probed_items(test_items, work / "test.probe.csv", modality, ctx)
     for split, manifest, unread in (("train", train, skipped), ("test", test, test_skipped)):
