@@ -233,6 +233,21 @@ def test_cli(tmp_path, capsys):
         f"(e.g. 000002.mp4); xdc index of the folder would take them: use a fresh folder\n")  # fmt: skip
 
 
+def test_make_synthetic_in_python_says_what_the_command_says(tmp_path, capsys):
+    """Until 2026-12-02 the function replaced a dataset of other settings, and left an earlier run's clips beside its
+    own, without a word: only xdc make-synthetic said so."""
+    out = tmp_path / "data"
+    make_synthetic(out, videos=3, classes=2, seed=1, cfg=SMALL, workers=1)
+    make_synthetic(out, videos=3, classes=2, seed=1, cfg=SMALL, workers=1)  # the same again: no news
+    assert capsys.readouterr().err == ""
+    make_synthetic(out, videos=2, classes=2, seed=0, cfg=SMALL, workers=1)
+    assert capsys.readouterr().err == (
+        f"WARNING: replaced the earlier dataset of other settings (videos 3 -> 2, seed 1 -> 0) in {out}: a manifest "
+        f"or run made from its clips no longer matches them (xdc index it again; start runs anew)\n"
+        f"WARNING: {out / 'videos'} also holds 1 file(s) this run did not write, which labels.csv does not list "
+        f"(e.g. 000002.mp4); xdc index of the folder would take them: use a fresh folder\n")  # fmt: skip
+
+
 def test_cli_says_it_replaced_a_dataset_of_other_settings(tmp_path, capsys):
     """Until 2026-12-02 a make-synthetic of other settings into a folder holding a dataset (a mistyped OUT, say)
     replaced its clips without a word; the same settings again, or the clips of a folder that lost one, are no news."""

@@ -134,33 +134,19 @@ def _on_ranks(work: Callable[[Dist | None], T], lock: Lock) -> T:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    import csv
-
-    from xdc.data.synthetic import holds_dataset, make_synthetic, replaced_settings
+    from xdc.data.synthetic import holds_dataset, make_synthetic
 
     cfg = _config(args)
     _warn_unused(args, ("synthetic.",), "xdc make-synthetic reads only synthetic.* settings")
     with holding(args.out, "make-synthetic", folder=True, choose="output folder"):
         held = holds_dataset(args.out, args.videos, args.classes, args.seed, cfg.synthetic)
-        replaced = [] if held else replaced_settings(args.out, args.videos, args.classes, args.seed, cfg.synthetic)
         labels = make_synthetic(args.out, args.videos, args.classes, seed=args.seed, cfg=cfg.synthetic,
                                 workers=args.workers)  # fmt: skip
-        with open(labels, newline="") as f:
-            written = {row["path"] for row in csv.DictReader(f)}
-        others = sorted(p.name for p in (args.out / "videos").iterdir() if f"videos/{p.name}" not in written)
     if held:  # until 2026-12-02 written again, byte for byte, but with new times, which xdc index re-probed
         print(f"{args.out} holds the {args.videos} clips of these settings and {labels} already: nothing written "
               "(remove the folder to write them again)")  # fmt: skip
     else:
         print(f"wrote {args.videos} clips of {args.classes} classes and {labels}")
-    if replaced:  # until 2026-12-02 without a word: perhaps a mistyped OUT, whose clips a manifest or run still names
-        print(f"WARNING: replaced the earlier dataset of other settings ({', '.join(replaced)}) in {args.out}: a "
-              f"manifest or run made from its clips no longer matches them (xdc index it again; start runs anew)",
-              file=sys.stderr)  # fmt: skip
-    if others:  # an earlier, larger run's clips: xdc index of the folder would take them in, unlabelled
-        print(f"WARNING: {args.out / 'videos'} also holds {len(others)} file(s) this run did not write, which "
-              f"labels.csv does not list (e.g. {others[0]}); xdc index of the folder would take them: use a fresh "
-              f"folder", file=sys.stderr)  # fmt: skip
     return 0
 
 

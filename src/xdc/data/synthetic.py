@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -343,13 +344,17 @@ def make_synthetic(
     workers: int | None = None,
 ) -> Path:
     """Write ``videos`` clips of ``classes`` balanced classes to ``out/videos/`` and ``out/labels.csv`` (columns
-    path,label,audio_label,offscreen; paths relative to ``out``). Returns the path of labels.csv."""
+    path,label,audio_label,offscreen; paths relative to ``out``). Returns the path of labels.csv. A warning on
+    stderr says where it replaced a dataset of other settings, and where ``out/videos/`` holds files it did not
+    write (for ``xdc make-synthetic`` and a caller in Python alike: until 2026-12-02 the command alone said so)."""
     out = Path(out)
     cfg = cfg or SyntheticConfig()
     workers = workers if workers is not None else usable_cpus()
     _check(out, videos, classes, seed, cfg, workers)
     if holds_dataset(out, videos, classes, seed, cfg):  # a re-run: the same bytes again, but new times (xdc index
-        return out / "labels.csv"  # and prepare, keyed on them, would redo every file)
+        _warn_unlisted(out / "labels.csv")  # and prepare, keyed on them, would redo every file)
+        return out / "labels.csv"
+    replaced = replaced_settings(out, videos, classes, seed, cfg)  # before this run replaces them
     (out / "videos").mkdir(parents=True, exist_ok=True)
     # A labels.csv left by an earlier run would describe clips this run is about to overwrite; partial files
     # survive only a killed run (SIGKILL), and would otherwise be picked up by `xdc index`.
@@ -374,7 +379,26 @@ def make_synthetic(
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     write_text(out / SETTINGS, json.dumps(_settings(videos, classes, seed, cfg), indent=2))  # before labels.csv
-    return _write_labels(out / "labels.csv", rows)
+    labels = _write_labels(out / "labels.csv", rows)
+    if replaced:  # until 2026-12-02 without a word: perhaps a mistyped OUT, whose clips a manifest or run still names
+        print(f"WARNING: replaced the earlier dataset of other settings ({', '.join(replaced)}) in {out}: a "
+              f"manifest or run made from its clips no longer matches them (xdc index it again; start runs anew)",
+              file=sys.stderr)  # fmt: skip
+    _warn_unlisted(labels)
+    return labels
+
+
+def _warn_unlisted(labels: Path) -> None:
+    """A warning naming the files of the dataset's videos/ that ``labels`` does not list: an earlier, larger run's
+    clips, say, which xdc index of the folder would take in, unlabelled."""
+    videos = labels.parent / "videos"
+    with open(labels, newline="") as f:
+        listed = {row["path"] for row in csv.DictReader(f)}
+    others = sorted(p.name for p in videos.iterdir() if f"videos/{p.name}" not in listed)
+    if others:
+        print(f"WARNING: {videos} also holds {len(others)} file(s) this run did not write, which labels.csv does "
+              f"not list (e.g. {others[0]}); xdc index of the folder would take them: use a fresh folder",
+              file=sys.stderr)  # fmt: skip
 
 
 def holds_dataset(out: Path, videos: int, classes: int, seed: int, cfg: SyntheticConfig) -> bool:
