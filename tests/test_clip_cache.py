@@ -4,6 +4,7 @@ a warning, not a crash; a run with the cache trains exactly as one without, on o
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -86,12 +87,43 @@ def test_a_record_cut_short_is_decoded_again(manifest, tmp_path):
     last = len(clips) - 1
     with open(cache.data, "r+b") as f:
         f.truncate(cache.size - 1)  # the last record lost its last byte: a write cut short
-        f.seek(3 * cache.record + cache.record - 1)
-        f.write(b"\0")  # so did record 3
+        f.seek(4 * cache.record - len(cache.mark))
+        f.write(bytes(len(cache.mark)))  # record 3 its mark, as a write cut short leaves it
     assert cache.read(last) is None and cache.read(3) is None
     assert cache.read(2) is not None
     assert same(clips[3], decoded[3], kept=False) and same(clips[last], decoded[last], kept=False)  # and kept again
     assert cache.read(3) is not None and cache.read(last) is not None
+
+
+def test_another_caches_records_in_the_same_file_are_misses(manifest, tmp_path):
+    """Two runs' cache folders linked to one place: a run started later empties the file and fills it with its
+    own clips, which a loader worker of the first, opening the file anew, must not take for its own."""
+    clips = eval_clips(manifest)
+    mine = cache_for(clips, tmp_path / "c")
+    other = ClipCache(tmp_path / "c", range(len(clips)), clips.item_arrays(), {**DESCRIBE, "run": "another"})
+    other.remove()
+    assert other.open() is None
+    for k in range(len(clips)):
+        other.write(k, clips[(k + 1) % len(clips)])  # another run's video at this row
+    worker = pickle.loads(pickle.dumps(mine))  # as a loader worker gets it: it opens the file itself
+    assert all(other.read(k) is not None and worker.read(k) is None for k in range(len(clips)))
+
+
+def test_runs_whose_cache_folders_link_to_one_place_read_only_their_own(manifest, tmp_path):
+    """A run killed, another started with its extraction cache at the same place (ln -s), the first resumed: the
+    first decodes its clips again rather than read the other's (until 2026-12-02 it read them)."""
+    shared = tmp_path / "ssd"
+    shared.mkdir()
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "extract_cache").symlink_to(shared)
+    settings = load_config(None, [*TINY, "train.extract_cache=true"], preset="tiny")
+    expected = Pretrainer(settings, manifest, tmp_path / "a", Dist())._extract()  # killed after this
+    other = synthetic_manifest(tmp_path / "other", 12, 3, seed=1)  # as many videos, other ones
+    Pretrainer(settings, other, tmp_path / "b", Dist())._extract()
+    resumed = Pretrainer(settings, manifest, tmp_path / "a", Dist(), resume=True)
+    features = resumed._extract()
+    assert resumed.kept_clips == 0 and all(torch.equal(features[e], expected[e]) for e in expected)
 
 
 def test_what_a_reopened_cache_keeps(manifest, tmp_path):

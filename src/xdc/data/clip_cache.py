@@ -5,15 +5,18 @@ the held-back videos' after every epoch). Forward only, that pass waits for its 
 the cache the items of the first pass are kept, and later passes read each one back with a single ``pread``.
 
 One file holds the items of one set of keys (a rank's share of the videos: keys rank, rank + W, ...) as
-fixed-size records: each array's bytes in a fixed order, then a byte that is 1 once the record is whole. Workers
-write records with ``pwrite``, so a full disk is an error the cache survives (a mapped file would raise SIGBUS in
-the worker), and a worker killed while writing leaves a record without its last byte: a miss. A JSON file beside
-it says what the records hold and whether the last pass ended with the records on disk; a cache that does not
-match, or that a machine restart may have cut short, starts empty.
+fixed-size records: each array's bytes in a fixed order, then the cache's 8-byte mark once the record is whole.
+Workers write records with ``pwrite``, so a full disk is an error the cache survives (a mapped file would raise
+SIGBUS in the worker), and a worker killed while writing leaves a record without its mark: a miss. The mark is a
+hash of what the records hold, the run's folder among it: a record of another run whose cache folder is a link to
+the same place (``ln -s``) is a miss too, not another video's clip. A JSON file beside it says what the records
+hold and whether the last pass ended with the records on disk; a cache that does not match, or that a machine
+restart may have cut short, starts empty.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,8 +27,8 @@ import numpy as np
 import torch
 
 from xdc.atomic import replacing
-_VERSION = 2  # 2: 2026-12-02, clips of non-square-pixel videos at their displayed size: a cache of 1 starts empty
-_WHOLE = 1  # a record's last byte once its arrays are written
+_VERSION = 3  # 2: 2026-12-02, clips of non-square-pixel videos at their displayed size; 3: the 8-byte mark
+_MARK = 8  # bytes of a record's mark, written last
 ROOM = 0.9  # of a disk's free space, the most that caches may take: the rest is left for checkpoints and logs
 
 
@@ -40,9 +43,10 @@ def boot_id() -> str:
 class ClipCache:
     """Records of ``fields`` (name -> (shape, dtype)) for the keys of ``keys``, in the files ``stem``.bin/.json.
 
-    ``describe`` is anything JSON that the items depend on besides the fields (the clip settings): a cache made
-    for other items is emptied. Reading and writing work in any process (loader workers open the file for
-    themselves); :meth:`begin` and :meth:`end`, around each pass that may write, belong to the main process.
+    ``describe`` is anything JSON that the items depend on besides the fields (the clip settings, the run): a
+    cache made for other items is emptied, and their records are misses. Reading and writing work in any process
+    (loader workers open the file for themselves); :meth:`begin` and :meth:`end`, around each pass that may write,
+    belong to the main process.
     """
 
     def __init__(self, stem: Path, keys: range, fields: dict[str, tuple[tuple[int, ...], str]], describe: dict):
@@ -56,12 +60,13 @@ class ClipCache:
             shape, dtype = self.fields[name]
             self.offsets[name] = at
             at += int(np.prod(shape)) * dtype.itemsize
-        self.record = at + 1
+        self.record = at + _MARK
         self.identity = {
             "version": _VERSION, "keys": [keys.start, keys.stop, keys.step], "record": self.record,
             "fields": {name: [list(shape), dtype.str] for name, (shape, dtype) in self.fields.items()},
             "items": describe,
         }  # fmt: skip
+        self.mark = hashlib.blake2b(json.dumps(self.identity, sort_keys=True).encode(), digest_size=_MARK).digest()
         self._fd, self._pid = None, None
         self._write_failed = False
 
@@ -140,7 +145,7 @@ class ClipCache:
             got = os.preadv(self._file(), [buffer], self.keys.index(key) * self.record)
         except OSError:
             return None
-        if got != self.record or buffer[-1] != _WHOLE:
+        if got != self.record or buffer[-_MARK:] != self.mark:
             return None
         return {
             name: torch.from_numpy(np.frombuffer(buffer, dtype, int(np.prod(shape)), self.offsets[name]).reshape(shape))
@@ -151,19 +156,19 @@ class ClipCache:
         """Keep ``item``'s arrays as ``key``'s record. A failed write (a full disk) warns once and is a miss."""
         if key not in self.keys or self._write_failed:
             return
-        parts = []  # the arrays' own memory, in record order, then the end byte: written with no copy of ours
+        parts = []  # the arrays' own memory, in record order, then the mark: written with no copy of ours
         for name in self.order:
             shape, dtype = self.fields[name]
             array = np.ascontiguousarray(item[name])
             if array.shape != shape or array.dtype != dtype:
                 raise ValueError(f"{name} is {array.dtype}{list(array.shape)}, the cache holds {dtype}{list(shape)}")
             parts.append(memoryview(array).cast("B"))
-        parts.append(bytes([_WHOLE]))
+        parts.append(self.mark)
         try:
             written = os.pwritev(self._file(), parts, self.keys.index(key) * self.record)
             why = None if written == self.record else f"wrote {written} of a record's {self.record} bytes"
         except OSError as e:
             why = e.strerror or str(e)
-        if why is not None:  # a record cut short has no last byte: a miss, like a record never written
+        if why is not None:  # a record cut short has no mark: a miss, like a record never written
             self._write_failed = True
             warnings.warn(f"extraction cache {self.data}: {why}; this process stops writing to it")

@@ -328,7 +328,9 @@ class Pretrainer:
             for stale in folder.glob("rank*of*"):
                 if stale.name.split(".")[0].partition("of")[2] != str(ranks):
                     stale.unlink(missing_ok=True)
-        settings = {"clip": asdict(self.cfg.data.clip), "mel": asdict(self.cfg.data.mel)}
+        # the run's folder too: another run's records (its cache folder a link to this one's place) are not these
+        settings = {"clip": asdict(self.cfg.data.clip), "mel": asdict(self.cfg.data.mel),
+                    "run": str(self.out.resolve())}  # fmt: skip
         cache = ClipCache(folder / f"rank{rank}of{ranks}", range(rank, len(self.eval_set), ranks),
                           self.eval_set.item_arrays(), settings)  # fmt: skip
         if not resume:  # left by a run started here that never reached a checkpoint: its records are other videos'
