@@ -399,6 +399,25 @@ def test_extract_takes_a_repeated_csv_row_once_and_says_so(run, tmp_path):
     assert sorted(np.load(tmp_path / "x.npz")["path"]) == sorted(item.path for item in items)
 
 
+def test_extract_says_how_many_windows_it_cut_at_their_files_end(run, tmp_path, capsys):
+    """A CSV's windows past their 3 s file's end: taken up to there, counted in one line naming the first, and
+    listed in the JSON (until 2026-12-02 unsaid)."""
+    root, run_dir = run
+    item = items_of(root)[0]
+    windows = [Item(item.path, item.label, "train", 1, start_s=s, end_s=e, group=f"{s}-{e}")
+               for s, e in ((0.5, 2.5), (2.0, 7.5), (1.0, 4.0))]  # fmt: skip
+    write_table(windows, tmp_path / "t.csv")
+    assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
+                 "--clips", "1", "--out", str(tmp_path / "x.npz")]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "x.json").read_text())
+    assert [(w["path"], w["start_s"], w["end_s"]) for w in summary["cut"]] == [(item.path, 1.0, 4.0),
+                                                                                 (item.path, 2.0, 7.5)]  # in order
+    end = summary["cut"][0]["file_end_s"]
+    assert 2.9 < end < 3.1 and summary["skipped"] == []
+    assert (f"  2 window(s) past their file's end cut there, e.g. {item.path} from 1 s to 4 s: the file ends at "
+            f"{end:g} s\n") in capsys.readouterr().out  # fmt: skip
+
+
 @pytest.mark.parametrize("command", [["extract"], ["eval", "finetune"]])
 def test_a_dataset_with_official_splits_given_without_split_names_the_option(run, tmp_path, capsys, command):
     """Until 2026-12-02: "ucf101 needs split 1, 2 or 3 (its official train/test splits), got None"."""
@@ -604,6 +623,7 @@ def test_finetune_reports_the_test_videos_it_could_not_score(run, tmp_path, caps
     root, run_dir = run
     items = items_of(root)  # 8 test videos of 3 s
     late = Item(items[1].path, items[1].label, "test", start_s=5.0, end_s=9.0, group="late")  # after the file's end
+    items[4] = dataclasses.replace(items[4], start_s=0.5, end_s=9.0)  # a training window past it: cut, and said
     # a file that fails to read after its probe: its one test clip fails to load, and the video goes unscored
     unreadable = tmp_path / "unreadable.mp4"
     shutil.copy(items[2].path, unreadable)
@@ -621,6 +641,8 @@ def test_finetune_reports_the_test_videos_it_could_not_score(run, tmp_path, caps
     printed = capsys.readouterr().out
     assert "... and 1 more skipped (the JSON lists them all)" in printed
     record = json.loads(out.read_text())
+    assert [(w["split"], w["path"], w["end_s"]) for w in record["cut"]] == [("-", items[4].path, 9.0)]
+    assert f"1 window(s) past their file's end cut there, e.g. {items[4].path} from 0.5 s to 9 s" in printed
     assert record["seed"] == 3
     assert (record["splits"][0]["n_test"], record["splits"][0]["n_test_scored"]) == (9, 8)
     # per class, the 8 test videos scored (the label names of labels.csv), as top1 counts them

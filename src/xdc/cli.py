@@ -358,7 +358,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     from xdc.atomic import write_text
     from xdc.evaluation.adapters import load_dataset
-    from xdc.evaluation.extract import extract_features, features_path
+    from xdc.evaluation.extract import cut_line, extract_features, features_path
     from xdc.evaluation.sources import encoder_modality
     from xdc.training.distributed import on_main
 
@@ -389,6 +389,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped")
     for skip in summary["skipped"][:10]:
         print(f"  skipped {skip['path']}: {skip['reason']}")
+    if (line := cut_line(summary["cut"])) is not None:
+        print(f"  {line}")
     return 0
 
 

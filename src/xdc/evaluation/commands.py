@@ -169,6 +169,7 @@ def eval_finetune(
     result, only the logs stay. Under torchrun (``ctx``) every rank trains and tests its share, and rank 0 alone
     writes and returns the record."""
     from xdc.evaluation.adapters import load_dataset
+    from xdc.evaluation.extract import cut_line
     from xdc.evaluation.finetune import finetune, finetune_made_with
     from xdc.evaluation.sources import encoder_modality, load_source
     from xdc.training.distributed import Dist
@@ -202,7 +203,7 @@ def eval_finetune(
         shutil.rmtree(folder / "tb", ignore_errors=True)
         (folder / "log.jsonl").unlink(missing_ok=True)
     log = RunLog(folder, enabled=ctx.main)
-    rows, skipped, made = [], [], []
+    rows, skipped, cut, made = [], [], [], []
     for number, state in zip(splits, states):
         items = items_of(number)
         work = folder / "probe"  # the files' probes, for a later run with this --out (until 2026-12-01 in a
@@ -218,13 +219,17 @@ def eval_finetune(
             print(f"skipped {skip['path']}: {skip['reason']}")
         if len(result["skipped"]) > 5:
             print(f"... and {len(result['skipped']) - 5} more skipped (the JSON lists them all)")
+        windows = result.get("cut", [])  # a split's result kept from before 2026-12-02 has none
+        cut += [{"split": number or "-", **window} for window in windows]
+        if (line := cut_line(windows)) is not None:
+            print(line)
     log.close()
     if not ctx.main:
         return None
     record = {"command": "eval finetune", "run": os.path.abspath(run), "source": result["source"], "clip": result["clip"],
               "settings": settings or {}, "dataset": dataset, "data": str(data), "mode": mode, "splits": rows,
               "mean_top1": float(np.mean([r["top1"] for r in rows])), "config": config_to_dict(cfg.finetune),
-              "seed": cfg.seed, "log": str(folder), "skipped": skipped,
+              "seed": cfg.seed, "log": str(folder), "skipped": skipped, "cut": cut,
               "made_with": _made_with([r["made_with"] for r in made], rest)}  # fmt: skip
     table = [{k: v for k, v in _numbers(row).items() if k != "epoch_losses"} for row in rows]  # the JSON has them
     table += [{"split": "mean", "top1": record["mean_top1"]}] if len(rows) > 1 else []
@@ -236,8 +241,8 @@ def eval_finetune(
     return emitted
 
 
-_ONCE = ("skipped", "source", "clip", "made_with")  # of a split's result: not in its row (listed apart, or the same
-# for all, or in the record's made_with)
+_ONCE = ("skipped", "cut", "source", "clip", "made_with")  # of a split's result: not in its row (listed apart, or
+# the same for all, or in the record's made_with)
 
 
 def _made_with(splits: list[str], rest: dict) -> str:

@@ -47,8 +47,8 @@ def items_to_manifest(
 
 
 def probed_items(items: list[Item], probe_cache: Path, modality: str, ctx: Dist | None = None):
-    """``items_to_manifest``'s result and the digest of the items' files as probed (``_files``), which the
-    identities of extract's and finetune's kept progress carry."""
+    """``items_to_manifest``'s result, the windows cut at their file's end (``cut_line``) and the digest of the
+    items' files as probed (``_files``), which the identities of extract's and finetune's kept progress carry."""
     ctx = ctx or Dist()
     listing = probe_cache.with_suffix(".txt")
 
@@ -75,9 +75,9 @@ def _files(items: list[Item], probes: dict[str, dict]) -> str:
     return hashlib.sha256(json.dumps(seen).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manifest, np.ndarray, list, str]:
+def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manifest, np.ndarray, list, list, str]:
     probes = {row["path"]: row for row in read_rows(probe_cache)}
-    rows, kept, skipped, cut = [], [], [], []
+    rows, kept, skipped, cut, windows_cut = [], [], [], [], []
     for i, item in enumerate(items):
         row = probes.get(item.path, {"status": "error", "reason": "not probed"})
         usable = row["status"] in ("ok", "no_audio")
@@ -95,6 +95,8 @@ def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manife
         end = min(item.end_s or duration, duration)
         if item.end_s > duration:
             cut.append(i)
+            windows_cut.append({"path": item.path, "start_s": item.start_s, "end_s": item.end_s,
+                                "file_end_s": duration})  # fmt: skip
         # to the microsecond of the adapters' windows (and above 0): 2.41 - 1.41 is 1.0000000000000002, which left
         # a 1 s window room for a second, equal 1 s clip (until 2026-12-01: data.eval_clips copies of one)
         span = max(round(end - item.start_s, 6), 1e-6)
@@ -105,7 +107,17 @@ def _usable(items: list[Item], probe_cache: Path, modality: str) -> tuple[Manife
     files = _files(items, probes)
     if cut:  # kept features or progress of before the cut, whose clips were others, are not taken as these
         files = hashlib.sha256(json.dumps([files, "windows cut at the end", cut]).encode()).hexdigest()
-    return manifest, np.array(kept, dtype=np.int64), skipped, files
+    return manifest, np.array(kept, dtype=np.int64), skipped, windows_cut, files
+
+
+def cut_line(cut: list[dict]) -> str | None:
+    """The one line that says how many windows ran past their file's end (taken up to there), naming the first;
+    None where none did. Until 2026-12-02 they were cut unsaid."""
+    if not cut:
+        return None
+    first = cut[0]
+    return (f"{len(cut)} window(s) past their file's end cut there, e.g. {first['path']} from {first['start_s']:g} s "
+            f"to {first['end_s']:g} s: the file ends at {first['file_end_s']:g} s")  # fmt: skip
 
 
 @torch.no_grad()
@@ -140,7 +152,8 @@ def extract_features(
                         "each other")  # fmt: skip
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), cfg, modality)
     encoder = place.module(encoder)
-    manifest, item_of_row, skipped, files = probed_items(items, out.with_name(out.stem + ".probe.csv"), modality, ctx)
+    probe_cache = out.with_name(out.stem + ".probe.csv")
+    manifest, item_of_row, skipped, cut, files = probed_items(items, probe_cache, modality, ctx)
     if len(manifest) == 0:
         raise UserError(f"none of the {len(items)} items has a readable {modality} stream")
     dataset = EvalClips(manifest, cfg.data, clips=clips, stride=stride, modalities=(modality,), raw_video=True,
@@ -189,7 +202,7 @@ def extract_features(
                 "device": str(place.device), "ranks": ctx.world_size, "bf16": place.bf16,
                 **({"logmel_on": "device" if place.device_logmel else "workers"} if modality == "audio" else {}),
                 "data": config_to_dict(cfg.data),
-                "skipped": [{"path": p, "reason": r} for p, r in [*skipped, *failed]],
+                "skipped": [{"path": p, "reason": r} for p, r in [*skipped, *failed]], "cut": cut,
                 "made_with": made_with}  # fmt: skip
 
     return on_main(write, ctx)  # the other ranks wait as long as it takes (a barrier under NCCL would time out)

@@ -77,7 +77,7 @@ def finetune(
     encoder, modality, run_cfg = source.encoder, source.modality, source.cfg
     data_cfg = run_cfg.data
     test_items = split_items(items, "test")
-    train, skipped, test, test_rows, test_skipped, files = _probed(items, work, modality, ctx)
+    train, skipped, test, test_rows, test_skipped, cut, files = _probed(items, work, modality, ctx)
     saved, made_with = None, None
     if state is not None:  # every rank reads the folder (a resume needs it on every node); rank 0 alone writes
         made = _identity(source, encoder_name, items, mode, cfg, seed, files)
@@ -238,7 +238,7 @@ def finetune(
         "last_loss": _mean(trained_losses[-5:]),
         "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)], "source": source.kind,
         "clip": config_to_dict(data_cfg.clip),
-        "skipped": [{"path": p, "reason": r} for p, r in failed.items()],
+        "skipped": [{"path": p, "reason": r} for p, r in failed.items()], "cut": cut,
         **({"made_with": made_with} if made_with is not None else {}),
     }  # fmt: skip
     if log is not None:
@@ -260,7 +260,8 @@ def finetune_made_with(source: Source, encoder_name: str, items: list[Item], mod
 def _probed(items: list[Item], work: Path, modality: str, ctx: Dist):
     """The items of each split checked and probed (into ``work``; once, the ranks sharing out the probes, and handed
     to every rank): the train manifest and its skipped items, the test manifest, its rows' items and its skipped
-    items, and the digest of both splits' files as probed (xdc extract's: a file changed in place changes it)."""
+    items, both splits' windows cut at their file's end, and the digest of both splits' files as probed (xdc
+    extract's: a file changed in place changes it)."""
     train_items, test_items = split_items(items, "train"), split_items(items, "test")
     if not train_items or not test_items:  # before any probe: an empty list of files is not the user's mistake
         found = sorted({item.split or "none" for item in items})
@@ -269,14 +270,15 @@ def _probed(items: list[Item], work: Path, modality: str, ctx: Dist):
     _check_groups(test_items)  # before training: the test averages each group's scores into one prediction
     _check_apart(train_items, test_items)
     refuse_repeats(items)  # load_dataset's items pass; a list made in Python may not
-    train, _, skipped, train_files = probed_items(train_items, work / "train.probe.csv", modality, ctx)
-    test, test_rows, test_skipped, test_files = probed_items(test_items, work / "test.probe.csv", modality, ctx)
+    train, _, skipped, train_cut, train_files = probed_items(train_items, work / "train.probe.csv", modality, ctx)
+    test, test_rows, test_skipped, test_cut, test_files = probed_items(test_items, work / "test.probe.csv", modality,
+                                                                       ctx)  # fmt: skip
     for split, manifest, unread in (("train", train, skipped), ("test", test, test_skipped)):
         if len(manifest) == 0:  # every item skipped (a video encoder on an audio dataset): said, with why
             path, reason = unread[0]
             raise UserError(f"none of the {len(unread)} {split} items has a readable {modality} stream (the first: "
                             f"{path}: {reason})")  # fmt: skip
-    return train, skipped, test, test_rows, test_skipped, [train_files, test_files]
+    return train, skipped, test, test_rows, test_skipped, [*train_cut, *test_cut], [train_files, test_files]
 
 
 def _identity(source: Source, encoder_name: str, items: list[Item], mode: str, cfg: FinetuneConfig, seed: int,
