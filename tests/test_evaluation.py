@@ -1297,14 +1297,20 @@ def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeyp
     assert again.stdout.count("already hold these features") == 1 and "clips of" not in again.stdout
     assert _files_as_they_are(ddp) == before
     # rank 0 failing to write the summary (a folder made in its place after the check before any work, which
-    # refuses one): every rank stops, rank 0 says why
-    blocked = tmp_path / "blocked.npz"
-    done = subprocess.run(_extract_launch(tmp_path, 2, _extract_cli(run_dir, table, blocked), block=True),
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    # refuses one): every rank stops, rank 0 says why. Its table repeats a row and lists a file that is not there
+    # (option missing=skip): each warned of once, by rank 0 (until 2026-12-02 by each rank)
+    blocked, repeating = tmp_path / "blocked.npz", tmp_path / "repeating.csv"
+    items = items_of(root)
+    write_table([*items, items[0], Item(str(tmp_path / "gone.mp4"), items[0].label)], repeating)
+    command = [*_extract_cli(run_dir, repeating, blocked), "--option", "missing=skip"]
+    done = subprocess.run(_extract_launch(tmp_path, 2, command, block=True), capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)  # fmt: skip
     assert done.returncode != 0 and "[rank1]: Traceback" not in done.stderr, done.stderr[-3000:]  # (torchrun's
     # report of its failed ranks has a traceback of its own)
     assert f"xdc: error: cannot write {blocked.with_suffix('.json')}" in done.stderr, done.stderr[-3000:]
     assert done.stderr.count("xdc: error:") == 1, done.stderr[-3000:]
+    assert done.stderr.count("WARNING: ") == 2, done.stderr[-3000:]
+    assert done.stderr.count("1 row(s) repeating an earlier one") == 1 and done.stderr.count("not found") == 1
 
 
 def _files_as_they_are(npz: Path) -> list[tuple[int, bytes]]:

@@ -594,8 +594,8 @@ def _once(listed: list[tuple[str, Item]], repeats: str | None = None) -> list[It
     kept, left_out = _first_of_each(listed, same_too=repeats is not None)
     if left_out:  # until 2026-12-02 refused, as a repeat with other values still is
         where, at = left_out[0]
-        warnings.warn(f"{repeats}: {len(left_out)} row(s) repeating an earlier one (the same part of a file, label, "
-                      f"split, fold and group) left out, e.g. {where} (as {at})", stacklevel=4)  # fmt: skip
+        _warn(f"{repeats}: {len(left_out)} row(s) repeating an earlier one (the same part of a file, label, split, "
+              f"fold and group) left out, e.g. {where} (as {at})")  # fmt: skip
     return kept
 
 
@@ -645,9 +645,17 @@ def _drop_missing(items: list[Item], missing: str, source: str) -> list[Item]:
     text = f"{len(absent)} of {len(paths)} files listed in {source} not found, the first: {absent[0]}"
     if missing == "error":
         raise UserError(f"{text} (option missing='skip' drops them)")
-    warnings.warn(f"{text}; dropped", stacklevel=4)  # at the caller of load_dataset
+    _warn(f"{text}; dropped")
     gone = set(absent)
     return [item for item in items if item.path not in gone]
+
+
+def _warn(text: str) -> None:
+    """A warning about the items, at the caller of load_dataset (from an adapter's helper), said once: under
+    torchrun every rank loads them, and rank 0 alone says so, as the commands' other warnings (until 2026-12-02
+    each rank did)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        warnings.warn(text, stacklevel=5)
 
 
 def _prepared_copies(items: list[Item]) -> list[Item]:
