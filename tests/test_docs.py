@@ -1,16 +1,18 @@
 """The commands that README.md and docs/ show are ones the CLI takes: each parses with the real parser, and its
-preset and --set settings load; and the README's Python example runs. A renamed option, setting or function fails
-here, not in a user's first copied command."""
+preset and --set settings load; and the Python examples of README.md and docs/ run. A renamed option, setting or
+function fails here, not in a user's first copied command."""
 
 import dataclasses
 import re
 import shlex
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from xdc.cli import build_parser
+from xdc.cli import build_parser, main
 from xdc.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +123,226 @@ def test_no_documented_result_is_named_as_the_summary_beside_its_features():
         args = parser.parse_args(shlex.split(text))
         if getattr(args, "features", None) is not None and args.out is not None:
             assert args.out != args.features.with_suffix(".json"), f"{page.name}:{number}: xdc {text}"
+
+
+# --- the Python examples of docs/ ------------------------------------------------------------------------------
+# Each ```python block of docs/*.md runs unchanged, as a notebook cell would, in a folder that holds what it names
+# at the names it gives (a tiny run and its export, a generated video, dataset layouts; the README's example is
+# run above), with its free names (`features`, `round_seed`, ...) given values of the kinds its comments state.
+# Afterwards the shapes, keys and files that its comments and the page promise are checked. Nothing is left out:
+# the released weights are stood in for by a file of their layout (tests/test_official.py) and torchvision's
+# Kinetics download by the state dict of its own r2plus1d_18 (random values, the same keys and shapes).
+
+EXAMPLE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+DOC_EXAMPLES = [(f"{page.name}#{n}", page.read_text().count("\n", 0, m.start()) + 2, m.group(1))
+                for page in PAGES[1:] for n, m in enumerate(EXAMPLE.finditer(page.read_text()), 1)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def docs_run(tmp_path_factory) -> Path:
+    """A finished one-round tiny XDC run (RUN/run) on 12 generated videos (RUN/data) of 3 classes."""
+    from conftest import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("docs"), 12, 3, seed=0, batch=8, k=3)
+
+
+@pytest.fixture(scope="module")
+def docs_export(docs_run) -> Path:
+    """The run exported with its ONNX and torch.export programs."""
+    out = docs_run.parent / "export"
+    assert main(["export", str(docs_run), "--out", str(out), "--also", "onnx", "pt2"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def docs_result(docs_run) -> Path:
+    """`xdc eval kfold --classifier svm` of the run's audio features on the generated videos in 2 folds."""
+    from xdc.evaluation.adapters import Item, write_table
+
+    root = docs_run.parent
+    labels = (root / "data" / "labels.csv").read_text().splitlines()[1:]
+    write_table([Item(str(root / "data" / line.split(",")[0]), line.split(",")[1], "", fold=i % 2 + 1)
+                 for i, line in enumerate(labels)], root / "table.csv")  # fmt: skip
+    assert main(["extract", "--run", str(docs_run), "--encoder", "audio", "--data", str(root / "table.csv"),
+                 "--clips", "1", "--out", str(root / "audio.npz")]) == 0  # fmt: skip
+    out = root / "esc50-svm.json"
+    assert main(["eval", "kfold", "--features", str(root / "audio.npz"), "--classifier", "svm", "--out", str(out)]) == 0
+    return out
+
+
+def _clustering(work, request, monkeypatch) -> dict:
+    rng = np.random.default_rng(0)
+    return {"features": rng.standard_normal((600, 512)).astype(np.float32), "round_seed": 3, "run_seed": 0,
+            "previous_assignments": rng.integers(0, 256, 600), "epoch": 0, "round": 1}  # fmt: skip
+
+
+def _clustering_check(work, names) -> None:
+    z, result, stats = names["z"], names["result"], names["stats"]
+    assert z.shape == (600, 256) and z.dtype == np.float32 and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
+    assert result.assignments.shape == (600,) and result.centroids.shape == (256, 256)
+    assert result.sizes.sum() == 600 and result.loss > 0
+    assert stats.k == 256 and stats.collapsed is False and 0 <= names["change"] <= 1
+    keys = list(names["sampler"])  # (video index, draw seed), as TrainClips takes them
+    assert len(keys) == 600 and all(0 <= index < 600 for index, _ in keys)
+
+
+def _data(work, request, monkeypatch) -> dict:
+    shutil.copy(request.getfixturevalue("docs_run").parent / "data" / "videos" / "000000.mp4", work / "video.mp4")
+    return {}
+
+
+def _data_check(work, names) -> None:
+    clip = names["clip"]  # a generated video: 3 s, square 64 x 64 pictures, 16 kHz sound all through
+    assert clip.video.dtype == np.uint8 and clip.video.shape == (8, 128, 128, 3)  # short side 128, the default
+    assert clip.audio.dtype == np.float32 and clip.audio.shape == (16000,)
+    assert clip.video_padded == 0 and clip.audio_padded == 0
+    with pytest.raises(names["DecodeError"], match="starts after the video.s end"):  # not a frozen frame
+        names["read_clip"]("video.mp4", start=3.5, spec=names["ClipConfig"](frames=8, fps=8))
+
+
+def _datasets(work, request, monkeypatch) -> dict:
+    from test_adapters import _esc50, _grid, _ucf
+
+    _ucf(work / "data" / "UCF-101")
+    _esc50(work / "data" / "ESC-50")
+    _grid(work.parent / "shared" / "data" / "grid-s1", ["bbaf2n", "bbaf9a"])
+    return {}
+
+
+def _datasets_check(work, names) -> None:
+    from test_adapters import UCF_CLASSES
+
+    assert len(names["items"]) == 12 and (len(names["train"]), len(names["test"])) == (6, 6)
+    assert names["names"] == sorted(UCF_CLASSES)
+    assert sorted(item.fold for item in names["esc10"]) == [1, 3, 5]  # the 3 ESC-10 rows of the 5
+    assert [(item.label, item.end_s - item.start_s) for item in names["digits"]] == [("two", 1.0), ("nine", 1.0)]
+
+
+def _evaluation(work, request, monkeypatch) -> dict:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    x = np.eye(4, dtype=np.float32)[y] * 2 + rng.standard_normal((60, 4)).astype(np.float32)
+    videos = np.arange(60) // 2
+    return {"train_x": x[videos % 3 > 0], "train_y": y[videos % 3 > 0], "train_video_ids": videos[videos % 3 > 0],
+            "test_x": x[videos % 3 == 0], "test_y": y[videos % 3 == 0], "test_video_ids": videos[videos % 3 == 0],
+            "x": x, "y": y, "esc50_fold": videos % 5 + 1, "recording_ids": videos, "true_labels": y,
+            "predicted_labels": np.roll(y, 1), "kmeans_assignments": rng.integers(0, 4, 60), "class_labels": y}
+
+
+def _evaluation_check(work, names) -> None:
+    from xdc.evaluation.probe import ProbeResult
+
+    r, out = names["r"], names["out"]
+    assert all(0 <= value <= 1 for value in (r.top1, r.top5, r.clip_top1, r.val_top1)) and r.c > 0
+    assert r.n_test_videos == 10 and "per_class" in r.to_dict()
+    assert len(out["results"]) == 5 and all(isinstance(fold, ProbeResult) for fold in out["results"])
+    assert {"mean_top1", "std_top1", "per_class", "confusion"} <= set(out)
+    assert set(names["per"]) == {"per_class", "confusion"}
+    assert {"nmi", "ari", "purity", "hungarian_accuracy"} <= set(names["m"])
+
+
+def _export_folder(work, request, monkeypatch) -> dict:
+    shutil.copytree(request.getfixturevalue("docs_export"), work / "exports" / "xdc")
+    return {}
+
+
+def _export_loads(work, request, monkeypatch) -> dict:
+    from test_official import official_state_dict
+
+    torch.save(official_state_dict(), work / "r2plus1d_18_xdc_ig65m_kinetics-f24f6ffb.pth")
+    return _export_folder(work, request, monkeypatch)
+
+
+def _export_loads_check(work, names) -> None:
+    video, audio, official = names["video"], names["audio"], names["official"]
+    assert not (video.training or audio.training or official.training)
+    with torch.no_grad():
+        assert video(torch.zeros(2, 3, 4, 32, 32)).shape == (2, 64)  # the tiny preset's width
+        assert audio(torch.zeros(2, 1, 40, 100)).shape == (2, 64)
+        assert official(torch.zeros(2, 3, 4, 32, 32)).shape == (2, 512)
+
+
+def _export_programs(work, request, monkeypatch) -> dict:
+    _export_folder(work, request, monkeypatch)
+    return {"clips": np.random.default_rng(0).standard_normal((3, 3, 4, 32, 32)).astype(np.float32)}
+
+
+def _export_programs_check(work, names) -> None:
+    import xdc
+
+    onnx_features = names["session"].run(["features"], {"clips": names["clips"]})[0]
+    with torch.no_grad():
+        own = xdc.load_encoder(work / "exports" / "xdc" / "video.safetensors")(torch.from_numpy(names["clips"]))
+    assert isinstance(names["features"], torch.Tensor) and names["features"].shape == (3, 64)
+    assert np.allclose(onnx_features, own.numpy(), atol=1e-5) and torch.allclose(names["features"], own, atol=1e-6)
+    with pytest.raises(Exception):  # numpy clips fail in the torch.export program
+        names["video"](names["clips"])
+
+
+def _export_transform_check(work, names) -> None:
+    assert names["meta"]["data"]["eval_short_side"] == names["data"].augment.scale_min == 36
+    clips = names["transform"](np.zeros((4, 40, 48, 3), np.uint8))
+    assert clips.shape == (3, 4, 32, 32) and clips.dtype == torch.float32
+
+
+def _models(work, request, monkeypatch) -> dict:
+    from torchvision.models._api import WeightsEnum
+    from torchvision.models.video import r2plus1d_18
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, *args, **kwargs: r2plus1d_18().state_dict())
+    return {}
+
+
+def _models_check(work, names) -> None:
+    assert [len(getattr(names["encoder"], f"layer{i}")) for i in (1, 2, 3, 4)] == [2, 2, 2, 2]
+    key = "layer3.0.conv1.0.0.weight"
+    assert torch.equal(names["encoder"].state_dict()[key], names["state"][key])
+
+
+def _report_run(work, request, monkeypatch) -> dict:
+    shutil.copytree(request.getfixturevalue("docs_run"), work / "runs" / "xdc")
+    return {}
+
+
+def _report_result(work, request, monkeypatch) -> dict:
+    shutil.copy(request.getfixturevalue("docs_result"), work / "esc50-svm.json")
+    return {}
+
+
+def _report_run_check(work, names) -> None:
+    assert (work / "runs" / "xdc" / "report.html").is_file()
+
+
+def _report_result_check(work, names) -> None:
+    assert (work / "esc50-svm.html").is_file()
+
+
+# page#n (the n-th ```python block of the page): (what it needs in its folder, with its free names; what it gives)
+EXAMPLES = {
+    "clustering.md#1": (_clustering, _clustering_check),
+    "data.md#1": (_data, _data_check),
+    "datasets.md#1": (_datasets, _datasets_check),
+    "evaluation.md#1": (_evaluation, _evaluation_check),
+    "export.md#1": (_export_loads, _export_loads_check),
+    "export.md#2": (_export_programs, _export_programs_check),
+    "export.md#3": (_export_folder, _export_transform_check),
+    "models.md#1": (_models, _models_check),
+    "report.md#1": (_report_run, _report_run_check),
+    "report.md#2": (_report_result, _report_result_check),
+}
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # documented, of the SVM's large Cs
+@pytest.mark.parametrize("key, number, code", DOC_EXAMPLES, ids=[key for key, _, _ in DOC_EXAMPLES])
+def test_a_docs_python_example_runs_as_written_and_gives_what_its_page_says(key, number, code, tmp_path,
+                                                                            monkeypatch, request):  # fmt: skip
+    assert len(DOC_EXAMPLES) >= 10  # the pattern still finds the pages' examples
+    if key not in EXAMPLES:
+        pytest.fail(f"{key} (line {number}) is a new example: give it what it needs in EXAMPLES")
+    prepare, check = EXAMPLES[key]
+    work = tmp_path / "work"
+    work.mkdir()
+    names = prepare(work, request, monkeypatch)
+    monkeypatch.chdir(work)
+    exec(compile("\n" * (number - 1) + code, f"docs/{key.split('#')[0]}", "exec"), names)  # the page's lines
+    check(work, names)
