@@ -687,6 +687,24 @@ def test_a_file_given_twice_to_extract_or_finetune_from_python_is_refused(run, t
     assert extract_features(run_dir, "audio", [*items, segment], tmp_path / "f.npz")["items"] == len(items) + 1
 
 
+def test_items_made_in_python_with_relative_paths_are_the_current_folders_files(run, tmp_path, monkeypatch):
+    """A decoder opens a relative path in the current folder; until 2026-12-02 the probes looked for it beside the
+    probe file instead, and extract_features said no item had a readable stream (finetune alike)."""
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    items = items_of(root)
+    monkeypatch.chdir(root / "data")
+    relative = [dataclasses.replace(item, path=os.path.relpath(item.path)) for item in items]
+    assert not os.path.isabs(relative[0].path)
+    summary = extract_features(run_dir, "audio", relative, tmp_path / "f.npz")
+    assert summary["items"] == len(items) and summary["skipped"] == []
+    result = finetune(run_dir, "audio", relative, "fc", FinetuneConfig(epochs=1, batch_size=8), tmp_path / "ft",
+                      workers=0)  # fmt: skip
+    assert result["skipped"] == [] and result["n_test"] == len(split_items(items, "test"))
+
+
 @pytest.mark.parametrize("mode", ["fc", "full"])
 def test_finetune_modes(run, tmp_path, mode):
     from xdc.config import FinetuneConfig

@@ -7,6 +7,7 @@ and embedded clip by clip in eval mode: N evenly spaced clips per item, or a sli
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -48,8 +49,12 @@ def items_to_manifest(
 
 def probed_items(items: list[Item], probe_cache: Path, modality: str, ctx: Dist | None = None):
     """``items_to_manifest``'s result, the windows cut at their file's end (``cut_line``) and the digest of the
-    items' files as probed (``_files``), which the identities of extract's and finetune's kept progress carry."""
+    items' files as probed (``_files``), which the identities of extract's and finetune's kept progress carry. A
+    relative path (an item made in Python) is the current folder's file, as a decoder would open it: until
+    2026-12-02 the probes looked for it beside ``probe_cache`` and found none of them ("no readable stream")."""
     ctx = ctx or Dist()
+    items = [item if os.path.isabs(item.path) else dataclasses.replace(item, path=os.path.abspath(item.path))
+             for item in items]  # fmt: skip
     listing = probe_cache.with_suffix(".txt")
 
     def write_listing() -> None:
