@@ -266,3 +266,89 @@ def test_cli_says_it_replaced_a_dataset_of_other_settings(tmp_path, capsys):
         f"(xdc index it again; start runs anew)\n")  # fmt: skip
     assert main([*base, "--seed", "2", "--set", "synthetic.fps=8", "--set", "synthetic.pixel_noise=0"]) == 0
     assert capsys.readouterr().err == ""  # the same again: nothing written, nothing replaced
+
+
+def _user_dataset(out: Path) -> dict[str, bytes]:
+    """A user's own dataset, in the layout make-synthetic writes: its files, by path."""
+    (out / "videos").mkdir(parents=True)
+    (out / "labels.csv").write_text("path,label\nvideos/000000.mp4,cat\n")
+    (out / "videos" / "000000.mp4").write_bytes(b"the user's own clip")
+    return _files(out)
+
+
+@pytest.mark.parametrize("folder", ["labels.csv", "settings", "stray", "short name", "other entry"])
+def test_refuses_a_folder_of_files_it_did_not_write(tmp_path, folder):
+    """Until 2026-12-03 a user's labels.csv was deleted and the clips of make-synthetic's names written over."""
+    out = tmp_path / "mine"
+    _user_dataset(out)
+    offender = {"labels.csv": "labels.csv", "settings": "synthetic.json", "stray": "videos/notes.txt",
+                "short name": "videos/0001.mp4", "other entry": "README.md"}[folder]  # fmt: skip
+    if folder == "settings":  # a file of that name, but not make-synthetic's settings: labels.csv is not its either
+        (out / "synthetic.json").write_text('{"source": "my camera"}')
+    elif folder == "other entry":  # clips alone would be a killed run's; beside another file they are a user's
+        (out / "labels.csv").unlink()
+        (out / offender).write_text("mine")
+    elif folder != "labels.csv":  # the columns of make-synthetic's labels.csv: only the other file is foreign
+        (out / "labels.csv").write_text("path,label,audio_label,offscreen\r\n")
+        (out / offender).write_text("mine")
+    before = _files(out)
+    with pytest.raises(UserError) as refused:
+        make_synthetic(out, videos=2, classes=2, seed=0, cfg=SMALL, workers=1)
+    assert str(refused.value) == (f"{out} holds {out / offender}, which xdc make-synthetic did not write (it replaces "
+                                  f"labels.csv and videos/NNNNNN.mp4 there): give a fresh or empty output folder")
+    assert _files(out) == before  # byte for byte, and nothing written beside them
+
+
+def test_cli_refuses_a_users_dataset_in_one_line(tmp_path, capsys):
+    out = tmp_path / "myvideos"
+    before = _user_dataset(out)
+    assert main(["make-synthetic", str(out), "--videos", "2", "--classes", "2", "--workers", "1"]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == (f"xdc: error: {out} holds {out / 'labels.csv'}, which xdc make-synthetic did not write (it "
+                           f"replaces labels.csv and videos/NNNNNN.mp4 there): give a fresh or empty output folder\n")
+    assert _files(out) == before and sorted(p.name for p in out.iterdir()) == ["labels.csv", "videos"]  # no lock left
+
+
+def test_writes_again_into_a_folder_it_wrote_before_synthetic_json(tmp_path, capsys):
+    """A folder written before 2026-12-02 has no synthetic.json, but its labels.csv has make-synthetic's columns."""
+    out = tmp_path / "old"
+    make_synthetic(out, videos=2, classes=2, seed=0, cfg=SMALL, workers=1)
+    (out / "synthetic.json").unlink()
+    before = _files(out)
+    assert main(["make-synthetic", str(out), "--videos", "2", "--classes", "2", "--seed", "1", "--workers", "1",
+                 "--set", "synthetic.width=32", "--set", "synthetic.height=32", "--set", "synthetic.seconds=1"]) == 0
+    assert capsys.readouterr().out.startswith("wrote 2 clips")
+    after = _files(out)
+    assert after.keys() == before.keys() | {"synthetic.json"}
+    assert after["videos/000000.mp4"] != before["videos/000000.mp4"]  # the clips of the new seed
+
+
+def test_writes_into_a_killed_runs_folder(tmp_path):
+    """Clips, partial clips and temporaries without labels.csv: a killed run's, which the next run may replace.
+    (A user's folder of clips of these names alone looks the same: no file says whose they are.)"""
+    out = tmp_path / "killed"
+    (out / "videos").mkdir(parents=True)
+    (out / "videos" / "000000.mp4").write_bytes(b"a clip written before the kill")
+    (out / "videos" / ".000001.partial.mp4").write_bytes(b"half a clip")
+    (out / "labels.csv.tmp").write_text("path,label,audio_label,offscreen\r\nvideos/000000.mp4")
+    (out / ".synthetic.json.tmp4242").write_text("{")
+    labels = make_synthetic(out, videos=2, classes=2, seed=0, cfg=SMALL, workers=1)
+    assert [r["path"] for r in _rows(labels)] == ["videos/000000.mp4", "videos/000001.mp4"]
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["000000.mp4", "000001.mp4"]
+    assert _decode(out / "videos" / "000000.mp4")[0].shape == (16, 32, 32, 3)
+
+
+def test_rerun_beside_the_manifest_of_readmes_quick_start(tmp_path, capsys):
+    """README's quick start writes the manifest into make-synthetic's folder: a re-run there is no user's folder."""
+    out = tmp_path / "synth"
+    run = ["make-synthetic", str(out), "--videos", "2", "--classes", "2", "--workers", "1",
+           "--set", "synthetic.width=32", "--set", "synthetic.height=32", "--set", "synthetic.seconds=1"]  # fmt: skip
+    assert main(run) == 0
+    assert main(["index", str(out / "videos"), "--labels", str(out / "labels.csv"), "--out", str(out / "manifest.csv"),
+                 "--workers", "1"]) == 0  # fmt: skip
+    manifest = (out / "manifest.csv").read_bytes()
+    assert main(run) == 0
+    assert main([*run, "--seed", "1"]) == 0
+    assert capsys.readouterr().out.endswith(f"wrote 2 clips of 2 classes and {out / 'labels.csv'}\n")
+    assert (out / "manifest.csv").read_bytes() == manifest

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +28,7 @@ from xdc.data.encode import AAC_SAMPLE_RATES, write_av
 from xdc.data.preload import preload_fork_server
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
+from xdc.locks import FOLDER_LOCK
 from xdc.progress import progress_bar
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "bar")
@@ -62,6 +64,11 @@ MOTION_HZ = 1.0  # cycles per second of the motion at speed factor 1: about one 
 STEPS_PER_S = 8.0
 RAMP_S = 0.008  # attack/release of the rhythm gate: avoids clicks
 PARTIAL_GLOB = ".*.partial.mp4"  # clips being written; the * is the clip's number
+# The names make-synthetic gives the files of videos/ (6 digits, more for a million clips or more) and of OUT
+# (labels.csv.tmp: labels.csv being written; .synthetic.json.tmpPID: xdc.atomic's; the command's lock).
+CLIP_NAME = re.compile(r"\d{6,}\.mp4|\.\d{6,}\.partial\.mp4")
+OWN_TEMPORARY = re.compile(rf"labels\.csv\.tmp|\.{re.escape(SETTINGS)}\.tmp\d+|{re.escape(FOLDER_LOCK)}")
+COLUMNS = ("path", "label", "audio_label", "offscreen")  # of labels.csv
 MAX_SIDE = 16384  # x264's largest frame side: a larger one failed to open the encoder, with a traceback
 
 
@@ -344,13 +351,18 @@ def make_synthetic(
     workers: int | None = None,
 ) -> Path:
     """Write ``videos`` clips of ``classes`` balanced classes to ``out/videos/`` and ``out/labels.csv`` (columns
-    path,label,audio_label,offscreen; paths relative to ``out``). Returns the path of labels.csv. A warning on
-    stderr says where it replaced a dataset of other settings, and where ``out/videos/`` holds files it did not
-    write (for ``xdc make-synthetic`` and a caller in Python alike: until 2026-12-02 the command alone said so)."""
+    path,label,audio_label,offscreen; paths relative to ``out``). Returns the path of labels.csv. An ``out`` that
+    holds files it did not write is refused (``foreign_file``). A warning on stderr says where it replaced a
+    dataset of other settings, and where ``out/videos/`` holds clips that labels.csv does not list (for ``xdc
+    make-synthetic`` and a caller in Python alike: until 2026-12-02 the command alone said so)."""
     out = Path(out)
     cfg = cfg or SyntheticConfig()
     workers = workers if workers is not None else usable_cpus()
     _check(out, videos, classes, seed, cfg, workers)
+    foreign = foreign_file(out)
+    if foreign is not None:  # until 2026-12-03 a user's labels.csv was deleted and clips of the same names replaced
+        raise UserError(f"{out} holds {foreign}, which xdc make-synthetic did not write (it replaces labels.csv and "
+                        f"videos/NNNNNN.mp4 there): give a fresh or empty output folder")  # fmt: skip
     if holds_dataset(out, videos, classes, seed, cfg):  # a re-run: the same bytes again, but new times (xdc index
         _warn_unlisted(out / "labels.csv")  # and prepare, keyed on them, would redo every file)
         return out / "labels.csv"
@@ -388,9 +400,53 @@ def make_synthetic(
     return labels
 
 
+def foreign_file(out: Path) -> Path | None:
+    """A file in ``out`` that make-synthetic did not write, which a run there would delete or replace (a user's
+    labels.csv, clips of the same names), or leave beside its clips for xdc index to take in; None where there is
+    none. It writes ``videos/`` of clip names (``CLIP_NAME``), ``SETTINGS``, its own temporaries, and labels.csv:
+    one beside its ``SETTINGS``, or of its columns (a folder it wrote before 2026-12-02 has no ``SETTINGS``).
+    Other files beside those of its own (the manifest that README's quick start writes there) it leaves be; beside
+    clips alone they say the folder is a user's. Clips alone are taken for a killed run's: no file says whose."""
+    if not out.is_dir():
+        return None
+    settings, labels, videos = out / SETTINGS, out / "labels.csv", out / "videos"
+    if settings.exists() and not _is_settings(settings):
+        return settings
+    if labels.exists() and not settings.exists() and not _has_columns(labels):
+        return labels
+    if videos.is_dir():
+        foreign = min((p for p in videos.iterdir() if not CLIP_NAME.fullmatch(p.name)), default=None)
+        if foreign is not None:
+            return foreign
+    elif videos.exists():
+        return videos
+    if settings.exists() or labels.exists():  # make-synthetic's folder
+        return None
+    return min((e for e in out.iterdir() if e.name != "videos" and not OWN_TEMPORARY.fullmatch(e.name)), default=None)
+
+
+def _is_settings(path: Path) -> bool:
+    """Whether ``path`` holds settings as make-synthetic writes them (``_settings``)."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a folder, or not JSON (UnicodeDecodeError is a ValueError)
+        return False
+    return isinstance(settings, dict) and {"videos", "classes", "seed", "synthetic"} <= settings.keys()
+
+
+def _has_columns(labels: Path) -> bool:
+    """Whether the first line of ``labels`` is the header of make-synthetic's labels.csv."""
+    try:
+        with open(labels, "rb") as f:
+            first = f.readline(200)  # not the whole of a large file without line breaks
+    except OSError:  # a folder
+        return False
+    return first.rstrip(b"\r\n") == ",".join(COLUMNS).encode()
+
+
 def _warn_unlisted(labels: Path) -> None:
     """A warning naming the files of the dataset's videos/ that ``labels`` does not list: an earlier, larger run's
-    clips, say, which xdc index of the folder would take in, unlabelled."""
+    clips, or a killed run's, which xdc index of the folder would take in, unlabelled."""
     videos = labels.parent / "videos"
     with open(labels, newline="") as f:
         listed = {row["path"] for row in csv.DictReader(f)}
@@ -443,7 +499,7 @@ def _settings(videos: int, classes: int, seed: int, cfg: SyntheticConfig) -> dic
 def _write_labels(path: Path, rows: list[dict]) -> Path:
     """Written last and atomically: a labels.csv means every clip it lists is complete."""
     with replacing(path, path.with_name(path.name + ".tmp")) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=("path", "label", "audio_label", "offscreen"))
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return path
