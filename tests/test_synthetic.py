@@ -324,19 +324,23 @@ def test_writes_again_into_a_folder_it_wrote_before_synthetic_json(tmp_path, cap
     assert after["videos/000000.mp4"] != before["videos/000000.mp4"]  # the clips of the new seed
 
 
-def test_writes_into_a_killed_runs_folder(tmp_path):
+def test_writes_into_a_killed_runs_folder(tmp_path, capsys):
     """Clips, partial clips and temporaries without labels.csv: a killed run's, which the next run may replace.
-    (A user's folder of clips of these names alone looks the same: no file says whose they are.)"""
+    (A user's folder of clips of these names alone looks the same: no file says whose they are.) A desktop's
+    hidden .DS_Store, which xdc index skips, is neither foreign nor unlisted, and stays."""
     out = tmp_path / "killed"
     (out / "videos").mkdir(parents=True)
+    (out / ".DS_Store").write_bytes(b"Finder")
+    (out / "videos" / ".DS_Store").write_bytes(b"Finder")
     (out / "videos" / "000000.mp4").write_bytes(b"a clip written before the kill")
     (out / "videos" / ".000001.partial.mp4").write_bytes(b"half a clip")
     (out / "labels.csv.tmp").write_text("path,label,audio_label,offscreen\r\nvideos/000000.mp4")
     (out / ".synthetic.json.tmp4242").write_text("{")
     labels = make_synthetic(out, videos=2, classes=2, seed=0, cfg=SMALL, workers=1)
     assert [r["path"] for r in _rows(labels)] == ["videos/000000.mp4", "videos/000001.mp4"]
-    assert sorted(p.name for p in (out / "videos").iterdir()) == ["000000.mp4", "000001.mp4"]
+    assert sorted(p.name for p in (out / "videos").iterdir()) == [".DS_Store", "000000.mp4", "000001.mp4"]
     assert _decode(out / "videos" / "000000.mp4")[0].shape == (16, 32, 32, 3)
+    assert (out / ".DS_Store").read_bytes() == b"Finder" and capsys.readouterr().err == ""
 
 
 def test_rerun_beside_the_manifest_of_readmes_quick_start(tmp_path, capsys):

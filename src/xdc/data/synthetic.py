@@ -28,7 +28,6 @@ from xdc.data.encode import AAC_SAMPLE_RATES, write_av
 from xdc.data.preload import preload_fork_server
 from xdc.errors import UserError
 from xdc.limits import usable_cpus
-from xdc.locks import FOLDER_LOCK
 from xdc.progress import progress_bar
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "bar")
@@ -64,10 +63,10 @@ MOTION_HZ = 1.0  # cycles per second of the motion at speed factor 1: about one 
 STEPS_PER_S = 8.0
 RAMP_S = 0.008  # attack/release of the rhythm gate: avoids clicks
 PARTIAL_GLOB = ".*.partial.mp4"  # clips being written; the * is the clip's number
-# The names make-synthetic gives the files of videos/ (6 digits, more for a million clips or more) and of OUT
-# (labels.csv.tmp: labels.csv being written; .synthetic.json.tmpPID: xdc.atomic's; the command's lock).
-CLIP_NAME = re.compile(r"\d{6,}\.mp4|\.\d{6,}\.partial\.mp4")
-OWN_TEMPORARY = re.compile(rf"labels\.csv\.tmp|\.{re.escape(SETTINGS)}\.tmp\d+|{re.escape(FOLDER_LOCK)}")
+# The names make-synthetic gives the files of videos/ (6 digits, more for a million clips or more). Its other
+# temporaries and lock are hidden, as are a desktop's files (.DS_Store), which it leaves be and xdc index skips.
+CLIP_NAME = re.compile(r"\d{6,}\.mp4")
+LABELS_TMP = "labels.csv.tmp"  # labels.csv being written
 COLUMNS = ("path", "label", "audio_label", "offscreen")  # of labels.csv
 MAX_SIDE = 16384  # x264's largest frame side: a larger one failed to open the encoder, with a traceback
 
@@ -406,7 +405,8 @@ def foreign_file(out: Path) -> Path | None:
     none. It writes ``videos/`` of clip names (``CLIP_NAME``), ``SETTINGS``, its own temporaries, and labels.csv:
     one beside its ``SETTINGS``, or of its columns (a folder it wrote before 2026-12-02 has no ``SETTINGS``).
     Other files beside those of its own (the manifest that README's quick start writes there) it leaves be; beside
-    clips alone they say the folder is a user's. Clips alone are taken for a killed run's: no file says whose."""
+    clips alone they say the folder is a user's. Clips alone are taken for a killed run's: no file says whose.
+    Hidden files are never foreign: its partial clips, temporaries and lock, a desktop's .DS_Store."""
     if not out.is_dir():
         return None
     settings, labels, videos = out / SETTINGS, out / "labels.csv", out / "videos"
@@ -415,14 +415,19 @@ def foreign_file(out: Path) -> Path | None:
     if labels.exists() and not settings.exists() and not _has_columns(labels):
         return labels
     if videos.is_dir():
-        foreign = min((p for p in videos.iterdir() if not CLIP_NAME.fullmatch(p.name)), default=None)
+        foreign = min((p for p in videos.iterdir() if not (_hidden(p) or CLIP_NAME.fullmatch(p.name))), default=None)
         if foreign is not None:
             return foreign
     elif videos.exists():
         return videos
     if settings.exists() or labels.exists():  # make-synthetic's folder
         return None
-    return min((e for e in out.iterdir() if e.name != "videos" and not OWN_TEMPORARY.fullmatch(e.name)), default=None)
+    return min((e for e in out.iterdir() if e.name not in ("videos", LABELS_TMP) and not _hidden(e)), default=None)
+
+
+def _hidden(path: Path) -> bool:
+    """A hidden file: a partial clip, xdc.atomic's temporary or the lock of a run, a desktop's .DS_Store."""
+    return path.name.startswith(".")
 
 
 def _is_settings(path: Path) -> bool:
@@ -450,7 +455,7 @@ def _warn_unlisted(labels: Path) -> None:
     videos = labels.parent / "videos"
     with open(labels, newline="") as f:
         listed = {row["path"] for row in csv.DictReader(f)}
-    others = sorted(p.name for p in videos.iterdir() if f"videos/{p.name}" not in listed)
+    others = sorted(p.name for p in videos.iterdir() if f"videos/{p.name}" not in listed and not _hidden(p))
     if others:
         print(f"WARNING: {videos} also holds {len(others)} file(s) this run did not write, which labels.csv does "
               f"not list (e.g. {others[0]}); xdc index of the folder would take them: use a fresh folder",
@@ -498,7 +503,7 @@ def _settings(videos: int, classes: int, seed: int, cfg: SyntheticConfig) -> dic
 
 def _write_labels(path: Path, rows: list[dict]) -> Path:
     """Written last and atomically: a labels.csv means every clip it lists is complete."""
-    with replacing(path, path.with_name(path.name + ".tmp")) as tmp, open(tmp, "w", newline="") as f:
+    with replacing(path, path.with_name(LABELS_TMP)) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
