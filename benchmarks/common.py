@@ -43,8 +43,8 @@ def report(name: str, rows: list[dict], extra: dict | None = None) -> Path:
 
 def free_port() -> int:
     """A port for a process group, free now, drawn below the ephemeral ports (where Linux, from 32768, and macOS,
-    from 49152, give connections their own ends, which could take it before the group binds it), as the tests'
-    (tests/conftest.py). Fixed ports until 2026-12-02: two runs on one host took each other's."""
+    from 49152, give connections their own ends, which could take it before the group binds it); the tests'
+    too (tests/conftest.py). Fixed ports until 2026-12-02: two runs on one host took each other's."""
     draw = random.Random()  # from the system's entropy: a seeded run would draw the same ports as another
     while True:
         port = draw.randrange(20000, 32000)

@@ -1,7 +1,6 @@
+import importlib.util
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -169,19 +168,18 @@ def ready_trainer(manifest: Path, out: Path, *settings: str):
     return trainer
 
 
-def free_port() -> int:
-    """A port for a process group of a test, free now, drawn below the ephemeral ports (where Linux, from 32768,
-    and macOS, from 49152, give connections their own ends, which could take it before the group binds it). Each
-    test had a fixed port until 2026-12-01, and two test runs on one host (two checkouts) took each other's."""
-    draw = random.Random()  # from the system's entropy: the tests' seeds would draw the same ports in every run
-    while True:
-        port = draw.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+def _load_benchmarks_common():
+    """benchmarks/common.py, which the benchmark scripts import as ``common`` from their own folder."""
+    path = Path(__file__).parents[1] / "benchmarks" / "common.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_common", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A port free now, below the ephemeral ports: the tests draw theirs as the benchmarks do (a fixed port per test
+# until 2026-12-01: two test runs on one host, two checkouts, took each other's).
+free_port = _load_benchmarks_common().free_port
 
 
 def torchrun_command(ranks: int) -> list[str]:
