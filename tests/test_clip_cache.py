@@ -2,6 +2,7 @@
 record cut short, a cache made for other clips or one a restart may have cut short is not used; a full disk is
 a warning, not a crash; a run with the cache trains exactly as one without, on one rank or two."""
 
+import hashlib
 import json
 import os
 import pickle
@@ -111,7 +112,8 @@ def test_another_caches_records_in_the_same_file_are_misses(manifest, tmp_path):
 
 def test_runs_whose_cache_folders_link_to_one_place_read_only_their_own(manifest, tmp_path):
     """A run killed, another started with its extraction cache at the same place (ln -s), the first resumed: the
-    first decodes its clips again rather than read the other's (until 2026-12-02 it read them)."""
+    first reads back its own clips, not the other's (until 2026-12-02 it read the other's, which had overwritten
+    its file; until 2026-12-03 it decoded them again)."""
     shared = tmp_path / "ssd"
     shared.mkdir()
     for run in ("a", "b"):
@@ -123,7 +125,81 @@ def test_runs_whose_cache_folders_link_to_one_place_read_only_their_own(manifest
     Pretrainer(settings, other, tmp_path / "b", Dist())._extract()
     resumed = Pretrainer(settings, manifest, tmp_path / "a", Dist(), resume=True)
     features = resumed._extract()
-    assert resumed.kept_clips == 0 and all(torch.equal(features[e], expected[e]) for e in expected)
+    assert resumed.kept_clips == 12 and all(torch.equal(features[e], expected[e]) for e in expected)
+
+
+class Killed(Exception):
+    """A run's process killed where it raises."""
+
+
+def test_runs_whose_cache_folders_link_to_one_place_keep_each_others_files(manifest, tmp_path, monkeypatch):
+    """A run killed after its first round; another, its cache folder linked to the same place, started and
+    finished: the first run's files are still there, byte for byte, and its resume reads its clips back. Until
+    2026-12-03 both named their files rank0of1: the second run's start emptied the first's, and its end deleted
+    them."""
+    from xdc.training.runlog import RunLog
+
+    shared = tmp_path / "ssd"
+    shared.mkdir()
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "extract_cache").symlink_to(shared)
+    settings = load_config(None, [*TINY, "train.rounds=2", "train.epochs=1", "train.extract_cache=true"],
+                           preset="tiny")  # fmt: skip
+    write = RunLog.write
+
+    def killed_after_a_round(self, kind: str, step: int, **values) -> None:
+        write(self, kind, step, **values)
+        if kind == "round":
+            raise Killed
+
+    monkeypatch.setattr(RunLog, "write", killed_after_a_round)
+    with pytest.raises(Killed):
+        pretrain(settings, manifest, tmp_path / "a", resume=False, ctx=Dist())
+    monkeypatch.undo()
+
+    def files() -> dict[str, str]:
+        return {f.name: hashlib.blake2b(f.read_bytes()).hexdigest() for f in shared.iterdir()}
+
+    first = files()
+    assert any(f.suffix == ".bin" and f.stat().st_size > 0 for f in shared.iterdir())
+
+    pretrain(settings, synthetic_manifest(tmp_path / "other", 12, 3, seed=1), tmp_path / "b", resume=False,
+             ctx=Dist())  # fmt: skip
+    assert files() == first  # what the second run kept there, it removed
+    assert (tmp_path / "b" / "extract_cache").is_symlink()  # the link stays, as made
+    pretrain(settings, manifest, tmp_path / "a", resume=True, ctx=Dist())
+    records = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["extract_kept"] for r in records if r["kind"] == "round"][-1] == len(Manifest.load(manifest))
+    assert shared.is_dir() and not list(shared.iterdir())  # each run's end removed its own files
+
+
+def test_a_start_removes_only_cache_files_of_its_own_run(manifest, tmp_path):
+    """In a folder that runs' caches share: this run's files of another number of ranks go, and those xdc before
+    2026-12-03 named rank{r}of{W} that name this run or none; another run's stay, of any number of ranks."""
+    shared = tmp_path / "ssd"
+    shared.mkdir()
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "extract_cache").symlink_to(shared)
+    settings = load_config(None, [*TINY, "train.extract_cache=true"], preset="tiny")
+    mine = Pretrainer(settings, manifest, tmp_path / "a", Dist()).eval_set.cache.data
+    theirs = Pretrainer(settings, manifest, tmp_path / "b", Dist()).eval_set.cache.data
+    theirs.rename(shared / theirs.name.replace("of1.", "of2."))  # the other run's, on 2 ranks
+    mine.with_name(mine.name.replace("of1.", "of3.")).write_bytes(b"this run's, on 3 ranks")
+
+    def old(stem: str, run: Path | None) -> None:
+        (shared / f"{stem}.bin").write_bytes(b"records")
+        if run is not None:
+            items = {"clip": {}, "run": str(run.resolve())}
+            (shared / f"{stem}.json").write_text(json.dumps({"identity": {"version": 3, "items": items}}))
+
+    old("rank0of3", tmp_path / "b")  # another run's, of the older code
+    old("rank0of1", tmp_path / "a")  # this run's
+    old("rank1of2", None)  # of an older code still, or a pass not begun: whose, unknown
+    Pretrainer(settings, manifest, tmp_path / "a", Dist(), resume=True)
+    left = {f.name for f in shared.iterdir()}
+    assert left == {mine.name, theirs.name.replace("of1.", "of2."), "rank0of3.bin", "rank0of3.json"}
 
 
 def test_what_a_reopened_cache_keeps(manifest, tmp_path):
@@ -214,7 +290,7 @@ def test_extraction_reads_back_the_kept_clips(manifest, tmp_path):
     assert not cached.failures.files
     for e in expected:
         assert torch.equal(first[e], expected[e]) and torch.equal(second[e], expected[e])
-    meta = json.loads((tmp_path / "cached" / "extract_cache" / "rank0of1.json").read_text())
+    meta = json.loads(cached.eval_set.cache.meta.read_text())
     assert meta["synced"] is True
 
 

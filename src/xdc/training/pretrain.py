@@ -16,6 +16,7 @@ Which features are clustered and which labels train which head is the method's t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import math
@@ -324,14 +325,15 @@ class Pretrainer:
         """train.extract_cache: this rank's file of its extraction clips (videos rank, rank + W, ...) in the run
         folder, kept across a resume; None, with a warning, where its disk cannot hold it."""
         folder, rank, ranks = self.out / "extract_cache", self.ctx.rank, self.ctx.world_size
-        if self.ctx.main:  # another number of ranks shared the videos out differently: its files are no use
-            for stale in folder.glob("rank*of*"):
-                if stale.name.split(".")[0].partition("of")[2] != str(ranks):
-                    stale.unlink(missing_ok=True)
-        # the run's folder too: another run's records (its cache folder a link to this one's place) are not these
-        settings = {"clip": asdict(self.cfg.data.clip), "mel": asdict(self.cfg.data.mel),
-                    "run": str(self.out.resolve())}  # fmt: skip
-        cache = ClipCache(folder / f"rank{rank}of{ranks}", range(rank, len(self.eval_set), ranks),
+        run = str(self.out.resolve())
+        # runs whose cache folders link to one place (one local SSD) name their files apart: none removes or
+        # overwrites another's. A hex tag never starts with "rank": the code before it leaves these files alone too
+        tag = hashlib.blake2b(run.encode(), digest_size=4).hexdigest()
+        if self.ctx.main:
+            _remove_stale_caches(folder, tag, ranks, run)
+        # the run's folder too: a record another run wrote in this file (a tag shared by chance) is a miss
+        settings = {"clip": asdict(self.cfg.data.clip), "mel": asdict(self.cfg.data.mel), "run": run}
+        cache = ClipCache(folder / f"{tag}-rank{rank}of{ranks}", range(rank, len(self.eval_set), ranks),
                           self.eval_set.item_arrays(), settings)  # fmt: skip
         if not resume:  # left by a run started here that never reached a checkpoint: its records are other videos'
             cache.remove()
@@ -516,8 +518,12 @@ class Pretrainer:
             shutil.rmtree(self.out / "extract_parts", ignore_errors=True)
         ranks = gather_objects(self.failures.state(), self.ctx)  # every rank's failures: skipped.csv lists them all
         if self.ctx.main:
-            with contextlib.suppress(OSError):  # every rank's cache files are gone (gather_objects waited for them)
-                (self.out / "extract_cache").rmdir()
+            folder = self.out / "extract_cache"
+            # every rank's cache files are gone (gather_objects waited for them). A link (to a place that other runs'
+            # caches may share) stays as made, and a folder that still holds files holds another run's
+            with contextlib.suppress(OSError):
+                if not folder.is_symlink():
+                    folder.rmdir()
             failures = FailureLog(self.cfg.data.max_fail_fraction)
             failures.merge(ranks)
             if failures.files:
@@ -1207,6 +1213,28 @@ def _clear_unfinished_start(out: Path) -> None:
     (out / "log.jsonl").unlink(missing_ok=True)
     shutil.rmtree(out / "tb", ignore_errors=True)
     shutil.rmtree(out / "extract_parts", ignore_errors=True)
+
+
+def _remove_stale_caches(folder: Path, tag: str, ranks: int, run: str) -> None:
+    """Extraction cache files in ``folder`` that the run in ``run`` (its files named ``tag``-rank...) cannot use:
+    its own of another number of ranks (which shared the videos out otherwise), and those that xdc before
+    2026-12-03 named rank{r}of{W}, unless they are another run's."""
+    for stale in folder.glob(f"{tag}-rank*of*"):
+        if stale.name.split(".")[0].partition("of")[2] != str(ranks):
+            stale.unlink(missing_ok=True)
+    for stem in {old.name.split(".")[0] for old in folder.glob("rank*of*")}:
+        try:  # the run they were made for, which their JSON names since 2026-12-02
+            owner = json.loads((folder / f"{stem}.json").read_text())["identity"]["items"].get("run")
+        except (OSError, ValueError, KeyError):
+            owner = None
+        # Another run's stay: it may still run the older code, or remove them itself when resumed. Those that name
+        # no run may be this run's (older still, or a .bin whose first pass had not begun), left forever if kept.
+        # Removing them is safe: no xdc of now opens them, and the older code itself removed every rank*of* file at
+        # each run's start, so the most that one of its runs sharing the folder loses is its cache (its workers then
+        # decode, its main process warns and goes on without it), never data
+        if owner in (run, None):
+            for old in folder.glob(f"{stem}.*"):
+                old.unlink(missing_ok=True)
 
 
 def _set_value(value) -> str:
