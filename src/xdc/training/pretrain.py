@@ -1225,13 +1225,11 @@ def _remove_stale_caches(folder: Path, tag: str, ranks: int, run: str) -> None:
     for stem in {old.name.split(".")[0] for old in folder.glob("rank*of*")}:
         try:  # the run they were made for, which their JSON names since 2026-12-02
             owner = json.loads((folder / f"{stem}.json").read_text())["identity"]["items"].get("run")
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, LookupError, TypeError, AttributeError):  # none, or damaged
             owner = None
-        # Another run's stay: it may still run the older code, or remove them itself when resumed. Those that name
-        # no run may be this run's (older still, or a .bin whose first pass had not begun), left forever if kept.
-        # Removing them is safe: no xdc of now opens them, and the older code itself removed every rank*of* file at
-        # each run's start, so the most that one of its runs sharing the folder loses is its cache (its workers then
-        # decode, its main process warns and goes on without it), never data
+        # Another run's stay (it may still run the older code). Those naming no run may be this run's, left forever
+        # if kept; removing them costs an older run sharing the folder its cache at most (the older code removed
+        # every rank*of* file at each start itself), never data
         if owner in (run, None):
             for old in folder.glob(f"{stem}.*"):
                 old.unlink(missing_ok=True)
