@@ -564,10 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("make-synthetic", help="write the built-in synthetic audio-visual dataset")
-    p.add_argument("out", type=_out_path, help="output folder")
-    p.add_argument("--videos", type=int, default=200)
-    p.add_argument("--classes", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=_out_path, help="output folder: a new or empty one, or make-synthetic's own earlier "
+                   "output (one holding files it did not write is refused)")
+    p.add_argument("--videos", type=int, default=200, help="number of clips (default: 200)")
+    p.add_argument("--classes", type=int, default=8, help="number of classes, 1 to 128 (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default: 0)")
     p.add_argument("--workers", type=int, default=None, help="parallel writers (default: the usable CPUs)")
     _add_config_options(p)
     p.set_defaults(func=cmd_make_synthetic)
