@@ -112,6 +112,28 @@ def test_eval_commands_write_json(run, tmp_path, capsys):
     assert "nmi" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", [["extract", "--clips", "1"],
+                                     ["eval", "finetune", "--mode", "fc", "--set", "finetune.epochs=1"]])
+def test_a_command_reads_the_runs_encoders_once(run, tmp_path, command):
+    """The encoder's modality, its weights and their digest (in the identity of kept progress) come from one read
+    of encoders.pt (170 MB at the paper's width): until 2026-12-03 three, and seven for eval finetune --split all."""
+    root, run_dir = run
+    write_table(items_of(root), tmp_path / "t.csv")
+    encoders, opened, watching = run_dir / "encoders.pt", [], [True]
+
+    def count(event: str, args: tuple) -> None:  # an audit hook stays for the process: it counts while watching
+        if watching[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            opened.append(Path(os.fsdecode(args[0])))
+
+    sys.addaudithook(count)
+    try:
+        assert main([*command, "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
+                     "--out", str(tmp_path / ("f" if command[0] == "extract" else "r.json"))]) == 0  # fmt: skip
+    finally:
+        watching[0] = False
+    assert opened.count(encoders) == 1
+
+
 def test_eval_clusters_takes_labels_given_after_pretraining(run, tmp_path, capsys):
     """A labels CSV matched to the run's videos as xdc index matches: rows by basename and by path relative to the
     videos' folder. Labels that are a round's own video clusters score NMI and purity 1 for that label set."""

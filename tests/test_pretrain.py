@@ -1107,6 +1107,30 @@ def test_a_checkpoint_cut_short_gets_the_advice_for_a_damaged_one(tmp_path):
         "reader: Invalid argument); remove the run"  # fmt: skip
 
 
+def test_a_read_that_also_hashes_loads_and_refuses_as_a_plain_read(tmp_path):
+    """checkpoint.read_hashed (a run's encoders for an evaluation) loads the file it hashes, from one open of it:
+    what it loads and each refusal are read's, word for word (torch words a file cut short and the legacy formats
+    otherwise for bytes in memory: "negative seek value", "Unsupported operand 0")."""
+    import hashlib
+
+    from xdc.training import checkpoint
+
+    whole, cut, zeros, text = (tmp_path / name for name in ("whole.pt", "cut.pt", "zeros.pt", "text.pt"))
+    torch.save({"encoders": {"w": torch.arange(500_000.0)}}, whole)
+    cut.write_bytes(whole.read_bytes()[:5000])
+    zeros.write_bytes(bytes(4096))  # "saved in the legacy .tar format", torch says of a file
+    text.write_text("not a checkpoint\n")
+    loaded, digest = checkpoint.read_hashed(whole, "a run's encoders")
+    assert torch.equal(loaded["encoders"]["w"], torch.arange(500_000.0))
+    assert digest == checkpoint.file_digest(whole) == hashlib.sha256(whole.read_bytes()).hexdigest()
+    for path in (cut, zeros, text, tmp_path / "missing.pt", tmp_path):
+        with pytest.raises(UserError) as plain:
+            checkpoint.read(path, "a run's encoders", "remove it")
+        with pytest.raises(UserError) as hashed:
+            checkpoint.read_hashed(path, "a run's encoders", "remove it")
+        assert str(hashed.value) == str(plain.value)
+
+
 @pytest.mark.parametrize("edit", ["model.video_width=16", "train.k=5"])
 def test_a_resume_whose_config_yaml_no_longer_fits_its_checkpoint_says_so_in_one_line(manifest, tmp_path, edit):
     """config.yaml edited between a kill and the resume (another encoder width; another k, which the heads have):

@@ -359,7 +359,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from xdc.atomic import write_text
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import cut_line, extract_features, features_path
-    from xdc.evaluation.sources import encoder_modality
+    from xdc.evaluation.sources import load_source
     from xdc.training.distributed import on_main
 
     options = _dataset_options(args)
@@ -367,10 +367,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     def run(ctx: Dist) -> dict | None:
         _device_under_torchrun(args.device, ctx)
-        modality = encoder_modality(args.run, args.encoder)
-        items = load_dataset(args.dataset, args.data, split=args.split, modality=modality, **options)
+        source = load_source(args.run, args.encoder, settings)  # its modality says which files of a dataset to list
+        items = load_dataset(args.dataset, args.data, split=args.split, modality=source.modality, **options)
         summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
-                                   batch_size=args.batch_size, settings=settings, device=args.device, ctx=ctx)
+                                   batch_size=args.batch_size, settings=settings, device=args.device, ctx=ctx,
+                                   source=source)  # fmt: skip
 
         def write() -> None:  # rank 0, still holding the lock of OUT.npz, which covers its OUT.json
             if not summary.get("kept"):  # kept: both files are as this command would write them

@@ -171,13 +171,15 @@ def eval_finetune(
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import cut_line
     from xdc.evaluation.finetune import finetune, finetune_made_with
-    from xdc.evaluation.sources import encoder_modality, load_source
+    from xdc.evaluation.sources import load_source
     from xdc.training.distributed import Dist
     from xdc.training.runlog import RunLog
 
     check_out(out)
     ctx = ctx or Dist()
-    modality = encoder_modality(run, encoder)  # the files it reads, of a dataset with a file of each modality
+    # read once: every split starts from it; its modality says which files of a dataset with a file of each to read
+    source = load_source(run, encoder, settings)
+    modality = source.modality
     splits = [1, 2, 3] if split == "all" else [int(split)] if split else [None]
     folder = finetune_folder(out, dataset)
     rest = {"dataset": dataset, "data": str(data), "mode": mode, "config": config_to_dict(cfg.finetune),
@@ -187,7 +189,6 @@ def eval_finetune(
         return load_dataset(dataset, data, split=number, modality=modality, **options)
 
     def made_now() -> str:  # each split's made_with, as finetune records it, and the rest
-        source = load_source(run, encoder, settings)  # once for every split
         return _made_with([finetune_made_with(source, encoder, items_of(number), mode, cfg.finetune, folder / "probe",
                                               seed=cfg.seed, ctx=ctx) for number in splits], rest)  # fmt: skip
 
@@ -209,7 +210,7 @@ def eval_finetune(
         work = folder / "probe"  # the files' probes, for a later run with this --out (until 2026-12-01 in a
         # hidden folder beside --out, named by dataset kind alone)
         result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed, device=device, state=state,
-                          log=log, name=state.name, settings=settings, ctx=ctx)  # fmt: skip
+                          log=log, name=state.name, settings=settings, ctx=ctx, source=source)  # fmt: skip
         if not ctx.main:
             continue
         rows.append({"split": number or "-", **{k: v for k, v in result.items() if k not in _ONCE}})

@@ -32,7 +32,7 @@ from xdc.errors import UserError
 from xdc.evaluation.adapters import Item, refuse_repeats
 from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.resume import identity
-from xdc.evaluation.sources import load_source
+from xdc.evaluation.sources import Source, load_source
 from xdc.progress import progress_bar
 from xdc.training.checkpoint import KeptParts, save_npz, warn_threads
 from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main
@@ -130,6 +130,7 @@ def extract_features(
     run: str | Path, encoder_name: str, items: list[Item], out: str | Path, clips: int | None = None,
     stride: float | None = None, workers: int | None = None, batch_size: int = 32,
     settings: dict[str, Any] | None = None, device: str = "auto", ctx: Dist | None = None,
+    source: Source | None = None,
 ) -> dict | None:  # fmt: skip
     """Embed every clip of ``items`` with the encoder ``encoder_name`` of ``run`` (a run folder, an export or the
     released weights: xdc.evaluation.sources, with ``settings`` over its own) on ``device``
@@ -139,7 +140,9 @@ def extract_features(
     (``OUT.json``, which ``xdc extract`` writes) were both made with the same weights, items, files and settings
     (``made_with``), nothing is computed or written: the summary is returned with ``"kept": True``. Under
     torchrun (``ctx``) the ranks share out the probes and the parts; rank 0 joins the parts, writes and returns
-    the summary (None on the others); ``out`` must be on a filesystem all ranks see, as a pretraining run's is."""
+    the summary (None on the others); ``out`` must be on a filesystem all ranks see, as a pretraining run's is.
+    ``source``: that encoder, loaded already with ``settings`` (``xdc extract`` needs its modality first, to list
+    the items): its file is read once."""
     ctx = ctx or Dist()
     out = features_path(out)
     for flag, value in (("--batch-size", batch_size), ("--clips", clips)):
@@ -149,7 +152,7 @@ def extract_features(
         raise UserError(f"--stride must be a finite number of seconds above 0, got {stride}")
     on_main(lambda: check_out(out), ctx)  # under torchrun a refusal is rank 0's line alone
     on_main(lambda: refuse_repeats(items), ctx)  # load_dataset's items pass; a list made in Python may not
-    source = load_source(run, encoder_name, settings)
+    source = source or load_source(run, encoder_name, settings)
     encoder, modality, cfg = source.encoder, source.modality, source.cfg
     if stride is not None and stride * cfg.data.clip.sample_rate < 1:  # until 2026-12-01 a MemoryError's traceback
         raise UserError(f"--stride must be at least one audio sample (1/{cfg.data.clip.sample_rate} s at "
@@ -170,7 +173,7 @@ def extract_features(
     # the device and precision too: parts from a GPU in bf16 and from a CPU in float32 would not make one file; and
     # the batch size, which changes the kernels' rounding (per_part alone is the same for several sizes); and the
     # files as probed (a file changed in place)
-    made = identity(source.weights, cfg, items, encoder=encoder_name, clips=clips, stride=stride,
+    made = identity(source.weights_digest(), cfg, items, encoder=encoder_name, clips=clips, stride=stride,
                     device=place.device.type, bf16=place.bf16, part_clips=per_part, batch_size=batch_size,
                     files=files)  # fmt: skip
     made_with = hashlib.sha256(made.encode("utf-8", "surrogateescape")).hexdigest()

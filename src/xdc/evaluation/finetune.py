@@ -15,6 +15,7 @@ gathered on rank 0, which alone writes the checkpoints, the log and the result."
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import math
@@ -61,20 +62,26 @@ def finetune(
     run: Path, encoder_name: str, items: list[Item], mode: str, cfg: FinetuneConfig, work: Path, seed: int = 0,
     workers: int | None = None, device: str = "auto", state: Path | None = None, log: RunLog | None = None,
     name: str = "finetune", settings: dict[str, Any] | None = None, ctx: Dist | None = None,
+    source: Source | None = None,
 ) -> dict | None:  # fmt: skip
     """Train the encoder ``encoder_name`` of ``run`` (a run folder, an export or the released weights:
     xdc.evaluation.sources, with ``settings`` over its own) on the items of split 'train', test on split 'test', on
     ``device`` (xdc.evaluation.device; under torchrun the rank's own); returns the numbers and the settings (None on
     ranks other than 0). ``work``: where the items' probes are cached. ``state``: where progress is kept (None:
     nowhere). ``log``: where each batch's loss and learning rate and the test's accuracy go, under ``name``
-    (TensorBoard tags ``NAME/loss``, ...)."""
+    (TensorBoard tags ``NAME/loss``, ...). ``source``: that encoder, loaded already with ``settings`` (each split
+    of ``eval finetune`` starts from the one read of the file); a copy of it is trained."""
     ctx = ctx or Dist()
     if mode not in MODES:
         raise UserError(f"mode must be one of {MODES}, not {mode!r}")
     if cfg.batch_size % ctx.world_size:  # else the ranks' shares would make another batch, and resumes drift
         raise UserError(f"finetune.batch_size ({cfg.batch_size}) must be a multiple of the {ctx.world_size} ranks")
-    source = load_source(run, encoder_name, settings)
-    encoder, modality, run_cfg = source.encoder, source.modality, source.cfg
+    if source is None:
+        source = load_source(run, encoder_name, settings)
+        encoder = source.encoder
+    else:  # the caller's stays as loaded, on its device
+        encoder = copy.deepcopy(source.encoder)
+    modality, run_cfg = source.modality, source.cfg
     data_cfg = run_cfg.data
     test_items = split_items(items, "test")
     train, skipped, test, test_rows, test_skipped, cut, files = _probed(items, work, modality, ctx)
@@ -288,8 +295,8 @@ def _identity(source: Source, encoder_name: str, items: list[Item], mode: str, c
     (until 2026-12-02 it went on). checkpoint_every changes how often progress is kept, not what is computed: a
     resume may change it."""
     computed = {k: v for k, v in config_to_dict(cfg).items() if k != "checkpoint_every"}
-    return identity(source.weights, source.cfg, items, encoder=encoder_name, mode=mode, finetune=computed, seed=seed,
-                    files=files)  # fmt: skip
+    return identity(source.weights_digest(), source.cfg, items, encoder=encoder_name, mode=mode, finetune=computed,
+                    seed=seed, files=files)  # fmt: skip
 
 
 def _digest(made: str) -> str:

@@ -18,26 +18,18 @@ from xdc.training import checkpoint
 from xdc.training.checkpoint import read_made_with
 
 
-def identity(weights: Path, run_cfg: Config, items: list[Item], **settings) -> str:
-    """What a pass over ``items`` with an encoder computes depends on: its weights (the digest of their file
-    ``weights``) and settings, every item (path, label, split, window), and ``settings`` (JSON-able: the encoder,
-    the mode, ...). Not the number of loader workers (``data.workers``): every draw comes from (seed, epoch,
-    position)."""
+def identity(weights: str, run_cfg: Config, items: list[Item], **settings) -> str:
+    """What a pass over ``items`` with an encoder computes depends on: its weights (``weights``, the digest of
+    their file: ``Source.weights_digest``) and settings, every item (path, label, split, window), and ``settings``
+    (JSON-able: the encoder, the mode, ...). Not the number of loader workers (``data.workers``): every draw comes
+    from (seed, epoch, position)."""
     run = config_to_dict(run_cfg)
     run["data"].pop("workers")
     return json.dumps({
-        "weights": _digest(weights), "run": run,
+        "weights": weights, "run": run,
         "items": hashlib.sha256(json.dumps([dataclasses.astuple(i) for i in items]).encode()).hexdigest(),
         **settings,
     }, sort_keys=True)  # fmt: skip
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 class SavedProgress:

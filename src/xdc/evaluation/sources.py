@@ -32,6 +32,13 @@ class Source:
     cfg: Config  # data: the clips it is fed; train: how it runs on a GPU (precision, layout)
     weights: Path  # the file whose digest says, in kept progress, which weights made it
     kind: str  # one of KINDS
+    digest: str | None = None  # of ``weights``, where the read that loaded them took it (a run's)
+
+    def weights_digest(self) -> str:
+        """The sha256 of ``weights``: a run's as its encoders were read, another's hashed on first use."""
+        if self.digest is None:
+            self.digest = checkpoint.file_digest(self.weights)
+        return self.digest
 
 
 def load_source(path: str | Path, name: str, settings: dict[str, Any] | None = None) -> Source:
@@ -62,15 +69,6 @@ def encoder_modalities(path: str | Path) -> dict[str, str]:
         files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
         return {file.stem: read_metadata(file)["modality"] for file in files}
     return {"video": "video"}
-
-
-def encoder_modality(path: str | Path, name: str) -> str:
-    """The modality of the encoder ``name`` of ``path`` (as for load_source), without building it: the files to
-    load of a dataset that has one of each modality (TAU Urban Audio-Visual Scenes)."""
-    modalities = encoder_modalities(path)
-    if name not in modalities:
-        load_source(path, name)  # refuses it, saying what ``path`` holds, as the command would after loading the items
-    return modalities[name]
 
 
 def kind(path: Path) -> str:
@@ -108,7 +106,7 @@ def run_and_encoders(path: Path) -> tuple[Path, Path]:
 
 def _run(path: Path, name: str) -> Source:
     run, weights = run_and_encoders(path)
-    saved = checkpoint.read(weights, "a run's encoders")
+    saved, digest = checkpoint.read_hashed(weights, "a run's encoders")
     if name not in saved["encoders"]:
         raise UserError(f"{run} has no encoder {name!r}; it has: {', '.join(saved['encoders'])}")
     cfg = load_config(run / "config.yaml")
@@ -120,7 +118,7 @@ def _run(path: Path, name: str) -> Source:
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:])[:500]
         raise UserError(f"{weights}: the encoder {name!r} does not fit the model that {run / 'config.yaml'} "
                         f"describes: {detail}") from None  # fmt: skip
-    return Source(encoder.eval(), modality, cfg, weights, "run")
+    return Source(encoder.eval(), modality, cfg, weights, "run", digest)
 
 
 def _export(path: Path, name: str) -> Source:
