@@ -35,6 +35,7 @@ RUNS = [
     ("sinkhorn_ranks", ["--n", "2000", "--k", "16", "--ranks", "2", "--repeats", "1"], "sinkhorn_ranks_2000x16"),
     ("prepare", ["--videos", "1", "--seconds", "2", "--sizes", "320x180", "--gops", "16", "--clips", "4"], "prepare"),
     ("eval_clips", ["--preset", "tiny", "--videos", "3", "--clips", "2", "--rounds", "1"], "eval_clips"),
+    ("encoder_reads", ["--preset", "tiny", "--repeats", "1"], "encoder_reads"),
     ("extract_cache", ["--preset", "tiny", "--videos", "3", "--rounds", "1"], "extract_cache"),
     ("pretrain", ["--presets", "tiny", "--videos", "8"], "pretrain"),
     ("listing", ["--files", "300", "--ranks", "2"], "listing"),
