@@ -5,7 +5,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from fractions import Fraction
 from pathlib import Path
 
@@ -212,3 +213,21 @@ def stopped_by_ctrl_c_in_a_fork(work: str) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 7, done.stderr[-2000:]
     assert "Exception ignored" not in done.stderr
+
+
+@contextmanager
+def opens_of(path: Path) -> Iterator[list[Path]]:
+    """Every open of ``path`` by this process while the block runs (an audit hook; it stays for the process, and
+    counts only while watching)."""
+    opened, watching = [], [True]
+
+    def count(event: str, args: tuple) -> None:
+        if watching[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            if Path(os.fsdecode(args[0])) == path:
+                opened.append(path)
+
+    sys.addaudithook(count)
+    try:
+        yield opened
+    finally:
+        watching[0] = False

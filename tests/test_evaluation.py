@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kill_with_children, tiny_run, torchrun_command
+from conftest import kill_with_children, opens_of, tiny_run, torchrun_command
 from xdc.cli import main
 from xdc.config import load_config
 from xdc.evaluation.adapters import Item, split_items, write_table
@@ -119,19 +119,10 @@ def test_a_command_reads_the_runs_encoders_once(run, tmp_path, command):
     of encoders.pt (170 MB at the paper's width): until 2026-12-03 three, and seven for eval finetune --split all."""
     root, run_dir = run
     write_table(items_of(root), tmp_path / "t.csv")
-    encoders, opened, watching = run_dir / "encoders.pt", [], [True]
-
-    def count(event: str, args: tuple) -> None:  # an audit hook stays for the process: it counts while watching
-        if watching[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-            opened.append(Path(os.fsdecode(args[0])))
-
-    sys.addaudithook(count)
-    try:
+    with opens_of(run_dir / "encoders.pt") as opened:
         assert main([*command, "--run", str(run_dir), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
                      "--out", str(tmp_path / ("f" if command[0] == "extract" else "r.json"))]) == 0  # fmt: skip
-    finally:
-        watching[0] = False
-    assert opened.count(encoders) == 1
+    assert len(opened) == 1
 
 
 def test_eval_clusters_takes_labels_given_after_pretraining(run, tmp_path, capsys):

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 import xdc
-from conftest import synthetic_manifest
+from conftest import opens_of, synthetic_manifest
 from xdc.cli import main
 from xdc.config import config_to_dict, load_config, with_settings
 from xdc.data.manifest import Manifest
@@ -71,6 +71,13 @@ def test_loaded_encoders_match_the_run_exactly(run, exported):
             assert all(torch.equal(v, own.state_dict()[k]) for k, v in loaded.state_dict().items())
             with torch.no_grad():
                 assert torch.equal(loaded(inputs()[modality]), own(inputs()[modality]))
+
+
+def test_an_export_reads_the_runs_encoders_once(run, tmp_path):
+    """Until 2026-12-03 once, then once per encoder (170 MB at the paper's width each time)."""
+    with opens_of(run / "encoders.pt") as opened:
+        export_run(run, tmp_path / "export")
+    assert len(opened) == 1 and len(list((tmp_path / "export").glob("*.safetensors"))) == 2
 
 
 def test_metadata_is_enough_to_feed_the_encoders(run, exported):

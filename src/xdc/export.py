@@ -35,7 +35,7 @@ from xdc.data.audio import LogMel
 from xdc.data.manifest import decode_paths, run_videos
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
-from xdc.evaluation.sources import is_run_folder, kind, load_run_encoder, run_and_encoders
+from xdc.evaluation.sources import is_run_folder, kind, run_and_encoders, run_encoders
 from xdc.methods import Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.presets import PRESETS
@@ -147,17 +147,16 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
     results = [_read_result(Path(m)) for m in metrics]
     for result in results:
         _check_evaluated(result, run)
-    saved = checkpoint.read(encoders_file, "a run's encoders")
+    saved, sources = run_encoders(given)  # one read of the file (until 2026-12-03 one, then one per encoder)
     cfg = load_config(run / "config.yaml")
-    loaded = {name: load_run_encoder(given, name)[:2] for name in saved["encoders"]}
-    encoders = {name: encoder for name, (encoder, _) in loaded.items()}
+    encoders = {name: source.encoder for name, source in sources.items()}
     card = model_card(run, get_method(saved["method"]), cfg, encoders, saved["modalities"], results, also,
                       rounds_done=checkpoint.encoders_rounds(encoders_file))  # fmt: skip
     with _staged(out) as stage:
         files = []
-        for name, (encoder, modality) in loaded.items():
-            meta = encoder_metadata(name, modality, saved["method"], encoder, cfg)
-            files += _write_encoder(stage, name, meta, encoder, also)
+        for name, source in sources.items():
+            meta = encoder_metadata(name, source.modality, saved["method"], source.encoder, cfg)
+            files += _write_encoder(stage, name, meta, source.encoder, also)
         files.append(_write_card(stage, card))
     return [out / f.name for f in files]
 

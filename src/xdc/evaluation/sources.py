@@ -53,7 +53,8 @@ def load_source(path: str | Path, name: str, settings: dict[str, Any] | None = N
 
 def load_run_encoder(run: str | Path, name: str) -> tuple[nn.Module, str, Config]:
     """The encoder ``name`` of a pretraining run (eval mode), its modality and the run's configuration."""
-    source = _run(Path(run), name)
+    run, weights = run_and_encoders(Path(run))
+    source = _run_encoder(run, weights, checkpoint.read(weights, "a run's encoders"), name)  # no digest needed
     return source.encoder, source.modality, source.cfg
 
 
@@ -107,6 +108,18 @@ def run_and_encoders(path: Path) -> tuple[Path, Path]:
 def _run(path: Path, name: str) -> Source:
     run, weights = run_and_encoders(path)
     saved, digest = checkpoint.read_hashed(weights, "a run's encoders")
+    return _run_encoder(run, weights, saved, name, digest)
+
+
+def run_encoders(path: str | Path) -> tuple[dict, dict[str, Source]]:
+    """What a pretraining run's encoders file holds (method, modalities, ...) and each of its encoders, from one
+    read of the file, not hashed (``Source.weights_digest`` reads it again): what an export needs."""
+    run, weights = run_and_encoders(Path(path))
+    saved = checkpoint.read(weights, "a run's encoders")
+    return saved, {name: _run_encoder(run, weights, saved, name) for name in saved["encoders"]}
+
+
+def _run_encoder(run: Path, weights: Path, saved: dict, name: str, digest: str | None = None) -> Source:
     if name not in saved["encoders"]:
         raise UserError(f"{run} has no encoder {name!r}; it has: {', '.join(saved['encoders'])}")
     cfg = load_config(run / "config.yaml")
