@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_run
+from conftest import opens_of, tiny_run
 from test_official import official_state_dict
 from xdc.cli import main
 from xdc.config import config_to_dict, load_config
@@ -221,7 +221,9 @@ def test_pretraining_starts_from_a_run_an_export_or_the_released_weights(made, t
     tiny = ["train.batch_size=4", "train.k=2", "data.workers=0"]
     for init in (made["run"], made["export"], made["export"] / "video.safetensors"):
         cfg = load_config(None, [*tiny, "train.method=xdc", f"train.init={init}"], preset="tiny")
-        trainer = Pretrainer(cfg, manifest, tmp_path / "a", Dist())
+        with opens_of(made["run"] / "encoders.pt") as opened:
+            trainer = Pretrainer(cfg, manifest, tmp_path / "a", Dist())
+        assert len(opened) == (init == made["run"])  # until 2026-12-03 once, then once per encoder
         for name in ("video", "audio") if init.is_dir() else ("video",):
             assert all(torch.equal(v, own[name][k]) for k, v in trainer.encoders[name].state_dict().items()), init
         if not init.is_dir():  # the file holds the video encoder alone

@@ -58,6 +58,15 @@ def load_run_encoder(run: str | Path, name: str) -> tuple[nn.Module, str, Config
     return source.encoder, source.modality, source.cfg
 
 
+def encoder_sources(path: str | Path) -> dict[str, Source]:
+    """Every encoder of ``path`` (as for load_source), a run's from one read of its encoders file, not hashed:
+    what a pretraining started from it needs."""
+    path = Path(path)
+    if kind(path) == "run":
+        return run_encoders(path)[1]
+    return {name: load_source(path, name) for name in encoder_modalities(path)}
+
+
 def encoder_modalities(path: str | Path) -> dict[str, str]:
     """The encoders that ``path`` (as for load_source) holds: name -> modality."""
     path = Path(path)

@@ -259,9 +259,10 @@ class Pretrainer:
     def _start_from(self, init: Path) -> None:
         """train.init: each encoder of ``init`` (a run, an export or the released weights) that has the name, the
         modality and the model settings of one of this run's takes its place; the others stay random."""
-        from xdc.evaluation.sources import encoder_modalities, load_source
+        from xdc.evaluation.sources import encoder_sources
 
-        given = encoder_modalities(init)
+        sources = encoder_sources(init)  # a run's encoders.pt read once (until 2026-12-03 once, then per encoder)
+        given = {name: source.modality for name, source in sources.items()}
         taken = [name for name, modality in self.method.encoders.items() if given.get(name) == modality]
         if not taken:
             have = ", ".join(f"{name} ({modality})" for name, modality in given.items())
@@ -269,7 +270,7 @@ class Pretrainer:
             raise UserError(f"train.init {init} has none of the encoders of method {self.method.name}, {want}; "
                             f"it has {have}")  # fmt: skip
         for name in taken:
-            source = load_source(init, name)
+            source = sources[name]
             modality = source.modality
             fields = [f"{modality}_{field}" for field in ("width", "layers", "mid_width", "bn_eps")
                       if hasattr(self.cfg.model, f"{modality}_{field}")]  # fmt: skip
