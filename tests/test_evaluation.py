@@ -479,6 +479,22 @@ def test_eval_linear_says_how_many_clips_of_no_split_it_left_out(tmp_path, capsy
     assert (record["left_out"], record["n_train"], record["n_test"]) == (4, 8, 4)
 
 
+def test_eval_linear_with_test_features_says_which_clips_of_the_features_it_left_out(tmp_path, capsys):
+    """With --test-features, the clips of --features outside its train split are not trained on: until 2026-12-03
+    unsaid, and counted 0 as left_out in the JSON."""
+    rng = np.random.default_rng(0)
+    split = np.array(["train"] * 8 + ["test"] * 4 + [""] * 2)
+    feats, other, out = tmp_path / "f.npz", tmp_path / "g.npz", tmp_path / "r.json"
+    for path, n, splits in ((feats, 14, split), (other, 6, np.array([""] * 6))):
+        np.savez(path, features=rng.normal(size=(n, 4)).astype(np.float32), label=np.array(["x", "y"] * (n // 2)),
+                 split=splits, fold=np.zeros(n, np.int64), group=np.array([f"{path.stem}{i}" for i in range(n)]))
+    assert main(["eval", "linear", "--features", str(feats), "--test-features", str(other), "--out", str(out)]) == 0
+    assert (f"6 clips of split (none) or test of {feats} were left out: the probe trains on split train (choosing C "
+            f"on a part of it) and tests on every clip of {other}\n") in capsys.readouterr().out  # fmt: skip
+    record = json.loads(out.read_text())
+    assert (record["left_out"], record["n_train"], record["n_test"]) == (6, 8, 6)
+
+
 def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column

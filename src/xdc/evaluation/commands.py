@@ -93,11 +93,16 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
         train_mask, test_mask = train["split"] == "train", train["split"] == "test"
         if not train_mask.any() or not test_mask.any():
             raise UserError(f"{features} has no train/test split: pass --test-features, or use `xdc eval kfold`")
-    left_out = ~train_mask & ~test_mask if test_features is None else np.zeros(0, bool)
-    if left_out.any():  # split val, or none (a cell left empty): said, not only in the JSON (until 2026-12-02 unsaid)
+    # clips of --features neither trained nor tested on: split val, or none (a cell left empty), and with
+    # --test-features its test split too; said, not only in the JSON (until 2026-12-02 unsaid; with --test-features
+    # until 2026-12-03, and counted 0 in the JSON)
+    left_out = ~train_mask & ~test_mask if test_features is None else ~train_mask
+    if left_out.any():
         names = " or ".join(name or "(none)" for name in np.unique(train["split"][left_out]))
-        print(f"{int(left_out.sum())} clips of split {names} were left out: the probe trains on split train (choosing "
-              "C on a part of it) and tests on split test")  # fmt: skip
+        where = "" if test_features is None else f" of {features}"
+        tested = "split test" if test_features is None else f"every clip of {test_features}"
+        print(f"{int(left_out.sum())} clips of split {names}{where} were left out: the probe trains on split train "
+              f"(choosing C on a part of it) and tests on {tested}")  # fmt: skip
     # a video of one file both trained and tested on (listed in both splits, or --test-features naming the file
     # itself) would score what the probe saw in training; two files' group ids (a CSV's own) may name other videos
     same = test_features is None or os.path.samefile(features, test_features)
