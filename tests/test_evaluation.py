@@ -295,6 +295,23 @@ def test_eval_linear_and_kfold_report_each_class_and_a_confusion_matrix(tmp_path
     assert 0 < result["mean_top1"] < 1 and "worst classes over the 2 folds: " in capsys.readouterr().out
 
 
+def test_eval_says_which_test_classes_were_never_trained_on(tmp_path, capsys):
+    """A class whose videos all lie in one fold (or only in the test split) cannot be predicted there: top1 counts
+    them wrong, and until 2026-12-03 nothing said why."""
+    rng = np.random.default_rng(0)
+    labels = np.array(["a", "b"] * 12 + ["c"] * 3)
+    x = (rng.normal(size=(27, 4)) + 3.0 * np.unique(labels, return_inverse=True)[1][:, None]).astype(np.float32)
+    feats, out = tmp_path / "f.npz", tmp_path / "k.json"
+    np.savez(feats, features=x, label=labels, split=np.array(["train"] * 20 + ["test"] * 7),
+             fold=np.array([1, 1, 2, 2] * 6 + [2] * 3), group=np.array([f"v{i}" for i in range(27)]))  # fmt: skip
+    assert main(["eval", "kfold", "--features", str(feats), "--out", str(out)]) == 0
+    assert "fold 2: 3 test videos of classes its training clips lack (c) count as wrong\n" in capsys.readouterr().out
+    assert [fold["untrained"] for fold in json.loads(out.read_text())["folds"]] == [0, 3]
+    assert main(["eval", "linear", "--features", str(feats), "--out", str(out)]) == 0
+    assert "3 test videos of classes the training clips lack (c) count as wrong\n" in capsys.readouterr().out
+    assert json.loads(out.read_text())["untrained"] == 3
+
+
 def test_linear_probe_refuses_a_video_in_both_splits(tmp_path, capsys):
     """A video listed in both splits of a table (or the features file given again as --test-features) was trained
     and tested on, and scored as if unseen (until 2026-12-02); another file's group ids may name other videos."""

@@ -20,7 +20,7 @@ from xdc.config import Config, config_to_dict, load_config
 from xdc.data.manifest import decode_paths, run_videos, write_atomic
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
-from xdc.evaluation.probe import kfold_probe, linear_probe
+from xdc.evaluation.probe import ProbeResult, kfold_probe, linear_probe
 from xdc.methods import get_method
 from xdc.tables import format_table
 
@@ -122,10 +122,22 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
         raise UserError(f"{features}" + (f" (--test-features {test_features})" if test_features else "") + f": {e}") \
             from None
     # absolute, as the run of eval clusters: export finds the features' summary from any folder
+    untrained, note = _untrained(result, train["label"][train_mask], "the training clips lack")
     record = {"command": "eval linear", "features": os.path.abspath(features),
               "test_features": os.path.abspath(test_features) if test_features else "",
-              **result.to_dict(), "left_out": int(left_out.sum()), "probe": {"classifier": classifier, **PROBE}}
-    return _emit(record, [_numbers(result.to_dict())], out, _worst_classes(record["per_class"]))
+              **result.to_dict(), "left_out": int(left_out.sum()), "untrained": untrained,
+              "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
+    return _emit(record, [_numbers(result.to_dict())], out, [*note, *_worst_classes(record["per_class"])])
+
+
+def _untrained(result: ProbeResult, train_labels: np.ndarray, lacking: str) -> tuple[int, list[str]]:
+    """The test videos of ``result`` of a class absent from ``train_labels`` (top1 counts them wrong: the probe
+    cannot predict them), and a line naming their classes where there are any (until 2026-12-03 unsaid)."""
+    unseen = ~np.isin(result.video_labels, train_labels)
+    names = np.unique(result.video_labels[unseen]).tolist()
+    listed = ", ".join(map(str, names[:3])) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    line = f"{int(unseen.sum())} test videos of classes {lacking} ({listed}) count as wrong"
+    return int(unseen.sum()), [line] if names else []
 
 
 def _encoder_of(features: Path, arrays: dict[str, np.ndarray]) -> tuple[str, str] | None:
@@ -153,14 +165,18 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
         )
     except ValueError as e:
         raise UserError(f"{features}: {e}") from None
-    folds = [{"fold": f, **r.to_dict()} for f, r in zip(result["folds"], result["results"])]
+    folds, notes = [], []
+    for fold, fold_result in zip(result["folds"], result["results"]):  # a rare class may lie in one fold alone
+        untrained, note = _untrained(fold_result, data["label"][data["fold"] != fold], "its training clips lack")
+        folds.append({"fold": fold, **fold_result.to_dict(), "untrained": untrained})
+        notes += [f"fold {fold}: {line}" for line in note]
     summary = {k: result[k] for k in ("mean_top1", "std_top1", "mean_top5", "train_only", *PER_CLASS)}
     if result["train_only"]:  # a table that numbers its folds from 0 would lose one: said, not only in the JSON
         print(f"{result['train_only']} clips of fold 0 (no fold) trained in every fold and were never tested")
     rows = [*map(_numbers, folds), {"fold": "mean", "top1": summary["mean_top1"], "top5": summary["mean_top5"]}]
     record = {"command": "eval kfold", "features": os.path.abspath(features), **summary, "folds": folds,
               "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
-    return _emit(record, rows, out, _worst_classes(result["per_class"], f" over the {len(folds)} folds"))
+    return _emit(record, rows, out, [*notes, *_worst_classes(result["per_class"], f" over the {len(folds)} folds")])
 
 
 def eval_finetune(
@@ -392,8 +408,9 @@ def is_result(path: Path) -> bool:
 
 
 def _numbers(row: dict) -> dict:
-    """A result's row for the printed table: without its per-class results."""
-    return {k: v for k, v in row.items() if k not in PER_CLASS}
+    """A result's row for the printed table: without its per-class results (nor the count of untrained test videos,
+    said in a line of its own)."""
+    return {k: v for k, v in row.items() if k not in (*PER_CLASS, "untrained")}
 
 
 def _worst_classes(per_class: dict, where: str = "") -> list[str]:
