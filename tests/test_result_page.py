@@ -9,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib import colormaps
 from PIL import Image
+from scipy import ndimage
 
 from xdc.cli import main
 from xdc.evaluation.result_page import BARS, PAIRS, TICKS, plot_classes, plot_confusion
 from xdc.locks import holding
+from xdc.report import figure_uri
 
 NAMES = ["<b>&", "a$x$", "cat", "dog", "z\u00e9"]  # HTML's and matplotlib's own characters in class names
 
@@ -122,6 +125,20 @@ def test_many_classes_get_a_matrix_without_numbers_fewer_names_and_the_worst_bar
     bars = [t.get_text() for t in plot_classes(record["per_class"], record["top1"]).axes[0].get_yticklabels()]
     worst = min(record["per_class"].items(), key=lambda item: item[1]["top1"])
     assert len(bars) == BARS and bars[0] == f"{worst[0]} ({worst[1]['n']})"
+
+
+def test_a_matrix_of_a_thousand_classes_shows_every_confusion(tmp_path):
+    """Until 2026-12-03 the matrix had about 750 pixels a side at any number of classes, and drawing 1,000 rows on
+    them dropped whole rows and columns: a third of these confusions were not on the page."""
+    n = 1000
+    counts = np.zeros((n, n), dtype=np.int64)  # one confusion per true class, each in its own row and column, off
+    counts[np.arange(1, n - 1), 1 + np.random.default_rng(0).permutation(n - 2)] = 3  # the edges the frame covers
+    fig = plot_confusion([f"a class name of some length {i:04d}" for i in range(n)], counts)
+    png = base64.b64decode(figure_uri(fig).split(",", 1)[1])
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    box = fig.axes[0].get_window_extent()  # the matrix, not the colour bar beside it
+    full = np.round(np.array(colormaps["Blues"](1.0)[:3]) * 255).astype(int)  # a whole row taken for one class
+    assert ndimage.label((image[:, int(box.x0) : int(box.x1) + 1] == full).all(axis=2))[1] == n - 2
 
 
 def test_what_is_no_result_of_eval_linear_kfold_or_finetune_is_refused_in_a_line(tmp_path, capsys):

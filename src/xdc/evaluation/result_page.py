@@ -88,6 +88,14 @@ def plot_confusion(classes: list[str], counts: np.ndarray) -> Figure:
     ax.set_xticks(ticks, names, rotation=90, fontsize=size, parse_math=False)  # a "$" in a name is no formula
     ax.set_yticks(ticks, names, fontsize=size, parse_math=False)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (each row: one true class's videos)")
+    # a pixel per class at least: with fewer, nearest-neighbour drawing drops whole rows and columns (until
+    # 2026-12-03 from about 700 classes on: a third of them at 1,000); below half the figure's height there is room
+    if len(classes) > fig.get_figheight() * fig.dpi / 2:
+        fig.draw_without_rendering()
+        have = ax.get_window_extent().height
+        if have < len(classes) + 2:  # and the 2 under the frame; the text around keeps its size, so the matrix
+            # grows by more than the figure
+            fig.set_size_inches(fig.get_size_inches() * (len(classes) + 2) / have)
     if few:
         for i, j in zip(*np.nonzero(counts)):
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
