@@ -199,6 +199,22 @@ def test_an_out_that_is_no_page_is_kept_and_a_page_is_replaced(tmp_path, capsys)
         assert f"is in use by another xdc process (report, pid {os.getpid()})" in capsys.readouterr().err
 
 
+def test_a_default_page_that_is_no_page_is_refused_without_naming_an_out_not_given(tmp_path, capsys):
+    """Until 2026-12-03 the refusal said "--out X" and "give a new path" to a user who had given no --out."""
+    result = tmp_path / "r.json"
+    assert main(["eval", "linear", "--features", str(features(tmp_path / "f.npz", NAMES, 6)), "--out",
+                 str(result)]) == 0  # fmt: skip
+    run = tmp_path / "run"  # a log.jsonl, even empty, makes a run folder
+    run.mkdir()
+    (run / "log.jsonl").write_text("")
+    for given, page in [(result, result.with_suffix(".html")), (run, run / "report.html")]:
+        page.write_text("<html>mine</html>")
+        capsys.readouterr()
+        assert main(["report", str(given)]) == 2 and page.read_text() == "<html>mine</html>"
+        assert capsys.readouterr().err == (f"xdc: error: {page} (the default page) exists and is not a report of "
+                                           "xdc: give --out a new path (or remove it)\n")
+
+
 @pytest.mark.parametrize("name, page", [("a.v1", "a.v1.html"), ("b.json", "b.html")])
 def test_the_default_page_is_beside_the_result(name, page, tmp_path, capsys):
     result = tmp_path / name

@@ -682,13 +682,15 @@ def _is_report(path: Path) -> bool:
         return _TITLE in f.read(300).decode("utf-8", "replace")
 
 
-def check_page_out(out: Path) -> None:
+def check_page_out(out: Path, given: bool = True) -> None:
     """A one-line error where ``out`` is a folder, or a file that is not a page of ``xdc report`` (which it
-    replaces): of a run's, or of an eval result's (xdc.evaluation.result_page)."""
+    replaces): of a run's, or of an eval result's (xdc.evaluation.result_page). ``given``: named by --out, else
+    the default page (until 2026-12-03 its error said "--out" too, to a user who had given none)."""
+    name, give = (f"--out {out}", "give") if given else (f"{out} (the default page)", "give --out")
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give the path of an .html file")
+        raise UserError(f"{name} is a folder; {give} the path of an .html file")
     if out.exists() and not _is_report(out):
-        raise UserError(f"--out {out} exists and is not a report of xdc: give a new path (or remove it)")
+        raise UserError(f"{name} exists and is not a report of xdc: {give} a new path (or remove it)")
 
 
 def write_page(out: Path, title: str, body: list[str]) -> Path:
@@ -703,8 +705,9 @@ def write_page(out: Path, title: str, body: list[str]) -> Path:
 def write_report(run: Path, out: Path | None = None, samples_per_cluster: int = 4, max_clusters: int = 32) -> Path:
     """Write the run's report as one self-contained HTML file (default ``run/report.html``); returns its path."""
     data = load_run(Path(run))
-    out = Path(out) if out is not None else data.folder / "report.html"
-    check_page_out(out)
+    given = out is not None
+    out = Path(out) if given else data.folder / "report.html"
+    check_page_out(out, given)
     rounds = read_rounds(data)  # first: it notes unreadable label files for the header
     body = [_header(data, rounds), _summary(data, rounds.rows), _agreement(rounds), _plots(data, rounds),
             _galleries(data, rounds.last, samples_per_cluster, max_clusters), _skipped(data)]  # fmt: skip

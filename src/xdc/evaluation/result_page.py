@@ -184,8 +184,9 @@ def _header(path: Path, record: dict) -> str:
 def write_result_page(result: Path, out: Path | None = None) -> Path:
     """Write the page of the eval result in ``result`` (default ``default_page(result)``); returns its path."""
     record = load_result(Path(result))
-    out = Path(out) if out is not None else default_page(Path(result))
-    check_page_out(out)
+    given = out is not None
+    out = Path(out) if given else default_page(Path(result))
+    check_page_out(out, given)
     try:
         body = [_header(Path(result), record), *(_section(title, part) for title, part in _parts(record))]
     except (KeyError, TypeError) as e:  # a result edited by hand, or cut down by another tool
