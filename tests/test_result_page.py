@@ -1,6 +1,7 @@
 """`xdc report RESULT.json`: the page of real `xdc eval linear` and `kfold` results, parsed; what it refuses."""
 
 import base64
+import csv
 import io
 import json
 import os
@@ -13,7 +14,9 @@ from matplotlib import colormaps
 from PIL import Image
 from scipy import ndimage
 
+from conftest import tiny_run
 from xdc.cli import main
+from xdc.evaluation.adapters import Item, write_table
 from xdc.evaluation.result_page import BARS, PAIRS, TICKS, plot_classes, plot_confusion
 from xdc.locks import holding
 from xdc.report import figure_uri
@@ -104,6 +107,25 @@ def test_a_kfold_result_gets_the_folds_summed_and_each_folds_top1(tmp_path, caps
     for fold in record["folds"]:
         assert f"{fold['fold']} {fold['top1']:.3f} {fold['top5']:.3f} {fold['n_test_videos']} " in words
     assert f"{record['mean_top1']:.3f} \u00b1 {record['std_top1']:.3f}" in words and "test videos 30" in words
+
+
+def test_a_finetune_result_gets_its_encoder_and_each_splits_numbers(tmp_path, capsys):
+    """Until 2026-12-03 the header did not say which encoder of the run was finetuned: the pages of --encoder video
+    and --encoder audio of one run had the same."""
+    run = tiny_run(tmp_path, 12, 3, seed=1, batch=8, k=3)
+    table, result = tmp_path / "t.csv", tmp_path / "ft.json"
+    with open(tmp_path / "data" / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    write_table([Item(str(tmp_path / "data" / r["path"]), r["label"], "test" if i % 3 == 0 else "train")
+                 for i, r in enumerate(rows)], table)  # fmt: skip
+    assert main(["eval", "finetune", "--run", str(run), "--encoder", "audio", "--data", str(table), "--out",
+                 str(result), "--mode", "fc", "--set", "finetune.epochs=1", "--set", "finetune.batch_size=8"]) == 0
+    record = json.loads(result.read_text())
+    page, _ = page_of(result, capsys)
+    words, split = page.all_text, record["splits"][0]
+    assert f"run {run} (run) encoder audio data csv: {table} mode fc top-1 {record['mean_top1']:.3f}" in words
+    assert f"- {split['top1']:.3f} {split['top5']:.3f} {split['n_test_scored']} {split['classes']} " in words
+    assert len(page.images) == 2 and "Test videos" in words
 
 
 def test_many_classes_get_a_matrix_without_numbers_fewer_names_and_the_worst_bars(tmp_path, capsys):

@@ -154,8 +154,9 @@ def _table(head: list[str], rows: list[list]) -> str:
 def _header(path: Path, record: dict) -> str:
     command, table = record["command"], ""
     if command == "eval finetune":
-        items = {"run": f"{record['run']} ({record['source']})", "data": f"{record['dataset']}: {record['data']}",
-                 "mode": record["mode"], "top-1": f"{_num(record['mean_top1'])} (mean of the splits)",
+        items = {"run": f"{record['run']} ({record['source']})", "encoder": record["splits"][0]["encoder"],
+                 "data": f"{record['dataset']}: {record['data']}", "mode": record["mode"],
+                 "top-1": f"{_num(record['mean_top1'])} (mean of the splits)",
                  "seed": record["seed"]}  # fmt: skip
         table = _table(["split", "top-1", "top-5", "test videos", "classes"], [
             [s["split"], _num(s["top1"]), _num(s["top5"]), s.get("n_test_scored"), s["classes"]]
