@@ -512,6 +512,58 @@ def test_eval_linear_with_test_features_says_which_clips_of_the_features_it_left
     assert (record["left_out"], record["n_train"], record["n_test"]) == (6, 8, 6)
 
 
+def _correlated_features(path: Path) -> Path:
+    """Two classes 1 apart along a noise 3 wide that both features share: their difference separates them, which a
+    large C finds and a small one (near the difference of the class means) does not."""
+    rng = np.random.default_rng(0)
+    labels = np.array(["a", "b"] * 30)
+    noise = 3.0 * rng.normal(size=60)
+    x = np.stack([noise + (labels == "b"), noise + 0.1 * rng.normal(size=60)], axis=1).astype(np.float32)
+    np.savez(path, features=x, label=labels, split=np.array(["train"] * 40 + ["test"] * 20),
+             fold=np.arange(60) % 3 + 1, group=np.array([f"v{i}" for i in range(60)]))  # fmt: skip
+    return path
+
+
+def test_eval_linear_and_kfold_take_the_grid_of_c(tmp_path, capsys):
+    """--cs: the grid of C the probes choose from, recorded in the JSON's probe entry; a C chosen at an end of a grid
+    of two or more is said in one line with a wider grid (until 2026-12-03 the grid was always the default)."""
+    feats, out = _correlated_features(tmp_path / "f.npz"), tmp_path / "r.json"
+
+    def chosen(protocol: str, *cs: str) -> tuple[list[float], dict, str]:
+        assert main(["eval", protocol, "--features", str(feats), *cs, "--out", str(out)]) == 0
+        record = json.loads(out.read_text())
+        cs = [f["c"] for f in record["folds"]] if "folds" in record else [record["c"]]
+        return cs, record, capsys.readouterr().out
+
+    for protocol, folds in (("linear", 1), ("kfold", 3)):
+        cs, record, printed = chosen(protocol)  # the default grid, its C of 10 inside it
+        assert cs == [10.0] * folds and record["probe"]["cs"] == [0.01, 0.1, 1.0, 10.0, 100.0]
+        assert "is at an end of the grid" not in printed
+        top1 = record.get("top1", record.get("mean_top1"))
+        cs, record, printed = chosen(protocol, "--cs", "1e-6,100,1e4")
+        assert cs == [100.0] * folds and record["probe"]["cs"] == [1e-6, 100.0, 1e4]
+        assert record.get("top1", record.get("mean_top1")) > top1 and "is at an end of the grid" not in printed
+        cs, record, printed = chosen(protocol, "--cs", "1000,100")  # ties go to the smaller C, the grid's end
+        assert cs == [100.0] * folds and record["probe"]["cs"] == [100.0, 1000.0]
+        where = "100" if protocol == "linear" else "100 in fold 1, 100 in fold 2, 100 in fold 3"
+        assert (f"the C chosen on validation ({where}) is at an end of the grid --cs 100,1000: a better C may lie "
+                "beyond it; widen the grid, e.g. --cs 10,100,1000\n") in printed  # fmt: skip
+        cs, record, printed = chosen(protocol, "--cs", "100")  # a grid of one C has no end to widen
+        assert cs == [100.0] * folds and record["probe"]["cs"] == [100.0] and "is at an end" not in printed
+
+
+def test_eval_refuses_a_grid_of_c_that_is_not_one_in_one_line(tmp_path, capsys):
+    feats, out = _correlated_features(tmp_path / "f.npz"), tmp_path / "r.json"
+    for protocol in ("linear", "kfold"):
+        for cs, why in (("", ""), ("0.1,", ""), ("0.1,x", ""), ("1,0", " (0 is not a positive finite number)"),
+                        ("-1", " (-1 is not a positive finite number)"), ("inf", " (inf is not a positive finite "
+                        "number)"), ("1,nan", " (nan is not a positive finite number)")):  # fmt: skip
+            assert main(["eval", protocol, "--features", str(feats), f"--cs={cs}", "--out", str(out)]) == 2
+            assert capsys.readouterr().err == (f"xdc: error: --cs takes positive numbers separated by commas, e.g. "
+                                               f"0.001,0.01,0.1; got {cs!r}{why}\n")  # fmt: skip
+    assert not out.exists()
+
+
 def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     root, run_dir = run
     items = [Item(i.path, i.label) for i in items_of(root)[:6]]  # no split column

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import io
+import math
 import os
 import re
 import sys
@@ -437,14 +438,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.protocol == "finetune":
         _finetune(args)
         return 0
+    cs = _c_grid(args.cs) if args.protocol in ("linear", "kfold") else None  # before the lock: a typo costs nothing
     with _result_lock(args.out, f"eval {args.protocol}"):
         if args.protocol == "linear":
-            commands.eval_linear(args.features, args.test_features, args.classifier, args.out)
+            commands.eval_linear(args.features, args.test_features, args.classifier, args.out, cs)
         elif args.protocol == "kfold":
-            commands.eval_kfold(args.features, args.classifier, args.out)
+            commands.eval_kfold(args.features, args.classifier, args.out, cs)
         else:
             commands.eval_clusters(args.run, args.out, args.labels)
     return 0
+
+
+def _c_grid(text: str | None) -> list[float]:
+    """``--cs`` as the probe's grid of C, ascending and each C once (the default grid where not given); a one-line
+    UserError for anything but positive finite numbers (argparse's own error would add its usage line)."""
+    from xdc.evaluation.commands import PROBE
+
+    if text is None:
+        return PROBE["cs"]
+    how = f"--cs takes positive numbers separated by commas, e.g. 0.001,0.01,0.1; got {text!r}"
+    try:
+        cs = [float(value) for value in text.split(",")]
+    except ValueError:  # a word, or an empty value ("", "0.1,")
+        raise UserError(how) from None
+    wrong = [c for c in cs if not (math.isfinite(c) and c > 0)]
+    if wrong:
+        raise UserError(f"{how} ({wrong[0]:g} is not a positive finite number)")
+    return sorted(set(cs))
 
 
 def _result_lock(out: Path | None, command: str) -> AbstractContextManager:
@@ -616,6 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "linear":
             q.add_argument("--test-features", type=Path, help="test on these instead of the 'test' split")
         q.add_argument("--classifier", choices=("logreg", "svm"), default="logreg")
+        q.add_argument("--cs", metavar="C,C,...", help="comma-separated grid of C to choose from on validation "
+                       "(default 0.01,0.1,1,10,100); widen it where the chosen C is at an end")  # fmt: skip
         q.add_argument("--out", type=_out_path, help=OUT_HELP)
         q.set_defaults(func=cmd_eval, test_features=None)
     q = evals.add_parser("finetune",

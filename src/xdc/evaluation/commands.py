@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # torch, imported when finetuning starts
     from xdc.training.distributed import Dist
 
 
-PROBE = {"cs": [0.01, 0.1, 1.0, 10.0, 100.0], "val_fraction": 0.2, "seed": 0}  # recorded with every result
+# recorded with every result; cs is the default grid of --cs
+PROBE = {"cs": [0.01, 0.1, 1.0, 10.0, 100.0], "val_fraction": 0.2, "seed": 0}
 FEATURE_ARRAYS = ("features", "label", "split", "fold", "group")  # of xdc extract's .npz, read by the probes
 DAMAGED_NPZ = (zipfile.BadZipFile, zlib.error)  # what numpy lets through from an .npz that is not whole
 PER_CLASS = ("per_class", "confusion")  # of a result: in the JSON, not in the printed table (one line names the worst)
@@ -70,9 +71,10 @@ def load_features(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def eval_linear(features: Path, test_features: Path | None, classifier: str, out: Path | None) -> dict:
+def eval_linear(features: Path, test_features: Path | None, classifier: str, out: Path | None,
+                cs: Sequence[float] = PROBE["cs"]) -> dict:  # fmt: skip
     """Train on the 'train' split and test on the 'test' split of ``features`` (or on all of
-    ``test_features``); video-level accuracy averages the clips of each group."""
+    ``test_features``); video-level accuracy averages the clips of each group. ``cs``: the grid of C, ascending."""
     check_out(out, features, test_features)
     train = load_features(features)
     if test_features is not None:  # e.g. GRID: train on one set of speakers, test on another
@@ -116,7 +118,7 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
         result = linear_probe(
             train["features"][train_mask], train["label"][train_mask], test["features"][test_mask],
             test["label"][test_mask], test_groups=test["group"][test_mask], classifier=classifier,
-            train_groups=train["group"][train_mask], **PROBE,
+            train_groups=train["group"][train_mask], **{**PROBE, "cs": cs},
         )  # fmt: skip
     except ValueError as e:
         raise UserError(f"{features}" + (f" (--test-features {test_features})" if test_features else "") + f": {e}") \
@@ -126,8 +128,26 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
     record = {"command": "eval linear", "features": os.path.abspath(features),
               "test_features": os.path.abspath(test_features) if test_features else "",
               **result.to_dict(), "left_out": int(left_out.sum()), "untrained": untrained,
-              "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
-    return _emit(record, [_numbers(result.to_dict())], out, [*note, *_worst_classes(record["per_class"])])
+              "probe": {"classifier": classifier, **PROBE, "cs": list(cs)}}  # fmt: skip
+    notes = [*note, *_worst_classes(record["per_class"]), *_grid_end(cs, [(result.c, "")])]
+    return _emit(record, [_numbers(result.to_dict())], out, notes)
+
+
+def _grid_end(cs: Sequence[float], chosen: list[tuple[float, str]]) -> list[str]:
+    """A line where a C chosen on validation (``chosen``: C and where, e.g. " in fold 2") is an end of a grid ``cs``
+    (ascending) of more than one C, as a better C may lie beyond it, with a grid a tenfold wider at that end."""
+    ends = [(c, where) for c, where in chosen if len(cs) > 1 and c in (cs[0], cs[-1])]
+    if not ends:
+        return []
+    at_ends = {c for c, _ in ends}
+    wider = [*([cs[0] / 10] if cs[0] in at_ends else []), *cs, *([cs[-1] * 10] if cs[-1] in at_ends else [])]
+    at = ", ".join(f"{_c(c)}{where}" for c, where in ends)
+    return [f"the C chosen on validation ({at}) is at an end of the grid --cs {','.join(map(_c, cs))}: a better C may "
+            f"lie beyond it; widen the grid, e.g. --cs {','.join(map(_c, wider))}"]
+
+
+def _c(c: float) -> str:
+    return f"{c:.12g}"  # 1, not 1.0; 12 digits: 0.007, not the 0.007000000000000001 of a tenth of 0.07
 
 
 def _untrained(result: ProbeResult, train_labels: np.ndarray, lacking: str) -> tuple[int, list[str]]:
@@ -154,15 +174,16 @@ def _encoder_of(features: Path, arrays: dict[str, np.ndarray]) -> tuple[str, str
     return str(summary.get("encoder")), str(summary.get("modality"))
 
 
-def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
+def eval_kfold(features: Path, classifier: str, out: Path | None, cs: Sequence[float] = PROBE["cs"]) -> dict:
     check_out(out, features)
     data = load_features(features)
     if len(np.unique(data["fold"][data["fold"] != 0])) < 2:
         raise UserError(f"{features} has no fold column with two or more folds (e.g. ESC-50's 5 folds; 0 is none)")
     try:
         result = kfold_probe(
-            data["features"], data["label"], data["fold"], groups=data["group"], classifier=classifier, **PROBE
-        )
+            data["features"], data["label"], data["fold"], groups=data["group"], classifier=classifier,
+            **{**PROBE, "cs": cs},
+        )  # fmt: skip
     except ValueError as e:
         raise UserError(f"{features}: {e}") from None
     folds, notes = [], []
@@ -175,8 +196,10 @@ def eval_kfold(features: Path, classifier: str, out: Path | None) -> dict:
         print(f"{result['train_only']} clips of fold 0 (no fold) trained in every fold and were never tested")
     rows = [*map(_numbers, folds), {"fold": "mean", "top1": summary["mean_top1"], "top5": summary["mean_top5"]}]
     record = {"command": "eval kfold", "features": os.path.abspath(features), **summary, "folds": folds,
-              "probe": {"classifier": classifier, **PROBE}}  # fmt: skip
-    return _emit(record, rows, out, [*notes, *_worst_classes(result["per_class"], f" over the {len(folds)} folds")])
+              "probe": {"classifier": classifier, **PROBE, "cs": list(cs)}}  # fmt: skip
+    notes += [*_worst_classes(result["per_class"], f" over the {len(folds)} folds"),
+              *_grid_end(cs, [(f["c"], f" in fold {f['fold']}") for f in folds])]  # fmt: skip
+    return _emit(record, rows, out, notes)
 
 
 def eval_finetune(
