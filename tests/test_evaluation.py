@@ -543,13 +543,28 @@ def test_eval_linear_and_kfold_take_the_grid_of_c(tmp_path, capsys):
         cs, record, printed = chosen(protocol, "--cs", "1e-6,100,1e4")
         assert cs == [100.0] * folds and record["probe"]["cs"] == [1e-6, 100.0, 1e4]
         assert record.get("top1", record.get("mean_top1")) > top1 and "is at an end of the grid" not in printed
-        cs, record, printed = chosen(protocol, "--cs", "1000,100")  # ties go to the smaller C, the grid's end
-        assert cs == [100.0] * folds and record["probe"]["cs"] == [100.0, 1000.0]
-        where = "100" if protocol == "linear" else "100 in fold 1, 100 in fold 2, 100 in fold 3"
-        assert (f"the C chosen on validation ({where}) is at an end of the grid --cs 100,1000: a better C may lie "
-                "beyond it; widen the grid, e.g. --cs 10,100,1000\n") in printed  # fmt: skip
+        cs, record, printed = chosen(protocol, "--cs", "10,1")  # 10 beats 1: the grid's upper end
+        assert cs == [10.0] * folds and record["probe"]["cs"] == [1.0, 10.0]
+        where = "10" if protocol == "linear" else "10 in fold 1, 10 in fold 2, 10 in fold 3"
+        assert (f"the C chosen on validation ({where}) is at an end of the grid --cs 1,10: a better C may lie "
+                "beyond it; widen the grid, e.g. --cs 1,10,100\n") in printed  # fmt: skip
+        cs, record, printed = chosen(protocol, "--cs", "100,1000")  # 100 only ties 1000 (ties: the smaller C)
+        assert cs == [100.0] * folds and "is at an end" not in printed
         cs, record, printed = chosen(protocol, "--cs", "100")  # a grid of one C has no end to widen
         assert cs == [100.0] * folds and record["probe"]["cs"] == [100.0] and "is at an end" not in printed
+
+
+def test_a_smallest_c_that_beats_the_next_is_said_to_be_at_the_grids_end(tmp_path, capsys):
+    """Weak signal in 50 noisy dimensions: the most regularised C validates best, and a smaller one may do better."""
+    rng = np.random.default_rng(1)
+    labels = np.array(["a", "b"] * 30)
+    x = (rng.normal(size=(60, 50)) + 0.4 * (labels == "b")[:, None]).astype(np.float32)
+    feats = tmp_path / "f.npz"
+    np.savez(feats, features=x, label=labels, split=np.array(["train"] * 40 + ["test"] * 20),
+             fold=np.zeros(60, int), group=np.array([f"v{i}" for i in range(60)]))  # fmt: skip
+    assert main(["eval", "linear", "--features", str(feats), "--cs", "0.001,1000"]) == 0
+    assert ("the C chosen on validation (0.001) is at an end of the grid --cs 0.001,1000: a better C may lie beyond "
+            "it; widen the grid, e.g. --cs 0.0001,0.001,1000\n") in capsys.readouterr().out  # fmt: skip
 
 
 def test_eval_refuses_a_grid_of_c_that_is_not_one_in_one_line(tmp_path, capsys):

@@ -129,14 +129,20 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
               "test_features": os.path.abspath(test_features) if test_features else "",
               **result.to_dict(), "left_out": int(left_out.sum()), "untrained": untrained,
               "probe": {"classifier": classifier, **PROBE, "cs": list(cs)}}  # fmt: skip
-    notes = [*note, *_worst_classes(record["per_class"]), *_grid_end(cs, [(result.c, "")])]
+    notes = [*note, *_worst_classes(record["per_class"]), *_grid_end(cs, [(result, "")])]
     return _emit(record, [_numbers(result.to_dict())], out, notes)
 
 
-def _grid_end(cs: Sequence[float], chosen: list[tuple[float, str]]) -> list[str]:
-    """A line where a C chosen on validation (``chosen``: C and where, e.g. " in fold 2") is an end of a grid ``cs``
-    (ascending) of more than one C, as a better C may lie beyond it, with a grid a tenfold wider at that end."""
-    ends = [(c, where) for c, where in chosen if len(cs) > 1 and c in (cs[0], cs[-1])]
+def _grid_end(cs: Sequence[float], chosen: list[tuple[ProbeResult, str]]) -> list[str]:
+    """A line where a C chosen on validation (``chosen``: the probe and where, e.g. " in fold 2") is an end of a
+    grid ``cs`` (ascending) of more than one C and beat its neighbour there, as a better C may lie beyond it, with
+    a grid a tenfold wider at that end. The smallest C wins ties: one that only tied the next is no such end (well
+    separated features score alike at every C)."""
+
+    def beyond(r: ProbeResult) -> bool:
+        return len(cs) > 1 and (r.c == cs[-1] or (r.c == cs[0] and r.val_by_c[cs[0]] > r.val_by_c[cs[1]]))
+
+    ends = [(r.c, where) for r, where in chosen if beyond(r)]
     if not ends:
         return []
     at_ends = {c for c, _ in ends}
@@ -198,7 +204,7 @@ def eval_kfold(features: Path, classifier: str, out: Path | None, cs: Sequence[f
     record = {"command": "eval kfold", "features": os.path.abspath(features), **summary, "folds": folds,
               "probe": {"classifier": classifier, **PROBE, "cs": list(cs)}}  # fmt: skip
     notes += [*_worst_classes(result["per_class"], f" over the {len(folds)} folds"),
-              *_grid_end(cs, [(f["c"], f" in fold {f['fold']}") for f in folds])]  # fmt: skip
+              *_grid_end(cs, [(r, f" in fold {f}") for f, r in zip(result["folds"], result["results"])])]  # fmt: skip
     return _emit(record, rows, out, notes)
 
 

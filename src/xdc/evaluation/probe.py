@@ -38,10 +38,13 @@ class ProbeResult:
     # top1 counts, kept for per_class and confusion (kfold_probe sums them over the folds)
     video_labels: np.ndarray = field(repr=False, compare=False)
     predicted: np.ndarray = field(repr=False, compare=False)
+    # the validation accuracy of each C of the grid, ascending: whether a C at an end beat its neighbour
+    val_by_c: dict[float, float] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         """The numbers, with ``per_class`` and ``confusion`` (metrics.class_results) for the arrays of labels."""
-        numbers = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("video_labels", "predicted")}
+        kept = {f.name for f in fields(self)} - {"video_labels", "predicted", "val_by_c"}
+        numbers = {f.name: getattr(self, f.name) for f in fields(self) if f.name in kept}
         return {**numbers, **class_results(self.video_labels, self.predicted)}
 
 
@@ -115,7 +118,8 @@ def linear_probe(
     classes, train_labels = np.unique(np.asarray(train_y), return_inverse=True)
     if len(classes) < 2:
         raise ValueError("the training set needs at least two classes")
-    c, val_top1 = _select_c(train_x, train_labels, train_groups, classifier, sorted(cs), val_fraction, seed)
+    val_by_c = _validate(train_x, train_labels, train_groups, classifier, sorted(cs), val_fraction, seed)
+    c = max(val_by_c, key=val_by_c.get)  # the first, the smallest C, of the best: the most regularised
     model = _fit(train_x, train_labels, classifier, c, seed)
     # The test set is used only from here on, after the last fit.
     test_labels = _encode(np.asarray(test_y), classes)
@@ -130,10 +134,11 @@ def linear_probe(
         n_test=len(test_x),
         classifier=classifier,
         c=float(c),
-        val_top1=val_top1,
+        val_top1=val_by_c[c],
         n_test_videos=n_videos,
         video_labels=video_labels,
         predicted=predicted,
+        val_by_c=val_by_c,
     )
 
 
@@ -258,7 +263,7 @@ def _video_predictions(
     return labels, classes[scores.argmax(axis=1)]
 
 
-def _select_c(
+def _validate(
     x: np.ndarray,
     labels: np.ndarray,
     groups: np.ndarray | None,
@@ -266,13 +271,11 @@ def _select_c(
     cs: Sequence[float],
     val_fraction: float,
     seed: int,
-) -> tuple[float, float]:
-    """The C of ``cs`` (ascending) with the best validation top-1, and that accuracy; the first wins ties."""
+) -> dict[float, float]:
+    """The validation top-1 of each C of ``cs`` (ascending), in that order."""
     fit, val = train_val_split(labels, groups, val_fraction, seed)
     val_groups = None if groups is None else np.asarray(groups)[val]
-    accuracies = [
-        _video_accuracy(_scores(_fit(x[fit], labels[fit], classifier, c, seed), x[val]), labels[val], val_groups)[0]
+    return {
+        c: _video_accuracy(_scores(_fit(x[fit], labels[fit], classifier, c, seed), x[val]), labels[val], val_groups)[0]
         for c in cs
-    ]
-    best = int(np.argmax(accuracies))
-    return cs[best], accuracies[best]
+    }
