@@ -202,6 +202,18 @@ def test_eval_clusters_skips_an_unreadable_round_and_names_it(run, tmp_path, cap
     assert err.startswith(f"xdc: error: no cluster assignments of {copy} can be read (labels/round_*.npz); ")
 
 
+def test_eval_clusters_refuses_a_run_without_rounds_before_reading_the_labels(run, tmp_path, capsys):
+    """Matching a labels CSV takes minutes at 65M videos: until 2026-12-03 it came before the refusal."""
+    root, run_dir = run
+    unclustered = tmp_path / "unclustered"
+    shutil.copytree(run_dir, unclustered, ignore=shutil.ignore_patterns("labels"))
+    labels = tmp_path / "labels.csv"
+    shutil.copy(root / "data" / "labels.csv", labels)
+    with opens_of(labels) as opened:
+        assert main(["eval", "clusters", "--run", str(unclustered), "--labels", str(labels)]) == 2
+    assert "has no cluster assignments (labels/round_*.npz)" in capsys.readouterr().err and not opened
+
+
 def test_eval_clusters_lists_rounds_in_their_order_from_round_1000_on(run, tmp_path):
     """By name round_1000.npz sorts before round_101.npz (the order until 2026-12-01); a foreign round_x.npz stopped
     the command with a traceback."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xdc.config import Config, config_to_dict, load_config
-from xdc.data.manifest import decode_paths, run_videos, write_atomic
+from xdc.data.manifest import Videos, decode_paths, run_videos, write_atomic
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import ProbeResult, kfold_probe, linear_probe
@@ -330,9 +330,17 @@ def finetune_folder(out: Path | None, dataset: str) -> Path:
 def run_label_ids(run: Path, labels: Path | None = None) -> np.ndarray:
     """The label of each video of a run (the rows of its label files) as class ids, -1 when none: its manifest's,
     or those that the labels CSV ``labels`` gives its videos' paths (matched as ``xdc index --labels`` matches)."""
+    return _label_ids(_run_videos(run), labels)
+
+
+def _run_videos(run: Path) -> Videos:
     videos = run_videos(run)
     if videos is None:
         raise UserError(f"{run} has no videos.csv: is it an `xdc pretrain` run folder?")
+    return videos
+
+
+def _label_ids(videos: Videos, labels: Path | None) -> np.ndarray:
     if labels is None:
         return videos.labels
     from xdc.data.index import match_labels  # PyAV with it: not for the other commands
@@ -355,7 +363,7 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
     """NMI, ARI, purity and Hungarian accuracy of every round's clusters against the labels of the run's manifest,
     or of the labels CSV ``labels`` (for a run pretrained without them)."""
     check_out(out)
-    label_ids = run_label_ids(run, labels)  # a folder that is no run is an error here
+    videos = _run_videos(run)  # a folder that is no run is an error here
     if _supervised(run):
         raise UserError(f"{run} is a supervised run: its labels/ hold the manifest's labels it trained on, not "
                         "clusters (their scores against those labels would be 1)")  # fmt: skip
@@ -365,6 +373,8 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
     if not rounds:  # before asking for labels: they would not help
         raise UserError(f"{run} has no cluster assignments (labels/round_*.npz): no round has finished, or its "
                         "method clusters nothing")  # fmt: skip
+    # after the refusals above: a labels CSV of 65M rows takes minutes to match (until 2026-12-03 it came first)
+    label_ids = _label_ids(videos, labels)
     labelled = int((label_ids >= 0).sum())
     if not labelled:
         if labels is None:
