@@ -202,6 +202,37 @@ def test_eval_clusters_skips_an_unreadable_round_and_names_it(run, tmp_path, cap
     assert err.startswith(f"xdc: error: no cluster assignments of {copy} can be read (labels/round_*.npz); ")
 
 
+def test_eval_clusters_says_labelled_videos_without_a_cluster_and_skips_a_round_that_has_none(run, tmp_path, capsys):
+    """Videos whose clips failed have no cluster in a round (-1): left out of its scores, and said. A round that
+    clusters none of the labelled videos (labels for a few videos, all failed) stopped with a ValueError's traceback
+    until 2026-12-03."""
+    from xdc.data.manifest import run_videos
+
+    _, run_dir = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.copy(copy / "labels" / "round_000.npz", copy / "labels" / "round_001.npz")
+    sets = dict(np.load(copy / "labels" / "round_000.npz"))
+    failed = np.arange(24) < 5  # their clips gave no features in round 0
+    np.savez(copy / "labels" / "round_000.npz", **{name: np.where(failed, -1, a) for name, a in sets.items()})
+    assert main(["eval", "clusters", "--run", str(copy), "--out", str(tmp_path / "c.json")]) == 0
+    assert [(r["round"], r["n"]) for r in json.loads((tmp_path / "c.json").read_text())["rounds"]] == [
+        (0, 19), (0, 19), (1, 24), (1, 24)]  # fmt: skip
+    assert ("up to 5 of the 24 labelled videos have no cluster in a round (their clips gave no features in it) and "
+            "are left out of its scores (n)\n") in capsys.readouterr().out  # fmt: skip
+    labels = tmp_path / "few.csv"  # three of the five videos without a cluster in round 0
+    labels.write_text("path,label\n" + "".join(f"{os.path.basename(path.decode())},c{i % 2}\n"
+                                               for i, path in enumerate(run_videos(copy).paths[:3])))  # fmt: skip
+    assert main(["eval", "clusters", "--run", str(copy), "--labels", str(labels), "--out",
+                 str(tmp_path / "c.json")]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert [(r["round"], r["n"]) for r in result["rounds"]] == [(1, 3), (1, 3)]
+    why = [f"labels/round_000.npz: {name} gives a cluster to none of the 3 labelled videos (their clips gave no "
+           "features in that round)" for name in sets]  # fmt: skip
+    assert result["unreadable"] == why
+    assert capsys.readouterr().err == "".join(f"skipped {line}\n" for line in why)
+
+
 def test_eval_clusters_refuses_a_run_without_rounds_before_reading_the_labels(run, tmp_path, capsys):
     """Matching a labels CSV takes minutes at 65M videos: until 2026-12-03 it came before the refusal."""
     root, run_dir = run

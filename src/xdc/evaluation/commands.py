@@ -375,7 +375,8 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
                         "method clusters nothing")  # fmt: skip
     # after the refusals above: a labels CSV of 65M rows takes minutes to match (until 2026-12-03 it came first)
     label_ids = _label_ids(videos, labels)
-    labelled = int((label_ids >= 0).sum())
+    has_label = label_ids >= 0
+    labelled = int(has_label.sum())
     if not labelled:
         if labels is None:
             raise UserError(f"the manifest of {run} has no labels to compare the clusters with: give a labels CSV "
@@ -402,6 +403,11 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
                 unreadable.append(f"labels/{path.name}: {name} holds {assigned.dtype} values, not cluster ids")
                 print(f"skipped {unreadable[-1]}", file=sys.stderr)
                 continue
+            if not (assigned[has_label] >= 0).any():  # cluster_metrics' ValueError: a traceback until 2026-12-03
+                unreadable.append(f"labels/{path.name}: {name} gives a cluster to none of the {labelled} labelled "
+                                  "videos (their clips gave no features in that round)")  # fmt: skip
+                print(f"skipped {unreadable[-1]}", file=sys.stderr)
+                continue
             rows.append({"round": number, "label_set": name, **cluster_metrics(assigned, label_ids)})
     if not rows:
         raise UserError(f"no cluster assignments of {run} can be read (labels/round_*.npz)"
@@ -409,7 +415,10 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
     print(f"{labelled} of {len(label_ids)} videos labelled" + (f" by {labels}" if labels is not None else ""))
     record = {"command": "eval clusters", "run": os.path.abspath(run), "labels": None if labels is None else str(labels),
               "labelled": labelled, "videos": len(label_ids), "rounds": rows, "unreadable": unreadable}  # fmt: skip
-    return _emit(record, rows, out)
+    unclustered = labelled - min(row["n"] for row in rows)  # until 2026-12-03 only n told of them
+    notes = [f"up to {unclustered} of the {labelled} labelled videos have no cluster in a round (their clips gave no "
+             "features in it) and are left out of its scores (n)"] if unclustered else []  # fmt: skip
+    return _emit(record, rows, out, notes)
 
 
 def check_out(out: Path | None, *features: Path | None) -> None:
