@@ -110,15 +110,21 @@ def test_another_caches_records_in_the_same_file_are_misses(manifest, tmp_path):
     assert all(other.read(k) is not None and worker.read(k) is None for k in range(len(clips)))
 
 
-def test_runs_whose_cache_folders_link_to_one_place_read_only_their_own(manifest, tmp_path):
-    """A run killed, another started with its extraction cache at the same place (ln -s), the first resumed: the
-    first reads back its own clips, not the other's (until 2026-12-02 it read the other's, which had overwritten
-    its file; until 2026-12-03 it decoded them again)."""
+def _linked_runs(tmp_path: Path) -> Path:
+    """Run folders a and b whose extract_cache is a link to one folder (one local SSD), which is returned."""
     shared = tmp_path / "ssd"
     shared.mkdir()
     for run in ("a", "b"):
         (tmp_path / run).mkdir()
         (tmp_path / run / "extract_cache").symlink_to(shared)
+    return shared
+
+
+def test_runs_whose_cache_folders_link_to_one_place_read_only_their_own(manifest, tmp_path):
+    """A run killed, another started with its extraction cache at the same place (ln -s), the first resumed: the
+    first reads back its own clips, not the other's (until 2026-12-02 it read the other's, which had overwritten
+    its file; until 2026-12-03 it decoded them again)."""
+    _linked_runs(tmp_path)
     settings = load_config(None, [*TINY, "train.extract_cache=true"], preset="tiny")
     expected = Pretrainer(settings, manifest, tmp_path / "a", Dist())._extract()  # killed after this
     other = synthetic_manifest(tmp_path / "other", 12, 3, seed=1)  # as many videos, other ones
@@ -139,11 +145,7 @@ def test_runs_whose_cache_folders_link_to_one_place_keep_each_others_files(manif
     them."""
     from xdc.training.runlog import RunLog
 
-    shared = tmp_path / "ssd"
-    shared.mkdir()
-    for run in ("a", "b"):
-        (tmp_path / run).mkdir()
-        (tmp_path / run / "extract_cache").symlink_to(shared)
+    shared = _linked_runs(tmp_path)
     settings = load_config(None, [*TINY, "train.rounds=2", "train.epochs=1", "train.extract_cache=true"],
                            preset="tiny")  # fmt: skip
     write = RunLog.write
@@ -177,11 +179,7 @@ def test_runs_whose_cache_folders_link_to_one_place_keep_each_others_files(manif
 def test_a_start_removes_only_cache_files_of_its_own_run(manifest, tmp_path):
     """In a folder that runs' caches share: this run's files of another number of ranks go, and those xdc before
     2026-12-03 named rank{r}of{W} that name this run or none; another run's stay, of any number of ranks."""
-    shared = tmp_path / "ssd"
-    shared.mkdir()
-    for run in ("a", "b"):
-        (tmp_path / run).mkdir()
-        (tmp_path / run / "extract_cache").symlink_to(shared)
+    shared = _linked_runs(tmp_path)
     settings = load_config(None, [*TINY, "train.extract_cache=true"], preset="tiny")
     mine = Pretrainer(settings, manifest, tmp_path / "a", Dist()).eval_set.cache.data
     theirs = Pretrainer(settings, manifest, tmp_path / "b", Dist()).eval_set.cache.data
