@@ -147,6 +147,22 @@ def test_the_card_says_what_trained_the_encoders(run):
     assert "Self-supervised" not in card["supervised"] + card["scratch"]
 
 
+def test_export_of_a_run_being_extended_cites_the_clusters_of_its_encoders(run, exported, tmp_path):
+    """The log of a run extended by more rounds also holds the clusters of those rounds: until 2026-12-03 the card of
+    its earlier encoders (encoders-N-rounds.pt) cited the latest round's, not those of the encoders' last round."""
+    extended = tmp_path / "run"
+    shutil.copytree(run, extended)
+    pretrain(load_config(None, preset="tiny"), None, extended, resume=True, ctx=Dist(), rounds=3)
+    assert main(["export", str(extended / "encoders-2-rounds.pt"), "--out", str(tmp_path / "out")]) == 0
+
+    def clusters(card: str) -> str:
+        return card[card.index("### Last round's clusters") : card.index("## Evaluation")]
+
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "rounds: 2 of 3" in card and "Round 1 (log.jsonl)" in clusters(card)
+    assert clusters(card) == clusters((exported[0] / "README.md").read_text())  # the run's before the extension
+
+
 def test_export_refuses_unfinished_runs_and_foreign_folders(run, exported, tmp_path, capsys):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()

@@ -376,7 +376,7 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
                   f"batch {train.batch_size}; seed {cfg.seed}"]  # fmt: skip
     if train.init is not None:
         lines.append(f"- initial weights: `{train.init}` (train.init; an encoder it does not hold started at random)")
-    lines += ["", "### Last round's clusters", "", *_cluster_lines(run, method)]
+    lines += ["", "### Last round's clusters", "", *_cluster_lines(run, method, rounds_done)]
     lines += ["", "## Evaluation", "", *_metric_lines(results)]
     lines += ["", "## Input", "", *_input_lines(cfg, set(modalities.values()))]
     return "\n".join(lines) + "\n"
@@ -491,14 +491,16 @@ def _common_folder(paths: np.ndarray) -> str:
     return os.path.dirname(decode_paths(first[:shared].tobytes().rstrip(b"\0")))  # cut at a slash: whole characters
 
 
-def _cluster_lines(run: Path, method: Method) -> list[str]:
+def _cluster_lines(run: Path, method: Method, rounds_done: int) -> list[str]:
+    """The clusters of the last of the exported encoders' ``rounds_done`` rounds (step rounds_done - 1): the log of
+    a run being extended also holds those of rounds after them (until 2026-12-03 the card cited the latest)."""
     if not method.trains or method.supervised:
         return [f"None: method {method.name} does not cluster."]
     try:
         records = read_log(run / "log.jsonl")[0]  # a damaged line costs that line only
     except OSError:
         return ["Not available (log.jsonl is missing or unreadable)."]
-    clusters = [r for r in records if r.get("kind") == "cluster"]
+    clusters = [r for r in records if r.get("kind") == "cluster" and r["step"] < rounds_done]
     if not clusters:
         return ["Not available (log.jsonl has no cluster records)."]
     last = max(r["step"] for r in clusters)
