@@ -141,6 +141,9 @@ def export_run(run: str | Path, out: str | Path, metrics: list[str | Path] | tup
     exported = run.is_dir() and not is_run_folder(run) and any(run.glob("*.safetensors"))
     if exported or (run.is_file() and kind(run) != "run"):
         return export_released(run, out, metrics, also)
+    if not run.exists():  # a typo: not "has no encoders.pt", which suggests a folder that is there
+        raise UserError(f"{run}: no such file or folder (expected an `xdc pretrain` run folder, one of its encoders "
+                        "files, or the released XDC weights)")  # fmt: skip
     given = run
     run, encoders_file = run_and_encoders(run)
     _check_programs(also)  # every input is checked (and the encoders loaded) before anything is written
