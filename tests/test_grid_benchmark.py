@@ -139,3 +139,16 @@ def test_every_run_is_checked_before_the_first_trains(grid_like, tmp_path):
 def test_a_folder_without_grid_layout_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not have the GRID layout"):
         grid_benchmark(tmp_path, tmp_path / "out")
+
+
+def test_a_rerun_keeps_the_probes_features(grid_like, tmp_path):
+    """Until 2026-12-03 a re-run extracted every probe's features again (minutes per run), though the same."""
+    settings = ("train.rounds=1", "train.k=3", "train.batch_size=6", "data.workers=0")
+    first = grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("scratch",), overrides=settings)
+    features = sorted((tmp_path / "features").glob("*.npz"))
+    assert len(features) == 12 and all(f.with_suffix(".json").exists() for f in features)
+    made = {f: f.stat().st_mtime_ns for f in features}
+    again = grid_benchmark(grid_like, tmp_path, preset="tiny", methods=("scratch",), overrides=settings)
+    assert again["rows"] == first["rows"]
+    assert {f: f.stat().st_mtime_ns for f in features} == made
+

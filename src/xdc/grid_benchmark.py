@@ -169,8 +169,10 @@ def _slot_items(data: Path, test_data: Path | None, slot: str) -> tuple[list, li
 
 def _probe(run: Path, encoder: str, train: list, test: list, stem: Path) -> float | str:
     stem.parent.mkdir(parents=True, exist_ok=True)
-    extract_features(run, encoder, train, stem.with_name(stem.name + "-train.npz"), clips=1)
-    extract_features(run, encoder, test, stem.with_name(stem.name + "-test.npz"), clips=1)
+    for part, items in (("train", train), ("test", test)):
+        summary = extract_features(run, encoder, items, stem.with_name(f"{stem.name}-{part}.npz"), clips=1)
+        if not summary.get("kept"):  # the summary beside the features is what lets a re-run keep them, as xdc extract's
+            write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))
     a, b = np.load(stem.with_name(stem.name + "-train.npz")), np.load(stem.with_name(stem.name + "-test.npz"))
     try:
         result = linear_probe(a["features"], a["label"], b["features"], b["label"], test_groups=b["group"],
