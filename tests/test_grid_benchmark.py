@@ -9,6 +9,7 @@ import pytest
 
 from xdc.data.synthetic import make_synthetic
 from xdc.errors import UserError
+from xdc.evaluation.adapters import load_dataset
 from xdc.grid_benchmark import grid_benchmark
 
 DIGITS = ("one", "two", "three")
@@ -152,3 +153,16 @@ def test_a_rerun_keeps_the_probes_features(grid_like, tmp_path):
     assert again["rows"] == first["rows"]
     assert {f: f.stat().st_mtime_ns for f in features} == made
 
+
+def test_data_whose_sentence_split_has_no_test_part_is_refused_before_training(grid_like, tmp_path):
+    """Until 2026-12-03 every method trained first, and then the probe failed naming an internal file."""
+    split = {Path(i.path).name: i.split for i in load_dataset("grid-words", grid_like, slot="digit")}
+    with open(grid_like / "clips.csv", newline="") as f:
+        train = [split[Path(row["path"]).name] == "train" for row in csv.DictReader(f)]
+    assert not all(train)
+    few = grid_subset(grid_like, tmp_path / "few", lambda n: train[n])
+    with pytest.raises(UserError) as refused:
+        grid_benchmark(few, tmp_path / "out", preset="tiny", methods=("scratch",), overrides=("data.workers=0",))
+    assert str(refused.value) == (f"the sentence split of {few / 'words.csv'} puts all {sum(train)} command words in "
+                                  "train: the probes need both; give more clips, or --test-data")  # fmt: skip
+    assert not (tmp_path / "out" / "runs").exists()

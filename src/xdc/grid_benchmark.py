@@ -163,7 +163,11 @@ def _seconds(run: Path) -> float | str:
 def _slot_items(data: Path, test_data: Path | None, slot: str) -> tuple[list, list]:
     if test_data is None:
         items = load_dataset("grid-words", data, slot=slot)
-        return split_items(items, "train"), split_items(items, "test")
+        train, test = split_items(items, "train"), split_items(items, "test")
+        if not (train and test):  # before any training (the probe of it failed after all of it)
+            raise UserError(f"the sentence split of {data / 'words.csv'} puts all {len(items)} {slot} words in "
+                            f"{'train' if train else 'test'}: the probes need both; give more clips, or --test-data")
+        return train, test
     return load_dataset("grid-words", data, slot=slot), load_dataset("grid-words", test_data, slot=slot)
 
 
