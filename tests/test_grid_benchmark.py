@@ -11,6 +11,7 @@ from xdc.data.synthetic import make_synthetic
 from xdc.errors import UserError
 from xdc.evaluation.adapters import load_dataset
 from xdc.grid_benchmark import grid_benchmark
+from xdc.tables import format_table
 
 DIGITS = ("one", "two", "three")
 
@@ -51,7 +52,7 @@ def grid_subset(grid: Path, out: Path, keep) -> Path:
     return out
 
 
-def test_grid_benchmark_table(grid_like, tmp_path):
+def test_grid_benchmark_table(grid_like, tmp_path, capsys):
     result = grid_benchmark(
         grid_like, tmp_path, preset="tiny", methods=("scratch", "supervised", "xdc"), ks=(2,),
         overrides=("train.rounds=1", "train.k=3", "train.batch_size=6", "data.workers=0"),
@@ -63,6 +64,8 @@ def test_grid_benchmark_table(grid_like, tmp_path):
             assert 0 <= row[key] <= 100
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == result["rows"]
     assert (tmp_path / "results.md").read_text().startswith("| method |")
+    # each row as it comes, under the header, lined up as the table at the end (until 2026-12-03 no header)
+    assert capsys.readouterr().out.count(format_table(result["rows"]) + "\n") == 2
 
 
 def test_supervised_slot_and_changed_settings(grid_like, tmp_path):

@@ -86,7 +86,9 @@ def grid_benchmark(
             row[f"{encoder}/{task}"] = _probe(run, encoder, train, test, stem) if encoder in encoders else "-"
         row["pretrain_s"] = _seconds(run)
         rows.append(row)
-        print(format_table([row]).splitlines()[-1], flush=True)
+        # under one header, lined up (until 2026-12-03 rows of numbers alone, each as wide as its method's name)
+        lines = format_table([row], {"method": max(map(len, runs))}).splitlines()
+        print("\n".join(lines if len(rows) == 1 else lines[1:]), flush=True)
 
     result = {"rows": rows, "data": str(data), "test_data": str(test_data or ""), "fsdd": str(fsdd or ""),
               "preset": preset, "overrides": list(overrides), "ks": list(ks), "supervised_slot": supervised_slot,
