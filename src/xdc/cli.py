@@ -355,11 +355,8 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """``xdc extract``, in one process or as one rank of a torchrun job (the ranks share out the clips)."""
-    import json
-
-    from xdc.atomic import write_text
     from xdc.evaluation.adapters import load_dataset
-    from xdc.evaluation.extract import cut_line, extract_features, features_path
+    from xdc.evaluation.extract import cut_line, extract_features, features_path, write_summary
     from xdc.evaluation.sources import load_source
     from xdc.training.distributed import on_main
 
@@ -373,12 +370,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
         summary = extract_features(args.run, args.encoder, items, args.out, clips=args.clips, stride=args.stride,
                                    batch_size=args.batch_size, settings=settings, device=args.device, ctx=ctx,
                                    source=source)  # fmt: skip
-
-        def write() -> None:  # rank 0, still holding the lock of OUT.npz, which covers its OUT.json
-            if not summary.get("kept"):  # kept: both files are as this command would write them
-                write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))
-
-        on_main(write, ctx)  # a failed write stops every rank with its line (they left at once, with a traceback)
+        # by rank 0, still holding the lock of OUT.npz, which covers its OUT.json; a failed write stops every rank
+        # with its line (they left at once, with a traceback)
+        on_main(lambda: write_summary(summary), ctx)
         return summary
 
     summary = _as_rank(run, lock=lambda: holding(features_path(args.out), "extract"))

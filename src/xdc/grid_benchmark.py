@@ -26,7 +26,7 @@ from xdc.data.index import build_manifest
 from xdc.data.manifest import Manifest, run_videos
 from xdc.errors import UserError
 from xdc.evaluation.adapters import load_dataset, split_items
-from xdc.evaluation.extract import extract_features
+from xdc.evaluation.extract import extract_features, write_summary
 from xdc.evaluation.probe import linear_probe
 from xdc.locks import holding
 from xdc.methods import get_method
@@ -176,9 +176,8 @@ def _slot_items(data: Path, test_data: Path | None, slot: str) -> tuple[list, li
 def _probe(run: Path, encoder: str, train: list, test: list, stem: Path) -> float | str:
     stem.parent.mkdir(parents=True, exist_ok=True)
     for part, items in (("train", train), ("test", test)):
-        summary = extract_features(run, encoder, items, stem.with_name(f"{stem.name}-{part}.npz"), clips=1)
-        if not summary.get("kept"):  # the summary beside the features is what lets a re-run keep them, as xdc extract's
-            write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))
+        # the summary beside the features is what lets a re-run keep them, as xdc extract's (until 2026-12-03 none)
+        write_summary(extract_features(run, encoder, items, stem.with_name(f"{stem.name}-{part}.npz"), clips=1))
     a, b = np.load(stem.with_name(stem.name + "-train.npz")), np.load(stem.with_name(stem.name + "-test.npz"))
     try:
         result = linear_probe(a["features"], a["label"], b["features"], b["label"], test_groups=b["group"],

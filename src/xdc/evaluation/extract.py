@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
+from xdc.atomic import write_text
 from xdc.config import config_to_dict
 from xdc.data.datasets import EvalClips, make_loader
 from xdc.data.failures import FailureLog
@@ -220,6 +221,13 @@ def features_path(out: str | Path) -> Path:
     """The file that ``xdc extract --out OUT`` writes: OUT, with ``.npz`` added as np.savez would add it, said so."""
     out = Path(out)
     return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+
+
+def write_summary(summary: dict) -> None:
+    """OUT.json beside OUT.npz (``summary["out"]``), which a later ``extract_features`` of the same work needs to
+    keep the features made already; a ``kept`` summary's file is as it would be written."""
+    if not summary.get("kept"):
+        write_text(Path(summary["out"]).with_suffix(".json"), json.dumps(summary, indent=2))
 
 
 _SUMMARY_START = re.compile(rb'\s*\{\s*"out":')  # how every summary of xdc extract begins, since the first
