@@ -122,7 +122,8 @@ def _run(path: Path, name: str) -> Source:
 
 def run_encoders(path: str | Path) -> tuple[dict, dict[str, Source]]:
     """What a pretraining run's encoders file holds (method, modalities, ...) and each of its encoders, from one
-    read of the file, not hashed (``Source.weights_digest`` reads it again): what an export needs."""
+    read of the file, not hashed (``Source.weights_digest`` reads it again): what an export and a pretraining's
+    ``train.init`` need."""
     run, weights = run_and_encoders(Path(path))
     saved = checkpoint.read(weights, "a run's encoders")
     return saved, {name: _run_encoder(run, weights, saved, name) for name in saved["encoders"]}
