@@ -734,6 +734,22 @@ def test_a_file_whose_probe_hangs_or_is_killed_is_reported_and_probed_again_next
     assert summary.probed == 2  # a.mp4 from the cache, b.mp4 and c.mp4 again
 
 
+def test_a_file_that_could_not_be_read_is_probed_again_once_it_can(media: Path, tmp_path: Path) -> None:
+    """``chmod`` changes no size or mtime: a row made without read permission (its stat works, its open fails) is
+    not the file's; until 2026-12-03 a re-run kept it, and the file stayed unusable until touched."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(media / "good.mp4", folder / name)
+    out = tmp_path / "manifest.csv"
+    build_manifest([str(folder)], out, workers=1)
+    rows = list(iter_rows(out))  # as a run that could not read b.mp4 wrote it (root reads any file: made here)
+    rows[1].update(index._failed("cannot open: Permission denied"))
+    write_rows(out, rows)
+    summary = build_manifest([str(folder)], out, workers=1)
+    assert (summary.probed, summary.reused) == (1, 1) and _rows(out)["b.mp4"]["status"] == "ok"
+
+
 # What each file of ../shared/data/media really is (checked with a full decode): (status, reason prefix).
 SHARED_EXPECTED = {
     "big_buck_bunny_432_433.webm": ("ok", ""),  # vp8 + vorbis

@@ -56,6 +56,8 @@ PROBE_VERSION = "4"
 # A probe decodes a few packets at a handful of points (807 GRID files: 340 a second on 2 cores). One that takes over
 # two minutes is hung (a decoder in a loop, a stalled network file system); its file gets an error row.
 PROBE_LIMIT_S = 120.0
+# FFmpeg's words for EACCES and EPERM at the open: the file's access, not its content
+_NOT_ALLOWED = ("cannot open: Permission denied", "cannot open: Operation not permitted")
 PROBLEMS = 10  # unusable files that the summary names, with their reasons (the manifest has them all)
 
 
@@ -155,14 +157,15 @@ def build_manifest(
 
 def _current(cached: dict, stat: dict) -> bool:
     """Whether the row ``cached`` of an earlier run still holds for its file, whose ``stat_row`` is ``stat``: the
-    same size and mtime, probed by these checks, and not cut short as hung (a stall of the disk, perhaps) or by its
-    worker's death (the out-of-memory killer, perhaps), which another run may not meet."""
+    same size and mtime, probed by these checks, and not cut short as hung (a stall of the disk, perhaps), by its
+    worker's death (the out-of-memory killer, perhaps) or by a permission (``chmod`` changes no mtime), which
+    another run may not meet."""
     reason = cached.get("reason", "")
     return (
         "status" not in stat
         and (cached.get("size"), cached.get("mtime"), cached.get("probe"))
         == (str(stat["size"]), stat["mtime"], PROBE_VERSION)
-        and not reason.startswith(("hung", "worker process died"))
+        and not reason.startswith(("hung", "worker process died", *_NOT_ALLOWED))
     )
 
 
