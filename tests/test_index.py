@@ -806,7 +806,9 @@ def test_hidden_files_and_folders_are_not_indexed(collection: Path, tmp_path: Pa
 
 def test_links_are_followed_to_files_but_not_into_folders_and_a_loop_is_an_error_row(tmp_path: Path, capsys) -> None:
     """The walk resolves only the paths that are links: a link to a file is indexed as its target, a link to a
-    folder is not walked (a loop, or files twice), and links that lead nowhere become error rows, not a crash."""
+    folder is not walked (a loop, or files twice), and links that lead nowhere become error rows, not a crash,
+    under the link's own name (until 2026-12-03 a broken link's row named its missing target, a name the user's
+    folder does not show, with reason "file not found")."""
     root, elsewhere = tmp_path / "videos", tmp_path / "elsewhere"
     (root / "sub").mkdir(parents=True)
     elsewhere.mkdir()
@@ -819,10 +821,14 @@ def test_links_are_followed_to_files_but_not_into_folders_and_a_loop_is_an_error
     out = tmp_path / "manifest.csv"
     build_manifest([str(root)], out, workers=1)
     rows = {row["path"]: row for row in read_rows(out)}
-    assert set(rows) == {str(p) for p in (root / "sub" / "a.mp4", elsewhere / "b.mp4", tmp_path / "nowhere.mp4",
+    assert set(rows) == {str(p) for p in (root / "sub" / "a.mp4", elsewhere / "b.mp4", root / "broken.mp4",
                                           root / "loop.mp4")}  # fmt: skip
     assert rows[str(elsewhere / "b.mp4")]["status"] == "no_audio"
-    assert rows[str(tmp_path / "nowhere.mp4")]["reason"] == "file not found"
+    assert rows[str(root / "broken.mp4")]["reason"] == f"broken link: {tmp_path / 'nowhere.mp4'} does not exist"
+    listed = tmp_path / "files.txt"  # a list names it so too, spelled with or without a ..
+    listed.write_text("videos/broken.mp4\nvideos/sub/../broken.mp4\n")
+    build_manifest([str(listed)], tmp_path / "listed.csv", workers=1)
+    assert [row["path"] for row in read_rows(tmp_path / "listed.csv")] == [str(root / "broken.mp4")]
     assert rows[str(root / "loop.mp4")]["status"] == "error"
     assert list(index.media_under(str(tmp_path / "gone"))) == []
     assert re.search(r"cannot read the folder .*gone \(No such file or directory\): its files are left out",
@@ -831,7 +837,8 @@ def test_links_are_followed_to_files_but_not_into_folders_and_a_loop_is_an_error
 
 def test_label_paths_resolve_as_realpath_with_each_folder_resolved_once(tmp_path: Path) -> None:
     """Labels name files by absolute path after links are resolved: the folder cache must give realpath's answer
-    for links to folders and files, relative links, .. after a link, loops and paths that lead nowhere."""
+    for links to folders and files, relative links, .. after a link, loops and paths that lead nowhere, but for a
+    link that leads nowhere, which stays the link (in its resolved folder), as xdc index names its row."""
     import random
 
     root = tmp_path.resolve()
@@ -848,7 +855,10 @@ def test_label_paths_resolve_as_realpath_with_each_folder_resolved_once(tmp_path
     draw, resolve = random.Random(0), index._FolderResolver()
     for _ in range(3000):
         path = f"{root}/" + "/".join(draw.choice(parts) for _ in range(draw.randint(1, 5)))
-        assert resolve(path) == os.path.realpath(path), path
+        real, named = os.path.realpath(path), path if ".." in path.split("/") else os.path.normpath(path)
+        if os.path.islink(named) and not os.path.exists(real):  # "broken/." included: a name, not a folder
+            real = os.path.join(os.path.realpath(os.path.dirname(named)), os.path.basename(named))
+        assert resolve(path) == real, path
 
 
 def test_long_listings_and_passes_over_rows_show_their_progress(media: Path, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -264,7 +264,7 @@ def media_under(
                 if not entry.is_symlink():
                     yield entry.path
                     continue
-                real = os.path.realpath(entry.path)
+                real = followed(entry.path)
                 yield entry.path if outside_links == "keep" and not real.startswith(inside) else real
         found(media)
         folders.extend(reversed(subfolders))
@@ -364,6 +364,8 @@ def stat_row(path: str) -> dict:
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):  # the row names the link: say where it leads
+            return {"path": path, **_failed(f"broken link: {os.path.realpath(path)} does not exist")}
         return {"path": path, **_failed("file not found")}
     except OSError as e:
         return {"path": path, **_failed(f"cannot read: {e.strerror or e}")}
@@ -824,20 +826,31 @@ def name_and_stem(path: str) -> tuple[str, str]:
 class _FolderResolver:
     """os.path.realpath of many absolute paths in few folders, each folder resolved once: then a path needs only
     a look at whether its name is a link, where realpath looks at every component (21 us a label row before).
-    As realpath, a link in a loop stays as it is rather than raise (Path.resolve)."""
+    As realpath, a link in a loop stays as it is rather than raise (Path.resolve); so does a link that leads
+    nowhere (``followed``)."""
 
     def __init__(self) -> None:
         self.folders: dict[str, str] = {}
 
     def __call__(self, path: str) -> str:
         if ".." in path.split("/"):  # realpath resolves what comes before a .. first: normpath would not
-            return os.path.realpath(path)
+            real = os.path.realpath(path)
+            if os.path.exists(real) or not os.path.islink(path):
+                return real
+            return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
         folder, name = os.path.split(os.path.normpath(path))
         real = self.folders.get(folder)
         if real is None:
             real = self.folders[folder] = os.path.realpath(folder)
         path = os.path.join(real, name)
-        return os.path.realpath(path) if os.path.islink(path) else path
+        return followed(path) if os.path.islink(path) else path
+
+
+def followed(link: str) -> str:
+    """Where the link ``link`` (in a resolved folder) leads, or the link itself where that is nowhere (a missing
+    file, a loop): its error row then names the file the user has, not a name nothing in the collection shows."""
+    real = os.path.realpath(link)
+    return real if os.path.exists(real) else link
 
 
 def read_label_rows(path: Path) -> Iterator[tuple[str, str]]:
