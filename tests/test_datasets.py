@@ -435,6 +435,23 @@ def test_a_file_replaced_since_indexing_fails_with_a_reason_and_is_listed(tmp_pa
     assert item["failure"]["reason"] == reason and opened == [replaced]
 
 
+def test_a_file_cut_short_since_indexing_so_that_it_no_longer_opens_fails_with_its_change(tmp_path):
+    """A copy interrupted, a download cut: the file no longer opens, and its reason says it changed (until
+    2026-12-03 it was FFmpeg's "Invalid data found when processing input", and every retry opened it again)."""
+    from xdc.data import decode
+
+    manifest = Manifest.load(synthetic_manifest(tmp_path, 4, 2, seed=0))
+    cut = manifest.path(1)
+    os.truncate(cut, 1000)
+    reason = f"its size changed since xdc index ({manifest.sizes[1]} -> 1000 bytes): run xdc index again"
+    with pytest.raises(decode.DecodeError, match="Invalid data"):  # unchecked, it does not open
+        decode.read_clip(cut, 0.0, small_cfg().clip)
+    item = TrainClips(manifest, small_cfg(retries=3))[(1, 5)]
+    assert item["failure"]["reason"] == reason
+    assert [str(e) for e in decode.read_clips(cut, [0.0, 0.5], small_cfg().clip, size=int(manifest.sizes[1]))] == [
+        reason, reason]  # fmt: skip
+
+
 def test_a_collection_copied_with_new_mtimes_reads_as_before(tmp_path):
     """cp or rsync without -t (to node-local scratch, another machine) gives every file a new mtime and the same
     bytes: no file fails, as it would if the check compared mtimes."""

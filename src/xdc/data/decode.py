@@ -50,9 +50,12 @@ def check_size(container, indexed: int | None) -> None:
     machine (cp, rsync without -t) gets new mtimes and the same bytes, while a file of another size is certainly not
     the one indexed (replaced, re-encoded, a dataset made again in its folder), whose duration and label would be
     used with the new content."""
+    _compare_size(indexed, container.size)
+
+
+def _compare_size(indexed: int | None, size: int) -> None:
     if indexed is None or indexed < 0:
         return
-    size = container.size
     if size >= 0 and size != indexed:  # below 0: FFmpeg cannot tell (not a plain file)
         raise FileChanged(f"its size changed since xdc index ({indexed} -> {size} bytes): run xdc index again")
 
@@ -162,8 +165,18 @@ TIMED_DEMUXERS = {"mov", "mp4", "matroska", "webm"}  # each packet carries its p
 
 
 def _open_checked(path: str, size: int | None):
-    """The file opened, its size checked against ``size`` (``check_size``)."""
-    container = _open(path)
+    """The file opened, its size checked against ``size`` (``check_size``), also where it no longer opens."""
+    try:
+        container = _open(path)
+    except Exception:
+        # a file cut short or replaced since indexing may not open at all: its change is the reason to give, not
+        # FFmpeg's "Invalid data" (a stat on this failure only)
+        try:
+            now = os.stat(path).st_size
+        except OSError:  # gone, say: FFmpeg's reason
+            now = -1
+        _compare_size(size, now)
+        raise
     try:
         check_size(container, size)
     except FileChanged:
