@@ -804,6 +804,19 @@ def test_hidden_files_and_folders_are_not_indexed(collection: Path, tmp_path: Pa
     assert len(_rows(out)) == 8
 
 
+def test_camcorder_dvd_and_broadcast_files_are_found_by_their_extensions(tmp_path: Path) -> None:
+    """AVCHD camcorders write .MTS (.m2ts on the card), DVDs .VOB, professional cameras .mxf: until 2026-12-03 a
+    folder of them was left out without a word ("no media files found" where it held nothing else)."""
+    folder = tmp_path / "card"
+    folder.mkdir()
+    write_av(folder / "00001.MTS", _frames(n=5, size=16), 25, _tone(0.2), 16000)  # MPEG-TS, as a camcorder's
+    for name in ("00002.m2ts", "VTS_01_1.VOB", "a.mxf", "b.3g2", "c.asf", "d.f4v", "e.aiff", "f.aif", "g.wma"):
+        shutil.copy(folder / "00001.MTS", folder / name)  # FFmpeg reads them by their content, whatever the name
+    out = tmp_path / "manifest.csv"
+    assert build_manifest([str(folder)], out, workers=2).usable == 10
+    assert {row["status"] for row in read_rows(out)} == {"ok"}
+
+
 def test_links_are_followed_to_files_but_not_into_folders_and_a_loop_is_an_error_row(tmp_path: Path, capsys) -> None:
     """The walk resolves only the paths that are links: a link to a file is indexed as its target, a link to a
     folder is not walked (a loop, or files twice), and links that lead nowhere become error rows, not a crash,

@@ -37,10 +37,10 @@ from xdc.progress import counted, progress_bar
 if TYPE_CHECKING:  # torch, imported under torchrun only
     from xdc.training.distributed import Dist
 
-VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .flv .wmv .ts .3gp .ogv".split()
+VIDEO_EXTENSIONS = frozenset(  # .mts/.m2ts: AVCHD camcorders, .vob: DVDs, .mxf: professional cameras
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .flv .wmv .ts .mts .m2ts .vob .mxf .3gp .3g2 .asf .f4v .ogv".split()
 )  # fmt: skip
-AUDIO_EXTENSIONS = frozenset(".wav .flac .mp3 .ogg .m4a .aac .opus".split())
+AUDIO_EXTENSIONS = frozenset(".wav .flac .mp3 .ogg .m4a .aac .opus .aif .aiff .wma".split())
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
 LIST_EXTENSIONS = frozenset({".csv", ".txt", ".lst"})
 
