@@ -651,6 +651,22 @@ def test_cli_index_prints_the_summary(media: Path, tmp_path: Path, capsys, monke
                                                     "not written"]  # fmt: skip
 
 
+def test_cli_names_each_unusable_file_on_one_line_whatever_its_name(tmp_path: Path, capsys) -> None:
+    """A newline or tab in a name is printed as its escape, as a byte that is not UTF-8 is (until 2026-12-03 a
+    newline split the file's line in two)."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    for name in ("new\nline.mp4", "tab\tbed.mp4", "caf\udce9.mp4"):
+        (folder / name).write_bytes(b"not a video")
+    assert main(["index", str(folder), "--out", str(tmp_path / "m.csv"), "--workers", "1"]) == 0
+    reason = "cannot open: Invalid data found when processing input (moov atom not found)"
+    names = ("caf\\udce9.mp4", "new\\nline.mp4", "tab\\tbed.mp4")  # as printed, sorted by the names' bytes
+    assert capsys.readouterr().out.splitlines() == [
+        *(f"  unusable {folder}/{name}: {reason}" for name in names), "3 files: 0 usable (0 with audio), 3 unusable"]
+    assert main(["prepare", str(folder), "--out", str(tmp_path / "copies"), "--workers", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == [f"  skipped {folder}/{name}: {reason}" for name in names]
+
+
 @pytest.mark.parametrize(
     "make_args, message",
     [

@@ -89,6 +89,7 @@ def _as_overrides(args: argparse.Namespace) -> tuple[str, ...]:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from xdc.data.index import build_manifest
+    from xdc.data.manifest import shown
 
     def run(ctx: Dist | None = None):
         return build_manifest(args.paths, args.out, labels=args.labels, workers=args.workers, ctx=ctx)
@@ -97,7 +98,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if summary is None:  # another rank than the first, under torchrun
         return 0
     for row in summary.problems:
-        print(f"  unusable {row['path']}: {row['reason']}")
+        print(f"  unusable {shown(row['path'])}: {row['reason']}")
     if summary.unusable > len(summary.problems):
         print(f"  ... {summary.unusable - len(summary.problems)} more in {args.out}")
     print(summary.line())
@@ -105,6 +106,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from xdc.data.manifest import shown
     from xdc.data.prepare import PrepareOptions, prepare
 
     options = PrepareOptions(short_side=args.short_side, gop=args.gop, fps=args.fps, sample_rate=args.sample_rate,
@@ -118,7 +120,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if summary is None:  # another rank than the first: rank 0 writes and says
         return 0
     for row in summary.problems:
-        print(f"  {row['status']} {row['source']}: {row['reason']}")
+        print(f"  {row['status']} {shown(row['source'])}: {row['reason']}")
     if summary.skipped + summary.failed > len(summary.problems):
         print(f"  ... {summary.skipped + summary.failed - len(summary.problems)} more in {args.out / 'prepared.csv'}")
     print(summary.line())

@@ -26,7 +26,7 @@ from xdc.atomic import remove_partials
 from xdc.config import node_ranks
 from xdc.data.decode import file_origin
 from xdc.data.jobs import run_jobs
-from xdc.data.manifest import COLUMNS, iter_rows, open_paths_file, row_cells, write_rows
+from xdc.data.manifest import COLUMNS, iter_rows, open_paths_file, row_cells, shown, write_rows
 from xdc.data.shares import (
     RowLog, collectives, earlier_rows, merged, my_share, rank_file, rank_files, remove_share_files, this_run_files,
 )  # fmt: skip
@@ -251,7 +251,7 @@ def media_under(
             with os.scandir(current) as listed:
                 entries = sorted((e for e in listed if not e.name.startswith(".")), key=lambda e: e.name)
         except OSError as e:
-            print(f"WARNING: cannot read the folder {current} ({e.strerror or e}): its files are left out",
+            print(f"WARNING: cannot read the folder {shown(current)} ({e.strerror or e}): its files are left out",
                   file=sys.stderr)  # fmt: skip
             continue
         subfolders, media = [], 0

@@ -60,6 +60,11 @@ def decode_paths(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def shown(path: str) -> str:
+    """``path`` printed on one line: a newline or tab in a name, and a byte that is not UTF-8, as its escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+
+
 def write_rows(path: str | Path, rows: Iterable[dict], keep_same: bool = False) -> bool:
     """Write manifest rows atomically (a reader never sees half a file); a UserError where it cannot be written.
     With ``keep_same``, a file at ``path`` of the same bytes is kept as it is (``replacing``); returns whether
