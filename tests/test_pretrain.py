@@ -789,6 +789,22 @@ def test_a_baseline_run_names_the_settings_its_method_does_not_read(tmp_path, ca
     assert capsys.readouterr().err == error  # xdc reads them
 
 
+def test_files_left_out_for_want_of_audio_or_pictures_are_counted(manifest, tmp_path, capsys):
+    """A messy collection's video-only and audio-only files are usable, and XDC cannot read them: the run says how
+    many it left out (until 2026-12-03 only its videos.csv showed it)."""
+    from xdc.cli import main
+
+    rows = read_rows(manifest)
+    for row in rows[:3]:
+        row.update(status="no_audio", has_audio="0")
+    mixed = tmp_path / "mixed.csv"
+    write_rows(mixed, rows)
+    assert main(["pretrain", "--data", str(mixed), "--preset", "tiny", "--rounds", "1", "--method", "scratch",
+                 "--out", str(tmp_path / "run"), *(f"--set={s}" for s in TINY)]) == 0  # fmt: skip
+    assert (f"{mixed}: 3 of its 24 usable files left out, without video and audio, which method scratch reads "
+            "(data.missing_audio=skip); training on 21") in capsys.readouterr().out.splitlines()
+
+
 def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     from xdc.cli import main
 

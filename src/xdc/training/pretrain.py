@@ -419,10 +419,14 @@ class Pretrainer:
                   f"(e.g. {loaded.path(int(dropped[0]))})", file=sys.stderr)
         loaded = once
         kept = TrainClips(loaded, self.cfg.data, modalities=self.method.modalities).manifest
+        reads = " and ".join(self.method.modalities)
         if not len(kept):  # files without audio (or without pictures) left out: say so, not "0 videos"
-            reads = " and ".join(self.method.modalities)
             raise UserError(f"{manifest_path}: none of its {len(loaded)} usable files has {reads}, which method "
                             f"{self.cfg.train.method} reads (data.missing_audio={self.cfg.data.missing_audio})")
+        if len(kept) < len(loaded) and self.ctx.main:  # until 2026-12-03 left out unsaid
+            print(f"{manifest_path}: {len(loaded) - len(kept)} of its {len(loaded)} usable files left out, without "
+                  f"{reads}, which method {self.cfg.train.method} reads (data.missing_audio="
+                  f"{self.cfg.data.missing_audio}); training on {len(kept)}")  # fmt: skip
         return kept
 
     # --- the run ------------------------------------------------------------------------------------------
