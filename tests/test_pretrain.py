@@ -801,7 +801,7 @@ def test_files_left_out_for_want_of_audio_or_pictures_are_counted(manifest, tmp_
     write_rows(mixed, rows)
     assert main(["pretrain", "--data", str(mixed), "--preset", "tiny", "--rounds", "1", "--method", "scratch",
                  "--out", str(tmp_path / "run"), *(f"--set={s}" for s in TINY)]) == 0  # fmt: skip
-    assert (f"{mixed}: 3 of its 24 usable files left out, without video and audio, which method scratch reads "
+    assert (f"{mixed}: 3 of its 24 usable files left out, lacking video or audio, which method scratch reads "
             "(data.missing_audio=skip); training on 21") in capsys.readouterr().out.splitlines()
 
 
