@@ -1176,6 +1176,9 @@ def test_eval_finetune_run_again_when_finished_writes_nothing(run, tmp_path, cap
                     f"do; remove {out} to run again\n")  # fmt: skip
     assert _as_they_are(out, logs) == before
     assert sorted(p.name for p in (tmp_path / "ft.finetune").iterdir()) == ["log.jsonl", "probe", "tb"]
+    # another number of loader workers draws the same clips (until 2026-12-03 it finetuned again)
+    assert main([*command, "--set=data.workers=1"]) == 0
+    assert "already holds these results" in capsys.readouterr().out and _as_they_are(out, logs) == before
     # another setting (how often progress is kept: in the record): finetuned again and written again
     assert main([*command, "--set=finetune.checkpoint_every=2"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out

@@ -232,8 +232,10 @@ def eval_finetune(
     modality = source.modality
     splits = [1, 2, 3] if split == "all" else [int(split)] if split else [None]
     folder = finetune_folder(out, dataset)
+    # what the record says besides its splits' results, but the loader workers, which change no draw (each split's
+    # made_with leaves them out too; until 2026-12-03 another data.workers finetuned again)
     rest = {"dataset": dataset, "data": str(data), "mode": mode, "config": config_to_dict(cfg.finetune),
-            "seed": cfg.seed, "settings": settings or {}}  # what the record says besides its splits' results
+            "seed": cfg.seed, "settings": {k: v for k, v in (settings or {}).items() if k != "data.workers"}}
 
     def items_of(number: int | None) -> list:
         return load_dataset(dataset, data, split=number, modality=modality, **options)
