@@ -1196,6 +1196,28 @@ def test_eval_finetune_run_again_when_finished_writes_nothing(run, tmp_path, cap
     assert f"wrote {out}" in capsys.readouterr().out
 
 
+def test_eval_finetune_says_which_test_classes_it_never_trained_on(run, tmp_path, capsys):
+    """A test video of a class no training video has (a class of the test split alone, or whose training files are
+    all unreadable) counts as wrong: said in a line and counted in the JSON, as eval linear and kfold do (until
+    2026-12-03 unsaid: only a lower top1 told)."""
+    root, run_dir = run
+    items = items_of(root)
+    tests = [i for i, item in enumerate(items) if item.split == "test"]
+    items[tests[0]] = dataclasses.replace(items[tests[0]], label="newclass")
+    items[tests[1]] = dataclasses.replace(items[tests[1]], label="ghost")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"nothing")
+    table, out = tmp_path / "table.csv", tmp_path / "ft.json"
+    write_table([*items, Item(str(broken), "ghost", "train")], table)
+    assert main([*_finetune_cli(run_dir, table, out, "fc"), "--set=finetune.epochs=1", "--set=finetune.batch_size=8",
+                 "--set=data.workers=0"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "2 test videos of classes no readable training video has (ghost, newclass) count as wrong\n" in printed
+    split = json.loads(out.read_text())["splits"][0]
+    assert (split["untrained"], split["untrained_classes"], split["classes"]) == (2, ["ghost", "newclass"], 3)
+    assert split["per_class"]["ghost"] == {"n": 1, "top1": 0.0}
+
+
 def _break_after_probe(path: Path) -> None:
     """Its header gone, every read of ``path`` fails; its size and time are kept, so its cached probe stands."""
     kept = path.stat()

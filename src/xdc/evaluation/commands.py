@@ -160,10 +160,14 @@ def _untrained(result: ProbeResult, train_labels: np.ndarray, lacking: str) -> t
     """The test videos of ``result`` of a class absent from ``train_labels`` (top1 counts them wrong: the probe
     cannot predict them), and a line naming their classes where there are any (until 2026-12-03 unsaid)."""
     unseen = ~np.isin(result.video_labels, train_labels)
-    names = np.unique(result.video_labels[unseen]).tolist()
+    return int(unseen.sum()), _untrained_line(int(unseen.sum()), np.unique(result.video_labels[unseen]).tolist(),
+                                              lacking)  # fmt: skip
+
+
+def _untrained_line(count: int, names: list, lacking: str) -> list[str]:
+    """The line naming the ``count`` test videos of classes ``names`` that the training ``lacking``, where any."""
     listed = ", ".join(map(str, names[:3])) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    line = f"{int(unseen.sum())} test videos of classes {lacking} ({listed}) count as wrong"
-    return int(unseen.sum()), [line] if names else []
+    return [f"{count} test videos of classes {lacking} ({listed}) count as wrong"] if names else []
 
 
 def _encoder_of(features: Path, arrays: dict[str, np.ndarray]) -> tuple[str, str] | None:
@@ -286,9 +290,15 @@ def eval_finetune(
               "made_with": _made_with([r["made_with"] for r in made], rest)}  # fmt: skip
     table = [{k: v for k, v in _numbers(row).items() if k != "epoch_losses"} for row in rows]  # the JSON has them
     table += [{"split": "mean", "top1": record["mean_top1"]}] if len(rows) > 1 else []
-    worst = [line for row in rows if row.get("per_class")  # a split's result kept from before 2026-12-02 has none
-             for line in _worst_classes(row["per_class"], f" of split {row['split']}" if split == "all" else "")]
-    emitted = _emit(record, table, out, worst)
+    notes = []
+    for row in rows:  # a split's result kept from before 2026-12-03 has no untrained_classes; before 2026-12-02 no
+        # per_class
+        untrained = _untrained_line(row.get("untrained", 0), row.get("untrained_classes", []),
+                                    "no readable training video has")  # fmt: skip
+        notes += [f"split {row['split']}: {line}" for line in untrained] if split == "all" else untrained
+        notes += _worst_classes(row["per_class"], f" of split {row['split']}" if split == "all" else "") \
+            if row.get("per_class") else []
+    emitted = _emit(record, table, out, notes)
     for state in states:  # the result is out: the checkpoints and kept results have served
         shutil.rmtree(state, ignore_errors=True)
     return emitted
@@ -460,7 +470,7 @@ def is_result(path: Path) -> bool:
 def _numbers(row: dict) -> dict:
     """A result's row for the printed table: without its per-class results (nor the count of untrained test videos,
     said in a line of its own)."""
-    return {k: v for k, v in row.items() if k not in (*PER_CLASS, "untrained")}
+    return {k: v for k, v in row.items() if k not in (*PER_CLASS, "untrained", "untrained_classes")}
 
 
 def _worst_classes(per_class: dict, where: str = "") -> list[str]:

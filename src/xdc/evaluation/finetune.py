@@ -228,7 +228,9 @@ def finetune(
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
     # per class, the videos top1 counts: each one's label as given (a class with no readable training video keeps
     # its name) and the class of its highest mean score, the lower index on a tie as topk_accuracy breaks them
-    by_class = class_results(names[group_index(groups)[1]], np.asarray(classes)[video_scores.argmax(axis=1)])
+    video_names = names[group_index(groups)[1]]
+    by_class = class_results(video_names, np.asarray(classes)[video_scores.argmax(axis=1)])
+    untrained = video_names[video_labels < 0]  # test videos of a class with no readable training video: never right
     failed: dict[str, str] = {}  # each file once, with its first reason: under torchrun, each rank that read it failed
     for path, reason in [*skipped, *test_skipped, *(f for rank in every_failure for f in rank), *test_failures]:
         failed.setdefault(path, reason)
@@ -241,7 +243,8 @@ def finetune(
         "n_test": len({test_items[i].group for i in test_rows}),  # readable test videos: groups, as scored below
         "n_test_scored": len(video_labels),  # test videos (groups) with a clip read: those the accuracies count
         "top1": topk_accuracy(video_scores, video_labels, 1), "top5": topk_accuracy(video_scores, video_labels, 5),
-        "clip_top1": topk_accuracy(scores, labels, 1), **by_class, "first_loss": _mean(trained_losses[:1]),
+        "clip_top1": topk_accuracy(scores, labels, 1), **by_class, "untrained": len(untrained),
+        "untrained_classes": np.unique(untrained).tolist(), "first_loss": _mean(trained_losses[:1]),
         "last_loss": _mean(trained_losses[-5:]),
         "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)], "source": source.kind,
         "clip": config_to_dict(data_cfg.clip),
