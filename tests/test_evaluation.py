@@ -1218,6 +1218,21 @@ def test_eval_finetune_says_which_test_classes_it_never_trained_on(run, tmp_path
     assert split["per_class"]["ghost"] == {"n": 1, "top1": 0.0}
 
 
+def test_eval_finetune_refused_for_its_data_writes_no_folder(run, tmp_path, capsys):
+    """A mistake in what to finetune on (a table without splits, --split of a CSV) is one line, and leaves no
+    OUT.finetune folder of empty logs behind (until 2026-12-03 it did)."""
+    root, run_dir = run
+    table, out = tmp_path / "table.csv", tmp_path / "ft.json"
+    write_table([dataclasses.replace(item, split="") for item in items_of(root)], table)
+    for extra, error in (([], "finetuning needs items in split 'train' and in split 'test' (their split column); "
+                               "the dataset's splits: none"),
+                         (["--split", "all"], "csv has no numbered official splits; leave split out (items carry "
+                                              "their split or fold)")):  # fmt: skip
+        assert main([*_finetune_cli(run_dir, table, out, "fc"), *extra]) == 2
+        assert capsys.readouterr().err == f"xdc: error: {error}\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
 def _break_after_probe(path: Path) -> None:
     """Its header gone, every read of ``path`` fails; its size and time are kept, so its cached probe stands."""
     kept = path.stat()

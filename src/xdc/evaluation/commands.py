@@ -224,7 +224,7 @@ def eval_finetune(
     writes and returns the record."""
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import cut_line
-    from xdc.evaluation.finetune import finetune, finetune_made_with
+    from xdc.evaluation.finetune import check_items, finetune, finetune_made_with
     from xdc.evaluation.sources import load_source
     from xdc.training.distributed import Dist
     from xdc.training.runlog import RunLog
@@ -241,11 +241,14 @@ def eval_finetune(
     rest = {"dataset": dataset, "data": str(data), "mode": mode, "config": config_to_dict(cfg.finetune),
             "seed": cfg.seed, "settings": {k: v for k, v in (settings or {}).items() if k != "data.workers"}}
 
-    def items_of(number: int | None) -> list:
-        return load_dataset(dataset, data, split=number, modality=modality, **options)
+    # each split's items, read and checked before anything is written: a mistake in --data, --split or --option, or
+    # a table without the splits, left a folder of empty logs (until 2026-12-03)
+    items_of = {number: load_dataset(dataset, data, split=number, modality=modality, **options) for number in splits}
+    for items in items_of.values():
+        check_items(items)
 
     def made_now() -> str:  # each split's made_with, as finetune records it, and the rest
-        return _made_with([finetune_made_with(source, encoder, items_of(number), mode, cfg.finetune, folder / "probe",
+        return _made_with([finetune_made_with(source, encoder, items_of[number], mode, cfg.finetune, folder / "probe",
                                               seed=cfg.seed, ctx=ctx) for number in splits], rest)  # fmt: skip
 
     # decided before anything is written (the logs of a finished run stay): a result in --out made with all the
@@ -262,7 +265,7 @@ def eval_finetune(
     log = RunLog(folder, enabled=ctx.main)
     rows, skipped, cut, made = [], [], [], []
     for number, state in zip(splits, states):
-        items = items_of(number)
+        items = items_of[number]
         work = folder / "probe"  # the files' probes, for a later run with this --out (until 2026-12-01 in a
         # hidden folder beside --out, named by dataset kind alone)
         result = finetune(run, encoder, items, mode, cfg.finetune, work, seed=cfg.seed, device=device, state=state,

@@ -267,19 +267,26 @@ def finetune_made_with(source: Source, encoder_name: str, items: list[Item], mod
     return _digest(_identity(source, encoder_name, items, mode, cfg, seed, files))
 
 
+def check_items(items: list[Item]) -> None:
+    """A UserError for items that cannot be finetuned on and tested, whatever their files hold: before any probe
+    (an empty list of files is not the user's mistake) and before training."""
+    train_items, test_items = split_items(items, "train"), split_items(items, "test")
+    if not train_items or not test_items:
+        found = sorted({item.split or "none" for item in items})
+        raise UserError(f"finetuning needs items in split 'train' and in split 'test' (their split column); "
+                        f"the dataset's splits: {', '.join(found) or 'no items'}")  # fmt: skip
+    _check_groups(test_items)  # the test averages each group's scores into one prediction
+    _check_apart(train_items, test_items)
+    refuse_repeats(items)  # load_dataset's items pass; a list made in Python may not
+
+
 def _probed(items: list[Item], work: Path, modality: str, ctx: Dist):
     """The items of each split checked and probed (into ``work``; once, the ranks sharing out the probes, and handed
     to every rank): the train manifest and its skipped items, the test manifest, its rows' items and its skipped
     items, both splits' windows cut at their file's end, and the digest of both splits' files as probed (xdc
     extract's: a file changed in place changes it)."""
+    check_items(items)
     train_items, test_items = split_items(items, "train"), split_items(items, "test")
-    if not train_items or not test_items:  # before any probe: an empty list of files is not the user's mistake
-        found = sorted({item.split or "none" for item in items})
-        raise UserError(f"finetuning needs items in split 'train' and in split 'test' (their split column); "
-                        f"the dataset's splits: {', '.join(found) or 'no items'}")  # fmt: skip
-    _check_groups(test_items)  # before training: the test averages each group's scores into one prediction
-    _check_apart(train_items, test_items)
-    refuse_repeats(items)  # load_dataset's items pass; a list made in Python may not
     train, _, skipped, train_cut, train_files = probed_items(train_items, work / "train.probe.csv", modality, ctx)
     test, test_rows, test_skipped, test_cut, test_files = probed_items(test_items, work / "test.probe.csv", modality,
                                                                        ctx)  # fmt: skip
