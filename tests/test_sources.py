@@ -176,6 +176,8 @@ def test_settings_the_encoder_decides_are_named_and_mistakes_are_one_line(made, 
         (made["released"], "audio", "the released XDC weights are a video encoder: use --encoder video"),
         (made["run"] / "config.yaml", "video",
          f"is a file of the run {made['run']}: give the run's folder or its encoders.pt"),
+        (made["run"] / "checkpoints" / "last.pt", "video",  # until 2026-12-03 read as the released weights
+         f"is a file of the run {made['run']}: give the run's folder or its encoders.pt"),
         (made["root"] / "nothing", "video", "no such file or folder (a pretraining run folder, an `xdc export`"),
         (made["root"] / "data", "video", "is neither a pretraining run folder (no config.yaml or checkpoints/) nor"),
         (made["export"], "video2", "has no encoder 'video2'; it has: audio, video"),

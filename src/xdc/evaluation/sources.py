@@ -96,6 +96,10 @@ def kind(path: Path) -> str:
         if checkpoint.is_encoders_file(path):  # encoders-N-rounds.pt: the encoders before an extension's rounds
             return "run"
         raise UserError(f"{path} is a file of the run {path.parent}: give the run's folder or its encoders.pt")
+    if path.is_file() and path.parent.name == "checkpoints" and is_run_folder(path.parent.parent):
+        # a training checkpoint (last.pt): read as the released weights, it was "holds no state dict" (until
+        # 2026-12-03)
+        raise UserError(f"{path} is a file of the run {path.parent.parent}: give the run's folder or its encoders.pt")
     if path.is_file():
         return "released"
     raise UserError(f"{path}: no such file or folder (a pretraining run folder, an `xdc export` folder or file, or "
