@@ -651,6 +651,12 @@ def test_eval_user_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == (f"xdc: error: --out {clash} is the name of the folder where eval finetune keeps "
                                        "its progress: give the result another name, e.g. x.json\n")  # fmt: skip
     assert not clash.exists()
+    clash.write_text("notes")  # a file where --out x.json keeps its progress
+    assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", table, "--out",
+                 str(tmp_path / "x.json")]) == 2  # fmt: skip
+    assert capsys.readouterr().err == (f"xdc: error: {clash}, where eval finetune keeps its progress and logs, is a "
+                                       "file: remove it, or give another --out\n")  # fmt: skip
+    assert clash.read_text() == "notes"
     assert main(["extract", "--run", str(tmp_path), "--encoder", "audio", "--data", str(tmp_path / "t.csv"),
                  "--out", str(tmp_path / "x.npz")]) == 2  # fmt: skip
     assert "is neither a pretraining run folder (no config.yaml or checkpoints/)" in capsys.readouterr().err

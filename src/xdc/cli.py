@@ -477,6 +477,10 @@ def _finetune(args: argparse.Namespace) -> None:
         # its lock made the folder first, and the one line said "--out X.finetune is a folder" (until 2026-12-01)
         raise UserError(f"--out {args.out} is the name of the folder where eval finetune keeps its progress: give "
                         f"the result another name, e.g. {args.out.stem}.json")  # fmt: skip
+    folder = commands.finetune_folder(args.out, args.dataset)
+    if folder.exists() and not folder.is_dir():  # until 2026-12-03 "FOLDER/log.jsonl: Not a directory"
+        raise UserError(f"{folder}, where eval finetune keeps its progress and logs, is a file: remove it, or give "
+                        "another --out")  # fmt: skip
     settings = _encoder_settings(args, "eval finetune", own=("finetune.", "seed"))
     cfg = with_settings(Config(), {key: value for key, value in settings.items() if not key.startswith("data.")})
     settings = {key: value for key, value in settings.items() if key.startswith("data.")}
@@ -489,7 +493,7 @@ def _finetune(args: argparse.Namespace) -> None:
     @contextmanager
     def lock() -> Iterator[None]:  # the result, and the folder of progress and logs that a re-run goes on from
         with _result_lock(args.out, "eval finetune"):
-            with holding(commands.finetune_folder(args.out, args.dataset), "eval finetune", folder=True):
+            with holding(folder, "eval finetune", folder=True):
                 yield
 
     _as_rank(run, lock=lock)
