@@ -1226,7 +1226,8 @@ def test_eval_finetune_says_which_test_classes_it_never_trained_on(run, tmp_path
 
 def test_eval_finetune_refused_for_its_data_writes_no_folder(run, tmp_path, capsys):
     """A mistake in what to finetune on (a table without splits, --split of a CSV) is one line, and leaves no
-    OUT.finetune folder of empty logs behind (until 2026-12-03 it did)."""
+    OUT.finetune folder of empty logs behind (until 2026-12-03 it did); nor does one in --device remove the logs of
+    a finished finetuning."""
     root, run_dir = run
     table, out = tmp_path / "table.csv", tmp_path / "ft.json"
     write_table([dataclasses.replace(item, split="") for item in items_of(root)], table)
@@ -1237,6 +1238,17 @@ def test_eval_finetune_refused_for_its_data_writes_no_folder(run, tmp_path, caps
         assert main([*_finetune_cli(run_dir, table, out, "fc"), *extra]) == 2
         assert capsys.readouterr().err == f"xdc: error: {error}\n"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+    # a device this machine lacks, given to run again with other settings: refused before the first finetuning's
+    # logs went (until 2026-12-03 after)
+    write_table(items_of(root), table)
+    command = [*_finetune_cli(run_dir, table, out, "fc"), "--set=finetune.epochs=1", "--set=finetune.batch_size=8"]
+    assert main(command) == 0
+    logs = tmp_path / "ft.finetune" / "log.jsonl"
+    before = logs.read_bytes()
+    capsys.readouterr()
+    assert main([*command, "--set=seed=1", "--device", "cuda:64"]) == 2
+    assert capsys.readouterr().err.startswith("xdc: error: device 'cuda:64': this machine has ")
+    assert logs.read_bytes() == before and (tmp_path / "ft.finetune" / "tb").is_dir()
 
 
 def _break_after_probe(path: Path) -> None:

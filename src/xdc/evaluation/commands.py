@@ -223,6 +223,7 @@ def eval_finetune(
     result, only the logs stay. Under torchrun (``ctx``) every rank trains and tests its share, and rank 0 alone
     writes and returns the record."""
     from xdc.evaluation.adapters import load_dataset
+    from xdc.evaluation.device import pick_device
     from xdc.evaluation.extract import cut_line
     from xdc.evaluation.finetune import check_items, finetune, finetune_made_with
     from xdc.evaluation.sources import load_source
@@ -231,6 +232,8 @@ def eval_finetune(
 
     check_out(out)
     ctx = ctx or Dist()
+    if not ctx.enabled:  # a device that is not there, before an earlier finetuning's logs go (until 2026-12-03 after)
+        pick_device(device)
     # read once: every split starts from it; its modality says which files of a dataset with a file of each to read
     source = load_source(run, encoder, settings)
     modality = source.modality
