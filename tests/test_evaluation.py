@@ -1249,6 +1249,13 @@ def test_eval_finetune_refused_for_its_data_writes_no_folder(run, tmp_path, caps
     assert main([*command, "--set=seed=1", "--device", "cuda:64"]) == 2
     assert capsys.readouterr().err.startswith("xdc: error: device 'cuda:64': this machine has ")
     assert logs.read_bytes() == before and (tmp_path / "ft.finetune" / "tb").is_dir()
+    # nor do a table's training items of one class
+    one = items_of(root)[0].label
+    write_table([item for item in items_of(root) if item.split == "test" or item.label == one], table)
+    assert main(command) == 2
+    assert capsys.readouterr().err == ("xdc: error: finetuning needs >= 2 classes among the readable training items, "
+                                       "found 1\n")  # fmt: skip
+    assert logs.read_bytes() == before
 
 
 def _break_after_probe(path: Path) -> None:

@@ -95,8 +95,6 @@ def finetune(
                 print(f"{name}: finished before with the same settings; its result is kept in {saved.result_path}")
             return {**result, "made_with": made_with} if ctx.main else None
     classes = train.classes
-    if len(classes) < 2:
-        raise UserError(f"finetuning needs >= 2 classes among the readable training items, found {len(classes)}")
 
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), run_cfg, modality, training_clips=True)
     workers = data_cfg.workers_on(place.device.type) if workers is None else workers
@@ -295,6 +293,8 @@ def _probed(items: list[Item], work: Path, modality: str, ctx: Dist):
             path, reason = unread[0]
             raise UserError(f"none of the {len(unread)} {split} items has a readable {modality} stream (the first: "
                             f"{path}: {reason})")  # fmt: skip
+    if len(train.classes) < 2:  # here, where finetune_made_with probes too: before a finished one's logs go
+        raise UserError(f"finetuning needs >= 2 classes among the readable training items, found {len(train.classes)}")
     return train, skipped, test, test_rows, test_skipped, [*train_cut, *test_cut], [train_files, test_files]
 
 
