@@ -1624,6 +1624,23 @@ def _ucf_layout(root: Path, folder: Path) -> Path:
     return folder
 
 
+def test_finetuning_each_split_names_its_split_in_the_files_it_skipped(run, tmp_path, capsys):
+    """With --split all, a file that cannot be read is skipped in every split that lists it, and each line says which
+    split (until 2026-12-03 three lines alike)."""
+    root, run_dir = run
+    ucf = _ucf_layout(root, tmp_path / "UCF-101")
+    broken = sorted(ucf.glob("*/*_g01_c01.mp4"))[0]  # tested in split 1, trained on in 2 and 3
+    broken.write_bytes(b"nothing")
+    out = tmp_path / "ft.json"
+    assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--dataset", "ucf101", "--data",
+                 str(ucf), "--split", "all", "--out", str(out), "--mode", "fc", "--set=finetune.epochs=1",
+                 "--set=finetune.batch_size=8", "--set=finetune.test_clips=1", "--set=data.workers=0"]) == 0  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
+    assert [line.split(": skipped ")[0] for line in lines] == ["split 1", "split 2", "split 3"]
+    assert all(f"skipped {broken.resolve()}: cannot open" in line for line in lines)
+    assert [skip["split"] for skip in json.loads(out.read_text())["skipped"]] == [1, 2, 3]
+
+
 def test_all_three_splits_killed_in_the_second_go_on_with_the_first_kept(run, tmp_path, capsys):
     root, run_dir = run
     ucf = _ucf_layout(root, tmp_path / "UCF-101")

@@ -278,14 +278,16 @@ def eval_finetune(
         rows.append({"split": number or "-", **{k: v for k, v in result.items() if k not in _ONCE}})
         made.append(result)
         skipped += [{"split": number or "-", **skip} for skip in result["skipped"]]
+        where = f"split {number}: " if split == "all" else ""  # a file of every split's lists is said in each (until
+        # 2026-12-03 in lines alike)
         for skip in result["skipped"][:5]:
-            print(f"skipped {skip['path']}: {skip['reason']}")
+            print(f"{where}skipped {skip['path']}: {skip['reason']}")
         if len(result["skipped"]) > 5:
-            print(f"... and {len(result['skipped']) - 5} more skipped (the JSON lists them all)")
+            print(f"{where}... and {len(result['skipped']) - 5} more skipped (the JSON lists them all)")
         windows = result.get("cut", [])  # a split's result kept from before 2026-12-02 has none
         cut += [{"split": number or "-", **window} for window in windows]
         if (line := cut_line(windows)) is not None:
-            print(line)
+            print(f"{where}{line}")
     log.close()
     if not ctx.main:
         return None
