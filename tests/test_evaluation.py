@@ -1224,6 +1224,18 @@ def test_eval_finetune_says_which_test_classes_it_never_trained_on(run, tmp_path
     assert split["per_class"]["ghost"] == {"n": 1, "top1": 0.0}
 
 
+def test_eval_finetune_records_the_datasets_options(run, tmp_path):
+    """--option changes what is finetuned on (missing=skip drops files the table lists): the result says which were
+    given (until 2026-12-03 it did not)."""
+    root, run_dir = run
+    table, out = tmp_path / "table.csv", tmp_path / "ft.json"
+    write_table([*items_of(root), Item(str(tmp_path / "gone.mp4"), "class00", "train")], table)
+    with pytest.warns(UserWarning, match="1 of 25 files listed in .* not found"):
+        assert main([*_finetune_cli(run_dir, table, out, "fc"), "--set=finetune.epochs=1",
+                     "--set=finetune.batch_size=8", "--option", "missing=skip"]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["options"] == {"missing": "skip"}
+
+
 def test_eval_finetune_refused_for_its_data_writes_no_folder(run, tmp_path, capsys):
     """A mistake in what to finetune on (a table without splits, --split of a CSV) is one line, and leaves no
     OUT.finetune folder of empty logs behind (until 2026-12-03 it did); nor does one in --device remove the logs of
