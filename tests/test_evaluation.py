@@ -1646,7 +1646,8 @@ def test_finetuning_each_split_names_its_split_in_the_files_it_skipped(run, tmp_
     out = tmp_path / "ft.json"
     assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--dataset", "ucf101", "--data",
                  str(ucf), "--split", "all", "--out", str(out), "--mode", "fc", "--set=finetune.epochs=1",
-                 "--set=finetune.batch_size=8", "--set=finetune.test_clips=1", "--set=data.workers=0"]) == 0  # fmt: skip
+                 "--set=finetune.batch_size=8", "--set=finetune.test_clips=1",
+                 "--set=data.workers=0"]) == 0  # fmt: skip
     lines = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
     assert [line.split(": skipped ")[0] for line in lines] == ["split 1", "split 2", "split 3"]
     assert all(f"skipped {broken.resolve()}: cannot open" in line for line in lines)

@@ -292,8 +292,9 @@ def eval_finetune(
     if not ctx.main:
         return None
     record = {"command": "eval finetune", "run": os.path.abspath(run), "source": result["source"], "clip": result["clip"],
-              "settings": settings or {}, "dataset": dataset, "data": str(data), "options": options, "mode": mode, "splits": rows,
-              "mean_top1": float(np.mean([r["top1"] for r in rows])), "config": config_to_dict(cfg.finetune),
+              "settings": settings or {}, "dataset": dataset, "data": str(data), "options": options, "mode": mode,
+              "splits": rows, "mean_top1": float(np.mean([r["top1"] for r in rows])),
+              "config": config_to_dict(cfg.finetune),
               "seed": cfg.seed, "log": str(folder), "skipped": skipped, "cut": cut,
               "made_with": _made_with([r["made_with"] for r in made], rest)}  # fmt: skip
     table = [{k: v for k, v in _numbers(row).items() if k != "epoch_losses"} for row in rows]  # the JSON has them

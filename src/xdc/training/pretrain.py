@@ -425,8 +425,8 @@ class Pretrainer:
                             f"{self.cfg.train.method} reads (data.missing_audio={self.cfg.data.missing_audio})")
         if len(kept) < len(loaded) and self.ctx.main:  # until 2026-12-03 left out unsaid
             print(f"{manifest_path}: {len(loaded) - len(kept)} of its {len(loaded)} usable files left out, lacking "
-                  f"{' or '.join(self.method.modalities)}, which method {self.cfg.train.method} reads (data.missing_audio="
-                  f"{self.cfg.data.missing_audio}); training on {len(kept)}")  # fmt: skip
+                  f"{' or '.join(self.method.modalities)}, which method {self.cfg.train.method} reads "
+                  f"(data.missing_audio={self.cfg.data.missing_audio}); training on {len(kept)}")  # fmt: skip
         return kept
 
     # --- the run ------------------------------------------------------------------------------------------
