@@ -180,6 +180,23 @@ def test_a_second_preset_is_refused_not_put_in_place_of_the_first(capsys, comman
     assert build_parser().parse_args([*command, "--preset", "paper"]).preset == "paper"
 
 
+@pytest.mark.parametrize("command, said", [(["pretrain", "--out", "r", "--metod", "xdc"], "xdc pretrain: error: "
+                                              "unrecognized arguments: --metod xdc (did you mean --method?)"),
+                                             (["eval", "kfold", "--features", "f.npz", "--clasifier=svm"],
+                                              "xdc eval kfold: error: unrecognized arguments: --clasifier=svm (did you "
+                                              "mean --classifier?)"),
+                                             (["report", "r", "x.json"], "xdc report: error: unrecognized arguments: "
+                                              "x.json")])  # fmt: skip
+def test_an_unknown_option_is_said_by_its_command_with_the_one_meant(capsys, command, said):
+    """argparse left a subcommand's unknown option to the top parser: the usage of `xdc` alone and no hint (until
+    2026-12-03)."""
+    with pytest.raises(SystemExit) as stop:
+        main(command)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.endswith(said + "\n")
+    assert err.startswith(f"usage: xdc {' '.join(command[:2 if command[0] == 'eval' else 1])} [-h]")
+
+
 @pytest.mark.parametrize("command", [["pretrain", "--data", "m.csv", "--out"], ["index", "videos", "--out"],
                                      ["make-synthetic"], ["export", "run", "--out"]])
 def test_an_empty_out_is_refused_not_taken_as_the_current_folder(tmp_path, capsys, monkeypatch, command):

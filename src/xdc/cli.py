@@ -698,7 +698,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, default=128, help="synthetic videos to generate (default 128)")
     _add_config_options(p)
     p.set_defaults(func=cmd_demo)
+    _name_own_parsers(parser)
     return parser
+
+
+def _name_own_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command's parser records itself, so that an option it does not know is said by it, with its usage."""
+    parser.set_defaults(own_parser=parser)
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for child in action.choices.values():
+            _name_own_parsers(child)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """argparse leaves an unknown option of a subcommand to the top parser, whose error showed the usage of `xdc`
+    (until 2026-12-03): `xdc pretrain --metod xdc` is said by `xdc pretrain`, naming the option meant."""
+    import difflib
+
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        parser = args.own_parser
+        known = [s for action in parser._actions for s in action.option_strings]
+        near = difflib.get_close_matches(extra[0].split("=")[0], known, n=1) if extra[0].startswith("--") else []
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
 
 
 def _one_line_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning) -> str:
@@ -716,7 +740,7 @@ def _say(error: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     fit_threads()
     preload_fork_server()  # before any command's first workers start the server
     warnings.formatwarning = _one_line_warning
