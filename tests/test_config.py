@@ -33,6 +33,28 @@ def test_a_text_setting_takes_an_override_as_typed():
     assert cfg.train.compile is True and cfg.data.workers == 3
 
 
+
+def test_a_key_of_another_section_or_a_preset_in_a_config_names_where_it_goes(tmp_path):
+    """`rounds:` at the top of a YAML file, or `preset: small`, was refused naming the top's keys alone (until
+    2026-12-03): the setting meant, or --preset, is named."""
+    path = tmp_path / "my.yaml"
+    path.write_text("rounds: 2\n")
+    with pytest.raises(UserError, match=r"unknown setting 'rounds'; .* \(did you mean train\.rounds\?\)$"):
+        load_config(path)
+    with pytest.raises(UserError, match=r"\(did you mean train\.lr or finetune\.lr\?\)$"):
+        load_config(None, ["lr=0.1"])
+    with pytest.raises(UserError, match=r"'data.frames'; .* \(did you mean data\.clip\.frames\?\)$"):
+        load_config(None, ["data.frames=16"])
+    path.write_text("preset: small\n")
+    with pytest.raises(UserError, match=r"'preset'; .* \(a preset is chosen with the command's --preset, not in "):
+        load_config(path)
+    with pytest.raises(UserError, match=r"unknown setting 'trian.k'; .* \(did you mean train\.k\?\)$"):
+        load_config(None, ["trian.k=3"])
+    with pytest.raises(UserError, match=r"unknown setting 'colour'; valid keys here: seed, data, model, train, "
+                                        r"finetune, synthetic$"):  # fmt: skip
+        load_config(None, ["colour=red"])
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -535,11 +535,11 @@ def _set_dotted(root: Any, key: str, value: Any, shown: str | None = None, text:
     for part in parents:
         child = getattr(obj, part, None)
         if not dataclasses.is_dataclass(child):
-            raise UserError(f"unknown setting {shown!r}{_choices(obj)}")
+            raise UserError(f"unknown setting {shown!r}{_choices(obj)}{_meant(shown)}")
         obj = child
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if leaf not in fields:
-        raise UserError(f"unknown setting {shown!r}{_choices(obj)}")
+        raise UserError(f"unknown setting {shown!r}{_choices(obj)}{_meant(shown)}")
     hint = typing.get_type_hints(type(obj))[leaf]
     if dataclasses.is_dataclass(getattr(obj, leaf)):
         raise UserError(f"{shown!r} is a section; set one of its keys, e.g. {shown}.<key>=...")
@@ -550,6 +550,16 @@ def _set_dotted(root: Any, key: str, value: Any, shown: str | None = None, text:
 
 def _choices(obj: Any) -> str:
     return "; valid keys here: " + ", ".join(f.name for f in dataclasses.fields(obj))
+
+
+def _meant(shown: str) -> str:
+    """The setting a key given in the wrong section names (`rounds:` at the top of a YAML file is train.rounds),
+    or where a preset is chosen: the valid keys of the section alone did not say (until 2026-12-03)."""
+    if shown == "preset":
+        return " (a preset is chosen with the command's --preset, not in a config)"
+    name = shown.rsplit(".", 1)[-1]
+    keys = [key for key in _flat(config_to_dict(Config())) if key.rsplit(".", 1)[-1] == name]
+    return f" (did you mean {' or '.join(keys)}?)" if keys else ""
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
