@@ -157,6 +157,31 @@ def test_a_cut_matroska_file_is_unusable_but_not_one_whose_audio_outlasts_its_vi
     assert float(rows["long_audio.mkv"]["duration_s"]) == pytest.approx(2.4, abs=0.05)  # 60 frames at 25 fps
     assert float(rows["whole.mkv"]["duration_s"]) == pytest.approx(4.0, abs=0.1)
 
+def _picture(codec: str, pix_fmt: str) -> bytes:
+    """One picture's bytes as an image file of ``codec`` (png, mjpeg: a JPEG file) writes them."""
+    context = av.CodecContext.create(codec, "w")
+    context.width, context.height, context.pix_fmt, context.time_base = 48, 32, pix_fmt, Fraction(1, 25)
+    image = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+    return b"".join(bytes(p) for p in [*context.encode(frame.reformat(format=pix_fmt)), *context.encode(None)])
+
+
+def test_a_picture_named_as_a_video_is_unusable_as_a_picture(tmp_path: Path) -> None:
+    """A PNG or JPEG renamed .mp4 (a thumbnail saved under the video's name): FFmpeg reads it as a video of one
+    frame, and until 2026-12-03 it was a usable 0.04 s video, every clip of it one picture frozen."""
+    (tmp_path / "thumb.mp4").write_bytes(_picture("png", "rgb24"))
+    (tmp_path / "photo.mov").write_bytes(_picture("mjpeg", "yuvj420p"))
+    write_av(tmp_path / "one_frame.mp4", _frames(1), 25, None)  # a video, however short: left as it was
+    out = tmp_path / "manifest.csv"
+    summary = build_manifest([str(tmp_path)], out, workers=1)
+    rows = _rows(out)
+    assert {name: (r["status"], r["reason"]) for name, r in rows.items()} == {
+        "thumb.mp4": ("error", "a PNG image, not a video"), "photo.mov": ("error", "a JPEG image, not a video"),
+        "one_frame.mp4": ("no_audio", "no audio stream"),
+    }  # fmt: skip
+    assert (summary.usable, summary.unusable) == (1, 2)
+
+
 def test_matroska_parts_cut_by_ffmpegs_segment_muxer_are_whole_and_as_long_as_they_are(tmp_path: Path) -> None:
     """FFmpeg's Matroska muxer writes as the Segment's Duration where the last frame ends, timestamps counted from
     0, and its demuxer takes that for the length: a part starting at 3 s and ending at 5 s stated 5 s, so the probe

@@ -52,7 +52,8 @@ TAIL_MAX_PACKETS = 1500
 # 2: a cut Matroska file is an error; duration_s ends with the pictures when sound goes on after them.
 # 3: streams' ends on the file's timeline, not from their own starts (a video starting after its sound got less).
 # 4: a Matroska file's stated duration less its start: parts cut by FFmpeg's segment muxer were "truncated".
-PROBE_VERSION = "4"
+# 5: a picture (a PNG or JPEG named .mp4) is an error, not a video of one frame.
+PROBE_VERSION = "5"
 # A probe decodes a few packets at a handful of points (807 GRID files: 340 a second on 2 cores). One that takes over
 # two minutes is hung (a decoder in a loop, a stalled network file system); its file gets an error row.
 PROBE_LIMIT_S = 120.0
@@ -422,6 +423,9 @@ def probe_file(path: str) -> dict:
 
 
 def _probe_container(container) -> dict:
+    image = _image_kind(container)
+    if image:  # FFmpeg reads it as a 0.04 s video at 25 fps: every clip of it would be that picture, frozen
+        return _failed(f"a {image} image, not a video")
     attached = av.stream.Disposition.attached_pic  # cover art of music files is not a video
     video = next((s for s in container.streams.video if not s.disposition & attached), None)
     audio = next(iter(container.streams.audio), None)
@@ -476,6 +480,14 @@ def _probe_container(container) -> dict:
     else:
         result.update(status="ok", reason="")
     return result
+
+
+def _image_kind(container) -> str:
+    """The kind of picture (PNG, JPEG, ...) where FFmpeg opened the file with one of its image readers (each named
+    KIND_pipe), which take a still image for a video stream; "" otherwise. (Its image2 reader goes by the name's
+    extension: not chosen for a media file's.)"""
+    name = container.format.name
+    return name.removesuffix("_pipe").upper() if name.endswith("_pipe") else ""
 
 
 def stated_duration(container) -> float:
