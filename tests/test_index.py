@@ -725,6 +725,25 @@ def test_out_must_be_a_manifest_path(media: Path, tmp_path: Path, capsys) -> Non
     assert not_manifest.read_text() == "name,value\na,1\n"
 
 
+def test_an_unwritable_out_folder_is_said_of_the_out_given(media: Path, tmp_path: Path) -> None:
+    """A folder that takes no new file (its permissions here; a read-only mount alike): the error names --out as
+    given, before anything is probed. Until 2026-12-03 it named the hidden side file the run failed to write
+    (``cannot write locked/.m.csv.rank0.csv``), a name the user never gave."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    # root writes anywhere: its commands run without that power (CAP_DAC_OVERRIDE)
+    drop = ["setpriv", "--bounding-set", "-dac_override", "--"] if os.geteuid() == 0 else []
+    if (drop and not shutil.which("setpriv")) or not subprocess.run([*drop, "touch", str(locked / "x")],
+                                                                     capture_output=True).returncode:  # fmt: skip
+        pytest.skip("no folder can be made unwritable here (root, and no setpriv that drops CAP_DAC_OVERRIDE)")
+    command = [*drop, sys.executable, "-m", "xdc.cli", "index", str(media), "--out", "locked/m.csv", "--workers", "1"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (
+        2, "xdc: error: cannot write in the folder of --out locked/m.csv: Permission denied\n")
+    assert list(locked.iterdir()) == []
+
+
 def _probe_or_die(path: str) -> dict:
     """Stands in for a decoder that segfaults on one file (the worker process dies without a Python error), loops
     for ever on one while the file ``path + ".stuck"`` exists, or is killed (the out-of-memory killer) while

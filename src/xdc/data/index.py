@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import sys
+import tempfile
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -229,6 +230,13 @@ def _check_out(out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the folder of --out {out}: {e.strerror or e}") from None
+    # The manifest, even one unchanged (compared as a new file), and the side files are written there: without
+    # this, the first to fail was a side file, named as the user never did (.m.csv.rank0.csv)
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):  # unnamed where the file system can: nothing left behind
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write in the folder of --out {out}: {e.strerror or e}") from None
 
 
 # --- finding the files -------------------------------------------------------------------------------------
