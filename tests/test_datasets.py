@@ -452,6 +452,23 @@ def test_a_file_cut_short_since_indexing_so_that_it_no_longer_opens_fails_with_i
         reason, reason]  # fmt: skip
 
 
+def test_a_file_removed_since_indexing_fails_with_a_reason_in_xdc_index_words(tmp_path, monkeypatch):
+    """Deleted after xdc index: its reason reads as the others (until 2026-12-03 it was the exception's
+    "FileNotFoundError: No such file or directory"), and, as a file replaced, no other window of it is tried."""
+    from xdc.data import decode
+
+    manifest = Manifest.load(synthetic_manifest(tmp_path, 4, 2, seed=0))
+    gone = manifest.path(1)
+    os.remove(gone)
+    reason = "file not found (removed since xdc index?)"
+    opened = []
+    real_open = decode._open
+    monkeypatch.setattr(decode, "_open", lambda path: opened.append(path) or real_open(path))
+    item = TrainClips(manifest, small_cfg(retries=3))[(1, 5)]
+    assert item["failure"]["reason"] == reason and opened == [gone]
+    assert [str(e) for e in decode.read_clips(gone, [0.0, 0.5], small_cfg().clip)] == [reason, reason]
+
+
 def test_a_collection_copied_with_new_mtimes_reads_as_before(tmp_path):
     """cp or rsync without -t (to node-local scratch, another machine) gives every file a new mtime and the same
     bytes: no file fails, as it would if the check compared mtimes."""

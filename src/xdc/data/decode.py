@@ -40,7 +40,11 @@ class DecodeError(Exception):
 
 
 class FileChanged(DecodeError):
-    """The file opened is not the one indexed: its size differs from the manifest's. No other window of it is tried."""
+    """The file is not the one indexed: its size differs from the manifest's, or it is gone. No other window of it
+    is tried."""
+
+
+MISSING = "file not found (removed since xdc index?)"
 
 
 def check_size(container, indexed: int | None) -> None:
@@ -165,7 +169,8 @@ TIMED_DEMUXERS = {"mov", "mp4", "matroska", "webm"}  # each packet carries its p
 
 
 def _open_checked(path: str, size: int | None):
-    """The file opened, its size checked against ``size`` (``check_size``), also where it no longer opens."""
+    """The file opened, its size checked against ``size`` (``check_size``), also where it no longer opens; a
+    FileChanged (MISSING) where it is gone."""
     try:
         container = _open(path)
     except Exception:
@@ -173,7 +178,9 @@ def _open_checked(path: str, size: int | None):
         # FFmpeg's "Invalid data" (a stat on this failure only)
         try:
             now = os.stat(path).st_size
-        except OSError:  # gone, say: FFmpeg's reason
+        except FileNotFoundError as gone:  # said as xdc index says it, not FFmpeg's "FileNotFoundError: No such ..."
+            raise FileChanged(MISSING) from gone
+        except OSError:  # unreadable, say: FFmpeg's reason
             now = -1
         _compare_size(size, now)
         raise
