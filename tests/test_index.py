@@ -182,6 +182,27 @@ def test_a_picture_named_as_a_video_is_unusable_as_a_picture(tmp_path: Path) -> 
     assert (summary.usable, summary.unusable) == (1, 2)
 
 
+def test_rows_of_version_4_are_probed_again_only_where_a_picture_may_hide(tmp_path: Path) -> None:
+    """Version 5 tells a picture named as a video from a video of one frame: of version 4's rows, only those of a
+    video under a second are probed again (until 2026-12-03 every row of a collection was)."""
+    (tmp_path / "thumb.mp4").write_bytes(_picture("png", "rgb24"))
+    write_av(tmp_path / "long.mp4", _frames(50), 25, None)
+    _write_wav(tmp_path / "sound.wav")
+    out = tmp_path / "manifest.csv"
+    build_manifest([str(tmp_path)], out, workers=1)
+    rows = read_rows(out)
+    for row in rows:  # as version 4 made them: the picture a usable video of one frame
+        row["probe"] = "4"
+        if row["path"].endswith("thumb.mp4"):
+            row.update(status="no_audio", reason="no audio stream", duration_s="0.04", fps="25", width="64",
+                       height="64")  # fmt: skip
+    write_rows(out, rows)
+    assert build_manifest([str(tmp_path)], out, workers=1).probed == 1
+    assert {name: (r["status"], r["probe"]) for name, r in _rows(out).items()} == {
+        "thumb.mp4": ("error", index.PROBE_VERSION), "long.mp4": ("no_audio", "4"), "sound.wav": ("ok", "4"),
+    }  # fmt: skip
+
+
 def test_matroska_parts_cut_by_ffmpegs_segment_muxer_are_whole_and_as_long_as_they_are(tmp_path: Path) -> None:
     """FFmpeg's Matroska muxer writes as the Segment's Duration where the last frame ends, timestamps counted from
     0, and its demuxer takes that for the length: a part starting at 3 s and ending at 5 s stated 5 s, so the probe
