@@ -110,6 +110,18 @@ def test_ucf101_missing_videos_one_error_or_skipped(tmp_path):
         load_dataset("ucf101", root, split=1, missing="ignore")
 
 
+def test_the_files_missing_skip_drops_are_named_with_the_items(tmp_path):
+    """A result records them as left out (until 2026-12-03 a warning alone said how many, naming one)."""
+    root = _ucf(tmp_path / "UCF-101")
+    gone = [root / "YoYo/v_YoYo_g02_c01.avi", root / "Archery/v_Archery_g01_c02.avi"]
+    for path in gone:
+        path.unlink()
+    with pytest.warns(UserWarning, match="2 of 12 files .* dropped"):
+        items = load_dataset("ucf101", root, split=1, missing="skip")
+    assert len(items) == 10 and items.missing == sorted(str(path.resolve()) for path in gone)
+    assert load_dataset("ucf101", _ucf(tmp_path / "whole"), split=1).missing == []
+
+
 def test_ucf101_reads_a_copy_made_by_xdc_prepare_with_the_official_lists(tmp_path):
     """The lists name .avi files; xdc prepare's copies are .mp4 (x.avi.mp4 where a source x.mp4 took x.mp4)."""
     root = _ucf(tmp_path / "UCF-101")

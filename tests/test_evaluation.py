@@ -1654,6 +1654,31 @@ def test_finetuning_each_split_names_its_split_in_the_files_it_skipped(run, tmp_
     assert [skip["split"] for skip in json.loads(out.read_text())["skipped"]] == [1, 2, 3]
 
 
+def test_files_that_option_missing_skip_drops_are_in_the_results_skipped(run, tmp_path, capsys):
+    """Listed files not found under --data, dropped by --option missing=skip: until 2026-12-03 a warning alone
+    said so, and the JSON's skipped left them out."""
+    root, run_dir = run
+    ucf = _ucf_layout(root, tmp_path / "UCF-101")
+    gone = sorted(ucf.glob("*/*_g01_c01.mp4"))[0]  # tested in split 1, trained on in 2 and 3
+    gone.unlink()
+    reason = "not found (listed, and dropped by option missing='skip')"
+    dataset = ["--dataset", "ucf101", "--data", str(ucf), "--option", "missing=skip"]
+    with pytest.warns(UserWarning, match="1 of 24 files .* not found"):
+        assert main(["extract", "--run", str(run_dir), "--encoder", "audio", *dataset, "--split", "1", "--clips", "1",
+                     "--out", str(tmp_path / "f")]) == 0  # fmt: skip
+    assert "23 items -> " in capsys.readouterr().out
+    summary = json.loads((tmp_path / "f.json").read_text())
+    assert summary["skipped"] == [{"path": str(gone.resolve()), "reason": reason}]
+    out = tmp_path / "ft.json"
+    with pytest.warns(UserWarning, match="1 of 24 files .* not found"):
+        assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", *dataset, "--split", "all",
+                     "--out", str(out), "--mode", "fc", "--set=finetune.epochs=1", "--set=finetune.batch_size=8",
+                     "--set=finetune.test_clips=1", "--set=data.workers=0"]) == 0  # fmt: skip
+    record = json.loads(out.read_text())
+    assert record["skipped"] == [{"split": n, "path": str(gone.resolve()), "reason": reason} for n in (1, 2, 3)]
+    assert [row["n_train"] + row["n_test"] for row in record["splits"]] == [23, 23, 23]
+
+
 def test_all_three_splits_killed_in_the_second_go_on_with_the_first_kept(run, tmp_path, capsys):
     root, run_dir = run
     ucf = _ucf_layout(root, tmp_path / "UCF-101")

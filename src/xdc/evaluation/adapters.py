@@ -48,10 +48,20 @@ class Item:
             object.__setattr__(self, "group", self.path)
 
 
+class Items(list):
+    """The items ``load_dataset`` gives, a list, with ``missing``: the files its lists name that are not there and
+    option ``missing="skip"`` dropped (absolute, sorted), so that a result can record them as left out."""
+
+    def __init__(self, items: Iterable[Item] = (), missing: Iterable[str] = ()) -> None:
+        super().__init__(items)
+        self.missing = sorted(missing)
+
+
 def load_dataset(
     kind: str, root: str | Path, split: int | None = None, modality: str | None = None, **options: object
-) -> list[Item]:
-    """The items of dataset ``kind`` stored at ``root`` (for ``csv``: the CSV file), sorted.
+) -> Items:
+    """The items of dataset ``kind`` stored at ``root`` (for ``csv``: the CSV file), sorted, as ``Items`` (their
+    ``missing``: the listed files not found, where option ``missing="skip"`` dropped them).
 
     ``split`` is the official split number of the datasets that have them (UCF101, HMDB51: 1, 2 or 3); the
     other kinds refuse it. ``modality`` ("video" or "audio") is that of the encoder the items are for: where the
@@ -84,7 +94,7 @@ def load_dataset(
     items = adapter(root, **options)
     if not items:
         raise UserError(f"{kind}: no items found in {root}")
-    return sorted(items)
+    return Items(sorted(items), items.missing if isinstance(items, Items) else ())
 
 
 def load_ucf101(
@@ -277,6 +287,14 @@ def split_items(items: Iterable[Item], split: str) -> list[Item]:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; splits: train, test, val, or '' for none")
     return [item for item in items if item.split == split]
+
+
+def not_found(items: list[Item]) -> list[dict[str, str]]:
+    """The files that ``items``, where they are ``load_dataset``'s, left out as not found (option
+    ``missing="skip"``), as a result's ``skipped`` lists a file (path and reason): until 2026-12-03 a warning alone
+    said so, and the results understated what was left out."""
+    missing = items.missing if isinstance(items, Items) else []
+    return [{"path": path, "reason": "not found (listed, and dropped by option missing='skip')"} for path in missing]
 
 
 def classes(items: Iterable[Item]) -> list[str]:
@@ -634,20 +652,21 @@ def _first_of_each(listed: list[tuple[str, Item]], same_too: bool) -> tuple[list
     return kept, left_out
 
 
-def _drop_missing(items: list[Item], missing: str, source: str) -> list[Item]:
-    """Listed files absent on disk: one error naming how many and the first, or (``missing="skip"``) dropped."""
+def _drop_missing(items: list[Item], missing: str, source: str) -> Items:
+    """Listed files absent on disk: one error naming how many and the first, or (``missing="skip"``) dropped, and
+    named in the ``missing`` of the items returned."""
     if missing not in MISSING:
         raise UserError(f"option missing must be 'error' or 'skip', got {missing!r}")
     paths = list(dict.fromkeys(item.path for item in items))
     absent = [p for p in paths if not os.path.isfile(p)]
     if not absent:
-        return items
+        return Items(items)
     text = f"{len(absent)} of {len(paths)} files listed in {source} not found, the first: {absent[0]}"
     if missing == "error":
         raise UserError(f"{text} (option missing='skip' drops them)")
     _warn(f"{text}; dropped")
     gone = set(absent)
-    return [item for item in items if item.path not in gone]
+    return Items((item for item in items if item.path not in gone), absent)
 
 
 def _warn(text: str) -> None:

@@ -30,7 +30,7 @@ from xdc.data.index import build_manifest
 from xdc.data.manifest import Manifest, open_text, read_rows
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
-from xdc.evaluation.adapters import Item, refuse_repeats
+from xdc.evaluation.adapters import Item, not_found, refuse_repeats
 from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.resume import identity
 from xdc.evaluation.sources import Source, load_source
@@ -211,7 +211,7 @@ def extract_features(
                 "device": str(place.device), "ranks": ctx.world_size, "bf16": place.bf16,
                 **({"logmel_on": "device" if place.device_logmel else "workers"} if modality == "audio" else {}),
                 "data": config_to_dict(cfg.data),
-                "skipped": [{"path": p, "reason": r} for p, r in [*skipped, *failed]], "cut": cut,
+                "skipped": [*({"path": p, "reason": r} for p, r in [*skipped, *failed]), *not_found(items)], "cut": cut,
                 "made_with": made_with}  # fmt: skip
 
     return on_main(write, ctx)  # the other ranks wait as long as it takes (a barrier under NCCL would time out)

@@ -36,7 +36,7 @@ from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
-from xdc.evaluation.adapters import Item, refuse_repeats, split_items
+from xdc.evaluation.adapters import Item, not_found, refuse_repeats, split_items
 from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.extract import probed_items
 from xdc.evaluation.metrics import average_by_group, class_results, group_index, topk_accuracy
@@ -246,7 +246,7 @@ def finetune(
         "last_loss": _mean(trained_losses[-5:]),
         "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)], "source": source.kind,
         "clip": config_to_dict(data_cfg.clip),
-        "skipped": [{"path": p, "reason": r} for p, r in failed.items()], "cut": cut,
+        "skipped": [*({"path": p, "reason": r} for p, r in failed.items()), *not_found(items)], "cut": cut,
         **({"made_with": made_with} if made_with is not None else {}),
     }  # fmt: skip
     if log is not None:
