@@ -122,6 +122,22 @@ def test_the_files_missing_skip_drops_are_named_with_the_items(tmp_path):
     assert load_dataset("ucf101", _ucf(tmp_path / "whole"), split=1).missing == []
 
 
+def test_a_listed_name_of_no_media_extension_is_not_read_from_another_file(tmp_path):
+    """A typo (a.mp4x for a.mp4, b.wa for b.wav) is a missing file: until 2026-12-03 the lookup of xdc prepare's
+    copies (x.avi -> x.mp4) read a.mp4x from a.mp4 unsaid. A media file's name still finds its copy."""
+    data = tmp_path / "data"
+    for name in ("a.mp4", "b.mp4", "c.mp4", "d.wa.mp4"):
+        _touch(data / name)
+    table = _write(data / "labels.csv", "path,label\na.mp4x,cat\nb.wa,dog\nc.avi,cat\nd.wa,dog\n")
+    with _raises(r"2 of 4 files listed in \S*labels.csv not found, the first: \S*a.mp4x \(option missing") as e:
+        load_dataset("csv", table)
+    _one_line(e)
+    with pytest.warns(UserWarning, match="2 of 4 files"):
+        items = load_dataset("csv", table, missing="skip")
+    assert [Path(item.path).name for item in items] == ["c.mp4", "d.wa.mp4"]  # c.avi's copy, and d.wa's by its name
+    assert [Path(path).name for path in items.missing] == ["a.mp4x", "b.wa"]
+
+
 def test_ucf101_reads_a_copy_made_by_xdc_prepare_with_the_official_lists(tmp_path):
     """The lists name .avi files; xdc prepare's copies are .mp4 (x.avi.mp4 where a source x.mp4 took x.mp4)."""
     root = _ucf(tmp_path / "UCF-101")

@@ -680,14 +680,18 @@ def _warn(text: str) -> None:
 def _prepared_copies(items: list[Item]) -> list[Item]:
     """Each item whose file is absent but whose copy by ``xdc prepare`` is in its place (``a.avi`` -> ``a.avi.mp4``,
     where ``a.mp4`` was another source's name, else ``a.mp4``) takes the copy: a dataset prepared for fast loading
-    is read with its own split lists."""
+    is read with its own split lists. Only a media file's name (``.avi``, ``.wav``, ...) stands for ``a.mp4``: a
+    typo such as ``a.mp4x`` is a missing file, not ``a.mp4`` (until 2026-12-03 it was read from it, unsaid)."""
     copies: dict[str, str | None] = {}
 
     def copy(path: str) -> str | None:
         if path not in copies:
             copies[path] = None
             if not path.lower().endswith(".mp4") and not os.path.isfile(path):
-                for name in (path + ".mp4", str(Path(path).with_suffix(".mp4"))):
+                names = [path + ".mp4"]
+                if _is_media(Path(path).name):
+                    names.append(str(Path(path).with_suffix(".mp4")))
+                for name in names:
                     if os.path.isfile(name):
                         copies[path] = _abs(Path(name))
                         break
