@@ -200,6 +200,37 @@ def test_a_start_removes_only_cache_files_of_its_own_run(manifest, tmp_path):
     assert left == {mine.name, theirs.name.replace("of1.", "of2."), "rank0of3.bin", "rank0of3.json"}
 
 
+def test_a_run_folder_copied_and_resumed_removes_the_cache_files_of_its_old_path(manifest, tmp_path, monkeypatch):
+    """A run killed after its first round, its folder copied (cp -r) and moved (mv), each copy resumed to its end:
+    neither keeps the files of the path it was copied from (until 2026-12-03 they stayed in its extract_cache/ for
+    good, a clip per video), and the run copied from keeps its own, byte for byte."""
+    from xdc.training.runlog import RunLog
+
+    settings = load_config(None, [*TINY, "train.rounds=2", "train.epochs=1", "train.extract_cache=true"],
+                           preset="tiny")  # fmt: skip
+    write = RunLog.write
+
+    def killed_after_a_round(self, kind: str, step: int, **values) -> None:
+        write(self, kind, step, **values)
+        if kind == "round":
+            raise Killed
+
+    monkeypatch.setattr(RunLog, "write", killed_after_a_round)
+    with pytest.raises(Killed):
+        pretrain(settings, manifest, tmp_path / "a", resume=False, ctx=Dist())
+    monkeypatch.undo()
+    kept = {f.name: f.read_bytes() for f in (tmp_path / "a" / "extract_cache").iterdir()}
+    assert any(name.endswith(".bin") for name in kept)
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    shutil.copytree(tmp_path / "a", tmp_path / "before-move")
+    (tmp_path / "before-move").rename(tmp_path / "moved")
+    for run in ("copy", "moved"):
+        pretrain(settings, manifest, tmp_path / run, resume=True, ctx=Dist())
+        assert (tmp_path / run / "encoders.pt").exists()
+        assert not (tmp_path / run / "extract_cache").exists()  # its own files removed at its end, then the folder
+    assert {f.name: f.read_bytes() for f in (tmp_path / "a" / "extract_cache").iterdir()} == kept
+
+
 def test_what_a_reopened_cache_keeps(manifest, tmp_path):
     clips = eval_clips(manifest)
     stem = tmp_path / "c"

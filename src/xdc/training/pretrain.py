@@ -1222,22 +1222,41 @@ def _clear_unfinished_start(out: Path) -> None:
 
 def _remove_stale_caches(folder: Path, tag: str, ranks: int, run: str) -> None:
     """Extraction cache files in ``folder`` that the run in ``run`` (its files named ``tag``-rank...) cannot use:
-    its own of another number of ranks (which shared the videos out otherwise), and those that xdc before
-    2026-12-03 named rank{r}of{W}, unless they are another run's."""
+    its own of another number of ranks (which shared the videos out otherwise), those of a run that cannot write
+    here (the run folder was copied or moved: they name its old path), and those that xdc before 2026-12-03 named
+    rank{r}of{W}, unless they are another run's."""
     for stale in folder.glob(f"{tag}-rank*of*"):
         if stale.name.split(".")[0].partition("of")[2] != str(ranks):
             stale.unlink(missing_ok=True)
+    here = folder.resolve()
+    for meta in folder.glob("*-rank*of*.json"):
+        stem, owner = meta.name.removesuffix(".json"), _cache_owner(meta)
+        if stem.startswith(f"{tag}-") or owner in (run, None):
+            continue
+        try:  # another run shares this folder only through its own extract_cache, a link to it
+            elsewhere = (Path(owner) / "extract_cache").resolve() != here
+        except (OSError, RuntimeError):  # a link in a loop: keep what cannot be judged
+            elsewhere = False
+        if elsewhere:  # until 2026-12-03 a copied run kept them, its old path's, to its end and after
+            for old in folder.glob(f"{stem}.*"):
+                old.unlink(missing_ok=True)
     for stem in {old.name.split(".")[0] for old in folder.glob("rank*of*")}:
-        try:  # the run they were made for, which their JSON names since 2026-12-02
-            owner = json.loads((folder / f"{stem}.json").read_text())["identity"]["items"].get("run")
-        except (OSError, ValueError, LookupError, TypeError, AttributeError):  # none, or damaged
-            owner = None
+        owner = _cache_owner(folder / f"{stem}.json")
         # Another run's stay (it may still run the older code). Those naming no run may be this run's, left forever
         # if kept; removing them costs an older run sharing the folder its cache at most (the older code removed
         # every rank*of* file at each start itself), never data
         if owner in (run, None):
             for old in folder.glob(f"{stem}.*"):
                 old.unlink(missing_ok=True)
+
+
+def _cache_owner(meta: Path) -> str | None:
+    """The run folder that an extraction cache's JSON ``meta`` names (since 2026-12-02); None if none, or damaged."""
+    try:
+        owner = json.loads(meta.read_text())["identity"]["items"].get("run")
+    except (OSError, ValueError, LookupError, TypeError, AttributeError):
+        return None
+    return owner if isinstance(owner, str) else None
 
 
 def _set_value(value) -> str:
