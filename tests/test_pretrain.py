@@ -1166,6 +1166,23 @@ def test_a_resume_whose_config_yaml_no_longer_fits_its_checkpoint_says_so_in_one
                             "them back") and "\n" not in message  # fmt: skip
 
 
+@pytest.mark.parametrize("other", ["encoders", "dict", "list"])
+def test_another_torch_file_in_the_place_of_the_checkpoint_is_refused_in_one_line(manifest, tmp_path, other):
+    """A run's encoders.pt, or another torch file, put where its last.pt was: one line that says it is not a
+    checkpoint (until 2026-12-03 a traceback, KeyError 'method' or a TypeError, or for encoders.pt a line that
+    blamed an edited config.yaml)."""
+    trainer = Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.parent.mkdir()
+    encoders = {"method": "xdc", "encoders": {n: e.state_dict() for n, e in trainer.encoders.items()}}
+    torch.save({"encoders": encoders, "dict": {"epoch": 3, "model": {}}, "list": [1, 2]}[other], last)
+    with pytest.raises(UserError) as refused:
+        trainer.resume()
+    assert str(refused.value).startswith(f"{last} is not a pretraining checkpoint (it has no ")
+    assert str(refused.value).endswith(": was another file put in its place? Put the run's own back, or start the "
+                                       "run over")  # fmt: skip
+
+
 def test_the_bars_of_a_resumed_epoch_and_extraction_count_what_was_done_before(manifest, tmp_path, monkeypatch,
                                                                                capsys):  # fmt: skip
     """Resumed after 1 of an epoch's 3 batches, its bar ends at 3/3, not 2/2; an extraction resumed after 2 kept

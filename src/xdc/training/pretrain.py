@@ -99,6 +99,9 @@ from xdc.training.to_host import ToHost
 RESUME_SETTINGS = ("data.workers", "data.max_fail_fraction", "data.read_timeout_s", "train.checkpoint_every",
                    "train.log_every")  # fmt: skip
 PROGRESS_SAVED = ("round", "epoch", "step", "global_step", "best_holdout", "bad_epochs", "times")  # in checkpoints
+# what every checkpoint holds, since the first (``Pretrainer._save``)
+CHECKPOINT_KEYS = {"method", "encoders", "optimizer", "heads", "head_optimizer", "progress", "labels", "previous",
+                   "torch_rng"}  # fmt: skip
 
 
 @dataclass
@@ -1038,6 +1041,13 @@ class Pretrainer:
         path = self.out / "checkpoints" / "last.pt"
         state = checkpoint.read(path, "a pretraining checkpoint", f"a run keeps no earlier checkpoint: start it over "
                                 f"(remove {self.out}, or choose another --out)")  # fmt: skip
+        # another torch file put in its place (a run's encoders.pt, an evaluation's state): until 2026-12-03 a
+        # traceback (KeyError 'method'), or a list of every tensor that did not fit
+        missing = CHECKPOINT_KEYS - set(state) if isinstance(state, dict) else CHECKPOINT_KEYS
+        if missing:
+            raise UserError(f"{path} is not a pretraining checkpoint (it has no {', '.join(sorted(missing))}): "
+                            "was another file put in its place? Put the run's own back, or start the run over"
+                            )  # fmt: skip
         if state["method"] != self.method.name:
             raise UserError(f"{path} is a {state['method']} run, not {self.method.name}")
         self._load(path, lambda: (self.encoders.load_state_dict(state["encoders"]),
