@@ -1205,6 +1205,33 @@ def test_the_bars_of_a_resumed_epoch_and_extraction_count_what_was_done_before(m
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("round 0 epoch 0: 100%|##########| 3/3 [")
 
 
+def test_a_checkpoint_damaged_inside_is_refused_by_its_checksums(tmp_path):
+    """A byte of a tensor changed on the disk, the file whole: torch's reader loads it as if sound (until 2026-12-03
+    a resume trained on with it); the CRC-32 that torch.save writes per record says it is damaged. A file saved
+    without sums (torch.serialization.set_crc32_options(False)) still reads."""
+    from xdc.training import checkpoint
+
+    path = tmp_path / "last.pt"
+    torch.save({"encoders": {"w": torch.full((4096,), 1.5)}}, path)
+    data = bytearray(path.read_bytes())
+    at = data.index(torch.tensor([1.5]).numpy().tobytes() * 64) + 1000
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+    assert not torch.equal(load(path)["encoders"]["w"], torch.full((4096,), 1.5))  # torch takes it
+    for read in (checkpoint.read, checkpoint.read_hashed):
+        with pytest.raises(UserError) as refused:
+            read(path, "a pretraining checkpoint", "start it over")
+        assert str(refused.value) == f"cannot read {path} as a pretraining checkpoint: damaged: the bytes of its " \
+            "record last/data/0 do not match their checksum; start it over"  # fmt: skip
+    unsummed = tmp_path / "unsummed.pt"
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"w": torch.ones(3)}, unsummed)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(checkpoint.read(unsummed, "weights")["w"], torch.ones(3))
+
+
 def test_a_checkpoint_of_zeros_is_refused_without_advice_to_load_it_with_weights_only_off(tmp_path):
     """A checkpoint whose bytes are zeros (as a crash can leave a file on some file systems) passes torch for a file
     "saved in the legacy .tar format", and its message, on one line, advised weights_only=False, which runs a file's

@@ -8,6 +8,7 @@ import json
 import pickle
 import shutil
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,7 +45,13 @@ def read(path: str | Path, what: str, then: str = "") -> dict:
     """``load``, for a file that a user names (or that a run keeps for them): any failure to read it is a one-line
     error naming the file and ``what`` it should be, and ``then`` (what to do about a damaged file) where given. A
     failure of the machine (permission, I/O) gets no ``then``: a whole file may be behind it (remove nothing)."""
-    return _reading(path, what, then, lambda: load(path))
+
+    def checked_load() -> dict:
+        with open(path, "rb") as f:
+            _check_sums(f)
+            return load(f)
+
+    return _reading(path, what, then, checked_load)
 
 
 def read_hashed(path: str | Path, what: str, then: str = "") -> tuple[dict, str]:
@@ -55,7 +62,7 @@ def read_hashed(path: str | Path, what: str, then: str = "") -> tuple[dict, str]
     def load_and_hash() -> tuple[dict, str]:
         with open(path, "rb") as f:
             digest = _digest(f)
-            f.seek(0)
+            _check_sums(f)
             return load(f), digest
 
     return _reading(path, what, then, load_and_hash)
@@ -68,6 +75,34 @@ def _reading(path: str | Path, what: str, then: str, reading: Callable[[], Any])
         damaged = then and (not isinstance(e, OSError) or _cut_short(e))
         raise UserError(f"cannot read {path} as {what}: {_why_unreadable(e)}" + (f"; {then}" if damaged else "")) \
             from None  # fmt: skip
+
+
+class DamagedRecord(ValueError):
+    """A record of a torch file whose bytes no longer match the checksum that torch.save wrote with them."""
+
+
+def _check_sums(f: BinaryIO) -> None:
+    """Check each record of the torch file ``f`` against its CRC-32, which torch.save writes and torch's reader
+    does not check: a byte damaged on the disk inside a whole file loaded as if sound (until 2026-12-03 a resume
+    trained on). 0.15 s for 400 MB on the 2-core machine, read from the page cache. ``f`` is left at its start."""
+    f.seek(0)
+    try:
+        archive = zipfile.ZipFile(f)
+    except Exception:  # not an archive zipfile reads (torch's legacy format, a file cut short): torch's reader says
+        f.seek(0)
+        return
+    with archive:
+        for record in archive.infolist():
+            if not record.CRC:  # saved without sums (torch.serialization.set_crc32_options(False))
+                continue
+            try:
+                with archive.open(record) as data:
+                    while data.read(1 << 24):  # zipfile checks the CRC as the last bytes come in
+                        pass
+            except zipfile.BadZipFile:
+                raise DamagedRecord(f"damaged: the bytes of its record {record.filename} do not match their "
+                                    "checksum") from None  # fmt: skip
+    f.seek(0)
 
 
 def file_digest(path: Path) -> str:
