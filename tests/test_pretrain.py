@@ -1205,6 +1205,30 @@ def test_the_bars_of_a_resumed_epoch_and_extraction_count_what_was_done_before(m
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("round 0 epoch 0: 100%|##########| 3/3 [")
 
 
+@pytest.mark.parametrize("damage", ["missing", "cut", "shorter", "classes"])
+def test_a_run_whose_videos_folder_is_damaged_is_refused_in_one_line(manifest, tmp_path, damage):
+    """A file of the run's videos/ missing, cut short, of fewer rows than the others (a copy of the run folder
+    that stopped short), or its classes.json damaged: one line naming it (until 2026-12-03 numpy's traceback; fewer
+    rows went on, unsaid, with row i no longer video i in every array)."""
+    Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist())
+    videos = tmp_path / "videos"
+    if damage == "missing":
+        (videos / "labels.npy").unlink()
+    elif damage == "cut":
+        os.truncate(videos / "durations.npy", 200)
+    elif damage == "shorter":
+        np.save(videos / "labels.npy", np.load(videos / "labels.npy")[:20])
+    else:
+        (videos / "classes.json").write_text("[1")
+    with pytest.raises(UserError) as refused:
+        Pretrainer(cfg_for("xdc"), manifest, tmp_path, Dist(), resume=True)
+    named = {"missing": "/labels.npy: No such file", "cut": "/durations.npy: ", "shorter": ": its arrays are of "
+             "different lengths", "classes": "/classes.json: Expecting"}[damage]  # fmt: skip
+    assert str(refused.value).startswith(f"cannot read the run's videos ({videos}{named}")
+    assert str(refused.value).endswith(f"): {videos} is written once, at the run's start; copy it again from the run "
+                                       "folder it came from, or start a new run")  # fmt: skip
+
+
 def test_a_checkpoint_damaged_inside_is_refused_by_its_checksums(tmp_path):
     """A byte of a tensor changed on the disk, the file whole: torch's reader loads it as if sound (until 2026-12-03
     a resume trained on with it); the CRC-32 that torch.save writes per record says it is damaged. A file saved

@@ -206,12 +206,26 @@ class Manifest:
         """A manifest written by :meth:`save`, its arrays memory-mapped read-only: every process that opens the
         folder (the ranks of a node, their loader workers) shares one copy in the page cache."""
         folder = Path(folder)
-        arrays = {field: np.load(folder / f"{field}.npy", mmap_mode="r") for field in _ARRAYS if field != "sizes"}
+
+        def read(name: str, load: Callable):
+            try:
+                return load(folder / name)
+            except ValueError as e:  # a file cut short or damaged (a copy that stopped): say which
+                raise ValueError(f"{folder / name}: {e}") from None
+
+        def array(path: Path) -> np.ndarray:
+            return np.load(path, mmap_mode="r")
+
+        arrays = {field: read(f"{field}.npy", array) for field in _ARRAYS if field != "sizes"}
         try:
-            arrays["sizes"] = np.load(folder / "sizes.npy", mmap_mode="r")
+            arrays["sizes"] = read("sizes.npy", array)
         except FileNotFoundError:  # saved before 2026-12-02: the files are not checked
             pass
-        return cls(**arrays, classes=tuple(json.loads((folder / "classes.json").read_text())))
+        lengths = {field: len(values) for field, values in arrays.items()}
+        if len(set(lengths.values())) > 1:  # row i is no longer video i in every array
+            raise ValueError(f"{folder}: its arrays are of different lengths ({lengths})")
+        classes = read("classes.json", lambda path: json.loads(path.read_text(encoding="utf-8")))
+        return cls(**arrays, classes=tuple(classes))
 
     @classmethod
     def from_rows(cls, rows: list[dict], require_audio: bool = False) -> Manifest:

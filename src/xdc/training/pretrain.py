@@ -300,7 +300,7 @@ class Pretrainer:
 
         def save() -> None:  # by rank 0, for a new run or one started before runs kept videos/
             if resume and folder.exists():
-                self._check_relative_paths(Manifest.open(folder))
+                self._check_relative_paths(self._run_videos(folder))
                 return
             kept = self._usable_videos(manifest_path, progress=True)
             self._check_sinkhorn_memory(len(kept))
@@ -311,8 +311,18 @@ class Pretrainer:
 
         on_main(save, self.ctx)  # the other ranks wait for the folder; when rank 0 fails, they stop with its error
         if folder.exists():
-            return Manifest.open(folder)
+            return self._run_videos(folder)
         return self._usable_videos(manifest_path, progress=False)
+
+    def _run_videos(self, folder: Path) -> Manifest:
+        """The run's ``videos/``; one line where a file of it is missing or damaged (a copy of the run folder that
+        stopped short), not a traceback from numpy (until 2026-12-03)."""
+        try:
+            return Manifest.open(folder)
+        except (OSError, ValueError) as e:
+            reason = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+            raise UserError(f"cannot read the run's videos ({reason}): {folder} is written once, at the run's "
+                            "start; copy it again from the run folder it came from, or start a new run") from None
 
     def _check_relative_paths(self, videos: Manifest) -> None:
         """A run started before 2026-12-02 on a manifest of relative paths kept them as written, relative to the
