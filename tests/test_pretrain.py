@@ -386,6 +386,16 @@ def test_a_resume_of_a_finished_run_says_it_has_nothing_to_train(manifest, tmp_p
         assert capsys.readouterr().out == (f"{out} finished its 1 round(s) before: nothing to train (--rounds N adds "
                                            f"rounds)\nencoders: {out / 'encoders.pt'}\n")
         assert files() == before
+    # its checkpoints deleted to free their disk: still finished (until 2026-12-03 "nothing to resume", status 2)
+    shutil.rmtree(out / "checkpoints")
+    before = files()
+    assert main([*command, "--resume"]) == 0
+    assert capsys.readouterr().out == f"{out} finished its 1 round(s) before: nothing to train\nencoders: " \
+        f"{out / 'encoders.pt'}\n"  # fmt: skip
+    assert files() == before
+    assert main([*command, "--resume", "--rounds", "2"]) == 2
+    assert capsys.readouterr().err == f"xdc: error: {out} finished, and its checkpoints/last.pt is gone: its rounds " \
+        f"cannot change without it; start a new run from its weights instead (--set train.init={out})\n"  # fmt: skip
 
 
 def test_commands_that_need_a_finished_run_say_what_the_folder_is_instead(tmp_path):

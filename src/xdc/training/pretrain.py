@@ -1164,14 +1164,20 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
         raise UserError(f"--out {out} is a file, not a run folder")
     last = out / "checkpoints" / "last.pt"
     planned, taken = None, {}
+    finished = (out / "encoders.pt").exists()
     if resume:
-        if not last.exists():
+        # a finished run whose checkpoints were deleted to free their disk is still finished (until 2026-12-03
+        # "nothing to resume", exit status 2, for a job run again)
+        if not last.exists() and not finished:
             raise UserError(f"nothing to resume in {out} (no checkpoints/last.pt)")
         cfg = load_config(out / "config.yaml")
         if rounds is not None and rounds != cfg.train.rounds:
             if not get_method(cfg.train.method).clusters:
                 raise UserError(f"{out} is a {cfg.train.method} run, which has no rounds to add or drop; start a "
                                 "new run for another train.rounds")  # fmt: skip
+            if not last.exists():
+                raise UserError(f"{out} finished, and its checkpoints/last.pt is gone: its rounds cannot change "
+                                f"without it; start a new run from its weights instead (--set train.init={out})")
             planned = cfg.train.rounds
             cfg = load_config(out / "config.yaml", [f"train.rounds={rounds}"])
         taken = {key: value for key, value in (settings or {}).items() if setting(cfg, key) != value}
@@ -1179,16 +1185,17 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
             raise ValueError(f"a resume takes only {RESUME_SETTINGS}, not {sorted(unknown)}")
         before = {key: setting(cfg, key) for key in taken}
         cfg = with_settings(cfg, taken)
-    elif last.exists() or (out / "encoders.pt").exists():
+    elif last.exists() or finished:
         raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     elif cfg.train.init is not None:  # the run's config.yaml names it wherever the run is resumed from
         init = Path(cfg.train.init).expanduser().resolve()
         _check_init(init)
         cfg = with_settings(cfg, {"train.init": str(init)})
-    if resume and planned is None and (out / "encoders.pt").exists():  # seen by every rank before any writes
+    if resume and planned is None and finished:  # seen by every rank before any writes
         if ctx.main:  # a re-run of a finished job: until 2026-12-02 it wrote encoders.pt, the log and tb/ again
             said = f" its {cfg.train.rounds} round(s)" if get_method(cfg.train.method).clusters else ""
-            print(f"{out} finished{said} before: nothing to train" + (" (--rounds N adds rounds)" if said else ""))
+            more = " (--rounds N adds rounds)" if said and last.exists() else ""  # which needs the checkpoint
+            print(f"{out} finished{said} before: nothing to train{more}")
         return out / "encoders.pt"
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
