@@ -1266,6 +1266,22 @@ def test_a_checkpoint_damaged_inside_is_refused_by_its_checksums(tmp_path):
     assert torch.equal(checkpoint.read(unsummed, "weights")["w"], torch.ones(3))
 
 
+def test_a_kept_part_damaged_inside_is_made_again(tmp_path, capsys):
+    """A part of an extraction (KeptParts) whose bytes were damaged on the disk, the file whole: its checksums
+    fail and the pass starts over with a note, rather than take its rows (until 2026-12-03 taken as sound)."""
+    from xdc.training.checkpoint import KeptParts
+
+    parts = KeptParts(tmp_path / "parts", "round 0")
+    parts.add(0, {"features": torch.full((256, 16), 1.5)})
+    path = tmp_path / "parts" / "part-00000.pt"
+    data = bytearray(path.read_bytes())
+    data[data.index(torch.tensor([1.5]).numpy().tobytes() * 64) + 1000] ^= 0x10
+    path.write_bytes(bytes(data))
+    assert KeptParts(tmp_path / "parts", "round 0").load() == {}
+    assert f"NOTE: {path} cannot be read (DamagedRecord: damaged: the bytes of its record " in capsys.readouterr().err
+    assert not path.exists()
+
+
 def test_a_checkpoint_of_zeros_is_refused_without_advice_to_load_it_with_weights_only_off(tmp_path):
     """A checkpoint whose bytes are zeros (as a crash can leave a file on some file systems) passes torch for a file
     "saved in the legacy .tar format", and its message, on one line, advised weights_only=False, which runs a file's

@@ -192,7 +192,9 @@ def read_made_with(path: Path, identity: str) -> tuple[dict | None, str | None]:
     if not path.exists():
         return None, None
     try:
-        saved = load(path)
+        with open(path, "rb") as f:
+            _check_sums(f)  # a part damaged on the disk is made again (until 2026-12-03 its rows were taken)
+            saved = load(f)
     except Exception as e:  # not a whole file: torch's unpickler raises many kinds
         return None, f"{path} cannot be read ({type(e).__name__}: {_why_unreadable(e)})"
     if saved.get("identity") != identity:
