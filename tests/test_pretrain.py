@@ -398,6 +398,20 @@ def test_a_resume_of_a_finished_run_says_it_has_nothing_to_train(manifest, tmp_p
         f"cannot change without it; start a new run from its weights instead (--set train.init={out})\n"  # fmt: skip
 
 
+def test_a_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_start_it_again(manifest, tmp_path):
+    """Killed while it wrote its videos, before its first checkpoint: ``--resume`` says to start it again (until
+    2026-12-03 only "nothing to resume")."""
+    out = tmp_path / "run"
+    Pretrainer(cfg_for("xdc"), manifest, out, Dist())
+    (out / "config.yaml").write_text("{}")
+    with pytest.raises(UserError, match=rf"^nothing to resume in {out}: the run started there stopped before its "
+                       "first checkpoint; start it again, without --resume$"):  # fmt: skip
+        pretrain(cfg_for("xdc"), None, out, resume=True, ctx=Dist())
+    (out / "config.yaml").unlink()  # no run started there
+    with pytest.raises(UserError, match=rf"^nothing to resume in {out} \(no checkpoints/last.pt\)$"):
+        pretrain(cfg_for("xdc"), None, out, resume=True, ctx=Dist())
+
+
 def test_commands_that_need_a_finished_run_say_what_the_folder_is_instead(tmp_path):
     from xdc.evaluation.sources import load_run_encoder
     from xdc.export import export_run

@@ -1169,6 +1169,9 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
         # a finished run whose checkpoints were deleted to free their disk is still finished (until 2026-12-03
         # "nothing to resume", exit status 2, for a job run again)
         if not last.exists() and not finished:
+            if (out / "config.yaml").exists():  # until 2026-12-03 the line did not say what to do
+                raise UserError(f"nothing to resume in {out}: the run started there stopped before its first "
+                                "checkpoint; start it again, without --resume")  # fmt: skip
             raise UserError(f"nothing to resume in {out} (no checkpoints/last.pt)")
         cfg = load_config(out / "config.yaml")
         if rounds is not None and rounds != cfg.train.rounds:
