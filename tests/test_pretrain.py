@@ -366,6 +366,29 @@ def test_more_rounds_on_resume_extend_a_finished_run_as_if_planned_from_the_star
     assert "is a supervised run, which has no rounds to add or drop" in capsys.readouterr().err
 
 
+def test_more_rounds_whose_start_failed_leave_the_run_finished_with_its_own(manifest, tmp_path, monkeypatch, capsys):
+    """``--resume --rounds 2`` of a finished 1-round run, stopped as it moves encoders.pt aside (a full disk, a
+    kill): a plain ``--resume`` then says the run finished its 1 round, not 2 that it never trained (until
+    2026-12-03 config.yaml said 2 rounds before the move)."""
+    from xdc.atomic import WriteError
+    from xdc.training import pretrain as module
+
+    out = tmp_path / "run"
+    pretrain(cfg_for("xdc", "train.rounds=1", "train.epochs=1"), manifest, out, resume=False, ctx=Dist())
+
+    def full_disk(src: Path, dst: Path) -> None:
+        raise WriteError(f"cannot write {dst}: No space left on device")
+
+    monkeypatch.setattr(module, "move", full_disk)
+    with pytest.raises(WriteError):
+        pretrain(cfg_for("xdc"), None, out, resume=True, ctx=Dist(), rounds=2)
+    monkeypatch.undo()
+    capsys.readouterr()
+    pretrain(cfg_for("xdc"), None, out, resume=True, ctx=Dist())
+    assert capsys.readouterr().out.startswith(f"{out} finished its 1 round(s) before: nothing to train")
+    assert load_config(out / "config.yaml").train.rounds == 1
+
+
 def test_a_resume_of_a_finished_run_says_it_has_nothing_to_train(manifest, tmp_path, capsys):
     """``--resume`` of a run that has finished says so, and how to add rounds, and writes nothing (a job scheduler
     that runs the finished job again): until 2026-12-02 it printed only "encoders: ...", as if it had trained, and

@@ -1216,12 +1216,16 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
         _write_config(cfg, out)  # and a later --resume goes on with them
         print("the run goes on with " + ", ".join(f"{key}={taken[key]!r} (before: {before[key]!r})" for key in taken))
     if planned is not None and ctx.main:
-        _write_config(cfg, out)  # a later --resume, the report and the model card see the new number
-        done = trainer.progress.round
-        print(f"the run goes on to {cfg.train.rounds} rounds ({planned} planned before; {done} done)")
-        if (out / "encoders.pt").exists():  # encoders.pt means a finished run to export, extract, finetune
+        done, kept = trainer.progress.round, None
+        # encoders.pt means a finished run to export, extract, finetune: moved aside before config.yaml says more
+        # rounds, so that a run stopped between the two (killed, the move failed) is not taken for finished with
+        # rounds it has not trained (until 2026-12-03 it could be)
+        if (out / "encoders.pt").exists():
             kept = checkpoint.earlier_encoders(out, done)
             move(out / "encoders.pt", kept)
+        _write_config(cfg, out)  # a later --resume, the report and the model card see the new number
+        print(f"the run goes on to {cfg.train.rounds} rounds ({planned} planned before; {done} done)")
+        if kept is not None:
             print(f"its encoders after {done} rounds are kept as {kept}")
     trainer.run()
     return out / "encoders.pt"
