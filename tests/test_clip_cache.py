@@ -459,6 +459,7 @@ def test_a_new_run_clears_what_a_start_that_never_checkpointed_left(manifest, tm
     (out / "extract_parts" / "rank0").mkdir(parents=True)
     (out / "extract_parts" / "rank0" / "part-00000.pt").write_bytes(b"rows of another run")
     (out / "log.jsonl").write_text('{"kind": "start", "step": 0}\n')
+    (out / "config.yaml").write_text("seed: 0\n")  # which a run's start writes first
     pretrain(load_config(None, [*TINY, "train.rounds=1", "train.epochs=1"], preset="tiny"), manifest, out,
              resume=False, ctx=Dist())  # fmt: skip
     assert "holds the start of a run that never reached a checkpoint; its log.jsonl, extract_parts removed" in (

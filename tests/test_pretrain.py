@@ -435,6 +435,20 @@ def test_a_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_start_it_
         pretrain(cfg_for("xdc"), None, out, resume=True, ctx=Dist())
 
 
+def test_a_new_run_in_a_folder_of_logs_that_no_run_made_there_is_refused_and_removes_nothing(manifest, tmp_path):
+    """--out at a folder of the user's that holds a log.jsonl and a tb/ of their own, no config.yaml: refused in one
+    line, both kept (until 2026-12-03 removed as "the start of a run that never reached a checkpoint")."""
+    out = tmp_path / "project"
+    (out / "tb").mkdir(parents=True)
+    (out / "tb" / "events.mine").write_text("mine")
+    (out / "log.jsonl").write_text('{"mine": 1}\n')
+    with pytest.raises(UserError, match=rf"^--out {out} holds log.jsonl, tb but no config.yaml, so no xdc run made "
+                       "them: a new run would replace them; choose another --out, or move them away$"):  # fmt: skip
+        pretrain(cfg_for("xdc"), manifest, out, resume=False, ctx=Dist())
+    assert sorted(p.name for p in out.rglob("*")) == ["events.mine", "log.jsonl", "tb"]
+    assert (out / "tb" / "events.mine").read_text() == "mine" and (out / "log.jsonl").read_text() == '{"mine": 1}\n'
+
+
 def test_commands_that_need_a_finished_run_say_what_the_folder_is_instead(tmp_path):
     from xdc.evaluation.sources import load_run_encoder
     from xdc.export import export_run

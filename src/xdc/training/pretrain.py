@@ -1190,6 +1190,11 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
         cfg = with_settings(cfg, taken)
     elif last.exists() or finished:
         raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    elif not (out / "config.yaml").exists() and (found := _run_files(out)):  # seen by every rank before any writes
+        # the start of a run writes config.yaml first: without it they are not a run's, and a new run would remove
+        # them (_clear_unfinished_start) or log into them (until 2026-12-03 it removed them, "a run's start")
+        raise UserError(f"--out {out} holds {', '.join(found)} but no config.yaml, so no xdc run made them: a new "
+                        "run would replace them; choose another --out, or move them away")  # fmt: skip
     elif cfg.train.init is not None:  # the run's config.yaml names it wherever the run is resumed from
         init = Path(cfg.train.init).expanduser().resolve()
         _check_init(init)
@@ -1244,7 +1249,7 @@ def _check_init(init: Path) -> None:
 def _clear_unfinished_start(out: Path) -> None:
     """A new run where one started but never reached its first checkpoint: that one's logs and extraction parts
     would pass for this run's (the parts name rows, not videos). Its cached clips go as each rank opens its cache."""
-    found = [name for name in ("log.jsonl", "tb", "extract_parts") if (out / name).exists()]
+    found = _run_files(out)
     if not found:
         return
     print(f"NOTE: {out} holds the start of a run that never reached a checkpoint; its {', '.join(found)} removed",
@@ -1252,6 +1257,12 @@ def _clear_unfinished_start(out: Path) -> None:
     (out / "log.jsonl").unlink(missing_ok=True)
     shutil.rmtree(out / "tb", ignore_errors=True)
     shutil.rmtree(out / "extract_parts", ignore_errors=True)
+
+
+def _run_files(out: Path) -> list[str]:
+    """Which of the files that a run writes as it goes, and a new run removes (_clear_unfinished_start), ``out``
+    holds."""
+    return [name for name in ("log.jsonl", "tb", "extract_parts") if (out / name).exists()]
 
 
 def _remove_stale_caches(folder: Path, tag: str, ranks: int, run: str) -> None:
