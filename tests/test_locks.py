@@ -65,6 +65,21 @@ def test_the_lock_is_refused_while_held_and_leaves_nothing_once_let_go(tmp_path:
         assert lock_path(tmp_path / "a.csv", folder=False).exists()
 
 
+def test_a_folder_copied_as_links_has_a_lock_of_its_own(tmp_path: Path) -> None:
+    """A run folder that a killed run left with its lock file, copied as links (cp -rs) and resumed while the run it
+    was copied from is resumed too: the copy's lock is a file of its own, not the other's through the link (until
+    2026-12-03 refused as in use, and its pid written into the other's lock file)."""
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    run.mkdir()
+    copy.mkdir()
+    (run / FOLDER_LOCK).write_text("pretrain\n99999\n")  # a killed holder's
+    (copy / FOLDER_LOCK).symlink_to(run / FOLDER_LOCK)
+    with holding(run, "pretrain", folder=True), holding(copy, "pretrain --resume", folder=True):
+        assert (run / FOLDER_LOCK).read_text() == f"pretrain\n{os.getpid()}\n"
+        assert not (copy / FOLDER_LOCK).is_symlink()
+    assert not (run / FOLDER_LOCK).exists() and not (copy / FOLDER_LOCK).exists()
+
+
 def test_the_refusal_names_a_holder_that_writes_its_name_just_after_it_took_the_lock(tmp_path: Path) -> None:
     """A holder takes the lock, then writes who it is: one refused in between (two commands started together)
     waits a moment for the name rather than saying less."""

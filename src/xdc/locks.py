@@ -76,6 +76,8 @@ def _acquire(path: Path, out: Path, command: str, choose: str) -> int | None:
     for _ in range(ATTEMPTS):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_symlink():  # a copy's (cp -rs of a folder a killed run left locked): not the lock of this one
+                path.unlink(missing_ok=True)
             fd = _open(path)
         except FileNotFoundError:  # a folder removed by a holder that made it, as it ended: made again
             continue
