@@ -200,6 +200,25 @@ def test_a_start_removes_only_cache_files_of_its_own_run(manifest, tmp_path):
     assert left == {mine.name, theirs.name.replace("of1.", "of2."), "rank0of3.bin", "rank0of3.json"}
 
 
+def test_a_shared_cache_keeps_the_files_of_a_run_this_machine_does_not_see(manifest, tmp_path):
+    """A folder that runs share by links (ln -s) may hold the files of a run on another node, whose path this one
+    does not see: they stay; those of a run seen here that keeps its cache elsewhere (the run copied from) go."""
+    shared = _linked_runs(tmp_path)
+    settings = load_config(None, [*TINY, "train.extract_cache=true"], preset="tiny")
+    (tmp_path / "seen" / "extract_cache").mkdir(parents=True)  # a run of this machine, its cache its own
+
+    def files_of(stem: str, run: Path) -> None:
+        (shared / f"{stem}.bin").write_bytes(b"records")
+        items = {"clip": {}, "run": str(run)}
+        (shared / f"{stem}.json").write_text(json.dumps({"identity": {"version": 3, "items": items}}))
+
+    files_of("0badcafe-rank0of1", Path("/nodes/elsewhere/run"))
+    files_of("0badf00d-rank0of1", tmp_path / "seen")
+    mine = Pretrainer(settings, manifest, tmp_path / "a", Dist()).eval_set.cache.data.name.split("-")[0]
+    left = {f.name for f in shared.iterdir() if not f.name.startswith(mine)}
+    assert left == {"0badcafe-rank0of1.bin", "0badcafe-rank0of1.json"}
+
+
 def test_a_run_folder_copied_and_resumed_removes_the_cache_files_of_its_old_path(manifest, tmp_path, monkeypatch):
     """A run killed after its first round, its folder copied (cp -r) and moved (mv), each copy resumed to its end:
     neither keeps the files of the path it was copied from (until 2026-12-03 they stayed in its extract_cache/ for

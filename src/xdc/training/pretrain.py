@@ -1273,13 +1273,16 @@ def _remove_stale_caches(folder: Path, tag: str, ranks: int, run: str) -> None:
     for stale in folder.glob(f"{tag}-rank*of*"):
         if stale.name.split(".")[0].partition("of")[2] != str(ranks):
             stale.unlink(missing_ok=True)
-    here = folder.resolve()
+    here, linked = folder.resolve(), folder.is_symlink()
     for meta in folder.glob("*-rank*of*.json"):
         stem, owner = meta.name.removesuffix(".json"), _cache_owner(meta)
         if stem.startswith(f"{tag}-") or owner in (run, None):
             continue
         try:  # another run shares this folder only through its own extract_cache, a link to it
-            elsewhere = (Path(owner) / "extract_cache").resolve() != here
+            theirs = Path(owner) / "extract_cache"
+            # in a folder that runs share by links, a run whose path this machine does not see (another node's,
+            # its disk mounted elsewhere) may be at work: its files stay (a moved run's stay with them)
+            elsewhere = theirs.resolve() != here and (not linked or theirs.exists())
         except (OSError, RuntimeError):  # a link in a loop: keep what cannot be judged
             elsewhere = False
         if elsewhere:  # until 2026-12-03 a copied run kept them, its old path's, to its end and after
