@@ -516,7 +516,34 @@ def test_labels_matching_rules(collection: Path, tmp_path: Path) -> None:
     assert [r["label"] for r in rows if Path(r["path"]).name == "clip.mp4"] == ["", ""]
     assert labels["random.mp4"] == ""
     assert summary.labelled == 4
-    assert summary.line().splitlines() == ["10 files: 5 usable (2 with audio), 5 unusable", "4 of 10 files labelled"]
+    assert summary.line().splitlines() == [
+        "10 files: 5 usable (2 with audio), 5 unusable",
+        "4 of 10 files labelled; 2 label rows matched no file: clip.mp4, missing.mp4",
+    ]
+
+
+def test_label_rows_that_match_no_file_are_counted_whichever_way_the_others_match(tmp_path: Path) -> None:
+    """A typo in a label row is said: each way of naming a file (path from the CSV's folder, path from the folder
+    searched, basename, stem, a path with spaces around it) counts as a match, and only those rows are named."""
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    (data / "b").mkdir()
+    for name in ("a/one.mp4", "a/two.mp4", "b/three.mp4", "b/four.mp4", "b/five.mp4"):
+        write_av(data / name, _frames(seed=1, n=2), 25, None)
+    (tmp_path / "labels.csv").write_text(
+        "path,label\n"
+        "data/a/one.mp4,x\n"  # from the CSV's folder
+        "a/two.mp4,x\n"  # from the folder searched
+        "three.mp4,x\n"  # basename
+        " four ,x\n"  # stem, without the spaces around it
+        "b/fiv.mp4,y\nsix.mp4,y\nseven,y\neight.mp4,y\n"  # typos: name no file
+        "five.mp4,x\nb/five.mp4,x\n"  # one file named twice: neither row is a typo
+    )
+    summary = build_manifest([str(data)], tmp_path / "m.csv", labels=tmp_path / "labels.csv", workers=1)
+    assert summary.labelled == 5
+    assert summary.line().splitlines()[1] == (
+        "5 of 5 files labelled; 4 label rows matched no file: b/fiv.mp4, six.mp4, seven and 1 more"
+    )
 
 
 def test_a_labels_csv_is_read_by_its_header_whatever_the_order_of_its_columns(tmp_path: Path) -> None:
@@ -559,6 +586,23 @@ def dict_labels(rows: list[tuple[str, str]], base: str, paths: list[str], roots:
     return found
 
 
+def dict_unmatched(rows: list[tuple[str, str]], base: str, paths: list[str], roots: list[str]) -> list[str]:
+    """The label rows that name no file of ``paths`` by those rules, on strings: the reference for
+    LabelIndex.unmatched."""
+    names = Counter(index.name_and_stem(path)[0] for path in paths)
+    stems = Counter(index.name_and_stem(path)[1] for path in paths)
+    relative = {path[len(root) + 1 :] for path in paths for root in roots if path.startswith(root + "/")}
+    missed = []
+    for raw, _ in rows:
+        name, stem = index.name_and_stem(os.path.normpath(raw))
+        if not (
+            os.path.realpath(os.path.join(base, raw)) in paths or os.path.normpath(raw) in relative
+            or names[name] == 1 or stems[stem] == 1
+        ):
+            missed.append(raw)
+    return missed
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_labels_by_hashes_match_the_rules_on_strings(tmp_path: Path, seed: int) -> None:
     """Random label rows (relative to the labels' folder or to a folder searched, absolute, with .. and ./, rows
@@ -581,6 +625,8 @@ def test_labels_by_hashes_match_the_rules_on_strings(tmp_path: Path, seed: int) 
         read = index.LabelIndex.from_csv(labels)
         expected = dict_labels(rows, base, paths, [one, two])
         assert read.lookup(paths, [Path(one), Path(two)], read.count_names(paths)) == expected, (trial, rows, paths)
+        missed = dict_unmatched(rows, base, paths, [one, two])
+        assert read.unmatched(shown=len(rows)) == (len(missed), missed), (trial, rows, paths)
         common = os.path.commonpath({os.path.dirname(path) for path in paths})  # match_labels' one folder searched
         assert index.match_labels(paths, labels) == dict_labels(rows, base, paths, [common])
 
@@ -589,7 +635,7 @@ def test_keys_whose_first_halves_agree_are_told_apart_by_the_second() -> None:
     from array import array
 
     hi, lo = np.array([5, 5, 5, 9]), np.array([1, 2, 3, 0])
-    keys = index._Keys(hi, lo, np.arange(4, dtype=np.int32))
+    keys = index._Keys(hi, lo, np.arange(4, dtype=np.int32), np.arange(4, dtype=np.int32))
     asked = np.array([[5, 3], [5, 1], [5, 4], [9, 0], [1, 1], [10, 0], [9, 1]])
     asked_for = []
 

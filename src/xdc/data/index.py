@@ -74,6 +74,8 @@ class IndexSummary:
     probed: int  # files opened with PyAV this run (the rest came from the cache or do not exist)
     reused: int = 0  # rows of an earlier run (the manifest, or the side files of a run cut short) still current
     labelled: int | None = None  # None when no labels file was given
+    unmatched: int = 0  # label rows that named no file of the collection
+    unmatched_paths: list[str] = field(default_factory=list)  # the first few of them, as written
     problems: list[dict] = field(default_factory=list)  # the first PROBLEMS unusable rows, by path
     written: bool = True  # False where the manifest had these bytes already: kept as it was, time and all
 
@@ -85,6 +87,10 @@ class IndexSummary:
             text += "; the manifest is unchanged, not written"
         if self.labelled is not None:
             text += f"\n{self.labelled} of {self.files} files labelled"
+        if self.unmatched:  # a typo in a label row shows here, not only as a file fewer labelled
+            more = self.unmatched - len(self.unmatched_paths)
+            listed = ", ".join(self.unmatched_paths) + (f" and {more} more" if more else "")
+            text += f"; {self.unmatched} label row{'s' * (self.unmatched != 1)} matched no file: {listed}"
         return text
 
 
@@ -218,6 +224,7 @@ def _write_manifest(
 
     # the same bytes keep their file: a re-run of a chain (index, then pretrain) must not make it look newer
     written = write_rows(out, labelled_rows(), keep_same=True)
+    unmatched, unmatched_paths = label_index.unmatched() if label_index is not None else (0, [])
     return IndexSummary(
         files=sum(statuses.values()),
         usable=statuses["ok"] + statuses["no_audio"],
@@ -226,6 +233,8 @@ def _write_manifest(
         probed=probed,
         reused=reused,
         labelled=labelled if label_index is not None else None,
+        unmatched=unmatched,
+        unmatched_paths=unmatched_paths,
         problems=problems,
         written=written,
     )
@@ -701,6 +710,7 @@ class _Keys:
     hi: np.ndarray  # int64
     lo: np.ndarray  # int64
     label: np.ndarray  # int32; _NONE where rows give the key different labels
+    of_row: np.ndarray  # int32: the position of the key of each label spelling, in the CSV's order
 
     @classmethod
     def of(cls, halves: array, labels: np.ndarray, trimmed: np.ndarray) -> _Keys:
@@ -712,13 +722,15 @@ class _Keys:
         hi, lo, labels, trimmed = pairs[order, 0], pairs[order, 1], labels[order], trimmed[order]
         new = np.ones(len(hi), dtype=bool)
         new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        of_row = np.empty(len(order), dtype=np.int32)  # each key keeps its first row below: positions hold
+        of_row[order] = np.cumsum(new) - 1
         keep = trimmed <= trimmed[np.flatnonzero(new)][np.cumsum(new) - 1]  # as its key's first row (the least)
         hi, lo, labels, new = hi[keep], lo[keep], labels[keep], new[keep]
         starts = np.flatnonzero(new)
         if not len(starts):
-            return cls(hi, lo, labels.astype(np.int32))
+            return cls(hi, lo, labels.astype(np.int32), of_row)
         agree = np.minimum.reduceat(labels, starts) == np.maximum.reduceat(labels, starts)
-        return cls(hi[starts], lo[starts], np.where(agree, labels[starts], _NONE).astype(np.int32))
+        return cls(hi[starts], lo[starts], np.where(agree, labels[starts], _NONE).astype(np.int32), of_row)
 
     def find(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(position in the table, label id) of each of ``keys``: -1 and _NONE where the table does not have it."""
@@ -761,12 +773,15 @@ class NameCounts:
 @dataclass
 class LabelIndex:
     """Label rows indexed by each way a row can name a file (see docs/index.md, "Labels"), the keys kept as
-    128-bit hashes in sorted arrays: 80 bytes a row, and 8 more for the counts of names and stems. Dicts of the
-    strings took 430, and the counts' Counters up to 200 more: at 65M rows, 27 GB and 39 at the peak of
-    matching, where these take 4.9 and 8.7 (BENCHMARKS.md, "Listing a collection")."""
+    128-bit hashes in sorted arrays: 80 bytes a row, 21 to tell the rows that named no file, and 8 for the counts of
+    names and stems. Dicts of the strings took 430, and the counts' Counters up to 200 more: at 65M rows, 27 GB
+    and 39 at the peak of matching, where these take 6.1 and 9.8 (BENCHMARKS.md, "Listing a collection")."""
 
     labels: list[str]  # by id
     keys: dict[str, _Keys]  # by kind
+    trimmed: np.ndarray  # int8 by label spelling: 1 for a row's path without the spaces around it (after it)
+    source: Path  # the labels CSV, read again to name the first of its rows that matched no file
+    named: dict[str, np.ndarray]  # by kind: whether each key has named a file that lookup was asked of
     # The string hash of this process: another process (another PYTHONHASHSEED) would hash the keys otherwise and
     # match nothing, or the wrong files. The index is made and used by one process; this makes sure of it.
     salt: int = field(default_factory=lambda: hash("xdc labels"))
@@ -798,7 +813,8 @@ class LabelIndex:
         rows = np.frombuffer(label_ids, dtype=np.intc)  # array("i") holds C ints
         trims = np.frombuffer(trimmed, dtype=np.int8)
         keys = {kind: _Keys.of(halves.pop(kind), rows, trims) for kind in _KINDS}  # each freed once sorted
-        return cls(list(ids), keys)
+        named = {kind: np.zeros(len(keys[kind].hi), dtype=bool) for kind in _KINDS}
+        return cls(list(ids), keys, trims, path, named)
 
     def count_names(self, paths: Iterable[str]) -> NameCounts:
         """NameCounts of the collection ``paths``: only of the names and stems label rows give, so that the counts
@@ -823,17 +839,36 @@ class LabelIndex:
             free = (found[rows] == _NONE) & (label != _NONE)
             found[rows[free]] = label[free]
 
-        take(every, self.keys["abs"].find(paths)[1])
+        at, label = self.keys["abs"].find(paths)
+        self.named["abs"][at[at >= 0]] = True
+        take(every, label)
         for root in roots:
             inside = str(root).rstrip("/") + "/"
             rows = np.array([i for i, path in enumerate(paths) if path.startswith(inside)], dtype=np.int64)
-            take(rows, self.keys["rel"].find([paths[i][len(inside) :] for i in rows])[1])
+            at, label = self.keys["rel"].find([paths[i][len(inside) :] for i in rows])
+            self.named["rel"][at[at >= 0]] = True
+            take(rows, label)
         names = [name_and_stem(path) for path in paths]
         for i, kind in enumerate(("name", "stem")):
             at, label = self.keys[kind].find([named[i] for named in names])
             unique = (at >= 0) & (getattr(counts, kind)[np.maximum(at, 0)] == 1)
+            self.named[kind][at[unique]] = True  # a name that several files have names none of them
             take(every, np.where(unique, label, _NONE))
         return [self.labels[i] if i != _NONE else "" for i in found.tolist()]
+
+    def unmatched(self, shown: int = 3) -> tuple[int, list[str]]:
+        """How many rows of the labels CSV named none of the files that lookup was asked of, in any way, and the
+        paths of the first ``shown`` of them as written (the CSV read again up to them)."""
+        hit = np.zeros(len(self.trimmed), dtype=bool)
+        for kind in _KINDS:
+            hit |= self.named[kind][self.keys[kind].of_row]
+        row = np.cumsum(self.trimmed == 0, dtype=np.int64) - 1  # a path without its spaces follows it, as trimmed
+        missed = np.flatnonzero(np.bincount(row[hit], minlength=int(row[-1]) + 1) == 0)
+        if not len(missed):
+            return 0, []
+        wanted = set(missed[:shown].tolist())
+        read = itertools.islice(read_label_rows(self.source), max(wanted) + 1)
+        return len(missed), [raw for i, (raw, _) in enumerate(read) if i in wanted]
 
 
 def match_labels(paths: list[str], labels: Path) -> list[str]:
