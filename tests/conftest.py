@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,19 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"../shared/data/{name} is absent (real-data test; the project's own media cover the core)")
     return path
+
+
+def unwritable_folder(folder: Path) -> list[str]:
+    """Make ``folder`` take no new file (its permissions; a read-only mount alike) and return the prefix of a command
+    that honours that: root writes anywhere, so its commands run without that power (CAP_DAC_OVERRIDE). Skips the
+    test where neither can be set up."""
+    folder.mkdir()
+    folder.chmod(0o555)
+    drop = ["setpriv", "--bounding-set", "-dac_override", "--"] if os.geteuid() == 0 else []
+    if (drop and not shutil.which("setpriv")) or not subprocess.run([*drop, "touch", str(folder / "x")],
+                                                                     capture_output=True).returncode:  # fmt: skip
+        pytest.skip("no folder can be made unwritable here (root, and no setpriv that drops CAP_DAC_OVERRIDE)")
+    return drop
 
 
 def kill_once_rows_are_kept(command: list[str], side: Path, rows: int = 3) -> None:

@@ -22,7 +22,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import kill_once_rows_are_kept, segment_parts, torchrun_command
+from conftest import kill_once_rows_are_kept, segment_parts, torchrun_command, unwritable_folder
 from xdc.cli import main
 from xdc.data import index
 from xdc.data.encode import write_av
@@ -797,13 +797,7 @@ def test_an_unwritable_out_folder_is_said_of_the_out_given(media: Path, tmp_path
     given, before anything is probed. Until 2026-12-03 it named the hidden side file the run failed to write
     (``cannot write locked/.m.csv.rank0.csv``), a name the user never gave."""
     locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    # root writes anywhere: its commands run without that power (CAP_DAC_OVERRIDE)
-    drop = ["setpriv", "--bounding-set", "-dac_override", "--"] if os.geteuid() == 0 else []
-    if (drop and not shutil.which("setpriv")) or not subprocess.run([*drop, "touch", str(locked / "x")],
-                                                                     capture_output=True).returncode:  # fmt: skip
-        pytest.skip("no folder can be made unwritable here (root, and no setpriv that drops CAP_DAC_OVERRIDE)")
+    drop = unwritable_folder(locked)
     command = [*drop, sys.executable, "-m", "xdc.cli", "index", str(media), "--out", "locked/m.csv", "--workers", "1"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (

@@ -20,7 +20,9 @@ import av
 import numpy as np
 import pytest
 
-from conftest import kill_once_rows_are_kept, shared_data, square_geometry, torchrun_command, write_square
+from conftest import (
+    kill_once_rows_are_kept, shared_data, square_geometry, torchrun_command, unwritable_folder, write_square,
+)  # fmt: skip
 from xdc.cli import main
 from xdc.config import ClipConfig
 from xdc.data import prepare
@@ -677,6 +679,21 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys, make_args, message: st
     assert code == 2
     assert err.startswith("xdc: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unwritable_out_folder_is_said_of_the_out_given(tmp_path: Path) -> None:
+    """An --out that takes no new file (its permissions here; a read-only mount alike): the error names --out, before
+    the inputs are listed. Until 2026-12-03 it named the hidden side file the run failed to write
+    (``cannot write .../locked/.prepared.csv.rank0.csv``), a name the user never gave."""
+    (tmp_path / "in").mkdir()
+    write_av(tmp_path / "in" / "a.mp4", _scene(5, 32, 32, 0), FPS, None)
+    locked = tmp_path / "locked"
+    drop = unwritable_folder(locked)
+    command = [*drop, sys.executable, "-m", "xdc.cli", "prepare", "in", "--out", "locked", "--workers", "1"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    said = f"xdc: error: cannot write in --out {locked.resolve()}: Permission denied\n"  # prepare resolves --out
+    assert (done.returncode, done.stderr) == (2, said)
+    assert list(locked.iterdir()) == []
 
 
 _PREPARE_JOB = prepare.prepare_job

@@ -257,13 +257,19 @@ def _check_out(out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the folder of --out {out}: {e.strerror or e}") from None
-    # The manifest, even one unchanged (compared as a new file), and the side files are written there: without
-    # this, the first to fail was a side file, named as the user never did (.m.csv.rank0.csv)
+    # the manifest, even one unchanged (compared as a new file), and the side files are written there
+    check_writable(out.parent, f"the folder of --out {out}")
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail where no new file can be written in ``folder`` (its permissions, a read-only mount), in words of
+    ``what`` the user gave: without this, the first to fail was a hidden side file (.m.csv.rank0.csv), a name the
+    user never gave."""
     try:
-        with tempfile.TemporaryFile(dir=out.parent):  # unnamed where the file system can: nothing left behind
+        with tempfile.TemporaryFile(dir=folder):  # unnamed where the file system can: nothing left behind
             pass
     except OSError as e:
-        raise UserError(f"cannot write in the folder of --out {out}: {e.strerror or e}") from None
+        raise UserError(f"cannot write in {what}: {e.strerror or e}") from None
 
 
 # --- finding the files -------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ from av.video.reformatter import VideoReformatter
 
 from xdc.atomic import move, remove_partials
 from xdc.data.index import (
-    LabelIndex, check_paths, check_workers, chunks, init_worker, list_media, name_and_stem, probe_file, stat_row,
+    LabelIndex, check_paths, check_workers, check_writable, chunks, init_worker, list_media, name_and_stem, probe_file,
+    stat_row,
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS, displayed_width, float_samples, pixel_aspect, sample_position
 from xdc.data.encode import AAC_SAMPLE_RATES
@@ -321,6 +322,8 @@ def _check_out(out: Path) -> None:
     path could be an input file. Checked before the inputs are listed, then as they are (``_check_roots``)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
+    if out.is_dir():  # said before the inputs are listed (minutes, at 65M files); a new folder takes files
+        check_writable(out, f"--out {out}")
 
 
 def _check_roots(out: Path, roots: list[Path]) -> None:
