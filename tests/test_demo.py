@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xdc.config import load_config
-from xdc.demo import METHODS, _nmi, run_demo
+from xdc.demo import METHODS, _claim, _nmi, run_demo
 from xdc.errors import UserError
 
 
@@ -35,8 +35,7 @@ def test_demo_runs_every_method_and_writes_the_table(tmp_path, capsys):
     with pytest.raises(UserError) as refused:
         run_demo(tmp_path, load_config(), videos=32, classes=3, overrides=(*fast, "train.lr=0.1"))
     assert str(refused.value) == (
-        f"{tmp_path} holds a demo made with other settings (videos 24, now 32; set train.rounds=1 train.epochs=1 "
-        f"train.k=3 data.workers=0, now train.rounds=1 train.epochs=1 train.k=3 data.workers=0 train.lr=0.1): "
+        f"{tmp_path} holds a demo made with other settings (videos 24, now 32; train.lr not set, now 0.1): "
         f"choose another --out, or delete {tmp_path}"
     )
     assert len(list((tmp_path / "synthetic" / "videos").iterdir())) == 24
@@ -54,6 +53,20 @@ def test_demo_runs_every_method_and_writes_the_table(tmp_path, capsys):
     with pytest.raises(UserError, match=rf"^cannot read {encoders} as a run's encoders: .*; remove "
                                         rf"{encoders.parent} and the demo trains it again$"):  # fmt: skip
         run_demo(tmp_path, load_config(), videos=24, classes=3, overrides=fast)
+
+
+def test_a_demo_of_other_settings_is_refused_saying_each_difference_once(tmp_path):
+    """Until 2026-12-03 the seed given by --set was said twice (as the seed and among --set's list), and --set's
+    lists were said whole, each unchanged setting twice."""
+    _claim(tmp_path, {"videos": 24, "classes": 3, "seed": 0, "set": ["train.k=3", "train.lr=0.1", "train.rounds=1"]})
+    now = ("train.lr=0.2", "train.k=3", "seed=1", "data.workers=0")  # train.k moved, train.rounds dropped
+    with pytest.raises(UserError) as refused:
+        run_demo(tmp_path, load_config(None, now), videos=24, classes=3, overrides=now)
+    assert str(refused.value) == (
+        f"{tmp_path} holds a demo made with other settings (seed 0, now 1; train.lr 0.1, now 0.2; data.workers not "
+        f"set, now 0; train.rounds 1, now not set): choose another --out, or delete {tmp_path}"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo-settings.json"]  # refused before any work
 
 
 def test_too_few_videos_for_the_probes_is_a_user_error_before_any_work(tmp_path):

@@ -89,16 +89,25 @@ def _claim(out: Path, settings: dict) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps(settings))
         return
-    before = read_json(path, "the settings of the demo there", f"choose another --out, or delete {out}")
-
-    def shown(value) -> str:
-        return (" ".join(value) or "none") if isinstance(value, list) else str(value)
-
-    changed = [f"{key} {shown(before.get(key))}, now {shown(value)}" for key, value in settings.items()
-               if before.get(key) != value]  # fmt: skip
+    before = _by_key(read_json(path, "the settings of the demo there", f"choose another --out, or delete {out}"))
+    now = _by_key(settings)
+    changed = [f"{key} {before.get(key, 'not set')}, now {now.get(key, 'not set')}"
+               for key in dict.fromkeys([*now, *before]) if before.get(key) != now.get(key)]  # fmt: skip
     if changed:
         raise UserError(f"{out} holds a demo made with other settings ({'; '.join(changed)}): choose another --out, "
                         f"or delete {out}")  # fmt: skip
+
+
+def _by_key(settings: dict) -> dict[str, str]:
+    """A demo's settings, the ``--set`` and ``--config`` ones each by its key, as text: a setting that has a key of
+    its own (the seed) is said once, and one changed is said by its values (until 2026-12-03 the whole lists were
+    said, and the seed also among them)."""
+    flat = {key: str(value) for key, value in settings.items() if key != "set"}
+    for entry in settings.get("set", []):
+        key, _, value = entry.partition("=")
+        if key.strip() not in settings:  # the seed's own entry is the seed the demo ran with
+            flat[key.strip()] = value.strip()  # the last of a key, as load_config applies them
+    return flat
 
 
 def _probe_table(labels: Path, path: Path) -> list[Item]:
