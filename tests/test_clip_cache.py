@@ -138,14 +138,10 @@ class Killed(Exception):
     """A run's process killed where it raises."""
 
 
-def test_runs_whose_cache_folders_link_to_one_place_keep_each_others_files(manifest, tmp_path, monkeypatch):
-    """A run killed after its first round; another, its cache folder linked to the same place, started and
-    finished: the first run's files are still there, byte for byte, and its resume reads its clips back. Until
-    2026-12-03 both named their files rank0of1: the second run's start emptied the first's, and its end deleted
-    them."""
+def _killed_after_a_round(manifest, out: Path, monkeypatch):
+    """The settings of a 2-round run with an extraction cache, started in ``out`` and killed after its first round."""
     from xdc.training.runlog import RunLog
 
-    shared = _linked_runs(tmp_path)
     settings = load_config(None, [*TINY, "train.rounds=2", "train.epochs=1", "train.extract_cache=true"],
                            preset="tiny")  # fmt: skip
     write = RunLog.write
@@ -157,8 +153,18 @@ def test_runs_whose_cache_folders_link_to_one_place_keep_each_others_files(manif
 
     monkeypatch.setattr(RunLog, "write", killed_after_a_round)
     with pytest.raises(Killed):
-        pretrain(settings, manifest, tmp_path / "a", resume=False, ctx=Dist())
+        pretrain(settings, manifest, out, resume=False, ctx=Dist())
     monkeypatch.undo()
+    return settings
+
+
+def test_runs_whose_cache_folders_link_to_one_place_keep_each_others_files(manifest, tmp_path, monkeypatch):
+    """A run killed after its first round; another, its cache folder linked to the same place, started and
+    finished: the first run's files are still there, byte for byte, and its resume reads its clips back. Until
+    2026-12-03 both named their files rank0of1: the second run's start emptied the first's, and its end deleted
+    them."""
+    shared = _linked_runs(tmp_path)
+    settings = _killed_after_a_round(manifest, tmp_path / "a", monkeypatch)
 
     def files() -> dict[str, str]:
         return {f.name: hashlib.blake2b(f.read_bytes()).hexdigest() for f in shared.iterdir()}
@@ -223,21 +229,7 @@ def test_a_run_folder_copied_and_resumed_removes_the_cache_files_of_its_old_path
     """A run killed after its first round, its folder copied (cp -r) and moved (mv), each copy resumed to its end:
     neither keeps the files of the path it was copied from (until 2026-12-03 they stayed in its extract_cache/ for
     good, a clip per video), and the run copied from keeps its own, byte for byte."""
-    from xdc.training.runlog import RunLog
-
-    settings = load_config(None, [*TINY, "train.rounds=2", "train.epochs=1", "train.extract_cache=true"],
-                           preset="tiny")  # fmt: skip
-    write = RunLog.write
-
-    def killed_after_a_round(self, kind: str, step: int, **values) -> None:
-        write(self, kind, step, **values)
-        if kind == "round":
-            raise Killed
-
-    monkeypatch.setattr(RunLog, "write", killed_after_a_round)
-    with pytest.raises(Killed):
-        pretrain(settings, manifest, tmp_path / "a", resume=False, ctx=Dist())
-    monkeypatch.undo()
+    settings = _killed_after_a_round(manifest, tmp_path / "a", monkeypatch)
     kept = {f.name: f.read_bytes() for f in (tmp_path / "a" / "extract_cache").iterdir()}
     assert any(name.endswith(".bin") for name in kept)
     shutil.copytree(tmp_path / "a", tmp_path / "copy")
