@@ -75,7 +75,8 @@ def sources(tmp_path_factory) -> Path:
     write_av(root / "cut.mp4", _scene(50, 128, 128, 4), FPS, tone, 16000)
     cut = (root / "cut.mp4").read_bytes()
     (root / "cut.mp4").write_bytes(cut[: len(cut) // 2])  # an interrupted download: its index (moov) is lost
-    (root / "labels.csv").write_text("path,label\nwide.mp4,a\nodd,b\nsilent.wav,c\n")  # by path, stem, name
+    # by path, stem and name, and a row that names no file
+    (root / "labels.csv").write_text("path,label\nwide.mp4,a\nodd,b\nsilent.wav,c\ngone.mp4,d\n")
     return root
 
 
@@ -115,7 +116,8 @@ def _streams(path: Path) -> dict:
 def test_report_and_summary(prepared, sources: Path) -> None:
     out, stdout = prepared
     assert stdout.splitlines()[-2:] == ["7 files: 5 prepared (0 already done), 2 skipped, 0 failed",
-                                        "3 of 5 prepared files labelled"]  # fmt: skip
+                                        "3 of 5 prepared files labelled; 1 label row matched no file: "
+                                        "gone.mp4"]  # fmt: skip
     rows = _report(out)
     assert {n: (r["status"], r["output"]) for n, r in rows.items()} == {
         "wide.mp4": ("ok", "wide.mp4"), "odd.mp4": ("ok", "sub/odd.mp4"), "rotated.mp4": ("ok", "sub/rotated.mp4"),

@@ -87,11 +87,18 @@ class IndexSummary:
             text += "; the manifest is unchanged, not written"
         if self.labelled is not None:
             text += f"\n{self.labelled} of {self.files} files labelled"
-        if self.unmatched:  # a typo in a label row shows here, not only as a file fewer labelled
-            more = self.unmatched - len(self.unmatched_paths)
-            listed = ", ".join(self.unmatched_paths) + (f" and {more} more" if more else "")
-            text += f"; {self.unmatched} label row{'s' * (self.unmatched != 1)} matched no file: {listed}"
+        text += unmatched_text(self.unmatched, self.unmatched_paths)
         return text
+
+
+def unmatched_text(count: int, paths: list[str]) -> str:
+    """What follows "N files labelled" where ``count`` label rows matched no file, the first ``paths`` of them as
+    written: a typo in a label row shows there, not only as a file fewer labelled."""
+    if not count:
+        return ""
+    more = count - len(paths)
+    listed = ", ".join(paths) + (f" and {more} more" if more else "")
+    return f"; {count} label row{'s' * (count != 1)} matched no file: {listed}"
 
 
 def build_manifest(

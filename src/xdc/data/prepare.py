@@ -32,7 +32,7 @@ from av.video.reformatter import VideoReformatter
 from xdc.atomic import move, remove_partials
 from xdc.data.index import (
     LabelIndex, check_paths, check_workers, check_writable, chunks, init_worker, list_media, name_and_stem, probe_file,
-    stat_row,
+    stat_row, unmatched_text,
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS, displayed_width, float_samples, pixel_aspect, sample_position
 from xdc.data.encode import AAC_SAMPLE_RATES
@@ -121,6 +121,7 @@ class PrepareSummary:
     reformatted: int = 0  # of the prepared: made again as their earlier copies were of another FORMAT
     unknown: int = 0  # of the kept: copies of before 2026-12-02, which record no format
     labelled: int | None = None  # None when no labels file was given
+    unmatched: tuple[int, list[str]] = (0, [])  # label rows that named no file, and the first few as written
     problems: list[dict] = field(default_factory=list)  # the first PROBLEMS skipped and failed rows, by source
     copies: Copies | None = None  # what the output folder holds besides this run's copies (rank 0's: _reconcile)
 
@@ -135,7 +136,7 @@ class PrepareSummary:
                      "those made before 2026-12-01 may have an odd side one pixel off or Matroska sound spliced, and "
                      "those of sources with non-square pixels are stretched; --redo-unknown-format makes them again")
         if self.labelled is not None:
-            text += f"\n{self.labelled} of {self.prepared} prepared files labelled"
+            text += f"\n{self.labelled} of {self.prepared} prepared files labelled" + unmatched_text(*self.unmatched)
         if self.copies is not None:
             text += self.copies.lines()
         return text
@@ -306,6 +307,7 @@ def prepare(
         if label_index is not None:  # from the whole report, as it streams, where the ranks made it
             every = (lambda: iter_report(report)) if ctx.enabled else (lambda: (rows[s] for s in sorted(rows)))
             summary.labelled = _write_labels(out / LABELS, every, label_index, roots, summary.files)
+            summary.unmatched = label_index.unmatched()  # until 2026-12-03 unsaid, as xdc index's
         return summary
 
     return on_main(finish, ctx)
