@@ -248,7 +248,9 @@ def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
     assert _in_round_1s_training(killed) and not (killed / "encoders.pt").exists(), "not killed in round 1's training"
     orphan = killed / "checkpoints" / ".last.pt.tmp99999"  # as a kill between a write and its rename leaves it
     orphan.write_bytes(b"half a checkpoint")
-    subprocess.run(_cli(manifest, killed, rounds_only, "--resume"), check=True, capture_output=True, env=env)
+    resumed = subprocess.run(_cli(manifest, killed, rounds_only, "--resume"), check=True, capture_output=True,
+                             env=env, text=True)  # fmt: skip
+    assert f"{killed}: resumed at round 1, from the start of its training (its clustering kept)" in resumed.stdout.splitlines()
     assert not orphan.exists()
 
     a, b = _final_weights(straight), _final_weights(killed)
@@ -1132,6 +1134,18 @@ def test_a_file_listed_twice_is_one_video_and_twice_with_two_labels_is_refused(m
         Pretrainer(cfg_for("xdc"), relabelled, tmp_path / "run2", Dist())
     assert str(raised.value) == (f"{relabelled}: {rows[3]['path']} is listed twice, with labels {rows[3]['label']} "
                                  "and other: keep the row with the right one")
+
+
+def test_a_resume_says_where_the_run_goes_on(manifest, tmp_path, capsys):
+    """Its first line names the round, and the epoch and batches within it where training had begun (until
+    2026-12-03 a resume said nothing of it)."""
+    trainer = Pretrainer(cfg_for("xdc", "train.rounds=2", "train.epochs=2", "train.checkpoint_every=1"), manifest,
+                         tmp_path, Dist())  # fmt: skip
+    trainer.progress.round, trainer.progress.epoch, trainer.progress.step = 1, 1, 3
+    trainer.progress.labels = {"audio": np.zeros(len(trainer.videos), dtype=np.int32)}
+    trainer._save()
+    Pretrainer(cfg_for("xdc", "train.rounds=2", "train.epochs=2"), manifest, tmp_path, Dist(), resume=True).resume()
+    assert f"{tmp_path}: resumed at round 1 epoch 1, after 3 batches of it" in capsys.readouterr().out.splitlines()
 
 
 def test_every_checkpoint_holds_the_rounds_training_time_so_far(manifest, tmp_path):

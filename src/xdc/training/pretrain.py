@@ -1094,7 +1094,20 @@ class Pretrainer:
             self.failures.load_state(ranks[self.ctx.rank]["failures"])
         elif ranks and self.ctx.main:  # another number of ranks: rank 0 carries on the count
             self.failures.merge([r["failures"] for r in ranks])
+        if self.ctx.main:  # until 2026-12-03 a resume did not say where it went on
+            print(f"{self.out}: resumed {self._position()}")
         barrier(self.ctx)
+
+    def _position(self) -> str:
+        """Where a resumed run goes on, in its progress bars' words (rounds and epochs counted from 0)."""
+        p = self.progress
+        if self.method.clusters and p.round >= self.cfg.train.rounds:
+            return f"after its {p.round} rounds, to write its encoders"
+        if self.method.clusters and not p.labels:
+            return f"at round {p.round}, from its extraction and clustering"
+        if self.method.clusters and not (p.epoch or p.step):
+            return f"at round {p.round}, from the start of its training (its clustering kept)"
+        return f"at round {p.round} epoch {p.epoch}, after {p.step} batches of it"
 
     def _load(self, path: Path, load: Callable[[], object]) -> None:
         """``load`` the state of checkpoint ``path`` into the modules and optimizers built from config.yaml; where
