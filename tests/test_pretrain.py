@@ -250,7 +250,8 @@ def test_resume_after_kill_is_bit_exact(manifest, tmp_path):
     orphan.write_bytes(b"half a checkpoint")
     resumed = subprocess.run(_cli(manifest, killed, rounds_only, "--resume"), check=True, capture_output=True,
                              env=env, text=True)  # fmt: skip
-    assert f"{killed}: resumed at round 1, from the start of its training (its clustering kept)" in resumed.stdout.splitlines()
+    said = f"{killed}: resumed at round 1, from the start of its training (its clustering kept)"
+    assert said in resumed.stdout.splitlines()
     assert not orphan.exists()
 
     a, b = _final_weights(straight), _final_weights(killed)
