@@ -45,13 +45,14 @@ def read(path: str | Path, what: str, then: str = "") -> dict:
     """``load``, for a file that a user names (or that a run keeps for them): any failure to read it is a one-line
     error naming the file and ``what`` it should be, and ``then`` (what to do about a damaged file) where given. A
     failure of the machine (permission, I/O) gets no ``then``: a whole file may be behind it (remove nothing)."""
+    return _reading(path, what, then, lambda: _load_checked(path))
 
-    def checked_load() -> dict:
-        with open(path, "rb") as f:
-            _check_sums(f)
-            return load(f)
 
-    return _reading(path, what, then, checked_load)
+def _load_checked(path: str | Path) -> dict:
+    """``load``, each record of the file checked against its checksum first (``_check_sums``)."""
+    with open(path, "rb") as f:
+        _check_sums(f)
+        return load(f)
 
 
 def read_hashed(path: str | Path, what: str, then: str = "") -> tuple[dict, str]:
@@ -192,9 +193,7 @@ def read_made_with(path: Path, identity: str) -> tuple[dict | None, str | None]:
     if not path.exists():
         return None, None
     try:
-        with open(path, "rb") as f:
-            _check_sums(f)  # a part damaged on the disk is made again (until 2026-12-03 its rows were taken)
-            saved = load(f)
+        saved = _load_checked(path)  # a part damaged on the disk is made again (until 2026-12-03 its rows were taken)
     except Exception as e:  # not a whole file: torch's unpickler raises many kinds
         return None, f"{path} cannot be read ({type(e).__name__}: {_why_unreadable(e)})"
     if saved.get("identity") != identity:
