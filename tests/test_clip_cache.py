@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from conftest import run_two_ranks, synthetic_manifest, torchrun_command
+import xdc
 from xdc.config import load_config
 from xdc.data.clip_cache import ClipCache, boot_id
 from xdc.data.datasets import EvalClips
@@ -344,6 +345,7 @@ def test_a_run_with_the_cache_trains_as_one_without(manifest, tmp_path):
     assert all(torch.equal(a[e][n], b[e][n]) for e in a for n in a[e])
     records = [json.loads(x) for x in (tmp_path / "cached" / "log.jsonl").read_text().splitlines()]
     assert records[0]["kind"] == "start" and records[0]["extract_cache"] is True
+    assert records[0]["xdc"] == xdc.__version__  # a run's log names the code that made it
     videos = len(Manifest.load(manifest))
     assert [r["extract_kept"] for r in records if r["kind"] == "round"] == [0, videos]  # the log says it worked
     assert not (tmp_path / "cached" / "extract_cache").exists()  # the run ended: its disk given back, the folder too

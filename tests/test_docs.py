@@ -346,3 +346,12 @@ def test_a_docs_python_example_runs_as_written_and_gives_what_its_page_says(key,
     monkeypatch.chdir(work)
     exec(compile("\n" * (number - 1) + code, f"docs/{key.split('#')[0]}", "exec"), names)  # the page's lines
     check(work, names)
+
+
+def test_xdc_version_names_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"xdc {version('xdc')}\n"

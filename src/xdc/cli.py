@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from xdc import __version__
 from xdc.config import Config, given_keys, given_settings, load_config, setting, with_settings
 from xdc.data.preload import preload_fork_server
 from xdc.errors import RankFailed, SharedError, UserError
@@ -559,6 +560,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xdc", description="Cross-modal deep clustering for audio-visual learning")
+    # A bug report names the version it was seen with.
+    parser.add_argument("--version", action="version", version=f"xdc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("index", help="probe a video collection and write a manifest CSV")

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
+from xdc import __version__
 from xdc.atomic import WriteError, move, remove_partials
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import LABEL_DTYPE, kmeans
@@ -449,8 +450,8 @@ class Pretrainer:
         # what the train settings left at auto became here: the config says auto, the log says what ran
         cudnn = torch.backends.cudnn.version() if self.ctx.device.type == "cuda" else None
         self.log.write("start", self.progress.global_step, device=str(self.ctx.device), ranks=self.ctx.world_size,
-                       threads=torch.get_num_threads(), init=cfg.init, torch=torch.__version__, cudnn=cudnn,
-                       bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
+                       threads=torch.get_num_threads(), init=cfg.init, xdc=__version__, torch=torch.__version__,
+                       cudnn=cudnn, bf16=self.bf16, channels_last=self.channels_last, pad_widths=self.pad_widths,
                        compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on,
                        crops_on="device" if self.device_crops else "workers",
                        logmel_on="device" if self.device_logmel else "workers", s2d_stem=cfg.s2d_stem,
