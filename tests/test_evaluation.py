@@ -452,6 +452,11 @@ def test_extract_refuses_an_out_or_summary_it_did_not_write(run, tmp_path, capsy
                                        "remove it)\n")  # fmt: skip
     assert set(np.load(labels).files) == {"video"} and json.loads(result.read_text())["top1"] == 0.5
     assert not (tmp_path / "x.npz").exists() and not list(tmp_path.glob("*.probe.*"))  # refused before any work
+    assert main([*command, str(tmp_path / "y.json")]) == 2  # an eval's name for its result: went to y.json.npz
+    assert capsys.readouterr().err == (f"xdc: error: --out {tmp_path / 'y.json'}: xdc extract writes features, an "
+                                       ".npz (and its summary, a .json, beside it): give --out "
+                                       f"{tmp_path / 'y.npz'}\n")  # fmt: skip
+    assert not list(tmp_path.glob("y.*"))
     empty = tmp_path / "e.npz"
     empty.touch()  # as mktemp makes one: taken, and again once it holds features
     for _ in range(2):

@@ -218,8 +218,13 @@ def extract_features(
 
 
 def features_path(out: str | Path) -> Path:
-    """The file that ``xdc extract --out OUT`` writes: OUT, with ``.npz`` added as np.savez would add it, said so."""
+    """The file that ``xdc extract --out OUT`` writes: OUT, with ``.npz`` added as np.savez would add it, said so.
+    An OUT.json is refused: it is the name of the summary or of an eval result (until 2026-12-03 the features went
+    to OUT.json.npz and the summary to OUT.json.json)."""
     out = Path(out)
+    if out.suffix.lower() == ".json":
+        raise UserError(f"--out {out}: xdc extract writes features, an .npz (and its summary, a .json, beside it): "
+                        f"give --out {out.with_suffix('.npz')}")  # fmt: skip
     return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
 
 
