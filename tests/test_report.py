@@ -175,7 +175,8 @@ def test_broken_clip_is_a_placeholder(built, tmp_path):
     assert len(page.clusters) == 2 and failed  # one cluster per label set
     assert all(not s["img"] and not s["audio"] for s in failed)
     text = page.all_text
-    assert "could not show this clip" in text and "No such file" in text
+    assert "could not show this clip: file not found (removed since xdc index?) " in text  # FileNotFoundError: ...
+    assert "could not show this clip: InvalidDataError: Invalid data found when processing input " in text
     assert "1 file(s) failed to decode during the run" in text
 
 

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import matplotlib
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from xdc.atomic import write_text
 from xdc.clustering.metrics import agreement, collapse_threshold, nmi
 from xdc.config import Config, load_config
 from xdc.data.audio import LogMel
-from xdc.data.decode import Clip, DecodeError, read_clip
+from xdc.data.decode import Clip, DecodeError, open_media, read_clip
 from xdc.data.index import stated_duration
 from xdc.data.manifest import NO_VIDEOS, Videos, open_text, run_videos
 from xdc.errors import UserError
@@ -389,7 +388,7 @@ def _reason(e: BaseException) -> str:
 
 def decode_sample(path: str, cfg: Config, want_video: bool) -> Clip:
     """The clip at the centre of the file: frames (when wanted and present) and audio (when present)."""
-    with av.open(path) as container:
+    with open_media(path) as container:  # its reasons, FFmpeg's exception names until 2026-12-03
         duration = stated_duration(container)  # from the file's start, where read_clip's starts count from
         has_video, has_audio = bool(container.streams.video), bool(container.streams.audio)
     if not (has_audio or (want_video and has_video)):

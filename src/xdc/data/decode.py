@@ -192,6 +192,17 @@ def _open_checked(path: str, size: int | None):
     return container
 
 
+def open_media(path: str, size: int | None = None):
+    """The file opened for reading (a PyAV container, to close), as ``read_clip`` opens it: any failure is a
+    DecodeError with its one-line reason, a file that is gone the one ``xdc index`` gives."""
+    try:
+        return _open_checked(path, size)
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise DecodeError(_reason(e)) from e
+
+
 def _open(path: str):
     demuxer = _DEMUXERS.get(os.path.splitext(path)[1].lower())
     if demuxer is not None:
