@@ -127,7 +127,7 @@ def build_manifest(
     share = my_share(listing, out, ctx, on_main)
     stats = {path: stat_row(path) for path in share}
     cache, theirs = earlier_rows(  # of this rank's share: not every row
-        out, ctx, iter_rows, "path", stats, lambda row: _current(row, stats[row["path"]])
+        out, ctx, iter_rows, "path", stats, lambda row: probe_holds(row, stats[row["path"]])
     )
     rows: dict[str, dict] = {}
     todo: dict[str, dict] = {}
@@ -136,7 +136,7 @@ def build_manifest(
         cached = cache.get(path)
         if "status" in row:
             rows[path] = row
-        elif cached is not None and _current(cached, row):
+        elif cached is not None and probe_holds(cached, row):
             rows[path] = dict(cached)
             reused += 1
         else:
@@ -170,11 +170,11 @@ def build_manifest(
     return on_main(finish, ctx)
 
 
-def _current(cached: dict, stat: dict) -> bool:
-    """Whether the row ``cached`` of an earlier run still holds for its file, whose ``stat_row`` is ``stat``: the
-    same size and mtime, probed by these checks, and not cut short as hung (a stall of the disk, perhaps), by its
-    worker's death (the out-of-memory killer, perhaps) or by a permission (``chmod`` changes no mtime), which
-    another run may not meet."""
+def probe_holds(cached: dict, stat: dict) -> bool:
+    """Whether the probe's verdict ``cached`` (a row of an earlier run: its ``size``, ``mtime``, ``probe`` version
+    and ``reason``) still holds for its file, whose ``stat_row`` is ``stat``: the same size and mtime, probed by
+    these checks, and not cut short as hung (a stall of the disk, perhaps), by its worker's death (the out-of-memory
+    killer, perhaps) or by a permission (``chmod`` changes no mtime), which another run may not meet."""
     reason = cached.get("reason", "")
     return (
         "status" not in stat

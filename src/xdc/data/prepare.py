@@ -31,8 +31,8 @@ from av.video.reformatter import VideoReformatter
 
 from xdc.atomic import move, remove_partials
 from xdc.data.index import (
-    LabelIndex, check_paths, check_workers, check_writable, chunks, init_worker, list_media, name_and_stem, probe_file,
-    stat_row, unmatched_text,
+    PROBE_VERSION, LabelIndex, check_paths, check_workers, check_writable, chunks, init_worker, list_media,
+    name_and_stem, probe_file, probe_holds, stat_row, unmatched_text,
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS, displayed_width, float_samples, pixel_aspect, sample_position
 from xdc.data.encode import AAC_SAMPLE_RATES
@@ -51,8 +51,10 @@ if TYPE_CHECKING:  # torch, imported under torchrun only
 REPORT = "prepared.csv"
 NEXT = ".prepared.csv.next"  # the new report, until the copies it no longer names are removed
 LABELS = "labels.csv"
-COLUMNS = ("source", "output", "status", "reason", "seconds", "duration_s", "size", "mtime", "settings", "format")
-OPTIONAL = ("format",)  # columns a report of an earlier xdc lacks (read as empty)
+COLUMNS = (
+    "source", "output", "status", "reason", "seconds", "duration_s", "size", "mtime", "settings", "format", "probe",
+)  # fmt: skip
+OPTIONAL = ("format", "probe")  # columns a report of an earlier xdc lacks (read as empty)
 # The format of the copies that this xdc makes, recorded per copy (the report's ``format``): a copy of another
 # format is made again, however its settings match. Bump it only when a copy made now would differ from one made
 # before with the same settings in what training reads (its frames' size, its samples, their times), not for a
@@ -245,6 +247,8 @@ def prepare(
     formats = {str(FORMAT)} if redo_unknown else {str(FORMAT), ""}  # "": a copy of before 2026-12-02
 
     def current(old: dict) -> bool:  # whether an earlier row still holds for its source, with these options
+        if old["status"] == "skipped":  # the probe's verdict, whatever the options (until 2026-12-03 probed again)
+            return probe_holds(old, found[old["source"]][1])
         return same_source(old) and (old.get("format") or "") in formats
 
     def same_source(old: dict) -> bool:  # ... but for the format of its copy
@@ -271,6 +275,8 @@ def prepare(
             rows[source] = {**row, "status": "error", "reason": f"output name {output} is taken by another file"}
         elif not source.endswith("/" + output) and _input_folder(root, output):  # a.mp4 of a file a, folder a.mp4/
             rows[source] = {**row, "status": "error", "reason": f"output name {output} is taken by a folder"}
+        elif old is not None and old["status"] == "skipped" and current(old):
+            rows[source] = old
         elif old is not None and current(old) and (out / output).is_file():
             rows[source] = {**old, "kept": True}
         else:
@@ -469,7 +475,7 @@ def write_report(path: Path, rows: Iterable[dict]) -> None:
 
 def _report_cells(row: dict) -> list[str]:
     ok = row["status"] == "ok"  # else nothing was written for it: no output, no format
-    return [_cell(row.get(k)) if ok or k not in ("output", "format") else "" for k in COLUMNS]
+    return [_cell(row.get(k)) if ok or k not in ("output", "format") else "" for k in COLUMNS]  # probe: of skipped
 
 
 def read_report(path: Path) -> list[dict]:
@@ -597,7 +603,8 @@ def prepare_file(source: str, output: Path, options: PrepareOptions) -> dict:
     hidden temporary name, then renamed). Returns status, reason and duration_s."""
     probe = probe_file(source)
     if probe["status"] == "error":
-        return {"status": "skipped", "reason": probe["reason"], "duration_s": probe["duration_s"]}
+        return {"status": "skipped", "reason": probe["reason"], "duration_s": probe["duration_s"],
+                "probe": PROBE_VERSION}  # fmt: skip
     has_video, has_audio = probe["width"] > 0, bool(probe["has_audio"])
     # A video whose audio fails to decode keeps its pictures; the loss is said in the reason.
     note = f"audio dropped: {probe['reason']}" if not has_audio and probe["reason"] != "no audio stream" else ""
