@@ -271,6 +271,34 @@ def test_kfold_says_the_clips_of_fold_0_were_never_tested(tmp_path, capsys):
     assert [f["fold"] for f in result["folds"]] == [1, 2] and result["train_only"] == 10
 
 
+def test_kfold_deals_folds_to_features_of_ones_own_labels(tmp_path, capsys):
+    """A labelled set of one's own (a CSV of path,label) has neither split nor folds: until 2026-12-03 neither probe
+    could run on its features. --folds N deals its videos into N folds; a set with folds of its own keeps them."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c"], 20)
+    x = (rng.normal(size=(60, 3)) + 4.0 * (labels[:, None] == np.array(["a", "b", "c"]))).astype(np.float32)
+    groups = np.array([f"v{i // 2}" for i in range(60)])  # 2 clips a video, 10 videos a class
+    mine = tmp_path / "mine.npz"
+    np.savez(mine, features=x, label=labels, split=np.array([""] * 60), fold=np.zeros(60, np.int64), group=groups)
+    command = ["eval", "kfold", "--features", str(mine)]
+    assert main(command) == 2
+    assert capsys.readouterr().err.endswith("give --folds N to deal its videos into N folds by class\n")
+    assert main(["eval", "linear", "--features", str(mine)]) == 2
+    assert "(with --folds N where it has no folds either)" in capsys.readouterr().err
+    assert main([*command, "--folds", "3", "--out", str(tmp_path / "k.json")]) == 0
+    result = json.loads((tmp_path / "k.json").read_text())
+    assert [f["fold"] for f in result["folds"]] == [1, 2, 3] and result["probe"]["dealt_folds"] == 3
+    assert [f["n_test_videos"] for f in result["folds"]] == [10, 10, 10] and result["mean_top1"] >= 0.9
+    capsys.readouterr()
+    assert main([*command, "--folds", "1"]) == 2
+    assert capsys.readouterr().err == "xdc: error: --folds 1: k-fold evaluation needs two or more folds\n"
+    esc = tmp_path / "esc.npz"
+    np.savez(esc, features=x, label=labels, split=np.array([""] * 60), fold=np.arange(60) // 2 % 5 + 1, group=groups)
+    assert main(["eval", "kfold", "--features", str(esc), "--folds", "3"]) == 2
+    assert capsys.readouterr().err == f"xdc: error: {esc} has folds of its own (1, 2, 3, 4, 5): drop --folds to use " \
+                                      "them\n"
+
+
 def test_linear_probe_on_another_file_of_test_features(tmp_path, capsys):
     """--test-features: train on one file (its train split, or all of it), test on all of another."""
     rng = np.random.default_rng(0)

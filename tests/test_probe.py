@@ -5,7 +5,7 @@ import pytest
 
 from xdc.evaluation import probe
 from xdc.evaluation.metrics import average_by_group, class_results, cluster_metrics, topk_accuracy
-from xdc.evaluation.probe import ProbeResult, kfold_probe, linear_probe, train_val_split
+from xdc.evaluation.probe import ProbeResult, deal_folds, kfold_probe, linear_probe, train_val_split
 
 CS = (0.01, 0.1, 1, 10, 100)
 
@@ -341,6 +341,28 @@ def test_kfold_rejects_a_group_spanning_folds():
     x, y = blobs(20)
     with pytest.raises(ValueError, match="spans"):
         kfold_probe(x, y, np.arange(20) % 2 + 1, groups=np.arange(20) // 4)
+
+
+def test_dealt_folds_keep_groups_whole_and_split_every_class_evenly():
+    """Features of one's own labels have no folds: each class's videos are dealt over the folds, a video's clips
+    in one fold, the same folds for the same videos in any order and another deal for another seed."""
+    videos = [(f"v{i:02d}", "a" if i < 13 else "b" if i < 21 else "c") for i in range(24)]  # 13, 8 and 3 videos
+    groups = np.array([v for v, _ in videos for _ in range(3)])  # 3 clips each
+    y = np.array([label for _, label in videos for _ in range(3)])
+    folds = deal_folds(y, groups, 4, seed=0)
+    assert set(folds) == {1, 2, 3, 4}
+    fold_of = {}
+    for group, fold in zip(groups, folds):
+        assert fold_of.setdefault(group, fold) == fold  # a video in one fold
+    for label, total in (("a", 13), ("b", 8), ("c", 3)):
+        counts = np.bincount([fold_of[v] for v, lab in videos if lab == label], minlength=5)[1:]
+        assert counts.sum() == total and counts.max() - counts.min() <= 1  # stratified
+    assert sorted(np.bincount(list(fold_of.values()))[1:]) == [6, 6, 6, 6]  # the deal goes on across classes
+    order = np.random.default_rng(1).permutation(len(y))
+    assert np.array_equal(deal_folds(y[order], groups[order], 4, seed=0), folds[order])
+    assert not np.array_equal(deal_folds(y, groups, 4, seed=1), folds)
+    with pytest.raises(ValueError, match="24 videos cannot be dealt into 25 folds"):
+        deal_folds(y, groups, 25)
 
 
 def test_kfold_needs_two_folds_besides_fold_0():

@@ -440,7 +440,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.protocol == "linear":
             commands.eval_linear(args.features, args.test_features, args.classifier, args.out, cs)
         elif args.protocol == "kfold":
-            commands.eval_kfold(args.features, args.classifier, args.out, cs)
+            commands.eval_kfold(args.features, args.classifier, args.out, cs, args.folds)
         else:
             commands.eval_clusters(args.run, args.out, args.labels)
     return 0
@@ -633,16 +633,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate features or a run: linear, kfold, finetune, clusters")
     evals = p.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     for name, text in (("linear", "linear probe on the train split, video-level and per-class test accuracy"),
-                       ("kfold", "cross-validated linear probe over the fold column (ESC-50)")):  # fmt: skip
+                       ("kfold", "cross-validated linear probe over the fold column (ESC-50), or --folds N")):  # fmt: skip
         q = evals.add_parser(name, help=text)
         q.add_argument("--features", type=Path, required=True, help="features .npz from xdc extract")
         if name == "linear":
             q.add_argument("--test-features", type=Path, help="test on these instead of the 'test' split")
+        else:
+            q.add_argument("--folds", type=int, metavar="N", help="deal the videos of features without folds (a "
+                           "labelled set of your own) into N folds by class")  # fmt: skip
         q.add_argument("--classifier", choices=("logreg", "svm"), default="logreg")
         q.add_argument("--cs", metavar="C,C,...", help="comma-separated grid of C to choose from on validation "
                        "(default 0.01,0.1,1,10,100); widen it where the chosen C is at an end")  # fmt: skip
         q.add_argument("--out", type=_out_path, help=OUT_HELP)
-        q.set_defaults(func=cmd_eval, test_features=None)
+        q.set_defaults(func=cmd_eval, test_features=None, folds=None)
     q = evals.add_parser("finetune",
                          help="full finetuning or fc-only on train/test splits, video-level and per-class accuracy")
     q.add_argument("--run", type=Path, required=True, help=RUN_HELP)

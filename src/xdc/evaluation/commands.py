@@ -20,7 +20,7 @@ from xdc.config import Config, config_to_dict, load_config
 from xdc.data.manifest import Videos, decode_paths, run_videos, write_atomic
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
-from xdc.evaluation.probe import ProbeResult, kfold_probe, linear_probe
+from xdc.evaluation.probe import ProbeResult, deal_folds, kfold_probe, linear_probe
 from xdc.methods import get_method
 from xdc.tables import format_table
 
@@ -94,7 +94,8 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
         test = train
         train_mask, test_mask = train["split"] == "train", train["split"] == "test"
         if not train_mask.any() or not test_mask.any():
-            raise UserError(f"{features} has no train/test split: pass --test-features, or use `xdc eval kfold`")
+            raise UserError(f"{features} has no train/test split: pass --test-features, or use `xdc eval kfold` "
+                            "(with --folds N where it has no folds either)")
     # clips of --features neither trained nor tested on: split val, or none (a cell left empty), and with
     # --test-features its test split too; said, not only in the JSON (until 2026-12-02 unsaid; with --test-features
     # until 2026-12-03, and counted 0 in the JSON)
@@ -184,11 +185,27 @@ def _encoder_of(features: Path, arrays: dict[str, np.ndarray]) -> tuple[str, str
     return str(summary.get("encoder")), str(summary.get("modality"))
 
 
-def eval_kfold(features: Path, classifier: str, out: Path | None, cs: Sequence[float] = PROBE["cs"]) -> dict:
+def eval_kfold(
+    features: Path, classifier: str, out: Path | None, cs: Sequence[float] = PROBE["cs"], deal: int | None = None
+) -> dict:
+    """Cross-validation over the features' folds, or over ``deal`` folds dealt to their videos by class
+    (``deal_folds``, drawn by the probe's seed) where they have none: a labelled set of one's own."""
+    if deal is not None and deal < 2:  # before the features are read
+        raise UserError(f"--folds {deal}: k-fold evaluation needs two or more folds")
     check_out(out, features)
     data = load_features(features)
-    if len(np.unique(data["fold"][data["fold"] != 0])) < 2:
-        raise UserError(f"{features} has no fold column with two or more folds (e.g. ESC-50's 5 folds; 0 is none)")
+    own = np.unique(data["fold"][data["fold"] != 0])
+    if deal is not None:
+        if len(own):  # an official protocol's folds (ESC-50's) are what results are compared by
+            raise UserError(f"{features} has folds of its own ({', '.join(map(str, own))}): drop --folds to use "
+                            "them")  # fmt: skip
+        try:
+            data["fold"] = deal_folds(data["label"], data["group"], deal, PROBE["seed"])
+        except ValueError as e:
+            raise UserError(f"{features}: {e}") from None
+    elif len(own) < 2:
+        raise UserError(f"{features} has no fold column with two or more folds (e.g. ESC-50's 5 folds; 0 is none): "
+                        "give --folds N to deal its videos into N folds by class")  # fmt: skip
     try:
         result = kfold_probe(
             data["features"], data["label"], data["fold"], groups=data["group"], classifier=classifier,
@@ -206,7 +223,7 @@ def eval_kfold(features: Path, classifier: str, out: Path | None, cs: Sequence[f
         print(f"{result['train_only']} clips of fold 0 (no fold) trained in every fold and were never tested")
     rows = [*map(_numbers, folds), {"fold": "mean", "top1": summary["mean_top1"], "top5": summary["mean_top5"]}]
     record = {"command": "eval kfold", "features": os.path.abspath(features), **summary, "folds": folds,
-              "probe": {"classifier": classifier, **PROBE, "cs": list(cs)}}  # fmt: skip
+              "probe": {"classifier": classifier, **PROBE, "cs": list(cs), **({"dealt_folds": deal} if deal else {})}}
     notes += [*_worst_classes(result["per_class"], f" over the {len(folds)} folds"),
               *_grid_end(cs, [(r, f" in fold {f}") for f, r in zip(result["folds"], result["results"])])]  # fmt: skip
     return _emit(record, rows, out, notes)

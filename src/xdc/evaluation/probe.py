@@ -142,6 +142,26 @@ def linear_probe(
     )
 
 
+def deal_folds(y: np.ndarray, groups: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Folds 1..``n`` of every item, for a labelled set without folds of its own: the groups (videos) of each
+    class, in an order drawn by ``seed``, are dealt to the folds in turn, the deal going on from class to class, so
+    that a group lies in one fold, each fold holds about 1/n of every class and the folds' sizes in groups differ by
+    at most one. A group is dealt with the label of its first item. The order is drawn over the sorted group ids,
+    so the same items in any order give the same folds."""
+    if n < 2:
+        raise ValueError(f"{n} folds: k-fold evaluation needs at least two")
+    y, groups = np.asarray(y), np.asarray(groups)
+    ids, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    if len(ids) < n:
+        raise ValueError(f"{len(ids)} videos cannot be dealt into {n} folds")
+    drawn = np.random.default_rng(seed).permutation(len(ids))  # a position for every group
+    labels = y[first]
+    by_class = np.lexsort((drawn, labels))  # the groups class by class, each class's in the drawn order
+    fold_of = np.empty(len(ids), dtype=np.int64)
+    fold_of[by_class] = np.arange(len(ids)) % n + 1
+    return fold_of[inverse.reshape(-1)]
+
+
 def kfold_probe(
     x: np.ndarray, y: np.ndarray, folds: np.ndarray, groups: np.ndarray | None = None, **probe_kwargs
 ) -> dict:
