@@ -93,3 +93,20 @@ def test_a_full_disk_under_either_log_is_one_line_that_names_it(tmp_path, capsys
     log.file = open("/dev/full", "a")
     with pytest.raises(WriteError, match=f"^cannot write {tmp_path / 'log.jsonl'}: No space left on device$"):
         log.write("step", 500, loss=1.0)
+
+
+def test_nan_and_infinity_are_written_as_null_for_strict_json_readers(tmp_path):
+    """A diverged run's loss: Python's json writes ``NaN``, which jq and JavaScript refuse."""
+    log = RunLog(tmp_path)
+    log.write("step", 1, loss=1.5)
+    log.write("step", 2, loss=float("nan"), clips_per_s=float("inf"), sizes=[1.0, float("-inf")])
+    log.close()
+
+    def refuse(word):
+        raise ValueError(f"not JSON: {word}")
+
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert [(r["loss"], r.get("clips_per_s"), r.get("sizes")) for r in records] == [
+        (1.5, None, None), (None, None, [1.0, None])]  # fmt: skip
+    assert _scalars(tmp_path) == {"step/loss": [(1, 1.5)]}
