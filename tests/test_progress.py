@@ -50,13 +50,17 @@ def test_hidden_bar_prints_nothing_even_when_long(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
-def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch):
+def _columns(fd: int, columns: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))  # a new pty is 0 columns wide
+
+
+def _on_a_terminal(monkeypatch, work, columns: int = 100) -> str:
+    """What ``work(terminal)`` writes to a pseudo-terminal put in place of stderr."""
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    _columns(slave, columns)
     with os.fdopen(slave, "w") as terminal:
         monkeypatch.setattr(sys, "stderr", terminal)
-        _run(3, 0.0, position=0)  # the top line whatever bars other tests left open
+        work(terminal)
     out = b""
     while select.select([master], [], [], 2.0)[0]:  # a pty hands the writes over in pieces, asynchronously
         try:
@@ -67,9 +71,29 @@ def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch):
             break
         out += piece
     os.close(master)
-    out = out.decode()
+    return out.decode()
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch):
+    out = _on_a_terminal(monkeypatch, lambda _: _run(3, 0.0, position=0))  # the top line whatever bars others left
     assert out.count("\r") >= 2 and "3/3" in out  # redrawn over itself, not a line per update
     assert out.count("\n") <= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_on_a_terminal_made_narrower_the_bar_takes_the_new_width(monkeypatch):
+    """A bar wider than its terminal wraps, and each redraw then leaves a line behind."""
+
+    def work(terminal) -> None:
+        for i in progress.progress_bar(range(4), desc="round 0 epoch 0", unit="batch", position=0, mininterval=0):
+            if i == 1:
+                terminal.flush()
+                _columns(terminal.fileno(), 40)  # the window resized
+
+    drawn = _on_a_terminal(monkeypatch, work).replace("\r\n", "\r").split("\r")
+    assert len(max(drawn, key=len)) > 40  # drawn at 100 columns first
+    assert 0 < len([line for line in drawn if "4/4" in line][-1]) <= 40
 
 
 def test_a_quiet_pass_shows_only_once_it_takes_long(capsys, monkeypatch):

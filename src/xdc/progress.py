@@ -50,7 +50,9 @@ def progress_bar(
     if not show:
         return tqdm(iterable, desc=desc, disable=True, **options)
     if stream.isatty():
-        return tqdm(iterable, desc=desc, file=stream, delay=QUIET_S if quiet else 0.0, **options)
+        # the width read at each redraw: a terminal made narrower (a window resized, a tmux split) wrapped a bar of
+        # the old width, and each redraw then left a line behind (until 2026-12-03)
+        return tqdm(iterable, desc=desc, file=stream, delay=QUIET_S if quiet else 0.0, dynamic_ncols=True, **options)
     every = LINE_EVERY_S
     # The last line says how the step ended (printed only after a first one). Position 0: a bar still open
     # elsewhere (one left by an exception) would otherwise move this one down with cursor escapes.
