@@ -104,3 +104,18 @@ def test_a_quiet_pass_shows_only_once_it_takes_long(capsys, monkeypatch):
     monkeypatch.setattr(progress, "QUIET_S", 0.0)
     assert list(progress.counted(range(5), "joining", total=5)) == list(range(5))
     assert capsys.readouterr().err.splitlines()[-1].startswith("joining: 100%|")
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_the_postfix_keeps_the_order_given(capsys, monkeypatch):
+    """The loss first, as pretrain gives it: tqdm sorted it by name, and a narrow terminal cut the loss off first."""
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+
+    def work(_=None) -> None:
+        bar = progress.progress_bar(range(2), desc="round 0 epoch 0", unit="batch", position=0)
+        for _ in bar:
+            bar.set_postfix(loss="0.500", clips_per_s="9")
+
+    work()
+    assert capsys.readouterr().err.splitlines()[-1].endswith("loss=0.500, clips_per_s=9]")
+    assert "loss=0.500, clips_per_s=9]" in _on_a_terminal(monkeypatch, work)

@@ -31,7 +31,15 @@ class _Lines:
         self.stream.flush()
 
 
-class _LineBar(tqdm):
+class _Bar(tqdm):
+    """A bar whose postfix keeps the order given: the first (a loss) is the last that a narrow terminal cuts off.
+    tqdm sorts it by name (until 2026-12-03: ``clips_per_s=..., data_wait=..., loss=...``)."""
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        super().set_postfix({**(ordered_dict or {}), **kwargs}, refresh=refresh)
+
+
+class _LineBar(_Bar):
     """A bar that is drawn only on its schedule: a new postfix or description waits for the next line."""
 
     def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
@@ -52,7 +60,7 @@ def progress_bar(
     if stream.isatty():
         # the width read at each redraw: a terminal made narrower (a window resized, a tmux split) wrapped a bar of
         # the old width, and each redraw then left a line behind (until 2026-12-03)
-        return tqdm(iterable, desc=desc, file=stream, delay=QUIET_S if quiet else 0.0, dynamic_ncols=True, **options)
+        return _Bar(iterable, desc=desc, file=stream, delay=QUIET_S if quiet else 0.0, dynamic_ncols=True, **options)
     every = LINE_EVERY_S
     # The last line says how the step ended (printed only after a first one). Position 0: a bar still open
     # elsewhere (one left by an exception) would otherwise move this one down with cursor escapes.
