@@ -119,3 +119,19 @@ def test_the_postfix_keeps_the_order_given(capsys, monkeypatch):
     work()
     assert capsys.readouterr().err.splitlines()[-1].endswith("loss=0.500, clips_per_s=9]")
     assert "loss=0.500, clips_per_s=9]" in _on_a_terminal(monkeypatch, work)
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_on_a_terminal_a_line_printed_during_a_bar_goes_above_it(monkeypatch):
+    """A loader worker's death, a warning: printed as usual to stderr, not after the bar's text on its line."""
+
+    def work(terminal) -> None:
+        for i in progress.progress_bar(range(4), desc="round 0 epoch 0", unit="batch", position=0, mininterval=0):
+            if i == 2:
+                print("WARNING: a loader worker died", file=sys.stderr)
+        assert sys.stderr is terminal  # given back once the bar is closed
+
+    out = _on_a_terminal(monkeypatch, work)
+    before, _, after = out.partition("WARNING: a loader worker died")
+    assert before.rsplit("\r", 1)[-1].strip() == ""  # the bar cleared first
+    assert "4/4" in after  # and drawn again below

@@ -5,6 +5,7 @@ leave one line of megabytes."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -39,6 +40,53 @@ class _Bar(tqdm):
         super().set_postfix({**(ordered_dict or {}), **kwargs}, refresh=refresh)
 
 
+class _AboveBars:
+    """Stands for stderr while a terminal bar is open, so that a line printed then (a loader worker's death, a
+    warning) goes above the bar: tqdm clears the bars, the line is written, the bars are drawn again. Until
+    2026-12-03 it went on the bar's line, after its text."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.pid, self.pending = stream, os.getpid(), ""
+
+    def write(self, text: str) -> int:
+        if os.getpid() != self.pid:  # a forked worker's: its copy of the bars is not the one on the screen
+            return self.stream.write(text)
+        self.pending += text
+        if "\n" in self.pending:  # whole lines only: print writes a line's text and its end apart
+            lines, _, self.pending = self.pending.rpartition("\n")
+            with tqdm.external_write_mode(file=self.stream):
+                self.stream.write(lines + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+class _TerminalBar(_Bar):
+    """A bar on a terminal: stderr goes through ``_AboveBars`` while one is open."""
+
+    _open = 0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._counted = True
+        _TerminalBar._open += 1
+        if _TerminalBar._open == 1:
+            sys.stderr = _AboveBars(sys.stderr)
+
+    def close(self) -> None:
+        super().close()
+        if getattr(self, "_counted", False):  # once, whichever of the loop's end, ``with`` and __del__ comes first
+            self._counted = False
+            _TerminalBar._open -= 1
+            if _TerminalBar._open == 0 and isinstance(sys.stderr, _AboveBars):
+                sys.stderr.stream.write(sys.stderr.pending)
+                sys.stderr = sys.stderr.stream
+
+
 class _LineBar(_Bar):
     """A bar that is drawn only on its schedule: a new postfix or description waits for the next line."""
 
@@ -54,13 +102,14 @@ def progress_bar(
 ) -> tqdm:
     """``tqdm(iterable, desc=desc, **options)`` as described above; ``show=False`` (another rank than the first,
     a step too small to be worth a bar) keeps it silent everywhere, ``quiet`` until the step has taken QUIET_S."""
-    stream = sys.stderr
+    stream = sys.stderr.stream if isinstance(sys.stderr, _AboveBars) else sys.stderr
     if not show:
         return tqdm(iterable, desc=desc, disable=True, **options)
     if stream.isatty():
         # the width read at each redraw: a terminal made narrower (a window resized, a tmux split) wrapped a bar of
         # the old width, and each redraw then left a line behind (until 2026-12-03)
-        return _Bar(iterable, desc=desc, file=stream, delay=QUIET_S if quiet else 0.0, dynamic_ncols=True, **options)
+        return _TerminalBar(iterable, desc=desc, file=stream, delay=QUIET_S if quiet else 0.0, dynamic_ncols=True,
+                            **options)  # fmt: skip
     every = LINE_EVERY_S
     # The last line says how the step ended (printed only after a first one). Position 0: a bar still open
     # elsewhere (one left by an exception) would otherwise move this one down with cursor escapes.
