@@ -135,3 +135,12 @@ def test_on_a_terminal_a_line_printed_during_a_bar_goes_above_it(monkeypatch):
     before, _, after = out.partition("WARNING: a loader worker died")
     assert before.rsplit("\r", 1)[-1].strip() == ""  # the bar cleared first
     assert "4/4" in after  # and drawn again below
+
+
+def test_off_a_terminal_the_last_line_is_not_printed_twice(capsys, monkeypatch):
+    """The step's end prints a last line unless the timed line before it already said where the step ended."""
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)  # a line at every update, the last one's included
+    _run(2, 0.0)
+    lines = capsys.readouterr().err.splitlines()
+    assert len([line for line in lines if "2/2" in line]) == 1
+    assert "loss=1.000" in lines[-1]

@@ -96,6 +96,13 @@ class _LineBar(_Bar):
     def set_description(self, desc=None, refresh: bool = True) -> None:
         super().set_description(desc, refresh=False)
 
+    def display(self, msg=None, pos=None) -> bool:
+        shown = (self.n, self.postfix)
+        if self.disable and shown == getattr(self, "_shown", None):  # closing (tqdm disables first): the last line
+            return True  # said it all; until 2026-12-03 the step's end printed it twice, only the rate changed
+        self._shown = shown
+        return super().display(msg, pos)
+
 
 def progress_bar(
     iterable: Iterable | None = None, *, desc: str, show: bool = True, quiet: bool = False, **options
