@@ -78,13 +78,15 @@ class _TerminalBar(_Bar):
             sys.stderr = _AboveBars(sys.stderr)
 
     def close(self) -> None:
-        super().close()
-        if getattr(self, "_counted", False):  # once, whichever of the loop's end, ``with`` and __del__ comes first
-            self._counted = False
-            _TerminalBar._open -= 1
-            if _TerminalBar._open == 0 and isinstance(sys.stderr, _AboveBars):
-                sys.stderr.stream.write(sys.stderr.pending)
-                sys.stderr = sys.stderr.stream
+        try:
+            super().close()
+        finally:
+            if getattr(self, "_counted", False):  # once, whichever of the loop's end, ``with`` and __del__ is first
+                self._counted = False
+                _TerminalBar._open -= 1
+                if _TerminalBar._open == 0 and isinstance(sys.stderr, _AboveBars):
+                    sys.stderr, text = sys.stderr.stream, sys.stderr.pending
+                    sys.stderr.write(text)
 
 
 class _LineBar(_Bar):
