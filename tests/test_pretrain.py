@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import gc
 import json
+import re
 import os
 import shutil
 import signal
@@ -542,7 +543,7 @@ def test_too_few_features_on_two_ranks_is_said_once_with_every_ranks_failed_file
     gone = [{**row, "path": row["path"].replace("/videos/", "/gone/")} for row in rows]
     few = tmp_path / "few.csv"
     write_rows(few, [rows[i] if i in (0, 2) else gone[i] for i in range(len(rows))])  # rank 0 reads rows 0, 2, ...
-    err = _failed_launch(few, tmp_path / "run")
+    err = _failed_launch(few, tmp_path / "run", "--set=data.max_fail_fraction=1")  # else that stops it first
     listed = tmp_path / "run" / "skipped.csv"
     assert err.count("xdc: error:") == 1, err[-3000:]
     last = f"{gone[-1]['path']}: file not found (removed since xdc index?)\n"  # until 2026-12-03 FileNotFoundError: ...
@@ -550,6 +551,29 @@ def test_too_few_features_on_two_ranks_is_said_once_with_every_ranks_failed_file
             f"in {listed}, the last {last}") in err, err[-3000:]  # fmt: skip
     with open(listed) as f:
         assert sorted(row["path"] for row in csv.DictReader(f)) == sorted(row["path"] for row in gone[1:2] + gone[3:])
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_small_collection_with_too_many_failed_files_stops_at_the_end_of_its_pass(manifest, tmp_path, ranks):
+    """2 of 24 files gone (8%, more than data.max_fail_fraction=0.05): until 2026-12-03 a pass of fewer than 50 clips
+    was never judged, and the run trained on; now the counts of a whole pass are judged, on every rank together."""
+    rows = read_rows(manifest)
+    gone = [row if i not in (3, 4) else {**row, "path": row["path"].replace("/videos/", "/gone/")}
+            for i, row in enumerate(rows)]  # fmt: skip
+    few = tmp_path / "few.csv"
+    write_rows(few, gone)
+    listed = tmp_path / "run" / "skipped.csv"
+    said = (re.escape("2 of 24 clips failed to load (8.3%, more than data.max_fail_fraction=0.05); last: ")
+            + r"\S*/gone/00000[34]\.mp4: "  # the last to fail: of either rank
+            + re.escape(f"file not found (removed since xdc index?); the 2 file(s) that failed are listed in {listed}"))
+    if ranks == 1:
+        with pytest.raises(UserError, match=said):
+            pretrain(cfg_for("xdc", "train.rounds=1"), few, tmp_path / "run", resume=False, ctx=Dist())
+    else:
+        err = _failed_launch(few, tmp_path / "run")
+        assert err.count("xdc: error:") == 1 and re.search(f"^xdc: error: {said}", err, re.M), err[-3000:]
+    assert not (tmp_path / "run" / "labels").exists() or not list((tmp_path / "run" / "labels").iterdir())
+    assert sorted(row["path"] for row in csv.DictReader(listed.open())) == [gone[3]["path"], gone[4]["path"]]
 
 
 SPREAD = ["--set=train.cluster_on=shards", "--set=train.assign=sinkhorn", "--set=train.extract_cache=true",
@@ -705,7 +729,8 @@ def test_a_round_whose_labelled_videos_are_all_held_back_stops_with_one_line(man
     fraction stops the run): the held-back ones still cluster, but none is left to train on; or, method supervised,
     only the held-back videos have a class. Until 2026-12-02 the sampler's ValueError was a traceback, after the
     whole extraction."""
-    cfg = cfg_for("xdc", "train.rounds=1", "train.recluster=plateau", "train.holdout_fraction=0.25")
+    cfg = cfg_for("xdc", "train.rounds=1", "train.recluster=plateau", "train.holdout_fraction=0.25",
+                  "data.max_fail_fraction=1")  # its failures not a stop of their own  # fmt: skip
     held = Pretrainer(cfg, manifest, tmp_path / "probe", Dist()).holdout
     assert held.sum() == 6
     rows = read_rows(manifest)
@@ -887,7 +912,8 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     moved = tmp_path / "moved.csv"  # the collection moved after indexing: the message says why none gave features
     rows = read_rows(manifest)
     write_rows(moved, [{**row, "path": row["path"].replace("/videos/", "/gone/")} for row in rows])
-    assert main([*base[:2], str(moved), *base[3:], "--out", str(tmp_path / "m")]) == 2
+    assert main([*base[:2], str(moved), *base[3:], "--out", str(tmp_path / "m"), "--set", "data.max_fail_fraction=1"]) \
+        == 2  # a fraction that does not stop it first
     last = rows[-1]["path"].replace("/videos/", "/gone/")
     assert (f"only 0 of 24 videos gave features, fewer than train.k=4; 24 file(s) failed to load, listed in "
             f"{tmp_path / 'm' / 'skipped.csv'}, the last {last}: ") in capsys.readouterr().err  # fmt: skip

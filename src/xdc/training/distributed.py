@@ -217,14 +217,17 @@ def judge_failures(failures: FailureLog, ctx: Dist, going: bool = True) -> None:
     numbers in the ranks' gloo group ``ctx.host``, on the host: no wait for the device. A collective: a rank whose
     pass has ended (not ``going``) takes part in the others' judgements until every rank's has (an extraction's
     shards can differ in batches, also after a resume from its parts). A process alone judges its own counts at
-    every batch (FailureLog.update)."""
+    every batch (FailureLog.update) and at the end of its pass (FailureLog.end_pass). The counts of a pass that
+    every rank ended are judged however few they are."""
     if not ctx.enabled:
+        if not going:
+            failures.end_pass()
         return
     while True:
         counts = torch.tensor([failures.items, failures.failed, int(going)], dtype=torch.int64)
         dist.all_reduce(counts, group=ctx.host)
         items, failed, passes = counts.tolist()
-        if failures.too_many(items, failed):
+        if failures.too_many(items, failed, whole_pass=not passes):
             raise TooManyFailures(f"{failed} of {items} clips failed to load")
         if going or not passes:
             return
