@@ -1215,23 +1215,26 @@ def test_eval_finetune_run_again_when_finished_writes_nothing(run, tmp_path, cap
                     f"do; remove {out} to run again\n")  # fmt: skip
     assert _as_they_are(out, logs) == before
     assert sorted(p.name for p in (tmp_path / "ft.finetune").iterdir()) == ["log.jsonl", "probe", "tb"]
-    # another number of loader workers draws the same clips (until 2026-12-03 it finetuned again)
-    assert main([*command, "--set=data.workers=1"]) == 0
-    assert "already holds these results" in capsys.readouterr().out and _as_they_are(out, logs) == before
-    # another setting (how often progress is kept: in the record): finetuned again and written again
-    assert main([*command, "--set=finetune.checkpoint_every=2"]) == 0
+    # another number of loader workers draws the same clips, and another checkpoint_every keeps progress at other
+    # batches: kept (until 2026-12-03 finetuned again, the second from the start, as its checkpoints were gone)
+    for other in ("--set=data.workers=1", "--set=finetune.checkpoint_every=2"):
+        assert main([*command, other]) == 0
+        assert "already holds these results" in capsys.readouterr().out and _as_they_are(out, logs) == before
+    assert json.loads(out.read_text())["config"]["checkpoint_every"] == 1  # the one it was made with
+    # another setting: finetuned again and written again
+    assert main([*command, "--set=finetune.lr=0.02"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     after = _as_they_are(out)
     assert json.loads(after[0][1])["made_with"] != json.loads(before[0][1])["made_with"]
     # a test file changed in place (the same name, label and group): finetuned again
     test = [item.path for item in items if item.split == "test"]
     shutil.copyfile(test[1], test[0])
-    assert main([*command, "--set=finetune.checkpoint_every=2"]) == 0
+    assert main([*command, "--set=finetune.lr=0.02"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     assert _as_they_are(out)[0][0] != after[0][0]
     # a record of another finetuning in --out (or one of before 2026-12-02, with no made_with): finetuned again
     out.write_text(json.dumps({**json.loads(out.read_text()), "made_with": "another"}))
-    assert main([*command, "--set=finetune.checkpoint_every=2"]) == 0
+    assert main([*command, "--set=finetune.lr=0.02"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
 
 
@@ -1301,6 +1304,36 @@ def test_eval_finetune_refused_for_its_data_writes_no_folder(run, tmp_path, caps
     assert capsys.readouterr().err == ("xdc: error: finetuning needs >= 2 classes among the readable training items, "
                                        "found 1\n")  # fmt: skip
     assert logs.read_bytes() == before
+
+
+def test_eval_finetune_refused_with_no_result_to_compare_keeps_the_earlier_logs(run, tmp_path, capsys):
+    """Where --out holds no result to compare with (removed to run again, as the command says), training items of
+    one class and a batch size the torchrun ranks cannot share out are refused before the earlier finetuning's logs
+    go (until 2026-12-03 after)."""
+    from xdc.config import Config, FinetuneConfig
+    from xdc.evaluation.commands import eval_finetune
+    from xdc.training.distributed import Dist
+
+    root, run_dir = run
+    table, out = tmp_path / "table.csv", tmp_path / "ft.json"
+    write_table(items_of(root), table)
+    command = [*_finetune_cli(run_dir, table, out, "fc"), "--set=finetune.epochs=1", "--set=finetune.batch_size=8"]
+    assert main(command) == 0
+    logs = tmp_path / "ft.finetune" / "log.jsonl"
+    before = logs.read_bytes()
+    out.unlink()
+    one = items_of(root)[0].label
+    write_table([item for item in items_of(root) if item.split == "test" or item.label == one], table)
+    capsys.readouterr()
+    assert main(command) == 2
+    assert capsys.readouterr().err == ("xdc: error: finetuning needs >= 2 classes among the readable training items, "
+                                       "found 1\n")  # fmt: skip
+    assert logs.read_bytes() == before
+    write_table(items_of(root), table)
+    cfg = Config(finetune=FinetuneConfig(epochs=1, batch_size=5))  # rank 0 of 2, as torchrun's first rank runs it
+    with pytest.raises(UserError, match=r"^finetune.batch_size \(5\) must be a multiple of the 2 ranks$"):
+        eval_finetune(run_dir, "audio", "csv", table, None, "fc", cfg, out, {}, ctx=Dist(rank=0, world_size=2))
+    assert logs.read_bytes() == before and (tmp_path / "ft.finetune" / "tb").is_dir()
 
 
 def _break_after_probe(path: Path) -> None:

@@ -242,14 +242,17 @@ def eval_finetune(
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.device import pick_device
     from xdc.evaluation.extract import cut_line
-    from xdc.evaluation.finetune import check_items, finetune, finetune_made_with
+    from xdc.evaluation.finetune import NOT_COMPUTED, check_items, check_settings, finetune, finetune_made_with
     from xdc.evaluation.sources import load_source
     from xdc.training.distributed import Dist
     from xdc.training.runlog import RunLog
 
     check_out(out)
     ctx = ctx or Dist()
-    if not ctx.enabled:  # a device that is not there, before an earlier finetuning's logs go (until 2026-12-03 after)
+    # a batch size the torchrun ranks cannot share out, and a device that is not there, refused before an earlier
+    # finetuning's logs go (until 2026-12-03 after)
+    check_settings(mode, cfg.finetune, ctx)
+    if not ctx.enabled:
         pick_device(device)
     # read once: every split starts from it; its modality says which files of a dataset with a file of each to read
     source = load_source(run, encoder, settings)
@@ -267,9 +270,19 @@ def eval_finetune(
     for items in items_of.values():
         check_items(items)
 
-    def made_now() -> str:  # each split's made_with, as finetune records it, and the rest
-        return _made_with([finetune_made_with(source, encoder, items_of[number], mode, cfg.finetune, folder / "probe",
-                                              seed=cfg.seed, ctx=ctx) for number in splits], rest)  # fmt: skip
+    # each split's made_with, as finetune records it: its items probed (into the folder's probe/, which finetune
+    # reuses), so that what the probes refuse (no readable item in a split, training items of one class) is refused
+    # before an earlier finetuning's logs go (until 2026-12-03 after, where --out held no result to compare with)
+    digests = [finetune_made_with(source, encoder, items_of[number], mode, cfg.finetune, folder / "probe",
+                                  seed=cfg.seed, ctx=ctx) for number in splits]  # fmt: skip
+
+    def made_now(earlier: dict) -> str:
+        """The made_with of this command, with the finetune.* settings that change no number as the record
+        ``earlier`` has them: a result made with another checkpoint_every is kept (until 2026-12-03 finetuned
+        again, from the start: its checkpoints are gone), and says the one it was made with."""
+        kept = earlier.get("config") if isinstance(earlier.get("config"), dict) else {}
+        config = {**rest["config"], **{key: kept[key] for key in NOT_COMPUTED if key in kept}}
+        return _made_with(digests, {**rest, "config": config})
 
     # decided before anything is written (the logs of a finished run stay): a result in --out made with all the
     # same is left as it is (until 2026-12-02 finetuned again and written again)
@@ -341,10 +354,9 @@ def _made_with(splits: list[str], rest: dict) -> str:
     return hashlib.sha256(made.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _finished(out: Path | None, made_now: Callable[[], str], ctx: Dist) -> dict | None:
-    """The record in ``out`` of an eval finetune whose made_with is ``made_now()``'s, else None (a record of
-    before 2026-12-02 records none: finetuned again once). Rank 0 reads ``out``; where it holds such a record every
-    rank calls ``made_now`` (the probes it needs are collectives under torchrun)."""
+def _finished(out: Path | None, made_now: Callable[[dict], str], ctx: Dist) -> dict | None:
+    """The record in ``out`` of an eval finetune whose made_with is ``made_now(record)``'s, else None (a record of
+    before 2026-12-02 records none: finetuned again once). Rank 0 reads ``out`` and hands it to every rank."""
     from xdc.training.distributed import broadcast_object, on_main
 
     def read() -> dict | None:
@@ -356,7 +368,7 @@ def _finished(out: Path | None, made_now: Callable[[], str], ctx: Dist) -> dict 
         return saved if ours else None
 
     earlier = broadcast_object(on_main(read, ctx), ctx) if out is not None else None
-    return earlier if earlier is not None and earlier["made_with"] == made_now() else None
+    return earlier if earlier is not None and earlier["made_with"] == made_now(earlier) else None
 
 
 def finetune_folder(out: Path | None, dataset: str) -> Path:

@@ -56,6 +56,7 @@ from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
 
 MODES = ("full", "fc")
+NOT_COMPUTED = ("checkpoint_every",)  # finetune.* settings of how often progress is kept: no number depends on them
 
 
 def finetune(
@@ -72,10 +73,7 @@ def finetune(
     (TensorBoard tags ``NAME/loss``, ...). ``source``: that encoder, loaded already with ``settings`` (each split
     of ``eval finetune`` starts from the one read of the file); a copy of it is trained."""
     ctx = ctx or Dist()
-    if mode not in MODES:
-        raise UserError(f"mode must be one of {MODES}, not {mode!r}")
-    if cfg.batch_size % ctx.world_size:  # else the ranks' shares would make another batch, and resumes drift
-        raise UserError(f"finetune.batch_size ({cfg.batch_size}) must be a multiple of the {ctx.world_size} ranks")
+    check_settings(mode, cfg, ctx)
     if source is None:
         source = load_source(run, encoder_name, settings)
         encoder = source.encoder
@@ -265,6 +263,14 @@ def finetune_made_with(source: Source, encoder_name: str, items: list[Item], mod
     return _digest(_identity(source, encoder_name, items, mode, cfg, seed, files))
 
 
+def check_settings(mode: str, cfg: FinetuneConfig, ctx: Dist) -> None:
+    """A UserError for a mode or batch size that cannot be finetuned with on ``ctx``'s ranks, whatever the items."""
+    if mode not in MODES:
+        raise UserError(f"mode must be one of {MODES}, not {mode!r}")
+    if cfg.batch_size % ctx.world_size:  # else the ranks' shares would make another batch, and resumes drift
+        raise UserError(f"finetune.batch_size ({cfg.batch_size}) must be a multiple of the {ctx.world_size} ranks")
+
+
 def check_items(items: list[Item]) -> None:
     """A UserError for items that cannot be finetuned on and tested, whatever their files hold: before any probe
     (an empty list of files is not the user's mistake) and before training."""
@@ -302,9 +308,9 @@ def _identity(source: Source, encoder_name: str, items: list[Item], mode: str, c
               files: list[str]) -> str:  # fmt: skip
     """What kept progress is tied to: the files as probed too, so that a file changed in place (re-encoded or
     replaced under its name) starts the finetuning over rather than mix the old content's training with the new
-    (until 2026-12-02 it went on). checkpoint_every changes how often progress is kept, not what is computed: a
-    resume may change it."""
-    computed = {k: v for k, v in config_to_dict(cfg).items() if k != "checkpoint_every"}
+    (until 2026-12-02 it went on). NOT_COMPUTED changes how often progress is kept, not what is computed: a resume
+    may change it."""
+    computed = {k: v for k, v in config_to_dict(cfg).items() if k not in NOT_COMPUTED}
     return identity(source.weights_digest(), source.cfg, items, encoder=encoder_name, mode=mode, finetune=computed,
                     seed=seed, files=files)  # fmt: skip
 
