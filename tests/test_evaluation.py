@@ -1736,13 +1736,43 @@ def test_files_that_option_missing_skip_drops_are_in_the_results_skipped(run, tm
     summary = json.loads((tmp_path / "f.json").read_text())
     assert summary["skipped"] == [{"path": str(gone.resolve()), "reason": reason}]
     out = tmp_path / "ft.json"
+    command = ["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", *dataset, "--split", "all", "--out",
+               str(out), "--mode", "fc", "--set=finetune.epochs=1", "--set=finetune.batch_size=8",
+               "--set=finetune.test_clips=1", "--set=data.workers=0"]  # fmt: skip
     with pytest.warns(UserWarning, match="1 of 24 files .* not found"):
-        assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", *dataset, "--split", "all",
-                     "--out", str(out), "--mode", "fc", "--set=finetune.epochs=1", "--set=finetune.batch_size=8",
-                     "--set=finetune.test_clips=1", "--set=data.workers=0"]) == 0  # fmt: skip
+        assert main(command) == 0
     record = json.loads(out.read_text())
     assert record["skipped"] == [{"split": n, "path": str(gone.resolve()), "reason": reason} for n in (1, 2, 3)]
     assert [row["n_train"] + row["n_test"] for row in record["splits"]] == [23, 23, 23]
+    # the same command again keeps the result, and lists them as a new one would, where the result kept lists
+    # none (written before 2026-12-03, when a kept result was left as it was): nothing finetuned, the logs as they are
+    out.write_text(json.dumps({**record, "skipped": []}))
+    logs = (tmp_path / "ft.finetune" / "log.jsonl").read_bytes()
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="1 of 24 files .* not found"):
+        assert main(command) == 0
+    assert capsys.readouterr().out == (f"{out} already holds these results (the same weights, items, files and "
+                                       "settings): nothing finetuned; its list of the files not found (skipped) "
+                                       f"brought up to date; remove {out} to run again\n")  # fmt: skip
+    assert json.loads(out.read_text()) == record and (tmp_path / "ft.finetune" / "log.jsonl").read_bytes() == logs
+
+
+def test_a_kept_finetuning_lists_the_files_not_found_as_its_items_now_say(run, tmp_path, capsys):
+    """A split's result kept from an earlier run (the same weights, items and settings) lists the files that its
+    items' lists name and are not there now, as a new result would (until 2026-12-03 those of the earlier run)."""
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.adapters import Items
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    cfg, state, gone = FinetuneConfig(epochs=1, batch_size=8, test_clips=1), tmp_path / "state", tmp_path / "gone.mp4"
+    first = finetune(run_dir, "audio", Items(items_of(root)), "fc", cfg, tmp_path, workers=0, state=state)
+    assert first["skipped"] == []
+    capsys.readouterr()
+    kept = finetune(run_dir, "audio", Items(items_of(root), [str(gone)]), "fc", cfg, tmp_path, workers=0, state=state)
+    assert "finished before with the same settings" in capsys.readouterr().out
+    reason = "not found (listed, and dropped by option missing='skip')"
+    assert kept == {**first, "skipped": [{"path": str(gone), "reason": reason}]}
 
 
 def test_all_three_splits_killed_in_the_second_go_on_with_the_first_kept(run, tmp_path, capsys):

@@ -289,12 +289,22 @@ def split_items(items: Iterable[Item], split: str) -> list[Item]:
     return [item for item in items if item.split == split]
 
 
+NOT_FOUND = "not found (listed, and dropped by option missing='skip')"  # the reason not_found gives
+
+
 def not_found(items: list[Item]) -> list[dict[str, str]]:
     """The files that ``items``, where they are ``load_dataset``'s, left out as not found (option
     ``missing="skip"``), as a result's ``skipped`` lists a file (path and reason): until 2026-12-03 a warning alone
     said so, and the results understated what was left out."""
     missing = items.missing if isinstance(items, Items) else []
-    return [{"path": path, "reason": "not found (listed, and dropped by option missing='skip')"} for path in missing]
+    return [{"path": path, "reason": NOT_FOUND} for path in missing]
+
+
+def with_not_found(skipped: list[dict], items: list[Item]) -> list[dict]:
+    """``skipped`` of a result kept from an earlier run, with not_found(items) for its own such entries: what the
+    lists name and is not there now, as a new result would list (one written before 2026-12-03 listed none; a
+    kept result listed them as they were, until 2026-12-03). A file read and failed stays as it was."""
+    return [*(skip for skip in skipped if skip.get("reason") != NOT_FOUND), *not_found(items)]
 
 
 def classes(items: Iterable[Item]) -> list[str]:

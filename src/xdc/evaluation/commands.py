@@ -287,10 +287,20 @@ def eval_finetune(
     # decided before anything is written (the logs of a finished run stay): a result in --out made with all the
     # same is left as it is (until 2026-12-02 finetuned again and written again)
     if (earlier := _finished(out, made_now, ctx)) is not None:
-        if ctx.main:
-            print(f"{out} already holds these results (the same weights, items, files and settings): nothing to "
-                  f"do; remove {out} to run again")  # fmt: skip
-        return earlier if ctx.main else None
+        if not ctx.main:
+            return None
+        same = f"{out} already holds these results (the same weights, items, files and settings)"
+        skipped = _kept_skipped(earlier.get("skipped", []), items_of)
+        if skipped == earlier.get("skipped", []):
+            print(f"{same}: nothing to do; remove {out} to run again")
+            return earlier
+        # its list of the files not found as the lists name them now, as a new result's (until 2026-12-03 kept as
+        # it was: one written before then listed none); the logs stay as they are
+        earlier = {**earlier, "skipped": skipped}
+        _write(earlier, out)
+        print(f"{same}: nothing finetuned; its list of the files not found (skipped) brought up to date; remove "
+              f"{out} to run again")  # fmt: skip
+        return earlier
     states = [folder / (f"split{number}" if number else "train-test") for number in splits]
     if ctx.main and not any(state.exists() for state in states):  # nothing to go on with: earlier logs go
         shutil.rmtree(folder / "tb", ignore_errors=True)
@@ -345,6 +355,19 @@ def eval_finetune(
 
 _ONCE = ("skipped", "cut", "source", "clip", "made_with")  # of a split's result: not in its row (listed apart, or
 # the same for all, or in the record's made_with)
+
+
+def _kept_skipped(skipped: list[dict], items_of: dict) -> list[dict]:
+    """The ``skipped`` of a kept record of eval finetune with each split's files not found as its items
+    (``items_of``, by split number) now say, in the order a new record lists them."""
+    from xdc.evaluation.adapters import with_not_found
+
+    kept = []
+    for number, items in items_of.items():
+        split = number or "-"
+        own = [{k: v for k, v in skip.items() if k != "split"} for skip in skipped if skip.get("split") == split]
+        kept += [{"split": split, **skip} for skip in with_not_found(own, items)]
+    return kept
 
 
 def _made_with(splits: list[str], rest: dict) -> str:
@@ -529,9 +552,13 @@ def _emit(record: dict, rows: list[dict], out: Path | None, notes: Sequence[str]
     for line in notes:
         print(line)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        text = _INTEGERS.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]",
-                             json.dumps(record, indent=2, default=str))  # fmt: skip
-        write_atomic(out, lambda f: f.write(text))
+        _write(record, out)
         print(f"wrote {out}")
     return record
+
+
+def _write(record: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = _INTEGERS.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]",
+                         json.dumps(record, indent=2, default=str))  # fmt: skip
+    write_atomic(out, lambda f: f.write(text))

@@ -36,7 +36,7 @@ from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
-from xdc.evaluation.adapters import Item, not_found, refuse_repeats, split_items
+from xdc.evaluation.adapters import Item, not_found, refuse_repeats, split_items, with_not_found
 from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.extract import probed_items
 from xdc.evaluation.metrics import average_by_group, class_results, group_index, topk_accuracy
@@ -91,7 +91,8 @@ def finetune(
         if (result := saved.result()) is not None:
             if ctx.main:
                 print(f"{name}: finished before with the same settings; its result is kept in {saved.result_path}")
-            return {**result, "made_with": made_with} if ctx.main else None
+            return {**result, "skipped": with_not_found(result["skipped"], items), "made_with": made_with} \
+                if ctx.main else None
     classes = train.classes
 
     place = EvalDevice(ctx.device if ctx.enabled else pick_device(device), run_cfg, modality, training_clips=True)
