@@ -403,7 +403,7 @@ def finetune_folder(out: Path | None, dataset: str) -> Path:
 def run_label_ids(run: Path, labels: Path | None = None) -> np.ndarray:
     """The label of each video of a run (the rows of its label files) as class ids, -1 when none: its manifest's,
     or those that the labels CSV ``labels`` gives its videos' paths (matched as ``xdc index --labels`` matches)."""
-    return _label_ids(_run_videos(run), labels)
+    return _label_ids(_run_videos(run), labels)[0]
 
 
 def _run_videos(run: Path) -> Videos:
@@ -413,14 +413,22 @@ def _run_videos(run: Path) -> Videos:
     return videos
 
 
-def _label_ids(videos: Videos, labels: Path | None) -> np.ndarray:
+def _label_ids(videos: Videos, labels: Path | None) -> tuple[np.ndarray, tuple[int, list[str]]]:
+    """The class ids of ``run_label_ids``, and how many rows of ``labels`` named none of the videos, with the first
+    few as written (``LabelIndex.unmatched``; none without ``labels``)."""
     if labels is None:
-        return videos.labels
-    from xdc.data.index import match_labels  # PyAV with it: not for the other commands
+        return videos.labels, (0, [])
+    from xdc.data.index import LabelIndex, chunks  # PyAV with it: not for the other commands
 
-    names = match_labels([decode_paths(path) for path in videos.paths], labels)
+    # match_labels' matching, keeping its index for the rows that matched no video
+    paths = [decode_paths(path) for path in videos.paths]
+    index = LabelIndex.from_csv(labels)
+    roots = [Path(os.path.commonpath({os.path.dirname(path) for path in paths}))] if paths else []
+    counts = index.count_names(paths)
+    names = [name for chunk in chunks(paths) for name in index.lookup(chunk, roots, counts)]
     codes: dict[str, int] = {}
-    return np.array([codes.setdefault(name, len(codes)) if name else -1 for name in names], dtype=np.int32)
+    ids = np.array([codes.setdefault(name, len(codes)) if name else -1 for name in names], dtype=np.int32)
+    return ids, index.unmatched()
 
 
 def _supervised(run: Path) -> bool:
@@ -447,7 +455,7 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
         raise UserError(f"{run} has no cluster assignments (labels/round_*.npz): no round has finished, or its "
                         "method clusters nothing")  # fmt: skip
     # after the refusals above: a labels CSV of 65M rows takes minutes to match (until 2026-12-03 it came first)
-    label_ids = _label_ids(videos, labels)
+    label_ids, (unmatched, unmatched_paths) = _label_ids(videos, labels)
     has_label = label_ids >= 0
     labelled = int(has_label.sum())
     if not labelled:
@@ -485,9 +493,16 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
     if not rows:
         raise UserError(f"no cluster assignments of {run} can be read (labels/round_*.npz)"
                         + "".join(f"; {entry}" for entry in unreadable[:1]))
-    print(f"{labelled} of {len(label_ids)} videos labelled" + (f" by {labels}" if labels is not None else ""))
+    said = f"{labelled} of {len(label_ids)} videos labelled"
+    if labels is not None:  # and its rows that named no video of the run, as xdc index says them (until 2026-12-03
+        # unsaid: a typo in a row showed only as a video fewer labelled)
+        from xdc.data.index import unmatched_text  # imported with the matching
+
+        said += f" by {labels}" + unmatched_text(unmatched, unmatched_paths)
+    print(said)
     record = {"command": "eval clusters", "run": os.path.abspath(run), "labels": None if labels is None else str(labels),
-              "labelled": labelled, "videos": len(label_ids), "rounds": rows, "unreadable": unreadable}  # fmt: skip
+              "labelled": labelled, "videos": len(label_ids), "unmatched": unmatched,
+              "unmatched_paths": unmatched_paths, "rounds": rows, "unreadable": unreadable}  # fmt: skip
     unclustered = labelled - min(row["n"] for row in rows)  # until 2026-12-03 only n told of them
     notes = [f"up to {unclustered} of the {labelled} labelled videos have no cluster in a round (their clips gave no "
              "features in it) and are left out of its scores (n)"] if unclustered else []  # fmt: skip
