@@ -265,7 +265,25 @@ def test_a_config_file_reaches_every_run_of_the_demo_and_the_grid_benchmark(tmp_
     path.write_text("train:\n  k: 5\n  lr: 1e-3\ndata:\n  clip: {frames: 6}\n")
     for command in (["demo"], ["benchmark", "grid", "--data", "x", "--out", "y"]):
         args = build_parser().parse_args([*command, "--config", str(path), "--set", "train.k=7"])
-        overrides = _as_overrides(args)
+        overrides = _as_overrides(args, getattr(args, "preset", "tiny"))
         assert overrides == ("train.k=7", "train.lr=0.001", "data.clip.frames=6", "train.k=7")
         cfg = load_config(None, overrides, preset="tiny")
         assert (cfg.train.k, cfg.train.lr, cfg.data.clip.frames) == (7, 0.001, 6)
+
+
+@pytest.mark.parametrize("command, scale_min, said, scales",
+                         [(["demo", "--videos", "0"], 34, "--videos must be at least 16", "36, 40"),
+                          (["benchmark", "grid", "--data", "d"], 60, "does not have the GRID", "64, 72")])
+def test_the_demo_and_the_grid_benchmark_check_settings_over_their_own_preset(tmp_path, capsys, command, scale_min,
+                                                                              said, scales):
+    """Until 2026-12-03 they were checked over the defaults: a scale_min that their preset's crop allows (tiny: 32,
+    small: 56) was refused, and a crop above their preset's scale_min was taken, to stop later (the demo once it
+    had written its data). Each is said before any work here: the command's own check, or the settings' line."""
+    out = ["--out", str(tmp_path / "out")]
+    assert main([*command, *out, "--set", f"data.augment.scale_min={scale_min}"]) == 2
+    assert said in capsys.readouterr().err
+    assert main([*command, *out, "--set", "data.clip.crop=66"]) == 2
+    assert capsys.readouterr().err == ("xdc: error: need data.clip.crop <= data.augment.scale_min <= data.augment."
+                                       "scale_max (frames are resized to a short side in [scale_min, scale_max], "
+                                       f"then cropped), got 66, {scales}\n")
+    assert not (tmp_path / "out").exists()

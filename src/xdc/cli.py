@@ -79,12 +79,13 @@ def _config(args: argparse.Namespace, extra: tuple[str, ...] = ()):
     return load_config(args.config, [*extra, *args.overrides], preset=getattr(args, "preset", None))
 
 
-def _as_overrides(args: argparse.Namespace) -> tuple[str, ...]:
+def _as_overrides(args: argparse.Namespace, preset: str) -> tuple[str, ...]:
     """The settings of ``--config`` (as ``key=value``, in JSON, which YAML reads) and then ``--set``: for commands
-    that make several runs' settings of their own and apply the user's over each."""
+    that make several runs' settings of their own over ``preset`` and apply the user's over each. Checked over that
+    preset: until 2026-12-03 over the defaults, which refused a scale_min that the preset's crop allows."""
     import json
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, preset=preset)
     return (*(f"{key}={json.dumps(setting(cfg, key))}" for key in given_keys(args.config, ())), *args.overrides)
 
 
@@ -508,9 +509,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--k takes whole numbers separated by commas, e.g. 16,64; got {args.k!r}") from None
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
+    overrides = _as_overrides(args, args.preset)
     with holding(args.out, "benchmark grid", folder=True):
         grid_benchmark(args.data, args.out, args.test_data, args.fsdd, preset=args.preset, ks=ks,
-                       overrides=_as_overrides(args), supervised_slot=args.supervised_slot,
+                       overrides=overrides, supervised_slot=args.supervised_slot,
                        **({"methods": methods} if methods else {}))  # fmt: skip
     return 0
 
@@ -550,11 +552,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from xdc.demo import run_demo
+    from xdc.demo import DEMO_SETTINGS, run_demo
 
-    cfg = _config(args)
+    overrides = _as_overrides(args, "tiny")
+    # the settings of the demo's runs (but their method), checked before it writes its data: until 2026-12-03 they
+    # were checked over the defaults, and a crop that the tiny preset's scale_min does not allow stopped it later
+    cfg = load_config(None, [*DEMO_SETTINGS, *overrides], preset="tiny")
     with holding(args.out, "demo", folder=True):
-        run_demo(args.out, cfg, videos=args.videos, overrides=_as_overrides(args))
+        run_demo(args.out, cfg, videos=args.videos, overrides=overrides)
     return 0
 
 
