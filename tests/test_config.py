@@ -27,6 +27,10 @@ def test_a_text_setting_takes_an_override_as_typed():
     assert load_config(None, ["train.init=null"]).train.init is None
     assert load_config(None, ["train.init="]).train.init is None
     assert load_config(None, ["train.init='007'"]).train.init == "007"
+    for empty in ("''", '" "'):  # the current folder was read as the weights (until 2026-12-03)
+        with pytest.raises(UserError, match=r"^train.init is empty: give the path of the weights to start from, or "
+                                            r"null for random ones$"):  # fmt: skip
+            load_config(None, [f"train.init={empty}"])
     with pytest.raises(UserError, match=r"train.init must be a string, not \['a'\]"):
         load_config(None, ["train.init=[a]"])
     cfg = load_config(None, ["train.compile=yes", "data.workers=3"])  # settings not of text alone: as YAML reads them

@@ -330,6 +330,8 @@ class TrainConfig:
             raise UserError(f"train.channels_last must be true, false or auto, not {self.channels_last!r}")
         if self.pad_widths != "auto" and not (type(self.pad_widths) is int and self.pad_widths >= 0):
             raise UserError(f"train.pad_widths must be auto or a whole number >= 0 (0: off), not {self.pad_widths!r}")
+        if self.init is not None and not self.init.strip():  # Path("") is ".": the current folder was read as weights
+            raise UserError("train.init is empty: give the path of the weights to start from, or null for random ones")
         _at_least(2, "train", self, "k")
         _at_least(1, "train", self, "rounds", "epochs", "batch_size", "accumulate", "pca_dim", "kmeans_iters",
                   "log_every")  # fmt: skip
