@@ -1,7 +1,7 @@
 import pytest
 
 from xdc.cli import build_parser, main
-from xdc.config import load_config
+from xdc.config import ClipConfig, given_keys, load_config
 from xdc.errors import UserError
 
 
@@ -142,6 +142,19 @@ def test_bad_yaml_files(tmp_path):
         load_config(tmp_path / "broken.yaml")
     with pytest.raises(UserError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_section_left_empty_in_a_config_sets_nothing(tmp_path):
+    """`train:` with its keys commented out is null in YAML: until 2026-12-03 refused as a value given to the
+    section. The keys given are the file's others alone (what the commands that take some settings name)."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  # k: 3\ndata:\n  clip:\n  mel: {n_mels: 20}\nseed: 2\n")
+    cfg = load_config(path)
+    assert (cfg.train, cfg.data.clip, cfg.data.mel.n_mels, cfg.seed) == (load_config().train, ClipConfig(), 20, 2)
+    assert given_keys(path, ["train.k=5"]) == ["data.mel.n_mels", "seed", "train.k"]
+    path.write_text("train: 3\n")
+    with pytest.raises(UserError, match="'train' is a section"):
+        load_config(path)
 
 
 def test_a_key_given_twice_in_a_config_is_refused(tmp_path):

@@ -472,7 +472,19 @@ def _read_yaml(path: str | Path) -> dict:
         raise UserError(f"config {path} is not valid YAML: {_yaml_error(e)}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise UserError(f"config {path} must be a mapping of settings, got {type(loaded).__name__}")
-    return loaded or {}
+    return _empty_sections(loaded or {}, Config())
+
+
+def _empty_sections(tree: dict, obj: Any) -> dict:
+    """``tree`` with each section that YAML read as null (``train:`` with its keys commented out) as one that sets
+    nothing: until 2026-12-03 it was refused as a value given to a section."""
+    filled = {}
+    for key, value in tree.items():
+        section = getattr(obj, str(key), None)
+        if dataclasses.is_dataclass(section) and (value is None or isinstance(value, dict)):
+            value = _empty_sections(value or {}, section)
+        filled[key] = value
+    return filled
 
 
 def given_keys(path: str | Path | None, overrides: list[str] | tuple[str, ...]) -> list[str]:
