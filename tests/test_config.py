@@ -1,7 +1,10 @@
+import dataclasses
+import re
+
 import pytest
 
 from xdc.cli import build_parser, main
-from xdc.config import ClipConfig, given_keys, load_config
+from xdc.config import ClipConfig, MelConfig, given_keys, load_config
 from xdc.errors import UserError
 
 
@@ -125,6 +128,36 @@ def test_the_shortest_audio_that_the_log_mel_settings_allow_makes_a_spectrogram(
     assert mel.shape == (40, 1) and torch.isfinite(mel).all()
     with pytest.raises(UserError, match="must be longer than half data.mel.n_fft"):
         load_config(None, ["data.clip.audio_seconds=0.008"])  # 128 samples: torch's reflect padding needs more
+
+
+def test_mel_bands_without_a_frequency_bin_are_refused_as_torchaudio_makes_them():
+    """A band between two bins of the STFT was a constant row of every spectrogram: torchaudio warned once, and the
+    run trained on it (until 2026-12-03), e.g. at 64 bands, common elsewhere, with the default n_fft of 256."""
+    import warnings
+
+    from xdc.data.audio import LogMel
+
+    with pytest.raises(UserError, match=r"^data.mel.n_mels=64 bands from 0 to 8000 Hz leave 1 of them without a "
+                                        r"frequency bin of data.mel.n_fft=256 at data.clip.sample_rate=16000 \(62.5 Hz "
+                                        r"apart\): use fewer bands, a wider range or a larger n_fft$"):  # fmt: skip
+        load_config(None, ["data.mel.n_mels=64"])
+    refused = 0
+    for rate, n_fft, n_mels, f_min, f_max in [(r, n, m, lo, hi) for r in (8000, 11025, 16000) for n in (128, 512)
+                                              for m in (40, 64, 128) for lo, hi in ((0, None), (300, 3000))]:
+        mel = MelConfig(n_mels=n_mels, window_ms=1000 * n_fft / rate, n_fft=n_fft, f_min=f_min, f_max=f_max)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchaudio's, at the empty bands this test looks for
+            bands = LogMel(mel, rate).mel.mel_scale.fb.amax(0)
+        try:
+            load_config(None, [f"data.clip.sample_rate={rate}"], mapping={"data": {"mel": dataclasses.asdict(mel)}})
+        except UserError as e:
+            refused += 1
+            said = int(re.search(r"leave (\d+) of them", str(e))[1])
+            # a bin on the range's end is outside its band, which float32 rounding can leave a weight of 1e-5
+            assert (bands == 0).sum() <= said <= (bands < 1e-4).sum()
+        else:
+            assert (bands > 0).all()
+    assert 0 < refused < 36
 
 
 @pytest.mark.parametrize("value, mode", [("false", None), ("true", "default"), ("reduce-overhead", "reduce-overhead")])

@@ -6,6 +6,7 @@ means the same thing everywhere.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import dataclasses
 import functools
@@ -184,6 +185,13 @@ class DataConfig:
         if mel.f_max is None and not mel.f_min < rate / 2:
             raise UserError(f"data.mel.f_min must be below half data.clip.sample_rate ({rate / 2:g} Hz, the top of the "
                             f"mel bands where data.mel.f_max is null), not {mel.f_min!r}")  # fmt: skip
+        empty = _empty_mel_bands(mel, rate)
+        if empty:  # a band with no frequency bin of the STFT is a constant row: torchaudio warns once, and trains
+            top = rate // 2 if mel.f_max is None else mel.f_max
+            raise UserError(f"data.mel.n_mels={mel.n_mels} bands from {mel.f_min:g} to {top:g} Hz "
+                            f"leave {empty} of them without a frequency bin of data.mel.n_fft={mel.n_fft} at "
+                            f"data.clip.sample_rate={rate} ({rate / mel.n_fft:g} Hz apart): use fewer bands, a wider "
+                            "range or a larger n_fft")  # fmt: skip
         samples = round(self.clip.audio_span * rate)
         if not samples > max(mel.n_fft // 2, hop - 1):
             raise UserError(f"a clip's audio ({self.clip.audio_span:g} s, {samples} samples at "
@@ -221,6 +229,20 @@ class DataConfig:
         if device_type != "cuda":
             return 2
         return max(1, usable_cpus() // node_ranks() - 1)
+
+
+def _empty_mel_bands(mel: MelConfig, rate: int) -> int:
+    """The mel bands of torchaudio's filter bank (HTK scale, as xdc.data.audio.LogMel makes it) that hold no
+    frequency bin of the STFT: band i is above 0 only strictly between the band edges i and i + 2."""
+    to_mel, to_hz = (lambda hz: 2595 * math.log10(1 + hz / 700)), (lambda m: 700 * (10 ** (m / 2595) - 1))
+    f_max = rate // 2 if mel.f_max is None else mel.f_max  # torchaudio's top where f_max is null
+    low, high = to_mel(mel.f_min), to_mel(f_max)
+    # the range's own ends as given, not as they come back from the mel scale: a bin on one is in no band
+    edges = [mel.f_min, *(to_hz(low + (high - low) * i / (mel.n_mels + 1)) for i in range(1, mel.n_mels + 1)), f_max]
+    bins = mel.n_fft // 2 + 1
+    freqs = [(rate // 2) * i / max(bins - 1, 1) for i in range(bins)]
+    above = [bisect.bisect_right(freqs, edge) for edge in edges]  # each edge's first bin above it
+    return sum(not (above[i] < bins and freqs[above[i]] < edges[i + 2]) for i in range(mel.n_mels))
 
 
 def node_ranks() -> int:
