@@ -230,6 +230,17 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     assert code == 2 and err.startswith("xdc: error: synthetic.fps must be") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", [["extract", "--run", "r", "--encoder", "video", "--data", "d", "--out", "f.npz"],
+                                     ["eval", "finetune", "--run", "r", "--encoder", "video", "--data", "d"]])
+@pytest.mark.parametrize("setting", ["train.k", "train.k=abc"])
+def test_a_malformed_setting_that_the_command_does_not_read_is_said_once(tmp_path, capsys, monkeypatch, command,
+                                                                         setting):
+    """Until 2026-12-03 xdc extract and eval finetune warned first that it was not used, then refused it."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--set", setting]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 @pytest.mark.parametrize("command", [["pretrain", "--out", "run"], ["make-synthetic", "out"],
                                      ["extract", "--run", "r", "--encoder", "video", "--data", "d", "--out", "f.npz"]])
 def test_a_second_config_file_is_refused_not_put_in_place_of_the_first(tmp_path, capsys, command):

@@ -411,8 +411,8 @@ def _encoder_settings(args: argparse.Namespace, command: str, own: tuple[str, ..
     the encoder of ``--run`` is fed, over its own (e.g. the paper's 32-frame finetuning; checked there, as they
     relate to its other clip settings, not the defaults), and the command's ``own`` keys (prefixes). A warning
     names any other, which the encoder's own settings decide."""
+    given = given_settings(args.config, args.overrides)  # first: a malformed one is its error alone, not also unused
     _warn_unused(args, ("data.", *own), f"xdc {command} takes the encoder's model and train settings from --run")
-    given = given_settings(args.config, args.overrides)
     return {key: value for key, value in given.items() if key.startswith(("data.", *own))}
 
 
