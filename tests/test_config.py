@@ -202,6 +202,14 @@ def test_a_key_given_twice_in_a_config_is_refused(tmp_path):
         load_config(tmp_path / "nested.yaml")
     with pytest.raises(UserError, match="'a' is given twice"):
         load_config(None, ["data.clip.crop_box={a: 1, a: 2}"])
+    # a dotted key, as --set writes it, and the same key in its section: YAML sees two keys (until 2026-12-03 the
+    # later one's value was taken without a word)
+    (tmp_path / "dotted.yaml").write_text("train.k: 3\ndata: {retries: 1}\ntrain:\n  k: 5\n")
+    with pytest.raises(UserError, match=r"^config .*dotted.yaml gives train.k twice: as a dotted key and in its "
+                                        r"section; give it once$"):  # fmt: skip
+        load_config(tmp_path / "dotted.yaml")
+    (tmp_path / "dotted.yaml").write_text("train.k: 3\ntrain:\n  lr: 0.5\n")
+    assert (load_config(tmp_path / "dotted.yaml").train.k, load_config(tmp_path / "dotted.yaml").train.lr) == (3, 0.5)
     (tmp_path / "merge.yaml").write_text("train:\n  <<: {k: 3, lr: 0.02}\n  k: 5\n")
     assert (load_config(tmp_path / "merge.yaml").train.k, load_config(tmp_path / "merge.yaml").train.lr) == (5, 0.02)
 

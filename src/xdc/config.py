@@ -15,6 +15,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -494,7 +495,18 @@ def _read_yaml(path: str | Path) -> dict:
         raise UserError(f"config {path} is not valid YAML: {_yaml_error(e)}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise UserError(f"config {path} must be a mapping of settings, got {type(loaded).__name__}")
-    return _empty_sections(loaded or {}, Config())
+    tree = _empty_sections(loaded or {}, Config())
+    keys = list(_leaf_keys(tree))
+    twice = next((key for n, key in enumerate(keys) if key in keys[:n]), None)
+    if twice is not None:  # YAML's own check sees two keys, `train.k` and `train`: the later one's value was taken
+        raise UserError(f"config {path} gives {twice} twice: as a dotted key and in its section; give it once")
+    return tree
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> Iterator[str]:
+    """The dotted keys of ``tree``, each as often as it is given (a dotted key and its section both give one)."""
+    for key, value in tree.items():
+        yield from _leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
 
 
 def _empty_sections(tree: dict, obj: Any) -> dict:
