@@ -6,7 +6,6 @@ means the same thing everywhere.
 
 from __future__ import annotations
 
-import bisect
 import copy
 import dataclasses
 import functools
@@ -240,10 +239,10 @@ def _empty_mel_bands(mel: MelConfig, rate: int) -> int:
     low, high = to_mel(mel.f_min), to_mel(f_max)
     # the range's own ends as given, not as they come back from the mel scale: a bin on one is in no band
     edges = [mel.f_min, *(to_hz(low + (high - low) * i / (mel.n_mels + 1)) for i in range(1, mel.n_mels + 1)), f_max]
-    bins = mel.n_fft // 2 + 1
-    freqs = [(rate // 2) * i / max(bins - 1, 1) for i in range(bins)]
-    above = [bisect.bisect_right(freqs, edge) for edge in edges]  # each edge's first bin above it
-    return sum(not (above[i] < bins and freqs[above[i]] < edges[i + 2]) for i in range(mel.n_mels))
+    last = mel.n_fft // 2  # the bins: 0 to `last` steps of `step` Hz, up to half the sample rate
+    step = (rate // 2) / max(last, 1)
+    above = [math.floor(edge / step) + 1 for edge in edges]  # each edge's first bin above it
+    return sum(not (above[i] <= last and above[i] * step < edges[i + 2]) for i in range(mel.n_mels))
 
 
 def node_ranks() -> int:
