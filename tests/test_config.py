@@ -343,6 +343,21 @@ def test_a_config_file_reaches_every_run_of_the_demo_and_the_grid_benchmark(tmp_
         assert (cfg.train.k, cfg.train.lr, cfg.data.clip.frames) == (7, 0.001, 6)
 
 
+@pytest.mark.parametrize("command, instead", [(["demo", "--videos", "0"], ""),
+                                             (["benchmark", "grid", "--data", "d"], " (--methods chooses them)")])
+def test_the_demo_and_the_grid_benchmark_refuse_a_method_setting(tmp_path, capsys, command, instead):
+    """Laid over each run's own method, it made every run that method, under the others' names (until 2026-12-03):
+    a run's config.yaml, which names its method, given as --config did so too."""
+    out = ["--out", str(tmp_path / "out")]
+    (tmp_path / "run.yaml").write_text("train:\n  method: mdc\n  k: 8\n")
+    for given in (["--set", "train.method=xdc"], ["--config", str(tmp_path / "run.yaml")]):
+        assert main([*command, *out, *given]) == 2
+        assert capsys.readouterr().err == (f"xdc: error: xdc {' '.join(command[:2 - (command[0] == 'demo')])} trains "
+                                           "each of its methods in turn: leave train.method out of --config and --set"
+                                           f"{instead}\n")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("command, scale_min, said, scales",
                          [(["demo", "--videos", "0"], 34, "--videos must be at least 16", "36, 40"),
                           (["benchmark", "grid", "--data", "d"], 60, "does not have the GRID", "64, 72")])

@@ -89,6 +89,14 @@ def _as_overrides(args: argparse.Namespace, preset: str) -> tuple[str, ...]:
     return (*(f"{key}={json.dumps(setting(cfg, key))}" for key in given_keys(args.config, ())), *args.overrides)
 
 
+def _no_method(args: argparse.Namespace, command: str, instead: str) -> None:
+    """Refuse a train.method among the settings of a command that trains each of its methods in turn: laid over
+    each run's own, it made them all that method, under the others' names in the table (until 2026-12-03)."""
+    if "train.method" in given_keys(args.config, args.overrides):
+        raise UserError(f"xdc {command} trains each of its methods in turn: leave train.method out of --config and "
+                        f"--set{instead}")  # fmt: skip
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from xdc.data.index import build_manifest
     from xdc.data.manifest import shown
@@ -509,6 +517,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--k takes whole numbers separated by commas, e.g. 16,64; got {args.k!r}") from None
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
+    _no_method(args, "benchmark grid", " (--methods chooses them)")
     overrides = _as_overrides(args, args.preset)
     with holding(args.out, "benchmark grid", folder=True):
         grid_benchmark(args.data, args.out, args.test_data, args.fsdd, preset=args.preset, ks=ks,
@@ -554,6 +563,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from xdc.demo import DEMO_SETTINGS, run_demo
 
+    _no_method(args, "demo", "")
     overrides = _as_overrides(args, "tiny")
     # the settings of the demo's runs (but their method), checked before it writes its data: until 2026-12-03 they
     # were checked over the defaults, and a crop that the tiny preset's scale_min does not allow stopped it later
