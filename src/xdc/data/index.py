@@ -884,11 +884,12 @@ class LabelIndex:
         return len(missed), [raw for i, (raw, _) in enumerate(read) if i in wanted]
 
 
-def match_labels(paths: list[str], labels: Path) -> list[str]:
+def match_labels(paths: list[str], labels: Path | LabelIndex) -> list[str]:
     """The label of each of ``paths`` (absolute, normalised: a manifest's) by the rows of the labels CSV ``labels``
-    and xdc index's rules, a relative row taken against the labels file's folder or the folder that holds every one
-    of ``paths`` (for a manifest of one folder, the folder searched); "" where no row matches."""
-    label_index = LabelIndex.from_csv(labels)
+    (or its LabelIndex, whose ``unmatched`` then tells the rows that named none of them) and xdc index's rules, a
+    relative row taken against the labels file's folder or the folder that holds every one of ``paths`` (for a
+    manifest of one folder, the folder searched); "" where no row matches."""
+    label_index = labels if isinstance(labels, LabelIndex) else LabelIndex.from_csv(labels)
     roots = [Path(os.path.commonpath({os.path.dirname(path) for path in paths}))] if paths else []
     counts = label_index.count_names(paths)
     return [label for chunk in chunks(paths) for label in label_index.lookup(chunk, roots, counts)]

@@ -418,14 +418,10 @@ def _label_ids(videos: Videos, labels: Path | None) -> tuple[np.ndarray, tuple[i
     few as written (``LabelIndex.unmatched``; none without ``labels``)."""
     if labels is None:
         return videos.labels, (0, [])
-    from xdc.data.index import LabelIndex, chunks  # PyAV with it: not for the other commands
+    from xdc.data.index import LabelIndex, match_labels  # PyAV with it: not for the other commands
 
-    # match_labels' matching, keeping its index for the rows that matched no video
-    paths = [decode_paths(path) for path in videos.paths]
-    index = LabelIndex.from_csv(labels)
-    roots = [Path(os.path.commonpath({os.path.dirname(path) for path in paths}))] if paths else []
-    counts = index.count_names(paths)
-    names = [name for chunk in chunks(paths) for name in index.lookup(chunk, roots, counts)]
+    index = LabelIndex.from_csv(labels)  # kept: it tells the rows that matched no video
+    names = match_labels([decode_paths(path) for path in videos.paths], index)
     codes: dict[str, int] = {}
     ids = np.array([codes.setdefault(name, len(codes)) if name else -1 for name in names], dtype=np.int32)
     return ids, index.unmatched()
