@@ -357,8 +357,7 @@ class TrainConfig:
         _at_least(2, "train", self, "k")
         _at_least(1, "train", self, "rounds", "epochs", "batch_size", "accumulate", "pca_dim", "kmeans_iters",
                   "log_every")  # fmt: skip
-        _above_zero("train", self, "lr")  # 0 trained nothing, without a word (until 2026-12-03)
-        _at_least(0, "train", self, "epoch_size", "weight_decay", "plateau_delta", "checkpoint_every")
+        _at_least(0, "train", self, "lr", "epoch_size", "weight_decay", "plateau_delta", "checkpoint_every")
         _fraction("train", self, "momentum", "holdout_fraction", "collapse_fraction")
 
     def bf16_on(self, device_type: str) -> bool:
@@ -396,8 +395,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         _at_least(1, "finetune", self, "epochs", "batch_size", "test_clips")
-        _above_zero("finetune", self, "lr")
-        _at_least(0, "finetune", self, "weight_decay", "checkpoint_every")
+        _at_least(0, "finetune", self, "lr", "weight_decay", "checkpoint_every")
         _fraction("finetune", self, "momentum")
         if self.schedule not in ("cosine", "constant"):
             raise UserError(f"finetune.schedule must be 'cosine' or 'constant', not {self.schedule!r}")
