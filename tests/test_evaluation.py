@@ -1389,10 +1389,11 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode):
 
 def test_finetuning_on_two_ranks_judges_their_failed_clips_together(run, tmp_path):
     """Two of the 16 training files fail to read after their probe: 2 failed clips of 16 an epoch, 8 of each rank's.
-    Judged on every rank's counts together, the 50 clips needed before a judgement are there after 4 epochs (64
-    clips, 8 failed: more than data.max_fail_fraction=0.05) and both ranks stop there with one line. Until
-    2026-12-02 each rank judged its own 48 clips of 6 epochs, never enough to judge, and the run went on to the end
-    (and where one rank crossed the fraction alone, it stopped alone while the other waited in the next step)."""
+    Judged on every rank's counts together at the end of the first epoch (16 clips, 2 failed: more than
+    data.max_fail_fraction=0.05), both ranks stop there with one line; until 2026-12-03 only after 4 epochs, once the
+    50 clips needed before a judgement within a pass were there. Until 2026-12-02 each rank judged its own 48 clips of
+    6 epochs, never enough to judge, and the run went on to the end (and where one rank crossed the fraction alone,
+    it stopped alone while the other waited in the next step)."""
     root, run_dir = run
     items = items_of(root)
     train = split_items(items, "train")
@@ -1413,7 +1414,7 @@ def test_finetuning_on_two_ranks_judges_their_failed_clips_together(run, tmp_pat
     done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode != 0 and not ddp.exists(), done.stderr[-3000:]
     # said once, by rank 0, for both ranks (until 2026-12-02 by each), naming a broken file
-    stop = "xdc: error: 8 of 64 clips failed to load (12.5%, more than data.max_fail_fraction=0.05); last: "
+    stop = "xdc: error: 2 of 16 clips failed to load (12.5%, more than data.max_fail_fraction=0.05); last: "
     named = re.findall(re.escape(stop) + r"(.+?\.mp4): ", done.stderr)
     assert len(named) == 1 and done.stderr.count("xdc: error:") == 1, done.stderr[-3000:]
     assert named[0] in [str(tmp_path / "media" / Path(path).name) for path in broken]
