@@ -243,21 +243,35 @@ def test_odd_size_and_multichannel(tmp_path):
     assert np.abs(clip.audio).max() < 0.05  # opposite channels cancel in the mono mix
 
 
-@pytest.mark.parametrize("width, height", [(1, 1), (3, 5), (7, 1)])
-def test_tiny_and_odd_sources_decode_to_the_short_side_asked(tmp_path, width, height):
-    """A 1-pixel side scales to the short side asked and nothing else (x264 takes no odd sizes: MPEG-4 Part 2).
-    A 1 x 1 source read at 2 pixels is an ``xdc prepare`` copy: H.264 needs 2 (prepare.output_size)."""
-    path = tmp_path / f"{width}x{height}.mp4"
+def write_mpeg4(path, width: int, height: int) -> None:
+    """Four black pictures of any size (x264 takes no odd sizes: MPEG-4 Part 2)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=8)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for _ in range(4):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), "rgb24")))
         container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (3, 5), (7, 1), (1, 16)])
+def test_tiny_and_odd_sources_decode_to_the_short_side_asked(tmp_path, width, height):
+    """A 1-pixel side scales to the short side asked and nothing else.
+    A 1 x 1 source read at 2 pixels is an ``xdc prepare`` copy: H.264 needs 2 (prepare.output_size)."""
+    path = tmp_path / f"{width}x{height}.mp4"
+    write_mpeg4(path, width, height)
     for short in (0, 1, 16):
         video = read_clip(str(path), 0.0, spec(frames=2, fps=8, decode_short_side=short), audio=False).video
         scale = short / min(width, height) if short else 1  # 0: the source's size
         assert video.shape == (2, round(height * scale), round(width * scale), 3)  # the long side in proportion
+
+
+@pytest.mark.parametrize("width, height, box", [(1, 17, None), (40, 2, None), (64, 32, (0.0, 0.0, 0.02, 1.0))])
+def test_pictures_far_narrower_than_tall_or_wide_are_refused_with_their_size(tmp_path, width, height, box):
+    """Until 2026-12-03 a 1 x 240 stream was read 128 x 30720 at the default short side: 94 MB a clip."""
+    path = tmp_path / f"{width}x{height}.mp4"
+    write_mpeg4(path, width, height)
+    with pytest.raises(DecodeError, match=r"pictures of \d+ x \d+ \(as displayed\): one side over 16 times the other"):
+        read_clip(str(path), 0.0, spec(frames=2, fps=8, decode_short_side=128, crop_box=box), audio=False)
 
 
 def test_missing_streams_and_garbage_raise_decode_error(tmp_path):

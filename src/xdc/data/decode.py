@@ -33,6 +33,10 @@ _AUDIO_PREROLL_S = 0.3
 # Pixel aspects beyond these are taken for broken metadata (real ones run from 8:9 to 2:1): such a "720 x 480" would
 # be read 100 times as wide as it is tall.
 _SAR_RANGE = (Fraction(1, 4), Fraction(4))
+# Pictures whose long side is more than this many times the short one are refused: scaled to the short side asked,
+# a 1 x 240 stream came out 128 x 30720 (94 MB a clip of 8 frames, a loader's memory gone in a few batches), and any
+# crop of it shows a pixel or two of the source. Real videos stay well within it (32:9 screens are 3.6:1).
+_MAX_ASPECT = 16
 
 
 class DecodeError(Exception):
@@ -400,6 +404,7 @@ class _VideoWindow:
             return self._convert_region(frame)
         # the displayed size, scaled in the same conversion as the short side (square pixels: the coded size)
         width, height = displayed_width(frame.width, self.sar), frame.height
+        _check_aspect(width, height)
         if self.short_side and min(width, height) != self.short_side:
             scale = self.short_side / min(width, height)
             width, height = max(1, round(width * scale)), max(1, round(height * scale))
@@ -426,6 +431,7 @@ class _VideoWindow:
             height = displayed_width(height, self.sar)
         else:
             width = displayed_width(width, self.sar)
+        _check_aspect(width, height)
         if self.short_side and min(width, height) != self.short_side:
             scale = self.short_side / min(width, height)
             width, height = max(1, round(width * scale)), max(1, round(height * scale))
@@ -457,6 +463,11 @@ class _VideoWindow:
             fill = self._array(self.prev)
             self.out = [f if f is not None else fill for f in self.out]
         return np.stack(self.out)
+
+
+def _check_aspect(width: int, height: int) -> None:
+    if max(width, height) > _MAX_ASPECT * min(width, height):
+        raise DecodeError(f"pictures of {width} x {height} (as displayed): one side over {_MAX_ASPECT} times the other")
 
 
 _local = threading.local()
