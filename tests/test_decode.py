@@ -121,6 +121,18 @@ def test_audio_starting_late_and_ending_early_is_padded_and_reported(tmp_path):
     assert np.abs(after.audio[-rate // 4 :]).max() < 1e-3
 
 
+@pytest.mark.parametrize("pictures", [True, False])
+def test_a_clip_wholly_outside_the_sound_says_where_the_sound_is(tmp_path, pictures):
+    """A window with no sample of a track that starts late or ends early is an error, as one without a picture
+    is; until 2026-12-03 its reason was "no audio decoded in the window", as if the sound failed to decode."""
+    path = tmp_path / "gap.mp4"
+    write_av(path, gray_frames(64), 16, 0.5 * np.ones(16000, np.float32), 16000, audio_start=1.0)  # audio 1 s..2 s
+    with pytest.raises(DecodeError, match=r"^the clip at 0\.00s ends before the sound's start at (0\.9\d|1\.00)s$"):
+        read_clip(str(path), 0.0, spec(frames=4, fps=8), video=pictures)
+    with pytest.raises(DecodeError, match=r"^the clip at 3\.00s starts after the sound's end at (1\.9\d|2\.0\d)s$"):
+        read_clip(str(path), 3.0, spec(frames=4, fps=8), video=pictures)
+
+
 def test_clip_past_the_end_repeats_the_last_frame_and_says_so(tmp_path):
     path = tmp_path / "short.mp4"
     write_av(path, gray_frames(16), 16, np.zeros(16000, np.float32))

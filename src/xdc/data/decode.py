@@ -502,6 +502,10 @@ class _AudioWindow:
         self.next_offset: int | None = None  # the sample after the last frame added
         self.done = False
         self.begins = stream.start_time * self.time_base if stream.start_time is not None else origin
+        self.origin = origin
+        # where the sound ends: as its header states, later as far as a packet read reaches
+        self.ends = self.begins + stream.duration * self.time_base if stream.duration else None
+        self.after = False  # whether a frame starting after the window was decoded
         self.started = False  # whether a packet was decoded
         self.late = False  # whether the first packet decoded ends inside the window, the stream begun before it
 
@@ -510,7 +514,9 @@ class _AudioWindow:
         first packet decoded after a seek comes out wrong (AAC and MP3 rebuild a frame from the one before), so a
         whole one must be decoded before the window's."""
         duration = (packet.duration or 0) * self.time_base
-        return packet.dts * self.time_base + duration < self.t0 - max(0.1, 2 * duration)
+        end = packet.dts * self.time_base + duration
+        self.ends = end if self.ends is None else max(self.ends, end)
+        return end < self.t0 - max(0.1, 2 * duration)
 
     def decoding(self, packet) -> None:
         """Note the first packet decoded (its timestamps, if any)."""
@@ -524,7 +530,7 @@ class _AudioWindow:
         offset = sample_position(frame.time, self.t0, self.rate, self.next_offset, self.time_base)
         self.next_offset = offset + frame.samples
         if offset >= self.buffer.shape[1]:  # starts after the window's last sample
-            self.done = True
+            self.done = self.after = True
             return
         samples = float_samples(frame)
         if samples.shape[0] != self.buffer.shape[0]:  # the layout changed mid-stream: mix down
@@ -541,9 +547,19 @@ class _AudioWindow:
     def padded_seconds(self) -> float:
         return float((~self.covered).sum()) / self.rate
 
+    def _uncovered(self) -> str:
+        """Why no sample fell in the window: a sound track that starts after it or ends before it (the file's
+        duration is its pictures'), as the pictures' window says; else its packets decoded to nothing there."""
+        at = f"the clip at {self.t0 - self.origin:.2f}s"
+        if self.after and self.begins >= self.t0 + self.seconds - _EPS:
+            return f"{at} ends before the sound's start at {self.begins - self.origin:.2f}s"
+        if not self.after and self.ends is not None and self.ends <= self.t0 + _EPS:
+            return f"{at} starts after the sound's end at {self.ends - self.origin:.2f}s"
+        return "no audio decoded in the window"
+
     def result(self, rate: int) -> np.ndarray:
         if not self.covered.any():
-            raise DecodeError("no audio decoded in the window")
+            raise DecodeError(self._uncovered())
         mono = self.buffer.mean(axis=0) if self.buffer.shape[0] > 1 else self.buffer[0]
         if self.rate == rate:
             return mono
