@@ -620,3 +620,32 @@ def test_kmeans_refuses_duplicate_ids(run):
     with pytest.raises(ValueError, match="non-negative integers"):
         run(x, 3, seed=5, ids=np.arange(40) - 1)
     assert run(x, 3, seed=5, ids=np.arange(40)[::-1].copy()).sizes.sum() == 40
+
+
+def test_numpy_integer_arguments_are_taken_and_floats_refused():
+    """k, seed and iters computed with numpy (e.g. ``labels.max() + 1``): until 2026-12-03 faiss refused a numpy k
+    or iters with a SWIG TypeError, a numpy int64 seed overflowed (OverflowError), cluster_stats logged numpy values
+    that json could not write, and a float k or epoch_size failed later with a TypeError."""
+    import json
+
+    x, _ = _blobs([30, 30, 30], dim=4, spread=5)
+    one = np.int64(1)
+    ref = kmeans(x, 3, seed=5, iters=4)
+    for run in (kmeans, sharded_kmeans):
+        got = run(x, 3 * one, seed=5 * one, iters=4 * one)
+        np.testing.assert_array_equal(got.assignments, ref.assignments)
+    assert balanced_assign(x, 3 * one, seed=5 * one, iters=4, sinkhorn_iters=3 * one).sizes.tolist() == [30] * 3
+    json.dumps(cluster_stats(ref.assignments, 3 * one).to_dict())
+    labels = ref.assignments.astype(np.int32)
+    sampler = ClusterBalancedSampler([labels], epoch_size=9 * one, seed=-one, world_size=2 * one)
+    sampler.set_epoch(one, round=2 * one)
+    sampler.set_start(one)
+    same = ClusterBalancedSampler([labels], epoch_size=9, seed=-1, world_size=2)
+    same.set_epoch(1, round=2)
+    same.set_start(1)
+    assert list(sampler) == list(same) and len(sampler) == 4
+    for call in (lambda: kmeans(x, 3.0, seed=0), lambda: sharded_kmeans(x, 3, seed=0.5),
+                 lambda: cluster_stats(labels, 2.5), lambda: ClusterBalancedSampler([labels], 3.5, seed=0),
+                 lambda: preprocess_features(x, dim=2.0), lambda: kmeans(x, 3, seed=0, iters=True)):  # fmt: skip
+        with pytest.raises(ValueError, match="must be an integer"):
+            call()

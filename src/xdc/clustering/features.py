@@ -5,6 +5,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from xdc.clustering.arguments import integer
+
 
 def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps: float = 1e-5) -> np.ndarray:
     """PCA to ``dim`` dimensions (whitened if ``whiten``), then unit L2 norm per row; float32 (N, D) in and out.
@@ -40,7 +42,7 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
 def check_features_shape(x: np.ndarray, dim: int) -> None:
     if x.ndim != 2:
         raise ValueError(f"features must be a 2-D array (N, D), got shape {x.shape}")
-    if dim < 1:  # an IndexError from the PCA, until 2026-12-02
+    if integer(dim, "dim") < 1:  # an IndexError from the PCA, until 2026-12-02
         raise ValueError(f"PCA needs dim >= 1, got {dim}")
     if x.dtype.kind not in "biuf":  # complex ones lost their imaginary parts (a numpy warning) until 2026-12-02
         raise ValueError(f"features must be real numbers, got dtype {x.dtype}")

@@ -13,6 +13,7 @@ from functools import cache
 import faiss
 import numpy as np
 
+from xdc.clustering.arguments import integer
 from xdc.clustering.sampler import MASK63, mix63
 
 
@@ -40,8 +41,10 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20, ids: np.ndarray | 
     reports any still empty after the final assignment. faiss stops before ``iters`` once the objective stops
     decreasing (``iterations`` says how many ran).
     ``ValueError``: k < 2, fewer points than k, points without dimensions (N, 0), non-finite points, ``iters`` < 0,
-    ``ids`` that are not one distinct non-negative integer per point.
+    ``ids`` that are not one distinct non-negative integer per point, and k, seed or iters that are not integers
+    (numpy ones are taken).
     """
+    k, seed, iters = integer(k, "k"), integer(seed, "seed"), integer(iters, "iters")
     x = _as_points(x)
     n, d = x.shape
     check_k(n, k)
@@ -87,7 +90,7 @@ def init_keys(ids: np.ndarray, seed: int) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids.size and ids.min() < 0):
         raise ValueError("point ids must be a 1-D array of non-negative integers")
-    key = np.random.SeedSequence([seed % 2**63, 0x6B6D65616E73]).generate_state(1, np.uint64)[0] & MASK63
+    key = np.random.SeedSequence([integer(seed, "seed") % 2**63, 0x6B6D65616E73]).generate_state(1, np.uint64)[0] & MASK63
     return mix63((key + ids.astype(np.uint64)) & MASK63).astype(np.int64)  # a bijection of the id
 
 

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from xdc.clustering.arguments import integer
+
 
 def nmi(a: np.ndarray, b: np.ndarray) -> float:
     """Normalised mutual information (arithmetic mean of the entropies) of two labelings of the same points.
@@ -155,6 +157,7 @@ def collapse_threshold(k: int, collapse_fraction: float) -> float:
     ``collapse_fraction`` of the way from an even split (1/k each) to one cluster holding all. About
     ``collapse_fraction`` itself at k of tens and more; at k = 2 an even split is already half of the points,
     so a bare fraction of 0.5 would call nearly every split a collapse."""
+    k = integer(k, "k")
     if k < 1:  # a ZeroDivisionError at k = 0, until 2026-12-02
         raise ValueError(f"a clustering needs k >= 1 clusters, got k={k}")
     return 1 / k + collapse_fraction * (1 - 1 / k)
@@ -165,8 +168,9 @@ def cluster_stats(assignments: np.ndarray, k: int, collapse_fraction: float = 0.
     ``collapse_threshold(k, collapse_fraction)`` of the points, the degenerate solution DeepCluster's balanced
     sampling fights. k = 1 never collapses: there is nothing to balance. Empty clusters count in k (so in
     ``entropy_ratio``'s log k), not in ``non_empty``, ``median`` or ``smallest_non_empty``. ``ValueError`` for no
-    points, k < 1, labels that are not integers or lie outside [0, k)."""
-    assignments = np.asarray(assignments)
+    points, k < 1 or not an integer (a numpy one gave numpy values in ``to_dict``), labels that are not integers
+    or lie outside [0, k)."""
+    k, assignments = integer(k, "k"), np.asarray(assignments)
     if k < 1 or assignments.size == 0:
         raise ValueError(f"cluster_stats needs k >= 1 and at least one point, got k={k}, {assignments.size} points")
     if assignments.dtype.kind not in "biu":  # floats and strings: a numpy TypeError from bincount until 2026-12-02

@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from xdc.clustering.arguments import integer
+
 MASK63 = np.uint64(2**63 - 1)
 _CHUNK = 4096  # draws turned into Python ints at a time
 
@@ -37,6 +39,8 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
         pad: bool = True,
     ):  # fmt: skip
         super().__init__()
+        epoch_size, seed = integer(epoch_size, "epoch_size"), integer(seed, "seed")
+        rank, world_size = integer(rank, "rank"), integer(world_size, "world_size")
         if not label_sets:
             raise ValueError("the sampler needs at least one set of cluster labels")
         if epoch_size < 1:
@@ -54,6 +58,7 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
         self.start = 0
 
     def set_epoch(self, epoch: int, round: int = 0) -> None:
+        epoch, round = integer(epoch, "epoch"), integer(round, "round")
         if epoch < 0 or round < 0:
             raise ValueError(f"epoch and round must be >= 0, got epoch={epoch}, round={round}")
         self.epoch, self.round, self.start = epoch, round, 0
@@ -63,6 +68,7 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
 
         A position past the end leaves nothing (a resume after the epoch's last, partial batch).
         """
+        position = integer(position, "start position")
         if position < 0:
             raise ValueError(f"start position must be >= 0, got {position}")
         self.start = min(position, self._rank_length())

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from scipy.sparse import csr_matrix
 
+from xdc.clustering.arguments import integer
 from xdc.clustering.features import (
     centred_scatter,
     centring_scale,
@@ -114,8 +115,9 @@ def sharded_kmeans(
     ``ValueError``, on every rank: as ``kmeans`` (k < 2, fewer points than k, non-finite points or ``init``,
     points without dimensions, ``iters`` < 0, ``ids`` that are not one distinct non-negative integer per row:
     duplicates across ranks only where both rows are candidates for the initial centroids, see
-    :func:`check_ids_on_ranks`).
+    :func:`check_ids_on_ranks`), k, seed or iters that are not integers.
     """
+    k, seed, iters = integer(k, "k"), integer(seed, "seed"), integer(iters, "iters")  # the same on every rank
     if x.ndim != 2:
         raise ValueError(f"points must be a 2-D array (N, d), got shape {x.shape}")
     if not x.shape[1]:  # every rank's points have the same d: every rank raises

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from xdc.clustering.arguments import integer
 from xdc.clustering.kmeans import KMeansResult, kmeans
 from xdc.clustering.sharded import Ranks, check_ids_on_ranks
 
@@ -119,7 +120,7 @@ _NOT_FINITE = "scores / epsilon are NaN or infinite: non-finite points, centroid
 
 
 def _check(epsilon: float, iters: int) -> None:
-    if epsilon <= 0 or iters < 1:
+    if epsilon <= 0 or integer(iters, "sinkhorn iters") < 1:
         raise ValueError(f"sinkhorn needs epsilon > 0 and iters >= 1, got epsilon={epsilon}, iters={iters}")
 
 
