@@ -290,6 +290,23 @@ def test_sinkhorn_marginals():
     assert torch.isfinite(sinkhorn(scores * 1e4)).all()  # exp(2e5) overflows without the log domain
 
 
+def test_sinkhorn_of_integer_half_or_complex_scores():
+    """Until 2026-12-03 Q was returned in the dtype of integer scores (every probability truncated to 0; True for
+    booleans), and complex scores lost their imaginary parts with a warning."""
+    scores = torch.randint(-3, 4, (40, 5), generator=torch.Generator().manual_seed(0))
+    q = sinkhorn(scores, epsilon=1.0, iters=10)
+    assert q.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(q, sinkhorn(scores.to(q.dtype), epsilon=1.0, iters=10))
+    torch.testing.assert_close(q.sum(1), torch.ones(40))
+    assert sinkhorn(scores > 0, iters=10).dtype == torch.get_default_dtype()
+    for low in (torch.float16, torch.bfloat16):  # computed in float64, returned in their own dtype
+        q_low = sinkhorn(scores.to(low), epsilon=1.0, iters=10)
+        assert q_low.dtype == low
+        torch.testing.assert_close(q_low.float(), q, atol=1e-2, rtol=0)
+    with pytest.raises(ValueError, match="real numbers"):
+        sinkhorn(scores.to(torch.complex64))
+
+
 def test_sinkhorn_refuses_scores_that_are_not_finite():
     """Until 2026-12-02 an infinite or NaN score, or -distance^2 / epsilon overflowing, made Q NaN: labels of
     nothing."""

@@ -21,17 +21,22 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iters: int = 3) -> tor
     Q is exp(scores / epsilon) rescaled by ``iters`` rounds of: columns to sum 1/K, rows to sum 1/N; returned
     times N, so each row sums to 1 and each column to about N/K. Computed in float64 in the log domain (every
     normalisation is a log-sum-exp, i.e. with max subtraction), so no entry overflows and no row or column
-    underflows to all zeros, however large scores / epsilon gets. Returned in the dtype of ``scores``.
-    Non-finite scores / epsilon raise ``ValueError`` (they made Q NaN), as do no points or no clusters.
+    underflows to all zeros, however large scores / epsilon gets. Returned in the dtype of floating ``scores``,
+    in torch's default dtype for integer or boolean ones (until 2026-12-03 Q was cast to theirs: all zeros).
+    Non-finite scores / epsilon raise ``ValueError`` (they made Q NaN), as do no points or no clusters and complex
+    scores (whose imaginary parts were dropped until 2026-12-03).
     """
     if scores.ndim != 2 or not scores.numel():  # empty: a "math domain error" from log(0), until 2026-12-02
         raise ValueError(f"scores must be a 2-D tensor (N, K) of N, K >= 1, got shape {tuple(scores.shape)}")
+    if scores.is_complex():
+        raise ValueError(f"scores must be real numbers, got dtype {scores.dtype}")
     _check(epsilon, iters)
     log_q = scores.detach().to(torch.float64) / epsilon
     if not bool(log_q.isfinite().all()):
         raise ValueError(_NOT_FINITE)
     log_q = _log_sinkhorn(log_q, iters)
-    return (log_q.exp_() * scores.shape[0]).to(scores.dtype)
+    dtype = scores.dtype if scores.is_floating_point() else torch.get_default_dtype()  # a probability needs floats
+    return (log_q.exp_() * scores.shape[0]).to(dtype)
 
 
 def balanced_assign(
