@@ -356,6 +356,16 @@ def test_sinkhorn_in_blocks_of_rows_is_the_whole_matrix_computation(monkeypatch)
     assert blocked.loss == pytest.approx(whole.loss, rel=1e-12)
 
 
+def test_balance_refuses_points_of_another_dimension_than_the_centroids():
+    """Until 2026-12-03 torch's cdist raised a RuntimeError ("X1 and X2 must have the same number of columns")."""
+    x, _ = _blobs([20, 20], dim=6, spread=5)
+    clusters = kmeans(x, 2, seed=0)
+    for bad in (x[:, :4], x[0], x[None]):
+        with pytest.raises(ValueError, match=r"^points must be a 2-D array \(N, 6\) for centroids of dimension 6"):
+            balance(bad, clusters)
+    assert balance(x, clusters).sizes.tolist() == [20, 20]
+
+
 def test_balanced_assign_balances_what_kmeans_leaves_skewed():
     x, _ = _blobs([1000, 20, 20, 20], dim=8, spread=4)
     x = preprocess_features(x)

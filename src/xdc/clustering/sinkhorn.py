@@ -56,7 +56,8 @@ def balance(
 ) -> KMeansResult:  # fmt: skip
     """Labels of the points ``x`` (N, d) from a Sinkhorn-balanced assignment to the centroids of ``clusters``
     (k-means' result for ``x``), instead of the nearest centroid. Non-finite scores (NaN or infinite points or
-    centroids, or too small an ``epsilon``) raise ``ValueError``, on every rank.
+    centroids, or too small an ``epsilon``) raise ``ValueError``, on every rank, as do points whose dimension is not
+    the centroids'.
 
     Scores are negative squared distances to the centroids (without balancing, the best score is the nearest
     centroid). Each point takes its most probable cluster under Q, but no cluster takes more than ceil(N/k)
@@ -79,6 +80,9 @@ def balance(
     where a distance or a sum rounds differently, a point at a near-tie can take another cluster.
     """
     _check(epsilon, sinkhorn_iters)
+    d = clusters.centroids.shape[1]  # the same centroids on every rank: a mismatch raises on every rank alike
+    if np.ndim(x) != 2 or np.shape(x)[1] != d:  # a torch RuntimeError from cdist, until 2026-12-03
+        raise ValueError(f"points must be a 2-D array (N, {d}) for centroids of dimension {d}, got {np.shape(x)}")
     device = torch.device(device)
     ranks = _Collectives(Ranks(alone=not sharded), torch.device(comm_device or device))
     points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(BLOCK_ROWS)  # views, not copies
