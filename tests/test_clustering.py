@@ -534,6 +534,16 @@ def test_sampler_draws_every_cluster_equally_and_skips_unlabelled():
     assert set(small) == {290, 291, 292} and max(small.values()) - min(small.values()) <= 1  # repeated evenly
 
 
+def test_sampler_takes_labels_of_any_size():
+    """Cluster ids need not be small: until 2026-12-03 the members were counted by a bincount up to the largest
+    label (a MemoryError of 8 TiB for a label of 2**40)."""
+    labels = np.array([2**40, 0, 2**40, 5, -1, 2**40, 2**62])
+    draws = [v for v, _ in ClusterBalancedSampler([labels], epoch_size=8, seed=3)]
+    assert sorted(Counter(labels[draws]).values()) == [2, 2, 2, 2] and 4 not in draws
+    big = [v for v in draws if labels[v] == 2**40]
+    assert len(set(big)) == 2 and set(big) <= {0, 2, 5}  # two distinct of its three members: its quota
+
+
 def test_shuffled_draws_give_every_item_once_per_epoch_and_start_anywhere():
     sampler = shuffled_draws(37, seed=3)
     epochs = []

@@ -133,8 +133,9 @@ def _cluster_members(labels: np.ndarray) -> list[np.ndarray]:
     order = np.argsort(keys, kind="stable")
     items, keys = items[order], keys[order]
     del order
-    sizes = np.bincount(keys)
-    return np.split(items, np.cumsum(sizes[sizes > 0])[:-1])
+    # where the sorted labels change, not a bincount: that one took 8 B per label value up to the largest (a label
+    # of 2**40 asked for 8 TiB, until 2026-12-03)
+    return np.split(items, np.flatnonzero(keys[1:] != keys[:-1]) + 1)
 
 
 def _balanced_draws(clusters: list[np.ndarray], total: int, rng: np.random.Generator) -> np.ndarray:
