@@ -439,6 +439,8 @@ def test_cluster_stats_refuse_labels_that_are_not_cluster_ids():
             cluster_stats(labels, k=2)
     with pytest.raises(ValueError, match="k >= 1"):
         collapse_threshold(0, 0.5)
+    with pytest.raises(ValueError, match=r"^assignments must be 1-D, got shape \(2, 2\)$"):  # until 2026-12-03 numpy's
+        cluster_stats(np.array([[0, 1], [1, 0]]), k=2)  # "object too deep for desired array"
 
 
 def test_nmi():

@@ -168,11 +168,13 @@ def cluster_stats(assignments: np.ndarray, k: int, collapse_fraction: float = 0.
     ``collapse_threshold(k, collapse_fraction)`` of the points, the degenerate solution DeepCluster's balanced
     sampling fights. k = 1 never collapses: there is nothing to balance. Empty clusters count in k (so in
     ``entropy_ratio``'s log k), not in ``non_empty``, ``median`` or ``smallest_non_empty``. ``ValueError`` for no
-    points, k < 1 or not an integer (a numpy one gave numpy values in ``to_dict``), labels that are not integers
-    or lie outside [0, k)."""
+    points, k < 1 or not an integer (a numpy one gave numpy values in ``to_dict``), labels that are not 1-D,
+    not integers or outside [0, k)."""
     k, assignments = integer(k, "k"), np.asarray(assignments)
     if k < 1 or assignments.size == 0:
         raise ValueError(f"cluster_stats needs k >= 1 and at least one point, got k={k}, {assignments.size} points")
+    if assignments.ndim != 1:  # numpy's "object too deep for desired array" from bincount, until 2026-12-03
+        raise ValueError(f"assignments must be 1-D, got shape {assignments.shape}")
     if assignments.dtype.kind not in "biu":  # floats and strings: a numpy TypeError from bincount until 2026-12-02
         raise ValueError(f"assignments must be integer cluster ids, got dtype {assignments.dtype}")
     if assignments.min() < 0 or assignments.max() >= k:
