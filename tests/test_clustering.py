@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -251,6 +252,25 @@ def test_kmeans_refuses_non_finite_points_and_negative_iterations(search):
     with pytest.raises(ValueError, match="iters >= 0, got -1"):
         run(x, 3, seed=0, iters=-1)
     assert run(x, 3, seed=0, iters=0).iterations == 0
+
+
+def test_kmeans_of_points_of_extreme_magnitude_is_that_of_unit_ones():
+    """Points are scaled by a power of two (exact) before faiss or torch square them in float32: until 2026-12-03
+    points of 1e-25 all fell in one cluster (their squared distances underflowed to 0), and points of 1e20
+    overflowed: faiss's k-means aborted the whole process, the sharded faiss search raised an IndexError, the torch
+    search and assign_to_centroids gave wrong labels."""
+    x, _ = _blobs([40, 30, 50], dim=5, spread=4)
+    runs = {"kmeans": kmeans, "faiss": partial(sharded_kmeans, search="faiss"),
+            "torch": partial(sharded_kmeans, search="torch")}  # fmt: skip
+    for name, run in runs.items():
+        ref = run(x, 3, seed=2, iters=8)
+        assert (ref.sizes > 0).all()
+        for power in (-84, 70):  # 2**-84 ~ 5e-26, 2**70 ~ 1e21
+            got = run(np.ldexp(x, power), 3, seed=2, iters=8)
+            np.testing.assert_array_equal(got.assignments, ref.assignments, err_msg=f"{name} at 2**{power}")
+            np.testing.assert_allclose(np.ldexp(got.centroids, -power), ref.centroids, rtol=1e-6)
+            assert np.ldexp(got.loss, -2 * power) == pytest.approx(ref.loss, rel=1e-5)
+            assert assign_to_centroids(np.ldexp(x, power), got.centroids).tolist() == ref.assignments.tolist()
 
 
 def test_assign_to_centroids_is_the_nearest():

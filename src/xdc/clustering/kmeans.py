@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 
 from xdc.clustering.arguments import integer
+from xdc.clustering.features import largest_magnitude
 from xdc.clustering.sampler import MASK63, mix63
 
 
@@ -39,7 +40,7 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20, ids: np.ndarray | 
     (:func:`check_ids`): their rows share a key, and which of them is drawn depended on the order of the rows.
     Clusters that become empty during training are re-seeded by faiss (it splits a large one); ``sizes``
     reports any still empty after the final assignment. faiss stops before ``iters`` once the objective stops
-    decreasing (``iterations`` says how many ran).
+    decreasing (``iterations`` says how many ran). Points of any finite magnitude: see :func:`safe_exponent`.
     ``ValueError``: k < 2, fewer points than k, points without dimensions (N, 0), non-finite points, ``iters`` < 0,
     ``ids`` that are not one distinct non-negative integer per point, and k, seed or iters that are not integers
     (numpy ones are taken).
@@ -52,6 +53,8 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20, ids: np.ndarray | 
     check_finite(x)
     if ids is not None:
         check_ids(ids, n)
+    e = safe_exponent(largest_magnitude(x))
+    x = np.ldexp(x, -e) if e else x  # exact: the same labels, centroids and loss as unscaled points, scaled back
     init = x[smallest_keys(init_keys(np.arange(n) if ids is None else ids, seed), k)]
     km = faiss.Kmeans(
         d, k, niter=iters, seed=seed % 2**31, verbose=False, spherical=False, gpu=faiss.get_num_gpus() > 0,
@@ -63,9 +66,9 @@ def kmeans(x: np.ndarray, k: int, seed: int, iters: int = 20, ids: np.ndarray | 
     distances, assignments = _nearest(x, centroids)
     return KMeansResult(
         assignments=assignments,
-        centroids=centroids,
+        centroids=np.ldexp(centroids, e),
         sizes=np.bincount(assignments, minlength=k).astype(np.int64),
-        loss=float(distances.sum(dtype=np.float64)),
+        loss=float(np.ldexp(distances.sum(dtype=np.float64), 2 * e)),
         iterations=len(km.obj),
     )
 
@@ -78,7 +81,18 @@ def assign_to_centroids(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         raise ValueError(f"need at least one centroid (k, d), got shape {centroids.shape}")
     check_finite(x)
     check_finite(centroids, "centroids")
-    return _nearest(x, centroids)[1]
+    e = safe_exponent(max(largest_magnitude(x), largest_magnitude(centroids)))
+    return _nearest(np.ldexp(x, -e), np.ldexp(centroids, -e))[1] if e else _nearest(x, centroids)[1]
+
+
+def safe_exponent(top: float) -> int:
+    """The power of two e such that points of largest magnitude ``top`` divided by 2**e (exact) can be squared in
+    float32 by faiss's and the torch search's distances: 0 (no scaling, no copy) for ``top`` within
+    [2**-32, 2**32], else the one that brings ``top`` into [0.5, 1). Until 2026-12-03 points past about 1e18
+    overflowed there (faiss's k-means aborted the process, the sharded faiss search raised an IndexError, the torch
+    search and ``assign_to_centroids`` gave wrong labels) and points below about 1e-19 underflowed (every point in
+    one cluster, the loss 0)."""
+    return 0 if top == 0 or 2.0**-32 <= top <= 2.0**32 else int(np.frexp(top)[1])
 
 
 def init_keys(ids: np.ndarray, seed: int) -> np.ndarray:

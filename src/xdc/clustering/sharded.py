@@ -50,6 +50,7 @@ from xdc.clustering.kmeans import (
     flat_index,
     ids_problem,
     init_keys,
+    safe_exponent,
     smallest_keys,
 )
 
@@ -112,6 +113,7 @@ def sharded_kmeans(
     ``search``: ``"faiss"`` (flat L2 search; faiss's GPU if it has one), ``"torch"`` (matrix products on
     ``device``) or ``"auto"`` (:func:`torch_search` decides). Both give the same labels up to float rounding.
 
+    Points of any finite magnitude, scaled as ``kmeans`` scales them (:func:`xdc.clustering.kmeans.safe_exponent`).
     ``ValueError``, on every rank: as ``kmeans`` (k < 2, fewer points than k, non-finite points or ``init``,
     points without dimensions, ``iters`` < 0, ``ids`` that are not one distinct non-negative integer per row:
     duplicates across ranks only where both rows are candidates for the initial centroids, see
@@ -131,13 +133,18 @@ def sharded_kmeans(
     check_k(int(counts.sum()), k)  # the same global numbers everywhere: every rank raises, or none does
     if global_count(int(not all_finite(x)), device, ranks):  # faiss's search failed on NaN, torch's kept it
         raise ValueError("points contain NaN or infinite values")
+    top = ranks.max(torch.tensor(largest_magnitude(x), dtype=torch.float64, device=device)).item()
     if init is None:
+        e = safe_exponent(top)  # the same on every rank; scaled back at the end, as kmeans does
+        x = np.ldexp(x, -e) if e else x
         centroids = _initial_centroids(x, k, seed, ids, device, ranks, counts)
     else:
         centroids = np.ascontiguousarray(init, dtype=np.float32)
         if centroids.shape != (k, x.shape[1]):
             raise ValueError(f"init must be {k} x {x.shape[1]} centroids, got shape {centroids.shape}")
         check_finite(centroids, "init centroids")  # the same on every rank
+        e = safe_exponent(max(top, largest_magnitude(centroids)))
+        x, centroids = (np.ldexp(x, -e), np.ldexp(centroids, -e)) if e else (x, centroids)
     use_torch = search == "torch" or (search == "auto" and torch_search(device))
     rows = _TorchRows(x, device) if use_torch else _FaissRows(x, device)
     done = 0
@@ -157,8 +164,8 @@ def sharded_kmeans(
     tail[:k] = torch.from_numpy(np.bincount(assignments, minlength=k).astype(np.float64)).to(device)
     tail[k] = loss
     tail = ranks.sum(tail).cpu().numpy()
-    return KMeansResult(assignments=assignments, centroids=centroids, sizes=tail[:k].astype(np.int64),
-                        loss=float(tail[k]), iterations=done)  # fmt: skip
+    return KMeansResult(assignments=assignments, centroids=np.ldexp(centroids, e), sizes=tail[:k].astype(np.int64),
+                        loss=float(np.ldexp(tail[k], 2 * e)), iterations=done)  # fmt: skip
 
 
 def sharded_initial_centroids(
