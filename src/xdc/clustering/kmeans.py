@@ -104,7 +104,8 @@ def init_keys(ids: np.ndarray, seed: int) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids.size and ids.min() < 0):
         raise ValueError("point ids must be a 1-D array of non-negative integers")
-    key = np.random.SeedSequence([integer(seed, "seed") % 2**63, 0x6B6D65616E73]).generate_state(1, np.uint64)[0] & MASK63
+    seed = integer(seed, "seed")
+    key = np.random.SeedSequence([seed % 2**63, 0x6B6D65616E73]).generate_state(1, np.uint64)[0] & MASK63
     return mix63((key + ids.astype(np.uint64)) & MASK63).astype(np.int64)  # a bijection of the id
 
 
