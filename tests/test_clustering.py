@@ -529,6 +529,8 @@ def test_agreement_against_its_chance_level():
     assert agreement(a, b)[0] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no point"):
         agreement(np.full(5, -1), np.zeros(5, dtype=int))
+    with pytest.raises(ValueError, match="shuffles >= 1, got 0"):  # a NaN chance level until 2026-12-03
+        agreement(a, a, shuffles=0)
 
 
 # ---- sampler
@@ -659,6 +661,14 @@ def test_sampler_rejects_bad_input():
         ClusterBalancedSampler([np.full(10, -1)], epoch_size=5, seed=0)
     with pytest.raises(ValueError, match="rank"):
         ClusterBalancedSampler([np.zeros(10, int)], epoch_size=5, seed=0, rank=2, world_size=2)
+    # label sets of different lengths cannot label the same videos: drawn without a word until 2026-12-03
+    with pytest.raises(ValueError, match=r"lengths differ: \[10, 9\]"):
+        ClusterBalancedSampler([np.zeros(10, int), np.zeros(9, int)], epoch_size=5, seed=0)
+    stacked = np.stack([np.arange(10) % 2, np.arange(10) % 5])  # a 2-D array of sets: numpy's "truth value of an
+    as_list = ClusterBalancedSampler(list(stacked), epoch_size=6, seed=0)  # array ... is ambiguous" until then
+    assert list(ClusterBalancedSampler(stacked, epoch_size=6, seed=0)) == list(as_list)
+    with pytest.raises(ValueError, match="at least one set"):
+        ClusterBalancedSampler(np.zeros((0, 10), int), epoch_size=5, seed=0)
 
 
 @pytest.mark.parametrize("run", [kmeans, sharded_kmeans])

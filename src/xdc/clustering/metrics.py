@@ -126,6 +126,8 @@ def agreement(a: np.ndarray, b: np.ndarray, shuffles: int = 20, seed: int = 0) -
     after shuffling ``b`` (``shuffles`` seeded draws), which is well above 0 when clusters are many and points
     few. For XDC's video and audio clusters: at chance level, neither modality's clusters are predictable from
     the other, and the cross-modal heads have nothing to learn."""
+    if integer(shuffles, "shuffles") < 1:  # the mean of no draws: NaN and a numpy warning, until 2026-12-03
+        raise ValueError(f"the chance level needs shuffles >= 1, got {shuffles}")
     a, b = _same_length(a, b)
     if a.dtype.kind not in "biu" or b.dtype.kind not in "biu":  # strings: a numpy error at ">= 0" until 2026-12-02
         raise ValueError(f"agreement takes integer cluster ids (-1: unassigned), got dtypes {a.dtype} and {b.dtype}")

@@ -41,8 +41,11 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
         super().__init__()
         epoch_size, seed = integer(epoch_size, "epoch_size"), integer(seed, "seed")
         rank, world_size = integer(rank, "rank"), integer(world_size, "world_size")
-        if not label_sets:
+        if len(label_sets) == 0:  # len: `not` of a 2-D array of label sets (np.stack) is ambiguous
             raise ValueError("the sampler needs at least one set of cluster labels")
+        if len({len(labels) for labels in label_sets}) > 1:  # each labels the same videos: drawn until 2026-12-03
+            raise ValueError(f"the label sets label the same videos, but their lengths differ: "
+                             f"{[len(labels) for labels in label_sets]}")  # fmt: skip
         if epoch_size < 1:
             raise ValueError(f"epoch_size must be >= 1, got {epoch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
