@@ -49,6 +49,13 @@ def _blobs_2d():
     return y, init
 
 
+def _with_outlier(y: np.ndarray) -> np.ndarray:
+    """``y`` with its first row 64 times as far from the origin."""
+    y = y.copy()
+    y[0] *= 64
+    return y
+
+
 N, D, DIM, K, SEED, ITERS = 2000, 80, 32, 16, 3, 15
 
 
@@ -79,6 +86,10 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
     res["empty"] = (sharded_kmeans(shard, len(init), seed=0, iters=5, init=init),
                     sharded_initial_centroids(shard, 6, seed=11))  # fmt: skip
     res["empty_rank"] = sharded_kmeans(y if rank == 0 else y[:0], 3, seed=2, iters=4)
+    huge = np.ldexp(_with_outlier(y), 70)  # the outlier on rank 0: the ranks' own scales would differ
+    res["huge"] = (sharded_kmeans(huge[:350] if rank == 0 else huge[350:], 5, seed=2, iters=4, search="torch"),
+                   sharded_kmeans(huge if rank == 0 else huge[:0], 3, seed=0, iters=4, init=np.ldexp(init[:3], 70),
+                                  search="torch"))  # fmt: skip
 
     bad = _mixture(300, D, 4)
     if rank == 1:
@@ -268,6 +279,21 @@ def test_a_rank_without_rows_takes_part(two_ranks):
     np.testing.assert_array_equal(two_ranks[0]["empty_rank"].assignments, ref.assignments)
     assert two_ranks[1]["empty_rank"].assignments.shape == (0,)
     np.testing.assert_array_equal(two_ranks[1]["empty_rank"].centroids, ref.centroids)
+
+
+def test_points_of_extreme_magnitude_are_scaled_alike_on_every_rank(two_ranks):
+    """Points of 1e21 (2**70), split over two ranks (one without rows in the second run): until 2026-12-03 the torch
+    search's float32 squared distances overflowed (wrong labels, NaN centroids); now every rank divides by the same
+    power of two, from the largest magnitude of all ranks, and the result is that of unit points, scaled back."""
+    y, init = _blobs_2d()
+    y = _with_outlier(y)
+    for run, ref in enumerate((sharded_kmeans(y, 5, seed=2, iters=4), sharded_kmeans(y, 3, seed=0, iters=4,
+                                                                                     init=init[:3]))):  # fmt: skip
+        got = [two_ranks[rank]["huge"][run] for rank in (0, 1)]
+        np.testing.assert_array_equal(np.concatenate([g.assignments for g in got]), ref.assignments)
+        for g in got:
+            np.testing.assert_allclose(np.ldexp(g.centroids, -70), ref.centroids, rtol=1e-6)
+            assert np.ldexp(g.loss, -140) == pytest.approx(ref.loss, rel=1e-6)
 
 
 def test_nan_on_one_rank_raises_on_every_rank(two_ranks):
