@@ -187,6 +187,12 @@ def test_pca_to_less_than_one_dimension_and_complex_features_are_refused():
             preprocess(x, dim=0)
         with pytest.raises(ValueError, match="real numbers, got dtype complex64"):
             preprocess(x.astype(np.complex64))  # its imaginary parts were dropped until 2026-12-02
+    rank_deficient = np.random.default_rng(0).standard_normal((100, 10)).astype(np.float32)[:, [*range(10)] * 2]
+    for preprocess in (preprocess_features, sharded_preprocess_features):
+        assert np.isfinite(preprocess(rank_deficient, dim=16, eps=1e-5)).all()
+        for eps in (-1e-5, 0.0, math.nan, math.inf):  # until 2026-12-03 rows of NaN, or of zeros at infinity
+            with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+                preprocess(rank_deficient, dim=16, eps=eps)
 
 
 # ---- k-means

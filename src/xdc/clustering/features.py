@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import faiss
 import numpy as np
 
@@ -19,9 +21,10 @@ def preprocess_features(x: np.ndarray, dim: int = 256, whiten: bool = True, eps:
     A row of zeros after PCA stays zero (PCA centres the rows: an all-zero input row stays zero only where it is
     skipped). Features all identical (no variance) come out as rows of zeros when PCA runs, as identical unit rows
     otherwise; no rows give no rows. Non-finite input, features without dimensions (N, 0), complex ones and ``dim``
-    < 1 raise ``ValueError``.
+    < 1 raise ``ValueError``, as does an ``eps`` that is not finite and > 0.
     """
     check_features_shape(x, dim)
+    check_eps(eps)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise ValueError("features contain NaN or infinite values (has the encoder diverged?)")
@@ -46,6 +49,14 @@ def check_features_shape(x: np.ndarray, dim: int) -> None:
         raise ValueError(f"PCA needs dim >= 1, got {dim}")
     if x.dtype.kind not in "biuf":  # complex ones lost their imaginary parts (a numpy warning) until 2026-12-02
         raise ValueError(f"features must be real numbers, got dtype {x.dtype}")
+
+
+def check_eps(eps: float) -> None:
+    """``ValueError`` unless ``eps`` > 0 and finite: below zero or NaN it made directions without variance NaN
+    (rows of NaN from rank-deficient features, which k-means then refused as non-finite points), and at infinity it
+    made every row zero, until 2026-12-03."""
+    if not 0 < eps < math.inf:
+        raise ValueError(f"eps must be a finite number > 0 (it keeps directions without variance finite), got {eps}")
 
 
 # The PCA, here and in xdc.clustering.sharded. faiss's PCAMatrix formed the covariance as x'x - n mean mean' in
