@@ -350,6 +350,9 @@ def test_sinkhorn_refuses_scores_that_are_not_finite():
     x[4, 0] = np.inf
     with pytest.raises(ValueError, match="non-finite points"):
         balance(x, clusters)
+    for epsilon in (math.inf, math.nan, 0.0):  # until 2026-12-03 an infinite one gave a uniform Q: labels by id alone
+        with pytest.raises(ValueError, match=f"finite epsilon > 0 and iters >= 1, got epsilon={epsilon}"):
+            balance(x[:4], clusters, epsilon=epsilon)
 
 
 

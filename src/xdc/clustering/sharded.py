@@ -75,9 +75,10 @@ def sharded_preprocess_features(
     Same semantics: PCA to ``dim`` (whitened, ``eps`` relative to the largest eigenvalue) only when the
     features have more dimensions and the ranks together more rows than ``dim``, then unit L2 rows; float32.
     Non-finite values or rows without dimensions (N, 0) on any rank, ``dim`` < 1 or an ``eps`` that is not finite
-    and > 0 raise ``ValueError`` on every rank (none is left waiting in a collective). On the CPU one process holding every row (or ``alone``) computes
-    exactly what ``preprocess_features`` does; over ranks the scatter matrix adds the rows in another order
-    (float32 rounding). On a CUDA ``device`` the scatter matrix and the projection are computed there.
+    and > 0 raise ``ValueError`` on every rank (none is left waiting in a collective). On the CPU one process
+    holding every row (or ``alone``) computes exactly what ``preprocess_features`` does; over ranks the scatter
+    matrix adds the rows in another order (float32 rounding). On a CUDA ``device`` the scatter matrix and the
+    projection are computed there.
     """
     check_features_shape(x, dim)
     check_eps(eps)  # the same eps on every rank: every rank raises

@@ -129,8 +129,9 @@ _NOT_FINITE = "scores / epsilon are NaN or infinite: non-finite points, centroid
 
 
 def _check(epsilon: float, iters: int) -> None:
-    if epsilon <= 0 or integer(iters, "sinkhorn iters") < 1:
-        raise ValueError(f"sinkhorn needs epsilon > 0 and iters >= 1, got epsilon={epsilon}, iters={iters}")
+    # an infinite epsilon made every score 0 and Q uniform: labels by id alone, until 2026-12-03
+    if not 0 < epsilon < math.inf or integer(iters, "sinkhorn iters") < 1:
+        raise ValueError(f"sinkhorn needs a finite epsilon > 0 and iters >= 1, got epsilon={epsilon}, iters={iters}")
 
 
 def _log_sinkhorn(log_q: torch.Tensor, iters: int, ranks: _Collectives | None = None, n: int | None = None
