@@ -1079,7 +1079,7 @@ def _finetune_cli(run_dir: Path, table: Path, out: Path, mode: str) -> list[str]
 
 
 @pytest.mark.parametrize("mode", ["full", "fc"])
-def test_finetuning_killed_goes_on_exactly_when_run_again(run, tmp_path, capsys, mode):
+def test_finetuning_killed_goes_on_exactly_when_run_again(run, tmp_path, capsys, mode, monkeypatch):
     root, run_dir = run
     table = tmp_path / "table.csv"
     write_table(items_of(root), table)
@@ -1096,9 +1096,14 @@ def test_finetuning_killed_goes_on_exactly_when_run_again(run, tmp_path, capsys,
     # as if computed with another thread count: said, as not bit-exact on the CPU (here it still is)
     save_atomic({**state, "threads": torch.get_num_threads() + 1}, checkpoint)
     capsys.readouterr()
+    monkeypatch.setattr("xdc.progress.LINE_EVERY_S", 0.0)  # each bar's lines from its start
     assert main([*_finetune_cli(run_dir, table, killed, mode), "--set=data.workers=1"]) == 0  # the run's: 0
     out, err = capsys.readouterr()
     assert "train-test: resuming after batch" in out  # another number of workers draws the same clips
+    after = int(re.search(r"resuming after batch (\d+)", out)[1])
+    bars = re.findall(r"train-test epoch (\d)/6: +\d+%\|[^|]*\| (\d+)/(\d+)", err)
+    # the resumed epoch's bar starts at the batches it did before, of its 4 (until 2026-12-03 at 0 of those left)
+    assert bars[0] == (str(after // 4 + 1), str(after % 4), "4") and {total for *_, total in bars} == {"4"}, err
     assert f"WARNING: this run computed with {torch.get_num_threads() + 1} CPU threads and goes on with" in err
     a, b = (json.loads(path.read_text())["splits"][0] for path in (straight, killed))
     assert len(a["epoch_losses"]) == 6 and a["epoch_losses"] == b["epoch_losses"]  # every batch's loss, bit for bit

@@ -189,7 +189,10 @@ def finetune(
             desc = f"{name} epoch {epoch + 1}/{cfg.epochs}"
             left = per_epoch - (done - epoch * per_epoch)
             batches = itertools.islice(itertools.chain(Surviving(loader), itertools.repeat(None)), left)
-            bar = progress_bar(batches, desc=desc, total=left, unit="batch", leave=False, show=ctx.main)
+            # a resumed epoch's bar starts at the batches it did before (as pretraining's): until 2026-12-03 at 0 of
+            # those left, which read as a shorter epoch
+            bar = progress_bar(batches, desc=desc, initial=per_epoch - left, total=per_epoch, unit="batch",
+                               leave=False, show=ctx.main)  # fmt: skip
             for batch in bar:
                 done += 1
                 if batch is not None:
