@@ -1279,6 +1279,15 @@ def test_eval_finetune_records_the_datasets_options(run, tmp_path):
     assert json.loads(out.read_text())["options"] == {"missing": "skip"}
 
 
+def _finetuned_once(run_dir: Path, root: Path, table: Path, out: Path) -> tuple[list[str], Path, bytes]:
+    """A finished fc finetuning on the whole dataset into ``out``: its command, its log and the log's bytes."""
+    write_table(items_of(root), table)
+    command = [*_finetune_cli(run_dir, table, out, "fc"), "--set=finetune.epochs=1", "--set=finetune.batch_size=8"]
+    assert main(command) == 0
+    logs = out.with_suffix(".finetune") / "log.jsonl"
+    return command, logs, logs.read_bytes()
+
+
 def test_eval_finetune_refused_for_its_data_writes_no_folder(run, tmp_path, capsys):
     """A mistake in what to finetune on (a table without splits, --split of a CSV) is one line, and leaves no
     OUT.finetune folder of empty logs behind (until 2026-12-03 it did); nor does one in --device remove the logs of
@@ -1295,11 +1304,7 @@ def test_eval_finetune_refused_for_its_data_writes_no_folder(run, tmp_path, caps
         assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
     # a device this machine lacks, given to run again with other settings: refused before the first finetuning's
     # logs went (until 2026-12-03 after)
-    write_table(items_of(root), table)
-    command = [*_finetune_cli(run_dir, table, out, "fc"), "--set=finetune.epochs=1", "--set=finetune.batch_size=8"]
-    assert main(command) == 0
-    logs = tmp_path / "ft.finetune" / "log.jsonl"
-    before = logs.read_bytes()
+    command, logs, before = _finetuned_once(run_dir, root, table, out)
     capsys.readouterr()
     assert main([*command, "--set=seed=1", "--device", "cuda:64"]) == 2
     assert capsys.readouterr().err.startswith("xdc: error: device 'cuda:64': this machine has ")
@@ -1323,11 +1328,7 @@ def test_eval_finetune_refused_with_no_result_to_compare_keeps_the_earlier_logs(
 
     root, run_dir = run
     table, out = tmp_path / "table.csv", tmp_path / "ft.json"
-    write_table(items_of(root), table)
-    command = [*_finetune_cli(run_dir, table, out, "fc"), "--set=finetune.epochs=1", "--set=finetune.batch_size=8"]
-    assert main(command) == 0
-    logs = tmp_path / "ft.finetune" / "log.jsonl"
-    before = logs.read_bytes()
+    command, logs, before = _finetuned_once(run_dir, root, table, out)
     out.unlink()
     one = items_of(root)[0].label
     write_table([item for item in items_of(root) if item.split == "test" or item.label == one], table)

@@ -648,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate features or a run: linear, kfold, finetune, clusters")
     evals = p.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
     for name, text in (("linear", "linear probe on the train split, video-level and per-class test accuracy"),
-                       ("kfold", "cross-validated linear probe over the fold column (ESC-50), or --folds N")):  # fmt: skip
+                       ("kfold", "cross-validated linear probe over the fold column (ESC-50) or --folds N")):
         q = evals.add_parser(name, help=text)
         q.add_argument("--features", type=Path, required=True, help="features .npz from xdc extract")
         if name == "linear":
