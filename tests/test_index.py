@@ -203,6 +203,32 @@ def test_rows_of_version_4_are_probed_again_only_where_a_picture_may_hide(tmp_pa
     }  # fmt: skip
 
 
+def test_pictures_too_thin_to_train_on_are_unusable_and_rows_of_such_sizes_are_probed_again(tmp_path: Path) -> None:
+    """A 2 x 64 video (one side 32 times the other) fails every clip's read (the decoder refuses it: scaled to the
+    short side it is 8 MB a frame); until 2026-12-03 xdc index called it usable. Rows of versions 4 and 5 are
+    probed again only where their stored size could be that thin as displayed (a pixel aspect of up to 4:1)."""
+    rng = np.random.default_rng(0)
+    write_av(tmp_path / "thin.mp4", rng.integers(0, 256, (10, 64, 2, 3), dtype=np.uint8), 25, _tone(0.4))
+    write_av(tmp_path / "wide.mp4", rng.integers(0, 256, (10, 8, 64, 3), dtype=np.uint8), 25, _tone(0.4))  # 8:1
+    write_av(tmp_path / "square.mp4", _frames(10), 25, _tone(0.4))
+    out = tmp_path / "manifest.csv"
+    build_manifest([str(tmp_path)], out, workers=1)
+    assert {name: (r["status"], r["reason"]) for name, r in _rows(out).items()} == {
+        "thin.mp4": ("error", "video stream has pictures of 2 x 64 (as displayed): one side over 16 times the other"),
+        "wide.mp4": ("ok", ""), "square.mp4": ("ok", ""),
+    }  # fmt: skip
+    rows = read_rows(out)
+    for row in rows:  # as version 5 made them: the thin video usable
+        row["probe"] = "5"
+        if row["path"].endswith("thin.mp4"):
+            row.update(status="ok", reason="", width="2", height="64")
+    write_rows(out, rows)
+    assert build_manifest([str(tmp_path)], out, workers=1).probed == 2  # thin and wide (8:1 could be 32:1 shown)
+    assert {name: (r["status"], r["probe"]) for name, r in _rows(out).items()} == {
+        "thin.mp4": ("error", index.PROBE_VERSION), "wide.mp4": ("ok", index.PROBE_VERSION), "square.mp4": ("ok", "5"),
+    }  # fmt: skip
+
+
 def test_matroska_parts_cut_by_ffmpegs_segment_muxer_are_whole_and_as_long_as_they_are(tmp_path: Path) -> None:
     """FFmpeg's Matroska muxer writes as the Segment's Duration where the last frame ends, timestamps counted from
     0, and its demuxer takes that for the length: a part starting at 3 s and ending at 5 s stated 5 s, so the probe

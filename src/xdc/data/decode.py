@@ -36,7 +36,7 @@ _SAR_RANGE = (Fraction(1, 4), Fraction(4))
 # Pictures whose long side is more than this many times the short one are refused: scaled to the short side asked,
 # a 1 x 240 stream came out 128 x 30720 (94 MB a clip of 8 frames, a loader's memory gone in a few batches), and any
 # crop of it shows a pixel or two of the source. Real videos stay well within it (32:9 screens are 3.6:1).
-_MAX_ASPECT = 16
+MAX_ASPECT = 16
 
 
 class DecodeError(Exception):
@@ -465,9 +465,22 @@ class _VideoWindow:
         return np.stack(self.out)
 
 
+def aspect_problem(width: int, height: int) -> str:
+    """Why pictures of ``width`` x ``height`` (as displayed) are refused (MAX_ASPECT), or "" where they are not."""
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return f"pictures of {width} x {height} (as displayed): one side over {MAX_ASPECT} times the other"
+    return ""
+
+
+def may_be_too_thin(width: float, height: float) -> bool:
+    """Whether pictures stored as ``width`` x ``height`` could be refused (``aspect_problem``) under some pixel
+    aspect that ``pixel_aspect`` accepts (up to 4:1 either way)."""
+    return width > 0 and max(width, height) > MAX_ASPECT / _SAR_RANGE[1] * min(width, height)
+
+
 def _check_aspect(width: int, height: int) -> None:
-    if max(width, height) > _MAX_ASPECT * min(width, height):
-        raise DecodeError(f"pictures of {width} x {height} (as displayed): one side over {_MAX_ASPECT} times the other")
+    if problem := aspect_problem(width, height):
+        raise DecodeError(problem)
 
 
 _local = threading.local()

@@ -25,7 +25,7 @@ import numpy as np
 
 from xdc.atomic import remove_partials
 from xdc.config import node_ranks
-from xdc.data.decode import file_origin
+from xdc.data.decode import aspect_problem, displayed_width, file_origin, may_be_too_thin, pixel_aspect
 from xdc.data.jobs import run_jobs
 from xdc.data.manifest import COLUMNS, iter_rows, open_paths_file, row_cells, shown, write_rows
 from xdc.data.shares import (
@@ -54,7 +54,8 @@ TAIL_MAX_PACKETS = 1500
 # 3: streams' ends on the file's timeline, not from their own starts (a video starting after its sound got less).
 # 4: a Matroska file's stated duration less its start: parts cut by FFmpeg's segment muxer were "truncated".
 # 5: a picture (a PNG or JPEG named .mp4) is an error, not a video of one frame.
-PROBE_VERSION = "5"
+# 6: pictures with one side over MAX_ASPECT times the other (1 x 240) are an error, as the decoder refuses them.
+PROBE_VERSION = "6"
 # A probe decodes a few packets at a handful of points (807 GRID files: 340 a second on 2 cores). One that takes over
 # two minutes is hung (a decoder in a loop, a stalled network file system); its file gets an error row.
 PROBE_LIMIT_S = 120.0
@@ -185,13 +186,18 @@ def probe_holds(cached: dict, stat: dict) -> bool:
 
 
 def _checks_current(cached: dict) -> bool:
-    """Whether the checks that made the row ``cached`` give today's verdict. Version 4's differ only for a picture
-    named as a video, which they took for a video of one frame: of their rows, those of a video under a second are
-    probed again, not a whole collection (at 340 files a second on 2 cores, half an hour for Kinetics' 650,000)."""
+    """Whether the checks that made the row ``cached`` give today's verdict. Versions 4 and 5 differ only for
+    pictures whose stored size could be too thin as displayed (``may_be_too_thin``), and version 4 also
+    for a picture named as a video, which it took for a video of one frame: of their rows, those of such sizes and
+    of a video under a second are probed again, not a whole collection (at 340 files a second on 2 cores, half an
+    hour for Kinetics' 650,000)."""
     probe = cached.get("probe")
     if probe == PROBE_VERSION:
         return True
-    return probe == "4" and not (_number(cached.get("width")) > 0 and _number(cached.get("duration_s")) < 1.0)
+    width = _number(cached.get("width"))
+    if probe not in ("4", "5") or may_be_too_thin(width, _number(cached.get("height"))):
+        return False
+    return probe == "5" or not (width > 0 and _number(cached.get("duration_s")) < 1.0)
 
 
 def _number(cell: str | None) -> float:
@@ -491,6 +497,10 @@ def _probe_container(container) -> dict:
     first, errors, scanned = _decode_first_frames(container, streams, scan_to_end=duration is None, origin=origin)
     if duration is None:
         duration = scanned
+    if video is not None and video.index in first and video.index not in errors:  # as every read of a clip would
+        frame = first[video.index]
+        if thin := aspect_problem(displayed_width(frame.width, pixel_aspect(video)), frame.height):
+            errors[video.index] = f"has {thin}"
     if duration > 0:
         tail, ends = _tail_errors(container, [s for s in streams if s.index not in errors], duration, origin)
         for index, reason in tail.items():
