@@ -57,6 +57,26 @@ def test_train_item_shapes_and_seeded_draws_are_reproducible(collection):
     assert a["start"] != c["start"]
 
 
+def test_a_training_clip_is_retried_where_the_sound_is(tmp_path):
+    """A 5 s video whose sound lasts its first second or its last (xdc index takes the pictures' length): a window
+    without sound is retried where the sound is, so every draw gives a clip with sound. Until 2026-12-03 the
+    retries went anywhere, and about a quarter of the items failed all four tries."""
+    tone = 0.1 * np.ones(16000, np.float32)
+    write_av(tmp_path / "early.mp4", gray_frames(80, 32, 48), 16, tone, 16000)  # the sound's first second only
+    write_av(tmp_path / "late.mp4", gray_frames(80, 32, 48), 16, tone, 16000, audio_start=4.0)  # its last
+    rows = [dict(path=str(tmp_path / name), status="ok", duration_s="5.0", has_audio="1") for name in
+            ("early.mp4", "late.mp4")]  # fmt: skip
+    cfg = small_cfg(retries=3)
+    ds = TrainClips(Manifest.from_rows(rows), cfg)
+    span = cfg.clip.audio_span  # 0.5 s
+    for i, sound in ((0, (0.0, 1.0)), (1, (4.0, 5.0))):
+        items = [ds[(i, seed)] for seed in range(40)]
+        assert not [item["failure"]["reason"] for item in items if "failure" in item]
+        assert all(sound[0] - span < item["start"] < sound[1] for item in items)  # each clip holds some sound
+        assert all(item["audio"].std() > 0 for item in items)
+    assert ds[(0, 3)]["start"] == ds[(0, 3)]["start"]  # the retries are the seed's too
+
+
 def test_raw_video_is_the_same_clip_normalised_later(collection):
     # The training loop ships uint8 clips and normalises them on its device: the same numbers as normalising here.
     manifest = Manifest.from_rows(collection[:3])

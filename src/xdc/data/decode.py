@@ -43,6 +43,15 @@ class DecodeError(Exception):
     """A file (or a window of it) could not be decoded; the message is a one-line reason."""
 
 
+class SoundElsewhere(DecodeError):
+    """The clip's window holds none of the sound track, which lies in ``begins`` to ``ends`` seconds from the file's
+    start (``ends`` None where not known): a window there may hold it (xdc.data.datasets retries there)."""
+
+    def __init__(self, reason: str, begins: float, ends: float | None):
+        super().__init__(reason)
+        self.begins, self.ends = begins, ends
+
+
 class FileChanged(DecodeError):
     """The file is not the one indexed: its size differs from the manifest's, or it is gone. No other window of it
     is tried."""
@@ -560,19 +569,20 @@ class _AudioWindow:
     def padded_seconds(self) -> float:
         return float((~self.covered).sum()) / self.rate
 
-    def _uncovered(self) -> str:
+    def _uncovered(self) -> DecodeError:
         """Why no sample fell in the window: a sound track that starts after it or ends before it (the file's
         duration is its pictures'), as the pictures' window says; else its packets decoded to nothing there."""
         at = f"the clip at {self.t0 - self.origin:.2f}s"
+        begins, ends = self.begins - self.origin, None if self.ends is None else self.ends - self.origin
         if self.after and self.begins >= self.t0 + self.seconds - _EPS:
-            return f"{at} ends before the sound's start at {self.begins - self.origin:.2f}s"
-        if not self.after and self.ends is not None and self.ends <= self.t0 + _EPS:
-            return f"{at} starts after the sound's end at {self.ends - self.origin:.2f}s"
-        return "no audio decoded in the window"
+            return SoundElsewhere(f"{at} ends before the sound's start at {begins:.2f}s", begins, ends)
+        if not self.after and ends is not None and self.ends <= self.t0 + _EPS:
+            return SoundElsewhere(f"{at} starts after the sound's end at {ends:.2f}s", begins, ends)
+        return DecodeError("no audio decoded in the window")
 
     def result(self, rate: int) -> np.ndarray:
         if not self.covered.any():
-            raise DecodeError(self._uncovered())
+            raise self._uncovered()
         mono = self.buffer.mean(axis=0) if self.buffer.shape[0] > 1 else self.buffer[0]
         if self.rate == rate:
             return mono
