@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import wave
 from collections import Counter
 from pathlib import Path
@@ -129,7 +130,7 @@ def test_a_listed_name_of_no_media_extension_is_not_read_from_another_file(tmp_p
     for name in ("a.mp4", "b.mp4", "c.mp4", "d.wa.mp4"):
         _touch(data / name)
     table = _write(data / "labels.csv", "path,label\na.mp4x,cat\nb.wa,dog\nc.avi,cat\nd.wa,dog\n")
-    with _raises(r"2 of 4 files listed in \S*labels.csv not found, the first: \S*a.mp4x \(option missing") as e:
+    with _raises(r"2 of 4 files listed in \S*labels.csv not found, the first 2: \S*a.mp4x, \S*b.wa \(option") as e:
         load_dataset("csv", table)
     _one_line(e)
     with pytest.warns(UserWarning, match="2 of 4 files"):
@@ -641,8 +642,8 @@ def test_dcase_tau_audio_visual_archive_checks_the_files_of_one_modality(tmp_pat
     """The audio and the video come as separate downloads: the audio encoder needs no video/ (and the reverse)."""
     root = _tau_av(tmp_path / "tau-av", video=False)
     assert len(load_dataset("dcase", root, modality="audio")) == 4
-    with _raises(r"4 of 4 files listed in the fold lists of \S*tau-av/evaluation_setup not found, the first: "
-                 r"\S*tau-av/video/airport-lisbon-1175-44106.mp4 \(option missing='skip' drops them\)") as e:
+    with _raises(r"4 of 4 files listed in the fold lists of \S*tau-av/evaluation_setup not found, the first 3: "
+                 r"\S*tau-av/video/airport-lisbon-1175-44106.mp4, .*: \S*tau-av/video/ is not there: ") as e:
         load_dataset("dcase", root, modality="video")
     _one_line(e)
     _real_media(_touch(root / "video" / "bus-milan-1003-40003.mp4").parent)
@@ -800,6 +801,87 @@ def test_grid_words_errors(tmp_path):
     (root / "videos" / "bbaf2n.mp4").unlink()
     with _raises("1 of 1 files listed in .*words.csv not found"):
         load_dataset("grid-words", root, slot="digit")
+
+
+# --- a dataset as unpacked: its root one level off, archives left packed, names spelled otherwise --------------
+
+
+def test_ucf101_and_hmdb51_find_their_split_folder_beside_the_root(tmp_path):
+    """The split archives unpack where they are unpacked, beside the videos' folder as often as in it: until
+    2026-12-03 only in it was found (`split folder .../UCF-101/ucfTrainTestlist not found`)."""
+    ucf = _ucf(tmp_path / "UCF-101")
+    (ucf / "ucfTrainTestlist").rename(tmp_path / "ucfTrainTestlist")
+    assert len(load_dataset("ucf101", ucf, split=1)) == 12
+    hmdb = tmp_path / "hmdb51"
+    for name in ("a.avi", "b.avi"):
+        _touch(hmdb / "brush_hair" / name)
+    _write(tmp_path / "testTrainMulti_7030_splits" / "brush_hair_test_split1.txt", "a.avi 1 \r\nb.avi 2 \r\n")
+    assert [i.split for i in load_dataset("hmdb51", hmdb, split=1)] == ["train", "test"]
+
+
+def test_a_root_one_level_off_names_the_folder_to_give(tmp_path):
+    """The unzip folder given for the dataset's, or a folder of it: until 2026-12-03 every listed file was `not
+    found` (and option missing='skip', which that offered, left no items), meta/esc50.csv or words.csv `not found`,
+    FSDD had `no items`, and a DCASE archive was read as one class named after its folder."""
+    ucf = _ucf(tmp_path / "ucf" / "UCF-101")
+    (ucf / "ucfTrainTestlist").rename(ucf.parent / "ucfTrainTestlist")
+    for missing in ("error", "skip"):
+        with _raises(rf"12 of 12 files .* not found, the first 3: .*: they are in {re.escape(str(ucf))}: give") as e:
+            load_dataset("ucf101", ucf.parent, split=1, missing=missing)
+        _one_line(e)
+    esc = _esc50(tmp_path / "esc" / "ESC-50-master")
+    for given in (esc.parent, esc / "audio"):
+        with _raises(rf"esc50: \S*meta/esc50.csv not found: it is in {re.escape(str(esc))}, give that folder"):
+            load_dataset("esc50", given)
+    grid = _grid(tmp_path / "grid" / "grid-s1", ["bbaf2n"])
+    with _raises(rf"grid-words: \S*words.csv not found: it is in {re.escape(str(grid))}, give that folder"):
+        load_dataset("grid-words", grid.parent, slot="digit")
+    fsdd = tmp_path / "fsdd" / "free-spoken-digit-dataset"
+    _touch(fsdd / "recordings" / "0_theo_1.wav")
+    with _raises(rf"fsdd: no recordings in \S*, but {re.escape(str(fsdd))} holds recordings/: give that folder"):
+        load_dataset("fsdd", fsdd.parent)
+    for archive, inner in ((_tau(tmp_path / "tau" / "TAU-dev"), "evaluation_setup"),
+                           (_dcase2013(tmp_path / "d13" / "dcase2013"), "scenes_stereo")):  # fmt: skip
+        with _raises(rf"{re.escape(str(archive))}/ is a DCASE archive \(it holds {inner}/\), not a class folder"):
+            load_dataset("dcase", archive.parent)
+
+
+def test_hmdb51_class_archives_not_unpacked_are_named(tmp_path):
+    """hmdb51_org.rar holds a .rar per class: until 2026-12-03 their videos were `not found`, the .rar unsaid."""
+    root = tmp_path / "hmdb51"
+    lists = root / "testTrainMulti_7030_splits"
+    for name in ("brush_hair", "cartwheel", "ride_bike"):
+        _touch(root / f"{name}.rar")
+        _write(lists / f"{name}_test_split1.txt", f"{name}_0.avi 1 \n{name}_1.avi 2 \n")
+    _touch(root / "ride_bike" / "ride_bike_0.avi")  # this one unpacked
+    _touch(root / "ride_bike" / "ride_bike_1.avi")
+    with _raises(r"hmdb51: 2 class\(es\) still packed in their .rar, e.g. brush_hair.rar: unpack each there") as e:
+        load_dataset("hmdb51", root, split=1)
+    _one_line(e)
+
+
+def test_files_not_found_name_a_few_and_a_name_spelled_otherwise(tmp_path):
+    """A few, so that a class gone shows from scattered files (until 2026-12-03 one); a folder whose name differs
+    only in case, or in Unicode form (é decomposed, as macOS writes names), is named: Linux finds neither."""
+    root = _ucf(tmp_path / "UCF-101")
+    for name in ("v_YoYo_g02_c01.avi", "v_YoYo_g02_c02.avi", "v_YoYo_g01_c01.avi"):
+        (root / "YoYo" / name).unlink()
+    with _raises(r"3 of 12 files .* not found, the first 3: \S*v_YoYo_g02_c01.avi, \S*v_YoYo_g02_c02.avi, "
+                 r"\S*v_YoYo_g01_c01.avi \(option missing"):  # fmt: skip
+        load_dataset("ucf101", root, split=1)
+    _ucf(root)
+    (root / "YoYo").rename(root / "yoyo")
+    with _raises(r"4 of 12 files .*; \S*UCF-101 holds 'yoyo', which differs from the listed 'YoYo' only in case "
+                 r"or Unicode form: rename one \(option missing"):  # fmt: skip
+        load_dataset("ucf101", root, split=1)
+    cafe = tmp_path / "caf\u00e9"
+    _touch(cafe / "Cafe\u0301" / "v_1.avi")  # decomposed
+    _write(cafe / "ucfTrainTestlist" / "classInd.txt", "1 Caf\u00e9\n")
+    _write(cafe / "ucfTrainTestlist" / "trainlist01.txt", "Caf\u00e9/v_1.avi 1\n")
+    _write(cafe / "ucfTrainTestlist" / "testlist01.txt", "")
+    with _raises(r"1 of 1 files .* holds 'Cafe\\u0301', which differs from the listed 'Caf\\xe9' only") as e:
+        load_dataset("ucf101", cafe, split=1)
+    _one_line(e)
 
 
 # --- generic CSV and the standard table ----------------------------------------------------------------------

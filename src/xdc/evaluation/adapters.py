@@ -15,6 +15,7 @@ import math
 import os
 import posixpath
 import re
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, replace
@@ -123,7 +124,7 @@ def load_ucf101(
             raise UserError(f"{test} line {line}: expected 'Class/video.avi' with a class of classInd.txt, "
                             f"got {' '.join(fields)!r}")  # fmt: skip
         listed.append((f"{test} line {line}", Item(_abs(root / fields[0]), label, "test")))
-    return _drop_missing(_once(listed), missing, f"{train.name} and {test.name} of {lists}")
+    return _drop_missing(_once(listed), missing, f"{train.name} and {test.name} of {lists}", root)
 
 
 def load_hmdb51(
@@ -145,12 +146,17 @@ def load_hmdb51(
             if fields[1] != "0":  # 0: in neither split
                 split = "train" if fields[1] == "1" else "test"
                 listed.append((f"{file} line {line}", Item(_abs(root / label / fields[0]), label, split)))
-    return _drop_missing(_once(listed), missing, f"the *{suffix} files of {lists}")
+    packed = sorted({item.label for _, item in listed
+                     if not (root / item.label).is_dir() and (root / f"{item.label}.rar").is_file()})  # fmt: skip
+    if packed:  # hmdb51_org.rar holds one .rar per class: every file of those would be missing
+        raise UserError(f"{root}: {len(packed)} class(es) still packed in their .rar, e.g. {packed[0]}.rar: unpack "
+                        f"each there (unrar x {packed[0]}.rar gives {packed[0]}/)")  # fmt: skip
+    return _drop_missing(_once(listed), missing, f"the *{suffix} files of {lists}", root)
 
 
 def load_esc50(root: Path, esc10: bool = False, missing: str = "error") -> list[Item]:
     """ESC-50: ``audio/*.wav`` + ``meta/esc50.csv``; label = category, fold = the official fold (1..5)."""
-    meta = root / "meta" / "esc50.csv"
+    meta = _dataset_file(root, Path("meta", "esc50.csv"), "esc50")
     listed = []
     for line, row in _read_csv(meta, ("filename", "fold", "category") + (("esc10",) if esc10 else ())):
         where = f"{meta} line {line}"
@@ -160,7 +166,7 @@ def load_esc50(root: Path, esc10: bool = False, missing: str = "error") -> list[
         if fold < 1 or not row["filename"] or not row["category"]:
             raise UserError(f"{where}: needs a filename, a category and a fold of 1 or more")
         listed.append((where, Item(_abs(root / "audio" / row["filename"]), row["category"], fold=fold)))
-    return _drop_missing(_once(listed), missing, str(meta))
+    return _drop_missing(_once(listed), missing, str(meta), root)
 
 
 def load_dcase(root: Path, modality: str | None = None, missing: str = "error") -> list[Item]:
@@ -178,6 +184,11 @@ def load_dcase(root: Path, modality: str | None = None, missing: str = "error") 
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if any(p.name in DCASE2013 for p in folders):  # as classes, every file would be of class scenes_stereo
         return _dcase2013(root, folders)
+    for folder in folders:  # root one level too high: the archive would be one class, named after it
+        inner = [name for name in ("evaluation_setup", *DCASE2013) if (folder / name).is_dir()]
+        if inner:
+            raise UserError(f"{folder}/ is a DCASE archive (it holds {inner[0]}/), not a class folder: give it as the "
+                            "dataset's root (--data)")  # fmt: skip
     splits = _split_folders(root, folders)
     if not splits:
         return _one_spelling(root, _once(_class_folders(root, "")))
@@ -200,6 +211,10 @@ def load_fsdd(root: Path) -> list[Item]:
         if match is None:
             raise UserError(f"{path}: not an FSDD file name ({{digit}}_{{speaker}}_{{index}}.wav)")
         listed.append((str(path), Item(_abs(path), match[1], "test" if int(match[3]) < 5 else "train")))
+    inner = [] if listed else [p for p in sorted(root.iterdir()) if (p / "recordings").is_dir()]
+    if inner:  # root one level too high: the folder the repository was cloned into is in it
+        raise UserError(f"fsdd: no recordings in {root}, but {inner[0]} holds recordings/: give that folder as the "
+                        "dataset's root (--data)")  # fmt: skip
     return _once(listed)
 
 
@@ -212,7 +227,7 @@ def load_grid_words(
     missing: str = "error",
 ) -> list[Item]:
     """GRID word clips: one item per ``words.csv`` row of ``slot``, a ``window_s`` window centred on the word."""
-    words = root / "words.csv"
+    words = _dataset_file(root, Path("words.csv"), "grid-words")
     rows = _read_csv(words, ("path", "slot", "word", "start_s", "end_s"))
     slots = list(dict.fromkeys(row["slot"] for _, row in rows))
     if slot not in slots:
@@ -235,7 +250,7 @@ def load_grid_words(
         split = _sentence_split(row["path"]) if split_by == "sentence" else ""
         window = _window((start + end) / 2, window_s, duration_s)
         listed.append((where, Item(path, row["word"], split, 0, *window, group=f"{path}#{slot}")))
-    return _drop_missing(_once(listed), missing, str(words))
+    return _drop_missing(_once(listed), missing, str(words), root)
 
 
 def load_csv(root: Path, missing: str = "error") -> list[Item]:
@@ -329,7 +344,11 @@ def _split_number(split: int | None, kind: str) -> int:
 
 
 def _splits_folder(root: Path, splits_dir: str | Path | None, name: str) -> Path:
+    """The folder of the split lists: ``splits_dir``, else ``name`` in ``root`` or beside it, where the official
+    archive unpacks when it is unpacked next to the videos' (until 2026-12-03 only in ``root``)."""
     folder = Path(splits_dir) if splits_dir is not None else root / name
+    if splits_dir is None and not folder.is_dir() and (root.absolute().parent / name).is_dir():
+        folder = root.absolute().parent / name
     if not folder.is_dir():
         raise UserError(f"split folder {folder} not found (option splits_dir gives its location)")
     return folder
@@ -469,7 +488,7 @@ def _dcase_setup(root: Path, missing: str, modality: str | None) -> list[Item]:
         items = _once([(where, Item(_abs(root / name), label, fold=fold))
                        for fold, rows in evaluate.items() for where, name, label in rows])  # fmt: skip
         _check_folds(evaluate, train, lists)
-    return _drop_missing(items, missing, f"the fold lists of {setup}")
+    return _drop_missing(items, missing, f"the fold lists of {setup}", root)
 
 
 Listed = list[tuple[str, str, str]]  # (where, file as listed, label) of a DCASE list
@@ -662,21 +681,80 @@ def _first_of_each(listed: list[tuple[str, Item]], same_too: bool) -> tuple[list
     return kept, left_out
 
 
-def _drop_missing(items: list[Item], missing: str, source: str) -> Items:
-    """Listed files absent on disk: one error naming how many and the first, or (``missing="skip"``) dropped, and
-    named in the ``missing`` of the items returned."""
+def _drop_missing(items: list[Item], missing: str, source: str, root: Path | None = None) -> Items:
+    """Listed files absent on disk: one error naming how many and the first few, or (``missing="skip"``) dropped,
+    and named in the ``missing`` of the items returned. None there is an error either way, saying where they are
+    when a folder of ``root`` holds them (``root`` given one level too high)."""
     if missing not in MISSING:
         raise UserError(f"option missing must be 'error' or 'skip', got {missing!r}")
     paths = list(dict.fromkeys(item.path for item in items))
     absent = [p for p in paths if not os.path.isfile(p)]
     if not absent:
         return Items(items)
-    text = f"{len(absent)} of {len(paths)} files listed in {source} not found, the first: {absent[0]}"
+    # a few, so that one class's folder gone shows from scattered files
+    first = f"the first: {absent[0]}" if len(absent) == 1 else f"the first {len(absent[:3])}: {', '.join(absent[:3])}"
+    text = f"{len(absent)} of {len(paths)} files listed in {source} not found, {first}"
+    spelling = _spelling_hint(absent[0])
+    if len(absent) == len(paths):  # a wrong root rather than files lost: skipping them all would leave no items
+        raise UserError(f"{text}{spelling or ': ' + _root_hint(root, absent[0])}")
+    text += spelling
     if missing == "error":
         raise UserError(f"{text} (option missing='skip' drops them)")
     _warn(f"{text}; dropped")
     gone = set(absent)
     return Items((item for item in items if item.path not in gone), absent)
+
+
+def _root_hint(root: Path | None, path: str) -> str:
+    """What to do when no listed file is there: the folder that holds them, in ``root`` (the unzip folder given for
+    the dataset's own) or above it, else check the root."""
+    if root is None:  # kind csv
+        return "relative paths are read from the CSV's folder"
+    relative = os.path.relpath(path, os.path.realpath(root))
+    question = f"is {root} the dataset's root folder (--data)?"
+    if relative.startswith(".."):  # a list naming files outside root
+        return question
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in [*folders, root.absolute().parent]:  # given one level too high, or too low (ucfTrainTestlist/)
+        if os.path.isfile(folder / relative):
+            return f"they are in {folder}: give that folder as the dataset's root (--data)"
+    top = relative.split(os.sep)[0]
+    if os.sep in relative and not (root / top).exists():  # TAU's video/, a separate download, say
+        return f"{root / top}/ is not there: {question[:-1]}, with all its parts in it?"
+    return question
+
+
+def _spelling_hint(path: str) -> str:
+    """Where the first part of ``path`` not there is there spelled otherwise, in case or Unicode form (a name
+    copied from macOS is decomposed: é as e and an accent), which Linux takes for another name: say so."""
+    parts = Path(path).parts
+    for depth in range(1, len(parts)):
+        folder, name = Path(*parts[:depth]), parts[depth]
+        if not (folder / name).exists():
+            key = unicodedata.normalize("NFC", name).casefold()
+            try:
+                alike = [other for other in sorted(os.listdir(folder))
+                         if unicodedata.normalize("NFC", other).casefold() == key]  # fmt: skip
+            except OSError:
+                return ""
+            if alike:  # ascii(): the Unicode forms look alike printed
+                return (f"; {folder} holds {ascii(alike[0])}, which differs from the listed {ascii(name)} only in case "
+                        "or Unicode form: rename one")  # fmt: skip
+            return ""
+    return ""
+
+
+def _dataset_file(root: Path, relative: Path, kind: str) -> Path:
+    """``root / relative``, a file the dataset must hold; where it is not, the error says where it is instead: in a
+    folder of ``root`` (the unzip folder given) or beside ``root`` (one of the dataset's folders given)."""
+    path = root / relative
+    if path.is_file():
+        return path
+    here = root.absolute()
+    found = [p for p in sorted(here.iterdir()) if p.is_dir() and (p / relative).is_file()]
+    found += [here.parent] if (here.parent / relative).is_file() else []
+    where = f": it is in {found[0]}, give that folder as the dataset's root (--data)" if found else ""
+    raise UserError(f"{kind}: {path} not found{where}")
 
 
 def _warn(text: str) -> None:
