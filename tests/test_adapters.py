@@ -884,6 +884,22 @@ def test_files_not_found_name_a_few_and_a_name_spelled_otherwise(tmp_path):
     _one_line(e)
 
 
+def test_split_lists_in_utf16_or_of_latin1_names(tmp_path):
+    """A list saved as UTF-16 (Windows' "Unicode") is refused saying so, and one of Latin-1 names (those of a file
+    system of Latin-1 names) names its files as the bytes they are: until 2026-12-03 both were a codec's error."""
+    root = _ucf(tmp_path / "UCF-101")
+    train = root / "ucfTrainTestlist" / "trainlist01.txt"
+    text = train.read_text()
+    train.write_text(text, encoding="utf-16")
+    with _raises(r"trainlist01.txt: not a text list \(a binary file, or text in UTF-16: save it as UTF-8\)") as e:
+        load_dataset("ucf101", root, split=1)
+    _one_line(e)
+    (root / os.fsdecode(b"YoYo/v_Y\xf6Yo_g03_c01.avi")).write_bytes(b"xdc")
+    train.write_bytes(text.encode() + b"YoYo/v_Y\xf6Yo_g03_c01.avi 3\r\n")
+    items = load_dataset("ucf101", root, split=1)
+    assert len(items) == 13 and os.fsencode(items[-1].path).endswith(b"/YoYo/v_Y\xf6Yo_g03_c01.avi")
+
+
 # --- generic CSV and the standard table ----------------------------------------------------------------------
 
 

@@ -800,9 +800,11 @@ def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
 
 
 def _text_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, line without its end) of the non-blank lines of a text file."""
+    """(line number, line without its end) of the non-blank lines of a text file: a BOM skipped, names not in UTF-8
+    read as the bytes they are (as a file system of Latin-1 names holds them), a list saved as UTF-16 refused saying
+    so (until 2026-12-03 these two were a codec's error)."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with open_paths_file(path, "list") as f:
             return [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1) if line.strip()]
     except FileNotFoundError:
         raise UserError(f"{path} not found") from None
