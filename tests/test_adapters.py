@@ -858,6 +858,14 @@ def test_hmdb51_class_archives_not_unpacked_are_named(tmp_path):
     with _raises(r"hmdb51: 2 class\(es\) still packed in their .rar, e.g. brush_hair.rar: unpack each there") as e:
         load_dataset("hmdb51", root, split=1)
     _one_line(e)
+    for name in ("brush_hair", "cartwheel", "ride_bike"):  # each unpacked into a folder of its name: not the root
+        (root / f"{name}.rar").unlink()
+        for n in (0, 1):
+            _touch(root / name / name / f"{name}_{n}.avi")
+    (root / "ride_bike" / "ride_bike_0.avi").unlink()
+    (root / "ride_bike" / "ride_bike_1.avi").unlink()
+    with _raises(r"6 of 6 files .*: is \S*hmdb51 the dataset's root folder \(--data\)\?$"):
+        load_dataset("hmdb51", root, split=1)
 
 
 def test_files_not_found_name_a_few_and_a_name_spelled_otherwise(tmp_path):

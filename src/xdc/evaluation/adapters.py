@@ -696,7 +696,7 @@ def _drop_missing(items: list[Item], missing: str, source: str, root: Path | Non
     text = f"{len(absent)} of {len(paths)} files listed in {source} not found, {first}"
     spelling = _spelling_hint(absent[0])
     if len(absent) == len(paths):  # a wrong root rather than files lost: skipping them all would leave no items
-        raise UserError(f"{text}{spelling or ': ' + _root_hint(root, absent[0])}")
+        raise UserError(f"{text}{spelling or ': ' + _root_hint(root, [absent[0], absent[-1]])}")
     text += spelling
     if missing == "error":
         raise UserError(f"{text} (option missing='skip' drops them)")
@@ -705,21 +705,22 @@ def _drop_missing(items: list[Item], missing: str, source: str, root: Path | Non
     return Items((item for item in items if item.path not in gone), absent)
 
 
-def _root_hint(root: Path | None, path: str) -> str:
-    """What to do when no listed file is there: the folder that holds them, in ``root`` (the unzip folder given for
-    the dataset's own) or above it, else check the root."""
+def _root_hint(root: Path | None, paths: list[str]) -> str:
+    """What to do when no listed file is there: the folder that holds them (the first and last of ``paths``, not
+    one class's folder unpacked into a folder of its name), in ``root`` (the unzip folder given for the dataset's
+    own) or above it, else check the root."""
     if root is None:  # kind csv
         return "relative paths are read from the CSV's folder"
-    relative = os.path.relpath(path, os.path.realpath(root))
+    relative = [os.path.relpath(path, os.path.realpath(root)) for path in paths]
     question = f"is {root} the dataset's root folder (--data)?"
-    if relative.startswith(".."):  # a list naming files outside root
+    if any(name.startswith("..") for name in relative):  # a list naming files outside root
         return question
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     for folder in [*folders, root.absolute().parent]:  # given one level too high, or too low (ucfTrainTestlist/)
-        if os.path.isfile(folder / relative):
+        if all(os.path.isfile(folder / name) for name in relative):
             return f"they are in {folder}: give that folder as the dataset's root (--data)"
-    top = relative.split(os.sep)[0]
-    if os.sep in relative and not (root / top).exists():  # TAU's video/, a separate download, say
+    top = relative[0].split(os.sep)[0]
+    if os.sep in relative[0] and not (root / top).exists():  # TAU's video/, a separate download, say
         return f"{root / top}/ is not there: {question[:-1]}, with all its parts in it?"
     return question
 
