@@ -355,3 +355,31 @@ def test_xdc_version_names_the_installed_version(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out == f"xdc {version('xdc')}\n"
+
+
+def _anchors(page: Path) -> set[str]:
+    """The fragments a link may name in ``page``: its explicit ``<a id>``s and its headings' ids as GitHub makes
+    them (lower case, punctuation dropped, each space a hyphen)."""
+    text = page.read_text()
+    ids = set(re.findall(r'<a id="([^"]+)"', text))
+    for heading in re.findall(r"^#+\s+(.*)$", text, re.M):
+        heading = re.sub(r"<[^>]+>", "", heading).strip().lower()
+        ids.add(re.sub(r"[^\w\- ]", "", heading).replace(" ", "-"))
+    return ids
+
+
+def test_every_link_between_the_pages_finds_its_page_and_place():
+    """Until 2026-12-03 three links named a heading by its first words (#at-scale), which GitHub's ids, made of the
+    whole heading, never are."""
+    pages = [ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "RESULTS.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken, links = [], 0
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            links += 1
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists() or (fragment and linked.suffix == ".md" and fragment not in _anchors(linked)):
+                broken.append(f"{page.name}: {target}")
+    assert links > 50 and not broken
