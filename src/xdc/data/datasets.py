@@ -191,7 +191,7 @@ class TrainClips(_ClipDataset):
                     reason = str(e)
                     break
                 except SoundElsewhere as e:  # the retries where the sound is (until 2026-12-03 anywhere: of a 5 s
-                    # video with 1 s of sound, a third of the items failed all four tries)
+                    # video with 1 s of sound, about a quarter of the items failed all four tries)
                     reason = str(e)
                     earliest, latest = _within_sound(e, self.cfg.clip.audio_span, latest)
                 except DecodeError as e:
