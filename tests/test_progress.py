@@ -144,3 +144,29 @@ def test_off_a_terminal_the_last_line_is_not_printed_twice(capsys, monkeypatch):
     lines = capsys.readouterr().err.splitlines()
     assert len([line for line in lines if "2/2" in line]) == 1
     assert "loss=1.000" in lines[-1]
+
+
+class _Writer:
+    """A stand-in for stderr with write and flush only, as IDE consoles and logging wrappers put in place."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_stderr_without_isatty_gets_timed_lines_and_none_gets_nothing(monkeypatch):
+    """A notebook or IDE may replace stderr by an object without isatty, and pythonw sets it to None: a step goes
+    on, with timed lines or none, instead of stopping with an AttributeError."""
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.05)
+    writer = _Writer()
+    monkeypatch.setattr(sys, "stderr", writer)
+    _run(4, 0.05)
+    assert "4/4" in writer.text.splitlines()[-1] and "\r" not in writer.text
+    monkeypatch.setattr(sys, "stderr", None)
+    _run(4, 0.05)  # nothing to write to, and no error

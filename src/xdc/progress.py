@@ -112,9 +112,9 @@ def progress_bar(
     """``tqdm(iterable, desc=desc, **options)`` as described above; ``show=False`` (another rank than the first,
     a step too small to be worth a bar) keeps it silent everywhere, ``quiet`` until the step has taken QUIET_S."""
     stream = sys.stderr.stream if isinstance(sys.stderr, _AboveBars) else sys.stderr
-    if not show:
+    if not show or stream is None:  # None: no stderr at all (pythonw, a service), where tqdm's writes would fail
         return tqdm(iterable, desc=desc, disable=True, **options)
-    if stream.isatty():
+    if _is_terminal(stream):
         # the width read at each redraw: a terminal made narrower (a window resized, a tmux split) wrapped a bar of
         # the old width, and each redraw then left a line behind (until 2026-12-03)
         return _TerminalBar(iterable, desc=desc, file=stream, delay=QUIET_S if quiet else 0.0, dynamic_ncols=True,
@@ -125,6 +125,15 @@ def progress_bar(
     options.update(leave=True, position=0, delay=max(every, QUIET_S if quiet else 0.0))
     return _LineBar(iterable, desc=desc, file=_Lines(stream), ascii=True, mininterval=every, maxinterval=every,
                     **options)  # fmt: skip
+
+
+def _is_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal. A stand-in for stderr that an IDE, a notebook or a logging wrapper puts in
+    place may have no ``isatty`` (every step stopped with an AttributeError before): it is written to as a log."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # ValueError: a closed file
+        return False
 
 
 def counted(items: Iterable[T], desc: str, total: int | None = None, unit: str = " rows") -> Iterator[T]:
