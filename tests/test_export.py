@@ -372,6 +372,35 @@ def test_load_encoder_of_a_run_says_to_export_it(run):
             xdc.load_encoder(given)
 
 
+def test_load_encoder_of_another_file_of_a_run_names_the_run(run):
+    # (it said "cannot read ... as a safetensors file: header too large; ... use load_official_xdc", which then
+    # said the training checkpoint "holds no state dict")
+    for given in (run / "checkpoints" / "last.pt", run / "config.yaml"):
+        with pytest.raises(UserError, match=re.escape(f"{given} is a file of the `xdc pretrain` run {run}, not an "
+                                                      f"export: write one with `xdc export {run} --out DIR`")):
+            xdc.load_encoder(given)
+
+
+def test_load_official_xdc_of_a_run_or_an_export_says_what_it_is_and_how_to_load_it(run, exported):
+    """A run folder was "no such file", an export's file a pickle error ("Unsupported operand 120"), and a run's
+    encoders or training checkpoint "holds no state dict": none said what the path is, or what loads it."""
+    from xdc.models import load_official_xdc
+
+    out, _, _ = exported
+    export_hint = f"`xdc export {run} --out DIR`, then xdc.load_encoder(DIR, name=...)"
+    not_released = "is not a file of the released XDC weights: it is"
+    cases = [(run, f"{run} {not_released} an `xdc pretrain` run folder: {export_hint}"),
+             (out, f"{out} {not_released} an `xdc export` folder: load its encoders with "
+                   "xdc.load_encoder(path, name=...)"),
+             (out / "video.safetensors", "it is a safetensors file: load one of `xdc export` with xdc.load_encoder"),
+             (run / "encoders.pt", f"holds no state dict .*; it is a file of the run {run}: {re.escape(export_hint)}"),
+             (run / "checkpoints" / "last.pt", f"holds no state dict .*; it is a file of the run {run}")]  # fmt: skip
+    for given, message in cases:
+        with pytest.raises(UserError, match=message if given.suffix == ".pt" else re.escape(message)) as e:
+            load_official_xdc(given)
+        assert "\n" not in str(e.value)
+
+
 def test_the_card_names_the_folder_all_videos_share(tmp_path):
     (tmp_path / "videos.csv").write_text("path,label\n/data/k/b/2.mp4,x\n/data/k/a/1.mp4,\n/data/k/a/c/3.mp4,y\n")
     assert _data_line(tmp_path) == "3 videos (listed in the run's videos.csv, under `/data/k`)"

@@ -101,6 +101,11 @@ def encoder_file(path: Path, name: str | None) -> Path:
     if (path.is_dir() and is_run_folder(path)) or (path.is_file() and checkpoint.is_encoders_file(path)):
         what = "an `xdc pretrain` run" if path.is_dir() else "the encoders of an `xdc pretrain` run"
         raise UserError(f"{path} is {what}, not an export: write one with `xdc export {path} --out DIR`")
+    # another file of a run (checkpoints/last.pt, config.yaml): read as safetensors it was "header too large"
+    run = next((r for r in (path.parent, path.parent.parent) if is_run_folder(r)), None)
+    if path.is_file() and path.suffix != ".safetensors" and run is not None:
+        raise UserError(f"{path} is a file of the `xdc pretrain` run {run}, not an export: write one with "
+                        f"`xdc export {run} --out DIR`")  # fmt: skip
     if path.is_file():
         if name is not None and path.stem != name:
             raise UserError(f"{path} holds the encoder {path.stem!r}, not {name!r}")

@@ -56,15 +56,43 @@ def load_official_xdc(path: str | Path) -> VideoEncoder:
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.is_dir():  # "no such file" before, of a folder that is there
+        raise UserError(f"{path} is not a file of the released XDC weights: it is {_what_else(path) or 'a folder'}")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    obj = checkpoint.read(path, "a PyTorch weights file")
+    try:
+        obj = checkpoint.read(path, "a PyTorch weights file")
+    except UserError as e:
+        raise UserError(f"{e}{_hint(path)}") from None
     if isinstance(obj, dict) and not _is_state_dict(obj):
         obj = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not _is_state_dict(obj):
         raise UserError(f"{path} holds no state dict (a mapping of names to tensors, bare or under "
-                        f"{' or '.join(repr(k) for k in _WRAPPERS)})")  # fmt: skip
+                        f"{' or '.join(repr(k) for k in _WRAPPERS)}){_hint(path)}")  # fmt: skip
     return {k.removeprefix(_PREFIX): v for k, v in obj.items()}
+
+
+def _what_else(path: Path) -> str:
+    """What ``path`` is if it is this library's own output (a run or an export, or a file of one), with how to load
+    its encoders; else "". Asked only of a path that is not the released weights: a released file beside a
+    config.yaml is still read as one."""
+    from xdc.evaluation.sources import is_run_folder
+
+    if path.is_dir() and is_run_folder(path):
+        return f"an `xdc pretrain` run folder: `xdc export {path} --out DIR`, then xdc.load_encoder(DIR, name=...)"
+    if path.is_dir() and any(path.glob("*.safetensors")):
+        return "an `xdc export` folder: load its encoders with xdc.load_encoder(path, name=...)"
+    if path.suffix == ".safetensors":
+        return "a safetensors file: load one of `xdc export` with xdc.load_encoder(path)"
+    run = next((r for r in (path.parent, path.parent.parent) if is_run_folder(r)), None)
+    if path.is_file() and run is not None:
+        return f"a file of the run {run}: `xdc export {run} --out DIR`, then xdc.load_encoder(DIR, name=...)"
+    return ""
+
+
+def _hint(path: Path) -> str:
+    what = _what_else(path)
+    return f"; it is {what}" if what else ""
 
 
 def _is_state_dict(obj: dict) -> bool:
