@@ -372,6 +372,12 @@ def test_load_encoder_of_a_run_says_to_export_it(run):
             xdc.load_encoder(given)
 
 
+def test_load_encoder_is_listed_by_dir_for_a_notebooks_completion_and_imports_torch_only_when_used():
+    code = ("import sys, xdc; assert 'load_encoder' in dir(xdc) and 'torch' not in sys.modules; "
+            "xdc.load_encoder; assert 'torch' in sys.modules")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(Path(xdc.__file__).parents[1])})
+
+
 def test_load_encoder_of_another_file_of_a_run_names_the_run(run):
     # (it said "cannot read ... as a safetensors file: header too large; ... use load_official_xdc", which then
     # said the training checkpoint "holds no state dict")

@@ -12,3 +12,8 @@ def __getattr__(name: str):
 
         return load_encoder
     raise AttributeError(f"module 'xdc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # a notebook's completion of `xdc.` lists what dir() gives: without this, not load_encoder, imported on first use
+    return sorted({*globals(), *__all__})
