@@ -115,6 +115,12 @@ def test_bad_overrides_are_user_errors(override, message):
         load_config(None, [override])
 
 
+def test_overrides_given_as_one_string_are_refused_with_the_list_to_give():
+    # a string was taken character by character: "override 'd' is not of the form key=value"
+    with pytest.raises(TypeError, match=re.escape("a list of 'key=value' strings, e.g. ['data.clip.frames=8']")):
+        load_config(None, "data.clip.frames=8")
+
+
 def test_the_shortest_audio_that_the_log_mel_settings_allow_makes_a_spectrogram():
     import torch
 

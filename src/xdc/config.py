@@ -425,6 +425,8 @@ def load_config(
 ) -> Config:  # fmt: skip
     """Defaults, then a named preset, then ``mapping`` (nested settings, as in a YAML file), then the YAML file at
     ``path``, then ``key.sub=value`` overrides (values parsed as YAML)."""
+    if isinstance(overrides, str):  # taken character by character it was "override 'd' is not of the form key=value"
+        raise TypeError(f"overrides is a list of 'key=value' strings, e.g. [{overrides!r}], not a string")
     cfg = _unchecked(path, overrides, preset, mapping)
     _revalidate(cfg)
     return cfg
