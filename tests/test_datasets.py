@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import gray_frames, synthetic_manifest
-from xdc.config import DataConfig
+from xdc.config import DataConfig, load_config
 from xdc.data.datasets import EvalClips, TrainClips, collate_clips, make_loader, with_waits
 from xdc.data.encode import write_av
 from xdc.data.failures import FailureLog, TooManyFailures
@@ -112,6 +112,16 @@ def test_device_crops_serve_the_clips_the_workers_crop(tmp_path):
     assert (on_device.item_bytes(), in_workers.item_bytes()) == (4 * 26 * 26 * 3 + audio, 3 * 4 * 24 * 24 + audio)
     with pytest.raises(ValueError, match="device_crops needs"):
         TrainClips(manifest, cfg, device_crops=True)  # normalised float clips
+
+
+def test_a_manifest_path_or_the_whole_config_is_a_type_error_naming_what_to_give(collection, tmp_path):
+    # (an AttributeError: 'str' object has no attribute 'subset', 'Config' object has no attribute 'missing_audio')
+    manifest = Manifest.from_rows(collection[:3])
+    manifest.save(tmp_path / "manifest.csv")
+    with pytest.raises(TypeError, match=r"manifest must be a Manifest \(.*Manifest.load\(path\)\), not str"):
+        TrainClips(str(tmp_path / "manifest.csv"), small_cfg())
+    with pytest.raises(TypeError, match=r"cfg must be the data settings, a DataConfig \(cfg.data of .*\), not Config"):
+        EvalClips(manifest, load_config(None, preset="tiny"), clips=1)
 
 
 def test_eval_clips_are_evenly_spaced_and_cover_every_video(collection):

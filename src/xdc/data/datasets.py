@@ -38,6 +38,14 @@ class _ClipDataset(Dataset):
         self, manifest: Manifest, cfg: DataConfig, train: bool, modalities: tuple[str, ...] = MODALITIES,
         raw_video: bool = False, device_crops: bool = False, device_logmel: bool = False,
     ):  # fmt: skip
+        # the README's `TrainClips(Manifest.load(path), cfg.data)` given a path or the whole Config: an
+        # AttributeError of a missing method or setting otherwise
+        if not isinstance(manifest, Manifest):
+            raise TypeError(f"manifest must be a Manifest (xdc.data.manifest.Manifest.load(path)), not "
+                            f"{type(manifest).__name__}")  # fmt: skip
+        if not isinstance(cfg, DataConfig):
+            raise TypeError(f"cfg must be the data settings, a DataConfig (cfg.data of load_config's Config), not "
+                            f"{type(cfg).__name__}")  # fmt: skip
         unknown = set(modalities) - set(MODALITIES)
         if unknown or not modalities:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {modalities}")
