@@ -378,6 +378,21 @@ def test_load_encoder_is_listed_by_dir_for_a_notebooks_completion_and_imports_to
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(Path(xdc.__file__).parents[1])})
 
 
+def test_load_encoder_of_an_exports_program_or_card_names_what_to_give(run, tmp_path):
+    # (each was "cannot read ... as a safetensors file: header too large; for the released XDC checkpoints use
+    # xdc.models.load_official_xdc")
+    export_run(run, tmp_path / "out", also=("pt2",))
+    program, card = tmp_path / "out" / "video.pt2", tmp_path / "out" / "README.md"
+    with pytest.raises(UserError, match=re.escape(f"{program} is a program of an `xdc export`, which runs without xdc "
+                                                  "(torch.export.load(path).module()); xdc.load_encoder reads the "
+                                                  f"encoder's weights, {program.with_suffix('.safetensors')}")):
+        xdc.load_encoder(program)
+    assert torch.export.load(program).module()(inputs()["video"]).shape == (2, 64)  # what the message says runs it
+    with pytest.raises(UserError, match=re.escape(f"{card} is the model card of an `xdc export`: give its folder "
+                                                  f"{card.parent} (and name=) or one of its .safetensors files")):
+        xdc.load_encoder(card)
+
+
 def test_load_encoder_of_another_file_of_a_run_names_the_run(run):
     # (it said "cannot read ... as a safetensors file: header too large; ... use load_official_xdc", which then
     # said the training checkpoint "holds no state dict")

@@ -106,6 +106,14 @@ def encoder_file(path: Path, name: str | None) -> Path:
     if path.is_file() and path.suffix != ".safetensors" and run is not None:
         raise UserError(f"{path} is a file of the `xdc pretrain` run {run}, not an export: write one with "
                         f"`xdc export {run} --out DIR`")  # fmt: skip
+    weights = path.with_suffix(".safetensors")
+    if path.is_file() and path.suffix[1:] in PROGRAMS and weights.is_file():  # not "header too large; ... official"
+        runs = "torch.export.load(path).module()" if path.suffix == ".pt2" else "onnxruntime.InferenceSession(path)"
+        raise UserError(f"{path} is a program of an `xdc export`, which runs without xdc ({runs}); "
+                        f"xdc.load_encoder reads the encoder's weights, {weights}")  # fmt: skip
+    if path.is_file() and path.name == CARD and any(path.parent.glob("*.safetensors")):
+        raise UserError(f"{path} is the model card of an `xdc export`: give its folder {path.parent} (and name=) or "
+                        "one of its .safetensors files")  # fmt: skip
     if path.is_file():
         if name is not None and path.stem != name:
             raise UserError(f"{path} holds the encoder {path.stem!r}, not {name!r}")
