@@ -256,6 +256,7 @@ def _export_loads(work, request, monkeypatch) -> dict:
 def _export_loads_check(work, names) -> None:
     video, audio, official = names["video"], names["audio"], names["official"]
     assert not (video.training or audio.training or official.training)
+    assert {t.device.type for m in (video, audio, official) for t in (*m.parameters(), *m.buffers())} == {"cpu"}
     with torch.no_grad():
         assert video(torch.zeros(2, 3, 4, 32, 32)).shape == (2, 64)  # the tiny preset's width
         assert audio(torch.zeros(2, 1, 40, 100)).shape == (2, 64)
