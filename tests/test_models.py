@@ -49,6 +49,9 @@ def test_build_encoder():
     assert isinstance(build_encoder("audio", cfg), AudioEncoder) and build_encoder("audio", cfg).feature_dim == 128
     with pytest.raises(ValueError, match="video"):
         build_encoder("text", cfg)
+    # the whole Config, for the page's cfg.model, was an AttributeError ('Config' object has no attribute ...)
+    with pytest.raises(TypeError, match=r"cfg must be the model settings, a ModelConfig \(cfg.model of"):
+        build_encoder("video", load_config(None, preset="tiny"))
 
 
 def test_gradients_reach_the_first_conv():

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.video import resnet as video_resnet
 
-from xdc.config import ModelConfig
+from xdc.config import Config, ModelConfig
 
 
 def per_conv_2plus1d(in_planes: int, out_planes: int, midplanes: int, stride: int = 1, padding: int = 1) -> nn.Module:
@@ -135,6 +135,8 @@ LAYOUTS = {"video": torch.channels_last_3d, "audio": torch.channels_last}
 
 def build_encoder(modality: str, cfg: ModelConfig) -> VideoEncoder | AudioEncoder:
     """The encoder of ``modality`` ("video" or "audio") with the widths and depths of ``cfg``."""
+    if isinstance(cfg, Config):  # an AttributeError of video_width otherwise
+        raise TypeError("cfg must be the model settings, a ModelConfig (cfg.model of load_config's Config), not Config")
     if modality == "video":
         return VideoEncoder(cfg.video_width, cfg.video_layers, cfg.video_mid_width, cfg.video_bn_eps)
     if modality == "audio":
