@@ -915,6 +915,26 @@ def test_finetune_modes(run, tmp_path, mode):
     assert result["first_loss"] > 0 and result["last_loss"] > 0
 
 
+def test_finetuning_on_batches_of_one_clip_that_batchnorm_cannot_train_on_is_refused(run, tmp_path):
+    import shutil
+
+    import yaml
+
+    from xdc.config import FinetuneConfig
+    from xdc.evaluation.finetune import finetune
+
+    root, run_dir = run
+    small = tmp_path / "run"  # the run, saved with 16 x 16 crops: layer4 is 1 x 1 x 1 for its 4 frames
+    small.mkdir()
+    shutil.copy(run_dir / "encoders.pt", small)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["data"]["clip"]["crop"] = 16
+    (small / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = FinetuneConfig(epochs=1, batch_size=1, lr=0.05, test_clips=1)
+    with pytest.raises(UserError, match=r"one video clip of 3 x 4 x 16 x 16 .* data\.clip\.crop above 16"):
+        finetune(small, "video", items_of(root), "full", cfg, tmp_path / "full", workers=0)
+
+
 def test_finetune_crops_its_training_clips_where_the_runs_data_settings_say(run, tmp_path):
     import shutil
 

@@ -5,6 +5,7 @@ from torchvision.models.video import r2plus1d_18
 from xdc.config import ModelConfig, load_config
 from xdc.errors import UserError
 from xdc.models import AudioEncoder, LinearHead, VideoEncoder, build_encoder
+from xdc.models.encoders import last_stage_size
 from xdc.presets import PRESETS, preset_path
 
 
@@ -105,3 +106,34 @@ def test_preset_contents():
 def test_unknown_preset():
     with pytest.raises(UserError, match="paper, small, tiny"):
         preset_path("huge")
+
+
+@pytest.mark.parametrize("clip", [(3, 1, 1, 1), (3, 4, 16, 16), (3, 9, 17, 33), (3, 8, 112, 112), (3, 5, 31, 20)])
+def test_last_stage_size_is_the_video_encoders(clip):
+    encoder = VideoEncoder(8, (1, 1, 1, 1)).eval()
+    with torch.no_grad():
+        assert tuple(encoder.layer4(encoder.layer3(encoder.layer2(encoder.layer1(encoder.stem(
+            torch.randn(1, *clip)))))).shape[2:]) == last_stage_size("video", clip)  # fmt: skip
+
+
+@pytest.mark.parametrize("clip", [(1, 1, 1), (1, 16, 16), (1, 40, 100), (1, 17, 9)])
+def test_last_stage_size_is_the_audio_encoders(clip):
+    encoder = AudioEncoder(8, (1, 1, 1, 1)).eval()
+    with torch.no_grad():
+        x = encoder.relu(encoder.bn1(encoder.conv1(encoder.input_norm(torch.randn(1, *clip)))))
+        assert tuple(encoder.layer4(encoder.layer3(encoder.layer2(encoder.layer1(x)))).shape[2:]) == \
+            last_stage_size("audio", clip)  # fmt: skip
+
+
+def test_one_training_clip_with_one_value_per_channel_names_the_settings():
+    """torch's own error ("Expected more than 1 value per channel when training") names no setting."""
+    video, audio = VideoEncoder(8, (1, 1, 1, 1)), AudioEncoder(8, (1, 1, 1, 1))
+    with pytest.raises(UserError, match=r"one video clip of 3 x 4 x 16 x 16 .* 1 x 1 x 1.* data\.clip\.crop above 16"):
+        video(torch.randn(1, 3, 4, 16, 16))
+    with pytest.raises(UserError, match=r"one audio clip of 1 x 16 x 16 .* 1 x 1,.* data\.mel\.n_mels above 16"):
+        audio(torch.randn(1, 1, 16, 16))
+    # two clips, a larger map, or eval mode: BatchNorm has more than one value per channel, or its running ones
+    assert video(torch.randn(2, 3, 4, 16, 16)).shape == audio(torch.randn(2, 1, 16, 16)).shape == (2, 64)
+    assert video(torch.randn(1, 3, 4, 17, 16)).shape == audio(torch.randn(1, 1, 16, 17)).shape == (1, 64)
+    with torch.no_grad():
+        assert video.eval()(torch.randn(1, 3, 4, 16, 16)).shape == audio.eval()(torch.randn(1, 1, 16, 16)).shape

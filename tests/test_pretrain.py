@@ -115,6 +115,16 @@ def test_every_method_has_a_consistent_table():
     assert METHODS["xdc"].heads == (("video", "audio"), ("audio", "video"))
 
 
+def test_batch_parts_of_one_clip_that_batchnorm_cannot_train_on_are_refused_before_clustering(manifest, tmp_path):
+    """16 x 16 crops of 4 frames leave layer4 1 x 1 x 1: a part of one clip was torch's "Expected more than 1 value
+    per channel" after the first round's extraction and clustering."""
+    small = ("data.clip.crop=16", "train.batch_size=5", "train.accumulate=3")  # parts of 2, 2 and 1 clips
+    with pytest.raises(UserError, match=r"one video clip of 3 x 4 x 16 x 16 .* data\.clip\.crop above 16"):
+        Pretrainer(cfg_for("xdc", *small), manifest, tmp_path / "xdc", Dist())
+    Pretrainer(cfg_for("sdc-audio", *small), manifest, tmp_path / "audio", Dist())  # the video encoder not trained
+    Pretrainer(cfg_for("xdc", *small[:2], "train.accumulate=2"), manifest, tmp_path / "parts", Dist())  # 3 and 2
+
+
 def test_short_run_lowers_the_pseudo_label_loss(manifest, tmp_path):
     cfg = cfg_for("xdc", "train.rounds=1", "train.epochs=4", "train.log_every=1", "train.lr=0.1")
     out = tmp_path / "run"

@@ -42,6 +42,7 @@ from xdc.evaluation.extract import probed_items
 from xdc.evaluation.metrics import average_by_group, class_results, group_index, topk_accuracy
 from xdc.evaluation.resume import SavedProgress, identity
 from xdc.evaluation.sources import Source, load_source
+from xdc.models.encoders import check_one_clip_trains
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
 from xdc.training.distributed import (
@@ -109,6 +110,8 @@ def finetune(
                            device_crops=place.device_crops, device_logmel=place.device_logmel)  # fmt: skip
     sampler = shuffled_draws(len(train_set), seed, ctx.rank, ctx.world_size)
     per_rank = cfg.batch_size // ctx.world_size
+    if mode == "full" and per_rank == 1:  # every batch one clip: refused before training, not at its first step
+        check_one_clip_trains(modality, train_set.shapes()[modality])
     per_epoch = math.ceil(len(train_set) / cfg.batch_size)  # steps of every rank: a rank with a draw fewer may
     # run out of batches one step early, and takes part in the last with none (_train_step)
     steps = cfg.epochs * per_epoch

@@ -6,6 +6,7 @@ reads it directly and each round trains a fresh head on top (xdc.models.heads).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +15,7 @@ from torchvision.models import resnet
 from torchvision.models.video import resnet as video_resnet
 
 from xdc.config import Config, ModelConfig
+from xdc.errors import UserError
 
 
 def per_conv_2plus1d(in_planes: int, out_planes: int, midplanes: int, stride: int = 1, padding: int = 1) -> nn.Module:
@@ -80,6 +82,8 @@ class VideoEncoder(nn.Module):
         return nn.Sequential(*stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and len(x) == 1:
+            check_one_clip_trains("video", x.shape[1:])
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.avgpool(x).flatten(1)
@@ -124,9 +128,42 @@ class AudioEncoder(nn.Module):
         return nn.Sequential(*stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and len(x) == 1:
+            check_one_clip_trains("audio", x.shape[1:])
         x = self.relu(self.bn1(self.conv1(self.input_norm(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.avgpool(x).flatten(1)
+
+
+def last_stage_size(modality: str, clip: Sequence[int]) -> tuple[int, ...]:
+    """The map that layer4 of the ``modality`` encoder makes of one clip of shape ``clip`` (C x T x H x W video,
+    C x n_mels x frames audio): each stride-2 convolution is padded, so it halves a side rounding up; the video
+    stem halves H and W, and layers 2-4 every side."""
+    if modality == "video":
+        frames, height, width = clip[-3:]
+        return -(-frames // 8), -(-height // 16), -(-width // 16)
+    return tuple(-(-side // 16) for side in clip[-2:])
+
+
+# What makes layer4 larger than one value per channel, in the settings that shape each modality's clips
+_LARGER_CLIPS = {
+    "video": "data.clip.crop above 16 or data.clip.frames above 8",
+    "audio": "data.mel.n_mels above 16 or a clip of more than 16 spectrogram frames (data.clip.audio_seconds)",
+}
+
+
+def check_one_clip_trains(modality: str, clip: Sequence[int]) -> None:
+    """Refuse, naming the settings, a training batch (or accumulated part) of one clip of shape ``clip`` where
+    layer4 of the ``modality`` encoder is one value per channel: BatchNorm cannot take batch statistics of one
+    value (torch's error names no setting)."""
+    size = last_stage_size(modality, clip)
+    if math.prod(size) == 1:
+        raise UserError(
+            f"a training batch of one {modality} clip of {' x '.join(map(str, clip))} leaves the encoder's last "
+            f"stage {' x '.join(map(str, size))}, one value per channel, on which BatchNorm cannot train: use "
+            f"{_LARGER_CLIPS[modality]}, or at least 2 clips in every training batch and accumulated part (the "
+            "batch size per rank, and an epoch size that leaves no last batch of one clip)"
+        )
 
 
 # Each modality's channels-last memory format: N x T x H x W x C for clips, N x H x W x C for spectrograms.

@@ -73,7 +73,7 @@ from xdc.errors import SharedError, UserError
 from xdc.limits import usable_memory_bytes
 from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.models.device_form import device_form, warn_cudnn_fault
-from xdc.models.encoders import LAYOUTS, build_encoder
+from xdc.models.encoders import LAYOUTS, build_encoder, check_one_clip_trains
 from xdc.models.heads import LinearHead
 from xdc.progress import progress_bar
 from xdc.training import checkpoint
@@ -230,6 +230,10 @@ class Pretrainer:
             print(f"NOTE: train.accumulate={every} does not divide the {per_rank} clips of a batch per rank: the "
                   f"parts of {smaller} clip{'s' * (smaller != 1)} run uncompiled (train.compile compiles for one size)",
                   file=sys.stderr)  # fmt: skip
+        if per_rank // every < 2:  # a part of one clip in every batch: refused now, not after the first clustering
+            shapes = self.train_set.shapes()
+            for modality in sorted({self.method.encoders[name] for name, _ in self.method.heads}):
+                check_one_clip_trains(modality, shapes[modality])
         torch.manual_seed(cfg.seed)
         self.encoders = nn.ModuleDict(
             {name: build_encoder(modality, cfg.model) for name, modality in self.method.encoders.items()}
