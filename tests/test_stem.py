@@ -54,6 +54,24 @@ def test_the_stem_over_pixel_blocks_computes_and_trains_like_the_plain_one(pad, 
         torch.testing.assert_close(state[key], value, rtol=0, atol=1e-9, msg=lambda m: f"{key}: {m}")
 
 
+@pytest.mark.parametrize("pad", [0, 8])
+def test_an_empty_batch_goes_through_the_stem_over_pixel_blocks(pad):
+    """A step without clips (a DDP rank whose draws ran out, a finetuning batch whose clips all failed) runs the
+    encoder on an empty batch; pixel_unshuffle returns such a tensor as it is, and the 12-channel convolution met 3
+    channels (a RuntimeError that stopped the rank)."""
+    plain = tiny_video_encoder()
+    blocks = copy.deepcopy(plain)
+    if pad:
+        pad_middle_widths(blocks, pad)
+    space_to_depth_stem(blocks, (32, 32))
+    empty = torch.zeros(0, 3, 4, 32, 32, dtype=torch.float64)
+    for model in (plain, blocks):
+        out = model(empty)
+        assert out.shape == (0, 64)
+        (out.sum() * 0.0).backward()  # as DDP's empty step: every parameter takes part, with zero gradients
+        assert model.stem[0].weight.grad is not None and not model.stem[0].weight.grad.any()
+
+
 def test_frames_that_do_not_split_into_pixel_blocks_are_refused():
     with pytest.raises(ValueError, match="do not split into 2 x 2 pixel blocks"):
         space_to_depth_stem(tiny_video_encoder(), (33, 32))

@@ -28,6 +28,8 @@ class _SpaceToDepthConv3d(_WideOutputConv3d):
     h = (k + 1) / 2, over each frame's 2 x 2 pixel blocks."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0:  # DDP's empty batch of a rank without clips: pixel_unshuffle returns an empty input as is
+            return super().forward(x)
         weight = self.padded_weight()  # out x in x 1 x k x k
         out, channels, k = weight.shape[0], weight.shape[1], weight.shape[-1]
         half = (k + 1) // 2
