@@ -250,10 +250,13 @@ def _export_loads(work, request, monkeypatch) -> dict:
     from test_official import official_state_dict
 
     torch.save(official_state_dict(), work / "r2plus1d_18_xdc_ig65m_kinetics-f24f6ffb.pth")
+    _report_run(work, request, monkeypatch)  # the run that was exported, at runs/xdc
     return _export_folder(work, request, monkeypatch)
 
 
 def _export_loads_check(work, names) -> None:
+    import xdc
+
     video, audio, official = names["video"], names["audio"], names["official"]
     assert not (video.training or audio.training or official.training)
     assert {t.device.type for m in (video, audio, official) for t in (*m.parameters(), *m.buffers())} == {"cpu"}
@@ -261,6 +264,8 @@ def _export_loads_check(work, names) -> None:
         assert video(torch.zeros(2, 3, 4, 32, 32)).shape == (2, 64)  # the tiny preset's width
         assert audio(torch.zeros(2, 1, 40, 100)).shape == (2, 64)
         assert official(torch.zeros(2, 3, 4, 32, 32)).shape == (2, 512)
+    exported = xdc.load_encoder(work / "exports" / "xdc" / "video.safetensors").state_dict()
+    assert all(torch.equal(v, exported[k]) for k, v in video.state_dict().items())  # the run's is its export's
 
 
 def _export_programs(work, request, monkeypatch) -> dict:

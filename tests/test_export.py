@@ -364,12 +364,53 @@ def test_load_encoder_errors(exported, tmp_path):
         xdc.load_encoder(tmp_path / "video.safetensors")
 
 
-def test_load_encoder_of_a_run_says_to_export_it(run):
-    # (it said "no .safetensors files", or of encoders.pt "header too large; ... use load_official_xdc")
-    for given, what in ((run, "an"), (run / "encoders.pt", "the encoders of an")):
-        with pytest.raises(UserError, match=re.escape(f"{given} is {what} `xdc pretrain` run, not an export: write one "
-                                                      f"with `xdc export {given} --out DIR`")):  # fmt: skip
-            xdc.load_encoder(given)
+def test_load_encoder_of_a_run_is_what_its_export_loads(run, exported):
+    """A run folder or its encoders.pt loads in one line, as an export of it would (until 2026-12-03 it was refused
+    with "write one with `xdc export`")."""
+    out, _, _ = exported
+    for name in ("video", "audio"):
+        from_export = xdc.load_encoder(out, name=name)
+        for given in (run, run / "encoders.pt", str(run)):
+            loaded = xdc.load_encoder(given, name=name)
+            assert not loaded.training and next(loaded.parameters()).device.type == "cpu"
+            state = loaded.state_dict()
+            assert state.keys() == from_export.state_dict().keys()
+            assert all(torch.equal(v, state[k]) for k, v in from_export.state_dict().items())
+            with torch.no_grad():  # the modality is the name in an XDC run
+                assert torch.equal(loaded(inputs()[name]), from_export(inputs()[name]))
+
+
+def test_load_encoder_of_a_run_of_one_encoder_needs_no_name(run, exported, tmp_path):
+    cfg = load_config(None, [*SETTINGS, "train.method=sdc-audio", "train.rounds=1"], preset="tiny")
+    pretrain(cfg, run.parent / "manifest.csv", tmp_path / "sdc", resume=False, ctx=Dist())
+    loaded, own = xdc.load_encoder(tmp_path / "sdc"), load_run_encoder(tmp_path / "sdc", "audio")[0]
+    assert all(torch.equal(v, own.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(UserError, match=re.escape(f"{run} holds several encoders (video, audio): choose one with "
+                                                  "name=")):  # fmt: skip
+        xdc.load_encoder(run)
+    with pytest.raises(UserError, match=re.escape(f"{run} has no encoder 'video2'; it has: video, audio")):
+        xdc.load_encoder(run / "encoders.pt", name="video2")
+
+
+def test_load_encoder_of_an_unfinished_run_says_what_xdc_eval_says(run, tmp_path):
+    from xdc.evaluation.sources import load_source
+
+    killed = tmp_path / "killed"  # killed before its end wrote encoders.pt: a config and a training checkpoint
+    (killed / "checkpoints").mkdir(parents=True)
+    shutil.copy(run / "config.yaml", killed)
+    shutil.copy(run / "checkpoints" / "last.pt", killed / "checkpoints")
+    message = re.escape(f"{killed} has not finished (no encoders.pt yet): go on with `xdc pretrain --resume --out "
+                        f"{killed}`")  # fmt: skip
+    with pytest.raises(UserError, match=message):
+        xdc.load_encoder(killed, name="video")
+    with pytest.raises(UserError, match=message):
+        load_source(killed, "video")  # what xdc extract and xdc eval finetune say of it
+    lone = tmp_path / "lone"  # a run's encoders copied away from its config.yaml
+    lone.mkdir()
+    shutil.copy(run / "encoders.pt", lone)
+    with pytest.raises(UserError, match=re.escape(f"{lone / 'encoders.pt'} is named as a run's encoders, but its "
+                                                  "folder is no run (no config.yaml beside it")):  # fmt: skip
+        xdc.load_encoder(lone / "encoders.pt", name="video")
 
 
 def test_load_encoder_is_listed_by_dir_for_a_notebooks_completion_and_imports_torch_only_when_used():
@@ -397,8 +438,8 @@ def test_load_encoder_of_another_file_of_a_run_names_the_run(run):
     # (it said "cannot read ... as a safetensors file: header too large; ... use load_official_xdc", which then
     # said the training checkpoint "holds no state dict")
     for given in (run / "checkpoints" / "last.pt", run / "config.yaml"):
-        with pytest.raises(UserError, match=re.escape(f"{given} is a file of the `xdc pretrain` run {run}, not an "
-                                                      f"export: write one with `xdc export {run} --out DIR`")):
+        with pytest.raises(UserError, match=re.escape(f"{given} is a file of the run {run}: give the run's folder or "
+                                                      "its encoders.pt")):  # fmt: skip
             xdc.load_encoder(given)
 
 
@@ -408,13 +449,14 @@ def test_load_official_xdc_of_a_run_or_an_export_says_what_it_is_and_how_to_load
     from xdc.models import load_official_xdc
 
     out, _, _ = exported
-    export_hint = f"`xdc export {run} --out DIR`, then xdc.load_encoder(DIR, name=...)"
+    run_hint = f"load its encoders with xdc.load_encoder({str(run)!r}, name=...)"
     not_released = "is not a file of the released XDC weights: it is"
-    cases = [(run, f"{run} {not_released} an `xdc pretrain` run folder: {export_hint}"),
+    cases = [(run, f"{run} {not_released} an `xdc pretrain` run folder: load its encoders with "
+                   "xdc.load_encoder(path, name=...)"),
              (out, f"{out} {not_released} an `xdc export` folder: load its encoders with "
                    "xdc.load_encoder(path, name=...)"),
              (out / "video.safetensors", "it is a safetensors file: load one of `xdc export` with xdc.load_encoder"),
-             (run / "encoders.pt", f"holds no state dict .*; it is a file of the run {run}: {re.escape(export_hint)}"),
+             (run / "encoders.pt", f"holds no state dict .*; it is a file of the run {run}: {re.escape(run_hint)}"),
              (run / "checkpoints" / "last.pt", f"holds no state dict .*; it is a file of the run {run}")]  # fmt: skip
     for given, message in cases:
         with pytest.raises(UserError, match=message if given.suffix == ".pt" else re.escape(message)) as e:

@@ -4,6 +4,7 @@ Each encoder becomes DIR/<name>.safetensors: its state dict, plus string metadat
 the clip and log-mel settings that feed it, the video normalisation) from which ``load_encoder`` rebuilds it
 without the run folder or a config file. DIR/README.md is the model card: method, widths, training data,
 rounds and k, the last round's cluster statistics, evaluation results passed with ``--metrics``, and how to load.
+``load_encoder`` loads an encoder of an export, or of a run itself (the same weights as its export).
 On request the encoders are also written as programs that run without this library, for any batch size, with
 the same metadata: DIR/<name>.onnx (ONNX, for onnxruntime and other runtimes) and DIR/<name>.pt2
 (``torch.export``). The released XDC checkpoints are a different format: load those with
@@ -35,7 +36,7 @@ from xdc.data.audio import LogMel
 from xdc.data.manifest import decode_paths, run_videos
 from xdc.data.transforms import VIDEO_MEAN, VIDEO_STD
 from xdc.errors import UserError
-from xdc.evaluation.sources import is_run_folder, kind, run_and_encoders, run_encoders
+from xdc.evaluation.sources import is_run_folder, kind, load_run_encoder, run_and_encoders, run_encoders
 from xdc.methods import Method, get_method
 from xdc.models.encoders import build_encoder
 from xdc.presets import PRESETS
@@ -56,13 +57,18 @@ PT2_METADATA = "xdc.json"  # the metadata's entry among a .pt2 file's extra file
 
 
 def load_encoder(path: str | Path, name: str | None = None) -> nn.Module:
-    """An encoder written by ``xdc export``, in eval mode with its weights loaded.
+    """An encoder of ``xdc export`` or of ``xdc pretrain``, on the CPU, in eval mode with its weights loaded.
 
-    ``path`` is one ``<name>.safetensors`` file, or an export folder with ``name`` choosing the encoder (it may
-    be left out when the folder holds one). For the released XDC checkpoints use
-    ``xdc.models.load_official_xdc``.
+    ``path`` is one ``<name>.safetensors`` file, or an export folder with ``name`` choosing the encoder; or a
+    finished pretraining run folder (or its ``encoders.pt``) with ``name`` choosing one of its encoders: the
+    weights an export of the run holds. ``name`` may be left out when there is one encoder. For the released XDC
+    checkpoints use ``xdc.models.load_official_xdc``.
     """
-    file = encoder_file(Path(path), name)
+    path = Path(path)
+    # kind() also names any other file of a run (config.yaml, checkpoints/last.pt) with what to give instead
+    if path.exists() and kind(path) == "run":
+        return load_run_encoder(path, name)[0]
+    file = encoder_file(path, name)
     meta = read_metadata(file)
     encoder = build_encoder(meta["modality"], _model_config(meta["model"], file))
     try:
@@ -98,6 +104,10 @@ def read_metadata(path: str | Path, name: str | None = None) -> dict:
 
 def encoder_file(path: Path, name: str | None) -> Path:
     """The ``.safetensors`` file that ``path`` (the file, or an export folder and ``name``) names."""
+    if path.is_file() and checkpoint.is_encoders_file(path) and not is_run_folder(path.parent):
+        # exporting it would fail as well: the model to build is in the run's config.yaml
+        raise UserError(f"{path} is named as a run's encoders, but its folder is no run (no config.yaml beside it, "
+                        "which says the model to build): give it in its run folder")  # fmt: skip
     if (path.is_dir() and is_run_folder(path)) or (path.is_file() and checkpoint.is_encoders_file(path)):
         what = "an `xdc pretrain` run" if path.is_dir() else "the encoders of an `xdc pretrain` run"
         raise UserError(f"{path} is {what}, not an export: write one with `xdc export {path} --out DIR`")

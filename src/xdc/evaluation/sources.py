@@ -51,10 +51,16 @@ def load_source(path: str | Path, name: str, settings: dict[str, Any] | None = N
     return source
 
 
-def load_run_encoder(run: str | Path, name: str) -> tuple[nn.Module, str, Config]:
-    """The encoder ``name`` of a pretraining run (eval mode), its modality and the run's configuration."""
+def load_run_encoder(run: str | Path, name: str | None = None) -> tuple[nn.Module, str, Config]:
+    """The encoder ``name`` of a pretraining run (eval mode), its modality and the run's configuration; ``name``
+    may be left out when the run has one encoder (sdc-video, sdc-audio)."""
     run, weights = run_and_encoders(Path(run))
-    source = _run_encoder(run, weights, checkpoint.read(weights, "a run's encoders"), name)  # no digest needed
+    saved = checkpoint.read(weights, "a run's encoders")
+    if name is None:
+        if len(saved["encoders"]) > 1:
+            raise UserError(f"{run} holds several encoders ({', '.join(saved['encoders'])}): choose one with name=")
+        name = next(iter(saved["encoders"]))
+    source = _run_encoder(run, weights, saved, name)  # no digest needed
     return source.encoder, source.modality, source.cfg
 
 

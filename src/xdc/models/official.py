@@ -79,14 +79,14 @@ def _what_else(path: Path) -> str:
     from xdc.evaluation.sources import is_run_folder
 
     if path.is_dir() and is_run_folder(path):
-        return f"an `xdc pretrain` run folder: `xdc export {path} --out DIR`, then xdc.load_encoder(DIR, name=...)"
+        return "an `xdc pretrain` run folder: load its encoders with xdc.load_encoder(path, name=...)"
     if path.is_dir() and any(path.glob("*.safetensors")):
         return "an `xdc export` folder: load its encoders with xdc.load_encoder(path, name=...)"
     if path.suffix == ".safetensors":
         return "a safetensors file: load one of `xdc export` with xdc.load_encoder(path)"
     run = next((r for r in (path.parent, path.parent.parent) if is_run_folder(r)), None)
     if path.is_file() and run is not None:
-        return f"a file of the run {run}: `xdc export {run} --out DIR`, then xdc.load_encoder(DIR, name=...)"
+        return f"a file of the run {run}: load its encoders with xdc.load_encoder({str(run)!r}, name=...)"
     return ""
 
 
