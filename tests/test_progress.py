@@ -170,3 +170,28 @@ def test_a_stderr_without_isatty_gets_timed_lines_and_none_gets_nothing(monkeypa
     assert "4/4" in writer.text.splitlines()[-1] and "\r" not in writer.text
     monkeypatch.setattr(sys, "stderr", None)
     _run(4, 0.05)  # nothing to write to, and no error
+
+
+class OutStream(_Writer):
+    """A stand-in for a Jupyter kernel's stderr, ipykernel.iostream.OutStream (ipykernel is not installed): what
+    progress tells a notebook by is the stream's class, and the text written to it."""
+
+    __module__ = "ipykernel.iostream"
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_in_a_notebook_the_bar_redraws_in_place(monkeypatch):
+    """Jupyter applies carriage returns to a cell's output: a bar there, not a line a minute (until 2026-12-03)."""
+    notebook = OutStream()
+    monkeypatch.setattr(sys, "stderr", notebook)
+    for i in progress.progress_bar(range(3), desc="round 0 epoch 0", unit="batch", mininterval=0):
+        if i == 1:
+            print("WARNING: a loader worker died", file=sys.stderr)
+    assert sys.stderr is notebook  # given back once the bar is closed
+    before, _, after = notebook.text.partition("WARNING: a loader worker died\n")
+    assert before.count("\r") >= 2 and before.rsplit("\r", 1)[-1].strip() == ""  # redrawn, then cleared for the line
+    drawn = [part for part in after.split("\r") if part.strip()]
+    assert "3/3" in drawn[-1] and "\n" not in "".join(drawn[:-1])  # drawn again below it, in place
+    assert {len(part.rstrip("\n")) for part in drawn} == {progress.NOTEBOOK_COLUMNS}  # not the kernel's terminal's

@@ -1,7 +1,8 @@
-"""Progress of the long steps, on stderr: a tqdm bar on a terminal; elsewhere (a batch job's log file, a scheduler
-or torchrun capturing the output) a plain line every ``LINE_EVERY_S`` seconds once a step has run that long, and a
-last line when it ends. A bar redraws itself with carriage returns, which a log file keeps: a day-long run would
-leave one line of megabytes."""
+"""Progress of the long steps, on stderr: a tqdm bar on a terminal, and in a Jupyter notebook (whose frontends
+apply carriage returns to a cell's output, so a bar redraws in place there too); elsewhere (a batch job's log file,
+a scheduler or torchrun capturing the output) a plain line every ``LINE_EVERY_S`` seconds once a step has run that
+long, and a last line when it ends. A bar redraws itself with carriage returns, which a log file keeps: a day-long
+run would leave one line of megabytes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TypeVar
 from tqdm import tqdm
 
 LINE_EVERY_S = 60.0
+NOTEBOOK_COLUMNS = 100  # a notebook's output has no width to ask for (tqdm would ask the kernel's own terminal)
 QUIET_S = 2.0  # steps that only sometimes take long (at tens of millions of files) show nothing for this long
 T = TypeVar("T")
 
@@ -66,7 +68,7 @@ class _AboveBars:
 
 
 class _TerminalBar(_Bar):
-    """A bar on a terminal: stderr goes through ``_AboveBars`` while one is open."""
+    """A bar on a terminal or in a notebook: stderr goes through ``_AboveBars`` while one is open."""
 
     _open = 0
 
@@ -114,6 +116,10 @@ def progress_bar(
     stream = sys.stderr.stream if isinstance(sys.stderr, _AboveBars) else sys.stderr
     if not show or stream is None:  # None: no stderr at all (pythonw, a service), where tqdm's writes would fail
         return tqdm(iterable, desc=desc, disable=True, **options)
+    if _is_notebook(stream):
+        # position 0: a notebook draws no cursor moves, which a bar below one left open (by an exception) would use
+        options.update(position=0, ncols=NOTEBOOK_COLUMNS)
+        return _TerminalBar(iterable, desc=desc, file=stream, delay=QUIET_S if quiet else 0.0, **options)
     if _is_terminal(stream):
         # the width read at each redraw: a terminal made narrower (a window resized, a tmux split) wrapped a bar of
         # the old width, and each redraw then left a line behind (until 2026-12-03)
@@ -125,6 +131,13 @@ def progress_bar(
     options.update(leave=True, position=0, delay=max(every, QUIET_S if quiet else 0.0))
     return _LineBar(iterable, desc=desc, file=_Lines(stream), ascii=True, mininterval=every, maxinterval=every,
                     **options)  # fmt: skip
+
+
+def _is_notebook(stream) -> bool:
+    """Whether ``stream`` is a Jupyter kernel's output stream (ipykernel's ``OutStream``, which is no terminal):
+    until 2026-12-03 a notebook got a timed line a minute instead of a bar. Known by its class, so that ipykernel
+    need not be imported (nor installed)."""
+    return any(c.__module__ == "ipykernel.iostream" and c.__name__ == "OutStream" for c in type(stream).__mro__)
 
 
 def _is_terminal(stream) -> bool:
