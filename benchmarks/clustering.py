@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 import torch
 
-from common import report
+from common import report, run_script
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
@@ -240,4 +240,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

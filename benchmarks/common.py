@@ -1,4 +1,5 @@
-"""Shared bits of the benchmark scripts: where data lives, machine description, table + JSON output, a port."""
+"""Shared bits of the benchmark scripts: where data lives, machine description, table + JSON output, a port, how a
+script ends on a user's mistake."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import os
 import platform
 import random
 import socket
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from xdc.errors import UserError
 from xdc.tables import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,3 +58,13 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
+
+
+def run_script(main: Callable[[], int | None]) -> None:
+    """Run a script's ``main``: a user's mistake that the library reports (a path not found, an unknown preset)
+    ends it with one line naming the script, as argparse's errors do, instead of a traceback."""
+    try:
+        code = main()
+    except UserError as e:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
+    sys.exit(code)

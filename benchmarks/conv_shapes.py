@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from common import report
+from common import report, run_script
 from roofline import OpCosts, least_seconds
 from xdc.config import load_config
 from xdc.data.datasets import TrainClips
@@ -200,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

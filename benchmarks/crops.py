@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import report
+from common import report, run_script
 from prepare import make_sources
 from xdc.config import load_config
 from xdc.data.datasets import EvalClips, TrainClips, collate_clips
@@ -156,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

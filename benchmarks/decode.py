@@ -24,7 +24,7 @@ import av
 import numpy as np
 import torch
 
-from common import SHARED_DATA, report
+from common import SHARED_DATA, report, run_script
 from xdc.config import DataConfig, SyntheticConfig
 from xdc.data.audio import LogMel
 from xdc.data.datasets import TrainClips, make_loader
@@ -208,4 +208,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import report
+from common import report, run_script
 from xdc.config import load_config
 from xdc.models.encoders import build_encoder
 from xdc.training import checkpoint
@@ -43,6 +43,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path)
     args = parser.parse_args()
+    if args.folder is not None and not args.folder.is_dir():
+        parser.error(f"--folder {args.folder}: not a folder")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: at least 1")
     cfg = load_config(preset=args.preset)
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         path = Path(folder) / "encoders.pt"
@@ -59,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import report
+from common import report, run_script
 from train_step import synthetic_manifest
 from xdc.config import load_config
 from xdc.data.clip_cache import ClipCache
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

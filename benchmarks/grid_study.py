@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import SHARED_DATA, report
+from common import SHARED_DATA, report, run_script
 
 from xdc.clustering.metrics import agreement
 from xdc.grid_benchmark import grid_benchmark
@@ -106,4 +106,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -20,7 +20,7 @@ import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 
-from common import report
+from common import report, run_script
 from xdc.data.index import LabelIndex, list_media, match_labels
 from xdc.data.prepare import name_group, plan_outputs
 from xdc.data.shares import ALONE, my_share
@@ -110,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

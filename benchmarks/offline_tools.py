@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, report
+from common import ROOT, report, run_script
 from xdc.data.manifest import Manifest, write_videos
 
 CLASSES = 400
@@ -113,4 +113,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from common import free_port, report
+from common import free_port, report, run_script
 from xdc.clustering.metrics import cluster_stats, nmi
 from xdc.clustering.sampler import ClusterBalancedSampler
 from xdc.clustering.sharded import assemble_labels
@@ -182,4 +182,4 @@ def write_manifest(path: Path, n: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import report
+from common import report, run_script
 from xdc.config import DataConfig
 from xdc.data.datasets import TrainClips
 from xdc.data.encode import write_av
@@ -159,4 +159,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import report
+from common import report, run_script
 from xdc.config import load_config
 from xdc.data.index import build_manifest
 from xdc.data.synthetic import make_synthetic
@@ -31,15 +31,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--k", type=int, default=8)
     args = parser.parse_args()
+    overrides = [f"train.method={args.method}", f"train.k={args.k}", "train.rounds=1", "train.epochs=1",
+                 f"train.batch_size={args.batch}"]  # fmt: skip
+    configs = {preset: load_config(None, overrides, preset=preset) for preset in args.presets}  # before the data
 
     tmp = Path(tempfile.mkdtemp(prefix="xdc-bench-pretrain-"))
     try:
         labels = make_synthetic(tmp / "data", args.videos, 8, seed=0, workers=None)
         build_manifest([str(tmp / "data" / "videos")], tmp / "manifest.csv", labels=labels)
         rows = []
-        for preset in args.presets:
-            cfg = load_config(None, [f"train.method={args.method}", f"train.k={args.k}", "train.rounds=1",
-                                     "train.epochs=1", f"train.batch_size={args.batch}"], preset=preset)  # fmt: skip
+        for preset, cfg in configs.items():
             out = tmp / f"run-{preset}"
             t = time.perf_counter()
             pretrain(cfg, tmp / "manifest.csv", out, resume=False, ctx=init_distributed())
@@ -59,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

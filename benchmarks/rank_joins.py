@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import report
+from common import report, run_script
 from xdc.data.index import LabelIndex, _write_manifest
 from xdc.data.manifest import COLUMNS, iter_rows, row_cells, write_rows
 from xdc.data.prepare import join_reports, write_report
@@ -88,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

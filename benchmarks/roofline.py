@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-from common import report
+from common import report, run_script
 from xdc.config import load_config
 from xdc.data.datasets import TrainClips
 from xdc.data.manifest import Manifest
@@ -125,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -26,7 +26,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from common import report
+from common import report, run_script
 
 # FFmpeg's x86 flags (libavutil/cpu.h); each level keeps those below it
 _SSE2 = 0x1 | 0x2 | 0x8 | 0x10 | 0x1000  # MMX, MMXEXT, SSE, SSE2, CMOV
@@ -125,4 +125,4 @@ def _cpu_model() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

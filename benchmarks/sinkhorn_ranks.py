@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clustering import _status, cached_features
-from common import free_port, report
+from common import free_port, report, run_script
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import KMeansResult, kmeans
 from xdc.clustering.sinkhorn import balance
@@ -99,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import report
+from common import report, run_script
 
 from xdc.config import load_config
 from xdc.data.index import build_manifest
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

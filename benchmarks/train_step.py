@@ -63,7 +63,7 @@ import torch
 import torch._inductor.config
 from torch.utils.data import Subset
 
-from common import report
+from common import report, run_script
 from xdc.config import COMPILE_MODES, Config, DataConfig, SyntheticConfig, load_config
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader
@@ -371,7 +371,4 @@ def sync(device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        raise SystemExit(f"train_step: error: {e}") from None
+    run_script(main)

@@ -11,12 +11,11 @@ import argparse
 import os
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import report
+from common import report, run_script
 
 from xdc.config import load_config
 from xdc.data.datasets import TrainClips, make_loader
@@ -64,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -1,7 +1,8 @@
 """The benchmark scripts still run against the library as it is now, each at its smallest setting on the CPU.
 They are what a lent GPU machine runs (benchmarks/gpu_check.sh) and what BENCHMARKS.md is re-measured with, and
 nothing else calls them: a script broken by a change would otherwise be found only on the next GPU lease, whose
-minutes are few. Timings are not checked here, only that each script ends and writes its table as JSON.
+minutes are few. Timings are not checked here, only that each script ends and writes its table as JSON, and that a
+mistake in its arguments ends it with one line.
 Left out: decode.py (reads GRID from ../shared/data), grid_study.py (minutes of training), simd.py and
 offline_tools.py (about 16 s each at their smallest)."""
 
@@ -76,3 +77,23 @@ def test_benchmark_script_runs_and_writes_its_table(script: str, args: list[str]
     assert f"wrote {tmp_path / name}.json" in done.stdout
     if "--profile" in args:
         assert (tmp_path / "profiles.txt").read_text().strip()
+
+
+# (script, arguments, what the last line of its error output says): a user's mistake ends the script with one
+# line that names it, before anything is measured or written
+MISTAKES = [
+    ("prepare", ["--data", "{tmp}/missing", "--gops", "16", "--clips", "1"], "prepare.py: error: path not found"),
+    ("pretrain", ["--presets", "tiny", "nope"], "pretrain.py: error: unknown preset 'nope'"),
+    ("encoder_reads", ["--folder", "{tmp}/missing", "--preset", "tiny"], "--folder {tmp}/missing: not a folder"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "says"), MISTAKES, ids=[f"{s}-{i}" for i, (s, _, _) in enumerate(MISTAKES)])
+def test_benchmark_script_names_a_mistake_in_one_line(script: str, args: list[str], says: str, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    env = {**os.environ, "XDC_BENCHMARK_RESULTS": str(results), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *(a.format(tmp=tmp_path) for a in args)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert says.format(tmp=tmp_path) in done.stderr.strip().splitlines()[-1], done.stderr[-3000:]
+    assert not results.exists()
