@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ import faiss
 import numpy as np
 import torch
 
-from common import report, run_script
+from common import child_output, report, run_script
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.sharded import sharded_kmeans, sharded_preprocess_features
@@ -176,7 +175,7 @@ def run_child(path: str, n: int, k: int, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", path, "--n", str(n), "--k", str(k), "--dim", str(args.dim),
                "--pca-dim", str(args.pca_dim), "--iters", str(args.iters), "--seed", str(args.seed),
                "--threads", str(args.threads)]  # fmt: skip
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    out = child_output(f"path {path} at N = {n}, k = {k}", command)
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -208,6 +207,10 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    if max(args.ks) > min(args.sizes):  # checked before minutes of building features
+        parser.error(f"k-means needs at least k points: --ks {max(args.ks)} is more than --sizes {min(args.sizes)}")
+    if not 0 < args.pca_dim <= args.dim:
+        parser.error(f"--pca-dim {args.pca_dim}: between 1 and --dim {args.dim}")
     rows = []
     paths = [p for p in args.paths if p != "lloyd"]
     for n in args.sizes:

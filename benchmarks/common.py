@@ -1,5 +1,5 @@
 """Shared bits of the benchmark scripts: where data lives, machine description, table + JSON output, a port, how a
-script ends on a user's mistake."""
+script and its child processes end on an error."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -68,3 +69,14 @@ def run_script(main: Callable[[], int | None]) -> None:
     except UserError as e:
         sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
     sys.exit(code)
+
+
+def child_output(what: str, command: list[str]) -> str:
+    """The standard output of ``command``, a measurement in a fresh process. Where it fails, the script ends
+    naming ``what`` and the child's last line of error output (its exception), which capturing the output would
+    otherwise hide."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no error output"]
+        sys.exit(f"{Path(sys.argv[0]).name}: {what} failed: {lines[-1]}")
+    return done.stdout

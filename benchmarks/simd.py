@@ -17,7 +17,6 @@ import argparse
 import ctypes
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from common import report, run_script
+from common import child_output, report, run_script
 
 # FFmpeg's x86 flags (libavutil/cpu.h); each level keeps those below it
 _SSE2 = 0x1 | 0x2 | 0x8 | 0x10 | 0x1000  # MMX, MMXEXT, SSE, SSE2, CMOV
@@ -99,8 +98,8 @@ def main() -> None:
         flags: dict[str, str] = {}
         for _ in range(args.rounds):
             for level in LEVELS:
-                out = subprocess.run([sys.executable, __file__, "--child", level, str(manifest), str(args.items)],
-                                     check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+                out = child_output(f"level {level}", [sys.executable, __file__, "--child", level, str(manifest),
+                                                      str(args.items)]).split()  # fmt: skip
                 rates[level].append(float(out[0]))
                 flags[level], detected = f"{int(out[1]):#x}", f"{int(out[2]):#x}"
     finally:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import report, run_script
+from common import child_output, report, run_script
 
 from xdc.config import load_config
 from xdc.data.index import build_manifest
@@ -47,7 +46,7 @@ def run(tmp: Path, method: str, preload: str, manifest: Path, args: argparse.Nam
                "--out", str(out), "--preset", "tiny", "--k", "4", "--rounds", str(args.rounds),
                f"--set=data.workers={args.workers}"]  # fmt: skip
     t = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
+    child_output(f"xdc pretrain under {method} (preload {preload})", command)
     took = time.perf_counter() - t
     shutil.rmtree(out)
     return took

@@ -79,11 +79,15 @@ def test_benchmark_script_runs_and_writes_its_table(script: str, args: list[str]
         assert (tmp_path / "profiles.txt").read_text().strip()
 
 
-# (script, arguments, what the last line of its error output says): a user's mistake ends the script with one
-# line that names it, before anything is measured or written
+# (script, arguments, what the last line of its error output says): a user's mistake, or a measuring child's
+# failure, ends the script with one line that names it, before anything is measured or written
 MISTAKES = [
     ("prepare", ["--data", "{tmp}/missing", "--gops", "16", "--clips", "1"], "prepare.py: error: path not found"),
     ("pretrain", ["--presets", "tiny", "nope"], "pretrain.py: error: unknown preset 'nope'"),
+    ("clustering", ["--sizes", "100", "--ks", "256", "--paths", "ours"], "k-means needs at least k points"),
+    # a negative seed fails only in the child that builds the features: its error, not just its exit status
+    ("clustering", ["--sizes", "100", "--ks", "16", "--paths", "ours", "--seed", "-1"],
+     "path ours at N = 100, k = 16 failed: ValueError"),  # fmt: skip
     ("encoder_reads", ["--folder", "{tmp}/missing", "--preset", "tiny"], "--folder {tmp}/missing: not a folder"),
 ]
 
