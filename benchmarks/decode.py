@@ -6,7 +6,8 @@ cached) and the DataLoader's peak memory (PSS of the main process and its worker
 
     python benchmarks/decode.py [--data ../shared/data/grid-s1] [--clips 300] [--workers 2 8]
 
-Uses ../shared/data/grid-s1 when present, else generated media.
+--data DIR reads DIR/videos (GRID's layout). Without it: ../shared/data/grid-s1 when present, else generated
+media, which it says (BENCHMARKS.md's figures are GRID's).
 """
 
 from __future__ import annotations
@@ -149,20 +150,28 @@ def loader_memory(manifest: Manifest, cfg: DataConfig, workers: int, batch: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=SHARED_DATA / "grid-s1")
+    parser.add_argument("--data", type=Path, help="a folder with the videos in DIR/videos (default: "
+                        f"{SHARED_DATA / 'grid-s1'} where present, else generated media)")
     parser.add_argument("--clips", type=int, default=300)
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
+    if args.clips < 1:
+        parser.error(f"--clips {args.clips}: at least 1")
+    # an explicit folder without videos/ (e.g. grid-s1/videos itself) would silently measure generated media
+    if args.data is not None and not (args.data / "videos").is_dir():
+        parser.error(f"--data {args.data}: no videos/ folder in it (give the folder above videos/, as grid-s1)")
     torch.set_num_threads(1)  # like a loader worker: one clip per core
     # 8 workers on 2 cores is deliberate here: it shows that memory stays flat as workers multiply.
     warnings.filterwarnings("ignore", message="This DataLoader will create")
 
     tmp = Path(tempfile.mkdtemp(prefix="xdc-bench-"))
     try:
-        if (args.data / "videos").is_dir():
-            videos, source = args.data / "videos", str(args.data)
+        data = args.data or SHARED_DATA / "grid-s1"
+        if (data / "videos").is_dir():
+            videos, source = data / "videos", str(data)
         else:
+            print(f"{data / 'videos'} not found: measuring generated media instead (not comparable with GRID's)")
             videos, source = tmp / "synthetic", "generated (xdc make-synthetic, 64x64)"
             make_synthetic(videos, 200, 8, seed=0, cfg=SyntheticConfig(), workers=None)
         print(f"data: {source}")

@@ -83,6 +83,8 @@ def test_benchmark_script_runs_and_writes_its_table(script: str, args: list[str]
 # failure, ends the script with one line that names it, before anything is measured or written
 MISTAKES = [
     ("prepare", ["--data", "{tmp}/missing", "--gops", "16", "--clips", "1"], "prepare.py: error: path not found"),
+    # grid-s1/videos instead of grid-s1: generated media were measured instead, the run ending as if all were well
+    ("decode", ["--data", "{tmp}", "--clips", "1", "--workers", "1"], "no videos/ folder in it"),
     ("pretrain", ["--presets", "tiny", "nope"], "pretrain.py: error: unknown preset 'nope'"),
     ("clustering", ["--sizes", "100", "--ks", "256", "--paths", "ours"], "k-means needs at least k points"),
     # a negative seed fails only in the child that builds the features: its error, not just its exit status
