@@ -120,12 +120,21 @@ def measure(sources: Path, tmp: Path, gops: list[int], clips: int, fps_caps: lis
     return rows
 
 
+def frame_size(text: str) -> tuple[int, int]:
+    """--sizes' WIDTHxHEIGHT, e.g. 640x360."""
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT (e.g. 640x360)")
+    return int(width), int(height)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="a folder of media files to use instead of generated ones")
     parser.add_argument("--videos", type=int, default=3, help="generated sources per size")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--sizes", nargs="+", default=["640x360", "1280x720"], help="WIDTHxHEIGHT of generated sources")
+    parser.add_argument("--sizes", nargs="+", type=frame_size, default=[(640, 360), (1280, 720)],
+                        help="WIDTHxHEIGHT of generated sources")
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--rate", type=int, default=44100, help="audio sample rate of generated sources")
     parser.add_argument("--gops", type=int, nargs="+", default=[8, 16, 32, 64])
@@ -136,16 +145,15 @@ def main() -> None:
     torch.set_num_threads(1)  # like one loader worker: one clip at a time on one core
 
     rows = []
-    datasets = [str(args.data)] if args.data is not None else args.sizes
-    for name in datasets:
+    datasets = [(str(args.data), None)] if args.data is not None else [(f"{w}x{h}", (w, h)) for w, h in args.sizes]
+    for name, size in datasets:
         tmp = Path(tempfile.mkdtemp(prefix="xdc-bench-prepare-"))
         try:
             if args.data is not None:
                 sources = args.data.resolve()
             else:
-                width, height = map(int, name.split("x"))
                 sources = tmp / "sources"
-                make_sources(sources, args.videos, args.seconds, (width, height), args.fps, args.rate)
+                make_sources(sources, args.videos, args.seconds, size, args.fps, args.rate)
             rows += [{"sources": name, **row} for row in measure(sources, tmp, args.gops, args.clips, args.fps_caps,
                                                                    args.rounds)]
         finally:

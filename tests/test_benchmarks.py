@@ -83,6 +83,7 @@ def test_benchmark_script_runs_and_writes_its_table(script: str, args: list[str]
 # failure, ends the script with one line that names it, before anything is measured or written
 MISTAKES = [
     ("prepare", ["--data", "{tmp}/missing", "--gops", "16", "--clips", "1"], "prepare.py: error: path not found"),
+    ("prepare", ["--sizes", "640-360"], "'640-360' is not WIDTHxHEIGHT"),
     # grid-s1/videos instead of grid-s1: generated media were measured instead, the run ending as if all were well
     ("decode", ["--data", "{tmp}", "--clips", "1", "--workers", "1"], "no videos/ folder in it"),
     ("pretrain", ["--presets", "tiny", "nope"], "pretrain.py: error: unknown preset 'nope'"),
