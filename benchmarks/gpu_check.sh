@@ -71,6 +71,8 @@ if [ -d wheels ]; then
         wheels/*.whl || exit 1
 fi
 export PYTHONPATH="$PWD/src:/tmp/xdc-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# the steps copy the scripts' JSON from benchmarks/results: one set elsewhere would leave OUT_DIR without them
+export XDC_BENCHMARK_RESULTS="$PWD/benchmarks/results"
 failed="" skipped=""
 
 step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log its exit status and duration
