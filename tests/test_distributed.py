@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 import time
 from datetime import timedelta
@@ -737,3 +738,26 @@ def test_a_ctrl_c_stops_every_rank_and_is_said_once(tmp_path, fault, working):
     assert process.returncode != 0
     assert err.count("xdc: interrupted") == 1 and "[rank" not in err, err[-3000:]
     assert "stopped" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 in the environment, but not RANK, MASTER_ADDR, MASTER_PORT: a job of several "
+                          "processes is started by torchrun (torchrun --nproc_per_node 2 -m xdc.cli ...)"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE=2 in the environment, but not MASTER_ADDR, MASTER_PORT"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' in the environment is not a number of processes"),
+    ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+     "rank 2: RANK='2' in the environment is not one of the WORLD_SIZE=2 processes' ranks (0 to 1)"),
+], ids=["world-size-alone", "no-master", "not-a-number", "rank-out-of-range"])  # fmt: skip
+def test_an_environment_that_is_no_torchrun_jobs_is_said_in_one_line(tmp_path, env, said):
+    """WORLD_SIZE without torchrun (left in a shell, set by a scheduler): until 2026-12-03 c10d's traceback (RANK or
+    MASTER_ADDR "expected, but not set", or int()'s ValueError) after the command had started; now one line, and the
+    output untouched. LOCAL_RANK alone (no WORLD_SIZE) is a process alone, as before."""
+    out = tmp_path / "out"
+    bare = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")}
+    # pretrain, and index (which shares files out over the ranks without torch: xdc.cli._on_ranks)
+    for args in (["pretrain", "--data", str(tmp_path / "m.csv"), "--out", str(out)],
+                 ["index", str(tmp_path), "--out", str(out / "m.csv")]):  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "xdc.cli", *args], capture_output=True, text=True, timeout=120,
+                              env={**bare, **env})  # fmt: skip
+        assert done.returncode == 2 and done.stderr.startswith(f"xdc: error: {said}"), done.stderr[-3000:]
+        assert done.stderr.count("\n") == 1 and not out.exists(), done.stderr[-3000:]

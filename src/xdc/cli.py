@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from xdc import __version__
-from xdc.config import Config, given_keys, given_settings, load_config, setting, with_settings
+from xdc.config import Config, given_keys, given_settings, job_ranks, load_config, setting, with_settings
 from xdc.data.preload import preload_fork_server
 from xdc.errors import RankFailed, SharedError, UserError
 from xdc.limits import fit_threads
@@ -140,7 +140,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def _on_ranks(work: Callable[[Dist | None], T], lock: Lock) -> T:
     """``work(ctx)`` for a command that shares files out over torchrun's ranks (one per node, say: ``xdc.data.shares``)
     where torchrun started this process; ``work(None)`` otherwise, without importing torch. Under ``lock``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if job_ranks() > 1:
         return _as_rank(work, gpus=False, lock=lock)
     with lock():
         return work(None)

@@ -250,6 +250,32 @@ def node_ranks() -> int:
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def job_ranks() -> int:
+    """The processes of this job: torchrun's WORLD_SIZE, 1 without torchrun (or where it is empty). Where it names
+    several but the rest of what joining them takes is missing (a WORLD_SIZE left in a shell or set by a scheduler,
+    no torchrun), one line before the command starts, not c10d's traceback (until 2026-12-03)."""
+    world = os.environ.get("WORLD_SIZE") or "1"
+    try:
+        ranks = int(world)
+    except ValueError:
+        ranks = 0
+    if ranks < 1:
+        raise UserError(f"WORLD_SIZE={world!r} in the environment is not a number of processes: torchrun sets it; "
+                        "unset it to run in one process")  # fmt: skip
+    if ranks == 1:
+        return 1
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise UserError(f"WORLD_SIZE={world} in the environment, but not {', '.join(missing)}: a job of several "
+                        f"processes is started by torchrun (torchrun --nproc_per_node {ranks} -m xdc.cli ...), which "
+                        "sets them all; unset WORLD_SIZE to run in one process")  # fmt: skip
+    rank = os.environ["RANK"]
+    if not rank.isdigit() or int(rank) >= ranks:
+        raise UserError(f"RANK={rank!r} in the environment is not one of the WORLD_SIZE={world} processes' ranks "
+                        f"(0 to {ranks - 1})")  # fmt: skip
+    return ranks
+
+
 @dataclass
 class ModelConfig:
     # Channels of the first stage; stages are width, 2w, 4w, 8w (torchvision's R(2+1)D-18 / ResNet-18: 64).

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from xdc.clustering.kmeans import LABEL_DTYPE
+from xdc.config import job_ranks
 from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.errors import RankFailed, SharedError, UserError
 
@@ -52,7 +53,7 @@ class Dist:
 def init_distributed(gpus: bool = True) -> Dist:
     """Join the process group that torchrun describes in the environment (NCCL on GPU, gloo on CPU). ``gpus``
     false: gloo and the CPU even where there are GPUs (work on files: ``xdc index``, ``xdc prepare``)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = job_ranks()
     if gpus and torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
