@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import kill_with_children, run_two_ranks, synthetic_manifest, torchrun_command
+from conftest import free_port, kill_with_children, run_two_ranks, synthetic_manifest, torchrun_command
 from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.config import load_config
 from xdc.data.datasets import TrainClips
@@ -761,3 +761,51 @@ def test_an_environment_that_is_no_torchrun_jobs_is_said_in_one_line(tmp_path, e
                               env={**bare, **env})  # fmt: skip
         assert done.returncode == 2 and done.stderr.startswith(f"xdc: error: {said}"), done.stderr[-3000:]
         assert done.stderr.count("\n") == 1 and not out.exists(), done.stderr[-3000:]
+
+
+def _two_nodes(tmp_path: Path, *jobs: list[str]) -> list[str]:
+    """``xdc`` of ``jobs[node]`` as node 0 and node 1 of a torchrun job, one rank each, each node in a folder of its
+    own (tmp_path/nodeN) where a relative --out is that node's own disk: the stderr of each, which must fail."""
+    per_node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--master_addr=127.0.0.1", f"--master_port={free_port()}"]  # fmt: skip
+    launches = []
+    for node, job in enumerate(jobs):
+        (tmp_path / f"node{node}").mkdir(exist_ok=True)
+        launches.append(subprocess.Popen([*per_node, f"--node_rank={node}", "-m", "xdc.cli", *job], text=True,
+                                         cwd=tmp_path / f"node{node}", env=TORCHRUN_ENV, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE))  # fmt: skip
+    errors = [launch.communicate(timeout=300)[1] for launch in launches]
+    assert all(launch.returncode != 0 for launch in launches), errors
+    return errors
+
+
+def test_ranks_that_do_not_share_the_run_folder_stop_with_one_line(tmp_path):
+    """A resume whose nodes do not share the run folder (each node's --out on its own disk; here a folder of its own):
+    until 2026-12-03 rank 1 stopped alone with "nothing to resume in run", where rank 0 had the run's checkpoint; now
+    rank 0 says for every rank what each sees there. A new run on such disks goes on as before (the ranks agree)."""
+    run = tmp_path / "node0" / "run"
+    (run / "checkpoints").mkdir(parents=True)  # what rank 0 sees: a run (its files are not read before the check)
+    (run / "config.yaml").write_text("{}\n")
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    job = ["pretrain", "--out", "run", "--resume"]
+    errors = _two_nodes(tmp_path, job, job)
+    said = ("xdc: error: --out run: rank 0 sees config.yaml, checkpoints/last.pt there, rank 1 no run: the ranks' "
+            "nodes do not share the run folder; put it on a filesystem that every node sees, at the same path\n")
+    assert errors[0].count("xdc: error") == 1 and said in errors[0], errors[0][-3000:]
+    assert "xdc: error" not in errors[1] and "nothing to resume" not in errors[1], errors[1][-3000:]
+    assert not (tmp_path / "node1" / "run").exists()
+
+
+def test_ranks_started_with_other_settings_stop_before_the_run_starts(tmp_path):
+    """Each node's torchrun gives its ranks that node's command line: until 2026-12-03 a node started with another
+    train.lr trained on with it, its weights apart from the other ranks', unsaid (config.yaml has rank 0's). Now
+    rank 0 names what differs, and nothing is written; data.workers, which fits each node's cores, may differ."""
+    manifest = tmp_path / "manifest.csv"  # not read: the settings are compared first
+    job = ["pretrain", "--data", str(manifest), "--out", str(tmp_path / "run"), "--preset", "tiny",
+           "--set", "train.batch_size=8", "--set", "data.workers=0"]  # fmt: skip
+    errors = _two_nodes(tmp_path, job, [*job, "--set", "train.lr=0.5", "--set", "data.workers=1", "--k", "4"])
+    said = ("xdc: error: rank 1 was started with other settings than rank 0: train.k=4 (rank 0: 64), train.lr=0.5 "
+            "(rank 0: 0.05); start every node with the same command line and --config\n")
+    assert errors[0].count("xdc: error") == 1 and said in errors[0], errors[0][-3000:]
+    assert "xdc: error" not in errors[1], errors[1][-3000:]
+    assert not (tmp_path / "run").exists()

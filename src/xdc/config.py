@@ -587,9 +587,14 @@ def config_to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def settings_of(cfg: Config) -> dict[str, Any]:
+    """Every setting of ``cfg`` by its dotted key, in the order of the config, as config.yaml writes its value."""
+    return _flat(config_to_dict(cfg))
+
+
 def config_differences(before: Config, now: Config) -> list[str]:
     """``key before, now value`` for each setting that differs, dotted keys in the order of the config."""
-    old, new = _flat(config_to_dict(before)), _flat(config_to_dict(now))
+    old, new = settings_of(before), settings_of(now)
     return [f"{key} {old.get(key)!r}, now {new[key]!r}" for key in new if old.get(key) != new[key]]
 
 

@@ -61,6 +61,7 @@ from xdc.config import (
     load_config,
     node_ranks,
     setting,
+    settings_of,
     with_settings,
 )
 from xdc.data.clip_cache import ClipCache
@@ -1180,6 +1181,7 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a run folder")
+    _same_run_folder(out, ctx)
     last = out / "checkpoints" / "last.pt"
     planned, taken = None, {}
     finished = (out / "encoders.pt").exists()
@@ -1217,6 +1219,7 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
         init = Path(cfg.train.init).expanduser().resolve()
         _check_init(init)
         cfg = with_settings(cfg, {"train.init": str(init)})
+    _same_settings(cfg, ctx)
     if resume and planned is None and finished:  # seen by every rank before any writes
         if ctx.main:  # a re-run of a finished job: until 2026-12-02 it wrote encoders.pt, the log and tb/ again
             said = f" its {cfg.train.rounds} round(s)" if get_method(cfg.train.method).clusters else ""
@@ -1252,6 +1255,52 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
             print(f"its encoders after {done} rounds are kept as {kept}")
     trainer.run()
     return out / "encoders.pt"
+
+
+# what tells a new run from a resumed or a finished one in its folder (pretrain), as each rank sees it
+RUN_MARKS = ("config.yaml", "checkpoints/last.pt", "encoders.pt")
+# settings that may differ between ranks: how many loader processes a rank starts fits its node's cores
+PER_RANK_SETTINGS = ("data.workers",)
+
+
+def _same_run_folder(out: Path, ctx: Dist) -> None:
+    """Under torchrun, every rank sees in ``out`` what rank 0 sees of a run there, or every rank stops with one line
+    from rank 0. Until 2026-12-03 a rank whose node did not share the folder with rank 0's (node-local disks) stopped
+    alone for a wrong reason ("nothing to resume", where rank 0 had the run's checkpoint; "already holds a run", a
+    run of its own disk's). A collective, before any rank writes there."""
+    if not ctx.enabled:
+        return
+    views = gather_objects([name for name in RUN_MARKS if (out / name).exists()], ctx)
+
+    def judge() -> None:
+        for rank, view in enumerate(views):
+            if view != views[0]:
+                raise UserError(f"--out {out}: rank 0 sees {', '.join(views[0]) or 'no run'} there, rank {rank} "
+                                f"{', '.join(view) or 'no run'}: the ranks' nodes do not share the run folder; put "
+                                "it on a filesystem that every node sees, at the same path")  # fmt: skip
+
+    on_main(judge, ctx)
+
+
+def _same_settings(cfg: Config, ctx: Dist) -> None:
+    """Under torchrun, every rank runs with the settings of rank 0, which its config.yaml keeps, or every rank stops
+    with one line from rank 0 that names those that differ. Each node's torchrun gives its ranks that node's command
+    line and --config file: until 2026-12-03 a node started with another train.lr or seed trained on with it, its
+    ranks' weights or clips apart from the others' without a word (another train.k: DDP's traceback). A
+    collective."""
+    if not ctx.enabled:
+        return
+    ranks = gather_objects({k: v for k, v in settings_of(cfg).items() if k not in PER_RANK_SETTINGS}, ctx)
+
+    def judge() -> None:
+        for rank, theirs in enumerate(ranks):
+            differ = [f"{key}={theirs.get(key)!r} (rank 0: {value!r})" for key, value in ranks[0].items()
+                      if theirs.get(key) != value]  # fmt: skip
+            if differ:
+                raise UserError(f"rank {rank} was started with other settings than rank 0: {', '.join(differ)}; "
+                                "start every node with the same command line and --config")  # fmt: skip
+
+    on_main(judge, ctx)
 
 
 def _check_init(init: Path) -> None:
