@@ -634,6 +634,10 @@ def test_a_run_killed_on_two_ranks_resumes_bit_exact(manifest, tmp_path, when, s
                             text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert ("extraction goes on after the parts kept in" in result.stdout) == (when == "extraction")
+    # not bit for bit on another number of ranks: said (until 2026-12-03 it was not)
+    note = (f"NOTE: {killed} ran on 2 rank(s) and goes on with 1: the same batches from the clip it had reached, but "
+            "each rank's BatchNorm normalises its own share of a batch")  # fmt: skip
+    assert (note in result.stderr) == (then == 1), result.stderr[-3000:]
     for round_file in ("round_000.npz", "round_001.npz"):
         a, b = np.load(straight / "labels" / round_file), np.load(killed / "labels" / round_file)
         assert a.files == b.files
@@ -685,9 +689,14 @@ def test_waiting_for_the_loader_is_noted_only_on_a_gpu(manifest, tmp_path, capsy
 def test_a_batch_that_the_ranks_cannot_share_evenly_is_refused_at_the_start(manifest, tmp_path):
     # else 3 ranks would train on batches of 30 for train.batch_size=32, and a resume on another number of ranks
     # would start at another clip than the one the run had reached
-    with pytest.raises(UserError, match=r"train.batch_size \(32\) must be a multiple of the 3 ranks"):
+    with pytest.raises(UserError, match=r"train.batch_size \(32\) must be a multiple of the 3 ranks: .* evenly$"):
         Pretrainer(cfg_for("xdc", "train.batch_size=32"), manifest, tmp_path / "run", Dist(rank=0, world_size=3))
     assert not (tmp_path / "run").exists()
+    # a resume cannot change the batch (until 2026-12-03 the line did not say what to do instead)
+    with pytest.raises(UserError, match=r"multiple of the 3 ranks: .*; a resumed run keeps its batch: resume it on a "
+                                        r"number of ranks that divides it$"):  # fmt: skip
+        Pretrainer(cfg_for("xdc", "train.batch_size=32"), manifest, tmp_path / "run", Dist(rank=0, world_size=3),
+                   resume=True)  # fmt: skip
 
 
 def test_sinkhorn_that_cannot_fit_in_memory_is_refused_at_the_start(manifest, tmp_path):

@@ -178,8 +178,10 @@ def sinkhorn_device(points: int, cfg: TrainConfig, ctx: Dist, sharded: bool = Fa
 class Pretrainer:
     def __init__(self, cfg: Config, manifest_path: Path | None, out: Path, ctx: Dist, resume: bool = False):
         if cfg.train.batch_size % ctx.world_size:  # else the ranks would make another batch, and resumes drift
+            # a resume cannot change it: until 2026-12-03 the line said nothing of what to do then
+            instead = "; a resumed run keeps its batch: resume it on a number of ranks that divides it" * resume
             raise UserError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of the {ctx.world_size} "
-                            "ranks: it is the batch of all ranks together, split evenly")  # fmt: skip
+                            f"ranks: it is the batch of all ranks together, split evenly{instead}")  # fmt: skip
         self.cfg, self.out, self.ctx = cfg, out, ctx
         self.method = get_method(cfg.train.method)
         modalities = self.method.modalities
@@ -1100,6 +1102,11 @@ class Pretrainer:
             self.failures.load_state(ranks[self.ctx.rank]["failures"])
         elif ranks and self.ctx.main:  # another number of ranks: rank 0 carries on the count
             self.failures.merge([r["failures"] for r in ranks])
+            # what the docs promise of a resume, bit for bit, needs the same number (until 2026-12-03 unsaid)
+            print(f"NOTE: {self.out} ran on {len(ranks)} rank(s) and goes on with {self.ctx.world_size}: the same "
+                  "batches from the clip it had reached, but each rank's BatchNorm normalises its own share of a "
+                  "batch, so its weights will not be those of a run on one number of ranks throughout",
+                  file=sys.stderr)  # fmt: skip
         if self.ctx.main:  # until 2026-12-03 a resume did not say where it went on
             print(f"{self.out}: resumed {self._position()}")
         barrier(self.ctx)
