@@ -763,9 +763,10 @@ def test_an_environment_that_is_no_torchrun_jobs_is_said_in_one_line(tmp_path, e
         assert done.stderr.count("\n") == 1 and not out.exists(), done.stderr[-3000:]
 
 
-def _two_nodes(tmp_path: Path, *jobs: list[str]) -> list[str]:
+def _two_nodes(tmp_path: Path, *jobs: list[str], fail: bool = True) -> list[str]:
     """``xdc`` of ``jobs[node]`` as node 0 and node 1 of a torchrun job, one rank each, each node in a folder of its
-    own (tmp_path/nodeN) where a relative --out is that node's own disk: the stderr of each, which must fail."""
+    own (tmp_path/nodeN) where a relative --out is that node's own disk: the stderr of each, which must ``fail``
+    (else succeed)."""
     per_node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                 "--master_addr=127.0.0.1", f"--master_port={free_port()}"]  # fmt: skip
     launches = []
@@ -775,7 +776,7 @@ def _two_nodes(tmp_path: Path, *jobs: list[str]) -> list[str]:
                                          cwd=tmp_path / f"node{node}", env=TORCHRUN_ENV, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE))  # fmt: skip
     errors = [launch.communicate(timeout=300)[1] for launch in launches]
-    assert all(launch.returncode != 0 for launch in launches), errors
+    assert all((launch.returncode != 0) == fail for launch in launches), [error[-3000:] for error in errors]
     return errors
 
 
@@ -794,6 +795,20 @@ def test_ranks_that_do_not_share_the_run_folder_stop_with_one_line(tmp_path):
     assert errors[0].count("xdc: error") == 1 and said in errors[0], errors[0][-3000:]
     assert "xdc: error" not in errors[1] and "nothing to resume" not in errors[1], errors[1][-3000:]
     assert not (tmp_path / "node1" / "run").exists()
+
+
+def test_a_new_run_whose_nodes_do_not_share_its_folder_trains_and_says_so(tmp_path):
+    """Each node's --out on its own disk: a new run goes on, the other node reading the manifest itself, as before,
+    and now says at its start that a resume will stop (until 2026-12-03 that came to light only at the resume)."""
+    manifest = synthetic_manifest(tmp_path, 8, 2, seed=0)
+    job = ["pretrain", "--data", str(manifest), "--out", "run", "--preset", "tiny", "--k", "2", "--rounds", "1",
+           "--set", "train.batch_size=4", "--set", "data.workers=0"]  # fmt: skip
+    errors = _two_nodes(tmp_path, job, job, fail=False)
+    assert "does not see" not in errors[0] and (tmp_path / "node0" / "run" / "encoders.pt").exists(), errors[0]
+    said = ("WARNING: rank 1 does not see run/videos, which rank 0 wrote: its node does not share the run folder, so "
+            "it reads the manifest itself, and a --resume of this run will stop; put --out on a filesystem that every "
+            "node sees\n")  # fmt: skip
+    assert errors[1].count(said) == 1 and "xdc: error" not in errors[1], errors[1][-3000:]
 
 
 def test_ranks_started_with_other_settings_stop_before_the_run_starts(tmp_path):

@@ -320,6 +320,10 @@ class Pretrainer:
         on_main(save, self.ctx)  # the other ranks wait for the folder; when rank 0 fails, they stop with its error
         if folder.exists():
             return self._run_videos(folder)
+        # until 2026-12-03 unsaid, and the run's checkpoints, on rank 0's disk alone, came to light at its --resume
+        print(f"WARNING: rank {self.ctx.rank} does not see {folder}, which rank 0 wrote: its node does not share the "
+              "run folder, so it reads the manifest itself, and a --resume of this run will stop; put --out on a "
+              "filesystem that every node sees", file=sys.stderr)  # fmt: skip
         return self._usable_videos(manifest_path, progress=False)
 
     def _run_videos(self, folder: Path) -> Manifest:
