@@ -1091,6 +1091,39 @@ def test_finetuning_draws_the_same_clips_whatever_the_loader_workers(run, tmp_pa
     assert results[0]["clip_top1"] == results[1]["clip_top1"]
 
 
+def test_a_diverged_finetuning_is_one_line_naming_the_lr(run, tmp_path, capsys):
+    """A loss that turns NaN (a learning rate far too high) passed for a batch whose clips all failed, and the test
+    then stopped on NaN scores with a ValueError traceback (until 2026-12-03)."""
+    root, run_dir = run
+    table, out = tmp_path / "t.csv", tmp_path / "ft.json"
+    write_table(items_of(root), table)
+    command = [*_finetune_cli(run_dir, table, out, "full"), "--set=finetune.epochs=1", "--set=finetune.lr=1e30"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"xdc: error: train-test: the loss of batch \d+ is (nan|inf|-inf): the finetuning diverged; "
+                        r"run it again with a lower finetune.lr \(this one's: 1e\+30\)\n", err), err
+    assert not out.exists()
+
+
+def test_a_result_holds_null_for_nan_which_strict_readers_take(tmp_path):
+    """Python's json writes NaN and Infinity, which jq and JavaScript refuse; every eval result goes through
+    _write, and reads back (the page of xdc report reads results written before 2026-12-03 with NaN alike)."""
+    from xdc.evaluation.commands import _write
+    from xdc.evaluation.result_page import load_result
+
+    out = tmp_path / "r.json"
+    record = {"command": "eval finetune", "splits": [{"first_loss": float("nan"), "epoch_losses": [1.5, float("inf")],
+                                                      "confusion": {"classes": ["a"], "counts": [[1]]}}]}
+    _write(record, out)
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    split = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in a result"))["splits"][0]
+    assert (split["first_loss"], split["epoch_losses"]) == (None, [1.5, None])
+    assert load_result(out)["splits"][0]["first_loss"] is None
+    out.write_text(text.replace("null", "NaN", 1))  # as written before
+    assert np.isnan(load_result(out)["splits"][0]["first_loss"])
+
+
 def _finetune_cli(run_dir: Path, table: Path, out: Path, mode: str) -> list[str]:
     settings = ["finetune.epochs=6", "finetune.batch_size=4", "finetune.checkpoint_every=1", "finetune.test_clips=1",
                 "finetune.lr=0.05"]  # fmt: skip

@@ -23,6 +23,7 @@ from xdc.evaluation.metrics import cluster_metrics
 from xdc.evaluation.probe import ProbeResult, deal_folds, kfold_probe, linear_probe
 from xdc.methods import get_method
 from xdc.tables import format_table
+from xdc.training.runlog import strict
 
 if TYPE_CHECKING:  # torch, imported when finetuning starts
     from xdc.training.distributed import Dist
@@ -569,7 +570,8 @@ def _emit(record: dict, rows: list[dict], out: Path | None, notes: Sequence[str]
 
 
 def _write(record: dict, out: Path) -> None:
+    """``record`` as JSON that strict readers (jq, JavaScript) take: null for a NaN or infinity (``strict``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     text = _INTEGERS.sub(lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]",
-                         json.dumps(record, indent=2, default=str))  # fmt: skip
+                         json.dumps(strict(record), indent=2, default=str))  # fmt: skip
     write_atomic(out, lambda f: f.write(text))

@@ -35,7 +35,7 @@ from xdc.config import FinetuneConfig, config_to_dict
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog, TooManyFailures
 from xdc.data.worker_deaths import Surviving
-from xdc.errors import UserError
+from xdc.errors import SharedError, UserError
 from xdc.evaluation.adapters import Item, not_found, refuse_repeats, split_items, with_not_found
 from xdc.evaluation.device import EvalDevice, pick_device
 from xdc.evaluation.extract import probed_items
@@ -154,6 +154,13 @@ def finetune(
             if ctx.enabled:
                 dist.all_reduce(sums)
                 dist.all_reduce(counts)
+            # a batch with clips whose loss is not finite diverged: until 2026-12-03 its NaN passed for failed clips
+            # and the test stopped on NaN scores with a traceback (the same sums on every rank: all raise together)
+            diverged = torch.nonzero((counts > 0) & ~sums.isfinite()).flatten().tolist()
+            if diverged:
+                number = pending[diverged[0]][0]
+                raise SharedError(f"{name}: the loss of batch {number} is {sums[diverged[0]].item()}: the finetuning "
+                                  f"diverged; run it again with a lower finetune.lr (this one's: {cfg.lr})")
             values = torch.where(counts > 0, sums, math.nan).tolist()  # NaN where every rank's clips failed
         else:
             values = []

@@ -41,7 +41,7 @@ class RunLog:
     def write(self, kind: str, step: int, **values) -> None:
         if not self.enabled:
             return
-        record = _strict({"kind": kind, "step": step, "time": time.time(), **values})
+        record = strict({"kind": kind, "step": step, "time": time.time(), **values})
         with _writing(self.path):
             self.file.write(json.dumps(record, allow_nan=False) + "\n")
             self.file.flush()
@@ -102,16 +102,16 @@ class RunLog:
                     self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"], walltime=record["time"])
 
 
-def _strict(value):
+def strict(value):
     """``value`` with null for each NaN and infinity: JSON has no word for them, and Python's ``NaN`` and
     ``Infinity`` made a line that strict readers (jq, JavaScript, most JSON libraries) refuse (until 2026-12-03: the
     loss of a run that diverged)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _strict(item) for key, item in value.items()}
+        return {key: strict(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict(item) for item in value]
+        return [strict(item) for item in value]
     return value
 
 
