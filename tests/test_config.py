@@ -22,6 +22,25 @@ def test_defaults_yaml_then_overrides(tmp_path):
     assert (cfg.train.weight_decay, cfg.train.lr, cfg.model.video_bn_eps) == (1e-5, 2e-3, 1e-3)
 
 
+def test_a_number_with_a_leading_zero_or_a_colon_is_refused_alike_in_a_file_and_a_set(tmp_path):
+    """YAML 1.1 reads 010 as octal (8) and 1:30 in base 60 (90): data.clip.frames: 010 trained on 8 frames,
+    unsaid, until 2026-12-03. A text setting takes such a value as written, in a file now too."""
+    path = tmp_path / "c.yaml"
+    for typed, key in (("010", "data.clip.frames"), ("-010", "data.clip.frames"), ("00", "train.k"),
+                       ("1:30", "data.clip.frames"), ("010", "train.lr"), ("1:30.5", "train.lr")):
+        *sections, leaf = key.split(".")
+        path.write_text("".join(f"{section}: {{" for section in sections) + f"{leaf}: {typed}" + "}" * len(sections))
+        for settings in ((path, []), (None, [f"{key}={typed}"])):
+            with pytest.raises(UserError, match=rf"^{key}: {typed} is not a plain decimal number \(YAML 1.1 reads a "
+                                                r"leading zero as octal, 010 as 8, and 1:30 as base 60, 90\): write it "
+                                                r"without the leading zero or colon$"):  # fmt: skip
+                load_config(*settings)
+    cfg = load_config(None, ["data.clip.frames=0x10", "train.k=1_000", "train.lr=010.5"])  # no octal reading
+    assert (cfg.data.clip.frames, cfg.train.k, cfg.train.lr) == (16, 1000, 10.5)
+    path.write_text("train:\n  init: 001\n")
+    assert load_config(path).train.init == "001"  # the folder 1 until 2026-12-03
+
+
 def test_a_text_setting_takes_an_override_as_typed():
     """YAML reads 001 as the number 1 and 2026-11-30 as a date: train.init=001 named the folder 1 until 2026-12-01,
     and a folder named by its date was refused. null and an empty value still mean none."""

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -501,6 +502,26 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 reads a plain 010 as the octal number 8 and 1:30 as the base-60 number 90, which no setting means (a
+# frame count of 8 for 010, unsaid, until 2026-12-03): such a scalar stays text here, which a number setting refuses
+# (_coerce) and a text setting takes as written; 0x10, 0b10 and 1_000 are still numbers.
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_UniqueKeys.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeys.add_implicit_resolver(
+    _INT, re.compile(r"^[-+]?(?:0b[01_]+|0x[0-9a-fA-F_]+|0|[1-9][0-9_]*)$"), list("-+0123456789")
+)
+_UniqueKeys.add_implicit_resolver(
+    _FLOAT, re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+                        |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789.")
+)
+# a number written with a leading zero, or in base 60: left as text by _UniqueKeys
+_NOT_DECIMAL = re.compile(r"[-+]?(?:0[0-9_]+|[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?)")
+
+
 def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeys)
 
@@ -664,6 +685,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         item = args[0] if args else Any
         items = [v if item is Any else _coerce(v, item, key) for v in value]
         return origin(items)
+    if hint in (int, float) and isinstance(value, str) and _NOT_DECIMAL.fullmatch(value):
+        raise UserError(f"{key}: {value} is not a plain decimal number (YAML 1.1 reads a leading zero as octal, 010 as "
+                        "8, and 1:30 as base 60, 90): write it without the leading zero or colon")  # fmt: skip
     if hint is bool:
         if isinstance(value, bool):
             return value
