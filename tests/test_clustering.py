@@ -590,6 +590,14 @@ def test_shuffled_draws_give_every_item_once_per_epoch_and_start_anywhere():
     assert list(sampler) == epochs[1][10:]  # the same videos and draw seeds from position 10 on
 
 
+def test_shuffled_draws_of_no_items_say_so():
+    """Until 2026-12-03 n = 0 was "epoch_size must be >= 1" (the sampler's argument, not the caller's), and n < 0
+    numpy's "negative dimensions are not allowed"."""
+    for n in (0, -1):
+        with pytest.raises(ValueError, match=rf"^shuffled_draws needs at least one item to draw, got n = {n}$"):
+            shuffled_draws(n, seed=0)
+
+
 def test_sampler_splits_the_epoch_over_label_sets():
     video_clusters = np.where(np.arange(200) < 100, np.arange(200) % 5, -1)
     audio_clusters = np.where(np.arange(200) >= 100, np.arange(200) % 3, -1)

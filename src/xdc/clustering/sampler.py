@@ -119,6 +119,8 @@ def shuffled_draws(n: int, seed: int, rank: int = 0, world_size: int = 1) -> Clu
     sampler over a single cluster. Unlike a shuffling DataLoader's, its order and draws depend on (seed, epoch,
     position) only, whatever the loader's workers, it can start mid-epoch (``set_start``), and under DDP rank r
     takes positions r, r + world_size, ... of the same sequence, not padded: each item once in all ranks."""
+    if integer(n, "n") < 1:  # the sampler's own words named its epoch_size, which the caller never gave
+        raise ValueError(f"shuffled_draws needs at least one item to draw, got n = {n}")
     return ClusterBalancedSampler([np.zeros(n, np.int32)], n, seed, rank=rank, world_size=world_size, pad=False)
 
 
