@@ -995,6 +995,33 @@ def test_links_are_followed_to_files_but_not_into_folders_and_a_loop_is_an_error
                      capsys.readouterr().err)  # fmt: skip
 
 
+def test_a_link_loop_row_names_the_links_that_go_round(tmp_path: Path) -> None:
+    """Until 2026-12-03 the reason was the system's "cannot read: Too many levels of symbolic links", naming no
+    link; now each link in turn, as the walk and a list file's entries find them (a loop in a folder on the way
+    too)."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "self.mp4").symlink_to("self.mp4")
+    (root / "a.mp4").symlink_to("b.mp4")
+    (root / "b.mp4").symlink_to(root / "a.mp4")
+    (root / "x").symlink_to("y")
+    (root / "y").symlink_to("x")
+    (root / "via.mp4").symlink_to(root / "x" / "c.mp4")
+    listed = tmp_path / "files.txt"
+    listed.write_text("videos/x/d.mp4\n")
+    out = tmp_path / "manifest.csv"
+    build_manifest([str(root), str(listed)], out, workers=1)
+    reasons = {row["path"]: row["reason"] for row in read_rows(out)}
+    x, y = root / "x", root / "y"
+    assert reasons == {
+        f"{root}/self.mp4": f"link loop: {root}/self.mp4 -> {root}/self.mp4",
+        f"{root}/a.mp4": f"link loop: {root}/a.mp4 -> {root}/b.mp4 -> {root}/a.mp4",
+        f"{root}/b.mp4": f"link loop: {root}/b.mp4 -> {root}/a.mp4 -> {root}/b.mp4",
+        f"{root}/via.mp4": f"link loop in the folders of {x}/c.mp4: {x} -> {y} -> {x}",
+        f"{x}/d.mp4": f"link loop in the folders of {x}/d.mp4: {x} -> {y} -> {x}",
+    }
+
+
 def test_label_paths_resolve_as_realpath_with_each_folder_resolved_once(tmp_path: Path) -> None:
     """Labels name files by absolute path after links are resolved: the folder cache must give realpath's answer
     for links to folders and files, relative links, .. after a link, loops and paths that lead nowhere, but for a

@@ -7,6 +7,7 @@ surfacing as crashes during training. See docs/index.md for the columns, statuse
 from __future__ import annotations
 
 import csv
+import errno
 import itertools
 import logging
 import os
@@ -423,12 +424,39 @@ def stat_row(path: str) -> dict:
             return {"path": path, **_failed(f"broken link: {os.path.realpath(path)} does not exist")}
         return {"path": path, **_failed("file not found")}
     except OSError as e:
+        if e.errno == errno.ELOOP:  # until 2026-12-03 "cannot read: Too many levels of symbolic links"
+            return {"path": path, **_failed(link_loop(path))}
         return {"path": path, **_failed(f"cannot read: {e.strerror or e}")}
     if not stat.S_ISREG(st.st_mode):
         return {"path": path, **_failed("not a regular file")}  # a FIFO or device would block the probe
     # Exact decimal seconds: a float printed by the manifest writer would round and defeat the cache.
     mtime = f"{st.st_mtime_ns // 1_000_000_000}.{st.st_mtime_ns % 1_000_000_000:09d}"
     return {"path": path, "size": st.st_size, "mtime": mtime}
+
+
+def link_loop(path: str) -> str:
+    """The reason of a path that the system refused for too many links on its way (ELOOP): the links in turn, back
+    to the first seen again, where they go round in a loop; where that is in a folder on the way (a list file's
+    entry, or a link's target), that folder's."""
+    chain, end = _links_from(path)
+    if chain[-1] in chain[:-1]:
+        return "link loop: " + " -> ".join(chain)
+    parts = end.split("/")
+    for stop in range(2, len(parts)):
+        folder = _links_from("/".join(parts[:stop]))[0]
+        if folder[-1] in folder[:-1]:
+            return f"link loop in the folders of {end}: " + " -> ".join(folder)
+    return "too many links on its way (over 40 in a row)"
+
+
+def _links_from(path: str) -> tuple[list[str], str]:
+    """The links followed from ``path``, up to the first one seen again or one that is no link, and that last."""
+    chain = [path]
+    while os.path.islink(chain[-1]) and len(chain) <= 40:  # Linux gives up after 40 links too
+        chain.append(os.path.normpath(os.path.join(os.path.dirname(chain[-1]), os.readlink(chain[-1]))))
+        if chain[-1] in chain[:-1]:
+            break
+    return chain, chain[-1]
 
 
 def probe_files(paths: list[str], workers: int, done: Callable[[str, dict], None], show: bool = True) -> None:
