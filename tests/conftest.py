@@ -39,6 +39,19 @@ def unwritable_folder(folder: Path) -> list[str]:
     return drop
 
 
+def unreadable_folder(folder: Path) -> list[str]:
+    """Make ``folder`` (there already) unlistable (its permissions) and return the prefix of a command that honours
+    that: root reads anywhere, so its commands run without that power (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH).
+    Skips the test where neither can be set up."""
+    folder.chmod(0)
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+    if (drop and not shutil.which("setpriv")) or not subprocess.run([*drop, "ls", str(folder)],
+                                                                     capture_output=True).returncode:  # fmt: skip
+        folder.chmod(0o755)
+        pytest.skip("no folder can be made unreadable here (root, and no setpriv that drops CAP_DAC_READ_SEARCH)")
+    return drop
+
+
 def kill_once_rows_are_kept(command: list[str], side: Path, rows: int = 3) -> None:
     """Start ``command`` and SIGKILL it once its side file ``side`` holds ``rows`` rows after the header (or when
     it ends first, which the caller's assertions then catch)."""

@@ -22,7 +22,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import kill_once_rows_are_kept, segment_parts, torchrun_command, unwritable_folder
+from conftest import kill_once_rows_are_kept, segment_parts, torchrun_command, unreadable_folder, unwritable_folder
 from xdc.cli import main
 from xdc.data import index
 from xdc.data.encode import write_av
@@ -829,6 +829,27 @@ def test_an_unwritable_out_folder_is_said_of_the_out_given(media: Path, tmp_path
     assert (done.returncode, done.stderr) == (
         2, "xdc: error: cannot write in the folder of --out locked/m.csv: Permission denied\n")
     assert list(locked.iterdir()) == []
+
+
+def test_unreadable_folders_are_counted_in_the_summary_line(media: Path, tmp_path: Path) -> None:
+    """A folder that cannot be listed was a warning alone, printed before the probes' output, and the summary
+    line counted only the files found (until 2026-12-03): now it names the folders whose files are left out."""
+    root = tmp_path / "c"
+    for folder in ("a", "b", "ok"):
+        (root / folder).mkdir(parents=True)
+        shutil.copy(media / "good.mp4", root / folder / "good.mp4")
+    try:
+        drop = unreadable_folder(root / "a")
+        unreadable_folder(root / "b")
+        command = [*drop, sys.executable, "-m", "xdc.cli", "index", str(root), "--out", "m.csv", "--workers", "1"]
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    finally:  # pytest removes tmp_path later
+        for folder in ("a", "b"):
+            (root / folder).chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("WARNING: cannot read the folder") == 2
+    assert done.stdout.splitlines()[-1] == (f"1 files: 1 usable (1 with audio), 0 unusable; 2 folders could not be "
+                                            f"read, their files left out: {root / 'a'}, {root / 'b'}")  # fmt: skip
 
 
 def _probe_or_die(path: str) -> dict:

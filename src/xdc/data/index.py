@@ -80,6 +80,7 @@ class IndexSummary:
     unmatched_paths: list[str] = field(default_factory=list)  # the first few of them, as written
     problems: list[dict] = field(default_factory=list)  # the first PROBLEMS unusable rows, by path
     written: bool = True  # False where the manifest had these bytes already: kept as it was, time and all
+    unread_folders: list[str] = field(default_factory=list)  # folders of the collection that could not be listed
 
     def line(self) -> str:
         text = f"{self.files} files: {self.usable} usable ({self.with_audio} with audio), {self.unusable} unusable"
@@ -87,6 +88,10 @@ class IndexSummary:
             text += f"; {self.reused} unchanged since an earlier run, not probed again"
         if not self.written:
             text += "; the manifest is unchanged, not written"
+        if self.unread_folders:  # warned of as they were met, before the probes' output: said again here
+            count, more = len(self.unread_folders), len(self.unread_folders) - 3
+            text += (f"; {count} folder{'s' * (count != 1)} could not be read, their files left out: "
+                     + ", ".join(map(shown, self.unread_folders[:3])) + (f" and {more} more" if more > 0 else ""))
         if self.labelled is not None:
             text += f"\n{self.labelled} of {self.files} files labelled"
         text += unmatched_text(self.unmatched, self.unmatched_paths)
@@ -117,14 +122,14 @@ def build_manifest(
     out = Path(out)
     workers = check_workers(workers)
     check_paths(paths)  # on every rank: rank 0 alone lists what is under them
-    label_index, roots = None, []  # rank 0's, made as it lists
+    label_index, roots, unread = None, [], []  # rank 0's, made as it lists
 
     def listing() -> Iterator[str]:
         nonlocal label_index
         label_index = LabelIndex.from_csv(Path(labels)) if labels is not None else None
         _check_out(out)
         remove_partials(out.parent, of=out.name)  # a killed run's manifest, half written: as large as a whole one
-        return list_media(paths, roots)
+        return list_media(paths, roots, unread=unread)
 
     share = my_share(listing, out, ctx, on_main)
     stats = {path: stat_row(path) for path in share}
@@ -164,6 +169,7 @@ def build_manifest(
         every = (lambda: merged(files, iter_rows, "path")) if files else (lambda: (rows[p] for p in sorted(rows)))
         listed, probed, reused = (sum(column) for column in zip(*counts))  # over the ranks
         summary = _write_manifest(out, every, label_index, roots, listed, probed, reused)
+        summary.unread_folders = unread
         for path in rank_files(out):
             path.unlink()
         remove_share_files(out)
@@ -290,7 +296,8 @@ def check_writable(folder: Path, what: str) -> None:
 
 
 def media_under(
-    folder: str, found: Callable[[int], object] = lambda n: None, outside_links: str = "resolve"
+    folder: str, found: Callable[[int], object] = lambda n: None, outside_links: str = "resolve",
+    unread: list[str] | None = None,
 ) -> Iterator[str]:
     """The media files under the resolved ``folder``, in os.walk's order: a folder's files by name, then each of
     its subfolders' in name order. Hidden entries are skipped: they are tools' partial writes and metadata, not
@@ -298,7 +305,8 @@ def media_under(
     folders walked are real, and resolving every path (22 us a file) made listing 9 times slower. A link to a
     file outside ``folder`` stays the link's own path where ``outside_links`` is "keep" (xdc prepare names its
     copy by where it is found, not by a folder elsewhere). ``found(n)`` after each folder: its n media files (for
-    a progress bar: tens of millions of files take minutes)."""
+    a progress bar: tens of millions of files take minutes). A folder that cannot be listed is a warning, and is
+    added to ``unread`` where given."""
     inside = folder.rstrip("/") + "/"
     folders = [folder]
     while folders:
@@ -309,6 +317,8 @@ def media_under(
         except OSError as e:
             print(f"WARNING: cannot read the folder {shown(current)} ({e.strerror or e}): its files are left out",
                   file=sys.stderr)  # fmt: skip
+            if unread is not None:
+                unread.append(current)
             continue
         subfolders, media = [], 0
         for entry in entries:
@@ -333,20 +343,21 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return False
 
 
-def list_media(paths: list[str], roots: list[Path], outside_links: str = "resolve") -> Iterator[str]:
+def list_media(paths: list[str], roots: list[Path], outside_links: str = "resolve",
+               unread: list[str] | None = None) -> Iterator[str]:  # fmt: skip
     """The media files under PATH arguments, as found, holding none: a folder is searched recursively for media
     files, a .csv/.txt/.lst file lists files (which need not have a media extension, and need not exist: missing
     ones become error rows). A file named twice (its folder and a list) comes twice. Each folder searched is added
     to ``roots`` (for relative label paths) as it is reached. Paths are absolute, links resolved, except links in
     a folder to files outside it with ``outside_links="keep"`` (``media_under``). Progress on stderr once that
-    takes over a few seconds; a UserError at the end when there was none."""
+    takes over a few seconds; a UserError at the end when there was none. ``unread``: see ``media_under``."""
     check_paths(paths)
     found = 0
     with progress_bar(desc="listing", unit=" files", quiet=True) as bar:
 
         def under(folder: Path) -> Iterator[str]:
             roots.append(folder)
-            yield from media_under(str(folder), bar.update, outside_links)
+            yield from media_under(str(folder), bar.update, outside_links, unread)
 
         for arg in paths:
             path = Path(arg).expanduser().resolve()
