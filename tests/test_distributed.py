@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from conftest import free_port, kill_with_children, run_two_ranks, synthetic_manifest, torchrun_command
 from xdc.clustering.kmeans import LABEL_DTYPE
-from xdc.config import load_config
+from xdc.config import job_ranks, load_config
 from xdc.data.datasets import TrainClips
 from xdc.data.manifest import Manifest
 from xdc.errors import UserError
@@ -761,6 +761,34 @@ def test_an_environment_that_is_no_torchrun_jobs_is_said_in_one_line(tmp_path, e
                               env={**bare, **env})  # fmt: skip
         assert done.returncode == 2 and done.stderr.startswith(f"xdc: error: {said}"), done.stderr[-3000:]
         assert done.stderr.count("\n") == 1 and not out.exists(), done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("rank", ["abc", "1"])
+def test_a_rank_left_in_a_shell_is_no_jobs(tmp_path, rank):
+    """RANK without WORLD_SIZE (no torchrun) is a process alone, rank 0: until 2026-12-03 RANK=abc gave int()'s
+    traceback (in the warning's check of rank 0, and in the line of an error), and RANK=1 kept the warning unsaid
+    and named a "rank 1" in the error."""
+    bare = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-m", "xdc.cli", "pretrain", "--data", str(tmp_path / "m.csv"), "--out",
+                           str(tmp_path / "out"), "--set", "finetune.lr=0.5"], capture_output=True, text=True,
+                          timeout=120, env={**bare, "RANK": rank})  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines() == [
+        "WARNING: xdc pretrain reads no finetune.* or synthetic.* settings (xdc eval finetune and make-synthetic take "
+        "theirs); not used: finetune.lr",
+        f"xdc: error: manifest not found: {tmp_path / 'm.csv'}",
+    ]  # fmt: skip
+
+
+def test_torchrun_variables_that_are_no_numbers_are_one_line(monkeypatch):
+    """LOCAL_WORLD_SIZE, which shares out a node's cores (data.workers auto), and RANK, that are no numbers: a
+    UserError, not int()'s ValueError (until 2026-12-03)."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
+    with pytest.raises(UserError, match="^LOCAL_WORLD_SIZE='two' in the environment is not a number of processes"):
+        load_config(None).data.workers_on("cuda")
+    job = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    with pytest.raises(UserError, match="^RANK='²' in the environment is not one of"):  # a digit that int() refuses
+        job_ranks({**job, "RANK": "²"})
 
 
 def _two_nodes(tmp_path: Path, *jobs: list[str], fail: bool = True) -> list[str]:

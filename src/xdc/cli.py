@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from xdc import __version__
-from xdc.config import Config, given_keys, given_settings, job_ranks, load_config, setting, with_settings
+from xdc.config import (
+    Config,
+    given_keys,
+    given_settings,
+    job_ranks,
+    load_config,
+    setting,
+    torchrun_rank,
+    with_settings,
+)
 from xdc.data.preload import preload_fork_server
 from xdc.errors import RankFailed, SharedError, UserError
 from xdc.limits import fit_threads
@@ -177,18 +186,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     # it does not use)
     unread = [key for key in given_keys(args.config, args.overrides)
               if key.startswith(("finetune.", "synthetic.")) and setting(cfg, key) != setting(Config(), key)]
-    if unread and not args.resume and int(os.environ.get("RANK", "0")) == 0:
+    if unread and not args.resume and torchrun_rank() == 0:
         print("WARNING: xdc pretrain reads no finetune.* or synthetic.* settings (xdc eval finetune and make-synthetic "
               f"take theirs); not used: {', '.join(unread)}", file=sys.stderr)  # fmt: skip
     given = given_keys(args.config, [*shortcuts, *args.overrides])
     idle = [f"{key}={setting(cfg, key)!r}" for key in given if key in get_method(cfg.train.method).unread_settings
             and setting(cfg, key) != setting(Config(), key)]  # fmt: skip
-    if idle and not args.resume and int(os.environ.get("RANK", "0")) == 0:  # until 2026-12-02 without a word
+    if idle and not args.resume and torchrun_rank() == 0:  # until 2026-12-02 without a word
         print(f"WARNING: --method {cfg.train.method} does not read these settings; not used: {', '.join(idle)}",
               file=sys.stderr)
     rounds = cfg.train.rounds if args.resume and "train.rounds" in given else None  # extends or shortens the run
     taken = {key: setting(cfg, key) for key in given if key in RESUME_SETTINGS} if args.resume else None
-    if args.resume and int(os.environ.get("RANK", "0")) == 0:
+    if args.resume and torchrun_rank() == 0:
         from xdc.presets import preset_path
 
         _warn_newer_data(args.data, args.out / "videos.csv")
@@ -341,7 +350,7 @@ def _peer_left(e: BaseException) -> str | None:
 def _interrupted() -> int:
     """Say that a Ctrl-C stopped the command, and give the exit status. torchrun passes one to every rank of its node
     (it starts each in a session of its own, out of the terminal's reach): the node's first rank alone says it."""
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if torchrun_rank("LOCAL_RANK") == 0:
         print("xdc: interrupted", file=sys.stderr)
     return 130
 
@@ -428,7 +437,7 @@ def _warn_unused(args: argparse.Namespace, used: tuple[str, ...], why: str) -> N
     """Name the settings given (``--config``, ``--set``) that the command does not read: those that start with none
     of ``used``."""
     unused = [key for key in given_keys(args.config, args.overrides) if not key.startswith(used)]
-    if unused and int(os.environ.get("RANK", "0")) == 0:
+    if unused and torchrun_rank() == 0:
         print(f"WARNING: {why}; not used: {', '.join(unused)}", file=sys.stderr)
 
 
@@ -756,7 +765,7 @@ def _one_line_warning(message, category, filename, lineno, line=None, _default=w
 
 def _say(error: str) -> None:
     """An error as one line; under torchrun, from another rank than 0, naming it (its own files, its device)."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank = torchrun_rank()
     print(f"xdc: error: {f'rank {rank}: ' if rank else ''}{error}", file=sys.stderr)
 
 

@@ -15,7 +15,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,32 +246,48 @@ def _empty_mel_bands(mel: MelConfig, rate: int) -> int:
     return sum(not (above[i] <= last and above[i] * step < edges[i + 2]) for i in range(mel.n_mels))
 
 
+# torchrun's variables are read here alone (and by xdc.training.distributed.gpu_index, for the GPU): a value that is
+# no number is one line, or no job's, not int()'s traceback (until 2026-12-03 ``RANK=abc`` was one)
+
+
 def node_ranks() -> int:
     """The processes of this run on this node: torchrun's LOCAL_WORLD_SIZE, 1 without torchrun."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    value = os.environ.get("LOCAL_WORLD_SIZE") or "1"
+    if not value.isdecimal():
+        raise UserError(f"LOCAL_WORLD_SIZE={value!r} in the environment is not a number of processes: torchrun sets "
+                        "it; unset it to run in one process")  # fmt: skip
+    return max(1, int(value))
 
 
-def job_ranks() -> int:
-    """The processes of this job: torchrun's WORLD_SIZE, 1 without torchrun (or where it is empty). Where it names
-    several but the rest of what joining them takes is missing (a WORLD_SIZE left in a shell or set by a scheduler,
-    no torchrun), one line before the command starts, not c10d's traceback (until 2026-12-03)."""
-    world = os.environ.get("WORLD_SIZE") or "1"
-    try:
-        ranks = int(world)
-    except ValueError:
-        ranks = 0
+def torchrun_rank(name: str = "RANK") -> int:
+    """``name``, RANK (this process's place in its torchrun job) or LOCAL_RANK (its place on its node), as torchrun
+    set it; 0 in a process alone (WORLD_SIZE unset or 1), whatever a shell left there (until 2026-12-03 a leftover
+    RANK=1 kept a lone process's warnings unsaid), and where it is no number (job_ranks says so as the job starts).
+    Never raises: it also names the rank in the line of an error."""
+    world, value = os.environ.get("WORLD_SIZE", ""), os.environ.get(name, "")
+    return int(value) if world.isdecimal() and int(world) > 1 and value.isdecimal() else 0
+
+
+def job_ranks(env: Mapping[str, str] | None = None) -> int:
+    """The processes of this job: torchrun's WORLD_SIZE in ``env`` (default: this process's environment), 1 without
+    torchrun (or where it is empty). Where it names several but the rest of what joining them takes is missing (a
+    WORLD_SIZE left in a shell or set by a scheduler, no torchrun), one line before the command starts, not c10d's
+    traceback (until 2026-12-03)."""
+    env = os.environ if env is None else env
+    world = env.get("WORLD_SIZE") or "1"
+    ranks = int(world) if world.isdecimal() else 0
     if ranks < 1:
         raise UserError(f"WORLD_SIZE={world!r} in the environment is not a number of processes: torchrun sets it; "
                         "unset it to run in one process")  # fmt: skip
     if ranks == 1:
         return 1
-    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
     if missing:
         raise UserError(f"WORLD_SIZE={world} in the environment, but not {', '.join(missing)}: a job of several "
                         f"processes is started by torchrun (torchrun --nproc_per_node {ranks} -m xdc.cli ...), which "
                         "sets them all; unset WORLD_SIZE to run in one process")  # fmt: skip
-    rank = os.environ["RANK"]
-    if not rank.isdigit() or int(rank) >= ranks:
+    rank = env["RANK"]
+    if not rank.isdecimal() or int(rank) >= ranks:  # (isdigit takes "²", which int() refuses)
         raise UserError(f"RANK={rank!r} in the environment is not one of the WORLD_SIZE={world} processes' ranks "
                         f"(0 to {ranks - 1})")  # fmt: skip
     return ranks

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
+from xdc.config import torchrun_rank
 from xdc.data.index import MEDIA_EXTENSIONS
 from xdc.data.manifest import open_paths_file, open_text
 from xdc.errors import UserError
@@ -762,7 +763,7 @@ def _warn(text: str) -> None:
     """A warning about the items, at the caller of load_dataset (from an adapter's helper), said once: under
     torchrun every rank loads them, and rank 0 alone says so, as the commands' other warnings (until 2026-12-02
     each rank did)."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if torchrun_rank() == 0:
         warnings.warn(text, stacklevel=5)
 
 
