@@ -27,6 +27,7 @@ from xdc.training.distributed import (
     broadcast_buffers,
     broadcast_labels,
     gather_rows,
+    gpu_index,
     init_distributed,
     on_main,
 )
@@ -781,14 +782,37 @@ def test_a_rank_left_in_a_shell_is_no_jobs(tmp_path, rank):
 
 
 def test_torchrun_variables_that_are_no_numbers_are_one_line(monkeypatch):
-    """LOCAL_WORLD_SIZE, which shares out a node's cores (data.workers auto), and RANK, that are no numbers: a
-    UserError, not int()'s ValueError (until 2026-12-03)."""
+    """LOCAL_WORLD_SIZE, which shares out a node's cores (data.workers auto), and LOCAL_RANK, which chooses a rank's
+    GPU, that are no numbers: a UserError, not int()'s ValueError (until 2026-12-03)."""
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
     with pytest.raises(UserError, match="^LOCAL_WORLD_SIZE='two' in the environment is not a number of processes"):
         load_config(None).data.workers_on("cuda")
     job = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    with pytest.raises(UserError, match="^LOCAL_RANK='first' in the environment is not a number"):
+        gpu_index({**job, "LOCAL_RANK": "first"}, 2)
     with pytest.raises(UserError, match="^RANK='²' in the environment is not one of"):  # a digit that int() refuses
         job_ranks({**job, "RANK": "²"})
+
+
+def test_the_gpu_of_a_rank_is_its_place_on_its_node():
+    """gpu_index, which init_distributed binds each rank's GPU with (tests/test_cuda.py runs that on a GPU): a
+    torchrun job's rank takes GPU LOCAL_RANK; a process alone the first, whatever LOCAL_RANK a shell left (until
+    2026-12-03 that one); a node that runs more ranks than it has GPUs is one line naming both numbers (until
+    2026-12-03 CUDA's "invalid device ordinal" traceback on the ranks past its GPUs)."""
+    job = {"WORLD_SIZE": "4", "RANK": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    assert gpu_index({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, 2) == 0
+    assert gpu_index({**job, "WORLD_SIZE": "1", "LOCAL_RANK": "1"}, 2) == 0
+    assert gpu_index({**job, "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, 2) == 1
+    assert gpu_index({**job, "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, 8) == 1
+    assert gpu_index({**job, "RANK": "0"}, 1) == 0  # a launcher that sets no LOCAL_RANK: one rank per node
+    too_many = "^4 processes of the job on this node \\(torchrun --nproc_per_node 4\\), but it has 2 GPU\\(s\\)"
+    for local in ("0", "3"):  # every rank of the node stops, not only those past its GPUs
+        with pytest.raises(UserError, match=too_many + ": each process needs a GPU of its own; start at most 2 per"):
+            gpu_index({**job, "LOCAL_RANK": local, "LOCAL_WORLD_SIZE": "4"}, 2)
+    with pytest.raises(UserError, match="GPU\\(s\\) \\(CUDA_VISIBLE_DEVICES=0,1\\): "):
+        gpu_index({**job, "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "3", "CUDA_VISIBLE_DEVICES": "0,1"}, 2)
+    with pytest.raises(UserError, match="^3 processes of the job on this node"):  # no LOCAL_WORLD_SIZE: at least 3
+        gpu_index({**job, "LOCAL_RANK": "2"}, 2)
 
 
 def _two_nodes(tmp_path: Path, *jobs: list[str], fail: bool = True) -> list[str]:

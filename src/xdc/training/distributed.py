@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TypeVar
@@ -55,7 +55,7 @@ def init_distributed(gpus: bool = True) -> Dist:
     false: gloo and the CPU even where there are GPUs (work on files: ``xdc index``, ``xdc prepare``)."""
     world = job_ranks()
     if gpus and torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = gpu_index(os.environ, torch.cuda.device_count())
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     else:
@@ -80,6 +80,26 @@ def init_distributed(gpus: bool = True) -> Dist:
                         "torchrun output (a --config or file that node lacks, say); one that did not end hangs on its "
                         "way there (a file system that does not answer, say)") from e
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, waiting=waiting, host=host)
+
+
+def gpu_index(env: Mapping[str, str], gpus: int) -> int:
+    """The GPU, of the ``gpus`` that this process sees, of the process whose environment is ``env``: in a torchrun
+    job its place on its node (LOCAL_RANK), in a process alone the first (until 2026-12-03 a LOCAL_RANK left in a
+    shell chose it). A UserError where the node runs more of the job's processes (LOCAL_WORLD_SIZE) than it has GPUs,
+    each of which needs one: until 2026-12-03 CUDA's "invalid device ordinal" traceback."""
+    if job_ranks(env) == 1:
+        return 0
+    local = env.get("LOCAL_RANK") or "0"
+    if not local.isdecimal():
+        raise UserError(f"LOCAL_RANK={local!r} in the environment is not a number: torchrun sets it to each process's "
+                        "place on its node")  # fmt: skip
+    node = env.get("LOCAL_WORLD_SIZE", "")
+    node = max(int(local) + 1, int(node) if node.isdecimal() else 0)  # a launcher other than torchrun may not set it
+    if node > gpus:
+        visible = f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})" if "CUDA_VISIBLE_DEVICES" in env else ""
+        raise UserError(f"{node} processes of the job on this node (torchrun --nproc_per_node {node}), but it has "
+                        f"{gpus} GPU(s){visible}: each process needs a GPU of its own; start at most {gpus} per node")
+    return int(local)
 
 
 def leave_distributed(finished: bool) -> None:
