@@ -1446,6 +1446,25 @@ def test_finetuning_on_two_gloo_ranks(run, tmp_path, mode):
     assert sorted(p.name for p in (tmp_path / "ddp.finetune").iterdir()) == ["log.jsonl", "probe", "tb"]
 
 
+def test_finetuning_ranks_started_with_other_settings_stop_before_it_starts(run, tmp_path):
+    """Each node's torchrun gives its ranks that node's command line: until 2026-12-03 a rank started with another
+    finetune.lr or seed trained on with it, apart from the others, without a word. Now rank 0 names what differs,
+    before any probe or log is written; data.workers, which fits each node's cores, may differ."""
+    root, run_dir = run
+    table, out = tmp_path / "table.csv", tmp_path / "ddp.json"
+    write_table(items_of(root), table)
+    driver = tmp_path / "driver.py"  # rank 1 as a node started with another command line
+    driver.write_text("import os, sys\nfrom xdc.cli import main\nargs = sys.argv[1:]\nif os.environ['RANK'] == '1':\n"
+                      "    args += ['--set=finetune.lr=0.5', '--set=seed=3', '--set=data.workers=1']\n"
+                      "sys.exit(main(args))\n")  # fmt: skip
+    job = [*torchrun_command(2), "--", str(driver), *_finetune_cli(run_dir, table, out, "full")]
+    done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    said = ("xdc: error: rank 1 was started with other settings than rank 0: seed=3 (rank 0: 0), finetune.lr=0.5 "
+            "(rank 0: 0.05); start every node with the same command line and --config\n")  # fmt: skip
+    assert done.returncode != 0 and done.stderr.count("xdc: error") == 1 and said in done.stderr, done.stderr[-3000:]
+    assert not out.exists() and not (tmp_path / "ddp.finetune" / "probe").exists()
+
+
 def test_finetuning_on_two_ranks_judges_their_failed_clips_together(run, tmp_path):
     """Two of the 16 training files fail to read after their probe: 2 failed clips of 16 an epoch, 8 of each rank's.
     Judged on every rank's counts together at the end of the first epoch (16 clips, 2 failed: more than

@@ -11,12 +11,13 @@ import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import astuple
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xdc.config import Config, config_to_dict, load_config
+from xdc.config import Config, config_to_dict, load_config, settings_of
 from xdc.data.manifest import Videos, decode_paths, run_videos, write_atomic
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
@@ -245,7 +246,7 @@ def eval_finetune(
     from xdc.evaluation.extract import cut_line
     from xdc.evaluation.finetune import NOT_COMPUTED, check_items, check_settings, finetune, finetune_made_with
     from xdc.evaluation.sources import load_source
-    from xdc.training.distributed import Dist
+    from xdc.training.distributed import Dist, same_settings
     from xdc.training.runlog import RunLog
 
     check_out(out)
@@ -270,6 +271,14 @@ def eval_finetune(
     items_of = {number: load_dataset(dataset, data, split=number, modality=modality, **options) for number in splits}
     for items in items_of.values():
         check_items(items)
+    # every rank with rank 0's weights, items and settings, or none: until 2026-12-03 a node started with another
+    # finetune.lr, seed or data.clip.frames trained on apart from the others without a word
+    listed = json.dumps([astuple(item) for items in items_of.values() for item in items]).encode()
+    clips = {k: v for k, v in settings_of(source.cfg).items() if k.startswith("data.") and k != "data.workers"}
+    same_settings({"--encoder": encoder, "--mode": mode, "--dataset": dataset, "--split": split, "--option": options,
+                   **{k: v for k, v in settings_of(cfg).items() if k.startswith("finetune.") or k == "seed"}, **clips,
+                   "--run's weights (sha256)": source.weights_digest(),
+                   "--data's items (sha256)": hashlib.sha256(listed).hexdigest()}, ctx)  # fmt: skip
 
     # each split's made_with, as finetune records it: its items probed (into the folder's probe/, which finetune
     # reuses), so that what the probes refuse (no readable item in a split, training items of one class) is refused

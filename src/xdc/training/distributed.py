@@ -226,6 +226,26 @@ def broadcast_object(obj: T | None, ctx: Dist) -> T:
     return box[0]
 
 
+def same_settings(settings: dict[str, object], ctx: Dist) -> None:
+    """Under torchrun, every rank's ``settings`` (name: value, small and picklable) are rank 0's, or every rank stops
+    with one line from rank 0 that names those that differ. Each node's torchrun gives its ranks that node's command
+    line and --config file: a node started with another learning rate or seed would train on apart from the others
+    without a word. A collective."""
+    if not ctx.enabled:
+        return
+    ranks = gather_objects(settings, ctx)
+
+    def judge() -> None:
+        for rank, theirs in enumerate(ranks):
+            differ = [f"{key}={theirs.get(key)!r} (rank 0: {value!r})" for key, value in ranks[0].items()
+                      if theirs.get(key) != value]  # fmt: skip
+            if differ:
+                raise UserError(f"rank {rank} was started with other settings than rank 0: {', '.join(differ)}; "
+                                "start every node with the same command line and --config")  # fmt: skip
+
+    on_main(judge, ctx)
+
+
 # Under DDP the ranks judge their failed clips together every so many batches of a pass (judge_failures): a run
 # with too many stops within that many batches of the point where one process alone would, every rank at once.
 FAILURE_CHECK_BATCHES = 10

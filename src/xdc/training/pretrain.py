@@ -90,6 +90,7 @@ from xdc.training.distributed import (
     gather_rows,
     judge_failures,
     on_main,
+    same_settings,
 )
 from xdc.training.runlog import RunLog
 from xdc.training.to_host import ToHost
@@ -1295,23 +1296,10 @@ def _same_run_folder(out: Path, ctx: Dist) -> None:
 
 def _same_settings(cfg: Config, ctx: Dist) -> None:
     """Under torchrun, every rank runs with the settings of rank 0, which its config.yaml keeps, or every rank stops
-    with one line from rank 0 that names those that differ. Each node's torchrun gives its ranks that node's command
-    line and --config file: until 2026-12-03 a node started with another train.lr or seed trained on with it, its
-    ranks' weights or clips apart from the others' without a word (another train.k: DDP's traceback). A
-    collective."""
-    if not ctx.enabled:
-        return
-    ranks = gather_objects({k: v for k, v in settings_of(cfg).items() if k not in PER_RANK_SETTINGS}, ctx)
-
-    def judge() -> None:
-        for rank, theirs in enumerate(ranks):
-            differ = [f"{key}={theirs.get(key)!r} (rank 0: {value!r})" for key, value in ranks[0].items()
-                      if theirs.get(key) != value]  # fmt: skip
-            if differ:
-                raise UserError(f"rank {rank} was started with other settings than rank 0: {', '.join(differ)}; "
-                                "start every node with the same command line and --config")  # fmt: skip
-
-    on_main(judge, ctx)
+    with one line from rank 0 that names those that differ (same_settings): until 2026-12-03 a node started with
+    another train.lr or seed trained on with it, its ranks' weights or clips apart from the others' without a word
+    (another train.k: DDP's traceback). A collective."""
+    same_settings({k: v for k, v in settings_of(cfg).items() if k not in PER_RANK_SETTINGS}, ctx)
 
 
 def _check_init(init: Path) -> None:
