@@ -16,11 +16,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import run_two_ranks, synthetic_manifest, torchrun_command
+from conftest import gray_frames, run_two_ranks, synthetic_manifest, torchrun_command
 import xdc
 from xdc.config import load_config
 from xdc.data.clip_cache import ClipCache, boot_id
 from xdc.data.datasets import EvalClips
+from xdc.data.encode import write_av
 from xdc.data.manifest import Manifest
 from xdc.training.checkpoint import load
 from xdc.training.distributed import Dist
@@ -42,7 +43,7 @@ def eval_clips(manifest: Path, device_logmel: bool = True) -> EvalClips:
 
 
 def cache_for(clips: EvalClips, stem: Path, keys: range | None = None, describe: dict = DESCRIBE) -> ClipCache:
-    cache = ClipCache(stem, keys if keys is not None else range(len(clips)), clips.item_arrays(), describe)
+    cache = ClipCache(stem, keys if keys is not None else range(len(clips)), clips.cache_fields(), describe)
     assert cache.open() is None
     return cache
 
@@ -81,6 +82,20 @@ def test_kept_clips_are_the_decoded_ones_and_need_no_file(manifest, tmp_path, de
             assert "failure" in again[k]  # another rank's video: decoded, and its file is broken now
 
 
+def test_a_clip_moved_into_the_sound_is_kept_with_its_start(tmp_path):
+    """A video whose sound is its first second: its centred clip is read where the sound is (EvalClips), and the
+    start read back from the cache is that one, not the centre's."""
+    write_av(tmp_path / "early.mp4", gray_frames(80, 32, 48), 16, 0.1 * np.ones(16000, np.float32), 16000)
+    row = dict(path=str(tmp_path / "early.mp4"), status="ok", duration_s="5.0", has_audio="1")
+    clips = EvalClips(Manifest.from_rows([row]), load_config(None, [], preset="tiny").data, clips=1, raw_video=True)
+    decoded = clips[0]
+    assert decoded["start"] < 1.0 < float(clips.latest_start(0)) / 2  # moved from the centre into the sound
+    clips.cache = cache_for(clips, tmp_path / "c")
+    assert same(clips[0], decoded, kept=False)
+    (tmp_path / "early.mp4").unlink()
+    assert same(clips[0], decoded, kept=True)
+
+
 def test_a_record_cut_short_is_decoded_again(manifest, tmp_path):
     clips = eval_clips(manifest)
     decoded = [clips[k] for k in range(len(clips))]
@@ -102,7 +117,7 @@ def test_another_caches_records_in_the_same_file_are_misses(manifest, tmp_path):
     own clips, which a loader worker of the first, opening the file anew, must not take for its own."""
     clips = eval_clips(manifest)
     mine = cache_for(clips, tmp_path / "c")
-    other = ClipCache(tmp_path / "c", range(len(clips)), clips.item_arrays(), {**DESCRIBE, "run": "another"})
+    other = ClipCache(tmp_path / "c", range(len(clips)), clips.cache_fields(), {**DESCRIBE, "run": "another"})
     other.remove()
     assert other.open() is None
     for k in range(len(clips)):
@@ -255,7 +270,7 @@ def test_what_a_reopened_cache_keeps(manifest, tmp_path):
         return cache
 
     def kept(**changes) -> bool:
-        cache = ClipCache(stem, changes.get("keys", range(len(clips))), clips.item_arrays(),
+        cache = ClipCache(stem, changes.get("keys", range(len(clips))), clips.cache_fields(),
                           changes.get("describe", DESCRIBE))  # fmt: skip
         assert cache.open() is None
         return cache.read(0) is not None
@@ -279,13 +294,13 @@ def test_what_a_reopened_cache_keeps(manifest, tmp_path):
 
 def test_a_cache_the_disk_cannot_hold_is_refused(manifest, tmp_path):
     clips = eval_clips(manifest)
-    why = ClipCache(tmp_path / "c", range(10**13), clips.item_arrays(), DESCRIBE).open()
+    why = ClipCache(tmp_path / "c", range(10**13), clips.cache_fields(), DESCRIBE).open()
     assert why is not None and "GB" in why and str(tmp_path) in why
     # a share of about half the free space: room for one rank's, not for those of the two ranks of a node
-    record = ClipCache(tmp_path / "c", range(1), clips.item_arrays(), DESCRIBE).record
+    record = ClipCache(tmp_path / "c", range(1), clips.cache_fields(), DESCRIBE).record
     half = range(int(0.5 * shutil.disk_usage(tmp_path).free / record))
-    assert ClipCache(tmp_path / "c", half, clips.item_arrays(), DESCRIBE).open(sharers=1) is None
-    why = ClipCache(tmp_path / "c", half, clips.item_arrays(), DESCRIBE).open(sharers=2)
+    assert ClipCache(tmp_path / "c", half, clips.cache_fields(), DESCRIBE).open(sharers=1) is None
+    why = ClipCache(tmp_path / "c", half, clips.cache_fields(), DESCRIBE).open(sharers=2)
     assert why is not None and "2 ranks x" in why
 
 
@@ -427,7 +442,7 @@ def test_a_resumed_cache_needs_room_only_for_what_it_lacks(manifest, tmp_path):
         cache.write(k, clips[k])
     cache.end()
     # whole: it needs no more room, however many ranks of the node share the disk (each counted its own file only)
-    assert ClipCache(tmp_path / "c", range(len(clips)), clips.item_arrays(), DESCRIBE).open(sharers=10**12) is None
+    assert ClipCache(tmp_path / "c", range(len(clips)), clips.cache_fields(), DESCRIBE).open(sharers=10**12) is None
 
 
 def test_a_cache_that_cannot_be_used_gives_its_disk_back(manifest, tmp_path, monkeypatch, capsys):

@@ -77,6 +77,50 @@ def test_a_training_clip_is_retried_where_the_sound_is(tmp_path):
     assert ds[(0, 3)]["start"] == ds[(0, 3)]["start"]  # the retries are the seed's too
 
 
+def sound_at_one_end(folder: Path) -> list[dict]:
+    """Rows of two 5 s videos whose sound lasts their first second (early.mp4) or their last (late.mp4), and one whose
+    sound covers them (whole.mp4); xdc index takes the pictures' length."""
+    tone = 0.1 * np.ones(16000, np.float32)
+    write_av(folder / "early.mp4", gray_frames(80, 32, 48), 16, tone, 16000)
+    write_av(folder / "late.mp4", gray_frames(80, 32, 48), 16, tone, 16000, audio_start=4.0)
+    write_av(folder / "whole.mp4", gray_frames(80, 32, 48), 16, 0.1 * np.ones(80000, np.float32), 16000)
+    return [dict(path=str(folder / name), status="ok", duration_s="5.0", has_audio="1") for name in
+            ("early.mp4", "late.mp4", "whole.mp4")]  # fmt: skip
+
+
+@pytest.mark.parametrize("modalities", [("video", "audio"), ("audio",)], ids=["audio-visual", "audio"])
+def test_eval_clips_that_miss_the_sound_are_placed_within_it(tmp_path, modalities):
+    """Evaluation clips of a video whose sound ends early or starts late are read where the sound is, spread over
+    it, as a training clip's retries are: until 2026-12-03 they failed, so the centred clip of each such video, its
+    one clip in a pretraining round's extraction, left it out of the clustering."""
+    cfg = small_cfg()
+    manifest = Manifest.from_rows(sound_at_one_end(tmp_path))
+    span = cfg.clip.audio_span  # 0.5 s; the latest start is 4.5 s
+    for clips in (1, 5):
+        ds = EvalClips(manifest, cfg, clips=clips, modalities=modalities)
+        batches = list(make_loader(ds, 4, 0))  # the clips of a video together, as a loader asks for them
+        assert not [f["reason"] for batch in batches for f in batch["failures"]]
+        starts = torch.cat([batch["start"] for batch in batches]).view(3, clips).numpy()
+        assert all(batch["audio"].std(dim=(1, 2, 3)).min() > 0 for batch in batches)  # every clip holds sound
+        assert starts[0].max() <= 1.0 - span + 1e-6 and starts[1].min() >= 4.0 - 0.1  # AAC's priming: 64 ms
+        if clips == 5:  # spread over the sound: evenly, where the first (or last) clip lay in it already
+            np.testing.assert_allclose(starts[0], np.linspace(0, 1.0 - span, 5), atol=1e-6)
+            np.testing.assert_allclose(np.diff(starts[1]), np.diff(starts[1]).mean(), atol=1e-6)
+            assert starts[1][-1] == pytest.approx(4.5)
+        np.testing.assert_allclose(starts[2], [2.25] if clips == 1 else np.linspace(0, 4.5, 5))  # as before
+        again = EvalClips(manifest, cfg, clips=clips, modalities=modalities)
+        assert [again[k]["start"] for k in range(len(again))] == starts.ravel().tolist()  # placed the same each time
+
+
+def test_sliding_windows_that_miss_the_sound_keep_their_time_and_fail(tmp_path):
+    """A window of a sequence stands for its time: one past the sound's end is not moved onto the sound."""
+    ds = EvalClips(Manifest.from_rows(sound_at_one_end(tmp_path)[:1]), small_cfg(), stride=1.0, modalities=("audio",))
+    items = [ds[k] for k in range(len(ds))]
+    assert [item["start"] for item in items[:2]] == [0.0, 1.0]  # the second holds the end of the sound's last frame
+    assert [item["failure"]["reason"] for item in items[2:]] == [
+        f"the clip at {t}.00s starts after the sound's end at 1.00s" for t in (2, 3, 4)]
+
+
 def test_raw_video_is_the_same_clip_normalised_later(collection):
     # The training loop ships uint8 clips and normalises them on its device: the same numbers as normalising here.
     manifest = Manifest.from_rows(collection[:3])

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import free_port, kill_with_children, synthetic_manifest, torchrun_command
+from conftest import free_port, gray_frames, kill_with_children, synthetic_manifest, torchrun_command
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.metrics import nmi
 from xdc.config import load_config
 from xdc.data.datasets import make_loader
+from xdc.data.encode import write_av
 from xdc.data.manifest import read_rows, write_rows
 from xdc.data.transforms import VIDEO_STD
 from xdc.errors import UserError
@@ -1423,3 +1424,19 @@ def test_the_log_is_on_the_disk_before_each_checkpoint_that_counts_its_records(m
     log = str((out / "log.jsonl").resolve())
     for before, at in zip([-1, *saved], saved):
         assert log in events[before + 1 : at], events[before + 1 : at]
+
+
+def test_a_video_whose_sound_ends_early_or_starts_late_is_clustered(tmp_path):
+    """A round's one clip of a video is its centred one: where that holds no sound, it is read where the sound is
+    (until 2026-12-03 it failed: the video went without a label every round, and a few such videos stopped the run
+    at data.max_fail_fraction)."""
+    tone, rows = 0.1 * np.ones(16000, np.float32), []
+    for name, audio, begins in (("early", tone, 0.0), ("late", tone, 4.0), ("whole", np.tile(tone, 5), 0.0)):
+        write_av(tmp_path / f"{name}.mp4", gray_frames(80, 32, 48), 16, audio, 16000, audio_start=begins)
+        rows.append(dict(path=str(tmp_path / f"{name}.mp4"), status="ok", duration_s="5.0", has_audio="1"))
+    write_rows(tmp_path / "manifest.csv", rows)
+    trainer = Pretrainer(cfg_for("xdc", "train.k=2", "train.batch_size=3"), tmp_path / "manifest.csv", tmp_path / "run",
+                         Dist())  # fmt: skip
+    features = trainer._extract()
+    assert {e: rows.shape[0] for e, rows in features.items()} == {"video": 3, "audio": 3}
+    assert all(rows.isfinite().all() for rows in features.values()) and not trainer.failures.files

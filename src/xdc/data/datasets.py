@@ -218,7 +218,8 @@ def _within_sound(sound: SoundElsewhere, span: float, latest: float) -> tuple[fl
 class EvalClips(_ClipDataset):
     """Deterministic clips without augmentation: ``clips`` evenly spaced clips per video (one centred clip when
     ``clips`` is 1; one for a video no longer than a clip), or, with ``stride`` seconds, a sliding window over each
-    video (per-video feature sequences).
+    video (per-video feature sequences). An evenly spaced clip whose window holds none of the sound (a track that
+    ends early or starts late) is read where the sound is (``_in_sound``); a sliding window keeps its time.
     Items also carry ``clip``, the clip's number within its video. With a ``cache`` (:class:`ClipCache`, keyed
     by item number) an item it holds is read from it, and one it lacks is decoded and then kept there; items then
     also carry ``kept``, whether they came from the cache. The clips of a video in one batch share one open of
@@ -254,12 +255,27 @@ class EvalClips(_ClipDataset):
         """Item ``k``'s video, clip number within it and start (seconds)."""
         if self.video_of is None:
             i, clip = divmod(int(k), self.per_video)
-            latest, n = float(self.latest_start(i)), self.per_video
-            return i, clip, latest / 2 if n == 1 else latest * clip / (n - 1)
-        i, clip = int(self.video_of[k]), int(self.clip_of[k])
-        if self.stride is None:  # evenly spaced clips, one where the video is no longer than a clip
-            return i, clip, float(self.latest_start(i)) * clip / (self.per_video - 1)
-        return i, clip, float(clip * self.stride)
+        else:
+            i, clip = int(self.video_of[k]), int(self.clip_of[k])
+            if self.stride is not None:
+                return i, clip, float(clip * self.stride)
+        return i, clip, self._spaced(float(self.latest_start(i)), clip)
+
+    def cache_fields(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """What a :class:`ClipCache` of these items keeps: their clips (``item_arrays``) and their start, which
+        differs from ``place``'s where the clip was moved into the sound."""
+        return {**self.item_arrays(), "start": ((1,), "float64")}
+
+    def _spaced(self, latest: float, clip: int) -> float:
+        """Where evenly spaced clip number ``clip`` starts, of starts from 0 to ``latest``."""
+        return latest / 2 if self.per_video == 1 else latest * clip / (self.per_video - 1)
+
+    def _in_sound(self, i: int, clip: int, sound: SoundElsewhere) -> float:
+        """Where clip ``clip`` of video ``i``, whose window missed the ``sound`` track, starts instead: at the same
+        fraction of the starts whose audio lies in the sound (``_within_sound``, as a training clip's retries), so
+        the clips of a video with a second of sound are spread over that second, and placed the same every time."""
+        earliest, latest = _within_sound(sound, self.cfg.clip.audio_span, float(self.latest_start(i)))
+        return earliest + self._spaced(latest - earliest, clip)
 
     def __getitem__(self, k: int) -> dict:
         return self.__getitems__([k])[0]
@@ -275,11 +291,21 @@ class EvalClips(_ClipDataset):
             if kept is None:
                 todo.append(n)
             else:
-                items[n] = {"index": i, "start": start, "label": int(self.manifest.labels[i]), **kept, "clip": clip,
-                            "kept": True}  # fmt: skip
+                items[n] = {"index": i, "label": int(self.manifest.labels[i]), **kept, "start": float(kept["start"]),
+                            "clip": clip, "kept": True}  # fmt: skip
         for i, run in itertools.groupby(todo, key=lambda n: places[n][0]):
             run = list(run)
-            for n, item in zip(run, self._load_all(i, [places[n][2] for n in run])):
+            loaded = self._load_all(i, [places[n][2] for n in run])
+            # a clip that misses the sound (a sound track shorter than the video, or starting late) is read again
+            # where the sound is; a sliding window keeps its time, and fails (until 2026-12-03 every clip did, so a
+            # video whose centred clip had no sound was left out of a round's clustering)
+            moved = [m for m, item in enumerate(loaded) if isinstance(item, SoundElsewhere) and self.stride is None]
+            if moved:
+                starts = [self._in_sound(i, places[run[m]][1], loaded[m]) for m in moved]
+                for m, start, item in zip(moved, starts, self._load_all(i, starts)):
+                    places[run[m]] = (i, places[run[m]][1], start)
+                    loaded[m] = item
+            for n, item in zip(run, loaded):
                 _, clip, start = places[n]
                 if isinstance(item, DecodeError):
                     items[n] = self._failure(i, start, str(item))

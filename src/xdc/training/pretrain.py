@@ -361,7 +361,7 @@ class Pretrainer:
         # the run's folder too: a record another run wrote in this file (a tag shared by chance) is a miss
         settings = {"clip": asdict(self.cfg.data.clip), "mel": asdict(self.cfg.data.mel), "run": run}
         cache = ClipCache(folder / f"{tag}-rank{rank}of{ranks}", range(rank, len(self.eval_set), ranks),
-                          self.eval_set.item_arrays(), settings)  # fmt: skip
+                          self.eval_set.cache_fields(), settings)  # fmt: skip
         if not resume:  # left by a run started here that never reached a checkpoint: its records are other videos'
             cache.remove()
         why = cache.open(sharers=node_ranks())  # the node's ranks each fill a file like it, likely on one disk
