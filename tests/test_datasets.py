@@ -112,6 +112,23 @@ def test_eval_clips_that_miss_the_sound_are_placed_within_it(tmp_path, modalitie
         assert [again[k]["start"] for k in range(len(again))] == starts.ravel().tolist()  # placed the same each time
 
 
+def test_clips_of_a_segment_go_where_the_sound_is_in_the_segment(tmp_path):
+    """A segment 0.8-2.8 s of a file whose sound ends at 1 s (a CSV's window, finetuned on): its clips' starts count
+    from the segment's start, the sound's from the file's. Until 2026-12-03 a training clip's retries went up to
+    0.5 s into the segment (the sound's end less a span, taken from the file's start), past the sound, and failed
+    there."""
+    manifest = Manifest.from_rows(sound_at_one_end(tmp_path)[:1])
+    manifest.offsets[0], manifest.durations[0] = 0.8, 2.0
+    cfg = small_cfg(retries=3)
+    train = TrainClips(manifest, cfg, modalities=("audio",))
+    items = [train[(0, seed)] for seed in range(40)]
+    assert not [item["failure"]["reason"] for item in items if "failure" in item]
+    assert all(item["start"] < 0.2 for item in items)  # each holds some of the sound's last 0.2 s
+    for clips in (1, 3):
+        ds = EvalClips(manifest, cfg, clips=clips, modalities=("audio",))
+        assert [ds[k]["start"] for k in range(clips)] == [0.0] * clips  # a span longer than the sound: its start
+
+
 def test_sliding_windows_that_miss_the_sound_keep_their_time_and_fail(tmp_path):
     """A window of a sequence stands for its time: one past the sound's end is not moved onto the sound."""
     ds = EvalClips(Manifest.from_rows(sound_at_one_end(tmp_path)[:1]), small_cfg(), stride=1.0, modalities=("audio",))

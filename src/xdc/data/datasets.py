@@ -201,17 +201,21 @@ class TrainClips(_ClipDataset):
                 except SoundElsewhere as e:  # the retries where the sound is (until 2026-12-03 anywhere: of a 5 s
                     # video with 1 s of sound, about a quarter of the items failed all four tries)
                     reason = str(e)
-                    earliest, latest = _within_sound(e, self.cfg.clip.audio_span, latest)
+                    offset = float(self.manifest.offsets[i])
+                    earliest, latest = _within_sound(e, self.cfg.clip.audio_span, latest, offset)
                 except DecodeError as e:
                     reason = str(e)
         return self._failure(i, start, reason)
 
 
-def _within_sound(sound: SoundElsewhere, span: float, latest: float) -> tuple[float, float]:
-    """The starts, within [0, ``latest``], whose ``span`` seconds of audio lie in the ``sound`` track; where it is
-    shorter than a span, the start of the sound (a clip it covers in part, padded with silence)."""
-    earliest = min(max(sound.begins, 0.0), latest)
-    ends = latest if sound.ends is None else sound.ends - span
+def _within_sound(sound: SoundElsewhere, span: float, latest: float, offset: float) -> tuple[float, float]:
+    """The starts, within [0, ``latest``] from ``offset`` seconds into the file (a segment's), whose ``span``
+    seconds of audio lie in the ``sound`` track; where it is shorter than a span, the start of the sound (a clip it
+    covers in part, padded with silence). Until 2026-12-03 the sound's times, from the file's start, were taken
+    for a segment's: a finetuning clip of a segment that starts 0.8 s into a file whose sound ends at 1 s was
+    retried up to 0.5 s into the segment, past the sound."""
+    earliest = min(max(sound.begins - offset, 0.0), latest)
+    ends = latest if sound.ends is None else sound.ends - offset - span
     return earliest, min(max(ends, earliest), latest)
 
 
@@ -274,7 +278,8 @@ class EvalClips(_ClipDataset):
         """Where clip ``clip`` of video ``i``, whose window missed the ``sound`` track, starts instead: at the same
         fraction of the starts whose audio lies in the sound (``_within_sound``, as a training clip's retries), so
         the clips of a video with a second of sound are spread over that second, and placed the same every time."""
-        earliest, latest = _within_sound(sound, self.cfg.clip.audio_span, float(self.latest_start(i)))
+        earliest, latest = _within_sound(sound, self.cfg.clip.audio_span, float(self.latest_start(i)),
+                                         float(self.manifest.offsets[i]))  # fmt: skip
         return earliest + self._spaced(latest - earliest, clip)
 
     def __getitem__(self, k: int) -> dict:
