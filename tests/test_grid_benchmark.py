@@ -91,6 +91,22 @@ def test_supervised_slot_and_changed_settings(grid_like, tmp_path):
     assert again["rows"][0]["pretrain_s"] == "-"
 
 
+def test_a_supervised_slot_without_the_supervised_baseline_is_refused(grid_like, tmp_path, capsys):
+    """--supervised-slot names the labels of the supervised run alone: with --methods leaving that run out it was
+    taken without a word, and results.json recorded it as if a run had used it (until 2026-12-03)."""
+    from xdc.cli import main
+
+    out = tmp_path / "grid"
+    assert main(["benchmark", "grid", "--data", str(grid_like), "--out", str(out), "--methods", "scratch,xdc",
+                 "--supervised-slot", "color"]) == 2  # fmt: skip
+    assert capsys.readouterr().err == ("xdc: error: --supervised-slot is the labels of the supervised baseline, which "
+                                       "--methods scratch,xdc leaves out: drop it, or add supervised to --methods\n")
+    assert not out.exists()  # refused before anything is written
+    # with the baseline among the methods the slot goes through to the benchmark, which checks it
+    assert main(["benchmark", "grid", "--data", str(grid_like), "--out", str(out), "--methods", "supervised",
+                 "--supervised-slot", "colour"]) == 2  # fmt: skip
+    assert "unknown slot 'colour'" in capsys.readouterr().err
+
 def test_a_run_on_other_data_or_with_unreadable_files_is_refused_or_noted(grid_like, tmp_path, capsys):
     settings = ("train.rounds=1", "train.k=3", "train.batch_size=6", "data.workers=0")
     grid_a = grid_subset(grid_like, tmp_path / "gridA", lambda n: n % 2 == 0)

@@ -526,12 +526,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--k takes whole numbers separated by commas, e.g. 16,64; got {args.k!r}") from None
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
+    if args.supervised_slot is not None and methods is not None and "supervised" not in methods:
+        # until 2026-12-03 taken without a word, and recorded in results.json as if a run had used it
+        raise UserError(f"--supervised-slot is the labels of the supervised baseline, which --methods "
+                        f"{args.methods} leaves out: drop it, or add supervised to --methods")  # fmt: skip
     _no_method(args, "benchmark grid", " (--methods chooses them)")
     overrides = _as_overrides(args, args.preset)
     with holding(args.out, "benchmark grid", folder=True):
-        grid_benchmark(args.data, args.out, args.test_data, args.fsdd, preset=args.preset, ks=ks,
-                       overrides=overrides, supervised_slot=args.supervised_slot,
-                       **({"methods": methods} if methods else {}))  # fmt: skip
+        given = {"methods": methods, "supervised_slot": args.supervised_slot}  # the function's defaults where not
+        grid_benchmark(args.data, args.out, args.test_data, args.fsdd, preset=args.preset, ks=ks, overrides=overrides,
+                       **{key: value for key, value in given.items() if value is not None})  # fmt: skip
     return 0
 
 
@@ -698,11 +702,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", type=Path, required=True, help="a folder in the layout of GRID (videos/, clips.csv, words.csv)")
     q.add_argument("--test-data", type=Path, help="test the probes on this set (same layout) instead of a split")
     q.add_argument("--fsdd", type=Path, help="FSDD folder: also probe the audio encoders on its official split")
-    q.add_argument("--out", type=_out_path, required=True)
+    q.add_argument("--out", type=_out_path, required=True, help="folder of the runs, features and results; re-runs "
+                   "reuse its finished runs")
     q.add_argument("--preset", default="small", action=_Once, what="preset", help="paper, small (default) or tiny")
     q.add_argument("--k", help="comma-separated cluster counts for an XDC sweep, e.g. 16,32,64")
     q.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
-    q.add_argument("--supervised-slot", default="digit", help="the word slot the supervised baseline trains on")
+    q.add_argument("--supervised-slot", help="the word slot the supervised baseline trains on (default digit); "
+                   "only where --methods includes supervised")
     _add_config_options(q)
     q.set_defaults(func=cmd_benchmark)
 
