@@ -154,6 +154,17 @@ def test_eval_clusters_takes_labels_given_after_pretraining(run, tmp_path, capsy
     assert err.startswith("xdc: error: no row of") and "names one of the 24 videos" in err and err.count("\n") == 1
 
 
+def test_eval_clusters_says_a_run_that_is_not_there_or_a_file(run, tmp_path, capsys):
+    """Until 2026-12-03 both were "has no videos.csv: is it an `xdc pretrain` run folder?", as if a folder were there
+    (a typo in the path, or the run's config.yaml given for its folder)."""
+    _, run_dir = run
+    assert main(["eval", "clusters", "--run", str(tmp_path / "runz")]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: {tmp_path / 'runz'} does not exist: give an `xdc pretrain` run "
+                                       "folder\n")  # fmt: skip
+    assert main(["eval", "clusters", "--run", str(run_dir / "config.yaml")]) == 2
+    assert capsys.readouterr().err == (f"xdc: error: {run_dir / 'config.yaml'} is a file, not a folder: give an `xdc "
+                                       "pretrain` run folder\n")  # fmt: skip
+
 def test_eval_clusters_refuses_a_supervised_run(run, tmp_path, capsys):
     """Its labels/ holds the manifest's labels it trained on: scored against themselves they were all 1, and that went
     into model cards as the run's cluster quality (until 2026-12-01)."""

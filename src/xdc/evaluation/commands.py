@@ -417,6 +417,9 @@ def run_label_ids(run: Path, labels: Path | None = None) -> np.ndarray:
 
 
 def _run_videos(run: Path) -> Videos:
+    if not run.is_dir():  # until 2026-12-03 "has no videos.csv", as if a folder were there
+        said = "is a file, not a folder" if run.exists() else "does not exist"
+        raise UserError(f"{run} {said}: give an `xdc pretrain` run folder")
     videos = run_videos(run)
     if videos is None:
         raise UserError(f"{run} has no videos.csv: is it an `xdc pretrain` run folder?")
