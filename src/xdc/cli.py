@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=8, help="number of classes, 1 to 128 (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default: 0)")
     p.add_argument("--workers", type=int, default=None, help="parallel writers (default: the usable CPUs)")
-    _add_config_options(p)
+    _add_config_options(p, "a synthetic.* setting, e.g. --set synthetic.fps=8 (repeatable); it reads no others")
     p.set_defaults(func=cmd_make_synthetic)
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining (XDC and family); scales with torchrun")
@@ -637,7 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "new number: more extend it, finished or not")  # fmt: skip
     p.add_argument("--assign", choices=("kmeans", "sinkhorn"), help="nearest-centroid or balanced assignment")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
-                   "with the settings it started with (but --rounds)")  # fmt: skip
+                   "with the settings it started with (but --rounds, and data.workers and the others of how it runs: "
+                   "docs/pretrain.md)")  # fmt: skip
     _add_config_options(p)
     p.set_defaults(func=cmd_pretrain)
 
@@ -669,7 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             q.add_argument("--folds", type=int, metavar="N", help="deal the videos of features without folds (a "
                            "labelled set of your own) into N folds by class")  # fmt: skip
-        q.add_argument("--classifier", choices=("logreg", "svm"), default="logreg")
+        q.add_argument("--classifier", choices=("logreg", "svm"), default="logreg",
+                       help="logistic regression (default) or a linear SVM (ESC-50's protocol)")
         q.add_argument("--cs", metavar="C,C,...", help="comma-separated grid of C to choose from on validation "
                        "(default 0.01,0.1,1,10,100); widen it where the chosen C is at an end")  # fmt: skip
         q.add_argument("--out", type=_out_path, help=OUT_HELP)
@@ -683,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", choices=("1", "2", "3", "all"), help="official split (ucf101, hmdb51); all: mean of 1-3")
     q.add_argument("--mode", choices=("full", "fc"), default="full", help="full finetuning or frozen encoder + fc")
     q.add_argument("--option", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
-                   help="adapter option")  # fmt: skip
+                   help="adapter option, e.g. --option splits_dir=PATH for ucf101 (docs/datasets.md)")  # fmt: skip
     q.add_argument("--out", type=_out_path, help=OUT_HELP)
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_config_options(q, SETTINGS_HELP.format(", or a finetune.* setting, or seed"))
@@ -731,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the built-in job on generated data (about a minute on a laptop CPU)")
     p.add_argument("--out", type=_out_path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    p.add_argument("--videos", type=int, default=128, help="synthetic videos to generate (default 128)")
+    p.add_argument("--videos", type=int, default=128, help="synthetic videos to generate, at least 16 (default 128)")
     _add_config_options(p)
     p.set_defaults(func=cmd_demo)
     _name_own_parsers(parser)
