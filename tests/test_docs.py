@@ -435,6 +435,18 @@ def test_every_option_in_help_has_a_text_and_is_on_its_commands_page():
     assert not undocumented, "options their command's page does not name:\n" + "\n".join(undocumented)
 
 
+def test_a_commands_usage_names_its_arguments_as_its_page_does():
+    """`xdc index PATH [PATH ...]`, `xdc export RUN`: until 2026-12-03 the usage and "the following arguments are
+    required" said `paths`, `out` and `run`, names the pages never use."""
+    for name, parser in _commands():
+        page = (ROOT / "docs" / COMMAND_PAGES[name]).read_text()
+        for action in _options(parser):
+            if not action.option_strings:
+                shown = action.metavar or action.dest
+                named = re.search(rf"\b{re.escape(shown.split('|')[0])}\b", page)
+                assert shown.isupper() and named, f"xdc {name} {shown}"
+
+
 def test_the_defaults_that_help_and_the_pages_state_are_the_parsers():
     """"(default 128)" in --help, and a page's option table with a default column, say the default the parser
     gives: one changed in the code alone fails here."""

@@ -593,14 +593,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("index", help="probe a video collection and write a manifest CSV")
-    p.add_argument("paths", nargs="+", help="folders (searched recursively), CSV/text lists of files, or media files")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="folders (searched recursively), CSV/text lists of files, or media files")
     p.add_argument("--out", type=_out_path, required=True, help="manifest CSV to write (re-used as a probe cache)")
     p.add_argument("--labels", type=Path, help="CSV with columns path,label")
     p.add_argument("--workers", type=int, default=None, help="parallel probes (default: the usable CPUs)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("prepare", help="transcode a collection for fast training (small frames, short GOP, 16 kHz)")
-    p.add_argument("paths", nargs="+", help="folders (searched recursively), CSV/text lists of files, or files")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="folders (searched recursively), CSV/text lists of files, or files")
     p.add_argument("--out", type=_out_path, required=True, help="output folder (outside the inputs); re-runs resume")
     p.add_argument("--short-side", type=int, default=128, help="pixels of the shorter side (default 128)")
     p.add_argument("--gop", type=int, default=16, help="most frames between keyframes (default 16)")
@@ -616,8 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("make-synthetic", help="write the built-in synthetic audio-visual dataset")
-    p.add_argument("out", type=_out_path, help="output folder: a new or empty one, or make-synthetic's own earlier "
-                   "output (one holding files it did not write is refused)")
+    p.add_argument("out", type=_out_path, metavar="OUT", help="output folder: a new or empty one, or make-synthetic's "
+                   "own earlier output (one holding files it did not write is refused)")
     p.add_argument("--videos", type=int, default=200, help="number of clips (default: 200)")
     p.add_argument("--classes", type=int, default=8, help="number of classes, 1 to 128 (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default: 0)")
@@ -722,8 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="a finished run's encoders as .safetensors files with a model card")
-    p.add_argument("run", type=Path, help="an xdc pretrain run folder (or its encoders-N-rounds.pt), or a file of the "
-                   "released XDC weights (.pth)")
+    p.add_argument("run", type=Path, metavar="RUN", help="an xdc pretrain run folder (or its encoders-N-rounds.pt), or "
+                   "a file of the released XDC weights (.pth)")
     p.add_argument("--out", type=_out_path, required=True, help="folder to write: new, empty, or a previous export")
     p.add_argument("--metrics", type=Path, action="append", default=[], metavar="FILE.json",
                    help="a result of `xdc eval ... --out` to cite in the model card (repeatable)")  # fmt: skip
