@@ -107,6 +107,14 @@ def test_a_supervised_slot_without_the_supervised_baseline_is_refused(grid_like,
                  "--supervised-slot", "colour"]) == 2  # fmt: skip
     assert "unknown slot 'colour'" in capsys.readouterr().err
 
+
+def test_an_out_that_is_a_file_is_said_as_such(grid_like, tmp_path):
+    """Until 2026-12-03 "OUT: File exists", once the probes' items had been read."""
+    (tmp_path / "results.csv").write_text("mine\n")
+    with pytest.raises(UserError, match=r"^--out \S*results.csv is a file, not a folder$"):
+        grid_benchmark(grid_like, tmp_path / "results.csv")
+    assert (tmp_path / "results.csv").read_text() == "mine\n"
+
 def test_a_run_on_other_data_or_with_unreadable_files_is_refused_or_noted(grid_like, tmp_path, capsys):
     settings = ("train.rounds=1", "train.k=3", "train.batch_size=6", "data.workers=0")
     grid_a = grid_subset(grid_like, tmp_path / "gridA", lambda n: n % 2 == 0)

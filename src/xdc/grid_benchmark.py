@@ -47,6 +47,8 @@ def grid_benchmark(
 ) -> dict:  # fmt: skip
     if not (data / "videos").is_dir() or not (data / "words.csv").exists():
         raise UserError(f"{data} does not have the GRID layout (videos/, clips.csv, words.csv)")
+    if out.exists() and not out.is_dir():  # until 2026-12-03 "OUT: File exists", after the probes' items were read
+        raise UserError(f"--out {out} is a file, not a folder")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
