@@ -915,6 +915,21 @@ def test_files_left_out_for_want_of_audio_or_pictures_are_counted(manifest, tmp_
             "(data.missing_audio=skip); training on 21") in capsys.readouterr().out.splitlines()
 
 
+def test_a_data_that_is_no_manifest_leaves_no_run_folder(tmp_path, capsys):
+    """A mistyped --data (not there, the videos' folder, the labels CSV) was said after the run's folder and its
+    config.yaml were written (until 2026-12-03), and a later --resume there said "stopped before its first
+    checkpoint"; now it is said before anything is written."""
+    from xdc.cli import main
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.mp4,x\n")
+    for data, error in ((tmp_path / "missing.csv", f"manifest not found: {tmp_path / 'missing.csv'}"),
+                        (tmp_path, f"{tmp_path} is a folder, not a manifest"),
+                        (labels, f"{labels} is not an xdc manifest (missing columns: duration_s, has_audio, status)")):
+        assert main(["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny"]) == 2
+        assert capsys.readouterr().err.startswith(f"xdc: error: {error}")
+        assert not (tmp_path / "run").exists()
+
 def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
     from xdc.cli import main
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Container, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -244,7 +245,7 @@ class Manifest:
         path = Path(path)
         codes: dict[str, int] = {}
         blocks, parts = [], []
-        try:
+        with _said_as_manifest(path):
             size = path.stat().st_size
             show = progress and size >= _PROGRESS_BYTES
             with open_text(path) as f, progress_bar(
@@ -261,11 +262,6 @@ class Manifest:
                     if len(parts) == _CHUNKS_PER_BLOCK:
                         blocks.append(_concat(parts))
                         parts = []
-        except FileNotFoundError:
-            raise UserError(f"manifest not found: {path}") from None
-        except IsADirectoryError:
-            raise UserError(f"{path} is a folder, not a manifest: make one with `xdc index {path} --out "
-                            f"manifest.csv`") from None  # fmt: skip
         manifest = _join(blocks + parts, codes)
         if len(manifest) == 0:
             raise UserError(f"{path}: no usable files" + (" with audio" if require_audio else ""))
@@ -347,6 +343,26 @@ def _counted(lines, bar):
 def unknown_sizes(n: int) -> np.ndarray:
     """``n`` sizes of -1 (unknown: not checked), read-only, in the memory of one."""
     return np.broadcast_to(np.int64(-1), (n,))
+
+
+def check_manifest_file(path: str | Path) -> None:
+    """The one-line error of Manifest.load where ``path`` is no manifest (not there, a folder, other columns), from
+    its first line alone: for a command to say before it writes anything (a run folder for a mistyped --data)."""
+    path = Path(path)
+    with _said_as_manifest(path), open_text(path) as f:
+        _columns(path, next(csv.reader(f), []))
+
+
+@contextmanager
+def _said_as_manifest(path: Path) -> Iterator[None]:
+    """A manifest ``path`` that is not there, or is a folder, as a one-line UserError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise UserError(f"manifest not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a manifest: make one with `xdc index {path} --out "
+                        f"manifest.csv`") from None  # fmt: skip
 
 
 def _columns(path: Path, header: list[str]) -> dict[str, int]:

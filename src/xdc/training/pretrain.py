@@ -67,7 +67,7 @@ from xdc.config import (
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog, TooManyFailures
-from xdc.data.manifest import Manifest, first_of_each_path, write_atomic, write_videos
+from xdc.data.manifest import Manifest, check_manifest_file, first_of_each_path, write_atomic, write_videos
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import SharedError, UserError
@@ -1232,6 +1232,8 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
         _check_init(init)
         cfg = with_settings(cfg, {"train.init": str(init)})
     _same_settings(cfg, ctx)
+    if not resume and manifest is not None:  # until 2026-12-03 a mistyped --data left a run folder with config.yaml
+        check_manifest_file(manifest)
     if resume and planned is None and finished:  # seen by every rank before any writes
         if ctx.main:  # a re-run of a finished job: until 2026-12-02 it wrote encoders.pt, the log and tb/ again
             said = f" its {cfg.train.rounds} round(s)" if get_method(cfg.train.method).clusters else ""
