@@ -1233,7 +1233,7 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
         cfg = with_settings(cfg, {"train.init": str(init)})
     _same_settings(cfg, ctx)
     if not resume and manifest is not None:  # until 2026-12-03 a mistyped --data left a run folder with config.yaml
-        check_manifest_file(manifest)
+        on_main(lambda: check_manifest_file(manifest), ctx)  # rank 0 alone reads it (other nodes need not see it)
     if resume and planned is None and finished:  # seen by every rank before any writes
         if ctx.main:  # a re-run of a finished job: until 2026-12-02 it wrote encoders.pt, the log and tb/ again
             said = f" its {cfg.train.rounds} round(s)" if get_method(cfg.train.method).clusters else ""
