@@ -782,6 +782,47 @@ def test_a_diverged_encoder_is_said_to_have_diverged_not_that_its_clips_failed(m
         trainer._cluster(trainer._extract())
 
 
+def _finite(state: dict) -> bool:
+    return all(t.isfinite().all() for t in state.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("every", ["log", "checkpoint"])
+def test_a_diverging_run_stops_at_once_and_goes_on_from_its_last_good_checkpoint_with_a_lower_lr(every, manifest,
+                                                                                                 tmp_path):
+    """train.lr=1e30: until 2026-12-03 the run logged NaN losses to the end of the round, saved NaN weights over
+    its checkpoint (with one round, its encoders.pt) and stopped only at the next extraction, saying to start
+    over. Now the first NaN loss that is logged, or NaN weights at a checkpoint (logging seldom), stops it; the
+    checkpoint before is kept, and the run goes on from it with a lower train.lr."""
+    settings = ["train.log_every=1", "train.checkpoint_every=0"] if every == "log" else \
+        ["train.log_every=100", "train.checkpoint_every=1"]  # fmt: skip
+    cfg = cfg_for("xdc", "train.rounds=1", "train.epochs=2", "train.lr=1e30", *settings)
+    out = tmp_path / "run"
+    what = r"the loss of step \d+ is nan" if every == "log" else r"the weights after step \d+ are NaN or infinite"
+    with pytest.raises(UserError, match=rf"^(round 0 epoch 0: )?{what}: the training diverged; go on from its last "
+                                        r"checkpoint \(step (\d+)\) with --resume --set train.lr=LOWER \(this "
+                                        r"run's: 1e\+30\), or start a new run with a lower train.lr$") as stop:
+        pretrain(cfg, manifest, out, resume=False, ctx=Dist())
+    kept = load(out / "checkpoints" / "last.pt")
+    assert int(re.search(r"checkpoint \(step (\d+)\)", str(stop.value))[1]) == kept["progress"]["global_step"]
+    assert _finite(kept["encoders"]) and not (out / "encoders.pt").exists()
+    assert all(r["loss"] is not None for r in map(json.loads, (out / "log.jsonl").open()) if r["kind"] == "step")
+
+    if every == "checkpoint":  # its checkpoint of step 1 holds the weights of one step at lr 1e30: finite, no more
+        return
+    pretrain(cfg, None, out, resume=True, ctx=Dist(), settings={"train.lr": 0.01})  # from before the first step
+    assert load_config(out / "config.yaml").train.lr == 0.01
+    assert [r["lr"] for r in map(json.loads, (out / "log.jsonl").open()) if r["kind"] == "start"] == [1e30, 0.01]
+    assert _finite(_final_weights(out)["video"]) and _finite(_final_weights(out)["audio"])
+
+
+def test_a_diverging_run_on_two_ranks_stops_them_together(manifest, tmp_path):
+    """Under torchrun every rank stops at the same step, rank 0 alone saying it, the checkpoint before kept."""
+    err = _failed_launch(manifest, tmp_path / "run", "--set=train.lr=1e30", "--set=train.rounds=1")
+    assert err.count("xdc: error:") == 1, err[-3000:]
+    assert "the training diverged; go on from its last checkpoint" in err, err[-3000:]
+    assert _finite(load(tmp_path / "run" / "checkpoints" / "last.pt")["encoders"])
+
+
 def _with_a_broken_file(manifest: Path, folder: Path) -> tuple[Path, Path]:
     """``manifest`` plus a row of a file of zeros that says it is a usable video; the new manifest and that file."""
     junk = folder / "junk.mp4"
@@ -978,9 +1019,11 @@ def test_pretrain_user_errors_are_one_line(manifest, tmp_path, capsys):
         f"with ({tmp_path / 'f' / 'videos.csv'}), not --data: start a new run to train on it\n" \
         in capsys.readouterr().err  # fmt: skip
     other = tmp_path / "other.yaml"  # and so are those of a --config file, and a --preset's
-    other.write_text("train:\n  lr: 0.2\n")
+    other.write_text("train:\n  lr: 0.2\n  momentum: 0.5\n")
     assert main([*base, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume", "--config", str(other)]) == 0
-    assert "; not used: train.lr=0.2 (the run's: 0.05)\n" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "; not used: train.momentum=0.5 (the run's: 0.9)\n" in said.err
+    assert "train.lr" not in said.err  # a resume takes another lr (a diverged run goes on with a lower one)
     small = [*base[:3], "--preset", "small", *base[5:]]
     assert main([*small, "--out", str(tmp_path / "f"), "--method", "sdc-video", "--resume"]) == 0
     assert "data.clip.frames=8 (the run's: 4), " in capsys.readouterr().err

@@ -639,8 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "new number: more extend it, finished or not")  # fmt: skip
     p.add_argument("--assign", choices=("kmeans", "sinkhorn"), help="nearest-centroid or balanced assignment")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, "
-                   "with the settings it started with (but --rounds, and data.workers and the others of how it runs: "
-                   "docs/pretrain.md)")  # fmt: skip
+                   "with the settings it started with (but --rounds, train.lr, and data.workers and the others of how "
+                   "it runs: docs/pretrain.md)")  # fmt: skip
     _add_config_options(p)
     p.set_defaults(func=cmd_pretrain)
 

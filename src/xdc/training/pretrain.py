@@ -98,9 +98,10 @@ from xdc.training.to_host import ToHost
 
 # Settings of how a run goes, not of what it computes (the loader's workers change no weight): a resume takes
 # them where given, e.g. to go on past files gone for good after data.max_fail_fraction stopped the run, which
-# until 2026-12-01 took a hand edit of config.yaml. Every other setting is the run's.
+# until 2026-12-01 took a hand edit of config.yaml. And train.lr, which does change the weights: a run that
+# diverged goes on from its last checkpoint with a lower one rather than start over. Every other setting is the run's.
 RESUME_SETTINGS = ("data.workers", "data.max_fail_fraction", "data.read_timeout_s", "train.checkpoint_every",
-                   "train.log_every")  # fmt: skip
+                   "train.log_every", "train.lr")  # fmt: skip
 PROGRESS_SAVED = ("round", "epoch", "step", "global_step", "best_holdout", "bad_epochs", "times")  # in checkpoints
 # what every checkpoint holds, since the first (``Pretrainer._save``)
 CHECKPOINT_KEYS = {"method", "encoders", "optimizer", "heads", "head_optimizer", "progress", "labels", "previous",
@@ -267,6 +268,7 @@ class Pretrainer:
         self.log = RunLog(out, enabled=ctx.main)
         self.new = not resume  # checkpoints once begun (run): until 2026-12-01, a kill in round 0 could not resume
         self.training_since: float | None = None  # while a round trains: when its train_s was last counted
+        self.saved_step = 0  # the global step of the last checkpoint: the one a diverged run goes on from
 
     def _start_from(self, init: Path) -> None:
         """train.init: each encoder of ``init`` (a run, an export or the released weights) that has the name, the
@@ -467,7 +469,7 @@ class Pretrainer:
                        compile=cfg.compile, workers=self.workers, kmeans_search=self.kmeans_on,
                        crops_on="device" if self.device_crops else "workers",
                        logmel_on="device" if self.device_logmel else "workers", s2d_stem=cfg.s2d_stem,
-                       extract_cache=self.eval_set.cache is not None)  # fmt: skip
+                       extract_cache=self.eval_set.cache is not None, lr=cfg.lr)  # fmt: skip
         rounds = 1 if self.method.supervised else cfg.rounds
         if not self.method.trains:
             self._finish()
@@ -830,6 +832,7 @@ class Pretrainer:
                 rate = clips * self.ctx.world_size / (now - t)
                 data_wait = self._slowest(waited / max(now - since, 1e-9))
                 loss = loss.item()
+                self._stop_if_diverged(loss)
                 self.log.write("step", p.global_step, round=p.round, epoch=p.epoch, loss=loss, clips_per_s=rate,
                                data_wait=data_wait, **{key: value.item() for key, value in accuracy.items()})
                 bar.set_postfix(loss=f"{loss:.3f}", clips_per_s=f"{rate:.0f}", data_wait=f"{data_wait:.0%}")
@@ -838,6 +841,35 @@ class Pretrainer:
         judge_failures(self.failures, self.ctx, going=False)
         share = waited / max(time.perf_counter() - since, 1e-9) if since is not None else 0.0
         self._note_data_wait(self._slowest(share))  # every rank: a collective
+
+    def _stop_if_diverged(self, loss: float) -> None:
+        """Stop every rank together where the loss of this step, already on the host to be logged, is NaN or
+        infinite on any of them: until 2026-12-03 the run logged NaN losses to the end of the round, saved NaN
+        weights over its last good checkpoint, and stopped only at the next extraction. A collective under DDP,
+        at the steps that log (the mean of the ranks' losses: what rank 0 says)."""
+        if self.ctx.enabled:
+            total = torch.tensor([loss], dtype=torch.float64, device=self.ctx.device)
+            torch.distributed.all_reduce(total)
+            loss = total.item() / self.ctx.world_size
+        if not math.isfinite(loss):
+            p = self.progress
+            raise SharedError(self._diverged(f"round {p.round} epoch {p.epoch}: the loss of step {p.global_step} is "
+                                             f"{loss}"))  # fmt: skip
+
+    def _diverged(self, what: str) -> str:
+        """The line that stops a run whose training diverged (``what``: what was not finite), worded as eval
+        finetune's; the last checkpoint, saved before, is the one to go on from."""
+        return (f"{what}: the training diverged; go on from its last checkpoint "
+                f"(step {self.saved_step}) with --resume --set train.lr=LOWER (this run's: {self.cfg.train.lr}), "
+                "or start a new run with a lower train.lr")  # fmt: skip
+
+    def _finite_weights(self) -> bool:
+        """Whether every weight and statistic of the encoders and heads is finite, on every rank (a collective)."""
+        tensors = [*self.encoders.state_dict().values()]
+        if self.model is not None:
+            tensors += self.model.heads.state_dict().values()
+        flags = torch.stack([t.isfinite().all() for t in tensors if t.is_floating_point()])
+        return not global_count(int(not flags.all().item()), self.ctx.device)
 
     def _slowest(self, data_wait: float) -> float:
         """The largest of the ranks' ``data_wait``. Under DDP every rank's step waits in the gradient all-reduce for
@@ -1038,7 +1070,12 @@ class Pretrainer:
             self.training_since = now
 
     def _save(self) -> None:
+        # weights gone NaN between the steps that log, or after the last one, never replace the last good checkpoint
+        if not self._finite_weights():
+            what = f"the weights after step {self.progress.global_step} are NaN or infinite"
+            raise SharedError(self._diverged(what))
         self._count_training()  # at every checkpoint, mid-epoch ones too: a resumed round's record has it all
+        self.saved_step = self.progress.global_step
         ranks = gather_objects({"failures": self.failures.state(), "crashed": self.train_set.crashed}, self.ctx)
         if not self.ctx.main:
             return
@@ -1078,6 +1115,7 @@ class Pretrainer:
         p = self.progress
         for k, v in state["progress"].items():
             setattr(p, k, v)
+        self.saved_step = p.global_step
         begun = p.round + bool(p.labels or p.epoch or p.step)  # a round has begun once its labels are in
         if self.method.clusters and self.cfg.train.rounds < begun:
             raise UserError(f"{path}: the run has begun {begun} rounds; train.rounds={self.cfg.train.rounds} cannot "
@@ -1095,6 +1133,11 @@ class Pretrainer:
             self._new_heads()
             self._load(path, lambda: (self.model.heads.load_state_dict(state["heads"]),
                                       self.head_optimizer.load_state_dict(state["head_optimizer"])))  # fmt: skip
+        # the optimizers' states hold the lr they ran with: a resume given another train.lr (RESUME_SETTINGS) goes
+        # on with it
+        for optimizer in (self.optimizer, self.head_optimizer):
+            for group in optimizer.param_groups if optimizer is not None else ():
+                group["lr"] = self.cfg.train.lr
         torch.set_rng_state(state["torch_rng"])
         if "log_records" in state:  # checkpoints before 2026-12-01 have none: their resumes logged twice
             self.log.keep(lambda number, _: number < state["log_records"])
