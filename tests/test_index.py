@@ -848,7 +848,7 @@ def test_unreadable_folders_are_counted_in_the_summary_line(media: Path, tmp_pat
             (root / folder).chmod(0o755)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("WARNING: cannot read the folder") == 2
-    assert done.stdout.splitlines()[-1] == (f"1 files: 1 usable (1 with audio), 0 unusable; 2 folders could not be "
+    assert done.stdout.splitlines()[-1] == (f"1 file: 1 usable (1 with audio), 0 unusable; 2 folders could not be "
                                             f"read, their files left out: {root / 'a'}, {root / 'b'}")  # fmt: skip
 
 

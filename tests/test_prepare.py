@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from conftest import (
-    kill_once_rows_are_kept, shared_data, square_geometry, torchrun_command, unwritable_folder, write_square,
+    kill_once_rows_are_kept, shared_data, square_geometry, torchrun_command, unreadable_folder, unwritable_folder,
+    write_square,
 )  # fmt: skip
 from xdc.cli import main
 from xdc.config import ClipConfig
@@ -428,8 +429,30 @@ def test_a_file_named_with_the_longest_names_the_disk_takes_is_copied(tmp_path: 
     name = "v" * 246 + ".mp4"
     write_av(src / name, _scene(10, 64, 96, 0), FPS, None)
     code, stdout = _run(str(src), "--out", str(out), "--workers", "1")
-    assert code == 0 and stdout.endswith("1 files: 1 prepared (0 already done), 0 skipped, 0 failed\n"), stdout
+    assert code == 0 and stdout.endswith("1 file: 1 prepared (0 already done), 0 skipped, 0 failed\n"), stdout
     assert [p.name for p in out.iterdir() if p.suffix == ".mp4"] == [name]
+
+
+def test_unreadable_folders_are_counted_in_the_summary_line(tmp_path: Path) -> None:
+    """A folder that cannot be listed was a warning alone, printed before the copies' output, and the summary line
+    counted only the files found (until 2026-12-03), as xdc index's did: now it names the folders left out."""
+    root = tmp_path / "c"
+    for folder in ("a", "b", "ok"):
+        (root / folder).mkdir(parents=True)
+        write_av(root / folder / "v.mp4", _scene(10, 64, 96, 0), FPS, None)
+    try:
+        drop = unreadable_folder(root / "a")
+        unreadable_folder(root / "b")
+        command = [*drop, sys.executable, "-m", "xdc.cli", "prepare", str(root), "--out", "out", "--workers", "1"]
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    finally:  # pytest removes tmp_path later
+        for folder in ("a", "b"):
+            (root / folder).chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("WARNING: cannot read the folder") == 2
+    assert done.stdout.splitlines()[-1] == (f"1 file: 1 prepared (0 already done), 0 skipped, 0 failed; 2 folders "
+                                            f"could not be read, their files left out: {root / 'a'}, {root / 'b'}")
+    assert [p.name for p in (tmp_path / "out").rglob("*.mp4")] == ["v.mp4"]
 
 
 def test_a_run_killed_keeps_every_copy_it_finished(tmp_path: Path) -> None:

@@ -83,19 +83,32 @@ class IndexSummary:
     unread_folders: list[str] = field(default_factory=list)  # folders of the collection that could not be listed
 
     def line(self) -> str:
-        text = f"{self.files} files: {self.usable} usable ({self.with_audio} with audio), {self.unusable} unusable"
+        text = (f"{number(self.files, 'file')}: {self.usable} usable ({self.with_audio} with audio), {self.unusable} "
+                "unusable")
         if self.reused:  # a re-run: say how much of it was not probed again
             text += f"; {self.reused} unchanged since an earlier run, not probed again"
         if not self.written:
             text += "; the manifest is unchanged, not written"
-        if self.unread_folders:  # warned of as they were met, before the probes' output: said again here
-            count, more = len(self.unread_folders), len(self.unread_folders) - 3
-            text += (f"; {count} folder{'s' * (count != 1)} could not be read, their files left out: "
-                     + ", ".join(map(shown, self.unread_folders[:3])) + (f" and {more} more" if more > 0 else ""))
+        text += unread_text(self.unread_folders)
         if self.labelled is not None:
-            text += f"\n{self.labelled} of {self.files} files labelled"
+            text += f"\n{self.labelled} of {number(self.files, 'file')} labelled"
         text += unmatched_text(self.unmatched, self.unmatched_paths)
         return text
+
+
+def number(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural but for one: a summary of one file said "1 files" (until 2026-12-03)."""
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
+def unread_text(folders: list[str]) -> str:
+    """What follows a summary line where ``folders`` of the collection could not be listed: they were warned of as
+    they were met, before the probes' or the copies' output, and are said again here, the first three by name."""
+    if not folders:
+        return ""
+    more = len(folders) - 3
+    return (f"; {number(len(folders), 'folder')} could not be read, their files left out: "
+            + ", ".join(map(shown, folders[:3])) + (f" and {more} more" if more > 0 else ""))
 
 
 def unmatched_text(count: int, paths: list[str]) -> str:
@@ -105,7 +118,7 @@ def unmatched_text(count: int, paths: list[str]) -> str:
         return ""
     more = count - len(paths)
     listed = ", ".join(paths) + (f" and {more} more" if more else "")
-    return f"; {count} label row{'s' * (count != 1)} matched no file: {listed}"
+    return f"; {number(count, 'label row')} matched no file: {listed}"
 
 
 def build_manifest(

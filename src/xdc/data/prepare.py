@@ -32,7 +32,7 @@ from av.video.reformatter import VideoReformatter
 from xdc.atomic import move, remove_partials
 from xdc.data.index import (
     PROBE_VERSION, LabelIndex, check_paths, check_workers, check_writable, chunks, init_worker, list_media,
-    name_and_stem, probe_file, probe_holds, stat_row, unmatched_text,
+    name_and_stem, number, probe_file, probe_holds, stat_row, unmatched_text, unread_text,
 )  # fmt: skip
 from xdc.data.decode import TIMED_DEMUXERS, displayed_width, float_samples, pixel_aspect, sample_position
 from xdc.data.encode import AAC_SAMPLE_RATES
@@ -126,10 +126,11 @@ class PrepareSummary:
     unmatched: tuple[int, list[str]] = (0, [])  # label rows that named no file, and the first few as written
     problems: list[dict] = field(default_factory=list)  # the first PROBLEMS skipped and failed rows, by source
     copies: Copies | None = None  # what the output folder holds besides this run's copies (rank 0's: _reconcile)
+    unread_folders: list[str] = field(default_factory=list)  # folders of the inputs that could not be listed
 
     def line(self) -> str:
-        text = f"{self.files} files: {self.prepared} prepared ({self.kept} already done), {self.skipped} skipped"
-        text += f", {self.failed} failed"
+        text = f"{number(self.files, 'file')}: {self.prepared} prepared ({self.kept} already done), {self.skipped} "
+        text += f"skipped, {self.failed} failed" + unread_text(self.unread_folders)
         if self.reformatted:
             text += (f"\n{self.reformatted} of them made again: their earlier copies were of another format of xdc's "
                      f"copies (now {FORMAT})")  # fmt: skip
@@ -138,7 +139,8 @@ class PrepareSummary:
                      "those made before 2026-12-01 may have an odd side one pixel off or Matroska sound spliced, and "
                      "those of sources with non-square pixels are stretched; --redo-unknown-format makes them again")
         if self.labelled is not None:
-            text += f"\n{self.labelled} of {self.prepared} prepared files labelled" + unmatched_text(*self.unmatched)
+            text += f"\n{self.labelled} of {number(self.prepared, 'prepared file')} labelled"
+            text += unmatched_text(*self.unmatched)
         if self.copies is not None:
             text += self.copies.lines()
         return text
@@ -215,7 +217,7 @@ def prepare(
     out = Path(out).expanduser().resolve()
     report = out / REPORT
     check_paths(paths)  # on every rank: rank 0 alone lists what is under them
-    label_index, roots, common = None, [], None  # rank 0's, made as it lists
+    label_index, roots, common, unread = None, [], None, []  # rank 0's, made as it lists
 
     def listing() -> Iterator[str]:
         nonlocal label_index, common
@@ -223,7 +225,7 @@ def prepare(
         _check_out(out)
         inside = str(out).rstrip("/") + "/"  # a string test: a path object per source took 5 us (5 minutes at 65M)
         checked = 0
-        for source in list_media(paths, roots, outside_links="keep"):  # its copy goes where the link is
+        for source in list_media(paths, roots, outside_links="keep", unread=unread):  # a link's copy goes where it is
             if len(roots) > checked:  # a folder reached: checked before any file of it is shared out
                 _check_roots(out, roots[checked:])
                 checked = len(roots)
@@ -300,6 +302,7 @@ def prepare(
         else:
             write_report(new, [rows[s] for s in sorted(rows)])
         summary = _add(summaries)
+        summary.unread_folders = unread  # until 2026-12-03 a warning alone, before the copies' output
         # before the new report takes the old one's place: a run killed meanwhile leaves the old, and the next
         # run compares again
         summary.copies = _reconcile(out, report, new)
