@@ -55,7 +55,7 @@ def main() -> None:
             for r in range(args.rounds):
                 clips.cache = None
                 times["decoded"].append(read_all(clips))
-                clips.cache = ClipCache(tmp / f"cache-{logmel_on}-{r}", range(len(clips)), clips.item_arrays(), {})
+                clips.cache = ClipCache(tmp / f"cache-{logmel_on}-{r}", range(len(clips)), clips.cache_fields(), {})
                 if clips.cache.open() is not None:
                     raise SystemExit(f"no room for the cache in {tmp}")
                 clips.cache.begin()

@@ -274,7 +274,7 @@ def extraction(trainer: Pretrainer, args: argparse.Namespace, device: torch.devi
     repeated = Subset(clips_of, [i % n for i in range((warmup + args.steps) * args.batch)])
     for kept in ("", ", kept clips"):
         if kept:
-            clips_of.cache = ClipCache(folder / "extract_cache", range(n), clips_of.item_arrays(), {})
+            clips_of.cache = ClipCache(folder / "extract_cache", range(n), clips_of.cache_fields(), {})
             if clips_of.cache.open() is not None:
                 raise UserError(f"no room for the extraction cache in {folder}")
             for i in range(n):
