@@ -1722,6 +1722,26 @@ def test_extraction_on_two_gloo_ranks_matches_one_process(run, tmp_path, monkeyp
     assert done.stderr.count("1 row(s) repeating an earlier one") == 1 and done.stderr.count("not found") == 1
 
 
+def test_extraction_ranks_started_with_other_settings_stop_before_it_starts(run, tmp_path):
+    """Each node's torchrun gives its ranks that node's command line: until 2026-12-03 a rank started with another
+    --clips or data.clip.frames computed its parts, and rank 0, joining them at the end, asked whether the folder was
+    on a filesystem every rank sees. Now rank 0 names what differs before any probe or part is written;
+    data.workers, which fits each node's cores, may differ."""
+    root, run_dir = run
+    table, out = tmp_path / "table.csv", tmp_path / "ddp.npz"
+    write_table(items_of(root)[:4], table)
+    driver = tmp_path / "driver.py"  # rank 1 as a node started with another command line
+    driver.write_text("import os, sys\nfrom xdc.cli import main\nargs = sys.argv[1:]\nif os.environ['RANK'] == '1':\n"
+                      "    args += ['--clips=2', '--set=data.clip.frames=2', '--set=data.workers=1']\n"
+                      "sys.exit(main(args))\n")  # fmt: skip
+    job = [*torchrun_command(2), "--", str(driver), *_extract_cli(run_dir, table, out)]
+    done = subprocess.run(job, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    said = ("xdc: error: rank 1 was started with other settings than rank 0: --clips=2 (rank 0: 4), "
+            "data.clip.frames=2 (rank 0: 4); start every node with the same command line and --config\n")
+    assert done.returncode != 0 and done.stderr.count("xdc: error") == 1 and said in done.stderr, done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["driver.py", "table.csv"]  # no probe, part or features
+
+
 def _files_as_they_are(npz: Path) -> list[tuple[int, bytes]]:
     """The modification time and bytes of an extraction's features and summary."""
     return [(path.stat().st_mtime_ns, path.read_bytes()) for path in (npz, npz.with_suffix(".json"))]

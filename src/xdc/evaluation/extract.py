@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Subset
 
 from xdc.atomic import write_text
-from xdc.config import config_to_dict
+from xdc.config import config_to_dict, settings_of
 from xdc.data.datasets import EvalClips, make_loader
 from xdc.data.failures import FailureLog
 from xdc.data.index import build_manifest
@@ -36,7 +36,7 @@ from xdc.evaluation.resume import identity
 from xdc.evaluation.sources import Source, load_source
 from xdc.progress import progress_bar
 from xdc.training.checkpoint import KeptParts, save_npz, warn_threads
-from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main
+from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main, same_settings
 from xdc.training.to_host import ToHost
 
 
@@ -155,6 +155,15 @@ def extract_features(
     on_main(lambda: refuse_repeats(items), ctx)  # load_dataset's items pass; a list made in Python may not
     source = source or load_source(run, encoder_name, settings)
     encoder, modality, cfg = source.encoder, source.modality, source.cfg
+    # every rank with rank 0's weights, items and settings before anything is probed or computed: until 2026-12-03 a
+    # node started with another --clips or data.clip.frames computed its parts for nothing, refused only when rank 0
+    # joined them, as if the ranks did not share a filesystem
+    listed = json.dumps([dataclasses.astuple(item) for item in items]).encode()
+    same_settings({"--encoder": encoder_name, "--clips": clips, "--stride": stride, "--batch-size": batch_size,
+                   "--out": str(out),
+                   **{k: v for k, v in settings_of(cfg).items() if k.startswith("data.") and k != "data.workers"},
+                   "--run's weights (sha256)": source.weights_digest(),
+                   "--data's items (sha256)": hashlib.sha256(listed).hexdigest()}, ctx)  # fmt: skip
     if stride is not None and stride * cfg.data.clip.sample_rate < 1:  # until 2026-12-01 a MemoryError's traceback
         raise UserError(f"--stride must be at least one audio sample (1/{cfg.data.clip.sample_rate} s at "
                         f"data.clip.sample_rate), got {stride}: closer windows start on the same sample and repeat "
