@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kill_with_children, opens_of, tiny_run, torchrun_command
+from conftest import gray_frames, kill_with_children, opens_of, tiny_run, torchrun_command
 from xdc.cli import main
 from xdc.config import load_config
 from xdc.evaluation.adapters import Item, split_items, write_table
@@ -81,6 +81,34 @@ def test_a_window_past_the_files_end_ends_there(run, tmp_path):
     past = data["group"] == "past"  # 0.5 s to the end: no longer than a clip, so one clip, at its start
     np.testing.assert_allclose(data["start"][past], [2.5])
     np.testing.assert_allclose(np.sort(data["start"][~past]), [0.5, 1.25, 2.0])  # a window inside: as before
+
+
+def test_extract_tells_a_file_partly_kept_from_one_left_out(run, tmp_path, capsys):
+    """Windows every 2 s of 5 s videos (1 s of audio each): early.mp4's sound lasts its first second, so its windows
+    at 2 and 4 s fail and the one at 0 s is kept; gap.mp4's, from 1.2 to 1.8 s, lies between windows, so none is
+    kept. Until 2026-12-03 both were listed alike as skipped, though early.mp4 had a clip in the features."""
+    from xdc.data.encode import write_av
+
+    root, run_dir = run
+    item = items_of(root)[0]
+    tone = 0.1 * np.ones(16000, np.float32)
+    write_av(tmp_path / "early.mp4", gray_frames(20, 32, 48), 4, tone, 16000)
+    write_av(tmp_path / "gap.mp4", gray_frames(20, 32, 48), 4, tone[:9600], 16000, audio_start=1.2)
+    table, out = tmp_path / "table.csv", tmp_path / "f.npz"
+    write_table([item, *(Item(str(tmp_path / name), item.label) for name in ("early.mp4", "gap.mp4"))], table)
+    assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(table), "--stride", "2",
+                 "--out", str(out), "--set=data.workers=0"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    summary = json.loads(out.with_suffix(".json").read_text())
+    early, gap = str(tmp_path / "early.mp4"), str(tmp_path / "gap.mp4")
+    assert [skip["path"] for skip in summary["skipped"]] == [gap]
+    assert summary["skipped"][0]["reason"].startswith("the clip at 4.00s starts after the sound's end at 1.8")
+    (partly,) = summary["partly_kept"]
+    assert (partly["path"], partly["clips_failed"], partly["clips_kept"]) == (early, 2, 1)
+    assert partly["reason"].startswith("the clip at 4.00s starts after the sound's end at ")
+    assert sorted(np.load(out)["path"]) == sorted([early, item.path, item.path])  # item: 3 s, windows at 0 and 2 s
+    assert "; 1 skipped, 1 partly kept\n" in printed and f"  skipped {gap}: the clip at 4.00s" in printed
+    assert f"  partly kept {early}: 2 of its clips failed, 1 kept; the last: the clip at 4.00s" in printed
 
 
 def test_sliding_window_gives_per_item_sequences(run, tmp_path):

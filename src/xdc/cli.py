@@ -403,9 +403,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"{summary['out']} and its .json already hold these features (the same weights, items, files and "
               f"settings): nothing to do; remove {summary['out']} to extract them again")  # fmt: skip
         return 0
-    print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped")
+    partly = summary["partly_kept"]
+    print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped"
+          + (f", {len(partly)} partly kept" if partly else ""))  # fmt: skip
     for skip in summary["skipped"][:10]:
         print(f"  skipped {skip['path']}: {skip['reason']}")
+    for file in partly[:10]:  # some of its clips in the features: not skipped (until 2026-12-03 listed as such)
+        print(f"  partly kept {file['path']}: {file['clips_failed']} of its clips failed, "
+              f"{file['clips_kept']} kept; the last: {file['reason']}")  # fmt: skip
     if (line := cut_line(summary["cut"])) is not None:
         print(f"  {line}")
     return 0

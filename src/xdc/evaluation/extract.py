@@ -212,7 +212,8 @@ def extract_features(
     def write() -> dict:
         for j in (j for rank in others[1:] for j in rank):
             parts[j] = kept.read(j)
-        written, failed = _write(out, [parts[j] for j in range(len(spans))], manifest, item_of_row, items, made_with)
+        written, lost, partly = _write(out, [parts[j] for j in range(len(spans))], manifest, item_of_row, items,
+                                       made_with)  # fmt: skip
         kept.clear()
         return {"out": str(out), "run": os.path.abspath(run), "source": source.kind, "clips": written, "items": len(items),
                 "encoder": encoder_name, "modality": modality, "stride": stride,
@@ -220,8 +221,8 @@ def extract_features(
                 "device": str(place.device), "ranks": ctx.world_size, "bf16": place.bf16,
                 **({"logmel_on": "device" if place.device_logmel else "workers"} if modality == "audio" else {}),
                 "data": config_to_dict(cfg.data),
-                "skipped": [*({"path": p, "reason": r} for p, r in [*skipped, *failed]), *not_found(items)], "cut": cut,
-                "made_with": made_with}  # fmt: skip
+                "skipped": [*({"path": p, "reason": r} for p, r in [*skipped, *lost]), *not_found(items)],
+                "partly_kept": partly, "cut": cut, "made_with": made_with}  # fmt: skip
 
     return on_main(write, ctx)  # the other ranks wait as long as it takes (a barrier under NCCL would time out)
 
@@ -290,12 +291,22 @@ def _finished(out: Path, made_with: str) -> dict | None:
 
 def _write(out: Path, parts: list[dict], manifest: Manifest, item_of_row: np.ndarray, items: list[Item],
            made_with: str):  # fmt: skip
-    """Join the parts into ``out``, with ``made_with`` (the digest of what made them); returns the clips it holds and
-    the (path, reason) of the files that failed."""
+    """Join the parts into ``out``, with ``made_with`` (the digest of what made them); returns the clips it holds,
+    the (path, last reason) of each file whose clips all failed, and the files of which some clips failed and some
+    are in ``out`` (``partly_kept``: path, clips failed and kept, last reason). Until 2026-12-03 both kinds were
+    listed alike, as skipped."""
     failures = FailureLog(max_fraction=1.0)
     failures.merge([part["failures"] for part in parts])
     row = torch.cat([p["rows"] for p in parts]).numpy()
     item = item_of_row[row]
+    path = np.array([items[i].path for i in item])
+    held = dict(zip(*np.unique(path, return_counts=True)))
+    lost, partly = [], []
+    for name, (failed, reason) in failures.files.items():
+        if name in held:
+            partly.append({"path": name, "clips_failed": failed, "clips_kept": int(held[name]), "reason": reason})
+        else:
+            lost.append((name, reason))
     save_npz(
         out,
         features=torch.cat([p["features"] for p in parts]).numpy(),
@@ -306,10 +317,10 @@ def _write(out: Path, parts: list[dict], manifest: Manifest, item_of_row: np.nda
         split=np.array([items[i].split for i in item]),
         fold=np.array([items[i].fold for i in item], dtype=np.int64),
         group=np.array([items[i].group for i in item]),
-        path=np.array([items[i].path for i in item]),
+        path=path,
         made_with=np.array(made_with),
     )  # fmt: skip
-    return int(len(item)), failures.failures
+    return int(len(item)), lost, partly
 
 
 PART_BATCHES = 256  # the most batches of a part: at most what a crash costs
