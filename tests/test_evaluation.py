@@ -86,7 +86,9 @@ def test_a_window_past_the_files_end_ends_there(run, tmp_path):
 def test_extract_tells_a_file_partly_kept_from_one_left_out(run, tmp_path, capsys):
     """Windows every 2 s of 5 s videos (1 s of audio each): early.mp4's sound lasts its first second, so its windows
     at 2 and 4 s fail and the one at 0 s is kept; gap.mp4's, from 1.2 to 1.8 s, lies between windows, so none is
-    kept. Until 2026-12-03 both were listed alike as skipped, though early.mp4 had a clip in the features."""
+    kept. Until 2026-12-03 both were listed alike as skipped, though early.mp4 had a clip in the features. Neither's
+    windows past the sound are read as silence, as a file without sound (silent.mp4) is not under
+    data.missing_audio=zeros (docs/data.md)."""
     from xdc.data.encode import write_av
 
     root, run_dir = run
@@ -94,20 +96,23 @@ def test_extract_tells_a_file_partly_kept_from_one_left_out(run, tmp_path, capsy
     tone = 0.1 * np.ones(16000, np.float32)
     write_av(tmp_path / "early.mp4", gray_frames(20, 32, 48), 4, tone, 16000)
     write_av(tmp_path / "gap.mp4", gray_frames(20, 32, 48), 4, tone[:9600], 16000, audio_start=1.2)
+    write_av(tmp_path / "silent.mp4", gray_frames(20, 32, 48), 4)
     table, out = tmp_path / "table.csv", tmp_path / "f.npz"
-    write_table([item, *(Item(str(tmp_path / name), item.label) for name in ("early.mp4", "gap.mp4"))], table)
+    names = ("early.mp4", "gap.mp4", "silent.mp4")
+    write_table([item, *(Item(str(tmp_path / name), item.label) for name in names)], table)
     assert main(["extract", "--run", str(run_dir), "--encoder", "audio", "--data", str(table), "--stride", "2",
-                 "--out", str(out), "--set=data.workers=0"]) == 0  # fmt: skip
+                 "--out", str(out), "--set=data.workers=0", "--set=data.missing_audio=zeros"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     summary = json.loads(out.with_suffix(".json").read_text())
-    early, gap = str(tmp_path / "early.mp4"), str(tmp_path / "gap.mp4")
-    assert [skip["path"] for skip in summary["skipped"]] == [gap]
-    assert summary["skipped"][0]["reason"].startswith("the clip at 4.00s starts after the sound's end at 1.8")
+    early, gap, silent = (str(tmp_path / name) for name in names)
+    assert [skip["path"] for skip in summary["skipped"]] == [silent, gap]
+    assert summary["skipped"][0]["reason"] == "no audio stream"
+    assert summary["skipped"][1]["reason"].startswith("the clip at 4.00s starts after the sound's end at 1.8")
     (partly,) = summary["partly_kept"]
     assert (partly["path"], partly["clips_failed"], partly["clips_kept"]) == (early, 2, 1)
     assert partly["reason"].startswith("the clip at 4.00s starts after the sound's end at ")
     assert sorted(np.load(out)["path"]) == sorted([early, item.path, item.path])  # item: 3 s, windows at 0 and 2 s
-    assert "; 1 skipped, 1 partly kept\n" in printed and f"  skipped {gap}: the clip at 4.00s" in printed
+    assert "; 2 skipped, 1 partly kept\n" in printed and f"  skipped {gap}: the clip at 4.00s" in printed
     assert f"  partly kept {early}: 2 of its clips failed, 1 kept; the last: the clip at 4.00s" in printed
 
 
