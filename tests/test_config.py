@@ -321,7 +321,7 @@ def test_an_empty_out_is_refused_not_taken_as_the_current_folder(tmp_path, capsy
     with pytest.raises(SystemExit) as stop:
         main([*command, ""])
     assert stop.value.code == 2
-    assert capsys.readouterr().err.endswith(": error: argument " + ("out" if command == ["make-synthetic"] else "--out")
+    assert capsys.readouterr().err.endswith(": error: argument " + ("OUT" if command == ["make-synthetic"] else "--out")
                                             + ": empty: give the path to write\n")
     assert not any(tmp_path.iterdir())
 
