@@ -11,7 +11,6 @@ import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import astuple
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -243,7 +242,7 @@ def eval_finetune(
     writes and returns the record."""
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.device import pick_device
-    from xdc.evaluation.extract import cut_line
+    from xdc.evaluation.extract import cut_line, evaluation_inputs
     from xdc.evaluation.finetune import NOT_COMPUTED, check_items, check_settings, finetune, finetune_made_with
     from xdc.evaluation.sources import load_source
     from xdc.training.distributed import Dist, same_settings
@@ -273,12 +272,9 @@ def eval_finetune(
         check_items(items)
     # every rank with rank 0's weights, items and settings, or none: until 2026-12-03 a node started with another
     # finetune.lr, seed or data.clip.frames trained on apart from the others without a word
-    listed = json.dumps([astuple(item) for items in items_of.values() for item in items]).encode()
-    clips = {k: v for k, v in settings_of(source.cfg).items() if k.startswith("data.") and k != "data.workers"}
     same_settings({"--encoder": encoder, "--mode": mode, "--dataset": dataset, "--split": split, "--option": options,
-                   **{k: v for k, v in settings_of(cfg).items() if k.startswith("finetune.") or k == "seed"}, **clips,
-                   "--run's weights (sha256)": source.weights_digest(),
-                   "--data's items (sha256)": hashlib.sha256(listed).hexdigest()}, ctx)  # fmt: skip
+                   **{k: v for k, v in settings_of(cfg).items() if k.startswith("finetune.") or k == "seed"},
+                   **evaluation_inputs(source, [item for items in items_of.values() for item in items])}, ctx)
 
     # each split's made_with, as finetune records it: its items probed (into the folder's probe/, which finetune
     # reuses), so that what the probes refuse (no readable item in a split, training items of one class) is refused

@@ -14,7 +14,7 @@ import math
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,8 +36,24 @@ from xdc.evaluation.resume import identity
 from xdc.evaluation.sources import Source, load_source
 from xdc.progress import progress_bar
 from xdc.training.checkpoint import KeptParts, save_npz, warn_threads
-from xdc.training.distributed import Dist, broadcast_object, gather_objects, on_main, same_settings
+from xdc.training.distributed import (
+    PER_RANK_SETTINGS,
+    Dist,
+    broadcast_object,
+    gather_objects,
+    on_main,
+    same_settings,
+)
 from xdc.training.to_host import ToHost
+
+
+def evaluation_inputs(source: Source, items: Iterable[Item]) -> dict[str, Any]:
+    """What the torchrun ranks of an evaluation compare (``same_settings``) besides its own options: the data settings
+    of the encoder's run (but those a rank may have of its own), a digest of its weights and one of the items."""
+    listed = json.dumps([dataclasses.astuple(item) for item in items]).encode()
+    data = {k: v for k, v in settings_of(source.cfg).items() if k.startswith("data.") and k not in PER_RANK_SETTINGS}
+    return {**data, "--run's weights (sha256)": source.weights_digest(),
+            "--data's items (sha256)": hashlib.sha256(listed).hexdigest()}
 
 
 def items_to_manifest(
@@ -158,12 +174,8 @@ def extract_features(
     # every rank with rank 0's weights, items and settings before anything is probed or computed: until 2026-12-03 a
     # node started with another --clips or data.clip.frames computed its parts for nothing, refused only when rank 0
     # joined them, as if the ranks did not share a filesystem
-    listed = json.dumps([dataclasses.astuple(item) for item in items]).encode()
     same_settings({"--encoder": encoder_name, "--clips": clips, "--stride": stride, "--batch-size": batch_size,
-                   "--out": str(out),
-                   **{k: v for k, v in settings_of(cfg).items() if k.startswith("data.") and k != "data.workers"},
-                   "--run's weights (sha256)": source.weights_digest(),
-                   "--data's items (sha256)": hashlib.sha256(listed).hexdigest()}, ctx)  # fmt: skip
+                   "--out": str(out), **evaluation_inputs(source, items)}, ctx)  # fmt: skip
     if stride is not None and stride * cfg.data.clip.sample_rate < 1:  # until 2026-12-01 a MemoryError's traceback
         raise UserError(f"--stride must be at least one audio sample (1/{cfg.data.clip.sample_rate} s at "
                         f"data.clip.sample_rate), got {stride}: closer windows start on the same sample and repeat "

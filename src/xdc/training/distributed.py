@@ -226,6 +226,10 @@ def broadcast_object(obj: T | None, ctx: Dist) -> T:
     return box[0]
 
 
+# settings that may differ between ranks: how many loader processes a rank starts fits its node's cores
+PER_RANK_SETTINGS = ("data.workers",)
+
+
 def same_settings(settings: dict[str, object], ctx: Dist) -> None:
     """Under torchrun, every rank's ``settings`` (name: value, small and picklable) are rank 0's, or every rank stops
     with one line from rank 0 that names those that differ. Each node's torchrun gives its ranks that node's command

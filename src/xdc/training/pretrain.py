@@ -90,6 +90,7 @@ from xdc.training.distributed import (
     gather_rows,
     judge_failures,
     on_main,
+    PER_RANK_SETTINGS,
     same_settings,
 )
 from xdc.training.runlog import RunLog
@@ -1316,8 +1317,6 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
 
 # what tells a new run from a resumed or a finished one in its folder (pretrain), as each rank sees it
 RUN_MARKS = ("config.yaml", "checkpoints/last.pt", "encoders.pt")
-# settings that may differ between ranks: how many loader processes a rank starts fits its node's cores
-PER_RANK_SETTINGS = ("data.workers",)
 
 
 def _same_run_folder(out: Path, ctx: Dist) -> None:
