@@ -85,8 +85,9 @@ def _what_else(path: Path) -> str:
     if path.suffix == ".safetensors":
         return "a safetensors file: load one of `xdc export` with xdc.load_encoder(path)"
     run = next((r for r in (path.parent, path.parent.parent) if is_run_folder(r)), None)
-    if path.is_file() and run is not None:
-        return f"a file of the run {run}: load its encoders with xdc.load_encoder({str(run)!r}, name=...)"
+    if run is not None and path.exists():  # a folder too (checkpoints/): until 2026-12-03 just "a folder"
+        kind = "folder" if path.is_dir() else "file"
+        return f"a {kind} of the run {run}: load its encoders with xdc.load_encoder({str(run)!r}, name=...)"
     return ""
 
 
