@@ -79,6 +79,10 @@ from xdc.training.flops import count_flops, mfu, peak_tflops
 from xdc.training.pretrain import Pretrainer
 
 
+CPU_PRESETS = ("tiny", "small")  # the presets a CPU measures in minutes
+PAPER_CPU_S_PER_CLIP = 0.8  # a paper preset training step on the 2-core CPU machine, per clip (BENCHMARKS.md)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="paper")
@@ -141,6 +145,13 @@ def main() -> None:
         f"data.logmel_on={args.logmel_on}",
         f"train.epoch_size={(fed_warmup + max(args.steps, args.loader_steps)) * args.batch}",
     ], preset=args.preset)  # fmt: skip
+    if device.type == "cpu" and args.preset not in CPU_PRESETS:  # --device defaults to the CPU where there is no GPU:
+        # BENCHMARKS.md's GPU commands ran there for hours, unsaid
+        model_steps = args.warmup + args.steps + (0 if args.model_only else fed_warmup + args.steps)
+        hours = model_steps * args.batch * PAPER_CPU_S_PER_CLIP / 3600
+        print(f"NOTE: --preset {args.preset} is meant for a GPU: on a CPU a training step takes about "
+              f"{PAPER_CPU_S_PER_CLIP} s per clip (2 cores), so these {model_steps} steps of {args.batch} clips take "
+              f"roughly {hours:.1f} h; --preset tiny or small measures a CPU in minutes", flush=True)  # fmt: skip
     pad_widths = cfg.train.pad_widths_on(device.type)
     cfg.train.pad_widths = 0  # padded (and the stem changed) below, once the FLOPs of the plain model are counted
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

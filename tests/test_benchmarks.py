@@ -104,3 +104,23 @@ def test_benchmark_script_names_a_mistake_in_one_line(script: str, args: list[st
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert says.format(tmp=tmp_path) in done.stderr.strip().splitlines()[-1], done.stderr[-3000:]
     assert not results.exists()
+
+
+def test_train_step_says_that_a_gpu_preset_on_the_cpu_is_slow(tmp_path: Path) -> None:
+    """BENCHMARKS.md's GPU commands (--preset paper --batch 128), run where --device defaults to the CPU, ran for
+    hours without a word: a NOTE says so first, and the run goes on (here to its one-line end at a missing --data,
+    before anything is measured). The presets a CPU measures in minutes get none."""
+    env = {**os.environ, "XDC_BENCHMARK_RESULTS": str(tmp_path / "results"), "OMP_NUM_THREADS": "1"}
+    for preset, noted in (("paper", True), ("small", False)):
+        command = [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--preset", preset, "--device", "cpu",
+                   "--batch", "128", "--model-only", "--data", str(tmp_path / "missing")]  # fmt: skip
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert "path not found" in done.stderr.strip().splitlines()[-1], done.stderr[-3000:]
+        notes = [line for line in done.stdout.splitlines() if line.startswith("NOTE")]
+        if noted:  # 35 steps (5 warm-up, 30 timed) of 128 clips at 0.8 s a clip
+            assert notes == ["NOTE: --preset paper is meant for a GPU: on a CPU a training step takes about 0.8 s per "
+                             "clip (2 cores), so these 35 steps of 128 clips take roughly 1.0 h; --preset tiny or "
+                             "small measures a CPU in minutes"], done.stdout  # fmt: skip
+        else:
+            assert notes == [], done.stdout
