@@ -904,6 +904,43 @@ def test_finetune_reports_the_test_videos_it_could_not_score(run, tmp_path, caps
         finetune(run_dir, "video", [*items, twin], "fc", cfg, tmp_path, workers=0)
 
 
+def test_finetune_tells_a_file_partly_kept_from_one_left_out(run, tmp_path, capsys):
+    """Two test windows of early.mp4, whose sound lasts its first second: the one from 0 s is scored, the one from
+    3 s has no sound and fails; late.mp4's one window, from 3 s too, fails. Training windows alike of train.mp4:
+    each of two epochs trains on the first and fails the second. Until 2026-12-03 all three files were listed alike
+    as skipped (as xdc extract listed them), though early.mp4 was scored and train.mp4 trained on."""
+    from xdc.data.encode import write_av
+
+    root, run_dir = run
+    items = items_of(root)
+    tone = 0.1 * np.ones(16000, np.float32)
+    early, late, train = (str(tmp_path / name) for name in ("early.mp4", "late.mp4", "train.mp4"))
+    for path in (early, late, train):
+        write_av(Path(path), gray_frames(20, 32, 48), 4, tone, 16000)  # 5 s of pictures
+    label = items[0].label
+    windows = [Item(early, label, "test", start_s=0.0, end_s=2.0, group="early from 0 s"),
+               Item(early, label, "test", start_s=3.0, end_s=5.0, group="early from 3 s"),
+               Item(late, label, "test", start_s=3.0, end_s=5.0, group="late")]  # fmt: skip
+    windows += [Item(train, label, "train", start_s=s, end_s=s + 2.0, group=f"train {s}") for s in (0.0, 3.0)]
+    table, out = tmp_path / "table.csv", tmp_path / "ft.json"
+    write_table([*items, *windows], table)
+    assert main(["eval", "finetune", "--run", str(run_dir), "--encoder", "audio", "--data", str(table), "--out",
+                 str(out), "--mode", "fc", "--set", "finetune.epochs=2", "--set", "finetune.batch_size=8", "--set",
+                 "finetune.test_clips=1", "--set", "data.workers=0", "--set", "data.max_fail_fraction=0.5"]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    after = "the clip at 3.00s starts after the sound's end at 1.00s"
+    assert record["skipped"] == [{"split": "-", "path": late, "reason": after}]
+    assert sorted(record["partly_kept"], key=lambda file: file["path"]) == [
+        {"split": "-", "path": early, "clips_failed": 1, "clips_kept": 1, "reason": after},
+        {"split": "-", "path": train, "clips_failed": 2, "clips_kept": 2, "reason": after}]  # fmt: skip
+    assert "partly_kept" not in record["splits"][0]  # listed once, as skipped is
+    assert (record["splits"][0]["n_test"], record["splits"][0]["n_test_scored"]) == (11, 9)  # early from 0 s scored
+    assert f"skipped {late}: {after}" in printed
+    assert f"partly kept {early}: 1 of its clips failed, 1 kept; the last: {after}" in printed
+    assert f"partly kept {train}: 2 of its clips failed, 2 kept; the last: {after}" in printed
+
+
 def test_a_file_given_twice_to_extract_or_finetune_from_python_is_refused(run, tmp_path):
     """load_dataset refuses a file its lists hold twice; items made in Python (read_table's, two datasets' joined)
     reach extract_features and finetune unchecked, which until 2026-12-02 embedded, trained on or scored the file

@@ -312,7 +312,7 @@ def eval_finetune(
         shutil.rmtree(folder / "tb", ignore_errors=True)
         (folder / "log.jsonl").unlink(missing_ok=True)
     log = RunLog(folder, enabled=ctx.main)
-    rows, skipped, cut, made = [], [], [], []
+    rows, skipped, partly, cut, made = [], [], [], [], []
     for number, state in zip(splits, states):
         items = items_of[number]
         work = folder / "probe"  # the files' probes, for a later run with this --out (until 2026-12-01 in a
@@ -330,6 +330,15 @@ def eval_finetune(
             print(f"{where}skipped {skip['path']}: {skip['reason']}")
         if len(result["skipped"]) > 5:
             print(f"{where}... and {len(result['skipped']) - 5} more skipped (the JSON lists them all)")
+        # some of its clips trained on or scored: not skipped (until 2026-12-03 listed as such, and so in a split's
+        # result kept from before then, which has no partly_kept)
+        files = result.get("partly_kept", [])
+        partly += [{"split": number or "-", **file} for file in files]
+        for file in files[:5]:
+            print(f"{where}partly kept {file['path']}: {file['clips_failed']} of its clips failed, "
+                  f"{file['clips_kept']} kept; the last: {file['reason']}")  # fmt: skip
+        if len(files) > 5:
+            print(f"{where}... and {len(files) - 5} more partly kept (the JSON lists them all)")
         windows = result.get("cut", [])  # a split's result kept from before 2026-12-02 has none
         cut += [{"split": number or "-", **window} for window in windows]
         if (line := cut_line(windows)) is not None:
@@ -341,7 +350,7 @@ def eval_finetune(
               "settings": settings or {}, "dataset": dataset, "data": str(data), "options": options, "mode": mode,
               "splits": rows, "mean_top1": float(np.mean([r["top1"] for r in rows])),
               "config": config_to_dict(cfg.finetune),
-              "seed": cfg.seed, "log": str(folder), "skipped": skipped, "cut": cut,
+              "seed": cfg.seed, "log": str(folder), "skipped": skipped, "partly_kept": partly, "cut": cut,
               "made_with": _made_with([r["made_with"] for r in made], rest)}  # fmt: skip
     table = [{k: v for k, v in _numbers(row).items() if k != "epoch_losses"} for row in rows]  # the JSON has them
     table += [{"split": "mean", "top1": record["mean_top1"]}] if len(rows) > 1 else []
@@ -359,8 +368,8 @@ def eval_finetune(
     return emitted
 
 
-_ONCE = ("skipped", "cut", "source", "clip", "made_with")  # of a split's result: not in its row (listed apart, or
-# the same for all, or in the record's made_with)
+_ONCE = ("skipped", "partly_kept", "cut", "source", "clip", "made_with")  # of a split's result: not in its row
+# (listed apart, or the same for all, or in the record's made_with)
 
 
 def _kept_skipped(skipped: list[dict], items_of: dict) -> list[dict]:

@@ -122,6 +122,9 @@ def finetune(
     loader = make_loader(train_set, per_rank, workers, sampler=sampler, pin_memory=place.pin_memory)
     empty = torch.zeros(0, *train_set.shapes()[modality], device=place.device)  # see _train_step
     done, losses = 0, []  # batches taken; the loss of each
+    # clips of each training row trained on, by this rank (on rank 0 with a resume's, every rank's before it): a file
+    # with some of its clips failed is partly kept, not skipped, when it also has some here
+    used = torch.zeros(len(train), dtype=torch.int64)
     if saved is not None and (kept := saved.checkpoint()) is not None:
         trained.load_state_dict(kept["trained"])
         optimizer.load_state_dict(kept["optimizer"])
@@ -132,6 +135,8 @@ def finetune(
         elif ctx.main:
             failures.merge(ranks)
         train_set.crashed.update(kept["crashed"])
+        if ctx.main and "used" in kept:  # a checkpoint of before 2026-12-03 has none: its clips are not counted
+            used += kept["used"]
         done, losses = kept["batches"], kept["losses"]
         if log is not None and "log_records" in kept:  # checkpoints before 2026-12-01 have none
             log.keep(lambda number, _: number < kept["log_records"])
@@ -173,6 +178,7 @@ def finetune(
         if saved is None:
             return
         ranks, crashed = gather_objects(failures.state(), ctx), gather_objects(dict(train_set.crashed), ctx)
+        every_used = gather_objects(used, ctx)
         if not ctx.main:
             return
         if log is not None:
@@ -183,6 +189,7 @@ def finetune(
             "trained": trained.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "batches": done, "losses": losses, "failures": ranks, "threads": torch.get_num_threads(),
             "crashed": {path: why for rank in crashed for path, why in rank.items()},  # files that killed a worker
+            "used": sum(every_used),  # every rank's, whatever the number of ranks that resumes
             "log_records": log.records if log is not None else 0,  # what is logged after it a resume logs again
         })  # fmt: skip
 
@@ -210,6 +217,8 @@ def finetune(
                 if done % FAILURE_CHECK_BATCHES == 0:  # every rank takes the same batches
                     judge_failures(failures, ctx)
                 had = batch is not None and bool(batch["index"].numel())
+                if had:
+                    used += torch.bincount(batch["index"], minlength=len(used))
                 # a step for every batch, even one whose clips all failed (its gradient 0: momentum and weight decay
                 # go on), so that one process and any number of ranks step alike, and the schedule with them
                 lr = schedule.get_last_lr()[0]
@@ -228,22 +237,31 @@ def finetune(
     del loader  # its persistent workers stop before the test's start
 
     tested = _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers, ctx)
-    every_failure = gather_objects(failures.failures, ctx)
+    every_failure, every_used = gather_objects(failures.state(), ctx), gather_objects(used, ctx)
     if not ctx.main:
         return None
-    scores, labels, names, groups, test_failures = tested
+    scores, labels, names, groups, test_failures, scored = tested
     if not len(scores):  # there were test files (checked above): each failed
-        path, reason = test_failures[0]
-        raise UserError(f"no test clip could be read ({len(test_failures)} files failed; the first: {path}: {reason})")
+        path, reason = test_failures.failures[0]
+        raise UserError(f"no test clip could be read ({len(test_failures.files)} files failed; the first: {path}: "
+                        f"{reason})")  # fmt: skip
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
     # per class, the videos top1 counts: each one's label as given (a class with no readable training video keeps
     # its name) and the class of its highest mean score, the lower index on a tie as topk_accuracy breaks them
     video_names = names[group_index(groups)[1]]
     by_class = class_results(video_names, np.asarray(classes)[video_scores.argmax(axis=1)])
     untrained = video_names[video_labels < 0]  # test videos of a class with no readable training video: never right
-    failed: dict[str, str] = {}  # each file once, with its first reason: under torchrun, each rank that read it failed
-    for path, reason in [*skipped, *test_skipped, *(f for rank in every_failure for f in rank), *test_failures]:
-        failed.setdefault(path, reason)
+    trained_on = sum(every_used)
+    kept_clips = {train.path(row): int(trained_on[row]) for row in torch.nonzero(trained_on).flatten().tolist()}
+    kept_clips.update(scored)  # a file is in one split only (_check_apart)
+    clips_failed = FailureLog(max_fraction=1.0)  # every rank's failed clips of each file, training and test
+    clips_failed.merge([*every_failure, test_failures.state()])
+    lost, partly = [], []  # until 2026-12-03 a file with some of its clips used was listed as skipped too
+    for path, (count, reason) in clips_failed.files.items():
+        if kept_clips.get(path):
+            partly.append({"path": path, "clips_failed": count, "clips_kept": kept_clips[path], "reason": reason})
+        else:
+            lost.append((path, reason))
     trained_losses = [x for x in losses if not math.isnan(x)]
     result = {
         "mode": mode, "encoder": encoder_name, "device": str(place.device), "bf16": place.bf16,
@@ -258,7 +276,8 @@ def finetune(
         "last_loss": _mean(trained_losses[-5:]),
         "epoch_losses": [epoch_loss(e) for e in range(cfg.epochs)], "source": source.kind,
         "clip": config_to_dict(data_cfg.clip),
-        "skipped": [*({"path": p, "reason": r} for p, r in failed.items()), *not_found(items)], "cut": cut,
+        "skipped": [*({"path": p, "reason": r} for p, r in [*skipped, *test_skipped, *lost]), *not_found(items)],
+        "partly_kept": partly, "cut": cut,
         **({"made_with": made_with} if made_with is not None else {}),
     }  # fmt: skip
     if log is not None:
@@ -391,9 +410,9 @@ def _train_step(net, encoder, mode, place, batch: dict | None, optimizer, empty:
 @torch.no_grad()
 def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, workers, ctx):
     """Clip softmax scores, labels (train class index, -1 if unseen), label names and groups of every test clip
-    read, in the order of the test clips, and the (path, reason) of the test files that failed; under torchrun each
-    rank scores every W-th clip and rank 0 gets them all (the others None), every rank with rank 0's BatchNorm
-    statistics: one model scores them all, whatever the number of ranks."""
+    read, in the order of the test clips, the FailureLog of the test clips that failed, and the clips scored of each
+    file (path -> count); under torchrun each rank scores every W-th clip and rank 0 gets them all (the others
+    None), every rank with rank 0's BatchNorm statistics: one model scores them all, whatever the number of ranks."""
     broadcast_buffers(model, ctx)
     model.eval()
     index = {c: i for i, c in enumerate(classes)}
@@ -415,7 +434,7 @@ def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, wor
         clips.append(batch["clip"].numpy())
     mine = (scores.result(torch.empty(0, len(classes))).numpy(), np.concatenate(rows or [np.zeros(0, np.int64)]),
             np.concatenate(clips or [np.zeros(0, np.int64)]))  # fmt: skip
-    ranks, failed = gather_objects(mine, ctx), gather_objects(failures.failures, ctx)
+    ranks, failed = gather_objects(mine, ctx), gather_objects(failures.state(), ctx)
     if not ctx.main:
         return None
     scores, rows, clips = (np.concatenate(parts) for parts in zip(*ranks))
@@ -424,4 +443,7 @@ def _test(model, place, test, test_rows, test_items, classes, data_cfg, cfg, wor
     items = [test_items[test_rows[row]] for row in rows]
     labels = np.array([index.get(item.label, -1) for item in items], dtype=np.int64)
     names, groups = np.array([item.label for item in items]), np.array([item.group for item in items])
-    return scores, labels, names, groups, [f for rank in failed for f in rank]
+    every = FailureLog(max_fraction=1.0)
+    every.merge(failed)
+    paths, counts = np.unique([item.path for item in items], return_counts=True)
+    return scores, labels, names, groups, every, dict(zip(paths.tolist(), counts.tolist()))
