@@ -52,6 +52,18 @@ def unreadable_folder(folder: Path) -> list[str]:
     return drop
 
 
+def xdc_unable_to_list(folders: list[Path], args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``xdc ARGS``, run in ``cwd`` by a process that cannot list ``folders`` (``unreadable_folder``), which are made
+    listable again after it."""
+    try:
+        drop = [unreadable_folder(folder) for folder in folders][0]
+        return subprocess.run([*drop, sys.executable, "-m", "xdc.cli", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+    finally:  # pytest removes the folders later
+        for folder in folders:
+            folder.chmod(0o755)
+
+
 def kill_once_rows_are_kept(command: list[str], side: Path, rows: int = 3) -> None:
     """Start ``command`` and SIGKILL it once its side file ``side`` holds ``rows`` rows after the header (or when
     it ends first, which the caller's assertions then catch)."""

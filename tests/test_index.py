@@ -22,7 +22,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import kill_once_rows_are_kept, segment_parts, torchrun_command, unreadable_folder, unwritable_folder
+from conftest import kill_once_rows_are_kept, segment_parts, torchrun_command, unwritable_folder, xdc_unable_to_list
 from xdc.cli import main
 from xdc.data import index
 from xdc.data.encode import write_av
@@ -838,14 +838,8 @@ def test_unreadable_folders_are_counted_in_the_summary_line(media: Path, tmp_pat
     for folder in ("a", "b", "ok"):
         (root / folder).mkdir(parents=True)
         shutil.copy(media / "good.mp4", root / folder / "good.mp4")
-    try:
-        drop = unreadable_folder(root / "a")
-        unreadable_folder(root / "b")
-        command = [*drop, sys.executable, "-m", "xdc.cli", "index", str(root), "--out", "m.csv", "--workers", "1"]
-        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    finally:  # pytest removes tmp_path later
-        for folder in ("a", "b"):
-            (root / folder).chmod(0o755)
+    done = xdc_unable_to_list([root / "a", root / "b"], ["index", str(root), "--out", "m.csv", "--workers", "1"],
+                              tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("WARNING: cannot read the folder") == 2
     assert done.stdout.splitlines()[-1] == (f"1 file: 1 usable (1 with audio), 0 unusable; 2 folders could not be "

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import (
-    kill_once_rows_are_kept, shared_data, square_geometry, torchrun_command, unreadable_folder, unwritable_folder,
+    kill_once_rows_are_kept, shared_data, square_geometry, torchrun_command, unwritable_folder, xdc_unable_to_list,
     write_square,
 )  # fmt: skip
 from xdc.cli import main
@@ -440,14 +440,8 @@ def test_unreadable_folders_are_counted_in_the_summary_line(tmp_path: Path) -> N
     for folder in ("a", "b", "ok"):
         (root / folder).mkdir(parents=True)
         write_av(root / folder / "v.mp4", _scene(10, 64, 96, 0), FPS, None)
-    try:
-        drop = unreadable_folder(root / "a")
-        unreadable_folder(root / "b")
-        command = [*drop, sys.executable, "-m", "xdc.cli", "prepare", str(root), "--out", "out", "--workers", "1"]
-        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    finally:  # pytest removes tmp_path later
-        for folder in ("a", "b"):
-            (root / folder).chmod(0o755)
+    done = xdc_unable_to_list([root / "a", root / "b"], ["prepare", str(root), "--out", "out", "--workers", "1"],
+                              tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("WARNING: cannot read the folder") == 2
     assert done.stdout.splitlines()[-1] == (f"1 file: 1 prepared (0 already done), 0 skipped, 0 failed; 2 folders "
