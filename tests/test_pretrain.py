@@ -25,6 +25,7 @@ from xdc.clustering.metrics import nmi
 from xdc.config import load_config
 from xdc.data.datasets import make_loader
 from xdc.data.encode import write_av
+from xdc.data.index import PROBE_VERSION
 from xdc.data.manifest import read_rows, write_rows
 from xdc.data.transforms import VIDEO_STD
 from xdc.errors import UserError
@@ -1221,6 +1222,26 @@ def test_a_run_on_a_manifest_of_relative_paths_resumes_from_any_folder(manifest,
                                  "it from the folder it was started in")  # fmt: skip
     monkeypatch.chdir(manifest.parent)  # from there it goes on, as before
     assert Pretrainer(cfg, None, out, Dist(), resume=True).videos.path(0) == kept[0]
+
+
+def test_rows_that_xdc_index_would_probe_again_for_their_checks_version_are_warned_of(manifest, tmp_path, capsys):
+    """A manifest of an older xdc index was trained on unsaid (until 2026-12-03), though index now judges some of
+    its rows differently: the warning counts the rows that index would probe again, of any status."""
+    rows = read_rows(manifest)
+    for row in rows[:3]:  # version 3: every row is probed again
+        row["probe"] = "3"
+    rows[0].update(status="error", reason="truncated")
+    for row in rows[3:6]:  # version 5 of pictures that cannot be too thin: they hold
+        row["probe"] = "5"
+    older = tmp_path / "older.csv"
+    write_rows(older, rows)
+    trainer = Pretrainer(cfg_for("xdc"), older, tmp_path / "run", Dist())
+    assert len(trainer.videos) == len(rows) - 1
+    assert capsys.readouterr().err == (
+        f"WARNING: {older}: 3 row(s) made by the checks of an older xdc index, which may judge their files "
+        f"differently now (its checks are of version {PROBE_VERSION}); to refresh it, run xdc index on its folders "
+        f"(and --labels) with --out {older}: it probes only those rows again\n"
+    )
 
 
 def test_a_file_listed_twice_is_one_video_and_twice_with_two_labels_is_refused(manifest, tmp_path, capsys):

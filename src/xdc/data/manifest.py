@@ -237,11 +237,15 @@ class Manifest:
         return _join([_parse(cells, columns, _allowed(require_audio), codes)], codes)
 
     @classmethod
-    def load(cls, path: str | Path, require_audio: bool = False, progress: bool = False) -> Manifest:
+    def load(
+        cls, path: str | Path, require_audio: bool = False, progress: bool = False,
+        chunks: Callable[[list[list[str]], list[str]], None] | None = None,
+    ) -> Manifest:
         """The usable rows of the manifest file ``path``, read a chunk of rows at a time: at tens of millions
         of rows, a list of every row as a dict (about 1 KB each) would not fit in memory. With ``progress``,
         progress on stderr (:mod:`xdc.progress`) for files of ``_PROGRESS_BYTES`` or more (65M rows take about two
-        minutes)."""
+        minutes). ``chunks``, where given, is called with each chunk of rows (every status, as lists of cells) and
+        the header: for what the arrays do not keep, in the same single read of the file."""
         path = Path(path)
         codes: dict[str, int] = {}
         blocks, parts = [], []
@@ -252,8 +256,11 @@ class Manifest:
                 total=size, desc=f"reading {path.name}", unit="B", unit_scale=True, show=show, leave=False
             ) as bar:
                 reader = csv.reader(_counted(f, bar))
-                columns = _columns(path, next(reader, []))
+                header = next(reader, [])
+                columns = _columns(path, header)
                 while chunk := list(itertools.islice(reader, _CHUNK_ROWS)):
+                    if chunks is not None:
+                        chunks(chunk, header)
                     try:
                         parts.append(_parse(chunk, columns, _allowed(require_audio), codes))
                     except _NotANumber as e:  # a hand edit, or files joined with their headers (docs/index.md)

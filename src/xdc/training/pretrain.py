@@ -67,6 +67,7 @@ from xdc.config import (
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog, TooManyFailures
+from xdc.data.index import PROBE_VERSION, OlderProbes
 from xdc.data.manifest import Manifest, check_manifest_file, first_of_each_path, write_atomic, write_videos
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.data.worker_deaths import Surviving
@@ -441,7 +442,13 @@ class Pretrainer:
         if manifest_path is None:  # resumed without --data
             raise UserError(f"{self.out} was started before runs kept their videos (videos/): resume it with --data "
                             "and the manifest it was started with")  # fmt: skip
-        loaded = Manifest.load(manifest_path, progress=progress)
+        older = OlderProbes() if self.ctx.main else None
+        loaded = Manifest.load(manifest_path, progress=progress, chunks=older)
+        if older is not None and older.rows:  # until 2026-12-03 trained on as an older xdc index judged them, unsaid
+            print(f"WARNING: {manifest_path}: {older.rows} row(s) made by the checks of an older xdc index, which "
+                  f"may judge their files differently now (its checks are of version {PROBE_VERSION}); to refresh it, "
+                  f"run xdc index on its folders (and --labels) with --out {manifest_path}: it probes only those rows "
+                  "again", file=sys.stderr)  # fmt: skip
         once, dropped = first_of_each_path(loaded, manifest_path)
         if len(dropped) and self.ctx.main:  # until 2026-12-02 such a file was trained on twice, unsaid
             print(f"WARNING: {manifest_path}: {len(dropped)} row(s) of a file listed in an earlier row left out "
