@@ -262,6 +262,19 @@ def test_metrics_that_are_not_utf8_are_named_in_one_line(run, tmp_path, capsys):
     assert "0.5" in (tmp_path / "e" / "README.md").read_text()
 
 
+def test_the_card_of_a_run_resumed_with_a_lower_lr_says_the_earlier_one(run, tmp_path):
+    """After --resume --set train.lr=LOWER the card gave config.yaml's lr alone (until 2026-12-03)."""
+    lowered = tmp_path / "run"
+    shutil.copytree(run, lowered)
+    before = load_config(run / "config.yaml").train.lr
+    pretrain(load_config(None, preset="tiny"), None, lowered, resume=True, ctx=Dist(), rounds=3,
+             settings={"train.lr": before / 10})  # fmt: skip
+    step = [r["step"] for r in map(json.loads, (lowered / "log.jsonl").open()) if r["kind"] == "start"][-1]
+    assert main(["export", str(lowered), "--out", str(tmp_path / "out")]) == 0
+    assert f"- optimiser: SGD lr {before / 10} ({before} until step {step}), momentum" in (
+        tmp_path / "out" / "README.md").read_text()
+
+
 def test_a_damaged_line_of_the_log_costs_the_card_that_line_only(run, tmp_path):
     """Until 2026-12-01 a byte that was not UTF-8 was a traceback, and a line that was not JSON lost the clusters."""
     copy = tmp_path / "run"

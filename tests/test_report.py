@@ -4,6 +4,7 @@ import base64
 import csv
 import dataclasses
 import io
+import json
 import os
 import re
 import shutil
@@ -288,6 +289,20 @@ def test_the_header_names_only_the_methods_modalities(built, tmp_path):
     text = Page(write_report(tmp_path / "audio").read_text()).all_text
     assert "clip 1 s of audio at 16000 Hz encoders audio width" in text, text[:600]
     assert "frames short side" not in text and "video width" not in text
+
+
+def test_the_header_says_the_earlier_lr_of_a_run_resumed_with_a_lower_one(built, tmp_path):
+    """After --resume --set train.lr=LOWER the header showed config.yaml's lr alone (until 2026-12-03), as if the
+    whole run had trained at it."""
+    manifest, _ = built
+    out = tmp_path / "lowered"
+    cfg = load_config(None, [*TINY, "train.rounds=1", "train.lr=0.05"], preset="tiny")
+    pretrain(cfg, manifest, out, resume=False, ctx=Dist())
+    pretrain(cfg, None, out, resume=True, ctx=Dist(), rounds=2, settings={"train.lr": 0.01})
+    starts = [r for r in map(json.loads, (out / "log.jsonl").open()) if r["kind"] == "start"]
+    assert [r["lr"] for r in starts] == [0.05, 0.01] and starts[1]["step"] > 0
+    text = Page(write_report(out).read_text()).all_text
+    assert f"batch / lr 8 / 0.01 (0.05 until step {starts[1]['step']})" in text, text[:600]
 
 
 def test_an_out_that_is_a_folder_is_a_user_error(built, tmp_path):

@@ -42,7 +42,7 @@ from xdc.models.encoders import build_encoder
 from xdc.presets import PRESETS
 from xdc.textfiles import read_text
 from xdc.training import checkpoint
-from xdc.training.runlog import read_log
+from xdc.training.runlog import lr_text, read_log
 
 RELEASED = "released"  # the metadata's method of the released XDC weights (xdc or fully supervised: not known)
 FORMAT = "xdc-encoder"
@@ -398,14 +398,22 @@ def model_card(run: Path, method: Method, cfg: Config, encoders: dict[str, nn.Mo
             epochs = f"{train.epochs} epoch(s)"
         lines += [f"- rounds: {rounds_done} of {1 if method.supervised else train.rounds}{k}",
                   f"- per round: {epochs} of {_epoch(train.epoch_size)}{clustering}",
-                  f"- optimiser: SGD lr {train.lr}, momentum {train.momentum}, weight decay {train.weight_decay}, "
-                  f"batch {train.batch_size}; seed {cfg.seed}"]  # fmt: skip
+                  f"- optimiser: SGD lr {_lr(run, train.lr)}, momentum {train.momentum}, weight decay "
+                  f"{train.weight_decay}, batch {train.batch_size}; seed {cfg.seed}"]  # fmt: skip
     if train.init is not None:
         lines.append(f"- initial weights: `{train.init}` (train.init; an encoder it does not hold started at random)")
     lines += ["", "### Last round's clusters", "", *_cluster_lines(run, method, rounds_done)]
     lines += ["", "## Evaluation", "", *_metric_lines(results)]
     lines += ["", "## Input", "", *_input_lines(cfg, set(modalities.values()))]
     return "\n".join(lines) + "\n"
+
+
+def _lr(run: Path, lr: float) -> str:
+    """``lr`` with the run's earlier ones where a resume changed it (``lr_text``); the lr alone without a log."""
+    try:
+        return lr_text(lr, read_log(run / "log.jsonl")[0])
+    except OSError:  # the cluster lines say the log is missing
+        return f"{lr}"
 
 
 def _kind_of_encoders(method: Method) -> str:

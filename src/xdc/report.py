@@ -38,7 +38,7 @@ from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
 from xdc.methods import MANIFEST_LABELS, Method, get_method
 from xdc.progress import progress_bar
-from xdc.training.runlog import read_log
+from xdc.training.runlog import lr_text, read_log
 
 MAX_FRAMES = 8  # frames per strip
 MAX_WIDTH = 480  # pixels: strips and mel images are downscaled to this width
@@ -536,7 +536,7 @@ def _header(data: RunData, rounds: Rounds) -> str:
         "rounds": f"{rounds.finished} finished of {1 if supervised else train.rounds}" if trains
                   else "none: the method trains nothing",
         "assignment": assignment,
-        "batch / lr": f"{train.batch_size} / {train.lr}",
+        "batch / lr": f"{train.batch_size} / {lr_text(train.lr, data.log)}",
         "clip": ", ".join(filter(None, clip_parts)),
         "frames": f"short side {clip.decode_short_side}, crop {clip.crop}" if "video" in modalities else None,
         "encoders": ", ".join(f"{m} width {getattr(model, f'{m}_width')}" for m in modalities)

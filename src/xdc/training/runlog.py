@@ -143,6 +143,19 @@ def _quiet_tensorboard_thread(args) -> None:
     _excepthook(args)
 
 
+def lr_text(lr: float, records: list[dict]) -> str:
+    """``lr`` (config.yaml's, the last) and, where the run's ``start`` records show it changed on a resume
+    (``--resume --set train.lr=``), the earlier ones with the step each ended at: "0.01 (0.05 until step 120)".
+    Records without an lr (logged before 2026-12-03, when a resume could not change it) say nothing."""
+    spans: list[tuple[float, int]] = []  # (lr, the step it started at), one per change
+    for record in records:
+        value = record.get("lr")
+        if record.get("kind") == "start" and isinstance(value, (int, float)) and (not spans or spans[-1][0] != value):
+            spans.append((value, record.get("step")))
+    earlier = [f"{value} until step {spans[i + 1][1]}" for i, (value, _) in enumerate(spans[:-1])]
+    return f"{lr}" + (f" ({', '.join(earlier)})" if earlier else "")
+
+
 def read_log(path: Path) -> tuple[list[dict], int]:
     """The records of the log.jsonl at ``path``, and how many of its lines are none (cut short by a kill, or
     damaged): for the commands that read a run's log (report, export), which go on without those lines."""
