@@ -625,6 +625,24 @@ def test_sampler_is_deterministic_per_seed_round_epoch():
     assert all(isinstance(v, int) and isinstance(s, int) for v, s in first)
 
 
+def test_sampler_set_epoch_without_a_round_keeps_the_round():
+    """Called as torch's DistributedSampler is, set_epoch(epoch) stays in the round set before (until 2026-12-03
+    it went back to round 0)."""
+    labels = np.arange(60) % 6
+
+    def draws(epoch: int, round: int) -> list[tuple[int, int]]:
+        sampler = ClusterBalancedSampler([labels], epoch_size=30, seed=2)
+        sampler.set_epoch(epoch, round)
+        return list(sampler)
+
+    sampler = ClusterBalancedSampler([labels], epoch_size=30, seed=2)
+    sampler.set_epoch(0)
+    assert list(sampler) == draws(0, 0)  # round 0 at first
+    sampler.set_epoch(0, round=3)
+    sampler.set_epoch(1)
+    assert list(sampler) == draws(1, 3) != draws(1, 0)
+
+
 def test_sampler_set_start_yields_the_tail():
     sampler = ClusterBalancedSampler([np.arange(100) % 7], epoch_size=90, seed=4)
     sampler.set_epoch(5, 2)

@@ -31,7 +31,7 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
     takes positions r, r + world_size, ... of the sequence, padded cyclically from its start to a multiple of
     ``world_size`` (the padding draws repeat a video, with the seed of their own position), or with ``pad`` False
     not padded: ranks past the last position then have one draw fewer. :meth:`set_epoch` resets the start to 0,
-    so call :meth:`set_start` after it to resume mid-epoch.
+    so call :meth:`set_start` after it to resume mid-epoch; it keeps the round unless given one.
     """
 
     def __init__(
@@ -60,8 +60,12 @@ class ClusterBalancedSampler(Sampler[tuple[int, int]]):
         self.round = 0
         self.start = 0
 
-    def set_epoch(self, epoch: int, round: int = 0) -> None:
-        epoch, round = integer(epoch, "epoch"), integer(round, "round")
+    def set_epoch(self, epoch: int, round: int | None = None) -> None:
+        """Draw the sequence of ``epoch`` of ``round`` from its start; ``round`` None keeps the round set before
+        (0 at first), so that ``set_epoch(epoch)`` alone, as torch's DistributedSampler is called, stays in the
+        round (until 2026-12-03 it went back to round 0, whose draws it then repeated)."""
+        epoch = integer(epoch, "epoch")
+        round = self.round if round is None else integer(round, "round")
         if epoch < 0 or round < 0:
             raise ValueError(f"epoch and round must be >= 0, got epoch={epoch}, round={round}")
         self.epoch, self.round, self.start = epoch, round, 0
