@@ -398,7 +398,7 @@ def test_eval_linear_and_kfold_report_each_class_and_a_confusion_matrix(tmp_path
     assert '"counts": [\n      [' in out.read_text()  # a row of the matrix to a line, not a number
 
     # k-fold over labels that are numbers, named in their numeric order; the folds' matrices summed
-    folds = features(tmp_path / "folds.npz", [1, 2, 10] * 10, "", fold=np.arange(30) % 2 + 1)
+    folds, out = features(tmp_path / "folds.npz", [1, 2, 10] * 10, "", fold=np.arange(30) % 2 + 1), tmp_path / "k.json"
     assert main(["eval", "kfold", "--features", str(folds), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["confusion"]["classes"] == ["1", "2", "10"] and list(result["per_class"]) == ["1", "2", "10"]
@@ -424,6 +424,7 @@ def test_eval_says_which_test_classes_were_never_trained_on(tmp_path, capsys):
     assert main(["eval", "kfold", "--features", str(feats), "--out", str(out)]) == 0
     assert "fold 2: 3 test videos of classes its training clips lack (c) count as wrong\n" in capsys.readouterr().out
     assert [fold["untrained"] for fold in json.loads(out.read_text())["folds"]] == [0, 3]
+    out = tmp_path / "l.json"
     assert main(["eval", "linear", "--features", str(feats), "--out", str(out)]) == 0
     assert "3 test videos of classes the training clips lack (c) count as wrong\n" in capsys.readouterr().out
     assert json.loads(out.read_text())["untrained"] == 3
@@ -816,9 +817,10 @@ def test_a_features_file_cut_short_or_damaged_is_a_one_line_error(tmp_path, caps
             assert capsys.readouterr().err == f"xdc: error: cannot read {tmp_path / name} as features: {why}\n"
 
 
-def test_eval_out_replaces_only_an_earlier_result(run, tmp_path, capsys):
+def test_eval_out_replaces_only_an_earlier_result_of_its_protocol(run, tmp_path, capsys):
     """--out refuses, before any work, a file that is not a result of xdc eval: its own input given by mistake
-    became JSON text (until 2026-12-01). An earlier result, of this protocol or another, old or new, is replaced."""
+    became JSON text (until 2026-12-01). An earlier result of the same protocol, old or new, is replaced; one of
+    another protocol is refused too (until 2026-12-03 replaced: a finetuning's result by a linear probe's, say)."""
     root, run_dir = run
     rng = np.random.default_rng(0)
     labels = np.array(["a", "b"] * 10)
@@ -843,10 +845,20 @@ def test_eval_out_replaces_only_an_earlier_result(run, tmp_path, capsys):
             assert out.read_bytes() == before and not out.with_name(f"{out.stem}.finetune").exists()
     result = tmp_path / "r.json"
     result.write_text('{"command": "eval linear", "top1": 0.5}')  # compact, as another tool may save one
-    for command in (["eval", "linear", "--features", str(feats)], ["eval", "linear", "--features", str(feats)],
-                    ["eval", "kfold", "--features", str(feats)], ["eval", "clusters", "--run", str(run_dir)]):
-        assert main([*command, "--out", str(result)]) == 0
-        assert json.loads(result.read_text())["command"] == " ".join(command[:2])
+    for _ in range(2):
+        assert main(["eval", "linear", "--features", str(feats), "--out", str(result)]) == 0
+        assert json.loads(result.read_text())["command"] == "eval linear"
+    capsys.readouterr()
+    before = result.read_bytes()
+    for command in (["eval", "kfold", "--features", str(feats)], ["eval", "clusters", "--run", str(run_dir)],
+                    finetune):
+        assert main([*command, "--out", str(result)]) == 2
+        assert capsys.readouterr().err == (f"xdc: error: --out {result} holds a result of xdc eval linear, which this "
+                                           f"xdc {' '.join(command[:2])} would replace: give it another path (or "
+                                           "remove the file)\n")  # fmt: skip
+        assert result.read_bytes() == before and not result.with_name("r.finetune").exists()
+    result.write_text('{"command": "eval clusters", "nmi": 0.5}')
+    assert main(["eval", "clusters", "--run", str(run_dir), "--out", str(result)]) == 0
     empty = tmp_path / "tmp.json"  # mktemp's: nothing to lose
     empty.touch()
     assert main(["eval", "linear", "--features", str(feats), "--out", str(empty)]) == 0

@@ -76,7 +76,7 @@ def eval_linear(features: Path, test_features: Path | None, classifier: str, out
                 cs: Sequence[float] = PROBE["cs"]) -> dict:  # fmt: skip
     """Train on the 'train' split and test on the 'test' split of ``features`` (or on all of
     ``test_features``); video-level accuracy averages the clips of each group. ``cs``: the grid of C, ascending."""
-    check_out(out, features, test_features)
+    check_out(out, features, test_features, command="eval linear")
     train = load_features(features)
     if test_features is not None:  # e.g. GRID: train on one set of speakers, test on another
         test = load_features(test_features)
@@ -193,7 +193,7 @@ def eval_kfold(
     (``deal_folds``, drawn by the probe's seed) where they have none: a labelled set of one's own."""
     if deal is not None and deal < 2:  # before the features are read
         raise UserError(f"--folds {deal}: k-fold evaluation needs two or more folds")
-    check_out(out, features)
+    check_out(out, features, command="eval kfold")
     data = load_features(features)
     own = np.unique(data["fold"][data["fold"] != 0])
     if deal is not None:
@@ -248,7 +248,7 @@ def eval_finetune(
     from xdc.training.distributed import Dist, same_settings
     from xdc.training.runlog import RunLog
 
-    check_out(out)
+    check_out(out, command="eval finetune")
     ctx = ctx or Dist()
     # a batch size the torchrun ranks cannot share out, and a device that is not there, refused before an earlier
     # finetuning's logs go (until 2026-12-03 after)
@@ -457,7 +457,7 @@ def _supervised(run: Path) -> bool:
 def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> dict:
     """NMI, ARI, purity and Hungarian accuracy of every round's clusters against the labels of the run's manifest,
     or of the labels CSV ``labels`` (for a run pretrained without them)."""
-    check_out(out)
+    check_out(out, command="eval clusters")
     videos = _run_videos(run)  # a folder that is no run is an error here
     if _supervised(run):
         raise UserError(f"{run} is a supervised run: its labels/ hold the manifest's labels it trained on, not "
@@ -523,9 +523,10 @@ def eval_clusters(run: Path, out: Path | None, labels: Path | None = None) -> di
     return _emit(record, rows, out, notes)
 
 
-def check_out(out: Path | None, *features: Path | None) -> None:
+def check_out(out: Path | None, *features: Path | None, command: str | None = None) -> None:
     """Before any work: an ``--out`` the result cannot be written to, named. An existing file is replaced only when
-    it is an earlier result of ``xdc eval`` (a features file or a run's file given there by mistake is kept)."""
+    it is an earlier result of ``command`` (any ``xdc eval``'s where None) or empty (a features file or a run's file
+    given there by mistake is kept, and so is another protocol's result, a finetuning's hours say)."""
     if out is not None and out.is_dir():
         raise UserError(f"--out {out} is a folder; give the path of a .json file")
     if out is not None and out.exists() and not is_result(out):
@@ -538,23 +539,35 @@ def check_out(out: Path | None, *features: Path | None) -> None:
                 raise UserError(f"--out {out} is the summary that xdc extract wrote beside {given}, which xdc "
                                 f"export reads: give the result another name, e.g. {out.stem}-result.json")  # fmt: skip
         raise UserError(f"--out {out} exists and is not a result of xdc eval: give a new path (or remove it)")
+    theirs = None if out is None or command is None or not out.exists() else result_command(out)
+    if theirs and theirs != command:  # until 2026-12-03 replaced: a kfold result by a linear one, say
+        raise UserError(f"--out {out} holds a result of xdc {theirs}, which this xdc {command} would replace: give "
+                        "it another path (or remove the file)")  # fmt: skip
 
 
-_RESULT_START = re.compile(rb'\s*\{\s*"command":\s*"eval ')  # how every result of _emit begins, since the first
+_RESULT_START = re.compile(rb'\s*\{\s*"command":\s*"(eval [^"]*)"')  # how every result of _emit begins
 
 
 def is_result(path: Path) -> bool:
-    """Whether ``path`` is a result file of ``xdc eval ... --out`` or an empty file (``mktemp``'s): told by its
-    start alone, so that a big file given by mistake is not read whole. Only a regular file is opened: a pipe or
-    FIFO would wait for a writer (``--out >(cat)`` hung)."""
+    """Whether ``path`` is a result file of ``xdc eval ... --out`` or an empty file (``mktemp``'s)."""
+    return result_command(path) is not None
+
+
+def result_command(path: Path) -> str | None:
+    """The command ("eval kfold") of the result file ``path``, "" for an empty file (``mktemp``'s), None for any
+    other: told by its start alone, so that a big file given by mistake is not read whole. Only a regular file is
+    opened: a pipe or FIFO would wait for a writer (``--out >(cat)`` hung)."""
     try:
         if not path.is_file():
-            return False
+            return None
         with open(path, "rb") as f:
             start = f.read(4096)
     except OSError:
-        return False
-    return not start or _RESULT_START.match(start) is not None
+        return None
+    if not start:
+        return ""
+    found = _RESULT_START.match(start)
+    return None if found is None else found.group(1).decode("utf-8", "replace")
 
 
 def _numbers(row: dict) -> dict:
