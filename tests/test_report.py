@@ -409,3 +409,46 @@ def test_a_sample_is_the_clip_at_the_centre_of_a_matroska_part_whose_timestamps_
     span = len(clip.video) / load_config(None, TINY, preset="tiny").data.clip.fps
     assert clip.start == pytest.approx((end - start - span) / 2, abs=0.01)
     assert clip.video_padded == 0 and clip.audio_padded == 0
+
+
+def steps_log(folder: Path, rounds: int, per_round: int, loss=lambda step: 2.0) -> Path:
+    """A run folder whose log.jsonl holds ``rounds`` rounds of ``per_round`` step records each, losses ``loss(step)``
+    (None: as log.jsonl writes a NaN)."""
+    folder.mkdir()
+    steps = range(1, rounds * per_round + 1)
+    records = [{"kind": "step", "step": s, "time": 1.0, "round": (s - 1) // per_round, "epoch": 0, "loss": loss(s),
+                "acc/video__audio": 0.5} for s in steps]  # fmt: skip
+    (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_a_loss_that_is_not_finite_is_marked_where_it_happened(tmp_path):
+    """Until 2026-12-03 a step whose loss was null or NaN (a diverged run) was left off the plot, which ended before
+    it as if all was well, and one NaN made the running mean NaN to the end of the plot."""
+    from xdc.report import load_run, plot_loss
+
+    run = steps_log(tmp_path / "run", 2, 40, loss=lambda s: None if s in (30, 60) else float("nan") if s == 70 else 2.0)
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"kind": "holdout", "step": 40, "time": 1.0, "round": 0, "epoch": 0, "loss": NaN}\n')
+    lines = {line.get_label(): line for line in plot_loss(load_run(run)).axes[0].get_lines()}
+    crosses = lines["training loss not finite (diverged), from step 30"]
+    assert list(crosses.get_xdata()) == [30, 60, 70]
+    assert list(lines["held-back loss not finite (diverged), from step 40"].get_xdata()) == [40]
+    mean = np.asarray(lines["training loss"].get_ydata())
+    assert np.isfinite(mean).all() and np.allclose(mean, 2.0)  # the finite losses' mean, after a NaN too
+
+
+def test_many_rounds_number_a_few_of_their_lines_on_the_plots(tmp_path):
+    """Until 2026-12-03 every round's start had its number on the loss and accuracy plots: from about 15 rounds on
+    they were one smudge of overlapping text."""
+    from xdc.report import load_run, plot_accuracy, plot_loss
+
+    data = load_run(steps_log(tmp_path / "run", 25, 2))
+    for fig in (plot_loss(data), plot_accuracy(data)):
+        ax = fig.axes[0]
+        named = [text.get_text() for text in ax.texts]
+        assert named == [f" round {r}" for r in range(3, 25, 3)]  # 8 at most
+        assert len([line for line in ax.get_lines() if line.get_linestyle() == "--"]) == 24  # each start's line
+    many = plot_loss(load_run(steps_log(tmp_path / "many", 60, 1))).axes[0]
+    dashed = [x for x in many.get_lines() if x.get_linestyle() == "--"]  # above 40 rounds, the numbered ones'
+    assert 5 <= len(many.texts) <= 8 and len(dashed) == len(many.texts)

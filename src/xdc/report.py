@@ -16,6 +16,7 @@ import csv
 import datetime
 import html
 import io
+import math
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ DISPLAY_HEIGHT = 96  # pixels: small images are shown enlarged (nearest neighbou
 # Shuffles for the chance-level NMI: 20, fewer above 1M videos (at least 2): one draw's spread falls with the number
 # of videos (standard deviation 4e-5 to 6e-5 at 1M, k = 256 to 1,024), and each draw costs about 0.5 s per 10M.
 CHANCE_POINTS = 20_000_000
+ROUND_LABELS = 8  # round numbers on the loss and accuracy plots at most
+ROUND_LINES = 40  # rounds up to which each start has its line
 
 Round = tuple[int, dict[str, np.ndarray]]  # a finished round: its number, its label sets (name -> cluster per video)
 
@@ -242,21 +245,49 @@ def figure_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _values(records: list[dict], key: str) -> np.ndarray:
+    """``key``'s values as floats, NaN where not finite: log.jsonl writes null for NaN and infinity (before
+    2026-12-03, NaN and Infinity)."""
+    y = np.array([r[key] if r[key] is not None else np.nan for r in records], dtype=float)
+    y[~np.isfinite(y)] = np.nan
+    return y
+
+
 def _smooth(y: np.ndarray) -> np.ndarray:
-    """Trailing mean over about 1/25 of the points: per-batch values are noisy."""
+    """Trailing mean over about 1/25 of the points (per-batch values are noisy), of the finite ones: until
+    2026-12-03 one NaN made the rest of the line NaN, and it vanished."""
     w = max(1, len(y) // 25)
-    c = np.cumsum(np.insert(y, 0, 0.0))
+    finite = np.isfinite(y)
+    c = np.cumsum(np.insert(np.where(finite, y, 0.0), 0, 0.0))
+    n = np.cumsum(np.insert(finite, 0, False))
     hi = np.arange(1, len(y) + 1)
     lo = np.maximum(0, hi - w)
-    return (c[hi] - c[lo]) / (hi - lo)
+    counted = n[hi] - n[lo]
+    return np.divide(c[hi] - c[lo], counted, out=np.full(len(y), np.nan), where=counted > 0)
 
 
 def _round_lines(ax, steps: list[dict]) -> None:
-    for prev, rec in zip(steps, steps[1:]):
-        if rec.get("round") != prev.get("round"):
+    """A dashed line where each round starts, and its number at ROUND_LABELS of them at most (every n-th: until
+    2026-12-03 each had one, and from about 15 rounds on they ran into one another); above ROUND_LINES rounds, only
+    the numbered ones have a line."""
+    starts = [rec for prev, rec in zip(steps, steps[1:]) if rec.get("round") != prev.get("round")]
+    every = math.ceil(len(starts) / ROUND_LABELS)
+    for i, rec in enumerate(starts):
+        named = i % every == every - 1  # the last of each n: from round n on, as a round 0 needs no line
+        if named or len(starts) <= ROUND_LINES:
             ax.axvline(rec["step"], color="0.6", linestyle="--", linewidth=0.8)
+        if named:
             ax.text(rec["step"], 1.0, f" round {rec['round']}", transform=ax.get_xaxis_transform(), va="top",
                     fontsize=7, color="0.4")  # fmt: skip
+
+
+def _not_finite(ax, x: np.ndarray, y: np.ndarray, what: str) -> None:
+    """A red cross at the top of the plot at each step whose ``y`` is not finite (a diverged loss), which a line
+    cannot show: until 2026-12-03 such steps were left out, and the plot ended before them."""
+    bad = ~np.isfinite(y)
+    if bad.any():
+        ax.plot(x[bad], np.full(int(bad.sum()), 0.97), "x", color="C3", transform=ax.get_xaxis_transform(),
+                label=f"{what} not finite (diverged), from step {x[bad][0]}")  # fmt: skip
 
 
 def plot_loss(data: RunData) -> Figure | None:
@@ -265,12 +296,15 @@ def plot_loss(data: RunData) -> Figure | None:
         return None
     fig = figure()
     ax = fig.add_subplot()
-    x, y = np.array([r["step"] for r in steps]), np.array([r["loss"] for r in steps], dtype=float)
+    x, y = np.array([r["step"] for r in steps]), _values(steps, "loss")
     ax.plot(x, y, color="C0", alpha=0.3, linewidth=0.8)
     ax.plot(x, _smooth(y), color="C0", label="training loss")
-    holdout = data.records("holdout")
+    _not_finite(ax, x, y, "training loss")
+    holdout = [r for r in data.records("holdout") if "loss" in r]
     if holdout:
-        ax.plot([r["step"] for r in holdout], [r["loss"] for r in holdout], "o", color="C3", label="held-back loss")
+        hx, hy = np.array([r["step"] for r in holdout]), _values(holdout, "loss")
+        ax.plot(hx, hy, "o", color="C3", label="held-back loss")
+        _not_finite(ax, hx, hy, "held-back loss")
     _round_lines(ax, steps)
     ax.set(xlabel="step", ylabel="cross-entropy", title="Loss")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -287,7 +321,7 @@ def plot_accuracy(data: RunData) -> Figure | None:
     ax = fig.add_subplot()
     for i, key in enumerate(keys):
         rows = [r for r in steps if key in r]
-        x, y = np.array([r["step"] for r in rows]), np.array([r[key] for r in rows], dtype=float)
+        x, y = np.array([r["step"] for r in rows]), _values(rows, key)
         ax.plot(x, y, color=f"C{i}", alpha=0.2, linewidth=0.8)
         ax.plot(x, _smooth(y), color=f"C{i}", label=_head_name(key))
     _round_lines(ax, steps)
