@@ -109,6 +109,35 @@ def test_a_kfold_result_gets_the_folds_summed_and_each_folds_top1(tmp_path, caps
     assert f"{record['mean_top1']:.3f} \u00b1 {record['std_top1']:.3f}" in words and "test videos 30" in words
 
 
+def test_test_videos_of_classes_never_trained_on_and_clips_left_out_are_said(tmp_path, capsys):
+    """A class absent from the training clips scores 0 (its videos count as wrong) and clips of other splits are
+    left out: `xdc eval` said so, its page did not (until 2026-12-03), so a class the probe never saw passed for
+    the encoder's worst."""
+    path = features(tmp_path / "f.npz", NAMES, 6)
+    arrays = dict(np.load(path))
+    split, fold = arrays["split"].astype("<U8"), arrays["fold"]
+    split[arrays["label"] == "cat"], split[:2] = "test", "val"  # cat: never trained on; 2 clips left out
+    fold[arrays["label"] == "dog"] = 1  # dog: in fold 1 alone, so its training folds lack it
+    fold[-3:] = 0  # fold 0: trained on in every fold, never tested
+    np.savez(path, **{**arrays, "split": split, "fold": fold})
+    linear, kfold = tmp_path / "linear.json", tmp_path / "kfold.json"
+    assert main(["eval", "linear", "--features", str(path), "--out", str(linear)]) == 0
+    record = json.loads(linear.read_text())
+    assert record["untrained"] == 6 and record["left_out"] == 2
+    words = page_of(linear, capsys)[0].all_text
+    assert ("untrained test videos 6 of classes the training clips lack: scored as wrong (the classifier cannot "
+            "predict them) left out 2 clips of neither split train nor test") in words, words[:800]
+    assert main(["eval", "kfold", "--features", str(path), "--out", str(kfold)]) == 0
+    record = json.loads(kfold.read_text())
+    assert [f["untrained"] for f in record["folds"]] == [6, 0, 0] and record["train_only"] == 3
+    words = page_of(kfold, capsys)[0].all_text
+    assert "untrained test videos 6 of classes the other folds lack" in words
+    assert "never tested 3 clips of fold 0 (no fold): trained on in every fold" in words
+    assert "fold top-1 top-5 test videos C untrained" in words
+    first = record["folds"][0]
+    assert f"{first['fold']} {first['top1']:.3f} {first['top5']:.3f} {first['n_test_videos']} {first['c']} 6" in words
+
+
 def test_a_finetune_result_gets_its_encoder_and_each_splits_numbers(tmp_path, capsys):
     """Until 2026-12-03 the header did not say which encoder of the run was finetuned: the pages of --encoder video
     and --encoder audio of one run had the same."""
@@ -116,15 +145,20 @@ def test_a_finetune_result_gets_its_encoder_and_each_splits_numbers(tmp_path, ca
     table, result = tmp_path / "t.csv", tmp_path / "ft.json"
     with open(tmp_path / "data" / "labels.csv") as f:
         rows = list(csv.DictReader(f))
-    write_table([Item(str(tmp_path / "data" / r["path"]), r["label"], "test" if i % 3 == 0 else "train")
-                 for i, r in enumerate(rows)], table)  # fmt: skip
+    unseen = rows[0]["label"]  # all its videos tested: the page names it among the untrained (until 2026-12-03 not)
+    write_table([Item(str(tmp_path / "data" / r["path"]), r["label"],
+                      "test" if i % 3 == 0 or r["label"] == unseen else "train") for i, r in enumerate(rows)], table)
     assert main(["eval", "finetune", "--run", str(run), "--encoder", "audio", "--data", str(table), "--out",
                  str(result), "--mode", "fc", "--set", "finetune.epochs=1", "--set", "finetune.batch_size=8"]) == 0
     record = json.loads(result.read_text())
     page, _ = page_of(result, capsys)
     words, split = page.all_text, record["splits"][0]
-    assert f"run {run} (run) encoder audio data csv: {table} mode fc top-1 {record['mean_top1']:.3f}" in words
-    assert f"- {split['top1']:.3f} {split['top5']:.3f} {split['n_test_scored']} {split['classes']} " in words
+    n = sum(r["label"] == unseen for r in rows)
+    assert split["untrained"] == n and split["untrained_classes"] == [unseen]
+    assert (f"run {run} (run) encoder audio data csv: {table} mode fc top-1 {record['mean_top1']:.3f} (mean of the splits) untrained "
+            f"test videos {n} of classes no training video of its split has") in words, words[:900]
+    assert (f"- {split['top1']:.3f} {split['top5']:.3f} {split['n_test_scored']} {split['classes']} "
+            f"{n} ({unseen})") in words
     assert len(page.images) == 2 and "Test videos" in words
 
 

@@ -151,31 +151,53 @@ def _table(head: list[str], rows: list[list]) -> str:
     return '<table class="summary"><tr>' + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{cells}</table>"
 
 
+def _untrained(count: int, lacking: str) -> str | None:
+    """The header's line for ``count`` test videos whose class the training lacked, where there are any: scored as
+    wrong, they pull top-1 and their classes' bars down with no fault of the encoder (until 2026-12-03 the page did
+    not say so, though the command did)."""
+    return f"{count} of classes {lacking}: scored as wrong (the classifier cannot predict them)" if count else None
+
+
 def _header(path: Path, record: dict) -> str:
     command, table = record["command"], ""
     if command == "eval finetune":
-        items = {"run": f"{record['run']} ({record['source']})", "encoder": record["splits"][0]["encoder"],
+        splits = record["splits"]
+        items = {"run": f"{record['run']} ({record['source']})", "encoder": splits[0]["encoder"],
                  "data": f"{record['dataset']}: {record['data']}", "mode": record["mode"],
                  "top-1": f"{_num(record['mean_top1'])} (mean of the splits)",
+                 "untrained test videos": _untrained(sum(s.get("untrained", 0) for s in splits), "no training "
+                                                     "video of its split has"),
                  "seed": record["seed"]}  # fmt: skip
-        table = _table(["split", "top-1", "top-5", "test videos", "classes"], [
+        head, untrained = ["split", "top-1", "top-5", "test videos", "classes"], any(s.get("untrained") for s in splits)
+        table = _table(head + ["untrained (classes)"] * untrained, [
             [s["split"], _num(s["top1"]), _num(s["top5"]), s.get("n_test_scored"), s["classes"]]
-            for s in record["splits"]])  # fmt: skip
+            + [f"{s.get('untrained', 0)} ({', '.join(map(str, s.get('untrained_classes', [])))})"] * untrained
+            for s in splits])  # fmt: skip
     elif command == "eval kfold":
-        probe = record["probe"]
+        probe, folds = record["probe"], record["folds"]
         items = {"features": record["features"], "classifier": probe["classifier"],
                  "top-1 / top-5": f"{_num(record['mean_top1'])} \u00b1 {_num(record['std_top1'])} / "
                                   f"{_num(record['mean_top5'])} (mean of the folds)",
-                 "test videos": sum(f["n_test_videos"] for f in record["folds"]), "seed": probe["seed"]}  # fmt: skip
-        table = _table(["fold", "top-1", "top-5", "test videos", "C"], [
-            [f["fold"], _num(f["top1"]), _num(f["top5"]), f["n_test_videos"], f["c"]] for f in record["folds"]])
+                 "test videos": sum(f["n_test_videos"] for f in folds),
+                 "untrained test videos": _untrained(sum(f.get("untrained", 0) for f in folds), "the other folds lack"),
+                 "never tested": f"{record['train_only']} clips of fold 0 (no fold): trained on in every fold"
+                                 if record.get("train_only") else None,
+                 "seed": probe["seed"]}  # fmt: skip
+        untrained = any(f.get("untrained") for f in folds)
+        table = _table(["fold", "top-1", "top-5", "test videos", "C"] + ["untrained"] * untrained, [
+            [f["fold"], _num(f["top1"]), _num(f["top5"]), f["n_test_videos"], f["c"]] + [f.get("untrained", 0)]
+            * untrained for f in folds])  # fmt: skip
     else:
         probe = record["probe"]
+        left = "not of split train" if record["test_features"] else "of neither split train nor test"
         items = {"features": record["features"], "test features": record["test_features"] or None,
                  "classifier": f"{probe['classifier']}, C = {record['c']:g} (chosen on validation: top-1 "
                                f"{_num(record['val_top1'])})",
                  "top-1 / top-5": f"{_num(record['top1'])} / {_num(record['top5'])}",
-                 "test videos": record["n_test_videos"], "seed": probe["seed"]}  # fmt: skip
+                 "test videos": record["n_test_videos"],
+                 "untrained test videos": _untrained(record.get("untrained", 0), "the training clips lack"),
+                 "left out": f"{record['left_out']} clips {left}" if record.get("left_out") else None,
+                 "seed": probe["seed"]}  # fmt: skip
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in
                    {"command": f"xdc {command}", **items}.items() if v is not None)  # fmt: skip
     return (f"<h1>XDC result <code>{html.escape(str(path.resolve()))}</code></h1>"
