@@ -452,3 +452,17 @@ def test_many_rounds_number_a_few_of_their_lines_on_the_plots(tmp_path):
     many = plot_loss(load_run(steps_log(tmp_path / "many", 60, 1))).axes[0]
     dashed = [x for x in many.get_lines() if x.get_linestyle() == "--"]  # above 40 rounds, the numbered ones'
     assert 5 <= len(many.texts) <= 8 and len(dashed) == len(many.texts)
+
+
+def test_the_sizes_are_ranked_from_1_and_counted_in_whole_videos(built):
+    """Until 2026-12-03 the bars stood over 0, 1, 2, ... under "cluster (by size)", read as the galleries' cluster
+    numbers, and a small run's axis counted 2.5 videos."""
+    from xdc.report import load_run, plot_sizes
+
+    _, run = built
+    ax = plot_sizes(load_run(run), (1, {"video": np.array([2] * 5 + [0] * 2 + [1] * 3, dtype=np.int32)})).axes[0]
+    assert [(bar.get_x() + bar.get_width() / 2, bar.get_height()) for bar in ax.patches] == [(1, 5), (2, 3), (3, 2)]
+    assert ax.get_xlabel() == "rank by size (1: largest)"
+    ax.figure.draw_without_rendering()
+    ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -379,12 +379,15 @@ def plot_sizes(data: RunData, last: Round | None) -> Figure | None:
         valid = assigned[assigned >= 0]
         sizes = np.sort(np.bincount(valid, minlength=data.cfg.train.k))[::-1] if len(valid) else np.zeros(1)
         if len(sizes) > 256:  # one outline, not a bar per cluster: 50,000 bars took a minute to draw
-            ax.stairs(sizes, np.arange(len(sizes) + 1) - 0.5, fill=True, color="C0")
+            ax.stairs(sizes, np.arange(len(sizes) + 1) + 0.5, fill=True, color="C0")
         else:
-            ax.bar(np.arange(len(sizes)), sizes, width=1.0 if len(sizes) > 40 else 0.8, color="C0")
+            ax.bar(np.arange(1, len(sizes) + 1), sizes, width=1.0 if len(sizes) > 40 else 0.8, color="C0")
         ax.axhline(len(valid) / len(sizes), color="C3", linestyle="--", linewidth=0.8, label="equal sizes")
-        ax.set(xlabel="cluster (by size)", ylabel="videos", title=f"{name}: round {r}")
+        # ranks from 1, named so: until 2026-12-03 "cluster (by size)" over 0, 1, 2, ... read as the galleries'
+        # cluster numbers, which they are not
+        ax.set(xlabel="rank by size (1: largest)", ylabel="videos", title=f"{name}: round {r}")
         ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.yaxis.get_major_locator().set_params(integer=True)  # videos: 2.5 of them was a tick of a small run
         ax.legend(fontsize=7)
     fig.suptitle("Cluster sizes, last round", fontsize=10)
     return fig
