@@ -466,3 +466,15 @@ def test_the_sizes_are_ranked_from_1_and_counted_in_whole_videos(built):
     ax.figure.draw_without_rendering()
     ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_a_plateau_run_says_its_epochs_are_a_rounds_most(built, tmp_path):
+    """With train.recluster=plateau a round ends when the held-back loss stops falling: train.epochs is its most,
+    which the header gave as every round's number until 2026-12-03."""
+    _, run = built
+    copy = copy_run(run, tmp_path / "plateau", lambda rows: rows)
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace("recluster: epochs", "recluster: plateau"))
+    text = Page(write_report(copy).read_text()).all_text
+    assert "re-cluster on plateau, at most 1 epoch(s) per round" in text, text[:700]
+    assert "re-cluster on epochs, 1 epoch(s) per round" in Page(write_report(run, tmp_path / "r.html").read_text()).all_text

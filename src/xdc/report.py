@@ -564,7 +564,10 @@ def _header(data: RunData, rounds: Rounds) -> str:
         k = f"none: the {len(data.classes)} classes of the manifest"
         assignment = f"none: {train.epochs * train.rounds} epoch(s) on the manifest's labels"
     else:
-        k, assignment = train.k, f"{train.assign}, re-cluster on {train.recluster}, {train.epochs} epoch(s) per round"
+        # plateau: train.epochs is a round's most (until 2026-12-03 said as every round's number)
+        most = "at most " if train.recluster == "plateau" else ""
+        k = train.k
+        assignment = f"{train.assign}, re-cluster on {train.recluster}, {most}{train.epochs} epoch(s) per round"
     clip_parts = [f"{clip.frames} frames at {clip.fps:g} fps" * ("video" in modalities),
                   f"{clip.audio_span:g} s of audio at {clip.sample_rate} Hz" * ("audio" in modalities)]  # fmt: skip
     items = {
