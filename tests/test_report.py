@@ -280,6 +280,12 @@ def test_a_supervised_run_has_no_clusters_and_says_how_long_it_trained(built, tm
     assert "There are no clusters: method supervised trains on the manifest's labels" in page.all_text
     assert "assignment none: 2 epoch(s) on the manifest's labels" in page.all_text
     assert "rounds 1 finished of 1" in page.all_text and "NMI vs labels" not in page.all_text
+    from xdc.report import load_run, plot_accuracy
+
+    accuracy = plot_accuracy(load_run(tmp_path / "supervised")).axes[0]  # no pseudo-labels (until 2026-12-03 said)
+    assert accuracy.get_title() == "Accuracy on the labels per head (encoder \u2190 label set)"
+    assert [line.get_label() for line in accuracy.get_lines() if not line.get_label().startswith("_")] == [
+        "audio \u2190 labels", "video \u2190 labels"]
 
 
 def test_the_header_names_only_the_methods_modalities(built, tmp_path):
