@@ -155,8 +155,8 @@ def test_a_finetune_result_gets_its_encoder_and_each_splits_numbers(tmp_path, ca
     words, split = page.all_text, record["splits"][0]
     n = sum(r["label"] == unseen for r in rows)
     assert split["untrained"] == n and split["untrained_classes"] == [unseen]
-    assert (f"run {run} (run) encoder audio data csv: {table} mode fc top-1 {record['mean_top1']:.3f} (mean of the splits) untrained "
-            f"test videos {n} of classes no training video of its split has") in words, words[:900]
+    assert (f"run {run} (run) encoder audio data csv: {table} mode fc top-1 {record['mean_top1']:.3f} (mean of the "
+            f"splits) untrained test videos {n} of classes no training video of its split has") in words, words[:900]
     assert (f"- {split['top1']:.3f} {split['top5']:.3f} {split['n_test_scored']} {split['classes']} "
             f"{n} ({unseen})") in words
     assert len(page.images) == 2 and "Test videos" in words
