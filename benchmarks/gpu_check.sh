@@ -4,10 +4,18 @@
 #
 #   bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]
 #
-# SECONDS (optional, 0 for none) is a deadline for the whole run: each step's limit is cut to what is left, and a
-# step with under 20 s left is skipped. STEPs (optional) run only those steps. A wheels/ folder of the repository
-# root (made by benchmarks/gpu_wheels.sh), if present, is installed first into /tmp/xdc-site: for machines whose
-# Python has torch but not PyAV or faiss.
+# SECONDS (optional, 0 for none) is a deadline for the whole run: each step's limit is cut to what is left less
+# 15 s (a step is interrupted at its limit, SIGINT, and killed 10 s later), and a step with under 20 s left is
+# skipped. STEPs (optional) run only those steps, in the order below whatever the order named. The log's first line
+# is the plan: the chosen steps, their limits and which of them the deadline would cut or skip. A wheels/ folder of
+# the repository root (made by benchmarks/gpu_wheels.sh), if present, is installed first into /tmp/xdc-site: for
+# machines whose Python has torch but not PyAV or faiss.
+# Before a lent machine's call, on the CPU machine:
+#   1. bash benchmarks/gpu_wheels.sh (the lent H200's Python has neither PyAV nor faiss); name wheels in carry
+#   2. bash benchmarks/gpu_check.sh /tmp/dry SECONDS STEP...: it prints the plan, then stops for want of CUDA
+#      (exit 1); SECONDS under the call's timeout_s, the call's under the device time left (status)
+#   3. python -m pytest tests/test_benchmarks.py tests/test_gpu_check.py: the steps' scripts at tiny sizes
+#   4. anything else run there needs the same setup: PYTHONPATH=src:/tmp/xdc-site, after the wheels' install
 # Steps, in the order they run (what is not yet known first; padded widths, convs and clustering were measured
 # on 2026-11-29, eager and cl before that, see BENCHMARKS.md):
 #   env         GPU, driver, CPU cores, model, clock and SIMD extensions (a loader core of the H200 machine made
@@ -58,6 +66,11 @@ set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [SECONDS [STEP...]]}
 deadline=${2:-0}
 only=" ${*:3} "
+# a step named in its place (gpu_check.sh OUT tests compile) would be read as the deadline and not run
+if ! [[ "$deadline" =~ ^[0-9]+$ ]]; then
+    echo "gpu_check.sh: SECONDS '$deadline' is not a whole number of seconds" >&2
+    exit 2
+fi
 known=" env tests compile crops compiledrun s2d pad64 cudnnall cdtune cudagraphs convs convsall clustering "
 known+="autotune b256 nopad eager cl faissthreads "
 for name in "${@:3}"; do  # a misspelt step would cost a lent machine's call its results, with exit 0
@@ -65,20 +78,24 @@ for name in "${@:3}"; do  # a misspelt step would cost a lent machine's call its
 done
 out=$(mkdir -p "$out" && cd "$out" && pwd) || exit 1  # absolute: the script changes directory below
 exec > >(tee -a "$out/gpu_check.log") 2>&1
-cd "$(dirname "$0")/.."
-if [ -d wheels ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/xdc-site \
-        wheels/*.whl || exit 1
-fi
-export PYTHONPATH="$PWD/src:/tmp/xdc-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-# the steps copy the scripts' JSON from benchmarks/results: one set elsewhere would leave OUT_DIR without them
-export XDC_BENCHMARK_RESULTS="$PWD/benchmarks/results"
-failed="" skipped=""
+cd "$(dirname "$0")/.." || exit 1
+failed="" skipped="" planning=1 plan="" planned=0
 
 step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log its exit status and duration
     local name=$1 limit=$2 start=$SECONDS status
     shift 2
     if [ "$only" != "  " ] && [[ "$only" != *" $name "* ]]; then
+        return 1
+    fi
+    if [ -n "$planning" ]; then  # the first pass lists the steps that will run, as the deadline would treat them
+        if [ "$deadline" -gt 0 ] && [ $((deadline - planned)) -lt 20 ]; then
+            plan+=", $name $limit s (skipped if the steps before use their limits)"
+        elif [ "$deadline" -gt 0 ] && [ $((deadline - planned - 15)) -lt "$limit" ]; then
+            plan+=", $name $limit s (cut to $((deadline - planned - 15)) s if the steps before use their limits)"
+        else
+            plan+=", $name $limit s"
+        fi
+        planned=$((planned + limit))
         return 1
     fi
     if [ "$deadline" -gt 0 ]; then
@@ -87,10 +104,13 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log it
             skipped="$skipped $name"
             return 1
         fi
-        limit=$((limit < deadline - SECONDS - 5 ? limit : deadline - SECONDS - 5))
+        # room for --kill-after too: a step that ignores the interrupt still ends by the deadline
+        limit=$((limit < deadline - SECONDS - 15 ? limit : deadline - SECONDS - 15))
     fi
     echo "=== $name (limit ${limit} s): $*"
-    timeout --kill-after=10 "$limit" "$@"
+    # SIGINT, not SIGTERM, at the limit: Python then prints where it was, pytest the failures so far and its
+    # summary, and the scripts remove their temporary folders; a step killed by SIGTERM left only pytest's "F"s
+    timeout -s INT --kill-after=10 "$limit" "$@"
     status=$?
     echo "=== $name: exit $status after $((SECONDS - start)) s"
     [ $status -eq 0 ] || failed="$failed $name"
@@ -106,6 +126,7 @@ train_step() {  # train_step NAME LIMIT FLAGS...: its JSON becomes one line of t
             "$name" benchmarks/results/train_step.json >>"$out/train_step.jsonl"
 }
 
+steps() {  # every step in its order; one not chosen, or any while planning, returns at once
 step env 60 bash -c 'nvidia-smi; nproc; lscpu | grep -E "Model name|MHz|Thread|Socket|Hypervisor"
 echo "SIMD: $(grep -m1 "^flags" /proc/cpuinfo | tr " " "\n" | grep -xE "sse4_2|avx|avx2|fma|avx512[a-z_0-9]*" | tr "\n" " ")"
 cat /sys/fs/cgroup/cpu.max 2>/dev/null; free -g; df -h /dev/shm /tmp; python3 -c "
@@ -121,7 +142,8 @@ torch.cuda.synchronize()
 print(f\"bf16 8192^3 matmul: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s\")"'
 # after env's diagnostics: the scripts fall back to the CPU without CUDA, where paper-size steps would run until
 # their limits (faissthreads alone runs on the CPU)
-[[ "$only" =~ ^\ (env\ |faissthreads\ )+$ ]] || python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || {
+[ -n "$planning" ] || [[ "$only" =~ ^\ (env\ |faissthreads\ )+$ ]] ||
+    python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' || {
     echo "gpu_check.sh: torch sees no CUDA device here (torch.cuda.is_available() is False)"
     exit 1
 }
@@ -147,5 +169,22 @@ train_step eager 110 --profile "$out/profiles.txt"
 train_step cl 90 --channels-last --profile "$out/profiles.txt"
 step faissthreads 300 bash -c 'for threads in 2 4 8 16; do
     python3 benchmarks/clustering.py --sizes 1000000 --ks 1024 --paths ours --threads $threads; done'
+}
+
+steps
+if [ "$deadline" -gt 0 ]; then
+    echo "=== plan: ${plan#, }: $planned s of limits, a deadline of $deadline s"
+else
+    echo "=== plan: ${plan#, }: $planned s of limits, no deadline"
+fi
+if [ -d wheels ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/xdc-site \
+        wheels/*.whl || exit 1
+fi
+export PYTHONPATH="$PWD/src:/tmp/xdc-site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# the steps copy the scripts' JSON from benchmarks/results: one set elsewhere would leave OUT_DIR without them
+export XDC_BENCHMARK_RESULTS="$PWD/benchmarks/results"
+planning=""
+steps
 echo "=== done after $SECONDS s${failed:+; failed:$failed}${skipped:+; skipped for the deadline:$skipped}"
 [ -z "$failed$skipped" ]
