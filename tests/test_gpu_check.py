@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,34 @@ def test_a_step_at_its_limit_is_interrupted_and_the_run_ends_by_its_deadline(tmp
     assert re.search(rf"=== env: exit 124 after ({limit}|{limit + 1}) s", log), log
     assert log.rstrip().endswith("failed: env"), log
     assert took < 23, log
+
+
+def _wheel(folder: Path, name: str, version: str) -> str:
+    """A minimal real wheel of ``name`` (no code: what pip download reads is its name, version and tags)."""
+    stem = f"{name.replace('-', '_')}-{version}"
+    path = folder / f"{stem}-cp311-abi3-manylinux_2_28_x86_64.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{stem}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        z.writestr(f"{stem}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: cp311-abi3-any\n")
+        z.writestr(f"{stem}.dist-info/RECORD", "")
+    return path.name
+
+
+def test_gpu_wheels_fetches_the_pinned_versions_alone(tmp_path):
+    """benchmarks/gpu_wheels.sh from a local index: the versions of pyproject.toml, and a wheel of an earlier pin
+    removed (pip on the lent machine refuses two versions of one package, and the call gets nothing)."""
+    pins = dict(re.findall(r'"(av|faiss-cpu)==([^"]+)"', (ROOT / "pyproject.toml").read_text()))
+    index, repo = tmp_path / "index", tmp_path / "repo"
+    for folder in (index, repo / "benchmarks", repo / "wheels"):
+        folder.mkdir(parents=True)
+    expected = {_wheel(index, name, version) for name, version in pins.items()}
+    stale = _wheel(repo / "wheels", "av", "0.1")
+    _wheel(index, "av", "0.1")  # the index has it too: only the pin picks
+    shutil.copy(ROOT / "benchmarks" / "gpu_wheels.sh", repo / "benchmarks")
+    shutil.copy(ROOT / "pyproject.toml", repo)
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(index),
+           "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ["PATH"]))}  # fmt: skip
+    done = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_wheels.sh")], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in (repo / "wheels").iterdir()} == expected and stale not in expected
