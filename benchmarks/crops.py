@@ -128,9 +128,12 @@ def main() -> None:
         for dataset in datasets.values():
             dataset[keys(dataset, draws)[0]]  # codec initialisation
         rates = {key: [] for key in datasets}
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for key, dataset in datasets.items():
                 rates[key].append(items_per_s(dataset, draws))
+            # as it goes: a run stopped at its limit (gpu_check.sh step crops) keeps the rounds it finished
+            print(f"round {r + 1} items/s per core: " + ", ".join(f"{where} ({audio}) {rate[-1]:.0f}"
+                                                             for (where, audio), rate in rates.items()), flush=True)
         ms = {}
         try:
             for where in ("crops", "crops, log-mel", "extraction: log-mel"):
