@@ -609,3 +609,22 @@ def test_a_manifest_without_sizes_reads_the_files_unchecked(tmp_path):
     write_rows(path, rows)
     with pytest.raises(UserError, match=r"line 4: size '-5' is not a whole number of bytes"):
         Manifest.load(path)
+
+
+def test_a_loader_without_a_sampler_draws_training_clips_from_its_seed_whatever_the_workers(collection):
+    """The README's loop: make_loader(TrainClips, ..., shuffle=True). Until 2026-12-03 a bare index drew its clip
+    from torch's global RNG without workers (two loaders of one seed differed), and from the RNG of the worker that
+    read it (the clips changed with the number of workers)."""
+    ds = TrainClips(Manifest.from_rows(collection[:3]), small_cfg())
+
+    def two_passes(workers: int, seed: int = 0) -> list[tuple[int, float, torch.Tensor]]:
+        loader = make_loader(ds, 2, workers, shuffle=True, seed=seed)
+        return [(int(i), float(s), v) for _ in range(2) for b in loader
+                for i, s, v in zip(b["index"], b["start"], b["video"])]  # fmt: skip
+
+    first = two_passes(0)
+    for other in (two_passes(0), two_passes(2)):
+        assert [x[:2] for x in other] == [x[:2] for x in first]
+        assert all(torch.equal(a[2], b[2]) for a, b in zip(other, first))
+    assert [x[1] for x in first[:3]] != [x[1] for x in first[3:]]  # each pass draws anew
+    assert [x[:2] for x in two_passes(0, seed=1)] != [x[:2] for x in first]

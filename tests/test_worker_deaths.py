@@ -14,7 +14,7 @@ from torch.utils.data import get_worker_info
 from conftest import stopped_by_ctrl_c_in_a_fork, synthetic_manifest
 from xdc.config import load_config
 from xdc.data import worker_deaths
-from xdc.data.datasets import EvalClips, _ClipDataset, make_loader
+from xdc.data.datasets import EvalClips, TrainClips, _ClipDataset, make_loader
 from xdc.data.manifest import Manifest
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import UserError
@@ -94,6 +94,27 @@ def test_a_worker_that_dies_on_a_file_costs_that_file_and_no_other_batch(
         assert [x[:2] for x in loaded] == [x[:2] for x in expected]
         assert all(torch.equal(a[2], b[2]) for a, b in zip(loaded, expected))
     assert dataset.crashed == {dataset.crash_on: "a loader worker died reading it (killed by SIGSEGV)"}
+
+
+def test_a_worker_death_replays_the_training_clips_of_its_pass(manifest, crash_on, tmp_path, capsys):
+    """A loader of training clips without a sampler (SeededPasses, whose clips follow from the seed and the pass): a
+    worker dies in the second pass, and the restart draws that pass's clips again, not the next pass's."""
+    cfg = load_config(None, [], preset="tiny").data
+    reference = make_loader(TrainClips(Manifest.load(manifest), cfg, raw_video=True), 4, 2, shuffle=True, seed=3)
+    dataset = TrainClips(Manifest.load(manifest), cfg, raw_video=True)
+    victim = 4
+    dataset.crash_on, dataset.crash_when = dataset.manifest.path(victim), tmp_path / "now"
+    loader = make_loader(dataset, 4, 2, shuffle=True, seed=3)
+
+    def drawn(batches) -> list[tuple[int, float]]:
+        return [(int(i), float(s)) for b in batches for i, s in zip(b["index"], b["start"])]
+
+    for n in range(3):
+        if n == 1:
+            dataset.crash_when.touch()
+        expected, loaded = drawn(reference), drawn(Surviving(loader))
+        assert loaded == [x for x in expected if n < 1 or x[0] != victim]
+    assert "WARNING: a loader worker died (killed by SIGSEGV) reading" in capsys.readouterr().err
 
 
 def _kill_an_idle_worker(batches, sig=signal.SIGKILL) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate, get_worker_info
 
 from xdc.config import DataConfig
 from xdc.data.clip_cache import ClipCache
@@ -344,13 +344,37 @@ def worker_started(worker: int) -> None:
         dataset.started(worker)
 
 
+class SeededPasses(Sampler[tuple[int, int]]):
+    """Every item once a pass as an ``(index, draw seed)`` key, in order or shuffled: what :func:`make_loader` gives a
+    :class:`TrainClips` without a sampler. The order and every item's seed follow from ``(seed, pass)`` alone, not
+    from torch's global RNG or the RNG of the worker that reads the item, nor from the loader's generator (a new
+    iterator draws its workers' base seed from it, a persistent loader's next pass does not). ``passes`` counts the
+    passes begun; a worker death's restart (:mod:`xdc.data.worker_deaths`) sets it back to replay its pass."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed % 2**64, self.passes])
+        self.passes += 1
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        yield from zip(order.tolist(), rng.integers(_SEED_SPACE, size=self.n).tolist())
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0, sampler=None,
     pin_memory: bool = False,
 ) -> DataLoader:
     """Batches of :func:`collate_clips`. ``pin_memory`` (for a CUDA consumer) puts them in page-locked memory, so
-    that ``.to(device, non_blocking=True)`` copies asynchronously while the device computes."""
+    that ``.to(device, non_blocking=True)`` copies asynchronously while the device computes. A :class:`TrainClips`
+    without a ``sampler`` gets :class:`SeededPasses`: its clips follow from ``seed`` whatever the ``workers``."""
     generator = torch.Generator().manual_seed(seed)
+    if sampler is None and isinstance(dataset, TrainClips):
+        sampler = SeededPasses(len(dataset), shuffle, seed)
     if workers > 0:
         preload_fork_server()
     return DataLoader(

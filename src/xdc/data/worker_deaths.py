@@ -74,6 +74,7 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
     # iterator first draws its workers' base seed from it, a persistent loader's next pass does not; nor does a
     # restart of such a pass.
     order = loader.generator.get_state() if loader.generator is not None else None
+    passes = getattr(loader.sampler, "passes", None)  # SeededPasses counts its own: set back too
     fresh = not (loader.persistent_workers and getattr(loader, "_iterator", None) is not None)
     # With a timeout the DataLoader gives control back after that many seconds without a batch, to look for a hung
     # worker; it then checks for dead ones only at the timeout too, so the timeout is its usual check interval.
@@ -136,6 +137,8 @@ def _surviving(loader: DataLoader) -> Iterator[dict]:
         _stop(current, it)
         if order is not None:
             loader.generator.set_state(order)
+        if passes is not None:
+            loader.sampler.passes = passes
         current = _from_batch(loader, done, seeds=loader.generator if fresh else torch.Generator())
 
 
