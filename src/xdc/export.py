@@ -214,8 +214,22 @@ def _write_encoder(out: Path, name: str, meta: dict[str, str], encoder: nn.Modul
     path = out / f"{name}.safetensors"
     with replacing(path) as tmp:  # written by Python, not safetensors' writer: the OS's error if it fails, and the
         # mode the umask gives (safetensors' own files are readable by their owner only: not by the export's readers)
-        tmp.write_bytes(safetensors.torch.save({k: v.contiguous() for k, v in encoder.state_dict().items()}, meta))
+        state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+        tmp.write_bytes(_in_key_order(safetensors.torch.save(state, meta)))
     return [path, *(write_program(encoder, meta, out / f"{name}.{fmt}") for fmt in dict.fromkeys(also))]
+
+
+def _in_key_order(data: bytes) -> bytes:
+    """A safetensors file's bytes with its header's entries (the metadata's too) in key order: its writer keeps the
+    metadata in a hash map, whose order changes from one save to the next, so two exports of a run differed in
+    their bytes. The header stays a multiple of 8 bytes long (safetensors pads it with spaces for the tensors'
+    alignment); the tensors' offsets count from its end, so they are unchanged."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header = {k: dict(sorted(v.items())) if k == "__metadata__" else v for k, v in sorted(header.items())}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def _write_card(out: Path, card: str) -> Path:
