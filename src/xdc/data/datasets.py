@@ -362,7 +362,9 @@ class SeededPasses(Sampler[tuple[int, int]]):
         rng = np.random.default_rng([self.seed % 2**64, self.passes])
         self.passes += 1
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        yield from zip(order.tolist(), rng.integers(_SEED_SPACE, size=self.n).tolist())
+        seeds = rng.integers(_SEED_SPACE, size=self.n)
+        for start in range(0, self.n, 65536):  # Python ints a chunk at a time, not a whole pass of them at once
+            yield from zip(order[start : start + 65536].tolist(), seeds[start : start + 65536].tolist())
 
 
 def make_loader(
