@@ -650,9 +650,10 @@ def _correlated_features(path: Path) -> Path:
 def test_eval_linear_and_kfold_take_the_grid_of_c(tmp_path, capsys):
     """--cs: the grid of C the probes choose from, recorded in the JSON's probe entry; a C chosen at an end of a grid
     of two or more is said in one line with a wider grid (until 2026-12-03 the grid was always the default)."""
-    feats, out = _correlated_features(tmp_path / "f.npz"), tmp_path / "r.json"
+    feats = _correlated_features(tmp_path / "f.npz")
 
     def chosen(protocol: str, *cs: str) -> tuple[list[float], dict, str]:
+        out = tmp_path / f"{protocol}.json"  # a result of another protocol is not replaced
         assert main(["eval", protocol, "--features", str(feats), *cs, "--out", str(out)]) == 0
         record = json.loads(out.read_text())
         cs = [f["c"] for f in record["folds"]] if "folds" in record else [record["c"]]
