@@ -15,7 +15,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import free_port, kill_with_children, run_two_ranks, synthetic_manifest, torchrun_command
+from conftest import (
+    child_pids, free_port, kill_with_children, run_two_ranks, still_running, synthetic_manifest, torchrun_command,
+)
 from xdc.clustering.kmeans import LABEL_DTYPE
 from xdc.config import job_ranks, load_config
 from xdc.data.datasets import TrainClips
@@ -738,6 +740,26 @@ def test_a_ctrl_c_stops_every_rank_and_is_said_once(tmp_path, fault, working):
             kill_with_children(process)
     assert process.returncode != 0
     assert err.count("xdc: interrupted") == 1 and "[rank" not in err, err[-3000:]
+    assert "stopped" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+
+
+@pytest.mark.parametrize("rank0_waits", [False, True], ids=["at-work", "rank0-in-a-collective"])
+def test_a_sigterm_to_torchrun_stops_every_rank_and_is_said_once(tmp_path, rank0_waits):
+    """A scheduler's preemption: SIGTERM to torchrun alone, which passes it to every rank. The ranks stop as on a
+    Ctrl-C, and the job says `xdc: terminated` once. Until 2026-12-03 its default action killed each rank without a
+    word."""
+    process = subprocess.Popen(_index_job(tmp_path, AT_WORK.format(rank0_waits=rank0_waits)), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV, start_new_session=True)  # fmt: skip
+    try:
+        assert [process.stdout.readline() for _ in range(2)] == ["at work\n"] * 2
+        ranks = child_pids(process.pid)
+        process.send_signal(signal.SIGTERM)
+        err = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            kill_with_children(process)
+    assert process.returncode != 0 and len(ranks) == 2 and not any(still_running(pid) for pid in ranks)
+    assert err.count("xdc: terminated") == 1 and "[rank" not in err, err[-3000:]
     assert "stopped" not in err and "KeyboardInterrupt" not in err, err[-3000:]
 
 

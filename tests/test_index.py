@@ -22,7 +22,10 @@ import av
 import numpy as np
 import pytest
 
-from conftest import kill_once_rows_are_kept, segment_parts, torchrun_command, unwritable_folder, xdc_unable_to_list
+from conftest import (
+    child_pids, kill_once_rows_are_kept, kill_with_children, segment_parts, still_running, torchrun_command,
+    unwritable_folder, xdc_unable_to_list,
+)
 from xdc.cli import main
 from xdc.data import index
 from xdc.data.encode import write_av
@@ -348,6 +351,45 @@ def test_a_run_cut_short_keeps_what_it_probed(tmp_path: Path) -> None:
     summary = build_manifest([str(folder)], cut, workers=1)
     assert 0 < kept < 24 and summary.probed == 24 - kept
     assert cut.read_text() == straight.read_text() and not side.exists()
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["the-process", "its-group"])
+def test_a_sigterm_stops_the_index_as_a_ctrl_c_does(tmp_path: Path, group: bool) -> None:
+    """SIGTERM (a job scheduler's preemption; SLURM sends it to every process of the job: ``group``) while the
+    workers probe: one line, exit status 143, no worker left, the lock file removed, and the rows probed kept for
+    the next run. Until 2026-12-03 its default action killed the process where it stood, without a word
+    (status -15), and its lock file stayed."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(12):
+        write_av(folder / f"{i:02d}.mp4", _frames(n=10, size=32, seed=i), 25, _tone(0.4), 16000)
+    out, side = tmp_path / "m.csv", tmp_path / ".m.csv.rank0.csv"
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys, time\nfrom xdc.data import index\nfrom xdc.cli import main\nprobe = index._probe_job\n"
+        "def slow(path):  # a file of a real collection takes longer than these\n"
+        "    time.sleep(0.3)\n    return probe(path)\n"
+        "index._probe_job = slow\nsys.exit(main(sys.argv[1:]))\n"
+    )  # fmt: skip
+    command = [sys.executable, str(driver), "index", str(folder), "--out", str(out), "--workers", "2"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while process.poll() is None and time.time() < deadline and not (side.exists() and len(read_rows(side))):
+            time.sleep(0.02)
+        workers = child_pids(process.pid)
+        (os.killpg if group else os.kill)(process.pid, signal.SIGTERM)
+        err = process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            kill_with_children(process)
+    assert process.returncode == 143 and err == "xdc: terminated\n", (process.returncode, err[-2000:])
+    assert workers and not any(still_running(pid) for pid in workers)
+    assert not out.exists() and not (tmp_path / ".m.csv.lock").exists()
+    kept = len(read_rows(side))
+    done = subprocess.run(command[:1] + ["-m", "xdc.cli"] + command[2:], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "12 files: 12 usable" in done.stdout and 0 < kept < 12, (kept, done.stderr)
 
 
 def test_two_gloo_ranks_share_out_the_probes_and_write_one_manifest(media: Path, tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ import io
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
@@ -348,11 +350,44 @@ def _peer_left(e: BaseException) -> str | None:
 
 
 def _interrupted() -> int:
-    """Say that a Ctrl-C stopped the command, and give the exit status. torchrun passes one to every rank of its node
-    (it starts each in a session of its own, out of the terminal's reach): the node's first rank alone says it."""
+    """Say that a Ctrl-C (or a SIGTERM: _stopping_on_sigterm) stopped the command, and give the exit status, the
+    shell's for that signal. torchrun passes either to every rank of its node (it starts each in a session of its
+    own, out of the terminal's reach): the node's first rank alone says it."""
     if torchrun_rank("LOCAL_RANK") == 0:
-        print("xdc: interrupted", file=sys.stderr)
-    return 130
+        print(f"xdc: {'terminated' if _terminated else 'interrupted'}", file=sys.stderr)
+    return 128 + (signal.SIGTERM if _terminated else signal.SIGINT)
+
+
+_terminated: list[int] = []  # the SIGTERM that is stopping the command, once one came
+
+
+@contextmanager
+def _stopping_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a job scheduler's preemption, ``docker stop``, ``kill``, torchrun passing on its own) stops the command
+    as a Ctrl-C does, through Python's SIGINT handler, held back where a Ctrl-C is (xdc.data.jobs.held_interrupts):
+    the files being written are removed, locks and workers let go, TensorBoard's last records flushed, and it
+    says ``xdc: terminated`` (exit status 143). Its default action killed the process where it stood, as SIGKILL
+    does; and as PID 1 of a container the kernel ignores it, so the container waited for the SIGKILL."""
+    if threading.current_thread() is not threading.main_thread():  # handlers are set in the main thread only
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        _terminated.clear()
+
+
+def _on_sigterm(signum: int, frame) -> None:
+    # a second one (torchrun's, the scheduler's again) is ignored: raised in the first one's cleanup, it would cut
+    # that short; a stop that hangs ends with the SIGKILL that follows
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _terminated.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):  # ignored: a background job of a shell script (`xdc ... &`), nohup
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 def _line(e: Exception) -> str | None:
@@ -791,18 +826,19 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not UTF-8, printed as its escapes (as stderr)
         sys.stdout.reconfigure(errors="backslashreplace")
-    try:
-        return args.func(args)
-    except _Said as e:
-        return e.status
-    except (UserError, OSError) as e:
-        line = _line(e)
-        if line is None:  # a bug: its traceback
-            raise
-        _say(line)
-        return 2
-    except KeyboardInterrupt:
-        return _interrupted()
+    with _stopping_on_sigterm():
+        try:
+            return args.func(args)
+        except _Said as e:
+            return e.status
+        except (UserError, OSError) as e:
+            line = _line(e)
+            if line is None:  # a bug: its traceback
+                raise
+            _say(line)
+            return 2
+        except KeyboardInterrupt:
+            return _interrupted()
 
 
 if __name__ == "__main__":

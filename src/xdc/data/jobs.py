@@ -148,8 +148,9 @@ def _start_worker(initializer: Callable[[], None], parent: int, method: str, sta
     SIGKILL (the out-of-memory killer, a job scheduler) would leave its pool's workers waiting on the pool's queue
     for good, each with the modules and memory of a worker (over 300 MB with torch imported)."""
     # Ctrl-C is the parent's to act on: it kills its workers. Theirs printed a traceback each, or two when a second
-    # one came as the worker took its next job.
+    # one came as the worker took its next job. So is SIGTERM, which a job scheduler sends every process of the job.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform == "linux":  # the process that started it: the pool's (``method`` fork, spawn), or the fork
         # server (forkserver, Python 3.14's default), which ends with the pool's process
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
