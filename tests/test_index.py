@@ -353,12 +353,13 @@ def test_a_run_cut_short_keeps_what_it_probed(tmp_path: Path) -> None:
     assert cut.read_text() == straight.read_text() and not side.exists()
 
 
-@pytest.mark.parametrize("group", [False, True], ids=["the-process", "its-group"])
-def test_a_sigterm_stops_the_index_as_a_ctrl_c_does(tmp_path: Path, group: bool) -> None:
+@pytest.mark.parametrize("group, sigint", [(False, signal.SIG_DFL), (True, signal.SIG_DFL), (False, signal.SIG_IGN)],
+                         ids=["the-process", "its-group", "sigint-ignored"])  # fmt: skip
+def test_a_sigterm_stops_the_index_as_a_ctrl_c_does(tmp_path: Path, group: bool, sigint) -> None:
     """SIGTERM (a job scheduler's preemption; SLURM sends it to every process of the job: ``group``) while the
     workers probe: one line, exit status 143, no worker left, the lock file removed, and the rows probed kept for
-    the next run. Until 2026-12-03 its default action killed the process where it stood, without a word
-    (status -15), and its lock file stayed."""
+    the next run; also where SIGINT is ignored (a background job of a shell script, nohup). Until 2026-12-03 its
+    default action killed the process where it stood, without a word (status -15), and its lock file stayed."""
     folder = tmp_path / "videos"
     folder.mkdir()
     for i in range(12):
@@ -373,7 +374,8 @@ def test_a_sigterm_stops_the_index_as_a_ctrl_c_does(tmp_path: Path, group: bool)
     )  # fmt: skip
     command = [sys.executable, str(driver), "index", str(folder), "--out", str(out), "--workers", "2"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                               start_new_session=True)  # fmt: skip
+                               start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))  # fmt: skip
     try:
         deadline = time.time() + 60
         while process.poll() is None and time.time() < deadline and not (side.exists() and len(read_rows(side))):

@@ -387,7 +387,7 @@ def _on_sigterm(signum: int, frame) -> None:
     handler = signal.getsignal(signal.SIGINT)
     if not callable(handler):  # ignored: a background job of a shell script (`xdc ... &`), nohup
         raise KeyboardInterrupt
-    handler(signal.SIGINT, frame)
+    handler(signum, frame)  # held back (held_interrupts), it is raised even where SIGINT is ignored
 
 
 def _line(e: Exception) -> str | None:

@@ -48,7 +48,7 @@ def held_interrupts() -> Iterator[list[int]]:
     end (2 of 4 early Ctrl-Cs of a pretraining, until 2026-12-01). A handler that only notes the signal stands in
     meanwhile: masking it would not do, as the kernel then hands it to another thread (tqdm's, TensorBoard's),
     and Python raises it in the main thread all the same. The children start with that handler. Yields the signals
-    held back so far."""
+    held back so far (SIGTERM's number for a SIGTERM: xdc.cli passes it on to the SIGINT handler)."""
     caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # handlers are set and run there only
         yield caught
@@ -58,6 +58,8 @@ def held_interrupts() -> Iterator[list[int]]:
         yield caught
     finally:
         signal.signal(signal.SIGINT, before)
+        if signal.SIGTERM in caught:  # passed on by xdc.cli, which stops on it whatever SIGINT's handler
+            raise KeyboardInterrupt
         if caught and callable(before):
             before(signal.SIGINT, None)  # Python's default: KeyboardInterrupt, here
         elif caught and before == signal.SIG_DFL:
