@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import free_port, gray_frames, kill_with_children, synthetic_manifest, torchrun_command
+from conftest import (
+    child_pids, free_port, gray_frames, kill_with_children, still_running, synthetic_manifest, torchrun_command,
+)
 from xdc.clustering.features import preprocess_features
 from xdc.clustering.kmeans import kmeans
 from xdc.clustering.metrics import nmi
@@ -305,6 +307,32 @@ def _step_waiting_driver(folder: Path) -> Path:
         "RunLog.write = write_then_wait\nsys.exit(main(sys.argv[1:]))\n"
     )  # fmt: skip
     return driver
+
+
+def test_a_sigterm_stops_a_run_in_one_line_and_a_resume_goes_on(manifest, tmp_path):
+    """A scheduler's preemption (SIGTERM) in round 1's training, with a loader worker: `xdc: terminated`, exit
+    status 143, the worker ended and the lock file removed, and `--resume` goes on from the last checkpoint. Until
+    2026-12-03 SIGTERM's default action killed the run where it stood, without a word (status -15)."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    job = [sys.executable, str(_step_waiting_driver(tmp_path)), *_cli(manifest, run, "--set=data.workers=1")[3:]]
+    proc = subprocess.Popen(job, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not _in_round_1s_training(run):
+            time.sleep(0.05)
+        workers = child_pids(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            kill_with_children(proc)
+    assert proc.returncode == 143 and err.endswith("xdc: terminated\n"), (proc.returncode, err[-2000:])
+    assert workers and not any(still_running(pid) for pid in workers)
+    assert not (run / ".xdc.lock").exists() and not (run / "encoders.pt").exists()
+    resumed = subprocess.run(_cli(manifest, run, "--resume"), capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0 and f"{run}: resumed at round 1" in resumed.stdout, resumed.stderr[-2000:]
 
 
 @pytest.mark.parametrize("round_", [0, 1])
