@@ -899,14 +899,17 @@ def test_a_file_replaced_since_indexing_is_skipped_and_listed_with_its_sizes(man
 
 
 def test_a_run_stopped_by_too_many_failures_lists_every_failed_file(manifest, tmp_path):
-    """The message names the last file that failed; until 2026-12-01 the others were listed nowhere."""
+    """The message names the last file that failed; until 2026-12-01 the others were listed nowhere. The log ends
+    with the stop and its line (until 2026-12-03 it said nothing of it)."""
     broken, junk = _with_a_broken_file(manifest, tmp_path)
     cfg = cfg_for("xdc", "train.rounds=1", "data.max_fail_fraction=0.0", "data.retries=1")
     listed = tmp_path / "run" / "skipped.csv"
     with pytest.raises(UserError, match=f"more than data.max_fail_fraction=0.0.*the 1 file.s. that failed are listed "
-                                        f"in {listed}"):  # fmt: skip
+                                        f"in {listed}") as stop:  # fmt: skip
         pretrain(cfg, broken, tmp_path / "run", resume=False, ctx=Dist())
     assert [row["path"] for row in csv.DictReader(listed.open())] == [str(junk)]
+    last = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert (last["kind"], last["reason"], last["line"]) == ("stop", "failures", str(stop.value))
 
 
 def test_a_resume_takes_the_settings_of_how_the_run_goes(manifest, tmp_path, capsys):

@@ -485,3 +485,32 @@ def test_a_plateau_run_says_its_epochs_are_a_rounds_most(built, tmp_path):
     assert "re-cluster on plateau, at most 1 epoch(s) per round" in text, text[:700]
     plain = Page(write_report(run, tmp_path / "r.html").read_text()).all_text
     assert "re-cluster on epochs, 1 epoch(s) per round" in plain
+
+
+def test_a_run_that_diverged_says_so_and_a_resume_drops_the_stop(built, tmp_path):
+    """Until 2026-12-03 a run that xdc stopped (the loss NaN) logged nothing of it: the report said "0 finished of
+    2" as of a killed run, and nothing in the folder said why. Its log now ends with a ``stop`` record, strict JSON,
+    which the header shows; a resume from the checkpoint before drops it, and a log without one shows none."""
+    manifest, _ = built
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="the training diverged") as stop:
+        pretrain(load_config(None, [*TINY, "train.lr=1e30"], preset="tiny"), manifest, run, resume=False, ctx=Dist())
+    lines = (run / "log.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert {k: last[k] for k in ("kind", "round", "epoch", "reason", "line")} == {
+        "kind": "stop", "round": 0, "epoch": 0, "reason": "diverged", "line": str(stop.value)}
+    step = last["step"]
+    assert f"the loss of step {step} is nan" in last["line"]
+    text = Page(write_report(run, samples_per_cluster=1).read_text()).all_text
+    assert f"stopped at step {step} (round 0): round 0 epoch 0: the loss of step {step} is nan: the training " \
+           "diverged" in text and "rounds 0 finished of 2" in text  # fmt: skip
+
+    (run / "log.jsonl").write_text("".join(line + "\n" for line in lines[:-1]))  # as a run before 2026-12-03 left it
+    text = Page(write_report(run, samples_per_cluster=1).read_text()).all_text
+    assert "rounds 0 finished of 2" in text and "stopped" not in text
+
+    (run / "log.jsonl").write_text("".join(line + "\n" for line in lines))
+    pretrain(None, None, run, resume=True, ctx=Dist(), settings={"train.lr": 0.01})
+    kinds = [json.loads(line)["kind"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert "stop" not in kinds and kinds[-1] == "round"
+    assert "stopped" not in Page(write_report(run, samples_per_cluster=1).read_text()).all_text

@@ -576,6 +576,7 @@ def _header(data: RunData, rounds: Rounds) -> str:
         "k (clusters per label set)": k,
         "rounds": f"{rounds.finished} finished of {1 if supervised else train.rounds}" if trains
                   else "none: the method trains nothing",
+        "stopped": _stopped(data.log),
         "assignment": assignment,
         "batch / lr": f"{train.batch_size} / {lr_text(train.lr, data.log)}",
         "clip": ", ".join(filter(None, clip_parts)),
@@ -595,6 +596,15 @@ def _header(data: RunData, rounds: Rounds) -> str:
         missing = "".join(f"<li>{html.escape(m)}</li>" for m in data.missing)
         page += f'<div class="missing"><b>Missing from this run folder:</b><ul>{missing}</ul></div>'
     return page
+
+
+def _stopped(log: list[dict]) -> str | None:
+    """Why xdc stopped the run, where the log ends with its ``stop`` record (the line it said); None for a run that
+    goes on, finished or was killed, and for one stopped before 2026-12-03, whose log has no such record."""
+    last = log[-1] if log else {}
+    if last.get("kind") != "stop":
+        return None
+    return f"at step {last.get('step')} (round {last.get('round')}): {last.get('line')}"
 
 
 def _run_date(data: RunData) -> str:

@@ -110,6 +110,11 @@ CHECKPOINT_KEYS = {"method", "encoders", "optimizer", "heads", "head_optimizer",
                    "torch_rng"}  # fmt: skip
 
 
+class Diverged(SharedError):
+    """The training diverged (a loss, the weights or the features not finite): a stop that the log's ``stop`` record
+    tells from the others."""
+
+
 @dataclass
 class Progress:
     """Where a run is; with the weights, optimizers and labels, it is everything a resume needs."""
@@ -487,8 +492,22 @@ class Pretrainer:
         try:
             self._rounds(rounds)
         except TooManyFailures:  # raised on every rank at once (judge_failures): each takes part in the listing
-            raise self._listed_failures() from None
+            error = self._listed_failures()
+            self._log_stop("failures", error)
+            raise error from None
+        except SharedError as e:  # xdc's own decision, on every rank: a kill or a bug leaves no record
+            self._log_stop("diverged" if isinstance(e, Diverged) else "error", e)
+            raise
         self._finish()
+
+    def _log_stop(self, reason: str, error: SharedError) -> None:
+        """Log why the run stopped (until 2026-12-03 nothing did: the report took it for a killed run). After the
+        last checkpoint, like every stop: a resume drops it with the other records logged since."""
+        p = self.progress
+        try:
+            self.log.write("stop", p.global_step, round=p.round, epoch=p.epoch, reason=reason, line=str(error))
+        except WriteError:  # a full disk: the line that stops the run says more than this one would
+            pass
 
     def _listed_failures(self) -> TooManyFailures:
         """The stop of a run whose clips failed too often: every rank's failed files listed in skipped.csv (by rank 0,
@@ -636,9 +655,9 @@ class Pretrainer:
             bad |= ~rows.isfinite().all(1)
         bad = global_count(int(bad.sum()), self.ctx.device)
         if bad:
-            raise SharedError(f"round {self.progress.round}: the features of {bad} of {len(self.videos)} videos are "
-                              f"NaN or infinite: the training diverged; start a new run with a lower train.lr (this "
-                              f"run's: {self.cfg.train.lr})")  # fmt: skip
+            raise Diverged(f"round {self.progress.round}: the features of {bad} of {len(self.videos)} videos are "
+                           f"NaN or infinite: the training diverged; start a new run with a lower train.lr (this "
+                           f"run's: {self.cfg.train.lr})")  # fmt: skip
         count = global_count(len(index), self.ctx.device)
         if count < self.cfg.train.k:
             raise SharedError(failures_line(self.failures, self.ctx, partial(self._too_few, count)))
@@ -861,8 +880,8 @@ class Pretrainer:
             loss = total.item() / self.ctx.world_size
         if not math.isfinite(loss):
             p = self.progress
-            raise SharedError(self._diverged(f"round {p.round} epoch {p.epoch}: the loss of step {p.global_step} is "
-                                             f"{loss}"))  # fmt: skip
+            raise Diverged(self._diverged(f"round {p.round} epoch {p.epoch}: the loss of step {p.global_step} is "
+                                          f"{loss}"))  # fmt: skip
 
     def _diverged(self, what: str) -> str:
         """The line that stops a run whose training diverged (``what``: what was not finite), worded as eval
@@ -1081,7 +1100,7 @@ class Pretrainer:
         # weights gone NaN between the steps that log, or after the last one, never replace the last good checkpoint
         if not self._finite_weights():
             what = f"the weights after step {self.progress.global_step} are NaN or infinite"
-            raise SharedError(self._diverged(what))
+            raise Diverged(self._diverged(what))
         self._count_training()  # at every checkpoint, mid-epoch ones too: a resumed round's record has it all
         self.saved_step = self.progress.global_step
         ranks = gather_objects({"failures": self.failures.state(), "crashed": self.train_set.crashed}, self.ctx)
