@@ -1303,6 +1303,10 @@ def test_a_resume_says_where_the_run_goes_on(manifest, tmp_path, capsys):
     trainer._save()
     Pretrainer(cfg_for("xdc", "train.rounds=2", "train.epochs=2"), manifest, tmp_path, Dist(), resume=True).resume()
     assert f"{tmp_path}: resumed at round 1 epoch 1, after 3 batches of it" in capsys.readouterr().out.splitlines()
+    trainer.progress.step = 1  # until 2026-12-03 "after 1 batches"
+    trainer._save()
+    Pretrainer(cfg_for("xdc", "train.rounds=2", "train.epochs=2"), manifest, tmp_path, Dist(), resume=True).resume()
+    assert f"{tmp_path}: resumed at round 1 epoch 1, after 1 batch of it" in capsys.readouterr().out.splitlines()
 
 
 def test_every_checkpoint_holds_the_rounds_training_time_so_far(manifest, tmp_path):

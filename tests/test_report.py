@@ -514,3 +514,17 @@ def test_a_run_that_diverged_says_so_and_a_resume_drops_the_stop(built, tmp_path
     kinds = [json.loads(line)["kind"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert "stop" not in kinds and kinds[-1] == "round"
     assert "stopped" not in Page(write_report(run, samples_per_cluster=1).read_text()).all_text
+
+
+def test_one_of_a_thing_is_not_said_as_many(built, tmp_path):
+    """Until 2026-12-03 the header of a one-video run said "1 videos, 1 labelled, 1 classes", and a cluster of one
+    video "1 videos"."""
+    from xdc.report import gallery_html, load_run
+
+    _, run = built
+    copy = copy_run(run, tmp_path / "run", lambda rows: rows[:1])
+    text = Page(write_report(copy, samples_per_cluster=1).read_text()).all_text
+    assert "data 1 video, 1 labelled, 1 class, 0 skipped" in text
+    page = Page(gallery_html(load_run(run), "video", np.array([0, 1, 1, -1]), samples=0, max_clusters=4))
+    assert "2 non-empty clusters of 3 videos; 1 video without a cluster (their clip failed)." in page.all_text
+    assert "Cluster 0: 1 video (33%)" in page.all_text and "Cluster 1: 2 videos (67%)" in page.all_text

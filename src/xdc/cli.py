@@ -158,6 +158,7 @@ def _on_ranks(work: Callable[[Dist | None], T], lock: Lock) -> T:
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from xdc.data.index import number
     from xdc.data.synthetic import holds_dataset, make_synthetic
 
     cfg = _config(args)
@@ -167,10 +168,10 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
         labels = make_synthetic(args.out, args.videos, args.classes, seed=args.seed, cfg=cfg.synthetic,
                                 workers=args.workers)  # fmt: skip
     if held:  # until 2026-12-02 written again, byte for byte, but with new times, which xdc index re-probed
-        print(f"{args.out} holds the {args.videos} clips of these settings and {labels} already: nothing written "
-              "(remove the folder to write them again)")  # fmt: skip
+        print(f"{args.out} holds the {number(args.videos, 'clip')} of these settings and {labels} already: nothing "
+              "written (remove the folder to write them again)")  # fmt: skip
     else:
-        print(f"wrote {args.videos} clips of {args.classes} classes and {labels}")
+        print(f"wrote {number(args.videos, 'clip')} of {number(args.classes, 'class', 'classes')} and {labels}")
     return 0
 
 
@@ -411,6 +412,7 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """``xdc extract``, in one process or as one rank of a torchrun job (the ranks share out the clips)."""
+    from xdc.data.index import number
     from xdc.evaluation.adapters import load_dataset
     from xdc.evaluation.extract import cut_line, extract_features, features_path, write_summary
     from xdc.evaluation.sources import load_source
@@ -439,7 +441,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
               f"settings): nothing to do; remove {summary['out']} to extract them again")  # fmt: skip
         return 0
     partly = summary["partly_kept"]
-    print(f"{summary['clips']} clips of {summary['items']} items -> {summary['out']}; {len(summary['skipped'])} skipped"
+    print(f"{number(summary['clips'], 'clip')} of {number(summary['items'], 'item')} -> {summary['out']}; "
+          f"{len(summary['skipped'])} skipped"
           + (f", {len(partly)} partly kept" if partly else ""))  # fmt: skip
     for skip in summary["skipped"][:10]:
         print(f"  skipped {skip['path']}: {skip['reason']}")

@@ -33,7 +33,7 @@ from xdc.clustering.metrics import agreement, collapse_threshold, nmi
 from xdc.config import Config, load_config
 from xdc.data.audio import LogMel
 from xdc.data.decode import Clip, DecodeError, open_media, read_clip
-from xdc.data.index import stated_duration
+from xdc.data.index import number, stated_duration
 from xdc.data.manifest import NO_VIDEOS, Videos, open_text, run_videos
 from xdc.errors import UserError
 from xdc.evaluation.metrics import cluster_metrics
@@ -513,11 +513,11 @@ def gallery_html(data: RunData, label_set: str, assigned: np.ndarray, samples: i
     valid = assigned >= 0
     sizes = np.bincount(assigned[valid]) if valid.any() else np.zeros(0, dtype=np.int64)
     order = sorted(np.flatnonzero(sizes), key=lambda c: (-sizes[c], c))
-    notes = [f"{len(order)} non-empty clusters of {int(valid.sum())} videos"]
+    notes = [f"{number(len(order), 'non-empty cluster')} of {number(int(valid.sum()), 'video')}"]
     if len(order) > max_clusters:
         notes.append(f"the {max_clusters} largest shown")
     if (~valid).any():
-        notes.append(f"{int((~valid).sum())} videos without a cluster (their clip failed)")
+        notes.append(f"{number(int((~valid).sum()), 'video')} without a cluster (their clip failed)")
     parts = [f'<section class="label-set" data-label-set="{html.escape(label_set)}">',
              f"<h3>Label set <code>{html.escape(label_set)}</code></h3><p>{'; '.join(notes)}.</p>"]  # fmt: skip
     for c in order[:max_clusters]:
@@ -529,7 +529,7 @@ def gallery_html(data: RunData, label_set: str, assigned: np.ndarray, samples: i
 def _cluster_html(data: RunData, label_set: str, c: int, members: np.ndarray, total: int, samples: int) -> str:
     rng = np.random.default_rng(c)  # the same clips on every report of the run
     chosen = np.sort(rng.choice(members, size=min(samples, len(members)), replace=False))
-    head = f"Cluster {c}: {len(members)} videos ({len(members) / total:.0%})"
+    head = f"Cluster {c}: {number(len(members), 'video')} ({len(members) / total:.0%})"
     composition = _composition(data, members)
     return "\n".join([
         f'<section class="cluster" data-label-set="{html.escape(label_set)}" data-cluster="{c}">',
@@ -583,8 +583,8 @@ def _header(data: RunData, rounds: Rounds) -> str:
         "frames": f"short side {clip.decode_short_side}, crop {clip.crop}" if "video" in modalities else None,
         "encoders": ", ".join(f"{m} width {getattr(model, f'{m}_width')}" for m in modalities)
                     + (f"; initial weights from {train.init}" if train.init is not None else ""),
-        "data": f"{len(data.videos)} videos, {labelled} labelled, {len(data.classes)} classes, "
-                f"{len(data.skipped)} skipped",
+        "data": f"{number(len(data.videos), 'video')}, {labelled} labelled, "
+                f"{number(len(data.classes), 'class', 'classes')}, {len(data.skipped)} skipped",
         "run started": _run_date(data),
         "report written": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }  # fmt: skip

@@ -96,9 +96,10 @@ class IndexSummary:
         return text
 
 
-def number(count: int, noun: str) -> str:
-    """``count`` and ``noun``, plural but for one: a summary of one file said "1 files" (until 2026-12-03)."""
-    return f"{count} {noun}{'s' * (count != 1)}"
+def number(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` and ``noun``, plural (``plural``, else ``noun`` + s) but for one: a summary of one file said
+    "1 files" (until 2026-12-03)."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def unread_text(folders: list[str]) -> str:

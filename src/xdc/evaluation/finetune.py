@@ -34,6 +34,7 @@ from xdc.clustering.sampler import shuffled_draws
 from xdc.config import FinetuneConfig, config_to_dict
 from xdc.data.datasets import EvalClips, TrainClips, make_loader
 from xdc.data.failures import FailureLog, TooManyFailures
+from xdc.data.index import number
 from xdc.data.worker_deaths import Surviving
 from xdc.errors import SharedError, UserError
 from xdc.evaluation.adapters import Item, not_found, refuse_repeats, split_items, with_not_found
@@ -243,8 +244,8 @@ def finetune(
     scores, labels, names, groups, test_failures, scored = tested
     if not len(scores):  # there were test files (checked above): each failed
         path, reason = test_failures.failures[0]
-        raise UserError(f"no test clip could be read ({len(test_failures.files)} files failed; the first: {path}: "
-                        f"{reason})")  # fmt: skip
+        raise UserError(f"no test clip could be read ({number(len(test_failures.files), 'file')} failed; the first: "
+                        f"{path}: {reason})")  # fmt: skip
     video_scores, video_labels, _ = average_by_group(scores, groups, labels)
     # per class, the videos top1 counts: each one's label as given (a class with no readable training video keeps
     # its name) and the class of its highest mean score, the lower index on a tie as topk_accuracy breaks them

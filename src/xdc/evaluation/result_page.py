@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
+from xdc.data.index import number
 from xdc.errors import UserError
 from xdc.evaluation.commands import is_result
 from xdc.report import check_page_out, figure, figure_uri, write_page
@@ -180,7 +181,7 @@ def _header(path: Path, record: dict) -> str:
                                   f"{_num(record['mean_top5'])} (mean of the folds)",
                  "test videos": sum(f["n_test_videos"] for f in folds),
                  "untrained test videos": _untrained(sum(f.get("untrained", 0) for f in folds), "the other folds lack"),
-                 "never tested": f"{record['train_only']} clips of fold 0 (no fold): trained on in every fold"
+                 "never tested": f"{number(record['train_only'], 'clip')} of fold 0 (no fold): trained on in every fold"
                                  if record.get("train_only") else None,
                  "seed": probe["seed"]}  # fmt: skip
         untrained = any(f.get("untrained") for f in folds)
@@ -196,7 +197,7 @@ def _header(path: Path, record: dict) -> str:
                  "top-1 / top-5": f"{_num(record['top1'])} / {_num(record['top5'])}",
                  "test videos": record["n_test_videos"],
                  "untrained test videos": _untrained(record.get("untrained", 0), "the training clips lack"),
-                 "left out": f"{record['left_out']} clips {left}" if record.get("left_out") else None,
+                 "left out": f"{number(record['left_out'], 'clip')} {left}" if record.get("left_out") else None,
                  "seed": probe["seed"]}  # fmt: skip
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in
                    {"command": f"xdc {command}", **items}.items() if v is not None)  # fmt: skip

@@ -67,7 +67,7 @@ from xdc.config import (
 from xdc.data.clip_cache import ClipCache
 from xdc.data.datasets import PREFETCH, EvalClips, TrainClips, make_loader, with_waits
 from xdc.data.failures import FailureLog, TooManyFailures
-from xdc.data.index import PROBE_VERSION, OlderProbes
+from xdc.data.index import PROBE_VERSION, OlderProbes, number
 from xdc.data.manifest import Manifest, check_manifest_file, first_of_each_path, write_atomic, write_videos
 from xdc.data.transforms import DeviceCrops, DeviceLogMel, NormalizeVideo
 from xdc.data.worker_deaths import Surviving
@@ -629,9 +629,9 @@ class Pretrainer:
         bar = progress_bar(Surviving(loader), desc=desc, unit="batch", show=self.ctx.main, leave=False, initial=kept,
                            total=kept + len(loader))  # fmt: skip
         with self._cache_pass():
-            for number, batch in enumerate(bar, 1):
+            for taken, batch in enumerate(bar, 1):
                 self.failures.update(batch)
-                if number % FAILURE_CHECK_BATCHES == 0:
+                if taken % FAILURE_CHECK_BATCHES == 0:
                     judge_failures(self.failures, self.ctx)
                 part.positions += batch["size"]
                 if batch["index"].numel():
@@ -1145,8 +1145,8 @@ class Pretrainer:
         self.saved_step = p.global_step
         begun = p.round + bool(p.labels or p.epoch or p.step)  # a round has begun once its labels are in
         if self.method.clusters and self.cfg.train.rounds < begun:
-            raise UserError(f"{path}: the run has begun {begun} rounds; train.rounds={self.cfg.train.rounds} cannot "
-                            f"end it before them: ask for {begun} or more")  # fmt: skip
+            raise UserError(f"{path}: the run has begun {number(begun, 'round')}; train.rounds={self.cfg.train.rounds} "
+                            f"cannot end it before them: ask for {begun} or more")  # fmt: skip
         # older checkpoints hold int64
         p.labels = {k: v.numpy().astype(LABEL_DTYPE, copy=False) for k, v in state["labels"].items()}
         p.previous = {k: v.numpy().astype(LABEL_DTYPE, copy=False) for k, v in state["previous"].items()}
@@ -1190,12 +1190,12 @@ class Pretrainer:
         """Where a resumed run goes on, in its progress bars' words (rounds and epochs counted from 0)."""
         p = self.progress
         if self.method.clusters and p.round >= self.cfg.train.rounds:
-            return f"after its {p.round} rounds, to write its encoders"
+            return f"after its {number(p.round, 'round')}, to write its encoders"
         if self.method.clusters and not p.labels:
             return f"at round {p.round}, from its extraction and clustering"
         if self.method.clusters and not (p.epoch or p.step):
             return f"at round {p.round}, from the start of its training (its clustering kept)"
-        return f"at round {p.round} epoch {p.epoch}, after {p.step} batches of it"
+        return f"at round {p.round} epoch {p.epoch}, after {number(p.step, 'batch', 'batches')} of it"
 
     def _load(self, path: Path, load: Callable[[], object]) -> None:
         """``load`` the state of checkpoint ``path`` into the modules and optimizers built from config.yaml; where
@@ -1334,9 +1334,9 @@ def pretrain(cfg: Config, manifest: Path | None, out: Path, resume: bool, ctx: D
             kept = checkpoint.earlier_encoders(out, done)
             move(out / "encoders.pt", kept)
         _write_config(cfg, out)  # a later --resume, the report and the model card see the new number
-        print(f"the run goes on to {cfg.train.rounds} rounds ({planned} planned before; {done} done)")
+        print(f"the run goes on to {number(cfg.train.rounds, 'round')} ({planned} planned before; {done} done)")
         if kept is not None:
-            print(f"its encoders after {done} rounds are kept as {kept}")
+            print(f"its encoders after {number(done, 'round')} are kept as {kept}")
     trainer.run()
     return out / "encoders.pt"
 
