@@ -1554,3 +1554,25 @@ def test_a_video_whose_sound_ends_early_or_starts_late_is_clustered(tmp_path):
     features = trainer._extract()
     assert {e: rows.shape[0] for e, rows in features.items()} == {"video": 3, "audio": 3}
     assert all(rows.isfinite().all() for rows in features.values()) and not trainer.failures.files
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the files' CUDA tensors would load onto the GPU")
+def test_a_run_written_on_a_gpu_resumes_exports_and_evaluates_on_a_machine_without_one(manifest, tmp_path):
+    """A run's checkpoint and encoders as a GPU run writes them, their tensors on "cuda:0": on a machine without
+    CUDA a resume goes on and the encoders load (xdc extract, eval finetune, export, train.init), on the CPU. torch
+    loads such a file there only when told where to put its tensors (map_location)."""
+    from conftest import as_if_written_on_a_gpu
+    from xdc.evaluation.sources import load_source
+    from xdc.export import export_run
+
+    run = tmp_path / "run"
+    pretrain(cfg_for("xdc", "train.rounds=1"), manifest, run, resume=False, ctx=Dist())
+    for path in (run / "checkpoints" / "last.pt", run / "encoders.pt"):
+        assert as_if_written_on_a_gpu(path) >= 1
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    source = load_source(run, "video")
+    assert all(t.device.type == "cpu" for t in source.encoder.state_dict().values())
+    assert (tmp_path / "export" / "video.safetensors") in export_run(run, tmp_path / "export")
+    pretrain(cfg_for("xdc"), manifest, run, resume=True, ctx=Dist(), rounds=2)  # one round more
+    assert (run / "labels" / "round_001.npz").exists() and load(run / "encoders-1-rounds.pt")["encoders"]
